@@ -1,0 +1,723 @@
+//! Command-line definitions and the glue from arguments to library calls.
+
+mod output;
+mod progress;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow};
+use clap::{CommandFactory, Parser, Subcommand};
+use serde_json::json;
+
+use systemprompt_sync::diff::{ChangeKind, DiffStat, FileChange, diff_trees};
+use systemprompt_sync::object::tree::{EntryKind, read_dir};
+use systemprompt_sync::object::{ObjectSource, Overlay};
+use systemprompt_sync::store::fsck::{FsckOptions, fsck, rebuild_index};
+use systemprompt_sync::store::gc::gc;
+use systemprompt_sync::{
+    LockMode, ObjectId, RestoreOptions, SnapshotOptions, Store, SyncError, Workspace, names,
+};
+
+use output::{human_time, mode_string, quote_path, rfc3339, size};
+use progress::Bar;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sp-sync",
+    version,
+    about = "Content-addressed snapshots of a services tree: snapshot, diff, restore, fsck, gc.",
+    long_about = None
+)]
+struct Cli {
+    /// The store directory (default: a `.sp-sync` directory here or above).
+    #[arg(long, global = true, env = "SP_SYNC_STORE", value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print nothing but results and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// More messages on stderr (-v, -vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a store: DIR/.sp-sync (DIR defaults to here), or exactly --store DIR.
+    Init { dir: Option<PathBuf> },
+    /// Snapshot paths (default: the working tree) and move a ref.
+    Snapshot {
+        /// What to snapshot; one directory becomes the root, several appear under their names.
+        paths: Vec<PathBuf>,
+        /// A message recorded with the snapshot.
+        #[arg(short, long)]
+        message: Option<String>,
+        /// The ref to move.
+        #[arg(long = "ref", default_value = "main", value_name = "NAME")]
+        ref_name: String,
+        /// Leave out paths matching this gitignore-style pattern (repeatable).
+        #[arg(long, value_name = "GLOB")]
+        exclude: Vec<String>,
+        /// Record this host name instead of the machine's.
+        #[arg(long)]
+        host: Option<String>,
+        /// Read every file, ignoring the stat cache.
+        #[arg(long)]
+        no_cache: bool,
+    },
+    /// Snapshots, newest first.
+    Log {
+        #[arg(value_name = "REF")]
+        reference: Option<String>,
+        /// At most this many.
+        #[arg(short = 'n', long)]
+        max_count: Option<usize>,
+    },
+    /// List a tree: SNAP[:PATH].
+    Ls {
+        spec: String,
+        /// Descend into subdirectories.
+        #[arg(short, long)]
+        recursive: bool,
+        /// Show mode, size and modification time.
+        #[arg(short, long)]
+        long: bool,
+    },
+    /// Write a file's bytes to stdout: SNAP:PATH.
+    Cat { spec: String },
+    /// What changed between snapshots A and B, or between A and the working tree.
+    Diff {
+        a: String,
+        b: Option<String>,
+        /// Only a summary.
+        #[arg(long)]
+        stat: bool,
+        /// Exit with status 1 when there are differences.
+        #[arg(long)]
+        exit_code: bool,
+    },
+    /// Materialize SNAP[:PATH] into TARGET.
+    Restore {
+        spec: String,
+        target: PathBuf,
+        /// Also remove what the snapshot lacks.
+        #[arg(long)]
+        delete: bool,
+    },
+    /// Check every reachable object.
+    Fsck {
+        /// Re-hash every stored chunk and check every pack's checksum.
+        #[arg(long)]
+        read_data: bool,
+        /// Rewrite every pack's index from the pack.
+        #[arg(long)]
+        rebuild_index: bool,
+    },
+    /// Remove what no ref reaches.
+    Gc {
+        /// Say what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Manage refs.
+    Ref {
+        #[command(subcommand)]
+        cmd: RefCmd,
+    },
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+enum RefCmd {
+    /// Every ref and the snapshot it names.
+    List,
+    /// Point NAME at SNAP (creating or moving it).
+    Set { name: String, snap: String },
+    /// Remove NAME.
+    Delete { name: String },
+}
+
+struct Ctx {
+    json: bool,
+    quiet: bool,
+    store: Option<PathBuf>,
+    cwd: PathBuf,
+}
+
+impl Ctx {
+    fn workspace(&self) -> Result<Workspace> {
+        Ok(Workspace::locate(self.store.as_deref(), &self.cwd)?)
+    }
+
+    fn open(&self, mode: LockMode) -> Result<(Workspace, Store)> {
+        let ws = self.workspace()?;
+        let store = Store::open(&ws.store_dir, mode)?;
+        Ok((ws, store))
+    }
+
+    fn note(&self, msg: impl AsRef<str>) {
+        if !self.quiet {
+            eprintln!("{}", msg.as_ref());
+        }
+    }
+
+    fn print_json(&self, v: &serde_json::Value) -> Result<()> {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, v)?;
+        writeln!(out)?;
+        Ok(())
+    }
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_logging(cli.verbose, cli.quiet);
+    let cwd = match std::env::current_dir() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: cannot read the current directory: {e}");
+            return 1;
+        }
+    };
+    let ctx = Ctx {
+        json: cli.json,
+        quiet: cli.quiet,
+        store: cli.store.clone(),
+        cwd,
+    };
+    match run(&ctx, cli.cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            1
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SP_SYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
+
+fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
+    match cmd {
+        Cmd::Init { dir } => init(ctx, dir),
+        Cmd::Snapshot {
+            paths,
+            message,
+            ref_name,
+            exclude,
+            host,
+            no_cache,
+        } => snapshot(ctx, paths, message, ref_name, exclude, host, no_cache),
+        Cmd::Log {
+            reference,
+            max_count,
+        } => log(ctx, reference, max_count),
+        Cmd::Ls {
+            spec,
+            recursive,
+            long,
+        } => ls(ctx, &spec, recursive, long),
+        Cmd::Cat { spec } => {
+            let (_, store) = ctx.open(LockMode::Shared)?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+            systemprompt_sync::cat(&store, &spec, &mut out)?;
+            out.flush().context("writing standard output")?;
+            Ok(0)
+        }
+        Cmd::Diff {
+            a,
+            b,
+            stat,
+            exit_code,
+        } => diff(ctx, &a, b.as_deref(), stat, exit_code),
+        Cmd::Restore {
+            spec,
+            target,
+            delete,
+        } => restore(ctx, &spec, &target, delete),
+        Cmd::Fsck {
+            read_data,
+            rebuild_index: rebuild,
+        } => fsck_cmd(ctx, read_data, rebuild),
+        Cmd::Gc { dry_run } => gc_cmd(ctx, dry_run),
+        Cmd::Ref { cmd } => refs(ctx, cmd),
+        Cmd::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "sp-sync", &mut std::io::stdout());
+            Ok(0)
+        }
+    }
+}
+
+fn init(ctx: &Ctx, dir: Option<PathBuf>) -> Result<i32> {
+    let target = Workspace::init_dir(ctx.store.as_deref(), dir.as_deref(), &ctx.cwd);
+    let created = Store::init(&target)?;
+    let shown = target.display().to_string();
+    if ctx.json {
+        ctx.print_json(&json!({"store": shown, "created": created}))?;
+    } else if created {
+        ctx.note(format!("initialized an empty sp-sync store in {shown}"));
+    } else {
+        ctx.note(format!("store {shown} already exists; nothing changed"));
+    }
+    Ok(0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn snapshot(
+    ctx: &Ctx,
+    paths: Vec<PathBuf>,
+    message: Option<String>,
+    ref_name: String,
+    mut exclude: Vec<String>,
+    host: Option<String>,
+    no_cache: bool,
+) -> Result<i32> {
+    let (ws, store) = ctx.open(LockMode::Shared)?;
+    let sources = if paths.is_empty() {
+        let (s, ex) = ws.default_sources()?;
+        exclude.extend(ex);
+        s
+    } else {
+        paths.iter().map(|p| ctx.cwd.join(p)).collect()
+    };
+    let opts = SnapshotOptions {
+        sources,
+        excludes: exclude,
+        message: message.unwrap_or_default(),
+        ref_name,
+        host,
+        use_stat_cache: !no_cache,
+        ..Default::default()
+    };
+    let bar = Bar::new(ctx.quiet);
+    let start = std::time::Instant::now();
+    let r = systemprompt_sync::snapshot(&store, &opts, &bar);
+    bar.finish();
+    let r = r?;
+    if ctx.json {
+        ctx.print_json(&json!({
+            "id": r.id, "parent": r.parent, "root": r.root,
+            "files": r.files, "dirs": r.dirs, "bytes": r.bytes,
+            "new_bytes": r.new_bytes, "new_objects": r.new_objects,
+            "tables": {},
+        }))?;
+    } else {
+        ctx.note(format!(
+            "snapshot {} of {} files, {} ({} new) in {:.2}s; {} moved",
+            r.id.short(),
+            r.files,
+            size(r.bytes),
+            size(r.new_bytes),
+            start.elapsed().as_secs_f64(),
+            opts.ref_name
+        ));
+        println!("{}", r.id);
+    }
+    Ok(0)
+}
+
+fn log(ctx: &Ctx, reference: Option<String>, max: Option<usize>) -> Result<i32> {
+    let (_, store) = ctx.open(LockMode::Shared)?;
+    let name = reference.unwrap_or_else(|| "main".into());
+    let id = names::resolve(&store, &name)?;
+    let hist = systemprompt_sync::history(&store, id, max)?;
+    if ctx.json {
+        let v: Vec<_> = hist
+            .iter()
+            .map(|(id, s)| {
+                json!({
+                    "id": id, "time": rfc3339(s.time), "message": s.message,
+                    "parents": s.parents, "host": s.host, "root": s.root,
+                    "files": s.files, "bytes": s.bytes,
+                })
+            })
+            .collect();
+        ctx.print_json(&serde_json::Value::Array(v))?;
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    for (i, (id, s)) in hist.iter().enumerate() {
+        if i > 0 {
+            writeln!(out)?;
+        }
+        writeln!(out, "snapshot {id}")?;
+        writeln!(out, "Date:   {}", human_time(s.time))?;
+        writeln!(out, "Host:   {}", s.host)?;
+        writeln!(out, "Files:  {} ({})", s.files, size(s.bytes))?;
+        if !s.message.is_empty() {
+            writeln!(out)?;
+            for line in s.message.lines() {
+                writeln!(out, "    {line}")?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn ls(ctx: &Ctx, spec: &str, recursive: bool, long: bool) -> Result<i32> {
+    let (_, store) = ctx.open(LockMode::Shared)?;
+    let (_, entry, name) = systemprompt_sync::resolve_path(&store, spec)?;
+    let mut rows: Vec<(Vec<u8>, systemprompt_sync::object::tree::Entry)> = Vec::new();
+    match &entry.kind {
+        EntryKind::Dir { tree } => list_dir(&store, tree, b"", recursive, &mut rows)?,
+        _ => rows.push((name, entry.clone())),
+    }
+    if ctx.json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(p, e)| {
+                let mut o = json!({
+                    "path": String::from_utf8_lossy(p), "type": e.kind_name(),
+                    "mode": format!("{:04o}", e.mode), "size": e.size(), "mtime": rfc3339(e.mtime),
+                });
+                if let EntryKind::Symlink { target } = &e.kind {
+                    o["target"] = json!(String::from_utf8_lossy(target));
+                }
+                o
+            })
+            .collect();
+        ctx.print_json(&serde_json::Value::Array(v))?;
+        return Ok(0);
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (p, e) in &rows {
+        let mut shown = quote_path(p);
+        if matches!(e.kind, EntryKind::Dir { .. }) {
+            shown.push('/');
+        }
+        if long {
+            let k = match e.kind {
+                EntryKind::Dir { .. } => 'd',
+                EntryKind::Symlink { .. } => 'l',
+                EntryKind::File { .. } => '-',
+            };
+            let mut line = format!(
+                "{} {:>12} {} {}",
+                mode_string(k, e.mode),
+                e.size(),
+                human_time(e.mtime),
+                shown
+            );
+            if let EntryKind::Symlink { target } = &e.kind {
+                line.push_str(" -> ");
+                line.push_str(&quote_path(target));
+            }
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(out, "{shown}")?;
+        }
+    }
+    out.flush()?;
+    Ok(0)
+}
+
+fn list_dir(
+    store: &Store,
+    tree: &ObjectId,
+    prefix: &[u8],
+    recursive: bool,
+    rows: &mut Vec<(Vec<u8>, systemprompt_sync::object::tree::Entry)>,
+) -> Result<()> {
+    for (name, e) in read_dir(store, tree)? {
+        let mut p = prefix.to_vec();
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(&name);
+        let sub = match &e.kind {
+            EntryKind::Dir { tree } if recursive => Some(*tree),
+            _ => None,
+        };
+        rows.push((p.clone(), e));
+        if let Some(t) = sub {
+            list_dir(store, &t, &p, recursive, rows)?;
+        }
+    }
+    Ok(())
+}
+
+fn diff(ctx: &Ctx, a: &str, b: Option<&str>, stat_only: bool, exit_code: bool) -> Result<i32> {
+    let (ws, store) = ctx.open(LockMode::Shared)?;
+    let root_of = |spec: &str| -> Result<Option<ObjectId>> {
+        let id = names::resolve(&store, spec)?;
+        Ok(names::load_snapshot(&store, &id)?.root)
+    };
+    let ra = root_of(a)?;
+    let mut changes: Vec<FileChange> = Vec::new();
+    let mut collect = |c: FileChange| {
+        changes.push(c);
+        Ok(())
+    };
+    match b {
+        Some(b) => {
+            let rb = root_of(b)?;
+            diff_trees(&store, ra.as_ref(), rb.as_ref(), &mut collect)?;
+        }
+        None => {
+            let (sources, excludes) = ws.default_sources()?;
+            let bar = Bar::new(ctx.quiet);
+            let r = systemprompt_sync::snapshot::scan_working_tree(
+                &store,
+                &sources,
+                &excludes,
+                &[],
+                &bar,
+            );
+            bar.finish();
+            let (root, scratch) = r?;
+            let src = Overlay {
+                first: &scratch.mem,
+                second: &store as &dyn ObjectSource,
+            };
+            diff_trees(&src, ra.as_ref(), Some(&root), &mut collect)?;
+        }
+    }
+    let mut stat = DiffStat::default();
+    for c in &changes {
+        stat.add(c);
+    }
+    if ctx.json {
+        let mut v = json!({"files": changes, "rows": []});
+        if stat_only {
+            v["stat"] = serde_json::to_value(&stat)?;
+        }
+        ctx.print_json(&v)?;
+    } else {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        if !stat_only {
+            for c in &changes {
+                let mut p = quote_path(&c.raw_path);
+                if c.path.ends_with('/') {
+                    p.push('/');
+                }
+                let detail = match c.change {
+                    ChangeKind::Added => c.new_size.map(|n| format!(" ({})", size(n))),
+                    ChangeKind::Removed => c.old_size.map(|n| format!(" ({})", size(n))),
+                    ChangeKind::Modified => match (c.old_size, c.new_size) {
+                        (Some(o), Some(n)) if o != n => {
+                            Some(format!(" ({} -> {})", size(o), size(n)))
+                        }
+                        _ => None,
+                    },
+                    ChangeKind::Type => Some(format!(
+                        " ({} -> {})",
+                        c.old_type.unwrap_or("?"),
+                        c.new_type.unwrap_or("?")
+                    )),
+                };
+                writeln!(
+                    out,
+                    "{} {}{}",
+                    c.change.symbol(),
+                    p,
+                    detail.unwrap_or_default()
+                )?;
+            }
+        }
+        if stat_only || !changes.is_empty() {
+            writeln!(
+                out,
+                "{} changed: {} added, {} removed, {} modified{}; +{} -{}",
+                plural(stat.total(), "path"),
+                stat.added,
+                stat.removed,
+                stat.modified,
+                if stat.type_changed > 0 {
+                    format!(", {} changed type", stat.type_changed)
+                } else {
+                    String::new()
+                },
+                size(stat.bytes_added),
+                size(stat.bytes_removed)
+            )?;
+        }
+        out.flush()?;
+    }
+    Ok(if exit_code && !changes.is_empty() {
+        1
+    } else {
+        0
+    })
+}
+
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+fn restore(ctx: &Ctx, spec: &str, target: &Path, delete: bool) -> Result<i32> {
+    let (_, store) = ctx.open(LockMode::Shared)?;
+    let target = ctx.cwd.join(target);
+    let bar = Bar::new(ctx.quiet);
+    let start = std::time::Instant::now();
+    let r = systemprompt_sync::restore_snapshot(
+        &store,
+        spec,
+        &target,
+        &RestoreOptions {
+            delete,
+            threads: None,
+        },
+        &bar,
+    );
+    bar.finish();
+    let r = r.with_context(|| format!("restore into {}", target.display()))?;
+    if ctx.json {
+        ctx.print_json(&json!({
+            "target": target.display().to_string(), "files": r.files, "dirs": r.dirs,
+            "bytes": r.bytes, "deleted": r.deleted,
+        }))?;
+    } else {
+        ctx.note(format!(
+            "restored {} files, {} into {} in {:.2}s{}",
+            r.files,
+            size(r.bytes),
+            target.display(),
+            start.elapsed().as_secs_f64(),
+            if delete {
+                format!("; removed {}", r.deleted)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    Ok(0)
+}
+
+fn fsck_cmd(ctx: &Ctx, read_data: bool, rebuild: bool) -> Result<i32> {
+    let ws = ctx.workspace()?;
+    let bar = Bar::new(ctx.quiet);
+    let mut rebuild_problems = Vec::new();
+    if rebuild {
+        let store = Store::open(&ws.store_dir, LockMode::Shared)?;
+        rebuild_problems = rebuild_index(&store, &bar)?;
+    }
+    let store = Store::open(&ws.store_dir, LockMode::Shared)?;
+    let r = fsck(&store, &FsckOptions { read_data }, &bar);
+    bar.finish();
+    let mut r = r?;
+    r.errors.splice(0..0, rebuild_problems);
+    r.ok = r.errors.is_empty();
+    if ctx.json {
+        ctx.print_json(&serde_json::to_value(&r)?)?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        for w in &r.warnings {
+            writeln!(out, "warning: {w}")?;
+        }
+        for e in &r.errors {
+            writeln!(out, "{e}")?;
+        }
+        ctx.note(format!(
+            "checked {} refs, {} snapshots, {} reachable objects in {} packs{}",
+            r.refs,
+            r.snapshots,
+            r.reachable,
+            r.packs,
+            if read_data { " (all data read)" } else { "" }
+        ));
+    }
+    if r.ok {
+        Ok(0)
+    } else {
+        Err(anyhow!("fsck found {} problems", r.errors.len()))
+    }
+}
+
+fn gc_cmd(ctx: &Ctx, dry_run: bool) -> Result<i32> {
+    let (_, store) = ctx.open(LockMode::Exclusive)?;
+    let bar = Bar::new(ctx.quiet);
+    let r = gc(&store, dry_run, &bar);
+    bar.finish();
+    let r = r?;
+    if ctx.json {
+        ctx.print_json(&serde_json::to_value(&r)?)?;
+    } else {
+        let verb = if dry_run { "would remove" } else { "removed" };
+        println!(
+            "{verb} {} objects ({}); {} packs deleted, {} rewritten; {} leftover files; {} reachable objects kept ({})",
+            r.removed_objects,
+            size(r.removed_bytes),
+            r.packs_deleted,
+            r.packs_rewritten,
+            r.orphan_files,
+            r.reachable_objects,
+            size(r.kept_bytes)
+        );
+    }
+    Ok(0)
+}
+
+fn refs(ctx: &Ctx, cmd: RefCmd) -> Result<i32> {
+    let (_, store) = ctx.open(LockMode::Shared)?;
+    match cmd {
+        RefCmd::List => {
+            let refs = store.list_refs()?;
+            if ctx.json {
+                let v: Vec<_> = refs
+                    .iter()
+                    .map(|(n, id)| json!({"name": n, "id": id}))
+                    .collect();
+                ctx.print_json(&serde_json::Value::Array(v))?;
+            } else {
+                for (n, id) in refs {
+                    println!("{id} {n}");
+                }
+            }
+        }
+        RefCmd::Set { name, snap } => {
+            let id = names::resolve(&store, &snap)?;
+            let old = store.read_ref(&name)?;
+            store.update_ref(&name, Some(old), Some(id))?;
+            if ctx.json {
+                ctx.print_json(&json!({"name": name, "id": id, "old": old}))?;
+            } else {
+                ctx.note(format!("{name} -> {}", id.short()));
+            }
+        }
+        RefCmd::Delete { name } => {
+            let old = store
+                .read_ref(&name)?
+                .ok_or_else(|| SyncError::NotFound(format!("unknown ref {name}")))?;
+            store.update_ref(&name, Some(Some(old)), None)?;
+            if ctx.json {
+                ctx.print_json(&json!({"name": name, "deleted": old}))?;
+            } else {
+                ctx.note(format!("deleted ref {name} (was {})", old.short()));
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,249 @@
+//! What changed between two trees, on top of the prolly map diff: equal
+//! subtrees (same id) are skipped unread, so a diff costs what changed.
+//!
+//! Reported: files and symlinks added, removed, modified (content, mode or
+//! link target) or changing type, and directories added, removed or changing
+//! mode (shown with a trailing `/`). A change of modification time alone is
+//! not a difference.
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::id::{ObjectId, ObjectType};
+use crate::object::ObjectSource;
+use crate::object::tree::{Entry, EntryKind, decode_entry, read_dir};
+use crate::pmap::{self, Change};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    Added,
+    Removed,
+    Modified,
+    Type,
+}
+
+impl ChangeKind {
+    pub fn symbol(self) -> char {
+        match self {
+            ChangeKind::Added => '+',
+            ChangeKind::Removed => '-',
+            ChangeKind::Modified => 'M',
+            ChangeKind::Type => 'T',
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileChange {
+    /// The path (lossy UTF-8); directories end with `/`.
+    pub path: String,
+    #[serde(skip)]
+    pub raw_path: Vec<u8>,
+    pub change: ChangeKind,
+    pub old_size: Option<u64>,
+    pub new_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_type: Option<&'static str>,
+}
+
+/// Totals of a diff, for `--stat`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DiffStat {
+    pub added: u64,
+    pub removed: u64,
+    pub modified: u64,
+    pub type_changed: u64,
+    pub bytes_added: u64,
+    pub bytes_removed: u64,
+}
+
+impl DiffStat {
+    pub fn add(&mut self, c: &FileChange) {
+        match c.change {
+            ChangeKind::Added => self.added += 1,
+            ChangeKind::Removed => self.removed += 1,
+            ChangeKind::Modified => self.modified += 1,
+            ChangeKind::Type => self.type_changed += 1,
+        }
+        let (o, n) = (c.old_size.unwrap_or(0), c.new_size.unwrap_or(0));
+        if n > o {
+            self.bytes_added += n - o;
+        } else {
+            self.bytes_removed += o - n;
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.added + self.removed + self.modified + self.type_changed
+    }
+}
+
+fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = prefix.to_vec();
+    if !p.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+fn change(path: Vec<u8>, kind: ChangeKind, old: Option<&Entry>, new: Option<&Entry>) -> FileChange {
+    let is_dir = |e: Option<&Entry>| matches!(e.map(|e| &e.kind), Some(EntryKind::Dir { .. }));
+    let mut shown = path.clone();
+    if kind != ChangeKind::Type && (is_dir(old) || is_dir(new)) {
+        shown.push(b'/');
+    }
+    let size = |e: Option<&Entry>| match e.map(|e| &e.kind) {
+        Some(EntryKind::Dir { .. }) | None => None,
+        Some(_) => e.map(Entry::size),
+    };
+    FileChange {
+        path: String::from_utf8_lossy(&shown).into_owned(),
+        raw_path: path,
+        change: kind,
+        old_size: size(old),
+        new_size: size(new),
+        old_type: (kind == ChangeKind::Type)
+            .then(|| old.map(Entry::kind_name))
+            .flatten(),
+        new_type: (kind == ChangeKind::Type)
+            .then(|| new.map(Entry::kind_name))
+            .flatten(),
+    }
+}
+
+/// Calls `out` for each change between trees `a` and `b` (None: empty), in
+/// path order.
+pub fn diff_trees(
+    src: &dyn ObjectSource,
+    a: Option<&ObjectId>,
+    b: Option<&ObjectId>,
+    out: &mut dyn FnMut(FileChange) -> Result<()>,
+) -> Result<()> {
+    diff_dir(src, a, b, b"", out)
+}
+
+fn diff_dir(
+    src: &dyn ObjectSource,
+    a: Option<&ObjectId>,
+    b: Option<&ObjectId>,
+    prefix: &[u8],
+    out: &mut dyn FnMut(FileChange) -> Result<()>,
+) -> Result<()> {
+    let a_id = a.copied().unwrap_or_default();
+    let b_id = b.copied().unwrap_or_default();
+    pmap::diff(src, ObjectType::Tree, a, b, |name, c| {
+        let path = join(prefix, name);
+        match c {
+            Change::Added(v) => {
+                let e = decode_entry(&b_id, name, &v)?;
+                all(src, &e, path, ChangeKind::Added, out)
+            }
+            Change::Removed(v) => {
+                let e = decode_entry(&a_id, name, &v)?;
+                all(src, &e, path, ChangeKind::Removed, out)
+            }
+            Change::Modified(ov, nv) => {
+                let o = decode_entry(&a_id, name, &ov)?;
+                let n = decode_entry(&b_id, name, &nv)?;
+                match (&o.kind, &n.kind) {
+                    (EntryKind::Dir { tree: ta }, EntryKind::Dir { tree: tb }) => {
+                        if o.mode != n.mode {
+                            out(change(
+                                path.clone(),
+                                ChangeKind::Modified,
+                                Some(&o),
+                                Some(&n),
+                            ))?;
+                        }
+                        if ta != tb {
+                            diff_dir(src, Some(ta), Some(tb), &path, out)?;
+                        }
+                        Ok(())
+                    }
+                    (
+                        EntryKind::File {
+                            size: sa,
+                            content: ca,
+                        },
+                        EntryKind::File {
+                            size: sb,
+                            content: cb,
+                        },
+                    ) => {
+                        if sa != sb || ca != cb || o.mode != n.mode {
+                            out(change(path, ChangeKind::Modified, Some(&o), Some(&n)))?;
+                        }
+                        Ok(())
+                    }
+                    (EntryKind::Symlink { target: ta }, EntryKind::Symlink { target: tb }) => {
+                        if ta != tb || o.mode != n.mode {
+                            out(change(path, ChangeKind::Modified, Some(&o), Some(&n)))?;
+                        }
+                        Ok(())
+                    }
+                    _ => {
+                        out(change(path.clone(), ChangeKind::Type, Some(&o), Some(&n)))?;
+                        if let EntryKind::Dir { tree } = &o.kind {
+                            children(src, tree, &path, ChangeKind::Removed, out)?;
+                        }
+                        if let EntryKind::Dir { tree } = &n.kind {
+                            children(src, tree, &path, ChangeKind::Added, out)?;
+                        }
+                        Ok(())
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Reports an added or removed entry, and everything under it.
+fn all(
+    src: &dyn ObjectSource,
+    e: &Entry,
+    path: Vec<u8>,
+    kind: ChangeKind,
+    out: &mut dyn FnMut(FileChange) -> Result<()>,
+) -> Result<()> {
+    let (old, new) = if kind == ChangeKind::Added {
+        (None, Some(e))
+    } else {
+        (Some(e), None)
+    };
+    out(change(path.clone(), kind, old, new))?;
+    if let EntryKind::Dir { tree } = &e.kind {
+        children(src, tree, &path, kind, out)?;
+    }
+    Ok(())
+}
+
+fn children(
+    src: &dyn ObjectSource,
+    tree: &ObjectId,
+    prefix: &[u8],
+    kind: ChangeKind,
+    out: &mut dyn FnMut(FileChange) -> Result<()>,
+) -> Result<()> {
+    for (name, e) in read_dir(src, tree)? {
+        all(src, &e, join(prefix, &name), kind, out)?;
+    }
+    Ok(())
+}
+
+/// Collects a diff into a vector.
+pub fn diff_trees_vec(
+    src: &dyn ObjectSource,
+    a: Option<&ObjectId>,
+    b: Option<&ObjectId>,
+) -> Result<Vec<FileChange>> {
+    let mut v = Vec::new();
+    diff_trees(src, a, b, &mut |c| {
+        v.push(c);
+        Ok(())
+    })?;
+    Ok(v)
+}

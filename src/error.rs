@@ -1,0 +1,162 @@
+//! `SyncError`: the one error type of the library.
+
+use std::path::{Path, PathBuf};
+
+use crate::id::ObjectId;
+
+/// Everything that can go wrong, with enough context to say what failed and where.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// A filesystem operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An object's bytes do not hash to its id, or do not decode.
+    #[error("corrupt {kind} object {id}: {reason}")]
+    CorruptObject {
+        kind: &'static str,
+        id: ObjectId,
+        reason: String,
+    },
+
+    /// A file of the store (pack, index, ref, config, cache) is damaged.
+    #[error("corrupt {what} {}: {reason}", path.display())]
+    CorruptFile {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+
+    /// An object a reference points to is not in the store.
+    #[error("missing {kind} object {id}")]
+    MissingObject { kind: &'static str, id: ObjectId },
+
+    /// A compare-and-swap of a ref lost a race.
+    #[error(
+        "ref {name} changed concurrently: expected {}, found {}",
+        show(expected),
+        show(actual)
+    )]
+    RefConflict {
+        name: String,
+        expected: Option<ObjectId>,
+        actual: Option<ObjectId>,
+    },
+
+    /// Moving a ref would drop history and was not forced.
+    #[error("ref {name}: {new} is not a descendant of {old} (not a fast-forward; use --force)")]
+    NonFastForward {
+        name: String,
+        old: ObjectId,
+        new: ObjectId,
+    },
+
+    /// A ref, snapshot, path, remote or target that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+
+    /// Input that is not acceptable: a bad name, argument or entry.
+    #[error("{0}")]
+    Invalid(String),
+
+    /// A name read from a store, remote or bundle that would write outside
+    /// the target or is otherwise unsafe.
+    #[error("unsafe entry name {name:?} in {context}")]
+    UnsafeName { name: String, context: String },
+
+    /// No store was found or given.
+    #[error("{0}")]
+    NoStore(String),
+
+    /// A required configuration value is missing.
+    #[error("missing configuration: {0}")]
+    MissingConfig(String),
+
+    /// A remote answered with an error status.
+    #[error("remote error {status}: {message}")]
+    ApiError { status: u16, message: String },
+
+    /// A remote refused the credentials.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+
+    /// A database operation failed.
+    #[error("database: {0}")]
+    Database(String),
+
+    /// An external command (a deploy step) failed.
+    #[error("command {command:?} failed with {status}: {output}")]
+    CommandFailed {
+        command: String,
+        status: String,
+        output: String,
+    },
+
+    /// The operation was interrupted.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+fn show(id: &Option<ObjectId>) -> String {
+    match id {
+        Some(id) => id.short(),
+        None => "(none)".into(),
+    }
+}
+
+pub type Result<T, E = SyncError> = std::result::Result<T, E>;
+
+impl SyncError {
+    pub fn io(op: &'static str, path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        SyncError::Io {
+            op,
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn corrupt_file(
+        what: &'static str,
+        path: impl AsRef<Path>,
+        reason: impl Into<String>,
+    ) -> Self {
+        SyncError::CorruptFile {
+            what,
+            path: path.as_ref().to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether this error says that data in the store is damaged or missing.
+    pub fn is_integrity(&self) -> bool {
+        matches!(
+            self,
+            SyncError::CorruptObject { .. }
+                | SyncError::CorruptFile { .. }
+                | SyncError::MissingObject { .. }
+        )
+    }
+}
+
+/// Adds `op path` context to `std::io::Result`s.
+pub trait IoContext<T> {
+    fn ctx(self, op: &'static str, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, op: &'static str, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| SyncError::io(op, path, e))
+    }
+}
+
+impl<T> IoContext<T> for rustix::io::Result<T> {
+    fn ctx(self, op: &'static str, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| SyncError::io(op, path, e.into()))
+    }
+}

@@ -1,0 +1,349 @@
+//! Tree entries: the values of a directory map (name → entry).
+//!
+//! Entry encoding: `kind | mode (varint) | mtime seconds (zigzag) | mtime
+//! nanoseconds (varint)` and then, for a file, `size (varint) | content`; for
+//! a directory, `tree id [32]`; for a symlink, `target (bytes)`. Content is
+//! `0 | count (varint) | count × (chunk id [32] | length (varint))` (inline) or
+//! `1 | level | list root id [32]` (a list tree).
+
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::error::{Result, SyncError};
+use crate::id::{ObjectId, ObjectType};
+use crate::object::list::{ChunkRef, ListIter, MAX_INLINE};
+use crate::object::{ObjectSource, corrupt};
+
+pub const KIND_FILE: u8 = 1;
+pub const KIND_DIR: u8 = 2;
+pub const KIND_SYMLINK: u8 = 3;
+/// Permission bits kept: rwx for user, group and other, setuid, setgid, sticky.
+pub const MODE_MASK: u32 = 0o7777;
+pub const MAX_NAME: usize = 1024;
+pub const MAX_SYMLINK: usize = 4096;
+
+/// Seconds and nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+/// What a file's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Content {
+    /// The chunks themselves (at most [`MAX_INLINE`]).
+    Inline(Vec<ChunkRef>),
+    /// The root of a list tree.
+    Indirect { level: u8, root: ObjectId },
+}
+
+impl Content {
+    /// Streams the chunks of the content.
+    pub fn chunks<'a>(
+        &'a self,
+        src: &'a dyn ObjectSource,
+        size: u64,
+    ) -> Box<dyn Iterator<Item = Result<ChunkRef>> + 'a> {
+        match self {
+            Content::Inline(v) => Box::new(v.iter().copied().map(Ok)),
+            Content::Indirect { level, root } => Box::new(ListIter::new(src, *level, *root, size)),
+        }
+    }
+
+    /// Ids referenced directly by the entry.
+    pub fn refs(&self) -> Vec<(ObjectType, ObjectId)> {
+        match self {
+            Content::Inline(v) => v.iter().map(|c| (ObjectType::Chunk, c.id)).collect(),
+            Content::Indirect { root, .. } => vec![(ObjectType::List, *root)],
+        }
+    }
+
+    pub fn decode(r: &mut Reader<'_>, size: u64) -> std::result::Result<Content, DecodeError> {
+        let form = r.u8()?;
+        Ok(match form {
+            0 => {
+                let n = r.varint_max(MAX_INLINE as u64, "inline chunk count")? as usize;
+                let mut v = Vec::with_capacity(n);
+                let mut sum: u64 = 0;
+                for _ in 0..n {
+                    let id = r.id()?;
+                    let len = r.varint_max(crate::object::list::MAX_CHUNK_LEN, "chunk length")?;
+                    if len == 0 {
+                        return r.err("zero-length chunk");
+                    }
+                    sum += len;
+                    v.push(ChunkRef { id, len });
+                }
+                if sum != size {
+                    return r.err(format!("chunks cover {sum} bytes, size is {size}"));
+                }
+                Content::Inline(v)
+            }
+            1 => {
+                let level = r.u8()?;
+                if level > crate::pmap::MAX_LEVEL {
+                    return r.err("list level too deep");
+                }
+                let root = r.id()?;
+                if size == 0 {
+                    return r.err("indirect content of an empty file");
+                }
+                Content::Indirect { level, root }
+            }
+            f => return r.err(format!("unknown content form {f}")),
+        })
+    }
+
+    pub fn encode(&self, w: &mut Writer) {
+        match self {
+            Content::Inline(v) => {
+                w.u8(0).varint(v.len() as u64);
+                for c in v {
+                    w.id(&c.id).varint(c.len);
+                }
+            }
+            Content::Indirect { level, root } => {
+                w.u8(1).u8(*level).id(root);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    File { size: u64, content: Content },
+    Dir { tree: ObjectId },
+    Symlink { target: Vec<u8> },
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Entry {
+    pub mode: u32,
+    pub mtime: Timestamp,
+    pub kind: EntryKind,
+}
+
+impl Entry {
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            EntryKind::File { .. } => "file",
+            EntryKind::Dir { .. } => "dir",
+            EntryKind::Symlink { .. } => "symlink",
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        match &self.kind {
+            EntryKind::File { size, .. } => *size,
+            EntryKind::Symlink { target } => target.len() as u64,
+            EntryKind::Dir { .. } => 0,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(64);
+        self.encode_into(&mut w);
+        w.into_vec()
+    }
+
+    pub fn encode_into(&self, w: &mut Writer) {
+        let kind = match self.kind {
+            EntryKind::File { .. } => KIND_FILE,
+            EntryKind::Dir { .. } => KIND_DIR,
+            EntryKind::Symlink { .. } => KIND_SYMLINK,
+        };
+        w.u8(kind)
+            .varint(u64::from(self.mode & MODE_MASK))
+            .zigzag(self.mtime.secs)
+            .varint(u64::from(self.mtime.nanos));
+        match &self.kind {
+            EntryKind::File { size, content } => {
+                w.varint(*size);
+                content.encode(w);
+            }
+            EntryKind::Dir { tree } => {
+                w.id(tree);
+            }
+            EntryKind::Symlink { target } => {
+                w.bytes(target);
+            }
+        }
+    }
+
+    pub fn decode(b: &[u8]) -> std::result::Result<Entry, DecodeError> {
+        let mut r = Reader::new(b);
+        let kind = r.u8()?;
+        let mode = r.varint_max(u64::from(MODE_MASK), "mode")? as u32;
+        let secs = r.zigzag()?;
+        let nanos = r.varint_max(999_999_999, "nanoseconds")? as u32;
+        let mtime = Timestamp { secs, nanos };
+        let kind = match kind {
+            KIND_FILE => {
+                let size = r.varint()?;
+                let content = Content::decode(&mut r, size)?;
+                EntryKind::File { size, content }
+            }
+            KIND_DIR => EntryKind::Dir { tree: r.id()? },
+            KIND_SYMLINK => {
+                let target = r.bytes(MAX_SYMLINK)?;
+                if target.is_empty() || target.contains(&0) {
+                    return r.err("symlink target is empty or holds NUL");
+                }
+                EntryKind::Symlink {
+                    target: target.to_vec(),
+                }
+            }
+            k => return r.err(format!("unknown entry kind {k}")),
+        };
+        r.finish()?;
+        Ok(Entry { mode, mtime, kind })
+    }
+
+    /// Objects this entry references directly, with their kinds.
+    pub fn refs(&self) -> Vec<(ObjectType, ObjectId)> {
+        match &self.kind {
+            EntryKind::File { content, .. } => content.refs(),
+            EntryKind::Dir { tree } => vec![(ObjectType::Tree, *tree)],
+            EntryKind::Symlink { .. } => Vec::new(),
+        }
+    }
+}
+
+/// Why a name cannot be a directory entry, if it cannot.
+pub fn check_name(name: &[u8]) -> std::result::Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty name");
+    }
+    if name == b"." || name == b".." {
+        return Err("`.` and `..` are not entry names");
+    }
+    if name.contains(&b'/') {
+        return Err("name holds `/`");
+    }
+    if name.contains(&0) {
+        return Err("name holds NUL");
+    }
+    if name.len() > MAX_NAME {
+        return Err("name too long");
+    }
+    Ok(())
+}
+
+/// Decodes an entry read from tree `node` under `name`, rejecting unsafe names.
+pub fn decode_entry(tree: &ObjectId, name: &[u8], value: &[u8]) -> Result<Entry> {
+    if let Err(why) = check_name(name) {
+        return Err(SyncError::UnsafeName {
+            name: String::from_utf8_lossy(name).into_owned(),
+            context: format!("tree {} ({why})", tree.short()),
+        });
+    }
+    Entry::decode(value).map_err(|e| {
+        corrupt(
+            ObjectType::Tree,
+            tree,
+            format!("entry {:?}: {e}", String::from_utf8_lossy(name)),
+        )
+    })
+}
+
+/// Reads all entries of a directory map, validated, in name order.
+pub fn read_dir(src: &dyn ObjectSource, tree: &ObjectId) -> Result<Vec<(Vec<u8>, Entry)>> {
+    let mut out = Vec::new();
+    for item in crate::pmap::MapIter::new(src, ObjectType::Tree, *tree) {
+        let (k, v) = item?;
+        let e = decode_entry(tree, &k, &v)?;
+        out.push((k, e));
+    }
+    Ok(out)
+}
+
+/// Looks a path (components separated by `/`) up from a root tree. An empty
+/// path is the root itself, returned as a directory entry.
+pub fn lookup(src: &dyn ObjectSource, root: &ObjectId, path: &[u8]) -> Result<Option<Entry>> {
+    let mut cur = Entry {
+        mode: 0o755,
+        mtime: Timestamp::default(),
+        kind: EntryKind::Dir { tree: *root },
+    };
+    for comp in path.split(|&c| c == b'/').filter(|c| !c.is_empty()) {
+        let EntryKind::Dir { tree } = cur.kind else {
+            return Ok(None);
+        };
+        match crate::pmap::get(src, ObjectType::Tree, &tree, comp)? {
+            Some(v) => cur = decode_entry(&tree, comp, &v)?,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(cur))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_entry() -> impl Strategy<Value = Entry> {
+        let ts =
+            (any::<i64>(), 0u32..1_000_000_000).prop_map(|(secs, nanos)| Timestamp { secs, nanos });
+        let kind = prop_oneof![
+            (1u64..1_000_000)
+                .prop_flat_map(|n| (Just(n), any::<[u8; 32]>()))
+                .prop_map(|(n, id)| EntryKind::File {
+                    size: n,
+                    content: Content::Inline(vec![ChunkRef {
+                        id: ObjectId(id),
+                        len: n
+                    }]),
+                }),
+            Just(EntryKind::File {
+                size: 0,
+                content: Content::Inline(vec![])
+            }),
+            (any::<u8>(), any::<[u8; 32]>(), 1u64..u64::MAX).prop_map(|(l, id, size)| {
+                EntryKind::File {
+                    size,
+                    content: Content::Indirect {
+                        level: l % 8,
+                        root: ObjectId(id),
+                    },
+                }
+            }),
+            any::<[u8; 32]>().prop_map(|id| EntryKind::Dir { tree: ObjectId(id) }),
+            proptest::collection::vec(1u8..=255, 1..100)
+                .prop_map(|target| EntryKind::Symlink { target }),
+        ];
+        (0u32..=0o7777, ts, kind).prop_map(|(mode, mtime, kind)| Entry { mode, mtime, kind })
+    }
+
+    proptest! {
+        #[test]
+        fn entry_round_trips(e in arb_entry()) {
+            let b = e.encode();
+            prop_assert_eq!(Entry::decode(&b).unwrap(), e);
+        }
+
+        #[test]
+        fn entry_decode_is_canonical(b in proptest::collection::vec(any::<u8>(), 0..120)) {
+            if let Ok(e) = Entry::decode(&b) {
+                prop_assert_eq!(e.encode(), b);
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_names_are_rejected() {
+        for bad in [&b""[..], b".", b"..", b"a/b", b"/", b"a\0b"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            &b"a"[..],
+            b"...",
+            b"a b",
+            b"line\nbreak",
+            b"\xff\xfe",
+            b"back\\slash",
+        ] {
+            assert!(check_name(good).is_ok(), "{good:?}");
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! The pack stream: one format for pack files on disk, for transfers on the
+//! wire and for the body of bundles.
+//!
+//! ```text
+//! magic "SPSYNCPK" | version=1
+//! record*:  0x01 | tag | flags | id [32] | ulen (varint) | clen (varint) | payload [clen]
+//! 0x00 | record count (varint) | BLAKE3 of every preceding byte [32]
+//! ```
+//! `flags` is 0 (payload is the object's bytes) or 1 (payload is one zstd
+//! frame of them). Every reader re-hashes the uncompressed bytes with the tag
+//! and compares with `id`; `ulen` caps what decompression may produce.
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+
+use crate::codec::{put_varint, varint_len};
+use crate::error::{Result, SyncError};
+use crate::id::{ObjectId, ObjectType};
+use crate::object::{MAX_OBJECT_SIZE, corrupt};
+
+pub const PACK_MAGIC: &[u8; 8] = b"SPSYNCPK";
+pub const PACK_VERSION: u8 = 1;
+pub const HEADER_LEN: u64 = 9;
+pub const FLAG_RAW: u8 = 0;
+pub const FLAG_ZSTD: u8 = 1;
+const REC_OBJECT: u8 = 1;
+const REC_END: u8 = 0;
+
+/// An object ready to be written: its bytes as stored.
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    pub tag: ObjectType,
+    pub id: ObjectId,
+    pub flags: u8,
+    pub ulen: u32,
+    pub payload: Vec<u8>,
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Compresses `data` with zstd at `level` unless that does not save at least
+/// 1/32 of it; returns (flags, payload).
+pub fn compress(data: &[u8], level: i32) -> (u8, Vec<u8>) {
+    if data.len() < 64 || level == 0 {
+        return (FLAG_RAW, data.to_vec());
+    }
+    let out = COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = zstd::bulk::Compressor::new(level).ok().map(|z| (level, z));
+        }
+        c.as_mut().and_then(|(_, z)| z.compress(data).ok())
+    });
+    match out {
+        Some(z) if z.len() + data.len() / 32 < data.len() => (FLAG_ZSTD, z),
+        _ => (FLAG_RAW, data.to_vec()),
+    }
+}
+
+/// Prepares an object for storage.
+pub fn prepare(tag: ObjectType, id: ObjectId, data: &[u8], level: i32) -> StoredObject {
+    let (flags, payload) = compress(data, level);
+    StoredObject {
+        tag,
+        id,
+        flags,
+        ulen: data.len() as u32,
+        payload,
+    }
+}
+
+/// Turns a stored payload back into the object's bytes and checks them
+/// against `id`. Never allocates more than `ulen` (itself capped).
+pub fn unpack(
+    tag: ObjectType,
+    id: &ObjectId,
+    flags: u8,
+    ulen: u64,
+    payload: &[u8],
+) -> Result<Vec<u8>> {
+    if ulen > MAX_OBJECT_SIZE as u64 {
+        return Err(corrupt(
+            tag,
+            id,
+            format!("declared size {ulen} exceeds the limit"),
+        ));
+    }
+    let data = match flags {
+        FLAG_RAW => {
+            if payload.len() as u64 != ulen {
+                return Err(corrupt(
+                    tag,
+                    id,
+                    "stored length differs from declared length",
+                ));
+            }
+            payload.to_vec()
+        }
+        FLAG_ZSTD => {
+            let out = DECOMPRESSOR.with(|d| {
+                let mut d = d.borrow_mut();
+                if d.is_none() {
+                    *d = zstd::bulk::Decompressor::new().ok();
+                }
+                match d.as_mut() {
+                    Some(d) => d.decompress(payload, ulen as usize),
+                    None => Err(std::io::Error::other("cannot create a zstd context")),
+                }
+            });
+            let out = out.map_err(|e| corrupt(tag, id, format!("zstd: {e}")))?;
+            if out.len() as u64 != ulen {
+                return Err(corrupt(
+                    tag,
+                    id,
+                    "decompressed length differs from declared length",
+                ));
+            }
+            out
+        }
+        f => return Err(corrupt(tag, id, format!("unknown flags {f}"))),
+    };
+    if ObjectId::compute(tag, &data) != *id {
+        return Err(corrupt(tag, id, "hash mismatch"));
+    }
+    Ok(data)
+}
+
+/// The bytes of a record header.
+pub fn record_header(o: &StoredObject) -> Vec<u8> {
+    let mut h = Vec::with_capacity(56);
+    h.push(REC_OBJECT);
+    h.push(o.tag as u8);
+    h.push(o.flags);
+    h.extend_from_slice(&o.id.0);
+    put_varint(&mut h, u64::from(o.ulen));
+    put_varint(&mut h, o.payload.len() as u64);
+    h
+}
+
+/// The length of a record header for these sizes.
+pub fn record_header_len(ulen: u64, clen: u64) -> u64 {
+    35 + varint_len(ulen) as u64 + varint_len(clen) as u64
+}
+
+/// Writes a pack stream. `W` is a file, a socket body or a bundle.
+pub struct PackWriter<W: Write> {
+    out: W,
+    hasher: blake3::Hasher,
+    offset: u64,
+    count: u64,
+}
+
+impl<W: Write> PackWriter<W> {
+    pub fn new(mut out: W) -> std::io::Result<Self> {
+        let mut hasher = blake3::Hasher::new();
+        let mut head = PACK_MAGIC.to_vec();
+        head.push(PACK_VERSION);
+        out.write_all(&head)?;
+        hasher.update(&head);
+        Ok(PackWriter {
+            out,
+            hasher,
+            offset: head.len() as u64,
+            count: 0,
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Appends a record; returns its offset.
+    pub fn add(&mut self, o: &StoredObject) -> std::io::Result<u64> {
+        let at = self.offset;
+        let h = record_header(o);
+        self.out.write_all(&h)?;
+        self.out.write_all(&o.payload)?;
+        self.hasher.update(&h);
+        self.hasher.update(&o.payload);
+        self.offset += (h.len() + o.payload.len()) as u64;
+        self.count += 1;
+        Ok(at)
+    }
+
+    /// Writes the end record and trailer; returns the writer and the trailer
+    /// hash (the pack's name).
+    pub fn finish(mut self) -> std::io::Result<(W, ObjectId)> {
+        let mut end = vec![REC_END];
+        put_varint(&mut end, self.count);
+        self.out.write_all(&end)?;
+        self.hasher.update(&end);
+        let sum = ObjectId(*self.hasher.finalize().as_bytes());
+        self.out.write_all(&sum.0)?;
+        self.out.flush()?;
+        Ok((self.out, sum))
+    }
+}
+
+/// One record read from a stream, its payload not yet verified.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub offset: u64,
+    pub tag: ObjectType,
+    pub flags: u8,
+    pub id: ObjectId,
+    pub ulen: u64,
+    pub payload: Vec<u8>,
+}
+
+impl Record {
+    /// Decompresses and verifies the object's bytes.
+    pub fn verify(&self) -> Result<Vec<u8>> {
+        unpack(self.tag, &self.id, self.flags, self.ulen, &self.payload)
+    }
+
+    pub fn into_stored(self) -> StoredObject {
+        StoredObject {
+            tag: self.tag,
+            id: self.id,
+            flags: self.flags,
+            ulen: self.ulen as u32,
+            payload: self.payload,
+        }
+    }
+}
+
+/// Reads a pack stream record by record, checking the framing and, at the
+/// end, the trailer hash. `what` names the stream in errors.
+pub struct PackReader<R: Read> {
+    inp: R,
+    hasher: blake3::Hasher,
+    offset: u64,
+    count: u64,
+    done: bool,
+    what: String,
+    /// The trailer hash once the end was reached and verified.
+    pub trailer: Option<ObjectId>,
+}
+
+impl<R: Read> PackReader<R> {
+    pub fn new(mut inp: R, what: impl Into<String>) -> Result<Self> {
+        let what = what.into();
+        let mut head = [0u8; 9];
+        read_exact(&mut inp, &mut head, &what, 0)?;
+        if &head[..8] != PACK_MAGIC {
+            return Err(bad(&what, 0, "not a pack stream (bad magic)"));
+        }
+        if head[8] != PACK_VERSION {
+            return Err(bad(
+                &what,
+                8,
+                format!("unsupported pack version {}", head[8]),
+            ));
+        }
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&head);
+        Ok(PackReader {
+            inp,
+            hasher,
+            offset: 9,
+            count: 0,
+            done: false,
+            what,
+            trailer: None,
+        })
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    fn byte(&mut self) -> Result<u8> {
+        let mut b = [0u8; 1];
+        read_exact(&mut self.inp, &mut b, &self.what, self.offset)?;
+        self.hasher.update(&b);
+        self.offset += 1;
+        Ok(b[0])
+    }
+
+    fn varint(&mut self) -> Result<u64> {
+        let start = self.offset;
+        let mut v: u64 = 0;
+        let mut shift = 0u32;
+        loop {
+            let b = self.byte()?;
+            if shift == 63 && b > 1 {
+                return Err(bad(&self.what, start, "varint overflows 64 bits"));
+            }
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                if b == 0 && shift > 0 {
+                    return Err(bad(&self.what, start, "overlong varint"));
+                }
+                return Ok(v);
+            }
+            shift += 7;
+        }
+    }
+
+    /// The next record, or None after the verified end.
+    pub fn next_record(&mut self) -> Result<Option<Record>> {
+        if self.done {
+            return Ok(None);
+        }
+        let at = self.offset;
+        match self.byte()? {
+            REC_OBJECT => {}
+            REC_END => {
+                let n = self.varint()?;
+                if n != self.count {
+                    return Err(bad(
+                        &self.what,
+                        at,
+                        format!("end says {n} records, stream had {}", self.count),
+                    ));
+                }
+                let expect = ObjectId(*self.hasher.finalize().as_bytes());
+                let mut sum = [0u8; 32];
+                read_exact(&mut self.inp, &mut sum, &self.what, self.offset)?;
+                if sum != expect.0 {
+                    return Err(bad(&self.what, self.offset, "trailer checksum mismatch"));
+                }
+                self.offset += 32;
+                self.done = true;
+                self.trailer = Some(expect);
+                return Ok(None);
+            }
+            k => return Err(bad(&self.what, at, format!("unknown record kind {k}"))),
+        }
+        let tag_b = self.byte()?;
+        let tag = ObjectType::from_u8(tag_b)
+            .ok_or_else(|| bad(&self.what, at + 1, format!("unknown object type {tag_b}")))?;
+        let flags = self.byte()?;
+        if flags > FLAG_ZSTD {
+            return Err(bad(&self.what, at + 2, format!("unknown flags {flags}")));
+        }
+        let mut id = [0u8; 32];
+        read_exact(&mut self.inp, &mut id, &self.what, self.offset)?;
+        self.hasher.update(&id);
+        self.offset += 32;
+        let ulen = self.varint()?;
+        let clen = self.varint()?;
+        if ulen > MAX_OBJECT_SIZE as u64 || clen > MAX_OBJECT_SIZE as u64 + 1024 {
+            return Err(bad(
+                &self.what,
+                at,
+                format!("object of {ulen}/{clen} bytes exceeds the limit"),
+            ));
+        }
+        if flags == FLAG_RAW && clen != ulen {
+            return Err(bad(&self.what, at, "raw record whose lengths differ"));
+        }
+        let mut payload = vec![0u8; clen as usize];
+        read_exact(&mut self.inp, &mut payload, &self.what, self.offset)?;
+        self.hasher.update(&payload);
+        self.offset += clen;
+        self.count += 1;
+        Ok(Some(Record {
+            offset: at,
+            tag,
+            flags,
+            id: ObjectId(id),
+            ulen,
+            payload,
+        }))
+    }
+
+    /// After the end: fails if the underlying reader has more bytes.
+    pub fn expect_eof(&mut self) -> Result<()> {
+        let mut b = [0u8; 1];
+        loop {
+            match self.inp.read(&mut b) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {
+                    return Err(bad(
+                        &self.what,
+                        self.offset,
+                        "trailing bytes after the pack trailer",
+                    ));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(SyncError::io("reading", &self.what, e)),
+            }
+        }
+    }
+
+    pub fn into_inner(self) -> R {
+        self.inp
+    }
+}
+
+fn bad(what: &str, offset: u64, reason: impl Into<String>) -> SyncError {
+    SyncError::corrupt_file("pack", what, format!("{} at byte {offset}", reason.into()))
+}
+
+fn read_exact(r: &mut impl Read, buf: &mut [u8], what: &str, offset: u64) -> Result<()> {
+    match r.read_exact(buf) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(bad(what, offset, "truncated (unexpected end of stream)"))
+        }
+        Err(e) => Err(SyncError::io("reading", what, e)),
+    }
+}
+
+/// Parses a record header at the start of `buf` (as read by a random-access
+/// reader); returns (tag, flags, id, ulen, clen, header length).
+pub fn parse_record_header(buf: &[u8]) -> Option<(u8, u8, ObjectId, u64, u64, usize)> {
+    let mut r = crate::codec::Reader::new(buf);
+    if r.u8().ok()? != REC_OBJECT {
+        return None;
+    }
+    let tag = r.u8().ok()?;
+    let flags = r.u8().ok()?;
+    let id = r.id().ok()?;
+    let ulen = r.varint().ok()?;
+    let clen = r.varint().ok()?;
+    Some((tag, flags, id, ulen, clen, r.pos()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(data: &[u8]) -> StoredObject {
+        prepare(
+            ObjectType::Chunk,
+            ObjectId::compute(ObjectType::Chunk, data),
+            data,
+            3,
+        )
+    }
+
+    #[test]
+    fn stream_round_trips_and_detects_every_flip() {
+        let datas: Vec<Vec<u8>> = vec![
+            b"hello".to_vec(),
+            vec![b'x'; 5000],
+            (0..3000u32).map(|i| (i * 7) as u8).collect(),
+        ];
+        let mut w = PackWriter::new(Vec::new()).unwrap();
+        for d in &datas {
+            w.add(&obj(d)).unwrap();
+        }
+        let (bytes, _) = w.finish().unwrap();
+        let read = |b: &[u8]| -> Result<Vec<Vec<u8>>> {
+            let mut r = PackReader::new(b, "test")?;
+            let mut out = Vec::new();
+            while let Some(rec) = r.next_record()? {
+                out.push(rec.verify()?);
+            }
+            r.expect_eof()?;
+            Ok(out)
+        };
+        assert_eq!(read(&bytes).unwrap(), datas);
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            assert!(read(&b).is_err(), "flip at {i} went unnoticed");
+        }
+        for n in 0..bytes.len() {
+            assert!(
+                read(&bytes[..n]).is_err(),
+                "truncation at {n} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn incompressible_data_is_stored_raw() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let data: Vec<u8> = (0..10_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        let o = obj(&data);
+        assert_eq!(o.flags, FLAG_RAW);
+        let o = obj(&vec![0u8; 10_000]);
+        assert_eq!(o.flags, FLAG_ZSTD);
+        assert!(o.payload.len() < 100);
+    }
+
+    #[test]
+    fn zstd_bomb_is_capped() {
+        let big = vec![0u8; 1 << 20];
+        let z = zstd::bulk::compress(&big, 3).unwrap();
+        let id = ObjectId::compute(ObjectType::Chunk, &big);
+        assert!(unpack(ObjectType::Chunk, &id, FLAG_ZSTD, 1000, &z).is_err());
+        assert!(unpack(ObjectType::Chunk, &id, FLAG_ZSTD, 1 << 20, &z).is_ok());
+    }
+}

@@ -1,0 +1,661 @@
+//! Taking snapshots: walk → per-file work on rayon (stat-cache check, read,
+//! chunk, hash, deduplicate, compress new chunks) → one pack writer → trees
+//! built bottom-up as prolly maps → snapshot object → ref compare-and-swap.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ignore::Match;
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use rayon::prelude::*;
+
+use crate::chunker::Chunker;
+use crate::error::{IoContext, Result, SyncError};
+use crate::id::{ObjectId, ObjectType};
+use crate::object::list::{ChunkRef, ListBuilder, MAX_INLINE};
+use crate::object::snapshot::Snapshot;
+use crate::object::tree::{Content, Entry, EntryKind, MODE_MASK, Timestamp, check_name};
+use crate::object::{MemStore, ObjectSink};
+use crate::pmap::MapBuilder;
+use crate::progress::Progress;
+use crate::store::Store;
+use crate::store::statcache::{StatCache, StatKey};
+
+/// The file whose lines (gitignore syntax) exclude paths in its directory.
+pub const IGNORE_FILE: &str = ".sp-syncignore";
+/// Files are read in batches of this many bytes and their chunks hashed and
+/// compressed in parallel.
+const BATCH: usize = 8 << 20;
+
+/// What to snapshot and how to record it.
+#[derive(Debug, Clone)]
+pub struct SnapshotOptions {
+    /// Paths whose contents become the root (one path) or which appear under
+    /// their own names (several).
+    pub sources: Vec<PathBuf>,
+    /// Gitignore-style patterns, relative to each source.
+    pub excludes: Vec<String>,
+    pub message: String,
+    /// The ref to move (default `main`).
+    pub ref_name: String,
+    pub host: Option<String>,
+    pub meta: BTreeMap<String, String>,
+    /// Worker threads (default: the number of CPUs).
+    pub threads: Option<usize>,
+    /// Trust the stat cache (default true).
+    pub use_stat_cache: bool,
+    /// Paths never entered (the store itself).
+    pub skip: Vec<PathBuf>,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        SnapshotOptions {
+            sources: Vec::new(),
+            excludes: Vec::new(),
+            message: String::new(),
+            ref_name: "main".into(),
+            host: None,
+            meta: BTreeMap::new(),
+            threads: None,
+            use_stat_cache: true,
+            skip: Vec::new(),
+        }
+    }
+}
+
+/// What a snapshot did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SnapshotReport {
+    pub id: ObjectId,
+    pub parent: Option<ObjectId>,
+    pub root: Option<ObjectId>,
+    pub files: u64,
+    pub dirs: u64,
+    pub bytes: u64,
+    /// Bytes read from files (the rest came from the stat cache).
+    pub read_bytes: u64,
+    pub new_objects: u64,
+    /// Bytes added to the store (as stored, compressed).
+    pub new_bytes: u64,
+}
+
+/// Walks sources and builds their tree into a sink.
+pub struct Scanner<'a> {
+    sink: &'a dyn ObjectSink,
+    chunker: Chunker,
+    cache: StatCache,
+    record: Option<Mutex<Vec<CacheRecord>>>,
+    racy_after: Timestamp,
+    skip: Vec<PathBuf>,
+    excludes: Vec<String>,
+    progress: &'a dyn Progress,
+    pub files: AtomicU64,
+    pub dirs: AtomicU64,
+    pub bytes: AtomicU64,
+    pub read_bytes: AtomicU64,
+}
+
+#[derive(Clone, Default)]
+struct Ignores(Vec<Arc<Gitignore>>);
+
+impl Ignores {
+    fn ignored(&self, path: &Path, is_dir: bool) -> bool {
+        for g in self.0.iter().rev() {
+            match g.matched(path, is_dir) {
+                Match::Ignore(_) => return true,
+                Match::Whitelist(_) => return false,
+                Match::None => {}
+            }
+        }
+        false
+    }
+}
+
+type CacheRecord = (Vec<u8>, StatKey, Content);
+
+struct Item {
+    name: Vec<u8>,
+    path: PathBuf,
+    meta: fs::Metadata,
+}
+
+thread_local! {
+    static BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl<'a> Scanner<'a> {
+    pub fn new(
+        sink: &'a dyn ObjectSink,
+        chunker: Chunker,
+        cache: StatCache,
+        record_cache: bool,
+        progress: &'a dyn Progress,
+    ) -> Self {
+        let now = now();
+        Scanner {
+            sink,
+            chunker,
+            cache,
+            record: record_cache.then(|| Mutex::new(Vec::new())),
+            racy_after: Timestamp {
+                secs: now.secs - 1,
+                nanos: now.nanos,
+            },
+            skip: Vec::new(),
+            excludes: Vec::new(),
+            progress,
+            files: AtomicU64::new(0),
+            dirs: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            read_bytes: AtomicU64::new(0),
+        }
+    }
+
+    pub fn with_skip(mut self, skip: Vec<PathBuf>) -> Self {
+        self.skip = skip;
+        self
+    }
+
+    pub fn with_excludes(mut self, excludes: Vec<String>) -> Self {
+        self.excludes = excludes;
+        self
+    }
+
+    /// Stat-cache records gathered (for `StatCache::save`).
+    pub fn take_records(&self) -> Vec<CacheRecord> {
+        self.record
+            .as_ref()
+            .and_then(|m| m.lock().ok().map(|mut v| std::mem::take(&mut *v)))
+            .unwrap_or_default()
+    }
+
+    fn root_ignores(&self, root: &Path) -> Result<Ignores> {
+        let mut b = GitignoreBuilder::new(root);
+        for pat in &self.excludes {
+            b.add_line(None, pat)
+                .map_err(|e| SyncError::Invalid(format!("bad exclude pattern {pat:?}: {e}")))?;
+        }
+        let g = b
+            .build()
+            .map_err(|e| SyncError::Invalid(format!("bad exclude patterns: {e}")))?;
+        Ok(Ignores(vec![Arc::new(g)]))
+    }
+
+    /// Scans the sources into a root tree. One directory source: its
+    /// contents are the root. Otherwise each source is an entry named after
+    /// its last component.
+    pub fn scan(&self, sources: &[PathBuf]) -> Result<ObjectId> {
+        if let [one] = sources {
+            let meta = fs::symlink_metadata(one).ctx("reading", one)?;
+            if meta.is_dir() {
+                let ign = self.root_ignores(one)?;
+                return self.dir(one, b"", &ign);
+            }
+        }
+        let mut named: Vec<(Vec<u8>, &PathBuf)> = Vec::new();
+        for s in sources {
+            let name = s
+                .file_name()
+                .map(|n| n.as_bytes().to_vec())
+                .ok_or_else(|| {
+                    SyncError::Invalid(format!("{} has no name to store it under", s.display()))
+                })?;
+            named.push((name, s));
+        }
+        named.sort();
+        for w in named.windows(2) {
+            if w[0].0 == w[1].0 {
+                return Err(SyncError::Invalid(format!(
+                    "{} and {} would both be stored as {:?}",
+                    w[0].1.display(),
+                    w[1].1.display(),
+                    String::from_utf8_lossy(&w[0].0)
+                )));
+            }
+        }
+        let entries: Vec<Result<Option<Entry>>> = named
+            .par_iter()
+            .map(|(name, path)| {
+                let meta = fs::symlink_metadata(path).ctx("reading", path)?;
+                let ign = self.root_ignores(path)?;
+                self.entry(
+                    &Item {
+                        name: name.clone(),
+                        path: (*path).clone(),
+                        meta,
+                    },
+                    name,
+                    &ign,
+                )
+            })
+            .collect();
+        let mut b = MapBuilder::new(ObjectType::Tree, self.sink);
+        for ((name, _), e) in named.iter().zip(entries) {
+            if let Some(e) = e? {
+                b.push(name, &e.encode())?;
+            }
+        }
+        b.finish()
+    }
+
+    fn dir(&self, path: &Path, rel: &[u8], parent_ign: &Ignores) -> Result<ObjectId> {
+        if self.progress.interrupted() {
+            return Err(SyncError::Interrupted);
+        }
+        self.dirs.fetch_add(1, Ordering::Relaxed);
+        let mut ign = parent_ign.clone();
+        let ignore_file = path.join(IGNORE_FILE);
+        if ignore_file.is_file() {
+            let mut b = GitignoreBuilder::new(path);
+            if let Some(e) = b.add(&ignore_file) {
+                return Err(SyncError::Invalid(format!(
+                    "{}: {e}",
+                    ignore_file.display()
+                )));
+            }
+            let g = b
+                .build()
+                .map_err(|e| SyncError::Invalid(format!("{}: {e}", ignore_file.display())))?;
+            ign.0.push(Arc::new(g));
+        }
+        let mut items = Vec::new();
+        for e in fs::read_dir(path).ctx("reading directory", path)? {
+            let e = e.ctx("reading directory", path)?;
+            let p = e.path();
+            if self.skip.iter().any(|s| s == &p) {
+                continue;
+            }
+            let meta = match fs::symlink_metadata(&p) {
+                Ok(m) => m,
+                // Deleted while we walked: it is not part of the snapshot.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(SyncError::io("reading", &p, e)),
+            };
+            if ign.ignored(&p, meta.is_dir()) {
+                continue;
+            }
+            let name = e.file_name().as_bytes().to_vec();
+            if let Err(why) = check_name(&name) {
+                return Err(SyncError::Invalid(format!("{}: {why}", p.display())));
+            }
+            items.push(Item {
+                name,
+                path: p,
+                meta,
+            });
+        }
+        items.sort_by(|a, b| a.name.cmp(&b.name));
+        let entries: Vec<Result<Option<Entry>>> = items
+            .par_iter()
+            .map(|it| {
+                let rel = join_rel(rel, &it.name);
+                self.entry(it, &rel, &ign)
+            })
+            .collect();
+        let mut b = MapBuilder::new(ObjectType::Tree, self.sink);
+        for (it, e) in items.iter().zip(entries) {
+            if let Some(e) = e? {
+                b.push(&it.name, &e.encode())?;
+            }
+        }
+        b.finish()
+    }
+
+    fn entry(&self, it: &Item, rel: &[u8], ign: &Ignores) -> Result<Option<Entry>> {
+        let m = &it.meta;
+        let mode = m.mode() & MODE_MASK;
+        let mtime = Timestamp {
+            secs: m.mtime(),
+            nanos: m.mtime_nsec().clamp(0, 999_999_999) as u32,
+        };
+        let ft = m.file_type();
+        let kind = if ft.is_file() {
+            let (size, content) = self.file(it, rel)?;
+            self.files.fetch_add(1, Ordering::Relaxed);
+            self.bytes.fetch_add(size, Ordering::Relaxed);
+            self.progress.add(1, size);
+            EntryKind::File { size, content }
+        } else if ft.is_dir() {
+            EntryKind::Dir {
+                tree: self.dir(&it.path, rel, ign)?,
+            }
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&it.path).ctx("reading link", &it.path)?;
+            let target = target.as_os_str().as_bytes().to_vec();
+            self.files.fetch_add(1, Ordering::Relaxed);
+            self.progress.add(1, 0);
+            EntryKind::Symlink { target }
+        } else {
+            let what = if ft.is_fifo() {
+                "fifo"
+            } else if ft.is_socket() {
+                "socket"
+            } else {
+                "device"
+            };
+            tracing::warn!("skipping {} ({what})", it.path.display());
+            return Ok(None);
+        };
+        Ok(Some(Entry { mode, mtime, kind }))
+    }
+
+    fn file(&self, it: &Item, rel: &[u8]) -> Result<(u64, Content)> {
+        let key = StatKey::from_metadata(&it.meta);
+        if let Some(c) = self.cache.get(rel, &key)
+            && c.refs().iter().all(|(_, id)| self.sink.contains(id))
+        {
+            let c = c.clone();
+            self.remember(rel, key, &c);
+            return Ok((key.size, c));
+        }
+        let mut f = File::open(&it.path).ctx("opening", &it.path)?;
+        let mut refs: Vec<ChunkRef> = Vec::new();
+        let mut buf = BUF.with(|b| b.take());
+        let r = if key.size < self.chunker.max_size() as u64 {
+            // Small file: one read, usually one chunk.
+            buf.clear();
+            buf.reserve(key.size as usize + 1);
+            use std::io::Read;
+            f.read_to_end(&mut buf)
+                .ctx("reading", &it.path)
+                .and_then(|_| {
+                    let cuts = self.chunker.cut_all(&buf);
+                    self.chunks(&buf, &cuts, &mut refs)
+                })
+        } else {
+            let mut err = None;
+            let r = self.chunker.stream(&mut f, BATCH, |data, cuts| {
+                if let Err(e) = self.chunks(data, cuts, &mut refs) {
+                    err = Some(e);
+                    return Err(std::io::Error::other("chunking failed"));
+                }
+                Ok(())
+            });
+            match (r, err) {
+                (_, Some(e)) => Err(e),
+                (Err(e), None) => Err(SyncError::io("reading", &it.path, e)),
+                (Ok(_), None) => Ok(()),
+            }
+        };
+        if buf.capacity() <= 2 * self.chunker.max_size() + 1 {
+            BUF.with(|b| b.set(buf));
+        }
+        r?;
+        let size: u64 = refs.iter().map(|c| c.len).sum();
+        self.read_bytes.fetch_add(size, Ordering::Relaxed);
+        let content = if refs.len() <= MAX_INLINE {
+            Content::Inline(refs)
+        } else {
+            let mut lb = ListBuilder::new(self.sink);
+            for c in refs {
+                lb.push(c)?;
+            }
+            let (level, root) = lb.finish()?;
+            Content::Indirect { level, root }
+        };
+        if size == key.size {
+            self.remember(rel, key, &content);
+        }
+        Ok((size, content))
+    }
+
+    fn remember(&self, rel: &[u8], key: StatKey, content: &Content) {
+        if let Some(rec) = &self.record
+            && key.mtime < self.racy_after
+            && key.ctime < self.racy_after
+            && let Ok(mut v) = rec.lock()
+        {
+            v.push((rel.to_vec(), key, content.clone()));
+        }
+    }
+
+    fn chunks(&self, data: &[u8], cuts: &[usize], out: &mut Vec<ChunkRef>) -> Result<()> {
+        let mut slices = Vec::with_capacity(cuts.len());
+        let mut p = 0;
+        for &n in cuts {
+            slices.push(&data[p..p + n]);
+            p += n;
+        }
+        let put = |s: &&[u8]| -> Result<ChunkRef> {
+            let id = ObjectId::compute(ObjectType::Chunk, s);
+            self.sink.put_hashed(ObjectType::Chunk, id, s)?;
+            Ok(ChunkRef {
+                id,
+                len: s.len() as u64,
+            })
+        };
+        if slices.len() == 1 {
+            out.push(put(&slices[0])?);
+        } else {
+            let r: Vec<Result<ChunkRef>> = slices.par_iter().map(put).collect();
+            for c in r {
+                out.push(c?);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn join_rel(rel: &[u8], name: &[u8]) -> Vec<u8> {
+    if rel.is_empty() {
+        name.to_vec()
+    } else {
+        let mut v = Vec::with_capacity(rel.len() + 1 + name.len());
+        v.extend_from_slice(rel);
+        v.push(b'/');
+        v.extend_from_slice(name);
+        v
+    }
+}
+
+/// Now, as a timestamp.
+pub fn now() -> Timestamp {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => Timestamp {
+            secs: d.as_secs() as i64,
+            nanos: d.subsec_nanos(),
+        },
+        Err(_) => Timestamp::default(),
+    }
+}
+
+/// This machine's name.
+pub fn hostname() -> String {
+    let u = rustix::system::uname();
+    u.nodename().to_string_lossy().into_owned()
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    fs::canonicalize(p).ctx("resolving", p)
+}
+
+pub(crate) fn pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
+    let n = threads
+        .or_else(|| {
+            std::env::var("SP_SYNC_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .stack_size(16 << 20)
+        .thread_name(|i| format!("sp-sync-{i}"))
+        .build()
+        .map_err(|e| SyncError::Invalid(format!("cannot start worker threads: {e}")))
+}
+
+/// Takes a snapshot of `opts.sources` into `store` and moves `opts.ref_name`.
+pub fn snapshot(
+    store: &Store,
+    opts: &SnapshotOptions,
+    progress: &dyn Progress,
+) -> Result<SnapshotReport> {
+    if opts.sources.is_empty() {
+        return Err(SyncError::Invalid("nothing to snapshot (no paths)".into()));
+    }
+    crate::store::refs::validate_ref_name(&opts.ref_name)?;
+    let sources: Vec<PathBuf> = opts
+        .sources
+        .iter()
+        .map(|p| absolute(p))
+        .collect::<Result<_>>()?;
+    let mut skip: Vec<PathBuf> = opts
+        .skip
+        .iter()
+        .filter_map(|p| fs::canonicalize(p).ok())
+        .collect();
+    if let Ok(d) = fs::canonicalize(store.dir()) {
+        skip.push(d);
+    }
+    let cache_path = StatCache::path_for(store.dir(), &sources);
+    let cache = if opts.use_stat_cache {
+        StatCache::load(&cache_path)
+    } else {
+        StatCache::default()
+    };
+    let pool = pool(opts.threads)?;
+    let session = store.writer()?;
+    let chunker = Chunker::new(&store.config().chunker);
+    let scanner = Scanner::new(&session, chunker, cache, true, progress)
+        .with_skip(skip)
+        .with_excludes(opts.excludes.clone());
+    progress.stage("snapshot");
+    let root = pool.install(|| scanner.scan(&sources))?;
+    let files = scanner.files.load(Ordering::Relaxed);
+    let bytes = scanner.bytes.load(Ordering::Relaxed);
+    let dirs = scanner.dirs.load(Ordering::Relaxed);
+    let read_bytes = scanner.read_bytes.load(Ordering::Relaxed);
+    let records = scanner.take_records();
+    drop(scanner);
+    let stats = &session.stats;
+    let new_objects = stats.objects.load(Ordering::Relaxed);
+    let new_bytes = stats.stored_bytes.load(Ordering::Relaxed);
+    session.finish()?;
+
+    let mut snap = Snapshot {
+        parents: Vec::new(),
+        time: now(),
+        host: opts.host.clone().unwrap_or_else(hostname),
+        message: opts.message.clone(),
+        root: Some(root),
+        files,
+        bytes,
+        tables: BTreeMap::new(),
+        meta: opts.meta.clone(),
+    };
+    let (id, parent, extra) = commit(store, &opts.ref_name, &mut snap)?;
+    if let Err(e) = StatCache::save(&cache_path, &store.tmp_dir(), records) {
+        tracing::warn!("could not save the stat cache: {e}");
+    }
+    Ok(SnapshotReport {
+        id,
+        parent,
+        root: Some(root),
+        files: snap.files,
+        dirs,
+        bytes: snap.bytes,
+        read_bytes,
+        new_objects: new_objects + extra.0,
+        new_bytes: new_bytes + extra.1,
+    })
+}
+
+/// Writes a snapshot object whose parent is the ref's current target and
+/// moves the ref to it; if another process moved the ref meanwhile, the
+/// snapshot is re-parented onto the new target and tried again. Returns
+/// (id, parent, (objects, bytes) written).
+pub fn commit(
+    store: &Store,
+    ref_name: &str,
+    snap: &mut Snapshot,
+) -> Result<(ObjectId, Option<ObjectId>, (u64, u64))> {
+    let mut written = (0, 0);
+    for _ in 0..100 {
+        let parent = store.read_ref(ref_name)?;
+        snap.parents = parent.into_iter().collect();
+        let bytes = snap.encode();
+        let id = ObjectId::compute(ObjectType::Snapshot, &bytes);
+        if !store.contains(&id) {
+            let s = store.writer()?;
+            s.put_hashed(ObjectType::Snapshot, id, &bytes)?;
+            written.0 += s.stats.objects.load(Ordering::Relaxed);
+            written.1 += s.stats.stored_bytes.load(Ordering::Relaxed);
+            s.finish()?;
+        }
+        match store.update_ref(ref_name, Some(parent), Some(id)) {
+            Ok(()) => return Ok((id, parent, written)),
+            Err(SyncError::RefConflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(SyncError::Invalid(format!(
+        "ref {ref_name} kept moving; gave up after 100 attempts"
+    )))
+}
+
+/// An object sink over a store that keeps new trees and lists in memory and
+/// drops chunks: what a working-tree diff needs.
+pub struct Scratch<'a> {
+    pub store: &'a Store,
+    pub mem: MemStore,
+}
+
+impl ObjectSink for Scratch<'_> {
+    fn put_hashed(&self, tag: ObjectType, id: ObjectId, bytes: &[u8]) -> Result<bool> {
+        if self.store.contains(&id) {
+            return Ok(false);
+        }
+        self.mem.put_hashed(tag, id, bytes)
+    }
+
+    fn contains(&self, id: &ObjectId) -> bool {
+        self.store.contains(id) || self.mem.has(id)
+    }
+}
+
+/// Builds the tree of the working tree now, without storing anything; the
+/// returned scratch holds the new tree objects (read them through
+/// `Overlay { first: &scratch.mem, second: store }`).
+pub fn scan_working_tree<'a>(
+    store: &'a Store,
+    sources: &[PathBuf],
+    excludes: &[String],
+    skip: &[PathBuf],
+    progress: &dyn Progress,
+) -> Result<(ObjectId, Scratch<'a>)> {
+    let sources: Vec<PathBuf> = sources.iter().map(|p| absolute(p)).collect::<Result<_>>()?;
+    let mut skip: Vec<PathBuf> = skip
+        .iter()
+        .filter_map(|p| fs::canonicalize(p).ok())
+        .collect();
+    if let Ok(d) = fs::canonicalize(store.dir()) {
+        skip.push(d);
+    }
+    let cache = StatCache::load(&StatCache::path_for(store.dir(), &sources));
+    let scratch = Scratch {
+        store,
+        mem: MemStore::new(false),
+    };
+    let pool = pool(None)?;
+    let root = {
+        let scanner = Scanner::new(
+            &scratch,
+            Chunker::new(&store.config().chunker),
+            cache,
+            false,
+            progress,
+        )
+        .with_skip(skip)
+        .with_excludes(excludes.to_vec());
+        pool.install(|| scanner.scan(&sources))?
+    };
+    Ok((root, scratch))
+}

@@ -1,0 +1,167 @@
+//! Removing what no ref reaches. gc holds the store's lock exclusively, so
+//! no snapshot is running while it sweeps: a running snapshot holds the lock
+//! shared until its ref has moved, and gc waits for it.
+//!
+//! Order: mark everything reachable from every ref (any damage aborts: gc
+//! never deletes on a guess); copy the live objects of partly dead packs into
+//! new packs and make them durable; only then delete the old packs (index
+//! first, then pack); finally sweep packs without index and temporary files.
+
+use std::fs;
+
+use serde::Serialize;
+
+use super::index;
+use super::{Store, sync_dir};
+use crate::error::{IoContext, Result, SyncError};
+use crate::id::{IdMap, ObjectId};
+use crate::pack::Record;
+use crate::progress::Progress;
+use crate::store::fsck::Walker;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub reachable_objects: usize,
+    pub removed_objects: usize,
+    pub removed_bytes: u64,
+    pub kept_bytes: u64,
+    pub packs_deleted: usize,
+    pub packs_rewritten: usize,
+    pub orphan_files: usize,
+}
+
+/// Marks what refs reach; fails on any damage.
+pub fn mark(store: &Store) -> Result<crate::id::IdSet> {
+    let bad = IdMap::default();
+    let mut w = Walker {
+        src: store,
+        store,
+        seen: Default::default(),
+        errors: Vec::new(),
+        bad: &bad,
+        check_chunks: true,
+        snapshots: 0,
+    };
+    for (name, id) in store.list_refs()? {
+        w.snapshot(&id, &format!("ref {name}"));
+    }
+    if let Some(e) = w.errors.first() {
+        return Err(SyncError::Invalid(format!(
+            "gc refused: the store is damaged ({} problems; first: {e}). Run `sp-sync fsck`.",
+            w.errors.len()
+        )));
+    }
+    Ok(w.seen)
+}
+
+/// Runs gc. The store must be open with [`super::LockMode::Exclusive`].
+pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcReport> {
+    let mut rep = GcReport {
+        dry_run,
+        ..Default::default()
+    };
+    progress.stage("marking");
+    let live = mark(store)?;
+    rep.reachable_objects = live.len();
+    // Per pack: its entries, split into kept (live, and this is the copy the
+    // index uses) and dropped.
+    let mut rewrite: Vec<(ObjectId, Vec<ObjectId>)> = Vec::new();
+    let mut delete: Vec<ObjectId> = Vec::new();
+    for (pno, pack) in store.packs().iter().enumerate() {
+        let idx_path = store.idx_path(&pack.name);
+        let entries = match fs::read(&idx_path)
+            .ctx("reading", &idx_path)
+            .and_then(|b| index::decode(&b, &idx_path))
+        {
+            Ok((_, e)) => e,
+            Err(e) => {
+                return Err(SyncError::Invalid(format!(
+                    "gc refused: {e} (run `sp-sync fsck --rebuild-index`)"
+                )));
+            }
+        };
+        let mut keep = Vec::new();
+        let mut drop_bytes = 0u64;
+        let mut keep_bytes = 0u64;
+        for e in &entries {
+            let canonical = store
+                .location(&e.id)
+                .is_some_and(|l| l.pack as usize == pno);
+            if canonical && live.contains(&e.id) {
+                keep.push(e.id);
+                keep_bytes += u64::from(e.clen);
+            } else {
+                drop_bytes += u64::from(e.clen);
+                rep.removed_objects += 1;
+            }
+        }
+        rep.removed_bytes += drop_bytes;
+        if keep.len() == entries.len() {
+            rep.kept_bytes += keep_bytes;
+            continue;
+        }
+        if keep.is_empty() {
+            delete.push(pack.name);
+        } else {
+            rep.kept_bytes += keep_bytes;
+            rewrite.push((pack.name, keep));
+        }
+    }
+    rep.packs_deleted = delete.len();
+    rep.packs_rewritten = rewrite.len();
+    let (_, orphans) = store.list_pack_files()?;
+    let tmp_files: Vec<_> = fs::read_dir(store.tmp_dir())
+        .ctx("reading", store.tmp_dir())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    rep.orphan_files = orphans.len() + tmp_files.len();
+    if dry_run {
+        return Ok(rep);
+    }
+
+    progress.stage("repacking");
+    if !rewrite.is_empty() {
+        let w = store.writer_for_repack()?;
+        for (_, ids) in &rewrite {
+            for id in ids {
+                let (loc, payload) = store.read_raw(id)?;
+                let rec = Record {
+                    offset: 0,
+                    tag: loc.tag,
+                    flags: loc.flags,
+                    id: *id,
+                    ulen: u64::from(loc.ulen),
+                    payload,
+                };
+                // Verified before it is stored again.
+                rec.verify()?;
+                w.put_stored(rec.into_stored())?;
+            }
+        }
+        w.finish()?;
+    }
+    progress.stage("deleting");
+    for name in rewrite.iter().map(|(n, _)| n).chain(delete.iter()) {
+        let idx = store.idx_path(name);
+        fs::remove_file(&idx).ctx("removing", &idx)?;
+    }
+    sync_dir(&store.packs_dir())?;
+    for name in rewrite.iter().map(|(n, _)| n).chain(delete.iter()) {
+        let p = store.pack_path(name);
+        fs::remove_file(&p).ctx("removing", &p)?;
+    }
+    for name in orphans {
+        let p = store.pack_path(&name);
+        fs::remove_file(&p).ctx("removing", &p)?;
+    }
+    for p in tmp_files {
+        if p.is_dir() {
+            let _ = fs::remove_dir_all(&p);
+        } else {
+            let _ = fs::remove_file(&p);
+        }
+    }
+    sync_dir(&store.packs_dir())?;
+    Ok(rep)
+}

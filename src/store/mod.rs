@@ -1,0 +1,643 @@
+//! The local store: append-only packs with per-pack indexes, refs moved by
+//! compare-and-swap, a process lock, a stat cache.
+//!
+//! Layout of a store directory (`.sp-sync/`):
+//! ```text
+//! store.toml           format version, chunker parameters, cipher, compression
+//! config.toml          machine-local settings (remotes)
+//! lock                 flock(2): shared by every command, exclusive for gc
+//! packs/<name>.pack    pack streams (name = hex of the pack's trailer hash)
+//! packs/<name>.idx     their indexes
+//! refs/<name>          "<64 hex>\n"
+//! refs.lock            flock(2) held while a ref is compared and swapped
+//! tmp/                 packs and refs being written
+//! cache/stat/<hex>     stat caches
+//! ```
+
+pub mod fsck;
+pub mod gc;
+pub mod index;
+pub mod refs;
+pub mod statcache;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IoContext, Result, SyncError};
+use crate::id::{IdMap, ObjectId, ObjectType};
+use crate::object::ObjectSource;
+use crate::pack::{parse_record_header, record_header_len, unpack};
+use index::IdxEntry;
+
+pub use writer::WriteSession;
+
+/// The name of the store directory inside a working tree.
+pub const STORE_DIR: &str = ".sp-sync";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Chunker parameters: part of the format, since they decide the cut points.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkerConfig {
+    pub algorithm: String,
+    pub min: u32,
+    pub avg: u32,
+    pub max: u32,
+    pub normalization: u32,
+}
+
+impl Default for ChunkerConfig {
+    fn default() -> Self {
+        ChunkerConfig {
+            algorithm: "fastcdc-2020".into(),
+            min: 128 * 1024,
+            avg: 256 * 1024,
+            max: 2 * 1024 * 1024,
+            normalization: 1,
+        }
+    }
+}
+
+/// `store.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub format: u32,
+    pub cipher: String,
+    pub compression: String,
+    pub compression_level: i32,
+    pub pack_size: u64,
+    pub chunker: ChunkerConfig,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            format: FORMAT_VERSION,
+            cipher: "none".into(),
+            compression: "zstd".into(),
+            compression_level: 3,
+            pack_size: 32 << 20,
+            chunker: ChunkerConfig::default(),
+        }
+    }
+}
+
+impl StoreConfig {
+    fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |r: String| SyncError::corrupt_file("store config", path, r);
+        if self.format != FORMAT_VERSION {
+            return Err(bad(format!(
+                "store format {} is not supported by this sp-sync (it reads format {FORMAT_VERSION})",
+                self.format
+            )));
+        }
+        if self.cipher != "none" {
+            return Err(bad(format!("cipher {:?} is not supported", self.cipher)));
+        }
+        if self.compression != "zstd" || !(0..=19).contains(&self.compression_level) {
+            return Err(bad("compression must be zstd, level 0..=19".into()));
+        }
+        let c = &self.chunker;
+        if c.algorithm != "fastcdc-2020"
+            || !(64..=1 << 20).contains(&c.min)
+            || !(256..=4 << 20).contains(&c.avg)
+            || !(1024..=8 << 20).contains(&c.max)
+            || c.min > c.avg
+            || c.avg > c.max
+            || c.normalization > 3
+            || !c.min.is_multiple_of(2)
+            || !c.avg.is_multiple_of(2)
+            || !c.max.is_multiple_of(2)
+        {
+            return Err(bad("unsupported chunker parameters".into()));
+        }
+        if !(1 << 20..=1 << 30).contains(&self.pack_size) {
+            return Err(bad("pack_size must be between 1 MiB and 1 GiB".into()));
+        }
+        Ok(())
+    }
+}
+
+/// How a process holds the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Reading and adding: any number of processes at once.
+    Shared,
+    /// Removing (gc): alone.
+    Exclusive,
+}
+
+/// Where an object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub pack: u32,
+    pub offset: u64,
+    pub clen: u32,
+    pub ulen: u32,
+    pub tag: ObjectType,
+    pub flags: u8,
+}
+
+#[derive(Debug, Clone)]
+pub struct PackInfo {
+    pub name: ObjectId,
+    pub objects: usize,
+}
+
+#[derive(Default)]
+struct Index {
+    map: IdMap<Location>,
+    packs: Vec<PackInfo>,
+}
+
+/// An open store.
+pub struct Store {
+    dir: PathBuf,
+    config: StoreConfig,
+    index: RwLock<Index>,
+    handles: Mutex<HashMap<u32, Arc<File>>>,
+    /// Problems met while loading indexes (reported by fsck).
+    pub load_warnings: Vec<String>,
+    _lock: File,
+}
+
+const MAX_OPEN_PACKS: usize = 256;
+
+impl Store {
+    /// Creates a store at `dir` (the `.sp-sync` directory itself). Returns
+    /// false, changing nothing, when one is already there.
+    pub fn init(dir: &Path) -> Result<bool> {
+        let cfg_path = dir.join("store.toml");
+        if cfg_path.exists() {
+            return Ok(false);
+        }
+        if dir.exists() && fs::read_dir(dir).ctx("reading", dir)?.next().is_some() {
+            return Err(SyncError::Invalid(format!(
+                "{} exists and is not an sp-sync store",
+                dir.display()
+            )));
+        }
+        for sub in ["packs", "refs", "tmp", "cache"] {
+            fs::create_dir_all(dir.join(sub)).ctx("creating", dir.join(sub))?;
+        }
+        File::create(dir.join("lock")).ctx("creating", dir.join("lock"))?;
+        File::create(dir.join("refs.lock")).ctx("creating", dir.join("refs.lock"))?;
+        let config =
+            "# Machine-local settings of this store (remotes). Not part of any snapshot.\n";
+        write_atomic(
+            &dir.join("config.toml"),
+            config.as_bytes(),
+            &dir.join("tmp"),
+        )?;
+        let text = format!(
+            "# sp-sync store: these settings are part of the store format.\n{}",
+            toml::to_string(&StoreConfig::default())
+                .map_err(|e| SyncError::Invalid(format!("store config: {e}")))?
+        );
+        // store.toml last: its presence marks a complete store.
+        write_atomic(&cfg_path, text.as_bytes(), &dir.join("tmp"))?;
+        Ok(true)
+    }
+
+    /// Opens the store at `dir`, holding the process lock in `mode` for the
+    /// life of the value.
+    pub fn open(dir: &Path, mode: LockMode) -> Result<Store> {
+        let cfg_path = dir.join("store.toml");
+        let text = match fs::read_to_string(&cfg_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SyncError::NoStore(format!(
+                    "no sp-sync store at {} (run `sp-sync init`)",
+                    dir.display()
+                )));
+            }
+            Err(e) => return Err(SyncError::io("reading", &cfg_path, e)),
+        };
+        let config: StoreConfig = toml::from_str(&text).map_err(|e| {
+            SyncError::corrupt_file("store config", &cfg_path, e.message().to_string())
+        })?;
+        config.validate(&cfg_path)?;
+        for sub in ["packs", "refs", "tmp", "cache"] {
+            let p = dir.join(sub);
+            if !p.is_dir() {
+                fs::create_dir_all(&p).ctx("creating", &p)?;
+            }
+        }
+        let lock_path = dir.join("lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .ctx("opening", &lock_path)?;
+        acquire(&lock, mode, &lock_path)?;
+        let mut store = Store {
+            dir: dir.to_path_buf(),
+            config,
+            index: RwLock::new(Index::default()),
+            handles: Mutex::new(HashMap::new()),
+            load_warnings: Vec::new(),
+            _lock: lock,
+        };
+        store.load_index()?;
+        Ok(store)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    pub fn packs_dir(&self) -> PathBuf {
+        self.dir.join("packs")
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    pub fn pack_path(&self, name: &ObjectId) -> PathBuf {
+        self.packs_dir().join(format!("{name}.pack"))
+    }
+
+    pub fn idx_path(&self, name: &ObjectId) -> PathBuf {
+        self.packs_dir().join(format!("{name}.idx"))
+    }
+
+    /// Names of the packs that have an index file, and of those that don't.
+    pub fn list_pack_files(&self) -> Result<(Vec<ObjectId>, Vec<ObjectId>)> {
+        let dir = self.packs_dir();
+        let mut idx = Vec::new();
+        let mut packs = Vec::new();
+        for e in fs::read_dir(&dir).ctx("reading", &dir)? {
+            let e = e.ctx("reading", &dir)?;
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(stem) = name.strip_suffix(".idx") {
+                if let Some(id) = ObjectId::from_hex(stem) {
+                    idx.push(id);
+                }
+            } else if let Some(stem) = name.strip_suffix(".pack")
+                && let Some(id) = ObjectId::from_hex(stem)
+            {
+                packs.push(id);
+            }
+        }
+        idx.sort();
+        packs.sort();
+        let without: Vec<ObjectId> = packs
+            .into_iter()
+            .filter(|p| idx.binary_search(p).is_err())
+            .collect();
+        Ok((idx, without))
+    }
+
+    fn load_index(&mut self) -> Result<()> {
+        let (names, _) = self.list_pack_files()?;
+        let mut index = Index::default();
+        for name in names {
+            let path = self.idx_path(&name);
+            let bytes = match fs::read(&path) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.load_warnings
+                        .push(format!("cannot read {}: {e}", path.display()));
+                    continue;
+                }
+            };
+            let entries = match index::decode(&bytes, &path) {
+                Ok((pname, entries)) if pname == name => entries,
+                Ok(_) => {
+                    self.load_warnings
+                        .push(format!("{}: names another pack", path.display()));
+                    match self.scan_pack(&name) {
+                        Ok(e) => e,
+                        Err(_) => continue,
+                    }
+                }
+                Err(e) => {
+                    // A damaged index: fall back to reading the pack itself.
+                    self.load_warnings
+                        .push(format!("{e} (run `sp-sync fsck --rebuild-index`)"));
+                    tracing::warn!("{e}; reading the pack instead");
+                    match self.scan_pack(&name) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            self.load_warnings.push(e.to_string());
+                            continue;
+                        }
+                    }
+                }
+            };
+            index.add_pack(name, &entries);
+        }
+        self.index = RwLock::new(index);
+        Ok(())
+    }
+
+    /// Reads a whole pack, verifying every object, and returns index entries
+    /// for the good ones (an error if the pack is damaged).
+    pub fn scan_pack(&self, name: &ObjectId) -> Result<Vec<IdxEntry>> {
+        let path = self.pack_path(name);
+        let f = File::open(&path).ctx("opening", &path)?;
+        let mut r = crate::pack::PackReader::new(
+            std::io::BufReader::with_capacity(1 << 20, f),
+            path.display().to_string(),
+        )?;
+        let mut out = Vec::new();
+        while let Some(rec) = r.next_record()? {
+            rec.verify()?;
+            out.push(IdxEntry {
+                id: rec.id,
+                tag: rec.tag,
+                flags: rec.flags,
+                offset: rec.offset,
+                clen: rec.payload.len() as u32,
+                ulen: rec.ulen as u32,
+            });
+        }
+        r.expect_eof()?;
+        if r.trailer != Some(*name) {
+            return Err(SyncError::corrupt_file(
+                "pack",
+                &path,
+                "trailer does not match the pack's name",
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Registers packs written by this process.
+    pub(crate) fn register_pack(&self, name: ObjectId, entries: &[IdxEntry]) {
+        if let Ok(mut ix) = self.index.write() {
+            ix.add_pack(name, entries);
+        }
+    }
+
+    pub fn contains(&self, id: &ObjectId) -> bool {
+        self.index
+            .read()
+            .map(|ix| ix.map.contains_key(id))
+            .unwrap_or(false)
+    }
+
+    pub fn location(&self, id: &ObjectId) -> Option<Location> {
+        self.index.read().ok()?.map.get(id).copied()
+    }
+
+    pub fn pack_name(&self, pack: u32) -> Option<ObjectId> {
+        self.index
+            .read()
+            .ok()?
+            .packs
+            .get(pack as usize)
+            .map(|p| p.name)
+    }
+
+    pub fn packs(&self) -> Vec<PackInfo> {
+        self.index
+            .read()
+            .map(|ix| ix.packs.clone())
+            .unwrap_or_default()
+    }
+
+    /// Number of objects indexed.
+    pub fn object_count(&self) -> usize {
+        self.index.read().map(|ix| ix.map.len()).unwrap_or(0)
+    }
+
+    /// All indexed ids with their locations (a copy).
+    pub fn all_objects(&self) -> Vec<(ObjectId, Location)> {
+        self.index
+            .read()
+            .map(|ix| ix.map.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Snapshot ids whose hex starts with `prefix`.
+    pub fn snapshots_with_prefix(&self, prefix: &str) -> Vec<ObjectId> {
+        self.index
+            .read()
+            .map(|ix| {
+                ix.map
+                    .iter()
+                    .filter(|(id, loc)| {
+                        loc.tag == ObjectType::Snapshot && id.has_hex_prefix(prefix)
+                    })
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn pack_file(&self, pack: u32) -> Result<Arc<File>> {
+        let mut h = self
+            .handles
+            .lock()
+            .map_err(|_| SyncError::Invalid("pack handle cache poisoned".into()))?;
+        if let Some(f) = h.get(&pack) {
+            return Ok(f.clone());
+        }
+        let name = self
+            .pack_name(pack)
+            .ok_or_else(|| SyncError::Invalid(format!("no pack number {pack}")))?;
+        let path = self.pack_path(&name);
+        let f = Arc::new(File::open(&path).ctx("opening", &path)?);
+        if h.len() >= MAX_OPEN_PACKS {
+            h.clear();
+        }
+        h.insert(pack, f.clone());
+        Ok(f)
+    }
+
+    /// Reads the stored record of an object without decompressing it:
+    /// (flags, ulen, payload). The header is checked against the index.
+    pub fn read_raw(&self, id: &ObjectId) -> Result<(Location, Vec<u8>)> {
+        let loc = self.location(id).ok_or(SyncError::MissingObject {
+            kind: "any",
+            id: *id,
+        })?;
+        let f = self.pack_file(loc.pack)?;
+        let hlen = record_header_len(u64::from(loc.ulen), u64::from(loc.clen)) as usize;
+        let mut buf = vec![0u8; hlen + loc.clen as usize];
+        let name = self.pack_name(loc.pack).unwrap_or_default();
+        f.read_exact_at(&mut buf, loc.offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                crate::object::corrupt(loc.tag, id, format!("pack {} is truncated", name.short()))
+            } else {
+                SyncError::io("reading", self.pack_path(&name), e)
+            }
+        })?;
+        match parse_record_header(&buf) {
+            Some((tag, flags, rid, ulen, clen, n))
+                if tag == loc.tag as u8
+                    && flags == loc.flags
+                    && rid == *id
+                    && ulen == u64::from(loc.ulen)
+                    && clen == u64::from(loc.clen)
+                    && n == hlen => {}
+            _ => {
+                return Err(crate::object::corrupt(
+                    loc.tag,
+                    id,
+                    format!(
+                        "record at offset {} of pack {} does not match its index entry",
+                        loc.offset,
+                        name.short()
+                    ),
+                ));
+            }
+        }
+        buf.drain(..hlen);
+        Ok((loc, buf))
+    }
+
+    /// Starts writing objects (into new packs).
+    pub fn writer(&self) -> Result<WriteSession<'_>> {
+        WriteSession::new(self, false)
+    }
+
+    /// A writer that stores objects again even though the store has them
+    /// (gc copies live objects out of packs it will delete).
+    pub(crate) fn writer_for_repack(&self) -> Result<WriteSession<'_>> {
+        WriteSession::new(self, true)
+    }
+
+    // ---- refs (see refs.rs) ----
+
+    pub fn refs_dir(&self) -> PathBuf {
+        self.dir.join("refs")
+    }
+}
+
+impl Index {
+    fn add_pack(&mut self, name: ObjectId, entries: &[IdxEntry]) {
+        let pack = self.packs.len() as u32;
+        self.packs.push(PackInfo {
+            name,
+            objects: entries.len(),
+        });
+        self.map.reserve(entries.len());
+        for e in entries {
+            self.map.entry(e.id).or_insert(Location {
+                pack,
+                offset: e.offset,
+                clen: e.clen,
+                ulen: e.ulen,
+                tag: e.tag,
+                flags: e.flags,
+            });
+        }
+    }
+}
+
+impl ObjectSource for Store {
+    fn get(&self, tag: ObjectType, id: &ObjectId) -> Result<Vec<u8>> {
+        let Some(loc) = self.location(id) else {
+            return Err(SyncError::MissingObject {
+                kind: tag.name(),
+                id: *id,
+            });
+        };
+        if loc.tag != tag {
+            return Err(crate::object::corrupt(
+                tag,
+                id,
+                format!("the index says this object is a {}", loc.tag),
+            ));
+        }
+        let (loc, payload) = self.read_raw(id)?;
+        unpack(tag, id, loc.flags, u64::from(loc.ulen), &payload)
+    }
+}
+
+fn acquire(lock: &File, mode: LockMode, path: &Path) -> Result<()> {
+    let r = match mode {
+        LockMode::Shared => lock.try_lock_shared(),
+        LockMode::Exclusive => lock.try_lock(),
+    };
+    match r {
+        Ok(()) => Ok(()),
+        Err(fs::TryLockError::WouldBlock) => {
+            match mode {
+                LockMode::Shared => tracing::info!("waiting for gc to finish with the store"),
+                LockMode::Exclusive => {
+                    tracing::info!("waiting for other sp-sync processes to finish with the store")
+                }
+            }
+            let r = match mode {
+                LockMode::Shared => lock.lock_shared(),
+                LockMode::Exclusive => lock.lock(),
+            };
+            r.ctx("locking", path)
+        }
+        Err(fs::TryLockError::Error(e)) => Err(SyncError::io("locking", path, e)),
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in `tmp`, fsync,
+/// rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], tmp: &Path) -> Result<()> {
+    use std::io::Write;
+    fs::create_dir_all(tmp).ctx("creating", tmp)?;
+    let t = tmp.join(format!("{}.{}.tmp", std::process::id(), unique()));
+    {
+        let mut f = File::create(&t).ctx("creating", &t)?;
+        f.write_all(bytes).ctx("writing", &t)?;
+        f.sync_all().ctx("syncing", &t)?;
+    }
+    if let Err(e) = fs::rename(&t, path) {
+        let _ = fs::remove_file(&t);
+        return Err(SyncError::io("renaming into", path, e));
+    }
+    if let Some(parent) = path.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// fsync of a directory, so renames into it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx("syncing", dir)
+}
+
+/// A process-unique counter for temporary names.
+pub fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    (u64::from(t) << 20) ^ N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Finds the store for a command: `explicit` (from `--store` or
+/// `SP_SYNC_STORE`), else a `.sp-sync` directory in `start` or above.
+pub fn locate(explicit: Option<&Path>, start: &Path) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let mut cur = Some(start);
+    while let Some(d) = cur {
+        let cand = d.join(STORE_DIR);
+        if cand.join("store.toml").is_file() {
+            return Ok(cand);
+        }
+        cur = d.parent();
+    }
+    Err(SyncError::NoStore(format!(
+        "no sp-sync store in {} or any parent (run `sp-sync init`, or pass --store DIR)",
+        start.display()
+    )))
+}

@@ -1,0 +1,299 @@
+//! Writing objects: callers (many threads) hash, deduplicate and compress;
+//! one thread appends to the pack, finishes it (fsync), writes its index
+//! (fsync) and renames both into place. The session's `finish` makes the
+//! packs durable before any ref may point into them.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use super::index::{self, IdxEntry};
+use super::{Store, sync_dir, unique};
+use crate::error::{IoContext, Result, SyncError};
+use crate::id::{IdSet, ObjectId, ObjectType};
+use crate::object::ObjectSink;
+use crate::pack::{PackWriter, StoredObject, prepare};
+
+/// Counters of what a session added.
+#[derive(Default, Debug)]
+pub struct WriteStats {
+    pub objects: AtomicU64,
+    /// Uncompressed bytes of new objects.
+    pub raw_bytes: AtomicU64,
+    /// Bytes of new objects as stored (compressed).
+    pub stored_bytes: AtomicU64,
+}
+
+struct Finished {
+    name: ObjectId,
+    entries: Vec<IdxEntry>,
+}
+
+type SharedError = Arc<Mutex<Option<SyncError>>>;
+
+/// A batch of objects being written into new packs.
+pub struct WriteSession<'s> {
+    store: &'s Store,
+    tx: Option<Sender<StoredObject>>,
+    thread: Option<JoinHandle<Result<Vec<Finished>>>>,
+    pending: Mutex<IdSet>,
+    error: SharedError,
+    level: i32,
+    /// gc's repacking: objects already in the store are written again.
+    repack: bool,
+    pub stats: WriteStats,
+}
+
+impl<'s> WriteSession<'s> {
+    pub(super) fn new(store: &'s Store, repack: bool) -> Result<Self> {
+        let (tx, rx) = bounded::<StoredObject>(64);
+        let packs = store.packs_dir();
+        let tmp = store.tmp_dir();
+        let target = store.config().pack_size;
+        let error: SharedError = Arc::new(Mutex::new(None));
+        let err2 = error.clone();
+        let thread = std::thread::Builder::new()
+            .name("pack-writer".into())
+            .spawn(move || {
+                let r = writer_loop(&rx, &packs, &tmp, target);
+                if let Err(e) = &r {
+                    // Let callers blocked on the channel see the cause.
+                    if let Ok(mut slot) = err2.lock() {
+                        *slot = Some(clone_error(e));
+                    }
+                }
+                drop(rx);
+                r
+            })
+            .ctx("starting", "pack writer thread")?;
+        Ok(WriteSession {
+            store,
+            tx: Some(tx),
+            thread: Some(thread),
+            pending: Mutex::new(IdSet::default()),
+            error,
+            level: store.config().compression_level,
+            repack,
+            stats: WriteStats::default(),
+        })
+    }
+
+    pub fn store(&self) -> &'s Store {
+        self.store
+    }
+
+    /// Sends an already prepared (compressed, verified) object.
+    pub fn put_stored(&self, obj: StoredObject) -> Result<bool> {
+        if !self.claim(&obj.id) {
+            return Ok(false);
+        }
+        self.send(obj)?;
+        Ok(true)
+    }
+
+    fn claim(&self, id: &ObjectId) -> bool {
+        if !self.repack && self.store.contains(id) {
+            return false;
+        }
+        match self.pending.lock() {
+            Ok(mut p) => p.insert(*id),
+            Err(_) => false,
+        }
+    }
+
+    fn send(&self, obj: StoredObject) -> Result<()> {
+        self.stats.objects.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .raw_bytes
+            .fetch_add(u64::from(obj.ulen), Ordering::Relaxed);
+        self.stats
+            .stored_bytes
+            .fetch_add(obj.payload.len() as u64, Ordering::Relaxed);
+        let Some(tx) = &self.tx else {
+            return Err(SyncError::Invalid("write session already finished".into()));
+        };
+        if tx.send(obj).is_err() {
+            return Err(self.writer_error());
+        }
+        Ok(())
+    }
+
+    fn writer_error(&self) -> SyncError {
+        match self.error.lock().ok().and_then(|mut e| e.take()) {
+            Some(e) => e,
+            None => SyncError::Invalid("the pack writer stopped".into()),
+        }
+    }
+
+    /// Writes out everything sent, makes it durable and visible to this
+    /// process's reads. Only after this may a ref point at the new objects.
+    pub fn finish(mut self) -> Result<()> {
+        self.finish_inner()
+    }
+
+    fn finish_inner(&mut self) -> Result<()> {
+        drop(self.tx.take());
+        let Some(t) = self.thread.take() else {
+            return Ok(());
+        };
+        let done = match t.join() {
+            Ok(r) => r?,
+            Err(_) => return Err(SyncError::Invalid("the pack writer panicked".into())),
+        };
+        if !done.is_empty() {
+            sync_dir(&self.store.packs_dir())?;
+        }
+        for f in done {
+            self.store.register_pack(f.name, &f.entries);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WriteSession<'_> {
+    fn drop(&mut self) {
+        // Packs completed so far are left in place (unreferenced until a ref
+        // points at them; gc removes them).
+        let _ = self.finish_inner();
+    }
+}
+
+impl ObjectSink for WriteSession<'_> {
+    fn put_hashed(&self, tag: ObjectType, id: ObjectId, bytes: &[u8]) -> Result<bool> {
+        if !self.claim(&id) {
+            return Ok(false);
+        }
+        let obj = prepare(tag, id, bytes, self.level);
+        self.send(obj)?;
+        Ok(true)
+    }
+
+    fn contains(&self, id: &ObjectId) -> bool {
+        self.store.contains(id) || self.pending.lock().map(|p| p.contains(id)).unwrap_or(false)
+    }
+}
+
+struct OpenPack {
+    tmp: PathBuf,
+    w: Option<PackWriter<BufWriter<File>>>,
+    entries: Vec<IdxEntry>,
+    done: bool,
+}
+
+impl OpenPack {
+    fn create(tmp_dir: &Path) -> Result<OpenPack> {
+        let tmp = tmp_dir.join(format!("{}-{}.pack.tmp", std::process::id(), unique()));
+        let f = File::create(&tmp).ctx("creating", &tmp)?;
+        let w = PackWriter::new(BufWriter::with_capacity(1 << 20, f)).ctx("writing", &tmp)?;
+        Ok(OpenPack {
+            tmp,
+            w: Some(w),
+            entries: Vec::new(),
+            done: false,
+        })
+    }
+
+    fn add(&mut self, o: &StoredObject) -> Result<()> {
+        let Some(w) = self.w.as_mut() else {
+            return Err(SyncError::Invalid("pack already finished".into()));
+        };
+        let offset = w.add(o).ctx("writing", &self.tmp)?;
+        self.entries.push(IdxEntry {
+            id: o.id,
+            tag: o.tag,
+            flags: o.flags,
+            offset,
+            clen: o.payload.len() as u32,
+            ulen: o.ulen,
+        });
+        Ok(())
+    }
+
+    fn size(&self) -> u64 {
+        self.w.as_ref().map_or(0, |w| w.offset())
+    }
+
+    /// pack: finish, fsync, rename; then index: write, fsync, rename.
+    fn finalize(mut self, packs: &Path, tmp_dir: &Path) -> Result<Finished> {
+        let Some(w) = self.w.take() else {
+            return Err(SyncError::Invalid("pack already finished".into()));
+        };
+        let (bw, name) = w.finish().ctx("writing", &self.tmp)?;
+        let f = bw
+            .into_inner()
+            .map_err(|e| SyncError::io("writing", &self.tmp, e.into_error()))?;
+        f.sync_all().ctx("syncing", &self.tmp)?;
+        drop(f);
+        let pack_path = packs.join(format!("{name}.pack"));
+        fs::rename(&self.tmp, &pack_path).ctx("renaming into", &pack_path)?;
+        self.done = true;
+        let idx = index::encode(&name, &mut self.entries);
+        let idx_tmp = tmp_dir.join(format!("{}-{}.idx.tmp", std::process::id(), unique()));
+        let r = (|| -> Result<()> {
+            let mut f = File::create(&idx_tmp).ctx("creating", &idx_tmp)?;
+            f.write_all(&idx).ctx("writing", &idx_tmp)?;
+            f.sync_all().ctx("syncing", &idx_tmp)?;
+            let idx_path = packs.join(format!("{name}.idx"));
+            fs::rename(&idx_tmp, &idx_path).ctx("renaming into", &idx_path)
+        })();
+        if r.is_err() {
+            let _ = fs::remove_file(&idx_tmp);
+        }
+        r?;
+        Ok(Finished {
+            name,
+            entries: std::mem::take(&mut self.entries),
+        })
+    }
+}
+
+impl Drop for OpenPack {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+fn writer_loop(
+    rx: &Receiver<StoredObject>,
+    packs: &Path,
+    tmp: &Path,
+    target: u64,
+) -> Result<Vec<Finished>> {
+    let mut cur: Option<OpenPack> = None;
+    let mut done = Vec::new();
+    for obj in rx.iter() {
+        let p = match cur.as_mut() {
+            Some(p) => p,
+            None => cur.insert(OpenPack::create(tmp)?),
+        };
+        p.add(&obj)?;
+        if p.size() >= target
+            && let Some(p) = cur.take()
+        {
+            done.push(p.finalize(packs, tmp)?);
+        }
+    }
+    if let Some(p) = cur.take() {
+        done.push(p.finalize(packs, tmp)?);
+    }
+    Ok(done)
+}
+
+/// Errors are not Clone; keep the message and kind.
+pub(crate) fn clone_error(e: &SyncError) -> SyncError {
+    match e {
+        SyncError::Io { op, path, source } => SyncError::Io {
+            op,
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        other => SyncError::Invalid(other.to_string()),
+    }
+}

@@ -1,0 +1,130 @@
+//! Where a command works: the store (`--store`, `SP_SYNC_STORE`, or a
+//! `.sp-sync` directory found upward from the current directory), the working
+//! tree it belongs to, and the versioned project settings in `sp-sync.toml`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Result, SyncError};
+use crate::store::{STORE_DIR, locate};
+
+/// The project's file at the working-tree root, versioned with the content.
+pub const PROJECT_FILE: &str = "sp-sync.toml";
+
+/// `sp-sync.toml` (the parts this version reads).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct ProjectConfig {
+    #[serde(default)]
+    pub snapshot: SnapshotSection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct SnapshotSection {
+    /// Paths to snapshot, relative to the working-tree root.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Gitignore-style patterns to leave out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+impl ProjectConfig {
+    pub fn parse(text: &str, path: &Path) -> Result<ProjectConfig> {
+        toml::from_str(text)
+            .map_err(|e| SyncError::Invalid(format!("{}: {}", path.display(), e.message())))
+    }
+
+    /// Reads `root/sp-sync.toml`; absent means defaults.
+    pub fn load(root: &Path) -> Result<ProjectConfig> {
+        let p = root.join(PROJECT_FILE);
+        match std::fs::read_to_string(&p) {
+            Ok(t) => Self::parse(&t, &p),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ProjectConfig::default()),
+            Err(e) => Err(SyncError::io("reading", &p, e)),
+        }
+    }
+}
+
+/// A located store and its working tree.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    /// The store directory.
+    pub store_dir: PathBuf,
+    /// The working tree: the folder holding `.sp-sync/`, or the current
+    /// directory when the store was named explicitly.
+    pub root: PathBuf,
+    /// Whether the store was named explicitly.
+    pub explicit: bool,
+}
+
+impl Workspace {
+    pub fn locate(explicit: Option<&Path>, cwd: &Path) -> Result<Workspace> {
+        let store_dir = locate(explicit, cwd)?;
+        let store_dir = if store_dir.is_absolute() {
+            store_dir
+        } else {
+            cwd.join(store_dir)
+        };
+        let root = match explicit {
+            Some(_) => cwd.to_path_buf(),
+            None => store_dir
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| cwd.to_path_buf()),
+        };
+        Ok(Workspace {
+            store_dir,
+            root,
+            explicit: explicit.is_some(),
+        })
+    }
+
+    /// The store directory `init` creates: `DIR/.sp-sync`, or exactly
+    /// `explicit`.
+    pub fn init_dir(explicit: Option<&Path>, dir: Option<&Path>, cwd: &Path) -> PathBuf {
+        match explicit {
+            Some(p) => p.to_path_buf(),
+            None => dir.unwrap_or(cwd).join(STORE_DIR),
+        }
+    }
+
+    pub fn project(&self) -> Result<ProjectConfig> {
+        ProjectConfig::load(&self.root)
+    }
+
+    /// What `snapshot` (and a working-tree `diff`) covers when no path is
+    /// given: `sp-sync.toml`'s paths, else the working tree. Returns the
+    /// sources and the exclude patterns.
+    pub fn default_sources(&self) -> Result<(Vec<PathBuf>, Vec<String>)> {
+        let project = self.project()?;
+        let sources = if project.snapshot.paths.is_empty() {
+            vec![self.root.clone()]
+        } else {
+            project
+                .snapshot
+                .paths
+                .iter()
+                .map(|p| self.root.join(p))
+                .collect()
+        };
+        Ok((sources, project.snapshot.exclude))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_file_parses_and_ignores_later_sections() {
+        let c = ProjectConfig::parse(
+            "[snapshot]\npaths = [\"services\"]\nexclude = [\"*.tmp\"]\n[deploy.api]\nwatch = [\"src/**\"]\n",
+            Path::new("sp-sync.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.snapshot.paths, vec!["services"]);
+        assert_eq!(c.snapshot.exclude, vec!["*.tmp"]);
+        assert!(ProjectConfig::parse("[snapshot]\npaths = 3\n", Path::new("x")).is_err());
+    }
+}
