@@ -91,7 +91,6 @@ pub struct Scanner<'a> {
     chunker: Chunker,
     cache: StatCache,
     record: Option<Mutex<Vec<CacheRecord>>>,
-    racy_after: Timestamp,
     skip: Vec<PathBuf>,
     excludes: Vec<String>,
     progress: &'a dyn Progress,
@@ -137,16 +136,11 @@ impl<'a> Scanner<'a> {
         record_cache: bool,
         progress: &'a dyn Progress,
     ) -> Self {
-        let now = now();
         Scanner {
             sink,
             chunker,
             cache,
             record: record_cache.then(|| Mutex::new(Vec::new())),
-            racy_after: Timestamp {
-                secs: now.secs - 1,
-                nanos: now.nanos,
-            },
             skip: Vec::new(),
             excludes: Vec::new(),
             progress,
@@ -351,9 +345,10 @@ impl<'a> Scanner<'a> {
             && c.refs().iter().all(|(_, id)| self.sink.contains(id))
         {
             let c = c.clone();
-            self.remember(rel, key, &c);
+            self.remember(rel, key, &c, None);
             return Ok((key.size, c));
         }
+        let read_at = now();
         let mut f = File::open(&it.path).ctx("opening", &it.path)?;
         let mut refs: Vec<ChunkRef> = Vec::new();
         let mut buf = BUF.with(|b| b.take());
@@ -400,15 +395,26 @@ impl<'a> Scanner<'a> {
             Content::Indirect { level, root }
         };
         if size == key.size {
-            self.remember(rel, key, &content);
+            self.remember(rel, key, &content, Some(read_at));
         }
         Ok((size, content))
     }
 
-    fn remember(&self, rel: &[u8], key: StatKey, content: &Content) {
+    /// Records a stat-cache entry. For content just read (`read_at`), only
+    /// when the file's last change (ctime) is a second older than the read:
+    /// a file changed again in the same timestamp tick as our read could
+    /// otherwise keep its stat while its content moved on (git's racy-clean
+    /// problem). Any later change sets ctime to a later tick.
+    fn remember(&self, rel: &[u8], key: StatKey, content: &Content, read_at: Option<Timestamp>) {
+        let settled = read_at.is_none_or(|t| {
+            key.ctime
+                < Timestamp {
+                    secs: t.secs - 1,
+                    nanos: t.nanos,
+                }
+        });
         if let Some(rec) = &self.record
-            && key.mtime < self.racy_after
-            && key.ctime < self.racy_after
+            && settled
             && let Ok(mut v) = rec.lock()
         {
             v.push((rel.to_vec(), key, content.clone()));
@@ -515,7 +521,7 @@ pub fn snapshot(
     if let Ok(d) = fs::canonicalize(store.dir()) {
         skip.push(d);
     }
-    let cache_path = StatCache::path_for(store.dir(), &sources);
+    let cache_path = StatCache::path_for(&store.cache_dir(), &sources);
     let cache = if opts.use_stat_cache {
         StatCache::load(&cache_path)
     } else {
@@ -552,7 +558,7 @@ pub fn snapshot(
         meta: opts.meta.clone(),
     };
     let (id, parent, extra) = commit(store, &opts.ref_name, &mut snap)?;
-    if let Err(e) = StatCache::save(&cache_path, &store.tmp_dir(), records) {
+    if let Err(e) = StatCache::save(&cache_path, records) {
         tracing::warn!("could not save the stat cache: {e}");
     }
     Ok(SnapshotReport {
@@ -639,7 +645,7 @@ pub fn scan_working_tree<'a>(
     if let Ok(d) = fs::canonicalize(store.dir()) {
         skip.push(d);
     }
-    let cache = StatCache::load(&StatCache::path_for(store.dir(), &sources));
+    let cache = StatCache::load(&StatCache::path_for(&store.cache_dir(), &sources));
     let scratch = Scratch {
         store,
         mem: MemStore::new(false),

@@ -163,6 +163,7 @@ pub struct Store {
     handles: Mutex<HashMap<u32, Arc<File>>>,
     /// Problems met while loading indexes (reported by fsck).
     pub load_warnings: Vec<String>,
+    cache_override: Option<PathBuf>,
     _lock: File,
 }
 
@@ -242,6 +243,7 @@ impl Store {
             index: RwLock::new(Index::default()),
             handles: Mutex::new(HashMap::new()),
             load_warnings: Vec::new(),
+            cache_override: None,
             _lock: lock,
         };
         store.load_index()?;
@@ -262,6 +264,39 @@ impl Store {
 
     pub fn tmp_dir(&self) -> PathBuf {
         self.dir.join("tmp")
+    }
+
+    /// The machine-local cache directory of this store (stat caches):
+    /// `$SP_SYNC_CACHE_DIR`, else `$XDG_CACHE_HOME/sp-sync`, else
+    /// `~/.cache/sp-sync`, then a directory named after the store's path.
+    /// Like restic's and borg's caches it lives outside the store: it is
+    /// not part of what the store holds, and a shared store must not share it.
+    pub fn cache_dir(&self) -> PathBuf {
+        if let Some(d) = &self.cache_override {
+            return d.clone();
+        }
+        let base = std::env::var_os("SP_SYNC_CACHE_DIR")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("sp-sync"))
+            })
+            .or_else(|| {
+                std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache").join("sp-sync"))
+            });
+        match base {
+            Some(b) if b.is_absolute() => {
+                use std::os::unix::ffi::OsStrExt;
+                let canon = fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
+                let h = blake3::hash(canon.as_os_str().as_bytes());
+                b.join(crate::id::hex(&h.as_bytes()[..16]))
+            }
+            _ => self.dir.join("cache"),
+        }
+    }
+
+    /// Uses `dir` as this store's cache directory (for embedders and tests).
+    pub fn set_cache_dir(&mut self, dir: PathBuf) {
+        self.cache_override = Some(dir);
     }
 
     pub fn pack_path(&self, name: &ObjectId) -> PathBuf {

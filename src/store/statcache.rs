@@ -61,7 +61,7 @@ pub struct StatCache {
 
 impl StatCache {
     /// The cache file for a set of sources (by their absolute paths).
-    pub fn path_for(store_dir: &Path, sources: &[PathBuf]) -> PathBuf {
+    pub fn path_for(cache_dir: &Path, sources: &[PathBuf]) -> PathBuf {
         let mut h = blake3::Hasher::new();
         for s in sources {
             use std::os::unix::ffi::OsStrExt;
@@ -69,7 +69,7 @@ impl StatCache {
             h.update(&[0]);
         }
         let name = crate::id::hex(&h.finalize().as_bytes()[..16]);
-        store_dir.join("cache").join("stat").join(name)
+        cache_dir.join("stat").join(name)
     }
 
     /// Loads a cache; a missing or damaged file gives an empty cache.
@@ -102,11 +102,7 @@ impl StatCache {
     }
 
     /// Writes entries (any order) atomically.
-    pub fn save(
-        path: &Path,
-        tmp: &Path,
-        mut entries: Vec<(Vec<u8>, StatKey, Content)>,
-    ) -> Result<()> {
+    pub fn save(path: &Path, mut entries: Vec<(Vec<u8>, StatKey, Content)>) -> Result<()> {
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         entries.dedup_by(|a, b| a.0 == b.0);
         let mut w = Writer::with_capacity(entries.len() * 96 + 64);
@@ -125,11 +121,22 @@ impl StatCache {
         }
         let sum = blake3::hash(&w.buf);
         w.raw(sum.as_bytes());
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| crate::error::SyncError::io("creating", parent, e))?;
-        }
-        crate::store::write_atomic(path, &w.buf, tmp)
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)
+            .map_err(|e| crate::error::SyncError::io("creating", dir, e))?;
+        // A cache: replaced atomically, but not fsynced (its checksum
+        // catches a torn write, which only costs a re-read).
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            std::process::id(),
+            crate::store::unique()
+        ));
+        std::fs::write(&tmp, &w.buf)
+            .map_err(|e| crate::error::SyncError::io("writing", &tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            crate::error::SyncError::io("renaming into", path, e)
+        })
     }
 }
 
@@ -206,7 +213,7 @@ mod tests {
             id: ObjectId::compute(ObjectType::Chunk, b"hello"),
             len: 5,
         }]);
-        StatCache::save(&p, d.path(), vec![(b"a/b".to_vec(), key, content.clone())]).unwrap();
+        StatCache::save(&p, vec![(b"a/b".to_vec(), key, content.clone())]).unwrap();
         let c = StatCache::load(&p);
         assert_eq!(c.get(b"a/b", &key), Some(&content));
         let mut other = key;
