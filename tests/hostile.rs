@@ -1,0 +1,181 @@
+//! Restore treats every name as hostile: nothing is ever written outside
+//! the target, and trees with unsafe names are refused with a clear error.
+
+mod common;
+
+use std::path::Path;
+
+use common::{fails, ok};
+use systemprompt_sync::codec::Writer;
+use systemprompt_sync::object::ObjectSink;
+use systemprompt_sync::object::snapshot::Snapshot;
+use systemprompt_sync::object::tree::{Content, Entry, EntryKind, Timestamp};
+use systemprompt_sync::{LockMode, ObjectType, Store};
+
+fn assert_empty(dir: &Path) {
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "something was written outside the target: {left:?}"
+    );
+}
+
+#[test]
+fn symlink_then_directory_of_the_same_name_writes_nothing_outside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let w = tmp.path().join("w");
+    std::fs::create_dir(&w).unwrap();
+    ok(&w, &["init"]);
+    // Snapshot 1: `link -> OUTSIDE`.
+    std::os::unix::fs::symlink(&outside, w.join("link")).unwrap();
+    std::fs::write(w.join("victim"), "v1").unwrap();
+    let s1 = ok(&w, &["snapshot", "-m", "link"]).trim().to_string();
+    // Snapshot 2: `link` is a directory holding a file; `victim` a symlink
+    // out, then...
+    std::fs::remove_file(w.join("link")).unwrap();
+    std::fs::create_dir(w.join("link")).unwrap();
+    std::fs::write(w.join("link/pwned"), "written through a symlink?").unwrap();
+    let s2 = ok(&w, &["snapshot", "-m", "dir"]).trim().to_string();
+
+    let target = tmp.path().join("target");
+    ok(&w, &["restore", &s1, target.to_str().unwrap()]);
+    assert_eq!(std::fs::read_link(target.join("link")).unwrap(), outside);
+    ok(&w, &["restore", &s2, target.to_str().unwrap()]);
+    assert_empty(&outside);
+    assert!(
+        std::fs::symlink_metadata(target.join("link"))
+            .unwrap()
+            .is_dir()
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("link/pwned")).unwrap(),
+        "written through a symlink?"
+    );
+
+    // The same with the symlink planted in the target by someone else, and
+    // with --delete.
+    let t2 = tmp.path().join("target2");
+    std::fs::create_dir(&t2).unwrap();
+    std::os::unix::fs::symlink(&outside, t2.join("link")).unwrap();
+    ok(&w, &["restore", &s2, t2.to_str().unwrap(), "--delete"]);
+    assert_empty(&outside);
+}
+
+#[test]
+fn files_replace_planted_symlinks_and_hard_links_instead_of_writing_through_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("victim"), "original").unwrap();
+    std::fs::write(outside.join("hardlinked"), "original").unwrap();
+    let w = tmp.path().join("w");
+    std::fs::create_dir(&w).unwrap();
+    std::fs::write(w.join("f"), "from the snapshot").unwrap();
+    std::fs::write(w.join("h"), "from the snapshot").unwrap();
+    ok(&w, &["init"]);
+    ok(&w, &["snapshot"]);
+    let target = tmp.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    std::os::unix::fs::symlink(outside.join("victim"), target.join("f")).unwrap();
+    std::fs::hard_link(outside.join("hardlinked"), target.join("h")).unwrap();
+    ok(&w, &["restore", "main", target.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(outside.join("victim")).unwrap(),
+        "original"
+    );
+    assert_eq!(
+        std::fs::read_to_string(outside.join("hardlinked")).unwrap(),
+        "original"
+    );
+    assert!(
+        std::fs::symlink_metadata(target.join("f"))
+            .unwrap()
+            .is_file()
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("f")).unwrap(),
+        "from the snapshot"
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("h")).unwrap(),
+        "from the snapshot"
+    );
+}
+
+/// Writes a tree node by hand (bypassing every check of the writer) holding
+/// the given names, each an empty file, and points `main` at a snapshot of it.
+fn plant_tree(store_dir: &Path, names: &[&[u8]]) {
+    let store = Store::open(store_dir, LockMode::Shared).unwrap();
+    let s = store.writer().unwrap();
+    let entry = Entry {
+        mode: 0o644,
+        mtime: Timestamp::default(),
+        kind: EntryKind::File {
+            size: 0,
+            content: Content::Inline(vec![]),
+        },
+    }
+    .encode();
+    let mut w = Writer::new();
+    w.u8(1).u8(0).varint(names.len() as u64);
+    for n in names {
+        w.bytes(n).bytes(&entry);
+    }
+    let root = s.put(ObjectType::Tree, &w.buf).unwrap();
+    let snap = Snapshot {
+        root: Some(root),
+        message: "hostile".into(),
+        ..Default::default()
+    };
+    let id = s.put(ObjectType::Snapshot, &snap.encode()).unwrap();
+    s.finish().unwrap();
+    store.update_ref("main", None, Some(id)).unwrap();
+}
+
+#[test]
+fn decoded_trees_with_unsafe_names_are_rejected() {
+    let cases: Vec<(&str, Vec<&[u8]>, &str)> = vec![
+        ("dotdot", vec![b"..", b"ok"], "unsafe entry name"),
+        ("dot", vec![b"."], "unsafe entry name"),
+        ("slash", vec![b"a/../../escape"], "unsafe entry name"),
+        ("absolute", vec![b"/etc"], "unsafe entry name"),
+        ("nul", vec![b"a\0b"], "unsafe entry name"),
+        ("empty", vec![b""], "unsafe entry name"),
+        ("duplicate", vec![b"same", b"same"], "duplicate"),
+        ("unsorted", vec![b"b", b"a"], "out of order"),
+    ];
+    for (what, names, expect) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let w = tmp.path().join("w");
+        std::fs::create_dir(&w).unwrap();
+        ok(&w, &["init"]);
+        plant_tree(&w.join(".sp-sync"), &names);
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let target = outside.join("target");
+        let err = fails(&w, &["restore", "main", target.to_str().unwrap()], 1);
+        assert!(err.contains(expect), "{what}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{what}: one line: {err}");
+        assert!(err.starts_with("error: "), "{what}: {err}");
+        // Nothing at all was written beside the target, and the target is empty.
+        let beside: Vec<_> = std::fs::read_dir(&outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(beside, vec![std::ffi::OsString::from("target")], "{what}");
+        assert_empty(&target);
+        let err = fails(&w, &["ls", "main"], 1);
+        assert!(err.contains(expect), "{what}: ls: {err}");
+        let o = common::run_in(&w, &["fsck"]);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{what}: fsck must report the tree"
+        );
+    }
+}

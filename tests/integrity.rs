@@ -1,0 +1,184 @@
+//! Damage is found and never restored as good data: flipping any single
+//! byte of any pack or index is reported by `fsck --read-data` (exit 1), and
+//! `restore` either fails or writes exactly the snapshotted bytes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{bytes, describe, fails, ok, run_in};
+
+/// A working tree with small and multi-chunk files, snapshotted twice.
+fn setup(dir: &Path) -> (PathBuf, std::collections::BTreeMap<Vec<u8>, String>) {
+    let w = dir.join("w");
+    std::fs::create_dir_all(w.join("agents/nested")).unwrap();
+    std::fs::write(w.join("agents/a.md"), "# agent a\n".repeat(50)).unwrap();
+    std::fs::write(w.join("agents/nested/b.md"), "# agent b\n").unwrap();
+    std::fs::write(w.join("big.bin"), bytes(9 << 20, 3)).unwrap();
+    std::fs::write(w.join("empty"), "").unwrap();
+    std::os::unix::fs::symlink("agents/a.md", w.join("link")).unwrap();
+    ok(&w, &["init"]);
+    ok(&w, &["snapshot", "-m", "one"]);
+    std::fs::write(w.join("agents/c.md"), "# agent c\n").unwrap();
+    ok(&w, &["snapshot", "-m", "two"]);
+    let mut want = describe(&w);
+    want.retain(|k, _| !k.starts_with(b".sp-sync") && !k.starts_with(b".test-cache"));
+    (w, want)
+}
+
+fn store_files(w: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(w.join(".sp-sync/packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+fn flip(p: &Path, at: u64) {
+    let mut b = std::fs::read(p).unwrap();
+    b[at as usize] ^= 0x20;
+    std::fs::write(p, b).unwrap();
+}
+
+#[test]
+fn every_flipped_byte_is_reported_and_never_restored_as_good() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (w, want) = setup(tmp.path());
+    ok(&w, &["fsck", "--read-data"]);
+    let files = store_files(&w);
+    assert!(
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "idx"))
+    );
+    let mut checked = 0;
+    for f in &files {
+        let len = std::fs::metadata(f).unwrap().len();
+        // The first and last 64 bytes (headers, trailers) and 24 offsets spread
+        // over the rest.
+        let mut offsets: Vec<u64> = (0..len.min(64))
+            .chain(len.saturating_sub(64)..len)
+            .collect();
+        offsets.extend((1..=24).map(|i| len * i / 25));
+        offsets.sort_unstable();
+        offsets.dedup();
+        for at in offsets {
+            flip(f, at);
+            let o = run_in(&w, &["fsck", "--read-data"]);
+            let out = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert_eq!(
+                o.status.code(),
+                Some(1),
+                "flip at {at} of {} not reported by fsck --read-data:\n{out}",
+                f.display()
+            );
+            assert!(
+                out.contains("pack") || out.contains("index") || out.contains("reached from"),
+                "fsck output does not say where: {out}"
+            );
+            let target = tmp.path().join(format!("restore-{checked}"));
+            let r = run_in(&w, &["restore", "main", target.to_str().unwrap()]);
+            match r.status.code() {
+                Some(0) => {
+                    let mut got = describe(&target);
+                    got.retain(|k, _| {
+                        !k.starts_with(b".sp-sync") && !k.starts_with(b".test-cache")
+                    });
+                    assert_eq!(
+                        got,
+                        want,
+                        "restore exited 0 with wrong content after flip at {at} of {}",
+                        f.display()
+                    );
+                }
+                Some(1) => {
+                    let err = String::from_utf8_lossy(&r.stderr);
+                    assert_eq!(err.trim_end().lines().count(), 1, "one error line: {err}");
+                }
+                c => panic!("restore exited {c:?} after flip at {at} of {}", f.display()),
+            }
+            let _ = std::fs::remove_dir_all(&target);
+            flip(f, at);
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "only {checked} flips tried");
+    ok(&w, &["fsck", "--read-data"]);
+}
+
+#[test]
+fn a_damaged_chunk_is_named_with_what_reaches_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (w, _) = setup(tmp.path());
+    // Find the chunk of agents/nested/b.md and damage its stored bytes.
+    let (pack, offset, id) = {
+        let store = systemprompt_sync::Store::open(
+            &w.join(".sp-sync"),
+            systemprompt_sync::LockMode::Shared,
+        )
+        .unwrap();
+        let (_, e, _) = systemprompt_sync::resolve_path(&store, "main:agents/nested/b.md").unwrap();
+        let systemprompt_sync::object::tree::EntryKind::File {
+            content: systemprompt_sync::object::tree::Content::Inline(chunks),
+            ..
+        } = e.kind
+        else {
+            panic!("expected an inline file")
+        };
+        let id = chunks[0].id;
+        let loc = store.location(&id).unwrap();
+        (
+            store.pack_path(&store.pack_name(loc.pack).unwrap()),
+            loc.offset,
+            id,
+        )
+    };
+    // The payload of a 10-byte raw chunk ends the record: flip its last byte.
+    let hlen = 35 + 1 + 1;
+    flip(&pack, offset + hlen + 9);
+    let o = run_in(&w, &["fsck", "--read-data"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = out
+        .lines()
+        .find(|l| l.contains(&id.to_hex()))
+        .unwrap_or_else(|| panic!("no line names chunk {id}: {out}"));
+    assert!(line.contains("reached from ref main"), "{line}");
+    assert!(line.contains("agents/nested/b.md"), "{line}");
+    // Restore refuses, naming the object, and writes no wrong bytes.
+    let target = tmp.path().join("out");
+    let err = fails(&w, &["restore", "main", target.to_str().unwrap()], 1);
+    assert!(err.contains(&id.to_hex()), "{err}");
+    let restored = target.join("agents/nested/b.md");
+    if restored.exists() {
+        assert_eq!(std::fs::read(&restored).unwrap(), b"# agent b\n");
+    }
+    // `cat` of another file still works.
+    assert_eq!(ok(&w, &["cat", "main:agents/c.md"]), "# agent c\n");
+}
+
+#[test]
+fn rebuild_index_recovers_a_deleted_or_damaged_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (w, want) = setup(tmp.path());
+    let idx: Vec<PathBuf> = store_files(&w)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "idx"))
+        .collect();
+    std::fs::remove_file(&idx[0]).unwrap();
+    flip(&idx[1], 60);
+    let o = run_in(&w, &["fsck"]);
+    assert_eq!(o.status.code(), Some(1));
+    ok(&w, &["fsck", "--rebuild-index", "--read-data"]);
+    ok(&w, &["fsck", "--read-data"]);
+    let target = tmp.path().join("out");
+    ok(&w, &["restore", "main", target.to_str().unwrap()]);
+    let mut got = describe(&target);
+    got.retain(|k, _| !k.starts_with(b".sp-sync") && !k.starts_with(b".test-cache"));
+    assert_eq!(got, want);
+}
