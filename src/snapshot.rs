@@ -460,6 +460,14 @@ fn join_rel(rel: &[u8], name: &[u8]) -> Vec<u8> {
     }
 }
 
+/// The store and its cache: never part of a snapshot.
+fn store_paths(store: &Store) -> Vec<PathBuf> {
+    [store.dir().to_path_buf(), store.cache_dir()]
+        .iter()
+        .filter_map(|p| fs::canonicalize(p).ok())
+        .collect()
+}
+
 /// Now, as a timestamp.
 pub fn now() -> Timestamp {
     match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
@@ -518,9 +526,7 @@ pub fn snapshot(
         .iter()
         .filter_map(|p| fs::canonicalize(p).ok())
         .collect();
-    if let Ok(d) = fs::canonicalize(store.dir()) {
-        skip.push(d);
-    }
+    skip.extend(store_paths(store));
     let cache_path = StatCache::path_for(&store.cache_dir(), &sources);
     let cache = if opts.use_stat_cache {
         StatCache::load(&cache_path)
@@ -642,9 +648,7 @@ pub fn scan_working_tree<'a>(
         .iter()
         .filter_map(|p| fs::canonicalize(p).ok())
         .collect();
-    if let Ok(d) = fs::canonicalize(store.dir()) {
-        skip.push(d);
-    }
+    skip.extend(store_paths(store));
     let cache = StatCache::load(&StatCache::path_for(&store.cache_dir(), &sources));
     let scratch = Scratch {
         store,

@@ -14,7 +14,7 @@ use common::{bin, bytes, describe, ok};
 fn sp(w: &Path) -> Command {
     let mut c = Command::new(bin());
     c.current_dir(w)
-        .env("SP_SYNC_CACHE_DIR", w.join(".test-cache"))
+        .env("SP_SYNC_CACHE_DIR", common::cache_dir())
         .env_remove("SP_SYNC_STORE")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -23,7 +23,7 @@ fn sp(w: &Path) -> Command {
 
 fn described(dir: &Path) -> BTreeMap<Vec<u8>, String> {
     let mut d = describe(dir);
-    d.retain(|k, _| !k.starts_with(b".sp-sync") && !k.starts_with(b".test-cache"));
+    d.retain(|k, _| !k.starts_with(b".sp-sync"));
     d
 }
 

@@ -22,7 +22,7 @@ fn setup(dir: &Path) -> (PathBuf, std::collections::BTreeMap<Vec<u8>, String>) {
     std::fs::write(w.join("agents/c.md"), "# agent c\n").unwrap();
     ok(&w, &["snapshot", "-m", "two"]);
     let mut want = describe(&w);
-    want.retain(|k, _| !k.starts_with(b".sp-sync") && !k.starts_with(b".test-cache"));
+    want.retain(|k, _| !k.starts_with(b".sp-sync"));
     (w, want)
 }
 
@@ -86,9 +86,7 @@ fn every_flipped_byte_is_reported_and_never_restored_as_good() {
             match r.status.code() {
                 Some(0) => {
                     let mut got = describe(&target);
-                    got.retain(|k, _| {
-                        !k.starts_with(b".sp-sync") && !k.starts_with(b".test-cache")
-                    });
+                    got.retain(|k, _| !k.starts_with(b".sp-sync"));
                     assert_eq!(
                         got,
                         want,
@@ -179,6 +177,6 @@ fn rebuild_index_recovers_a_deleted_or_damaged_index() {
     let target = tmp.path().join("out");
     ok(&w, &["restore", "main", target.to_str().unwrap()]);
     let mut got = describe(&target);
-    got.retain(|k, _| !k.starts_with(b".sp-sync") && !k.starts_with(b".test-cache"));
+    got.retain(|k, _| !k.starts_with(b".sp-sync"));
     assert_eq!(got, want);
 }

@@ -13,12 +13,17 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sp-sync"))
 }
 
-/// Runs `sp-sync ARGS` in `cwd` with a private cache directory.
+/// The cache directory the tests give sp-sync (outside every working tree).
+pub fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sp-sync-cache")
+}
+
+/// Runs `sp-sync ARGS` in `cwd` with the tests' cache directory.
 pub fn run_in(cwd: &Path, args: &[&str]) -> Output {
     Command::new(bin())
         .args(args)
         .current_dir(cwd)
-        .env("SP_SYNC_CACHE_DIR", cwd.join(".test-cache"))
+        .env("SP_SYNC_CACHE_DIR", cache_dir())
         .env_remove("SP_SYNC_STORE")
         .output()
         .expect("spawn sp-sync")
