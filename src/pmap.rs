@@ -377,7 +377,8 @@ pub fn get(
 pub struct MapIter<'a> {
     src: &'a dyn ObjectSource,
     tag: ObjectType,
-    stack: Vec<(Node, usize)>,
+    /// (node, next index, node id)
+    stack: Vec<(Node, usize, ObjectId)>,
     root: Option<ObjectId>,
     prev: Option<Vec<u8>>,
     failed: bool,
@@ -398,10 +399,10 @@ impl<'a> MapIter<'a> {
     fn step(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         if let Some(root) = self.root.take() {
             let n = load_node(self.src, self.tag, &root, None)?;
-            self.stack.push((n, 0));
+            self.stack.push((n, 0, root));
         }
         loop {
-            let Some((node, i)) = self.stack.last_mut() else {
+            let Some((node, i, id)) = self.stack.last_mut() else {
                 return Ok(None);
             };
             if *i >= node.len() {
@@ -418,7 +419,7 @@ impl<'a> MapIter<'a> {
                 {
                     return Err(corrupt(
                         self.tag,
-                        &ObjectId::default(),
+                        id,
                         format!(
                             "map keys not strictly increasing across nodes at {:?}",
                             String::from_utf8_lossy(&key)
@@ -432,7 +433,7 @@ impl<'a> MapIter<'a> {
             let expect_key = node.key(idx).to_vec();
             let level = node.level - 1;
             let n = load_node(self.src, self.tag, &child, Some((level, &expect_key)))?;
-            self.stack.push((n, 0));
+            self.stack.push((n, 0, child));
         }
     }
 }
