@@ -422,6 +422,9 @@ impl<'a> Scanner<'a> {
     }
 
     fn chunks(&self, data: &[u8], cuts: &[usize], out: &mut Vec<ChunkRef>) -> Result<()> {
+        if self.progress.interrupted() {
+            return Err(SyncError::Interrupted);
+        }
         let mut slices = Vec::with_capacity(cuts.len());
         let mut p = 0;
         for &n in cuts {

@@ -47,8 +47,11 @@ fn one_changed_file_in_a_million_reads_under_200_objects() {
                 d + f
             };
             let (c, len) = chunks[pick % chunks.len()];
-            b.push(format!("file-{f:04}.md").as_bytes(), &file(c, len, d as i64))
-                .unwrap();
+            b.push(
+                format!("file-{f:04}.md").as_bytes(),
+                &file(c, len, d as i64),
+            )
+            .unwrap();
         }
         b.finish().unwrap()
     };

@@ -185,6 +185,14 @@ pub fn main() -> i32 {
         }
     };
     init_logging(cli.verbose, cli.quiet);
+    // The first Ctrl-C asks long work to stop at the next safe point (what
+    // was written stays unreferenced until gc); a second one exits at once.
+    let _ = ctrlc::set_handler(|| {
+        if systemprompt_sync::progress::INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            std::process::exit(130);
+        }
+    });
     let cwd = match std::env::current_dir() {
         Ok(d) => d,
         Err(e) => {
@@ -203,7 +211,10 @@ pub fn main() -> i32 {
         Err(e) => {
             let msg = format!("{e:#}").replace('\n', " ");
             eprintln!("error: {msg}");
-            1
+            let interrupted = e
+                .chain()
+                .any(|c| matches!(c.downcast_ref::<SyncError>(), Some(SyncError::Interrupted)));
+            if interrupted { 130 } else { 1 }
         }
     }
 }

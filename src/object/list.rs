@@ -75,9 +75,14 @@ impl ListNode {
             return r.err("empty list node");
         }
         let mut entries = Vec::with_capacity(count);
+        let mut total: u64 = 0;
         for _ in 0..count {
             let id = r.id()?;
             let len = r.varint()?;
+            total = match total.checked_add(len) {
+                Some(t) => t,
+                None => return r.err("list sizes overflow 64 bits"),
+            };
             if len == 0 {
                 return r.err("zero-length list entry");
             }
@@ -90,8 +95,11 @@ impl ListNode {
         Ok(ListNode { level, entries })
     }
 
+    /// The bytes the node covers (decode guarantees the sum fits).
     pub fn total(&self) -> u64 {
-        self.entries.iter().map(|e| e.len).sum()
+        self.entries
+            .iter()
+            .fold(0u64, |a, e| a.saturating_add(e.len))
     }
 }
 
@@ -290,6 +298,18 @@ mod tests {
         let (lvl, root) = build_list(&s, &v);
         let r: Result<Vec<_>> = ListIter::new(&s, lvl, root, total + 1).collect();
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn sizes_that_overflow_are_rejected() {
+        // Found by the list_node fuzz target: level 1, lengths u64::MAX and 1.
+        let mut b = vec![1u8, 1, 2];
+        b.extend([0u8; 32]);
+        b.extend([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        b.extend([1u8; 32]);
+        b.push(1);
+        let e = ListNode::decode(&b).unwrap_err();
+        assert!(e.what.contains("overflow"), "{e}");
     }
 
     proptest! {

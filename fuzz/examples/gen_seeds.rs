@@ -1,0 +1,195 @@
+//! Writes a few valid encodings for each fuzz target into `fuzz/seeds/<target>/`
+//! (run from `fuzz/`: `cargo run --example gen_seeds`). The seeds give the
+//! fuzzer a start past the magic numbers and checksums.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use systemprompt_sync::object::ObjectSink;
+use systemprompt_sync::object::list::{ChunkRef, ListNode};
+use systemprompt_sync::object::snapshot::Snapshot;
+use systemprompt_sync::object::tree::{Content, Entry, EntryKind, Timestamp};
+use systemprompt_sync::pack::{PackWriter, compress, prepare};
+use systemprompt_sync::store::index::{self, IdxEntry};
+use systemprompt_sync::{ObjectId, ObjectType, Result};
+
+/// Keeps every object put, in order.
+#[derive(Default)]
+struct Capture(Mutex<Vec<(ObjectType, Vec<u8>)>>);
+
+impl ObjectSink for Capture {
+    fn put_hashed(&self, tag: ObjectType, _id: ObjectId, bytes: &[u8]) -> Result<bool> {
+        self.0.lock().unwrap().push((tag, bytes.to_vec()));
+        Ok(true)
+    }
+    fn contains(&self, _id: &ObjectId) -> bool {
+        false
+    }
+}
+
+fn write(target: &str, name: &str, bytes: &[u8]) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("seeds")
+        .join(target);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), bytes).unwrap();
+}
+
+fn id(s: &str) -> ObjectId {
+    ObjectId::compute(ObjectType::Chunk, s.as_bytes())
+}
+
+fn main() {
+    // Prolly-map nodes: a one-leaf map, and the nodes of a map big enough to
+    // have internal nodes.
+    let small = Capture::default();
+    systemprompt_sync::pmap::build(
+        ObjectType::Tree,
+        &small,
+        [(&b"a"[..], &b"1"[..]), (b"bb", b"22"), (b"ccc", b"")],
+    )
+    .unwrap();
+    write(
+        "pmap_node",
+        "empty",
+        &systemprompt_sync::pmap::empty_map_bytes(),
+    );
+    write("pmap_node", "leaf", &small.0.lock().unwrap()[0].1);
+    let big = Capture::default();
+    let keys: Vec<Vec<u8>> = (0..3000)
+        .map(|i| format!("file-{i:06}").into_bytes())
+        .collect();
+    systemprompt_sync::pmap::build(
+        ObjectType::Tree,
+        &big,
+        keys.iter().map(|k| (k.as_slice(), &b"value-bytes"[..])),
+    )
+    .unwrap();
+    let nodes = big.0.into_inner().unwrap();
+    write("pmap_node", "big-leaf", &nodes[0].1);
+    write("pmap_node", "internal", &nodes.last().unwrap().1);
+
+    // List nodes.
+    let refs = |n: u64| -> Vec<ChunkRef> {
+        (0..n)
+            .map(|i| ChunkRef {
+                id: id(&i.to_string()),
+                len: 1000 + i * 300,
+            })
+            .collect()
+    };
+    for (name, level, n) in [("leaf1", 0, 1), ("leaf9", 0, 9), ("internal", 1, 3)] {
+        let node = ListNode {
+            level,
+            entries: refs(n),
+        };
+        write("list_node", name, &node.encode());
+    }
+
+    // Tree entries of each kind.
+    let t = Timestamp {
+        secs: 1_700_000_000,
+        nanos: 123_456_789,
+    };
+    let entries = [
+        (
+            "file-empty",
+            EntryKind::File {
+                size: 0,
+                content: Content::Inline(vec![]),
+            },
+        ),
+        (
+            "file-inline",
+            EntryKind::File {
+                size: 2300,
+                content: Content::Inline(refs(2)),
+            },
+        ),
+        (
+            "file-indirect",
+            EntryKind::File {
+                size: 1 << 30,
+                content: Content::Indirect {
+                    level: 1,
+                    root: id("list"),
+                },
+            },
+        ),
+        ("dir", EntryKind::Dir { tree: id("tree") }),
+        (
+            "symlink",
+            EntryKind::Symlink {
+                target: b"../target/path".to_vec(),
+            },
+        ),
+    ];
+    for (name, kind) in entries {
+        let e = Entry {
+            mode: 0o644,
+            mtime: t,
+            kind,
+        };
+        write("tree_entry", name, &e.encode());
+    }
+
+    // Snapshots.
+    let mut s = Snapshot {
+        time: t,
+        host: "host".into(),
+        message: "first".into(),
+        root: Some(id("root")),
+        files: 3,
+        bytes: 4096,
+        ..Default::default()
+    };
+    write("snapshot", "root", &s.encode());
+    s.parents = vec![id("p1"), id("p2")];
+    s.root = None;
+    s.tables = BTreeMap::from([("rows".into(), id("t1")), ("users".into(), id("t2"))]);
+    s.meta = BTreeMap::from([("k".into(), "v".into()), ("z".into(), "".into())]);
+    write("snapshot", "full", &s.encode());
+
+    // A pack stream of raw and compressed objects, and its index.
+    let datas: Vec<Vec<u8>> = vec![
+        b"hello".to_vec(),
+        b"compressible ".repeat(40),
+        (0..300u32).map(|i| (i * 7 % 256) as u8).collect(),
+    ];
+    let mut w = PackWriter::new(Vec::new()).unwrap();
+    let mut idx = Vec::new();
+    for (i, d) in datas.iter().enumerate() {
+        let tag = if i == 1 {
+            ObjectType::Tree
+        } else {
+            ObjectType::Chunk
+        };
+        let o = prepare(tag, ObjectId::compute(tag, d), d, 3);
+        let offset = w.add(&o).unwrap();
+        idx.push(IdxEntry {
+            id: o.id,
+            tag,
+            flags: o.flags,
+            offset,
+            clen: o.payload.len() as u32,
+            ulen: o.ulen,
+        });
+    }
+    let (pack, name) = w.finish().unwrap();
+    write("pack_stream", "three", &pack);
+    let (empty, _) = PackWriter::new(Vec::new()).unwrap().finish().unwrap();
+    write("pack_stream", "empty", &empty);
+    write("pack_index", "three", &index::encode(&name, &mut idx));
+    write("pack_index", "empty", &index::encode(&name, &mut []));
+
+    // unpack inputs: flags | ulen (u32 LE) | payload.
+    for (name, d) in [("raw", &datas[0]), ("zstd", &datas[1])] {
+        let (flags, payload) = compress(d, 3);
+        let mut b = vec![flags];
+        b.extend_from_slice(&(d.len() as u32).to_le_bytes());
+        b.extend_from_slice(&payload);
+        write("unpack", name, &b);
+    }
+    println!("seeds written to {}/seeds", env!("CARGO_MANIFEST_DIR"));
+}
