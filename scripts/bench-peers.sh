@@ -15,6 +15,8 @@
 #   QUICK=1      smoke/CI mode: small corpora (DOCS_CAP_MB=20, BIN_MB=50), REPS=1, FLOOR_REPS=1,
 #                default WORK_DIR /tmp/spbench-quick (explicit knobs still win)
 #   SETUP=1      first run scripts/bench/setup-peers.sh (apt-get install of the peer tools)
+#   SETTLE=1     before each timed step, sync and wait until the disks have been idle for a
+#                second (SETTLE_MAX=180 s at most); SETTLE=0 measures back to back
 #   SP_SYNC=PATH the sp-sync binary; else `sp-sync` on PATH; else <repo>/target/release/sp-sync,
 #                built with `cargo build --release` if absent. BUILD=1 forces that build.
 #   Corpus building (make-corpora.sh): DOCS_SRC, DOCS_CAP_MB (0 = full tree), BIN_SRCS, BIN_MB (500)
@@ -193,8 +195,28 @@ row()   { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$TSV"; }
 
 # measure TOOL CORPUS STEP REP REPO|- -- CMD...   (CMD runs as: bash -c 'set -eo pipefail; CMD')
 # Sets MEASURE_RC. Appends one TSV row.
+# settle: untimed; sync, then wait (up to SETTLE_MAX seconds) until the block devices have
+# been idle for a whole second. On a disk with online discard, deleting the previous tool's
+# 52k-file restore keeps the device busy long after `rm` returns, and whichever tool runs
+# next would pay for it: the order of tools, not the tools, would decide restore times.
+io_ticks() { awk '$3 ~ /^(vd[a-z]+|sd[a-z]+|nvme[0-9]+n[0-9]+|xvd[a-z]+)$/ {t += $13} END {print t + 0}' /proc/diskstats; }
+settle() {
+    [ "${SETTLE:-1}" = 1 ] || return 0
+    sync
+    local max="${SETTLE_MAX:-180}" waited=0 a b
+    a="$(io_ticks)"
+    while [ "$waited" -lt "$max" ]; do
+        sleep 1; waited=$((waited + 1))
+        b="$(io_ticks)"
+        [ $((b - a)) -lt 20 ] && return 0
+        a="$b"
+    done
+    log "disk still busy after ${max}s; measuring anyway"
+}
+
 measure() {
     local tool=$1 corpus=$2 step=$3 rep=$4 repo=$5; shift 6
+    settle
     local tf; tf="$(mktemp)"
     local before=""; [ "$repo" = - ] || before="$(dusb "$repo")"
     echo "### $tool $corpus $step rep=$rep: $*" >> "$LOG"

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit + property + integration tests
-# (through the real binary), doc tests, and a compile check of the fuzz targets.
-# Usage: scripts/test.sh            (from anywhere; needs a Rust toolchain)
+# (through the real binary, against real `sp-sync serve` processes and a real
+# S3-compatible server), doc tests, and compile checks of fuzz targets and benches.
+#
+# Usage: scripts/test.sh            (from anywhere; needs Rust and python3)
+# The S3 tests use moto (PyPI), installed into target/moto-venv and started
+# on a free loopback port for the duration of the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +16,24 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
+
+step "S3-compatible server (moto)"
+VENV=target/moto-venv
+if [ ! -x "$VENV/bin/moto_server" ]; then
+    mkdir -p target
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet 'moto[s3]==5.2.5' flask flask-cors
+fi
+PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+"$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" > target/moto.log 2>&1 &
+MOTO_PID=$!
+trap 'kill "$MOTO_PID" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 1)" 2>/dev/null && break
+    sleep 0.2
+done
+export SP_SYNC_TEST_S3_ENDPOINT="http://127.0.0.1:$PORT"
+echo "moto on $SP_SYNC_TEST_S3_ENDPOINT" >&2
 
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then

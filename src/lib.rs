@@ -48,9 +48,12 @@ pub mod object;
 pub mod pack;
 pub mod pmap;
 pub mod progress;
+pub mod remote;
 pub mod restore;
+pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod transfer;
 pub mod workspace;
 
 pub use error::{Result, SyncError};

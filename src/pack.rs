@@ -395,6 +395,42 @@ impl<R: Read> PackReader<R> {
     pub fn into_inner(self) -> R {
         self.inp
     }
+
+    /// The records as objects, then a check that nothing follows the trailer.
+    pub fn into_objects(self) -> Objects<R> {
+        Objects {
+            r: self,
+            done: false,
+        }
+    }
+}
+
+/// The objects of a pack stream, verified for framing and checksum (each
+/// object's own bytes are verified by whoever stores it).
+pub struct Objects<R: Read> {
+    r: PackReader<R>,
+    done: bool,
+}
+
+impl<R: Read> Iterator for Objects<R> {
+    type Item = Result<StoredObject>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.r.next_record() {
+            Ok(Some(rec)) => Some(Ok(rec.into_stored())),
+            Ok(None) => {
+                self.done = true;
+                self.r.expect_eof().err().map(Err)
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
 }
 
 fn bad(what: &str, offset: u64, reason: impl Into<String>) -> SyncError {

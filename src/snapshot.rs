@@ -465,8 +465,11 @@ fn join_rel(rel: &[u8], name: &[u8]) -> Vec<u8> {
 
 /// The store and its cache: never part of a snapshot.
 fn store_paths(store: &Store) -> Vec<PathBuf> {
-    [store.dir().to_path_buf(), store.cache_dir()]
-        .iter()
+    store
+        .local_dir()
+        .map(Path::to_path_buf)
+        .into_iter()
+        .chain([store.cache_dir()])
         .filter_map(|p| fs::canonicalize(p).ok())
         .collect()
 }

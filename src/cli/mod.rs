@@ -131,6 +131,55 @@ enum Cmd {
     },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+    /// Manage remotes (a path or file://, http(s)://HOST/TENANT, s3://BUCKET/PREFIX).
+    Remote {
+        #[command(subcommand)]
+        cmd: RemoteCmd,
+    },
+    /// Send what the remote lacks, then move its refs (fast-forward only unless --force).
+    Push {
+        /// A remote name, a path or a URL (default: the only remote, or origin).
+        remote: Option<String>,
+        /// Refs to push (default: main).
+        refs: Vec<String>,
+        /// Move the remote's refs even when that drops history.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Fetch what is missing, record remotes/REMOTE/REF, fast-forward local refs.
+    Pull {
+        remote: Option<String>,
+        /// Refs to pull (default: main).
+        refs: Vec<String>,
+        /// Then restore the pulled snapshot into TARGET.
+        #[arg(long, value_name = "TARGET")]
+        restore: Option<PathBuf>,
+    },
+    /// Run the HTTP remote.
+    Serve {
+        /// Address to listen on (port 0: any free port; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:8470")]
+        listen: String,
+        /// Where tenants' stores live: a directory, or s3://BUCKET/PREFIX.
+        #[arg(long, value_name = "DIR")]
+        data: String,
+        /// TOML file: [tenants.NAME] tokens = ["..."]. Without it every tenant is open.
+        #[arg(long, value_name = "FILE")]
+        tokens: Option<PathBuf>,
+        /// Largest push body, in bytes.
+        #[arg(long, default_value_t = 64 << 30)]
+        max_body: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RemoteCmd {
+    /// Add a remote.
+    Add { name: String, url: String },
+    /// List remotes.
+    List,
+    /// Remove a remote.
+    Remove { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -187,11 +236,16 @@ pub fn main() -> i32 {
     init_logging(cli.verbose, cli.quiet);
     // The first Ctrl-C asks long work to stop at the next safe point (what
     // was written stays unreferenced until gc); a second one exits at once.
-    let _ = ctrlc::set_handler(|| {
-        if systemprompt_sync::progress::INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
-            std::process::exit(130);
-        }
+    // (serve handles its signals itself, to shut down gracefully.)
+    let serving = matches!(cli.cmd, Cmd::Serve { .. });
+    let _ = (!serving).then(|| {
+        ctrlc::set_handler(|| {
+            if systemprompt_sync::progress::INTERRUPTED
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                std::process::exit(130);
+            }
+        })
     });
     let cwd = match std::env::current_dir() {
         Ok(d) => d,
@@ -280,6 +334,37 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
         } => fsck_cmd(ctx, read_data, rebuild),
         Cmd::Gc { dry_run } => gc_cmd(ctx, dry_run),
         Cmd::Ref { cmd } => refs(ctx, cmd),
+        Cmd::Remote { cmd } => remote_cmd(ctx, cmd),
+        Cmd::Push {
+            remote,
+            refs,
+            force,
+        } => push(ctx, remote, refs, force),
+        Cmd::Pull {
+            remote,
+            refs,
+            restore,
+        } => pull(ctx, remote, refs, restore),
+        Cmd::Serve {
+            listen,
+            data,
+            tokens,
+            max_body,
+        } => {
+            let opts = systemprompt_sync::server::ServeOptions {
+                listen,
+                data,
+                tokens,
+                max_body,
+            };
+            let quiet = ctx.quiet;
+            systemprompt_sync::server::serve(&opts, |addr| {
+                if !quiet {
+                    eprintln!("sp-sync serve: listening on {addr}");
+                }
+            })?;
+            Ok(0)
+        }
         Cmd::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "sp-sync", &mut std::io::stdout());
@@ -729,6 +814,193 @@ fn refs(ctx: &Ctx, cmd: RefCmd) -> Result<i32> {
                 ctx.note(format!("deleted ref {name} (was {})", old.short()));
             }
         }
+    }
+    Ok(0)
+}
+
+fn remote_cmd(ctx: &Ctx, cmd: RemoteCmd) -> Result<i32> {
+    use systemprompt_sync::remote::Location;
+    use systemprompt_sync::remote::config::{LocalConfig, RemoteConfig, validate_remote_name};
+    let (_, store) = ctx.open(LockMode::Shared)?;
+    let mut cfg = LocalConfig::load(&store)?;
+    match cmd {
+        RemoteCmd::Add { name, url } => {
+            validate_remote_name(&name)?;
+            Location::parse(&url)?;
+            if cfg.remote.contains_key(&name) {
+                return Err(anyhow!("remote {name} already exists"));
+            }
+            // A path is stored absolute, so it means the same from anywhere.
+            let url = match Location::parse(&url)? {
+                Location::Path(p) if !url.starts_with("file://") => {
+                    ctx.cwd.join(p).display().to_string()
+                }
+                _ => url,
+            };
+            cfg.remote.insert(
+                name.clone(),
+                RemoteConfig {
+                    url,
+                    ..Default::default()
+                },
+            );
+            cfg.save(&store)?;
+            ctx.note(format!("added remote {name}"));
+        }
+        RemoteCmd::List => {
+            if ctx.json {
+                let v: Vec<_> = cfg
+                    .remote
+                    .iter()
+                    .map(|(n, r)| json!({"name": n, "url": r.url}))
+                    .collect();
+                ctx.print_json(&serde_json::Value::Array(v))?;
+            } else {
+                for (n, r) in &cfg.remote {
+                    println!("{n} {}", r.url);
+                }
+            }
+        }
+        RemoteCmd::Remove { name } => {
+            if cfg.remote.remove(&name).is_none() {
+                return Err(SyncError::NotFound(format!("unknown remote {name:?}")).into());
+            }
+            cfg.save(&store)?;
+            for (r, id) in store.list_refs()? {
+                if r.starts_with(&format!("remotes/{name}/")) {
+                    store.update_ref(&r, Some(Some(id)), None)?;
+                }
+            }
+            ctx.note(format!("removed remote {name}"));
+        }
+    }
+    Ok(0)
+}
+
+/// Resolves REMOTE (name, path or URL; default: the only remote or origin).
+fn resolve_remote(
+    store: &Store,
+    spec: Option<String>,
+) -> Result<(
+    Option<String>,
+    systemprompt_sync::remote::Location,
+    systemprompt_sync::remote::Credentials,
+)> {
+    let cfg = systemprompt_sync::remote::config::LocalConfig::load(store)?;
+    let spec = match spec {
+        Some(s) => s,
+        None => cfg.default_remote()?,
+    };
+    Ok(cfg.resolve(&spec)?)
+}
+
+fn transfer_json(r: &systemprompt_sync::transfer::TransferReport, sent: bool) -> serde_json::Value {
+    let first = r.refs.first();
+    let mut v = json!({
+        "ref": first.map(|x| x.name.clone()),
+        "id": first.map(|x| x.id),
+        "refs": r.refs,
+        "requests": r.traffic.requests,
+    });
+    if sent {
+        v["objects_sent"] = json!(r.objects);
+        v["bytes_sent"] = json!(r.traffic.bytes_sent);
+        v["object_bytes_sent"] = json!(r.object_bytes);
+    } else {
+        v["objects_received"] = json!(r.objects);
+        v["bytes_received"] = json!(r.traffic.bytes_received);
+        v["object_bytes_received"] = json!(r.object_bytes);
+    }
+    v
+}
+
+fn push(ctx: &Ctx, remote: Option<String>, refs: Vec<String>, force: bool) -> Result<i32> {
+    let (_, store) = ctx.open(LockMode::Shared)?;
+    let (name, loc, creds) = resolve_remote(&store, remote)?;
+    let r = systemprompt_sync::remote::open(&loc, &creds, true)?;
+    let refs = if refs.is_empty() {
+        vec!["main".to_string()]
+    } else {
+        refs
+    };
+    let bar = Bar::new(ctx.quiet);
+    let start = std::time::Instant::now();
+    let rep = systemprompt_sync::transfer::push(&store, &*r, name.as_deref(), &refs, force, &bar);
+    bar.finish();
+    let rep = rep.with_context(|| format!("push to {}", r.describe()))?;
+    if ctx.json {
+        ctx.print_json(&transfer_json(&rep, true))?;
+    } else {
+        for u in &rep.refs {
+            ctx.note(format!(
+                "{} -> {} {}",
+                u.old.map(|o| o.short()).unwrap_or_else(|| "(new)".into()),
+                u.id.short(),
+                u.name
+            ));
+        }
+        ctx.note(format!(
+            "pushed {} objects ({}) to {} in {:.2}s; {} sent in {} requests",
+            rep.objects,
+            size(rep.object_bytes),
+            r.describe(),
+            start.elapsed().as_secs_f64(),
+            size(rep.traffic.bytes_sent),
+            rep.traffic.requests
+        ));
+    }
+    Ok(0)
+}
+
+fn pull(
+    ctx: &Ctx,
+    remote: Option<String>,
+    refs: Vec<String>,
+    restore: Option<PathBuf>,
+) -> Result<i32> {
+    let (_, store) = ctx.open(LockMode::Shared)?;
+    let (name, loc, creds) = resolve_remote(&store, remote)?;
+    let r = systemprompt_sync::remote::open(&loc, &creds, false)?;
+    let refs = if refs.is_empty() {
+        vec!["main".to_string()]
+    } else {
+        refs
+    };
+    let bar = Bar::new(ctx.quiet);
+    let start = std::time::Instant::now();
+    let rep = systemprompt_sync::transfer::pull(&store, &*r, name.as_deref(), &refs, &bar);
+    bar.finish();
+    let rep = rep.with_context(|| format!("pull from {}", r.describe()))?;
+    for u in &rep.refs {
+        if let Some(w) = &u.warning {
+            eprintln!("warning: {w}");
+        }
+    }
+    if let (Some(target), Some(u)) = (&restore, rep.refs.first()) {
+        let target = ctx.cwd.join(target);
+        let bar = Bar::new(ctx.quiet);
+        let res = systemprompt_sync::restore_snapshot(
+            &store,
+            &u.id.to_hex(),
+            &target,
+            &RestoreOptions::default(),
+            &bar,
+        );
+        bar.finish();
+        res.with_context(|| format!("restore into {}", target.display()))?;
+    }
+    if ctx.json {
+        ctx.print_json(&transfer_json(&rep, false))?;
+    } else {
+        ctx.note(format!(
+            "pulled {} objects ({}) from {} in {:.2}s; {} received in {} requests",
+            rep.objects,
+            size(rep.object_bytes),
+            r.describe(),
+            start.elapsed().as_secs_f64(),
+            size(rep.traffic.bytes_received),
+            rep.traffic.requests
+        ));
     }
     Ok(0)
 }

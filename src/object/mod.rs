@@ -193,3 +193,45 @@ impl<A: ObjectSource + ?Sized, B: ObjectSource + ?Sized> ObjectSource for Overla
         }
     }
 }
+
+/// The objects `bytes` (an object of type `tag`) references, with their
+/// types: what must be present before it may be stored. Fails on bytes that
+/// do not decode.
+pub fn references(
+    tag: ObjectType,
+    id: &ObjectId,
+    bytes: &[u8],
+) -> Result<Vec<(ObjectType, ObjectId)>> {
+    match tag {
+        ObjectType::Chunk => Ok(Vec::new()),
+        ObjectType::List => {
+            let n = list::ListNode::decode(bytes).map_err(|e| corrupt(tag, id, e))?;
+            let child = if n.level == 0 {
+                ObjectType::Chunk
+            } else {
+                ObjectType::List
+            };
+            Ok(n.entries.iter().map(|e| (child, e.id)).collect())
+        }
+        ObjectType::Tree => {
+            let n = crate::pmap::Node::decode(bytes.to_vec()).map_err(|e| corrupt(tag, id, e))?;
+            if n.level > 0 {
+                return Ok(n.children().map(|c| (ObjectType::Tree, c)).collect());
+            }
+            let mut out = Vec::new();
+            for i in 0..n.len() {
+                out.extend(tree::decode_entry(id, n.key(i), n.value(i))?.refs());
+            }
+            Ok(out)
+        }
+        ObjectType::Snapshot => {
+            let s = snapshot::Snapshot::decode(bytes).map_err(|e| corrupt(tag, id, e))?;
+            Ok(s.refs())
+        }
+        ObjectType::Table | ObjectType::Rows => Err(corrupt(
+            tag,
+            id,
+            "tables are not supported by this version of sp-sync",
+        )),
+    }
+}

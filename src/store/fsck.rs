@@ -2,9 +2,6 @@
 //! every ref. Damage is reported with the object, where it is stored and
 //! what reaches it; checking goes on past the first problem.
 
-use std::fs::File;
-use std::io::BufReader;
-
 use serde::Serialize;
 
 use super::Store;
@@ -99,8 +96,8 @@ fn check_pack(
     let path = store.pack_path(name);
     let idx_path = store.idx_path(name);
     let mut indexed: IdMap<IdxEntry> = IdMap::default();
-    match std::fs::read(&idx_path).map_err(|e| SyncError::io("reading", &idx_path, e)) {
-        Ok(b) => {
+    match store.backend().get(&Store::idx_key(name)) {
+        Ok(Some(b)) => {
             // A damaged index was already reported by the store's loader.
             if let Ok((_, entries)) = index::decode(&b, &idx_path) {
                 for e in entries {
@@ -108,9 +105,12 @@ fn check_pack(
                 }
             }
         }
+        Ok(None) => rep
+            .errors
+            .push(format!("pack {}: its index disappeared", name.short())),
         Err(e) => rep.errors.push(e.to_string()),
     }
-    let f = match File::open(&path) {
+    let f = match store.backend().open_read(&Store::pack_key(name)) {
         Ok(f) => f,
         Err(e) => {
             rep.errors
@@ -120,10 +120,7 @@ fn check_pack(
     };
     let mut verified = IdSet::default();
     let r = (|| -> Result<()> {
-        let mut r = PackReader::new(
-            BufReader::with_capacity(1 << 20, f),
-            path.display().to_string(),
-        )?;
+        let mut r = PackReader::new(f, path.display().to_string())?;
         while let Some(rec) = r.next_record()? {
             progress.add(0, rec.payload.len() as u64);
             let id = rec.id;
@@ -391,7 +388,7 @@ pub fn rebuild_index(store: &Store, progress: &dyn Progress) -> Result<Vec<Strin
     for name in with.iter().chain(without.iter()) {
         progress.stage(&format!("indexing pack {}", name.short()));
         let path = store.pack_path(name);
-        let f = match File::open(&path) {
+        let f = match store.backend().open_read(&Store::pack_key(name)) {
             Ok(f) => f,
             Err(e) => {
                 problems.push(format!("pack {}: {e}", name.short()));
@@ -400,10 +397,7 @@ pub fn rebuild_index(store: &Store, progress: &dyn Progress) -> Result<Vec<Strin
         };
         let mut entries = Vec::new();
         let r = (|| -> Result<()> {
-            let mut r = PackReader::new(
-                BufReader::with_capacity(1 << 20, f),
-                path.display().to_string(),
-            )?;
+            let mut r = PackReader::new(f, path.display().to_string())?;
             while let Some(rec) = r.next_record()? {
                 if let Err(e) = rec.verify() {
                     problems.push(format!(
@@ -437,7 +431,7 @@ pub fn rebuild_index(store: &Store, progress: &dyn Progress) -> Result<Vec<Strin
         entries.sort_by_key(|e| e.id);
         entries.dedup_by(|a, b| a.id == b.id);
         let bytes = index::encode(name, &mut entries);
-        super::write_atomic(&store.idx_path(name), &bytes, &store.tmp_dir())?;
+        store.backend().put(&Store::idx_key(name), &bytes)?;
     }
     Ok(problems)
 }

@@ -11,9 +11,9 @@ use std::fs;
 
 use serde::Serialize;
 
+use super::Store;
 use super::index;
-use super::{Store, sync_dir};
-use crate::error::{IoContext, Result, SyncError};
+use crate::error::{Result, SyncError};
 use crate::id::{IdMap, ObjectId};
 use crate::pack::Record;
 use crate::progress::Progress;
@@ -70,8 +70,12 @@ pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcRep
     let mut delete: Vec<ObjectId> = Vec::new();
     for (pno, pack) in store.packs().iter().enumerate() {
         let idx_path = store.idx_path(&pack.name);
-        let entries = match fs::read(&idx_path)
-            .ctx("reading", &idx_path)
+        let entries = match store
+            .backend()
+            .get(&Store::idx_key(&pack.name))
+            .and_then(|b| {
+                b.ok_or_else(|| SyncError::corrupt_file("index", &idx_path, "disappeared"))
+            })
             .and_then(|b| index::decode(&b, &idx_path))
         {
             Ok((_, e)) => e,
@@ -111,10 +115,10 @@ pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcRep
     rep.packs_deleted = delete.len();
     rep.packs_rewritten = rewrite.len();
     let (_, orphans) = store.list_pack_files()?;
-    let tmp_files: Vec<_> = fs::read_dir(store.tmp_dir())
-        .ctx("reading", store.tmp_dir())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    let tmp_files: Vec<_> = match fs::read_dir(store.tmp_dir()) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => Vec::new(),
+    };
     rep.orphan_files = orphans.len() + tmp_files.len();
     if dry_run {
         return Ok(rep);
@@ -142,18 +146,16 @@ pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcRep
         w.finish()?;
     }
     progress.stage("deleting");
+    let b = store.backend();
     for name in rewrite.iter().map(|(n, _)| n).chain(delete.iter()) {
-        let idx = store.idx_path(name);
-        fs::remove_file(&idx).ctx("removing", &idx)?;
+        b.delete(&Store::idx_key(name))?;
     }
-    sync_dir(&store.packs_dir())?;
+    b.sync("packs")?;
     for name in rewrite.iter().map(|(n, _)| n).chain(delete.iter()) {
-        let p = store.pack_path(name);
-        fs::remove_file(&p).ctx("removing", &p)?;
+        b.delete(&Store::pack_key(name))?;
     }
     for name in orphans {
-        let p = store.pack_path(&name);
-        fs::remove_file(&p).ctx("removing", &p)?;
+        b.delete(&Store::pack_key(&name))?;
     }
     for p in tmp_files {
         if p.is_dir() {
@@ -162,6 +164,6 @@ pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcRep
             let _ = fs::remove_file(&p);
         }
     }
-    sync_dir(&store.packs_dir())?;
+    b.sync("packs")?;
     Ok(rep)
 }

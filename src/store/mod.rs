@@ -1,7 +1,8 @@
-//! The local store: append-only packs with per-pack indexes, refs moved by
-//! compare-and-swap, a process lock, a stat cache.
+//! The store: append-only packs with per-pack indexes, refs moved by
+//! compare-and-swap, a process lock, a stat cache. Its files live in a
+//! [`Backend`]: a local directory or S3-compatible object storage.
 //!
-//! Layout of a store directory (`.sp-sync/`):
+//! Layout of a store (`.sp-sync/`, or under an S3 prefix):
 //! ```text
 //! store.toml           format version, chunker parameters, cipher, compression
 //! config.toml          machine-local settings (remotes)
@@ -10,22 +11,22 @@
 //! packs/<name>.idx     their indexes
 //! refs/<name>          "<64 hex>\n"
 //! refs.lock            flock(2) held while a ref is compared and swapped
-//! tmp/                 packs and refs being written
-//! cache/stat/<hex>     stat caches
+//! tmp/                 packs and refs being written (local directories)
 //! ```
 
+pub mod backend;
 pub mod fsck;
 pub mod gc;
 pub mod index;
+pub mod receive;
 pub mod refs;
+pub mod s3;
 pub mod statcache;
 pub mod writer;
 
-use std::collections::HashMap;
 use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,7 @@ use crate::object::ObjectSource;
 use crate::pack::{parse_record_header, record_header_len, unpack};
 use index::IdxEntry;
 
+pub use backend::{Backend, FsBackend};
 pub use writer::WriteSession;
 
 /// The name of the store directory inside a working tree.
@@ -153,122 +155,152 @@ pub struct PackInfo {
 struct Index {
     map: IdMap<Location>,
     packs: Vec<PackInfo>,
+    /// Pack names already loaded (for refresh).
+    known: crate::id::IdSet,
 }
 
 /// An open store.
 pub struct Store {
-    dir: PathBuf,
+    backend: Arc<dyn Backend>,
     config: StoreConfig,
     index: RwLock<Index>,
-    handles: Mutex<HashMap<u32, Arc<File>>>,
     /// Problems met while loading indexes (reported by fsck).
     pub load_warnings: Vec<String>,
     cache_override: Option<PathBuf>,
-    _lock: File,
+    _lock: Option<File>,
 }
 
-const MAX_OPEN_PACKS: usize = 256;
-
 impl Store {
-    /// Creates a store at `dir` (the `.sp-sync` directory itself). Returns
-    /// false, changing nothing, when one is already there.
+    /// Creates a store in the directory `dir` (the `.sp-sync` directory
+    /// itself). Returns false, changing nothing, when one is already there.
     pub fn init(dir: &Path) -> Result<bool> {
-        let cfg_path = dir.join("store.toml");
-        if cfg_path.exists() {
+        if dir.join("store.toml").exists() {
             return Ok(false);
         }
-        if dir.exists() && fs::read_dir(dir).ctx("reading", dir)?.next().is_some() {
-            return Err(SyncError::Invalid(format!(
-                "{} exists and is not an sp-sync store",
-                dir.display()
-            )));
+        // An empty directory, or one holding only the skeleton an
+        // interrupted (or concurrent) init leaves, becomes a store.
+        const SKELETON: [&str; 6] = ["packs", "refs", "tmp", "lock", "refs.lock", "config.toml"];
+        if dir.exists() {
+            for e in fs::read_dir(dir).ctx("reading", dir)? {
+                let e = e.ctx("reading", dir)?;
+                let name = e.file_name();
+                let known = name
+                    .to_str()
+                    .is_some_and(|n| SKELETON.contains(&n) || n.ends_with(".tmp"));
+                if !known {
+                    return Err(SyncError::Invalid(format!(
+                        "{} exists and is not an sp-sync store",
+                        dir.display()
+                    )));
+                }
+            }
         }
-        for sub in ["packs", "refs", "tmp", "cache"] {
+        for sub in ["packs", "refs", "tmp"] {
             fs::create_dir_all(dir.join(sub)).ctx("creating", dir.join(sub))?;
         }
         File::create(dir.join("lock")).ctx("creating", dir.join("lock"))?;
         File::create(dir.join("refs.lock")).ctx("creating", dir.join("refs.lock"))?;
+        Self::init_backend(&FsBackend::new(dir))
+    }
+
+    /// Creates a store on any backend; false when one is already there.
+    pub fn init_backend(backend: &dyn Backend) -> Result<bool> {
+        if backend.get("store.toml")?.is_some() {
+            return Ok(false);
+        }
         let config =
             "# Machine-local settings of this store (remotes). Not part of any snapshot.\n";
-        write_atomic(
-            &dir.join("config.toml"),
-            config.as_bytes(),
-            &dir.join("tmp"),
-        )?;
+        backend.put("config.toml", config.as_bytes())?;
         let text = format!(
             "# sp-sync store: these settings are part of the store format.\n{}",
             toml::to_string(&StoreConfig::default())
                 .map_err(|e| SyncError::Invalid(format!("store config: {e}")))?
         );
         // store.toml last: its presence marks a complete store.
-        write_atomic(&cfg_path, text.as_bytes(), &dir.join("tmp"))?;
+        backend.put("store.toml", text.as_bytes())?;
         Ok(true)
     }
 
-    /// Opens the store at `dir`, holding the process lock in `mode` for the
-    /// life of the value.
+    /// Opens the store in directory `dir`, holding the process lock in
+    /// `mode` for the life of the value.
     pub fn open(dir: &Path, mode: LockMode) -> Result<Store> {
-        let cfg_path = dir.join("store.toml");
-        let text = match fs::read_to_string(&cfg_path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(SyncError::NoStore(format!(
-                    "no sp-sync store at {} (run `sp-sync init`)",
-                    dir.display()
-                )));
-            }
-            Err(e) => return Err(SyncError::io("reading", &cfg_path, e)),
-        };
-        let config: StoreConfig = toml::from_str(&text).map_err(|e| {
-            SyncError::corrupt_file("store config", &cfg_path, e.message().to_string())
-        })?;
-        config.validate(&cfg_path)?;
-        for sub in ["packs", "refs", "tmp", "cache"] {
+        if !dir.join("store.toml").is_file() {
+            return Err(SyncError::NoStore(format!(
+                "no sp-sync store at {} (run `sp-sync init`)",
+                dir.display()
+            )));
+        }
+        for sub in ["packs", "refs", "tmp"] {
             let p = dir.join(sub);
             if !p.is_dir() {
                 fs::create_dir_all(&p).ctx("creating", &p)?;
             }
         }
-        let lock_path = dir.join("lock");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .ctx("opening", &lock_path)?;
-        acquire(&lock, mode, &lock_path)?;
-        let mut store = Store {
-            dir: dir.to_path_buf(),
+        Self::open_backend(Arc::new(FsBackend::new(dir)), mode)
+    }
+
+    /// Opens a store on any backend.
+    pub fn open_backend(backend: Arc<dyn Backend>, mode: LockMode) -> Result<Store> {
+        let where_ = backend.describe();
+        let text = match backend.get("store.toml")? {
+            Some(t) => t,
+            None => {
+                return Err(SyncError::NoStore(format!(
+                    "no sp-sync store at {where_} (run `sp-sync init`)"
+                )));
+            }
+        };
+        let cfg_path = PathBuf::from(format!("{where_}/store.toml"));
+        let text = String::from_utf8(text)
+            .map_err(|_| SyncError::corrupt_file("store config", &cfg_path, "not UTF-8"))?;
+        let config: StoreConfig = toml::from_str(&text).map_err(|e| {
+            SyncError::corrupt_file("store config", &cfg_path, e.message().to_string())
+        })?;
+        config.validate(&cfg_path)?;
+        let lock = backend.lock(mode)?;
+        let store = Store {
+            backend,
             config,
             index: RwLock::new(Index::default()),
-            handles: Mutex::new(HashMap::new()),
             load_warnings: Vec::new(),
             cache_override: None,
             _lock: lock,
         };
-        store.load_index()?;
+        let mut store = store;
+        let warnings = store.refresh()?;
+        store.load_warnings = warnings;
         Ok(store)
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    pub(crate) fn backend_arc(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
+    /// Where the store is, for messages.
+    pub fn location_name(&self) -> String {
+        self.backend.describe()
+    }
+
+    /// The store's directory, when it is a local one.
+    pub fn local_dir(&self) -> Option<&Path> {
+        self.backend.local_dir()
     }
 
     pub fn config(&self) -> &StoreConfig {
         &self.config
     }
 
-    pub fn packs_dir(&self) -> PathBuf {
-        self.dir.join("packs")
-    }
-
     pub fn tmp_dir(&self) -> PathBuf {
-        self.dir.join("tmp")
+        self.backend.tmp_dir()
     }
 
     /// The machine-local cache directory of this store (stat caches):
     /// `$SP_SYNC_CACHE_DIR`, else `$XDG_CACHE_HOME/sp-sync`, else
-    /// `~/.cache/sp-sync`, then a directory named after the store's path.
+    /// `~/.cache/sp-sync`, then a directory named after the store's location.
     /// Like restic's and borg's caches it lives outside the store: it is
     /// not part of what the store holds, and a shared store must not share it.
     pub fn cache_dir(&self) -> PathBuf {
@@ -283,14 +315,19 @@ impl Store {
             .or_else(|| {
                 std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache").join("sp-sync"))
             });
-        match base {
-            Some(b) if b.is_absolute() => {
+        let key = match self.local_dir() {
+            Some(d) => {
                 use std::os::unix::ffi::OsStrExt;
-                let canon = fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
-                let h = blake3::hash(canon.as_os_str().as_bytes());
-                b.join(crate::id::hex(&h.as_bytes()[..16]))
+                let canon = fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf());
+                canon.as_os_str().as_bytes().to_vec()
             }
-            _ => self.dir.join("cache"),
+            None => self.location_name().into_bytes(),
+        };
+        let h = crate::id::hex(&blake3::hash(&key).as_bytes()[..16]);
+        match (base, self.local_dir()) {
+            (Some(b), _) if b.is_absolute() => b.join(h),
+            (_, Some(d)) => d.join("cache"),
+            _ => std::env::temp_dir().join("sp-sync-cache").join(h),
         }
     }
 
@@ -299,23 +336,40 @@ impl Store {
         self.cache_override = Some(dir);
     }
 
-    pub fn pack_path(&self, name: &ObjectId) -> PathBuf {
-        self.packs_dir().join(format!("{name}.pack"))
+    pub fn pack_key(name: &ObjectId) -> String {
+        format!("packs/{name}.pack")
     }
 
+    pub fn idx_key(name: &ObjectId) -> String {
+        format!("packs/{name}.idx")
+    }
+
+    /// The file of a pack, for a store in a local directory.
+    pub fn pack_path(&self, name: &ObjectId) -> PathBuf {
+        self.local_dir()
+            .map(|d| d.join(Self::pack_key(name)))
+            .unwrap_or_else(|| {
+                PathBuf::from(format!("{}/{}", self.location_name(), Self::pack_key(name)))
+            })
+    }
+
+    /// The index file of a pack, for a store in a local directory.
     pub fn idx_path(&self, name: &ObjectId) -> PathBuf {
-        self.packs_dir().join(format!("{name}.idx"))
+        self.local_dir()
+            .map(|d| d.join(Self::idx_key(name)))
+            .unwrap_or_else(|| {
+                PathBuf::from(format!("{}/{}", self.location_name(), Self::idx_key(name)))
+            })
     }
 
     /// Names of the packs that have an index file, and of those that don't.
     pub fn list_pack_files(&self) -> Result<(Vec<ObjectId>, Vec<ObjectId>)> {
-        let dir = self.packs_dir();
         let mut idx = Vec::new();
         let mut packs = Vec::new();
-        for e in fs::read_dir(&dir).ctx("reading", &dir)? {
-            let e = e.ctx("reading", &dir)?;
-            let name = e.file_name();
-            let Some(name) = name.to_str() else { continue };
+        for key in self.backend.list("packs/")? {
+            let Some(name) = key.strip_prefix("packs/") else {
+                continue;
+            };
             if let Some(stem) = name.strip_suffix(".idx") {
                 if let Some(id) = ObjectId::from_hex(stem) {
                     idx.push(id);
@@ -335,58 +389,60 @@ impl Store {
         Ok((idx, without))
     }
 
-    fn load_index(&mut self) -> Result<()> {
+    /// Loads the indexes of packs this process has not seen yet (written by
+    /// other processes since it opened the store). Returns warnings about
+    /// damaged indexes (their packs are read instead).
+    pub fn refresh(&self) -> Result<Vec<String>> {
         let (names, _) = self.list_pack_files()?;
-        let mut index = Index::default();
+        let mut warnings = Vec::new();
         for name in names {
+            if self
+                .index
+                .read()
+                .map(|ix| ix.known.contains(&name))
+                .unwrap_or(false)
+            {
+                continue;
+            }
             let path = self.idx_path(&name);
-            let bytes = match fs::read(&path) {
-                Ok(b) => b,
+            let bytes = match self.backend.get(&Self::idx_key(&name)) {
+                Ok(Some(b)) => b,
+                Ok(None) => continue,
                 Err(e) => {
-                    self.load_warnings
-                        .push(format!("cannot read {}: {e}", path.display()));
+                    warnings.push(format!("cannot read {}: {e}", path.display()));
                     continue;
                 }
             };
             let entries = match index::decode(&bytes, &path) {
                 Ok((pname, entries)) if pname == name => entries,
-                Ok(_) => {
-                    self.load_warnings
-                        .push(format!("{}: names another pack", path.display()));
-                    match self.scan_pack(&name) {
-                        Ok(e) => e,
-                        Err(_) => continue,
-                    }
-                }
-                Err(e) => {
+                other => {
                     // A damaged index: fall back to reading the pack itself.
-                    self.load_warnings
-                        .push(format!("{e} (run `sp-sync fsck --rebuild-index`)"));
-                    tracing::warn!("{e}; reading the pack instead");
+                    let why = match other {
+                        Err(e) => e.to_string(),
+                        Ok(_) => format!("{}: names another pack", path.display()),
+                    };
+                    warnings.push(format!("{why} (run `sp-sync fsck --rebuild-index`)"));
+                    tracing::warn!("{why}; reading the pack instead");
                     match self.scan_pack(&name) {
                         Ok(e) => e,
                         Err(e) => {
-                            self.load_warnings.push(e.to_string());
+                            warnings.push(e.to_string());
                             continue;
                         }
                     }
                 }
             };
-            index.add_pack(name, &entries);
+            self.register_pack(name, &entries);
         }
-        self.index = RwLock::new(index);
-        Ok(())
+        Ok(warnings)
     }
 
     /// Reads a whole pack, verifying every object, and returns index entries
     /// for the good ones (an error if the pack is damaged).
     pub fn scan_pack(&self, name: &ObjectId) -> Result<Vec<IdxEntry>> {
         let path = self.pack_path(name);
-        let f = File::open(&path).ctx("opening", &path)?;
-        let mut r = crate::pack::PackReader::new(
-            std::io::BufReader::with_capacity(1 << 20, f),
-            path.display().to_string(),
-        )?;
+        let r = self.backend.open_read(&Self::pack_key(name))?;
+        let mut r = crate::pack::PackReader::new(r, path.display().to_string())?;
         let mut out = Vec::new();
         while let Some(rec) = r.next_record()? {
             rec.verify()?;
@@ -410,9 +466,11 @@ impl Store {
         Ok(out)
     }
 
-    /// Registers packs written by this process.
+    /// Registers a pack's entries in this process's index.
     pub(crate) fn register_pack(&self, name: ObjectId, entries: &[IdxEntry]) {
-        if let Ok(mut ix) = self.index.write() {
+        if let Ok(mut ix) = self.index.write()
+            && ix.known.insert(name)
+        {
             ix.add_pack(name, entries);
         }
     }
@@ -473,44 +531,26 @@ impl Store {
             .unwrap_or_default()
     }
 
-    fn pack_file(&self, pack: u32) -> Result<Arc<File>> {
-        let mut h = self
-            .handles
-            .lock()
-            .map_err(|_| SyncError::Invalid("pack handle cache poisoned".into()))?;
-        if let Some(f) = h.get(&pack) {
-            return Ok(f.clone());
-        }
-        let name = self
-            .pack_name(pack)
-            .ok_or_else(|| SyncError::Invalid(format!("no pack number {pack}")))?;
-        let path = self.pack_path(&name);
-        let f = Arc::new(File::open(&path).ctx("opening", &path)?);
-        if h.len() >= MAX_OPEN_PACKS {
-            h.clear();
-        }
-        h.insert(pack, f.clone());
-        Ok(f)
-    }
-
     /// Reads the stored record of an object without decompressing it:
-    /// (flags, ulen, payload). The header is checked against the index.
+    /// (location, payload). The header is checked against the index.
     pub fn read_raw(&self, id: &ObjectId) -> Result<(Location, Vec<u8>)> {
         let loc = self.location(id).ok_or(SyncError::MissingObject {
             kind: "any",
             id: *id,
         })?;
-        let f = self.pack_file(loc.pack)?;
         let hlen = record_header_len(u64::from(loc.ulen), u64::from(loc.clen)) as usize;
         let mut buf = vec![0u8; hlen + loc.clen as usize];
         let name = self.pack_name(loc.pack).unwrap_or_default();
-        f.read_exact_at(&mut buf, loc.offset).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                crate::object::corrupt(loc.tag, id, format!("pack {} is truncated", name.short()))
-            } else {
-                SyncError::io("reading", self.pack_path(&name), e)
-            }
-        })?;
+        self.backend
+            .read_at(&Self::pack_key(&name), loc.offset, &mut buf)
+            .map_err(|e| match e {
+                SyncError::CorruptFile { .. } => crate::object::corrupt(
+                    loc.tag,
+                    id,
+                    format!("pack {} is truncated", name.short()),
+                ),
+                e => e,
+            })?;
         match parse_record_header(&buf) {
             Some((tag, flags, rid, ulen, clen, n))
                 if tag == loc.tag as u8
@@ -535,6 +575,19 @@ impl Store {
         Ok((loc, buf))
     }
 
+    /// An object as stored (compressed as it is), verified.
+    pub fn read_stored(&self, id: &ObjectId) -> Result<crate::pack::StoredObject> {
+        let (loc, payload) = self.read_raw(id)?;
+        unpack(loc.tag, id, loc.flags, u64::from(loc.ulen), &payload)?;
+        Ok(crate::pack::StoredObject {
+            tag: loc.tag,
+            id: *id,
+            flags: loc.flags,
+            ulen: loc.ulen,
+            payload,
+        })
+    }
+
     /// Starts writing objects (into new packs).
     pub fn writer(&self) -> Result<WriteSession<'_>> {
         WriteSession::new(self, false)
@@ -544,12 +597,6 @@ impl Store {
     /// (gc copies live objects out of packs it will delete).
     pub(crate) fn writer_for_repack(&self) -> Result<WriteSession<'_>> {
         WriteSession::new(self, true)
-    }
-
-    // ---- refs (see refs.rs) ----
-
-    pub fn refs_dir(&self) -> PathBuf {
-        self.dir.join("refs")
     }
 }
 
@@ -594,7 +641,7 @@ impl ObjectSource for Store {
     }
 }
 
-fn acquire(lock: &File, mode: LockMode, path: &Path) -> Result<()> {
+pub(crate) fn acquire(lock: &File, mode: LockMode, path: &Path) -> Result<()> {
     let r = match mode {
         LockMode::Shared => lock.try_lock_shared(),
         LockMode::Exclusive => lock.try_lock(),

@@ -4,7 +4,7 @@
 //! packs durable before any ref may point into them.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use super::index::{self, IdxEntry};
-use super::{Store, sync_dir, unique};
+use super::{Backend, Store, unique};
 use crate::error::{IoContext, Result, SyncError};
 use crate::id::{IdSet, ObjectId, ObjectType};
 use crate::object::ObjectSink;
@@ -46,21 +46,26 @@ pub struct WriteSession<'s> {
     level: i32,
     /// gc's repacking: objects already in the store are written again.
     repack: bool,
+    /// Set by `abort`: the open pack is thrown away instead of finished.
+    aborted: Arc<std::sync::atomic::AtomicBool>,
     pub stats: WriteStats,
 }
 
 impl<'s> WriteSession<'s> {
     pub(super) fn new(store: &'s Store, repack: bool) -> Result<Self> {
         let (tx, rx) = bounded::<StoredObject>(64);
-        let packs = store.packs_dir();
+        let backend = store.backend_arc();
         let tmp = store.tmp_dir();
+        std::fs::create_dir_all(&tmp).ctx("creating", &tmp)?;
         let target = store.config().pack_size;
         let error: SharedError = Arc::new(Mutex::new(None));
         let err2 = error.clone();
+        let aborted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let aborted2 = aborted.clone();
         let thread = std::thread::Builder::new()
             .name("pack-writer".into())
             .spawn(move || {
-                let r = writer_loop(&rx, &packs, &tmp, target);
+                let r = writer_loop(&rx, &*backend, &tmp, target, &aborted2);
                 if let Err(e) = &r {
                     // Let callers blocked on the channel see the cause.
                     if let Ok(mut slot) = err2.lock() {
@@ -79,6 +84,7 @@ impl<'s> WriteSession<'s> {
             error,
             level: store.config().compression_level,
             repack,
+            aborted,
             stats: WriteStats::default(),
         })
     }
@@ -136,6 +142,14 @@ impl<'s> WriteSession<'s> {
         self.finish_inner()
     }
 
+    /// Throws away what was sent and not yet in a finished pack (a pack
+    /// filled up earlier in the session stays: it was complete and
+    /// downward closed).
+    pub fn abort(mut self) {
+        self.aborted.store(true, Ordering::SeqCst);
+        let _ = self.finish_inner();
+    }
+
     fn finish_inner(&mut self) -> Result<()> {
         drop(self.tx.take());
         let Some(t) = self.thread.take() else {
@@ -146,7 +160,7 @@ impl<'s> WriteSession<'s> {
             Err(_) => return Err(SyncError::Invalid("the pack writer panicked".into())),
         };
         if !done.is_empty() {
-            sync_dir(&self.store.packs_dir())?;
+            self.store.backend().sync("packs")?;
         }
         for f in done {
             self.store.register_pack(f.name, &f.entries);
@@ -218,8 +232,8 @@ impl OpenPack {
         self.w.as_ref().map_or(0, |w| w.offset())
     }
 
-    /// pack: finish, fsync, rename; then index: write, fsync, rename.
-    fn finalize(mut self, packs: &Path, tmp_dir: &Path) -> Result<Finished> {
+    /// pack: finish, fsync, move into place; then its index.
+    fn finalize(mut self, backend: &dyn Backend) -> Result<Finished> {
         let Some(w) = self.w.take() else {
             return Err(SyncError::Invalid("pack already finished".into()));
         };
@@ -229,22 +243,10 @@ impl OpenPack {
             .map_err(|e| SyncError::io("writing", &self.tmp, e.into_error()))?;
         f.sync_all().ctx("syncing", &self.tmp)?;
         drop(f);
-        let pack_path = packs.join(format!("{name}.pack"));
-        fs::rename(&self.tmp, &pack_path).ctx("renaming into", &pack_path)?;
+        backend.put_file(&Store::pack_key(&name), &self.tmp)?;
         self.done = true;
         let idx = index::encode(&name, &mut self.entries);
-        let idx_tmp = tmp_dir.join(format!("{}-{}.idx.tmp", std::process::id(), unique()));
-        let r = (|| -> Result<()> {
-            let mut f = File::create(&idx_tmp).ctx("creating", &idx_tmp)?;
-            f.write_all(&idx).ctx("writing", &idx_tmp)?;
-            f.sync_all().ctx("syncing", &idx_tmp)?;
-            let idx_path = packs.join(format!("{name}.idx"));
-            fs::rename(&idx_tmp, &idx_path).ctx("renaming into", &idx_path)
-        })();
-        if r.is_err() {
-            let _ = fs::remove_file(&idx_tmp);
-        }
-        r?;
+        backend.put(&Store::idx_key(&name), &idx)?;
         Ok(Finished {
             name,
             entries: std::mem::take(&mut self.entries),
@@ -262,9 +264,10 @@ impl Drop for OpenPack {
 
 fn writer_loop(
     rx: &Receiver<StoredObject>,
-    packs: &Path,
+    backend: &dyn Backend,
     tmp: &Path,
     target: u64,
+    aborted: &std::sync::atomic::AtomicBool,
 ) -> Result<Vec<Finished>> {
     let mut cur: Option<OpenPack> = None;
     let mut done = Vec::new();
@@ -277,11 +280,13 @@ fn writer_loop(
         if p.size() >= target
             && let Some(p) = cur.take()
         {
-            done.push(p.finalize(packs, tmp)?);
+            done.push(p.finalize(backend)?);
         }
     }
-    if let Some(p) = cur.take() {
-        done.push(p.finalize(packs, tmp)?);
+    if let Some(p) = cur.take()
+        && !aborted.load(Ordering::SeqCst)
+    {
+        done.push(p.finalize(backend)?);
     }
     Ok(done)
 }

@@ -1,0 +1,505 @@
+//! The client of `sp-sync serve`: reqwest (async, rustls) on a private
+//! runtime, behind the synchronous `Remote` trait. Pack streams go up and
+//! down as streamed bodies, never held whole. Idempotent requests are
+//! retried with backoff on connection errors and 5xx answers; a push that
+//! breaks off is retried by the caller, which resends only what did not
+//! arrive.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::{ObjectStream, Remote, Traffic};
+use crate::error::{IoContext, Result, SyncError};
+use crate::id::{ObjectId, ObjectType};
+use crate::pack::{PackReader, PackWriter, StoredObject};
+use crate::progress::Progress;
+use crate::store::receive::ReceiveStats;
+
+/// Content type of pack-stream bodies.
+pub const PACK_TYPE: &str = "application/x-sp-sync-pack";
+/// Ids per `has` request.
+const HAS_BATCH: usize = 65_536;
+
+pub struct HttpRemote {
+    base: String,
+    tenant: String,
+    token: Option<String>,
+    client: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+    requests: AtomicU64,
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+#[derive(Deserialize)]
+struct RefJson {
+    name: String,
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorJson {
+    error: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    actual: Option<String>,
+}
+
+impl HttpRemote {
+    pub fn new(base: &str, tenant: &str, token: Option<String>) -> Result<HttpRemote> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| SyncError::Invalid(format!("http client: {e}")))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sp-sync-http")
+            .enable_all()
+            .build()
+            .ctx("starting", "the HTTP client runtime")?;
+        Ok(HttpRemote {
+            base: base.trim_end_matches('/').to_string(),
+            tenant: tenant.to_string(),
+            token,
+            client,
+            rt,
+            requests: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/v1/{}/{path}", self.base, self.tenant)
+    }
+
+    fn run<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv()
+            .map_err(|_| SyncError::Invalid("the HTTP client runtime stopped".into()))
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.client.request(method, self.url(path));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    /// One request with a small body, retried on connection errors and 5xx.
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        ctype: &str,
+    ) -> Result<Vec<u8>> {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let mut req = self.request(method.clone(), path);
+            if let Some(b) = &body {
+                self.sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, ctype)
+                    .body(b.clone());
+            }
+            let r = self.run(async move {
+                let resp = req.send().await?;
+                let status = resp.status().as_u16();
+                let bytes = resp.bytes().await?;
+                Ok::<_, reqwest::Error>((status, bytes))
+            })?;
+            match r {
+                Ok((status, bytes)) => {
+                    self.received
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    if status == 200 {
+                        return Ok(bytes.to_vec());
+                    }
+                    if status >= 500 && attempt < 4 {
+                        tracing::info!("{} {path}: {status}; retrying", self.base);
+                    } else {
+                        return Err(self.error_from(status, &bytes));
+                    }
+                }
+                Err(e) => {
+                    if attempt >= 4 {
+                        return Err(connection_error(&self.url(path), &e));
+                    }
+                    tracing::info!("{}: {e}; retrying", self.url(path));
+                }
+            }
+            std::thread::sleep(delay);
+            delay *= 2;
+        }
+    }
+
+    fn error_from(&self, status: u16, body: &[u8]) -> SyncError {
+        let parsed: Option<ErrorJson> = serde_json::from_slice(body).ok();
+        let message = parsed
+            .as_ref()
+            .map(|e| e.error.clone())
+            .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect());
+        match status {
+            401 => SyncError::Unauthorized(format!("{}/{}: {message}", self.base, self.tenant)),
+            404 => SyncError::NotFound(format!("{}/{}: {message}", self.base, self.tenant)),
+            409 => {
+                let p = parsed.unwrap_or(ErrorJson {
+                    error: message.clone(),
+                    kind: String::new(),
+                    actual: None,
+                });
+                let actual = p.actual.as_deref().and_then(ObjectId::from_hex);
+                if p.kind == "conflict" {
+                    SyncError::RefConflict {
+                        name: String::new(),
+                        expected: None,
+                        actual,
+                    }
+                } else {
+                    SyncError::ApiError { status, message }
+                }
+            }
+            _ => SyncError::ApiError { status, message },
+        }
+    }
+}
+
+fn connection_error(url: &str, e: &reqwest::Error) -> SyncError {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    SyncError::io(
+        "connecting to",
+        url,
+        std::io::Error::new(std::io::ErrorKind::ConnectionAborted, msg),
+    )
+}
+
+/// Writes a pack stream into a request body, in 256 KiB pieces.
+struct BodyWriter<'a> {
+    tx: tokio::sync::mpsc::Sender<std::result::Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+    sent: &'a AtomicU64,
+}
+
+impl BodyWriter<'_> {
+    fn ship(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let b = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(256 << 10),
+        ));
+        self.sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+        self.tx.blocking_send(Ok(b)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the server stopped reading")
+        })
+    }
+}
+
+impl Write for BodyWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= 256 << 10 {
+            self.ship()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.ship()
+    }
+}
+
+/// Reads a response body streamed from the runtime.
+struct BodyReader<'a> {
+    rx: tokio::sync::mpsc::Receiver<std::result::Result<Bytes, String>>,
+    cur: Bytes,
+    received: &'a AtomicU64,
+}
+
+impl std::io::Read for BodyReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => {
+                    self.received.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    self.cur = b;
+                }
+                Some(Err(e)) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        e,
+                    ));
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len());
+        out[..n].copy_from_slice(&self.cur[..n]);
+        self.cur = self.cur.slice(n..);
+        Ok(n)
+    }
+}
+
+impl Remote for HttpRemote {
+    fn describe(&self) -> String {
+        format!("{}/{}", self.base, self.tenant)
+    }
+
+    fn list_refs(&self) -> Result<Vec<(String, ObjectId)>> {
+        let b = self.call(reqwest::Method::GET, "refs", None, "")?;
+        let v: Vec<RefJson> = serde_json::from_slice(&b).map_err(|e| SyncError::ApiError {
+            status: 200,
+            message: format!("bad refs answer: {e}"),
+        })?;
+        let mut out = Vec::new();
+        for r in v {
+            let id = ObjectId::from_hex(&r.id).ok_or_else(|| SyncError::ApiError {
+                status: 200,
+                message: format!("bad id for ref {}", r.name),
+            })?;
+            out.push((r.name, id));
+        }
+        Ok(out)
+    }
+
+    fn update_ref(
+        &self,
+        name: &str,
+        old: Option<ObjectId>,
+        new: ObjectId,
+        force: bool,
+    ) -> Result<()> {
+        let body = serde_json::json!({"old": old, "new": new, "force": force});
+        match self.call(
+            reqwest::Method::POST,
+            &format!("refs/{name}"),
+            Some(body.to_string().into_bytes()),
+            "application/json",
+        ) {
+            Ok(_) => Ok(()),
+            Err(SyncError::RefConflict { actual, .. }) => Err(SyncError::RefConflict {
+                name: name.to_string(),
+                expected: old,
+                actual,
+            }),
+            Err(SyncError::ApiError {
+                status: 409,
+                message,
+            }) if message.contains("fast-forward") => Err(SyncError::NonFastForward {
+                name: name.to_string(),
+                old: old.unwrap_or_default(),
+                new,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn has(&self, ids: &[ObjectId]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(HAS_BATCH) {
+            let mut body = Vec::with_capacity(batch.len() * 32);
+            for id in batch {
+                body.extend_from_slice(&id.0);
+            }
+            let b = self.call(
+                reqwest::Method::POST,
+                "has",
+                Some(body),
+                "application/octet-stream",
+            )?;
+            if b.len() != batch.len() {
+                return Err(SyncError::ApiError {
+                    status: 200,
+                    message: format!(
+                        "asked about {} objects, got {} answers",
+                        batch.len(),
+                        b.len()
+                    ),
+                });
+            }
+            out.extend(b.iter().map(|&x| x == 1));
+        }
+        Ok(out)
+    }
+
+    fn send(
+        &self,
+        objects: &mut dyn Iterator<Item = Result<StoredObject>>,
+        progress: &dyn Progress,
+    ) -> Result<ReceiveStats> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(8);
+        let stream =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+        let req = self
+            .request(reqwest::Method::POST, "objects")
+            .header(reqwest::header::CONTENT_TYPE, PACK_TYPE)
+            .body(reqwest::Body::wrap_stream(stream));
+        let (rtx, rrx) = std::sync::mpsc::sync_channel(1);
+        self.rt.spawn(async move {
+            let r = async {
+                let resp = req.send().await?;
+                let status = resp.status().as_u16();
+                let bytes = resp.bytes().await?;
+                Ok::<_, reqwest::Error>((status, bytes))
+            }
+            .await;
+            let _ = rtx.send(r);
+        });
+        let mut produce_err = None;
+        {
+            let body = BodyWriter {
+                tx,
+                buf: Vec::with_capacity(256 << 10),
+                sent: &self.sent,
+            };
+            match PackWriter::new(body) {
+                Ok(mut w) => {
+                    for o in &mut *objects {
+                        match o {
+                            Ok(o) => {
+                                let n = o.payload.len() as u64;
+                                if let Err(e) = w.add(&o) {
+                                    produce_err =
+                                        Some(SyncError::io("sending to", self.url("objects"), e));
+                                    break;
+                                }
+                                progress.add(1, n);
+                            }
+                            Err(e) => {
+                                produce_err = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    if produce_err.is_none()
+                        && let Err(e) = w.finish()
+                    {
+                        produce_err = Some(SyncError::io("sending to", self.url("objects"), e));
+                    }
+                }
+                Err(e) => produce_err = Some(SyncError::io("sending to", self.url("objects"), e)),
+            }
+        }
+        let resp = rrx
+            .recv()
+            .map_err(|_| SyncError::Invalid("the HTTP client runtime stopped".into()))?;
+        match resp {
+            Ok((200, b)) => {
+                self.received.fetch_add(b.len() as u64, Ordering::Relaxed);
+                if let Some(e) = produce_err {
+                    return Err(e);
+                }
+                serde_json::from_slice(&b).map_err(|e| SyncError::ApiError {
+                    status: 200,
+                    message: format!("bad push answer: {e}"),
+                })
+            }
+            Ok((status, b)) => {
+                // A local read error explains a broken stream better.
+                match produce_err {
+                    Some(
+                        e @ (SyncError::CorruptObject { .. } | SyncError::MissingObject { .. }),
+                    ) => Err(e),
+                    _ => Err(self.error_from(status, &b)),
+                }
+            }
+            Err(e) => {
+                Err(produce_err.unwrap_or_else(|| connection_error(&self.url("objects"), &e)))
+            }
+        }
+    }
+
+    fn fetch<'a>(&'a self, ids: &[(ObjectType, ObjectId)]) -> Result<ObjectStream<'a>> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let mut body = Vec::with_capacity(ids.len() * 33);
+        for (t, id) in ids {
+            body.push(*t as u8);
+            body.extend_from_slice(&id.0);
+        }
+        self.sent.fetch_add(body.len() as u64, Ordering::Relaxed);
+        let req = self
+            .request(reqwest::Method::POST, "fetch")
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        let (stx, srx) = std::sync::mpsc::sync_channel(1);
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, String>>(16);
+        self.rt.spawn(async move {
+            match req.send().await {
+                Err(e) => {
+                    let _ = stx.send(Err(e));
+                }
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    if status != 200 {
+                        let b = resp.bytes().await.unwrap_or_default();
+                        let _ = stx.send(Ok((status, b)));
+                        return;
+                    }
+                    let _ = stx.send(Ok((200, Bytes::new())));
+                    let mut resp = resp;
+                    loop {
+                        match resp.chunk().await {
+                            Ok(Some(c)) => {
+                                if tx.send(Ok(c)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => return,
+                            Err(e) => {
+                                let _ = tx.send(Err(e.to_string())).await;
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        match srx
+            .recv()
+            .map_err(|_| SyncError::Invalid("the HTTP client runtime stopped".into()))?
+        {
+            Err(e) => return Err(connection_error(&self.url("fetch"), &e)),
+            Ok((200, _)) => {}
+            Ok((status, b)) => return Err(self.error_from(status, &b)),
+        }
+        let reader = BodyReader {
+            rx,
+            cur: Bytes::new(),
+            received: &self.received,
+        };
+        let pr = PackReader::new(reader, self.url("fetch"))?;
+        Ok(Box::new(pr.into_objects()))
+    }
+
+    fn traffic(&self) -> Traffic {
+        Traffic {
+            requests: self.requests.load(Ordering::Relaxed),
+            bytes_sent: self.sent.load(Ordering::Relaxed),
+            bytes_received: self.received.load(Ordering::Relaxed),
+        }
+    }
+}

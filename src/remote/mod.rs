@@ -1,0 +1,331 @@
+//! Remotes: where push sends and pull fetches. A remote answers a handful of
+//! questions — its refs, which of these ids it has — and moves objects as
+//! pack streams. Two implementations: a store reached directly (a local
+//! path, `file://`, or `s3://` object storage), and an `sp-sync serve` over
+//! HTTP (`http.rs`).
+
+pub mod config;
+pub mod http;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::error::{Result, SyncError};
+use crate::id::{ObjectId, ObjectType};
+use crate::pack::StoredObject;
+use crate::progress::Progress;
+use crate::store::receive::ReceiveStats;
+use crate::store::s3::S3Backend;
+use crate::store::{LockMode, Store};
+
+/// Bytes on the wire (request bodies, response bodies) and requests made.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Traffic {
+    pub requests: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// An object stream: objects as stored (compressed), in the order given.
+pub type ObjectStream<'a> = Box<dyn Iterator<Item = Result<StoredObject>> + 'a>;
+
+pub trait Remote: Send + Sync {
+    /// The remote's location, for messages.
+    fn describe(&self) -> String;
+    /// Every ref, sorted by name.
+    fn list_refs(&self) -> Result<Vec<(String, ObjectId)>>;
+    /// Moves `name` from `old` to `new` by compare-and-swap. Unless `force`,
+    /// `new` must descend from `old` (a fast-forward), checked by the
+    /// remote, which has both histories. A lost race is `RefConflict`.
+    fn update_ref(
+        &self,
+        name: &str,
+        old: Option<ObjectId>,
+        new: ObjectId,
+        force: bool,
+    ) -> Result<()>;
+    /// Which of `ids` the remote holds (and so, everything they reach).
+    fn has(&self, ids: &[ObjectId]) -> Result<Vec<bool>>;
+    /// Sends objects, children before parents; the remote verifies each
+    /// and commits as it goes.
+    fn send(
+        &self,
+        objects: &mut dyn Iterator<Item = Result<StoredObject>>,
+        progress: &dyn Progress,
+    ) -> Result<ReceiveStats>;
+    /// Streams the objects with these ids, in this order.
+    fn fetch<'a>(&'a self, ids: &[(ObjectType, ObjectId)]) -> Result<ObjectStream<'a>>;
+    /// What was sent and received so far.
+    fn traffic(&self) -> Traffic;
+}
+
+/// Objects are committed on the receiving side every this many bytes.
+pub const COMMIT_EVERY: u64 = 16 << 20;
+
+/// A store reached directly: a directory or an S3 prefix.
+pub struct StoreRemote {
+    store: Store,
+    name: String,
+    sent: AtomicU64,
+    received: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl StoreRemote {
+    pub fn new(store: Store) -> StoreRemote {
+        StoreRemote {
+            name: store.location_name(),
+            store,
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl Remote for StoreRemote {
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+
+    fn list_refs(&self) -> Result<Vec<(String, ObjectId)>> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.store.list_refs()
+    }
+
+    fn update_ref(
+        &self,
+        name: &str,
+        old: Option<ObjectId>,
+        new: ObjectId,
+        force: bool,
+    ) -> Result<()> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        update_ref_checked(&self.store, name, old, new, force)
+    }
+
+    fn has(&self, ids: &[ObjectId]) -> Result<Vec<bool>> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let mut out: Vec<bool> = ids.iter().map(|id| self.store.contains(id)).collect();
+        if out.iter().any(|h| !h) {
+            self.store.refresh()?;
+            for (i, id) in ids.iter().enumerate() {
+                out[i] = out[i] || self.store.contains(id);
+            }
+        }
+        Ok(out)
+    }
+
+    fn send(
+        &self,
+        objects: &mut dyn Iterator<Item = Result<StoredObject>>,
+        progress: &dyn Progress,
+    ) -> Result<ReceiveStats> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let sent = &self.sent;
+        let mut counted = objects.inspect(|o| {
+            if let Ok(o) = o {
+                sent.fetch_add(o.payload.len() as u64 + 45, Ordering::Relaxed);
+            }
+        });
+        self.store.receive(&mut counted, COMMIT_EVERY, progress)
+    }
+
+    fn fetch<'a>(&'a self, ids: &[(ObjectType, ObjectId)]) -> Result<ObjectStream<'a>> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let ids = ids.to_vec();
+        Ok(Box::new(ids.into_iter().map(move |(tag, id)| {
+            let (loc, payload) = self.store.read_raw(&id)?;
+            if loc.tag != tag {
+                return Err(crate::object::corrupt(
+                    tag,
+                    &id,
+                    format!("the remote holds a {}", loc.tag),
+                ));
+            }
+            self.received
+                .fetch_add(payload.len() as u64 + 45, Ordering::Relaxed);
+            Ok(StoredObject {
+                tag,
+                id,
+                flags: loc.flags,
+                ulen: loc.ulen,
+                payload,
+            })
+        })))
+    }
+
+    fn traffic(&self) -> Traffic {
+        Traffic {
+            requests: self.requests.load(Ordering::Relaxed),
+            bytes_sent: self.sent.load(Ordering::Relaxed),
+            bytes_received: self.received.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A ref update as a remote performs it: the target must be stored, the
+/// move must be a fast-forward unless forced, and the swap is atomic.
+pub fn update_ref_checked(
+    store: &Store,
+    name: &str,
+    old: Option<ObjectId>,
+    new: ObjectId,
+    force: bool,
+) -> Result<()> {
+    crate::store::refs::validate_ref_name(name)?;
+    if !store.contains(&new) {
+        store.refresh()?;
+    }
+    let current = store.read_ref(name)?;
+    if current != old {
+        return Err(SyncError::RefConflict {
+            name: name.to_string(),
+            expected: old,
+            actual: current,
+        });
+    }
+    if !force
+        && let Some(old) = old
+        && !crate::is_ancestor(store, &old, &new)?
+    {
+        return Err(SyncError::NonFastForward {
+            name: name.to_string(),
+            old,
+            new,
+        });
+    }
+    store.update_ref(name, Some(old), Some(new))
+}
+
+/// How a remote is named on the command line or in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Path(PathBuf),
+    Http { base: String, tenant: String },
+    S3(String),
+}
+
+impl Location {
+    /// Parses a remote URL or path.
+    pub fn parse(s: &str) -> Result<Location> {
+        if let Some(p) = s.strip_prefix("file://") {
+            return Ok(Location::Path(PathBuf::from(p)));
+        }
+        if s.starts_with("s3://") {
+            crate::store::s3::parse_url(s)?;
+            return Ok(Location::S3(s.to_string()));
+        }
+        if s.starts_with("http://") || s.starts_with("https://") {
+            let trimmed = s.trim_end_matches('/');
+            let (base, tenant) = trimmed
+                .rsplit_once('/')
+                .filter(|(b, t)| !t.is_empty() && b.contains("//") && !b.ends_with('/'))
+                .ok_or_else(|| {
+                    SyncError::Invalid(format!("{s}: expected http(s)://HOST/TENANT"))
+                })?;
+            if base.ends_with(':')
+                || !base
+                    .trim_start_matches("https://")
+                    .trim_start_matches("http://")
+                    .contains(|c: char| c.is_ascii_alphanumeric())
+            {
+                return Err(SyncError::Invalid(format!(
+                    "{s}: expected http(s)://HOST/TENANT"
+                )));
+            }
+            return Ok(Location::Http {
+                base: base.to_string(),
+                tenant: tenant.to_string(),
+            });
+        }
+        Ok(Location::Path(PathBuf::from(s)))
+    }
+}
+
+/// Settings that come with a remote: a token, S3 settings.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub token: Option<String>,
+    pub s3: Vec<(String, String)>,
+}
+
+/// Opens a remote. `create`: a path or S3 store that does not exist yet is
+/// created (the first push).
+pub fn open(loc: &Location, creds: &Credentials, create: bool) -> Result<Arc<dyn Remote>> {
+    match loc {
+        Location::Path(p) => {
+            if create && !p.join("store.toml").exists() {
+                Store::init(p)?;
+            }
+            let store = Store::open(p, LockMode::Shared).map_err(|e| match e {
+                SyncError::NoStore(_) => {
+                    SyncError::NotFound(format!("no sp-sync store at {}", p.display()))
+                }
+                e => e,
+            })?;
+            Ok(Arc::new(StoreRemote::new(store)))
+        }
+        Location::S3(url) => {
+            let backend: Arc<dyn crate::store::Backend> = Arc::new(S3Backend::new(url, &creds.s3)?);
+            if create {
+                Store::init_backend(&*backend)?;
+            }
+            let store = Store::open_backend(backend, LockMode::Shared).map_err(|e| match e {
+                SyncError::NoStore(_) => SyncError::NotFound(format!("no sp-sync store at {url}")),
+                e => e,
+            })?;
+            Ok(Arc::new(StoreRemote::new(store)))
+        }
+        Location::Http { base, tenant } => {
+            let token = std::env::var("SP_SYNC_TOKEN")
+                .ok()
+                .or_else(|| creds.token.clone());
+            Ok(Arc::new(http::HttpRemote::new(base, tenant, token)?))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations() {
+        assert_eq!(
+            Location::parse("/srv/store").unwrap(),
+            Location::Path("/srv/store".into())
+        );
+        assert_eq!(
+            Location::parse("file:///srv/store").unwrap(),
+            Location::Path("/srv/store".into())
+        );
+        assert_eq!(
+            Location::parse("https://sync.example.com/acme").unwrap(),
+            Location::Http {
+                base: "https://sync.example.com".into(),
+                tenant: "acme".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("http://127.0.0.1:8080/prefix/acme/").unwrap(),
+            Location::Http {
+                base: "http://127.0.0.1:8080/prefix".into(),
+                tenant: "acme".into()
+            }
+        );
+        assert!(Location::parse("http://host").is_err());
+        assert!(Location::parse("s3://").is_err());
+        assert_eq!(
+            Location::parse("s3://b/p").unwrap(),
+            Location::S3("s3://b/p".into())
+        );
+    }
+}

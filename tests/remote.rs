@@ -1,0 +1,667 @@
+//! Push and pull through the three kinds of remote — a path, a real
+//! `sp-sync serve` process, a real S3-compatible server (moto) — with
+//! concurrency, faults and hostile requests.
+
+mod common;
+mod net;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{bytes, describe, dir_bytes, ok};
+use net::{bucket, http, ok_env, run_env, s3_env, serve};
+use serde_json::Value;
+
+const TOKEN_A: &str = "token-for-acme-0123456789";
+const TOKEN_B: &str = "token-for-other-0123456789";
+
+fn tokens_file(dir: &Path) -> PathBuf {
+    let p = dir.join("tokens.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[tenants.acme]\ntokens = [\"{TOKEN_A}\"]\n[tenants.other]\ntokens = [\"{TOKEN_B}\"]\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// A working tree with a store: small files, a multi-chunk file, a symlink.
+fn worktree(root: &Path, name: &str, seed: u64) -> PathBuf {
+    let w = root.join(name);
+    std::fs::create_dir_all(w.join("services/agents")).unwrap();
+    std::fs::create_dir_all(w.join("services/skills/s1")).unwrap();
+    std::fs::write(w.join("services/agents/bot.md"), format!("# bot {seed}\n")).unwrap();
+    std::fs::write(w.join("services/skills/s1/SKILL.md"), "skill\n".repeat(100)).unwrap();
+    std::fs::write(w.join("services/model.bin"), bytes(5 << 20, seed)).unwrap();
+    std::os::unix::fs::symlink("agents/bot.md", w.join("services/link")).unwrap();
+    ok(&w, &["init"]);
+    w
+}
+
+fn described(dir: &Path) -> BTreeMap<Vec<u8>, String> {
+    let mut d = describe(dir);
+    d.retain(|k, _| !k.starts_with(b".sp-sync"));
+    d
+}
+
+fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Push from one working tree, pull into a fresh one, restore: identical.
+fn round_trip(tmp: &Path, url: &str, env: &[(&str, String)]) {
+    let a = worktree(tmp, "a", 1);
+    let id = ok(&a, &["snapshot", "-m", "one"]).trim().to_string();
+    ok_env(&a, &["remote", "add", "origin", url], env);
+    let v = json(&ok_env(&a, &["push", "--json"], env));
+    assert_eq!(v["ref"], "main");
+    assert_eq!(v["id"], id);
+    assert!(v["objects_sent"].as_u64().unwrap() >= 6, "{v}");
+    assert_eq!(
+        ok(&a, &["ref", "list"])
+            .lines()
+            .filter(|l| l.ends_with("remotes/origin/main"))
+            .count(),
+        1
+    );
+    // A second push sends nothing.
+    let v = json(&ok_env(&a, &["push", "--json"], env));
+    assert_eq!(v["objects_sent"], 0, "{v}");
+
+    let b = tmp.join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    ok(&b, &["init"]);
+    ok_env(&b, &["remote", "add", "origin", url], env);
+    let target = tmp.join("restored");
+    let v = json(&ok_env(
+        &b,
+        &["pull", "--json", "--restore", target.to_str().unwrap()],
+        env,
+    ));
+    assert_eq!(v["id"], id);
+    assert!(v["objects_received"].as_u64().unwrap() >= 6);
+    assert_eq!(
+        described(&a.join("services")),
+        described(&target.join("services"))
+    );
+    ok(&b, &["fsck", "--read-data"]);
+    assert_eq!(ok(&b, &["log", "--json"]).matches(&id).count(), 1);
+
+    // An incremental change travels as just the difference.
+    std::fs::write(a.join("services/agents/bot.md"), "# bot v2\n").unwrap();
+    let id2 = ok(&a, &["snapshot", "-m", "two"]).trim().to_string();
+    let v = json(&ok_env(&a, &["push", "--json"], env));
+    let sent = v["objects_sent"].as_u64().unwrap();
+    assert!((2..=8).contains(&sent), "an edit sent {sent} objects: {v}");
+    let v = json(&ok_env(&b, &["pull", "--json"], env));
+    assert_eq!(v["id"], id2);
+    assert!(v["objects_received"].as_u64().unwrap() <= 8);
+    let t2 = tmp.join("restored2");
+    ok(&b, &["restore", "main", t2.to_str().unwrap()]);
+    assert_eq!(
+        described(&a.join("services")),
+        described(&t2.join("services"))
+    );
+}
+
+#[test]
+fn round_trip_through_a_path_remote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote-store");
+    round_trip(tmp.path(), remote.to_str().unwrap(), &[]);
+    ok(
+        tmp.path(),
+        &["fsck", "--read-data", "--store", remote.to_str().unwrap()],
+    );
+    // file:// names the same store.
+    let c = tmp.path().join("c");
+    std::fs::create_dir_all(&c).unwrap();
+    ok(&c, &["init"]);
+    ok(&c, &["pull", &format!("file://{}", remote.display())]);
+    assert!(
+        !ok(&c, &["ref", "list"]).contains("remotes/"),
+        "no tracking refs for an unnamed remote"
+    );
+}
+
+#[test]
+fn round_trip_through_http() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server-data");
+    let server = serve(
+        data.to_str().unwrap(),
+        Some(&tokens_file(tmp.path())),
+        "127.0.0.1:0",
+        &[],
+    );
+    round_trip(
+        tmp.path(),
+        &server.url("acme"),
+        &[("SP_SYNC_TOKEN", TOKEN_A.into())],
+    );
+    ok(
+        tmp.path(),
+        &[
+            "fsck",
+            "--read-data",
+            "--store",
+            data.join("acme").to_str().unwrap(),
+        ],
+    );
+}
+
+#[test]
+fn round_trip_through_s3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = bucket("rt");
+    round_trip(tmp.path(), &format!("s3://{b}/stores/main"), &s3_env());
+    // And a server whose data lives in S3.
+    let server = serve(
+        &format!("s3://{b}/served"),
+        Some(&tokens_file(tmp.path())),
+        "127.0.0.1:0",
+        &s3_env(),
+    );
+    let t2 = tmp.path().join("second");
+    std::fs::create_dir_all(&t2).unwrap();
+    let mut env = s3_env();
+    env.push(("SP_SYNC_TOKEN", TOKEN_A.into()));
+    round_trip(&t2, &server.url("acme"), &env);
+}
+
+#[test]
+fn requests_grow_with_the_depth_of_the_change_not_the_size_of_the_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = serve(
+        tmp.path().join("d").to_str().unwrap(),
+        None,
+        "127.0.0.1:0",
+        &[],
+    );
+    let mut counts = Vec::new();
+    for (i, files) in [200usize, 8000].into_iter().enumerate() {
+        let w = tmp.path().join(format!("w{i}"));
+        for f in 0..files {
+            let d = w.join(format!("dir{:03}", f % 100));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(format!("f{f}.md")), format!("{f}\n")).unwrap();
+        }
+        ok(&w, &["init"]);
+        ok(&w, &["snapshot"]);
+        let url = server.url(&format!("t{i}"));
+        ok(&w, &["push", &url]);
+        std::fs::write(w.join("dir042/f42.md"), "changed\n").unwrap();
+        ok(&w, &["snapshot"]);
+        let v = json(&ok(&w, &["push", &url, "--json"]));
+        assert!(v["objects_sent"].as_u64().unwrap() <= 6, "{v}");
+        counts.push(v["requests"].as_u64().unwrap());
+    }
+    assert!(
+        counts[1] <= counts[0] + 2,
+        "requests for 200 files: {}, for 8000: {}",
+        counts[0],
+        counts[1]
+    );
+    assert!(counts[1] <= 12, "{counts:?}");
+}
+
+#[test]
+fn fast_forward_rules_for_push_and_pull() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("r");
+    let a = worktree(tmp.path(), "a", 1);
+    ok(&a, &["snapshot"]);
+    ok(&a, &["remote", "add", "origin", remote.to_str().unwrap()]);
+    ok(&a, &["push"]);
+    let b = tmp.path().join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    ok(&b, &["init"]);
+    ok(&b, &["remote", "add", "origin", remote.to_str().unwrap()]);
+    ok(&b, &["pull"]);
+    // Both move on from the same parent.
+    std::fs::write(a.join("services/agents/bot.md"), "a\n").unwrap();
+    ok(&a, &["snapshot"]);
+    std::fs::create_dir_all(b.join("x")).unwrap();
+    std::fs::write(b.join("x/y"), "b\n").unwrap();
+    let b_id = ok(&b, &["snapshot"]).trim().to_string();
+    ok(&a, &["push"]);
+    let o = run_env(&b, &["push"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("fast-forward"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    // pull cannot fast-forward b's main: it fetches, moves the tracking ref, warns, exits 0.
+    let o = run_env(&b, &["pull"], &[]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("warning"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let refs = ok(&b, &["ref", "list"]);
+    assert!(
+        refs.contains(&format!("{b_id} main")),
+        "local main stays: {refs}"
+    );
+    // --force replaces the remote's history.
+    ok(&b, &["push", "--force"]);
+    let remote_main = ok(
+        tmp.path(),
+        &["ref", "list", "--store", remote.to_str().unwrap()],
+    );
+    assert!(remote_main.contains(&b_id), "{remote_main}");
+    // Unknown ref or remote: exit 1.
+    let o = run_env(&b, &["push", "origin", "nosuchref"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = run_env(&b, &["push", "nosuchremote"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown remote"));
+}
+
+/// Makes `n` working trees that each pulled `main` from `url` and added a
+/// snapshot of their own on top.
+fn diverging_clients(tmp: &Path, url: &str, n: usize, env: &[(&str, String)]) -> Vec<PathBuf> {
+    let base = worktree(tmp, "base", 0);
+    ok(&base, &["snapshot"]);
+    ok_env(&base, &["push", url], env);
+    (0..n)
+        .map(|i| {
+            let w = tmp.join(format!("client{i}"));
+            std::fs::create_dir_all(&w).unwrap();
+            ok(&w, &["init"]);
+            ok_env(&w, &["pull", url], env);
+            std::fs::write(w.join(format!("mine-{i}.txt")), format!("client {i}\n")).unwrap();
+            ok(&w, &["snapshot"]);
+            w
+        })
+        .collect()
+}
+
+fn race(clients: &[PathBuf], args: Vec<String>, env: &[(&str, String)]) -> (usize, Vec<String>) {
+    let handles: Vec<_> = clients
+        .iter()
+        .map(|w| {
+            let mut c = std::process::Command::new(common::bin());
+            c.args(&args)
+                .current_dir(w)
+                .env("SP_SYNC_CACHE_DIR", common::cache_dir())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            for (k, v) in env {
+                c.env(k, v);
+            }
+            c.spawn().unwrap()
+        })
+        .collect();
+    let mut wins = 0;
+    let mut errors = Vec::new();
+    for h in handles {
+        let o = h.wait_with_output().unwrap();
+        if o.status.success() {
+            wins += 1;
+        } else {
+            assert_eq!(o.status.code(), Some(1));
+            errors.push(String::from_utf8_lossy(&o.stderr).into_owned());
+        }
+    }
+    (wins, errors)
+}
+
+#[test]
+fn concurrent_pushes_to_one_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = serve(data.to_str().unwrap(), None, "127.0.0.1:0", &[]);
+    let url = server.url("acme");
+    // 32 clients, 32 distinct refs: all succeed.
+    let clients: Vec<PathBuf> = (0..32)
+        .map(|i| {
+            let w = tmp.path().join(format!("c{i}"));
+            std::fs::create_dir_all(&w).unwrap();
+            std::fs::write(w.join("file.txt"), format!("client {i}\n").repeat(1000 + i)).unwrap();
+            ok(&w, &["init"]);
+            ok(&w, &["snapshot", "--ref", &format!("c{i}")]);
+            w
+        })
+        .collect();
+    let handles: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            std::process::Command::new(common::bin())
+                .args(["push", &url, &format!("c{i}")])
+                .current_dir(w)
+                .env("SP_SYNC_CACHE_DIR", common::cache_dir())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for h in handles {
+        let o = h.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let (status, body) = http(&server.addr, "GET", "/v1/acme/refs", None, b"");
+    assert_eq!(status, 200);
+    assert_eq!(
+        json(&String::from_utf8_lossy(&body))
+            .as_array()
+            .unwrap()
+            .len(),
+        32
+    );
+
+    // 8 clients race to move `main` from the same parent: exactly one wins.
+    let racers = diverging_clients(&tmp.path().join("race"), &url, 8, &[]);
+    let (wins, errors) = race(&racers, vec!["push".into(), url.clone()], &[]);
+    assert_eq!(wins, 1, "{errors:?}");
+    for e in &errors {
+        assert!(e.contains("fast-forward"), "{e}");
+    }
+    ok(
+        tmp.path(),
+        &[
+            "fsck",
+            "--read-data",
+            "--store",
+            data.join("acme").to_str().unwrap(),
+        ],
+    );
+}
+
+#[test]
+fn the_same_race_on_s3_has_one_winner() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("s3://{}/race", bucket("race"));
+    let env = s3_env();
+    let racers = diverging_clients(tmp.path(), &url, 8, &env);
+    let (wins, errors) = race(&racers, vec!["push".into(), url.clone()], &env);
+    assert_eq!(wins, 1, "{errors:?}");
+    for e in &errors {
+        assert!(
+            e.contains("fast-forward") || e.contains("changed concurrently"),
+            "{e}"
+        );
+    }
+    // Every racer's objects are there and verify; the ref names the winner.
+    let check = tmp.path().join("check");
+    std::fs::create_dir_all(&check).unwrap();
+    ok(&check, &["init"]);
+    ok_env(&check, &["pull", &url], &env);
+    ok(&check, &["fsck", "--read-data"]);
+}
+
+/// A store with `mib` MiB of incompressible data in 2 MiB files.
+fn big_worktree(root: &Path, mib: usize) -> PathBuf {
+    let w = root.join("big");
+    std::fs::create_dir_all(w.join("data")).unwrap();
+    for i in 0..mib / 2 {
+        std::fs::write(
+            w.join(format!("data/f{i:04}.bin")),
+            bytes(2 << 20, 1000 + i as u64),
+        )
+        .unwrap();
+    }
+    ok(&w, &["init"]);
+    ok(&w, &["snapshot"]);
+    w
+}
+
+#[test]
+fn server_killed_mid_push_then_the_repeated_push_resends_only_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = big_worktree(tmp.path(), 200);
+    let data = tmp.path().join("data");
+    let port = net::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = serve(data.to_str().unwrap(), None, &listen, &[]);
+    let url = server.url("acme");
+    let total = dir_bytes(&w.join(".sp-sync/packs"));
+    let env = [("SP_SYNC_PUSH_RETRIES", "0".to_string())];
+    let mut child = std::process::Command::new(common::bin())
+        .args(["push", &url])
+        .current_dir(&w)
+        .env("SP_SYNC_CACHE_DIR", common::cache_dir())
+        .env("SP_SYNC_PUSH_RETRIES", "0")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the server once about three quarters have arrived.
+    let received = || {
+        let d = data.join("acme");
+        if d.exists() { dir_bytes(&d) } else { 0 }
+    };
+    let t = Instant::now();
+    while received() < total * 3 / 4 {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the push is not progressing"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the push finished before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sent_before_kill = received();
+    server.kill();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "the interrupted push fails");
+    let server = serve(data.to_str().unwrap(), None, &listen, &[]);
+    let v = json(&ok_env(&w, &["push", &url, "--json"], &env));
+    let resent = v["bytes_sent"].as_u64().unwrap();
+    assert!(
+        resent * 10 < sent_before_kill * 6,
+        "the repeated push sent {resent} bytes; the first had sent {sent_before_kill} before the kill"
+    );
+    ok(
+        tmp.path(),
+        &[
+            "fsck",
+            "--read-data",
+            "--store",
+            data.join("acme").to_str().unwrap(),
+        ],
+    );
+    drop(server);
+}
+
+#[test]
+fn client_killed_mid_pull_leaves_the_local_store_valid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = big_worktree(tmp.path(), 100);
+    let remote = tmp.path().join("remote");
+    ok(&w, &["push", remote.to_str().unwrap()]);
+    let c = tmp.path().join("c");
+    std::fs::create_dir_all(&c).unwrap();
+    ok(&c, &["init"]);
+    for delay_ms in [50u64, 150, 300] {
+        let mut child = std::process::Command::new(common::bin())
+            .args(["pull", remote.to_str().unwrap()])
+            .current_dir(&c)
+            .env("SP_SYNC_CACHE_DIR", common::cache_dir())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        ok(&c, &["fsck", "--read-data"]);
+    }
+    ok(&c, &["pull", remote.to_str().unwrap()]);
+    let target = tmp.path().join("out");
+    ok(&c, &["restore", "main", target.to_str().unwrap()]);
+    assert_eq!(described(&w), described(&target));
+}
+
+#[test]
+fn tokens_tenants_and_hostile_bodies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = serve(
+        data.to_str().unwrap(),
+        Some(&tokens_file(tmp.path())),
+        "127.0.0.1:0",
+        &[],
+    );
+    let a = worktree(tmp.path(), "a", 3);
+    let snap = ok(&a, &["snapshot"]).trim().to_string();
+    ok_env(
+        &a,
+        &["push", &server.url("acme")],
+        &[("SP_SYNC_TOKEN", TOKEN_A.into())],
+    );
+    let addr = &server.addr;
+    let id = systemprompt_sync::ObjectId::from_hex(&snap).unwrap();
+
+    // No token, a wrong token: 401.
+    assert_eq!(http(addr, "GET", "/v1/acme/refs", None, b"").0, 401);
+    assert_eq!(
+        http(
+            addr,
+            "GET",
+            "/v1/acme/refs",
+            Some("wrong-token-0123456789"),
+            b""
+        )
+        .0,
+        401
+    );
+    let o = run_env(
+        &a,
+        &["push", &server.url("acme")],
+        &[("SP_SYNC_TOKEN", "wrong-token-0123456789".into())],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unauthorized"));
+    // Another tenant's token: 404, exactly as for a tenant that does not exist.
+    let (s1, b1) = http(addr, "GET", "/v1/acme/refs", Some(TOKEN_B), b"");
+    let (s2, b2) = http(addr, "GET", "/v1/nosuch/refs", Some(TOKEN_B), b"");
+    assert_eq!((s1, &b1), (404, &b2));
+    assert_eq!(s2, 404);
+    assert_eq!(
+        http(addr, "POST", "/v1/acme/has", Some(TOKEN_B), &id.0).0,
+        404
+    );
+    assert_eq!(
+        http(
+            addr,
+            "POST",
+            "/v1/acme/fetch",
+            Some(TOKEN_B),
+            &[&[4u8][..], &id.0].concat()
+        )
+        .0,
+        404
+    );
+    // In its own namespace, the other tenant cannot tell whether acme's object exists.
+    let (s, b) = http(addr, "POST", "/v1/other/has", Some(TOKEN_B), &id.0);
+    assert_eq!((s, b), (200, vec![0u8]));
+    let (s, _) = http(
+        addr,
+        "POST",
+        "/v1/other/fetch",
+        Some(TOKEN_B),
+        &[&[4u8][..], &id.0].concat(),
+    );
+    assert_eq!(s, 404);
+    // The owner sees it.
+    assert_eq!(
+        http(addr, "POST", "/v1/acme/has", Some(TOKEN_A), &id.0),
+        (200, vec![1u8])
+    );
+
+    // Hostile bodies store nothing.
+    let packs = || dir_bytes(&data.join("acme/packs"));
+    let before = packs();
+    let (s, _) = http(
+        addr,
+        "POST",
+        "/v1/acme/objects",
+        Some(TOKEN_A),
+        b"definitely not a pack stream",
+    );
+    assert_eq!(s, 400);
+    // A valid stream of new objects, truncated.
+    let mut w = systemprompt_sync::pack::PackWriter::new(Vec::new()).unwrap();
+    for i in 0..20u64 {
+        let d = bytes(10_000, 77 + i);
+        let oid = systemprompt_sync::ObjectId::compute(systemprompt_sync::ObjectType::Chunk, &d);
+        w.add(&systemprompt_sync::pack::prepare(
+            systemprompt_sync::ObjectType::Chunk,
+            oid,
+            &d,
+            3,
+        ))
+        .unwrap();
+    }
+    let (stream, _) = w.finish().unwrap();
+    let (s, _) = http(
+        addr,
+        "POST",
+        "/v1/acme/objects",
+        Some(TOKEN_A),
+        &stream[..stream.len() / 2],
+    );
+    assert_eq!(s, 400);
+    // A flipped byte.
+    let mut bad = stream.clone();
+    bad[stream.len() / 3] ^= 1;
+    let (s, _) = http(addr, "POST", "/v1/acme/objects", Some(TOKEN_A), &bad);
+    assert_eq!(s, 400);
+    // A tree referencing objects that are not there.
+    let mut w = systemprompt_sync::pack::PackWriter::new(Vec::new()).unwrap();
+    let snapshot = systemprompt_sync::object::snapshot::Snapshot {
+        root: Some(systemprompt_sync::ObjectId::compute(
+            systemprompt_sync::ObjectType::Tree,
+            b"nope",
+        )),
+        ..Default::default()
+    };
+    let sb = snapshot.encode();
+    let sid = systemprompt_sync::ObjectId::compute(systemprompt_sync::ObjectType::Snapshot, &sb);
+    w.add(&systemprompt_sync::pack::prepare(
+        systemprompt_sync::ObjectType::Snapshot,
+        sid,
+        &sb,
+        3,
+    ))
+    .unwrap();
+    let (dangling, _) = w.finish().unwrap();
+    let (s, body) = http(addr, "POST", "/v1/acme/objects", Some(TOKEN_A), &dangling);
+    assert_eq!(s, 400, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(packs(), before, "nothing was stored");
+    // The intact stream is accepted.
+    let (s, _) = http(addr, "POST", "/v1/acme/objects", Some(TOKEN_A), &stream);
+    assert_eq!(s, 200);
+    assert!(packs() > before);
+    ok(
+        tmp.path(),
+        &[
+            "fsck",
+            "--read-data",
+            "--store",
+            data.join("acme").to_str().unwrap(),
+        ],
+    );
+    drop(server);
+
+    // Oversized bodies: 413.
+    let small = net::serve_with(
+        data.to_str().unwrap(),
+        Some(&tokens_file(tmp.path())),
+        "127.0.0.1:0",
+        &[],
+        &["--max-body", "1000"],
+    );
+    let (s, _) = http(
+        &small.addr,
+        "POST",
+        "/v1/acme/objects",
+        Some(TOKEN_A),
+        &stream,
+    );
+    assert_eq!(s, 413);
+}
