@@ -23,6 +23,10 @@ pub const PACK_VERSION: u8 = 1;
 pub const HEADER_LEN: u64 = 9;
 pub const FLAG_RAW: u8 = 0;
 pub const FLAG_ZSTD: u8 = 1;
+/// Transfer streams only: the payload is a base object's id [32] and a zstd
+/// frame compressed with that object's bytes as a raw-content dictionary.
+/// The receiver holds the base; it stores the object whole.
+pub const FLAG_DELTA: u8 = 2;
 const REC_OBJECT: u8 = 1;
 const REC_END: u8 = 0;
 
@@ -120,10 +124,50 @@ pub fn unpack(
             }
             out
         }
+        FLAG_DELTA => return Err(corrupt(tag, id, "a delta record outside a transfer")),
         f => return Err(corrupt(tag, id, format!("unknown flags {f}"))),
     };
     if ObjectId::compute(tag, &data) != *id {
         return Err(corrupt(tag, id, "hash mismatch"));
+    }
+    Ok(data)
+}
+
+/// The base id a delta payload names.
+pub fn delta_base(payload: &[u8]) -> Option<ObjectId> {
+    ObjectId::from_slice(payload.get(..32)?)
+}
+
+/// Encodes `data` as a delta against `base` (a `FLAG_DELTA` payload), or
+/// None when zstd fails.
+pub fn make_delta(data: &[u8], base_id: &ObjectId, base: &[u8], level: i32) -> Option<Vec<u8>> {
+    let mut c = zstd::bulk::Compressor::with_dictionary(level, base).ok()?;
+    let frame = c.compress(data).ok()?;
+    let mut out = Vec::with_capacity(32 + frame.len());
+    out.extend_from_slice(&base_id.0);
+    out.extend_from_slice(&frame);
+    Some(out)
+}
+
+/// Decodes a `FLAG_DELTA` payload against its base's bytes and checks the
+/// result against `id`; never produces more than `ulen` bytes.
+pub fn unpack_delta(
+    tag: ObjectType,
+    id: &ObjectId,
+    ulen: u64,
+    payload: &[u8],
+    base: &[u8],
+) -> Result<Vec<u8>> {
+    if ulen > MAX_OBJECT_SIZE as u64 || payload.len() < 32 {
+        return Err(corrupt(tag, id, "bad delta record"));
+    }
+    let mut d = zstd::bulk::Decompressor::with_dictionary(base)
+        .map_err(|e| corrupt(tag, id, format!("zstd: {e}")))?;
+    let data = d
+        .decompress(&payload[32..], ulen as usize)
+        .map_err(|e| corrupt(tag, id, format!("zstd delta: {e}")))?;
+    if data.len() as u64 != ulen || ObjectId::compute(tag, &data) != *id {
+        return Err(corrupt(tag, id, "hash mismatch (delta)"));
     }
     Ok(data)
 }
@@ -339,7 +383,7 @@ impl<R: Read> PackReader<R> {
         let tag = ObjectType::from_u8(tag_b)
             .ok_or_else(|| bad(&self.what, at + 1, format!("unknown object type {tag_b}")))?;
         let flags = self.byte()?;
-        if flags > FLAG_ZSTD {
+        if flags > FLAG_DELTA {
             return Err(bad(&self.what, at + 2, format!("unknown flags {flags}")));
         }
         let mut id = [0u8; 32];
@@ -357,6 +401,9 @@ impl<R: Read> PackReader<R> {
         }
         if flags == FLAG_RAW && clen != ulen {
             return Err(bad(&self.what, at, "raw record whose lengths differ"));
+        }
+        if flags == FLAG_DELTA && clen < 32 {
+            return Err(bad(&self.what, at, "delta record without a base"));
         }
         let mut payload = vec![0u8; clen as usize];
         read_exact(&mut self.inp, &mut payload, &self.what, self.offset)?;

@@ -483,12 +483,15 @@ struct Side<'a> {
     tag: ObjectType,
     /// Next item on top.
     stack: Vec<Item>,
+    /// Every node read, in order.
+    loaded: Vec<ObjectId>,
 }
 
 impl Side<'_> {
     fn open(&mut self, root: Option<&ObjectId>) -> Result<()> {
         if let Some(root) = root {
             let node = load_node(self.src, self.tag, root, None)?;
+            self.loaded.push(*root);
             self.push_children(node, None);
         }
         Ok(())
@@ -529,10 +532,20 @@ impl Side<'_> {
         }) = self.stack.pop()
         {
             let node = load_node(self.src, self.tag, &id, Some((level, &last)))?;
+            self.loaded.push(id);
             self.push_children(node, lower);
         }
         Ok(())
     }
+}
+
+/// The nodes a diff read: every node of `b` it had to open (the nodes of `b`
+/// that are not shared with `a` at the same place), and pairs (a node, b
+/// node) opened together at the same place — good delta bases.
+#[derive(Debug, Default)]
+pub struct DiffNodes {
+    pub b_nodes: Vec<ObjectId>,
+    pub pairs: Vec<(ObjectId, ObjectId)>,
 }
 
 /// Calls `f` for every key whose value differs between map `a` and map `b`
@@ -543,26 +556,46 @@ pub fn diff(
     tag: ObjectType,
     a: Option<&ObjectId>,
     b: Option<&ObjectId>,
-    mut f: impl FnMut(&[u8], Change) -> Result<()>,
+    f: impl FnMut(&[u8], Change) -> Result<()>,
 ) -> Result<()> {
+    diff_detail(src, tag, a, b, f).map(|_| ())
+}
+
+/// [`diff`], also telling which nodes it read.
+pub fn diff_detail(
+    src: &dyn ObjectSource,
+    tag: ObjectType,
+    a: Option<&ObjectId>,
+    b: Option<&ObjectId>,
+    mut f: impl FnMut(&[u8], Change) -> Result<()>,
+) -> Result<DiffNodes> {
+    let mut nodes = DiffNodes::default();
     if a == b {
-        return Ok(());
+        return Ok(nodes);
+    }
+    if let (Some(a), Some(b)) = (a, b) {
+        nodes.pairs.push((*a, *b));
     }
     let mut sa = Side {
         src,
         tag,
         stack: Vec::new(),
+        loaded: Vec::new(),
     };
     let mut sb = Side {
         src,
         tag,
         stack: Vec::new(),
+        loaded: Vec::new(),
     };
     sa.open(a)?;
     sb.open(b)?;
     loop {
         match (sa.stack.last(), sb.stack.last()) {
-            (None, None) => return Ok(()),
+            (None, None) => {
+                nodes.b_nodes = sb.loaded;
+                return Ok(nodes);
+            }
             (
                 Some(Item::Node {
                     id: ia, level: la, ..
@@ -579,6 +612,7 @@ pub fn diff(
                         Ordering::Greater => sa.expand()?,
                         Ordering::Less => sb.expand()?,
                         Ordering::Equal => {
+                            nodes.pairs.push((*ia, *ib));
                             sa.expand()?;
                             sb.expand()?;
                         }

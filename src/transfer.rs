@@ -15,8 +15,10 @@ use serde::Serialize;
 
 use crate::error::{Result, SyncError};
 use crate::id::{IdMap, IdSet, ObjectId, ObjectType};
+use crate::object::list::ListNode;
 use crate::object::references;
-use crate::pack::{StoredObject, unpack};
+use crate::object::tree::{Content, Entry, EntryKind, decode_entry};
+use crate::pack::{FLAG_DELTA, StoredObject, make_delta, unpack};
 use crate::progress::Progress;
 use crate::remote::{COMMIT_EVERY, Remote, Traffic};
 use crate::store::Store;
@@ -152,6 +154,222 @@ pub struct TransferReport {
     pub refs: Vec<RefUpdate>,
 }
 
+/// An object as it goes on the wire: a delta against its base when that is
+/// smaller than the object as stored.
+fn outgoing(
+    local: &Store,
+    tag: ObjectType,
+    id: &ObjectId,
+    bases: Option<&IdMap<ObjectId>>,
+) -> Result<StoredObject> {
+    let (loc, payload) = local.read_raw(id)?;
+    let whole = StoredObject {
+        tag: loc.tag,
+        id: *id,
+        flags: loc.flags,
+        ulen: loc.ulen,
+        payload,
+    };
+    let Some(base) = bases.and_then(|b| b.get(id)) else {
+        return Ok(whole);
+    };
+    if whole.payload.len() < 128 || local.location(base).is_none_or(|l| l.tag != tag) {
+        return Ok(whole);
+    }
+    let data = unpack(
+        whole.tag,
+        id,
+        whole.flags,
+        u64::from(whole.ulen),
+        &whole.payload,
+    )?;
+    let base_bytes = crate::object::ObjectSource::get(local, tag, base)?;
+    match make_delta(&data, base, &base_bytes, DELTA_LEVEL) {
+        Some(d) if d.len() + 16 < whole.payload.len() => Ok(StoredObject {
+            tag,
+            id: *id,
+            flags: FLAG_DELTA,
+            ulen: whole.ulen,
+            payload: d,
+        }),
+        _ => Ok(whole),
+    }
+}
+
+/// zstd level of deltas (small objects: a higher level is cheap).
+const DELTA_LEVEL: i32 = 9;
+
+/// What changed between an old snapshot (held by the remote) and a newer one.
+#[derive(Default)]
+struct Hint {
+    /// Objects reachable from the new snapshots that are not at the same
+    /// place under the old ones: all that may be missing on the remote.
+    candidates: IdSet,
+    /// new object → an old object at the same place (on the remote).
+    bases: IdMap<ObjectId>,
+}
+
+impl Hint {
+    fn merge(&mut self, o: Hint) {
+        self.candidates.extend(o.candidates);
+        for (k, v) in o.bases {
+            self.bases.entry(k).or_insert(v);
+        }
+    }
+
+    /// For `new` descending from `old` by first parents (at most 256 of
+    /// them, no merges); None otherwise.
+    fn between(local: &Store, old: ObjectId, new: ObjectId) -> Result<Option<Hint>> {
+        let mut chain = Vec::new();
+        let mut cur = new;
+        while cur != old {
+            if chain.len() >= 256 {
+                return Ok(None);
+            }
+            let s = crate::names::load_snapshot(local, &cur)?;
+            if s.parents.len() != 1 {
+                return Ok(None);
+            }
+            chain.push((cur, s.root));
+            cur = s.parents[0];
+        }
+        let old_root = crate::names::load_snapshot(local, &old)?.root;
+        let mut h = Hint::default();
+        for (snap, root) in chain {
+            h.candidates.insert(snap);
+            if let Some(root) = root {
+                h.tree(local, old_root.as_ref(), &root)?;
+            }
+        }
+        Ok(Some(h))
+    }
+
+    fn tree(&mut self, local: &Store, old: Option<&ObjectId>, new: &ObjectId) -> Result<()> {
+        if old == Some(new) {
+            return Ok(());
+        }
+        let mut changes = Vec::new();
+        let nodes =
+            crate::pmap::diff_detail(local, ObjectType::Tree, old, Some(new), |name, c| {
+                changes.push((name.to_vec(), c));
+                Ok(())
+            })?;
+        self.candidates.extend(nodes.b_nodes);
+        for (a, b) in nodes.pairs {
+            self.bases.entry(b).or_insert(a);
+        }
+        let old_id = old.copied().unwrap_or_default();
+        for (name, c) in changes {
+            match c {
+                crate::pmap::Change::Added(v) => {
+                    let e = decode_entry(new, &name, &v)?;
+                    self.everything(local, &e)?;
+                }
+                crate::pmap::Change::Modified(ov, nv) => {
+                    let o = decode_entry(&old_id, &name, &ov)?;
+                    let n = decode_entry(new, &name, &nv)?;
+                    match (&o.kind, &n.kind) {
+                        (EntryKind::Dir { tree: ta }, EntryKind::Dir { tree: tb }) => {
+                            self.tree(local, Some(ta), tb)?
+                        }
+                        (
+                            EntryKind::File {
+                                size: sa,
+                                content: ca,
+                            },
+                            EntryKind::File {
+                                size: sb,
+                                content: cb,
+                            },
+                        ) => {
+                            if ca != cb {
+                                self.everything(local, &n)?;
+                                let old_chunks: Vec<ObjectId> = ca
+                                    .chunks(local, *sa)
+                                    .map(|c| c.map(|c| c.id))
+                                    .collect::<Result<_>>()?;
+                                let new_chunks: Vec<ObjectId> = cb
+                                    .chunks(local, *sb)
+                                    .map(|c| c.map(|c| c.id))
+                                    .collect::<Result<_>>()?;
+                                for (a, b) in old_chunks.iter().zip(&new_chunks) {
+                                    if a != b {
+                                        self.bases.entry(*b).or_insert(*a);
+                                    }
+                                }
+                            }
+                        }
+                        _ => self.everything(local, &n)?,
+                    }
+                }
+                crate::pmap::Change::Removed(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Every object under an entry.
+    fn everything(&mut self, local: &Store, e: &Entry) -> Result<()> {
+        match &e.kind {
+            EntryKind::Dir { tree } => {
+                let mut subdirs = Vec::new();
+                let mut files = Vec::new();
+                let cands = &mut self.candidates;
+                crate::pmap::walk_nodes(
+                    local,
+                    ObjectType::Tree,
+                    tree,
+                    |id| cands.insert(*id),
+                    |name, v| {
+                        let e = decode_entry(tree, name, v)?;
+                        match &e.kind {
+                            EntryKind::Dir { .. } => subdirs.push(e),
+                            EntryKind::File { .. } => files.push(e),
+                            EntryKind::Symlink { .. } => {}
+                        }
+                        Ok(())
+                    },
+                )?;
+                for f in files.iter().chain(subdirs.iter()) {
+                    self.everything(local, f)?;
+                }
+            }
+            EntryKind::File { size, content } => match content {
+                Content::Inline(v) => self.candidates.extend(v.iter().map(|c| c.id)),
+                Content::Indirect { level, root } => {
+                    self.list_nodes(local, *level, root, *size)?;
+                }
+            },
+            EntryKind::Symlink { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn list_nodes(&mut self, local: &Store, level: u8, id: &ObjectId, size: u64) -> Result<()> {
+        if !self.candidates.insert(*id) {
+            return Ok(());
+        }
+        let raw = crate::object::ObjectSource::get(local, ObjectType::List, id)?;
+        let node =
+            ListNode::decode(&raw).map_err(|e| crate::object::corrupt(ObjectType::List, id, e))?;
+        if node.level != level || node.total() != size {
+            return Err(crate::object::corrupt(
+                ObjectType::List,
+                id,
+                "level or size differs",
+            ));
+        }
+        for c in &node.entries {
+            if level == 0 {
+                self.candidates.insert(c.id);
+            } else {
+                self.list_nodes(local, level - 1, &c.id, c.len)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn is_retryable(e: &SyncError) -> bool {
     match e {
         SyncError::Io { source, .. } => matches!(
@@ -192,27 +410,67 @@ pub fn push(
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
+    // What the remote's refs name now, when we hold it too, tells what it
+    // holds (everything below them): then only what changed since is worth
+    // asking about, and the old versions serve as delta bases.
+    let mut hint = {
+        let remote_refs = remote.list_refs()?;
+        let mut h: Option<Hint> = None;
+        for (name, id) in &roots {
+            let Some(old) = remote_refs.iter().find(|(n, _)| n == name).map(|(_, o)| *o) else {
+                continue;
+            };
+            if old == *id || !local.contains(&old) {
+                continue;
+            }
+            match Hint::between(local, old, *id)? {
+                Some(more) => h.get_or_insert_with(Hint::default).merge(more),
+                None => {
+                    h = None;
+                    break;
+                }
+            }
+        }
+        h
+    };
     let mut attempt = 0;
     loop {
         attempt += 1;
         let plan = plan(
             &ids,
-            &mut |q| remote.has(q),
+            &mut |q| match &hint {
+                None => remote.has(q),
+                Some(h) => {
+                    // Only what changed since the remote's refs may be missing.
+                    let ask: Vec<ObjectId> = q
+                        .iter()
+                        .filter(|id| h.candidates.contains(*id))
+                        .copied()
+                        .collect();
+                    let answers = if ask.is_empty() {
+                        Vec::new()
+                    } else {
+                        remote.has(&ask)?
+                    };
+                    let missing: IdSet = ask
+                        .iter()
+                        .zip(answers)
+                        .filter(|(_, p)| !p)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    Ok(q.iter().map(|id| !missing.contains(id)).collect())
+                }
+            },
             &mut |q| q.iter().map(|(_, id)| local.read_stored(id)).collect(),
             progress,
         )?;
         progress.stage("sending");
         progress.set_total(plan.order.len() as u64, 0);
-        let mut stream = plan.order.iter().map(|(_, id)| {
-            let (loc, payload) = local.read_raw(id)?;
-            Ok(StoredObject {
-                tag: loc.tag,
-                id: *id,
-                flags: loc.flags,
-                ulen: loc.ulen,
-                payload,
-            })
-        });
+        let bases = hint.as_ref().map(|h| &h.bases);
+        let mut stream = plan
+            .order
+            .iter()
+            .map(|(t, id)| outgoing(local, *t, id, bases));
         match remote.send(&mut stream, progress) {
             Ok(stats) => {
                 report.objects += stats.objects;
@@ -222,6 +480,12 @@ pub fn push(
             Err(e) if attempt <= retries && is_retryable(&e) => {
                 tracing::warn!("push to {} broke off ({e}); resuming", remote.describe());
                 std::thread::sleep(std::time::Duration::from_millis(250 << attempt));
+            }
+            Err(e) if hint.is_some() && attempt <= retries => {
+                // The remote lacks something its refs reach (repacked,
+                // rewritten): ask it about everything instead.
+                tracing::warn!("push to {}: {e}; negotiating in full", remote.describe());
+                hint = None;
             }
             Err(e) => return Err(e),
         }

@@ -665,3 +665,84 @@ fn tokens_tenants_and_hostile_bodies() {
     );
     assert_eq!(s, 413);
 }
+
+#[test]
+fn an_edit_travels_as_a_delta_and_a_lost_base_falls_back_to_full_negotiation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let a = worktree(tmp.path(), "a", 9);
+    ok(&a, &["snapshot"]);
+    ok(&a, &["remote", "add", "origin", remote.to_str().unwrap()]);
+    ok(&a, &["push"]);
+    // One byte of a 5 MiB incompressible file: its chunk (hundreds of KiB)
+    // goes as a delta against the old chunk.
+    let mut data = std::fs::read(a.join("services/model.bin")).unwrap();
+    data[3 << 20] ^= 0xff;
+    std::fs::write(a.join("services/model.bin"), &data).unwrap();
+    ok(&a, &["snapshot"]);
+    let v = json(&ok(&a, &["push", "--json"]));
+    let sent = v["bytes_sent"].as_u64().unwrap();
+    assert!(sent < 32 * 1024, "a one-byte edit sent {sent} bytes: {v}");
+    let check = tmp.path().join("check");
+    ok(
+        &a,
+        &[
+            "restore",
+            "main",
+            check.to_str().unwrap(),
+            "--store",
+            remote.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(check.join("services/model.bin")).unwrap(),
+        data
+    );
+
+    // The remote loses the pack holding that chunk (the next delta's base):
+    // the push finds out from the refusal, negotiates in full, and sends the
+    // new version whole.
+    let chunk_pack = {
+        let store =
+            systemprompt_sync::Store::open(&remote, systemprompt_sync::LockMode::Shared).unwrap();
+        let (_, e, _) = systemprompt_sync::resolve_path(&store, "main:services/model.bin").unwrap();
+        let systemprompt_sync::object::tree::EntryKind::File { content, size } = e.kind else {
+            panic!()
+        };
+        let chunks: Vec<_> = content.chunks(&store, size).map(|c| c.unwrap()).collect();
+        let changed = chunks
+            .iter()
+            .find(|c| store.location(&c.id).unwrap().pack as usize == store.packs().len() - 1);
+        let loc = store
+            .location(&changed.expect("the edited chunk is in the newest pack").id)
+            .unwrap();
+        store.pack_path(&store.pack_name(loc.pack).unwrap())
+    };
+    std::fs::remove_file(&chunk_pack).unwrap();
+    std::fs::remove_file(chunk_pack.with_extension("idx")).unwrap();
+    data[3 << 20] ^= 0x0f;
+    std::fs::write(a.join("services/model.bin"), &data).unwrap();
+    ok(&a, &["snapshot"]);
+    let o = run_env(&a, &["push"], &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("negotiating in full"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let check2 = tmp.path().join("check2");
+    ok(
+        &a,
+        &[
+            "restore",
+            "main",
+            check2.to_str().unwrap(),
+            "--store",
+            remote.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(check2.join("services/model.bin")).unwrap(),
+        data
+    );
+}

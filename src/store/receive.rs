@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use super::Store;
 use crate::error::{Result, SyncError};
+use crate::id::{ObjectId, ObjectType};
+use crate::object::ObjectSource;
 use crate::object::references;
-use crate::pack::{StoredObject, unpack};
+use crate::pack::{FLAG_DELTA, StoredObject, delta_base, prepare, unpack, unpack_delta};
 use crate::progress::Progress;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -25,6 +27,25 @@ pub struct ReceiveStats {
 }
 
 impl Store {
+    /// A delta's base: it must be stored (already verified when it was).
+    fn get_for_delta(
+        &self,
+        tag: ObjectType,
+        base: &ObjectId,
+        refreshed: &mut bool,
+    ) -> Result<Vec<u8>> {
+        if !self.contains(base) && !*refreshed {
+            self.refresh()?;
+            *refreshed = true;
+        }
+        if !self.contains(base) {
+            return Err(SyncError::Invalid(format!(
+                "a delta names base {base}, which is not stored"
+            )));
+        }
+        self.get(tag, base)
+    }
+
     /// Verifies and stores a stream of objects given children first,
     /// committing a pack every `commit_every` bytes. On an error the
     /// uncommitted part is dropped; committed parts stay (they are verified
@@ -41,14 +62,32 @@ impl Store {
         let mut refreshed = false;
         let r = (|| -> Result<()> {
             for obj in &mut *objects {
-                let obj = obj?;
-                let bytes = unpack(
-                    obj.tag,
-                    &obj.id,
-                    obj.flags,
-                    u64::from(obj.ulen),
-                    &obj.payload,
-                )?;
+                let mut obj = obj?;
+                let n = obj.payload.len() as u64;
+                let bytes = if obj.flags == FLAG_DELTA {
+                    // A delta against an object we hold: rebuild, verify, store whole.
+                    let base = delta_base(&obj.payload).ok_or_else(|| {
+                        crate::object::corrupt(obj.tag, &obj.id, "bad delta record")
+                    })?;
+                    let base_bytes = self.get_for_delta(obj.tag, &base, &mut refreshed)?;
+                    let bytes = unpack_delta(
+                        obj.tag,
+                        &obj.id,
+                        u64::from(obj.ulen),
+                        &obj.payload,
+                        &base_bytes,
+                    )?;
+                    obj = prepare(obj.tag, obj.id, &bytes, self.config().compression_level);
+                    bytes
+                } else {
+                    unpack(
+                        obj.tag,
+                        &obj.id,
+                        obj.flags,
+                        u64::from(obj.ulen),
+                        &obj.payload,
+                    )?
+                };
                 for (_, r) in references(obj.tag, &obj.id, &bytes)? {
                     if crate::object::ObjectSink::contains(&session, &r) {
                         continue;
@@ -71,14 +110,14 @@ impl Store {
                         });
                     }
                 }
-                let n = obj.payload.len() as u64;
                 stats.objects += 1;
                 stats.bytes += n;
                 progress.add(1, n);
+                let stored = obj.payload.len() as u64;
                 if session.put_stored(obj)? {
                     stats.stored_objects += 1;
-                    stats.stored_bytes += n;
-                    since_commit += n;
+                    stats.stored_bytes += stored;
+                    since_commit += stored;
                 }
                 if since_commit >= commit_every {
                     let done = std::mem::replace(&mut session, self.writer()?);
