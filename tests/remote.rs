@@ -746,3 +746,48 @@ fn an_edit_travels_as_a_delta_and_a_lost_base_falls_back_to_full_negotiation() {
         data
     );
 }
+
+#[test]
+fn two_servers_over_one_bucket_race_safely() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = format!("s3://{}/served", bucket("two"));
+    let env = s3_env();
+    let s1 = serve(&data, None, "127.0.0.1:0", &env);
+    let s2 = serve(&data, None, "127.0.0.1:0", &env);
+    // Everyone starts from the same parent, pushed through the first server.
+    let racers = diverging_clients(tmp.path(), &s1.url("acme"), 8, &[]);
+    // Half of them push through the other server.
+    let handles: Vec<_> = racers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let url = if i % 2 == 0 {
+                s1.url("acme")
+            } else {
+                s2.url("acme")
+            };
+            std::process::Command::new(common::bin())
+                .args(["push", &url])
+                .current_dir(w)
+                .env("SP_SYNC_CACHE_DIR", common::cache_dir())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut wins = 0;
+    for h in handles {
+        let o = h.wait_with_output().unwrap();
+        if o.status.success() {
+            wins += 1;
+        } else {
+            let e = String::from_utf8_lossy(&o.stderr);
+            assert!(e.contains("fast-forward"), "{e}");
+        }
+    }
+    assert_eq!(wins, 1);
+    // Both servers agree on the ref.
+    let (_, r1) = http(&s1.addr, "GET", "/v1/acme/refs", None, b"");
+    let (_, r2) = http(&s2.addr, "GET", "/v1/acme/refs", None, b"");
+    assert_eq!(r1, r2);
+}
