@@ -50,6 +50,7 @@ pub mod pmap;
 pub mod progress;
 pub mod remote;
 pub mod restore;
+pub mod rt;
 pub mod server;
 pub mod snapshot;
 pub mod store;

@@ -13,10 +13,11 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::{ObjectStream, Remote, Traffic};
-use crate::error::{IoContext, Result, SyncError};
+use crate::error::{Result, SyncError};
 use crate::id::{ObjectId, ObjectType};
 use crate::pack::{PackReader, PackWriter, StoredObject};
 use crate::progress::Progress;
+use crate::rt::BlockingRuntime;
 use crate::store::receive::ReceiveStats;
 
 /// Content type of pack-stream bodies.
@@ -29,7 +30,7 @@ pub struct HttpRemote {
     tenant: String,
     token: Option<String>,
     client: reqwest::Client,
-    rt: tokio::runtime::Runtime,
+    rt: BlockingRuntime,
     requests: AtomicU64,
     sent: AtomicU64,
     received: AtomicU64,
@@ -57,12 +58,7 @@ impl HttpRemote {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| SyncError::Invalid(format!("http client: {e}")))?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("sp-sync-http")
-            .enable_all()
-            .build()
-            .ctx("starting", "the HTTP client runtime")?;
+        let rt = BlockingRuntime::new("sp-sync-http")?;
         Ok(HttpRemote {
             base: base.trim_end_matches('/').to_string(),
             tenant: tenant.to_string(),
@@ -77,18 +73,6 @@ impl HttpRemote {
 
     fn url(&self, path: &str) -> String {
         format!("{}/v1/{}/{path}", self.base, self.tenant)
-    }
-
-    fn run<T: Send + 'static>(
-        &self,
-        fut: impl std::future::Future<Output = T> + Send + 'static,
-    ) -> Result<T> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.rt.spawn(async move {
-            let _ = tx.send(fut.await);
-        });
-        rx.recv()
-            .map_err(|_| SyncError::Invalid("the HTTP client runtime stopped".into()))
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -119,7 +103,7 @@ impl HttpRemote {
                     .header(reqwest::header::CONTENT_TYPE, ctype)
                     .body(b.clone());
             }
-            let r = self.run(async move {
+            let r = self.rt.run(async move {
                 let resp = req.send().await?;
                 let status = resp.status().as_u16();
                 let bytes = resp.bytes().await?;

@@ -171,24 +171,14 @@ impl Backend for FsBackend {
 
     fn lock(&self, mode: LockMode) -> Result<Option<File>> {
         let lock_path = self.path("lock");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .ctx("opening", &lock_path)?;
+        let lock = open_lock_file(&lock_path)?;
         acquire(&lock, mode, &lock_path)?;
         Ok(Some(lock))
     }
 
     fn cas(&self, key: &str, expected: Option<&[u8]>, new: Option<&[u8]>) -> Result<CasResult> {
         let lock_path = self.path("refs.lock");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .ctx("opening", &lock_path)?;
+        let lock = open_lock_file(&lock_path)?;
         lock.lock().ctx("locking", &lock_path)?;
         let current = self.get(key)?;
         if current.as_deref() != expected {
@@ -215,6 +205,15 @@ impl Backend for FsBackend {
         drop(lock);
         Ok(Ok(()))
     }
+}
+
+fn open_lock_file(path: &Path) -> Result<File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ctx("opening", path)
 }
 
 fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {

@@ -26,6 +26,7 @@ use object_store::{
 use super::LockMode;
 use super::backend::{Backend, CasResult};
 use crate::error::{IoContext, Result, SyncError};
+use crate::rt::BlockingRuntime;
 
 /// Uploads above this size go in parts.
 const MULTIPART_ABOVE: u64 = 16 << 20;
@@ -35,7 +36,7 @@ pub struct S3Backend {
     store: Arc<AmazonS3>,
     bucket: String,
     prefix: String,
-    rt: tokio::runtime::Runtime,
+    rt: BlockingRuntime,
     tmp: tempfile::TempDir,
 }
 
@@ -84,12 +85,7 @@ impl S3Backend {
         let store = b
             .build()
             .map_err(|e| SyncError::Invalid(format!("{url}: {e}")))?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("sp-sync-s3")
-            .enable_all()
-            .build()
-            .ctx("starting", "the S3 client runtime")?;
+        let rt = BlockingRuntime::new("sp-sync-s3")?;
         let tmp = tempfile::Builder::new()
             .prefix("sp-sync-s3-")
             .tempdir()
@@ -111,24 +107,10 @@ impl S3Backend {
         }
     }
 
-    /// Runs a future on this backend's runtime from any thread (including
-    /// one of another runtime's blocking pool) and waits for it.
-    fn run<T: Send + 'static>(
-        &self,
-        fut: impl std::future::Future<Output = T> + Send + 'static,
-    ) -> Result<T> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.rt.spawn(async move {
-            let _ = tx.send(fut.await);
-        });
-        rx.recv()
-            .map_err(|_| SyncError::Invalid("the S3 client runtime stopped".into()))
-    }
-
     fn get_versioned(&self, key: &str) -> Result<Option<(Vec<u8>, UpdateVersion)>> {
         let store = self.store.clone();
         let path = self.path(key);
-        let r = self.run(async move {
+        let r = self.rt.run(async move {
             let r = store.get(&path).await?;
             let v = UpdateVersion {
                 e_tag: r.meta.e_tag.clone(),
@@ -166,7 +148,8 @@ impl Backend for S3Backend {
         let store = self.store.clone();
         let path = self.path(key);
         let payload = PutPayload::from(data.to_vec());
-        self.run(async move { store.put(&path, payload).await })?
+        self.rt
+            .run(async move { store.put(&path, payload).await })?
             .map(|_| ())
             .map_err(|e| s3_err("writing", key, e))
     }
@@ -177,11 +160,13 @@ impl Backend for S3Backend {
         let path = self.path(key);
         if len <= MULTIPART_ABOVE {
             let data = std::fs::read(local).ctx("reading", local)?;
-            self.run(async move { store.put(&path, PutPayload::from(data)).await })?
+            self.rt
+                .run(async move { store.put(&path, PutPayload::from(data)).await })?
                 .map_err(|e| s3_err("uploading", key, e))?;
         } else {
             let mut f = File::open(local).ctx("opening", local)?;
             let upload = self
+                .rt
                 .run({
                     let store = store.clone();
                     let path = path.clone();
@@ -198,6 +183,7 @@ impl Backend for S3Backend {
                 let chunk = buf[..n].to_vec();
                 // Bounded: at most a few parts in flight.
                 w = self
+                    .rt
                     .run(async move {
                         w.wait_for_capacity(4).await?;
                         w.write(&chunk);
@@ -205,7 +191,8 @@ impl Backend for S3Backend {
                     })?
                     .map_err(|e| s3_err("uploading", key, e))?;
             }
-            self.run(async move { w.finish().await })?
+            self.rt
+                .run(async move { w.finish().await })?
                 .map_err(|e| s3_err("uploading", key, e))?;
         }
         std::fs::remove_file(local).ctx("removing", local)?;
@@ -217,6 +204,7 @@ impl Backend for S3Backend {
         let path = self.path(key);
         let end = offset + buf.len() as u64;
         let b = self
+            .rt
             .run(async move { store.get_range(&path, offset..end).await })?
             .map_err(|e| s3_err("reading", key, e))?;
         if b.len() != buf.len() {
@@ -233,20 +221,21 @@ impl Backend for S3Backend {
         let path = self.path(key);
         let tmp = tempfile::tempfile_in(self.tmp.path()).ctx("creating", self.tmp.path())?;
         let mut out = tmp.try_clone().ctx("creating", self.tmp.path())?;
-        self.run(async move {
-            let mut s = store.get(&path).await?.into_stream();
-            while let Some(c) = s.next().await {
-                // A dedicated runtime: a blocking write here stalls nobody.
-                std::io::Write::write_all(&mut out, &c?).map_err(|e| {
-                    object_store::Error::Generic {
-                        store: "local temporary file",
-                        source: Box::new(e),
-                    }
-                })?;
-            }
-            Ok::<_, object_store::Error>(())
-        })?
-        .map_err(|e| s3_err("reading", key, e))?;
+        self.rt
+            .run(async move {
+                let mut s = store.get(&path).await?.into_stream();
+                while let Some(c) = s.next().await {
+                    // A dedicated runtime: a blocking write here stalls nobody.
+                    std::io::Write::write_all(&mut out, &c?).map_err(|e| {
+                        object_store::Error::Generic {
+                            store: "local temporary file",
+                            source: Box::new(e),
+                        }
+                    })?;
+                }
+                Ok::<_, object_store::Error>(())
+            })?
+            .map_err(|e| s3_err("reading", key, e))?;
         use std::io::Seek;
         let mut f = tmp;
         f.seek(std::io::SeekFrom::Start(0))
@@ -263,6 +252,7 @@ impl Backend for S3Backend {
         };
         let path = ObjPath::from(format!("{base}{}", prefix.trim_end_matches('/')));
         let metas = self
+            .rt
             .run(async move { store.list(Some(&path)).try_collect::<Vec<_>>().await })?
             .map_err(|e| s3_err("listing", prefix, e))?;
         let mut out: Vec<String> = metas
@@ -276,7 +266,7 @@ impl Backend for S3Backend {
     fn delete(&self, key: &str) -> Result<()> {
         let store = self.store.clone();
         let path = self.path(key);
-        match self.run(async move { store.delete(&path).await })? {
+        match self.rt.run(async move { store.delete(&path).await })? {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(s3_err("removing", key, e)),
         }
@@ -314,7 +304,10 @@ impl Backend for S3Backend {
                     mode,
                     ..Default::default()
                 };
-                match self.run(async move { store.put_opts(&path, payload, opts).await })? {
+                match self
+                    .rt
+                    .run(async move { store.put_opts(&path, payload, opts).await })?
+                {
                     Ok(_) => Ok(Ok(())),
                     Err(object_store::Error::Precondition { .. })
                     | Err(object_store::Error::AlreadyExists { .. }) => Ok(Err(self.get(key)?)),
