@@ -170,14 +170,20 @@ pub fn s3_endpoint() -> String {
              or set SP_SYNC_TEST_S3_ENDPOINT or MOTO_SERVER"
         );
         let port = free_port();
-        let child = Command::new(&exe)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        // The server lives as long as this test process: a shell starts it
+        // and kills it when our end of its stdin closes (at exit).
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(r#""$0" -H 127.0.0.1 -p "$1" >/dev/null 2>&1 & pid=$!; read _; kill $pid"#)
+            .arg(&exe)
+            .arg(port.to_string())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start moto_server");
-        // Leaked on purpose: it serves every test of this process.
-        std::mem::forget(child);
+        static KEEP: OnceLock<std::sync::Mutex<Child>> = OnceLock::new();
+        let _ = KEEP.set(std::sync::Mutex::new(child));
         let ep = format!("http://127.0.0.1:{port}");
         let t = Instant::now();
         while TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
