@@ -83,8 +83,16 @@ pub fn restore(
     // default twice as many threads as CPUs (SP_SYNC_THREADS overrides).
     let threads = opts
         .threads
-        .or_else(|| std::env::var("SP_SYNC_THREADS").ok().and_then(|v| v.parse().ok()))
-        .or_else(|| std::thread::available_parallelism().ok().map(|n| (n.get() * 2).max(4)));
+        .or_else(|| {
+            std::env::var("SP_SYNC_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        })
+        .or_else(|| {
+            std::thread::available_parallelism()
+                .ok()
+                .map(|n| (n.get() * 2).max(4))
+        });
     let pool = crate::snapshot::pool(threads)?;
     pool.install(|| match &entry.kind {
         EntryKind::Dir { tree } => {

@@ -61,7 +61,7 @@ pub struct Workspace {
 impl Workspace {
     pub fn locate(explicit: Option<&Path>, cwd: &Path) -> Result<Workspace> {
         let store_dir = locate(explicit, cwd)?;
-        let store_dir = if store_dir.is_absolute() {
+        let store_dir = if store_dir.is_absolute() || store_dir.starts_with("s3:") {
             store_dir
         } else {
             cwd.join(store_dir)

@@ -791,3 +791,57 @@ fn two_servers_over_one_bucket_race_safely() {
     let (_, r2) = http(&s2.addr, "GET", "/v1/acme/refs", None, b"");
     assert_eq!(r1, r2);
 }
+
+#[test]
+fn a_store_in_s3_directly_and_gc_refused_without_a_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("s3://{}/direct", bucket("direct"));
+    let env = s3_env();
+    let w = tmp.path().join("w");
+    std::fs::create_dir_all(w.join("a")).unwrap();
+    std::fs::write(w.join("a/f.txt"), "in s3\n").unwrap();
+    ok_env(&w, &["init", "--store", &url], &env);
+    let o = run_env(&w, &["init", "--store", &url], &env);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stderr).contains("already exists"));
+    let id = ok_env(&w, &["snapshot", "--store", &url, "-m", "s3"], &env)
+        .trim()
+        .to_string();
+    assert!(ok_env(&w, &["log", "--store", &url], &env).contains(&id));
+    assert_eq!(
+        ok_env(&w, &["cat", "main:a/f.txt", "--store", &url], &env),
+        "in s3\n"
+    );
+    ok_env(&w, &["fsck", "--read-data", "--store", &url], &env);
+    let o = run_env(&w, &["gc", "--store", &url], &env);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no process lock"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    ok_env(&w, &["gc", "--dry-run", "--store", &url], &env);
+}
+
+#[test]
+fn gc_gives_up_waiting_for_a_server_holding_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = serve(data.to_str().unwrap(), None, "127.0.0.1:0", &[]);
+    let a = worktree(tmp.path(), "a", 5);
+    ok(&a, &["snapshot"]);
+    ok(&a, &["push", &server.url("acme")]);
+    let store = data.join("acme");
+    let t = Instant::now();
+    let o = run_env(
+        tmp.path(),
+        &["gc", "--store", store.to_str().unwrap()],
+        &[("SP_SYNC_LOCK_TIMEOUT", "2".into())],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("sp-sync serve"), "{err}");
+    assert!(t.elapsed() >= Duration::from_secs(2));
+    drop(server);
+    // With the server gone, gc runs.
+    ok(tmp.path(), &["gc", "--store", store.to_str().unwrap()]);
+}

@@ -206,7 +206,7 @@ impl Ctx {
 
     fn open(&self, mode: LockMode) -> Result<(Workspace, Store)> {
         let ws = self.workspace()?;
-        let store = Store::open(&ws.store_dir, mode)?;
+        let store = open_store(&ws.store_dir, mode)?;
         Ok((ws, store))
     }
 
@@ -271,6 +271,21 @@ pub fn main() -> i32 {
             if interrupted { 130 } else { 1 }
         }
     }
+}
+
+/// `--store s3://BUCKET/PREFIX` names a store in object storage.
+fn s3_url(p: &Path) -> Option<&str> {
+    p.to_str().filter(|s| s.starts_with("s3://"))
+}
+
+fn open_store(dir: &Path, mode: LockMode) -> Result<Store> {
+    Ok(match s3_url(dir) {
+        Some(url) => Store::open_backend(
+            std::sync::Arc::new(systemprompt_sync::store::s3::S3Backend::new(url, &[])?),
+            mode,
+        )?,
+        None => Store::open(dir, mode)?,
+    })
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
@@ -375,7 +390,10 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
 
 fn init(ctx: &Ctx, dir: Option<PathBuf>) -> Result<i32> {
     let target = Workspace::init_dir(ctx.store.as_deref(), dir.as_deref(), &ctx.cwd);
-    let created = Store::init(&target)?;
+    let created = match s3_url(&target) {
+        Some(url) => Store::init_backend(&systemprompt_sync::store::s3::S3Backend::new(url, &[])?)?,
+        None => Store::init(&target)?,
+    };
     let shown = target.display().to_string();
     if ctx.json {
         ctx.print_json(&json!({"store": shown, "created": created}))?;
@@ -717,10 +735,10 @@ fn fsck_cmd(ctx: &Ctx, read_data: bool, rebuild: bool) -> Result<i32> {
     let bar = Bar::new(ctx.quiet);
     let mut rebuild_problems = Vec::new();
     if rebuild {
-        let store = Store::open(&ws.store_dir, LockMode::Shared)?;
+        let store = open_store(&ws.store_dir, LockMode::Shared)?;
         rebuild_problems = rebuild_index(&store, &bar)?;
     }
-    let store = Store::open(&ws.store_dir, LockMode::Shared)?;
+    let store = open_store(&ws.store_dir, LockMode::Shared)?;
     let r = fsck(&store, &FsckOptions { read_data }, &bar);
     bar.finish();
     let mut r = r?;

@@ -61,6 +61,13 @@ pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcRep
         dry_run,
         ..Default::default()
     };
+    if !store.is_locked() && !dry_run {
+        return Err(SyncError::Invalid(format!(
+            "{} has no process lock (object storage): gc cannot know that no snapshot or push is running; \
+             run gc on a local store",
+            store.location_name()
+        )));
+    }
     progress.stage("marking");
     let live = mark(store)?;
     rep.reachable_objects = live.len();

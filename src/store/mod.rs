@@ -272,6 +272,11 @@ impl Store {
         Ok(store)
     }
 
+    /// Whether this process holds the store's lock (local stores).
+    pub fn is_locked(&self) -> bool {
+        self._lock.is_some()
+    }
+
     pub fn backend(&self) -> &dyn Backend {
         &*self.backend
     }
@@ -642,26 +647,47 @@ impl ObjectSource for Store {
 }
 
 pub(crate) fn acquire(lock: &File, mode: LockMode, path: &Path) -> Result<()> {
-    let r = match mode {
-        LockMode::Shared => lock.try_lock_shared(),
-        LockMode::Exclusive => lock.try_lock(),
-    };
-    match r {
-        Ok(()) => Ok(()),
-        Err(fs::TryLockError::WouldBlock) => {
+    // Wait for the other side (gc, or the processes gc waits for), but not
+    // forever: a long-running `sp-sync serve` holds its stores shared.
+    let limit = std::env::var("SP_SYNC_LOCK_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(600);
+    let start = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        let r = match mode {
+            LockMode::Shared => lock.try_lock_shared(),
+            LockMode::Exclusive => lock.try_lock(),
+        };
+        match r {
+            Ok(()) => return Ok(()),
+            Err(fs::TryLockError::WouldBlock) => {}
+            Err(fs::TryLockError::Error(e)) => return Err(SyncError::io("locking", path, e)),
+        }
+        let waited = start.elapsed();
+        if waited.as_secs() >= limit {
+            return Err(SyncError::Invalid(format!(
+                "{}: {} (waited {limit} s; SP_SYNC_LOCK_TIMEOUT sets how long)",
+                path.display(),
+                match mode {
+                    LockMode::Shared => "gc is running on this store",
+                    LockMode::Exclusive => {
+                        "other sp-sync processes (a snapshot, restore, push, or `sp-sync serve`) are using this store"
+                    }
+                }
+            )));
+        }
+        if !told && waited.as_millis() >= 500 {
+            told = true;
             match mode {
-                LockMode::Shared => tracing::info!("waiting for gc to finish with the store"),
+                LockMode::Shared => tracing::warn!("waiting for gc to finish with the store"),
                 LockMode::Exclusive => {
-                    tracing::info!("waiting for other sp-sync processes to finish with the store")
+                    tracing::warn!("waiting for other sp-sync processes to finish with the store")
                 }
             }
-            let r = match mode {
-                LockMode::Shared => lock.lock_shared(),
-                LockMode::Exclusive => lock.lock(),
-            };
-            r.ctx("locking", path)
         }
-        Err(fs::TryLockError::Error(e)) => Err(SyncError::io("locking", path, e)),
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 
