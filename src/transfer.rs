@@ -579,7 +579,12 @@ pub fn pull(
     )?;
     progress.stage("receiving");
     progress.set_total(plan.order.len() as u64, 0);
-    let order = std::mem::take(&mut plan.order);
+    // Chunks reference nothing, so they may all come first: long runs of
+    // them go in few requests; the rest keeps its children-first order.
+    let (mut order, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.order)
+        .into_iter()
+        .partition(|(t, _)| *t == ObjectType::Chunk);
+    order.extend(rest);
     let mut objects = PullStream {
         remote,
         order: &order,
