@@ -20,15 +20,52 @@ use crate::id::{ObjectId, ObjectType};
 use crate::object::{ObjectSink, ObjectSource, corrupt};
 
 pub const NODE_VERSION: u8 = 1;
-/// No boundary before a node holds this many entry bytes.
-pub const MIN_NODE_BYTES: usize = 512;
-/// Expected entry bytes between boundaries (after the minimum).
-pub const TARGET_NODE_BYTES: u64 = 4096;
-/// A boundary is forced once a node holds this many entry bytes.
-pub const MAX_NODE_BYTES: usize = 64 * 1024;
 pub const MAX_KEY: usize = 64 * 1024;
 pub const MAX_VALUE: usize = 1 << 20;
 pub const MAX_LEVEL: u8 = 40;
+
+/// Where a map's nodes end: no boundary before `min` entry bytes, one
+/// expected every `target` entry bytes after that, one forced at `max`.
+/// Directories and tables use different parameters (`store-format.md` §3.3
+/// and §3.7): directory entries are few and large, rows many and small, and a
+/// row map's cost for a scattered edit is the size of the nodes it rewrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeParams {
+    pub min: usize,
+    pub target: u64,
+    pub max: usize,
+}
+
+/// Directory maps (tag 3).
+pub const TREE_PARAMS: NodeParams = NodeParams {
+    min: 512,
+    target: 4096,
+    max: 64 * 1024,
+};
+
+/// Row maps (tag 6).
+pub const ROWS_PARAMS: NodeParams = NodeParams {
+    min: 128,
+    target: 1024,
+    max: 16 * 1024,
+};
+
+impl NodeParams {
+    /// The parameters of the maps stored under `tag`.
+    pub fn for_tag(tag: ObjectType) -> NodeParams {
+        match tag {
+            ObjectType::Rows => ROWS_PARAMS,
+            _ => TREE_PARAMS,
+        }
+    }
+}
+
+/// No boundary before a directory node holds this many entry bytes.
+pub const MIN_NODE_BYTES: usize = TREE_PARAMS.min;
+/// Expected entry bytes between directory boundaries (after the minimum).
+pub const TARGET_NODE_BYTES: u64 = TREE_PARAMS.target;
+/// A boundary is forced once a directory node holds this many entry bytes.
+pub const MAX_NODE_BYTES: usize = TREE_PARAMS.max;
 
 /// The boundary hash of a key at a level: the first four bytes, little
 /// endian, of `BLAKE3(level || key)`.
@@ -41,19 +78,31 @@ pub fn boundary_hash(level: u8, key: &[u8]) -> u32 {
     u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
-/// Whether a node ends after an entry of `entry_bytes` that brought the node to
-/// `node_bytes` entry bytes. The chance of a boundary is proportional to the
-/// entry's size, so nodes average near `MIN + TARGET` bytes whatever the
-/// entries' sizes.
+/// Whether a directory node ends after an entry of `entry_bytes` that
+/// brought the node to `node_bytes` entry bytes (see [`is_boundary_with`]).
 pub fn is_boundary(level: u8, key: &[u8], entry_bytes: usize, node_bytes: usize) -> bool {
-    if node_bytes >= MAX_NODE_BYTES {
+    is_boundary_with(&TREE_PARAMS, level, key, entry_bytes, node_bytes)
+}
+
+/// Whether a node ends after an entry of `entry_bytes` that brought the node
+/// to `node_bytes` entry bytes. The chance of a boundary is proportional to
+/// the entry's size, so nodes average near `min + target` bytes whatever the
+/// entries' sizes.
+pub fn is_boundary_with(
+    p: &NodeParams,
+    level: u8,
+    key: &[u8],
+    entry_bytes: usize,
+    node_bytes: usize,
+) -> bool {
+    if node_bytes >= p.max {
         return true;
     }
-    if node_bytes < MIN_NODE_BYTES {
+    if node_bytes < p.min {
         return false;
     }
     let h = u64::from(boundary_hash(level, key));
-    h * TARGET_NODE_BYTES < (entry_bytes as u64) << 32
+    h * p.target < (entry_bytes as u64) << 32
 }
 
 /// A decoded node. Keys and values borrow from `raw`.
@@ -217,6 +266,7 @@ impl Level {
 /// each node to the sink as soon as it is complete (children before parents).
 pub struct MapBuilder<'a> {
     tag: ObjectType,
+    params: NodeParams,
     sink: &'a dyn ObjectSink,
     levels: Vec<Level>,
     total: u64,
@@ -227,6 +277,7 @@ impl<'a> MapBuilder<'a> {
     pub fn new(tag: ObjectType, sink: &'a dyn ObjectSink) -> Self {
         MapBuilder {
             tag,
+            params: NodeParams::for_tag(tag),
             sink,
             levels: vec![Level::new()],
             total: 0,
@@ -280,7 +331,7 @@ impl<'a> MapBuilder<'a> {
         l.last_key.clear();
         l.last_key.extend_from_slice(key);
         let entry_bytes = l.buf.len() - before;
-        if is_boundary(level as u8, key, entry_bytes, l.buf.len()) {
+        if is_boundary_with(&self.params, level as u8, key, entry_bytes, l.buf.len()) {
             self.flush(level)?;
         }
         Ok(())
