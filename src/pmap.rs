@@ -26,46 +26,84 @@ pub const MAX_LEVEL: u8 = 40;
 
 /// Where a map's nodes end: no boundary before `min` entry bytes, one
 /// expected every `target` entry bytes after that, one forced at `max`.
-/// Directories and tables use different parameters (`store-format.md` §3.3
-/// and §3.7): directory entries are few and large, rows many and small, and a
-/// row map's cost for a scattered edit is the size of the nodes it rewrites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeParams {
     pub min: usize,
     pub target: u64,
     pub max: usize,
+    /// No boundary before a node holds this many entries. Row maps need 2:
+    /// a key longer than `max` would otherwise make every level a single
+    /// entry, and the map would never close.
+    pub min_entries: u64,
 }
 
-/// Directory maps (tag 3).
-pub const TREE_PARAMS: NodeParams = NodeParams {
+/// A map kind's boundary parameters: for leaves, and for internal nodes.
+/// Directories and tables differ (`store-format.md` §3.3 and §3.7):
+/// directory entries are few and large; rows are many and small, and a
+/// scattered edit of a big table costs the nodes it rewrites on every level
+/// (internal entries are mostly 32-byte ids, which do not compress).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapParams {
+    pub leaf: NodeParams,
+    pub internal: NodeParams,
+}
+
+const TREE_NODE: NodeParams = NodeParams {
     min: 512,
     target: 4096,
     max: 64 * 1024,
+    min_entries: 1,
 };
 
-/// Row maps (tag 6).
-pub const ROWS_PARAMS: NodeParams = NodeParams {
-    min: 128,
-    target: 1024,
-    max: 16 * 1024,
+/// Directory maps (tag 3): the same parameters at every level.
+pub const TREE_PARAMS: MapParams = MapParams {
+    leaf: TREE_NODE,
+    internal: TREE_NODE,
 };
 
-impl NodeParams {
+/// Row maps (tag 6). The forced boundary at `min + 2 × target` cuts the
+/// long tail of node sizes: an edit lands in a node with a chance that grows
+/// with the node's size, so the tail is what scattered edits pay for.
+pub const ROWS_PARAMS: MapParams = MapParams {
+    leaf: NodeParams {
+        min: 128,
+        target: 1024,
+        max: 128 + 2 * 1024,
+        min_entries: 2,
+    },
+    internal: NodeParams {
+        min: 64,
+        target: 256,
+        max: 64 + 2 * 256,
+        min_entries: 2,
+    },
+};
+
+impl MapParams {
     /// The parameters of the maps stored under `tag`.
-    pub fn for_tag(tag: ObjectType) -> NodeParams {
+    pub fn for_tag(tag: ObjectType) -> MapParams {
         match tag {
             ObjectType::Rows => ROWS_PARAMS,
             _ => TREE_PARAMS,
         }
     }
+
+    /// The parameters of a level.
+    pub fn at(&self, level: usize) -> &NodeParams {
+        if level == 0 {
+            &self.leaf
+        } else {
+            &self.internal
+        }
+    }
 }
 
 /// No boundary before a directory node holds this many entry bytes.
-pub const MIN_NODE_BYTES: usize = TREE_PARAMS.min;
+pub const MIN_NODE_BYTES: usize = TREE_NODE.min;
 /// Expected entry bytes between directory boundaries (after the minimum).
-pub const TARGET_NODE_BYTES: u64 = TREE_PARAMS.target;
+pub const TARGET_NODE_BYTES: u64 = TREE_NODE.target;
 /// A boundary is forced once a directory node holds this many entry bytes.
-pub const MAX_NODE_BYTES: usize = TREE_PARAMS.max;
+pub const MAX_NODE_BYTES: usize = TREE_NODE.max;
 
 /// The boundary hash of a key at a level: the first four bytes, little
 /// endian, of `BLAKE3(level || key)`.
@@ -81,7 +119,7 @@ pub fn boundary_hash(level: u8, key: &[u8]) -> u32 {
 /// Whether a directory node ends after an entry of `entry_bytes` that
 /// brought the node to `node_bytes` entry bytes (see [`is_boundary_with`]).
 pub fn is_boundary(level: u8, key: &[u8], entry_bytes: usize, node_bytes: usize) -> bool {
-    is_boundary_with(&TREE_PARAMS, level, key, entry_bytes, node_bytes)
+    is_boundary_with(&TREE_NODE, level, key, entry_bytes, node_bytes, u64::MAX)
 }
 
 /// Whether a node ends after an entry of `entry_bytes` that brought the node
@@ -94,7 +132,11 @@ pub fn is_boundary_with(
     key: &[u8],
     entry_bytes: usize,
     node_bytes: usize,
+    entries: u64,
 ) -> bool {
+    if entries < p.min_entries {
+        return false;
+    }
     if node_bytes >= p.max {
         return true;
     }
@@ -266,7 +308,7 @@ impl Level {
 /// each node to the sink as soon as it is complete (children before parents).
 pub struct MapBuilder<'a> {
     tag: ObjectType,
-    params: NodeParams,
+    params: MapParams,
     sink: &'a dyn ObjectSink,
     levels: Vec<Level>,
     total: u64,
@@ -277,7 +319,7 @@ impl<'a> MapBuilder<'a> {
     pub fn new(tag: ObjectType, sink: &'a dyn ObjectSink) -> Self {
         MapBuilder {
             tag,
-            params: NodeParams::for_tag(tag),
+            params: MapParams::for_tag(tag),
             sink,
             levels: vec![Level::new()],
             total: 0,
@@ -316,6 +358,11 @@ impl<'a> MapBuilder<'a> {
     }
 
     fn add(&mut self, level: usize, key: &[u8], payload: &[u8]) -> Result<()> {
+        if level > usize::from(MAX_LEVEL) {
+            return Err(crate::error::SyncError::Invalid(format!(
+                "map deeper than {MAX_LEVEL} levels"
+            )));
+        }
         if self.levels.len() <= level {
             self.levels.push(Level::new());
         }
@@ -331,7 +378,14 @@ impl<'a> MapBuilder<'a> {
         l.last_key.clear();
         l.last_key.extend_from_slice(key);
         let entry_bytes = l.buf.len() - before;
-        if is_boundary_with(&self.params, level as u8, key, entry_bytes, l.buf.len()) {
+        if is_boundary_with(
+            self.params.at(level),
+            level as u8,
+            key,
+            entry_bytes,
+            l.buf.len(),
+            l.count,
+        ) {
             self.flush(level)?;
         }
         Ok(())
@@ -800,6 +854,32 @@ mod tests {
             "diff read {} nodes",
             counting.count()
         );
+    }
+
+    #[test]
+    fn row_maps_with_keys_longer_than_a_node_close() {
+        // Found by the table round-trip property test: with a key longer
+        // than the row map's largest node, every level used to end after its
+        // first entry and the builder never stopped.
+        let s = MemStore::new(true);
+        let m: BTreeMap<Vec<u8>, Vec<u8>> = (0..50u32)
+            .map(|i| {
+                (
+                    format!("{i:04}{}", "k".repeat(3000)).into_bytes(),
+                    vec![1u8; 10],
+                )
+            })
+            .collect();
+        let root = build(
+            ObjectType::Rows,
+            &s,
+            m.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+        )
+        .unwrap();
+        let back: BTreeMap<Vec<u8>, Vec<u8>> = MapIter::new(&s, ObjectType::Rows, root)
+            .map(|e| e.unwrap())
+            .collect();
+        assert_eq!(back, m);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::progress::Progress;
 use table::{
     Column, Extra, ExtraKind, FLAG_ROWID_IN_ROW, FLAG_WITHOUT_ROWID, TableData, TableObject,
 };
-use value::{Value, encode_cell, encode_key_part};
+use value::{KeyWriter, encode_cell};
 
 /// A database to snapshot, and which of its tables (empty: all of them, and
 /// its views).
@@ -314,7 +314,7 @@ impl<'c> RowReader<'c> {
         let t = &self.t;
         let path = self.path.clone();
         let mut rows = self.stmt.query([]).map_err(|e| db_error(&path, e))?;
-        let mut key = Vec::with_capacity(64);
+        let mut key = KeyWriter::new();
         let mut w = Writer::with_capacity(256);
         let mut n: u64 = 0;
         let ncols = t.columns.len();
@@ -342,7 +342,7 @@ impl<'c> RowReader<'c> {
             }
             // The key.
             if t.key.is_empty() {
-                encode_key_part(&mut key, &Value::Integer(rowid.unwrap_or(0)))?;
+                key.push(rusqlite::types::ValueRef::Integer(rowid.unwrap_or(0)))?;
             } else {
                 let mut null = false;
                 for &k in &t.key {
@@ -350,15 +350,15 @@ impl<'c> RowReader<'c> {
                         .get_ref(offset + k as usize)
                         .map_err(|e| db_error(&path, e))?;
                     null |= matches!(v, rusqlite::types::ValueRef::Null);
-                    encode_key_part(&mut key, &Value::from_ref(v))?;
+                    key.push(v)?;
                 }
                 if null {
                     // SQLite lets a rowid table hold several rows whose key
                     // is NULL; the rowid tells them apart.
-                    encode_key_part(&mut key, &Value::Integer(rowid.unwrap_or(0)))?;
+                    key.push(rusqlite::types::ValueRef::Integer(rowid.unwrap_or(0)))?;
                 }
             }
-            f(&key, &w.buf, rowid)?;
+            f(key.finish(), &w.buf, rowid)?;
             n += 1;
         }
         Ok(n)
@@ -467,16 +467,9 @@ fn scan_in(
         let table = if s.kind == "table" {
             progress.stage(&format!("table {}", s.name));
             let mut t = table_data(c, path, &s.name)?;
-            let mut b = MapBuilder::new(ObjectType::Rows, sink);
-            let mut reader = RowReader::new(c, path, &s.name, &t)?;
-            let n = reader.for_each(sink, chunker, progress, |k, v, _| {
-                progress.add(1, v.len() as u64);
-                b.push(k, v).map_err(|e| {
-                    SyncError::Database(format!("{}: table {}: {e}", path.display(), s.name))
-                })
-            })?;
+            let (n, root) = read_rows(c, path, &s.name, &t, sink, chunker, progress)?;
             t.rows = n;
-            t.root = b.finish()?;
+            t.root = root;
             out.rows.insert(s.name.clone(), n);
             Some(t)
         } else {
@@ -493,6 +486,72 @@ fn scan_in(
         out.objects.insert(s.name.clone(), id);
     }
     Ok(out)
+}
+
+/// Reads a table's rows into a row map: this thread steps SQLite and
+/// encodes rows into batches; another builds the map (boundary hashes, node
+/// hashes, compression), so the two halves of the work overlap.
+fn read_rows(
+    c: &Connection,
+    path: &Path,
+    table: &str,
+    t: &TableData,
+    sink: &dyn ObjectSink,
+    chunker: &Chunker,
+    progress: &dyn Progress,
+) -> Result<(u64, ObjectId)> {
+    const BATCH: usize = 256 << 10;
+    let mut reader = RowReader::new(c, path, table, t)?;
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(4);
+    std::thread::scope(|scope| {
+        let builder = scope.spawn(move || -> Result<ObjectId> {
+            let mut b = MapBuilder::new(ObjectType::Rows, sink);
+            for batch in rx {
+                let mut r = crate::codec::Reader::new(&batch);
+                while !r.is_empty() {
+                    let (k, v) = match (r.bytes(usize::MAX), r.bytes(usize::MAX)) {
+                        (Ok(k), Ok(v)) => (k, v),
+                        _ => return Err(SyncError::Invalid("row batch damaged".into())),
+                    };
+                    b.push(k, v).map_err(|e| {
+                        SyncError::Database(format!("{}: table {table}: {e}", path.display()))
+                    })?;
+                }
+            }
+            b.finish()
+        });
+        let mut batch: Vec<u8> = Vec::with_capacity(BATCH + 4096);
+        let mut sent_ok = true;
+        let read = reader.for_each(sink, chunker, progress, |k, v, _| {
+            crate::codec::put_varint(&mut batch, k.len() as u64);
+            batch.extend_from_slice(k);
+            crate::codec::put_varint(&mut batch, v.len() as u64);
+            batch.extend_from_slice(v);
+            if batch.len() >= BATCH {
+                progress.add(0, batch.len() as u64);
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH + 4096));
+                if tx.send(full).is_err() {
+                    // The builder stopped; its error is the one to report.
+                    sent_ok = false;
+                    return Err(SyncError::Interrupted);
+                }
+            }
+            Ok(())
+        });
+        if read.is_ok() && !batch.is_empty() {
+            sent_ok &= tx.send(std::mem::take(&mut batch)).is_ok();
+        }
+        drop(tx);
+        let built = builder
+            .join()
+            .map_err(|_| SyncError::Invalid("the row map builder panicked".into()))?;
+        match (read, built) {
+            (Ok(n), Ok(root)) if sent_ok => Ok((n, root)),
+            (_, Err(e)) => Err(e),
+            (Err(e), Ok(_)) => Err(e),
+            (Ok(_), Ok(_)) => Err(SyncError::Invalid("the row map builder stopped".into())),
+        }
+    })
 }
 
 /// Reads several databases; table names must not collide.

@@ -134,8 +134,11 @@ fn restore_new(
         .map_err(|e| db_error(&tmp, e))?;
         // A file nobody else sees yet: no journal; durability comes from
         // the fsync before the rename.
-        c.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
-            .map_err(|e| db_error(&tmp, e))?;
+        c.execute_batch(
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA foreign_keys = OFF; \
+             PRAGMA locking_mode = EXCLUSIVE; PRAGMA cache_size = -32768; BEGIN;",
+        )
+        .map_err(|e| db_error(&tmp, e))?;
         let mut rep = apply(
             &c,
             &tmp,
@@ -146,6 +149,7 @@ fn restore_new(
             progress,
             false,
         )?;
+        c.execute_batch("COMMIT").map_err(|e| db_error(&tmp, e))?;
         rep.created = true;
         drop(c);
         rep
@@ -295,8 +299,24 @@ fn apply(
             Plan::Create(o, t) | Plan::Merge(o, t, _) => (o, t),
             Plan::View(..) => continue,
         };
-        if let Some(seq) = t.sequence {
-            set_sequence(c, path, &o.name, seq, existing && !opts.delete)?;
+        match t.sequence {
+            Some(seq) => set_sequence(c, path, &o.name, seq, existing && !opts.delete)?,
+            // The table had no counter when snapshotted; with --delete the
+            // database's (made by rows since) goes too.
+            None if existing && opts.delete => {
+                let has_seq: i64 = c
+                    .query_row(
+                        "SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_sequence'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| db_error(path, e))?;
+                if has_seq > 0 {
+                    c.execute("DELETE FROM sqlite_sequence WHERE name = ?1", [&o.name])
+                        .map_err(|e| db_error(path, e))?;
+                }
+            }
+            None => {}
         }
     }
     // 5. Indexes, triggers and views the database lacks, in schema order.

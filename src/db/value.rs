@@ -3,24 +3,25 @@
 //! kept in chunks like file contents. Both are specified in
 //! `store-format.md` §3.7.
 //!
-//! **Keys** are the concatenation of one component per key column:
+//! **Keys** are the concatenation of one component per key column, then,
+//! when any component is a number, a `00` byte and one type byte per number
+//! (in order):
 //!
-//! | value | bytes |
+//! | value | component |
 //! | --- | --- |
 //! | NULL | `01` |
-//! | zero | `02 02 t` (t: `00` integer 0, `01` real +0.0, `02` real -0.0) |
-//! | positive number | `02 03 E[2] M[8] t` |
-//! | negative number | `02 01 !E[2] !M[8] t` |
+//! | zero | `02 02` |
+//! | positive number | `02 03 E[2] M[8]` |
+//! | negative number | `02 01 !E[2] !M[8]` |
 //! | TEXT | `03` the bytes with `00` escaped as `00 ff`, then `00 01` |
 //! | BLOB | `04` likewise |
 //!
 //! where `|x| = 2^(E - 0x4000) × 1.M` (M the bits after the leading one,
-//! left-aligned in 64 bits, big endian), `E = ffff, M = 0` for infinity, `!`
-//! is bitwise not, and `t` is `00` for an INTEGER and `01` for a REAL.
-//! SQLite compares INTEGER and REAL values by their mathematical value, and
-//! so do these bytes; an integer and a real of equal value cannot both be
-//! keys of one table (they compare equal), so `t` only has to make the
-//! encoding exact.
+//! left-aligned in 64 bits, big endian), `E = ffff, M = 0` for infinity, and
+//! `!` is bitwise not. The type bytes are `00` INTEGER, `01` REAL, `02` REAL
+//! -0.0. SQLite compares INTEGER and REAL values by their mathematical value
+//! and treats 1 and 1.0 as equal, going on to the next column; so do these
+//! bytes, since the types come only after every component.
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::{Result, SyncError};
@@ -176,69 +177,109 @@ fn put_escaped(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&[0, 1]);
 }
 
-/// Appends the key component of `v`. Fails on NaN (SQLite never stores one).
-pub fn encode_key_part(out: &mut Vec<u8>, v: &Value) -> Result<()> {
-    let num = |out: &mut Vec<u8>, neg: bool, (e, m): (u16, u64), t: u8| {
-        out.push(K_NUM);
-        if neg {
-            out.push(SIGN_NEG);
-            out.extend_from_slice(&(!e).to_be_bytes());
-            out.extend_from_slice(&(!m).to_be_bytes());
-        } else {
-            out.push(SIGN_POS);
-            out.extend_from_slice(&e.to_be_bytes());
-            out.extend_from_slice(&m.to_be_bytes());
-        }
-        out.push(t);
-    };
-    match v {
-        Value::Null => out.push(K_NULL),
-        Value::Integer(0) => out.extend_from_slice(&[K_NUM, SIGN_ZERO, T_INT]),
-        Value::Integer(i) => num(out, *i < 0, int_magnitude(*i), T_INT),
-        Value::Real(r) if r.is_nan() => {
-            return Err(SyncError::Database(
-                "a key holds NaN, which SQLite cannot store".into(),
-            ));
-        }
-        Value::Real(r) if *r == 0.0 => {
-            let t = if r.is_sign_negative() {
-                T_NEG_ZERO
-            } else {
-                T_REAL
-            };
-            out.extend_from_slice(&[K_NUM, SIGN_ZERO, t]);
-        }
-        Value::Real(r) => num(out, *r < 0.0, real_magnitude(*r), T_REAL),
-        Value::Text(t) => {
-            out.push(K_TEXT);
-            put_escaped(out, t);
-        }
-        Value::Blob(b) => {
-            out.push(K_BLOB);
-            put_escaped(out, b);
-        }
+/// Builds keys: components as values come, the type bytes of the numbers at
+/// the end. Reusable across keys.
+#[derive(Debug, Default, Clone)]
+pub struct KeyWriter {
+    buf: Vec<u8>,
+    types: Vec<u8>,
+}
+
+impl KeyWriter {
+    pub fn new() -> Self {
+        Self::default()
     }
-    Ok(())
+
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.types.clear();
+    }
+
+    /// Appends a component. Fails on NaN (SQLite never stores one).
+    pub fn push(&mut self, v: rusqlite::types::ValueRef<'_>) -> Result<()> {
+        use rusqlite::types::ValueRef;
+        let out = &mut self.buf;
+        let mut num = |neg: bool, (e, m): (u16, u64)| {
+            out.push(K_NUM);
+            if neg {
+                out.push(SIGN_NEG);
+                out.extend_from_slice(&(!e).to_be_bytes());
+                out.extend_from_slice(&(!m).to_be_bytes());
+            } else {
+                out.push(SIGN_POS);
+                out.extend_from_slice(&e.to_be_bytes());
+                out.extend_from_slice(&m.to_be_bytes());
+            }
+        };
+        match v {
+            ValueRef::Null => out.push(K_NULL),
+            ValueRef::Integer(0) => {
+                out.extend_from_slice(&[K_NUM, SIGN_ZERO]);
+                self.types.push(T_INT);
+            }
+            ValueRef::Integer(i) => {
+                num(i < 0, int_magnitude(i));
+                self.types.push(T_INT);
+            }
+            ValueRef::Real(r) if r.is_nan() => {
+                return Err(SyncError::Database(
+                    "a key holds NaN, which SQLite cannot store".into(),
+                ));
+            }
+            ValueRef::Real(r) if r == 0.0 => {
+                out.extend_from_slice(&[K_NUM, SIGN_ZERO]);
+                self.types.push(if r.is_sign_negative() {
+                    T_NEG_ZERO
+                } else {
+                    T_REAL
+                });
+            }
+            ValueRef::Real(r) => {
+                num(r < 0.0, real_magnitude(r));
+                self.types.push(T_REAL);
+            }
+            ValueRef::Text(t) => {
+                out.push(K_TEXT);
+                put_escaped(out, t);
+            }
+            ValueRef::Blob(b) => {
+                out.push(K_BLOB);
+                put_escaped(out, b);
+            }
+        }
+        Ok(())
+    }
+
+    /// The key so far, with its type bytes.
+    pub fn finish(&mut self) -> &[u8] {
+        if !self.types.is_empty() {
+            self.buf.push(0);
+            self.buf.extend_from_slice(&self.types);
+            self.types.clear();
+        }
+        &self.buf
+    }
 }
 
 /// Encodes a whole key.
 pub fn encode_key(values: &[Value]) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(values.len() * 14);
+    let mut w = KeyWriter::new();
     for v in values {
-        encode_key_part(&mut out, v)?;
+        w.push(v.as_ref())?;
     }
-    Ok(out)
+    Ok(w.finish().to_vec())
 }
 
-fn decode_number(r: &mut Reader<'_>) -> std::result::Result<Value, DecodeError> {
+/// A number's component, before its type is known.
+enum Num {
+    Zero,
+    NonZero { neg: bool, e: u16, m: u64 },
+}
+
+fn decode_number(r: &mut Reader<'_>) -> std::result::Result<Num, DecodeError> {
     let sign = r.u8()?;
     if sign == SIGN_ZERO {
-        return Ok(match r.u8()? {
-            T_INT => Value::Integer(0),
-            T_REAL => Value::Real(0.0),
-            T_NEG_ZERO => Value::Real(-0.0),
-            t => return r.err(format!("bad number type {t}")),
-        });
+        return Ok(Num::Zero);
     }
     if sign != SIGN_NEG && sign != SIGN_POS {
         return r.err(format!("bad number sign {sign}"));
@@ -252,12 +293,18 @@ fn decode_number(r: &mut Reader<'_>) -> std::result::Result<Value, DecodeError> 
         e = !e;
         m = !m;
     }
-    let t = r.u8()?;
-    let v = match t {
-        T_INT => {
-            let exp = i32::from(e) - EXP_BIAS;
+    Ok(Num::NonZero { neg, e, m })
+}
+
+fn typed_number(n: &Num, t: u8) -> std::result::Result<Value, String> {
+    Ok(match (n, t) {
+        (Num::Zero, T_INT) => Value::Integer(0),
+        (Num::Zero, T_REAL) => Value::Real(0.0),
+        (Num::Zero, T_NEG_ZERO) => Value::Real(-0.0),
+        (Num::NonZero { neg, e, m }, T_INT) => {
+            let exp = i32::from(*e) - EXP_BIAS;
             if !(0..=63).contains(&exp) {
-                return r.err("integer exponent out of range");
+                return Err("integer exponent out of range".into());
             }
             let mag: u128 = (1u128 << exp)
                 | if exp == 0 {
@@ -265,40 +312,36 @@ fn decode_number(r: &mut Reader<'_>) -> std::result::Result<Value, DecodeError> 
                 } else {
                     u128::from(m >> (64 - exp))
                 };
-            let v: i128 = if neg { -(mag as i128) } else { mag as i128 };
-            match i64::try_from(v) {
-                Ok(v) => Value::Integer(v),
-                Err(_) => return r.err("integer out of range"),
-            }
+            let v: i128 = if *neg { -(mag as i128) } else { mag as i128 };
+            Value::Integer(i64::try_from(v).map_err(|_| "integer out of range".to_string())?)
         }
-        T_REAL => {
-            if e == EXP_INF {
-                Value::Real(if neg {
+        (Num::NonZero { neg, e, m }, T_REAL) => {
+            if *e == EXP_INF {
+                Value::Real(if *neg {
                     f64::NEG_INFINITY
                 } else {
                     f64::INFINITY
                 })
             } else {
-                let exp = i32::from(e) - EXP_BIAS;
+                let exp = i32::from(*e) - EXP_BIAS;
                 let bits = if exp >= -1022 {
                     if exp > 1023 {
-                        return r.err("real exponent out of range");
+                        return Err("real exponent out of range".into());
                     }
                     ((exp + 1023) as u64) << 52 | (m >> 12)
                 } else {
                     let p = exp + 1074;
                     if !(0..=51).contains(&p) {
-                        return r.err("real exponent out of range");
+                        return Err("real exponent out of range".into());
                     }
                     (1u64 << p) | if p == 0 { 0 } else { m >> (64 - p) }
                 };
                 let x = f64::from_bits(bits);
-                Value::Real(if neg { -x } else { x })
+                Value::Real(if *neg { -x } else { x })
             }
         }
-        t => return r.err(format!("bad number type {t}")),
-    };
-    Ok(v)
+        (_, t) => return Err(format!("bad number type {t}")),
+    })
 }
 
 fn decode_escaped(r: &mut Reader<'_>) -> std::result::Result<Vec<u8>, DecodeError> {
@@ -320,30 +363,58 @@ fn decode_escaped(r: &mut Reader<'_>) -> std::result::Result<Vec<u8>, DecodeErro
 /// Decodes a key into its values. Rejects every byte string the encoder
 /// would not produce.
 pub fn decode_key(b: &[u8]) -> std::result::Result<Vec<Value>, DecodeError> {
+    enum Part {
+        V(Value),
+        N(Num),
+    }
     let mut r = Reader::new(b);
-    let mut out = Vec::new();
+    let mut parts = Vec::new();
+    let mut nums = 0usize;
     while !r.is_empty() {
-        let start = r.pos();
-        let v = match r.u8()? {
-            K_NULL => Value::Null,
-            K_NUM => decode_number(&mut r)?,
-            K_TEXT => Value::Text(decode_escaped(&mut r)?),
-            K_BLOB => Value::Blob(decode_escaped(&mut r)?),
+        let part = match r.u8()? {
+            0 => break,
+            K_NULL => Part::V(Value::Null),
+            K_NUM => {
+                nums += 1;
+                Part::N(decode_number(&mut r)?)
+            }
+            K_TEXT => Part::V(Value::Text(decode_escaped(&mut r)?)),
+            K_BLOB => Part::V(Value::Blob(decode_escaped(&mut r)?)),
             c => return r.err(format!("bad key component class {c}")),
         };
-        let mut again = Vec::new();
-        if encode_key_part(&mut again, &v).is_err() || again[..] != b[start..r.pos()] {
-            return Err(DecodeError {
-                offset: start,
-                what: "key component is not canonical".into(),
-            });
-        }
-        out.push(v);
+        parts.push(part);
     }
-    if out.is_empty() {
+    if parts.is_empty() {
         return r.err("empty key");
     }
-    Ok(out)
+    let types = r.take(r.remaining())?;
+    if types.len() != nums {
+        return Err(DecodeError {
+            offset: b.len() - types.len(),
+            what: format!("{} type bytes for {nums} numbers", types.len()),
+        });
+    }
+    let mut t = types.iter();
+    let mut out = Vec::with_capacity(parts.len());
+    for p in parts {
+        out.push(match p {
+            Part::V(v) => v,
+            Part::N(n) => {
+                let ty = t.next().copied().unwrap_or(0xff);
+                typed_number(&n, ty).map_err(|what| DecodeError {
+                    offset: b.len(),
+                    what,
+                })?
+            }
+        });
+    }
+    match encode_key(&out) {
+        Ok(again) if again == b => Ok(out),
+        _ => Err(DecodeError {
+            offset: 0,
+            what: "key is not canonical".into(),
+        }),
+    }
 }
 
 /// A value as stored in a row: small values inline, large TEXT and BLOB
@@ -591,11 +662,15 @@ mod tests {
 
     #[test]
     fn examples() {
-        assert_eq!(encode_key(&[Value::Integer(0)]).unwrap(), [2, 2, 0]);
+        assert_eq!(encode_key(&[Value::Integer(0)]).unwrap(), [2, 2, 0, 0]);
         assert_eq!(
             encode_key(&[Value::Integer(1)]).unwrap(),
-            [2, 3, 0x40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+            [2, 3, 0x40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
         );
+        // The types come last: 1.0 then 'b' orders before 1 then 'c'.
+        let a = encode_key(&[Value::Real(1.0), Value::Text(b"b".to_vec())]).unwrap();
+        let b = encode_key(&[Value::Integer(1), Value::Text(b"c".to_vec())]).unwrap();
+        assert!(a < b);
         assert_eq!(
             encode_key(&[Value::Text(b"a\0".to_vec())]).unwrap(),
             [3, b'a', 0, 0xff, 0, 1]
@@ -603,7 +678,9 @@ mod tests {
         assert!(encode_key(&[Value::Real(f64::NAN)]).is_err());
         assert!(decode_key(&[]).is_err());
         // An integer whose mantissa has bits below its exponent is not canonical.
-        assert!(decode_key(&[2, 3, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(decode_key(&[2, 3, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(decode_key(&[2, 2, 0]).is_err(), "a number without its type");
+        assert!(decode_key(&[1, 0]).is_err(), "a type without a number");
     }
 
     proptest! {

@@ -395,6 +395,7 @@ impl Store {
     pub fn refresh(&self) -> Result<Vec<String>> {
         let (names, _) = self.list_pack_files()?;
         let mut warnings = Vec::new();
+        let mut loaded: Vec<(ObjectId, Vec<IdxEntry>)> = Vec::new();
         for name in names {
             if self
                 .index
@@ -432,6 +433,15 @@ impl Store {
                     }
                 }
             };
+            loaded.push((name, entries));
+        }
+        // One reservation for every pack: growing the map pack by pack
+        // rehashes it each time, which was most of opening a large store.
+        let total: usize = loaded.iter().map(|(_, e)| e.len()).sum();
+        if let Ok(mut ix) = self.index.write() {
+            ix.map.reserve(total);
+        }
+        for (name, entries) in loaded {
             self.register_pack(name, &entries);
         }
         Ok(warnings)
