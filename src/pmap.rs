@@ -313,7 +313,12 @@ pub struct MapBuilder<'a> {
     levels: Vec<Level>,
     total: u64,
     node_buf: Vec<u8>,
+    /// Finished nodes not yet handed to the sink (batched builders only).
+    batch: Option<Vec<(ObjectType, ObjectId, Vec<u8>)>>,
 }
+
+/// Nodes a batched builder hands to its sink at a time.
+const NODE_BATCH: usize = 64;
 
 impl<'a> MapBuilder<'a> {
     pub fn new(tag: ObjectType, sink: &'a dyn ObjectSink) -> Self {
@@ -324,7 +329,44 @@ impl<'a> MapBuilder<'a> {
             levels: vec![Level::new()],
             total: 0,
             node_buf: Vec::new(),
+            batch: None,
         }
+    }
+
+    /// A builder that hands finished nodes to the sink in batches
+    /// (`ObjectSink::put_many`, which may compress them in parallel), in
+    /// the order they were made. For large maps built from one thread.
+    pub fn batched(tag: ObjectType, sink: &'a dyn ObjectSink) -> Self {
+        let mut b = Self::new(tag, sink);
+        b.batch = Some(Vec::with_capacity(NODE_BATCH));
+        b
+    }
+
+    /// Stores the node just encoded in `node_buf`.
+    fn store_node(&mut self, id: ObjectId) -> Result<()> {
+        match &mut self.batch {
+            None => {
+                self.sink.put_hashed(self.tag, id, &self.node_buf)?;
+            }
+            Some(b) => {
+                b.push((self.tag, id, self.node_buf.clone()));
+                if b.len() >= NODE_BATCH {
+                    self.sink.put_many(b)?;
+                    b.clear();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self) -> Result<()> {
+        if let Some(b) = &mut self.batch
+            && !b.is_empty()
+        {
+            self.sink.put_many(b)?;
+            b.clear();
+        }
+        Ok(())
     }
 
     /// Number of entries pushed.
@@ -405,7 +447,7 @@ impl<'a> MapBuilder<'a> {
 
     fn flush(&mut self, level: usize) -> Result<()> {
         let id = self.encode_node(level);
-        self.sink.put_hashed(self.tag, id, &self.node_buf)?;
+        self.store_node(id)?;
         self.levels[level].flushed += 1;
         let key = std::mem::take(&mut self.levels[level].last_key);
         let r = self.add(level + 1, &key, &id.0);
@@ -424,10 +466,12 @@ impl<'a> MapBuilder<'a> {
                     // A single child: that child is the root.
                     let mut a = [0u8; 32];
                     a.copy_from_slice(&l.buf[l.buf.len() - 32..]);
+                    self.drain()?;
                     return Ok(ObjectId(a));
                 }
                 let id = self.encode_node(level);
-                self.sink.put_hashed(self.tag, id, &self.node_buf)?;
+                self.store_node(id)?;
+                self.drain()?;
                 return Ok(id);
             }
             if l.count > 0 {

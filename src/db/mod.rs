@@ -505,7 +505,7 @@ fn read_rows(
     let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(4);
     std::thread::scope(|scope| {
         let builder = scope.spawn(move || -> Result<ObjectId> {
-            let mut b = MapBuilder::new(ObjectType::Rows, sink);
+            let mut b = MapBuilder::batched(ObjectType::Rows, sink);
             for batch in rx {
                 let mut r = crate::codec::Reader::new(&batch);
                 while !r.is_empty() {

@@ -596,9 +596,17 @@ fn merge(
                 match snap.peek() {
                     Some(Ok((sk, sv))) if sk.as_slice() == k => {
                         if sv.as_slice() != row {
-                            let cols = differing_columns(t, sv, row)?;
-                            if !cols.is_empty() {
-                                changes.push((k.to_vec(), Action::Update(cols), rowid));
+                            if t.rowid_in_row() && kept_rowid(t, sv)? != rowid {
+                                // The row moved to another rowid (deleted and
+                                // inserted again, or its key changed): put it
+                                // back where it was, so rowids are restored.
+                                changes.push((k.to_vec(), Action::Delete, rowid));
+                                changes.push((k.to_vec(), Action::Insert, None));
+                            } else {
+                                let cols = differing_columns(t, sv, row)?;
+                                if !cols.is_empty() {
+                                    changes.push((k.to_vec(), Action::Update(cols), rowid));
+                                }
                             }
                         }
                         snap.next();
@@ -744,6 +752,15 @@ fn merge(
         return Err(bad_row(&t.root, "rows changed while restoring"));
     }
     Ok(())
+}
+
+/// The rowid a row keeps (tables with flags 0x02).
+fn kept_rowid(t: &TableData, row: &[u8]) -> Result<Option<i64>> {
+    let cells = decode_row(row).map_err(|e| bad_row(&t.root, e))?;
+    match cells.first() {
+        Some(Cell::Value(Value::Integer(r))) => Ok(Some(*r)),
+        _ => Err(bad_row(&t.root, "a row whose rowid is not an integer")),
+    }
 }
 
 /// Indexes (into the columns) of the cells that differ between the

@@ -29,6 +29,15 @@ pub trait ObjectSink: Sync {
     /// Whether the object is already present (no read).
     fn contains(&self, id: &ObjectId) -> bool;
 
+    /// Stores objects whose ids the caller has computed, in this order
+    /// (children before parents). A sink may compress them in parallel.
+    fn put_many(&self, objs: &[(ObjectType, ObjectId, Vec<u8>)]) -> Result<()> {
+        for (tag, id, bytes) in objs {
+            self.put_hashed(*tag, *id, bytes)?;
+        }
+        Ok(())
+    }
+
     /// Hashes and stores an object; returns its id.
     fn put(&self, tag: ObjectType, bytes: &[u8]) -> Result<ObjectId> {
         let id = ObjectId::compute(tag, bytes);
