@@ -67,8 +67,8 @@ pub const TREE_PARAMS: MapParams = MapParams {
 pub const ROWS_PARAMS: MapParams = MapParams {
     leaf: NodeParams {
         min: 128,
-        target: 1024,
-        max: 128 + 2 * 1024,
+        target: 1280,
+        max: 128 + 2 * 1280,
         min_entries: 2,
     },
     internal: NodeParams {
