@@ -3,13 +3,26 @@
 # (through the real binary, against real `sp-sync serve` processes and a real
 # S3-compatible server), doc tests, and compile checks of fuzz targets and benches.
 #
-# Usage: scripts/test.sh            (from anywhere; needs Rust and python3)
+# Usage: scripts/test.sh            (from anywhere; needs Rust, python3 and sqlite3,
+#                                   which it installs with apt-get when run as root)
 # The S3 tests use moto (PyPI), installed into target/moto-venv and started
 # on a free loopback port for the duration of the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*" >&2; }
+
+# The database tests compare `sqlite3 FILE .dump` output: the real shell.
+if ! command -v sqlite3 >/dev/null; then
+    step "installing sqlite3 (the command-line shell)"
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sqlite3 >/dev/null
+    else
+        echo "scripts/test.sh: the database tests need the sqlite3 shell (apt-get install sqlite3)" >&2
+        exit 1
+    fi
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

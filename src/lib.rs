@@ -40,6 +40,8 @@
 
 pub mod chunker;
 pub mod codec;
+pub mod collection;
+pub mod db;
 pub mod diff;
 pub mod error;
 pub mod id;

@@ -20,15 +20,90 @@ use crate::id::{ObjectId, ObjectType};
 use crate::object::{ObjectSink, ObjectSource, corrupt};
 
 pub const NODE_VERSION: u8 = 1;
-/// No boundary before a node holds this many entry bytes.
-pub const MIN_NODE_BYTES: usize = 512;
-/// Expected entry bytes between boundaries (after the minimum).
-pub const TARGET_NODE_BYTES: u64 = 4096;
-/// A boundary is forced once a node holds this many entry bytes.
-pub const MAX_NODE_BYTES: usize = 64 * 1024;
 pub const MAX_KEY: usize = 64 * 1024;
 pub const MAX_VALUE: usize = 1 << 20;
 pub const MAX_LEVEL: u8 = 40;
+
+/// Where a map's nodes end: no boundary before `min` entry bytes, one
+/// expected every `target` entry bytes after that, one forced at `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeParams {
+    pub min: usize,
+    pub target: u64,
+    pub max: usize,
+    /// No boundary before a node holds this many entries. Row maps need 2:
+    /// a key longer than `max` would otherwise make every level a single
+    /// entry, and the map would never close.
+    pub min_entries: u64,
+}
+
+/// A map kind's boundary parameters: for leaves, and for internal nodes.
+/// Directories and tables differ (`store-format.md` §3.3 and §3.7):
+/// directory entries are few and large; rows are many and small, and a
+/// scattered edit of a big table costs the nodes it rewrites on every level
+/// (internal entries are mostly 32-byte ids, which do not compress).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapParams {
+    pub leaf: NodeParams,
+    pub internal: NodeParams,
+}
+
+const TREE_NODE: NodeParams = NodeParams {
+    min: 512,
+    target: 4096,
+    max: 64 * 1024,
+    min_entries: 1,
+};
+
+/// Directory maps (tag 3): the same parameters at every level.
+pub const TREE_PARAMS: MapParams = MapParams {
+    leaf: TREE_NODE,
+    internal: TREE_NODE,
+};
+
+/// Row maps (tag 6). The forced boundary at `min + 2 × target` cuts the
+/// long tail of node sizes: an edit lands in a node with a chance that grows
+/// with the node's size, so the tail is what scattered edits pay for.
+pub const ROWS_PARAMS: MapParams = MapParams {
+    leaf: NodeParams {
+        min: 128,
+        target: 1280,
+        max: 128 + 2 * 1280,
+        min_entries: 2,
+    },
+    internal: NodeParams {
+        min: 64,
+        target: 256,
+        max: 64 + 2 * 256,
+        min_entries: 2,
+    },
+};
+
+impl MapParams {
+    /// The parameters of the maps stored under `tag`.
+    pub fn for_tag(tag: ObjectType) -> MapParams {
+        match tag {
+            ObjectType::Rows => ROWS_PARAMS,
+            _ => TREE_PARAMS,
+        }
+    }
+
+    /// The parameters of a level.
+    pub fn at(&self, level: usize) -> &NodeParams {
+        if level == 0 {
+            &self.leaf
+        } else {
+            &self.internal
+        }
+    }
+}
+
+/// No boundary before a directory node holds this many entry bytes.
+pub const MIN_NODE_BYTES: usize = TREE_NODE.min;
+/// Expected entry bytes between directory boundaries (after the minimum).
+pub const TARGET_NODE_BYTES: u64 = TREE_NODE.target;
+/// A boundary is forced once a directory node holds this many entry bytes.
+pub const MAX_NODE_BYTES: usize = TREE_NODE.max;
 
 /// The boundary hash of a key at a level: the first four bytes, little
 /// endian, of `BLAKE3(level || key)`.
@@ -41,19 +116,35 @@ pub fn boundary_hash(level: u8, key: &[u8]) -> u32 {
     u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
-/// Whether a node ends after an entry of `entry_bytes` that brought the node to
-/// `node_bytes` entry bytes. The chance of a boundary is proportional to the
-/// entry's size, so nodes average near `MIN + TARGET` bytes whatever the
-/// entries' sizes.
+/// Whether a directory node ends after an entry of `entry_bytes` that
+/// brought the node to `node_bytes` entry bytes (see [`is_boundary_with`]).
 pub fn is_boundary(level: u8, key: &[u8], entry_bytes: usize, node_bytes: usize) -> bool {
-    if node_bytes >= MAX_NODE_BYTES {
+    is_boundary_with(&TREE_NODE, level, key, entry_bytes, node_bytes, u64::MAX)
+}
+
+/// Whether a node ends after an entry of `entry_bytes` that brought the node
+/// to `node_bytes` entry bytes. The chance of a boundary is proportional to
+/// the entry's size, so nodes average near `min + target` bytes whatever the
+/// entries' sizes.
+pub fn is_boundary_with(
+    p: &NodeParams,
+    level: u8,
+    key: &[u8],
+    entry_bytes: usize,
+    node_bytes: usize,
+    entries: u64,
+) -> bool {
+    if entries < p.min_entries {
+        return false;
+    }
+    if node_bytes >= p.max {
         return true;
     }
-    if node_bytes < MIN_NODE_BYTES {
+    if node_bytes < p.min {
         return false;
     }
     let h = u64::from(boundary_hash(level, key));
-    h * TARGET_NODE_BYTES < (entry_bytes as u64) << 32
+    h * p.target < (entry_bytes as u64) << 32
 }
 
 /// A decoded node. Keys and values borrow from `raw`.
@@ -217,21 +308,65 @@ impl Level {
 /// each node to the sink as soon as it is complete (children before parents).
 pub struct MapBuilder<'a> {
     tag: ObjectType,
+    params: MapParams,
     sink: &'a dyn ObjectSink,
     levels: Vec<Level>,
     total: u64,
     node_buf: Vec<u8>,
+    /// Finished nodes not yet handed to the sink (batched builders only).
+    batch: Option<Vec<(ObjectType, ObjectId, Vec<u8>)>>,
 }
+
+/// Nodes a batched builder hands to its sink at a time.
+const NODE_BATCH: usize = 64;
 
 impl<'a> MapBuilder<'a> {
     pub fn new(tag: ObjectType, sink: &'a dyn ObjectSink) -> Self {
         MapBuilder {
             tag,
+            params: MapParams::for_tag(tag),
             sink,
             levels: vec![Level::new()],
             total: 0,
             node_buf: Vec::new(),
+            batch: None,
         }
+    }
+
+    /// A builder that hands finished nodes to the sink in batches
+    /// (`ObjectSink::put_many`, which may compress them in parallel), in
+    /// the order they were made. For large maps built from one thread.
+    pub fn batched(tag: ObjectType, sink: &'a dyn ObjectSink) -> Self {
+        let mut b = Self::new(tag, sink);
+        b.batch = Some(Vec::with_capacity(NODE_BATCH));
+        b
+    }
+
+    /// Stores the node just encoded in `node_buf`.
+    fn store_node(&mut self, id: ObjectId) -> Result<()> {
+        match &mut self.batch {
+            None => {
+                self.sink.put_hashed(self.tag, id, &self.node_buf)?;
+            }
+            Some(b) => {
+                b.push((self.tag, id, self.node_buf.clone()));
+                if b.len() >= NODE_BATCH {
+                    self.sink.put_many(b)?;
+                    b.clear();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self) -> Result<()> {
+        if let Some(b) = &mut self.batch
+            && !b.is_empty()
+        {
+            self.sink.put_many(b)?;
+            b.clear();
+        }
+        Ok(())
     }
 
     /// Number of entries pushed.
@@ -265,6 +400,11 @@ impl<'a> MapBuilder<'a> {
     }
 
     fn add(&mut self, level: usize, key: &[u8], payload: &[u8]) -> Result<()> {
+        if level > usize::from(MAX_LEVEL) {
+            return Err(crate::error::SyncError::Invalid(format!(
+                "map deeper than {MAX_LEVEL} levels"
+            )));
+        }
         if self.levels.len() <= level {
             self.levels.push(Level::new());
         }
@@ -280,7 +420,14 @@ impl<'a> MapBuilder<'a> {
         l.last_key.clear();
         l.last_key.extend_from_slice(key);
         let entry_bytes = l.buf.len() - before;
-        if is_boundary(level as u8, key, entry_bytes, l.buf.len()) {
+        if is_boundary_with(
+            self.params.at(level),
+            level as u8,
+            key,
+            entry_bytes,
+            l.buf.len(),
+            l.count,
+        ) {
             self.flush(level)?;
         }
         Ok(())
@@ -300,7 +447,7 @@ impl<'a> MapBuilder<'a> {
 
     fn flush(&mut self, level: usize) -> Result<()> {
         let id = self.encode_node(level);
-        self.sink.put_hashed(self.tag, id, &self.node_buf)?;
+        self.store_node(id)?;
         self.levels[level].flushed += 1;
         let key = std::mem::take(&mut self.levels[level].last_key);
         let r = self.add(level + 1, &key, &id.0);
@@ -319,10 +466,12 @@ impl<'a> MapBuilder<'a> {
                     // A single child: that child is the root.
                     let mut a = [0u8; 32];
                     a.copy_from_slice(&l.buf[l.buf.len() - 32..]);
+                    self.drain()?;
                     return Ok(ObjectId(a));
                 }
                 let id = self.encode_node(level);
-                self.sink.put_hashed(self.tag, id, &self.node_buf)?;
+                self.store_node(id)?;
+                self.drain()?;
                 return Ok(id);
             }
             if l.count > 0 {
@@ -783,6 +932,32 @@ mod tests {
             "diff read {} nodes",
             counting.count()
         );
+    }
+
+    #[test]
+    fn row_maps_with_keys_longer_than_a_node_close() {
+        // Found by the table round-trip property test: with a key longer
+        // than the row map's largest node, every level used to end after its
+        // first entry and the builder never stopped.
+        let s = MemStore::new(true);
+        let m: BTreeMap<Vec<u8>, Vec<u8>> = (0..50u32)
+            .map(|i| {
+                (
+                    format!("{i:04}{}", "k".repeat(3000)).into_bytes(),
+                    vec![1u8; 10],
+                )
+            })
+            .collect();
+        let root = build(
+            ObjectType::Rows,
+            &s,
+            m.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+        )
+        .unwrap();
+        let back: BTreeMap<Vec<u8>, Vec<u8>> = MapIter::new(&s, ObjectType::Rows, root)
+            .map(|e| e.unwrap())
+            .collect();
+        assert_eq!(back, m);
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub struct SnapshotOptions {
     pub use_stat_cache: bool,
     /// Paths never entered (the store itself).
     pub skip: Vec<PathBuf>,
+    /// Databases whose tables go into the snapshot (their files, with any
+    /// `-wal`, `-shm` and `-journal` beside them, are left out of the file
+    /// walk).
+    pub dbs: Vec<crate::db::DbSource>,
 }
 
 impl Default for SnapshotOptions {
@@ -65,6 +69,7 @@ impl Default for SnapshotOptions {
             threads: None,
             use_stat_cache: true,
             skip: Vec::new(),
+            dbs: Vec::new(),
         }
     }
 }
@@ -83,6 +88,8 @@ pub struct SnapshotReport {
     pub new_objects: u64,
     /// Bytes added to the store (as stored, compressed).
     pub new_bytes: u64,
+    /// Rows of each table snapshotted.
+    pub tables: BTreeMap<String, u64>,
 }
 
 /// Walks sources and builds their tree into a sink.
@@ -533,6 +540,7 @@ pub fn snapshot(
         .filter_map(|p| fs::canonicalize(p).ok())
         .collect();
     skip.extend(store_paths(store));
+    skip.extend(db_files(&opts.dbs));
     let cache_path = StatCache::path_for(&store.cache_dir(), &sources);
     let cache = if opts.use_stat_cache {
         StatCache::load(&cache_path)
@@ -553,6 +561,8 @@ pub fn snapshot(
     let read_bytes = scanner.read_bytes.load(Ordering::Relaxed);
     let records = scanner.take_records();
     drop(scanner);
+    let chunker = Chunker::new(&store.config().chunker);
+    let tables = crate::db::scan_all(&opts.dbs, &session, &chunker, progress)?;
     let stats = &session.stats;
     let new_objects = stats.objects.load(Ordering::Relaxed);
     let new_bytes = stats.stored_bytes.load(Ordering::Relaxed);
@@ -566,7 +576,7 @@ pub fn snapshot(
         root: Some(root),
         files,
         bytes,
-        tables: BTreeMap::new(),
+        tables: tables.objects,
         meta: opts.meta.clone(),
     };
     let (id, parent, extra) = commit(store, &opts.ref_name, &mut snap)?;
@@ -583,7 +593,23 @@ pub fn snapshot(
         read_bytes,
         new_objects: new_objects + extra.0,
         new_bytes: new_bytes + extra.1,
+        tables: tables.rows,
     })
+}
+
+/// Database files and their companions, as canonical paths (those that exist).
+pub(crate) fn db_files(dbs: &[crate::db::DbSource]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for d in dbs {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = d.path.clone().into_os_string();
+            p.push(suffix);
+            if let Ok(c) = fs::canonicalize(PathBuf::from(p)) {
+                out.push(c);
+            }
+        }
+    }
+    out
 }
 
 /// Writes a snapshot object whose parent is the ref's current target and

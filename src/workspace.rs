@@ -17,6 +17,22 @@ pub const PROJECT_FILE: &str = "sp-sync.toml";
 pub struct ProjectConfig {
     #[serde(default)]
     pub snapshot: SnapshotSection,
+    /// Databases whose tables every snapshot takes (`[[db]]`).
+    #[serde(default)]
+    pub db: Vec<DbSection>,
+    /// Folders of markdown files kept in step with a table (`[[collection]]`).
+    #[serde(default)]
+    pub collection: Vec<crate::collection::CollectionConfig>,
+}
+
+/// `[[db]]`: a SQLite file (relative to the working-tree root) and which of
+/// its tables to take (default: all).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DbSection {
+    pub path: String,
+    #[serde(default)]
+    pub tables: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -93,6 +109,19 @@ impl Workspace {
         ProjectConfig::load(&self.root)
     }
 
+    /// The databases `sp-sync.toml` names, as sources.
+    pub fn default_dbs(&self) -> Result<Vec<crate::db::DbSource>> {
+        Ok(self
+            .project()?
+            .db
+            .into_iter()
+            .map(|d| crate::db::DbSource {
+                path: self.root.join(d.path),
+                tables: d.tables,
+            })
+            .collect())
+    }
+
     /// What `snapshot` (and a working-tree `diff`) covers when no path is
     /// given: `sp-sync.toml`'s paths, else the working tree. Returns the
     /// sources and the exclude patterns.
@@ -126,5 +155,19 @@ mod tests {
         assert_eq!(c.snapshot.paths, vec!["services"]);
         assert_eq!(c.snapshot.exclude, vec!["*.tmp"]);
         assert!(ProjectConfig::parse("[snapshot]\npaths = 3\n", Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn databases_and_collections_parse() {
+        let c = ProjectConfig::parse(
+            "[[db]]\npath = \"data/app.db\"\ntables = [\"users\"]\n\n[[collection]]\nname = \"content\"\ndir = \"services/content\"\ndb = \"data/app.db\"\ntable = \"content\"\nkey = \"slug\"\nbody = \"body\"\n",
+            Path::new("sp-sync.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.db[0].path, "data/app.db");
+        assert_eq!(c.db[0].tables, vec!["users"]);
+        assert_eq!(c.collection[0].name, "content");
+        assert_eq!(c.collection[0].glob, "**/*.md");
+        assert!(ProjectConfig::parse("[[db]]\npath = \"a\"\ntable = 1\n", Path::new("x")).is_err());
     }
 }

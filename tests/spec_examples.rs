@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use systemprompt_sync::db::table::{Column, Extra, ExtraKind, TableData, TableObject};
+use systemprompt_sync::db::value::{Cell, Value, decode_key, decode_row, encode_key, encode_row};
 use systemprompt_sync::object::list::{ChunkRef, ListNode};
 use systemprompt_sync::object::snapshot::Snapshot;
 use systemprompt_sync::object::tree::{Content, Entry, EntryKind, Timestamp};
@@ -126,6 +128,46 @@ fn examples() -> Vec<Example> {
         });
     }
     let idx = index::encode(&pack_name, &mut entries);
+    // A row map leaf (users: id INTEGER PRIMARY KEY, name TEXT) holding
+    // (1, 'ann') and (2, NULL), and the table object naming it.
+    let mut rows_leaf = vec![1u8, 0, 2];
+    for (id, name) in [(1i64, Value::Text(b"ann".to_vec())), (2, Value::Null)] {
+        let k = encode_key(&[Value::Integer(id)]).unwrap();
+        let r = encode_row(&[Cell::Value(Value::Integer(id)), Cell::Value(name)]);
+        rows_leaf.push(k.len() as u8);
+        rows_leaf.extend_from_slice(&k);
+        rows_leaf.push(r.len() as u8);
+        rows_leaf.extend_from_slice(&r);
+    }
+    let rows_id = ObjectId::compute(ObjectType::Rows, &rows_leaf);
+    let table = TableObject {
+        name: "users".into(),
+        sql: "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT)".into(),
+        ordinal: 0,
+        table: Some(TableData {
+            flags: 0,
+            columns: vec![
+                Column {
+                    name: "id".into(),
+                    decl_type: "INTEGER".into(),
+                },
+                Column {
+                    name: "name".into(),
+                    decl_type: "TEXT".into(),
+                },
+            ],
+            key: vec![0],
+            sequence: None,
+            rows: 2,
+            root: rows_id,
+        }),
+        extras: vec![Extra {
+            kind: ExtraKind::Index,
+            name: "users_name".into(),
+            ordinal: 1,
+            sql: "CREATE INDEX users_name ON users(name)".into(),
+        }],
+    };
     vec![
         Example {
             name: "chunk",
@@ -171,6 +213,16 @@ fn examples() -> Vec<Example> {
             name: "index",
             tag: None,
             bytes: idx,
+        },
+        Example {
+            name: "rows-leaf",
+            tag: Some(ObjectType::Rows),
+            bytes: rows_leaf,
+        },
+        Example {
+            name: "table",
+            tag: Some(ObjectType::Table),
+            bytes: table.encode(),
         },
     ]
 }
@@ -273,6 +325,20 @@ fn spec_examples_decode_and_match_the_encoders() {
             "index" => {
                 let (_, entries) = index::decode(bytes, Path::new("spec.idx")).unwrap();
                 assert_eq!(entries.len(), 2);
+            }
+            "rows-leaf" => {
+                let n = Node::decode(bytes.clone()).unwrap();
+                assert_eq!((n.level, n.len()), (0, 2));
+                assert_eq!(decode_key(n.key(0)).unwrap(), vec![Value::Integer(1)]);
+                let row = decode_row(n.value(0)).unwrap();
+                assert_eq!(row[1], Cell::Value(Value::Text(b"ann".to_vec())));
+                assert_eq!(&encode_row(&row), n.value(0));
+            }
+            "table" => {
+                let t = TableObject::decode(bytes).unwrap();
+                assert_eq!(&t.encode(), bytes);
+                assert_eq!(t.name, "users");
+                assert_eq!(t.table.unwrap().rows, 2);
             }
             other => panic!("unknown example {other}"),
         }

@@ -191,5 +191,49 @@ fn main() {
         b.extend_from_slice(&payload);
         write("unpack", name, &b);
     }
+    // Table objects and row-map values.
+    use systemprompt_sync::db::table::{Column, Extra, ExtraKind, TableData, TableObject};
+    use systemprompt_sync::db::value::{Cell, Value, encode_key, encode_row};
+    let table = TableObject {
+        name: "users".into(),
+        sql: "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT)".into(),
+        ordinal: 0,
+        table: Some(TableData {
+            flags: 0,
+            columns: vec![
+                Column { name: "id".into(), decl_type: "INTEGER".into() },
+                Column { name: "name".into(), decl_type: "TEXT".into() },
+            ],
+            key: vec![0],
+            sequence: Some(7),
+            rows: 2,
+            root: id("rows"),
+        }),
+        extras: vec![Extra {
+            kind: ExtraKind::Trigger,
+            name: "t".into(),
+            ordinal: 2,
+            sql: "CREATE TRIGGER t AFTER INSERT ON users BEGIN SELECT 1; END".into(),
+        }],
+    };
+    write("table_object", "table", &table.encode());
+    let view = TableObject { name: "v".into(), sql: "CREATE VIEW v AS SELECT 1".into(), ordinal: 3, table: None, extras: vec![] };
+    write("table_object", "view", &view.encode());
+    let mut key = vec![0u8];
+    key.extend(
+        encode_key(&[Value::Integer(-5), Value::Real(1.5), Value::Text(b"a\0b".to_vec()), Value::Blob(vec![0xff]), Value::Null])
+            .unwrap(),
+    );
+    write("row_values", "key", &key);
+    let mut row = vec![1u8];
+    row.extend(encode_row(&[
+        Cell::Value(Value::Null),
+        Cell::Value(Value::Integer(i64::MIN)),
+        Cell::Value(Value::Real(-0.0)),
+        Cell::Value(Value::Text(b"hi".to_vec())),
+        Cell::Value(Value::Blob(vec![1, 2])),
+        Cell::Large { text: false, size: 5000, content: Content::Inline(vec![ChunkRef { id: id("c"), len: 5000 }]) },
+    ]));
+    write("row_values", "row", &row);
     println!("seeds written to {}/seeds", env!("CARGO_MANIFEST_DIR"));
 }

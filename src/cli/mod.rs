@@ -10,6 +10,10 @@ use anyhow::{Context, Result, anyhow};
 use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::json;
 
+use std::collections::BTreeMap;
+
+use systemprompt_sync::db::DbSource;
+use systemprompt_sync::db::diff::{RowChange, RowStat, diff_tables};
 use systemprompt_sync::diff::{ChangeKind, DiffStat, FileChange, diff_trees};
 use systemprompt_sync::object::tree::{EntryKind, read_dir};
 use systemprompt_sync::object::{ObjectSource, Overlay};
@@ -69,6 +73,12 @@ enum Cmd {
         /// Read every file, ignoring the stat cache.
         #[arg(long)]
         no_cache: bool,
+        /// Also snapshot this SQLite database's tables (default: sp-sync.toml's [[db]]).
+        #[arg(long, value_name = "FILE")]
+        db: Option<PathBuf>,
+        /// Only these tables of --db (repeatable).
+        #[arg(long = "table", value_name = "T", requires = "db")]
+        tables: Vec<String>,
     },
     /// Snapshots, newest first.
     Log {
@@ -90,10 +100,17 @@ enum Cmd {
     },
     /// Write a file's bytes to stdout: SNAP:PATH.
     Cat { spec: String },
-    /// What changed between snapshots A and B, or between A and the working tree.
+    /// What changed between snapshots A and B, or between A and the working tree
+    /// and databases now; with --db, between A's tables and that database now.
     Diff {
         a: String,
         b: Option<String>,
+        /// Compare A's tables with this SQLite database now.
+        #[arg(long, value_name = "FILE", conflicts_with = "b")]
+        db: Option<PathBuf>,
+        /// Only these tables (repeatable).
+        #[arg(long = "table", value_name = "T")]
+        tables: Vec<String>,
         /// Only a summary.
         #[arg(long)]
         stat: bool,
@@ -101,13 +118,21 @@ enum Cmd {
         #[arg(long)]
         exit_code: bool,
     },
-    /// Materialize SNAP[:PATH] into TARGET.
+    /// Materialize SNAP[:PATH] into TARGET, and/or SNAP's tables into --db FILE.
     Restore {
         spec: String,
-        target: PathBuf,
-        /// Also remove what the snapshot lacks.
+        #[arg(required_unless_present = "db")]
+        target: Option<PathBuf>,
+        /// Also remove what the snapshot lacks (files; rows of its tables).
         #[arg(long)]
         delete: bool,
+        /// Restore the snapshot's tables into this SQLite database (a new file,
+        /// or an existing one, changed in one transaction).
+        #[arg(long, value_name = "FILE")]
+        db: Option<PathBuf>,
+        /// Only these tables (repeatable).
+        #[arg(long = "table", value_name = "T", requires = "db")]
+        tables: Vec<String>,
     },
     /// Check every reachable object.
     Fsck {
@@ -155,6 +180,11 @@ enum Cmd {
         #[arg(long, value_name = "TARGET")]
         restore: Option<PathBuf>,
     },
+    /// Keep folders of markdown files ([[collection]] in sp-sync.toml) in step with tables.
+    Local {
+        #[command(subcommand)]
+        cmd: LocalCmd,
+    },
     /// Run the HTTP remote.
     Serve {
         /// Address to listen on (port 0: any free port; the address is printed).
@@ -169,6 +199,34 @@ enum Cmd {
         /// Largest push body, in bytes.
         #[arg(long, default_value_t = 64 << 30)]
         max_body: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LocalCmd {
+    /// One line per key whose file and row differ (as to-db would apply them).
+    Diff {
+        #[arg(long, value_name = "NAME")]
+        collection: Option<String>,
+        /// Exit with status 1 when there are differences.
+        #[arg(long)]
+        exit_code: bool,
+    },
+    /// Apply the files to the database, in one transaction.
+    ToDb {
+        #[arg(long, value_name = "NAME")]
+        collection: Option<String>,
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Write the database's rows as files (and remove files of keys it lacks).
+    ToDisk {
+        #[arg(long, value_name = "NAME")]
+        collection: Option<String>,
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -315,7 +373,18 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
             exclude,
             host,
             no_cache,
-        } => snapshot(ctx, paths, message, ref_name, exclude, host, no_cache),
+            db,
+            tables,
+        } => snapshot(
+            ctx,
+            paths,
+            message,
+            ref_name,
+            exclude,
+            host,
+            no_cache,
+            db.map(|path| (path, tables)),
+        ),
         Cmd::Log {
             reference,
             max_count,
@@ -335,14 +404,34 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
         Cmd::Diff {
             a,
             b,
+            db,
+            tables,
             stat,
             exit_code,
-        } => diff(ctx, &a, b.as_deref(), stat, exit_code),
+        } => diff(
+            ctx,
+            &a,
+            b.as_deref(),
+            db.as_deref(),
+            &tables,
+            stat,
+            exit_code,
+        ),
         Cmd::Restore {
             spec,
             target,
             delete,
-        } => restore(ctx, &spec, &target, delete),
+            db,
+            tables,
+        } => restore(
+            ctx,
+            &spec,
+            target.as_deref(),
+            delete,
+            db.as_deref(),
+            &tables,
+        ),
+        Cmd::Local { cmd } => local(ctx, cmd),
         Cmd::Fsck {
             read_data,
             rebuild_index: rebuild,
@@ -414,14 +503,24 @@ fn snapshot(
     mut exclude: Vec<String>,
     host: Option<String>,
     no_cache: bool,
+    db: Option<(PathBuf, Vec<String>)>,
 ) -> Result<i32> {
     let (ws, store) = ctx.open(LockMode::Shared)?;
-    let sources = if paths.is_empty() {
+    let defaulted = paths.is_empty();
+    let sources = if defaulted {
         let (s, ex) = ws.default_sources()?;
         exclude.extend(ex);
         s
     } else {
         paths.iter().map(|p| ctx.cwd.join(p)).collect()
+    };
+    let dbs = match db {
+        Some((path, tables)) => vec![DbSource {
+            path: ctx.cwd.join(path),
+            tables,
+        }],
+        None if defaulted => ws.default_dbs()?,
+        None => Vec::new(),
     };
     let opts = SnapshotOptions {
         sources,
@@ -430,6 +529,7 @@ fn snapshot(
         ref_name,
         host,
         use_stat_cache: !no_cache,
+        dbs,
         ..Default::default()
     };
     let bar = Bar::new(ctx.quiet);
@@ -442,11 +542,21 @@ fn snapshot(
             "id": r.id, "parent": r.parent, "root": r.root,
             "files": r.files, "dirs": r.dirs, "bytes": r.bytes,
             "new_bytes": r.new_bytes, "new_objects": r.new_objects,
-            "tables": {},
+            "tables": r.tables,
         }))?;
     } else {
+        let rows: u64 = r.tables.values().sum();
+        let tables = if r.tables.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " and {} ({})",
+                plural(r.tables.len() as u64, "table"),
+                plural(rows, "row")
+            )
+        };
         ctx.note(format!(
-            "snapshot {} of {} files, {} ({} new) in {:.2}s; {} moved",
+            "snapshot {} of {} files{tables}, {} ({} new) in {:.2}s; {} moved",
             r.id.short(),
             r.files,
             size(r.bytes),
@@ -579,50 +689,124 @@ fn list_dir(
     Ok(())
 }
 
-fn diff(ctx: &Ctx, a: &str, b: Option<&str>, stat_only: bool, exit_code: bool) -> Result<i32> {
+#[allow(clippy::too_many_arguments)]
+fn diff(
+    ctx: &Ctx,
+    a: &str,
+    b: Option<&str>,
+    db: Option<&Path>,
+    tables: &[String],
+    stat_only: bool,
+    exit_code: bool,
+) -> Result<i32> {
     let (ws, store) = ctx.open(LockMode::Shared)?;
-    let root_of = |spec: &str| -> Result<Option<ObjectId>> {
+    let load = |spec: &str| -> Result<systemprompt_sync::object::snapshot::Snapshot> {
         let id = names::resolve(&store, spec)?;
-        Ok(names::load_snapshot(&store, &id)?.root)
+        Ok(names::load_snapshot(&store, &id)?)
     };
-    let ra = root_of(a)?;
+    let only = |m: &BTreeMap<String, ObjectId>| -> BTreeMap<String, ObjectId> {
+        m.iter()
+            .filter(|(k, _)| tables.is_empty() || tables.contains(k))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    };
+    let sa = load(a)?;
     let mut changes: Vec<FileChange> = Vec::new();
+    let mut rows: Vec<RowChange> = Vec::new();
     let mut collect = |c: FileChange| {
         changes.push(c);
         Ok(())
     };
-    match b {
-        Some(b) => {
-            let rb = root_of(b)?;
-            diff_trees(&store, ra.as_ref(), rb.as_ref(), &mut collect)?;
-        }
-        None => {
-            let (sources, excludes) = ws.default_sources()?;
-            let bar = Bar::new(ctx.quiet);
-            let r = systemprompt_sync::snapshot::scan_working_tree(
+    let mut collect_rows = |c: RowChange| {
+        rows.push(c);
+        Ok(())
+    };
+    let table_changes = match (b, db) {
+        (Some(b), _) => {
+            let sb = load(b)?;
+            diff_trees(&store, sa.root.as_ref(), sb.root.as_ref(), &mut collect)?;
+            diff_tables(
                 &store,
-                &sources,
-                &excludes,
-                &[],
+                &only(&sa.tables),
+                &only(&sb.tables),
+                &mut collect_rows,
+            )?
+        }
+        (None, db) => {
+            let bar = Bar::new(ctx.quiet);
+            let scratch = systemprompt_sync::snapshot::Scratch {
+                store: &store,
+                mem: systemprompt_sync::object::MemStore::new(false),
+            };
+            let dbs = match db {
+                Some(path) => vec![DbSource {
+                    path: ctx.cwd.join(path),
+                    tables: tables.to_vec(),
+                }],
+                None => ws.default_dbs()?,
+            };
+            let now_tables = systemprompt_sync::db::scan_all(
+                &dbs,
+                &scratch,
+                &systemprompt_sync::chunker::Chunker::new(&store.config().chunker),
                 &bar,
             );
+            let files = if db.is_none() {
+                let (sources, excludes) = ws.default_sources()?;
+                let skip: Vec<PathBuf> = dbs.iter().map(|d| d.path.clone()).collect();
+                Some(systemprompt_sync::snapshot::scan_working_tree(
+                    &store, &sources, &excludes, &skip, &bar,
+                ))
+            } else {
+                None
+            };
             bar.finish();
-            let (root, scratch) = r?;
+            let now_tables = now_tables?;
+            let wt = files.transpose()?;
+            let mem = match &wt {
+                Some((_, s)) => &s.mem,
+                None => &scratch.mem,
+            };
+            if let Some((root, _)) = &wt {
+                let src = Overlay {
+                    first: mem,
+                    second: &store as &dyn ObjectSource,
+                };
+                diff_trees(&src, sa.root.as_ref(), Some(root), &mut collect)?;
+            }
             let src = Overlay {
                 first: &scratch.mem,
                 second: &store as &dyn ObjectSource,
             };
-            diff_trees(&src, ra.as_ref(), Some(&root), &mut collect)?;
+            // Compare only the tables the database was asked for.
+            let mut mine = only(&sa.tables);
+            if db.is_some() || !dbs.is_empty() {
+                mine.retain(|k, _| {
+                    now_tables.objects.contains_key(k)
+                        || dbs
+                            .iter()
+                            .all(|d| d.tables.is_empty() || d.tables.contains(k))
+                });
+            } else {
+                mine.clear();
+            }
+            diff_tables(&src, &mine, &only(&now_tables.objects), &mut collect_rows)?
         }
-    }
+    };
     let mut stat = DiffStat::default();
     for c in &changes {
         stat.add(c);
     }
+    let mut rstat = RowStat::default();
+    for r in &rows {
+        rstat.add(r);
+    }
+    let differ = !changes.is_empty() || !rows.is_empty() || !table_changes.is_empty();
     if ctx.json {
-        let mut v = json!({"files": changes, "rows": []});
+        let mut v = json!({"files": changes, "rows": rows, "tables": table_changes});
         if stat_only {
             v["stat"] = serde_json::to_value(&stat)?;
+            v["row_stat"] = serde_json::to_value(&rstat)?;
         }
         ctx.print_json(&v)?;
     } else {
@@ -656,6 +840,32 @@ fn diff(ctx: &Ctx, a: &str, b: Option<&str>, stat_only: bool, exit_code: bool) -
                     detail.unwrap_or_default()
                 )?;
             }
+            for t in &table_changes {
+                let what = if t.view { "view" } else { "table" };
+                let sym = match t.change {
+                    "added" => '+',
+                    "removed" => '-',
+                    _ => 'S',
+                };
+                writeln!(
+                    out,
+                    "{sym} {what} {}{}",
+                    t.table,
+                    if t.change == "schema" {
+                        " (schema changed)"
+                    } else {
+                        ""
+                    }
+                )?;
+            }
+            for r in &rows {
+                let cols = if r.columns.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", r.columns.join(", "))
+                };
+                writeln!(out, "{} {}{cols}", r.change.symbol(), r.describe_key())?;
+            }
         }
         if stat_only || !changes.is_empty() {
             writeln!(
@@ -674,13 +884,19 @@ fn diff(ctx: &Ctx, a: &str, b: Option<&str>, stat_only: bool, exit_code: bool) -
                 size(stat.bytes_removed)
             )?;
         }
+        if (stat_only && (!sa.tables.is_empty() || !rows.is_empty())) || !rows.is_empty() {
+            writeln!(
+                out,
+                "{} changed: {} added, {} removed, {} modified",
+                plural(rstat.total(), "row"),
+                rstat.added,
+                rstat.removed,
+                rstat.modified
+            )?;
+        }
         out.flush()?;
     }
-    Ok(if exit_code && !changes.is_empty() {
-        1
-    } else {
-        0
-    })
+    Ok(if exit_code && differ { 1 } else { 0 })
 }
 
 fn plural(n: u64, what: &str) -> String {
@@ -691,43 +907,203 @@ fn plural(n: u64, what: &str) -> String {
     }
 }
 
-fn restore(ctx: &Ctx, spec: &str, target: &Path, delete: bool) -> Result<i32> {
+fn restore(
+    ctx: &Ctx,
+    spec: &str,
+    target: Option<&Path>,
+    delete: bool,
+    db: Option<&Path>,
+    tables: &[String],
+) -> Result<i32> {
     let (_, store) = ctx.open(LockMode::Shared)?;
-    let target = ctx.cwd.join(target);
-    let bar = Bar::new(ctx.quiet);
-    let start = std::time::Instant::now();
-    let r = systemprompt_sync::restore_snapshot(
-        &store,
-        spec,
-        &target,
-        &RestoreOptions {
-            delete,
-            threads: None,
-        },
-        &bar,
-    );
-    bar.finish();
-    let r = r.with_context(|| format!("restore into {}", target.display()))?;
-    if ctx.json {
-        ctx.print_json(&json!({
+    let mut out = json!({});
+    if let Some(target) = target {
+        let target = ctx.cwd.join(target);
+        let bar = Bar::new(ctx.quiet);
+        let start = std::time::Instant::now();
+        let r = systemprompt_sync::restore_snapshot(
+            &store,
+            spec,
+            &target,
+            &RestoreOptions {
+                delete,
+                threads: None,
+            },
+            &bar,
+        );
+        bar.finish();
+        let r = r.with_context(|| format!("restore into {}", target.display()))?;
+        out = json!({
             "target": target.display().to_string(), "files": r.files, "dirs": r.dirs,
             "bytes": r.bytes, "deleted": r.deleted,
-        }))?;
-    } else {
-        ctx.note(format!(
-            "restored {} files, {} into {} in {:.2}s{}",
-            r.files,
-            size(r.bytes),
-            target.display(),
-            start.elapsed().as_secs_f64(),
-            if delete {
-                format!("; removed {}", r.deleted)
-            } else {
-                String::new()
-            }
-        ));
+        });
+        if !ctx.json {
+            ctx.note(format!(
+                "restored {} files, {} into {} in {:.2}s{}",
+                r.files,
+                size(r.bytes),
+                target.display(),
+                start.elapsed().as_secs_f64(),
+                if delete {
+                    format!("; removed {}", r.deleted)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+    }
+    if let Some(db) = db {
+        let path = ctx.cwd.join(db);
+        let (snap, _) = names::split_spec(spec);
+        let id = names::resolve(&store, snap)?;
+        let s = names::load_snapshot(&store, &id)?;
+        if s.tables.is_empty() {
+            return Err(anyhow!("snapshot {} has no tables", id.short()));
+        }
+        let bar = Bar::new(ctx.quiet);
+        let start = std::time::Instant::now();
+        let r = systemprompt_sync::db::restore::restore_db(
+            &store,
+            &s.tables,
+            &path,
+            &systemprompt_sync::chunker::Chunker::new(&store.config().chunker),
+            &systemprompt_sync::db::restore::DbRestoreOptions {
+                delete,
+                tables: tables.to_vec(),
+            },
+            &bar,
+        );
+        bar.finish();
+        let r = r?;
+        out["db"] = json!(path.display().to_string());
+        out["db_created"] = json!(r.created);
+        out["rows_inserted"] = json!(r.inserted);
+        out["rows_updated"] = json!(r.updated);
+        out["rows_deleted"] = json!(r.deleted);
+        if !ctx.json {
+            ctx.note(format!(
+                "{} {} in {:.2}s: {} inserted, {} updated, {} deleted",
+                if r.created { "created" } else { "updated" },
+                path.display(),
+                start.elapsed().as_secs_f64(),
+                plural(r.inserted, "row"),
+                r.updated,
+                r.deleted
+            ));
+        }
+    }
+    if ctx.json {
+        ctx.print_json(&out)?;
     }
     Ok(0)
+}
+
+fn local(ctx: &Ctx, cmd: LocalCmd) -> Result<i32> {
+    use systemprompt_sync::collection::{self, Direction};
+    let root = match ctx.workspace() {
+        Ok(ws) => ws.root,
+        Err(_) => find_project_root(&ctx.cwd),
+    };
+    let project = systemprompt_sync::ProjectConfig::load(&root)?;
+    let (name, dir, dry_run, exit_code) = match &cmd {
+        LocalCmd::Diff {
+            collection,
+            exit_code,
+        } => (collection.as_deref(), None, true, *exit_code),
+        LocalCmd::ToDb {
+            collection,
+            dry_run,
+        } => (
+            collection.as_deref(),
+            Some(Direction::ToDatabase),
+            *dry_run,
+            false,
+        ),
+        LocalCmd::ToDisk {
+            collection,
+            dry_run,
+        } => (
+            collection.as_deref(),
+            Some(Direction::ToDisk),
+            *dry_run,
+            false,
+        ),
+    };
+    if project.collection.is_empty() {
+        return Err(anyhow!(
+            "{}: no [[collection]] configured",
+            root.join(systemprompt_sync::workspace::PROJECT_FILE)
+                .display()
+        ));
+    }
+    let chosen = collection::select(&project.collection, name)?;
+    // Plan everything first: a bad file anywhere changes nothing.
+    let mut plans = Vec::new();
+    for c in chosen {
+        plans.push(collection::plan(&root, c)?);
+    }
+    let all: Vec<&collection::LocalChange> = plans.iter().flat_map(|p| p.changes.iter()).collect();
+    if ctx.json {
+        ctx.print_json(&serde_json::to_value(&all)?)?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        for c in &all {
+            let cols = if c.columns.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", c.columns.join(", "))
+            };
+            writeln!(
+                out,
+                "{} {}/{} ({}){cols}",
+                c.change.symbol(),
+                c.collection,
+                c.key_text(),
+                c.path
+            )?;
+        }
+    }
+    if let (Some(d), false) = (dir, dry_run) {
+        let mut total = collection::ApplyReport::default();
+        for p in &plans {
+            let r = collection::apply(p, d)?;
+            total.inserted += r.inserted;
+            total.updated += r.updated;
+            total.deleted += r.deleted;
+            total.written += r.written;
+            total.removed_files += r.removed_files;
+        }
+        ctx.note(match d {
+            Direction::ToDatabase => format!(
+                "database: {} inserted, {} updated, {} deleted",
+                plural(total.inserted, "row"),
+                total.updated,
+                total.deleted
+            ),
+            Direction::ToDisk => format!(
+                "files: {} written, {} removed",
+                total.written, total.removed_files
+            ),
+        });
+    } else if dir.is_some() {
+        ctx.note(format!(
+            "dry run: {} would change",
+            plural(all.len() as u64, "key")
+        ));
+    }
+    Ok(if exit_code && !all.is_empty() { 1 } else { 0 })
+}
+
+/// The nearest folder at or above `start` holding sp-sync.toml (else `start`).
+fn find_project_root(start: &Path) -> PathBuf {
+    let mut cur = Some(start);
+    while let Some(d) = cur {
+        if d.join(systemprompt_sync::workspace::PROJECT_FILE).is_file() {
+            return d.to_path_buf();
+        }
+        cur = d.parent();
+    }
+    start.to_path_buf()
 }
 
 fn fsck_cmd(ctx: &Ctx, read_data: bool, rebuild: bool) -> Result<i32> {

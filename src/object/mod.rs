@@ -29,6 +29,15 @@ pub trait ObjectSink: Sync {
     /// Whether the object is already present (no read).
     fn contains(&self, id: &ObjectId) -> bool;
 
+    /// Stores objects whose ids the caller has computed, in this order
+    /// (children before parents). A sink may compress them in parallel.
+    fn put_many(&self, objs: &[(ObjectType, ObjectId, Vec<u8>)]) -> Result<()> {
+        for (tag, id, bytes) in objs {
+            self.put_hashed(*tag, *id, bytes)?;
+        }
+        Ok(())
+    }
+
     /// Hashes and stores an object; returns its id.
     fn put(&self, tag: ObjectType, bytes: &[u8]) -> Result<ObjectId> {
         let id = ObjectId::compute(tag, bytes);
@@ -228,10 +237,25 @@ pub fn references(
             let s = snapshot::Snapshot::decode(bytes).map_err(|e| corrupt(tag, id, e))?;
             Ok(s.refs())
         }
-        ObjectType::Table | ObjectType::Rows => Err(corrupt(
-            tag,
-            id,
-            "tables are not supported by this version of sp-sync",
-        )),
+        ObjectType::Table => {
+            let t =
+                crate::db::table::TableObject::decode(bytes).map_err(|e| corrupt(tag, id, e))?;
+            Ok(t.refs())
+        }
+        ObjectType::Rows => {
+            let n = crate::pmap::Node::decode(bytes.to_vec()).map_err(|e| corrupt(tag, id, e))?;
+            if n.level > 0 {
+                return Ok(n.children().map(|c| (ObjectType::Rows, c)).collect());
+            }
+            let mut out = Vec::new();
+            for i in 0..n.len() {
+                let cells = crate::db::value::decode_row(n.value(i))
+                    .map_err(|e| corrupt(tag, id, format!("bad row: {e}")))?;
+                for c in &cells {
+                    out.extend(c.refs());
+                }
+            }
+            Ok(out)
+        }
     }
 }

@@ -239,12 +239,7 @@ impl Walker<'_> {
                 self.tree(&root, &sctx, b"");
             }
             for (name, t) in &snap.tables {
-                self.report(
-                    ObjectType::Table,
-                    t,
-                    "tables are not supported by this version",
-                    &format!("{sctx} table {name}"),
-                );
+                self.table(t, name, &format!("{sctx} table {name}"));
             }
             // Parents after the snapshot itself, iteratively (long histories).
             for p in snap.parents.iter().skip(1) {
@@ -325,6 +320,103 @@ impl Walker<'_> {
         }
         for (p, t) in subdirs {
             self.tree(&t, ctx, &p);
+        }
+    }
+
+    /// A table object, its row map, and the large values its rows keep in
+    /// chunks. Every row is decoded; keys must decode and rows have the
+    /// table's width.
+    fn table(&mut self, id: &ObjectId, name: &str, ctx: &str) {
+        if !self.seen.insert(*id) {
+            return;
+        }
+        if !self.check_present(ObjectType::Table, id, ctx) {
+            return;
+        }
+        let t = match crate::db::load_table(self.src, id) {
+            Ok(t) => t,
+            Err(e) => {
+                self.report(ObjectType::Table, id, &e.to_string(), ctx);
+                return;
+            }
+        };
+        if t.name != name {
+            self.report(
+                ObjectType::Table,
+                id,
+                &format!("the table object is named {:?}", t.name),
+                ctx,
+            );
+        }
+        let Some(data) = t.table else { return };
+        if self.seen.contains(&data.root) {
+            return;
+        }
+        let mut contents: Vec<(u64, Content)> = Vec::new();
+        let mut node_errors: Vec<(ObjectId, String)> = Vec::new();
+        let mut seen = std::mem::take(&mut self.seen);
+        let bad = self.bad;
+        let store = self.store;
+        let mut rows: u64 = 0;
+        let mut partial = false;
+        let width = data.row_width();
+        let root = data.root;
+        let r = crate::pmap::walk_nodes(
+            self.src,
+            ObjectType::Rows,
+            &root,
+            |nid| {
+                if let Some(why) = bad.get(nid) {
+                    node_errors.push((*nid, why.clone()));
+                    return false;
+                }
+                if !store.contains(nid) {
+                    node_errors.push((*nid, "missing".into()));
+                    return false;
+                }
+                // A subtree already checked (shared with another table
+                // version) is not walked again.
+                let first = seen.insert(*nid);
+                partial |= !first;
+                first
+            },
+            |k, v| {
+                rows += 1;
+                crate::db::value::decode_key(k)
+                    .map_err(|e| corrupt(ObjectType::Rows, &root, format!("bad key: {e}")))?;
+                let cells = crate::db::value::decode_row(v)
+                    .map_err(|e| corrupt(ObjectType::Rows, &root, format!("bad row: {e}")))?;
+                if cells.len() != width {
+                    return Err(corrupt(
+                        ObjectType::Rows,
+                        &root,
+                        format!("a row of {} values in a table of {width}", cells.len()),
+                    ));
+                }
+                for c in cells {
+                    if let crate::db::value::Cell::Large { size, content, .. } = c {
+                        contents.push((size, content));
+                    }
+                }
+                Ok(())
+            },
+        );
+        self.seen = seen;
+        for (nid, why) in node_errors {
+            self.report(ObjectType::Rows, &nid, &why, ctx);
+        }
+        match r {
+            Err(e) => self.errors.push(format!("{e}; reached from {ctx}")),
+            Ok(()) if !partial && rows != data.rows => self.report(
+                ObjectType::Table,
+                id,
+                &format!("says {} rows, its map holds {rows}", data.rows),
+                ctx,
+            ),
+            Ok(()) => {}
+        }
+        for (size, content) in contents {
+            self.content(&content, size, ctx);
         }
     }
 

@@ -51,6 +51,23 @@ pub fn encode(pack: &ObjectId, entries: &mut [IdxEntry]) -> Vec<u8> {
 
 /// Decodes and checks an index file's bytes; `path` is for errors.
 pub fn decode(b: &[u8], path: &Path) -> Result<(ObjectId, Vec<IdxEntry>)> {
+    let mut out = Vec::with_capacity(declared_count(b).min(b.len() / IDX_ENTRY_LEN));
+    let pack = decode_with(b, path, |e| out.push(e))?;
+    Ok((pack, out))
+}
+
+/// The number of entries an index says it has (0 if it is too short to say).
+pub fn declared_count(b: &[u8]) -> usize {
+    match b.get(41..45) {
+        Some(c) => u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize,
+        None => 0,
+    }
+}
+
+/// Checks an index (checksum, header, sorted entries, known types), then
+/// calls `entry` for each entry, without collecting them. Nothing is passed
+/// unless the whole index is good.
+pub fn decode_with(b: &[u8], path: &Path, mut entry: impl FnMut(IdxEntry)) -> Result<ObjectId> {
     let bad = |reason: String| SyncError::corrupt_file("index", path, reason);
     if b.len() < IDX_HEAD_LEN + 32 {
         return Err(bad("truncated".into()));
@@ -75,35 +92,39 @@ pub fn decode(b: &[u8], path: &Path) -> Result<(ObjectId, Vec<IdxEntry>)> {
             rest.len()
         )));
     }
-    let mut out = Vec::with_capacity(count);
-    let mut prev: Option<ObjectId> = None;
+    // First check every entry, then hand them out.
+    let mut prev: Option<&[u8]> = None;
+    for e in rest.chunks_exact(IDX_ENTRY_LEN) {
+        if prev.is_some_and(|p| p >= &e[..32]) {
+            return Err(bad("entries not sorted and unique".into()));
+        }
+        prev = Some(&e[..32]);
+        if ObjectType::from_u8(e[32]).is_none() {
+            return Err(bad(format!("unknown object type {}", e[32])));
+        }
+    }
+    let le8 = |s: &[u8]| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(s);
+        u64::from_le_bytes(a)
+    };
+    let le4 = |s: &[u8]| u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
     for e in rest.chunks_exact(IDX_ENTRY_LEN) {
         let mut id = [0u8; 32];
         id.copy_from_slice(&e[..32]);
-        let id = ObjectId(id);
-        if prev.is_some_and(|p| p >= id) {
-            return Err(bad("entries not sorted and unique".into()));
-        }
-        prev = Some(id);
-        let tag = ObjectType::from_u8(e[32])
-            .ok_or_else(|| bad(format!("unknown object type {}", e[32])))?;
-        let flags = e[33];
-        let le8 = |s: &[u8]| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(s);
-            u64::from_le_bytes(a)
+        let Some(tag) = ObjectType::from_u8(e[32]) else {
+            continue;
         };
-        let le4 = |s: &[u8]| u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
-        out.push(IdxEntry {
-            id,
+        entry(IdxEntry {
+            id: ObjectId(id),
             tag,
-            flags,
+            flags: e[33],
             offset: le8(&e[34..42]),
             clen: le4(&e[42..46]),
             ulen: le4(&e[46..50]),
         });
     }
-    Ok((ObjectId(pack), out))
+    Ok(ObjectId(pack))
 }
 
 #[cfg(test)]

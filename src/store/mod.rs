@@ -400,6 +400,9 @@ impl Store {
     pub fn refresh(&self) -> Result<Vec<String>> {
         let (names, _) = self.list_pack_files()?;
         let mut warnings = Vec::new();
+        // Read the new indexes first, so the map is grown once for all of
+        // them; entries go from the index bytes straight into the map.
+        let mut read: Vec<(ObjectId, Vec<u8>)> = Vec::new();
         for name in names {
             if self
                 .index
@@ -409,35 +412,60 @@ impl Store {
             {
                 continue;
             }
-            let path = self.idx_path(&name);
-            let bytes = match self.backend.get(&Self::idx_key(&name)) {
-                Ok(Some(b)) => b,
+            match self.backend.get(&Self::idx_key(&name)) {
+                Ok(Some(b)) => read.push((name, b)),
                 Ok(None) => continue,
                 Err(e) => {
-                    warnings.push(format!("cannot read {}: {e}", path.display()));
+                    warnings.push(format!(
+                        "cannot read {}: {e}",
+                        self.idx_path(&name).display()
+                    ));
                     continue;
                 }
-            };
-            let entries = match index::decode(&bytes, &path) {
-                Ok((pname, entries)) if pname == name => entries,
-                other => {
-                    // A damaged index: fall back to reading the pack itself.
-                    let why = match other {
-                        Err(e) => e.to_string(),
-                        Ok(_) => format!("{}: names another pack", path.display()),
-                    };
-                    warnings.push(format!("{why} (run `sp-sync fsck --rebuild-index`)"));
-                    tracing::warn!("{why}; reading the pack instead");
-                    match self.scan_pack(&name) {
-                        Ok(e) => e,
-                        Err(e) => {
-                            warnings.push(e.to_string());
-                            continue;
+            }
+        }
+        let total: usize = read.iter().map(|(_, b)| index::declared_count(b)).sum();
+        if let Ok(mut ix) = self.index.write() {
+            ix.map.reserve(total.min(1 << 28));
+        }
+        for (name, bytes) in read {
+            let path = self.idx_path(&name);
+            let loaded = match self.index.write() {
+                Ok(mut ix) => {
+                    if ix.known.contains(&name) {
+                        continue;
+                    }
+                    let pack = ix.packs.len() as u32;
+                    let r = index::decode_with(&bytes, &path, |e| ix.insert(pack, &e));
+                    match r {
+                        Ok(pname) if pname == name => {
+                            ix.known.insert(name);
+                            ix.packs.push(PackInfo {
+                                name,
+                                objects: index::declared_count(&bytes),
+                            });
+                            Ok(())
                         }
+                        Ok(_) => {
+                            // Entries naming this pack number were inserted:
+                            // take them out again.
+                            ix.map.retain(|_, l| l.pack != pack);
+                            Err(format!("{}: names another pack", path.display()))
+                        }
+                        Err(e) => Err(e.to_string()),
                     }
                 }
+                Err(_) => continue,
             };
-            self.register_pack(name, &entries);
+            if let Err(why) = loaded {
+                // A damaged index: fall back to reading the pack itself.
+                warnings.push(format!("{why} (run `sp-sync fsck --rebuild-index`)"));
+                tracing::warn!("{why}; reading the pack instead");
+                match self.scan_pack(&name) {
+                    Ok(e) => self.register_pack(name, &e),
+                    Err(e) => warnings.push(e.to_string()),
+                }
+            }
         }
         Ok(warnings)
     }
@@ -606,6 +634,17 @@ impl Store {
 }
 
 impl Index {
+    fn insert(&mut self, pack: u32, e: &IdxEntry) {
+        self.map.entry(e.id).or_insert(Location {
+            pack,
+            offset: e.offset,
+            clen: e.clen,
+            ulen: e.ulen,
+            tag: e.tag,
+            flags: e.flags,
+        });
+    }
+
     fn add_pack(&mut self, name: ObjectId, entries: &[IdxEntry]) {
         let pack = self.packs.len() as u32;
         self.packs.push(PackInfo {

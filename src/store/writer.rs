@@ -190,6 +190,23 @@ impl ObjectSink for WriteSession<'_> {
     fn contains(&self, id: &ObjectId) -> bool {
         self.store.contains(id) || self.pending.lock().map(|p| p.contains(id)).unwrap_or(false)
     }
+
+    /// Compresses the new objects in parallel (rayon), then sends them in
+    /// the order given.
+    fn put_many(&self, objs: &[(ObjectType, ObjectId, Vec<u8>)]) -> Result<()> {
+        use rayon::prelude::*;
+        let new: Vec<&(ObjectType, ObjectId, Vec<u8>)> =
+            objs.iter().filter(|(_, id, _)| self.claim(id)).collect();
+        let level = self.level;
+        let prepared: Vec<StoredObject> = new
+            .par_iter()
+            .map(|(tag, id, bytes)| prepare(*tag, *id, bytes, level))
+            .collect();
+        for o in prepared {
+            self.send(o)?;
+        }
+        Ok(())
+    }
 }
 
 struct OpenPack {

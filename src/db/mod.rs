@@ -1,0 +1,583 @@
+//! SQLite tables in snapshots: reading a database's tables into table
+//! objects and row maps (`scan`), diffing them by key (`diff`), and writing
+//! them back (`restore`).
+//!
+//! A table is a prolly map (the same code as directories, tag 6) from its
+//! primary key, encoded so that byte order is SQLite's order, to its row.
+//! Every table of a database is read in one read transaction, so a snapshot
+//! is consistent while other connections write.
+
+pub mod diff;
+pub mod restore;
+pub mod table;
+pub mod value;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::chunker::Chunker;
+use crate::codec::Writer;
+use crate::error::{Result, SyncError};
+use crate::id::{ObjectId, ObjectType};
+use crate::object::ObjectSink;
+use crate::pmap::MapBuilder;
+use crate::progress::Progress;
+use table::{
+    Column, Extra, ExtraKind, FLAG_ROWID_IN_ROW, FLAG_WITHOUT_ROWID, TableData, TableObject,
+};
+use value::{KeyWriter, encode_cell};
+
+/// A database to snapshot, and which of its tables (empty: all of them, and
+/// its views).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbSource {
+    pub path: PathBuf,
+    pub tables: Vec<String>,
+}
+
+/// How long to wait for a lock another connection holds, in milliseconds
+/// (`SP_SYNC_BUSY_TIMEOUT`, default 5000).
+pub fn busy_timeout() -> Duration {
+    let ms = std::env::var("SP_SYNC_BUSY_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(5000);
+    Duration::from_millis(ms)
+}
+
+/// Turns a SQLite error into a one-line `SyncError::Database` naming the file.
+pub fn db_error(path: &Path, e: rusqlite::Error) -> SyncError {
+    let busy = matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    );
+    if busy {
+        return SyncError::Database(format!(
+            "{}: database is locked (still busy after {} ms; another process holds it)",
+            path.display(),
+            busy_timeout().as_millis()
+        ));
+    }
+    SyncError::Database(format!(
+        "{}: {}",
+        path.display(),
+        e.to_string().replace('\n', " ")
+    ))
+}
+
+/// Quotes an SQL identifier.
+pub fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Opens an existing database read-only.
+pub fn open_read(path: &Path) -> Result<Connection> {
+    if !path.is_file() {
+        return Err(SyncError::NotFound(format!(
+            "{}: no such database file",
+            path.display()
+        )));
+    }
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| db_error(path, e))?;
+    c.busy_timeout(busy_timeout())
+        .map_err(|e| db_error(path, e))?;
+    Ok(c)
+}
+
+/// One entry of `sqlite_schema` (those with SQL), in schema order.
+#[derive(Debug, Clone)]
+pub(crate) struct SchemaItem {
+    pub kind: String,
+    pub name: String,
+    pub tbl_name: String,
+    pub sql: String,
+    pub ordinal: u64,
+}
+
+pub(crate) fn read_schema(c: &Connection, path: &Path) -> Result<Vec<SchemaItem>> {
+    let mut st = c
+        .prepare(
+            "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE sql IS NOT NULL ORDER BY rowid",
+        )
+        .map_err(|e| db_error(path, e))?;
+    let rows = st
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })
+        .map_err(|e| db_error(path, e))?;
+    let mut out = Vec::new();
+    for (i, r) in rows.enumerate() {
+        let (kind, name, tbl_name, sql) = r.map_err(|e| db_error(path, e))?;
+        out.push(SchemaItem {
+            kind,
+            name,
+            tbl_name,
+            sql,
+            ordinal: i as u64,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether `name` is SQLite's own (`sqlite_sequence`, `sqlite_stat1`, …).
+pub(crate) fn is_internal(name: &str) -> bool {
+    name.len() >= 7 && name[..7].eq_ignore_ascii_case("sqlite_")
+}
+
+/// The structure of one table as the database has it now.
+pub(crate) fn table_data(c: &Connection, path: &Path, name: &str) -> Result<TableData> {
+    let err = |e| db_error(path, e);
+    let (kind, wr): (String, bool) = c
+        .query_row(
+            "SELECT type, wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+            [name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(err)?;
+    if kind != "table" {
+        return Err(SyncError::Database(format!(
+            "{}: {name} is a {kind} table, which sp-sync cannot snapshot",
+            path.display()
+        )));
+    }
+    let mut st = c
+        .prepare("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid")
+        .map_err(err)?;
+    let mut columns = Vec::new();
+    let mut pk: Vec<(i64, u32)> = Vec::new();
+    let rows = st
+        .query_map([name], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
+        .map_err(err)?;
+    for r in rows {
+        let (cname, ctype, cpk, hidden) = r.map_err(err)?;
+        if hidden != 0 {
+            continue; // generated columns are computed, not stored
+        }
+        if cpk > 0 {
+            pk.push((cpk, columns.len() as u32));
+        }
+        columns.push(Column {
+            name: cname,
+            decl_type: ctype,
+        });
+    }
+    if columns.is_empty() {
+        return Err(SyncError::Database(format!(
+            "{}: table {name} has no stored columns",
+            path.display()
+        )));
+    }
+    pk.sort();
+    let key: Vec<u32> = pk.into_iter().map(|(_, i)| i).collect();
+    let flags = if wr {
+        FLAG_WITHOUT_ROWID
+    } else if key.is_empty() {
+        0
+    } else {
+        // A declared key is the rowid itself (INTEGER PRIMARY KEY) unless
+        // SQLite made an index for it.
+        let pk_index: i64 = c
+            .query_row(
+                "SELECT count(*) FROM pragma_index_list(?1) WHERE origin = 'pk'",
+                [name],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        if pk_index > 0 { FLAG_ROWID_IN_ROW } else { 0 }
+    };
+    let has_seq: bool = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_sequence' AND type = 'table'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )
+        .map_err(err)?;
+    let sequence = if has_seq {
+        c.query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = ?1",
+            [name],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(err(e)),
+        })?
+        .flatten()
+    } else {
+        None
+    };
+    Ok(TableData {
+        flags,
+        columns,
+        key,
+        sequence,
+        rows: 0,
+        root: ObjectId::default(),
+    })
+}
+
+/// A name by which the rowid can be selected (`rowid`, `_rowid_` or `oid`,
+/// whichever no column shadows).
+pub(crate) fn rowid_name(t: &TableData, table: &str) -> Result<&'static str> {
+    ["rowid", "_rowid_", "oid"]
+        .into_iter()
+        .find(|n| !t.columns.iter().any(|c| c.name.eq_ignore_ascii_case(n)))
+        .ok_or_else(|| {
+            SyncError::Database(format!(
+                "table {table}: columns named rowid, _rowid_ and oid hide its rowid"
+            ))
+        })
+}
+
+/// The query that reads a table's rows in key order: selected are the row's
+/// cells (the rowid first when the row keeps it, or for a table keyed by
+/// rowid, the rowid first and then the columns).
+pub(crate) fn select_sql(t: &TableData, table: &str) -> Result<(String, bool)> {
+    let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
+    let q = quote(table);
+    let binary = |i: &u32| format!("{} COLLATE BINARY", quote(&t.columns[*i as usize].name));
+    Ok(if t.without_rowid() {
+        let order: Vec<String> = t.key.iter().map(binary).collect();
+        (
+            format!(
+                "SELECT {} FROM {q} ORDER BY {}",
+                cols.join(", "),
+                order.join(", ")
+            ),
+            false,
+        )
+    } else {
+        let rid = rowid_name(t, table)?;
+        let order = if t.rowid_in_row() {
+            let mut o: Vec<String> = t.key.iter().map(binary).collect();
+            o.push(rid.to_string());
+            o.join(", ")
+        } else {
+            rid.to_string()
+        };
+        (
+            format!(
+                "SELECT {rid}, {} FROM {q} ORDER BY {order}",
+                cols.join(", ")
+            ),
+            true,
+        )
+    })
+}
+
+/// Streams a table's rows in key order as (key, row) encodings.
+pub(crate) struct RowReader<'c> {
+    stmt: rusqlite::Statement<'c>,
+    t: TableData,
+    path: PathBuf,
+}
+
+impl<'c> RowReader<'c> {
+    pub fn new(c: &'c Connection, path: &Path, table: &str, t: &TableData) -> Result<Self> {
+        let (sql, _) = select_sql(t, table)?;
+        let stmt = c.prepare(&sql).map_err(|e| db_error(path, e))?;
+        Ok(RowReader {
+            stmt,
+            t: t.clone(),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Calls `f(key, row, rowid)` for every row, in key order.
+    pub fn for_each(
+        &mut self,
+        sink: &dyn ObjectSink,
+        chunker: &Chunker,
+        progress: &dyn Progress,
+        mut f: impl FnMut(&[u8], &[u8], Option<i64>) -> Result<()>,
+    ) -> Result<u64> {
+        let t = &self.t;
+        let path = self.path.clone();
+        let mut rows = self.stmt.query([]).map_err(|e| db_error(&path, e))?;
+        let mut key = KeyWriter::new();
+        let mut w = Writer::with_capacity(256);
+        let mut n: u64 = 0;
+        let ncols = t.columns.len();
+        let rowid_first = !t.without_rowid();
+        let offset = usize::from(rowid_first);
+        while let Some(row) = rows.next().map_err(|e| db_error(&path, e))? {
+            if n.is_multiple_of(4096) && progress.interrupted() {
+                return Err(SyncError::Interrupted);
+            }
+            key.clear();
+            w.buf.clear();
+            let rowid = if rowid_first {
+                Some(row.get::<_, i64>(0).map_err(|e| db_error(&path, e))?)
+            } else {
+                None
+            };
+            // The row: the rowid first when kept, then every column.
+            w.varint(t.row_width() as u64);
+            if t.rowid_in_row() {
+                w.u8(1).zigzag(rowid.unwrap_or(0));
+            }
+            for i in 0..ncols {
+                let v = row.get_ref(offset + i).map_err(|e| db_error(&path, e))?;
+                encode_cell(&mut w, v, sink, chunker)?;
+            }
+            // The key.
+            if t.key.is_empty() {
+                key.push(rusqlite::types::ValueRef::Integer(rowid.unwrap_or(0)))?;
+            } else {
+                let mut null = false;
+                for &k in &t.key {
+                    let v = row
+                        .get_ref(offset + k as usize)
+                        .map_err(|e| db_error(&path, e))?;
+                    null |= matches!(v, rusqlite::types::ValueRef::Null);
+                    key.push(v)?;
+                }
+                if null {
+                    // SQLite lets a rowid table hold several rows whose key
+                    // is NULL; the rowid tells them apart.
+                    key.push(rusqlite::types::ValueRef::Integer(rowid.unwrap_or(0)))?;
+                }
+            }
+            f(key.finish(), &w.buf, rowid)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// What `scan` found: table (and view) name → object id, and rows per table.
+#[derive(Debug, Clone, Default)]
+pub struct ScanResult {
+    pub objects: BTreeMap<String, ObjectId>,
+    pub rows: BTreeMap<String, u64>,
+}
+
+/// Reads the selected tables of one database (all user tables and views
+/// when `tables` is empty) in one read transaction, writing row maps and
+/// table objects to `sink`.
+pub fn scan(
+    src: &DbSource,
+    sink: &dyn ObjectSink,
+    chunker: &Chunker,
+    progress: &dyn Progress,
+) -> Result<ScanResult> {
+    let path = &src.path;
+    let c = open_read(path)?;
+    c.execute_batch("BEGIN DEFERRED")
+        .map_err(|e| db_error(path, e))?;
+    let r = scan_in(&c, src, sink, chunker, progress);
+    let _ = c.execute_batch("ROLLBACK");
+    r
+}
+
+fn scan_in(
+    c: &Connection,
+    src: &DbSource,
+    sink: &dyn ObjectSink,
+    chunker: &Chunker,
+    progress: &dyn Progress,
+) -> Result<ScanResult> {
+    let path = &src.path;
+    let schema = read_schema(c, path)?;
+    let mut virtual_tables: Vec<&str> = Vec::new();
+    for s in &schema {
+        if s.kind == "table"
+            && s.sql.len() >= 14
+            && s.sql[..14].eq_ignore_ascii_case("CREATE VIRTUAL")
+        {
+            virtual_tables.push(&s.name);
+        }
+    }
+    let shadow: Vec<String> = {
+        let mut st = c
+            .prepare("SELECT name FROM pragma_table_list WHERE schema = 'main' AND type IN ('shadow', 'virtual')")
+            .map_err(|e| db_error(path, e))?;
+        let rows = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| db_error(path, e))?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(|e| db_error(path, e))?
+    };
+    let wanted = |name: &str| src.tables.is_empty() || src.tables.iter().any(|t| t == name);
+    for t in &src.tables {
+        let found = schema
+            .iter()
+            .any(|s| (s.kind == "table" || s.kind == "view") && &s.name == t);
+        if !found {
+            return Err(SyncError::NotFound(format!(
+                "{}: no table {t}",
+                path.display()
+            )));
+        }
+    }
+    let mut out = ScanResult::default();
+    for s in &schema {
+        if (s.kind != "table" && s.kind != "view") || is_internal(&s.name) || !wanted(&s.name) {
+            continue;
+        }
+        if shadow.contains(&s.name) {
+            if src.tables.is_empty() {
+                tracing::warn!(
+                    "{}: skipping {} (virtual tables and their shadow tables are not supported)",
+                    path.display(),
+                    s.name
+                );
+                continue;
+            }
+            return Err(SyncError::Database(format!(
+                "{}: {} is a virtual table (or belongs to one), which sp-sync cannot snapshot",
+                path.display(),
+                s.name
+            )));
+        }
+        let extras: Vec<Extra> = schema
+            .iter()
+            .filter(|x| x.tbl_name == s.name && (x.kind == "index" || x.kind == "trigger"))
+            .map(|x| Extra {
+                kind: if x.kind == "index" {
+                    ExtraKind::Index
+                } else {
+                    ExtraKind::Trigger
+                },
+                name: x.name.clone(),
+                ordinal: x.ordinal,
+                sql: x.sql.clone(),
+            })
+            .collect();
+        let table = if s.kind == "table" {
+            progress.stage(&format!("table {}", s.name));
+            let mut t = table_data(c, path, &s.name)?;
+            let (n, root) = read_rows(c, path, &s.name, &t, sink, chunker, progress)?;
+            t.rows = n;
+            t.root = root;
+            out.rows.insert(s.name.clone(), n);
+            Some(t)
+        } else {
+            None
+        };
+        let obj = TableObject {
+            name: s.name.clone(),
+            sql: s.sql.clone(),
+            ordinal: s.ordinal,
+            table,
+            extras,
+        };
+        let id = sink.put(ObjectType::Table, &obj.encode())?;
+        out.objects.insert(s.name.clone(), id);
+    }
+    Ok(out)
+}
+
+/// Reads a table's rows into a row map: this thread steps SQLite and
+/// encodes rows into batches; another builds the map (boundary hashes, node
+/// hashes, compression), so the two halves of the work overlap.
+fn read_rows(
+    c: &Connection,
+    path: &Path,
+    table: &str,
+    t: &TableData,
+    sink: &dyn ObjectSink,
+    chunker: &Chunker,
+    progress: &dyn Progress,
+) -> Result<(u64, ObjectId)> {
+    const BATCH: usize = 256 << 10;
+    let mut reader = RowReader::new(c, path, table, t)?;
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(4);
+    std::thread::scope(|scope| {
+        let builder = scope.spawn(move || -> Result<ObjectId> {
+            let mut b = MapBuilder::batched(ObjectType::Rows, sink);
+            for batch in rx {
+                let mut r = crate::codec::Reader::new(&batch);
+                while !r.is_empty() {
+                    let (k, v) = match (r.bytes(usize::MAX), r.bytes(usize::MAX)) {
+                        (Ok(k), Ok(v)) => (k, v),
+                        _ => return Err(SyncError::Invalid("row batch damaged".into())),
+                    };
+                    b.push(k, v).map_err(|e| {
+                        SyncError::Database(format!("{}: table {table}: {e}", path.display()))
+                    })?;
+                }
+            }
+            b.finish()
+        });
+        let mut batch: Vec<u8> = Vec::with_capacity(BATCH + 4096);
+        let mut sent_ok = true;
+        let read = reader.for_each(sink, chunker, progress, |k, v, _| {
+            crate::codec::put_varint(&mut batch, k.len() as u64);
+            batch.extend_from_slice(k);
+            crate::codec::put_varint(&mut batch, v.len() as u64);
+            batch.extend_from_slice(v);
+            if batch.len() >= BATCH {
+                progress.add(0, batch.len() as u64);
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH + 4096));
+                if tx.send(full).is_err() {
+                    // The builder stopped; its error is the one to report.
+                    sent_ok = false;
+                    return Err(SyncError::Interrupted);
+                }
+            }
+            Ok(())
+        });
+        if read.is_ok() && !batch.is_empty() {
+            sent_ok &= tx.send(std::mem::take(&mut batch)).is_ok();
+        }
+        drop(tx);
+        let built = builder
+            .join()
+            .map_err(|_| SyncError::Invalid("the row map builder panicked".into()))?;
+        match (read, built) {
+            (Ok(n), Ok(root)) if sent_ok => Ok((n, root)),
+            (_, Err(e)) => Err(e),
+            (Err(e), Ok(_)) => Err(e),
+            (Ok(_), Ok(_)) => Err(SyncError::Invalid("the row map builder stopped".into())),
+        }
+    })
+}
+
+/// Reads several databases; table names must not collide.
+pub fn scan_all(
+    dbs: &[DbSource],
+    sink: &dyn ObjectSink,
+    chunker: &Chunker,
+    progress: &dyn Progress,
+) -> Result<ScanResult> {
+    let mut all = ScanResult::default();
+    for d in dbs {
+        let r = scan(d, sink, chunker, progress)?;
+        for (name, id) in r.objects {
+            if all.objects.insert(name.clone(), id).is_some() {
+                return Err(SyncError::Invalid(format!(
+                    "table {name} is in more than one database; a snapshot names tables by name"
+                )));
+            }
+        }
+        all.rows.extend(r.rows);
+    }
+    Ok(all)
+}
+
+/// Loads and decodes a table object.
+pub fn load_table(src: &dyn crate::object::ObjectSource, id: &ObjectId) -> Result<TableObject> {
+    let b = src.get(ObjectType::Table, id)?;
+    TableObject::decode(&b).map_err(|e| crate::object::corrupt(ObjectType::Table, id, e))
+}

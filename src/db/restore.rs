@@ -1,0 +1,778 @@
+//! Writing tables back into SQLite.
+//!
+//! Into a new file: the file is built beside the target (tables, then rows,
+//! then `sqlite_sequence`, then indexes, triggers and views, in the order the
+//! original database created them), made durable, and renamed into place.
+//!
+//! Onto an existing database: in one write transaction, with triggers off
+//! (restoring rows must not fire them) and foreign keys checked before the
+//! commit. The schema is compared first and a mismatch is refused before
+//! anything is written. Each table's rows are merged in key order with the
+//! snapshot's and only the differences are written: deletes (with
+//! `delete`), then updates of the changed columns, then inserts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags, params_from_iter};
+
+use super::diff::same_structure;
+use super::table::{ExtraKind, TableData, TableObject};
+use super::value::{Cell, Sql, Value, decode_key, decode_row};
+use super::{
+    RowReader, busy_timeout, db_error, is_internal, load_table, quote, read_schema, rowid_name,
+    table_data,
+};
+use crate::chunker::Chunker;
+use crate::error::{IoContext, Result, SyncError};
+use crate::id::{ObjectId, ObjectType};
+use crate::object::{MemStore, ObjectSource, corrupt};
+use crate::pmap::MapIter;
+use crate::progress::Progress;
+
+#[derive(Debug, Clone, Default)]
+pub struct DbRestoreOptions {
+    /// Also delete rows the snapshot lacks (in the tables it has).
+    pub delete: bool,
+    /// Only these tables (and views); empty: all.
+    pub tables: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DbRestoreReport {
+    /// Whether a new database file was created.
+    pub created: bool,
+    pub tables: usize,
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+}
+
+/// Restores `tables` (name → table object) from `src` into the database at
+/// `target`.
+pub fn restore_db(
+    src: &dyn ObjectSource,
+    tables: &BTreeMap<String, ObjectId>,
+    target: &Path,
+    chunker: &Chunker,
+    opts: &DbRestoreOptions,
+    progress: &dyn Progress,
+) -> Result<DbRestoreReport> {
+    for t in &opts.tables {
+        if !tables.contains_key(t) {
+            return Err(SyncError::NotFound(format!(
+                "the snapshot has no table {t}"
+            )));
+        }
+    }
+    let mut objs: Vec<TableObject> = Vec::new();
+    for (name, id) in tables {
+        if opts.tables.is_empty() || opts.tables.contains(name) {
+            let t = load_table(src, id)?;
+            if &t.name != name {
+                return Err(corrupt(
+                    ObjectType::Table,
+                    id,
+                    format!("table object named {:?} stored as {name:?}", t.name),
+                ));
+            }
+            objs.push(t);
+        }
+    }
+    objs.sort_by_key(|t| t.ordinal);
+    match std::fs::symlink_metadata(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            restore_new(src, &objs, target, chunker, progress)
+        }
+        Err(e) => Err(SyncError::io("reading", target, e)),
+        Ok(m) if !m.is_file() => Err(SyncError::Invalid(format!(
+            "{}: not a regular file",
+            target.display()
+        ))),
+        Ok(_) => restore_existing(src, &objs, target, chunker, opts, progress),
+    }
+}
+
+fn restore_new(
+    src: &dyn ObjectSource,
+    objs: &[TableObject],
+    target: &Path,
+    chunker: &Chunker,
+    progress: &dyn Progress,
+) -> Result<DbRestoreReport> {
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "db".into());
+    let tmp = dir.join(format!(
+        ".{name}.sp-sync-{}-{}.tmp",
+        std::process::id(),
+        crate::store::unique()
+    ));
+    struct Cleanup(PathBuf, bool);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if !self.1 {
+                let _ = std::fs::remove_file(&self.0);
+                let _ = std::fs::remove_file(self.0.with_extension("tmp-journal"));
+            }
+        }
+    }
+    let mut guard = Cleanup(tmp.clone(), false);
+    let report = {
+        let c = Connection::open_with_flags(
+            &tmp,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| db_error(&tmp, e))?;
+        // A file nobody else sees yet: no journal; durability comes from
+        // the fsync before the rename.
+        c.execute_batch(
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA foreign_keys = OFF; \
+             PRAGMA locking_mode = EXCLUSIVE; PRAGMA cache_size = -32768; BEGIN;",
+        )
+        .map_err(|e| db_error(&tmp, e))?;
+        let mut rep = apply(
+            &c,
+            &tmp,
+            src,
+            objs,
+            chunker,
+            &DbRestoreOptions::default(),
+            progress,
+            false,
+        )?;
+        c.execute_batch("COMMIT").map_err(|e| db_error(&tmp, e))?;
+        rep.created = true;
+        drop(c);
+        rep
+    };
+    let f = std::fs::File::open(&tmp).ctx("opening", &tmp)?;
+    f.sync_all().ctx("syncing", &tmp)?;
+    drop(f);
+    std::fs::rename(&tmp, target).ctx("renaming into", target)?;
+    guard.1 = true;
+    crate::store::sync_dir(&dir)?;
+    Ok(report)
+}
+
+fn restore_existing(
+    src: &dyn ObjectSource,
+    objs: &[TableObject],
+    target: &Path,
+    chunker: &Chunker,
+    opts: &DbRestoreOptions,
+    progress: &dyn Progress,
+) -> Result<DbRestoreReport> {
+    let c = Connection::open_with_flags(
+        target,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| db_error(target, e))?;
+    c.busy_timeout(busy_timeout())
+        .map_err(|e| db_error(target, e))?;
+    // Restoring rows must not fire the database's triggers, and foreign keys
+    // are checked once, before the commit (no cascades).
+    c.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+        false,
+    )
+    .map_err(|e| db_error(target, e))?;
+    c.execute_batch("PRAGMA foreign_keys = OFF")
+        .map_err(|e| db_error(target, e))?;
+    c.execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| db_error(target, e))?;
+    match apply(&c, target, src, objs, chunker, opts, progress, true) {
+        Ok(r) => {
+            c.execute_batch("COMMIT").map_err(|e| db_error(target, e))?;
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = c.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// What is done to one table.
+enum Plan<'a> {
+    Create(&'a TableObject, &'a TableData),
+    Merge(&'a TableObject, &'a TableData, TableData),
+    View(&'a TableObject, bool),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    c: &Connection,
+    path: &Path,
+    src: &dyn ObjectSource,
+    objs: &[TableObject],
+    chunker: &Chunker,
+    opts: &DbRestoreOptions,
+    progress: &dyn Progress,
+    existing: bool,
+) -> Result<DbRestoreReport> {
+    let schema = read_schema(c, path)?;
+    let exists = |kind: &str, name: &str| {
+        schema
+            .iter()
+            .any(|s| s.kind == kind && s.name.eq_ignore_ascii_case(name))
+    };
+    // 1. Plan and check, before writing anything.
+    let mut plans = Vec::new();
+    let mut mismatches = Vec::new();
+    for o in objs {
+        if is_internal(&o.name) {
+            return Err(SyncError::Invalid(format!(
+                "refusing to restore SQLite's internal table {}",
+                o.name
+            )));
+        }
+        match &o.table {
+            None => plans.push(Plan::View(o, exists("view", &o.name))),
+            Some(t) => {
+                if exists("table", &o.name) {
+                    let now = table_data(c, path, &o.name)?;
+                    if !same_structure(t, &now) {
+                        mismatches.push(describe_mismatch(&o.name, t, &now));
+                    } else {
+                        plans.push(Plan::Merge(o, t, now));
+                    }
+                } else if exists("view", &o.name) || exists("index", &o.name) {
+                    mismatches.push(format!(
+                        "{} is a table in the snapshot and something else in the database",
+                        o.name
+                    ));
+                } else {
+                    plans.push(Plan::Create(o, t));
+                }
+            }
+        }
+    }
+    if let Some(first) = mismatches.first() {
+        return Err(SyncError::Database(format!(
+            "{}: schema does not match the snapshot: {first}{}; nothing was written",
+            path.display(),
+            if mismatches.len() > 1 {
+                format!(" (and {} more)", mismatches.len() - 1)
+            } else {
+                String::new()
+            }
+        )));
+    }
+    let mut rep = DbRestoreReport {
+        tables: objs.iter().filter(|o| !o.is_view()).count(),
+        ..Default::default()
+    };
+    // 2. New tables.
+    for p in &plans {
+        if let Plan::Create(o, _) = p {
+            c.execute_batch(&o.sql).map_err(|e| db_error(path, e))?;
+        }
+    }
+    // 3. Rows.
+    for p in &plans {
+        match p {
+            Plan::Create(o, t) => {
+                progress.stage(&format!("table {}", o.name));
+                rep.inserted += insert_all(c, path, src, &o.name, t, progress)?;
+            }
+            Plan::Merge(o, t, now) => {
+                progress.stage(&format!("table {}", o.name));
+                merge(
+                    c, path, src, &o.name, t, now, chunker, opts, progress, &mut rep,
+                )?;
+            }
+            Plan::View(..) => {}
+        }
+    }
+    // 4. AUTOINCREMENT counters.
+    for p in &plans {
+        let (o, t) = match p {
+            Plan::Create(o, t) | Plan::Merge(o, t, _) => (o, t),
+            Plan::View(..) => continue,
+        };
+        match t.sequence {
+            Some(seq) => set_sequence(c, path, &o.name, seq, existing && !opts.delete)?,
+            // The table had no counter when snapshotted; with --delete the
+            // database's (made by rows since) goes too.
+            None if existing && opts.delete => {
+                let has_seq: i64 = c
+                    .query_row(
+                        "SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_sequence'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| db_error(path, e))?;
+                if has_seq > 0 {
+                    c.execute("DELETE FROM sqlite_sequence WHERE name = ?1", [&o.name])
+                        .map_err(|e| db_error(path, e))?;
+                }
+            }
+            None => {}
+        }
+    }
+    // 5. Indexes, triggers and views the database lacks, in schema order.
+    let mut later: Vec<(u64, &str)> = Vec::new();
+    for p in &plans {
+        match p {
+            Plan::View(o, false) => later.push((o.ordinal, &o.sql)),
+            Plan::View(o, true) => {
+                tracing::debug!("view {} exists; left as it is", o.name)
+            }
+            Plan::Create(o, _) | Plan::Merge(o, _, _) => {
+                for e in &o.extras {
+                    let kind = match e.kind {
+                        ExtraKind::Index => "index",
+                        ExtraKind::Trigger => "trigger",
+                    };
+                    if !exists(kind, &e.name) {
+                        later.push((e.ordinal, &e.sql));
+                    }
+                }
+            }
+        }
+    }
+    for o in objs.iter().filter(|o| o.is_view()) {
+        for e in &o.extras {
+            if !exists("trigger", &e.name) {
+                later.push((e.ordinal, &e.sql));
+            }
+        }
+    }
+    later.sort();
+    for (_, sql) in later {
+        c.execute_batch(sql).map_err(|e| db_error(path, e))?;
+    }
+    // 6. Foreign keys, checked before the commit.
+    if existing {
+        check_foreign_keys(c, path)?;
+    }
+    Ok(rep)
+}
+
+fn describe_mismatch(name: &str, want: &TableData, have: &TableData) -> String {
+    for c in &want.columns {
+        match have.columns.iter().find(|h| h.name == c.name) {
+            None => return format!("table {name} has no column {}", c.name),
+            Some(h) if h.decl_type != c.decl_type => {
+                return format!(
+                    "column {name}.{} is {:?} in the database, {:?} in the snapshot",
+                    c.name, h.decl_type, c.decl_type
+                );
+            }
+            _ => {}
+        }
+    }
+    for h in &have.columns {
+        if !want.columns.iter().any(|c| c.name == h.name) {
+            return format!("table {name} has a column {} the snapshot lacks", h.name);
+        }
+    }
+    if want.columns != have.columns {
+        return format!("the columns of table {name} are in another order");
+    }
+    if want.key != have.key {
+        return format!(
+            "table {name} is keyed by ({}) in the snapshot, ({}) in the database",
+            want.key_names().join(", "),
+            have.key_names().join(", ")
+        );
+    }
+    format!("table {name} differs in its rowid layout (WITHOUT ROWID or INTEGER PRIMARY KEY)")
+}
+
+fn set_sequence(
+    c: &Connection,
+    path: &Path,
+    table: &str,
+    seq: i64,
+    keep_higher: bool,
+) -> Result<()> {
+    let err = |e| db_error(path, e);
+    let cur: Option<i64> = c
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
+        .map_err(err)?;
+    match cur {
+        Some(v) if v == seq || (keep_higher && v > seq) => {}
+        Some(_) => {
+            c.execute(
+                "UPDATE sqlite_sequence SET seq = ?1 WHERE name = ?2",
+                rusqlite::params![seq, table],
+            )
+            .map_err(err)?;
+        }
+        None => {
+            c.execute(
+                "INSERT INTO sqlite_sequence(name, seq) VALUES (?1, ?2)",
+                rusqlite::params![table, seq],
+            )
+            .map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_foreign_keys(c: &Connection, path: &Path) -> Result<()> {
+    let err = |e| db_error(path, e);
+    let mut st = c.prepare("PRAGMA foreign_key_check").map_err(err)?;
+    let mut rows = st.query([]).map_err(err)?;
+    if let Some(r) = rows.next().map_err(err)? {
+        let table: String = r.get(0).map_err(err)?;
+        let rowid: Option<i64> = r.get(1).map_err(err)?;
+        let parent: String = r.get(2).map_err(err)?;
+        return Err(SyncError::Database(format!(
+            "{}: the restore would break a foreign key (a row of {table}{} references a missing row of {parent}); nothing was written",
+            path.display(),
+            rowid
+                .map(|r| format!(" with rowid {r}"))
+                .unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+fn insert_sql(table: &str, t: &TableData, with_rowid: bool) -> Result<String> {
+    let mut cols: Vec<String> = Vec::new();
+    if with_rowid {
+        cols.push(rowid_name(t, table)?.to_string());
+    }
+    cols.extend(t.columns.iter().map(|c| quote(&c.name)));
+    let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+    Ok(format!(
+        "INSERT INTO {}({}) VALUES ({})",
+        quote(table),
+        cols.join(", "),
+        marks.join(", ")
+    ))
+}
+
+fn bad_row(root: &ObjectId, what: impl std::fmt::Display) -> SyncError {
+    corrupt(ObjectType::Rows, root, what)
+}
+
+/// The row's values to insert: (rowid if the insert names it, the columns).
+fn row_values(
+    src: &dyn ObjectSource,
+    t: &TableData,
+    key: &[u8],
+    row: &[u8],
+) -> Result<(Option<i64>, Vec<Value>)> {
+    let cells = decode_row(row).map_err(|e| bad_row(&t.root, e))?;
+    if cells.len() != t.row_width() {
+        return Err(bad_row(
+            &t.root,
+            format!(
+                "a row of {} values where the table has {}",
+                cells.len(),
+                t.row_width()
+            ),
+        ));
+    }
+    let mut rowid = None;
+    let mut start = 0;
+    if t.rowid_in_row() {
+        match &cells[0] {
+            Cell::Value(Value::Integer(r)) => rowid = Some(*r),
+            _ => return Err(bad_row(&t.root, "a row whose rowid is not an integer")),
+        }
+        start = 1;
+    } else if t.key.is_empty() {
+        match decode_key(key).map_err(|e| bad_row(&t.root, e))?.as_slice() {
+            [Value::Integer(r)] => rowid = Some(*r),
+            _ => return Err(bad_row(&t.root, "a rowid key that is not one integer")),
+        }
+    }
+    let mut vals = Vec::with_capacity(t.columns.len());
+    for c in &cells[start..] {
+        vals.push(c.load(src)?);
+    }
+    Ok((rowid, vals))
+}
+
+fn insert_all(
+    c: &Connection,
+    path: &Path,
+    src: &dyn ObjectSource,
+    table: &str,
+    t: &TableData,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    let with_rowid = !t.without_rowid() && (t.rowid_in_row() || t.key.is_empty());
+    let mut st = c
+        .prepare(&insert_sql(table, t, with_rowid)?)
+        .map_err(|e| db_error(path, e))?;
+    let mut n = 0u64;
+    for e in MapIter::new(src, ObjectType::Rows, t.root) {
+        let (k, v) = e?;
+        if n.is_multiple_of(4096) && progress.interrupted() {
+            return Err(SyncError::Interrupted);
+        }
+        let (rowid, vals) = row_values(src, t, &k, &v)?;
+        let r = if with_rowid {
+            let rid = Sql(ValueRef::Integer(rowid.unwrap_or(0)));
+            st.execute(params_from_iter(
+                std::iter::once(rid).chain(vals.iter().map(Value::sql)),
+            ))
+        } else {
+            st.execute(params_from_iter(vals.iter().map(Value::sql)))
+        };
+        r.map_err(|e| SyncError::Database(format!("{}: table {table}: {}", path.display(), e)))?;
+        n += 1;
+        progress.add(1, v.len() as u64);
+    }
+    if n != t.rows {
+        return Err(bad_row(
+            &t.root,
+            format!("the map holds {n} rows, the table says {}", t.rows),
+        ));
+    }
+    Ok(n)
+}
+
+enum Action {
+    Delete,
+    Update(Vec<usize>),
+    Insert,
+}
+
+/// Merges a table's rows in the database with the snapshot's, writing only
+/// what differs.
+#[allow(clippy::too_many_arguments)]
+fn merge(
+    c: &Connection,
+    path: &Path,
+    src: &dyn ObjectSource,
+    table: &str,
+    t: &TableData,
+    now: &TableData,
+    chunker: &Chunker,
+    opts: &DbRestoreOptions,
+    progress: &dyn Progress,
+    rep: &mut DbRestoreReport,
+) -> Result<()> {
+    // Pass 1 (reads only): the keys that differ, and what to do with each.
+    let mut changes: Vec<(Vec<u8>, Action, Option<i64>)> = Vec::new();
+    {
+        let hashing = MemStore::new(false);
+        let mut snap = MapIter::new(src, ObjectType::Rows, t.root).peekable();
+        let mut reader = RowReader::new(c, path, table, now)?;
+        let mut pending_err: Option<SyncError> = None;
+        reader
+            .for_each(&hashing, chunker, progress, |k, row, rowid| {
+                // Snapshot keys before this one are missing from the database.
+                loop {
+                    match snap.peek() {
+                        Some(Ok((sk, _))) if sk.as_slice() < k => {
+                            if let Some(Ok((sk, _))) = snap.next() {
+                                changes.push((sk, Action::Insert, None));
+                            }
+                        }
+                        Some(Err(_)) => {
+                            if let Some(Err(e)) = snap.next() {
+                                pending_err = Some(e);
+                            }
+                            return Err(SyncError::Interrupted);
+                        }
+                        _ => break,
+                    }
+                }
+                match snap.peek() {
+                    Some(Ok((sk, sv))) if sk.as_slice() == k => {
+                        if sv.as_slice() != row {
+                            if t.rowid_in_row() && kept_rowid(t, sv)? != rowid {
+                                // The row moved to another rowid (deleted and
+                                // inserted again, or its key changed): put it
+                                // back where it was, so rowids are restored.
+                                changes.push((k.to_vec(), Action::Delete, rowid));
+                                changes.push((k.to_vec(), Action::Insert, None));
+                            } else {
+                                let cols = differing_columns(t, sv, row)?;
+                                if !cols.is_empty() {
+                                    changes.push((k.to_vec(), Action::Update(cols), rowid));
+                                }
+                            }
+                        }
+                        snap.next();
+                    }
+                    _ => {
+                        if opts.delete {
+                            changes.push((k.to_vec(), Action::Delete, rowid));
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| pending_err.take().unwrap_or(e))?;
+        for e in snap {
+            let (sk, _) = e?;
+            changes.push((sk, Action::Insert, None));
+        }
+    }
+    if changes.is_empty() {
+        return Ok(());
+    }
+    // Pass 2: deletes, then updates, then inserts (values read from the
+    // snapshot in key order).
+    let by_rowid = !t.without_rowid();
+    let key_cols: Vec<String> = t
+        .key
+        .iter()
+        .map(|&i| format!("{} = ?", quote(&t.columns[i as usize].name)))
+        .collect();
+    let rid = if by_rowid { rowid_name(t, table)? } else { "" };
+    let where_clause = if by_rowid {
+        format!("{rid} = ?")
+    } else {
+        key_cols.join(" AND ")
+    };
+    let dberr = |e: rusqlite::Error| {
+        SyncError::Database(format!("{}: table {table}: {}", path.display(), e))
+    };
+    {
+        let mut del = c
+            .prepare(&format!(
+                "DELETE FROM {} WHERE {where_clause}",
+                quote(table)
+            ))
+            .map_err(dberr)?;
+        for (k, a, rowid) in &changes {
+            if let Action::Delete = a {
+                let n = if by_rowid {
+                    del.execute([rowid.unwrap_or(0)])
+                } else {
+                    let kv = decode_key(k).map_err(|e| bad_row(&t.root, e))?;
+                    del.execute(params_from_iter(kv.iter().map(Value::sql)))
+                }
+                .map_err(dberr)?;
+                rep.deleted += n as u64;
+            }
+        }
+    }
+    let with_rowid = by_rowid && (t.rowid_in_row() || t.key.is_empty());
+    let mut ins = c
+        .prepare(&insert_sql(table, t, with_rowid)?)
+        .map_err(dberr)?;
+    let mut ins_norowid = if t.rowid_in_row() {
+        Some(c.prepare(&insert_sql(table, t, false)?).map_err(dberr)?)
+    } else {
+        None
+    };
+    let mut next = 0usize;
+    let wanted: Vec<usize> = (0..changes.len())
+        .filter(|&i| !matches!(changes[i].1, Action::Delete))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    for e in MapIter::new(src, ObjectType::Rows, t.root) {
+        let (k, v) = e?;
+        let Some(&i) = wanted.get(next) else { break };
+        if k != changes[i].0 {
+            continue;
+        }
+        next += 1;
+        let (rowid, vals) = row_values(src, t, &k, &v)?;
+        match &changes[i].1 {
+            Action::Update(cols) => {
+                let sets: Vec<String> = cols
+                    .iter()
+                    .map(|&ci| format!("{} = ?", quote(&t.columns[ci].name)))
+                    .collect();
+                let sql = format!(
+                    "UPDATE {} SET {} WHERE {where_clause}",
+                    quote(table),
+                    sets.join(", ")
+                );
+                let mut params: Vec<Sql<'_>> = cols.iter().map(|&ci| vals[ci].sql()).collect();
+                let kv;
+                if by_rowid {
+                    params.push(Sql(ValueRef::Integer(changes[i].2.unwrap_or(0))));
+                } else {
+                    kv = decode_key(&k).map_err(|e| bad_row(&t.root, e))?;
+                    params.extend(kv.iter().map(Value::sql));
+                }
+                let mut st = c.prepare_cached(&sql).map_err(dberr)?;
+                st.execute(params_from_iter(params)).map_err(dberr)?;
+                rep.updated += 1;
+            }
+            Action::Insert => {
+                let taken = match (t.rowid_in_row(), rowid) {
+                    (true, Some(r)) => {
+                        c.query_row(
+                            &format!("SELECT count(*) FROM {} WHERE {rid} = ?1", quote(table)),
+                            [r],
+                            |x| x.get::<_, i64>(0),
+                        )
+                        .map_err(dberr)?
+                            > 0
+                    }
+                    _ => false,
+                };
+                if taken {
+                    if let Some(st) = ins_norowid.as_mut() {
+                        st.execute(params_from_iter(vals.iter().map(Value::sql)))
+                            .map_err(dberr)?;
+                    }
+                } else if with_rowid {
+                    let r = Sql(ValueRef::Integer(rowid.unwrap_or(0)));
+                    ins.execute(params_from_iter(
+                        std::iter::once(r).chain(vals.iter().map(Value::sql)),
+                    ))
+                    .map_err(dberr)?;
+                } else {
+                    ins.execute(params_from_iter(vals.iter().map(Value::sql)))
+                        .map_err(dberr)?;
+                }
+                rep.inserted += 1;
+            }
+            Action::Delete => {}
+        }
+        if next == wanted.len() {
+            break;
+        }
+    }
+    if next != wanted.len() {
+        return Err(bad_row(&t.root, "rows changed while restoring"));
+    }
+    Ok(())
+}
+
+/// The rowid a row keeps (tables with flags 0x02).
+fn kept_rowid(t: &TableData, row: &[u8]) -> Result<Option<i64>> {
+    let cells = decode_row(row).map_err(|e| bad_row(&t.root, e))?;
+    match cells.first() {
+        Some(Cell::Value(Value::Integer(r))) => Ok(Some(*r)),
+        _ => Err(bad_row(&t.root, "a row whose rowid is not an integer")),
+    }
+}
+
+/// Indexes (into the columns) of the cells that differ between the
+/// snapshot's row and the database's (rowid aside).
+fn differing_columns(t: &TableData, snap: &[u8], db: &[u8]) -> Result<Vec<usize>> {
+    let a = decode_row(snap).map_err(|e| bad_row(&t.root, e))?;
+    let b = decode_row(db).map_err(|e| bad_row(&t.root, e))?;
+    let off = usize::from(t.rowid_in_row());
+    if a.len() != t.row_width() || b.len() != t.row_width() {
+        return Err(bad_row(&t.root, "a row of the wrong width"));
+    }
+    Ok((0..t.columns.len())
+        .filter(|&i| a[off + i] != b[off + i])
+        .collect())
+}

@@ -1,0 +1,509 @@
+//! Database tables through the real binary: snapshot --db, diff (between
+//! snapshots and against the database now), restore --db, bad input (schema
+//! mismatch, a locked database, a corrupt file, a missing column: exit 1,
+//! one line, target unchanged), consistency under concurrent writers,
+//! fsck/gc/push with tables.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{fails, ok};
+use rusqlite::Connection;
+use serde_json::Value as Json;
+
+fn dump(db: &Path) -> String {
+    let o = Command::new("sqlite3")
+        .arg(db)
+        .arg(".dump")
+        .output()
+        .expect("the sqlite3 command-line shell is needed (scripts/test.sh installs it)");
+    assert!(
+        o.status.success(),
+        "sqlite3 .dump: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn sql(db: &Path, s: &str) {
+    Connection::open(db).unwrap().execute_batch(s).unwrap();
+}
+
+/// A work dir with a store, an empty folder to snapshot and an app database.
+fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init", "--store", "st", "-q"]);
+    std::fs::create_dir(d.join("files")).unwrap();
+    std::fs::write(d.join("files/readme.md"), "# hi\n").unwrap();
+    let db = d.join("app.db");
+    sql(
+        &db,
+        "CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, name TEXT, score REAL);
+         CREATE TABLE tags(user INTEGER NOT NULL REFERENCES users(id), tag TEXT NOT NULL, PRIMARY KEY(user, tag)) WITHOUT ROWID;
+         CREATE TABLE log(msg);
+         CREATE INDEX users_name ON users(name);
+         CREATE TRIGGER users_audit AFTER UPDATE ON users BEGIN INSERT INTO log VALUES('updated ' || new.id); END;
+         CREATE VIEW named AS SELECT id, name FROM users WHERE name IS NOT NULL;
+         INSERT INTO users VALUES (1, 'a@x', 'ann', 1.5), (2, 'b@x', 'bob', -0.0), (3, 'c@x', NULL, 1e308);
+         INSERT INTO tags VALUES (1, 'admin'), (2, 'dev'), (2, 'ops');",
+    );
+    (tmp, db)
+}
+
+fn json(s: &str) -> Json {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+}
+
+#[test]
+fn snapshot_diff_restore_through_the_cli() {
+    let (tmp, db) = setup();
+    let d = tmp.path();
+    let out = json(&ok(
+        d,
+        &[
+            "--store", "st", "snapshot", "files", "--db", "app.db", "--json", "-m", "one",
+        ],
+    ));
+    assert_eq!(out["tables"]["users"], 3);
+    assert_eq!(out["tables"]["tags"], 3);
+    assert_eq!(out["tables"]["log"], 0);
+    assert!(out["tables"].get("named").is_none(), "views have no rows");
+    assert_eq!(out["files"], 1);
+
+    // Nothing changed: no differences, exit 0 with --exit-code.
+    ok(
+        d,
+        &[
+            "--store",
+            "st",
+            "diff",
+            "main",
+            "--db",
+            "app.db",
+            "--exit-code",
+        ],
+    );
+
+    sql(
+        &db,
+        "UPDATE users SET name = 'bobby', score = 2 WHERE id = 2;
+         DELETE FROM tags WHERE user = 1;
+         INSERT INTO users VALUES (4, 'd@x', 'dee', 0);",
+    );
+    let v = json(&ok(
+        d,
+        &["--store", "st", "diff", "main", "--db", "app.db", "--json"],
+    ));
+    let rows = v["rows"].as_array().unwrap();
+    let find = |t: &str, k: Json| {
+        rows.iter()
+            .find(|r| r["table"] == t && r["key"] == k)
+            .cloned()
+    };
+    let m = find("users", json("[2]")).expect("users 2 modified");
+    assert_eq!(m["change"], "modified");
+    assert_eq!(m["columns"], json(r#"["name", "score"]"#));
+    assert_eq!(find("users", json("[4]")).unwrap()["change"], "added");
+    assert_eq!(
+        find("tags", json(r#"[1, "admin"]"#)).unwrap()["change"],
+        "removed"
+    );
+    // The trigger wrote a row to log: also a change.
+    assert_eq!(find("log", json("[1]")).unwrap()["change"], "added");
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    let text = ok(d, &["--store", "st", "diff", "main", "--db", "app.db"]);
+    assert!(text.contains("M users(2) [name, score]"), "{text}");
+    assert!(text.contains("- tags(1, 'admin')"), "{text}");
+    assert!(
+        text.contains("4 rows changed: 2 added, 1 removed, 1 modified"),
+        "{text}"
+    );
+    fails(
+        d,
+        &[
+            "--store",
+            "st",
+            "diff",
+            "main",
+            "--db",
+            "app.db",
+            "--exit-code",
+        ],
+        1,
+    );
+    let stat = ok(
+        d,
+        &["--store", "st", "diff", "main", "--db", "app.db", "--stat"],
+    );
+    assert!(
+        !stat.contains("users(2)") && stat.contains("4 rows changed"),
+        "{stat}"
+    );
+
+    // A second snapshot; diff between the two lists the same rows.
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "app.db", "-q"],
+    );
+    let v2 = json(&ok(
+        d,
+        &["--store", "st", "diff", "main~1", "main", "--json"],
+    ));
+    assert_eq!(v2["rows"], v["rows"]);
+    assert_eq!(v2["files"], json("[]"));
+
+    // Restore the first snapshot into a new file: identical to the original.
+    let before = {
+        let orig = d.join("orig.db");
+        ok(
+            d,
+            &[
+                "--store", "st", "restore", "main~1", "--db", "orig.db", "-q",
+            ],
+        );
+        dump(&orig)
+    };
+    assert!(before.contains("CREATE TRIGGER users_audit"));
+    assert!(before.contains("CREATE VIEW named"));
+    // Onto the changed database, with --delete: back to the first state, in
+    // place, without firing the trigger.
+    let r = json(&ok(
+        d,
+        &[
+            "--store", "st", "restore", "main~1", "--db", "app.db", "--delete", "--json",
+        ],
+    ));
+    assert_eq!(r["rows_updated"], 1);
+    assert_eq!(r["rows_inserted"], 1);
+    assert_eq!(r["rows_deleted"], 2, "users 4 and the log row: {r}");
+    assert_eq!(dump(&db), before);
+    // Files and tables together.
+    ok(
+        d,
+        &[
+            "--store", "st", "restore", "main~1", "out", "--db", "out.db", "-q",
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("out/readme.md")).unwrap(),
+        "# hi\n"
+    );
+    assert_eq!(dump(&d.join("out.db")), before);
+    // Only some tables.
+    ok(
+        d,
+        &[
+            "--store", "st", "restore", "main", "--db", "some.db", "--table", "tags", "-q",
+        ],
+    );
+    let some = dump(&d.join("some.db"));
+    assert!(
+        some.contains("CREATE TABLE tags") && !some.contains("CREATE TABLE users"),
+        "{some}"
+    );
+}
+
+#[test]
+fn restore_without_delete_upserts_and_keeps_extra_rows() {
+    let (tmp, db) = setup();
+    let d = tmp.path();
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "app.db", "-q"],
+    );
+    sql(
+        &db,
+        "UPDATE users SET name = 'x' WHERE id = 1; INSERT INTO users VALUES (9, 'z@x', 'zed', 0);",
+    );
+    ok(
+        d,
+        &["--store", "st", "restore", "main", "--db", "app.db", "-q"],
+    );
+    let c = Connection::open(&db).unwrap();
+    let name: String = c
+        .query_row("SELECT name FROM users WHERE id = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(name, "ann");
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 4, "the extra row stays without --delete");
+}
+
+/// Runs a command that must fail with exit 1 and one line on stderr, and
+/// checks the target database did not change.
+fn refused(d: &Path, target: &Path, args: &[&str], what: &str) {
+    let before = std::fs::read(target).unwrap();
+    let err = fails(d, args, 1);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(what), "{err} should say {what}");
+    assert_eq!(std::fs::read(target).unwrap(), before, "the target changed");
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let (tmp, db) = setup();
+    let d = tmp.path();
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "app.db", "-q"],
+    );
+
+    // A schema that does not match: a column missing, and a column of another type.
+    let other = d.join("other.db");
+    sql(
+        &other,
+        "CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, name TEXT); INSERT INTO users VALUES (7, 'q', 'q');",
+    );
+    let dump_before = dump(&other);
+    refused(
+        d,
+        &other,
+        &[
+            "--store", "st", "restore", "main", "--db", "other.db", "--delete",
+        ],
+        "has no column score",
+    );
+    assert_eq!(dump(&other), dump_before);
+    let typed = d.join("typed.db");
+    sql(
+        &typed,
+        "CREATE TABLE tags(user INTEGER NOT NULL, tag BLOB NOT NULL, PRIMARY KEY(user, tag)) WITHOUT ROWID;",
+    );
+    refused(
+        d,
+        &typed,
+        &["--store", "st", "restore", "main", "--db", "typed.db"],
+        "schema does not match",
+    );
+
+    // A foreign key the restore would break: refused at commit, nothing written.
+    let fk = d.join("fk.db");
+    sql(
+        &fk,
+        "CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, name TEXT, score REAL);",
+    );
+    refused(
+        d,
+        &fk,
+        &[
+            "--store", "st", "restore", "main", "--db", "fk.db", "--table", "tags",
+        ],
+        "foreign key",
+    );
+
+    // A corrupt database file, as a target and as a source.
+    let bad = d.join("bad.db");
+    std::fs::write(&bad, common::bytes(8192, 3)).unwrap();
+    refused(
+        d,
+        &bad,
+        &["--store", "st", "restore", "main", "--db", "bad.db"],
+        "bad.db",
+    );
+    refused(
+        d,
+        &bad,
+        &["--store", "st", "snapshot", "files", "--db", "bad.db"],
+        "not a database",
+    );
+    refused(
+        d,
+        &bad,
+        &["--store", "st", "diff", "main", "--db", "bad.db"],
+        "not a database",
+    );
+
+    // A table that is not there.
+    refused(
+        d,
+        &db,
+        &[
+            "--store", "st", "snapshot", "files", "--db", "app.db", "--table", "nope",
+        ],
+        "no table nope",
+    );
+    refused(
+        d,
+        &db,
+        &[
+            "--store", "st", "restore", "main", "--db", "app.db", "--table", "nope",
+        ],
+        "no table nope",
+    );
+    // A database that does not exist, as a source.
+    let e = fails(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "missing.db"],
+        1,
+    );
+    assert!(e.contains("missing.db") && e.lines().count() == 1, "{e}");
+}
+
+#[test]
+fn a_locked_database_is_refused_after_the_busy_timeout() {
+    let (tmp, db) = setup();
+    let d = tmp.path();
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "app.db", "-q"],
+    );
+    sql(&db, "UPDATE users SET name = 'changed' WHERE id = 1");
+    let before = dump(&db);
+    let holder = Connection::open(&db).unwrap();
+    holder
+        .execute_batch("BEGIN EXCLUSIVE; UPDATE users SET score = 0;")
+        .unwrap();
+    let start = std::time::Instant::now();
+    let o = Command::new(common::bin())
+        .args(["--store", "st", "restore", "main", "--db", "app.db"])
+        .current_dir(d)
+        .env("SP_SYNC_CACHE_DIR", common::cache_dir())
+        .env("SP_SYNC_BUSY_TIMEOUT", "300")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("locked") && err.contains("300 ms"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(start.elapsed() >= std::time::Duration::from_millis(300));
+    // A snapshot cannot read under an exclusive lock either.
+    let o = Command::new(common::bin())
+        .args(["--store", "st", "snapshot", "files", "--db", "app.db"])
+        .current_dir(d)
+        .env("SP_SYNC_CACHE_DIR", common::cache_dir())
+        .env("SP_SYNC_BUSY_TIMEOUT", "300")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("locked"));
+    holder.execute_batch("ROLLBACK").unwrap();
+    drop(holder);
+    assert_eq!(dump(&db), before, "the target is unchanged");
+}
+
+#[test]
+fn snapshot_is_consistent_while_others_write_in_wal_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init", "--store", "st", "-q"]);
+    std::fs::create_dir(d.join("files")).unwrap();
+    let db = d.join("wal.db");
+    sql(
+        &db,
+        "PRAGMA journal_mode = WAL; CREATE TABLE a(n INTEGER PRIMARY KEY, pad TEXT); CREATE TABLE b(n INTEGER PRIMARY KEY, pad TEXT);",
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let db2 = db.clone();
+    // Every transaction adds one row to each table: in any consistent
+    // state both tables hold the same number of rows.
+    let writer = std::thread::spawn(move || {
+        let c = Connection::open(&db2).unwrap();
+        c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        let mut i = 0i64;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) && i < 200_000 {
+            c.execute_batch(&format!(
+                "BEGIN; INSERT INTO a VALUES ({i}, hex(randomblob(50))); INSERT INTO b VALUES ({i}, hex(randomblob(50))); COMMIT;"
+            ))
+            .unwrap();
+            i += 1;
+        }
+        i
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    for _ in 0..3 {
+        let out = json(&ok(
+            d,
+            &[
+                "--store", "st", "snapshot", "files", "--db", "wal.db", "--json",
+            ],
+        ));
+        assert_eq!(out["tables"]["a"], out["tables"]["b"], "{out}");
+        assert!(out["tables"]["a"].as_u64().unwrap() > 0);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    assert!(written > 0);
+    ok(d, &["--store", "st", "fsck"]);
+}
+
+#[test]
+fn tables_survive_gc_fsck_and_push_pull() {
+    let (tmp, db) = setup();
+    let d = tmp.path();
+    sql(
+        &db,
+        "CREATE TABLE big(k INTEGER PRIMARY KEY, v BLOB); INSERT INTO big VALUES (1, randomblob(300000)), (2, zeroblob(5000));",
+    );
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "app.db", "-q"],
+    );
+    let before = dump(&db);
+    ok(d, &["--store", "st", "gc"]);
+    let f = json(&ok(d, &["--store", "st", "fsck", "--read-data", "--json"]));
+    assert_eq!(f["ok"], true, "{f}");
+    // Push to a path remote, pull into a third store, restore from there.
+    ok(d, &["--store", "st", "push", "./remote"]);
+    ok(d, &["init", "--store", "st2", "-q"]);
+    ok(d, &["--store", "st2", "pull", "./remote"]);
+    ok(d, &["--store", "st2", "fsck", "--read-data"]);
+    ok(
+        d,
+        &[
+            "--store",
+            "st2",
+            "restore",
+            "main",
+            "--db",
+            "pulled.db",
+            "-q",
+        ],
+    );
+    assert_eq!(dump(&d.join("pulled.db")), before);
+}
+
+#[test]
+fn fsck_names_a_damaged_row_map() {
+    use systemprompt_sync::ObjectType;
+    let (tmp, _db) = setup();
+    let d = tmp.path();
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "app.db", "-q"],
+    );
+    // Flip the last byte of a row-map node where its pack stores it.
+    let store =
+        systemprompt_sync::Store::open(&d.join("st"), systemprompt_sync::LockMode::Shared).unwrap();
+    let (id, loc) = store
+        .all_objects()
+        .into_iter()
+        .find(|(id, _)| {
+            systemprompt_sync::object::ObjectSource::get(&store, ObjectType::Rows, id).is_ok()
+        })
+        .expect("a rows node");
+    let (_, payload) = store.read_raw(&id).unwrap();
+    let pack = store.pack_path(&store.pack_name(loc.pack).unwrap());
+    drop(store);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let start = loc.offset as usize;
+    let pos = start
+        + bytes[start..]
+            .windows(payload.len())
+            .position(|w| w == payload.as_slice())
+            .expect("payload in pack");
+    bytes[pos + payload.len() - 1] ^= 0x55;
+    std::fs::write(&pack, bytes).unwrap();
+    let o = common::run_in(d, &["--store", "st", "fsck", "--read-data"]);
+    assert_eq!(o.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains(&id.to_hex()), "{stdout}");
+    assert!(stdout.contains("table "), "names what reaches it: {stdout}");
+    // gc refuses to run on a damaged store.
+    fails(d, &["--store", "st", "gc"], 1);
+}
