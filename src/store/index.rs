@@ -51,15 +51,18 @@ pub fn encode(pack: &ObjectId, entries: &mut [IdxEntry]) -> Vec<u8> {
 
 /// Decodes and checks an index file's bytes; `path` is for errors.
 pub fn decode(b: &[u8], path: &Path) -> Result<(ObjectId, Vec<IdxEntry>)> {
-    let mut out = Vec::with_capacity(declared_count(b).min(b.len() / IDX_ENTRY_LEN));
+    let mut out = Vec::with_capacity(declared_count(b));
     let pack = decode_with(b, path, |e| out.push(e))?;
     Ok((pack, out))
 }
 
-/// The number of entries an index says it has (0 if it is too short to say).
+/// The number of entries an index says it has (0 if it is too short to
+/// say), never more than its bytes can hold: a damaged count must not size
+/// an allocation.
 pub fn declared_count(b: &[u8]) -> usize {
+    let room = b.len().saturating_sub(IDX_HEAD_LEN + 32) / IDX_ENTRY_LEN;
     match b.get(41..45) {
-        Some(c) => u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize,
+        Some(c) => (u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize).min(room),
         None => 0,
     }
 }
@@ -153,5 +156,12 @@ mod tests {
             c[i] ^= 0x80;
             assert!(decode(&c, Path::new("x.idx")).is_err(), "flip at {i}");
         }
+        // The count as written; a damaged count (here: 4 billion) is capped
+        // by what the bytes can hold, since it sizes the id map.
+        assert_eq!(declared_count(&b), 5);
+        let mut c = b.clone();
+        c[41..45].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(declared_count(&c), 5);
+        assert_eq!(declared_count(&b[..40]), 0);
     }
 }
