@@ -230,18 +230,80 @@ impl Hint {
             if s.parents.len() != 1 {
                 return Ok(None);
             }
-            chain.push((cur, s.root));
-            cur = s.parents[0];
+            let next = s.parents[0];
+            chain.push((cur, s.root, s.tables));
+            cur = next;
         }
-        let old_root = crate::names::load_snapshot(local, &old)?.root;
+        let old = crate::names::load_snapshot(local, &old)?;
         let mut h = Hint::default();
-        for (snap, root) in chain {
+        for (snap, root, tables) in chain {
             h.candidates.insert(snap);
             if let Some(root) = root {
-                h.tree(local, old_root.as_ref(), &root)?;
+                h.tree(local, old.root.as_ref(), &root)?;
+            }
+            for (name, id) in &tables {
+                h.table(local, old.tables.get(name), id)?;
             }
         }
         Ok(Some(h))
+    }
+
+    /// A table object, and the rows that changed since the old one of the
+    /// same name (the old row-map nodes serve as delta bases).
+    fn table(&mut self, local: &Store, old: Option<&ObjectId>, new: &ObjectId) -> Result<()> {
+        if old == Some(new) || !self.candidates.insert(*new) {
+            return Ok(());
+        }
+        let load = |id: &ObjectId| -> Result<Option<ObjectId>> {
+            let raw = crate::object::ObjectSource::get(local, ObjectType::Table, id)?;
+            let t = crate::db::table::TableObject::decode(&raw)
+                .map_err(|e| crate::object::corrupt(ObjectType::Table, id, e))?;
+            Ok(t.table.map(|d| d.root))
+        };
+        let Some(new_root) = load(new)? else {
+            return Ok(());
+        };
+        let old_root = match old {
+            Some(o) => load(o)?,
+            None => None,
+        };
+        let mut rows = Vec::new();
+        let nodes = crate::pmap::diff_detail(
+            local,
+            ObjectType::Rows,
+            old_root.as_ref(),
+            Some(&new_root),
+            |_, c| {
+                match c {
+                    crate::pmap::Change::Added(v) | crate::pmap::Change::Modified(_, v) => {
+                        rows.push((new_root, v))
+                    }
+                    crate::pmap::Change::Removed(_) => {}
+                }
+                Ok(())
+            },
+        )?;
+        self.candidates.extend(nodes.b_nodes);
+        for (a, b) in nodes.pairs {
+            self.bases.entry(b).or_insert(a);
+        }
+        // Large values are chunk lists: everything under a changed row.
+        for (node, v) in rows {
+            let cells = crate::db::value::decode_row(&v).map_err(|e| {
+                crate::object::corrupt(ObjectType::Rows, &node, format!("bad row: {e}"))
+            })?;
+            for c in &cells {
+                if let crate::db::value::Cell::Large { size, content, .. } = c {
+                    match content {
+                        Content::Inline(v) => self.candidates.extend(v.iter().map(|c| c.id)),
+                        Content::Indirect { level, root } => {
+                            self.list_nodes(local, *level, root, *size)?
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn tree(&mut self, local: &Store, old: Option<&ObjectId>, new: &ObjectId) -> Result<()> {

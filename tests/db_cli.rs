@@ -466,6 +466,55 @@ fn tables_survive_gc_fsck_and_push_pull() {
         ],
     );
     assert_eq!(dump(&d.join("pulled.db")), before);
+
+    // A few rows of a bigger table change: the next push asks only about
+    // the changed row-map nodes and sends them (no fallback to a full
+    // negotiation), and the pulled copy restores identical.
+    sql(
+        &db,
+        "CREATE TABLE many(id INTEGER PRIMARY KEY, name TEXT, n INTEGER);
+         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 20000)
+         INSERT INTO many SELECT i, 'name ' || i, i * 7 FROM c;",
+    );
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "app.db", "-q"],
+    );
+    ok(d, &["--store", "st", "push", "./remote", "-q"]);
+    sql(
+        &db,
+        "UPDATE many SET n = -1 WHERE id IN (17, 5000, 12345);
+         UPDATE big SET v = randomblob(200000) WHERE k = 1;",
+    );
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "app.db", "-q"],
+    );
+    let o = common::run_in(d, &["--store", "st", "push", "./remote", "--json"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(!stderr.contains("negotiating in full"), "{stderr}");
+    let v = json(&String::from_utf8_lossy(&o.stdout));
+    let sent = v["bytes_sent"].as_u64().unwrap();
+    // The new 200,000-byte blob is incompressible; the rest is a few nodes.
+    assert!(sent < 200_000 + 48 * 1024, "sent {sent} bytes: {v}");
+    let after = dump(&db);
+    ok(d, &["--store", "st2", "pull", "./remote", "-q"]);
+    ok(d, &["--store", "st2", "fsck"]);
+    std::fs::remove_file(d.join("pulled.db")).unwrap();
+    ok(
+        d,
+        &[
+            "--store",
+            "st2",
+            "restore",
+            "main",
+            "--db",
+            "pulled.db",
+            "-q",
+        ],
+    );
+    assert_eq!(dump(&d.join("pulled.db")), after);
 }
 
 #[test]
