@@ -16,7 +16,8 @@
 #                default WORK_DIR /tmp/spbench-quick (explicit knobs still win)
 #   SETUP=1      first run scripts/bench/setup-peers.sh (apt-get install of the peer tools)
 #   SETTLE=1     before each timed step, sync and wait until the disks have been idle for a
-#                second (SETTLE_MAX=180 s at most); SETTLE=0 measures back to back
+#                second (SETTLE_MAX=180 s at most), and after removing a tool's run wait
+#                DELETE_SETTLE=60 s (see settle_deletes); SETTLE=0 measures back to back
 #   SP_SYNC=PATH the sp-sync binary; else `sp-sync` on PATH; else <repo>/target/release/sp-sync,
 #                built with `cargo build --release` if absent. BUILD=1 forces that build.
 #   Corpus building (make-corpora.sh): DOCS_SRC, DOCS_CAP_MB (0 = full tree), BIN_SRCS, BIN_MB (500)
@@ -214,6 +215,17 @@ settle() {
     log "disk still busy after ${max}s; measuring anyway"
 }
 
+# settle_deletes: untimed; after removing a tool's repository and its 52k-file restore, wait
+# DELETE_SETTLE seconds (default 60). Right after such a delete, creating files on this ext4
+# (online discard) costs many times the system CPU for a while after the disk is idle again:
+# a 52k-file restore measured 20 s wall (36 s system CPU) just after `rm -rf` of another, and
+# 2.1 s a minute later, whichever tool it was. The next tool must not pay for the previous one.
+settle_deletes() {
+    [ "${SETTLE:-1}" = 1 ] || return 0
+    sync
+    sleep "${DELETE_SETTLE:-60}"
+}
+
 measure() {
     local tool=$1 corpus=$2 step=$3 rep=$4 repo=$5; shift 6
     settle
@@ -321,6 +333,7 @@ for corpus in $CORPORA; do
                 sed -i "\$s/\twarm\$/\twarm; $v/" "$TSV"
             fi
             rm -rf "$RUN"
+            settle_deletes
         done
     done
 done

@@ -131,7 +131,7 @@ fn round_trip_through_a_path_remote() {
 fn round_trip_through_http() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server-data");
-    let server = serve(
+    let mut server = serve(
         data.to_str().unwrap(),
         Some(&tokens_file(tmp.path())),
         "127.0.0.1:0",
@@ -142,6 +142,22 @@ fn round_trip_through_http() {
         &server.url("acme"),
         &[("SP_SYNC_TOKEN", TOKEN_A.into())],
     );
+    // SIGTERM: the server finishes and exits with status 0; what it stored
+    // passes fsck.
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "serve ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "serve exited with {status} on SIGTERM");
     ok(
         tmp.path(),
         &[
