@@ -16,8 +16,9 @@
 #                default WORK_DIR /tmp/spbench-quick (explicit knobs still win)
 #   SETUP=1      first run scripts/bench/setup-peers.sh (apt-get install of the peer tools)
 #   SETTLE=1     before each timed step, sync and wait until the disks have been idle for a
-#                second (SETTLE_MAX=180 s at most), and after removing a tool's run wait
-#                DELETE_SETTLE=60 s (see settle_deletes); SETTLE=0 measures back to back
+#                second (SETTLE_MAX=180 s at most); SETTLE=0 measures back to back. Runs are
+#                kept until the end (see 'Mass deletes'); a leftover run dir is removed
+#                first, then DELETE_SETTLE=380 s are waited out
 #   SP_SYNC=PATH the sp-sync binary; else `sp-sync` on PATH; else <repo>/target/release/sp-sync,
 #                built with `cargo build --release` if absent. BUILD=1 forces that build.
 #   Corpus building (make-corpora.sh): DOCS_SRC, DOCS_CAP_MB (0 = full tree), BIN_SRCS, BIN_MB (500)
@@ -25,7 +26,7 @@
 # Method, per corpus, per repetition, per tool (fresh repository each time):
 #   reset live copy from pristine (rsync) -> warm page cache (read every file) ->
 #   init -> cold -> nochange -> mutate.sh PCT SEED -> incr -> restore (incr snapshot, empty dir)
-#   -> diff -r against the live tree (verify=ok|MISMATCH)
+#   -> diff -r against the live tree (verify=ok|MISMATCH); run dirs are kept until the end
 # Every timed step runs under GNU time (-f "%e %M": wall seconds, peak RSS KiB of the largest
 # process in the step). Repository size = du -sb of the repository dir after the step;
 # bytes_added = its growth during the step. All runs are WARM-CACHE (page cache never dropped).
@@ -215,17 +216,14 @@ settle() {
     log "disk still busy after ${max}s; measuring anyway"
 }
 
-# settle_deletes: untimed; after removing a tool's repository and its 52k-file restore, wait
-# DELETE_SETTLE seconds (default 60). Right after such a delete, creating files on this ext4
-# (online discard) costs many times the system CPU for a while after the disk is idle again:
-# a 52k-file restore measured 20 s wall (36 s system CPU) just after `rm -rf` of another, and
-# 2.1 s a minute later, whichever tool it was. The next tool must not pay for the previous one.
-settle_deletes() {
-    [ "${SETTLE:-1}" = 1 ] || return 0
-    sync
-    sleep "${DELETE_SETTLE:-60}"
-}
-
+# Mass deletes and restores. On ext4, a new inode skips every free inode of its group that
+# was deleted recently (fs/ext4/ialloc.c recently_deleted(): 60 s, or 360 s while the inode
+# table block is dirty, as it is all through a restore that creates files in that group).
+# A 52k-file restore just after `rm -rf` of another 52k-file tree spent 20 s wall and 36 s of
+# system CPU in that scan (perf: recently_deleted, find_inode_bit) instead of 2.1 s, whichever
+# tool ran it. So no run is deleted while the benchmark measures: each tool and repetition
+# gets its own run directory, all removed at the end; a leftover RUNROOT from an earlier
+# run is removed first and DELETE_SETTLE seconds (default 380) are waited out.
 measure() {
     local tool=$1 corpus=$2 step=$3 rep=$4 repo=$5; shift 6
     settle
@@ -274,6 +272,11 @@ pool_for() { case "$1" in bin) echo /usr/bin ;; *) echo /usr/share/doc ;; esac; 
 
 # ------------------------------------------------------------------ main -------------------
 RUNROOT="$WORK/run"
+if [ -e "$RUNROOT" ]; then
+    log "removing the previous $RUNROOT, then waiting ${DELETE_SETTLE:-380}s (see 'Mass deletes')"
+    rm -rf "$RUNROOT"; sync
+    [ "${SETTLE:-1}" = 1 ] && sleep "${DELETE_SETTLE:-380}"
+fi
 for corpus in $CORPORA; do
     PRIS="$WORK/pristine/$corpus"; LIVE="$WORK/live/$corpus"
     [ -d "$PRIS" ] || { log "missing $PRIS (make-corpora.sh); skipping $corpus"; continue; }
@@ -308,7 +311,7 @@ for corpus in $CORPORA; do
                 fi
                 continue
             fi
-            RUN="$RUNROOT/$tool"; rm -rf "$RUN"; mkdir -p "$RUN/cache" "$RUN/state"
+            RUN="$RUNROOT/$corpus/$tool-$rep"; mkdir -p "$RUN/cache" "$RUN/state"
             export BENCH_CACHE="$RUN/cache" BENCH_STATE="$RUN/state"
             REPO="$RUN/repo"; TGT="$RUN/restore"
             rsync -a --delete "$PRIS/" "$LIVE/"
@@ -332,11 +335,10 @@ for corpus in $CORPORA; do
                 log "$tool $corpus rep=$rep restore $v (live $(stats "$LIVE"), restored $(stats "$root"))"
                 sed -i "\$s/\twarm\$/\twarm; $v/" "$TSV"
             fi
-            rm -rf "$RUN"
-            settle_deletes
         done
     done
 done
+log "removing $RUNROOT"; rm -rf "$RUNROOT"
 log "raw results: $TSV"
 python3 "$BENCH/summarize.py" "$TSV" | tee "$SUMMARY"
 echo
