@@ -653,14 +653,7 @@ impl Index {
         });
         self.map.reserve(entries.len());
         for e in entries {
-            self.map.entry(e.id).or_insert(Location {
-                pack,
-                offset: e.offset,
-                clen: e.clen,
-                ulen: e.ulen,
-                tag: e.tag,
-                flags: e.flags,
-            });
+            self.insert(pack, e);
         }
     }
 }
