@@ -9,23 +9,9 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{fails, ok};
+use common::{dump, fails, ok};
 use rusqlite::Connection;
 use serde_json::Value as Json;
-
-fn dump(db: &Path) -> String {
-    let o = Command::new("sqlite3")
-        .arg(db)
-        .arg(".dump")
-        .output()
-        .expect("the sqlite3 command-line shell is needed (scripts/test.sh installs it)");
-    assert!(
-        o.status.success(),
-        "sqlite3 .dump: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
 
 fn sql(db: &Path, s: &str) {
     Connection::open(db).unwrap().execute_batch(s).unwrap();

@@ -8,8 +8,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
+use common::dump;
 use proptest::prelude::*;
 use rusqlite::Connection;
 use systemprompt_sync::db::DbSource;
@@ -17,21 +17,6 @@ use systemprompt_sync::db::restore::{DbRestoreOptions, restore_db};
 use systemprompt_sync::db::value::{Value, encode_key};
 use systemprompt_sync::names::load_snapshot;
 use systemprompt_sync::{NoProgress, SnapshotOptions, Store};
-
-/// `sqlite3 FILE .dump` (the real CLI, installed by scripts/test.sh).
-pub fn dump(db: &Path) -> String {
-    let o = Command::new("sqlite3")
-        .arg(db)
-        .arg(".dump")
-        .output()
-        .expect("the sqlite3 command-line shell is needed (scripts/test.sh installs it)");
-    assert!(
-        o.status.success(),
-        "sqlite3 .dump: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).expect("dump is UTF-8")
-}
 
 #[derive(Debug, Clone)]
 enum KeyKind {

@@ -253,3 +253,18 @@ pub fn open_store(dir: &Path) -> systemprompt_sync::Store {
     s.set_cache_dir(dir.join("cache"));
     s
 }
+
+/// `sqlite3 FILE .dump` (the real CLI, installed by scripts/test.sh).
+pub fn dump(db: &Path) -> String {
+    let o = Command::new("sqlite3")
+        .arg(db)
+        .arg(".dump")
+        .output()
+        .expect("the sqlite3 command-line shell is needed (scripts/test.sh installs it)");
+    assert!(
+        o.status.success(),
+        "sqlite3 .dump: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).expect("dump is UTF-8")
+}
