@@ -255,10 +255,7 @@ impl Hint {
             return Ok(());
         }
         let load = |id: &ObjectId| -> Result<Option<ObjectId>> {
-            let raw = crate::object::ObjectSource::get(local, ObjectType::Table, id)?;
-            let t = crate::db::table::TableObject::decode(&raw)
-                .map_err(|e| crate::object::corrupt(ObjectType::Table, id, e))?;
-            Ok(t.table.map(|d| d.root))
+            Ok(crate::db::load_table(local, id)?.table.map(|d| d.root))
         };
         let Some(new_root) = load(new)? else {
             return Ok(());
@@ -267,18 +264,24 @@ impl Hint {
             Some(o) => load(o)?,
             None => None,
         };
-        let mut rows = Vec::new();
+        // Large values are chunk lists: keep only those of the changed rows
+        // (a new table's rows all count as changed; they are not held).
+        let mut large = Vec::new();
         let nodes = crate::pmap::diff_detail(
             local,
             ObjectType::Rows,
             old_root.as_ref(),
             Some(&new_root),
             |_, c| {
-                match c {
-                    crate::pmap::Change::Added(v) | crate::pmap::Change::Modified(_, v) => {
-                        rows.push((new_root, v))
+                if let crate::pmap::Change::Added(v) | crate::pmap::Change::Modified(_, v) = c {
+                    let cells = crate::db::value::decode_row(&v).map_err(|e| {
+                        crate::object::corrupt(ObjectType::Rows, &new_root, format!("bad row: {e}"))
+                    })?;
+                    for c in cells {
+                        if let crate::db::value::Cell::Large { size, content, .. } = c {
+                            large.push((content, size));
+                        }
                     }
-                    crate::pmap::Change::Removed(_) => {}
                 }
                 Ok(())
             },
@@ -287,21 +290,8 @@ impl Hint {
         for (a, b) in nodes.pairs {
             self.bases.entry(b).or_insert(a);
         }
-        // Large values are chunk lists: everything under a changed row.
-        for (node, v) in rows {
-            let cells = crate::db::value::decode_row(&v).map_err(|e| {
-                crate::object::corrupt(ObjectType::Rows, &node, format!("bad row: {e}"))
-            })?;
-            for c in &cells {
-                if let crate::db::value::Cell::Large { size, content, .. } = c {
-                    match content {
-                        Content::Inline(v) => self.candidates.extend(v.iter().map(|c| c.id)),
-                        Content::Indirect { level, root } => {
-                            self.list_nodes(local, *level, root, *size)?
-                        }
-                    }
-                }
-            }
+        for (content, size) in large {
+            self.content(local, &content, size)?;
         }
         Ok(())
     }
@@ -396,13 +386,17 @@ impl Hint {
                     self.everything(local, f)?;
                 }
             }
-            EntryKind::File { size, content } => match content {
-                Content::Inline(v) => self.candidates.extend(v.iter().map(|c| c.id)),
-                Content::Indirect { level, root } => {
-                    self.list_nodes(local, *level, root, *size)?;
-                }
-            },
+            EntryKind::File { size, content } => self.content(local, content, *size)?,
             EntryKind::Symlink { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Every object under a file's (or a large value's) content.
+    fn content(&mut self, local: &Store, content: &Content, size: u64) -> Result<()> {
+        match content {
+            Content::Inline(v) => self.candidates.extend(v.iter().map(|c| c.id)),
+            Content::Indirect { level, root } => self.list_nodes(local, *level, root, size)?,
         }
         Ok(())
     }
