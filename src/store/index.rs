@@ -52,7 +52,7 @@ pub fn encode(pack: &ObjectId, entries: &mut [IdxEntry]) -> Vec<u8> {
 /// Decodes and checks an index file's bytes; `path` is for errors.
 pub fn decode(b: &[u8], path: &Path) -> Result<(ObjectId, Vec<IdxEntry>)> {
     let mut out = Vec::with_capacity(declared_count(b));
-    let pack = decode_with(b, path, |e| out.push(e))?;
+    let pack = decode_with(b, path, None, |e| out.push(e))?;
     Ok((pack, out))
 }
 
@@ -67,10 +67,15 @@ pub fn declared_count(b: &[u8]) -> usize {
     }
 }
 
-/// Checks an index (checksum, header, sorted entries, known types), then
-/// calls `entry` for each entry, without collecting them. Nothing is passed
-/// unless the whole index is good.
-pub fn decode_with(b: &[u8], path: &Path, mut entry: impl FnMut(IdxEntry)) -> Result<ObjectId> {
+/// Checks an index (checksum, header, sorted entries, known types, and
+/// that it names `pack` when given), then calls `entry` for each entry,
+/// without collecting them. Nothing is passed unless the whole index is good.
+pub fn decode_with(
+    b: &[u8],
+    path: &Path,
+    expect: Option<&ObjectId>,
+    mut entry: impl FnMut(IdxEntry),
+) -> Result<ObjectId> {
     let bad = |reason: String| SyncError::corrupt_file("index", path, reason);
     if b.len() < IDX_HEAD_LEN + 32 {
         return Err(bad("truncated".into()));
@@ -87,6 +92,9 @@ pub fn decode_with(b: &[u8], path: &Path, mut entry: impl FnMut(IdxEntry)) -> Re
     }
     let mut pack = [0u8; 32];
     pack.copy_from_slice(&body[9..41]);
+    if expect.is_some_and(|e| e.0 != pack) {
+        return Err(bad("names another pack".into()));
+    }
     let count = u32::from_le_bytes([body[41], body[42], body[43], body[44]]) as usize;
     let rest = &body[IDX_HEAD_LEN..];
     if rest.len() != count.saturating_mul(IDX_ENTRY_LEN) {

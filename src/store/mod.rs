@@ -436,24 +436,15 @@ impl Store {
                         continue;
                     }
                     let pack = ix.packs.len() as u32;
-                    let r = index::decode_with(&bytes, &path, |e| ix.insert(pack, &e));
-                    match r {
-                        Ok(pname) if pname == name => {
+                    index::decode_with(&bytes, &path, Some(&name), |e| ix.insert(pack, &e))
+                        .map(|_| {
                             ix.known.insert(name);
                             ix.packs.push(PackInfo {
                                 name,
                                 objects: index::declared_count(&bytes),
                             });
-                            Ok(())
-                        }
-                        Ok(_) => {
-                            // Entries naming this pack number were inserted:
-                            // take them out again.
-                            ix.map.retain(|_, l| l.pack != pack);
-                            Err(format!("{}: names another pack", path.display()))
-                        }
-                        Err(e) => Err(e.to_string()),
-                    }
+                        })
+                        .map_err(|e| e.to_string())
                 }
                 Err(_) => continue,
             };
