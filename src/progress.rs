@@ -1,7 +1,8 @@
 //! Progress reporting for long operations. The library only counts; the
 //! binary draws bars (on stderr, when it is a terminal and not `-q`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 pub trait Progress: Sync {
     /// Work whose size is known up front.
@@ -12,12 +13,49 @@ pub trait Progress: Sync {
     fn stage(&self, _what: &str) {}
     /// Whether the user asked to stop (Ctrl-C).
     fn interrupted(&self) -> bool {
-        INTERRUPTED.load(Ordering::Relaxed)
+        interrupted()
     }
 }
 
-/// Set by the binary's signal handler.
+/// Set to ask long work to stop at its next safe point (the library's
+/// callers may set it themselves).
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The flag and signal number that `install_signal_handlers` registered.
+static SIGNALS: std::sync::OnceLock<(Arc<AtomicBool>, Arc<AtomicUsize>)> =
+    std::sync::OnceLock::new();
+
+/// Whether a stop was asked for (by `INTERRUPTED` or a signal).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+        || SIGNALS
+            .get()
+            .is_some_and(|(f, _)| f.load(Ordering::Relaxed))
+}
+
+/// The signal that asked to stop (`SIGINT` 2, `SIGTERM` 15), if any.
+pub fn stop_signal() -> Option<i32> {
+    SIGNALS
+        .get()
+        .map(|(_, n)| n.load(Ordering::Relaxed) as i32)
+        .filter(|n| *n != 0)
+}
+
+/// SIGINT and SIGTERM ask long work to stop at the next safe point (no
+/// ref moves, a database restore rolls back); a second one exits at once
+/// with 128 + the signal number.
+pub fn install_signal_handlers() -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    let num = Arc::new(AtomicUsize::new(0));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&flag))?;
+        signal_hook::flag::register_usize(sig, Arc::clone(&num), sig as usize)?;
+        signal_hook::flag::register(sig, Arc::clone(&flag))?;
+    }
+    let _ = SIGNALS.set((flag, num));
+    Ok(())
+}
 
 /// Reports nothing.
 pub struct NoProgress;

@@ -8,7 +8,12 @@
 //! - a file is written to a new name (`O_CREAT | O_EXCL | O_NOFOLLOW`) and
 //!   renamed over what was there, so an existing symlink or hard link is
 //!   replaced, never written through;
-//! - every chunk is verified against its id before its bytes are written.
+//! - every chunk is verified against its id before its bytes are written;
+//! - `--delete` never removes a protected path (the store, the databases,
+//!   `sp-sync.toml`) nor what the excludes or a `.sp-syncignore` match, and
+//!   nothing is ever written over a protected path;
+//! - setuid/setgid bits are dropped unless asked for; trees deeper than
+//!   [`MAX_DEPTH`] are refused; free space is checked before each file.
 
 use std::ffi::OsStr;
 use std::io::Write;
@@ -21,17 +26,35 @@ use rayon::prelude::*;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
+use ignore::Match;
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+
 use crate::error::{IoContext, Result, SyncError};
 use crate::id::{ObjectId, ObjectType};
 use crate::object::ObjectSource;
 use crate::object::tree::{Entry, EntryKind, read_dir};
 use crate::progress::Progress;
 
+/// Directory levels a restore descends at most (a hostile tree could be
+/// deep enough to exhaust the stack).
+pub const MAX_DEPTH: usize = 1024;
+
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
     /// Remove what the snapshot lacks (rsync's `--delete`).
     pub delete: bool,
     pub threads: Option<usize>,
+    /// Paths never removed, replaced or written into (the store, database
+    /// files); absolute.
+    pub protect: Vec<PathBuf>,
+    /// Paths `delete` never removes, though the snapshot may write them
+    /// (`sp-sync.toml`); absolute.
+    pub keep: Vec<PathBuf>,
+    /// Gitignore-style patterns (relative to the target) whose matches
+    /// `delete` keeps, like the `.sp-syncignore` files it finds.
+    pub excludes: Vec<String>,
+    /// Restore setuid and setgid bits (dropped by default).
+    pub keep_setid: bool,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -40,6 +63,38 @@ pub struct RestoreReport {
     pub dirs: u64,
     pub bytes: u64,
     pub deleted: u64,
+    /// Entries left alone because they would have replaced a protected path.
+    pub protected: Vec<PathBuf>,
+}
+
+/// Gitignore matchers in force in a directory (outermost first).
+#[derive(Clone, Default)]
+struct Ignores(Vec<std::sync::Arc<Gitignore>>);
+
+impl Ignores {
+    fn ignored(&self, path: &Path, is_dir: bool) -> bool {
+        for g in self.0.iter().rev() {
+            match g.matched(path, is_dir) {
+                Match::Ignore(_) => return true,
+                Match::Whitelist(_) => return false,
+                Match::None => {}
+            }
+        }
+        false
+    }
+
+    /// Adds the rules of `text` (a `.sp-syncignore` in `dir`).
+    fn with(&self, dir: &Path, text: &[u8]) -> Ignores {
+        let mut b = GitignoreBuilder::new(dir);
+        for line in String::from_utf8_lossy(text).lines() {
+            let _ = b.add_line(None, line);
+        }
+        let mut out = self.clone();
+        if let Ok(g) = b.build() {
+            out.0.push(std::sync::Arc::new(g));
+        }
+        out
+    }
 }
 
 struct Ctx<'a> {
@@ -50,6 +105,11 @@ struct Ctx<'a> {
     dirs: AtomicU64,
     bytes: AtomicU64,
     deleted: AtomicU64,
+    protected: std::sync::Mutex<Vec<PathBuf>>,
+    /// Bytes the target's filesystem had free, and what files written so
+    /// far have taken of it.
+    free: u64,
+    reserved: AtomicU64,
 }
 
 /// Restores `entry` (as found at a snapshot path): a directory's contents go
@@ -64,12 +124,26 @@ pub fn restore(
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
     std::fs::create_dir_all(target).ctx("creating", target)?;
+    let target = &std::fs::canonicalize(target).ctx("resolving", target)?;
+    if opts.protect.iter().any(|p| p == target) {
+        return Err(SyncError::Invalid(format!(
+            "{}: will not restore into a protected path (the store or a database)",
+            target.display()
+        )));
+    }
     let root = rustix::fs::open(
         target,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .ctx("opening", target)?;
+    let free = rustix::fs::fstatvfs(&root)
+        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+        .unwrap_or(u64::MAX);
+    let mut ign = Ignores::default();
+    if !opts.excludes.is_empty() {
+        ign = ign.with(target, opts.excludes.join("\n").as_bytes());
+    }
     let ctx = Ctx {
         src,
         opts,
@@ -78,6 +152,9 @@ pub fn restore(
         dirs: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         deleted: AtomicU64::new(0),
+        protected: std::sync::Mutex::new(Vec::new()),
+        free,
+        reserved: AtomicU64::new(0),
     };
     // Creating files waits on the filesystem more than on the CPU: by
     // default twice as many threads as CPUs (SP_SYNC_THREADS overrides).
@@ -97,11 +174,19 @@ pub fn restore(
     pool.install(|| match &entry.kind {
         EntryKind::Dir { tree } => {
             let fresh = dir_is_empty(root.as_fd());
-            ctx.fill_dir(root.as_fd(), tree, target, fresh)
+            ctx.fill_dir(root.as_fd(), tree, target, fresh, &ign, 0)
         }
         _ => {
             let name_os = OsStr::from_bytes(name);
-            ctx.entry(root.as_fd(), name, entry, &target.join(name_os), false)
+            ctx.entry(
+                root.as_fd(),
+                name,
+                entry,
+                &target.join(name_os),
+                false,
+                &ign,
+                0,
+            )
         }
     })?;
     Ok(RestoreReport {
@@ -109,7 +194,32 @@ pub fn restore(
         dirs: ctx.dirs.into_inner(),
         bytes: ctx.bytes.into_inner(),
         deleted: ctx.deleted.into_inner(),
+        protected: ctx.protected.into_inner().unwrap_or_default(),
     })
+}
+
+/// Restores `entry` to exactly `dest`, like `cp`: a directory's contents
+/// go into `dest`; a file or symlink replaces the file at `dest`, is
+/// created there when nothing is, or goes inside when `dest` is a directory.
+pub fn restore_to(
+    src: &dyn ObjectSource,
+    entry: &Entry,
+    name: &[u8],
+    dest: &Path,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreReport> {
+    if matches!(entry.kind, EntryKind::Dir { .. }) || dest.is_dir() {
+        return restore(src, entry, name, dest, opts, progress);
+    }
+    let file_name = dest.file_name().ok_or_else(|| {
+        SyncError::Invalid(format!("{}: not a file name to restore to", dest.display()))
+    })?;
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    restore(src, entry, file_name.as_bytes(), parent, opts, progress)
 }
 
 fn dir_is_empty(fd: BorrowedFd<'_>) -> bool {
@@ -150,26 +260,71 @@ fn tmp_name() -> Vec<u8> {
 impl Ctx<'_> {
     /// Writes a directory's entries into the open directory `dir` (shown as
     /// `path`). `fresh`: the directory was empty, nothing to replace.
+    #[allow(clippy::too_many_arguments)]
     fn fill_dir(
         &self,
         dir: BorrowedFd<'_>,
         tree: &ObjectId,
         path: &Path,
         fresh: bool,
+        ign: &Ignores,
+        depth: usize,
     ) -> Result<()> {
         if self.progress.interrupted() {
             return Err(SyncError::Interrupted);
         }
+        if depth >= MAX_DEPTH {
+            return Err(SyncError::Invalid(format!(
+                "{}: the snapshot's tree is more than {MAX_DEPTH} directories deep; not restoring it",
+                path.display()
+            )));
+        }
         let entries = read_dir(self.src, tree)?;
+        let mut ign = ign.clone();
         if self.opts.delete && !fresh {
-            self.delete_extra(dir, &entries, path)?;
+            // What is excluded here now, or by the snapshot's own rules, stays.
+            if let Some(text) = read_small_at(dir, IGNORE_FILE.as_bytes()) {
+                ign = ign.with(path, &text);
+            }
+            if let Ok(i) =
+                entries.binary_search_by(|(k, _)| k.as_slice().cmp(IGNORE_FILE.as_bytes()))
+                && let Some(text) = self.small_content(&entries[i].1)
+            {
+                ign = ign.with(path, &text);
+            }
+            self.delete_extra(dir, &entries, path, &ign)?;
         }
         entries.par_iter().try_for_each(|(name, e)| {
             let p = path.join(OsStr::from_bytes(name));
-            self.entry(dir, name, e, &p, fresh)
+            self.entry(dir, name, e, &p, fresh, &ign, depth + 1)
         })
     }
 
+    /// The bytes of a small file entry (a `.sp-syncignore`).
+    fn small_content(&self, e: &Entry) -> Option<Vec<u8>> {
+        let EntryKind::File { size, content } = &e.kind else {
+            return None;
+        };
+        if *size > 1 << 20 {
+            return None;
+        }
+        let mut out = Vec::new();
+        for c in content.chunks(self.src, *size) {
+            out.extend_from_slice(&self.src.get(ObjectType::Chunk, &c.ok()?.id).ok()?);
+        }
+        Some(out)
+    }
+
+    fn is_protected(&self, path: &Path) -> bool {
+        self.opts.protect.iter().any(|p| p == path)
+    }
+
+    /// Whether a protected path lies below `path`.
+    fn holds_protected(&self, path: &Path) -> bool {
+        self.opts.protect.iter().any(|p| p.starts_with(path))
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn entry(
         &self,
         dir: BorrowedFd<'_>,
@@ -177,20 +332,48 @@ impl Ctx<'_> {
         e: &Entry,
         path: &Path,
         fresh: bool,
+        ign: &Ignores,
+        depth: usize,
     ) -> Result<()> {
+        if self.progress.interrupted() {
+            return Err(SyncError::Interrupted);
+        }
+        // A directory may be entered when a protected path lies below it; a
+        // file never replaces one, and nothing is written over one.
+        let blocked = match e.kind {
+            EntryKind::Dir { .. } => self.is_protected(path),
+            _ => self.holds_protected(path),
+        };
+        if blocked {
+            tracing::warn!(
+                "not restoring {}: it would replace the store or a database",
+                path.display()
+            );
+            if let Ok(mut v) = self.protected.lock() {
+                v.push(path.to_path_buf());
+            }
+            return Ok(());
+        }
+        let mode = if self.opts.keep_setid {
+            e.mode
+        } else {
+            e.mode & !0o6000
+        };
         match &e.kind {
             EntryKind::Dir { tree } => {
                 let (fd, child_fresh) = self.open_dir(dir, name, path, fresh)?;
-                self.fill_dir(fd.as_fd(), tree, path, child_fresh)?;
-                rustix::fs::fchmod(&fd, Mode::from_raw_mode(e.mode))
-                    .ctx("setting mode of", path)?;
+                self.fill_dir(fd.as_fd(), tree, path, child_fresh, ign, depth)?;
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).ctx("setting mode of", path)?;
                 rustix::fs::futimens(&fd, &ts(e.mtime)).ctx("setting times of", path)?;
                 self.dirs.fetch_add(1, Ordering::Relaxed);
             }
             EntryKind::File { size, content } => {
-                if !fresh {
-                    self.clear_dir_at(dir, name, path)?;
-                }
+                let old = if fresh {
+                    0
+                } else {
+                    self.clear_dir_at(dir, name, path)?
+                };
+                self.reserve(*size, old, path)?;
                 let tmp = if fresh { name.to_vec() } else { tmp_name() };
                 let fd = rustix::fs::openat(
                     dir,
@@ -206,7 +389,7 @@ impl Ctx<'_> {
                 let r = self
                     .write_content(&fd, content, *size, path)
                     .and_then(|()| {
-                        rustix::fs::fchmod(&fd, Mode::from_raw_mode(e.mode))
+                        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
                             .ctx("setting mode of", path)?;
                         rustix::fs::futimens(&fd, &ts(e.mtime)).ctx("setting times of", path)
                     });
@@ -281,6 +464,9 @@ impl Ctx<'_> {
         let mut written = 0u64;
         for c in content.chunks(self.src, size) {
             let c = c?;
+            if self.progress.interrupted() {
+                return Err(SyncError::Interrupted);
+            }
             let data = self.src.get(ObjectType::Chunk, &c.id)?;
             if data.len() as u64 != c.len {
                 return Err(crate::object::corrupt(
@@ -351,14 +537,32 @@ impl Ctx<'_> {
     }
 
     /// If `name` in `dir` is a directory, removes it (a file or symlink will be
-    /// replaced by rename).
-    fn clear_dir_at(&self, dir: BorrowedFd<'_>, name: &[u8], path: &Path) -> Result<()> {
+    /// replaced by rename). Returns the size of the regular file there.
+    fn clear_dir_at(&self, dir: BorrowedFd<'_>, name: &[u8], path: &Path) -> Result<u64> {
         match rustix::fs::statat(dir, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
-                remove_at(dir, name, path)
+                remove_at(dir, name, path).map(|()| 0)
             }
-            _ => Ok(()),
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {
+                Ok(st.st_size as u64)
+            }
+            _ => Ok(0),
         }
+    }
+
+    /// Counts `size` new bytes (less the `old` file they replace) against the
+    /// free space the target had, and stops before the filesystem fills.
+    fn reserve(&self, size: u64, old: u64, path: &Path) -> Result<()> {
+        let add = size.saturating_sub(old);
+        let before = self.reserved.fetch_add(add, Ordering::Relaxed);
+        if before.saturating_add(add) > self.free {
+            return Err(SyncError::Invalid(format!(
+                "{}: not enough free space: the restore needs more than the {} bytes available",
+                path.display(),
+                self.free
+            )));
+        }
+        Ok(())
     }
 
     fn delete_extra(
@@ -366,6 +570,7 @@ impl Ctx<'_> {
         dir: BorrowedFd<'_>,
         entries: &[(Vec<u8>, Entry)],
         path: &Path,
+        ign: &Ignores,
     ) -> Result<()> {
         let d = rustix::fs::Dir::read_from(dir).ctx("reading directory", path)?;
         let mut extra = Vec::new();
@@ -383,11 +588,99 @@ impl Ctx<'_> {
             }
         }
         for n in extra {
-            remove_at(dir, &n, &path.join(OsStr::from_bytes(&n)))?;
-            self.deleted.fetch_add(1, Ordering::Relaxed);
+            self.remove_unprotected(dir, &n, &path.join(OsStr::from_bytes(&n)), ign)?;
         }
         Ok(())
     }
+
+    /// Removes `name` in `dir` as `--delete` may: never a protected path
+    /// nor an excluded one; a directory holding such a path keeps it (and
+    /// itself). Returns whether `name` is gone.
+    fn remove_unprotected(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        path: &Path,
+        ign: &Ignores,
+    ) -> Result<bool> {
+        if self.is_protected(path) || self.opts.keep.iter().any(|k| k == path) {
+            return Ok(false);
+        }
+        let n = OsStr::from_bytes(name);
+        let st = match rustix::fs::statat(dir, n, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(true),
+            Err(e) => return Err(SyncError::io("reading", path, e.into())),
+        };
+        let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+        if ign.ignored(path, is_dir) {
+            return Ok(false);
+        }
+        if !is_dir {
+            match rustix::fs::unlinkat(dir, n, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(SyncError::io("removing", path, e.into())),
+            }
+            self.deleted.fetch_add(1, Ordering::Relaxed);
+            return Ok(true);
+        }
+        let fd = rustix::fs::openat(
+            dir,
+            n,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ctx("opening", path)?;
+        if st.st_mode & 0o700 != 0o700 {
+            let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700));
+        }
+        let ign = match read_small_at(fd.as_fd(), IGNORE_FILE.as_bytes()) {
+            Some(text) => ign.with(path, &text),
+            None => ign.clone(),
+        };
+        let mut names = Vec::new();
+        {
+            let d = rustix::fs::Dir::read_from(&fd).ctx("reading directory", path)?;
+            for e in d {
+                let e = e.ctx("reading directory", path)?;
+                let c = e.file_name().to_bytes();
+                if c != b"." && c != b".." {
+                    names.push(c.to_vec());
+                }
+            }
+        }
+        let mut all = true;
+        for c in names {
+            all &=
+                self.remove_unprotected(fd.as_fd(), &c, &path.join(OsStr::from_bytes(&c)), &ign)?;
+        }
+        drop(fd);
+        if all {
+            rustix::fs::unlinkat(dir, n, AtFlags::REMOVEDIR).ctx("removing", path)?;
+            self.deleted.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(all)
+    }
+}
+
+const IGNORE_FILE: &str = crate::snapshot::IGNORE_FILE;
+
+/// The bytes of a small regular file `name` in `dir` (not following links).
+fn read_small_at(dir: BorrowedFd<'_>, name: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let fd = rustix::fs::openat(
+        dir,
+        OsStr::from_bytes(name),
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let mut out = Vec::new();
+    std::fs::File::from(fd)
+        .take(1 << 20)
+        .read_to_end(&mut out)
+        .ok()?;
+    Some(out)
 }
 
 /// Removes `name` in `dir`, recursively if it is a directory, never

@@ -18,7 +18,7 @@ use crate::chunker::Chunker;
 use crate::error::{IoContext, Result, SyncError};
 use crate::id::{ObjectId, ObjectType};
 use crate::object::list::{ChunkRef, ListBuilder, MAX_INLINE};
-use crate::object::snapshot::Snapshot;
+use crate::object::snapshot::{DbRecord, Skipped, Snapshot, Sources};
 use crate::object::tree::{Content, Entry, EntryKind, MODE_MASK, Timestamp, check_name};
 use crate::object::{MemStore, ObjectSink};
 use crate::pmap::MapBuilder;
@@ -55,6 +55,9 @@ pub struct SnapshotOptions {
     /// `-wal`, `-shm` and `-journal` beside them, are left out of the file
     /// walk).
     pub dbs: Vec<crate::db::DbSource>,
+    /// The working-tree root: sources and databases are recorded relative
+    /// to it (absolute when outside it, or when no root is given).
+    pub root: Option<PathBuf>,
 }
 
 impl Default for SnapshotOptions {
@@ -70,6 +73,7 @@ impl Default for SnapshotOptions {
             use_stat_cache: true,
             skip: Vec::new(),
             dbs: Vec::new(),
+            root: None,
         }
     }
 }
@@ -90,6 +94,9 @@ pub struct SnapshotReport {
     pub new_bytes: u64,
     /// Rows of each table snapshotted.
     pub tables: BTreeMap<String, u64>,
+    /// Files and directories that could not be read and were left out
+    /// (a partial snapshot: the binary exits 3).
+    pub skipped: Vec<Skipped>,
 }
 
 /// Walks sources and builds their tree into a sink.
@@ -101,6 +108,7 @@ pub struct Scanner<'a> {
     skip: Vec<PathBuf>,
     excludes: Vec<String>,
     progress: &'a dyn Progress,
+    skipped: Mutex<Vec<Skipped>>,
     pub files: AtomicU64,
     pub dirs: AtomicU64,
     pub bytes: AtomicU64,
@@ -151,6 +159,7 @@ impl<'a> Scanner<'a> {
             skip: Vec::new(),
             excludes: Vec::new(),
             progress,
+            skipped: Mutex::new(Vec::new()),
             files: AtomicU64::new(0),
             dirs: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -166,6 +175,28 @@ impl<'a> Scanner<'a> {
     pub fn with_excludes(mut self, excludes: Vec<String>) -> Self {
         self.excludes = excludes;
         self
+    }
+
+    /// What could not be read, sorted by path.
+    pub fn take_skipped(&self) -> Vec<Skipped> {
+        let mut v = self
+            .skipped
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.path.cmp(&b.path));
+        v
+    }
+
+    /// Records a path left out: it could not be read, or vanished.
+    fn skip(&self, path: &Path, e: &dyn std::fmt::Display) {
+        tracing::debug!("skipping {}: {e}", path.display());
+        if let Ok(mut v) = self.skipped.lock() {
+            v.push(Skipped {
+                path: path.display().to_string(),
+                error: e.to_string(),
+            });
+        }
     }
 
     /// Stat-cache records gathered (for `StatCache::save`).
@@ -196,7 +227,8 @@ impl<'a> Scanner<'a> {
             let meta = fs::symlink_metadata(one).ctx("reading", one)?;
             if meta.is_dir() {
                 let ign = self.root_ignores(one)?;
-                return self.dir(one, b"", &ign);
+                let fs_dir = fs::read_dir(one).ctx("reading directory", one)?;
+                return self.dir_from(one, b"", &ign, fs_dir);
             }
         }
         let mut named: Vec<(Vec<u8>, &PathBuf)> = Vec::new();
@@ -245,7 +277,25 @@ impl<'a> Scanner<'a> {
         b.finish()
     }
 
-    fn dir(&self, path: &Path, rel: &[u8], parent_ign: &Ignores) -> Result<ObjectId> {
+    /// A directory below a root: `None` when it cannot be read (recorded as
+    /// skipped).
+    fn dir(&self, path: &Path, rel: &[u8], parent_ign: &Ignores) -> Result<Option<ObjectId>> {
+        match fs::read_dir(path) {
+            Ok(d) => self.dir_from(path, rel, parent_ign, d).map(Some),
+            Err(e) => {
+                self.skip(path, &e);
+                Ok(None)
+            }
+        }
+    }
+
+    fn dir_from(
+        &self,
+        path: &Path,
+        rel: &[u8],
+        parent_ign: &Ignores,
+        listing: fs::ReadDir,
+    ) -> Result<ObjectId> {
         if self.progress.interrupted() {
             return Err(SyncError::Interrupted);
         }
@@ -266,7 +316,7 @@ impl<'a> Scanner<'a> {
             ign.0.push(Arc::new(g));
         }
         let mut items = Vec::new();
-        for e in fs::read_dir(path).ctx("reading directory", path)? {
+        for e in listing {
             let e = e.ctx("reading directory", path)?;
             let p = e.path();
             if self.skip.iter().any(|s| s == &p) {
@@ -274,9 +324,13 @@ impl<'a> Scanner<'a> {
             }
             let meta = match fs::symlink_metadata(&p) {
                 Ok(m) => m,
-                // Deleted while we walked: it is not part of the snapshot.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(SyncError::io("reading", &p, e)),
+                // Deleted while we walked, or unreadable: left out, said.
+                Err(e) => {
+                    if !ign.ignored(&p, false) {
+                        self.skip(&p, &e);
+                    }
+                    continue;
+                }
             };
             if ign.ignored(&p, meta.is_dir()) {
                 continue;
@@ -317,17 +371,26 @@ impl<'a> Scanner<'a> {
         };
         let ft = m.file_type();
         let kind = if ft.is_file() {
-            let (size, content) = self.file(it, rel)?;
+            let Some((size, content)) = self.file(it, rel)? else {
+                return Ok(None);
+            };
             self.files.fetch_add(1, Ordering::Relaxed);
             self.bytes.fetch_add(size, Ordering::Relaxed);
             self.progress.add(1, size);
             EntryKind::File { size, content }
         } else if ft.is_dir() {
-            EntryKind::Dir {
-                tree: self.dir(&it.path, rel, ign)?,
-            }
+            let Some(tree) = self.dir(&it.path, rel, ign)? else {
+                return Ok(None);
+            };
+            EntryKind::Dir { tree }
         } else if ft.is_symlink() {
-            let target = fs::read_link(&it.path).ctx("reading link", &it.path)?;
+            let target = match fs::read_link(&it.path) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.skip(&it.path, &e);
+                    return Ok(None);
+                }
+            };
             let target = target.as_os_str().as_bytes().to_vec();
             self.files.fetch_add(1, Ordering::Relaxed);
             self.progress.add(1, 0);
@@ -346,17 +409,25 @@ impl<'a> Scanner<'a> {
         Ok(Some(Entry { mode, mtime, kind }))
     }
 
-    fn file(&self, it: &Item, rel: &[u8]) -> Result<(u64, Content)> {
+    /// A file's content; `None` when it cannot be read (recorded as skipped).
+    fn file(&self, it: &Item, rel: &[u8]) -> Result<Option<(u64, Content)>> {
         let key = StatKey::from_metadata(&it.meta);
         if let Some(c) = self.cache.get(rel, &key)
             && c.refs().iter().all(|(_, id)| self.sink.contains(id))
         {
             let c = c.clone();
             self.remember(rel, key, &c, None);
-            return Ok((key.size, c));
+            return Ok(Some((key.size, c)));
         }
         let read_at = now();
-        let mut f = File::open(&it.path).ctx("opening", &it.path)?;
+        let mut f = match File::open(&it.path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.skip(&it.path, &e);
+                return Ok(None);
+            }
+        };
+        let mut read_err: Option<std::io::Error> = None;
         let mut refs: Vec<ChunkRef> = Vec::new();
         let mut buf = BUF.with(|b| b.take());
         let r = if key.size < self.chunker.max_size() as u64 {
@@ -364,12 +435,16 @@ impl<'a> Scanner<'a> {
             buf.clear();
             buf.reserve(key.size as usize + 1);
             use std::io::Read;
-            f.read_to_end(&mut buf)
-                .ctx("reading", &it.path)
-                .and_then(|_| {
+            match f.read_to_end(&mut buf) {
+                Ok(_) => {
                     let cuts = self.chunker.cut_all(&buf);
                     self.chunks(&buf, &cuts, &mut refs)
-                })
+                }
+                Err(e) => {
+                    read_err = Some(e);
+                    Ok(())
+                }
+            }
         } else {
             let mut err = None;
             let r = self.chunker.stream(&mut f, BATCH, |data, cuts| {
@@ -381,7 +456,10 @@ impl<'a> Scanner<'a> {
             });
             match (r, err) {
                 (_, Some(e)) => Err(e),
-                (Err(e), None) => Err(SyncError::io("reading", &it.path, e)),
+                (Err(e), None) => {
+                    read_err = Some(e);
+                    Ok(())
+                }
                 (Ok(_), None) => Ok(()),
             }
         };
@@ -389,6 +467,10 @@ impl<'a> Scanner<'a> {
             BUF.with(|b| b.set(buf));
         }
         r?;
+        if let Some(e) = read_err {
+            self.skip(&it.path, &e);
+            return Ok(None);
+        }
         let size: u64 = refs.iter().map(|c| c.len).sum();
         self.read_bytes.fetch_add(size, Ordering::Relaxed);
         let content = if refs.len() <= MAX_INLINE {
@@ -403,8 +485,13 @@ impl<'a> Scanner<'a> {
         };
         if size == key.size {
             self.remember(rel, key, &content, Some(read_at));
+        } else {
+            tracing::warn!(
+                "{} changed while it was read; stored as read ({size} bytes)",
+                it.path.display()
+            );
         }
-        Ok((size, content))
+        Ok(Some((size, content)))
     }
 
     /// Records a stat-cache entry. For content just read (`read_at`), only
@@ -560,9 +647,30 @@ pub fn snapshot(
     let dirs = scanner.dirs.load(Ordering::Relaxed);
     let read_bytes = scanner.read_bytes.load(Ordering::Relaxed);
     let records = scanner.take_records();
+    let skipped = scanner.take_skipped();
     drop(scanner);
     let chunker = Chunker::new(&store.config().chunker);
     let tables = crate::db::scan_all(&opts.dbs, &session, &chunker, progress)?;
+    let root_dir = opts.root.as_deref().and_then(|r| fs::canonicalize(r).ok());
+    let sources = Sources {
+        paths: sources
+            .iter()
+            .map(|p| relative_to(root_dir.as_deref(), p))
+            .collect(),
+        excludes: opts.excludes.clone(),
+        dbs: opts
+            .dbs
+            .iter()
+            .zip(&tables.by_db)
+            .map(|(d, names)| DbRecord {
+                location: relative_to(
+                    root_dir.as_deref(),
+                    &fs::canonicalize(&d.path).unwrap_or_else(|_| d.path.clone()),
+                ),
+                tables: names.clone(),
+            })
+            .collect(),
+    };
     let stats = &session.stats;
     let new_objects = stats.objects.load(Ordering::Relaxed);
     let new_bytes = stats.stored_bytes.load(Ordering::Relaxed);
@@ -578,6 +686,8 @@ pub fn snapshot(
         bytes,
         tables: tables.objects,
         meta: opts.meta.clone(),
+        sources: Some(sources),
+        skipped: skipped.clone(),
     };
     let (id, parent, extra) = commit(store, &opts.ref_name, &mut snap)?;
     if let Err(e) = StatCache::save(&cache_path, records) {
@@ -594,7 +704,17 @@ pub fn snapshot(
         new_objects: new_objects + extra.0,
         new_bytes: new_bytes + extra.1,
         tables: tables.rows,
+        skipped,
     })
+}
+
+/// `path` relative to `root` (`""` for the root itself), or absolute when
+/// outside it or when there is no root.
+pub(crate) fn relative_to(root: Option<&Path>, path: &Path) -> String {
+    match root.and_then(|r| path.strip_prefix(r).ok()) {
+        Some(rel) => rel.to_string_lossy().into_owned(),
+        None => path.to_string_lossy().into_owned(),
+    }
 }
 
 /// Database files and their companions, as canonical paths (those that exist).
@@ -675,6 +795,18 @@ pub fn scan_working_tree<'a>(
     skip: &[PathBuf],
     progress: &dyn Progress,
 ) -> Result<(ObjectId, Scratch<'a>)> {
+    let scratch = Scratch {
+        store,
+        mem: MemStore::new(false),
+    };
+    // A single source that is gone now: everything in it was removed.
+    if let [one] = sources
+        && !one.exists()
+        && fs::symlink_metadata(one).is_err()
+    {
+        let root = MapBuilder::new(ObjectType::Tree, &scratch).finish()?;
+        return Ok((root, scratch));
+    }
     let sources: Vec<PathBuf> = sources.iter().map(|p| absolute(p)).collect::<Result<_>>()?;
     let mut skip: Vec<PathBuf> = skip
         .iter()
@@ -682,10 +814,6 @@ pub fn scan_working_tree<'a>(
         .collect();
     skip.extend(store_paths(store));
     let cache = StatCache::load(&StatCache::path_for(&store.cache_dir(), &sources));
-    let scratch = Scratch {
-        store,
-        mem: MemStore::new(false),
-    };
     let pool = pool(None)?;
     let root = {
         let scanner = Scanner::new(

@@ -61,6 +61,9 @@ pub fn plan(
     }
     progress.stage("negotiating");
     while !frontier.is_empty() {
+        if progress.interrupted() {
+            return Err(SyncError::Interrupted);
+        }
         let mut lacking = Vec::new();
         for batch in frontier.chunks(HAS_BATCH) {
             let ids: Vec<ObjectId> = batch.iter().map(|(_, id)| *id).collect();
@@ -523,16 +526,19 @@ pub fn push(
         progress.stage("sending");
         progress.set_total(plan.order.len() as u64, 0);
         let bases = hint.as_ref().map(|h| &h.bases);
-        let mut stream = plan
-            .order
-            .iter()
-            .map(|(t, id)| outgoing(local, *t, id, bases));
+        let mut stream = plan.order.iter().map(|(t, id)| {
+            if progress.interrupted() {
+                return Err(SyncError::Interrupted);
+            }
+            outgoing(local, *t, id, bases)
+        });
         match remote.send(&mut stream, progress) {
             Ok(stats) => {
                 report.objects += stats.objects;
                 report.object_bytes += stats.bytes;
                 break;
             }
+            Err(SyncError::Interrupted) => return Err(SyncError::Interrupted),
             Err(e) if attempt <= retries && is_retryable(&e) => {
                 tracing::warn!("push to {} broke off ({e}); resuming", remote.describe());
                 std::thread::sleep(std::time::Duration::from_millis(250 << attempt));
@@ -545,6 +551,10 @@ pub fn push(
             }
             Err(e) => return Err(e),
         }
+    }
+    // The last safe point: once refs move, the push is done.
+    if progress.interrupted() {
+        return Err(SyncError::Interrupted);
     }
     progress.stage("updating refs");
     for (name, id) in roots {
@@ -651,6 +661,9 @@ pub fn pull(
     let stats = local.receive(&mut objects, COMMIT_EVERY * 4, progress)?;
     report.objects = stats.objects;
     report.object_bytes = stats.bytes;
+    if progress.interrupted() {
+        return Err(SyncError::Interrupted);
+    }
     progress.stage("updating refs");
     for (name, id) in wanted {
         if let Some(rn) = remote_name {
@@ -707,6 +720,9 @@ impl Iterator for PullStream<'_> {
     type Item = Result<StoredObject>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if crate::progress::interrupted() {
+            return Some(Err(SyncError::Interrupted));
+        }
         if let Some((stream, left)) = self.current.as_mut() {
             if *left > 0 {
                 *left -= 1;

@@ -158,9 +158,12 @@ fn diff_between_snapshots_and_with_the_working_tree() {
         v2["files"], v["files"],
         "snapshot diff equals working-tree diff"
     );
+    // --stat: a line per file, like git's, and the summary.
     let stat = ok(&w, &["diff", &a, &b, "--stat"]);
+    assert!(stat.contains(" agents/bot.md      | 2 +-\n"), "{stat}");
+    assert!(stat.contains(" config.yaml        | 1 -\n"), "{stat}");
     assert!(
-        stat.contains("4 paths changed: 1 added, 1 removed, 2 modified"),
+        stat.ends_with(" 4 files changed, 2 insertions(+), 2 deletions(-)\n"),
         "{stat}"
     );
     // A type change.

@@ -209,7 +209,7 @@ fn restore_of_a_subpath_and_delete() {
         &out,
         &RestoreOptions {
             delete: true,
-            threads: None,
+            ..Default::default()
         },
         &NoProgress,
     )

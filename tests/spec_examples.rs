@@ -9,7 +9,7 @@ use std::path::Path;
 use systemprompt_sync::db::table::{Column, Extra, ExtraKind, TableData, TableObject};
 use systemprompt_sync::db::value::{Cell, Value, decode_key, decode_row, encode_key, encode_row};
 use systemprompt_sync::object::list::{ChunkRef, ListNode};
-use systemprompt_sync::object::snapshot::Snapshot;
+use systemprompt_sync::object::snapshot::{DbRecord, Skipped, Snapshot, Sources};
 use systemprompt_sync::object::tree::{Content, Entry, EntryKind, Timestamp};
 use systemprompt_sync::pack::{PackReader, PackWriter, prepare};
 use systemprompt_sync::pmap::Node;
@@ -107,6 +107,7 @@ fn examples() -> Vec<Example> {
         bytes: 22,
         tables: BTreeMap::new(),
         meta: BTreeMap::from([("source".to_string(), "services".to_string())]),
+        ..Default::default()
     };
     // A pack holding the chunk (raw: too small to compress) and the tree.
     let mut w = PackWriter::new(Vec::new()).unwrap();
@@ -168,6 +169,21 @@ fn examples() -> Vec<Example> {
             sql: "CREATE INDEX users_name ON users(name)".into(),
         }],
     };
+    let snap_v2 = Snapshot {
+        sources: Some(Sources {
+            paths: vec!["services".into()],
+            excludes: vec!["*.log".into()],
+            dbs: vec![DbRecord {
+                location: "data/app.db".into(),
+                tables: vec!["users".into()],
+            }],
+        }),
+        skipped: vec![Skipped {
+            path: "services/secret".into(),
+            error: "Permission denied (os error 13)".into(),
+        }],
+        ..snap.clone()
+    };
     vec![
         Example {
             name: "chunk",
@@ -203,6 +219,11 @@ fn examples() -> Vec<Example> {
             name: "snapshot",
             tag: Some(ObjectType::Snapshot),
             bytes: snap.encode(),
+        },
+        Example {
+            name: "snapshot-v2",
+            tag: Some(ObjectType::Snapshot),
+            bytes: snap_v2.encode(),
         },
         Example {
             name: "pack",
@@ -311,6 +332,17 @@ fn spec_examples_decode_and_match_the_encoders() {
                 let s = Snapshot::decode(bytes).unwrap();
                 assert_eq!(&s.encode(), bytes);
                 assert_eq!(s.message, "first");
+                assert!(s.sources.is_none());
+            }
+            "snapshot-v2" => {
+                let s = Snapshot::decode(bytes).unwrap();
+                assert_eq!(&s.encode(), bytes);
+                let src = s.sources.unwrap();
+                assert_eq!(src.paths, vec!["services"]);
+                assert_eq!(src.excludes, vec!["*.log"]);
+                assert_eq!(src.dbs[0].location, "data/app.db");
+                assert_eq!(src.dbs[0].tables, vec!["users"]);
+                assert_eq!(s.skipped[0].path, "services/secret");
             }
             "pack" => {
                 let mut r = PackReader::new(&bytes[..], "spec").unwrap();

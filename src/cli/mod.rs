@@ -111,17 +111,23 @@ enum Cmd {
         /// Only these tables (repeatable).
         #[arg(long = "table", value_name = "T")]
         tables: Vec<String>,
-        /// Only a summary.
+        /// A line per changed path with its inserted and deleted lines, and a summary.
         #[arg(long)]
         stat: bool,
         /// Exit with status 1 when there are differences.
         #[arg(long)]
         exit_code: bool,
+        /// Show a unified patch of each changed text file.
+        #[arg(short = 'p', long = "patch")]
+        patch: bool,
+        /// Only these paths (and what is below them).
+        #[arg(last = true, value_name = "PATH")]
+        paths: Vec<String>,
     },
-    /// Materialize SNAP[:PATH] into TARGET, and/or SNAP's tables into --db FILE.
+    /// Materialize SNAP[:PATH] into TARGET (without TARGET: back where it was
+    /// taken from, files and databases), and/or SNAP's tables into --db FILE.
     Restore {
         spec: String,
-        #[arg(required_unless_present = "db")]
         target: Option<PathBuf>,
         /// Also remove what the snapshot lacks (files; rows of its tables).
         #[arg(long)]
@@ -131,8 +137,11 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         db: Option<PathBuf>,
         /// Only these tables (repeatable).
-        #[arg(long = "table", value_name = "T", requires = "db")]
+        #[arg(long = "table", value_name = "T")]
         tables: Vec<String>,
+        /// Restore setuid and setgid bits (dropped by default).
+        #[arg(long)]
+        keep_setid: bool,
     },
     /// Check every reachable object.
     Fsck {
@@ -292,19 +301,15 @@ pub fn main() -> i32 {
         }
     };
     init_logging(cli.verbose, cli.quiet);
-    // The first Ctrl-C asks long work to stop at the next safe point (what
-    // was written stays unreferenced until gc); a second one exits at once.
-    // (serve handles its signals itself, to shut down gracefully.)
-    let serving = matches!(cli.cmd, Cmd::Serve { .. });
-    let _ = (!serving).then(|| {
-        ctrlc::set_handler(|| {
-            if systemprompt_sync::progress::INTERRUPTED
-                .swap(true, std::sync::atomic::Ordering::SeqCst)
-            {
-                std::process::exit(130);
-            }
-        })
-    });
+    // The first SIGINT or SIGTERM asks long work to stop at the next safe
+    // point (what was written stays unreferenced until gc; no ref moves); a
+    // second one exits at once. (serve handles its signals itself, to shut
+    // down gracefully.)
+    if !matches!(cli.cmd, Cmd::Serve { .. })
+        && let Err(e) = systemprompt_sync::progress::install_signal_handlers()
+    {
+        eprintln!("warning: cannot handle signals: {e}");
+    }
     let cwd = match std::env::current_dir() {
         Ok(d) => d,
         Err(e) => {
@@ -320,15 +325,55 @@ pub fn main() -> i32 {
     };
     match run(&ctx, cli.cmd) {
         Ok(code) => code,
+        // A closed stdout (`sp-sync log | head -1`) ends output quietly.
+        Err(e) if is_broken_pipe(&e) => 0,
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
             let interrupted = e
                 .chain()
                 .any(|c| matches!(c.downcast_ref::<SyncError>(), Some(SyncError::Interrupted)));
-            if interrupted { 130 } else { 1 }
+            if interrupted {
+                let sig = systemprompt_sync::progress::stop_signal().unwrap_or(2);
+                eprintln!("error: stopped by signal {sig} (nothing was moved)");
+                return 128 + sig;
+            }
+            eprintln!("error: {}", error_line(&e));
+            1
         }
     }
+}
+
+/// Whether `e` comes from writing to a closed standard output (not from a
+/// connection that broke: that is an error).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        return io.kind() == BrokenPipe;
+    }
+    if let Some(j) = e.downcast_ref::<serde_json::Error>() {
+        return j.io_error_kind() == Some(BrokenPipe);
+    }
+    matches!(e.downcast_ref::<SyncError>(),
+        Some(SyncError::Io { source, path, .. })
+            if source.kind() == BrokenPipe && path.as_os_str() == "standard output")
+}
+
+/// An error and its causes on one line, each cause said once: a cause whose
+/// text the line already holds (a `source` that the message also shows)
+/// is not repeated.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for c in e.chain() {
+        let text = c.to_string().replace('\n', " ");
+        let text = text.trim();
+        if text.is_empty() || line.contains(text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text);
+    }
+    line
 }
 
 /// `--store s3://BUCKET/PREFIX` names a store in object storage.
@@ -355,12 +400,40 @@ fn init_logging(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SP_SYNC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .event_format(PlainEvents)
         .try_init();
+}
+
+/// Log lines in the style of the rest of the output: `warning: …`.
+struct PlainEvents;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for PlainEvents
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let label = match *event.metadata().level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warning",
+            tracing::Level::INFO => "info",
+            tracing::Level::DEBUG => "debug",
+            tracing::Level::TRACE => "trace",
+        };
+        write!(writer, "{label}: ")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
@@ -408,13 +481,15 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
             tables,
             stat,
             exit_code,
+            patch,
+            paths,
         } => diff(
             ctx,
             &a,
             b.as_deref(),
             db.as_deref(),
             &tables,
-            stat,
+            DiffView { stat, patch, paths },
             exit_code,
         ),
         Cmd::Restore {
@@ -423,6 +498,7 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
             delete,
             db,
             tables,
+            keep_setid,
         } => restore(
             ctx,
             &spec,
@@ -430,6 +506,7 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
             delete,
             db.as_deref(),
             &tables,
+            keep_setid,
         ),
         Cmd::Local { cmd } => local(ctx, cmd),
         Cmd::Fsck {
@@ -530,6 +607,7 @@ fn snapshot(
         host,
         use_stat_cache: !no_cache,
         dbs,
+        root: Some(ws.root.clone()),
         ..Default::default()
     };
     let bar = Bar::new(ctx.quiet);
@@ -537,12 +615,15 @@ fn snapshot(
     let r = systemprompt_sync::snapshot(&store, &opts, &bar);
     bar.finish();
     let r = r?;
+    for s in &r.skipped {
+        eprintln!("warning: skipped {}: {}", s.path, s.error);
+    }
     if ctx.json {
         ctx.print_json(&json!({
             "id": r.id, "parent": r.parent, "root": r.root,
             "files": r.files, "dirs": r.dirs, "bytes": r.bytes,
             "new_bytes": r.new_bytes, "new_objects": r.new_objects,
-            "tables": r.tables,
+            "tables": r.tables, "skipped": r.skipped,
         }))?;
     } else {
         let rows: u64 = r.tables.values().sum();
@@ -566,7 +647,25 @@ fn snapshot(
         ));
         println!("{}", r.id);
     }
-    Ok(0)
+    if r.skipped.is_empty() {
+        Ok(0)
+    } else {
+        ctx.note(format!(
+            "warning: the snapshot is partial: {} left out",
+            plural(r.skipped.len() as u64, "path")
+        ));
+        Ok(3)
+    }
+}
+
+/// JSON for a snapshot's recorded sources (null for older snapshots).
+fn sources_json(s: &systemprompt_sync::object::snapshot::Snapshot) -> serde_json::Value {
+    match &s.sources {
+        None => serde_json::Value::Null,
+        Some(src) => json!({
+            "paths": src.paths, "excludes": src.excludes, "dbs": src.dbs,
+        }),
+    }
 }
 
 fn log(ctx: &Ctx, reference: Option<String>, max: Option<usize>) -> Result<i32> {
@@ -582,6 +681,7 @@ fn log(ctx: &Ctx, reference: Option<String>, max: Option<usize>) -> Result<i32> 
                     "id": id, "time": rfc3339(s.time), "message": s.message,
                     "parents": s.parents, "host": s.host, "root": s.root,
                     "files": s.files, "bytes": s.bytes,
+                    "sources": sources_json(s), "skipped": s.skipped,
                 })
             })
             .collect();
@@ -595,16 +695,63 @@ fn log(ctx: &Ctx, reference: Option<String>, max: Option<usize>) -> Result<i32> 
         }
         writeln!(out, "snapshot {id}")?;
         writeln!(out, "Date:   {}", human_time(s.time))?;
-        writeln!(out, "Host:   {}", s.host)?;
+        writeln!(out, "Host:   {}", printable(&s.host))?;
         writeln!(out, "Files:  {} ({})", s.files, size(s.bytes))?;
+        if let Some(src) = &s.sources {
+            let paths: Vec<String> = src
+                .paths
+                .iter()
+                .map(|p| {
+                    if p.is_empty() {
+                        ".".into()
+                    } else {
+                        printable(p)
+                    }
+                })
+                .collect();
+            let dbs: Vec<String> = src.dbs.iter().map(|d| printable(&d.location)).collect();
+            writeln!(out, "Paths:  {}", paths.join(" "))?;
+            if !dbs.is_empty() {
+                writeln!(out, "DBs:    {}", dbs.join(" "))?;
+            }
+        }
+        if !s.skipped.is_empty() {
+            writeln!(
+                out,
+                "Partial: {} left out",
+                plural(s.skipped.len() as u64, "path")
+            )?;
+            for k in &s.skipped {
+                writeln!(
+                    out,
+                    "    skipped {}: {}",
+                    printable(&k.path),
+                    printable(&k.error)
+                )?;
+            }
+        }
         if !s.message.is_empty() {
             writeln!(out)?;
             for line in s.message.lines() {
-                writeln!(out, "    {line}")?;
+                writeln!(out, "    {}", printable(line))?;
             }
         }
     }
     Ok(0)
+}
+
+/// `text` with control characters (terminal escape sequences) escaped.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
 }
 
 fn ls(ctx: &Ctx, spec: &str, recursive: bool, long: bool) -> Result<i32> {
@@ -696,9 +843,10 @@ fn diff(
     b: Option<&str>,
     db: Option<&Path>,
     tables: &[String],
-    stat_only: bool,
+    view: DiffView,
     exit_code: bool,
 ) -> Result<i32> {
+    let stat_only = view.stat;
     let (ws, store) = ctx.open(LockMode::Shared)?;
     let load = |spec: &str| -> Result<systemprompt_sync::object::snapshot::Snapshot> {
         let id = names::resolve(&store, spec)?;
@@ -721,9 +869,11 @@ fn diff(
         rows.push(c);
         Ok(())
     };
-    let table_changes = match (b, db) {
+    let mut sb_root: Option<ObjectId> = None;
+    let mut table_changes = match (b, db) {
         (Some(b), _) => {
             let sb = load(b)?;
+            sb_root = sb.root;
             diff_trees(&store, sa.root.as_ref(), sb.root.as_ref(), &mut collect)?;
             diff_tables(
                 &store,
@@ -738,12 +888,22 @@ fn diff(
                 store: &store,
                 mem: systemprompt_sync::object::MemStore::new(false),
             };
-            let dbs = match db {
-                Some(path) => vec![DbSource {
+            // What the snapshot was taken from (older snapshots: the
+            // defaults of sp-sync.toml).
+            let dbs = match (db, &sa.sources) {
+                (Some(path), _) => vec![DbSource {
                     path: ctx.cwd.join(path),
                     tables: tables.to_vec(),
                 }],
-                None => ws.default_dbs()?,
+                (None, Some(_)) => systemprompt_sync::sources::database_files(&sa, &ws.root)
+                    .into_iter()
+                    .filter(|(p, _)| p.exists())
+                    .map(|(path, _)| DbSource {
+                        path,
+                        tables: Vec::new(),
+                    })
+                    .collect(),
+                (None, None) => ws.default_dbs()?,
             };
             let now_tables = systemprompt_sync::db::scan_all(
                 &dbs,
@@ -752,7 +912,22 @@ fn diff(
                 &bar,
             );
             let files = if db.is_none() {
-                let (sources, excludes) = ws.default_sources()?;
+                let (sources, excludes) = match &sa.sources {
+                    Some(src) => (
+                        src.paths
+                            .iter()
+                            .map(|p| {
+                                if p.is_empty() {
+                                    ws.root.clone()
+                                } else {
+                                    ws.root.join(p)
+                                }
+                            })
+                            .collect(),
+                        src.excludes.clone(),
+                    ),
+                    None => ws.default_sources()?,
+                };
                 let skip: Vec<PathBuf> = dbs.iter().map(|d| d.path.clone()).collect();
                 Some(systemprompt_sync::snapshot::scan_working_tree(
                     &store, &sources, &excludes, &skip, &bar,
@@ -780,6 +955,11 @@ fn diff(
             };
             // Compare only the tables the database was asked for.
             let mut mine = only(&sa.tables);
+            let mut now_objects = only(&now_tables.objects);
+            if db.is_none() && sa.sources.is_some() {
+                // Only the tables the snapshot took from its databases.
+                now_objects.retain(|k, _| sa.tables.contains_key(k));
+            }
             if db.is_some() || !dbs.is_empty() {
                 mine.retain(|k, _| {
                     now_tables.objects.contains_key(k)
@@ -790,9 +970,22 @@ fn diff(
             } else {
                 mine.clear();
             }
-            diff_tables(&src, &mine, &only(&now_tables.objects), &mut collect_rows)?
+            diff_tables(&src, &mine, &now_objects, &mut collect_rows)?
         }
     };
+    if !view.paths.is_empty() {
+        // A path filter limits the diff to files, like git's pathspec.
+        let wanted = |p: &str| {
+            let p = p.trim_end_matches('/');
+            view.paths.iter().any(|f| {
+                let f = f.trim_matches('/');
+                f.is_empty() || p == f || p.starts_with(&format!("{f}/"))
+            })
+        };
+        changes.retain(|c| wanted(&c.path));
+        rows.clear();
+        table_changes.clear();
+    }
     let mut stat = DiffStat::default();
     for c in &changes {
         stat.add(c);
@@ -809,6 +1002,81 @@ fn diff(
             v["row_stat"] = serde_json::to_value(&rstat)?;
         }
         ctx.print_json(&v)?;
+    } else if view.stat || view.patch {
+        // Line-level views read both sides: the new side is the snapshot B,
+        // or the working tree at the snapshot's recorded sources.
+        use systemprompt_sync::patch::{Side, line_stat, unified};
+        let old = Side::Tree {
+            src: &store,
+            root: sa.root,
+        };
+        let resolve = |p: &str| -> Option<PathBuf> {
+            systemprompt_sync::sources::placements(&sa, Some(p), &ws.root)
+                .ok()
+                .and_then(|v| v.into_iter().next())
+                .map(|pl| pl.dest)
+        };
+        let new = match b {
+            Some(_) => Side::Tree {
+                src: &store,
+                root: sb_root,
+            },
+            None => Side::Disk(&resolve),
+        };
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let files: Vec<&FileChange> = changes.iter().filter(|c| !c.path.ends_with('/')).collect();
+        if view.stat && (!files.is_empty() || rows.is_empty()) {
+            let width = files.iter().map(|c| c.path.len()).max().unwrap_or(0);
+            let (mut ins, mut del) = (0u64, 0u64);
+            for c in &files {
+                let s = line_stat(&old.read(&c.path)?, &new.read(&c.path)?);
+                ins += s.insertions;
+                del += s.deletions;
+                let detail = match s.binary {
+                    Some((o, n)) => format!("Bin {o} -> {n} bytes"),
+                    None => {
+                        let n = s.insertions + s.deletions;
+                        let scale = if n > 50 { 50.0 / n as f64 } else { 1.0 };
+                        format!(
+                            "{n} {}{}",
+                            "+".repeat((s.insertions as f64 * scale).ceil() as usize),
+                            "-".repeat((s.deletions as f64 * scale).ceil() as usize)
+                        )
+                    }
+                };
+                writeln!(out, " {:<width$} | {detail}", quote_path(&c.raw_path))?;
+            }
+            writeln!(
+                out,
+                " {} changed, {} insertion{}(+), {} deletion{}(-)",
+                plural(files.len() as u64, "file"),
+                ins,
+                if ins == 1 { "" } else { "s" },
+                del,
+                if del == 1 { "" } else { "s" }
+            )?;
+        }
+        if view.patch {
+            if view.stat && !files.is_empty() {
+                writeln!(out)?;
+            }
+            for c in &files {
+                out.write_all(
+                    unified(&c.path, &old.read(&c.path)?, &new.read(&c.path)?).as_bytes(),
+                )?;
+            }
+        }
+        if !rows.is_empty() {
+            writeln!(
+                out,
+                "{} changed: {} added, {} removed, {} modified",
+                plural(rstat.total(), "row"),
+                rstat.added,
+                rstat.removed,
+                rstat.modified
+            )?;
+        }
+        out.flush()?;
     } else {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         if !stat_only {
@@ -899,6 +1167,13 @@ fn diff(
     Ok(if exit_code && differ { 1 } else { 0 })
 }
 
+/// How `diff` shows what changed.
+struct DiffView {
+    stat: bool,
+    patch: bool,
+    paths: Vec<String>,
+}
+
 fn plural(n: u64, what: &str) -> String {
     if n == 1 {
         format!("1 {what}")
@@ -907,6 +1182,7 @@ fn plural(n: u64, what: &str) -> String {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn restore(
     ctx: &Ctx,
     spec: &str,
@@ -914,35 +1190,72 @@ fn restore(
     delete: bool,
     db: Option<&Path>,
     tables: &[String],
+    keep_setid: bool,
 ) -> Result<i32> {
-    let (_, store) = ctx.open(LockMode::Shared)?;
+    use systemprompt_sync::sources::{Placement, database_files, holds_store, placements};
+    let (ws, store) = ctx.open(LockMode::Shared)?;
+    let (snap_spec, sub) = names::split_spec(spec);
+    let id = names::resolve(&store, snap_spec)?;
+    let s = names::load_snapshot(&store, &id)?;
+    let target = target.map(|t| systemprompt_sync::sources::canonical(&ctx.cwd.join(t)));
+    // Where the files go: without a target, back to their sources; into a
+    // target that holds the store (the working tree), at their sources'
+    // places inside it; otherwise SNAP[:PATH] into the target.
+    let places: Vec<Placement> = match (&target, db) {
+        (None, Some(_)) => Vec::new(),
+        (None, None) => placements(&s, sub, &ws.root)?,
+        (Some(t), _) if s.sources.is_some() && t.is_dir() && holds_store(t, &ws.store_dir) => {
+            placements(&s, sub, t)?
+        }
+        (Some(t), _) => vec![Placement {
+            tree_path: sub.unwrap_or("").to_string(),
+            dest: t.clone(),
+        }],
+    };
+    if places.is_empty() && sub.is_some() && target.is_some() {
+        return Err(SyncError::NotFound(format!(
+            "{}: no such path among the snapshot's sources",
+            sub.unwrap_or("")
+        ))
+        .into());
+    }
+    let opts = RestoreOptions {
+        delete,
+        threads: None,
+        protect: systemprompt_sync::sources::protected_paths(&ws, Some(&s)),
+        keep: systemprompt_sync::sources::kept_paths(&ws),
+        excludes: match &s.sources {
+            Some(src) => src.excludes.clone(),
+            None => ws.project().map(|p| p.snapshot.exclude).unwrap_or_default(),
+        },
+        keep_setid,
+    };
+    let mut restored = Vec::new();
     let mut out = json!({});
-    if let Some(target) = target {
-        let target = ctx.cwd.join(target);
+    let start = std::time::Instant::now();
+    for p in &places {
+        let Some(root) = s.root else {
+            break;
+        };
+        let entry = systemprompt_sync::object::tree::lookup(&store, &root, p.tree_path.as_bytes())?
+            .ok_or_else(|| {
+                SyncError::NotFound(format!(
+                    "{}: no such path in snapshot {}",
+                    p.tree_path,
+                    id.short()
+                ))
+            })?;
+        let name = p.tree_path.rsplit('/').next().unwrap_or("").as_bytes();
         let bar = Bar::new(ctx.quiet);
-        let start = std::time::Instant::now();
-        let r = systemprompt_sync::restore_snapshot(
-            &store,
-            spec,
-            &target,
-            &RestoreOptions {
-                delete,
-                threads: None,
-            },
-            &bar,
-        );
+        let r = systemprompt_sync::restore::restore_to(&store, &entry, name, &p.dest, &opts, &bar);
         bar.finish();
-        let r = r.with_context(|| format!("restore into {}", target.display()))?;
-        out = json!({
-            "target": target.display().to_string(), "files": r.files, "dirs": r.dirs,
-            "bytes": r.bytes, "deleted": r.deleted,
-        });
+        let r = r.with_context(|| format!("restore into {}", p.dest.display()))?;
         if !ctx.json {
             ctx.note(format!(
                 "restored {} files, {} into {} in {:.2}s{}",
                 r.files,
                 size(r.bytes),
-                target.display(),
+                p.dest.display(),
                 start.elapsed().as_secs_f64(),
                 if delete {
                     format!("; removed {}", r.deleted)
@@ -951,35 +1264,68 @@ fn restore(
                 }
             ));
         }
+        restored.push(json!({
+            "target": p.dest.display().to_string(), "files": r.files, "dirs": r.dirs,
+            "bytes": r.bytes, "deleted": r.deleted,
+            "protected": r.protected.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        }));
     }
-    if let Some(db) = db {
-        let path = ctx.cwd.join(db);
-        let (snap, _) = names::split_spec(spec);
-        let id = names::resolve(&store, snap)?;
-        let s = names::load_snapshot(&store, &id)?;
-        if s.tables.is_empty() {
-            return Err(anyhow!("snapshot {} has no tables", id.short()));
+    if let Some(first) = restored.first() {
+        out = first.clone();
+        out["restored"] = json!(restored);
+    }
+    // Which tables go where: --db takes them all (or --table's); without a
+    // target, each recorded database gets its own back.
+    let dbs: Vec<(PathBuf, Vec<String>)> = match (db, &target) {
+        (Some(db), _) => vec![(ctx.cwd.join(db), Vec::new())],
+        (None, None) if sub.is_none() => database_files(&s, &ws.root),
+        _ => Vec::new(),
+    };
+    if db.is_some() && s.tables.is_empty() {
+        return Err(anyhow!("snapshot {} has no tables", id.short()));
+    }
+    let mut db_reports = Vec::new();
+    for (path, from) in dbs {
+        let mine: BTreeMap<String, ObjectId> = s
+            .tables
+            .iter()
+            .filter(|(k, _)| from.is_empty() || from.contains(k))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let wanted: Vec<String> = tables
+            .iter()
+            .filter(|t| mine.contains_key(*t) || from.is_empty())
+            .cloned()
+            .collect();
+        if mine.is_empty() || (!tables.is_empty() && wanted.is_empty()) {
+            continue;
         }
         let bar = Bar::new(ctx.quiet);
         let start = std::time::Instant::now();
         let r = systemprompt_sync::db::restore::restore_db(
             &store,
-            &s.tables,
+            &mine,
             &path,
             &systemprompt_sync::chunker::Chunker::new(&store.config().chunker),
             &systemprompt_sync::db::restore::DbRestoreOptions {
                 delete,
-                tables: tables.to_vec(),
+                tables: wanted,
             },
             &bar,
         );
         bar.finish();
-        let r = r?;
-        out["db"] = json!(path.display().to_string());
-        out["db_created"] = json!(r.created);
-        out["rows_inserted"] = json!(r.inserted);
-        out["rows_updated"] = json!(r.updated);
-        out["rows_deleted"] = json!(r.deleted);
+        let r = r.with_context(|| format!("restore into {}", path.display()))?;
+        if db_reports.is_empty() {
+            out["db"] = json!(path.display().to_string());
+            out["db_created"] = json!(r.created);
+            out["rows_inserted"] = json!(r.inserted);
+            out["rows_updated"] = json!(r.updated);
+            out["rows_deleted"] = json!(r.deleted);
+        }
+        db_reports.push(json!({
+            "db": path.display().to_string(), "created": r.created,
+            "rows_inserted": r.inserted, "rows_updated": r.updated, "rows_deleted": r.deleted,
+        }));
         if !ctx.json {
             ctx.note(format!(
                 "{} {} in {:.2}s: {} inserted, {} updated, {} deleted",
@@ -991,6 +1337,9 @@ fn restore(
                 r.deleted
             ));
         }
+    }
+    if !db_reports.is_empty() {
+        out["dbs"] = json!(db_reports);
     }
     if ctx.json {
         ctx.print_json(&out)?;

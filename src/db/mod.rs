@@ -370,6 +370,8 @@ impl<'c> RowReader<'c> {
 pub struct ScanResult {
     pub objects: BTreeMap<String, ObjectId>,
     pub rows: BTreeMap<String, u64>,
+    /// For each database scanned (in order), the names of its tables.
+    pub by_db: Vec<Vec<String>>,
 }
 
 /// Reads the selected tables of one database (all user tables and views
@@ -564,6 +566,7 @@ pub fn scan_all(
     let mut all = ScanResult::default();
     for d in dbs {
         let r = scan(d, sink, chunker, progress)?;
+        all.by_db.push(r.objects.keys().cloned().collect());
         for (name, id) in r.objects {
             if all.objects.insert(name.clone(), id).is_some() {
                 return Err(SyncError::Invalid(format!(

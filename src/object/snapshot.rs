@@ -6,6 +6,13 @@
 //! table count (varint) | (name (string) | table id [32])… | meta count
 //! (varint) | (key (string) | value (string))…`. Table names and meta keys
 //! are sorted and unique.
+//!
+//! Version 2 appends what the snapshot was taken from and what it had to
+//! leave out: `source path count (varint) | paths (string)… | exclude count
+//! (varint) | patterns (string)… | database count (varint) | (location
+//! (string) | table count (varint) | table names (string)…)… | skipped count
+//! (varint) | (path (string) | error (string))…`. A snapshot without
+//! recorded sources is written as version 1, so old ids never change.
 
 use std::collections::BTreeMap;
 
@@ -13,9 +20,40 @@ use crate::codec::{DecodeError, Reader, Writer};
 use crate::id::{ObjectId, ObjectType};
 use crate::object::tree::Timestamp;
 
-pub const SNAPSHOT_VERSION: u8 = 1;
+/// The version written when sources are recorded (version 1 otherwise).
+pub const SNAPSHOT_VERSION: u8 = 2;
 const MAX_STR: usize = 1 << 20;
 const MAX_PARENTS: u64 = 64;
+
+/// What a snapshot was taken from, so that `restore` and `diff` without a
+/// target know where things go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sources {
+    /// Each root path, relative to the working-tree root (`""` is the root
+    /// itself), or absolute when it lies outside. One path: its contents are
+    /// the snapshot's root tree; several: each is the root's entry named
+    /// after its last component.
+    pub paths: Vec<String>,
+    /// The exclude patterns in force (gitignore syntax, relative to each root).
+    pub excludes: Vec<String>,
+    /// Each database: where it was (a path relative to the working-tree root,
+    /// absolute, or a URL without its password) and the tables it gave.
+    pub dbs: Vec<DbRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct DbRecord {
+    pub location: String,
+    /// Names of the snapshot's tables that came from this database.
+    pub tables: Vec<String>,
+}
+
+/// A path left out of a partial snapshot, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Skipped {
+    pub path: String,
+    pub error: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Snapshot {
@@ -30,12 +68,33 @@ pub struct Snapshot {
     pub bytes: u64,
     pub tables: BTreeMap<String, ObjectId>,
     pub meta: BTreeMap<String, String>,
+    /// Recorded sources (version 2); `None` for version-1 snapshots.
+    pub sources: Option<Sources>,
+    /// Paths that could not be read (version 2 only).
+    pub skipped: Vec<Skipped>,
+}
+
+fn write_strs(w: &mut Writer, v: &[String]) {
+    w.varint(v.len() as u64);
+    for s in v {
+        w.bytes(s.as_bytes());
+    }
+}
+
+fn read_strs(r: &mut Reader<'_>, limit: usize, what: &str) -> Result<Vec<String>, DecodeError> {
+    let n = r.varint_max(limit as u64, what)?;
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(r.str(MAX_STR)?.to_string());
+    }
+    Ok(v)
 }
 
 impl Snapshot {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(128);
-        w.u8(SNAPSHOT_VERSION).varint(self.parents.len() as u64);
+        let version = if self.sources.is_some() { 2 } else { 1 };
+        w.u8(version).varint(self.parents.len() as u64);
         for p in &self.parents {
             w.id(p);
         }
@@ -60,13 +119,26 @@ impl Snapshot {
         for (k, v) in &self.meta {
             w.bytes(k.as_bytes()).bytes(v.as_bytes());
         }
+        if let Some(src) = &self.sources {
+            write_strs(&mut w, &src.paths);
+            write_strs(&mut w, &src.excludes);
+            w.varint(src.dbs.len() as u64);
+            for d in &src.dbs {
+                w.bytes(d.location.as_bytes());
+                write_strs(&mut w, &d.tables);
+            }
+            w.varint(self.skipped.len() as u64);
+            for s in &self.skipped {
+                w.bytes(s.path.as_bytes()).bytes(s.error.as_bytes());
+            }
+        }
         w.into_vec()
     }
 
     pub fn decode(b: &[u8]) -> Result<Snapshot, DecodeError> {
         let mut r = Reader::new(b);
         let v = r.u8()?;
-        if v != SNAPSHOT_VERSION {
+        if v != 1 && v != SNAPSHOT_VERSION {
             return r.err(format!("unknown snapshot version {v}"));
         }
         let np = r.varint_max(MAX_PARENTS, "parent count")?;
@@ -108,6 +180,35 @@ impl Snapshot {
             let v = r.str(MAX_STR)?.to_string();
             meta.insert(k, v);
         }
+        let limit = b.len();
+        let (sources, skipped) = if v == 1 {
+            (None, Vec::new())
+        } else {
+            let paths = read_strs(&mut r, limit, "source path count")?;
+            let excludes = read_strs(&mut r, limit, "exclude count")?;
+            let nd = r.varint_max(limit as u64, "database count")?;
+            let mut dbs = Vec::new();
+            for _ in 0..nd {
+                let location = r.str(MAX_STR)?.to_string();
+                let tables = read_strs(&mut r, limit, "table count")?;
+                dbs.push(DbRecord { location, tables });
+            }
+            let ns = r.varint_max(limit as u64, "skipped count")?;
+            let mut skipped = Vec::new();
+            for _ in 0..ns {
+                let path = r.str(MAX_STR)?.to_string();
+                let error = r.str(MAX_STR)?.to_string();
+                skipped.push(Skipped { path, error });
+            }
+            (
+                Some(Sources {
+                    paths,
+                    excludes,
+                    dbs,
+                }),
+                skipped,
+            )
+        };
         r.finish()?;
         Ok(Snapshot {
             parents,
@@ -119,6 +220,8 @@ impl Snapshot {
             bytes,
             tables,
             meta,
+            sources,
+            skipped,
         })
     }
 
@@ -155,7 +258,23 @@ mod tests {
             root in proptest::option::of(any::<[u8; 32]>()),
             files: u64, bytes: u64,
             meta in proptest::collection::btree_map(".{0,8}", ".{0,8}", 0..4),
+            sources in proptest::option::of((
+                proptest::collection::vec(".{0,8}", 0..3),
+                proptest::collection::vec(".{0,8}", 0..3),
+                proptest::collection::vec((".{0,8}", proptest::collection::vec(".{0,8}", 0..3)), 0..3),
+            )),
+            skipped in proptest::collection::vec((".{0,8}", ".{0,8}"), 0..3),
         ) {
+            let skipped: Vec<Skipped> = if sources.is_some() {
+                skipped.into_iter().map(|(path, error)| Skipped { path, error }).collect()
+            } else {
+                Vec::new()
+            };
+            let sources = sources.map(|(paths, excludes, dbs)| Sources {
+                paths,
+                excludes,
+                dbs: dbs.into_iter().map(|(location, tables)| DbRecord { location, tables }).collect(),
+            });
             let s = Snapshot {
                 parents: parents.into_iter().map(ObjectId).collect(),
                 time: Timestamp { secs, nanos },
@@ -164,6 +283,8 @@ mod tests {
                 files, bytes,
                 tables: BTreeMap::new(),
                 meta,
+                sources,
+                skipped,
             };
             let b = s.encode();
             prop_assert_eq!(Snapshot::decode(&b).unwrap(), s);

@@ -1,0 +1,226 @@
+//! Where a snapshot's parts go back to, and what a restore must never
+//! touch.
+//!
+//! A snapshot records its sources (`object::snapshot::Sources`): each root
+//! path relative to the working-tree root, the excludes in force, and each
+//! database with the tables it gave. `restore SNAP` without a target — or
+//! with a target that holds the store, such as the working-tree root —
+//! puts each part back at its path relative to that base, so a snapshot of
+//! `services` never scatters its contents over the project root.
+//!
+//! `restore --delete` removes only what the snapshot lacks *inside the
+//! places it restores*, and never: the store (wherever it is), a database
+//! file that the snapshot or `sp-sync.toml` names (with its `-wal`, `-shm`
+//! and `-journal`), `sp-sync.toml`, or what the excludes match.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Result, SyncError};
+use crate::object::snapshot::Snapshot;
+use crate::workspace::{PROJECT_FILE, Workspace};
+
+/// A part of a snapshot and the exact path it is restored to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The path inside the snapshot's root tree (`""`: the root).
+    pub tree_path: String,
+    /// Where that entry goes: a directory's contents go into it; a file
+    /// is written at it.
+    pub dest: PathBuf,
+}
+
+/// A recorded location resolved against `base` (absolute locations stay).
+fn resolve(base: &Path, location: &str) -> PathBuf {
+    if location.is_empty() {
+        base.to_path_buf()
+    } else {
+        base.join(location)
+    }
+}
+
+fn join_sub(dest: PathBuf, rest: &str) -> PathBuf {
+    if rest.is_empty() {
+        dest
+    } else {
+        dest.join(rest)
+    }
+}
+
+/// Where `SNAP[:sub]` goes when its sources are placed relative to `base`.
+/// Fails for a snapshot that does not record its sources.
+pub fn placements(snap: &Snapshot, sub: Option<&str>, base: &Path) -> Result<Vec<Placement>> {
+    let sources = snap.sources.as_ref().ok_or_else(|| {
+        SyncError::Invalid(
+            "the snapshot does not record where it was taken from (an older sp-sync made it); \
+             name a TARGET to restore into"
+                .into(),
+        )
+    })?;
+    let sub = sub.unwrap_or("").trim_matches('/');
+    match sources.paths.as_slice() {
+        [] => Ok(Vec::new()),
+        [one] => Ok(vec![Placement {
+            tree_path: sub.to_string(),
+            dest: join_sub(resolve(base, one), sub),
+        }]),
+        several => {
+            let mut out = Vec::new();
+            for p in several {
+                let name = Path::new(p)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if sub.is_empty() {
+                    out.push(Placement {
+                        tree_path: name,
+                        dest: resolve(base, p),
+                    });
+                } else {
+                    let (first, rest) = sub.split_once('/').unwrap_or((sub, ""));
+                    if first == name {
+                        out.push(Placement {
+                            tree_path: sub.to_string(),
+                            dest: join_sub(resolve(base, p), rest),
+                        });
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// The snapshot's databases that are files, resolved against `base`, with
+/// the tables each gave. (URLs are left to the engines that take them.)
+pub fn database_files(snap: &Snapshot, base: &Path) -> Vec<(PathBuf, Vec<String>)> {
+    snap.sources
+        .iter()
+        .flat_map(|s| s.dbs.iter())
+        .filter(|d| !d.location.contains("://"))
+        .map(|d| (resolve(base, &d.location), d.tables.clone()))
+        .collect()
+}
+
+/// Paths `restore --delete` never removes though a snapshot may write
+/// them: `sp-sync.toml`.
+pub fn kept_paths(ws: &Workspace) -> Vec<PathBuf> {
+    vec![canonical(&ws.root.join(PROJECT_FILE))]
+}
+
+/// Paths no restore removes or writes over: the store and every database
+/// file the snapshot or `sp-sync.toml` names (and their `-wal`, `-shm`,
+/// `-journal`). Canonical where they exist.
+pub fn protected_paths(ws: &Workspace, snap: Option<&Snapshot>) -> Vec<PathBuf> {
+    let mut out = vec![ws.store_dir.clone()];
+    let mut dbs: Vec<PathBuf> = snap
+        .map(|s| {
+            database_files(s, &ws.root)
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Ok(project) = ws.project() {
+        dbs.extend(project.db.iter().map(|d| ws.root.join(&d.path)));
+        dbs.extend(project.collection.iter().map(|c| ws.root.join(&c.db)));
+    }
+    for d in dbs {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = d.clone().into_os_string();
+            p.push(suffix);
+            out.push(PathBuf::from(p));
+        }
+    }
+    out.into_iter().map(|p| canonical(&p)).collect()
+}
+
+/// `p` with symlinks resolved as far as it exists (a missing tail is kept).
+pub fn canonical(p: &Path) -> PathBuf {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return c;
+    }
+    match (p.parent(), p.file_name()) {
+        (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
+            canonical(parent).join(name)
+        }
+        _ => p.to_path_buf(),
+    }
+}
+
+/// Whether the directory `target` holds the store `store_dir`.
+pub fn holds_store(target: &Path, store_dir: &Path) -> bool {
+    canonical(store_dir).starts_with(canonical(target))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object::snapshot::{DbRecord, Sources};
+
+    fn snap(paths: &[&str]) -> Snapshot {
+        Snapshot {
+            sources: Some(Sources {
+                paths: paths.iter().map(|p| p.to_string()).collect(),
+                excludes: vec![],
+                dbs: vec![DbRecord {
+                    location: "data/app.db".into(),
+                    tables: vec!["users".into()],
+                }],
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn one_source_goes_back_under_its_path() {
+        let s = snap(&["services"]);
+        let p = placements(&s, None, Path::new("/w")).unwrap();
+        assert_eq!(
+            p,
+            vec![Placement {
+                tree_path: "".into(),
+                dest: "/w/services".into()
+            }]
+        );
+        let p = placements(&s, Some("config/app.toml"), Path::new("/w")).unwrap();
+        assert_eq!(p[0].dest, PathBuf::from("/w/services/config/app.toml"));
+        let p = placements(&snap(&[""]), None, Path::new("/w")).unwrap();
+        assert_eq!(p[0].dest, PathBuf::from("/w"));
+    }
+
+    #[test]
+    fn several_sources_each_go_back() {
+        let s = snap(&["services", "etc/conf"]);
+        let p = placements(&s, None, Path::new("/w")).unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[1].tree_path, "conf");
+        assert_eq!(p[1].dest, PathBuf::from("/w/etc/conf"));
+        let p = placements(&s, Some("conf/a/b"), Path::new("/w")).unwrap();
+        assert_eq!(
+            p,
+            vec![Placement {
+                tree_path: "conf/a/b".into(),
+                dest: "/w/etc/conf/a/b".into()
+            }]
+        );
+        assert!(
+            placements(&s, Some("nope"), Path::new("/w"))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn old_snapshots_need_a_target() {
+        assert!(placements(&Snapshot::default(), None, Path::new("/w")).is_err());
+    }
+
+    #[test]
+    fn databases_resolve_against_the_base() {
+        let d = database_files(&snap(&[""]), Path::new("/w"));
+        assert_eq!(
+            d,
+            vec![(PathBuf::from("/w/data/app.db"), vec!["users".into()])]
+        );
+    }
+}

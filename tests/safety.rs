@@ -1,0 +1,473 @@
+//! A user's data is sacred: what `restore --delete` may never remove, where
+//! a snapshot goes back to, partial snapshots, and errors said once.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::{bin, cache_dir, describe, dump, fails, ok, run_in};
+
+/// The default layout: a store, a services tree, a SQLite database and
+/// `sp-sync.toml` in one folder.
+fn layout(w: &Path, toml: &str) {
+    std::fs::create_dir_all(w.join("services/agents")).unwrap();
+    std::fs::create_dir_all(w.join("services/config")).unwrap();
+    std::fs::create_dir_all(w.join("data")).unwrap();
+    std::fs::write(w.join("services/agents/bot.md"), "# bot\n").unwrap();
+    std::fs::write(w.join("services/config/app.toml"), "port = 1\n").unwrap();
+    std::fs::write(w.join("services/debug.log"), "excluded\n").unwrap();
+    std::fs::write(w.join("sp-sync.toml"), toml).unwrap();
+    let c = rusqlite::Connection::open(w.join("data/app.db")).unwrap();
+    c.execute_batch(
+        "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT);
+         INSERT INTO users VALUES (1, 'ann'), (2, 'bob');",
+    )
+    .unwrap();
+    ok(w, &["init"]);
+}
+
+const DEFAULT_TOML: &str = "[snapshot]\nexclude = [\"*.log\"]\n\n[[db]]\npath = \"data/app.db\"\n";
+const PATHS_TOML: &str =
+    "[snapshot]\npaths = [\"services\"]\nexclude = [\"*.log\"]\n\n[[db]]\npath = \"data/app.db\"\n";
+
+fn assert_intact(w: &Path, toml: &str, db_dump: &str) {
+    assert!(w.join(".sp-sync").is_dir(), "the store was removed");
+    assert_eq!(
+        dump(&w.join("data/app.db")),
+        db_dump,
+        "the database changed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.join("sp-sync.toml")).unwrap(),
+        toml
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.join("services/debug.log")).unwrap(),
+        "excluded\n",
+        "an excluded file was removed"
+    );
+    ok(w, &["fsck", "--read-data"]);
+}
+
+#[test]
+fn restore_delete_into_the_working_tree_keeps_store_databases_config_and_excluded_files() {
+    for toml in [DEFAULT_TOML, PATHS_TOML] {
+        let tmp = tempfile::tempdir().unwrap();
+        let w = tmp.path();
+        layout(w, toml);
+        ok(w, &["snapshot", "-m", "one"]);
+        let before = dump(&w.join("data/app.db"));
+        // Something the snapshot lacks, inside its sources: --delete removes it.
+        std::fs::write(w.join("services/agents/extra.md"), "new").unwrap();
+        std::fs::write(w.join("services/agents/bot.md"), "edited").unwrap();
+        std::fs::create_dir_all(w.join("services/tmp/deep")).unwrap();
+        std::fs::write(w.join("services/tmp/deep/x.log"), "kept: excluded").unwrap();
+        std::fs::write(w.join("services/tmp/deep/y"), "removed").unwrap();
+        let out = run_in(w, &["restore", "main", ".", "--delete"]);
+        assert!(out.status.success(), "{out:?}");
+        assert_intact(w, toml, &before);
+        assert!(!w.join("services/agents/extra.md").exists());
+        assert!(!w.join("services/tmp/deep/y").exists());
+        assert!(w.join("services/tmp/deep/x.log").exists());
+        assert_eq!(
+            std::fs::read_to_string(w.join("services/agents/bot.md")).unwrap(),
+            "# bot\n"
+        );
+        // Nothing was scattered over the root.
+        assert!(!w.join("agents").exists() && !w.join("config").exists());
+    }
+}
+
+#[test]
+fn restore_without_target_puts_files_and_rows_back_where_they_came_from() {
+    for toml in [DEFAULT_TOML, PATHS_TOML] {
+        let tmp = tempfile::tempdir().unwrap();
+        let w = tmp.path();
+        layout(w, toml);
+        ok(w, &["snapshot"]);
+        let tree = describe(&w.join("services"));
+        let rows = dump(&w.join("data/app.db"));
+        std::fs::remove_dir_all(w.join("services")).unwrap();
+        rusqlite::Connection::open(w.join("data/app.db"))
+            .unwrap()
+            .execute_batch(
+                "UPDATE users SET name = 'zed' WHERE id = 1; INSERT INTO users VALUES (3, 'cy');",
+            )
+            .unwrap();
+        // diff without B compares with the recorded sources: files and rows.
+        let d = ok(w, &["diff", "main", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&d).unwrap();
+        let rows_changed = v["rows"].as_array().unwrap();
+        assert_eq!(rows_changed.len(), 2, "{d}");
+        assert!(
+            v["files"].as_array().unwrap().iter().any(|f| f["path"]
+                .as_str()
+                .unwrap()
+                .ends_with("agents/bot.md")
+                && f["change"] == "removed"),
+            "{d}"
+        );
+        ok(w, &["restore", "main", "--delete"]);
+        let mut want = tree.clone();
+        want.retain(|k, _| !k.ends_with(b"debug.log"));
+        let mut got = describe(&w.join("services"));
+        got.retain(|k, _| !k.ends_with(b"debug.log"));
+        assert_eq!(got, want);
+        assert_eq!(dump(&w.join("data/app.db")), rows);
+        assert!(!w.join("agents").exists());
+        let d = ok(w, &["diff", "main", "--exit-code"]);
+        assert!(d.trim().is_empty(), "{d}");
+    }
+}
+
+#[test]
+fn log_json_shows_the_recorded_sources() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    layout(w, PATHS_TOML);
+    ok(w, &["snapshot"]);
+    let v: serde_json::Value = serde_json::from_str(&ok(w, &["log", "--json"])).unwrap();
+    let src = &v[0]["sources"];
+    assert_eq!(src["paths"], serde_json::json!(["services"]));
+    assert_eq!(src["excludes"], serde_json::json!(["*.log"]));
+    assert_eq!(src["dbs"][0]["location"], "data/app.db");
+    assert_eq!(src["dbs"][0]["tables"], serde_json::json!(["users"]));
+}
+
+#[test]
+fn restoring_a_file_onto_a_file_replaces_it_and_onto_a_new_name_creates_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    layout(w, PATHS_TOML);
+    ok(w, &["snapshot"]);
+    std::fs::write(w.join("services/config/app.toml"), "port = 2\n").unwrap();
+    ok(
+        w,
+        &[
+            "restore",
+            "main:config/app.toml",
+            "services/config/app.toml",
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.join("services/config/app.toml")).unwrap(),
+        "port = 1\n"
+    );
+    ok(w, &["restore", "main:config/app.toml", "copy.toml"]);
+    assert!(w.join("copy.toml").is_file());
+    assert_eq!(
+        std::fs::read_to_string(w.join("copy.toml")).unwrap(),
+        "port = 1\n"
+    );
+    // Onto a directory: inside it, under its own name (cp).
+    std::fs::create_dir(w.join("into")).unwrap();
+    ok(w, &["restore", "main:config/app.toml", "into"]);
+    assert!(w.join("into/app.toml").is_file());
+}
+
+/// Runs the binary as an unprivileged user (the tests run as root, which
+/// reads any file), or as we are when we are not root.
+fn as_nobody(w: &Path, args: &[&str]) -> std::process::Output {
+    let root = rustix::process::getuid().is_root();
+    let mut c = if root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin());
+        c
+    } else {
+        Command::new(bin())
+    };
+    c.args(args)
+        .current_dir(w)
+        .env("SP_SYNC_CACHE_DIR", w.join("cache"))
+        .env_remove("SP_SYNC_STORE")
+        .output()
+        .unwrap()
+}
+
+fn chown_nobody(p: &Path) {
+    if rustix::process::getuid().is_root() {
+        let st = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+#[test]
+fn an_unreadable_file_makes_a_partial_snapshot_that_says_so_and_exits_3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("w");
+    std::fs::create_dir_all(w.join("d")).unwrap();
+    std::fs::write(w.join("a.txt"), "a").unwrap();
+    std::fs::write(w.join("secret"), "s").unwrap();
+    std::fs::write(w.join("d/b.txt"), "b").unwrap();
+    chown_nobody(tmp.path());
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let o = as_nobody(&w, &["init"]);
+    assert!(o.status.success(), "{o:?}");
+    std::fs::set_permissions(
+        w.join("secret"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o000),
+    )
+    .unwrap();
+    let o = as_nobody(&w, &["snapshot", "--json"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("warning:") && l.contains("secret")),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["skipped"].as_array().unwrap().len(), 1);
+    assert!(
+        v["skipped"][0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("secret")
+    );
+    let ls = as_nobody(&w, &["ls", "-r", "main"]);
+    let listing = String::from_utf8_lossy(&ls.stdout);
+    assert!(listing.contains("a.txt") && listing.contains("d/b.txt"));
+    assert!(!listing.contains("secret"), "{listing}");
+    let log = as_nobody(&w, &["log"]);
+    assert!(String::from_utf8_lossy(&log.stdout).contains("skipped"));
+    // Fixed: the next snapshot is complete.
+    std::fs::set_permissions(
+        w.join("secret"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let o = as_nobody(&w, &["snapshot"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+}
+
+#[test]
+fn files_removed_during_the_walk_are_left_out_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    std::fs::create_dir(w.join("many")).unwrap();
+    ok(w, &["init"]);
+    let mut partial_seen = false;
+    for trial in 0..6 {
+        for i in 0..3000 {
+            std::fs::write(w.join(format!("many/f{i:05}")), format!("{trial} {i}")).unwrap();
+        }
+        let child = Command::new(bin())
+            .args(["snapshot", "--json", "--no-cache", "-m"])
+            .arg(format!("trial {trial}"))
+            .current_dir(w)
+            .env("SP_SYNC_CACHE_DIR", cache_dir())
+            .env("SP_SYNC_THREADS", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut removed = Vec::new();
+        for i in (0..3000).rev().step_by(3) {
+            let name = format!("f{i:05}");
+            if std::fs::remove_file(w.join("many").join(&name)).is_ok() {
+                removed.push(name);
+            }
+        }
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        match o.status.code() {
+            Some(0) => {}
+            Some(3) => {
+                partial_seen = true;
+                let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+                let skipped = v["skipped"].as_array().unwrap();
+                assert!(!skipped.is_empty());
+                let id = v["id"].as_str().unwrap();
+                let listing = ok(w, &["ls", &format!("{id}:many")]);
+                for s in skipped {
+                    let p = s["path"].as_str().unwrap();
+                    let name = p.rsplit('/').next().unwrap();
+                    assert!(removed.iter().any(|r| r == name), "{p} was not removed");
+                    assert!(err.contains(name), "no warning names {p}: {err}");
+                    assert!(
+                        !listing.lines().any(|l| l == name),
+                        "{name} is in the snapshot"
+                    );
+                }
+            }
+            other => panic!("snapshot exited {other:?}: {err}"),
+        }
+        ok(w, &["fsck"]);
+        for e in std::fs::read_dir(w.join("many")).unwrap() {
+            std::fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        if partial_seen {
+            break;
+        }
+    }
+    assert!(partial_seen, "no trial raced a deletion against the walk");
+}
+
+#[test]
+fn setid_bits_are_dropped_unless_asked_for() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("w");
+    std::fs::create_dir(&w).unwrap();
+    std::fs::write(w.join("tool"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(w.join("tool"), PermissionsExt::from_mode(0o6755)).unwrap();
+    ok(&w, &["init"]);
+    ok(&w, &["snapshot"]);
+    let t = tmp.path().join("t");
+    ok(&w, &["restore", "main", t.to_str().unwrap()]);
+    let mode = std::fs::metadata(t.join("tool"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o755);
+    let t2 = tmp.path().join("t2");
+    ok(
+        &w,
+        &["restore", "main", t2.to_str().unwrap(), "--keep-setid"],
+    );
+    let mode = std::fs::metadata(t2.join("tool"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o6755);
+}
+
+#[test]
+fn log_escapes_terminal_sequences() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    std::fs::write(w.join("f"), "x").unwrap();
+    ok(w, &["init"]);
+    ok(
+        w,
+        &[
+            "snapshot",
+            "-m",
+            "hi \x1b]0;pwned\x07 \x1b[2J",
+            "--host",
+            "h\x1b[31m",
+        ],
+    );
+    let out = ok(w, &["log"]);
+    assert!(!out.contains('\x1b') && !out.contains('\x07'), "{out:?}");
+    assert!(out.contains("\\u{1b}"), "{out}");
+}
+
+#[test]
+fn a_closed_stdout_is_not_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    ok(w, &["init"]);
+    for i in 0..30 {
+        std::fs::write(w.join("f"), format!("{i}")).unwrap();
+        ok(w, &["snapshot", "-m", &"long message line\n".repeat(200)]);
+    }
+    let mut child = Command::new(bin())
+        .args(["log"])
+        .current_dir(w)
+        .env("SP_SYNC_CACHE_DIR", cache_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line, then close the pipe, as `head -1` does.
+    {
+        use std::io::BufRead;
+        let mut r = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.starts_with("snapshot "));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn errors_are_one_line_and_say_their_cause_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    std::fs::write(w.join("f"), "x").unwrap();
+    ok(w, &["init"]);
+    ok(w, &["snapshot"]);
+    let cases: Vec<(Vec<&str>, i32)> = vec![
+        (vec!["snapshot", "no-such-dir"], 1),
+        (vec!["cat", "main:nope"], 1),
+        (vec!["log", "nope"], 1),
+        (vec!["restore", "main", "/proc/1/nope/x"], 1),
+        (vec!["diff", "main", "--db", "missing.db"], 1),
+        (vec!["push", "nowhere"], 1),
+        (vec!["restore", "deadbeefdeadbeef", "t"], 1),
+    ];
+    for (args, code) in cases {
+        let err = fails(w, &args, code);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        // No cause repeated: "X (os error 2): X (os error 2)".
+        let parts: Vec<&str> = err.trim().split(": ").collect();
+        for (i, p) in parts.iter().enumerate() {
+            assert!(
+                !parts[i + 1..].contains(p),
+                "{args:?}: {p:?} said twice in {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn diff_stat_patch_and_path_filters_read_like_git() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    std::fs::create_dir_all(w.join("services/a")).unwrap();
+    std::fs::write(w.join("services/a/x.txt"), "a\nb\nc\n").unwrap();
+    std::fs::write(w.join("services/y.txt"), "keep\n").unwrap();
+    std::fs::write(w.join("services/bin"), [0u8, 1, 2]).unwrap();
+    ok(w, &["init"]);
+    ok(w, &["snapshot", "services"]);
+    std::fs::write(w.join("services/a/x.txt"), "a\nB\nc\nd\n").unwrap();
+    std::fs::remove_file(w.join("services/y.txt")).unwrap();
+    std::fs::write(w.join("services/bin"), [0u8, 1, 2, 3]).unwrap();
+    // Against the working tree (the recorded source `services`).
+    let stat = ok(w, &["diff", "main", "--stat"]);
+    let lines: Vec<&str> = stat.lines().collect();
+    assert_eq!(lines.len(), 4, "{stat}");
+    assert!(lines.contains(&" a/x.txt | 3 ++-"), "{stat}");
+    assert!(lines.contains(&" bin     | Bin 3 -> 4 bytes"), "{stat}");
+    assert!(lines.contains(&" y.txt   | 1 -"), "{stat}");
+    assert_eq!(
+        lines[3],
+        " 3 files changed, 2 insertions(+), 2 deletions(-)"
+    );
+    ok(w, &["snapshot", "services"]);
+    let p = ok(w, &["diff", "main~1", "main", "-p", "--", "a"]);
+    assert_eq!(
+        p,
+        "diff --sp-sync a/a/x.txt b/a/x.txt\n--- a/a/x.txt\n+++ b/a/x.txt\n@@ -1,3 +1,4 @@\n a\n-b\n+B\n c\n+d\n"
+    );
+    let p = ok(w, &["diff", "main~1", "main", "-p", "--", "y.txt", "bin"]);
+    assert!(p.contains("+++ /dev/null\n@@ -1 +0,0 @@\n-keep\n"), "{p}");
+    assert!(p.contains("Binary files a/bin and b/bin differ"), "{p}");
+    assert!(!p.contains("x.txt"), "{p}");
+    let v: serde_json::Value = serde_json::from_str(&ok(
+        w,
+        &["diff", "main~1", "main", "--json", "--", "a/x.txt"],
+    ))
+    .unwrap();
+    assert_eq!(v["files"].as_array().unwrap().len(), 1);
+}
