@@ -2,6 +2,13 @@
 //! (`examples/services`): to-disk then to-db is a no-op; editing one file
 //! shows exactly that key; to-db applies it in one transaction; malformed
 //! front matter names the file and the line and changes nothing.
+//!
+//! Three-way sync (issue 8, acceptance 4): the state of the last sync is
+//! recorded (`local/<collection>` in the store), so an edit flows only from
+//! the side that made it, an edit on the target side is kept and reported,
+//! edits on both sides are a conflict (exit 1, both sides unchanged) unless
+//! `--force`; values keep their YAML types and unchanged files are never
+//! rewritten. A property test checks that no edit is ever lost silently.
 
 mod common;
 
@@ -24,8 +31,16 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The example, copied, with its database created from schema.sql.
+/// The example, copied, with its database created from schema.sql and a
+/// store (the default layout).
 fn example() -> (tempfile::TempDir, PathBuf) {
+    let (tmp, root) = example_without_store();
+    ok(&root, &["init", "-q"]);
+    (tmp, root)
+}
+
+/// The example without a store: no record of the last sync.
+fn example_without_store() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("project");
     copy_dir(
@@ -89,10 +104,17 @@ fn example_round_trips_both_ways() {
     assert_eq!(plan.len(), 5, "{plan:?}");
     assert!(plan.iter().all(|c| c["change"] == "added"));
     fails(&root, &["local", "diff", "--exit-code"], 1);
-    // A dry run prints the same plan and changes nothing.
+    // A dry run prints the plan with the direction's verbs and changes nothing.
     let before = db_bytes(&root);
     let dry = ok(&root, &["local", "to-db", "--dry-run"]);
-    assert_eq!(dry, ok(&root, &["local", "diff"]));
+    assert_eq!(
+        dry,
+        "create content/getting-started (services/content/getting-started.md)\n\
+         create content/hello-world (services/content/hello-world.md)\n\
+         create content/release-notes-2025 (services/content/blog/release-notes.md)\n\
+         create skills/summarize (services/skills/summarize/SKILL.md)\n\
+         create skills/translate (services/skills/translate/SKILL.md)\n"
+    );
     assert_eq!(db_bytes(&root), before);
 
     ok(&root, &["local", "to-db"]);
@@ -149,11 +171,23 @@ fn example_round_trips_both_ways() {
         "to-disk had nothing to write"
     );
 
-    // From the database alone: to-disk writes every file, and to-db then
-    // finds nothing to do (a stable rendering); to-disk again neither.
+    // From the database alone: deleting the files is an edit of the files,
+    // which to-disk keeps (and reports); --force writes every file, and
+    // to-db then finds nothing to do (a stable rendering); to-disk neither.
     std::fs::remove_dir_all(root.join("services")).unwrap();
-    let written = json(&ok(&root, &["local", "to-disk", "--json"]));
+    let kept = json(&ok(&root, &["local", "to-disk", "--json"]));
+    assert_eq!(kept.as_array().unwrap().len(), 5);
+    assert!(
+        kept.as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["action"] == "keep" && c["changed"] == "files"),
+        "{kept}"
+    );
+    assert!(!root.join("services").exists());
+    let written = json(&ok(&root, &["local", "to-disk", "--force", "--json"]));
     assert_eq!(written.as_array().unwrap().len(), 5);
+    assert!(written[0]["action"] == "create", "{written}");
     assert!(root.join("services/skills/summarize/SKILL.md").is_file());
     assert!(
         root.join("services/content/release-notes-2025.md")
@@ -171,7 +205,7 @@ fn example_round_trips_both_ways() {
     let skill = std::fs::read_to_string(root.join("services/skills/summarize/SKILL.md")).unwrap();
     assert_eq!(
         skill,
-        "---\nname: summarize\ndescription: Summarize a document in five bullet points.\nversion: 3\nallowed_tools: [\"read_file\"]\n---\nRead the whole document first. Then write five bullet points, each under\ntwenty words, in the order the document makes its points.\n"
+        "---\nname: summarize\ndescription: Summarize a document in five bullet points.\nversion: 3\nallowed_tools: [read_file]\n---\nRead the whole document first. Then write five bullet points, each under\ntwenty words, in the order the document makes its points.\n"
     );
 }
 
@@ -190,13 +224,13 @@ fn one_edit_shows_one_key_and_to_db_applies_it() {
     assert_eq!(
         d,
         json(
-            r#"[{"collection": "content", "key": "hello-world", "change": "modified", "path": "services/content/hello-world.md", "columns": ["title"]}]"#
+            r#"[{"collection": "content", "key": "hello-world", "change": "modified", "path": "services/content/hello-world.md", "columns": ["title"], "changed": "files"}]"#
         )
     );
     let line = ok(&root, &["local", "diff", "--collection", "content"]);
     assert_eq!(
         line,
-        "M content/hello-world (services/content/hello-world.md) [title]\n"
+        "M content/hello-world (services/content/hello-world.md) [title] (files changed)\n"
     );
     assert_eq!(ok(&root, &["local", "diff", "--collection", "skills"]), "");
     ok(&root, &["local", "to-db", "--collection", "content", "-q"]);
@@ -326,7 +360,6 @@ fn configuration_errors_are_clear() {
 fn the_example_snapshots_files_and_tables_together() {
     let (_tmp, root) = example();
     ok(&root, &["local", "to-db", "-q"]);
-    ok(&root, &["init", "-q"]);
     let out = json(&ok(&root, &["snapshot", "--json", "-m", "example"]));
     assert_eq!(out["files"], 5);
     assert_eq!(out["tables"]["content"], 3);
@@ -347,4 +380,361 @@ fn the_example_snapshots_files_and_tables_together() {
             r#"[{"table": "skills", "key": ["summarize"], "change": "modified", "columns": ["version"]}]"#
         )
     );
+}
+
+/// Runs the binary; (exit status, stdout, stderr).
+fn run(root: &Path, args: &[&str]) -> (i32, String, String) {
+    let o = common::run_in(root, args);
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn sql(root: &Path, stmt: &str) {
+    Connection::open(root.join("data/app.db"))
+        .unwrap()
+        .execute_batch(stmt)
+        .unwrap();
+}
+
+/// Bytes and modification time of every file under `dir`.
+fn stamps(dir: &Path) -> Vec<(PathBuf, Vec<u8>, std::time::SystemTime)> {
+    common::files_under(dir)
+        .into_iter()
+        .map(|p| {
+            let m = std::fs::metadata(&p).unwrap().modified().unwrap();
+            let b = std::fs::read(&p).unwrap();
+            (p.strip_prefix(dir).unwrap().to_path_buf(), b, m)
+        })
+        .collect()
+}
+
+fn edit(p: &Path, from: &str, to: &str) {
+    let t = std::fs::read_to_string(p).unwrap();
+    assert!(t.contains(from), "{from:?} not in {t}");
+    std::fs::write(p, t.replace(from, to)).unwrap();
+}
+
+#[test]
+fn a_conflict_exits_1_and_leaves_both_sides_until_force() {
+    let (_tmp, root) = example();
+    ok(&root, &["local", "to-db", "-q"]);
+    let p = root.join("services/content/hello-world.md");
+    edit(&p, "title: Hello, world", "title: From the file");
+    sql(
+        &root,
+        "UPDATE content SET title = 'From the database' WHERE slug = 'hello-world'",
+    );
+    // An unrelated edit on the files' side still flows.
+    edit(
+        &root.join("services/skills/translate/SKILL.md"),
+        "version: 1",
+        "version: 5",
+    );
+    let file_before = std::fs::read(&p).unwrap();
+    for dir in ["to-db", "to-disk"] {
+        let dry = run(&root, &["local", dir, "--dry-run"]);
+        assert_eq!(dry.0, 1, "{dry:?}");
+        assert!(
+            dry.1.contains(
+                "conflict content/hello-world (services/content/hello-world.md) [title] (changed on both sides)\n"
+            ),
+            "{dry:?}"
+        );
+    }
+    let (code, out, err) = run(&root, &["local", "to-db"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("conflict content/hello-world"), "{out}");
+    assert!(out.contains("update skills/translate"), "{out}");
+    let err_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(err_lines.len(), 1, "{err}");
+    assert!(err_lines[0].contains("--force"), "{err}");
+    // Both sides of the conflict unchanged; the other edit applied.
+    assert_eq!(std::fs::read(&p).unwrap(), file_before);
+    assert_eq!(
+        rows(
+            &root,
+            "SELECT title FROM content WHERE slug = 'hello-world'"
+        )[0][0],
+        "From the database"
+    );
+    assert_eq!(
+        rows(&root, "SELECT version FROM skills WHERE name = 'translate'")[0][0],
+        "5"
+    );
+    // Still a conflict the other way, and on a second try.
+    let (code, _, _) = run(&root, &["local", "to-disk"]);
+    assert_eq!(code, 1);
+    assert_eq!(std::fs::read(&p).unwrap(), file_before);
+    assert_eq!(run(&root, &["local", "to-db"]).0, 1);
+    // --force: the source side wins.
+    let forced = json(&ok(&root, &["local", "to-disk", "--force", "--json"]));
+    assert_eq!(forced[0]["action"], "update", "{forced}");
+    let t = std::fs::read_to_string(&p).unwrap();
+    assert!(t.contains("title: From the database\n"), "{t}");
+    assert_eq!(ok(&root, &["local", "diff"]), "");
+    // After the forced sync the sides agree, and the record knows it.
+    edit(&p, "title: From the database", "title: Later");
+    let d = json(&ok(&root, &["local", "diff", "--json"]));
+    assert_eq!(d[0]["changed"], "files", "{d}");
+    ok(&root, &["local", "to-db", "-q"]);
+    ok(&root, &["fsck"]);
+}
+
+#[test]
+fn an_edit_on_the_target_side_is_kept_and_reported() {
+    // The issue's case: to-db, then a file is edited, then to-disk (which
+    // also has a database edit of another key to carry).
+    let (_tmp, root) = example();
+    ok(&root, &["local", "to-db", "-q"]);
+    let p = root.join("services/content/hello-world.md");
+    edit(&p, "title: Hello, world", "title: Edited by hand");
+    sql(
+        &root,
+        "UPDATE skills SET version = 8 WHERE name = 'translate'",
+    );
+    let before = stamps(&root.join("services/content"));
+    let (code, out, err) = run(&root, &["local", "to-disk"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(
+            "keep content/hello-world (services/content/hello-world.md) [title] (changed in the files only)\n"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("update skills/translate"), "{out}");
+    assert!(err.contains("left as they are"), "{err}");
+    assert_eq!(
+        stamps(&root.join("services/content")),
+        before,
+        "the edited file (and every other content file) untouched"
+    );
+    let s = std::fs::read_to_string(root.join("services/skills/translate/SKILL.md")).unwrap();
+    assert!(s.contains("version: 8\n"), "{s}");
+    // The kept edit is still there to carry the other way.
+    let (code, out, _) = run(&root, &["local", "to-db"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("update content/hello-world"), "{out}");
+    assert_eq!(
+        rows(
+            &root,
+            "SELECT title FROM content WHERE slug = 'hello-world'"
+        )[0][0],
+        "Edited by hand"
+    );
+    assert_eq!(ok(&root, &["local", "diff"]), "");
+}
+
+#[test]
+fn dry_runs_print_the_directions_verbs() {
+    let (_tmp, root) = example();
+    ok(&root, &["local", "to-db", "-q"]);
+    sql(
+        &root,
+        "INSERT INTO skills(name, description, instructions) VALUES ('plan', 'Plan the work.', 'Write a plan.\n');
+         UPDATE skills SET version = 2 WHERE name = 'summarize';
+         DELETE FROM content WHERE slug = 'getting-started';",
+    );
+    let db_before = db_bytes(&root);
+    let files_before = stamps(&root.join("services"));
+    let out = ok(&root, &["local", "to-disk", "--dry-run"]);
+    assert_eq!(
+        out,
+        "delete content/getting-started (services/content/getting-started.md)\n\
+         create skills/plan (services/skills/plan/SKILL.md)\n\
+         update skills/summarize (services/skills/summarize/SKILL.md) [version]\n"
+    );
+    // to-db's plan for the same state: those are database edits it keeps.
+    let out = ok(&root, &["local", "to-db", "--dry-run"]);
+    assert!(
+        out.lines().all(|l| l.starts_with("keep ")) && out.lines().count() == 3,
+        "{out}"
+    );
+    let j = json(&ok(&root, &["local", "to-disk", "--dry-run", "--json"]));
+    let actions: Vec<&str> = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["delete", "create", "update"]);
+    assert_eq!(db_bytes(&root), db_before);
+    assert_eq!(stamps(&root.join("services")), files_before);
+    // And on the files' side: to-db's verbs.
+    std::fs::remove_file(root.join("services/skills/translate/SKILL.md")).unwrap();
+    edit(
+        &root.join("services/content/hello-world.md"),
+        "author: Ada Lovelace",
+        "author: Grace Hopper",
+    );
+    std::fs::write(
+        root.join("services/content/new.md"),
+        "---\nslug: new\ntitle: New\n---\nnew\n",
+    )
+    .unwrap();
+    let out = ok(
+        &root,
+        &["local", "to-db", "--dry-run", "--collection", "content"],
+    );
+    assert_eq!(
+        out,
+        "keep content/getting-started (services/content/getting-started.md) (changed in the database only)\n\
+         update content/hello-world (services/content/hello-world.md) [author]\n\
+         create content/new (services/content/new.md)\n"
+    );
+    let out = ok(
+        &root,
+        &["local", "to-db", "--dry-run", "--collection", "skills"],
+    );
+    assert!(
+        out.contains("delete skills/translate (services/skills/translate/SKILL.md)\n"),
+        "{out}"
+    );
+    assert_eq!(db_bytes(&root), db_before);
+    // local diff: one line per changed key, --exit-code 1.
+    let d = ok(&root, &["local", "diff", "--collection", "content"]);
+    assert_eq!(d.lines().count(), 3, "{d}");
+    fails(&root, &["local", "diff", "--exit-code"], 1);
+}
+
+#[test]
+fn booleans_and_lists_keep_their_yaml_form() {
+    let (_tmp, root) = example();
+    let p = root.join("services/content/hello-world.md");
+    let original = std::fs::read_to_string(&p).unwrap();
+    assert!(original.contains("draft: false\ntags: [intro, news]\n"));
+    ok(&root, &["local", "to-db", "-q"]);
+    assert_eq!(
+        rows(
+            &root,
+            "SELECT draft, tags FROM content WHERE slug = 'hello-world'"
+        )[0],
+        vec!["0", "[\"intro\",\"news\"]"]
+    );
+    // A database edit of another column: only that line changes.
+    sql(
+        &root,
+        "UPDATE content SET title = 'Hello, database' WHERE slug = 'hello-world'",
+    );
+    ok(&root, &["local", "to-disk", "-q"]);
+    assert_eq!(
+        std::fs::read_to_string(&p).unwrap(),
+        original.replace("title: Hello, world", "title: Hello, database")
+    );
+    // Edits of the boolean and the list come back as a boolean and a list.
+    sql(
+        &root,
+        "UPDATE content SET draft = 1, tags = '[\"intro\",\"news\",\"more\"]' WHERE slug = 'hello-world'",
+    );
+    ok(&root, &["local", "to-disk", "-q"]);
+    let t = std::fs::read_to_string(&p).unwrap();
+    assert!(
+        t.contains("draft: true\ntags: [intro, news, more]\n"),
+        "{t}"
+    );
+    assert_eq!(ok(&root, &["local", "diff"]), "");
+    // From the database alone (a BOOLEAN and a JSON column): the same forms.
+    std::fs::remove_file(&p).unwrap();
+    ok(&root, &["local", "to-disk", "--force", "-q"]);
+    let t = std::fs::read_to_string(&p).unwrap();
+    assert!(
+        t.contains("draft: true\ntags: [intro, news, more]\n"),
+        "{t}"
+    );
+}
+
+#[test]
+fn an_integer_column_keeps_a_boolean_written_as_one() {
+    // Columns declared INTEGER and TEXT: the file's own form is kept.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::create_dir_all(root.join("posts")).unwrap();
+    std::fs::write(
+        root.join("sp-sync.toml"),
+        "[[collection]]\nname = \"posts\"\ndir = \"posts\"\ndb = \"data/app.db\"\ntable = \"posts\"\nkey = \"slug\"\nbody = \"body\"\n",
+    )
+    .unwrap();
+    sql(
+        &root,
+        "CREATE TABLE posts(slug TEXT PRIMARY KEY, title TEXT, draft INTEGER, tags TEXT, meta TEXT, body TEXT)",
+    );
+    ok(&root, &["init", "-q"]);
+    let p = root.join("posts/a.md");
+    let text = "---\n# a comment\nslug: a\ntitle: A\ndraft: false\ntags: [intro]\nmeta:\n  - x\n  - y\n---\nbody\n";
+    std::fs::write(&p, text).unwrap();
+    ok(&root, &["local", "to-db", "-q"]);
+    assert_eq!(
+        rows(&root, "SELECT draft, tags, meta FROM posts")[0],
+        vec!["0", "[\"intro\"]", "[\"x\",\"y\"]"]
+    );
+    sql(
+        &root,
+        "UPDATE posts SET draft = 1, tags = '[\"intro\",\"b\"]', meta = '[\"x\"]'",
+    );
+    ok(&root, &["local", "to-disk", "-q"]);
+    assert_eq!(
+        std::fs::read_to_string(&p).unwrap(),
+        "---\n# a comment\nslug: a\ntitle: A\ndraft: true\ntags: [intro, b]\nmeta:\n  - x\n---\nbody\n"
+    );
+    assert_eq!(ok(&root, &["local", "diff"]), "");
+}
+
+#[test]
+fn without_a_store_only_creations_flow() {
+    let (_tmp, root) = example_without_store();
+    // First sync: every key is new to the table.
+    ok(&root, &["local", "to-db", "-q"]);
+    let p = root.join("services/content/hello-world.md");
+    edit(&p, "title: Hello, world", "title: Edited");
+    // No record of the last sync: an update could undo a database edit.
+    let (code, out, err) = run(&root, &["local", "to-db"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("conflict content/hello-world (services/content/hello-world.md) [title] (no record of the last sync)"),
+        "{out}"
+    );
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("sp-sync init"), "{err}");
+    assert_eq!(
+        rows(
+            &root,
+            "SELECT title FROM content WHERE slug = 'hello-world'"
+        )[0][0],
+        "Hello, world"
+    );
+    ok(&root, &["local", "to-db", "--force", "-q"]);
+    assert_eq!(
+        rows(
+            &root,
+            "SELECT title FROM content WHERE slug = 'hello-world'"
+        )[0][0],
+        "Edited"
+    );
+}
+
+#[test]
+fn a_round_trip_without_edits_rewrites_nothing() {
+    let (_tmp, root) = example();
+    ok(&root, &["local", "to-db", "-q"]);
+    // Back-date every file so that a rewrite cannot hide in the same tick.
+    for p in common::files_under(&root.join("services")) {
+        common::set_mtime(&p, 1_600_000_000, 0);
+    }
+    let before = stamps(&root.join("services"));
+    let db_before = db_bytes(&root);
+    for cmd in [
+        &["local", "to-disk"][..],
+        &["local", "to-db"],
+        &["local", "to-disk", "--force"],
+        &["local", "to-db", "--force"],
+    ] {
+        let out = ok(&root, cmd);
+        assert_eq!(out, "", "{cmd:?}");
+    }
+    assert_eq!(stamps(&root.join("services")), before);
+    assert_eq!(db_bytes(&root), db_before);
 }
