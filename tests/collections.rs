@@ -738,3 +738,202 @@ fn a_round_trip_without_edits_rewrites_nothing() {
     assert_eq!(stamps(&root.join("services")), before);
     assert_eq!(db_bytes(&root), db_before);
 }
+
+mod three_way {
+    //! Property: edits on the files' side, the database's side or both,
+    //! then a sync in either direction. Every edit either flows (the side
+    //! that did not change takes it) or is reported (`keep` when only the
+    //! target changed, `conflict` when both did) and stays where it was
+    //! made; no file is rewritten unless its values change.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    const KEYS: [&str; 4] = ["k0", "k1", "k2", "k3"];
+
+    #[derive(Debug, Clone)]
+    enum Edit {
+        /// Set the title of a key on one side (creating it if missing).
+        Set { key: usize, file: bool },
+        /// Remove the key from one side.
+        Remove { key: usize, file: bool },
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        (0..KEYS.len(), any::<bool>(), 0..4u8).prop_map(|(key, file, k)| {
+            if k == 0 {
+                Edit::Remove { key, file }
+            } else {
+                Edit::Set { key, file }
+            }
+        })
+    }
+
+    /// (edits, then a sync: true = to-db)
+    fn steps() -> impl Strategy<Value = Vec<(Vec<Edit>, bool)>> {
+        prop::collection::vec((prop::collection::vec(edit(), 0..4), any::<bool>()), 1..7)
+    }
+
+    type Side = BTreeMap<String, String>;
+
+    fn project() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        std::fs::create_dir_all(root.join("docs")).unwrap();
+        std::fs::write(
+            root.join("sp-sync.toml"),
+            "[[collection]]\nname = \"docs\"\ndir = \"docs\"\ndb = \"data/app.db\"\ntable = \"docs\"\nkey = \"slug\"\nbody = \"body\"\n",
+        )
+        .unwrap();
+        sql(
+            &root,
+            "CREATE TABLE docs(slug TEXT PRIMARY KEY, title TEXT NOT NULL, draft BOOLEAN, tags JSON, body TEXT NOT NULL)",
+        );
+        ok(&root, &["init", "-q"]);
+        (tmp, root)
+    }
+
+    fn file_side(root: &Path) -> Side {
+        let mut out = Side::new();
+        for p in common::files_under(&root.join("docs")) {
+            let t = std::fs::read_to_string(&p).unwrap();
+            let front = t.split("---\n").nth(1).unwrap();
+            let m: serde_norway::Mapping = serde_norway::from_str(front).unwrap();
+            let slug = m.get("slug").unwrap().as_str().unwrap().to_string();
+            let title = m.get("title").unwrap().as_str().unwrap().to_string();
+            out.insert(slug, title);
+        }
+        out
+    }
+
+    fn db_side(root: &Path) -> Side {
+        rows(root, "SELECT slug, title FROM docs")
+            .into_iter()
+            .map(|r| (r[0].clone(), r[1].clone()))
+            .collect()
+    }
+
+    fn apply_edit(root: &Path, e: &Edit, n: usize) {
+        match *e {
+            Edit::Set { key, file: true } => std::fs::write(
+                root.join("docs").join(format!("{}.md", KEYS[key])),
+                format!(
+                    "---\nslug: {}\ntitle: t{n}\ndraft: false\ntags: [a, b]\n---\nbody {n}\n",
+                    KEYS[key]
+                ),
+            )
+            .unwrap(),
+            Edit::Set { key, file: false } => sql(
+                root,
+                &format!(
+                    "INSERT INTO docs(slug, title, draft, tags, body) VALUES ('{k}', 't{n}', 0, '[\"a\",\"b\"]', 'body {n}\n')
+                     ON CONFLICT(slug) DO UPDATE SET title = excluded.title, body = excluded.body",
+                    k = KEYS[key]
+                ),
+            ),
+            Edit::Remove { key, file: true } => {
+                let _ = std::fs::remove_file(root.join("docs").join(format!("{}.md", KEYS[key])));
+            }
+            Edit::Remove { key, file: false } => {
+                sql(root, &format!("DELETE FROM docs WHERE slug = '{}'", KEYS[key]))
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn no_edit_is_lost_silently(steps in steps()) {
+            let (_tmp, root) = project();
+            // The agreed title of each key at the last sync (absent: none);
+            // None before the first sync.
+            let mut base: Option<Side> = None;
+            let mut n = 0;
+            for (edits, to_db) in steps {
+                for e in &edits {
+                    n += 1;
+                    apply_edit(&root, e, n);
+                }
+                for p in common::files_under(&root.join("docs")) {
+                    common::set_mtime(&p, 1_600_000_000, 0);
+                }
+                let (f0, b0) = (file_side(&root), db_side(&root));
+                let stamps0: BTreeMap<PathBuf, (Vec<u8>, std::time::SystemTime)> =
+                    stamps(&root.join("docs")).into_iter().map(|(p, b, m)| (p, (b, m))).collect();
+                let cmd = if to_db { "to-db" } else { "to-disk" };
+                let (code, out, err) = run(&root, &["local", cmd, "--json"]);
+                let plan: Json = json(&out);
+                let actions: BTreeMap<String, String> = plan
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| (c["key"].as_str().unwrap().to_string(), c["action"].as_str().unwrap().to_string()))
+                    .collect();
+                let (f1, b1) = (file_side(&root), db_side(&root));
+                let (src0, tgt0, tgt1, src1) = if to_db { (&f0, &b0, &b1, &f1) } else { (&b0, &f0, &f1, &b1) };
+                let mut conflicts = 0;
+                for k in KEYS {
+                    let (s0, t0) = (src0.get(k), tgt0.get(k));
+                    prop_assert_eq!(src1.get(k), s0, "the source side never changes ({})", k);
+                    let want = if s0 == t0 {
+                        None
+                    } else {
+                        match &base {
+                            None if t0.is_none() => Some("create"),
+                            None => Some("conflict"),
+                            Some(b) => {
+                                let m = b.get(k);
+                                match (s0 != m, t0 != m) {
+                                    (true, false) => Some(match (s0, t0) {
+                                        (Some(_), None) => "create",
+                                        (None, _) => "delete",
+                                        _ => "update",
+                                    }),
+                                    (false, true) => Some("keep"),
+                                    _ => Some("conflict"),
+                                }
+                            }
+                        }
+                    };
+                    prop_assert_eq!(actions.get(k).map(String::as_str), want, "key {} in {}\n{}{}", k, cmd, out, err);
+                    match want {
+                        Some("create" | "update" | "delete") => {
+                            prop_assert_eq!(tgt1.get(k), s0, "{} flows", k)
+                        }
+                        _ => prop_assert_eq!(tgt1.get(k), t0, "{} is left alone", k),
+                    }
+                    if want == Some("conflict") {
+                        conflicts += 1;
+                    }
+                    // A file whose key the sync did not write is untouched.
+                    if !(want.is_some_and(|w| w != "keep" && w != "conflict") && !to_db) {
+                        let p = PathBuf::from(format!("{k}.md"));
+                        let now = stamps(&root.join("docs"))
+                            .into_iter()
+                            .find(|(q, _, _)| *q == p)
+                            .map(|(_, b, m)| (b, m));
+                        prop_assert_eq!(now.as_ref(), stamps0.get(&p), "{} rewritten", k);
+                    }
+                }
+                prop_assert_eq!(code, if conflicts > 0 { 1 } else { 0 }, "{}{}", out, err);
+                // The record: what both sides now agree on; the rest as it was.
+                let mut next = base.clone().unwrap_or_default();
+                for k in KEYS {
+                    if f1.get(k) == b1.get(k) {
+                        match f1.get(k) {
+                            Some(v) => next.insert(k.to_string(), v.clone()),
+                            None => next.remove(k),
+                        };
+                    }
+                }
+                base = Some(next);
+            }
+            // Finally, with --force both ways, everything agrees and stays.
+            ok(&root, &["local", "to-db", "--force", "-q"]);
+            prop_assert_eq!(file_side(&root), db_side(&root));
+            prop_assert_eq!(ok(&root, &["local", "diff"]), "");
+        }
+    }
+}
