@@ -1464,7 +1464,8 @@ pub fn save_base(
     };
     let id = session.put(ObjectType::Snapshot, &snap.encode())?;
     session.finish()?;
-    interrupted()?;
+    // No interrupt check here: the target has changed, and the record must
+    // say so (an interrupt before the change stopped the command earlier).
     store.update_ref(&ref_name, Some(expected), Some(id))?;
     Ok(Some(id))
 }

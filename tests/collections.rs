@@ -908,7 +908,8 @@ mod three_way {
                         conflicts += 1;
                     }
                     // A file whose key the sync did not write is untouched.
-                    if !(want.is_some_and(|w| w != "keep" && w != "conflict") && !to_db) {
+                    let written = !to_db && want.is_some_and(|w| w != "keep" && w != "conflict");
+                    if !written {
                         let p = PathBuf::from(format!("{k}.md"));
                         let now = stamps(&root.join("docs"))
                             .into_iter()
@@ -936,4 +937,78 @@ mod three_way {
             prop_assert_eq!(ok(&root, &["local", "diff"]), "");
         }
     }
+}
+
+/// SIGINT at random moments of `local to-db` on a large collection: the
+/// command either exits 130 with the database and the record as before (one
+/// transaction, rolled back), or finishes (exit 0) with everything applied.
+#[test]
+fn sigint_during_to_db_rolls_back_and_exits_130() {
+    let (tmp, template) = example();
+    for i in 0..1500 {
+        std::fs::write(
+            template.join(format!("services/content/bulk-{i:04}.md")),
+            format!("---\nslug: bulk-{i:04}\ntitle: Bulk {i}\ndraft: false\ntags: [a, b]\n---\nbody {i}\n"),
+        )
+        .unwrap();
+    }
+    let before = common::dump(&template.join("data/app.db"));
+    // How long a whole run takes, on a copy.
+    let timed = tmp.path().join("timed");
+    copy_dir(&template, &timed);
+    let t = std::time::Instant::now();
+    ok(&timed, &["local", "to-db", "-q"]);
+    let full = t.elapsed();
+    let after = common::dump(&timed.join("data/app.db"));
+    assert_ne!(before, after);
+    let (mut interrupted, mut finished) = (0, 0);
+    for round in 0..12u64 {
+        let root = tmp.path().join(format!("round-{round}"));
+        copy_dir(&template, &root);
+        let child = std::process::Command::new(common::bin())
+            .args(["local", "to-db", "-q"])
+            .current_dir(&root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Spread the signals over the run (and a little past it).
+        let at = full.mul_f64((round as f64 + 0.5) / 11.0);
+        std::thread::sleep(at);
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let o = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        let dump = common::dump(&root.join("data/app.db"));
+        let recorded = root.join(".sp-sync/refs/local/content").exists();
+        match o.status.code() {
+            Some(130) => {
+                interrupted += 1;
+                assert_eq!(dump, before, "round {round}: rolled back");
+                assert!(!recorded, "round {round}: no record moves");
+                assert_eq!(stderr.trim_end(), "error: interrupted", "round {round}");
+            }
+            Some(0) => {
+                finished += 1;
+                assert_eq!(dump, after, "round {round}: all applied");
+                assert!(recorded, "round {round}");
+            }
+            // Killed before the handler was installed (at start-up): nothing
+            // had begun.
+            None if std::os::unix::process::ExitStatusExt::signal(&o.status) == Some(2) => {
+                assert_eq!(dump, before, "round {round}");
+                assert!(!recorded, "round {round}");
+            }
+            c => panic!("round {round}: exit {c:?}: {stderr}"),
+        }
+        // Either way, the next run finishes the job.
+        ok(&root, &["local", "to-db", "-q"]);
+        assert_eq!(common::dump(&root.join("data/app.db")), after);
+        ok(&root, &["fsck"]);
+    }
+    assert!(
+        interrupted > 0,
+        "no signal landed in time ({finished} finished)"
+    );
 }
