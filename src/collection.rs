@@ -1122,24 +1122,67 @@ pub struct ApplyReport {
 
 /// Applies a plan in one direction.
 pub fn apply(plan: &Plan, dir: Direction) -> Result<ApplyReport> {
+    apply_many(&[plan], dir)
+}
+
+/// Applies plans in one direction; `to-db` applies them in one transaction
+/// (they must share their database: group them by `config.db`), so an
+/// error or an interrupt anywhere leaves the database as it was.
+pub fn apply_many(plans: &[&Plan], dir: Direction) -> Result<ApplyReport> {
     match dir {
-        Direction::ToDatabase => to_db(plan),
-        Direction::ToDisk => to_disk(plan),
+        Direction::ToDatabase => to_db(plans),
+        Direction::ToDisk => {
+            let mut total = ApplyReport::default();
+            for p in plans {
+                let r = to_disk(p)?;
+                total.written += r.written;
+                total.removed_files += r.removed_files;
+            }
+            Ok(total)
+        }
     }
 }
 
-fn to_db(plan: &Plan) -> Result<ApplyReport> {
+fn to_db(plans: &[&Plan]) -> Result<ApplyReport> {
     let mut rep = ApplyReport::default();
-    if !plan.changes.iter().any(|c| applies(&c)) {
+    let Some(first) = plans.first() else {
+        return Ok(rep);
+    };
+    if !plans.iter().any(|p| p.changes.iter().any(|c| applies(&c))) {
         return Ok(rep);
     }
-    let path = plan.root.join(&plan.config.db);
+    let path = first.root.join(&first.config.db);
+    if plans.iter().any(|p| p.root.join(&p.config.db) != path) {
+        return Err(invalid(
+            "collections applied together must share their database".into(),
+        ));
+    }
     let c = open(&path, true)?;
-    let table = quote(&plan.config.table);
-    let key_col = quote(&plan.columns[plan.key_index]);
     let dberr = |e| db_error(&path, e);
     c.execute_batch("BEGIN IMMEDIATE").map_err(dberr)?;
     let r = (|| -> Result<()> {
+        for plan in plans {
+            to_db_changes(&c, &path, plan, &mut rep)?;
+        }
+        // The last moment to stop: after it, the transaction is committed.
+        interrupted()
+    })();
+    match r {
+        Ok(()) => {
+            c.execute_batch("COMMIT").map_err(dberr)?;
+            Ok(rep)
+        }
+        Err(e) => {
+            let _ = c.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn to_db_changes(c: &Connection, path: &Path, plan: &Plan, rep: &mut ApplyReport) -> Result<()> {
+    let table = quote(&plan.config.table);
+    let key_col = quote(&plan.columns[plan.key_index]);
+    {
         let cols: Vec<String> = plan.columns.iter().map(|c| quote(c)).collect();
         let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
         for ch in plan.changes.iter().filter(applies) {
@@ -1194,18 +1237,7 @@ fn to_db(plan: &Plan) -> Result<ApplyReport> {
                 }
             }
         }
-        // The last moment to stop: after it, the transaction is committed.
-        interrupted()
-    })();
-    match r {
-        Ok(()) => {
-            c.execute_batch("COMMIT").map_err(dberr)?;
-            Ok(rep)
-        }
-        Err(e) => {
-            let _ = c.execute_batch("ROLLBACK");
-            Err(e)
-        }
+        Ok(())
     }
 }
 

@@ -1108,15 +1108,25 @@ fn local(ctx: &Ctx, cmd: LocalCmd) -> Result<i32> {
         .count() as u64;
     if let (Some(d), false) = (dir, dry_run) {
         let mut total = collection::ApplyReport::default();
+        // The collections of one database in one transaction (to-db).
+        let mut groups: Vec<Vec<&collection::Plan>> = Vec::new();
         for p in &plans {
-            let r = collection::apply(p, d)?;
+            match groups.iter_mut().find(|g| g[0].config.db == p.config.db) {
+                Some(g) => g.push(p),
+                None => groups.push(vec![p]),
+            }
+        }
+        for g in &groups {
+            let r = collection::apply_many(g, d)?;
             total.inserted += r.inserted;
             total.updated += r.updated;
             total.deleted += r.deleted;
             total.written += r.written;
             total.removed_files += r.removed_files;
             if let Some(s) = &store {
-                collection::save_base(s, &p.config, p.base_id(), &p.next_base()?)?;
+                for p in g {
+                    collection::save_base(s, &p.config, p.base_id(), &p.next_base()?)?;
+                }
             }
         }
         ctx.note(match d {
