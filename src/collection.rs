@@ -11,15 +11,26 @@
 //!
 //! Changes are named by what `to-db` would do to the table: `added` (a file
 //! whose key the table lacks), `removed` (a row no file has), `modified`.
-//! `to-disk` does the reverse: writes the rows' files, deletes files whose
-//! key the table lacks. Writing is planned in full before anything changes,
-//! so a malformed file changes nothing; `to-db` runs in one transaction.
+//!
+//! Sync is three-way: the state both sides agreed on at the last successful
+//! `to-db` / `to-disk` is recorded in the store ([`Base`], the ref
+//! `local/<collection>`: per key, the hash of its values on each side), so
+//! each differing key knows which side changed ([`Side`]), and
+//! [`Plan::decide`] turns that into an [`Action`] for the direction: the
+//! source's change flows, a target-only change is kept, both is a conflict
+//! (left alone; `--force`: the source wins). Without a record only keys the
+//! target lacks are created. Writing is planned in full before anything
+//! changes, so a malformed file changes nothing; `to-db` runs in one
+//! transaction (per database), stopped by an interrupt before its commit.
 //!
 //! Rendering is stable: `---`, one `column: value` line per non-NULL column
 //! in table order (key and body aside), `---`, the body. A value is written
-//! plain when it reads back as itself, else as a JSON array or object when
-//! it is one in canonical form, else double-quoted; `to-disk` then `to-db`
-//! changes nothing.
+//! in the first form that reads back as itself: a BOOLEAN column's 0/1 as
+//! `false`/`true`, JSON text of a list or map as a YAML flow collection,
+//! else plain, else as JSON, else double-quoted. `to-disk` over an existing
+//! file keeps every unchanged field as written and writes a changed one in
+//! its old style (a boolean stays a boolean, a block list a block list),
+//! checked by reading the result back; `to-disk` then `to-db` changes nothing.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -1546,5 +1557,70 @@ mod tests {
             assert_eq!(yaml_value(m.get("x").unwrap()).unwrap(), v, "{s}");
         }
         assert!(render_value("c", &Value::Blob(vec![1]), "", None).is_err());
+    }
+
+    #[test]
+    fn values_keep_their_yaml_form() {
+        let list = Value::Text(b"[\"intro\",\"a b\",\"x: y\",\"true\",1]".to_vec());
+        assert_eq!(
+            render_value("t", &list, "JSON", None).unwrap(),
+            " [intro, a b, \"x: y\", \"true\", 1]"
+        );
+        assert_eq!(
+            render_value("d", &Value::Integer(0), "BOOLEAN", None).unwrap(),
+            " false"
+        );
+        assert_eq!(
+            render_value("d", &Value::Integer(2), "BOOLEAN", None).unwrap(),
+            " 2"
+        );
+        assert_eq!(
+            render_value("d", &Value::Integer(1), "INTEGER", None).unwrap(),
+            " 1"
+        );
+        let was = |text: &str| {
+            Hint::of(&FrontField {
+                name: Some("f".into()),
+                text: text.into(),
+            })
+        };
+        let h = was("f: false\n");
+        assert_eq!(
+            render_value("f", &Value::Integer(1), "INTEGER", h.as_ref()).unwrap(),
+            " true"
+        );
+        let h = was("f:\n  - a\n");
+        assert_eq!(
+            render_value("f", &Value::Text(b"[\"a\",\"b\"]".to_vec()), "", h.as_ref()).unwrap(),
+            "\n  - a\n  - b"
+        );
+        let h = was("f: [\"a\"]\n");
+        assert_eq!(
+            render_value("f", &Value::Text(b"[\"a\",\"b\"]".to_vec()), "", h.as_ref()).unwrap(),
+            " [\"a\",\"b\"]"
+        );
+        let m = Value::Text(b"{\"b\":1,\"a\":[true,null]}".to_vec());
+        assert_eq!(
+            render_value("m", &m, "JSON", None).unwrap(),
+            " {b: 1, a: [true, null]}"
+        );
+    }
+
+    #[test]
+    fn front_matter_splits_into_fields_as_written() {
+        let f = front_fields("# lead\nslug: a\ntags:\n- x\n- y\n# trailing\nt: \"q: r\"\n");
+        let got: Vec<(Option<&str>, &str)> = f
+            .iter()
+            .map(|f| (f.name.as_deref(), f.text.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (None, "# lead\n"),
+                (Some("slug"), "slug: a\n"),
+                (Some("tags"), "tags:\n- x\n- y\n# trailing\n"),
+                (Some("t"), "t: \"q: r\"\n"),
+            ]
+        );
     }
 }
