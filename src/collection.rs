@@ -1509,8 +1509,13 @@ pub fn save_base(
     session.finish()?;
     // No interrupt check here: the target has changed, and the record must
     // say so (an interrupt before the change stopped the command earlier).
-    store.update_ref(&ref_name, Some(expected), Some(id))?;
-    Ok(Some(id))
+    match store.update_ref(&ref_name, Some(expected), Some(id)) {
+        Err(SyncError::RefConflict { .. }) => Err(invalid(format!(
+            "collection {}: another local sync recorded its state meanwhile; this one's changes are applied but not recorded (run `sp-sync local diff`)",
+            cfg.name
+        ))),
+        r => r.map(|()| Some(id)),
+    }
 }
 
 #[cfg(test)]
