@@ -2,6 +2,13 @@
 //! (`examples/services`): to-disk then to-db is a no-op; editing one file
 //! shows exactly that key; to-db applies it in one transaction; malformed
 //! front matter names the file and the line and changes nothing.
+//!
+//! Three-way sync (issue 8, acceptance 4): the state of the last sync is
+//! recorded (`local/<collection>` in the store), so an edit flows only from
+//! the side that made it, an edit on the target side is kept and reported,
+//! edits on both sides are a conflict (exit 1, both sides unchanged) unless
+//! `--force`; values keep their YAML types and unchanged files are never
+//! rewritten. A property test checks that no edit is ever lost silently.
 
 mod common;
 
@@ -24,8 +31,16 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The example, copied, with its database created from schema.sql.
+/// The example, copied, with its database created from schema.sql and a
+/// store (the default layout).
 fn example() -> (tempfile::TempDir, PathBuf) {
+    let (tmp, root) = example_without_store();
+    ok(&root, &["init", "-q"]);
+    (tmp, root)
+}
+
+/// The example without a store: no record of the last sync.
+fn example_without_store() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("project");
     copy_dir(
@@ -89,10 +104,17 @@ fn example_round_trips_both_ways() {
     assert_eq!(plan.len(), 5, "{plan:?}");
     assert!(plan.iter().all(|c| c["change"] == "added"));
     fails(&root, &["local", "diff", "--exit-code"], 1);
-    // A dry run prints the same plan and changes nothing.
+    // A dry run prints the plan with the direction's verbs and changes nothing.
     let before = db_bytes(&root);
     let dry = ok(&root, &["local", "to-db", "--dry-run"]);
-    assert_eq!(dry, ok(&root, &["local", "diff"]));
+    assert_eq!(
+        dry,
+        "create content/getting-started (services/content/getting-started.md)\n\
+         create content/hello-world (services/content/hello-world.md)\n\
+         create content/release-notes-2025 (services/content/blog/release-notes.md)\n\
+         create skills/summarize (services/skills/summarize/SKILL.md)\n\
+         create skills/translate (services/skills/translate/SKILL.md)\n"
+    );
     assert_eq!(db_bytes(&root), before);
 
     ok(&root, &["local", "to-db"]);
@@ -149,11 +171,23 @@ fn example_round_trips_both_ways() {
         "to-disk had nothing to write"
     );
 
-    // From the database alone: to-disk writes every file, and to-db then
-    // finds nothing to do (a stable rendering); to-disk again neither.
+    // From the database alone: deleting the files is an edit of the files,
+    // which to-disk keeps (and reports); --force writes every file, and
+    // to-db then finds nothing to do (a stable rendering); to-disk neither.
     std::fs::remove_dir_all(root.join("services")).unwrap();
-    let written = json(&ok(&root, &["local", "to-disk", "--json"]));
+    let kept = json(&ok(&root, &["local", "to-disk", "--json"]));
+    assert_eq!(kept.as_array().unwrap().len(), 5);
+    assert!(
+        kept.as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["action"] == "keep" && c["changed"] == "files"),
+        "{kept}"
+    );
+    assert!(!root.join("services").exists());
+    let written = json(&ok(&root, &["local", "to-disk", "--force", "--json"]));
     assert_eq!(written.as_array().unwrap().len(), 5);
+    assert!(written[0]["action"] == "create", "{written}");
     assert!(root.join("services/skills/summarize/SKILL.md").is_file());
     assert!(
         root.join("services/content/release-notes-2025.md")
@@ -171,7 +205,7 @@ fn example_round_trips_both_ways() {
     let skill = std::fs::read_to_string(root.join("services/skills/summarize/SKILL.md")).unwrap();
     assert_eq!(
         skill,
-        "---\nname: summarize\ndescription: Summarize a document in five bullet points.\nversion: 3\nallowed_tools: [\"read_file\"]\n---\nRead the whole document first. Then write five bullet points, each under\ntwenty words, in the order the document makes its points.\n"
+        "---\nname: summarize\ndescription: Summarize a document in five bullet points.\nversion: 3\nallowed_tools: [read_file]\n---\nRead the whole document first. Then write five bullet points, each under\ntwenty words, in the order the document makes its points.\n"
     );
 }
 
@@ -190,13 +224,13 @@ fn one_edit_shows_one_key_and_to_db_applies_it() {
     assert_eq!(
         d,
         json(
-            r#"[{"collection": "content", "key": "hello-world", "change": "modified", "path": "services/content/hello-world.md", "columns": ["title"]}]"#
+            r#"[{"collection": "content", "key": "hello-world", "change": "modified", "path": "services/content/hello-world.md", "columns": ["title"], "changed": "files"}]"#
         )
     );
     let line = ok(&root, &["local", "diff", "--collection", "content"]);
     assert_eq!(
         line,
-        "M content/hello-world (services/content/hello-world.md) [title]\n"
+        "M content/hello-world (services/content/hello-world.md) [title] (files changed)\n"
     );
     assert_eq!(ok(&root, &["local", "diff", "--collection", "skills"]), "");
     ok(&root, &["local", "to-db", "--collection", "content", "-q"]);
@@ -326,7 +360,6 @@ fn configuration_errors_are_clear() {
 fn the_example_snapshots_files_and_tables_together() {
     let (_tmp, root) = example();
     ok(&root, &["local", "to-db", "-q"]);
-    ok(&root, &["init", "-q"]);
     let out = json(&ok(&root, &["snapshot", "--json", "-m", "example"]));
     assert_eq!(out["files"], 5);
     assert_eq!(out["tables"]["content"], 3);
@@ -346,5 +379,636 @@ fn the_example_snapshots_files_and_tables_together() {
         json(
             r#"[{"table": "skills", "key": ["summarize"], "change": "modified", "columns": ["version"]}]"#
         )
+    );
+}
+
+/// Runs the binary; (exit status, stdout, stderr).
+fn run(root: &Path, args: &[&str]) -> (i32, String, String) {
+    let o = common::run_in(root, args);
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn sql(root: &Path, stmt: &str) {
+    Connection::open(root.join("data/app.db"))
+        .unwrap()
+        .execute_batch(stmt)
+        .unwrap();
+}
+
+/// Bytes and modification time of every file under `dir`.
+fn stamps(dir: &Path) -> Vec<(PathBuf, Vec<u8>, std::time::SystemTime)> {
+    common::files_under(dir)
+        .into_iter()
+        .map(|p| {
+            let m = std::fs::metadata(&p).unwrap().modified().unwrap();
+            let b = std::fs::read(&p).unwrap();
+            (p.strip_prefix(dir).unwrap().to_path_buf(), b, m)
+        })
+        .collect()
+}
+
+fn edit(p: &Path, from: &str, to: &str) {
+    let t = std::fs::read_to_string(p).unwrap();
+    assert!(t.contains(from), "{from:?} not in {t}");
+    std::fs::write(p, t.replace(from, to)).unwrap();
+}
+
+#[test]
+fn a_conflict_exits_1_and_leaves_both_sides_until_force() {
+    let (_tmp, root) = example();
+    ok(&root, &["local", "to-db", "-q"]);
+    let p = root.join("services/content/hello-world.md");
+    edit(&p, "title: Hello, world", "title: From the file");
+    sql(
+        &root,
+        "UPDATE content SET title = 'From the database' WHERE slug = 'hello-world'",
+    );
+    // An unrelated edit on the files' side still flows.
+    edit(
+        &root.join("services/skills/translate/SKILL.md"),
+        "version: 1",
+        "version: 5",
+    );
+    let file_before = std::fs::read(&p).unwrap();
+    for dir in ["to-db", "to-disk"] {
+        let dry = run(&root, &["local", dir, "--dry-run"]);
+        assert_eq!(dry.0, 1, "{dry:?}");
+        assert!(
+            dry.1.contains(
+                "conflict content/hello-world (services/content/hello-world.md) [title] (changed on both sides)\n"
+            ),
+            "{dry:?}"
+        );
+    }
+    let (code, out, err) = run(&root, &["local", "to-db"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("conflict content/hello-world"), "{out}");
+    assert!(out.contains("update skills/translate"), "{out}");
+    let err_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(err_lines.len(), 1, "{err}");
+    assert!(err_lines[0].contains("--force"), "{err}");
+    // Both sides of the conflict unchanged; the other edit applied.
+    assert_eq!(std::fs::read(&p).unwrap(), file_before);
+    assert_eq!(
+        rows(
+            &root,
+            "SELECT title FROM content WHERE slug = 'hello-world'"
+        )[0][0],
+        "From the database"
+    );
+    assert_eq!(
+        rows(&root, "SELECT version FROM skills WHERE name = 'translate'")[0][0],
+        "5"
+    );
+    // Still a conflict the other way, and on a second try.
+    let (code, _, _) = run(&root, &["local", "to-disk"]);
+    assert_eq!(code, 1);
+    assert_eq!(std::fs::read(&p).unwrap(), file_before);
+    assert_eq!(run(&root, &["local", "to-db"]).0, 1);
+    // --force: the source side wins.
+    let forced = json(&ok(&root, &["local", "to-disk", "--force", "--json"]));
+    assert_eq!(forced[0]["action"], "update", "{forced}");
+    let t = std::fs::read_to_string(&p).unwrap();
+    assert!(t.contains("title: From the database\n"), "{t}");
+    assert_eq!(ok(&root, &["local", "diff"]), "");
+    // After the forced sync the sides agree, and the record knows it.
+    edit(&p, "title: From the database", "title: Later");
+    let d = json(&ok(&root, &["local", "diff", "--json"]));
+    assert_eq!(d[0]["changed"], "files", "{d}");
+    ok(&root, &["local", "to-db", "-q"]);
+    ok(&root, &["fsck"]);
+}
+
+#[test]
+fn an_edit_on_the_target_side_is_kept_and_reported() {
+    // The issue's case: to-db, then a file is edited, then to-disk (which
+    // also has a database edit of another key to carry).
+    let (_tmp, root) = example();
+    ok(&root, &["local", "to-db", "-q"]);
+    let p = root.join("services/content/hello-world.md");
+    edit(&p, "title: Hello, world", "title: Edited by hand");
+    sql(
+        &root,
+        "UPDATE skills SET version = 8 WHERE name = 'translate'",
+    );
+    let before = stamps(&root.join("services/content"));
+    let (code, out, err) = run(&root, &["local", "to-disk"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(
+            "keep content/hello-world (services/content/hello-world.md) [title] (changed in the files only)\n"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("update skills/translate"), "{out}");
+    assert!(err.contains("left as they are"), "{err}");
+    assert_eq!(
+        stamps(&root.join("services/content")),
+        before,
+        "the edited file (and every other content file) untouched"
+    );
+    let s = std::fs::read_to_string(root.join("services/skills/translate/SKILL.md")).unwrap();
+    assert!(s.contains("version: 8\n"), "{s}");
+    // The kept edit is still there to carry the other way.
+    let (code, out, _) = run(&root, &["local", "to-db"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("update content/hello-world"), "{out}");
+    assert_eq!(
+        rows(
+            &root,
+            "SELECT title FROM content WHERE slug = 'hello-world'"
+        )[0][0],
+        "Edited by hand"
+    );
+    assert_eq!(ok(&root, &["local", "diff"]), "");
+}
+
+#[test]
+fn dry_runs_print_the_directions_verbs() {
+    let (_tmp, root) = example();
+    ok(&root, &["local", "to-db", "-q"]);
+    sql(
+        &root,
+        "INSERT INTO skills(name, description, instructions) VALUES ('plan', 'Plan the work.', 'Write a plan.\n');
+         UPDATE skills SET version = 2 WHERE name = 'summarize';
+         DELETE FROM content WHERE slug = 'getting-started';",
+    );
+    let db_before = db_bytes(&root);
+    let files_before = stamps(&root.join("services"));
+    let out = ok(&root, &["local", "to-disk", "--dry-run"]);
+    assert_eq!(
+        out,
+        "delete content/getting-started (services/content/getting-started.md)\n\
+         create skills/plan (services/skills/plan/SKILL.md)\n\
+         update skills/summarize (services/skills/summarize/SKILL.md) [version]\n"
+    );
+    // to-db's plan for the same state: those are database edits it keeps.
+    let out = ok(&root, &["local", "to-db", "--dry-run"]);
+    assert!(
+        out.lines().all(|l| l.starts_with("keep ")) && out.lines().count() == 3,
+        "{out}"
+    );
+    let j = json(&ok(&root, &["local", "to-disk", "--dry-run", "--json"]));
+    let actions: Vec<&str> = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["delete", "create", "update"]);
+    assert_eq!(db_bytes(&root), db_before);
+    assert_eq!(stamps(&root.join("services")), files_before);
+    // And on the files' side: to-db's verbs.
+    std::fs::remove_file(root.join("services/skills/translate/SKILL.md")).unwrap();
+    edit(
+        &root.join("services/content/hello-world.md"),
+        "author: Ada Lovelace",
+        "author: Grace Hopper",
+    );
+    std::fs::write(
+        root.join("services/content/new.md"),
+        "---\nslug: new\ntitle: New\n---\nnew\n",
+    )
+    .unwrap();
+    let out = ok(
+        &root,
+        &["local", "to-db", "--dry-run", "--collection", "content"],
+    );
+    assert_eq!(
+        out,
+        "keep content/getting-started (services/content/getting-started.md) (changed in the database only)\n\
+         update content/hello-world (services/content/hello-world.md) [author]\n\
+         create content/new (services/content/new.md)\n"
+    );
+    let out = ok(
+        &root,
+        &["local", "to-db", "--dry-run", "--collection", "skills"],
+    );
+    assert!(
+        out.contains("delete skills/translate (services/skills/translate/SKILL.md)\n"),
+        "{out}"
+    );
+    assert_eq!(db_bytes(&root), db_before);
+    // local diff: one line per changed key, --exit-code 1.
+    let d = ok(&root, &["local", "diff", "--collection", "content"]);
+    assert_eq!(d.lines().count(), 3, "{d}");
+    fails(&root, &["local", "diff", "--exit-code"], 1);
+}
+
+#[test]
+fn booleans_and_lists_keep_their_yaml_form() {
+    let (_tmp, root) = example();
+    let p = root.join("services/content/hello-world.md");
+    let original = std::fs::read_to_string(&p).unwrap();
+    assert!(original.contains("draft: false\ntags: [intro, news]\n"));
+    ok(&root, &["local", "to-db", "-q"]);
+    assert_eq!(
+        rows(
+            &root,
+            "SELECT draft, tags FROM content WHERE slug = 'hello-world'"
+        )[0],
+        vec!["0", "[\"intro\",\"news\"]"]
+    );
+    // A database edit of another column: only that line changes.
+    sql(
+        &root,
+        "UPDATE content SET title = 'Hello, database' WHERE slug = 'hello-world'",
+    );
+    ok(&root, &["local", "to-disk", "-q"]);
+    assert_eq!(
+        std::fs::read_to_string(&p).unwrap(),
+        original.replace("title: Hello, world", "title: Hello, database")
+    );
+    // Edits of the boolean and the list come back as a boolean and a list.
+    sql(
+        &root,
+        "UPDATE content SET draft = 1, tags = '[\"intro\",\"news\",\"more\"]' WHERE slug = 'hello-world'",
+    );
+    ok(&root, &["local", "to-disk", "-q"]);
+    let t = std::fs::read_to_string(&p).unwrap();
+    assert!(
+        t.contains("draft: true\ntags: [intro, news, more]\n"),
+        "{t}"
+    );
+    assert_eq!(ok(&root, &["local", "diff"]), "");
+    // From the database alone (a BOOLEAN and a JSON column): the same forms.
+    std::fs::remove_file(&p).unwrap();
+    ok(&root, &["local", "to-disk", "--force", "-q"]);
+    let t = std::fs::read_to_string(&p).unwrap();
+    assert!(
+        t.contains("draft: true\ntags: [intro, news, more]\n"),
+        "{t}"
+    );
+}
+
+#[test]
+fn an_integer_column_keeps_a_boolean_written_as_one() {
+    // Columns declared INTEGER and TEXT: the file's own form is kept.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::create_dir_all(root.join("posts")).unwrap();
+    std::fs::write(
+        root.join("sp-sync.toml"),
+        "[[collection]]\nname = \"posts\"\ndir = \"posts\"\ndb = \"data/app.db\"\ntable = \"posts\"\nkey = \"slug\"\nbody = \"body\"\n",
+    )
+    .unwrap();
+    sql(
+        &root,
+        "CREATE TABLE posts(slug TEXT PRIMARY KEY, title TEXT, draft INTEGER, tags TEXT, meta TEXT, body TEXT)",
+    );
+    ok(&root, &["init", "-q"]);
+    let p = root.join("posts/a.md");
+    let text = "---\n# a comment\nslug: a\ntitle: A\ndraft: false\ntags: [intro]\nmeta:\n  - x\n  - y\n---\nbody\n";
+    std::fs::write(&p, text).unwrap();
+    ok(&root, &["local", "to-db", "-q"]);
+    assert_eq!(
+        rows(&root, "SELECT draft, tags, meta FROM posts")[0],
+        vec!["0", "[\"intro\"]", "[\"x\",\"y\"]"]
+    );
+    sql(
+        &root,
+        "UPDATE posts SET draft = 1, tags = '[\"intro\",\"b\"]', meta = '[\"x\"]'",
+    );
+    ok(&root, &["local", "to-disk", "-q"]);
+    assert_eq!(
+        std::fs::read_to_string(&p).unwrap(),
+        "---\n# a comment\nslug: a\ntitle: A\ndraft: true\ntags: [intro, b]\nmeta:\n  - x\n---\nbody\n"
+    );
+    assert_eq!(ok(&root, &["local", "diff"]), "");
+}
+
+#[test]
+fn without_a_store_only_creations_flow() {
+    let (_tmp, root) = example_without_store();
+    // First sync: every key is new to the table.
+    ok(&root, &["local", "to-db", "-q"]);
+    let p = root.join("services/content/hello-world.md");
+    edit(&p, "title: Hello, world", "title: Edited");
+    // No record of the last sync: an update could undo a database edit.
+    let (code, out, err) = run(&root, &["local", "to-db"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("conflict content/hello-world (services/content/hello-world.md) [title] (no record of the last sync)"),
+        "{out}"
+    );
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("sp-sync init"), "{err}");
+    assert_eq!(
+        rows(
+            &root,
+            "SELECT title FROM content WHERE slug = 'hello-world'"
+        )[0][0],
+        "Hello, world"
+    );
+    ok(&root, &["local", "to-db", "--force", "-q"]);
+    assert_eq!(
+        rows(
+            &root,
+            "SELECT title FROM content WHERE slug = 'hello-world'"
+        )[0][0],
+        "Edited"
+    );
+}
+
+#[test]
+fn a_round_trip_without_edits_rewrites_nothing() {
+    let (_tmp, root) = example();
+    ok(&root, &["local", "to-db", "-q"]);
+    // Back-date every file so that a rewrite cannot hide in the same tick.
+    for p in common::files_under(&root.join("services")) {
+        common::set_mtime(&p, 1_600_000_000, 0);
+    }
+    let before = stamps(&root.join("services"));
+    let db_before = db_bytes(&root);
+    for cmd in [
+        &["local", "to-disk"][..],
+        &["local", "to-db"],
+        &["local", "to-disk", "--force"],
+        &["local", "to-db", "--force"],
+    ] {
+        let out = ok(&root, cmd);
+        assert_eq!(out, "", "{cmd:?}");
+    }
+    assert_eq!(stamps(&root.join("services")), before);
+    assert_eq!(db_bytes(&root), db_before);
+}
+
+mod three_way {
+    //! Property: edits on the files' side, the database's side or both,
+    //! then a sync in either direction. Every edit either flows (the side
+    //! that did not change takes it) or is reported (`keep` when only the
+    //! target changed, `conflict` when both did) and stays where it was
+    //! made; no file is rewritten unless its values change.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    const KEYS: [&str; 4] = ["k0", "k1", "k2", "k3"];
+
+    #[derive(Debug, Clone)]
+    enum Edit {
+        /// Set the title of a key on one side (creating it if missing).
+        Set { key: usize, file: bool },
+        /// Remove the key from one side.
+        Remove { key: usize, file: bool },
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        (0..KEYS.len(), any::<bool>(), 0..4u8).prop_map(|(key, file, k)| {
+            if k == 0 {
+                Edit::Remove { key, file }
+            } else {
+                Edit::Set { key, file }
+            }
+        })
+    }
+
+    /// (edits, then a sync: true = to-db)
+    fn steps() -> impl Strategy<Value = Vec<(Vec<Edit>, bool)>> {
+        prop::collection::vec((prop::collection::vec(edit(), 0..4), any::<bool>()), 1..7)
+    }
+
+    type Side = BTreeMap<String, String>;
+
+    fn project() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        std::fs::create_dir_all(root.join("docs")).unwrap();
+        std::fs::write(
+            root.join("sp-sync.toml"),
+            "[[collection]]\nname = \"docs\"\ndir = \"docs\"\ndb = \"data/app.db\"\ntable = \"docs\"\nkey = \"slug\"\nbody = \"body\"\n",
+        )
+        .unwrap();
+        sql(
+            &root,
+            "CREATE TABLE docs(slug TEXT PRIMARY KEY, title TEXT NOT NULL, draft BOOLEAN, tags JSON, body TEXT NOT NULL)",
+        );
+        ok(&root, &["init", "-q"]);
+        (tmp, root)
+    }
+
+    fn file_side(root: &Path) -> Side {
+        let mut out = Side::new();
+        for p in common::files_under(&root.join("docs")) {
+            let t = std::fs::read_to_string(&p).unwrap();
+            let front = t.split("---\n").nth(1).unwrap();
+            let m: serde_norway::Mapping = serde_norway::from_str(front).unwrap();
+            let slug = m.get("slug").unwrap().as_str().unwrap().to_string();
+            let title = m.get("title").unwrap().as_str().unwrap().to_string();
+            out.insert(slug, title);
+        }
+        out
+    }
+
+    fn db_side(root: &Path) -> Side {
+        rows(root, "SELECT slug, title FROM docs")
+            .into_iter()
+            .map(|r| (r[0].clone(), r[1].clone()))
+            .collect()
+    }
+
+    fn apply_edit(root: &Path, e: &Edit, n: usize) {
+        match *e {
+            Edit::Set { key, file: true } => std::fs::write(
+                root.join("docs").join(format!("{}.md", KEYS[key])),
+                format!(
+                    "---\nslug: {}\ntitle: t{n}\ndraft: false\ntags: [a, b]\n---\nbody {n}\n",
+                    KEYS[key]
+                ),
+            )
+            .unwrap(),
+            Edit::Set { key, file: false } => sql(
+                root,
+                &format!(
+                    "INSERT INTO docs(slug, title, draft, tags, body) VALUES ('{k}', 't{n}', 0, '[\"a\",\"b\"]', 'body {n}\n')
+                     ON CONFLICT(slug) DO UPDATE SET title = excluded.title, body = excluded.body",
+                    k = KEYS[key]
+                ),
+            ),
+            Edit::Remove { key, file: true } => {
+                let _ = std::fs::remove_file(root.join("docs").join(format!("{}.md", KEYS[key])));
+            }
+            Edit::Remove { key, file: false } => {
+                sql(root, &format!("DELETE FROM docs WHERE slug = '{}'", KEYS[key]))
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn no_edit_is_lost_silently(steps in steps()) {
+            let (_tmp, root) = project();
+            // The agreed title of each key at the last sync (absent: none);
+            // None before the first sync.
+            let mut base: Option<Side> = None;
+            let mut n = 0;
+            for (edits, to_db) in steps {
+                for e in &edits {
+                    n += 1;
+                    apply_edit(&root, e, n);
+                }
+                for p in common::files_under(&root.join("docs")) {
+                    common::set_mtime(&p, 1_600_000_000, 0);
+                }
+                let (f0, b0) = (file_side(&root), db_side(&root));
+                let stamps0: BTreeMap<PathBuf, (Vec<u8>, std::time::SystemTime)> =
+                    stamps(&root.join("docs")).into_iter().map(|(p, b, m)| (p, (b, m))).collect();
+                let cmd = if to_db { "to-db" } else { "to-disk" };
+                let (code, out, err) = run(&root, &["local", cmd, "--json"]);
+                let plan: Json = json(&out);
+                let actions: BTreeMap<String, String> = plan
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| (c["key"].as_str().unwrap().to_string(), c["action"].as_str().unwrap().to_string()))
+                    .collect();
+                let (f1, b1) = (file_side(&root), db_side(&root));
+                let (src0, tgt0, tgt1, src1) = if to_db { (&f0, &b0, &b1, &f1) } else { (&b0, &f0, &f1, &b1) };
+                let mut conflicts = 0;
+                for k in KEYS {
+                    let (s0, t0) = (src0.get(k), tgt0.get(k));
+                    prop_assert_eq!(src1.get(k), s0, "the source side never changes ({})", k);
+                    let want = if s0 == t0 {
+                        None
+                    } else {
+                        match &base {
+                            None if t0.is_none() => Some("create"),
+                            None => Some("conflict"),
+                            Some(b) => {
+                                let m = b.get(k);
+                                match (s0 != m, t0 != m) {
+                                    (true, false) => Some(match (s0, t0) {
+                                        (Some(_), None) => "create",
+                                        (None, _) => "delete",
+                                        _ => "update",
+                                    }),
+                                    (false, true) => Some("keep"),
+                                    _ => Some("conflict"),
+                                }
+                            }
+                        }
+                    };
+                    prop_assert_eq!(actions.get(k).map(String::as_str), want, "key {} in {}\n{}{}", k, cmd, out, err);
+                    match want {
+                        Some("create" | "update" | "delete") => {
+                            prop_assert_eq!(tgt1.get(k), s0, "{} flows", k)
+                        }
+                        _ => prop_assert_eq!(tgt1.get(k), t0, "{} is left alone", k),
+                    }
+                    if want == Some("conflict") {
+                        conflicts += 1;
+                    }
+                    // A file whose key the sync did not write is untouched.
+                    let written = !to_db && want.is_some_and(|w| w != "keep" && w != "conflict");
+                    if !written {
+                        let p = PathBuf::from(format!("{k}.md"));
+                        let now = stamps(&root.join("docs"))
+                            .into_iter()
+                            .find(|(q, _, _)| *q == p)
+                            .map(|(_, b, m)| (b, m));
+                        prop_assert_eq!(now.as_ref(), stamps0.get(&p), "{} rewritten", k);
+                    }
+                }
+                prop_assert_eq!(code, if conflicts > 0 { 1 } else { 0 }, "{}{}", out, err);
+                // The record: what both sides now agree on; the rest as it was.
+                let mut next = base.clone().unwrap_or_default();
+                for k in KEYS {
+                    if f1.get(k) == b1.get(k) {
+                        match f1.get(k) {
+                            Some(v) => next.insert(k.to_string(), v.clone()),
+                            None => next.remove(k),
+                        };
+                    }
+                }
+                base = Some(next);
+            }
+            // Finally, with --force both ways, everything agrees and stays.
+            ok(&root, &["local", "to-db", "--force", "-q"]);
+            prop_assert_eq!(file_side(&root), db_side(&root));
+            prop_assert_eq!(ok(&root, &["local", "diff"]), "");
+        }
+    }
+}
+
+/// SIGINT at random moments of `local to-db` on a large collection: the
+/// command either exits 130 with the database and the record as before (one
+/// transaction, rolled back), or finishes (exit 0) with everything applied.
+#[test]
+fn sigint_during_to_db_rolls_back_and_exits_130() {
+    let (tmp, template) = example();
+    for i in 0..1500 {
+        std::fs::write(
+            template.join(format!("services/content/bulk-{i:04}.md")),
+            format!("---\nslug: bulk-{i:04}\ntitle: Bulk {i}\ndraft: false\ntags: [a, b]\n---\nbody {i}\n"),
+        )
+        .unwrap();
+    }
+    let before = common::dump(&template.join("data/app.db"));
+    // How long a whole run takes, on a copy.
+    let timed = tmp.path().join("timed");
+    copy_dir(&template, &timed);
+    let t = std::time::Instant::now();
+    ok(&timed, &["local", "to-db", "-q"]);
+    let full = t.elapsed();
+    let after = common::dump(&timed.join("data/app.db"));
+    assert_ne!(before, after);
+    let (mut interrupted, mut finished) = (0, 0);
+    for round in 0..12u64 {
+        let root = tmp.path().join(format!("round-{round}"));
+        copy_dir(&template, &root);
+        let child = std::process::Command::new(common::bin())
+            .args(["local", "to-db", "-q"])
+            .current_dir(&root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Spread the signals over the run (and a little past it).
+        let at = full.mul_f64((round as f64 + 0.5) / 11.0);
+        std::thread::sleep(at);
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let o = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        let dump = common::dump(&root.join("data/app.db"));
+        let recorded = root.join(".sp-sync/refs/local/content").exists();
+        match o.status.code() {
+            Some(130) => {
+                interrupted += 1;
+                assert!(dump == before, "round {round}: not rolled back");
+                assert!(!recorded, "round {round}: no record moves");
+                assert_eq!(stderr.trim_end(), "error: interrupted", "round {round}");
+            }
+            Some(0) => {
+                finished += 1;
+                assert!(dump == after, "round {round}: not all applied");
+                assert!(recorded, "round {round}");
+            }
+            // Killed before the handler was installed (at start-up): nothing
+            // had begun.
+            None if std::os::unix::process::ExitStatusExt::signal(&o.status) == Some(2) => {
+                assert!(dump == before, "round {round}: changed");
+                assert!(!recorded, "round {round}");
+            }
+            c => panic!("round {round}: exit {c:?}: {stderr}"),
+        }
+        // Either way, the next run finishes the job.
+        ok(&root, &["local", "to-db", "-q"]);
+        assert!(common::dump(&root.join("data/app.db")) == after);
+        ok(&root, &["fsck"]);
+    }
+    assert!(
+        interrupted > 0,
+        "no signal landed in time ({finished} finished)"
     );
 }

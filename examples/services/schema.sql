@@ -8,8 +8,8 @@ CREATE TABLE content(
     description TEXT,
     author TEXT,
     published_at TEXT,
-    draft INTEGER,
-    tags TEXT,
+    draft BOOLEAN,
+    tags JSON,
     body TEXT NOT NULL
 );
 
@@ -17,6 +17,6 @@ CREATE TABLE skills(
     name TEXT PRIMARY KEY,
     description TEXT NOT NULL,
     version INTEGER,
-    allowed_tools TEXT,
+    allowed_tools JSON,
     instructions TEXT NOT NULL
 );

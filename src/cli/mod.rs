@@ -221,21 +221,27 @@ enum LocalCmd {
         #[arg(long)]
         exit_code: bool,
     },
-    /// Apply the files to the database, in one transaction.
+    /// Carry the files' edits since the last sync to the database, in one transaction.
     ToDb {
         #[arg(long, value_name = "NAME")]
         collection: Option<String>,
         /// Print the plan; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// On a conflict (or with no record of the last sync), the files win.
+        #[arg(long)]
+        force: bool,
     },
-    /// Write the database's rows as files (and remove files of keys it lacks).
+    /// Carry the database's edits since the last sync to the files.
     ToDisk {
         #[arg(long, value_name = "NAME")]
         collection: Option<String>,
         /// Print the plan; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// On a conflict (or with no record of the last sync), the database wins.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -1348,34 +1354,44 @@ fn restore(
 }
 
 fn local(ctx: &Ctx, cmd: LocalCmd) -> Result<i32> {
-    use systemprompt_sync::collection::{self, Direction};
-    let root = match ctx.workspace() {
-        Ok(ws) => ws.root,
-        Err(_) => find_project_root(&ctx.cwd),
+    use systemprompt_sync::collection::{self, Action, Direction, Side};
+    // The record of each collection's last sync lives in the store; with
+    // no store there is none, and every difference that is not a creation
+    // is a conflict (see collection::Plan::decide).
+    let (root, store) = match ctx.workspace() {
+        Ok(ws) => {
+            let store = open_store(&ws.store_dir, LockMode::Shared)?;
+            (ws.root, Some(store))
+        }
+        Err(_) => (find_project_root(&ctx.cwd), None),
     };
     let project = systemprompt_sync::ProjectConfig::load(&root)?;
-    let (name, dir, dry_run, exit_code) = match &cmd {
+    let (name, dir, dry_run, exit_code, force) = match &cmd {
         LocalCmd::Diff {
             collection,
             exit_code,
-        } => (collection.as_deref(), None, true, *exit_code),
+        } => (collection.as_deref(), None, true, *exit_code, false),
         LocalCmd::ToDb {
             collection,
             dry_run,
+            force,
         } => (
             collection.as_deref(),
             Some(Direction::ToDatabase),
             *dry_run,
             false,
+            *force,
         ),
         LocalCmd::ToDisk {
             collection,
             dry_run,
+            force,
         } => (
             collection.as_deref(),
             Some(Direction::ToDisk),
             *dry_run,
             false,
+            *force,
         ),
     };
     if project.collection.is_empty() {
@@ -1389,7 +1405,15 @@ fn local(ctx: &Ctx, cmd: LocalCmd) -> Result<i32> {
     // Plan everything first: a bad file anywhere changes nothing.
     let mut plans = Vec::new();
     for c in chosen {
-        plans.push(collection::plan(&root, c)?);
+        let base = match &store {
+            Some(s) => collection::load_base(s, &c.name)?,
+            None => None,
+        };
+        let mut p = collection::plan(&root, c, base)?;
+        if let Some(d) = dir {
+            p.decide(d, force);
+        }
+        plans.push(p);
     }
     let all: Vec<&collection::LocalChange> = plans.iter().flat_map(|p| p.changes.iter()).collect();
     if ctx.json {
@@ -1402,25 +1426,57 @@ fn local(ctx: &Ctx, cmd: LocalCmd) -> Result<i32> {
             } else {
                 format!(" [{}]", c.columns.join(", "))
             };
+            let side = match (c.action, c.changed) {
+                (Some(Action::Keep), Some(Side::Files)) => " (changed in the files only)",
+                (Some(Action::Keep), _) => " (changed in the database only)",
+                (Some(Action::Conflict), Some(_)) => " (changed on both sides)",
+                (Some(Action::Conflict), None) => " (no record of the last sync)",
+                (None, Some(Side::Files)) => " (files changed)",
+                (None, Some(Side::Database)) => " (database changed)",
+                (None, Some(Side::Both)) => " (both changed)",
+                _ => "",
+            };
+            let what = match c.action {
+                Some(a) => a.verb().to_string(),
+                None => c.change.symbol().to_string(),
+            };
             writeln!(
                 out,
-                "{} {}/{} ({}){cols}",
-                c.change.symbol(),
+                "{what} {}/{} ({}){cols}{side}",
                 c.collection,
                 c.key_text(),
                 c.path
             )?;
         }
     }
+    let count = |a: Action| all.iter().filter(|c| c.action == Some(a)).count() as u64;
+    let (conflicts, kept) = (count(Action::Conflict), count(Action::Keep));
+    let applied = all
+        .iter()
+        .filter(|c| c.action.is_some_and(Action::applies))
+        .count() as u64;
     if let (Some(d), false) = (dir, dry_run) {
         let mut total = collection::ApplyReport::default();
+        // The collections of one database in one transaction (to-db).
+        let mut groups: Vec<Vec<&collection::Plan>> = Vec::new();
         for p in &plans {
-            let r = collection::apply(p, d)?;
+            match groups.iter_mut().find(|g| g[0].config.db == p.config.db) {
+                Some(g) => g.push(p),
+                None => groups.push(vec![p]),
+            }
+        }
+        for g in &groups {
+            let r = collection::apply_many(g, d)?;
             total.inserted += r.inserted;
             total.updated += r.updated;
             total.deleted += r.deleted;
             total.written += r.written;
             total.removed_files += r.removed_files;
+            if let Some(s) = &store {
+                for p in g {
+                    collection::save_base(s, &p.config, p.base_id(), &p.next_base()?)?;
+                }
+            }
         }
         ctx.note(match d {
             Direction::ToDatabase => format!(
@@ -1435,10 +1491,31 @@ fn local(ctx: &Ctx, cmd: LocalCmd) -> Result<i32> {
             ),
         });
     } else if dir.is_some() {
-        ctx.note(format!(
-            "dry run: {} would change",
-            plural(all.len() as u64, "key")
-        ));
+        ctx.note(format!("dry run: {} would change", plural(applied, "key")));
+    }
+    if let Some(d) = dir {
+        let (other, source) = match d {
+            Direction::ToDatabase => ("to-disk", "the files' side"),
+            Direction::ToDisk => ("to-db", "the database's side"),
+        };
+        if kept > 0 {
+            ctx.note(format!(
+                "{} changed only on the target side: left as they are (`sp-sync local {other}` carries them)",
+                plural(kept, "key")
+            ));
+        }
+        if conflicts > 0 {
+            let why = if store.is_none() {
+                "with no record of the last sync (no store: `sp-sync init` makes one), a difference cannot be told from an edit on the target"
+            } else {
+                "changed on both sides since the last sync (or never synced)"
+            };
+            eprintln!(
+                "error: {} left alone: {why}; --force takes {source}",
+                plural(conflicts, "conflicting key")
+            );
+            return Ok(1);
+        }
     }
     Ok(if exit_code && !all.is_empty() { 1 } else { 0 })
 }
