@@ -263,7 +263,7 @@ pub fn plan(root: &Path, cfg: &CollectionConfig, base: Option<Base>) -> Result<P
 }
 
 fn interrupted() -> Result<()> {
-    if crate::progress::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+    if crate::progress::interrupted() {
         return Err(SyncError::Interrupted);
     }
     Ok(())

@@ -987,7 +987,11 @@ fn sigint_during_to_db_rolls_back_and_exits_130() {
                 interrupted += 1;
                 assert!(dump == before, "round {round}: not rolled back");
                 assert!(!recorded, "round {round}: no record moves");
-                assert_eq!(stderr.trim_end(), "error: interrupted", "round {round}");
+                assert_eq!(
+                    stderr.trim_end(),
+                    "error: interrupted (SIGINT)",
+                    "round {round}"
+                );
             }
             Some(0) => {
                 finished += 1;

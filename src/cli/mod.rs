@@ -339,7 +339,8 @@ pub fn main() -> i32 {
                 .any(|c| matches!(c.downcast_ref::<SyncError>(), Some(SyncError::Interrupted)));
             if interrupted {
                 let sig = systemprompt_sync::progress::stop_signal().unwrap_or(2);
-                eprintln!("error: stopped by signal {sig} (nothing was moved)");
+                let name = if sig == 15 { "SIGTERM" } else { "SIGINT" };
+                eprintln!("error: interrupted ({name})");
                 return 128 + sig;
             }
             eprintln!("error: {}", error_line(&e));
