@@ -471,3 +471,25 @@ fn diff_stat_patch_and_path_filters_read_like_git() {
     .unwrap();
     assert_eq!(v["files"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn missing_s3_credentials_are_named_without_asking_the_network() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = Command::new(bin())
+        .args(["init", "--store", "s3://bucket/prefix"])
+        .current_dir(tmp.path())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("AWS_ACCESS_KEY_ID") && err.contains("AWS_SECRET_ACCESS_KEY"),
+        "{err}"
+    );
+    assert!(!err.contains("169.254"), "{err}");
+}

@@ -69,6 +69,29 @@ impl S3Backend {
                 .map_err(|_| SyncError::Invalid(format!("unknown S3 setting {k:?}")))?;
             b = b.with_config(key, v);
         }
+        // Without credentials the S3 client would go looking for them on the
+        // network (the EC2 metadata address): say what is missing instead.
+        let has = |k: AmazonS3ConfigKey| b.get_config_value(&k).is_some_and(|v| !v.is_empty());
+        let from_elsewhere = [
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        ]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+        let anonymous = b
+            .get_config_value(&AmazonS3ConfigKey::SkipSignature)
+            .is_some_and(|v| v == "true");
+        if !(has(AmazonS3ConfigKey::AccessKeyId) && has(AmazonS3ConfigKey::SecretAccessKey))
+            && !from_elsewhere
+            && !anonymous
+        {
+            return Err(SyncError::MissingConfig(format!(
+                "S3 credentials for {url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                 (and AWS_REGION, AWS_ENDPOINT_URL for S3-compatible servers), or \
+                 aws_access_key_id and aws_secret_access_key under [remote.NAME.s3] in \
+                 .sp-sync/config.toml"
+            )));
+        }
         let retries: usize = std::env::var("SP_SYNC_S3_RETRIES")
             .ok()
             .and_then(|v| v.parse().ok())
