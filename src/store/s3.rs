@@ -81,10 +81,8 @@ impl S3Backend {
         let anonymous = b
             .get_config_value(&AmazonS3ConfigKey::SkipSignature)
             .is_some_and(|v| v == "true");
-        if !(has(AmazonS3ConfigKey::AccessKeyId) && has(AmazonS3ConfigKey::SecretAccessKey))
-            && !from_elsewhere
-            && !anonymous
-        {
+        let keys = has(AmazonS3ConfigKey::AccessKeyId) && has(AmazonS3ConfigKey::SecretAccessKey);
+        if !(keys || from_elsewhere || anonymous) {
             return Err(SyncError::MissingConfig(format!(
                 "S3 credentials for {url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
                  (and AWS_REGION, AWS_ENDPOINT_URL for S3-compatible servers), or \
