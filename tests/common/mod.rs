@@ -42,7 +42,8 @@ pub fn ok(cwd: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// Runs and asserts exit status `code`; returns stderr.
+/// Runs and asserts exit status `code`; returns stderr. A failure (exit 1)
+/// must say so in one `error:` line that names each cause once.
 pub fn fails(cwd: &Path, args: &[&str], code: i32) -> String {
     let o = run_in(cwd, args);
     assert_eq!(
@@ -52,7 +53,35 @@ pub fn fails(cwd: &Path, args: &[&str], code: i32) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    // (`--exit-code` also exits 1, for differences, and says nothing.)
+    if code == 1 && !err.trim().is_empty() {
+        assert_one_error_line(args, &err);
+    }
+    err
+}
+
+/// The error line is the last line of stderr (warnings may come before),
+/// starts with `error: ` and repeats no cause.
+pub fn assert_one_error_line(args: &[&str], err: &str) {
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "sp-sync {args:?}: not one error line: {err}"
+    );
+    assert!(
+        err.lines()
+            .all(|l| l.starts_with("error: ") || l.starts_with("warning: ")),
+        "sp-sync {args:?}: stray lines on stderr: {err}"
+    );
+    let parts: Vec<&str> = errors[0].split(": ").collect();
+    for (i, p) in parts.iter().enumerate() {
+        assert!(
+            p.len() < 4 || !parts[i + 1..].contains(p),
+            "sp-sync {args:?}: {p:?} said twice: {err}"
+        );
+    }
 }
 
 pub fn set_mtime(p: &Path, secs: i64, nanos: u32) {
