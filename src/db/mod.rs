@@ -8,6 +8,7 @@
 //! is consistent while other connections write.
 
 pub mod diff;
+mod guard;
 pub mod restore;
 pub mod table;
 pub mod value;
@@ -133,7 +134,15 @@ pub(crate) fn read_schema(c: &Connection, path: &Path) -> Result<Vec<SchemaItem>
 
 /// Whether `name` is SQLite's own (`sqlite_sequence`, `sqlite_stat1`, …).
 pub(crate) fn is_internal(name: &str) -> bool {
-    name.len() >= 7 && name[..7].eq_ignore_ascii_case("sqlite_")
+    starts_with_ignore_case(name, "sqlite_")
+}
+
+/// Whether `s` begins with `prefix` (ASCII case-insensitive), without
+/// slicing `s` inside a character.
+pub(crate) fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 /// The structure of one table as the database has it now.
@@ -401,10 +410,7 @@ fn scan_in(
     let schema = read_schema(c, path)?;
     let mut virtual_tables: Vec<&str> = Vec::new();
     for s in &schema {
-        if s.kind == "table"
-            && s.sql.len() >= 14
-            && s.sql[..14].eq_ignore_ascii_case("CREATE VIRTUAL")
-        {
+        if s.kind == "table" && starts_with_ignore_case(&s.sql, "CREATE VIRTUAL") {
             virtual_tables.push(&s.name);
         }
     }

@@ -18,6 +18,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, params_from_iter};
 
 use super::diff::same_structure;
+use super::guard::{Expected, Guard, Kind, verify_schema};
 use super::table::{ExtraKind, TableData, TableObject};
 use super::value::{Cell, Sql, Value, decode_key, decode_row};
 use super::{
@@ -81,6 +82,9 @@ pub fn restore_db(
         }
     }
     objs.sort_by_key(|t| t.ordinal);
+    // The snapshot's SQL is checked on a scratch database before the target
+    // is opened (see `guard`).
+    verify_schema(&objs.iter().collect::<Vec<_>>())?;
     match std::fs::symlink_metadata(target) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             restore_new(src, &objs, target, chunker, progress)
@@ -125,7 +129,7 @@ fn restore_new(
     }
     let mut guard = Cleanup(tmp.clone(), false);
     let report = {
-        let c = Connection::open_with_flags(
+        let mut c = Connection::open_with_flags(
             &tmp,
             OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_CREATE
@@ -139,8 +143,10 @@ fn restore_new(
              PRAGMA locking_mode = EXCLUSIVE; PRAGMA cache_size = -32768; BEGIN;",
         )
         .map_err(|e| db_error(&tmp, e))?;
+        let guard = Guard::install(&mut c, &tmp)?;
         let mut rep = apply(
             &c,
+            &guard,
             &tmp,
             src,
             objs,
@@ -171,7 +177,7 @@ fn restore_existing(
     opts: &DbRestoreOptions,
     progress: &dyn Progress,
 ) -> Result<DbRestoreReport> {
-    let c = Connection::open_with_flags(
+    let mut c = Connection::open_with_flags(
         target,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
@@ -187,9 +193,10 @@ fn restore_existing(
     .map_err(|e| db_error(target, e))?;
     c.execute_batch("PRAGMA foreign_keys = OFF")
         .map_err(|e| db_error(target, e))?;
+    let guard = Guard::install(&mut c, target)?;
     c.execute_batch("BEGIN IMMEDIATE")
         .map_err(|e| db_error(target, e))?;
-    match apply(&c, target, src, objs, chunker, opts, progress, true) {
+    match apply(&c, &guard, target, src, objs, chunker, opts, progress, true) {
         Ok(r) => {
             c.execute_batch("COMMIT").map_err(|e| db_error(target, e))?;
             Ok(r)
@@ -211,6 +218,7 @@ enum Plan<'a> {
 #[allow(clippy::too_many_arguments)]
 fn apply(
     c: &Connection,
+    guard: &Guard,
     path: &Path,
     src: &dyn ObjectSource,
     objs: &[TableObject],
@@ -274,7 +282,16 @@ fn apply(
     // 2. New tables.
     for p in &plans {
         if let Plan::Create(o, _) = p {
-            c.execute_batch(&o.sql).map_err(|e| db_error(path, e))?;
+            guard.run(
+                c,
+                path,
+                &Expected {
+                    kind: Kind::Table,
+                    name: &o.name,
+                    table: &o.name,
+                    sql: &o.sql,
+                },
+            )?;
         }
     }
     // 3. Rows.
@@ -320,10 +337,18 @@ fn apply(
         }
     }
     // 5. Indexes, triggers and views the database lacks, in schema order.
-    let mut later: Vec<(u64, &str)> = Vec::new();
+    let mut later: Vec<(u64, Expected<'_>)> = Vec::new();
     for p in &plans {
         match p {
-            Plan::View(o, false) => later.push((o.ordinal, &o.sql)),
+            Plan::View(o, false) => later.push((
+                o.ordinal,
+                Expected {
+                    kind: Kind::View,
+                    name: &o.name,
+                    table: &o.name,
+                    sql: &o.sql,
+                },
+            )),
             Plan::View(o, true) => {
                 tracing::debug!("view {} exists; left as it is", o.name)
             }
@@ -334,7 +359,15 @@ fn apply(
                         ExtraKind::Trigger => "trigger",
                     };
                     if !exists(kind, &e.name) {
-                        later.push((e.ordinal, &e.sql));
+                        later.push((
+                            e.ordinal,
+                            Expected {
+                                kind: e.kind.into(),
+                                name: &e.name,
+                                table: &o.name,
+                                sql: &e.sql,
+                            },
+                        ));
                     }
                 }
             }
@@ -343,13 +376,21 @@ fn apply(
     for o in objs.iter().filter(|o| o.is_view()) {
         for e in &o.extras {
             if !exists("trigger", &e.name) {
-                later.push((e.ordinal, &e.sql));
+                later.push((
+                    e.ordinal,
+                    Expected {
+                        kind: e.kind.into(),
+                        name: &e.name,
+                        table: &o.name,
+                        sql: &e.sql,
+                    },
+                ));
             }
         }
     }
-    later.sort();
-    for (_, sql) in later {
-        c.execute_batch(sql).map_err(|e| db_error(path, e))?;
+    later.sort_by_key(|(o, _)| *o);
+    for (_, e) in &later {
+        guard.run(c, path, e)?;
     }
     // 6. Foreign keys, checked before the commit.
     if existing {
