@@ -127,7 +127,7 @@ fn restore_new(
             }
         }
     }
-    let mut guard = Cleanup(tmp.clone(), false);
+    let mut cleanup = Cleanup(tmp.clone(), false);
     let report = {
         let mut c = Connection::open_with_flags(
             &tmp,
@@ -155,6 +155,7 @@ fn restore_new(
             progress,
             false,
         )?;
+        not_interrupted(progress)?;
         c.execute_batch("COMMIT").map_err(|e| db_error(&tmp, e))?;
         rep.created = true;
         drop(c);
@@ -164,7 +165,7 @@ fn restore_new(
     f.sync_all().ctx("syncing", &tmp)?;
     drop(f);
     std::fs::rename(&tmp, target).ctx("renaming into", target)?;
-    guard.1 = true;
+    cleanup.1 = true;
     crate::store::sync_dir(&dir)?;
     Ok(report)
 }
@@ -196,7 +197,9 @@ fn restore_existing(
     let guard = Guard::install(&mut c, target)?;
     c.execute_batch("BEGIN IMMEDIATE")
         .map_err(|e| db_error(target, e))?;
-    match apply(&c, &guard, target, src, objs, chunker, opts, progress, true) {
+    let applied = apply(&c, &guard, target, src, objs, chunker, opts, progress, true)
+        .and_then(|r| not_interrupted(progress).map(|()| r));
+    match applied {
         Ok(r) => {
             c.execute_batch("COMMIT").map_err(|e| db_error(target, e))?;
             Ok(r)
@@ -206,6 +209,14 @@ fn restore_existing(
             Err(e)
         }
     }
+}
+
+/// The last chance to stop: an interrupt before the commit rolls back.
+fn not_interrupted(progress: &dyn Progress) -> Result<()> {
+    if progress.interrupted() {
+        return Err(SyncError::Interrupted);
+    }
+    Ok(())
 }
 
 /// What is done to one table.
@@ -278,6 +289,14 @@ fn apply(
     let mut rep = DbRestoreReport {
         tables: objs.iter().filter(|o| !o.is_view()).count(),
         ..Default::default()
+    };
+    // Foreign keys are off by default in SQLite, so a database (and a
+    // snapshot of it) may already hold violations; only those the restore
+    // adds are refused.
+    let fk_before = if existing {
+        foreign_key_violations(c, path)?
+    } else {
+        FkViolations::new()
     };
     // 2. New tables.
     for p in &plans {
@@ -394,7 +413,7 @@ fn apply(
     }
     // 6. Foreign keys, checked before the commit.
     if existing {
-        check_foreign_keys(c, path)?;
+        check_foreign_keys(c, path, fk_before)?;
     }
     Ok(rep)
 }
@@ -470,14 +489,47 @@ fn set_sequence(
     Ok(())
 }
 
-fn check_foreign_keys(c: &Connection, path: &Path) -> Result<()> {
+/// Foreign-key violations: (child table, rowid, parent table, key id) →
+/// how many.
+type FkViolations = std::collections::HashMap<(String, Option<i64>, String, i64), u64>;
+
+fn foreign_key_violations(c: &Connection, path: &Path) -> Result<FkViolations> {
     let err = |e| db_error(path, e);
     let mut st = c.prepare("PRAGMA foreign_key_check").map_err(err)?;
     let mut rows = st.query([]).map_err(err)?;
-    if let Some(r) = rows.next().map_err(err)? {
+    let mut out = FkViolations::new();
+    while let Some(r) = rows.next().map_err(err)? {
+        let key = (
+            r.get::<_, String>(0).map_err(err)?,
+            r.get::<_, Option<i64>>(1).map_err(err)?,
+            r.get::<_, String>(2).map_err(err)?,
+            r.get::<_, i64>(3).map_err(err)?,
+        );
+        *out.entry(key).or_default() += 1;
+    }
+    Ok(out)
+}
+
+/// Refuses the restore if it adds a foreign-key violation to those the
+/// database had before it.
+fn check_foreign_keys(c: &Connection, path: &Path, mut before: FkViolations) -> Result<()> {
+    let err = |e| db_error(path, e);
+    let mut st = c.prepare("PRAGMA foreign_key_check").map_err(err)?;
+    let mut rows = st.query([]).map_err(err)?;
+    while let Some(r) = rows.next().map_err(err)? {
         let table: String = r.get(0).map_err(err)?;
         let rowid: Option<i64> = r.get(1).map_err(err)?;
         let parent: String = r.get(2).map_err(err)?;
+        let fkid: i64 = r.get(3).map_err(err)?;
+        let key = (table, rowid, parent, fkid);
+        match before.get_mut(&key) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                continue;
+            }
+            _ => {}
+        }
+        let (table, rowid, parent, _) = key;
         return Err(SyncError::Database(format!(
             "{}: the restore would break a foreign key (a row of {table}{} references a missing row of {parent}); nothing was written",
             path.display(),
@@ -562,7 +614,7 @@ fn insert_all(
     let mut n = 0u64;
     for e in MapIter::new(src, ObjectType::Rows, t.root) {
         let (k, v) = e?;
-        if n.is_multiple_of(4096) && progress.interrupted() {
+        if progress.interrupted() {
             return Err(SyncError::Interrupted);
         }
         let (rowid, vals) = row_values(src, t, &k, &v)?;
@@ -694,6 +746,9 @@ fn merge(
             ))
             .map_err(dberr)?;
         for (k, a, rowid) in &changes {
+            if progress.interrupted() {
+                return Err(SyncError::Interrupted);
+            }
             if let Action::Delete = a {
                 let n = if by_rowid {
                     del.execute([rowid.unwrap_or(0)])
@@ -724,6 +779,9 @@ fn merge(
     }
     for e in MapIter::new(src, ObjectType::Rows, t.root) {
         let (k, v) = e?;
+        if progress.interrupted() {
+            return Err(SyncError::Interrupted);
+        }
         let Some(&i) = wanted.get(next) else { break };
         if k != changes[i].0 {
             continue;
