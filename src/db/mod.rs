@@ -340,14 +340,21 @@ impl<'c> RowReader<'c> {
             } else {
                 None
             };
-            // The row: the rowid first when kept, then every column.
-            w.varint(t.row_width() as u64);
-            if t.rowid_in_row() {
-                w.u8(1).zigzag(rowid.unwrap_or(0));
-            }
-            for i in 0..ncols {
-                let v = row.get_ref(offset + i).map_err(|e| db_error(&path, e))?;
-                encode_cell(&mut w, v, sink, chunker)?;
+            // The row: the rowid first when kept, then every column; spilled
+            // (§3.7) if it does not fit a map entry as it is.
+            for spilled in [false, true] {
+                w.buf.clear();
+                w.varint(t.row_width() as u64);
+                if t.rowid_in_row() {
+                    w.u8(1).zigzag(rowid.unwrap_or(0));
+                }
+                for i in 0..ncols {
+                    let v = row.get_ref(offset + i).map_err(|e| db_error(&path, e))?;
+                    encode_cell(&mut w, v, sink, chunker, spilled)?;
+                }
+                if w.buf.len() <= value::ROW_SPILL_AT {
+                    break;
+                }
             }
             // The key.
             if t.key.is_empty() {
