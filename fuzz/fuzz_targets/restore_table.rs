@@ -38,6 +38,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut t) = TableObject::decode(data) else {
         return;
     };
+    if t.name.eq_ignore_ascii_case("secrets") {
+        // The bystander is not a bystander when the snapshot names it.
+        return;
+    }
     let store = MemStore::new(true);
     // An empty row map, so the schema is what gets exercised.
     if let Some(d) = &mut t.table {
