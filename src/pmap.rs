@@ -20,7 +20,9 @@ use crate::id::{ObjectId, ObjectType};
 use crate::object::{ObjectSink, ObjectSource, corrupt};
 
 pub const NODE_VERSION: u8 = 1;
-pub const MAX_KEY: usize = 64 * 1024;
+/// The largest key (a table's primary key may be as long as SQLite allows a
+/// value; a map node still holds at least two entries).
+pub const MAX_KEY: usize = 1 << 20;
 pub const MAX_VALUE: usize = 1 << 20;
 pub const MAX_LEVEL: u8 = 40;
 

@@ -8,6 +8,7 @@
 //! is consistent while other connections write.
 
 pub mod diff;
+mod guard;
 pub mod restore;
 pub mod table;
 pub mod value;
@@ -133,7 +134,15 @@ pub(crate) fn read_schema(c: &Connection, path: &Path) -> Result<Vec<SchemaItem>
 
 /// Whether `name` is SQLite's own (`sqlite_sequence`, `sqlite_stat1`, …).
 pub(crate) fn is_internal(name: &str) -> bool {
-    name.len() >= 7 && name[..7].eq_ignore_ascii_case("sqlite_")
+    starts_with_ignore_case(name, "sqlite_")
+}
+
+/// Whether `s` begins with `prefix` (ASCII case-insensitive), without
+/// slicing `s` inside a character.
+pub(crate) fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 /// The structure of one table as the database has it now.
@@ -331,14 +340,21 @@ impl<'c> RowReader<'c> {
             } else {
                 None
             };
-            // The row: the rowid first when kept, then every column.
-            w.varint(t.row_width() as u64);
-            if t.rowid_in_row() {
-                w.u8(1).zigzag(rowid.unwrap_or(0));
-            }
-            for i in 0..ncols {
-                let v = row.get_ref(offset + i).map_err(|e| db_error(&path, e))?;
-                encode_cell(&mut w, v, sink, chunker)?;
+            // The row: the rowid first when kept, then every column; spilled
+            // (§3.7) if it does not fit a map entry as it is.
+            for spilled in [false, true] {
+                w.buf.clear();
+                w.varint(t.row_width() as u64);
+                if t.rowid_in_row() {
+                    w.u8(1).zigzag(rowid.unwrap_or(0));
+                }
+                for i in 0..ncols {
+                    let v = row.get_ref(offset + i).map_err(|e| db_error(&path, e))?;
+                    encode_cell(&mut w, v, sink, chunker, spilled)?;
+                }
+                if w.buf.len() <= value::ROW_SPILL_AT {
+                    break;
+                }
             }
             // The key.
             if t.key.is_empty() {
@@ -403,10 +419,7 @@ fn scan_in(
     let schema = read_schema(c, path)?;
     let mut virtual_tables: Vec<&str> = Vec::new();
     for s in &schema {
-        if s.kind == "table"
-            && s.sql.len() >= 14
-            && s.sql[..14].eq_ignore_ascii_case("CREATE VIRTUAL")
-        {
+        if s.kind == "table" && starts_with_ignore_case(&s.sql, "CREATE VIRTUAL") {
             virtual_tables.push(&s.name);
         }
     }

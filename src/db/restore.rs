@@ -18,6 +18,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, params_from_iter};
 
 use super::diff::same_structure;
+use super::guard::{Expected, Guard, Kind, verify_schema};
 use super::table::{ExtraKind, TableData, TableObject};
 use super::value::{Cell, Sql, Value, decode_key, decode_row};
 use super::{
@@ -81,6 +82,9 @@ pub fn restore_db(
         }
     }
     objs.sort_by_key(|t| t.ordinal);
+    // The snapshot's SQL is checked on a scratch database before the target
+    // is opened (see `guard`).
+    verify_schema(&objs.iter().collect::<Vec<_>>())?;
     match std::fs::symlink_metadata(target) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             restore_new(src, &objs, target, chunker, progress)
@@ -123,9 +127,9 @@ fn restore_new(
             }
         }
     }
-    let mut guard = Cleanup(tmp.clone(), false);
+    let mut cleanup = Cleanup(tmp.clone(), false);
     let report = {
-        let c = Connection::open_with_flags(
+        let mut c = Connection::open_with_flags(
             &tmp,
             OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_CREATE
@@ -139,8 +143,10 @@ fn restore_new(
              PRAGMA locking_mode = EXCLUSIVE; PRAGMA cache_size = -32768; BEGIN;",
         )
         .map_err(|e| db_error(&tmp, e))?;
+        let guard = Guard::install(&mut c, &tmp)?;
         let mut rep = apply(
             &c,
+            &guard,
             &tmp,
             src,
             objs,
@@ -149,6 +155,7 @@ fn restore_new(
             progress,
             false,
         )?;
+        not_interrupted(progress)?;
         c.execute_batch("COMMIT").map_err(|e| db_error(&tmp, e))?;
         rep.created = true;
         drop(c);
@@ -158,7 +165,7 @@ fn restore_new(
     f.sync_all().ctx("syncing", &tmp)?;
     drop(f);
     std::fs::rename(&tmp, target).ctx("renaming into", target)?;
-    guard.1 = true;
+    cleanup.1 = true;
     crate::store::sync_dir(&dir)?;
     Ok(report)
 }
@@ -171,7 +178,7 @@ fn restore_existing(
     opts: &DbRestoreOptions,
     progress: &dyn Progress,
 ) -> Result<DbRestoreReport> {
-    let c = Connection::open_with_flags(
+    let mut c = Connection::open_with_flags(
         target,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
@@ -187,9 +194,12 @@ fn restore_existing(
     .map_err(|e| db_error(target, e))?;
     c.execute_batch("PRAGMA foreign_keys = OFF")
         .map_err(|e| db_error(target, e))?;
+    let guard = Guard::install(&mut c, target)?;
     c.execute_batch("BEGIN IMMEDIATE")
         .map_err(|e| db_error(target, e))?;
-    match apply(&c, target, src, objs, chunker, opts, progress, true) {
+    let applied = apply(&c, &guard, target, src, objs, chunker, opts, progress, true)
+        .and_then(|r| not_interrupted(progress).map(|()| r));
+    match applied {
         Ok(r) => {
             c.execute_batch("COMMIT").map_err(|e| db_error(target, e))?;
             Ok(r)
@@ -199,6 +209,14 @@ fn restore_existing(
             Err(e)
         }
     }
+}
+
+/// The last chance to stop: an interrupt before the commit rolls back.
+fn not_interrupted(progress: &dyn Progress) -> Result<()> {
+    if progress.interrupted() {
+        return Err(SyncError::Interrupted);
+    }
+    Ok(())
 }
 
 /// What is done to one table.
@@ -211,6 +229,7 @@ enum Plan<'a> {
 #[allow(clippy::too_many_arguments)]
 fn apply(
     c: &Connection,
+    guard: &Guard,
     path: &Path,
     src: &dyn ObjectSource,
     objs: &[TableObject],
@@ -271,10 +290,27 @@ fn apply(
         tables: objs.iter().filter(|o| !o.is_view()).count(),
         ..Default::default()
     };
+    // Foreign keys are off by default in SQLite, so a database (and a
+    // snapshot of it) may already hold violations; only those the restore
+    // adds are refused.
+    let fk_before = if existing {
+        foreign_key_violations(c, path)?
+    } else {
+        FkViolations::new()
+    };
     // 2. New tables.
     for p in &plans {
         if let Plan::Create(o, _) = p {
-            c.execute_batch(&o.sql).map_err(|e| db_error(path, e))?;
+            guard.run(
+                c,
+                path,
+                &Expected {
+                    kind: Kind::Table,
+                    name: &o.name,
+                    table: &o.name,
+                    sql: &o.sql,
+                },
+            )?;
         }
     }
     // 3. Rows.
@@ -320,10 +356,18 @@ fn apply(
         }
     }
     // 5. Indexes, triggers and views the database lacks, in schema order.
-    let mut later: Vec<(u64, &str)> = Vec::new();
+    let mut later: Vec<(u64, Expected<'_>)> = Vec::new();
     for p in &plans {
         match p {
-            Plan::View(o, false) => later.push((o.ordinal, &o.sql)),
+            Plan::View(o, false) => later.push((
+                o.ordinal,
+                Expected {
+                    kind: Kind::View,
+                    name: &o.name,
+                    table: &o.name,
+                    sql: &o.sql,
+                },
+            )),
             Plan::View(o, true) => {
                 tracing::debug!("view {} exists; left as it is", o.name)
             }
@@ -334,7 +378,15 @@ fn apply(
                         ExtraKind::Trigger => "trigger",
                     };
                     if !exists(kind, &e.name) {
-                        later.push((e.ordinal, &e.sql));
+                        later.push((
+                            e.ordinal,
+                            Expected {
+                                kind: e.kind.into(),
+                                name: &e.name,
+                                table: &o.name,
+                                sql: &e.sql,
+                            },
+                        ));
                     }
                 }
             }
@@ -343,17 +395,25 @@ fn apply(
     for o in objs.iter().filter(|o| o.is_view()) {
         for e in &o.extras {
             if !exists("trigger", &e.name) {
-                later.push((e.ordinal, &e.sql));
+                later.push((
+                    e.ordinal,
+                    Expected {
+                        kind: e.kind.into(),
+                        name: &e.name,
+                        table: &o.name,
+                        sql: &e.sql,
+                    },
+                ));
             }
         }
     }
-    later.sort();
-    for (_, sql) in later {
-        c.execute_batch(sql).map_err(|e| db_error(path, e))?;
+    later.sort_by_key(|(o, _)| *o);
+    for (_, e) in &later {
+        guard.run(c, path, e)?;
     }
     // 6. Foreign keys, checked before the commit.
     if existing {
-        check_foreign_keys(c, path)?;
+        check_foreign_keys(c, path, fk_before)?;
     }
     Ok(rep)
 }
@@ -429,14 +489,47 @@ fn set_sequence(
     Ok(())
 }
 
-fn check_foreign_keys(c: &Connection, path: &Path) -> Result<()> {
+/// Foreign-key violations: (child table, rowid, parent table, key id) →
+/// how many.
+type FkViolations = std::collections::HashMap<(String, Option<i64>, String, i64), u64>;
+
+fn foreign_key_violations(c: &Connection, path: &Path) -> Result<FkViolations> {
     let err = |e| db_error(path, e);
     let mut st = c.prepare("PRAGMA foreign_key_check").map_err(err)?;
     let mut rows = st.query([]).map_err(err)?;
-    if let Some(r) = rows.next().map_err(err)? {
+    let mut out = FkViolations::new();
+    while let Some(r) = rows.next().map_err(err)? {
+        let key = (
+            r.get::<_, String>(0).map_err(err)?,
+            r.get::<_, Option<i64>>(1).map_err(err)?,
+            r.get::<_, String>(2).map_err(err)?,
+            r.get::<_, i64>(3).map_err(err)?,
+        );
+        *out.entry(key).or_default() += 1;
+    }
+    Ok(out)
+}
+
+/// Refuses the restore if it adds a foreign-key violation to those the
+/// database had before it.
+fn check_foreign_keys(c: &Connection, path: &Path, mut before: FkViolations) -> Result<()> {
+    let err = |e| db_error(path, e);
+    let mut st = c.prepare("PRAGMA foreign_key_check").map_err(err)?;
+    let mut rows = st.query([]).map_err(err)?;
+    while let Some(r) = rows.next().map_err(err)? {
         let table: String = r.get(0).map_err(err)?;
         let rowid: Option<i64> = r.get(1).map_err(err)?;
         let parent: String = r.get(2).map_err(err)?;
+        let fkid: i64 = r.get(3).map_err(err)?;
+        let key = (table, rowid, parent, fkid);
+        match before.get_mut(&key) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                continue;
+            }
+            _ => {}
+        }
+        let (table, rowid, parent, _) = key;
         return Err(SyncError::Database(format!(
             "{}: the restore would break a foreign key (a row of {table}{} references a missing row of {parent}); nothing was written",
             path.display(),
@@ -521,7 +614,7 @@ fn insert_all(
     let mut n = 0u64;
     for e in MapIter::new(src, ObjectType::Rows, t.root) {
         let (k, v) = e?;
-        if n.is_multiple_of(4096) && progress.interrupted() {
+        if progress.interrupted() {
             return Err(SyncError::Interrupted);
         }
         let (rowid, vals) = row_values(src, t, &k, &v)?;
@@ -653,6 +746,9 @@ fn merge(
             ))
             .map_err(dberr)?;
         for (k, a, rowid) in &changes {
+            if progress.interrupted() {
+                return Err(SyncError::Interrupted);
+            }
             if let Action::Delete = a {
                 let n = if by_rowid {
                     del.execute([rowid.unwrap_or(0)])
@@ -683,6 +779,9 @@ fn merge(
     }
     for e in MapIter::new(src, ObjectType::Rows, t.root) {
         let (k, v) = e?;
+        if progress.interrupted() {
+            return Err(SyncError::Interrupted);
+        }
         let Some(&i) = wanted.get(next) else { break };
         if k != changes[i].0 {
             continue;

@@ -179,7 +179,8 @@ impl TableObject {
             if nc == 0 {
                 return r.err("a table without columns");
             }
-            let mut columns: Vec<Column> = Vec::with_capacity(nc.min(b.len()));
+            // A column takes at least two bytes (two empty strings).
+            let mut columns: Vec<Column> = Vec::with_capacity(nc.min(r.remaining() / 2));
             for _ in 0..nc {
                 let name = r.str(MAX_STR)?.to_string();
                 if columns.iter().any(|c| c.name.eq_ignore_ascii_case(&name)) {
@@ -189,7 +190,7 @@ impl TableObject {
                 columns.push(Column { name, decl_type });
             }
             let nk = r.varint_max(nc as u64, "key column count")? as usize;
-            let mut key: Vec<u32> = Vec::with_capacity(nk);
+            let mut key: Vec<u32> = Vec::with_capacity(nk.min(r.remaining()));
             for _ in 0..nk {
                 let k = r.varint_max(nc as u64 - 1, "key column")? as u32;
                 if key.contains(&k) {
@@ -222,7 +223,8 @@ impl TableObject {
             None
         };
         let ne = r.varint_max(b.len() as u64, "extra count")? as usize;
-        let mut extras: Vec<Extra> = Vec::with_capacity(ne);
+        // An extra takes at least four bytes (type, name, ordinal, sql).
+        let mut extras: Vec<Extra> = Vec::with_capacity(ne.min(r.remaining() / 4));
         for _ in 0..ne {
             let kind = match r.u8()? {
                 1 => ExtraKind::Index,
@@ -321,6 +323,29 @@ mod tests {
             extras: vec![],
         };
         assert_eq!(TableObject::decode(&v.encode()).unwrap(), v);
+    }
+
+    #[test]
+    fn hostile_counts_are_refused_without_large_reserves() {
+        // A table claiming 32,767 columns, and a view claiming as many
+        // extras as it has bytes, in a few bytes.
+        let mut w = Writer::new();
+        w.u8(TABLE_VERSION)
+            .u8(KIND_TABLE)
+            .bytes(b"t")
+            .bytes(b"")
+            .varint(0)
+            .u8(0)
+            .varint(super::super::value::MAX_COLUMNS as u64);
+        assert!(TableObject::decode(&w.buf).is_err());
+        let mut w = Writer::new();
+        w.u8(TABLE_VERSION)
+            .u8(KIND_VIEW)
+            .bytes(b"v")
+            .bytes(b"")
+            .varint(0)
+            .varint(1 << 40);
+        assert!(TableObject::decode(&w.buf).is_err());
     }
 
     proptest! {

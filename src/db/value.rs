@@ -34,6 +34,26 @@ use crate::object::{ObjectSink, ObjectSource};
 pub const MAX_INLINE_VALUE: usize = 4096;
 /// The most columns a row may have (SQLite's hard limit is 32,767).
 pub const MAX_COLUMNS: usize = 32_767;
+/// The largest TEXT or BLOB value: SQLite's hard upper bound for
+/// `SQLITE_MAX_LENGTH` (2^31 - 1 bytes).
+pub const MAX_VALUE_LEN: u64 = (1 << 31) - 1;
+/// A row whose plain encoding (values of at most [`MAX_INLINE_VALUE`]
+/// bytes inline) is longer than this, the most a map entry holds, is
+/// *spilled*: its TEXT and BLOB values longer than [`SPILL_MIN`] bytes are
+/// stored as chunks too (§3.7). Rows that fit are never spilled, so every
+/// row encoded before spilling existed keeps its bytes.
+pub const ROW_SPILL_AT: usize = 1 << 20;
+/// In a spilled row, TEXT and BLOB values longer than this are chunked.
+pub const SPILL_MIN: usize = 64;
+
+/// Whether a TEXT or BLOB value of `len` bytes is stored as chunks.
+pub fn stored_large(len: u64, spilled: bool) -> bool {
+    len > MAX_INLINE_VALUE as u64 || (spilled && len > SPILL_MIN as u64)
+}
+
+/// What loading a large value reserves up front at most; the rest grows
+/// as its (verified) chunks arrive.
+const LOAD_RESERVE: u64 = 4 << 20;
 
 /// A SQLite value with its storage class, kept exactly (REALs bit for bit).
 #[derive(Debug, Clone)]
@@ -456,7 +476,10 @@ impl Cell {
                 size,
                 content,
             } => {
-                let mut buf = Vec::with_capacity(usize::try_from(*size).unwrap_or(0));
+                // The size is only what the row says: reserve little, and
+                // never read past it.
+                let reserve = usize::try_from((*size).min(LOAD_RESERVE)).unwrap_or(0);
+                let mut buf = Vec::with_capacity(reserve);
                 for c in content.chunks(src, *size) {
                     let c = c?;
                     let data = src.get(ObjectType::Chunk, &c.id)?;
@@ -467,7 +490,20 @@ impl Cell {
                             "chunk length differs from its list",
                         ));
                     }
+                    if buf.len() as u64 + c.len > *size {
+                        return Err(crate::object::corrupt(
+                            ObjectType::Chunk,
+                            &c.id,
+                            format!("chunks of a value run past its size {size}"),
+                        ));
+                    }
                     buf.extend_from_slice(&data);
+                }
+                if buf.len() as u64 != *size {
+                    return Err(SyncError::Invalid(format!(
+                        "a large value's chunks hold {} bytes, its size is {size}",
+                        buf.len()
+                    )));
                 }
                 Ok(if *text {
                     Value::Text(buf)
@@ -480,12 +516,14 @@ impl Cell {
 }
 
 /// Encodes one value of a row into `w`, storing a large value's chunks into
-/// `sink` (cut by `chunker`).
+/// `sink` (cut by `chunker`). `spilled`: the row is spilled (see
+/// [`ROW_SPILL_AT`]).
 pub fn encode_cell(
     w: &mut Writer,
     v: rusqlite::types::ValueRef<'_>,
     sink: &dyn ObjectSink,
     chunker: &crate::chunker::Chunker,
+    spilled: bool,
 ) -> Result<()> {
     use rusqlite::types::ValueRef;
     match v {
@@ -500,7 +538,7 @@ pub fn encode_cell(
         }
         ValueRef::Text(b) | ValueRef::Blob(b) => {
             let text = matches!(v, ValueRef::Text(_));
-            if b.len() <= MAX_INLINE_VALUE {
+            if !stored_large(b.len() as u64, spilled) {
                 w.u8(if text { C_TEXT } else { C_BLOB }).bytes(b);
             } else {
                 let content = store_large(b, sink, chunker)?;
@@ -546,8 +584,12 @@ pub fn store_large(
 pub fn decode_row(b: &[u8]) -> std::result::Result<Vec<Cell>, DecodeError> {
     let mut r = Reader::new(b);
     let n = r.varint_max(MAX_COLUMNS as u64 + 1, "column count")? as usize;
-    let mut out = Vec::with_capacity(n.min(b.len()));
+    // Every cell takes at least one byte.
+    let mut out = Vec::with_capacity(n.min(r.remaining()));
+    // The length of the row's plain encoding (see ROW_SPILL_AT).
+    let mut plain = r.pos();
     for _ in 0..n {
+        let start = r.pos();
         let tag = r.u8()?;
         let c = match tag {
             C_NULL => Cell::Value(Value::Null),
@@ -562,8 +604,13 @@ pub fn decode_row(b: &[u8]) -> std::result::Result<Vec<Cell>, DecodeError> {
             C_BLOB => Cell::Value(Value::Blob(r.bytes(MAX_INLINE_VALUE)?.to_vec())),
             C_TEXT_LARGE | C_BLOB_LARGE => {
                 let size = r.varint()?;
-                if size <= MAX_INLINE_VALUE as u64 {
+                if size <= SPILL_MIN as u64 {
                     return r.err(format!("a value of {size} bytes must be inline"));
+                }
+                if size > MAX_VALUE_LEN {
+                    return r.err(format!(
+                        "a value of {size} bytes is larger than SQLite allows"
+                    ));
                 }
                 let content = Content::decode(&mut r, size)?;
                 Cell::Large {
@@ -574,15 +621,43 @@ pub fn decode_row(b: &[u8]) -> std::result::Result<Vec<Cell>, DecodeError> {
             }
             t => return r.err(format!("unknown value type {t}")),
         };
+        plain += match &c {
+            Cell::Large { size, .. } if *size <= MAX_INLINE_VALUE as u64 => {
+                1 + crate::codec::varint_len(*size) + *size as usize
+            }
+            _ => r.pos() - start,
+        };
         out.push(c);
     }
     r.finish()?;
+    // Which values are chunks follows from the values' lengths alone.
+    let lens = |c: &Cell| match c {
+        Cell::Value(Value::Text(b) | Value::Blob(b)) => Some(b.len() as u64),
+        Cell::Large { size, .. } => Some(*size),
+        Cell::Value(_) => None,
+    };
+    let spilled = plain > ROW_SPILL_AT;
+    for c in &out {
+        let large = matches!(c, Cell::Large { .. });
+        if let Some(n) = lens(c)
+            && large != stored_large(n, spilled)
+        {
+            return Err(DecodeError {
+                offset: 0,
+                what: format!(
+                    "a value of {n} bytes must be {} in a{} row",
+                    if large { "inline" } else { "chunked" },
+                    if spilled { " spilled" } else { "n unspilled" }
+                ),
+            });
+        }
+    }
     Ok(out)
 }
 
 /// Encodes decoded cells again (the inverse of [`decode_row`]).
 pub fn encode_row(cells: &[Cell]) -> Vec<u8> {
-    let mut w = Writer::with_capacity(16 * cells.len());
+    let mut w = Writer::with_capacity(8 + 2 * cells.len());
     w.varint(cells.len() as u64);
     for c in cells {
         match c {
@@ -681,6 +756,79 @@ mod tests {
         assert!(decode_key(&[2, 3, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
         assert!(decode_key(&[2, 2, 0]).is_err(), "a number without its type");
         assert!(decode_key(&[1, 0]).is_err(), "a type without a number");
+    }
+
+    #[test]
+    fn only_rows_too_large_for_a_map_entry_are_spilled() {
+        let text = |n: usize| Cell::Value(Value::Text(vec![b'x'; n]));
+        let large = |n: u64| Cell::Large {
+            text: true,
+            size: n,
+            content: Content::Inline(vec![ChunkRef {
+                id: ObjectId([3; 32]),
+                len: n,
+            }]),
+        };
+        // 300 values of 4,000 bytes: 1.2 MB as it is, so spilled.
+        let plain: Vec<Cell> = (0..300).map(|_| text(4000)).collect();
+        assert!(encode_row(&plain).len() > ROW_SPILL_AT);
+        let e = decode_row(&encode_row(&plain)).unwrap_err();
+        assert!(e.what.contains("must be chunked"), "{e:?}");
+        let mut spilled: Vec<Cell> = (0..300).map(|_| large(4000)).collect();
+        spilled.push(text(SPILL_MIN));
+        spilled.push(Cell::Value(Value::Integer(7)));
+        let b = encode_row(&spilled);
+        assert!(b.len() < 64 * 1024);
+        assert_eq!(decode_row(&b).unwrap(), spilled);
+        // A value of SPILL_MIN + 1 bytes inline in a spilled row, and a
+        // chunked small value in a row that fits: neither is canonical.
+        spilled.push(text(SPILL_MIN + 1));
+        assert!(decode_row(&encode_row(&spilled)).is_err());
+        let small = vec![large(4000), text(10)];
+        let e = decode_row(&encode_row(&small)).unwrap_err();
+        assert!(e.what.contains("must be inline"), "{e:?}");
+        // A row just under the limit stays as it is.
+        let fits: Vec<Cell> = (0..255).map(|_| text(4096)).collect();
+        assert!(encode_row(&fits).len() <= ROW_SPILL_AT);
+        assert_eq!(decode_row(&encode_row(&fits)).unwrap(), fits);
+    }
+
+    #[test]
+    fn hostile_value_sizes_allocate_nothing_large() {
+        use crate::object::MemStore;
+        // A large TEXT cell claiming 2^40 bytes (chunk list form 1, level
+        // 0, some root): refused when decoded.
+        let mut w = Writer::new();
+        w.varint(1)
+            .u8(C_TEXT_LARGE)
+            .varint(1 << 40)
+            .u8(1)
+            .u8(0)
+            .id(&ObjectId([9; 32]));
+        let e = decode_row(&w.buf).unwrap_err();
+        assert!(e.what.contains("larger than SQLite allows"), "{e:?}");
+        // Loading a cell whose size is the largest allowed but whose chunks
+        // are missing fails without reserving the size.
+        let store = MemStore::new(true);
+        for size in [MAX_VALUE_LEN, 1 << 40, u64::MAX] {
+            let cell = Cell::Large {
+                text: false,
+                size,
+                content: Content::Indirect {
+                    level: 0,
+                    root: ObjectId([9; 32]),
+                },
+            };
+            assert!(cell.load(&store).is_err());
+        }
+        // A row claiming the most columns in three bytes.
+        let mut w = Writer::new();
+        w.varint(MAX_COLUMNS as u64).u8(C_NULL);
+        assert!(decode_row(&w.buf).is_err());
+        // A TEXT cell claiming more bytes than the row holds.
+        let mut w = Writer::new();
+        w.varint(1).u8(C_TEXT).varint(4000);
+        assert!(decode_row(&w.buf).is_err());
     }
 
     proptest! {
