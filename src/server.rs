@@ -160,6 +160,9 @@ struct AppState {
     all: Arc<Semaphore>,
     /// Pushes and fetches in flight (each holds a blocking thread for long).
     heavy: Arc<Semaphore>,
+    /// Per tenant with a quota: one push at a time (so that the quota is
+    /// checked against what is stored, and a refused push can be removed).
+    quota_pushes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The largest `refs/…`, `has` or `fetch` body (the client sends at most
@@ -729,8 +732,26 @@ async fn objects(
             over: over.clone(),
         };
         let quota = st.quotas.get(&tenant).copied();
+        let one_push = match quota {
+            None => None,
+            Some(_) => {
+                let m = {
+                    let mut m = match st.quota_pushes.lock() {
+                        Ok(m) => m,
+                        Err(p) => p.into_inner(),
+                    };
+                    m.entry(tenant.clone()).or_default().clone()
+                };
+                match tokio::time::timeout(st.timeout, m.lock_owned()).await {
+                    Ok(g) => Some(g),
+                    Err(_) => {
+                        return Err(busy("another push to this tenant is in progress; try again"));
+                    }
+                }
+            }
+        };
         blocking(move || {
-            let _permits = (permit, heavy);
+            let _permits = (permit, heavy, one_push);
             let store = st
                 .store(&tenant, true)
                 .map_err(from_sync)?
@@ -751,6 +772,8 @@ async fn objects(
                 _ => (None, COMMIT_EVERY),
             };
             let over_quota = AtomicBool::new(false);
+            let packs_before: std::collections::HashSet<ObjectId> =
+                store.packs().iter().map(|p| p.name).collect();
             let r = PackReader::new(&mut limited, "request body").and_then(|pr| {
                 let mut counted = 0u64;
                 let mut objs = pr.into_objects().map(|o| {
@@ -775,6 +798,33 @@ async fn objects(
                     format!("request body exceeds {max} bytes"),
                 )),
                 Err(_) if over_quota.load(Ordering::SeqCst) => {
+                    // Packs that filled up during the push were committed:
+                    // remove them (pushes to this tenant are one at a time).
+                    let new: Vec<ObjectId> = store
+                        .packs()
+                        .iter()
+                        .map(|p| p.name)
+                        .filter(|n| !packs_before.contains(n))
+                        .collect();
+                    if !new.is_empty() {
+                        let b = store.backend();
+                        let r = (|| -> Result<()> {
+                            for n in &new {
+                                b.delete(&Store::idx_key(n))?;
+                            }
+                            b.sync("packs")?;
+                            for n in &new {
+                                b.delete(&Store::pack_key(n))?;
+                            }
+                            b.sync("packs")
+                        })();
+                        if let Err(e) = r {
+                            tracing::error!("removing a refused push's packs: {e}");
+                        }
+                        drop(store);
+                        // Reopened (without those packs) by the next request.
+                        st.close_store(&tenant);
+                    }
                     // Read the rest (bounded by --max-body and the timeouts),
                     // so that the client gets to read the answer.
                     let _ = std::io::copy(&mut limited, &mut std::io::sink());
@@ -1048,6 +1098,7 @@ pub fn router(opts: &ServeOptions) -> Result<Router> {
         tenants: Mutex::new(HashMap::new()),
         all: Arc::new(Semaphore::new(MAX_REQUESTS)),
         heavy: Arc::new(Semaphore::new(MAX_HEAVY)),
+        quota_pushes: Mutex::new(HashMap::new()),
     });
     let tenant_routes = Router::new()
         .route("/v1/{tenant}/refs", get(list_refs))

@@ -359,7 +359,7 @@ fn worktree(root: &Path, name: &str, mib: usize, seed: u64) -> PathBuf {
 #[test]
 fn a_push_past_the_quota_is_refused_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = start(tmp.path(), "quota = \"2MiB\"", &[]);
+    let server = start(tmp.path(), "quota = \"36MiB\"", &[]);
     let small = worktree(tmp.path(), "small", 1, 1);
     let o = run_env(
         &small,
@@ -369,7 +369,9 @@ fn a_push_past_the_quota_is_refused_and_leaves_nothing() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let store = server.data.join("acme");
     let before = dir_bytes(&store.join("packs"));
-    let big = worktree(tmp.path(), "big", 3, 2);
+    // Over the quota, and bigger than a pack (32 MiB): a pack fills up and
+    // is committed before the quota is reached; it must go too.
+    let big = worktree(tmp.path(), "big", 40, 2);
     let o = run_env(
         &big,
         &["push", &server.url("acme")],
