@@ -26,8 +26,8 @@
 //! when they are full), pushes and fetches share a global few, and the
 //! accept loop keeps connections under the descriptor limit, closing idle
 //! connections (no request in progress) first. A tenant's `quota` (bytes its
-//! store holds) refuses a push that would pass it with 507 and stores
-//! nothing of it. `POST gc` waits for the tenant's requests in flight, holds
+//! store holds) refuses a push that would pass it with 507 and removes what
+//! of it was committed (a tenant with a quota has one push at a time). `POST gc` waits for the tenant's requests in flight, holds
 //! off new ones (503), and runs gc with the store's exclusive lock.
 
 use std::collections::{BTreeMap, HashMap};
@@ -762,14 +762,13 @@ async fn objects(
                     format!("the push would exceed the tenant's quota of {q} bytes; nothing of it was stored"),
                 )
             };
-            // With a quota, a push is committed whole or not at all, so a
-            // refused one leaves nothing behind.
-            let (budget, commit_every) = match (quota, &st.data) {
+            // With a quota: what the tenant's store holds, and what is left.
+            let budget = match (quota, &st.data) {
                 (Some(q), Data::Dir(d)) => {
                     let used = dir_size(&d.join(&tenant)).map_err(from_sync)?;
-                    (Some((q, q.saturating_sub(used))), u64::MAX)
+                    Some((q, q.saturating_sub(used)))
                 }
-                _ => (None, COMMIT_EVERY),
+                _ => None,
             };
             let over_quota = AtomicBool::new(false);
             let packs_before: std::collections::HashSet<ObjectId> =
@@ -789,7 +788,7 @@ async fn objects(
                     }
                     Ok(o)
                 });
-                store.receive(&mut objs, commit_every, &NoProgress)
+                store.receive(&mut objs, COMMIT_EVERY, &NoProgress)
             });
             match r {
                 Ok(stats) => Ok(stats),
@@ -798,8 +797,8 @@ async fn objects(
                     format!("request body exceeds {max} bytes"),
                 )),
                 Err(_) if over_quota.load(Ordering::SeqCst) => {
-                    // Packs that filled up during the push were committed:
-                    // remove them (pushes to this tenant are one at a time).
+                    // The parts committed during the push go too (pushes to
+                    // this tenant are one at a time, so they are its own).
                     let new: Vec<ObjectId> = store
                         .packs()
                         .iter()
