@@ -158,10 +158,31 @@ pub fn unpack_delta(
     payload: &[u8],
     base: &[u8],
 ) -> Result<Vec<u8>> {
+    unpack_delta_prepared(tag, id, ulen, payload, &DeltaBase::new(base))
+}
+
+/// A delta base prepared once (a zstd raw-content dictionary), for the
+/// many deltas a transfer may have against it.
+pub struct DeltaBase(zstd::dict::DecoderDictionary<'static>);
+
+impl DeltaBase {
+    pub fn new(base: &[u8]) -> DeltaBase {
+        DeltaBase(zstd::dict::DecoderDictionary::copy(base))
+    }
+}
+
+/// [`unpack_delta`] with a prepared base.
+pub fn unpack_delta_prepared(
+    tag: ObjectType,
+    id: &ObjectId,
+    ulen: u64,
+    payload: &[u8],
+    base: &DeltaBase,
+) -> Result<Vec<u8>> {
     if ulen > MAX_OBJECT_SIZE as u64 || payload.len() < 32 {
         return Err(corrupt(tag, id, "bad delta record"));
     }
-    let mut d = zstd::bulk::Decompressor::with_dictionary(base)
+    let mut d = zstd::bulk::Decompressor::with_prepared_dictionary(&base.0)
         .map_err(|e| corrupt(tag, id, format!("zstd: {e}")))?;
     let data = d
         .decompress(&payload[32..], ulen as usize)

@@ -12,28 +12,44 @@
 //! | `POST objects` | a pack stream, children first | `{"objects","bytes","stored_objects","stored_bytes"}` |
 //! | `POST fetch` | n × (type byte, 32-byte id) | a pack stream of those objects, in order |
 //!
+//! | `POST gc` | | the store's gc report (see below) |
+//!
 //! and `GET /healthz`. A missing or unknown token is 401; a token for
 //! another tenant gets 404, as does every unknown route, so nothing reveals
 //! whether a tenant (or an object in it) exists. Errors are
 //! `{"error": "..."}`.
+//!
+//! Hostile clients: the token is checked (a route layer) before any body is
+//! read; small bodies (`refs/…`, `has`, `fetch`) are capped at 4 MiB and
+//! must arrive within the timeout; a push's body is read asynchronously
+//! with a timeout between pieces. Each tenant has a few request slots (503
+//! when they are full), pushes and fetches share a global few, and the
+//! accept loop keeps connections under the descriptor limit, closing idle
+//! connections (no request in progress) first. A tenant's `quota` (bytes its
+//! store holds) refuses a push that would pass it with 507 and removes what
+//! of it was committed (a tenant with a quota has one push at a time). `POST gc` waits for the tenant's requests in flight, holds
+//! off new ones (503), and runs gc with the store's exclusive lock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
+use axum::body::{Body, HttpBody};
+use axum::extract::{Extension, Path as UrlPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::error::{IoContext, Result, SyncError};
@@ -44,7 +60,8 @@ use crate::remote::{COMMIT_EVERY, update_ref_checked};
 use crate::store::s3::S3Backend;
 use crate::store::{Backend, LockMode, Store};
 
-/// The tokens file: `[tenants.NAME] tokens = ["..."]`.
+/// The tokens file: `[tenants.NAME] tokens = ["..."]`, and optionally
+/// `quota = "10GiB"` (or a number of bytes).
 #[derive(Debug, Clone, Deserialize)]
 pub struct TokensFile {
     #[serde(default)]
@@ -55,6 +72,38 @@ pub struct TokensFile {
 pub struct TenantTokens {
     #[serde(default)]
     pub tokens: Vec<String>,
+    #[serde(default)]
+    pub quota: Option<Size>,
+}
+
+/// A size: a number of bytes, or a string like `"10GiB"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+/// Parses `"512"`, `"64KiB"`, `"10 GiB"`, `"2TB"` (KB, MB… are powers of
+/// 1000; KiB, MiB… of 1024; K, M, G, T alone are powers of 1024).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 /// How `serve` was started.
@@ -64,9 +113,31 @@ pub struct ServeOptions {
     /// A directory, or `s3://BUCKET/PREFIX`.
     pub data: String,
     pub tokens: Option<PathBuf>,
-    /// The largest request body accepted for `objects` (others: 64 MiB).
+    /// The largest request body accepted for `objects` (others: 4 MiB).
     pub max_body: u64,
+    /// How long a client may take to send its headers, a small body, or
+    /// the next piece of a push; also how long a connection may sit idle.
+    pub timeout: Duration,
+    /// Requests of one tenant in flight at once (more: 503).
+    pub tenant_requests: usize,
 }
+
+impl ServeOptions {
+    /// Defaults for everything but where to listen and the data.
+    pub fn new(listen: &str, data: &str) -> ServeOptions {
+        ServeOptions {
+            listen: listen.to_string(),
+            data: data.to_string(),
+            tokens: None,
+            max_body: DEFAULT_MAX_BODY,
+            timeout: Duration::from_secs(30),
+            tenant_requests: 8,
+        }
+    }
+}
+
+/// The default `--max-body`.
+pub const DEFAULT_MAX_BODY: u64 = 4 << 30;
 
 enum Data {
     Dir(PathBuf),
@@ -77,12 +148,31 @@ struct AppState {
     data: Data,
     /// (token, tenant); None: no authentication (every tenant open).
     tokens: Option<Vec<(String, String)>>,
+    quotas: HashMap<String, u64>,
     stores: Mutex<HashMap<String, Arc<Store>>>,
     opening: Mutex<()>,
     max_body: u64,
+    timeout: Duration,
+    tenant_requests: usize,
+    /// Each tenant's request slots.
+    tenants: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Every tenant request in flight (each may hold a blocking thread).
+    all: Arc<Semaphore>,
+    /// Pushes and fetches in flight (each holds a blocking thread for long).
+    heavy: Arc<Semaphore>,
+    /// Per tenant with a quota: one push at a time (so that the quota is
+    /// checked against what is stored, and a refused push can be removed).
+    quota_pushes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-const SMALL_BODY: usize = 64 << 20;
+/// The largest `refs/…`, `has` or `fetch` body (the client sends at most
+/// 2 MiB: 65,536 ids).
+pub const SMALL_BODY: usize = 4 << 20;
+/// Tenant requests in flight, all tenants together.
+const MAX_REQUESTS: usize = 256;
+/// Pushes and fetches in flight, all tenants together (well under tokio's
+/// 512 blocking threads, so short requests always find one).
+const MAX_HEAVY: usize = 64;
 
 /// Compares in time that depends only on the lengths.
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
@@ -104,7 +194,16 @@ struct ApiError(StatusCode, serde_json::Value);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(self.1)).into_response()
+        let retry = matches!(
+            self.0,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        );
+        let mut r = (self.0, Json(self.1)).into_response();
+        if retry {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        r
     }
 }
 
@@ -114,6 +213,10 @@ fn err(status: StatusCode, msg: impl Into<String>) -> ApiError {
 
 fn not_found() -> ApiError {
     err(StatusCode::NOT_FOUND, "not found")
+}
+
+fn busy(msg: &str) -> ApiError {
+    err(StatusCode::SERVICE_UNAVAILABLE, msg)
 }
 
 /// Maps library errors to answers; internal details stay in the log.
@@ -139,6 +242,11 @@ fn from_sync(e: SyncError) -> ApiError {
         }
     }
 }
+
+/// A request's slots (its tenant's and the global one), held until the
+/// work it started is done.
+#[derive(Clone)]
+struct Permit(#[allow(dead_code)] Arc<(OwnedSemaphorePermit, OwnedSemaphorePermit)>);
 
 impl AppState {
     /// Checks the request's token against the tenant in its path.
@@ -166,6 +274,22 @@ impl AppState {
             Some(o) if o == tenant => Ok(()),
             Some(_) => Err(not_found()),
         }
+    }
+
+    /// The tenant's request slots.
+    fn tenant_slots(&self, tenant: &str) -> Arc<Semaphore> {
+        let mut m = match self.tenants.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        if m.len() > 4096 {
+            // Without tokens, tenant names are unbounded: forget idle ones.
+            let full = self.tenant_requests;
+            m.retain(|_, s| s.available_permits() < full);
+        }
+        m.entry(tenant.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.tenant_requests)))
+            .clone()
     }
 
     /// The tenant's store; `create` makes it on first write.
@@ -217,6 +341,40 @@ impl AppState {
             .map_err(|_| SyncError::Invalid("store cache poisoned".into()))?;
         Ok(Some(m.entry(tenant.to_string()).or_insert(store).clone()))
     }
+
+    /// Forgets the tenant's open store (releasing its shared lock once
+    /// nothing else holds it).
+    fn close_store(&self, tenant: &str) {
+        if let Ok(mut m) = self.stores.lock() {
+            m.remove(tenant);
+        }
+    }
+}
+
+/// Bytes under a directory (a store's files), not following links.
+fn dir_size(dir: &Path) -> Result<u64> {
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = match std::fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(SyncError::io("reading", &d, e)),
+        };
+        for e in rd {
+            let e = e.ctx("reading", &d)?;
+            let m = match e.metadata() {
+                Ok(m) => m,
+                Err(_) => continue,
+            };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += m.len();
+            }
+        }
+    }
+    Ok(total)
 }
 
 type St = State<Arc<AppState>>;
@@ -233,6 +391,81 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Runs before every tenant route, before any body is read: checks the
+/// token, then takes one of the tenant's request slots.
+async fn guard(State(st): St, mut req: Request, next: Next) -> Response {
+    let tenant = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/")
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_default()
+        .to_string();
+    if let Err(e) = st.authorize(req.headers(), &tenant) {
+        return e.into_response();
+    }
+    let Ok(global) = st.all.clone().try_acquire_owned() else {
+        return busy("the server is busy; try again").into_response();
+    };
+    let Ok(own) = st.tenant_slots(&tenant).try_acquire_owned() else {
+        return busy("too many requests of this tenant in flight; try again").into_response();
+    };
+    req.extensions_mut().insert(Permit(Arc::new((own, global))));
+    next.run(req).await
+}
+
+/// A body's declared length, if any.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Reads a small body: at most `limit` bytes, all within `timeout`.
+async fn read_small(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> std::result::Result<Bytes, ApiError> {
+    let too_large = || {
+        err(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds {limit} bytes"),
+        )
+    };
+    if content_length(headers).is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut s = body.into_data_stream();
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, s.next()).await {
+            Err(_) => {
+                return Err(err(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time",
+                ));
+            }
+            Ok(None) => return Ok(Bytes::from(out)),
+            Ok(Some(Err(e))) => {
+                return Err(err(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the request body: {e}"),
+                ));
+            }
+            Ok(Some(Ok(b))) => {
+                if out.len() + b.len() > limit {
+                    return Err(too_large());
+                }
+                out.extend_from_slice(&b);
+            }
+        }
+    }
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -240,19 +473,15 @@ async fn healthz() -> &'static str {
 async fn list_refs(
     State(st): St,
     UrlPath(tenant): UrlPath<String>,
-    headers: HeaderMap,
+    Extension(permit): Extension<Permit>,
 ) -> Response {
-    let r = async {
-        st.authorize(&headers, &tenant)?;
-        let st2 = st.clone();
-        blocking(move || {
-            let Some(store) = st2.store(&tenant, false).map_err(from_sync)? else {
-                return Ok(Vec::new());
-            };
-            store.list_refs().map_err(from_sync)
-        })
-        .await
-    }
+    let r = blocking(move || {
+        let _permit = permit;
+        let Some(store) = st.store(&tenant, false).map_err(from_sync)? else {
+            return Ok(Vec::new());
+        };
+        store.list_refs().map_err(from_sync)
+    })
     .await;
     match r {
         Ok(refs) => Json(
@@ -273,29 +502,84 @@ struct RefUpdateBody {
     force: bool,
 }
 
+/// A ref update's body: the old and new ids and the force flag.
+pub fn parse_ref_body(
+    body: &[u8],
+) -> std::result::Result<(Option<ObjectId>, ObjectId, bool), String> {
+    let req: RefUpdateBody =
+        serde_json::from_slice(body).map_err(|e| format!("bad request body: {e}"))?;
+    let parse = |s: &str| ObjectId::from_hex(s).ok_or_else(|| format!("bad id {s:?}"));
+    let old = req.old.as_deref().map(parse).transpose()?;
+    Ok((old, parse(&req.new)?, req.force))
+}
+
+/// A `has` body: 32-byte ids.
+pub fn parse_has_body(body: &[u8]) -> std::result::Result<Vec<ObjectId>, String> {
+    if !body.len().is_multiple_of(32) {
+        return Err("the body must be 32-byte ids".into());
+    }
+    Ok(body
+        .chunks_exact(32)
+        .filter_map(ObjectId::from_slice)
+        .collect())
+}
+
+/// A `fetch` body: (type byte, 32-byte id) pairs.
+pub fn parse_fetch_body(body: &[u8]) -> std::result::Result<Vec<(ObjectType, ObjectId)>, String> {
+    if !body.len().is_multiple_of(33) {
+        return Err("the body must be (type, id) pairs".into());
+    }
+    let mut ids = Vec::with_capacity(body.len() / 33);
+    for rec in body.chunks_exact(33) {
+        let t =
+            ObjectType::from_u8(rec[0]).ok_or_else(|| format!("unknown object type {}", rec[0]))?;
+        let id = ObjectId::from_slice(&rec[1..]).ok_or("bad id")?;
+        ids.push((t, id));
+    }
+    Ok(ids)
+}
+
+/// A ref name that is a directory of an existing ref's, or whose directory
+/// is an existing ref (`main/sub` next to `main`), cannot be stored.
+fn name_clash<'a>(refs: &'a [(String, ObjectId)], name: &str) -> Option<&'a str> {
+    refs.iter().map(|(n, _)| n.as_str()).find(|n| {
+        *n != name
+            && (name
+                .strip_prefix(*n)
+                .is_some_and(|rest| rest.starts_with('/'))
+                || n.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('/')))
+    })
+}
+
 async fn update_ref(
     State(st): St,
     UrlPath((tenant, name)): UrlPath<(String, String)>,
+    Extension(permit): Extension<Permit>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let r = async {
-        st.authorize(&headers, &tenant)?;
-        let req: RefUpdateBody = serde_json::from_slice(&body)
-            .map_err(|e| err(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))?;
-        let parse = |s: &str| {
-            ObjectId::from_hex(s)
-                .ok_or_else(|| err(StatusCode::BAD_REQUEST, format!("bad id {s:?}")))
-        };
-        let old = req.old.as_deref().map(parse).transpose()?;
-        let new = parse(&req.new)?;
-        let st2 = st.clone();
+        let body = read_small(&headers, body, SMALL_BODY, st.timeout).await?;
+        let (old, new, force) =
+            parse_ref_body(&body).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
         blocking(move || {
-            let store = st2
+            let _permit = permit;
+            let store = st
                 .store(&tenant, false)
                 .map_err(from_sync)?
                 .ok_or_else(|| err(StatusCode::BAD_REQUEST, format!("unknown snapshot {new}")))?;
-            update_ref_checked(&store, &name, old, new, req.force).map_err(from_sync)?;
+            let refs = store.list_refs().map_err(from_sync)?;
+            if let Some(other) = name_clash(&refs, &name) {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    json!({
+                        "error": format!("ref {name} clashes with ref {other} (one names the other's directory)"),
+                        "kind": "name-clash",
+                    }),
+                ));
+            }
+            update_ref_checked(&store, &name, old, new, force).map_err(from_sync)?;
             Ok(json!({"name": name, "id": new}))
         })
         .await
@@ -310,21 +594,16 @@ async fn update_ref(
 async fn has(
     State(st): St,
     UrlPath(tenant): UrlPath<String>,
+    Extension(permit): Extension<Permit>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let r = async {
-        st.authorize(&headers, &tenant)?;
-        if !body.len().is_multiple_of(32) {
-            return Err(err(StatusCode::BAD_REQUEST, "the body must be 32-byte ids"));
-        }
-        let st2 = st.clone();
+        let body = read_small(&headers, body, SMALL_BODY, st.timeout).await?;
+        let ids = parse_has_body(&body).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
         blocking(move || {
-            let ids: Vec<ObjectId> = body
-                .chunks_exact(32)
-                .filter_map(ObjectId::from_slice)
-                .collect();
-            let Some(store) = st2.store(&tenant, false).map_err(from_sync)? else {
+            let _permit = permit;
+            let Some(store) = st.store(&tenant, false).map_err(from_sync)? else {
                 return Ok(vec![0u8; ids.len()]);
             };
             let mut out: Vec<u8> = ids.iter().map(|id| u8::from(store.contains(id))).collect();
@@ -364,39 +643,192 @@ impl<R: Read> Read for Limited<R> {
     }
 }
 
+/// A body's pieces, each awaited for at most `timeout`; an error ends it.
+fn timed_stream(
+    body: Body,
+    first: Option<Bytes>,
+    timeout: Duration,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    let state = (first, Some(body.into_data_stream()));
+    futures::stream::unfold(state, move |(first, s)| async move {
+        if let Some(b) = first {
+            return Some((Ok(b), (None, s)));
+        }
+        let mut s = s?;
+        match tokio::time::timeout(timeout, s.next()).await {
+            Err(_) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no request body data for {}s", timeout.as_secs()),
+                )),
+                (None, None),
+            )),
+            Ok(None) => None,
+            Ok(Some(Ok(b))) => Some((Ok(b), (None, Some(s)))),
+            Ok(Some(Err(e))) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    e,
+                )),
+                (None, None),
+            )),
+        }
+    })
+}
+
+/// What an incoming object may add to the store, at most: its payload, or
+/// for a delta the whole object it stands for; plus a record's overhead.
+fn stored_cost(o: &crate::pack::StoredObject) -> u64 {
+    let body = if o.flags == crate::pack::FLAG_DELTA {
+        u64::from(o.ulen) + 64
+    } else {
+        o.payload.len() as u64
+    };
+    body + 64
+}
+
 async fn objects(
     State(st): St,
     UrlPath(tenant): UrlPath<String>,
+    Extension(permit): Extension<Permit>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let r = async {
-        st.authorize(&headers, &tenant)?;
-        let stream = body
-            .into_data_stream()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e));
-        let reader = SyncIoBridge::new(StreamReader::new(stream));
+        let max = st.max_body;
+        if content_length(&headers).is_some_and(|n| n > max) {
+            return Err(err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds {max} bytes"),
+            ));
+        }
+        let Ok(heavy) = st.heavy.clone().try_acquire_owned() else {
+            return Err(busy("too many pushes and fetches in flight; try again"));
+        };
+        // The first piece is awaited here, without a blocking thread.
+        let mut data = body.into_data_stream();
+        let first = match tokio::time::timeout(st.timeout, data.next()).await {
+            Err(_) => {
+                return Err(err(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time",
+                ));
+            }
+            Ok(None) => Bytes::new(),
+            Ok(Some(Ok(b))) => b,
+            Ok(Some(Err(e))) => {
+                return Err(err(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the request body: {e}"),
+                ));
+            }
+        };
+        let stream = timed_stream(Body::from_stream(data), Some(first), st.timeout);
+        let reader = SyncIoBridge::new(StreamReader::new(Box::pin(stream)));
         let over = Arc::new(AtomicBool::new(false));
-        let limited = Limited {
+        let mut limited = Limited {
             inner: reader,
-            left: st.max_body,
+            left: max,
             over: over.clone(),
         };
-        let st2 = st.clone();
-        let max = st.max_body;
+        let quota = st.quotas.get(&tenant).copied();
+        let one_push = match quota {
+            None => None,
+            Some(_) => {
+                let m = {
+                    let mut m = match st.quota_pushes.lock() {
+                        Ok(m) => m,
+                        Err(p) => p.into_inner(),
+                    };
+                    m.entry(tenant.clone()).or_default().clone()
+                };
+                match tokio::time::timeout(st.timeout, m.lock_owned()).await {
+                    Ok(g) => Some(g),
+                    Err(_) => {
+                        return Err(busy("another push to this tenant is in progress; try again"));
+                    }
+                }
+            }
+        };
         blocking(move || {
-            let store = st2
+            let _permits = (permit, heavy, one_push);
+            let store = st
                 .store(&tenant, true)
                 .map_err(from_sync)?
                 .ok_or_else(not_found)?;
-            let r = PackReader::new(limited, "request body")
-                .and_then(|pr| store.receive(&mut pr.into_objects(), COMMIT_EVERY, &NoProgress));
+            let quota_err = |q: u64| {
+                err(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    format!("the push would exceed the tenant's quota of {q} bytes; nothing of it was stored"),
+                )
+            };
+            // With a quota: what the tenant's store holds, and what is left.
+            let budget = match (quota, &st.data) {
+                (Some(q), Data::Dir(d)) => {
+                    let used = dir_size(&d.join(&tenant)).map_err(from_sync)?;
+                    Some((q, q.saturating_sub(used)))
+                }
+                _ => None,
+            };
+            let over_quota = AtomicBool::new(false);
+            let packs_before: std::collections::HashSet<ObjectId> =
+                store.packs().iter().map(|p| p.name).collect();
+            let r = PackReader::new(&mut limited, "request body").and_then(|pr| {
+                let mut counted = 0u64;
+                let mut objs = pr.into_objects().map(|o| {
+                    let o = o?;
+                    if let Some((_, left)) = budget
+                        && !store.contains(&o.id)
+                    {
+                        counted += stored_cost(&o);
+                        if counted > left {
+                            over_quota.store(true, Ordering::SeqCst);
+                            return Err(SyncError::Invalid("quota exceeded".into()));
+                        }
+                    }
+                    Ok(o)
+                });
+                store.receive(&mut objs, COMMIT_EVERY, &NoProgress)
+            });
             match r {
                 Ok(stats) => Ok(stats),
                 Err(_) if over.load(Ordering::SeqCst) => Err(err(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("request body exceeds {max} bytes"),
                 )),
+                Err(_) if over_quota.load(Ordering::SeqCst) => {
+                    // The parts committed during the push go too (pushes to
+                    // this tenant are one at a time, so they are its own).
+                    let new: Vec<ObjectId> = store
+                        .packs()
+                        .iter()
+                        .map(|p| p.name)
+                        .filter(|n| !packs_before.contains(n))
+                        .collect();
+                    if !new.is_empty() {
+                        let b = store.backend();
+                        let r = (|| -> Result<()> {
+                            for n in &new {
+                                b.delete(&Store::idx_key(n))?;
+                            }
+                            b.sync("packs")?;
+                            for n in &new {
+                                b.delete(&Store::pack_key(n))?;
+                            }
+                            b.sync("packs")
+                        })();
+                        if let Err(e) = r {
+                            tracing::error!("removing a refused push's packs: {e}");
+                        }
+                        drop(store);
+                        // Reopened (without those packs) by the next request.
+                        st.close_store(&tenant);
+                    }
+                    // Read the rest (bounded by --max-body and the timeouts),
+                    // so that the client gets to read the answer.
+                    let _ = std::io::copy(&mut limited, &mut std::io::sink());
+                    Err(quota_err(budget.map(|b| b.0).unwrap_or_default()))
+                }
                 Err(SyncError::Io { source, .. }) => Err(err(
                     StatusCode::BAD_REQUEST,
                     format!("reading the request body: {source}"),
@@ -413,10 +845,13 @@ async fn objects(
     }
 }
 
-/// Streams pack bytes from a blocking writer into a response body.
+/// Streams pack bytes from a blocking writer into a response body; a
+/// client that stops reading for the timeout ends it.
 struct ChannelWriter {
     tx: tokio::sync::mpsc::Sender<std::result::Result<Bytes, std::io::Error>>,
     buf: Vec<u8>,
+    rt: tokio::runtime::Handle,
+    timeout: Duration,
 }
 
 impl std::io::Write for ChannelWriter {
@@ -432,36 +867,36 @@ impl std::io::Write for ChannelWriter {
             return Ok(());
         }
         let b = Bytes::from(std::mem::take(&mut self.buf));
-        self.tx
-            .blocking_send(Ok(b))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+        match self
+            .rt
+            .block_on(tokio::time::timeout(self.timeout, self.tx.send(Ok(b))))
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "client went away",
+            )),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            )),
+        }
     }
 }
 
 async fn fetch(
     State(st): St,
     UrlPath(tenant): UrlPath<String>,
+    Extension(permit): Extension<Permit>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let r = async {
-        st.authorize(&headers, &tenant)?;
-        if !body.len().is_multiple_of(33) {
-            return Err(err(
-                StatusCode::BAD_REQUEST,
-                "the body must be (type, id) pairs",
-            ));
-        }
-        let mut ids = Vec::with_capacity(body.len() / 33);
-        for rec in body.chunks_exact(33) {
-            let t = ObjectType::from_u8(rec[0]).ok_or_else(|| {
-                err(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown object type {}", rec[0]),
-                )
-            })?;
-            ids.push((t, ObjectId::from_slice(&rec[1..]).unwrap_or_default()));
-        }
+        let body = read_small(&headers, body, SMALL_BODY, st.timeout).await?;
+        let ids = parse_fetch_body(&body).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+        let Ok(heavy) = st.heavy.clone().try_acquire_owned() else {
+            return Err(busy("too many pushes and fetches in flight; try again"));
+        };
         let st2 = st.clone();
         let store = blocking(move || {
             st2.store(&tenant, false)
@@ -482,10 +917,15 @@ async fn fetch(
             }
         }
         let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(8);
+        let rt = tokio::runtime::Handle::current();
+        let timeout = st.timeout;
         tokio::task::spawn_blocking(move || {
+            let _permits = (permit, heavy);
             let out = ChannelWriter {
                 tx: tx.clone(),
                 buf: Vec::with_capacity(256 << 10),
+                rt: rt.clone(),
+                timeout,
             };
             let r = (|| -> Result<()> {
                 let mut w = PackWriter::new(out).ctx("writing", "response")?;
@@ -499,7 +939,10 @@ async fn fetch(
             if let Err(e) = r {
                 tracing::warn!("fetch: {e}");
                 // Break the body: the client sees a truncated stream.
-                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                let _ = rt.block_on(tokio::time::timeout(
+                    timeout,
+                    tx.send(Err(std::io::Error::other(e.to_string()))),
+                ));
             }
         });
         let stream =
@@ -517,16 +960,73 @@ async fn fetch(
     }
 }
 
+/// `POST gc`: waits for the tenant's other requests to finish, holds off
+/// new ones, closes the shared store and runs gc with an exclusive lock.
+async fn gc(
+    State(st): St,
+    UrlPath(tenant): UrlPath<String>,
+    Extension(permit): Extension<Permit>,
+) -> Response {
+    let r = async {
+        let Data::Dir(dir) = &st.data else {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                "gc runs only on a directory store (object storage has no process lock)",
+            ));
+        };
+        let dir = dir.join(&tenant);
+        let slots = st.tenant_slots(&tenant);
+        let n = u32::try_from(st.tenant_requests.saturating_sub(1)).unwrap_or(u32::MAX);
+        let rest = match tokio::time::timeout(st.timeout, slots.acquire_many_owned(n)).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(busy(
+                    "the tenant's requests did not finish in time for gc; try again",
+                ));
+            }
+        };
+        blocking(move || {
+            let _permits = (permit, rest);
+            if !dir.join("store.toml").exists() {
+                return Err(not_found());
+            }
+            st.close_store(&tenant);
+            let store = Store::open(&dir, LockMode::Exclusive).map_err(from_sync)?;
+            let rep = crate::store::gc::gc(&store, false, &NoProgress).map_err(from_sync)?;
+            drop(store);
+            serde_json::to_value(&rep).map_err(|e| {
+                tracing::error!("gc report: {e}");
+                err(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            })
+        })
+        .await
+    }
+    .await;
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn fallback() -> ApiError {
     not_found()
 }
 
 /// Loads the tokens file: token → tenant.
 pub fn load_tokens(path: &Path) -> Result<Vec<(String, String)>> {
+    Ok(load_tokens_file(path)?.0)
+}
+
+/// Each tenant's quota, in bytes.
+pub type Quotas = HashMap<String, u64>;
+
+/// Loads the tokens file: (token, tenant) pairs and each tenant's quota.
+pub fn load_tokens_file(path: &Path) -> Result<(Vec<(String, String)>, Quotas)> {
     let text = std::fs::read_to_string(path).ctx("reading", path)?;
     let f: TokensFile = toml::from_str(&text)
         .map_err(|e| SyncError::Invalid(format!("{}: {}", path.display(), e.message())))?;
     let mut out = Vec::new();
+    let mut quotas = HashMap::new();
     for (tenant, t) in f.tenants {
         if !valid_tenant(&tenant) {
             return Err(SyncError::Invalid(format!(
@@ -543,8 +1043,23 @@ pub fn load_tokens(path: &Path) -> Result<Vec<(String, String)>> {
             }
             out.push((tok, tenant.clone()));
         }
+        match t.quota {
+            None => {}
+            Some(Size::Bytes(n)) => {
+                quotas.insert(tenant.clone(), n);
+            }
+            Some(Size::Text(s)) => {
+                let n = parse_size(&s).ok_or_else(|| {
+                    SyncError::Invalid(format!(
+                        "{}: tenant {tenant}: quota {s:?} is not a size (like \"10GiB\")",
+                        path.display()
+                    ))
+                })?;
+                quotas.insert(tenant.clone(), n);
+            }
+        }
     }
-    Ok(out)
+    Ok((out, quotas))
 }
 
 /// The application (for tests that run it in-process).
@@ -557,39 +1072,143 @@ pub fn router(opts: &ServeOptions) -> Result<Router> {
         std::fs::create_dir_all(&d).ctx("creating", &d)?;
         Data::Dir(d)
     };
-    let tokens = match &opts.tokens {
-        Some(p) => Some(load_tokens(p)?),
+    let (tokens, quotas) = match &opts.tokens {
+        Some(p) => {
+            let (t, q) = load_tokens_file(p)?;
+            (Some(t), q)
+        }
         None => {
             tracing::warn!("no --tokens: every tenant is open to everyone");
-            None
+            (None, HashMap::new())
         }
     };
+    if !quotas.is_empty() && matches!(data, Data::S3(_)) {
+        tracing::warn!("quotas apply to directory data only; they are not enforced on S3");
+    }
     let state = Arc::new(AppState {
         data,
         tokens,
+        quotas,
         stores: Mutex::new(HashMap::new()),
         opening: Mutex::new(()),
         max_body: opts.max_body,
+        timeout: opts.timeout,
+        tenant_requests: opts.tenant_requests.max(1),
+        tenants: Mutex::new(HashMap::new()),
+        all: Arc::new(Semaphore::new(MAX_REQUESTS)),
+        heavy: Arc::new(Semaphore::new(MAX_HEAVY)),
+        quota_pushes: Mutex::new(HashMap::new()),
     });
-    Ok(Router::new()
-        .route("/healthz", get(healthz))
+    let tenant_routes = Router::new()
         .route("/v1/{tenant}/refs", get(list_refs))
         .route("/v1/{tenant}/refs/{*name}", post(update_ref))
         .route("/v1/{tenant}/has", post(has))
-        .route(
-            "/v1/{tenant}/objects",
-            post(objects).layer(DefaultBodyLimit::disable()),
-        )
+        .route("/v1/{tenant}/objects", post(objects))
         .route("/v1/{tenant}/fetch", post(fetch))
+        .route("/v1/{tenant}/gc", post(gc))
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard));
+    Ok(Router::new()
+        .route("/healthz", get(healthz))
+        .merge(tenant_routes)
         .fallback(fallback)
-        .layer(DefaultBodyLimit::max(SMALL_BODY))
         .with_state(state))
+}
+
+/// A connection's requests in flight and its closer.
+type Slot = (Arc<AtomicUsize>, Arc<tokio::sync::Notify>);
+
+/// Open connections: each with a count of its requests in flight and a
+/// way to close it.
+#[derive(Default)]
+struct Conns {
+    next: AtomicU64,
+    map: Mutex<BTreeMap<u64, Slot>>,
+}
+
+impl Conns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Slot>> {
+        match self.map.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn add(&self) -> (u64, Arc<AtomicUsize>, Arc<tokio::sync::Notify>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let busy = Arc::new(AtomicUsize::new(0));
+        let kill = Arc::new(tokio::sync::Notify::new());
+        self.lock().insert(id, (busy.clone(), kill.clone()));
+        (id, busy, kill)
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Closes the oldest connection with no request in progress (waiting
+    /// for its headers, or idle between requests).
+    fn evict_idle(&self) -> bool {
+        let mut m = self.lock();
+        let Some(id) = m
+            .iter()
+            .find(|(_, (busy, _))| busy.load(Ordering::SeqCst) == 0)
+            .map(|(id, _)| *id)
+        else {
+            return false;
+        };
+        if let Some((_, kill)) = m.remove(&id) {
+            kill.notify_one();
+        }
+        true
+    }
+}
+
+/// Marks a connection busy while a request (and its response body) lives.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn new(b: Arc<AtomicUsize>) -> Busy {
+        b.fetch_add(1, Ordering::SeqCst);
+        Busy(b)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Connections served at once: half the descriptor limit (raised to the
+/// hard limit first), leaving the rest for stores' files.
+fn connection_cap() -> usize {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let l = getrlimit(Resource::Nofile);
+    let want = l.maximum.unwrap_or(1 << 20).min(1 << 20);
+    if l.current.is_some_and(|c| c < want) {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(want),
+                maximum: l.maximum,
+            },
+        );
+    }
+    let cur = getrlimit(Resource::Nofile).current.unwrap_or(1 << 20);
+    usize::try_from(cur.saturating_sub(32) / 2)
+        .unwrap_or(usize::MAX)
+        .clamp(4, 16_384)
 }
 
 /// Runs the server until SIGTERM or SIGINT; finishes requests in flight.
 /// `on_listen` learns the bound address (port 0 picks a free one).
 pub fn serve(opts: &ServeOptions, on_listen: impl FnOnce(SocketAddr)) -> Result<()> {
     let app = router(opts)?;
+    let cap = connection_cap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sp-sync-serve")
@@ -601,11 +1220,93 @@ pub fn serve(opts: &ServeOptions, on_listen: impl FnOnce(SocketAddr)) -> Result<
             .ctx("listening on", &opts.listen)?;
         let addr = listener.local_addr().ctx("listening on", &opts.listen)?;
         on_listen(addr);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown())
-            .await
-            .ctx("serving on", addr.to_string())
+        accept_loop(listener, app, cap, opts.timeout).await;
+        Ok(())
     })
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    cap: usize,
+    timeout: Duration,
+) {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let conns = Arc::new(Conns::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_signal = shutdown();
+    tokio::pin!(stop_signal);
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let accepted = tokio::select! {
+            _ = &mut stop_signal => break,
+            r = listener.accept() => r,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors (or a transient error): make room.
+                tracing::warn!("accept: {e}");
+                conns.evict_idle();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if conns.len() >= cap && !conns.evict_idle() {
+            // Every connection has a request in progress: refuse this one.
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let (id, busy, kill) = conns.add();
+        let svc_app = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conns2 = conns.clone();
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let guard = Busy::new(busy.clone());
+                    let fut = hyper::service::Service::call(&svc_app, req);
+                    async move {
+                        let resp = fut.await?;
+                        if resp.body().size_hint().exact().is_some() {
+                            return Ok::<_, std::convert::Infallible>(resp);
+                        }
+                        // A streamed answer keeps the connection busy until it ends.
+                        let (parts, body) = resp.into_parts();
+                        let s = body.into_data_stream().map(move |x| {
+                            let _g = &guard;
+                            x
+                        });
+                        Ok(Response::from_parts(parts, Body::from_stream(s)))
+                    }
+                });
+            let mut b = http1::Builder::new();
+            b.timer(TokioTimer::new()).header_read_timeout(timeout);
+            let conn = b.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!("connection: {e}");
+                    }
+                }
+                _ = kill.notified() => {}
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+                }
+            }
+            conns2.remove(id);
+        });
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 async fn shutdown() {

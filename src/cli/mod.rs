@@ -205,9 +205,16 @@ enum Cmd {
         /// TOML file: [tenants.NAME] tokens = ["..."]. Without it every tenant is open.
         #[arg(long, value_name = "FILE")]
         tokens: Option<PathBuf>,
-        /// Largest push body, in bytes.
-        #[arg(long, default_value_t = 64 << 30)]
+        /// Largest push body, in bytes (default 4 GiB).
+        #[arg(long, default_value_t = systemprompt_sync::server::DEFAULT_MAX_BODY)]
         max_body: u64,
+        /// Seconds a client may take to send headers, a small body or the next
+        /// piece of a push, or sit idle.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        timeout: u64,
+        /// Requests of one tenant in flight at once (more are answered 503).
+        #[arg(long, value_name = "N", default_value_t = 8)]
+        tenant_requests: usize,
     },
 }
 
@@ -538,12 +545,16 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
             data,
             tokens,
             max_body,
+            timeout,
+            tenant_requests,
         } => {
             let opts = systemprompt_sync::server::ServeOptions {
                 listen,
                 data,
                 tokens,
                 max_body,
+                timeout: std::time::Duration::from_secs(timeout.max(1)),
+                tenant_requests,
             };
             let quiet = ctx.quiet;
             systemprompt_sync::server::serve(&opts, |addr| {

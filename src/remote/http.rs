@@ -4,6 +4,11 @@
 //! retried with backoff on connection errors and 5xx answers; a push that
 //! breaks off is retried by the caller, which resends only what did not
 //! arrive.
+//!
+//! Nothing waits forever and nothing is held whole: every request has a
+//! timeout for its answer to start (`SP_SYNC_HTTP_TIMEOUT` seconds, default
+//! 120) and for each piece of it after that, and small answers are capped
+//! at 64 MiB.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +29,57 @@ use crate::store::receive::ReceiveStats;
 pub const PACK_TYPE: &str = "application/x-sp-sync-pack";
 /// Ids per `has` request.
 const HAS_BATCH: usize = 65_536;
+/// The largest answer read into memory (refs, has, a push's report).
+const MAX_ANSWER: usize = 64 << 20;
+
+/// How long an answer (its start, or its next piece) may take.
+fn read_timeout() -> Duration {
+    std::env::var("SP_SYNC_HTTP_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s.max(1)))
+        .unwrap_or(Duration::from_secs(120))
+}
+
+/// Reads an answer, each piece within `timeout`, at most `MAX_ANSWER`
+/// bytes (an error answer: the first 64 KiB).
+async fn read_answer(
+    mut resp: reqwest::Response,
+    timeout: Duration,
+) -> std::result::Result<(u16, Bytes), String> {
+    let status = resp.status().as_u16();
+    let cap = if status == 200 { MAX_ANSWER } else { 64 << 10 };
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        match tokio::time::timeout(timeout, resp.chunk()).await {
+            Err(_) => return Err(format!("no answer data for {}s", timeout.as_secs())),
+            Ok(Err(e)) => return Err(chain(&e)),
+            Ok(Ok(None)) => return Ok((status, Bytes::from(out))),
+            Ok(Ok(Some(c))) => {
+                if out.len() + c.len() > cap {
+                    if status != 200 {
+                        out.extend_from_slice(&c[..cap - out.len()]);
+                        return Ok((status, Bytes::from(out)));
+                    }
+                    return Err(format!("the answer exceeds {cap} bytes"));
+                }
+                out.extend_from_slice(&c);
+            }
+        }
+    }
+}
+
+/// An error with its sources, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
 
 pub struct HttpRemote {
     base: String,
@@ -34,6 +90,7 @@ pub struct HttpRemote {
     requests: AtomicU64,
     sent: AtomicU64,
     received: AtomicU64,
+    timeout: Duration,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +125,7 @@ impl HttpRemote {
             requests: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            timeout: read_timeout(),
         })
     }
 
@@ -103,11 +161,14 @@ impl HttpRemote {
                     .header(reqwest::header::CONTENT_TYPE, ctype)
                     .body(b.clone());
             }
+            let timeout = self.timeout;
             let r = self.rt.run(async move {
-                let resp = req.send().await?;
-                let status = resp.status().as_u16();
-                let bytes = resp.bytes().await?;
-                Ok::<_, reqwest::Error>((status, bytes))
+                let resp = match tokio::time::timeout(timeout, req.send()).await {
+                    Err(_) => return Err(format!("no answer for {}s", timeout.as_secs())),
+                    Ok(Err(e)) => return Err(chain(&e)),
+                    Ok(Ok(r)) => r,
+                };
+                read_answer(resp, timeout).await
             })?;
             match r {
                 Ok((status, bytes)) => {
@@ -124,7 +185,7 @@ impl HttpRemote {
                 }
                 Err(e) => {
                     if attempt >= 4 {
-                        return Err(connection_error(&self.url(path), &e));
+                        return Err(connection_error(&self.url(path), e));
                     }
                     tracing::info!("{}: {e}; retrying", self.url(path));
                 }
@@ -140,9 +201,16 @@ impl HttpRemote {
             .as_ref()
             .map(|e| e.error.clone())
             .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect());
+        let here = format!("{}/{}", self.base, self.tenant);
         match status {
-            401 => SyncError::Unauthorized(format!("{}/{}: {message}", self.base, self.tenant)),
-            404 => SyncError::NotFound(format!("{}/{}: {message}", self.base, self.tenant)),
+            401 => SyncError::Unauthorized(format!(
+                "{here}: the server refused the token ({message}); set SP_SYNC_TOKEN or the remote's token setting"
+            )),
+            404 if message == "not found" => {
+                SyncError::NotFound(format!("{here}: tenant not found for this token"))
+            }
+            404 => SyncError::NotFound(format!("{here}: {message}")),
+            507 => SyncError::Invalid(format!("{here}: quota exceeded: {message}")),
             409 => {
                 let p = parsed.unwrap_or(ErrorJson {
                     error: message.clone(),
@@ -165,14 +233,7 @@ impl HttpRemote {
     }
 }
 
-fn connection_error(url: &str, e: &reqwest::Error) -> SyncError {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
+fn connection_error(url: &str, msg: String) -> SyncError {
     SyncError::io(
         "connecting to",
         url,
@@ -343,14 +404,12 @@ impl Remote for HttpRemote {
             .header(reqwest::header::CONTENT_TYPE, PACK_TYPE)
             .body(reqwest::Body::wrap_stream(stream));
         let (rtx, rrx) = std::sync::mpsc::sync_channel(1);
+        let timeout = self.timeout;
         self.rt.spawn(async move {
-            let r = async {
-                let resp = req.send().await?;
-                let status = resp.status().as_u16();
-                let bytes = resp.bytes().await?;
-                Ok::<_, reqwest::Error>((status, bytes))
-            }
-            .await;
+            let r = match req.send().await {
+                Err(e) => Err(chain(&e)),
+                Ok(resp) => read_answer(resp, timeout).await,
+            };
             let _ = rtx.send(r);
         });
         let mut produce_err = None;
@@ -388,9 +447,21 @@ impl Remote for HttpRemote {
                 Err(e) => produce_err = Some(SyncError::io("sending to", self.url("objects"), e)),
             }
         }
-        let resp = rrx
-            .recv()
-            .map_err(|_| SyncError::Invalid("the HTTP client runtime stopped".into()))?;
+        // Once everything is sent, the server has the timeout to answer.
+        let resp = match rrx.recv_timeout(self.timeout) {
+            Ok(r) => r,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                return Err(SyncError::io(
+                    "sending to",
+                    self.url("objects"),
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer for {}s", self.timeout.as_secs()),
+                    ),
+                ));
+            }
+            Err(_) => return Err(SyncError::Invalid("the HTTP client runtime stopped".into())),
+        };
         match resp {
             Ok((200, b)) => {
                 self.received.fetch_add(b.len() as u64, Ordering::Relaxed);
@@ -411,9 +482,7 @@ impl Remote for HttpRemote {
                     _ => Err(self.error_from(status, &b)),
                 }
             }
-            Err(e) => {
-                Err(produce_err.unwrap_or_else(|| connection_error(&self.url("objects"), &e)))
-            }
+            Err(e) => Err(produce_err.unwrap_or_else(|| connection_error(&self.url("objects"), e))),
         }
     }
 
@@ -431,30 +500,42 @@ impl Remote for HttpRemote {
             .body(body);
         let (stx, srx) = std::sync::mpsc::sync_channel(1);
         let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, String>>(16);
+        let timeout = self.timeout;
         self.rt.spawn(async move {
-            match req.send().await {
-                Err(e) => {
-                    let _ = stx.send(Err(e));
+            match tokio::time::timeout(timeout, req.send()).await {
+                Err(_) => {
+                    let _ = stx.send(Err(format!("no answer for {}s", timeout.as_secs())));
                 }
-                Ok(resp) => {
+                Ok(Err(e)) => {
+                    let _ = stx.send(Err(chain(&e)));
+                }
+                Ok(Ok(resp)) => {
                     let status = resp.status().as_u16();
                     if status != 200 {
-                        let b = resp.bytes().await.unwrap_or_default();
-                        let _ = stx.send(Ok((status, b)));
+                        let r = read_answer(resp, timeout).await;
+                        let _ = stx.send(r);
                         return;
                     }
                     let _ = stx.send(Ok((200, Bytes::new())));
+                    // Streamed: each piece within the timeout; the pack
+                    // reader bounds each record.
                     let mut resp = resp;
                     loop {
-                        match resp.chunk().await {
-                            Ok(Some(c)) => {
+                        match tokio::time::timeout(timeout, resp.chunk()).await {
+                            Ok(Ok(Some(c))) => {
                                 if tx.send(Ok(c)).await.is_err() {
                                     return;
                                 }
                             }
-                            Ok(None) => return,
-                            Err(e) => {
-                                let _ = tx.send(Err(e.to_string())).await;
+                            Ok(Ok(None)) => return,
+                            Ok(Err(e)) => {
+                                let _ = tx.send(Err(chain(&e))).await;
+                                return;
+                            }
+                            Err(_) => {
+                                let _ = tx
+                                    .send(Err(format!("no answer data for {}s", timeout.as_secs())))
+                                    .await;
                                 return;
                             }
                         }
@@ -466,7 +547,7 @@ impl Remote for HttpRemote {
             .recv()
             .map_err(|_| SyncError::Invalid("the HTTP client runtime stopped".into()))?
         {
-            Err(e) => return Err(connection_error(&self.url("fetch"), &e)),
+            Err(e) => return Err(connection_error(&self.url("fetch"), e)),
             Ok((200, _)) => {}
             Ok((status, b)) => return Err(self.error_from(status, &b)),
         }

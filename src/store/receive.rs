@@ -12,7 +12,9 @@ use crate::error::{Result, SyncError};
 use crate::id::{ObjectId, ObjectType};
 use crate::object::ObjectSource;
 use crate::object::references;
-use crate::pack::{FLAG_DELTA, StoredObject, delta_base, prepare, unpack, unpack_delta};
+use crate::pack::{
+    DeltaBase, FLAG_DELTA, StoredObject, delta_base, prepare, unpack, unpack_delta_prepared,
+};
 use crate::progress::Progress;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -26,24 +28,60 @@ pub struct ReceiveStats {
     pub stored_bytes: u64,
 }
 
+/// Delta work a transfer may cause: rebuilding deltas costs the receiver
+/// time in proportion to what they expand to, not to what was sent, so
+/// their output is bounded by this many bytes plus [`DELTA_RATIO`] bytes
+/// per byte received.
+pub const DELTA_FLOOR: u64 = 256 << 20;
+/// See [`DELTA_FLOOR`].
+pub const DELTA_RATIO: u64 = 64;
+/// Prepared delta bases kept per transfer, in bytes of base.
+const BASE_CACHE: usize = 48 << 20;
+
+/// The bases of one transfer's deltas, each read, verified and prepared
+/// once (most recently used last).
+#[derive(Default)]
+struct Bases {
+    cached: Vec<(ObjectId, DeltaBase, usize)>,
+}
+
 impl Store {
     /// A delta's base: it must be stored (already verified when it was).
-    fn get_for_delta(
+    fn get_for_delta<'a>(
         &self,
+        bases: &'a mut Bases,
         tag: ObjectType,
         base: &ObjectId,
         refreshed: &mut bool,
-    ) -> Result<Vec<u8>> {
-        if !self.contains(base) && !*refreshed {
-            self.refresh()?;
-            *refreshed = true;
+    ) -> Result<&'a DeltaBase> {
+        if let Some(i) = bases.cached.iter().position(|(id, _, _)| id == base) {
+            let hit = bases.cached.remove(i);
+            bases.cached.push(hit);
+        } else {
+            if !self.contains(base) && !*refreshed {
+                self.refresh()?;
+                *refreshed = true;
+            }
+            if !self.contains(base) {
+                return Err(SyncError::Invalid(format!(
+                    "a delta names base {base}, which is not stored"
+                )));
+            }
+            let bytes = self.get(tag, base)?;
+            let size = bytes.len();
+            let prepared = DeltaBase::new(&bytes);
+            drop(bytes);
+            while !bases.cached.is_empty()
+                && bases.cached.iter().map(|c| c.2).sum::<usize>() + size > BASE_CACHE
+            {
+                bases.cached.remove(0);
+            }
+            bases.cached.push((*base, prepared, size));
         }
-        if !self.contains(base) {
-            return Err(SyncError::Invalid(format!(
-                "a delta names base {base}, which is not stored"
-            )));
+        match bases.cached.last() {
+            Some((_, b, _)) => Ok(b),
+            None => Err(SyncError::Invalid("delta base cache".into())),
         }
-        self.get(tag, base)
     }
 
     /// Verifies and stores a stream of objects given children first,
@@ -60,22 +98,35 @@ impl Store {
         let mut session = self.writer()?;
         let mut since_commit = 0u64;
         let mut refreshed = false;
+        let mut bases = Bases::default();
+        let mut received = 0u64;
+        let mut expanded = 0u64;
         let r = (|| -> Result<()> {
             for obj in &mut *objects {
                 let mut obj = obj?;
                 let n = obj.payload.len() as u64;
+                received += n + crate::pack::record_header_len(u64::from(obj.ulen), n);
                 let bytes = if obj.flags == FLAG_DELTA {
                     // A delta against an object we hold: rebuild, verify, store whole.
                     let base = delta_base(&obj.payload).ok_or_else(|| {
                         crate::object::corrupt(obj.tag, &obj.id, "bad delta record")
                     })?;
-                    let base_bytes = self.get_for_delta(obj.tag, &base, &mut refreshed)?;
-                    let bytes = unpack_delta(
+                    expanded += u64::from(obj.ulen);
+                    let allowed = DELTA_FLOOR.saturating_add(received.saturating_mul(DELTA_RATIO));
+                    if expanded > allowed {
+                        return Err(SyncError::Invalid(format!(
+                            "the deltas of this transfer expand to more than {allowed} bytes \
+                             ({DELTA_FLOOR} plus {DELTA_RATIO} per byte received); refused"
+                        )));
+                    }
+                    let prepared =
+                        self.get_for_delta(&mut bases, obj.tag, &base, &mut refreshed)?;
+                    let bytes = unpack_delta_prepared(
                         obj.tag,
                         &obj.id,
                         u64::from(obj.ulen),
                         &obj.payload,
-                        &base_bytes,
+                        prepared,
                     )?;
                     obj = prepare(obj.tag, obj.id, &bytes, self.config().compression_level);
                     bytes

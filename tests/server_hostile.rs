@@ -1,0 +1,549 @@
+//! A real `sp-sync serve` on loopback against hostile clients: bodies sent
+//! without a token, oversized and stalled bodies, silent connections,
+//! more sockets than descriptors, one tenant flooding its slots, deltas
+//! that multiply work, quotas, gc while serving, and a client talking to
+//! a server that never answers. Small counts and short timeouts; the full
+//! attack is `scripts/attack-server.sh`.
+
+mod common;
+mod net;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{bytes, dir_bytes, ok};
+use net::{Server, http, run_env, serve_with};
+use systemprompt_sync::pack::{FLAG_DELTA, PackWriter, StoredObject, make_delta, prepare};
+use systemprompt_sync::{ObjectId, ObjectType};
+
+const TOKEN_A: &str = "token-for-acme-0123456789";
+const TOKEN_B: &str = "token-for-other-0123456789";
+
+fn tokens_file(dir: &Path, acme_extra: &str) -> PathBuf {
+    let p = dir.join("tokens.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[tenants.acme]\ntokens = [\"{TOKEN_A}\"]\n{acme_extra}\n[tenants.other]\ntokens = [\"{TOKEN_B}\"]\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn start(tmp: &Path, acme_extra: &str, extra: &[&str]) -> Server {
+    let data = tmp.join("data");
+    serve_with(
+        data.to_str().unwrap(),
+        Some(&tokens_file(tmp, acme_extra)),
+        "127.0.0.1:0",
+        &[],
+        extra,
+    )
+}
+
+/// The server process's resident memory, in bytes.
+fn rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+/// Sends a request's head (and `body`), then waits up to `wait` for the
+/// status line; None if none came.
+fn head_then_status(addr: &str, head: &str, body: &[u8], wait: Duration) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `GET /healthz` must answer within a second.
+fn healthz_fast(addr: &str) {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(
+        String::from_utf8_lossy(&out).contains("ok"),
+        "healthz did not answer within 1 s ({:?})",
+        t.elapsed()
+    );
+    assert!(t.elapsed() < Duration::from_secs(1));
+}
+
+/// Another tenant's `GET refs` must answer within a second.
+fn other_tenant_fast(addr: &str) {
+    let t = Instant::now();
+    let (s, _) = http(addr, "GET", "/v1/other/refs", Some(TOKEN_B), b"");
+    assert_eq!(s, 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "another tenant waited {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn bodies_without_a_token_are_not_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path(), "", &[]);
+    let addr = server.addr.clone();
+    // The answer comes before the (large) body is sent.
+    for path in ["/v1/acme/has", "/v1/acme/fetch", "/v1/acme/refs/main"] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            60 << 20
+        );
+        assert_eq!(
+            head_then_status(&addr, &head, b"", Duration::from_secs(3)),
+            Some(401),
+            "{path}"
+        );
+    }
+    // Eight connections pushing 60 MiB bodies with no token: memory stays flat.
+    let before = rss(server.pid());
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(&addr).unwrap();
+                let head = format!(
+                    "POST /v1/acme/has HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                    60 << 20
+                );
+                let _ = s.write_all(head.as_bytes());
+                let junk = vec![7u8; 1 << 20];
+                for _ in 0..60 {
+                    if s.write_all(&junk).is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let after = rss(server.pid());
+    assert!(
+        after < before + (32 << 20),
+        "RSS grew from {before} to {after}"
+    );
+    healthz_fast(&addr);
+}
+
+#[test]
+fn small_bodies_are_capped_near_what_the_client_sends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path(), "", &[]);
+    let head = format!(
+        "POST /v1/acme/has HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN_A}\r\nContent-Length: {}\r\n\r\n",
+        5 << 20
+    );
+    assert_eq!(
+        head_then_status(&server.addr, &head, b"", Duration::from_secs(3)),
+        Some(413)
+    );
+    // What the client sends (65,536 ids) is accepted.
+    let ids = vec![0u8; 65_536 * 32];
+    let (s, b) = http(&server.addr, "POST", "/v1/acme/has", Some(TOKEN_A), &ids);
+    assert_eq!((s, b.len()), (200, 65_536));
+}
+
+#[test]
+fn silent_and_stalled_connections_are_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path(), "", &["--timeout", "2"]);
+    let t = Instant::now();
+    // Half a request head, then nothing.
+    let mut silent = TcpStream::connect(&server.addr).unwrap();
+    silent.write_all(b"GET /healthz HTTP/1.1\r\nHo").unwrap();
+    // A push that stops after a few bytes of its body.
+    let head = format!(
+        "POST /v1/acme/objects HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN_A}\r\nContent-Length: {}\r\n\r\n",
+        1 << 20
+    );
+    let mut stalled = TcpStream::connect(&server.addr).unwrap();
+    stalled.write_all(head.as_bytes()).unwrap();
+    stalled.write_all(b"SPPK").unwrap();
+    for s in [&mut silent, &mut stalled] {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut out = Vec::new();
+        // Ends (closed by the server) well before our own 10 s.
+        let r = s.read_to_end(&mut out);
+        assert!(r.is_ok(), "{r:?}");
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t.elapsed()
+    );
+    healthz_fast(&server.addr);
+}
+
+/// `sp-sync serve` started with `ulimit -n 128`.
+fn serve_with_fd_limit(data: &Path, limit: u32) -> Server {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!(
+            "ulimit -n {limit} && exec \"$0\" serve --listen 127.0.0.1:0 --data \"$1\""
+        ))
+        .arg(common::bin())
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(a) = line.strip_prefix("sp-sync serve: listening on ")
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(a.trim().to_string());
+            } else {
+                eprintln!("[serve] {line}");
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    Server {
+        child,
+        addr,
+        data: data.to_path_buf(),
+    }
+}
+
+#[test]
+fn more_sockets_than_descriptors_do_not_stop_healthz() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = serve_with_fd_limit(&tmp.path().join("data"), 128);
+    let socks: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = TcpStream::connect(&server.addr).unwrap();
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\n");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        healthz_fast(&server.addr);
+    }
+    drop(socks);
+    healthz_fast(&server.addr);
+}
+
+#[test]
+fn one_tenant_flooding_pushes_does_not_block_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path(), "", &[]);
+    let head = format!(
+        "POST /v1/acme/objects HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN_A}\r\nContent-Length: {}\r\n\r\nSPPK",
+        1 << 30
+    );
+    // More stalled pushes than tokio has blocking threads.
+    let socks: Vec<TcpStream> = (0..520)
+        .map(|_| {
+            let mut s = TcpStream::connect(&server.addr).unwrap();
+            let _ = s.write_all(head.as_bytes());
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        other_tenant_fast(&server.addr);
+        healthz_fast(&server.addr);
+    }
+    // The flooding tenant is told to come back later, not queued.
+    let (s, _) = http(&server.addr, "GET", "/v1/acme/refs", Some(TOKEN_A), b"");
+    assert_eq!(s, 503);
+    drop(socks);
+    // It recovers once the flood ends.
+    let t = Instant::now();
+    loop {
+        let (s, _) = http(&server.addr, "GET", "/v1/acme/refs", Some(TOKEN_A), b"");
+        if s == 200 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "acme still {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn pack(objs: &[StoredObject]) -> Vec<u8> {
+    let mut w = PackWriter::new(Vec::new()).unwrap();
+    for o in objs {
+        w.add(o).unwrap();
+    }
+    w.finish().unwrap().0
+}
+
+#[test]
+fn deltas_cannot_multiply_the_servers_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path(), "", &[]);
+    let base = bytes(1 << 20, 5);
+    let base_id = ObjectId::compute(ObjectType::Chunk, &base);
+    let (s, _) = http(
+        &server.addr,
+        "POST",
+        "/v1/acme/objects",
+        Some(TOKEN_A),
+        &pack(&[prepare(ObjectType::Chunk, base_id, &base, 1)]),
+    );
+    assert_eq!(s, 200);
+    let mut edited = base.clone();
+    edited[1000] ^= 1;
+    let id = ObjectId::compute(ObjectType::Chunk, &edited);
+    let payload = make_delta(&edited, &base_id, &base, 3).unwrap();
+    assert!(payload.len() < 4096);
+    let delta = StoredObject {
+        tag: ObjectType::Chunk,
+        id,
+        flags: FLAG_DELTA,
+        ulen: edited.len() as u32,
+        payload,
+    };
+    // Under half a megabyte asking for 400 MiB of decoding.
+    let body = pack(&vec![delta.clone(); 400]);
+    assert!(body.len() < 1 << 20, "{}", body.len());
+    let t = Instant::now();
+    let (s, b) = http(
+        &server.addr,
+        "POST",
+        "/v1/acme/objects",
+        Some(TOKEN_A),
+        &body,
+    );
+    let msg = String::from_utf8_lossy(&b);
+    assert_eq!(s, 400, "{msg}");
+    assert!(msg.contains("deltas"), "{msg}");
+    assert!(t.elapsed() < Duration::from_secs(20));
+    // One such delta is fine.
+    let (s, b) = http(
+        &server.addr,
+        "POST",
+        "/v1/acme/objects",
+        Some(TOKEN_A),
+        &pack(&[delta]),
+    );
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+}
+
+fn worktree(root: &Path, name: &str, mib: usize, seed: u64) -> PathBuf {
+    let w = root.join(name);
+    std::fs::create_dir_all(&w).unwrap();
+    std::fs::write(w.join("data.bin"), bytes(mib << 20, seed)).unwrap();
+    std::fs::write(w.join("small.txt"), format!("small {seed}\n")).unwrap();
+    ok(&w, &["init"]);
+    ok(&w, &["snapshot"]);
+    w
+}
+
+#[test]
+fn a_push_past_the_quota_is_refused_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path(), "quota = \"36MiB\"", &[]);
+    let small = worktree(tmp.path(), "small", 1, 1);
+    let o = run_env(
+        &small,
+        &["push", &server.url("acme")],
+        &[("SP_SYNC_TOKEN", TOKEN_A.into())],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let store = server.data.join("acme");
+    let before = dir_bytes(&store.join("packs"));
+    // Over the quota, and bigger than a pack (32 MiB): a pack fills up and
+    // is committed before the quota is reached; it must go too.
+    let big = worktree(tmp.path(), "big", 40, 2);
+    let o = run_env(
+        &big,
+        &["push", &server.url("acme")],
+        &[("SP_SYNC_TOKEN", TOKEN_A.into())],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("quota exceeded"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(dir_bytes(&store.join("packs")), before, "nothing stored");
+    // The other tenant has no quota.
+    let o = run_env(
+        &big,
+        &["push", &server.url("other")],
+        &[("SP_SYNC_TOKEN", TOKEN_B.into())],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn a_ref_under_an_existing_ref_is_a_conflict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path(), "", &[]);
+    let w = worktree(tmp.path(), "w", 1, 3);
+    let o = run_env(
+        &w,
+        &["push", &server.url("acme")],
+        &[("SP_SYNC_TOKEN", TOKEN_A.into())],
+    );
+    assert!(o.status.success());
+    let (_, b) = http(&server.addr, "GET", "/v1/acme/refs", Some(TOKEN_A), b"");
+    let refs: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    let id = refs[0]["id"].as_str().unwrap().to_string();
+    let body = format!("{{\"old\": null, \"new\": \"{id}\"}}");
+    for name in ["main/sub", "main/a/b"] {
+        let (s, b) = http(
+            &server.addr,
+            "POST",
+            &format!("/v1/acme/refs/{name}"),
+            Some(TOKEN_A),
+            body.as_bytes(),
+        );
+        assert_eq!(s, 409, "{name}: {}", String::from_utf8_lossy(&b));
+    }
+}
+
+#[test]
+fn gc_runs_on_a_served_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path(), "", &[]);
+    let w = worktree(tmp.path(), "w", 1, 4);
+    let env = [("SP_SYNC_TOKEN", TOKEN_A.to_string())];
+    assert!(
+        run_env(&w, &["push", &server.url("acme")], &env)
+            .status
+            .success()
+    );
+    // Objects no ref reaches.
+    let junk: Vec<StoredObject> = (0..5u64)
+        .map(|i| {
+            let d = bytes(100_000, 900 + i);
+            prepare(
+                ObjectType::Chunk,
+                ObjectId::compute(ObjectType::Chunk, &d),
+                &d,
+                1,
+            )
+        })
+        .collect();
+    let (s, _) = http(
+        &server.addr,
+        "POST",
+        "/v1/acme/objects",
+        Some(TOKEN_A),
+        &pack(&junk),
+    );
+    assert_eq!(s, 200);
+    let (s, b) = http(&server.addr, "POST", "/v1/acme/gc", Some(TOKEN_A), b"");
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+    let rep: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(rep["removed_objects"], 5, "{rep}");
+    // Another tenant's token cannot gc it.
+    let (s, _) = http(&server.addr, "POST", "/v1/acme/gc", Some(TOKEN_B), b"");
+    assert_eq!(s, 404);
+    // The server goes on serving the store: a pull gets everything.
+    let fresh = tmp.path().join("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    ok(&fresh, &["init"]);
+    let out = tmp.path().join("out");
+    let o = run_env(
+        &fresh,
+        &[
+            "pull",
+            &server.url("acme"),
+            "--restore",
+            out.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read(out.join("data.bin")).unwrap(),
+        std::fs::read(w.join("data.bin")).unwrap()
+    );
+    ok(
+        tmp.path(),
+        &[
+            "fsck",
+            "--read-data",
+            "--store",
+            server.data.join("acme").to_str().unwrap(),
+        ],
+    );
+}
+
+#[test]
+fn client_errors_say_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path(), "", &[]);
+    let w = worktree(tmp.path(), "w", 1, 6);
+    let o = run_env(
+        &w,
+        &["push", &server.url("acme")],
+        &[("SP_SYNC_TOKEN", "wrong-token-0123456789".into())],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err.contains("refused the token") && err.contains("SP_SYNC_TOKEN"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let o = run_env(
+        &w,
+        &["push", &server.url("acme")],
+        &[("SP_SYNC_TOKEN", TOKEN_B.into())],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("tenant not found for this token"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn the_client_gives_up_on_a_server_that_never_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Accepts, reads, never answers.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { break };
+            let mut buf = [0u8; 4096];
+            let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
+            let _ = s.read(&mut buf);
+            held.push(s);
+        }
+    });
+    let w = worktree(tmp.path(), "w", 1, 7);
+    let t = Instant::now();
+    let o = run_env(
+        &w,
+        &["pull", &format!("http://{addr}/acme")],
+        &[("SP_SYNC_HTTP_TIMEOUT", "1".into())],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t.elapsed()
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no answer"), "{err}");
+}
