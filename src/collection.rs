@@ -1451,7 +1451,7 @@ pub fn save_base(
             w.varint(3);
             let hash = |h: &Option<[u8; 32]>| h.map_or(Value::Null, |h| Value::Blob(h.to_vec()));
             for v in [key.clone(), hash(&e.file), hash(&e.row)] {
-                encode_cell(&mut w, v.as_ref(), &session, &chunker)?;
+                encode_cell(&mut w, v.as_ref(), &session, &chunker, false)?;
             }
             mb.push(k, &w.into_vec())?;
         }
