@@ -378,9 +378,15 @@ fn error_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for c in e.chain() {
         let text = c.to_string().replace('\n', " ");
-        let text = text.trim();
+        let mut text = text.trim();
         if text.is_empty() || line.contains(text) {
             continue;
+        }
+        // "push to URL" then "URL: refused": the place is said once.
+        if let Some(last) = line.rsplit(' ').next().filter(|l| l.len() > 3)
+            && let Some(rest) = text.strip_prefix(last).and_then(|r| r.strip_prefix(": "))
+        {
+            text = rest;
         }
         if !line.is_empty() {
             line.push_str(": ");
