@@ -434,11 +434,31 @@ fn plant_chunk_as_tree(store_dir: &Path) -> (ObjectId, ObjectId) {
     };
     let id = s.put(ObjectType::Snapshot, &snap.encode()).unwrap();
     s.finish().unwrap();
-    // The library refuses to move a ref there.
-    let e = st.update_ref("evil2", None, Some(id)).unwrap_err();
-    assert!(e.to_string().contains("is a chunk"), "{e}");
     std::fs::write(store_dir.join("refs/evil"), format!("{id}\n")).unwrap();
     (chunk, id)
+}
+
+#[test]
+fn a_ref_never_moves_to_a_snapshot_whose_root_is_a_chunk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = init(tmp.path());
+    let (chunk, id) = plant_chunk_as_tree(&w.join(".sp-sync"));
+    let st = store(&w);
+    let e = st.update_ref("other", None, Some(id)).unwrap_err();
+    assert!(
+        e.to_string().contains(&format!(
+            "references {chunk} as a tree, but that object is a chunk"
+        )),
+        "{e}"
+    );
+    assert_eq!(st.read_ref("other").unwrap(), None);
+    // fsck says what is wrong with the planted ref.
+    let err = fsck_errors(&w);
+    assert!(
+        err.contains("referenced as a tree, but the object stored is a chunk"),
+        "{err}"
+    );
+    assert!(err.contains("ref evil"), "{err}");
 }
 
 /// A working tree whose snapshot `main` holds the file "hello\n": the
