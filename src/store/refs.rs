@@ -140,7 +140,13 @@ impl Store {
     /// snapshot whose "tree" is a chunk.
     fn check_snapshot_refs(&self, id: &ObjectId) -> Result<()> {
         let bytes = crate::object::ObjectSource::get(self, ObjectType::Snapshot, id)?;
-        for (want, r) in crate::object::references(ObjectType::Snapshot, id, &bytes)? {
+        let refs = crate::object::references(ObjectType::Snapshot, id, &bytes)?;
+        if refs.iter().any(|(_, r)| self.location(r).is_none()) {
+            // A parent written by another process since this one loaded
+            // its index (a snapshot re-parented onto a concurrent one).
+            self.refresh()?;
+        }
+        for (want, r) in refs {
             match self.location(&r) {
                 Some(l) if l.tag == want => {}
                 Some(l) => {
