@@ -17,7 +17,7 @@ use crate::error::{Result, SyncError};
 use crate::id::{IdMap, IdSet, ObjectId, ObjectType};
 use crate::object::list::ListNode;
 use crate::object::references;
-use crate::object::tree::{Content, Entry, EntryKind, MAX_TREE_DEPTH, decode_entry, too_deep};
+use crate::object::tree::{Content, Entry, EntryKind, MAX_TREE_DEPTH, decode_entry};
 use crate::pack::{FLAG_DELTA, StoredObject, make_delta, unpack};
 use crate::progress::Progress;
 use crate::remote::{COMMIT_EVERY, Remote, Traffic};
@@ -207,6 +207,9 @@ struct Hint {
     candidates: IdSet,
     /// new object → an old object at the same place (on the remote).
     bases: IdMap<ObjectId>,
+    /// A tree deeper than [`MAX_TREE_DEPTH`] was met: the hint is not
+    /// complete, and the push falls back to full negotiation (iterative).
+    too_deep: bool,
 }
 
 impl Hint {
@@ -245,7 +248,7 @@ impl Hint {
                 h.table(local, old.tables.get(name), id)?;
             }
         }
-        Ok(Some(h))
+        Ok((!h.too_deep).then_some(h))
     }
 
     /// A table object, and the rows that changed since the old one of the
@@ -307,7 +310,8 @@ impl Hint {
             return Ok(());
         }
         if depth > MAX_TREE_DEPTH {
-            return Err(too_deep(b"(a directory)"));
+            self.too_deep = true;
+            return Ok(());
         }
         let mut changes = Vec::new();
         let nodes =
@@ -374,7 +378,8 @@ impl Hint {
         match &e.kind {
             EntryKind::Dir { tree } => {
                 if depth > MAX_TREE_DEPTH {
-                    return Err(too_deep(b"(a directory)"));
+                    self.too_deep = true;
+                    return Ok(());
                 }
                 let mut subdirs = Vec::new();
                 let mut files = Vec::new();

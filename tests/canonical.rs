@@ -373,6 +373,36 @@ fn walks_of_a_12000_deep_tree_end_with_a_clear_error() {
 }
 
 #[test]
+fn a_12000_deep_tree_pushes_over_an_older_snapshot() {
+    // The lean-push hint walks the changed trees recursively; past the depth
+    // limit it gives up and full (iterative) negotiation sends everything.
+    let tmp = tempfile::tempdir().unwrap();
+    let w = init(tmp.path());
+    let empty = deep_tree(&w, 0);
+    let old = plant_snapshot(&w, Some(empty), BTreeMap::new(), "main");
+    let remote = tmp.path().join("remote");
+    ok(&w, &["push", remote.to_str().unwrap()]);
+    let root = deep_tree(&w, 12_000);
+    let st = store(&w);
+    let s = st.writer().unwrap();
+    let snap = Snapshot {
+        parents: vec![old],
+        root: Some(root),
+        message: "deep".into(),
+        ..Default::default()
+    };
+    let id = s.put(ObjectType::Snapshot, &snap.encode()).unwrap();
+    s.finish().unwrap();
+    st.update_ref("main", None, Some(id)).unwrap();
+    drop(st);
+    ok(&w, &["push", remote.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(remote.join("refs/main")).unwrap(),
+        format!("{id}\n")
+    );
+}
+
+#[test]
 fn walks_of_a_tree_just_under_the_depth_limit_succeed() {
     let tmp = tempfile::tempdir().unwrap();
     let w = init(tmp.path());
