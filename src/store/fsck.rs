@@ -73,6 +73,7 @@ pub fn fsck(store: &Store, opts: &FsckOptions, progress: &dyn Progress) -> Resul
         bad: &bad,
         check_chunks: true,
         snapshots: 0,
+        open_ended: IdSet::default(),
     };
     for (name, id) in &refs {
         walker.snapshot(id, &format!("ref {name}"));
@@ -188,6 +189,9 @@ pub struct Walker<'a> {
     pub bad: &'a IdMap<String>,
     pub check_chunks: bool,
     pub snapshots: usize,
+    /// Map nodes read that may only be the last of their level (see
+    /// [`crate::pmap::walk_nodes_with`]).
+    pub open_ended: IdSet,
 }
 
 impl Walker<'_> {
@@ -303,10 +307,12 @@ impl Walker<'_> {
         let mut seen = std::mem::take(&mut self.seen);
         let bad = self.bad;
         let store = self.store;
-        let r = crate::pmap::walk_nodes(
+        let mut open_ended = std::mem::take(&mut self.open_ended);
+        let r = crate::pmap::walk_nodes_with(
             self.src,
             ObjectType::Tree,
             root,
+            &mut open_ended,
             |id| {
                 node_visit(
                     store,
@@ -334,6 +340,7 @@ impl Walker<'_> {
             },
         );
         self.seen = seen;
+        self.open_ended = open_ended;
         let here = format!("{ctx} path {}", shown(path));
         for (id, why) in node_errors {
             self.report(ObjectType::Tree, &id, &why, &here);
@@ -387,10 +394,12 @@ impl Walker<'_> {
         let width = data.row_width();
         let root = data.root;
         let src = self.src;
-        let r = crate::pmap::walk_nodes(
+        let mut open_ended = std::mem::take(&mut self.open_ended);
+        let r = crate::pmap::walk_nodes_with(
             self.src,
             ObjectType::Rows,
             &root,
+            &mut open_ended,
             |nid| {
                 // A subtree already checked (shared with another table
                 // version) is not walked again.
@@ -429,6 +438,7 @@ impl Walker<'_> {
             },
         );
         self.seen = seen;
+        self.open_ended = open_ended;
         for (nid, why) in node_errors {
             self.report(ObjectType::Rows, &nid, &why, ctx);
         }
