@@ -112,6 +112,33 @@ pub struct ObjectParams {
     pub inline_value: u64,
 }
 
+impl ObjectParams {
+    /// The values of every store made before `[objects]` was recorded
+    /// (format 1 as first released), written out rather than taken from the
+    /// constants, so that a binary with other constants refuses those
+    /// stores too.
+    pub fn v1() -> Self {
+        let node = |min, target, max, min_entries| NodeRecord {
+            min,
+            target,
+            max,
+            min_entries,
+        };
+        ObjectParams {
+            map_rule: "node-v1-blake3-level-key".into(),
+            tree_leaf: node(512, 4096, 65536, 1),
+            tree_internal: node(512, 4096, 65536, 1),
+            rows_leaf: node(128, 1280, 2688, 2),
+            rows_internal: node(64, 256, 576, 2),
+            list_min_entries: 8,
+            list_max_entries: 512,
+            list_threshold: 67_108_863,
+            inline_chunks: 16,
+            inline_value: 4096,
+        }
+    }
+}
+
 impl Default for ObjectParams {
     /// This binary's values.
     fn default() -> Self {
@@ -141,8 +168,8 @@ pub struct StoreConfig {
     pub compression_level: i32,
     pub pack_size: u64,
     pub chunker: ChunkerConfig,
-    /// Absent in stores made before it was recorded: today's values.
-    #[serde(default)]
+    /// Absent in stores made before it was recorded: [`ObjectParams::v1`].
+    #[serde(default = "ObjectParams::v1")]
     pub objects: ObjectParams,
 }
 
@@ -851,4 +878,28 @@ pub fn locate(explicit: Option<&Path>, start: &Path) -> Result<PathBuf> {
         "no sp-sync store in {} or any parent (run `sp-sync init`, or pass --store DIR)",
         start.display()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The constants that decide ids are the ones recorded for format 1.
+    /// Changing one must come with a new record (and a way to read old
+    /// stores), never silently: this test fails first.
+    #[test]
+    fn this_binary_writes_format_1_object_parameters() {
+        assert_eq!(ObjectParams::default(), ObjectParams::v1());
+        let old = "format = 1\ncipher = \"none\"\ncompression = \"zstd\"\n\
+                   compression_level = 3\npack_size = 33554432\n[chunker]\n\
+                   algorithm = \"fastcdc-2020\"\nmin = 131072\navg = 262144\n\
+                   max = 2097152\nnormalization = 1\n";
+        let c: StoreConfig = toml::from_str(old).unwrap();
+        assert_eq!(c.objects, ObjectParams::v1());
+        assert!(c.validate(Path::new("store.toml")).is_ok());
+        let mut other = c.clone();
+        other.objects.rows_leaf.target = 1024;
+        let e = other.validate(Path::new("store.toml")).unwrap_err();
+        assert!(e.to_string().contains("object parameters"), "{e}");
+    }
 }
