@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::id::{ObjectId, ObjectType};
 use crate::object::ObjectSource;
-use crate::object::tree::{Entry, EntryKind, decode_entry, read_dir};
+use crate::object::tree::{Entry, EntryKind, MAX_TREE_DEPTH, decode_entry, read_dir, too_deep};
 use crate::pmap::{self, Change};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -123,7 +123,7 @@ pub fn diff_trees(
     b: Option<&ObjectId>,
     out: &mut dyn FnMut(FileChange) -> Result<()>,
 ) -> Result<()> {
-    diff_dir(src, a, b, b"", out)
+    diff_dir(src, a, b, b"", 0, out)
 }
 
 fn diff_dir(
@@ -131,8 +131,14 @@ fn diff_dir(
     a: Option<&ObjectId>,
     b: Option<&ObjectId>,
     prefix: &[u8],
+    depth: usize,
     out: &mut dyn FnMut(FileChange) -> Result<()>,
 ) -> Result<()> {
+    // Each level recurses: a hostile tree nested deeper than any real one
+    // gets a clear error, not a stack overflow.
+    if depth > MAX_TREE_DEPTH {
+        return Err(too_deep(prefix));
+    }
     let a_id = a.copied().unwrap_or_default();
     let b_id = b.copied().unwrap_or_default();
     pmap::diff(src, ObjectType::Tree, a, b, |name, c| {
@@ -140,11 +146,11 @@ fn diff_dir(
         match c {
             Change::Added(v) => {
                 let e = decode_entry(&b_id, name, &v)?;
-                all(src, &e, path, ChangeKind::Added, out)
+                all(src, &e, path, ChangeKind::Added, depth, out)
             }
             Change::Removed(v) => {
                 let e = decode_entry(&a_id, name, &v)?;
-                all(src, &e, path, ChangeKind::Removed, out)
+                all(src, &e, path, ChangeKind::Removed, depth, out)
             }
             Change::Modified(ov, nv) => {
                 let o = decode_entry(&a_id, name, &ov)?;
@@ -160,7 +166,7 @@ fn diff_dir(
                             ))?;
                         }
                         if ta != tb {
-                            diff_dir(src, Some(ta), Some(tb), &path, out)?;
+                            diff_dir(src, Some(ta), Some(tb), &path, depth + 1, out)?;
                         }
                         Ok(())
                     }
@@ -188,10 +194,10 @@ fn diff_dir(
                     _ => {
                         out(change(path.clone(), ChangeKind::Type, Some(&o), Some(&n)))?;
                         if let EntryKind::Dir { tree } = &o.kind {
-                            children(src, tree, &path, ChangeKind::Removed, out)?;
+                            children(src, tree, &path, ChangeKind::Removed, depth + 1, out)?;
                         }
                         if let EntryKind::Dir { tree } = &n.kind {
-                            children(src, tree, &path, ChangeKind::Added, out)?;
+                            children(src, tree, &path, ChangeKind::Added, depth + 1, out)?;
                         }
                         Ok(())
                     }
@@ -207,6 +213,7 @@ fn all(
     e: &Entry,
     path: Vec<u8>,
     kind: ChangeKind,
+    depth: usize,
     out: &mut dyn FnMut(FileChange) -> Result<()>,
 ) -> Result<()> {
     let (old, new) = if kind == ChangeKind::Added {
@@ -216,7 +223,7 @@ fn all(
     };
     out(change(path.clone(), kind, old, new))?;
     if let EntryKind::Dir { tree } = &e.kind {
-        children(src, tree, &path, kind, out)?;
+        children(src, tree, &path, kind, depth + 1, out)?;
     }
     Ok(())
 }
@@ -226,10 +233,14 @@ fn children(
     tree: &ObjectId,
     prefix: &[u8],
     kind: ChangeKind,
+    depth: usize,
     out: &mut dyn FnMut(FileChange) -> Result<()>,
 ) -> Result<()> {
+    if depth > MAX_TREE_DEPTH {
+        return Err(too_deep(prefix));
+    }
     for (name, e) in read_dir(src, tree)? {
-        all(src, &e, join(prefix, &name), kind, out)?;
+        all(src, &e, join(prefix, &name), kind, depth, out)?;
     }
     Ok(())
 }

@@ -157,23 +157,73 @@ impl serde::Serialize for ObjectId {
     }
 }
 
-/// A hasher for maps keyed by ids: the ids are already uniformly random,
-/// so the first eight bytes are a perfect hash.
-#[derive(Default, Clone, Copy)]
-pub struct IdHasher(u64);
+/// A hasher for maps keyed by ids. Ids are BLAKE3 hashes, but a hostile
+/// peer chooses which ids it sends: with an unkeyed fold it can grind ids
+/// that all land in one bucket and make every insert quadratic (hash
+/// flooding). So the first 16 bytes are mixed with a key drawn at random
+/// once per process (a folded 64×64→128-bit multiply, as in foldhash and
+/// ahash): without the key, nobody can tell which ids collide.
+#[derive(Clone, Copy)]
+pub struct IdHasher {
+    h: u64,
+    k: [u64; 2],
+}
 
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // ObjectId hashes as its [u8; 32] array: a length prefix, then the bytes.
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(b);
+/// The per-process key of [`IdHasher`], from the standard library's random
+/// hasher seeds (the OS's random source).
+fn process_key() -> [u64; 2] {
+    static KEY: std::sync::OnceLock<[u64; 2]> = std::sync::OnceLock::new();
+    *KEY.get_or_init(|| {
+        use std::hash::BuildHasher;
+        let s = std::collections::hash_map::RandomState::new();
+        let a = s.hash_one(0x5350_5359_4e43_u64);
+        let b = s.hash_one(a ^ 0x9e37_79b9_7f4a_7c15);
+        // Odd multipliers keep the mix a bijection of each word.
+        [a | 1, b | 1]
+    })
+}
+
+#[inline]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+impl Default for IdHasher {
+    fn default() -> Self {
+        IdHasher {
+            h: 0,
+            k: process_key(),
         }
     }
+}
+
+impl IdHasher {
+    /// A hasher with a given key (tests).
+    pub fn with_key(k: [u64; 2]) -> Self {
+        IdHasher { h: 0, k }
+    }
+}
+
+impl Hasher for IdHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.h
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        // ObjectId hashes as its [u8; 32] array: a length prefix (ignored),
+        // then the bytes. 16 uniformly random bytes are plenty for a bucket.
+        let mut w = [0u8; 16];
+        let n = bytes.len().min(16);
+        w[..n].copy_from_slice(&bytes[..n]);
+        let a = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        let b = u64::from_le_bytes([w[8], w[9], w[10], w[11], w[12], w[13], w[14], w[15]]);
+        let x = fold_mul(a ^ self.k[0], b ^ self.k[1]);
+        // Chain (for keys written in several pieces) and spread the high bits.
+        self.h = fold_mul(x ^ self.h, self.k[0] ^ 0x9e37_79b9_7f4a_7c15);
+    }
+    #[inline]
     fn write_usize(&mut self, _: usize) {}
 }
 
@@ -206,6 +256,79 @@ mod tests {
         assert_eq!(
             ObjectId::compute(ObjectType::Chunk, b"x").0,
             *expect.as_bytes()
+        );
+    }
+
+    /// The fold the hasher used before it had a key.
+    fn unkeyed(id: &ObjectId) -> u64 {
+        let mut h = 0u64;
+        for c in id.0.chunks(8) {
+            h = h.rotate_left(5) ^ u64::from_le_bytes(c.try_into().unwrap());
+        }
+        h
+    }
+
+    /// Ids an attacker can make: every one folds to 0 under the old,
+    /// unkeyed hasher (three random words, the fourth solved for).
+    fn flooding_ids(n: u64) -> Vec<ObjectId> {
+        (0..n)
+            .map(|i| {
+                let r = blake3::hash(&i.to_le_bytes());
+                let w: Vec<u64> = r.as_bytes()[..24]
+                    .chunks(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                let h = ((w[0].rotate_left(5) ^ w[1]).rotate_left(5) ^ w[2]).rotate_left(5);
+                let mut id = [0u8; 32];
+                for (j, x) in w.iter().chain([h].iter()).enumerate() {
+                    id[j * 8..j * 8 + 8].copy_from_slice(&x.to_le_bytes());
+                }
+                ObjectId(id)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ids_that_collide_without_a_key_spread_with_one() {
+        use std::hash::BuildHasher;
+        let ids = flooding_ids(20_000);
+        assert!(ids.iter().all(|id| unkeyed(id) == 0));
+        let b = BuildHasherDefault::<IdHasher>::default();
+        let hashes: std::collections::HashSet<u64> = ids.iter().map(|id| b.hash_one(id)).collect();
+        assert!(hashes.len() > 19_990, "{} distinct hashes", hashes.len());
+        // The low bits (the bucket) and the top 7 bits (hashbrown's tag) both spread.
+        let buckets: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 0xfff).collect();
+        assert!(buckets.len() > 3500, "{} of 4096 buckets", buckets.len());
+        let tags: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert_eq!(tags.len(), 128);
+        // Another key, other hashes: the buckets depend on the secret.
+        let mut h1 = IdHasher::with_key([3, 5]);
+        let mut h2 = IdHasher::with_key([7, 11]);
+        std::hash::Hash::hash(&ids[0], &mut h1);
+        std::hash::Hash::hash(&ids[0], &mut h2);
+        assert_ne!(h1.finish(), h2.finish());
+        // And a set of them fills in linear time (printed, not asserted).
+        let t = std::time::Instant::now();
+        let set: IdSet = ids.iter().copied().collect();
+        assert_eq!(set.len(), ids.len());
+        eprintln!("20,000 flooding ids into an IdSet: {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        let random: IdSet = (0..200_000u64)
+            .map(|i| ObjectId::compute(ObjectType::Chunk, &i.to_le_bytes()))
+            .collect();
+        let build = t.elapsed();
+        let t = std::time::Instant::now();
+        let hits = (0..200_000u64)
+            .filter(|i| {
+                random.contains(&ObjectId::compute(
+                    ObjectType::Chunk,
+                    &(i * 2).to_le_bytes(),
+                ))
+            })
+            .count();
+        eprintln!(
+            "200,000 random ids: insert {build:?}, lookups (with hashing the keys) {:?}, {hits} hits",
+            t.elapsed()
         );
     }
 }

@@ -16,7 +16,7 @@ use std::cmp::Ordering;
 
 use crate::codec::{DecodeError, Reader, put_varint, varint_len};
 use crate::error::Result;
-use crate::id::{ObjectId, ObjectType};
+use crate::id::{IdSet, ObjectId, ObjectType};
 use crate::object::{ObjectSink, ObjectSource, corrupt};
 
 pub const NODE_VERSION: u8 = 1;
@@ -172,7 +172,11 @@ impl Node {
             return r.err(format!("node level {level} too deep"));
         }
         let count = r.varint_max(raw.len() as u64, "entry count")? as usize;
-        let mut items = Vec::with_capacity(count);
+        // Reserve only what the remaining bytes can hold (a leaf entry takes
+        // at least 2 bytes, an internal one 33): a hostile count must not
+        // size an allocation 8 times the node's bytes.
+        let min_entry = if level == 0 { 2 } else { 33 };
+        let mut items = Vec::with_capacity(count.min(r.remaining() / min_entry));
         let mut prev: Option<&[u8]> = None;
         for _ in 0..count {
             let kstart = r.pos();
@@ -250,6 +254,59 @@ impl Node {
         }
         lo
     }
+}
+
+impl Node {
+    /// The bytes entry `i` takes in the node (what the boundary rule counts).
+    fn entry_bytes(&self, i: usize) -> usize {
+        let (_, kl, _, vl) = self.items[i];
+        let (kl, vl) = (kl as usize, vl as usize);
+        if self.level == 0 {
+            varint_len(kl as u64) + kl + varint_len(vl as u64) + vl
+        } else {
+            varint_len(kl as u64) + kl + 32
+        }
+    }
+}
+
+/// Checks that a node has exactly the shape the builder gives it, so that a
+/// map's contents have one id: no entry but the last may be a boundary, the
+/// last must be one unless the node is the rightmost of its level (where the
+/// map ends), and an internal root has at least two children (a single
+/// child would itself be the root). Returns what is wrong.
+pub fn check_canonical(
+    tag: ObjectType,
+    node: &Node,
+    is_root: bool,
+    rightmost: bool,
+) -> std::result::Result<(), String> {
+    let params = MapParams::for_tag(tag);
+    let p = params.at(usize::from(node.level));
+    if node.is_empty() && !(is_root && node.level == 0) {
+        return Err("an empty node that is not the root of an empty map".into());
+    }
+    if is_root && node.level > 0 && node.len() < 2 {
+        return Err("an internal root with a single child (the child is the root)".into());
+    }
+    let mut node_bytes = 0usize;
+    for i in 0..node.len() {
+        let eb = node.entry_bytes(i);
+        node_bytes += eb;
+        let cut = is_boundary_with(p, node.level, node.key(i), eb, node_bytes, i as u64 + 1);
+        if cut && i + 1 < node.len() {
+            return Err(format!(
+                "not canonical: the boundary rule ends the node after entry {} of {}",
+                i + 1,
+                node.len()
+            ));
+        }
+        if !cut && i + 1 == node.len() && !rightmost {
+            return Err(
+                "not canonical: the node ends where the boundary rule does not end it".into(),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Loads and decodes a node, checking what its parent promised: its level and
@@ -829,11 +886,27 @@ pub fn diff_detail(
 }
 
 /// Checks the map's structure and returns every node id (for fsck and gc),
-/// calling `leaf` for each entry.
+/// calling `leaf` for each entry. Every node must have the canonical shape
+/// ([`check_canonical`]): a map the writer would not produce is damage.
 pub fn walk_nodes(
     src: &dyn ObjectSource,
     tag: ObjectType,
     root: &ObjectId,
+    visit_node: impl FnMut(&ObjectId) -> bool,
+    leaf: impl FnMut(&[u8], &[u8]) -> Result<()>,
+) -> Result<()> {
+    walk_nodes_with(src, tag, root, &mut IdSet::default(), visit_node, leaf)
+}
+
+/// [`walk_nodes`] for callers that skip nodes they walked before (fsck,
+/// gc): `open_ended` keeps, across calls, the nodes read whose last entry
+/// is not a boundary (valid only as the last node of a level), so a
+/// skipped node met again in another place is still checked.
+pub fn walk_nodes_with(
+    src: &dyn ObjectSource,
+    tag: ObjectType,
+    root: &ObjectId,
+    open_ended: &mut IdSet,
     mut visit_node: impl FnMut(&ObjectId) -> bool,
     mut leaf: impl FnMut(&[u8], &[u8]) -> Result<()>,
 ) -> Result<()> {
@@ -841,8 +914,13 @@ pub fn walk_nodes(
         return Ok(());
     }
     let node = load_node(src, tag, root, None)?;
-    let mut stack = vec![(node, 0usize)];
-    while let Some((node, i)) = stack.last_mut() {
+    check_canonical(tag, &node, true, true).map_err(|e| corrupt(tag, root, e))?;
+    if check_canonical(tag, &node, false, false).is_err() {
+        open_ended.insert(*root);
+    }
+    // (node, next index, whether it is the rightmost node of its level)
+    let mut stack = vec![(node, 0usize, true)];
+    while let Some((node, i, rightmost)) = stack.last_mut() {
         if *i >= node.len() {
             stack.pop();
             continue;
@@ -854,13 +932,26 @@ pub fn walk_nodes(
             leaf(&k, &v)?;
         } else {
             let child = node.child(idx);
+            let child_rightmost = *rightmost && idx + 1 == node.len();
             if !visit_node(&child) {
+                if !child_rightmost && open_ended.contains(&child) {
+                    return Err(corrupt(
+                        tag,
+                        &child,
+                        "not canonical: the node ends where the boundary rule does not end it",
+                    ));
+                }
                 continue;
             }
             let key = node.key(idx).to_vec();
             let level = node.level - 1;
             let n = load_node(src, tag, &child, Some((level, &key)))?;
-            stack.push((n, 0));
+            check_canonical(tag, &n, false, child_rightmost)
+                .map_err(|e| corrupt(tag, &child, e))?;
+            if child_rightmost && check_canonical(tag, &n, false, false).is_err() {
+                open_ended.insert(child);
+            }
+            stack.push((n, 0, child_rightmost));
         }
     }
     Ok(())
@@ -979,6 +1070,78 @@ mod tests {
         assert!(Node::decode(vec![2, 0, 0]).is_err());
     }
 
+    #[test]
+    fn a_hostile_entry_count_does_not_size_the_allocation() {
+        // 16 MiB of node claiming 16 M entries: the reservation is capped
+        // by what the bytes can hold, and decoding fails cleanly.
+        let mut raw = vec![NODE_VERSION, 1];
+        crate::codec::put_varint(&mut raw, 16 << 20);
+        raw.resize(16 << 20, 0);
+        assert!(Node::decode(raw).is_err());
+    }
+
+    #[test]
+    fn hand_built_shapes_that_the_writer_would_not_make_are_not_canonical() {
+        let s = MemStore::new(true);
+        let m: BTreeMap<Vec<u8>, Vec<u8>> = (0..400).map(|i| (key(i), vec![7u8; 30])).collect();
+        let root = build_map(&s, &m);
+        let ok = walk_nodes(&s, T, &root, |_| true, |_, _| Ok(()));
+        assert!(ok.is_ok(), "{ok:?}");
+        // All entries in one leaf: the boundary rule cuts inside it.
+        let mut raw = vec![NODE_VERSION, 0];
+        put_varint(&mut raw, m.len() as u64);
+        for (k, v) in &m {
+            put_varint(&mut raw, k.len() as u64);
+            raw.extend_from_slice(k);
+            put_varint(&mut raw, v.len() as u64);
+            raw.extend_from_slice(v);
+        }
+        let one = s.put(T, &raw).unwrap();
+        let e = walk_nodes(&s, T, &one, |_| true, |_, _| Ok(())).unwrap_err();
+        assert!(e.to_string().contains("not canonical"), "{e}");
+        // Readers still see the same entries.
+        assert_eq!(read_all(&s, one), m);
+    }
+
+    #[test]
+    fn a_shared_node_is_checked_in_every_place_it_is_used() {
+        let s = MemStore::new(true);
+        let m: BTreeMap<Vec<u8>, Vec<u8>> = (0..400).map(|i| (key(i), vec![7u8; 30])).collect();
+        let a = build_map(&s, &m);
+        // A's last leaf, which ends with the input, not at a boundary.
+        let root = load_node(&s, T, &a, None).unwrap();
+        assert!(root.level > 0);
+        let mut node = root;
+        let mut last = a;
+        while node.level > 0 {
+            last = node.child(node.len() - 1);
+            let k = node.key(node.len() - 1).to_vec();
+            node = load_node(&s, T, &last, Some((node.level - 1, &k))).unwrap();
+        }
+        assert!(check_canonical(T, &node, false, false).is_err());
+        // B uses that leaf in the middle: another leaf follows it.
+        let extra = build_map(&s, &[(b"zzz".to_vec(), vec![1u8])].into_iter().collect());
+        let mut raw = vec![NODE_VERSION, 1, 2];
+        for (k, id) in [
+            (node.last_key().unwrap().to_vec(), last),
+            (b"zzz".to_vec(), extra),
+        ] {
+            put_varint(&mut raw, k.len() as u64);
+            raw.extend_from_slice(&k);
+            raw.extend_from_slice(&id.0);
+        }
+        let b = s.put(T, &raw).unwrap();
+        // Alone, B's walk finds it.
+        assert!(walk_nodes(&s, T, &b, |_| true, |_, _| Ok(())).is_err());
+        // After A, with nodes seen once skipped, it is still found.
+        let mut seen = crate::id::IdSet::default();
+        let mut open = crate::id::IdSet::default();
+        walk_nodes_with(&s, T, &a, &mut open, |id| seen.insert(*id), |_, _| Ok(())).unwrap();
+        let e = walk_nodes_with(&s, T, &b, &mut open, |id| seen.insert(*id), |_, _| Ok(()))
+            .unwrap_err();
+        assert!(e.to_string().contains("not canonical"), "{e}");
+    }
+
     fn arb_map() -> impl Strategy<Value = BTreeMap<Vec<u8>, Vec<u8>>> {
         proptest::collection::btree_map(
             proptest::collection::vec(any::<u8>(), 0..24),
@@ -1001,6 +1164,16 @@ mod tests {
             // Same contents, same root: the shape depends on content only.
             let s2 = MemStore::new(true);
             prop_assert_eq!(build_map(&s2, &m), root);
+            // What the writer makes is canonical, for both map kinds.
+            prop_assert!(walk_nodes(&s, T, &root, |_| true, |_, _| Ok(())).is_ok());
+            let rows = build(
+                ObjectType::Rows,
+                &s,
+                m.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+            )
+            .unwrap();
+            let r = walk_nodes(&s, ObjectType::Rows, &rows, |_| true, |_, _| Ok(()));
+            prop_assert!(r.is_ok(), "{:?}", r);
         }
 
         #[test]

@@ -17,7 +17,7 @@ use crate::error::{Result, SyncError};
 use crate::id::{IdMap, IdSet, ObjectId, ObjectType};
 use crate::object::list::ListNode;
 use crate::object::references;
-use crate::object::tree::{Content, Entry, EntryKind, decode_entry};
+use crate::object::tree::{Content, Entry, EntryKind, MAX_TREE_DEPTH, decode_entry};
 use crate::pack::{FLAG_DELTA, StoredObject, make_delta, unpack};
 use crate::progress::Progress;
 use crate::remote::{COMMIT_EVERY, Remote, Traffic};
@@ -210,6 +210,9 @@ struct Hint {
     candidates: IdSet,
     /// new object → an old object at the same place (on the remote).
     bases: IdMap<ObjectId>,
+    /// A tree deeper than [`MAX_TREE_DEPTH`] was met: the hint is not
+    /// complete, and the push falls back to full negotiation (iterative).
+    too_deep: bool,
 }
 
 impl Hint {
@@ -242,13 +245,13 @@ impl Hint {
         for (snap, root, tables) in chain {
             h.candidates.insert(snap);
             if let Some(root) = root {
-                h.tree(local, old.root.as_ref(), &root)?;
+                h.tree(local, old.root.as_ref(), &root, 0)?;
             }
             for (name, id) in &tables {
                 h.table(local, old.tables.get(name), id)?;
             }
         }
-        Ok(Some(h))
+        Ok((!h.too_deep).then_some(h))
     }
 
     /// A table object, and the rows that changed since the old one of the
@@ -299,8 +302,18 @@ impl Hint {
         Ok(())
     }
 
-    fn tree(&mut self, local: &Store, old: Option<&ObjectId>, new: &ObjectId) -> Result<()> {
+    fn tree(
+        &mut self,
+        local: &Store,
+        old: Option<&ObjectId>,
+        new: &ObjectId,
+        depth: usize,
+    ) -> Result<()> {
         if old == Some(new) {
+            return Ok(());
+        }
+        if depth > MAX_TREE_DEPTH {
+            self.too_deep = true;
             return Ok(());
         }
         let mut changes = Vec::new();
@@ -318,14 +331,14 @@ impl Hint {
             match c {
                 crate::pmap::Change::Added(v) => {
                     let e = decode_entry(new, &name, &v)?;
-                    self.everything(local, &e)?;
+                    self.everything(local, &e, depth + 1)?;
                 }
                 crate::pmap::Change::Modified(ov, nv) => {
                     let o = decode_entry(&old_id, &name, &ov)?;
                     let n = decode_entry(new, &name, &nv)?;
                     match (&o.kind, &n.kind) {
                         (EntryKind::Dir { tree: ta }, EntryKind::Dir { tree: tb }) => {
-                            self.tree(local, Some(ta), tb)?
+                            self.tree(local, Some(ta), tb, depth + 1)?
                         }
                         (
                             EntryKind::File {
@@ -338,7 +351,7 @@ impl Hint {
                             },
                         ) => {
                             if ca != cb {
-                                self.everything(local, &n)?;
+                                self.everything(local, &n, depth + 1)?;
                                 let old_chunks: Vec<ObjectId> = ca
                                     .chunks(local, *sa)
                                     .map(|c| c.map(|c| c.id))
@@ -354,7 +367,7 @@ impl Hint {
                                 }
                             }
                         }
-                        _ => self.everything(local, &n)?,
+                        _ => self.everything(local, &n, depth + 1)?,
                     }
                 }
                 crate::pmap::Change::Removed(_) => {}
@@ -364,9 +377,13 @@ impl Hint {
     }
 
     /// Every object under an entry.
-    fn everything(&mut self, local: &Store, e: &Entry) -> Result<()> {
+    fn everything(&mut self, local: &Store, e: &Entry, depth: usize) -> Result<()> {
         match &e.kind {
             EntryKind::Dir { tree } => {
+                if depth > MAX_TREE_DEPTH {
+                    self.too_deep = true;
+                    return Ok(());
+                }
                 let mut subdirs = Vec::new();
                 let mut files = Vec::new();
                 let cands = &mut self.candidates;
@@ -386,7 +403,7 @@ impl Hint {
                     },
                 )?;
                 for f in files.iter().chain(subdirs.iter()) {
-                    self.everything(local, f)?;
+                    self.everything(local, f, depth + 1)?;
                 }
             }
             EntryKind::File { size, content } => self.content(local, content, *size)?,

@@ -842,6 +842,11 @@ fn list_dir(
     recursive: bool,
     rows: &mut Vec<(Vec<u8>, systemprompt_sync::object::tree::Entry)>,
 ) -> Result<()> {
+    // Recursion: a hostile tree nested deeper than any real one is an error.
+    use systemprompt_sync::object::tree::{MAX_TREE_DEPTH, too_deep};
+    if prefix.iter().filter(|&&c| c == b'/').count() >= MAX_TREE_DEPTH {
+        return Err(too_deep(prefix).into());
+    }
     for (name, e) in read_dir(store, tree)? {
         let mut p = prefix.to_vec();
         if !p.is_empty() {

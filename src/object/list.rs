@@ -41,6 +41,36 @@ pub fn is_list_boundary(id: &ObjectId, count: usize) -> bool {
         && u32::from_le_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]) < LIST_BOUNDARY_THRESHOLD
 }
 
+/// Checks that a list node has exactly the shape [`ListBuilder`] gives it,
+/// so that a file's chunks have one list id: no entry but the last ends the
+/// node by the boundary rule, the last does unless the node is the
+/// rightmost of its level, and an internal root has at least two children.
+pub fn check_list_canonical(
+    node: &ListNode,
+    is_root: bool,
+    rightmost: bool,
+) -> std::result::Result<(), String> {
+    if is_root && node.level > 0 && node.entries.len() < 2 {
+        return Err("an internal list root with a single child (the child is the root)".into());
+    }
+    let n = node.entries.len();
+    for (i, e) in node.entries.iter().enumerate() {
+        let cut = is_list_boundary(&e.id, i + 1);
+        if cut && i + 1 < n {
+            return Err(format!(
+                "not canonical: the boundary rule ends the list node after entry {} of {n}",
+                i + 1
+            ));
+        }
+        if !cut && i + 1 == n && !rightmost {
+            return Err(
+                "not canonical: the list node ends where the boundary rule does not end it".into(),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A decoded list node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListNode {
@@ -271,6 +301,54 @@ mod tests {
             b.push(*c).unwrap();
         }
         b.finish().unwrap()
+    }
+
+    /// Checks every node under `id` with [`check_list_canonical`].
+    fn all_canonical(s: &MemStore, id: &ObjectId, is_root: bool, rightmost: bool) -> usize {
+        let n = ListNode::decode(&s.get(ObjectType::List, id).unwrap()).unwrap();
+        check_list_canonical(&n, is_root, rightmost).unwrap();
+        let mut nodes = 1;
+        if n.level > 0 {
+            let last = n.entries.len() - 1;
+            for (i, e) in n.entries.iter().enumerate() {
+                nodes += all_canonical(s, &e.id, false, rightmost && i == last);
+            }
+        }
+        nodes
+    }
+
+    #[test]
+    fn the_writer_makes_canonical_lists_and_others_are_refused() {
+        for n in [1, 7, 8, 17, 64, 513, 5_000] {
+            let s = MemStore::new(true);
+            let (_, root) = build_list(&s, &refs(n, 2));
+            let nodes = all_canonical(&s, &root, true, true);
+            assert_eq!(nodes, s.len(), "{n}");
+        }
+        // Two level-0 nodes merged into one: cut inside.
+        let v = refs(5_000, 2);
+        let cut = (8..v.len())
+            .find(|&i| is_list_boundary(&v[i].id, i + 1))
+            .unwrap();
+        let node = ListNode {
+            level: 0,
+            entries: v[..cut + 5].to_vec(),
+        };
+        let e = check_list_canonical(&node, true, true).unwrap_err();
+        assert!(e.contains("not canonical"), "{e}");
+        // Ended early (not at a boundary) though another node follows.
+        let node = ListNode {
+            level: 0,
+            entries: v[..cut].to_vec(),
+        };
+        assert!(check_list_canonical(&node, false, false).is_err());
+        assert!(check_list_canonical(&node, false, true).is_ok());
+        // An internal root with one child.
+        let node = ListNode {
+            level: 1,
+            entries: v[..1].to_vec(),
+        };
+        assert!(check_list_canonical(&node, true, true).is_err());
     }
 
     #[test]

@@ -19,6 +19,21 @@ pub const KIND_SYMLINK: u8 = 3;
 pub const MODE_MASK: u32 = 0o7777;
 pub const MAX_NAME: usize = 1024;
 pub const MAX_SYMLINK: usize = 4096;
+/// The deepest directory nesting any walk (restore, diff, ls -r, fsck, gc,
+/// transfer) follows. The writer never produces deeper trees on ordinary
+/// filesystems (Linux paths stop at 4096 bytes); a deeper tree from a
+/// hostile store is refused with a clear error instead of exhausting the
+/// stack or memory.
+pub const MAX_TREE_DEPTH: usize = 1024;
+
+/// The error for a directory nested deeper than [`MAX_TREE_DEPTH`].
+pub fn too_deep(path: &[u8]) -> SyncError {
+    let shown = String::from_utf8_lossy(path);
+    let shown: String = shown.chars().take(200).collect();
+    SyncError::Invalid(format!(
+        "directory tree deeper than {MAX_TREE_DEPTH} levels at {shown}…"
+    ))
+}
 
 /// Seconds and nanoseconds since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

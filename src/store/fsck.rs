@@ -9,8 +9,8 @@ use super::index::{self, IdxEntry};
 use crate::error::{Result, SyncError};
 use crate::id::{IdMap, IdSet, ObjectId, ObjectType};
 use crate::names::load_snapshot;
-use crate::object::list::ListNode;
-use crate::object::tree::{Content, EntryKind, decode_entry};
+use crate::object::list::{ListIter, ListNode, MAX_INLINE, check_list_canonical};
+use crate::object::tree::{Content, EntryKind, MAX_TREE_DEPTH, decode_entry, too_deep};
 use crate::object::{ObjectSource, corrupt};
 use crate::pack::PackReader;
 use crate::progress::Progress;
@@ -73,6 +73,7 @@ pub fn fsck(store: &Store, opts: &FsckOptions, progress: &dyn Progress) -> Resul
         bad: &bad,
         check_chunks: true,
         snapshots: 0,
+        open_ended: IdSet::default(),
     };
     for (name, id) in &refs {
         walker.snapshot(id, &format!("ref {name}"));
@@ -188,6 +189,9 @@ pub struct Walker<'a> {
     pub bad: &'a IdMap<String>,
     pub check_chunks: bool,
     pub snapshots: usize,
+    /// Map nodes read that may only be the last of their level (see
+    /// [`crate::pmap::walk_nodes_with`]).
+    pub open_ended: IdSet,
 }
 
 impl Walker<'_> {
@@ -210,11 +214,25 @@ impl Walker<'_> {
             self.report(tag, id, &why, ctx);
             return false;
         }
-        if !self.store.contains(id) {
-            self.report(tag, id, "missing", ctx);
-            return false;
+        match self.store.location(id) {
+            None => {
+                self.report(tag, id, "missing", ctx);
+                false
+            }
+            Some(l) if l.tag != tag => {
+                self.report(
+                    tag,
+                    id,
+                    &format!(
+                        "referenced as a {tag}, but the object stored is a {}",
+                        l.tag
+                    ),
+                    ctx,
+                );
+                false
+            }
+            Some(_) => true,
         }
-        true
     }
 
     pub fn snapshot(&mut self, id: &ObjectId, ctx: &str) {
@@ -251,16 +269,30 @@ impl Walker<'_> {
         }
     }
 
+    /// Walks a directory tree iteratively (a hostile store may nest
+    /// directories arbitrarily deep: no recursion, and a clear error past
+    /// [`MAX_TREE_DEPTH`]).
     fn tree(&mut self, root: &ObjectId, ctx: &str, path: &[u8]) {
-        let shown = |p: &[u8]| {
-            if p.is_empty() {
-                "/".to_string()
-            } else {
-                String::from_utf8_lossy(p).into_owned()
+        let mut work: Vec<(ObjectId, Vec<u8>, usize)> = vec![(*root, path.to_vec(), 0)];
+        while let Some((id, path, depth)) = work.pop() {
+            if depth > MAX_TREE_DEPTH {
+                let here = format!("{ctx} path {}", shown(&path));
+                self.report(ObjectType::Tree, &id, &too_deep(&path).to_string(), &here);
+                continue;
             }
-        };
+            let subdirs = self.tree_node(&id, ctx, &path);
+            for (p, t) in subdirs.into_iter().rev() {
+                work.push((t, p, depth + 1));
+            }
+        }
+    }
+
+    /// Checks one directory (its map nodes, entries and files' contents);
+    /// returns its subdirectories.
+    fn tree_node(&mut self, root: &ObjectId, ctx: &str, path: &[u8]) -> Vec<(Vec<u8>, ObjectId)> {
+        let mut subdirs: Vec<(Vec<u8>, ObjectId)> = Vec::new();
         if self.seen.contains(root) {
-            return;
+            return subdirs;
         }
         if !self.check_present(
             ObjectType::Tree,
@@ -268,28 +300,29 @@ impl Walker<'_> {
             &format!("{ctx} path {}", shown(path)),
         ) {
             self.seen.insert(*root);
-            return;
+            return subdirs;
         }
-        let mut subdirs: Vec<(Vec<u8>, ObjectId)> = Vec::new();
         let mut contents: Vec<(Vec<u8>, u64, Content)> = Vec::new();
         let mut node_errors: Vec<(ObjectId, String)> = Vec::new();
         let mut seen = std::mem::take(&mut self.seen);
         let bad = self.bad;
         let store = self.store;
-        let r = crate::pmap::walk_nodes(
+        let mut open_ended = std::mem::take(&mut self.open_ended);
+        let r = crate::pmap::walk_nodes_with(
             self.src,
             ObjectType::Tree,
             root,
+            &mut open_ended,
             |id| {
-                if let Some(why) = bad.get(id) {
-                    node_errors.push((*id, why.clone()));
-                    return false;
-                }
-                if !store.contains(id) {
-                    node_errors.push((*id, "missing".into()));
-                    return false;
-                }
-                seen.insert(*id)
+                node_visit(
+                    store,
+                    bad,
+                    &mut seen,
+                    &mut node_errors,
+                    ObjectType::Tree,
+                    id,
+                )
+                .0
             },
             |name, value| {
                 let e = decode_entry(root, name, value)?;
@@ -307,6 +340,7 @@ impl Walker<'_> {
             },
         );
         self.seen = seen;
+        self.open_ended = open_ended;
         let here = format!("{ctx} path {}", shown(path));
         for (id, why) in node_errors {
             self.report(ObjectType::Tree, &id, &why, &here);
@@ -318,9 +352,7 @@ impl Walker<'_> {
             let fctx = format!("{ctx} path {}", shown(&p));
             self.content(&content, size, &fctx);
         }
-        for (p, t) in subdirs {
-            self.tree(&t, ctx, &p);
-        }
+        subdirs
     }
 
     /// A table object, its row map, and the large values its rows keep in
@@ -361,24 +393,26 @@ impl Walker<'_> {
         let mut partial = false;
         let width = data.row_width();
         let root = data.root;
-        let r = crate::pmap::walk_nodes(
+        let src = self.src;
+        let mut open_ended = std::mem::take(&mut self.open_ended);
+        let r = crate::pmap::walk_nodes_with(
             self.src,
             ObjectType::Rows,
             &root,
+            &mut open_ended,
             |nid| {
-                if let Some(why) = bad.get(nid) {
-                    node_errors.push((*nid, why.clone()));
-                    return false;
-                }
-                if !store.contains(nid) {
-                    node_errors.push((*nid, "missing".into()));
-                    return false;
-                }
                 // A subtree already checked (shared with another table
                 // version) is not walked again.
-                let first = seen.insert(*nid);
-                partial |= !first;
-                first
+                let (go, again) = node_visit(
+                    store,
+                    bad,
+                    &mut seen,
+                    &mut node_errors,
+                    ObjectType::Rows,
+                    nid,
+                );
+                partial |= again;
+                go
             },
             |k, v| {
                 rows += 1;
@@ -393,6 +427,8 @@ impl Walker<'_> {
                         format!("a row of {} values in a table of {width}", cells.len()),
                     ));
                 }
+                check_row_key(src, &data, k, &cells)
+                    .map_err(|e| corrupt(ObjectType::Rows, &root, e))?;
                 for c in cells {
                     if let crate::db::value::Cell::Large { size, content, .. } = c {
                         contents.push((size, content));
@@ -402,6 +438,7 @@ impl Walker<'_> {
             },
         );
         self.seen = seen;
+        self.open_ended = open_ended;
         for (nid, why) in node_errors {
             self.report(ObjectType::Rows, &nid, &why, ctx);
         }
@@ -429,11 +466,46 @@ impl Walker<'_> {
                     }
                 }
             }
-            Content::Indirect { level, root } => self.list(*level, root, size, ctx),
+            Content::Indirect { level, root } => {
+                let present = self
+                    .store
+                    .location(root)
+                    .is_some_and(|l| l.tag == ObjectType::List);
+                if !self.seen.contains(root) && present && !self.bad.contains_key(root) {
+                    // A list of at most MAX_INLINE chunks is stored inline:
+                    // the same file must not have two ids. (A damaged list
+                    // is reported by the walk below.)
+                    let first: Result<Vec<_>> = ListIter::new(self.src, *level, *root, size)
+                        .take(MAX_INLINE + 1)
+                        .collect();
+                    if let Ok(first) = first
+                        && first.len() <= MAX_INLINE
+                    {
+                        let n = first.len();
+                        self.report(
+                            ObjectType::List,
+                            root,
+                            &format!(
+                                "not canonical: a list of {n} chunks (at most {MAX_INLINE} are stored inline)"
+                            ),
+                            ctx,
+                        );
+                    }
+                }
+                self.list(*level, root, size, ctx, true, true)
+            }
         }
     }
 
-    fn list(&mut self, level: u8, id: &ObjectId, size: u64, ctx: &str) {
+    fn list(
+        &mut self,
+        level: u8,
+        id: &ObjectId,
+        size: u64,
+        ctx: &str,
+        is_root: bool,
+        rightmost: bool,
+    ) {
         if !self.seen.insert(*id) {
             return;
         }
@@ -460,15 +532,117 @@ impl Walker<'_> {
             );
             return;
         }
-        for e in &node.entries {
+        if let Err(why) = check_list_canonical(&node, is_root, rightmost) {
+            self.report(ObjectType::List, id, &why, ctx);
+        }
+        let n = node.entries.len();
+        for (i, e) in node.entries.iter().enumerate() {
             if level == 0 {
                 if self.seen.insert(e.id) && self.check_chunks {
                     self.check_present(ObjectType::Chunk, &e.id, ctx);
                 }
             } else {
-                self.list(level - 1, &e.id, e.len, ctx);
+                self.list(level - 1, &e.id, e.len, ctx, false, rightmost && i + 1 == n);
             }
         }
+    }
+}
+
+fn shown(p: &[u8]) -> String {
+    if p.is_empty() {
+        "/".to_string()
+    } else {
+        String::from_utf8_lossy(p).into_owned()
+    }
+}
+
+/// Whether a map walk should open node `id`: not if it is damaged, missing,
+/// of another type (reported in `errors`) or already seen. Returns (open it,
+/// it was seen before).
+fn node_visit(
+    store: &Store,
+    bad: &IdMap<String>,
+    seen: &mut IdSet,
+    errors: &mut Vec<(ObjectId, String)>,
+    tag: ObjectType,
+    id: &ObjectId,
+) -> (bool, bool) {
+    if let Some(why) = bad.get(id) {
+        errors.push((*id, why.clone()));
+        return (false, false);
+    }
+    match store.location(id) {
+        None => {
+            errors.push((*id, "missing".into()));
+            return (false, false);
+        }
+        Some(l) if l.tag != tag => {
+            errors.push((
+                *id,
+                format!(
+                    "referenced as a {tag}, but the object stored is a {}",
+                    l.tag
+                ),
+            ));
+            return (false, false);
+        }
+        Some(_) => {}
+    }
+    let first = seen.insert(*id);
+    (first, !first)
+}
+
+/// A row map's key must be what the writer derives from the row: the key
+/// columns' values (and the rowid after them when one is NULL), or the
+/// rowid alone for a table without a declared key. Restore trusts the row,
+/// diff and lookups the key: they must agree.
+pub fn check_row_key(
+    src: &dyn ObjectSource,
+    t: &crate::db::table::TableData,
+    key: &[u8],
+    cells: &[crate::db::value::Cell],
+) -> std::result::Result<(), String> {
+    use crate::db::value::{Cell, Value, encode_key};
+    let rowid = if t.rowid_in_row() {
+        match cells.first() {
+            Some(Cell::Value(Value::Integer(r))) => Some(*r),
+            _ => return Err("a row whose rowid is not an integer".into()),
+        }
+    } else {
+        None
+    };
+    let off = usize::from(t.rowid_in_row());
+    let want = if t.key.is_empty() {
+        match rowid {
+            // The key is the rowid itself, which the row does not repeat.
+            None => return Ok(()),
+            Some(r) => vec![Value::Integer(r)],
+        }
+    } else {
+        let mut vals = Vec::with_capacity(t.key.len() + 1);
+        let mut null = false;
+        for &k in &t.key {
+            let cell = cells
+                .get(off + k as usize)
+                .ok_or_else(|| format!("key column {k} beyond the row's {} values", cells.len()))?;
+            let v = cell.load(src).map_err(|e| e.to_string())?;
+            null |= matches!(v, Value::Null);
+            vals.push(v);
+        }
+        if null && !t.without_rowid() {
+            match rowid {
+                Some(r) => vals.push(Value::Integer(r)),
+                None => return Err("a NULL key in a row without its rowid".into()),
+            }
+        }
+        vals
+    };
+    match encode_key(&want) {
+        Ok(k) if k == key => Ok(()),
+        _ => Err(format!(
+            "a row-map key that disagrees with its row's key columns ({})",
+            t.key_names().join(", ")
+        )),
     }
 }
 

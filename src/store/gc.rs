@@ -42,6 +42,7 @@ pub fn mark(store: &Store) -> Result<crate::id::IdSet> {
         bad: &bad,
         check_chunks: true,
         snapshots: 0,
+        open_ended: Default::default(),
     };
     for (name, id) in store.list_refs()? {
         w.snapshot(&id, &format!("ref {name}"));

@@ -10,7 +10,12 @@
 
 use crate::error::{Result, SyncError};
 use crate::id::{ObjectId, ObjectType};
+use crate::object::MAX_OBJECT_SIZE;
 use std::path::Path;
+
+/// The largest payload a record may store (the pack reader's limit: an
+/// incompressible object plus zstd's framing).
+pub const MAX_STORED_SIZE: usize = MAX_OBJECT_SIZE + 1024;
 
 pub const IDX_MAGIC: &[u8; 8] = b"SPSYNCIX";
 pub const IDX_VERSION: u8 = 1;
@@ -103,6 +108,7 @@ pub fn decode_with(
             rest.len()
         )));
     }
+    let le4 = |s: &[u8]| u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
     // First check every entry, then hand them out.
     let mut prev: Option<&[u8]> = None;
     for e in rest.chunks_exact(IDX_ENTRY_LEN) {
@@ -113,13 +119,20 @@ pub fn decode_with(
         if ObjectType::from_u8(e[32]).is_none() {
             return Err(bad(format!("unknown object type {}", e[32])));
         }
+        // Sizes decide allocations when the object is read: never more
+        // than a pack record may hold.
+        let (clen, ulen) = (le4(&e[42..46]) as usize, le4(&e[46..50]) as usize);
+        if ulen > MAX_OBJECT_SIZE || clen > MAX_STORED_SIZE {
+            return Err(bad(format!(
+                "an entry of {ulen}/{clen} bytes exceeds the object size limit"
+            )));
+        }
     }
     let le8 = |s: &[u8]| {
         let mut a = [0u8; 8];
         a.copy_from_slice(s);
         u64::from_le_bytes(a)
     };
-    let le4 = |s: &[u8]| u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
     for e in rest.chunks_exact(IDX_ENTRY_LEN) {
         let mut id = [0u8; 32];
         id.copy_from_slice(&e[..32]);
@@ -171,5 +184,26 @@ mod tests {
         c[41..45].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(declared_count(&c), 5);
         assert_eq!(declared_count(&b[..40]), 0);
+    }
+
+    #[test]
+    fn hostile_sizes_are_refused() {
+        for (clen, ulen) in [(u32::MAX, 10), (10, u32::MAX), ((17 << 20) as u32, 10)] {
+            let mut entries = vec![IdxEntry {
+                id: ObjectId::compute(ObjectType::Chunk, b"x"),
+                tag: ObjectType::Chunk,
+                flags: 1,
+                offset: u64::MAX - 3,
+                clen,
+                ulen,
+            }];
+            let pack = ObjectId::compute(ObjectType::Chunk, b"pack");
+            let b = encode(&pack, &mut entries);
+            let e = decode(&b, Path::new("x.idx")).unwrap_err();
+            assert!(
+                e.to_string().contains("exceeds the object size limit"),
+                "{e}"
+            );
+        }
     }
 }

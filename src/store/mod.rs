@@ -65,6 +65,100 @@ impl Default for ChunkerConfig {
     }
 }
 
+/// Boundary parameters of one level of a map kind, as recorded.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub min: u64,
+    pub target: u64,
+    pub max: u64,
+    pub min_entries: u64,
+}
+
+impl NodeRecord {
+    fn of(p: &crate::pmap::NodeParams) -> Self {
+        NodeRecord {
+            min: p.min as u64,
+            target: p.target,
+            max: p.max as u64,
+            min_entries: p.min_entries,
+        }
+    }
+}
+
+/// The parameters that decide object ids besides the chunker's: how maps
+/// and chunk lists are cut into nodes and what is stored inline. A binary
+/// whose values differ would give the same directory or table another id,
+/// so a store records the values it was made with (`[objects]` in
+/// `store.toml`) and a binary refuses a store whose values are not its own.
+/// A store without the record predates it and was made with today's values.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ObjectParams {
+    /// Map node version and boundary hash (`BLAKE3(level || key)`, first
+    /// four bytes little endian, boundary when `h × target < entry bytes << 32`).
+    pub map_rule: String,
+    pub tree_leaf: NodeRecord,
+    pub tree_internal: NodeRecord,
+    pub rows_leaf: NodeRecord,
+    pub rows_internal: NodeRecord,
+    /// List boundary: after `list_min_entries`, when the entry id's first
+    /// four bytes (little endian) are below `list_threshold`; forced at
+    /// `list_max_entries`.
+    pub list_min_entries: u64,
+    pub list_max_entries: u64,
+    pub list_threshold: u32,
+    /// Chunk lists of at most this many chunks are stored inline.
+    pub inline_chunks: u64,
+    /// TEXT and BLOB values of at most this many bytes are stored in the row.
+    pub inline_value: u64,
+}
+
+impl ObjectParams {
+    /// The values of every store made before `[objects]` was recorded
+    /// (format 1 as first released), written out rather than taken from the
+    /// constants, so that a binary with other constants refuses those
+    /// stores too.
+    pub fn v1() -> Self {
+        let node = |min, target, max, min_entries| NodeRecord {
+            min,
+            target,
+            max,
+            min_entries,
+        };
+        ObjectParams {
+            map_rule: "node-v1-blake3-level-key".into(),
+            tree_leaf: node(512, 4096, 65536, 1),
+            tree_internal: node(512, 4096, 65536, 1),
+            rows_leaf: node(128, 1280, 2688, 2),
+            rows_internal: node(64, 256, 576, 2),
+            list_min_entries: 8,
+            list_max_entries: 512,
+            list_threshold: 67_108_863,
+            inline_chunks: 16,
+            inline_value: 4096,
+        }
+    }
+}
+
+impl Default for ObjectParams {
+    /// This binary's values.
+    fn default() -> Self {
+        use crate::object::list;
+        use crate::pmap::{ROWS_PARAMS, TREE_PARAMS};
+        ObjectParams {
+            map_rule: format!("node-v{}-blake3-level-key", crate::pmap::NODE_VERSION),
+            tree_leaf: NodeRecord::of(&TREE_PARAMS.leaf),
+            tree_internal: NodeRecord::of(&TREE_PARAMS.internal),
+            rows_leaf: NodeRecord::of(&ROWS_PARAMS.leaf),
+            rows_internal: NodeRecord::of(&ROWS_PARAMS.internal),
+            list_min_entries: list::MIN_LIST_ENTRIES as u64,
+            list_max_entries: list::MAX_LIST_ENTRIES as u64,
+            list_threshold: list::LIST_BOUNDARY_THRESHOLD,
+            inline_chunks: list::MAX_INLINE as u64,
+            inline_value: crate::db::value::MAX_INLINE_VALUE as u64,
+        }
+    }
+}
+
 /// `store.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StoreConfig {
@@ -74,6 +168,9 @@ pub struct StoreConfig {
     pub compression_level: i32,
     pub pack_size: u64,
     pub chunker: ChunkerConfig,
+    /// Absent in stores made before it was recorded: [`ObjectParams::v1`].
+    #[serde(default = "ObjectParams::v1")]
+    pub objects: ObjectParams,
 }
 
 impl Default for StoreConfig {
@@ -85,6 +182,7 @@ impl Default for StoreConfig {
             compression_level: 3,
             pack_size: 32 << 20,
             chunker: ChunkerConfig::default(),
+            objects: ObjectParams::default(),
         }
     }
 }
@@ -117,6 +215,15 @@ impl StoreConfig {
             || !c.max.is_multiple_of(2)
         {
             return Err(bad("unsupported chunker parameters".into()));
+        }
+        if self.objects != ObjectParams::default() {
+            return Err(bad(format!(
+                "the store's object parameters ([objects]) differ from this sp-sync's \
+                 (store: {:?}; this binary: {:?}): its trees, tables and lists would get \
+                 other ids; use the sp-sync version that made the store",
+                self.objects,
+                ObjectParams::default()
+            )));
         }
         if !(1 << 20..=1 << 30).contains(&self.pack_size) {
             return Err(bad("pack_size must be between 1 MiB and 1 GiB".into()));
@@ -771,4 +878,28 @@ pub fn locate(explicit: Option<&Path>, start: &Path) -> Result<PathBuf> {
         "no sp-sync store in {} or any parent (run `sp-sync init`, or pass --store DIR)",
         start.display()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The constants that decide ids are the ones recorded for format 1.
+    /// Changing one must come with a new record (and a way to read old
+    /// stores), never silently: this test fails first.
+    #[test]
+    fn this_binary_writes_format_1_object_parameters() {
+        assert_eq!(ObjectParams::default(), ObjectParams::v1());
+        let old = "format = 1\ncipher = \"none\"\ncompression = \"zstd\"\n\
+                   compression_level = 3\npack_size = 33554432\n[chunker]\n\
+                   algorithm = \"fastcdc-2020\"\nmin = 131072\navg = 262144\n\
+                   max = 2097152\nnormalization = 1\n";
+        let c: StoreConfig = toml::from_str(old).unwrap();
+        assert_eq!(c.objects, ObjectParams::v1());
+        assert!(c.validate(Path::new("store.toml")).is_ok());
+        let mut other = c.clone();
+        other.objects.rows_leaf.target = 1024;
+        let e = other.validate(Path::new("store.toml")).unwrap_err();
+        assert!(e.to_string().contains("object parameters"), "{e}");
+    }
 }

@@ -1,7 +1,8 @@
 //! Receiving objects from elsewhere (a push, a pull, a bundle): every object
 //! is decompressed and re-hashed against its id, and everything it
 //! references must already be stored or have come earlier in the stream,
-//! before it is written. What arrived is committed in pieces (packs), each
+//! with the type the reference names (a snapshot's root must be a tree, not
+//! a chunk of the same id-space), before it is written. What arrived is committed in pieces (packs), each
 //! downward closed, so an interrupted transfer keeps what was complete and
 //! the next one resends only the rest.
 
@@ -9,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Store;
 use crate::error::{Result, SyncError};
-use crate::id::{ObjectId, ObjectType};
+use crate::id::{IdMap, ObjectId, ObjectType};
 use crate::object::ObjectSource;
 use crate::object::references;
 use crate::pack::{
@@ -46,6 +47,14 @@ struct Bases {
 }
 
 impl Store {
+    /// The type of an object received earlier in this stream or stored.
+    fn type_of(&self, received: &IdMap<ObjectType>, id: &ObjectId) -> Option<ObjectType> {
+        received
+            .get(id)
+            .copied()
+            .or_else(|| self.location(id).map(|l| l.tag))
+    }
+
     /// A delta's base: it must be stored (already verified when it was).
     fn get_for_delta<'a>(
         &self,
@@ -99,20 +108,24 @@ impl Store {
         let mut since_commit = 0u64;
         let mut refreshed = false;
         let mut bases = Bases::default();
-        let mut received = 0u64;
+        let mut received_bytes = 0u64;
         let mut expanded = 0u64;
+        // The type of every object this call received (an id fixes its
+        // type: the tag is hashed with the bytes).
+        let mut received: IdMap<ObjectType> = IdMap::default();
         let r = (|| -> Result<()> {
             for obj in &mut *objects {
                 let mut obj = obj?;
                 let n = obj.payload.len() as u64;
-                received += n + crate::pack::record_header_len(u64::from(obj.ulen), n);
+                received_bytes += n + crate::pack::record_header_len(u64::from(obj.ulen), n);
                 let bytes = if obj.flags == FLAG_DELTA {
                     // A delta against an object we hold: rebuild, verify, store whole.
                     let base = delta_base(&obj.payload).ok_or_else(|| {
                         crate::object::corrupt(obj.tag, &obj.id, "bad delta record")
                     })?;
                     expanded += u64::from(obj.ulen);
-                    let allowed = DELTA_FLOOR.saturating_add(received.saturating_mul(DELTA_RATIO));
+                    let allowed =
+                        DELTA_FLOOR.saturating_add(received_bytes.saturating_mul(DELTA_RATIO));
                     if expanded > allowed {
                         return Err(SyncError::Invalid(format!(
                             "the deltas of this transfer expand to more than {allowed} bytes \
@@ -139,28 +152,31 @@ impl Store {
                         &obj.payload,
                     )?
                 };
-                for (_, r) in references(obj.tag, &obj.id, &bytes)? {
-                    if crate::object::ObjectSink::contains(&session, &r) {
-                        continue;
-                    }
-                    if !refreshed {
+                for (want, r) in references(obj.tag, &obj.id, &bytes)? {
+                    let mut have = self.type_of(&received, &r);
+                    if have.is_none() && !refreshed {
                         // Another process may have stored it since we looked.
                         self.refresh()?;
                         refreshed = true;
+                        have = self.type_of(&received, &r);
                     }
-                    if !crate::object::ObjectSink::contains(&session, &r) {
-                        return Err(SyncError::MissingObject {
-                            kind: "referenced",
-                            id: r,
-                        })
-                        .map_err(|e| {
-                            SyncError::Invalid(format!(
-                                "{} {} arrived before what it references: {e}",
+                    match have {
+                        Some(t) if t == want => {}
+                        Some(t) => {
+                            return Err(SyncError::Invalid(format!(
+                                "{} {} references {r} as a {want}, but that object is a {t}",
                                 obj.tag, obj.id
-                            ))
-                        });
+                            )));
+                        }
+                        None => {
+                            return Err(SyncError::Invalid(format!(
+                                "{} {} arrived before what it references: missing {want} object {r}",
+                                obj.tag, obj.id
+                            )));
+                        }
                     }
                 }
+                received.insert(obj.id, obj.tag);
                 stats.objects += 1;
                 stats.bytes += n;
                 progress.add(1, n);
@@ -174,6 +190,8 @@ impl Store {
                     let done = std::mem::replace(&mut session, self.writer()?);
                     done.finish()?;
                     since_commit = 0;
+                    // Committed objects are in the store's index now.
+                    received.clear();
                 }
             }
             Ok(())

@@ -87,7 +87,7 @@ impl Store {
                 self.refresh()?;
             }
             match self.location(&id) {
-                Some(loc) if loc.tag == ObjectType::Snapshot => {}
+                Some(loc) if loc.tag == ObjectType::Snapshot => self.check_snapshot_refs(&id)?,
                 Some(_) => return Err(SyncError::Invalid(format!("{id} is not a snapshot"))),
                 None => {
                     return Err(SyncError::MissingObject {
@@ -131,6 +131,39 @@ impl Store {
                 }
             }
         }
+    }
+}
+
+impl Store {
+    /// What a snapshot names directly (root tree, tables, parents) must be
+    /// stored with the type the snapshot gives it: a ref never moves to a
+    /// snapshot whose "tree" is a chunk.
+    fn check_snapshot_refs(&self, id: &ObjectId) -> Result<()> {
+        let bytes = crate::object::ObjectSource::get(self, ObjectType::Snapshot, id)?;
+        let refs = crate::object::references(ObjectType::Snapshot, id, &bytes)?;
+        if refs.iter().any(|(_, r)| self.location(r).is_none()) {
+            // A parent written by another process since this one loaded
+            // its index (a snapshot re-parented onto a concurrent one).
+            self.refresh()?;
+        }
+        for (want, r) in refs {
+            match self.location(&r) {
+                Some(l) if l.tag == want => {}
+                Some(l) => {
+                    return Err(SyncError::Invalid(format!(
+                        "snapshot {id} references {r} as a {want}, but that object is a {}",
+                        l.tag
+                    )));
+                }
+                None => {
+                    return Err(SyncError::MissingObject {
+                        kind: want.name(),
+                        id: r,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 }
 

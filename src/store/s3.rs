@@ -223,7 +223,10 @@ impl Backend for S3Backend {
     fn read_at(&self, key: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
         let store = self.store.clone();
         let path = self.path(key);
-        let end = offset + buf.len() as u64;
+        // Offsets come from index files, which a hostile store controls.
+        let end = offset.checked_add(buf.len() as u64).ok_or_else(|| {
+            SyncError::corrupt_file("pack", key, "a read past the largest offset")
+        })?;
         let b = self
             .rt
             .run(async move { store.get_range(&path, offset..end).await })?
