@@ -36,8 +36,8 @@ use crate::object::tree::{Entry, EntryKind, read_dir};
 use crate::progress::Progress;
 
 /// Directory levels a restore descends at most (a hostile tree could be
-/// deep enough to exhaust the stack).
-pub const MAX_DEPTH: usize = 1024;
+/// deep enough to exhaust the stack): the limit every tree walk keeps.
+pub const MAX_DEPTH: usize = crate::object::tree::MAX_TREE_DEPTH;
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -274,10 +274,7 @@ impl Ctx<'_> {
             return Err(SyncError::Interrupted);
         }
         if depth >= MAX_DEPTH {
-            return Err(SyncError::Invalid(format!(
-                "{}: the snapshot's tree is more than {MAX_DEPTH} directories deep; not restoring it",
-                path.display()
-            )));
+            return Err(crate::object::tree::too_deep(path.as_os_str().as_bytes()));
         }
         let entries = read_dir(self.src, tree)?;
         let mut ign = ign.clone();

@@ -365,6 +365,7 @@ fn walks_of_a_12000_deep_tree_end_with_a_clear_error() {
         vec!["diff", "empty", "main"],
         vec!["diff", "main", "empty"],
         vec!["ls", "-r", "main"],
+        vec!["restore", "main", "restored"],
     ] {
         let err = fails(&w, &args, 1);
         assert!(err.contains("deeper than 1024 levels"), "{args:?}: {err}");
@@ -420,6 +421,8 @@ fn walks_of_a_tree_just_under_the_depth_limit_succeed() {
     );
     let out = ok(&w, &["ls", "-r", "main"]);
     assert_eq!(out.lines().count(), 1000);
+    ok(&w, &["restore", "main", "restored"]);
+    assert!(w.join("restored").join("d/".repeat(1000)).is_dir());
 }
 
 #[test]

@@ -578,6 +578,9 @@ fn row_values(
             ),
         ));
     }
+    // The key a row is filed under must be the key its values make: a row
+    // is never trusted over its key.
+    crate::store::fsck::check_row_key(src, t, key, &cells).map_err(|e| bad_row(&t.root, e))?;
     let mut rowid = None;
     let mut start = 0;
     if t.rowid_in_row() {

@@ -113,6 +113,36 @@ pub struct ObjectParams {
 }
 
 impl ObjectParams {
+    /// The settings that differ, as `name = store's (this binary's)`.
+    fn differences(&self, other: &ObjectParams) -> String {
+        let (Ok(toml::Value::Table(a)), Ok(toml::Value::Table(b))) =
+            (toml::Value::try_from(self), toml::Value::try_from(other))
+        else {
+            return "unreadable".into();
+        };
+        let mut out = Vec::new();
+        for (k, v) in &a {
+            match (v, b.get(k)) {
+                (toml::Value::Table(x), Some(toml::Value::Table(y))) => {
+                    for (kk, vv) in x {
+                        if y.get(kk) != Some(vv) {
+                            let theirs = y.get(kk).map(|t| t.to_string()).unwrap_or_default();
+                            out.push(format!("{k}.{kk} = {vv} (this binary: {theirs})"));
+                        }
+                    }
+                }
+                (x, y) if y != Some(x) => {
+                    let theirs = y.map(|t| t.to_string()).unwrap_or_default();
+                    out.push(format!("{k} = {x} (this binary: {theirs})"));
+                }
+                _ => {}
+            }
+        }
+        out.join(", ")
+    }
+}
+
+impl ObjectParams {
     /// The values of every store made before `[objects]` was recorded
     /// (format 1 as first released), written out rather than taken from the
     /// constants, so that a binary with other constants refuses those
@@ -219,10 +249,9 @@ impl StoreConfig {
         if self.objects != ObjectParams::default() {
             return Err(bad(format!(
                 "the store's object parameters ([objects]) differ from this sp-sync's \
-                 (store: {:?}; this binary: {:?}): its trees, tables and lists would get \
-                 other ids; use the sp-sync version that made the store",
-                self.objects,
-                ObjectParams::default()
+                 ({}): its trees, tables and lists would get other ids; use the sp-sync \
+                 version that made the store",
+                self.objects.differences(&ObjectParams::default())
             )));
         }
         if !(1 << 20..=1 << 30).contains(&self.pack_size) {
