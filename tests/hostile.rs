@@ -8,6 +8,7 @@ use std::path::Path;
 use common::{fails, ok};
 use systemprompt_sync::codec::Writer;
 use systemprompt_sync::object::ObjectSink;
+use systemprompt_sync::object::list::{ChunkRef, ListNode};
 use systemprompt_sync::object::snapshot::Snapshot;
 use systemprompt_sync::object::tree::{Content, Entry, EntryKind, Timestamp};
 use systemprompt_sync::{LockMode, ObjectType, Store};
@@ -178,4 +179,87 @@ fn decoded_trees_with_unsafe_names_are_rejected() {
             "{what}: fsck must report the tree"
         );
     }
+}
+
+#[test]
+fn a_snapshot_bigger_than_the_free_space_stops_before_writing() {
+    // A few bytes of tree can claim a terabyte file: restore checks the
+    // claim against the target's free space before writing it.
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("w");
+    std::fs::create_dir(&w).unwrap();
+    ok(&w, &["init"]);
+    let store = Store::open(&w.join(".sp-sync"), LockMode::Shared).unwrap();
+    let s = store.writer().unwrap();
+    // One 1 MiB chunk, a list node naming it 512 times, a node above naming
+    // that node 512 times, and one more level: 128 TiB from a few KB.
+    let chunk = vec![7u8; 1 << 20];
+    let c = s.put(ObjectType::Chunk, &chunk).unwrap();
+    let leaf = ListNode {
+        level: 0,
+        entries: vec![
+            ChunkRef {
+                id: c,
+                len: 1 << 20
+            };
+            512
+        ],
+    };
+    let leaf_id = s.put(ObjectType::List, &leaf.encode()).unwrap();
+    let top = ListNode {
+        level: 1,
+        entries: vec![
+            ChunkRef {
+                id: leaf_id,
+                len: 512 << 20
+            };
+            512
+        ],
+    };
+    let mid_id = s.put(ObjectType::List, &top.encode()).unwrap();
+    let top = ListNode {
+        level: 2,
+        entries: vec![
+            ChunkRef {
+                id: mid_id,
+                len: 1 << 38
+            };
+            512
+        ],
+    };
+    let top_id = s.put(ObjectType::List, &top.encode()).unwrap();
+    let huge = Entry {
+        mode: 0o644,
+        mtime: Timestamp::default(),
+        kind: EntryKind::File {
+            size: 1 << 47,
+            content: Content::Indirect {
+                level: 2,
+                root: top_id,
+            },
+        },
+    }
+    .encode();
+    let mut wr = Writer::new();
+    wr.u8(1).u8(0).varint(1);
+    wr.bytes(b"huge").bytes(&huge);
+    let root = s.put(ObjectType::Tree, &wr.buf).unwrap();
+    let snap = Snapshot {
+        root: Some(root),
+        message: "a petabyte".into(),
+        ..Default::default()
+    };
+    let id = s.put(ObjectType::Snapshot, &snap.encode()).unwrap();
+    s.finish().unwrap();
+    store.update_ref("main", None, Some(id)).unwrap();
+    drop(store);
+    let target = tmp.path().join("t");
+    let err = fails(&w, &["restore", "main", target.to_str().unwrap()], 1);
+    assert!(err.contains("not enough free space"), "{err}");
+    assert!(!target.join("huge").exists());
+    assert_eq!(
+        std::fs::read_dir(&target).unwrap().count(),
+        0,
+        "a temporary file was left"
+    );
 }
