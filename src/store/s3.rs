@@ -347,3 +347,32 @@ impl Backend for S3Backend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An index entry's offset comes from a file the store's owner controls:
+    /// one near `u64::MAX` is a corrupt-pack error, decided before any request
+    /// (the endpoint here accepts no connection), not an overflow panic.
+    #[test]
+    fn a_read_at_an_offset_that_overflows_is_an_error_not_a_panic() {
+        let settings = [
+            ("aws_access_key_id", "k"),
+            ("aws_secret_access_key", "s"),
+            ("aws_region", "us-east-1"),
+            ("aws_endpoint", "http://127.0.0.1:9"),
+            ("aws_allow_http", "true"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let b = S3Backend::new("s3://bucket/prefix", &settings).unwrap();
+        let mut buf = [0u8; 16];
+        let err = b
+            .read_at("packs/p.pack", u64::MAX - 3, &mut buf)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("a read past the largest offset"),
+            "{err}"
+        );
+    }
+}
