@@ -418,7 +418,7 @@ impl Walker<'_> {
                 rows += 1;
                 crate::db::value::decode_key(k)
                     .map_err(|e| corrupt(ObjectType::Rows, &root, format!("bad key: {e}")))?;
-                let cells = crate::db::value::decode_row(v)
+                let cells = crate::object::row::decode_row(v)
                     .map_err(|e| corrupt(ObjectType::Rows, &root, format!("bad row: {e}")))?;
                 if cells.len() != width {
                     return Err(corrupt(
@@ -430,7 +430,7 @@ impl Walker<'_> {
                 check_row_key(src, &data, k, &cells)
                     .map_err(|e| corrupt(ObjectType::Rows, &root, e))?;
                 for c in cells {
-                    if let crate::db::value::Cell::Large { size, content, .. } = c {
+                    if let crate::object::row::Cell::Large { size, content, .. } = c {
                         contents.push((size, content));
                     }
                 }
@@ -598,9 +598,9 @@ fn node_visit(
 /// diff and lookups the key: they must agree.
 pub fn check_row_key(
     src: &dyn ObjectSource,
-    t: &crate::db::table::TableData,
+    t: &crate::object::table::TableData,
     key: &[u8],
-    cells: &[crate::db::value::Cell],
+    cells: &[crate::object::row::Cell],
 ) -> std::result::Result<(), String> {
     use crate::db::value::{Cell, Value, encode_key};
     let rowid = if t.rowid_in_row() {
