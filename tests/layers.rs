@@ -135,7 +135,12 @@ fn group_names(s: &str, depth: &mut usize) -> Vec<String> {
 
 /// The module a file belongs to: `src/object/tree.rs` → `object`.
 fn module_of(rel: &Path) -> String {
-    let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
     first.trim_end_matches(".rs").to_string()
 }
 
@@ -178,14 +183,22 @@ fn the_floor_and_the_objects_name_nothing_above_them() {
             true
         }
     });
-    assert!(bad.is_empty(), "lower modules name upper ones:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "lower modules name upper ones:\n{}",
+        bad.join("\n")
+    );
 }
 
 #[test]
 #[ignore = "until the CLI goes through the façade"]
 fn the_cli_names_only_the_facade() {
     let bad = violations(|module, name| module != "cli" || !CLI_FORBIDDEN.contains(&name));
-    assert!(bad.is_empty(), "src/cli/ reaches under the façade:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "src/cli/ reaches under the façade:\n{}",
+        bad.join("\n")
+    );
 }
 
 #[test]
@@ -196,7 +209,10 @@ fn the_check_sees_what_it_must() {
             .map(|(n, _)| n)
             .collect::<BTreeSet<_>>()
     };
-    assert_eq!(found("use crate::store::Store;"), ["store".to_string()].into());
+    assert_eq!(
+        found("use crate::store::Store;"),
+        ["store".to_string()].into()
+    );
     assert_eq!(
         found("use crate::{db::value::Cell, id::ObjectId, pmap};"),
         ["db".to_string(), "id".into(), "pmap".into()].into()

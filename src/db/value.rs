@@ -25,8 +25,8 @@
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::{Result, SyncError};
-use crate::object::row::{C_BLOB, C_BLOB_LARGE, C_INT, C_NULL, C_REAL, C_TEXT, C_TEXT_LARGE};
 use crate::object::ObjectSink;
+use crate::object::row::{C_BLOB, C_BLOB_LARGE, C_INT, C_NULL, C_REAL, C_TEXT, C_TEXT_LARGE};
 
 // The row encoding lives with the other objects; re-exported here, where
 // the database code has always found it.
@@ -62,7 +62,6 @@ impl Value {
     pub fn sql(&self) -> Sql<'_> {
         Sql(self.as_ref())
     }
-
 }
 
 /// A borrowed value bound as a statement parameter.

@@ -240,8 +240,7 @@ pub fn references(
             Ok(s.refs())
         }
         ObjectType::Table => {
-            let t =
-                table::TableObject::decode(bytes).map_err(|e| corrupt(tag, id, e))?;
+            let t = table::TableObject::decode(bytes).map_err(|e| corrupt(tag, id, e))?;
             Ok(t.refs())
         }
         ObjectType::Rows => {

@@ -172,11 +172,7 @@ impl Cell {
 }
 
 /// Cuts a large value into chunks, stores them and returns its content.
-pub fn store_large(
-    b: &[u8],
-    sink: &dyn ObjectSink,
-    chunker: &Chunker,
-) -> Result<Content> {
+pub fn store_large(b: &[u8], sink: &dyn ObjectSink, chunker: &Chunker) -> Result<Content> {
     let mut refs = Vec::new();
     let mut p = 0;
     for n in chunker.cut_all(b) {
