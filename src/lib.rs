@@ -152,17 +152,85 @@ pub mod workspace;
 
 pub use checkout::{CheckoutOptions, CheckoutReport};
 pub use compare::{DiffOptions, DiffReport};
+pub use db::DbSource;
 pub use error::{Result, SyncError};
 pub use id::{ObjectId, ObjectType};
 pub use local::{LocalOptions, LocalReport};
+pub use object::snapshot::Snapshot;
+pub use object::tree::{Entry, EntryKind, Timestamp};
 pub use progress::{NoProgress, Progress};
 pub use restore::{RestoreOptions, RestoreReport};
 pub use snapshot::{SnapshotOptions, SnapshotReport, snapshot};
+pub use store::fsck::{FsckOptions, FsckReport, fsck, rebuild_index};
+pub use store::gc::{GcReport, gc};
 pub use store::{LockMode, Store};
 pub use sync::{SyncConfig, SyncConfigBuilder, SyncDirection, SyncResult, SyncService};
 pub use workspace::{ProjectConfig, Workspace};
 
-use object::tree::{Entry, EntryKind, lookup};
+use object::tree::lookup;
+
+/// Opens the store at `dir`, or in object storage when `dir` is an
+/// `s3://BUCKET/PREFIX` URL.
+pub fn open_store(dir: &std::path::Path, mode: LockMode) -> Result<Store> {
+    match dir.to_str().filter(|s| s.starts_with("s3://")) {
+        Some(url) => Store::open_backend(
+            std::sync::Arc::new(store::s3::S3Backend::new(url, &[])?),
+            mode,
+        ),
+        None => Store::open(dir, mode),
+    }
+}
+
+/// Creates a store at `dir` (or an `s3://` URL); false when one is there.
+pub fn init_store(dir: &std::path::Path) -> Result<bool> {
+    match dir.to_str().filter(|s| s.starts_with("s3://")) {
+        Some(url) => Store::init_backend(&store::s3::S3Backend::new(url, &[])?),
+        None => Store::init(dir),
+    }
+}
+
+/// The entries at `SNAP[:PATH]` (`sp-sync ls`): a directory's entries
+/// (all the way down when `recursive`), paths relative to it; a file or
+/// symlink alone, under its name.
+pub fn list(store: &Store, spec: &str, recursive: bool) -> Result<Vec<(Vec<u8>, Entry)>> {
+    let (_, entry, name) = resolve_path(store, spec)?;
+    let mut rows = Vec::new();
+    match &entry.kind {
+        EntryKind::Dir { tree } => list_dir(store, tree, b"", recursive, &mut rows)?,
+        _ => rows.push((name, entry.clone())),
+    }
+    Ok(rows)
+}
+
+fn list_dir(
+    store: &Store,
+    tree: &ObjectId,
+    prefix: &[u8],
+    recursive: bool,
+    rows: &mut Vec<(Vec<u8>, Entry)>,
+) -> Result<()> {
+    // Recursion: a hostile tree nested deeper than any real one is an error.
+    use object::tree::{MAX_TREE_DEPTH, read_dir, too_deep};
+    if prefix.iter().filter(|&&c| c == b'/').count() >= MAX_TREE_DEPTH {
+        return Err(too_deep(prefix));
+    }
+    for (name, e) in read_dir(store, tree)? {
+        let mut p = prefix.to_vec();
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(&name);
+        let sub = match &e.kind {
+            EntryKind::Dir { tree } if recursive => Some(*tree),
+            _ => None,
+        };
+        rows.push((p.clone(), e));
+        if let Some(t) = sub {
+            list_dir(store, &t, &p, recursive, rows)?;
+        }
+    }
+    Ok(())
+}
 
 /// Finds the entry at `SNAP[:PATH]`: (snapshot id, entry, its name).
 pub fn resolve_path(store: &Store, spec: &str) -> Result<(ObjectId, Entry, Vec<u8>)> {
@@ -221,7 +289,7 @@ pub fn history(
     store: &Store,
     id: ObjectId,
     max: Option<usize>,
-) -> Result<Vec<(ObjectId, object::snapshot::Snapshot)>> {
+) -> Result<Vec<(ObjectId, Snapshot)>> {
     let mut out = Vec::new();
     let mut next = Some(id);
     while let Some(id) = next {

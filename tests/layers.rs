@@ -191,7 +191,6 @@ fn the_floor_and_the_objects_name_nothing_above_them() {
 }
 
 #[test]
-#[ignore = "until the CLI goes through the façade"]
 fn the_cli_names_only_the_facade() {
     let bad = violations(|module, name| module != "cli" || !CLI_FORBIDDEN.contains(&name));
     assert!(

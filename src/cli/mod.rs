@@ -10,14 +10,10 @@ use anyhow::{Context, Result, anyhow};
 use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::json;
 
-use systemprompt_sync::db::DbSource;
 use systemprompt_sync::diff::{ChangeKind, FileChange};
-use systemprompt_sync::object::tree::{EntryKind, read_dir};
-use systemprompt_sync::store::fsck::{FsckOptions, fsck, rebuild_index};
-use systemprompt_sync::store::gc::gc;
 use systemprompt_sync::{
-    LockMode, NoProgress, ObjectId, RestoreOptions, SnapshotOptions, Store, SyncError, Workspace,
-    names,
+    DbSource, EntryKind, FsckOptions, LockMode, NoProgress, RestoreOptions, SnapshotOptions, Store,
+    SyncError, Workspace, fsck, gc, names, rebuild_index,
 };
 
 use output::{human_time, mode_string, quote_path, rfc3339, size};
@@ -393,19 +389,8 @@ fn error_line(e: &anyhow::Error) -> String {
     line
 }
 
-/// `--store s3://BUCKET/PREFIX` names a store in object storage.
-fn s3_url(p: &Path) -> Option<&str> {
-    p.to_str().filter(|s| s.starts_with("s3://"))
-}
-
 fn open_store(dir: &Path, mode: LockMode) -> Result<Store> {
-    Ok(match s3_url(dir) {
-        Some(url) => Store::open_backend(
-            std::sync::Arc::new(systemprompt_sync::store::s3::S3Backend::new(url, &[])?),
-            mode,
-        )?,
-        None => Store::open(dir, mode)?,
-    })
+    Ok(systemprompt_sync::open_store(dir, mode)?)
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
@@ -580,10 +565,7 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
 
 fn init(ctx: &Ctx, dir: Option<PathBuf>) -> Result<i32> {
     let target = Workspace::init_dir(ctx.store.as_deref(), dir.as_deref(), &ctx.cwd);
-    let created = match s3_url(&target) {
-        Some(url) => Store::init_backend(&systemprompt_sync::store::s3::S3Backend::new(url, &[])?)?,
-        None => Store::init(&target)?,
-    };
+    let created = systemprompt_sync::init_store(&target)?;
     let shown = target.display().to_string();
     if ctx.json {
         ctx.print_json(&json!({"store": shown, "created": created}))?;
@@ -683,7 +665,7 @@ fn snapshot(
 }
 
 /// JSON for a snapshot's recorded sources (null for older snapshots).
-fn sources_json(s: &systemprompt_sync::object::snapshot::Snapshot) -> serde_json::Value {
+fn sources_json(s: &systemprompt_sync::Snapshot) -> serde_json::Value {
     match &s.sources {
         None => serde_json::Value::Null,
         Some(src) => json!({
@@ -780,12 +762,7 @@ fn printable(text: &str) -> String {
 
 fn ls(ctx: &Ctx, spec: &str, recursive: bool, long: bool) -> Result<i32> {
     let (_, store) = ctx.open(LockMode::Shared)?;
-    let (_, entry, name) = systemprompt_sync::resolve_path(&store, spec)?;
-    let mut rows: Vec<(Vec<u8>, systemprompt_sync::object::tree::Entry)> = Vec::new();
-    match &entry.kind {
-        EntryKind::Dir { tree } => list_dir(&store, tree, b"", recursive, &mut rows)?,
-        _ => rows.push((name, entry.clone())),
-    }
+    let rows = systemprompt_sync::list(&store, spec, recursive)?;
     if ctx.json {
         let v: Vec<_> = rows
             .iter()
@@ -833,36 +810,6 @@ fn ls(ctx: &Ctx, spec: &str, recursive: bool, long: bool) -> Result<i32> {
     }
     out.flush()?;
     Ok(0)
-}
-
-fn list_dir(
-    store: &Store,
-    tree: &ObjectId,
-    prefix: &[u8],
-    recursive: bool,
-    rows: &mut Vec<(Vec<u8>, systemprompt_sync::object::tree::Entry)>,
-) -> Result<()> {
-    // Recursion: a hostile tree nested deeper than any real one is an error.
-    use systemprompt_sync::object::tree::{MAX_TREE_DEPTH, too_deep};
-    if prefix.iter().filter(|&&c| c == b'/').count() >= MAX_TREE_DEPTH {
-        return Err(too_deep(prefix).into());
-    }
-    for (name, e) in read_dir(store, tree)? {
-        let mut p = prefix.to_vec();
-        if !p.is_empty() {
-            p.push(b'/');
-        }
-        p.extend_from_slice(&name);
-        let sub = match &e.kind {
-            EntryKind::Dir { tree } if recursive => Some(*tree),
-            _ => None,
-        };
-        rows.push((p.clone(), e));
-        if let Some(t) = sub {
-            list_dir(store, &t, &p, recursive, rows)?;
-        }
-    }
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
