@@ -860,7 +860,7 @@ fn diff(
             root: sa.root,
         };
         let resolve = |p: &str| -> Option<PathBuf> {
-            systemprompt_sync::sources::placements(&sa, Some(p), &ws.root)
+            systemprompt_sync::sources::placements(sa, Some(p), &ws.root)
                 .ok()
                 .and_then(|v| v.into_iter().next())
                 .map(|pl| pl.dest)
