@@ -316,8 +316,16 @@ fn open_remote(c: &SyncConfig, create: bool) -> Result<Arc<dyn Remote>> {
             (loc, Some(c.token.clone()).filter(|t| !t.is_empty()))
         }
     };
-    if matches!(loc, Location::Http { .. }) && token.is_none() && c.remote.is_none() {
-        return Err(SyncError::MissingConfig("token".into()));
+    if let Location::Http { base, tenant } = &loc
+        && c.remote.is_none()
+    {
+        // The configured token, never one from the environment.
+        let token = token.ok_or_else(|| SyncError::MissingConfig("token".into()))?;
+        return Ok(Arc::new(crate::remote::http::HttpRemote::new(
+            base,
+            tenant,
+            Some(token),
+        )?));
     }
     crate::remote::open(
         &loc,
