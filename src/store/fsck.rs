@@ -15,21 +15,31 @@ use crate::object::{ObjectSource, corrupt};
 use crate::pack::PackReader;
 use crate::progress::Progress;
 
+/// What `fsck` checks.
 #[derive(Debug, Clone, Default)]
 pub struct FsckOptions {
     /// Re-hash every stored object and check every pack's checksum.
     pub read_data: bool,
 }
 
+/// What `fsck` found (the `--json` of `sp-sync fsck`).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FsckReport {
+    /// Whether no error was found.
     pub ok: bool,
+    /// Damage found: each names the object or file and what is wrong.
     pub errors: Vec<String>,
+    /// Problems that lose nothing (stray files, …).
     pub warnings: Vec<String>,
+    /// Packs in the store.
     pub packs: usize,
+    /// Objects in the index.
     pub objects: usize,
+    /// Refs.
     pub refs: usize,
+    /// Snapshots reached from the refs.
     pub snapshots: usize,
+    /// Objects reached from the refs.
     pub reachable: usize,
 }
 
