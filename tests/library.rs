@@ -31,12 +31,29 @@ fn server(dir: &Path) -> Server {
     serve(data.to_str().unwrap(), Some(&tokens), "127.0.0.1:0", &[])
 }
 
+/// The newest modification time of the files under `p`.
+fn newest(p: &Path) -> std::time::SystemTime {
+    let mut t = std::fs::metadata(p).unwrap().modified().unwrap();
+    if p.is_dir() {
+        for e in std::fs::read_dir(p).unwrap() {
+            t = t.max(newest(&e.unwrap().path()));
+        }
+    }
+    t
+}
+
 /// The built example program. `cargo test` builds examples, `cargo
-/// nextest run` does not: then it is built here (only the example itself
-/// compiles; the library is already built).
+/// nextest run` does not: then (or when the library or the example changed
+/// since it was built) it is built here; only the example compiles, the
+/// library is already built.
 fn example_bin() -> PathBuf {
     let bin = common::bin().parent().unwrap().join("examples/library");
-    if !bin.exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sources = newest(&root.join("src")).max(newest(&root.join("examples/library.rs")));
+    let stale = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .map_or(true, |built| built < sources);
+    if stale {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let st = std::process::Command::new(cargo)
             .args(["build", "--example", "library"])
