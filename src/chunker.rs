@@ -6,7 +6,29 @@ use std::io::Read;
 
 use fastcdc::v2020::{Normalization, cut, select_masks};
 
-use crate::store::ChunkerConfig;
+use serde::{Deserialize, Serialize};
+
+/// Chunker parameters: part of the format, since they decide the cut points.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkerConfig {
+    pub algorithm: String,
+    pub min: u32,
+    pub avg: u32,
+    pub max: u32,
+    pub normalization: u32,
+}
+
+impl Default for ChunkerConfig {
+    fn default() -> Self {
+        ChunkerConfig {
+            algorithm: "fastcdc-2020".into(),
+            min: 128 * 1024,
+            avg: 256 * 1024,
+            max: 2 * 1024 * 1024,
+            normalization: 1,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Chunker {

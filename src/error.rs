@@ -11,8 +11,11 @@ pub enum SyncError {
     /// A filesystem operation failed.
     #[error("{op} {}: {source}", path.display())]
     Io {
+        /// What was being done (`reading`, `writing`, …).
         op: &'static str,
+        /// Where.
         path: PathBuf,
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
@@ -20,22 +23,33 @@ pub enum SyncError {
     /// An object's bytes do not hash to its id, or do not decode.
     #[error("corrupt {kind} object {id}: {reason}")]
     CorruptObject {
+        /// The object's type.
         kind: &'static str,
+        /// Its id.
         id: ObjectId,
+        /// What is wrong.
         reason: String,
     },
 
     /// A file of the store (pack, index, ref, config, cache) is damaged.
     #[error("corrupt {what} {}: {reason}", path.display())]
     CorruptFile {
+        /// Which kind of file.
         what: &'static str,
+        /// Where it is.
         path: PathBuf,
+        /// What is wrong.
         reason: String,
     },
 
     /// An object a reference points to is not in the store.
     #[error("missing {kind} object {id}")]
-    MissingObject { kind: &'static str, id: ObjectId },
+    MissingObject {
+        /// The object's type.
+        kind: &'static str,
+        /// Its id.
+        id: ObjectId,
+    },
 
     /// A compare-and-swap of a ref lost a race.
     #[error(
@@ -44,16 +58,22 @@ pub enum SyncError {
         show(actual)
     )]
     RefConflict {
+        /// The ref.
         name: String,
+        /// What the writer expected it to name.
         expected: Option<ObjectId>,
+        /// What it named.
         actual: Option<ObjectId>,
     },
 
     /// Moving a ref would drop history and was not forced.
     #[error("ref {name}: {new} is not a descendant of {old} (not a fast-forward; use --force)")]
     NonFastForward {
+        /// The ref.
         name: String,
+        /// What it names.
         old: ObjectId,
+        /// What it was asked to name.
         new: ObjectId,
     },
 
@@ -68,7 +88,12 @@ pub enum SyncError {
     /// A name read from a store, remote or bundle that would write outside
     /// the target or is otherwise unsafe.
     #[error("unsafe entry name {name:?} in {context}")]
-    UnsafeName { name: String, context: String },
+    UnsafeName {
+        /// The name, lossily.
+        name: String,
+        /// Where it was found.
+        context: String,
+    },
 
     /// No store was found or given.
     #[error("{0}")]
@@ -80,7 +105,12 @@ pub enum SyncError {
 
     /// A remote answered with an error status.
     #[error("remote error {status}: {message}")]
-    ApiError { status: u16, message: String },
+    ApiError {
+        /// The HTTP status.
+        status: u16,
+        /// What the server said.
+        message: String,
+    },
 
     /// A remote refused the credentials.
     #[error("unauthorized: {0}")]
@@ -93,8 +123,11 @@ pub enum SyncError {
     /// An external command (a deploy step) failed.
     #[error("command {command:?} failed with {status}: {output}")]
     CommandFailed {
+        /// The command (or step).
         command: String,
+        /// How it ended (exit status or signal).
         status: String,
+        /// The tail of its output.
         output: String,
     },
 
@@ -110,9 +143,11 @@ fn show(id: &Option<ObjectId>) -> String {
     }
 }
 
+/// The library's result type.
 pub type Result<T, E = SyncError> = std::result::Result<T, E>;
 
 impl SyncError {
+    /// An [`SyncError::Io`]: `op` on `path` failed.
     pub fn io(op: &'static str, path: impl AsRef<Path>, source: std::io::Error) -> Self {
         SyncError::Io {
             op,
@@ -121,6 +156,7 @@ impl SyncError {
         }
     }
 
+    /// A [`SyncError::CorruptFile`].
     pub fn corrupt_file(
         what: &'static str,
         path: impl AsRef<Path>,
@@ -146,6 +182,7 @@ impl SyncError {
 
 /// Adds `op path` context to `std::io::Result`s.
 pub trait IoContext<T> {
+    /// Maps the error to [`SyncError::Io`] with `op` and `path`.
     fn ctx(self, op: &'static str, path: impl AsRef<Path>) -> Result<T>;
 }
 

@@ -24,6 +24,7 @@ pub enum ObjectType {
 }
 
 impl ObjectType {
+    /// Parses a type tag.
     pub fn from_u8(tag: u8) -> Option<Self> {
         Some(match tag {
             1 => Self::Chunk,
@@ -36,6 +37,7 @@ impl ObjectType {
         })
     }
 
+    /// The type's name, as errors and `--json` show it.
     pub fn name(self) -> &'static str {
         match self {
             Self::Chunk => "chunk",
@@ -59,6 +61,7 @@ impl fmt::Display for ObjectType {
 pub struct ObjectId(pub [u8; 32]);
 
 impl ObjectId {
+    /// Bytes in an id.
     pub const LEN: usize = 32;
 
     /// `BLAKE3(tag || bytes)`.
@@ -69,14 +72,17 @@ impl ObjectId {
         ObjectId(*h.finalize().as_bytes())
     }
 
+    /// An id from exactly 32 bytes.
     pub fn from_slice(b: &[u8]) -> Option<Self> {
         Some(ObjectId(b.try_into().ok()?))
     }
 
+    /// The id's bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
 
+    /// The id in lowercase hex (64 characters).
     pub fn to_hex(&self) -> String {
         hex(&self.0)
     }

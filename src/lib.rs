@@ -1,11 +1,64 @@
-//! `systemprompt_sync`: a content-addressed snapshot engine.
+//! `systemprompt_sync`: a content-addressed snapshot engine, and the sync
+//! library built on it.
 //!
 //! Files are cut into content-defined chunks (FastCDC), each stored once
 //! under the BLAKE3 hash of its bytes, zstd-compressed, in append-only packs.
-//! Directories are prolly maps (Merkle trees with content-defined node
-//! boundaries), so a change rewrites O(log n) nodes and a diff reads only
-//! what changed. A snapshot names a root tree and its parents; refs name
-//! snapshots and move by compare-and-swap.
+//! Directories and SQLite tables are prolly maps (Merkle trees with
+//! content-defined node boundaries), so a change rewrites O(log n) nodes and
+//! a diff reads only what changed. A snapshot names a root tree, its tables
+//! and its parents; refs name snapshots and move by compare-and-swap.
+//!
+//! # Syncing a services folder
+//!
+//! [`SyncService`] pushes a services folder and a SQLite database to an
+//! `sp-sync serve` (`{api_url}/{tenant}`, with a bearer token), pulls them
+//! elsewhere, and syncs markdown collections with their tables
+//! ([`SyncDirection`]). Every failure is one [`SyncError`]. Here the remote
+//! is a store on disk ([`SyncConfigBuilder::with_remote`]), so the example
+//! runs without a server:
+//!
+//! ```
+//! use systemprompt_sync::{SyncConfig, SyncDirection, SyncService};
+//! # fn main() -> systemprompt_sync::Result<()> {
+//! # let rt = tokio::runtime::Runtime::new().unwrap();
+//! # rt.block_on(async {
+//! let tmp = tempfile::tempdir().unwrap();
+//! let services = tmp.path().join("services");
+//! std::fs::create_dir_all(services.join("agents")).unwrap();
+//! std::fs::write(services.join("agents/bot.md"), "# bot\n").unwrap();
+//! let remote = tmp.path().join("remote").to_string_lossy().into_owned();
+//!
+//! // Push: a snapshot of the folder goes to the remote.
+//! let config = SyncConfig::builder("tenant-id", "https://sync.example.com", "api-token", &services)
+//!     .with_direction(SyncDirection::Push)
+//!     .with_remote(&remote)
+//!     .build();
+//! let pushed = SyncService::new(config).sync_files().await?;
+//! assert_eq!(pushed.files, 1);
+//! assert!(pushed.objects > 0);
+//!
+//! // Pull it into another folder.
+//! let copy = tmp.path().join("copy");
+//! let config = SyncConfig::builder("tenant-id", "https://sync.example.com", "api-token", &copy)
+//!     .with_direction(SyncDirection::Pull)
+//!     .with_remote(&remote)
+//!     .build();
+//! let pulled = SyncService::new(config).sync_all().await?;
+//! assert_eq!(pulled[0].snapshot, pushed.snapshot);
+//! assert_eq!(std::fs::read_to_string(copy.join("agents/bot.md")).unwrap(), "# bot\n");
+//! # Ok(()) })
+//! # }
+//! ```
+//!
+//! `examples/library.rs` does the same against a real server, with a
+//! database and the local `ToDatabase`/`ToDisk` directions.
+//!
+//! # The engine
+//!
+//! Under the service, each command of the `sp-sync` binary is one call:
+//! [`snapshot()`], [`compare::diff`], [`restore_snapshot`], [`cat`],
+//! [`history`], [`local::local`]; each takes an options struct and a
+//! [`Progress`] and returns a serializable report.
 //!
 //! ```
 //! use systemprompt_sync::{LockMode, NoProgress, SnapshotOptions, Store};
@@ -36,40 +89,148 @@
 //! assert_eq!(std::fs::read_to_string(out.join("agents/bot.md")).unwrap(), "# bot\n");
 //! # Ok(()) }
 //! ```
+//!
+//! The modules under the façade (objects, maps, packs, the store, the
+//! transfer protocol) are public only for the tests, benches and fuzz
+//! targets, and hidden from these docs; `ARCHITECTURE.md` maps them.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
-pub mod chunker;
-pub mod codec;
-pub mod collection;
-pub mod db;
-pub mod diff;
+// The façade: what a program calls. Each command of the binary is one call
+// here, taking an options struct and a `&dyn Progress` and returning a
+// serializable report.
+pub mod checkout;
+pub mod compare;
 pub mod error;
-pub mod id;
-pub mod names;
-pub mod object;
-pub mod pack;
-pub mod patch;
-pub mod pmap;
+pub mod local;
 pub mod progress;
+pub mod sync;
+
+// The machinery under the façade. Public (but hidden from the docs) only
+// because the integration tests, benches, fuzz targets and the binary's
+// remaining glue reach into it; a program should not.
+#[doc(hidden)]
+pub mod chunker;
+#[doc(hidden)]
+pub mod codec;
+#[doc(hidden)]
+pub mod collection;
+#[doc(hidden)]
+pub mod db;
+#[doc(hidden)]
+pub mod diff;
+#[doc(hidden)]
+pub mod id;
+#[doc(hidden)]
+pub mod names;
+#[doc(hidden)]
+pub mod object;
+#[doc(hidden)]
+pub mod pack;
+#[doc(hidden)]
+pub mod patch;
+#[doc(hidden)]
+pub mod pmap;
+#[doc(hidden)]
 pub mod remote;
+#[doc(hidden)]
 pub mod restore;
+#[doc(hidden)]
 pub mod rt;
+#[doc(hidden)]
 pub mod server;
+#[doc(hidden)]
 pub mod snapshot;
+#[doc(hidden)]
 pub mod sources;
+#[doc(hidden)]
 pub mod store;
+#[doc(hidden)]
 pub mod transfer;
+#[doc(hidden)]
 pub mod workspace;
 
+pub use checkout::{CheckoutOptions, CheckoutReport};
+pub use compare::{DiffOptions, DiffReport};
+pub use db::DbSource;
 pub use error::{Result, SyncError};
 pub use id::{ObjectId, ObjectType};
+pub use local::{LocalOptions, LocalReport};
+pub use object::snapshot::Snapshot;
+pub use object::tree::{Entry, EntryKind, Timestamp};
 pub use progress::{NoProgress, Progress};
 pub use restore::{RestoreOptions, RestoreReport};
 pub use snapshot::{SnapshotOptions, SnapshotReport, snapshot};
+pub use store::fsck::{FsckOptions, FsckReport, fsck, rebuild_index};
+pub use store::gc::{GcReport, gc};
 pub use store::{LockMode, Store};
+pub use sync::{SyncConfig, SyncConfigBuilder, SyncDirection, SyncResult, SyncService};
 pub use workspace::{ProjectConfig, Workspace};
 
-use object::tree::{Entry, EntryKind, lookup};
+use object::tree::lookup;
+
+/// Opens the store at `dir`, or in object storage when `dir` is an
+/// `s3://BUCKET/PREFIX` URL.
+pub fn open_store(dir: &std::path::Path, mode: LockMode) -> Result<Store> {
+    match dir.to_str().filter(|s| s.starts_with("s3://")) {
+        Some(url) => Store::open_backend(
+            std::sync::Arc::new(store::s3::S3Backend::new(url, &[])?),
+            mode,
+        ),
+        None => Store::open(dir, mode),
+    }
+}
+
+/// Creates a store at `dir` (or an `s3://` URL); false when one is there.
+pub fn init_store(dir: &std::path::Path) -> Result<bool> {
+    match dir.to_str().filter(|s| s.starts_with("s3://")) {
+        Some(url) => Store::init_backend(&store::s3::S3Backend::new(url, &[])?),
+        None => Store::init(dir),
+    }
+}
+
+/// The entries at `SNAP[:PATH]` (`sp-sync ls`): a directory's entries
+/// (all the way down when `recursive`), paths relative to it; a file or
+/// symlink alone, under its name.
+pub fn list(store: &Store, spec: &str, recursive: bool) -> Result<Vec<(Vec<u8>, Entry)>> {
+    let (_, entry, name) = resolve_path(store, spec)?;
+    let mut rows = Vec::new();
+    match &entry.kind {
+        EntryKind::Dir { tree } => list_dir(store, tree, b"", recursive, &mut rows)?,
+        _ => rows.push((name, entry.clone())),
+    }
+    Ok(rows)
+}
+
+fn list_dir(
+    store: &Store,
+    tree: &ObjectId,
+    prefix: &[u8],
+    recursive: bool,
+    rows: &mut Vec<(Vec<u8>, Entry)>,
+) -> Result<()> {
+    // Recursion: a hostile tree nested deeper than any real one is an error.
+    use object::tree::{MAX_TREE_DEPTH, read_dir, too_deep};
+    if prefix.iter().filter(|&&c| c == b'/').count() >= MAX_TREE_DEPTH {
+        return Err(too_deep(prefix));
+    }
+    for (name, e) in read_dir(store, tree)? {
+        let mut p = prefix.to_vec();
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(&name);
+        let sub = match &e.kind {
+            EntryKind::Dir { tree } if recursive => Some(*tree),
+            _ => None,
+        };
+        rows.push((p.clone(), e));
+        if let Some(t) = sub {
+            list_dir(store, &t, &p, recursive, rows)?;
+        }
+    }
+    Ok(())
+}
 
 /// Finds the entry at `SNAP[:PATH]`: (snapshot id, entry, its name).
 pub fn resolve_path(store: &Store, spec: &str) -> Result<(ObjectId, Entry, Vec<u8>)> {
@@ -128,7 +289,7 @@ pub fn history(
     store: &Store,
     id: ObjectId,
     max: Option<usize>,
-) -> Result<Vec<(ObjectId, object::snapshot::Snapshot)>> {
+) -> Result<Vec<(ObjectId, Snapshot)>> {
     let mut out = Vec::new();
     let mut next = Some(id);
     while let Some(id) = next {

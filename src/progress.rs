@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+/// Where long operations report how far they are, and learn whether to stop.
 pub trait Progress: Sync {
     /// Work whose size is known up front.
     fn set_total(&self, _items: u64, _bytes: u64) {}

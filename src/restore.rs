@@ -39,10 +39,12 @@ use crate::progress::Progress;
 /// deep enough to exhaust the stack): the limit every tree walk keeps.
 pub const MAX_DEPTH: usize = crate::object::tree::MAX_TREE_DEPTH;
 
+/// How a restore writes.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
     /// Remove what the snapshot lacks (rsync's `--delete`).
     pub delete: bool,
+    /// Worker threads (default: the number of CPUs).
     pub threads: Option<usize>,
     /// Paths never removed, replaced or written into (the store, database
     /// files); absolute.
@@ -57,11 +59,16 @@ pub struct RestoreOptions {
     pub keep_setid: bool,
 }
 
+/// What a restore wrote.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct RestoreReport {
+    /// Files written.
     pub files: u64,
+    /// Directories made.
     pub dirs: u64,
+    /// Bytes written.
     pub bytes: u64,
+    /// Entries removed (with `delete`).
     pub deleted: u64,
     /// Entries left alone because they would have replaced a protected path.
     pub protected: Vec<PathBuf>,

@@ -40,10 +40,13 @@ pub struct SnapshotOptions {
     pub sources: Vec<PathBuf>,
     /// Gitignore-style patterns, relative to each source.
     pub excludes: Vec<String>,
+    /// The snapshot's message.
     pub message: String,
     /// The ref to move (default `main`).
     pub ref_name: String,
+    /// The host recorded (default: this machine's name).
     pub host: Option<String>,
+    /// Free-form metadata recorded with the snapshot.
     pub meta: BTreeMap<String, String>,
     /// Worker threads (default: the number of CPUs).
     pub threads: Option<usize>,
@@ -81,14 +84,21 @@ impl Default for SnapshotOptions {
 /// What a snapshot did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SnapshotReport {
+    /// The new snapshot.
     pub id: ObjectId,
+    /// Its parent (what the ref named before).
     pub parent: Option<ObjectId>,
+    /// Its root tree (`None`: no files).
     pub root: Option<ObjectId>,
+    /// Files in it.
     pub files: u64,
+    /// Directories in it.
     pub dirs: u64,
+    /// Bytes of file contents in it.
     pub bytes: u64,
     /// Bytes read from files (the rest came from the stat cache).
     pub read_bytes: u64,
+    /// Objects it added to the store.
     pub new_objects: u64,
     /// Bytes added to the store (as stored, compressed).
     pub new_bytes: u64,

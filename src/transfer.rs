@@ -280,11 +280,11 @@ impl Hint {
             Some(&new_root),
             |_, c| {
                 if let crate::pmap::Change::Added(v) | crate::pmap::Change::Modified(_, v) = c {
-                    let cells = crate::db::value::decode_row(&v).map_err(|e| {
+                    let cells = crate::object::row::decode_row(&v).map_err(|e| {
                         crate::object::corrupt(ObjectType::Rows, &new_root, format!("bad row: {e}"))
                     })?;
                     for c in cells {
-                        if let crate::db::value::Cell::Large { size, content, .. } = c {
+                        if let crate::object::row::Cell::Large { size, content, .. } = c {
                             large.push((content, size));
                         }
                     }

@@ -10,17 +10,10 @@ use anyhow::{Context, Result, anyhow};
 use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::json;
 
-use std::collections::BTreeMap;
-
-use systemprompt_sync::db::DbSource;
-use systemprompt_sync::db::diff::{RowChange, RowStat, diff_tables};
-use systemprompt_sync::diff::{ChangeKind, DiffStat, FileChange, diff_trees};
-use systemprompt_sync::object::tree::{EntryKind, read_dir};
-use systemprompt_sync::object::{ObjectSource, Overlay};
-use systemprompt_sync::store::fsck::{FsckOptions, fsck, rebuild_index};
-use systemprompt_sync::store::gc::gc;
+use systemprompt_sync::diff::{ChangeKind, FileChange};
 use systemprompt_sync::{
-    LockMode, ObjectId, RestoreOptions, SnapshotOptions, Store, SyncError, Workspace, names,
+    DbSource, EntryKind, FsckOptions, LockMode, NoProgress, RestoreOptions, SnapshotOptions, Store,
+    SyncError, Workspace, fsck, gc, names, rebuild_index,
 };
 
 use output::{human_time, mode_string, quote_path, rfc3339, size};
@@ -396,19 +389,8 @@ fn error_line(e: &anyhow::Error) -> String {
     line
 }
 
-/// `--store s3://BUCKET/PREFIX` names a store in object storage.
-fn s3_url(p: &Path) -> Option<&str> {
-    p.to_str().filter(|s| s.starts_with("s3://"))
-}
-
 fn open_store(dir: &Path, mode: LockMode) -> Result<Store> {
-    Ok(match s3_url(dir) {
-        Some(url) => Store::open_backend(
-            std::sync::Arc::new(systemprompt_sync::store::s3::S3Backend::new(url, &[])?),
-            mode,
-        )?,
-        None => Store::open(dir, mode)?,
-    })
+    Ok(systemprompt_sync::open_store(dir, mode)?)
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
@@ -521,12 +503,15 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
             keep_setid,
         } => restore(
             ctx,
-            &spec,
-            target.as_deref(),
-            delete,
-            db.as_deref(),
-            &tables,
-            keep_setid,
+            systemprompt_sync::CheckoutOptions {
+                spec,
+                target,
+                delete,
+                database: db,
+                tables,
+                keep_setid,
+                cwd: ctx.cwd.clone(),
+            },
         ),
         Cmd::Local { cmd } => local(ctx, cmd),
         Cmd::Fsck {
@@ -580,10 +565,7 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
 
 fn init(ctx: &Ctx, dir: Option<PathBuf>) -> Result<i32> {
     let target = Workspace::init_dir(ctx.store.as_deref(), dir.as_deref(), &ctx.cwd);
-    let created = match s3_url(&target) {
-        Some(url) => Store::init_backend(&systemprompt_sync::store::s3::S3Backend::new(url, &[])?)?,
-        None => Store::init(&target)?,
-    };
+    let created = systemprompt_sync::init_store(&target)?;
     let shown = target.display().to_string();
     if ctx.json {
         ctx.print_json(&json!({"store": shown, "created": created}))?;
@@ -683,7 +665,7 @@ fn snapshot(
 }
 
 /// JSON for a snapshot's recorded sources (null for older snapshots).
-fn sources_json(s: &systemprompt_sync::object::snapshot::Snapshot) -> serde_json::Value {
+fn sources_json(s: &systemprompt_sync::Snapshot) -> serde_json::Value {
     match &s.sources {
         None => serde_json::Value::Null,
         Some(src) => json!({
@@ -780,12 +762,7 @@ fn printable(text: &str) -> String {
 
 fn ls(ctx: &Ctx, spec: &str, recursive: bool, long: bool) -> Result<i32> {
     let (_, store) = ctx.open(LockMode::Shared)?;
-    let (_, entry, name) = systemprompt_sync::resolve_path(&store, spec)?;
-    let mut rows: Vec<(Vec<u8>, systemprompt_sync::object::tree::Entry)> = Vec::new();
-    match &entry.kind {
-        EntryKind::Dir { tree } => list_dir(&store, tree, b"", recursive, &mut rows)?,
-        _ => rows.push((name, entry.clone())),
-    }
+    let rows = systemprompt_sync::list(&store, spec, recursive)?;
     if ctx.json {
         let v: Vec<_> = rows
             .iter()
@@ -835,36 +812,6 @@ fn ls(ctx: &Ctx, spec: &str, recursive: bool, long: bool) -> Result<i32> {
     Ok(0)
 }
 
-fn list_dir(
-    store: &Store,
-    tree: &ObjectId,
-    prefix: &[u8],
-    recursive: bool,
-    rows: &mut Vec<(Vec<u8>, systemprompt_sync::object::tree::Entry)>,
-) -> Result<()> {
-    // Recursion: a hostile tree nested deeper than any real one is an error.
-    use systemprompt_sync::object::tree::{MAX_TREE_DEPTH, too_deep};
-    if prefix.iter().filter(|&&c| c == b'/').count() >= MAX_TREE_DEPTH {
-        return Err(too_deep(prefix).into());
-    }
-    for (name, e) in read_dir(store, tree)? {
-        let mut p = prefix.to_vec();
-        if !p.is_empty() {
-            p.push(b'/');
-        }
-        p.extend_from_slice(&name);
-        let sub = match &e.kind {
-            EntryKind::Dir { tree } if recursive => Some(*tree),
-            _ => None,
-        };
-        rows.push((p.clone(), e));
-        if let Some(t) = sub {
-            list_dir(store, &t, &p, recursive, rows)?;
-        }
-    }
-    Ok(())
-}
-
 #[allow(clippy::too_many_arguments)]
 fn diff(
     ctx: &Ctx,
@@ -877,158 +824,31 @@ fn diff(
 ) -> Result<i32> {
     let stat_only = view.stat;
     let (ws, store) = ctx.open(LockMode::Shared)?;
-    let load = |spec: &str| -> Result<systemprompt_sync::object::snapshot::Snapshot> {
-        let id = names::resolve(&store, spec)?;
-        Ok(names::load_snapshot(&store, &id)?)
+    let opts = systemprompt_sync::compare::DiffOptions {
+        from: a.to_string(),
+        to: b.map(str::to_string),
+        database: db.map(Path::to_path_buf),
+        tables: tables.to_vec(),
+        paths: view.paths.clone(),
+        cwd: ctx.cwd.clone(),
     };
-    let only = |m: &BTreeMap<String, ObjectId>| -> BTreeMap<String, ObjectId> {
-        m.iter()
-            .filter(|(k, _)| tables.is_empty() || tables.contains(k))
-            .map(|(k, v)| (k.clone(), *v))
-            .collect()
-    };
-    let sa = load(a)?;
-    let mut changes: Vec<FileChange> = Vec::new();
-    let mut rows: Vec<RowChange> = Vec::new();
-    let mut collect = |c: FileChange| {
-        changes.push(c);
-        Ok(())
-    };
-    let mut collect_rows = |c: RowChange| {
-        rows.push(c);
-        Ok(())
-    };
-    let mut sb_root: Option<ObjectId> = None;
-    let mut table_changes = match (b, db) {
-        (Some(b), _) => {
-            let sb = load(b)?;
-            sb_root = sb.root;
-            diff_trees(&store, sa.root.as_ref(), sb.root.as_ref(), &mut collect)?;
-            diff_tables(
-                &store,
-                &only(&sa.tables),
-                &only(&sb.tables),
-                &mut collect_rows,
-            )?
-        }
-        (None, db) => {
-            let bar = Bar::new(ctx.quiet);
-            let scratch = systemprompt_sync::snapshot::Scratch {
-                store: &store,
-                mem: systemprompt_sync::object::MemStore::new(false),
-            };
-            // What the snapshot was taken from (older snapshots: the
-            // defaults of sp-sync.toml).
-            let dbs = match (db, &sa.sources) {
-                (Some(path), _) => vec![DbSource {
-                    path: ctx.cwd.join(path),
-                    tables: tables.to_vec(),
-                }],
-                (None, Some(_)) => systemprompt_sync::sources::database_files(&sa, &ws.root)
-                    .into_iter()
-                    .filter(|(p, _)| p.exists())
-                    .map(|(path, _)| DbSource {
-                        path,
-                        tables: Vec::new(),
-                    })
-                    .collect(),
-                (None, None) => ws.default_dbs()?,
-            };
-            let now_tables = systemprompt_sync::db::scan_all(
-                &dbs,
-                &scratch,
-                &systemprompt_sync::chunker::Chunker::new(&store.config().chunker),
-                &bar,
-            );
-            let files = if db.is_none() {
-                let (sources, excludes) = match &sa.sources {
-                    Some(src) => (
-                        src.paths
-                            .iter()
-                            .map(|p| {
-                                if p.is_empty() {
-                                    ws.root.clone()
-                                } else {
-                                    ws.root.join(p)
-                                }
-                            })
-                            .collect(),
-                        src.excludes.clone(),
-                    ),
-                    None => ws.default_sources()?,
-                };
-                let skip: Vec<PathBuf> = dbs.iter().map(|d| d.path.clone()).collect();
-                Some(systemprompt_sync::snapshot::scan_working_tree(
-                    &store, &sources, &excludes, &skip, &bar,
-                ))
-            } else {
-                None
-            };
-            bar.finish();
-            let now_tables = now_tables?;
-            let wt = files.transpose()?;
-            let mem = match &wt {
-                Some((_, s)) => &s.mem,
-                None => &scratch.mem,
-            };
-            if let Some((root, _)) = &wt {
-                let src = Overlay {
-                    first: mem,
-                    second: &store as &dyn ObjectSource,
-                };
-                diff_trees(&src, sa.root.as_ref(), Some(root), &mut collect)?;
-            }
-            let src = Overlay {
-                first: &scratch.mem,
-                second: &store as &dyn ObjectSource,
-            };
-            // Compare only the tables the database was asked for.
-            let mut mine = only(&sa.tables);
-            let mut now_objects = only(&now_tables.objects);
-            if db.is_none() && sa.sources.is_some() {
-                // Only the tables the snapshot took from its databases.
-                now_objects.retain(|k, _| sa.tables.contains_key(k));
-            }
-            if db.is_some() || !dbs.is_empty() {
-                mine.retain(|k, _| {
-                    now_tables.objects.contains_key(k)
-                        || dbs
-                            .iter()
-                            .all(|d| d.tables.is_empty() || d.tables.contains(k))
-                });
-            } else {
-                mine.clear();
-            }
-            diff_tables(&src, &mine, &now_objects, &mut collect_rows)?
-        }
-    };
-    if !view.paths.is_empty() {
-        // A path filter limits the diff to files, like git's pathspec.
-        let wanted = |p: &str| {
-            let p = p.trim_end_matches('/');
-            view.paths.iter().any(|f| {
-                let f = f.trim_matches('/');
-                f.is_empty() || p == f || p.starts_with(&format!("{f}/"))
-            })
-        };
-        changes.retain(|c| wanted(&c.path));
-        rows.clear();
-        table_changes.clear();
-    }
-    let mut stat = DiffStat::default();
-    for c in &changes {
-        stat.add(c);
-    }
-    let mut rstat = RowStat::default();
-    for r in &rows {
-        rstat.add(r);
-    }
-    let differ = !changes.is_empty() || !rows.is_empty() || !table_changes.is_empty();
+    let bar = Bar::new(ctx.quiet || b.is_some());
+    let rep = systemprompt_sync::compare::diff(&ws, &store, &opts, &bar);
+    bar.finish();
+    let rep = rep?;
+    let (changes, rows, table_changes) = (&rep.files, &rep.rows, &rep.tables);
+    let (stat, rstat) = (&rep.stat, &rep.row_stat);
+    let sa = rep
+        .old
+        .as_ref()
+        .context("the diff names its old snapshot")?;
+    let sb_root = rep.new_root;
+    let differ = rep.differs();
     if ctx.json {
         let mut v = json!({"files": changes, "rows": rows, "tables": table_changes});
         if stat_only {
-            v["stat"] = serde_json::to_value(&stat)?;
-            v["row_stat"] = serde_json::to_value(&rstat)?;
+            v["stat"] = serde_json::to_value(stat)?;
+            v["row_stat"] = serde_json::to_value(rstat)?;
         }
         ctx.print_json(&v)?;
     } else if view.stat || view.patch {
@@ -1040,7 +860,7 @@ fn diff(
             root: sa.root,
         };
         let resolve = |p: &str| -> Option<PathBuf> {
-            systemprompt_sync::sources::placements(&sa, Some(p), &ws.root)
+            systemprompt_sync::sources::placements(sa, Some(p), &ws.root)
                 .ok()
                 .and_then(|v| v.into_iter().next())
                 .map(|pl| pl.dest)
@@ -1109,7 +929,7 @@ fn diff(
     } else {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         if !stat_only {
-            for c in &changes {
+            for c in changes {
                 let mut p = quote_path(&c.raw_path);
                 if c.path.ends_with('/') {
                     p.push('/');
@@ -1137,7 +957,7 @@ fn diff(
                     detail.unwrap_or_default()
                 )?;
             }
-            for t in &table_changes {
+            for t in table_changes {
                 let what = if t.view { "view" } else { "table" };
                 let sym = match t.change {
                     "added" => '+',
@@ -1155,7 +975,7 @@ fn diff(
                     }
                 )?;
             }
-            for r in &rows {
+            for r in rows {
                 let cols = if r.columns.is_empty() {
                     String::new()
                 } else {
@@ -1211,173 +1031,60 @@ fn plural(n: u64, what: &str) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn restore(
-    ctx: &Ctx,
-    spec: &str,
-    target: Option<&Path>,
-    delete: bool,
-    db: Option<&Path>,
-    tables: &[String],
-    keep_setid: bool,
-) -> Result<i32> {
-    use systemprompt_sync::sources::{Placement, database_files, holds_store, placements};
+fn restore(ctx: &Ctx, opts: systemprompt_sync::CheckoutOptions) -> Result<i32> {
     let (ws, store) = ctx.open(LockMode::Shared)?;
-    let (snap_spec, sub) = names::split_spec(spec);
-    let id = names::resolve(&store, snap_spec)?;
-    let s = names::load_snapshot(&store, &id)?;
-    let target = target.map(|t| systemprompt_sync::sources::canonical(&ctx.cwd.join(t)));
-    // Where the files go: without a target, back to their sources; into a
-    // target that holds the store (the working tree), at their sources'
-    // places inside it; otherwise SNAP[:PATH] into the target.
-    let places: Vec<Placement> = match (&target, db) {
-        (None, Some(_)) => Vec::new(),
-        (None, None) => placements(&s, sub, &ws.root)?,
-        (Some(t), _) if s.sources.is_some() && t.is_dir() && holds_store(t, &ws.store_dir) => {
-            placements(&s, sub, t)?
-        }
-        (Some(t), _) => vec![Placement {
-            tree_path: sub.unwrap_or("").to_string(),
-            dest: t.clone(),
-        }],
-    };
-    if places.is_empty() && sub.is_some() && target.is_some() {
-        return Err(SyncError::NotFound(format!(
-            "{}: no such path among the snapshot's sources",
-            sub.unwrap_or("")
-        ))
-        .into());
-    }
-    let opts = RestoreOptions {
-        delete,
-        threads: None,
-        protect: systemprompt_sync::sources::protected_paths(&ws, Some(&s)),
-        keep: systemprompt_sync::sources::kept_paths(&ws),
-        excludes: match &s.sources {
-            Some(src) => src.excludes.clone(),
-            None => ws.project().map(|p| p.snapshot.exclude).unwrap_or_default(),
-        },
-        keep_setid,
-    };
-    let mut restored = Vec::new();
-    let mut out = json!({});
+    let bar = Bar::new(ctx.quiet);
     let start = std::time::Instant::now();
-    for p in &places {
-        let Some(root) = s.root else {
-            break;
-        };
-        let entry = systemprompt_sync::object::tree::lookup(&store, &root, p.tree_path.as_bytes())?
-            .ok_or_else(|| {
-                SyncError::NotFound(format!(
-                    "{}: no such path in snapshot {}",
-                    p.tree_path,
-                    id.short()
-                ))
-            })?;
-        let name = p.tree_path.rsplit('/').next().unwrap_or("").as_bytes();
-        let bar = Bar::new(ctx.quiet);
-        let r = systemprompt_sync::restore::restore_to(&store, &entry, name, &p.dest, &opts, &bar);
-        bar.finish();
-        let r = r.with_context(|| format!("restore into {}", p.dest.display()))?;
-        if !ctx.json {
-            ctx.note(format!(
-                "restored {} files, {} into {} in {:.2}s{}",
-                r.files,
-                size(r.bytes),
-                p.dest.display(),
-                start.elapsed().as_secs_f64(),
-                if delete {
-                    format!("; removed {}", r.deleted)
-                } else {
-                    String::new()
-                }
-            ));
-        }
-        restored.push(json!({
-            "target": p.dest.display().to_string(), "files": r.files, "dirs": r.dirs,
-            "bytes": r.bytes, "deleted": r.deleted,
-            "protected": r.protected.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-        }));
-    }
-    if let Some(first) = restored.first() {
-        out = first.clone();
-        out["restored"] = json!(restored);
-    }
-    // Which tables go where: --db takes them all (or --table's); without a
-    // target, each recorded database gets its own back.
-    let dbs: Vec<(PathBuf, Vec<String>)> = match (db, &target) {
-        (Some(db), _) => vec![(ctx.cwd.join(db), Vec::new())],
-        (None, None) if sub.is_none() => database_files(&s, &ws.root),
-        _ => Vec::new(),
-    };
-    if db.is_some() && s.tables.is_empty() {
-        return Err(anyhow!("snapshot {} has no tables", id.short()));
-    }
-    let mut db_reports = Vec::new();
-    for (path, from) in dbs {
-        let mine: BTreeMap<String, ObjectId> = s
-            .tables
-            .iter()
-            .filter(|(k, _)| from.is_empty() || from.contains(k))
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        let wanted: Vec<String> = tables
-            .iter()
-            .filter(|t| mine.contains_key(*t) || from.is_empty())
-            .cloned()
-            .collect();
-        if mine.is_empty() || (!tables.is_empty() && wanted.is_empty()) {
-            continue;
-        }
-        let bar = Bar::new(ctx.quiet);
-        let start = std::time::Instant::now();
-        let r = systemprompt_sync::db::restore::restore_db(
-            &store,
-            &mine,
-            &path,
-            &systemprompt_sync::chunker::Chunker::new(&store.config().chunker),
-            &systemprompt_sync::db::restore::DbRestoreOptions {
-                delete,
-                tables: wanted,
-            },
-            &bar,
-        );
-        bar.finish();
-        let r = r.with_context(|| format!("restore into {}", path.display()))?;
-        if db_reports.is_empty() {
-            out["db"] = json!(path.display().to_string());
-            out["db_created"] = json!(r.created);
-            out["rows_inserted"] = json!(r.inserted);
-            out["rows_updated"] = json!(r.updated);
-            out["rows_deleted"] = json!(r.deleted);
-        }
-        db_reports.push(json!({
-            "db": path.display().to_string(), "created": r.created,
-            "rows_inserted": r.inserted, "rows_updated": r.updated, "rows_deleted": r.deleted,
-        }));
-        if !ctx.json {
-            ctx.note(format!(
-                "{} {} in {:.2}s: {} inserted, {} updated, {} deleted",
-                if r.created { "created" } else { "updated" },
-                path.display(),
-                start.elapsed().as_secs_f64(),
-                plural(r.inserted, "row"),
-                r.updated,
-                r.deleted
-            ));
-        }
-    }
-    if !db_reports.is_empty() {
-        out["dbs"] = json!(db_reports);
-    }
+    let r = systemprompt_sync::checkout::restore(&ws, &store, &opts, &bar);
+    bar.finish();
+    let r = r?;
     if ctx.json {
+        let mut out = json!({});
+        if let Some(first) = r.restored.first() {
+            out = serde_json::to_value(first)?;
+            out["restored"] = serde_json::to_value(&r.restored)?;
+        }
+        if let Some(d) = r.dbs.first() {
+            out["db"] = json!(d.db);
+            out["db_created"] = json!(d.created);
+            for k in ["rows_inserted", "rows_updated", "rows_deleted"] {
+                out[k] = serde_json::to_value(d)?[k].clone();
+            }
+            out["dbs"] = serde_json::to_value(&r.dbs)?;
+        }
         ctx.print_json(&out)?;
+        return Ok(0);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    for p in &r.restored {
+        let removed = if opts.delete {
+            format!("; removed {}", p.deleted)
+        } else {
+            String::new()
+        };
+        ctx.note(format!(
+            "restored {} files, {} into {} in {secs:.2}s{removed}",
+            p.files,
+            size(p.bytes),
+            p.target.display(),
+        ));
+    }
+    for d in &r.dbs {
+        ctx.note(format!(
+            "{} {} in {secs:.2}s: {} inserted, {} updated, {} deleted",
+            if d.created { "created" } else { "updated" },
+            d.db.display(),
+            plural(d.rows_inserted, "row"),
+            d.rows_updated,
+            d.rows_deleted
+        ));
     }
     Ok(0)
 }
 
 fn local(ctx: &Ctx, cmd: LocalCmd) -> Result<i32> {
-    use systemprompt_sync::collection::{self, Action, Direction, Side};
+    use systemprompt_sync::collection::{Action, Direction, Side};
+    use systemprompt_sync::local::{LocalOptions, find_project_root};
     // The record of each collection's last sync lives in the store; with
     // no store there is none, and every difference that is not a creation
     // is a conflict (see collection::Plan::decide).
@@ -1388,62 +1095,40 @@ fn local(ctx: &Ctx, cmd: LocalCmd) -> Result<i32> {
         }
         Err(_) => (find_project_root(&ctx.cwd), None),
     };
-    let project = systemprompt_sync::ProjectConfig::load(&root)?;
-    let (name, dir, dry_run, exit_code, force) = match &cmd {
+    let (name, direction, dry_run, exit_code, force) = match cmd {
         LocalCmd::Diff {
             collection,
             exit_code,
-        } => (collection.as_deref(), None, true, *exit_code, false),
+        } => (collection, None, true, exit_code, false),
         LocalCmd::ToDb {
             collection,
             dry_run,
             force,
         } => (
-            collection.as_deref(),
+            collection,
             Some(Direction::ToDatabase),
-            *dry_run,
+            dry_run,
             false,
-            *force,
+            force,
         ),
         LocalCmd::ToDisk {
             collection,
             dry_run,
             force,
-        } => (
-            collection.as_deref(),
-            Some(Direction::ToDisk),
-            *dry_run,
-            false,
-            *force,
-        ),
+        } => (collection, Some(Direction::ToDisk), dry_run, false, force),
     };
-    if project.collection.is_empty() {
-        return Err(anyhow!(
-            "{}: no [[collection]] configured",
-            root.join(systemprompt_sync::workspace::PROJECT_FILE)
-                .display()
-        ));
-    }
-    let chosen = collection::select(&project.collection, name)?;
-    // Plan everything first: a bad file anywhere changes nothing.
-    let mut plans = Vec::new();
-    for c in chosen {
-        let base = match &store {
-            Some(s) => collection::load_base(s, &c.name)?,
-            None => None,
-        };
-        let mut p = collection::plan(&root, c, base)?;
-        if let Some(d) = dir {
-            p.decide(d, force);
-        }
-        plans.push(p);
-    }
-    let all: Vec<&collection::LocalChange> = plans.iter().flat_map(|p| p.changes.iter()).collect();
+    let opts = LocalOptions {
+        collections: name.into_iter().collect(),
+        direction,
+        dry_run,
+        force,
+    };
+    let rep = systemprompt_sync::local::local(&root, store.as_ref(), &opts, &NoProgress)?;
     if ctx.json {
-        ctx.print_json(&serde_json::to_value(&all)?)?;
+        ctx.print_json(&serde_json::to_value(&rep.changes)?)?;
     } else {
         let mut out = std::io::stdout().lock();
-        for c in &all {
+        for c in &rep.changes {
             let cols = if c.columns.is_empty() {
                 String::new()
             } else {
@@ -1472,87 +1157,53 @@ fn local(ctx: &Ctx, cmd: LocalCmd) -> Result<i32> {
             )?;
         }
     }
-    let count = |a: Action| all.iter().filter(|c| c.action == Some(a)).count() as u64;
-    let (conflicts, kept) = (count(Action::Conflict), count(Action::Keep));
-    let applied = all
-        .iter()
-        .filter(|c| c.action.is_some_and(Action::applies))
-        .count() as u64;
-    if let (Some(d), false) = (dir, dry_run) {
-        let mut total = collection::ApplyReport::default();
-        // The collections of one database in one transaction (to-db).
-        let mut groups: Vec<Vec<&collection::Plan>> = Vec::new();
-        for p in &plans {
-            match groups.iter_mut().find(|g| g[0].config.db == p.config.db) {
-                Some(g) => g.push(p),
-                None => groups.push(vec![p]),
-            }
-        }
-        for g in &groups {
-            let r = collection::apply_many(g, d)?;
-            total.inserted += r.inserted;
-            total.updated += r.updated;
-            total.deleted += r.deleted;
-            total.written += r.written;
-            total.removed_files += r.removed_files;
-            if let Some(s) = &store {
-                for p in g {
-                    collection::save_base(s, &p.config, p.base_id(), &p.next_base()?)?;
-                }
-            }
-        }
-        ctx.note(match d {
-            Direction::ToDatabase => format!(
-                "database: {} inserted, {} updated, {} deleted",
-                plural(total.inserted, "row"),
-                total.updated,
-                total.deleted
-            ),
-            Direction::ToDisk => format!(
-                "files: {} written, {} removed",
-                total.written, total.removed_files
-            ),
-        });
-    } else if dir.is_some() {
-        ctx.note(format!("dry run: {} would change", plural(applied, "key")));
+    let total = &rep.applied;
+    match direction {
+        Some(_) if dry_run => ctx.note(format!(
+            "dry run: {} would change",
+            plural(rep.would_change, "key")
+        )),
+        Some(Direction::ToDatabase) => ctx.note(format!(
+            "database: {} inserted, {} updated, {} deleted",
+            plural(total.inserted, "row"),
+            total.updated,
+            total.deleted
+        )),
+        Some(Direction::ToDisk) => ctx.note(format!(
+            "files: {} written, {} removed",
+            total.written, total.removed_files
+        )),
+        None => {}
     }
-    if let Some(d) = dir {
+    if let Some(d) = direction {
         let (other, source) = match d {
             Direction::ToDatabase => ("to-disk", "the files' side"),
             Direction::ToDisk => ("to-db", "the database's side"),
         };
-        if kept > 0 {
+        if rep.kept > 0 {
             ctx.note(format!(
                 "{} changed only on the target side: left as they are (`sp-sync local {other}` carries them)",
-                plural(kept, "key")
+                plural(rep.kept, "key")
             ));
         }
-        if conflicts > 0 {
-            let why = if store.is_none() {
+        if rep.conflicts > 0 {
+            let why = if !rep.has_store {
                 "with no record of the last sync (no store: `sp-sync init` makes one), a difference cannot be told from an edit on the target"
             } else {
                 "changed on both sides since the last sync (or never synced)"
             };
             eprintln!(
                 "error: {} left alone: {why}; --force takes {source}",
-                plural(conflicts, "conflicting key")
+                plural(rep.conflicts, "conflicting key")
             );
             return Ok(1);
         }
     }
-    Ok(if exit_code && !all.is_empty() { 1 } else { 0 })
-}
-
-/// The nearest folder at or above `start` holding sp-sync.toml (else `start`).
-fn find_project_root(start: &Path) -> PathBuf {
-    let mut cur = Some(start);
-    while let Some(d) = cur {
-        if d.join(systemprompt_sync::workspace::PROJECT_FILE).is_file() {
-            return d.to_path_buf();
-        }
-        cur = d.parent();
-    }
-    start.to_path_buf()
+    Ok(if exit_code && !rep.changes.is_empty() {
+        1
+    } else {
+        0
+    })
 }
 
 fn fsck_cmd(ctx: &Ctx, read_data: bool, rebuild: bool) -> Result<i32> {

@@ -1,6 +1,6 @@
 //! Formatting for humans: sizes, times, modes, quoted paths.
 
-use systemprompt_sync::object::tree::Timestamp;
+use systemprompt_sync::Timestamp;
 
 /// `1.2 MiB`.
 pub fn size(n: u64) -> String {

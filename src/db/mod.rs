@@ -10,7 +10,8 @@
 pub mod diff;
 mod guard;
 pub mod restore;
-pub mod table;
+/// The table object lives with the other objects (`object::table`).
+pub use crate::object::table;
 pub mod value;
 
 use std::collections::BTreeMap;

@@ -2,7 +2,9 @@
 //! specified byte by byte in `store-format.md`.
 
 pub mod list;
+pub mod row;
 pub mod snapshot;
+pub mod table;
 pub mod tree;
 
 use crate::error::{Result, SyncError};
@@ -238,8 +240,7 @@ pub fn references(
             Ok(s.refs())
         }
         ObjectType::Table => {
-            let t =
-                crate::db::table::TableObject::decode(bytes).map_err(|e| corrupt(tag, id, e))?;
+            let t = table::TableObject::decode(bytes).map_err(|e| corrupt(tag, id, e))?;
             Ok(t.refs())
         }
         ObjectType::Rows => {
@@ -249,7 +250,7 @@ pub fn references(
             }
             let mut out = Vec::new();
             for i in 0..n.len() {
-                let cells = crate::db::value::decode_row(n.value(i))
+                let cells = row::decode_row(n.value(i))
                     .map_err(|e| corrupt(tag, id, format!("bad row: {e}")))?;
                 for c in &cells {
                     out.extend(c.refs());

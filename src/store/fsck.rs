@@ -15,21 +15,31 @@ use crate::object::{ObjectSource, corrupt};
 use crate::pack::PackReader;
 use crate::progress::Progress;
 
+/// What `fsck` checks.
 #[derive(Debug, Clone, Default)]
 pub struct FsckOptions {
     /// Re-hash every stored object and check every pack's checksum.
     pub read_data: bool,
 }
 
+/// What `fsck` found (the `--json` of `sp-sync fsck`).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FsckReport {
+    /// Whether no error was found.
     pub ok: bool,
+    /// Damage found: each names the object or file and what is wrong.
     pub errors: Vec<String>,
+    /// Problems that lose nothing (stray files, …).
     pub warnings: Vec<String>,
+    /// Packs in the store.
     pub packs: usize,
+    /// Objects in the index.
     pub objects: usize,
+    /// Refs.
     pub refs: usize,
+    /// Snapshots reached from the refs.
     pub snapshots: usize,
+    /// Objects reached from the refs.
     pub reachable: usize,
 }
 
@@ -418,7 +428,7 @@ impl Walker<'_> {
                 rows += 1;
                 crate::db::value::decode_key(k)
                     .map_err(|e| corrupt(ObjectType::Rows, &root, format!("bad key: {e}")))?;
-                let cells = crate::db::value::decode_row(v)
+                let cells = crate::object::row::decode_row(v)
                     .map_err(|e| corrupt(ObjectType::Rows, &root, format!("bad row: {e}")))?;
                 if cells.len() != width {
                     return Err(corrupt(
@@ -430,7 +440,7 @@ impl Walker<'_> {
                 check_row_key(src, &data, k, &cells)
                     .map_err(|e| corrupt(ObjectType::Rows, &root, e))?;
                 for c in cells {
-                    if let crate::db::value::Cell::Large { size, content, .. } = c {
+                    if let crate::object::row::Cell::Large { size, content, .. } = c {
                         contents.push((size, content));
                     }
                 }
@@ -598,9 +608,9 @@ fn node_visit(
 /// diff and lookups the key: they must agree.
 pub fn check_row_key(
     src: &dyn ObjectSource,
-    t: &crate::db::table::TableData,
+    t: &crate::object::table::TableData,
     key: &[u8],
-    cells: &[crate::db::value::Cell],
+    cells: &[crate::object::row::Cell],
 ) -> std::result::Result<(), String> {
     use crate::db::value::{Cell, Value, encode_key};
     let rowid = if t.rowid_in_row() {

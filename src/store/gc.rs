@@ -19,15 +19,24 @@ use crate::pack::Record;
 use crate::progress::Progress;
 use crate::store::fsck::Walker;
 
+/// What `gc` did (the `--json` of `sp-sync gc`).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GcReport {
+    /// Whether it only counted.
     pub dry_run: bool,
+    /// Objects a ref reaches (kept).
     pub reachable_objects: usize,
+    /// Objects removed.
     pub removed_objects: usize,
+    /// Bytes removed (as stored).
     pub removed_bytes: u64,
+    /// Bytes kept (as stored).
     pub kept_bytes: u64,
+    /// Packs deleted whole.
     pub packs_deleted: usize,
+    /// Packs rewritten without their dead objects.
     pub packs_rewritten: usize,
+    /// Files that belonged to no pack, removed.
     pub orphan_files: usize,
 }
 

@@ -43,27 +43,7 @@ pub use writer::WriteSession;
 pub const STORE_DIR: &str = ".sp-sync";
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Chunker parameters: part of the format, since they decide the cut points.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ChunkerConfig {
-    pub algorithm: String,
-    pub min: u32,
-    pub avg: u32,
-    pub max: u32,
-    pub normalization: u32,
-}
-
-impl Default for ChunkerConfig {
-    fn default() -> Self {
-        ChunkerConfig {
-            algorithm: "fastcdc-2020".into(),
-            min: 128 * 1024,
-            avg: 256 * 1024,
-            max: 2 * 1024 * 1024,
-            normalization: 1,
-        }
-    }
-}
+pub use crate::chunker::ChunkerConfig;
 
 /// Boundary parameters of one level of a map kind, as recorded.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -184,7 +164,7 @@ impl Default for ObjectParams {
             list_max_entries: list::MAX_LIST_ENTRIES as u64,
             list_threshold: list::LIST_BOUNDARY_THRESHOLD,
             inline_chunks: list::MAX_INLINE as u64,
-            inline_value: crate::db::value::MAX_INLINE_VALUE as u64,
+            inline_value: crate::object::row::MAX_INLINE_VALUE as u64,
         }
     }
 }

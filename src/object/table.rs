@@ -175,7 +175,7 @@ impl TableObject {
             if flags & !KNOWN_FLAGS != 0 || flags == KNOWN_FLAGS {
                 return r.err(format!("bad table flags {flags}"));
             }
-            let nc = r.varint_max(super::value::MAX_COLUMNS as u64, "column count")? as usize;
+            let nc = r.varint_max(super::row::MAX_COLUMNS as u64, "column count")? as usize;
             if nc == 0 {
                 return r.err("a table without columns");
             }
@@ -336,7 +336,7 @@ mod tests {
             .bytes(b"")
             .varint(0)
             .u8(0)
-            .varint(super::super::value::MAX_COLUMNS as u64);
+            .varint(super::super::row::MAX_COLUMNS as u64);
         assert!(TableObject::decode(&w.buf).is_err());
         let mut w = Writer::new();
         w.u8(TABLE_VERSION)

@@ -1,0 +1,222 @@
+//! `sp-sync diff` as one call: a snapshot against another snapshot, or
+//! against now (the working tree at the snapshot's recorded sources and its
+//! databases), files and rows. The working tree is scanned into a scratch
+//! store (chunks hashed, not kept) and diffed through an overlay of scratch
+//! and store, so nothing is written.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::chunker::Chunker;
+use crate::db::DbSource;
+use crate::db::diff::{RowChange, RowStat, TableChange, diff_tables};
+use crate::diff::{DiffStat, FileChange, diff_trees};
+use crate::error::Result;
+use crate::id::ObjectId;
+use crate::object::snapshot::Snapshot;
+use crate::object::{MemStore, ObjectSource, Overlay};
+use crate::progress::Progress;
+use crate::snapshot::{Scratch, scan_working_tree};
+use crate::store::Store;
+use crate::workspace::Workspace;
+
+/// What to compare.
+#[derive(Debug, Clone, Default)]
+pub struct DiffOptions {
+    /// The old side: a snapshot name (id, prefix, ref, `REF~N`).
+    pub from: String,
+    /// The new side: a snapshot name, or `None` for now.
+    pub to: Option<String>,
+    /// Against now: compare only this database (rows, no files), relative
+    /// to `cwd`.
+    pub database: Option<PathBuf>,
+    /// Only these tables (empty: all).
+    pub tables: Vec<String>,
+    /// Only these paths (files only, like git's pathspec; empty: all).
+    pub paths: Vec<String>,
+    /// Where relative paths are taken from.
+    pub cwd: PathBuf,
+}
+
+/// What differs (the `--json` of `sp-sync diff`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DiffReport {
+    /// Files, symlinks and directories that differ.
+    pub files: Vec<FileChange>,
+    /// Rows that differ.
+    pub rows: Vec<RowChange>,
+    /// Tables and views added, removed or whose schema changed.
+    pub tables: Vec<TableChange>,
+    /// Totals of `files`.
+    pub stat: DiffStat,
+    /// Totals of `rows`.
+    pub row_stat: RowStat,
+    /// The old snapshot.
+    #[serde(skip)]
+    pub old: Option<Snapshot>,
+    /// The new snapshot's root (`None` when the new side is now).
+    #[serde(skip)]
+    pub new_root: Option<ObjectId>,
+}
+
+impl DiffReport {
+    /// Whether anything differs.
+    pub fn differs(&self) -> bool {
+        !self.files.is_empty() || !self.rows.is_empty() || !self.tables.is_empty()
+    }
+}
+
+/// Compares as `opts` says.
+pub fn diff(
+    ws: &Workspace,
+    store: &Store,
+    opts: &DiffOptions,
+    progress: &dyn Progress,
+) -> Result<DiffReport> {
+    let load = |spec: &str| -> Result<Snapshot> {
+        let id = crate::names::resolve(store, spec)?;
+        crate::names::load_snapshot(store, &id)
+    };
+    let tables = &opts.tables;
+    let only = |m: &BTreeMap<String, ObjectId>| -> BTreeMap<String, ObjectId> {
+        m.iter()
+            .filter(|(k, _)| tables.is_empty() || tables.contains(k))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    };
+    let sa = load(&opts.from)?;
+    let mut rep = DiffReport::default();
+    let mut changes: Vec<FileChange> = Vec::new();
+    let mut rows: Vec<RowChange> = Vec::new();
+    let mut collect = |c: FileChange| {
+        changes.push(c);
+        Ok(())
+    };
+    let mut collect_rows = |c: RowChange| {
+        rows.push(c);
+        Ok(())
+    };
+    let db = opts.database.as_deref();
+    rep.tables = match &opts.to {
+        Some(b) => {
+            let sb = load(b)?;
+            rep.new_root = sb.root;
+            diff_trees(store, sa.root.as_ref(), sb.root.as_ref(), &mut collect)?;
+            diff_tables(
+                store,
+                &only(&sa.tables),
+                &only(&sb.tables),
+                &mut collect_rows,
+            )?
+        }
+        None => {
+            let scratch = Scratch {
+                store,
+                mem: MemStore::new(false),
+            };
+            // What the snapshot was taken from (older snapshots: the
+            // defaults of sp-sync.toml).
+            let dbs = match (db, &sa.sources) {
+                (Some(path), _) => vec![DbSource {
+                    path: opts.cwd.join(path),
+                    tables: tables.to_vec(),
+                }],
+                (None, Some(_)) => crate::sources::database_files(&sa, &ws.root)
+                    .into_iter()
+                    .filter(|(p, _)| p.exists())
+                    .map(|(path, _)| DbSource {
+                        path,
+                        tables: Vec::new(),
+                    })
+                    .collect(),
+                (None, None) => ws.default_dbs()?,
+            };
+            let now_tables = crate::db::scan_all(
+                &dbs,
+                &scratch,
+                &Chunker::new(&store.config().chunker),
+                progress,
+            );
+            let files = if db.is_none() {
+                let (sources, excludes) = match &sa.sources {
+                    Some(src) => (
+                        src.paths
+                            .iter()
+                            .map(|p| {
+                                if p.is_empty() {
+                                    ws.root.clone()
+                                } else {
+                                    ws.root.join(p)
+                                }
+                            })
+                            .collect(),
+                        src.excludes.clone(),
+                    ),
+                    None => ws.default_sources()?,
+                };
+                let skip: Vec<PathBuf> = dbs.iter().map(|d| d.path.clone()).collect();
+                Some(scan_working_tree(
+                    store, &sources, &excludes, &skip, progress,
+                ))
+            } else {
+                None
+            };
+            let now_tables = now_tables?;
+            let wt = files.transpose()?;
+            if let Some((root, s)) = &wt {
+                let src = Overlay {
+                    first: &s.mem,
+                    second: store as &dyn ObjectSource,
+                };
+                diff_trees(&src, sa.root.as_ref(), Some(root), &mut collect)?;
+            }
+            let src = Overlay {
+                first: &scratch.mem,
+                second: store as &dyn ObjectSource,
+            };
+            // Compare only the tables the database was asked for.
+            let mut mine = only(&sa.tables);
+            let mut now_objects = only(&now_tables.objects);
+            if db.is_none() && sa.sources.is_some() {
+                // Only the tables the snapshot took from its databases.
+                now_objects.retain(|k, _| sa.tables.contains_key(k));
+            }
+            if db.is_some() || !dbs.is_empty() {
+                mine.retain(|k, _| {
+                    now_tables.objects.contains_key(k)
+                        || dbs
+                            .iter()
+                            .all(|d| d.tables.is_empty() || d.tables.contains(k))
+                });
+            } else {
+                mine.clear();
+            }
+            diff_tables(&src, &mine, &now_objects, &mut collect_rows)?
+        }
+    };
+    if !opts.paths.is_empty() {
+        // A path filter limits the diff to files, like git's pathspec.
+        let wanted = |p: &str| {
+            let p = p.trim_end_matches('/');
+            opts.paths.iter().any(|f| {
+                let f = f.trim_matches('/');
+                f.is_empty() || p == f || p.starts_with(&format!("{f}/"))
+            })
+        };
+        changes.retain(|c| wanted(&c.path));
+        rows.clear();
+        rep.tables.clear();
+    }
+    for c in &changes {
+        rep.stat.add(c);
+    }
+    for r in &rows {
+        rep.row_stat.add(r);
+    }
+    rep.files = changes;
+    rep.rows = rows;
+    rep.old = Some(sa);
+    Ok(rep)
+}
