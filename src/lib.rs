@@ -38,6 +38,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod chunker;
 pub mod codec;
 pub mod collection;
