@@ -758,11 +758,7 @@ pub fn verify(
         let lacking: Vec<ObjectId> = header
             .prerequisites
             .iter()
-            .filter(|p| {
-                !store
-                    .location(p)
-                    .is_some_and(|l| l.tag == ObjectType::Snapshot)
-            })
+            .filter(|p| !holds_snapshot(store, p))
             .copied()
             .collect();
         if !lacking.is_empty() {
@@ -798,6 +794,13 @@ pub fn verify(
         external_references: external.len() as u64,
         checked_in_store,
     })
+}
+
+/// Whether `store` holds `id` as a snapshot.
+fn holds_snapshot(store: &Store, id: &ObjectId) -> bool {
+    store
+        .location(id)
+        .is_some_and(|l| l.tag == ObjectType::Snapshot)
 }
 
 /// The error for prerequisites a store lacks: it names them.
@@ -892,37 +895,34 @@ pub fn import(
     let lacking: Vec<ObjectId> = header
         .prerequisites
         .iter()
-        .filter(|p| {
-            !store
-                .location(p)
-                .is_some_and(|l| l.tag == ObjectType::Snapshot)
-        })
+        .filter(|p| !holds_snapshot(store, p))
         .copied()
         .collect();
     if !lacking.is_empty() {
         return Err(lacks(what, &lacking));
     }
     progress.stage("importing");
-    let mut failed = false;
-    let mut objects = std::iter::from_fn(|| {
-        if failed {
-            return None;
-        }
-        if progress.interrupted() {
-            failed = true;
-            return Some(Err(SyncError::Interrupted));
-        }
-        match r.next_object() {
-            Ok(Some(o)) => Some(Ok(o)),
-            Ok(None) => None,
-            Err(e) => {
-                failed = true;
-                Some(Err(e))
+    let stats = {
+        let mut failed = false;
+        let mut objects = std::iter::from_fn(|| {
+            if failed {
+                return None;
             }
-        }
-    });
-    let stats = store.receive(&mut objects, IMPORT_COMMIT_EVERY, progress)?;
-    drop(objects);
+            if progress.interrupted() {
+                failed = true;
+                return Some(Err(SyncError::Interrupted));
+            }
+            match r.next_object() {
+                Ok(Some(o)) => Some(Ok(o)),
+                Ok(None) => None,
+                Err(e) => {
+                    failed = true;
+                    Some(Err(e))
+                }
+            }
+        });
+        store.receive(&mut objects, IMPORT_COMMIT_EVERY, progress)?
+    };
     // The trailer was checked before receive saw the end of the stream.
     if r.trailer().is_none() {
         return Err(bad(what, r.bytes(), "the bundle's end was not reached"));
@@ -932,10 +932,7 @@ pub fn import(
     }
     // Every target must be here before any ref moves.
     for (name, id) in &wanted {
-        if !store
-            .location(id)
-            .is_some_and(|l| l.tag == ObjectType::Snapshot)
-        {
+        if !holds_snapshot(store, id) {
             return Err(SyncError::Invalid(format!(
                 "{what}: ref {name} names snapshot {id}, which is neither in the bundle nor in this store"
             )));

@@ -209,7 +209,7 @@ fn import_only(
         }
     };
     bar.finish();
-    Ok(r.with_context(|| format!("import of {}", file.display()))?)
+    r.with_context(|| format!("import of {}", file.display()))
 }
 
 fn report(
