@@ -467,3 +467,92 @@ fn library_create_verify_import() {
     )
     .unwrap();
 }
+
+/// Runs `args` in `cwd` and sends SIGINT after `delay`; returns the exit code
+/// (0: it had finished; 130: stopped at a safe point).
+fn run_and_interrupt(cwd: &Path, args: &[&str], delay: std::time::Duration) -> Option<i32> {
+    let mut child = Command::new(common::bin())
+        .args(args)
+        .current_dir(cwd)
+        .env("SP_SYNC_CACHE_DIR", cache_dir())
+        .env_remove("SP_SYNC_STORE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(delay);
+    let pid = rustix::process::Pid::from_child(&child);
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    let code = status.code().or(status.signal().map(|s| 128 + s));
+    assert!(
+        code == Some(0) || code == Some(130),
+        "{args:?} after {delay:?}: exit {code:?}"
+    );
+    code
+}
+
+#[test]
+fn sigint_during_create_and_import_leaves_no_bundle_and_moves_no_ref() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let a = source(t, 100 << 10);
+    for i in 0..60u64 {
+        std::fs::write(a.join(format!("files/f{i:02}")), bytes(256 << 10, 100 + i)).unwrap();
+    }
+    snap(&a, "big");
+    let file = t.join("x.bundle");
+    let start = std::time::Instant::now();
+    ok(&a, &st(&["bundle", "create", s(&file), "-q"]));
+    let create_time = start.elapsed().max(std::time::Duration::from_millis(20));
+    let good = std::fs::read(&file).unwrap();
+    let b = store(t, "b");
+    let start = std::time::Instant::now();
+    ok(&b, &st(&["bundle", "import", s(&file), "-q"]));
+    let import_time = start.elapsed().max(std::time::Duration::from_millis(20));
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |d: std::time::Duration| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        std::time::Duration::from_micros(x % (d.as_micros() as u64 + 1))
+    };
+    let (mut created_stopped, mut import_stopped) = (0, 0);
+    for round in 0..8 {
+        // create: stopped, the file is absent and no temporary file stays.
+        std::fs::remove_file(&file).ok();
+        let code = run_and_interrupt(&a, &st(&["bundle", "create", s(&file)]), next(create_time));
+        if code == Some(130) {
+            created_stopped += 1;
+            assert!(
+                !file.exists(),
+                "round {round}: a stopped create left a bundle"
+            );
+        } else {
+            assert_eq!(std::fs::read(&file).unwrap(), good);
+        }
+        let stray = std::fs::read_dir(t)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".sp-sync-bundle")
+            });
+        assert!(!stray, "round {round}: a temporary file stayed");
+        // import into a new store: stopped, no ref; the next import completes.
+        std::fs::write(&file, &good).unwrap();
+        let c = store(t, &format!("c{round}"));
+        let code = run_and_interrupt(&c, &st(&["bundle", "import", s(&file)]), next(import_time));
+        if code == Some(130) {
+            import_stopped += 1;
+            assert_eq!(refs(&c), "", "round {round}: a stopped import moved a ref");
+        }
+        assert_eq!(fsck(&c)["ok"], true);
+        ok(&c, &st(&["bundle", "import", s(&file), "-q"]));
+        assert_eq!(refs(&c), refs(&b));
+    }
+    assert!(created_stopped >= 1, "no create was stopped");
+    assert!(import_stopped >= 1, "no import was stopped");
+}
