@@ -43,6 +43,18 @@ pub enum BundleCmd {
     },
 }
 
+/// Adds `what FILE` as context, or just `what` when the error already names FILE.
+fn named<T>(r: systemprompt_sync::Result<T>, what: &str, file: &Path) -> Result<T> {
+    r.map_err(|e| {
+        let shown = file.display().to_string();
+        if e.to_string().contains(&shown) {
+            anyhow::Error::new(e).context(what.to_string())
+        } else {
+            anyhow::Error::new(e).context(format!("{what} {shown}"))
+        }
+    })
+}
+
 fn is_std(p: &Path) -> bool {
     p.as_os_str() == "-"
 }
@@ -87,7 +99,7 @@ fn create(ctx: &Ctx, file: &Path, refs: Vec<String>, since: Vec<String>) -> Resu
         let path = ctx.cwd.join(file);
         let r = bundle::create_file(&store, &opts, &path, &bar);
         bar.finish();
-        r.with_context(|| format!("bundle create {}", file.display()))?
+        named(r, "bundle create", file)?
     };
     if ctx.json {
         let mut v = serde_json::to_value(&rep)?;
@@ -108,6 +120,14 @@ fn create(ctx: &Ctx, file: &Path, refs: Vec<String>, since: Vec<String>) -> Resu
         ));
     }
     Ok(0)
+}
+
+fn objects(n: u64) -> String {
+    if n == 1 {
+        "1 object".into()
+    } else {
+        format!("{n} objects")
+    }
 }
 
 fn prerequisites_note(p: &[systemprompt_sync::ObjectId]) -> String {
@@ -149,7 +169,7 @@ fn verify(ctx: &Ctx, file: &Path) -> Result<i32> {
         }
     };
     bar.finish();
-    let rep = r.context("bundle verify")?;
+    let rep = named(r, "bundle verify", file)?;
     if ctx.json {
         ctx.print_json(&serde_json::to_value(&rep)?)?;
         return Ok(0);
@@ -172,13 +192,13 @@ fn verify(ctx: &Ctx, file: &Path) -> Result<i32> {
         println!("complete: needs no prerequisites");
     } else if rep.checked_in_store {
         println!(
-            "complete given its prerequisites: this store holds them and every one of the {} objects they must provide",
-            rep.external_references
+            "complete given its prerequisites: this store holds them and the {} they must provide",
+            objects(rep.external_references)
         );
     } else {
         println!(
-            "not inside a store: whether the prerequisites provide the {} objects the bundle references and does not hold was not checked",
-            rep.external_references
+            "not inside a store: whether the prerequisites provide the {} the bundle references and does not hold was not checked",
+            objects(rep.external_references)
         );
     }
     Ok(0)
@@ -209,7 +229,7 @@ fn import_only(
         }
     };
     bar.finish();
-    r.with_context(|| format!("import of {}", file.display()))
+    named(r, "bundle import", file)
 }
 
 fn report(
