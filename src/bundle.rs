@@ -646,8 +646,11 @@ pub fn create_file(
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    // Created 0666 less the umask, like any file a command writes (not the
+    // 0600 of a temporary file).
     let tmp = tempfile::Builder::new()
         .prefix(".sp-sync-bundle-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(dir)
         .map_err(|e| SyncError::io("creating a temporary file in", dir, e))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
