@@ -391,6 +391,12 @@ fn damaged_bundles_fail_and_move_nothing() {
     let mut longer = good.clone();
     longer.push(0);
     cases.push(("one byte appended".into(), longer));
+    eprintln!(
+        "{} offsets of a {}-byte bundle, {} damaged copies",
+        offs.len(),
+        good.len(),
+        cases.len()
+    );
     for (n, (what, bytes)) in cases.iter().enumerate() {
         std::fs::write(&bad, bytes).unwrap();
         let o = common::run_in(&b, &st(&["bundle", "verify", s(&bad)]));
