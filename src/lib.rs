@@ -99,6 +99,7 @@
 // The façade: what a program calls. Each command of the binary is one call
 // here, taking an options struct and a `&dyn Progress` and returning a
 // serializable report.
+pub mod bundle;
 pub mod checkout;
 pub mod compare;
 pub mod error;

@@ -306,22 +306,40 @@ pub struct PackReader<R: Read> {
     count: u64,
     done: bool,
     what: String,
+    /// What errors call the stream (`pack`, `bundle`).
+    kind: &'static str,
+    /// Where the stream starts in its file, for the offsets errors give.
+    base: u64,
     /// The trailer hash once the end was reached and verified.
     pub trailer: Option<ObjectId>,
 }
 
 impl<R: Read> PackReader<R> {
-    pub fn new(mut inp: R, what: impl Into<String>) -> Result<Self> {
+    /// Reads the stream's magic and version.
+    pub fn new(inp: R, what: impl Into<String>) -> Result<Self> {
+        Self::new_in(inp, what, "pack", 0)
+    }
+
+    /// A pack stream inside a larger file (a bundle): errors call it
+    /// `kind` and give offsets from the start of that file, where the
+    /// stream starts at `base`.
+    pub fn new_in(
+        mut inp: R,
+        what: impl Into<String>,
+        kind: &'static str,
+        base: u64,
+    ) -> Result<Self> {
         let what = what.into();
         let mut head = [0u8; 9];
-        read_exact(&mut inp, &mut head, &what, 0)?;
+        read_exact(&mut inp, &mut head, kind, &what, base)?;
         if &head[..8] != PACK_MAGIC {
-            return Err(bad(&what, 0, "not a pack stream (bad magic)"));
+            return Err(bad(kind, &what, base, "not a pack stream (bad magic)"));
         }
         if head[8] != PACK_VERSION {
             return Err(bad(
+                kind,
                 &what,
-                8,
+                base + 8,
                 format!("unsupported pack version {}", head[8]),
             ));
         }
@@ -334,6 +352,8 @@ impl<R: Read> PackReader<R> {
             count: 0,
             done: false,
             what,
+            kind,
+            base,
             trailer: None,
         })
     }
@@ -344,7 +364,13 @@ impl<R: Read> PackReader<R> {
 
     fn byte(&mut self) -> Result<u8> {
         let mut b = [0u8; 1];
-        read_exact(&mut self.inp, &mut b, &self.what, self.offset)?;
+        read_exact(
+            &mut self.inp,
+            &mut b,
+            self.kind,
+            &self.what,
+            self.base + self.offset,
+        )?;
         self.hasher.update(&b);
         self.offset += 1;
         Ok(b[0])
@@ -357,12 +383,22 @@ impl<R: Read> PackReader<R> {
         loop {
             let b = self.byte()?;
             if shift == 63 && b > 1 {
-                return Err(bad(&self.what, start, "varint overflows 64 bits"));
+                return Err(bad(
+                    self.kind,
+                    &self.what,
+                    self.base + start,
+                    "varint overflows 64 bits",
+                ));
             }
             v |= u64::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
                 if b == 0 && shift > 0 {
-                    return Err(bad(&self.what, start, "overlong varint"));
+                    return Err(bad(
+                        self.kind,
+                        &self.what,
+                        self.base + start,
+                        "overlong varint",
+                    ));
                 }
                 return Ok(v);
             }
@@ -382,52 +418,105 @@ impl<R: Read> PackReader<R> {
                 let n = self.varint()?;
                 if n != self.count {
                     return Err(bad(
+                        self.kind,
                         &self.what,
-                        at,
+                        self.base + at,
                         format!("end says {n} records, stream had {}", self.count),
                     ));
                 }
                 let expect = ObjectId(*self.hasher.finalize().as_bytes());
                 let mut sum = [0u8; 32];
-                read_exact(&mut self.inp, &mut sum, &self.what, self.offset)?;
+                read_exact(
+                    &mut self.inp,
+                    &mut sum,
+                    self.kind,
+                    &self.what,
+                    self.base + self.offset,
+                )?;
                 if sum != expect.0 {
-                    return Err(bad(&self.what, self.offset, "trailer checksum mismatch"));
+                    return Err(bad(
+                        self.kind,
+                        &self.what,
+                        self.base + self.offset,
+                        "trailer checksum mismatch",
+                    ));
                 }
                 self.offset += 32;
                 self.done = true;
                 self.trailer = Some(expect);
                 return Ok(None);
             }
-            k => return Err(bad(&self.what, at, format!("unknown record kind {k}"))),
+            k => {
+                return Err(bad(
+                    self.kind,
+                    &self.what,
+                    self.base + at,
+                    format!("unknown record kind {k}"),
+                ));
+            }
         }
         let tag_b = self.byte()?;
-        let tag = ObjectType::from_u8(tag_b)
-            .ok_or_else(|| bad(&self.what, at + 1, format!("unknown object type {tag_b}")))?;
+        let tag = ObjectType::from_u8(tag_b).ok_or_else(|| {
+            bad(
+                self.kind,
+                &self.what,
+                self.base + at + 1,
+                format!("unknown object type {tag_b}"),
+            )
+        })?;
         let flags = self.byte()?;
         if flags > FLAG_DELTA {
-            return Err(bad(&self.what, at + 2, format!("unknown flags {flags}")));
+            return Err(bad(
+                self.kind,
+                &self.what,
+                self.base + at + 2,
+                format!("unknown flags {flags}"),
+            ));
         }
         let mut id = [0u8; 32];
-        read_exact(&mut self.inp, &mut id, &self.what, self.offset)?;
+        read_exact(
+            &mut self.inp,
+            &mut id,
+            self.kind,
+            &self.what,
+            self.base + self.offset,
+        )?;
         self.hasher.update(&id);
         self.offset += 32;
         let ulen = self.varint()?;
         let clen = self.varint()?;
         if ulen > MAX_OBJECT_SIZE as u64 || clen > MAX_OBJECT_SIZE as u64 + 1024 {
             return Err(bad(
+                self.kind,
                 &self.what,
-                at,
+                self.base + at,
                 format!("object of {ulen}/{clen} bytes exceeds the limit"),
             ));
         }
         if flags == FLAG_RAW && clen != ulen {
-            return Err(bad(&self.what, at, "raw record whose lengths differ"));
+            return Err(bad(
+                self.kind,
+                &self.what,
+                self.base + at,
+                "raw record whose lengths differ",
+            ));
         }
         if flags == FLAG_DELTA && clen < 32 {
-            return Err(bad(&self.what, at, "delta record without a base"));
+            return Err(bad(
+                self.kind,
+                &self.what,
+                self.base + at,
+                "delta record without a base",
+            ));
         }
         let mut payload = vec![0u8; clen as usize];
-        read_exact(&mut self.inp, &mut payload, &self.what, self.offset)?;
+        read_exact(
+            &mut self.inp,
+            &mut payload,
+            self.kind,
+            &self.what,
+            self.base + self.offset,
+        )?;
         self.hasher.update(&payload);
         self.offset += clen;
         self.count += 1;
@@ -449,8 +538,9 @@ impl<R: Read> PackReader<R> {
                 Ok(0) => return Ok(()),
                 Ok(_) => {
                     return Err(bad(
+                        self.kind,
                         &self.what,
-                        self.offset,
+                        self.base + self.offset,
                         "trailing bytes after the pack trailer",
                     ));
                 }
@@ -501,16 +591,25 @@ impl<R: Read> Iterator for Objects<R> {
     }
 }
 
-fn bad(what: &str, offset: u64, reason: impl Into<String>) -> SyncError {
-    SyncError::corrupt_file("pack", what, format!("{} at byte {offset}", reason.into()))
+fn bad(kind: &'static str, what: &str, offset: u64, reason: impl Into<String>) -> SyncError {
+    SyncError::corrupt_file(kind, what, format!("{} at byte {offset}", reason.into()))
 }
 
-fn read_exact(r: &mut impl Read, buf: &mut [u8], what: &str, offset: u64) -> Result<()> {
+fn read_exact(
+    r: &mut impl Read,
+    buf: &mut [u8],
+    kind: &'static str,
+    what: &str,
+    offset: u64,
+) -> Result<()> {
     match r.read_exact(buf) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Err(bad(what, offset, "truncated (unexpected end of stream)"))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(bad(
+            kind,
+            what,
+            offset,
+            "truncated (unexpected end of stream)",
+        )),
         Err(e) => Err(SyncError::io("reading", what, e)),
     }
 }

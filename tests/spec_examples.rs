@@ -6,15 +6,17 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use systemprompt_sync::bundle::{BundleHeader, BundleReader, verify};
 use systemprompt_sync::db::table::{Column, Extra, ExtraKind, TableData, TableObject};
 use systemprompt_sync::db::value::{Cell, Value, decode_key, decode_row, encode_key, encode_row};
 use systemprompt_sync::object::list::{ChunkRef, ListNode};
 use systemprompt_sync::object::snapshot::{DbRecord, Skipped, Snapshot, Sources};
 use systemprompt_sync::object::tree::{Content, Entry, EntryKind, Timestamp};
-use systemprompt_sync::pack::{PackReader, PackWriter, prepare};
+use systemprompt_sync::pack::{PackReader, PackWriter, prepare, unpack};
 use systemprompt_sync::pmap::Node;
+use systemprompt_sync::store::ObjectParams;
 use systemprompt_sync::store::index::{self, IdxEntry};
-use systemprompt_sync::{ObjectId, ObjectType};
+use systemprompt_sync::{NoProgress, ObjectId, ObjectType};
 
 struct Example {
     name: &'static str,
@@ -129,6 +131,27 @@ fn examples() -> Vec<Example> {
         });
     }
     let idx = index::encode(&pack_name, &mut entries);
+    // A bundle carrying ref main -> the snapshot, no prerequisites: the
+    // header, a pack stream of the chunk, the tree and the snapshot
+    // (children first), and the trailer over all of it.
+    let snap_bytes = snap.encode();
+    let snap_id = ObjectId::compute(ObjectType::Snapshot, &snap_bytes);
+    let mut bundle_bytes = BundleHeader {
+        objects: ObjectParams::v1(),
+        refs: vec![("main".to_string(), snap_id)],
+        prerequisites: vec![],
+    }
+    .encode();
+    let mut w = PackWriter::new(Vec::new()).unwrap();
+    w.add(&prepare(ObjectType::Chunk, chunk_id, &chunk, 3))
+        .unwrap();
+    w.add(&prepare(ObjectType::Tree, tree_id, &leaf, 3))
+        .unwrap();
+    w.add(&prepare(ObjectType::Snapshot, snap_id, &snap_bytes, 3))
+        .unwrap();
+    bundle_bytes.extend_from_slice(&w.finish().unwrap().0);
+    let sum = *blake3::hash(&bundle_bytes).as_bytes();
+    bundle_bytes.extend_from_slice(&sum);
     // A row map leaf (users: id INTEGER PRIMARY KEY, name TEXT) holding
     // (1, 'ann') and (2, NULL), and the table object naming it.
     let mut rows_leaf = vec![1u8, 0, 2];
@@ -244,6 +267,11 @@ fn examples() -> Vec<Example> {
             name: "table",
             tag: Some(ObjectType::Table),
             bytes: table.encode(),
+        },
+        Example {
+            name: "bundle",
+            tag: None,
+            bytes: bundle_bytes,
         },
     ]
 }
@@ -371,6 +399,22 @@ fn spec_examples_decode_and_match_the_encoders() {
                 assert_eq!(&t.encode(), bytes);
                 assert_eq!(t.name, "users");
                 assert_eq!(t.table.unwrap().rows, 2);
+            }
+            "bundle" => {
+                let mut r = BundleReader::open(&bytes[..], "spec").unwrap();
+                assert_eq!(r.header().objects, ObjectParams::default());
+                assert_eq!(r.header().refs[0].0, "main");
+                assert!(r.header().prerequisites.is_empty());
+                let mut n = 0;
+                while let Some(o) = r.next_object().unwrap() {
+                    unpack(o.tag, &o.id, o.flags, u64::from(o.ulen), &o.payload).unwrap();
+                    n += 1;
+                }
+                assert_eq!(n, 3);
+                assert_eq!(r.bytes(), bytes.len() as u64);
+                let v = verify(&bytes[..], "spec", None, &NoProgress).unwrap();
+                assert_eq!(v.refs[0].id, r.header().refs[0].1);
+                assert_eq!(v.external_references, 0);
             }
             other => panic!("unknown example {other}"),
         }

@@ -1,5 +1,6 @@
 //! Command-line definitions and the glue from arguments to library calls.
 
+mod bundle;
 mod output;
 mod progress;
 
@@ -181,6 +182,11 @@ enum Cmd {
         /// Then restore the pulled snapshot into TARGET.
         #[arg(long, value_name = "TARGET")]
         restore: Option<PathBuf>,
+    },
+    /// Offline bundles: create, verify, import (a bundle is also a remote for pull).
+    Bundle {
+        #[command(subcommand)]
+        cmd: bundle::BundleCmd,
     },
     /// Keep folders of markdown files ([[collection]] in sp-sync.toml) in step with tables.
     Local {
@@ -514,6 +520,7 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
             },
         ),
         Cmd::Local { cmd } => local(ctx, cmd),
+        Cmd::Bundle { cmd } => bundle::run(ctx, cmd),
         Cmd::Fsck {
             read_data,
             rebuild_index: rebuild,
@@ -1454,6 +1461,11 @@ fn pull(
 ) -> Result<i32> {
     let (_, store) = ctx.open(LockMode::Shared)?;
     let (name, loc, creds) = resolve_remote(&store, remote)?;
+    if let systemprompt_sync::remote::Location::Path(p) = &loc
+        && systemprompt_sync::bundle::is_bundle(&ctx.cwd.join(p))
+    {
+        return bundle::pull(ctx, &store, name, p, refs, restore);
+    }
     let r = systemprompt_sync::remote::open(&loc, &creds, false)?;
     let refs = if refs.is_empty() {
         vec!["main".to_string()]

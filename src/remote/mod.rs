@@ -262,6 +262,20 @@ pub struct Credentials {
 pub fn open(loc: &Location, creds: &Credentials, create: bool) -> Result<Arc<dyn Remote>> {
     match loc {
         Location::Path(p) => {
+            if crate::bundle::is_bundle(p) {
+                return Err(SyncError::Invalid(if create {
+                    format!(
+                        "{} is a bundle, which is read-only: push cannot write to it \
+                         (sp-sync bundle create writes a new one)",
+                        p.display()
+                    )
+                } else {
+                    format!(
+                        "{} is a bundle: pull or bundle import reads it",
+                        p.display()
+                    )
+                }));
+            }
             if create && !p.join("store.toml").exists() {
                 Store::init(p)?;
             }

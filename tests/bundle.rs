@@ -1,0 +1,564 @@
+//! Offline bundles through the real binary (create, verify, import, pull
+//! FILE, stdin/stdout) and through the library: byte-identical round trips
+//! with files and SQLite tables, incremental bundles and their
+//! prerequisites, the ref rules, and damaged bundles (truncated and
+//! bit-flipped at every kind of offset) that never move a ref.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::{bytes, cache_dir, describe, dump, fails, ok};
+use rusqlite::Connection;
+use serde_json::Value;
+use systemprompt_sync::bundle::{self, BundleHeader, CreateOptions, ImportOptions};
+use systemprompt_sync::pack::{PackReader, record_header_len};
+use systemprompt_sync::{NoProgress, ObjectId};
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+}
+
+fn sql(db: &Path, s: &str) {
+    Connection::open(db).unwrap().execute_batch(s).unwrap();
+}
+
+/// A source: files (small, multi-chunk, a symlink, a subdirectory) and an
+/// app database, with a store `st`.
+fn source(root: &Path, big: usize) -> PathBuf {
+    let a = root.join("a");
+    std::fs::create_dir_all(a.join("files/sub")).unwrap();
+    std::fs::write(a.join("files/readme.md"), "# hello\n").unwrap();
+    std::fs::write(a.join("files/sub/skill.md"), "skill\n".repeat(300)).unwrap();
+    std::fs::write(a.join("files/model.bin"), bytes(big, 7)).unwrap();
+    std::os::unix::fs::symlink("readme.md", a.join("files/link")).unwrap();
+    sql(
+        &a.join("app.db"),
+        "CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, name TEXT, bio BLOB);
+         CREATE TABLE tags(user INTEGER NOT NULL, tag TEXT NOT NULL, PRIMARY KEY(user, tag)) WITHOUT ROWID;
+         CREATE INDEX users_name ON users(name);
+         INSERT INTO users VALUES (1, 'a@x', 'ann', zeroblob(10000)), (2, 'b@x', NULL, x'00ff'), (3, 'c@x', 'cy', NULL);
+         INSERT INTO tags VALUES (1, 'admin'), (2, 'dev');",
+    );
+    ok(&a, &["--store", "st", "init", "-q"]);
+    a
+}
+
+/// A store `st` in a new directory `root/name`.
+fn store(root: &Path, name: &str) -> PathBuf {
+    let d = root.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    ok(&d, &["--store", "st", "init", "-q"]);
+    d
+}
+
+fn snap(a: &Path, msg: &str) -> String {
+    let v = json(&ok(
+        a,
+        &[
+            "--store", "st", "snapshot", "files", "--db", "app.db", "-m", msg, "--json",
+        ],
+    ));
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn st<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["--store", "st"];
+    v.extend_from_slice(args);
+    v
+}
+
+fn refs(d: &Path) -> String {
+    ok(d, &st(&["ref", "list"]))
+}
+
+fn fsck(d: &Path) -> Value {
+    json(&ok(d, &st(&["fsck", "--read-data", "--json"])))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Restores `main` of store `d` and checks files and tables against `a`.
+fn assert_restores_like(d: &Path, a: &Path, tag: &str) {
+    let out = d.join(format!("out-{tag}"));
+    let db = d.join(format!("out-{tag}.db"));
+    ok(d, &st(&["restore", "main", s(&out), "--db", s(&db), "-q"]));
+    assert_eq!(describe(&a.join("files")), describe(&out), "files differ");
+    assert_eq!(dump(&a.join("app.db")), dump(&db), "tables differ");
+}
+
+#[test]
+fn full_and_incremental_bundles_round_trip_files_and_tables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let a = source(t, 900 << 10);
+    let id1 = snap(&a, "one");
+    let full = t.join("full.bundle");
+    let v = json(&ok(&a, &st(&["bundle", "create", s(&full), "--json"])));
+    assert_eq!(v["refs"][0]["name"], "main");
+    assert_eq!(v["refs"][0]["id"], id1.as_str());
+    assert_eq!(v["prerequisites"], json("[]"));
+    let full_objects = v["objects"].as_u64().unwrap();
+    assert!(full_objects >= 8, "{v}");
+    assert_eq!(v["bytes"], std::fs::metadata(&full).unwrap().len());
+
+    // Outside any store, a full bundle is checked completely.
+    let nowhere = t.join("nowhere");
+    std::fs::create_dir(&nowhere).unwrap();
+    let text = ok(&nowhere, &["bundle", "verify", s(&full)]);
+    assert!(text.contains("ok, "), "{text}");
+    assert!(text.contains("complete: needs no prerequisites"), "{text}");
+    let v = json(&ok(&nowhere, &["bundle", "verify", s(&full), "--json"]));
+    assert_eq!(v["objects"], full_objects);
+    assert_eq!(v["external_references"], 0);
+
+    // Import into a new store: byte-identical files and tables.
+    let b = store(t, "b");
+    let v = json(&ok(&b, &st(&["bundle", "import", s(&full), "--json"])));
+    assert_eq!(v["ref"], "main");
+    assert_eq!(v["id"], id1.as_str());
+    assert_eq!(v["objects_received"], full_objects);
+    assert_eq!(v["refs"][0]["updated"], true);
+    assert_restores_like(&b, &a, "1");
+    assert_eq!(fsck(&b)["ok"], true);
+    assert!(!refs(&b).contains("remotes/"));
+
+    // An edit to files and rows, as an incremental bundle.
+    std::fs::write(a.join("files/readme.md"), "# hello v2\n").unwrap();
+    sql(
+        &a.join("app.db"),
+        "UPDATE users SET name = 'bee' WHERE id = 2; INSERT INTO tags VALUES (3, 'ops');",
+    );
+    let id2 = snap(&a, "two");
+    let inc = t.join("inc.bundle");
+    let v = json(&ok(
+        &a,
+        &st(&[
+            "bundle",
+            "create",
+            s(&inc),
+            "main",
+            "--since",
+            &id1[..12],
+            "--json",
+        ]),
+    ));
+    assert_eq!(v["prerequisites"][0], id1.as_str());
+    let inc_objects = v["objects"].as_u64().unwrap();
+    // The snapshot, its root tree, the edited file's chunk, and the two
+    // changed tables with their row-map nodes: nothing else.
+    assert!(
+        (3..=9).contains(&inc_objects) && inc_objects < full_objects,
+        "incremental {inc_objects} of {full_objects}"
+    );
+    // Nothing the prerequisite reaches is in it: the big file's chunks are not.
+    assert!(std::fs::metadata(&inc).unwrap().len() < 100 << 10);
+
+    // Outside a store: what can be checked is, and it says what was not.
+    let text = ok(&nowhere, &["bundle", "verify", s(&inc)]);
+    assert!(text.contains("not inside a store"), "{text}");
+    assert!(text.contains(&format!("prerequisite {id1}")), "{text}");
+    // In a store without the prerequisite: named.
+    let c = store(t, "c");
+    let err = fails(&c, &st(&["bundle", "verify", s(&inc)]), 1);
+    assert!(err.contains(&id1) && err.contains("lacks"), "{err}");
+    // Import refused, naming it; nothing moved.
+    let err = fails(&c, &st(&["bundle", "import", s(&inc)]), 1);
+    assert!(err.contains(&id1) && err.contains("prerequisite"), "{err}");
+    assert_eq!(refs(&c), "");
+    assert_eq!(fsck(&c)["ok"], true);
+    // In the store that has it: complete, and the import fast-forwards.
+    let text = ok(&b, &st(&["bundle", "verify", s(&inc)]));
+    assert!(text.contains("complete given its prerequisites"), "{text}");
+    let v = json(&ok(&b, &st(&["bundle", "import", s(&inc), "--json"])));
+    assert_eq!(v["id"], id2.as_str());
+    assert_eq!(v["refs"][0]["old"], id1.as_str());
+    assert_eq!(v["objects_received"], inc_objects);
+    assert_restores_like(&b, &a, "2");
+    assert_eq!(fsck(&b)["ok"], true);
+    // Importing it again changes nothing.
+    let v = json(&ok(&b, &st(&["bundle", "import", s(&inc), "--json"])));
+    assert_eq!(v["stored_objects"], 0);
+    assert_eq!(v["id"], id2.as_str());
+
+    // --since by name (main~1) gives the same bundle, byte for byte.
+    let inc2 = t.join("inc2.bundle");
+    ok(
+        &a,
+        &st(&["bundle", "create", s(&inc2), "--since", "main~1", "-q"]),
+    );
+    assert_eq!(std::fs::read(&inc).unwrap(), std::fs::read(&inc2).unwrap());
+}
+
+#[test]
+fn ref_rules_pull_from_a_bundle_and_no_push_to_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let a = source(t, 200 << 10);
+    let id1 = snap(&a, "one");
+    let b1 = t.join("one.bundle");
+    ok(&a, &st(&["bundle", "create", s(&b1), "-q"]));
+    std::fs::write(a.join("files/readme.md"), "# two\n").unwrap();
+    let id2 = snap(&a, "two");
+    let b2 = t.join("two.bundle");
+    ok(&a, &st(&["bundle", "create", s(&b2), "-q"]));
+
+    // pull FILE: a location, so no tracking ref; local main created.
+    let c = store(t, "c");
+    let v = json(&ok(&c, &st(&["pull", s(&b1), "--json"])));
+    assert_eq!(v["ref"], "main");
+    assert_eq!(v["id"], id1.as_str());
+    assert_eq!(refs(&c).trim(), format!("{id1} main"));
+    // and fast-forwards, restoring on request.
+    let out = t.join("pulled");
+    ok(
+        &c,
+        &st(&["pull", s(&b2), "main", "--restore", s(&out), "-q"]),
+    );
+    assert_eq!(refs(&c).trim(), format!("{id2} main"));
+    assert_eq!(describe(&a.join("files")), describe(&out));
+    // An older bundle: local is ahead; a warning, exit 0, nothing moves.
+    let o = common::run_in(&c, &st(&["pull", s(&b1)]));
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("warning: local main is ahead"), "{err}");
+    assert_eq!(refs(&c).trim(), format!("{id2} main"));
+    // A ref the bundle does not carry.
+    let err = fails(&c, &st(&["pull", s(&b2), "dev"]), 1);
+    assert!(err.contains("does not carry ref dev"), "{err}");
+
+    // A diverged local ref stays put with a warning unless --force.
+    let d = store(t, "d");
+    ok(&d, &st(&["bundle", "import", s(&b1), "-q"]));
+    std::fs::create_dir(d.join("mine")).unwrap();
+    std::fs::write(d.join("mine/x"), "local work\n").unwrap();
+    ok(&d, &st(&["snapshot", "mine", "-q"]));
+    let before = refs(&d);
+    let o = common::run_in(&d, &st(&["bundle", "import", s(&b2)]));
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("warning: local main has diverged"), "{err}");
+    assert_eq!(refs(&d), before);
+    ok(&d, &st(&["bundle", "import", s(&b2), "--force", "-q"]));
+    assert_eq!(refs(&d).trim(), format!("{id2} main"));
+
+    // A bundle is read-only: push to it is refused and it is left as it was.
+    let was = std::fs::read(&b2).unwrap();
+    let err = fails(&a, &st(&["push", s(&b2)]), 1);
+    assert!(err.contains("read-only"), "{err}");
+    assert_eq!(std::fs::read(&b2).unwrap(), was);
+
+    // A failed create leaves the file it was given (and no temporary file).
+    let precious = t.join("precious.bundle");
+    std::fs::write(&precious, "keep me").unwrap();
+    let err = fails(&a, &st(&["bundle", "create", s(&precious), "nosuch"]), 1);
+    assert!(err.contains("unknown ref nosuch"), "{err}");
+    assert_eq!(std::fs::read(&precious).unwrap(), b"keep me");
+    let leftovers: Vec<_> = std::fs::read_dir(t)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".sp-sync-bundle")
+        })
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn a_bundle_streams_through_stdout_and_stdin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let a = source(t, 300 << 10);
+    let id = snap(&a, "one");
+    let file = t.join("x.bundle");
+    ok(&a, &st(&["bundle", "create", s(&file), "-q"]));
+    let o = Command::new(common::bin())
+        .args(st(&["bundle", "create", "-"]))
+        .current_dir(&a)
+        .env("SP_SYNC_CACHE_DIR", cache_dir())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(
+        o.stdout,
+        std::fs::read(&file).unwrap(),
+        "the same bundle either way"
+    );
+    let c = store(t, "c");
+    let mut child = Command::new(common::bin())
+        .args(st(&["bundle", "import", "-", "--json"]))
+        .current_dir(&c)
+        .env("SP_SYNC_CACHE_DIR", cache_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&o.stdout).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        json(&String::from_utf8_lossy(&out.stdout))["id"],
+        id.as_str()
+    );
+    assert_restores_like(&c, &a, "stdin");
+    // verify - reads standard input too.
+    let mut child = Command::new(common::bin())
+        .args(["bundle", "verify", "-"])
+        .current_dir(t)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&o.stdout).unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+}
+
+/// Offsets of interest in a bundle: every header byte; for each record,
+/// every byte of its header and a few of its payload; the pack's end record
+/// and trailer; the bundle's trailer.
+fn offsets(b: &[u8]) -> Vec<usize> {
+    let mut cur = std::io::Cursor::new(b);
+    let h = BundleHeader::decode(&mut cur, "t").unwrap();
+    let base = cur.position() as usize;
+    assert_eq!(base, h.encode().len());
+    let mut out: Vec<usize> = (0..base).collect();
+    out.extend(base..base + 9);
+    let mut r = PackReader::new(&b[base..], "t").unwrap();
+    let mut records = 0;
+    while let Some(rec) = r.next_record().unwrap() {
+        records += 1;
+        let at = base + rec.offset as usize;
+        let clen = rec.payload.len();
+        let hl = record_header_len(rec.ulen, clen as u64) as usize;
+        out.extend(at..at + hl);
+        let p = at + hl;
+        out.extend([p, p + clen / 2, p + clen - 1]);
+    }
+    assert!(records >= 8, "{records} records");
+    let end = base + r.offset() as usize - 32;
+    out.extend(end..b.len());
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn damaged_bundles_fail_and_move_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let a = source(t, 300 << 10);
+    snap(&a, "one");
+    let one = t.join("one.bundle");
+    ok(&a, &st(&["bundle", "create", s(&one), "-q"]));
+    std::fs::write(a.join("files/readme.md"), "# two\n").unwrap();
+    sql(&a.join("app.db"), "DELETE FROM tags WHERE user = 2;");
+    let id2 = snap(&a, "two");
+    let good = std::fs::read({
+        let p = t.join("two.bundle");
+        ok(&a, &st(&["bundle", "create", s(&p), "-q"]));
+        p
+    })
+    .unwrap();
+    // The importing store holds the first snapshot: a successful import
+    // would move its main.
+    let b = store(t, "b");
+    ok(&b, &st(&["bundle", "import", s(&one), "-q"]));
+    let refs_before = refs(&b);
+    let fsck_before = fsck(&b);
+    assert_eq!(fsck_before["ok"], true);
+
+    let offs = offsets(&good);
+    assert!(offs.len() >= 200, "{} offsets", offs.len());
+    let bad = t.join("bad.bundle");
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    for (i, &o) in offs.iter().enumerate() {
+        let mut f = good.clone();
+        f[o] ^= 1 << (i % 8);
+        cases.push((format!("bit flip at {o}"), f));
+        cases.push((format!("truncated to {o}"), good[..o].to_vec()));
+    }
+    let mut longer = good.clone();
+    longer.push(0);
+    cases.push(("one byte appended".into(), longer));
+    eprintln!(
+        "{} offsets of a {}-byte bundle, {} damaged copies",
+        offs.len(),
+        good.len(),
+        cases.len()
+    );
+    for (n, (what, bytes)) in cases.iter().enumerate() {
+        std::fs::write(&bad, bytes).unwrap();
+        let o = common::run_in(&b, &st(&["bundle", "verify", s(&bad)]));
+        assert_eq!(o.status.code(), Some(1), "verify accepted {what}");
+        common::assert_one_error_line(
+            &["bundle", "verify", what],
+            &String::from_utf8_lossy(&o.stderr),
+        );
+        let o = common::run_in(&b, &st(&["bundle", "import", s(&bad)]));
+        assert_eq!(o.status.code(), Some(1), "import accepted {what}");
+        common::assert_one_error_line(
+            &["bundle", "import", what],
+            &String::from_utf8_lossy(&o.stderr),
+        );
+        assert_eq!(refs(&b), refs_before, "{what} moved a ref");
+        if n % 8 == 0 {
+            assert_eq!(fsck(&b), fsck_before, "{what} changed fsck");
+        }
+    }
+    assert_eq!(fsck(&b), fsck_before);
+    // The intact bundle still imports.
+    std::fs::write(&bad, &good).unwrap();
+    ok(&b, &st(&["bundle", "import", s(&bad), "-q"]));
+    assert_eq!(refs(&b).trim(), format!("{id2} main"));
+}
+
+#[test]
+fn library_create_verify_import() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let a = source(t, 100 << 10);
+    let id = ObjectId::from_hex(&snap(&a, "one")).unwrap();
+    let src =
+        systemprompt_sync::Store::open(&a.join("st"), systemprompt_sync::LockMode::Shared).unwrap();
+    let mut buf = Vec::new();
+    let rep = bundle::create(
+        &src,
+        &CreateOptions::default(),
+        &mut buf,
+        Path::new("mem"),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(rep.bytes, buf.len() as u64);
+    assert_eq!(rep.refs[0].id, id);
+    let v = bundle::verify(&buf[..], "mem", None, &NoProgress).unwrap();
+    assert_eq!(v.objects, rep.objects);
+    assert_eq!(v.trailer, rep.trailer);
+    let dst = common::new_store(&t.join("dst"));
+    let r = bundle::import(
+        &dst,
+        &buf[..],
+        "mem",
+        &ImportOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(r.objects, rep.objects);
+    assert_eq!(dst.read_ref("main").unwrap(), Some(id));
+    // A bundle of the whole history with the tip as prerequisite is empty.
+    let mut empty = Vec::new();
+    let opts = CreateOptions {
+        refs: vec![],
+        since: vec!["main".into()],
+    };
+    let rep = bundle::create(&src, &opts, &mut empty, Path::new("mem"), &NoProgress).unwrap();
+    assert_eq!(rep.objects, 0);
+    bundle::import(
+        &dst,
+        &empty[..],
+        "mem",
+        &ImportOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+}
+
+/// Runs `args` in `cwd` and sends SIGINT after `delay`; returns the exit code
+/// (0: it had finished; 130: stopped at a safe point).
+fn run_and_interrupt(cwd: &Path, args: &[&str], delay: std::time::Duration) -> Option<i32> {
+    let mut child = Command::new(common::bin())
+        .args(args)
+        .current_dir(cwd)
+        .env("SP_SYNC_CACHE_DIR", cache_dir())
+        .env_remove("SP_SYNC_STORE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(delay);
+    let pid = rustix::process::Pid::from_child(&child);
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    let code = status.code().or(status.signal().map(|s| 128 + s));
+    assert!(
+        code == Some(0) || code == Some(130),
+        "{args:?} after {delay:?}: exit {code:?}"
+    );
+    code
+}
+
+#[test]
+fn sigint_during_create_and_import_leaves_no_bundle_and_moves_no_ref() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let a = source(t, 100 << 10);
+    for i in 0..60u64 {
+        std::fs::write(a.join(format!("files/f{i:02}")), bytes(256 << 10, 100 + i)).unwrap();
+    }
+    snap(&a, "big");
+    let file = t.join("x.bundle");
+    let start = std::time::Instant::now();
+    ok(&a, &st(&["bundle", "create", s(&file), "-q"]));
+    let create_time = start.elapsed().max(std::time::Duration::from_millis(20));
+    let good = std::fs::read(&file).unwrap();
+    let b = store(t, "b");
+    let start = std::time::Instant::now();
+    ok(&b, &st(&["bundle", "import", s(&file), "-q"]));
+    let import_time = start.elapsed().max(std::time::Duration::from_millis(20));
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |d: std::time::Duration| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        std::time::Duration::from_micros(x % (d.as_micros() as u64 + 1))
+    };
+    let (mut created_stopped, mut import_stopped) = (0, 0);
+    for round in 0..8 {
+        // create: stopped, the file is absent and no temporary file stays.
+        std::fs::remove_file(&file).ok();
+        let code = run_and_interrupt(&a, &st(&["bundle", "create", s(&file)]), next(create_time));
+        if code == Some(130) {
+            created_stopped += 1;
+            assert!(
+                !file.exists(),
+                "round {round}: a stopped create left a bundle"
+            );
+        } else {
+            assert_eq!(std::fs::read(&file).unwrap(), good);
+        }
+        let stray = std::fs::read_dir(t)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".sp-sync-bundle")
+            });
+        assert!(!stray, "round {round}: a temporary file stayed");
+        // import into a new store: stopped, no ref; the next import completes.
+        std::fs::write(&file, &good).unwrap();
+        let c = store(t, &format!("c{round}"));
+        let code = run_and_interrupt(&c, &st(&["bundle", "import", s(&file)]), next(import_time));
+        if code == Some(130) {
+            import_stopped += 1;
+            assert_eq!(refs(&c), "", "round {round}: a stopped import moved a ref");
+        }
+        assert_eq!(fsck(&c)["ok"], true);
+        ok(&c, &st(&["bundle", "import", s(&file), "-q"]));
+        assert_eq!(refs(&c), refs(&b));
+    }
+    assert!(created_stopped >= 1, "no create was stopped");
+    assert!(import_stopped >= 1, "no import was stopped");
+}
