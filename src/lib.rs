@@ -38,6 +38,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod chunker;
 pub mod codec;
 pub mod collection;

@@ -1,5 +1,6 @@
 //! Command-line definitions and the glue from arguments to library calls.
 
+mod cache;
 mod output;
 mod progress;
 
@@ -188,6 +189,11 @@ enum Cmd {
         /// Then restore the pulled snapshot into TARGET.
         #[arg(long, value_name = "TARGET")]
         restore: Option<PathBuf>,
+    },
+    /// CI artifact cache on a remote: save, restore (with prefix fallback), list, prune.
+    Cache {
+        #[command(subcommand)]
+        cmd: cache::CacheCmd,
     },
     /// Keep folders of markdown files ([[collection]] in sp-sync.toml) in step with tables.
     Local {
@@ -529,6 +535,7 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
             keep_setid,
         ),
         Cmd::Local { cmd } => local(ctx, cmd),
+        Cmd::Cache { cmd } => cache::run(ctx, cmd),
         Cmd::Fsck {
             read_data,
             rebuild_index: rebuild,
@@ -1258,6 +1265,7 @@ fn restore(
             None => ws.project().map(|p| p.snapshot.exclude).unwrap_or_default(),
         },
         keep_setid,
+        skip_unchanged: false,
     };
     let mut restored = Vec::new();
     let mut out = json!({});
