@@ -114,6 +114,7 @@ pub fn open_local(dir: &Path) -> Result<Store> {
 /// What `cache save` does.
 #[derive(Debug, Clone, Default)]
 pub struct SaveOptions {
+    /// The entry's key (a valid ref-name tail).
     pub key: String,
     /// Paths relative to `cwd` (no `..`): what is saved, and where a
     /// restore puts it back (relative to its target).
@@ -127,19 +128,23 @@ pub struct SaveOptions {
 /// What `cache save` did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SaveReport {
+    /// The key saved (or found existing).
     pub key: String,
     /// Whether this save created the entry (false: the key existed).
     pub saved: bool,
     /// The entry's snapshot (the existing one when not saved).
     pub id: Option<ObjectId>,
+    /// Files (and symlinks) saved.
     pub files: u64,
     /// Bytes of the saved files.
     pub bytes: u64,
-    /// Objects the remote received and their bytes (compressed, as sent).
+    /// Objects the remote received (it lacked them).
     pub objects_sent: u64,
+    /// Their bytes, as stored (compressed): what the save uploaded.
     pub bytes_sent: u64,
-    /// Bytes on the wire (request bodies) and requests made.
+    /// Bytes of request bodies on the wire (negotiation included).
     pub wire_bytes_sent: u64,
+    /// Requests made to the remote.
     pub requests: u64,
 }
 
@@ -284,6 +289,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// `hit`, `partial` or `miss`.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Hit => "hit",
@@ -296,6 +302,7 @@ impl Outcome {
 /// What `cache restore` does.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreCacheOptions {
+    /// The key tried first (an exact hit).
     pub key: String,
     /// Prefixes tried in order when the key is not there: the newest entry
     /// whose key starts with the first prefix that matches any.
@@ -311,21 +318,27 @@ pub struct RestoreCacheOptions {
 /// What `cache restore` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreCacheReport {
+    /// Hit, partial hit or miss.
     pub result: Outcome,
     /// The key of the entry restored (the key asked for, on a miss).
     pub key: String,
     /// The key asked for.
     pub requested_key: String,
+    /// The entry's snapshot (none on a miss).
     pub id: Option<ObjectId>,
     /// The entry's paths, as written below the target.
     pub paths: Vec<String>,
+    /// Files (and symlinks) of the entry.
     pub files: u64,
+    /// Their bytes.
     pub bytes: u64,
     /// Files already there with the same content (not rewritten).
     pub unchanged: u64,
-    /// Objects fetched from the remote, and their bytes (compressed).
+    /// Objects fetched from the remote (0 when a path remote is read in place).
     pub objects_received: u64,
+    /// Their bytes (compressed).
     pub bytes_received: u64,
+    /// Requests made to the remote.
     pub requests: u64,
 }
 
@@ -574,7 +587,9 @@ fn record_restore(
 /// One cache entry, as `cache list` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct CacheEntry {
+    /// The entry's key.
     pub key: String,
+    /// Its snapshot.
     pub id: ObjectId,
     /// When it was saved (Unix seconds).
     pub saved: i64,
@@ -582,11 +597,14 @@ pub struct CacheEntry {
     pub restored: Option<i64>,
     /// The later of the two: what prune orders by.
     pub last_used: i64,
+    /// Files (and symlinks) it holds.
     pub files: u64,
     /// Bytes of its files (before deduplication and compression: entries
     /// share chunks, so the remote holds less than the sum).
     pub bytes: u64,
+    /// The machine that saved it.
     pub host: String,
+    /// The saved paths.
     pub paths: Vec<String>,
 }
 
@@ -652,8 +670,11 @@ pub enum PruneRule {
 pub struct PruneReport {
     /// Entries removed, least recently used first.
     pub removed: Vec<CacheEntry>,
+    /// Their file bytes.
     pub removed_bytes: u64,
+    /// Entries kept, and their file bytes.
     pub kept: u64,
+    /// File bytes of the entries kept.
     pub kept_bytes: u64,
     /// Entries that changed while pruning (left alone).
     pub skipped: Vec<String>,
