@@ -173,6 +173,35 @@ fn clean_path(p: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// Runs a transfer step, again (it resumes: what arrived stays) while it
+/// fails in a way that may pass — a busy server (503) when many runners
+/// save at once, a dropped connection — up to `SP_SYNC_PUSH_RETRIES`
+/// (default 6) more times, waiting longer each time, with jitter.
+fn retrying<T>(what: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let retries: u32 = std::env::var("SP_SYNC_PUSH_RETRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let mut attempt = 0u32;
+    loop {
+        match f() {
+            Err(e) if attempt < retries && crate::transfer::is_retryable(&e) => {
+                attempt += 1;
+                let base = 200u64 << attempt.min(6);
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::from(d.subsec_nanos()));
+                let jitter = (nanos
+                    ^ u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                    % base;
+                tracing::info!("{what}: {e}; trying again");
+                std::thread::sleep(std::time::Duration::from_millis(base + jitter));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// The refs the remote holds now.
 fn remote_refs(remote: &dyn Remote) -> Result<BTreeMap<String, ObjectId>> {
     Ok(remote.list_refs()?.into_iter().collect())
@@ -199,7 +228,7 @@ pub fn save(
         key: opts.key.clone(),
         ..Default::default()
     };
-    if let Some(id) = remote_refs(remote)?.get(&name) {
+    if let Some(id) = retrying("listing refs", || remote_refs(remote))?.get(&name) {
         report.id = Some(*id);
         report.requests = remote.traffic().requests;
         return Ok(report);
@@ -252,13 +281,17 @@ pub fn save(
     }
     report.files = snap.files;
     report.bytes = snap.bytes;
-    let stats = crate::transfer::send(local, remote, &[snap.id], progress)?;
+    let stats = retrying("sending", || {
+        crate::transfer::send(local, remote, &[snap.id], progress)
+    })?;
     report.objects_sent = stats.objects;
     report.bytes_sent = stats.bytes;
     if progress.interrupted() {
         return Err(SyncError::Interrupted);
     }
-    match remote.update_ref(&name, None, snap.id, false) {
+    match retrying("creating the ref", || {
+        remote.update_ref(&name, None, snap.id, false)
+    }) {
         Ok(()) => {
             report.saved = true;
             report.id = Some(snap.id);
@@ -435,7 +468,7 @@ pub fn restore(
     for p in &opts.restore_keys {
         validate_prefix(p)?;
     }
-    let refs = remote_refs(remote)?;
+    let refs = retrying("listing refs", || remote_refs(remote))?;
     let mut report = RestoreCacheReport {
         result: Outcome::Miss,
         key: opts.key.clone(),
@@ -449,14 +482,18 @@ pub fn restore(
         bytes_received: 0,
         requests: 0,
     };
-    let chosen = choose(remote, &refs, &opts.key, &opts.restore_keys)?;
+    let chosen = retrying("reading entries", || {
+        choose(remote, &refs, &opts.key, &opts.restore_keys)
+    })?;
     if let Some((outcome, key, id)) = chosen {
         // A store in a local directory is read in place; any other remote's
         // objects are fetched into the local store first (only what it lacks).
         let source = match remote.local_store() {
             Some(s) => s,
             None => {
-                let stats = crate::transfer::fetch(local, remote, &[id], progress)?;
+                let stats = retrying("fetching", || {
+                    crate::transfer::fetch(local, remote, &[id], progress)
+                })?;
                 report.objects_received = stats.objects;
                 report.bytes_received = stats.bytes;
                 local
@@ -535,6 +572,24 @@ fn materialize(
                 ))
             })?
         };
+        // The entry's paths come from the remote: nothing is written
+        // through a symlink found on the way (a directory entry not even
+        // through one at its own place; a file or symlink replaces one).
+        let mut at = target.to_path_buf();
+        let comps: Vec<_> = p.components().collect();
+        for (i, c) in comps.iter().enumerate() {
+            at.push(c);
+            let last = i + 1 == comps.len();
+            if last && !matches!(entry.kind, EntryKind::Dir { .. }) {
+                break;
+            }
+            if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(SyncError::Invalid(format!(
+                    "{}: a symlink; cache restore does not write through it",
+                    at.display()
+                )));
+            }
+        }
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(|e| SyncError::io("creating", parent, e))?;
         }
@@ -570,7 +625,9 @@ fn record_restore(
         ..Default::default()
     };
     let (id, _) = crate::snapshot::write_snapshot(local, &snap)?;
-    crate::transfer::send(local, remote, &[id], &crate::progress::NoProgress)?;
+    retrying("recording the restore", || {
+        crate::transfer::send(local, remote, &[id], &crate::progress::NoProgress)
+    })?;
     let name = format!("{META_PREFIX}{key}");
     let mut old = refs.get(&name).copied();
     for _ in 0..3 {

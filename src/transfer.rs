@@ -446,7 +446,9 @@ impl Hint {
     }
 }
 
-fn is_retryable(e: &SyncError) -> bool {
+/// Whether a transfer that failed with `e` may succeed if tried again (a
+/// dropped connection, a 5xx such as a busy server's 503).
+pub fn is_retryable(e: &SyncError) -> bool {
     match e {
         SyncError::Io { source, .. } => matches!(
             source.kind(),

@@ -466,12 +466,12 @@ fn prune_removes_the_least_recently_used_first() {
     a.fails(&["cache", "prune", "--remote", &url], 2);
 }
 
-#[test]
-fn sixteen_concurrent_saves_into_one_remote() {
-    let tmp = tempfile::tempdir().unwrap();
-    let url = tmp.path().join("remote").display().to_string();
-    // One machine, one local cache store shared by all 16 processes.
-    let a = runner(tmp.path(), "a", &[]);
+/// 16 `cache save` processes with different keys at once into one remote
+/// (sharing one local cache store too): all succeed, every entry restores
+/// identical.
+fn sixteen_concurrent_saves(tmp: &Path, url: &str, env: &[(&'static str, String)]) {
+    let url = url.to_string();
+    let a = runner(tmp, "a", env);
     let mut want = Vec::new();
     for i in 0..16u64 {
         let d = a.dir.join(format!("w{i}"));
@@ -514,7 +514,7 @@ fn sixteen_concurrent_saves_into_one_remote() {
         );
         assert_eq!(json(&String::from_utf8_lossy(&o.stdout))["saved"], true);
     }
-    let b = runner(tmp.path(), "b", &[]);
+    let b = runner(tmp, "b", env);
     for (i, w) in want.iter().enumerate() {
         let dest = format!("r{i}");
         let v = b.json(&[
@@ -529,7 +529,40 @@ fn sixteen_concurrent_saves_into_one_remote() {
         assert_eq!(v["result"], "hit");
         assert_eq!(&describe(&b.dir.join(&dest).join("out")), w, "entry {i}");
     }
+    let v = b.json(&["cache", "list", "--remote", &url]);
+    assert_eq!(v.as_array().unwrap().len(), 16);
+}
+
+#[test]
+fn sixteen_concurrent_saves_into_a_path_remote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = tmp.path().join("remote").display().to_string();
+    sixteen_concurrent_saves(tmp.path(), &url, &[]);
     common::ok(tmp.path(), &["fsck", "--read-data", "--store", &url]);
+}
+
+#[test]
+fn sixteen_concurrent_saves_into_an_http_remote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server-data");
+    let server = serve(data.to_str().unwrap(), None, "127.0.0.1:0", &[]);
+    sixteen_concurrent_saves(tmp.path(), &server.url("ci"), &[]);
+    common::ok(
+        tmp.path(),
+        &[
+            "fsck",
+            "--read-data",
+            "--store",
+            data.join("ci").to_str().unwrap(),
+        ],
+    );
+}
+
+#[test]
+fn sixteen_concurrent_saves_into_an_s3_remote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = bucket("cache16");
+    sixteen_concurrent_saves(tmp.path(), &format!("s3://{b}/ci"), &s3_env());
 }
 
 #[test]
@@ -620,5 +653,30 @@ fn the_ci_recipe_script_passes() {
         o.status.success(),
         "ci-cache-recipe.sh: {}",
         String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A restore never writes through a symlink on the way to a saved path.
+#[test]
+fn restore_does_not_write_through_a_symlink_on_the_way() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = tmp.path().join("remote").display().to_string();
+    let a = runner(tmp.path(), "a", &[]);
+    std::fs::create_dir_all(a.dir.join("d/inner")).unwrap();
+    std::fs::write(a.dir.join("d/inner/f"), "cached\n").unwrap();
+    a.ok(&["cache", "save", "k", "d/inner", "--remote", &url]);
+    let b = runner(tmp.path(), "b", &[]);
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, b.dir.join("d")).unwrap();
+    let err = b.fails(&["cache", "restore", "k", "--remote", &url], 1);
+    assert!(err.contains("symlink"), "{err}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    // Without the symlink it restores.
+    std::fs::remove_file(b.dir.join("d")).unwrap();
+    b.ok(&["cache", "restore", "k", "--remote", &url]);
+    assert_eq!(
+        std::fs::read_to_string(b.dir.join("d/inner/f")).unwrap(),
+        "cached\n"
     );
 }

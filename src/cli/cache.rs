@@ -1,5 +1,6 @@
 //! `sp-sync cache save/restore/list/prune`: parse, call `systemprompt_sync::cache`, print.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -233,8 +234,10 @@ pub(super) fn run(ctx: &Ctx, cmd: CacheCmd) -> Result<i32> {
             if ctx.json {
                 ctx.print_json(&serde_json::to_value(&entries)?)?;
             } else {
+                let mut out = std::io::stdout().lock();
                 for e in &entries {
-                    println!(
+                    writeln!(
+                        out,
                         "{}\t{}\t{} files\tsaved {}\t{}",
                         e.key,
                         size(e.bytes),
@@ -243,7 +246,7 @@ pub(super) fn run(ctx: &Ctx, cmd: CacheCmd) -> Result<i32> {
                         e.restored
                             .map(|t| format!("restored {}", when(t)))
                             .unwrap_or_else(|| "never restored".into())
-                    );
+                    )?;
                 }
             }
             Ok(0)
