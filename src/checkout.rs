@@ -126,6 +126,7 @@ pub fn restore(
             None => ws.project().map(|p| p.snapshot.exclude).unwrap_or_default(),
         },
         keep_setid: opts.keep_setid,
+        skip_unchanged: false,
     };
     let mut report = CheckoutReport {
         snapshot: Some(id),

@@ -100,6 +100,7 @@
 // here, taking an options struct and a `&dyn Progress` and returning a
 // serializable report.
 pub mod bundle;
+pub mod cache;
 pub mod checkout;
 pub mod compare;
 pub mod error;

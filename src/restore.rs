@@ -39,6 +39,10 @@ use crate::progress::Progress;
 /// deep enough to exhaust the stack): the limit every tree walk keeps.
 pub const MAX_DEPTH: usize = crate::object::tree::MAX_TREE_DEPTH;
 
+/// The largest chunk `skip_unchanged` reads back to compare (chunks are at
+/// most a few MiB; a list claiming more is not believed, the file rewritten).
+const MAX_COMPARE_CHUNK: usize = 64 << 20;
+
 /// How a restore writes.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -57,6 +61,12 @@ pub struct RestoreOptions {
     pub excludes: Vec<String>,
     /// Restore setuid and setgid bits (dropped by default).
     pub keep_setid: bool,
+    /// Leave a regular file at the target alone when its size and content
+    /// (each chunk's BLAKE3 id, read back from the file) match the entry's:
+    /// only its mode and mtime are set. A stat check alone is not enough
+    /// (CI checkouts change mtimes), so the content is always compared.
+    /// A file with several hard links is always rewritten.
+    pub skip_unchanged: bool,
 }
 
 /// What a restore wrote.
@@ -70,6 +80,9 @@ pub struct RestoreReport {
     pub bytes: u64,
     /// Entries removed (with `delete`).
     pub deleted: u64,
+    /// Files whose content was already there (`skip_unchanged`); counted
+    /// in `files` and `bytes` too, but not written.
+    pub unchanged: u64,
     /// Entries left alone because they would have replaced a protected path.
     pub protected: Vec<PathBuf>,
 }
@@ -112,6 +125,7 @@ struct Ctx<'a> {
     dirs: AtomicU64,
     bytes: AtomicU64,
     deleted: AtomicU64,
+    unchanged: AtomicU64,
     protected: std::sync::Mutex<Vec<PathBuf>>,
     /// Bytes the target's filesystem had free, and what files written so
     /// far have taken of it.
@@ -159,6 +173,7 @@ pub fn restore(
         dirs: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         deleted: AtomicU64::new(0),
+        unchanged: AtomicU64::new(0),
         protected: std::sync::Mutex::new(Vec::new()),
         free,
         reserved: AtomicU64::new(0),
@@ -201,6 +216,7 @@ pub fn restore(
         dirs: ctx.dirs.into_inner(),
         bytes: ctx.bytes.into_inner(),
         deleted: ctx.deleted.into_inner(),
+        unchanged: ctx.unchanged.into_inner(),
         protected: ctx.protected.into_inner().unwrap_or_default(),
     })
 }
@@ -372,6 +388,16 @@ impl Ctx<'_> {
                 self.dirs.fetch_add(1, Ordering::Relaxed);
             }
             EntryKind::File { size, content } => {
+                if !fresh
+                    && self.opts.skip_unchanged
+                    && self.unchanged_file(dir, name, e, mode, path)?
+                {
+                    self.unchanged.fetch_add(1, Ordering::Relaxed);
+                    self.files.fetch_add(1, Ordering::Relaxed);
+                    self.bytes.fetch_add(*size, Ordering::Relaxed);
+                    self.progress.add(1, *size);
+                    return Ok(());
+                }
                 let old = if fresh {
                     0
                 } else {
@@ -455,6 +481,73 @@ impl Ctx<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Whether the regular file `name` in `dir` already holds the content
+    /// of file entry `e` (size, then every chunk re-hashed against its id,
+    /// stopping at the first difference); if so its mode and mtime are set
+    /// to the entry's. Anything else at `name` (a symlink, a directory, a
+    /// hard-linked file, a file that cannot be read) is "changed".
+    fn unchanged_file(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        e: &Entry,
+        mode: u32,
+        path: &Path,
+    ) -> Result<bool> {
+        use std::io::Read;
+        let EntryKind::File { size, content } = &e.kind else {
+            return Ok(false);
+        };
+        let n = OsStr::from_bytes(name);
+        match rustix::fs::statat(dir, n, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st)
+                if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                    && st.st_size as u64 == *size
+                    && st.st_nlink == 1 => {}
+            _ => return Ok(false),
+        }
+        let Ok(fd) = rustix::fs::openat(
+            dir,
+            n,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        ) else {
+            return Ok(false);
+        };
+        let st = rustix::fs::fstat(&fd).ctx("reading", path)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+            || st.st_size as u64 != *size
+            || st.st_nlink != 1
+        {
+            return Ok(false);
+        }
+        let mut f = std::fs::File::from(fd);
+        let mut buf = Vec::new();
+        for c in content.chunks(self.src, *size) {
+            let c = c?;
+            if self.progress.interrupted() {
+                return Err(SyncError::Interrupted);
+            }
+            let len = usize::try_from(c.len).unwrap_or(usize::MAX);
+            if len > MAX_COMPARE_CHUNK {
+                return Ok(false);
+            }
+            buf.resize(len, 0);
+            if f.read_exact(&mut buf).is_err() || ObjectId::compute(ObjectType::Chunk, &buf) != c.id
+            {
+                return Ok(false);
+            }
+        }
+        if st.st_mode & 0o7777 != mode {
+            rustix::fs::fchmod(&f, Mode::from_raw_mode(mode)).ctx("setting mode of", path)?;
+        }
+        let mtime_now = (st.st_mtime as i64, st.st_mtime_nsec as u32);
+        if mtime_now != (e.mtime.secs, e.mtime.nanos) {
+            rustix::fs::futimens(&f, &ts(e.mtime)).ctx("setting times of", path)?;
+        }
+        Ok(true)
     }
 
     fn write_content(

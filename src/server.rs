@@ -591,6 +591,57 @@ async fn update_ref(
     }
 }
 
+#[derive(Deserialize)]
+struct RefDeleteBody {
+    old: String,
+}
+
+/// A ref deletion's body: the id the ref must still name.
+pub fn parse_ref_delete_body(body: &[u8]) -> std::result::Result<ObjectId, String> {
+    let req: RefDeleteBody =
+        serde_json::from_slice(body).map_err(|e| format!("bad request body: {e}"))?;
+    ObjectId::from_hex(&req.old).ok_or_else(|| format!("bad id {:?}", req.old))
+}
+
+/// `DELETE refs/NAME` with `{"old": ID}`: removes the ref by
+/// compare-and-swap (409 when it names something else, 404 when absent).
+async fn delete_ref(
+    State(st): St,
+    UrlPath((tenant, name)): UrlPath<(String, String)>,
+    Extension(permit): Extension<Permit>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let r = async {
+        let body = read_small(&headers, body, SMALL_BODY, st.timeout).await?;
+        let old = parse_ref_delete_body(&body).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+        blocking(move || {
+            let _permit = permit;
+            let store = st
+                .store(&tenant, false)
+                .map_err(from_sync)?
+                .ok_or_else(|| {
+                    from_sync(SyncError::RefConflict {
+                        name: name.clone(),
+                        expected: Some(old),
+                        actual: None,
+                    })
+                })?;
+            crate::store::refs::validate_ref_name(&name).map_err(from_sync)?;
+            store
+                .update_ref(&name, Some(Some(old)), None)
+                .map_err(from_sync)?;
+            Ok(json!({"name": name, "deleted": old}))
+        })
+        .await
+    }
+    .await;
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn has(
     State(st): St,
     UrlPath(tenant): UrlPath<String>,
@@ -1101,7 +1152,10 @@ pub fn router(opts: &ServeOptions) -> Result<Router> {
     });
     let tenant_routes = Router::new()
         .route("/v1/{tenant}/refs", get(list_refs))
-        .route("/v1/{tenant}/refs/{*name}", post(update_ref))
+        .route(
+            "/v1/{tenant}/refs/{*name}",
+            post(update_ref).delete(delete_ref),
+        )
         .route("/v1/{tenant}/has", post(has))
         .route("/v1/{tenant}/objects", post(objects))
         .route("/v1/{tenant}/fetch", post(fetch))

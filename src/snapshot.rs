@@ -42,7 +42,9 @@ pub struct SnapshotOptions {
     pub excludes: Vec<String>,
     /// The snapshot's message.
     pub message: String,
-    /// The ref to move (default `main`).
+    /// The ref to move (default `main`). Empty: the snapshot is written
+    /// without parents and no ref moves (the caller names it elsewhere,
+    /// as `cache save` does on a remote).
     pub ref_name: String,
     /// The host recorded (default: this machine's name).
     pub host: Option<String>,
@@ -625,7 +627,9 @@ pub fn snapshot(
     if opts.sources.is_empty() {
         return Err(SyncError::Invalid("nothing to snapshot (no paths)".into()));
     }
-    crate::store::refs::validate_ref_name(&opts.ref_name)?;
+    if !opts.ref_name.is_empty() {
+        crate::store::refs::validate_ref_name(&opts.ref_name)?;
+    }
     let sources: Vec<PathBuf> = opts
         .sources
         .iter()
@@ -699,7 +703,12 @@ pub fn snapshot(
         sources: Some(sources),
         skipped: skipped.clone(),
     };
-    let (id, parent, extra) = commit(store, &opts.ref_name, &mut snap)?;
+    let (id, parent, extra) = if opts.ref_name.is_empty() {
+        let (id, extra) = write_snapshot(store, &snap)?;
+        (id, None, extra)
+    } else {
+        commit(store, &opts.ref_name, &mut snap)?
+    };
     if let Err(e) = StatCache::save(&cache_path, records) {
         tracing::warn!("could not save the stat cache: {e}");
     }
@@ -740,6 +749,22 @@ pub(crate) fn db_files(dbs: &[crate::db::DbSource]) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Writes a snapshot object as it is (no ref moves). Returns its id and the
+/// (objects, bytes) written.
+pub fn write_snapshot(store: &Store, snap: &Snapshot) -> Result<(ObjectId, (u64, u64))> {
+    let bytes = snap.encode();
+    let id = ObjectId::compute(ObjectType::Snapshot, &bytes);
+    let mut written = (0, 0);
+    if !store.contains(&id) {
+        let s = store.writer()?;
+        s.put_hashed(ObjectType::Snapshot, id, &bytes)?;
+        written.0 += s.stats.objects.load(Ordering::Relaxed);
+        written.1 += s.stats.stored_bytes.load(Ordering::Relaxed);
+        s.finish()?;
+    }
+    Ok((id, written))
 }
 
 /// Writes a snapshot object whose parent is the ref's current target and

@@ -446,7 +446,9 @@ impl Hint {
     }
 }
 
-fn is_retryable(e: &SyncError) -> bool {
+/// Whether a transfer that failed with `e` may succeed if tried again (a
+/// dropped connection, a 5xx such as a busy server's 503).
+pub fn is_retryable(e: &SyncError) -> bool {
     match e {
         SyncError::Io { source, .. } => matches!(
             source.kind(),
@@ -649,33 +651,7 @@ pub fn pull(
     };
     let ids: Vec<ObjectId> = wanted.iter().map(|(_, id)| *id).collect();
     let mut report = TransferReport::default();
-    let mut plan = plan(
-        &ids,
-        &mut |q| {
-            if q.iter().any(|id| !local.contains(id)) {
-                local.refresh()?;
-            }
-            Ok(q.iter().map(|id| local.contains(id)).collect())
-        },
-        &mut |q| remote.fetch(q)?.collect(),
-        progress,
-    )?;
-    progress.stage("receiving");
-    progress.set_total(plan.order.len() as u64, 0);
-    // Chunks reference nothing, so they may all come first: long runs of
-    // them go in few requests; the rest keeps its children-first order.
-    let (mut order, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.order)
-        .into_iter()
-        .partition(|(t, _)| *t == ObjectType::Chunk);
-    order.extend(rest);
-    let mut objects = PullStream {
-        remote,
-        order: &order,
-        pos: 0,
-        meta: &mut plan.meta,
-        current: None,
-    };
-    let stats = local.receive(&mut objects, COMMIT_EVERY * 4, progress)?;
+    let stats = fetch(local, remote, &ids, progress)?;
     report.objects = stats.objects;
     report.object_bytes = stats.bytes;
     if progress.interrupted() {
@@ -721,6 +697,69 @@ pub fn pull(
     }
     report.traffic = remote.traffic();
     Ok(report)
+}
+
+/// Sends to `remote` what it lacks of everything the snapshots `ids` reach
+/// (asking it level by level, no ref moves): the object transfer of a push
+/// without its hints.
+pub fn send(
+    local: &Store,
+    remote: &dyn Remote,
+    ids: &[ObjectId],
+    progress: &dyn Progress,
+) -> Result<crate::store::receive::ReceiveStats> {
+    let plan = plan(
+        ids,
+        &mut |q| remote.has(q),
+        &mut |q| q.iter().map(|(_, id)| local.read_stored(id)).collect(),
+        progress,
+    )?;
+    progress.stage("sending");
+    progress.set_total(plan.order.len() as u64, 0);
+    let mut stream = plan.order.iter().map(|(_, id)| {
+        if progress.interrupted() {
+            return Err(SyncError::Interrupted);
+        }
+        local.read_stored(id)
+    });
+    remote.send(&mut stream, progress)
+}
+
+/// Fetches from `remote` what `local` lacks of everything the snapshots
+/// `ids` reach (no ref moves): the object transfer of a pull.
+pub fn fetch(
+    local: &Store,
+    remote: &dyn Remote,
+    ids: &[ObjectId],
+    progress: &dyn Progress,
+) -> Result<crate::store::receive::ReceiveStats> {
+    let mut plan = plan(
+        ids,
+        &mut |q| {
+            if q.iter().any(|id| !local.contains(id)) {
+                local.refresh()?;
+            }
+            Ok(q.iter().map(|id| local.contains(id)).collect())
+        },
+        &mut |q| remote.fetch(q)?.collect(),
+        progress,
+    )?;
+    progress.stage("receiving");
+    progress.set_total(plan.order.len() as u64, 0);
+    // Chunks reference nothing, so they may all come first: long runs of
+    // them go in few requests; the rest keeps its children-first order.
+    let (mut order, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.order)
+        .into_iter()
+        .partition(|(t, _)| *t == ObjectType::Chunk);
+    order.extend(rest);
+    let mut objects = PullStream {
+        remote,
+        order: &order,
+        pos: 0,
+        meta: &mut plan.meta,
+        current: None,
+    };
+    local.receive(&mut objects, COMMIT_EVERY * 4, progress)
 }
 
 /// The objects of a pull in plan order: negotiated objects from memory,

@@ -1,5 +1,5 @@
 //! What `sp-sync serve` reads from a client: the `has`, `fetch` and
-//! `refs/{name}` bodies, and a pushed pack stream received into a store
+//! `refs/{name}` bodies (POST and DELETE), and a pushed pack stream received into a store
 //! (verification, delta rebuilding with its bound, references). The first
 //! byte picks which; nothing may panic, and what is accepted is consistent.
 #![no_main]
@@ -9,7 +9,9 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use systemprompt_sync::pack::PackReader;
 use systemprompt_sync::progress::NoProgress;
-use systemprompt_sync::server::{parse_fetch_body, parse_has_body, parse_ref_body};
+use systemprompt_sync::server::{
+    parse_fetch_body, parse_has_body, parse_ref_body, parse_ref_delete_body,
+};
 use systemprompt_sync::store::{LockMode, Store};
 
 /// One scratch store per fuzzing process.
@@ -40,6 +42,7 @@ fuzz_target!(|data: &[u8]| {
         }
         2 => {
             let _ = parse_ref_body(body);
+            let _ = parse_ref_delete_body(body);
         }
         _ => {
             let s = store();

@@ -1,6 +1,7 @@
 //! Command-line definitions and the glue from arguments to library calls.
 
 mod bundle;
+mod cache;
 mod output;
 mod progress;
 
@@ -187,6 +188,10 @@ enum Cmd {
     Bundle {
         #[command(subcommand)]
         cmd: bundle::BundleCmd,
+    /// CI artifact cache on a remote: save, restore (with prefix fallback), list, prune.
+    Cache {
+        #[command(subcommand)]
+        cmd: cache::CacheCmd,
     },
     /// Keep folders of markdown files ([[collection]] in sp-sync.toml) in step with tables.
     Local {
@@ -521,6 +526,7 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
         ),
         Cmd::Local { cmd } => local(ctx, cmd),
         Cmd::Bundle { cmd } => bundle::run(ctx, cmd),
+        Cmd::Cache { cmd } => cache::run(ctx, cmd),
         Cmd::Fsck {
             read_data,
             rebuild_index: rebuild,

@@ -362,6 +362,24 @@ impl Remote for HttpRemote {
         }
     }
 
+    fn delete_ref(&self, name: &str, old: ObjectId) -> Result<()> {
+        let body = serde_json::json!({ "old": old });
+        match self.call(
+            reqwest::Method::DELETE,
+            &format!("refs/{name}"),
+            Some(body.to_string().into_bytes()),
+            "application/json",
+        ) {
+            Ok(_) => Ok(()),
+            Err(SyncError::RefConflict { actual, .. }) => Err(SyncError::RefConflict {
+                name: name.to_string(),
+                expected: Some(old),
+                actual,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
     fn has(&self, ids: &[ObjectId]) -> Result<Vec<bool>> {
         let mut out = Vec::with_capacity(ids.len());
         for batch in ids.chunks(HAS_BATCH) {

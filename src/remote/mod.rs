@@ -47,6 +47,15 @@ pub trait Remote: Send + Sync {
         new: ObjectId,
         force: bool,
     ) -> Result<()>;
+    /// Deletes ref `name` if it still names `old` (compare-and-swap; a
+    /// lost race is `RefConflict`). Objects stay until the remote's gc.
+    fn delete_ref(&self, name: &str, old: ObjectId) -> Result<()> {
+        let _ = old;
+        Err(SyncError::Invalid(format!(
+            "{}: this remote cannot delete ref {name}",
+            self.describe()
+        )))
+    }
     /// Which of `ids` the remote holds (and so, everything they reach).
     fn has(&self, ids: &[ObjectId]) -> Result<Vec<bool>>;
     /// Sends objects, children before parents; the remote verifies each
@@ -60,6 +69,11 @@ pub trait Remote: Send + Sync {
     fn fetch<'a>(&'a self, ids: &[(ObjectType, ObjectId)]) -> Result<ObjectStream<'a>>;
     /// What was sent and received so far.
     fn traffic(&self) -> Traffic;
+    /// The store itself, when the remote is a store in a local directory
+    /// (it can then be read directly, without copying objects first).
+    fn local_store(&self) -> Option<&Store> {
+        None
+    }
 }
 
 /// Objects are committed on the receiving side every this many bytes.
@@ -109,6 +123,12 @@ impl Remote for StoreRemote {
     ) -> Result<()> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         update_ref_checked(&self.store, name, old, new, force)
+    }
+
+    fn delete_ref(&self, name: &str, old: ObjectId) -> Result<()> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        crate::store::refs::validate_ref_name(name)?;
+        self.store.update_ref(name, Some(Some(old)), None)
     }
 
     fn has(&self, ids: &[ObjectId]) -> Result<Vec<bool>> {
@@ -168,6 +188,10 @@ impl Remote for StoreRemote {
             bytes_sent: self.sent.load(Ordering::Relaxed),
             bytes_received: self.received.load(Ordering::Relaxed),
         }
+    }
+
+    fn local_store(&self) -> Option<&Store> {
+        self.store.local_dir().is_some().then_some(&self.store)
     }
 }
 

@@ -300,6 +300,10 @@ impl Store {
             for e in fs::read_dir(dir).ctx("reading", dir)? {
                 let e = e.ctx("reading", dir)?;
                 let name = e.file_name();
+                if name == "store.toml" {
+                    // A concurrent init finished since we looked.
+                    return Ok(false);
+                }
                 let known = name
                     .to_str()
                     .is_some_and(|n| SKELETON.contains(&n) || n.ends_with(".tmp"));

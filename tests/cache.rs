@@ -1,0 +1,682 @@
+//! The CI artifact cache (`sp-sync cache save/restore/list/prune`) through
+//! the real binary against the three kinds of remote — a path, a real
+//! `sp-sync serve` on loopback, a real S3-compatible server (moto) — and
+//! through the library.
+
+mod common;
+mod net;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use common::{bytes, describe, fails};
+use net::{bucket, ok_env, run_env, s3_env, serve};
+use serde_json::Value;
+
+fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// The environment of one "runner": its own local cache store, and a
+/// GitHub output file.
+fn runner(root: &Path, name: &str, extra: &[(&'static str, String)]) -> Runner {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut env = extra.to_vec();
+    env.push((
+        "SP_SYNC_CACHE_STORE",
+        root.join(format!("{name}-cache-store"))
+            .display()
+            .to_string(),
+    ));
+    let out = root.join(format!("{name}-github-output"));
+    env.push(("GITHUB_OUTPUT", out.display().to_string()));
+    Runner { dir, env, out }
+}
+
+struct Runner {
+    dir: PathBuf,
+    env: Vec<(&'static str, String)>,
+    out: PathBuf,
+}
+
+impl Runner {
+    fn ok(&self, args: &[&str]) -> String {
+        ok_env(&self.dir, args, &self.env)
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        json(&self.ok(&a))
+    }
+
+    /// Exit status, stdout, stderr.
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let o = run_env(&self.dir, args, &self.env);
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
+    /// Fails with exit `code` and (for 1) exactly one `error:` line.
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        let (c, out, err) = self.run(args);
+        assert_eq!(c, code, "{args:?}: stdout {out} stderr {err}");
+        if code == 1 {
+            common::assert_one_error_line(args, &err);
+        }
+        err
+    }
+
+    fn github_output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+}
+
+/// A build-output-like tree: nested files, a multi-chunk file, a symlink.
+fn fake_target(dir: &Path, seed: u64) {
+    let t = dir.join("target/debug/deps");
+    std::fs::create_dir_all(&t).unwrap();
+    std::fs::create_dir_all(dir.join("target/debug/.fingerprint/a")).unwrap();
+    std::fs::write(t.join("libfoo.rlib"), bytes(3 << 20, seed)).unwrap();
+    std::fs::write(t.join("common.rlib"), bytes(1 << 20, 99)).unwrap();
+    std::fs::write(
+        dir.join("target/debug/.fingerprint/a/hash"),
+        format!("{seed}\n"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("deps/libfoo.rlib", dir.join("target/debug/foo")).unwrap_or(());
+    std::fs::create_dir_all(dir.join("vendor")).unwrap();
+    std::fs::write(dir.join("vendor/lock.txt"), format!("lock {seed}\n")).unwrap();
+}
+
+fn sub(d: &BTreeMap<Vec<u8>, String>, prefix: &str) -> BTreeMap<Vec<u8>, String> {
+    d.iter()
+        .filter(|(k, _)| k.starts_with(prefix.as_bytes()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Hit, prefix fallback to the newest entry, miss (exit 0, says so),
+/// --fail-on-miss, immutable keys, bad keys, --target, extra files kept:
+/// the same script against any remote.
+fn restore_keys(tmp: &Path, url: &str, env: &[(&'static str, String)]) {
+    let a = runner(tmp, "saver", env);
+    fake_target(&a.dir, 1);
+    let saved_1 = describe(&a.dir);
+    let v = a.json(&[
+        "cache",
+        "save",
+        "cargo-linux-aaa",
+        "target",
+        "vendor/lock.txt",
+        "--remote",
+        url,
+    ]);
+    assert_eq!(v["saved"], true, "{v}");
+    assert_eq!(v["key"], "cargo-linux-aaa");
+    let first_id = v["id"].clone();
+    assert!(v["objects_sent"].as_u64().unwrap() > 0);
+
+    // A key is immutable: saving it again says so and changes nothing.
+    std::fs::write(a.dir.join("vendor/lock.txt"), "changed\n").unwrap();
+    let (c, out, err) = a.run(&[
+        "cache",
+        "save",
+        "cargo-linux-aaa",
+        "target",
+        "--remote",
+        url,
+    ]);
+    assert_eq!(c, 0, "{err}");
+    assert!(out.is_empty());
+    assert!(err.contains("already exists"), "{err}");
+    let v = a.json(&[
+        "cache",
+        "save",
+        "cargo-linux-aaa",
+        "target",
+        "--remote",
+        url,
+    ]);
+    assert_eq!(v["saved"], false);
+    assert_eq!(v["id"], first_id);
+
+    // A newer entry under another key of the same family.
+    std::fs::write(a.dir.join("target/debug/.fingerprint/a/hash"), "2\n").unwrap();
+    let saved_2 = describe(&a.dir);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let v = a.json(&[
+        "cache",
+        "save",
+        "cargo-linux-bbb",
+        "target",
+        "vendor/lock.txt",
+        "--remote",
+        url,
+    ]);
+    assert_eq!(v["saved"], true);
+    // An older-looking key saved later still counts as newer by time.
+    let v = a.json(&["cache", "save", "cargo-mac-zzz", "vendor", "--remote", url]);
+    assert_eq!(v["saved"], true);
+
+    // Another runner, nothing local: exact hit.
+    let b = runner(tmp, "restorer", env);
+    let v = b.json(&["cache", "restore", "cargo-linux-aaa", "--remote", url]);
+    assert_eq!(v["result"], "hit", "{v}");
+    assert_eq!(v["key"], "cargo-linux-aaa");
+    assert_eq!(v["id"], first_id);
+    let got = describe(&b.dir);
+    assert_eq!(sub(&got, "target/"), sub(&saved_1, "target/"));
+    assert_eq!(sub(&got, "vendor/"), sub(&saved_1, "vendor/"));
+    assert_eq!(b.github_output(), "cache-hit=true\n");
+
+    // No exact entry: the first prefix that matches gives its newest entry.
+    let c = runner(tmp, "partial", env);
+    std::fs::create_dir_all(c.dir.join("target")).unwrap();
+    std::fs::write(c.dir.join("target/mine.txt"), "not in the cache\n").unwrap();
+    let v = c.json(&[
+        "cache",
+        "restore",
+        "cargo-linux-ccc",
+        "--restore-key",
+        "cargo-linux-",
+        "--restore-key",
+        "cargo-",
+        "--remote",
+        url,
+    ]);
+    assert_eq!(v["result"], "partial", "{v}");
+    assert_eq!(v["key"], "cargo-linux-bbb");
+    assert_eq!(v["requested_key"], "cargo-linux-ccc");
+    let got = describe(&c.dir);
+    let mut want = sub(&saved_2, "target/");
+    want.extend(sub(&got, "target/mine.txt"));
+    assert_eq!(sub(&got, "target/"), want, "extra files are kept");
+    assert!(got.contains_key(b"target/mine.txt".as_slice()));
+    assert_eq!(c.github_output(), "cache-hit=false\n");
+    // The second prefix is tried only when the first matches nothing.
+    let v = c.json(&[
+        "cache",
+        "restore",
+        "x",
+        "--restore-key",
+        "nope-",
+        "--restore-key",
+        "cargo-",
+        "--remote",
+        url,
+    ]);
+    assert_eq!(v["result"], "partial");
+    assert_eq!(
+        v["key"], "cargo-mac-zzz",
+        "the newest of all cargo- entries"
+    );
+
+    // A miss: exit 0, says so, writes nothing.
+    let d = runner(tmp, "miss", env);
+    let (code, out, err) = d.run(&[
+        "cache",
+        "restore",
+        "other-1",
+        "--restore-key",
+        "other-",
+        "--remote",
+        url,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.is_empty());
+    assert!(err.contains("cache miss"), "{err}");
+    assert_eq!(std::fs::read_dir(&d.dir).unwrap().count(), 0);
+    let v = d.json(&["cache", "restore", "other-1", "--remote", url]);
+    assert_eq!(v["result"], "miss");
+    assert_eq!(v["key"], "other-1");
+    assert_eq!(d.github_output(), "cache-hit=false\ncache-hit=false\n");
+    let err = d.fails(
+        &[
+            "cache",
+            "restore",
+            "other-1",
+            "--fail-on-miss",
+            "--remote",
+            url,
+        ],
+        1,
+    );
+    assert!(err.contains("cache miss"), "{err}");
+
+    // Bad keys: one error line, exit 1, nothing written.
+    for bad in ["a b", "../x", "x/", ".hidden", ""] {
+        d.fails(&["cache", "save", bad, "target", "--remote", url], 1);
+        d.fails(&["cache", "restore", bad, "--remote", url], 1);
+    }
+    d.fails(
+        &[
+            "cache",
+            "restore",
+            "k",
+            "--restore-key",
+            "a b",
+            "--remote",
+            url,
+        ],
+        1,
+    );
+    // Paths must stay below the current directory.
+    a.fails(&["cache", "save", "k-up", "../saver", "--remote", url], 1);
+    a.fails(&["cache", "save", "k-abs", "/etc", "--remote", url], 1);
+    a.fails(
+        &["cache", "save", "k-missing", "no-such-dir", "--remote", url],
+        1,
+    );
+    assert_eq!(std::fs::read_dir(&d.dir).unwrap().count(), 0);
+
+    // --target puts the paths below another directory.
+    let v = d.json(&[
+        "cache",
+        "restore",
+        "cargo-linux-aaa",
+        "--target",
+        "elsewhere",
+        "--remote",
+        url,
+    ]);
+    assert_eq!(v["result"], "hit");
+    let got = describe(&d.dir.join("elsewhere"));
+    assert_eq!(sub(&got, "target/"), sub(&saved_1, "target/"));
+
+    // list: every entry with its size and paths; the restored ones say when.
+    let v = d.json(&["cache", "list", "--remote", url]);
+    let keys: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        ["cargo-linux-aaa", "cargo-linux-bbb", "cargo-mac-zzz"]
+    );
+    let aaa = &v[0];
+    assert_eq!(
+        aaa["paths"],
+        serde_json::json!(["target", "vendor/lock.txt"])
+    );
+    assert!(aaa["restored"].is_i64(), "{aaa}");
+    assert!(aaa["bytes"].as_u64().unwrap() > 4 << 20);
+    assert!(v[2]["restored"].is_i64(), "restored as a partial hit: {v}");
+}
+
+#[test]
+fn restore_keys_on_a_path_remote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = tmp.path().join("remote-store").display().to_string();
+    restore_keys(tmp.path(), &url, &[]);
+    // What the remote holds is a sound store.
+    common::ok(tmp.path(), &["fsck", "--read-data", "--store", &url]);
+}
+
+#[test]
+fn restore_keys_on_an_http_remote_and_prune_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server-data");
+    let server = serve(data.to_str().unwrap(), None, "127.0.0.1:0", &[]);
+    let url = server.url("ci");
+    restore_keys(tmp.path(), &url, &[]);
+    // Prune goes through the server (ref deletion by compare-and-swap).
+    let r = runner(tmp.path(), "pruner", &[]);
+    let v = r.json(&["cache", "prune", "--max-size", "0", "--remote", &url]);
+    assert_eq!(v["removed"].as_array().unwrap().len(), 3, "{v}");
+    let v = r.json(&["cache", "list", "--remote", &url]);
+    assert_eq!(v, serde_json::json!([]));
+    common::ok(
+        tmp.path(),
+        &["fsck", "--store", data.join("ci").to_str().unwrap()],
+    );
+}
+
+#[test]
+fn restore_keys_on_an_s3_remote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = bucket("cache");
+    restore_keys(tmp.path(), &format!("s3://{b}/ci-cache"), &s3_env());
+}
+
+#[test]
+fn restore_rewrites_only_files_whose_content_differs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = tmp.path().join("remote").display().to_string();
+    let a = runner(tmp.path(), "a", &[]);
+    fake_target(&a.dir, 7);
+    a.ok(&["cache", "save", "k", "target", "--remote", &url]);
+    let want = sub(&describe(&a.dir), "target/");
+
+    let b = runner(tmp.path(), "b", &[]);
+    let v = b.json(&["cache", "restore", "k", "--remote", &url]);
+    assert_eq!(v["result"], "hit");
+    assert_eq!(v["unchanged"], 0);
+    let deps = b.dir.join("target/debug/deps");
+    // Same size, different content; same content, another mtime (a CI
+    // checkout); a new file beside them.
+    let mut data = std::fs::read(deps.join("libfoo.rlib")).unwrap();
+    data[1 << 20] ^= 1;
+    std::fs::write(deps.join("libfoo.rlib"), &data).unwrap();
+    common::set_mtime(&deps.join("common.rlib"), 1_000_000, 0);
+    std::fs::write(deps.join("extra.o"), "mine").unwrap();
+    let ino_common = std::fs::metadata(deps.join("common.rlib")).unwrap().ino();
+    let ino_hash = std::fs::metadata(b.dir.join("target/debug/.fingerprint/a/hash"))
+        .unwrap()
+        .ino();
+    let v = b.json(&["cache", "restore", "k", "--remote", &url]);
+    let files = v["files"].as_u64().unwrap();
+    // Everything but the changed file (the symlink is always rewritten).
+    assert_eq!(v["unchanged"].as_u64().unwrap(), files - 2, "{v}");
+    let mut got = sub(&describe(&b.dir), "target/");
+    assert!(
+        got.remove(b"target/debug/deps/extra.o".as_slice())
+            .is_some(),
+        "extra files stay"
+    );
+    assert_eq!(got, want, "content, modes and mtimes are back");
+    assert_eq!(
+        std::fs::metadata(deps.join("common.rlib")).unwrap().ino(),
+        ino_common,
+        "an unchanged file is not rewritten, only its mtime set"
+    );
+    assert_eq!(
+        std::fs::metadata(b.dir.join("target/debug/.fingerprint/a/hash"))
+            .unwrap()
+            .ino(),
+        ino_hash
+    );
+}
+
+#[test]
+fn prune_removes_the_least_recently_used_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = tmp.path().join("remote").display().to_string();
+    let a = runner(tmp.path(), "a", &[]);
+    for (i, k) in ["k1", "k2", "k3"].iter().enumerate() {
+        let d = a.dir.join(k);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("f"), bytes(100_000, i as u64)).unwrap();
+        a.ok(&["cache", "save", k, k, "--remote", &url]);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    // k1 restored now: the most recently used.
+    let b = runner(tmp.path(), "b", &[]);
+    b.ok(&["cache", "restore", "k1", "--remote", &url]);
+    // Nothing is older than a year; a dry run removes nothing.
+    let v = a.json(&["cache", "prune", "--older-than", "365", "--remote", &url]);
+    assert_eq!(v["removed"], serde_json::json!([]));
+    let v = a.json(&[
+        "cache",
+        "prune",
+        "--max-size",
+        "200000",
+        "--dry-run",
+        "--remote",
+        &url,
+    ]);
+    assert_eq!(v["removed"][0]["key"], "k2");
+    assert_eq!(
+        a.json(&["cache", "list", "--remote", &url])
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    // Room for two: k2 (saved first of the unrestored) goes.
+    let v = a.json(&["cache", "prune", "--max-size", "200000", "--remote", &url]);
+    let removed: Vec<&str> = v["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed, ["k2"]);
+    let v = a.json(&["cache", "list", "--remote", &url]);
+    let keys: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["k1", "k3"]);
+    // Room for one: k3 goes, k1 (restored last) stays.
+    let v = a.json(&["cache", "prune", "--max-size", "100000", "--remote", &url]);
+    assert_eq!(v["removed"][0]["key"], "k3");
+    assert_eq!(v["kept"], 1);
+    // The meta ref went with its entry: only k1's refs are left.
+    let refs = common::ok(tmp.path(), &["ref", "list", "--store", &url]);
+    assert!(!refs.contains("k2") && !refs.contains("k3"), "{refs}");
+    assert!(
+        refs.contains("cache/k1") && refs.contains("cache-meta/k1"),
+        "{refs}"
+    );
+    // A bad size or no rule: one error line.
+    a.fails(
+        &["cache", "prune", "--max-size", "lots", "--remote", &url],
+        1,
+    );
+    a.fails(&["cache", "prune", "--remote", &url], 2);
+}
+
+/// 16 `cache save` processes with different keys at once into one remote
+/// (sharing one local cache store too): all succeed, every entry restores
+/// identical.
+fn sixteen_concurrent_saves(tmp: &Path, url: &str, env: &[(&'static str, String)]) {
+    let url = url.to_string();
+    let a = runner(tmp, "a", env);
+    let mut want = Vec::new();
+    for i in 0..16u64 {
+        let d = a.dir.join(format!("w{i}"));
+        std::fs::create_dir_all(d.join("out")).unwrap();
+        // Shared chunks (the same 2 MiB in every entry) and their own.
+        std::fs::write(d.join("out/shared.bin"), bytes(2 << 20, 1234)).unwrap();
+        std::fs::write(d.join("out/own.bin"), bytes(300_000, i)).unwrap();
+        std::fs::write(d.join("out/small.txt"), format!("{i}\n")).unwrap();
+        want.push(describe(&d.join("out")));
+    }
+    let children: Vec<_> = (0..16)
+        .map(|i| {
+            let mut c = std::process::Command::new(common::bin());
+            c.args([
+                "cache",
+                "save",
+                &format!("key-{i}"),
+                "out",
+                "--remote",
+                &url,
+                "--json",
+            ])
+            .current_dir(a.dir.join(format!("w{i}")))
+            .env("SP_SYNC_CACHE_DIR", common::cache_dir());
+            for (k, v) in &a.env {
+                c.env(k, v);
+            }
+            c.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, c) in children.into_iter().enumerate() {
+        let o = c.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "save {i}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(json(&String::from_utf8_lossy(&o.stdout))["saved"], true);
+    }
+    let b = runner(tmp, "b", env);
+    for (i, w) in want.iter().enumerate() {
+        let dest = format!("r{i}");
+        let v = b.json(&[
+            "cache",
+            "restore",
+            &format!("key-{i}"),
+            "--target",
+            &dest,
+            "--remote",
+            &url,
+        ]);
+        assert_eq!(v["result"], "hit");
+        assert_eq!(&describe(&b.dir.join(&dest).join("out")), w, "entry {i}");
+    }
+    let v = b.json(&["cache", "list", "--remote", &url]);
+    assert_eq!(v.as_array().unwrap().len(), 16);
+}
+
+#[test]
+fn sixteen_concurrent_saves_into_a_path_remote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = tmp.path().join("remote").display().to_string();
+    sixteen_concurrent_saves(tmp.path(), &url, &[]);
+    common::ok(tmp.path(), &["fsck", "--read-data", "--store", &url]);
+}
+
+#[test]
+fn sixteen_concurrent_saves_into_an_http_remote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server-data");
+    let server = serve(data.to_str().unwrap(), None, "127.0.0.1:0", &[]);
+    sixteen_concurrent_saves(tmp.path(), &server.url("ci"), &[]);
+    common::ok(
+        tmp.path(),
+        &[
+            "fsck",
+            "--read-data",
+            "--store",
+            data.join("ci").to_str().unwrap(),
+        ],
+    );
+}
+
+#[test]
+fn sixteen_concurrent_saves_into_an_s3_remote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = bucket("cache16");
+    sixteen_concurrent_saves(tmp.path(), &format!("s3://{b}/ci"), &s3_env());
+}
+
+#[test]
+fn no_remote_and_no_store_is_one_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = fails(tmp.path(), &["cache", "list"], 1);
+    assert!(err.contains("SP_SYNC_CACHE_REMOTE"), "{err}");
+    let err = fails(tmp.path(), &["cache", "list", "--remote", "origin"], 1);
+    assert!(err.contains("origin"), "{err}");
+    // The environment names the remote.
+    let r = runner(
+        tmp.path(),
+        "r",
+        &[(
+            "SP_SYNC_CACHE_REMOTE",
+            tmp.path().join("remote").display().to_string(),
+        )],
+    );
+    std::fs::write(r.dir.join("f"), "x").unwrap();
+    r.ok(&["cache", "save", "k", "f"]);
+    let v = r.json(&["cache", "list"]);
+    assert_eq!(v[0]["key"], "k");
+}
+
+/// The library: a second save of a slightly changed tree sends little.
+#[test]
+fn a_second_save_sends_only_what_changed() {
+    use systemprompt_sync::cache::{self, RestoreCacheOptions, SaveOptions};
+    use systemprompt_sync::remote::StoreRemote;
+    use systemprompt_sync::{LockMode, NoProgress, Store};
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(work.join("t")).unwrap();
+    for i in 0..20u64 {
+        std::fs::write(work.join(format!("t/f{i}")), bytes(1 << 20, i)).unwrap();
+    }
+    let remote_dir = tmp.path().join("remote");
+    Store::init(&remote_dir).unwrap();
+    let remote = StoreRemote::new(Store::open(&remote_dir, LockMode::Shared).unwrap());
+    let local = cache::open_local(&tmp.path().join("local")).unwrap();
+    let opts = |key: &str| SaveOptions {
+        key: key.into(),
+        paths: vec!["t".into()],
+        cwd: work.clone(),
+        excludes: Vec::new(),
+    };
+    let r1 = cache::save(&local, &remote, &opts("k1"), &NoProgress).unwrap();
+    assert!(r1.saved && r1.bytes_sent > 20 << 20, "{r1:?}");
+    std::fs::write(work.join("t/f3"), b"one line changed\n").unwrap();
+    let r2 = cache::save(&local, &remote, &opts("k2"), &NoProgress).unwrap();
+    assert!(r2.saved);
+    assert!(
+        r2.bytes_sent < 64 << 10,
+        "second save sent {} bytes",
+        r2.bytes_sent
+    );
+    // Saving k1 again sends nothing and keeps its entry.
+    let r3 = cache::save(&local, &remote, &opts("k1"), &NoProgress).unwrap();
+    assert!(!r3.saved && r3.id == r1.id && r3.bytes_sent == 0);
+    let out = tmp.path().join("out");
+    let r = cache::restore(
+        &local,
+        &remote,
+        &RestoreCacheOptions {
+            key: "k9".into(),
+            restore_keys: vec!["k".into()],
+            target: out.clone(),
+            ..Default::default()
+        },
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(r.result, cache::Outcome::Partial);
+    assert_eq!(r.key, "k2");
+    assert_eq!(describe(&out.join("t")), describe(&work.join("t")));
+}
+
+/// The README's GitHub Actions recipe, run by its script: miss, hit, partial.
+#[test]
+fn the_ci_recipe_script_passes() {
+    let o = std::process::Command::new("bash")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/ci-cache-recipe.sh"))
+        .env("SP_SYNC", common::bin())
+        .env_remove("SP_SYNC_STORE")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "ci-cache-recipe.sh: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A restore never writes through a symlink on the way to a saved path.
+#[test]
+fn restore_does_not_write_through_a_symlink_on_the_way() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = tmp.path().join("remote").display().to_string();
+    let a = runner(tmp.path(), "a", &[]);
+    std::fs::create_dir_all(a.dir.join("d/inner")).unwrap();
+    std::fs::write(a.dir.join("d/inner/f"), "cached\n").unwrap();
+    a.ok(&["cache", "save", "k", "d/inner", "--remote", &url]);
+    let b = runner(tmp.path(), "b", &[]);
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, b.dir.join("d")).unwrap();
+    let err = b.fails(&["cache", "restore", "k", "--remote", &url], 1);
+    assert!(err.contains("symlink"), "{err}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    // Without the symlink it restores.
+    std::fs::remove_file(b.dir.join("d")).unwrap();
+    b.ok(&["cache", "restore", "k", "--remote", &url]);
+    assert_eq!(
+        std::fs::read_to_string(b.dir.join("d/inner/f")).unwrap(),
+        "cached\n"
+    );
+}
