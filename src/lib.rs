@@ -42,6 +42,7 @@ pub mod chunker;
 pub mod codec;
 pub mod collection;
 pub mod db;
+pub mod deploy;
 pub mod diff;
 pub mod error;
 pub mod id;
