@@ -182,7 +182,7 @@ impl Target {
                 "watches nothing (give `watch` globs or `tables`)".into()
             ));
         }
-        let watch = WatchSet::new(&c.watch).map_err(|e| bad(e))?;
+        let watch = WatchSet::new(&c.watch).map_err(&bad)?;
         let mut steps = Vec::new();
         for (i, s) in c.steps.iter().enumerate() {
             let (n, cmd) = match s {
