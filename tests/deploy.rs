@@ -623,4 +623,135 @@ mod library {
             hash(&store, &s3, &["nothing-here"]).0
         );
     }
+
+    /// A tree to build in memory: files (a content seed) and directories.
+    #[derive(Debug, Clone)]
+    enum T {
+        File(u8),
+        Dir(std::collections::BTreeMap<String, T>),
+    }
+
+    const NAMES: [&str; 8] = [
+        "a",
+        "b",
+        "src",
+        "docs",
+        "x.rs",
+        "y.md",
+        "target",
+        "Dockerfile",
+    ];
+    const PATTERNS: [&str; 12] = [
+        "src/**",
+        "*.rs",
+        "!*.md",
+        "docs/",
+        "/a/b",
+        "a",
+        "!target",
+        "**",
+        "b/*.md",
+        "**/x.rs",
+        "!src/a/**",
+        "Dockerfile",
+    ];
+
+    fn arb_tree() -> impl proptest::strategy::Strategy<Value = T> {
+        use proptest::prelude::*;
+        let leaf = any::<u8>().prop_map(T::File);
+        leaf.prop_recursive(4, 60, 6, |inner| {
+            proptest::collection::btree_map(
+                proptest::sample::select(&NAMES[..]).prop_map(str::to_string),
+                inner,
+                0..6,
+            )
+            .prop_map(T::Dir)
+        })
+    }
+
+    fn put_tree(
+        mem: &systemprompt_sync::object::MemStore,
+        t: &std::collections::BTreeMap<String, T>,
+    ) -> ObjectId {
+        use systemprompt_sync::object::list::ChunkRef;
+        use systemprompt_sync::object::tree::{Content, Entry, EntryKind, Timestamp};
+        let mut b = systemprompt_sync::pmap::MapBuilder::new(ObjectType::Tree, mem);
+        for (name, node) in t {
+            let kind = match node {
+                T::File(seed) => EntryKind::File {
+                    size: 1,
+                    content: Content::Inline(vec![ChunkRef {
+                        id: ObjectId([*seed; 32]),
+                        len: 1,
+                    }]),
+                },
+                T::Dir(children) => EntryKind::Dir {
+                    tree: put_tree(mem, children),
+                },
+            };
+            let e = Entry {
+                mode: 0o644,
+                mtime: Timestamp::default(),
+                kind,
+            };
+            b.push(name.as_bytes(), &e.encode()).unwrap();
+        }
+        b.finish().unwrap()
+    }
+
+    /// Only the entries `w` watches (directories that keep some).
+    fn filtered(
+        w: &WatchSet,
+        t: &std::collections::BTreeMap<String, T>,
+        prefix: &str,
+    ) -> std::collections::BTreeMap<String, T> {
+        let mut out = std::collections::BTreeMap::new();
+        for (name, node) in t {
+            let path = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            match node {
+                T::File(_) if w.is_watched(path.as_bytes(), false) => {
+                    out.insert(name.clone(), node.clone());
+                }
+                T::File(_) => {}
+                T::Dir(children) => {
+                    let f = filtered(w, children, &path);
+                    if !f.is_empty() {
+                        out.insert(name.clone(), T::Dir(f));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// The pruned walk selects exactly what matching every path would:
+        /// the hash over a tree equals `**`'s hash over the tree cut down
+        /// to the watched entries path by path.
+        #[test]
+        fn the_pruned_walk_agrees_with_matching_every_path(
+            t in arb_tree(),
+            pats in proptest::collection::vec(proptest::sample::select(&PATTERNS[..]), 1..5),
+        ) {
+            let root = match t { T::Dir(m) => m, f => std::collections::BTreeMap::from([("f".to_string(), f)]) };
+            let pats: Vec<String> = pats.iter().map(|p| p.to_string()).collect();
+            let w = WatchSet::new(&pats).unwrap();
+            let mem = systemprompt_sync::object::MemStore::new(true);
+            let snap = |root: ObjectId| systemprompt_sync::object::snapshot::Snapshot {
+                root: Some(root),
+                ..Default::default()
+            };
+            let full = snap(put_tree(&mem, &root));
+            let cut = snap(put_tree(&mem, &filtered(&w, &root, "")));
+            let all = WatchSet::new(&["**".to_string()]).unwrap();
+            let (a, _) = watched_hash(&mem, &full, &w, &[]).unwrap();
+            let (b, _) = watched_hash(&mem, &cut, &all, &[]).unwrap();
+            proptest::prop_assert_eq!(a, b, "patterns {:?}", pats);
+        }
+    }
 }
