@@ -139,6 +139,21 @@ fn deploy_runs_when_and_only_when_watched_paths_change() {
     assert_eq!(v["snapshot"], s1.as_str());
     assert_eq!(lines(&runs).len(), 4);
 
+    // gc keeps what the record reaches (the deployed s1, though main has
+    // moved on); fsck finds nothing wrong; the record still decides.
+    ok(&w, &["gc"]);
+    let f = json(&ok(&w, &["fsck", "--json"]));
+    assert_eq!(f["ok"], true, "{f}");
+    assert_eq!(
+        json(&ok(&w, &["log", "deploy/api", "--json"]))[1]["id"],
+        s1.as_str()
+    );
+    let v = json(&ok(
+        &w,
+        &["deploy", "api", "--snapshot", &s1, "--dry-run", "--json"],
+    ));
+    assert_eq!(v["due"], false);
+
     // Unknown target: one error line, nothing runs.
     let err = fails(&w, &["deploy", "web"], 1);
     assert!(err.contains("unknown deploy target \"web\""), "{err}");
