@@ -485,6 +485,71 @@ pub fn watched_hash(
     Ok((WatchedHash(*h.finalize().as_bytes()), stats))
 }
 
+/// Calls `f` with each (key, value) of a directory map, in key order,
+/// without copying them (nodes are read and checked one at a time).
+fn each_entry(
+    src: &dyn ObjectSource,
+    id: &ObjectId,
+    expect: Option<(u8, &[u8])>,
+    f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
+) -> Result<()> {
+    let node = crate::pmap::load_node(src, ObjectType::Tree, id, expect)?;
+    for i in 0..node.len() {
+        if node.level == 0 {
+            f(node.key(i), node.value(i))?;
+        } else {
+            each_entry(src, &node.child(i), Some((node.level - 1, node.key(i))), f)?;
+        }
+    }
+    Ok(())
+}
+
+/// An entry's kind, mode and the bytes after its mtime (a file's size and
+/// content, a symlink's target, a directory's tree id): what the watched
+/// hash takes, without decoding the content.
+fn split_entry<'v>(tree: &ObjectId, name: &[u8], v: &'v [u8]) -> Result<(u8, u64, &'v [u8])> {
+    use crate::object::tree::{KIND_DIR, KIND_FILE, KIND_SYMLINK, MODE_MASK, check_name};
+    if let Err(why) = check_name(name) {
+        return Err(SyncError::UnsafeName {
+            name: String::from_utf8_lossy(name).into_owned(),
+            context: format!("tree {} ({why})", tree.short()),
+        });
+    }
+    let bad = |e: String| {
+        crate::object::corrupt(
+            ObjectType::Tree,
+            tree,
+            format!("entry {:?}: {e}", String::from_utf8_lossy(name)),
+        )
+    };
+    let mut r = crate::codec::Reader::new(v);
+    let head = (|| {
+        let kind = r.u8()?;
+        let mode = r.varint_max(u64::from(MODE_MASK), "mode")?;
+        r.zigzag()?;
+        r.varint_max(999_999_999, "nanoseconds")?;
+        Ok::<_, crate::codec::DecodeError>((kind, mode))
+    })();
+    let (kind, mode) = head.map_err(|e| bad(e.to_string()))?;
+    let rest = &v[r.pos()..];
+    match kind {
+        KIND_FILE | KIND_SYMLINK if !rest.is_empty() => Ok((kind, mode, rest)),
+        KIND_DIR if rest.len() == 32 => Ok((kind, mode, rest)),
+        k => Err(bad(format!(
+            "entry kind {k} with {} bytes after its mtime",
+            rest.len()
+        ))),
+    }
+}
+
+fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
 /// Hashes the watched entries of one directory; `None` when it has none.
 /// `fixed`: the decision for everything here, when no pattern can change it.
 #[allow(clippy::too_many_arguments)]
@@ -498,6 +563,7 @@ fn hash_dir(
     comps: &mut Vec<Vec<u8>>,
     stats: &mut WalkStats,
 ) -> Result<Option<[u8; 32]>> {
+    use crate::object::tree::KIND_DIR;
     if comps.len() >= MAX_TREE_DEPTH {
         return Err(too_deep(path));
     }
@@ -505,15 +571,15 @@ fn hash_dir(
     let mut h = blake3::Hasher::new_derive_key(CTX_DIR);
     let mut any = false;
     let mut child_flags = flags.to_vec();
-    for item in crate::pmap::MapIter::new(src, ObjectType::Tree, *tree) {
-        let (name, value) = item?;
-        let e = decode_entry(tree, &name, &value)?;
-        let is_dir = matches!(e.kind, EntryKind::Dir { .. });
+    let mut rec: Vec<u8> = Vec::with_capacity(256);
+    each_entry(src, tree, None, &mut |name, value| {
+        let (kind, mode, rest) = split_entry(tree, name, value)?;
+        let is_dir = kind == KIND_DIR;
         let len = path.len();
         if !path.is_empty() {
             path.push(b'/');
         }
-        path.extend_from_slice(&name);
+        path.extend_from_slice(name);
         // Flags of this entry: inherited, plus the patterns matching it.
         let (here, decided) = match fixed {
             Some(d) => (None, Some(d)),
@@ -523,65 +589,55 @@ fn hash_dir(
                 (Some(&child_flags), None)
             }
         };
-        let mut w = crate::codec::Writer::new();
-        match &e.kind {
-            EntryKind::Dir { tree: sub } => {
-                let sub_fixed = match (decided, here) {
-                    (Some(d), _) => Some(d),
-                    (None, Some(f)) => {
-                        comps.push(name.clone());
-                        let dir: Vec<&[u8]> = comps.iter().map(Vec::as_slice).collect();
-                        let r = watch.fixed_below(f, &dir);
-                        comps.pop();
-                        r
-                    }
-                    (None, None) => None,
-                };
-                if sub_fixed == Some(false) {
-                    stats.dirs_skipped += 1;
-                } else {
-                    let sub_flags = here.cloned().unwrap_or_else(|| flags.to_vec());
-                    comps.push(name.clone());
-                    let r = hash_dir(src, sub, watch, &sub_flags, sub_fixed, path, comps, stats);
+        rec.clear();
+        push_varint(&mut rec, name.len() as u64);
+        rec.extend_from_slice(name);
+        rec.push(kind);
+        if is_dir {
+            let mut sub = [0u8; 32];
+            sub.copy_from_slice(rest);
+            let sub = ObjectId(sub);
+            let sub_fixed = match (decided, here) {
+                (Some(d), _) => Some(d),
+                (None, Some(f)) => {
+                    comps.push(name.to_vec());
+                    let dir: Vec<&[u8]> = comps.iter().map(Vec::as_slice).collect();
+                    let r = watch.fixed_below(f, &dir);
                     comps.pop();
-                    if let Some(sh) = r? {
-                        w.bytes(&name).u8(crate::object::tree::KIND_DIR);
-                        h.update(&w.into_vec());
-                        h.update(&sh);
-                        any = true;
-                    }
+                    r
+                }
+                (None, None) => None,
+            };
+            if sub_fixed == Some(false) {
+                stats.dirs_skipped += 1;
+            } else {
+                let sub_flags = here.cloned().unwrap_or_else(|| flags.to_vec());
+                comps.push(name.to_vec());
+                let r = hash_dir(src, &sub, watch, &sub_flags, sub_fixed, path, comps, stats);
+                comps.pop();
+                if let Some(sh) = r? {
+                    h.update(&rec);
+                    h.update(&sh);
+                    any = true;
                 }
             }
-            kind => {
-                let watched = match (decided, here) {
-                    (Some(d), _) => d,
-                    (None, Some(f)) => watch.decide(f),
-                    (None, None) => false,
-                };
-                if watched {
-                    stats.entries += 1;
-                    any = true;
-                    w.bytes(&name);
-                    match kind {
-                        EntryKind::File { size, content } => {
-                            w.u8(crate::object::tree::KIND_FILE)
-                                .varint(u64::from(e.mode & crate::object::tree::MODE_MASK))
-                                .varint(*size);
-                            content.encode(&mut w);
-                        }
-                        EntryKind::Symlink { target } => {
-                            w.u8(crate::object::tree::KIND_SYMLINK)
-                                .varint(u64::from(e.mode & crate::object::tree::MODE_MASK))
-                                .bytes(target);
-                        }
-                        EntryKind::Dir { .. } => {}
-                    }
-                    h.update(&w.into_vec());
-                }
+        } else {
+            let watched = match (decided, here) {
+                (Some(d), _) => d,
+                (None, Some(f)) => watch.decide(f),
+                (None, None) => false,
+            };
+            if watched {
+                stats.entries += 1;
+                any = true;
+                push_varint(&mut rec, mode);
+                rec.extend_from_slice(rest);
+                h.update(&rec);
             }
         }
         path.truncate(len);
-    }
+        Ok(())
+    })?;
     Ok(any.then(|| *h.finalize().as_bytes()))
 }
 
