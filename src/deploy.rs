@@ -485,13 +485,16 @@ pub fn watched_hash(
     Ok((WatchedHash(*h.finalize().as_bytes()), stats))
 }
 
+/// What [`each_entry`] calls with each (name, entry bytes).
+type EntryFn<'f> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'f;
+
 /// Calls `f` with each (key, value) of a directory map, in key order,
 /// without copying them (nodes are read and checked one at a time).
 fn each_entry(
     src: &dyn ObjectSource,
     id: &ObjectId,
     expect: Option<(u8, &[u8])>,
-    f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
+    f: &mut EntryFn<'_>,
 ) -> Result<()> {
     let node = crate::pmap::load_node(src, ObjectType::Tree, id, expect)?;
     for i in 0..node.len() {
