@@ -16,6 +16,8 @@
 //! step succeeded. A per-target lock file keeps two deploys of one target
 //! from overlapping: the second waits, then decides again whether it is due.
 
+#![warn(missing_docs)]
+
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
