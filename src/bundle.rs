@@ -467,7 +467,9 @@ pub fn is_bundle(path: &Path) -> bool {
 /// A ref a bundle carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BundleRef {
+    /// The ref's name.
     pub name: String,
+    /// The snapshot it names.
     pub id: ObjectId,
 }
 
@@ -494,7 +496,9 @@ pub struct CreateOptions {
 /// What `bundle create` wrote.
 #[derive(Debug, Clone, Serialize)]
 pub struct CreateReport {
+    /// The refs the bundle carries.
     pub refs: Vec<BundleRef>,
+    /// The snapshots an importing store must already hold.
     pub prerequisites: Vec<ObjectId>,
     /// Objects written.
     pub objects: u64,
@@ -670,14 +674,19 @@ pub fn create_file(
 /// What `bundle verify` found.
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
+    /// Whether the bundle is whole and (in a store) importable.
     pub ok: bool,
+    /// The refs the bundle carries.
     pub refs: Vec<BundleRef>,
+    /// The snapshots an importing store must already hold.
     pub prerequisites: Vec<ObjectId>,
+    /// Objects read (each hash checked).
     pub objects: u64,
     /// Their payload bytes (as stored, compressed).
     pub object_bytes: u64,
     /// The bundle's size.
     pub bytes: u64,
+    /// Its trailer hash.
     pub trailer: ObjectId,
     /// Distinct objects that the bundle's objects and refs reference but
     /// it does not hold: its prerequisites must provide them.
@@ -853,10 +862,13 @@ pub struct ImportReport {
     pub object_bytes: u64,
     /// Of those, objects new to the store.
     pub stored_objects: u64,
+    /// Their payload bytes.
     pub stored_bytes: u64,
     /// The bundle's size.
     pub bytes: u64,
+    /// The prerequisites the bundle named (all present).
     pub prerequisites: Vec<ObjectId>,
+    /// What happened to each ref.
     pub refs: Vec<RefUpdate>,
 }
 

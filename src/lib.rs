@@ -103,6 +103,7 @@ pub mod bundle;
 pub mod cache;
 pub mod checkout;
 pub mod compare;
+pub mod deploy;
 pub mod error;
 pub mod local;
 pub mod progress;

@@ -120,6 +120,8 @@ pub struct ServeOptions {
     pub timeout: Duration,
     /// Requests of one tenant in flight at once (more: 503).
     pub tenant_requests: usize,
+    /// When a tenant's `main` moves, run its due deploy targets.
+    pub deploy_on_push: bool,
 }
 
 impl ServeOptions {
@@ -132,6 +134,7 @@ impl ServeOptions {
             max_body: DEFAULT_MAX_BODY,
             timeout: Duration::from_secs(30),
             tenant_requests: 8,
+            deploy_on_push: false,
         }
     }
 }
@@ -163,6 +166,8 @@ struct AppState {
     /// Per tenant with a quota: one push at a time (so that the quota is
     /// checked against what is stored, and a refused push can be removed).
     quota_pushes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// `--deploy-on-push`: the tenants' deploys.
+    deploys: Option<Arc<crate::deploy::DeployQueue>>,
 }
 
 /// The largest `refs/…`, `has` or `fetch` body (the client sends at most
@@ -580,6 +585,11 @@ async fn update_ref(
                 ));
             }
             update_ref_checked(&store, &name, old, new, force).map_err(from_sync)?;
+            if name == "main"
+                && let Some(q) = &st.deploys
+            {
+                q.main_moved(&tenant, store.clone(), new);
+            }
             Ok(json!({"name": name, "id": new}))
         })
         .await
@@ -1059,6 +1069,32 @@ async fn gc(
     }
 }
 
+/// `GET /v1/TENANT/deploys`: the deploys `--deploy-on-push` ran for the
+/// tenant (404 when the server does not deploy).
+async fn deploys(State(st): St, UrlPath(tenant): UrlPath<String>) -> Response {
+    match &st.deploys {
+        Some(q) => Json(q.status_json(&tenant)).into_response(),
+        None => err(
+            StatusCode::NOT_FOUND,
+            "this server does not deploy (no --deploy-on-push)",
+        )
+        .into_response(),
+    }
+}
+
+/// `GET /v1/TENANT/deploys/ID/log`: a deploy's output (its last MiB).
+async fn deploy_log(State(st): St, UrlPath((tenant, id)): UrlPath<(String, String)>) -> Response {
+    let found = st
+        .deploys
+        .as_ref()
+        .zip(id.parse::<u64>().ok())
+        .and_then(|(q, id)| q.log(&tenant, id, 1 << 20));
+    match found {
+        Some(b) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], b).into_response(),
+        None => not_found().into_response(),
+    }
+}
+
 async fn fallback() -> ApiError {
     not_found()
 }
@@ -1149,6 +1185,17 @@ pub fn router(opts: &ServeOptions) -> Result<Router> {
         all: Arc::new(Semaphore::new(MAX_REQUESTS)),
         heavy: Arc::new(Semaphore::new(MAX_HEAVY)),
         quota_pushes: Mutex::new(HashMap::new()),
+        deploys: opts.deploy_on_push.then(|| {
+            // Beside the tenants (a name starting with `.` is no tenant's).
+            let logs = match &opts.data {
+                d if d.starts_with("s3://") => std::env::temp_dir().join("sp-sync-deploy-logs"),
+                d => PathBuf::from(d).join(".deploy-logs"),
+            };
+            tracing::warn!(
+                "--deploy-on-push: pushed sp-sync.toml files run shell commands here; every token holder can run them"
+            );
+            crate::deploy::DeployQueue::new(logs)
+        }),
     });
     let tenant_routes = Router::new()
         .route("/v1/{tenant}/refs", get(list_refs))
@@ -1160,6 +1207,8 @@ pub fn router(opts: &ServeOptions) -> Result<Router> {
         .route("/v1/{tenant}/objects", post(objects))
         .route("/v1/{tenant}/fetch", post(fetch))
         .route("/v1/{tenant}/gc", post(gc))
+        .route("/v1/{tenant}/deploys", get(deploys))
+        .route("/v1/{tenant}/deploys/{id}/log", get(deploy_log))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard));
     Ok(Router::new()
         .route("/healthz", get(healthz))

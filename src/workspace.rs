@@ -2,6 +2,7 @@
 //! `.sp-sync` directory found upward from the current directory), the working
 //! tree it belongs to, and the versioned project settings in `sp-sync.toml`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -23,6 +24,9 @@ pub struct ProjectConfig {
     /// Folders of markdown files kept in step with a table (`[[collection]]`).
     #[serde(default)]
     pub collection: Vec<crate::collection::CollectionConfig>,
+    /// Deploy targets (`[deploy.NAME]`), by name.
+    #[serde(default)]
+    pub deploy: BTreeMap<String, crate::deploy::DeployConfig>,
 }
 
 /// `[[db]]`: a SQLite file (relative to the working-tree root) and which of

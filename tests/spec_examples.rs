@@ -273,7 +273,27 @@ fn examples() -> Vec<Example> {
             tag: None,
             bytes: bundle_bytes,
         },
+        Example {
+            name: "watched-hash",
+            tag: None,
+            bytes: watched_records(&chunk_id),
+        },
     ]
+}
+
+/// The records of the tree-leaf directory's watched entries (§8.3): the
+/// file `hello.txt` and the symlink `link`, without mtimes.
+fn watched_records(chunk_id: &ObjectId) -> Vec<u8> {
+    let mut r = vec![9];
+    r.extend_from_slice(b"hello.txt");
+    r.extend_from_slice(&[0x01, 0xa4, 0x03, 0x0d, 0x00, 0x01]);
+    r.extend_from_slice(&chunk_id.0);
+    r.push(0x0d);
+    r.push(4);
+    r.extend_from_slice(b"link");
+    r.extend_from_slice(&[0x03, 0xff, 0x03, 9]);
+    r.extend_from_slice(b"hello.txt");
+    r
 }
 
 fn render(e: &Example) -> String {
@@ -415,6 +435,39 @@ fn spec_examples_decode_and_match_the_encoders() {
                 let v = verify(&bytes[..], "spec", None, &NoProgress).unwrap();
                 assert_eq!(v.refs[0].id, r.header().refs[0].1);
                 assert_eq!(v.external_references, 0);
+            }
+            "watched-hash" => {
+                use systemprompt_sync::deploy::{WatchSet, watched_hash};
+                use systemprompt_sync::object::{MemStore, ObjectSink};
+                // The library's hash of a snapshot of the tree-leaf example...
+                let leaf = &blocks.iter().find(|b| b.0 == "tree-leaf").unwrap().1;
+                let mem = MemStore::new(true);
+                let root = mem.put(ObjectType::Tree, leaf).unwrap();
+                let snap = Snapshot {
+                    root: Some(root),
+                    ..Snapshot::default()
+                };
+                let (h, _) =
+                    watched_hash(&mem, &snap, &WatchSet::new(&["**".into()]).unwrap(), &[])
+                        .unwrap();
+                // ...is the spec's, computed from the records it shows.
+                let dir =
+                    blake3::Hasher::new_derive_key("sp-sync 2026-12 watched-hash v1 directory")
+                        .update(bytes)
+                        .finalize();
+                let mut root_input = vec![1u8];
+                root_input.extend_from_slice(dir.as_bytes());
+                root_input.push(0);
+                let want = blake3::Hasher::new_derive_key("sp-sync 2026-12 watched-hash v1 root")
+                    .update(&root_input)
+                    .finalize();
+                assert_eq!(&h.0, want.as_bytes());
+                assert_eq!(
+                    id.map(|i| i.0),
+                    Some(h.0),
+                    "watched-hash: the spec's id line should be {}",
+                    h.to_hex()
+                );
             }
             other => panic!("unknown example {other}"),
         }

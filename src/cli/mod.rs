@@ -2,6 +2,7 @@
 
 mod bundle;
 mod cache;
+mod deploy;
 mod output;
 mod progress;
 
@@ -174,6 +175,9 @@ enum Cmd {
         /// Move the remote's refs even when that drops history.
         #[arg(long)]
         force: bool,
+        /// Then run the deploy targets that are due, here.
+        #[arg(long)]
+        deploy: bool,
     },
     /// Fetch what is missing, record remotes/REMOTE/REF, fast-forward local refs.
     Pull {
@@ -188,6 +192,7 @@ enum Cmd {
     Bundle {
         #[command(subcommand)]
         cmd: bundle::BundleCmd,
+    },
     /// CI artifact cache on a remote: save, restore (with prefix fallback), list, prune.
     Cache {
         #[command(subcommand)]
@@ -219,7 +224,13 @@ enum Cmd {
         /// Requests of one tenant in flight at once (more are answered 503).
         #[arg(long, value_name = "N", default_value_t = 8)]
         tenant_requests: usize,
+        /// When a tenant's main moves, run its due deploy targets (from the
+        /// pushed snapshot's sp-sync.toml) on this machine.
+        #[arg(long)]
+        deploy_on_push: bool,
     },
+    /// Run a deploy target's steps when what it watches changed.
+    Deploy(deploy::DeployArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -538,7 +549,9 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
             remote,
             refs,
             force,
-        } => push(ctx, remote, refs, force),
+            deploy,
+        } => push(ctx, remote, refs, force, deploy),
+        Cmd::Deploy(a) => deploy::run(ctx, a),
         Cmd::Pull {
             remote,
             refs,
@@ -551,6 +564,7 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
             max_body,
             timeout,
             tenant_requests,
+            deploy_on_push,
         } => {
             let opts = systemprompt_sync::server::ServeOptions {
                 listen,
@@ -559,6 +573,7 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
                 max_body,
                 timeout: std::time::Duration::from_secs(timeout.max(1)),
                 tenant_requests,
+                deploy_on_push,
             };
             let quiet = ctx.quiet;
             systemprompt_sync::server::serve(&opts, |addr| {
@@ -1421,8 +1436,14 @@ fn transfer_json(r: &systemprompt_sync::transfer::TransferReport, sent: bool) ->
     v
 }
 
-fn push(ctx: &Ctx, remote: Option<String>, refs: Vec<String>, force: bool) -> Result<i32> {
-    let (_, store) = ctx.open(LockMode::Shared)?;
+fn push(
+    ctx: &Ctx,
+    remote: Option<String>,
+    refs: Vec<String>,
+    force: bool,
+    run_deploy: bool,
+) -> Result<i32> {
+    let (ws, store) = ctx.open(LockMode::Shared)?;
     let (name, loc, creds) = resolve_remote(&store, remote)?;
     let r = systemprompt_sync::remote::open(&loc, &creds, true)?;
     let refs = if refs.is_empty() {
@@ -1435,9 +1456,7 @@ fn push(ctx: &Ctx, remote: Option<String>, refs: Vec<String>, force: bool) -> Re
     let rep = systemprompt_sync::transfer::push(&store, &*r, name.as_deref(), &refs, force, &bar);
     bar.finish();
     let rep = rep.with_context(|| format!("push to {}", r.describe()))?;
-    if ctx.json {
-        ctx.print_json(&transfer_json(&rep, true))?;
-    } else {
+    if !ctx.json {
         for u in &rep.refs {
             ctx.note(format!(
                 "{} -> {} {}",
@@ -1455,6 +1474,23 @@ fn push(ctx: &Ctx, remote: Option<String>, refs: Vec<String>, force: bool) -> Re
             size(rep.traffic.bytes_sent),
             rep.traffic.requests
         ));
+    }
+    // The pushed main (else the first ref pushed).
+    let pushed = rep
+        .refs
+        .iter()
+        .find(|u| u.name == "main")
+        .or(rep.refs.first());
+    let deploys = match pushed {
+        Some(u) if run_deploy => Some(deploy::after_push(ctx, &ws, &store, u.id)?),
+        _ => None,
+    };
+    if ctx.json {
+        let mut v = transfer_json(&rep, true);
+        if let Some(d) = deploys {
+            v["deploys"] = json!(d);
+        }
+        ctx.print_json(&v)?;
     }
     Ok(0)
 }
