@@ -562,3 +562,46 @@ fn sigint_during_create_and_import_leaves_no_bundle_and_moves_no_ref() {
     assert!(created_stopped >= 1, "no create was stopped");
     assert!(import_stopped >= 1, "no import was stopped");
 }
+
+/// Removes `[objects]` from a store's store.toml: what a build from before
+/// the record existed wrote (same format version, format 1's values).
+fn as_older_build(d: &Path) {
+    let p = d.join("st/store.toml");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with('[') {
+            let t = line.trim();
+            skipping = t == "[objects]" || t.starts_with("[objects.");
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert_ne!(out, text, "store.toml had no [objects] section:\n{text}");
+    std::fs::write(&p, out).unwrap();
+}
+
+#[test]
+fn bundles_cross_between_stores_of_older_and_newer_builds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = source(tmp.path(), 300_000);
+    snap(&a, "one");
+    // Newer store → a store as an older build of format 1 left it.
+    let old = store(tmp.path(), "old");
+    as_older_build(&old);
+    let b1 = tmp.path().join("new-to-old.bundle");
+    ok(&a, &st(&["bundle", "create", s(&b1)]));
+    ok(&old, &st(&["bundle", "import", s(&b1)]));
+    assert_restores_like(&old, &a, "old");
+    assert_eq!(fsck(&old)["ok"], true);
+    // And back: a bundle the older store writes imports into a new one.
+    let new = store(tmp.path(), "new");
+    let b2 = tmp.path().join("old-to-new.bundle");
+    ok(&old, &st(&["bundle", "create", s(&b2)]));
+    ok(&new, &st(&["bundle", "import", s(&b2)]));
+    assert_restores_like(&new, &a, "new");
+    assert_eq!(refs(&new), refs(&a));
+}

@@ -115,12 +115,18 @@ fn sigint_during_snapshot_moves_no_ref_and_keeps_the_store_consistent() {
     let w = tmp.path();
     ok(w, &["init"]);
     fill(&w.join("data"), 0, 120);
-    let d = duration_of(|| {
+    let mut d = duration_of(|| {
         ok(w, &["snapshot", "--no-cache"]);
     });
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let mut stopped = 0;
-    for round in 1..=12 {
+    // At least 12 rounds; more (up to 40) while fewer than 3 signals have
+    // landed, the delays shrinking after each finished run (the timed run
+    // can be slower than the rest on a busy machine).
+    for round in 1..=40 {
+        if round > 12 && stopped >= 3 {
+            break;
+        }
         fill(&w.join("data"), round, 120);
         let before = refs(&w.join(".sp-sync"));
         let code = run_and_signal(w, &["snapshot", "--no-cache"], delay(&mut rng, d), 2);
@@ -130,10 +136,11 @@ fn sigint_during_snapshot_moves_no_ref_and_keeps_the_store_consistent() {
             assert_eq!(before, after, "a ref moved though the snapshot was stopped");
         } else {
             assert_ne!(before, after, "a finished snapshot did not move its ref");
+            d = d.mul_f64(0.7);
         }
         fsck(&w.join(".sp-sync"));
     }
-    assert!(stopped >= 3, "only {stopped} of 12 signals landed in time");
+    assert!(stopped >= 3, "only {stopped} signals landed in time");
     // And SIGTERM: 143.
     fill(&w.join("data"), 99, 120);
     let before = refs(&w.join(".sp-sync"));

@@ -269,14 +269,14 @@ fn examples() -> Vec<Example> {
             bytes: table.encode(),
         },
         Example {
-            name: "bundle",
-            tag: None,
-            bytes: bundle_bytes,
-        },
-        Example {
             name: "watched-hash",
             tag: None,
             bytes: watched_records(&chunk_id),
+        },
+        Example {
+            name: "bundle",
+            tag: None,
+            bytes: bundle_bytes,
         },
     ]
 }

@@ -120,7 +120,7 @@ fn local_store() -> Result<systemprompt_sync::Store> {
 }
 
 fn when(secs: i64) -> String {
-    super::output::rfc3339(systemprompt_sync::object::tree::Timestamp { secs, nanos: 0 })
+    super::output::rfc3339(systemprompt_sync::Timestamp { secs, nanos: 0 })
 }
 
 pub(super) fn run(ctx: &Ctx, cmd: CacheCmd) -> Result<i32> {
