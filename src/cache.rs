@@ -469,19 +469,7 @@ pub fn restore(
         validate_prefix(p)?;
     }
     let refs = retrying("listing refs", || remote_refs(remote))?;
-    let mut report = RestoreCacheReport {
-        result: Outcome::Miss,
-        key: opts.key.clone(),
-        requested_key: opts.key.clone(),
-        id: None,
-        paths: Vec::new(),
-        files: 0,
-        bytes: 0,
-        unchanged: 0,
-        objects_received: 0,
-        bytes_received: 0,
-        requests: 0,
-    };
+    let mut report = miss_report(opts);
     let chosen = retrying("reading entries", || {
         choose(remote, &refs, &opts.key, &opts.restore_keys)
     })?;
@@ -519,6 +507,33 @@ pub fn restore(
     }
     report.requests = remote.traffic().requests;
     Ok(report)
+}
+
+fn miss_report(opts: &RestoreCacheOptions) -> RestoreCacheReport {
+    RestoreCacheReport {
+        result: Outcome::Miss,
+        key: opts.key.clone(),
+        requested_key: opts.key.clone(),
+        id: None,
+        paths: Vec::new(),
+        files: 0,
+        bytes: 0,
+        unchanged: 0,
+        objects_received: 0,
+        bytes_received: 0,
+        requests: 0,
+    }
+}
+
+/// A restore from a remote that holds no store yet (a path or an S3 prefix
+/// no save has written to): a miss, said like any other (and written to
+/// `$GITHUB_OUTPUT`), without creating a store there.
+pub fn restore_from_empty(opts: &RestoreCacheOptions) -> Result<RestoreCacheReport> {
+    validate_key(&opts.key)?;
+    if let Some(out) = &opts.github_output {
+        github_output(out, false)?;
+    }
+    Ok(miss_report(opts))
 }
 
 /// The saved paths of an entry's snapshot.

@@ -680,3 +680,53 @@ fn restore_does_not_write_through_a_symlink_on_the_way() {
         "cached\n"
     );
 }
+
+/// The first restore of a CI pipeline, before any save: a path remote that
+/// holds no store yet is a miss, and nothing is created there.
+#[test]
+fn a_restore_from_a_remote_with_no_store_is_a_miss_and_creates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("not-yet");
+    let r = runner(tmp.path(), "r", &[]);
+    let v = r.json(&[
+        "cache",
+        "restore",
+        "k1",
+        "--remote",
+        remote.to_str().unwrap(),
+    ]);
+    assert_eq!(v["result"], "miss");
+    assert_eq!(r.github_output(), "cache-hit=false\n");
+    assert!(!remote.exists(), "a restore created {}", remote.display());
+    let err = r.fails(
+        &[
+            "cache",
+            "restore",
+            "k1",
+            "--remote",
+            remote.to_str().unwrap(),
+            "--fail-on-miss",
+        ],
+        1,
+    );
+    assert!(err.contains("cache miss"), "{err}");
+    assert!(!remote.exists());
+    // The first save creates it; then the key hits.
+    std::fs::write(r.dir.join("f"), "x").unwrap();
+    r.ok(&[
+        "cache",
+        "save",
+        "k1",
+        "f",
+        "--remote",
+        remote.to_str().unwrap(),
+    ]);
+    let v = r.json(&[
+        "cache",
+        "restore",
+        "k1",
+        "--remote",
+        remote.to_str().unwrap(),
+    ]);
+    assert_eq!(v["result"], "hit");
+}

@@ -8,10 +8,10 @@ use anyhow::{Context, Result, anyhow};
 use clap::Subcommand;
 use serde_json::json;
 
-use systemprompt_sync::LockMode;
 use systemprompt_sync::cache::{self, Outcome, PruneRule};
 use systemprompt_sync::remote::config::{LocalConfig, is_remote_name};
 use systemprompt_sync::remote::{self, Location, Remote};
+use systemprompt_sync::{LockMode, SyncError};
 
 use super::Ctx;
 use super::output::size;
@@ -180,30 +180,40 @@ pub(super) fn run(ctx: &Ctx, cmd: CacheCmd) -> Result<i32> {
             for p in &restore_keys {
                 cache::validate_prefix(p)?;
             }
-            let r = open_remote(ctx, remote, true)?;
-            let local = local_store()?;
             let target = match target {
                 Some(t) => ctx.cwd.join(t),
                 None => ctx.cwd.clone(),
             };
-            let bar = Bar::new(ctx.quiet);
+            let opts = cache::RestoreCacheOptions {
+                key: key.clone(),
+                restore_keys,
+                target,
+                github_output: std::env::var_os("GITHUB_OUTPUT")
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from),
+                no_record: false,
+            };
             let start = std::time::Instant::now();
-            let rep = cache::restore(
-                &local,
-                &*r,
-                &cache::RestoreCacheOptions {
-                    key: key.clone(),
-                    restore_keys,
-                    target,
-                    github_output: std::env::var_os("GITHUB_OUTPUT")
-                        .filter(|s| !s.is_empty())
-                        .map(PathBuf::from),
-                    no_record: false,
-                },
-                &bar,
-            );
-            bar.finish();
-            let rep = rep.with_context(|| format!("cache restore {key} from {}", r.describe()))?;
+            // A restore never creates a store: a path or S3 prefix that holds
+            // none yet (the first CI run) is a miss.
+            let rep = match open_remote(ctx, remote, false) {
+                Ok(r) => {
+                    let local = local_store()?;
+                    let bar = Bar::new(ctx.quiet);
+                    let rep = cache::restore(&local, &*r, &opts, &bar);
+                    bar.finish();
+                    rep.with_context(|| format!("cache restore {key} from {}", r.describe()))?
+                }
+                Err(e)
+                    if matches!(
+                        e.downcast_ref::<SyncError>(),
+                        Some(SyncError::NotFound(m)) if m.starts_with("no sp-sync store at")
+                    ) =>
+                {
+                    cache::restore_from_empty(&opts)?
+                }
+                Err(e) => return Err(e),
+            };
             if rep.result == Outcome::Miss && fail_on_miss {
                 return Err(anyhow!("cache miss: no entry for {key} (--fail-on-miss)"));
             }
