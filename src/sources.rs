@@ -125,13 +125,21 @@ pub fn protected_paths(ws: &Workspace, snap: Option<&Snapshot>) -> Vec<PathBuf> 
         dbs.extend(project.collection.iter().map(|c| ws.root.join(&c.db)));
     }
     for d in dbs {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let mut p = d.clone().into_os_string();
-            p.push(suffix);
-            out.push(PathBuf::from(p));
-        }
+        out.extend(with_sidecars(&d));
     }
     out.into_iter().map(|p| canonical(&p)).collect()
+}
+
+/// A database file and the files SQLite keeps beside it (`-wal`, `-shm`,
+/// `-journal`): what a restore must neither remove nor write over.
+pub fn with_sidecars(db: &Path) -> impl Iterator<Item = PathBuf> + '_ {
+    ["", "-wal", "-shm", "-journal"]
+        .into_iter()
+        .map(move |suffix| {
+            let mut p = db.as_os_str().to_owned();
+            p.push(suffix);
+            PathBuf::from(p)
+        })
 }
 
 /// `p` with symlinks resolved as far as it exists (a missing tail is kept).

@@ -396,13 +396,17 @@ fn files(c: &SyncConfig) -> Result<SyncResult> {
             push(c, opts, "files")
         }
         SyncDirection::Pull => pull(c, FILES_REF, "files", |store, id, r| {
-            let mut protect = vec![store_dir(c)];
-            protect.extend(skip);
+            // The store, and the database with SQLite's files beside it:
+            // the same rule as `sources::protected_paths`.
+            let mut protect = vec![canonical(&absolute(&store_dir(c)))];
+            for db in &skip {
+                protect.extend(with_sidecars(db).map(|p| canonical(&absolute(&p))));
+            }
             std::fs::create_dir_all(&c.services_path)
                 .map_err(|e| SyncError::io("creating", &c.services_path, e))?;
             let opts = RestoreOptions {
                 delete: c.delete,
-                protect: protect.iter().map(|p| absolute(p)).collect(),
+                protect,
                 ..Default::default()
             };
             let rep =
@@ -464,6 +468,8 @@ fn database(c: &SyncConfig) -> Result<SyncResult> {
         _ => Err(wrong_direction(c, "sync_database")),
     }
 }
+
+use crate::sources::{canonical, with_sidecars};
 
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())

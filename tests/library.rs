@@ -479,3 +479,44 @@ fn corrupt_and_missing_objects() {
     assert!(matches!(e, SyncError::MissingObject { .. }), "{e}");
     assert!(!d.join("agents").exists());
 }
+
+/// A pull with `with_delete` into a services folder that holds the
+/// database: the database and SQLite's files beside it are not the
+/// snapshot's to remove (nor is the local store).
+#[test]
+fn a_deleting_pull_keeps_the_database_and_its_sidecars() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server(tmp.path());
+    let (s, _) = services(tmp.path());
+    let db = s.join("app.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let url = format!("http://{}", srv.addr);
+    let cfg = |d| {
+        SyncConfig::builder("acme", &url, TOKEN, &s)
+            .with_database(db.to_string_lossy())
+            .with_direction(d)
+    };
+    rt().block_on(SyncService::new(cfg(SyncDirection::Push).build()).sync_files())
+        .unwrap();
+    for side in ["app.db-wal", "app.db-shm", "app.db-journal"] {
+        std::fs::write(s.join(side), side).unwrap();
+    }
+    std::fs::write(s.join("stray.txt"), "not in the snapshot").unwrap();
+    rt().block_on(
+        SyncService::new(cfg(SyncDirection::Pull).with_delete(true).build()).sync_files(),
+    )
+    .unwrap();
+    assert!(!s.join("stray.txt").exists(), "--delete removed nothing");
+    for side in ["app.db-wal", "app.db-shm", "app.db-journal"] {
+        assert_eq!(std::fs::read_to_string(s.join(side)).unwrap(), side);
+    }
+    assert!(db.exists());
+    assert!(s.join(".sp-sync").is_dir());
+    assert_eq!(
+        std::fs::read_to_string(s.join("agents/bot.md")).unwrap(),
+        "# bot\n"
+    );
+}
