@@ -259,12 +259,7 @@ fn report(
         }))?;
     } else {
         for u in rep.refs.iter().filter(|u| u.updated) {
-            ctx.note(format!(
-                "{} -> {} {}",
-                u.old.map(|o| o.short()).unwrap_or_else(|| "(new)".into()),
-                u.id.short(),
-                u.name
-            ));
+            ctx.note(super::output::ref_move(u.old, u.id, &u.name));
         }
         ctx.note(format!(
             "{verb} {} objects ({}, {} new) from {} in {:.2}s",

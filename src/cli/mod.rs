@@ -1458,12 +1458,7 @@ fn push(
     let rep = rep.with_context(|| format!("push to {}", r.describe()))?;
     if !ctx.json {
         for u in &rep.refs {
-            ctx.note(format!(
-                "{} -> {} {}",
-                u.old.map(|o| o.short()).unwrap_or_else(|| "(new)".into()),
-                u.id.short(),
-                u.name
-            ));
+            ctx.note(output::ref_move(u.old, u.id, &u.name));
         }
         ctx.note(format!(
             "pushed {} objects ({}) to {} in {:.2}s; {} sent in {} requests",

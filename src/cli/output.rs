@@ -1,6 +1,6 @@
 //! Formatting for humans: sizes, times, modes, quoted paths.
 
-use systemprompt_sync::Timestamp;
+use systemprompt_sync::{ObjectId, Timestamp};
 
 /// `1.2 MiB`.
 pub fn size(n: u64) -> String {
@@ -93,6 +93,16 @@ pub fn quote_path(raw: &[u8]) -> String {
     }
     out.push('"');
     out
+}
+
+/// A ref's move, as push, pull and bundle import print it: `OLD -> NEW NAME`.
+pub fn ref_move(old: Option<ObjectId>, new: ObjectId, name: &str) -> String {
+    format!(
+        "{} -> {} {}",
+        old.map(|o| o.short()).unwrap_or_else(|| "(new)".into()),
+        new.short(),
+        name
+    )
 }
 
 #[cfg(test)]
