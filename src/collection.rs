@@ -49,34 +49,63 @@ use crate::object::{ObjectSink, ObjectSource};
 use crate::pmap::{MapBuilder, MapIter};
 use crate::store::Store;
 
-fn default_glob() -> String {
-    "**/*.md".into()
+/// How a collection's files hold its rows.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// Markdown with YAML front matter: the fields, then the body.
+    #[default]
+    FrontMatter,
+    /// A YAML file of fields (the sidecar) beside a body file it names
+    /// (`body_field`, else `body_file`), relative to the sidecar's folder:
+    /// `skills/<id>/config.yaml` with `file: SKILL.md`.
+    Sidecar,
+    /// A YAML file of fields, no body (`agents/<name>.yaml`).
+    Yaml,
 }
 
 /// `[[collection]]` in `sp-sync.toml`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CollectionConfig {
+    /// The collection's name (`--collection NAME`, the ref `local/NAME`).
     pub name: String,
-    /// The folder of markdown files, relative to the working-tree root.
+    /// The folder of the collection's files, relative to the working-tree root.
     pub dir: String,
-    /// Which files under `dir` belong (gitignore-style glob, default `**/*.md`).
-    #[serde(default = "default_glob")]
-    pub glob: String,
+    /// How each file holds a row (default `front-matter`).
+    #[serde(default)]
+    pub format: Format,
+    /// Which files under `dir` are rows (gitignore-style glob; default
+    /// `**/*.md`, `*/config.yaml` for a sidecar collection, `**/*.yaml` for
+    /// a YAML one). For a sidecar collection they are the sidecars.
+    #[serde(default)]
+    pub glob: Option<String>,
     /// The SQLite file, relative to the working-tree root.
     pub db: String,
+    /// The table the rows live in.
     pub table: String,
-    /// The front-matter field that is the key, or `path` for the file's path
-    /// relative to `dir`.
+    /// The field that is the key, or `path` for the file's path relative
+    /// to `dir`.
     pub key: String,
-    /// The column that holds the markdown body.
-    pub body: String,
+    /// The column that holds the body (the markdown after the front matter,
+    /// or the sidecar's body file); none for a `yaml` collection.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Sidecar collections: the field naming the body file, relative to the
+    /// sidecar's folder (e.g. `file`, as in `file: SKILL.md`).
+    #[serde(default)]
+    pub body_field: Option<String>,
+    /// Sidecar collections: the body file when `body_field` is absent or
+    /// unset in a sidecar (e.g. `SKILL.md`).
+    #[serde(default)]
+    pub body_file: Option<String>,
     /// With `key = "path"`: the column that holds the path (default `path`).
     #[serde(default)]
     pub key_column: Option<String>,
     /// Where `to-disk` writes a row that has no file yet, relative to `dir`,
-    /// with `{column}` placeholders (default `{KEY}.md`; with `key = "path"`
-    /// the key itself).
+    /// with `{column}` placeholders (default `{KEY}.md`, `{KEY}/config.yaml`
+    /// for a sidecar collection, `{KEY}.yaml` for a YAML one; with
+    /// `key = "path"` the key itself).
     #[serde(default)]
     pub path: Option<String>,
 }
@@ -89,6 +118,90 @@ impl CollectionConfig {
             &self.key
         }
     }
+
+    /// The glob that picks the collection's files (the format's default
+    /// unless set).
+    pub fn glob(&self) -> &str {
+        match (&self.glob, self.format) {
+            (Some(g), _) => g,
+            (None, Format::FrontMatter) => "**/*.md",
+            (None, Format::Sidecar) => "*/config.yaml",
+            (None, Format::Yaml) => "**/*.yaml",
+        }
+    }
+
+    /// What the fields are called in messages.
+    fn fields_word(&self) -> &'static str {
+        match self.format {
+            Format::FrontMatter => "front matter",
+            Format::Sidecar | Format::Yaml => "YAML",
+        }
+    }
+
+    /// The settings that only make sense together.
+    fn check(&self) -> Result<()> {
+        let bad = |m: &str| Err(invalid(format!("collection {}: {m}", self.name)));
+        match self.format {
+            Format::FrontMatter | Format::Sidecar if self.body.is_none() => {
+                return bad("needs body = \"COLUMN\" (the column that holds the body)");
+            }
+            Format::Yaml if self.body.is_some() => {
+                return bad("a yaml collection has no body (remove body =)");
+            }
+            Format::Sidecar if self.body_field.is_none() && self.body_file.is_none() => {
+                return bad(
+                    "a sidecar collection needs body_field (the field naming the body file) or body_file",
+                );
+            }
+            Format::FrontMatter | Format::Yaml
+                if self.body_field.is_some() || self.body_file.is_some() =>
+            {
+                return bad("body_field and body_file are for format = \"sidecar\"");
+            }
+            _ => {}
+        }
+        if let Some(f) = &self.body_file {
+            safe_rel(f).map_err(|why| {
+                invalid(format!("collection {}: body_file {f:?} {why}", self.name))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `p` is a relative path that stays where it is put: no
+/// absolute path, no `..`, `.` or empty component.
+fn safe_rel(p: &str) -> std::result::Result<(), &'static str> {
+    let bad = p.is_empty()
+        || p.starts_with('/')
+        || p.contains(['\\', '\0'])
+        || (p.len() >= 2 && p.as_bytes()[1] == b':')
+        || p.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+    if bad {
+        Err("is not a relative path inside the collection's folder")
+    } else {
+        Ok(())
+    }
+}
+
+/// Refuses a path under `dir` that passes through a symbolic link (which
+/// could lead outside the collection's folder).
+fn no_links(dir: &Path, rel: &str, shown: &str) -> Result<()> {
+    let mut cur = dir.to_path_buf();
+    for c in rel.split('/') {
+        cur.push(c);
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(invalid(format!(
+                    "{shown}: {} is a symbolic link; a collection's files must be inside its folder",
+                    cur.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(())
 }
 
 /// Which way `apply` goes.
@@ -182,6 +295,8 @@ impl LocalChange {
 struct Row {
     /// Relative to the collection's folder.
     path: Option<String>,
+    /// A sidecar's body file, relative to the collection's folder.
+    body_path: Option<String>,
     values: Vec<Value>,
     /// The hash of `values` (what the base records).
     hash: [u8; 32],
@@ -204,7 +319,7 @@ pub struct Plan {
     root: PathBuf,
     columns: Vec<String>,
     key_index: usize,
-    body_index: usize,
+    body_index: Option<usize>,
     /// Declared types of the columns, upper-cased.
     types: Vec<String>,
     disk: BTreeMap<Vec<u8>, Row>,
@@ -308,6 +423,7 @@ fn plan_with(
             rows.collect::<std::result::Result<_, _>>().map_err(err)?;
         all.into_iter().unzip()
     };
+    cfg.check()?;
     let find = |name: &str| columns.iter().position(|c| c.eq_ignore_ascii_case(name));
     let key_index = find(cfg.key_column()).ok_or_else(|| {
         SyncError::Database(format!(
@@ -318,16 +434,19 @@ fn plan_with(
             cfg.name
         ))
     })?;
-    let body_index = find(&cfg.body).ok_or_else(|| {
-        SyncError::Database(format!(
-            "{}: table {} has no column {} (the body of collection {})",
-            db_path.display(),
-            cfg.table,
-            cfg.body,
-            cfg.name
-        ))
-    })?;
-    if key_index == body_index {
+    let body_index = match &cfg.body {
+        None => None,
+        Some(body) => Some(find(body).ok_or_else(|| {
+            SyncError::Database(format!(
+                "{}: table {} has no column {} (the body of collection {})",
+                db_path.display(),
+                cfg.table,
+                body,
+                cfg.name
+            ))
+        })?),
+    };
+    if Some(key_index) == body_index {
         return Err(invalid(format!(
             "collection {}: the key and the body are the same column",
             cfg.name
@@ -356,6 +475,7 @@ fn plan_with(
                 key,
                 Row {
                     path: None,
+                    body_path: None,
                     values,
                     hash,
                     front: Vec::new(),
@@ -371,18 +491,13 @@ fn plan_with(
     .map_err(err)?;
     let dir = root.join(&cfg.dir);
     let mut disk: BTreeMap<Vec<u8>, Row> = BTreeMap::new();
-    for rel in list_files(&dir, &cfg.glob)? {
+    for rel in list_files(&dir, cfg.glob())? {
         interrupted()?;
-        let full = dir.join(&rel);
-        let text = std::fs::read(&full).ctx("reading", &full)?;
         let shown = Path::new(&cfg.dir).join(&rel).display().to_string();
-        let text =
-            String::from_utf8(text).map_err(|_| invalid(format!("{shown}: not UTF-8 text")))?;
-        let values = file_row(&text, &rel, &shown, &columns, key_index, body_index, cfg)?;
+        let file = read_row_files(&dir, &rel, &shown, cfg)?;
+        let values = fields_row(&file, &rel, &shown, &columns, key_index, body_index, cfg)?;
         let values = normalize(c, db_path, &columns, values)?;
-        let front = split_front_matter(&text, &shown)
-            .map(|(f, _)| front_fields(f))
-            .unwrap_or_default();
+        let front = front_fields(&file.fields);
         let key = encode_key(std::slice::from_ref(&values[key_index]))?;
         if let Some(prev) = disk.get(&key) {
             return Err(invalid(format!(
@@ -398,6 +513,7 @@ fn plan_with(
             key,
             Row {
                 path: Some(rel),
+                body_path: file.body_path,
                 values,
                 hash,
                 front,
@@ -642,7 +758,7 @@ fn split_front_matter<'a>(text: &'a str, shown: &str) -> Result<(&'a str, &'a st
 }
 
 /// The line (1-based, in the file) where a top-level field is defined.
-fn field_line(front: &str, field: &str) -> usize {
+fn field_line(front: &str, field: &str, offset: usize) -> usize {
     for (i, line) in front.lines().enumerate() {
         if line.starts_with([' ', '\t', '#', '-']) {
             continue;
@@ -650,7 +766,7 @@ fn field_line(front: &str, field: &str) -> usize {
         if let Some((k, _)) = line.split_once(':') {
             let k = k.trim().trim_matches(['"', '\'']);
             if k == field {
-                return i + 2;
+                return i + 1 + offset;
             }
         }
     }
@@ -681,38 +797,155 @@ fn yaml_value(v: &serde_norway::Value) -> std::result::Result<Value, String> {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn file_row(
+/// A row's files as read: the YAML text of its fields and its body.
+struct RowFiles {
+    /// The fields' YAML (the front matter, or the whole YAML file).
+    fields: String,
+    /// Lines of the file before the fields (1 for the front matter's `---`).
+    offset: usize,
+    /// The body (front matter's markdown, or a sidecar's body file).
+    body: Option<String>,
+    /// A sidecar's body file, relative to the collection's folder.
+    body_path: Option<String>,
+}
+
+fn read_text(full: &Path, shown: &str) -> Result<String> {
+    let bytes = std::fs::read(full).ctx("reading", full)?;
+    String::from_utf8(bytes).map_err(|_| invalid(format!("{shown}: not UTF-8 text")))
+}
+
+/// Where a sidecar's body file is, relative to the collection's folder:
+/// `name` relative to the sidecar's folder, refused unless it stays there.
+fn body_rel_path(sidecar_rel: &str, name: &str) -> std::result::Result<String, &'static str> {
+    safe_rel(name)?;
+    let p = match sidecar_rel.rsplit_once('/') {
+        Some((d, _)) => format!("{d}/{name}"),
+        None => name.to_string(),
+    };
+    if p == sidecar_rel {
+        return Err("is the sidecar itself");
+    }
+    Ok(p)
+}
+
+/// The body file a sidecar names: its `body_field`, else `body_file`.
+fn sidecar_body_name(
+    cfg: &CollectionConfig,
+    map: &serde_norway::Mapping,
+    fields: &str,
+    offset: usize,
+    shown: &str,
+) -> Result<(String, usize)> {
+    let field = cfg.body_field.as_deref();
+    let line = field.map_or(1, |f| field_line(fields, f, offset));
+    match field.and_then(|f| map.get(f)) {
+        None | Some(serde_norway::Value::Null) => {}
+        Some(serde_norway::Value::String(s)) => return Ok((s.clone(), line)),
+        Some(_) => {
+            return Err(invalid(format!(
+                "{shown}:{line}: field {} must name the body file (a string)",
+                field.unwrap_or_default()
+            )));
+        }
+    }
+    match &cfg.body_file {
+        Some(f) => Ok((f.clone(), 1)),
+        None => Err(invalid(format!(
+            "{shown}:1: no field {} naming the body file",
+            field.unwrap_or_default()
+        ))),
+    }
+}
+
+/// Reads the files of the row whose file is `rel` (relative to `dir`).
+fn read_row_files(dir: &Path, rel: &str, shown: &str, cfg: &CollectionConfig) -> Result<RowFiles> {
+    let text = read_text(&dir.join(rel), shown)?;
+    match cfg.format {
+        Format::FrontMatter => {
+            let (f, b) = split_front_matter(&text, shown)?;
+            Ok(RowFiles {
+                fields: f.to_string(),
+                offset: 1,
+                body: Some(b.to_string()),
+                body_path: None,
+            })
+        }
+        Format::Yaml => Ok(RowFiles {
+            fields: text,
+            offset: 0,
+            body: None,
+            body_path: None,
+        }),
+        Format::Sidecar => {
+            let map = parse_fields(&text, 0, shown, cfg)?;
+            let (name, line) = sidecar_body_name(cfg, &map, &text, 0, shown)?;
+            let body_rel = body_rel_path(rel, &name)
+                .map_err(|why| invalid(format!("{shown}:{line}: body file {name:?} {why}")))?;
+            no_links(dir, &body_rel, shown)?;
+            let body_shown = Path::new(&cfg.dir).join(&body_rel).display().to_string();
+            let full = dir.join(&body_rel);
+            if !full.is_file() {
+                return Err(invalid(format!(
+                    "{shown}:{line}: body file {body_shown} does not exist"
+                )));
+            }
+            let body = read_text(&full, &body_shown)?;
+            Ok(RowFiles {
+                fields: text,
+                offset: 0,
+                body: Some(body),
+                body_path: Some(body_rel),
+            })
+        }
+    }
+}
+
+/// Parses the fields' YAML into a mapping (empty when there is none).
+fn parse_fields(
     text: &str,
+    offset: usize,
+    shown: &str,
+    cfg: &CollectionConfig,
+) -> Result<serde_norway::Mapping> {
+    let word = cfg.fields_word();
+    let parsed: serde_norway::Value = if text.trim().is_empty() {
+        serde_norway::Value::Null
+    } else {
+        serde_norway::from_str(text).map_err(|e| {
+            let line = e.location().map_or(1, |l| l.line() + offset);
+            let msg = e.to_string();
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            invalid(format!("{shown}:{line}: malformed {word}: {msg}"))
+        })?
+    };
+    match parsed {
+        serde_norway::Value::Null => Ok(serde_norway::Mapping::new()),
+        serde_norway::Value::Mapping(m) => Ok(m),
+        _ => Err(invalid(format!(
+            "{shown}:{}: {word} is not a mapping of fields",
+            1 + offset
+        ))),
+    }
+}
+
+/// A row from its files: each field to the column of its name, the body to
+/// the body column.
+fn fields_row(
+    file: &RowFiles,
     rel: &str,
     shown: &str,
     columns: &[String],
     key_index: usize,
-    body_index: usize,
+    body_index: Option<usize>,
     cfg: &CollectionConfig,
 ) -> Result<Vec<Value>> {
-    let (front, body) = split_front_matter(text, shown)?;
-    let parsed: serde_norway::Value = if front.trim().is_empty() {
-        serde_norway::Value::Null
-    } else {
-        serde_norway::from_str(front).map_err(|e| {
-            let line = e.location().map_or(1, |l| l.line() + 1);
-            let msg = e.to_string();
-            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-            invalid(format!("{shown}:{line}: malformed front matter: {msg}"))
-        })?
-    };
-    let map = match parsed {
-        serde_norway::Value::Null => serde_norway::Mapping::new(),
-        serde_norway::Value::Mapping(m) => m,
-        _ => {
-            return Err(invalid(format!(
-                "{shown}:2: front matter is not a mapping of fields"
-            )));
-        }
-    };
+    let word = cfg.fields_word();
+    let front = file.fields.as_str();
+    let map = parse_fields(front, file.offset, shown, cfg)?;
     let mut values = vec![Value::Null; columns.len()];
-    values[body_index] = Value::Text(body.as_bytes().to_vec());
+    if let (Some(i), Some(body)) = (body_index, &file.body) {
+        values[i] = Value::Text(body.as_bytes().to_vec());
+    }
     if cfg.key == "path" {
         values[key_index] = Value::Text(rel.as_bytes().to_vec());
     }
@@ -720,20 +953,25 @@ fn file_row(
     for (k, v) in &map {
         let Some(name) = k.as_str() else {
             return Err(invalid(format!(
-                "{shown}:2: a front-matter field name is not a string"
+                "{shown}:{}: a {word} field name is not a string",
+                1 + file.offset
             )));
         };
-        let line = field_line(front, name);
+        let line = field_line(front, name, file.offset);
         let Some(i) = columns.iter().position(|c| c.eq_ignore_ascii_case(name)) else {
             return Err(invalid(format!(
                 "{shown}:{line}: field {name} is not a column of table {}",
                 cfg.table
             )));
         };
-        if i == body_index || (cfg.key == "path" && i == key_index) {
+        if Some(i) == body_index || (cfg.key == "path" && i == key_index) {
             return Err(invalid(format!(
-                "{shown}:{line}: field {name} is the collection's {} column; it cannot be set in front matter",
-                if i == body_index { "body" } else { "path" }
+                "{shown}:{line}: field {name} is the collection's {} column; it cannot be set in {word}",
+                if Some(i) == body_index {
+                    "body"
+                } else {
+                    "path"
+                }
             )));
         }
         values[i] =
@@ -749,7 +987,7 @@ fn file_row(
     }
     if !seen_key {
         return Err(invalid(format!(
-            "{shown}:1: front matter has no {} field (the collection's key)",
+            "{shown}:1: {word} has no {} field (the collection's key)",
             cfg.key
         )));
     }
@@ -808,7 +1046,14 @@ fn new_path(cfg: &CollectionConfig, columns: &[String], row: &[Value]) -> Result
     );
     let p = match (&cfg.path, cfg.key == "path") {
         (None, true) => key.and_then(text).unwrap_or_default(),
-        (None, false) => format!("{}.md", key.and_then(text).unwrap_or_default()),
+        (None, false) => {
+            let k = key.and_then(text).unwrap_or_default();
+            match cfg.format {
+                Format::FrontMatter => format!("{k}.md"),
+                Format::Sidecar => format!("{k}/config.yaml"),
+                Format::Yaml => format!("{k}.yaml"),
+            }
+        }
         (Some(t), _) => {
             let mut out = String::new();
             let mut rest = t.as_str();
@@ -838,37 +1083,69 @@ fn new_path(cfg: &CollectionConfig, columns: &[String], row: &[Value]) -> Result
             out
         }
     };
-    let bad = p.is_empty()
-        || p.starts_with('/')
-        || p.split('/')
-            .any(|c| c.is_empty() || c == "." || c == ".." || c.contains('\0'));
-    if bad {
+    if safe_rel(&p).is_err() {
         return Err(invalid(format!(
             "collection {}: a row would be written to {p:?}, which is not a relative path inside {}",
             cfg.name, cfg.dir
         )));
     }
-    let m = globset::GlobBuilder::new(&cfg.glob)
+    let m = globset::GlobBuilder::new(cfg.glob())
         .literal_separator(true)
         .build()
-        .map_err(|e| invalid(format!("bad glob {:?}: {e}", cfg.glob)))?
+        .map_err(|e| invalid(format!("bad glob {:?}: {e}", cfg.glob())))?
         .compile_matcher();
     if !m.is_match(&p) {
         return Err(invalid(format!(
             "collection {}: a row would be written to {p}, which the glob {:?} does not match",
-            cfg.name, cfg.glob
+            cfg.name,
+            cfg.glob()
         )));
     }
     Ok(p)
 }
 
+/// How a scalar was quoted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quote {
+    Plain,
+    Double,
+    Single,
+}
+
+/// The quoting of the first quoted scalar in a value's text (`Plain`: none).
+fn quote_of(text: &str) -> Quote {
+    // The last character before, on the same line, that can precede a
+    // scalar (`None`: the line's start, or just after the field's colon).
+    let mut prev: Option<char> = None;
+    for c in text.chars() {
+        match c {
+            '\n' => prev = None,
+            ' ' | '\t' => {}
+            '#' if prev.is_none() || prev == Some(',') => return Quote::Plain,
+            '"' | '\'' if matches!(prev, None | Some('[' | ',' | '-' | ':' | '{' | '?')) => {
+                return if c == '"' {
+                    Quote::Double
+                } else {
+                    Quote::Single
+                };
+            }
+            _ => prev = Some(c),
+        }
+    }
+    Quote::Plain
+}
+
 /// How a field was written, to write a new value the same way.
 struct Hint {
     value: serde_norway::Value,
-    /// A block (multi-line) collection.
+    /// A block collection (the value starts on the next line).
     block: bool,
-    /// Written with double quotes somewhere.
-    quoted: bool,
+    /// A block scalar (`|` or `>`).
+    literal: bool,
+    /// How its (first) quoted scalar was quoted.
+    quote: Quote,
+    /// The indentation of the value's first line after the field's line.
+    indent: usize,
 }
 
 impl Hint {
@@ -876,46 +1153,113 @@ impl Hint {
         let m: serde_norway::Mapping = serde_norway::from_str(&f.text).ok()?;
         let (_, value) = m.into_iter().next()?;
         let after = f.text.split_once(':').map_or("", |(_, r)| r);
+        let head = after.trim_start_matches([' ', '\t']);
+        let indent = f
+            .text
+            .lines()
+            .skip(1)
+            .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .map_or(2, |l| l.len() - l.trim_start_matches(' ').len());
         Some(Hint {
             value,
-            block: after
-                .trim_start_matches([' ', '\t'])
-                .starts_with(['\n', '\r']),
-            quoted: after.contains('"'),
+            block: head.starts_with(['\n', '\r', '#']),
+            literal: head.starts_with(['|', '>']),
+            quote: quote_of(after),
+            indent,
         })
     }
 }
 
-/// A YAML scalar inside a flow collection: plain when it reads back as the
-/// same string, else JSON-quoted.
-fn flow_scalar(s: &str) -> String {
-    let plain = plain_safe(s)
-        && !s.contains([',', '[', ']', '{', '}', '"', '\'', '#', ':'])
-        && matches!(serde_norway::from_str::<serde_norway::Value>(s),
-                    Ok(serde_norway::Value::String(ref back)) if back == s);
-    if plain {
-        s.to_string()
-    } else {
-        serde_json::to_string(s).unwrap_or_default()
+/// A string in YAML double quotes, every character YAML cannot hold raw
+/// (or might read as a line break) escaped.
+fn double_quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20
+                || (0x7f..=0x9f).contains(&(c as u32))
+                || matches!(
+                    c,
+                    '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+                ) =>
+            {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c => out.push(c),
+        }
     }
+    out.push('"');
+    out
 }
 
-/// A YAML value in flow style: `[a, b]`, `{k: v}`.
-fn flow(v: &serde_norway::Value) -> Option<String> {
+/// Where a scalar is written: it must read back as itself there.
+#[derive(Clone, Copy)]
+enum Place {
+    /// An item of a block list (or a value in a block map).
+    Block,
+    /// Inside a flow collection.
+    Flow,
+    /// A mapping key.
+    Key,
+}
+
+/// A string as a YAML scalar, in the quoting `q` when it reads back as
+/// itself at `place`, else double-quoted.
+fn scalar_str(s: &str, q: Quote, place: Place) -> String {
+    let reads = |t: &str| -> bool {
+        use serde_norway::Value as Y;
+        let want = Y::String(s.to_string());
+        match place {
+            Place::Block => matches!(serde_norway::from_str::<Y>(&format!("- {t}\n")),
+                Ok(Y::Sequence(v)) if v.len() == 1 && v[0] == want),
+            Place::Flow => matches!(serde_norway::from_str::<Y>(&format!("[{t}]\n")),
+                Ok(Y::Sequence(v)) if v.len() == 1 && v[0] == want),
+            Place::Key => matches!(serde_norway::from_str::<Y>(&format!("{t}: x\n")),
+                Ok(Y::Mapping(m)) if m.len() == 1 && m.keys().next() == Some(&want)),
+        }
+    };
+    let plain = || {
+        let flow_ok =
+            !matches!(place, Place::Flow | Place::Key) || !s.contains([',', '[', ']', '{', '}']);
+        (plain_safe(s) && flow_ok && !s.contains(['"', '\'', '#'])).then(|| s.to_string())
+    };
+    let single = || {
+        (!s.chars()
+            .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}'))
+        .then(|| format!("'{}'", s.replace('\'', "''")))
+    };
+    let first = match q {
+        Quote::Plain => plain(),
+        Quote::Single => single(),
+        Quote::Double => None,
+    };
+    first
+        .filter(|t| reads(t))
+        .unwrap_or_else(|| double_quoted(s))
+}
+
+/// A YAML value in flow style (`[a, b]`, `{k: v}`), strings quoted as `q`.
+fn flow(v: &serde_norway::Value, q: Quote) -> Option<String> {
     use serde_norway::Value as Y;
     Some(match v {
         Y::Null => "null".into(),
         Y::Bool(b) => b.to_string(),
         Y::Number(n) => n.to_string(),
-        Y::String(s) => flow_scalar(s),
+        Y::String(s) => scalar_str(s, q, Place::Flow),
         Y::Sequence(items) => {
-            let parts: Option<Vec<String>> = items.iter().map(flow).collect();
+            let parts: Option<Vec<String>> = items.iter().map(|i| flow(i, q)).collect();
             format!("[{}]", parts?.join(", "))
         }
         Y::Mapping(m) => {
             let mut parts = Vec::new();
             for (k, v) in m {
-                parts.push(format!("{}: {}", flow(k)?, flow(v)?));
+                parts.push(format!("{}: {}", key(k, q)?, flow(v, q)?));
             }
             format!("{{{}}}", parts.join(", "))
         }
@@ -923,12 +1267,110 @@ fn flow(v: &serde_norway::Value) -> Option<String> {
     })
 }
 
-/// Renders a value for front matter so that it reads back as itself: the
+/// A mapping key.
+fn key(k: &serde_norway::Value, q: Quote) -> Option<String> {
+    match k {
+        serde_norway::Value::String(s) => Some(scalar_str(s, q, Place::Key)),
+        other => flow(other, q),
+    }
+}
+
+/// How block collections are laid out.
+struct BlockStyle {
+    /// Indentation of a list's `-` under a mapping key (0 or 2, usually).
+    seq_in_map: usize,
+    /// Indentation of a mapping under a mapping key.
+    step: usize,
+    quote: Quote,
+}
+
+/// A value inside a block collection on one line: a scalar, or a flow
+/// collection (a list in a list, an empty one).
+fn inline(v: &serde_norway::Value, q: Quote) -> Option<String> {
+    match v {
+        serde_norway::Value::String(s) => Some(scalar_str(s, q, Place::Block)),
+        other => flow(other, q),
+    }
+}
+
+/// A non-empty list or map in block style, each line starting with a
+/// newline and `pad` spaces.
+fn block(v: &serde_norway::Value, pad: usize, st: &BlockStyle, out: &mut String) -> Option<()> {
+    use serde_norway::Value as Y;
+    let indent = |out: &mut String, n: usize| {
+        out.push('\n');
+        out.extend(std::iter::repeat_n(' ', n));
+    };
+    match v {
+        Y::Sequence(items) if !items.is_empty() => {
+            for it in items {
+                indent(out, pad);
+                out.push_str("- ");
+                match it {
+                    Y::Mapping(m) if !m.is_empty() => {
+                        let mut inner = String::new();
+                        block(it, pad + 2, st, &mut inner)?;
+                        out.push_str(inner.get(pad + 3..)?);
+                    }
+                    _ => out.push_str(&inline(it, st.quote)?),
+                }
+            }
+        }
+        Y::Mapping(m) if !m.is_empty() => {
+            for (k, val) in m {
+                indent(out, pad);
+                out.push_str(&key(k, st.quote)?);
+                out.push(':');
+                match val {
+                    Y::Sequence(s) if !s.is_empty() => block(val, pad + st.seq_in_map, st, out)?,
+                    Y::Mapping(m) if !m.is_empty() => block(val, pad + st.step, st, out)?,
+                    _ => {
+                        out.push(' ');
+                        out.push_str(&inline(val, st.quote)?);
+                    }
+                }
+            }
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+/// A text as a literal block scalar (`|`, `|-`, `|+`) indented by `indent`.
+fn literal(s: &str, indent: usize) -> Option<String> {
+    if s.is_empty() || s.chars().any(|c| c.is_control() && c != '\n') {
+        return None;
+    }
+    let body = s.trim_end_matches('\n');
+    let trailing = s.len() - body.len();
+    let chomp = match trailing {
+        0 => "-",
+        1 => "",
+        _ => "+",
+    };
+    let pad = " ".repeat(indent.max(1));
+    let mut out = format!(" |{chomp}");
+    for line in body.split('\n') {
+        out.push('\n');
+        if !line.is_empty() {
+            out.push_str(&pad);
+            out.push_str(line);
+        }
+    }
+    for _ in 1..trailing {
+        out.push('\n');
+    }
+    Some(out)
+}
+
+/// Renders a value for the fields so that it reads back as itself: the
 /// text after `name:` (a space and the value, or a block on the next
 /// lines). `ty`: the column's declared type (upper case); `hint`: how the
 /// field was written before. A BOOLEAN column (or a field written as a
 /// boolean) renders 0/1 as `false`/`true`; JSON text of a list or map
-/// renders as a YAML list or map (block style if it was written so).
+/// renders as a YAML list or map, in the style the field had (block or
+/// flow, its indentation and quoting); a text keeps its quoting (or its
+/// `|` block).
 fn render_value(name: &str, v: &Value, ty: &str, hint: Option<&Hint>) -> Result<String> {
     use serde_norway::Value as Y;
     let reads_back = |s: &str| -> bool {
@@ -948,6 +1390,7 @@ fn render_value(name: &str, v: &Value, ty: &str, hint: Option<&Hint>) -> Result<
     {
         candidates.push(if *i == 1 { " true" } else { " false" }.into());
     }
+    let q = hint.map_or(Quote::Plain, |h| h.quote);
     match v {
         Value::Null => candidates.push(" null".into()),
         Value::Integer(i) => candidates.push(format!(" {i}")),
@@ -961,38 +1404,47 @@ fn render_value(name: &str, v: &Value, ty: &str, hint: Option<&Hint>) -> Result<
                 .is_ok_and(|j| j.is_array() || j.is_object());
             if is_json {
                 let y = serde_norway::from_str::<Y>(&s).ok();
-                let json_first = hint.is_some_and(|h| h.quoted && !h.block);
-                if json_first {
-                    candidates.push(format!(" {s}"));
-                }
-                if let Some(Y::Sequence(items)) = &y
-                    && hint.is_some_and(|h| h.block)
-                    && !items.is_empty()
-                {
-                    let lines: Option<Vec<String>> = items
-                        .iter()
-                        .map(|i| flow(i).map(|f| format!("\n  - {f}")))
-                        .collect();
-                    if let Some(l) = lines {
-                        candidates.push(l.concat());
+                if let (Some(h), Some(y)) = (hint.filter(|h| h.block), &y) {
+                    let st = BlockStyle {
+                        seq_in_map: h.indent,
+                        step: if h.indent == 0 { 2 } else { h.indent },
+                        quote: q,
+                    };
+                    let pad = match y {
+                        Y::Mapping(_) => st.step,
+                        _ => h.indent,
+                    };
+                    let mut out = String::new();
+                    if block(y, pad, &st, &mut out).is_some() {
+                        candidates.push(out);
                     }
                 }
-                if let Some(f) = y.as_ref().and_then(flow) {
+                if let Some(f) = y.as_ref().and_then(|y| flow(y, q)) {
                     candidates.push(format!(" {f}"));
                 }
                 candidates.push(format!(" {s}"));
             }
+            if let Some(l) = hint
+                .filter(|h| h.literal)
+                .and_then(|h| literal(&s, h.indent))
+            {
+                candidates.push(l);
+            }
+            match q {
+                Quote::Double => candidates.push(format!(" {}", double_quoted(&s))),
+                Quote::Single if !s.chars().any(char::is_control) => {
+                    candidates.push(format!(" '{}'", s.replace('\'', "''")))
+                }
+                _ => {}
+            }
             if plain_safe(&s) {
                 candidates.push(format!(" {s}"));
             }
-            candidates.push(format!(
-                " {}",
-                serde_json::to_string(&s).unwrap_or_default()
-            ));
+            candidates.push(format!(" {}", double_quoted(&s)));
         }
         Value::Blob(_) => {
             return Err(invalid(format!(
-                "column {name} holds a BLOB, which front matter cannot hold"
+                "column {name} holds a BLOB, which YAML cannot hold"
             )));
         }
     }
@@ -1001,7 +1453,7 @@ fn render_value(name: &str, v: &Value, ty: &str, hint: Option<&Hint>) -> Result<
         .find(|c| reads_back(c))
         .ok_or_else(|| {
             invalid(format!(
-                "column {name}: value {} cannot be written as front matter",
+                "column {name}: value {} cannot be written as YAML",
                 v.to_sql()
             ))
         })
@@ -1043,50 +1495,50 @@ fn plain_safe(s: &str) -> bool {
         && (first.is_alphanumeric() || first == '_' || first == '/' || first == '.')
 }
 
-/// Renders a row as a markdown file.
-fn render(plan: &Plan, values: &[Value]) -> Result<String> {
-    let mut out = String::from("---\n");
+impl Plan {
+    /// Whether column `i` is written as a field (not the body, not a path key).
+    fn is_field(&self, i: usize) -> bool {
+        Some(i) != self.body_index && !(self.config.key == "path" && i == self.key_index)
+    }
+}
+
+/// A row's fields rendered afresh: one `column: value` line per non-NULL
+/// column, in table order.
+fn render_fields(plan: &Plan, values: &[Value]) -> Result<String> {
+    let mut out = String::new();
     for (i, v) in values.iter().enumerate() {
-        if i == plan.body_index || (plan.config.key == "path" && i == plan.key_index) {
-            continue;
-        }
-        if matches!(v, Value::Null) {
+        if !plan.is_field(i) || matches!(v, Value::Null) {
             continue;
         }
         out.push_str(&render_field(plan, i, v, None)?);
     }
-    out.push_str("---\n");
-    push_body(plan, &mut out, values)?;
     Ok(out)
 }
 
-/// One field of front matter: `name: value` and a newline (or a block).
+/// One field: `name: value` and a newline (or a block).
 fn render_field(plan: &Plan, i: usize, v: &Value, was: Option<&FrontField>) -> Result<String> {
     let name = &plan.columns[i];
     let field = match was.and_then(|f| f.text.split_once(':')) {
         Some((k, _)) => k.to_string(),
-        None if plain_safe(name) && !name.contains(':') => name.clone(),
-        None => serde_json::to_string(name).unwrap_or_default(),
+        None => scalar_str(name, Quote::Plain, Place::Key),
     };
     let hint = was.and_then(Hint::of);
     let value = render_value(name, v, &plan.types[i], hint.as_ref())?;
     Ok(format!("{field}:{value}\n"))
 }
 
-/// A row over the file it was read from: fields whose values did not change
-/// are kept as written (order, quoting, comments), changed ones are written
-/// in the style they had, new ones appended in table order.
-fn render_over(plan: &Plan, old: &Row, values: &[Value]) -> Result<String> {
-    let mut out = String::from("---\n");
+/// A row's fields over the text they were read from: fields whose values
+/// did not change are kept as written (order, quoting, comments), changed
+/// ones are written in the style they had, new ones appended in table order.
+fn render_fields_over(plan: &Plan, old: &Row, values: &[Value]) -> Result<String> {
+    let mut out = String::new();
     let mut seen = vec![false; plan.columns.len()];
-    let skip =
-        |i: usize| i == plan.body_index || (plan.config.key == "path" && i == plan.key_index);
     for f in &old.front {
         let i = f
             .name
             .as_deref()
             .and_then(|n| plan.columns.iter().position(|c| c.eq_ignore_ascii_case(n)));
-        let Some(i) = i.filter(|&i| !skip(i)) else {
+        let Some(i) = i.filter(|&i| plan.is_field(i)) else {
             out.push_str(&f.text);
             continue;
         };
@@ -1097,28 +1549,60 @@ fn render_over(plan: &Plan, old: &Row, values: &[Value]) -> Result<String> {
             out.push_str(&render_field(plan, i, &values[i], Some(f))?);
         }
     }
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
     for i in 0..plan.columns.len() {
-        if !seen[i] && !skip(i) && !matches!(values[i], Value::Null) {
+        if !seen[i] && plan.is_field(i) && !matches!(values[i], Value::Null) {
             out.push_str(&render_field(plan, i, &values[i], None)?);
         }
     }
-    out.push_str("---\n");
-    push_body(plan, &mut out, values)?;
     Ok(out)
 }
 
-fn push_body(plan: &Plan, out: &mut String, values: &[Value]) -> Result<()> {
-    match &values[plan.body_index] {
-        Value::Null => {}
-        Value::Text(t) => out.push_str(&String::from_utf8_lossy(t)),
-        _ => {
-            return Err(invalid(format!(
-                "collection {}: the body column {} holds a value that is not text",
-                plan.config.name, plan.config.body
-            )));
-        }
+/// A row's body as text (`None`: the collection has no body).
+fn body_text(plan: &Plan, values: &[Value]) -> Result<Option<String>> {
+    let Some(i) = plan.body_index else {
+        return Ok(None);
+    };
+    match &values[i] {
+        Value::Null => Ok(Some(String::new())),
+        Value::Text(t) => Ok(Some(String::from_utf8_lossy(t).into_owned())),
+        _ => Err(invalid(format!(
+            "collection {}: the body column {} holds a value that is not text",
+            plan.config.name,
+            plan.config.body.as_deref().unwrap_or_default()
+        ))),
     }
-    Ok(())
+}
+
+/// Where a row's sidecar body goes, relative to the collection's folder:
+/// the file its `body_field` column names (else `body_file`), next to the
+/// sidecar `rel`; refused unless it stays inside the sidecar's folder.
+fn row_body_path(plan: &Plan, rel: &str, values: &[Value], key: &str) -> Result<String> {
+    let cfg = &plan.config;
+    let named = cfg.body_field.as_deref().and_then(|f| {
+        plan.columns
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(f))
+            .and_then(|i| match &values[i] {
+                Value::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+                _ => None,
+            })
+    });
+    let name = named.or_else(|| cfg.body_file.clone()).ok_or_else(|| {
+        invalid(format!(
+            "collection {}: row {key} names no body file (column {})",
+            cfg.name,
+            cfg.body_field.as_deref().unwrap_or_default()
+        ))
+    })?;
+    body_rel_path(rel, &name).map_err(|why| {
+        invalid(format!(
+            "collection {}: row {key}: body file {name:?} {why}",
+            cfg.name
+        ))
+    })
 }
 
 /// What `apply` did.
@@ -1264,55 +1748,100 @@ fn to_disk(plan: &Plan) -> Result<ApplyReport> {
     // Render everything first: a row that cannot be written stops the run
     // before any file changes. An updated file keeps how it was written
     // where the result reads back as the row (checked through the table's
-    // affinities); otherwise it is rendered afresh.
-    let db_path = plan.root.join(&plan.config.db);
+    // affinities); otherwise it is rendered afresh. Every path is checked
+    // to stay inside the collection's folder.
+    let cfg = &plan.config;
+    let dir = plan.root.join(&cfg.dir);
+    let db_path = plan.root.join(&cfg.db);
     let c = open(&db_path, false)?;
     c.execute_batch(&format!(
         "DROP TABLE IF EXISTS temp.sp_sync_norm; CREATE TEMP TABLE sp_sync_norm AS SELECT * FROM main.{} WHERE 0",
-        quote(&plan.config.table)
+        quote(&cfg.table)
     ))
     .map_err(|e| db_error(&db_path, e))?;
-    let mut writes: Vec<(PathBuf, String)> = Vec::new();
-    let mut removes: Vec<PathBuf> = Vec::new();
+    let offset = match cfg.format {
+        Format::FrontMatter => 1,
+        Format::Sidecar | Format::Yaml => 0,
+    };
+    // (relative to the folder, text)
+    let mut writes: Vec<(String, String)> = Vec::new();
+    let mut removes: Vec<String> = Vec::new();
     for ch in plan.changes.iter().filter(applies) {
         interrupted()?;
         let k = encode_key(std::slice::from_ref(&ch.key))?;
-        let full = plan.root.join(&ch.path);
+        let old = plan.disk.get(&k);
         let Some(row) = plan.db.get(&k) else {
-            removes.push(full);
+            if let Some(old) = old {
+                removes.extend(old.path.clone());
+                removes.extend(old.body_path.clone());
+            }
             continue;
         };
-        let kept = match plan.disk.get(&k) {
+        let rel = match old.and_then(|o| o.path.clone()) {
+            Some(p) => p,
+            None => new_path(cfg, &plan.columns, &row.values)?,
+        };
+        let body_path = match cfg.format {
+            Format::Sidecar => Some(row_body_path(plan, &rel, &row.values, &ch.key_text())?),
+            _ => None,
+        };
+        let body = body_text(plan, &row.values)?;
+        let kept = match old {
             Some(old) => {
-                let text = render_over(plan, old, &row.values)?;
-                let rel = old.path.as_deref().unwrap_or("");
-                let back = file_row(
-                    &text,
-                    rel,
+                let fields = render_fields_over(plan, old, &row.values)?;
+                let back = RowFiles {
+                    fields: fields.clone(),
+                    offset,
+                    body: body.clone(),
+                    body_path: body_path.clone(),
+                };
+                let back = fields_row(
+                    &back,
+                    &rel,
                     &ch.path,
                     &plan.columns,
                     plan.key_index,
                     plan.body_index,
-                    &plan.config,
+                    cfg,
                 )
                 .and_then(|v| normalize(&c, &db_path, &plan.columns, v));
                 match back {
-                    Ok(v) if v == row.values => Some(text),
+                    Ok(v) if v == row.values => Some(fields),
                     _ => None,
                 }
             }
             None => None,
         };
-        let text = match kept {
+        let fields = match kept {
             Some(t) => t,
-            None => render(plan, &row.values)?,
+            None => render_fields(plan, &row.values)?,
         };
-        writes.push((full, text));
+        match (cfg.format, body_path) {
+            (Format::Sidecar, Some(bp)) => {
+                writes.push((rel, fields));
+                writes.push((bp, body.unwrap_or_default()));
+            }
+            (Format::Yaml, _) => writes.push((rel, fields)),
+            _ => writes.push((
+                rel,
+                format!("---\n{fields}---\n{}", body.unwrap_or_default()),
+            )),
+        }
     }
     let _ = c.execute_batch("DROP TABLE IF EXISTS temp.sp_sync_norm");
     drop(c);
-    for (p, text) in writes {
+    for rel in writes.iter().map(|(r, _)| r).chain(&removes) {
+        let shown = Path::new(&cfg.dir).join(rel).display().to_string();
+        safe_rel(rel).map_err(|why| invalid(format!("collection {}: {shown} {why}", cfg.name)))?;
+        no_links(&dir, rel, &shown)?;
+    }
+    for (rel, text) in writes {
         interrupted()?;
+        let p = dir.join(&rel);
+        // A file that already holds this text is left alone (its mtime too).
+        if std::fs::read(&p).is_ok_and(|b| b == text.as_bytes()) {
+            continue;
+        }
         if let Some(d) = p.parent() {
             std::fs::create_dir_all(d).ctx("creating", d)?;
         }
@@ -1327,10 +1856,16 @@ fn to_disk(plan: &Plan) -> Result<ApplyReport> {
         std::fs::rename(&tmp, &p).ctx("renaming into", &p)?;
         rep.written += 1;
     }
-    for p in removes {
+    for rel in removes {
         interrupted()?;
-        std::fs::remove_file(&p).ctx("removing", &p)?;
-        rep.removed_files += 1;
+        let p = dir.join(&rel);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            r => {
+                r.ctx("removing", &p)?;
+                rep.removed_files += 1;
+            }
+        }
     }
     Ok(rep)
 }
@@ -1531,7 +2066,7 @@ mod tests {
         assert!(split_front_matter("no\n", "x.md").is_err());
         let e = split_front_matter("---\na: 1\n", "x.md").unwrap_err();
         assert!(e.to_string().contains("not closed"), "{e}");
-        assert_eq!(field_line("a: 1\nb: 2\n", "b"), 3);
+        assert_eq!(field_line("a: 1\nb: 2\n", "b", 1), 3);
     }
 
     #[test]
@@ -1602,7 +2137,7 @@ mod tests {
         let h = was("f: [\"a\"]\n");
         assert_eq!(
             render_value("f", &Value::Text(b"[\"a\",\"b\"]".to_vec()), "", h.as_ref()).unwrap(),
-            " [\"a\",\"b\"]"
+            " [\"a\", \"b\"]"
         );
         let m = Value::Text(b"{\"b\":1,\"a\":[true,null]}".to_vec());
         assert_eq!(

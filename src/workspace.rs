@@ -171,7 +171,7 @@ mod tests {
         assert_eq!(c.db[0].path, "data/app.db");
         assert_eq!(c.db[0].tables, vec!["users"]);
         assert_eq!(c.collection[0].name, "content");
-        assert_eq!(c.collection[0].glob, "**/*.md");
+        assert_eq!(c.collection[0].glob(), "**/*.md");
         assert!(ProjectConfig::parse("[[db]]\npath = \"a\"\ntable = 1\n", Path::new("x")).is_err());
     }
 }
