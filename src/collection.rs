@@ -1146,6 +1146,76 @@ struct Hint {
     quote: Quote,
     /// The indentation of the value's first line after the field's line.
     indent: usize,
+    /// How each string inside the value was quoted.
+    styles: Styles,
+}
+
+/// How the strings of a value were quoted, to quote them the same way.
+#[derive(Debug, Clone)]
+struct Styles {
+    /// Each string (item, value or key) the old value held, and its quoting.
+    known: std::collections::HashMap<String, Quote>,
+    /// For a new string: the quoting most of the old strings had.
+    default: Quote,
+}
+
+impl Styles {
+    fn plain() -> Styles {
+        Styles {
+            known: Default::default(),
+            default: Quote::Plain,
+        }
+    }
+
+    /// The quoting of each string of `v` as `text` (the field as written) has it.
+    fn of(v: &serde_norway::Value, text: &str) -> Styles {
+        // (the string, whether it is a key)
+        fn walk(v: &serde_norway::Value, is_key: bool, out: &mut Vec<(String, bool)>) {
+            use serde_norway::Value as Y;
+            match v {
+                Y::String(s) => out.push((s.clone(), is_key)),
+                Y::Sequence(items) => items.iter().for_each(|i| walk(i, false, out)),
+                Y::Mapping(m) => {
+                    for (k, v) in m {
+                        walk(k, true, out);
+                        walk(v, false, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut strings = Vec::new();
+        walk(v, false, &mut strings);
+        let mut known = std::collections::HashMap::new();
+        let mut count = [0usize; 3];
+        for (s, is_key) in strings {
+            let q = if text.contains(&double_quoted(&s)) {
+                Quote::Double
+            } else if text.contains(&format!("'{}'", s.replace('\'', "''"))) {
+                Quote::Single
+            } else {
+                Quote::Plain
+            };
+            if !is_key {
+                count[q as usize] += 1;
+            }
+            known.insert(s, q);
+        }
+        let default = [Quote::Plain, Quote::Double, Quote::Single]
+            .into_iter()
+            .max_by_key(|q| count[*q as usize])
+            .filter(|q| count[*q as usize] > 0)
+            .unwrap_or(quote_of(text));
+        Styles { known, default }
+    }
+
+    fn quote(&self, s: &str) -> Quote {
+        self.known.get(s).copied().unwrap_or(self.default)
+    }
+
+    fn key_quote(&self, s: &str) -> Quote {
+        self.known.get(s).copied().unwrap_or(Quote::Plain)
+    }
 }
 
 impl Hint {
@@ -1160,8 +1230,10 @@ impl Hint {
             .skip(1)
             .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
             .map_or(2, |l| l.len() - l.trim_start_matches(' ').len());
+        let styles = Styles::of(&value, after);
         Some(Hint {
             value,
+            styles,
             block: head.starts_with(['\n', '\r', '#']),
             literal: head.starts_with(['|', '>']),
             quote: quote_of(after),
@@ -1227,7 +1299,7 @@ fn scalar_str(s: &str, q: Quote, place: Place) -> String {
     let plain = || {
         let flow_ok =
             !matches!(place, Place::Flow | Place::Key) || !s.contains([',', '[', ']', '{', '}']);
-        (plain_safe(s) && flow_ok && !s.contains(['"', '\'', '#'])).then(|| s.to_string())
+        (plain_safe(s) && flow_ok).then(|| s.to_string())
     };
     let single = || {
         (!s.chars()
@@ -1244,22 +1316,23 @@ fn scalar_str(s: &str, q: Quote, place: Place) -> String {
         .unwrap_or_else(|| double_quoted(s))
 }
 
-/// A YAML value in flow style (`[a, b]`, `{k: v}`), strings quoted as `q`.
-fn flow(v: &serde_norway::Value, q: Quote) -> Option<String> {
+/// A YAML value in flow style (`[a, b]`, `{k: v}`), strings quoted as
+/// they were (`st`).
+fn flow(v: &serde_norway::Value, st: &Styles) -> Option<String> {
     use serde_norway::Value as Y;
     Some(match v {
         Y::Null => "null".into(),
         Y::Bool(b) => b.to_string(),
         Y::Number(n) => n.to_string(),
-        Y::String(s) => scalar_str(s, q, Place::Flow),
+        Y::String(s) => scalar_str(s, st.quote(s), Place::Flow),
         Y::Sequence(items) => {
-            let parts: Option<Vec<String>> = items.iter().map(|i| flow(i, q)).collect();
+            let parts: Option<Vec<String>> = items.iter().map(|i| flow(i, st)).collect();
             format!("[{}]", parts?.join(", "))
         }
         Y::Mapping(m) => {
             let mut parts = Vec::new();
             for (k, v) in m {
-                parts.push(format!("{}: {}", key(k, q)?, flow(v, q)?));
+                parts.push(format!("{}: {}", key(k, st)?, flow(v, st)?));
             }
             format!("{{{}}}", parts.join(", "))
         }
@@ -1268,10 +1341,10 @@ fn flow(v: &serde_norway::Value, q: Quote) -> Option<String> {
 }
 
 /// A mapping key.
-fn key(k: &serde_norway::Value, q: Quote) -> Option<String> {
+fn key(k: &serde_norway::Value, st: &Styles) -> Option<String> {
     match k {
-        serde_norway::Value::String(s) => Some(scalar_str(s, q, Place::Key)),
-        other => flow(other, q),
+        serde_norway::Value::String(s) => Some(scalar_str(s, st.key_quote(s), Place::Key)),
+        other => flow(other, st),
     }
 }
 
@@ -1281,15 +1354,15 @@ struct BlockStyle {
     seq_in_map: usize,
     /// Indentation of a mapping under a mapping key.
     step: usize,
-    quote: Quote,
+    styles: Styles,
 }
 
 /// A value inside a block collection on one line: a scalar, or a flow
 /// collection (a list in a list, an empty one).
-fn inline(v: &serde_norway::Value, q: Quote) -> Option<String> {
+fn inline(v: &serde_norway::Value, st: &Styles) -> Option<String> {
     match v {
-        serde_norway::Value::String(s) => Some(scalar_str(s, q, Place::Block)),
-        other => flow(other, q),
+        serde_norway::Value::String(s) => Some(scalar_str(s, st.quote(s), Place::Block)),
+        other => flow(other, st),
     }
 }
 
@@ -1312,21 +1385,21 @@ fn block(v: &serde_norway::Value, pad: usize, st: &BlockStyle, out: &mut String)
                         block(it, pad + 2, st, &mut inner)?;
                         out.push_str(inner.get(pad + 3..)?);
                     }
-                    _ => out.push_str(&inline(it, st.quote)?),
+                    _ => out.push_str(&inline(it, &st.styles)?),
                 }
             }
         }
         Y::Mapping(m) if !m.is_empty() => {
             for (k, val) in m {
                 indent(out, pad);
-                out.push_str(&key(k, st.quote)?);
+                out.push_str(&key(k, &st.styles)?);
                 out.push(':');
                 match val {
                     Y::Sequence(s) if !s.is_empty() => block(val, pad + st.seq_in_map, st, out)?,
                     Y::Mapping(m) if !m.is_empty() => block(val, pad + st.step, st, out)?,
                     _ => {
                         out.push(' ');
-                        out.push_str(&inline(val, st.quote)?);
+                        out.push_str(&inline(val, &st.styles)?);
                     }
                 }
             }
@@ -1402,13 +1475,17 @@ fn render_value(name: &str, v: &Value, ty: &str, hint: Option<&Hint>) -> Result<
             let s = String::from_utf8_lossy(t).into_owned();
             let is_json = serde_json::from_str::<serde_json::Value>(&s)
                 .is_ok_and(|j| j.is_array() || j.is_object());
+            // A field that held a string keeps holding one, even when the
+            // new text reads as JSON.
+            let was_string = hint.is_some_and(|h| matches!(h.value, Y::String(_)));
+            let mut texts: Vec<String> = Vec::new();
             if is_json {
                 let y = serde_norway::from_str::<Y>(&s).ok();
                 if let (Some(h), Some(y)) = (hint.filter(|h| h.block), &y) {
                     let st = BlockStyle {
                         seq_in_map: h.indent,
                         step: if h.indent == 0 { 2 } else { h.indent },
-                        quote: q,
+                        styles: h.styles.clone(),
                     };
                     let pad = match y {
                         Y::Mapping(_) => st.step,
@@ -1419,7 +1496,8 @@ fn render_value(name: &str, v: &Value, ty: &str, hint: Option<&Hint>) -> Result<
                         candidates.push(out);
                     }
                 }
-                if let Some(f) = y.as_ref().and_then(|y| flow(y, q)) {
+                let styles = hint.map_or_else(Styles::plain, |h| h.styles.clone());
+                if let Some(f) = y.as_ref().and_then(|y| flow(y, &styles)) {
                     candidates.push(format!(" {f}"));
                 }
                 candidates.push(format!(" {s}"));
@@ -1428,19 +1506,24 @@ fn render_value(name: &str, v: &Value, ty: &str, hint: Option<&Hint>) -> Result<
                 .filter(|h| h.literal)
                 .and_then(|h| literal(&s, h.indent))
             {
-                candidates.push(l);
+                texts.push(l);
             }
             match q {
-                Quote::Double => candidates.push(format!(" {}", double_quoted(&s))),
+                Quote::Double => texts.push(format!(" {}", double_quoted(&s))),
                 Quote::Single if !s.chars().any(char::is_control) => {
-                    candidates.push(format!(" '{}'", s.replace('\'', "''")))
+                    texts.push(format!(" '{}'", s.replace('\'', "''")))
                 }
                 _ => {}
             }
-            if plain_safe(&s) {
-                candidates.push(format!(" {s}"));
+            if plain_safe(&s) && !is_json {
+                texts.push(format!(" {s}"));
             }
-            candidates.push(format!(" {}", double_quoted(&s)));
+            texts.push(format!(" {}", double_quoted(&s)));
+            if was_string {
+                candidates.splice(0..0, texts);
+            } else {
+                candidates.extend(texts);
+            }
         }
         Value::Blob(_) => {
             return Err(invalid(format!(
