@@ -1476,8 +1476,9 @@ fn render_value(name: &str, v: &Value, ty: &str, hint: Option<&Hint>) -> Result<
             let is_json = serde_json::from_str::<serde_json::Value>(&s)
                 .is_ok_and(|j| j.is_array() || j.is_object());
             // A field that held a string keeps holding one, even when the
-            // new text reads as JSON.
-            let was_string = hint.is_some_and(|h| matches!(h.value, Y::String(_)));
+            // new text reads as JSON (unless the column is declared JSON).
+            let was_string =
+                hint.is_some_and(|h| matches!(h.value, Y::String(_))) && !ty.contains("JSON");
             let mut texts: Vec<String> = Vec::new();
             if is_json {
                 let y = serde_norway::from_str::<Y>(&s).ok();
