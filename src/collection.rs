@@ -1,13 +1,20 @@
-//! Local collections: a folder of markdown files with YAML front matter kept
-//! in step with a SQLite table, both ways, by hash.
+//! Local collections: a folder of files kept in step with a SQLite table,
+//! both ways, by hash. A collection's `format` says how a file holds a row:
 //!
-//! Each file is one row: its key comes from a front-matter field (or is the
-//! file's path relative to the folder), every other front-matter field goes
-//! to the column of the same name, and the markdown after the front matter
-//! goes to the body column. Columns a file does not mention are NULL.
-//! Values are compared after SQLite's column affinity is applied (through a
-//! temporary table shaped like the real one), so what `to-db` wrote compares
-//! equal when read back.
+//! - `front-matter` (the default): markdown with YAML front matter; the
+//!   fields, then the body.
+//! - `sidecar`: a YAML file of fields (`skills/<id>/config.yaml`) and the
+//!   body file it names (`file: SKILL.md`, the `body_field`, else
+//!   `body_file`), relative to the sidecar's folder and never outside it.
+//! - `yaml`: a YAML file of fields and no body (`agents/<name>.yaml`).
+//!
+//! Each file (each sidecar) is one row: its key comes from a field (or is
+//! the file's path relative to the folder), every other field goes to the
+//! column of the same name (lists and maps as JSON text, booleans as 0/1),
+//! and the body goes to the body column. Columns a file does not mention are
+//! NULL. Values are compared after SQLite's column affinity is applied
+//! (through a temporary table shaped like the real one), so what `to-db`
+//! wrote compares equal when read back.
 //!
 //! Changes are named by what `to-db` would do to the table: `added` (a file
 //! whose key the table lacks), `removed` (a row no file has), `modified`.
@@ -23,14 +30,18 @@
 //! changes, so a malformed file changes nothing; `to-db` runs in one
 //! transaction (per database), stopped by an interrupt before its commit.
 //!
-//! Rendering is stable: `---`, one `column: value` line per non-NULL column
-//! in table order (key and body aside), `---`, the body. A value is written
-//! in the first form that reads back as itself: a BOOLEAN column's 0/1 as
-//! `false`/`true`, JSON text of a list or map as a YAML flow collection,
-//! else plain, else as JSON, else double-quoted. `to-disk` over an existing
-//! file keeps every unchanged field as written and writes a changed one in
-//! its old style (a boolean stays a boolean, a block list a block list),
-//! checked by reading the result back; `to-disk` then `to-db` changes nothing.
+//! Rendering is stable: one `column: value` line per non-NULL column in
+//! table order (key and body aside), between `---` lines and before the
+//! body for front matter. A value is written in the first form that reads
+//! back as itself: a BOOLEAN column's 0/1 as `false`/`true`, JSON text of a
+//! list or map as a YAML flow collection, else plain, else double-quoted.
+//! `to-disk` over an existing file keeps every unchanged field as written
+//! and writes a changed one in its old style: a boolean stays a boolean, a
+//! block collection stays block with its indentation (lists of maps too), a
+//! flow one flow, each string keeps the quoting it had (a new one takes the
+//! quoting most had), a `|` block stays one; the result is checked by
+//! reading it back, and a file that would get the bytes it has is not
+//! written. `to-disk` then `to-db` changes nothing.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
