@@ -1212,7 +1212,8 @@ impl Styles {
             }
             known.insert(s, q);
         }
-        let default = [Quote::Plain, Quote::Double, Quote::Single]
+        // (on a tie: plain, then double quotes)
+        let default = [Quote::Single, Quote::Double, Quote::Plain]
             .into_iter()
             .max_by_key(|q| count[*q as usize])
             .filter(|q| count[*q as usize] > 0)
@@ -1554,6 +1555,53 @@ fn render_value(name: &str, v: &Value, ty: &str, hint: Option<&Hint>) -> Result<
         })
 }
 
+/// Renders each top-level field of `text` (the YAML of a row's fields)
+/// again in the style it was written, as `to-disk` does for a changed
+/// field: its own value, then a list of it twice. Each result is
+/// `(field, value rendered)`, `None` where the value cannot be written.
+/// For the fuzz target: never panics on any text.
+#[doc(hidden)]
+pub fn restyle_fields(text: &str) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    for f in front_fields(text) {
+        let (Some(name), Some(hint)) = (f.name.clone(), Hint::of(&f)) else {
+            continue;
+        };
+        let Ok(v) = yaml_value(&hint.value) else {
+            continue;
+        };
+        out.push((name.clone(), render_value(&name, &v, "", Some(&hint)).ok()));
+        let twice = serde_norway::Value::Sequence(vec![hint.value.clone(), hint.value.clone()]);
+        if let Ok(v2) = yaml_value(&twice) {
+            out.push((name.clone(), render_value(&name, &v2, "", Some(&hint)).ok()));
+        }
+    }
+    out
+}
+
+/// The comment lines (at the left margin, with the blank lines between
+/// them) that end a field's text: they belong to what follows, and stay
+/// when the field is rewritten.
+fn trailing_comments(text: &str) -> &str {
+    let mut start = text.len();
+    let mut first_comment = None;
+    for line in text.split_inclusive('\n').rev() {
+        let blank = line.trim().is_empty();
+        if !blank && !line.starts_with('#') {
+            break;
+        }
+        start -= line.len();
+        if line.starts_with('#') {
+            first_comment = Some(start);
+        }
+    }
+    // Not the field's first line (its `name:`), which is never a comment.
+    match first_comment {
+        Some(i) if i > 0 => &text[i..],
+        _ => "",
+    }
+}
+
 /// Splits front matter into its top-level fields, as written.
 fn front_fields(front: &str) -> Vec<FrontField> {
     let mut out: Vec<FrontField> = Vec::new();
@@ -1640,8 +1688,11 @@ fn render_fields_over(plan: &Plan, old: &Row, values: &[Value]) -> Result<String
         seen[i] = true;
         if old.values[i] == values[i] {
             out.push_str(&f.text);
-        } else if !matches!(values[i], Value::Null) {
-            out.push_str(&render_field(plan, i, &values[i], Some(f))?);
+        } else {
+            if !matches!(values[i], Value::Null) {
+                out.push_str(&render_field(plan, i, &values[i], Some(f))?);
+            }
+            out.push_str(trailing_comments(&f.text));
         }
     }
     if !out.is_empty() && !out.ends_with('\n') {
@@ -2239,6 +2290,165 @@ mod tests {
             render_value("m", &m, "JSON", None).unwrap(),
             " {b: 1, a: [true, null]}"
         );
+    }
+
+    fn hint(text: &str) -> Hint {
+        let f = front_fields(text);
+        Hint::of(&f[0]).unwrap()
+    }
+
+    fn text(s: &str) -> Value {
+        Value::Text(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn quoting_is_read_from_the_first_quoted_scalar() {
+        assert_eq!(quote_of(" plain it's\n"), Quote::Plain);
+        assert_eq!(quote_of(" \"a\"\n"), Quote::Double);
+        assert_eq!(quote_of(" ['a', b]\n"), Quote::Single);
+        assert_eq!(quote_of("\n  - x\n  - \"y\"\n"), Quote::Double);
+        assert_eq!(quote_of(" # \"comment\"\n"), Quote::Plain);
+        let h = hint("t:\n- plain\n- \"dq: x\"\n- 'sq'\n- more plain\n");
+        assert_eq!(h.styles.quote("plain"), Quote::Plain);
+        assert_eq!(h.styles.quote("dq: x"), Quote::Double);
+        assert_eq!(h.styles.quote("sq"), Quote::Single);
+        // A new string: as most of the old ones.
+        assert_eq!(h.styles.quote("new"), Quote::Plain);
+        assert_eq!(h.indent, 0);
+    }
+
+    #[test]
+    fn changed_values_keep_the_fields_style() {
+        let r = |h: &str, v: &str| render_value("f", &text(v), "", Some(&hint(h))).unwrap();
+        // A block list of maps, indented by 0 or 2; quoting per string.
+        assert_eq!(
+            r(
+                "f:\n- a: \"x y\"\n  b: 1\n",
+                r#"[{"a":"x y","b":1},{"a":"z: w","b":[true,null]}]"#
+            ),
+            "\n- a: \"x y\"\n  b: 1\n- a: \"z: w\"\n  b:\n  - true\n  - null"
+        );
+        assert_eq!(
+            r("f:\n  - k: v\n", r#"[{"k":"v"},{"k":"w","m":{"n":"o"}}]"#),
+            "\n  - k: v\n  - k: w\n    m:\n      n: o"
+        );
+        // A block map stays one, at its indentation.
+        assert_eq!(
+            r("f:\n    a: 1\n", r#"{"a":2,"b":"it's"}"#),
+            "\n    a: 2\n    b: it's"
+        );
+        // Flow stays flow, with each string's quoting.
+        assert_eq!(
+            r("f: [a, \"b\", 'c']\n", r#"["a","b","c","d e"]"#),
+            " [a, \"b\", 'c', d e]"
+        );
+        assert_eq!(r("f: {}\n", r#"{"k":[]}"#), " {k: []}");
+        // Scalars: quoting kept, a date stays a quoted string.
+        assert_eq!(r("f: \"2025-01-15\"\n", "2026-02-02"), " \"2026-02-02\"");
+        assert_eq!(r("f: '2025-01-15'\n", "it's"), " 'it''s'");
+        assert_eq!(r("f: plain\n", "still plain"), " still plain");
+        assert_eq!(r("f: plain\n", "needs: quotes"), " \"needs: quotes\"");
+        // A string field keeps a string even when the text reads as JSON...
+        assert_eq!(r("f: x\n", "[1]"), " \"[1]\"");
+        // ... unless the column is JSON.
+        assert_eq!(
+            render_value("f", &text("[1]"), "JSON", Some(&hint("f: x\n"))).unwrap(),
+            " [1]"
+        );
+        // | blocks, with their chomping.
+        assert_eq!(r("f: |\n  a\n", "b\nc\n"), " |\n  b\n  c");
+        assert_eq!(r("f: |\n  a\n", "b\n\nc"), " |-\n  b\n\n  c");
+        assert_eq!(r("f: >\n  a\n", "b\n\n"), " |+\n  b\n");
+        // What cannot be a | block is quoted.
+        assert_eq!(r("f: |\n  a\n", " lead\n"), " \" lead\\n\"");
+    }
+
+    #[test]
+    fn double_quotes_escape_what_yaml_would_break_on() {
+        for s in [
+            "a\u{2028}b",
+            "\u{85}",
+            "\u{feff}x",
+            "tab\tq\"\\",
+            "\u{7f}\u{1}",
+        ] {
+            let q = double_quoted(s);
+            assert!(
+                !q.contains(['\u{2028}', '\u{85}', '\u{feff}', '\t', '\u{7f}']),
+                "{q}"
+            );
+            let back: String = serde_norway::from_str(&q).unwrap();
+            assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn body_files_stay_in_the_sidecars_folder() {
+        assert_eq!(
+            body_rel_path("a/config.yaml", "SKILL.md").unwrap(),
+            "a/SKILL.md"
+        );
+        assert_eq!(
+            body_rel_path("a/config.yaml", "doc/x.md").unwrap(),
+            "a/doc/x.md"
+        );
+        assert_eq!(body_rel_path("config.yaml", "x.md").unwrap(), "x.md");
+        for bad in [
+            "../x",
+            "/etc/passwd",
+            "./x",
+            "a/../../x",
+            "",
+            "a//b",
+            "C:x",
+            "a\\b",
+            "x/",
+        ] {
+            assert!(body_rel_path("a/config.yaml", bad).is_err(), "{bad}");
+        }
+        assert!(body_rel_path("a/config.yaml", "config.yaml").is_err());
+    }
+
+    #[test]
+    fn a_rewritten_field_keeps_the_comments_after_it() {
+        assert_eq!(
+            trailing_comments("t:\n- a\n# next\n\n# more\n"),
+            "# next\n\n# more\n"
+        );
+        assert_eq!(trailing_comments("t: |\n  a\n\n"), "");
+        assert_eq!(trailing_comments("t: |\n  # in the block\n"), "");
+        assert_eq!(trailing_comments("t: x\n"), "");
+    }
+
+    #[test]
+    fn restyling_any_fields_never_panics() {
+        let out = restyle_fields("# lead\nt:\n  - \"a\"\nm: {k: v}\nbad: !tag x\n");
+        assert_eq!(
+            out,
+            [
+                ("t".to_string(), Some("\n  - \"a\"".to_string())),
+                (
+                    "t".to_string(),
+                    Some("\n  - [\"a\"]\n  - [\"a\"]".to_string())
+                ),
+                ("m".to_string(), Some(" {k: v}".to_string())),
+                ("m".to_string(), Some(" [{k: v}, {k: v}]".to_string())),
+            ]
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn restyling_yaml_like_text_never_panics(s in "[a-z0-9:\\-\"' \n\t#\\[\\]{},|>&*!?%@`\u{e9}\u{2028}]{0,80}") {
+            for (_, r) in restyle_fields(&s) {
+                if let Some(r) = r {
+                    proptest::prop_assert!(
+                        serde_norway::from_str::<serde_norway::Value>(&format!("x:{r}\n")).is_ok(),
+                        "{:?}", r
+                    );
+                }
+            }
+        }
     }
 
     #[test]
