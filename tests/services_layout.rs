@@ -766,18 +766,25 @@ mod nested_values {
         }
     }
 
-    fn project() -> (tempfile::TempDir, PathBuf) {
+    /// A collection `items` of YAML files, or (`front`) of markdown files
+    /// with front matter.
+    fn project(front: bool) -> (tempfile::TempDir, PathBuf) {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
         std::fs::create_dir_all(root.join("data")).unwrap();
         std::fs::create_dir_all(root.join("items")).unwrap();
+        let format = if front {
+            "glob = \"*.md\"\nbody = \"body\"\n"
+        } else {
+            "format = \"yaml\"\nglob = \"*.yaml\"\n"
+        };
         std::fs::write(
             root.join("sp-sync.toml"),
-            "[[collection]]\nname = \"items\"\ndir = \"items\"\nformat = \"yaml\"\nglob = \"*.yaml\"\ndb = \"data/app.db\"\ntable = \"items\"\nkey = \"name\"\n",
+            format!("[[collection]]\nname = \"items\"\ndir = \"items\"\n{format}db = \"data/app.db\"\ntable = \"items\"\nkey = \"name\"\n"),
         )
         .unwrap();
         // Untyped columns: what the file says is what the table holds.
-        sql(&root, "CREATE TABLE items(name TEXT PRIMARY KEY, a, b, c)");
+        sql(&root, "CREATE TABLE items(name TEXT PRIMARY KEY, a, b, c, body TEXT)");
         ok(&root, &["init", "-q"]);
         (tmp, root)
     }
@@ -789,19 +796,34 @@ mod nested_values {
             vals in prop::collection::vec((value(), any::<bool>()), 3),
             change in 0..3usize,
             new in new_value(),
+            front in any::<bool>(),
         ) {
             // A string column that held a string reads JSON text as a string.
             prop_assume!(
                 !matches!(vals[change].0, Y::String(_))
                     || !matches!(new, Y::Sequence(_) | Y::Mapping(_))
             );
-            let (_tmp, root) = project();
-            let path = root.join("items/x.yaml");
+            let (_tmp, root) = project(front);
+            let path = root.join(if front { "items/x.md" } else { "items/x.yaml" });
             let mut text = String::from("# an item\nname: x\n");
             for (name, (v, flow)) in FIELDS.iter().zip(&vals) {
                 text.push_str(&field_text(name, v, *flow));
             }
-            std::fs::write(&path, &text).unwrap();
+            let body = "The body: caf\u{e9}.\n";
+            let file = |fields: &str| {
+                if front { format!("---\n{fields}---\n{body}") } else { fields.to_string() }
+            };
+            let fields_of = |file: &str| -> String {
+                if front {
+                    let rest = file.strip_prefix("---\n").unwrap();
+                    let end = rest.find("\n---\n").unwrap() + 1;
+                    assert_eq!(&rest[end + 4..], body);
+                    rest[..end].to_string()
+                } else {
+                    file.to_string()
+                }
+            };
+            std::fs::write(&path, file(&text)).unwrap();
             let orig: Mapping = serde_norway::from_str(&text).unwrap();
             ok(&root, &["local", "to-db", "-q"]);
             prop_assert_eq!(ok(&root, &["local", "diff"]), "");
@@ -817,7 +839,7 @@ mod nested_values {
                 .execute(&format!("UPDATE items SET {f} = ?1"), [sql_value(&new)])
                 .unwrap();
             ok(&root, &["local", "to-disk", "-q"]);
-            let now = std::fs::read_to_string(&path).unwrap();
+            let now = fields_of(&std::fs::read_to_string(&path).unwrap());
             let back: Mapping = serde_norway::from_str(&now)
                 .map_err(|e| TestCaseError::fail(format!("{e}\n{now}")))?;
             let mut want = orig.clone();
