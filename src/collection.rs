@@ -37,7 +37,8 @@
 //! list or map as a YAML flow collection, else plain, else double-quoted.
 //! `to-disk` over an existing file keeps every unchanged field as written
 //! and writes a changed one in its old style: a boolean stays a boolean, a
-//! block collection stays block with its indentation (lists of maps too), a
+//! block collection keeps the text of its unchanged items and entries and
+//! stays block with its indentation (lists of maps too), a
 //! flow one flow, each string keeps the quoting it had (a new one takes the
 //! quoting most had), a `|` block stays one; the result is checked by
 //! reading it back, and a file that would get the bytes it has is not
@@ -1159,6 +1160,8 @@ struct Hint {
     indent: usize,
     /// How each string inside the value was quoted.
     styles: Styles,
+    /// The field as written.
+    text: String,
 }
 
 /// How the strings of a value were quoted, to quote them the same way.
@@ -1246,6 +1249,7 @@ impl Hint {
         Some(Hint {
             value,
             styles,
+            text: f.text.clone(),
             block: head.starts_with(['\n', '\r', '#']),
             literal: head.starts_with(['|', '>']),
             quote: quote_of(after),
@@ -1421,6 +1425,78 @@ fn block(v: &serde_norway::Value, pad: usize, st: &BlockStyle, out: &mut String)
     Some(())
 }
 
+/// A block collection changed in place: the items (or entries) that are
+/// still there keep their text as written, comments and all; only new or
+/// changed ones are rendered. `None` when the field's text cannot be split
+/// into exactly its old items.
+fn surgical(h: &Hint, new: &serde_norway::Value) -> Option<String> {
+    use serde_norway::Value as Y;
+    let text = &h.text[..h.text.len() - trailing_comments(&h.text).len()];
+    let (first, rest) = text.split_once('\n')?;
+    let head = first.split_once(':')?.1;
+    let pad = " ".repeat(h.indent);
+    let is_seq = matches!(h.value, Y::Sequence(_));
+    let mut lead = String::new();
+    let mut spans: Vec<String> = Vec::new();
+    for line in rest.split_inclusive('\n') {
+        let starts = line.strip_prefix(pad.as_str()).is_some_and(|r| {
+            if is_seq {
+                r.starts_with("- ") || r.trim_end() == "-"
+            } else {
+                !r.starts_with([' ', '\t', '#', '-']) && !r.trim().is_empty()
+            }
+        });
+        if starts {
+            spans.push(line.to_string());
+        } else if let Some(last) = spans.last_mut() {
+            last.push_str(line);
+        } else {
+            lead.push_str(line);
+        }
+    }
+    let st = BlockStyle {
+        seq_in_map: h.indent,
+        step: if h.indent == 0 { 2 } else { h.indent },
+        styles: h.styles.clone(),
+    };
+    let fresh = |v: Y| -> Option<String> {
+        let mut o = String::new();
+        block(&v, h.indent, &st, &mut o)?;
+        Some(format!("{}\n", o.strip_prefix('\n')?))
+    };
+    let mut out = String::new();
+    match (&h.value, new) {
+        (Y::Sequence(old), Y::Sequence(items)) if !items.is_empty() && spans.len() == old.len() => {
+            let mut next = 0;
+            for item in items {
+                match (next..old.len()).find(|&i| old[i] == *item) {
+                    Some(i) => {
+                        out.push_str(&spans[i]);
+                        next = i + 1;
+                    }
+                    None => out.push_str(&fresh(Y::Sequence(vec![item.clone()]))?),
+                }
+            }
+        }
+        (Y::Mapping(old), Y::Mapping(entries))
+            if !entries.is_empty() && spans.len() == old.len() =>
+        {
+            for (k, v) in entries {
+                match old.keys().position(|ok| ok == k) {
+                    Some(i) if old.get(k) == Some(v) => out.push_str(&spans[i]),
+                    _ => {
+                        let mut m = serde_norway::Mapping::new();
+                        m.insert(k.clone(), v.clone());
+                        out.push_str(&fresh(Y::Mapping(m))?);
+                    }
+                }
+            }
+        }
+        _ => return None,
+    }
+    Some(format!("{head}\n{lead}{}", out.strip_suffix('\n')?))
+}
+
 /// A text as a literal block scalar (`|`, `|-`, `|+`) indented by `indent`.
 fn literal(s: &str, indent: usize) -> Option<String> {
     if s.is_empty() || s.chars().any(|c| c.is_control() && c != '\n') {
@@ -1495,6 +1571,7 @@ fn render_value(name: &str, v: &Value, ty: &str, hint: Option<&Hint>) -> Result<
             if is_json {
                 let y = serde_norway::from_str::<Y>(&s).ok();
                 if let (Some(h), Some(y)) = (hint.filter(|h| h.block), &y) {
+                    candidates.extend(surgical(h, y));
                     let st = BlockStyle {
                         seq_in_map: h.indent,
                         step: if h.indent == 0 { 2 } else { h.indent },
@@ -2361,6 +2438,24 @@ mod tests {
         assert_eq!(r("f: >\n  a\n", "b\n\n"), " |+\n  b\n");
         // What cannot be a | block is quoted.
         assert_eq!(r("f: |\n  a\n", " lead\n"), " \" lead\\n\"");
+    }
+
+    #[test]
+    fn a_changed_block_collection_keeps_what_did_not_change() {
+        let r = |h: &str, v: &str| render_value("f", &text(v), "", Some(&hint(h))).unwrap();
+        // Comments, odd quoting and item order kept; one item changed, one
+        // dropped, one added.
+        let was = "f:  # the list\n  # first\n  - a   # why\n  - \"b\\x41\"\n  - {k: v}\n  - c\n";
+        assert_eq!(
+            r(was, r#"["a","bA","z",{"k":"v"},"new"]"#),
+            "  # the list\n  # first\n  - a   # why\n  - \"b\\x41\"\n  - z\n  - {k: v}\n  - new"
+        );
+        // A map: entries kept as written, a changed one rendered, a new one appended.
+        let was = "f:\n  a: 1 # one\n  b:\n    - x\n  c: 'q'\n";
+        assert_eq!(
+            r(was, r#"{"a":1,"b":["x","y"],"c":"q","d":"it's"}"#),
+            "\n  a: 1 # one\n  b:\n    - x\n    - y\n  c: 'q'\n  d: it's"
+        );
     }
 
     #[test]

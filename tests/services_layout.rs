@@ -784,7 +784,10 @@ mod nested_values {
         )
         .unwrap();
         // Untyped columns: what the file says is what the table holds.
-        sql(&root, "CREATE TABLE items(name TEXT PRIMARY KEY, a, b, c, body TEXT)");
+        sql(
+            &root,
+            "CREATE TABLE items(name TEXT PRIMARY KEY, a, b, c, body TEXT)",
+        );
         ok(&root, &["init", "-q"]);
         (tmp, root)
     }
