@@ -482,7 +482,7 @@ fn plan_with(
                 values.push(Value::from_ref(r.get_ref(i).map_err(err)?));
             }
             let key = encode_key(std::slice::from_ref(&values[key_index]))?;
-            let hash = row_hash(&values)?;
+            let hash = row_hash(&values, &types)?;
             db.insert(
                 key,
                 Row {
@@ -520,7 +520,7 @@ fn plan_with(
                     .display()
             )));
         }
-        let hash = row_hash(&values)?;
+        let hash = row_hash(&values, &types)?;
         disk.insert(
             key,
             Row {
@@ -546,7 +546,7 @@ fn plan_with(
                     continue;
                 }
                 let cols = (0..columns.len())
-                    .filter(|&i| d.values[i] != b.values[i])
+                    .filter(|&i| !same_cell(&types[i], &d.values[i], &b.values[i]))
                     .map(|i| columns[i].clone())
                     .collect();
                 (ChangeKind::Modified, cols)
@@ -596,13 +596,44 @@ fn plan_with(
     })
 }
 
-fn row_hash(values: &[Value]) -> Result<[u8; 32]> {
+/// A row's hash, over each value's exact key encoding; in a column
+/// declared JSON, a list or map counts by its meaning (`["a", "b"]` as an
+/// application wrote it equals `["a","b"]` as a file gives it, and a map's
+/// key order does not count).
+fn row_hash(values: &[Value], types: &[String]) -> Result<[u8; 32]> {
     let mut h = blake3::Hasher::new();
-    for v in values {
+    for (i, v) in values.iter().enumerate() {
+        let canon = types.get(i).and_then(|ty| json_meaning(ty, v));
+        let v = canon.as_ref().map_or(v, |j| j);
         // Each value's key encoding is self-delimiting and exact.
         h.update(&encode_key(std::slice::from_ref(v))?);
     }
     Ok(*h.finalize().as_bytes())
+}
+
+/// In a column declared JSON, the canonical text of a value that is JSON
+/// text of a list or map (keys sorted, no spaces); `None` for any other.
+fn json_meaning(ty: &str, v: &Value) -> Option<Value> {
+    if !ty.contains("JSON") {
+        return None;
+    }
+    let Value::Text(t) = v else { return None };
+    let j = serde_json::from_slice::<serde_json::Value>(t).ok()?;
+    if !(j.is_array() || j.is_object()) {
+        return None;
+    }
+    serde_json::to_string(&j)
+        .ok()
+        .map(|s| Value::Text(s.into_bytes()))
+}
+
+/// Whether two values of a column are the same, as `row_hash` counts them.
+fn same_cell(ty: &str, a: &Value, b: &Value) -> bool {
+    a == b
+        || matches!(
+            (json_meaning(ty, a), json_meaning(ty, b)),
+            (Some(x), Some(y)) if x == y
+        )
 }
 
 impl Plan {
@@ -1540,7 +1571,7 @@ fn render_value(name: &str, v: &Value, ty: &str, hint: Option<&Hint>) -> Result<
             Ok(m) => m
                 .get("x")
                 .and_then(|y| yaml_value(y).ok())
-                .is_some_and(|back| &back == v),
+                .is_some_and(|back| same_cell(ty, &back, v)),
             Err(_) => false,
         }
     };
@@ -1763,7 +1794,7 @@ fn render_fields_over(plan: &Plan, old: &Row, values: &[Value]) -> Result<String
             continue;
         };
         seen[i] = true;
-        if old.values[i] == values[i] {
+        if same_cell(&plan.types[i], &old.values[i], &values[i]) {
             out.push_str(&f.text);
         } else {
             if !matches!(values[i], Value::Null) {
@@ -2029,7 +2060,13 @@ fn to_disk(plan: &Plan) -> Result<ApplyReport> {
                 )
                 .and_then(|v| normalize(&c, &db_path, &plan.columns, v));
                 match back {
-                    Ok(v) if v == row.values => Some(fields),
+                    Ok(v)
+                        if v.len() == row.values.len()
+                            && (0..v.len())
+                                .all(|i| same_cell(&plan.types[i], &v[i], &row.values[i])) =>
+                    {
+                        Some(fields)
+                    }
                     _ => None,
                 }
             }

@@ -866,3 +866,49 @@ mod nested_values {
         }
     }
 }
+
+/// An application writes JSON its own way (spaces, another key order):
+/// that is no change, and a real change written that way still reaches
+/// the file as a list, in the list's style, not as a string.
+#[test]
+fn json_an_application_writes_with_spaces_is_a_list_not_a_string() {
+    let (_tmp, root) = synced();
+    let services = root.join("services");
+    let before = stamps(&services);
+    // The same values, spelled differently.
+    sql(
+        &root,
+        r#"UPDATE skills SET tags = '[ "review", "quality: code",  "tests" ]' WHERE id = 'code-review';
+           UPDATE agents SET model = '{"temperature": 0.2, "name": "claude-sonnet", "provider": "anthropic"}' WHERE name = 'reviewer'"#,
+    );
+    assert_eq!(ok(&root, &["local", "diff"]), "");
+    ok(&root, &["local", "to-disk", "-q"]);
+    ok(&root, &["local", "to-db", "-q"]);
+    assert_eq!(changed(&before, &stamps(&services)), [""; 0]);
+    // The application's spelling is left as it wrote it.
+    assert_eq!(
+        one(&root, "SELECT tags FROM skills WHERE id = 'code-review'"),
+        r#"[ "review", "quality: code",  "tests" ]"#
+    );
+
+    // A real change, spelled with spaces: the file gets a block list.
+    sql(
+        &root,
+        r#"UPDATE skills SET tags = '[ "review", "tests" ]' WHERE id = 'code-review'"#,
+    );
+    assert_eq!(
+        ok(&root, &["local", "diff", "--collection", "skills"]),
+        "M skills/code-review (services/skills/code-review/config.yaml) [tags] (database changed)\n"
+    );
+    ok(&root, &["local", "to-disk", "-q"]);
+    let text = read(&root, "services/skills/code-review/config.yaml");
+    assert!(
+        text.contains("tags:\n  - review\n  - tests\nexamples:"),
+        "{text}"
+    );
+    assert_eq!(
+        changed(&before, &stamps(&services)),
+        ["skills/code-review/config.yaml"]
+    );
+    assert_eq!(ok(&root, &["local", "diff"]), "");
+}
