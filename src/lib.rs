@@ -102,6 +102,7 @@
 pub mod bundle;
 pub mod cache;
 pub mod checkout;
+pub mod commands;
 pub mod compare;
 pub mod deploy;
 pub mod error;

@@ -70,3 +70,9 @@ impl Progress for Bar {
         self.redraw();
     }
 }
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}

@@ -1,0 +1,91 @@
+//! `sp-sync restore`.
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::fmt::{plural, size};
+use super::{Human, Place, Render, json_via, val};
+use crate::checkout::{CheckoutOptions, CheckoutReport};
+use crate::error::Result;
+use crate::progress::Progress;
+use crate::store::LockMode;
+
+/// What was restored. Its JSON: the first place's report at the top level
+/// with every place under `restored`, and the first database's counts with
+/// every database under `dbs`.
+#[derive(Debug)]
+pub struct RestoreCmdReport {
+    /// The library's report.
+    pub report: CheckoutReport,
+    /// Whether what the snapshot lacks was removed.
+    pub delete: bool,
+    /// Seconds it took.
+    pub seconds: f64,
+}
+
+/// Restores as `opts` says (its `cwd` is taken from `place`).
+pub fn restore(
+    place: &Place,
+    opts: &CheckoutOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreCmdReport> {
+    let (ws, store) = place.open(LockMode::Shared)?;
+    let start = Instant::now();
+    let opts = CheckoutOptions {
+        cwd: place.cwd.clone(),
+        ..opts.clone()
+    };
+    let report = crate::checkout::restore(&ws, &store, &opts, progress)?;
+    Ok(RestoreCmdReport {
+        report,
+        delete: opts.delete,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+json_via!(RestoreCmdReport, |c| {
+    let r = &c.report;
+    let mut out = json!({});
+    if let Some(first) = r.restored.first() {
+        out = val(first);
+        out["restored"] = val(&r.restored);
+    }
+    if let Some(d) = r.dbs.first() {
+        out["db"] = json!(d.db);
+        out["db_created"] = json!(d.created);
+        out["rows_inserted"] = json!(d.rows_inserted);
+        out["rows_updated"] = json!(d.rows_updated);
+        out["rows_deleted"] = json!(d.rows_deleted);
+        out["dbs"] = val(&r.dbs);
+    }
+    out
+});
+
+impl Render for RestoreCmdReport {
+    fn human(&self, out: &mut Human<'_>) -> Result<()> {
+        let secs = self.seconds;
+        for p in &self.report.restored {
+            let removed = if self.delete {
+                format!("; removed {}", p.deleted)
+            } else {
+                String::new()
+            };
+            let (n, b, t) = (p.files, size(p.bytes), p.target.display());
+            out.note(format!(
+                "restored {n} files, {b} into {t} in {secs:.2}s{removed}"
+            ));
+        }
+        for d in &self.report.dbs {
+            out.note(format!(
+                "{} {} in {secs:.2}s: {} inserted, {} updated, {} deleted",
+                if d.created { "created" } else { "updated" },
+                d.db.display(),
+                plural(d.rows_inserted, "row"),
+                d.rows_updated,
+                d.rows_deleted
+            ));
+        }
+        Ok(())
+    }
+}
