@@ -7,6 +7,15 @@ use clap::{Args, Subcommand};
 
 use systemprompt_sync::commands::*;
 
+options!(SnapshotArgs => SnapshotCmdOptions { paths, message, ref_name, excludes, host, no_cache, db, tables });
+options!(RestoreArgs => RestoreCmdOptions { spec, target, delete, db, tables, keep_setid });
+options!(LogArgs => LogOptions { reference, max_count });
+options!(LsArgs => LsOptions { spec, recursive, long });
+options!(DiffArgs => DiffCmdOptions { a, b, db, tables, paths, stat, patch, exit_code });
+options!(FsckArgs => FsckCmdOptions { read_data, rebuild_index });
+options!(PushArgs => PushOptions { remote, refs, force, deploy });
+options!(PullArgs => PullOptions { remote, refs, restore });
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Create a store: DIR/.sp-sync (DIR defaults to here), or exactly --store DIR.
@@ -19,11 +28,9 @@ pub enum Cmd {
     Ls(LsArgs),
     /// Write a file's bytes to stdout: SNAP:PATH.
     Cat { spec: String },
-    /// What changed between snapshots A and B, or between A and the working tree
-    /// and databases now; with --db, between A's tables and that database now.
+    /// What changed between snapshots A and B, or A and now (files and databases; --db: that one).
     Diff(DiffArgs),
-    /// Materialize SNAP[:PATH] into TARGET (without TARGET: back where it was
-    /// taken from, files and databases), and/or SNAP's tables into --db FILE.
+    /// Materialize SNAP[:PATH] into TARGET (default: where it was taken from) and/or --db FILE.
     Restore(RestoreArgs),
     /// Check every reachable object.
     Fsck(FsckArgs),
@@ -81,8 +88,8 @@ pub struct SnapshotArgs {
     #[arg(long = "ref", default_value = "main", value_name = "NAME")]
     ref_name: String,
     /// Leave out paths matching this gitignore-style pattern (repeatable).
-    #[arg(long, value_name = "GLOB")]
-    exclude: Vec<String>,
+    #[arg(long = "exclude", value_name = "GLOB")]
+    excludes: Vec<String>,
     /// Record this host name instead of the machine's.
     #[arg(long)]
     host: Option<String>,
@@ -97,24 +104,6 @@ pub struct SnapshotArgs {
     tables: Vec<String>,
 }
 
-impl SnapshotArgs {
-    pub fn options(self, place: Place) -> SnapshotCmdOptions {
-        let db = self.db.map(|d| (d, self.tables));
-        let (paths, message, ref_name, host) = (self.paths, self.message, self.ref_name, self.host);
-        let (excludes, no_cache) = (self.exclude, self.no_cache);
-        SnapshotCmdOptions {
-            place,
-            paths,
-            message,
-            ref_name,
-            excludes,
-            host,
-            no_cache,
-            db,
-        }
-    }
-}
-
 #[derive(Args, Debug)]
 pub struct LogArgs {
     #[arg(value_name = "REF")]
@@ -122,17 +111,6 @@ pub struct LogArgs {
     /// At most this many.
     #[arg(short = 'n', long)]
     max_count: Option<usize>,
-}
-
-impl LogArgs {
-    pub fn options(self, place: Place) -> LogOptions {
-        let (reference, max_count) = (self.reference, self.max_count);
-        LogOptions {
-            place,
-            reference,
-            max_count,
-        }
-    }
 }
 
 #[derive(Args, Debug)]
@@ -144,18 +122,6 @@ pub struct LsArgs {
     /// Show mode, size and modification time.
     #[arg(short, long)]
     long: bool,
-}
-
-impl LsArgs {
-    pub fn options(self, place: Place) -> LsOptions {
-        let (spec, recursive, long) = (self.spec, self.recursive, self.long);
-        LsOptions {
-            place,
-            spec,
-            recursive,
-            long,
-        }
-    }
 }
 
 #[derive(Args, Debug)]
@@ -182,32 +148,6 @@ pub struct DiffArgs {
     paths: Vec<String>,
 }
 
-impl DiffArgs {
-    pub fn options(self, place: Place) -> DiffCmdOptions {
-        let DiffArgs {
-            a,
-            b,
-            db,
-            tables,
-            stat,
-            exit_code,
-            patch,
-            paths,
-        } = self;
-        DiffCmdOptions {
-            place,
-            a,
-            b,
-            db,
-            tables,
-            paths,
-            stat,
-            patch,
-            exit_code,
-        }
-    }
-}
-
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
     spec: String,
@@ -215,8 +155,7 @@ pub struct RestoreArgs {
     /// Also remove what the snapshot lacks (files; rows of its tables).
     #[arg(long)]
     delete: bool,
-    /// Restore the snapshot's tables into this SQLite database (a new file,
-    /// or an existing one, changed in one transaction).
+    /// Restore the tables into this SQLite database (new, or changed in one transaction).
     #[arg(long, value_name = "FILE")]
     db: Option<PathBuf>,
     /// Only these tables (repeatable).
@@ -227,29 +166,6 @@ pub struct RestoreArgs {
     keep_setid: bool,
 }
 
-impl RestoreArgs {
-    pub fn options(self) -> CheckoutOptions {
-        let RestoreArgs {
-            spec,
-            target,
-            delete,
-            db,
-            tables,
-            keep_setid,
-        } = self;
-        let cwd = PathBuf::new(); // the place's, set by the call
-        CheckoutOptions {
-            spec,
-            target,
-            delete,
-            database: db,
-            tables,
-            keep_setid,
-            cwd,
-        }
-    }
-}
-
 #[derive(Args, Debug)]
 pub struct FsckArgs {
     /// Re-hash every stored chunk and check every pack's checksum.
@@ -258,17 +174,6 @@ pub struct FsckArgs {
     /// Rewrite every pack's index from the pack.
     #[arg(long)]
     rebuild_index: bool,
-}
-
-impl FsckArgs {
-    pub fn options(self, place: Place) -> FsckCmdOptions {
-        let (read_data, rebuild_index) = (self.read_data, self.rebuild_index);
-        FsckCmdOptions {
-            place,
-            read_data,
-            rebuild_index,
-        }
-    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -325,24 +230,6 @@ pub struct PushArgs {
     deploy: bool,
 }
 
-impl PushArgs {
-    pub fn options(self, place: Place) -> PushOptions {
-        let PushArgs {
-            remote,
-            refs,
-            force,
-            deploy,
-        } = self;
-        PushOptions {
-            place,
-            remote,
-            refs,
-            force,
-            deploy,
-        }
-    }
-}
-
 #[derive(Args, Debug)]
 pub struct PullArgs {
     remote: Option<String>,
@@ -353,36 +240,23 @@ pub struct PullArgs {
     restore: Option<PathBuf>,
 }
 
-impl PullArgs {
-    pub fn options(self, place: Place) -> PullOptions {
-        let PullArgs {
-            remote,
-            refs,
-            restore,
-        } = self;
-        PullOptions {
-            place,
-            remote,
-            refs,
-            restore,
-        }
-    }
-}
-
 #[derive(Subcommand, Debug)]
 pub enum LocalCmd {
     /// One line per key whose file and row differ (as to-db would apply them).
-    Diff {
-        #[arg(long, value_name = "NAME")]
-        collection: Option<String>,
-        /// Exit with status 1 when there are differences.
-        #[arg(long)]
-        exit_code: bool,
-    },
+    Diff(LocalDiffArgs),
     /// Carry the files' edits since the last sync to the database, in one transaction.
     ToDb(LocalSyncArgs),
     /// Carry the database's edits since the last sync to the files.
     ToDisk(LocalSyncArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LocalDiffArgs {
+    #[arg(long, value_name = "NAME")]
+    collection: Option<String>,
+    /// Exit with status 1 when there are differences.
+    #[arg(long)]
+    exit_code: bool,
 }
 
 #[derive(Args, Debug)]
@@ -397,33 +271,18 @@ pub struct LocalSyncArgs {
     force: bool,
 }
 
+options!(LocalDiffArgs => LocalCmdOptions { collection, exit_code } ..Default::default());
+options!(LocalSyncArgs => LocalCmdOptions { collection, dry_run, force } ..Default::default());
+
 impl LocalCmd {
+    /// The options of `local`.
     pub fn options(self, place: Place) -> LocalCmdOptions {
-        let (mode, a) = match self {
-            LocalCmd::Diff {
-                collection,
-                exit_code,
-            } => {
-                let o = LocalCmdOptions {
-                    place,
-                    collection,
-                    exit_code,
-                    ..Default::default()
-                };
-                return o;
-            }
-            LocalCmd::ToDb(a) => (LocalMode::ToDb, a),
-            LocalCmd::ToDisk(a) => (LocalMode::ToDisk, a),
+        let (mode, o) = match self {
+            LocalCmd::Diff(a) => (LocalMode::Diff, a.options(place)),
+            LocalCmd::ToDb(a) => (LocalMode::ToDb, a.options(place)),
+            LocalCmd::ToDisk(a) => (LocalMode::ToDisk, a.options(place)),
         };
-        let (collection, dry_run, force) = (a.collection, a.dry_run, a.force);
-        LocalCmdOptions {
-            place,
-            mode,
-            collection,
-            dry_run,
-            force,
-            exit_code: false,
-        }
+        LocalCmdOptions { mode, ..o }
     }
 }
 
@@ -441,15 +300,13 @@ pub struct ServeArgs {
     /// Largest push body, in bytes (default 4 GiB).
     #[arg(long, default_value_t = DEFAULT_MAX_BODY)]
     max_body: u64,
-    /// Seconds a client may take to send headers, a small body or the next
-    /// piece of a push, or sit idle.
+    /// Seconds a client may take to send headers, a body or a push's next piece, or sit idle.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     timeout: u64,
     /// Requests of one tenant in flight at once (more are answered 503).
     #[arg(long, value_name = "N", default_value_t = 8)]
     tenant_requests: usize,
-    /// When a tenant's main moves, run its due deploy targets (from the
-    /// pushed snapshot's sp-sync.toml) on this machine.
+    /// When a tenant's main moves, run its due deploy targets here (from its sp-sync.toml).
     #[arg(long)]
     deploy_on_push: bool,
 }

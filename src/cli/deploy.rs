@@ -21,22 +21,4 @@ pub struct DeployArgs {
     pub list: bool,
 }
 
-impl DeployArgs {
-    pub fn options(self, place: Place) -> DeployCmdOptions {
-        let DeployArgs {
-            target,
-            snapshot,
-            dry_run,
-            force,
-            list,
-        } = self;
-        DeployCmdOptions {
-            place,
-            target,
-            snapshot,
-            dry_run,
-            force,
-            list,
-        }
-    }
-}
+options!(DeployArgs => DeployCmdOptions { target, snapshot, dry_run, force, list });

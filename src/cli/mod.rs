@@ -1,6 +1,18 @@
 //! The command line: parse, call one `systemprompt_sync::commands` function
 //! per command, print its report (`--json`: the report itself).
 
+/// `options(place)` for arguments that are the options' fields by name.
+macro_rules! options {
+    ($args:ident => $opts:ident { $($f:ident),* } $(.. $rest:expr)?) => {
+        impl $args {
+            /// The options of the library call these arguments make.
+            pub fn options(self, place: Place) -> $opts {
+                $opts { place, $($f: self.$f),* $(, ..$rest)? }
+            }
+        }
+    };
+}
+
 mod args;
 mod bundle;
 mod cache;
@@ -15,7 +27,7 @@ use clap::{CommandFactory, Parser};
 use systemprompt_sync::SyncError;
 use systemprompt_sync::commands::{self as cmds, Console, Place, Printable};
 
-use args::{Cmd, LocalCmd};
+use args::Cmd;
 use progress::Bar;
 
 #[derive(Parser, Debug)]
@@ -118,14 +130,14 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
         Cmd::Ls(a) => Box::new(cmds::ls(&a.options(place))?),
         Cmd::Cat { spec } => return cat(&place, &spec),
         Cmd::Diff(a) => Box::new(cmds::diff(&a.options(place), &bar)?),
-        Cmd::Restore(a) => Box::new(cmds::restore(&place, &a.options(), &bar)?),
+        Cmd::Restore(a) => Box::new(cmds::restore(&a.options(place), &bar)?),
         Cmd::Fsck(a) => Box::new(cmds::fsck(&a.options(place), &bar)?),
         Cmd::Gc { dry_run } => Box::new(cmds::gc(&place, dry_run, &bar)?),
         Cmd::Ref { cmd } => Box::new(cmds::refs(&place, &cmd.into())?),
         Cmd::Remote { cmd } => Box::new(cmds::remote(&place, &cmd.into())?),
         Cmd::Push(a) => Box::new(cmds::push(&a.options(place), &bar, &mut console)?),
         Cmd::Pull(a) => Box::new(cmds::pull(&a.options(place), &bar)?),
-        Cmd::Local { cmd } => Box::new(cmds::local(&LocalCmd::options(cmd, place), &bar)?),
+        Cmd::Local { cmd } => Box::new(cmds::local(&cmd.options(place), &bar)?),
         Cmd::Bundle { cmd } => bundle::run(ctx, cmd, &bar)?,
         Cmd::Cache { cmd } => cache::run(place, cmd, &bar)?,
         Cmd::Deploy(a) => Box::new(cmds::deploy(&a.options(place), &bar, &mut console)?),

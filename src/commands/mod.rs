@@ -40,14 +40,13 @@ pub use repo::{
     FsckCmdOptions, FsckCmdReport, GcCmdReport, InitReport, LogOptions, LogReport, LsOptions,
     LsReport, RefCmd, RefReport, RemoteCmd, RemoteReport, fsck, gc, init, log, ls, refs, remote,
 };
-pub use restore::{RestoreCmdReport, restore};
+pub use restore::{RestoreCmdOptions, RestoreCmdReport, restore};
 pub use snapshot::{SnapshotCmdOptions, SnapshotCmdReport, snapshot};
 pub use transfer::{
     DEFAULT_MAX_BODY, PullOptions, PullReport, PushOptions, ServeOptions, TransferCmdReport, pull,
     push, serve,
 };
 
-pub use crate::checkout::CheckoutOptions;
 pub use crate::progress::{NoProgress, Progress};
 
 /// Where a command runs: the store it was given (`--store`), if any, and

@@ -1,5 +1,6 @@
 //! `sp-sync restore`.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use serde_json::json;
@@ -10,6 +11,25 @@ use crate::checkout::{CheckoutOptions, CheckoutReport};
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::store::LockMode;
+
+/// `sp-sync restore SNAP[:PATH] [TARGET] [--delete] [--db FILE] [--table T]…`.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreCmdOptions {
+    /// Where.
+    pub place: Place,
+    /// `SNAP[:PATH]`.
+    pub spec: String,
+    /// Where to (relative to the place); `None`: back where it was taken from.
+    pub target: Option<PathBuf>,
+    /// Also remove what the snapshot lacks (files; rows of its tables).
+    pub delete: bool,
+    /// Restore the tables into this SQLite database.
+    pub db: Option<PathBuf>,
+    /// Only these tables (empty: all).
+    pub tables: Vec<String>,
+    /// Keep setuid and setgid bits.
+    pub keep_setid: bool,
+}
 
 /// What was restored. Its JSON: the first place's report at the top level
 /// with every place under `restored`, and the first database's counts with
@@ -24,17 +44,18 @@ pub struct RestoreCmdReport {
     pub seconds: f64,
 }
 
-/// Restores as `opts` says (its `cwd` is taken from `place`).
-pub fn restore(
-    place: &Place,
-    opts: &CheckoutOptions,
-    progress: &dyn Progress,
-) -> Result<RestoreCmdReport> {
-    let (ws, store) = place.open(LockMode::Shared)?;
+/// Restores as `opts` says.
+pub fn restore(opts: &RestoreCmdOptions, progress: &dyn Progress) -> Result<RestoreCmdReport> {
+    let (ws, store) = opts.place.open(LockMode::Shared)?;
     let start = Instant::now();
     let opts = CheckoutOptions {
-        cwd: place.cwd.clone(),
-        ..opts.clone()
+        spec: opts.spec.clone(),
+        target: opts.target.clone(),
+        delete: opts.delete,
+        database: opts.db.clone(),
+        tables: opts.tables.clone(),
+        keep_setid: opts.keep_setid,
+        cwd: opts.place.cwd.clone(),
     };
     let report = crate::checkout::restore(&ws, &store, &opts, progress)?;
     Ok(RestoreCmdReport {

@@ -31,8 +31,10 @@ pub struct SnapshotCmdOptions {
     pub host: Option<String>,
     /// Read every file, ignoring the stat cache.
     pub no_cache: bool,
-    /// A SQLite database to snapshot too, and which of its tables (empty: all).
-    pub db: Option<(PathBuf, Vec<String>)>,
+    /// A SQLite database to snapshot too.
+    pub db: Option<PathBuf>,
+    /// Only these tables of `db` (empty: all).
+    pub tables: Vec<String>,
 }
 
 /// A snapshot taken.
@@ -59,9 +61,9 @@ pub fn snapshot(opts: &SnapshotCmdOptions, progress: &dyn Progress) -> Result<Sn
         opts.paths.iter().map(|p| opts.place.cwd.join(p)).collect()
     };
     let dbs = match &opts.db {
-        Some((path, tables)) => vec![DbSource {
+        Some(path) => vec![DbSource {
             path: opts.place.cwd.join(path),
-            tables: tables.clone(),
+            tables: opts.tables.clone(),
         }],
         None if defaulted => ws.default_dbs()?,
         None => Vec::new(),
