@@ -63,6 +63,11 @@ pub struct SnapshotOptions {
     /// The working-tree root: sources and databases are recorded relative
     /// to it (absolute when outside it, or when no root is given).
     pub root: Option<PathBuf>,
+    /// When the ref's snapshot already has this root and these tables,
+    /// write no snapshot and leave the ref (like `git commit` with nothing
+    /// to commit); the report names the ref's snapshot and says
+    /// [`SnapshotReport::unchanged`].
+    pub skip_if_unchanged: bool,
 }
 
 impl Default for SnapshotOptions {
@@ -79,6 +84,7 @@ impl Default for SnapshotOptions {
             skip: Vec::new(),
             dbs: Vec::new(),
             root: None,
+            skip_if_unchanged: false,
         }
     }
 }
@@ -109,6 +115,9 @@ pub struct SnapshotReport {
     /// Files and directories that could not be read and were left out
     /// (a partial snapshot: the binary exits 3).
     pub skipped: Vec<Skipped>,
+    /// Nothing changed since the ref's snapshot (`id`), so none was written
+    /// ([`SnapshotOptions::skip_if_unchanged`]).
+    pub unchanged: bool,
 }
 
 /// Walks sources and builds their tree into a sink.
@@ -690,6 +699,31 @@ pub fn snapshot(
     let new_bytes = stats.stored_bytes.load(Ordering::Relaxed);
     session.finish()?;
 
+    if opts.skip_if_unchanged
+        && !opts.ref_name.is_empty()
+        && let Some(current) = store.read_ref(&opts.ref_name)?
+    {
+        let old = crate::names::load_snapshot(store, &current)?;
+        if old.root == Some(root) && old.tables == tables.objects {
+            if let Err(e) = StatCache::save(&cache_path, records) {
+                tracing::warn!("could not save the stat cache: {e}");
+            }
+            return Ok(SnapshotReport {
+                id: current,
+                parent: old.parents.first().copied(),
+                root: Some(root),
+                files,
+                dirs,
+                bytes,
+                read_bytes,
+                new_objects,
+                new_bytes,
+                tables: tables.rows,
+                skipped,
+                unchanged: true,
+            });
+        }
+    }
     let mut snap = Snapshot {
         parents: Vec::new(),
         time: now(),
@@ -724,6 +758,7 @@ pub fn snapshot(
         new_bytes: new_bytes + extra.1,
         tables: tables.rows,
         skipped,
+        unchanged: false,
     })
 }
 
