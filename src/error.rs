@@ -255,3 +255,23 @@ impl<T> IoContext<T> for rustix::io::Result<T> {
         self.map_err(|e| SyncError::io(op, path, e.into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_is_one_line_with_the_place_said_once() {
+        let e = SyncError::NotFound("http://h/t: refused".into()).context("push to http://h/t");
+        assert_eq!(e.to_string(), "push to http://h/t: refused");
+        let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let e = SyncError::io("creating", "/x/y", io).context("restore into /x");
+        assert!(e.to_string().starts_with("restore into /x: creating /x/y: "), "{e}");
+        assert!(matches!(e.root(), SyncError::Io { .. }));
+        // A cause that already says the context is not repeated.
+        let e = SyncError::Invalid("restore into /x failed".into()).context("restore into /x");
+        assert_eq!(e.to_string(), "restore into /x failed");
+        let e = SyncError::Interrupted.context("a").context("b");
+        assert!(matches!(e.root(), SyncError::Interrupted));
+    }
+}
