@@ -266,7 +266,11 @@ mod tests {
         assert_eq!(e.to_string(), "push to http://h/t: refused");
         let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
         let e = SyncError::io("creating", "/x/y", io).context("restore into /x");
-        assert!(e.to_string().starts_with("restore into /x: creating /x/y: "), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("restore into /x: creating /x/y: "),
+            "{e}"
+        );
         assert!(matches!(e.root(), SyncError::Io { .. }));
         // A cause that already says the context is not repeated.
         let e = SyncError::Invalid("restore into /x failed".into()).context("restore into /x");

@@ -25,7 +25,7 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser};
 
 use systemprompt_sync::SyncError;
-use systemprompt_sync::commands::{self as cmds, Console, Place, Printable};
+use systemprompt_sync::commands::{self as cmds, Console, NoProgress, Place, Printable};
 
 use args::Cmd;
 use progress::Bar;
@@ -140,7 +140,7 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
         Cmd::Local { cmd } => Box::new(cmds::local(&cmd.options(place), &bar)?),
         Cmd::Bundle { cmd } => bundle::run(ctx, cmd, &bar)?,
         Cmd::Cache { cmd } => cache::run(place, cmd, &bar)?,
-        Cmd::Deploy(a) => Box::new(cmds::deploy(&a.options(place), &bar, &mut console)?),
+        Cmd::Deploy(a) => Box::new(cmds::deploy(&a.options(place), &NoProgress, &mut console)?),
         Cmd::Serve(a) => {
             let quiet = ctx.quiet;
             cmds::serve(&a.options(), |addr| {
@@ -156,7 +156,7 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
             return Ok(0);
         }
     };
-    bar.finish();
+    drop(bar);
     Ok(report.print(ctx.json, ctx.quiet)?)
 }
 

@@ -93,6 +93,7 @@ pub fn push(
     let report = crate::transfer::push(&store, &*r, name.as_deref(), &refs, opts.force, progress)
         .context_with(|| format!("push to {}", r.describe()))?;
     let seconds = start.elapsed().as_secs_f64();
+    progress.finish();
     let pushed = report
         .refs
         .iter()
