@@ -130,9 +130,13 @@ pub struct Scanner<'a> {
     excludes: Vec<String>,
     progress: &'a dyn Progress,
     skipped: Mutex<Vec<Skipped>>,
+    /// Files scanned.
     pub files: AtomicU64,
+    /// Directories scanned.
     pub dirs: AtomicU64,
+    /// Bytes of file contents scanned.
     pub bytes: AtomicU64,
+    /// Bytes read from files (the rest came from the stat cache).
     pub read_bytes: AtomicU64,
 }
 
@@ -165,6 +169,7 @@ thread_local! {
 }
 
 impl<'a> Scanner<'a> {
+    /// A scanner writing into `sink`, cutting with `chunker`, trusting `cache` for unchanged files.
     pub fn new(
         sink: &'a dyn ObjectSink,
         chunker: Chunker,
@@ -188,11 +193,13 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// Never enters these (canonical) paths.
     pub fn with_skip(mut self, skip: Vec<PathBuf>) -> Self {
         self.skip = skip;
         self
     }
 
+    /// Leaves out paths matching these gitignore-style patterns.
     pub fn with_excludes(mut self, excludes: Vec<String>) -> Self {
         self.excludes = excludes;
         self
@@ -838,7 +845,9 @@ pub fn commit(
 /// An object sink over a store that keeps new trees and lists in memory and
 /// drops chunks: what a working-tree diff needs.
 pub struct Scratch<'a> {
+    /// The store read for what already exists.
     pub store: &'a Store,
+    /// New trees and lists, in memory.
     pub mem: MemStore,
 }
 

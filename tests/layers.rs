@@ -204,7 +204,7 @@ fn lib_modules() -> (BTreeSet<String>, BTreeSet<String>) {
     let (mut public, mut hidden) = (BTreeSet::new(), BTreeSet::new());
     let mut hide = false;
     for line in text.lines().map(str::trim) {
-        if line == "#[doc(hidden)]" {
+        if line.starts_with("#[") && line.contains("doc(hidden)") {
             hide = true;
         } else if let Some(m) = line.strip_prefix("pub mod ") {
             let m = m.trim_end_matches(';').to_string();
