@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::chunker::Chunker;
 use crate::db::restore::{DbRestoreOptions, restore_db};
-use crate::error::{Result, SyncError};
+use crate::error::{Context, Result, SyncError};
 use crate::id::ObjectId;
 use crate::progress::Progress;
 use crate::restore::{RestoreOptions, restore_to};
@@ -146,7 +146,8 @@ pub fn restore(
             },
         )?;
         let name = p.tree_path.rsplit('/').next().unwrap_or("").as_bytes();
-        let r = restore_to(store, &entry, name, &p.dest, &ropts, progress)?;
+        let r = restore_to(store, &entry, name, &p.dest, &ropts, progress)
+            .context_with(|| format!("restore into {}", p.dest.display()))?;
         report.restored.push(PlacedReport {
             target: p.dest.clone(),
             files: r.files,
@@ -195,7 +196,8 @@ pub fn restore(
                 tables: wanted,
             },
             progress,
-        )?;
+        )
+        .context_with(|| format!("restore into {}", path.display()))?;
         report.dbs.push(DbReport {
             db: path,
             created: r.created,

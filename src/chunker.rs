@@ -11,10 +11,15 @@ use serde::{Deserialize, Serialize};
 /// Chunker parameters: part of the format, since they decide the cut points.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ChunkerConfig {
+    /// The algorithm (`fastcdc-2020`).
     pub algorithm: String,
+    /// The smallest chunk, in bytes.
     pub min: u32,
+    /// The average chunk the cut points aim at, in bytes.
     pub avg: u32,
+    /// The largest chunk, in bytes.
     pub max: u32,
+    /// FastCDC's normalization level.
     pub normalization: u32,
 }
 
@@ -30,6 +35,7 @@ impl Default for ChunkerConfig {
     }
 }
 
+/// Cuts byte streams into content-defined chunks as a [`ChunkerConfig`] says.
 #[derive(Debug, Clone)]
 pub struct Chunker {
     min: usize,
@@ -40,6 +46,7 @@ pub struct Chunker {
 }
 
 impl Chunker {
+    /// A chunker for `cfg`.
     pub fn new(cfg: &ChunkerConfig) -> Self {
         let level = match cfg.normalization {
             0 => Normalization::Level0,
@@ -57,10 +64,12 @@ impl Chunker {
         }
     }
 
+    /// The largest chunk it makes.
     pub fn max_size(&self) -> usize {
         self.max
     }
 
+    /// The smallest chunk it makes (but a file's last).
     pub fn min_size(&self) -> usize {
         self.min
     }

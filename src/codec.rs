@@ -11,7 +11,9 @@ use crate::id::ObjectId;
 /// Why bytes failed to decode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError {
+    /// Where, in bytes from the start.
     pub offset: usize,
+    /// What was wrong.
     pub what: String,
 }
 
@@ -23,55 +25,66 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+/// A decoding result.
 pub type DResult<T> = Result<T, DecodeError>;
 
 /// Appends canonical encodings to a byte vector.
 #[derive(Default, Debug, Clone)]
 pub struct Writer {
+    /// The bytes written so far.
     pub buf: Vec<u8>,
 }
 
 impl Writer {
+    /// An empty writer.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// An empty writer with room for `n` bytes.
     pub fn with_capacity(n: usize) -> Self {
         Writer {
             buf: Vec::with_capacity(n),
         }
     }
 
+    /// One byte.
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.buf.push(v);
         self
     }
 
+    /// An unsigned LEB128 varint (shortest form).
     pub fn varint(&mut self, v: u64) -> &mut Self {
         put_varint(&mut self.buf, v);
         self
     }
 
+    /// A signed integer, zigzag-encoded as a varint.
     pub fn zigzag(&mut self, v: i64) -> &mut Self {
         self.varint(((v << 1) ^ (v >> 63)) as u64)
     }
 
+    /// A length (varint) and the bytes.
     pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
         self.varint(b.len() as u64);
         self.buf.extend_from_slice(b);
         self
     }
 
+    /// The bytes as they are (no length).
     pub fn raw(&mut self, b: &[u8]) -> &mut Self {
         self.buf.extend_from_slice(b);
         self
     }
 
+    /// An object id's 32 bytes.
     pub fn id(&mut self, id: &ObjectId) -> &mut Self {
         self.buf.extend_from_slice(&id.0);
         self
     }
 
+    /// The bytes written.
     pub fn into_vec(self) -> Vec<u8> {
         self.buf
     }
@@ -100,22 +113,27 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A reader at the start of `buf`.
     pub fn new(buf: &'a [u8]) -> Self {
         Reader { buf, pos: 0 }
     }
 
+    /// Bytes read so far.
     pub fn pos(&self) -> usize {
         self.pos
     }
 
+    /// Bytes left.
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
 
+    /// Whether everything was read.
     pub fn is_empty(&self) -> bool {
         self.pos == self.buf.len()
     }
 
+    /// A [`DecodeError`] saying `what`, at the current offset.
     pub fn err<T>(&self, what: impl Into<String>) -> DResult<T> {
         Err(DecodeError {
             offset: self.pos,
@@ -123,6 +141,7 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// One byte.
     pub fn u8(&mut self) -> DResult<u8> {
         match self.buf.get(self.pos) {
             Some(&b) => {
@@ -133,6 +152,7 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The next `n` bytes.
     pub fn take(&mut self, n: usize) -> DResult<&'a [u8]> {
         if self.remaining() < n {
             return self.err(format!(
@@ -145,6 +165,7 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
+    /// A varint; an overlong form or one past 64 bits is an error.
     pub fn varint(&mut self) -> DResult<u64> {
         let start = self.pos;
         let mut v: u64 = 0;
@@ -178,6 +199,7 @@ impl<'a> Reader<'a> {
         Ok(v)
     }
 
+    /// A zigzag-encoded signed integer.
     pub fn zigzag(&mut self) -> DResult<i64> {
         let v = self.varint()?;
         Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
@@ -200,6 +222,7 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// An object id's 32 bytes.
     pub fn id(&mut self) -> DResult<ObjectId> {
         let b = self.take(32)?;
         let mut a = [0u8; 32];

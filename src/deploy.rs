@@ -1020,6 +1020,8 @@ pub trait DeployEvents {
     fn step_start(&mut self, _target: &str, _index: usize, _name: &str, _command: &str) {}
     /// Another deploy of the target holds its lock; this one waits.
     fn waiting(&mut self, _target: &str) {}
+    /// A note for the person watching (which config is used, what ran).
+    fn note(&mut self, _text: &str) {}
 }
 
 impl<F: FnMut(&StepLine<'_>)> DeployEvents for F {

@@ -14,16 +14,22 @@ use crate::object::ObjectSource;
 use crate::object::tree::{Entry, EntryKind, MAX_TREE_DEPTH, decode_entry, read_dir, too_deep};
 use crate::pmap::{self, Change};
 
+/// How a path differs between two trees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChangeKind {
+    /// Only in the new tree.
     Added,
+    /// Only in the old tree.
     Removed,
+    /// In both, with other contents or mode.
     Modified,
+    /// In both, as another kind (file, directory, symlink).
     Type,
 }
 
 impl ChangeKind {
+    /// `+`, `-`, `M` or `T`, as the list view prints it.
     pub fn symbol(self) -> char {
         match self {
             ChangeKind::Added => '+',
@@ -34,17 +40,24 @@ impl ChangeKind {
     }
 }
 
+/// A path that differs between two trees.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FileChange {
     /// The path (lossy UTF-8); directories end with `/`.
     pub path: String,
+    /// The path's bytes as stored (not necessarily UTF-8).
     #[serde(skip)]
     pub raw_path: Vec<u8>,
+    /// How it differs.
     pub change: ChangeKind,
+    /// The old file's size (files only).
     pub old_size: Option<u64>,
+    /// The new file's size (files only).
     pub new_size: Option<u64>,
+    /// The old entry's kind, for a type change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub old_type: Option<&'static str>,
+    /// The new entry's kind, for a type change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new_type: Option<&'static str>,
 }
@@ -52,15 +65,22 @@ pub struct FileChange {
 /// Totals of a diff, for `--stat`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DiffStat {
+    /// Paths added.
     pub added: u64,
+    /// Paths removed.
     pub removed: u64,
+    /// Paths modified.
     pub modified: u64,
+    /// Paths whose kind changed.
     pub type_changed: u64,
+    /// Bytes of the files added (and the new side of modified ones).
     pub bytes_added: u64,
+    /// Bytes of the files removed (and the old side of modified ones).
     pub bytes_removed: u64,
 }
 
 impl DiffStat {
+    /// Counts one change.
     pub fn add(&mut self, c: &FileChange) {
         match c.change {
             ChangeKind::Added => self.added += 1,
@@ -76,6 +96,7 @@ impl DiffStat {
         }
     }
 
+    /// Every change counted.
     pub fn total(&self) -> u64 {
         self.added + self.removed + self.modified + self.type_changed
     }

@@ -134,6 +134,36 @@ pub enum SyncError {
     /// The operation was interrupted.
     #[error("interrupted")]
     Interrupted,
+
+    /// An error with what was being done when it happened, on one line:
+    /// `restore into DIR: …`, `push to URL: …`.
+    #[error("{}", context_line(context, source))]
+    Context {
+        /// What was being done.
+        context: String,
+        /// What went wrong.
+        #[source]
+        source: Box<SyncError>,
+    },
+}
+
+/// `context: source`, the place said once: `push to URL` and `URL: refused`
+/// read `push to URL: refused`; a source that already says the context is
+/// not repeated.
+fn context_line(context: &str, source: &SyncError) -> String {
+    let text = source.to_string().replace('\n', " ");
+    let text = text.trim();
+    if text.contains(context) {
+        return text.to_string();
+    }
+    let rest = context
+        .rsplit(' ')
+        .next()
+        .filter(|l| l.len() > 3)
+        .and_then(|last| text.strip_prefix(last))
+        .and_then(|r| r.strip_prefix(": "))
+        .unwrap_or(text);
+    format!("{context}: {rest}")
 }
 
 fn show(id: &Option<ObjectId>) -> String {
@@ -169,14 +199,42 @@ impl SyncError {
         }
     }
 
+    /// This error with `context` (what was being done) before it.
+    pub fn context(self, context: impl Into<String>) -> Self {
+        SyncError::Context {
+            context: context.into(),
+            source: Box::new(self),
+        }
+    }
+
+    /// The error under any [`SyncError::Context`].
+    pub fn root(&self) -> &SyncError {
+        match self {
+            SyncError::Context { source, .. } => source.root(),
+            e => e,
+        }
+    }
+
     /// Whether this error says that data in the store is damaged or missing.
     pub fn is_integrity(&self) -> bool {
         matches!(
-            self,
+            self.root(),
             SyncError::CorruptObject { .. }
                 | SyncError::CorruptFile { .. }
                 | SyncError::MissingObject { .. }
         )
+    }
+}
+
+/// Adds what was being done to a failure.
+pub trait Context<T> {
+    /// Wraps the error in [`SyncError::Context`], `what` made on failure only.
+    fn context_with(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for Result<T> {
+    fn context_with(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| e.context(what()))
     }
 }
 
@@ -195,5 +253,29 @@ impl<T> IoContext<T> for std::io::Result<T> {
 impl<T> IoContext<T> for rustix::io::Result<T> {
     fn ctx(self, op: &'static str, path: impl AsRef<Path>) -> Result<T> {
         self.map_err(|e| SyncError::io(op, path, e.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_is_one_line_with_the_place_said_once() {
+        let e = SyncError::NotFound("http://h/t: refused".into()).context("push to http://h/t");
+        assert_eq!(e.to_string(), "push to http://h/t: refused");
+        let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let e = SyncError::io("creating", "/x/y", io).context("restore into /x");
+        assert!(
+            e.to_string()
+                .starts_with("restore into /x: creating /x/y: "),
+            "{e}"
+        );
+        assert!(matches!(e.root(), SyncError::Io { .. }));
+        // A cause that already says the context is not repeated.
+        let e = SyncError::Invalid("restore into /x failed".into()).context("restore into /x");
+        assert_eq!(e.to_string(), "restore into /x failed");
+        let e = SyncError::Interrupted.context("a").context("b");
+        assert!(matches!(e.root(), SyncError::Interrupted));
     }
 }

@@ -233,7 +233,9 @@ impl Hasher for IdHasher {
     fn write_usize(&mut self, _: usize) {}
 }
 
+/// A hash map keyed by object ids (which are already hashes: not hashed again).
 pub type IdMap<V> = std::collections::HashMap<ObjectId, V, BuildHasherDefault<IdHasher>>;
+/// A hash set of object ids (not hashed again).
 pub type IdSet = std::collections::HashSet<ObjectId, BuildHasherDefault<IdHasher>>;
 
 #[cfg(test)]

@@ -102,6 +102,7 @@
 pub mod bundle;
 pub mod cache;
 pub mod checkout;
+pub mod commands;
 pub mod compare;
 pub mod deploy;
 pub mod error;
@@ -110,47 +111,49 @@ pub mod progress;
 pub mod sync;
 
 // The machinery under the façade. Public (but hidden from the docs) only
-// because the integration tests, benches, fuzz targets and the binary's
-// remaining glue reach into it; a program should not.
-#[doc(hidden)]
+// because the integration tests, benches and fuzz targets reach into it; a
+// program should not. `cargo rustc --lib -- --cfg sp_sync_internal_docs`
+// (or RUSTDOCFLAGS="--cfg sp_sync_internal_docs" cargo doc) shows them to
+// rustdoc and to the missing_docs lint.
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod chunker;
-#[doc(hidden)]
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod codec;
-#[doc(hidden)]
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod collection;
-#[doc(hidden)]
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod db;
-#[doc(hidden)]
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod diff;
-#[doc(hidden)]
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod id;
-#[doc(hidden)]
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod names;
-#[doc(hidden)]
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod object;
-#[doc(hidden)]
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod pack;
-#[doc(hidden)]
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod patch;
-#[doc(hidden)]
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod pmap;
-#[doc(hidden)]
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod remote;
-#[doc(hidden)]
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod restore;
-#[doc(hidden)]
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod rt;
-#[doc(hidden)]
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod server;
-#[doc(hidden)]
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod snapshot;
-#[doc(hidden)]
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod sources;
-#[doc(hidden)]
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod store;
-#[doc(hidden)]
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod transfer;
-#[doc(hidden)]
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod workspace;
 
 pub use checkout::{CheckoutOptions, CheckoutReport};

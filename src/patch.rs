@@ -19,7 +19,9 @@ pub const MAX_TEXT: u64 = 8 << 20;
 pub enum Side<'a> {
     /// A snapshot's root tree in a store.
     Tree {
+        /// Where the objects are.
         src: &'a dyn ObjectSource,
+        /// The root tree (`None`: no files).
         root: Option<ObjectId>,
     },
     /// Files on disk: a path in the diff maps to a file (or `None`).
@@ -31,6 +33,7 @@ pub enum Side<'a> {
 pub enum Contents {
     /// Not there (added or removed), or not a regular file.
     Absent,
+    /// UTF-8 text, small enough to diff by lines.
     Text(String),
     /// Binary or too large: only its size.
     Binary(u64),
@@ -95,7 +98,9 @@ fn classify(bytes: Vec<u8>) -> Contents {
 /// A line of `--stat`: insertions and deletions, or binary sizes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LineStat {
+    /// Lines added.
     pub insertions: u64,
+    /// Lines removed.
     pub deletions: u64,
     /// `(old, new)` sizes when either side is binary.
     pub binary: Option<(u64, u64)>,

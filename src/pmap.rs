@@ -19,19 +19,25 @@ use crate::error::Result;
 use crate::id::{IdSet, ObjectId, ObjectType};
 use crate::object::{ObjectSink, ObjectSource, corrupt};
 
+/// The node format's version byte.
 pub const NODE_VERSION: u8 = 1;
 /// The largest key (a table's primary key may be as long as SQLite allows a
 /// value; a map node still holds at least two entries).
 pub const MAX_KEY: usize = 1 << 20;
+/// The largest value.
 pub const MAX_VALUE: usize = 1 << 20;
+/// The most levels a map may have (a deeper one is corrupt).
 pub const MAX_LEVEL: u8 = 40;
 
 /// Where a map's nodes end: no boundary before `min` entry bytes, one
 /// expected every `target` entry bytes after that, one forced at `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeParams {
+    /// No boundary before a node holds this many entry bytes.
     pub min: usize,
+    /// One boundary expected every this many entry bytes after `min`.
     pub target: u64,
+    /// A boundary forced at this many entry bytes.
     pub max: usize,
     /// No boundary before a node holds this many entries. Row maps need 2:
     /// a key longer than `max` would otherwise make every level a single
@@ -46,7 +52,9 @@ pub struct NodeParams {
 /// (internal entries are mostly 32-byte ids, which do not compress).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapParams {
+    /// For leaves (keys and values).
     pub leaf: NodeParams,
+    /// For internal nodes (keys and child ids).
     pub internal: NodeParams,
 }
 
@@ -152,6 +160,7 @@ pub fn is_boundary_with(
 /// A decoded node. Keys and values borrow from `raw`.
 #[derive(Debug, Clone)]
 pub struct Node {
+    /// 0 for a leaf; a child's level plus one for an internal node.
     pub level: u8,
     raw: Vec<u8>,
     /// (key start, key len, value start, value len) into `raw`.
@@ -206,30 +215,36 @@ impl Node {
         Ok(Node { level, raw, items })
     }
 
+    /// Entries in the node.
     pub fn len(&self) -> usize {
         self.items.len()
     }
 
+    /// Whether it has no entries.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
 
+    /// The `i`th key.
     pub fn key(&self, i: usize) -> &[u8] {
         let (ks, kl, _, _) = self.items[i];
         &self.raw[ks as usize..(ks + kl) as usize]
     }
 
+    /// The `i`th value (a leaf's).
     pub fn value(&self, i: usize) -> &[u8] {
         let (_, _, vs, vl) = self.items[i];
         &self.raw[vs as usize..(vs + vl) as usize]
     }
 
+    /// The `i`th child (an internal node's).
     pub fn child(&self, i: usize) -> ObjectId {
         let mut a = [0u8; 32];
         a.copy_from_slice(self.value(i));
         ObjectId(a)
     }
 
+    /// The node's last key, if any.
     pub fn last_key(&self) -> Option<&[u8]> {
         self.items.len().checked_sub(1).map(|i| self.key(i))
     }
@@ -380,6 +395,7 @@ pub struct MapBuilder<'a> {
 const NODE_BATCH: usize = 64;
 
 impl<'a> MapBuilder<'a> {
+    /// A builder writing nodes of kind `tag` into `sink`; keys must come in order.
     pub fn new(tag: ObjectType, sink: &'a dyn ObjectSink) -> Self {
         MapBuilder {
             tag,
@@ -433,6 +449,7 @@ impl<'a> MapBuilder<'a> {
         self.total
     }
 
+    /// Whether nothing was pushed.
     pub fn is_empty(&self) -> bool {
         self.total == 0
     }
@@ -593,6 +610,7 @@ pub struct MapIter<'a> {
 }
 
 impl<'a> MapIter<'a> {
+    /// Iterates the map of kind `tag` at `root` in key order.
     pub fn new(src: &'a dyn ObjectSource, tag: ObjectType, root: ObjectId) -> Self {
         MapIter {
             src,
@@ -667,8 +685,11 @@ impl Iterator for MapIter<'_> {
 /// One difference between two maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
+    /// Only in `b`: its value.
     Added(Vec<u8>),
+    /// Only in `a`: its value.
     Removed(Vec<u8>),
+    /// In both with other values: (`a`'s, `b`'s).
     Modified(Vec<u8>, Vec<u8>),
 }
 
@@ -752,7 +773,9 @@ impl Side<'_> {
 /// node) opened together at the same place — good delta bases.
 #[derive(Debug, Default)]
 pub struct DiffNodes {
+    /// The nodes of `b` the diff opened.
     pub b_nodes: Vec<ObjectId>,
+    /// (a node, b node) pairs opened at the same place.
     pub pairs: Vec<(ObjectId, ObjectId)>,
 }
 

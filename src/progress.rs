@@ -12,6 +12,8 @@ pub trait Progress: Sync {
     fn add(&self, _items: u64, _bytes: u64) {}
     /// What is happening now.
     fn stage(&self, _what: &str) {}
+    /// The work this progress followed is over (a bar clears itself).
+    fn finish(&self) {}
     /// Whether the user asked to stop (Ctrl-C).
     fn interrupted(&self) -> bool {
         interrupted()

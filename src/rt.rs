@@ -3,12 +3,14 @@
 
 use crate::error::{IoContext, Result, SyncError};
 
+/// A tokio runtime for blocking callers: `block_on` from synchronous code.
 pub struct BlockingRuntime {
     rt: tokio::runtime::Runtime,
     name: &'static str,
 }
 
 impl BlockingRuntime {
+    /// A runtime whose threads are named after `name`.
     pub fn new(name: &'static str) -> Result<BlockingRuntime> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -64,14 +64,18 @@ use crate::store::{Backend, LockMode, Store};
 /// `quota = "10GiB"` (or a number of bytes).
 #[derive(Debug, Clone, Deserialize)]
 pub struct TokensFile {
+    /// Each tenant's tokens and quota, by tenant name.
     #[serde(default)]
     pub tenants: HashMap<String, TenantTokens>,
 }
 
+/// One tenant's `[tenants.NAME]`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TenantTokens {
+    /// Bearer tokens that may use the tenant.
     #[serde(default)]
     pub tokens: Vec<String>,
+    /// The most its store may hold (none: no limit).
     #[serde(default)]
     pub quota: Option<Size>,
 }
@@ -80,7 +84,9 @@ pub struct TenantTokens {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum Size {
+    /// A number of bytes.
     Bytes(u64),
+    /// A size with a unit: `10GiB`, `500MB`.
     Text(String),
 }
 
@@ -109,9 +115,11 @@ pub fn parse_size(s: &str) -> Option<u64> {
 /// How `serve` was started.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// The address to listen on (`HOST:PORT`; port 0: any free port).
     pub listen: String,
     /// A directory, or `s3://BUCKET/PREFIX`.
     pub data: String,
+    /// The tokens file (`[tenants.NAME] tokens = […]`); none: every tenant is open.
     pub tokens: Option<PathBuf>,
     /// The largest request body accepted for `objects` (others: 4 MiB).
     pub max_body: u64,

@@ -63,6 +63,11 @@ pub struct SnapshotOptions {
     /// The working-tree root: sources and databases are recorded relative
     /// to it (absolute when outside it, or when no root is given).
     pub root: Option<PathBuf>,
+    /// When the ref's snapshot already has this root and these tables,
+    /// write no snapshot and leave the ref (like `git commit` with nothing
+    /// to commit); the report names the ref's snapshot and says
+    /// [`SnapshotReport::unchanged`].
+    pub skip_if_unchanged: bool,
 }
 
 impl Default for SnapshotOptions {
@@ -79,6 +84,7 @@ impl Default for SnapshotOptions {
             skip: Vec::new(),
             dbs: Vec::new(),
             root: None,
+            skip_if_unchanged: false,
         }
     }
 }
@@ -109,6 +115,9 @@ pub struct SnapshotReport {
     /// Files and directories that could not be read and were left out
     /// (a partial snapshot: the binary exits 3).
     pub skipped: Vec<Skipped>,
+    /// Nothing changed since the ref's snapshot (`id`), so none was written
+    /// ([`SnapshotOptions::skip_if_unchanged`]).
+    pub unchanged: bool,
 }
 
 /// Walks sources and builds their tree into a sink.
@@ -121,9 +130,13 @@ pub struct Scanner<'a> {
     excludes: Vec<String>,
     progress: &'a dyn Progress,
     skipped: Mutex<Vec<Skipped>>,
+    /// Files scanned.
     pub files: AtomicU64,
+    /// Directories scanned.
     pub dirs: AtomicU64,
+    /// Bytes of file contents scanned.
     pub bytes: AtomicU64,
+    /// Bytes read from files (the rest came from the stat cache).
     pub read_bytes: AtomicU64,
 }
 
@@ -156,6 +169,7 @@ thread_local! {
 }
 
 impl<'a> Scanner<'a> {
+    /// A scanner writing into `sink`, cutting with `chunker`, trusting `cache` for unchanged files.
     pub fn new(
         sink: &'a dyn ObjectSink,
         chunker: Chunker,
@@ -179,11 +193,13 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// Never enters these (canonical) paths.
     pub fn with_skip(mut self, skip: Vec<PathBuf>) -> Self {
         self.skip = skip;
         self
     }
 
+    /// Leaves out paths matching these gitignore-style patterns.
     pub fn with_excludes(mut self, excludes: Vec<String>) -> Self {
         self.excludes = excludes;
         self
@@ -690,6 +706,31 @@ pub fn snapshot(
     let new_bytes = stats.stored_bytes.load(Ordering::Relaxed);
     session.finish()?;
 
+    if opts.skip_if_unchanged
+        && !opts.ref_name.is_empty()
+        && let Some(current) = store.read_ref(&opts.ref_name)?
+    {
+        let old = crate::names::load_snapshot(store, &current)?;
+        if old.root == Some(root) && old.tables == tables.objects {
+            if let Err(e) = StatCache::save(&cache_path, records) {
+                tracing::warn!("could not save the stat cache: {e}");
+            }
+            return Ok(SnapshotReport {
+                id: current,
+                parent: old.parents.first().copied(),
+                root: Some(root),
+                files,
+                dirs,
+                bytes,
+                read_bytes,
+                new_objects,
+                new_bytes,
+                tables: tables.rows,
+                skipped,
+                unchanged: true,
+            });
+        }
+    }
     let mut snap = Snapshot {
         parents: Vec::new(),
         time: now(),
@@ -724,6 +765,7 @@ pub fn snapshot(
         new_bytes: new_bytes + extra.1,
         tables: tables.rows,
         skipped,
+        unchanged: false,
     })
 }
 
@@ -803,7 +845,9 @@ pub fn commit(
 /// An object sink over a store that keeps new trees and lists in memory and
 /// drops chunks: what a working-tree diff needs.
 pub struct Scratch<'a> {
+    /// The store read for what already exists.
     pub store: &'a Store,
+    /// New trees and lists, in memory.
     pub mem: MemStore,
 }
 

@@ -214,6 +214,10 @@ pub struct SyncResult {
     pub rows_deleted: u64,
     /// Files written, removed (pull with delete, local to-disk).
     pub files_removed: u64,
+    /// Push: nothing changed since the last snapshot pushed from here, so
+    /// no new snapshot was written (the remote is brought up to date with
+    /// that one).
+    pub up_to_date: bool,
     /// Local sync: the full report (keys, actions, conflicts).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalReport>,
@@ -391,6 +395,7 @@ fn files(c: &SyncConfig) -> Result<SyncResult> {
                 ref_name: FILES_REF.into(),
                 skip,
                 root: Some(c.services_path.clone()),
+                skip_if_unchanged: true,
                 ..Default::default()
             };
             push(c, opts, "files")
@@ -442,6 +447,7 @@ fn database(c: &SyncConfig) -> Result<SyncResult> {
                     path: absolute(&path),
                     tables: Vec::new(),
                 }],
+                skip_if_unchanged: true,
                 ..Default::default()
             };
             push(c, opts, "database")
@@ -487,6 +493,7 @@ fn push(c: &SyncConfig, opts: SnapshotOptions, kind: &'static str) -> Result<Syn
         files: snap.files,
         bytes: snap.bytes,
         tables: snap.tables,
+        up_to_date: snap.unchanged,
         ..Default::default()
     };
     if c.dry_run {

@@ -36,7 +36,9 @@ pub type GetMeta<'a> = dyn FnMut(&[(ObjectType, ObjectId)]) -> Result<Vec<Stored
 /// What is missing on the receiving side, children before parents, with
 /// the non-chunk objects read while negotiating.
 pub struct Plan {
+    /// Objects to send, children before parents.
     pub order: Vec<(ObjectType, ObjectId)>,
+    /// The non-chunk objects already read while negotiating, by id.
     pub meta: IdMap<StoredObject>,
 }
 
@@ -138,22 +140,30 @@ pub fn plan(
 /// One ref a transfer moved (or could not).
 #[derive(Debug, Clone, Serialize)]
 pub struct RefUpdate {
+    /// The ref's name.
     #[serde(rename = "ref")]
     pub name: String,
+    /// What it names after the transfer.
     pub id: ObjectId,
+    /// What it named before (`None`: new).
     pub old: Option<ObjectId>,
     /// Whether the ref (local for pull, remote for push) now names `id`.
     pub updated: bool,
+    /// Why the ref did not move, when it did not (not a fast-forward).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
 }
 
+/// What a push or pull moved.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TransferReport {
+    /// Objects moved.
     pub objects: u64,
     /// Bytes of objects moved (as stored, compressed).
     pub object_bytes: u64,
+    /// Requests made and bytes on the wire.
     pub traffic: Traffic,
+    /// What happened to each ref.
     pub refs: Vec<RefUpdate>,
 }
 

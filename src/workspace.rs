@@ -16,6 +16,7 @@ pub const PROJECT_FILE: &str = "sp-sync.toml";
 /// `sp-sync.toml` (the parts this version reads).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct ProjectConfig {
+    /// `[snapshot]`: what a snapshot without paths takes.
     #[serde(default)]
     pub snapshot: SnapshotSection,
     /// Databases whose tables every snapshot takes (`[[db]]`).
@@ -34,11 +35,14 @@ pub struct ProjectConfig {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DbSection {
+    /// The database file, relative to the working-tree root.
     pub path: String,
+    /// Only these tables (empty: all).
     #[serde(default)]
     pub tables: Vec<String>,
 }
 
+/// `[snapshot]` of `sp-sync.toml`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct SnapshotSection {
     /// Paths to snapshot, relative to the working-tree root.
@@ -50,6 +54,7 @@ pub struct SnapshotSection {
 }
 
 impl ProjectConfig {
+    /// Parses `sp-sync.toml`'s text (`path` for messages).
     pub fn parse(text: &str, path: &Path) -> Result<ProjectConfig> {
         toml::from_str(text)
             .map_err(|e| SyncError::Invalid(format!("{}: {}", path.display(), e.message())))
@@ -79,6 +84,7 @@ pub struct Workspace {
 }
 
 impl Workspace {
+    /// Finds the store: `explicit` (`--store`), else a `.sp-sync` at or above `cwd`.
     pub fn locate(explicit: Option<&Path>, cwd: &Path) -> Result<Workspace> {
         let store_dir = locate(explicit, cwd)?;
         let store_dir = if store_dir.is_absolute() || store_dir.starts_with("s3:") {
@@ -109,6 +115,7 @@ impl Workspace {
         }
     }
 
+    /// The project's `sp-sync.toml` (defaults when there is none).
     pub fn project(&self) -> Result<ProjectConfig> {
         ProjectConfig::load(&self.root)
     }

@@ -204,6 +204,34 @@ fn restore_command_and_exit_statuses() {
     assert!(err.contains("sp-sync init"), "{err}");
 }
 
+/// A restore that cannot write says where it was restoring to, on the one
+/// `error:` line (`fails` checks there is one).
+#[test]
+fn restore_errors_say_where() {
+    let (t, w) = workdir();
+    ok(&w, &["init"]);
+    ok(&w, &["snapshot"]);
+    std::fs::write(t.path().join("afile"), "").unwrap();
+    let under_a_file = t.path().join("afile/sub");
+    let err = fails(&w, &["restore", "main", under_a_file.to_str().unwrap()], 1);
+    let line = format!("error: restore into {}: ", under_a_file.display());
+    assert!(err.starts_with(&line), "{err}");
+    // The tables into a path that is a directory.
+    let db = t.path().join("app.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');",
+    )
+    .unwrap();
+    drop(c);
+    ok(&w, &["snapshot", "--db", db.to_str().unwrap()]);
+    let dir = t.path().join("adir");
+    std::fs::create_dir(&dir).unwrap();
+    let err = fails(&w, &["restore", "main", "--db", dir.to_str().unwrap()], 1);
+    let line = format!("error: restore into {}: ", dir.display());
+    assert!(err.starts_with(&line), "{err}");
+}
+
 #[test]
 fn refs_by_hand() {
     let (_t, w) = workdir();

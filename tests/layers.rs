@@ -5,8 +5,9 @@
 //! - the floor (`id.rs`, `codec.rs`, `error.rs`) names only the floor;
 //! - the objects (`object/`, `pmap.rs`, `chunker.rs`) name only the floor
 //!   and each other: no `db`, `store`, `snapshot`, … above them;
-//! - the binary's code (`src/cli/`) names only the façade: never the
-//!   object, chunker, map, store, codec, pack or database internals.
+//! - the binary's code (`src/cli/`) names only the façade ([`FACADE`]
+//!   modules and the crate root's re-exports): never a module under it
+//!   ([`CLI_FORBIDDEN`], every `#[doc(hidden)]` module of `lib.rs`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -167,10 +168,57 @@ fn violations(allowed: impl Fn(&str, &str) -> bool) -> Vec<String> {
 
 const FLOOR: &[&str] = &["id", "codec", "error"];
 const OBJECTS: &[&str] = &["object", "pmap", "chunker"];
+/// The façade: the public modules a program (and the binary) calls.
+const FACADE: &[&str] = &[
+    "bundle", "cache", "checkout", "commands", "compare", "deploy", "error", "local", "progress",
+    "sync",
+];
 /// What `src/cli/` may not name: the internals under the façade.
 const CLI_FORBIDDEN: &[&str] = &[
-    "object", "chunker", "pmap", "store", "codec", "pack", "db", "id", "rt",
+    "chunker",
+    "codec",
+    "collection",
+    "db",
+    "diff",
+    "id",
+    "names",
+    "object",
+    "pack",
+    "patch",
+    "pmap",
+    "remote",
+    "restore",
+    "rt",
+    "server",
+    "snapshot",
+    "sources",
+    "store",
+    "transfer",
+    "workspace",
 ];
+
+/// `lib.rs`'s `pub mod`s: (the public ones, the `#[doc(hidden)]` ones).
+fn lib_modules() -> (BTreeSet<String>, BTreeSet<String>) {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs");
+    let text = std::fs::read_to_string(lib).unwrap();
+    let (mut public, mut hidden) = (BTreeSet::new(), BTreeSet::new());
+    let mut hide = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with("#[") && line.contains("doc(hidden)") {
+            hide = true;
+        } else if let Some(m) = line.strip_prefix("pub mod ") {
+            let m = m.trim_end_matches(';').to_string();
+            if std::mem::take(&mut hide) {
+                hidden.insert(m);
+            } else {
+                public.insert(m);
+            }
+        } else if !line.starts_with("#[") {
+            hide = false;
+        }
+    }
+    (public, hidden)
+}
 
 #[test]
 fn the_floor_and_the_objects_name_nothing_above_them() {
@@ -197,6 +245,23 @@ fn the_cli_names_only_the_facade() {
         bad.is_empty(),
         "src/cli/ reaches under the façade:\n{}",
         bad.join("\n")
+    );
+}
+
+/// The lists above are `lib.rs`'s: a new module is either façade or internal.
+#[test]
+fn the_facade_list_is_lib_rs() {
+    let (public, hidden) = lib_modules();
+    let set = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        public,
+        set(FACADE),
+        "FACADE must list lib.rs's public modules"
+    );
+    assert_eq!(
+        hidden,
+        set(CLI_FORBIDDEN),
+        "CLI_FORBIDDEN must list lib.rs's #[doc(hidden)] modules"
     );
 }
 

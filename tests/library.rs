@@ -154,12 +154,69 @@ fn the_example_code_in_process() {
             .sync_all(),
         )
         .unwrap();
-    // Only the two new snapshot objects travel (the files and the rows
-    // are there already), each on top of what the first push moved.
+    // Nothing changed: no snapshot is written (like `git commit` with
+    // nothing to commit), nothing travels, the remote's refs stay.
     for r in &again {
-        assert_eq!(r.objects, 1, "{r:?}");
-        assert!(r.previous.is_some() && r.previous != r.snapshot);
+        assert!(r.up_to_date, "{r:?}");
+        assert_eq!(r.objects, 0, "{r:?}");
+        assert!(r.previous.is_some() && r.previous == r.snapshot, "{r:?}");
     }
+}
+
+#[test]
+fn a_push_with_nothing_changed_writes_no_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server(tmp.path());
+    let url = format!("http://{}", srv.addr);
+    let (s, db) = services(tmp.path());
+    let push = || {
+        let cfg = SyncConfig::builder("acme", &url, TOKEN, &s)
+            .with_database(db.to_string_lossy())
+            .build();
+        rt().block_on(SyncService::new(cfg).sync_all()).unwrap()
+    };
+    let remote_refs = || {
+        let (status, body) = net::http(&srv.addr, "GET", "/v1/acme/refs", Some(TOKEN), b"");
+        assert_eq!(status, 200);
+        body
+    };
+    let local = s.join(".sp-sync");
+    let snapshots = |dir: &Path| {
+        let store = Store::open(dir, LockMode::Shared).unwrap();
+        let id = store.read_ref("files").unwrap().unwrap();
+        systemprompt_sync::history(&store, id, None).unwrap().len()
+    };
+
+    let first = push();
+    assert!(
+        first.iter().all(|r| !r.up_to_date && r.objects > 0),
+        "{first:?}"
+    );
+    let refs = remote_refs();
+    let kept = snapshots(&local);
+
+    // The same folder and database again: up to date, nothing written or sent.
+    let second = push();
+    for (a, b) in first.iter().zip(&second) {
+        assert!(b.up_to_date, "{b:?}");
+        assert_eq!(b.objects, 0, "{b:?}");
+        assert_eq!(b.snapshot, a.snapshot, "{b:?}");
+        assert_eq!(b.previous, a.snapshot, "{b:?}");
+    }
+    assert_eq!(remote_refs(), refs);
+    assert_eq!(snapshots(&local), kept);
+
+    // A changed file: a new snapshot of the files, on top of the first;
+    // the database, unchanged, stays up to date.
+    std::fs::write(s.join("agents/bot.md"), "# bot v2\n").unwrap();
+    let third = push();
+    let files = third.iter().find(|r| r.kind == "files").unwrap();
+    let rows = third.iter().find(|r| r.kind == "database").unwrap();
+    assert!(!files.up_to_date && files.objects > 0, "{files:?}");
+    assert_ne!(files.snapshot, first[0].snapshot);
+    assert_eq!(files.previous, first[0].snapshot);
+    assert!(rows.up_to_date && rows.objects == 0, "{rows:?}");
+    assert_eq!(snapshots(&local), kept + 1);
 }
 
 #[test]

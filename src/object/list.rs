@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::id::{ObjectId, ObjectType};
 use crate::object::{ObjectSink, ObjectSource, corrupt};
 
+/// The list node format's version byte.
 pub const LIST_VERSION: u8 = 1;
 /// Lists of up to this many chunks are stored inline in the tree entry.
 pub const MAX_INLINE: usize = 16;
@@ -28,7 +29,9 @@ pub const MAX_CHUNK_LEN: u64 = crate::object::MAX_OBJECT_SIZE as u64;
 /// One chunk of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChunkRef {
+    /// The chunk's id.
     pub id: ObjectId,
+    /// Its length in bytes.
     pub len: u64,
 }
 
@@ -74,11 +77,14 @@ pub fn check_list_canonical(
 /// A decoded list node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListNode {
+    /// 0 for nodes of chunks; a child's level plus one above.
     pub level: u8,
+    /// Chunks (level 0) or child nodes, each with the bytes under it.
     pub entries: Vec<ChunkRef>,
 }
 
 impl ListNode {
+    /// The canonical bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(3 + self.entries.len() * 36);
         w.u8(LIST_VERSION)
@@ -90,6 +96,7 @@ impl ListNode {
         w.into_vec()
     }
 
+    /// Reads a list node from its canonical bytes (strictly).
     pub fn decode(b: &[u8]) -> std::result::Result<ListNode, DecodeError> {
         let mut r = Reader::new(b);
         let v = r.u8()?;
@@ -140,6 +147,7 @@ pub struct ListBuilder<'a> {
 }
 
 impl<'a> ListBuilder<'a> {
+    /// A builder writing list nodes into `sink`.
     pub fn new(sink: &'a dyn ObjectSink) -> Self {
         ListBuilder {
             sink,
@@ -147,6 +155,7 @@ impl<'a> ListBuilder<'a> {
         }
     }
 
+    /// Appends a chunk.
     pub fn push(&mut self, c: ChunkRef) -> Result<()> {
         self.add(0, c)
     }
@@ -210,6 +219,7 @@ pub struct ListIter<'a> {
 }
 
 impl<'a> ListIter<'a> {
+    /// Iterates the chunks of the list at `root` (a tree `level` high, `size` bytes in all).
     pub fn new(src: &'a dyn ObjectSource, level: u8, root: ObjectId, size: u64) -> Self {
         ListIter {
             src,

@@ -18,6 +18,7 @@ pub const MAX_OBJECT_SIZE: usize = 16 << 20;
 /// Where objects come from: a store, a remote, an overlay of scratch objects.
 /// Every implementation returns bytes that were verified against `id`.
 pub trait ObjectSource: Sync {
+    /// The bytes of object `id` (of type `tag`), verified.
     fn get(&self, tag: ObjectType, id: &ObjectId) -> Result<Vec<u8>>;
 }
 
@@ -72,17 +73,21 @@ impl<T: ObjectSource + ?Sized + Send> ObjectSource for std::sync::Arc<T> {
 /// Counts the objects read through it (tests and benches use it to show a
 /// diff costs what changed, not what exists).
 pub struct CountingSource<S> {
+    /// The source read.
     pub inner: S,
+    /// Objects read so far.
     pub reads: std::sync::atomic::AtomicU64,
 }
 
 impl<S> CountingSource<S> {
+    /// Counts reads of `inner`.
     pub fn new(inner: S) -> Self {
         CountingSource {
             inner,
             reads: Default::default(),
         }
     }
+    /// Objects read so far.
     pub fn count(&self) -> u64 {
         self.reads.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -106,6 +111,7 @@ pub struct MemStore {
 }
 
 impl MemStore {
+    /// An empty store; `keep_chunks` false: chunks are hashed, not kept.
     pub fn new(keep_chunks: bool) -> Self {
         MemStore {
             objects: Default::default(),
@@ -113,10 +119,12 @@ impl MemStore {
         }
     }
 
+    /// Objects held.
     pub fn len(&self) -> usize {
         self.objects.read().map(|m| m.len()).unwrap_or(0)
     }
 
+    /// Whether it holds nothing.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -192,7 +200,9 @@ impl ObjectSource for MemStore {
 
 /// Reads from `first`, then from `second`: scratch objects over a store.
 pub struct Overlay<'a, A: ?Sized, B: ?Sized> {
+    /// Read first.
     pub first: &'a A,
+    /// Read when `first` lacks the object.
     pub second: &'a B,
 }
 

@@ -41,8 +41,10 @@ pub struct Sources {
     pub dbs: Vec<DbRecord>,
 }
 
+/// A database a snapshot took tables from.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct DbRecord {
+    /// Where it was (relative to the working-tree root, or absolute, or a URL without its password).
     pub location: String,
     /// Names of the snapshot's tables that came from this database.
     pub tables: Vec<String>,
@@ -51,22 +53,32 @@ pub struct DbRecord {
 /// A path left out of a partial snapshot, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Skipped {
+    /// The path, relative to the working-tree root.
     pub path: String,
+    /// The error that left it out.
     pub error: String,
 }
 
+/// A snapshot: a root tree, tables, parents, and when, where and why it was taken.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Snapshot {
+    /// The snapshots it follows (the ref's previous target).
     pub parents: Vec<ObjectId>,
+    /// When it was taken.
     pub time: Timestamp,
+    /// The host it was taken on.
     pub host: String,
+    /// Its message.
     pub message: String,
+    /// The root tree (`None`: no files).
     pub root: Option<ObjectId>,
     /// Files (regular files and symlinks) under the root.
     pub files: u64,
     /// Bytes of those files.
     pub bytes: u64,
+    /// Table objects by name.
     pub tables: BTreeMap<String, ObjectId>,
+    /// Free-form metadata (cache entries and deploy records keep theirs here).
     pub meta: BTreeMap<String, String>,
     /// Recorded sources (version 2); `None` for version-1 snapshots.
     pub sources: Option<Sources>,
@@ -91,6 +103,7 @@ fn read_strs(r: &mut Reader<'_>, limit: usize, what: &str) -> Result<Vec<String>
 }
 
 impl Snapshot {
+    /// The canonical bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(128);
         let version = if self.sources.is_some() { 2 } else { 1 };
@@ -135,6 +148,7 @@ impl Snapshot {
         w.into_vec()
     }
 
+    /// Reads a snapshot from its canonical bytes (strictly).
     pub fn decode(b: &[u8]) -> Result<Snapshot, DecodeError> {
         let mut r = Reader::new(b);
         let v = r.u8()?;
@@ -225,6 +239,7 @@ impl Snapshot {
         })
     }
 
+    /// Its id: the hash of its canonical bytes.
     pub fn id(&self) -> ObjectId {
         ObjectId::compute(ObjectType::Snapshot, &self.encode())
     }

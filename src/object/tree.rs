@@ -12,12 +12,17 @@ use crate::id::{ObjectId, ObjectType};
 use crate::object::list::{ChunkRef, ListIter, MAX_INLINE};
 use crate::object::{ObjectSource, corrupt};
 
+/// An entry kind byte: a regular file.
 pub const KIND_FILE: u8 = 1;
+/// An entry kind byte: a directory.
 pub const KIND_DIR: u8 = 2;
+/// An entry kind byte: a symlink.
 pub const KIND_SYMLINK: u8 = 3;
 /// Permission bits kept: rwx for user, group and other, setuid, setgid, sticky.
 pub const MODE_MASK: u32 = 0o7777;
+/// The longest entry name, in bytes.
 pub const MAX_NAME: usize = 1024;
+/// The longest symlink target, in bytes.
 pub const MAX_SYMLINK: usize = 4096;
 /// The deepest directory nesting any walk (restore, diff, ls -r, fsck, gc,
 /// transfer) follows. The writer never produces deeper trees on ordinary
@@ -38,7 +43,9 @@ pub fn too_deep(path: &[u8]) -> SyncError {
 /// Seconds and nanoseconds since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Timestamp {
+    /// Seconds (negative before 1970).
     pub secs: i64,
+    /// Nanoseconds within the second.
     pub nanos: u32,
 }
 
@@ -48,7 +55,12 @@ pub enum Content {
     /// The chunks themselves (at most [`MAX_INLINE`]).
     Inline(Vec<ChunkRef>),
     /// The root of a list tree.
-    Indirect { level: u8, root: ObjectId },
+    Indirect {
+        /// The list tree's height above its chunks.
+        level: u8,
+        /// Its root node.
+        root: ObjectId,
+    },
 }
 
 impl Content {
@@ -72,6 +84,7 @@ impl Content {
         }
     }
 
+    /// Reads a file's content description (its chunks add up to `size`).
     pub fn decode(r: &mut Reader<'_>, size: u64) -> std::result::Result<Content, DecodeError> {
         let form = r.u8()?;
         Ok(match form {
@@ -108,6 +121,7 @@ impl Content {
         })
     }
 
+    /// Writes the content description.
     pub fn encode(&self, w: &mut Writer) {
         match self {
             Content::Inline(v) => {
@@ -123,22 +137,41 @@ impl Content {
     }
 }
 
+/// What an entry is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum EntryKind {
-    File { size: u64, content: Content },
-    Dir { tree: ObjectId },
-    Symlink { target: Vec<u8> },
+    /// A regular file.
+    File {
+        /// Its length in bytes.
+        size: u64,
+        /// Its chunks.
+        content: Content,
+    },
+    /// A directory.
+    Dir {
+        /// Its tree (a directory map).
+        tree: ObjectId,
+    },
+    /// A symbolic link.
+    Symlink {
+        /// Where it points, as bytes.
+        target: Vec<u8>,
+    },
 }
 
 /// One directory entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Entry {
+    /// Permission bits (`0o755`).
     pub mode: u32,
+    /// Modification time.
     pub mtime: Timestamp,
+    /// File, directory or symlink.
     pub kind: EntryKind,
 }
 
 impl Entry {
+    /// `file`, `dir` or `symlink`.
     pub fn kind_name(&self) -> &'static str {
         match self.kind {
             EntryKind::File { .. } => "file",
@@ -147,6 +180,7 @@ impl Entry {
         }
     }
 
+    /// A file's size, a symlink target's length, 0 for a directory.
     pub fn size(&self) -> u64 {
         match &self.kind {
             EntryKind::File { size, .. } => *size,
@@ -155,12 +189,14 @@ impl Entry {
         }
     }
 
+    /// The entry's canonical bytes (the map's value).
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(64);
         self.encode_into(&mut w);
         w.into_vec()
     }
 
+    /// Writes the entry's canonical bytes.
     pub fn encode_into(&self, w: &mut Writer) {
         let kind = match self.kind {
             EntryKind::File { .. } => KIND_FILE,
@@ -185,6 +221,7 @@ impl Entry {
         }
     }
 
+    /// Reads an entry from its canonical bytes.
     pub fn decode(b: &[u8]) -> std::result::Result<Entry, DecodeError> {
         let mut r = Reader::new(b);
         let kind = r.u8()?;

@@ -20,22 +20,29 @@ use super::{Credentials, Location};
 use crate::error::{Result, SyncError};
 use crate::store::Store;
 
+/// The store's `config.toml`: its remotes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct LocalConfig {
+    /// Remotes by name.
     #[serde(default)]
     pub remote: BTreeMap<String, RemoteConfig>,
 }
 
+/// One remote: where it is and how to reach it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RemoteConfig {
+    /// A path, `file://`, `http(s)://HOST/TENANT` or `s3://BUCKET/PREFIX`.
     pub url: String,
+    /// A bearer token for an HTTP remote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// S3 settings for an `s3://` remote.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub s3: BTreeMap<String, String>,
 }
 
 impl RemoteConfig {
+    /// The settings that go with the URL.
     pub fn credentials(&self) -> Credentials {
         Credentials {
             token: self.token.clone(),
@@ -53,6 +60,7 @@ pub fn is_remote_name(s: &str) -> bool {
     !s.contains('/') && !s.contains(':') && !s.is_empty()
 }
 
+/// Checks a remote name: a bare word usable in `remotes/NAME/REF`.
 pub fn validate_remote_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.len() > 64
@@ -69,6 +77,7 @@ pub fn validate_remote_name(name: &str) -> Result<()> {
 }
 
 impl LocalConfig {
+    /// Reads the store's remotes (none when the file is absent).
     pub fn load(store: &Store) -> Result<LocalConfig> {
         let Some(b) = store.backend().get("config.toml")? else {
             return Ok(LocalConfig::default());
@@ -84,6 +93,7 @@ impl LocalConfig {
         })
     }
 
+    /// Writes the store's remotes (`config.toml`).
     pub fn save(&self, store: &Store) -> Result<()> {
         let text = format!(
             "# Machine-local settings of this store (remotes). Not part of any snapshot.\n{}",

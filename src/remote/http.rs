@@ -81,6 +81,7 @@ fn chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
+/// A server reached over HTTP(S): `{base}/v1/{tenant}/…`.
 pub struct HttpRemote {
     base: String,
     tenant: String,
@@ -109,6 +110,7 @@ struct ErrorJson {
 }
 
 impl HttpRemote {
+    /// A client for `tenant` at `base`, sending `token` when given.
     pub fn new(base: &str, tenant: &str, token: Option<String>) -> Result<HttpRemote> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))

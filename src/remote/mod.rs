@@ -24,14 +24,18 @@ use crate::store::{LockMode, Store};
 /// Bytes on the wire (request bodies, response bodies) and requests made.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct Traffic {
+    /// Requests made.
     pub requests: u64,
+    /// Bytes sent (bodies).
     pub bytes_sent: u64,
+    /// Bytes received (bodies).
     pub bytes_received: u64,
 }
 
 /// An object stream: objects as stored (compressed), in the order given.
 pub type ObjectStream<'a> = Box<dyn Iterator<Item = Result<StoredObject>> + 'a>;
 
+/// A place refs and objects are pushed to and pulled from: a store reached directly, or a server.
 pub trait Remote: Send + Sync {
     /// The remote's location, for messages.
     fn describe(&self) -> String;
@@ -89,6 +93,7 @@ pub struct StoreRemote {
 }
 
 impl StoreRemote {
+    /// A remote over an open store.
     pub fn new(store: Store) -> StoreRemote {
         StoreRemote {
             name: store.location_name(),
@@ -99,6 +104,7 @@ impl StoreRemote {
         }
     }
 
+    /// The store it reads and writes.
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -232,8 +238,16 @@ pub fn update_ref_checked(
 /// How a remote is named on the command line or in the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
+    /// A store directory (or `file://`), or a bundle file.
     Path(PathBuf),
-    Http { base: String, tenant: String },
+    /// A server: `http(s)://HOST[/PATH]/TENANT`.
+    Http {
+        /// The server's URL without the tenant.
+        base: String,
+        /// The tenant.
+        tenant: String,
+    },
+    /// An `s3://BUCKET/PREFIX` store.
     S3(String),
 }
 
@@ -277,7 +291,9 @@ impl Location {
 /// Settings that come with a remote: a token, S3 settings.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
+    /// A bearer token (HTTP remotes).
     pub token: Option<String>,
+    /// S3 settings (`endpoint`, `region`, keys…).
     pub s3: Vec<(String, String)>,
 }
 

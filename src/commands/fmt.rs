@@ -1,6 +1,7 @@
-//! Formatting for humans: sizes, times, modes, quoted paths.
+//! Formatting for people: sizes, times, modes, quoted paths, counts.
 
-use systemprompt_sync::{ObjectId, Timestamp};
+use crate::id::ObjectId;
+use crate::object::tree::Timestamp;
 
 /// `1.2 MiB`.
 pub fn size(n: u64) -> String {
@@ -103,6 +104,34 @@ pub fn ref_move(old: Option<ObjectId>, new: ObjectId, name: &str) -> String {
         new.short(),
         name
     )
+}
+
+/// `1 file`, `2 files`.
+pub fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// `text` with control characters (terminal escape sequences) escaped.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
+}
+
+/// RFC 3339 of whole seconds since 1970.
+pub fn when(secs: i64) -> String {
+    rfc3339(Timestamp { secs, nanos: 0 })
 }
 
 #[cfg(test)]

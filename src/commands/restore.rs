@@ -1,0 +1,112 @@
+//! `sp-sync restore`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::fmt::{plural, size};
+use super::{Human, Place, Render, json_via, val};
+use crate::checkout::{CheckoutOptions, CheckoutReport};
+use crate::error::Result;
+use crate::progress::Progress;
+use crate::store::LockMode;
+
+/// `sp-sync restore SNAP[:PATH] [TARGET] [--delete] [--db FILE] [--table T]…`.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreCmdOptions {
+    /// Where.
+    pub place: Place,
+    /// `SNAP[:PATH]`.
+    pub spec: String,
+    /// Where to (relative to the place); `None`: back where it was taken from.
+    pub target: Option<PathBuf>,
+    /// Also remove what the snapshot lacks (files; rows of its tables).
+    pub delete: bool,
+    /// Restore the tables into this SQLite database.
+    pub db: Option<PathBuf>,
+    /// Only these tables (empty: all).
+    pub tables: Vec<String>,
+    /// Keep setuid and setgid bits.
+    pub keep_setid: bool,
+}
+
+/// What was restored. Its JSON: the first place's report at the top level
+/// with every place under `restored`, and the first database's counts with
+/// every database under `dbs`.
+#[derive(Debug)]
+pub struct RestoreCmdReport {
+    /// The library's report.
+    pub report: CheckoutReport,
+    /// Whether what the snapshot lacks was removed.
+    pub delete: bool,
+    /// Seconds it took.
+    pub seconds: f64,
+}
+
+/// Restores as `opts` says.
+pub fn restore(opts: &RestoreCmdOptions, progress: &dyn Progress) -> Result<RestoreCmdReport> {
+    let (ws, store) = opts.place.open(LockMode::Shared)?;
+    let start = Instant::now();
+    let opts = CheckoutOptions {
+        spec: opts.spec.clone(),
+        target: opts.target.clone(),
+        delete: opts.delete,
+        database: opts.db.clone(),
+        tables: opts.tables.clone(),
+        keep_setid: opts.keep_setid,
+        cwd: opts.place.cwd.clone(),
+    };
+    let report = crate::checkout::restore(&ws, &store, &opts, progress)?;
+    Ok(RestoreCmdReport {
+        report,
+        delete: opts.delete,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+json_via!(RestoreCmdReport, |c| {
+    let r = &c.report;
+    let mut out = json!({});
+    if let Some(first) = r.restored.first() {
+        out = val(first);
+        out["restored"] = val(&r.restored);
+    }
+    if let Some(d) = r.dbs.first() {
+        out["db"] = json!(d.db);
+        out["db_created"] = json!(d.created);
+        out["rows_inserted"] = json!(d.rows_inserted);
+        out["rows_updated"] = json!(d.rows_updated);
+        out["rows_deleted"] = json!(d.rows_deleted);
+        out["dbs"] = val(&r.dbs);
+    }
+    out
+});
+
+impl Render for RestoreCmdReport {
+    fn human(&self, out: &mut Human<'_>) -> Result<()> {
+        let secs = self.seconds;
+        for p in &self.report.restored {
+            let removed = if self.delete {
+                format!("; removed {}", p.deleted)
+            } else {
+                String::new()
+            };
+            let (n, b, t) = (p.files, size(p.bytes), p.target.display());
+            out.note(format!(
+                "restored {n} files, {b} into {t} in {secs:.2}s{removed}"
+            ));
+        }
+        for d in &self.report.dbs {
+            out.note(format!(
+                "{} {} in {secs:.2}s: {} inserted, {} updated, {} deleted",
+                if d.created { "created" } else { "updated" },
+                d.db.display(),
+                plural(d.rows_inserted, "row"),
+                d.rows_updated,
+                d.rows_deleted
+            ));
+        }
+        Ok(())
+    }
+}
