@@ -120,7 +120,11 @@ pub fn diff(
             // defaults of sp-sync.toml).
             let dbs = match (db, &sa.sources) {
                 (Some(path), _) => vec![DbSource {
-                    path: opts.cwd.join(path),
+                    path: if crate::db::pg::is_url_path(path) {
+                        path.to_path_buf()
+                    } else {
+                        opts.cwd.join(path)
+                    },
                     tables: tables.to_vec(),
                 }],
                 (None, Some(_)) => crate::sources::database_files(&sa, &ws.root)

@@ -121,7 +121,13 @@ pub fn protected_paths(ws: &Workspace, snap: Option<&Snapshot>) -> Vec<PathBuf> 
         })
         .unwrap_or_default();
     if let Ok(project) = ws.project() {
-        dbs.extend(project.db.iter().map(|d| ws.root.join(&d.path)));
+        dbs.extend(
+            project
+                .db
+                .iter()
+                .filter(|d| d.url.is_none() && !d.path.is_empty())
+                .map(|d| ws.root.join(&d.path)),
+        );
         dbs.extend(project.collection.iter().map(|c| ws.root.join(&c.db)));
     }
     for d in dbs {

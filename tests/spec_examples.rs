@@ -165,6 +165,7 @@ fn examples() -> Vec<Example> {
     }
     let rows_id = ObjectId::compute(ObjectType::Rows, &rows_leaf);
     let table = TableObject {
+        engine: Default::default(),
         name: "users".into(),
         sql: "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT)".into(),
         ordinal: 0,

@@ -195,6 +195,7 @@ fn main() {
     use systemprompt_sync::db::table::{Column, Extra, ExtraKind, TableData, TableObject};
     use systemprompt_sync::db::value::{Cell, Value, encode_key, encode_row};
     let table = TableObject {
+        engine: Default::default(),
         name: "users".into(),
         sql: "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT)".into(),
         ordinal: 0,
@@ -217,7 +218,7 @@ fn main() {
         }],
     };
     write("table_object", "table", &table.encode());
-    let view = TableObject { name: "v".into(), sql: "CREATE VIEW v AS SELECT 1".into(), ordinal: 3, table: None, extras: vec![] };
+    let view = TableObject { engine: Default::default(), name: "v".into(), sql: "CREATE VIEW v AS SELECT 1".into(), ordinal: 3, table: None, extras: vec![] };
     write("table_object", "view", &view.encode());
     let mut key = vec![0u8];
     key.extend(

@@ -69,12 +69,19 @@ enum Cmd {
         /// Read every file, ignoring the stat cache.
         #[arg(long)]
         no_cache: bool,
-        /// Also snapshot this SQLite database's tables (default: sp-sync.toml's [[db]]).
-        #[arg(long, value_name = "FILE")]
+        /// Also snapshot this database's tables: a SQLite file or
+        /// postgres://USER@HOST:PORT/DB (default: sp-sync.toml's [[db]]).
+        #[arg(long, value_name = "FILE|URL")]
         db: Option<PathBuf>,
         /// Only these tables of --db (repeatable).
         #[arg(long = "table", value_name = "T", requires = "db")]
         tables: Vec<String>,
+        /// The PostgreSQL schema of --db postgres://… (default public).
+        #[arg(long, value_name = "NAME", requires = "db")]
+        schema: Option<String>,
+        /// Key PostgreSQL tables without a primary key by all their columns.
+        #[arg(long, requires = "db")]
+        key_by_all_columns: bool,
     },
     /// Snapshots, newest first.
     Log {
@@ -101,9 +108,15 @@ enum Cmd {
     Diff {
         a: String,
         b: Option<String>,
-        /// Compare A's tables with this SQLite database now.
-        #[arg(long, value_name = "FILE", conflicts_with = "b")]
+        /// Compare A's tables with this database now (a SQLite file or postgres://…).
+        #[arg(long, value_name = "FILE|URL", conflicts_with = "b")]
         db: Option<PathBuf>,
+        /// The PostgreSQL schema of --db postgres://… (default public).
+        #[arg(long, value_name = "NAME", requires = "db")]
+        schema: Option<String>,
+        /// Key PostgreSQL tables without a primary key by all their columns.
+        #[arg(long, requires = "db")]
+        key_by_all_columns: bool,
         /// Only these tables (repeatable).
         #[arg(long = "table", value_name = "T")]
         tables: Vec<String>,
@@ -128,10 +141,16 @@ enum Cmd {
         /// Also remove what the snapshot lacks (files; rows of its tables).
         #[arg(long)]
         delete: bool,
-        /// Restore the snapshot's tables into this SQLite database (a new file,
-        /// or an existing one, changed in one transaction).
-        #[arg(long, value_name = "FILE")]
+        /// Restore the snapshot's tables into this database (a SQLite file, new
+        /// or existing, or postgres://…), changed in one transaction.
+        #[arg(long, value_name = "FILE|URL")]
         db: Option<PathBuf>,
+        /// The PostgreSQL schema of --db postgres://… (default public).
+        #[arg(long, value_name = "NAME", requires = "db")]
+        schema: Option<String>,
+        /// Key PostgreSQL tables without a primary key by all their columns.
+        #[arg(long, requires = "db")]
+        key_by_all_columns: bool,
         /// Only these tables (repeatable).
         #[arg(long = "table", value_name = "T")]
         tables: Vec<String>,
@@ -460,6 +479,16 @@ where
     }
 }
 
+/// `--db` with `--schema` and `--key-by-all-columns` folded into its
+/// PostgreSQL URL (refused for a SQLite file).
+fn db_arg(db: Option<PathBuf>, schema: Option<String>, all: bool) -> Result<Option<PathBuf>> {
+    Ok(db
+        .map(|d| {
+            systemprompt_sync::db::pg::resolve_location(Path::new(""), &d, schema.as_deref(), all)
+        })
+        .transpose()?)
+}
+
 fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
     match cmd {
         Cmd::Init { dir } => init(ctx, dir),
@@ -472,6 +501,8 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
             no_cache,
             db,
             tables,
+            schema,
+            key_by_all_columns,
         } => snapshot(
             ctx,
             paths,
@@ -480,7 +511,7 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
             exclude,
             host,
             no_cache,
-            db.map(|path| (path, tables)),
+            db_arg(db, schema, key_by_all_columns)?.map(|path| (path, tables)),
         ),
         Cmd::Log {
             reference,
@@ -503,6 +534,8 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
             b,
             db,
             tables,
+            schema,
+            key_by_all_columns,
             stat,
             exit_code,
             patch,
@@ -511,7 +544,7 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
             ctx,
             &a,
             b.as_deref(),
-            db.as_deref(),
+            db_arg(db, schema, key_by_all_columns)?.as_deref(),
             &tables,
             DiffView { stat, patch, paths },
             exit_code,
@@ -522,6 +555,8 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
             delete,
             db,
             tables,
+            schema,
+            key_by_all_columns,
             keep_setid,
         } => restore(
             ctx,
@@ -529,7 +564,7 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
                 spec,
                 target,
                 delete,
-                database: db,
+                database: db_arg(db, schema, key_by_all_columns)?,
                 tables,
                 keep_setid,
                 cwd: ctx.cwd.clone(),
@@ -627,7 +662,11 @@ fn snapshot(
     };
     let dbs = match db {
         Some((path, tables)) => vec![DbSource {
-            path: ctx.cwd.join(path),
+            path: if systemprompt_sync::db::pg::is_url_path(&path) {
+                path
+            } else {
+                ctx.cwd.join(path)
+            },
             tables,
         }],
         None if defaulted => ws.default_dbs()?,
