@@ -533,11 +533,14 @@ fn read_rows(
 /// another thread builds the map (boundary hashes, node hashes,
 /// compression), so the two halves of the work overlap. `label` prefixes
 /// the builder's errors (keys out of order, duplicates).
+/// Where rows go, as `(key, row)` encodings in key order.
+pub(crate) type RowSink<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
+
 pub(crate) fn build_row_map(
     label: &str,
     sink: &dyn ObjectSink,
     progress: &dyn Progress,
-    fill: impl FnOnce(&mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<u64>,
+    fill: impl FnOnce(&mut RowSink<'_>) -> Result<u64>,
 ) -> Result<(u64, ObjectId)> {
     const BATCH: usize = 256 << 10;
     let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(4);

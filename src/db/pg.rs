@@ -517,7 +517,7 @@ impl PgClass {
     }
 
     /// A value from its COPY text form (unescaped).
-    fn parse(self, s: &[u8]) -> std::result::Result<Value, String> {
+    pub fn parse(self, s: &[u8]) -> std::result::Result<Value, String> {
         let text = || std::str::from_utf8(s).map_err(|_| "not UTF-8".to_string());
         Ok(match self {
             PgClass::Int => Value::Integer(text()?.parse().map_err(|_| "not an integer")?),
@@ -542,16 +542,11 @@ impl PgClass {
     }
 
     /// A stored value as PostgreSQL reads it (the text form); None for NULL.
-    fn text(self, v: &Value) -> std::result::Result<Option<Vec<u8>>, String> {
+    pub fn text(self, v: &Value) -> std::result::Result<Option<Vec<u8>>, String> {
         Ok(Some(match (self, v) {
             (_, Value::Null) => return Ok(None),
-            (PgClass::Bool, Value::Integer(i)) => {
-                if *i != 0 {
-                    b"t".to_vec()
-                } else {
-                    b"f".to_vec()
-                }
-            }
+            (PgClass::Bool, Value::Integer(1)) => b"t".to_vec(),
+            (PgClass::Bool, Value::Integer(0)) => b"f".to_vec(),
             (PgClass::Int, Value::Integer(i)) => i.to_string().into_bytes(),
             (PgClass::Float4, Value::Real(r)) => float_text(*r as f32, r.is_nan()),
             (PgClass::Float8, Value::Real(r)) => float_text(*r, r.is_nan()),
@@ -993,6 +988,7 @@ fn copy_out_sql(name: &str, t: &TableData) -> String {
 }
 
 /// Streams a table's rows in key order, calling `f(key, row)`.
+#[allow(clippy::too_many_arguments)]
 fn read_table(
     c: &mut Client,
     loc: &PgLocation,
@@ -1001,7 +997,7 @@ fn read_table(
     sink: &dyn ObjectSink,
     chunker: &Chunker,
     progress: &dyn Progress,
-    f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
+    f: &mut super::RowSink<'_>,
 ) -> Result<u64> {
     let classes: Vec<PgClass> = t
         .columns
@@ -1768,6 +1764,22 @@ mod tests {
         );
         let nan = PgClass::Float8.parse(b"NaN").unwrap();
         assert_eq!(PgClass::Float8.text(&nan).unwrap().unwrap(), b"NaN");
+    }
+
+    #[test]
+    fn the_spec_row_example() {
+        // store-format.md §3.7: (7, true, 'a', 1.50::numeric).
+        let classes = [PgClass::Int, PgClass::Bool, PgClass::Text, PgClass::Other];
+        let fields: [&[u8]; 4] = [b"7", b"t", b"a", b"1.50"];
+        let cells: Vec<Cell> = classes
+            .iter()
+            .zip(fields)
+            .map(|(c, f)| Cell::Value(c.parse(f).unwrap()))
+            .collect();
+        assert_eq!(
+            crate::object::row::encode_row(&cells),
+            [4, 1, 0x0e, 1, 2, 3, 1, b'a', 3, 4, b'1', b'.', b'5', b'0']
+        );
     }
 
     #[test]

@@ -204,12 +204,13 @@ impl PgCluster {
             data = dir.join("data").display(),
             dir = dir.display(),
         );
+        // (`setsid -f` forks it off and returns at once.)
         Command::new("setsid")
-            .args(["sh", "-c", &stop])
+            .args(["-f", "sh", "-c", &stop])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
+            .status()
             .expect("watchdog");
         PgCluster {
             bin,
