@@ -702,3 +702,81 @@ fn a_dropped_connection_fails_cleanly() {
     );
     assert_eq!(refs(d), before, "no ref moved");
 }
+
+#[test]
+fn sp_sync_toml_url_schema_and_pgpass() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("conf");
+    pg.psql(
+        &db,
+        "CREATE SCHEMA app; CREATE TABLE app.skills (id text PRIMARY KEY, body text);
+         INSERT INTO app.skills VALUES ('a', 'x'), ('b', NULL);
+         CREATE TABLE public.other (id int PRIMARY KEY);",
+    );
+    let w = work();
+    let d = w.path();
+    // The password from ~/.pgpass only (no PGPASSWORD, none in the URL).
+    let home = d.join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::write(
+        home.join(".pgpass"),
+        format!("localhost:{}:*:postgres:{PASSWORD}\n", pg.port),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("sp-sync.toml"),
+        format!(
+            "[snapshot]\npaths = [\"files\"]\n\n[[db]]\nurl = \"{}&schema=app\"\n",
+            pg.url(&db)
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(common::bin())
+            .args(args)
+            .current_dir(d)
+            .env("SP_SYNC_CACHE_DIR", common::cache_dir())
+            .env("HOME", &home)
+            .env_remove("PGPASSWORD")
+            .env_remove("SP_SYNC_STORE")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        json(&String::from_utf8_lossy(&o.stdout))
+    };
+    let r = run(&["--store", "st", "snapshot", "--json", "-q"]);
+    assert_eq!(r["tables"]["skills"], 2, "{r}");
+    assert!(r["tables"].get("other").is_none(), "{r}");
+    // Restored into another database's schema named with --schema.
+    let target = pg.new_db("conf_back");
+    run(&[
+        "--store",
+        "st",
+        "restore",
+        "main",
+        "--db",
+        &pg.url(&target),
+        "--schema",
+        "copy",
+        "--json",
+    ]);
+    assert_eq!(
+        pg.psql(
+            &target,
+            "SELECT id || '=' || coalesce(body, 'NULL') FROM copy.skills ORDER BY id"
+        ),
+        "a=x\nb=NULL\n"
+    );
+    // --schema applies only to PostgreSQL.
+    let err = fails_pg(
+        d,
+        &[
+            "--store", "st", "snapshot", "files", "--db", "x.db", "--schema", "s",
+        ],
+    );
+    assert!(err.contains("--schema"), "{err}");
+}
