@@ -25,8 +25,9 @@ PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
 for tool in /usr/bin/time python3; do
     command -v "$tool" >/dev/null || { echo "bench-pg: needs $tool" >&2; exit 2; }
 done
-cargo build --release --quiet --bin sp-sync
-BIN="$PWD/target/release/sp-sync"
+# SP_SYNC_BIN: a binary already built (else the release build).
+if [ -z "${SP_SYNC_BIN:-}" ]; then cargo build --release --quiet --bin sp-sync; fi
+BIN="${SP_SYNC_BIN:-$PWD/target/release/sp-sync}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sp-bench-pg.XXXXXX")"
 chmod 755 "$WORK"
 as_owner() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }

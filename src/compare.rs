@@ -130,7 +130,9 @@ pub fn diff(
                 (None, Some(_)) => crate::sources::database_files(&sa, &ws.root)
                     .into_iter()
                     .filter(|(p, _)| p.exists())
-                    .map(|(path, _)| DbSource {
+                    .map(|(path, _)| path)
+                    .chain(crate::sources::database_urls(&sa))
+                    .map(|path| DbSource {
                         path,
                         tables: Vec::new(),
                     })

@@ -780,3 +780,19 @@ fn sp_sync_toml_url_schema_and_pgpass() {
     );
     assert!(err.contains("--schema"), "{err}");
 }
+
+#[test]
+fn diff_without_db_compares_the_recorded_url() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("rec");
+    pg.psql(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b');",
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &pg.url(&db), &[]);
+    pg.psql(&db, "UPDATE t SET v = 'z' WHERE id = 2");
+    let text = ok_pg(d, &["--store", "st", "diff", "main"]);
+    assert!(text.contains("M t(2) [v]"), "{text}");
+}
