@@ -35,7 +35,7 @@ mkdir "$WORK/sock"
 [ "$(id -u)" = 0 ] && chown postgres "$WORK/sock" && mkdir "$WORK/data" && chown postgres "$WORK/data"
 as_owner "$PGBIN/initdb" -D "$WORK/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >/dev/null
 PORT=$((30000 + $$ % 20000))
-as_owner "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w \
+as_owner "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/sock/pg.log" -w \
     -o "-k $WORK/sock -c listen_addresses='' -p $PORT -c fsync=off -c shared_buffers=128MB" start >/dev/null
 trap 'as_owner "$PGBIN/pg_ctl" -D "$WORK/data" -m fast stop >/dev/null 2>&1; rm -rf "$WORK"' EXIT
 export PGHOST="$WORK/sock" PGPORT="$PORT" PGUSER=postgres PGDATABASE=postgres
@@ -59,13 +59,13 @@ CREATE TABLE users (
 INSERT INTO users
 SELECT i,
        'user' || i || '@example.com',
-       'User ' || substr('ABCDEFGHIJKLMNOPQRSTUVWXYZ', 1 + (i * 7) % 26, 1) || ' ' || (i * 2654435761 % 1000003),
+       'User ' || substr('ABCDEFGHIJKLMNOPQRSTUVWXYZ', (1 + (i * 7) % 26)::int, 1) || ' ' || (i * 2654435761 % 1000003),
        CASE WHEN i % 17 = 0 THEN NULL ELSE 18 + (i * 31) % 60 END,
        round(((i * 48271) % 2147483647) / 1000.0, 2),
        to_timestamp(1600000000 + i * 37),
        i % 3 <> 0,
        CASE WHEN i % 5 = 0 THEN decode(md5(i::text), 'hex') ELSE NULL END
-FROM generate_series(1, $ROWS) i;
+FROM generate_series(1::bigint, $ROWS) i;
 VACUUM ANALYZE users;
 SQL
 
