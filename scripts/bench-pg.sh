@@ -29,6 +29,7 @@ done
 if [ -z "${SP_SYNC_BIN:-}" ]; then cargo build --release --quiet --bin sp-sync; fi
 BIN="${SP_SYNC_BIN:-$PWD/target/release/sp-sync}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sp-bench-pg.XXXXXX")"
+trap 'as_owner "$PGBIN/pg_ctl" -D "$WORK/data" -m fast stop >/dev/null 2>&1; rm -rf "$WORK"' EXIT
 chmod 755 "$WORK"
 as_owner() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 mkdir "$WORK/sock"
@@ -37,7 +38,6 @@ as_owner "$PGBIN/initdb" -D "$WORK/data" -U postgres -A trust -E UTF8 --locale=C
 PORT=$((30000 + $$ % 20000))
 as_owner "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/sock/pg.log" -w \
     -o "-k $WORK/sock -c listen_addresses='' -p $PORT -c fsync=off -c shared_buffers=128MB" start >/dev/null
-trap 'as_owner "$PGBIN/pg_ctl" -D "$WORK/data" -m fast stop >/dev/null 2>&1; rm -rf "$WORK"' EXIT
 export PGHOST="$WORK/sock" PGPORT="$PORT" PGUSER=postgres PGDATABASE=postgres
 export SP_SYNC_CACHE_DIR="$WORK/cache"
 URL="postgres://postgres@:$PORT/postgres?host=$WORK/sock"
