@@ -30,6 +30,16 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
+step "PostgreSQL binaries (tests start their own clusters)"
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+    else
+        echo "PostgreSQL is not installed: the PostgreSQL tests will be skipped" >&2
+    fi
+fi
+
 step "S3-compatible server (moto)"
 VENV=target/moto-venv
 if [ ! -x "$VENV/bin/moto_server" ]; then

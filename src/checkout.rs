@@ -160,6 +160,7 @@ pub fn restore(
     // Which tables go where: a database named takes them all (or those
     // asked for); without a target, each recorded database gets its own back.
     let dbs: Vec<(PathBuf, Vec<String>)> = match (db, &target) {
+        (Some(db), _) if crate::db::pg::is_url_path(db) => vec![(db.to_path_buf(), Vec::new())],
         (Some(db), _) => vec![(opts.cwd.join(db), Vec::new())],
         (None, None) if sub.is_none() => database_files(&s, &ws.root),
         _ => Vec::new(),
@@ -199,7 +200,8 @@ pub fn restore(
         )
         .context_with(|| format!("restore into {}", path.display()))?;
         report.dbs.push(DbReport {
-            db: path,
+            // Never a password.
+            db: PathBuf::from(crate::db::pg::display_location(&path)),
             created: r.created,
             rows_inserted: r.inserted,
             rows_updated: r.updated,

@@ -2252,6 +2252,7 @@ pub fn save_base(
         }
         let root = mb.finish()?;
         let table = TableObject {
+            engine: Default::default(),
             name: BASE_TABLE.into(),
             sql: BASE_SQL.into(),
             ordinal: 0,

@@ -120,13 +120,19 @@ pub fn diff(
             // defaults of sp-sync.toml).
             let dbs = match (db, &sa.sources) {
                 (Some(path), _) => vec![DbSource {
-                    path: opts.cwd.join(path),
+                    path: if crate::db::pg::is_url_path(path) {
+                        path.to_path_buf()
+                    } else {
+                        opts.cwd.join(path)
+                    },
                     tables: tables.to_vec(),
                 }],
                 (None, Some(_)) => crate::sources::database_files(&sa, &ws.root)
                     .into_iter()
                     .filter(|(p, _)| p.exists())
-                    .map(|(path, _)| DbSource {
+                    .map(|(path, _)| path)
+                    .chain(crate::sources::database_urls(&sa))
+                    .map(|path| DbSource {
                         path,
                         tables: Vec::new(),
                     })

@@ -693,10 +693,15 @@ pub fn snapshot(
             .iter()
             .zip(&tables.by_db)
             .map(|(d, names)| DbRecord {
-                location: relative_to(
-                    root_dir.as_deref(),
-                    &fs::canonicalize(&d.path).unwrap_or_else(|_| d.path.clone()),
-                ),
+                // A PostgreSQL URL is recorded without its password.
+                location: if crate::db::pg::is_url_path(&d.path) {
+                    crate::db::pg::display_location(&d.path)
+                } else {
+                    relative_to(
+                        root_dir.as_deref(),
+                        &fs::canonicalize(&d.path).unwrap_or_else(|_| d.path.clone()),
+                    )
+                },
                 tables: names.clone(),
             })
             .collect(),

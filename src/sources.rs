@@ -101,6 +101,17 @@ pub fn database_files(snap: &Snapshot, base: &Path) -> Vec<(PathBuf, Vec<String>
         .collect()
 }
 
+/// The snapshot's PostgreSQL databases, as recorded (URLs without their
+/// passwords, which come from `PGPASSWORD` or `~/.pgpass`).
+pub fn database_urls(snap: &Snapshot) -> Vec<PathBuf> {
+    snap.sources
+        .iter()
+        .flat_map(|s| s.dbs.iter())
+        .filter(|d| crate::db::pg::is_url(&d.location))
+        .map(|d| PathBuf::from(&d.location))
+        .collect()
+}
+
 /// Paths `restore --delete` never removes though a snapshot may write
 /// them: `sp-sync.toml`.
 pub fn kept_paths(ws: &Workspace) -> Vec<PathBuf> {
@@ -121,7 +132,13 @@ pub fn protected_paths(ws: &Workspace, snap: Option<&Snapshot>) -> Vec<PathBuf> 
         })
         .unwrap_or_default();
     if let Ok(project) = ws.project() {
-        dbs.extend(project.db.iter().map(|d| ws.root.join(&d.path)));
+        dbs.extend(
+            project
+                .db
+                .iter()
+                .filter(|d| d.url.is_none() && !d.path.is_empty())
+                .map(|d| ws.root.join(&d.path)),
+        );
         dbs.extend(project.collection.iter().map(|c| ws.root.join(&c.db)));
     }
     for d in dbs {

@@ -30,13 +30,18 @@ pub struct ProjectConfig {
     pub deploy: BTreeMap<String, crate::deploy::DeployConfig>,
 }
 
-/// `[[db]]`: a SQLite file (relative to the working-tree root) and which of
-/// its tables to take (default: all).
+/// `[[db]]`: a SQLite file (`path`, relative to the working-tree root) or a
+/// PostgreSQL database (`url = "postgres://…"`), and which of its tables to
+/// take (default: all).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DbSection {
-    /// The database file, relative to the working-tree root.
+    /// A SQLite file, relative to the working-tree root.
+    #[serde(default)]
     pub path: String,
+    /// A PostgreSQL URL (instead of `path`).
+    #[serde(default)]
+    pub url: Option<String>,
     /// Only these tables (empty: all).
     #[serde(default)]
     pub tables: Vec<String>,
@@ -122,15 +127,28 @@ impl Workspace {
 
     /// The databases `sp-sync.toml` names, as sources.
     pub fn default_dbs(&self) -> Result<Vec<crate::db::DbSource>> {
-        Ok(self
-            .project()?
+        self.project()?
             .db
             .into_iter()
-            .map(|d| crate::db::DbSource {
-                path: self.root.join(d.path),
-                tables: d.tables,
+            .map(|d| {
+                let path = match (d.url, d.path.is_empty()) {
+                    (Some(u), true) => {
+                        crate::db::pg::PgLocation::parse(&u)?;
+                        PathBuf::from(u)
+                    }
+                    (None, false) => self.root.join(d.path),
+                    _ => {
+                        return Err(SyncError::Invalid(format!(
+                            "{PROJECT_FILE}: each [[db]] needs exactly one of path and url"
+                        )));
+                    }
+                };
+                Ok(crate::db::DbSource {
+                    path,
+                    tables: d.tables,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// What `snapshot` (and a working-tree `diff`) covers when no path is

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use systemprompt_sync::bundle::{BundleHeader, BundleReader, verify};
-use systemprompt_sync::db::table::{Column, Extra, ExtraKind, TableData, TableObject};
+use systemprompt_sync::db::table::{Column, Engine, Extra, ExtraKind, TableData, TableObject};
 use systemprompt_sync::db::value::{Cell, Value, decode_key, decode_row, encode_key, encode_row};
 use systemprompt_sync::object::list::{ChunkRef, ListNode};
 use systemprompt_sync::object::snapshot::{DbRecord, Skipped, Snapshot, Sources};
@@ -165,6 +165,7 @@ fn examples() -> Vec<Example> {
     }
     let rows_id = ObjectId::compute(ObjectType::Rows, &rows_leaf);
     let table = TableObject {
+        engine: Default::default(),
         name: "users".into(),
         sql: "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT)".into(),
         ordinal: 0,
@@ -190,6 +191,37 @@ fn examples() -> Vec<Example> {
             name: "users_name".into(),
             ordinal: 1,
             sql: "CREATE INDEX users_name ON users(name)".into(),
+        }],
+    };
+    // A PostgreSQL table (version 2, engine 2): t(id bigint PRIMARY KEY,
+    // ok boolean) with its sequence value, naming the same row map.
+    let table_pg = TableObject {
+        engine: Engine::Postgres,
+        name: "t".into(),
+        sql: "CREATE TABLE t (id bigserial PRIMARY KEY, ok boolean)".into(),
+        ordinal: 1,
+        table: Some(TableData {
+            flags: 1,
+            columns: vec![
+                Column {
+                    name: "id".into(),
+                    decl_type: "bigint".into(),
+                },
+                Column {
+                    name: "ok".into(),
+                    decl_type: "boolean".into(),
+                },
+            ],
+            key: vec![0],
+            sequence: None,
+            rows: 2,
+            root: rows_id,
+        }),
+        extras: vec![Extra {
+            kind: ExtraKind::Sequence,
+            name: "t_id_seq".into(),
+            ordinal: 2,
+            sql: "SELECT setval('t_id_seq', 2, true)".into(),
         }],
     };
     let snap_v2 = Snapshot {
@@ -267,6 +299,11 @@ fn examples() -> Vec<Example> {
             name: "table",
             tag: Some(ObjectType::Table),
             bytes: table.encode(),
+        },
+        Example {
+            name: "table-pg",
+            tag: Some(ObjectType::Table),
+            bytes: table_pg.encode(),
         },
         Example {
             name: "watched-hash",
@@ -419,6 +456,17 @@ fn spec_examples_decode_and_match_the_encoders() {
                 assert_eq!(&t.encode(), bytes);
                 assert_eq!(t.name, "users");
                 assert_eq!(t.table.unwrap().rows, 2);
+            }
+            "table-pg" => {
+                let t = TableObject::decode(bytes).unwrap();
+                assert_eq!(&t.encode(), bytes);
+                assert_eq!(t.engine, Engine::Postgres);
+                assert_eq!(t.extras[0].kind, ExtraKind::Sequence);
+                // Version 1 (SQLite) has no sequence extras.
+                let mut v1 = bytes.clone();
+                v1.remove(1);
+                v1[0] = 1;
+                assert!(TableObject::decode(&v1).is_err());
             }
             "bundle" => {
                 let mut r = BundleReader::open(&bytes[..], "spec").unwrap();

@@ -195,6 +195,7 @@ fn main() {
     use systemprompt_sync::db::table::{Column, Extra, ExtraKind, TableData, TableObject};
     use systemprompt_sync::db::value::{Cell, Value, encode_key, encode_row};
     let table = TableObject {
+        engine: Default::default(),
         name: "users".into(),
         sql: "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT)".into(),
         ordinal: 0,
@@ -217,8 +218,21 @@ fn main() {
         }],
     };
     write("table_object", "table", &table.encode());
-    let view = TableObject { name: "v".into(), sql: "CREATE VIEW v AS SELECT 1".into(), ordinal: 3, table: None, extras: vec![] };
+    let view = TableObject { engine: Default::default(), name: "v".into(), sql: "CREATE VIEW v AS SELECT 1".into(), ordinal: 3, table: None, extras: vec![] };
     write("table_object", "view", &view.encode());
+    let mut pg_table = table.clone();
+    pg_table.engine = systemprompt_sync::db::table::Engine::Postgres;
+    if let Some(t) = pg_table.table.as_mut() {
+        t.flags = 1;
+        t.sequence = None;
+    }
+    pg_table.extras = vec![Extra {
+        kind: ExtraKind::Sequence,
+        name: "users_id_seq".into(),
+        ordinal: 2,
+        sql: "SELECT setval('users_id_seq', 2, true)".into(),
+    }];
+    write("table_object", "table_pg", &pg_table.encode());
     let mut key = vec![0u8];
     key.extend(
         encode_key(&[Value::Integer(-5), Value::Real(1.5), Value::Text(b"a\0b".to_vec()), Value::Blob(vec![0xff]), Value::Null])

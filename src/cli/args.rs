@@ -7,11 +7,11 @@ use clap::{Args, Subcommand};
 
 use systemprompt_sync::commands::*;
 
-options!(SnapshotArgs => SnapshotCmdOptions { paths, message, ref_name, excludes, host, no_cache, db, tables });
-options!(RestoreArgs => RestoreCmdOptions { spec, target, delete, db, tables, keep_setid });
+options!(SnapshotArgs => SnapshotCmdOptions { paths, message, ref_name, excludes, host, no_cache, db, tables, schema, key_by_all_columns });
+options!(RestoreArgs => RestoreCmdOptions { spec, target, delete, db, tables, schema, key_by_all_columns, keep_setid });
 options!(LogArgs => LogOptions { reference, max_count });
 options!(LsArgs => LsOptions { spec, recursive, long });
-options!(DiffArgs => DiffCmdOptions { a, b, db, tables, paths, stat, patch, exit_code });
+options!(DiffArgs => DiffCmdOptions { a, b, db, tables, schema, key_by_all_columns, paths, stat, patch, exit_code });
 options!(FsckArgs => FsckCmdOptions { read_data, rebuild_index });
 options!(PushArgs => PushOptions { remote, refs, force, deploy });
 options!(PullArgs => PullOptions { remote, refs, restore });
@@ -96,12 +96,18 @@ pub struct SnapshotArgs {
     /// Read every file, ignoring the stat cache.
     #[arg(long)]
     no_cache: bool,
-    /// Also snapshot this SQLite database's tables (default: sp-sync.toml's [[db]]).
-    #[arg(long, value_name = "FILE")]
+    /// Also snapshot this database: a SQLite file or postgres://… (default: sp-sync.toml's [[db]]).
+    #[arg(long, value_name = "FILE|URL")]
     db: Option<PathBuf>,
     /// Only these tables of --db (repeatable).
     #[arg(long = "table", value_name = "T", requires = "db")]
     tables: Vec<String>,
+    /// The PostgreSQL schema of a postgres:// --db (default public).
+    #[arg(long, value_name = "NAME", requires = "db")]
+    schema: Option<String>,
+    /// Key PostgreSQL tables without a primary key by all their columns.
+    #[arg(long, requires = "db")]
+    key_by_all_columns: bool,
 }
 
 #[derive(Args, Debug)]
@@ -128,9 +134,15 @@ pub struct LsArgs {
 pub struct DiffArgs {
     a: String,
     b: Option<String>,
-    /// Compare A's tables with this SQLite database now.
-    #[arg(long, value_name = "FILE", conflicts_with = "b")]
+    /// Compare A's tables with this database now (a SQLite file or postgres://…).
+    #[arg(long, value_name = "FILE|URL", conflicts_with = "b")]
     db: Option<PathBuf>,
+    /// The PostgreSQL schema of a postgres:// --db (default public).
+    #[arg(long, value_name = "NAME", requires = "db")]
+    schema: Option<String>,
+    /// Key PostgreSQL tables without a primary key by all their columns.
+    #[arg(long, requires = "db")]
+    key_by_all_columns: bool,
     /// Only these tables (repeatable).
     #[arg(long = "table", value_name = "T")]
     tables: Vec<String>,
@@ -155,9 +167,15 @@ pub struct RestoreArgs {
     /// Also remove what the snapshot lacks (files; rows of its tables).
     #[arg(long)]
     delete: bool,
-    /// Restore the tables into this SQLite database (new, or changed in one transaction).
-    #[arg(long, value_name = "FILE")]
+    /// Restore the tables into this database (SQLite file or postgres://…; one transaction).
+    #[arg(long, value_name = "FILE|URL")]
     db: Option<PathBuf>,
+    /// The PostgreSQL schema of a postgres:// --db (default public).
+    #[arg(long, value_name = "NAME", requires = "db")]
+    schema: Option<String>,
+    /// Key PostgreSQL tables without a primary key by all their columns.
+    #[arg(long, requires = "db")]
+    key_by_all_columns: bool,
     /// Only these tables (repeatable).
     #[arg(long = "table", value_name = "T")]
     tables: Vec<String>,

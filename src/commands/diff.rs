@@ -24,10 +24,14 @@ pub struct DiffCmdOptions {
     pub a: String,
     /// The new snapshot (`None`: now).
     pub b: Option<String>,
-    /// Compare A's tables with this SQLite database now.
+    /// Compare A's tables with this database now: a SQLite file or a `postgres://` URL.
     pub db: Option<PathBuf>,
     /// Only these tables.
     pub tables: Vec<String>,
+    /// The PostgreSQL schema of a `postgres://` `db` (default `public`).
+    pub schema: Option<String>,
+    /// Key PostgreSQL tables without a primary key by all their columns.
+    pub key_by_all_columns: bool,
     /// Only these paths.
     pub paths: Vec<String>,
     /// A line per changed path with its inserted and deleted lines, and a summary.
@@ -54,7 +58,11 @@ pub fn diff(opts: &DiffCmdOptions, progress: &dyn Progress) -> Result<DiffCmdRep
     let dopts = DiffOptions {
         from: opts.a.clone(),
         to: opts.b.clone(),
-        database: opts.db.clone(),
+        database: super::db_arg(
+            opts.db.as_deref(),
+            opts.schema.as_deref(),
+            opts.key_by_all_columns,
+        )?,
         tables: opts.tables.clone(),
         paths: opts.paths.clone(),
         cwd: opts.place.cwd.clone(),

@@ -208,3 +208,16 @@ macro_rules! json_via {
     };
 }
 pub(crate) use json_via;
+
+/// `--db` with `--schema` and `--key-by-all-columns` folded into its
+/// PostgreSQL URL (refused for a SQLite file, which stays as given).
+fn db_arg(
+    db: Option<&std::path::Path>,
+    schema: Option<&str>,
+    key_by_all_columns: bool,
+) -> Result<Option<std::path::PathBuf>> {
+    db.map(|d| {
+        crate::db::pg::resolve_location(std::path::Path::new(""), d, schema, key_by_all_columns)
+    })
+    .transpose()
+}

@@ -23,10 +23,14 @@ pub struct RestoreCmdOptions {
     pub target: Option<PathBuf>,
     /// Also remove what the snapshot lacks (files; rows of its tables).
     pub delete: bool,
-    /// Restore the tables into this SQLite database.
+    /// Restore the tables into this database: a SQLite file or a `postgres://` URL.
     pub db: Option<PathBuf>,
     /// Only these tables (empty: all).
     pub tables: Vec<String>,
+    /// The PostgreSQL schema of a `postgres://` `db` (default `public`).
+    pub schema: Option<String>,
+    /// Key PostgreSQL tables without a primary key by all their columns.
+    pub key_by_all_columns: bool,
     /// Keep setuid and setgid bits.
     pub keep_setid: bool,
 }
@@ -52,7 +56,11 @@ pub fn restore(opts: &RestoreCmdOptions, progress: &dyn Progress) -> Result<Rest
         spec: opts.spec.clone(),
         target: opts.target.clone(),
         delete: opts.delete,
-        database: opts.db.clone(),
+        database: super::db_arg(
+            opts.db.as_deref(),
+            opts.schema.as_deref(),
+            opts.key_by_all_columns,
+        )?,
         tables: opts.tables.clone(),
         keep_setid: opts.keep_setid,
         cwd: opts.place.cwd.clone(),

@@ -31,10 +31,14 @@ pub struct SnapshotCmdOptions {
     pub host: Option<String>,
     /// Read every file, ignoring the stat cache.
     pub no_cache: bool,
-    /// A SQLite database to snapshot too.
+    /// A database to snapshot too: a SQLite file or a `postgres://` URL.
     pub db: Option<PathBuf>,
     /// Only these tables of `db` (empty: all).
     pub tables: Vec<String>,
+    /// The PostgreSQL schema of a `postgres://` `db` (default `public`).
+    pub schema: Option<String>,
+    /// Key PostgreSQL tables without a primary key by all their columns.
+    pub key_by_all_columns: bool,
 }
 
 /// A snapshot taken.
@@ -62,7 +66,12 @@ pub fn snapshot(opts: &SnapshotCmdOptions, progress: &dyn Progress) -> Result<Sn
     };
     let dbs = match &opts.db {
         Some(path) => vec![DbSource {
-            path: opts.place.cwd.join(path),
+            path: crate::db::pg::resolve_location(
+                &opts.place.cwd,
+                path,
+                opts.schema.as_deref(),
+                opts.key_by_all_columns,
+            )?,
             tables: opts.tables.clone(),
         }],
         None if defaulted => ws.default_dbs()?,

@@ -66,7 +66,9 @@ impl Kind {
 impl From<ExtraKind> for Kind {
     fn from(k: ExtraKind) -> Kind {
         match k {
-            ExtraKind::Index => Kind::Index,
+            // PostgreSQL's kinds never reach SQLite: restore refuses
+            // their tables first; an index is the strictest guess.
+            ExtraKind::Index | ExtraKind::Constraint | ExtraKind::Sequence => Kind::Index,
             ExtraKind::Trigger => Kind::Trigger,
         }
     }

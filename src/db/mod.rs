@@ -9,6 +9,7 @@
 
 pub mod diff;
 mod guard;
+pub mod pg;
 pub mod restore;
 /// The table object lives with the other objects (`object::table`).
 pub use crate::object::table;
@@ -400,6 +401,9 @@ pub fn scan(
     chunker: &Chunker,
     progress: &dyn Progress,
 ) -> Result<ScanResult> {
+    if pg::is_url_path(&src.path) {
+        return pg::scan(src, sink, chunker, progress);
+    }
     let path = &src.path;
     let c = open_read(path)?;
     c.execute_batch("BEGIN DEFERRED")
@@ -492,6 +496,7 @@ fn scan_in(
             None
         };
         let obj = TableObject {
+            engine: Default::default(),
             name: s.name.clone(),
             sql: s.sql.clone(),
             ordinal: s.ordinal,
@@ -516,8 +521,28 @@ fn read_rows(
     chunker: &Chunker,
     progress: &dyn Progress,
 ) -> Result<(u64, ObjectId)> {
-    const BATCH: usize = 256 << 10;
     let mut reader = RowReader::new(c, path, table, t)?;
+    let label = format!("{}: table {table}", path.display());
+    build_row_map(&label, sink, progress, |f| {
+        reader.for_each(sink, chunker, progress, |k, v, _| f(k, v))
+    })
+}
+
+/// Builds a row map from `(key, row)` pairs that `fill` produces in key
+/// order: `fill` runs on this thread and hands rows over in batches;
+/// another thread builds the map (boundary hashes, node hashes,
+/// compression), so the two halves of the work overlap. `label` prefixes
+/// the builder's errors (keys out of order, duplicates).
+/// Where rows go, as `(key, row)` encodings in key order.
+pub(crate) type RowSink<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
+
+pub(crate) fn build_row_map(
+    label: &str,
+    sink: &dyn ObjectSink,
+    progress: &dyn Progress,
+    fill: impl FnOnce(&mut RowSink<'_>) -> Result<u64>,
+) -> Result<(u64, ObjectId)> {
+    const BATCH: usize = 256 << 10;
     let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(4);
     std::thread::scope(|scope| {
         let builder = scope.spawn(move || -> Result<ObjectId> {
@@ -529,16 +554,15 @@ fn read_rows(
                         (Ok(k), Ok(v)) => (k, v),
                         _ => return Err(SyncError::Invalid("row batch damaged".into())),
                     };
-                    b.push(k, v).map_err(|e| {
-                        SyncError::Database(format!("{}: table {table}: {e}", path.display()))
-                    })?;
+                    b.push(k, v)
+                        .map_err(|e| SyncError::Database(format!("{label}: {e}")))?;
                 }
             }
             b.finish()
         });
         let mut batch: Vec<u8> = Vec::with_capacity(BATCH + 4096);
         let mut sent_ok = true;
-        let read = reader.for_each(sink, chunker, progress, |k, v, _| {
+        let read = fill(&mut |k, v| {
             crate::codec::put_varint(&mut batch, k.len() as u64);
             batch.extend_from_slice(k);
             crate::codec::put_varint(&mut batch, v.len() as u64);

@@ -60,6 +60,16 @@ pub fn restore_db(
     opts: &DbRestoreOptions,
     progress: &dyn Progress,
 ) -> Result<DbRestoreReport> {
+    if super::pg::is_url_path(target) {
+        return super::pg::restore(
+            src,
+            tables,
+            &target.to_string_lossy(),
+            chunker,
+            opts,
+            progress,
+        );
+    }
     for t in &opts.tables {
         if !tables.contains_key(t) {
             return Err(SyncError::NotFound(format!(
@@ -71,6 +81,11 @@ pub fn restore_db(
     for (name, id) in tables {
         if opts.tables.is_empty() || opts.tables.contains(name) {
             let t = load_table(src, id)?;
+            if t.engine != super::table::Engine::Sqlite {
+                return Err(SyncError::Invalid(format!(
+                    "table {name} was read from PostgreSQL; restore it with --db postgres://…"
+                )));
+            }
             if &t.name != name {
                 return Err(corrupt(
                     ObjectType::Table,
@@ -374,7 +389,7 @@ fn apply(
             Plan::Create(o, _) | Plan::Merge(o, _, _) => {
                 for e in &o.extras {
                     let kind = match e.kind {
-                        ExtraKind::Index => "index",
+                        ExtraKind::Index | ExtraKind::Constraint | ExtraKind::Sequence => "index",
                         ExtraKind::Trigger => "trigger",
                     };
                     if !exists(kind, &e.name) {

@@ -9,11 +9,28 @@
 //!             rows (varint) | rows root [32]
 //! both:       extra count | (type u8 (1 index, 2 trigger) | name | ordinal | sql)…
 //! ```
+//!
+//! Version 2 (tables of other engines than SQLite) is version 1 with an
+//! `engine u8` (2 PostgreSQL) after the version byte, and two more extra
+//! types: 3 constraint, 4 sequence value.
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::id::{ObjectId, ObjectType};
 
 pub const TABLE_VERSION: u8 = 1;
+/// The version of table objects that name their engine (§3.6).
+pub const TABLE_VERSION_ENGINE: u8 = 2;
+
+/// The database engine a table was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// SQLite (table objects of version 1).
+    #[default]
+    Sqlite = 1,
+    /// PostgreSQL (version 2, engine byte 2).
+    Postgres = 2,
+}
 const MAX_STR: usize = 1 << 20;
 
 pub const KIND_TABLE: u8 = 1;
@@ -48,6 +65,11 @@ pub struct Extra {
 pub enum ExtraKind {
     Index = 1,
     Trigger = 2,
+    /// A constraint added after the rows (PostgreSQL: `ALTER TABLE … ADD
+    /// CONSTRAINT …`, unique and foreign keys, checks).
+    Constraint = 3,
+    /// A sequence's current value (PostgreSQL: `SELECT setval(…)`).
+    Sequence = 4,
 }
 
 impl ExtraKind {
@@ -55,6 +77,8 @@ impl ExtraKind {
         match self {
             ExtraKind::Index => "index",
             ExtraKind::Trigger => "trigger",
+            ExtraKind::Constraint => "constraint",
+            ExtraKind::Sequence => "sequence",
         }
     }
 }
@@ -104,6 +128,8 @@ impl TableData {
 /// A table or a view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableObject {
+    /// The engine the table was read from (SQLite: version 1 objects).
+    pub engine: Engine,
     pub name: String,
     /// The `CREATE TABLE` / `CREATE VIEW` statement as SQLite keeps it.
     pub sql: String,
@@ -117,7 +143,11 @@ pub struct TableObject {
 impl TableObject {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(256 + self.sql.len());
-        w.u8(TABLE_VERSION).u8(if self.table.is_some() {
+        match self.engine {
+            Engine::Sqlite => w.u8(TABLE_VERSION),
+            Engine::Postgres => w.u8(TABLE_VERSION_ENGINE).u8(Engine::Postgres as u8),
+        };
+        w.u8(if self.table.is_some() {
             KIND_TABLE
         } else {
             KIND_VIEW
@@ -157,9 +187,14 @@ impl TableObject {
     pub fn decode(b: &[u8]) -> Result<TableObject, DecodeError> {
         let mut r = Reader::new(b);
         let v = r.u8()?;
-        if v != TABLE_VERSION {
-            return r.err(format!("unknown table version {v}"));
-        }
+        let engine = match v {
+            TABLE_VERSION => Engine::Sqlite,
+            TABLE_VERSION_ENGINE => match r.u8()? {
+                2 => Engine::Postgres,
+                e => return r.err(format!("unknown table engine {e}")),
+            },
+            _ => return r.err(format!("unknown table version {v}")),
+        };
         let kind = r.u8()?;
         if kind != KIND_TABLE && kind != KIND_VIEW {
             return r.err(format!("unknown table kind {kind}"));
@@ -229,6 +264,8 @@ impl TableObject {
             let kind = match r.u8()? {
                 1 => ExtraKind::Index,
                 2 => ExtraKind::Trigger,
+                3 if engine != Engine::Sqlite => ExtraKind::Constraint,
+                4 if engine != Engine::Sqlite => ExtraKind::Sequence,
                 k => return r.err(format!("unknown schema item type {k}")),
             };
             let name = r.str(MAX_STR)?.to_string();
@@ -246,6 +283,7 @@ impl TableObject {
         }
         r.finish()?;
         Ok(TableObject {
+            engine,
             name,
             sql,
             ordinal,
@@ -278,6 +316,7 @@ mod tests {
 
     fn sample() -> TableObject {
         TableObject {
+            engine: Default::default(),
             name: "users".into(),
             sql: "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT)".into(),
             ordinal: 0,
@@ -316,6 +355,7 @@ mod tests {
         t2.extras.push(t2.extras[0].clone());
         assert!(TableObject::decode(&t2.encode()).is_err());
         let v = TableObject {
+            engine: Default::default(),
             name: "v".into(),
             sql: "CREATE VIEW v AS SELECT 1".into(),
             ordinal: 3,

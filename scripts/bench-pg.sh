@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# PostgreSQL rows benchmark (issue 12, acceptance 5), on a users-like table of
+# ROWS rows (default 1,000,000), in a throwaway cluster on a Unix socket:
+#
+#   snapshot --db postgres://…   wall time vs `pg_dump -Fc -Z0 -t users`     (want <= 1.0x)
+#   store bytes                  vs the size of `pg_dump -Fc -t users`        (want <= 1.2x)
+#   100 rows updated             bytes the re-snapshot adds (want < 256 KiB), its time
+#                                vs the first snapshot's (want <= 0.5x)
+#   diff A B                     lists exactly the 100 keys
+#   peak RSS of every sp-sync command                                         (want < 200 MiB)
+#
+# Usage: scripts/bench-pg.sh            (builds the release binary; needs PostgreSQL's
+#        ROWS=100000 scripts/bench-pg.sh  server binaries in /usr/lib/postgresql/*/bin,
+#                                         GNU time and python3; run as root or as a
+#                                         user who may run initdb)
+# Times are the best of RUNS (default 3) runs. Prints one line per figure
+# and a JSON summary on the last line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROWS="${ROWS:-1000000}"
+RUNS="${RUNS:-3}"
+PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+[ -x "$PGBIN/initdb" ] || { echo "bench-pg: needs PostgreSQL (apt-get install postgresql)" >&2; exit 2; }
+for tool in /usr/bin/time python3; do
+    command -v "$tool" >/dev/null || { echo "bench-pg: needs $tool" >&2; exit 2; }
+done
+# SP_SYNC_BIN: a binary already built (else the release build).
+if [ -z "${SP_SYNC_BIN:-}" ]; then cargo build --release --quiet --bin sp-sync; fi
+BIN="${SP_SYNC_BIN:-$PWD/target/release/sp-sync}"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/sp-bench-pg.XXXXXX")"
+trap 'as_owner "$PGBIN/pg_ctl" -D "$WORK/data" -m fast stop >/dev/null 2>&1; rm -rf "$WORK"' EXIT
+chmod 755 "$WORK"
+as_owner() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+mkdir "$WORK/sock"
+[ "$(id -u)" = 0 ] && chown postgres "$WORK/sock" && mkdir "$WORK/data" && chown postgres "$WORK/data"
+as_owner "$PGBIN/initdb" -D "$WORK/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >/dev/null
+PORT=$((30000 + $$ % 20000))
+as_owner "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/sock/pg.log" -w \
+    -o "-k $WORK/sock -c listen_addresses='' -p $PORT -c fsync=off -c shared_buffers=128MB" start >/dev/null
+export PGHOST="$WORK/sock" PGPORT="$PORT" PGUSER=postgres PGDATABASE=postgres
+export SP_SYNC_CACHE_DIR="$WORK/cache"
+URL="postgres://postgres@:$PORT/postgres?host=$WORK/sock"
+mkdir "$WORK/empty"
+cd "$WORK"
+
+echo "bench-pg: $ROWS rows in $WORK" >&2
+"$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 <<SQL
+CREATE TABLE users (
+    id bigint PRIMARY KEY,
+    email text NOT NULL UNIQUE,
+    name text NOT NULL,
+    age integer,
+    balance numeric(14, 2) NOT NULL,
+    created_at timestamptz NOT NULL,
+    active boolean NOT NULL,
+    avatar bytea
+);
+INSERT INTO users
+SELECT i,
+       'user' || i || '@example.com',
+       'User ' || substr('ABCDEFGHIJKLMNOPQRSTUVWXYZ', (1 + (i * 7) % 26)::int, 1) || ' ' || (i * 2654435761 % 1000003),
+       CASE WHEN i % 17 = 0 THEN NULL ELSE 18 + (i * 31) % 60 END,
+       round(((i * 48271) % 2147483647) / 1000.0, 2),
+       to_timestamp(1600000000 + i * 37),
+       i % 3 <> 0,
+       CASE WHEN i % 5 = 0 THEN decode(md5(i::text), 'hex') ELSE NULL END
+FROM generate_series(1::bigint, $ROWS) i;
+VACUUM ANALYZE users;
+SQL
+
+best_of() {
+    local best="" rss=0
+    for _ in $(seq "$RUNS"); do
+        /usr/bin/time -f "%e %M" -o "$WORK/time.txt" bash -c "$1" >/dev/null 2>"$WORK/err.txt" || {
+            cat "$WORK/err.txt" >&2
+            exit 1
+        }
+        read -r t m <"$WORK/time.txt"
+        if [ -z "$best" ] || python3 -c "import sys; sys.exit(0 if $t < $best else 1)"; then best="$t"; fi
+        [ "$m" -gt "$rss" ] && rss="$m"
+    done
+    echo "$best $rss"
+}
+
+read -r t_dump _ < <(best_of "'$PGBIN/pg_dump' -Fc -Z0 -t users -f '$WORK/dump0'")
+"$PGBIN/pg_dump" -Fc -t users -f "$WORK/dumpc"
+dump_bytes=$(stat -c %s "$WORK/dumpc")
+# A fresh store for each snapshot run, so every run does the whole work.
+read -r t_snap rss_snap < <(best_of "rm -rf '$WORK/s1' && '$BIN' init --store '$WORK/s1' -q && '$BIN' --store '$WORK/s1' snapshot '$WORK/empty' --db '$URL' -q")
+store="$WORK/s1"
+store_bytes=$(du -sb "$store" | cut -f1)
+
+"$PGBIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 >changed.txt <<SQL
+CREATE TEMP TABLE pick AS SELECT id FROM users ORDER BY random() LIMIT 100;
+UPDATE users SET balance = balance + 1, active = NOT active WHERE id IN (SELECT id FROM pick);
+SELECT id FROM pick ORDER BY id;
+SQL
+/usr/bin/time -f "%e %M" -o time.txt "$BIN" --store "$store" snapshot "$WORK/empty" --db "$URL" -q >/dev/null
+read -r t_resnap rss_resnap <time.txt
+added=$(( $(du -sb "$store" | cut -f1) - store_bytes ))
+
+/usr/bin/time -f "%e %M" -o time.txt "$BIN" --store "$store" diff main~1 main --json >diff.json
+read -r t_diff rss_diff <time.txt
+keys_ok=$(python3 - <<'PY'
+import json
+d = json.load(open("diff.json"))
+got = sorted(r["key"][0] for r in d["rows"] if r["table"] == "users" and r["change"] == "modified")
+want = sorted(int(x) for x in open("changed.txt").read().split())
+print("yes" if got == want and len(d["rows"]) == 100 else f"no ({len(d['rows'])} rows)")
+PY
+)
+
+python3 - "$ROWS" "$t_dump" "$t_snap" "$rss_snap" "$store_bytes" "$dump_bytes" "$t_resnap" "$rss_resnap" \
+    "$added" "$t_diff" "$rss_diff" "$keys_ok" <<'PY'
+import json, sys
+(rows, t_dump, t_snap, rss_snap, store_bytes, dump_bytes, t_resnap, rss_resnap, added, t_diff,
+ rss_diff, keys_ok) = sys.argv[1:]
+f = float
+rss = max(int(rss_snap), int(rss_resnap), int(rss_diff)) / 1024
+out = {
+    "rows": int(rows),
+    "snapshot_s": f(t_snap), "pg_dump_z0_s": f(t_dump),
+    "snapshot_vs_pg_dump": round(f(t_snap) / f(t_dump), 2),
+    "store_bytes": int(store_bytes), "pg_dump_fc_bytes": int(dump_bytes),
+    "store_vs_pg_dump": round(int(store_bytes) / int(dump_bytes), 2),
+    "resnapshot_s": f(t_resnap), "resnapshot_vs_first": round(f(t_resnap) / f(t_snap), 2),
+    "resnapshot_added_kib": round(int(added) / 1024, 1),
+    "diff_ms": round(f(t_diff) * 1000), "diff_lists_exactly_the_100_keys": keys_ok == "yes",
+    "peak_rss_mib": round(rss, 1),
+}
+print(f"snapshot        {out['snapshot_s']:.2f}s vs pg_dump -Fc -Z0 {out['pg_dump_z0_s']:.2f}s: {out['snapshot_vs_pg_dump']}x (want <= 1.0)")
+print(f"store           {out['store_bytes']} bytes vs pg_dump -Fc {out['pg_dump_fc_bytes']}: {out['store_vs_pg_dump']}x (want <= 1.2)")
+print(f"re-snapshot     100 rows changed: +{out['resnapshot_added_kib']} KiB (want < 256), {out['resnapshot_s']:.2f}s = {out['resnapshot_vs_first']}x the first (want <= 0.5)")
+print(f"diff            {out['diff_ms']} ms, exactly the 100 keys: {keys_ok}")
+print(f"peak RSS        {out['peak_rss_mib']} MiB (want < 200)")
+print(json.dumps(out))
+PY

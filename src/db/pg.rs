@@ -1,0 +1,1794 @@
+//! PostgreSQL tables in snapshots: the same table objects and row maps as
+//! SQLite's (`store-format.md` §3.6–3.7), read from and written to a live
+//! PostgreSQL database over the `postgres` client.
+//!
+//! A location is a URL, `postgres://USER[:PASSWORD]@HOST:PORT/DBNAME` (or
+//! `postgresql://`), with the query parameters `host` (a Unix socket
+//! directory), `port`, `user`, `dbname`, `schema` (default `public`) and
+//! `key_by_all_columns`. The password comes from the URL, `PGPASSWORD` or
+//! `~/.pgpass` (`PGPASSFILE`), and is never written into a snapshot, a log
+//! line or an error: what is recorded and shown is [`PgLocation::redacted`].
+//!
+//! **Reading.** Every table of the schema (or those named) is read in one
+//! `REPEATABLE READ, READ ONLY` transaction, each with one `COPY (SELECT …
+//! ORDER BY key) TO STDOUT` streamed row by row into the row map builder.
+//! Values are the exact text forms PostgreSQL prints (with
+//! `extra_float_digits = 3`, `DateStyle = ISO`, `TimeZone = UTC`,
+//! `IntervalStyle = postgres`, `bytea_output = hex`), stored as cells by the
+//! column's type: `smallint`/`integer`/`bigint` as INTEGER, `real`/`double
+//! precision` as REAL (the exact bits; `real` widened exactly), `boolean`
+//! as INTEGER 0/1, `bytea` as BLOB, and every other type (text, numeric,
+//! uuid, dates and times, json, arrays, enums, types sp-sync does not know)
+//! as TEXT, its exact text form; the column's type name is in the table
+//! object. The key order is byte order of the encoded keys: rows are
+//! selected ordered by the key columns themselves (numbers, booleans,
+//! `bytea`, `uuid`), text `COLLATE "C"`, or the text form `COLLATE "C"`.
+//!
+//! **Writing.** Into tables the database lacks: the recorded `CREATE`
+//! script, then the rows by `COPY … FROM STDIN`, then constraints, indexes
+//! and sequence values. Onto existing tables (same columns and key, else
+//! refused before anything is written): only the rows that differ, in one
+//! transaction with deferrable constraints deferred; a failure rolls back
+//! and names the row.
+//!
+//! The `postgres` client runs its own tokio runtime and must not be called
+//! from inside another: every entry point here runs on a thread of its own.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use postgres::{Client, NoTls};
+
+use super::diff::same_structure;
+use super::restore::{DbRestoreOptions, DbRestoreReport};
+use super::table::{Column, Engine, Extra, ExtraKind, FLAG_WITHOUT_ROWID, TableData, TableObject};
+use super::value::{Cell, KeyWriter, Value, decode_key, decode_row, encode_cell};
+use super::{DbSource, ScanResult, load_table};
+use crate::chunker::Chunker;
+use crate::codec::Writer;
+use crate::error::{Result, SyncError};
+use crate::id::{ObjectId, ObjectType};
+use crate::object::{MemStore, ObjectSink, ObjectSource, corrupt};
+use crate::pmap::{self, Change, MapIter};
+use crate::progress::Progress;
+
+/// Whether a `--db` location is a PostgreSQL URL.
+pub fn is_url(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
+}
+
+/// Whether a database path given as a `Path` is a PostgreSQL URL.
+pub fn is_url_path(p: &Path) -> bool {
+    p.to_str().is_some_and(is_url)
+}
+
+/// Where a `--db` argument points: a URL as it is (with `schema` and
+/// `key_by_all_columns` added to it when given), a file relative to `cwd`.
+pub fn resolve_location(
+    cwd: &Path,
+    db: &Path,
+    schema: Option<&str>,
+    key_by_all_columns: bool,
+) -> Result<PathBuf> {
+    if !is_url_path(db) {
+        if schema.is_some() || key_by_all_columns {
+            return Err(SyncError::Invalid(
+                "--schema and --key-by-all-columns apply to a PostgreSQL --db (postgres://…)"
+                    .into(),
+            ));
+        }
+        return Ok(cwd.join(db));
+    }
+    let mut s = db.to_string_lossy().into_owned();
+    let mut add = |k: &str, v: &str| {
+        s.push(if s.contains('?') { '&' } else { '?' });
+        s.push_str(k);
+        s.push('=');
+        s.push_str(&percent_encode(v));
+    };
+    if let Some(schema) = schema {
+        add("schema", schema);
+    }
+    if key_by_all_columns {
+        add("key_by_all_columns", "true");
+    }
+    // Parsed now, so a bad URL is refused before anything else.
+    PgLocation::parse(&s)?;
+    Ok(PathBuf::from(s))
+}
+
+/// A location for people and for the snapshot's record: a URL without its
+/// password, a file path as it is.
+pub fn display_location(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    if is_url(&s) {
+        match PgLocation::parse(&s) {
+            Ok(l) => l.redacted(),
+            Err(_) => "postgres://(invalid URL)".into(),
+        }
+    } else {
+        s.into_owned()
+    }
+}
+
+/// A parsed PostgreSQL URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgLocation {
+    pub user: Option<String>,
+    password: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub dbname: Option<String>,
+    /// The schema whose tables are read or written (default `public`).
+    pub schema: String,
+    /// Key tables without a primary key by all their columns.
+    pub key_by_all_columns: bool,
+}
+
+impl std::fmt::Debug for PgLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| SyncError::Invalid("bad %-escape in a PostgreSQL URL".into()))?;
+            out.push(h);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| SyncError::Invalid("a PostgreSQL URL that is not UTF-8".into()))
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &c in s.as_bytes() {
+        if c.is_ascii_alphanumeric() || b"-._~/".contains(&c) {
+            out.push(c as char);
+        } else {
+            out.push_str(&format!("%{c:02X}"));
+        }
+    }
+    out
+}
+
+impl PgLocation {
+    /// Parses `postgres://[user[:password]@][host][:port][/dbname][?k=v&…]`.
+    /// Errors never repeat the URL (it may hold a password).
+    pub fn parse(url: &str) -> Result<PgLocation> {
+        let bad = |what: &str| SyncError::Invalid(format!("bad PostgreSQL URL: {what}"));
+        let rest = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+            .ok_or_else(|| bad("it must start with postgres:// or postgresql://"))?;
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (rest, None),
+        };
+        let (authority, path) = match rest.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (rest, None),
+        };
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let mut loc = PgLocation {
+            user: None,
+            password: None,
+            host: None,
+            port: None,
+            dbname: None,
+            schema: "public".into(),
+            key_by_all_columns: false,
+        };
+        if let Some(u) = userinfo {
+            let (user, pw) = match u.split_once(':') {
+                Some((a, b)) => (a, Some(b)),
+                None => (u, None),
+            };
+            if !user.is_empty() {
+                loc.user = Some(percent_decode(user)?);
+            }
+            if let Some(pw) = pw {
+                loc.password = Some(percent_decode(pw)?);
+            }
+        }
+        let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
+            let (h, after) = h
+                .split_once(']')
+                .ok_or_else(|| bad("unclosed [ in the host"))?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (hostport, None),
+            }
+        };
+        if !host.is_empty() {
+            loc.host = Some(percent_decode(host)?);
+        }
+        if let Some(p) = port.filter(|p| !p.is_empty()) {
+            loc.port = Some(p.parse().map_err(|_| bad("the port is not a number"))?);
+        }
+        if let Some(p) = path.filter(|p| !p.is_empty()) {
+            loc.dbname = Some(percent_decode(p)?);
+        }
+        for kv in query.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let v = percent_decode(v)?;
+            match k {
+                "host" => loc.host = Some(v),
+                "port" => loc.port = Some(v.parse().map_err(|_| bad("the port is not a number"))?),
+                "user" => loc.user = Some(v),
+                "password" => loc.password = Some(v),
+                "dbname" => loc.dbname = Some(v),
+                "schema" => {
+                    if v.is_empty() {
+                        return Err(bad("an empty schema"));
+                    }
+                    loc.schema = v
+                }
+                "key_by_all_columns" => loc.key_by_all_columns = matches!(v.as_str(), "true" | "1"),
+                "sslmode" if matches!(v.as_str(), "disable" | "prefer" | "allow") => {}
+                "sslmode" => return Err(bad("TLS (sslmode) is not supported yet")),
+                "connect_timeout" | "application_name" => {}
+                _ => return Err(bad(&format!("unknown parameter {k:?}"))),
+            }
+        }
+        Ok(loc)
+    }
+
+    /// The URL without the password, as recorded in snapshots and shown.
+    pub fn redacted(&self) -> String {
+        let mut s = String::from("postgres://");
+        if let Some(u) = &self.user {
+            s.push_str(&percent_encode(u));
+            s.push('@');
+        }
+        let socket = self.host.as_deref().is_some_and(|h| h.starts_with('/'));
+        if let Some(h) = self.host.as_deref().filter(|_| !socket) {
+            if h.contains(':') {
+                s.push_str(&format!("[{h}]"));
+            } else {
+                s.push_str(h);
+            }
+        }
+        if let Some(p) = self.port {
+            s.push_str(&format!(":{p}"));
+        }
+        s.push('/');
+        if let Some(d) = &self.dbname {
+            s.push_str(&percent_encode(d));
+        }
+        let mut q = Vec::new();
+        if socket {
+            q.push(format!(
+                "host={}",
+                percent_encode(self.host.as_deref().unwrap_or(""))
+            ));
+        }
+        if self.schema != "public" {
+            q.push(format!("schema={}", percent_encode(&self.schema)));
+        }
+        if self.key_by_all_columns {
+            q.push("key_by_all_columns=true".into());
+        }
+        if !q.is_empty() {
+            s.push('?');
+            s.push_str(&q.join("&"));
+        }
+        s
+    }
+
+    fn user_name(&self) -> String {
+        self.user
+            .clone()
+            .or_else(|| std::env::var("PGUSER").ok())
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "postgres".into())
+    }
+
+    fn host_name(&self) -> String {
+        self.host
+            .clone()
+            .or_else(|| std::env::var("PGHOST").ok())
+            .unwrap_or_else(|| "localhost".into())
+    }
+
+    fn port_number(&self) -> u16 {
+        self.port
+            .or_else(|| std::env::var("PGPORT").ok().and_then(|p| p.parse().ok()))
+            .unwrap_or(5432)
+    }
+
+    fn db_name(&self) -> String {
+        self.dbname
+            .clone()
+            .or_else(|| std::env::var("PGDATABASE").ok())
+            .unwrap_or_else(|| self.user_name())
+    }
+
+    /// The password: the URL's, else `PGPASSWORD`, else a matching line of
+    /// `PGPASSFILE` or `~/.pgpass`.
+    fn password(&self) -> Option<String> {
+        if let Some(p) = &self.password {
+            return Some(p.clone());
+        }
+        if let Ok(p) = std::env::var("PGPASSWORD") {
+            return Some(p);
+        }
+        let file = std::env::var_os("PGPASSFILE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass")))?;
+        let text = std::fs::read_to_string(file).ok()?;
+        let host = self.host_name();
+        let host = if host.starts_with('/') {
+            "localhost".to_string()
+        } else {
+            host
+        };
+        let want = [
+            host,
+            self.port_number().to_string(),
+            self.db_name(),
+            self.user_name(),
+        ];
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| pgpass_match(l, &want))
+    }
+
+    /// Connects (the error names the redacted URL, never the password).
+    pub fn connect(&self) -> Result<Client> {
+        let mut c = postgres::Config::new();
+        c.user(&self.user_name())
+            .host(&self.host_name())
+            .port(self.port_number())
+            .dbname(&self.db_name())
+            .application_name("sp-sync")
+            .connect_timeout(Duration::from_secs(10));
+        let password = self.password();
+        if let Some(p) = &password {
+            c.password(p.as_bytes());
+        }
+        let mut client = c.connect(NoTls).map_err(|e| self.error(e))?;
+        client
+            .batch_execute(
+                "SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; \
+                 SET IntervalStyle = 'postgres'; SET bytea_output = 'hex'; \
+                 SET client_encoding = 'UTF8'; SET statement_timeout = 0",
+            )
+            .map_err(|e| self.error(e))?;
+        Ok(client)
+    }
+
+    /// One line for a client error, naming the redacted URL.
+    pub fn error(&self, e: postgres::Error) -> SyncError {
+        let mut msg = match e.as_db_error() {
+            Some(d) => {
+                let mut m = d.message().to_string();
+                if let Some(detail) = d.detail() {
+                    m.push_str(&format!(" ({detail})"));
+                }
+                if let Some(w) = d.where_() {
+                    m.push_str(&format!(" [{w}]"));
+                }
+                m
+            }
+            None => {
+                let mut m = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    let t = s.to_string();
+                    if !m.contains(&t) {
+                        m.push_str(&format!(": {t}"));
+                    }
+                    src = s.source();
+                }
+                m
+            }
+        };
+        if let Some(p) = self.password().filter(|p| !p.is_empty()) {
+            msg = msg.replace(&p, "****");
+        }
+        SyncError::Database(format!(
+            "{}: {}",
+            self.redacted(),
+            msg.replace(['\n', '\r'], " ")
+        ))
+    }
+}
+
+/// The password of a `.pgpass` line if its fields match `want` (host,
+/// port, database, user; `*` matches anything; `\:` and `\\` escape).
+fn pgpass_match(line: &str, want: &[String; 4]) -> Option<String> {
+    let mut fields = Vec::new();
+    let mut cur = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            ':' if fields.len() < 4 => fields.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    fields.push(cur);
+    if fields.len() != 5 {
+        return None;
+    }
+    for (f, w) in fields.iter().zip(want) {
+        if f != "*" && f != w {
+            return None;
+        }
+    }
+    fields.pop()
+}
+
+/// Runs `f` on a thread of its own (outside any tokio runtime).
+fn on_own_thread<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .map_err(|_| SyncError::Invalid("the PostgreSQL client thread panicked".into()))?
+    })
+}
+
+/// How a column's values are stored, by its type (`format_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgClass {
+    /// `smallint`, `integer`, `bigint`: INTEGER.
+    Int,
+    /// `real`: REAL, the float widened exactly.
+    Float4,
+    /// `double precision`: REAL.
+    Float8,
+    /// `boolean`: INTEGER 0 or 1.
+    Bool,
+    /// `bytea`: BLOB.
+    Bytea,
+    /// `text`, `character varying`: TEXT, ordered `COLLATE "C"`.
+    Text,
+    /// `character(n)`: TEXT without the padding (`::text`).
+    Bpchar,
+    /// `uuid`: TEXT, ordered as itself.
+    Uuid,
+    /// Any other type: TEXT, its exact text form.
+    Other,
+}
+
+impl PgClass {
+    /// The class of a type as `format_type` prints it.
+    pub fn of(decl_type: &str) -> PgClass {
+        let base = decl_type.split('(').next().unwrap_or("").trim();
+        if decl_type.ends_with(']') {
+            return PgClass::Other;
+        }
+        match base {
+            "smallint" | "integer" | "bigint" => PgClass::Int,
+            "real" => PgClass::Float4,
+            "double precision" => PgClass::Float8,
+            "boolean" => PgClass::Bool,
+            "bytea" => PgClass::Bytea,
+            "text" | "character varying" => PgClass::Text,
+            "character" => PgClass::Bpchar,
+            "uuid" => PgClass::Uuid,
+            _ => PgClass::Other,
+        }
+    }
+
+    fn select(self, col: &str) -> String {
+        match self {
+            PgClass::Bpchar => format!("{col}::text"),
+            _ => col.to_string(),
+        }
+    }
+
+    fn order(self, col: &str) -> String {
+        match self {
+            PgClass::Int
+            | PgClass::Float4
+            | PgClass::Float8
+            | PgClass::Bool
+            | PgClass::Bytea
+            | PgClass::Uuid => col.to_string(),
+            PgClass::Text => format!("{col} COLLATE \"C\""),
+            PgClass::Bpchar | PgClass::Other => format!("({col}::text) COLLATE \"C\""),
+        }
+    }
+
+    /// A value from its COPY text form (unescaped).
+    pub fn parse(self, s: &[u8]) -> std::result::Result<Value, String> {
+        let text = || std::str::from_utf8(s).map_err(|_| "not UTF-8".to_string());
+        Ok(match self {
+            PgClass::Int => Value::Integer(text()?.parse().map_err(|_| "not an integer")?),
+            PgClass::Float4 => Value::Real(f64::from(parse_float::<f32>(text()?)?)),
+            PgClass::Float8 => Value::Real(parse_float::<f64>(text()?)?),
+            PgClass::Bool => match s {
+                b"t" => Value::Integer(1),
+                b"f" => Value::Integer(0),
+                _ => return Err("not a boolean".into()),
+            },
+            PgClass::Bytea => {
+                let h = s.strip_prefix(b"\\x").ok_or("bytea not in hex")?;
+                let mut out = Vec::with_capacity(h.len() / 2);
+                for p in h.chunks(2) {
+                    let p = std::str::from_utf8(p).map_err(|_| "bad hex")?;
+                    out.push(u8::from_str_radix(p, 16).map_err(|_| "bad hex")?);
+                }
+                Value::Blob(out)
+            }
+            _ => Value::Text(s.to_vec()),
+        })
+    }
+
+    /// A stored value as PostgreSQL reads it (the text form); None for NULL.
+    pub fn text(self, v: &Value) -> std::result::Result<Option<Vec<u8>>, String> {
+        Ok(Some(match (self, v) {
+            (_, Value::Null) => return Ok(None),
+            (PgClass::Bool, Value::Integer(1)) => b"t".to_vec(),
+            (PgClass::Bool, Value::Integer(0)) => b"f".to_vec(),
+            (PgClass::Int, Value::Integer(i)) => i.to_string().into_bytes(),
+            (PgClass::Float4, Value::Real(r)) => float_text(*r as f32, r.is_nan()),
+            (PgClass::Float8, Value::Real(r)) => float_text(*r, r.is_nan()),
+            (PgClass::Bytea, Value::Blob(b)) => format!("\\x{}", crate::id::hex(b)).into_bytes(),
+            (PgClass::Text | PgClass::Bpchar | PgClass::Uuid | PgClass::Other, Value::Text(t)) => {
+                t.clone()
+            }
+            _ => {
+                return Err(format!(
+                    "a value {} for a column of class {self:?}",
+                    v.to_sql()
+                ));
+            }
+        }))
+    }
+}
+
+fn parse_float<F: std::str::FromStr>(s: &str) -> std::result::Result<F, String> {
+    // PostgreSQL prints NaN, Infinity and -Infinity; Rust reads them too.
+    s.parse::<F>().map_err(|_| format!("not a number: {s}"))
+}
+
+fn float_text<F: std::fmt::LowerExp + PartialOrd + Default>(r: F, nan: bool) -> Vec<u8> {
+    if nan {
+        return b"NaN".to_vec();
+    }
+    let s = format!("{r:e}");
+    match s.as_str() {
+        "inf" => b"Infinity".to_vec(),
+        "-inf" => b"-Infinity".to_vec(),
+        _ => s.into_bytes(),
+    }
+}
+
+/// Quotes an identifier.
+pub fn quote(name: &str) -> String {
+    super::quote(name)
+}
+
+/// Decodes one field of COPY's text format (`\N` is handled by the caller).
+fn unescape_copy(f: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    let mut i = 0;
+    while i < f.len() {
+        let c = f[i];
+        if c != b'\\' || i + 1 == f.len() {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let n = f[i + 1];
+        i += 2;
+        match n {
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut v = u32::from(n - b'0');
+                let mut k = 0;
+                while k < 2 && i < f.len() && (b'0'..=b'7').contains(&f[i]) {
+                    v = v * 8 + u32::from(f[i] - b'0');
+                    i += 1;
+                    k += 1;
+                }
+                out.push(v as u8);
+            }
+            b'x' => {
+                let mut v = 0u32;
+                let mut k = 0;
+                while k < 2 && i < f.len() && f[i].is_ascii_hexdigit() {
+                    v = v * 16 + (f[i] as char).to_digit(16).unwrap_or(0);
+                    i += 1;
+                    k += 1;
+                }
+                out.push(v as u8);
+            }
+            other => out.push(other),
+        }
+    }
+}
+
+/// Appends a field in COPY's text format.
+fn escape_copy(v: Option<&[u8]>, out: &mut Vec<u8>) {
+    let Some(b) = v else {
+        out.extend_from_slice(b"\\N");
+        return;
+    };
+    for &c in b {
+        match c {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// A column as the catalog has it.
+#[derive(Debug, Clone)]
+struct PgColumn {
+    attnum: i16,
+    name: String,
+    decl_type: String,
+    not_null: bool,
+    default: Option<String>,
+    identity: String,
+    generated: String,
+}
+
+/// What the catalog says about one table.
+struct PgTable {
+    oid: i64,
+    name: String,
+    view: Option<String>,
+    columns: Vec<PgColumn>,
+}
+
+fn list_relations(c: &mut Client, loc: &PgLocation) -> Result<Vec<PgTable>> {
+    let rows = c
+        .query(
+            "SELECT c.oid::int8, c.relname::text, c.relkind::text, \
+                    CASE WHEN c.relkind = 'v' THEN pg_catalog.pg_get_viewdef(c.oid, true) END \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v') AND NOT c.relispartition \
+             ORDER BY c.relname COLLATE \"C\"",
+            &[&loc.schema],
+        )
+        .map_err(|e| loc.error(e))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let oid: i64 = r.get(0);
+        let name: String = r.get(1);
+        let kind: String = r.get(2);
+        let view: Option<String> = r.get(3);
+        let columns = if kind == "v" {
+            Vec::new()
+        } else {
+            columns_of(c, loc, oid)?
+        };
+        out.push(PgTable {
+            oid,
+            name,
+            view: if kind == "v" {
+                Some(view.unwrap_or_default())
+            } else {
+                None
+            },
+            columns,
+        });
+    }
+    Ok(out)
+}
+
+fn columns_of(c: &mut Client, loc: &PgLocation, oid: i64) -> Result<Vec<PgColumn>> {
+    let rows = c
+        .query(
+            "SELECT a.attnum, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
+                    a.attnotnull, pg_catalog.pg_get_expr(d.adbin, d.adrelid), \
+                    a.attidentity::text, a.attgenerated::text \
+             FROM pg_catalog.pg_attribute a \
+             LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+             WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+            &[&oid],
+        )
+        .map_err(|e| loc.error(e))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| PgColumn {
+            attnum: r.get(0),
+            name: r.get(1),
+            decl_type: r.get(2),
+            not_null: r.get(3),
+            default: r.get(4),
+            identity: r.get(5),
+            generated: r.get(6),
+        })
+        .collect())
+}
+
+/// The stored columns (generated ones left out) and the primary key.
+fn structure(
+    c: &mut Client,
+    loc: &PgLocation,
+    t: &PgTable,
+) -> Result<(Vec<Column>, Vec<u32>, Option<String>)> {
+    let stored: Vec<&PgColumn> = t
+        .columns
+        .iter()
+        .filter(|c| c.generated.is_empty())
+        .collect();
+    let columns: Vec<Column> = stored
+        .iter()
+        .map(|c| Column {
+            name: c.name.clone(),
+            decl_type: c.decl_type.clone(),
+        })
+        .collect();
+    let pk = c
+        .query_opt(
+            "SELECT conname::text, conkey, pg_catalog.pg_get_constraintdef(oid, true) \
+             FROM pg_catalog.pg_constraint WHERE conrelid = $1::int8::oid AND contype = 'p'",
+            &[&t.oid],
+        )
+        .map_err(|e| loc.error(e))?;
+    let mut key = Vec::new();
+    let mut pk_def = None;
+    if let Some(r) = pk {
+        let name: String = r.get(0);
+        let attnums: Vec<i16> = r.get(1);
+        let def: String = r.get(2);
+        for a in attnums {
+            let i = stored.iter().position(|c| c.attnum == a).ok_or_else(|| {
+                SyncError::Database(format!(
+                    "{}: table {}: a primary key on a generated column",
+                    loc.redacted(),
+                    t.name
+                ))
+            })?;
+            key.push(i as u32);
+        }
+        pk_def = Some(format!("CONSTRAINT {} {def}", quote(&name)));
+    }
+    Ok((columns, key, pk_def))
+}
+
+/// The `CREATE` script of a table and its extras (constraints, indexes,
+/// sequence values).
+fn schema_of(
+    c: &mut Client,
+    loc: &PgLocation,
+    t: &PgTable,
+    pk_def: Option<&str>,
+    ordinal: &mut u64,
+) -> Result<(String, Vec<Extra>)> {
+    let err = |e| loc.error(e);
+    let mut script = String::new();
+    // Enum types the columns use (directly or as arrays).
+    let enums = c
+        .query(
+            "SELECT DISTINCT pg_catalog.format_type(t.oid, NULL), \
+                    (SELECT string_agg(quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder) \
+                     FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid) \
+             FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t \
+               ON (t.oid = a.atttypid OR t.typarray = a.atttypid) \
+             WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
+               AND t.typtype = 'e' ORDER BY 1",
+            &[&t.oid],
+        )
+        .map_err(err)?;
+    for r in enums {
+        let name: String = r.get(0);
+        let labels: Option<String> = r.get(1);
+        script.push_str(&format!(
+            "DO $sp_sync$ BEGIN CREATE TYPE {name} AS ENUM ({}); \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $sp_sync$;\n",
+            labels.unwrap_or_default()
+        ));
+    }
+    // Sequences the table's columns own (serial: 'a'; identity: 'i').
+    let seqs = c
+        .query(
+            "SELECT s.relname::text, a.attname::text, d.deptype::text, \
+                    pg_catalog.format_type(q.seqtypid, NULL), q.seqstart, q.seqincrement, \
+                    q.seqmin, q.seqmax, q.seqcache, q.seqcycle \
+             FROM pg_catalog.pg_depend d \
+             JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
+             JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.oid \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+             WHERE d.refobjid = $1::int8::oid AND d.classid = 'pg_catalog.pg_class'::regclass \
+               AND d.deptype IN ('a', 'i') ORDER BY a.attnum",
+            &[&t.oid],
+        )
+        .map_err(err)?;
+    let mut owned = String::new();
+    let mut seq_values = Vec::new();
+    for r in seqs {
+        let seq: String = r.get(0);
+        let col: String = r.get(1);
+        let deptype: String = r.get(2);
+        if deptype == "a" {
+            let ty: String = r.get(3);
+            let (start, inc, min, max, cache): (i64, i64, i64, i64, i64) =
+                (r.get(4), r.get(5), r.get(6), r.get(7), r.get(8));
+            let cycle: bool = r.get(9);
+            script.push_str(&format!(
+                "CREATE SEQUENCE IF NOT EXISTS {} AS {ty} INCREMENT BY {inc} MINVALUE {min} \
+                 MAXVALUE {max} START WITH {start} CACHE {cache}{};\n",
+                quote(&seq),
+                if cycle { " CYCLE" } else { "" }
+            ));
+            owned.push_str(&format!(
+                "ALTER SEQUENCE {} OWNED BY {}.{};\n",
+                quote(&seq),
+                quote(&t.name),
+                quote(&col)
+            ));
+        }
+        let v = c
+            .query_one(
+                &format!("SELECT last_value, is_called FROM {}", quote(&seq)),
+                &[],
+            )
+            .map_err(err)?;
+        let (last, called): (i64, bool) = (v.get(0), v.get(1));
+        seq_values.push((seq, col, last, called));
+    }
+    let mut cols: Vec<String> = Vec::new();
+    for col in &t.columns {
+        let mut d = format!("{} {}", quote(&col.name), col.decl_type);
+        if col.generated == "s" {
+            d.push_str(&format!(
+                " GENERATED ALWAYS AS ({}) STORED",
+                col.default.clone().unwrap_or_default()
+            ));
+        } else if let Some(def) = &col.default {
+            d.push_str(&format!(" DEFAULT {def}"));
+        }
+        match col.identity.as_str() {
+            "a" => d.push_str(" GENERATED ALWAYS AS IDENTITY"),
+            "d" => d.push_str(" GENERATED BY DEFAULT AS IDENTITY"),
+            _ => {}
+        }
+        if col.not_null {
+            d.push_str(" NOT NULL");
+        }
+        cols.push(d);
+    }
+    if let Some(pk) = pk_def {
+        cols.push(pk.to_string());
+    }
+    script.push_str(&format!(
+        "CREATE TABLE {} (\n    {}\n);\n",
+        quote(&t.name),
+        cols.join(",\n    ")
+    ));
+    script.push_str(&owned);
+    let mut extras = Vec::new();
+    // Constraints other than the key: unique, check, exclusion, then
+    // foreign keys (which need the other tables).
+    let cons = c
+        .query(
+            "SELECT conname::text, pg_catalog.pg_get_constraintdef(oid, true) \
+             FROM pg_catalog.pg_constraint WHERE conrelid = $1::int8::oid \
+               AND contype IN ('u', 'c', 'x', 'f') \
+             ORDER BY contype = 'f', conname COLLATE \"C\"",
+            &[&t.oid],
+        )
+        .map_err(err)?;
+    for r in cons {
+        let name: String = r.get(0);
+        let def: String = r.get(1);
+        *ordinal += 1;
+        extras.push(Extra {
+            kind: ExtraKind::Constraint,
+            sql: format!(
+                "ALTER TABLE {} ADD CONSTRAINT {} {def}",
+                quote(&t.name),
+                quote(&name)
+            ),
+            name,
+            ordinal: *ordinal,
+        });
+    }
+    let qschema: String = c
+        .query_one("SELECT quote_ident($1)", &[&loc.schema])
+        .map_err(err)?
+        .get(0);
+    let idx = c
+        .query(
+            "SELECT ic.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid) \
+             FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+             WHERE i.indrelid = $1::int8::oid AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k \
+               WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid) \
+             ORDER BY ic.relname COLLATE \"C\"",
+            &[&t.oid],
+        )
+        .map_err(err)?;
+    for r in idx {
+        let name: String = r.get(0);
+        let def: String = r.get(1);
+        // Unqualified, so it lands in the schema restored into.
+        let def = def
+            .replacen(&format!(" ON ONLY {qschema}."), " ON ONLY ", 1)
+            .replacen(&format!(" ON {qschema}."), " ON ", 1);
+        *ordinal += 1;
+        extras.push(Extra {
+            kind: ExtraKind::Index,
+            name,
+            ordinal: *ordinal,
+            sql: def,
+        });
+    }
+    for (seq, col, last, called) in seq_values {
+        *ordinal += 1;
+        extras.push(Extra {
+            kind: ExtraKind::Sequence,
+            sql: format!(
+                "SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence({}, {}), {last}, {called})",
+                sql_literal(&quote(&t.name)),
+                sql_literal(&col)
+            ),
+            name: seq,
+            ordinal: *ordinal,
+        });
+    }
+    Ok((script, extras))
+}
+
+fn sql_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The `COPY` statement that reads a table's stored columns in key order.
+fn copy_out_sql(name: &str, t: &TableData) -> String {
+    let cols: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| PgClass::of(&c.decl_type).select(&quote(&c.name)))
+        .collect();
+    let order: Vec<String> = t
+        .key
+        .iter()
+        .map(|&k| {
+            let c = &t.columns[k as usize];
+            PgClass::of(&c.decl_type).order(&quote(&c.name))
+        })
+        .collect();
+    format!(
+        "COPY (SELECT {} FROM {} ORDER BY {}) TO STDOUT",
+        cols.join(", "),
+        quote(name),
+        order.join(", ")
+    )
+}
+
+/// Streams a table's rows in key order, calling `f(key, row)`.
+#[allow(clippy::too_many_arguments)]
+fn read_table(
+    c: &mut Client,
+    loc: &PgLocation,
+    name: &str,
+    t: &TableData,
+    sink: &dyn ObjectSink,
+    chunker: &Chunker,
+    progress: &dyn Progress,
+    f: &mut super::RowSink<'_>,
+) -> Result<u64> {
+    let classes: Vec<PgClass> = t
+        .columns
+        .iter()
+        .map(|c| PgClass::of(&c.decl_type))
+        .collect();
+    let mut reader = c
+        .copy_out(&copy_out_sql(name, t))
+        .map_err(|e| loc.error(e))?;
+    let mut line = Vec::with_capacity(1024);
+    let mut field = Vec::new();
+    let mut values: Vec<Value> = Vec::with_capacity(classes.len());
+    let mut key = KeyWriter::new();
+    let mut w = Writer::with_capacity(256);
+    let mut n: u64 = 0;
+    let bad =
+        |what: String| SyncError::Database(format!("{}: table {name}: {what}", loc.redacted()));
+    loop {
+        line.clear();
+        let got = reader.read_until(b'\n', &mut line).map_err(|e| {
+            // The client's error is inside the io::Error.
+            match e.into_inner() {
+                Some(inner) => match inner.downcast::<postgres::Error>() {
+                    Ok(pe) => loc.error(*pe),
+                    Err(other) => bad(other.to_string()),
+                },
+                None => bad("the connection failed".into()),
+            }
+        })?;
+        if got == 0 {
+            break;
+        }
+        if n.is_multiple_of(4096) && progress.interrupted() {
+            return Err(SyncError::Interrupted);
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        values.clear();
+        for (i, raw) in line.split(|&b| b == b'\t').enumerate() {
+            let class = *classes
+                .get(i)
+                .ok_or_else(|| bad("COPY gave more fields than columns".into()))?;
+            if raw == b"\\N" {
+                values.push(Value::Null);
+                continue;
+            }
+            unescape_copy(raw, &mut field);
+            values.push(
+                class
+                    .parse(&field)
+                    .map_err(|e| bad(format!("column {}: {e}", t.columns[i].name)))?,
+            );
+        }
+        if values.len() != classes.len() {
+            return Err(bad("COPY gave fewer fields than columns".into()));
+        }
+        for spilled in [false, true] {
+            w.buf.clear();
+            w.varint(values.len() as u64);
+            for v in &values {
+                encode_cell(&mut w, v.as_ref(), sink, chunker, spilled)?;
+            }
+            if w.buf.len() <= super::value::ROW_SPILL_AT {
+                break;
+            }
+        }
+        key.clear();
+        for &k in &t.key {
+            let v = &values[k as usize];
+            if let Value::Real(r) = v
+                && r.is_nan()
+            {
+                return Err(bad(format!(
+                    "key column {} holds NaN, which sp-sync cannot key by",
+                    t.columns[k as usize].name
+                )));
+            }
+            key.push(v.as_ref())?;
+        }
+        f(key.finish(), &w.buf)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Reads the selected tables of one PostgreSQL database in one
+/// `REPEATABLE READ, READ ONLY` transaction.
+pub fn scan(
+    src: &DbSource,
+    sink: &dyn ObjectSink,
+    chunker: &Chunker,
+    progress: &dyn Progress,
+) -> Result<ScanResult> {
+    let loc = PgLocation::parse(&src.path.to_string_lossy())?;
+    on_own_thread(|| {
+        let mut c = loc.connect()?;
+        c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .map_err(|e| loc.error(e))?;
+        let r = scan_in(&mut c, &loc, &src.tables, sink, chunker, progress);
+        let _ = c.batch_execute("ROLLBACK");
+        r
+    })
+}
+
+fn scan_in(
+    c: &mut Client,
+    loc: &PgLocation,
+    wanted: &[String],
+    sink: &dyn ObjectSink,
+    chunker: &Chunker,
+    progress: &dyn Progress,
+) -> Result<ScanResult> {
+    c.batch_execute(&format!("SET LOCAL search_path = {}", quote(&loc.schema)))
+        .map_err(|e| loc.error(e))?;
+    let rels = list_relations(c, loc)?;
+    for t in wanted {
+        if !rels.iter().any(|r| &r.name == t) {
+            return Err(SyncError::NotFound(format!(
+                "{}: no table {t} in schema {}",
+                loc.redacted(),
+                loc.schema
+            )));
+        }
+    }
+    let mut out = ScanResult::default();
+    let mut ordinal: u64 = 0;
+    for rel in &rels {
+        if !wanted.is_empty() && !wanted.contains(&rel.name) {
+            continue;
+        }
+        ordinal += 1;
+        let my_ordinal = ordinal;
+        let obj = if let Some(def) = &rel.view {
+            TableObject {
+                engine: Engine::Postgres,
+                name: rel.name.clone(),
+                sql: format!("CREATE VIEW {} AS\n{def}", quote(&rel.name)),
+                ordinal: my_ordinal,
+                table: None,
+                extras: Vec::new(),
+            }
+        } else {
+            progress.stage(&format!("table {}", rel.name));
+            let (columns, mut key, pk_def) = structure(c, loc, rel)?;
+            if columns.is_empty() {
+                return Err(SyncError::Database(format!(
+                    "{}: table {} has no stored columns",
+                    loc.redacted(),
+                    rel.name
+                )));
+            }
+            if key.is_empty() {
+                if !loc.key_by_all_columns {
+                    return Err(SyncError::Database(format!(
+                        "{}: table {} has no primary key (PostgreSQL has no stable row id); \
+                         add one, or use --key-by-all-columns",
+                        loc.redacted(),
+                        rel.name
+                    )));
+                }
+                key = (0..columns.len() as u32).collect();
+            }
+            let (sql, extras) = schema_of(c, loc, rel, pk_def.as_deref(), &mut ordinal)?;
+            let mut t = TableData {
+                flags: FLAG_WITHOUT_ROWID,
+                columns,
+                key,
+                sequence: None,
+                rows: 0,
+                root: ObjectId::default(),
+            };
+            let label = format!("{}: table {}", loc.redacted(), rel.name);
+            let (n, root) = super::build_row_map(&label, sink, progress, |f| {
+                read_table(c, loc, &rel.name, &t, sink, chunker, progress, f)
+            })?;
+            t.rows = n;
+            t.root = root;
+            out.rows.insert(rel.name.clone(), n);
+            TableObject {
+                engine: Engine::Postgres,
+                name: rel.name.clone(),
+                sql,
+                ordinal: my_ordinal,
+                table: Some(t),
+                extras,
+            }
+        };
+        let id = sink.put(ObjectType::Table, &obj.encode())?;
+        out.objects.insert(rel.name.clone(), id);
+    }
+    Ok(out)
+}
+
+fn bad_row(root: &ObjectId, e: impl std::fmt::Display) -> SyncError {
+    corrupt(ObjectType::Rows, root, e.to_string())
+}
+
+/// A row's values (large ones loaded), checked against its key.
+fn row_values(src: &dyn ObjectSource, t: &TableData, key: &[u8], row: &[u8]) -> Result<Vec<Value>> {
+    let cells = decode_row(row).map_err(|e| bad_row(&t.root, e))?;
+    if cells.len() != t.columns.len() {
+        return Err(bad_row(&t.root, "a row of the wrong width"));
+    }
+    crate::store::fsck::check_row_key(src, t, key, &cells).map_err(|e| bad_row(&t.root, e))?;
+    cells.iter().map(|c: &Cell| c.load(src)).collect()
+}
+
+/// The text forms of a row's values, for statements.
+fn texts(t: &TableData, vals: &[Value]) -> Result<Vec<Option<String>>> {
+    t.columns
+        .iter()
+        .zip(vals)
+        .map(|(c, v)| {
+            PgClass::of(&c.decl_type)
+                .text(v)
+                .map(|o| o.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                .map_err(|e| bad_row(&t.root, format!("column {}: {e}", c.name)))
+        })
+        .collect()
+}
+
+/// Restores `tables` (name → table object) into the PostgreSQL database at
+/// `url`, in one transaction.
+pub fn restore(
+    src: &dyn ObjectSource,
+    tables: &BTreeMap<String, ObjectId>,
+    url: &str,
+    chunker: &Chunker,
+    opts: &DbRestoreOptions,
+    progress: &dyn Progress,
+) -> Result<DbRestoreReport> {
+    let loc = PgLocation::parse(url)?;
+    for t in &opts.tables {
+        if !tables.contains_key(t) {
+            return Err(SyncError::NotFound(format!(
+                "the snapshot has no table {t}"
+            )));
+        }
+    }
+    let mut objs: Vec<TableObject> = Vec::new();
+    for (name, id) in tables {
+        if opts.tables.is_empty() || opts.tables.contains(name) {
+            let t = load_table(src, id)?;
+            if &t.name != name {
+                return Err(corrupt(
+                    ObjectType::Table,
+                    id,
+                    format!("table object named {:?} stored as {name:?}", t.name),
+                ));
+            }
+            if t.engine != Engine::Postgres {
+                return Err(SyncError::Invalid(format!(
+                    "table {name} was read from SQLite; restore it into a SQLite --db FILE"
+                )));
+            }
+            objs.push(t);
+        }
+    }
+    objs.sort_by_key(|t| t.ordinal);
+    on_own_thread(|| {
+        let mut c = loc.connect()?;
+        c.batch_execute("BEGIN; SET CONSTRAINTS ALL DEFERRED")
+            .map_err(|e| loc.error(e))?;
+        let r = restore_in(&mut c, &loc, src, &objs, chunker, opts, progress).and_then(|r| {
+            if progress.interrupted() {
+                return Err(SyncError::Interrupted);
+            }
+            c.batch_execute("COMMIT").map_err(|e| loc.error(e))?;
+            Ok(r)
+        });
+        if r.is_err() {
+            let _ = c.batch_execute("ROLLBACK");
+        }
+        r
+    })
+}
+
+enum Plan<'a> {
+    Create(&'a TableObject, &'a TableData),
+    Merge(&'a TableObject, &'a TableData),
+    View(&'a TableObject, bool),
+}
+
+fn restore_in(
+    c: &mut Client,
+    loc: &PgLocation,
+    src: &dyn ObjectSource,
+    objs: &[TableObject],
+    chunker: &Chunker,
+    opts: &DbRestoreOptions,
+    progress: &dyn Progress,
+) -> Result<DbRestoreReport> {
+    let err = |e| loc.error(e);
+    c.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {0}; SET LOCAL search_path = {0}",
+        quote(&loc.schema)
+    ))
+    .map_err(err)?;
+    let rels = list_relations(c, loc)?;
+    // 1. Plan and check, before writing anything.
+    let mut plans = Vec::new();
+    let mut mismatches = Vec::new();
+    for o in objs {
+        let have = rels.iter().find(|r| r.name == o.name);
+        match (&o.table, have) {
+            (None, h) => plans.push(Plan::View(o, h.is_some())),
+            (Some(t), None) => plans.push(Plan::Create(o, t)),
+            (Some(_), Some(h)) if h.view.is_some() => mismatches.push(format!(
+                "{} is a table in the snapshot and a view in the database",
+                o.name
+            )),
+            (Some(t), Some(h)) => {
+                let (columns, mut key, _) = structure(c, loc, h)?;
+                if key.is_empty() && loc.key_by_all_columns {
+                    key = (0..columns.len() as u32).collect();
+                }
+                let now = TableData {
+                    flags: FLAG_WITHOUT_ROWID,
+                    columns,
+                    key,
+                    sequence: None,
+                    rows: 0,
+                    root: ObjectId::default(),
+                };
+                if same_structure(t, &now) {
+                    plans.push(Plan::Merge(o, t));
+                } else {
+                    mismatches.push(describe_mismatch(&o.name, t, &now));
+                }
+            }
+        }
+    }
+    if let Some(first) = mismatches.first() {
+        return Err(SyncError::Database(format!(
+            "{}: schema does not match the snapshot: {first}{}; nothing was written",
+            loc.redacted(),
+            if mismatches.len() > 1 {
+                format!(" (and {} more)", mismatches.len() - 1)
+            } else {
+                String::new()
+            }
+        )));
+    }
+    let mut rep = DbRestoreReport {
+        created: plans.iter().all(|p| !matches!(p, Plan::Merge(..))),
+        tables: objs.iter().filter(|o| !o.is_view()).count(),
+        ..Default::default()
+    };
+    // 2. New tables, then rows.
+    for p in &plans {
+        if let Plan::Create(o, _) = p {
+            c.batch_execute(&o.sql).map_err(err)?;
+        }
+    }
+    for p in &plans {
+        match p {
+            Plan::Create(o, t) => {
+                progress.stage(&format!("table {}", o.name));
+                rep.inserted += copy_in(c, loc, src, &o.name, t, progress)?;
+            }
+            Plan::Merge(o, t) => {
+                progress.stage(&format!("table {}", o.name));
+                merge(c, loc, src, &o.name, t, chunker, opts, progress, &mut rep)?;
+            }
+            Plan::View(..) => {}
+        }
+    }
+    // 3. Constraints and indexes of new tables (foreign keys last), views
+    // the database lacks, then sequence values.
+    let mut later: Vec<(u8, u64, &str)> = Vec::new();
+    for p in &plans {
+        match p {
+            Plan::Create(o, _) => {
+                for e in &o.extras {
+                    let phase = match e.kind {
+                        ExtraKind::Constraint if e.sql.contains(" FOREIGN KEY ") => 2,
+                        ExtraKind::Sequence => 4,
+                        _ => 1,
+                    };
+                    later.push((phase, e.ordinal, &e.sql));
+                }
+            }
+            Plan::Merge(o, _) => {
+                for e in o.extras.iter().filter(|e| e.kind == ExtraKind::Sequence) {
+                    later.push((4, e.ordinal, &e.sql));
+                }
+            }
+            Plan::View(o, false) => later.push((3, o.ordinal, &o.sql)),
+            Plan::View(_, true) => {}
+        }
+    }
+    later.sort();
+    for (_, _, sql) in later {
+        c.batch_execute(sql).map_err(err)?;
+    }
+    Ok(rep)
+}
+
+fn describe_mismatch(name: &str, want: &TableData, have: &TableData) -> String {
+    for c in &want.columns {
+        match have.columns.iter().find(|h| h.name == c.name) {
+            None => return format!("table {name} has no column {}", c.name),
+            Some(h) if h.decl_type != c.decl_type => {
+                return format!(
+                    "column {name}.{} is {:?} in the database, {:?} in the snapshot",
+                    c.name, h.decl_type, c.decl_type
+                );
+            }
+            _ => {}
+        }
+    }
+    for h in &have.columns {
+        if !want.columns.iter().any(|c| c.name == h.name) {
+            return format!("table {name} has a column {} the snapshot lacks", h.name);
+        }
+    }
+    if want.columns != have.columns {
+        return format!("the columns of table {name} are in another order");
+    }
+    format!("table {name} has another primary key")
+}
+
+/// Loads all of a table's rows with `COPY … FROM STDIN`.
+fn copy_in(
+    c: &mut Client,
+    loc: &PgLocation,
+    src: &dyn ObjectSource,
+    name: &str,
+    t: &TableData,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
+    let classes: Vec<PgClass> = t
+        .columns
+        .iter()
+        .map(|c| PgClass::of(&c.decl_type))
+        .collect();
+    let mut w = c
+        .copy_in(&format!(
+            "COPY {} ({}) FROM STDIN",
+            quote(name),
+            cols.join(", ")
+        ))
+        .map_err(|e| loc.error(e))?;
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut n = 0u64;
+    let io =
+        |e: std::io::Error| SyncError::Database(format!("{}: table {name}: {e}", loc.redacted()));
+    for e in MapIter::new(src, ObjectType::Rows, t.root) {
+        let (k, v) = e?;
+        if n.is_multiple_of(4096) && progress.interrupted() {
+            return Err(SyncError::Interrupted);
+        }
+        let vals = row_values(src, t, &k, &v)?;
+        for (i, (class, v)) in classes.iter().zip(&vals).enumerate() {
+            if i > 0 {
+                buf.push(b'\t');
+            }
+            let text = class
+                .text(v)
+                .map_err(|e| bad_row(&t.root, format!("column {}: {e}", t.columns[i].name)))?;
+            escape_copy(text.as_deref(), &mut buf);
+        }
+        buf.push(b'\n');
+        n += 1;
+        if buf.len() >= 1 << 20 {
+            w.write_all(&buf).map_err(io)?;
+            buf.clear();
+        }
+    }
+    w.write_all(&buf).map_err(io)?;
+    w.finish().map_err(|e| loc.error(e))?;
+    Ok(n)
+}
+
+/// A row's key for people: `table(42, 'x')`.
+fn describe(name: &str, root: &ObjectId, key: &[u8]) -> String {
+    match decode_key(key) {
+        Ok(vals) => {
+            let parts: Vec<String> = vals.iter().map(Value::to_sql).collect();
+            format!("{name}({})", parts.join(", "))
+        }
+        Err(_) => format!("{name}(a row of {})", root.short()),
+    }
+}
+
+/// Objects from memory (the table now) or the snapshot's source.
+struct Both<'a> {
+    mem: &'a MemStore,
+    src: &'a dyn ObjectSource,
+}
+
+impl ObjectSource for Both<'_> {
+    fn get(&self, tag: ObjectType, id: &ObjectId) -> Result<Vec<u8>> {
+        if self.mem.contains(id) {
+            return self.mem.get(tag, id);
+        }
+        self.src.get(tag, id)
+    }
+}
+
+/// Applies the differences between the table now and the snapshot.
+#[allow(clippy::too_many_arguments)]
+fn merge(
+    c: &mut Client,
+    loc: &PgLocation,
+    src: &dyn ObjectSource,
+    name: &str,
+    t: &TableData,
+    chunker: &Chunker,
+    opts: &DbRestoreOptions,
+    progress: &dyn Progress,
+    rep: &mut DbRestoreReport,
+) -> Result<()> {
+    // The table now, as a row map in memory (large values' chunks too).
+    let mem = MemStore::new(false);
+    let label = format!("{}: table {name}", loc.redacted());
+    let (_, now_root) = super::build_row_map(&label, &mem, progress, |f| {
+        read_table(c, loc, name, t, &mem, chunker, progress, f)
+    })?;
+    enum Act {
+        Insert,
+        Delete,
+        Update(Vec<usize>),
+    }
+    let mut acts: Vec<(Vec<u8>, Act)> = Vec::new();
+    let both = Both { mem: &mem, src };
+    pmap::diff(
+        &both,
+        ObjectType::Rows,
+        Some(&now_root),
+        Some(&t.root),
+        |k, ch| {
+            match ch {
+                Change::Added(_) => acts.push((k.to_vec(), Act::Insert)),
+                Change::Removed(_) if opts.delete => acts.push((k.to_vec(), Act::Delete)),
+                Change::Removed(_) => {}
+                Change::Modified(old, new) => {
+                    let a = decode_row(&old).map_err(|e| bad_row(&now_root, e))?;
+                    let b = decode_row(&new).map_err(|e| bad_row(&t.root, e))?;
+                    let cols: Vec<usize> = (0..t.columns.len())
+                        .filter(|&i| a.get(i) != b.get(i))
+                        .collect();
+                    if !cols.is_empty() {
+                        acts.push((k.to_vec(), Act::Update(cols)));
+                    }
+                }
+            }
+            Ok(())
+        },
+    )?;
+    if acts.is_empty() {
+        return Ok(());
+    }
+    let key_where: Vec<String> = t
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| {
+            let col = &t.columns[k as usize];
+            format!(
+                "{} = CAST(${}::text AS {})",
+                quote(&col.name),
+                i + 1,
+                col.decl_type
+            )
+        })
+        .collect();
+    let row_err = |key: &[u8], e: postgres::Error| {
+        let SyncError::Database(m) = loc.error(e) else {
+            unreachable!("loc.error gives a database error")
+        };
+        SyncError::Database(format!("{m} (row {})", describe(name, &t.root, key)))
+    };
+    // Deletes first.
+    let del = format!(
+        "DELETE FROM {} WHERE {}",
+        quote(name),
+        key_where.join(" AND ")
+    );
+    for (k, a) in &acts {
+        if !matches!(a, Act::Delete) {
+            continue;
+        }
+        if progress.interrupted() {
+            return Err(SyncError::Interrupted);
+        }
+        let kv = decode_key(k).map_err(|e| bad_row(&t.root, e))?;
+        let key_cols: Vec<Value> = kv;
+        let mut kt: Vec<Option<String>> = Vec::new();
+        for (i, &ki) in t.key.iter().enumerate() {
+            let class = PgClass::of(&t.columns[ki as usize].decl_type);
+            kt.push(
+                class
+                    .text(&key_cols[i])
+                    .map_err(|e| bad_row(&t.root, e))?
+                    .map(|b| String::from_utf8_lossy(&b).into_owned()),
+            );
+        }
+        let params: Vec<&(dyn postgres::types::ToSql + Sync)> = kt
+            .iter()
+            .map(|v| v as &(dyn postgres::types::ToSql + Sync))
+            .collect();
+        rep.deleted += c.execute(&del, &params).map_err(|e| row_err(k, e))?;
+    }
+    // Then updates and inserts, reading the snapshot's rows in key order.
+    let wanted: Vec<usize> = (0..acts.len())
+        .filter(|&i| !matches!(acts[i].1, Act::Delete))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
+    let casts: Vec<String> = t
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("CAST(${}::text AS {})", i + 1, c.decl_type))
+        .collect();
+    let ins = format!(
+        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
+        quote(name),
+        cols.join(", "),
+        casts.join(", ")
+    );
+    let mut next = 0usize;
+    for e in MapIter::new(src, ObjectType::Rows, t.root) {
+        let (k, v) = e?;
+        if progress.interrupted() {
+            return Err(SyncError::Interrupted);
+        }
+        let Some(&i) = wanted.get(next) else { break };
+        if k != acts[i].0 {
+            continue;
+        }
+        next += 1;
+        let vals = row_values(src, t, &k, &v)?;
+        let tx = texts(t, &vals)?;
+        match &acts[i].1 {
+            Act::Update(ucols) => {
+                let nkey = t.key.len();
+                let sets: Vec<String> = ucols
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &ci)| {
+                        let col = &t.columns[ci];
+                        format!(
+                            "{} = CAST(${}::text AS {})",
+                            quote(&col.name),
+                            nkey + j + 1,
+                            col.decl_type
+                        )
+                    })
+                    .collect();
+                let sql = format!(
+                    "UPDATE {} SET {} WHERE {}",
+                    quote(name),
+                    sets.join(", "),
+                    key_where.join(" AND ")
+                );
+                let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = Vec::new();
+                for &ki in &t.key {
+                    params.push(&tx[ki as usize]);
+                }
+                for &ci in ucols {
+                    params.push(&tx[ci]);
+                }
+                c.execute(&sql, &params).map_err(|e| row_err(&k, e))?;
+                rep.updated += 1;
+            }
+            Act::Insert => {
+                let params: Vec<&(dyn postgres::types::ToSql + Sync)> = tx
+                    .iter()
+                    .map(|v| v as &(dyn postgres::types::ToSql + Sync))
+                    .collect();
+                c.execute(&ins, &params).map_err(|e| row_err(&k, e))?;
+                rep.inserted += 1;
+            }
+            Act::Delete => {}
+        }
+        if next == wanted.len() {
+            break;
+        }
+    }
+    if next != wanted.len() {
+        return Err(bad_row(&t.root, "rows changed while restoring"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_and_redact() {
+        let l = PgLocation::parse("postgres://ann:s%40cret@db.example:6543/app?schema=x").unwrap();
+        assert_eq!(l.user.as_deref(), Some("ann"));
+        assert_eq!(l.password.as_deref(), Some("s@cret"));
+        assert_eq!(l.port, Some(6543));
+        assert_eq!(l.dbname.as_deref(), Some("app"));
+        assert_eq!(l.schema, "x");
+        assert_eq!(l.redacted(), "postgres://ann@db.example:6543/app?schema=x");
+        assert!(!format!("{l:?}").contains("cret"));
+        let s = PgLocation::parse("postgresql://u@/d?host=/tmp/sock&port=5433").unwrap();
+        assert_eq!(s.host.as_deref(), Some("/tmp/sock"));
+        assert_eq!(s.redacted(), "postgres://u@:5433/d?host=/tmp/sock");
+        assert!(PgLocation::parse("postgres://u@h/d?bogus=1").is_err());
+        assert!(PgLocation::parse("postgres://u@h:x/d").is_err());
+        let e = PgLocation::parse("postgres://u:pw@h:x/d")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("pw"));
+    }
+
+    #[test]
+    fn pgpass_lines() {
+        let want = ["h".to_string(), "5432".into(), "d".into(), "u".into()];
+        assert_eq!(pgpass_match("h:5432:d:u:pw", &want).as_deref(), Some("pw"));
+        assert_eq!(pgpass_match("*:*:*:u:a\\:b", &want).as_deref(), Some("a:b"));
+        assert_eq!(pgpass_match("x:5432:d:u:pw", &want), None);
+    }
+
+    #[test]
+    fn copy_text_escapes_round_trip() {
+        let mut out = Vec::new();
+        let v = b"a\tb\nc\\d\re\x01";
+        escape_copy(Some(v), &mut out);
+        let mut back = Vec::new();
+        unescape_copy(&out, &mut back);
+        assert_eq!(back, v);
+        unescape_copy(b"\\101\\x42\\v", &mut back);
+        assert_eq!(back, b"AB\x0b");
+    }
+
+    #[test]
+    fn floats_print_exactly() {
+        for f in [0.1f64, -0.0, 5e-324, 1e308, f64::MAX, 1.0 / 3.0] {
+            let t = PgClass::Float8.text(&Value::Real(f)).unwrap().unwrap();
+            let back = PgClass::Float8.parse(&t).unwrap();
+            assert_eq!(back, Value::Real(f));
+        }
+        for f in [0.1f32, -0.0, f32::MIN_POSITIVE, f32::MAX, 1.0 / 3.0] {
+            let t = PgClass::Float4
+                .text(&Value::Real(f64::from(f)))
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                PgClass::Float4.parse(&t).unwrap(),
+                Value::Real(f64::from(f))
+            );
+        }
+        assert_eq!(
+            PgClass::Float8.parse(b"-Infinity").unwrap(),
+            Value::Real(f64::NEG_INFINITY)
+        );
+        assert_eq!(
+            PgClass::Float8
+                .text(&Value::Real(f64::INFINITY))
+                .unwrap()
+                .unwrap(),
+            b"Infinity"
+        );
+        let nan = PgClass::Float8.parse(b"NaN").unwrap();
+        assert_eq!(PgClass::Float8.text(&nan).unwrap().unwrap(), b"NaN");
+    }
+
+    #[test]
+    fn the_spec_row_example() {
+        // store-format.md §3.7: (7, true, 'a', 1.50::numeric).
+        let classes = [PgClass::Int, PgClass::Bool, PgClass::Text, PgClass::Other];
+        let fields: [&[u8]; 4] = [b"7", b"t", b"a", b"1.50"];
+        let cells: Vec<Cell> = classes
+            .iter()
+            .zip(fields)
+            .map(|(c, f)| Cell::Value(c.parse(f).unwrap()))
+            .collect();
+        assert_eq!(
+            crate::object::row::encode_row(&cells),
+            [4, 1, 0x0e, 1, 2, 3, 1, b'a', 3, 4, b'1', b'.', b'5', b'0']
+        );
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(PgClass::of("integer"), PgClass::Int);
+        assert_eq!(PgClass::of("integer[]"), PgClass::Other);
+        assert_eq!(PgClass::of("character varying(20)"), PgClass::Text);
+        assert_eq!(PgClass::of("character(3)"), PgClass::Bpchar);
+        assert_eq!(PgClass::of("numeric(10,2)"), PgClass::Other);
+        assert_eq!(PgClass::of("timestamp with time zone"), PgClass::Other);
+    }
+}

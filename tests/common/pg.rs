@@ -1,0 +1,320 @@
+//! A throwaway PostgreSQL cluster for the tests: `initdb` once into a
+//! template (shared by every test process, under a file lock), then per
+//! process a copy of it started by `pg_ctl` on a Unix socket in a temporary
+//! directory (no TCP), as the `postgres` system user when the tests run as
+//! root. A watchdog stops the cluster and removes its directory when the
+//! test process exits. Each test takes a database of its own.
+//!
+//! The superuser is `postgres` with the password [`PASSWORD`]
+//! (scram-sha-256): connections without it are refused, so the
+//! wrong-password tests are real.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The cluster superuser's password.
+pub const PASSWORD: &str = "pg-test-secret-7f3a";
+
+pub struct PgCluster {
+    pub bin: PathBuf,
+    pub dir: PathBuf,
+    pub sock: PathBuf,
+    pub port: u16,
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+/// The newest `/usr/lib/postgresql/<ver>/bin` with `initdb`.
+fn find_bin() -> Option<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let b = e.path().join("bin");
+            b.join("initdb").is_file().then_some((v, b))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, b)| b)
+}
+
+/// Runs a PostgreSQL program as the cluster's owner.
+fn as_owner(prog: &Path, args: &[&str]) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(prog).args(args);
+        c
+    } else {
+        let mut c = Command::new(prog);
+        c.args(args);
+        c
+    }
+}
+
+fn check(what: &str, o: std::io::Result<Output>) {
+    let o = o.unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        o.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn chown(p: &Path) {
+    if is_root() {
+        check(
+            "chown",
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(p)
+                .output(),
+        );
+    }
+}
+
+/// The template data directory (made once, under a lock).
+fn template(bin: &Path) -> PathBuf {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let t = base.join("pg-template-1");
+    let lock = std::fs::File::create(base.join("pg-template.lock")).expect("lock file");
+    lock.lock().expect("lock");
+    if !t.join("done").exists() {
+        let _ = std::fs::remove_dir_all(&t);
+        std::fs::create_dir_all(&t).unwrap();
+        let pw = t.join("pwfile");
+        std::fs::write(&pw, PASSWORD).unwrap();
+        chown(&t);
+        // The template must be readable by the owner only when copied; the
+        // copy is chowned and chmodded again.
+        check(
+            "initdb",
+            as_owner(
+                &bin.join("initdb"),
+                &[
+                    "-D",
+                    t.join("data").to_str().unwrap(),
+                    "-U",
+                    "postgres",
+                    "--pwfile",
+                    pw.to_str().unwrap(),
+                    "-A",
+                    "scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ],
+            )
+            .output(),
+        );
+        std::fs::write(t.join("done"), b"").unwrap();
+    }
+    t.join("data")
+}
+
+static CLUSTER: OnceLock<Option<PgCluster>> = OnceLock::new();
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+/// This process's cluster, or None (after printing a skip line) when
+/// PostgreSQL is not installed and the tests do not run as root.
+pub fn cluster() -> Option<&'static PgCluster> {
+    CLUSTER
+        .get_or_init(|| {
+            let Some(bin) = find_bin() else {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "PostgreSQL is not installed (.ci/run installs it)"
+                );
+                eprintln!("SKIP: PostgreSQL is not installed (apt-get install postgresql)");
+                return None;
+            };
+            Some(PgCluster::start(bin))
+        })
+        .as_ref()
+}
+
+impl PgCluster {
+    fn start(bin: PathBuf) -> PgCluster {
+        let tpl = template(&bin);
+        let dir = std::env::temp_dir().join(format!(
+            "sp-sync-pg-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        check(
+            "copy template",
+            Command::new("cp")
+                .arg("-a")
+                .arg(&tpl)
+                .arg(dir.join("data"))
+                .output(),
+        );
+        let sock = dir.join("sock");
+        std::fs::create_dir_all(&sock).unwrap();
+        chown(&dir);
+        // The port only names the socket file; pick one unlikely to clash.
+        let port = 20000 + (std::process::id() % 20000) as u16;
+        let opts = format!(
+            "-k {} -c listen_addresses='' -p {port} -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c max_connections=40 -c shared_buffers=16MB",
+            sock.display()
+        );
+        check(
+            "pg_ctl start",
+            as_owner(
+                &bin.join("pg_ctl"),
+                &[
+                    "-D",
+                    dir.join("data").to_str().unwrap(),
+                    "-o",
+                    &opts,
+                    "-l",
+                    dir.join("log").to_str().unwrap(),
+                    "-w",
+                    "start",
+                ],
+            )
+            .stdout(Stdio::null())
+            .output(),
+        );
+        // The watchdog: when this process is gone, stop and remove.
+        let stop = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             {ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            ctl = if is_root() {
+                format!("runuser -u postgres -- {}", bin.join("pg_ctl").display())
+            } else {
+                bin.join("pg_ctl").display().to_string()
+            },
+            data = dir.join("data").display(),
+            dir = dir.display(),
+        );
+        // (`setsid -f` forks it off and returns at once.)
+        Command::new("setsid")
+            .args(["-f", "sh", "-c", &stop])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("watchdog");
+        PgCluster {
+            bin,
+            dir,
+            sock,
+            port,
+        }
+    }
+
+    /// A URL for `db` (no password: it comes from `PGPASSWORD`).
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@:{}/{db}?host={}",
+            self.port,
+            self.sock.display()
+        )
+    }
+
+    /// A fresh database for one test.
+    pub fn new_db(&self, hint: &str) -> String {
+        let name = format!("{hint}_{}", NEXT_DB.fetch_add(1, Ordering::Relaxed));
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
+        name
+    }
+
+    /// A client program with the cluster's socket and password.
+    pub fn cmd(&self, prog: &str) -> Command {
+        let mut c = Command::new(self.bin.join(prog));
+        c.env("PGHOST", &self.sock)
+            .env("PGPORT", self.port.to_string())
+            .env("PGUSER", "postgres")
+            .env("PGPASSWORD", PASSWORD);
+        c
+    }
+
+    /// Runs SQL in `db` (stops at the first error); returns stdout.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let o = self
+            .cmd("psql")
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("psql");
+        assert!(
+            o.status.success(),
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `pg_dump --data-only --inserts` of one table, its lines sorted.
+    pub fn dump_rows(&self, db: &str, table: &str) -> Vec<String> {
+        let o = self
+            .cmd("pg_dump")
+            .args(["--data-only", "--inserts", "-t", table, "-d", db])
+            .output()
+            .expect("pg_dump");
+        assert!(
+            o.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let mut lines: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with("INSERT INTO"))
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    }
+}
+
+/// Runs sp-sync with the cluster's password in `PGPASSWORD`.
+pub fn sp_pg(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(super::bin())
+        .args(args)
+        .current_dir(cwd)
+        .env("SP_SYNC_CACHE_DIR", super::cache_dir())
+        .env("PGPASSWORD", PASSWORD)
+        .env_remove("SP_SYNC_STORE")
+        .output()
+        .expect("spawn sp-sync")
+}
+
+/// Like [`sp_pg`], asserting success; returns stdout.
+pub fn ok_pg(cwd: &Path, args: &[&str]) -> String {
+    let o = sp_pg(cwd, args);
+    assert!(
+        o.status.success(),
+        "sp-sync {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
