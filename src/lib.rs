@@ -120,6 +120,8 @@ pub mod codec;
 pub mod collection;
 #[doc(hidden)]
 pub mod db;
+/// Trained zstd dictionaries for small objects (store format 2).
+pub mod dict;
 #[doc(hidden)]
 pub mod diff;
 #[doc(hidden)]

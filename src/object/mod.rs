@@ -258,5 +258,9 @@ pub fn references(
             }
             Ok(out)
         }
+        ObjectType::Dict => {
+            crate::dict::Dictionary::decode(bytes).map_err(|e| corrupt(tag, id, e))?;
+            Ok(Vec::new())
+        }
     }
 }
