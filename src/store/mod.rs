@@ -293,6 +293,8 @@ pub struct Store {
     cache_override: Option<PathBuf>,
     /// Whether `store.toml` says format 2 (dictionary records allowed).
     dict_format: std::sync::atomic::AtomicBool,
+    /// Sample bytes before a dictionary is trained (else `dict::train_bytes`).
+    dict_training: Option<usize>,
     _lock: Option<File>,
 }
 
@@ -396,6 +398,7 @@ impl Store {
             load_warnings: Vec::new(),
             cache_override: None,
             dict_format: std::sync::atomic::AtomicBool::new(dict_format),
+            dict_training: None,
             _lock: lock,
         };
         let mut store = store;
@@ -466,6 +469,18 @@ impl Store {
             (_, Some(d)) => d.join("cache"),
             _ => std::env::temp_dir().join("sp-sync-cache").join(h),
         }
+    }
+
+    /// Trains dictionaries after `bytes` of samples of a kind (for
+    /// embedders and tests; the default is `crate::dict::train_bytes`).
+    pub fn set_dict_training(&mut self, bytes: usize) {
+        self.dict_training = Some(bytes.max(1024));
+    }
+
+    /// Sample bytes of `kind` gathered before its dictionary is trained.
+    pub fn dict_training(&self, kind: ObjectType) -> usize {
+        self.dict_training
+            .unwrap_or_else(|| crate::dict::train_bytes(kind))
     }
 
     /// Uses `dir` as this store's cache directory (for embedders and tests).

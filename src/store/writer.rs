@@ -85,7 +85,7 @@ impl DictState {
         for kind in [ObjectType::Chunk, ObjectType::Tree, ObjectType::Rows] {
             if !st.current.iter().any(|(k, _, _)| *k == kind) {
                 st.samplers
-                    .push(Sampler::new(kind, dict::train_bytes(kind)));
+                    .push(Sampler::new(kind, store.dict_training(kind)));
             }
         }
         st
