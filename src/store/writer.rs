@@ -283,7 +283,26 @@ impl<'s> WriteSession<'s> {
     /// Writes out everything sent, makes it durable and visible to this
     /// process's reads. Only after this may a ref point at the new objects.
     pub fn finish(mut self) -> Result<()> {
+        self.train_at_end()?;
         self.finish_inner()
+    }
+
+    /// Trains the dictionaries of kinds whose samplers hold enough for
+    /// one, though less than the training size: later sessions use them.
+    fn train_at_end(&self) -> Result<()> {
+        let Ok(mut st) = self.dicts.lock() else {
+            return Ok(());
+        };
+        let min = dict::END_TRAIN_BYTES.min(self.store.dict_training(ObjectType::Chunk));
+        let ready: Vec<(ObjectType, Vec<Vec<u8>>)> = st
+            .samplers
+            .iter_mut()
+            .filter_map(|s| s.take_at_end(min).map(|v| (s.kind(), v)))
+            .collect();
+        for (kind, samples) in ready {
+            self.train(&mut st, kind, &samples)?;
+        }
+        Ok(())
     }
 
     /// Throws away what was sent and not yet in a finished pack (a pack
