@@ -60,7 +60,8 @@ fn store(dictionary: bool) -> (tempfile::TempDir, Store, Vec<ObjectId>, u64) {
     let dir = tmp.path().join("store");
     Store::init(&dir).expect("init");
     let mut s = Store::open(&dir, LockMode::Shared).expect("open");
-    s.set_dict_training(if dictionary { 1 << 20 } else { usize::MAX });
+    s.set_dict_training(1 << 20);
+    s.set_write_dictionaries(dictionary);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let w = s.writer().expect("writer");
     let mut ids = Vec::new();

@@ -295,6 +295,8 @@ pub struct Store {
     dict_format: std::sync::atomic::AtomicBool,
     /// Sample bytes before a dictionary is trained (else `dict::train_bytes`).
     dict_training: Option<usize>,
+    /// Whether new objects may be compressed with (and train) dictionaries.
+    write_dicts: bool,
     _lock: Option<File>,
 }
 
@@ -399,6 +401,7 @@ impl Store {
             cache_override: None,
             dict_format: std::sync::atomic::AtomicBool::new(dict_format),
             dict_training: None,
+            write_dicts: true,
             _lock: lock,
         };
         let mut store = store;
@@ -475,6 +478,17 @@ impl Store {
     /// embedders and tests; the default is `crate::dict::train_bytes`).
     pub fn set_dict_training(&mut self, bytes: usize) {
         self.dict_training = Some(bytes.max(1024));
+    }
+
+    /// Whether this handle's write sessions use and train dictionaries
+    /// (default: yes, unless `SP_SYNC_DICTIONARIES=0`). Reading never needs it.
+    pub fn set_write_dictionaries(&mut self, on: bool) {
+        self.write_dicts = on;
+    }
+
+    /// Whether write sessions use and train dictionaries.
+    pub fn writes_dictionaries(&self) -> bool {
+        self.write_dicts && crate::dict::enabled()
     }
 
     /// Sample bytes of `kind` gathered before its dictionary is trained.

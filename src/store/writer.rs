@@ -126,7 +126,10 @@ impl<'s> WriteSession<'s> {
             level: store.config().compression_level,
             repack,
             aborted,
-            dicts: Mutex::new(DictState::load(store, !repack && dict::enabled())),
+            dicts: Mutex::new(DictState::load(
+                store,
+                !repack && store.writes_dictionaries(),
+            )),
             stats: WriteStats::default(),
         })
     }
