@@ -74,6 +74,9 @@ best_of() {
 read -r t_dump _ < <(best_of "sqlite3 '$WORK/users.db' .dump")
 read -r t_snap rss_snap < <(best_of "rm -rf '$WORK/s1' && '$BIN' init --store '$WORK/s1' -q && '$BIN' --store '$WORK/s1' snapshot '$WORK/empty' --db '$WORK/users.db' -q")
 store="$WORK/s1"
+store_bytes=$(du -sb "$store/packs" | cut -f1)
+read -r t_dumpz _ < <(best_of "sqlite3 '$WORK/users.db' .dump | zstd -3 -q -c > /dev/null")
+dumpz_bytes=$(sqlite3 "$WORK/users.db" .dump | zstd -3 -q -c | wc -c)
 
 before=$(du -sb "$store" | cut -f1)
 sqlite3 users.db "CREATE TEMP TABLE pick AS SELECT id FROM users ORDER BY random() LIMIT 100;
@@ -101,10 +104,10 @@ read -r t_restore rss_restore < <(best_of "rm -f '$WORK/new.db' && '$BIN' --stor
 same=$(cmp -s <(sqlite3 new.db .dump) dump.sql && echo yes || echo no)
 
 python3 - "$ROWS" "$t_dump" "$t_snap" "$rss_snap" "$t_resnap" "$rss_resnap" "$added" "$t_diff" "$rss_diff" \
-    "$keys_ok" "$t_load" "$t_restore" "$rss_restore" "$same" <<'PY'
+    "$keys_ok" "$t_load" "$t_restore" "$rss_restore" "$same" "$store_bytes" "$dumpz_bytes" "$t_dumpz" <<'PY'
 import json, sys
 (rows, t_dump, t_snap, rss_snap, t_resnap, rss_resnap, added, t_diff, rss_diff,
- keys_ok, t_load, t_restore, rss_restore, same) = sys.argv[1:]
+ keys_ok, t_load, t_restore, rss_restore, same, store_bytes, dumpz_bytes, t_dumpz) = sys.argv[1:]
 f = float
 rss = max(int(rss_snap), int(rss_resnap), int(rss_diff), int(rss_restore)) / 1024
 out = {
@@ -115,11 +118,15 @@ out = {
     "restore_s": f(t_restore), "load_dump_s": f(t_load), "restore_vs_load": round(f(t_restore) / f(t_load), 2),
     "restored_dump_identical": same == "yes",
     "peak_rss_mib": round(rss, 1),
+    "store_bytes": int(store_bytes), "dump_zstd3_bytes": int(dumpz_bytes),
+    "store_vs_dump_zstd3": round(int(store_bytes) / int(dumpz_bytes), 2),
+    "dump_zstd3_s": f(t_dumpz), "snapshot_vs_dump_zstd3": round(f(t_snap) / f(t_dumpz), 2),
 }
 print(f"snapshot        {out['snapshot_s']:.2f}s vs sqlite3 .dump {out['dump_s']:.2f}s: {out['snapshot_vs_dump']}x (want <= 1.0)")
 print(f"re-snapshot     100 rows changed: +{out['resnapshot_added_kib']} KiB in the store (want < 256)")
 print(f"diff            {out['diff_ms']} ms, exactly the 100 keys: {keys_ok} (want < 50 ms)")
 print(f"restore --db    {out['restore_s']:.2f}s vs sqlite3 NEW < dump.sql {out['load_dump_s']:.2f}s: {out['restore_vs_load']}x (want <= 1.5); dump identical: {same}")
+print(f"store           {out['store_bytes']} bytes vs sqlite3 .dump | zstd -3 {out['dump_zstd3_bytes']}: {out['store_vs_dump_zstd3']}x (want <= 1.2); time {out['snapshot_vs_dump_zstd3']}x that pipeline's (want <= 1.0)")
 print(f"peak RSS        {out['peak_rss_mib']} MiB (want < 200)")
 print(json.dumps(out))
 PY

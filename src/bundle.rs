@@ -407,6 +407,13 @@ impl<R: Read> BundleReader<R> {
                     "a delta record (a bundle carries whole objects)",
                 ));
             }
+            if rec.flags == crate::pack::FLAG_DICT {
+                return Err(bad(
+                    &self.what,
+                    at,
+                    "a dictionary record (a bundle carries objects compressed alone)",
+                ));
+            }
             if !self.seen.insert(rec.id) {
                 return Err(bad(
                     &self.what,

@@ -21,6 +21,9 @@ pub enum ObjectType {
     Table = 5,
     /// A node of a table's row map (reserved for database rows).
     Rows = 6,
+    /// A trained zstd dictionary that compresses small objects of one kind
+    /// in this store's packs (store format 2; see `crate::dict`).
+    Dict = 7,
 }
 
 impl ObjectType {
@@ -33,6 +36,7 @@ impl ObjectType {
             4 => Self::Snapshot,
             5 => Self::Table,
             6 => Self::Rows,
+            7 => Self::Dict,
             _ => return None,
         })
     }
@@ -46,6 +50,7 @@ impl ObjectType {
             Self::Snapshot => "snapshot",
             Self::Table => "table",
             Self::Rows => "rows",
+            Self::Dict => "dictionary",
         }
     }
 }

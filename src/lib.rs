@@ -124,6 +124,8 @@ pub mod collection;
 #[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod db;
 #[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
+pub mod dict;
+#[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod diff;
 #[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod id;

@@ -27,6 +27,11 @@ pub const FLAG_ZSTD: u8 = 1;
 /// frame compressed with that object's bytes as a raw-content dictionary.
 /// The receiver holds the base; it stores the object whole.
 pub const FLAG_DELTA: u8 = 2;
+/// Stored packs only (store format 2): the payload is a dictionary
+/// object's id [32] and a zstd frame compressed with that trained
+/// dictionary. Reading it needs the store that holds the dictionary
+/// (`Store::unpack`); transfers send such objects re-encoded as `FLAG_ZSTD`.
+pub const FLAG_DICT: u8 = 3;
 const REC_OBJECT: u8 = 1;
 const REC_END: u8 = 0;
 
@@ -125,6 +130,13 @@ pub fn unpack(
             out
         }
         FLAG_DELTA => return Err(corrupt(tag, id, "a delta record outside a transfer")),
+        FLAG_DICT => {
+            return Err(corrupt(
+                tag,
+                id,
+                "a dictionary-compressed record outside its store",
+            ));
+        }
         f => return Err(corrupt(tag, id, format!("unknown flags {f}"))),
     };
     if ObjectId::compute(tag, &data) != *id {
@@ -465,7 +477,7 @@ impl<R: Read> PackReader<R> {
             )
         })?;
         let flags = self.byte()?;
-        if flags > FLAG_DELTA {
+        if flags > FLAG_DICT {
             return Err(bad(
                 self.kind,
                 &self.what,
@@ -507,6 +519,14 @@ impl<R: Read> PackReader<R> {
                 &self.what,
                 self.base + at,
                 "delta record without a base",
+            ));
+        }
+        if flags == FLAG_DICT && clen < 33 {
+            return Err(bad(
+                self.kind,
+                &self.what,
+                self.base + at,
+                "dictionary record without its dictionary or frame",
             ));
         }
         let mut payload = vec![0u8; clen as usize];

@@ -10,8 +10,50 @@ use common::{bytes, describe, fails, ok, run_in};
 
 /// A working tree with small and multi-chunk files, snapshotted twice.
 fn setup(dir: &Path) -> (PathBuf, std::collections::BTreeMap<Vec<u8>, String>) {
+    setup_with(dir, false)
+}
+
+/// `setup`; with `dictionaries`, 60 more small files and a dictionary
+/// trained after 4 KiB of samples (store format 2, records with flags 3).
+fn setup_with(
+    dir: &Path,
+    dictionaries: bool,
+) -> (PathBuf, std::collections::BTreeMap<Vec<u8>, String>) {
     let w = dir.join("w");
     std::fs::create_dir_all(w.join("agents/nested")).unwrap();
+    if dictionaries {
+        std::fs::create_dir_all(w.join("pages")).unwrap();
+        for i in 0..60 {
+            std::fs::write(
+                w.join(format!("pages/p{i}.md")),
+                format!(
+                    "# page {i}\n\n{}",
+                    "some shared words of the pages\n".repeat(3 + i % 5)
+                ),
+            )
+            .unwrap();
+        }
+        let snap = |args: &[&str]| {
+            let o = std::process::Command::new(common::bin())
+                .args(args)
+                .current_dir(&w)
+                .env("SP_SYNC_CACHE_DIR", common::cache_dir())
+                .env("SP_SYNC_DICT_TRAIN_BYTES", "4096")
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        };
+        std::fs::write(w.join("agents/a.md"), "# agent a\n".repeat(50)).unwrap();
+        std::fs::write(w.join("agents/nested/b.md"), "# agent b\n").unwrap();
+        std::fs::write(w.join("big.bin"), bytes(9 << 20, 3)).unwrap();
+        snap(&["init"]);
+        snap(&["snapshot", "-m", "one"]);
+        let st = std::fs::read_to_string(w.join(".sp-sync/store.toml")).unwrap();
+        assert!(st.contains("format = 2"), "no dictionary was trained");
+        let mut want = describe(&w);
+        want.retain(|k, _| !k.starts_with(b".sp-sync"));
+        return (w, want);
+    }
     std::fs::write(w.join("agents/a.md"), "# agent a\n".repeat(50)).unwrap();
     std::fs::write(w.join("agents/nested/b.md"), "# agent b\n").unwrap();
     std::fs::write(w.join("big.bin"), bytes(9 << 20, 3)).unwrap();
@@ -43,8 +85,43 @@ fn flip(p: &Path, at: u64) {
 
 #[test]
 fn every_flipped_byte_is_reported_and_never_restored_as_good() {
+    flipped_bytes(false);
+}
+
+/// The same with a dictionary: flipped bytes in the dictionary object, in
+/// the records compressed with it and in the dictionary ids they name.
+#[test]
+fn every_flipped_byte_of_a_dictionary_store_is_reported_and_never_restored_as_good() {
+    flipped_bytes(true);
+}
+
+/// Offsets in pack `f` inside its dictionary record and inside the first
+/// records compressed with it (their dictionary id and frame), from its index.
+fn dictionary_spots(f: &Path) -> Vec<u64> {
+    if f.extension().is_none_or(|e| e != "pack") {
+        return Vec::new();
+    }
+    let b = std::fs::read(f.with_extension("idx")).unwrap();
+    let n = u32::from_le_bytes(b[41..45].try_into().unwrap()) as usize;
+    let mut out = Vec::new();
+    let mut users = 0;
+    for i in 0..n {
+        let e = &b[45 + 50 * i..45 + 50 * (i + 1)];
+        let off = u64::from_le_bytes(e[34..42].try_into().unwrap());
+        let clen = u64::from(u32::from_le_bytes(e[42..46].try_into().unwrap()));
+        if e[32] == 7 {
+            out.extend((0..12).map(|k| off + 38 + clen * k / 12));
+        } else if e[33] == 3 && users < 4 {
+            users += 1;
+            out.extend([off + 2, off + 40, off + 38 + 20, off + 38 + 32 + 3]);
+        }
+    }
+    out
+}
+
+fn flipped_bytes(dictionaries: bool) {
     let tmp = tempfile::tempdir().unwrap();
-    let (w, want) = setup(tmp.path());
+    let (w, want) = setup_with(tmp.path(), dictionaries);
     ok(&w, &["fsck", "--read-data"]);
     let files = store_files(&w);
     assert!(
@@ -61,6 +138,9 @@ fn every_flipped_byte_is_reported_and_never_restored_as_good() {
             .chain(len.saturating_sub(64)..len)
             .collect();
         offsets.extend((1..=24).map(|i| len * i / 25));
+        if dictionaries {
+            offsets.extend(dictionary_spots(f));
+        }
         offsets.sort_unstable();
         offsets.dedup();
         for at in offsets {

@@ -179,6 +179,7 @@ const CLI_FORBIDDEN: &[&str] = &[
     "codec",
     "collection",
     "db",
+    "dict",
     "diff",
     "id",
     "names",

@@ -9,10 +9,11 @@ use std::path::Path;
 use systemprompt_sync::bundle::{BundleHeader, BundleReader, verify};
 use systemprompt_sync::db::table::{Column, Engine, Extra, ExtraKind, TableData, TableObject};
 use systemprompt_sync::db::value::{Cell, Value, decode_key, decode_row, encode_key, encode_row};
+use systemprompt_sync::dict::Dictionary;
 use systemprompt_sync::object::list::{ChunkRef, ListNode};
 use systemprompt_sync::object::snapshot::{DbRecord, Skipped, Snapshot, Sources};
 use systemprompt_sync::object::tree::{Content, Entry, EntryKind, Timestamp};
-use systemprompt_sync::pack::{PackReader, PackWriter, prepare, unpack};
+use systemprompt_sync::pack::{FLAG_DICT, PackReader, PackWriter, StoredObject, prepare, unpack};
 use systemprompt_sync::pmap::Node;
 use systemprompt_sync::store::ObjectParams;
 use systemprompt_sync::store::index::{self, IdxEntry};
@@ -239,6 +240,27 @@ fn examples() -> Vec<Example> {
         }],
         ..snap.clone()
     };
+    // A dictionary (raw content "hello, world\n", for chunks) and a pack
+    // of it and a chunk compressed with it (flags 3).
+    let dictionary = Dictionary {
+        kind: ObjectType::Chunk,
+        content: b"hello, world\n".to_vec(),
+    };
+    let dict_id = dictionary.id();
+    let dchunk = b"hello, world\n".repeat(3);
+    let dchunk_id = ObjectId::compute(ObjectType::Chunk, &dchunk);
+    let mut w = PackWriter::new(Vec::new()).unwrap();
+    w.add(&prepare(ObjectType::Dict, dict_id, &dictionary.encode(), 3))
+        .unwrap();
+    w.add(&StoredObject {
+        tag: ObjectType::Chunk,
+        id: dchunk_id,
+        flags: FLAG_DICT,
+        ulen: dchunk.len() as u32,
+        payload: systemprompt_sync::dict::compress(&dict_id, &dictionary, &dchunk, 3).unwrap(),
+    })
+    .unwrap();
+    let (dict_pack, _) = w.finish().unwrap();
     vec![
         Example {
             name: "chunk",
@@ -309,6 +331,16 @@ fn examples() -> Vec<Example> {
             name: "watched-hash",
             tag: None,
             bytes: watched_records(&chunk_id),
+        },
+        Example {
+            name: "dictionary",
+            tag: Some(ObjectType::Dict),
+            bytes: dictionary.encode(),
+        },
+        Example {
+            name: "dict-pack",
+            tag: None,
+            bytes: dict_pack,
         },
         Example {
             name: "bundle",
@@ -483,6 +515,36 @@ fn spec_examples_decode_and_match_the_encoders() {
                 let v = verify(&bytes[..], "spec", None, &NoProgress).unwrap();
                 assert_eq!(v.refs[0].id, r.header().refs[0].1);
                 assert_eq!(v.external_references, 0);
+            }
+            "dictionary" => {
+                let d = Dictionary::decode(bytes).unwrap();
+                assert_eq!(&d.encode(), bytes);
+                assert_eq!(d.kind, ObjectType::Chunk);
+                assert_eq!(d.content, b"hello, world\n");
+            }
+            "dict-pack" => {
+                let mut r = PackReader::new(&bytes[..], "spec").unwrap();
+                let drec = r.next_record().unwrap().unwrap();
+                let dict = Dictionary::decode(&drec.verify().unwrap()).unwrap();
+                let rec = r.next_record().unwrap().unwrap();
+                assert_eq!(rec.flags, FLAG_DICT);
+                // Outside its store a flags-3 record cannot be read...
+                assert!(rec.verify().is_err());
+                // ...with the dictionary it names, it can.
+                let did = systemprompt_sync::dict::payload_dict(&rec.payload).unwrap();
+                assert_eq!(did, drec.id);
+                let data = systemprompt_sync::dict::decompress(
+                    rec.tag,
+                    &rec.id,
+                    rec.ulen,
+                    &rec.payload,
+                    &did,
+                    &dict,
+                )
+                .unwrap();
+                assert_eq!(data, b"hello, world\n".repeat(3));
+                assert!(r.next_record().unwrap().is_none());
+                r.expect_eof().unwrap();
             }
             "watched-hash" => {
                 use systemprompt_sync::deploy::{WatchSet, watched_hash};

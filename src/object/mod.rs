@@ -268,5 +268,16 @@ pub fn references(
             }
             Ok(out)
         }
+        ObjectType::Dict => {
+            // store-format.md §3.8 (decoded by `dict::Dictionary`, a layer
+            // above): version 1, the kind of a chunk, tree or rows, 1 byte
+            // to 1 MiB of content. It references nothing.
+            match bytes {
+                [1, 1 | 3 | 6, content @ ..] if !content.is_empty() && content.len() <= 1 << 20 => {
+                    Ok(Vec::new())
+                }
+                _ => Err(corrupt(tag, id, "not a dictionary object")),
+            }
+        }
     }
 }

@@ -135,9 +135,15 @@ fn check_pack(
         while let Some(rec) = r.next_record()? {
             progress.add(0, rec.payload.len() as u64);
             let id = rec.id;
-            if let Err(e) = rec.verify() {
-                bad.insert(id, e.to_string());
-                continue;
+            match store.unpack(rec.tag, &id, rec.flags, rec.ulen, &rec.payload) {
+                Ok(b) if rec.tag == ObjectType::Dict => {
+                    crate::store::remember_dictionary(&id, &b);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    bad.insert(id, e.to_string());
+                    continue;
+                }
             }
             match indexed.get(&id) {
                 Some(ix)
@@ -179,8 +185,8 @@ fn check_pack(
         if verified.contains(id) || bad.contains_key(id) {
             continue;
         }
-        let r = store.read_raw(id).and_then(|(loc, payload)| {
-            crate::pack::unpack(e.tag, id, loc.flags, u64::from(loc.ulen), &payload)
+        let r = store.read_record(id).and_then(|(loc, payload)| {
+            store.unpack(e.tag, id, loc.flags, u64::from(loc.ulen), &payload)
         });
         if let Err(err) = r {
             bad.insert(*id, err.to_string());
@@ -675,12 +681,18 @@ pub fn rebuild_index(store: &Store, progress: &dyn Progress) -> Result<Vec<Strin
         let r = (|| -> Result<()> {
             let mut r = PackReader::new(f, path.display().to_string())?;
             while let Some(rec) = r.next_record()? {
-                if let Err(e) = rec.verify() {
-                    problems.push(format!(
-                        "pack {}: {e} (left out of the index)",
-                        name.short()
-                    ));
-                    continue;
+                match store.unpack(rec.tag, &rec.id, rec.flags, rec.ulen, &rec.payload) {
+                    Ok(b) if rec.tag == ObjectType::Dict => {
+                        crate::store::remember_dictionary(&rec.id, &b);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        problems.push(format!(
+                            "pack {}: {e} (left out of the index)",
+                            name.short()
+                        ));
+                        continue;
+                    }
                 }
                 entries.push(IdxEntry {
                     id: rec.id,

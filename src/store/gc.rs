@@ -79,7 +79,10 @@ pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcRep
         )));
     }
     progress.stage("marking");
-    let live = mark(store)?;
+    let mut live = mark(store)?;
+    // Dictionaries are few and small: every one is kept, so whatever
+    // record names one can always be read.
+    live.extend(store.dictionaries());
     rep.reachable_objects = live.len();
     // Per pack: its entries, split into kept (live, and this is the copy the
     // index uses) and dropped.
@@ -146,7 +149,7 @@ pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcRep
         let w = store.writer_for_repack()?;
         for (_, ids) in &rewrite {
             for id in ids {
-                let (loc, payload) = store.read_raw(id)?;
+                let (loc, payload) = store.read_record(id)?;
                 let rec = Record {
                     offset: 0,
                     tag: loc.tag,
@@ -155,8 +158,8 @@ pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcRep
                     ulen: u64::from(loc.ulen),
                     payload,
                 };
-                // Verified before it is stored again.
-                rec.verify()?;
+                // Verified (with its dictionary) before it is stored again.
+                store.unpack(rec.tag, id, rec.flags, rec.ulen, &rec.payload)?;
                 w.put_stored(rec.into_stored())?;
             }
         }

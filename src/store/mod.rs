@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{IoContext, Result, SyncError};
 use crate::id::{IdMap, ObjectId, ObjectType};
 use crate::object::ObjectSource;
-use crate::pack::{parse_record_header, record_header_len, unpack};
+use crate::pack::{FLAG_DICT, parse_record_header, record_header_len, unpack};
 use index::IdxEntry;
 
 pub use backend::{Backend, FsBackend};
@@ -41,7 +41,12 @@ pub use writer::WriteSession;
 
 /// The name of the store directory inside a working tree.
 pub const STORE_DIR: &str = ".sp-sync";
+/// The format a new store is created with (and every store without
+/// dictionaries keeps).
 pub const FORMAT_VERSION: u32 = 1;
+/// The format of a store that holds dictionary-compressed records
+/// (store-format.md §3.8, §6): a store is moved to it before it first writes one.
+pub const FORMAT_DICT: u32 = 2;
 
 pub use crate::chunker::ChunkerConfig;
 
@@ -200,9 +205,10 @@ impl Default for StoreConfig {
 impl StoreConfig {
     fn validate(&self, path: &Path) -> Result<()> {
         let bad = |r: String| SyncError::corrupt_file("store config", path, r);
-        if self.format != FORMAT_VERSION {
+        if self.format != FORMAT_VERSION && self.format != FORMAT_DICT {
             return Err(bad(format!(
-                "store format {} is not supported by this sp-sync (it reads format {FORMAT_VERSION})",
+                "store format {} is not supported by this sp-sync (it reads formats \
+                 {FORMAT_VERSION} and {FORMAT_DICT})",
                 self.format
             )));
         }
@@ -270,6 +276,8 @@ pub struct PackInfo {
 #[derive(Default)]
 struct Index {
     map: IdMap<Location>,
+    /// The dictionary objects among them.
+    dicts: Vec<ObjectId>,
     packs: Vec<PackInfo>,
     /// Pack names already loaded (for refresh).
     known: crate::id::IdSet,
@@ -283,6 +291,12 @@ pub struct Store {
     /// Problems met while loading indexes (reported by fsck).
     pub load_warnings: Vec<String>,
     cache_override: Option<PathBuf>,
+    /// Whether `store.toml` says format 2 (dictionary records allowed).
+    dict_format: std::sync::atomic::AtomicBool,
+    /// Sample bytes before a dictionary is trained (else `dict::train_bytes`).
+    dict_training: Option<usize>,
+    /// Whether new objects may be compressed with (and train) dictionaries.
+    write_dicts: bool,
     _lock: Option<File>,
 }
 
@@ -378,12 +392,16 @@ impl Store {
         })?;
         config.validate(&cfg_path)?;
         let lock = backend.lock(mode)?;
+        let dict_format = config.format >= FORMAT_DICT;
         let store = Store {
             backend,
             config,
             index: RwLock::new(Index::default()),
             load_warnings: Vec::new(),
             cache_override: None,
+            dict_format: std::sync::atomic::AtomicBool::new(dict_format),
+            dict_training: None,
+            write_dicts: true,
             _lock: lock,
         };
         let mut store = store;
@@ -454,6 +472,29 @@ impl Store {
             (_, Some(d)) => d.join("cache"),
             _ => std::env::temp_dir().join("sp-sync-cache").join(h),
         }
+    }
+
+    /// Trains dictionaries after `bytes` of samples of a kind (for
+    /// embedders and tests; the default is `crate::dict::train_bytes`).
+    pub fn set_dict_training(&mut self, bytes: usize) {
+        self.dict_training = Some(bytes.max(1024));
+    }
+
+    /// Whether this handle's write sessions use and train dictionaries
+    /// (default: yes, unless `SP_SYNC_DICTIONARIES=0`). Reading never needs it.
+    pub fn set_write_dictionaries(&mut self, on: bool) {
+        self.write_dicts = on;
+    }
+
+    /// Whether write sessions use and train dictionaries.
+    pub fn writes_dictionaries(&self) -> bool {
+        self.write_dicts && crate::dict::enabled()
+    }
+
+    /// Sample bytes of `kind` gathered before its dictionary is trained.
+    pub fn dict_training(&self, kind: ObjectType) -> usize {
+        self.dict_training
+            .unwrap_or_else(|| crate::dict::train_bytes(kind))
     }
 
     /// Uses `dir` as this store's cache directory (for embedders and tests).
@@ -589,7 +630,11 @@ impl Store {
         let mut r = crate::pack::PackReader::new(r, path.display().to_string())?;
         let mut out = Vec::new();
         while let Some(rec) = r.next_record()? {
-            rec.verify()?;
+            let bytes = self.unpack(rec.tag, &rec.id, rec.flags, rec.ulen, &rec.payload)?;
+            if rec.tag == ObjectType::Dict {
+                // Records later in this pack may need it before its index is back.
+                remember_dictionary(&rec.id, &bytes);
+            }
             out.push(IdxEntry {
                 id: rec.id,
                 tag: rec.tag,
@@ -675,9 +720,95 @@ impl Store {
             .unwrap_or_default()
     }
 
-    /// Reads the stored record of an object without decompressing it:
-    /// (location, payload). The header is checked against the index.
+    /// Reads an object's record as it may leave the store (transfers,
+    /// bundles): as stored, except that a dictionary-compressed record
+    /// (flags 3, which only its store can read) is decoded, verified and
+    /// compressed again without the dictionary. The header is checked
+    /// against the index.
     pub fn read_raw(&self, id: &ObjectId) -> Result<(Location, Vec<u8>)> {
+        let (mut loc, payload) = self.read_record(id)?;
+        if loc.flags != FLAG_DICT {
+            return Ok((loc, payload));
+        }
+        let data = self.unpack(loc.tag, id, loc.flags, u64::from(loc.ulen), &payload)?;
+        let (flags, payload) = crate::pack::compress(&data, self.config.compression_level);
+        loc.flags = flags;
+        loc.clen = payload.len() as u32;
+        Ok((loc, payload))
+    }
+
+    /// Decompresses a record's payload and checks the bytes against `id`;
+    /// a dictionary-compressed record (flags 3) is read with the dictionary
+    /// it names, which must be in this store (or this process's cache of
+    /// verified dictionaries).
+    pub fn unpack(
+        &self,
+        tag: ObjectType,
+        id: &ObjectId,
+        flags: u8,
+        ulen: u64,
+        payload: &[u8],
+    ) -> Result<Vec<u8>> {
+        if flags != FLAG_DICT {
+            return unpack(tag, id, flags, ulen, payload);
+        }
+        if tag == ObjectType::Dict {
+            return Err(crate::object::corrupt(
+                tag,
+                id,
+                "a dictionary compressed with a dictionary",
+            ));
+        }
+        let did = crate::dict::payload_dict(payload)
+            .ok_or_else(|| crate::object::corrupt(tag, id, "bad dictionary record"))?;
+        let dict = self.dictionary(&did).map_err(|e| {
+            crate::object::corrupt(tag, id, format!("its dictionary {}: {e}", did.short()))
+        })?;
+        crate::dict::decompress(tag, id, ulen, payload, &did, &dict)
+    }
+
+    /// A dictionary object of this store, verified (cached per process).
+    pub fn dictionary(&self, id: &ObjectId) -> Result<Arc<crate::dict::Dictionary>> {
+        if let Some(d) = crate::dict::cached(id) {
+            return Ok(d);
+        }
+        let bytes = crate::object::ObjectSource::get(self, ObjectType::Dict, id)?;
+        remember_dictionary(id, &bytes)
+            .ok_or_else(|| crate::object::corrupt(ObjectType::Dict, id, "not a dictionary"))
+    }
+
+    /// The dictionary objects this store holds.
+    pub fn dictionaries(&self) -> Vec<ObjectId> {
+        self.index
+            .read()
+            .map(|ix| ix.dicts.clone())
+            .unwrap_or_default()
+    }
+
+    /// Moves the store to format 2 (`store.toml` rewritten atomically)
+    /// unless it is there already; called before the first
+    /// dictionary-compressed record is written.
+    pub(crate) fn ensure_dict_format(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.dict_format.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut cfg = self.config.clone();
+        cfg.format = FORMAT_DICT;
+        let text = format!(
+            "# sp-sync store: these settings are part of the store format.\n{}",
+            toml::to_string(&cfg).map_err(|e| SyncError::Invalid(format!("store config: {e}")))?
+        );
+        self.backend.put("store.toml", text.as_bytes())?;
+        self.dict_format.store(true, Ordering::SeqCst);
+        tracing::info!("store moved to format {FORMAT_DICT} (dictionaries)");
+        Ok(())
+    }
+
+    /// Reads the stored record of an object without decompressing it:
+    /// (location, payload), exactly as stored (flags 3 included). The
+    /// header is checked against the index.
+    pub fn read_record(&self, id: &ObjectId) -> Result<(Location, Vec<u8>)> {
         let loc = self.location(id).ok_or(SyncError::MissingObject {
             kind: "any",
             id: *id,
@@ -746,6 +877,9 @@ impl Store {
 
 impl Index {
     fn insert(&mut self, pack: u32, e: &IdxEntry) {
+        if e.tag == ObjectType::Dict && !self.map.contains_key(&e.id) {
+            self.dicts.push(e.id);
+        }
         self.map.entry(e.id).or_insert(Location {
             pack,
             offset: e.offset,
@@ -784,8 +918,8 @@ impl ObjectSource for Store {
                 format!("the index says this object is a {}", loc.tag),
             ));
         }
-        let (loc, payload) = self.read_raw(id)?;
-        unpack(tag, id, loc.flags, u64::from(loc.ulen), &payload)
+        let (loc, payload) = self.read_record(id)?;
+        self.unpack(tag, id, loc.flags, u64::from(loc.ulen), &payload)
     }
 }
 
@@ -832,6 +966,16 @@ pub(crate) fn acquire(lock: &File, mode: LockMode, path: &Path) -> Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// Decodes verified dictionary object bytes and caches them for this
+/// process; None when they are not a dictionary.
+pub(crate) fn remember_dictionary(
+    id: &ObjectId,
+    bytes: &[u8],
+) -> Option<Arc<crate::dict::Dictionary>> {
+    let d = Arc::new(crate::dict::Dictionary::decode(bytes).ok()?);
+    crate::dict::remember(*id, d.clone()).then_some(d)
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in `tmp`, fsync,

@@ -180,6 +180,10 @@ impl Store {
                 stats.objects += 1;
                 stats.bytes += n;
                 progress.add(1, n);
+                // Stored with this store's dictionary, when it has one.
+                if !crate::object::ObjectSink::contains(&session, &obj.id) {
+                    obj = session.restore_encoding(obj, &bytes)?;
+                }
                 let stored = obj.payload.len() as u64;
                 if session.put_stored(obj)? {
                     stats.stored_objects += 1;

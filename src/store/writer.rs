@@ -14,10 +14,11 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use super::index::{self, IdxEntry};
 use super::{Backend, Store, unique};
+use crate::dict::{self, Dictionary, Sampler};
 use crate::error::{IoContext, Result, SyncError};
 use crate::id::{IdSet, ObjectId, ObjectType};
 use crate::object::ObjectSink;
-use crate::pack::{PackWriter, StoredObject, prepare};
+use crate::pack::{FLAG_DICT, PackWriter, StoredObject, prepare};
 
 /// Counters of what a session added.
 #[derive(Default, Debug)]
@@ -48,7 +49,47 @@ pub struct WriteSession<'s> {
     repack: bool,
     /// Set by `abort`: the open pack is thrown away instead of finished.
     aborted: Arc<std::sync::atomic::AtomicBool>,
+    /// The dictionaries new small objects are compressed with, and the
+    /// samplers of kinds that have none yet.
+    dicts: Mutex<DictState>,
     pub stats: WriteStats,
+}
+
+/// Per kind: the dictionary in use, or a sampler gathering objects to
+/// train one.
+#[derive(Default)]
+struct DictState {
+    current: Vec<(ObjectType, ObjectId, Arc<Dictionary>)>,
+    samplers: Vec<Sampler>,
+}
+
+impl DictState {
+    fn load(store: &Store, enabled: bool) -> DictState {
+        let mut st = DictState::default();
+        if !enabled {
+            return st;
+        }
+        let mut ids = store.dictionaries();
+        // The same choice in every process: the largest id of each kind.
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        for id in ids {
+            match store.dictionary(&id) {
+                Ok(d) => {
+                    if !st.current.iter().any(|(k, _, _)| *k == d.kind) {
+                        st.current.push((d.kind, id, d));
+                    }
+                }
+                Err(e) => tracing::warn!("dictionary {} not used: {e}", id.short()),
+            }
+        }
+        for kind in [ObjectType::Chunk, ObjectType::Tree, ObjectType::Rows] {
+            if !st.current.iter().any(|(k, _, _)| *k == kind) {
+                st.samplers
+                    .push(Sampler::new(kind, store.dict_training(kind)));
+            }
+        }
+        st
+    }
 }
 
 impl<'s> WriteSession<'s> {
@@ -85,8 +126,114 @@ impl<'s> WriteSession<'s> {
             level: store.config().compression_level,
             repack,
             aborted,
+            dicts: Mutex::new(DictState::load(
+                store,
+                !repack && store.writes_dictionaries(),
+            )),
             stats: WriteStats::default(),
         })
+    }
+
+    /// Compresses an object for its pack: with its kind's dictionary when
+    /// it is small and one exists (feeding the kind's sampler, and training
+    /// the dictionary, otherwise), else alone.
+    fn prepare(&self, tag: ObjectType, id: ObjectId, bytes: &[u8]) -> Result<StoredObject> {
+        if !dict::is_dict_kind(tag)
+            || bytes.len() < 64
+            || bytes.len() > dict::DICT_MAX_OBJECT
+            || self.level == 0
+        {
+            return Ok(prepare(tag, id, bytes, self.level));
+        }
+        let cur = {
+            let Ok(mut st) = self.dicts.lock() else {
+                return Ok(prepare(tag, id, bytes, self.level));
+            };
+            match st.current.iter().find(|(k, _, _)| *k == tag) {
+                Some((_, did, d)) => Some((*did, d.clone())),
+                None => {
+                    let samples = st
+                        .samplers
+                        .iter_mut()
+                        .find(|s| s.kind() == tag && s.active())
+                        .and_then(|s| s.add(bytes));
+                    // Trained with the lock held: the other threads wait
+                    // for the dictionary rather than compress without it.
+                    match samples {
+                        Some(samples) => self.train(&mut st, tag, &samples)?,
+                        None => None,
+                    }
+                }
+            }
+        };
+        let Some((did, d)) = cur else {
+            return Ok(prepare(tag, id, bytes, self.level));
+        };
+        match dict::compress(&did, &d, bytes, self.level) {
+            Some(p) if p.len() + bytes.len() / 32 < bytes.len() => Ok(StoredObject {
+                tag,
+                id,
+                flags: FLAG_DICT,
+                ulen: bytes.len() as u32,
+                payload: p,
+            }),
+            _ => Ok(prepare(tag, id, bytes, self.level)),
+        }
+    }
+
+    /// Trains a dictionary for `kind`, stores it (before any record that
+    /// names it) and uses it from now on. A failed training only means no
+    /// dictionary for this session.
+    fn train(
+        &self,
+        st: &mut DictState,
+        kind: ObjectType,
+        samples: &[Vec<u8>],
+    ) -> Result<Option<(ObjectId, Arc<Dictionary>)>> {
+        let started = std::time::Instant::now();
+        let Some(d) = dict::train(kind, samples) else {
+            return Ok(None);
+        };
+        let d = Arc::new(d);
+        let did = d.id();
+        self.store.ensure_dict_format()?;
+        dict::remember(did, d.clone());
+        if self.claim(&did) {
+            self.send(prepare(ObjectType::Dict, did, &d.encode(), self.level))?;
+        }
+        tracing::debug!(
+            "trained a {kind} dictionary of {} bytes from {} samples in {:?}",
+            d.content.len(),
+            samples.len(),
+            started.elapsed()
+        );
+        st.current.push((kind, did, d.clone()));
+        Ok(Some((did, d)))
+    }
+
+    /// Re-encodes a received object (verified, `bytes` its contents) with
+    /// this store's dictionary for its kind when that applies; otherwise
+    /// returns it as it came.
+    pub fn restore_encoding(&self, obj: StoredObject, bytes: &[u8]) -> Result<StoredObject> {
+        if !dict::is_dict_kind(obj.tag) || bytes.len() > dict::DICT_MAX_OBJECT || bytes.len() < 64 {
+            return Ok(obj);
+        }
+        let has = self
+            .dicts
+            .lock()
+            .map(|st| {
+                st.current.iter().any(|(k, _, _)| *k == obj.tag)
+                    || st
+                        .samplers
+                        .iter()
+                        .any(|s| s.kind() == obj.tag && s.active())
+            })
+            .unwrap_or(false);
+        if !has {
+            return Ok(obj);
+        }
+        let new = self.prepare(obj.tag, obj.id, bytes)?;
+        Ok(if new.flags == FLAG_DICT { new } else { obj })
     }
 
     pub fn store(&self) -> &'s Store {
@@ -139,7 +286,26 @@ impl<'s> WriteSession<'s> {
     /// Writes out everything sent, makes it durable and visible to this
     /// process's reads. Only after this may a ref point at the new objects.
     pub fn finish(mut self) -> Result<()> {
+        self.train_at_end()?;
         self.finish_inner()
+    }
+
+    /// Trains the dictionaries of kinds whose samplers hold enough for
+    /// one, though less than the training size: later sessions use them.
+    fn train_at_end(&self) -> Result<()> {
+        let Ok(mut st) = self.dicts.lock() else {
+            return Ok(());
+        };
+        let min = dict::END_TRAIN_BYTES.min(self.store.dict_training(ObjectType::Chunk));
+        let ready: Vec<(ObjectType, Vec<Vec<u8>>)> = st
+            .samplers
+            .iter_mut()
+            .filter_map(|s| s.take_at_end(min).map(|v| (s.kind(), v)))
+            .collect();
+        for (kind, samples) in ready {
+            self.train(&mut st, kind, &samples)?;
+        }
+        Ok(())
     }
 
     /// Throws away what was sent and not yet in a finished pack (a pack
@@ -182,7 +348,7 @@ impl ObjectSink for WriteSession<'_> {
         if !self.claim(&id) {
             return Ok(false);
         }
-        let obj = prepare(tag, id, bytes, self.level);
+        let obj = self.prepare(tag, id, bytes)?;
         self.send(obj)?;
         Ok(true)
     }
@@ -197,11 +363,10 @@ impl ObjectSink for WriteSession<'_> {
         use rayon::prelude::*;
         let new: Vec<&(ObjectType, ObjectId, Vec<u8>)> =
             objs.iter().filter(|(_, id, _)| self.claim(id)).collect();
-        let level = self.level;
         let prepared: Vec<StoredObject> = new
             .par_iter()
-            .map(|(tag, id, bytes)| prepare(*tag, *id, bytes, level))
-            .collect();
+            .map(|(tag, id, bytes)| self.prepare(*tag, *id, bytes))
+            .collect::<Result<_>>()?;
         for o in prepared {
             self.send(o)?;
         }
