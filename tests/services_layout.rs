@@ -60,7 +60,8 @@ fn example() -> (tempfile::TempDir, PathBuf) {
 /// rewrite cannot hide in the same clock tick.
 fn synced() -> (tempfile::TempDir, PathBuf) {
     let (tmp, root) = example();
-    ok(&root, &["local", "to-db", "-q"]);
+    // `-q`: the sync lists nothing.
+    assert_eq!(ok(&root, &["local", "to-db", "-q"]), "");
     backdate(&root);
     (tmp, root)
 }

@@ -85,7 +85,10 @@ json_via!(LocalCmdReport, |r| val(&r.report.changes));
 impl Render for LocalCmdReport {
     fn human(&self, out: &mut Human<'_>) -> Result<()> {
         let rep = &self.report;
-        for c in &rep.changes {
+        // `local diff` and a dry run print the plan as their result; a
+        // sync that applies it lists what it did, which `-q` silences.
+        let listed = self.mode == LocalMode::Diff || self.dry_run || !out.quiet();
+        for c in rep.changes.iter().filter(|_| listed) {
             let cols = if c.columns.is_empty() {
                 String::new()
             } else {

@@ -109,6 +109,11 @@ impl<'a> Human<'a> {
         self.out.write_all(data).map_err(stdout_error)
     }
 
+    /// Whether the person asked for quiet (`-q`).
+    pub fn quiet(&self) -> bool {
+        self.quiet
+    }
+
     /// A note for the person (standard error; not when quiet).
     pub fn note(&self, text: impl Display) {
         if !self.quiet {
