@@ -51,7 +51,7 @@ use crate::codec::Writer;
 use crate::error::{Result, SyncError};
 use crate::id::{ObjectId, ObjectType};
 use crate::object::{MemStore, ObjectSink, ObjectSource, corrupt};
-use crate::pmap::{self, Change, MapIter};
+use crate::pmap::MapIter;
 use crate::progress::Progress;
 
 /// Whether a `--db` location is a PostgreSQL URL.
@@ -1485,21 +1485,6 @@ fn describe(name: &str, root: &ObjectId, key: &[u8]) -> String {
     }
 }
 
-/// Objects from memory (the table now) or the snapshot's source.
-struct Both<'a> {
-    mem: &'a MemStore,
-    src: &'a dyn ObjectSource,
-}
-
-impl ObjectSource for Both<'_> {
-    fn get(&self, tag: ObjectType, id: &ObjectId) -> Result<Vec<u8>> {
-        if self.mem.contains(id) {
-            return self.mem.get(tag, id);
-        }
-        self.src.get(tag, id)
-    }
-}
-
 /// Applies the differences between the table now and the snapshot.
 #[allow(clippy::too_many_arguments)]
 fn merge(
@@ -1513,43 +1498,76 @@ fn merge(
     progress: &dyn Progress,
     rep: &mut DbRestoreReport,
 ) -> Result<()> {
-    // The table now, as a row map in memory (large values' chunks too).
-    let mem = MemStore::new(false);
-    let label = format!("{}: table {name}", loc.redacted());
-    let (_, now_root) = super::build_row_map(&label, &mem, progress, |f| {
-        read_table(c, loc, name, t, &mem, chunker, progress, f)
-    })?;
+    // The table now, streamed in key order beside the snapshot's rows (one
+    // pass, nothing of either held but the keys that differ). Large values
+    // are chunked and hashed only: rows compare by their encodings.
+    let scratch = MemStore::new(false);
     enum Act {
         Insert,
         Delete,
         Update(Vec<usize>),
     }
     let mut acts: Vec<(Vec<u8>, Act)> = Vec::new();
-    let both = Both { mem: &mem, src };
-    pmap::diff(
-        &both,
-        ObjectType::Rows,
-        Some(&now_root),
-        Some(&t.root),
-        |k, ch| {
-            match ch {
-                Change::Added(_) => acts.push((k.to_vec(), Act::Insert)),
-                Change::Removed(_) if opts.delete => acts.push((k.to_vec(), Act::Delete)),
-                Change::Removed(_) => {}
-                Change::Modified(old, new) => {
-                    let a = decode_row(&old).map_err(|e| bad_row(&now_root, e))?;
-                    let b = decode_row(&new).map_err(|e| bad_row(&t.root, e))?;
-                    let cols: Vec<usize> = (0..t.columns.len())
-                        .filter(|&i| a.get(i) != b.get(i))
-                        .collect();
-                    if !cols.is_empty() {
-                        acts.push((k.to_vec(), Act::Update(cols)));
+    let mut snap = MapIter::new(src, ObjectType::Rows, t.root).peekable();
+    let mut last: Option<Vec<u8>> = None;
+    let out_of_order = |k: &[u8]| {
+        SyncError::Database(format!(
+            "{}: table {name}: rows came out of key order at {}",
+            loc.redacted(),
+            describe(name, &t.root, k)
+        ))
+    };
+    let mut on_row = |k: &[u8], v: &[u8]| -> Result<()> {
+        if last.as_deref().is_some_and(|l| l >= k) {
+            return Err(out_of_order(k));
+        }
+        last = Some(k.to_vec());
+        loop {
+            let ahead = match snap.peek() {
+                None => None,
+                Some(Ok((sk, _))) => Some(sk.as_slice().cmp(k)),
+                Some(Err(_)) => {
+                    return match snap.next() {
+                        Some(Err(e)) => Err(e),
+                        _ => unreachable!("peeked an error"),
+                    };
+                }
+            };
+            match ahead {
+                Some(std::cmp::Ordering::Less) => {
+                    if let Some(Ok((sk, _))) = snap.next() {
+                        acts.push((sk, Act::Insert));
                     }
                 }
+                Some(std::cmp::Ordering::Equal) => {
+                    if let Some(Ok((_, sv))) = snap.next()
+                        && sv != v
+                    {
+                        let a = decode_row(v).map_err(|e| bad_row(&t.root, e))?;
+                        let b = decode_row(&sv).map_err(|e| bad_row(&t.root, e))?;
+                        let cols: Vec<usize> = (0..t.columns.len())
+                            .filter(|&i| a.get(i) != b.get(i))
+                            .collect();
+                        if !cols.is_empty() {
+                            acts.push((k.to_vec(), Act::Update(cols)));
+                        }
+                    }
+                    return Ok(());
+                }
+                _ => {
+                    if opts.delete {
+                        acts.push((k.to_vec(), Act::Delete));
+                    }
+                    return Ok(());
+                }
             }
-            Ok(())
-        },
-    )?;
+        }
+    };
+    read_table(c, loc, name, t, &scratch, chunker, progress, &mut on_row)?;
+    for e in snap {
+        let (sk, _) = e?;
+        acts.push((sk, Act::Insert));
+    }
     if acts.is_empty() {
         return Ok(());
     }
