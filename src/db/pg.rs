@@ -1523,26 +1523,24 @@ fn merge(
         }
         last = Some(k.to_vec());
         loop {
+            // A read error sorts first, so that the next `next()` returns it.
             let ahead = match snap.peek() {
                 None => None,
                 Some(Ok((sk, _))) => Some(sk.as_slice().cmp(k)),
-                Some(Err(_)) => {
-                    return match snap.next() {
-                        Some(Err(e)) => Err(e),
-                        _ => unreachable!("peeked an error"),
-                    };
-                }
+                Some(Err(_)) => Some(std::cmp::Ordering::Less),
             };
             match ahead {
                 Some(std::cmp::Ordering::Less) => {
-                    if let Some(Ok((sk, _))) = snap.next() {
-                        acts.push((sk, Act::Insert));
+                    if let Some(r) = snap.next() {
+                        acts.push((r?.0, Act::Insert));
                     }
                 }
                 Some(std::cmp::Ordering::Equal) => {
-                    if let Some(Ok((_, sv))) = snap.next()
-                        && sv != v
-                    {
+                    let sv = match snap.next() {
+                        Some(r) => r?.1,
+                        None => return Ok(()),
+                    };
+                    if sv != v {
                         let a = decode_row(v).map_err(|e| bad_row(&t.root, e))?;
                         let b = decode_row(&sv).map_err(|e| bad_row(&t.root, e))?;
                         let cols: Vec<usize> = (0..t.columns.len())
@@ -1585,11 +1583,11 @@ fn merge(
             )
         })
         .collect();
-    let row_err = |key: &[u8], e: postgres::Error| {
-        let SyncError::Database(m) = loc.error(e) else {
-            unreachable!("loc.error gives a database error")
-        };
-        SyncError::Database(format!("{m} (row {})", describe(name, &t.root, key)))
+    let row_err = |key: &[u8], e: postgres::Error| match loc.error(e) {
+        SyncError::Database(m) => {
+            SyncError::Database(format!("{m} (row {})", describe(name, &t.root, key)))
+        }
+        other => other,
     };
     // Deletes first.
     let del = format!(
