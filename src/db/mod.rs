@@ -10,6 +10,7 @@
 pub mod diff;
 mod guard;
 pub mod pg;
+pub mod pg_guard;
 pub mod restore;
 /// The table object lives with the other objects (`object::table`).
 pub use crate::object::table;

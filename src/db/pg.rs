@@ -25,7 +25,8 @@
 //! `bytea`, `uuid`), text `COLLATE "C"`, or the text form `COLLATE "C"`.
 //!
 //! **Writing.** Into tables the database lacks: the recorded `CREATE`
-//! script, then the rows by `COPY … FROM STDIN`, then constraints, indexes
+//! script (each statement checked first: the recorded SQL is hostile input,
+//! see `pg_guard`), then the rows by `COPY … FROM STDIN`, then constraints, indexes
 //! and sequence values. Onto existing tables (same columns and key, else
 //! refused before anything is written): only the rows that differ, in one
 //! transaction with deferrable constraints deferred; a failure rolls back
@@ -42,6 +43,7 @@ use std::time::Duration;
 use postgres::{Client, NoTls};
 
 use super::diff::same_structure;
+use super::pg_guard::{self, Action};
 use super::restore::{DbRestoreOptions, DbRestoreReport};
 use super::table::{Column, Engine, Extra, ExtraKind, FLAG_WITHOUT_ROWID, TableData, TableObject};
 use super::value::{Cell, KeyWriter, Value, decode_key, decode_row, encode_cell};
@@ -1260,8 +1262,10 @@ pub fn restore(
     objs.sort_by_key(|t| t.ordinal);
     on_own_thread(|| {
         let mut c = loc.connect()?;
-        c.batch_execute("BEGIN; SET CONSTRAINTS ALL DEFERRED")
-            .map_err(|e| loc.error(e))?;
+        c.batch_execute(
+            "BEGIN; SET CONSTRAINTS ALL DEFERRED; SET LOCAL standard_conforming_strings = on",
+        )
+        .map_err(|e| loc.error(e))?;
         let r = restore_in(&mut c, &loc, src, &objs, chunker, opts, progress).and_then(|r| {
             if progress.interrupted() {
                 return Err(SyncError::Interrupted);
@@ -1342,15 +1346,64 @@ fn restore_in(
             }
         )));
     }
+    // Every recorded statement is checked before anything is written
+    // (the snapshot's SQL is hostile input: see `pg_guard`).
+    let mut scripts: Vec<(&TableObject, &TableData, Vec<Action>)> = Vec::new();
+    let mut later: Vec<(u8, u64, Step)> = Vec::new();
+    for p in &plans {
+        match p {
+            Plan::Create(o, t) => {
+                scripts.push((o, t, pg_guard::table_script(&o.sql, &o.name)?));
+                for e in &o.extras {
+                    let (phase, step) = extra_step(o, e)?;
+                    later.push((phase, e.ordinal, step));
+                }
+            }
+            Plan::Merge(o, _) => {
+                for e in o.extras.iter().filter(|e| e.kind == ExtraKind::Sequence) {
+                    later.push((4, e.ordinal, extra_step(o, e)?.1));
+                }
+            }
+            Plan::View(o, false) => {
+                later.push((3, o.ordinal, Step::Sql(pg_guard::view(&o.sql, &o.name)?)))
+            }
+            Plan::View(_, true) => {}
+        }
+    }
     let mut rep = DbRestoreReport {
         created: plans.iter().all(|p| !matches!(p, Plan::Merge(..))),
         tables: objs.iter().filter(|o| !o.is_view()).count(),
         ..Default::default()
     };
     // 2. New tables, then rows.
-    for p in &plans {
-        if let Plan::Create(o, _) = p {
-            c.batch_execute(&o.sql).map_err(err)?;
+    for (o, t, acts) in &scripts {
+        for a in acts {
+            create_step(c, loc, a)?;
+        }
+        // The script made exactly the recorded table.
+        let made = list_relations(c, loc)?
+            .into_iter()
+            .find(|r| r.name == o.name && r.view.is_none())
+            .ok_or_else(|| {
+                SyncError::Invalid(format!(
+                    "the snapshot's SQL is refused: its script did not create table {}",
+                    o.name
+                ))
+            })?;
+        let (columns, key, _) = structure(c, loc, &made)?;
+        let now = TableData {
+            flags: FLAG_WITHOUT_ROWID,
+            columns,
+            key,
+            sequence: None,
+            rows: 0,
+            root: ObjectId::default(),
+        };
+        if !same_structure(t, &now) {
+            return Err(SyncError::Invalid(format!(
+                "the snapshot's SQL is refused: its script made a table other than the recorded one: {}",
+                describe_mismatch(&o.name, t, &now)
+            )));
         }
     }
     for p in &plans {
@@ -1368,33 +1421,131 @@ fn restore_in(
     }
     // 3. Constraints and indexes of new tables (foreign keys last), views
     // the database lacks, then sequence values.
-    let mut later: Vec<(u8, u64, &str)> = Vec::new();
-    for p in &plans {
-        match p {
-            Plan::Create(o, _) => {
-                for e in &o.extras {
-                    let phase = match e.kind {
-                        ExtraKind::Constraint if e.sql.contains(" FOREIGN KEY ") => 2,
-                        ExtraKind::Sequence => 4,
-                        _ => 1,
-                    };
-                    later.push((phase, e.ordinal, &e.sql));
-                }
-            }
-            Plan::Merge(o, _) => {
-                for e in o.extras.iter().filter(|e| e.kind == ExtraKind::Sequence) {
-                    later.push((4, e.ordinal, &e.sql));
-                }
-            }
-            Plan::View(o, false) => later.push((3, o.ordinal, &o.sql)),
-            Plan::View(_, true) => {}
-        }
-    }
-    later.sort();
-    for (_, _, sql) in later {
-        c.batch_execute(sql).map_err(err)?;
+    later.sort_by_key(|(phase, ordinal, _)| (*phase, *ordinal));
+    for (_, _, step) in later {
+        run_step(c, loc, step)?;
     }
     Ok(rep)
+}
+
+/// A checked statement of a table's extras, or a view, to run after the
+/// rows.
+enum Step {
+    Sql(String),
+    Checked(pg_guard::Guarded),
+    SetVal {
+        table: String,
+        column: String,
+        value: i64,
+        called: bool,
+    },
+}
+
+/// The phase (constraints and indexes 1, foreign keys 2, sequences 4) and
+/// the checked step of an extra.
+fn extra_step(o: &TableObject, e: &Extra) -> Result<(u8, Step)> {
+    Ok(match e.kind {
+        ExtraKind::Constraint => {
+            let g = pg_guard::constraint(&e.sql, &o.name)?;
+            let fk = g.sql.contains(" FOREIGN KEY ");
+            (if fk { 2 } else { 1 }, Step::Checked(g))
+        }
+        ExtraKind::Index => (1, Step::Sql(pg_guard::index(&e.sql, &o.name)?)),
+        ExtraKind::Sequence => {
+            let (column, value, called) = pg_guard::sequence_value(&e.sql, &o.name)?;
+            (
+                4,
+                Step::SetVal {
+                    table: quote(&o.name),
+                    column,
+                    value,
+                    called,
+                },
+            )
+        }
+        _ => {
+            return Err(SyncError::Invalid(format!(
+                "the snapshot's SQL is refused: table {} records an extra of a kind PostgreSQL tables do not have",
+                o.name
+            )));
+        }
+    })
+}
+
+/// One step of a table's checked `CREATE` script.
+fn create_step(c: &mut Client, loc: &PgLocation, a: &Action) -> Result<()> {
+    let err = |e| loc.error(e);
+    match a {
+        Action::Exec(sql) => {
+            c.execute(sql.as_str(), &[]).map_err(err)?;
+        }
+        Action::Enum { name, labels } => {
+            let exists: bool = c
+                .query_one("SELECT pg_catalog.to_regtype($1) IS NOT NULL", &[name])
+                .map_err(err)?
+                .get(0);
+            if !exists {
+                let sql = format!("CREATE TYPE {name} AS ENUM ({})", labels.join(", "));
+                c.execute(sql.as_str(), &[]).map_err(err)?;
+            }
+        }
+        Action::Sequence { name, sql } => {
+            let exists: bool = c
+                .query_one(
+                    "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+                    &[&quote(name)],
+                )
+                .map_err(err)?
+                .get(0);
+            if exists {
+                return Err(SyncError::Invalid(format!(
+                    "sequence {name} already exists; a new table does not take over a sequence the database has"
+                )));
+            }
+            c.execute(sql.as_str(), &[]).map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+fn run_step(c: &mut Client, loc: &PgLocation, step: Step) -> Result<()> {
+    let err = |e| loc.error(e);
+    match step {
+        Step::Sql(sql) => {
+            c.execute(sql.as_str(), &[]).map_err(err)?;
+        }
+        Step::Checked(g) => {
+            // Nothing a constraint evaluates may be volatile.
+            let volatile: Option<String> = c
+                .query_one(
+                    "SELECT string_agg(DISTINCT proname::text, ', ') FROM pg_catalog.pg_proc \
+                     WHERE provolatile = 'v' AND proname::text = ANY($1)",
+                    &[&g.names],
+                )
+                .map_err(err)?
+                .get(0);
+            if let Some(f) = volatile {
+                return Err(SyncError::Invalid(format!(
+                    "the snapshot's SQL is refused: a constraint calls a volatile function ({f}): {}",
+                    g.sql
+                )));
+            }
+            c.execute(g.sql.as_str(), &[]).map_err(err)?;
+        }
+        Step::SetVal {
+            table,
+            column,
+            value,
+            called,
+        } => {
+            c.execute(
+                "SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence($1, $2), $3, $4)",
+                &[&table, &column, &value, &called],
+            )
+            .map_err(err)?;
+        }
+    }
+    Ok(())
 }
 
 fn describe_mismatch(name: &str, want: &TableData, have: &TableData) -> String {

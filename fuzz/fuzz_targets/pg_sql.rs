@@ -1,0 +1,30 @@
+//! The SQL a PostgreSQL table object records (untrusted): the lexer and
+//! every statement check never panic, and whatever a check accepts is one
+//! statement that names the object's own table.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use systemprompt_sync::db::pg_guard::{
+    Action, constraint, index, sequence_value, statements, table_script, view,
+};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(sql) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = statements(sql);
+    if let Ok(acts) = table_script(sql, "t") {
+        for a in acts {
+            if let Action::Exec(s) = a {
+                assert_eq!(statements(&s).map(|v| v.len()).unwrap_or(0), 1);
+            }
+        }
+    }
+    for s in [constraint(sql, "t").map(|g| g.sql), index(sql, "t"), view(sql, "t")]
+        .into_iter()
+        .flatten()
+    {
+        assert_eq!(statements(&s).map(|v| v.len()).unwrap_or(0), 1);
+    }
+    let _ = sequence_value(sql, "t");
+});

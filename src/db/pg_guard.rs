@@ -1,0 +1,812 @@
+//! The SQL a PostgreSQL table object records is hostile input: a snapshot
+//! may come from a peer, a bundle or a tampered store, and `restore --db
+//! postgres://…` must not let it run anything but the statements that
+//! recreate the objects it names.
+//!
+//! Every recorded script is split into statements with a lexer that follows
+//! PostgreSQL's (quoted identifiers, standard and `E''` strings, dollar
+//! quoting, nested comments; the restore sets `standard_conforming_strings`
+//! so both agree), and each statement must have exactly the shape
+//! sp-sync's own reader writes for its place ([`table_script`],
+//! [`constraint`], [`index`], [`sequence_value`], [`view`]): a `CREATE
+//! TABLE` of the object's own name and no `CHECK`/`REFERENCES`/inheritance,
+//! its own sequences, an `ALTER TABLE` of its own table adding one
+//! constraint, a `CREATE INDEX` on its own table, a `setval` of its own
+//! column's sequence, a `CREATE VIEW` of its own name. The enum types a
+//! table needs are recognised in the recorded `DO` block and created by
+//! sp-sync itself; no recorded `DO` block runs. Each accepted statement is
+//! then sent alone over the extended protocol, where PostgreSQL itself
+//! refuses more than one command.
+//!
+//! What a restore evaluates must not call a volatile function either
+//! (`pg_terminate_backend`, `setval`, `lo_unlink`, …): the identifiers in a
+//! constraint are checked against `pg_proc` before it is added
+//! ([`Guarded::names`]); column defaults are not evaluated by a restore
+//! (every stored column gets a value) and generated columns and indexes may
+//! only use immutable functions (PostgreSQL enforces it).
+
+use crate::error::{Result, SyncError};
+
+/// A token of PostgreSQL's SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tok {
+    /// An unquoted identifier or keyword, folded to lower case as
+    /// PostgreSQL folds it.
+    Word(String),
+    /// A `"quoted"` identifier, unescaped.
+    Quoted(String),
+    /// A string constant (`'…'`, `E'…'`, `B'…'`, `X'…'`, `N'…'`), unescaped
+    /// for the plain and `E` forms.
+    Str(String),
+    /// A dollar-quoted string: its tag and body.
+    Dollar(String, String),
+    /// A numeric constant, as written.
+    Num(String),
+    /// An operator (`::`, `=`, `-`, `<>`, …).
+    Op(String),
+    /// One of `( ) [ ] , ; .`
+    Punct(char),
+}
+
+/// One statement: its text and its tokens.
+#[derive(Debug, Clone)]
+pub struct Stmt {
+    /// The statement's text, without the `;` that ends it.
+    pub text: String,
+    /// Its tokens.
+    pub toks: Vec<Tok>,
+}
+
+fn refuse(what: impl std::fmt::Display) -> SyncError {
+    SyncError::Invalid(format!("the snapshot's SQL is refused: {what}"))
+}
+
+const OP_CHARS: &str = "+-*/<>=~!@#%^&|`?:";
+
+/// Splits `sql` into statements at `;`.
+pub fn statements(sql: &str) -> Result<Vec<Stmt>> {
+    if sql.contains('\0') {
+        return Err(refuse("a NUL byte"));
+    }
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut toks = Vec::new();
+    let mut start = 0usize;
+    let mut i = 0usize;
+    let n = b.len();
+    let ident_start = |c: u8| c.is_ascii_alphabetic() || c == b'_' || c >= 0x80;
+    let ident_cont = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    while i < n {
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
+            while i < n && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            let mut depth = 0usize;
+            loop {
+                if i + 1 >= n {
+                    return Err(refuse("an unterminated comment"));
+                }
+                if b[i] == b'/' && b[i + 1] == b'*' {
+                    depth += 1;
+                    i += 2;
+                } else if b[i] == b'*' && b[i + 1] == b'/' {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else if c == b';' {
+            push_stmt(&mut out, sql, start, i, &mut toks);
+            i += 1;
+            start = i;
+        } else if c == b'\'' {
+            let (s, e) = string(sql, i + 1, false)?;
+            toks.push(Tok::Str(s));
+            i = e;
+        } else if (c == b'e' || c == b'E') && b.get(i + 1) == Some(&b'\'') {
+            let (s, e) = string(sql, i + 2, true)?;
+            toks.push(Tok::Str(s));
+            i = e;
+        } else if matches!(c, b'b' | b'B' | b'x' | b'X' | b'n' | b'N')
+            && b.get(i + 1) == Some(&b'\'')
+        {
+            let (s, e) = string(sql, i + 2, false)?;
+            toks.push(Tok::Str(s));
+            i = e;
+        } else if (c == b'u' || c == b'U') && b.get(i + 1) == Some(&b'&') {
+            return Err(refuse("a Unicode-escaped name or string (U&)"));
+        } else if c == b'"' {
+            let mut s = Vec::new();
+            let mut j = i + 1;
+            loop {
+                match b.get(j) {
+                    None => return Err(refuse("an unterminated quoted name")),
+                    Some(b'"') if b.get(j + 1) == Some(&b'"') => {
+                        s.push(b'"');
+                        j += 2;
+                    }
+                    Some(b'"') => break,
+                    Some(&x) => {
+                        s.push(x);
+                        j += 1;
+                    }
+                }
+            }
+            toks.push(Tok::Quoted(String::from_utf8_lossy(&s).into_owned()));
+            i = j + 1;
+        } else if c == b'$' {
+            // $tag$…$tag$ (a tag does not start with a digit); $1 is a
+            // parameter, which recorded SQL never has.
+            let mut j = i + 1;
+            while j < n && b[j] != b'$' && ident_cont(b[j]) {
+                j += 1;
+            }
+            let tag = &sql[i + 1..j];
+            if b.get(j) != Some(&b'$') || tag.starts_with(|c: char| c.is_ascii_digit()) {
+                return Err(refuse("a parameter or a stray `$`"));
+            }
+            let delim = &sql[i..=j];
+            let body_start = j + 1;
+            let Some(end) = sql[body_start..].find(delim) else {
+                return Err(refuse("an unterminated dollar-quoted string"));
+            };
+            toks.push(Tok::Dollar(
+                tag.to_string(),
+                sql[body_start..body_start + end].to_string(),
+            ));
+            i = body_start + end + delim.len();
+        } else if ident_start(c) {
+            let mut j = i;
+            while j < n && ident_cont(b[j]) {
+                j += 1;
+            }
+            toks.push(Tok::Word(sql[i..j].to_ascii_lowercase()));
+            i = j;
+        } else if c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit))
+        {
+            let mut j = i;
+            while j < n && (b[j].is_ascii_alphanumeric() || b[j] == b'.' || b[j] == b'_') {
+                // An exponent's sign belongs to the number.
+                if (b[j] == b'e' || b[j] == b'E') && matches!(b.get(j + 1), Some(b'+' | b'-')) {
+                    j += 1;
+                }
+                j += 1;
+            }
+            toks.push(Tok::Num(sql[i..j].to_string()));
+            i = j;
+        } else if matches!(c, b'(' | b')' | b'[' | b']' | b',' | b'.') {
+            toks.push(Tok::Punct(c as char));
+            i += 1;
+        } else if OP_CHARS.as_bytes().contains(&c) {
+            let mut j = i;
+            while j < n && OP_CHARS.as_bytes().contains(&b[j]) {
+                // A comment starts inside an operator's characters.
+                if (b[j] == b'-' && b.get(j + 1) == Some(&b'-'))
+                    || (b[j] == b'/' && b.get(j + 1) == Some(&b'*'))
+                {
+                    break;
+                }
+                j += 1;
+            }
+            if j == i {
+                // `--` or `/*` right here: handled as a comment next turn.
+                if c == b'-' || c == b'/' {
+                    continue;
+                }
+            }
+            toks.push(Tok::Op(sql[i..j].to_string()));
+            i = j;
+        } else {
+            return Err(refuse(format!(
+                "an unexpected character {:?}",
+                sql[i..].chars().next().unwrap_or('?')
+            )));
+        }
+    }
+    push_stmt(&mut out, sql, start, n, &mut toks);
+    Ok(out)
+}
+
+fn push_stmt(out: &mut Vec<Stmt>, sql: &str, start: usize, end: usize, toks: &mut Vec<Tok>) {
+    if !toks.is_empty() {
+        out.push(Stmt {
+            text: sql[start..end].trim().to_string(),
+            toks: std::mem::take(toks),
+        });
+    }
+}
+
+/// A string constant's value from `from` (just after the opening quote) to
+/// its closing quote; `escapes` for `E'…'`. Returns the value and the
+/// index after the closing quote.
+fn string(sql: &str, from: usize, escapes: bool) -> Result<(String, usize)> {
+    let b = sql.as_bytes();
+    let mut s = Vec::new();
+    let mut j = from;
+    loop {
+        match b.get(j) {
+            None => return Err(refuse("an unterminated string")),
+            Some(b'\'') if b.get(j + 1) == Some(&b'\'') => {
+                s.push(b'\'');
+                j += 2;
+            }
+            Some(b'\'') => break,
+            Some(b'\\') if escapes => {
+                let e = *b
+                    .get(j + 1)
+                    .ok_or_else(|| refuse("an unterminated string"))?;
+                s.push(match e {
+                    b'\\' | b'\'' => e,
+                    b'n' => b'\n',
+                    b't' => b'\t',
+                    b'r' => b'\r',
+                    b'b' => 8,
+                    b'f' => 12,
+                    _ => return Err(refuse("an escape sequence sp-sync does not read")),
+                });
+                j += 2;
+            }
+            Some(&x) => {
+                s.push(x);
+                j += 1;
+            }
+        }
+    }
+    Ok((String::from_utf8_lossy(&s).into_owned(), j + 1))
+}
+
+fn word(t: Option<&Tok>, w: &str) -> bool {
+    matches!(t, Some(Tok::Word(x)) if x == w)
+}
+
+/// The name an identifier token stands for.
+fn ident(t: Option<&Tok>) -> Option<&str> {
+    match t {
+        Some(Tok::Word(w)) => Some(w),
+        Some(Tok::Quoted(q)) => Some(q),
+        _ => None,
+    }
+}
+
+fn expect_words(toks: &[Tok], words: &[&str], what: &str) -> Result<()> {
+    for (i, w) in words.iter().enumerate() {
+        if !word(toks.get(i), w) {
+            return Err(refuse(format!("{what}: expected {}", words.join(" "))));
+        }
+    }
+    Ok(())
+}
+
+fn own_name(t: Option<&Tok>, table: &str, what: &str) -> Result<()> {
+    match ident(t) {
+        Some(n) if n == table => Ok(()),
+        Some(n) => Err(refuse(format!(
+            "{what} names {n:?}, not its own table {table:?}"
+        ))),
+        None => Err(refuse(format!("{what} does not name its table {table:?}"))),
+    }
+}
+
+/// Whether any `,` stands outside parentheses from `from` on (`ALTER
+/// TABLE` takes a list of actions).
+fn top_level_comma(toks: &[Tok]) -> bool {
+    let mut depth = 0i32;
+    for t in toks {
+        match t {
+            Tok::Punct('(') | Tok::Punct('[') => depth += 1,
+            Tok::Punct(')') | Tok::Punct(']') => depth -= 1,
+            Tok::Punct(',') if depth <= 0 => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// What restoring a table's `CREATE` script does, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Run this statement (already checked).
+    Exec(String),
+    /// Create this enum type unless a type of that name exists: the name
+    /// as SQL (quoted parts) and the labels as string constants.
+    Enum {
+        /// The type's name as written (quoted identifiers, maybe qualified).
+        name: String,
+        /// The labels, each as a SQL string constant.
+        labels: Vec<String>,
+    },
+    /// Create this sequence (it must not exist yet: a snapshot does not
+    /// take over a sequence the database already has).
+    Sequence {
+        /// The sequence's name.
+        name: String,
+        /// The `CREATE SEQUENCE` statement.
+        sql: String,
+    },
+}
+
+/// Checks a table's recorded `CREATE` script: enum types (the `DO` blocks
+/// sp-sync writes), its own sequences, one `CREATE TABLE` of `table`, and
+/// `ALTER SEQUENCE … OWNED BY` of those sequences to its columns.
+pub fn table_script(sql: &str, table: &str) -> Result<Vec<Action>> {
+    let mut acts = Vec::new();
+    let mut sequences: Vec<String> = Vec::new();
+    let mut tables = 0;
+    for s in statements(sql)? {
+        let t = &s.toks;
+        if word(t.first(), "do") {
+            acts.push(enum_block(t)?);
+        } else if word(t.first(), "create") && word(t.get(1), "sequence") {
+            expect_words(
+                t,
+                &["create", "sequence", "if", "not", "exists"],
+                "a sequence",
+            )?;
+            let name = ident(t.get(5))
+                .ok_or_else(|| refuse("CREATE SEQUENCE without a name"))?
+                .to_string();
+            for x in &t[6..] {
+                let ok = match x {
+                    Tok::Word(w) => matches!(
+                        w.as_str(),
+                        "as" | "increment"
+                            | "by"
+                            | "minvalue"
+                            | "maxvalue"
+                            | "start"
+                            | "with"
+                            | "cache"
+                            | "cycle"
+                            | "no"
+                            | "smallint"
+                            | "integer"
+                            | "bigint"
+                    ),
+                    Tok::Num(_) => true,
+                    Tok::Op(o) => o == "-",
+                    _ => false,
+                };
+                if !ok {
+                    return Err(refuse(format!("sequence {name}: {x:?}")));
+                }
+            }
+            sequences.push(name.clone());
+            acts.push(Action::Sequence { name, sql: s.text });
+        } else if word(t.first(), "create") && word(t.get(1), "table") {
+            own_name(t.get(2), table, "CREATE TABLE")?;
+            if t.get(3) != Some(&Tok::Punct('(')) || t.last() != Some(&Tok::Punct(')')) {
+                return Err(refuse(format!(
+                    "CREATE TABLE {table}: not a plain column list"
+                )));
+            }
+            let mut depth = 0i32;
+            for (i, x) in t.iter().enumerate().skip(3) {
+                match x {
+                    Tok::Punct('(') => depth += 1,
+                    Tok::Punct(')') => {
+                        depth -= 1;
+                        if depth == 0 && i + 1 != t.len() {
+                            return Err(refuse(format!(
+                                "CREATE TABLE {table}: something after the column list"
+                            )));
+                        }
+                    }
+                    Tok::Word(w) if matches!(w.as_str(), "check" | "references" | "like") => {
+                        return Err(refuse(format!(
+                            "CREATE TABLE {table}: {} (sp-sync records it separately)",
+                            w.to_uppercase()
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+            tables += 1;
+            acts.push(Action::Exec(s.text));
+        } else if word(t.first(), "alter") && word(t.get(1), "sequence") {
+            let seq = ident(t.get(2)).unwrap_or_default();
+            if !sequences.iter().any(|s| s == seq)
+                || !word(t.get(3), "owned")
+                || !word(t.get(4), "by")
+                || t.get(6) != Some(&Tok::Punct('.'))
+                || ident(t.get(7)).is_none()
+                || t.len() != 8
+            {
+                return Err(refuse(format!(
+                    "table {table}: an ALTER SEQUENCE that is not its own OWNED BY"
+                )));
+            }
+            own_name(t.get(5), table, "ALTER SEQUENCE … OWNED BY")?;
+            acts.push(Action::Exec(s.text));
+        } else {
+            return Err(refuse(format!(
+                "table {table}: a statement that is not part of creating it: {}",
+                excerpt(&s.text)
+            )));
+        }
+    }
+    if tables != 1 {
+        return Err(refuse(format!(
+            "table {table}: the script has {tables} CREATE TABLE statements"
+        )));
+    }
+    Ok(acts)
+}
+
+fn excerpt(s: &str) -> String {
+    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.chars().count() > 60 {
+        format!("{}…", one.chars().take(60).collect::<String>())
+    } else {
+        one
+    }
+}
+
+/// `DO $sp_sync$ BEGIN CREATE TYPE name AS ENUM ('a', …); EXCEPTION WHEN
+/// duplicate_object THEN NULL; END $sp_sync$`, and nothing else.
+fn enum_block(t: &[Tok]) -> Result<Action> {
+    let bad = || refuse("a DO block that is not an enum type's creation");
+    let [Tok::Word(_), Tok::Dollar(_, body)] = t else {
+        return Err(bad());
+    };
+    let inner = statements(body)?;
+    let [first, second, third] = inner.as_slice() else {
+        return Err(bad());
+    };
+    let f = &first.toks;
+    if !(word(f.first(), "begin") && word(f.get(1), "create") && word(f.get(2), "type")) {
+        return Err(bad());
+    }
+    // The name: ident or ident.ident, then AS ENUM (.
+    let mut i = 3;
+    let mut name = Vec::new();
+    loop {
+        let part = ident(f.get(i)).ok_or_else(bad)?;
+        name.push(super::pg::quote(part));
+        i += 1;
+        if f.get(i) == Some(&Tok::Punct('.')) && name.len() < 2 {
+            i += 1;
+            continue;
+        }
+        break;
+    }
+    if !(word(f.get(i), "as")
+        && word(f.get(i + 1), "enum")
+        && f.get(i + 2) == Some(&Tok::Punct('(')))
+    {
+        return Err(bad());
+    }
+    i += 3;
+    let mut labels = Vec::new();
+    loop {
+        match f.get(i) {
+            Some(Tok::Str(l)) => labels.push(format!("'{}'", l.replace('\'', "''"))),
+            Some(Tok::Punct(')')) if labels.is_empty() && i + 1 == f.len() => break,
+            _ => return Err(bad()),
+        }
+        match f.get(i + 1) {
+            Some(Tok::Punct(',')) => i += 2,
+            Some(Tok::Punct(')')) if i + 2 == f.len() => break,
+            _ => return Err(bad()),
+        }
+    }
+    let tail = |s: &Stmt, w: &[&str]| {
+        s.toks.len() == w.len() && s.toks.iter().zip(w).all(|(t, w)| word(Some(t), w))
+    };
+    if !tail(
+        second,
+        &["exception", "when", "duplicate_object", "then", "null"],
+    ) || !tail(third, &["end"])
+    {
+        return Err(bad());
+    }
+    Ok(Action::Enum {
+        name: name.join("."),
+        labels,
+    })
+}
+
+/// A checked statement and the identifiers in it that could name a
+/// function the statement evaluates.
+#[derive(Debug, Clone)]
+pub struct Guarded {
+    /// The statement to run.
+    pub sql: String,
+    /// Names a restore checks against `pg_proc` before running it.
+    pub names: Vec<String>,
+}
+
+/// `ALTER TABLE table ADD CONSTRAINT name (UNIQUE|PRIMARY KEY|CHECK|
+/// EXCLUDE|FOREIGN KEY) …`, one action.
+pub fn constraint(sql: &str, table: &str) -> Result<Guarded> {
+    let s = single(sql, "a constraint")?;
+    let t = &s.toks;
+    expect_words(t, &["alter", "table"], "a constraint")?;
+    own_name(t.get(2), table, "a constraint")?;
+    if !(word(t.get(3), "add") && word(t.get(4), "constraint") && ident(t.get(5)).is_some()) {
+        return Err(refuse(format!("table {table}: not an ADD CONSTRAINT")));
+    }
+    let kind_ok = ["unique", "primary", "check", "exclude", "foreign"]
+        .iter()
+        .any(|k| word(t.get(6), k));
+    if !kind_ok || top_level_comma(&t[6..]) {
+        return Err(refuse(format!(
+            "table {table}: a constraint that is not one UNIQUE, PRIMARY KEY, CHECK, EXCLUDE or FOREIGN KEY"
+        )));
+    }
+    Ok(Guarded {
+        names: names(&t[6..]),
+        sql: s.text,
+    })
+}
+
+/// `CREATE [UNIQUE] INDEX name ON [ONLY] table …`.
+pub fn index(sql: &str, table: &str) -> Result<String> {
+    let s = single(sql, "an index")?;
+    let t = &s.toks;
+    let mut i = 1;
+    if !word(t.first(), "create") {
+        return Err(refuse(format!(
+            "table {table}: an index that is not CREATE INDEX"
+        )));
+    }
+    if word(t.get(i), "unique") {
+        i += 1;
+    }
+    if !(word(t.get(i), "index") && ident(t.get(i + 1)).is_some() && word(t.get(i + 2), "on")) {
+        return Err(refuse(format!(
+            "table {table}: an index that is not CREATE INDEX"
+        )));
+    }
+    i += 3;
+    if word(t.get(i), "only") {
+        i += 1;
+    }
+    own_name(t.get(i), table, "an index")?;
+    if t.get(i + 1) == Some(&Tok::Punct('.')) {
+        return Err(refuse(format!(
+            "an index on table {table} names another schema"
+        )));
+    }
+    Ok(s.text)
+}
+
+/// `SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence('"table"',
+/// 'column'), value, called)`: the column, the value and `is_called`.
+pub fn sequence_value(sql: &str, table: &str) -> Result<(String, i64, bool)> {
+    let s = single(sql, "a sequence value")?;
+    let t = &s.toks;
+    let bad = || {
+        refuse(format!(
+            "table {table}: a sequence value that is not its own setval"
+        ))
+    };
+    let p = |c| Tok::Punct(c);
+    let w = |s: &str| Tok::Word(s.into());
+    let head = [
+        w("select"),
+        w("pg_catalog"),
+        p('.'),
+        w("setval"),
+        p('('),
+        w("pg_catalog"),
+        p('.'),
+        w("pg_get_serial_sequence"),
+        p('('),
+    ];
+    if t.len() < head.len() || t[..head.len()] != head {
+        return Err(bad());
+    }
+    let rest = &t[head.len()..];
+    let (tbl, col, rest) = match rest {
+        [
+            Tok::Str(a),
+            Tok::Punct(','),
+            Tok::Str(b),
+            Tok::Punct(')'),
+            Tok::Punct(','),
+            rest @ ..,
+        ] => (a, b, rest),
+        _ => return Err(bad()),
+    };
+    if tbl != &super::pg::quote(table) {
+        return Err(refuse(format!(
+            "table {table}: a sequence value for another table ({tbl})"
+        )));
+    }
+    let (neg, rest) = match rest {
+        [Tok::Op(o), rest @ ..] if o == "-" => (true, rest),
+        _ => (false, rest),
+    };
+    let [
+        Tok::Num(v),
+        Tok::Punct(','),
+        Tok::Word(called),
+        Tok::Punct(')'),
+    ] = rest
+    else {
+        return Err(bad());
+    };
+    let v: i64 = format!("{}{v}", if neg { "-" } else { "" })
+        .parse()
+        .map_err(|_| bad())?;
+    let called = match called.as_str() {
+        "true" => true,
+        "false" => false,
+        _ => return Err(bad()),
+    };
+    Ok((col.clone(), v, called))
+}
+
+/// `CREATE VIEW name AS …`.
+pub fn view(sql: &str, name: &str) -> Result<String> {
+    let s = single(sql, "a view")?;
+    let t = &s.toks;
+    expect_words(t, &["create", "view"], "a view")?;
+    own_name(t.get(2), name, "a view")?;
+    if !word(t.get(3), "as") {
+        return Err(refuse(format!("view {name}: not CREATE VIEW {name} AS …")));
+    }
+    Ok(s.text)
+}
+
+fn single(sql: &str, what: &str) -> Result<Stmt> {
+    let mut v = statements(sql)?;
+    if v.len() != 1 {
+        return Err(refuse(format!("{what} holds {} statements", v.len())));
+    }
+    Ok(v.remove(0))
+}
+
+/// The identifiers in `toks`, for the volatile-function check.
+fn names(toks: &[Tok]) -> Vec<String> {
+    let mut v: Vec<String> = toks
+        .iter()
+        .filter_map(|t| ident(Some(t)).map(str::to_string))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lexes_like_postgresql() {
+        let s = statements(
+            "SELECT 'a;b', E'c\\';d', $x$;$x$, \"e;\"\"f\" -- ;\n /* ; /* ; */ ; */ FROM t; SELECT 2",
+        )
+        .unwrap();
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert_eq!(
+            s[0].toks[1..],
+            [
+                Tok::Str("a;b".into()),
+                Tok::Punct(','),
+                Tok::Str("c';d".into()),
+                Tok::Punct(','),
+                Tok::Dollar("x".into(), ";".into()),
+                Tok::Punct(','),
+                Tok::Quoted("e;\"f".into()),
+                Tok::Word("from".into()),
+                Tok::Word("t".into()),
+            ]
+        );
+        assert!(statements("SELECT 'open").is_err());
+        assert!(statements("SELECT $1").is_err());
+        assert!(statements("SELECT U&\"\\0061\"").is_err());
+        assert!(statements("/* open").is_err());
+    }
+
+    #[test]
+    fn the_readers_own_scripts_pass() {
+        let script = "DO $sp_sync$ BEGIN CREATE TYPE mood AS ENUM ('ok', 'it''s'); \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $sp_sync$;\n\
+             CREATE SEQUENCE IF NOT EXISTS \"users_id_seq\" AS integer INCREMENT BY 1 MINVALUE 1 \
+             MAXVALUE 2147483647 START WITH 1 CACHE 1;\n\
+             CREATE TABLE \"users\" (\n    \"id\" integer DEFAULT nextval('users_id_seq'::regclass) NOT NULL,\n    \
+             \"m\" mood,\n    \"g\" integer GENERATED ALWAYS AS ((id * 2)) STORED,\n    \
+             CONSTRAINT \"users_pkey\" PRIMARY KEY (id)\n);\n\
+             ALTER SEQUENCE \"users_id_seq\" OWNED BY \"users\".\"id\";\n";
+        let a = table_script(script, "users").unwrap();
+        assert_eq!(
+            a[0],
+            Action::Enum {
+                name: "\"mood\"".into(),
+                labels: vec!["'ok'".into(), "'it''s'".into()]
+            }
+        );
+        assert!(matches!(&a[1], Action::Sequence { name, .. } if name == "users_id_seq"));
+        assert_eq!(a.len(), 4);
+        let g = constraint(
+            "ALTER TABLE \"users\" ADD CONSTRAINT \"c\" CHECK (length(email) > 3)",
+            "users",
+        )
+        .unwrap();
+        assert!(g.names.contains(&"length".to_string()));
+        index(
+            "CREATE UNIQUE INDEX users_e ON ONLY users USING btree (lower(email))",
+            "users",
+        )
+        .unwrap();
+        assert_eq!(
+            sequence_value(
+                "SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence('\"users\"', 'id'), 42, true)",
+                "users"
+            )
+            .unwrap(),
+            ("id".into(), 42, true)
+        );
+        view("CREATE VIEW \"v\" AS\n SELECT 1;", "v").unwrap();
+    }
+
+    #[test]
+    fn anything_else_is_refused() {
+        let t = "CREATE TABLE \"t\" (a int)";
+        for bad in [
+            format!("{t}; DROP TABLE victim"),
+            format!("DROP TABLE victim; {t}"),
+            format!("{t}; DO $$ BEGIN DELETE FROM victim; END $$"),
+            "CREATE TABLE victim (a int)".into(),
+            "CREATE TABLE other.t (a int)".into(),
+            "CREATE TABLE t (a int) INHERITS (victim)".into(),
+            "CREATE TABLE t (a int CHECK (pg_terminate_backend(1)))".into(),
+            "CREATE TABLE t (a int REFERENCES victim)".into(),
+            format!("{t}; CREATE SEQUENCE IF NOT EXISTS s OWNED BY victim.a"),
+            format!("CREATE SEQUENCE IF NOT EXISTS s; {t}; ALTER SEQUENCE other OWNED BY t.a"),
+            format!("CREATE SEQUENCE IF NOT EXISTS s; {t}; ALTER SEQUENCE s OWNED BY victim.a"),
+            format!(
+                "DO $sp_sync$ BEGIN CREATE TYPE m AS ENUM ('a'); DROP TABLE victim; \
+                 EXCEPTION WHEN duplicate_object THEN NULL; END $sp_sync$; {t}"
+            ),
+            format!(
+                "DO $sp_sync$ BEGIN CREATE TYPE m AS ENUM ('a' || (SELECT 1)); \
+                 EXCEPTION WHEN duplicate_object THEN NULL; END $sp_sync$; {t}"
+            ),
+            format!("{t}; {t}"),
+            "SELECT 1".into(),
+        ] {
+            assert!(table_script(&bad, "t").is_err(), "{bad}");
+        }
+        for bad in [
+            "ALTER TABLE t ADD CONSTRAINT c CHECK (true); DROP TABLE victim",
+            "ALTER TABLE victim ADD CONSTRAINT c CHECK (true)",
+            "ALTER TABLE t ADD CONSTRAINT c CHECK (true), DROP COLUMN a",
+            "ALTER TABLE t DROP COLUMN a",
+        ] {
+            assert!(constraint(bad, "t").is_err(), "{bad}");
+        }
+        for bad in [
+            "CREATE INDEX i ON victim (a)",
+            "CREATE INDEX i ON t (a); DROP TABLE victim",
+            "CREATE INDEX i ON t.victim (a)",
+            "DROP INDEX i",
+        ] {
+            assert!(index(bad, "t").is_err(), "{bad}");
+        }
+        for bad in [
+            "SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence('\"victim\"', 'id'), 1, true)",
+            "SELECT pg_catalog.setval('victim_id_seq', 1, true)",
+            "SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence('\"t\"', 'id'), 1, true), pg_terminate_backend(1)",
+            "SELECT pg_terminate_backend(1)",
+        ] {
+            assert!(sequence_value(bad, "t").is_err(), "{bad}");
+        }
+        for bad in [
+            "CREATE VIEW v AS SELECT 1; DROP TABLE victim",
+            "CREATE OR REPLACE VIEW victim AS SELECT 1",
+            "CREATE VIEW victim AS SELECT 1",
+        ] {
+            assert!(view(bad, "v").is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! `restore --db postgres://…` treats a snapshot's SQL as hostile: a table
+//! object whose recorded script, constraints, indexes or sequence values
+//! carry other statements, name other tables, take over a sequence the
+//! database has, or make a constraint call a volatile function is refused
+//! with one line, and the database (a bystander table and its sequence
+//! included) is exactly as it was — into an empty database and onto one
+//! that already has the table.
+
+mod common;
+
+use std::path::Path;
+
+use common::pg::{PgCluster, cluster, ok_pg, sp_pg};
+use systemprompt_sync::db::load_table;
+use systemprompt_sync::db::table::{Extra, ExtraKind, TableObject};
+use systemprompt_sync::object::snapshot::Snapshot;
+use systemprompt_sync::object::{ObjectSink, ObjectSource};
+use systemprompt_sync::{LockMode, ObjectId, ObjectType, Store};
+
+const SOURCE: &str = "
+    CREATE TABLE t (id serial PRIMARY KEY, b text CHECK (length(b) < 100), c text);
+    CREATE INDEX t_b ON t (b);
+    INSERT INTO t (b, c) VALUES ('one', 'x'), ('two', 'y');";
+
+const VICTIM: &str = "
+    CREATE TABLE victim (id serial PRIMARY KEY, x text);
+    INSERT INTO victim (x) VALUES ('keep me'), ('and me');";
+
+/// A store `st` in a temp dir with a snapshot `main` of SOURCE's `t`.
+fn setup(pg: &PgCluster) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("files")).unwrap();
+    ok_pg(d.path(), &["init", "--store", "st", "-q"]);
+    let src = pg.new_db("hsrc");
+    pg.psql(&src, SOURCE);
+    ok_pg(
+        d.path(),
+        &[
+            "--store",
+            "st",
+            "snapshot",
+            "files",
+            "--db",
+            &pg.url(&src),
+            "-q",
+        ],
+    );
+    d
+}
+
+/// Rewrites table `t` of the first snapshot with `edit`, as a new snapshot
+/// `main` moves to.
+fn plant(d: &Path, edit: impl FnOnce(&mut TableObject)) {
+    let store = Store::open(&d.join("st"), LockMode::Shared).unwrap();
+    let main = store.read_ref("main").unwrap().unwrap();
+    let load =
+        |id: &ObjectId| Snapshot::decode(&store.get(ObjectType::Snapshot, id).unwrap()).unwrap();
+    let mut snap = load(&main);
+    let mut first = snap.clone();
+    while let Some(p) = first.parents.first() {
+        first = load(p);
+    }
+    let mut t = load_table(&store, &first.tables["t"]).unwrap();
+    edit(&mut t);
+    let s = store.writer().unwrap();
+    let tid = s.put(ObjectType::Table, &t.encode()).unwrap();
+    snap.tables.insert("t".into(), tid);
+    snap.parents = vec![main];
+    let id = s.put(ObjectType::Snapshot, &snap.encode()).unwrap();
+    s.finish().unwrap();
+    store
+        .update_ref("main", Some(Some(main)), Some(id))
+        .unwrap();
+}
+
+/// Everything in a database: schema, rows and sequence values.
+fn state(pg: &PgCluster, db: &str) -> String {
+    let o = pg.cmd("pg_dump").args(["-d", db]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // pg_dump 15.14+ brackets its output with a random \restrict key.
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn restore_fails(d: &Path, url: &str, what: &str, expect: &str) {
+    let args = ["--store", "st", "restore", "main", "--db", url];
+    let o = sp_pg(d, &args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{what}: {err}");
+    common::assert_one_error_line(&args, &err);
+    eprintln!("{what}: {}", err.trim_end());
+    assert!(
+        err.to_lowercase().contains(&expect.to_lowercase()),
+        "{what}: {err} should say {expect}"
+    );
+}
+
+fn honest_sql(d: &Path) -> String {
+    let store = Store::open(&d.join("st"), LockMode::Shared).unwrap();
+    let main = store.read_ref("main").unwrap().unwrap();
+    let snap = Snapshot::decode(&store.get(ObjectType::Snapshot, &main).unwrap()).unwrap();
+    load_table(&store, &snap.tables["t"]).unwrap().sql
+}
+
+fn extra(kind: ExtraKind, sql: &str) -> Extra {
+    Extra {
+        kind,
+        name: "evil".into(),
+        ordinal: 99,
+        sql: sql.into(),
+    }
+}
+
+type Edit = Box<dyn Fn(&mut TableObject)>;
+
+#[test]
+fn hostile_sql_in_a_table_object_is_refused_and_changes_nothing() {
+    let Some(pg) = cluster() else { return };
+    let d = setup(pg);
+    let honest = honest_sql(d.path());
+    // The honest snapshot restores (and is what every case starts from).
+    let ok_db = pg.new_db("hok");
+    ok_pg(
+        d.path(),
+        &[
+            "--store",
+            "st",
+            "restore",
+            "main",
+            "--db",
+            &pg.url(&ok_db),
+            "-q",
+        ],
+    );
+    assert_eq!(pg.dump_rows(&ok_db, "t").len(), 2);
+
+    let h = honest.clone();
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "a DROP after the CREATE",
+            Box::new(move |t| t.sql = format!("{h}\nDROP TABLE victim;")),
+            "refused",
+        ),
+        (
+            "a DROP before the CREATE",
+            {
+                let h = honest.clone();
+                Box::new(move |t| t.sql = format!("DROP TABLE victim;\n{h}"))
+            },
+            "refused",
+        ),
+        (
+            "a DO block",
+            {
+                let h = honest.clone();
+                Box::new(move |t| {
+                    t.sql = format!("DO $sp_sync$ BEGIN DELETE FROM victim; END $sp_sync$;\n{h}")
+                })
+            },
+            "refused",
+        ),
+        (
+            "a CREATE TABLE of another name",
+            {
+                let h = honest.clone();
+                Box::new(move |t| {
+                    t.sql = h.replace("CREATE TABLE \"t\"", "CREATE TABLE \"victim2\"")
+                })
+            },
+            "refused",
+        ),
+        (
+            "a CHECK calling setval",
+            Box::new(|t| {
+                t.extras.push(extra(
+                ExtraKind::Constraint,
+                "ALTER TABLE \"t\" ADD CONSTRAINT evil CHECK (setval('victim_id_seq', 999) > 0)",
+            ))
+            }),
+            "volatile function",
+        ),
+        (
+            "a constraint on another table",
+            Box::new(|t| {
+                t.extras.push(extra(
+                    ExtraKind::Constraint,
+                    "ALTER TABLE victim ADD CONSTRAINT evil CHECK (x IS NOT NULL)",
+                ))
+            }),
+            "refused",
+        ),
+        (
+            "a second ALTER TABLE action",
+            Box::new(|t| {
+                t.extras.push(extra(
+                ExtraKind::Constraint,
+                "ALTER TABLE \"t\" ADD CONSTRAINT evil CHECK (true), ALTER COLUMN c SET DEFAULT 'x'",
+            ))
+            }),
+            "refused",
+        ),
+        (
+            "a sequence value of another table",
+            Box::new(|t| {
+                t.extras.push(extra(
+                    ExtraKind::Sequence,
+                    "SELECT pg_catalog.setval('victim_id_seq', 999, true)",
+                ))
+            }),
+            "refused",
+        ),
+        (
+            "an index on another table",
+            Box::new(|t| {
+                t.extras
+                    .push(extra(ExtraKind::Index, "CREATE INDEX evil ON victim (x)"))
+            }),
+            "refused",
+        ),
+        (
+            "an index and a DROP",
+            Box::new(|t| {
+                t.extras.push(extra(
+                    ExtraKind::Index,
+                    "CREATE INDEX evil ON t (c); DROP TABLE victim",
+                ))
+            }),
+            "refused",
+        ),
+    ];
+    for (what, edit, expect) in cases {
+        plant(d.path(), edit);
+        // Into a database without t.
+        let db = pg.new_db("hvictim");
+        pg.psql(&db, VICTIM);
+        let before = state(pg, &db);
+        restore_fails(d.path(), &pg.url(&db), what, expect);
+        assert_eq!(state(pg, &db), before, "{what}: the database changed");
+        // Onto one that has t already (only sequence values run there).
+        let db2 = pg.new_db("hvictim");
+        pg.psql(&db2, SOURCE);
+        pg.psql(&db2, VICTIM);
+        let before = state(pg, &db2);
+        let o = sp_pg(
+            d.path(),
+            &["--store", "st", "restore", "main", "--db", &pg.url(&db2)],
+        );
+        if what.starts_with("a sequence value") {
+            assert_eq!(o.status.code(), Some(1), "{what} (merge)");
+            assert_eq!(
+                state(pg, &db2),
+                before,
+                "{what} (merge): the database changed"
+            );
+        } else {
+            // The table's rows already match: nothing to do, and nothing
+            // outside it changes either way.
+            assert_eq!(
+                pg.dump_rows(&db2, "victim"),
+                pg.dump_rows(&db, "victim"),
+                "{what} (merge): the bystander changed"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_new_table_does_not_take_over_an_existing_sequence() {
+    let Some(pg) = cluster() else { return };
+    let d = setup(pg);
+    // The database has no table t but a sequence named like t's.
+    let db = pg.new_db("hseq");
+    pg.psql(
+        &db,
+        "CREATE SEQUENCE t_id_seq START 500;
+         CREATE TABLE victim (id integer PRIMARY KEY DEFAULT nextval('t_id_seq'), x text);
+         INSERT INTO victim (x) VALUES ('keep me');",
+    );
+    let before = state(pg, &db);
+    restore_fails(
+        d.path(),
+        &pg.url(&db),
+        "sequence takeover",
+        "already exists",
+    );
+    assert_eq!(state(pg, &db), before);
+}
