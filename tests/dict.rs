@@ -183,6 +183,40 @@ fn gc_keeps_dictionaries_and_their_records_stay_readable() {
     assert_eq!(format_of(&st), "format = 2");
 }
 
+/// `fsck --rebuild-index` with every index lost indexes a record whose
+/// dictionary lives in a pack that sorts after the record's own pack.
+#[test]
+fn rebuild_index_finds_a_dictionary_in_a_later_pack() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = setup(tmp.path());
+    let st = w.join(".sp-sync");
+    let dict_pack = entries(&st).into_iter().find(|x| x.1 == 7).unwrap().0;
+    // Later snapshots compress with that dictionary, in packs of their own;
+    // make them until one sorts before the dictionary's pack.
+    let mut seed = 2;
+    while !entries(&st)
+        .iter()
+        .any(|x| x.2 == FLAG_DICT && x.0 < dict_pack)
+    {
+        assert!(seed < 60, "no pack sorted before {}", dict_pack.display());
+        small_files(&w, seed);
+        ok(&w, &["snapshot", "-m", &format!("s{seed}")], true);
+        seed += 1;
+    }
+    let before = entries(&st).len();
+    for e in std::fs::read_dir(st.join("packs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "idx") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let o = run(&w, &["fsck", "--rebuild-index"], true);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(entries(&st).len(), before, "every record is indexed again");
+    ok(&w, &["fsck", "--read-data"], true);
+    restored_equal(&w, &w, &tmp.path().join("out"), true);
+}
+
 #[test]
 fn flipped_bytes_in_a_dictionary_are_caught_and_never_restored() {
     let tmp = tempfile::tempdir().unwrap();

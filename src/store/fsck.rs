@@ -667,6 +667,26 @@ pub fn check_row_key(
 pub fn rebuild_index(store: &Store, progress: &dyn Progress) -> Result<Vec<String>> {
     let (with, without) = store.list_pack_files()?;
     let mut problems = Vec::new();
+    // Dictionaries first, from every pack: a record may use a dictionary
+    // stored in a pack that comes later in this order.
+    progress.stage("finding dictionaries");
+    for name in with.iter().chain(without.iter()) {
+        let Ok(f) = store.backend().open_read(&Store::pack_key(name)) else {
+            continue;
+        };
+        let path = store.pack_path(name);
+        let _ = (|| -> Result<()> {
+            let mut r = PackReader::new(f, path.display().to_string())?;
+            while let Some(rec) = r.next_record()? {
+                if rec.tag == ObjectType::Dict
+                    && let Ok(b) = store.unpack(rec.tag, &rec.id, rec.flags, rec.ulen, &rec.payload)
+                {
+                    crate::store::remember_dictionary(&rec.id, &b);
+                }
+            }
+            Ok(())
+        })();
+    }
     for name in with.iter().chain(without.iter()) {
         progress.stage(&format!("indexing pack {}", name.short()));
         let path = store.pack_path(name);
