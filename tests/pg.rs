@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::pg::{PASSWORD, PgCluster, cluster, ok_pg, sp_pg};
+use common::pg::{PASSWORD, PgCluster, cluster, ok_pg, sp_pg, tls_cluster};
 use proptest::prelude::*;
 use serde_json::Value as Json;
 
@@ -795,4 +795,87 @@ fn diff_without_db_compares_the_recorded_url() {
     pg.psql(&db, "UPDATE t SET v = 'z' WHERE id = 2");
     let text = ok_pg(d, &["--store", "st", "diff", "main"]);
     assert!(text.contains("M t(2) [v]"), "{text}");
+}
+
+/// `sslmode=require|verify-ca|verify-full`: TLS to the server, whose
+/// certificate must chain to `sslrootcert` (or the system's roots) and name
+/// the host; snapshot, diff (also from the URL the snapshot recorded) and
+/// restore all work over it, and every way it can fail is one line.
+#[test]
+fn tls_connections_verify_the_server() {
+    let Some(pg) = tls_cluster() else { return };
+    let db = pg.new_db("tls");
+    pg.psql(
+        &db,
+        "CREATE TABLE t (id integer PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b');",
+    );
+    let tls = pg.dir.join("tls");
+    let at = |db: &str, q: &str| format!("postgres://postgres@localhost:{}/{db}{q}", pg.port);
+    let url = at(
+        &db,
+        &format!(
+            "?sslmode=verify-full&sslrootcert={}",
+            tls.join("ca.pem").display()
+        ),
+    );
+    let d = work();
+    let j = snap(d.path(), &url, &[]);
+    assert_eq!(j["tables"]["t"].as_u64(), Some(2), "{j}");
+    // The recorded URL keeps the TLS settings: diff without --db reconnects.
+    pg.psql(&db, "UPDATE t SET v = 'z' WHERE id = 2");
+    let out = ok_pg(d.path(), &["--store", "st", "diff", "main"]);
+    assert!(out.contains("M t(2) [v]"), "{out}");
+    // Restore over TLS into another database.
+    let db2 = pg.new_db("tls_copy");
+    let url2 = at(
+        &db2,
+        &format!(
+            "?sslmode=require&sslrootcert={}",
+            tls.join("ca.pem").display()
+        ),
+    );
+    ok_pg(
+        d.path(),
+        &["--store", "st", "restore", "main", "--db", &url2, "-q"],
+    );
+    assert_eq!(pg.dump_rows(&db2, "t").len(), 2);
+    // Failures: one line each, nothing recorded.
+    let before = refs(d.path());
+    for (q, expect) in [
+        (String::new(), "pg_hba.conf"),
+        ("?sslmode=require".to_string(), "certificate"),
+        (
+            format!(
+                "?sslmode=verify-full&sslrootcert={}",
+                tls.join("other.pem").display()
+            ),
+            "certificate",
+        ),
+        (
+            format!(
+                "?sslmode=require&sslrootcert={}",
+                tls.join("missing.pem").display()
+            ),
+            "sslrootcert",
+        ),
+        ("?sslmode=sometimes".to_string(), "sslmode must be"),
+    ] {
+        let u = at(&db, &q);
+        let err = fails_pg(
+            d.path(),
+            &["--store", "st", "snapshot", "files", "--db", &u],
+        );
+        assert!(err.contains(expect), "{q}: {err} should say {expect}");
+    }
+    let sock = format!(
+        "postgres://postgres@:{}/{db}?host={}&sslmode=require",
+        pg.port,
+        pg.sock.display()
+    );
+    let err = fails_pg(
+        d.path(),
+        &["--store", "st", "snapshot", "files", "--db", &sock],
+    );
+    assert!(err.contains("TCP host"), "{err}");
+    assert_eq!(refs(d.path()), before, "a failed snapshot moved a ref");
 }

@@ -208,8 +208,11 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, 1) => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SP_SYNC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // The TLS verifier logs each failure it also returns (as our one error
+    // line), so it stays quiet unless SP_SYNC_LOG asks.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SP_SYNC_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},rustls_platform_verifier=off"))
+    });
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -127,6 +127,11 @@ pub struct PgLocation {
     pub schema: String,
     /// Key tables without a primary key by all their columns.
     pub key_by_all_columns: bool,
+    /// `sslmode` as given (`None`: none given, no TLS).
+    pub sslmode: Option<String>,
+    /// `sslrootcert`: a PEM file of the certificates a server's must chain
+    /// to (default: the system's trusted roots).
+    pub sslrootcert: Option<String>,
 }
 
 impl std::fmt::Debug for PgLocation {
@@ -198,6 +203,8 @@ impl PgLocation {
             dbname: None,
             schema: "public".into(),
             key_by_all_columns: false,
+            sslmode: None,
+            sslrootcert: None,
         };
         if let Some(u) = userinfo {
             let (user, pw) = match u.split_once(':') {
@@ -247,8 +254,18 @@ impl PgLocation {
                     loc.schema = v
                 }
                 "key_by_all_columns" => loc.key_by_all_columns = matches!(v.as_str(), "true" | "1"),
-                "sslmode" if matches!(v.as_str(), "disable" | "prefer" | "allow") => {}
-                "sslmode" => return Err(bad("TLS (sslmode) is not supported yet")),
+                "sslmode" => {
+                    if !matches!(
+                        v.as_str(),
+                        "disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full"
+                    ) {
+                        return Err(bad(
+                            "sslmode must be disable, allow, prefer, require, verify-ca or verify-full",
+                        ));
+                    }
+                    loc.sslmode = Some(v)
+                }
+                "sslrootcert" => loc.sslrootcert = Some(v),
                 "connect_timeout" | "application_name" => {}
                 _ => return Err(bad(&format!("unknown parameter {k:?}"))),
             }
@@ -290,6 +307,12 @@ impl PgLocation {
         }
         if self.key_by_all_columns {
             q.push("key_by_all_columns=true".into());
+        }
+        if let Some(m) = &self.sslmode {
+            q.push(format!("sslmode={}", percent_encode(m)));
+        }
+        if let Some(r) = &self.sslrootcert {
+            q.push(format!("sslrootcert={}", percent_encode(r)));
         }
         if !q.is_empty() {
             s.push('?');
@@ -369,7 +392,20 @@ impl PgLocation {
         if let Some(p) = &password {
             c.password(p.as_bytes());
         }
-        let mut client = c.connect(NoTls).map_err(|e| self.error(e))?;
+        let mut client = if self.tls() {
+            if self.host_name().starts_with('/') {
+                return Err(SyncError::Invalid(format!(
+                    "{}: sslmode={} needs a TCP host (PostgreSQL has no TLS on a Unix socket)",
+                    self.redacted(),
+                    self.sslmode.as_deref().unwrap_or_default()
+                )));
+            }
+            c.ssl_mode(postgres::config::SslMode::Require);
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls_config()?);
+            c.connect(tls).map_err(|e| self.error(e))?
+        } else {
+            c.connect(NoTls).map_err(|e| self.error(e))?
+        };
         client
             .batch_execute(
                 "SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; \
@@ -378,6 +414,50 @@ impl PgLocation {
             )
             .map_err(|e| self.error(e))?;
         Ok(client)
+    }
+
+    /// Whether the connection must be TLS: `sslmode=require`, `verify-ca` or
+    /// `verify-full`. sp-sync verifies the server's certificate and name in
+    /// all three (against `sslrootcert`, or the system's roots); `disable`,
+    /// `allow` and `prefer` connect without TLS.
+    pub fn tls(&self) -> bool {
+        matches!(
+            self.sslmode.as_deref(),
+            Some("require" | "verify-ca" | "verify-full")
+        )
+    }
+
+    fn tls_config(&self) -> Result<rustls::ClientConfig> {
+        let bad = |what: String| SyncError::Invalid(format!("{}: {what}", self.redacted()));
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(format!("TLS: {e}")))?;
+        let config = match self.sslrootcert.as_deref().filter(|r| *r != "system") {
+            Some(file) => {
+                use rustls::pki_types::pem::PemObject;
+                let mut roots = rustls::RootCertStore::empty();
+                let certs = rustls::pki_types::CertificateDer::pem_file_iter(file)
+                    .map_err(|e| bad(format!("sslrootcert {file}: {e}")))?;
+                for cert in certs {
+                    let cert = cert.map_err(|e| bad(format!("sslrootcert {file}: {e}")))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| bad(format!("sslrootcert {file}: {e}")))?;
+                }
+                if roots.is_empty() {
+                    return Err(bad(format!("sslrootcert {file}: no certificate in it")));
+                }
+                builder.with_root_certificates(roots)
+            }
+            None => {
+                use rustls_platform_verifier::BuilderVerifierExt;
+                builder
+                    .with_platform_verifier()
+                    .map_err(|e| bad(format!("TLS: the system's roots: {e}")))?
+            }
+        };
+        Ok(config.with_no_client_auth())
     }
 
     /// One line for a client error, naming the redacted URL.

@@ -123,6 +123,7 @@ fn template(bin: &Path) -> PathBuf {
 }
 
 static CLUSTER: OnceLock<Option<PgCluster>> = OnceLock::new();
+static TLS_CLUSTER: OnceLock<Option<PgCluster>> = OnceLock::new();
 static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 
 /// This process's cluster, or None (after printing a skip line) when
@@ -138,13 +139,102 @@ pub fn cluster() -> Option<&'static PgCluster> {
                 eprintln!("SKIP: PostgreSQL is not installed (apt-get install postgresql)");
                 return None;
             };
-            Some(PgCluster::start(bin))
+            Some(PgCluster::start(bin, false))
         })
         .as_ref()
 }
 
+/// A second cluster that also listens on 127.0.0.1 with TLS (a server
+/// certificate for `localhost` signed by a test CA, `tls/ca.pem` under its
+/// dir) and refuses TCP connections without TLS.
+pub fn tls_cluster() -> Option<&'static PgCluster> {
+    TLS_CLUSTER
+        .get_or_init(|| {
+            cluster()?;
+            Some(PgCluster::start(find_bin()?, true))
+        })
+        .as_ref()
+}
+
+/// Makes a test CA and a server certificate for localhost/127.0.0.1 in
+/// `dir` (ca.pem, server.crt, server.key) with the openssl command line.
+fn make_certs(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let ssl = |args: &[&str]| {
+        check(
+            "openssl",
+            Command::new("openssl").args(args).current_dir(dir).output(),
+        )
+    };
+    ssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=sp-sync test CA",
+    ]);
+    ssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    ssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    // A second CA that signed nothing here.
+    ssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "other.key",
+        "-out",
+        "other.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=another CA",
+    ]);
+}
+
 impl PgCluster {
-    fn start(bin: PathBuf) -> PgCluster {
+    fn start(bin: PathBuf, tls: bool) -> PgCluster {
         let tpl = template(&bin);
         let dir = std::env::temp_dir().join(format!(
             "sp-sync-pg-{}-{}",
@@ -165,11 +255,35 @@ impl PgCluster {
         );
         let sock = dir.join("sock");
         std::fs::create_dir_all(&sock).unwrap();
+        let mut listen = "''".to_string();
+        if tls {
+            let t = dir.join("tls");
+            make_certs(&t);
+            let hba = dir.join("data/pg_hba.conf");
+            let old = std::fs::read_to_string(&hba).unwrap();
+            std::fs::write(
+                &hba,
+                format!("hostnossl all all 0.0.0.0/0 reject\nhostssl all all 127.0.0.1/32 scram-sha-256\n{old}"),
+            )
+            .unwrap();
+            listen = format!(
+                "'127.0.0.1' -c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+                t.display()
+            );
+        }
         chown(&dir);
-        // The port only names the socket file; pick one unlikely to clash.
-        let port = 20000 + (std::process::id() % 20000) as u16;
+        if tls {
+            std::fs::set_permissions(
+                dir.join("tls/server.key"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .unwrap();
+        }
+        // Without TLS the port only names the socket file; pick one unlikely
+        // to clash. With TLS it is a TCP port on 127.0.0.1 as well.
+        let port = if tls { 40000 } else { 20000 } + (std::process::id() % 20000) as u16;
         let opts = format!(
-            "-k {} -c listen_addresses='' -p {port} -c fsync=off -c synchronous_commit=off \
+            "-k {} -c listen_addresses={listen} -p {port} -c fsync=off -c synchronous_commit=off \
              -c full_page_writes=off -c max_connections=40 -c shared_buffers=16MB",
             sock.display()
         );
