@@ -16,10 +16,9 @@ use systemprompt_sync::chunker::Chunker;
 use systemprompt_sync::db::restore::{DbRestoreOptions, restore_db};
 use systemprompt_sync::db::table::{Extra, ExtraKind, TableObject};
 use systemprompt_sync::db::{DbSource, load_table, scan};
-use systemprompt_sync::object::snapshot::Snapshot;
-use systemprompt_sync::object::{MemStore, ObjectSink, ObjectSource};
+use systemprompt_sync::object::{MemStore, ObjectSink};
 use systemprompt_sync::store::ChunkerConfig;
-use systemprompt_sync::{LockMode, NoProgress, ObjectId, ObjectType, Store};
+use systemprompt_sync::{NoProgress, ObjectId, ObjectType};
 
 fn sql(db: &Path, s: &str) {
     Connection::open(db).unwrap().execute_batch(s).unwrap();
@@ -45,30 +44,8 @@ fn setup() -> tempfile::TempDir {
     tmp
 }
 
-/// Rewrites table `t` of `main`'s snapshot with `edit` (the library's own
-/// encoder), as a new snapshot `main` moves to.
 fn plant(w: &Path, edit: impl FnOnce(&mut TableObject)) {
-    let store = Store::open(&w.join(".sp-sync"), LockMode::Shared).unwrap();
-    let main = store.read_ref("main").unwrap().unwrap();
-    let load =
-        |id: &ObjectId| Snapshot::decode(&store.get(ObjectType::Snapshot, id).unwrap()).unwrap();
-    let mut snap = load(&main);
-    // Each edit starts from the honest first snapshot.
-    let mut first = snap.clone();
-    while let Some(p) = first.parents.first() {
-        first = load(p);
-    }
-    let mut t = load_table(&store, &first.tables["t"]).unwrap();
-    edit(&mut t);
-    let s = store.writer().unwrap();
-    let tid = s.put(ObjectType::Table, &t.encode()).unwrap();
-    snap.tables.insert("t".into(), tid);
-    snap.parents = vec![main];
-    let id = s.put(ObjectType::Snapshot, &snap.encode()).unwrap();
-    s.finish().unwrap();
-    store
-        .update_ref("main", Some(Some(main)), Some(id))
-        .unwrap();
+    common::plant_table(&w.join(".sp-sync"), "t", edit);
 }
 
 fn listing(dir: &Path) -> Vec<String> {

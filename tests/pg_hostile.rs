@@ -13,9 +13,9 @@ use std::path::Path;
 use common::pg::{PgCluster, cluster, ok_pg, sp_pg};
 use systemprompt_sync::db::load_table;
 use systemprompt_sync::db::table::{Extra, ExtraKind, TableObject};
+use systemprompt_sync::object::ObjectSource;
 use systemprompt_sync::object::snapshot::Snapshot;
-use systemprompt_sync::object::{ObjectSink, ObjectSource};
-use systemprompt_sync::{LockMode, ObjectId, ObjectType, Store};
+use systemprompt_sync::{LockMode, ObjectType, Store};
 
 const SOURCE: &str = "
     CREATE TABLE t (id serial PRIMARY KEY, b text CHECK (length(b) < 100), c text);
@@ -48,29 +48,8 @@ fn setup(pg: &PgCluster) -> tempfile::TempDir {
     d
 }
 
-/// Rewrites table `t` of the first snapshot with `edit`, as a new snapshot
-/// `main` moves to.
 fn plant(d: &Path, edit: impl FnOnce(&mut TableObject)) {
-    let store = Store::open(&d.join("st"), LockMode::Shared).unwrap();
-    let main = store.read_ref("main").unwrap().unwrap();
-    let load =
-        |id: &ObjectId| Snapshot::decode(&store.get(ObjectType::Snapshot, id).unwrap()).unwrap();
-    let mut snap = load(&main);
-    let mut first = snap.clone();
-    while let Some(p) = first.parents.first() {
-        first = load(p);
-    }
-    let mut t = load_table(&store, &first.tables["t"]).unwrap();
-    edit(&mut t);
-    let s = store.writer().unwrap();
-    let tid = s.put(ObjectType::Table, &t.encode()).unwrap();
-    snap.tables.insert("t".into(), tid);
-    snap.parents = vec![main];
-    let id = s.put(ObjectType::Snapshot, &snap.encode()).unwrap();
-    s.finish().unwrap();
-    store
-        .update_ref("main", Some(Some(main)), Some(id))
-        .unwrap();
+    common::plant_table(&d.join("st"), "t", edit);
 }
 
 /// Everything in a database: schema, rows and sequence values.

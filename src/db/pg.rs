@@ -1395,18 +1395,7 @@ fn restore_in(
                 o.name
             )),
             (Some(t), Some(h)) => {
-                let (columns, mut key, _) = structure(c, loc, h)?;
-                if key.is_empty() && loc.key_by_all_columns {
-                    key = (0..columns.len() as u32).collect();
-                }
-                let now = TableData {
-                    flags: FLAG_WITHOUT_ROWID,
-                    columns,
-                    key,
-                    sequence: None,
-                    rows: 0,
-                    root: ObjectId::default(),
-                };
+                let now = live_structure(c, loc, h)?;
                 if same_structure(t, &now) {
                     plans.push(Plan::Merge(o, t));
                 } else {
@@ -1470,15 +1459,7 @@ fn restore_in(
                     o.name
                 ))
             })?;
-        let (columns, key, _) = structure(c, loc, &made)?;
-        let now = TableData {
-            flags: FLAG_WITHOUT_ROWID,
-            columns,
-            key,
-            sequence: None,
-            rows: 0,
-            root: ObjectId::default(),
-        };
+        let now = live_structure(c, loc, &made)?;
         if !same_structure(t, &now) {
             return Err(SyncError::Invalid(format!(
                 "the snapshot's SQL is refused: its script made a table other than the recorded one: {}",
@@ -1506,6 +1487,22 @@ fn restore_in(
         run_step(c, loc, step)?;
     }
     Ok(rep)
+}
+
+/// A live table's columns and key, to compare with a snapshot's.
+fn live_structure(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<TableData> {
+    let (columns, mut key, _) = structure(c, loc, t)?;
+    if key.is_empty() && loc.key_by_all_columns {
+        key = (0..columns.len() as u32).collect();
+    }
+    Ok(TableData {
+        flags: FLAG_WITHOUT_ROWID,
+        columns,
+        key,
+        sequence: None,
+        rows: 0,
+        root: ObjectId::default(),
+    })
 }
 
 /// A checked statement of a table's extras, or a view, to run after the

@@ -299,3 +299,38 @@ pub fn dump(db: &Path) -> String {
     );
     String::from_utf8(o.stdout).expect("dump is UTF-8")
 }
+
+/// Rewrites table `table` of the first snapshot in the store at `store`
+/// with `edit` (the library's own encoder), as a new snapshot `main` moves
+/// to: how the hostile-SQL tests plant what a tampered store would hold.
+#[allow(dead_code)]
+pub fn plant_table(
+    store: &Path,
+    table: &str,
+    edit: impl FnOnce(&mut systemprompt_sync::db::table::TableObject),
+) {
+    use systemprompt_sync::object::snapshot::Snapshot;
+    use systemprompt_sync::object::{ObjectSink, ObjectSource};
+    use systemprompt_sync::{LockMode, ObjectId, ObjectType, Store};
+    let store = Store::open(store, LockMode::Shared).unwrap();
+    let main = store.read_ref("main").unwrap().unwrap();
+    let load =
+        |id: &ObjectId| Snapshot::decode(&store.get(ObjectType::Snapshot, id).unwrap()).unwrap();
+    let mut snap = load(&main);
+    // Each edit starts from the honest first snapshot.
+    let mut first = snap.clone();
+    while let Some(p) = first.parents.first() {
+        first = load(p);
+    }
+    let mut t = systemprompt_sync::db::load_table(&store, &first.tables[table]).unwrap();
+    edit(&mut t);
+    let s = store.writer().unwrap();
+    let tid = s.put(ObjectType::Table, &t.encode()).unwrap();
+    snap.tables.insert(table.into(), tid);
+    snap.parents = vec![main];
+    let id = s.put(ObjectType::Snapshot, &snap.encode()).unwrap();
+    s.finish().unwrap();
+    store
+        .update_ref("main", Some(Some(main)), Some(id))
+        .unwrap();
+}
