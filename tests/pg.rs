@@ -879,3 +879,58 @@ fn tls_connections_verify_the_server() {
     assert!(err.contains("TCP host"), "{err}");
     assert_eq!(refs(d.path()), before, "a failed snapshot moved a ref");
 }
+
+/// Restoring onto existing tables whose foreign keys cannot be deferred
+/// (PostgreSQL's default): deletes go from referencing tables first, inserts
+/// into referenced tables first, so every statement keeps the keys valid.
+#[test]
+fn restore_onto_tables_with_non_deferrable_foreign_keys() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("fk");
+    pg.psql(
+        &db,
+        "CREATE TABLE users (id integer PRIMARY KEY, name text);
+         CREATE TABLE orders (id integer PRIMARY KEY,
+                              user_id integer NOT NULL REFERENCES users (id), item text);
+         INSERT INTO users VALUES (1, 'a'), (2, 'b');
+         INSERT INTO orders VALUES (10, 1, 'x'), (11, 2, 'y');",
+    );
+    let d = work();
+    snap(d.path(), &pg.url(&db), &[]);
+    let target = pg.new_db("fk_target");
+    ok_pg(
+        d.path(),
+        &[
+            "--store",
+            "st",
+            "restore",
+            "main",
+            "--db",
+            &pg.url(&target),
+            "-q",
+        ],
+    );
+    // The source gains a user with an order and loses another with its order.
+    pg.psql(
+        &db,
+        "INSERT INTO users VALUES (3, 'c'); INSERT INTO orders VALUES (12, 3, 'z');
+         DELETE FROM orders WHERE id = 11; DELETE FROM users WHERE id = 2;",
+    );
+    snap(d.path(), &pg.url(&db), &[]);
+    ok_pg(
+        d.path(),
+        &[
+            "--store",
+            "st",
+            "restore",
+            "main",
+            "--db",
+            &pg.url(&target),
+            "--delete",
+            "-q",
+        ],
+    );
+    for t in ["users", "orders"] {
+        assert_eq!(pg.dump_rows(&target, t), pg.dump_rows(&db, t), "{t}");
+    }
+}

@@ -1467,6 +1467,7 @@ fn restore_in(
             )));
         }
     }
+    let mut merges = Vec::new();
     for p in &plans {
         match p {
             Plan::Create(o, t) => {
@@ -1475,10 +1476,25 @@ fn restore_in(
             }
             Plan::Merge(o, t) => {
                 progress.stage(&format!("table {}", o.name));
-                merge(c, loc, src, &o.name, t, chunker, opts, progress, &mut rep)?;
+                let acts = merge_plan(c, loc, src, &o.name, t, chunker, opts, progress)?;
+                merges.push((*o, *t, acts));
             }
             Plan::View(..) => {}
         }
+    }
+    // Existing tables: deletes from referencing tables before the tables
+    // they reference, then updates and inserts the other way round, so that
+    // foreign keys that cannot be deferred (the default) hold after every
+    // statement.
+    let names: Vec<&str> = merges.iter().map(|(o, _, _)| o.name.as_str()).collect();
+    let order = fk_order(c, loc, &names)?;
+    for &i in order.iter().rev() {
+        let (o, t, acts) = &merges[i];
+        merge_apply(c, loc, src, &o.name, t, acts, true, progress, &mut rep)?;
+    }
+    for &i in &order {
+        let (o, t, acts) = &merges[i];
+        merge_apply(c, loc, src, &o.name, t, acts, false, progress, &mut rep)?;
     }
     // 3. Constraints and indexes of new tables (foreign keys last), views
     // the database lacks, then sequence values.
@@ -1487,6 +1503,46 @@ fn restore_in(
         run_step(c, loc, step)?;
     }
     Ok(rep)
+}
+
+/// The positions of `names` (tables of the schema) with every table after
+/// the tables its foreign keys reference; the given order otherwise, and
+/// for tables in a cycle of references.
+fn fk_order(c: &mut Client, loc: &PgLocation, names: &[&str]) -> Result<Vec<usize>> {
+    let mut order: Vec<usize> = Vec::with_capacity(names.len());
+    if names.len() < 2 {
+        return Ok((0..names.len()).collect());
+    }
+    let rows = c
+        .query(
+            "SELECT cl.relname::text, pl.relname::text FROM pg_catalog.pg_constraint k \
+             JOIN pg_catalog.pg_class cl ON cl.oid = k.conrelid \
+             JOIN pg_catalog.pg_class pl ON pl.oid = k.confrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = cl.relnamespace AND n.oid = pl.relnamespace \
+             WHERE k.contype = 'f' AND n.nspname = $1 AND k.conrelid <> k.confrelid",
+            &[&loc.schema],
+        )
+        .map_err(|e| loc.error(e))?;
+    let pos = |n: &str| names.iter().position(|x| *x == n);
+    // parents[i]: the tables i references that are still to be placed.
+    let mut parents: Vec<Vec<usize>> = vec![Vec::new(); names.len()];
+    for r in rows {
+        let (child, parent): (String, String) = (r.get(0), r.get(1));
+        if let (Some(ci), Some(pi)) = (pos(&child), pos(&parent)) {
+            parents[ci].push(pi);
+        }
+    }
+    let mut placed = vec![false; names.len()];
+    while order.len() < names.len() {
+        let next = (0..names.len())
+            .find(|&i| !placed[i] && parents[i].iter().all(|&p| placed[p]))
+            // A cycle: the first unplaced table in the given order.
+            .or_else(|| (0..names.len()).find(|&i| !placed[i]));
+        let Some(i) = next else { break };
+        placed[i] = true;
+        order.push(i);
+    }
+    Ok(order)
 }
 
 /// A live table's columns and key, to compare with a snapshot's.
@@ -1715,7 +1771,18 @@ fn describe(name: &str, root: &ObjectId, key: &[u8]) -> String {
 
 /// Applies the differences between the table now and the snapshot.
 #[allow(clippy::too_many_arguments)]
-fn merge(
+/// What a merge does to one row of an existing table.
+enum Act {
+    Insert,
+    Delete,
+    Update(Vec<usize>),
+}
+
+/// The rows of an existing table that differ from the snapshot's, by key:
+/// the table streamed in key order beside the snapshot's rows (one pass,
+/// nothing of either held but the keys that differ).
+#[allow(clippy::too_many_arguments)]
+fn merge_plan(
     c: &mut Client,
     loc: &PgLocation,
     src: &dyn ObjectSource,
@@ -1724,17 +1791,11 @@ fn merge(
     chunker: &Chunker,
     opts: &DbRestoreOptions,
     progress: &dyn Progress,
-    rep: &mut DbRestoreReport,
-) -> Result<()> {
+) -> Result<Vec<(Vec<u8>, Act)>> {
     // The table now, streamed in key order beside the snapshot's rows (one
     // pass, nothing of either held but the keys that differ). Large values
     // are chunked and hashed only: rows compare by their encodings.
     let scratch = MemStore::new(false);
-    enum Act {
-        Insert,
-        Delete,
-        Update(Vec<usize>),
-    }
     let mut acts: Vec<(Vec<u8>, Act)> = Vec::new();
     let mut snap = MapIter::new(src, ObjectType::Rows, t.root).peekable();
     let mut last: Option<Vec<u8>> = None;
@@ -1794,6 +1855,22 @@ fn merge(
         let (sk, _) = e?;
         acts.push((sk, Act::Insert));
     }
+    Ok(acts)
+}
+
+/// Applies a merge plan's deletes (`deletes`), or its updates and inserts.
+#[allow(clippy::too_many_arguments)]
+fn merge_apply(
+    c: &mut Client,
+    loc: &PgLocation,
+    src: &dyn ObjectSource,
+    name: &str,
+    t: &TableData,
+    acts: &[(Vec<u8>, Act)],
+    deletes: bool,
+    progress: &dyn Progress,
+    rep: &mut DbRestoreReport,
+) -> Result<()> {
     if acts.is_empty() {
         return Ok(());
     }
@@ -1817,38 +1894,10 @@ fn merge(
         }
         other => other,
     };
-    // Deletes first.
-    let del = format!(
-        "DELETE FROM {} WHERE {}",
-        quote(name),
-        key_where.join(" AND ")
-    );
-    for (k, a) in &acts {
-        if !matches!(a, Act::Delete) {
-            continue;
-        }
-        if progress.interrupted() {
-            return Err(SyncError::Interrupted);
-        }
-        let kv = decode_key(k).map_err(|e| bad_row(&t.root, e))?;
-        let key_cols: Vec<Value> = kv;
-        let mut kt: Vec<Option<String>> = Vec::new();
-        for (i, &ki) in t.key.iter().enumerate() {
-            let class = PgClass::of(&t.columns[ki as usize].decl_type);
-            kt.push(
-                class
-                    .text(&key_cols[i])
-                    .map_err(|e| bad_row(&t.root, e))?
-                    .map(|b| String::from_utf8_lossy(&b).into_owned()),
-            );
-        }
-        let params: Vec<&(dyn postgres::types::ToSql + Sync)> = kt
-            .iter()
-            .map(|v| v as &(dyn postgres::types::ToSql + Sync))
-            .collect();
-        rep.deleted += c.execute(&del, &params).map_err(|e| row_err(k, e))?;
+    if deletes {
+        return merge_deletes(c, name, t, acts, &key_where, progress, rep, row_err);
     }
-    // Then updates and inserts, reading the snapshot's rows in key order.
+    // Updates and inserts, reading the snapshot's rows in key order.
     let wanted: Vec<usize> = (0..acts.len())
         .filter(|&i| !matches!(acts[i].1, Act::Delete))
         .collect();
@@ -1929,6 +1978,50 @@ fn merge(
     }
     if next != wanted.len() {
         return Err(bad_row(&t.root, "rows changed while restoring"));
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn merge_deletes(
+    c: &mut Client,
+    name: &str,
+    t: &TableData,
+    acts: &[(Vec<u8>, Act)],
+    key_where: &[String],
+    progress: &dyn Progress,
+    rep: &mut DbRestoreReport,
+    row_err: impl Fn(&[u8], postgres::Error) -> SyncError,
+) -> Result<()> {
+    let del = format!(
+        "DELETE FROM {} WHERE {}",
+        quote(name),
+        key_where.join(" AND ")
+    );
+    for (k, a) in acts {
+        if !matches!(a, Act::Delete) {
+            continue;
+        }
+        if progress.interrupted() {
+            return Err(SyncError::Interrupted);
+        }
+        let kv = decode_key(k).map_err(|e| bad_row(&t.root, e))?;
+        let key_cols: Vec<Value> = kv;
+        let mut kt: Vec<Option<String>> = Vec::new();
+        for (i, &ki) in t.key.iter().enumerate() {
+            let class = PgClass::of(&t.columns[ki as usize].decl_type);
+            kt.push(
+                class
+                    .text(&key_cols[i])
+                    .map_err(|e| bad_row(&t.root, e))?
+                    .map(|b| String::from_utf8_lossy(&b).into_owned()),
+            );
+        }
+        let params: Vec<&(dyn postgres::types::ToSql + Sync)> = kt
+            .iter()
+            .map(|v| v as &(dyn postgres::types::ToSql + Sync))
+            .collect();
+        rep.deleted += c.execute(&del, &params).map_err(|e| row_err(k, e))?;
     }
     Ok(())
 }
