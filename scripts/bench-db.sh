@@ -20,8 +20,9 @@ RUNS="${RUNS:-3}"
 for tool in sqlite3 /usr/bin/time python3; do
     command -v "$tool" >/dev/null || { echo "bench-db: needs $tool" >&2; exit 2; }
 done
-cargo build --release --quiet
-BIN="$PWD/target/release/sp-sync"
+# SP_SYNC_BIN: a binary already built (else the release build).
+if [ -z "${SP_SYNC_BIN:-}" ]; then cargo build --release --quiet --bin sp-sync; fi
+BIN="${SP_SYNC_BIN:-$PWD/target/release/sp-sync}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sp-bench-db.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
