@@ -164,19 +164,31 @@ fn sigint_during_push_and_pull_moves_no_ref_and_the_next_one_completes() {
     let remote_s = remote.to_str().unwrap().to_string();
     fill(&w.join("data"), 0, 80);
     ok(&w, &["snapshot"]);
-    let d = duration_of(|| {
+    let mut d_push = duration_of(|| {
         ok(&w, &["push", &remote_s]);
+    });
+    let mut d_pull = duration_of(|| {
+        ok(&other, &["pull", &remote_s]);
     });
     let mut rng = Rng(0x0bad_cafe_dead_beef);
     let (mut push_stopped, mut pull_stopped) = (0, 0);
-    for round in 1..=10 {
+    // At least 10 rounds; more (up to 40) while fewer than 2 of either
+    // were stopped, each delay shrinking after a run that finished first
+    // (the timed runs move more than a round does, and a busy machine
+    // makes any of them slower).
+    for round in 1..=40 {
+        if round > 10 && push_stopped >= 2 && pull_stopped >= 2 {
+            break;
+        }
         fill(&w.join("data"), round, 80);
         ok(&w, &["snapshot"]);
         let before = refs(&remote);
-        let code = run_and_signal(&w, &["push", &remote_s], delay(&mut rng, d), 2);
+        let code = run_and_signal(&w, &["push", &remote_s], delay(&mut rng, d_push), 2);
         if code == Some(130) {
             push_stopped += 1;
             assert_eq!(before, refs(&remote), "the remote's ref moved");
+        } else {
+            d_push = (d_push * 3 / 4).max(Duration::from_millis(5));
         }
         fsck(&remote);
         fsck(&w.join(".sp-sync"));
@@ -185,10 +197,12 @@ fn sigint_during_push_and_pull_moves_no_ref_and_the_next_one_completes() {
         fsck(&remote);
 
         let before = refs(&other.join(".sp-sync"));
-        let code = run_and_signal(&other, &["pull", &remote_s], delay(&mut rng, d), 2);
+        let code = run_and_signal(&other, &["pull", &remote_s], delay(&mut rng, d_pull), 2);
         if code == Some(130) {
             pull_stopped += 1;
             assert_eq!(before, refs(&other.join(".sp-sync")), "a local ref moved");
+        } else {
+            d_pull = (d_pull * 3 / 4).max(Duration::from_millis(5));
         }
         fsck(&other.join(".sp-sync"));
         ok(&other, &["pull", &remote_s]);
