@@ -23,10 +23,17 @@ pub const PACK_VERSION: u8 = 1;
 pub const HEADER_LEN: u64 = 9;
 pub const FLAG_RAW: u8 = 0;
 pub const FLAG_ZSTD: u8 = 1;
-/// Transfer streams only: the payload is a base object's id [32] and a zstd
-/// frame compressed with that object's bytes as a raw-content dictionary.
-/// The receiver holds the base; it stores the object whole.
+/// A delta: the payload is a base object's id [32] and a zstd frame
+/// compressed with that object's bytes as a raw-content dictionary. In a
+/// transfer stream the receiver holds the base and stores the object whole;
+/// in a stored pack (store format 3, written by `gc --repack`) the base is
+/// another object of the store, read through [`crate::store::Store::unpack`]
+/// with the chain bound [`MAX_CHAIN_RECORDS`]. Bundles never carry one.
 pub const FLAG_DELTA: u8 = 2;
+/// Reading any stored object decodes at most this many records: the object
+/// and the bases of its delta chain (a dictionary, read once per process
+/// and cached, is not counted). A longer chain, or a cycle, is corruption.
+pub const MAX_CHAIN_RECORDS: usize = 4;
 /// Stored packs only (store format 2): the payload is a dictionary
 /// object's id [32] and a zstd frame compressed with that trained
 /// dictionary. Reading it needs the store that holds the dictionary
@@ -129,7 +136,13 @@ pub fn unpack(
             }
             out
         }
-        FLAG_DELTA => return Err(corrupt(tag, id, "a delta record outside a transfer")),
+        FLAG_DELTA => {
+            return Err(corrupt(
+                tag,
+                id,
+                "a delta record outside its store or transfer",
+            ));
+        }
         FLAG_DICT => {
             return Err(corrupt(
                 tag,

@@ -212,6 +212,28 @@ fn outgoing(
 /// zstd level of deltas (small objects: a higher level is cheap).
 const DELTA_LEVEL: i32 = 9;
 
+/// Objects at the same place in two snapshots, as `new`'s object → `old`'s
+/// object there: the nodes of each directory map and table row map that
+/// changed, and the chunks of each changed file by position. Push sends
+/// the first as deltas against the second; `gc --repack` stores them so.
+/// Holds only what changed between the two.
+pub(crate) fn same_place_pairs(
+    local: &Store,
+    old: &ObjectId,
+    new: &ObjectId,
+) -> Result<IdMap<ObjectId>> {
+    let old = crate::names::load_snapshot(local, old)?;
+    let new = crate::names::load_snapshot(local, new)?;
+    let mut h = Hint::default();
+    if let Some(root) = new.root {
+        h.tree(local, old.root.as_ref(), &root, 0)?;
+    }
+    for (name, id) in &new.tables {
+        h.table(local, old.tables.get(name), id)?;
+    }
+    Ok(h.bases)
+}
+
 /// What changed between an old snapshot (held by the remote) and a newer one.
 #[derive(Default)]
 struct Hint {
