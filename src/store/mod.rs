@@ -835,15 +835,7 @@ impl Store {
             let base_bytes = self
                 .base_record(&base, local)
                 .and_then(|(btag, bflags, bulen, bpayload)| {
-                    self.decode_chain(
-                        btag,
-                        &base,
-                        bflags,
-                        bulen,
-                        &bpayload,
-                        records + 1,
-                        local,
-                    )
+                    self.decode_chain(btag, &base, bflags, bulen, &bpayload, records + 1, local)
                 })
                 .map_err(|e| {
                     crate::object::corrupt(tag, id, format!("its delta base {}: {e}", base.short()))

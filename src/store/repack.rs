@@ -106,8 +106,7 @@ impl Repacker<'_, '_> {
     /// Writes `x` as a delta against `y` (or a base on `y`'s chain) when
     /// that saves enough, else whole.
     fn delta(&mut self, x: &ObjectId, y: &ObjectId) -> Result<()> {
-        if x == y || self.done.contains_key(x) || !self.live.contains(x) || !self.live.contains(y)
-        {
+        if x == y || self.done.contains_key(x) || !self.live.contains(x) || !self.live.contains(y) {
             return Ok(());
         }
         let (Some(lx), Some(ly)) = (self.store.location(x), self.store.location(y)) else {
@@ -142,8 +141,7 @@ impl Repacker<'_, '_> {
         let base_bytes = crate::object::ObjectSource::get(self.store, btag, &base)?;
         let keep = match make_delta(&bytes, &base, &base_bytes, REPACK_DELTA_LEVEL) {
             Some(d)
-                if (d.len() as u64) * 100
-                    < (alone.payload.len() as u64) * KEEP_RATIO_PERCENT =>
+                if (d.len() as u64) * 100 < (alone.payload.len() as u64) * KEEP_RATIO_PERCENT =>
             {
                 Some(d)
             }
