@@ -6,11 +6,15 @@
 //! objects at the same place in both — changed directory-map and row-map
 //! nodes, the chunks of a changed file by position
 //! ([`crate::transfer::same_place_pairs`]) — give each new object its
-//! candidate base. A delta is kept only when it is under
-//! [`KEEP_RATIO_PERCENT`] of the object as stored alone, and only against a
-//! base already written in this repack whose chain is shorter than the
-//! bound: chains form no cycle and reading any object decodes at most
-//! [`MAX_CHAIN_RECORDS`] records. The rest of the live objects are then
+//! candidate base. Along a line of versions the chains form a hierarchy
+//! (see [`target_depth`]): the base is the first object on the older
+//! version's chain that is shallower than the depth aimed at, so each delta
+//! is against a version a few steps older at most. A delta is kept only
+//! when it is under [`KEEP_RATIO_PERCENT`] of the object as stored alone,
+//! and only against a base already written in this repack: chains form no
+//! cycle and reading any object decodes at most [`MAX_CHAIN_RECORDS`]
+//! records. Objects stored alone are compressed again at
+//! [`REPACK_WHOLE_LEVEL`] when that is smaller. The rest of the live objects are then
 //! copied as they are (a delta of an earlier repack that was not chosen
 //! again is stored whole). Memory: the set of live ids and, per id, its
 //! chain depth and base; objects are read one at a time.
@@ -21,7 +25,7 @@
 
 use crate::error::{Result, SyncError};
 use crate::id::{IdMap, IdSet, ObjectId, ObjectType};
-use crate::pack::{FLAG_DELTA, MAX_CHAIN_RECORDS, StoredObject, make_delta, prepare};
+use crate::pack::{FLAG_DELTA, FLAG_DICT, MAX_CHAIN_RECORDS, StoredObject, make_delta, prepare};
 use crate::progress::Progress;
 use crate::store::{FORMAT_DELTA, Store, WriteSession};
 
@@ -30,6 +34,9 @@ use crate::store::{FORMAT_DELTA, Store, WriteSession};
 pub const KEEP_RATIO_PERCENT: u64 = 80;
 /// zstd level of stored deltas.
 pub const REPACK_DELTA_LEVEL: i32 = 12;
+/// zstd level objects stored alone are compressed again with (kept when
+/// smaller than their record): a repack is rare, reads do not slow down.
+pub const REPACK_WHOLE_LEVEL: i32 = 19;
 /// The deepest chain a repack makes: a delta of depth `d` decodes `d + 1`
 /// records.
 const MAX_DEPTH: u8 = (MAX_CHAIN_RECORDS - 1) as u8;
@@ -47,12 +54,41 @@ pub struct RepackStats {
     pub bytes_after: u64,
 }
 
+/// How an object was written.
+#[derive(Debug, Clone, Copy)]
+struct Done {
+    depth: u8,
+    base: ObjectId,
+    /// 0 for an object without an older version; else its older version's
+    /// plus one.
+    seq: u32,
+}
+
+/// The chain depth a delta of version `seq` of a line of versions aims at:
+/// a hierarchy (every 64th version whole, every 16th at depth 1, every 4th
+/// at depth 2, the others at depth 3 against the nearest of those) keeps
+/// every delta against a version at most a few steps older, where a single
+/// chain cut at depth 3 would have the later versions drift further and
+/// further from their base.
+fn target_depth(seq: u32) -> u8 {
+    if seq.is_multiple_of(64) {
+        0
+    } else if seq.is_multiple_of(16) {
+        1
+    } else if seq.is_multiple_of(4) {
+        2
+    } else {
+        MAX_DEPTH
+    }
+}
+
 struct Repacker<'a, 's> {
     store: &'s Store,
     w: &'a WriteSession<'s>,
     live: &'a IdSet,
-    /// Written objects: (chain depth, base; the object itself when whole).
-    done: IdMap<(u8, ObjectId)>,
+    /// Written objects: (chain depth, base (the object itself when
+    /// whole), version number along its line of older versions).
+    done: IdMap<Done>,
     level: i32,
     stats: RepackStats,
     /// Whether `store.toml` already says format 3.
@@ -67,7 +103,7 @@ impl Repacker<'_, '_> {
         let bytes = self
             .store
             .unpack(loc.tag, id, loc.flags, u64::from(loc.ulen), &payload)?;
-        let obj = if loc.flags == FLAG_DELTA {
+        let mut obj = if loc.flags == FLAG_DELTA {
             prepare(loc.tag, *id, &bytes, self.level)
         } else {
             StoredObject {
@@ -78,17 +114,43 @@ impl Repacker<'_, '_> {
                 payload,
             }
         };
+        if self.level > 0 && bytes.len() >= 64 {
+            let better = if obj.flags == FLAG_DICT {
+                // With the same dictionary, at a higher level.
+                let did = crate::dict::payload_dict(&obj.payload);
+                did.and_then(|did| {
+                    let d = self.store.dictionary(&did).ok()?;
+                    crate::dict::compress(&did, &d, &bytes, REPACK_WHOLE_LEVEL)
+                        .map(|p| (FLAG_DICT, p))
+                })
+            } else {
+                Some(crate::pack::compress(&bytes, REPACK_WHOLE_LEVEL))
+            };
+            if let Some((flags, payload)) = better
+                && payload.len() < obj.payload.len()
+            {
+                obj.flags = flags;
+                obj.payload = payload;
+            }
+        }
         Ok((obj, bytes))
     }
 
-    fn put(&mut self, obj: StoredObject, depth: u8, base: ObjectId, before: u64) -> Result<()> {
+    fn put(
+        &mut self,
+        obj: StoredObject,
+        depth: u8,
+        base: ObjectId,
+        seq: u32,
+        before: u64,
+    ) -> Result<()> {
         self.stats.objects += 1;
         self.stats.bytes_before += before;
         self.stats.bytes_after += obj.payload.len() as u64;
         if depth > 0 {
             self.stats.deltas += 1;
         }
-        self.done.insert(obj.id, (depth, base));
+        self.done.insert(obj.id, Done { depth, base, seq });
         self.w.put_stored(obj)?;
         Ok(())
     }
@@ -100,7 +162,7 @@ impl Repacker<'_, '_> {
         }
         let before = self.store.location(id).map_or(0, |l| u64::from(l.clen));
         let (obj, _) = self.read_alone(id)?;
-        self.put(obj, 0, *id, before)
+        self.put(obj, 0, *id, 0, before)
     }
 
     /// Writes `x` as a delta against `y` (or a base on `y`'s chain) when
@@ -116,26 +178,35 @@ impl Repacker<'_, '_> {
             return Ok(());
         }
         self.whole(y)?;
-        // The base: `y`, or the nearest base on its chain that leaves room.
+        let Some(&prev) = self.done.get(y) else {
+            return Err(SyncError::Invalid(format!(
+                "repack: {} was not written before its delta",
+                y.short()
+            )));
+        };
+        let seq = prev.seq.saturating_add(1);
+        let want = target_depth(seq);
+        // The base: the first object on `y`'s chain (`y`, its base, …)
+        // shallower than the depth aimed at (depths fall along a chain).
         let mut base = *y;
-        let mut depth = 0;
-        for _ in 0..MAX_CHAIN_RECORDS {
-            let Some(&(d, b)) = self.done.get(&base) else {
-                return Err(SyncError::Invalid(format!(
-                    "repack: {} was not written before its delta",
-                    base.short()
-                )));
+        let mut at = prev;
+        while want > 0 && at.depth >= want && at.base != base {
+            base = at.base;
+            at = match self.done.get(&base) {
+                Some(d) => *d,
+                None => {
+                    return Err(SyncError::Invalid(format!(
+                        "repack: {} was not written before its delta",
+                        base.short()
+                    )));
+                }
             };
-            depth = d;
-            if d < MAX_DEPTH {
-                break;
-            }
-            base = b;
         }
+        let depth = at.depth;
         let before = u64::from(lx.clen);
         let (alone, bytes) = self.read_alone(x)?;
-        if alone.payload.len() < 64 || depth >= MAX_DEPTH {
-            return self.put(alone, 0, *x, before);
+        if alone.payload.len() < 64 || want == 0 || depth >= want {
+            return self.put(alone, 0, *x, seq, before);
         }
         let btag = self.store.location(&base).map_or(lx.tag, |l| l.tag);
         let base_bytes = crate::object::ObjectSource::get(self.store, btag, &base)?;
@@ -161,9 +232,9 @@ impl Repacker<'_, '_> {
                     ulen: lx.ulen,
                     payload: d,
                 };
-                self.put(obj, depth + 1, base, before)
+                self.put(obj, depth + 1, base, seq, before)
             }
-            None => self.put(alone, 0, *x, before),
+            None => self.put(alone, 0, *x, seq, before),
         }
     }
 }
