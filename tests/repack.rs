@@ -56,7 +56,7 @@ fn fill(w: &Path, v: usize) {
     }
     let big: String = (0..8).map(|k| text(v, 100 + k)).collect();
     put(&w.join("big.txt"), &big);
-    if v % 2 == 0 {
+    if v.is_multiple_of(2) {
         std::fs::write(w.join("sometimes.txt"), format!("version {v}\n")).unwrap();
     } else {
         let _ = std::fs::remove_file(w.join("sometimes.txt"));
@@ -433,8 +433,8 @@ fn chain_bound_cycles_and_missing_bases_are_corruption() {
     for x in 0..MAX_CHAIN_RECORDS {
         assert_eq!(s.get(ObjectType::Chunk, &ids[x]).unwrap(), versions[x]);
     }
-    for x in MAX_CHAIN_RECORDS..6 {
-        let e = s.get(ObjectType::Chunk, &ids[x]).unwrap_err().to_string();
+    for id in &ids[MAX_CHAIN_RECORDS..] {
+        let e = s.get(ObjectType::Chunk, id).unwrap_err().to_string();
         assert!(e.contains("delta chain longer than 4 records"), "{e}");
         assert_eq!(e.lines().count(), 1);
     }
