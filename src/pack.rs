@@ -55,6 +55,9 @@ pub struct StoredObject {
 thread_local! {
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    /// The context deltas are decoded with: a zstd context is costly to
+    /// create, and a read through a chain decodes up to three deltas.
+    static DELTA_DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
 /// Compresses `data` with zstd at `level` unless that does not save at least
@@ -183,7 +186,30 @@ pub fn unpack_delta(
     payload: &[u8],
     base: &[u8],
 ) -> Result<Vec<u8>> {
-    unpack_delta_prepared(tag, id, ulen, payload, &DeltaBase::new(base))
+    if ulen > MAX_OBJECT_SIZE as u64 || payload.len() < 32 {
+        return Err(corrupt(tag, id, "bad delta record"));
+    }
+    let out = DELTA_DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = zstd::bulk::Decompressor::new().ok();
+        }
+        let Some(d) = d.as_mut() else {
+            return Err(std::io::Error::other("cannot create a zstd context"));
+        };
+        d.set_dictionary(base)?;
+        let r = d.decompress(&payload[32..], ulen as usize);
+        if base.len() > 1 << 20 {
+            // Not kept for the next delta: a large base's copy is freed.
+            let _ = d.set_dictionary(&[]);
+        }
+        r
+    });
+    let data = out.map_err(|e| corrupt(tag, id, format!("zstd delta: {e}")))?;
+    if data.len() as u64 != ulen || ObjectId::compute(tag, &data) != *id {
+        return Err(corrupt(tag, id, "hash mismatch (delta)"));
+    }
+    Ok(data)
 }
 
 /// A delta base prepared once (a zstd raw-content dictionary), for the
