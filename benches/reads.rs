@@ -3,6 +3,9 @@
 //! compresses them alone (today's records, flags 1) and from one that
 //! compresses them with a trained dictionary (flags 3). A read with a
 //! dictionary decodes one record; the decoder's dictionary is cached.
+//! And from a store where each of them is the fourth version of a page
+//! whose versions are stored as deltas (flags 2, as `gc --repack` writes
+//! them): each read decodes the whole chain, four records.
 //!
 //! `cargo bench --bench reads`
 
@@ -54,6 +57,62 @@ fn page(rng: &mut Rng, i: usize) -> Vec<u8> {
     v
 }
 
+/// A page edited a little (a few bytes replaced at a few places).
+fn edit(rng: &mut Rng, p: &[u8]) -> Vec<u8> {
+    let mut v = p.to_vec();
+    for _ in 0..3 {
+        let at = (rng.next() % v.len() as u64) as usize;
+        let end = (at + 12).min(v.len());
+        v[at..end].fill(b'a' + (rng.next() % 26) as u8);
+    }
+    v
+}
+
+/// A store of 4000 pages, each the newest of four versions stored as a
+/// chain of deltas (version 0 alone, version k a delta against k - 1);
+/// returns the newest versions' ids, shuffled.
+fn delta_store() -> (tempfile::TempDir, Store, Vec<ObjectId>, u64) {
+    use systemprompt_sync::pack::{FLAG_DELTA, StoredObject, make_delta};
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("store");
+    Store::init(&dir).expect("init");
+    let mut s = Store::open(&dir, LockMode::Shared).expect("open");
+    s.set_write_dictionaries(false);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let w = s.writer().expect("writer");
+    let mut ids = Vec::new();
+    let mut bytes = 0u64;
+    for i in 0..OBJECTS {
+        let mut p = page(&mut rng, i);
+        let mut pid = w.put(ObjectType::Chunk, &p).expect("put");
+        for _ in 1..systemprompt_sync::pack::MAX_CHAIN_RECORDS {
+            let n = edit(&mut rng, &p);
+            let nid = ObjectId::compute(ObjectType::Chunk, &n);
+            let payload = make_delta(&n, &pid, &p, 12).expect("delta");
+            w.put_stored(StoredObject {
+                tag: ObjectType::Chunk,
+                id: nid,
+                flags: FLAG_DELTA,
+                ulen: n.len() as u32,
+                payload,
+            })
+            .expect("put");
+            p = n;
+            pid = nid;
+        }
+        bytes += p.len() as u64;
+        ids.push(pid);
+    }
+    w.finish().expect("finish");
+    drop(s);
+    let s = Store::open(&dir, LockMode::Shared).expect("open");
+    for i in (1..ids.len()).rev() {
+        let j = (rng.next() % (i as u64 + 1)) as usize;
+        ids.swap(i, j);
+    }
+    (tmp, s, ids, bytes)
+}
+
 /// A store of the pages; `dictionary`: trained after 1 MiB of samples.
 fn store(dictionary: bool) -> (tempfile::TempDir, Store, Vec<ObjectId>, u64) {
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -86,11 +145,16 @@ fn store(dictionary: bool) -> (tempfile::TempDir, Store, Vec<ObjectId>, u64) {
 
 fn reads(c: &mut Criterion) {
     let mut g = c.benchmark_group("random reads");
-    for (name, dictionary) in [
-        ("alone (flags 1)", false),
-        ("with a dictionary (flags 3)", true),
+    for (name, kind) in [
+        ("alone (flags 1)", 0),
+        ("with a dictionary (flags 3)", 1),
+        ("through delta chains of 4 records (flags 2)", 2),
     ] {
-        let (_tmp, s, ids, bytes) = store(dictionary);
+        let (_tmp, s, ids, bytes) = if kind == 2 {
+            delta_store()
+        } else {
+            store(kind == 1)
+        };
         g.throughput(Throughput::Bytes(bytes));
         g.bench_function(format!("4000 small objects, {name}"), |b| {
             b.iter(|| {

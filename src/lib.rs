@@ -170,7 +170,7 @@ pub use progress::{NoProgress, Progress};
 pub use restore::{RestoreOptions, RestoreReport};
 pub use snapshot::{SnapshotOptions, SnapshotReport, snapshot};
 pub use store::fsck::{FsckOptions, FsckReport, fsck, rebuild_index};
-pub use store::gc::{GcReport, gc};
+pub use store::gc::{GcOptions, GcReport, gc, gc_with};
 pub use store::{LockMode, Store};
 pub use sync::{SyncConfig, SyncConfigBuilder, SyncDirection, SyncResult, SyncService};
 pub use workspace::{ProjectConfig, Workspace};

@@ -23,10 +23,17 @@ pub const PACK_VERSION: u8 = 1;
 pub const HEADER_LEN: u64 = 9;
 pub const FLAG_RAW: u8 = 0;
 pub const FLAG_ZSTD: u8 = 1;
-/// Transfer streams only: the payload is a base object's id [32] and a zstd
-/// frame compressed with that object's bytes as a raw-content dictionary.
-/// The receiver holds the base; it stores the object whole.
+/// A delta: the payload is a base object's id [32] and a zstd frame
+/// compressed with that object's bytes as a raw-content dictionary. In a
+/// transfer stream the receiver holds the base and stores the object whole;
+/// in a stored pack (store format 3, written by `gc --repack`) the base is
+/// another object of the store, read through [`crate::store::Store::unpack`]
+/// with the chain bound [`MAX_CHAIN_RECORDS`]. Bundles never carry one.
 pub const FLAG_DELTA: u8 = 2;
+/// Reading any stored object decodes at most this many records: the object
+/// and the bases of its delta chain (a dictionary, read once per process
+/// and cached, is not counted). A longer chain, or a cycle, is corruption.
+pub const MAX_CHAIN_RECORDS: usize = 4;
 /// Stored packs only (store format 2): the payload is a dictionary
 /// object's id [32] and a zstd frame compressed with that trained
 /// dictionary. Reading it needs the store that holds the dictionary
@@ -48,6 +55,9 @@ pub struct StoredObject {
 thread_local! {
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    /// The context deltas are decoded with: a zstd context is costly to
+    /// create, and a read through a chain decodes up to three deltas.
+    static DELTA_DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
 /// Compresses `data` with zstd at `level` unless that does not save at least
@@ -129,7 +139,13 @@ pub fn unpack(
             }
             out
         }
-        FLAG_DELTA => return Err(corrupt(tag, id, "a delta record outside a transfer")),
+        FLAG_DELTA => {
+            return Err(corrupt(
+                tag,
+                id,
+                "a delta record outside its store or transfer",
+            ));
+        }
         FLAG_DICT => {
             return Err(corrupt(
                 tag,
@@ -170,7 +186,30 @@ pub fn unpack_delta(
     payload: &[u8],
     base: &[u8],
 ) -> Result<Vec<u8>> {
-    unpack_delta_prepared(tag, id, ulen, payload, &DeltaBase::new(base))
+    if ulen > MAX_OBJECT_SIZE as u64 || payload.len() < 32 {
+        return Err(corrupt(tag, id, "bad delta record"));
+    }
+    let out = DELTA_DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = zstd::bulk::Decompressor::new().ok();
+        }
+        let Some(d) = d.as_mut() else {
+            return Err(std::io::Error::other("cannot create a zstd context"));
+        };
+        d.set_dictionary(base)?;
+        let r = d.decompress(&payload[32..], ulen as usize);
+        if base.len() > 1 << 20 {
+            // Not kept for the next delta: a large base's copy is freed.
+            let _ = d.set_dictionary(&[]);
+        }
+        r
+    });
+    let data = out.map_err(|e| corrupt(tag, id, format!("zstd delta: {e}")))?;
+    if data.len() as u64 != ulen || ObjectId::compute(tag, &data) != *id {
+        return Err(corrupt(tag, id, "hash mismatch (delta)"));
+    }
+    Ok(data)
 }
 
 /// A delta base prepared once (a zstd raw-content dictionary), for the

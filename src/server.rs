@@ -538,18 +538,97 @@ pub fn parse_has_body(body: &[u8]) -> std::result::Result<Vec<ObjectId>, String>
 }
 
 /// A `fetch` body: (type byte, 32-byte id) pairs.
-pub fn parse_fetch_body(body: &[u8]) -> std::result::Result<Vec<(ObjectType, ObjectId)>, String> {
-    if !body.len().is_multiple_of(33) {
-        return Err("the body must be (type, id) pairs".into());
-    }
+pub fn parse_fetch_body(body: &[u8]) -> std::result::Result<Vec<FetchEntry>, String> {
     let mut ids = Vec::with_capacity(body.len() / 33);
-    for rec in body.chunks_exact(33) {
-        let t =
-            ObjectType::from_u8(rec[0]).ok_or_else(|| format!("unknown object type {}", rec[0]))?;
-        let id = ObjectId::from_slice(&rec[1..]).ok_or("bad id")?;
-        ids.push((t, id));
+    let mut rest = body;
+    while let Some((&t, tail)) = rest.split_first() {
+        // Bit 7 of the type byte: a base id follows (§9.2).
+        let with_base = t & 0x80 != 0;
+        let n = if with_base { 64 } else { 32 };
+        if tail.len() < n {
+            return Err("the body must be (type, id[, base]) entries".into());
+        }
+        let tag = ObjectType::from_u8(t & 0x7f)
+            .ok_or_else(|| format!("unknown object type {}", t & 0x7f))?;
+        let id = ObjectId::from_slice(&tail[..32]).ok_or("bad id")?;
+        let base = if with_base {
+            Some(ObjectId::from_slice(&tail[32..64]).ok_or("bad id")?)
+        } else {
+            None
+        };
+        ids.push((tag, id, base));
+        rest = &tail[n..];
     }
     Ok(ids)
+}
+
+/// One object a `fetch` asks for: its type, its id, and a base the client
+/// holds that the answer may make it a delta against.
+pub type FetchEntry = (ObjectType, ObjectId, Option<ObjectId>);
+
+/// The body of `POST bases`: the old snapshot (the client holds it) and the
+/// new one.
+pub fn parse_bases_body(body: &[u8]) -> std::result::Result<(ObjectId, ObjectId), String> {
+    if body.len() != 64 {
+        return Err("the body must be two ids".into());
+    }
+    let old = ObjectId::from_slice(&body[..32]).ok_or("bad id")?;
+    let new = ObjectId::from_slice(&body[32..]).ok_or("bad id")?;
+    Ok((old, new))
+}
+
+/// Pairs `bases` answers at most (64 bytes each).
+const MAX_BASES: usize = 1 << 20;
+
+/// `POST bases`: the objects of snapshot `new` that differ from the
+/// object at the same place in `old`, each with that object (n × 64 bytes:
+/// new id, old id); empty when the store lacks either snapshot.
+async fn bases(
+    State(st): St,
+    UrlPath(tenant): UrlPath<String>,
+    Extension(permit): Extension<Permit>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let r = async {
+        let body = read_small(&headers, body, SMALL_BODY, st.timeout).await?;
+        let (old, new) = parse_bases_body(&body).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+        let Ok(heavy) = st.heavy.clone().try_acquire_owned() else {
+            return Err(busy("too many pushes and fetches in flight; try again"));
+        };
+        let st2 = st.clone();
+        blocking(move || {
+            let _permits = (permit, heavy);
+            let store = st2
+                .store(&tenant, false)
+                .map_err(from_sync)?
+                .ok_or_else(not_found)?;
+            let has = |id: &ObjectId| {
+                store
+                    .location(id)
+                    .is_some_and(|l| l.tag == ObjectType::Snapshot)
+            };
+            if !has(&old) || !has(&new) {
+                store.refresh().map_err(from_sync)?;
+            }
+            let mut out = Vec::new();
+            if has(&old) && has(&new) {
+                let pairs =
+                    crate::transfer::same_place_pairs(&store, &old, &new).map_err(from_sync)?;
+                for (n, o) in pairs.iter().take(MAX_BASES) {
+                    out.extend_from_slice(&n.0);
+                    out.extend_from_slice(&o.0);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+    .await;
+    match r {
+        Ok(b) => ([(header::CONTENT_TYPE, "application/octet-stream")], b).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// A ref name that is a directory of an existing ref's, or whose directory
@@ -974,9 +1053,9 @@ async fn fetch(
         })
         .await?;
         // Everything asked for must be here before the answer starts.
-        if let Some((t, id)) = ids
+        if let Some((t, id, _)) = ids
             .iter()
-            .find(|(t, id)| store.location(id).is_none_or(|l| l.tag != *t))
+            .find(|(t, id, _)| store.location(id).is_none_or(|l| l.tag != *t))
         {
             let (t, id) = (*t, *id);
             let s2 = store.clone();
@@ -998,8 +1077,13 @@ async fn fetch(
             };
             let r = (|| -> Result<()> {
                 let mut w = PackWriter::new(out).ctx("writing", "response")?;
-                for (_, id) in &ids {
-                    let o = store.read_stored(id)?;
+                for (t, id, base) in &ids {
+                    // A delta against the base the client holds when it
+                    // is smaller; else the object alone.
+                    let o = match base {
+                        Some(b) => crate::transfer::wire_object(&store, *t, id, Some(b))?,
+                        None => store.read_stored(id)?,
+                    };
                     w.add(&o).ctx("writing", "response")?;
                 }
                 w.finish().ctx("writing", "response")?;
@@ -1214,6 +1298,7 @@ pub fn router(opts: &ServeOptions) -> Result<Router> {
         .route("/v1/{tenant}/has", post(has))
         .route("/v1/{tenant}/objects", post(objects))
         .route("/v1/{tenant}/fetch", post(fetch))
+        .route("/v1/{tenant}/bases", post(bases))
         .route("/v1/{tenant}/gc", post(gc))
         .route("/v1/{tenant}/deploys", get(deploys))
         .route("/v1/{tenant}/deploys/{id}/log", get(deploy_log))

@@ -175,7 +175,26 @@ fn outgoing(
     id: &ObjectId,
     bases: Option<&IdMap<ObjectId>>,
 ) -> Result<StoredObject> {
+    wire_object(local, tag, id, bases.and_then(|b| b.get(id)))
+}
+
+/// An object of `local` as it goes on the wire (push, or a pull's answer):
+/// a delta (flags 2) against `base`, which the receiver holds, when that is
+/// smaller than the object compressed alone; else the object alone.
+pub(crate) fn wire_object(
+    local: &Store,
+    tag: ObjectType,
+    id: &ObjectId,
+    base: Option<&ObjectId>,
+) -> Result<StoredObject> {
     let (loc, payload) = local.read_raw(id)?;
+    if loc.tag != tag {
+        return Err(crate::object::corrupt(
+            tag,
+            id,
+            format!("the store holds a {}", loc.tag),
+        ));
+    }
     let whole = StoredObject {
         tag: loc.tag,
         id: *id,
@@ -183,7 +202,7 @@ fn outgoing(
         ulen: loc.ulen,
         payload,
     };
-    let Some(base) = bases.and_then(|b| b.get(id)) else {
+    let Some(base) = base else {
         return Ok(whole);
     };
     if whole.payload.len() < 128 || local.location(base).is_none_or(|l| l.tag != tag) {
@@ -211,6 +230,28 @@ fn outgoing(
 
 /// zstd level of deltas (small objects: a higher level is cheap).
 const DELTA_LEVEL: i32 = 9;
+
+/// Objects at the same place in two snapshots, as `new`'s object → `old`'s
+/// object there: the nodes of each directory map and table row map that
+/// changed, and the chunks of each changed file by position. Push sends
+/// the first as deltas against the second; `gc --repack` stores them so.
+/// Holds only what changed between the two.
+pub(crate) fn same_place_pairs(
+    local: &Store,
+    old: &ObjectId,
+    new: &ObjectId,
+) -> Result<IdMap<ObjectId>> {
+    let old = crate::names::load_snapshot(local, old)?;
+    let new = crate::names::load_snapshot(local, new)?;
+    let mut h = Hint::default();
+    if let Some(root) = new.root {
+        h.tree(local, old.root.as_ref(), &root, 0)?;
+    }
+    for (name, id) in &new.tables {
+        h.table(local, old.tables.get(name), id)?;
+    }
+    Ok(h.bases)
+}
 
 /// What changed between an old snapshot (held by the remote) and a newer one.
 #[derive(Default)]
@@ -661,7 +702,8 @@ pub fn pull(
     };
     let ids: Vec<ObjectId> = wanted.iter().map(|(_, id)| *id).collect();
     let mut report = TransferReport::default();
-    let stats = fetch(local, remote, &ids, progress)?;
+    let bases = pull_bases(local, remote, remote_name, &wanted);
+    let stats = fetch_with(local, remote, &ids, &bases, progress)?;
     report.objects = stats.objects;
     report.object_bytes = stats.bytes;
     if progress.interrupted() {
@@ -743,6 +785,73 @@ pub fn fetch(
     ids: &[ObjectId],
     progress: &dyn Progress,
 ) -> Result<crate::store::receive::ReceiveStats> {
+    fetch_with(local, remote, ids, &IdMap::default(), progress)
+}
+
+/// A pull's delta bases: for each wanted snapshot, an older snapshot of the
+/// same ref that `local` holds (`remotes/NAME/REF`, else the local ref),
+/// and the remote's pairs of objects at the same place in both.
+fn pull_bases(
+    local: &Store,
+    remote: &dyn Remote,
+    remote_name: Option<&str>,
+    wanted: &[(String, ObjectId)],
+) -> IdMap<ObjectId> {
+    let mut bases = IdMap::default();
+    for (name, id) in wanted {
+        let mut olds = Vec::new();
+        if let Some(rn) = remote_name {
+            olds.push(format!("remotes/{rn}/{name}"));
+        }
+        olds.push(name.clone());
+        let old = olds
+            .iter()
+            .filter_map(|r| local.read_ref(r).ok().flatten())
+            .find(|o| o != id && local.contains(o));
+        let Some(old) = old else { continue };
+        match remote.delta_bases(&old, id) {
+            Ok(pairs) => {
+                for (k, v) in pairs {
+                    bases.entry(k).or_insert(v);
+                }
+            }
+            // Only an optimisation: the pull goes on without deltas.
+            Err(e) => tracing::debug!("{}: no delta bases: {e}", remote.describe()),
+        }
+    }
+    bases
+}
+
+/// Rebuilds an object that came as a delta against an object `local`
+/// holds; returns it compressed alone (others as they came).
+fn expand_delta(local: &Store, o: StoredObject) -> Result<StoredObject> {
+    if o.flags != FLAG_DELTA {
+        return Ok(o);
+    }
+    let base = crate::pack::delta_base(&o.payload)
+        .ok_or_else(|| crate::object::corrupt(o.tag, &o.id, "bad delta record"))?;
+    let base_bytes = crate::object::ObjectSource::get(local, o.tag, &base)
+        .map_err(|e| crate::object::corrupt(o.tag, &o.id, format!("its delta base: {e}")))?;
+    let bytes =
+        crate::pack::unpack_delta(o.tag, &o.id, u64::from(o.ulen), &o.payload, &base_bytes)?;
+    Ok(crate::pack::prepare(
+        o.tag,
+        o.id,
+        &bytes,
+        local.config().compression_level,
+    ))
+}
+
+/// [`fetch`] where an object that has a base in `bases` (an object `local`
+/// holds at the same place in an older snapshot) may come as a delta
+/// against it, as a push sends it.
+pub fn fetch_with(
+    local: &Store,
+    remote: &dyn Remote,
+    ids: &[ObjectId],
+    bases: &IdMap<ObjectId>,
+    progress: &dyn Progress,
+) -> Result<crate::store::receive::ReceiveStats> {
     let mut plan = plan(
         ids,
         &mut |q| {
@@ -751,7 +860,12 @@ pub fn fetch(
             }
             Ok(q.iter().map(|id| local.contains(id)).collect())
         },
-        &mut |q| remote.fetch(q)?.collect(),
+        &mut |q| {
+            remote
+                .fetch_with_bases(q, bases)?
+                .map(|o| o.and_then(|o| expand_delta(local, o)))
+                .collect()
+        },
         progress,
     )?;
     progress.stage("receiving");
@@ -764,6 +878,7 @@ pub fn fetch(
     order.extend(rest);
     let mut objects = PullStream {
         remote,
+        bases,
         order: &order,
         pos: 0,
         meta: &mut plan.meta,
@@ -776,6 +891,7 @@ pub fn fetch(
 /// chunks streamed from the remote in batches.
 struct PullStream<'a> {
     remote: &'a dyn Remote,
+    bases: &'a IdMap<ObjectId>,
     order: &'a [(ObjectType, ObjectId)],
     pos: usize,
     meta: &'a mut IdMap<StoredObject>,
@@ -829,7 +945,7 @@ impl Iterator for PullStream<'_> {
             .copied()
             .collect();
         self.pos += run.len();
-        match self.remote.fetch(&run) {
+        match self.remote.fetch_with_bases(&run, self.bases) {
             Ok(stream) => {
                 self.current = Some((stream, run.len()));
                 self.next()

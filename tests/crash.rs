@@ -238,3 +238,90 @@ fn gc_never_removes_an_object_a_concurrent_snapshot_needs() {
         check_restore(&w, tmp.path(), &id, &described(&data));
     }
 }
+
+/// A text file of ~`lines` lines whose lines `round` touches differ.
+fn text_file(lines: usize, file: u64, round: u64) -> String {
+    let mut s = String::new();
+    for l in 0..lines as u64 {
+        if (l * 31 + file * 7) % 97 < round {
+            s.push_str(&format!("line {l} of {file}, edited in round {round}\n"));
+        } else {
+            s.push_str(&format!(
+                "line {l} of file {file}: some words that stay the same\n"
+            ));
+        }
+    }
+    s
+}
+
+#[test]
+fn gc_repack_killed_at_random_moments_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("w");
+    std::fs::create_dir_all(w.join("data")).unwrap();
+    ok(&w, &["init"]);
+    let mut completed: Vec<(String, BTreeMap<Vec<u8>, String>)> = Vec::new();
+    let snap = |w: &Path, round: u64, completed: &mut Vec<_>| {
+        for f in 0..25u64 {
+            std::fs::write(
+                w.join(format!("data/t{f:02}.txt")),
+                text_file(2500 + f as usize * 50, f, round),
+            )
+            .unwrap();
+        }
+        let id = ok(w, &["snapshot", "-m", &format!("round {round}")])
+            .trim()
+            .to_string();
+        completed.push((id, described(w)));
+    };
+    for round in 0..6 {
+        snap(&w, round, &mut completed);
+    }
+    let t = Instant::now();
+    let out = ok(&w, &["gc", "--repack"]);
+    let full = t.elapsed();
+    assert!(out.contains("stored as deltas"), "{out}");
+    let seed = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_u64);
+    eprintln!("repack crash test seed {seed}, full repack {full:?}");
+    let mut rng = Rng(seed | 1);
+    let mut killed_midway = 0;
+    let mut tries = 0;
+    while killed_midway < 8 {
+        tries += 1;
+        assert!(tries <= 40, "kills keep missing the running repack");
+        if tries % 3 == 0 {
+            snap(&w, 6 + tries, &mut completed);
+        }
+        let mut child = sp(&w).args(["gc", "--repack"]).spawn().unwrap();
+        let delay = Duration::from_micros(rng.next() % (full.as_micros() as u64 * 12 / 10 + 1));
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            killed_midway += 1;
+        }
+        child.kill().ok(); // SIGKILL
+        child.wait().unwrap();
+        ok(&w, &["fsck"]);
+        let pick = (rng.next() as usize) % completed.len();
+        for i in [0, completed.len() - 1, pick] {
+            let (id, want) = &completed[i];
+            check_restore(&w, tmp.path(), id, want);
+        }
+    }
+    ok(&w, &["fsck", "--read-data"]);
+    for (id, want) in &completed {
+        check_restore(&w, tmp.path(), id, want);
+    }
+    // A finished gc (plain, then repack) after the crashes leaves one copy
+    // of everything and no temporary files.
+    ok(&w, &["gc"]);
+    ok(&w, &["gc", "--repack"]);
+    ok(&w, &["fsck", "--read-data"]);
+    for (id, want) in &completed {
+        check_restore(&w, tmp.path(), id, want);
+    }
+    let tmp_left = std::fs::read_dir(w.join(".sp-sync/tmp")).unwrap().count();
+    assert_eq!(tmp_left, 0, "gc leaves no temporary files");
+}

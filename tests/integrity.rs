@@ -10,7 +10,7 @@ use common::{bytes, describe, fails, ok, run_in};
 
 /// A working tree with small and multi-chunk files, snapshotted twice.
 fn setup(dir: &Path) -> (PathBuf, std::collections::BTreeMap<Vec<u8>, String>) {
-    setup_with(dir, false)
+    setup_with(dir, false, false)
 }
 
 /// `setup`; with `dictionaries`, 60 more small files and a dictionary
@@ -18,6 +18,7 @@ fn setup(dir: &Path) -> (PathBuf, std::collections::BTreeMap<Vec<u8>, String>) {
 fn setup_with(
     dir: &Path,
     dictionaries: bool,
+    repack: bool,
 ) -> (PathBuf, std::collections::BTreeMap<Vec<u8>, String>) {
     let w = dir.join("w");
     std::fs::create_dir_all(w.join("agents/nested")).unwrap();
@@ -63,6 +64,19 @@ fn setup_with(
     ok(&w, &["snapshot", "-m", "one"]);
     std::fs::write(w.join("agents/c.md"), "# agent c\n").unwrap();
     ok(&w, &["snapshot", "-m", "two"]);
+    if repack {
+        // A third version whose changed chunks and directory nodes the
+        // repack stores as deltas against the second's (store format 3).
+        let mut big = bytes(9 << 20, 3);
+        big[5 << 20..(5 << 20) + 100].fill(7);
+        std::fs::write(w.join("big.bin"), big).unwrap();
+        std::fs::write(w.join("agents/a.md"), "# agent a\n".repeat(60)).unwrap();
+        std::fs::write(w.join("agents/c.md"), "# agent c, again\n").unwrap();
+        ok(&w, &["snapshot", "-m", "three"]);
+        ok(&w, &["gc", "--repack"]);
+        let st = std::fs::read_to_string(w.join(".sp-sync/store.toml")).unwrap();
+        assert!(st.contains("format = 3"), "nothing was stored as a delta");
+    }
     let mut want = describe(&w);
     want.retain(|k, _| !k.starts_with(b".sp-sync"));
     (w, want)
@@ -85,14 +99,55 @@ fn flip(p: &Path, at: u64) {
 
 #[test]
 fn every_flipped_byte_is_reported_and_never_restored_as_good() {
-    flipped_bytes(false);
+    flipped_bytes(false, false);
+}
+
+/// The same after `gc --repack`: flipped bytes in stored deltas (their
+/// flags, the base id they name, their frame) and in the bases they need.
+#[test]
+fn every_flipped_byte_of_a_repacked_store_is_reported_and_never_restored_as_good() {
+    flipped_bytes(false, true);
 }
 
 /// The same with a dictionary: flipped bytes in the dictionary object, in
 /// the records compressed with it and in the dictionary ids they name.
 #[test]
 fn every_flipped_byte_of_a_dictionary_store_is_reported_and_never_restored_as_good() {
-    flipped_bytes(true);
+    flipped_bytes(true, false);
+}
+
+/// Offsets in pack `f` inside its delta records (flags, base id, frame)
+/// and inside the records of the bases they name, from its index.
+fn delta_spots(f: &Path) -> Vec<u64> {
+    if f.extension().is_none_or(|e| e != "pack") {
+        return Vec::new();
+    }
+    let b = std::fs::read(f.with_extension("idx")).unwrap();
+    let n = u32::from_le_bytes(b[41..45].try_into().unwrap()) as usize;
+    let pack = std::fs::read(f).unwrap();
+    let entry = |i: usize| &b[45 + 50 * i..45 + 50 * (i + 1)];
+    let mut out = Vec::new();
+    for i in 0..n {
+        let e = entry(i);
+        if e[33] != 2 {
+            continue;
+        }
+        let off = u64::from_le_bytes(e[34..42].try_into().unwrap());
+        let clen = u64::from(u32::from_le_bytes(e[42..46].try_into().unwrap()));
+        let ulen = u64::from(u32::from_le_bytes(e[46..50].try_into().unwrap()));
+        let start = off + systemprompt_sync::pack::record_header_len(ulen, clen);
+        out.extend([off + 2, start + 1, start + 30, start + 33, start + clen - 1]);
+        let base = &pack[start as usize..start as usize + 32];
+        if let Some(j) = (0..n).find(|&j| &entry(j)[..32] == base) {
+            let be = entry(j);
+            let boff = u64::from_le_bytes(be[34..42].try_into().unwrap());
+            let bclen = u64::from(u32::from_le_bytes(be[42..46].try_into().unwrap()));
+            let bulen = u64::from(u32::from_le_bytes(be[46..50].try_into().unwrap()));
+            let bstart = boff + systemprompt_sync::pack::record_header_len(bulen, bclen);
+            out.extend([bstart, bstart + bclen / 2, bstart + bclen - 1]);
+        }
+    }
+    out
 }
 
 /// Offsets in pack `f` inside its dictionary record and inside the first
@@ -119,9 +174,9 @@ fn dictionary_spots(f: &Path) -> Vec<u64> {
     out
 }
 
-fn flipped_bytes(dictionaries: bool) {
+fn flipped_bytes(dictionaries: bool, repack: bool) {
     let tmp = tempfile::tempdir().unwrap();
-    let (w, want) = setup_with(tmp.path(), dictionaries);
+    let (w, want) = setup_with(tmp.path(), dictionaries, repack);
     ok(&w, &["fsck", "--read-data"]);
     let files = store_files(&w);
     assert!(
@@ -130,6 +185,7 @@ fn flipped_bytes(dictionaries: bool) {
             .any(|f| f.extension().is_some_and(|e| e == "idx"))
     );
     let mut checked = 0;
+    let mut delta_spots_seen = 0;
     for f in &files {
         let len = std::fs::metadata(f).unwrap().len();
         // The first and last 64 bytes (headers, trailers) and 24 offsets spread
@@ -140,6 +196,11 @@ fn flipped_bytes(dictionaries: bool) {
         offsets.extend((1..=24).map(|i| len * i / 25));
         if dictionaries {
             offsets.extend(dictionary_spots(f));
+        }
+        if repack {
+            let spots = delta_spots(f);
+            delta_spots_seen += spots.len();
+            offsets.extend(spots);
         }
         offsets.sort_unstable();
         offsets.dedup();
@@ -186,6 +247,11 @@ fn flipped_bytes(dictionaries: bool) {
         }
     }
     assert!(checked > 100, "only {checked} flips tried");
+    assert_eq!(
+        repack,
+        delta_spots_seen >= 8,
+        "{delta_spots_seen} delta spots"
+    );
     ok(&w, &["fsck", "--read-data"]);
 }
 

@@ -861,3 +861,95 @@ fn gc_gives_up_waiting_for_a_server_holding_the_store() {
     // With the server gone, gc runs.
     ok(tmp.path(), &["gc", "--store", store.to_str().unwrap()]);
 }
+
+/// A text file of `i`'s; `edit` > 0 overwrites 1 KiB of its middle with
+/// pseudo-random text, as the benchmarks' 1% mutation does (scaled down).
+fn page(i: usize, edit: usize) -> String {
+    let mut s = format!("# page {i}\n\n");
+    for l in 0..120 {
+        s.push_str(&format!(
+            "line {l} of page {i}: text that stays as it was\n"
+        ));
+    }
+    if edit > 0 {
+        let noise: String = bytes(768, (i * 1000 + edit) as u64)
+            .iter()
+            .map(|b| char::from(b'a' + b % 26))
+            .collect();
+        s.replace_range(2000..2768, &noise);
+    }
+    s
+}
+
+/// `pull` receives deltas the way `push` sends them: after a change of 1%
+/// of the files, what a pull of it receives is at most 1.2x what the push
+/// sent — through a path remote and through `sp-sync serve`.
+#[test]
+fn pull_receives_deltas_the_way_push_sends_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = net::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let data = tmp.path().join("data");
+    let _server = serve(data.to_str().unwrap(), None, &listen, &[]);
+    let path_remote = tmp.path().join("remote");
+    std::fs::create_dir_all(&path_remote).unwrap();
+    ok(&path_remote, &["init"]);
+    let path_url = path_remote.join(".sp-sync").to_str().unwrap().to_string();
+    for (kind, url) in [
+        ("path", path_url),
+        ("http", format!("http://{listen}/acme")),
+    ] {
+        let a = tmp.path().join(format!("a-{kind}"));
+        for i in 0..400 {
+            let d = a.join(format!("d{}", i % 10));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(format!("p{i}.md")), page(i, 0)).unwrap();
+        }
+        ok(&a, &["init"]);
+        ok(&a, &["snapshot"]);
+        ok(&a, &["push", &url]);
+        let b = tmp.path().join(format!("b-{kind}"));
+        std::fs::create_dir_all(&b).unwrap();
+        ok(&b, &["init"]);
+        ok(&b, &["pull", &url]);
+        // A store that holds the old objects but no ref to them: its pull
+        // has no base to ask deltas against.
+        let c = tmp.path().join(format!("c-{kind}"));
+        std::fs::create_dir_all(&c).unwrap();
+        ok(&c, &["init"]);
+        ok(&c, &["pull", &url]);
+        ok(&c, &["ref", "delete", "main"]);
+        // 1% of the files change.
+        for i in (0..400).step_by(100) {
+            std::fs::write(a.join(format!("d{}/p{i}.md", i % 10)), page(i, 1)).unwrap();
+        }
+        ok(&a, &["snapshot"]);
+        let pushed = json(&ok(&a, &["push", &url, "--json"]));
+        let pulled = json(&ok(&b, &["pull", &url, "--json"]));
+        let sent = pushed["bytes_sent"].as_u64().unwrap();
+        let received = pulled["bytes_received"].as_u64().unwrap();
+        let whole = json(&ok(&c, &["pull", &url, "--json"]))["bytes_received"]
+            .as_u64()
+            .unwrap();
+        eprintln!(
+            "{kind}: push sent {sent} bytes, pull received {received} (without bases: {whole})"
+        );
+        assert!(
+            received * 10 < whole * 7,
+            "{kind}: {received} vs {whole} without deltas"
+        );
+        assert!(
+            received * 10 <= sent * 12,
+            "{kind}: pull received {received} bytes, push sent {sent}"
+        );
+        ok(&b, &["fsck", "--read-data"]);
+        let t = tmp.path().join(format!("t-{kind}"));
+        ok(&b, &["restore", "main", t.to_str().unwrap()]);
+        let mut want = describe(&a);
+        want.retain(|k, _| !k.starts_with(b".sp-sync"));
+        assert!(
+            describe(&t) == want,
+            "{kind}: pulled snapshot restores other files"
+        );
+    }
+}

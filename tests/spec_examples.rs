@@ -261,6 +261,29 @@ fn examples() -> Vec<Example> {
     })
     .unwrap();
     let (dict_pack, _) = w.finish().unwrap();
+    // A pack of a format-3 store: a chunk stored alone and a newer version
+    // of it stored as a delta against it (flags 2, `gc --repack`).
+    let dbase = b"hello, world\n".repeat(3);
+    let dbase_id = ObjectId::compute(ObjectType::Chunk, &dbase);
+    let dnew = [&dbase[..], b"goodbye\n"].concat();
+    let mut w = PackWriter::new(Vec::new()).unwrap();
+    w.add(&prepare(ObjectType::Chunk, dbase_id, &dbase, 3))
+        .unwrap();
+    w.add(&StoredObject {
+        tag: ObjectType::Chunk,
+        id: ObjectId::compute(ObjectType::Chunk, &dnew),
+        flags: systemprompt_sync::pack::FLAG_DELTA,
+        ulen: dnew.len() as u32,
+        payload: systemprompt_sync::pack::make_delta(
+            &dnew,
+            &dbase_id,
+            &dbase,
+            systemprompt_sync::store::repack::REPACK_DELTA_LEVEL,
+        )
+        .unwrap(),
+    })
+    .unwrap();
+    let (delta_pack, _) = w.finish().unwrap();
     vec![
         Example {
             name: "chunk",
@@ -341,6 +364,11 @@ fn examples() -> Vec<Example> {
             name: "dict-pack",
             tag: None,
             bytes: dict_pack,
+        },
+        Example {
+            name: "delta-pack",
+            tag: None,
+            bytes: delta_pack,
         },
         Example {
             name: "bundle",
@@ -543,6 +571,25 @@ fn spec_examples_decode_and_match_the_encoders() {
                 )
                 .unwrap();
                 assert_eq!(data, b"hello, world\n".repeat(3));
+                assert!(r.next_record().unwrap().is_none());
+                r.expect_eof().unwrap();
+            }
+            "delta-pack" => {
+                use systemprompt_sync::pack::{FLAG_DELTA, FLAG_RAW, delta_base, unpack_delta};
+                let mut r = PackReader::new(&bytes[..], "spec").unwrap();
+                let base = r.next_record().unwrap().unwrap();
+                assert_eq!(base.flags, FLAG_RAW);
+                let base_bytes = base.verify().unwrap();
+                assert_eq!(base_bytes, b"hello, world\n".repeat(3));
+                let rec = r.next_record().unwrap().unwrap();
+                assert_eq!(rec.flags, FLAG_DELTA);
+                // Alone, a delta cannot be read...
+                assert!(rec.verify().is_err());
+                // ...against the base it names, it can.
+                assert_eq!(delta_base(&rec.payload), Some(base.id));
+                let data =
+                    unpack_delta(rec.tag, &rec.id, rec.ulen, &rec.payload, &base_bytes).unwrap();
+                assert_eq!(data, [&base_bytes[..], b"goodbye\n"].concat());
                 assert!(r.next_record().unwrap().is_none());
                 r.expect_eof().unwrap();
             }

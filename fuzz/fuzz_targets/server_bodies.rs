@@ -37,7 +37,8 @@ fuzz_target!(|data: &[u8]| {
         }
         1 => {
             if let Ok(ids) = parse_fetch_body(body) {
-                assert_eq!(ids.len() * 33, body.len());
+                let with_base = ids.iter().filter(|(_, _, b)| b.is_some()).count();
+                assert_eq!(ids.len() * 33 + with_base * 32, body.len());
             }
         }
         2 => {

@@ -34,11 +34,16 @@ pub enum Cmd {
     Restore(RestoreArgs),
     /// Check every reachable object.
     Fsck(FsckArgs),
-    /// Remove what no ref reaches.
+    /// Remove what no ref reaches (--repack: also store objects as deltas against their older versions).
     Gc {
         /// Say what would be removed; remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Write every live object again, storing each file chunk, directory
+        /// node and row-map node that has an older version in an earlier
+        /// snapshot as a zstd delta against it when that saves enough.
+        #[arg(long)]
+        repack: bool,
     },
     /// Manage refs.
     Ref {

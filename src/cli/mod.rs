@@ -132,7 +132,11 @@ fn run(ctx: &Ctx, cmd: Cmd) -> Result<i32> {
         Cmd::Diff(a) => Box::new(cmds::diff(&a.options(place), &bar)?),
         Cmd::Restore(a) => Box::new(cmds::restore(&a.options(place), &bar)?),
         Cmd::Fsck(a) => Box::new(cmds::fsck(&a.options(place), &bar)?),
-        Cmd::Gc { dry_run } => Box::new(cmds::gc(&place, dry_run, &bar)?),
+        Cmd::Gc { dry_run, repack } => Box::new(cmds::gc(
+            &place,
+            &cmds::GcCmdOptions { dry_run, repack },
+            &bar,
+        )?),
         Cmd::Ref { cmd } => Box::new(cmds::refs(&place, &cmd.into())?),
         Cmd::Remote { cmd } => Box::new(cmds::remote(&place, &cmd.into())?),
         Cmd::Push(a) => Box::new(cmds::push(&a.options(place), &bar, &mut console)?),

@@ -37,8 +37,9 @@ pub use deploy::{Console, DeployCmdOptions, DeployCmdReport, deploy};
 pub use diff::{DiffCmdOptions, DiffCmdReport, diff};
 pub use local::{LocalCmdOptions, LocalCmdReport, LocalMode, local};
 pub use repo::{
-    FsckCmdOptions, FsckCmdReport, GcCmdReport, InitReport, LogOptions, LogReport, LsOptions,
-    LsReport, RefCmd, RefReport, RemoteCmd, RemoteReport, fsck, gc, init, log, ls, refs, remote,
+    FsckCmdOptions, FsckCmdReport, GcCmdOptions, GcCmdReport, InitReport, LogOptions, LogReport,
+    LsOptions, LsReport, RefCmd, RefReport, RemoteCmd, RemoteReport, fsck, gc, init, log, ls, refs,
+    remote,
 };
 pub use restore::{RestoreCmdOptions, RestoreCmdReport, restore};
 pub use snapshot::{SnapshotCmdOptions, SnapshotCmdReport, snapshot};

@@ -309,11 +309,31 @@ pub struct GcCmdReport {
     pub dry_run: bool,
 }
 
-/// Removes what no ref reaches (`dry_run`: says what it would remove).
-pub fn gc(place: &Place, dry_run: bool, progress: &dyn Progress) -> Result<GcCmdReport> {
+/// The options of `sp-sync gc`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GcCmdOptions {
+    /// Only say what would be removed.
+    pub dry_run: bool,
+    /// Also rewrite live objects as deltas against their older versions.
+    pub repack: bool,
+}
+
+/// Removes what no ref reaches (`dry_run`: says what it would remove;
+/// `repack`: also stores objects as deltas against their older versions).
+pub fn gc(place: &Place, opts: &GcCmdOptions, progress: &dyn Progress) -> Result<GcCmdReport> {
     let (_, store) = place.open(LockMode::Exclusive)?;
-    let report = crate::gc(&store, dry_run, progress)?;
-    Ok(GcCmdReport { report, dry_run })
+    let report = crate::gc_with(
+        &store,
+        &crate::GcOptions {
+            dry_run: opts.dry_run,
+            repack: opts.repack,
+        },
+        progress,
+    )?;
+    Ok(GcCmdReport {
+        report,
+        dry_run: opts.dry_run,
+    })
 }
 
 json_via!(GcCmdReport, |r| val(&r.report));
@@ -335,7 +355,22 @@ impl Render for GcCmdReport {
             r.orphan_files,
             r.reachable_objects,
             size(r.kept_bytes)
-        ))
+        ))?;
+        if r.kept_bases > 0 {
+            out.line(format_args!(
+                "kept {} objects no ref reaches as bases of stored deltas",
+                r.kept_bases
+            ))?;
+        }
+        if r.repacked && !self.dry_run {
+            out.line(format_args!(
+                "repacked: {} objects stored as deltas; live objects {} -> {}",
+                r.delta_objects,
+                size(r.repack_bytes_before),
+                size(r.repack_bytes_after)
+            ))?;
+        }
+        Ok(())
     }
 }
 

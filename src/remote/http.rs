@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use super::{ObjectStream, Remote, Traffic};
 use crate::error::{Result, SyncError};
-use crate::id::{ObjectId, ObjectType};
+use crate::id::{IdMap, ObjectId, ObjectType};
 use crate::pack::{PackReader, PackWriter, StoredObject};
 use crate::progress::Progress;
 use crate::rt::BlockingRuntime;
@@ -507,11 +507,56 @@ impl Remote for HttpRemote {
     }
 
     fn fetch<'a>(&'a self, ids: &[(ObjectType, ObjectId)]) -> Result<ObjectStream<'a>> {
+        self.fetch_with_bases(ids, &IdMap::default())
+    }
+
+    fn delta_bases(&self, old: &ObjectId, new: &ObjectId) -> Result<IdMap<ObjectId>> {
+        let mut body = old.0.to_vec();
+        body.extend_from_slice(&new.0);
+        let b = self.call(
+            reqwest::Method::POST,
+            "bases",
+            Some(body),
+            "application/octet-stream",
+        )?;
+        if !b.len().is_multiple_of(64) {
+            return Err(SyncError::ApiError {
+                status: 200,
+                message: "bad bases answer".into(),
+            });
+        }
+        let mut out = IdMap::default();
+        for p in b.chunks_exact(64) {
+            if let (Some(n), Some(o)) = (
+                ObjectId::from_slice(&p[..32]),
+                ObjectId::from_slice(&p[32..]),
+            ) {
+                out.insert(n, o);
+            }
+        }
+        Ok(out)
+    }
+
+    fn fetch_with_bases<'a>(
+        &'a self,
+        ids: &[(ObjectType, ObjectId)],
+        bases: &IdMap<ObjectId>,
+    ) -> Result<ObjectStream<'a>> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let mut body = Vec::with_capacity(ids.len() * 33);
         for (t, id) in ids {
-            body.push(*t as u8);
-            body.extend_from_slice(&id.0);
+            match bases.get(id) {
+                // A base the answer may make a delta against (§9.2).
+                Some(b) => {
+                    body.push(*t as u8 | 0x80);
+                    body.extend_from_slice(&id.0);
+                    body.extend_from_slice(&b.0);
+                }
+                None => {
+                    body.push(*t as u8);
+                    body.extend_from_slice(&id.0);
+                }
+            }
         }
         self.sent.fetch_add(body.len() as u64, Ordering::Relaxed);
         let req = self

@@ -698,10 +698,27 @@ pub fn rebuild_index(store: &Store, progress: &dyn Progress) -> Result<Vec<Strin
             }
         };
         let mut entries = Vec::new();
+        // This pack's records read so far: a stored delta's base may be one.
+        let mut here: crate::id::IdMap<IdxEntry> = Default::default();
         let r = (|| -> Result<()> {
             let mut r = PackReader::new(f, path.display().to_string())?;
             while let Some(rec) = r.next_record()? {
-                match store.unpack(rec.tag, &rec.id, rec.flags, rec.ulen, &rec.payload) {
+                let here_entry = IdxEntry {
+                    id: rec.id,
+                    tag: rec.tag,
+                    flags: rec.flags,
+                    offset: rec.offset,
+                    clen: rec.payload.len() as u32,
+                    ulen: rec.ulen as u32,
+                };
+                match store.unpack_in_pack(
+                    rec.tag,
+                    &rec.id,
+                    rec.flags,
+                    rec.ulen,
+                    &rec.payload,
+                    (name, &here),
+                ) {
                     Ok(b) if rec.tag == ObjectType::Dict => {
                         crate::store::remember_dictionary(&rec.id, &b);
                     }
@@ -714,14 +731,8 @@ pub fn rebuild_index(store: &Store, progress: &dyn Progress) -> Result<Vec<Strin
                         continue;
                     }
                 }
-                entries.push(IdxEntry {
-                    id: rec.id,
-                    tag: rec.tag,
-                    flags: rec.flags,
-                    offset: rec.offset,
-                    clen: rec.payload.len() as u32,
-                    ulen: rec.ulen as u32,
-                });
+                here.insert(rec.id, here_entry);
+                entries.push(here_entry);
             }
             r.expect_eof()?;
             if r.trailer != Some(*name) {

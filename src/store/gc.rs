@@ -38,6 +38,27 @@ pub struct GcReport {
     pub packs_rewritten: usize,
     /// Files that belonged to no pack, removed.
     pub orphan_files: usize,
+    /// Objects no ref reaches kept because a live stored delta needs them
+    /// as its base (counted in `reachable_objects`).
+    pub kept_bases: usize,
+    /// Whether every live object was written again (`--repack`).
+    pub repacked: bool,
+    /// Objects the repack stored as deltas.
+    pub delta_objects: usize,
+    /// Bytes of the live objects as stored before the repack.
+    pub repack_bytes_before: u64,
+    /// Bytes of the live objects as stored after the repack.
+    pub repack_bytes_after: u64,
+}
+
+/// How gc runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GcOptions {
+    /// Only count what would be removed.
+    pub dry_run: bool,
+    /// Write every live object again into new packs, storing objects that
+    /// have an older version as deltas against it (store-format.md §6).
+    pub repack: bool,
 }
 
 /// Marks what refs reach; fails on any damage.
@@ -67,8 +88,47 @@ pub fn mark(store: &Store) -> Result<crate::id::IdSet> {
 
 /// Runs gc. The store must be open with [`super::LockMode::Exclusive`].
 pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcReport> {
+    gc_with(
+        store,
+        &GcOptions {
+            dry_run,
+            repack: false,
+        },
+        progress,
+    )
+}
+
+/// Adds to `live` the bases of its stored deltas (and theirs), which stay
+/// even when no ref reaches them; returns how many were added.
+fn keep_bases(store: &Store, live: &mut crate::id::IdSet) -> Result<usize> {
+    let mut todo: Vec<ObjectId> = live
+        .iter()
+        .filter(|id| {
+            store
+                .location(id)
+                .is_some_and(|l| l.flags == crate::pack::FLAG_DELTA)
+        })
+        .copied()
+        .collect();
+    let mut added = 0;
+    while let Some(id) = todo.pop() {
+        if let Some(b) = store.delta_base_of(&id)?
+            && live.insert(b)
+        {
+            added += 1;
+            todo.push(b);
+        }
+    }
+    Ok(added)
+}
+
+/// Runs gc with options (`--repack`). The store must be open with
+/// [`super::LockMode::Exclusive`].
+pub fn gc_with(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
+    let dry_run = opts.dry_run;
     let mut rep = GcReport {
         dry_run,
+        repacked: opts.repack,
         ..Default::default()
     };
     if !store.is_locked() && !dry_run {
@@ -83,6 +143,10 @@ pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcRep
     // Dictionaries are few and small: every one is kept, so whatever
     // record names one can always be read.
     live.extend(store.dictionaries());
+    if !opts.repack {
+        // A repack stores every delta's base anew (or the object whole).
+        rep.kept_bases = keep_bases(store, &mut live)?;
+    }
     rep.reachable_objects = live.len();
     // Per pack: its entries, split into kept (live, and this is the copy the
     // index uses) and dropped.
@@ -121,7 +185,7 @@ pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcRep
             }
         }
         rep.removed_bytes += drop_bytes;
-        if keep.len() == entries.len() {
+        if keep.len() == entries.len() && !opts.repack {
             rep.kept_bytes += keep_bytes;
             continue;
         }
@@ -145,7 +209,24 @@ pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcRep
     }
 
     progress.stage("repacking");
-    if !rewrite.is_empty() {
+    if opts.repack {
+        let w = store.writer_for_repack()?;
+        match super::repack::repack(store, &w, &live, &rewrite, progress) {
+            Ok(st) => {
+                rep.delta_objects = st.deltas;
+                rep.repack_bytes_before = st.bytes_before;
+                rep.repack_bytes_after = st.bytes_after;
+                rep.kept_bytes = st.bytes_after;
+            }
+            Err(e) => {
+                // The old packs stay; what was written is left for gc.
+                w.abort();
+                return Err(e);
+            }
+        }
+        // New packs and their indexes durable before any old pack goes.
+        w.finish()?;
+    } else if !rewrite.is_empty() {
         let w = store.writer_for_repack()?;
         for (_, ids) in &rewrite {
             for id in ids {

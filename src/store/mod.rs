@@ -20,6 +20,7 @@ pub mod gc;
 pub mod index;
 pub mod receive;
 pub mod refs;
+pub mod repack;
 pub mod s3;
 pub mod statcache;
 pub mod writer;
@@ -33,7 +34,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{IoContext, Result, SyncError};
 use crate::id::{IdMap, ObjectId, ObjectType};
 use crate::object::ObjectSource;
-use crate::pack::{FLAG_DICT, parse_record_header, record_header_len, unpack};
+use crate::pack::{
+    FLAG_DELTA, FLAG_DICT, MAX_CHAIN_RECORDS, delta_base, parse_record_header, record_header_len,
+    unpack, unpack_delta,
+};
 use index::IdxEntry;
 
 pub use backend::{Backend, FsBackend};
@@ -47,6 +51,10 @@ pub const FORMAT_VERSION: u32 = 1;
 /// The format of a store that holds dictionary-compressed records
 /// (store-format.md §3.8, §6): a store is moved to it before it first writes one.
 pub const FORMAT_DICT: u32 = 2;
+/// The format of a store that holds stored deltas (pack flags 2 in a
+/// stored pack, written by `gc --repack`; store-format.md §6): format 2
+/// plus deltas. A store is moved to it before its first delta record.
+pub const FORMAT_DELTA: u32 = 3;
 
 pub use crate::chunker::ChunkerConfig;
 
@@ -205,10 +213,10 @@ impl Default for StoreConfig {
 impl StoreConfig {
     fn validate(&self, path: &Path) -> Result<()> {
         let bad = |r: String| SyncError::corrupt_file("store config", path, r);
-        if self.format != FORMAT_VERSION && self.format != FORMAT_DICT {
+        if !(FORMAT_VERSION..=FORMAT_DELTA).contains(&self.format) {
             return Err(bad(format!(
                 "store format {} is not supported by this sp-sync (it reads formats \
-                 {FORMAT_VERSION} and {FORMAT_DICT})",
+                 {FORMAT_VERSION} to {FORMAT_DELTA})",
                 self.format
             )));
         }
@@ -291,8 +299,9 @@ pub struct Store {
     /// Problems met while loading indexes (reported by fsck).
     pub load_warnings: Vec<String>,
     cache_override: Option<PathBuf>,
-    /// Whether `store.toml` says format 2 (dictionary records allowed).
-    dict_format: std::sync::atomic::AtomicBool,
+    /// The format `store.toml` says (2: dictionary records allowed, 3:
+    /// stored deltas too).
+    format: std::sync::atomic::AtomicU32,
     /// Sample bytes before a dictionary is trained (else `dict::train_bytes`).
     dict_training: Option<usize>,
     /// Whether new objects may be compressed with (and train) dictionaries.
@@ -392,14 +401,14 @@ impl Store {
         })?;
         config.validate(&cfg_path)?;
         let lock = backend.lock(mode)?;
-        let dict_format = config.format >= FORMAT_DICT;
+        let format = config.format;
         let store = Store {
             backend,
             config,
             index: RwLock::new(Index::default()),
             load_warnings: Vec::new(),
             cache_override: None,
-            dict_format: std::sync::atomic::AtomicBool::new(dict_format),
+            format: std::sync::atomic::AtomicU32::new(format),
             dict_training: None,
             write_dicts: true,
             _lock: lock,
@@ -629,20 +638,30 @@ impl Store {
         let r = self.backend.open_read(&Self::pack_key(name))?;
         let mut r = crate::pack::PackReader::new(r, path.display().to_string())?;
         let mut out = Vec::new();
+        let mut here: IdMap<IdxEntry> = IdMap::default();
         while let Some(rec) = r.next_record()? {
-            let bytes = self.unpack(rec.tag, &rec.id, rec.flags, rec.ulen, &rec.payload)?;
+            let bytes = self.unpack_in_pack(
+                rec.tag,
+                &rec.id,
+                rec.flags,
+                rec.ulen,
+                &rec.payload,
+                (name, &here),
+            )?;
             if rec.tag == ObjectType::Dict {
                 // Records later in this pack may need it before its index is back.
                 remember_dictionary(&rec.id, &bytes);
             }
-            out.push(IdxEntry {
+            let e = IdxEntry {
                 id: rec.id,
                 tag: rec.tag,
                 flags: rec.flags,
                 offset: rec.offset,
                 clen: rec.payload.len() as u32,
                 ulen: rec.ulen as u32,
-            });
+            };
+            here.insert(rec.id, e);
+            out.push(e);
         }
         r.expect_eof()?;
         if r.trailer != Some(*name) {
@@ -722,12 +741,12 @@ impl Store {
 
     /// Reads an object's record as it may leave the store (transfers,
     /// bundles): as stored, except that a dictionary-compressed record
-    /// (flags 3, which only its store can read) is decoded, verified and
-    /// compressed again without the dictionary. The header is checked
-    /// against the index.
+    /// (flags 3) or a stored delta (flags 2), which only its store can
+    /// read, is decoded, verified and compressed again alone. The header
+    /// is checked against the index.
     pub fn read_raw(&self, id: &ObjectId) -> Result<(Location, Vec<u8>)> {
         let (mut loc, payload) = self.read_record(id)?;
-        if loc.flags != FLAG_DICT {
+        if loc.flags != FLAG_DICT && loc.flags != FLAG_DELTA {
             return Ok((loc, payload));
         }
         let data = self.unpack(loc.tag, id, loc.flags, u64::from(loc.ulen), &payload)?;
@@ -740,7 +759,10 @@ impl Store {
     /// Decompresses a record's payload and checks the bytes against `id`;
     /// a dictionary-compressed record (flags 3) is read with the dictionary
     /// it names, which must be in this store (or this process's cache of
-    /// verified dictionaries).
+    /// verified dictionaries); a stored delta (flags 2) with its base,
+    /// read from this store, decoding at most [`MAX_CHAIN_RECORDS`]
+    /// records in all (a longer chain, a cycle or a missing base is
+    /// corruption). Every object decoded on the way is verified.
     pub fn unpack(
         &self,
         tag: ObjectType,
@@ -749,6 +771,77 @@ impl Store {
         ulen: u64,
         payload: &[u8],
     ) -> Result<Vec<u8>> {
+        self.decode_chain(tag, id, flags, ulen, payload, 1, None)
+    }
+
+    /// [`Store::unpack`] for a record of the pack `local` names whose index
+    /// this process has not loaded (a pack being scanned): delta bases are
+    /// looked up in `local`'s entries (records read so far) as well.
+    pub(crate) fn unpack_in_pack(
+        &self,
+        tag: ObjectType,
+        id: &ObjectId,
+        flags: u8,
+        ulen: u64,
+        payload: &[u8],
+        local: (&ObjectId, &IdMap<IdxEntry>),
+    ) -> Result<Vec<u8>> {
+        self.decode_chain(tag, id, flags, ulen, payload, 1, Some(local))
+    }
+
+    /// The base a stored delta record of `id` names (None: not a delta).
+    pub fn delta_base_of(&self, id: &ObjectId) -> Result<Option<ObjectId>> {
+        match self.location(id) {
+            Some(l) if l.flags == FLAG_DELTA => {
+                let (_, payload) = self.read_record(id)?;
+                delta_base(&payload)
+                    .map(Some)
+                    .ok_or_else(|| crate::object::corrupt(l.tag, id, "bad delta record"))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Decodes one record; `records` counts it and the records decoded
+    /// before it on this chain.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_chain(
+        &self,
+        tag: ObjectType,
+        id: &ObjectId,
+        flags: u8,
+        ulen: u64,
+        payload: &[u8],
+        records: usize,
+        local: Option<(&ObjectId, &IdMap<IdxEntry>)>,
+    ) -> Result<Vec<u8>> {
+        if flags == FLAG_DELTA {
+            let base = delta_base(payload)
+                .ok_or_else(|| crate::object::corrupt(tag, id, "bad delta record"))?;
+            if records >= MAX_CHAIN_RECORDS {
+                return Err(crate::object::corrupt(
+                    tag,
+                    id,
+                    format!(
+                        "delta chain longer than {MAX_CHAIN_RECORDS} records (or a cycle) at \
+                         base {}",
+                        base.short()
+                    ),
+                ));
+            }
+            if base == *id {
+                return Err(crate::object::corrupt(tag, id, "a delta against itself"));
+            }
+            let base_bytes = self
+                .base_record(&base, local)
+                .and_then(|(btag, bflags, bulen, bpayload)| {
+                    self.decode_chain(btag, &base, bflags, bulen, &bpayload, records + 1, local)
+                })
+                .map_err(|e| {
+                    crate::object::corrupt(tag, id, format!("its delta base {}: {e}", base.short()))
+                })?;
+            return unpack_delta(tag, id, ulen, payload, &base_bytes);
+        }
         if flags != FLAG_DICT {
             return unpack(tag, id, flags, ulen, payload);
         }
@@ -765,6 +858,36 @@ impl Store {
             crate::object::corrupt(tag, id, format!("its dictionary {}: {e}", did.short()))
         })?;
         crate::dict::decompress(tag, id, ulen, payload, &did, &dict)
+    }
+
+    /// The stored record of a delta base: (tag, flags, ulen, payload).
+    fn base_record(
+        &self,
+        base: &ObjectId,
+        local: Option<(&ObjectId, &IdMap<IdxEntry>)>,
+    ) -> Result<(ObjectType, u8, u64, Vec<u8>)> {
+        if self.location(base).is_some() {
+            let (loc, payload) = self.read_record(base)?;
+            return Ok((loc.tag, loc.flags, u64::from(loc.ulen), payload));
+        }
+        if let Some((pack, entries)) = local
+            && let Some(e) = entries.get(base)
+        {
+            let payload = self.read_record_at(
+                pack,
+                base,
+                e.offset,
+                e.tag,
+                e.flags,
+                u64::from(e.ulen),
+                u64::from(e.clen),
+            )?;
+            return Ok((e.tag, e.flags, u64::from(e.ulen), payload));
+        }
+        Err(SyncError::MissingObject {
+            kind: "delta base",
+            id: *base,
+        })
     }
 
     /// A dictionary object of this store, verified (cached per process).
@@ -789,19 +912,31 @@ impl Store {
     /// unless it is there already; called before the first
     /// dictionary-compressed record is written.
     pub(crate) fn ensure_dict_format(&self) -> Result<()> {
+        self.ensure_format(FORMAT_DICT)
+    }
+
+    /// The format `store.toml` says now.
+    pub fn format(&self) -> u32 {
+        self.format.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Moves the store to format `want` (2: dictionaries, 3: stored
+    /// deltas) unless it is there or beyond; `store.toml` is rewritten
+    /// atomically before the first record that needs the format.
+    pub(crate) fn ensure_format(&self, want: u32) -> Result<()> {
         use std::sync::atomic::Ordering;
-        if self.dict_format.load(Ordering::SeqCst) {
+        if self.format.load(Ordering::SeqCst) >= want {
             return Ok(());
         }
         let mut cfg = self.config.clone();
-        cfg.format = FORMAT_DICT;
+        cfg.format = want;
         let text = format!(
             "# sp-sync store: these settings are part of the store format.\n{}",
             toml::to_string(&cfg).map_err(|e| SyncError::Invalid(format!("store config: {e}")))?
         );
         self.backend.put("store.toml", text.as_bytes())?;
-        self.dict_format.store(true, Ordering::SeqCst);
-        tracing::info!("store moved to format {FORMAT_DICT} (dictionaries)");
+        self.format.store(want, Ordering::SeqCst);
+        tracing::info!("store moved to format {want}");
         Ok(())
     }
 
@@ -813,41 +948,63 @@ impl Store {
             kind: "any",
             id: *id,
         })?;
-        let hlen = record_header_len(u64::from(loc.ulen), u64::from(loc.clen)) as usize;
-        let mut buf = vec![0u8; hlen + loc.clen as usize];
         let name = self.pack_name(loc.pack).unwrap_or_default();
+        let payload = self.read_record_at(
+            &name,
+            id,
+            loc.offset,
+            loc.tag,
+            loc.flags,
+            u64::from(loc.ulen),
+            u64::from(loc.clen),
+        )?;
+        Ok((loc, payload))
+    }
+
+    /// Reads the record at `offset` of pack `name`, checks its header
+    /// against what an index says of it, and returns its payload.
+    #[allow(clippy::too_many_arguments)]
+    fn read_record_at(
+        &self,
+        name: &ObjectId,
+        id: &ObjectId,
+        offset: u64,
+        tag: ObjectType,
+        flags: u8,
+        ulen: u64,
+        clen: u64,
+    ) -> Result<Vec<u8>> {
+        let hlen = record_header_len(ulen, clen) as usize;
+        let mut buf = vec![0u8; hlen + clen as usize];
         self.backend
-            .read_at(&Self::pack_key(&name), loc.offset, &mut buf)
+            .read_at(&Self::pack_key(name), offset, &mut buf)
             .map_err(|e| match e {
-                SyncError::CorruptFile { .. } => crate::object::corrupt(
-                    loc.tag,
-                    id,
-                    format!("pack {} is truncated", name.short()),
-                ),
+                SyncError::CorruptFile { .. } => {
+                    crate::object::corrupt(tag, id, format!("pack {} is truncated", name.short()))
+                }
                 e => e,
             })?;
         match parse_record_header(&buf) {
-            Some((tag, flags, rid, ulen, clen, n))
-                if tag == loc.tag as u8
-                    && flags == loc.flags
+            Some((t, f, rid, u, c, n))
+                if t == tag as u8
+                    && f == flags
                     && rid == *id
-                    && ulen == u64::from(loc.ulen)
-                    && clen == u64::from(loc.clen)
+                    && u == ulen
+                    && c == clen
                     && n == hlen => {}
             _ => {
                 return Err(crate::object::corrupt(
-                    loc.tag,
+                    tag,
                     id,
                     format!(
-                        "record at offset {} of pack {} does not match its index entry",
-                        loc.offset,
+                        "record at offset {offset} of pack {} does not match its index entry",
                         name.short()
                     ),
                 ));
             }
         }
         buf.drain(..hlen);
-        Ok((loc, buf))
+        Ok(buf)
     }
 
     /// An object as stored (compressed as it is), verified.
@@ -880,14 +1037,27 @@ impl Index {
         if e.tag == ObjectType::Dict && !self.map.contains_key(&e.id) {
             self.dicts.push(e.id);
         }
-        self.map.entry(e.id).or_insert(Location {
+        let loc = Location {
             pack,
             offset: e.offset,
             clen: e.clen,
             ulen: e.ulen,
             tag: e.tag,
             flags: e.flags,
-        });
+        };
+        match self.map.entry(e.id) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(loc);
+            }
+            // An object in several packs (an interrupted `gc --repack`):
+            // its record that is not a delta is the one read, so that the
+            // chains of two repacks never mix into a cycle.
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                if o.get().flags == FLAG_DELTA && e.flags != FLAG_DELTA {
+                    o.insert(loc);
+                }
+            }
+        }
     }
 
     fn add_pack(&mut self, name: ObjectId, entries: &[IdxEntry]) {

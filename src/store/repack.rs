@@ -1,0 +1,311 @@
+//! `gc --repack`: every live object is written again into new packs, those
+//! that have an older version stored as zstd deltas against it.
+//!
+//! Snapshots are walked oldest to newest; each is paired with its first
+//! parent (or, without one in the store, the snapshot before it), and the
+//! objects at the same place in both — changed directory-map and row-map
+//! nodes, the chunks of a changed file by position
+//! ([`crate::transfer::same_place_pairs`]) — give each new object its
+//! candidate base. Along a line of versions the chains form a hierarchy
+//! (see [`target_depth`]): the base is the first object on the older
+//! version's chain that is shallower than the depth aimed at, so each delta
+//! is against a version a few steps older at most. A delta is kept only
+//! when it is under [`KEEP_RATIO_PERCENT`] of the object as stored alone,
+//! and only against a base already written in this repack: chains form no
+//! cycle and reading any object decodes at most [`MAX_CHAIN_RECORDS`]
+//! records. Objects stored alone are compressed again at
+//! [`REPACK_WHOLE_LEVEL`] when that is smaller. The rest of the live objects are then
+//! copied as they are (a delta of an earlier repack that was not chosen
+//! again is stored whole). Memory: the set of live ids and, per id, its
+//! chain depth and base; objects are read one at a time.
+//!
+//! Crash safety is gc's: the new packs and their indexes are durable before
+//! the first old pack goes (see [`super::gc`]); an interrupted repack leaves
+//! the old packs, and every object, in place.
+
+use crate::error::{Result, SyncError};
+use crate::id::{IdMap, IdSet, ObjectId, ObjectType};
+use crate::pack::{FLAG_DELTA, FLAG_DICT, MAX_CHAIN_RECORDS, StoredObject, make_delta, prepare};
+use crate::progress::Progress;
+use crate::store::{FORMAT_DELTA, Store, WriteSession};
+
+/// A delta is stored only when it takes under this share (percent) of the
+/// object's bytes as stored alone.
+pub const KEEP_RATIO_PERCENT: u64 = 80;
+/// zstd level of stored deltas.
+pub const REPACK_DELTA_LEVEL: i32 = 12;
+/// zstd level objects stored alone are compressed again with (kept when
+/// smaller than their record): a repack is rare, reads do not slow down.
+pub const REPACK_WHOLE_LEVEL: i32 = 19;
+/// The deepest chain a repack makes: a delta of depth `d` decodes `d + 1`
+/// records.
+const MAX_DEPTH: u8 = (MAX_CHAIN_RECORDS - 1) as u8;
+
+/// What a repack did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RepackStats {
+    /// Live objects written.
+    pub objects: usize,
+    /// Of them, stored as deltas.
+    pub deltas: usize,
+    /// Their bytes as stored before (live objects' records).
+    pub bytes_before: u64,
+    /// Their bytes as stored after.
+    pub bytes_after: u64,
+}
+
+/// How an object was written.
+#[derive(Debug, Clone, Copy)]
+struct Done {
+    depth: u8,
+    base: ObjectId,
+    /// 0 for an object without an older version; else its older version's
+    /// plus one.
+    seq: u32,
+}
+
+/// The chain depth a delta of version `seq` of a line of versions aims at:
+/// a hierarchy (every 64th version whole, every 16th at depth 1, every 4th
+/// at depth 2, the others at depth 3 against the nearest of those) keeps
+/// every delta against a version at most a few steps older, where a single
+/// chain cut at depth 3 would have the later versions drift further and
+/// further from their base.
+fn target_depth(seq: u32) -> u8 {
+    if seq.is_multiple_of(64) {
+        0
+    } else if seq.is_multiple_of(16) {
+        1
+    } else if seq.is_multiple_of(4) {
+        2
+    } else {
+        MAX_DEPTH
+    }
+}
+
+struct Repacker<'a, 's> {
+    store: &'s Store,
+    w: &'a WriteSession<'s>,
+    live: &'a IdSet,
+    /// Written objects: (chain depth, base (the object itself when
+    /// whole), version number along its line of older versions).
+    done: IdMap<Done>,
+    level: i32,
+    stats: RepackStats,
+    /// Whether `store.toml` already says format 3.
+    format_ok: bool,
+}
+
+impl Repacker<'_, '_> {
+    /// The object's bytes, and its record as stored alone (a stored delta
+    /// is compressed again).
+    fn read_alone(&self, id: &ObjectId) -> Result<(StoredObject, Vec<u8>)> {
+        let (loc, payload) = self.store.read_record(id)?;
+        let bytes = self
+            .store
+            .unpack(loc.tag, id, loc.flags, u64::from(loc.ulen), &payload)?;
+        let mut obj = if loc.flags == FLAG_DELTA {
+            prepare(loc.tag, *id, &bytes, self.level)
+        } else {
+            StoredObject {
+                tag: loc.tag,
+                id: *id,
+                flags: loc.flags,
+                ulen: loc.ulen,
+                payload,
+            }
+        };
+        if self.level > 0 && bytes.len() >= 64 {
+            let better = if obj.flags == FLAG_DICT {
+                // With the same dictionary, at a higher level.
+                let did = crate::dict::payload_dict(&obj.payload);
+                did.and_then(|did| {
+                    let d = self.store.dictionary(&did).ok()?;
+                    crate::dict::compress(&did, &d, &bytes, REPACK_WHOLE_LEVEL)
+                        .map(|p| (FLAG_DICT, p))
+                })
+            } else {
+                Some(crate::pack::compress(&bytes, REPACK_WHOLE_LEVEL))
+            };
+            if let Some((flags, payload)) = better
+                && payload.len() < obj.payload.len()
+            {
+                obj.flags = flags;
+                obj.payload = payload;
+            }
+        }
+        Ok((obj, bytes))
+    }
+
+    fn put(
+        &mut self,
+        obj: StoredObject,
+        depth: u8,
+        base: ObjectId,
+        seq: u32,
+        before: u64,
+    ) -> Result<()> {
+        self.stats.objects += 1;
+        self.stats.bytes_before += before;
+        self.stats.bytes_after += obj.payload.len() as u64;
+        if depth > 0 {
+            self.stats.deltas += 1;
+        }
+        self.done.insert(obj.id, Done { depth, base, seq });
+        self.w.put_stored(obj)?;
+        Ok(())
+    }
+
+    /// Writes `id` as it is stored (whole), unless already written.
+    fn whole(&mut self, id: &ObjectId) -> Result<()> {
+        if self.done.contains_key(id) {
+            return Ok(());
+        }
+        let before = self.store.location(id).map_or(0, |l| u64::from(l.clen));
+        let (obj, _) = self.read_alone(id)?;
+        self.put(obj, 0, *id, 0, before)
+    }
+
+    /// Writes `x` as a delta against `y` (or a base on `y`'s chain) when
+    /// that saves enough, else whole.
+    fn delta(&mut self, x: &ObjectId, y: &ObjectId) -> Result<()> {
+        if x == y || self.done.contains_key(x) || !self.live.contains(x) || !self.live.contains(y) {
+            return Ok(());
+        }
+        let (Some(lx), Some(ly)) = (self.store.location(x), self.store.location(y)) else {
+            return Ok(());
+        };
+        if lx.tag != ly.tag || lx.tag == ObjectType::Dict {
+            return Ok(());
+        }
+        self.whole(y)?;
+        let Some(&prev) = self.done.get(y) else {
+            return Err(SyncError::Invalid(format!(
+                "repack: {} was not written before its delta",
+                y.short()
+            )));
+        };
+        let seq = prev.seq.saturating_add(1);
+        let want = target_depth(seq);
+        // The base: the first object on `y`'s chain (`y`, its base, …)
+        // shallower than the depth aimed at (depths fall along a chain).
+        let mut base = *y;
+        let mut at = prev;
+        while want > 0 && at.depth >= want && at.base != base {
+            base = at.base;
+            at = match self.done.get(&base) {
+                Some(d) => *d,
+                None => {
+                    return Err(SyncError::Invalid(format!(
+                        "repack: {} was not written before its delta",
+                        base.short()
+                    )));
+                }
+            };
+        }
+        let depth = at.depth;
+        let before = u64::from(lx.clen);
+        let (alone, bytes) = self.read_alone(x)?;
+        if alone.payload.len() < 64 || want == 0 || depth >= want {
+            return self.put(alone, 0, *x, seq, before);
+        }
+        let btag = self.store.location(&base).map_or(lx.tag, |l| l.tag);
+        let base_bytes = crate::object::ObjectSource::get(self.store, btag, &base)?;
+        let keep = match make_delta(&bytes, &base, &base_bytes, REPACK_DELTA_LEVEL) {
+            Some(d)
+                if (d.len() as u64) * 100 < (alone.payload.len() as u64) * KEEP_RATIO_PERCENT =>
+            {
+                Some(d)
+            }
+            _ => None,
+        };
+        match keep {
+            Some(d) => {
+                if !self.format_ok {
+                    // Before the first delta record is written.
+                    self.store.ensure_format(FORMAT_DELTA)?;
+                    self.format_ok = true;
+                }
+                let obj = StoredObject {
+                    tag: lx.tag,
+                    id: *x,
+                    flags: FLAG_DELTA,
+                    ulen: lx.ulen,
+                    payload: d,
+                };
+                self.put(obj, depth + 1, base, seq, before)
+            }
+            None => self.put(alone, 0, *x, seq, before),
+        }
+    }
+}
+
+/// Writes every live object (`order`: the live ids, pack by pack) into
+/// new packs through `w`, with deltas where they pay; the caller finishes
+/// the session and then deletes the old packs.
+pub(crate) fn repack(
+    store: &Store,
+    w: &WriteSession<'_>,
+    live: &IdSet,
+    order: &[(ObjectId, Vec<ObjectId>)],
+    progress: &dyn Progress,
+) -> Result<RepackStats> {
+    let mut r = Repacker {
+        store,
+        w,
+        live,
+        done: IdMap::default(),
+        level: store.config().compression_level,
+        stats: RepackStats::default(),
+        format_ok: store.format() >= FORMAT_DELTA,
+    };
+    // The live snapshots, oldest first.
+    let mut snaps: Vec<(i64, u32, ObjectId, Option<ObjectId>)> = Vec::new();
+    for id in live {
+        if store
+            .location(id)
+            .is_some_and(|l| l.tag == ObjectType::Snapshot)
+        {
+            let s = crate::names::load_snapshot(store, id)?;
+            snaps.push((s.time.secs, s.time.nanos, *id, s.parents.first().copied()));
+        }
+    }
+    snaps.sort();
+    let known: IdSet = snaps.iter().map(|s| s.2).collect();
+    progress.set_total(live.len() as u64, 0);
+    let mut shown = 0usize;
+    let mut tick = |n: usize| {
+        progress.add((n - shown) as u64, 0);
+        shown = n;
+    };
+    for i in 0..snaps.len() {
+        if progress.interrupted() {
+            return Err(SyncError::Interrupted);
+        }
+        let (_, _, id, parent) = snaps[i];
+        let prev = match parent {
+            Some(p) if known.contains(&p) => Some(p),
+            _ if i > 0 => Some(snaps[i - 1].2),
+            _ => None,
+        };
+        let Some(prev) = prev else { continue };
+        let mut pairs: Vec<(ObjectId, ObjectId)> =
+            crate::transfer::same_place_pairs(store, &prev, &id)?
+                .into_iter()
+                .collect();
+        pairs.sort_unstable();
+        for (x, y) in pairs {
+            r.delta(&x, &y)?;
+        }
+        tick(r.done.len());
+    }
+    for (_, ids) in order {
+        for id in ids {
+            if progress.interrupted() {
+                return Err(SyncError::Interrupted);
+            }
+            r.whole(id)?;
+        }
+        tick(r.done.len());
+    }
+    Ok(r.stats)
+}
