@@ -165,8 +165,8 @@ pub fn remember(id: ObjectId, d: Arc<Dictionary>) -> bool {
 }
 
 thread_local! {
-    static ENC: RefCell<Option<(ObjectId, i32, zstd::bulk::Compressor<'static>)>> =
-        const { RefCell::new(None) };
+    static ENC: RefCell<Vec<(ObjectId, i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(Vec::new()) };
     static DEC: RefCell<Vec<(ObjectId, zstd::bulk::Decompressor<'static>)>> =
         const { RefCell::new(Vec::new()) };
 }
@@ -183,18 +183,25 @@ pub fn payload_dict(payload: &[u8]) -> Option<ObjectId> {
 /// `FLAG_DICT` payload (dictionary id, then one zstd frame without a
 /// dictionary id field), or None when zstd fails.
 pub fn compress(dict_id: &ObjectId, dict: &Dictionary, data: &[u8], level: i32) -> Option<Vec<u8>> {
+    // A context per (dictionary, level), most recent first: loading a
+    // dictionary builds its tables, so a thread that alternates levels (a
+    // repack: the store's level and a higher one) keeps both.
     ENC.with(|e| {
         let mut e = e.borrow_mut();
-        if e.as_ref()
-            .is_none_or(|(id, l, _)| id != dict_id || *l != level)
-        {
-            *e = None;
-            let mut c = zstd::bulk::Compressor::with_dictionary(level, &dict.content).ok()?;
-            c.set_parameter(zstd::zstd_safe::CParameter::DictIdFlag(false))
-                .ok()?;
-            *e = Some((*dict_id, level, c));
+        match e.iter().position(|(id, l, _)| id == dict_id && *l == level) {
+            Some(i) => {
+                let hit = e.remove(i);
+                e.insert(0, hit);
+            }
+            None => {
+                let mut c = zstd::bulk::Compressor::with_dictionary(level, &dict.content).ok()?;
+                c.set_parameter(zstd::zstd_safe::CParameter::DictIdFlag(false))
+                    .ok()?;
+                e.insert(0, (*dict_id, level, c));
+                e.truncate(4);
+            }
         }
-        let (_, _, c) = e.as_mut()?;
+        let (_, _, c) = e.first_mut()?;
         let frame = c.compress(data).ok()?;
         let mut out = Vec::with_capacity(32 + frame.len());
         out.extend_from_slice(&dict_id.0);

@@ -169,8 +169,13 @@ pub fn delta_base(payload: &[u8]) -> Option<ObjectId> {
 /// Encodes `data` as a delta against `base` (a `FLAG_DELTA` payload), or
 /// None when zstd fails.
 pub fn make_delta(data: &[u8], base_id: &ObjectId, base: &[u8], level: i32) -> Option<Vec<u8>> {
-    let mut c = zstd::bulk::Compressor::with_dictionary(level, base).ok()?;
-    let frame = c.compress(data).ok()?;
+    // One call with both sizes known: zstd sizes its tables for this
+    // object and base (loading the base as a dictionary first would size
+    // them for the level alone, megabytes per delta at high levels).
+    let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
+    zstd::zstd_safe::CCtx::create()
+        .compress_using_dict(&mut frame, data, base, level)
+        .ok()?;
     let mut out = Vec::with_capacity(32 + frame.len());
     out.extend_from_slice(&base_id.0);
     out.extend_from_slice(&frame);

@@ -265,7 +265,7 @@ fn gc_repack_killed_at_random_moments_loses_nothing() {
         for f in 0..25u64 {
             std::fs::write(
                 w.join(format!("data/t{f:02}.txt")),
-                text_file(2500 + f as usize * 50, f, round),
+                text_file(600 + f as usize * 12, f, round),
             )
             .unwrap();
         }
