@@ -838,7 +838,17 @@ impl Store {
                     self.decode_chain(btag, &base, bflags, bulen, &bpayload, records + 1, local)
                 })
                 .map_err(|e| {
-                    crate::object::corrupt(tag, id, format!("its delta base {}: {e}", base.short()))
+                    // Only the object asked for names its base: a chain's
+                    // inner links would repeat every id on it.
+                    if records > 0 {
+                        e
+                    } else {
+                        crate::object::corrupt(
+                            tag,
+                            id,
+                            format!("its delta base {}: {e}", base.short()),
+                        )
+                    }
                 })?;
             return unpack_delta(tag, id, ulen, payload, &base_bytes);
         }
