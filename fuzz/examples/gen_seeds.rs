@@ -1,6 +1,11 @@
 //! Writes a few valid encodings for each fuzz target into `fuzz/seeds/<target>/`
 //! (run from `fuzz/`: `cargo run --example gen_seeds`). The seeds give the
 //! fuzzer a start past the magic numbers and checksums.
+//!
+//! `cargo run --example gen_seeds -- --from-store DIR` adds seeds taken from
+//! a real store instead: up to 8 objects of each kind (tree and row-map
+//! nodes, chunk lists, snapshots, tables, dictionaries) and its smallest
+//! pack and index files, named by object id.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,7 +45,58 @@ fn id(s: &str) -> ObjectId {
     ObjectId::compute(ObjectType::Chunk, s.as_bytes())
 }
 
+/// Seeds from a real store (`--from-store DIR`).
+fn from_store(dir: &Path) {
+    use systemprompt_sync::object::ObjectSource;
+    use systemprompt_sync::{LockMode, Store};
+    let store = Store::open(dir, LockMode::Shared).expect("open the store");
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut objects = store.all_objects();
+    objects.sort_by_key(|(_, loc)| loc.ulen);
+    for (id, loc) in objects {
+        let target = match loc.tag {
+            ObjectType::Tree | ObjectType::Rows => "pmap_node",
+            ObjectType::List => "list_node",
+            ObjectType::Snapshot => "snapshot",
+            ObjectType::Table => "table_object",
+            ObjectType::Chunk | ObjectType::Dict => continue,
+        };
+        let n = counts.entry(target).or_default();
+        if *n >= 8 {
+            continue;
+        }
+        *n += 1;
+        let bytes = store.get(loc.tag, &id).expect("read an object");
+        write(target, &format!("store-{}", &id.to_string()[..16]), &bytes);
+    }
+    let (packs, _) = store.list_pack_files().expect("list packs");
+    let mut files: Vec<_> = packs
+        .iter()
+        .map(|p| (store.pack_path(p), store.idx_path(p)))
+        .filter_map(|(pack, idx)| Some((std::fs::metadata(&pack).ok()?.len(), pack, idx)))
+        .collect();
+    files.sort();
+    for (_, pack, idx) in files.into_iter().take(2) {
+        let name = pack.file_stem().unwrap().to_string_lossy()[..16].to_string();
+        if let Ok(b) = std::fs::read(&pack) {
+            if b.len() <= 1 << 20 {
+                write("pack_stream", &format!("store-{name}"), &b);
+            }
+        }
+        if let Ok(b) = std::fs::read(&idx) {
+            write("pack_index", &format!("store-{name}"), &b);
+        }
+    }
+    println!("seeds from {} written: {counts:?}", dir.display());
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, dir] = args.as_slice() {
+        if flag == "--from-store" {
+            return from_store(Path::new(dir));
+        }
+    }
     // Prolly-map nodes: a one-leaf map, and the nodes of a map big enough to
     // have internal nodes.
     let small = Capture::default();
