@@ -284,6 +284,43 @@ fn examples() -> Vec<Example> {
     })
     .unwrap();
     let (delta_pack, _) = w.finish().unwrap();
+    // A snapshot without a file tree (root flag 0): the record a cache
+    // restore writes (§8.2).
+    let no_files = Snapshot {
+        time: Timestamp {
+            secs: 1_764_000_000,
+            nanos: 0,
+        },
+        host: "example".into(),
+        message: "cache restore k".into(),
+        meta: BTreeMap::from([("cache.key".to_string(), "k".to_string())]),
+        ..Default::default()
+    };
+    // A view with an INSTEAD OF trigger: extras belong to views too.
+    let view = TableObject {
+        engine: Default::default(),
+        name: "names".into(),
+        sql: "CREATE VIEW names AS SELECT name FROM users".into(),
+        ordinal: 3,
+        table: None,
+        extras: vec![Extra {
+            kind: ExtraKind::Trigger,
+            name: "names_ins".into(),
+            ordinal: 4,
+            sql: "CREATE TRIGGER names_ins INSTEAD OF INSERT ON names BEGIN INSERT INTO users(name) VALUES (new.name); END".into(),
+        }],
+    };
+    // A pack record stored compressed (flags 1): 100 bytes that zstd
+    // level 3 shrinks by more than floor(100 / 32) = 3 bytes.
+    let text = b"the quick brown fox jumps over the lazy dog; ".repeat(2);
+    let text = [&text[..], b"and done.\n"].concat();
+    assert_eq!(text.len(), 100);
+    let text_id = ObjectId::compute(ObjectType::Chunk, &text);
+    let mut w = PackWriter::new(Vec::new()).unwrap();
+    let rec = prepare(ObjectType::Chunk, text_id, &text, 3);
+    assert_eq!(rec.flags, systemprompt_sync::pack::FLAG_ZSTD);
+    w.add(&rec).unwrap();
+    let (zstd_pack, _) = w.finish().unwrap();
     vec![
         Example {
             name: "chunk",
@@ -369,6 +406,26 @@ fn examples() -> Vec<Example> {
             name: "delta-pack",
             tag: None,
             bytes: delta_pack,
+        },
+        Example {
+            name: "empty-tree",
+            tag: Some(ObjectType::Tree),
+            bytes: systemprompt_sync::pmap::empty_map_bytes(),
+        },
+        Example {
+            name: "snapshot-no-files",
+            tag: Some(ObjectType::Snapshot),
+            bytes: no_files.encode(),
+        },
+        Example {
+            name: "view",
+            tag: Some(ObjectType::Table),
+            bytes: view.encode(),
+        },
+        Example {
+            name: "zstd-pack",
+            tag: None,
+            bytes: zstd_pack,
         },
         Example {
             name: "bundle",
@@ -626,7 +683,267 @@ fn spec_examples_decode_and_match_the_encoders() {
                     h.to_hex()
                 );
             }
+            "empty-tree" => {
+                let n = Node::decode(bytes.clone()).unwrap();
+                assert_eq!((n.level, n.len()), (0, 0));
+            }
+            "snapshot-no-files" => {
+                use systemprompt_sync::deploy::{WatchSet, watched_hash};
+                use systemprompt_sync::diff::diff_trees_vec;
+                use systemprompt_sync::object::{MemStore, ObjectSink};
+                let s = Snapshot::decode(bytes).unwrap();
+                assert_eq!(&s.encode(), bytes);
+                assert_eq!((s.root, s.files, s.bytes), (None, 0, 0));
+                // Flag 0 reads exactly as a root that is the empty map.
+                let mem = MemStore::new(true);
+                let empty = &blocks.iter().find(|b| b.0 == "empty-tree").unwrap().1;
+                let empty_id = mem.put(ObjectType::Tree, empty).unwrap();
+                let with_empty = Snapshot {
+                    root: Some(empty_id),
+                    ..s.clone()
+                };
+                assert_ne!(with_empty.id(), s.id(), "two objects");
+                assert!(
+                    diff_trees_vec(&mem, s.root.as_ref(), Some(&empty_id))
+                        .unwrap()
+                        .is_empty()
+                );
+                let watch = WatchSet::new(&["**".into()]).unwrap();
+                assert_eq!(
+                    watched_hash(&mem, &s, &watch, &[]).unwrap().0,
+                    watched_hash(&mem, &with_empty, &watch, &[]).unwrap().0
+                );
+                // Any other flag is refused.
+                // After the flag: files, bytes, tables (00 each), one meta
+                // entry (01, 09 "cache.key", 01 "k").
+                let at = bytes.len() - (3 + 1 + (1 + 9) + (1 + 1)) - 1;
+                assert_eq!(bytes[at], 0, "the root flag");
+                let mut bad = bytes.clone();
+                bad[at] = 2;
+                assert!(Snapshot::decode(&bad).is_err());
+            }
+            "view" => {
+                let t = TableObject::decode(bytes).unwrap();
+                assert_eq!(&t.encode(), bytes);
+                assert!(t.table.is_none());
+                assert_eq!(t.extras[0].kind, ExtraKind::Trigger);
+                assert_eq!(t.extras[0].ordinal, 4);
+            }
+            "zstd-pack" => {
+                use systemprompt_sync::pack::FLAG_ZSTD;
+                let mut r = PackReader::new(&bytes[..], "spec").unwrap();
+                let rec = r.next_record().unwrap().unwrap();
+                assert_eq!(rec.flags, FLAG_ZSTD);
+                assert_eq!(rec.ulen, 100);
+                // Compressed because it saves more than floor(ulen / 32).
+                assert!(rec.payload.len() as u64 + rec.ulen / 32 < rec.ulen);
+                let data = rec.verify().unwrap();
+                assert!(data.ends_with(b"and done.\n"));
+                assert!(r.next_record().unwrap().is_none());
+                r.expect_eof().unwrap();
+            }
             other => panic!("unknown example {other}"),
         }
+    }
+}
+
+/// The values of the spec's "```spgear NAME" block (Appendix A).
+fn spec_table(name: &str) -> Vec<u64> {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("store-format.md"))
+            .unwrap();
+    let open = format!("```spgear {name}");
+    let mut lines = text.lines().skip_while(|l| l.trim() != open);
+    assert!(
+        lines.next().is_some(),
+        "store-format.md has no {open} block"
+    );
+    let mut out = Vec::new();
+    for line in lines.take_while(|l| !l.starts_with("```")) {
+        for word in line.split_whitespace() {
+            let hex = word.strip_prefix("0x").expect("0x-prefixed values");
+            assert_eq!(hex.len(), 16, "{name}: {word} is not 64 bits in hex");
+            out.push(u64::from_str_radix(hex, 16).expect("hex"));
+        }
+    }
+    out
+}
+
+#[test]
+fn appendix_tables_are_the_ones_the_chunker_uses() {
+    let gear = spec_table("gear");
+    let gear_ls = spec_table("gear_ls");
+    let masks = spec_table("masks");
+    assert_eq!(gear.len(), 256);
+    assert_eq!(gear_ls.len(), 256);
+    assert_eq!(masks.len(), 26);
+    // What fastcdc::v2020::cut uses: seed 0 gives its default tables.
+    let (g, gl) = fastcdc::v2020::get_gear_with_seed(0);
+    assert_eq!(&gear[..], &g[..], "Appendix A's GEAR");
+    assert_eq!(&gear_ls[..], &gl[..], "Appendix A's GEAR_LS");
+    assert_eq!(&masks[..], &fastcdc::v2020::MASKS[..], "Appendix A's MASKS");
+    for (a, b) in gear.iter().zip(&gear_ls) {
+        assert_eq!(a << 1, *b, "GEAR_LS is GEAR shifted left one bit");
+    }
+}
+
+/// A chunker written from §4 of the spec and Appendix A alone.
+struct SpecChunker {
+    min: usize,
+    avg: usize,
+    max: usize,
+    mask_s: u64,
+    mask_l: u64,
+    gear: Vec<u64>,
+    gear_ls: Vec<u64>,
+}
+
+impl SpecChunker {
+    fn new(min: usize, avg: usize, max: usize, normalization: usize) -> SpecChunker {
+        let masks = spec_table("masks");
+        let bits = (avg as f64).log2().round() as usize;
+        SpecChunker {
+            min,
+            avg,
+            max,
+            mask_s: masks[bits + normalization],
+            mask_l: masks[bits - normalization],
+            gear: spec_table("gear"),
+            gear_ls: spec_table("gear_ls"),
+        }
+    }
+
+    fn cut(&self, src: &[u8]) -> usize {
+        if src.len() <= self.min {
+            return src.len();
+        }
+        let remaining = src.len().min(self.max);
+        let center = if src.len() < self.avg {
+            src.len()
+        } else {
+            self.avg
+        };
+        let mut hash: u64 = 0;
+        let mut i = self.min / 2;
+        for (limit, mask) in [(center / 2, self.mask_s), (remaining / 2, self.mask_l)] {
+            while i < limit {
+                let a = 2 * i;
+                hash = (hash << 2).wrapping_add(self.gear_ls[usize::from(src[a])]);
+                if hash & (mask << 1) == 0 {
+                    return a;
+                }
+                hash = hash.wrapping_add(self.gear[usize::from(src[a + 1])]);
+                if hash & mask == 0 {
+                    return a + 1;
+                }
+                i += 1;
+            }
+        }
+        remaining
+    }
+
+    fn cut_all(&self, mut data: &[u8]) -> Vec<usize> {
+        let mut out = Vec::new();
+        while !data.is_empty() {
+            let n = self.cut(data);
+            out.push(n);
+            data = &data[n..];
+        }
+        out
+    }
+}
+
+/// `n` pseudo-random bytes (xorshift64*), the same on every run.
+fn noise(n: usize, mut x: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_chunker_written_from_the_spec_cuts_as_sp_sync_does() {
+    use systemprompt_sync::chunker::{Chunker, ChunkerConfig};
+    let v1 = ChunkerConfig::default();
+    assert_eq!(
+        (v1.min, v1.avg, v1.max, v1.normalization),
+        (131_072, 262_144, 2_097_152, 1),
+        "§4's version-1 parameters"
+    );
+    let configs = [
+        v1,
+        ChunkerConfig {
+            min: 2048,
+            avg: 8192,
+            max: 65_536,
+            normalization: 1,
+            ..ChunkerConfig::default()
+        },
+        ChunkerConfig {
+            min: 64,
+            avg: 256,
+            max: 1024,
+            normalization: 3,
+            ..ChunkerConfig::default()
+        },
+        ChunkerConfig {
+            min: 1000,
+            avg: 3000,
+            max: 9000,
+            normalization: 0,
+            ..ChunkerConfig::default()
+        },
+        ChunkerConfig {
+            min: 4096,
+            avg: 16_384,
+            max: 131_072,
+            normalization: 2,
+            ..ChunkerConfig::default()
+        },
+    ];
+    for (i, cfg) in configs.iter().enumerate() {
+        let lib = Chunker::new(cfg);
+        let spec = SpecChunker::new(
+            cfg.min as usize,
+            cfg.avg as usize,
+            cfg.max as usize,
+            cfg.normalization as usize,
+        );
+        // Enough random input for dozens of chunks, an odd length, a run
+        // of zeros (no cut point: chunks of max), and text.
+        let n = (cfg.max as usize) * 24 + 1;
+        let mut data = noise(n, 0x9e37_79b9_7f4a_7c15 + i as u64);
+        data.extend(std::iter::repeat_n(0u8, cfg.max as usize * 3 + 7));
+        data.extend(b"hello, world\n".repeat(cfg.max as usize / 4));
+        data.extend(noise(cfg.min as usize * 3 + 1, 7));
+        let want = lib.cut_all(&data);
+        let got = spec.cut_all(&data);
+        assert_eq!(got, want, "config {cfg:?}");
+        // The cut points fall before and after the average (both masks).
+        let body = &got[..got.len() - 1];
+        assert!(body.len() >= 20, "{cfg:?}: {} chunks", got.len());
+        assert!(
+            body.iter()
+                .all(|&c| c >= cfg.min as usize && c <= cfg.max as usize)
+        );
+        assert!(body.iter().any(|&c| c < cfg.avg as usize), "{cfg:?}");
+        assert!(
+            body.iter()
+                .any(|&c| c > cfg.avg as usize && c < cfg.max as usize),
+            "{cfg:?}"
+        );
+        assert!(body.contains(&(cfg.max as usize)), "{cfg:?}");
+        // And reading in buffers cuts the same chunks.
+        let mut streamed = Vec::new();
+        lib.stream(&mut &data[..], 0, |_, cuts| {
+            streamed.extend_from_slice(cuts);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(streamed, want, "streamed, {cfg:?}");
     }
 }
