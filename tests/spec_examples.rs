@@ -947,3 +947,232 @@ fn a_chunker_written_from_the_spec_cuts_as_sp_sync_does() {
         assert_eq!(streamed, want, "streamed, {cfg:?}");
     }
 }
+
+/// §3.6 against a real SQLite database: ordinals count every
+/// `sqlite_schema` row with SQL from 0 (`sqlite_sequence` included,
+/// automatic indexes not), extras are the indexes and triggers whose
+/// `tbl_name` is the object (a view's `INSTEAD OF` trigger too), and both
+/// kinds of generated columns are left out of `columns` and of the rows.
+#[test]
+fn sqlite_schema_entries_are_read_as_section_3_6_says() {
+    use systemprompt_sync::chunker::{Chunker, ChunkerConfig};
+    use systemprompt_sync::db::{DbSource, scan};
+    use systemprompt_sync::object::{MemStore, ObjectSource};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY AUTOINCREMENT, a TEXT,
+             v INT GENERATED ALWAYS AS (length(a)) VIRTUAL,
+             s INT GENERATED ALWAYS AS (id * 2) STORED);
+         CREATE TABLE u(k TEXT PRIMARY KEY, b);
+         CREATE INDEX t_a ON t(a);
+         CREATE VIEW w AS SELECT a FROM t;
+         CREATE TRIGGER w_ins INSTEAD OF INSERT ON w BEGIN INSERT INTO t(a) VALUES (new.a); END;
+         INSERT INTO t(a) VALUES ('hello');
+         INSERT INTO u VALUES ('x', 1);",
+    )
+    .unwrap();
+    let schema: Vec<(String, Option<String>)> = c
+        .prepare("SELECT name, sql FROM sqlite_schema ORDER BY rowid")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    // t, sqlite_sequence, u's automatic index (no SQL), u, t_a, w, w_ins.
+    let names: Vec<&str> = schema.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "t",
+            "sqlite_sequence",
+            "u",
+            "sqlite_autoindex_u_1",
+            "t_a",
+            "w",
+            "w_ins"
+        ]
+    );
+    assert!(schema[3].1.is_none());
+    drop(c);
+    let mem = MemStore::new(true);
+    let chunker = Chunker::new(&ChunkerConfig::default());
+    let src = DbSource {
+        path: path.clone(),
+        tables: Vec::new(),
+    };
+    let res = scan(&src, &mem, &chunker, &NoProgress).unwrap();
+    assert_eq!(
+        res.objects.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["t", "u", "w"],
+        "no object for sqlite_sequence"
+    );
+    let load = |n: &str| {
+        TableObject::decode(&mem.get(ObjectType::Table, &res.objects[n]).unwrap()).unwrap()
+    };
+    let t = load("t");
+    assert_eq!(t.ordinal, 0);
+    let td = t.table.as_ref().unwrap();
+    let cols: Vec<&str> = td.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        cols,
+        ["id", "a"],
+        "VIRTUAL and STORED generated columns left out"
+    );
+    assert_eq!(
+        (td.flags, td.key.clone(), td.sequence),
+        (0, vec![0], Some(1))
+    );
+    assert_eq!(
+        t.extras
+            .iter()
+            .map(|e| (e.kind, e.name.as_str(), e.ordinal))
+            .collect::<Vec<_>>(),
+        [(ExtraKind::Index, "t_a", 3)]
+    );
+    // The row holds the stored columns only: (1, 'hello').
+    let leaf = Node::decode(mem.get(ObjectType::Rows, &td.root).unwrap()).unwrap();
+    assert_eq!(
+        decode_row(leaf.value(0)).unwrap(),
+        [
+            Cell::Value(Value::Integer(1)),
+            Cell::Value(Value::Text(b"hello".to_vec()))
+        ]
+    );
+    let u = load("u");
+    // sqlite_sequence counted (1), the automatic index not.
+    assert_eq!(u.ordinal, 2);
+    let ud = u.table.as_ref().unwrap();
+    assert_eq!(
+        (ud.flags, ud.key.clone(), ud.sequence),
+        (0x02, vec![0], None)
+    );
+    assert!(u.extras.is_empty(), "automatic indexes are not kept");
+    let w = load("w");
+    assert_eq!(w.ordinal, 4);
+    assert!(w.table.is_none());
+    assert_eq!(
+        w.extras
+            .iter()
+            .map(|e| (e.kind, e.name.as_str(), e.ordinal))
+            .collect::<Vec<_>>(),
+        [(ExtraKind::Trigger, "w_ins", 5)]
+    );
+}
+
+/// §3.4 and §3.5 against a real walk: `files` counts regular files and
+/// symlinks, `bytes` the regular files' sizes only; a FIFO and a socket
+/// leave no entry (and no `skipped` record); two hard links to one file are
+/// two ordinary entries; an empty directory's snapshot has the empty map
+/// (root flag 1) as its root.
+#[test]
+fn a_snapshot_records_what_sections_3_4_and_3_5_say() {
+    use systemprompt_sync::object::ObjectSource;
+    use systemprompt_sync::pmap::MapIter;
+    use systemprompt_sync::snapshot::{SnapshotOptions, snapshot};
+    use systemprompt_sync::store::{LockMode, Store};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("empty")).unwrap();
+    std::fs::write(src.join("a"), b"hello").unwrap();
+    std::fs::hard_link(src.join("a"), src.join("b")).unwrap();
+    std::os::unix::fs::symlink("a-long-target", src.join("link")).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(src.join("pipe"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _sock = std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap();
+    let dir = tmp.path().join("store");
+    Store::init(&dir).unwrap();
+    let mut store = Store::open(&dir, LockMode::Shared).unwrap();
+    store.set_cache_dir(tmp.path().join("cache"));
+    let take = |path: &Path, store: &Store| {
+        let opts = SnapshotOptions {
+            sources: vec![path.to_path_buf()],
+            ref_name: String::new(),
+            ..Default::default()
+        };
+        let r = snapshot(store, &opts, &NoProgress).unwrap();
+        Snapshot::decode(&store.get(ObjectType::Snapshot, &r.id).unwrap()).unwrap()
+    };
+    let s = take(&src, &store);
+    assert_eq!(s.files, 3, "a, b and link");
+    assert_eq!(s.bytes, 10, "a and b; the symlink counts 0");
+    assert!(
+        s.skipped.is_empty(),
+        "special files are not `skipped` records"
+    );
+    let root = s.root.expect("root flag 1");
+    let entries: Vec<(Vec<u8>, Entry)> = MapIter::new(&store, ObjectType::Tree, root)
+        .map(|e| {
+            let (k, v) = e.unwrap();
+            (k, Entry::decode(&v).unwrap())
+        })
+        .collect();
+    let names: Vec<&[u8]> = entries.iter().map(|(k, _)| k.as_slice()).collect();
+    assert_eq!(names, [&b"a"[..], b"b", b"empty", b"link"]);
+    assert_eq!(
+        entries[0].1.kind, entries[1].1.kind,
+        "hard links: two files"
+    );
+    assert!(matches!(entries[1].1.kind, EntryKind::File { size: 5, .. }));
+    // §10: the stat cache is named after the canonicalized source path
+    // (each followed by NUL), so the same directory reached through a
+    // symlink uses the same cache file.
+    let stat_dir = tmp.path().join("cache").join("stat");
+    let canon = std::fs::canonicalize(&src).unwrap();
+    let mut key = canon.as_os_str().as_encoded_bytes().to_vec();
+    key.push(0);
+    let name = hex(&blake3::hash(&key).as_bytes()[..16]);
+    let cached = || {
+        let mut v: Vec<String> = std::fs::read_dir(&stat_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(cached(), std::slice::from_ref(&name));
+    let file = std::fs::read(stat_dir.join(&name)).unwrap();
+    assert_eq!(&file[..9], b"SPSYNCSC\x01");
+    std::os::unix::fs::symlink(&src, tmp.path().join("alias")).unwrap();
+    take(&tmp.path().join("alias"), &store);
+    assert_eq!(cached(), [name], "the same cache through a symlink");
+    // An empty directory: the empty map, not root flag 0.
+    let e = take(&src.join("empty"), &store);
+    assert_eq!(
+        e.root,
+        Some(ObjectId::compute(ObjectType::Tree, &[1, 0, 0])),
+        "the empty map"
+    );
+    assert_eq!((e.files, e.bytes), (0, 0));
+}
+
+proptest::proptest! {
+    /// §6's raw-or-compressed rule, exactly: raw under 64 bytes, at level 0,
+    /// or when zstd does not save more than floor(ulen / 32) bytes.
+    #[test]
+    fn records_are_raw_exactly_when_section_6_says(
+        seed: u64,
+        len in 0usize..600,
+        alphabet in 1u8..=255,
+        level in 0i32..=5,
+    ) {
+        use systemprompt_sync::pack::{FLAG_RAW, FLAG_ZSTD, compress};
+        // From very compressible (one letter) to not at all (255 of them).
+        let data: Vec<u8> = noise(len, seed | 1).iter().map(|b| b % alphabet).collect();
+        let (flags, payload) = compress(&data, level);
+        let worth = level > 0
+            && data.len() >= 64
+            && zstd::bulk::compress(&data, level).unwrap().len() + data.len() / 32 < data.len();
+        if worth {
+            proptest::prop_assert_eq!(flags, FLAG_ZSTD);
+            proptest::prop_assert_eq!(zstd::bulk::decompress(&payload, len).unwrap(), data);
+        } else {
+            proptest::prop_assert_eq!(flags, FLAG_RAW);
+            proptest::prop_assert_eq!(payload, data);
+        }
+    }
+}
