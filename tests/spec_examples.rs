@@ -1176,3 +1176,69 @@ proptest::proptest! {
         }
     }
 }
+
+/// The examples written inline in the prose (§1's varints and zigzags,
+/// §3.7's keys and PostgreSQL row), encoded and decoded by the library.
+#[test]
+fn inline_examples_of_sections_1_and_3_7() {
+    use systemprompt_sync::codec::{Reader, Writer};
+    for (v, b) in [
+        (0u64, &[0x00][..]),
+        (127, &[0x7f]),
+        (128, &[0x80, 0x01]),
+        (300, &[0xac, 0x02]),
+    ] {
+        let mut w = Writer::new();
+        w.varint(v);
+        assert_eq!(w.into_vec(), b);
+        assert_eq!(Reader::new(b).varint().unwrap(), v);
+    }
+    for (v, b) in [(0i64, 0x00u8), (-1, 0x01), (1, 0x02)] {
+        let mut w = Writer::new();
+        w.zigzag(v);
+        assert_eq!(w.into_vec(), [b]);
+    }
+    // Overlong and overflowing varints are refused.
+    assert!(Reader::new(&[0x80, 0x00]).varint().is_err());
+    assert!(Reader::new(&[0xff; 10]).varint().is_err());
+    let zeros = |n: usize| vec![0u8; n];
+    let key = |v: &[Value]| encode_key(v).unwrap();
+    let mut one = vec![0x02, 0x03, 0x40, 0x00];
+    one.extend(zeros(8));
+    one.extend([0x00, 0x00]);
+    assert_eq!(key(&[Value::Integer(1)]), one);
+    let mut two = vec![0x02, 0x03, 0x40, 0x01];
+    two.extend(zeros(8));
+    two.extend([0x00, 0x00]);
+    assert_eq!(key(&[Value::Integer(2)]), two);
+    let mut half = vec![0x02, 0x03, 0x40, 0x00, 0x80];
+    half.extend(zeros(7));
+    half.extend([0x00, 0x01]);
+    assert_eq!(key(&[Value::Real(1.5)]), half);
+    let mut minus = vec![0x02, 0x01, 0xbf, 0xff];
+    minus.extend([0xff; 8]);
+    minus.extend([0x00, 0x00]);
+    assert_eq!(key(&[Value::Integer(-1)]), minus);
+    assert_eq!(key(&[Value::Text(b"a".to_vec())]), [0x03, 0x61, 0x00, 0x01]);
+    let mut pair = vec![0x02, 0x03, 0x40, 0x00];
+    pair.extend(zeros(8));
+    pair.extend([0x03, 0x62, 0x00, 0x01, 0x00, 0x01]);
+    let real_b = key(&[Value::Real(1.0), Value::Text(b"b".to_vec())]);
+    assert_eq!(real_b, pair);
+    assert!(real_b < key(&[Value::Integer(1), Value::Text(b"c".to_vec())]));
+    for k in [one, two, half, minus, pair] {
+        assert_eq!(encode_key(&decode_key(&k).unwrap()).unwrap(), k);
+    }
+    // §3.7: the PostgreSQL row (7, true, 'a', 1.50::numeric).
+    let row = [
+        Cell::Value(Value::Integer(7)),
+        Cell::Value(Value::Integer(1)),
+        Cell::Value(Value::Text(b"a".to_vec())),
+        Cell::Value(Value::Text(b"1.50".to_vec())),
+    ];
+    let b = [
+        0x04, 0x01, 0x0e, 0x01, 0x02, 0x03, 0x01, 0x61, 0x03, 0x04, 0x31, 0x2e, 0x35, 0x30,
+    ];
+    assert_eq!(encode_row(&row), b);
+    assert_eq!(decode_row(&b).unwrap(), row);
+}
