@@ -5,7 +5,7 @@
 //! root flag (0 or 1) [| root tree id [32]] | files (varint) | bytes (varint) |
 //! table count (varint) | (name (string) | table id [32])… | meta count
 //! (varint) | (key (string) | value (string))…`. Table names and meta keys
-//! are sorted and unique.
+//! are sorted and unique; every string is at most 1 MiB, parents at most 64.
 //!
 //! Version 2 appends what the snapshot was taken from and what it had to
 //! leave out: `source path count (varint) | paths (string)… | exclude count
@@ -70,11 +70,15 @@ pub struct Snapshot {
     pub host: String,
     /// Its message.
     pub message: String,
-    /// The root tree (`None`: no files).
+    /// The root tree. `None` (root flag 0) is written only by records
+    /// that hold no files (local sync, cache restore and deploy records);
+    /// readers treat it exactly as the empty map. `sp-sync snapshot`
+    /// always writes a tree, the empty map for an empty directory
+    /// (`store-format.md` §3.5).
     pub root: Option<ObjectId>,
     /// Files (regular files and symlinks) under the root.
     pub files: u64,
-    /// Bytes of those files.
+    /// Total size of the regular files (symlinks count 0).
     pub bytes: u64,
     /// Table objects by name.
     pub tables: BTreeMap<String, ObjectId>,
