@@ -9,7 +9,9 @@
 #   scripts/fuzz.sh                              # all targets, 20 s each (CI)
 #   FUZZ_SECONDS=600 scripts/fuzz.sh pack_stream # one target, longer
 #   FUZZ_RUNS=10000000 scripts/fuzz.sh           # long campaign: 10^7 inputs each
+#   FUZZ_RUNS=10000000 FUZZ_SECONDS=1800 …       # … or 30 min, whichever first
 #   JOBS=1 scripts/fuzz.sh                       # one at a time (default: CPUs)
+#   FUZZ_PROFILE=smoke scripts/fuzz.sh           # quicker build, slower runs (CI)
 #
 # Needs only cargo and a C++ compiler: the instrumentation flags cargo-fuzz
 # would pass are passed here directly (no sanitizer: the crate has no
@@ -39,19 +41,32 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
  -Cdebug-assertions -Coverflow-checks"
 bin_args=()
 for t in "${targets[@]}"; do bin_args+=(--bin "$t"); done
-cargo build --release --target "$host" "${bin_args[@]}"
-bindir="target/$host/release"
+profile="${FUZZ_PROFILE:-release}"
+cargo build --profile "$profile" --target "$host" "${bin_args[@]}"
+bindir="target/$host/$profile"
 
 logs="$(mktemp -d)"
-trap 'rm -rf "$logs"' EXIT
+# Targets that make stores (stored_delta, store_files, restore_table) write
+# and fsync files for every input: on a tmpfs an fsync costs nothing.
+scratch=""
+if [ -z "${FUZZ_TMPDIR:-}" ] && [ -d /dev/shm ] && [ -w /dev/shm ]; then
+    scratch="$(mktemp -d /dev/shm/sp-fuzz.XXXXXX)"
+    export TMPDIR="$scratch"
+elif [ -n "${FUZZ_TMPDIR:-}" ]; then
+    export TMPDIR="$FUZZ_TMPDIR"
+fi
+trap 'rm -rf "$logs" ${scratch:+"$scratch"}' EXIT
 
 run_one() {
     local t="$1"
     mkdir -p "corpus/$t" "artifacts/$t"
     local dirs=("corpus/$t")
     [ -d "seeds/$t" ] && dirs+=("seeds/$t")
-    local limit=(-max_total_time="$secs")
-    [ -n "$runs" ] && limit=(-runs="$runs")
+    # FUZZ_RUNS alone: that many inputs; with FUZZ_SECONDS too, whichever
+    # comes first.
+    local limit=()
+    [ -n "$runs" ] && limit+=(-runs="$runs")
+    if [ -z "$runs" ] || [ -n "${FUZZ_SECONDS:-}" ]; then limit+=(-max_total_time="$secs"); fi
     if "$bindir/$t" "${dirs[@]}" "${limit[@]}" -timeout=20 -rss_limit_mb=2048 \
         -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"$logs/$t" 2>&1; then
         local n

@@ -70,7 +70,7 @@ fi
 
 if [ -f fuzz/Cargo.toml ]; then
     step "fuzz: every target for ${FUZZ_SECONDS:-20} s"
-    scripts/fuzz.sh
+    FUZZ_PROFILE="${FUZZ_PROFILE:-smoke}" scripts/fuzz.sh
 fi
 
 # (benches are compiled and linted by clippy --all-targets above)
