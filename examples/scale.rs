@@ -70,7 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         dirs.push((format!("d{:07}", i / per_dir).into_bytes(), e.encode()));
         i += per_dir;
-        if (i / per_dir) % 1000 == 0 {
+        if (i / per_dir).is_multiple_of(1000) {
             eprintln!("{i} objects, {:.0} s", start.elapsed().as_secs_f64());
         }
     }
