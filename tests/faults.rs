@@ -345,3 +345,51 @@ fn pushes_and_pulls_through_a_fault_proxy_fail_cleanly_and_converge() {
         "{line}"
     );
 }
+
+/// A connection that stops taking data in the middle of a push (a server
+/// or network gone silent, the socket still open) ends the push in a
+/// timeout and a clean error, not a hang: the client gives each piece of
+/// the body `SP_SYNC_HTTP_TIMEOUT` seconds.
+#[test]
+fn a_push_into_a_connection_that_stops_taking_data_times_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("server");
+    let server = serve_with(
+        data_dir.to_str().unwrap(),
+        None,
+        "127.0.0.1:0",
+        &[],
+        &["--timeout", "600"],
+    );
+    // Every connection forwards 1 MiB of its request, then nothing more
+    // for ten minutes, without closing.
+    let proxy = FaultProxy::start(
+        &server.addr,
+        1,
+        FaultConfig {
+            every_upload: Some((1 << 20, common::proxy::Fault::Stall(Duration::from_secs(600)))),
+            ..FaultConfig::default()
+        },
+    );
+    let a = tmp.path().join("a");
+    std::fs::create_dir_all(a.join("data")).unwrap();
+    // Incompressible, far more than the sockets buffer.
+    std::fs::write(a.join("data/big.bin"), bytes(48 << 20, 7)).unwrap();
+    ok(&a, &["init"]);
+    ok(&a, &["snapshot", "data", "-q"]);
+    let url = format!("http://{}/acme", proxy.addr);
+    let o = run(&a, &["push", &url, "main"]);
+    let cx = Ctx { seed: 1 };
+    assert!(!cx.clean("push into a silent connection", &o), "{}", o.stdout);
+    assert!(
+        o.took < Duration::from_secs(90),
+        "the push took {:?}",
+        o.took
+    );
+    assert!(o.stderr.contains("took no data"), "{}", o.stderr);
+    cx.fsck(&a.join(".sp-sync"));
+    // Without the fault, the same push completes.
+    proxy.set_enabled(false);
+    ok(&a, &["push", &url, "main"]);
+    cx.fsck(&data_dir.join("acme"));
+}

@@ -298,11 +298,15 @@ fn connection_error(url: &str, msg: String) -> SyncError {
     )
 }
 
-/// Writes a pack stream into a request body, in 256 KiB pieces.
+/// Writes a pack stream into a request body, in 256 KiB pieces; a piece
+/// the connection does not take within the timeout (a server or network
+/// that stopped reading) ends the push with `TimedOut`.
 struct BodyWriter<'a> {
     tx: tokio::sync::mpsc::Sender<std::result::Result<Bytes, std::io::Error>>,
     buf: Vec<u8>,
     sent: &'a AtomicU64,
+    rt: &'a BlockingRuntime,
+    timeout: Duration,
 }
 
 impl BodyWriter<'_> {
@@ -315,9 +319,22 @@ impl BodyWriter<'_> {
             Vec::with_capacity(256 << 10),
         ));
         self.sent.fetch_add(b.len() as u64, Ordering::Relaxed);
-        self.tx.blocking_send(Ok(b)).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the server stopped reading")
-        })
+        let (tx, timeout) = (self.tx.clone(), self.timeout);
+        let sent = self
+            .rt
+            .run(async move { tokio::time::timeout(timeout, tx.send(Ok(b))).await })
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the server stopped reading",
+            )),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the connection took no data for {}s", timeout.as_secs()),
+            )),
+        }
     }
 }
 
@@ -493,6 +510,8 @@ impl Remote for HttpRemote {
                 tx,
                 buf: Vec::with_capacity(256 << 10),
                 sent: &self.sent,
+                rt: &self.rt,
+                timeout: self.timeout,
             };
             match PackWriter::new(body) {
                 Ok(mut w) => {
@@ -521,6 +540,12 @@ impl Remote for HttpRemote {
                 }
                 Err(e) => produce_err = Some(SyncError::io("sending to", self.url("objects"), e)),
             }
+        }
+        // A connection that stopped taking data: no answer will come.
+        if let Some(e) = produce_err.take_if(|e| {
+            matches!(e, SyncError::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut)
+        }) {
+            return Err(e);
         }
         // Once everything is sent, the server has the timeout to answer.
         let resp = match rrx.recv_timeout(self.timeout) {

@@ -71,6 +71,9 @@ pub struct FaultConfig {
     pub stall: Duration,
     /// Relative weights of delay, stall, cut, truncate.
     pub weights: [u32; 4],
+    /// Instead of random faults: this one, client to server, on every
+    /// connection (nothing server to client).
+    pub every_upload: Option<(u64, Fault)>,
 }
 
 impl Default for FaultConfig {
@@ -82,6 +85,7 @@ impl Default for FaultConfig {
             max_delay: Duration::from_millis(400),
             stall: Duration::from_secs(4),
             weights: [35, 5, 30, 30],
+            every_upload: None,
         }
     }
 }
@@ -207,6 +211,9 @@ fn draw(sh: &Shared, n: u64, dir: u64) -> Option<(u64, Fault)> {
     let c = sh.config.lock().unwrap().clone();
     let mut rng = Rng::new(sh.seed ^ n.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ (dir << 63));
     rng.next();
+    if c.enabled && c.every_upload.is_some() {
+        return if dir == 0 { c.every_upload } else { None };
+    }
     if !c.enabled || !rng.chance(c.per_direction) {
         return None;
     }
