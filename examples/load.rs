@@ -63,8 +63,14 @@ fn proc_figures(pid: u32) -> (usize, u64) {
 fn main() {
     let mut args = std::env::args().skip(1);
     let (mut bin, mut url, mut token, mut work) = (None, None, None, None);
-    let (mut clients, mut secs, mut shared, mut max_file, mut seed, mut json) =
-        (64usize, 60u64, 4usize, 256usize << 10, 0x5eed_10adu64, false);
+    let (mut clients, mut secs, mut shared, mut max_file, mut seed, mut json) = (
+        64usize,
+        60u64,
+        4usize,
+        256usize << 10,
+        0x5eed_10adu64,
+        false,
+    );
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
         let num = |v: String| v.parse::<u64>().unwrap_or_else(|_| usage());

@@ -164,14 +164,13 @@ fn edit(data: &Path, rng: &mut Rng, round: u64) {
     std::fs::create_dir_all(data.join("small")).unwrap();
     let big = rng.below(3);
     let len = (1 << 20) + rng.below(2 << 20) as usize;
-    std::fs::write(
-        data.join(format!("big{big}.bin")),
-        bytes(len, rng.next()),
-    )
-    .unwrap();
+    std::fs::write(data.join(format!("big{big}.bin")), bytes(len, rng.next())).unwrap();
     std::fs::write(
         data.join(format!("small/s{round:03}.md")),
-        format!("# note {round}\n{}\n", "text ".repeat(rng.below(2000) as usize)),
+        format!(
+            "# note {round}\n{}\n",
+            "text ".repeat(rng.below(2000) as usize)
+        ),
     )
     .unwrap();
     if round >= 4 {
@@ -266,7 +265,9 @@ fn pushes_and_pulls_through_a_fault_proxy_fail_cleanly_and_converge() {
                     cx.fail(format!("round {round}: push exit 0 but main is {now:?}"));
                 }
             } else if pushed {
-                cx.fail(format!("round {round}: push exit 0 but no store on the server"));
+                cx.fail(format!(
+                    "round {round}: push exit 0 but no store on the server"
+                ));
             }
             if pushed {
                 break;
@@ -315,7 +316,9 @@ fn pushes_and_pulls_through_a_fault_proxy_fail_cleanly_and_converge() {
         let rs = cx.ref_of(&remote_store, "main");
         let rb = cx.ref_of(&b_store, "main");
         if !(ra == rs && rs == rb && ra.as_deref() == Some(id.as_str())) {
-            cx.fail(format!("round {round}: refs differ: a {ra:?} server {rs:?} b {rb:?}"));
+            cx.fail(format!(
+                "round {round}: refs differ: a {ra:?} server {rs:?} b {rb:?}"
+            ));
         }
         let out = tmp.path().join(format!("restored{round}"));
         cx.ok(&b, &["restore", "main", out.to_str().unwrap()]);
@@ -367,7 +370,10 @@ fn a_push_into_a_connection_that_stops_taking_data_times_out() {
         &server.addr,
         1,
         FaultConfig {
-            every_upload: Some((1 << 20, common::proxy::Fault::Stall(Duration::from_secs(600)))),
+            every_upload: Some((
+                1 << 20,
+                common::proxy::Fault::Stall(Duration::from_secs(600)),
+            )),
             ..FaultConfig::default()
         },
     );
@@ -380,7 +386,11 @@ fn a_push_into_a_connection_that_stops_taking_data_times_out() {
     let url = format!("http://{}/acme", proxy.addr);
     let o = run(&a, &["push", &url, "main"]);
     let cx = Ctx { seed: 1 };
-    assert!(!cx.clean("push into a silent connection", &o), "{}", o.stdout);
+    assert!(
+        !cx.clean("push into a silent connection", &o),
+        "{}",
+        o.stdout
+    );
     assert!(
         o.took < Duration::from_secs(90),
         "the push took {:?}",

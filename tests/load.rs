@@ -6,9 +6,9 @@
 //! (64 clients × 60 s) with the same driver (tests/load/driver.rs).
 
 mod common;
-mod net;
 #[path = "load/driver.rs"]
 mod driver;
+mod net;
 
 use std::time::Duration;
 
@@ -42,7 +42,10 @@ fn sixteen_clients_for_five_seconds_without_errors_or_lost_updates() {
     assert_eq!(r.errors, 0, "{}", r.human());
     assert_eq!(r.lost_updates, 0, "{}", r.human());
     for k in ["push", "push-shared", "pull"] {
-        let kr = r.kinds.get(k).unwrap_or_else(|| panic!("no {k}: {}", r.human()));
+        let kr = r
+            .kinds
+            .get(k)
+            .unwrap_or_else(|| panic!("no {k}: {}", r.human()));
         assert!(kr.ok > 0, "no successful {k}: {}", r.human());
     }
     assert!(r.verified_snapshots >= r.kinds["push"].ok, "{}", r.human());

@@ -247,7 +247,9 @@ fn verify(store: &Store, sh: &Shared, id: &ObjectId) -> std::result::Result<(), 
         let n = systemprompt_sync::cat(store, &format!("{id}:{name}"), &mut h)
             .map_err(|e| format!("reading {id}:{name}: {e}"))?;
         if n != len || *h.finalize().as_bytes() != hash {
-            return Err(format!("{id}:{name}: the bytes differ from what was pushed"));
+            return Err(format!(
+                "{id}:{name}: the bytes differ from what was pushed"
+            ));
         }
     }
     Ok(())
@@ -508,8 +510,7 @@ pub fn run(opts: &LoadOptions) -> LoadReport {
                 let b = store
                     .get(ObjectType::Snapshot, &id)
                     .map_err(|e| format!("reading snapshot {id}: {e}"))?;
-                let s = Snapshot::decode(&b)
-                    .map_err(|e| format!("decoding snapshot {id}: {e}"))?;
+                let s = Snapshot::decode(&b).map_err(|e| format!("decoding snapshot {id}: {e}"))?;
                 stack.extend(s.parents);
             }
             let lost = ids.iter().filter(|id| !history.contains(*id)).count() as u64;
