@@ -164,12 +164,15 @@ fn content(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// A snapshot's files: name, BLAKE3 of the bytes, length.
+type Files = Vec<(String, [u8; 32], u64)>;
+
 /// What the clients share: each snapshot's expected files, the successful
 /// pushes, latencies and errors.
 #[derive(Default)]
 struct Shared {
     /// Snapshot id → its files (name → bytes' BLAKE3 and length).
-    expected: Mutex<HashMap<ObjectId, Vec<(String, [u8; 32], u64)>>>,
+    expected: Mutex<HashMap<ObjectId, Files>>,
     /// Ref → the ids successfully pushed to it, in order of completion.
     pushed: Mutex<HashMap<String, Vec<ObjectId>>>,
     /// Kind → latencies (µs), and counts.
@@ -256,7 +259,7 @@ fn verify(store: &Store, sh: &Shared, id: &ObjectId) -> std::result::Result<(), 
 }
 
 /// Writes the files of a client's next snapshot; returns their digests.
-fn write_files(dir: &Path, rng: &mut Rng, max_file: usize) -> Vec<(String, [u8; 32], u64)> {
+fn write_files(dir: &Path, rng: &mut Rng, max_file: usize) -> Files {
     let len = 1 + rng.below(max_file as u64) as usize;
     let big = content(len, rng.next());
     let note = format!("note {}\n", rng.next()).repeat(1 + rng.below(50) as usize);
@@ -282,7 +285,7 @@ fn snap(
     store: &Store,
     files: &Path,
     ref_name: &str,
-    digests: Vec<(String, [u8; 32], u64)>,
+    digests: Files,
     sh: &Shared,
 ) -> systemprompt_sync::Result<ObjectId> {
     let opts = SnapshotOptions {
