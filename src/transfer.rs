@@ -497,6 +497,9 @@ impl Hint {
     }
 }
 
+/// How long a push waits out a busy server (503) in total.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Whether a transfer that failed with `e` may succeed if tried again (a
 /// dropped connection, a 5xx such as a busy server's 503).
 pub fn is_retryable(e: &SyncError) -> bool {
@@ -563,6 +566,7 @@ pub fn push(
         h
     };
     let mut attempt = 0;
+    let mut busy = crate::remote::http::Busy::new(BUSY_WAIT);
     loop {
         attempt += 1;
         let plan = plan(
@@ -609,6 +613,14 @@ pub fn push(
                 break;
             }
             Err(SyncError::Interrupted) => return Err(SyncError::Interrupted),
+            // A busy server (503, 429) is asked again after a while, for
+            // up to BUSY_WAIT, without using up the retries.
+            Err(SyncError::ApiError {
+                status: 503 | 429, ..
+            }) if busy.wait() => {
+                tracing::debug!("push to {}: the server is busy; waiting", remote.describe());
+                attempt -= 1;
+            }
             Err(e) if attempt <= retries && is_retryable(&e) => {
                 tracing::warn!("push to {} broke off ({e}); resuming", remote.describe());
                 std::thread::sleep(std::time::Duration::from_millis(250 << attempt));

@@ -47,7 +47,10 @@ fn newest(p: &Path) -> std::time::SystemTime {
 /// since it was built) it is built here; only the example compiles, the
 /// library is already built.
 fn example_bin() -> PathBuf {
-    let bin = common::bin().parent().unwrap().join("examples/library");
+    let bin = Path::new(env!("CARGO_BIN_EXE_sp-sync"))
+        .parent()
+        .unwrap()
+        .join("examples/library");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let sources = newest(&root.join("src")).max(newest(&root.join("examples/library.rs")));
     let stale = std::fs::metadata(&bin)

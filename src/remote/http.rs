@@ -153,6 +153,7 @@ impl HttpRemote {
     ) -> Result<Vec<u8>> {
         let mut delay = Duration::from_millis(100);
         let mut attempt = 0;
+        let mut busy = Busy::new(self.timeout);
         loop {
             attempt += 1;
             self.requests.fetch_add(1, Ordering::Relaxed);
@@ -178,6 +179,14 @@ impl HttpRemote {
                         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     if status == 200 {
                         return Ok(bytes.to_vec());
+                    }
+                    // A busy server (503, 429) is asked again after a
+                    // while, for as long as the timeout, without using up
+                    // the retries meant for failures.
+                    if is_busy(status) && busy.wait() {
+                        tracing::debug!("{} {path}: {status}; waiting", self.base);
+                        attempt -= 1;
+                        continue;
                     }
                     if status >= 500 && attempt < 4 {
                         tracing::info!("{} {path}: {status}; retrying", self.base);
@@ -235,6 +244,52 @@ impl HttpRemote {
     }
 }
 
+/// Whether an answer says the server is busy and asks to come back later.
+fn is_busy(status: u16) -> bool {
+    status == 503 || status == 429
+}
+
+/// Waiting out a busy server: jittered delays doubling from 50 ms up to
+/// 1 s (the server's `Retry-After`), within a total budget.
+pub(crate) struct Busy {
+    start: std::time::Instant,
+    budget: Duration,
+    next: Duration,
+}
+
+impl Busy {
+    /// Waits of at most `budget` in total.
+    pub(crate) fn new(budget: Duration) -> Busy {
+        Busy {
+            start: std::time::Instant::now(),
+            budget,
+            next: Duration::from_millis(50),
+        }
+    }
+
+    /// Sleeps before the next try; false when the budget is spent.
+    pub(crate) fn wait(&mut self) -> bool {
+        if self.start.elapsed() >= self.budget {
+            return false;
+        }
+        // Jitter (half to all of the delay) keeps clients that were
+        // refused together from coming back together.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let mut x = u64::from(nanos) ^ (self.next.as_nanos() as u64).rotate_left(17);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        let frac = 0.5 + (x % 1000) as f64 / 2000.0;
+        let d = self.next.mul_f64(frac);
+        std::thread::sleep(d.min(self.budget.saturating_sub(self.start.elapsed())));
+        self.next = (self.next * 2).min(Duration::from_secs(1));
+        true
+    }
+}
+
 fn connection_error(url: &str, msg: String) -> SyncError {
     SyncError::io(
         "connecting to",
@@ -243,11 +298,15 @@ fn connection_error(url: &str, msg: String) -> SyncError {
     )
 }
 
-/// Writes a pack stream into a request body, in 256 KiB pieces.
+/// Writes a pack stream into a request body, in 256 KiB pieces; a piece
+/// the connection does not take within the timeout (a server or network
+/// that stopped reading) ends the push with `TimedOut`.
 struct BodyWriter<'a> {
     tx: tokio::sync::mpsc::Sender<std::result::Result<Bytes, std::io::Error>>,
     buf: Vec<u8>,
     sent: &'a AtomicU64,
+    rt: &'a BlockingRuntime,
+    timeout: Duration,
 }
 
 impl BodyWriter<'_> {
@@ -260,9 +319,22 @@ impl BodyWriter<'_> {
             Vec::with_capacity(256 << 10),
         ));
         self.sent.fetch_add(b.len() as u64, Ordering::Relaxed);
-        self.tx.blocking_send(Ok(b)).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the server stopped reading")
-        })
+        let (tx, timeout) = (self.tx.clone(), self.timeout);
+        let sent = self
+            .rt
+            .run(async move { tokio::time::timeout(timeout, tx.send(Ok(b))).await })
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the server stopped reading",
+            )),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the connection took no data for {}s", timeout.as_secs()),
+            )),
+        }
     }
 }
 
@@ -438,6 +510,8 @@ impl Remote for HttpRemote {
                 tx,
                 buf: Vec::with_capacity(256 << 10),
                 sent: &self.sent,
+                rt: &self.rt,
+                timeout: self.timeout,
             };
             match PackWriter::new(body) {
                 Ok(mut w) => {
@@ -466,6 +540,12 @@ impl Remote for HttpRemote {
                 }
                 Err(e) => produce_err = Some(SyncError::io("sending to", self.url("objects"), e)),
             }
+        }
+        // A connection that stopped taking data: no answer will come.
+        if let Some(e) = produce_err.take_if(|e| {
+            matches!(e, SyncError::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut)
+        }) {
+            return Err(e);
         }
         // Once everything is sent, the server has the timeout to answer.
         let resp = match rrx.recv_timeout(self.timeout) {
@@ -558,7 +638,48 @@ impl Remote for HttpRemote {
                 }
             }
         }
-        self.sent.fetch_add(body.len() as u64, Ordering::Relaxed);
+        let mut busy = Busy::new(self.timeout);
+        loop {
+            self.sent.fetch_add(body.len() as u64, Ordering::Relaxed);
+            let rx = self.start_fetch(body.clone());
+            match rx {
+                Err(e) => return Err(e),
+                Ok(Err(status)) if is_busy(status) && busy.wait() => {
+                    self.requests.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Ok(Err(status)) => {
+                    return Err(self.error_from(status, b"the server is busy; try again"));
+                }
+                Ok(Ok(rx)) => {
+                    let reader = BodyReader {
+                        rx,
+                        cur: Bytes::new(),
+                        received: &self.received,
+                    };
+                    let pr = PackReader::new(reader, self.url("fetch"))?;
+                    return Ok(Box::new(pr.into_objects()));
+                }
+            }
+        }
+    }
+
+    fn traffic(&self) -> Traffic {
+        Traffic {
+            requests: self.requests.load(Ordering::Relaxed),
+            bytes_sent: self.sent.load(Ordering::Relaxed),
+            bytes_received: self.received.load(Ordering::Relaxed),
+        }
+    }
+}
+
+type Pieces = tokio::sync::mpsc::Receiver<std::result::Result<Bytes, String>>;
+
+impl HttpRemote {
+    /// Sends a `fetch` request; once its answer starts, its pieces come
+    /// through the receiver. A busy answer (503, 429) is `Ok(Err(status))`;
+    /// other errors are errors.
+    fn start_fetch(&self, body: Vec<u8>) -> Result<std::result::Result<Pieces, u16>> {
         let req = self
             .request(reqwest::Method::POST, "fetch")
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
@@ -612,24 +733,10 @@ impl Remote for HttpRemote {
             .recv()
             .map_err(|_| SyncError::Invalid("the HTTP client runtime stopped".into()))?
         {
-            Err(e) => return Err(connection_error(&self.url("fetch"), e)),
-            Ok((200, _)) => {}
-            Ok((status, b)) => return Err(self.error_from(status, &b)),
-        }
-        let reader = BodyReader {
-            rx,
-            cur: Bytes::new(),
-            received: &self.received,
-        };
-        let pr = PackReader::new(reader, self.url("fetch"))?;
-        Ok(Box::new(pr.into_objects()))
-    }
-
-    fn traffic(&self) -> Traffic {
-        Traffic {
-            requests: self.requests.load(Ordering::Relaxed),
-            bytes_sent: self.sent.load(Ordering::Relaxed),
-            bytes_received: self.received.load(Ordering::Relaxed),
+            Err(e) => Err(connection_error(&self.url("fetch"), e)),
+            Ok((200, _)) => Ok(Ok(rx)),
+            Ok((status, _)) if is_busy(status) => Ok(Err(status)),
+            Ok((status, b)) => Err(self.error_from(status, &b)),
         }
     }
 }

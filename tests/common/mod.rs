@@ -10,9 +10,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod pg;
+pub mod proxy;
 
+/// The binary under test: `SP_SYNC_TEST_BIN` when set (a copy of this
+/// tree's build: `target/debug/sp-sync` is shared by every worktree that
+/// builds into one target directory, and the last build wins), else the
+/// one cargo built with the tests.
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sp-sync"))
+    std::env::var_os("SP_SYNC_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sp-sync")))
 }
 
 /// The cache directory the tests give sp-sync (outside every working tree).
