@@ -276,8 +276,16 @@ impl<'s> WriteSession<'s> {
         Ok(())
     }
 
+    /// Why the writer thread stopped. Every caller blocked on it gets the
+    /// cause (a copy), not only the first: with many threads putting, the
+    /// error that reaches the user may come from any of them.
     fn writer_error(&self) -> SyncError {
-        match self.error.lock().ok().and_then(|mut e| e.take()) {
+        match self
+            .error
+            .lock()
+            .ok()
+            .and_then(|e| e.as_ref().map(clone_error))
+        {
             Some(e) => e,
             None => SyncError::Invalid("the pack writer stopped".into()),
         }
