@@ -72,7 +72,10 @@ impl Drop for Tmpfs {
         let o = Command::new("umount").arg(self.dir.path()).output();
         if !o.is_ok_and(|o| o.status.success()) {
             // Something still has a file open there: detach it.
-            let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
         }
     }
 }
@@ -209,7 +212,9 @@ fn a_pull_into_a_full_disk_fails_cleanly_and_succeeds_once_space_is_freed() {
     std::fs::remove_file(filler).unwrap();
     ok(&w, &["pull", "origin", "main"]);
     assert_eq!(
-        std::fs::read_to_string(store.join("refs/main")).unwrap().trim(),
+        std::fs::read_to_string(store.join("refs/main"))
+            .unwrap()
+            .trim(),
         second
     );
     ok(&w, &["fsck", "--read-data"]);
@@ -231,8 +236,11 @@ fn a_restore_into_a_full_directory_fails_cleanly_and_harms_no_existing_file() {
     let src = w.join("src");
     std::fs::create_dir_all(src.join("many")).unwrap();
     for i in 0..1500u32 {
-        std::fs::write(src.join(format!("many/f{i:04}.txt")), format!("file {i}\n").repeat(10))
-            .unwrap();
+        std::fs::write(
+            src.join(format!("many/f{i:04}.txt")),
+            format!("file {i}\n").repeat(10),
+        )
+        .unwrap();
     }
     // And files the user has in the target too, which the snapshot replaces.
     std::fs::write(src.join("shared.txt"), "the snapshot's version\n").unwrap();
@@ -261,7 +269,11 @@ fn a_restore_into_a_full_directory_fails_cleanly_and_harms_no_existing_file() {
         let name = String::from_utf8_lossy(k);
         if want.contains_key(k) && got != Some(v) {
             // Replaced: then completely (the mtime too).
-            assert_eq!(got, want.get(k), "{name} is neither the user's nor the snapshot's");
+            assert_eq!(
+                got,
+                want.get(k),
+                "{name} is neither the user's nor the snapshot's"
+            );
         } else {
             assert_eq!(got, Some(v), "{name} was damaged");
         }
@@ -281,7 +293,9 @@ fn a_restore_into_a_full_directory_fails_cleanly_and_harms_no_existing_file() {
     let names: Vec<String> = common::files_under(&target)
         .iter()
         .map(|p| p.strip_prefix(&target).unwrap().display().to_string())
-        .filter(|n| !n.starts_with("many/f") && !["mine.txt", "shared.txt", "big.bin"].contains(&n.as_str()))
+        .filter(|n| {
+            !n.starts_with("many/f") && !["mine.txt", "shared.txt", "big.bin"].contains(&n.as_str())
+        })
         .collect();
     assert!(names.is_empty(), "left behind: {names:?}");
     // Free the space: the restore completes.

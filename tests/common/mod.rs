@@ -11,8 +11,14 @@ use std::process::{Command, Output};
 
 pub mod pg;
 
+/// The binary under test: `SP_SYNC_TEST_BIN` when set (a copy pinned by
+/// the harness scripts: `target/debug/sp-sync` is shared by every checkout
+/// that builds into the same target directory, and another checkout's build
+/// can replace it while a long campaign runs), else cargo's.
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sp-sync"))
+    std::env::var_os("SP_SYNC_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sp-sync")))
 }
 
 /// The cache directory the tests give sp-sync (outside every working tree).
