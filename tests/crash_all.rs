@@ -148,7 +148,7 @@ impl Campaign {
 
     /// Whether this round also re-reads every byte.
     fn read_data_round(&self) -> bool {
-        (self.landed + self.finished) % 4 == 0
+        (self.landed + self.finished).is_multiple_of(4)
     }
 
     fn report(&self) {
