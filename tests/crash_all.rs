@@ -14,7 +14,7 @@
 //! - the next run of the same command completes, with the expected result.
 //!
 //! `SP_SYNC_CRASH_KILLS` is the number of kills that must land (the command
-//! still running when killed) per command (default 3, so CI stays short);
+//! still running when killed) per command (default 2, so CI stays short);
 //! `scripts/crash-harness.sh` runs 200 in total. The seed is printed;
 //! `SP_SYNC_CRASH_SEED` replays one. Each test prints one
 //! `crash-harness: COMMAND: ...` line with its figures.
@@ -34,7 +34,7 @@ fn kills_wanted() -> usize {
     std::env::var("SP_SYNC_CRASH_KILLS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3)
+        .unwrap_or(2)
 }
 
 /// The seed: `SP_SYNC_CRASH_SEED`, else from the clock (printed either way).
@@ -916,8 +916,8 @@ fn restore_into_postgres_killed_at_random_moments() {
             &format!(
                 "BEGIN; DELETE FROM t; DELETE FROM u;
                  INSERT INTO t SELECT x, 'row ' || x || ' of ' || ((x * {seed}) % 5), (x * 2654435761 + {seed}) % 1000003
-                   FROM generate_series(1, 15000) x WHERE (x + {seed}) % 11 != 0;
-                 INSERT INTO u SELECT 'key-' || x, x * {seed} FROM generate_series(1, 2500) x
+                   FROM generate_series(1, 6000) x WHERE (x + {seed}) % 11 != 0;
+                 INSERT INTO u SELECT 'key-' || x, x * {seed} FROM generate_series(1, 1500) x
                    WHERE (x + {seed}) % 3 != 0;
                  COMMIT;"
             ),
