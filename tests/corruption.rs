@@ -13,7 +13,8 @@
 //! that is indistinguishable from a legitimate state of the store — a
 //! deleted ref (what `ref delete` does), a deleted or edited `config.toml`
 //! (machine-local settings, never hashed), and edits of `store.toml` that
-//! change no parameter a reader uses. They are counted separately.
+//! change no value a reader decodes (its leading comment, say: the file is
+//! TOML without a checksum). They are counted separately and listed.
 //!
 //! `SP_SYNC_CORRUPTIONS` sets the number (default 24, for CI);
 //! `scripts/corruption-harness.sh` runs 1,000. The seed is printed;
@@ -423,6 +424,7 @@ fn every_corruption_is_detected_and_none_becomes_wrong_output() {
             "index",
             "ref",
             "store.toml",
+            "no sp-sync store",
             "object",
             "reached from",
         ]
