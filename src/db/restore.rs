@@ -128,6 +128,7 @@ fn restore_new(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "db".into());
+    sweep_stale_temps(&dir, &name);
     let tmp = dir.join(format!(
         ".{name}.sp-sync-{}-{}.tmp",
         std::process::id(),
@@ -183,6 +184,50 @@ fn restore_new(
     cleanup.1 = true;
     crate::store::sync_dir(&dir)?;
     Ok(report)
+}
+
+/// Removes what an earlier restore into a new file `name`, killed before
+/// it could clean up (SIGKILL, power loss), left in `dir`: its temporary
+/// database `.NAME.sp-sync-PID-N.tmp` (and journal), only when process PID
+/// no longer exists. Nothing else is touched.
+fn sweep_stale_temps(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.sp-sync-");
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let file = e.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(body) = rest
+            .strip_suffix(".tmp")
+            .or_else(|| rest.strip_suffix(".tmp-journal"))
+        else {
+            continue;
+        };
+        let Some((pid, n)) = body.split_once('-') else {
+            continue;
+        };
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(pid) || !digits(n) {
+            continue;
+        }
+        let alive = pid
+            .parse::<i32>()
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .is_none_or(|p| {
+                !matches!(
+                    rustix::process::test_kill_process(p),
+                    Err(rustix::io::Errno::SRCH)
+                )
+            });
+        if !alive && e.file_type().is_ok_and(|t| t.is_file()) {
+            tracing::debug!("removing {} (left by a killed restore)", e.path().display());
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn restore_existing(
@@ -892,4 +937,39 @@ fn differing_columns(t: &TableData, snap: &[u8], db: &[u8]) -> Result<Vec<usize>
     Ok((0..t.columns.len())
         .filter(|&i| a[off + i] != b[off + i])
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sweep_stale_temps;
+
+    #[test]
+    fn only_a_dead_restores_temporary_files_of_this_target_are_swept() {
+        let d = tempfile::tempdir().unwrap();
+        // A pid that cannot exist (above the kernel's pid_max limit of 2^22).
+        let dead = ".app.db.sp-sync-99999999-12.tmp";
+        let dead_journal = ".app.db.sp-sync-99999999-12.tmp-journal";
+        let live = format!(".app.db.sp-sync-{}-3.tmp", std::process::id());
+        let other_target = ".other.db.sp-sync-99999999-12.tmp";
+        let not_ours = [
+            ".app.db.sp-sync-99999999-12.tmp.bak",
+            ".app.db.sp-sync-abc-12.tmp",
+            ".app.db.sp-sync-99999999.tmp",
+            "app.db",
+        ];
+        for n in [dead, dead_journal, &live, other_target]
+            .into_iter()
+            .chain(not_ours)
+        {
+            std::fs::write(d.path().join(n), b"x").unwrap();
+        }
+        sweep_stale_temps(d.path(), "app.db");
+        assert!(!d.path().join(dead).exists());
+        assert!(!d.path().join(dead_journal).exists());
+        assert!(d.path().join(&live).exists(), "a running restore's file");
+        assert!(d.path().join(other_target).exists());
+        for n in not_ours {
+            assert!(d.path().join(n).exists(), "{n}");
+        }
+    }
 }

@@ -209,6 +209,7 @@ pub fn gc_with(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Resu
     }
 
     progress.stage("repacking");
+    let mut written: Vec<ObjectId> = Vec::new();
     if opts.repack {
         let w = store.writer_for_repack()?;
         match super::repack::repack(store, &w, &live, &rewrite, progress) {
@@ -225,7 +226,7 @@ pub fn gc_with(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Resu
             }
         }
         // New packs and their indexes durable before any old pack goes.
-        w.finish()?;
+        written = w.finish_packs()?;
     } else if !rewrite.is_empty() {
         let w = store.writer_for_repack()?;
         for (_, ids) in &rewrite {
@@ -244,19 +245,32 @@ pub fn gc_with(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Resu
                 w.put_stored(rec.into_stored())?;
             }
         }
-        w.finish()?;
+        written = w.finish_packs()?;
     }
     progress.stage("deleting");
+    // A pack written just now may have the name of an old one (the same
+    // bytes: a repack of an unchanged store): it is the new copy, kept.
+    let old = |n: &&ObjectId| !written.contains(*n);
     let b = store.backend();
-    for name in rewrite.iter().map(|(n, _)| n).chain(delete.iter()) {
+    for name in rewrite
+        .iter()
+        .map(|(n, _)| n)
+        .chain(delete.iter())
+        .filter(old)
+    {
         b.delete(&Store::idx_key(name))?;
     }
     b.sync("packs")?;
-    for name in rewrite.iter().map(|(n, _)| n).chain(delete.iter()) {
+    for name in rewrite
+        .iter()
+        .map(|(n, _)| n)
+        .chain(delete.iter())
+        .filter(old)
+    {
         b.delete(&Store::pack_key(name))?;
     }
-    for name in orphans {
-        b.delete(&Store::pack_key(&name))?;
+    for name in orphans.iter().filter(old) {
+        b.delete(&Store::pack_key(name))?;
     }
     for p in tmp_files {
         if p.is_dir() {

@@ -276,8 +276,16 @@ impl<'s> WriteSession<'s> {
         Ok(())
     }
 
+    /// Why the writer thread stopped. Every caller blocked on it gets the
+    /// cause (a copy), not only the first: with many threads putting, the
+    /// error that reaches the user may come from any of them.
     fn writer_error(&self) -> SyncError {
-        match self.error.lock().ok().and_then(|mut e| e.take()) {
+        match self
+            .error
+            .lock()
+            .ok()
+            .and_then(|e| e.as_ref().map(clone_error))
+        {
             Some(e) => e,
             None => SyncError::Invalid("the pack writer stopped".into()),
         }
@@ -285,7 +293,15 @@ impl<'s> WriteSession<'s> {
 
     /// Writes out everything sent, makes it durable and visible to this
     /// process's reads. Only after this may a ref point at the new objects.
-    pub fn finish(mut self) -> Result<()> {
+    pub fn finish(self) -> Result<()> {
+        self.finish_packs().map(|_| ())
+    }
+
+    /// [`finish`](Self::finish), returning the names of the packs written.
+    /// A pack's name is the hash of its bytes, so a pack written again
+    /// byte for byte (gc --repack of an unchanged store) has the name of
+    /// one that was already there: gc must not delete it as old.
+    pub fn finish_packs(mut self) -> Result<Vec<ObjectId>> {
         self.train_at_end()?;
         self.finish_inner()
     }
@@ -316,10 +332,10 @@ impl<'s> WriteSession<'s> {
         let _ = self.finish_inner();
     }
 
-    fn finish_inner(&mut self) -> Result<()> {
+    fn finish_inner(&mut self) -> Result<Vec<ObjectId>> {
         drop(self.tx.take());
         let Some(t) = self.thread.take() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let done = match t.join() {
             Ok(r) => r?,
@@ -328,10 +344,11 @@ impl<'s> WriteSession<'s> {
         if !done.is_empty() {
             self.store.backend().sync("packs")?;
         }
+        let names = done.iter().map(|f| f.name).collect();
         for f in done {
             self.store.register_pack(f.name, &f.entries);
         }
-        Ok(())
+        Ok(names)
     }
 }
 

@@ -12,10 +12,10 @@ use std::process::{Command, Output};
 pub mod pg;
 pub mod proxy;
 
-/// The binary under test: `SP_SYNC_TEST_BIN` when set (a copy of this
-/// tree's build: `target/debug/sp-sync` is shared by every worktree that
-/// builds into one target directory, and the last build wins), else the
-/// one cargo built with the tests.
+/// The binary under test: `SP_SYNC_TEST_BIN` when set (a copy pinned by
+/// the harness scripts: `target/debug/sp-sync` is shared by every checkout
+/// that builds into the same target directory, and another checkout's build
+/// can replace it while a long campaign runs), else cargo's.
 pub fn bin() -> PathBuf {
     std::env::var_os("SP_SYNC_TEST_BIN")
         .map(PathBuf::from)
