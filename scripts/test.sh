@@ -59,6 +59,19 @@ done
 export SP_SYNC_TEST_S3_ENDPOINT="http://127.0.0.1:$PORT"
 echo "moto on $SP_SYNC_TEST_S3_ENDPOINT" >&2
 
+# The fuzz targets build in the background, at low priority, while the tests
+# run (the tests leave a core idle much of the time: processes, fsyncs,
+# servers); they run after the tests.
+FUZZ_BUILD_PID=""
+if [ -f fuzz/Cargo.toml ]; then
+    step "fuzz targets: building in the background (target/fuzz-build.log)"
+    mkdir -p target
+    FUZZ_BUILD_ONLY=1 FUZZ_PROFILE="${FUZZ_PROFILE:-smoke}" nice -n 15 scripts/fuzz.sh \
+        > target/fuzz-build.log 2>&1 &
+    FUZZ_BUILD_PID=$!
+    trap 'kill "$MOTO_PID" 2>/dev/null || true; kill "$FUZZ_BUILD_PID" 2>/dev/null || true' EXIT
+fi
+
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --no-fail-fast
@@ -70,6 +83,11 @@ fi
 
 if [ -f fuzz/Cargo.toml ]; then
     step "fuzz: every target for ${FUZZ_SECONDS:-20} s"
+    if ! wait "$FUZZ_BUILD_PID"; then
+        cat target/fuzz-build.log >&2
+        echo "scripts/test.sh: the fuzz targets did not build" >&2
+        exit 1
+    fi
     FUZZ_PROFILE="${FUZZ_PROFILE:-smoke}" scripts/fuzz.sh
 fi
 
