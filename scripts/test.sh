@@ -88,7 +88,9 @@ if [ -f fuzz/Cargo.toml ]; then
         echo "scripts/test.sh: the fuzz targets did not build" >&2
         exit 1
     fi
-    FUZZ_PROFILE="${FUZZ_PROFILE:-smoke}" scripts/fuzz.sh
+    # One more target at a time than there are CPUs: the store-making
+    # targets wait on the filesystem part of the time.
+    JOBS="${JOBS:-$(($(nproc) + 1))}" FUZZ_PROFILE="${FUZZ_PROFILE:-smoke}" scripts/fuzz.sh
 fi
 
 # (benches are compiled and linted by clippy --all-targets above)
