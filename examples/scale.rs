@@ -19,6 +19,21 @@ use systemprompt_sync::object::list::ChunkRef;
 use systemprompt_sync::object::tree::{Content, Entry, EntryKind, Timestamp};
 use systemprompt_sync::{LockMode, ObjectType, Snapshot, Store};
 
+/// A file entry of `data` stored as the one chunk `id`.
+fn file_entry(id: systemprompt_sync::ObjectId, data: &[u8]) -> Entry {
+    Entry {
+        mode: 0o644,
+        mtime: Timestamp::default(),
+        kind: EntryKind::File {
+            size: data.len() as u64,
+            content: Content::Inline(vec![ChunkRef {
+                id,
+                len: data.len() as u64,
+            }]),
+        },
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let (dir, n) = match args.as_slice() {
@@ -45,17 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let h = blake3::hash(&k.to_le_bytes());
             let data = format!("file {k:012} {}\n", &h.to_hex()[..32]);
             let id = session.put(ObjectType::Chunk, data.as_bytes())?;
-            let e = Entry {
-                mode: 0o644,
-                mtime: Timestamp::default(),
-                kind: EntryKind::File {
-                    size: data.len() as u64,
-                    content: Content::Inline(vec![ChunkRef {
-                        id,
-                        len: data.len() as u64,
-                    }]),
-                },
-            };
+            let e = file_entry(id, data.as_bytes());
             files.push((format!("f{j:04}").into_bytes(), e.encode()));
         }
         let tree = systemprompt_sync::pmap::build(
@@ -115,17 +120,7 @@ fn next(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             .collect();
     let data = b"one more file\n";
     let chunk = session.put(ObjectType::Chunk, data)?;
-    let e = Entry {
-        mode: 0o644,
-        mtime: Timestamp::default(),
-        kind: EntryKind::File {
-            size: data.len() as u64,
-            content: Content::Inline(vec![ChunkRef {
-                id: chunk,
-                len: data.len() as u64,
-            }]),
-        },
-    };
+    let e = file_entry(chunk, data);
     files.push((b"zz-new".to_vec(), e.encode()));
     let tree = systemprompt_sync::pmap::build(
         ObjectType::Tree,

@@ -251,22 +251,18 @@ pub fn gc_with(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Resu
     // A pack written just now may have the name of an old one (the same
     // bytes: a repack of an unchanged store): it is the new copy, kept.
     let old = |n: &&ObjectId| !written.contains(*n);
-    let b = store.backend();
-    for name in rewrite
+    let doomed: Vec<&ObjectId> = rewrite
         .iter()
         .map(|(n, _)| n)
         .chain(delete.iter())
         .filter(old)
-    {
+        .collect();
+    let b = store.backend();
+    for name in &doomed {
         b.delete(&Store::idx_key(name))?;
     }
     b.sync("packs")?;
-    for name in rewrite
-        .iter()
-        .map(|(n, _)| n)
-        .chain(delete.iter())
-        .filter(old)
-    {
+    for name in &doomed {
         b.delete(&Store::pack_key(name))?;
     }
     for name in orphans.iter().filter(old) {
