@@ -39,8 +39,76 @@ pub const MAX_CHAIN_RECORDS: usize = 4;
 /// dictionary. Reading it needs the store that holds the dictionary
 /// (`Store::unpack`); transfers send such objects re-encoded as `FLAG_ZSTD`.
 pub const FLAG_DICT: u8 = 3;
+/// In an index only (store format 4): the object is a member of the block
+/// record at the entry's offset; the entry's `clen` is its position in the
+/// block. Readers of the store see it as a raw object.
+pub const FLAG_BLOCK: u8 = 4;
 const REC_OBJECT: u8 = 1;
 const REC_END: u8 = 0;
+/// A block record (stored packs of format-4 stores only, §6.1).
+const REC_BLOCK: u8 = 2;
+/// A block header is at most this long: kind, tag, mode, count, size.
+pub const BLOCK_HEADER_MAX: usize = 3 + 10 + 10;
+/// A block record's size field (its ulens and payload) is at most this.
+pub const MAX_BLOCK_SIZE: u64 = MAX_OBJECT_SIZE as u64 + 64 * 1024;
+
+/// Several small objects of one kind compressed together ([`crate::block`]).
+#[derive(Debug, Clone)]
+pub struct StoredBlock {
+    pub tag: ObjectType,
+    pub mode: u8,
+    /// Every member's id and size, in order.
+    pub members: Vec<(ObjectId, u32)>,
+    pub payload: Vec<u8>,
+}
+
+/// Decompresses one zstd frame into at most `cap` bytes.
+pub fn decompress_capped(payload: &[u8], cap: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = zstd::bulk::Decompressor::new().ok();
+        }
+        match d.as_mut() {
+            Some(d) => d.decompress(payload, cap),
+            None => Err(std::io::Error::other("cannot create a zstd context")),
+        }
+    })
+}
+
+/// A block record's header, parsed: (tag, mode, count, size, header length).
+pub fn parse_block_header(buf: &[u8]) -> Option<(u8, u8, u64, u64, usize)> {
+    let mut r = crate::codec::Reader::new(buf);
+    if r.u8().ok()? != REC_BLOCK {
+        return None;
+    }
+    let tag = r.u8().ok()?;
+    let mode = r.u8().ok()?;
+    let count = r.varint().ok()?;
+    let size = r.varint().ok()?;
+    Some((tag, mode, count, size, r.pos()))
+}
+
+/// A block's members' sizes, from the start of its body (after the
+/// header): (sizes, where the payload starts). Checks the count and the
+/// total against the limits.
+pub fn parse_block_sizes(body: &[u8], count: u64) -> Option<(Vec<u32>, usize)> {
+    if !(crate::block::MIN_MEMBERS as u64..=crate::block::MAX_MEMBERS as u64).contains(&count) {
+        return None;
+    }
+    let mut r = crate::codec::Reader::new(body);
+    let mut sizes = Vec::with_capacity(count as usize);
+    let mut total = 0u64;
+    for _ in 0..count {
+        let u = r.varint().ok()?;
+        total += u;
+        if u > crate::block::MAX_MEMBER_BYTES as u64 || total > MAX_OBJECT_SIZE as u64 {
+            return None;
+        }
+        sizes.push(u as u32);
+    }
+    Some((sizes, r.pos()))
+}
 
 /// An object ready to be written: its bytes as stored.
 #[derive(Debug, Clone)]
@@ -119,17 +187,8 @@ pub fn unpack(
             payload.to_vec()
         }
         FLAG_ZSTD => {
-            let out = DECOMPRESSOR.with(|d| {
-                let mut d = d.borrow_mut();
-                if d.is_none() {
-                    *d = zstd::bulk::Decompressor::new().ok();
-                }
-                match d.as_mut() {
-                    Some(d) => d.decompress(payload, ulen as usize),
-                    None => Err(std::io::Error::other("cannot create a zstd context")),
-                }
-            });
-            let out = out.map_err(|e| corrupt(tag, id, format!("zstd: {e}")))?;
+            let out = decompress_capped(payload, ulen as usize)
+                .map_err(|e| corrupt(tag, id, format!("zstd: {e}")))?;
             if out.len() as u64 != ulen {
                 return Err(corrupt(
                     tag,
@@ -311,6 +370,25 @@ impl<W: Write> PackWriter<W> {
         Ok(at)
     }
 
+    /// Appends a block record (stored packs only); returns its offset.
+    pub fn add_block(&mut self, b: &StoredBlock) -> std::io::Result<u64> {
+        let at = self.offset;
+        let mut sizes = Vec::with_capacity(b.members.len() * 2);
+        for (_, u) in &b.members {
+            put_varint(&mut sizes, u64::from(*u));
+        }
+        let mut h = vec![REC_BLOCK, b.tag as u8, b.mode];
+        put_varint(&mut h, b.members.len() as u64);
+        put_varint(&mut h, (sizes.len() + b.payload.len()) as u64);
+        for part in [&h, &sizes, &b.payload] {
+            self.out.write_all(part)?;
+            self.hasher.update(part);
+            self.offset += part.len() as u64;
+        }
+        self.count += 1;
+        Ok(at)
+    }
+
     /// Writes the end record and trailer; returns the writer and the trailer
     /// hash (the pack's name).
     pub fn finish(mut self) -> std::io::Result<(W, ObjectId)> {
@@ -334,6 +412,10 @@ pub struct Record {
     pub id: ObjectId,
     pub ulen: u64,
     pub payload: Vec<u8>,
+    /// A member of the block record at `offset` (stored packs of format-4
+    /// stores): its position there. Its `flags` are 0, `payload` its bytes
+    /// and `id` their hash.
+    pub member: Option<u32>,
 }
 
 impl Record {
@@ -368,6 +450,10 @@ pub struct PackReader<R: Read> {
     base: u64,
     /// The trailer hash once the end was reached and verified.
     pub trailer: Option<ObjectId>,
+    /// Whether block records are read (a store's own packs) or refused.
+    blocks: bool,
+    /// The members of the block read last, not yet returned.
+    pending: std::collections::VecDeque<Record>,
 }
 
 impl<R: Read> PackReader<R> {
@@ -411,7 +497,16 @@ impl<R: Read> PackReader<R> {
             kind,
             base,
             trailer: None,
+            blocks: false,
+            pending: Default::default(),
         })
+    }
+
+    /// Reads block records too (a store's own packs), returning each
+    /// member as a record of its own.
+    pub fn with_blocks(mut self) -> Self {
+        self.blocks = true;
+        self
     }
 
     pub fn offset(&self) -> u64 {
@@ -464,12 +559,19 @@ impl<R: Read> PackReader<R> {
 
     /// The next record, or None after the verified end.
     pub fn next_record(&mut self) -> Result<Option<Record>> {
+        if let Some(r) = self.pending.pop_front() {
+            return Ok(Some(r));
+        }
         if self.done {
             return Ok(None);
         }
         let at = self.offset;
         match self.byte()? {
             REC_OBJECT => {}
+            REC_BLOCK if self.blocks => {
+                self.read_block(at)?;
+                return Ok(self.pending.pop_front());
+            }
             REC_END => {
                 let n = self.varint()?;
                 if n != self.count {
@@ -591,7 +693,57 @@ impl<R: Read> PackReader<R> {
             id: ObjectId(id),
             ulen,
             payload,
+            member: None,
         }))
+    }
+
+    /// Reads a block record (its kind byte read) and queues its members.
+    fn read_block(&mut self, at: u64) -> Result<()> {
+        let fail = |s: &Self, why: String| Err(bad(s.kind, &s.what, s.base + at, why));
+        let tag_b = self.byte()?;
+        let Some(tag) = ObjectType::from_u8(tag_b) else {
+            return fail(self, format!("block of unknown object type {tag_b}"));
+        };
+        let mode = self.byte()?;
+        let count = self.varint()?;
+        let size = self.varint()?;
+        if size > MAX_BLOCK_SIZE {
+            return fail(self, format!("block of {size} bytes exceeds the limit"));
+        }
+        let mut body = vec![0u8; size as usize];
+        read_exact(
+            &mut self.inp,
+            &mut body,
+            self.kind,
+            &self.what,
+            self.base + self.offset,
+        )?;
+        self.hasher.update(&body);
+        self.offset += size;
+        self.count += 1;
+        let Some((sizes, start)) = parse_block_sizes(&body, count) else {
+            return fail(self, format!("block of {count} members with bad sizes"));
+        };
+        let total: usize = sizes.iter().map(|&u| u as usize).sum();
+        let bytes = match crate::block::decode(mode, total, &body[start..]) {
+            Ok(b) => b,
+            Err(e) => return fail(self, format!("block: {e}")),
+        };
+        let mut from = 0usize;
+        for (i, u) in sizes.into_iter().enumerate() {
+            let m = bytes[from..from + u as usize].to_vec();
+            from += u as usize;
+            self.pending.push_back(Record {
+                offset: at,
+                tag,
+                flags: FLAG_RAW,
+                id: ObjectId::compute(tag, &m),
+                ulen: u64::from(u),
+                payload: m,
+                member: Some(i as u32),
+            });
+        }
+        Ok(())
     }
 
     /// After the end: fails if the underlying reader has more bytes.

@@ -392,7 +392,7 @@ pub struct MapBuilder<'a> {
 }
 
 /// Nodes a batched builder hands to its sink at a time.
-const NODE_BATCH: usize = 64;
+const NODE_BATCH: usize = 256;
 
 impl<'a> MapBuilder<'a> {
     /// A builder writing nodes of kind `tag` into `sink`; keys must come in order.

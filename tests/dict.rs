@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::format_of;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -56,15 +58,6 @@ fn small_files(w: &Path, seed: usize) {
         );
         std::fs::write(d.join(format!("p{i}.html")), body).unwrap();
     }
-}
-
-fn format_of(store: &Path) -> String {
-    std::fs::read_to_string(store.join("store.toml"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("format"))
-        .unwrap()
-        .to_string()
 }
 
 /// (tag, flags, offset, clen) of every index entry of a store's packs.

@@ -70,12 +70,7 @@ fn described(dir: &Path) -> BTreeMap<Vec<u8>, String> {
 }
 
 fn format_of(w: &Path) -> String {
-    std::fs::read_to_string(w.join(".sp-sync/store.toml"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("format"))
-        .unwrap()
-        .to_string()
+    common::format_of(&w.join(".sp-sync"))
 }
 
 /// Every record of every pack of the store: (pack, offset, tag, flags, id,

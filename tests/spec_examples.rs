@@ -321,7 +321,30 @@ fn examples() -> Vec<Example> {
     assert_eq!(rec.flags, systemprompt_sync::pack::FLAG_ZSTD);
     w.add(&rec).unwrap();
     let (zstd_pack, _) = w.finish().unwrap();
+    // A block record (§6.1): two row-map leaves of two rows each,
+    // transposed (mode 2).
+    let (la, lb) = block_leaves();
+    let members: [&[u8]; 2] = [&la, &lb];
+    let (mode, payload) = systemprompt_sync::block::encode(ObjectType::Rows, &members, 3).unwrap();
+    assert_eq!(mode, systemprompt_sync::block::MODE_ROWS);
+    let mut w = PackWriter::new(Vec::new()).unwrap();
+    w.add_block(&systemprompt_sync::pack::StoredBlock {
+        tag: ObjectType::Rows,
+        mode,
+        members: members
+            .iter()
+            .map(|m| (ObjectId::compute(ObjectType::Rows, m), m.len() as u32))
+            .collect(),
+        payload,
+    })
+    .unwrap();
+    let (block_pack, _) = w.finish().unwrap();
     vec![
+        Example {
+            name: "block-pack",
+            tag: None,
+            bytes: block_pack,
+        },
         Example {
             name: "chunk",
             tag: Some(ObjectType::Chunk),
@@ -433,6 +456,20 @@ fn examples() -> Vec<Example> {
             bytes: bundle_bytes,
         },
     ]
+}
+
+/// The block example's two leaves: keys `k1` to `k4`, rows (i, 'a' + i - 1)
+/// of two values (INTEGER, TEXT).
+fn block_leaves() -> (Vec<u8>, Vec<u8>) {
+    let leaf = |from: u8| {
+        let mut n = vec![0x01, 0x00, 0x02];
+        for i in from..from + 2 {
+            n.extend_from_slice(&[0x02, b'k', b'0' + i, 0x06, 0x02, 0x01, 2 * i, 0x03, 0x01]);
+            n.push(b'a' + i - 1);
+        }
+        n
+    };
+    (leaf(1), leaf(3))
 }
 
 /// The records of the tree-leaf directory's watched entries (§8.3): the
@@ -728,6 +765,50 @@ fn spec_examples_decode_and_match_the_encoders() {
                 assert!(t.table.is_none());
                 assert_eq!(t.extras[0].kind, ExtraKind::Trigger);
                 assert_eq!(t.extras[0].ordinal, 4);
+            }
+            "block-pack" => {
+                // Only a store's own packs may hold blocks.
+                assert!(
+                    PackReader::new(&bytes[..], "spec")
+                        .unwrap()
+                        .next_record()
+                        .is_err()
+                );
+                let mut r = PackReader::new(&bytes[..], "spec").unwrap().with_blocks();
+                let (la, lb) = block_leaves();
+                for (i, leaf) in [la.clone(), lb.clone()].into_iter().enumerate() {
+                    let rec = r.next_record().unwrap().unwrap();
+                    assert_eq!(rec.member, Some(i as u32));
+                    assert_eq!(rec.offset, 9);
+                    assert_eq!(rec.id, ObjectId::compute(ObjectType::Rows, &leaf));
+                    assert_eq!(rec.verify().unwrap(), leaf);
+                }
+                assert!(r.next_record().unwrap().is_none());
+                r.expect_eof().unwrap();
+                // The frame holds the transposed form the spec spells out.
+                let hex = |h: &str| -> Vec<u8> {
+                    (0..h.len())
+                        .step_by(2)
+                        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+                        .collect()
+                };
+                let want = hex(concat!(
+                    "08060c040404040408",
+                    "010002010002",
+                    "026b31026b32026b33026b34",
+                    "06060606",
+                    "02020202",
+                    "01010101",
+                    "02040608",
+                    "03030303",
+                    "0161016201630164"
+                ));
+                assert_eq!(
+                    systemprompt_sync::block::transpose(&[&la, &lb]).unwrap(),
+                    want
+                );
+                let frame = &bytes[16..bytes.len() - 34];
+                assert_eq!(zstd::bulk::decompress(frame, 1 << 10).unwrap(), want);
             }
             "zstd-pack" => {
                 use systemprompt_sync::pack::FLAG_ZSTD;

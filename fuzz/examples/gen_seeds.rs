@@ -305,5 +305,33 @@ fn main() {
         Cell::Large { text: false, size: 5000, content: Content::Inline(vec![ChunkRef { id: id("c"), len: 5000 }]) },
     ]));
     write("row_values", "row", &row);
+
+    // Blocks: two row-map leaves of small rows, transposed and as payloads.
+    let leaf = |base: u64| {
+        let mut n = vec![1u8, 0, 3];
+        for i in base..base + 3 {
+            let key = i.to_be_bytes();
+            let row = encode_row(&[
+                Cell::Value(Value::Integer(i as i64)),
+                Cell::Value(Value::Text(format!("user{i}@example.com").into_bytes())),
+                Cell::Value(Value::Real(i as f64 / 3.0)),
+                Cell::Value(Value::Null),
+            ]);
+            n.push(key.len() as u8);
+            n.extend_from_slice(&key);
+            n.push(row.len() as u8);
+            n.extend_from_slice(&row);
+        }
+        n
+    };
+    let (a, b) = (leaf(1), leaf(4));
+    let members: [&[u8]; 2] = [&a, &b];
+    let total = ((a.len() + b.len()) as u32).to_le_bytes();
+    let t = systemprompt_sync::block::transpose(&members).unwrap();
+    write("block", "transposed", &[&[0u8][..], &total, &t].concat());
+    for tag in [ObjectType::Rows, ObjectType::Chunk] {
+        let (mode, payload) = systemprompt_sync::block::encode(tag, &members, 3).unwrap();
+        write("block", &format!("mode{mode}"), &[&[mode << 1 | 1][..], &total, &payload].concat());
+    }
     println!("seeds written to {}/seeds", env!("CARGO_MANIFEST_DIR"));
 }

@@ -131,7 +131,7 @@ fn check_pack(
     };
     let mut verified = IdSet::default();
     let r = (|| -> Result<()> {
-        let mut r = PackReader::new(f, path.display().to_string())?;
+        let mut r = PackReader::new(f, path.display().to_string())?.with_blocks();
         while let Some(rec) = r.next_record()? {
             progress.add(0, rec.payload.len() as u64);
             let id = rec.id;
@@ -146,13 +146,7 @@ fn check_pack(
                 }
             }
             match indexed.get(&id) {
-                Some(ix)
-                    if ix.offset == rec.offset
-                        && ix.tag == rec.tag
-                        && ix.flags == rec.flags
-                        && u64::from(ix.ulen) == rec.ulen
-                        && ix.clen as usize == rec.payload.len() =>
-                {
+                Some(ix) if *ix == IdxEntry::of(&rec) => {
                     verified.insert(id);
                 }
                 Some(_) => {
@@ -676,7 +670,7 @@ pub fn rebuild_index(store: &Store, progress: &dyn Progress) -> Result<Vec<Strin
         };
         let path = store.pack_path(name);
         let _ = (|| -> Result<()> {
-            let mut r = PackReader::new(f, path.display().to_string())?;
+            let mut r = PackReader::new(f, path.display().to_string())?.with_blocks();
             while let Some(rec) = r.next_record()? {
                 if rec.tag == ObjectType::Dict
                     && let Ok(b) = store.unpack(rec.tag, &rec.id, rec.flags, rec.ulen, &rec.payload)
@@ -701,16 +695,9 @@ pub fn rebuild_index(store: &Store, progress: &dyn Progress) -> Result<Vec<Strin
         // This pack's records read so far: a stored delta's base may be one.
         let mut here: crate::id::IdMap<IdxEntry> = Default::default();
         let r = (|| -> Result<()> {
-            let mut r = PackReader::new(f, path.display().to_string())?;
+            let mut r = PackReader::new(f, path.display().to_string())?.with_blocks();
             while let Some(rec) = r.next_record()? {
-                let here_entry = IdxEntry {
-                    id: rec.id,
-                    tag: rec.tag,
-                    flags: rec.flags,
-                    offset: rec.offset,
-                    clen: rec.payload.len() as u32,
-                    ulen: rec.ulen as u32,
-                };
+                let here_entry = IdxEntry::of(&rec);
                 match store.unpack_in_pack(
                     rec.tag,
                     &rec.id,

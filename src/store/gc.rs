@@ -14,7 +14,8 @@ use serde::Serialize;
 use super::Store;
 use super::index;
 use crate::error::{Result, SyncError};
-use crate::id::{IdMap, ObjectId};
+use crate::id::{IdMap, ObjectId, ObjectType};
+use crate::object::ObjectSink;
 use crate::pack::Record;
 use crate::progress::Progress;
 use crate::store::fsck::Walker;
@@ -229,9 +230,29 @@ pub fn gc_with(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Resu
         written = w.finish_packs()?;
     } else if !rewrite.is_empty() {
         let w = store.writer_for_repack()?;
+        // Block members (read back raw) are written in blocks again, in
+        // batches that keep the pack's order.
+        let mut members: Vec<(ObjectType, ObjectId, Vec<u8>)> = Vec::new();
         for (_, ids) in &rewrite {
             for id in ids {
+                let block = store
+                    .location(id)
+                    .is_some_and(|l| l.flags == crate::pack::FLAG_BLOCK);
                 let (loc, payload) = store.read_record(id)?;
+                // Verified (with its dictionary) before it is stored again.
+                let bytes = store.unpack(loc.tag, id, loc.flags, u64::from(loc.ulen), &payload)?;
+                if block {
+                    members.push((loc.tag, *id, bytes));
+                    if members.len() >= 256 {
+                        w.put_many(&members)?;
+                        members.clear();
+                    }
+                    continue;
+                }
+                if !members.is_empty() {
+                    w.put_many(&members)?;
+                    members.clear();
+                }
                 let rec = Record {
                     offset: 0,
                     tag: loc.tag,
@@ -239,11 +260,13 @@ pub fn gc_with(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Resu
                     id: *id,
                     ulen: u64::from(loc.ulen),
                     payload,
+                    member: None,
                 };
-                // Verified (with its dictionary) before it is stored again.
-                store.unpack(rec.tag, id, rec.flags, rec.ulen, &rec.payload)?;
                 w.put_stored(rec.into_stored())?;
             }
+        }
+        if !members.is_empty() {
+            w.put_many(&members)?;
         }
         written = w.finish_packs()?;
     }

@@ -34,6 +34,25 @@ pub struct IdxEntry {
     pub ulen: u32,
 }
 
+impl IdxEntry {
+    /// The entry a record read from a pack gets (a block member's names
+    /// its block and its position there).
+    pub fn of(rec: &crate::pack::Record) -> IdxEntry {
+        let (flags, clen) = match rec.member {
+            Some(i) => (crate::pack::FLAG_BLOCK, i),
+            None => (rec.flags, rec.payload.len() as u32),
+        };
+        IdxEntry {
+            id: rec.id,
+            tag: rec.tag,
+            flags,
+            offset: rec.offset,
+            clen,
+            ulen: rec.ulen as u32,
+        }
+    }
+}
+
 pub fn encode(pack: &ObjectId, entries: &mut [IdxEntry]) -> Vec<u8> {
     entries.sort_by_key(|e| e.id);
     let mut out = Vec::with_capacity(IDX_HEAD_LEN + entries.len() * IDX_ENTRY_LEN + 32);

@@ -35,8 +35,8 @@ use crate::error::{IoContext, Result, SyncError};
 use crate::id::{IdMap, ObjectId, ObjectType};
 use crate::object::ObjectSource;
 use crate::pack::{
-    FLAG_DELTA, FLAG_DICT, MAX_CHAIN_RECORDS, delta_base, parse_record_header, record_header_len,
-    unpack, unpack_delta,
+    FLAG_BLOCK, FLAG_DELTA, FLAG_DICT, MAX_CHAIN_RECORDS, delta_base, parse_record_header,
+    record_header_len, unpack, unpack_delta,
 };
 use index::IdxEntry;
 
@@ -55,6 +55,10 @@ pub const FORMAT_DICT: u32 = 2;
 /// stored pack, written by `gc --repack`; store-format.md §6): format 2
 /// plus deltas. A store is moved to it before its first delta record.
 pub const FORMAT_DELTA: u32 = 3;
+/// The format of a store that holds block records (several small objects
+/// compressed together, store-format.md §6.1): format 3 plus blocks. A
+/// store is moved to it before its first block record.
+pub const FORMAT_BLOCK: u32 = 4;
 
 pub use crate::chunker::ChunkerConfig;
 
@@ -213,10 +217,10 @@ impl Default for StoreConfig {
 impl StoreConfig {
     fn validate(&self, path: &Path) -> Result<()> {
         let bad = |r: String| SyncError::corrupt_file("store config", path, r);
-        if !(FORMAT_VERSION..=FORMAT_DELTA).contains(&self.format) {
+        if !(FORMAT_VERSION..=FORMAT_BLOCK).contains(&self.format) {
             return Err(bad(format!(
                 "store format {} is not supported by this sp-sync (it reads formats \
-                 {FORMAT_VERSION} to {FORMAT_DELTA})",
+                 {FORMAT_VERSION} to {FORMAT_BLOCK})",
                 self.format
             )));
         }
@@ -306,8 +310,15 @@ pub struct Store {
     dict_training: Option<usize>,
     /// Whether new objects may be compressed with (and train) dictionaries.
     write_dicts: bool,
+    /// Blocks decoded lately: (pack, offset, members' bytes, their ends).
+    blocks: std::sync::Mutex<Vec<CachedBlock>>,
     _lock: Option<File>,
 }
+
+/// A decoded block: its members' bytes one after another, where each ends.
+type CachedBlock = (ObjectId, u64, Arc<(Vec<u8>, Vec<usize>)>);
+/// Decoded blocks a store keeps (a table read in key order reads each once).
+const BLOCK_CACHE: usize = 8;
 
 impl Store {
     /// Creates a store in the directory `dir` (the `.sp-sync` directory
@@ -411,6 +422,7 @@ impl Store {
             format: std::sync::atomic::AtomicU32::new(format),
             dict_training: None,
             write_dicts: true,
+            blocks: Default::default(),
             _lock: lock,
         };
         let mut store = store;
@@ -636,7 +648,7 @@ impl Store {
     pub fn scan_pack(&self, name: &ObjectId) -> Result<Vec<IdxEntry>> {
         let path = self.pack_path(name);
         let r = self.backend.open_read(&Self::pack_key(name))?;
-        let mut r = crate::pack::PackReader::new(r, path.display().to_string())?;
+        let mut r = crate::pack::PackReader::new(r, path.display().to_string())?.with_blocks();
         let mut out = Vec::new();
         let mut here: IdMap<IdxEntry> = IdMap::default();
         while let Some(rec) = r.next_record()? {
@@ -652,14 +664,7 @@ impl Store {
                 // Records later in this pack may need it before its index is back.
                 remember_dictionary(&rec.id, &bytes);
             }
-            let e = IdxEntry {
-                id: rec.id,
-                tag: rec.tag,
-                flags: rec.flags,
-                offset: rec.offset,
-                clen: rec.payload.len() as u32,
-                ulen: rec.ulen as u32,
-            };
+            let e = IdxEntry::of(&rec);
             here.insert(rec.id, e);
             out.push(e);
         }
@@ -745,7 +750,15 @@ impl Store {
     /// read, is decoded, verified and compressed again alone. The header
     /// is checked against the index.
     pub fn read_raw(&self, id: &ObjectId) -> Result<(Location, Vec<u8>)> {
+        let block = self.location(id).is_some_and(|l| l.flags == FLAG_BLOCK);
         let (mut loc, payload) = self.read_record(id)?;
+        if block {
+            // A block member comes back raw: compress it alone to leave.
+            let (flags, payload) = crate::pack::compress(&payload, self.config.compression_level);
+            loc.flags = flags;
+            loc.clen = payload.len() as u32;
+            return Ok((loc, payload));
+        }
         if loc.flags != FLAG_DICT && loc.flags != FLAG_DELTA {
             return Ok((loc, payload));
         }
@@ -883,6 +896,10 @@ impl Store {
         if let Some((pack, entries)) = local
             && let Some(e) = entries.get(base)
         {
+            if e.flags == FLAG_BLOCK {
+                let bytes = self.read_member(pack, base, e.offset, e.tag, e.clen, e.ulen)?;
+                return Ok((e.tag, crate::pack::FLAG_RAW, u64::from(e.ulen), bytes));
+            }
             let payload = self.read_record_at(
                 pack,
                 base,
@@ -959,6 +976,15 @@ impl Store {
             id: *id,
         })?;
         let name = self.pack_name(loc.pack).unwrap_or_default();
+        if loc.flags == FLAG_BLOCK {
+            let bytes = self.read_member(&name, id, loc.offset, loc.tag, loc.clen, loc.ulen)?;
+            let loc = Location {
+                flags: crate::pack::FLAG_RAW,
+                clen: loc.ulen,
+                ..loc
+            };
+            return Ok((loc, bytes));
+        }
         let payload = self.read_record_at(
             &name,
             id,
@@ -1015,6 +1041,96 @@ impl Store {
         }
         buf.drain(..hlen);
         Ok(buf)
+    }
+
+    /// The bytes of member `index` (of `ulen` bytes) of the block record at
+    /// `offset` of pack `name`, not yet verified against `id` (callers
+    /// read them as a raw record, which is). Decoded blocks are cached.
+    fn read_member(
+        &self,
+        name: &ObjectId,
+        id: &ObjectId,
+        offset: u64,
+        tag: ObjectType,
+        index: u32,
+        ulen: u32,
+    ) -> Result<Vec<u8>> {
+        let bad = |why: String| {
+            crate::object::corrupt(
+                tag,
+                id,
+                format!("block at offset {offset} of pack {}: {why}", name.short()),
+            )
+        };
+        let cached = self.blocks.lock().ok().and_then(|c| {
+            c.iter()
+                .find(|(p, o, _)| p == name && *o == offset)
+                .map(|(_, _, b)| b.clone())
+        });
+        let block = match cached {
+            Some(b) => b,
+            None => {
+                let b = Arc::new(self.decode_block(name, offset, tag).map_err(bad)?);
+                if let Ok(mut c) = self.blocks.lock() {
+                    if c.len() >= BLOCK_CACHE {
+                        c.remove(0);
+                    }
+                    c.push((*name, offset, b.clone()));
+                }
+                b
+            }
+        };
+        let (bytes, ends) = &*block;
+        let i = index as usize;
+        let Some(&end) = ends.get(i) else {
+            return Err(bad(format!("has no member {i}")));
+        };
+        let start = if i == 0 { 0 } else { ends[i - 1] };
+        if end - start != ulen as usize {
+            return Err(bad(format!(
+                "member {i} has {} bytes, the index says {ulen}",
+                end - start
+            )));
+        }
+        Ok(bytes[start..end].to_vec())
+    }
+
+    /// Reads and decodes the block record at `offset` of pack `name`.
+    fn decode_block(
+        &self,
+        name: &ObjectId,
+        offset: u64,
+        tag: ObjectType,
+    ) -> std::result::Result<(Vec<u8>, Vec<usize>), String> {
+        let key = Self::pack_key(name);
+        let mut head = [0u8; crate::pack::BLOCK_HEADER_MAX];
+        self.backend
+            .read_at(&key, offset, &mut head)
+            .map_err(|e| format!("unreadable header ({e})"))?;
+        let Some((t, mode, count, size, hlen)) = crate::pack::parse_block_header(&head) else {
+            return Err("not a block record".into());
+        };
+        if t != tag as u8 {
+            return Err(format!("holds objects of type {t}, the index says {tag}"));
+        }
+        if size > crate::pack::MAX_BLOCK_SIZE {
+            return Err(format!("of {size} bytes exceeds the limit"));
+        }
+        let mut body = vec![0u8; size as usize];
+        self.backend
+            .read_at(&key, offset + hlen as u64, &mut body)
+            .map_err(|e| format!("unreadable ({e})"))?;
+        let (sizes, start) = crate::pack::parse_block_sizes(&body, count)
+            .ok_or_else(|| format!("{count} members with bad sizes"))?;
+        let total = sizes.iter().map(|&u| u as usize).sum();
+        let bytes = crate::block::decode(mode, total, &body[start..]).map_err(|e| e.to_string())?;
+        let mut ends = Vec::with_capacity(sizes.len());
+        let mut at = 0;
+        for u in sizes {
+            at += u as usize;
+            ends.push(at);
+        }
+        Ok((bytes, ends))
     }
 
     /// An object as stored (compressed as it is), verified.

@@ -18,7 +18,7 @@ use crate::dict::{self, Dictionary, Sampler};
 use crate::error::{IoContext, Result, SyncError};
 use crate::id::{IdSet, ObjectId, ObjectType};
 use crate::object::ObjectSink;
-use crate::pack::{FLAG_DICT, PackWriter, StoredObject, prepare};
+use crate::pack::{FLAG_BLOCK, FLAG_DICT, PackWriter, StoredBlock, StoredObject, prepare};
 
 /// Counters of what a session added.
 #[derive(Default, Debug)]
@@ -37,10 +37,16 @@ struct Finished {
 
 type SharedError = Arc<Mutex<Option<SyncError>>>;
 
+/// What the pack writer thread appends: an object's record, or a block.
+enum Item {
+    Object(StoredObject),
+    Block(StoredBlock),
+}
+
 /// A batch of objects being written into new packs.
 pub struct WriteSession<'s> {
     store: &'s Store,
-    tx: Option<Sender<StoredObject>>,
+    tx: Option<Sender<Item>>,
     thread: Option<JoinHandle<Result<Vec<Finished>>>>,
     pending: Mutex<IdSet>,
     error: SharedError,
@@ -94,7 +100,7 @@ impl DictState {
 
 impl<'s> WriteSession<'s> {
     pub(super) fn new(store: &'s Store, repack: bool) -> Result<Self> {
-        let (tx, rx) = bounded::<StoredObject>(64);
+        let (tx, rx) = bounded::<Item>(64);
         let backend = store.backend_arc();
         let tmp = store.tmp_dir();
         std::fs::create_dir_all(&tmp).ctx("creating", &tmp)?;
@@ -260,20 +266,50 @@ impl<'s> WriteSession<'s> {
     }
 
     fn send(&self, obj: StoredObject) -> Result<()> {
-        self.stats.objects.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .raw_bytes
-            .fetch_add(u64::from(obj.ulen), Ordering::Relaxed);
-        self.stats
-            .stored_bytes
-            .fetch_add(obj.payload.len() as u64, Ordering::Relaxed);
+        self.count(obj.ulen.into(), obj.payload.len(), 1);
+        self.send_item(Item::Object(obj))
+    }
+
+    fn send_item(&self, item: Item) -> Result<()> {
         let Some(tx) = &self.tx else {
             return Err(SyncError::Invalid("write session already finished".into()));
         };
-        if tx.send(obj).is_err() {
+        if tx.send(item).is_err() {
             return Err(self.writer_error());
         }
         Ok(())
+    }
+
+    /// Compresses `members` (new objects of one kind, claimed) together.
+    fn make_block(
+        &self,
+        tag: ObjectType,
+        members: &[&(ObjectType, ObjectId, Vec<u8>)],
+    ) -> Result<StoredBlock> {
+        let refs: Vec<&[u8]> = members.iter().map(|(_, _, b)| b.as_slice()).collect();
+        let (mode, payload) = crate::block::encode(tag, &refs, self.level)?;
+        Ok(StoredBlock {
+            tag,
+            mode,
+            members: members
+                .iter()
+                .map(|(_, id, b)| (*id, b.len() as u32))
+                .collect(),
+            payload,
+        })
+    }
+
+    fn count(&self, raw: u64, stored: usize, objects: u64) {
+        self.stats.objects.fetch_add(objects, Ordering::Relaxed);
+        self.stats.raw_bytes.fetch_add(raw, Ordering::Relaxed);
+        self.stats
+            .stored_bytes
+            .fetch_add(stored as u64, Ordering::Relaxed);
+    }
+
+    /// Whether objects of `tag` are written in blocks by `put_many`.
+    fn blocks_for(&self, tag: ObjectType) -> bool {
+        tag == ObjectType::Rows && self.level > 0
     }
 
     /// Why the writer thread stopped. Every caller blocked on it gets the
@@ -376,16 +412,83 @@ impl ObjectSink for WriteSession<'_> {
 
     /// Compresses the new objects in parallel (rayon), then sends them in
     /// the order given.
+    ///
+    /// Small new row-map nodes go into blocks (§6.1) of about
+    /// [`crate::block::TARGET_BYTES`]: the batch's leaves, then its nodes
+    /// of each higher level (a node's children are leaves or lower nodes
+    /// of this batch or an earlier one, so they still come first). Too few
+    /// to fill a block, they are stored one by one.
     fn put_many(&self, objs: &[(ObjectType, ObjectId, Vec<u8>)]) -> Result<()> {
         use rayon::prelude::*;
-        let new: Vec<&(ObjectType, ObjectId, Vec<u8>)> =
-            objs.iter().filter(|(_, id, _)| self.claim(id)).collect();
-        let prepared: Vec<StoredObject> = new
+        type Obj = (ObjectType, ObjectId, Vec<u8>);
+        let new: Vec<&Obj> = objs.iter().filter(|(_, id, _)| self.claim(id)).collect();
+        let blockable = |o: &&Obj| {
+            self.blocks_for(o.0) && o.2.len() >= 2 && o.2.len() <= crate::block::MAX_MEMBER_BYTES
+        };
+        let (mut grouped, single): (Vec<&Obj>, Vec<&Obj>) = new.into_iter().partition(blockable);
+        // Stable: in order within a level.
+        grouped.sort_by_key(|o| o.2[1]);
+        let mut groups: Vec<Vec<&Obj>> = Vec::new();
+        let mut bytes = 0usize;
+        for o in grouped {
+            let same_level = groups
+                .last()
+                .and_then(|g| g.last())
+                .is_some_and(|l| l.2[1] == o.2[1]);
+            if !same_level
+                || bytes >= crate::block::TARGET_BYTES
+                || groups
+                    .last()
+                    .is_some_and(|g| g.len() >= crate::block::MAX_MEMBERS)
+            {
+                groups.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += o.2.len();
+            if let Some(g) = groups.last_mut() {
+                g.push(o);
+            }
+        }
+        // A group too small to gain from a block is stored one by one.
+        // Units go out level by level: the objects not in blocks first (in
+        // their order), then each level's blocks and single nodes.
+        let mut units: Vec<Vec<&Obj>> = single.into_iter().map(|o| vec![o]).collect();
+        for g in groups {
+            let big = g.len() >= crate::block::MIN_MEMBERS
+                && g.iter().map(|o| o.2.len()).sum::<usize>() >= crate::block::TARGET_BYTES / 8;
+            if big {
+                units.push(g);
+            } else {
+                units.extend(g.into_iter().map(|o| vec![o]));
+            }
+        }
+        units.sort_by_key(|u| {
+            if u[0].0 == ObjectType::Rows {
+                u[0].2.get(1).copied().unwrap_or(0)
+            } else {
+                0
+            }
+        });
+        if units.iter().any(|u| u.len() > 1) {
+            self.store.ensure_format(super::FORMAT_BLOCK)?;
+        }
+        let items: Vec<Item> = units
             .par_iter()
-            .map(|(tag, id, bytes)| self.prepare(*tag, *id, bytes))
+            .map(|u| match u.as_slice() {
+                [(tag, id, bytes)] => self.prepare(*tag, *id, bytes).map(Item::Object),
+                g => self.make_block(g[0].0, g).map(Item::Block),
+            })
             .collect::<Result<_>>()?;
-        for o in prepared {
-            self.send(o)?;
+        for item in items {
+            match &item {
+                Item::Object(o) => self.count(o.ulen.into(), o.payload.len(), 1),
+                Item::Block(b) => self.count(
+                    b.members.iter().map(|(_, u)| u64::from(*u)).sum(),
+                    b.payload.len(),
+                    b.members.len() as u64,
+                ),
+            }
+            self.send_item(item)?;
         }
         Ok(())
     }
@@ -427,6 +530,24 @@ impl OpenPack {
         Ok(())
     }
 
+    fn add_block(&mut self, b: &StoredBlock) -> Result<()> {
+        let Some(w) = self.w.as_mut() else {
+            return Err(SyncError::Invalid("pack already finished".into()));
+        };
+        let offset = w.add_block(b).ctx("writing", &self.tmp)?;
+        for (i, (id, ulen)) in b.members.iter().enumerate() {
+            self.entries.push(IdxEntry {
+                id: *id,
+                tag: b.tag,
+                flags: FLAG_BLOCK,
+                offset,
+                clen: i as u32,
+                ulen: *ulen,
+            });
+        }
+        Ok(())
+    }
+
     fn size(&self) -> u64 {
         self.w.as_ref().map_or(0, |w| w.offset())
     }
@@ -462,7 +583,7 @@ impl Drop for OpenPack {
 }
 
 fn writer_loop(
-    rx: &Receiver<StoredObject>,
+    rx: &Receiver<Item>,
     backend: &dyn Backend,
     tmp: &Path,
     target: u64,
@@ -475,7 +596,10 @@ fn writer_loop(
             Some(p) => p,
             None => cur.insert(OpenPack::create(tmp)?),
         };
-        p.add(&obj)?;
+        match &obj {
+            Item::Object(o) => p.add(o)?,
+            Item::Block(b) => p.add_block(b)?,
+        }
         if p.size() >= target
             && let Some(p) = cur.take()
         {

@@ -292,6 +292,16 @@ pub fn open_store(dir: &Path) -> systemprompt_sync::Store {
     s
 }
 
+/// The `format = N` line of the store at `store`'s `store.toml`.
+pub fn format_of(store: &Path) -> String {
+    std::fs::read_to_string(store.join("store.toml"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("format"))
+        .unwrap()
+        .to_string()
+}
+
 /// `sqlite3 FILE .dump` (the real CLI, installed by scripts/test.sh).
 pub fn dump(db: &Path) -> String {
     let o = Command::new("sqlite3")

@@ -1,0 +1,470 @@
+//! Blocks: several small objects of one kind compressed together in one
+//! pack record (`store-format.md` §6.1, store format 4), so that they
+//! compress like a solid stream while each stays readable by id (a read
+//! decodes the block, about 32 KiB, and takes its member).
+//!
+//! A block's payload is one zstd frame. Mode 1: the frame holds the
+//! members' bytes one after another. Mode 2 (row-map leaves only): the
+//! frame holds the same bytes *transposed*: the members' node headers,
+//! then every key, every value length, every row's value count, then for
+//! each column the type bytes of its cells and then their contents, so that
+//! like values (every email, every timestamp) sit together. Every byte of
+//! the members appears exactly once in the transposed form (varints are
+//! copied, not re-encoded), so the inverse is exact; a writer checks that
+//! it is before using mode 2.
+//!
+//! Member ids are not stored: a reader hashes each member's bytes.
+
+use crate::error::Result;
+use crate::id::{ObjectId, ObjectType};
+use crate::object::MAX_OBJECT_SIZE;
+
+/// The members' bytes one after another.
+pub const MODE_PLAIN: u8 = 1;
+/// Row-map leaves, transposed by column.
+pub const MODE_ROWS: u8 = 2;
+/// A block holds at least this many members (one object is a record).
+pub const MIN_MEMBERS: usize = 2;
+/// A block holds at most this many members.
+pub const MAX_MEMBERS: usize = 4096;
+/// A writer closes a block once its members reach this many bytes.
+pub const TARGET_BYTES: usize = 32 * 1024;
+/// Objects larger than this are never put in a block.
+pub const MAX_MEMBER_BYTES: usize = 64 * 1024;
+/// The transposed form's directory is at most this much longer than the
+/// members' bytes (a stream count and up to 4 + 2 × 32,768 lengths).
+const MAX_DIRECTORY: usize = 10 * (1 + 4 + 2 * 32_768);
+
+/// Why a block could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BlockError(pub String);
+
+fn bad<T>(why: impl Into<String>) -> std::result::Result<T, BlockError> {
+    Err(BlockError(why.into()))
+}
+
+/// Compresses members (each at most [`MAX_MEMBER_BYTES`]) into a block
+/// payload: (mode, payload). Row-map leaves are transposed when every one
+/// parses as a leaf of rows.
+pub fn encode(tag: ObjectType, members: &[&[u8]], level: i32) -> Result<(u8, Vec<u8>)> {
+    let total: usize = members.iter().map(|m| m.len()).sum();
+    let transposed = if tag == ObjectType::Rows {
+        transpose(members).filter(|t| {
+            untranspose(t, total).is_ok_and(|back| {
+                let mut at = 0;
+                members.iter().all(|m| {
+                    let same = back.get(at..at + m.len()) == Some(*m);
+                    at += m.len();
+                    same
+                }) && at == back.len()
+            })
+        })
+    } else {
+        None
+    };
+    let (mode, raw) = match transposed {
+        Some(t) => (MODE_ROWS, t),
+        None => (MODE_PLAIN, members.concat()),
+    };
+    let payload = zstd::bulk::compress(&raw, level)
+        .map_err(|e| crate::error::SyncError::Invalid(format!("compressing a block: {e}")))?;
+    Ok((mode, payload))
+}
+
+/// Decodes a block payload into its members' bytes, one after another
+/// (`total` bytes: the sum of the members' sizes, at most 16 MiB).
+pub fn decode(mode: u8, total: usize, payload: &[u8]) -> std::result::Result<Vec<u8>, BlockError> {
+    if total > MAX_OBJECT_SIZE {
+        return bad(format!("block of {total} bytes exceeds the limit"));
+    }
+    let cap = match mode {
+        MODE_PLAIN => total,
+        MODE_ROWS => total + MAX_DIRECTORY,
+        m => return bad(format!("unknown block mode {m}")),
+    };
+    let raw = crate::pack::decompress_capped(payload, cap)
+        .map_err(|e| BlockError(format!("block frame: {e}")))?;
+    match mode {
+        MODE_PLAIN if raw.len() == total => Ok(raw),
+        MODE_PLAIN => bad(format!(
+            "block frame holds {} bytes, its members {total}",
+            raw.len()
+        )),
+        _ => untranspose(&raw, total),
+    }
+}
+
+// ---- varints, copied verbatim ----
+
+/// The end of the varint starting at `at` (at most 10 bytes), or None.
+fn varint_end(b: &[u8], at: usize) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let c = *b.get(at + i)?;
+        v |= u64::from(c & 0x7f) << (7 * i);
+        if c & 0x80 == 0 {
+            return Some((v, at + i + 1));
+        }
+    }
+    None
+}
+
+/// The streams of the transposed form, in order.
+struct Streams {
+    heads: Vec<u8>,
+    keys: Vec<u8>,
+    vlens: Vec<u8>,
+    ncols: Vec<u8>,
+    /// Per column: (cell type bytes, cell contents).
+    cols: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The bytes a cell's contents take after its type byte, at `at` of `b`.
+fn cell_end(kind: u8, b: &[u8], at: usize) -> Option<usize> {
+    match kind {
+        0 => Some(at),
+        1 => varint_end(b, at).map(|(_, e)| e),
+        2 => (at + 8 <= b.len()).then_some(at + 8),
+        3 | 4 => {
+            let (n, e) = varint_end(b, at)?;
+            let end = e.checked_add(usize::try_from(n).ok()?)?;
+            (end <= b.len()).then_some(end)
+        }
+        _ => None,
+    }
+}
+
+/// Row-map leaves (version 1, level 0) transposed; None when one does not
+/// parse as a leaf whose values are rows of inline cells.
+pub fn transpose(members: &[&[u8]]) -> Option<Vec<u8>> {
+    let mut s = Streams {
+        heads: Vec::new(),
+        keys: Vec::new(),
+        vlens: Vec::new(),
+        ncols: Vec::new(),
+        cols: Vec::new(),
+    };
+    for m in members {
+        if m.len() < 3 || m[0] != crate::pmap::NODE_VERSION || m[1] != 0 {
+            return None;
+        }
+        let (count, mut at) = varint_end(m, 2)?;
+        s.heads.extend_from_slice(&m[..at]);
+        for _ in 0..count {
+            let (kl, e) = varint_end(m, at)?;
+            let kend = e.checked_add(usize::try_from(kl).ok()?)?;
+            s.keys.extend_from_slice(m.get(at..kend)?);
+            let (vl, e) = varint_end(m, kend)?;
+            s.vlens.extend_from_slice(&m[kend..e]);
+            let vend = e.checked_add(usize::try_from(vl).ok()?)?;
+            let v = m.get(e..vend)?;
+            let (cells, mut p) = varint_end(v, 0)?;
+            if cells > 32_768 {
+                return None;
+            }
+            s.ncols.extend_from_slice(&v[..p]);
+            for j in 0..cells as usize {
+                let kind = *v.get(p)?;
+                let end = cell_end(kind, v, p + 1)?;
+                if s.cols.len() <= j {
+                    s.cols.push((Vec::new(), Vec::new()));
+                }
+                s.cols[j].0.push(kind);
+                s.cols[j].1.extend_from_slice(&v[p + 1..end]);
+                p = end;
+            }
+            if p != v.len() {
+                return None;
+            }
+            at = vend;
+        }
+        if at != m.len() {
+            return None;
+        }
+    }
+    let mut streams: Vec<&[u8]> = vec![&s.heads, &s.keys, &s.vlens, &s.ncols];
+    for (t, d) in &s.cols {
+        streams.push(t);
+        streams.push(d);
+    }
+    let mut out = Vec::with_capacity(members.iter().map(|m| m.len()).sum::<usize>() + 64);
+    crate::codec::put_varint(&mut out, streams.len() as u64);
+    for st in &streams {
+        crate::codec::put_varint(&mut out, st.len() as u64);
+    }
+    for st in &streams {
+        out.extend_from_slice(st);
+    }
+    Some(out)
+}
+
+/// A cursor over one stream of the transposed form.
+struct Cur<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cur<'a> {
+    fn varint(&mut self, what: &str) -> std::result::Result<(u64, &'a [u8]), BlockError> {
+        match varint_end(self.b, self.at) {
+            Some((v, e)) => {
+                let s = &self.b[self.at..e];
+                self.at = e;
+                Ok((v, s))
+            }
+            None => bad(format!("transposed block: bad or missing {what}")),
+        }
+    }
+
+    fn take(&mut self, n: u64, what: &str) -> std::result::Result<&'a [u8], BlockError> {
+        let end = usize::try_from(n)
+            .ok()
+            .and_then(|n| self.at.checked_add(n))
+            .filter(|&e| e <= self.b.len());
+        match end {
+            Some(e) => {
+                let s = &self.b[self.at..e];
+                self.at = e;
+                Ok(s)
+            }
+            None => bad(format!("transposed block: {what} runs past its stream")),
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.at == self.b.len()
+    }
+}
+
+/// The inverse of [`transpose`]: the members' bytes, which must come to
+/// exactly `total`.
+pub fn untranspose(raw: &[u8], total: usize) -> std::result::Result<Vec<u8>, BlockError> {
+    let mut dir = Cur { b: raw, at: 0 };
+    let (n, _) = dir.varint("stream count")?;
+    if n < 4 || n % 2 != 0 || n > 4 + 2 * 32_768 {
+        return bad(format!("transposed block with {n} streams"));
+    }
+    let mut lens = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        lens.push(dir.varint("stream length")?.0);
+    }
+    let mut streams = Vec::with_capacity(n as usize);
+    for l in lens {
+        streams.push(Cur {
+            b: dir.take(l, "a stream")?,
+            at: 0,
+        });
+    }
+    if !dir.done() {
+        return bad("transposed block: bytes after its streams");
+    }
+    let mut cols = streams.split_off(4);
+    let [heads, keys, vlens, ncols]: &mut [Cur; 4] = streams
+        .as_mut_slice()
+        .try_into()
+        .map_err(|_| BlockError("transposed block: missing streams".into()))?;
+    let mut out = Vec::with_capacity(total);
+    while !heads.done() {
+        let head = heads.take(2, "a node header")?;
+        if head != [crate::pmap::NODE_VERSION, 0] {
+            return bad("transposed block: a member that is not a row-map leaf");
+        }
+        out.extend_from_slice(head);
+        let (count, c) = heads.varint("an entry count")?;
+        out.extend_from_slice(c);
+        for _ in 0..count {
+            let (kl, k) = keys.varint("a key length")?;
+            out.extend_from_slice(k);
+            out.extend_from_slice(keys.take(kl, "a key")?);
+            let (vl, v) = vlens.varint("a value length")?;
+            out.extend_from_slice(v);
+            let start = out.len();
+            let (cells, c) = ncols.varint("a value count")?;
+            out.extend_from_slice(c);
+            if cells as usize > cols.len() / 2 {
+                return bad("transposed block: a row with more values than columns");
+            }
+            for j in 0..cells as usize {
+                let (tags, data) = cols.split_at_mut(2 * j + 1);
+                let kind = tags[2 * j].take(1, "a value's type")?[0];
+                let d = &mut data[0];
+                out.push(kind);
+                match kind {
+                    0 => {}
+                    1 => out.extend_from_slice(d.varint("an integer")?.1),
+                    2 => out.extend_from_slice(d.take(8, "a real")?),
+                    3 | 4 => {
+                        let (l, s) = d.varint("a length")?;
+                        out.extend_from_slice(s);
+                        out.extend_from_slice(d.take(l, "a text or blob")?);
+                    }
+                    k => return bad(format!("transposed block: value type {k}")),
+                }
+            }
+            if (out.len() - start) as u64 != vl {
+                return bad("transposed block: a value's length differs from its cells");
+            }
+            if out.len() > total {
+                return bad("transposed block: longer than its members");
+            }
+        }
+    }
+    if ![&*keys, &*vlens, &*ncols].iter().all(|c| c.done()) || !cols.iter().all(Cur::done) {
+        return bad("transposed block: streams longer than its rows");
+    }
+    if out.len() != total {
+        return bad(format!(
+            "transposed block holds {} bytes, its members {total}",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// The id of a member: the hash of its bytes with the block's tag.
+pub fn member_id(tag: ObjectType, bytes: &[u8]) -> ObjectId {
+    ObjectId::compute(tag, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(rows: &[(&[u8], Vec<u8>)]) -> Vec<u8> {
+        let mut n = vec![1, 0];
+        crate::codec::put_varint(&mut n, rows.len() as u64);
+        for (k, v) in rows {
+            crate::codec::put_varint(&mut n, k.len() as u64);
+            n.extend_from_slice(k);
+            crate::codec::put_varint(&mut n, v.len() as u64);
+            n.extend_from_slice(v);
+        }
+        n
+    }
+
+    fn row(i: u64) -> Vec<u8> {
+        let mut r = vec![4, 1];
+        crate::codec::put_varint(&mut r, i * 2);
+        let t = format!("user{i}@example.com");
+        r.push(3);
+        crate::codec::put_varint(&mut r, t.len() as u64);
+        r.extend_from_slice(t.as_bytes());
+        r.push(2);
+        r.extend_from_slice(&(i as f64 * 1.5).to_be_bytes());
+        r.push(if i.is_multiple_of(3) { 0 } else { 4 });
+        if !i.is_multiple_of(3) {
+            r.extend_from_slice(&[2, 0xab, 0xcd]);
+        }
+        r
+    }
+
+    #[test]
+    fn rows_transpose_and_round_trip() {
+        let keys: Vec<Vec<u8>> = (0..300u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        let members: Vec<Vec<u8>> = keys
+            .chunks(30)
+            .enumerate()
+            .map(|(c, ks)| {
+                let rows: Vec<(&[u8], Vec<u8>)> = ks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| (k.as_slice(), row((c * 30 + i) as u64)))
+                    .collect();
+                leaf(&rows)
+            })
+            .collect();
+        let refs: Vec<&[u8]> = members.iter().map(|m| m.as_slice()).collect();
+        let (mode, payload) = encode(ObjectType::Rows, &refs, 3).unwrap();
+        assert_eq!(mode, MODE_ROWS);
+        let total = refs.iter().map(|m| m.len()).sum();
+        assert_eq!(decode(mode, total, &payload).unwrap(), members.concat());
+        // A tree node is not transposed; a leaf with a large value neither.
+        let (mode, payload) = encode(ObjectType::Tree, &refs, 3).unwrap();
+        assert_eq!(mode, MODE_PLAIN);
+        assert_eq!(decode(mode, total, &payload).unwrap(), members.concat());
+        let odd = leaf(&[(b"k", vec![1, 5, 9])]);
+        let (mode, _) = encode(ObjectType::Rows, &[&odd, &members[0]], 3).unwrap();
+        assert_eq!(mode, MODE_PLAIN);
+    }
+
+    #[test]
+    fn wrong_sizes_and_modes_are_refused() {
+        let members: [&[u8]; 2] = [b"abcdef", b"ghi"];
+        let (mode, payload) = encode(ObjectType::Chunk, &members, 3).unwrap();
+        assert!(decode(mode, 9, &payload).is_ok());
+        assert!(decode(mode, 8, &payload).is_err());
+        assert!(decode(mode, 10, &payload).is_err());
+        assert!(decode(7, 9, &payload).is_err());
+        assert!(decode(MODE_ROWS, 9, &payload).is_err());
+    }
+
+    fn cell() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(vec![0u8]),
+            any::<u64>().prop_map(|v| {
+                let mut c = vec![1];
+                crate::codec::put_varint(&mut c, v);
+                c
+            }),
+            any::<[u8; 8]>().prop_map(|b| [&[2u8][..], &b].concat()),
+            (3u8..=4, proptest::collection::vec(any::<u8>(), 0..40)).prop_map(|(k, b)| {
+                let mut c = vec![k];
+                crate::codec::put_varint(&mut c, b.len() as u64);
+                c.extend_from_slice(&b);
+                c
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any row-map leaves (rows of any width and inline values) come
+        /// back byte for byte, transposed or not.
+        #[test]
+        fn any_leaves_round_trip(
+            leaves in proptest::collection::vec(
+                proptest::collection::vec(
+                    (proptest::collection::vec(proptest::prelude::any::<u8>(), 1..12),
+                     proptest::collection::vec(cell(), 0..9)),
+                    1..20),
+                2..6),
+        ) {
+            let members: Vec<Vec<u8>> = leaves
+                .iter()
+                .map(|rows| {
+                    let rows: Vec<(&[u8], Vec<u8>)> = rows
+                        .iter()
+                        .map(|(k, cells)| {
+                            let mut v = Vec::new();
+                            crate::codec::put_varint(&mut v, cells.len() as u64);
+                            v.extend(cells.concat());
+                            (k.as_slice(), v)
+                        })
+                        .collect();
+                    leaf(&rows)
+                })
+                .collect();
+            let refs: Vec<&[u8]> = members.iter().map(|m| m.as_slice()).collect();
+            let (mode, payload) = encode(ObjectType::Rows, &refs, 1).unwrap();
+            proptest::prop_assert_eq!(mode, MODE_ROWS);
+            let total = refs.iter().map(|m| m.len()).sum();
+            proptest::prop_assert_eq!(decode(mode, total, &payload).unwrap(), members.concat());
+        }
+
+        /// Any bytes, as a transposed form or a frame, are refused or
+        /// decoded within the size given, never a panic.
+        #[test]
+        fn any_bytes_never_panic(raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400), total in 0usize..600) {
+            if let Ok(b) = untranspose(&raw, total) {
+                proptest::prop_assert_eq!(b.len(), total);
+            }
+            let frame = zstd::bulk::compress(&raw, 1).unwrap();
+            for mode in [MODE_PLAIN, MODE_ROWS, 0, 9] {
+                if let Ok(b) = decode(mode, total, &frame) {
+                    proptest::prop_assert_eq!(b.len(), total);
+                }
+            }
+        }
+    }
+}
