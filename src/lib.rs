@@ -116,7 +116,6 @@ pub mod sync;
 // (or RUSTDOCFLAGS="--cfg sp_sync_internal_docs" cargo doc) shows them to
 // rustdoc and to the missing_docs lint.
 #[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
-/// Blocks: small objects compressed together in one pack record.
 pub mod block;
 #[cfg_attr(not(sp_sync_internal_docs), doc(hidden))]
 pub mod chunker;

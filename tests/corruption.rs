@@ -180,8 +180,17 @@ fn setup(d: &Path) -> Vec<Check> {
             "/nonexistent/remote",
         ],
     );
-    let st = std::fs::read_to_string(d.join("st/store.toml")).unwrap();
-    assert!(st.contains("format = 3"), "nothing stored as a delta: {st}");
+    {
+        use systemprompt_sync::pack::{FLAG_BLOCK, FLAG_DELTA};
+        let s = systemprompt_sync::Store::open(&d.join("st"), systemprompt_sync::LockMode::Shared)
+            .unwrap();
+        let all = s.all_objects();
+        assert!(
+            all.iter().any(|(_, l)| l.flags == FLAG_DELTA),
+            "nothing stored as a delta"
+        );
+        assert!(all.iter().any(|(_, l)| l.flags == FLAG_BLOCK), "no block");
+    }
     ok(d, &["--store", "st", "fsck", "--read-data"]);
 
     // What the undamaged store answers.

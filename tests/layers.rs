@@ -175,6 +175,7 @@ const FACADE: &[&str] = &[
 ];
 /// What `src/cli/` may not name: the internals under the façade.
 const CLI_FORBIDDEN: &[&str] = &[
+    "block",
     "chunker",
     "codec",
     "collection",

@@ -478,9 +478,9 @@ fn format_3_only_when_deltas_are_stored() {
     ok(&w, &["fsck", "--read-data"]);
     let toml = w.join(".sp-sync/store.toml");
     let t = std::fs::read_to_string(&toml).unwrap();
-    std::fs::write(&toml, t.replace("format = 1", "format = 4")).unwrap();
+    std::fs::write(&toml, t.replace("format = 1", "format = 5")).unwrap();
     let e = fails(&w, &["log"], 1);
-    assert!(e.contains("store format 4"), "{e}");
+    assert!(e.contains("store format 5"), "{e}");
 }
 
 fn arb_edits() -> impl Strategy<Value = Vec<(usize, usize, u8)>> {
