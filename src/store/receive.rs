@@ -113,6 +113,28 @@ impl Store {
         // The type of every object this call received (an id fixes its
         // type: the tag is hashed with the bytes).
         let mut received: IdMap<ObjectType> = IdMap::default();
+        // Row-map nodes wait here to be stored in blocks (§6.1), in the
+        // order they came (children first); any other object flushes them.
+        let mut rows: Vec<(ObjectType, ObjectId, Vec<u8>)> = Vec::new();
+        let flush = |session: &super::WriteSession<'_>,
+                     rows: &mut Vec<(ObjectType, ObjectId, Vec<u8>)>,
+                     stats: &mut ReceiveStats|
+         -> Result<u64> {
+            if rows.is_empty() {
+                return Ok(0);
+            }
+            use std::sync::atomic::Ordering::Relaxed;
+            let (o, b) = (
+                session.stats.objects.load(Relaxed),
+                session.stats.stored_bytes.load(Relaxed),
+            );
+            crate::object::ObjectSink::put_many(session, rows)?;
+            rows.clear();
+            let stored = session.stats.stored_bytes.load(Relaxed) - b;
+            stats.stored_objects += session.stats.objects.load(Relaxed) - o;
+            stats.stored_bytes += stored;
+            Ok(stored)
+        };
         let r = (|| -> Result<()> {
             for obj in &mut *objects {
                 let mut obj = obj?;
@@ -180,17 +202,26 @@ impl Store {
                 stats.objects += 1;
                 stats.bytes += n;
                 progress.add(1, n);
-                // Stored with this store's dictionary, when it has one.
-                if !crate::object::ObjectSink::contains(&session, &obj.id) {
-                    obj = session.restore_encoding(obj, &bytes)?;
-                }
-                let stored = obj.payload.len() as u64;
-                if session.put_stored(obj)? {
-                    stats.stored_objects += 1;
-                    stats.stored_bytes += stored;
-                    since_commit += stored;
+                if obj.tag == ObjectType::Rows && session.blocks_for(obj.tag) {
+                    rows.push((obj.tag, obj.id, bytes));
+                    if rows.len() >= 256 {
+                        since_commit += flush(&session, &mut rows, &mut stats)?;
+                    }
+                } else {
+                    since_commit += flush(&session, &mut rows, &mut stats)?;
+                    // Stored with this store's dictionary, when it has one.
+                    if !crate::object::ObjectSink::contains(&session, &obj.id) {
+                        obj = session.restore_encoding(obj, &bytes)?;
+                    }
+                    let stored = obj.payload.len() as u64;
+                    if session.put_stored(obj)? {
+                        stats.stored_objects += 1;
+                        stats.stored_bytes += stored;
+                        since_commit += stored;
+                    }
                 }
                 if since_commit >= commit_every {
+                    flush(&session, &mut rows, &mut stats)?;
                     let done = std::mem::replace(&mut session, self.writer()?);
                     done.finish()?;
                     since_commit = 0;
@@ -198,6 +229,7 @@ impl Store {
                     received.clear();
                 }
             }
+            flush(&session, &mut rows, &mut stats)?;
             Ok(())
         })();
         match r {

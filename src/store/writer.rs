@@ -88,7 +88,8 @@ impl DictState {
                 Err(e) => tracing::warn!("dictionary {} not used: {e}", id.short()),
             }
         }
-        for kind in [ObjectType::Chunk, ObjectType::Tree, ObjectType::Rows] {
+        // Row maps are written in blocks (§6.1), not with a dictionary.
+        for kind in [ObjectType::Chunk, ObjectType::Tree] {
             if !st.current.iter().any(|(k, _, _)| *k == kind) {
                 st.samplers
                     .push(Sampler::new(kind, store.dict_training(kind)));
@@ -144,7 +145,10 @@ impl<'s> WriteSession<'s> {
     /// it is small and one exists (feeding the kind's sampler, and training
     /// the dictionary, otherwise), else alone.
     fn prepare(&self, tag: ObjectType, id: ObjectId, bytes: &[u8]) -> Result<StoredObject> {
+        // Row-map nodes go into blocks (§6.1); the few stored alone are
+        // not worth a dictionary (nor its training).
         if !dict::is_dict_kind(tag)
+            || self.blocks_for(tag)
             || bytes.len() < 64
             || bytes.len() > dict::DICT_MAX_OBJECT
             || self.level == 0
@@ -308,7 +312,7 @@ impl<'s> WriteSession<'s> {
     }
 
     /// Whether objects of `tag` are written in blocks by `put_many`.
-    fn blocks_for(&self, tag: ObjectType) -> bool {
+    pub(crate) fn blocks_for(&self, tag: ObjectType) -> bool {
         tag == ObjectType::Rows && self.level > 0
     }
 
