@@ -125,8 +125,20 @@ fn tables_are_stored_in_blocks_that_read_back_exactly_everywhere() {
     .unwrap();
     assert_eq!(diff["rows"].as_array().unwrap().len(), 50);
 
-    // gc --repack rewrites every pack; the blocks stay readable.
+    // gc --repack rewrites every pack, row maps in blocks again (in key
+    // order: not larger than before); the blocks stay readable.
+    let before = common::dir_bytes(&st.join("packs"));
     ok(d, &["--store", "st", "gc", "--repack"]);
+    let after = common::dir_bytes(&st.join("packs"));
+    assert!(
+        after <= before + before / 50,
+        "repack grew the store: {before} -> {after}"
+    );
+    let (blocked, all) = members(&st);
+    assert!(
+        blocked * 10 > all * 8,
+        "after the repack, {blocked} of {all} objects in blocks"
+    );
     ok(d, &["--store", "st", "fsck", "--read-data"]);
     assert_eq!(restored(d, "st", "main~1", "r2.db"), first);
     assert_eq!(restored(d, "st", "main", "r3.db"), second);

@@ -170,6 +170,16 @@ pub fn gc_with(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Resu
                 )));
             }
         };
+        let stored_size = |e: &index::IdxEntry| {
+            store.stored_size(&super::Location {
+                pack: pno as u32,
+                offset: e.offset,
+                clen: e.clen,
+                ulen: e.ulen,
+                tag: e.tag,
+                flags: e.flags,
+            })
+        };
         let mut keep = Vec::new();
         let mut drop_bytes = 0u64;
         let mut keep_bytes = 0u64;
@@ -179,9 +189,9 @@ pub fn gc_with(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Resu
                 .is_some_and(|l| l.pack as usize == pno);
             if canonical && live.contains(&e.id) {
                 keep.push(e.id);
-                keep_bytes += u64::from(e.clen);
+                keep_bytes += stored_size(e);
             } else {
-                drop_bytes += u64::from(e.clen);
+                drop_bytes += stored_size(e);
                 rep.removed_objects += 1;
             }
         }

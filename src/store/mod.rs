@@ -312,6 +312,8 @@ pub struct Store {
     write_dicts: bool,
     /// Blocks decoded lately: (pack, offset, members' bytes, their ends).
     blocks: std::sync::Mutex<Vec<CachedBlock>>,
+    /// Per block (pack, offset): its payload's and its members' bytes.
+    block_sizes: std::sync::Mutex<std::collections::HashMap<(u32, u64), (u64, u64)>>,
     _lock: Option<File>,
 }
 
@@ -423,6 +425,7 @@ impl Store {
             dict_training: None,
             write_dicts: true,
             blocks: Default::default(),
+            block_sizes: Default::default(),
             _lock: lock,
         };
         let mut store = store;
@@ -1095,13 +1098,44 @@ impl Store {
         Ok(bytes[start..end].to_vec())
     }
 
-    /// Reads and decodes the block record at `offset` of pack `name`.
-    fn decode_block(
+    /// The bytes an object's record takes in its pack: `clen`, or for a
+    /// block member its share of the block's payload (by size).
+    pub fn stored_size(&self, loc: &Location) -> u64 {
+        if loc.flags != FLAG_BLOCK {
+            return u64::from(loc.clen);
+        }
+        let key = (loc.pack, loc.offset);
+        let known = self
+            .block_sizes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).copied());
+        let sizes = known.or_else(|| {
+            let name = self.pack_name(loc.pack)?;
+            let (_, _, count, size, body) = self.block_header(&name, loc.offset).ok()?;
+            let (sizes, start) = crate::pack::parse_block_sizes(&body, count)?;
+            let v = (
+                size - start as u64,
+                sizes.iter().map(|&u| u64::from(u)).sum(),
+            );
+            if let Ok(mut m) = self.block_sizes.lock() {
+                m.insert(key, v);
+            }
+            Some(v)
+        });
+        match sizes {
+            Some((payload, total)) if total > 0 => payload * u64::from(loc.ulen) / total,
+            _ => 0,
+        }
+    }
+
+    /// Reads the block record at `offset` of pack `name`: (tag, mode,
+    /// count, size, body after the header).
+    fn block_header(
         &self,
         name: &ObjectId,
         offset: u64,
-        tag: ObjectType,
-    ) -> std::result::Result<(Vec<u8>, Vec<usize>), String> {
+    ) -> std::result::Result<(u8, u8, u64, u64, Vec<u8>), String> {
         let key = Self::pack_key(name);
         let mut head = [0u8; crate::pack::BLOCK_HEADER_MAX];
         self.backend
@@ -1110,9 +1144,6 @@ impl Store {
         let Some((t, mode, count, size, hlen)) = crate::pack::parse_block_header(&head) else {
             return Err("not a block record".into());
         };
-        if t != tag as u8 {
-            return Err(format!("holds objects of type {t}, the index says {tag}"));
-        }
         if size > crate::pack::MAX_BLOCK_SIZE {
             return Err(format!("of {size} bytes exceeds the limit"));
         }
@@ -1120,6 +1151,20 @@ impl Store {
         self.backend
             .read_at(&key, offset + hlen as u64, &mut body)
             .map_err(|e| format!("unreadable ({e})"))?;
+        Ok((t, mode, count, size, body))
+    }
+
+    /// Reads and decodes the block record at `offset` of pack `name`.
+    fn decode_block(
+        &self,
+        name: &ObjectId,
+        offset: u64,
+        tag: ObjectType,
+    ) -> std::result::Result<(Vec<u8>, Vec<usize>), String> {
+        let (t, mode, count, _, body) = self.block_header(name, offset)?;
+        if t != tag as u8 {
+            return Err(format!("holds objects of type {t}, the index says {tag}"));
+        }
         let (sizes, start) = crate::pack::parse_block_sizes(&body, count)
             .ok_or_else(|| format!("{count} members with bad sizes"))?;
         let total = sizes.iter().map(|&u| u as usize).sum();

@@ -93,12 +93,19 @@ struct Repacker<'a, 's> {
     stats: RepackStats,
     /// Whether `store.toml` already says format 3.
     format_ok: bool,
+    /// Row-map nodes stored whole, waiting to be written in blocks (§6.1).
+    blocks: Vec<(ObjectType, ObjectId, Vec<u8>)>,
 }
 
 impl Repacker<'_, '_> {
     /// The object's bytes, and its record as stored alone (a stored delta
     /// is compressed again).
     fn read_alone(&self, id: &ObjectId) -> Result<(StoredObject, Vec<u8>)> {
+        self.read_alone_at(id, REPACK_WHOLE_LEVEL)
+    }
+
+    /// [`Self::read_alone`], compressing again at `whole_level` (0: not).
+    fn read_alone_at(&self, id: &ObjectId, whole_level: i32) -> Result<(StoredObject, Vec<u8>)> {
         let (loc, payload) = self.store.read_record(id)?;
         let bytes = self
             .store
@@ -114,17 +121,16 @@ impl Repacker<'_, '_> {
                 payload,
             }
         };
-        if self.level > 0 && bytes.len() >= 64 {
+        if self.level > 0 && whole_level > 0 && bytes.len() >= 64 {
             let better = if obj.flags == FLAG_DICT {
                 // With the same dictionary, at a higher level.
                 let did = crate::dict::payload_dict(&obj.payload);
                 did.and_then(|did| {
                     let d = self.store.dictionary(&did).ok()?;
-                    crate::dict::compress(&did, &d, &bytes, REPACK_WHOLE_LEVEL)
-                        .map(|p| (FLAG_DICT, p))
+                    crate::dict::compress(&did, &d, &bytes, whole_level).map(|p| (FLAG_DICT, p))
                 })
             } else {
-                Some(crate::pack::compress(&bytes, REPACK_WHOLE_LEVEL))
+                Some(crate::pack::compress(&bytes, whole_level))
             };
             if let Some((flags, payload)) = better
                 && payload.len() < obj.payload.len()
@@ -151,7 +157,72 @@ impl Repacker<'_, '_> {
             self.stats.deltas += 1;
         }
         self.done.insert(obj.id, Done { depth, base, seq });
+        if depth > 0 {
+            // Its base is written before it, in this pack or an earlier one.
+            self.flush_blocks()?;
+        }
         self.w.put_stored(obj)?;
+        Ok(())
+    }
+
+    /// Whether `tag`'s objects stored whole go into blocks.
+    fn in_blocks(&self, tag: ObjectType) -> bool {
+        self.w.blocks_for(tag)
+    }
+
+    /// Queues a row-map node stored whole for a block.
+    fn put_in_block(
+        &mut self,
+        tag: ObjectType,
+        id: ObjectId,
+        bytes: Vec<u8>,
+        seq: u32,
+        before: u64,
+    ) -> Result<()> {
+        self.stats.objects += 1;
+        self.stats.bytes_before += before;
+        self.done.insert(
+            id,
+            Done {
+                depth: 0,
+                base: id,
+                seq,
+            },
+        );
+        self.blocks.push((tag, id, bytes));
+        if self.blocks.len() >= 256 {
+            self.flush_blocks()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the row map under `root` children first, in key order (so
+    /// that blocks hold neighbours). `walked`: nodes already visited (the
+    /// nodes of a subtree are not all written when its root is: the pairs
+    /// of changed nodes come first).
+    fn map_in_order(&mut self, root: &ObjectId, walked: &mut IdSet) -> Result<()> {
+        if !self.live.contains(root) || !walked.insert(*root) {
+            return Ok(());
+        }
+        let node = crate::pmap::load_node(self.store, ObjectType::Rows, root, None)?;
+        let children: Vec<ObjectId> = node.children().collect();
+        drop(node);
+        for c in &children {
+            self.map_in_order(c, walked)?;
+        }
+        self.whole(root)
+    }
+
+    /// Writes the queued row-map nodes in blocks.
+    fn flush_blocks(&mut self) -> Result<()> {
+        if self.blocks.is_empty() {
+            return Ok(());
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = self.w.stats.stored_bytes.load(Relaxed);
+        crate::object::ObjectSink::put_many(self.w, &self.blocks)?;
+        self.blocks.clear();
+        self.stats.bytes_after += self.w.stats.stored_bytes.load(Relaxed) - before;
         Ok(())
     }
 
@@ -160,7 +231,15 @@ impl Repacker<'_, '_> {
         if self.done.contains_key(id) {
             return Ok(());
         }
-        let before = self.store.location(id).map_or(0, |l| u64::from(l.clen));
+        let before = self
+            .store
+            .location(id)
+            .map_or(0, |l| self.store.stored_size(&l));
+        let tag = self.store.location(id).map(|l| l.tag);
+        if let Some(tag) = tag.filter(|t| self.in_blocks(*t)) {
+            let (_, bytes) = self.read_alone_at(id, 0)?;
+            return self.put_in_block(tag, *id, bytes, 0, before);
+        }
         let (obj, _) = self.read_alone(id)?;
         self.put(obj, 0, *id, 0, before)
     }
@@ -203,9 +282,12 @@ impl Repacker<'_, '_> {
             };
         }
         let depth = at.depth;
-        let before = u64::from(lx.clen);
+        let before = self.store.stored_size(&lx);
         let (alone, bytes) = self.read_alone(x)?;
         if alone.payload.len() < 64 || want == 0 || depth >= want {
+            if self.in_blocks(lx.tag) {
+                return self.put_in_block(lx.tag, *x, bytes, seq, before);
+            }
             return self.put(alone, 0, *x, seq, before);
         }
         let btag = self.store.location(&base).map_or(lx.tag, |l| l.tag);
@@ -218,6 +300,9 @@ impl Repacker<'_, '_> {
             }
             _ => None,
         };
+        if keep.is_none() && self.in_blocks(lx.tag) {
+            return self.put_in_block(lx.tag, *x, bytes, seq, before);
+        }
         match keep {
             Some(d) => {
                 if !self.format_ok {
@@ -257,6 +342,7 @@ pub(crate) fn repack(
         level: store.config().compression_level,
         stats: RepackStats::default(),
         format_ok: store.format() >= FORMAT_DELTA,
+        blocks: Vec::new(),
     };
     // The live snapshots, oldest first.
     let mut snaps: Vec<(i64, u32, ObjectId, Option<ObjectId>)> = Vec::new();
@@ -298,6 +384,23 @@ pub(crate) fn repack(
         }
         tick(r.done.len());
     }
+    // Row maps in key order, newest snapshot first, so that a block holds
+    // neighbouring nodes (they compress together).
+    if r.in_blocks(ObjectType::Rows) {
+        let mut walked = IdSet::default();
+        for s in snaps.iter().rev() {
+            let snap = crate::names::load_snapshot(store, &s.2)?;
+            for tid in snap.tables.values() {
+                if !live.contains(tid) {
+                    continue;
+                }
+                if let Some(t) = crate::db::load_table(store, tid)?.table {
+                    r.map_in_order(&t.root, &mut walked)?;
+                }
+            }
+            tick(r.done.len());
+        }
+    }
     for (_, ids) in order {
         for id in ids {
             if progress.interrupted() {
@@ -307,5 +410,6 @@ pub(crate) fn repack(
         }
         tick(r.done.len());
     }
+    r.flush_blocks()?;
     Ok(r.stats)
 }
