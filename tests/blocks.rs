@@ -5,6 +5,7 @@
 //! block is caught and never gives other rows with exit 0.
 
 mod common;
+mod net;
 
 use common::format_of;
 
@@ -252,4 +253,48 @@ fn a_flipped_byte_in_a_block_is_caught_and_never_read_as_other_rows() {
     }
     std::fs::write(&path, &orig).unwrap();
     ok(d, &["--store", "st", "fsck", "--read-data"]);
+}
+
+/// A table pushed into a store on S3 (moto) is stored there in blocks;
+/// fsck --read-data reads them by range; a pull back restores the rows.
+#[test]
+fn blocks_in_a_store_on_s3_read_back() {
+    use net::{bucket, ok_env, s3_env};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::create_dir(d.join("empty")).unwrap();
+    make_db(&d.join("app.db"), 8_000);
+    ok(d, &["init", "--store", "st", "-q"]);
+    ok(
+        d,
+        &["--store", "st", "snapshot", "empty", "--db", "app.db", "-q"],
+    );
+    let want = dump(&d.join("app.db"));
+    let url = format!("s3://{}/tables", bucket("blocks"));
+    let env = s3_env();
+    ok_env(d, &["--store", "st", "push", &url, "main"], &env);
+    ok_env(d, &["--store", &url, "fsck", "--read-data"], &env);
+    let out = d.join("from-s3.db");
+    ok_env(
+        d,
+        &[
+            "--store",
+            &url,
+            "restore",
+            "main",
+            "--db",
+            out.to_str().unwrap(),
+            "-q",
+        ],
+        &env,
+    );
+    assert_eq!(dump(&out), want);
+    ok(d, &["init", "--store", "back", "-q"]);
+    ok_env(d, &["--store", "back", "pull", &url, "main"], &env);
+    let (blocked, all) = members(&d.join("back"));
+    assert!(
+        blocked * 10 > all * 8,
+        "{blocked} of {all} objects in blocks"
+    );
+    assert_eq!(restored(d, "back", "main", "back.db"), want);
 }
