@@ -188,10 +188,12 @@ fn flipped_bytes(dictionaries: bool, repack: bool) {
     let mut delta_spots_seen = 0;
     for f in &files {
         let len = std::fs::metadata(f).unwrap().len();
-        // The first and last 64 bytes (headers, trailers) and 24 offsets spread
-        // over the rest.
-        let mut offsets: Vec<u64> = (0..len.min(64))
-            .chain(len.saturating_sub(64)..len)
+        // The first 48 bytes (a pack's header and first record header, an
+        // index's 45-byte header), the last 40 (a pack's end record and
+        // trailer, an index's checksum) and 24 offsets spread over the rest;
+        // random flips anywhere are the corruption harness's (tests/corruption.rs).
+        let mut offsets: Vec<u64> = (0..len.min(48))
+            .chain(len.saturating_sub(40)..len)
             .collect();
         offsets.extend((1..=24).map(|i| len * i / 25));
         if dictionaries {
