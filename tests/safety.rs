@@ -257,7 +257,10 @@ fn files_removed_during_the_walk_are_left_out_with_a_warning() {
     std::fs::create_dir(w.join("many")).unwrap();
     ok(w, &["init"]);
     let mut partial_seen = false;
-    for trial in 0..6 {
+    // Up to 30 trials, each starting the deletions a little later: on a
+    // loaded machine the snapshot may take long to start walking, and
+    // deletions done before it lists the directory race nothing.
+    for trial in 0..30 {
         for i in 0..3000 {
             std::fs::write(w.join(format!("many/f{i:05}")), format!("{trial} {i}")).unwrap();
         }
@@ -271,6 +274,7 @@ fn files_removed_during_the_walk_are_left_out_with_a_warning() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(15 * trial));
         let mut removed = Vec::new();
         for i in (0..3000).rev().step_by(3) {
             let name = format!("f{i:05}");
