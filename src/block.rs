@@ -16,7 +16,7 @@
 //! Member ids are not stored: a reader hashes each member's bytes.
 
 use crate::error::Result;
-use crate::id::{ObjectId, ObjectType};
+use crate::id::ObjectType;
 use crate::object::MAX_OBJECT_SIZE;
 
 /// The members' bytes one after another.
@@ -320,11 +320,6 @@ pub fn untranspose(raw: &[u8], total: usize) -> std::result::Result<Vec<u8>, Blo
         ));
     }
     Ok(out)
-}
-
-/// The id of a member: the hash of its bytes with the block's tag.
-pub fn member_id(tag: ObjectType, bytes: &[u8]) -> ObjectId {
-    ObjectId::compute(tag, bytes)
 }
 
 #[cfg(test)]

@@ -45,6 +45,17 @@ fn make_db(path: &Path, rows: u32) {
     tx.commit().unwrap();
 }
 
+/// A database of `rows` rows in `d`, snapshotted into a new store `st`.
+fn snapshotted(d: &Path, rows: u32) {
+    std::fs::create_dir(d.join("empty")).unwrap();
+    make_db(&d.join("app.db"), rows);
+    ok(d, &["init", "--store", "st", "-q"]);
+    ok(
+        d,
+        &["--store", "st", "snapshot", "empty", "--db", "app.db", "-q"],
+    );
+}
+
 /// Block members in the store at `dir`, and all objects.
 fn members(dir: &Path) -> (usize, usize) {
     let s = Store::open(dir, LockMode::Shared).unwrap();
@@ -77,13 +88,7 @@ fn restored(d: &Path, st: &str, rev: &str, name: &str) -> String {
 fn tables_are_stored_in_blocks_that_read_back_exactly_everywhere() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    std::fs::create_dir(d.join("empty")).unwrap();
-    make_db(&d.join("app.db"), 20_000);
-    ok(d, &["init", "--store", "st", "-q"]);
-    ok(
-        d,
-        &["--store", "st", "snapshot", "empty", "--db", "app.db", "-q"],
-    );
+    snapshotted(d, 20_000);
     let st = d.join("st");
     assert_eq!(format_of(&st), "format = 4");
     let (blocked, all) = members(&st);
@@ -191,13 +196,7 @@ fn tables_are_stored_in_blocks_that_read_back_exactly_everywhere() {
 fn a_flipped_byte_in_a_block_is_caught_and_never_read_as_other_rows() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    std::fs::create_dir(d.join("empty")).unwrap();
-    make_db(&d.join("app.db"), 5_000);
-    ok(d, &["init", "--store", "st", "-q"]);
-    ok(
-        d,
-        &["--store", "st", "snapshot", "empty", "--db", "app.db", "-q"],
-    );
+    snapshotted(d, 5_000);
     let want = dump(&d.join("app.db"));
     let st = d.join("st");
     let s = Store::open(&st, LockMode::Shared).unwrap();
@@ -262,13 +261,7 @@ fn blocks_in_a_store_on_s3_read_back() {
     use net::{bucket, ok_env, s3_env};
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    std::fs::create_dir(d.join("empty")).unwrap();
-    make_db(&d.join("app.db"), 8_000);
-    ok(d, &["init", "--store", "st", "-q"]);
-    ok(
-        d,
-        &["--store", "st", "snapshot", "empty", "--db", "app.db", "-q"],
-    );
+    snapshotted(d, 8_000);
     let want = dump(&d.join("app.db"));
     let url = format!("s3://{}/tables", bucket("blocks"));
     let env = s3_env();

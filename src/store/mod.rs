@@ -317,6 +317,12 @@ pub struct Store {
     _lock: Option<File>,
 }
 
+/// The most bytes a block's member sizes take (a varint of at most 10
+/// bytes per member).
+fn count_bytes_max() -> u64 {
+    10 * crate::block::MAX_MEMBERS as u64
+}
+
 /// A decoded block: its members' bytes one after another, where each ends.
 type CachedBlock = (ObjectId, u64, Arc<(Vec<u8>, Vec<usize>)>);
 /// Decoded blocks a store keeps (a table read in key order reads each once).
@@ -1112,7 +1118,10 @@ impl Store {
             .and_then(|m| m.get(&key).copied());
         let sizes = known.or_else(|| {
             let name = self.pack_name(loc.pack)?;
-            let (_, _, count, size, body) = self.block_header(&name, loc.offset).ok()?;
+            // The sizes only: at most 10 bytes a member, not the frame.
+            let (_, _, count, size, body) = self
+                .block_header(&name, loc.offset, Some(count_bytes_max()))
+                .ok()?;
             let (sizes, start) = crate::pack::parse_block_sizes(&body, count)?;
             let v = (
                 size - start as u64,
@@ -1130,11 +1139,12 @@ impl Store {
     }
 
     /// Reads the block record at `offset` of pack `name`: (tag, mode,
-    /// count, size, body after the header).
+    /// count, size, body after the header, or its first `limit` bytes).
     fn block_header(
         &self,
         name: &ObjectId,
         offset: u64,
+        limit: Option<u64>,
     ) -> std::result::Result<(u8, u8, u64, u64, Vec<u8>), String> {
         let key = Self::pack_key(name);
         let mut head = [0u8; crate::pack::BLOCK_HEADER_MAX];
@@ -1147,7 +1157,7 @@ impl Store {
         if size > crate::pack::MAX_BLOCK_SIZE {
             return Err(format!("of {size} bytes exceeds the limit"));
         }
-        let mut body = vec![0u8; size as usize];
+        let mut body = vec![0u8; limit.map_or(size, |l| l.min(size)) as usize];
         self.backend
             .read_at(&key, offset + hlen as u64, &mut body)
             .map_err(|e| format!("unreadable ({e})"))?;
@@ -1161,7 +1171,7 @@ impl Store {
         offset: u64,
         tag: ObjectType,
     ) -> std::result::Result<(Vec<u8>, Vec<usize>), String> {
-        let (t, mode, count, _, body) = self.block_header(name, offset)?;
+        let (t, mode, count, _, body) = self.block_header(name, offset, None)?;
         if t != tag as u8 {
             return Err(format!("holds objects of type {t}, the index says {tag}"));
         }
