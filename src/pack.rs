@@ -124,8 +124,9 @@ thread_local! {
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
     /// The context deltas are decoded with: a zstd context is costly to
-    /// create, and a read through a chain decodes up to three deltas.
-    static DELTA_DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    /// create, and a read through a chain decodes up to three deltas. The
+    /// base is referenced for one call only (raw content: not copied).
+    static DELTA_DECOMPRESSOR: RefCell<Option<zstd::zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
 }
 
 /// Compresses `data` with zstd at `level` unless that does not save at least
@@ -167,6 +168,29 @@ pub fn unpack(
     flags: u8,
     ulen: u64,
     payload: &[u8],
+) -> Result<Vec<u8>> {
+    unpack_as(tag, id, flags, ulen, payload, Verify::Yes)
+}
+
+/// Whether a decoder checks the bytes it produced against their id.
+/// Only a delta chain's inner links are decoded with `No`: the object the
+/// chain ends in is checked, and wrong bytes anywhere on the chain cannot
+/// hash to its id (the store then decodes the chain again, checking every
+/// link, to name the one at fault).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verify {
+    Yes,
+    No,
+}
+
+/// [`unpack`], checking the result against `id` only when `verify` says so.
+pub(crate) fn unpack_as(
+    tag: ObjectType,
+    id: &ObjectId,
+    flags: u8,
+    ulen: u64,
+    payload: &[u8],
+    verify: Verify,
 ) -> Result<Vec<u8>> {
     if ulen > MAX_OBJECT_SIZE as u64 {
         return Err(corrupt(
@@ -214,7 +238,7 @@ pub fn unpack(
         }
         f => return Err(corrupt(tag, id, format!("unknown flags {f}"))),
     };
-    if ObjectId::compute(tag, &data) != *id {
+    if verify == Verify::Yes && ObjectId::compute(tag, &data) != *id {
         return Err(corrupt(tag, id, "hash mismatch"));
     }
     Ok(data)
@@ -250,27 +274,37 @@ pub fn unpack_delta(
     payload: &[u8],
     base: &[u8],
 ) -> Result<Vec<u8>> {
+    unpack_delta_as(tag, id, ulen, payload, base, Verify::Yes)
+}
+
+/// [`unpack_delta`], checking the result against `id` only when `verify`
+/// says so (its length always).
+pub(crate) fn unpack_delta_as(
+    tag: ObjectType,
+    id: &ObjectId,
+    ulen: u64,
+    payload: &[u8],
+    base: &[u8],
+    verify: Verify,
+) -> Result<Vec<u8>> {
     if ulen > MAX_OBJECT_SIZE as u64 || payload.len() < 32 {
         return Err(corrupt(tag, id, "bad delta record"));
     }
+    let mut data = Vec::with_capacity(ulen as usize);
     let out = DELTA_DECOMPRESSOR.with(|d| {
         let mut d = d.borrow_mut();
         if d.is_none() {
-            *d = zstd::bulk::Decompressor::new().ok();
+            *d = zstd::zstd_safe::DCtx::try_create();
         }
         let Some(d) = d.as_mut() else {
-            return Err(std::io::Error::other("cannot create a zstd context"));
+            return Err("cannot create a zstd context".to_string());
         };
-        d.set_dictionary(base)?;
-        let r = d.decompress(&payload[32..], ulen as usize);
-        if base.len() > 1 << 20 {
-            // Not kept for the next delta: a large base's copy is freed.
-            let _ = d.set_dictionary(&[]);
-        }
-        r
+        d.decompress_using_dict(&mut data, &payload[32..], base)
+            .map_err(|code| zstd::zstd_safe::get_error_name(code).to_string())
     });
-    let data = out.map_err(|e| corrupt(tag, id, format!("zstd delta: {e}")))?;
-    if data.len() as u64 != ulen || ObjectId::compute(tag, &data) != *id {
+    out.map_err(|e| corrupt(tag, id, format!("zstd delta: {e}")))?;
+    if data.len() as u64 != ulen || (verify == Verify::Yes && ObjectId::compute(tag, &data) != *id)
+    {
         return Err(corrupt(tag, id, "hash mismatch (delta)"));
     }
     Ok(data)

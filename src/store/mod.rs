@@ -35,8 +35,8 @@ use crate::error::{IoContext, Result, SyncError};
 use crate::id::{IdMap, ObjectId, ObjectType};
 use crate::object::ObjectSource;
 use crate::pack::{
-    FLAG_BLOCK, FLAG_DELTA, FLAG_DICT, MAX_CHAIN_RECORDS, delta_base, parse_record_header,
-    record_header_len, unpack, unpack_delta,
+    FLAG_BLOCK, FLAG_DELTA, FLAG_DICT, MAX_CHAIN_RECORDS, Verify, delta_base, parse_record_header,
+    record_header_len, unpack_as, unpack_delta_as,
 };
 use index::IdxEntry;
 
@@ -784,7 +784,10 @@ impl Store {
     /// verified dictionaries); a stored delta (flags 2) with its base,
     /// read from this store, decoding at most [`MAX_CHAIN_RECORDS`]
     /// records in all (a longer chain, a cycle or a missing base is
-    /// corruption). Every object decoded on the way is verified.
+    /// corruption). The object asked for is verified; the bases on its
+    /// chain are not checked one by one (wrong bytes anywhere on the chain
+    /// cannot give bytes that hash to `id`), unless it fails: then the
+    /// chain is decoded again, each link checked, to name the bad one.
     pub fn unpack(
         &self,
         tag: ObjectType,
@@ -793,7 +796,7 @@ impl Store {
         ulen: u64,
         payload: &[u8],
     ) -> Result<Vec<u8>> {
-        self.decode_chain(tag, id, flags, ulen, payload, 1, None)
+        self.decode(tag, id, flags, ulen, payload, None)
     }
 
     /// [`Store::unpack`] for a record of the pack `local` names whose index
@@ -808,7 +811,25 @@ impl Store {
         payload: &[u8],
         local: (&ObjectId, &IdMap<IdxEntry>),
     ) -> Result<Vec<u8>> {
-        self.decode_chain(tag, id, flags, ulen, payload, 1, Some(local))
+        self.decode(tag, id, flags, ulen, payload, Some(local))
+    }
+
+    fn decode(
+        &self,
+        tag: ObjectType,
+        id: &ObjectId,
+        flags: u8,
+        ulen: u64,
+        payload: &[u8],
+        local: Option<(&ObjectId, &IdMap<IdxEntry>)>,
+    ) -> Result<Vec<u8>> {
+        let fast = self.decode_chain(tag, id, flags, ulen, payload, 1, local, Verify::No);
+        if fast.is_ok() || flags != FLAG_DELTA {
+            return fast;
+        }
+        // Rare (a damaged store): the same chain, every link checked, so
+        // the error names the record at fault.
+        self.decode_chain(tag, id, flags, ulen, payload, 1, local, Verify::Yes)
     }
 
     /// The base a stored delta record of `id` names (None: not a delta).
@@ -825,7 +846,8 @@ impl Store {
     }
 
     /// Decodes one record; `records` counts it and the records decoded
-    /// before it on this chain.
+    /// before it on this chain (1: the object asked for, always verified;
+    /// the bases after it only when `links` says so).
     #[allow(clippy::too_many_arguments)]
     fn decode_chain(
         &self,
@@ -836,7 +858,9 @@ impl Store {
         payload: &[u8],
         records: usize,
         local: Option<(&ObjectId, &IdMap<IdxEntry>)>,
+        links: Verify,
     ) -> Result<Vec<u8>> {
+        let verify = if records == 1 { Verify::Yes } else { links };
         if flags == FLAG_DELTA {
             let base = delta_base(payload)
                 .ok_or_else(|| crate::object::corrupt(tag, id, "bad delta record"))?;
@@ -857,12 +881,21 @@ impl Store {
             let base_bytes = self
                 .base_record(&base, local)
                 .and_then(|(btag, bflags, bulen, bpayload)| {
-                    self.decode_chain(btag, &base, bflags, bulen, &bpayload, records + 1, local)
+                    self.decode_chain(
+                        btag,
+                        &base,
+                        bflags,
+                        bulen,
+                        &bpayload,
+                        records + 1,
+                        local,
+                        links,
+                    )
                 })
                 .map_err(|e| {
                     // Only the object asked for names its base: a chain's
                     // inner links would repeat every id on it.
-                    if records > 0 {
+                    if records > 1 {
                         e
                     } else {
                         crate::object::corrupt(
@@ -872,10 +905,10 @@ impl Store {
                         )
                     }
                 })?;
-            return unpack_delta(tag, id, ulen, payload, &base_bytes);
+            return unpack_delta_as(tag, id, ulen, payload, &base_bytes, verify);
         }
         if flags != FLAG_DICT {
-            return unpack(tag, id, flags, ulen, payload);
+            return unpack_as(tag, id, flags, ulen, payload, verify);
         }
         if tag == ObjectType::Dict {
             return Err(crate::object::corrupt(
@@ -889,7 +922,7 @@ impl Store {
         let dict = self.dictionary(&did).map_err(|e| {
             crate::object::corrupt(tag, id, format!("its dictionary {}: {e}", did.short()))
         })?;
-        crate::dict::decompress(tag, id, ulen, payload, &did, &dict)
+        crate::dict::decompress_as(tag, id, ulen, payload, &did, &dict, verify)
     }
 
     /// The stored record of a delta base: (tag, flags, ulen, payload).
@@ -1191,7 +1224,7 @@ impl Store {
     /// An object as stored (compressed as it is), verified.
     pub fn read_stored(&self, id: &ObjectId) -> Result<crate::pack::StoredObject> {
         let (loc, payload) = self.read_raw(id)?;
-        unpack(loc.tag, id, loc.flags, u64::from(loc.ulen), &payload)?;
+        crate::pack::unpack(loc.tag, id, loc.flags, u64::from(loc.ulen), &payload)?;
         Ok(crate::pack::StoredObject {
             tag: loc.tag,
             id: *id,
