@@ -8,6 +8,10 @@
 #   WORK=/tmp/spbench-history
 #   SP_SYNC=PATH    the binary (default target/release/sp-sync, built if absent)
 #   REPACK=1        also run `sp-sync gc --repack` when this binary has it
+#   FIXED_MTIME=1   an analysis aid, not the measure: set every extracted file's mtime to one
+#                   fixed time. `git archive` gives every file the commit's time, so each
+#                   snapshot records a new mtime for every file and rewrites every directory
+#                   node (git stores no mtimes); with FIXED_MTIME=1 only changed files do.
 #
 # Prints one line per measure and the ratios (sp-sync / git). Only the snapshot
 # (resp. add+commit) commands are timed; unpacking each tree is not.
@@ -28,6 +32,9 @@ now() { date +%s.%N; }
 reset_live() {
     find "$WORK/live" -mindepth 1 -delete
     git -C "$REPO" archive "$1" | tar x -C "$WORK/live"
+    if [ "${FIXED_MTIME:-0}" = 1 ]; then
+        find "$WORK/live" -exec touch -h -d 2020-01-01T00:00:00Z {} +
+    fi
 }
 
 "$SP" init --store "$WORK/sp" >/dev/null
