@@ -11,6 +11,9 @@
 #   FUZZ_RUNS=10000000 scripts/fuzz.sh           # long campaign: 10^7 inputs each
 #   FUZZ_RUNS=10000000 FUZZ_SECONDS=1800 …       # … or 30 min, whichever first
 #   JOBS=1 scripts/fuzz.sh                       # one at a time (default: CPUs)
+#   FUZZ_FORK=2 JOBS=1 FUZZ_RUNS=10000000 … store_files
+#                                                # one target on 2 processes (libFuzzer
+#                                                # -fork; executions are their total)
 #   FUZZ_PROFILE=smoke scripts/fuzz.sh           # quicker build, slower runs (CI)
 #
 # Needs only cargo and a C++ compiler: the instrumentation flags cargo-fuzz
@@ -69,11 +72,14 @@ run_one() {
     # comes first.
     local limit=()
     [ -n "$runs" ] && limit+=(-runs="$runs")
+    [ -n "${FUZZ_FORK:-}" ] && limit+=(-fork="$FUZZ_FORK")
     if [ -z "$runs" ] || [ -n "${FUZZ_SECONDS:-}" ]; then limit+=(-max_total_time="$secs"); fi
     if "$bindir/$t" "${dirs[@]}" "${limit[@]}" -timeout=20 -rss_limit_mb=2048 \
         -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"$logs/$t" 2>&1; then
         local n
         n="$(sed -n 's/^stat::number_of_executed_units: *//p' "$logs/$t")"
+        # -fork prints no final stats: its status lines count every worker's inputs.
+        [ -n "$n" ] || n="$(sed -n 's/^#\([0-9][0-9]*\): .*/\1/p' "$logs/$t" | tail -n 1)"
         echo "ok    $t: ${n:-?} executions"
     else
         tail -n 40 "$logs/$t"
