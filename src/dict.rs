@@ -287,7 +287,7 @@ pub(crate) fn decompress_as(
             "decompressed length differs from declared length",
         ));
     }
-    if verify == crate::pack::Verify::Yes && ObjectId::compute(tag, &data) != *id {
+    if verify.fails(tag, id, &data) {
         return Err(corrupt(tag, id, "hash mismatch"));
     }
     Ok(data)

@@ -184,6 +184,13 @@ pub(crate) enum Verify {
     No,
 }
 
+impl Verify {
+    /// True when checking is asked for and `data` is not the object `id`.
+    pub(crate) fn fails(self, tag: ObjectType, id: &ObjectId, data: &[u8]) -> bool {
+        self == Verify::Yes && ObjectId::compute(tag, data) != *id
+    }
+}
+
 /// [`unpack`], checking the result against `id` only when `verify` says so.
 pub(crate) fn unpack_as(
     tag: ObjectType,
@@ -239,7 +246,7 @@ pub(crate) fn unpack_as(
         }
         f => return Err(corrupt(tag, id, format!("unknown flags {f}"))),
     };
-    if verify == Verify::Yes && ObjectId::compute(tag, &data) != *id {
+    if verify.fails(tag, id, &data) {
         return Err(corrupt(tag, id, "hash mismatch"));
     }
     Ok(data)
@@ -312,8 +319,7 @@ pub(crate) fn unpack_delta_as(
             .map_err(|code| zstd::zstd_safe::get_error_name(code).to_string())
     });
     out.map_err(|e| corrupt(tag, id, format!("zstd delta: {e}")))?;
-    if data.len() as u64 != ulen || (verify == Verify::Yes && ObjectId::compute(tag, &data) != *id)
-    {
+    if data.len() as u64 != ulen || verify.fails(tag, id, &data) {
         return Err(corrupt(tag, id, "hash mismatch (delta)"));
     }
     Ok(data)

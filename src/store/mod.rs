@@ -319,9 +319,7 @@ pub struct Store {
 
 /// The most bytes a block's member sizes take (a varint of at most 10
 /// bytes per member).
-fn count_bytes_max() -> u64 {
-    10 * crate::block::MAX_MEMBERS as u64
-}
+const SIZES_BYTES_MAX: u64 = 10 * crate::block::MAX_MEMBERS as u64;
 
 /// A decoded block: its members' bytes one after another, where each ends.
 type CachedBlock = (ObjectId, u64, Arc<(Vec<u8>, Vec<usize>)>);
@@ -1153,7 +1151,7 @@ impl Store {
             let name = self.pack_name(loc.pack)?;
             // The sizes only: at most 10 bytes a member, not the frame.
             let (_, _, count, size, body) = self
-                .block_header(&name, loc.offset, Some(count_bytes_max()))
+                .block_header(&name, loc.offset, Some(SIZES_BYTES_MAX))
                 .ok()?;
             let (sizes, start) = crate::pack::parse_block_sizes(&body, count)?;
             let v = (
