@@ -457,7 +457,7 @@ impl<'a> MapBuilder<'a> {
     /// Appends an entry. Keys must be strictly increasing.
     pub fn push(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         let l0 = &self.levels[0];
-        if self.total > 0 && key <= l0.last_key.as_slice() {
+        if (self.total > 0 || l0.flushed > 0) && key <= l0.last_key.as_slice() {
             return Err(crate::error::SyncError::Invalid(format!(
                 "map keys out of order: {:?} after {:?}",
                 String::from_utf8_lossy(key),
@@ -531,6 +531,27 @@ impl<'a> MapBuilder<'a> {
         r
     }
 
+    /// Appends a whole stored leaf (its last key and id) without reading
+    /// it, when the leaf being built is empty (the last entry pushed ended
+    /// a node); returns false, doing nothing, otherwise. The leaf's entries
+    /// must be the next ones in order, and the leaf must end by the boundary
+    /// rule (any leaf of a canonical map but its last): then pushing its
+    /// entries one by one would cut exactly there and give the same id.
+    /// Its entries are not counted in [`len`](Self::len).
+    pub fn splice_leaf(&mut self, last_key: &[u8], id: &ObjectId) -> Result<bool> {
+        let l0 = &self.levels[0];
+        let started = self.total > 0 || l0.flushed > 0;
+        if l0.count != 0 || (started && last_key <= l0.last_key.as_slice()) {
+            return Ok(false);
+        }
+        let l0 = &mut self.levels[0];
+        l0.flushed += 1;
+        l0.last_key.clear();
+        l0.last_key.extend_from_slice(last_key);
+        self.add(1, last_key, &id.0)?;
+        Ok(true)
+    }
+
     /// Writes the remaining nodes and returns the root id.
     pub fn finish(mut self) -> Result<ObjectId> {
         let mut level = 0;
@@ -569,6 +590,160 @@ pub fn build<'k>(
         b.push(k, v)?;
     }
     b.finish()
+}
+
+/// Rebuilds the map at `old` with `edits` applied (sorted by key, strictly
+/// increasing: `Some(value)` sets a key, `None` deletes one the map holds),
+/// into `sink`. Leaves no edit touches are reused by id where the new map
+/// cuts where the old one did (a content-defined map realigns a few
+/// entries after each edit), so the work grows with the edits and the
+/// number of leaves, not with the entries. Gives the id a full build of the
+/// edited entries gives. `present` says whether the sink holds an object
+/// (a reused leaf must be there); a leaf it lacks is read and rebuilt.
+pub fn apply_edits(
+    src: &dyn ObjectSource,
+    sink: &dyn ObjectSink,
+    tag: ObjectType,
+    old: &ObjectId,
+    edits: impl IntoIterator<Item = Result<(Vec<u8>, Option<Vec<u8>>)>>,
+) -> Result<ObjectId> {
+    let mut b = MapBuilder::batched(tag, sink);
+    let mut edits = Edits {
+        iter: edits.into_iter(),
+        next: None,
+        last: None,
+    };
+    let mut leaves = LeafWalk::new(src, tag, *old)?;
+    let mut cur = leaves.next_leaf()?;
+    while let Some((last_key, id)) = cur.take() {
+        let following = leaves.next_leaf()?;
+        let touched = edits.peek()?.is_some_and(|k| k <= last_key.as_slice());
+        // The map's last leaf ends with the input, not by the rule: never
+        // reused where more entries may follow it.
+        if !touched && following.is_some() && sink.contains(&id) && b.splice_leaf(&last_key, &id)? {
+            cur = following;
+            continue;
+        }
+        let node = load_node(src, tag, &id, Some((0, &last_key)))?;
+        let mut i = 0;
+        loop {
+            let (entry_first, replaces) = {
+                let edit_key = edits.peek()?.filter(|k| *k <= last_key.as_slice());
+                let entry_key = (i < node.len()).then(|| node.key(i));
+                match (entry_key, edit_key) {
+                    (None, None) => break,
+                    (Some(k), e) if e.is_none_or(|e| k < e) => (true, false),
+                    (k, e) => (false, k == e),
+                }
+            };
+            if entry_first {
+                b.push(node.key(i), node.value(i))?;
+            } else {
+                edits.apply(&mut b, replaces)?;
+            }
+            if entry_first || replaces {
+                i += 1;
+            }
+        }
+        cur = following;
+    }
+    while edits.peek()?.is_some() {
+        edits.apply(&mut b, false)?;
+    }
+    b.finish()
+}
+
+/// Sorted map edits, checked to be strictly increasing.
+struct Edits<I> {
+    iter: I,
+    next: Option<(Vec<u8>, Option<Vec<u8>>)>,
+    last: Option<Vec<u8>>,
+}
+
+impl<I: Iterator<Item = Result<(Vec<u8>, Option<Vec<u8>>)>>> Edits<I> {
+    fn peek(&mut self) -> Result<Option<&[u8]>> {
+        if self.next.is_none()
+            && let Some(e) = self.iter.next()
+        {
+            let e = e?;
+            if self
+                .last
+                .as_ref()
+                .is_some_and(|l| l.as_slice() >= e.0.as_slice())
+            {
+                return Err(crate::error::SyncError::Invalid(
+                    "map edits out of order".into(),
+                ));
+            }
+            self.last = Some(e.0.clone());
+            self.next = Some(e);
+        }
+        Ok(self.next.as_ref().map(|(k, _)| k.as_slice()))
+    }
+
+    /// Applies the next edit; `replaces`: the map holds its key.
+    fn apply(&mut self, b: &mut MapBuilder<'_>, replaces: bool) -> Result<()> {
+        match self.next.take() {
+            Some((k, Some(v))) => b.push(&k, &v),
+            Some((k, None)) if !replaces => Err(crate::error::SyncError::Invalid(format!(
+                "map edit deletes {:?}, which the map does not hold",
+                String::from_utf8_lossy(&k)
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A map's leaves in key order, by (last key, id), reading internal nodes
+/// only.
+struct LeafWalk<'a> {
+    src: &'a dyn ObjectSource,
+    tag: ObjectType,
+    /// (internal node, next index)
+    stack: Vec<(Node, usize)>,
+    root_leaf: Option<(Vec<u8>, ObjectId)>,
+}
+
+impl<'a> LeafWalk<'a> {
+    fn new(src: &'a dyn ObjectSource, tag: ObjectType, root: ObjectId) -> Result<Self> {
+        let node = load_node(src, tag, &root, None)?;
+        let mut w = LeafWalk {
+            src,
+            tag,
+            stack: Vec::new(),
+            root_leaf: None,
+        };
+        if node.level == 0 {
+            w.root_leaf = node.last_key().map(|k| (k.to_vec(), root));
+        } else {
+            w.stack.push((node, 0));
+        }
+        Ok(w)
+    }
+
+    fn next_leaf(&mut self) -> Result<Option<(Vec<u8>, ObjectId)>> {
+        if let Some(l) = self.root_leaf.take() {
+            return Ok(Some(l));
+        }
+        loop {
+            let Some((node, i)) = self.stack.last_mut() else {
+                return Ok(None);
+            };
+            if *i >= node.len() {
+                self.stack.pop();
+                continue;
+            }
+            let idx = *i;
+            *i += 1;
+            let (key, child) = (node.key(idx).to_vec(), node.child(idx));
+            if node.level == 1 {
+                return Ok(Some((key, child)));
+            }
+            let level = node.level - 1;
+            let n = load_node(self.src, self.tag, &child, Some((level, &key)))?;
+            self.stack.push((n, 0));
+        }
+    }
 }
 
 /// The id of the empty map of a kind (a leaf with no entries).
@@ -1231,5 +1406,84 @@ mod tests {
             }
             prop_assert_eq!(got, want);
         }
+
+        #[test]
+        fn apply_edits_equals_a_full_build(a in arb_map(), edits in proptest::collection::vec((any::<u16>(), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..50))), 0..40), rows in any::<bool>()) {
+            let tag = if rows { ObjectType::Rows } else { T };
+            let s = MemStore::new(true);
+            let keys: Vec<Vec<u8>> = a.keys().cloned().collect();
+            let mut ed: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+            for (i, (pick, val)) in edits.into_iter().enumerate() {
+                let k = if !keys.is_empty() && pick % 3 != 0 {
+                    keys[pick as usize % keys.len()].clone()
+                } else {
+                    format!("new-{pick}-{i}").into_bytes()
+                };
+                // A delete names a key the map holds.
+                if val.is_some() || a.contains_key(&k) {
+                    ed.insert(k, val);
+                }
+            }
+            let mut b = a.clone();
+            for (k, v) in &ed {
+                match v {
+                    Some(v) => { b.insert(k.clone(), v.clone()); }
+                    None => { b.remove(k); }
+                }
+            }
+            let ra = build(tag, &s, a.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).unwrap();
+            let want = build(tag, &MemStore::new(true), b.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).unwrap();
+            let got = apply_edits(&s, &s, tag, &ra, ed.into_iter().map(Ok)).unwrap();
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(MapIter::new(&s, tag, got).map(|e| e.unwrap()).collect::<BTreeMap<_, _>>(), b);
+        }
+    }
+
+    #[test]
+    fn apply_edits_reads_only_the_leaves_it_changes() {
+        let s = MemStore::new(true);
+        let m: BTreeMap<Vec<u8>, Vec<u8>> = (0..100_000).map(|i| (key(i), vec![7u8; 60])).collect();
+        let tag = ObjectType::Rows;
+        let root = build(tag, &s, m.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).unwrap();
+        let nodes = s.len();
+        let edits = vec![
+            (key(10), Some(vec![1u8; 60])),
+            (key(50_000), None),
+            (b"file-00050000.md-new".to_vec(), Some(vec![2u8; 10])),
+            (key(99_999), Some(vec![3u8; 60])),
+            (b"zzz".to_vec(), Some(vec![4u8; 60])),
+        ];
+        let mut want = m.clone();
+        for (k, v) in &edits {
+            match v {
+                Some(v) => want.insert(k.clone(), v.clone()),
+                None => want.remove(k),
+            };
+        }
+        let counting = CountingSource::new(&s);
+        let got = apply_edits(&counting, &s, tag, &root, edits.into_iter().map(Ok)).unwrap();
+        let full = build(
+            tag,
+            &MemStore::new(true),
+            want.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+        )
+        .unwrap();
+        assert_eq!(got, full);
+        // Internal nodes plus a few leaves around each edit, not all leaves.
+        let mut leaves = 0u64;
+        let mut walk = LeafWalk::new(&s, tag, root).unwrap();
+        while walk.next_leaf().unwrap().is_some() {
+            leaves += 1;
+        }
+        let internal = nodes as u64 - leaves;
+        assert!(leaves > 2_000, "{leaves} leaves");
+        let leaves_read = counting.count() - internal;
+        assert!(leaves_read <= 20, "read {leaves_read} of {leaves} leaves");
+        // Deleting a key the map lacks is refused (the edits do not match it).
+        let e = apply_edits(&s, &s, tag, &root, [Ok((b"nope".to_vec(), None))]).unwrap_err();
+        assert!(e.to_string().contains("does not hold"), "{e}");
+        let e =
+            apply_edits(&s, &s, tag, &root, [Ok((key(5), None)), Ok((key(4), None))]).unwrap_err();
+        assert!(e.to_string().contains("out of order"), "{e}");
     }
 }
