@@ -144,6 +144,7 @@ pub fn diff(
                 &scratch,
                 &Chunker::new(&store.config().chunker),
                 progress,
+                None,
             );
             let files = if db.is_none() {
                 let (sources, excludes) = match &sa.sources {

@@ -680,7 +680,17 @@ pub fn snapshot(
     let skipped = scanner.take_skipped();
     drop(scanner);
     let chunker = Chunker::new(&store.config().chunker);
-    let tables = crate::db::scan_all(&opts.dbs, &session, &chunker, progress)?;
+    let rows_cache = crate::db::RowCacheCtx {
+        src: store,
+        dir: store.cache_dir(),
+    };
+    let tables = crate::db::scan_all(
+        &opts.dbs,
+        &session,
+        &chunker,
+        progress,
+        opts.use_stat_cache.then_some(&rows_cache),
+    )?;
     let root_dir = opts.root.as_deref().and_then(|r| fs::canonicalize(r).ok());
     let sources = Sources {
         paths: sources

@@ -363,6 +363,7 @@ fn source_tables(dir: &Path) -> (MemStore, TableObject, Chunker) {
         &store,
         &chunker,
         &NoProgress,
+        None,
     )
     .unwrap();
     let t = load_table(&store, &r.objects["t"]).unwrap();

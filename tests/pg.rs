@@ -934,3 +934,164 @@ fn restore_onto_tables_with_non_deferrable_foreign_keys() {
         assert_eq!(pg.dump_rows(&target, t), pg.dump_rows(&db, t), "{t}");
     }
 }
+
+/// Runs a snapshot with `SP_SYNC_LOG=info` and the cache directory
+/// `cache`; returns (report, stderr).
+fn snap_logged(d: &Path, cache: &Path, url: &str, extra: &[&str]) -> (Json, String) {
+    let mut args = vec![
+        "--store", "st", "snapshot", "files", "--db", url, "--json", "-q",
+    ];
+    args.extend_from_slice(extra);
+    let o = std::process::Command::new(common::bin())
+        .args(&args)
+        .current_dir(d)
+        .env("SP_SYNC_CACHE_DIR", cache)
+        .env("PGPASSWORD", PASSWORD)
+        .env("SP_SYNC_LOG", "systemprompt_sync=info")
+        .env_remove("SP_SYNC_STORE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{args:?}: {err}");
+    (json(&String::from_utf8_lossy(&o.stdout)), err)
+}
+
+#[test]
+fn a_re_snapshot_by_the_row_cache_stores_what_a_full_read_does() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("rowcache");
+    // A composite text key and a bigint key; a spilled (large) value; an enum.
+    pg.psql(
+        &db,
+        "CREATE TYPE mood AS ENUM ('sad', 'ok');
+         CREATE TABLE users (id bigint PRIMARY KEY, email text, score float8, m mood, big bytea);
+         INSERT INTO users SELECT g, 'u' || g || '@x', g / 3.0, 'ok',
+                CASE WHEN g % 997 = 0 THEN decode(repeat(md5(g::text), 40000), 'hex') END
+           FROM generate_series(1, 20000) g;
+         CREATE TABLE kv (a text, b int, v text, PRIMARY KEY (a, b));
+         INSERT INTO kv SELECT 'k' || (g % 97), g, repeat('v', g % 50)
+           FROM generate_series(1, 5000) g;",
+    );
+    let w = work();
+    let d = w.path();
+    let cache = d.join("cache");
+    let url = pg.url(&db);
+    let (_, err) = snap_logged(d, &cache, &url, &[]);
+    assert!(!err.contains("by the row cache"), "no cache yet: {err}");
+    let mut rng = 0x2545f4914f6cdd1du64;
+    let mut next = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    for round in 0..5 {
+        let mut sql = String::new();
+        for _ in 0..(round * 7) {
+            let id = next(21_000) + 1;
+            match next(5) {
+                0 => sql += &format!("DELETE FROM users WHERE id = {id};"),
+                1 => {
+                    sql += &format!(
+                        "INSERT INTO users VALUES ({id}, 'new', 1, 'sad', NULL) \
+                         ON CONFLICT (id) DO UPDATE SET m = 'sad';"
+                    )
+                }
+                2 => sql += &format!("UPDATE kv SET v = 'x{round}' WHERE b = {};", id % 5000),
+                3 => sql += &format!("DELETE FROM kv WHERE b = {};", id % 5000),
+                _ => sql += &format!("UPDATE users SET score = -0.0 WHERE id = {id};"),
+            }
+        }
+        if round == 3 {
+            // Row versions move (new ctids) without their contents changing.
+            pg.psql(&db, "VACUUM FULL users");
+        }
+        if round == 4 {
+            // A renamed label: the rows' versions stay, their text changes.
+            sql += "ALTER TYPE mood RENAME VALUE 'ok' TO 'fine';";
+        }
+        if !sql.is_empty() {
+            pg.psql(&db, &sql);
+        }
+        let (by_cache, err) = snap_logged(d, &cache, &url, &[]);
+        let by_rows_cache = |table: &str| {
+            err.lines()
+                .any(|l| l.contains(&format!("table {table}: ")) && l.contains("by the row cache"))
+        };
+        assert!(by_rows_cache("kv"), "round {round}: {err}");
+        // A rewritten table (VACUUM FULL: every row version moves) and a
+        // renamed enum label void the cache of the tables concerned.
+        assert_eq!(by_rows_cache("users"), round < 3, "round {round}: {err}");
+        // A full read of the same rows finds every row-map node and both
+        // table objects stored already: the maps are the same.
+        let (full, err) = snap_logged(d, &cache, &url, &["--no-cache"]);
+        assert!(!err.contains("by the row cache"), "{err}");
+        assert_eq!(full["tables"], by_cache["tables"], "round {round}");
+        assert_eq!(
+            full["new_objects"], 1,
+            "round {round}: {full} after {by_cache}"
+        );
+        let diff = ok_pg(d, &["--store", "st", "diff", "main~1", "main", "--json"]);
+        assert_eq!(json(&diff)["rows"], serde_json::json!([]), "round {round}");
+    }
+}
+
+#[test]
+fn a_damaged_or_foreign_row_cache_costs_a_full_read_only() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("rowcache_bad");
+    pg.psql(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 3000) g;",
+    );
+    let w = work();
+    let d = w.path();
+    let cache = d.join("cache");
+    let url = pg.url(&db);
+    snap_logged(d, &cache, &url, &[]);
+    let (_, err) = snap_logged(d, &cache, &url, &[]);
+    assert!(err.contains("by the row cache"), "{err}");
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flat_map(|e| {
+            std::fs::read_dir(e.unwrap().path().join("rows"))
+                .into_iter()
+                .flatten()
+        })
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    // A flipped byte among the rows: found, the cache ignored.
+    pg.psql(&db, "UPDATE t SET v = 'changed' WHERE id = 7;");
+    let mut b = std::fs::read(&files[0]).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x40;
+    std::fs::write(&files[0], &b).unwrap();
+    let (by_cache, err) = snap_logged(d, &cache, &url, &[]);
+    assert!(
+        err.contains("checksum mismatch") || err.contains("damaged row cache"),
+        "{err}"
+    );
+    assert!(!err.contains("by the row cache"), "{err}");
+    let (full, _) = snap_logged(d, &cache, &url, &["--no-cache"]);
+    assert_eq!(full["new_objects"], 1, "{full} after {by_cache}");
+    // A store made again where one was: its cache names a map the new
+    // store lacks, so it reads every row.
+    std::fs::remove_dir_all(d.join("st")).unwrap();
+    ok_pg(d, &["init", "--store", "st", "-q"]);
+    pg.psql(&db, "UPDATE t SET v = 'again' WHERE id = 8;");
+    let (_, err) = snap_logged(d, &cache, &url, &[]);
+    assert!(err.contains("row cache not used"), "{err}");
+    let diff = ok_pg(
+        d,
+        &["--store", "st", "diff", "main", "--db", &url, "--json"],
+    );
+    assert_eq!(json(&diff)["rows"], serde_json::json!([]));
+    // The cache that read wrote serves the next snapshot.
+    pg.psql(&db, "DELETE FROM t WHERE id = 9;");
+    let (by_cache, err) = snap_logged(d, &cache, &url, &[]);
+    assert!(err.contains("by the row cache (0 read, 1 gone)"), "{err}");
+    let (full, _) = snap_logged(d, &cache, &url, &["--no-cache"]);
+    assert_eq!(full["new_objects"], 1, "{full} after {by_cache}");
+}

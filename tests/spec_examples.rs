@@ -1083,7 +1083,7 @@ fn sqlite_schema_entries_are_read_as_section_3_6_says() {
         path: path.clone(),
         tables: Vec::new(),
     };
-    let res = scan(&src, &mem, &chunker, &NoProgress).unwrap();
+    let res = scan(&src, &mem, &chunker, &NoProgress, None).unwrap();
     assert_eq!(
         res.objects.keys().map(String::as_str).collect::<Vec<_>>(),
         ["t", "u", "w"],

@@ -12,6 +12,7 @@ mod guard;
 pub mod pg;
 pub mod pg_guard;
 pub mod restore;
+pub mod rowcache;
 /// The table object lives with the other objects (`object::table`).
 pub use crate::object::table;
 pub mod value;
@@ -385,6 +386,15 @@ impl<'c> RowReader<'c> {
 }
 
 /// What `scan` found: table (and view) name → object id, and rows per table.
+/// Where a re-snapshot of PostgreSQL tables finds the row maps it stored
+/// before and the row caches that describe them ([`rowcache`]).
+pub struct RowCacheCtx<'a> {
+    /// The store the earlier maps are in.
+    pub src: &'a dyn crate::object::ObjectSource,
+    /// The cache directory (the stat cache's).
+    pub dir: PathBuf,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ScanResult {
     pub objects: BTreeMap<String, ObjectId>,
@@ -401,9 +411,10 @@ pub fn scan(
     sink: &dyn ObjectSink,
     chunker: &Chunker,
     progress: &dyn Progress,
+    rows_cache: Option<&RowCacheCtx<'_>>,
 ) -> Result<ScanResult> {
     if pg::is_url_path(&src.path) {
-        return pg::scan(src, sink, chunker, progress);
+        return pg::scan(src, sink, chunker, progress, rows_cache);
     }
     let path = &src.path;
     let c = open_read(path)?;
@@ -601,10 +612,11 @@ pub fn scan_all(
     sink: &dyn ObjectSink,
     chunker: &Chunker,
     progress: &dyn Progress,
+    rows_cache: Option<&RowCacheCtx<'_>>,
 ) -> Result<ScanResult> {
     let mut all = ScanResult::default();
     for d in dbs {
-        let r = scan(d, sink, chunker, progress)?;
+        let r = scan(d, sink, chunker, progress, rows_cache)?;
         all.by_db.push(r.objects.keys().cloned().collect());
         for (name, id) in r.objects {
             if all.objects.insert(name.clone(), id).is_some() {

@@ -45,9 +45,10 @@ use postgres::{Client, NoTls};
 use super::diff::same_structure;
 use super::pg_guard::{self, Action};
 use super::restore::{DbRestoreOptions, DbRestoreReport};
+use super::rowcache::{CacheReader, CacheWriter, Unusable};
 use super::table::{Column, Engine, Extra, ExtraKind, FLAG_WITHOUT_ROWID, TableData, TableObject};
 use super::value::{Cell, KeyWriter, Value, decode_key, decode_row, encode_cell};
-use super::{DbSource, ScanResult, load_table};
+use super::{DbSource, RowCacheCtx, ScanResult, load_table};
 use crate::chunker::Chunker;
 use crate::codec::Writer;
 use crate::error::{Result, SyncError};
@@ -1046,13 +1047,18 @@ fn sql_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// The `COPY` statement that reads a table's stored columns in key order.
-fn copy_out_sql(name: &str, t: &TableData) -> String {
+/// The select list of a table's stored columns.
+fn select_list(t: &TableData) -> String {
     let cols: Vec<String> = t
         .columns
         .iter()
         .map(|c| PgClass::of(&c.decl_type).select(&quote(&c.name)))
         .collect();
+    cols.join(", ")
+}
+
+/// The `ORDER BY` list that gives a table's rows in key order.
+fn order_list(t: &TableData) -> String {
     let order: Vec<String> = t
         .key
         .iter()
@@ -1061,42 +1067,147 @@ fn copy_out_sql(name: &str, t: &TableData) -> String {
             PgClass::of(&c.decl_type).order(&quote(&c.name))
         })
         .collect();
+    order.join(", ")
+}
+
+/// The `COPY` statement that reads a table's stored columns in key order,
+/// each row followed by its stamp (`xmin`, `ctid`: see [`rowcache`](super::rowcache)).
+fn copy_out_sql(name: &str, t: &TableData) -> String {
     format!(
-        "COPY (SELECT {} FROM {} ORDER BY {}) TO STDOUT",
-        cols.join(", "),
+        "COPY (SELECT {}, xmin, ctid FROM {} ORDER BY {}) TO STDOUT",
+        select_list(t),
         quote(name),
-        order.join(", ")
+        order_list(t)
     )
 }
 
-/// Streams a table's rows in key order, calling `f(key, row)`.
-#[allow(clippy::too_many_arguments)]
-fn read_table(
+/// A parsed row: (key, encoded row, the rest of its line).
+type ParsedRow<'a, 'l> = (&'a [u8], &'a [u8], &'l [u8]);
+
+/// Turns one line of `COPY` text output into a row map entry: the stored
+/// columns give the key and the encoded row; what follows them (the stamp
+/// fields, tab-separated) is given back as it is.
+struct RowParser<'t> {
+    t: &'t TableData,
+    classes: Vec<PgClass>,
+    field: Vec<u8>,
+    values: Vec<Value>,
+    key: KeyWriter,
+    w: Writer,
+}
+
+impl<'t> RowParser<'t> {
+    fn new(t: &'t TableData) -> Self {
+        RowParser {
+            t,
+            classes: t
+                .columns
+                .iter()
+                .map(|c| PgClass::of(&c.decl_type))
+                .collect(),
+            field: Vec::new(),
+            values: Vec::new(),
+            key: KeyWriter::new(),
+            w: Writer::with_capacity(256),
+        }
+    }
+
+    /// Parses the first `columns` fields (all the stored columns, or the
+    /// key columns only, `key_only`), returning the rest of the line.
+    fn fields<'l>(
+        &mut self,
+        line: &'l [u8],
+        key_only: bool,
+    ) -> std::result::Result<&'l [u8], String> {
+        self.values.clear();
+        let want = if key_only {
+            self.t.key.len()
+        } else {
+            self.classes.len()
+        };
+        let mut rest = line;
+        while self.values.len() < want {
+            let i = self.values.len();
+            let (raw, more) = match rest.iter().position(|&b| b == b'\t') {
+                Some(p) => (&rest[..p], &rest[p + 1..]),
+                None if i + 1 == want => (rest, &rest[rest.len()..]),
+                None => return Err("COPY gave fewer fields than columns".into()),
+            };
+            rest = more;
+            let col = if key_only { self.t.key[i] as usize } else { i };
+            if raw == b"\\N" {
+                self.values.push(Value::Null);
+                continue;
+            }
+            unescape_copy(raw, &mut self.field);
+            let v = self.classes[col]
+                .parse(&self.field)
+                .map_err(|e| format!("column {}: {e}", self.t.columns[col].name))?;
+            self.values.push(v);
+        }
+        Ok(rest)
+    }
+
+    fn make_key(&mut self, key_only: bool) -> Result<()> {
+        self.key.clear();
+        for (j, &k) in self.t.key.iter().enumerate() {
+            let v = &self.values[if key_only { j } else { k as usize }];
+            if let Value::Real(r) = v
+                && r.is_nan()
+            {
+                return Err(SyncError::Invalid(format!(
+                    "key column {} holds NaN, which sp-sync cannot key by",
+                    self.t.columns[k as usize].name
+                )));
+            }
+            self.key.push(v.as_ref())?;
+        }
+        Ok(())
+    }
+
+    /// A whole row: (key, encoded row, the rest of the line).
+    fn row<'l>(
+        &mut self,
+        line: &'l [u8],
+        sink: &dyn ObjectSink,
+        chunker: &Chunker,
+    ) -> std::result::Result<ParsedRow<'_, 'l>, String> {
+        let rest = self.fields(line, false)?;
+        for spilled in [false, true] {
+            self.w.buf.clear();
+            self.w.varint(self.values.len() as u64);
+            for v in &self.values {
+                encode_cell(&mut self.w, v.as_ref(), sink, chunker, spilled)
+                    .map_err(|e| e.to_string())?;
+            }
+            if self.w.buf.len() <= super::value::ROW_SPILL_AT {
+                break;
+            }
+        }
+        self.make_key(false).map_err(|e| e.to_string())?;
+        Ok((self.key.finish(), &self.w.buf, rest))
+    }
+
+    /// The key columns only: (key, the rest of the line).
+    fn key_only<'l>(&mut self, line: &'l [u8]) -> std::result::Result<(&[u8], &'l [u8]), String> {
+        let rest = self.fields(line, true)?;
+        self.make_key(true).map_err(|e| e.to_string())?;
+        Ok((self.key.finish(), rest))
+    }
+}
+
+/// Reads a `COPY … TO STDOUT` line by line into `f`.
+fn copy_lines(
     c: &mut Client,
     loc: &PgLocation,
     name: &str,
-    t: &TableData,
-    sink: &dyn ObjectSink,
-    chunker: &Chunker,
+    sql: &str,
     progress: &dyn Progress,
-    f: &mut super::RowSink<'_>,
+    mut f: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<u64> {
-    let classes: Vec<PgClass> = t
-        .columns
-        .iter()
-        .map(|c| PgClass::of(&c.decl_type))
-        .collect();
-    let mut reader = c
-        .copy_out(&copy_out_sql(name, t))
-        .map_err(|e| loc.error(e))?;
+    let mut reader = c.copy_out(sql).map_err(|e| loc.error(e))?;
     let mut line = Vec::with_capacity(1024);
-    let mut field = Vec::new();
-    let mut values: Vec<Value> = Vec::with_capacity(classes.len());
-    let mut key = KeyWriter::new();
-    let mut w = Writer::with_capacity(256);
     let mut n: u64 = 0;
-    let bad =
-        |what: String| SyncError::Database(format!("{}: table {name}: {what}", loc.redacted()));
     loop {
         line.clear();
         let got = reader.read_until(b'\n', &mut line).map_err(|e| {
@@ -1104,9 +1215,14 @@ fn read_table(
             match e.into_inner() {
                 Some(inner) => match inner.downcast::<postgres::Error>() {
                     Ok(pe) => loc.error(*pe),
-                    Err(other) => bad(other.to_string()),
+                    Err(other) => {
+                        SyncError::Database(format!("{}: table {name}: {other}", loc.redacted()))
+                    }
                 },
-                None => bad("the connection failed".into()),
+                None => SyncError::Database(format!(
+                    "{}: table {name}: the connection failed",
+                    loc.redacted()
+                )),
             }
         })?;
         if got == 0 {
@@ -1118,53 +1234,303 @@ fn read_table(
         if line.last() == Some(&b'\n') {
             line.pop();
         }
-        values.clear();
-        for (i, raw) in line.split(|&b| b == b'\t').enumerate() {
-            let class = *classes
-                .get(i)
-                .ok_or_else(|| bad("COPY gave more fields than columns".into()))?;
-            if raw == b"\\N" {
-                values.push(Value::Null);
-                continue;
-            }
-            unescape_copy(raw, &mut field);
-            values.push(
-                class
-                    .parse(&field)
-                    .map_err(|e| bad(format!("column {}: {e}", t.columns[i].name)))?,
-            );
-        }
-        if values.len() != classes.len() {
-            return Err(bad("COPY gave fewer fields than columns".into()));
-        }
-        for spilled in [false, true] {
-            w.buf.clear();
-            w.varint(values.len() as u64);
-            for v in &values {
-                encode_cell(&mut w, v.as_ref(), sink, chunker, spilled)?;
-            }
-            if w.buf.len() <= super::value::ROW_SPILL_AT {
-                break;
-            }
-        }
-        key.clear();
-        for &k in &t.key {
-            let v = &values[k as usize];
-            if let Value::Real(r) = v
-                && r.is_nan()
-            {
-                return Err(bad(format!(
-                    "key column {} holds NaN, which sp-sync cannot key by",
-                    t.columns[k as usize].name
-                )));
-            }
-            key.push(v.as_ref())?;
-        }
-        f(key.finish(), &w.buf)?;
+        f(&line)?;
         n += 1;
     }
     Ok(n)
 }
+
+/// Streams a table's rows in key order, calling `f(key, row)`, and each
+/// row's key and stamp into `cache`.
+#[allow(clippy::too_many_arguments)]
+fn read_table(
+    c: &mut Client,
+    loc: &PgLocation,
+    name: &str,
+    t: &TableData,
+    sink: &dyn ObjectSink,
+    chunker: &Chunker,
+    progress: &dyn Progress,
+    mut cache: Option<&mut CacheWriter>,
+    f: &mut super::RowSink<'_>,
+) -> Result<u64> {
+    let bad =
+        |what: String| SyncError::Database(format!("{}: table {name}: {what}", loc.redacted()));
+    let mut p = RowParser::new(t);
+    copy_lines(c, loc, name, &copy_out_sql(name, t), progress, |line| {
+        let (key, row, stamp) = p.row(line, sink, chunker).map_err(bad)?;
+        if let Some(w) = cache.as_deref_mut() {
+            w.row(key, stamp);
+        }
+        f(key, row)
+    })
+}
+
+/// Most rows a re-snapshot fetches or deletes by the row cache before a
+/// full read is cheaper (and the edits' memory stays bounded).
+const MAX_CACHED_EDITS: usize = 100_000;
+/// Most bytes of keys and stamps those edits may hold.
+const MAX_CACHED_EDIT_BYTES: usize = 64 << 20;
+
+/// What a re-snapshot by the row cache gave.
+enum Incremental {
+    /// Rows, and the root of their map.
+    Done(u64, ObjectId),
+    /// The cache could not be used: read the table in full.
+    Fallback(String),
+}
+
+/// A re-snapshot of one table by its row cache: reads every row's key and
+/// stamp (in key order, as the cache holds them), fetches by `ctid` the
+/// rows that are new or whose stamp differs, and rebuilds the cached map
+/// around them and the keys that are gone. Writes the new cache to `out`.
+#[allow(clippy::too_many_arguments)]
+fn read_table_by_cache(
+    c: &mut Client,
+    loc: &PgLocation,
+    name: &str,
+    t: &TableData,
+    mut old: CacheReader,
+    src: &dyn ObjectSource,
+    sink: &dyn ObjectSink,
+    chunker: &Chunker,
+    progress: &dyn Progress,
+    out: &mut CacheWriter,
+) -> Result<Incremental> {
+    let bad =
+        |what: String| SyncError::Database(format!("{}: table {name}: {what}", loc.redacted()));
+    let keys: Vec<String> = t
+        .key
+        .iter()
+        .map(|&k| {
+            let c = &t.columns[k as usize];
+            PgClass::of(&c.decl_type).select(&quote(&c.name))
+        })
+        .collect();
+    let sql = format!(
+        "COPY (SELECT {}, xmin, ctid FROM {} ORDER BY {}) TO STDOUT",
+        keys.join(", "),
+        quote(name),
+        order_list(t)
+    );
+    // Keys (with the new stamp) to fetch, and keys that are gone.
+    let mut wanted: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut gone: Vec<Vec<u8>> = Vec::new();
+    let mut held = 0usize;
+    let mut unusable: Option<String> = None;
+    let mut p = RowParser::new(t);
+    // The cache's next row, read ahead.
+    let mut ahead: Option<(Vec<u8>, Vec<u8>)> = None;
+    let mut cache_done = false;
+    let mut advance = |old: &mut CacheReader,
+                       ahead: &mut Option<(Vec<u8>, Vec<u8>)>,
+                       unusable: &mut Option<String>| {
+        *ahead = None;
+        if cache_done || unusable.is_some() {
+            return;
+        }
+        match old.next_row() {
+            Ok(Some((k, s))) => *ahead = Some((k.to_vec(), s.to_vec())),
+            Ok(None) => cache_done = true,
+            Err(Unusable(e)) => *unusable = Some(e),
+        }
+    };
+    advance(&mut old, &mut ahead, &mut unusable);
+    let n = copy_lines(c, loc, name, &sql, progress, |line| {
+        let (key, stamp) = p.key_only(line).map_err(bad)?;
+        out.row(key, stamp);
+        if unusable.is_some() {
+            return Ok(());
+        }
+        // Cached keys before this one are gone.
+        while let Some((k, _)) = &ahead
+            && k.as_slice() < key
+        {
+            let (k, _) = ahead.take().unwrap_or_default();
+            held += k.len();
+            gone.push(k);
+            advance(&mut old, &mut ahead, &mut unusable);
+        }
+        let same = match &ahead {
+            Some((k, s)) if k.as_slice() == key => {
+                let same = s.as_slice() == stamp;
+                advance(&mut old, &mut ahead, &mut unusable);
+                same
+            }
+            _ => false,
+        };
+        if !same {
+            held += key.len() + stamp.len();
+            wanted.insert(key.to_vec(), stamp.to_vec());
+        }
+        if wanted.len() + gone.len() > MAX_CACHED_EDITS || held > MAX_CACHED_EDIT_BYTES {
+            unusable = Some(format!("more than {MAX_CACHED_EDITS} rows changed"));
+            wanted.clear();
+            gone.clear();
+        }
+        Ok(())
+    })?;
+    if let Some(e) = unusable {
+        return Ok(Incremental::Fallback(e));
+    }
+    while let Some((k, _)) = ahead.take() {
+        gone.push(k);
+        advance(&mut old, &mut ahead, &mut unusable);
+    }
+    let old_root = match old.finish() {
+        Ok(r) => r,
+        Err(Unusable(e)) => return Ok(Incremental::Fallback(e)),
+    };
+    if let Some(e) = unusable {
+        return Ok(Incremental::Fallback(e));
+    }
+    if gone.len() > MAX_CACHED_EDITS {
+        return Ok(Incremental::Fallback(format!(
+            "more than {MAX_CACHED_EDITS} rows changed"
+        )));
+    }
+    // The changed and new rows, by the ctid their stamp names, in batches.
+    let mut fetched: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let wanted_list: Vec<(&Vec<u8>, &Vec<u8>)> = wanted.iter().collect();
+    for batch in wanted_list.chunks(4096) {
+        let mut tids = String::from("'{");
+        for (i, (_, stamp)) in batch.iter().enumerate() {
+            let ctid = stamp
+                .rsplit(|&b| b == b'\t')
+                .next()
+                .and_then(|c| std::str::from_utf8(c).ok())
+                .filter(|c| c.bytes().all(|b| b.is_ascii_digit() || b"(),".contains(&b)))
+                .ok_or_else(|| bad("a ctid that is not one".into()))?;
+            if i > 0 {
+                tids.push(',');
+            }
+            tids.push('"');
+            tids.push_str(ctid);
+            tids.push('"');
+        }
+        tids.push_str("}'::tid[]");
+        let sql = format!(
+            "COPY (SELECT {}, xmin, ctid FROM {} WHERE ctid = ANY ({tids})) TO STDOUT",
+            select_list(t),
+            quote(name),
+        );
+        let mut rp = RowParser::new(t);
+        copy_lines(c, loc, name, &sql, progress, |line| {
+            let (key, row, stamp) = rp.row(line, sink, chunker).map_err(bad)?;
+            // A ctid names a row version in one table; in a partitioned
+            // table another partition may hold the same ctid.
+            if wanted.get(key).is_some_and(|s| s.as_slice() == stamp) {
+                fetched.insert(key.to_vec(), row.to_vec());
+            }
+            Ok(())
+        })?;
+    }
+    if fetched.len() != wanted.len() {
+        return Ok(Incremental::Fallback(format!(
+            "{} of {} changed rows found by ctid",
+            fetched.len(),
+            wanted.len()
+        )));
+    }
+    let (changed, deleted) = (wanted.len(), gone.len());
+    drop(wanted);
+    // Edits in key order: the fetched rows and the deleted keys.
+    let mut fetched = fetched.into_iter().peekable();
+    let mut gone = gone.into_iter().peekable();
+    let edits = std::iter::from_fn(|| {
+        let take_fetched = match (fetched.peek(), gone.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some((f, _)), Some(g)) => f < g,
+        };
+        Some(Ok(if take_fetched {
+            let (k, v) = fetched.next()?;
+            (k, Some(v))
+        } else {
+            (gone.next()?, None)
+        }))
+    });
+    match crate::pmap::apply_edits(src, sink, ObjectType::Rows, &old_root, edits) {
+        Ok(root) => {
+            tracing::info!(
+                "{}: table {name}: {n} rows by the row cache ({changed} read, {deleted} gone)",
+                loc.redacted()
+            );
+            Ok(Incremental::Done(n, root))
+        }
+        Err(e) => Ok(Incremental::Fallback(e.to_string())),
+    }
+}
+
+/// What a table's row cache must match: the database and table, their
+/// definitions (and those of the column types: an enum's labels, a
+/// composite's attributes), the table's storage, and sp-sync's row
+/// encoding. Also gives the database's transaction counter.
+fn cache_ident(
+    c: &mut Client,
+    loc: &PgLocation,
+    rel: &PgTable,
+    t: &TableData,
+    sql: &str,
+) -> Result<([u8; 32], u64)> {
+    let row = c
+        .query_one(
+            "SELECT (SELECT d.oid::int8 FROM pg_catalog.pg_database d \
+                      WHERE d.datname = current_database()), \
+                    CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE') \
+                         THEN (SELECT system_identifier FROM pg_catalog.pg_control_system()) END, \
+                    c.relfilenode::int8, c.xmin::text, \
+                    (SELECT coalesce(string_agg(x.s, ';' ORDER BY x.s), '') FROM ( \
+                       SELECT ty.oid::text || ':' || ty.xmin::text || ':' || \
+                         coalesce((SELECT string_agg(e.oid::text || '/' || e.xmin::text, ',' ORDER BY e.oid) \
+                                   FROM pg_catalog.pg_enum e \
+                                   WHERE e.enumtypid IN (ty.oid, ty.typelem, ty.typbasetype)), '') || ':' || \
+                         coalesce((SELECT string_agg(a2.attnum::text || '/' || a2.atttypid::text || '/' || a2.xmin::text, ',' ORDER BY a2.attrelid, a2.attnum) \
+                                   FROM pg_catalog.pg_attribute a2 JOIN pg_catalog.pg_type ct ON a2.attrelid = ct.typrelid \
+                                   WHERE ct.oid IN (ty.oid, ty.typelem, ty.typbasetype) AND ct.typrelid <> 0 AND a2.attnum > 0), '') AS s \
+                       FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+                       WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) x), \
+                    pg_catalog.txid_snapshot_xmin(pg_catalog.txid_current_snapshot()) \
+             FROM pg_catalog.pg_class c WHERE c.oid = $1::int8::oid",
+            &[&rel.oid],
+        )
+        .map_err(|e| loc.error(e))?;
+    let db: Option<i64> = row.get(0);
+    let system: Option<i64> = row.get(1);
+    let relfilenode: i64 = row.get(2);
+    let class_xmin: String = row.get(3);
+    let types: String = row.get(4);
+    let xid: i64 = row.get(5);
+    let mut h = blake3::Hasher::new();
+    let mut w = Writer::with_capacity(256);
+    w.bytes(b"sp-sync row cache: pg rows v1")
+        .bytes(env!("CARGO_PKG_VERSION").as_bytes())
+        .bytes(loc.redacted().as_bytes())
+        .bytes(loc.schema.as_bytes())
+        .bytes(rel.name.as_bytes())
+        .zigzag(db.unwrap_or(-1))
+        .zigzag(system.unwrap_or(-1))
+        .zigzag(rel.oid)
+        .zigzag(relfilenode)
+        .bytes(class_xmin.as_bytes())
+        .bytes(types.as_bytes())
+        .bytes(sql.as_bytes())
+        .varint(t.columns.len() as u64);
+    for col in &t.columns {
+        w.bytes(col.name.as_bytes()).bytes(col.decl_type.as_bytes());
+    }
+    w.varint(t.key.len() as u64);
+    for &k in &t.key {
+        w.varint(u64::from(k));
+    }
+    h.update(&w.buf);
+    Ok((*h.finalize().as_bytes(), xid as u64))
+}
+
+/// A row cache older than this many transactions is not trusted: a row
+/// version's `xmin` is 32 bits, and must not have come round again.
+const MAX_CACHE_XID_AGE: u64 = 1 << 31;
 
 /// Reads the selected tables of one PostgreSQL database in one
 /// `REPEATABLE READ, READ ONLY` transaction.
@@ -1173,13 +1539,22 @@ pub fn scan(
     sink: &dyn ObjectSink,
     chunker: &Chunker,
     progress: &dyn Progress,
+    rows_cache: Option<&RowCacheCtx<'_>>,
 ) -> Result<ScanResult> {
     let loc = PgLocation::parse(&src.path.to_string_lossy())?;
     on_own_thread(|| {
         let mut c = loc.connect()?;
         c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .map_err(|e| loc.error(e))?;
-        let r = scan_in(&mut c, &loc, &src.tables, sink, chunker, progress);
+        let r = scan_in(
+            &mut c,
+            &loc,
+            &src.tables,
+            sink,
+            chunker,
+            progress,
+            rows_cache,
+        );
         let _ = c.batch_execute("ROLLBACK");
         r
     })
@@ -1192,6 +1567,7 @@ fn scan_in(
     sink: &dyn ObjectSink,
     chunker: &Chunker,
     progress: &dyn Progress,
+    rows_cache: Option<&RowCacheCtx<'_>>,
 ) -> Result<ScanResult> {
     c.batch_execute(&format!("SET LOCAL search_path = {}", quote(&loc.schema)))
         .map_err(|e| loc.error(e))?;
@@ -1253,9 +1629,9 @@ fn scan_in(
                 root: ObjectId::default(),
             };
             let label = format!("{}: table {}", loc.redacted(), rel.name);
-            let (n, root) = super::build_row_map(&label, sink, progress, |f| {
-                read_table(c, loc, &rel.name, &t, sink, chunker, progress, f)
-            })?;
+            let (n, root) = read_rows(
+                c, loc, rel, &t, &sql, &label, sink, chunker, progress, rows_cache,
+            )?;
             t.rows = n;
             t.root = root;
             out.rows.insert(rel.name.clone(), n);
@@ -1272,6 +1648,93 @@ fn scan_in(
         out.objects.insert(rel.name.clone(), id);
     }
     Ok(out)
+}
+
+/// A table's rows into a row map: by the row cache when there is one for
+/// this table (see [`read_table_by_cache`]), else every row; either way the
+/// cache is written anew. A cache that cannot be used or written costs a
+/// full read or a log line, never the snapshot.
+#[allow(clippy::too_many_arguments)]
+fn read_rows(
+    c: &mut Client,
+    loc: &PgLocation,
+    rel: &PgTable,
+    t: &TableData,
+    sql: &str,
+    label: &str,
+    sink: &dyn ObjectSink,
+    chunker: &Chunker,
+    progress: &dyn Progress,
+    rows_cache: Option<&RowCacheCtx<'_>>,
+) -> Result<(u64, ObjectId)> {
+    let cache = match rows_cache {
+        Some(rc) => {
+            let (ident, xid) = cache_ident(c, loc, rel, t, sql)?;
+            let path =
+                super::rowcache::path_for(&rc.dir, &[&loc.redacted(), &loc.schema, &rel.name]);
+            Some((rc, ident, xid, path))
+        }
+        None => None,
+    };
+    let create =
+        |ident: &[u8; 32], xid: u64, path: &Path| match CacheWriter::create(path, ident, xid) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!("{label}: could not write the row cache: {e}");
+                None
+            }
+        };
+    if let Some((rc, ident, xid, path)) = &cache {
+        match CacheReader::open(path, ident) {
+            Ok(Some((old, old_xid))) if *xid >= old_xid && xid - old_xid < MAX_CACHE_XID_AGE => {
+                if let Some(mut out) = create(ident, *xid, path) {
+                    let r = read_table_by_cache(
+                        c, loc, &rel.name, t, old, rc.src, sink, chunker, progress, &mut out,
+                    )?;
+                    match r {
+                        Incremental::Done(n, root) => {
+                            if let Err(e) = out.finish(&root) {
+                                tracing::warn!("{label}: could not write the row cache: {e}");
+                            }
+                            return Ok((n, root));
+                        }
+                        Incremental::Fallback(why) => {
+                            tracing::info!(
+                                "{label}: row cache not used ({why}); reading every row"
+                            );
+                        }
+                    }
+                }
+            }
+            Ok(Some(_)) => tracing::info!("{label}: row cache too old; reading every row"),
+            Ok(None) => {}
+            Err(Unusable(e)) => {
+                tracing::warn!("{label}: ignoring a damaged row cache ({e})");
+            }
+        }
+    }
+    let mut out = cache
+        .as_ref()
+        .and_then(|(_, ident, xid, path)| create(ident, *xid, path));
+    let (n, root) = super::build_row_map(label, sink, progress, |f| {
+        read_table(
+            c,
+            loc,
+            &rel.name,
+            t,
+            sink,
+            chunker,
+            progress,
+            out.as_mut(),
+            f,
+        )
+    })?;
+    if let Some(w) = out
+        && let Err(e) = w.finish(&root)
+    {
+        tracing::warn!("{label}: could not write the row cache: {e}");
+    }
+    Ok((n, root))
 }
 
 fn bad_row(root: &ObjectId, e: impl std::fmt::Display) -> SyncError {
@@ -1850,7 +2313,17 @@ fn merge_plan(
             }
         }
     };
-    read_table(c, loc, name, t, &scratch, chunker, progress, &mut on_row)?;
+    read_table(
+        c,
+        loc,
+        name,
+        t,
+        &scratch,
+        chunker,
+        progress,
+        None,
+        &mut on_row,
+    )?;
     for e in snap {
         let (sk, _) = e?;
         acts.push((sk, Act::Insert));

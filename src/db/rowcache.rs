@@ -1,0 +1,355 @@
+//! The row cache: for one table of a live database, each row's key and a
+//! *stamp* that changes whenever the row does (PostgreSQL: the row
+//! version's `xmin` and `ctid`), with the row map those rows were stored
+//! as. A re-snapshot reads only keys and stamps, fetches the rows whose
+//! stamp differs, and rebuilds the map around them
+//! ([`crate::pmap::apply_edits`]). Like the stat cache it is only a hint,
+//! kept beside the store (`CACHE_DIR/rows/`), never in it.
+//!
+//! ```text
+//! magic "SPSYNCRC" | version = 1 | ident [32] | xid u64 LE
+//! rows × (key (varint length ≥ 1, bytes) | stamp (varint length, bytes)), in key order
+//! 0x00 (the end: no key is empty) | root id [32] | rows (varint)
+//! BLAKE3 of every preceding byte [32]
+//! ```
+//!
+//! `ident` names what the rows are valid for (the database, the table, its
+//! definition and sp-sync's row encoding); `xid` is the database's
+//! transaction counter when the rows were read. The file is read as a
+//! stream (a table's keys need not fit in memory); damage is found at the
+//! latest at its end, before anything read from it is used.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::codec::put_varint;
+use crate::error::{Result, SyncError};
+use crate::id::ObjectId;
+
+const MAGIC: &[u8; 8] = b"SPSYNCRC";
+const VERSION: u8 = 1;
+/// Longest key or stamp a cache may hold (the map's key limit).
+const MAX_FIELD: u64 = 1 << 20;
+
+/// Where a table's row cache lives: named by a hash of `what` (the
+/// database's display location, its schema and the table).
+pub fn path_for(cache_dir: &Path, what: &[&str]) -> PathBuf {
+    let mut h = blake3::Hasher::new();
+    for w in what {
+        h.update(w.as_bytes());
+        h.update(&[0]);
+    }
+    cache_dir
+        .join("rows")
+        .join(crate::id::hex(&h.finalize().as_bytes()[..16]))
+}
+
+/// Writes a cache as rows come, to a temporary file renamed into place by
+/// [`finish`](Self::finish).
+pub struct CacheWriter {
+    out: BufWriter<File>,
+    hash: blake3::Hasher,
+    tmp: PathBuf,
+    path: PathBuf,
+    buf: Vec<u8>,
+    rows: u64,
+    /// The first write error: the cache is then given up, not the snapshot.
+    failed: Option<SyncError>,
+}
+
+impl CacheWriter {
+    pub fn create(path: &Path, ident: &[u8; 32], xid: u64) -> Result<CacheWriter> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| SyncError::io("creating", dir, e))?;
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            std::process::id(),
+            crate::store::unique()
+        ));
+        let f = File::create(&tmp).map_err(|e| SyncError::io("creating", &tmp, e))?;
+        let mut w = CacheWriter {
+            out: BufWriter::with_capacity(1 << 16, f),
+            hash: blake3::Hasher::new(),
+            tmp,
+            path: path.to_path_buf(),
+            buf: Vec::with_capacity(256),
+            rows: 0,
+            failed: None,
+        };
+        w.buf.extend_from_slice(MAGIC);
+        w.buf.push(VERSION);
+        w.buf.extend_from_slice(ident);
+        w.buf.extend_from_slice(&xid.to_le_bytes());
+        w.emit()?;
+        Ok(w)
+    }
+
+    fn emit(&mut self) -> Result<()> {
+        self.hash.update(&self.buf);
+        let r = self
+            .out
+            .write_all(&self.buf)
+            .map_err(|e| SyncError::io("writing", &self.tmp, e));
+        self.buf.clear();
+        r
+    }
+
+    /// Appends a row (keys strictly increasing, not empty). A write error
+    /// is kept for [`finish`](Self::finish) to report.
+    pub fn row(&mut self, key: &[u8], stamp: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        put_varint(&mut self.buf, key.len() as u64);
+        self.buf.extend_from_slice(key);
+        put_varint(&mut self.buf, stamp.len() as u64);
+        self.buf.extend_from_slice(stamp);
+        self.rows += 1;
+        if self.buf.len() >= 1 << 14
+            && let Err(e) = self.emit()
+        {
+            self.failed = Some(e);
+        }
+    }
+
+    /// Ends the file with the map the rows were stored as and puts it in
+    /// place (atomically; not fsynced: a torn cache fails its checksum and
+    /// only costs a full read).
+    pub fn finish(mut self, root: &ObjectId) -> Result<()> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        self.buf.push(0);
+        self.buf.extend_from_slice(&root.0);
+        put_varint(&mut self.buf, self.rows);
+        self.emit()?;
+        let sum = self.hash.finalize();
+        let done = self
+            .out
+            .write_all(sum.as_bytes())
+            .and_then(|_| self.out.flush())
+            .map_err(|e| SyncError::io("writing", &self.tmp, e));
+        let done = done.and_then(|_| {
+            std::fs::rename(&self.tmp, &self.path)
+                .map_err(|e| SyncError::io("renaming into", &self.path, e))
+        });
+        if done.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        done
+    }
+}
+
+impl Drop for CacheWriter {
+    fn drop(&mut self) {
+        // Unfinished (an error, or a cache given up): no file is left.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// Reads a cache row by row. Every read error is "not usable".
+pub struct CacheReader {
+    input: BufReader<File>,
+    hash: blake3::Hasher,
+    read: u64,
+    ended: bool,
+    key: Vec<u8>,
+    stamp: Vec<u8>,
+}
+
+/// Why a cache cannot be used (it is then ignored).
+#[derive(Debug)]
+pub struct Unusable(pub String);
+
+/// A read of a cache: what it gave, or why it cannot be used.
+pub type Usable<T> = std::result::Result<T, Unusable>;
+
+impl CacheReader {
+    /// Opens the cache at `path` if there is one for `ident`, written at
+    /// `xid`; `Ok(None)` if there is none or it is for something else.
+    pub fn open(path: &Path, ident: &[u8; 32]) -> Usable<Option<(CacheReader, u64)>> {
+        let f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Unusable(format!("{}: {e}", path.display()))),
+        };
+        let mut r = CacheReader {
+            input: BufReader::with_capacity(1 << 16, f),
+            hash: blake3::Hasher::new(),
+            read: 0,
+            ended: false,
+            key: Vec::new(),
+            stamp: Vec::new(),
+        };
+        let mut head = [0u8; 8 + 1 + 32 + 8];
+        r.exact(&mut head)?;
+        if &head[..8] != MAGIC || head[8] != VERSION {
+            return Err(Unusable("not a row cache of this version".into()));
+        }
+        if head[9..41] != ident[..] {
+            return Ok(None);
+        }
+        let xid = u64::from_le_bytes(head[41..49].try_into().unwrap_or_default());
+        Ok(Some((r, xid)))
+    }
+
+    fn exact(&mut self, buf: &mut [u8]) -> Usable<()> {
+        self.input
+            .read_exact(buf)
+            .map_err(|e| Unusable(format!("cut short: {e}")))?;
+        self.hash.update(buf);
+        Ok(())
+    }
+
+    fn varint(&mut self) -> Usable<u64> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let mut b = [0u8];
+            self.exact(&mut b)?;
+            v |= u64::from(b[0] & 0x7f) << shift;
+            if b[0] & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(Unusable("varint too long".into()))
+    }
+
+    fn field(&mut self, len: u64, which: bool) -> Usable<()> {
+        if len > MAX_FIELD {
+            return Err(Unusable("a field longer than 1 MiB".into()));
+        }
+        let mut v = std::mem::take(if which {
+            &mut self.key
+        } else {
+            &mut self.stamp
+        });
+        v.resize(len as usize, 0);
+        let r = self.exact(&mut v);
+        *(if which {
+            &mut self.key
+        } else {
+            &mut self.stamp
+        }) = v;
+        r
+    }
+
+    /// The next row (key, stamp), or `None` after the last.
+    pub fn next_row(&mut self) -> Usable<Option<(&[u8], &[u8])>> {
+        if self.ended {
+            return Ok(None);
+        }
+        let klen = self.varint()?;
+        if klen == 0 {
+            self.ended = true;
+            return Ok(None);
+        }
+        self.field(klen, true)?;
+        let slen = self.varint()?;
+        self.field(slen, false)?;
+        self.read += 1;
+        Ok(Some((&self.key, &self.stamp)))
+    }
+
+    /// After the last row: the map's root, once the row count and the
+    /// checksum hold.
+    pub fn finish(mut self) -> Usable<ObjectId> {
+        while self.next_row()?.is_some() {}
+        let mut root = [0u8; 32];
+        self.exact(&mut root)?;
+        let rows = self.varint()?;
+        let want = self.hash.finalize();
+        let mut sum = [0u8; 32];
+        self.input
+            .read_exact(&mut sum)
+            .map_err(|e| Unusable(format!("cut short: {e}")))?;
+        if sum != *want.as_bytes() {
+            return Err(Unusable("checksum mismatch".into()));
+        }
+        if rows != self.read {
+            return Err(Unusable(format!("{} rows where it says {rows}", self.read)));
+        }
+        if self.input.fill_buf().map(|b| !b.is_empty()).unwrap_or(true) {
+            return Err(Unusable("bytes after its checksum".into()));
+        }
+        Ok(ObjectId(root))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Cached = (Vec<(Vec<u8>, Vec<u8>)>, u64, ObjectId);
+
+    fn write(dir: &Path, rows: &[(&[u8], &[u8])]) -> PathBuf {
+        let p = path_for(dir, &["db", "public", "t"]);
+        let mut w = CacheWriter::create(&p, &[7; 32], 42).unwrap();
+        for (k, s) in rows {
+            w.row(k, s);
+        }
+        w.finish(&ObjectId([9; 32])).unwrap();
+        p
+    }
+
+    fn read_all(p: &Path, ident: &[u8; 32]) -> Usable<Option<Cached>> {
+        let Some((mut r, xid)) = CacheReader::open(p, ident)? else {
+            return Ok(None);
+        };
+        let mut rows = Vec::new();
+        while let Some((k, s)) = r.next_row()? {
+            rows.push((k.to_vec(), s.to_vec()));
+        }
+        Ok(Some((rows, xid, r.finish()?)))
+    }
+
+    #[test]
+    fn round_trips_and_any_damage_makes_it_unusable() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<(&[u8], &[u8])> = vec![(b"a", b"1\t(0,1)"), (b"b", b""), (b"c", b"9\t(3,4)")];
+        let p = write(dir.path(), &rows);
+        let (got, xid, root) = read_all(&p, &[7; 32]).unwrap().unwrap();
+        assert_eq!(xid, 42);
+        assert_eq!(root, ObjectId([9; 32]));
+        let want: Vec<(Vec<u8>, Vec<u8>)> =
+            rows.iter().map(|(k, s)| (k.to_vec(), s.to_vec())).collect();
+        assert_eq!(got, want);
+        // Another table's identity: no cache, not an error.
+        assert!(read_all(&p, &[8; 32]).unwrap().is_none());
+        assert!(
+            read_all(&dir.path().join("missing"), &[7; 32])
+                .unwrap()
+                .is_none()
+        );
+        // Every flipped byte and every truncation is caught.
+        let bytes = std::fs::read(&p).unwrap();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x10;
+            std::fs::write(&p, &b).unwrap();
+            match read_all(&p, &[7; 32]) {
+                Err(_) => {}
+                // The flip hit the identity: another table's cache.
+                Ok(None) => assert!((9..41).contains(&i), "byte {i}"),
+                Ok(Some(_)) => panic!("flipped byte {i} went unnoticed"),
+            }
+            std::fs::write(&p, &bytes[..i]).unwrap();
+            assert!(read_all(&p, &[7; 32]).is_err(), "cut at {i}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        std::fs::write(&p, &longer).unwrap();
+        assert!(read_all(&p, &[7; 32]).is_err());
+    }
+
+    #[test]
+    fn an_unfinished_writer_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path_for(dir.path(), &["x"]);
+        let mut w = CacheWriter::create(&p, &[1; 32], 0).unwrap();
+        w.row(b"k", b"s");
+        drop(w);
+        assert!(!p.exists());
+        assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 0);
+    }
+}
