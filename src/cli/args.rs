@@ -98,7 +98,7 @@ pub struct SnapshotArgs {
     /// Record this host name instead of the machine's.
     #[arg(long)]
     host: Option<String>,
-    /// Read every file, ignoring the stat cache.
+    /// Read every file and every row of a PostgreSQL table, ignoring the stat and row caches.
     #[arg(long)]
     no_cache: bool,
     /// Also snapshot this database: a SQLite file or postgres://… (default: sp-sync.toml's [[db]]).
