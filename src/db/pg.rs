@@ -1271,6 +1271,9 @@ fn read_table(
 const MAX_CACHED_EDITS: usize = 100_000;
 /// Most bytes of keys and stamps those edits may hold.
 const MAX_CACHED_EDIT_BYTES: usize = 64 << 20;
+/// Most bytes of changed rows (encoded, large values spilled to chunks)
+/// a re-snapshot holds before it reads the table in full instead.
+const MAX_FETCHED_BYTES: usize = 256 << 20;
 
 /// What a re-snapshot by the row cache gave.
 enum Incremental {
@@ -1391,8 +1394,15 @@ fn read_table_by_cache(
     }
     // The changed and new rows, by the ctid their stamp names, in batches.
     let mut fetched: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut fetched_bytes = 0usize;
     let wanted_list: Vec<(&Vec<u8>, &Vec<u8>)> = wanted.iter().collect();
     for batch in wanted_list.chunks(4096) {
+        if fetched_bytes > MAX_FETCHED_BYTES {
+            return Ok(Incremental::Fallback(format!(
+                "the changed rows hold more than {} MiB",
+                MAX_FETCHED_BYTES >> 20
+            )));
+        }
         let mut tids = String::from("'{");
         for (i, (_, stamp)) in batch.iter().enumerate() {
             let ctid = stamp
@@ -1419,11 +1429,20 @@ fn read_table_by_cache(
             let (key, row, stamp) = rp.row(line, sink, chunker).map_err(bad)?;
             // A ctid names a row version in one table; in a partitioned
             // table another partition may hold the same ctid.
-            if wanted.get(key).is_some_and(|s| s.as_slice() == stamp) {
+            if fetched_bytes <= MAX_FETCHED_BYTES
+                && wanted.get(key).is_some_and(|s| s.as_slice() == stamp)
+            {
+                fetched_bytes += key.len() + row.len();
                 fetched.insert(key.to_vec(), row.to_vec());
             }
             Ok(())
         })?;
+    }
+    if fetched_bytes > MAX_FETCHED_BYTES {
+        return Ok(Incremental::Fallback(format!(
+            "the changed rows hold more than {} MiB",
+            MAX_FETCHED_BYTES >> 20
+        )));
     }
     if fetched.len() != wanted.len() {
         return Ok(Incremental::Fallback(format!(
