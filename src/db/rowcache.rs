@@ -155,6 +155,8 @@ pub struct CacheReader {
     read: u64,
     ended: bool,
     key: Vec<u8>,
+    /// The key before `key`.
+    prev: Vec<u8>,
     stamp: Vec<u8>,
 }
 
@@ -180,6 +182,7 @@ impl CacheReader {
             read: 0,
             ended: false,
             key: Vec::new(),
+            prev: Vec::new(),
             stamp: Vec::new(),
         };
         let mut head = [0u8; 8 + 1 + 32 + 8];
@@ -202,13 +205,20 @@ impl CacheReader {
         Ok(())
     }
 
+    /// A varint in its one (shortest) encoding.
     fn varint(&mut self) -> Usable<u64> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
             let mut b = [0u8];
             self.exact(&mut b)?;
+            if shift == 63 && b[0] > 1 {
+                return Err(Unusable("varint overflows 64 bits".into()));
+            }
             v |= u64::from(b[0] & 0x7f) << shift;
             if b[0] & 0x80 == 0 {
+                if b[0] == 0 && shift > 0 {
+                    return Err(Unusable("varint not in its shortest form".into()));
+                }
                 return Ok(v);
             }
         }
@@ -244,7 +254,11 @@ impl CacheReader {
             self.ended = true;
             return Ok(None);
         }
+        std::mem::swap(&mut self.key, &mut self.prev);
         self.field(klen, true)?;
+        if self.read > 0 && self.key <= self.prev {
+            return Err(Unusable("keys out of order".into()));
+        }
         let slen = self.varint()?;
         self.field(slen, false)?;
         self.read += 1;
@@ -340,6 +354,29 @@ mod tests {
         longer.push(0);
         std::fs::write(&p, &longer).unwrap();
         assert!(read_all(&p, &[7; 32]).is_err());
+    }
+
+    #[test]
+    fn keys_out_of_order_and_long_varints_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), &[(b"b", b"1"), (b"a", b"2")]);
+        let e = read_all(&p, &[7; 32]).unwrap_err();
+        assert!(e.0.contains("out of order"), "{e:?}");
+        let p = write(dir.path(), &[(b"a", b"1"), (b"a", b"2")]);
+        assert!(read_all(&p, &[7; 32]).is_err());
+        // The stamp length 1 written as 0x81 0x00: one value, two encodings.
+        let p = write(dir.path(), &[(b"a", b"1")]);
+        let mut b = std::fs::read(&p).unwrap();
+        let at = 49 + 2; // after the key's length and byte
+        assert_eq!(b[at], 1);
+        b.splice(at..at + 1, [0x81, 0x00]);
+        let body = b.len() - 32;
+        let sum = blake3::hash(&b[..body]);
+        b.truncate(body);
+        b.extend_from_slice(sum.as_bytes());
+        std::fs::write(&p, &b).unwrap();
+        let e = read_all(&p, &[7; 32]).unwrap_err();
+        assert!(e.0.contains("shortest"), "{e:?}");
     }
 
     #[test]
