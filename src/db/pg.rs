@@ -1378,6 +1378,11 @@ fn read_table_by_cache(
     }
     while let Some((k, _)) = ahead.take() {
         gone.push(k);
+        if wanted.len() + gone.len() > MAX_CACHED_EDITS {
+            return Ok(Incremental::Fallback(format!(
+                "more than {MAX_CACHED_EDITS} rows changed"
+            )));
+        }
         advance(&mut old, &mut ahead, &mut unusable);
     }
     let old_root = match old.finish() {
@@ -1386,11 +1391,6 @@ fn read_table_by_cache(
     };
     if let Some(e) = unusable {
         return Ok(Incremental::Fallback(e));
-    }
-    if gone.len() > MAX_CACHED_EDITS {
-        return Ok(Incremental::Fallback(format!(
-            "more than {MAX_CACHED_EDITS} rows changed"
-        )));
     }
     // The changed and new rows, by the ctid their stamp names, in batches.
     let mut fetched: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
