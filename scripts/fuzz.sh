@@ -82,8 +82,12 @@ run_one() {
         [ -n "$n" ] || n="$(sed -n 's/^#\([0-9][0-9]*\): .*/\1/p' "$logs/$t" | tail -n 1)"
         echo "ok    $t: ${n:-?} executions"
     else
+        # The whole log stays beside the input (a panic's message comes
+        # long before libFuzzer's last lines, and -fork workers' logs go).
+        cp "$logs/$t" "artifacts/$t/crash-$(date +%Y%m%dT%H%M%S).log"
+        grep -a -m 3 -A 1 "panicked at" "$logs/$t" || true
         tail -n 40 "$logs/$t"
-        echo "CRASH $t (input in fuzz/artifacts/$t/)"
+        echo "CRASH $t (input and log in fuzz/artifacts/$t/)"
         touch "$logs/$t.failed"
     fi
 }
