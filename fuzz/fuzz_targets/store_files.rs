@@ -62,7 +62,16 @@ fn copy_dir(from: &Path, to: &Path) {
         if e.file_type().unwrap().is_dir() {
             copy_dir(&e.path(), &t);
         } else {
-            std::fs::copy(e.path(), &t).unwrap();
+            // libFuzzer's timer signal (its -timeout check) can interrupt
+            // the copy's system call, which std::fs::copy then returns as
+            // an error (found by this target: Os { code: 4 }): copy again.
+            loop {
+                match std::fs::copy(e.path(), &t) {
+                    Ok(_) => break,
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(err) => panic!("copying {}: {err}", e.path().display()),
+                }
+            }
         }
     }
 }
