@@ -280,6 +280,16 @@ proptest! {
     }
 }
 
+/// A deterministic pseudo-random generator: `next(n)` is below `n`.
+fn xorshift(mut rng: u64) -> impl FnMut(u64) -> u64 {
+    move |n| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    }
+}
+
 fn client(pg: &PgCluster, db: &str) -> postgres::Client {
     postgres::Config::new()
         .host_path(&pg.sock)
@@ -377,13 +387,7 @@ fn diff_lists_exactly_the_changed_rows() {
     let d = w.path();
     snap(d, &pg.url(&db), &[]);
     // Deterministic pseudo-random changes.
-    let mut rng = 0x9e3779b97f4a7c15u64;
-    let mut next = |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut next = xorshift(0x9e3779b97f4a7c15);
     let mut expect: std::collections::BTreeMap<i64, (String, Vec<String>)> = Default::default();
     for _ in 0..40 {
         let id = next(3000) as i64 + 1;
@@ -978,13 +982,7 @@ fn a_re_snapshot_by_the_row_cache_stores_what_a_full_read_does() {
     let url = pg.url(&db);
     let (_, err) = snap_logged(d, &cache, &url, &[]);
     assert!(!err.contains("by the row cache"), "no cache yet: {err}");
-    let mut rng = 0x2545f4914f6cdd1du64;
-    let mut next = |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut next = xorshift(0x2545f4914f6cdd1d);
     for round in 0..5 {
         let mut sql = String::new();
         for _ in 0..(round * 7) {

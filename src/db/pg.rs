@@ -1057,17 +1057,22 @@ fn select_list(t: &TableData) -> String {
     cols.join(", ")
 }
 
-/// The `ORDER BY` list that gives a table's rows in key order.
-fn order_list(t: &TableData) -> String {
-    let order: Vec<String> = t
+/// The key columns, each as `f(class, quoted name)` gives it, joined by commas.
+fn key_list(t: &TableData, f: impl Fn(PgClass, &str) -> String) -> String {
+    let cols: Vec<String> = t
         .key
         .iter()
         .map(|&k| {
             let c = &t.columns[k as usize];
-            PgClass::of(&c.decl_type).order(&quote(&c.name))
+            f(PgClass::of(&c.decl_type), &quote(&c.name))
         })
         .collect();
-    order.join(", ")
+    cols.join(", ")
+}
+
+/// The `ORDER BY` list that gives a table's rows in key order.
+fn order_list(t: &TableData) -> String {
+    key_list(t, PgClass::order)
 }
 
 /// The `COPY` statement that reads a table's stored columns in key order,
@@ -1302,17 +1307,9 @@ fn read_table_by_cache(
 ) -> Result<Incremental> {
     let bad =
         |what: String| SyncError::Database(format!("{}: table {name}: {what}", loc.redacted()));
-    let keys: Vec<String> = t
-        .key
-        .iter()
-        .map(|&k| {
-            let c = &t.columns[k as usize];
-            PgClass::of(&c.decl_type).select(&quote(&c.name))
-        })
-        .collect();
     let sql = format!(
         "COPY (SELECT {}, xmin, ctid FROM {} ORDER BY {}) TO STDOUT",
-        keys.join(", "),
+        key_list(t, PgClass::select),
         quote(name),
         order_list(t)
     );
@@ -1521,7 +1518,6 @@ fn cache_ident(
     let class_xmin: String = row.get(3);
     let types: String = row.get(4);
     let xid: i64 = row.get(5);
-    let mut h = blake3::Hasher::new();
     let mut w = Writer::with_capacity(256);
     w.bytes(b"sp-sync row cache: pg rows v1")
         .bytes(env!("CARGO_PKG_VERSION").as_bytes())
@@ -1543,8 +1539,7 @@ fn cache_ident(
     for &k in &t.key {
         w.varint(u64::from(k));
     }
-    h.update(&w.buf);
-    Ok((*h.finalize().as_bytes(), xid as u64))
+    Ok((*blake3::hash(&w.buf).as_bytes(), xid as u64))
 }
 
 /// A row cache older than this many transactions is not trusted: a row
