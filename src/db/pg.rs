@@ -1076,11 +1076,13 @@ fn order_list(t: &TableData) -> String {
 }
 
 /// The `COPY` statement that reads a table's stored columns in key order,
-/// each row followed by its stamp (`xmin`, `ctid`: see [`rowcache`](super::rowcache)).
-fn copy_out_sql(name: &str, t: &TableData) -> String {
+/// each row followed by its stamp (`xmin`, `ctid`: see [`rowcache`](super::rowcache))
+/// when `stamps` (only a row cache needs them; they cost the server time).
+fn copy_out_sql(name: &str, t: &TableData, stamps: bool) -> String {
     format!(
-        "COPY (SELECT {}, xmin, ctid FROM {} ORDER BY {}) TO STDOUT",
+        "COPY (SELECT {}{} FROM {} ORDER BY {}) TO STDOUT",
         select_list(t),
+        if stamps { ", xmin, ctid" } else { "" },
         quote(name),
         order_list(t)
     )
@@ -1262,7 +1264,8 @@ fn read_table(
     let bad =
         |what: String| SyncError::Database(format!("{}: table {name}: {what}", loc.redacted()));
     let mut p = RowParser::new(t);
-    copy_lines(c, loc, name, &copy_out_sql(name, t), progress, |line| {
+    let sql = copy_out_sql(name, t, cache.is_some());
+    copy_lines(c, loc, name, &sql, progress, |line| {
         let (key, row, stamp) = p.row(line, sink, chunker).map_err(bad)?;
         if let Some(w) = cache.as_deref_mut() {
             w.row(key, stamp);
