@@ -67,8 +67,9 @@ pub fn encode(tag: ObjectType, members: &[&[u8]], level: i32) -> Result<(u8, Vec
         Some(t) => (MODE_ROWS, t),
         None => (MODE_PLAIN, members.concat()),
     };
-    let payload = zstd::bulk::compress(&raw, level)
-        .map_err(|e| crate::error::SyncError::Invalid(format!("compressing a block: {e}")))?;
+    let payload = crate::pack::compress_frame(&raw, level).ok_or_else(|| {
+        crate::error::SyncError::Invalid("compressing a block: zstd failed".into())
+    })?;
     Ok((mode, payload))
 }
 
