@@ -674,11 +674,19 @@ fn unescape_copy(f: &[u8], out: &mut Vec<u8>) {
     out.clear();
     let mut i = 0;
     while i < f.len() {
-        let c = f[i];
-        if c != b'\\' || i + 1 == f.len() {
-            out.push(c);
-            i += 1;
-            continue;
+        // The run up to the next backslash is copied as it is.
+        let run = f[i..]
+            .iter()
+            .position(|&b| b == b'\\')
+            .unwrap_or(f.len() - i);
+        out.extend_from_slice(&f[i..i + run]);
+        i += run;
+        if i == f.len() {
+            break;
+        }
+        if i + 1 == f.len() {
+            out.push(b'\\');
+            break;
         }
         let n = f[i + 1];
         i += 2;
@@ -2559,6 +2567,66 @@ mod tests {
         assert_eq!(back, v);
         unescape_copy(b"\\101\\x42\\v", &mut back);
         assert_eq!(back, b"AB\x0b");
+    }
+
+    /// COPY's unescaping one byte at a time, as the format describes it.
+    fn unescape_by_bytes(f: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < f.len() {
+            if f[i] != b'\\' || i + 1 == f.len() {
+                out.push(f[i]);
+                i += 1;
+                continue;
+            }
+            let n = f[i + 1];
+            i += 2;
+            let digits = |i: &mut usize, radix: u32, first: u32| {
+                let mut v = first;
+                let mut k = 0;
+                while k < 2 && *i < f.len() && (f[*i] as char).is_digit(radix) {
+                    v = v * radix + (f[*i] as char).to_digit(radix).unwrap();
+                    *i += 1;
+                    k += 1;
+                }
+                v as u8
+            };
+            out.push(match n {
+                b'b' => 8,
+                b'f' => 12,
+                b'n' => b'\n',
+                b'r' => b'\r',
+                b't' => b'\t',
+                b'v' => 11,
+                b'0'..=b'7' => digits(&mut i, 8, u32::from(n - b'0')),
+                b'x' => digits(&mut i, 16, 0),
+                other => other,
+            });
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn unescaping_matches_the_byte_by_byte_reading(
+            f in proptest::collection::vec(
+                proptest::sample::select(b"\\\\\\x0179abfnNrtv\t\n-".to_vec()), 0..40)
+        ) {
+            let mut out = Vec::new();
+            unescape_copy(&f, &mut out);
+            proptest::prop_assert_eq!(out, unescape_by_bytes(&f));
+        }
+
+        #[test]
+        fn escaped_bytes_unescape_to_themselves(
+            v in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)
+        ) {
+            let mut esc = Vec::new();
+            escape_copy(Some(&v), &mut esc);
+            let mut back = Vec::new();
+            unescape_copy(&esc, &mut back);
+            proptest::prop_assert_eq!(back, v);
+        }
     }
 
     #[test]
