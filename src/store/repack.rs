@@ -95,7 +95,19 @@ struct Repacker<'a, 's> {
     format_ok: bool,
     /// Row-map nodes stored whole, waiting to be written in blocks (§6.1).
     blocks: Vec<(ObjectType, ObjectId, Vec<u8>)>,
+    /// Deltas made while nodes wait for a block (their base may be one of
+    /// them): written right after the blocks, so a base still comes before
+    /// its delta and the blocks are not cut short at every delta (a group
+    /// under two nodes or 4 KiB is stored node by node, each compressed
+    /// alone: repacking a table's changed leaves made its store bigger).
+    deltas: Vec<StoredObject>,
+    /// Bytes of `deltas`' payloads.
+    delta_bytes: usize,
 }
+
+/// Most deltas, and most bytes of them, held back for a block.
+const MAX_HELD_DELTAS: usize = 256;
+const MAX_HELD_DELTA_BYTES: usize = 16 << 20;
 
 impl Repacker<'_, '_> {
     /// The object's bytes, and its record as stored alone (a stored delta
@@ -157,9 +169,14 @@ impl Repacker<'_, '_> {
             self.stats.deltas += 1;
         }
         self.done.insert(obj.id, Done { depth, base, seq });
-        if depth > 0 {
-            // Its base is written before it, in this pack or an earlier one.
-            self.flush_blocks()?;
+        if depth > 0 && !self.blocks.is_empty() {
+            // Its base may wait for a block: it is written after them.
+            self.delta_bytes += obj.payload.len();
+            self.deltas.push(obj);
+            if self.deltas.len() >= MAX_HELD_DELTAS || self.delta_bytes >= MAX_HELD_DELTA_BYTES {
+                self.flush_blocks()?;
+            }
+            return Ok(());
         }
         self.w.put_stored(obj)?;
         Ok(())
@@ -213,16 +230,20 @@ impl Repacker<'_, '_> {
         self.whole(root)
     }
 
-    /// Writes the queued row-map nodes in blocks.
+    /// Writes the queued row-map nodes in blocks, then the deltas held
+    /// back for them.
     fn flush_blocks(&mut self) -> Result<()> {
-        if self.blocks.is_empty() {
-            return Ok(());
+        if !self.blocks.is_empty() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let before = self.w.stats.stored_bytes.load(Relaxed);
+            crate::object::ObjectSink::put_many(self.w, &self.blocks)?;
+            self.blocks.clear();
+            self.stats.bytes_after += self.w.stats.stored_bytes.load(Relaxed) - before;
         }
-        use std::sync::atomic::Ordering::Relaxed;
-        let before = self.w.stats.stored_bytes.load(Relaxed);
-        crate::object::ObjectSink::put_many(self.w, &self.blocks)?;
-        self.blocks.clear();
-        self.stats.bytes_after += self.w.stats.stored_bytes.load(Relaxed) - before;
+        for obj in self.deltas.drain(..) {
+            self.w.put_stored(obj)?;
+        }
+        self.delta_bytes = 0;
         Ok(())
     }
 
@@ -343,6 +364,8 @@ pub(crate) fn repack(
         stats: RepackStats::default(),
         format_ok: store.format() >= FORMAT_DELTA,
         blocks: Vec::new(),
+        deltas: Vec::new(),
+        delta_bytes: 0,
     };
     // The live snapshots, oldest first.
     let mut snaps: Vec<(i64, u32, ObjectId, Option<ObjectId>)> = Vec::new();
