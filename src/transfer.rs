@@ -715,7 +715,24 @@ pub fn pull(
     let ids: Vec<ObjectId> = wanted.iter().map(|(_, id)| *id).collect();
     let mut report = TransferReport::default();
     let bases = pull_bases(local, remote, remote_name, &wanted);
-    let stats = fetch_with(local, remote, &ids, &bases, progress)?;
+    // A fetch that broke off is tried again, as a push is: what arrived
+    // and was committed is not asked for again.
+    let retries: u32 = std::env::var("SP_SYNC_PULL_RETRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let mut attempt = 0;
+    let stats = loop {
+        attempt += 1;
+        match fetch_with(local, remote, &ids, &bases, progress) {
+            Ok(stats) => break stats,
+            Err(e) if attempt <= retries && is_retryable(&e) => {
+                tracing::warn!("pull from {} broke off ({e}); resuming", remote.describe());
+                std::thread::sleep(std::time::Duration::from_millis(250 << attempt));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     report.objects = stats.objects;
     report.object_bytes = stats.bytes;
     if progress.interrupted() {

@@ -37,9 +37,15 @@ struct Outcome {
 
 /// Runs `sp-sync ARGS` in `cwd`, killing it after `HANG`.
 fn run(cwd: &Path, args: &[&str]) -> Outcome {
+    run_env(cwd, args, &[])
+}
+
+/// [`run`] with these environment variables set too.
+fn run_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Outcome {
     let t = Instant::now();
     let mut child = Command::new(bin())
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(cwd)
         .env("SP_SYNC_CACHE_DIR", cache_dir())
         .env_remove("SP_SYNC_STORE")
@@ -402,4 +408,73 @@ fn a_push_into_a_connection_that_stops_taking_data_times_out() {
     proxy.set_enabled(false);
     ok(&a, &["push", &url, "main"]);
     cx.fsck(&data_dir.join("acme"));
+}
+
+#[test]
+fn a_pull_whose_download_breaks_off_resumes_by_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("server");
+    let server = serve_with(data_dir.to_str().unwrap(), None, "127.0.0.1:0", &[], &[]);
+    // A snapshot of 8 MiB that does not compress, pushed without the proxy.
+    let a = tmp.path().join("a");
+    std::fs::create_dir_all(a.join("data")).unwrap();
+    std::fs::write(a.join("data/big.bin"), bytes(8 << 20, 11)).unwrap();
+    std::fs::write(a.join("data/small.txt"), "hello\n").unwrap();
+    ok(&a, &["init"]);
+    ok(&a, &["snapshot", "data", "-q"]);
+    ok(
+        &a,
+        &["push", &format!("http://{}/acme", server.addr), "main"],
+    );
+    let cx = Ctx { seed: 0 };
+
+    // The first two answers that reach 1 MiB are cut there: one pull,
+    // resuming by itself, gets everything.
+    let proxy = FaultProxy::start(
+        &server.addr,
+        1,
+        FaultConfig {
+            first_big_downloads_cut: Some((1 << 20, 2)),
+            ..FaultConfig::default()
+        },
+    );
+    let url = format!("http://{}/acme", proxy.addr);
+    let b = tmp.path().join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    ok(&b, &["init"]);
+    let o = run(&b, &["pull", &url, "main"]);
+    assert!(
+        cx.clean("pull through two cuts", &o),
+        "the pull did not resume: {}",
+        o.stderr
+    );
+    assert_eq!(
+        proxy
+            .stats()
+            .cuts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    assert!(o.stderr.contains("broke off"), "{}", o.stderr);
+    cx.fsck(&b.join(".sp-sync"));
+    ok(&b, &["restore", "main", "out", "-q"]);
+    assert_same_tree(&a.join("data"), &b.join("out"));
+
+    // With no retries allowed, one cut fails the pull cleanly, and the
+    // store is whole.
+    proxy.set_config(FaultConfig {
+        first_big_downloads_cut: Some((1 << 20, 1)),
+        ..FaultConfig::default()
+    });
+    let c = tmp.path().join("c");
+    std::fs::create_dir_all(&c).unwrap();
+    ok(&c, &["init"]);
+    let o = run_env(
+        &c,
+        &["pull", &url, "main"],
+        &[("SP_SYNC_PULL_RETRIES", "0")],
+    );
+    assert!(!cx.clean("pull without retries", &o), "{}", o.stdout);
+    cx.fsck(&c.join(".sp-sync"));
+    assert!(cx.ref_of(&c.join(".sp-sync"), "main").is_none());
 }

@@ -54,6 +54,9 @@ pub enum Fault {
     Cut,
     /// Forward exactly up to the offset, then close both sides.
     Truncate,
+    /// A `Cut` while `first_big_downloads_cut` has cuts left (each one
+    /// uses one up); else nothing.
+    CountedCut,
 }
 
 /// How often faults happen.
@@ -74,6 +77,10 @@ pub struct FaultConfig {
     /// Instead of random faults: this one, client to server, on every
     /// connection (nothing server to client).
     pub every_upload: Option<(u64, Fault)>,
+    /// Instead of random faults: a cut of the server-to-client direction
+    /// at this offset, for the first `count` connections whose answers
+    /// reach it (offset, count); nothing client to server.
+    pub first_big_downloads_cut: Option<(u64, u64)>,
 }
 
 impl Default for FaultConfig {
@@ -86,6 +93,7 @@ impl Default for FaultConfig {
             stall: Duration::from_secs(4),
             weights: [35, 5, 30, 30],
             every_upload: None,
+            first_big_downloads_cut: None,
         }
     }
 }
@@ -214,6 +222,11 @@ fn draw(sh: &Shared, n: u64, dir: u64) -> Option<(u64, Fault)> {
     if c.enabled && c.every_upload.is_some() {
         return if dir == 0 { c.every_upload } else { None };
     }
+    if c.enabled
+        && let Some((at, _)) = c.first_big_downloads_cut
+    {
+        return (dir == 1).then_some((at, Fault::CountedCut));
+    }
     if !c.enabled || !rng.chance(c.per_direction) {
         return None;
     }
@@ -315,6 +328,19 @@ fn pump(
                     sh.stats.cuts.fetch_add(1, Ordering::Relaxed);
                     close_both(ends, closed);
                     return;
+                }
+                Fault::CountedCut => {
+                    let mut c = sh.config.lock().unwrap();
+                    match c.first_big_downloads_cut.as_mut() {
+                        Some((_, left)) if *left > 0 => {
+                            *left -= 1;
+                            drop(c);
+                            sh.stats.cuts.fetch_add(1, Ordering::Relaxed);
+                            close_both(ends, closed);
+                            return;
+                        }
+                        _ => continue,
+                    }
                 }
                 Fault::Cut => {
                     // What arrives now is dropped, then both sides close.
