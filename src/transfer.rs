@@ -500,6 +500,12 @@ impl Hint {
 /// How long a push waits out a busy server (503) in total.
 const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// The pause before try `attempt + 1` of a transfer: 0.5 s, 1 s, 2 s, …,
+/// at most 16 s (a large `SP_SYNC_*_RETRIES` never overflows the shift).
+fn retry_pause(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(250 << attempt.min(6))
+}
+
 /// Whether a transfer that failed with `e` may succeed if tried again (a
 /// dropped connection, a 5xx such as a busy server's 503).
 pub fn is_retryable(e: &SyncError) -> bool {
@@ -623,7 +629,7 @@ pub fn push(
             }
             Err(e) if attempt <= retries && is_retryable(&e) => {
                 tracing::warn!("push to {} broke off ({e}); resuming", remote.describe());
-                std::thread::sleep(std::time::Duration::from_millis(250 << attempt));
+                std::thread::sleep(retry_pause(attempt));
             }
             Err(e) if hint.is_some() && attempt <= retries => {
                 // The remote lacks something its refs reach (repacked,
@@ -728,7 +734,7 @@ pub fn pull(
             Ok(stats) => break stats,
             Err(e) if attempt <= retries && is_retryable(&e) => {
                 tracing::warn!("pull from {} broke off ({e}); resuming", remote.describe());
-                std::thread::sleep(std::time::Duration::from_millis(250 << attempt));
+                std::thread::sleep(retry_pause(attempt));
             }
             Err(e) => return Err(e),
         }
@@ -981,5 +987,20 @@ impl Iterator for PullStream<'_> {
             }
             Err(e) => Some(Err(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_pause;
+    use std::time::Duration;
+
+    #[test]
+    fn retry_pauses_grow_and_stay_bounded() {
+        assert_eq!(retry_pause(1), Duration::from_millis(500));
+        assert_eq!(retry_pause(3), Duration::from_secs(2));
+        // SP_SYNC_PUSH_RETRIES=1000 once meant a shift past 64 bits.
+        assert_eq!(retry_pause(6), Duration::from_secs(16));
+        assert_eq!(retry_pause(1000), Duration::from_secs(16));
     }
 }
