@@ -506,6 +506,15 @@ fn retry_pause(attempt: u32) -> std::time::Duration {
     std::time::Duration::from_millis(250 << attempt.min(6))
 }
 
+/// How many times a transfer broken off is tried again: the variable
+/// `var` (`SP_SYNC_PUSH_RETRIES`, `SP_SYNC_PULL_RETRIES`), else 3.
+fn retries_from_env(var: &str) -> u32 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
 /// Whether a transfer that failed with `e` may succeed if tried again (a
 /// dropped connection, a 5xx such as a busy server's 503).
 pub fn is_retryable(e: &SyncError) -> bool {
@@ -544,10 +553,7 @@ pub fn push(
     }
     let ids: Vec<ObjectId> = roots.iter().map(|(_, id)| *id).collect();
     let mut report = TransferReport::default();
-    let retries: u32 = std::env::var("SP_SYNC_PUSH_RETRIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let retries = retries_from_env("SP_SYNC_PUSH_RETRIES");
     // What the remote's refs name now, when we hold it too, tells what it
     // holds (everything below them): then only what changed since is worth
     // asking about, and the old versions serve as delta bases.
@@ -723,10 +729,7 @@ pub fn pull(
     let bases = pull_bases(local, remote, remote_name, &wanted);
     // A fetch that broke off is tried again, as a push is: what arrived
     // and was committed is not asked for again.
-    let retries: u32 = std::env::var("SP_SYNC_PULL_RETRIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let retries = retries_from_env("SP_SYNC_PULL_RETRIES");
     let mut attempt = 0;
     let stats = loop {
         attempt += 1;

@@ -1083,13 +1083,13 @@ fn order_list(t: &TableData) -> String {
     key_list(t, PgClass::order)
 }
 
-/// The `COPY` statement that reads a table's stored columns in key order,
-/// each row followed by its stamp (`xmin`, `ctid`: see [`rowcache`](super::rowcache))
-/// when `stamps` (only a row cache needs them; they cost the server time).
-fn copy_out_sql(name: &str, t: &TableData, stamps: bool) -> String {
+/// The `COPY` statement that reads `cols` (a select list) of a table in
+/// key order, each row followed by its stamp (`xmin`, `ctid`: see
+/// [`rowcache`](super::rowcache)) when `stamps` (only a row cache needs
+/// them; they cost the server time).
+fn copy_out_sql(name: &str, t: &TableData, cols: &str, stamps: bool) -> String {
     format!(
-        "COPY (SELECT {}{} FROM {} ORDER BY {}) TO STDOUT",
-        select_list(t),
+        "COPY (SELECT {cols}{} FROM {} ORDER BY {}) TO STDOUT",
         if stamps { ", xmin, ctid" } else { "" },
         quote(name),
         order_list(t)
@@ -1272,7 +1272,7 @@ fn read_table(
     let bad =
         |what: String| SyncError::Database(format!("{}: table {name}: {what}", loc.redacted()));
     let mut p = RowParser::new(t);
-    let sql = copy_out_sql(name, t, cache.is_some());
+    let sql = copy_out_sql(name, t, &select_list(t), cache.is_some());
     copy_lines(c, loc, name, &sql, progress, |line| {
         let (key, row, stamp) = p.row(line, sink, chunker).map_err(bad)?;
         if let Some(w) = cache.as_deref_mut() {
@@ -1318,12 +1318,7 @@ fn read_table_by_cache(
 ) -> Result<Incremental> {
     let bad =
         |what: String| SyncError::Database(format!("{}: table {name}: {what}", loc.redacted()));
-    let sql = format!(
-        "COPY (SELECT {}, xmin, ctid FROM {} ORDER BY {}) TO STDOUT",
-        key_list(t, PgClass::select),
-        quote(name),
-        order_list(t)
-    );
+    let sql = copy_out_sql(name, t, &key_list(t, PgClass::select), true);
     // Keys (with the new stamp) to fetch, and keys that are gone.
     let mut wanted: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut gone: Vec<Vec<u8>> = Vec::new();
