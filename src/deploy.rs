@@ -513,7 +513,9 @@ fn each_entry(
 /// content, a symlink's target, a directory's tree id): what the watched
 /// hash takes, without decoding the content.
 fn split_entry<'v>(tree: &ObjectId, name: &[u8], v: &'v [u8]) -> Result<(u8, u64, &'v [u8])> {
-    use crate::object::tree::{KIND_DIR, KIND_FILE, KIND_SYMLINK, MODE_MASK, check_name};
+    use crate::object::tree::{
+        KIND_DIR, KIND_FILE, KIND_RELATIVE, KIND_SYMLINK, MODE_MASK, check_name,
+    };
     if let Err(why) = check_name(name) {
         return Err(SyncError::UnsafeName {
             name: String::from_utf8_lossy(name).into_owned(),
@@ -537,9 +539,10 @@ fn split_entry<'v>(tree: &ObjectId, name: &[u8], v: &'v [u8]) -> Result<(u8, u64
     })();
     let (kind, mode) = head.map_err(|e| bad(e.to_string()))?;
     let rest = &v[r.pos()..];
-    match kind {
-        KIND_FILE | KIND_SYMLINK if !rest.is_empty() => Ok((kind, mode, rest)),
-        KIND_DIR if rest.len() == 32 => Ok((kind, mode, rest)),
+    // Whether the time is relative to the directory's changes nothing here.
+    match kind & !KIND_RELATIVE {
+        k @ (KIND_FILE | KIND_SYMLINK) if !rest.is_empty() => Ok((k, mode, rest)),
+        KIND_DIR if rest.len() == 32 => Ok((KIND_DIR, mode, rest)),
         k => Err(bad(format!(
             "entry kind {k} with {} bytes after its mtime",
             rest.len()
@@ -682,7 +685,12 @@ pub fn project_in_snapshot(
     let Some(e) = crate::pmap::get(src, ObjectType::Tree, &root, PROJECT_FILE.as_bytes())? else {
         return Ok(None);
     };
-    let e = decode_entry(&root, PROJECT_FILE.as_bytes(), &e)?;
+    let e = decode_entry(
+        &root,
+        PROJECT_FILE.as_bytes(),
+        &e,
+        crate::object::tree::Timestamp::ZERO,
+    )?;
     let EntryKind::File { size, content } = &e.kind else {
         return Ok(None);
     };

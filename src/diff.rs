@@ -11,7 +11,9 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::id::{ObjectId, ObjectType};
 use crate::object::ObjectSource;
-use crate::object::tree::{Entry, EntryKind, MAX_TREE_DEPTH, decode_entry, read_dir, too_deep};
+use crate::object::tree::{
+    Entry, EntryKind, MAX_TREE_DEPTH, Timestamp, decode_entry, read_dir, too_deep,
+};
 use crate::pmap::{self, Change};
 
 /// How a path differs between two trees.
@@ -166,16 +168,16 @@ fn diff_dir(
         let path = join(prefix, name);
         match c {
             Change::Added(v) => {
-                let e = decode_entry(&b_id, name, &v)?;
+                let e = decode_entry(&b_id, name, &v, Timestamp::ZERO)?;
                 all(src, &e, path, ChangeKind::Added, depth, out)
             }
             Change::Removed(v) => {
-                let e = decode_entry(&a_id, name, &v)?;
+                let e = decode_entry(&a_id, name, &v, Timestamp::ZERO)?;
                 all(src, &e, path, ChangeKind::Removed, depth, out)
             }
             Change::Modified(ov, nv) => {
-                let o = decode_entry(&a_id, name, &ov)?;
-                let n = decode_entry(&b_id, name, &nv)?;
+                let o = decode_entry(&a_id, name, &ov, Timestamp::ZERO)?;
+                let n = decode_entry(&b_id, name, &nv, Timestamp::ZERO)?;
                 match (&o.kind, &n.kind) {
                     (EntryKind::Dir { tree: ta }, EntryKind::Dir { tree: tb }) => {
                         if o.mode != n.mode {
@@ -260,7 +262,7 @@ fn children(
     if depth > MAX_TREE_DEPTH {
         return Err(too_deep(prefix));
     }
-    for (name, e) in read_dir(src, tree)? {
+    for (name, e) in read_dir(src, tree, Timestamp::ZERO)? {
         all(src, &e, join(prefix, &name), kind, depth, out)?;
     }
     Ok(())

@@ -206,15 +206,17 @@ pub fn list(store: &Store, spec: &str, recursive: bool) -> Result<Vec<(Vec<u8>, 
     let (_, entry, name) = resolve_path(store, spec)?;
     let mut rows = Vec::new();
     match &entry.kind {
-        EntryKind::Dir { tree } => list_dir(store, tree, b"", recursive, &mut rows)?,
+        EntryKind::Dir { tree } => list_dir(store, tree, entry.mtime, b"", recursive, &mut rows)?,
         _ => rows.push((name, entry.clone())),
     }
     Ok(rows)
 }
 
+/// `time`: the directory's mtime (its entries' may be relative to it).
 fn list_dir(
     store: &Store,
     tree: &ObjectId,
+    time: object::tree::Timestamp,
     prefix: &[u8],
     recursive: bool,
     rows: &mut Vec<(Vec<u8>, Entry)>,
@@ -224,19 +226,19 @@ fn list_dir(
     if prefix.iter().filter(|&&c| c == b'/').count() >= MAX_TREE_DEPTH {
         return Err(too_deep(prefix));
     }
-    for (name, e) in read_dir(store, tree)? {
+    for (name, e) in read_dir(store, tree, time)? {
         let mut p = prefix.to_vec();
         if !p.is_empty() {
             p.push(b'/');
         }
         p.extend_from_slice(&name);
         let sub = match &e.kind {
-            EntryKind::Dir { tree } if recursive => Some(*tree),
+            EntryKind::Dir { tree } if recursive => Some((*tree, e.mtime)),
             _ => None,
         };
         rows.push((p.clone(), e));
-        if let Some(t) = sub {
-            list_dir(store, &t, &p, recursive, rows)?;
+        if let Some((t, time)) = sub {
+            list_dir(store, &t, time, &p, recursive, rows)?;
         }
     }
     Ok(())

@@ -32,7 +32,7 @@ use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use crate::error::{IoContext, Result, SyncError};
 use crate::id::{ObjectId, ObjectType};
 use crate::object::ObjectSource;
-use crate::object::tree::{Entry, EntryKind, read_dir};
+use crate::object::tree::{Entry, EntryKind, Timestamp, read_dir};
 use crate::progress::Progress;
 
 /// Directory levels a restore descends at most (a hostile tree could be
@@ -196,7 +196,7 @@ pub fn restore(
     pool.install(|| match &entry.kind {
         EntryKind::Dir { tree } => {
             let fresh = dir_is_empty(root.as_fd());
-            ctx.fill_dir(root.as_fd(), tree, target, fresh, &ign, 0)
+            ctx.fill_dir(root.as_fd(), tree, entry.mtime, target, fresh, &ign, 0)
         }
         _ => {
             let name_os = OsStr::from_bytes(name);
@@ -283,11 +283,13 @@ fn tmp_name() -> Vec<u8> {
 impl Ctx<'_> {
     /// Writes a directory's entries into the open directory `dir` (shown as
     /// `path`). `fresh`: the directory was empty, nothing to replace.
+    /// `time`: the directory's mtime (its entries' may be relative to it).
     #[allow(clippy::too_many_arguments)]
     fn fill_dir(
         &self,
         dir: BorrowedFd<'_>,
         tree: &ObjectId,
+        time: Timestamp,
         path: &Path,
         fresh: bool,
         ign: &Ignores,
@@ -299,7 +301,7 @@ impl Ctx<'_> {
         if depth >= MAX_DEPTH {
             return Err(crate::object::tree::too_deep(path.as_os_str().as_bytes()));
         }
-        let entries = read_dir(self.src, tree)?;
+        let entries = read_dir(self.src, tree, time)?;
         let mut ign = ign.clone();
         if self.opts.delete && !fresh {
             // What is excluded here now, or by the snapshot's own rules, stays.
@@ -382,7 +384,7 @@ impl Ctx<'_> {
         match &e.kind {
             EntryKind::Dir { tree } => {
                 let (fd, child_fresh) = self.open_dir(dir, name, path, fresh)?;
-                self.fill_dir(fd.as_fd(), tree, path, child_fresh, ign, depth)?;
+                self.fill_dir(fd.as_fd(), tree, e.mtime, path, child_fresh, ign, depth)?;
                 rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).ctx("setting mode of", path)?;
                 rustix::fs::futimens(&fd, &ts(e.mtime)).ctx("setting times of", path)?;
                 self.dirs.fetch_add(1, Ordering::Relaxed);

@@ -19,7 +19,9 @@ use crate::error::{IoContext, Result, SyncError};
 use crate::id::{ObjectId, ObjectType};
 use crate::object::list::{ChunkRef, ListBuilder, MAX_INLINE};
 use crate::object::snapshot::{DbRecord, Skipped, Snapshot, Sources};
-use crate::object::tree::{Content, Entry, EntryKind, MODE_MASK, Timestamp, check_name};
+use crate::object::tree::{
+    Content, Entry, EntryKind, MODE_MASK, RELATIVE_MAX_ENTRIES, Timestamp, check_name,
+};
 use crate::object::{MemStore, ObjectSink};
 use crate::pmap::MapBuilder;
 use crate::progress::Progress;
@@ -256,7 +258,7 @@ impl<'a> Scanner<'a> {
             if meta.is_dir() {
                 let ign = self.root_ignores(one)?;
                 let fs_dir = fs::read_dir(one).ctx("reading directory", one)?;
-                return self.dir_from(one, b"", &ign, fs_dir);
+                return self.dir_from(one, b"", &ign, fs_dir, None);
             }
         }
         let mut named: Vec<(Vec<u8>, &PathBuf)> = Vec::new();
@@ -307,9 +309,18 @@ impl<'a> Scanner<'a> {
 
     /// A directory below a root: `None` when it cannot be read (recorded as
     /// skipped).
-    fn dir(&self, path: &Path, rel: &[u8], parent_ign: &Ignores) -> Result<Option<ObjectId>> {
+    /// `time`: its mtime, as its entry records it.
+    fn dir(
+        &self,
+        path: &Path,
+        rel: &[u8],
+        parent_ign: &Ignores,
+        time: Timestamp,
+    ) -> Result<Option<ObjectId>> {
         match fs::read_dir(path) {
-            Ok(d) => self.dir_from(path, rel, parent_ign, d).map(Some),
+            Ok(d) => self
+                .dir_from(path, rel, parent_ign, d, Some(time))
+                .map(Some),
             Err(e) => {
                 self.skip(path, &e);
                 Ok(None)
@@ -317,12 +328,17 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// A directory's map. `time`: the directory's mtime as its entry
+    /// records it (None for the root, which has no entry): a directory of
+    /// at most [`RELATIVE_MAX_ENTRIES`] entries records their times
+    /// relative to it (store-format.md §3.4).
     fn dir_from(
         &self,
         path: &Path,
         rel: &[u8],
         parent_ign: &Ignores,
         listing: fs::ReadDir,
+        time: Option<Timestamp>,
     ) -> Result<ObjectId> {
         if self.progress.interrupted() {
             return Err(SyncError::Interrupted);
@@ -381,10 +397,11 @@ impl<'a> Scanner<'a> {
                 self.entry(it, &rel, &ign)
             })
             .collect();
+        let time = time.filter(|_| items.len() <= RELATIVE_MAX_ENTRIES);
         let mut b = MapBuilder::new(ObjectType::Tree, self.sink);
         for (it, e) in items.iter().zip(entries) {
             if let Some(e) = e? {
-                b.push(&it.name, &e.encode())?;
+                b.push(&it.name, &e.encode_in(time))?;
             }
         }
         b.finish()
@@ -407,7 +424,7 @@ impl<'a> Scanner<'a> {
             self.progress.add(1, size);
             EntryKind::File { size, content }
         } else if ft.is_dir() {
-            let Some(tree) = self.dir(&it.path, rel, ign)? else {
+            let Some(tree) = self.dir(&it.path, rel, ign, mtime)? else {
                 return Ok(None);
             };
             EntryKind::Dir { tree }

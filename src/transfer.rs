@@ -381,12 +381,13 @@ impl Hint {
         for (name, c) in changes {
             match c {
                 crate::pmap::Change::Added(v) => {
-                    let e = decode_entry(new, &name, &v)?;
+                    let e = decode_entry(new, &name, &v, crate::object::tree::Timestamp::ZERO)?;
                     self.everything(local, &e, depth + 1)?;
                 }
                 crate::pmap::Change::Modified(ov, nv) => {
-                    let o = decode_entry(&old_id, &name, &ov)?;
-                    let n = decode_entry(new, &name, &nv)?;
+                    let o =
+                        decode_entry(&old_id, &name, &ov, crate::object::tree::Timestamp::ZERO)?;
+                    let n = decode_entry(new, &name, &nv, crate::object::tree::Timestamp::ZERO)?;
                     match (&o.kind, &n.kind) {
                         (EntryKind::Dir { tree: ta }, EntryKind::Dir { tree: tb }) => {
                             self.tree(local, Some(ta), tb, depth + 1)?
@@ -444,7 +445,7 @@ impl Hint {
                     tree,
                     |id| cands.insert(*id),
                     |name, v| {
-                        let e = decode_entry(tree, name, v)?;
+                        let e = decode_entry(tree, name, v, crate::object::tree::Timestamp::ZERO)?;
                         match &e.kind {
                             EntryKind::Dir { .. } => subdirs.push(e),
                             EntryKind::File { .. } => files.push(e),

@@ -4,7 +4,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{bytes, dir_bytes, new_store};
+use common::{bytes, dir_bytes, new_store, set_mtime};
 use systemprompt_sync::id::IdSet;
 use systemprompt_sync::{NoProgress, ObjectType, SnapshotOptions, Store};
 
@@ -122,4 +122,100 @@ fn one_change_in_a_directory_of_100_000_entries_writes_little_tree() {
         "changed\n".len() as u64,
         "only the changed file was read"
     );
+
+    // A new file changes the directory's time: the entries of a directory
+    // this large are not relative to it, so still only a few nodes change.
+    let before: IdSet = tree_objects(&store).into_iter().map(|(id, _)| id).collect();
+    std::fs::write(big.join("entry-050000-b.md"), "new\n").unwrap();
+    snap(&store, &src);
+    let new_tree_bytes: u64 = tree_objects(&store)
+        .into_iter()
+        .filter(|(id, _)| !before.contains(id))
+        .map(|(_, n)| u64::from(n))
+        .sum();
+    assert!(
+        new_tree_bytes < 64 * 1024,
+        "one new file wrote {new_tree_bytes} bytes of tree objects"
+    );
+}
+
+/// Every file and directory under `dir` (and `dir`) stamped with `secs`.
+fn stamp_all(dir: &Path, secs: i64) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            stamp_all(&p, secs);
+        } else {
+            set_mtime(&p, secs, 0);
+        }
+    }
+    set_mtime(dir, secs, 0);
+}
+
+/// An unpacked release (every file and directory stamped with the release's
+/// time, as `tar x` of `git archive` leaves them) snapshotted again with a new
+/// time and one changed file: only the directories on the changed file's path
+/// are new tree objects, as in git, and a restore gives every new time back.
+#[test]
+fn a_release_stamped_with_a_new_time_rewrites_only_changed_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("release");
+    for d in ["docs/guide", "src/engine", "src/cli", "tests"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+        // Eight entries: each directory is one node (under 512 bytes).
+        for i in 0..8 {
+            std::fs::write(src.join(d).join(format!("f{i}.txt")), format!("{d} {i}\n")).unwrap();
+        }
+    }
+    std::os::unix::fs::symlink("engine/f1.txt", src.join("src/link")).unwrap();
+    stamp_all(&src, 1_700_000_000);
+    let store = new_store(tmp.path());
+    let first = snap(&store, &src);
+    let before: IdSet = tree_objects(&store).into_iter().map(|(id, _)| id).collect();
+
+    std::fs::write(src.join("src/engine/f3.txt"), "changed\n").unwrap();
+    stamp_all(&src, 1_700_086_400);
+    let second = snap(&store, &src);
+    let new: Vec<_> = tree_objects(&store)
+        .into_iter()
+        .filter(|(id, _)| !before.contains(id))
+        .collect();
+    // The root (its entries' times are absolute), src/ and src/engine/.
+    assert_eq!(new.len(), 3, "new tree objects: {new:?}");
+    let dir_of = |r: &systemprompt_sync::SnapshotReport, path: &str| {
+        let root = r.root.unwrap();
+        match systemprompt_sync::object::tree::lookup(&store, &root, path.as_bytes())
+            .unwrap()
+            .unwrap()
+            .kind
+        {
+            systemprompt_sync::object::tree::EntryKind::Dir { tree } => tree,
+            k => panic!("{path}: {k:?}"),
+        }
+    };
+    for unchanged in ["docs", "docs/guide", "src/cli", "tests"] {
+        assert_eq!(
+            dir_of(&first, unchanged),
+            dir_of(&second, unchanged),
+            "{unchanged}"
+        );
+    }
+    assert_ne!(dir_of(&first, "src/engine"), dir_of(&second, "src/engine"));
+
+    // Both snapshots restore with their own times, to the nanosecond.
+    for (r, secs) in [(&first, 1_700_000_000i64), (&second, 1_700_086_400)] {
+        let out = tmp.path().join(format!("out-{secs}"));
+        let opts = systemprompt_sync::RestoreOptions::default();
+        systemprompt_sync::restore_snapshot(&store, &r.id.to_hex(), &out, &opts, &NoProgress)
+            .unwrap();
+        let seen = common::describe(&out);
+        assert_eq!(seen.len(), 6 + 4 * 8 + 1, "{seen:?}");
+        for (path, d) in &seen {
+            assert!(
+                d.contains(&format!(" {secs}.000000000")),
+                "{}: {d}",
+                String::from_utf8_lossy(path)
+            );
+        }
+    }
 }

@@ -13,6 +13,12 @@ use systemprompt_sync::dict::Dictionary;
 use systemprompt_sync::object::list::{ChunkRef, ListNode};
 use systemprompt_sync::object::snapshot::{DbRecord, Skipped, Snapshot, Sources};
 use systemprompt_sync::object::tree::{Content, Entry, EntryKind, Timestamp};
+
+/// The directory time of the spec's relative entry (§12).
+const DIR_TIME: Timestamp = Timestamp {
+    secs: 1_764_000_000,
+    nanos: 0,
+};
 use systemprompt_sync::pack::{FLAG_DICT, PackReader, PackWriter, StoredObject, prepare, unpack};
 use systemprompt_sync::pmap::Node;
 use systemprompt_sync::store::ObjectParams;
@@ -366,6 +372,11 @@ fn examples() -> Vec<Example> {
             bytes: dir.encode(),
         },
         Example {
+            name: "relative-entry",
+            tag: None,
+            bytes: file.encode_in(Some(DIR_TIME)),
+        },
+        Example {
             name: "tree-leaf",
             tag: Some(ObjectType::Tree),
             bytes: leaf,
@@ -558,13 +569,37 @@ fn spec_examples_decode_and_match_the_encoders() {
         match name.as_str() {
             "chunk" => {}
             "file-entry" | "symlink-entry" | "dir-entry" => {
-                assert_eq!(&Entry::decode(bytes).unwrap().encode(), bytes)
+                // Absolute times: the directory's does not matter.
+                let e = Entry::decode(bytes, Timestamp::ZERO).unwrap();
+                assert_eq!(Entry::decode(bytes, DIR_TIME).unwrap(), e);
+                assert_eq!(&e.encode(), bytes)
+            }
+            "relative-entry" => {
+                let e = Entry::decode(bytes, DIR_TIME).unwrap();
+                let want = Timestamp {
+                    secs: 1_764_000_000,
+                    nanos: 500_000_000,
+                };
+                assert_eq!(e.mtime, want);
+                assert_eq!(&e.encode_in(Some(DIR_TIME)), bytes);
+                // The same entry stamped a day later, in a directory a day
+                // later, has the same bytes.
+                let later = |t: Timestamp| Timestamp {
+                    secs: t.secs + 86_400,
+                    ..t
+                };
+                let moved = Entry {
+                    mtime: later(want),
+                    ..e.clone()
+                };
+                assert_eq!(&moved.encode_in(Some(later(DIR_TIME))), bytes);
+                assert_eq!(Entry::decode(bytes, later(DIR_TIME)).unwrap(), moved);
             }
             "tree-leaf" => {
                 let n = Node::decode(bytes.clone()).unwrap();
                 assert_eq!((n.level, n.len()), (0, 2));
                 assert_eq!(n.key(0), b"hello.txt");
-                Entry::decode(n.value(0)).unwrap();
+                Entry::decode(n.value(0), Timestamp::ZERO).unwrap();
             }
             "list-node" => assert_eq!(&ListNode::decode(bytes).unwrap().encode(), bytes),
             "snapshot" => {
@@ -1189,7 +1224,7 @@ fn a_snapshot_records_what_sections_3_4_and_3_5_say() {
     let entries: Vec<(Vec<u8>, Entry)> = MapIter::new(&store, ObjectType::Tree, root)
         .map(|e| {
             let (k, v) = e.unwrap();
-            (k, Entry::decode(&v).unwrap())
+            (k, Entry::decode(&v, Timestamp::ZERO).unwrap())
         })
         .collect();
     let names: Vec<&[u8]> = entries.iter().map(|(k, _)| k.as_slice()).collect();

@@ -187,7 +187,15 @@ fn main() {
             mtime: t,
             kind,
         };
-        write("tree_entry", name, &e.encode());
+        // The target reads the directory's time first (12 bytes).
+        let dir = Timestamp {
+            secs: t.secs - 3600,
+            nanos: 0,
+        };
+        let head = [&dir.secs.to_le_bytes()[..], &dir.nanos.to_le_bytes()].concat();
+        write("tree_entry", name, &[&head[..], &e.encode()].concat());
+        let rel = format!("{name}-relative");
+        write("tree_entry", &rel, &[&head[..], &e.encode_in(Some(dir))].concat());
     }
 
     // Snapshots.

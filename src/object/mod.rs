@@ -241,7 +241,9 @@ pub fn references(
             }
             let mut out = Vec::new();
             for i in 0..n.len() {
-                out.extend(tree::decode_entry(id, n.key(i), n.value(i))?.refs());
+                out.extend(
+                    tree::decode_entry(id, n.key(i), n.value(i), tree::Timestamp::ZERO)?.refs(),
+                );
             }
             Ok(out)
         }

@@ -5,6 +5,12 @@
 //! a directory, `tree id [32]`; for a symlink, `target (bytes)`. Content is
 //! `0 | count (varint) | count × (chunk id [32] | length (varint))` (inline) or
 //! `1 | level | list root id [32]` (a list tree).
+//!
+//! A kind byte plus [`KIND_RELATIVE`] says the mtime is relative to the
+//! mtime of the directory holding the entry (store-format.md §3.4): a
+//! directory whose files all share its time (an unpacked archive, a build
+//! stamped with `SOURCE_DATE_EPOCH`) then encodes the same whatever that
+//! time is, and keeps its id when only the time moved.
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::{Result, SyncError};
@@ -18,6 +24,14 @@ pub const KIND_FILE: u8 = 1;
 pub const KIND_DIR: u8 = 2;
 /// An entry kind byte: a symlink.
 pub const KIND_SYMLINK: u8 = 3;
+/// Added to a kind byte: the mtime is relative to the mtime of the
+/// directory holding the entry.
+pub const KIND_RELATIVE: u8 = 0x10;
+/// A directory with at most this many entries has its entries' times
+/// written relative to its own (above it, absolute: a new file changes the
+/// directory's time, and every entry of a large directory would be
+/// rewritten, not only the node that gains the file).
+pub const RELATIVE_MAX_ENTRIES: usize = 128;
 /// Permission bits kept: rwx for user, group and other, setuid, setgid, sticky.
 pub const MODE_MASK: u32 = 0o7777;
 /// The longest entry name, in bytes.
@@ -47,6 +61,38 @@ pub struct Timestamp {
     pub secs: i64,
     /// Nanoseconds within the second.
     pub nanos: u32,
+}
+
+const NANOS: i128 = 1_000_000_000;
+
+impl Timestamp {
+    /// The epoch: the time given for the root directory, whose entries'
+    /// times are absolute, and where an entry's time is not used
+    /// (reachability, diffs, fsck's walk).
+    pub const ZERO: Timestamp = Timestamp { secs: 0, nanos: 0 };
+
+    fn total(self) -> i128 {
+        i128::from(self.secs) * NANOS + i128::from(self.nanos)
+    }
+
+    fn from_total(t: i128) -> Option<Timestamp> {
+        Some(Timestamp {
+            secs: i64::try_from(t.div_euclid(NANOS)).ok()?,
+            nanos: t.rem_euclid(NANOS) as u32,
+        })
+    }
+
+    /// `self − base`, as seconds (any sign) and nanoseconds (0 to
+    /// 999,999,999); None when the seconds do not fit 64 bits.
+    pub fn since(self, base: Timestamp) -> Option<Timestamp> {
+        Timestamp::from_total(self.total() - base.total())
+    }
+
+    /// `base + self` (self relative, as [`Timestamp::since`] gives it);
+    /// None when the seconds do not fit 64 bits.
+    pub fn after(self, base: Timestamp) -> Option<Timestamp> {
+        Timestamp::from_total(base.total() + self.total())
+    }
 }
 
 /// What a file's bytes are.
@@ -189,24 +235,35 @@ impl Entry {
         }
     }
 
-    /// The entry's canonical bytes (the map's value).
+    /// The entry's bytes (the map's value), its mtime absolute.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_in(None)
+    }
+
+    /// The entry's bytes, its mtime relative to `dir`'s (the mtime of the
+    /// directory holding it) when given and the difference fits, else
+    /// absolute.
+    pub fn encode_in(&self, dir: Option<Timestamp>) -> Vec<u8> {
         let mut w = Writer::with_capacity(64);
-        self.encode_into(&mut w);
+        self.encode_into(&mut w, dir);
         w.into_vec()
     }
 
-    /// Writes the entry's canonical bytes.
-    pub fn encode_into(&self, w: &mut Writer) {
+    /// Writes the entry's bytes (see [`Entry::encode_in`]).
+    pub fn encode_into(&self, w: &mut Writer, dir: Option<Timestamp>) {
         let kind = match self.kind {
             EntryKind::File { .. } => KIND_FILE,
             EntryKind::Dir { .. } => KIND_DIR,
             EntryKind::Symlink { .. } => KIND_SYMLINK,
         };
+        let (kind, time) = match dir.and_then(|d| self.mtime.since(d)) {
+            Some(rel) => (kind | KIND_RELATIVE, rel),
+            None => (kind, self.mtime),
+        };
         w.u8(kind)
             .varint(u64::from(self.mode & MODE_MASK))
-            .zigzag(self.mtime.secs)
-            .varint(u64::from(self.mtime.nanos));
+            .zigzag(time.secs)
+            .varint(u64::from(time.nanos));
         match &self.kind {
             EntryKind::File { size, content } => {
                 w.varint(*size);
@@ -221,15 +278,22 @@ impl Entry {
         }
     }
 
-    /// Reads an entry from its canonical bytes.
-    pub fn decode(b: &[u8]) -> std::result::Result<Entry, DecodeError> {
+    /// Reads an entry from its bytes; `dir` is the mtime of the directory
+    /// holding it, which a relative mtime is added to.
+    pub fn decode(b: &[u8], dir: Timestamp) -> std::result::Result<Entry, DecodeError> {
         let mut r = Reader::new(b);
         let kind = r.u8()?;
         let mode = r.varint_max(u64::from(MODE_MASK), "mode")? as u32;
         let secs = r.zigzag()?;
         let nanos = r.varint_max(999_999_999, "nanoseconds")? as u32;
-        let mtime = Timestamp { secs, nanos };
-        let kind = match kind {
+        let mut mtime = Timestamp { secs, nanos };
+        if kind & KIND_RELATIVE != 0 {
+            mtime = match mtime.after(dir) {
+                Some(t) => t,
+                None => return r.err("relative mtime out of range"),
+            };
+        }
+        let kind = match kind & !KIND_RELATIVE {
             KIND_FILE => {
                 let size = r.varint()?;
                 let content = Content::decode(&mut r, size)?;
@@ -281,15 +345,16 @@ pub fn check_name(name: &[u8]) -> std::result::Result<(), &'static str> {
     Ok(())
 }
 
-/// Decodes an entry read from tree `node` under `name`, rejecting unsafe names.
-pub fn decode_entry(tree: &ObjectId, name: &[u8], value: &[u8]) -> Result<Entry> {
+/// Decodes an entry read from tree `node` under `name`, rejecting unsafe
+/// names; `dir` is the directory's mtime (see [`Entry::decode`]).
+pub fn decode_entry(tree: &ObjectId, name: &[u8], value: &[u8], dir: Timestamp) -> Result<Entry> {
     if let Err(why) = check_name(name) {
         return Err(SyncError::UnsafeName {
             name: String::from_utf8_lossy(name).into_owned(),
             context: format!("tree {} ({why})", tree.short()),
         });
     }
-    Entry::decode(value).map_err(|e| {
+    Entry::decode(value, dir).map_err(|e| {
         corrupt(
             ObjectType::Tree,
             tree,
@@ -298,12 +363,17 @@ pub fn decode_entry(tree: &ObjectId, name: &[u8], value: &[u8]) -> Result<Entry>
     })
 }
 
-/// Reads all entries of a directory map, validated, in name order.
-pub fn read_dir(src: &dyn ObjectSource, tree: &ObjectId) -> Result<Vec<(Vec<u8>, Entry)>> {
+/// Reads all entries of a directory map, validated, in name order; `dir`
+/// is the directory's mtime (the root's: zero, its entries' are absolute).
+pub fn read_dir(
+    src: &dyn ObjectSource,
+    tree: &ObjectId,
+    dir: Timestamp,
+) -> Result<Vec<(Vec<u8>, Entry)>> {
     let mut out = Vec::new();
     for item in crate::pmap::MapIter::new(src, ObjectType::Tree, *tree) {
         let (k, v) = item?;
-        let e = decode_entry(tree, &k, &v)?;
+        let e = decode_entry(tree, &k, &v, dir)?;
         out.push((k, e));
     }
     Ok(out)
@@ -322,7 +392,7 @@ pub fn lookup(src: &dyn ObjectSource, root: &ObjectId, path: &[u8]) -> Result<Op
             return Ok(None);
         };
         match crate::pmap::get(src, ObjectType::Tree, &tree, comp)? {
-            Some(v) => cur = decode_entry(&tree, comp, &v)?,
+            Some(v) => cur = decode_entry(&tree, comp, &v, cur.mtime)?,
             None => return Ok(None),
         }
     }
@@ -333,6 +403,15 @@ pub fn lookup(src: &dyn ObjectSource, root: &ObjectId, path: &[u8]) -> Result<Op
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn arb_time() -> impl Strategy<Value = Timestamp> {
+        prop_oneof![
+            (any::<i64>(), 0u32..1_000_000_000),
+            (-10i64..10, 0u32..1_000_000_000),
+            (1_500_000_000i64..1_800_000_000, 0u32..1_000_000_000),
+        ]
+        .prop_map(|(secs, nanos)| Timestamp { secs, nanos })
+    }
 
     fn arb_entry() -> impl Strategy<Value = Entry> {
         let ts =
@@ -369,15 +448,47 @@ mod tests {
 
     proptest! {
         #[test]
-        fn entry_round_trips(e in arb_entry()) {
+        fn entry_round_trips(e in arb_entry(), dir in arb_time()) {
             let b = e.encode();
-            prop_assert_eq!(Entry::decode(&b).unwrap(), e);
+            prop_assert_eq!(b[0] & KIND_RELATIVE, 0);
+            prop_assert_eq!(&Entry::decode(&b, dir).unwrap(), &e);
+            // Relative to its directory's time: the same entry back.
+            let r = e.encode_in(Some(dir));
+            prop_assert_eq!(Entry::decode(&r, dir).unwrap(), e);
         }
 
         #[test]
-        fn entry_decode_is_canonical(b in proptest::collection::vec(any::<u8>(), 0..120)) {
-            if let Ok(e) = Entry::decode(&b) {
-                prop_assert_eq!(e.encode(), b);
+        fn entry_decode_is_canonical(
+            b in proptest::collection::vec(any::<u8>(), 0..120),
+            dir in arb_time(),
+        ) {
+            if let Ok(e) = Entry::decode(&b, dir) {
+                let again = if b[0] & KIND_RELATIVE != 0 {
+                    e.encode_in(Some(dir))
+                } else {
+                    e.encode()
+                };
+                prop_assert_eq!(again, b);
+            }
+        }
+
+        /// Entries stamped with their directory's time encode the same
+        /// whatever that time is.
+        #[test]
+        fn a_shared_time_encodes_alike(e in arb_entry(), t1 in arb_time(), t2 in arb_time()) {
+            let at = |t: Timestamp| Entry { mtime: t, ..e.clone() }.encode_in(Some(t));
+            prop_assert_eq!(at(t1), at(t2));
+        }
+
+        #[test]
+        fn times_subtract_and_add_back(t in arb_time(), dir in arb_time()) {
+            match t.since(dir) {
+                Some(rel) => {
+                    prop_assert!(rel.nanos < 1_000_000_000);
+                    prop_assert_eq!(rel.after(dir), Some(t));
+                }
+                // Only when the difference leaves 64-bit seconds.
+                None => prop_assert!((i128::from(t.secs) - i128::from(dir.secs)).abs() > i128::from(i64::MAX) / 2),
             }
         }
     }

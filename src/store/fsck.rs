@@ -335,7 +335,7 @@ impl Walker<'_> {
                 .0
             },
             |name, value| {
-                let e = decode_entry(root, name, value)?;
+                let e = decode_entry(root, name, value, crate::object::tree::Timestamp::ZERO)?;
                 let mut p = path.to_vec();
                 if !p.is_empty() {
                     p.push(b'/');
