@@ -5,7 +5,10 @@
 //! dictionary decodes one record; the decoder's dictionary is cached.
 //! And from a store where each of them is the fourth version of a page
 //! whose versions are stored as deltas (flags 2, as `gc --repack` writes
-//! them): each read decodes the whole chain, four records.
+//! them): each read decodes the whole chain, four records. And from a
+//! store where they were snapshotted as files, the first MiB of them before
+//! the dictionary was trained, and then `gc --repack` compressed those with
+//! it too (one record per read, as with flags 3).
 //!
 //! `cargo bench --bench reads`
 
@@ -113,6 +116,52 @@ fn delta_store() -> (tempfile::TempDir, Store, Vec<ObjectId>, u64) {
     (tmp, s, ids, bytes)
 }
 
+/// The pages snapshotted as files (a dictionary trained after 1 MiB), then
+/// `gc --repack`; returns the pages' ids, shuffled.
+fn repacked_store() -> (tempfile::TempDir, Store, Vec<ObjectId>, u64) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let src = tmp.path().join("pages");
+    std::fs::create_dir_all(&src).expect("dir");
+    let dir = tmp.path().join("store");
+    Store::init(&dir).expect("init");
+    let mut s = Store::open(&dir, LockMode::Exclusive).expect("open");
+    s.set_dict_training(1 << 20);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut ids = Vec::new();
+    let mut bytes = 0u64;
+    for i in 0..OBJECTS {
+        let p = page(&mut rng, i);
+        bytes += p.len() as u64;
+        ids.push(ObjectId::compute(ObjectType::Chunk, &p));
+        std::fs::write(src.join(format!("page{i:04}.html")), p).expect("write");
+    }
+    let opts = systemprompt_sync::SnapshotOptions {
+        sources: vec![src],
+        ..Default::default()
+    };
+    systemprompt_sync::snapshot(&s, &opts, &systemprompt_sync::NoProgress).expect("snapshot");
+    let gc = systemprompt_sync::GcOptions {
+        dry_run: false,
+        repack: true,
+    };
+    systemprompt_sync::gc_with(&s, &gc, &systemprompt_sync::NoProgress).expect("repack");
+    drop(s);
+    let s = Store::open(&dir, LockMode::Shared).expect("open");
+    let with_dict = ids
+        .iter()
+        .filter(|id| s.location(id).is_some_and(|l| l.flags == 3))
+        .count();
+    assert!(
+        with_dict * 100 > OBJECTS * 95,
+        "{with_dict} pages with the dictionary"
+    );
+    for i in (1..ids.len()).rev() {
+        let j = (rng.next() % (i as u64 + 1)) as usize;
+        ids.swap(i, j);
+    }
+    (tmp, s, ids, bytes)
+}
+
 /// A store of the pages; `dictionary`: trained after 1 MiB of samples.
 fn store(dictionary: bool) -> (tempfile::TempDir, Store, Vec<ObjectId>, u64) {
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -149,11 +198,12 @@ fn reads(c: &mut Criterion) {
         ("alone (flags 1)", 0),
         ("with a dictionary (flags 3)", 1),
         ("through delta chains of 4 records (flags 2)", 2),
+        ("after gc --repack (flags 3)", 3),
     ] {
-        let (_tmp, s, ids, bytes) = if kind == 2 {
-            delta_store()
-        } else {
-            store(kind == 1)
+        let (_tmp, s, ids, bytes) = match kind {
+            2 => delta_store(),
+            3 => repacked_store(),
+            _ => store(kind == 1),
         };
         g.throughput(Throughput::Bytes(bytes));
         g.bench_function(format!("4000 small objects, {name}"), |b| {

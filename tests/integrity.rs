@@ -65,8 +65,9 @@ fn setup_with(
     std::fs::write(w.join("agents/c.md"), "# agent c\n").unwrap();
     ok(&w, &["snapshot", "-m", "two"]);
     if repack {
-        // A third version whose changed chunks and directory nodes the
-        // repack stores as deltas against the second's (store format 3).
+        // A third version whose changed chunks the repack stores as deltas
+        // against the second's (store format 3), its small chunks and
+        // directory nodes in blocks (format 4).
         let mut big = bytes(9 << 20, 3);
         big[5 << 20..(5 << 20) + 100].fill(7);
         std::fs::write(w.join("big.bin"), big).unwrap();
@@ -75,7 +76,7 @@ fn setup_with(
         ok(&w, &["snapshot", "-m", "three"]);
         ok(&w, &["gc", "--repack"]);
         let st = std::fs::read_to_string(w.join(".sp-sync/store.toml")).unwrap();
-        assert!(st.contains("format = 3"), "nothing was stored as a delta");
+        assert!(st.contains("format = 4"), "nothing was stored in a block");
     }
     let mut want = describe(&w);
     want.retain(|k, _| !k.starts_with(b".sp-sync"));
@@ -143,6 +144,12 @@ fn delta_spots(f: &Path) -> Vec<u64> {
             let boff = u64::from_le_bytes(be[34..42].try_into().unwrap());
             let bclen = u64::from(u32::from_le_bytes(be[42..46].try_into().unwrap()));
             let bulen = u64::from(u32::from_le_bytes(be[46..50].try_into().unwrap()));
+            if be[33] == 4 {
+                // A member of a block (§6.1): its mode byte and its block's
+                // member sizes and frame.
+                out.extend([boff + 2, boff + 6, boff + 40]);
+                continue;
+            }
             let bstart = boff + systemprompt_sync::pack::record_header_len(bulen, bclen);
             out.extend([bstart, bstart + bclen / 2, bstart + bclen - 1]);
         }

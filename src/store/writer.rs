@@ -284,14 +284,52 @@ impl<'s> WriteSession<'s> {
         Ok(())
     }
 
+    /// Writes `members` (objects of kind `tag`, at least
+    /// [`crate::block::MIN_MEMBERS`], each at most
+    /// [`crate::block::MAX_MEMBER_BYTES`]) as one block compressed at
+    /// `level` (`gc --repack`); returns the block's payload bytes. Members
+    /// already written in this session are left out (a single one left is
+    /// stored alone).
+    pub(crate) fn put_block(
+        &self,
+        tag: ObjectType,
+        members: &[(ObjectType, ObjectId, Vec<u8>)],
+        level: i32,
+    ) -> Result<usize> {
+        let new: Vec<&(ObjectType, ObjectId, Vec<u8>)> =
+            members.iter().filter(|(_, id, _)| self.claim(id)).collect();
+        let item = match new.as_slice() {
+            [] => return Ok(0),
+            [(tag, id, bytes)] => Item::Object(prepare(*tag, *id, bytes, level)),
+            g => {
+                self.store.ensure_format(super::FORMAT_BLOCK)?;
+                Item::Block(self.make_block(tag, g, level)?)
+            }
+        };
+        let stored = match &item {
+            Item::Object(o) => {
+                self.count(o.ulen.into(), o.payload.len(), 1);
+                o.payload.len()
+            }
+            Item::Block(b) => {
+                let raw = b.members.iter().map(|(_, u)| u64::from(*u)).sum();
+                self.count(raw, b.payload.len(), b.members.len() as u64);
+                b.payload.len()
+            }
+        };
+        self.send_item(item)?;
+        Ok(stored)
+    }
+
     /// Compresses `members` (new objects of one kind, claimed) together.
     fn make_block(
         &self,
         tag: ObjectType,
         members: &[&(ObjectType, ObjectId, Vec<u8>)],
+        level: i32,
     ) -> Result<StoredBlock> {
         let refs: Vec<&[u8]> = members.iter().map(|(_, _, b)| b.as_slice()).collect();
-        let (mode, payload) = crate::block::encode(tag, &refs, self.level)?;
+        let (mode, payload) = crate::block::encode(tag, &refs, level)?;
         Ok(StoredBlock {
             tag,
             mode,
@@ -480,7 +518,7 @@ impl ObjectSink for WriteSession<'_> {
             .par_iter()
             .map(|u| match u.as_slice() {
                 [(tag, id, bytes)] => self.prepare(*tag, *id, bytes).map(Item::Object),
-                g => self.make_block(g[0].0, g).map(Item::Block),
+                g => self.make_block(g[0].0, g, self.level).map(Item::Block),
             })
             .collect::<Result<_>>()?;
         for item in items {
