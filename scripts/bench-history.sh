@@ -9,9 +9,11 @@
 #   SP_SYNC=PATH    the binary (default target/release/sp-sync, built if absent)
 #   REPACK=1        also run `sp-sync gc --repack` when this binary has it
 #   FIXED_MTIME=1   an analysis aid, not the measure: set every extracted file's mtime to one
-#                   fixed time. `git archive` gives every file the commit's time, so each
-#                   snapshot records a new mtime for every file and rewrites every directory
-#                   node (git stores no mtimes); with FIXED_MTIME=1 only changed files do.
+#                   fixed time. `git archive` gives every file and directory the commit's
+#                   time; sp-sync records mtimes relative to the directory's (store-format.md
+#                   §3.4), so only the root and the directories whose contents changed get
+#                   new nodes, and FIXED_MTIME=1 changes little (before relative times, every
+#                   directory node was new in every snapshot: 2,099 tree nodes against 200).
 #
 # Prints one line per measure and the ratios (sp-sync / git). Only the snapshot
 # (resp. add+commit) commands are timed; unpacking each tree is not.
