@@ -263,3 +263,80 @@ fn a_snapshot_bigger_than_the_free_space_stops_before_writing() {
         "a temporary file was left"
     );
 }
+
+/// A relative mtime (store-format.md §3.4) whose sum with its directory's
+/// time leaves 64-bit seconds: restore, `ls -r` and fsck refuse the tree
+/// with one error line, and the restore writes no file.
+#[test]
+fn a_relative_time_past_the_range_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("w");
+    std::fs::create_dir(&w).unwrap();
+    ok(&w, &["init"]);
+    let store = Store::open(&w.join(".sp-sync"), LockMode::Shared).unwrap();
+    let s = store.writer().unwrap();
+    let far = Timestamp {
+        secs: i64::MAX - 10,
+        nanos: 0,
+    };
+    let file = |mtime: Timestamp| Entry {
+        mode: 0o644,
+        mtime,
+        kind: EntryKind::File {
+            size: 0,
+            content: Content::Inline(vec![]),
+        },
+    };
+    // In `sub`, dated `far`: a file 100 s later, relative (i64::MAX + 90).
+    let late = file(Timestamp {
+        secs: 100,
+        nanos: 0,
+    })
+    .encode_in(Some(Timestamp::ZERO));
+    assert_eq!(late[0], 0x11);
+    let mut w1 = Writer::new();
+    w1.u8(1).u8(0).varint(2);
+    w1.bytes(b"a-fine").bytes(&file(far).encode_in(Some(far)));
+    w1.bytes(b"b-late").bytes(&late);
+    let sub = s.put(ObjectType::Tree, &w1.buf).unwrap();
+    let dir = Entry {
+        mode: 0o755,
+        mtime: far,
+        kind: EntryKind::Dir { tree: sub },
+    };
+    let mut w2 = Writer::new();
+    w2.u8(1).u8(0).varint(1);
+    w2.bytes(b"sub").bytes(&dir.encode());
+    let root = s.put(ObjectType::Tree, &w2.buf).unwrap();
+    let snap = Snapshot {
+        root: Some(root),
+        message: "far".into(),
+        ..Default::default()
+    };
+    let id = s.put(ObjectType::Snapshot, &snap.encode()).unwrap();
+    s.finish().unwrap();
+    store.update_ref("main", None, Some(id)).unwrap();
+    drop(store);
+
+    let target = tmp.path().join("target");
+    for args in [
+        vec!["restore", "main", target.to_str().unwrap()],
+        vec!["ls", "-r", "main"],
+    ] {
+        let err = fails(&w, &args, 1);
+        assert!(
+            err.contains("relative mtime out of range"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    }
+    // fsck names the problem (its report is on stdout).
+    let o = common::run_in(&w, &["fsck"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("relative mtime out of range"), "{out}");
+    assert!(
+        common::files_under(&target).is_empty(),
+        "no file was restored"
+    );
+}

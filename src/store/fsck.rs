@@ -10,7 +10,7 @@ use crate::error::{Result, SyncError};
 use crate::id::{IdMap, IdSet, ObjectId, ObjectType};
 use crate::names::load_snapshot;
 use crate::object::list::{ListIter, ListNode, MAX_INLINE, check_list_canonical};
-use crate::object::tree::{Content, EntryKind, MAX_TREE_DEPTH, decode_entry, too_deep};
+use crate::object::tree::{Content, EntryKind, MAX_TREE_DEPTH, Timestamp, decode_entry, too_deep};
 use crate::object::{ObjectSource, corrupt};
 use crate::pack::PackReader;
 use crate::progress::Progress;
@@ -281,26 +281,35 @@ impl Walker<'_> {
 
     /// Walks a directory tree iteratively (a hostile store may nest
     /// directories arbitrarily deep: no recursion, and a clear error past
-    /// [`MAX_TREE_DEPTH`]).
+    /// [`MAX_TREE_DEPTH`]). The root's entries' times are absolute.
     fn tree(&mut self, root: &ObjectId, ctx: &str, path: &[u8]) {
-        let mut work: Vec<(ObjectId, Vec<u8>, usize)> = vec![(*root, path.to_vec(), 0)];
-        while let Some((id, path, depth)) = work.pop() {
+        let mut work: Vec<(ObjectId, Vec<u8>, usize, Timestamp)> =
+            vec![(*root, path.to_vec(), 0, Timestamp::ZERO)];
+        while let Some((id, path, depth, time)) = work.pop() {
             if depth > MAX_TREE_DEPTH {
                 let here = format!("{ctx} path {}", shown(&path));
                 self.report(ObjectType::Tree, &id, &too_deep(&path).to_string(), &here);
                 continue;
             }
-            let subdirs = self.tree_node(&id, ctx, &path);
-            for (p, t) in subdirs.into_iter().rev() {
-                work.push((t, p, depth + 1));
+            let subdirs = self.tree_node(&id, ctx, &path, time);
+            for (p, t, time) in subdirs.into_iter().rev() {
+                work.push((t, p, depth + 1, time));
             }
         }
     }
 
-    /// Checks one directory (its map nodes, entries and files' contents);
-    /// returns its subdirectories.
-    fn tree_node(&mut self, root: &ObjectId, ctx: &str, path: &[u8]) -> Vec<(Vec<u8>, ObjectId)> {
-        let mut subdirs: Vec<(Vec<u8>, ObjectId)> = Vec::new();
+    /// Checks one directory (its map nodes, entries and files' contents;
+    /// `time`: the directory's mtime, which relative times are added to);
+    /// returns its subdirectories and their times. A directory reached
+    /// again (by id) is not checked again, whatever its time.
+    fn tree_node(
+        &mut self,
+        root: &ObjectId,
+        ctx: &str,
+        path: &[u8],
+        time: Timestamp,
+    ) -> Vec<(Vec<u8>, ObjectId, Timestamp)> {
+        let mut subdirs: Vec<(Vec<u8>, ObjectId, Timestamp)> = Vec::new();
         if self.seen.contains(root) {
             return subdirs;
         }
@@ -335,14 +344,14 @@ impl Walker<'_> {
                 .0
             },
             |name, value| {
-                let e = decode_entry(root, name, value, crate::object::tree::Timestamp::ZERO)?;
+                let e = decode_entry(root, name, value, time)?;
                 let mut p = path.to_vec();
                 if !p.is_empty() {
                     p.push(b'/');
                 }
                 p.extend_from_slice(name);
                 match e.kind {
-                    EntryKind::Dir { tree } => subdirs.push((p, tree)),
+                    EntryKind::Dir { tree } => subdirs.push((p, tree, e.mtime)),
                     EntryKind::File { size, content } => contents.push((p, size, content)),
                     EntryKind::Symlink { .. } => {}
                 }
