@@ -676,17 +676,19 @@ fn repacking_an_unchanged_store_again_keeps_every_object() {
 fn a_repack_compresses_small_files_with_the_dictionary() {
     let tmp = tempfile::tempdir().unwrap();
     let w = tmp.path().join("w");
-    let run = |args: &[&str]| {
+    let sp = |dir: &Path, args: &[&str], dicts: &str| {
         let o = std::process::Command::new(common::bin())
             .args(args)
-            .current_dir(&w)
+            .current_dir(dir)
             .env("SP_SYNC_CACHE_DIR", common::cache_dir())
             .env("SP_SYNC_DICT_TRAIN_BYTES", "200000")
+            .env("SP_SYNC_DICTIONARIES", dicts)
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     };
+    let run = |args: &[&str]| sp(&w, args, "1");
     let page = |i: usize, v: usize| {
         format!(
             "<html><head><title>Page {i}</title><link rel=stylesheet href=site.css></head>\n\
@@ -722,6 +724,18 @@ fn a_repack_compresses_small_files_with_the_dictionary() {
         alone > 100 && with_dict > 100,
         "{alone} alone, {with_dict} with the dictionary"
     );
+    // With dictionaries turned off, a repack compresses nothing with one.
+    let copy = tmp.path().join("copy");
+    for f in common::files_under(&w.join(".sp-sync")) {
+        let rel = f.strip_prefix(&w).unwrap();
+        if rel.starts_with(".sp-sync/cache") || rel.starts_with(".sp-sync/tmp") {
+            continue;
+        }
+        std::fs::create_dir_all(copy.join(rel).parent().unwrap()).unwrap();
+        std::fs::copy(&f, copy.join(rel)).unwrap();
+    }
+    sp(&copy, &["gc", "--repack"], "0");
+    assert_eq!(chunks(&records(&copy.join(".sp-sync")), 1), alone);
     let packs = w.join(".sp-sync/packs");
     let before = common::dir_bytes(&packs);
     run(&["gc", "--repack"]);

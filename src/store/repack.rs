@@ -479,11 +479,16 @@ pub(crate) fn repack(
         solid: Vec::new(),
         solid_bytes: 0,
         waiting: IdSet::default(),
-        dicts: store
-            .dictionaries()
-            .into_iter()
-            .filter_map(|id| store.dictionary(&id).ok().map(|d| (d.kind, id)))
-            .collect(),
+        // SP_SYNC_DICTIONARIES=0: no object is newly compressed with one.
+        dicts: if crate::dict::enabled() {
+            store
+                .dictionaries()
+                .into_iter()
+                .filter_map(|id| store.dictionary(&id).ok().map(|d| (d.kind, id)))
+                .collect()
+        } else {
+            Vec::new()
+        },
     };
     // The live snapshots, oldest first.
     let mut snaps: Vec<(i64, u32, ObjectId, Option<ObjectId>)> = Vec::new();
