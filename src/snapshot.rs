@@ -330,8 +330,9 @@ impl<'a> Scanner<'a> {
 
     /// A directory's map. `time`: the directory's mtime as its entry
     /// records it (None for the root, which has no entry): a directory of
-    /// at most [`RELATIVE_MAX_ENTRIES`] entries records their times
-    /// relative to it (store-format.md §3.4).
+    /// at most [`RELATIVE_MAX_ENTRIES`] entries, or one whose entries all
+    /// have its time, records their times relative to it (store-format.md
+    /// §3.4).
     fn dir_from(
         &self,
         path: &Path,
@@ -390,17 +391,21 @@ impl<'a> Scanner<'a> {
             });
         }
         items.sort_by(|a, b| a.name.cmp(&b.name));
-        let entries: Vec<Result<Option<Entry>>> = items
+        let entries: Vec<Option<Entry>> = items
             .par_iter()
             .map(|it| {
                 let rel = join_rel(rel, &it.name);
                 self.entry(it, &rel, &ign)
             })
-            .collect();
-        let time = time.filter(|_| items.len() <= RELATIVE_MAX_ENTRIES);
+            .collect::<Result<_>>()?;
+        // Relative times: a small directory, or one whose entries all share
+        // its time (an unpacked archive), whatever its size.
+        let time = time.filter(|t| {
+            items.len() <= RELATIVE_MAX_ENTRIES || entries.iter().flatten().all(|e| e.mtime == *t)
+        });
         let mut b = MapBuilder::new(ObjectType::Tree, self.sink);
         for (it, e) in items.iter().zip(entries) {
-            if let Some(e) = e? {
+            if let Some(e) = e {
                 b.push(&it.name, &e.encode_in(time))?;
             }
         }

@@ -168,6 +168,16 @@ fn a_release_stamped_with_a_new_time_rewrites_only_changed_directories() {
         }
     }
     std::os::unix::fs::symlink("engine/f1.txt", src.join("src/link")).unwrap();
+    // A directory of more than 128 entries (several nodes): its entries are
+    // relative too, since all of them have its time.
+    std::fs::create_dir_all(src.join("assets")).unwrap();
+    for i in 0..1000 {
+        std::fs::write(
+            src.join("assets").join(format!("a{i:04}.css")),
+            format!("{i}\n"),
+        )
+        .unwrap();
+    }
     stamp_all(&src, 1_700_000_000);
     let store = new_store(tmp.path());
     let first = snap(&store, &src);
@@ -182,6 +192,11 @@ fn a_release_stamped_with_a_new_time_rewrites_only_changed_directories() {
         .collect();
     // The root (its entries' times are absolute), src/ and src/engine/.
     assert_eq!(new.len(), 3, "new tree objects: {new:?}");
+    assert!(
+        before.len() >= 7 + 3,
+        "assets/ is several nodes: {}",
+        before.len()
+    );
     let dir_of = |r: &systemprompt_sync::SnapshotReport, path: &str| {
         let root = r.root.unwrap();
         match systemprompt_sync::object::tree::lookup(&store, &root, path.as_bytes())
@@ -193,7 +208,7 @@ fn a_release_stamped_with_a_new_time_rewrites_only_changed_directories() {
             k => panic!("{path}: {k:?}"),
         }
     };
-    for unchanged in ["docs", "docs/guide", "src/cli", "tests"] {
+    for unchanged in ["docs", "docs/guide", "src/cli", "tests", "assets"] {
         assert_eq!(
             dir_of(&first, unchanged),
             dir_of(&second, unchanged),
@@ -209,7 +224,7 @@ fn a_release_stamped_with_a_new_time_rewrites_only_changed_directories() {
         systemprompt_sync::restore_snapshot(&store, &r.id.to_hex(), &out, &opts, &NoProgress)
             .unwrap();
         let seen = common::describe(&out);
-        assert_eq!(seen.len(), 6 + 4 * 8 + 1, "{seen:?}");
+        assert_eq!(seen.len(), 7 + 4 * 8 + 1 + 1000, "{seen:?}");
         for (path, d) in &seen {
             assert!(
                 d.contains(&format!(" {secs}.000000000")),

@@ -28,9 +28,10 @@ pub const KIND_SYMLINK: u8 = 3;
 /// directory holding the entry.
 pub const KIND_RELATIVE: u8 = 0x10;
 /// A directory with at most this many entries has its entries' times
-/// written relative to its own (above it, absolute: a new file changes the
-/// directory's time, and every entry of a large directory would be
-/// rewritten, not only the node that gains the file).
+/// written relative to its own; a larger one only when every entry has the
+/// directory's time (an unpacked archive), else absolute: a new file
+/// changes the directory's time, and every entry of a large directory
+/// would be rewritten, not only the node that gains the file.
 pub const RELATIVE_MAX_ENTRIES: usize = 128;
 /// Permission bits kept: rwx for user, group and other, setuid, setgid, sticky.
 pub const MODE_MASK: u32 = 0o7777;
