@@ -110,6 +110,35 @@ fn files_replace_planted_symlinks_and_hard_links_instead_of_writing_through_them
 
 /// Writes a tree node by hand (bypassing every check of the writer) holding
 /// the given names, each an empty file, and points `main` at a snapshot of it.
+/// A leaf tree node of `entries` (name, entry bytes), written as given
+/// (neither sorted nor checked).
+fn leaf_node(entries: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u8(1).u8(0).varint(entries.len() as u64);
+    for (name, entry) in entries {
+        w.bytes(name).bytes(entry);
+    }
+    w.buf
+}
+
+/// Stores `root` as a snapshot and points `main` at it.
+fn commit(
+    store: &Store,
+    s: systemprompt_sync::store::WriteSession<'_>,
+    root: &[u8],
+    message: &str,
+) {
+    let root = s.put(ObjectType::Tree, root).unwrap();
+    let snap = Snapshot {
+        root: Some(root),
+        message: message.into(),
+        ..Default::default()
+    };
+    let id = s.put(ObjectType::Snapshot, &snap.encode()).unwrap();
+    s.finish().unwrap();
+    store.update_ref("main", None, Some(id)).unwrap();
+}
+
 fn plant_tree(store_dir: &Path, names: &[&[u8]]) {
     let store = Store::open(store_dir, LockMode::Shared).unwrap();
     let s = store.writer().unwrap();
@@ -122,20 +151,8 @@ fn plant_tree(store_dir: &Path, names: &[&[u8]]) {
         },
     }
     .encode();
-    let mut w = Writer::new();
-    w.u8(1).u8(0).varint(names.len() as u64);
-    for n in names {
-        w.bytes(n).bytes(&entry);
-    }
-    let root = s.put(ObjectType::Tree, &w.buf).unwrap();
-    let snap = Snapshot {
-        root: Some(root),
-        message: "hostile".into(),
-        ..Default::default()
-    };
-    let id = s.put(ObjectType::Snapshot, &snap.encode()).unwrap();
-    s.finish().unwrap();
-    store.update_ref("main", None, Some(id)).unwrap();
+    let entries: Vec<(&[u8], &[u8])> = names.iter().map(|n| (*n, &entry[..])).collect();
+    commit(&store, s, &leaf_node(&entries), "hostile");
 }
 
 #[test]
@@ -240,18 +257,7 @@ fn a_snapshot_bigger_than_the_free_space_stops_before_writing() {
         },
     }
     .encode();
-    let mut wr = Writer::new();
-    wr.u8(1).u8(0).varint(1);
-    wr.bytes(b"huge").bytes(&huge);
-    let root = s.put(ObjectType::Tree, &wr.buf).unwrap();
-    let snap = Snapshot {
-        root: Some(root),
-        message: "a petabyte".into(),
-        ..Default::default()
-    };
-    let id = s.put(ObjectType::Snapshot, &snap.encode()).unwrap();
-    s.finish().unwrap();
-    store.update_ref("main", None, Some(id)).unwrap();
+    commit(&store, s, &leaf_node(&[(b"huge", &huge)]), "a petabyte");
     drop(store);
     let target = tmp.path().join("t");
     let err = fails(&w, &["restore", "main", target.to_str().unwrap()], 1);
@@ -294,28 +300,16 @@ fn a_relative_time_past_the_range_is_refused() {
     })
     .encode_in(Some(Timestamp::ZERO));
     assert_eq!(late[0], 0x11);
-    let mut w1 = Writer::new();
-    w1.u8(1).u8(0).varint(2);
-    w1.bytes(b"a-fine").bytes(&file(far).encode_in(Some(far)));
-    w1.bytes(b"b-late").bytes(&late);
-    let sub = s.put(ObjectType::Tree, &w1.buf).unwrap();
+    let fine = file(far).encode_in(Some(far));
+    let sub = leaf_node(&[(b"a-fine", &fine), (b"b-late", &late)]);
+    let sub = s.put(ObjectType::Tree, &sub).unwrap();
     let dir = Entry {
         mode: 0o755,
         mtime: far,
         kind: EntryKind::Dir { tree: sub },
-    };
-    let mut w2 = Writer::new();
-    w2.u8(1).u8(0).varint(1);
-    w2.bytes(b"sub").bytes(&dir.encode());
-    let root = s.put(ObjectType::Tree, &w2.buf).unwrap();
-    let snap = Snapshot {
-        root: Some(root),
-        message: "far".into(),
-        ..Default::default()
-    };
-    let id = s.put(ObjectType::Snapshot, &snap.encode()).unwrap();
-    s.finish().unwrap();
-    store.update_ref("main", None, Some(id)).unwrap();
+    }
+    .encode();
+    commit(&store, s, &leaf_node(&[(b"sub", &dir)]), "far");
     drop(store);
 
     let target = tmp.path().join("target");

@@ -120,8 +120,13 @@ struct Repacker<'a, 's> {
     solid: Vec<Member>,
     /// Their bytes.
     solid_bytes: usize,
-    /// The store's dictionaries: (kind, id).
-    dicts: Vec<(ObjectType, ObjectId)>,
+    /// The dictionary of each kind that new objects use (none when the
+    /// store writes no dictionaries).
+    dicts: Vec<(
+        ObjectType,
+        ObjectId,
+        std::sync::Arc<crate::dict::Dictionary>,
+    )>,
     /// Objects written but still waiting (in `blocks`, `solid` or
     /// `deltas`): a delta against one of them waits too, so that a base
     /// still comes before its delta.
@@ -171,13 +176,13 @@ impl Repacker<'_, '_> {
             }
         };
         if self.level > 0 && whole_level > 0 && bytes.len() >= 64 {
-            let with_dict = |did: ObjectId| {
-                let d = self.store.dictionary(&did).ok()?;
-                crate::dict::compress(&did, &d, &bytes, whole_level).map(|p| (FLAG_DICT, p))
+            let with_dict = |did: &ObjectId, d: &crate::dict::Dictionary| {
+                crate::dict::compress(did, d, &bytes, whole_level).map(|p| (FLAG_DICT, p))
             };
             let mut better = if obj.flags == FLAG_DICT {
                 // With the same dictionary, at a higher level.
-                crate::dict::payload_dict(&obj.payload).and_then(with_dict)
+                crate::dict::payload_dict(&obj.payload)
+                    .and_then(|did| with_dict(&did, &*self.store.dictionary(&did).ok()?))
             } else {
                 Some(crate::pack::compress(&bytes, whole_level))
             };
@@ -186,8 +191,8 @@ impl Repacker<'_, '_> {
             // trained; a read still decodes one record).
             if obj.flags != FLAG_DICT
                 && bytes.len() <= crate::dict::DICT_MAX_OBJECT
-                && let Some(did) = self.dicts.iter().find(|(k, _)| *k == loc.tag).map(|d| d.1)
-                && let Some((f, p)) = with_dict(did)
+                && let Some((_, did, d)) = self.dicts.iter().find(|(k, _, _)| *k == loc.tag)
+                && let Some((f, p)) = with_dict(did, d)
                 && better.as_ref().is_none_or(|b| p.len() < b.1.len())
             {
                 better = Some((f, p));
@@ -231,52 +236,20 @@ impl Repacker<'_, '_> {
         Ok(())
     }
 
-    /// Whether `tag`'s objects stored whole go into blocks.
-    fn in_blocks(&self, tag: ObjectType) -> bool {
-        self.w.blocks_for(tag)
+    /// Whether an object of `tag` and `ulen` bytes stored whole goes into
+    /// a block: row-map nodes as the writer puts them there, tree nodes in
+    /// this repack's own blocks ([`SOLID_BYTES`]).
+    fn in_blocks(&self, tag: ObjectType, ulen: u32) -> bool {
+        self.w.blocks_for(tag) || self.in_tree_blocks(tag, ulen)
     }
 
-    /// Whether an object of `tag` and `ulen` bytes stored whole goes into a
-    /// block of its own kind ([`SOLID_BYTES`]).
-    fn in_solid(&self, tag: ObjectType, ulen: u32) -> bool {
+    fn in_tree_blocks(&self, tag: ObjectType, ulen: u32) -> bool {
         tag == ObjectType::Tree
             && self.level > 0
             && (ulen as usize) <= crate::block::MAX_MEMBER_BYTES
     }
 
-    /// Counts `id` as written whole, waiting for a block.
-    fn queued(&mut self, id: ObjectId, seq: u32, before: u64) {
-        self.stats.objects += 1;
-        self.stats.bytes_before += before;
-        let done = Done {
-            depth: 0,
-            base: id,
-            seq,
-        };
-        self.done.insert(id, done);
-        self.waiting.insert(id);
-    }
-
-    /// Queues a tree node stored whole for a block, writing the block once
-    /// it holds [`SOLID_BYTES`].
-    fn put_in_solid(
-        &mut self,
-        tag: ObjectType,
-        id: ObjectId,
-        bytes: Vec<u8>,
-        seq: u32,
-        before: u64,
-    ) -> Result<()> {
-        self.queued(id, seq, before);
-        self.solid_bytes += bytes.len();
-        self.solid.push((tag, id, bytes));
-        if self.solid_bytes >= SOLID_BYTES || self.solid.len() >= crate::block::MAX_MEMBERS {
-            self.write_solid()?;
-        }
-        Ok(())
-    }
-
-    /// Writes the tree nodes queued by [`Self::put_in_solid`] as a block.
+    /// Writes the tree nodes queued by [`Self::put_in_block`] as a block.
     fn write_solid(&mut self) -> Result<()> {
         let members = std::mem::take(&mut self.solid);
         self.solid_bytes = 0;
@@ -291,7 +264,9 @@ impl Repacker<'_, '_> {
         Ok(())
     }
 
-    /// Queues a row-map node stored whole for a block.
+    /// Queues a row-map or tree node stored whole for a block (see
+    /// [`Self::in_blocks`]); a tree block is written once it holds
+    /// [`SOLID_BYTES`].
     fn put_in_block(
         &mut self,
         tag: ObjectType,
@@ -300,10 +275,26 @@ impl Repacker<'_, '_> {
         seq: u32,
         before: u64,
     ) -> Result<()> {
-        self.queued(id, seq, before);
-        self.blocks.push((tag, id, bytes));
-        if self.blocks.len() >= 256 {
-            self.flush_blocks()?;
+        self.stats.objects += 1;
+        self.stats.bytes_before += before;
+        let done = Done {
+            depth: 0,
+            base: id,
+            seq,
+        };
+        self.done.insert(id, done);
+        self.waiting.insert(id);
+        if self.w.blocks_for(tag) {
+            self.blocks.push((tag, id, bytes));
+            if self.blocks.len() >= 256 {
+                self.flush_blocks()?;
+            }
+        } else {
+            self.solid_bytes += bytes.len();
+            self.solid.push((tag, id, bytes));
+            if self.solid_bytes >= SOLID_BYTES || self.solid.len() >= crate::block::MAX_MEMBERS {
+                self.write_solid()?;
+            }
         }
         Ok(())
     }
@@ -349,20 +340,11 @@ impl Repacker<'_, '_> {
         if self.done.contains_key(id) {
             return Ok(());
         }
-        let before = self
-            .store
-            .location(id)
-            .map_or(0, |l| self.store.stored_size(&l));
-        let tag = self.store.location(id).map(|l| l.tag);
-        if let Some(tag) = tag.filter(|t| self.in_blocks(*t)) {
+        let loc = self.store.location(id);
+        let before = loc.map_or(0, |l| self.store.stored_size(&l));
+        if let Some(l) = loc.filter(|l| self.in_blocks(l.tag, l.ulen)) {
             let (_, bytes) = self.read_alone_at(id, 0)?;
-            return self.put_in_block(tag, *id, bytes, 0, before);
-        }
-        if let Some(l) = self.store.location(id)
-            && self.in_solid(l.tag, l.ulen)
-        {
-            let (_, bytes) = self.read_alone_at(id, 0)?;
-            return self.put_in_solid(l.tag, *id, bytes, 0, before);
+            return self.put_in_block(l.tag, *id, bytes, 0, before);
         }
         let (obj, _) = self.read_alone(id)?;
         self.put(obj, 0, *id, 0, before)
@@ -409,17 +391,14 @@ impl Repacker<'_, '_> {
         let before = self.store.stored_size(&lx);
         let (alone, bytes) = self.read_alone(x)?;
         if alone.payload.len() < 64 || want == 0 || depth >= want {
-            if self.in_blocks(lx.tag) {
+            if self.in_blocks(lx.tag, lx.ulen) {
                 return self.put_in_block(lx.tag, *x, bytes, seq, before);
-            }
-            if self.in_solid(lx.tag, lx.ulen) {
-                return self.put_in_solid(lx.tag, *x, bytes, seq, before);
             }
             return self.put(alone, 0, *x, seq, before);
         }
         let btag = self.store.location(&base).map_or(lx.tag, |l| l.tag);
         let base_bytes = crate::object::ObjectSource::get(self.store, btag, &base)?;
-        let ratio = if lx.tag == ObjectType::Tree && self.in_solid(lx.tag, lx.ulen) {
+        let ratio = if self.in_tree_blocks(lx.tag, lx.ulen) {
             TREE_KEEP_RATIO_PERCENT
         } else {
             KEEP_RATIO_PERCENT
@@ -428,11 +407,8 @@ impl Repacker<'_, '_> {
             Some(d) if (d.len() as u64) * 100 < (alone.payload.len() as u64) * ratio => Some(d),
             _ => None,
         };
-        if keep.is_none() && self.in_blocks(lx.tag) {
+        if keep.is_none() && self.in_blocks(lx.tag, lx.ulen) {
             return self.put_in_block(lx.tag, *x, bytes, seq, before);
-        }
-        if keep.is_none() && self.in_solid(lx.tag, lx.ulen) {
-            return self.put_in_solid(lx.tag, *x, bytes, seq, before);
         }
         match keep {
             Some(d) => {
@@ -480,12 +456,8 @@ pub(crate) fn repack(
         solid_bytes: 0,
         waiting: IdSet::default(),
         // SP_SYNC_DICTIONARIES=0: no object is newly compressed with one.
-        dicts: if crate::dict::enabled() {
-            store
-                .dictionaries()
-                .into_iter()
-                .filter_map(|id| store.dictionary(&id).ok().map(|d| (d.kind, id)))
-                .collect()
+        dicts: if store.writes_dictionaries() {
+            super::writer::dictionaries_in_use(store)
         } else {
             Vec::new()
         },
@@ -532,7 +504,7 @@ pub(crate) fn repack(
     }
     // Row maps in key order, newest snapshot first, so that a block holds
     // neighbouring nodes (they compress together).
-    if r.in_blocks(ObjectType::Rows) {
+    if r.w.blocks_for(ObjectType::Rows) {
         let mut walked = IdSet::default();
         for s in snaps.iter().rev() {
             let snap = crate::names::load_snapshot(store, &s.2)?;

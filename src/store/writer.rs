@@ -69,25 +69,32 @@ struct DictState {
     samplers: Vec<Sampler>,
 }
 
+/// The dictionary each kind's new objects are compressed with: the same
+/// choice in every process, the largest id of each kind.
+pub(crate) fn dictionaries_in_use(store: &Store) -> Vec<(ObjectType, ObjectId, Arc<Dictionary>)> {
+    let mut out: Vec<(ObjectType, ObjectId, Arc<Dictionary>)> = Vec::new();
+    let mut ids = store.dictionaries();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    for id in ids {
+        match store.dictionary(&id) {
+            Ok(d) => {
+                if !out.iter().any(|(k, _, _)| *k == d.kind) {
+                    out.push((d.kind, id, d));
+                }
+            }
+            Err(e) => tracing::warn!("dictionary {} not used: {e}", id.short()),
+        }
+    }
+    out
+}
+
 impl DictState {
     fn load(store: &Store, enabled: bool) -> DictState {
         let mut st = DictState::default();
         if !enabled {
             return st;
         }
-        let mut ids = store.dictionaries();
-        // The same choice in every process: the largest id of each kind.
-        ids.sort_unstable_by(|a, b| b.cmp(a));
-        for id in ids {
-            match store.dictionary(&id) {
-                Ok(d) => {
-                    if !st.current.iter().any(|(k, _, _)| *k == d.kind) {
-                        st.current.push((d.kind, id, d));
-                    }
-                }
-                Err(e) => tracing::warn!("dictionary {} not used: {e}", id.short()),
-            }
-        }
+        st.current = dictionaries_in_use(store);
         // Row maps are written in blocks (§6.1), not with a dictionary.
         for kind in [ObjectType::Chunk, ObjectType::Tree] {
             if !st.current.iter().any(|(k, _, _)| *k == kind) {
@@ -306,6 +313,12 @@ impl<'s> WriteSession<'s> {
                 Item::Block(self.make_block(tag, g, level)?)
             }
         };
+        self.send_counted(item)
+    }
+
+    /// Counts an object or block in the session's stats and sends it;
+    /// returns its payload's bytes.
+    fn send_counted(&self, item: Item) -> Result<usize> {
         let stored = match &item {
             Item::Object(o) => {
                 self.count(o.ulen.into(), o.payload.len(), 1);
@@ -522,15 +535,7 @@ impl ObjectSink for WriteSession<'_> {
             })
             .collect::<Result<_>>()?;
         for item in items {
-            match &item {
-                Item::Object(o) => self.count(o.ulen.into(), o.payload.len(), 1),
-                Item::Block(b) => self.count(
-                    b.members.iter().map(|(_, u)| u64::from(*u)).sum(),
-                    b.payload.len(),
-                    b.members.len() as u64,
-                ),
-            }
-            self.send_item(item)?;
+            self.send_counted(item)?;
         }
         Ok(())
     }
