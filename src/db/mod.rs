@@ -11,6 +11,7 @@ pub mod diff;
 mod guard;
 pub mod pg;
 pub mod pg_guard;
+mod pgconn;
 pub mod restore;
 pub mod rowcache;
 /// The table object lives with the other objects (`object::table`).

@@ -1,6 +1,6 @@
 //! PostgreSQL tables in snapshots: the same table objects and row maps as
 //! SQLite's (`store-format.md` §3.6–3.7), read from and written to a live
-//! PostgreSQL database over the `postgres` client.
+//! PostgreSQL database over `tokio-postgres` (blocking, see `pgconn`).
 //!
 //! A location is a URL, `postgres://USER[:PASSWORD]@HOST:PORT/DBNAME` (or
 //! `postgresql://`), with the query parameters `host` (a Unix socket
@@ -32,15 +32,17 @@
 //! transaction with deferrable constraints deferred; a failure rolls back
 //! and names the row.
 //!
-//! The `postgres` client runs its own tokio runtime and must not be called
+//! The client runs its own tokio runtime and must not be called
 //! from inside another: every entry point here runs on a thread of its own.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use postgres::{Client, NoTls};
+use tokio_postgres::NoTls;
+
+use super::pgconn::Client;
 
 use super::diff::same_structure;
 use super::pg_guard::{self, Action};
@@ -382,11 +384,11 @@ impl PgLocation {
 
     /// Connects (the error names the redacted URL, never the password).
     pub fn connect(&self) -> Result<Client> {
-        let mut c = postgres::Config::new();
-        c.user(&self.user_name())
-            .host(&self.host_name())
+        let mut c = tokio_postgres::Config::new();
+        c.user(self.user_name())
+            .host(self.host_name())
             .port(self.port_number())
-            .dbname(&self.db_name())
+            .dbname(self.db_name())
             .application_name("sp-sync")
             .connect_timeout(Duration::from_secs(10));
         let password = self.password();
@@ -401,11 +403,11 @@ impl PgLocation {
                     self.sslmode.as_deref().unwrap_or_default()
                 )));
             }
-            c.ssl_mode(postgres::config::SslMode::Require);
+            c.ssl_mode(tokio_postgres::config::SslMode::Require);
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls_config()?);
-            c.connect(tls).map_err(|e| self.error(e))?
+            Client::connect(&c, tls, |e| self.error(e))?
         } else {
-            c.connect(NoTls).map_err(|e| self.error(e))?
+            Client::connect(&c, NoTls, |e| self.error(e))?
         };
         client
             .batch_execute(
@@ -462,7 +464,7 @@ impl PgLocation {
     }
 
     /// One line for a client error, naming the redacted URL.
-    pub fn error(&self, e: postgres::Error) -> SyncError {
+    pub fn error(&self, e: tokio_postgres::Error) -> SyncError {
         let mut msg = match e.as_db_error() {
             Some(d) => {
                 let mut m = d.message().to_string();
@@ -1215,44 +1217,22 @@ impl<'t> RowParser<'t> {
 fn copy_lines(
     c: &mut Client,
     loc: &PgLocation,
-    name: &str,
     sql: &str,
     progress: &dyn Progress,
     mut f: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<u64> {
-    let mut reader = c.copy_out(sql).map_err(|e| loc.error(e))?;
-    let mut line = Vec::with_capacity(1024);
     let mut n: u64 = 0;
-    loop {
-        line.clear();
-        let got = reader.read_until(b'\n', &mut line).map_err(|e| {
-            // The client's error is inside the io::Error.
-            match e.into_inner() {
-                Some(inner) => match inner.downcast::<postgres::Error>() {
-                    Ok(pe) => loc.error(*pe),
-                    Err(other) => {
-                        SyncError::Database(format!("{}: table {name}: {other}", loc.redacted()))
-                    }
-                },
-                None => SyncError::Database(format!(
-                    "{}: table {name}: the connection failed",
-                    loc.redacted()
-                )),
+    c.copy_out_lines(
+        sql,
+        |line| {
+            if n.is_multiple_of(4096) && progress.interrupted() {
+                return Err(SyncError::Interrupted);
             }
-        })?;
-        if got == 0 {
-            break;
-        }
-        if n.is_multiple_of(4096) && progress.interrupted() {
-            return Err(SyncError::Interrupted);
-        }
-        if line.last() == Some(&b'\n') {
-            line.pop();
-        }
-        f(&line)?;
-        n += 1;
-    }
-    Ok(n)
+            n += 1;
+            f(line)
+        },
+        |e| loc.error(e),
+    )
 }
 
 /// Streams a table's rows in key order, calling `f(key, row)`, and each
@@ -1273,7 +1253,7 @@ fn read_table(
         |what: String| SyncError::Database(format!("{}: table {name}: {what}", loc.redacted()));
     let mut p = RowParser::new(t);
     let sql = copy_out_sql(name, t, &select_list(t), cache.is_some());
-    copy_lines(c, loc, name, &sql, progress, |line| {
+    copy_lines(c, loc, &sql, progress, |line| {
         let (key, row, stamp) = p.row(line, sink, chunker).map_err(bad)?;
         if let Some(w) = cache.as_deref_mut() {
             w.row(key, stamp);
@@ -1342,7 +1322,7 @@ fn read_table_by_cache(
         }
     };
     advance(&mut old, &mut ahead, &mut unusable);
-    let n = copy_lines(c, loc, name, &sql, progress, |line| {
+    let n = copy_lines(c, loc, &sql, progress, |line| {
         let (key, stamp) = p.key_only(line).map_err(bad)?;
         out.row(key, stamp);
         if unusable.is_some() {
@@ -1428,7 +1408,7 @@ fn read_table_by_cache(
             quote(name),
         );
         let mut rp = RowParser::new(t);
-        copy_lines(c, loc, name, &sql, progress, |line| {
+        copy_lines(c, loc, &sql, progress, |line| {
             let (key, row, stamp) = rp.row(line, sink, chunker).map_err(bad)?;
             // A ctid names a row version in one table; in a partitioned
             // table another partition may hold the same ctid.
@@ -2381,7 +2361,7 @@ fn merge_apply(
             )
         })
         .collect();
-    let row_err = |key: &[u8], e: postgres::Error| match loc.error(e) {
+    let row_err = |key: &[u8], e: tokio_postgres::Error| match loc.error(e) {
         SyncError::Database(m) => {
             SyncError::Database(format!("{m} (row {})", describe(name, &t.root, key)))
         }
@@ -2445,7 +2425,7 @@ fn merge_apply(
                     sets.join(", "),
                     key_where.join(" AND ")
                 );
-                let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = Vec::new();
+                let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
                 for &ki in &t.key {
                     params.push(&tx[ki as usize]);
                 }
@@ -2456,9 +2436,9 @@ fn merge_apply(
                 rep.updated += 1;
             }
             Act::Insert => {
-                let params: Vec<&(dyn postgres::types::ToSql + Sync)> = tx
+                let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = tx
                     .iter()
-                    .map(|v| v as &(dyn postgres::types::ToSql + Sync))
+                    .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
                     .collect();
                 c.execute(&ins, &params).map_err(|e| row_err(&k, e))?;
                 rep.inserted += 1;
@@ -2484,7 +2464,7 @@ fn merge_deletes(
     key_where: &[String],
     progress: &dyn Progress,
     rep: &mut DbRestoreReport,
-    row_err: impl Fn(&[u8], postgres::Error) -> SyncError,
+    row_err: impl Fn(&[u8], tokio_postgres::Error) -> SyncError,
 ) -> Result<()> {
     let del = format!(
         "DELETE FROM {} WHERE {}",
@@ -2510,9 +2490,9 @@ fn merge_deletes(
                     .map(|b| String::from_utf8_lossy(&b).into_owned()),
             );
         }
-        let params: Vec<&(dyn postgres::types::ToSql + Sync)> = kt
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = kt
             .iter()
-            .map(|v| v as &(dyn postgres::types::ToSql + Sync))
+            .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
             .collect();
         rep.deleted += c.execute(&del, &params).map_err(|e| row_err(k, e))?;
     }
