@@ -601,6 +601,44 @@ impl PgClass {
         }
     }
 
+    /// A field from its COPY text form (unescaped), which is `arena[start..]`:
+    /// numbers and booleans are taken out of the arena, `bytea` is decoded
+    /// in place, and text stays where it is.
+    fn field(self, arena: &mut Vec<u8>, start: usize) -> std::result::Result<Field, String> {
+        let s = &arena[start..];
+        let f = match self {
+            PgClass::Int => Field::Int(parse_int(s).ok_or("not an integer")?),
+            PgClass::Float4 | PgClass::Float8 => match self.parse(s)? {
+                Value::Real(r) => Field::Real(r),
+                _ => return Err("not a number".into()),
+            },
+            PgClass::Bool => match s {
+                b"t" => Field::Int(1),
+                b"f" => Field::Int(0),
+                _ => return Err("not a boolean".into()),
+            },
+            PgClass::Bytea => {
+                if !s.starts_with(b"\\x") || !s.len().is_multiple_of(2) {
+                    return Err("bytea not in hex".into());
+                }
+                let n = (s.len() - 2) / 2;
+                for i in 0..n {
+                    let at = start + 2 + 2 * i;
+                    let (hi, lo) = (hex_digit(arena[at]), hex_digit(arena[at + 1]));
+                    let (Some(hi), Some(lo)) = (hi, lo) else {
+                        return Err("bad hex".into());
+                    };
+                    arena[start + i] = hi << 4 | lo;
+                }
+                arena.truncate(start + n);
+                return Ok(Field::Blob(start, start + n));
+            }
+            _ => return Ok(Field::Text(start, arena.len())),
+        };
+        arena.truncate(start);
+        Ok(f)
+    }
+
     /// A value from its COPY text form (unescaped).
     pub fn parse(self, s: &[u8]) -> std::result::Result<Value, String> {
         let text = || std::str::from_utf8(s).map_err(|_| "not UTF-8".to_string());
@@ -649,6 +687,63 @@ impl PgClass {
     }
 }
 
+/// A field of a row being parsed; text and blobs are ranges of the
+/// parser's arena.
+#[derive(Debug, Clone, Copy)]
+enum Field {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(usize, usize),
+    Blob(usize, usize),
+}
+
+impl Field {
+    fn value<'a>(self, arena: &'a [u8]) -> rusqlite::types::ValueRef<'a> {
+        use rusqlite::types::ValueRef;
+        match self {
+            Field::Null => ValueRef::Null,
+            Field::Int(i) => ValueRef::Integer(i),
+            Field::Real(r) => ValueRef::Real(r),
+            Field::Text(a, b) => ValueRef::Text(&arena[a..b]),
+            Field::Blob(a, b) => ValueRef::Blob(&arena[a..b]),
+        }
+    }
+}
+
+/// An integer as PostgreSQL prints one: an optional `-`, then 1 to 19
+/// digits, in the range of `i64`.
+fn parse_int(s: &[u8]) -> Option<i64> {
+    let (neg, digits) = match s.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, s),
+    };
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + u64::from(d - b'0');
+    }
+    if neg {
+        (v <= 1 << 63).then(|| (v as i64).wrapping_neg())
+    } else {
+        i64::try_from(v).ok()
+    }
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
 fn parse_float<F: std::str::FromStr>(s: &str) -> std::result::Result<F, String> {
     // PostgreSQL prints NaN, Infinity and -Infinity; Rust reads them too.
     s.parse::<F>().map_err(|_| format!("not a number: {s}"))
@@ -672,15 +767,18 @@ pub fn quote(name: &str) -> String {
 }
 
 /// Decodes one field of COPY's text format (`\N` is handled by the caller).
+#[cfg(test)]
 fn unescape_copy(f: &[u8], out: &mut Vec<u8>) {
     out.clear();
+    unescape_copy_onto(f, out);
+}
+
+/// Decodes one field of COPY's text format onto the end of `out`.
+fn unescape_copy_onto(f: &[u8], out: &mut Vec<u8>) {
     let mut i = 0;
     while i < f.len() {
         // The run up to the next backslash is copied as it is.
-        let run = f[i..]
-            .iter()
-            .position(|&b| b == b'\\')
-            .unwrap_or(f.len() - i);
+        let run = memchr::memchr(b'\\', &f[i..]).unwrap_or(f.len() - i);
         out.extend_from_slice(&f[i..i + run]);
         i += run;
         if i == f.len() {
@@ -1107,8 +1205,9 @@ type ParsedRow<'a, 'l> = (&'a [u8], &'a [u8], &'l [u8]);
 struct RowParser<'t> {
     t: &'t TableData,
     classes: Vec<PgClass>,
-    field: Vec<u8>,
-    values: Vec<Value>,
+    /// The unescaped text and decoded bytes of the row's fields.
+    arena: Vec<u8>,
+    fields: Vec<Field>,
     key: KeyWriter,
     w: Writer,
 }
@@ -1122,8 +1221,8 @@ impl<'t> RowParser<'t> {
                 .iter()
                 .map(|c| PgClass::of(&c.decl_type))
                 .collect(),
-            field: Vec::new(),
-            values: Vec::new(),
+            arena: Vec::with_capacity(1024),
+            fields: Vec::new(),
             key: KeyWriter::new(),
             w: Writer::with_capacity(256),
         }
@@ -1136,31 +1235,47 @@ impl<'t> RowParser<'t> {
         line: &'l [u8],
         key_only: bool,
     ) -> std::result::Result<&'l [u8], String> {
-        self.values.clear();
+        self.fields.clear();
+        self.arena.clear();
         let want = if key_only {
             self.t.key.len()
         } else {
             self.classes.len()
         };
         let mut rest = line;
-        while self.values.len() < want {
-            let i = self.values.len();
-            let (raw, more) = match rest.iter().position(|&b| b == b'\t') {
-                Some(p) => (&rest[..p], &rest[p + 1..]),
-                None if i + 1 == want => (rest, &rest[rest.len()..]),
+        while self.fields.len() < want {
+            let i = self.fields.len();
+            // Fields are short: one pass finds the tab and any backslash.
+            let mut end = 0;
+            let mut escaped = false;
+            while let Some(&b) = rest.get(end) {
+                if b == b'\t' {
+                    break;
+                }
+                escaped |= b == b'\\';
+                end += 1;
+            }
+            let raw = &rest[..end];
+            rest = match rest.get(end + 1..) {
+                Some(more) => more,
+                None if i + 1 == want => &rest[rest.len()..],
                 None => return Err("COPY gave fewer fields than columns".into()),
             };
-            rest = more;
             let col = if key_only { self.t.key[i] as usize } else { i };
             if raw == b"\\N" {
-                self.values.push(Value::Null);
+                self.fields.push(Field::Null);
                 continue;
             }
-            unescape_copy(raw, &mut self.field);
-            let v = self.classes[col]
-                .parse(&self.field)
+            let start = self.arena.len();
+            if escaped {
+                unescape_copy_onto(raw, &mut self.arena);
+            } else {
+                self.arena.extend_from_slice(raw);
+            }
+            let f = self.classes[col]
+                .field(&mut self.arena, start)
                 .map_err(|e| format!("column {}: {e}", self.t.columns[col].name))?;
-            self.values.push(v);
+            self.fields.push(f);
         }
         Ok(rest)
     }
@@ -1168,8 +1283,8 @@ impl<'t> RowParser<'t> {
     fn make_key(&mut self, key_only: bool) -> Result<()> {
         self.key.clear();
         for (j, &k) in self.t.key.iter().enumerate() {
-            let v = &self.values[if key_only { j } else { k as usize }];
-            if let Value::Real(r) = v
+            let f = self.fields[if key_only { j } else { k as usize }];
+            if let Field::Real(r) = f
                 && r.is_nan()
             {
                 return Err(SyncError::Invalid(format!(
@@ -1177,7 +1292,7 @@ impl<'t> RowParser<'t> {
                     self.t.columns[k as usize].name
                 )));
             }
-            self.key.push(v.as_ref())?;
+            self.key.push(f.value(&self.arena))?;
         }
         Ok(())
     }
@@ -1192,9 +1307,9 @@ impl<'t> RowParser<'t> {
         let rest = self.fields(line, false)?;
         for spilled in [false, true] {
             self.w.buf.clear();
-            self.w.varint(self.values.len() as u64);
-            for v in &self.values {
-                encode_cell(&mut self.w, v.as_ref(), sink, chunker, spilled)
+            self.w.varint(self.fields.len() as u64);
+            for f in &self.fields {
+                encode_cell(&mut self.w, f.value(&self.arena), sink, chunker, spilled)
                     .map_err(|e| e.to_string())?;
             }
             if self.w.buf.len() <= super::value::ROW_SPILL_AT {
@@ -2502,6 +2617,7 @@ fn merge_deletes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
 
     #[test]
     fn urls_parse_and_redact() {
@@ -2602,6 +2718,120 @@ mod tests {
             unescape_copy(&esc, &mut back);
             proptest::prop_assert_eq!(back, v);
         }
+    }
+
+    #[test]
+    fn integers_read_as_postgresql_prints_them() {
+        for i in [0, 1, -1, 42, i64::MAX, i64::MIN, i64::MIN + 1] {
+            assert_eq!(parse_int(i.to_string().as_bytes()), Some(i));
+        }
+        for bad in [
+            "",
+            "-",
+            "+1",
+            "1a",
+            " 1",
+            "9223372036854775808",
+            "-9223372036854775809",
+            "99999999999999999999",
+            "--1",
+        ] {
+            assert_eq!(parse_int(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
+
+    fn owned(v: rusqlite::types::ValueRef<'_>) -> Value {
+        use rusqlite::types::ValueRef;
+        match v {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(i) => Value::Integer(i),
+            ValueRef::Real(r) => Value::Real(r),
+            ValueRef::Text(t) => Value::Text(t.to_vec()),
+            ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+        }
+    }
+
+    fn table_of(types: &[&str]) -> TableData {
+        TableData {
+            flags: FLAG_WITHOUT_ROWID,
+            columns: types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Column {
+                    name: format!("c{i}"),
+                    decl_type: (*t).to_string(),
+                })
+                .collect(),
+            key: vec![0],
+            sequence: None,
+            rows: 0,
+            root: ObjectId::default(),
+        }
+    }
+
+    proptest::proptest! {
+        /// A row printed as COPY prints it (the text forms, escaped, tab
+        /// separated, a stamp after) parses back to its values.
+        #[test]
+        fn a_copy_line_parses_to_its_values(
+            id in proptest::prelude::any::<i64>(),
+            blob in proptest::option::of(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)),
+            text in proptest::option::of("[a-z\t\n\\\\é ]{0,20}"),
+            real in proptest::option::of(proptest::num::f64::ANY.prop_filter("NaN", |r| !r.is_nan())),
+            flag in proptest::option::of(proptest::prelude::any::<bool>()),
+        ) {
+            let t = table_of(&["bigint", "bytea", "text", "double precision", "boolean"]);
+            let vals = vec![
+                Value::Integer(id),
+                blob.map_or(Value::Null, Value::Blob),
+                text.map_or(Value::Null, |s| Value::Text(s.into_bytes())),
+                real.map_or(Value::Null, Value::Real),
+                flag.map_or(Value::Null, |b| Value::Integer(i64::from(b))),
+            ];
+            let mut line = Vec::new();
+            for (i, (c, v)) in t.columns.iter().zip(&vals).enumerate() {
+                if i > 0 {
+                    line.push(b'\t');
+                }
+                escape_copy(PgClass::of(&c.decl_type).text(v).unwrap().as_deref(), &mut line);
+            }
+            line.extend_from_slice(b"\t123\t(0,1)");
+            let mut p = RowParser::new(&t);
+            let rest = p.fields(&line, false).unwrap();
+            proptest::prop_assert_eq!(rest, b"123\t(0,1)");
+            let got: Vec<Value> = p.fields.iter().map(|f| owned(f.value(&p.arena))).collect();
+            proptest::prop_assert_eq!(got, vals);
+            let first_tab = line.iter().position(|&b| b == b'\t').unwrap();
+            let rest = p.fields(&line, true).unwrap();
+            proptest::prop_assert_eq!(rest, &line[first_tab + 1..]);
+            proptest::prop_assert!(matches!(p.fields[..], [Field::Int(i)] if i == id));
+        }
+    }
+
+    #[test]
+    fn malformed_fields_are_refused() {
+        let t = table_of(&["bigint", "bytea"]);
+        let mut p = RowParser::new(&t);
+        // In COPY text a bytea's backslash is doubled: `\\x00ff`.
+        for bad in [
+            &b"1\t\\\\x0"[..],
+            b"1\t\\\\xzz",
+            b"1\tab",
+            b"x\t\\\\x00",
+            b"1",
+        ] {
+            assert!(
+                p.fields(bad, false).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        p.fields(b"1\t\\\\x00ff", false).unwrap();
+        assert!(matches!(p.fields[..], [Field::Int(1), Field::Blob(..)]));
+        assert_eq!(
+            owned(p.fields[1].value(&p.arena)),
+            Value::Blob(vec![0, 255])
+        );
     }
 
     #[test]
