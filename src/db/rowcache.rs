@@ -20,7 +20,7 @@
 //! latest at its end, before anything read from it is used.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::codec::put_varint;
@@ -31,6 +31,8 @@ const MAGIC: &[u8; 8] = b"SPSYNCRC";
 const VERSION: u8 = 1;
 /// Longest key or stamp a cache may hold (the map's key limit).
 const MAX_FIELD: u64 = 1 << 20;
+/// How much of a cache is read at a time.
+const READ_BUF: usize = 1 << 16;
 
 /// Where a table's row cache lives: named by a hash of `what` (the
 /// database's display location, its schema and the table).
@@ -150,7 +152,13 @@ impl Drop for CacheWriter {
 
 /// Reads a cache row by row. Every read error is "not usable".
 pub struct CacheReader {
-    input: BufReader<File>,
+    input: File,
+    /// Bytes read from `input`: `buf[pos..]` are still to be parsed, and
+    /// `buf[hashed..pos]` parsed but not yet hashed (hashing in large
+    /// pieces is several times faster than a few bytes at a time).
+    buf: Vec<u8>,
+    pos: usize,
+    hashed: usize,
     hash: blake3::Hasher,
     read: u64,
     ended: bool,
@@ -177,7 +185,10 @@ impl CacheReader {
             Err(e) => return Err(Unusable(format!("{}: {e}", path.display()))),
         };
         let mut r = CacheReader {
-            input: BufReader::with_capacity(1 << 16, f),
+            input: f,
+            buf: Vec::with_capacity(READ_BUF),
+            pos: 0,
+            hashed: 0,
             hash: blake3::Hasher::new(),
             read: 0,
             ended: false,
@@ -197,26 +208,59 @@ impl CacheReader {
         Ok(Some((r, xid)))
     }
 
-    fn exact(&mut self, buf: &mut [u8]) -> Usable<()> {
-        self.input
-            .read_exact(buf)
-            .map_err(|e| Unusable(format!("cut short: {e}")))?;
-        self.hash.update(buf);
+    /// Hashes what was parsed, keeps what was not, and reads more after
+    /// it; false at the end of the file.
+    fn refill(&mut self) -> Usable<bool> {
+        self.hash.update(&self.buf[self.hashed..self.pos]);
+        self.buf.drain(..self.pos);
+        self.pos = 0;
+        self.hashed = 0;
+        let have = self.buf.len();
+        self.buf.resize(READ_BUF.max(have), 0);
+        let got = loop {
+            match self.input.read(&mut self.buf[have..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Unusable(format!("reading: {e}"))),
+            }
+        };
+        self.buf.truncate(have + got);
+        Ok(got > 0)
+    }
+
+    fn exact(&mut self, out: &mut [u8]) -> Usable<()> {
+        let mut done = 0;
+        while done < out.len() {
+            if self.pos == self.buf.len() && !self.refill()? {
+                return Err(Unusable("cut short".into()));
+            }
+            let n = (out.len() - done).min(self.buf.len() - self.pos);
+            out[done..done + n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+            self.pos += n;
+            done += n;
+        }
         Ok(())
+    }
+
+    fn byte(&mut self) -> Usable<u8> {
+        if self.pos == self.buf.len() && !self.refill()? {
+            return Err(Unusable("cut short".into()));
+        }
+        self.pos += 1;
+        Ok(self.buf[self.pos - 1])
     }
 
     /// A varint in its one (shortest) encoding.
     fn varint(&mut self) -> Usable<u64> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
-            let mut b = [0u8];
-            self.exact(&mut b)?;
-            if shift == 63 && b[0] > 1 {
+            let b = self.byte()?;
+            if shift == 63 && b > 1 {
                 return Err(Unusable("varint overflows 64 bits".into()));
             }
-            v |= u64::from(b[0] & 0x7f) << shift;
-            if b[0] & 0x80 == 0 {
-                if b[0] == 0 && shift > 0 {
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                if b == 0 && shift > 0 {
                     return Err(Unusable("varint not in its shortest form".into()));
                 }
                 return Ok(v);
@@ -272,18 +316,18 @@ impl CacheReader {
         let mut root = [0u8; 32];
         self.exact(&mut root)?;
         let rows = self.varint()?;
+        self.hash.update(&self.buf[self.hashed..self.pos]);
+        self.hashed = self.pos;
         let want = self.hash.finalize();
         let mut sum = [0u8; 32];
-        self.input
-            .read_exact(&mut sum)
-            .map_err(|e| Unusable(format!("cut short: {e}")))?;
+        self.exact(&mut sum)?;
         if sum != *want.as_bytes() {
             return Err(Unusable("checksum mismatch".into()));
         }
         if rows != self.read {
             return Err(Unusable(format!("{} rows where it says {rows}", self.read)));
         }
-        if self.input.fill_buf().map(|b| !b.is_empty()).unwrap_or(true) {
+        if self.pos < self.buf.len() || self.refill()? {
             return Err(Unusable("bytes after its checksum".into()));
         }
         Ok(ObjectId(root))
@@ -354,6 +398,43 @@ mod tests {
         longer.push(0);
         std::fs::write(&p, &longer).unwrap();
         assert!(read_all(&p, &[7; 32]).is_err());
+    }
+
+    /// A cache of several read buffers (a field across their boundary, a
+    /// field longer than one) reads back, and a flip anywhere is caught.
+    #[test]
+    fn a_cache_longer_than_the_read_buffer_round_trips_and_damage_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = vec![b'z'; READ_BUF + 1000];
+        let mut owned: Vec<(Vec<u8>, Vec<u8>)> = (0..20_000u32)
+            .map(|i| {
+                (
+                    format!("key{i:08}").into_bytes(),
+                    format!("{i}\t(0,{i})").into_bytes(),
+                )
+            })
+            .collect();
+        owned.insert(10_000, (b"key00009999~".to_vec(), big));
+        let rows: Vec<(&[u8], &[u8])> = owned.iter().map(|(k, s)| (&k[..], &s[..])).collect();
+        let p = write(dir.path(), &rows);
+        let bytes = std::fs::read(&p).unwrap();
+        assert!(bytes.len() > 4 * READ_BUF);
+        let (got, _, root) = read_all(&p, &[7; 32]).unwrap().unwrap();
+        assert_eq!(got, owned);
+        assert_eq!(root, ObjectId([9; 32]));
+        let mut at: Vec<usize> = (1..bytes.len() / READ_BUF + 1)
+            .flat_map(|k| [k * READ_BUF - 1, k * READ_BUF, k * READ_BUF + 1])
+            .collect();
+        at.extend([100, bytes.len() / 2, bytes.len() - 40, bytes.len() - 1]);
+        for i in at.into_iter().filter(|&i| i < bytes.len()) {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            std::fs::write(&p, &b).unwrap();
+            assert!(
+                read_all(&p, &[7; 32]).is_err(),
+                "flipped byte {i} went unnoticed"
+            );
+        }
     }
 
     #[test]
