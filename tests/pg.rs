@@ -707,6 +707,82 @@ fn a_dropped_connection_fails_cleanly() {
     assert_eq!(refs(d), before, "no ref moved");
 }
 
+/// SIGINT in the middle of a large table: sp-sync exits 130 at once,
+/// without first reading the rest of the table (which a ROLLBACK on the
+/// same connection would), and moves no ref.
+#[test]
+fn an_interrupted_snapshot_stops_without_reading_the_rest() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("intr");
+    // About 1.6 GB to send, stored small (the values compress).
+    pg.psql(
+        &db,
+        "CREATE TABLE fat (id int PRIMARY KEY, body text);
+         INSERT INTO fat SELECT g, repeat(md5(g::text), 131072) FROM generate_series(1, 400) g;",
+    );
+    // How long the server takes to send all of it, here and now.
+    let started = std::time::Instant::now();
+    let o = pg
+        .cmd("psql")
+        .args(["-X", "-q", "-d", &db, "-c"])
+        .arg("COPY (SELECT *, xmin, ctid FROM fat ORDER BY id) TO STDOUT")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(o.success());
+    let full = started.elapsed();
+    let w = work();
+    let d = w.path();
+    let before = refs(d);
+    let child = std::process::Command::new(common::bin())
+        .args(["--store", "st", "snapshot", "files", "--db", &pg.url(&db)])
+        .current_dir(d)
+        .env("SP_SYNC_CACHE_DIR", common::cache_dir())
+        .env("PGPASSWORD", PASSWORD)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until its COPY runs, then interrupt it.
+    let mut c = client(pg, "postgres");
+    let copying = (0..2000).any(|_| {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = 'sp-sync' AND query LIKE 'COPY%'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        n > 0 || {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            false
+        }
+    });
+    assert!(copying, "the snapshot's COPY never started");
+    let asked = std::time::Instant::now();
+    assert_eq!(signal(child.id(), "INT"), 0);
+    let out = child.wait_with_output().unwrap();
+    let took = asked.elapsed();
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        took < full / 2,
+        "exit {took:?} after SIGINT; the whole table takes the server {full:?}"
+    );
+    assert_eq!(refs(d), before, "no ref moved");
+}
+
+fn signal(pid: u32, sig: &str) -> i32 {
+    std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .code()
+        .unwrap_or(-1)
+}
+
 #[test]
 fn sp_sync_toml_url_schema_and_pgpass() {
     let Some(pg) = cluster() else { return };

@@ -1336,12 +1336,17 @@ fn copy_lines(
     progress: &dyn Progress,
     mut f: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<u64> {
-    let mut n: u64 = 0;
+    // An interrupt is looked for every 4,096 rows or 1 MiB.
+    let (mut n, mut bytes) = (0u64, 0usize);
     c.copy_out_lines(
         sql,
         |line| {
-            if n.is_multiple_of(4096) && progress.interrupted() {
+            bytes += line.len();
+            if (n.is_multiple_of(4096) || bytes > 1 << 20) && progress.interrupted() {
                 return Err(SyncError::Interrupted);
+            }
+            if bytes > 1 << 20 {
+                bytes = 0;
             }
             n += 1;
             f(line)
@@ -1670,7 +1675,12 @@ pub fn scan(
             progress,
             rows_cache,
         );
-        let _ = c.batch_execute("ROLLBACK");
+        // After an error the connection may be in the middle of a COPY,
+        // which a ROLLBACK would first read to its end: closing the
+        // connection ends the transaction too.
+        if r.is_ok() {
+            let _ = c.batch_execute("ROLLBACK");
+        }
         r
     })
 }

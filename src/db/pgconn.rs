@@ -26,6 +26,9 @@ use tokio_postgres::{Config, Error, Row, Socket, Statement, ToStatement};
 
 use crate::error::SyncError;
 
+/// How long a dropped client waits for its connection to end cleanly.
+const DROP_WAIT: Duration = Duration::from_millis(200);
+
 /// A connection and the runtime that drives it.
 pub struct Client {
     rt: Runtime,
@@ -224,13 +227,16 @@ impl Lines {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        // Dropping the client ends the connection (it says Terminate to
-        // the server); let the task finish doing so, briefly.
+        // Dropping the client ends the connection: an idle one says
+        // Terminate to the server at once. One still receiving the rest of
+        // a COPY given up (an error, an interrupt) would first read all of
+        // it; after a moment the socket is closed instead, and the server
+        // ends the transaction.
         drop(self.client.take());
         if let Some(task) = self.task.take() {
             let _ = self
                 .rt
-                .block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
+                .block_on(async { tokio::time::timeout(DROP_WAIT, task).await });
         }
     }
 }
