@@ -9,6 +9,10 @@
 #   diff A B                     lists exactly the 100 keys
 #   peak RSS of every sp-sync command                                         (want < 200 MiB)
 #
+# Also printed, to show where the snapshot's time goes: the server alone running
+# the COPY a first snapshot issues (psql to /dev/null), and the snapshot's own CPU
+# time. On two cores the two together bound the snapshot's wall time from below.
+#
 # Usage: scripts/bench-pg.sh            (builds the release binary; needs PostgreSQL's
 #        ROWS=100000 scripts/bench-pg.sh  server binaries in /usr/lib/postgresql/*/bin,
 #                                         GNU time and python3; run as root or as a
@@ -69,25 +73,34 @@ FROM generate_series(1::bigint, $ROWS) i;
 VACUUM ANALYZE users;
 SQL
 
+# best_of 'SHELL COMMAND': prints "seconds peak_rss_kib cpu_seconds" of the fastest
+# of RUNS runs (the RSS is the largest of any run; the CPU time, user and system,
+# is the fastest run's, of the command's own processes).
 best_of() {
-    local best="" rss=0
+    local best="" rss=0 cpu=""
     for _ in $(seq "$RUNS"); do
-        /usr/bin/time -f "%e %M" -o "$WORK/time.txt" bash -c "$1" >/dev/null 2>"$WORK/err.txt" || {
+        /usr/bin/time -f "%e %M %U %S" -o "$WORK/time.txt" bash -c "$1" >/dev/null 2>"$WORK/err.txt" || {
             cat "$WORK/err.txt" >&2
             exit 1
         }
-        read -r t m <"$WORK/time.txt"
-        if [ -z "$best" ] || python3 -c "import sys; sys.exit(0 if $t < $best else 1)"; then best="$t"; fi
+        read -r t m u s <"$WORK/time.txt"
+        if [ -z "$best" ] || python3 -c "import sys; sys.exit(0 if $t < $best else 1)"; then
+            best="$t"
+            cpu=$(python3 -c "print(round($u + $s, 2))")
+        fi
         [ "$m" -gt "$rss" ] && rss="$m"
     done
-    echo "$best $rss"
+    echo "$best $rss $cpu"
 }
 
 read -r t_dump _ < <(best_of "'$PGBIN/pg_dump' -Fc -Z0 -t users -f '$WORK/dump0'")
 "$PGBIN/pg_dump" -Fc -t users -f "$WORK/dumpc"
 dump_bytes=$(stat -c %s "$WORK/dumpc")
+# The statement a first snapshot runs for this table (see pg_stat_activity).
+COPY_SQL='COPY (SELECT "id", "email", "name", "age", "balance", "created_at", "active", "avatar", xmin, ctid FROM "users" ORDER BY "id") TO STDOUT'
+read -r t_copy _ < <(best_of "'$PGBIN/psql' -X -q -c '$COPY_SQL'")
 # A fresh store for each snapshot run, so every run does the whole work.
-read -r t_snap rss_snap < <(best_of "rm -rf '$WORK/s1' && '$BIN' init --store '$WORK/s1' -q && '$BIN' --store '$WORK/s1' snapshot '$WORK/empty' --db '$URL' -q")
+read -r t_snap rss_snap cpu_snap < <(best_of "rm -rf '$WORK/s1' && '$BIN' init --store '$WORK/s1' -q && '$BIN' --store '$WORK/s1' snapshot '$WORK/empty' --db '$URL' -q")
 store="$WORK/s1"
 store_bytes=$(du -sb "$store" | cut -f1)
 
@@ -112,10 +125,10 @@ PY
 )
 
 python3 - "$ROWS" "$t_dump" "$t_snap" "$rss_snap" "$store_bytes" "$dump_bytes" "$t_resnap" "$rss_resnap" \
-    "$added" "$t_diff" "$rss_diff" "$keys_ok" <<'PY'
+    "$added" "$t_diff" "$rss_diff" "$keys_ok" "$t_copy" "$cpu_snap" <<'PY'
 import json, sys
 (rows, t_dump, t_snap, rss_snap, store_bytes, dump_bytes, t_resnap, rss_resnap, added, t_diff,
- rss_diff, keys_ok) = sys.argv[1:]
+ rss_diff, keys_ok, t_copy, cpu_snap) = sys.argv[1:]
 f = float
 rss = max(int(rss_snap), int(rss_resnap), int(rss_diff)) / 1024
 out = {
@@ -128,11 +141,15 @@ out = {
     "resnapshot_added_kib": round(int(added) / 1024, 1),
     "diff_ms": round(f(t_diff) * 1000), "diff_lists_exactly_the_100_keys": keys_ok == "yes",
     "peak_rss_mib": round(rss, 1),
+    "server_copy_s": f(t_copy), "server_copy_vs_pg_dump": round(f(t_copy) / f(t_dump), 2),
+    "snapshot_cpu_s": f(cpu_snap),
 }
 print(f"snapshot        {out['snapshot_s']:.2f}s vs pg_dump -Fc -Z0 {out['pg_dump_z0_s']:.2f}s: {out['snapshot_vs_pg_dump']}x (want <= 1.0)")
 print(f"store           {out['store_bytes']} bytes vs pg_dump -Fc {out['pg_dump_fc_bytes']}: {out['store_vs_pg_dump']}x (want <= 1.2)")
 print(f"re-snapshot     100 rows changed: +{out['resnapshot_added_kib']} KiB (want < 256), {out['resnapshot_s']:.2f}s = {out['resnapshot_vs_first']}x the first (want <= 0.5)")
 print(f"diff            {out['diff_ms']} ms, exactly the 100 keys: {keys_ok}")
 print(f"peak RSS        {out['peak_rss_mib']} MiB (want < 200)")
+print(f"where it goes   the server alone, the snapshot's COPY: {out['server_copy_s']:.2f}s "
+      f"({out['server_copy_vs_pg_dump']}x pg_dump); the snapshot's own CPU: {out['snapshot_cpu_s']:.2f}s")
 print(json.dumps(out))
 PY
