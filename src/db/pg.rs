@@ -2750,17 +2750,6 @@ mod tests {
         }
     }
 
-    fn owned(v: rusqlite::types::ValueRef<'_>) -> Value {
-        use rusqlite::types::ValueRef;
-        match v {
-            ValueRef::Null => Value::Null,
-            ValueRef::Integer(i) => Value::Integer(i),
-            ValueRef::Real(r) => Value::Real(r),
-            ValueRef::Text(t) => Value::Text(t.to_vec()),
-            ValueRef::Blob(b) => Value::Blob(b.to_vec()),
-        }
-    }
-
     fn table_of(types: &[&str]) -> TableData {
         TableData {
             flags: FLAG_WITHOUT_ROWID,
@@ -2809,7 +2798,7 @@ mod tests {
             let mut p = RowParser::new(&t);
             let rest = p.fields(&line, false).unwrap();
             proptest::prop_assert_eq!(rest, b"123\t(0,1)");
-            let got: Vec<Value> = p.fields.iter().map(|f| owned(f.value(&p.arena))).collect();
+            let got: Vec<Value> = p.fields.iter().map(|f| Value::from_ref(f.value(&p.arena))).collect();
             proptest::prop_assert_eq!(got, vals);
             let first_tab = line.iter().position(|&b| b == b'\t').unwrap();
             let rest = p.fields(&line, true).unwrap();
@@ -2839,7 +2828,7 @@ mod tests {
         p.fields(b"1\t\\\\x00ff", false).unwrap();
         assert!(matches!(p.fields[..], [Field::Int(1), Field::Blob(..)]));
         assert_eq!(
-            owned(p.fields[1].value(&p.arena)),
+            Value::from_ref(p.fields[1].value(&p.arena)),
             Value::Blob(vec![0, 255])
         );
     }
