@@ -11,6 +11,7 @@ pub mod diff;
 mod guard;
 pub mod pg;
 pub mod pg_guard;
+pub mod pgbinary;
 mod pgconn;
 pub mod restore;
 pub mod rowcache;

@@ -639,6 +639,63 @@ impl PgClass {
         Ok(f)
     }
 
+    /// Whether a binary `COPY` of this class is read (into the value its
+    /// text form gives): see [`binary_field`](Self::binary_field).
+    fn reads_binary(self) -> bool {
+        !matches!(self, PgClass::Bpchar | PgClass::Other)
+    }
+
+    /// A field from its binary `COPY` form, for the classes that
+    /// [`reads_binary`](Self::reads_binary): the same value its text form
+    /// gives (a `uuid` as its text form, lower case).
+    fn binary_field(self, b: &[u8], arena: &mut Vec<u8>) -> std::result::Result<Field, String> {
+        let wrong = || format!("a binary {self:?} of {} bytes", b.len());
+        Ok(match self {
+            PgClass::Int => Field::Int(match *b {
+                [x, y] => i64::from(i16::from_be_bytes([x, y])),
+                [..] if b.len() == 4 => {
+                    i64::from(i32::from_be_bytes(b.try_into().map_err(|_| wrong())?))
+                }
+                [..] if b.len() == 8 => i64::from_be_bytes(b.try_into().map_err(|_| wrong())?),
+                _ => return Err(wrong()),
+            }),
+            PgClass::Float4 => Field::Real(f64::from(f32::from_be_bytes(
+                b.try_into().map_err(|_| wrong())?,
+            ))),
+            PgClass::Float8 => Field::Real(f64::from_be_bytes(b.try_into().map_err(|_| wrong())?)),
+            PgClass::Bool => match b {
+                [0] => Field::Int(0),
+                [1] => Field::Int(1),
+                _ => return Err(wrong()),
+            },
+            PgClass::Bytea | PgClass::Text => {
+                let start = arena.len();
+                arena.extend_from_slice(b);
+                if self == PgClass::Bytea {
+                    Field::Blob(start, arena.len())
+                } else {
+                    Field::Text(start, arena.len())
+                }
+            }
+            PgClass::Uuid => {
+                if b.len() != 16 {
+                    return Err(wrong());
+                }
+                let start = arena.len();
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                for (i, byte) in b.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        arena.push(b'-');
+                    }
+                    arena.push(HEX[usize::from(byte >> 4)]);
+                    arena.push(HEX[usize::from(byte & 15)]);
+                }
+                Field::Text(start, arena.len())
+            }
+            PgClass::Bpchar | PgClass::Other => return Err(wrong()),
+        })
+    }
+
     /// A value from its COPY text form (unescaped).
     pub fn parse(self, s: &[u8]) -> std::result::Result<Value, String> {
         let text = || std::str::from_utf8(s).map_err(|_| "not UTF-8".to_string());
@@ -1210,6 +1267,8 @@ struct RowParser<'t> {
     fields: Vec<Field>,
     key: KeyWriter,
     w: Writer,
+    /// A stamp printed from its binary form.
+    stamp: Vec<u8>,
 }
 
 impl<'t> RowParser<'t> {
@@ -1225,7 +1284,64 @@ impl<'t> RowParser<'t> {
             fields: Vec::new(),
             key: KeyWriter::new(),
             w: Writer::with_capacity(256),
+            stamp: Vec::with_capacity(32),
         }
+    }
+
+    /// Whether every key column reads from binary `COPY`.
+    fn keys_read_binary(&self) -> bool {
+        self.t
+            .key
+            .iter()
+            .all(|&k| self.classes[k as usize].reads_binary())
+    }
+
+    /// The key columns and stamp (`xmin`, `ctid`) of a binary `COPY`
+    /// tuple: (key, the stamp as text `COPY` prints it).
+    fn key_binary(
+        &mut self,
+        tuple: &[Option<&[u8]>],
+    ) -> std::result::Result<(&[u8], &[u8]), String> {
+        self.fields.clear();
+        self.arena.clear();
+        let n = self.t.key.len();
+        let (keys, stamp) = tuple.split_at_checked(n).ok_or("a tuple too short")?;
+        for (f, &k) in keys.iter().zip(&self.t.key) {
+            let col = k as usize;
+            let field = match f {
+                None => Field::Null,
+                Some(b) => self.classes[col]
+                    .binary_field(b, &mut self.arena)
+                    .map_err(|e| format!("column {}: {e}", self.t.columns[col].name))?,
+            };
+            self.fields.push(field);
+        }
+        self.make_key(true).map_err(|e| e.to_string())?;
+        // xid: a u32; tid: a u32 block and a u16 line, printed "(b,l)".
+        let (Some(xmin), Some(ctid)) = (
+            stamp
+                .first()
+                .copied()
+                .flatten()
+                .and_then(|x| <[u8; 4]>::try_from(x).ok()),
+            stamp
+                .get(1)
+                .copied()
+                .flatten()
+                .and_then(|t| <[u8; 6]>::try_from(t).ok()),
+        ) else {
+            return Err("a tuple without its xmin and ctid".into());
+        };
+        self.stamp.clear();
+        use std::io::Write as _;
+        let _ = write!(
+            self.stamp,
+            "{}\t({},{})",
+            u32::from_be_bytes(xmin),
+            u32::from_be_bytes([ctid[0], ctid[1], ctid[2], ctid[3]]),
+            u16::from_be_bytes([ctid[4], ctid[5]])
+        );
+        Ok((self.key.finish(), &self.stamp))
     }
 
     /// Parses the first `columns` fields (all the stored columns, or the
@@ -1442,8 +1558,7 @@ fn read_table_by_cache(
         }
     };
     advance(&mut old, &mut ahead, &mut unusable);
-    let n = copy_lines(c, loc, &sql, progress, |line| {
-        let (key, stamp) = p.key_only(line).map_err(bad)?;
+    let mut on_key = |key: &[u8], stamp: &[u8]| -> Result<()> {
         out.row(key, stamp);
         if unusable.is_some() {
             return Ok(());
@@ -1475,7 +1590,31 @@ fn read_table_by_cache(
             gone.clear();
         }
         Ok(())
-    })?;
+    };
+    // Binary when every key column reads so: the server then prints no
+    // numbers (the stamps are printed here as text COPY prints them).
+    let n = if p.keys_read_binary() {
+        let mut since = 0u64;
+        c.copy_out_binary(
+            &format!("{sql} (FORMAT binary)"),
+            (t.key.len() + 2, crate::pmap::MAX_KEY),
+            |tuple| {
+                since += 1;
+                if since.is_multiple_of(4096) && progress.interrupted() {
+                    return Err(SyncError::Interrupted);
+                }
+                let (key, stamp) = p.key_binary(tuple).map_err(bad)?;
+                on_key(key, stamp)
+            },
+            |e| loc.error(e),
+            bad,
+        )?
+    } else {
+        copy_lines(c, loc, &sql, progress, |line| {
+            let (key, stamp) = p.key_only(line).map_err(bad)?;
+            on_key(key, stamp)
+        })?
+    };
     if let Some(e) = unusable {
         return Ok(Incremental::Fallback(e));
     }

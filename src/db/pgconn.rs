@@ -160,20 +160,53 @@ impl Client {
         mut line: impl FnMut(&[u8]) -> Result<(), E>,
         pg: impl Fn(Error) -> E,
     ) -> Result<u64, E> {
+        let mut lines = Lines::default();
+        self.copy_out(query, |msg| lines.feed(msg, &mut line), &pg)?;
+        lines.finish(&mut line)?;
+        Ok(lines.count)
+    }
+
+    /// Runs a `COPY … TO STDOUT (FORMAT binary)` of tuples of `fields`
+    /// fields (none longer than `max_field`), calling `tuple` with each;
+    /// returns how many there were. A malformed stream is given to `bad`.
+    pub fn copy_out_binary<E>(
+        &mut self,
+        query: &str,
+        (fields, max_field): (usize, usize),
+        mut tuple: impl FnMut(&[Option<&[u8]>]) -> Result<(), E>,
+        pg: impl Fn(Error) -> E,
+        bad: impl Fn(String) -> E,
+    ) -> Result<u64, E> {
+        let mut r = super::pgbinary::BinaryCopy::new(fields, max_field);
+        self.copy_out(
+            query,
+            |msg| {
+                r.feed(msg, &mut tuple).map_err(|e| match e {
+                    Ok(why) => bad(why),
+                    Err(e) => e,
+                })
+            },
+            &pg,
+        )?;
+        r.finish().map_err(bad)
+    }
+
+    /// Runs a `COPY … TO STDOUT`, calling `msg` with each message's data,
+    /// all in one runtime entry.
+    fn copy_out<E>(
+        &mut self,
+        query: &str,
+        mut msg: impl FnMut(&[u8]) -> Result<(), E>,
+        pg: &impl Fn(Error) -> E,
+    ) -> Result<(), E> {
         let client = self.client.as_ref().expect("present until dropped");
         let read = self.rt.block_on(async {
-            let stream = match client.copy_out(query).await {
-                Ok(s) => s,
-                Err(e) => return Err(Err(e)),
-            };
+            let stream = client.copy_out(query).await.map_err(Err)?;
             let mut stream = std::pin::pin!(stream);
-            let mut lines = Lines::default();
-            while let Some(msg) = stream.next().await {
-                let msg = msg.map_err(Err)?;
-                lines.feed(&msg, &mut line).map_err(Ok)?;
+            while let Some(m) = stream.next().await {
+                msg(&m.map_err(Err)?).map_err(Ok)?;
             }
-            lines.finish(&mut line).map_err(Ok)?;
-            Ok(lines.count)
+            Ok(())
         });
         read.map_err(|e| match e {
             Ok(mine) => mine,
