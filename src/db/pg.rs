@@ -11,7 +11,10 @@
 //!
 //! **Reading.** Every table of the schema (or those named) is read in one
 //! `REPEATABLE READ, READ ONLY` transaction, each with one `COPY (SELECT …
-//! ORDER BY key) TO STDOUT` streamed row by row into the row map builder.
+//! ORDER BY key) TO STDOUT` streamed row by row into the row map builder
+//! (in binary format when every column has a binary form read here into
+//! the value its text form gives: integers, floats, booleans, `bytea`,
+//! text and `uuid`; the server then prints no numbers).
 //! Values are the exact text forms PostgreSQL prints (with
 //! `extra_float_digits = 3`, `DateStyle = ISO`, `TimeZone = UTC`,
 //! `IntervalStyle = postgres`, `bytea_output = hex`), stored as cells by the
@@ -659,10 +662,14 @@ impl PgClass {
                 [..] if b.len() == 8 => i64::from_be_bytes(b.try_into().map_err(|_| wrong())?),
                 _ => return Err(wrong()),
             }),
-            PgClass::Float4 => Field::Real(f64::from(f32::from_be_bytes(
+            // A NaN prints as `NaN` whatever its sign and payload, and
+            // reads back as the one NaN.
+            PgClass::Float4 => Field::Real(canonical_nan(f64::from(f32::from_be_bytes(
+                b.try_into().map_err(|_| wrong())?,
+            )))),
+            PgClass::Float8 => Field::Real(canonical_nan(f64::from_be_bytes(
                 b.try_into().map_err(|_| wrong())?,
             ))),
-            PgClass::Float8 => Field::Real(f64::from_be_bytes(b.try_into().map_err(|_| wrong())?)),
             PgClass::Bool => match b {
                 [0] => Field::Int(0),
                 [1] => Field::Int(1),
@@ -766,6 +773,11 @@ impl Field {
             Field::Blob(a, b) => ValueRef::Blob(&arena[a..b]),
         }
     }
+}
+
+/// The NaN `"NaN".parse()` gives, for any NaN.
+fn canonical_nan(r: f64) -> f64 {
+    if r.is_nan() { f64::NAN } else { r }
 }
 
 /// An integer as PostgreSQL prints one: an optional `-`, then 1 to 19
@@ -1296,18 +1308,29 @@ impl<'t> RowParser<'t> {
             .all(|&k| self.classes[k as usize].reads_binary())
     }
 
-    /// The key columns and stamp (`xmin`, `ctid`) of a binary `COPY`
-    /// tuple: (key, the stamp as text `COPY` prints it).
-    fn key_binary(
+    /// Whether every stored column reads from binary `COPY`.
+    fn all_read_binary(&self) -> bool {
+        self.classes.iter().all(|c| c.reads_binary())
+    }
+
+    /// Fills the fields from a binary `COPY` tuple's first fields (all the
+    /// stored columns, or the key columns only, `key_only`); gives back the
+    /// fields after them.
+    fn fields_binary<'a, 'b>(
         &mut self,
-        tuple: &[Option<&[u8]>],
-    ) -> std::result::Result<(&[u8], &[u8]), String> {
+        tuple: &'a [Option<&'b [u8]>],
+        key_only: bool,
+    ) -> std::result::Result<&'a [Option<&'b [u8]>], String> {
         self.fields.clear();
         self.arena.clear();
-        let n = self.t.key.len();
-        let (keys, stamp) = tuple.split_at_checked(n).ok_or("a tuple too short")?;
-        for (f, &k) in keys.iter().zip(&self.t.key) {
-            let col = k as usize;
+        let n = if key_only {
+            self.t.key.len()
+        } else {
+            self.classes.len()
+        };
+        let (vals, rest) = tuple.split_at_checked(n).ok_or("a tuple too short")?;
+        for (i, f) in vals.iter().enumerate() {
+            let col = if key_only { self.t.key[i] as usize } else { i };
             let field = match f {
                 None => Field::Null,
                 Some(b) => self.classes[col]
@@ -1316,16 +1339,18 @@ impl<'t> RowParser<'t> {
             };
             self.fields.push(field);
         }
-        self.make_key(true).map_err(|e| e.to_string())?;
-        // xid: a u32; tid: a u32 block and a u16 line, printed "(b,l)".
+        Ok(rest)
+    }
+
+    /// Prints a binary stamp (`xmin`: a u32; `ctid`: a u32 block and a u16
+    /// line) as text `COPY` prints it, `xmin\t(block,line)`.
+    fn stamp_binary(&mut self, rest: &[Option<&[u8]>]) -> std::result::Result<(), String> {
         let (Some(xmin), Some(ctid)) = (
-            stamp
-                .first()
+            rest.first()
                 .copied()
                 .flatten()
                 .and_then(|x| <[u8; 4]>::try_from(x).ok()),
-            stamp
-                .get(1)
+            rest.get(1)
                 .copied()
                 .flatten()
                 .and_then(|t| <[u8; 6]>::try_from(t).ok()),
@@ -1341,7 +1366,58 @@ impl<'t> RowParser<'t> {
             u32::from_be_bytes([ctid[0], ctid[1], ctid[2], ctid[3]]),
             u16::from_be_bytes([ctid[4], ctid[5]])
         );
+        Ok(())
+    }
+
+    /// The key columns and stamp of a binary `COPY` tuple: (key, stamp).
+    fn key_binary(
+        &mut self,
+        tuple: &[Option<&[u8]>],
+    ) -> std::result::Result<(&[u8], &[u8]), String> {
+        let rest = self.fields_binary(tuple, true)?;
+        self.make_key(true).map_err(|e| e.to_string())?;
+        self.stamp_binary(rest)?;
         Ok((self.key.finish(), &self.stamp))
+    }
+
+    /// A whole row from a binary `COPY` tuple: (key, encoded row, stamp;
+    /// empty without `stamps`).
+    fn row_binary(
+        &mut self,
+        tuple: &[Option<&[u8]>],
+        stamps: bool,
+        sink: &dyn ObjectSink,
+        chunker: &Chunker,
+    ) -> std::result::Result<ParsedRow<'_, '_>, String> {
+        let rest = self.fields_binary(tuple, false)?;
+        self.stamp.clear();
+        if stamps {
+            self.stamp_binary(rest)?;
+        }
+        self.encode_row(sink, chunker)?;
+        self.make_key(false).map_err(|e| e.to_string())?;
+        Ok((self.key.finish(), &self.w.buf, &self.stamp))
+    }
+
+    /// Encodes the fields as a row (large values spilled to chunks when
+    /// the row would be too large for a map entry).
+    fn encode_row(
+        &mut self,
+        sink: &dyn ObjectSink,
+        chunker: &Chunker,
+    ) -> std::result::Result<(), String> {
+        for spilled in [false, true] {
+            self.w.buf.clear();
+            self.w.varint(self.fields.len() as u64);
+            for f in &self.fields {
+                encode_cell(&mut self.w, f.value(&self.arena), sink, chunker, spilled)
+                    .map_err(|e| e.to_string())?;
+            }
+            if self.w.buf.len() <= super::value::ROW_SPILL_AT {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Parses the first `columns` fields (all the stored columns, or the
@@ -1421,17 +1497,7 @@ impl<'t> RowParser<'t> {
         chunker: &Chunker,
     ) -> std::result::Result<ParsedRow<'_, 'l>, String> {
         let rest = self.fields(line, false)?;
-        for spilled in [false, true] {
-            self.w.buf.clear();
-            self.w.varint(self.fields.len() as u64);
-            for f in &self.fields {
-                encode_cell(&mut self.w, f.value(&self.arena), sink, chunker, spilled)
-                    .map_err(|e| e.to_string())?;
-            }
-            if self.w.buf.len() <= super::value::ROW_SPILL_AT {
-                break;
-            }
-        }
+        self.encode_row(sink, chunker)?;
         self.make_key(false).map_err(|e| e.to_string())?;
         Ok((self.key.finish(), &self.w.buf, rest))
     }
@@ -1452,19 +1518,13 @@ fn copy_lines(
     progress: &dyn Progress,
     mut f: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<u64> {
-    // An interrupt is looked for every 4,096 rows or 1 MiB.
-    let (mut n, mut bytes) = (0u64, 0usize);
+    let mut due = Interrupts::default();
     c.copy_out_lines(
         sql,
         |line| {
-            bytes += line.len();
-            if (n.is_multiple_of(4096) || bytes > 1 << 20) && progress.interrupted() {
+            if due.check(line.len(), progress) {
                 return Err(SyncError::Interrupted);
             }
-            if bytes > 1 << 20 {
-                bytes = 0;
-            }
-            n += 1;
             f(line)
         },
         |e| loc.error(e),
@@ -1488,14 +1548,61 @@ fn read_table(
     let bad =
         |what: String| SyncError::Database(format!("{}: table {name}: {what}", loc.redacted()));
     let mut p = RowParser::new(t);
-    let sql = copy_out_sql(name, t, &select_list(t), cache.is_some());
-    copy_lines(c, loc, &sql, progress, |line| {
-        let (key, row, stamp) = p.row(line, sink, chunker).map_err(bad)?;
-        if let Some(w) = cache.as_deref_mut() {
-            w.row(key, stamp);
+    let stamps = cache.is_some();
+    let sql = copy_out_sql(name, t, &select_list(t), stamps);
+    if !p.all_read_binary() {
+        return copy_lines(c, loc, &sql, progress, |line| {
+            let (key, row, stamp) = p.row(line, sink, chunker).map_err(bad)?;
+            if let Some(w) = cache.as_deref_mut() {
+                w.row(key, stamp);
+            }
+            f(key, row)
+        });
+    }
+    // Every column reads from binary COPY: the server prints no numbers.
+    let mut due = Interrupts::default();
+    c.copy_out_binary(
+        &format!("{sql} (FORMAT binary)"),
+        (
+            t.columns.len() + if stamps { 2 } else { 0 },
+            MAX_BINARY_FIELD,
+        ),
+        |tuple| {
+            if due.check(tuple.iter().flatten().map(|v| v.len()).sum(), progress) {
+                return Err(SyncError::Interrupted);
+            }
+            let (key, row, stamp) = p.row_binary(tuple, stamps, sink, chunker).map_err(bad)?;
+            if let Some(w) = cache.as_deref_mut() {
+                w.row(key, stamp);
+            }
+            f(key, row)
+        },
+        |e| loc.error(e),
+        bad,
+    )
+}
+
+/// The longest field a binary `COPY` may give (PostgreSQL's own limit).
+const MAX_BINARY_FIELD: usize = 1 << 30;
+
+/// When a `COPY` looks for an interrupt: every 4,096 rows or 1 MiB.
+#[derive(Default)]
+struct Interrupts {
+    rows: u64,
+    bytes: usize,
+}
+
+impl Interrupts {
+    /// Counts a row of `len` bytes; true if an interrupt was asked for.
+    fn check(&mut self, len: usize, progress: &dyn Progress) -> bool {
+        self.bytes += len;
+        let due = self.rows.is_multiple_of(4096) || self.bytes > 1 << 20;
+        self.rows += 1;
+        if self.bytes > 1 << 20 {
+            self.bytes = 0;
         }
-        f(key, row)
-    })
+        due && progress.interrupted()
+    }
 }
 
 /// Most rows a re-snapshot fetches or deletes by the row cache before a
@@ -1594,13 +1701,12 @@ fn read_table_by_cache(
     // Binary when every key column reads so: the server then prints no
     // numbers (the stamps are printed here as text COPY prints them).
     let n = if p.keys_read_binary() {
-        let mut since = 0u64;
+        let mut due = Interrupts::default();
         c.copy_out_binary(
             &format!("{sql} (FORMAT binary)"),
             (t.key.len() + 2, crate::pmap::MAX_KEY),
             |tuple| {
-                since += 1;
-                if since.is_multiple_of(4096) && progress.interrupted() {
+                if due.check(tuple.iter().flatten().map(|v| v.len()).sum(), progress) {
                     return Err(SyncError::Interrupted);
                 }
                 let (key, stamp) = p.key_binary(tuple).map_err(bad)?;
@@ -2943,6 +3049,57 @@ mod tests {
             let rest = p.fields(&line, true).unwrap();
             proptest::prop_assert_eq!(rest, &line[first_tab + 1..]);
             proptest::prop_assert!(matches!(p.fields[..], [Field::Int(i)] if i == id));
+        }
+    }
+
+    proptest::proptest! {
+        /// A binary `COPY` field reads as the same value its text form
+        /// does (bit for bit: any NaN is the one NaN), so a table read
+        /// either way gives the same rows.
+        #[test]
+        fn binary_and_text_forms_read_alike(
+            i in proptest::prelude::any::<i64>(),
+            f4 in proptest::prelude::any::<u32>(),
+            f8 in proptest::prelude::any::<u64>(),
+            bo in proptest::prelude::any::<bool>(),
+            by in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20),
+            tx in "[a-z\t\\\\é]{0,10}",
+            u in proptest::prelude::any::<[u8; 16]>(),
+        ) {
+            let f4 = f32::from_bits(f4);
+            let f8 = f64::from_bits(f8);
+            let cases: Vec<(PgClass, Vec<u8>, Value)> = vec![
+                (PgClass::Int, (i as i16).to_be_bytes().to_vec(), Value::Integer(i64::from(i as i16))),
+                (PgClass::Int, (i as i32).to_be_bytes().to_vec(), Value::Integer(i64::from(i as i32))),
+                (PgClass::Int, i.to_be_bytes().to_vec(), Value::Integer(i)),
+                (PgClass::Float4, f4.to_be_bytes().to_vec(), Value::Real(f64::from(f4))),
+                (PgClass::Float8, f8.to_be_bytes().to_vec(), Value::Real(f8)),
+                (PgClass::Bool, vec![u8::from(bo)], Value::Integer(i64::from(bo))),
+                (PgClass::Bytea, by.clone(), Value::Blob(by)),
+                (PgClass::Text, tx.clone().into_bytes(), Value::Text(tx.into_bytes())),
+            ];
+            let mut arena = Vec::new();
+            for (class, binary, v) in cases {
+                let mut line = Vec::new();
+                escape_copy(class.text(&v).unwrap().as_deref(), &mut line);
+                let mut a = Vec::new();
+                unescape_copy_onto(&line, &mut a);
+                let text_value = class.field(&mut a, 0).unwrap();
+                let text_value = Value::from_ref(text_value.value(&a));
+                arena.clear();
+                let bin = class.binary_field(&binary, &mut arena).unwrap();
+                let bin_value = Value::from_ref(bin.value(&arena));
+                match (&text_value, &bin_value) {
+                    (Value::Real(x), Value::Real(y)) => proptest::prop_assert_eq!(x.to_bits(), y.to_bits()),
+                    _ => proptest::prop_assert_eq!(&text_value, &bin_value),
+                }
+            }
+            // A uuid: its text form, lower case, as uuid_out prints it.
+            arena.clear();
+            let bin = PgClass::Uuid.binary_field(&u, &mut arena).unwrap();
+            let h = crate::id::hex(&u);
+            let want = format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]);
+            proptest::prop_assert_eq!(Value::from_ref(bin.value(&arena)), Value::Text(want.into_bytes()));
         }
     }
 
