@@ -11,6 +11,7 @@ use std::path::Path;
 use common::pg::{PASSWORD, PgCluster, cluster, ok_pg, sp_pg, tls_cluster};
 use proptest::prelude::*;
 use serde_json::Value as Json;
+use systemprompt_sync::db::pg::PgClass;
 
 fn json(s: &str) -> Json {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
@@ -272,7 +273,7 @@ proptest! {
             ));
         }
         // The same rows in the columns a snapshot reads by binary COPY.
-        pg.psql(&db, "CREATE TABLE q AS SELECT k1, k2, a, b, c, f4, f8, t, bo, by, u FROM p;
+        pg.psql(&db, "CREATE TABLE q AS SELECT k1, k2, a, b, c, f4, f8, n, t, bo, by, u, ts, tz FROM p;
                       ALTER TABLE q ADD PRIMARY KEY (k1, k2);");
         let w = work();
         let d = w.path();
@@ -281,6 +282,110 @@ proptest! {
         ok_pg(d, &["--store", "st", "restore", "main", "--db", &pg.url(&target), "-q"]);
         prop_assert_eq!(pg.dump_rows(&db, "p"), pg.dump_rows(&target, "p"));
         prop_assert_eq!(pg.dump_rows(&db, "q"), pg.dump_rows(&target, "q"));
+    }
+}
+
+/// A generated value of a type read by binary `COPY` into its text form:
+/// (class, SQL expression of the value, the type's send function).
+fn arb_printed() -> impl Strategy<Value = (PgClass, String, &'static str)> {
+    let day = -2_451_545i64..106_751_983;
+    let usec = 0i64..86_400_000_000;
+    let at = |d: i64, u: i64| format!("(date '2000-01-01' + {d}) + {u} * interval '1 microsecond'");
+    prop_oneof![
+        ("-?[0-9]{1,40}(\\.[0-9]{0,40})?", 0u32..4).prop_map(|(s, form)| {
+            let e = match form {
+                0 => format!("'{s}'::numeric"),
+                1 => format!("'{s}'::numeric(60, 7)"),
+                2 => format!("'{s}e-9'::numeric"),
+                _ => format!("'{s}'::numeric * 10000000000"),
+            };
+            (PgClass::Numeric, e, "numeric_send")
+        }),
+        (1usize..1200, any::<bool>()).prop_map(|(n, neg)| {
+            let sign = if neg { "-" } else { "" };
+            let e = format!("('{sign}' || repeat('98765', {n}))::numeric / 7");
+            (PgClass::Numeric, e, "numeric_send")
+        }),
+        prop_oneof![
+            Just("NaN"),
+            Just("Infinity"),
+            Just("-Infinity"),
+            Just("0"),
+            Just("-0.000")
+        ]
+        .prop_map(|s| (PgClass::Numeric, format!("'{s}'::numeric"), "numeric_send")),
+        (day.clone(), usec.clone()).prop_map(move |(d, u)| (
+            PgClass::Timestamp,
+            at(d, u),
+            "timestamp_send"
+        )),
+        (day.clone(), usec.clone()).prop_map(move |(d, u)| {
+            (
+                PgClass::Timestamptz,
+                format!("({}) AT TIME ZONE 'UTC'", at(d, u)),
+                "timestamptz_send",
+            )
+        }),
+        (day.clone(), 0i64..1000).prop_map(move |(d, ms)| {
+            (
+                PgClass::Timestamptz,
+                format!("({}) AT TIME ZONE 'UTC'", at(d, ms * 1000)),
+                "timestamptz_send",
+            )
+        }),
+        prop_oneof![Just("infinity"), Just("-infinity")].prop_flat_map(|s| prop_oneof![
+            Just((
+                PgClass::Timestamp,
+                format!("'{s}'::timestamp"),
+                "timestamp_send"
+            )),
+            Just((
+                PgClass::Timestamptz,
+                format!("'{s}'::timestamptz"),
+                "timestamptz_send"
+            )),
+            Just((PgClass::Date, format!("'{s}'::date"), "date_send")),
+        ]),
+        (-2_451_545i64..2_145_031_949).prop_map(|d| (
+            PgClass::Date,
+            format!("date '2000-01-01' + {d}"),
+            "date_send"
+        )),
+        (day,).prop_map(|(d,)| (
+            PgClass::Date,
+            format!("date '2000-01-01' + {d}"),
+            "date_send"
+        )),
+        usec.prop_map(|u| (
+            PgClass::Time,
+            format!("time '00:00' + {u} * interval '1 microsecond'"),
+            "time_send"
+        )),
+        Just((PgClass::Time, "time '24:00:00'".to_string(), "time_send")),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    /// A `numeric`, `date`, `time`, `timestamp` or `timestamptz` read in
+    /// binary is the text PostgreSQL prints for it under the settings a
+    /// snapshot sets, so a table read by either `COPY` stores the same rows.
+    #[test]
+    fn binary_numbers_and_times_read_as_their_text(values in proptest::collection::vec(arb_printed(), 1..40)) {
+        let Some(pg) = cluster() else { return Ok(()) };
+        let mut c = client(pg, "postgres");
+        c.batch_execute("SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; \
+                         SET IntervalStyle = 'postgres'; SET extra_float_digits = 3").unwrap();
+        for (class, expr, send) in values {
+            let row = c.query_one(&format!("SELECT ({expr})::text, {send}({expr})"), &[]).unwrap();
+            let text: String = row.get(0);
+            let binary: Vec<u8> = row.get(1);
+            prop_assert_eq!(
+                class.parse_binary(&binary),
+                Ok(systemprompt_sync::db::value::Value::Text(text.clone().into_bytes())),
+                "{} = {}", expr, text
+            );
+        }
     }
 }
 
@@ -1055,16 +1160,21 @@ fn a_re_snapshot_by_the_row_cache_stores_what_a_full_read_does() {
          CREATE TABLE kv (a text, b int, v text, PRIMARY KEY (a, b));
          INSERT INTO kv SELECT 'k' || (g % 97), g, repeat('v', g % 50)
            FROM generate_series(1, 5000) g;
-         CREATE TABLE nk (k numeric PRIMARY KEY, v text);
-         INSERT INTO nk SELECT g / 7.0, 'n' FROM generate_series(1, 1000) g;
+         CREATE TABLE nk (k numeric, iv interval, v text, PRIMARY KEY (k, iv));
+         INSERT INTO nk SELECT g / 7.0, g * interval '1 second', 'n' FROM generate_series(1, 1000) g;
          CREATE TABLE mixed (u uuid, s smallint, b boolean, r real, d double precision,
-                             y bytea, v text, PRIMARY KEY (u, s, b, r, d, y));
+                             y bytea, n numeric, t timestamptz, dt date, tm time,
+                             ts timestamp(3), v text,
+                             PRIMARY KEY (u, s, b, r, d, y, n, t, dt, tm, ts));
          INSERT INTO mixed SELECT md5(g::text)::uuid, g - 500, g % 2 = 0, g / 3.0, -g / 7.0,
-                                  decode(md5(g::text), 'hex'), 'm'
+                                  decode(md5(g::text), 'hex'), -g / 7.0,
+                                  to_timestamp(g * 123456.789), date '0001-01-01 BC' + g * 1000,
+                                  time '00:00' + g * interval '86.3999 seconds',
+                                  to_timestamp(-g * 987654.321), 'm'
            FROM generate_series(1, 1000) g;",
     );
     // Keys of the classes a re-snapshot reads from binary COPY (kv, users,
-    // mixed) and from text COPY (nk, numeric).
+    // mixed) and from text COPY (nk: an interval).
     let w = work();
     let d = w.path();
     let cache = d.join("cache");

@@ -13,6 +13,7 @@ pub mod pg;
 pub mod pg_guard;
 pub mod pgbinary;
 mod pgconn;
+pub mod pgtext;
 pub mod restore;
 pub mod rowcache;
 /// The table object lives with the other objects (`object::table`).

@@ -14,7 +14,9 @@
 //! ORDER BY key) TO STDOUT` streamed row by row into the row map builder
 //! (in binary format when every column has a binary form read here into
 //! the value its text form gives: integers, floats, booleans, `bytea`,
-//! text and `uuid`; the server then prints no numbers).
+//! text, `uuid`, `numeric`, `date`, `time`, `timestamp` and `timestamptz`,
+//! printed as the server would by `pgtext`; the server then prints no
+//! numbers).
 //! Values are the exact text forms PostgreSQL prints (with
 //! `extra_float_digits = 3`, `DateStyle = ISO`, `TimeZone = UTC`,
 //! `IntervalStyle = postgres`, `bytea_output = hex`), stored as cells by the
@@ -560,6 +562,16 @@ pub enum PgClass {
     Bpchar,
     /// `uuid`: TEXT, ordered as itself.
     Uuid,
+    /// `numeric`: TEXT, its exact text form (read by binary `COPY` too).
+    Numeric,
+    /// `date`: TEXT, its ISO text form (read by binary `COPY` too).
+    Date,
+    /// `time without time zone`: TEXT (read by binary `COPY` too).
+    Time,
+    /// `timestamp without time zone`: TEXT (read by binary `COPY` too).
+    Timestamp,
+    /// `timestamp with time zone`: TEXT, in UTC (read by binary `COPY` too).
+    Timestamptz,
     /// Any other type: TEXT, its exact text form.
     Other,
 }
@@ -567,11 +579,23 @@ pub enum PgClass {
 impl PgClass {
     /// The class of a type as `format_type` prints it.
     pub fn of(decl_type: &str) -> PgClass {
-        let base = decl_type.split('(').next().unwrap_or("").trim();
         if decl_type.ends_with(']') {
             return PgClass::Other;
         }
-        match base {
+        // The type without its modifier: `timestamp(3) with time zone` is
+        // a `timestamp with time zone`.
+        let mut base = String::new();
+        let mut depth = 0u32;
+        for c in decl_type.chars() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth = depth.saturating_sub(1),
+                _ if depth == 0 => base.push(c),
+                _ => {}
+            }
+        }
+        let base = base.split_whitespace().collect::<Vec<_>>().join(" ");
+        match base.as_str() {
             "smallint" | "integer" | "bigint" => PgClass::Int,
             "real" => PgClass::Float4,
             "double precision" => PgClass::Float8,
@@ -580,6 +604,11 @@ impl PgClass {
             "text" | "character varying" => PgClass::Text,
             "character" => PgClass::Bpchar,
             "uuid" => PgClass::Uuid,
+            "numeric" => PgClass::Numeric,
+            "date" => PgClass::Date,
+            "time without time zone" => PgClass::Time,
+            "timestamp without time zone" => PgClass::Timestamp,
+            "timestamp with time zone" => PgClass::Timestamptz,
             _ => PgClass::Other,
         }
     }
@@ -600,7 +629,13 @@ impl PgClass {
             | PgClass::Bytea
             | PgClass::Uuid => col.to_string(),
             PgClass::Text => format!("{col} COLLATE \"C\""),
-            PgClass::Bpchar | PgClass::Other => format!("({col}::text) COLLATE \"C\""),
+            PgClass::Bpchar
+            | PgClass::Numeric
+            | PgClass::Date
+            | PgClass::Time
+            | PgClass::Timestamp
+            | PgClass::Timestamptz
+            | PgClass::Other => format!("({col}::text) COLLATE \"C\""),
         }
     }
 
@@ -699,8 +734,37 @@ impl PgClass {
                 }
                 Field::Text(start, arena.len())
             }
+            PgClass::Numeric
+            | PgClass::Date
+            | PgClass::Time
+            | PgClass::Timestamp
+            | PgClass::Timestamptz => {
+                let start = arena.len();
+                let printed = match self {
+                    PgClass::Numeric => super::pgtext::numeric(b, arena),
+                    PgClass::Date => super::pgtext::date(b, arena),
+                    PgClass::Time => super::pgtext::time(b, arena),
+                    _ => super::pgtext::timestamp(b, self == PgClass::Timestamptz, arena),
+                };
+                if let Err(e) = printed {
+                    arena.truncate(start);
+                    return Err(e);
+                }
+                Field::Text(start, arena.len())
+            }
             PgClass::Bpchar | PgClass::Other => return Err(wrong()),
         })
+    }
+
+    /// The value a binary `COPY` field of this class reads as, or why it
+    /// cannot be read (for the classes that do not read binary, always).
+    pub fn parse_binary(self, b: &[u8]) -> std::result::Result<Value, String> {
+        if !self.reads_binary() {
+            return Err(format!("{self:?} is not read in binary"));
+        }
+        let mut arena = Vec::new();
+        let f = self.binary_field(b, &mut arena)?;
+        Ok(Value::from_ref(f.value(&arena)))
     }
 
     /// A value from its COPY text form (unescaped).
@@ -738,9 +802,18 @@ impl PgClass {
             (PgClass::Float4, Value::Real(r)) => float_text(*r as f32, r.is_nan()),
             (PgClass::Float8, Value::Real(r)) => float_text(*r, r.is_nan()),
             (PgClass::Bytea, Value::Blob(b)) => format!("\\x{}", crate::id::hex(b)).into_bytes(),
-            (PgClass::Text | PgClass::Bpchar | PgClass::Uuid | PgClass::Other, Value::Text(t)) => {
-                t.clone()
-            }
+            (
+                PgClass::Text
+                | PgClass::Bpchar
+                | PgClass::Uuid
+                | PgClass::Numeric
+                | PgClass::Date
+                | PgClass::Time
+                | PgClass::Timestamp
+                | PgClass::Timestamptz
+                | PgClass::Other,
+                Value::Text(t),
+            ) => t.clone(),
             _ => {
                 return Err(format!(
                     "a value {} for a column of class {self:?}",
@@ -1357,15 +1430,19 @@ impl<'t> RowParser<'t> {
         ) else {
             return Err("a tuple without its xmin and ctid".into());
         };
+        use super::pgtext::push_padded;
         self.stamp.clear();
-        use std::io::Write as _;
-        let _ = write!(
-            self.stamp,
-            "{}\t({},{})",
-            u32::from_be_bytes(xmin),
-            u32::from_be_bytes([ctid[0], ctid[1], ctid[2], ctid[3]]),
-            u16::from_be_bytes([ctid[4], ctid[5]])
+        push_padded(&mut self.stamp, u64::from(u32::from_be_bytes(xmin)), 1);
+        self.stamp.extend_from_slice(b"\t(");
+        let block = u32::from_be_bytes([ctid[0], ctid[1], ctid[2], ctid[3]]);
+        push_padded(&mut self.stamp, u64::from(block), 1);
+        self.stamp.push(b',');
+        push_padded(
+            &mut self.stamp,
+            u64::from(u16::from_be_bytes([ctid[4], ctid[5]])),
+            1,
         );
+        self.stamp.push(b')');
         Ok(())
     }
 
@@ -3183,7 +3260,23 @@ mod tests {
         assert_eq!(PgClass::of("integer[]"), PgClass::Other);
         assert_eq!(PgClass::of("character varying(20)"), PgClass::Text);
         assert_eq!(PgClass::of("character(3)"), PgClass::Bpchar);
-        assert_eq!(PgClass::of("numeric(10,2)"), PgClass::Other);
-        assert_eq!(PgClass::of("timestamp with time zone"), PgClass::Other);
+        assert_eq!(PgClass::of("numeric(10,2)"), PgClass::Numeric);
+        assert_eq!(PgClass::of("numeric(10,2)[]"), PgClass::Other);
+        assert_eq!(
+            PgClass::of("timestamp with time zone"),
+            PgClass::Timestamptz
+        );
+        assert_eq!(
+            PgClass::of("timestamp(3) with time zone"),
+            PgClass::Timestamptz
+        );
+        assert_eq!(
+            PgClass::of("timestamp(0) without time zone"),
+            PgClass::Timestamp
+        );
+        assert_eq!(PgClass::of("time(6) without time zone"), PgClass::Time);
+        assert_eq!(PgClass::of("time with time zone"), PgClass::Other);
+        assert_eq!(PgClass::of("date"), PgClass::Date);
+        assert_eq!(PgClass::of("interval"), PgClass::Other);
     }
 }
