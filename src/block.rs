@@ -51,13 +51,18 @@ pub fn encode(tag: ObjectType, members: &[&[u8]], level: i32) -> Result<(u8, Vec
     let total: usize = members.iter().map(|m| m.len()).sum();
     let transposed = if tag == ObjectType::Rows {
         transpose(members).filter(|t| {
-            untranspose(t, total).is_ok_and(|back| {
-                let mut at = 0;
-                members.iter().all(|m| {
-                    let same = back.get(at..at + m.len()) == Some(*m);
-                    at += m.len();
-                    same
-                }) && at == back.len()
+            // Checked into this thread's buffer: a block's worth of
+            // allocation per block was a tenth of the check's time.
+            CHECK.with(|back| {
+                let mut back = back.borrow_mut();
+                untranspose_into(t, total, &mut back).is_ok() && {
+                    let mut at = 0;
+                    members.iter().all(|m| {
+                        let same = back.get(at..at + m.len()) == Some(*m);
+                        at += m.len();
+                        same
+                    }) && at == back.len()
+                }
             })
         })
     } else {
@@ -71,6 +76,21 @@ pub fn encode(tag: ObjectType, members: &[&[u8]], level: i32) -> Result<(u8, Vec
         crate::error::SyncError::Invalid("compressing a block: zstd failed".into())
     })?;
     Ok((mode, payload))
+}
+
+thread_local! {
+    /// Where [`encode`] untransposes what it transposed, to check it.
+    static CHECK: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// [`transpose`]'s streams, kept (cleared) between blocks.
+    static STREAMS: std::cell::RefCell<Streams> = const {
+        std::cell::RefCell::new(Streams {
+            heads: Vec::new(),
+            keys: Vec::new(),
+            vlens: Vec::new(),
+            ncols: Vec::new(),
+            cols: Vec::new(),
+        })
+    };
 }
 
 /// Decodes a block payload into its members' bytes, one after another
@@ -139,13 +159,24 @@ fn cell_end(kind: u8, b: &[u8], at: usize) -> Option<usize> {
 /// Row-map leaves (version 1, level 0) transposed; None when one does not
 /// parse as a leaf whose values are rows of inline cells.
 pub fn transpose(members: &[&[u8]]) -> Option<Vec<u8>> {
-    let mut s = Streams {
-        heads: Vec::new(),
-        keys: Vec::new(),
-        vlens: Vec::new(),
-        ncols: Vec::new(),
-        cols: Vec::new(),
-    };
+    STREAMS.with(|s| {
+        let mut s = s.borrow_mut();
+        s.heads.clear();
+        s.keys.clear();
+        s.vlens.clear();
+        s.ncols.clear();
+        for (t, d) in &mut s.cols {
+            t.clear();
+            d.clear();
+        }
+        transpose_with(&mut s, members)
+    })
+}
+
+fn transpose_with(s: &mut Streams, members: &[&[u8]]) -> Option<Vec<u8>> {
+    // Columns a previous block had and this one does not are empty
+    // streams here, and must not be written.
+    let mut ncols = 0;
     for m in members {
         if m.len() < 3 || m[0] != crate::pmap::NODE_VERSION || m[1] != 0 {
             return None;
@@ -171,6 +202,7 @@ pub fn transpose(members: &[&[u8]]) -> Option<Vec<u8>> {
                 if s.cols.len() <= j {
                     s.cols.push((Vec::new(), Vec::new()));
                 }
+                ncols = ncols.max(j + 1);
                 s.cols[j].0.push(kind);
                 s.cols[j].1.extend_from_slice(&v[p + 1..end]);
                 p = end;
@@ -185,7 +217,7 @@ pub fn transpose(members: &[&[u8]]) -> Option<Vec<u8>> {
         }
     }
     let mut streams: Vec<&[u8]> = vec![&s.heads, &s.keys, &s.vlens, &s.ncols];
-    for (t, d) in &s.cols {
+    for (t, d) in &s.cols[..ncols] {
         streams.push(t);
         streams.push(d);
     }
@@ -241,6 +273,18 @@ impl<'a> Cur<'a> {
 /// The inverse of [`transpose`]: the members' bytes, which must come to
 /// exactly `total`.
 pub fn untranspose(raw: &[u8], total: usize) -> std::result::Result<Vec<u8>, BlockError> {
+    let mut out = Vec::new();
+    untranspose_into(raw, total, &mut out)?;
+    Ok(out)
+}
+
+/// [`untranspose`] into `out` (cleared first).
+fn untranspose_into(
+    raw: &[u8],
+    total: usize,
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), BlockError> {
+    out.clear();
     let mut dir = Cur { b: raw, at: 0 };
     let (n, _) = dir.varint("stream count")?;
     if n < 4 || n % 2 != 0 || n > 4 + 2 * 32_768 {
@@ -265,7 +309,7 @@ pub fn untranspose(raw: &[u8], total: usize) -> std::result::Result<Vec<u8>, Blo
         .as_mut_slice()
         .try_into()
         .map_err(|_| BlockError("transposed block: missing streams".into()))?;
-    let mut out = Vec::with_capacity(total);
+    out.reserve(total);
     while !heads.done() {
         let head = heads.take(2, "a node header")?;
         if head != [crate::pmap::NODE_VERSION, 0] {
@@ -320,7 +364,7 @@ pub fn untranspose(raw: &[u8], total: usize) -> std::result::Result<Vec<u8>, Blo
             out.len()
         ));
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -135,16 +135,27 @@ pub(crate) fn push_padded(out: &mut Vec<u8>, v: u64, width: usize) {
         push4(out, v as u16);
         return;
     }
+    // Two digits at a time, from the right.
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
     let mut buf = [b'0'; 20];
     let mut at = buf.len();
     let mut v = v;
-    loop {
+    while v >= 100 {
+        let p = (v % 100) as usize * 2;
+        v /= 100;
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&PAIRS[p..p + 2]);
+    }
+    if v >= 10 {
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&PAIRS[v as usize * 2..v as usize * 2 + 2]);
+    } else {
         at -= 1;
-        buf[at] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+        buf[at] = b'0' + v as u8;
     }
     let at = at.min(buf.len() - width.min(buf.len()));
     out.extend_from_slice(&buf[at..]);
