@@ -97,10 +97,12 @@ read -r t_dump _ < <(best_of "'$PGBIN/pg_dump' -Fc -Z0 -t users -f '$WORK/dump0'
 "$PGBIN/pg_dump" -Fc -t users -f "$WORK/dumpc"
 dump_bytes=$(stat -c %s "$WORK/dumpc")
 # The statement a first snapshot runs for this table (see pg_stat_activity).
-COPY_SQL='COPY (SELECT "id", "email", "name", "age", "balance", "created_at", "active", "avatar", xmin, ctid FROM "users" ORDER BY "id") TO STDOUT'
+# (Binary: every column of this table has a binary form sp-sync reads.)
+COPY_SQL='COPY (SELECT "id", "email", "name", "age", "balance", "created_at", "active", "avatar", xmin, ctid FROM "users" ORDER BY "id") TO STDOUT (FORMAT binary)'
 read -r t_copy _ < <(best_of "'$PGBIN/psql' -X -q -c '$COPY_SQL'")
-# A fresh store for each snapshot run, so every run does the whole work.
-read -r t_snap rss_snap cpu_snap < <(best_of "rm -rf '$WORK/s1' && '$BIN' init --store '$WORK/s1' -q && '$BIN' --store '$WORK/s1' snapshot '$WORK/empty' --db '$URL' -q")
+# A fresh store and cache for each snapshot run, so every run does the
+# whole work of a first snapshot.
+read -r t_snap rss_snap cpu_snap < <(best_of "rm -rf '$WORK/s1' '$WORK/cache' && '$BIN' init --store '$WORK/s1' -q && '$BIN' --store '$WORK/s1' snapshot '$WORK/empty' --db '$URL' -q")
 store="$WORK/s1"
 store_bytes=$(du -sb "$store" | cut -f1)
 

@@ -2133,6 +2133,17 @@ fn read_rows(
         };
     if let Some((rc, ident, xid, path)) = &cache {
         match CacheReader::open(path, ident) {
+            Ok(Some(_))
+                if !super::rowcache::trailer_roots(path)
+                    .iter()
+                    .any(|r| sink.contains(r)) =>
+            {
+                // (A store made again where one was: scanning the keys
+                // would only end in a full read.)
+                tracing::info!(
+                    "{label}: row cache not used (its map is not in this store); reading every row"
+                );
+            }
             Ok(Some((old, old_xid))) if *xid >= old_xid && xid - old_xid < MAX_CACHE_XID_AGE => {
                 if let Some(mut out) = create(ident, *xid, path) {
                     let r = read_table_by_cache(

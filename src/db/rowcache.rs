@@ -47,6 +47,41 @@ pub fn path_for(cache_dir: &Path, what: &[&str]) -> PathBuf {
         .join(crate::id::hex(&h.finalize().as_bytes()[..16]))
 }
 
+/// The ids the row map a cache file names may be, read from the file's
+/// end without reading its rows: the trailer is the end byte, the root, a
+/// varint count and the checksum, and from the end the count's length is
+/// not known, so every length that could be one gives a candidate (the
+/// true root is among them). Empty when the file cannot be read or is too
+/// short. A snapshot whose store holds none of them does not scan the
+/// table's keys for a cache it could not use.
+pub fn trailer_roots(path: &Path) -> Vec<ObjectId> {
+    use std::io::{Seek, SeekFrom};
+    const TAIL: usize = 1 + 32 + 10 + 32;
+    let mut tail = Vec::with_capacity(TAIL);
+    let read = File::open(path).and_then(|mut f| {
+        let len = f.seek(SeekFrom::End(0))?;
+        f.seek(SeekFrom::Start(len.saturating_sub(TAIL as u64)))?;
+        f.take(TAIL as u64).read_to_end(&mut tail)
+    });
+    if read.is_err() {
+        return Vec::new();
+    }
+    let n = tail.len();
+    (1..=10usize)
+        .filter(|&l| n >= 1 + 32 + l + 32)
+        .filter(|&l| {
+            let count = &tail[n - 32 - l..n - 32];
+            count[l - 1] & 0x80 == 0
+                && count[..l - 1].iter().all(|b| b & 0x80 != 0)
+                && tail[n - 32 - l - 32 - 1] == 0
+        })
+        .filter_map(|l| {
+            let at = n - 32 - l - 32;
+            <[u8; 32]>::try_from(&tail[at..at + 32]).ok().map(ObjectId)
+        })
+        .collect()
+}
+
 /// Writes a cache as rows come, to a temporary file renamed into place by
 /// [`finish`](Self::finish).
 pub struct CacheWriter {
@@ -359,6 +394,36 @@ mod tests {
             rows.push((k.to_vec(), s.to_vec()));
         }
         Ok(Some((rows, xid, r.finish()?)))
+    }
+
+    proptest::proptest! {
+        /// The root read from a cache's end is among the candidates, for
+        /// any root and counts whose varint takes one to three bytes.
+        #[test]
+        fn the_trailer_names_the_root(
+            root in proptest::prelude::any::<[u8; 32]>(),
+            n in proptest::prop_oneof![0usize..130, 16_380usize..16_390, 20_000usize..20_001],
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = path_for(dir.path(), &["db", "public", "t"]);
+            let mut w = CacheWriter::create(&p, &[7; 32], 42).unwrap();
+            for i in 0..n {
+                w.row(&(i as u32 + 1).to_be_bytes(), b"1\t(0,1)");
+            }
+            w.finish(&ObjectId(root)).unwrap();
+            let got = trailer_roots(&p);
+            proptest::prop_assert!(got.contains(&ObjectId(root)), "{:?}", got);
+            proptest::prop_assert!(got.len() <= 10);
+        }
+    }
+
+    #[test]
+    fn a_short_or_missing_file_names_no_root() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(trailer_roots(&dir.path().join("missing")).is_empty());
+        let p = dir.path().join("short");
+        std::fs::write(&p, [0u8; 40]).unwrap();
+        assert!(trailer_roots(&p).is_empty());
     }
 
     #[test]
