@@ -180,10 +180,19 @@ fn gc_keeps_dictionaries_and_their_records_stay_readable() {
 /// dictionary lives in a pack that sorts after the record's own pack.
 #[test]
 fn rebuild_index_finds_a_dictionary_in_a_later_pack() {
-    let tmp = tempfile::tempdir().unwrap();
-    let w = setup(tmp.path());
-    let st = w.join(".sp-sync");
-    let dict_pack = entries(&st).into_iter().find(|x| x.1 == 7).unwrap().0;
+    // Pack names are hashes. A dictionary's pack named near the start of
+    // the order (1 in 60 below 04…) would take more than the loop below
+    // allows before another sorts before it: such a store is made again.
+    let (tmp, w, st, dict_pack) = (0..40)
+        .find_map(|_| {
+            let tmp = tempfile::tempdir().unwrap();
+            let w = setup(tmp.path());
+            let st = w.join(".sp-sync");
+            let dict_pack = entries(&st).into_iter().find(|x| x.1 == 7).unwrap().0;
+            let name = dict_pack.file_name()?.to_string_lossy().into_owned();
+            (name.as_str() >= "4").then_some((tmp, w, st, dict_pack))
+        })
+        .expect("40 stores whose dictionary pack sorts before 4…");
     // Later snapshots compress with that dictionary, in packs of their own;
     // make them until one sorts before the dictionary's pack.
     let mut seed = 2;
