@@ -273,7 +273,7 @@ proptest! {
             ));
         }
         // The same rows in the columns a snapshot reads by binary COPY.
-        pg.psql(&db, "CREATE TABLE q AS SELECT k1, k2, a, b, c, f4, f8, n, t, bo, by, u, ts, tz FROM p;
+        pg.psql(&db, "CREATE TABLE q AS SELECT k1, k2, a, b, c, f4, f8, n, t, bo, by, u, ts, tz, j, jb FROM p;
                       ALTER TABLE q ADD PRIMARY KEY (k1, k2);");
         let w = work();
         let d = w.path();
@@ -362,6 +362,20 @@ fn arb_printed() -> impl Strategy<Value = (PgClass, String, &'static str)> {
             "time_send"
         )),
         Just((PgClass::Time, "time '24:00:00'".to_string(), "time_send")),
+        ("[a-z\\t\\\\\"'é☃𝄞 ]{0,12}", any::<i64>(), any::<f64>()).prop_flat_map(|(t, i, f)| {
+            let t = t.replace('\'', "''");
+            let f = if f.is_finite() { f } else { 0.5 };
+            let obj = format!(
+                "'{{\"b\": [{i}, {f:e}, null, true], \"a\": \"{}\",  \"a\": 1}}'",
+                t.replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\t', "\\t")
+            );
+            prop_oneof![
+                Just((PgClass::Json, format!("{obj}::json"), "json_send")),
+                Just((PgClass::Jsonb, format!("{obj}::jsonb"), "jsonb_send")),
+            ]
+        }),
     ]
 }
 
@@ -1164,13 +1178,14 @@ fn a_re_snapshot_by_the_row_cache_stores_what_a_full_read_does() {
          INSERT INTO nk SELECT g / 7.0, g * interval '1 second', 'n' FROM generate_series(1, 1000) g;
          CREATE TABLE mixed (u uuid, s smallint, b boolean, r real, d double precision,
                              y bytea, n numeric, t timestamptz, dt date, tm time,
-                             ts timestamp(3), v text,
-                             PRIMARY KEY (u, s, b, r, d, y, n, t, dt, tm, ts));
+                             ts timestamp(3), jb jsonb, v text,
+                             PRIMARY KEY (u, s, b, r, d, y, n, t, dt, tm, ts, jb));
          INSERT INTO mixed SELECT md5(g::text)::uuid, g - 500, g % 2 = 0, g / 3.0, -g / 7.0,
                                   decode(md5(g::text), 'hex'), -g / 7.0,
                                   to_timestamp(g * 123456.789), date '0001-01-01 BC' + g * 1000,
                                   time '00:00' + g * interval '86.3999 seconds',
-                                  to_timestamp(-g * 987654.321), 'm'
+                                  to_timestamp(-g * 987654.321),
+                                  jsonb_build_object('g', g, 'é', g / 3.0), 'm'
            FROM generate_series(1, 1000) g;",
     );
     // Keys of the classes a re-snapshot reads from binary COPY (kv, users,

@@ -1,6 +1,7 @@
 //! One field of a binary COPY tuple (the server's bytes), read as each
 //! class sp-sync reads in binary: never panics, and what it gives for the
-//! classes printed as text (`uuid`, `numeric`, dates and times) is ASCII.
+//! classes printed as text (`uuid`, `numeric`, dates and times) is ASCII
+//! (text, `json` and `jsonb` are the server's text as sent).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -21,12 +22,15 @@ fuzz_target!(|data: &[u8]| {
         PgClass::Time,
         PgClass::Timestamp,
         PgClass::Timestamptz,
+        PgClass::Json,
+        PgClass::Jsonb,
         PgClass::Bpchar,
         PgClass::Other,
     ] {
-        if let (Ok(Value::Text(t)), false) =
-            (class.parse_binary(data), matches!(class, PgClass::Text))
-        {
+        if let (Ok(Value::Text(t)), false) = (
+            class.parse_binary(data),
+            matches!(class, PgClass::Text | PgClass::Json | PgClass::Jsonb),
+        ) {
             assert!(t.is_ascii(), "{class:?}: {t:?}");
         }
     }

@@ -14,7 +14,8 @@
 //! ORDER BY key) TO STDOUT` streamed row by row into the row map builder
 //! (in binary format when every column has a binary form read here into
 //! the value its text form gives: integers, floats, booleans, `bytea`,
-//! text, `uuid`, `numeric`, `date`, `time`, `timestamp` and `timestamptz`,
+//! text, `uuid`, `numeric`, `date`, `time`, `timestamp`, `timestamptz`,
+//! `json` and `jsonb`,
 //! printed as the server would by `pgtext`; the server then prints no
 //! numbers).
 //! Values are the exact text forms PostgreSQL prints (with
@@ -572,6 +573,10 @@ pub enum PgClass {
     Timestamp,
     /// `timestamp with time zone`: TEXT, in UTC (read by binary `COPY` too).
     Timestamptz,
+    /// `json`: TEXT, as written (read by binary `COPY` too).
+    Json,
+    /// `jsonb`: TEXT, as `jsonb_out` prints it (read by binary `COPY` too).
+    Jsonb,
     /// Any other type: TEXT, its exact text form.
     Other,
 }
@@ -609,6 +614,8 @@ impl PgClass {
             "time without time zone" => PgClass::Time,
             "timestamp without time zone" => PgClass::Timestamp,
             "timestamp with time zone" => PgClass::Timestamptz,
+            "json" => PgClass::Json,
+            "jsonb" => PgClass::Jsonb,
             _ => PgClass::Other,
         }
     }
@@ -635,6 +642,8 @@ impl PgClass {
             | PgClass::Time
             | PgClass::Timestamp
             | PgClass::Timestamptz
+            | PgClass::Json
+            | PgClass::Jsonb
             | PgClass::Other => format!("({col}::text) COLLATE \"C\""),
         }
     }
@@ -718,6 +727,18 @@ impl PgClass {
                 } else {
                     Field::Text(start, arena.len())
                 }
+            }
+            // `json_send` sends the text as stored, `jsonb_send` a version
+            // byte (1) and then what `jsonb_out` prints.
+            PgClass::Json | PgClass::Jsonb => {
+                let text = match (self, b) {
+                    (PgClass::Jsonb, [1, rest @ ..]) => rest,
+                    (PgClass::Jsonb, _) => return Err("a binary jsonb not of version 1".into()),
+                    _ => b,
+                };
+                let start = arena.len();
+                arena.extend_from_slice(text);
+                Field::Text(start, arena.len())
             }
             PgClass::Uuid => {
                 if b.len() != 16 {
@@ -811,6 +832,8 @@ impl PgClass {
                 | PgClass::Time
                 | PgClass::Timestamp
                 | PgClass::Timestamptz
+                | PgClass::Json
+                | PgClass::Jsonb
                 | PgClass::Other,
                 Value::Text(t),
             ) => t.clone(),
@@ -3289,5 +3312,7 @@ mod tests {
         assert_eq!(PgClass::of("time with time zone"), PgClass::Other);
         assert_eq!(PgClass::of("date"), PgClass::Date);
         assert_eq!(PgClass::of("interval"), PgClass::Other);
+        assert_eq!(PgClass::of("jsonb"), PgClass::Jsonb);
+        assert_eq!(PgClass::of("jsonb[]"), PgClass::Other);
     }
 }
