@@ -273,7 +273,7 @@ proptest! {
             ));
         }
         // The same rows in the columns a snapshot reads by binary COPY.
-        pg.psql(&db, "CREATE TABLE q AS SELECT k1, k2, a, b, c, f4, f8, n, t, bo, by, u, ts, tz, j, jb FROM p;
+        pg.psql(&db, "CREATE TABLE q AS SELECT k1, k2, a, b, c, f4, f8, n, t, bo, by, u, ts, tz, j, jb, m FROM p;
                       ALTER TABLE q ADD PRIMARY KEY (k1, k2);");
         let w = work();
         let d = w.path();
@@ -362,6 +362,11 @@ fn arb_printed() -> impl Strategy<Value = (PgClass, String, &'static str)> {
             "time_send"
         )),
         Just((PgClass::Time, "time '24:00:00'".to_string(), "time_send")),
+        prop_oneof![Just("sad"), Just("ok"), Just("ünï 😀"), Just("tab\there")].prop_map(|l| (
+            PgClass::Enum,
+            format!("'{l}'::sp_mood"),
+            "enum_send"
+        )),
         ("[a-z\\t\\\\\"'é☃𝄞 ]{0,12}", any::<i64>(), any::<f64>()).prop_flat_map(|(t, i, f)| {
             let t = t.replace('\'', "''");
             let f = if f.is_finite() { f } else { 0.5 };
@@ -389,7 +394,9 @@ proptest! {
         let Some(pg) = cluster() else { return Ok(()) };
         let mut c = client(pg, "postgres");
         c.batch_execute("SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; \
-                         SET IntervalStyle = 'postgres'; SET extra_float_digits = 3").unwrap();
+                         SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; \
+                         DO $$ BEGIN CREATE TYPE sp_mood AS ENUM ('sad', 'ok', 'ünï 😀', E'tab\\there'); \
+                         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$").unwrap();
         for (class, expr, send) in values {
             let row = c.query_one(&format!("SELECT ({expr})::text, {send}({expr})"), &[]).unwrap();
             let text: String = row.get(0);

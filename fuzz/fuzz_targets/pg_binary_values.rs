@@ -1,7 +1,7 @@
 //! One field of a binary COPY tuple (the server's bytes), read as each
 //! class sp-sync reads in binary: never panics, and what it gives for the
 //! classes printed as text (`uuid`, `numeric`, dates and times) is ASCII
-//! (text, `json` and `jsonb` are the server's text as sent).
+//! (text, `json`, `jsonb` and enum labels are the server's text as sent).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -24,12 +24,16 @@ fuzz_target!(|data: &[u8]| {
         PgClass::Timestamptz,
         PgClass::Json,
         PgClass::Jsonb,
+        PgClass::Enum,
         PgClass::Bpchar,
         PgClass::Other,
     ] {
         if let (Ok(Value::Text(t)), false) = (
             class.parse_binary(data),
-            matches!(class, PgClass::Text | PgClass::Json | PgClass::Jsonb),
+            matches!(
+                class,
+                PgClass::Text | PgClass::Json | PgClass::Jsonb | PgClass::Enum
+            ),
         ) {
             assert!(t.is_ascii(), "{class:?}: {t:?}");
         }

@@ -15,7 +15,7 @@
 //! (in binary format when every column has a binary form read here into
 //! the value its text form gives: integers, floats, booleans, `bytea`,
 //! text, `uuid`, `numeric`, `date`, `time`, `timestamp`, `timestamptz`,
-//! `json` and `jsonb`,
+//! `json`, `jsonb` and enums,
 //! printed as the server would by `pgtext`; the server then prints no
 //! numbers).
 //! Values are the exact text forms PostgreSQL prints (with
@@ -577,6 +577,9 @@ pub enum PgClass {
     Json,
     /// `jsonb`: TEXT, as `jsonb_out` prints it (read by binary `COPY` too).
     Jsonb,
+    /// An enum, when the catalog says so (`PgClass::of` cannot tell one by
+    /// its name): TEXT, its label (read by binary `COPY` too).
+    Enum,
     /// Any other type: TEXT, its exact text form.
     Other,
 }
@@ -644,6 +647,7 @@ impl PgClass {
             | PgClass::Timestamptz
             | PgClass::Json
             | PgClass::Jsonb
+            | PgClass::Enum
             | PgClass::Other => format!("({col}::text) COLLATE \"C\""),
         }
     }
@@ -730,7 +734,8 @@ impl PgClass {
             }
             // `json_send` sends the text as stored, `jsonb_send` a version
             // byte (1) and then what `jsonb_out` prints.
-            PgClass::Json | PgClass::Jsonb => {
+            // `enum_send` sends the label.
+            PgClass::Json | PgClass::Jsonb | PgClass::Enum => {
                 let text = match (self, b) {
                     (PgClass::Jsonb, [1, rest @ ..]) => rest,
                     (PgClass::Jsonb, _) => return Err("a binary jsonb not of version 1".into()),
@@ -834,6 +839,7 @@ impl PgClass {
                 | PgClass::Timestamptz
                 | PgClass::Json
                 | PgClass::Jsonb
+                | PgClass::Enum
                 | PgClass::Other,
                 Value::Text(t),
             ) => t.clone(),
@@ -1014,6 +1020,8 @@ struct PgColumn {
     default: Option<String>,
     identity: String,
     generated: String,
+    /// Whether the column's type is an enum (its binary form is its label).
+    is_enum: bool,
 }
 
 /// What the catalog says about one table.
@@ -1022,6 +1030,18 @@ struct PgTable {
     name: String,
     view: Option<String>,
     columns: Vec<PgColumn>,
+}
+
+impl PgTable {
+    /// For each stored column (generated ones left out): whether it is of
+    /// an enum type.
+    fn enum_columns(&self) -> Vec<bool> {
+        self.columns
+            .iter()
+            .filter(|c| c.generated.is_empty())
+            .map(|c| c.is_enum)
+            .collect()
+    }
 }
 
 fn list_relations(c: &mut Client, loc: &PgLocation) -> Result<Vec<PgTable>> {
@@ -1065,7 +1085,9 @@ fn columns_of(c: &mut Client, loc: &PgLocation, oid: i64) -> Result<Vec<PgColumn
         .query(
             "SELECT a.attnum, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
                     a.attnotnull, pg_catalog.pg_get_expr(d.adbin, d.adrelid), \
-                    a.attidentity::text, a.attgenerated::text \
+                    a.attidentity::text, a.attgenerated::text, \
+                    COALESCE((SELECT t.typtype = 'e' FROM pg_catalog.pg_type t \
+                              WHERE t.oid = a.atttypid), false) \
              FROM pg_catalog.pg_attribute a \
              LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
              WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -1083,6 +1105,7 @@ fn columns_of(c: &mut Client, loc: &PgLocation, oid: i64) -> Result<Vec<PgColumn
             default: r.get(4),
             identity: r.get(5),
             generated: r.get(6),
+            is_enum: r.get(7),
         })
         .collect())
 }
@@ -1397,6 +1420,18 @@ impl<'t> RowParser<'t> {
     }
 
     /// Whether every key column reads from binary `COPY`.
+    /// The parser with the columns `enums` marks (stored columns, in
+    /// order; an empty slice marks none) read as enums: by their label in
+    /// binary `COPY`.
+    fn with_enums(mut self, enums: &[bool]) -> Self {
+        for (class, &e) in self.classes.iter_mut().zip(enums) {
+            if e && *class == PgClass::Other {
+                *class = PgClass::Enum;
+            }
+        }
+        self
+    }
+
     fn keys_read_binary(&self) -> bool {
         self.t
             .key
@@ -1639,6 +1674,7 @@ fn read_table(
     loc: &PgLocation,
     name: &str,
     t: &TableData,
+    enums: &[bool],
     sink: &dyn ObjectSink,
     chunker: &Chunker,
     progress: &dyn Progress,
@@ -1647,7 +1683,7 @@ fn read_table(
 ) -> Result<u64> {
     let bad =
         |what: String| SyncError::Database(format!("{}: table {name}: {what}", loc.redacted()));
-    let mut p = RowParser::new(t);
+    let mut p = RowParser::new(t).with_enums(enums);
     let stamps = cache.is_some();
     let sql = copy_out_sql(name, t, &select_list(t), stamps);
     if !p.all_read_binary() {
@@ -1732,6 +1768,7 @@ fn read_table_by_cache(
     loc: &PgLocation,
     name: &str,
     t: &TableData,
+    enums: &[bool],
     mut old: CacheReader,
     src: &dyn ObjectSource,
     sink: &dyn ObjectSink,
@@ -1747,7 +1784,7 @@ fn read_table_by_cache(
     let mut gone: Vec<Vec<u8>> = Vec::new();
     let mut held = 0usize;
     let mut unusable: Option<String> = None;
-    let mut p = RowParser::new(t);
+    let mut p = RowParser::new(t).with_enums(enums);
     // The cache's next row, read ahead.
     let mut ahead: Option<(Vec<u8>, Vec<u8>)> = None;
     let mut cache_done = false;
@@ -2170,7 +2207,17 @@ fn read_rows(
             Ok(Some((old, old_xid))) if *xid >= old_xid && xid - old_xid < MAX_CACHE_XID_AGE => {
                 if let Some(mut out) = create(ident, *xid, path) {
                     let r = read_table_by_cache(
-                        c, loc, &rel.name, t, old, rc.src, sink, chunker, progress, &mut out,
+                        c,
+                        loc,
+                        &rel.name,
+                        t,
+                        &rel.enum_columns(),
+                        old,
+                        rc.src,
+                        sink,
+                        chunker,
+                        progress,
+                        &mut out,
                     )?;
                     match r {
                         Incremental::Done(n, root) => {
@@ -2203,6 +2250,7 @@ fn read_rows(
             loc,
             &rel.name,
             t,
+            &rel.enum_columns(),
             sink,
             chunker,
             progress,
@@ -2794,11 +2842,14 @@ fn merge_plan(
             }
         }
     };
+    // (The target's enum columns are read as text: the snapshot's table
+    // says only their type names.)
     read_table(
         c,
         loc,
         name,
         t,
+        &[],
         &scratch,
         chunker,
         progress,
