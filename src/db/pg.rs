@@ -590,20 +590,19 @@ impl PgClass {
         if decl_type.ends_with(']') {
             return PgClass::Other;
         }
-        // The type without its modifier: `timestamp(3) with time zone` is
-        // a `timestamp with time zone`.
-        let mut base = String::new();
-        let mut depth = 0u32;
-        for c in decl_type.chars() {
-            match c {
-                '(' => depth += 1,
-                ')' => depth = depth.saturating_sub(1),
-                _ if depth == 0 => base.push(c),
-                _ => {}
+        // The type without its modifier (format_type prints at most one):
+        // `timestamp(3) with time zone` is a `timestamp with time zone`.
+        let base: std::borrow::Cow<str> = match (decl_type.find('('), decl_type.find(')')) {
+            (Some(open), Some(close)) if open < close => {
+                let head = decl_type[..open].trim_end();
+                match decl_type[close + 1..].trim_start() {
+                    "" => head.into(),
+                    tail => format!("{head} {tail}").into(),
+                }
             }
-        }
-        let base = base.split_whitespace().collect::<Vec<_>>().join(" ");
-        match base.as_str() {
+            _ => decl_type.trim().into(),
+        };
+        match &*base {
             "smallint" | "integer" | "bigint" => PgClass::Int,
             "real" => PgClass::Float4,
             "double precision" => PgClass::Float8,
@@ -639,16 +638,8 @@ impl PgClass {
             | PgClass::Bytea
             | PgClass::Uuid => col.to_string(),
             PgClass::Text => format!("{col} COLLATE \"C\""),
-            PgClass::Bpchar
-            | PgClass::Numeric
-            | PgClass::Date
-            | PgClass::Time
-            | PgClass::Timestamp
-            | PgClass::Timestamptz
-            | PgClass::Json
-            | PgClass::Jsonb
-            | PgClass::Enum
-            | PgClass::Other => format!("({col}::text) COLLATE \"C\""),
+            // Every other class is stored as its text form, in its order.
+            _ => format!("({col}::text) COLLATE \"C\""),
         }
     }
 
@@ -828,21 +819,19 @@ impl PgClass {
             (PgClass::Float4, Value::Real(r)) => float_text(*r as f32, r.is_nan()),
             (PgClass::Float8, Value::Real(r)) => float_text(*r, r.is_nan()),
             (PgClass::Bytea, Value::Blob(b)) => format!("\\x{}", crate::id::hex(b)).into_bytes(),
-            (
-                PgClass::Text
-                | PgClass::Bpchar
-                | PgClass::Uuid
-                | PgClass::Numeric
-                | PgClass::Date
-                | PgClass::Time
-                | PgClass::Timestamp
-                | PgClass::Timestamptz
-                | PgClass::Json
-                | PgClass::Jsonb
-                | PgClass::Enum
-                | PgClass::Other,
-                Value::Text(t),
-            ) => t.clone(),
+            // Every class but the five above is stored as its text form.
+            (c, Value::Text(t))
+                if !matches!(
+                    c,
+                    PgClass::Int
+                        | PgClass::Float4
+                        | PgClass::Float8
+                        | PgClass::Bool
+                        | PgClass::Bytea
+                ) =>
+            {
+                t.clone()
+            }
             _ => {
                 return Err(format!(
                     "a value {} for a column of class {self:?}",
