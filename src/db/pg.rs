@@ -10,7 +10,9 @@
 //! line or an error: what is recorded and shown is [`PgLocation::redacted`].
 //!
 //! **Reading.** Every table of the schema (or those named) is read in one
-//! `REPEATABLE READ, READ ONLY` transaction, each with one `COPY (SELECT …
+//! `REPEATABLE READ, READ ONLY` transaction that holds an `ACCESS SHARE`
+//! lock on each from before its snapshot (`TRUNCATE` is not MVCC-safe: see
+//! [`begin_locked`]), each with one `COPY (SELECT …
 //! ORDER BY key) TO STDOUT` streamed row by row into the row map builder
 //! (in binary format when every column has a binary form read here into
 //! the value its text form gives: integers, floats, booleans, `bytea`,
@@ -35,8 +37,9 @@
 //! see `pg_guard`), then the rows by `COPY … FROM STDIN`, then constraints, indexes
 //! and sequence values. Onto existing tables (same columns and key, else
 //! refused before anything is written): only the rows that differ, in one
-//! transaction with deferrable constraints deferred; a failure rolls back
-//! and names the row.
+//! transaction with deferrable constraints deferred, the tables locked
+//! against other writers (`EXCLUSIVE`) before they are read; a failure
+//! rolls back and names the row.
 //!
 //! The client runs its own tokio runtime and must not be called
 //! from inside another: every entry point here runs on a thread of its own.
@@ -2035,8 +2038,7 @@ pub fn scan(
     let loc = PgLocation::parse(&src.path.to_string_lossy())?;
     on_own_thread(|| {
         let mut c = loc.connect()?;
-        c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .map_err(|e| loc.error(e))?;
+        begin_locked(&mut c, &loc, &src.tables)?;
         let r = scan_in(
             &mut c,
             &loc,
@@ -2054,6 +2056,91 @@ pub fn scan(
         }
         r
     })
+}
+
+/// How many times [`begin_locked`] starts over when the schema's tables
+/// change between listing and locking them.
+const LOCK_ATTEMPTS: u32 = 5;
+
+/// Begins the `REPEATABLE READ, READ ONLY` transaction a scan reads in,
+/// holding an `ACCESS SHARE` lock on every table it will read (those
+/// `wanted` names, or all of the schema's) from before its snapshot is
+/// taken. `TRUNCATE` and the forms of `ALTER TABLE` that rewrite a table
+/// are not MVCC-safe: once one commits, a transaction whose snapshot is
+/// older sees the table empty. The lock makes such a command wait for the
+/// scan to end instead, and one that committed before the lock was granted
+/// is older than the snapshot, so its result is what the scan reads. `LOCK`
+/// takes no snapshot (the first query after it does), and the tables are
+/// listed before the transaction begins; a table that appeared, or went
+/// away, in between (it is not among the locks the snapshot sees) starts
+/// the transaction over.
+fn begin_locked(c: &mut Client, loc: &PgLocation, wanted: &[String]) -> Result<()> {
+    let err = |e| loc.error(e);
+    for _ in 0..LOCK_ATTEMPTS {
+        let names: Vec<String> = c
+            .query(
+                "SELECT c.relname::text FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition \
+                   AND (cardinality($2::text[]) = 0 OR c.relname = ANY ($2::text[]))",
+                &[&loc.schema, &wanted],
+            )
+            .map_err(err)?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .map_err(err)?;
+        let mut locked = true;
+        for part in names.chunks(256) {
+            let list: Vec<String> = part
+                .iter()
+                .map(|n| format!("{}.{}", quote(&loc.schema), quote(n)))
+                .collect();
+            match c.batch_execute(&format!(
+                "LOCK TABLE {} IN ACCESS SHARE MODE",
+                list.join(", ")
+            )) {
+                Ok(()) => {}
+                // Dropped or renamed since it was listed.
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                    locked = false;
+                    break;
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
+        if locked {
+            // The transaction's snapshot is taken here, after the locks.
+            let missing: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_catalog.pg_class c \
+                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition \
+                       AND (cardinality($2::text[]) = 0 OR c.relname = ANY ($2::text[])) \
+                       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l \
+                             WHERE l.pid = pg_catalog.pg_backend_pid() \
+                               AND l.locktype = 'relation' AND l.relation = c.oid \
+                               AND l.mode = 'AccessShareLock' AND l.granted)",
+                    &[&loc.schema, &wanted],
+                )
+                .map_err(err)?
+                .get(0);
+            if missing == 0 {
+                return Ok(());
+            }
+        }
+        c.batch_execute("ROLLBACK").map_err(err)?;
+        tracing::debug!(
+            "the tables of schema {} changed while locking them; again",
+            loc.schema
+        );
+    }
+    Err(SyncError::Database(format!(
+        "{}: the tables of schema {} kept changing while they were being locked ({LOCK_ATTEMPTS} attempts); try again",
+        loc.redacted(),
+        loc.schema
+    )))
 }
 
 fn scan_in(
@@ -2362,7 +2449,24 @@ fn restore_in(
         quote(&loc.schema)
     ))
     .map_err(err)?;
-    let rels = list_relations(c, loc)?;
+    let mut rels = list_relations(c, loc)?;
+    // The tables already there are locked against writers until the
+    // transaction ends (readers go on), and listed again under the lock:
+    // rows another session wrote between this restore's read of a table and
+    // its changes would otherwise stay, and a row it deleted would make an
+    // update change nothing, leaving the table unlike the snapshot.
+    let existing: Vec<String> = rels
+        .iter()
+        .filter(|r| r.view.is_none() && objs.iter().any(|o| o.name == r.name && !o.is_view()))
+        .map(|r| format!("{}.{}", quote(&loc.schema), quote(&r.name)))
+        .collect();
+    if !existing.is_empty() {
+        for part in existing.chunks(256) {
+            c.batch_execute(&format!("LOCK TABLE {} IN EXCLUSIVE MODE", part.join(", ")))
+                .map_err(err)?;
+        }
+        rels = list_relations(c, loc)?;
+    }
     // 1. Plan and check, before writing anything.
     let mut plans = Vec::new();
     let mut mismatches = Vec::new();
@@ -2953,7 +3057,15 @@ fn merge_apply(
                 for &ci in ucols {
                     params.push(&tx[ci]);
                 }
-                c.execute(&sql, &params).map_err(|e| row_err(&k, e))?;
+                // The key matched when the plan was made, and the table is
+                // locked against writers since.
+                if c.execute(&sql, &params).map_err(|e| row_err(&k, e))? != 1 {
+                    return Err(SyncError::Database(format!(
+                        "{}: row {} is no longer in the table; nothing was written",
+                        loc.redacted(),
+                        describe(name, &t.root, &k)
+                    )));
+                }
                 rep.updated += 1;
             }
             Act::Insert => {
