@@ -16,7 +16,7 @@ use crate::id::ObjectId;
 use crate::progress::Progress;
 use crate::restore::{RestoreOptions, restore_to};
 use crate::sources::{
-    Placement, canonical, database_files, holds_store, kept_paths, placements, protected_paths,
+    Placement, canonical, databases, holds_store, kept_paths, placements, protected_paths,
 };
 use crate::store::Store;
 use crate::workspace::Workspace;
@@ -162,7 +162,7 @@ pub fn restore(
     let dbs: Vec<(PathBuf, Vec<String>)> = match (db, &target) {
         (Some(db), _) if crate::db::pg::is_url_path(db) => vec![(db.to_path_buf(), Vec::new())],
         (Some(db), _) => vec![(opts.cwd.join(db), Vec::new())],
-        (None, None) if sub.is_none() => database_files(&s, &ws.root),
+        (None, None) if sub.is_none() => databases(&s, &ws.root),
         _ => Vec::new(),
     };
     if db.is_some() && s.tables.is_empty() {

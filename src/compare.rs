@@ -126,15 +126,19 @@ pub fn diff(
                         opts.cwd.join(path)
                     },
                     tables: tables.to_vec(),
+                    missing_ok: false,
                 }],
-                (None, Some(_)) => crate::sources::database_files(&sa, &ws.root)
+                // Only the tables the snapshot took from each (a diff
+                // compares no others).
+                (None, Some(_)) => crate::sources::databases(&sa, &ws.root)
                     .into_iter()
-                    .filter(|(p, _)| p.exists())
-                    .map(|(path, _)| path)
-                    .chain(crate::sources::database_urls(&sa))
-                    .map(|path| DbSource {
+                    .filter(|(p, tables)| {
+                        !tables.is_empty() && (crate::db::pg::is_url_path(p) || p.exists())
+                    })
+                    .map(|(path, tables)| DbSource {
                         path,
-                        tables: Vec::new(),
+                        tables,
+                        missing_ok: true,
                     })
                     .collect(),
                 (None, None) => ws.default_dbs()?,
@@ -195,7 +199,7 @@ pub fn diff(
                     now_tables.objects.contains_key(k)
                         || dbs
                             .iter()
-                            .all(|d| d.tables.is_empty() || d.tables.contains(k))
+                            .any(|d| d.tables.is_empty() || d.tables.contains(k))
                 });
             } else {
                 mine.clear();

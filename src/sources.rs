@@ -101,14 +101,21 @@ pub fn database_files(snap: &Snapshot, base: &Path) -> Vec<(PathBuf, Vec<String>
         .collect()
 }
 
-/// The snapshot's PostgreSQL databases, as recorded (URLs without their
-/// passwords, which come from `PGPASSWORD` or `~/.pgpass`).
-pub fn database_urls(snap: &Snapshot) -> Vec<PathBuf> {
+/// Every database the snapshot took tables from, with the tables each
+/// gave: files resolved against `base`, PostgreSQL URLs as recorded
+/// (without their passwords, which come from `PGPASSWORD` or `~/.pgpass`).
+pub fn databases(snap: &Snapshot, base: &Path) -> Vec<(PathBuf, Vec<String>)> {
     snap.sources
         .iter()
         .flat_map(|s| s.dbs.iter())
-        .filter(|d| crate::db::pg::is_url(&d.location))
-        .map(|d| PathBuf::from(&d.location))
+        .map(|d| {
+            let path = if crate::db::pg::is_url(&d.location) {
+                PathBuf::from(&d.location)
+            } else {
+                resolve(base, &d.location)
+            };
+            (path, d.tables.clone())
+        })
         .collect()
 }
 
@@ -242,10 +249,25 @@ mod tests {
 
     #[test]
     fn databases_resolve_against_the_base() {
-        let d = database_files(&snap(&[""]), Path::new("/w"));
+        let mut s = snap(&[""]);
+        let d = database_files(&s, Path::new("/w"));
         assert_eq!(
             d,
             vec![(PathBuf::from("/w/data/app.db"), vec!["users".into()])]
+        );
+        let url = "postgres://app@db:5432/app?schema=svc";
+        s.sources.as_mut().unwrap().dbs.push(DbRecord {
+            location: url.into(),
+            tables: vec!["items".into()],
+        });
+        // Files only, for the paths a restore protects.
+        assert_eq!(database_files(&s, Path::new("/w")), d);
+        assert_eq!(
+            databases(&s, Path::new("/w")),
+            vec![
+                (PathBuf::from("/w/data/app.db"), vec!["users".into()]),
+                (PathBuf::from(url), vec!["items".into()])
+            ]
         );
     }
 }

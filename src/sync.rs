@@ -446,6 +446,7 @@ fn database(c: &SyncConfig) -> Result<SyncResult> {
                 dbs: vec![DbSource {
                     path: absolute(&path),
                     tables: Vec::new(),
+                    missing_ok: false,
                 }],
                 skip_if_unchanged: true,
                 ..Default::default()

@@ -146,6 +146,7 @@ impl Workspace {
                 Ok(crate::db::DbSource {
                     path,
                     tables: d.tables,
+                    missing_ok: false,
                 })
             })
             .collect()

@@ -359,6 +359,7 @@ fn source_tables(dir: &Path) -> (MemStore, TableObject, Chunker) {
         &DbSource {
             path: src,
             tables: vec![],
+            missing_ok: false,
         },
         &store,
         &chunker,

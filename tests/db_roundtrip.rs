@@ -199,6 +199,7 @@ fn snapshot(store: &Store, db: &Path) -> systemprompt_sync::ObjectId {
         dbs: vec![DbSource {
             path: db.to_path_buf(),
             tables: vec![],
+            missing_ok: false,
         }],
         ..Default::default()
     };

@@ -1094,20 +1094,45 @@ fn sp_sync_toml_url_schema_and_pgpass() {
     assert!(err.contains("--schema"), "{err}");
 }
 
+/// Without --db, `diff SNAP` reads the databases the snapshot recorded,
+/// only the tables it took from each (a table it did not take, even one no
+/// snapshot could, is not read; one dropped since shows as removed), and
+/// `restore SNAP` without a target puts them back, PostgreSQL included.
 #[test]
 fn diff_without_db_compares_the_recorded_url() {
     let Some(pg) = cluster() else { return };
     let db = pg.new_db("rec");
     pg.psql(
         &db,
-        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b');",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b');
+         CREATE TABLE gone (id int PRIMARY KEY); INSERT INTO gone VALUES (3);",
     );
     let w = work();
     let d = w.path();
-    snap(d, &pg.url(&db), &[]);
-    pg.psql(&db, "UPDATE t SET v = 'z' WHERE id = 2");
+    snap(d, &pg.url(&db), &["--table", "t", "--table", "gone"]);
+    pg.psql(&db, "DROP TABLE gone");
+    // A table the snapshot did not take, which no snapshot could (no key).
+    pg.psql(
+        &db,
+        "UPDATE t SET v = 'z' WHERE id = 2; CREATE TABLE nokey (a int); INSERT INTO nokey VALUES (1);
+         CREATE TABLE t2 (id int PRIMARY KEY); INSERT INTO t2 VALUES (7);",
+    );
+    // The tables the snapshot took from that database, no others.
     let text = ok_pg(d, &["--store", "st", "diff", "main"]);
     assert!(text.contains("M t(2) [v]"), "{text}");
+    assert!(text.contains("- table gone\n- gone(3)"), "{text}");
+    assert!(!text.contains("t2"), "{text}");
+    // Restore without a target puts the recorded database back too.
+    let r = json(&ok_pg(d, &["--store", "st", "restore", "main", "--json"]));
+    assert_eq!(r["dbs"][0]["rows_updated"], 1, "{r}");
+    assert_eq!(pg.psql(&db, "SELECT id FROM gone"), "3\n");
+    assert_eq!(pg.psql(&db, "SELECT v FROM t ORDER BY id"), "a\nb\n");
+    assert!(
+        !r["dbs"][0]["db"]
+            .as_str()
+            .unwrap()
+            .contains(common::pg::PASSWORD)
+    );
 }
 
 /// `sslmode=require|verify-ca|verify-full`: TLS to the server, whose

@@ -1117,6 +1117,7 @@ fn sqlite_schema_entries_are_read_as_section_3_6_says() {
     let src = DbSource {
         path: path.clone(),
         tables: Vec::new(),
+        missing_ok: false,
     };
     let res = scan(&src, &mem, &chunker, &NoProgress, None).unwrap();
     assert_eq!(

@@ -73,6 +73,7 @@ pub fn snapshot(opts: &SnapshotCmdOptions, progress: &dyn Progress) -> Result<Sn
                 opts.key_by_all_columns,
             )?,
             tables: opts.tables.clone(),
+            missing_ok: false,
         }],
         None if defaulted => ws.default_dbs()?,
         None => Vec::new(),

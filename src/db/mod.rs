@@ -44,6 +44,10 @@ use value::{KeyWriter, encode_cell};
 pub struct DbSource {
     pub path: PathBuf,
     pub tables: Vec<String>,
+    /// A table of `tables` the database no longer has is left out instead
+    /// of refused (a diff of a snapshot's tables against now: one dropped
+    /// since shows as removed).
+    pub missing_ok: bool,
 }
 
 /// How long to wait for a lock another connection holds, in milliseconds
@@ -454,7 +458,7 @@ fn scan_in(
             .map_err(|e| db_error(path, e))?
     };
     let wanted = |name: &str| src.tables.is_empty() || src.tables.iter().any(|t| t == name);
-    for t in &src.tables {
+    for t in src.tables.iter().filter(|_| !src.missing_ok) {
         let found = schema
             .iter()
             .any(|s| (s.kind == "table" || s.kind == "view") && &s.name == t);

@@ -2043,6 +2043,7 @@ pub fn scan(
             &mut c,
             &loc,
             &src.tables,
+            src.missing_ok,
             sink,
             chunker,
             progress,
@@ -2143,10 +2144,12 @@ fn begin_locked(c: &mut Client, loc: &PgLocation, wanted: &[String]) -> Result<(
     )))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn scan_in(
     c: &mut Client,
     loc: &PgLocation,
     wanted: &[String],
+    missing_ok: bool,
     sink: &dyn ObjectSink,
     chunker: &Chunker,
     progress: &dyn Progress,
@@ -2155,7 +2158,7 @@ fn scan_in(
     c.batch_execute(&format!("SET LOCAL search_path = {}", quote(&loc.schema)))
         .map_err(|e| loc.error(e))?;
     let rels = list_relations(c, loc)?;
-    for t in wanted {
+    for t in wanted.iter().filter(|_| !missing_ok) {
         if !rels.iter().any(|r| &r.name == t) {
             return Err(SyncError::NotFound(format!(
                 "{}: no table {t} in schema {}",
