@@ -12,6 +12,10 @@
 //! - `--delete` never removes a protected path (the store, the databases,
 //!   `sp-sync.toml`) nor what the excludes or a `.sp-syncignore` match, and
 //!   nothing is ever written over a protected path;
+//! - without `--delete` nothing the snapshot lacks is removed: a file or
+//!   symlink is not put where a directory holding anything is (reported
+//!   with the protected paths), and with it such a directory goes only as
+//!   far as `--delete` may remove what it holds;
 //! - setuid/setgid bits are dropped unless asked for; trees deeper than
 //!   [`MAX_DEPTH`] are refused; free space is checked before each file.
 
@@ -83,7 +87,8 @@ pub struct RestoreReport {
     /// Files whose content was already there (`skip_unchanged`); counted
     /// in `files` and `bytes` too, but not written.
     pub unchanged: u64,
-    /// Entries left alone because they would have replaced a protected path.
+    /// Entries left alone because they would have replaced a protected path,
+    /// or a directory holding what the snapshot lacks and may not be removed.
     pub protected: Vec<PathBuf>,
 }
 
@@ -367,15 +372,11 @@ impl Ctx<'_> {
             _ => self.holds_protected(path),
         };
         if blocked {
-            tracing::warn!(
-                "not restoring {}: it would replace the store or a database",
-                path.display()
-            );
-            if let Ok(mut v) = self.protected.lock() {
-                v.push(path.to_path_buf());
-            }
+            self.not_restored(path, "it would replace the store or a database");
             return Ok(());
         }
+        const KEPT_DIR: &str =
+            "a directory holding files the snapshot lacks is there (restore --delete replaces it)";
         let mode = if self.opts.keep_setid {
             e.mode
         } else {
@@ -403,7 +404,13 @@ impl Ctx<'_> {
                 let old = if fresh {
                     0
                 } else {
-                    self.clear_dir_at(dir, name, path)?
+                    match self.clear_dir_at(dir, name, path, ign)? {
+                        Some(old) => old,
+                        None => {
+                            self.not_restored(path, KEPT_DIR);
+                            return Ok(());
+                        }
+                    }
                 };
                 self.reserve(*size, old, path)?;
                 let tmp = if fresh { name.to_vec() } else { tmp_name() };
@@ -448,8 +455,9 @@ impl Ctx<'_> {
                 self.progress.add(1, *size);
             }
             EntryKind::Symlink { target } => {
-                if !fresh {
-                    self.clear_dir_at(dir, name, path)?;
+                if !fresh && self.clear_dir_at(dir, name, path, ign)?.is_none() {
+                    self.not_restored(path, KEPT_DIR);
+                    return Ok(());
                 }
                 let tmp = if fresh { name.to_vec() } else { tmp_name() };
                 rustix::fs::symlinkat(OsStr::from_bytes(target), dir, OsStr::from_bytes(&tmp))
@@ -635,17 +643,43 @@ impl Ctx<'_> {
         Ok((fd, created))
     }
 
-    /// If `name` in `dir` is a directory, removes it (a file or symlink will be
-    /// replaced by rename). Returns the size of the regular file there.
-    fn clear_dir_at(&self, dir: BorrowedFd<'_>, name: &[u8], path: &Path) -> Result<u64> {
-        match rustix::fs::statat(dir, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW) {
+    /// Makes room at `name` in `dir` for a file or symlink (which will
+    /// replace what is there by rename): a directory there goes when it is
+    /// empty, or with `delete` when all it holds may be deleted (see
+    /// [`Ctx::remove_unprotected`]). Everything in it is what the snapshot
+    /// lacks, kept without `delete` like any other such file. Returns the
+    /// size of the regular file there, or `None` when a directory stays.
+    fn clear_dir_at(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        path: &Path,
+        ign: &Ignores,
+    ) -> Result<Option<u64>> {
+        let n = OsStr::from_bytes(name);
+        match rustix::fs::statat(dir, n, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
-                remove_at(dir, name, path).map(|()| 0)
+                if self.opts.delete {
+                    return Ok(self.remove_unprotected(dir, name, path, ign)?.then_some(0));
+                }
+                match rustix::fs::unlinkat(dir, n, AtFlags::REMOVEDIR) {
+                    Ok(()) | Err(Errno::NOENT) => Ok(Some(0)),
+                    Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => Ok(None),
+                    Err(e) => Err(SyncError::io("removing", path, e.into())),
+                }
             }
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {
-                Ok(st.st_size as u64)
+                Ok(Some(st.st_size as u64))
             }
-            _ => Ok(0),
+            _ => Ok(Some(0)),
+        }
+    }
+
+    /// Reports a snapshot entry left unwritten because of what is there.
+    fn not_restored(&self, path: &Path, why: &str) {
+        tracing::warn!("not restoring {}: {why}", path.display());
+        if let Ok(mut v) = self.protected.lock() {
+            v.push(path.to_path_buf());
         }
     }
 
@@ -780,45 +814,6 @@ fn read_small_at(dir: BorrowedFd<'_>, name: &[u8]) -> Option<Vec<u8>> {
         .read_to_end(&mut out)
         .ok()?;
     Some(out)
-}
-
-/// Removes `name` in `dir`, recursively if it is a directory, never
-/// following a symlink.
-pub fn remove_at(dir: BorrowedFd<'_>, name: &[u8], path: &Path) -> Result<()> {
-    let n = OsStr::from_bytes(name);
-    match rustix::fs::unlinkat(dir, n, AtFlags::empty()) {
-        Ok(()) => return Ok(()),
-        Err(Errno::ISDIR) | Err(Errno::PERM) => {}
-        Err(Errno::NOENT) => return Ok(()),
-        Err(e) => return Err(SyncError::io("removing", path, e.into())),
-    }
-    let fd = rustix::fs::openat(
-        dir,
-        n,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .ctx("opening", path)?;
-    let st = rustix::fs::fstat(&fd).ctx("reading", path)?;
-    if st.st_mode & 0o700 != 0o700 {
-        let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700));
-    }
-    let mut names = Vec::new();
-    {
-        let d = rustix::fs::Dir::read_from(&fd).ctx("reading directory", path)?;
-        for e in d {
-            let e = e.ctx("reading directory", path)?;
-            let c = e.file_name().to_bytes();
-            if c != b"." && c != b".." {
-                names.push(c.to_vec());
-            }
-        }
-    }
-    for c in names {
-        remove_at(fd.as_fd(), &c, &path.join(OsStr::from_bytes(&c)))?;
-    }
-    drop(fd);
-    rustix::fs::unlinkat(dir, n, AtFlags::REMOVEDIR).ctx("removing", path)
 }
 
 /// The path shown for a snapshot path inside a target.

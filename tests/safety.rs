@@ -166,6 +166,69 @@ fn restoring_a_file_onto_a_file_replaces_it_and_onto_a_new_name_creates_it() {
     assert!(w.join("into/app.toml").is_file());
 }
 
+/// Where the snapshot has a file or symlink and the target a directory,
+/// the directory holds only what the snapshot lacks: without --delete it is
+/// kept (and reported) unless empty; with --delete it goes as far as
+/// --delete may remove what it holds (not what an ignore file keeps).
+#[test]
+fn a_file_is_not_put_where_a_directory_holds_what_the_snapshot_lacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    std::fs::create_dir(w.join("src")).unwrap();
+    std::fs::write(w.join("src/f"), "file\n").unwrap();
+    std::fs::write(w.join("src/g"), "gee\n").unwrap();
+    std::fs::write(w.join("src/h"), "aitch\n").unwrap();
+    std::os::unix::fs::symlink("elsewhere", w.join("src/link")).unwrap();
+    ok(w, &["init", "--store", "st", "-q"]);
+    ok(w, &["--store", "st", "snapshot", "src", "-q"]);
+    let out = w.join("out");
+    for d in ["link", "f", "g", "h"] {
+        std::fs::create_dir_all(out.join(d)).unwrap();
+    }
+    std::fs::write(out.join("link/inner"), "precious\n").unwrap();
+    std::fs::write(out.join("f/x"), "precious too\n").unwrap();
+    std::fs::write(out.join("h/keep.log"), "kept by the ignore file\n").unwrap();
+    std::fs::write(out.join(".sp-syncignore"), "*.log\n").unwrap();
+    // g is an empty directory: nothing is lost by replacing it.
+    let r: serde_json::Value = serde_json::from_str(&ok(
+        w,
+        &["--store", "st", "restore", "main", "out", "--json"],
+    ))
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join("link/inner")).unwrap(),
+        "precious\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("f/x")).unwrap(),
+        "precious too\n"
+    );
+    assert_eq!(std::fs::read_to_string(out.join("g")).unwrap(), "gee\n");
+    let kept: Vec<&str> = r["protected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    for d in ["link", "f", "h"] {
+        assert!(kept.iter().any(|p| p.ends_with(&format!("out/{d}"))), "{r}");
+    }
+    // --delete removes what the snapshot lacks, but not what is ignored.
+    ok(
+        w,
+        &["--store", "st", "restore", "main", "out", "--delete", "-q"],
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("link")).unwrap(),
+        Path::new("elsewhere")
+    );
+    assert_eq!(std::fs::read_to_string(out.join("f")).unwrap(), "file\n");
+    assert_eq!(
+        std::fs::read_to_string(out.join("h/keep.log")).unwrap(),
+        "kept by the ignore file\n"
+    );
+}
+
 /// Runs the binary as an unprivileged user (the tests run as root, which
 /// reads any file), or as we are when we are not root.
 fn as_nobody(w: &Path, args: &[&str]) -> std::process::Output {
