@@ -464,6 +464,12 @@ impl<'a> MapBuilder<'a> {
         self.total == 0
     }
 
+    /// The key pushed last.
+    pub fn last_key(&self) -> Option<&[u8]> {
+        let l0 = &self.levels[0];
+        (self.total > 0 || l0.flushed > 0).then_some(l0.last_key.as_slice())
+    }
+
     /// Appends an entry. Keys must be strictly increasing.
     pub fn push(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         let l0 = &self.levels[0];

@@ -845,6 +845,32 @@ fn bad_input_is_one_line_without_the_password() {
         !shown.contains(PASSWORD) && shown.contains("postgres://postgres@"),
         "{shown}"
     );
+    // Rows keyed by all their columns must be distinct: a duplicate row is
+    // named, and nothing moves.
+    let dup = pg.new_db("dup");
+    pg.psql(
+        &dup,
+        "CREATE TABLE nopk (a int, b text); INSERT INTO nopk VALUES (1, 'x'), (2, 'y'), (1, 'x');",
+    );
+    let before_dup = refs(d);
+    let err = fails_pg(
+        d,
+        &[
+            "--store",
+            "st",
+            "snapshot",
+            "files",
+            "--db",
+            &pg.url(&dup),
+            "--key-by-all-columns",
+        ],
+    );
+    assert!(
+        err.contains("table nopk: more than one row has the key (1, 'x')")
+            && err.contains("duplicate rows"),
+        "{err}"
+    );
+    assert_eq!(refs(d), before_dup, "no ref moved");
     let store_bytes: Vec<u8> = common::files_under(&d.join("st"))
         .iter()
         .flat_map(|f| std::fs::read(f).unwrap_or_default())

@@ -573,8 +573,24 @@ pub(crate) fn build_row_map(
                         (Ok(k), Ok(v)) => (k, v),
                         _ => return Err(SyncError::Invalid("row batch damaged".into())),
                     };
-                    b.push(k, v)
-                        .map_err(|e| SyncError::Database(format!("{label}: {e}")))?;
+                    if let Err(e) = b.push(k, v) {
+                        if b.last_key() == Some(k) {
+                            let key = match value::decode_key(k) {
+                                Ok(vals) => {
+                                    let v: Vec<String> =
+                                        vals.iter().map(value::Value::to_sql).collect();
+                                    format!("({})", v.join(", "))
+                                }
+                                Err(_) => "of another".into(),
+                            };
+                            return Err(SyncError::Database(format!(
+                                "{label}: more than one row has the key {key}; a table keyed \
+                                 by all its columns (--key-by-all-columns) must not hold \
+                                 duplicate rows"
+                            )));
+                        }
+                        return Err(SyncError::Database(format!("{label}: {e}")));
+                    }
                 }
             }
             b.finish()
