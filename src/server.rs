@@ -1410,15 +1410,21 @@ pub fn serve(opts: &ServeOptions, on_listen: impl FnOnce(SocketAddr)) -> Result<
         .thread_name("sp-sync-serve")
         .build()
         .ctx("starting", "the server runtime")?;
-    rt.block_on(async move {
+    // The router is dropped last, outside the runtime: an S3 backend owns a
+    // runtime of its own, which must not be dropped from async code.
+    let served = app.clone();
+    let r = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&opts.listen)
             .await
             .ctx("listening on", &opts.listen)?;
         let addr = listener.local_addr().ctx("listening on", &opts.listen)?;
         on_listen(addr);
-        accept_loop(listener, app, cap, opts.timeout).await;
+        accept_loop(listener, served, cap, opts.timeout).await;
         Ok(())
-    })
+    });
+    drop(rt);
+    drop(app);
+    r
 }
 
 async fn accept_loop(
