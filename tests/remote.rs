@@ -157,6 +157,64 @@ fn round_trip_through_http() {
     );
 }
 
+/// `remote add NAME URL --token-env VAR`: the token is read from VAR when
+/// the remote is used, and only the variable's name is stored.
+#[test]
+fn a_remote_token_from_the_variable_its_config_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = serve(
+        tmp.path().join("server-data").to_str().unwrap(),
+        Some(&tokens_file(tmp.path())),
+        "127.0.0.1:0",
+        &[],
+    );
+    let w = tmp.path().join("w");
+    std::fs::create_dir_all(&w).unwrap();
+    std::fs::write(w.join("a.md"), "a\n").unwrap();
+    ok(&w, &["init"]);
+    ok(&w, &["snapshot", "-q"]);
+    ok(
+        &w,
+        &[
+            "remote",
+            "add",
+            "origin",
+            &server.url("acme"),
+            "--token-env",
+            "ACME_SYNC_TOKEN",
+        ],
+    );
+    let config = std::fs::read_to_string(w.join(".sp-sync/config.toml")).unwrap();
+    assert!(
+        config.contains("token_env = \"ACME_SYNC_TOKEN\"") && !config.contains(TOKEN_A),
+        "{config}"
+    );
+    let no_token = [("SP_SYNC_TOKEN", String::new())];
+    let o = run_env(&w, &["push", "origin"], &no_token);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("refused the token"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    ok_env(
+        &w,
+        &["push", "origin", "-q"],
+        &[
+            ("SP_SYNC_TOKEN", String::new()),
+            ("ACME_SYNC_TOKEN", TOKEN_A.into()),
+        ],
+    );
+    // Only an HTTP remote takes a token.
+    let o = run_env(
+        &w,
+        &["remote", "add", "disk", "/tmp/x", "--token-env", "T"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--token-env"));
+}
+
 #[test]
 fn round_trip_through_s3() {
     let tmp = tempfile::tempdir().unwrap();

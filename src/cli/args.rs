@@ -222,7 +222,14 @@ impl From<RefArgs> for RefCmd {
 #[derive(Subcommand, Debug)]
 pub enum RemoteArgs {
     /// Add a remote.
-    Add { name: String, url: String },
+    Add {
+        name: String,
+        url: String,
+        /// Read an HTTP remote's token from this environment variable
+        /// (SP_SYNC_TOKEN, when set, still comes first).
+        #[arg(long, value_name = "VAR")]
+        token_env: Option<String>,
+    },
     /// List remotes.
     List,
     /// Remove a remote.
@@ -232,7 +239,15 @@ pub enum RemoteArgs {
 impl From<RemoteArgs> for RemoteCmd {
     fn from(a: RemoteArgs) -> RemoteCmd {
         match a {
-            RemoteArgs::Add { name, url } => RemoteCmd::Add { name, url },
+            RemoteArgs::Add {
+                name,
+                url,
+                token_env,
+            } => RemoteCmd::Add {
+                name,
+                url,
+                token_env,
+            },
             RemoteArgs::List => RemoteCmd::List,
             RemoteArgs::Remove { name } => RemoteCmd::Remove { name },
         }

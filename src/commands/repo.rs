@@ -479,6 +479,8 @@ pub enum RemoteCmd {
         name: String,
         /// A path or file://, http(s)://HOST/TENANT, s3://BUCKET/PREFIX.
         url: String,
+        /// The environment variable an HTTP remote's token is read from.
+        token_env: Option<String>,
     },
     /// List remotes.
     List,
@@ -513,9 +515,25 @@ pub fn remote(place: &Place, cmd: &RemoteCmd) -> Result<RemoteReport> {
     let (_, store) = place.open(LockMode::Shared)?;
     let mut cfg = LocalConfig::load(&store)?;
     Ok(match cmd {
-        RemoteCmd::Add { name, url } => {
+        RemoteCmd::Add {
+            name,
+            url,
+            token_env,
+        } => {
             validate_remote_name(name)?;
             let loc = Location::parse(url)?;
+            if let Some(var) = token_env {
+                if !matches!(loc, Location::Http { .. }) {
+                    return Err(SyncError::Invalid(format!(
+                        "--token-env: only an http(s):// remote takes a token, not {url}"
+                    )));
+                }
+                if var.is_empty() || var.contains('=') || var.contains('\0') {
+                    return Err(SyncError::Invalid(format!(
+                        "--token-env: {var:?} is not an environment variable name"
+                    )));
+                }
+            }
             if cfg.remote.contains_key(name) {
                 return Err(SyncError::Invalid(format!("remote {name} already exists")));
             }
@@ -528,6 +546,7 @@ pub fn remote(place: &Place, cmd: &RemoteCmd) -> Result<RemoteReport> {
             };
             let rc = RemoteConfig {
                 url: url.clone(),
+                token_env: token_env.clone(),
                 ..Default::default()
             };
             cfg.remote.insert(name.clone(), rc);

@@ -3,7 +3,7 @@
 //! ```toml
 //! [remote.origin]
 //! url = "https://sync.example.com/acme"
-//! token = "..."                      # or SP_SYNC_TOKEN
+//! token_env = "ACME_SYNC_TOKEN"      # or token = "..."; SP_SYNC_TOKEN comes first
 //!
 //! [remote.backup]
 //! url = "s3://bucket/prefix"
@@ -36,6 +36,10 @@ pub struct RemoteConfig {
     /// A bearer token for an HTTP remote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The environment variable that holds an HTTP remote's token (before
+    /// `token`; `SP_SYNC_TOKEN` comes first of all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
     /// S3 settings for an `s3://` remote.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub s3: BTreeMap<String, String>,
@@ -45,7 +49,12 @@ impl RemoteConfig {
     /// The settings that go with the URL.
     pub fn credentials(&self) -> Credentials {
         Credentials {
-            token: self.token.clone(),
+            token: self
+                .token_env
+                .as_deref()
+                .and_then(|v| std::env::var(v).ok())
+                .filter(|t| !t.is_empty())
+                .or_else(|| self.token.clone()),
             s3: self
                 .s3
                 .iter()

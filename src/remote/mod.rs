@@ -393,6 +393,7 @@ pub fn open(loc: &Location, creds: &Credentials, create: bool) -> Result<Arc<dyn
         Location::Http { base, tenant } => {
             let token = std::env::var("SP_SYNC_TOKEN")
                 .ok()
+                .filter(|t| !t.is_empty())
                 .or_else(|| creds.token.clone());
             Ok(Arc::new(http::HttpRemote::new(base, tenant, token)?))
         }
