@@ -83,8 +83,11 @@ fn snapshot_log_ls_cat_and_json_shapes() {
     let ls = ok(&w, &["ls", "main"]);
     assert_eq!(ls, "agents/\nconfig.yaml\nskills/\n");
     let ls = json(&w, &["ls", "main:agents"]);
-    assert_eq!(ls[0]["path"], "bot.md");
-    assert_eq!(ls[0]["type"], "file");
+    assert_eq!(ls["entries"][0]["path"], "bot.md");
+    assert_eq!(ls["entries"][0]["type"], "file");
+    assert_eq!(ls["snapshot"], second);
+    assert_eq!(ls["sources"], log[0]["sources"], "{ls}");
+    assert!(ls["sources"]["paths"].is_array(), "{ls}");
     let rec = ok(&w, &["ls", "-r", "main"]);
     assert!(rec.contains("skills/s1/SKILL.md\n"));
     assert_eq!(

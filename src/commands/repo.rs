@@ -165,6 +165,10 @@ pub struct LsOptions {
 /// A tree's entries, paths relative to it.
 #[derive(Debug)]
 pub struct LsReport {
+    /// The snapshot listed.
+    pub snapshot: ObjectId,
+    /// What it was taken from (none for snapshots older than sources).
+    pub sources: Option<crate::object::snapshot::Sources>,
     /// Each entry under its path.
     pub rows: Vec<(Vec<u8>, Entry)>,
     /// Whether people see mode, size and time.
@@ -175,13 +179,21 @@ pub struct LsReport {
 pub fn ls(opts: &LsOptions) -> Result<LsReport> {
     let (_, store) = opts.place.open(LockMode::Shared)?;
     let rows = crate::list(&store, &opts.spec, opts.recursive)?;
+    let id = crate::names::resolve(&store, crate::names::split_spec(&opts.spec).0)?;
+    let sources = crate::names::load_snapshot(&store, &id)?.sources;
     Ok(LsReport {
+        snapshot: id,
+        sources,
         rows,
         long: opts.long,
     })
 }
 
 json_via!(LsReport, |r| {
+    let sources = match &r.sources {
+        None => serde_json::Value::Null,
+        Some(src) => json!({"paths": src.paths, "excludes": src.excludes, "dbs": src.dbs}),
+    };
     let v: Vec<_> = r
         .rows
         .iter()
@@ -196,7 +208,7 @@ json_via!(LsReport, |r| {
             o
         })
         .collect();
-    serde_json::Value::Array(v)
+    json!({"snapshot": r.snapshot, "sources": sources, "entries": v})
 });
 
 impl Render for LsReport {
