@@ -125,6 +125,7 @@ pub fn restore(
             Some(src) => src.excludes.clone(),
             None => ws.project().map(|p| p.snapshot.exclude).unwrap_or_default(),
         },
+        ignore_base: Some(ws.root.clone()),
         keep_setid: opts.keep_setid,
         skip_unchanged: false,
     };

@@ -169,7 +169,12 @@ pub fn diff(
                 };
                 let skip: Vec<PathBuf> = dbs.iter().map(|d| d.path.clone()).collect();
                 Some(scan_working_tree(
-                    store, &sources, &excludes, &skip, progress,
+                    store,
+                    &sources,
+                    &excludes,
+                    &skip,
+                    Some(&ws.root),
+                    progress,
                 ))
             } else {
                 None

@@ -63,6 +63,10 @@ pub struct RestoreOptions {
     /// Gitignore-style patterns (relative to the target) whose matches
     /// `delete` keeps, like the `.sp-syncignore` files it finds.
     pub excludes: Vec<String>,
+    /// The working-tree root: `delete` also keeps what the `.sp-syncignore`
+    /// files of the directories from it down to the target match (as a
+    /// snapshot leaves them out).
+    pub ignore_base: Option<PathBuf>,
     /// Restore setuid and setgid bits (dropped by default).
     pub keep_setid: bool,
     /// Leave a regular file at the target alone when its size and content
@@ -169,6 +173,24 @@ pub fn restore(
     let mut ign = Ignores::default();
     if !opts.excludes.is_empty() {
         ign = ign.with(target, opts.excludes.join("\n").as_bytes());
+    }
+    if opts.delete
+        && let Some(base) = &opts.ignore_base
+    {
+        // Those above the target; its own is read where it is entered (a
+        // single entry restored into it: the target's own too).
+        let own = match entry.kind {
+            EntryKind::Dir { .. } => target.to_path_buf(),
+            _ => target.join(OsStr::from_bytes(name)),
+        };
+        let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.clone());
+        let own = std::fs::canonicalize(&own).unwrap_or(own);
+        for dir in crate::snapshot::ignore_dirs_above(&base, &own) {
+            let file = dir.join(IGNORE_FILE);
+            if let Ok(text) = std::fs::read(&file) {
+                ign = ign.with(&dir, &text);
+            }
+        }
     }
     let ctx = Ctx {
         src,

@@ -130,6 +130,8 @@ pub struct Scanner<'a> {
     record: Option<Mutex<Vec<CacheRecord>>>,
     skip: Vec<PathBuf>,
     excludes: Vec<String>,
+    /// The working-tree root, whose ignore files down to a source apply.
+    ignore_base: Option<PathBuf>,
     progress: &'a dyn Progress,
     skipped: Mutex<Vec<Skipped>>,
     /// Files scanned.
@@ -156,6 +158,42 @@ impl Ignores {
         }
         false
     }
+}
+
+/// The rules of `dir`'s `.sp-syncignore`, if it has one.
+fn ignore_file_in(dir: &Path) -> Result<Option<Arc<Gitignore>>> {
+    let file = dir.join(IGNORE_FILE);
+    if !file.is_file() {
+        return Ok(None);
+    }
+    let mut b = GitignoreBuilder::new(dir);
+    if let Some(e) = b.add(&file) {
+        return Err(SyncError::Invalid(format!("{}: {e}", file.display())));
+    }
+    let g = b
+        .build()
+        .map_err(|e| SyncError::Invalid(format!("{}: {e}", file.display())))?;
+    Ok(Some(Arc::new(g)))
+}
+
+/// The directories from `base` down to `path`'s parent, outermost first,
+/// when `path` lies below `base` (else none): those whose ignore files
+/// apply to `path` besides its own.
+pub(crate) fn ignore_dirs_above(base: &Path, path: &Path) -> Vec<PathBuf> {
+    let Ok(rel) = path.strip_prefix(base) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut dir = base.to_path_buf();
+    let comps: Vec<_> = rel.components().collect();
+    for c in comps.iter().take(comps.len().saturating_sub(1)) {
+        out.push(dir.clone());
+        dir.push(c);
+    }
+    if !comps.is_empty() {
+        out.push(dir);
+    }
+    out
 }
 
 type CacheRecord = (Vec<u8>, StatKey, Content);
@@ -186,6 +224,7 @@ impl<'a> Scanner<'a> {
             record: record_cache.then(|| Mutex::new(Vec::new())),
             skip: Vec::new(),
             excludes: Vec::new(),
+            ignore_base: None,
             progress,
             skipped: Mutex::new(Vec::new()),
             files: AtomicU64::new(0),
@@ -204,6 +243,14 @@ impl<'a> Scanner<'a> {
     /// Leaves out paths matching these gitignore-style patterns.
     pub fn with_excludes(mut self, excludes: Vec<String>) -> Self {
         self.excludes = excludes;
+        self
+    }
+
+    /// Applies the `.sp-syncignore` files of the directories from `base`
+    /// (the working-tree root) down to each source, as git applies a parent
+    /// directory's `.gitignore`.
+    pub fn with_ignore_base(mut self, base: Option<PathBuf>) -> Self {
+        self.ignore_base = base;
         self
     }
 
@@ -246,7 +293,15 @@ impl<'a> Scanner<'a> {
         let g = b
             .build()
             .map_err(|e| SyncError::Invalid(format!("bad exclude patterns: {e}")))?;
-        Ok(Ignores(vec![Arc::new(g)]))
+        let mut ign = Ignores(vec![Arc::new(g)]);
+        if let Some(base) = &self.ignore_base {
+            for dir in ignore_dirs_above(base, root) {
+                if let Some(g) = ignore_file_in(&dir)? {
+                    ign.0.push(g);
+                }
+            }
+        }
+        Ok(ign)
     }
 
     /// Scans the sources into a root tree. One directory source: its
@@ -346,19 +401,8 @@ impl<'a> Scanner<'a> {
         }
         self.dirs.fetch_add(1, Ordering::Relaxed);
         let mut ign = parent_ign.clone();
-        let ignore_file = path.join(IGNORE_FILE);
-        if ignore_file.is_file() {
-            let mut b = GitignoreBuilder::new(path);
-            if let Some(e) = b.add(&ignore_file) {
-                return Err(SyncError::Invalid(format!(
-                    "{}: {e}",
-                    ignore_file.display()
-                )));
-            }
-            let g = b
-                .build()
-                .map_err(|e| SyncError::Invalid(format!("{}: {e}", ignore_file.display())))?;
-            ign.0.push(Arc::new(g));
+        if let Some(g) = ignore_file_in(path)? {
+            ign.0.push(g);
         }
         let mut items = Vec::new();
         for e in listing {
@@ -691,7 +735,8 @@ pub fn snapshot(
     let chunker = Chunker::new(&store.config().chunker);
     let scanner = Scanner::new(&session, chunker, cache, true, progress)
         .with_skip(skip)
-        .with_excludes(opts.excludes.clone());
+        .with_excludes(opts.excludes.clone())
+        .with_ignore_base(opts.root.as_deref().and_then(|r| fs::canonicalize(r).ok()));
     progress.stage("snapshot");
     let root = pool.install(|| scanner.scan(&sources))?;
     let files = scanner.files.load(Ordering::Relaxed);
@@ -909,6 +954,7 @@ pub fn scan_working_tree<'a>(
     sources: &[PathBuf],
     excludes: &[String],
     skip: &[PathBuf],
+    base: Option<&Path>,
     progress: &dyn Progress,
 ) -> Result<(ObjectId, Scratch<'a>)> {
     let scratch = Scratch {
@@ -940,8 +986,27 @@ pub fn scan_working_tree<'a>(
             progress,
         )
         .with_skip(skip)
-        .with_excludes(excludes.to_vec());
+        .with_excludes(excludes.to_vec())
+        .with_ignore_base(base.and_then(|b| fs::canonicalize(b).ok()));
         pool.install(|| scanner.scan(&sources))?
     };
     Ok((root, scratch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_directories_whose_ignore_files_apply_above_a_path() {
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(
+            ignore_dirs_above(&p("/w"), &p("/w/a/b")),
+            vec![p("/w"), p("/w/a")]
+        );
+        assert_eq!(ignore_dirs_above(&p("/w"), &p("/w/a")), vec![p("/w")]);
+        assert!(ignore_dirs_above(&p("/w"), &p("/w")).is_empty());
+        assert!(ignore_dirs_above(&p("/w"), &p("/other/a")).is_empty());
+        assert!(ignore_dirs_above(&p("/w/a"), &p("/w")).is_empty());
+    }
 }

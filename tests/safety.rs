@@ -166,6 +166,50 @@ fn restoring_a_file_onto_a_file_replaces_it_and_onto_a_new_name_creates_it() {
     assert!(w.join("into/app.toml").is_file());
 }
 
+/// A `.sp-syncignore` above a source (here at the working-tree root, with
+/// `paths = ["services"]`) applies to it as a parent `.gitignore` does: the
+/// snapshot and the diff leave its matches out, and `restore --delete`
+/// keeps them.
+#[test]
+fn an_ignore_file_above_the_sources_applies_to_them() {
+    for (target, args) in [
+        (None, vec!["restore", "main", "--delete"]),
+        (
+            Some("services"),
+            vec!["restore", "main", "services", "--delete"],
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let w = tmp.path();
+        layout(w, PATHS_TOML);
+        std::fs::write(w.join(".sp-syncignore"), "*.tmp\nsecret/\n").unwrap();
+        std::fs::create_dir_all(w.join("services/secret")).unwrap();
+        std::fs::write(w.join("services/secret/key"), "k").unwrap();
+        std::fs::write(w.join("services/agents/draft.tmp"), "t").unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&ok(w, &["snapshot", "--json", "-q"])).unwrap();
+        let id = v["id"].as_str().unwrap().to_string();
+        let listed = ok(w, &["ls", "-r", "main"]);
+        assert!(
+            !listed.contains("secret") && !listed.contains("draft.tmp"),
+            "{listed}"
+        );
+        assert!(listed.contains("agents/bot.md"), "{listed}");
+        // Ignored files changing is no difference.
+        std::fs::write(w.join("services/secret/key"), "changed").unwrap();
+        std::fs::write(w.join("services/agents/more.tmp"), "t").unwrap();
+        let d = run_in(w, &["diff", "main", "--exit-code"]);
+        assert!(d.status.success(), "{target:?}: {d:?}");
+        std::fs::write(w.join("services/agents/extra.md"), "removed").unwrap();
+        ok(w, &args);
+        assert!(!w.join("services/agents/extra.md").exists(), "{target:?}");
+        for kept in ["secret/key", "agents/draft.tmp", "agents/more.tmp"] {
+            assert!(w.join("services").join(kept).exists(), "{target:?}: {kept}");
+        }
+        assert_eq!(ok(w, &["log", "-n", "1", "--json"]).matches(&id).count(), 1);
+    }
+}
+
 /// Where the snapshot has a file or symlink and the target a directory,
 /// the directory holds only what the snapshot lacks: without --delete it is
 /// kept (and reported) unless empty; with --delete it goes as far as
