@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{bytes, dir_bytes, ok};
-use net::{Server, http, run_env, serve_with};
+use net::{Server, bucket, http, run_env, s3_endpoint, s3_env, serve_with};
 use systemprompt_sync::pack::{FLAG_DELTA, PackWriter, StoredObject, make_delta, prepare};
 use systemprompt_sync::{ObjectId, ObjectType};
 
@@ -360,18 +360,73 @@ fn worktree(root: &Path, name: &str, mib: usize, seed: u64) -> PathBuf {
 fn a_push_past_the_quota_is_refused_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let server = start(tmp.path(), "quota = \"36MiB\"", &[]);
-    let small = worktree(tmp.path(), "small", 1, 1);
+    let store = server.data.join("acme");
+    quota_refuses_and_leaves_nothing(tmp.path(), &server, &|| {
+        dir_bytes(&store.join("packs")).to_string()
+    });
+}
+
+/// The same with the server's data in S3 (moto).
+#[test]
+fn a_push_past_the_quota_is_refused_and_leaves_nothing_in_s3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = bucket("quota");
+    let server = serve_with(
+        &format!("s3://{b}/served"),
+        Some(&tokens_file(tmp.path(), "quota = \"36MiB\"")),
+        "127.0.0.1:0",
+        &s3_env(),
+        &[],
+    );
+    // What is under the tenant's packs/: each key and its size.
+    let listing = || {
+        let ep = s3_endpoint();
+        let (status, body) = http(
+            ep.trim_start_matches("http://"),
+            "GET",
+            &format!("/{b}?list-type=2&prefix=served/acme/packs/"),
+            None,
+            b"",
+        );
+        assert_eq!(status, 200);
+        let xml = String::from_utf8_lossy(&body).into_owned();
+        assert!(!xml.contains("<IsTruncated>true"), "{xml}");
+        let mut keys: Vec<String> = xml
+            .split("<Contents>")
+            .skip(1)
+            .map(|c| {
+                let field = |f: &str| {
+                    c.split(&format!("<{f}>"))
+                        .nth(1)
+                        .and_then(|r| r.split(&format!("</{f}>")).next())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                format!("{} {}", field("Key"), field("Size"))
+            })
+            .collect();
+        keys.sort();
+        assert!(!keys.is_empty(), "{xml}");
+        keys.join("\n")
+    };
+    quota_refuses_and_leaves_nothing(tmp.path(), &server, &listing);
+}
+
+/// A tenant with a 36 MiB quota takes a 1 MiB push, refuses a 40 MiB one
+/// (bigger than a pack, so a committed pack must go too) leaving
+/// `stored()` as it was, and another tenant without a quota takes it.
+fn quota_refuses_and_leaves_nothing(tmp: &Path, server: &Server, stored: &dyn Fn() -> String) {
+    let small = worktree(tmp, "small", 1, 1);
     let o = run_env(
         &small,
         &["push", &server.url("acme")],
         &[("SP_SYNC_TOKEN", TOKEN_A.into())],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let store = server.data.join("acme");
-    let before = dir_bytes(&store.join("packs"));
+    let before = stored();
     // Over the quota, and bigger than a pack (32 MiB): a pack fills up and
     // is committed before the quota is reached; it must go too.
-    let big = worktree(tmp.path(), "big", 40, 2);
+    let big = worktree(tmp, "big", 40, 2);
     let o = run_env(
         &big,
         &["push", &server.url("acme")],
@@ -381,7 +436,7 @@ fn a_push_past_the_quota_is_refused_and_leaves_nothing() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("quota exceeded"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert_eq!(dir_bytes(&store.join("packs")), before, "nothing stored");
+    assert_eq!(stored(), before, "nothing stored");
     // The other tenant has no quota.
     let o = run_env(
         &big,

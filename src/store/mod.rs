@@ -722,6 +722,15 @@ impl Store {
             .unwrap_or_default()
     }
 
+    /// Bytes the indexed objects take in their packs (what a store on
+    /// object storage holds, less the packs' headers and indexes).
+    pub fn stored_bytes(&self) -> u64 {
+        self.index
+            .read()
+            .map(|ix| ix.map.values().map(|l| u64::from(l.clen)).sum())
+            .unwrap_or(0)
+    }
+
     /// Number of objects indexed.
     pub fn object_count(&self) -> usize {
         self.index.read().map(|ix| ix.map.len()).unwrap_or(0)
