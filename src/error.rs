@@ -156,14 +156,19 @@ fn context_line(context: &str, source: &SyncError) -> String {
     if text.contains(context) {
         return text.to_string();
     }
-    let rest = context
-        .rsplit(' ')
-        .next()
-        .filter(|l| l.len() > 3)
-        .and_then(|last| text.strip_prefix(last))
-        .and_then(|r| r.strip_prefix(": "))
-        .unwrap_or(text);
-    format!("{context}: {rest}")
+    // The context's last word (the place) said again as a part of the
+    // source (`URL: refused`, `unauthorized: URL: refused`) goes.
+    if let Some(last) = context.rsplit(' ').next().filter(|l| l.len() > 3) {
+        let part = format!("{last}: ");
+        let mut at = 0;
+        while let Some(i) = text[at..].find(&part).map(|i| i + at) {
+            if i == 0 || text[..i].ends_with(": ") {
+                return format!("{context}: {}{}", &text[..i], &text[i + part.len()..]);
+            }
+            at = i + 1;
+        }
+    }
+    format!("{context}: {text}")
 }
 
 fn show(id: &Option<ObjectId>) -> String {
@@ -264,6 +269,15 @@ mod tests {
     fn context_is_one_line_with_the_place_said_once() {
         let e = SyncError::NotFound("http://h/t: refused".into()).context("push to http://h/t");
         assert_eq!(e.to_string(), "push to http://h/t: refused");
+        let e = SyncError::Unauthorized("http://h/t: the server refused the token".into())
+            .context("push to http://h/t");
+        assert_eq!(
+            e.to_string(),
+            "push to http://h/t: unauthorized: the server refused the token"
+        );
+        // Only the place as a whole part goes.
+        let e = SyncError::NotFound("see xhttp://h/t: here".into()).context("push to http://h/t");
+        assert_eq!(e.to_string(), "push to http://h/t: see xhttp://h/t: here");
         let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
         let e = SyncError::io("creating", "/x/y", io).context("restore into /x");
         assert!(
