@@ -194,13 +194,20 @@ fn error_line(e: &anyhow::Error) -> String {
     for c in e.chain() {
         let text = c.to_string().replace('\n', " ");
         let text = text.trim();
-        if text.is_empty() || line.contains(text) {
-            continue;
+        if !text.is_empty() && !line.contains(text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(text);
         }
-        if !line.is_empty() {
-            line.push_str(": ");
+        // A context line already says its cause (the place said once):
+        // the rest of the chain is in it.
+        if matches!(
+            c.downcast_ref::<SyncError>(),
+            Some(SyncError::Context { .. })
+        ) {
+            break;
         }
-        line.push_str(text);
     }
     line
 }
@@ -250,5 +257,29 @@ where
         write!(writer, "{label}: ")?;
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_line_says_each_part_once() {
+        let url = "postgres://app@db:5432/app";
+        let cause = SyncError::Database(format!("{url}: duplicate key (row u(1))"));
+        let e = anyhow::Error::new(cause.context(format!("restore into {url}")));
+        assert_eq!(
+            error_line(&e),
+            format!("restore into {url}: database: duplicate key (row u(1))")
+        );
+        let e = anyhow::Error::new(
+            SyncError::Unauthorized("http://h/t: refused".into()).context("push to http://h/t"),
+        )
+        .context("while pushing");
+        assert_eq!(
+            error_line(&e),
+            "while pushing: push to http://h/t: unauthorized: refused"
+        );
     }
 }
