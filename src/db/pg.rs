@@ -1358,21 +1358,49 @@ fn key_list(t: &TableData, f: impl Fn(PgClass, &str) -> String) -> String {
     cols.join(", ")
 }
 
-/// The `ORDER BY` list that gives a table's rows in key order.
-fn order_list(t: &TableData) -> String {
-    key_list(t, PgClass::order)
+/// The `ORDER BY` list that gives a table's rows in key order. A table
+/// keyed by all its columns (`by_all`: no primary key) may hold NULLs,
+/// which the encoded key puts first, and both 0 and -0 in a float column,
+/// which PostgreSQL orders as equal and the encoded key tells apart after
+/// every column's value (-0 last). (Neither is added for a primary key:
+/// it cannot hold them, and `NULLS FIRST` would keep its index from giving
+/// the order.)
+fn order_list(t: &TableData, by_all: bool) -> String {
+    let cols = key_list(t, |class, col| {
+        let o = class.order(col);
+        if by_all {
+            format!("{o} NULLS FIRST")
+        } else {
+            o
+        }
+    });
+    if !by_all {
+        return cols;
+    }
+    let signs: Vec<String> = t
+        .key
+        .iter()
+        .map(|&k| &t.columns[k as usize])
+        .filter(|c| matches!(PgClass::of(&c.decl_type), PgClass::Float4 | PgClass::Float8))
+        .map(|c| format!("({})::text = '-0'", quote(&c.name)))
+        .collect();
+    if signs.is_empty() {
+        cols
+    } else {
+        format!("{cols}, {}", signs.join(", "))
+    }
 }
 
 /// The `COPY` statement that reads `cols` (a select list) of a table in
 /// key order, each row followed by its stamp (`xmin`, `ctid`: see
 /// [`rowcache`](super::rowcache)) when `stamps` (only a row cache needs
 /// them; they cost the server time).
-fn copy_out_sql(name: &str, t: &TableData, cols: &str, stamps: bool) -> String {
+fn copy_out_sql(name: &str, t: &TableData, cols: &str, stamps: bool, by_all: bool) -> String {
     format!(
         "COPY (SELECT {cols}{} FROM {} ORDER BY {}) TO STDOUT",
         if stamps { ", xmin, ctid" } else { "" },
         quote(name),
-        order_list(t)
+        order_list(t, by_all)
     )
 }
 
@@ -1667,6 +1695,7 @@ fn read_table(
     name: &str,
     t: &TableData,
     enums: &[bool],
+    by_all: bool,
     sink: &dyn ObjectSink,
     chunker: &Chunker,
     progress: &dyn Progress,
@@ -1677,7 +1706,7 @@ fn read_table(
         |what: String| SyncError::Database(format!("{}: table {name}: {what}", loc.redacted()));
     let mut p = RowParser::new(t).with_enums(enums);
     let stamps = cache.is_some();
-    let sql = copy_out_sql(name, t, &select_list(t), stamps);
+    let sql = copy_out_sql(name, t, &select_list(t), stamps, by_all);
     if !p.all_read_binary() {
         return copy_lines(c, loc, &sql, progress, |line| {
             let (key, row, stamp) = p.row(line, sink, chunker).map_err(bad)?;
@@ -1761,6 +1790,7 @@ fn read_table_by_cache(
     name: &str,
     t: &TableData,
     enums: &[bool],
+    by_all: bool,
     mut old: CacheReader,
     src: &dyn ObjectSource,
     sink: &dyn ObjectSink,
@@ -1770,7 +1800,7 @@ fn read_table_by_cache(
 ) -> Result<Incremental> {
     let bad =
         |what: String| SyncError::Database(format!("{}: table {name}: {what}", loc.redacted()));
-    let sql = copy_out_sql(name, t, &key_list(t, PgClass::select), true);
+    let sql = copy_out_sql(name, t, &key_list(t, PgClass::select), true, by_all);
     // Keys (with the new stamp) to fetch, and keys that are gone.
     let mut wanted: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut gone: Vec<Vec<u8>> = Vec::new();
@@ -2194,7 +2224,8 @@ fn scan_in(
                     rel.name
                 )));
             }
-            if key.is_empty() {
+            let by_all = key.is_empty();
+            if by_all {
                 if !loc.key_by_all_columns {
                     return Err(SyncError::Database(format!(
                         "{}: table {} has no primary key (PostgreSQL has no stable row id); \
@@ -2216,7 +2247,7 @@ fn scan_in(
             };
             let label = format!("{}: table {}", loc.redacted(), rel.name);
             let (n, root) = read_rows(
-                c, loc, rel, &t, &sql, &label, sink, chunker, progress, rows_cache,
+                c, loc, rel, &t, by_all, &sql, &label, sink, chunker, progress, rows_cache,
             )?;
             t.rows = n;
             t.root = root;
@@ -2246,6 +2277,7 @@ fn read_rows(
     loc: &PgLocation,
     rel: &PgTable,
     t: &TableData,
+    by_all: bool,
     sql: &str,
     label: &str,
     sink: &dyn ObjectSink,
@@ -2291,6 +2323,7 @@ fn read_rows(
                         &rel.name,
                         t,
                         &rel.enum_columns(),
+                        by_all,
                         old,
                         rc.src,
                         sink,
@@ -2330,6 +2363,7 @@ fn read_rows(
             &rel.name,
             t,
             &rel.enum_columns(),
+            by_all,
             sink,
             chunker,
             progress,
@@ -2433,7 +2467,8 @@ pub fn restore(
 
 enum Plan<'a> {
     Create(&'a TableObject, &'a TableData),
-    Merge(&'a TableObject, &'a TableData),
+    /// (and whether it is keyed by all its columns)
+    Merge(&'a TableObject, &'a TableData, bool),
     View(&'a TableObject, bool),
 }
 
@@ -2483,9 +2518,9 @@ fn restore_in(
                 o.name
             )),
             (Some(t), Some(h)) => {
-                let now = live_structure(c, loc, h)?;
+                let (now, by_all) = live_structure(c, loc, h)?;
                 if same_structure(t, &now) {
-                    plans.push(Plan::Merge(o, t));
+                    plans.push(Plan::Merge(o, t, by_all));
                 } else {
                     mismatches.push(describe_mismatch(&o.name, t, &now));
                 }
@@ -2516,7 +2551,7 @@ fn restore_in(
                     later.push((phase, e.ordinal, step));
                 }
             }
-            Plan::Merge(o, _) => {
+            Plan::Merge(o, _, _) => {
                 for e in o.extras.iter().filter(|e| e.kind == ExtraKind::Sequence) {
                     later.push((4, e.ordinal, extra_step(o, e)?.1));
                 }
@@ -2547,7 +2582,7 @@ fn restore_in(
                     o.name
                 ))
             })?;
-        let now = live_structure(c, loc, &made)?;
+        let (now, _) = live_structure(c, loc, &made)?;
         if !same_structure(t, &now) {
             return Err(SyncError::Invalid(format!(
                 "the snapshot's SQL is refused: its script made a table other than the recorded one: {}",
@@ -2562,10 +2597,10 @@ fn restore_in(
                 progress.stage(&format!("table {}", o.name));
                 rep.inserted += copy_in(c, loc, src, &o.name, t, progress)?;
             }
-            Plan::Merge(o, t) => {
+            Plan::Merge(o, t, by_all) => {
                 progress.stage(&format!("table {}", o.name));
-                let acts = merge_plan(c, loc, src, &o.name, t, chunker, opts, progress)?;
-                merges.push((*o, *t, acts));
+                let acts = merge_plan(c, loc, src, &o.name, t, *by_all, chunker, opts, progress)?;
+                merges.push((*o, *t, *by_all, acts));
             }
             Plan::View(..) => {}
         }
@@ -2574,15 +2609,15 @@ fn restore_in(
     // they reference, then updates and inserts the other way round, so that
     // foreign keys that cannot be deferred (the default) hold after every
     // statement.
-    let names: Vec<&str> = merges.iter().map(|(o, _, _)| o.name.as_str()).collect();
+    let names: Vec<&str> = merges.iter().map(|(o, ..)| o.name.as_str()).collect();
     let order = fk_order(c, loc, &names)?;
     for &i in order.iter().rev() {
-        let (o, t, acts) = &merges[i];
-        merge_apply(c, loc, src, &o.name, t, acts, true, progress, &mut rep)?;
+        let (o, t, n, acts) = &merges[i];
+        merge_apply(c, loc, src, &o.name, t, acts, *n, true, progress, &mut rep)?;
     }
     for &i in &order {
-        let (o, t, acts) = &merges[i];
-        merge_apply(c, loc, src, &o.name, t, acts, false, progress, &mut rep)?;
+        let (o, t, n, acts) = &merges[i];
+        merge_apply(c, loc, src, &o.name, t, acts, *n, false, progress, &mut rep)?;
     }
     // 3. Constraints and indexes of new tables (foreign keys last), views
     // the database lacks, then sequence values.
@@ -2634,19 +2669,25 @@ fn fk_order(c: &mut Client, loc: &PgLocation, names: &[&str]) -> Result<Vec<usiz
 }
 
 /// A live table's columns and key, to compare with a snapshot's.
-fn live_structure(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<TableData> {
+/// The table as it is now, and whether it is keyed by all its columns (it
+/// has no primary key).
+fn live_structure(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<(TableData, bool)> {
     let (columns, mut key, _) = structure(c, loc, t)?;
-    if key.is_empty() && loc.key_by_all_columns {
+    let by_all = key.is_empty();
+    if by_all && loc.key_by_all_columns {
         key = (0..columns.len() as u32).collect();
     }
-    Ok(TableData {
-        flags: FLAG_WITHOUT_ROWID,
-        columns,
-        key,
-        sequence: None,
-        rows: 0,
-        root: ObjectId::default(),
-    })
+    Ok((
+        TableData {
+            flags: FLAG_WITHOUT_ROWID,
+            columns,
+            key,
+            sequence: None,
+            rows: 0,
+            root: ObjectId::default(),
+        },
+        by_all,
+    ))
 }
 
 /// A checked statement of a table's extras, or a view, to run after the
@@ -2876,6 +2917,7 @@ fn merge_plan(
     src: &dyn ObjectSource,
     name: &str,
     t: &TableData,
+    by_all: bool,
     chunker: &Chunker,
     opts: &DbRestoreOptions,
     progress: &dyn Progress,
@@ -2946,6 +2988,7 @@ fn merge_plan(
         name,
         t,
         &[],
+        by_all,
         &scratch,
         chunker,
         progress,
@@ -2968,6 +3011,7 @@ fn merge_apply(
     name: &str,
     t: &TableData,
     acts: &[(Vec<u8>, Act)],
+    by_all: bool,
     deletes: bool,
     progress: &dyn Progress,
     rep: &mut DbRestoreReport,
@@ -2975,18 +3019,27 @@ fn merge_apply(
     if acts.is_empty() {
         return Ok(());
     }
+    // A row is matched by its exact value, not by the type's equality,
+    // which may be coarser than what the snapshot tells apart (numeric
+    // 1.0 = 1.00, float 0 = -0): the column's text form must be the
+    // value's too. Where the key's columns cannot be NULL (a primary key)
+    // the `=` lets the key's index find the row; a table keyed by all its
+    // columns (which may be NULL, and may lack `=`, json) compares the
+    // text forms alone.
     let key_where: Vec<String> = t
         .key
         .iter()
         .enumerate()
         .map(|(i, &k)| {
             let col = &t.columns[k as usize];
-            format!(
-                "{} = CAST(${}::text AS {})",
-                quote(&col.name),
-                i + 1,
-                col.decl_type
-            )
+            let (name, ty, n) = (quote(&col.name), &col.decl_type, i + 1);
+            let exact =
+                format!("({name})::text IS NOT DISTINCT FROM (CAST(${n}::text AS {ty}))::text");
+            if by_all {
+                exact
+            } else {
+                format!("{name} = CAST(${n}::text AS {ty}) AND {exact}")
+            }
         })
         .collect();
     let row_err = |key: &[u8], e: tokio_postgres::Error| match loc.error(e) {
@@ -3130,7 +3183,16 @@ fn merge_deletes(
             .iter()
             .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
             .collect();
-        rep.deleted += c.execute(&del, &params).map_err(|e| row_err(k, e))?;
+        let n = c.execute(&del, &params).map_err(|e| row_err(k, e))?;
+        if n > 1 {
+            // (A table keyed by all its columns holding a row twice: the
+            // snapshot may have it once.)
+            return Err(SyncError::Database(format!(
+                "the database holds row {} more than once; nothing was written",
+                describe(name, &t.root, k)
+            )));
+        }
+        rep.deleted += n;
     }
     Ok(())
 }
