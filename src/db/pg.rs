@@ -1021,6 +1021,8 @@ struct PgTable {
     oid: i64,
     name: String,
     view: Option<String>,
+    /// A partitioned table (its rows are in its partitions).
+    partitioned: bool,
     columns: Vec<PgColumn>,
 }
 
@@ -1066,10 +1068,22 @@ fn list_relations(c: &mut Client, loc: &PgLocation) -> Result<Vec<PgTable>> {
             } else {
                 None
             },
+            partitioned: kind == "p",
             columns,
         });
     }
     Ok(out)
+}
+
+/// How a statement names a table's own rows: `ONLY t` for a plain table
+/// (a table inheriting from it holds rows of its own, read and written as
+/// its own table), `t` for a partitioned one (its partitions hold its rows).
+fn own_rows(name: &str, partitioned: bool) -> String {
+    if partitioned {
+        quote(name)
+    } else {
+        format!("ONLY {}", quote(name))
+    }
 }
 
 fn columns_of(c: &mut Client, loc: &PgLocation, oid: i64) -> Result<Vec<PgColumn>> {
@@ -1395,11 +1409,10 @@ fn order_list(t: &TableData, by_all: bool) -> String {
 /// key order, each row followed by its stamp (`xmin`, `ctid`: see
 /// [`rowcache`](super::rowcache)) when `stamps` (only a row cache needs
 /// them; they cost the server time).
-fn copy_out_sql(name: &str, t: &TableData, cols: &str, stamps: bool, by_all: bool) -> String {
+fn copy_out_sql(from: &str, t: &TableData, cols: &str, stamps: bool, by_all: bool) -> String {
     format!(
-        "COPY (SELECT {cols}{} FROM {} ORDER BY {}) TO STDOUT",
+        "COPY (SELECT {cols}{} FROM {from} ORDER BY {}) TO STDOUT",
         if stamps { ", xmin, ctid" } else { "" },
-        quote(name),
         order_list(t, by_all)
     )
 }
@@ -1696,6 +1709,7 @@ fn read_table(
     t: &TableData,
     enums: &[bool],
     by_all: bool,
+    partitioned: bool,
     sink: &dyn ObjectSink,
     chunker: &Chunker,
     progress: &dyn Progress,
@@ -1706,7 +1720,13 @@ fn read_table(
         |what: String| SyncError::Database(format!("{}: table {name}: {what}", loc.redacted()));
     let mut p = RowParser::new(t).with_enums(enums);
     let stamps = cache.is_some();
-    let sql = copy_out_sql(name, t, &select_list(t), stamps, by_all);
+    let sql = copy_out_sql(
+        &own_rows(name, partitioned),
+        t,
+        &select_list(t),
+        stamps,
+        by_all,
+    );
     if !p.all_read_binary() {
         return copy_lines(c, loc, &sql, progress, |line| {
             let (key, row, stamp) = p.row(line, sink, chunker).map_err(bad)?;
@@ -1791,6 +1811,7 @@ fn read_table_by_cache(
     t: &TableData,
     enums: &[bool],
     by_all: bool,
+    partitioned: bool,
     mut old: CacheReader,
     src: &dyn ObjectSource,
     sink: &dyn ObjectSink,
@@ -1800,7 +1821,13 @@ fn read_table_by_cache(
 ) -> Result<Incremental> {
     let bad =
         |what: String| SyncError::Database(format!("{}: table {name}: {what}", loc.redacted()));
-    let sql = copy_out_sql(name, t, &key_list(t, PgClass::select), true, by_all);
+    let sql = copy_out_sql(
+        &own_rows(name, partitioned),
+        t,
+        &key_list(t, PgClass::select),
+        true,
+        by_all,
+    );
     // Keys (with the new stamp) to fetch, and keys that are gone.
     let mut wanted: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut gone: Vec<Vec<u8>> = Vec::new();
@@ -1929,7 +1956,7 @@ fn read_table_by_cache(
         let sql = format!(
             "COPY (SELECT {}, xmin, ctid FROM {} WHERE ctid = ANY ({tids})) TO STDOUT",
             select_list(t),
-            quote(name),
+            own_rows(name, partitioned),
         );
         let mut rp = RowParser::new(t);
         copy_lines(c, loc, &sql, progress, |line| {
@@ -2324,6 +2351,7 @@ fn read_rows(
                         t,
                         &rel.enum_columns(),
                         by_all,
+                        rel.partitioned,
                         old,
                         rc.src,
                         sink,
@@ -2364,6 +2392,7 @@ fn read_rows(
             t,
             &rel.enum_columns(),
             by_all,
+            rel.partitioned,
             sink,
             chunker,
             progress,
@@ -2467,8 +2496,8 @@ pub fn restore(
 
 enum Plan<'a> {
     Create(&'a TableObject, &'a TableData),
-    /// (and whether it is keyed by all its columns)
-    Merge(&'a TableObject, &'a TableData, bool),
+    /// (whether it is keyed by all its columns; whether it is partitioned)
+    Merge(&'a TableObject, &'a TableData, (bool, bool)),
     View(&'a TableObject, bool),
 }
 
@@ -2520,7 +2549,7 @@ fn restore_in(
             (Some(t), Some(h)) => {
                 let (now, by_all) = live_structure(c, loc, h)?;
                 if same_structure(t, &now) {
-                    plans.push(Plan::Merge(o, t, by_all));
+                    plans.push(Plan::Merge(o, t, (by_all, h.partitioned)));
                 } else {
                     mismatches.push(describe_mismatch(&o.name, t, &now));
                 }
@@ -2551,7 +2580,7 @@ fn restore_in(
                     later.push((phase, e.ordinal, step));
                 }
             }
-            Plan::Merge(o, _, _) => {
+            Plan::Merge(o, ..) => {
                 for e in o.extras.iter().filter(|e| e.kind == ExtraKind::Sequence) {
                     later.push((4, e.ordinal, extra_step(o, e)?.1));
                 }
@@ -2597,10 +2626,10 @@ fn restore_in(
                 progress.stage(&format!("table {}", o.name));
                 rep.inserted += copy_in(c, loc, src, &o.name, t, progress)?;
             }
-            Plan::Merge(o, t, by_all) => {
+            Plan::Merge(o, t, shape) => {
                 progress.stage(&format!("table {}", o.name));
-                let acts = merge_plan(c, loc, src, &o.name, t, *by_all, chunker, opts, progress)?;
-                merges.push((*o, *t, *by_all, acts));
+                let acts = merge_plan(c, loc, src, &o.name, t, *shape, chunker, opts, progress)?;
+                merges.push((*o, *t, *shape, acts));
             }
             Plan::View(..) => {}
         }
@@ -2917,7 +2946,7 @@ fn merge_plan(
     src: &dyn ObjectSource,
     name: &str,
     t: &TableData,
-    by_all: bool,
+    (by_all, partitioned): (bool, bool),
     chunker: &Chunker,
     opts: &DbRestoreOptions,
     progress: &dyn Progress,
@@ -2989,6 +3018,7 @@ fn merge_plan(
         t,
         &[],
         by_all,
+        partitioned,
         &scratch,
         chunker,
         progress,
@@ -3011,7 +3041,7 @@ fn merge_apply(
     name: &str,
     t: &TableData,
     acts: &[(Vec<u8>, Act)],
-    by_all: bool,
+    (by_all, partitioned): (bool, bool),
     deletes: bool,
     progress: &dyn Progress,
     rep: &mut DbRestoreReport,
@@ -3049,7 +3079,8 @@ fn merge_apply(
         other => other,
     };
     if deletes {
-        return merge_deletes(c, name, t, acts, &key_where, progress, rep, row_err);
+        let from = own_rows(name, partitioned);
+        return merge_deletes(c, &from, name, t, acts, &key_where, progress, rep, row_err);
     }
     // Updates and inserts, reading the snapshot's rows in key order.
     let wanted: Vec<usize> = (0..acts.len())
@@ -3102,7 +3133,7 @@ fn merge_apply(
                     .collect();
                 let sql = format!(
                     "UPDATE {} SET {} WHERE {}",
-                    quote(name),
+                    own_rows(name, partitioned),
                     sets.join(", "),
                     key_where.join(" AND ")
                 );
@@ -3147,6 +3178,7 @@ fn merge_apply(
 #[allow(clippy::too_many_arguments)]
 fn merge_deletes(
     c: &mut Client,
+    from: &str,
     name: &str,
     t: &TableData,
     acts: &[(Vec<u8>, Act)],
@@ -3155,11 +3187,7 @@ fn merge_deletes(
     rep: &mut DbRestoreReport,
     row_err: impl Fn(&[u8], tokio_postgres::Error) -> SyncError,
 ) -> Result<()> {
-    let del = format!(
-        "DELETE FROM {} WHERE {}",
-        quote(name),
-        key_where.join(" AND ")
-    );
+    let del = format!("DELETE FROM {from} WHERE {}", key_where.join(" AND "));
     for (k, a) in acts {
         if !matches!(a, Act::Delete) {
             continue;
