@@ -607,6 +607,45 @@ fn inherited_tables_keep_their_own_rows() {
     assert_eq!(pg.dump_rows(&db, "c"), c_rows);
 }
 
+/// A restore without --delete keeps rows the snapshot lacks, so it never
+/// moves a sequence back below the keys they took; with --delete the
+/// sequence is the snapshot's again.
+#[test]
+fn a_restore_keeping_newer_rows_keeps_their_sequence_ahead() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("seq");
+    pg.psql(
+        &db,
+        "CREATE TABLE t (id serial PRIMARY KEY, v text); INSERT INTO t (v) VALUES ('a');",
+    );
+    let w = work();
+    let d = w.path();
+    let url = pg.url(&db);
+    snap(d, &url, &[]);
+    pg.psql(
+        &db,
+        "INSERT INTO t (v) VALUES ('b'); UPDATE t SET v = 'z' WHERE id = 1;",
+    );
+    ok_pg(d, &["--store", "st", "restore", "main", "--db", &url, "-q"]);
+    // Row 2 stayed; the next row gets a new key.
+    assert_eq!(
+        pg.psql(&db, "INSERT INTO t (v) VALUES ('c') RETURNING id"),
+        "3\n"
+    );
+    assert_eq!(pg.psql(&db, "SELECT v FROM t WHERE id = 1"), "a\n");
+    ok_pg(
+        d,
+        &[
+            "--store", "st", "restore", "main", "--db", &url, "--delete", "-q",
+        ],
+    );
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM t"), "1\n");
+    assert_eq!(
+        pg.psql(&db, "INSERT INTO t (v) VALUES ('d') RETURNING id"),
+        "2\n"
+    );
+}
+
 /// Waits until some session of the cluster waits for a lock.
 fn await_lock_wait(pg: &PgCluster) {
     let start = std::time::Instant::now();

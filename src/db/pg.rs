@@ -2582,7 +2582,12 @@ fn restore_in(
             }
             Plan::Merge(o, ..) => {
                 for e in o.extras.iter().filter(|e| e.kind == ExtraKind::Sequence) {
-                    later.push((4, e.ordinal, extra_step(o, e)?.1));
+                    let mut step = extra_step(o, e)?.1;
+                    if let Step::SetVal { never_back, .. } = &mut step {
+                        // Without --delete the rows the snapshot lacks stay.
+                        *never_back = !opts.delete;
+                    }
+                    later.push((4, e.ordinal, step));
                 }
             }
             Plan::View(o, false) => {
@@ -2729,6 +2734,10 @@ enum Step {
         column: String,
         value: i64,
         called: bool,
+        /// Never move the sequence back (a restore onto a table that keeps
+        /// rows the snapshot lacks: a lower value would give their keys out
+        /// again).
+        never_back: bool,
     },
 }
 
@@ -2751,6 +2760,7 @@ fn extra_step(o: &TableObject, e: &Extra) -> Result<(u8, Step)> {
                     column,
                     value,
                     called,
+                    never_back: false,
                 },
             )
         }
@@ -2828,10 +2838,17 @@ fn run_step(c: &mut Client, loc: &PgLocation, step: Step) -> Result<()> {
             column,
             value,
             called,
+            never_back,
         } => {
+            // The next value the sequence would give is last_value + 1 once
+            // called (pg_sequence_last_value is NULL before).
             c.execute(
-                "SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence($1, $2), $3, $4)",
-                &[&table, &column, &value, &called],
+                "SELECT pg_catalog.setval(q.s, $3, $4) \
+                 FROM (SELECT pg_catalog.pg_get_serial_sequence($1, $2)::regclass AS s) q \
+                 WHERE NOT $5 \
+                    OR coalesce(pg_catalog.pg_sequence_last_value(q.s) + 1, 0) \
+                       <= $3 + CASE WHEN $4 THEN 1 ELSE 0 END",
+                &[&table, &column, &value, &called, &never_back],
             )
             .map_err(err)?;
         }
