@@ -646,6 +646,63 @@ fn a_restore_keeping_newer_rows_keeps_their_sequence_ahead() {
     );
 }
 
+/// Restoring rows does not fire the tables' own triggers (one that stamps
+/// `at` would leave the table unlike the snapshot, one that logs would log
+/// the restore), and they are as they were afterwards.
+#[test]
+fn a_restore_does_not_fire_the_tables_triggers() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("trig");
+    pg.psql(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY, v text, at timestamptz NOT NULL DEFAULT '2020-01-01');
+         CREATE TABLE log (n serial PRIMARY KEY, what text);
+         CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS
+           $$BEGIN NEW.at := '2030-01-01'; RETURN NEW; END$$;
+         CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS
+           $$BEGIN INSERT INTO log (what) VALUES (TG_OP); RETURN NULL; END$$;
+         CREATE TRIGGER stamp BEFORE INSERT OR UPDATE ON t FOR EACH ROW EXECUTE FUNCTION stamp();
+         CREATE TRIGGER note AFTER INSERT OR UPDATE OR DELETE ON t FOR EACH ROW EXECUTE FUNCTION note();
+         ALTER TABLE t ENABLE ALWAYS TRIGGER note;
+         ALTER TABLE t DISABLE TRIGGER stamp;
+         INSERT INTO t (id, v) VALUES (1, 'a'), (2, 'b');
+         ALTER TABLE t ENABLE TRIGGER stamp;",
+    );
+    let w = work();
+    let d = w.path();
+    let url = pg.url(&db);
+    snap(d, &url, &["--table", "t"]);
+    let before = pg.dump_rows(&db, "t");
+    pg.psql(
+        &db,
+        "UPDATE t SET v = 'z' WHERE id = 1; DELETE FROM t WHERE id = 2; INSERT INTO t (id, v) VALUES (3, 'c');",
+    );
+    let logged = pg.psql(&db, "SELECT count(*) FROM log");
+    let states = "SELECT string_agg(tgname || '=' || tgenabled::text, ',' ORDER BY tgname) \
+                  FROM pg_trigger WHERE tgrelid = 't'::regclass AND NOT tgisinternal";
+    let enabled = pg.psql(&db, states);
+    ok_pg(
+        d,
+        &[
+            "--store", "st", "restore", "main", "--db", &url, "--delete", "-q",
+        ],
+    );
+    assert_eq!(pg.dump_rows(&db, "t"), before);
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM log"),
+        logged,
+        "the restore was logged"
+    );
+    assert_eq!(pg.psql(&db, states), enabled);
+    assert_eq!(enabled, "note=A,stamp=O\n");
+    // And they fire again.
+    pg.psql(&db, "UPDATE t SET v = 'y' WHERE id = 1");
+    assert_eq!(
+        pg.psql(&db, "SELECT at = '2030-01-01' FROM t WHERE id = 1"),
+        "t\n"
+    );
+}
+
 /// Waits until some session of the cluster waits for a lock.
 fn await_lock_wait(pg: &PgCluster) {
     let start = std::time::Instant::now();
@@ -970,6 +1027,20 @@ fn bad_input_is_one_line_without_the_password() {
         ],
     );
     assert!(err.contains("no table missing"), "{err}");
+    let err = fails_pg(
+        d,
+        &[
+            "--store",
+            "st",
+            "snapshot",
+            "files",
+            "--db",
+            &pg.url(&db),
+            "--schema",
+            "nope",
+        ],
+    );
+    assert!(err.contains("no schema nope"), "{err}");
     let err = fails_pg(
         d,
         &["--store", "st", "snapshot", "files", "--db", &pg.url(&db)],

@@ -38,8 +38,9 @@
 //! and sequence values. Onto existing tables (same columns and key, else
 //! refused before anything is written): only the rows that differ, in one
 //! transaction with deferrable constraints deferred, the tables locked
-//! against other writers (`EXCLUSIVE`) before they are read; a failure
-//! rolls back and names the row.
+//! against other writers (`EXCLUSIVE`) before they are read and their own
+//! triggers paused while rows are written; a failure rolls back and names
+//! the row.
 //!
 //! The client runs its own tokio runtime and must not be called
 //! from inside another: every entry point here runs on a thread of its own.
@@ -2215,6 +2216,22 @@ fn scan_in(
     c.batch_execute(&format!("SET LOCAL search_path = {}", quote(&loc.schema)))
         .map_err(|e| loc.error(e))?;
     let rels = list_relations(c, loc)?;
+    if rels.is_empty() {
+        let exists: bool = c
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+                &[&loc.schema],
+            )
+            .map_err(|e| loc.error(e))?
+            .get(0);
+        if !exists {
+            return Err(SyncError::NotFound(format!(
+                "{}: no schema {}",
+                loc.redacted(),
+                loc.schema
+            )));
+        }
+    }
     for t in wanted.iter().filter(|_| !missing_ok) {
         if !rels.iter().any(|r| &r.name == t) {
             return Err(SyncError::NotFound(format!(
@@ -2645,6 +2662,16 @@ fn restore_in(
     // statement.
     let names: Vec<&str> = merges.iter().map(|(o, ..)| o.name.as_str()).collect();
     let order = fk_order(c, loc, &names)?;
+    // Restoring rows must not fire the tables' own triggers (one that sets
+    // `updated_at` would leave the table unlike the snapshot); foreign keys
+    // and other constraints still hold. Their states come back before the
+    // commit (and with a rollback).
+    let mut paused = Vec::new();
+    for (o, _, _, acts) in &merges {
+        if !acts.is_empty() {
+            paused.extend(pause_triggers(c, loc, &o.name)?);
+        }
+    }
     for &i in order.iter().rev() {
         let (o, t, n, acts) = &merges[i];
         merge_apply(c, loc, src, &o.name, t, acts, *n, true, progress, &mut rep)?;
@@ -2652,6 +2679,9 @@ fn restore_in(
     for &i in &order {
         let (o, t, n, acts) = &merges[i];
         merge_apply(c, loc, src, &o.name, t, acts, *n, false, progress, &mut rep)?;
+    }
+    for sql in paused {
+        c.batch_execute(&sql).map_err(|e| loc.error(e))?;
     }
     // 3. Constraints and indexes of new tables (foreign keys last), views
     // the database lacks, then sequence values.
@@ -2771,6 +2801,58 @@ fn extra_step(o: &TableObject, e: &Extra) -> Result<(u8, Step)> {
             )));
         }
     })
+}
+
+/// Disables the enabled user triggers of table `name` (in the search
+/// path's schema) for the rest of the transaction; returns the statements
+/// that enable them again as they were. A role that does not own the table
+/// cannot: its triggers then fire, and a warning says so.
+fn pause_triggers(c: &mut Client, loc: &PgLocation, name: &str) -> Result<Vec<String>> {
+    let err = |e| loc.error(e);
+    let rows = c
+        .query(
+            "SELECT t.tgname::text, t.tgenabled::text FROM pg_catalog.pg_trigger t \
+             JOIN pg_catalog.pg_class r ON r.oid = t.tgrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
+             WHERE n.nspname = $1 AND r.relname = $2 AND NOT t.tgisinternal \
+               AND t.tgenabled <> 'D' ORDER BY 1",
+            &[&loc.schema, &name],
+        )
+        .map_err(err)?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let table = quote(name);
+    let mut disable = Vec::new();
+    let mut enable = Vec::new();
+    for r in rows {
+        let (tg, state): (String, String) = (r.get(0), r.get(1));
+        let tg = quote(&tg);
+        disable.push(format!("ALTER TABLE ONLY {table} DISABLE TRIGGER {tg}"));
+        let how = match state.as_str() {
+            "A" => "ENABLE ALWAYS",
+            "R" => "ENABLE REPLICA",
+            _ => "ENABLE",
+        };
+        enable.push(format!("ALTER TABLE ONLY {table} {how} TRIGGER {tg}"));
+    }
+    c.batch_execute("SAVEPOINT sp_sync_triggers").map_err(err)?;
+    match c.batch_execute(&disable.join("; ")) {
+        Ok(()) => {
+            c.batch_execute("RELEASE SAVEPOINT sp_sync_triggers")
+                .map_err(err)?;
+            Ok(enable)
+        }
+        Err(e) => {
+            c.batch_execute("ROLLBACK TO SAVEPOINT sp_sync_triggers")
+                .map_err(err)?;
+            tracing::warn!(
+                "table {name}: its triggers fire during the restore ({})",
+                loc.error(e)
+            );
+            Ok(Vec::new())
+        }
+    }
 }
 
 /// One step of a table's checked `CREATE` script.
