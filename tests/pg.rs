@@ -548,20 +548,28 @@ fn a_table_keyed_by_all_columns_keeps_nulls_and_look_alike_values_apart() {
     let r = json(&ok_pg(
         d,
         &[
-            "--store",
-            "st",
-            "restore",
-            "main",
-            "--db",
-            &url,
-            "--key-by-all-columns",
-            "--delete",
-            "--json",
+            "--store", "st", "restore", "main", "--db", &url, "--delete", "--json",
         ],
     ));
     assert_eq!(r["rows_deleted"], 3, "{r}");
     assert_eq!(r["rows_inserted"], 1, "{r}");
     assert_eq!(pg.dump_rows(&db, "kt"), before);
+    // Into a new database too (the snapshot says the table is keyed by all
+    // its columns; the restore needs no flag).
+    let fresh = pg.new_db("allkey_new");
+    ok_pg(
+        d,
+        &[
+            "--store",
+            "st",
+            "restore",
+            "main",
+            "--db",
+            &pg.url(&fresh),
+            "-q",
+        ],
+    );
+    assert_eq!(pg.dump_rows(&fresh, "kt"), before);
 }
 
 /// A table another inherits from holds only its own rows: a snapshot

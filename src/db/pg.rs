@@ -2564,7 +2564,7 @@ fn restore_in(
                 o.name
             )),
             (Some(t), Some(h)) => {
-                let (now, by_all) = live_structure(c, loc, h)?;
+                let (now, by_all) = live_structure_for(c, loc, h, o, t)?;
                 if same_structure(t, &now) {
                     plans.push(Plan::Merge(o, t, (by_all, h.partitioned)));
                 } else {
@@ -2633,7 +2633,7 @@ fn restore_in(
                     o.name
                 ))
             })?;
-        let (now, _) = live_structure(c, loc, &made)?;
+        let (now, _) = live_structure_for(c, loc, &made, o, t)?;
         if !same_structure(t, &now) {
             return Err(SyncError::Invalid(format!(
                 "the snapshot's SQL is refused: its script made a table other than the recorded one: {}",
@@ -2733,6 +2733,28 @@ fn fk_order(c: &mut Client, loc: &PgLocation, names: &[&str]) -> Result<Vec<usiz
 }
 
 /// A live table's columns and key, to compare with a snapshot's.
+/// [`live_structure`] of a table a restore writes the snapshot's `want`
+/// into: a table without a primary key is keyed by all its columns when
+/// the snapshot's is (it was taken with --key-by-all-columns), without the
+/// flag on the restore too.
+fn live_structure_for(
+    c: &mut Client,
+    loc: &PgLocation,
+    t: &PgTable,
+    obj: &TableObject,
+    want: &TableData,
+) -> Result<(TableData, bool)> {
+    let (mut now, by_all) = live_structure(c, loc, t)?;
+    let all: Vec<u32> = (0..now.columns.len() as u32).collect();
+    // (The recorded script names a primary key as pg_get_constraintdef
+    // prints it.)
+    let recorded_pk = obj.sql.contains(" PRIMARY KEY (");
+    if by_all && now.key.is_empty() && want.key == all && !recorded_pk {
+        now.key = all;
+    }
+    Ok((now, by_all))
+}
+
 /// The table as it is now, and whether it is keyed by all its columns (it
 /// has no primary key).
 fn live_structure(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<(TableData, bool)> {
