@@ -652,6 +652,21 @@ fn a_restore_keeping_newer_rows_keeps_their_sequence_ahead() {
         pg.psql(&db, "INSERT INTO t (v) VALUES ('d') RETURNING id"),
         "2\n"
     );
+    // A row inserted and deleted again moved only the sequence: the diff
+    // says so, not that the schema changed.
+    snap(d, &url, &[]);
+    pg.psql(
+        &db,
+        "INSERT INTO t (v) VALUES ('e'); DELETE FROM t WHERE v = 'e';",
+    );
+    let v = json(&ok_pg(
+        d,
+        &["--store", "st", "diff", "main", "--db", &url, "--json"],
+    ));
+    assert_eq!(v["rows"].as_array().map(Vec::len), Some(0), "{v}");
+    assert_eq!(v["tables"][0]["change"], "sequence", "{v}");
+    let text = ok_pg(d, &["--store", "st", "diff", "main", "--db", &url]);
+    assert!(text.contains("S table t (sequence moved)"), "{text}");
 }
 
 /// Restoring rows does not fire the tables' own triggers (one that stamps

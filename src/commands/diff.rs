@@ -215,10 +215,10 @@ impl DiffCmdReport {
                 "removed" => '-',
                 _ => 'S',
             };
-            let schema = if t.change == "schema" {
-                " (schema changed)"
-            } else {
-                ""
+            let schema = match t.change {
+                "schema" => " (schema changed)",
+                "sequence" => " (sequence moved)",
+                _ => "",
             };
             out.line(format_args!("{sym} {what} {}{schema}", t.table))?;
         }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::load_table;
-use super::table::{TableData, TableObject};
+use super::table::{ExtraKind, TableData, TableObject};
 use super::value::{Cell, Value, decode_key, decode_row};
 use crate::diff::ChangeKind;
 use crate::error::Result;
@@ -48,7 +48,8 @@ impl RowChange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TableChange {
     pub table: String,
-    /// `added`, `removed` or `schema`.
+    /// `added`, `removed`, `schema`, or `sequence` (only a sequence's value
+    /// moved).
     pub change: &'static str,
     pub view: bool,
 }
@@ -84,6 +85,18 @@ fn schema_of(t: &TableObject) -> (String, Vec<(&str, &str)>) {
         t.sql.clone(),
         t.extras
             .iter()
+            .map(|e| (e.name.as_str(), e.sql.as_str()))
+            .collect(),
+    )
+}
+
+/// [`schema_of`] without the sequences' values.
+fn sans_sequences(t: &TableObject) -> (String, Vec<(&str, &str)>) {
+    (
+        t.sql.clone(),
+        t.extras
+            .iter()
+            .filter(|e| e.kind != ExtraKind::Sequence)
             .map(|e| (e.name.as_str(), e.sql.as_str()))
             .collect(),
     )
@@ -215,9 +228,16 @@ pub fn diff_tables(
                     _ => false,
                 };
                 if !structure || schema_of(x) != schema_of(y) {
+                    // Only a sequence's value moved (rows were inserted,
+                    // even if deleted since): not a change of schema.
+                    let change = if structure && sans_sequences(x) == sans_sequences(y) {
+                        "sequence"
+                    } else {
+                        "schema"
+                    };
                     tables.push(TableChange {
                         table: name.clone(),
-                        change: "schema",
+                        change,
                         view,
                     });
                 }
