@@ -2672,13 +2672,44 @@ fn restore_in(
             paused.extend(pause_triggers(c, loc, &o.name)?);
         }
     }
+    let mut statements = Vec::new();
+    for (o, t, ..) in &merges {
+        statements.push(RowStatements::new(c, loc, &o.name, t)?);
+    }
     for &i in order.iter().rev() {
         let (o, t, n, acts) = &merges[i];
-        merge_apply(c, loc, src, &o.name, t, acts, *n, true, progress, &mut rep)?;
+        merge_apply(
+            c,
+            loc,
+            src,
+            &o.name,
+            t,
+            acts,
+            *n,
+            true,
+            progress,
+            &mut rep,
+            &mut statements[i],
+        )?;
     }
     for &i in &order {
         let (o, t, n, acts) = &merges[i];
-        merge_apply(c, loc, src, &o.name, t, acts, *n, false, progress, &mut rep)?;
+        merge_apply(
+            c,
+            loc,
+            src,
+            &o.name,
+            t,
+            acts,
+            *n,
+            false,
+            progress,
+            &mut rep,
+            &mut statements[i],
+        )?;
+    }
+    for rows in statements {
+        rows.finish(c, loc, &mut rep)?;
     }
     for sql in paused {
         c.batch_execute(&sql).map_err(|e| loc.error(e))?;
@@ -3166,6 +3197,7 @@ fn merge_apply(
     deletes: bool,
     progress: &dyn Progress,
     rep: &mut DbRestoreReport,
+    rows: &mut RowStatements<'_>,
 ) -> Result<()> {
     if acts.is_empty() {
         return Ok(());
@@ -3193,15 +3225,9 @@ fn merge_apply(
             }
         })
         .collect();
-    let row_err = |key: &[u8], e: tokio_postgres::Error| match loc.error(e) {
-        SyncError::Database(m) => {
-            SyncError::Database(format!("{m} (row {})", describe(name, &t.root, key)))
-        }
-        other => other,
-    };
     if deletes {
         let from = own_rows(name, partitioned);
-        return merge_deletes(c, &from, name, t, acts, &key_where, progress, rep, row_err);
+        return merge_deletes(c, loc, &from, t, acts, &key_where, progress, rep, rows);
     }
     // Updates and inserts, reading the snapshot's rows in key order.
     let wanted: Vec<usize> = (0..acts.len())
@@ -3258,31 +3284,17 @@ fn merge_apply(
                     sets.join(", "),
                     key_where.join(" AND ")
                 );
-                let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+                let mut params: Vec<Option<String>> = Vec::new();
                 for &ki in &t.key {
-                    params.push(&tx[ki as usize]);
+                    params.push(tx[ki as usize].clone());
                 }
                 for &ci in ucols {
-                    params.push(&tx[ci]);
+                    params.push(tx[ci].clone());
                 }
-                // The key matched when the plan was made, and the table is
-                // locked against writers since.
-                if c.execute(&sql, &params).map_err(|e| row_err(&k, e))? != 1 {
-                    return Err(SyncError::Database(format!(
-                        "{}: row {} is no longer in the table; nothing was written",
-                        loc.redacted(),
-                        describe(name, &t.root, &k)
-                    )));
-                }
-                rep.updated += 1;
+                rows.run(c, loc, &k, RowOp::Update, &sql, params, rep)?;
             }
             Act::Insert => {
-                let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = tx
-                    .iter()
-                    .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-                    .collect();
-                c.execute(&ins, &params).map_err(|e| row_err(&k, e))?;
-                rep.inserted += 1;
+                rows.run(c, loc, &k, RowOp::Insert, &ins, tx, rep)?;
             }
             Act::Delete => {}
         }
@@ -3299,14 +3311,14 @@ fn merge_apply(
 #[allow(clippy::too_many_arguments)]
 fn merge_deletes(
     c: &mut Client,
+    loc: &PgLocation,
     from: &str,
-    name: &str,
     t: &TableData,
     acts: &[(Vec<u8>, Act)],
     key_where: &[String],
     progress: &dyn Progress,
     rep: &mut DbRestoreReport,
-    row_err: impl Fn(&[u8], tokio_postgres::Error) -> SyncError,
+    rows: &mut RowStatements<'_>,
 ) -> Result<()> {
     let del = format!("DELETE FROM {from} WHERE {}", key_where.join(" AND "));
     for (k, a) in acts {
@@ -3328,22 +3340,194 @@ fn merge_deletes(
                     .map(|b| String::from_utf8_lossy(&b).into_owned()),
             );
         }
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = kt
+        rows.run(c, loc, k, RowOp::Delete, &del, kt, rep)?;
+    }
+    Ok(())
+}
+
+/// What a restore's row statement did: an UPDATE must change its row, a
+/// DELETE at most one.
+#[derive(Clone, Copy)]
+enum RowOp {
+    Update,
+    Insert,
+    Delete,
+}
+
+/// Runs a restore's row statements on one table. On a table that refers
+/// to itself by a foreign key that cannot be deferred (checked after each
+/// statement), rows in key order may come before the rows they need: a
+/// child before its parent is inserted, a parent before its children are
+/// deleted. There each statement runs under a savepoint, and one that
+/// breaks that key is tried again after the others, until none is left or
+/// a round makes no progress (then its error is the restore's).
+struct RowStatements<'a> {
+    name: &'a str,
+    root: ObjectId,
+    self_ref: bool,
+    pending: Vec<PendingRow>,
+}
+
+/// A row statement kept for later: the row's key, what it does, the
+/// statement and its parameters.
+type PendingRow = (Vec<u8>, RowOp, String, Vec<Option<String>>);
+
+impl<'a> RowStatements<'a> {
+    fn new(c: &mut Client, loc: &PgLocation, name: &'a str, t: &TableData) -> Result<Self> {
+        let self_ref: bool = c
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k \
+                 JOIN pg_catalog.pg_class r ON r.oid = k.conrelid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
+                 WHERE n.nspname = $1 AND r.relname = $2 AND k.contype = 'f' \
+                   AND k.confrelid = k.conrelid AND NOT k.condeferrable)",
+                &[&loc.schema, &name],
+            )
+            .map_err(|e| loc.error(e))?
+            .get(0);
+        Ok(RowStatements {
+            name,
+            root: t.root,
+            self_ref,
+            pending: Vec::new(),
+        })
+    }
+
+    /// A statement's error, naming the row.
+    fn row_error(&self, loc: &PgLocation, key: &[u8], e: tokio_postgres::Error) -> SyncError {
+        match loc.error(e) {
+            SyncError::Database(m) => SyncError::Database(format!(
+                "{m} (row {})",
+                describe(self.name, &self.root, key)
+            )),
+            other => other,
+        }
+    }
+
+    /// Runs one row's statement (or keeps it for later, see above).
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &mut self,
+        c: &mut Client,
+        loc: &PgLocation,
+        key: &[u8],
+        op: RowOp,
+        sql: &str,
+        params: Vec<Option<String>>,
+        rep: &mut DbRestoreReport,
+    ) -> Result<()> {
+        match self.try_once(c, sql, &params, !self.self_ref) {
+            Ok(Some(n)) => self.account(loc, key, op, n, rep),
+            Ok(None) => {
+                self.pending
+                    .push((key.to_vec(), op, sql.to_string(), params));
+                Ok(())
+            }
+            Err(e) => Err(self.row_error(loc, key, e)),
+        }
+    }
+
+    /// Runs the statement; `None` when it broke the table's own foreign
+    /// key (under a savepoint, rolled back).
+    fn try_once(
+        &self,
+        c: &mut Client,
+        sql: &str,
+        params: &[Option<String>],
+        plain: bool,
+    ) -> std::result::Result<Option<u64>, tokio_postgres::Error> {
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
             .iter()
             .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
             .collect();
-        let n = c.execute(&del, &params).map_err(|e| row_err(k, e))?;
-        if n > 1 {
+        if plain {
+            return c.execute(sql, &refs).map(Some);
+        }
+        c.batch_execute("SAVEPOINT sp_sync_row")?;
+        match c.execute(sql, &refs) {
+            Ok(n) => {
+                c.batch_execute("RELEASE SAVEPOINT sp_sync_row")?;
+                Ok(Some(n))
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => {
+                c.batch_execute("ROLLBACK TO SAVEPOINT sp_sync_row")?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn account(
+        &self,
+        loc: &PgLocation,
+        key: &[u8],
+        op: RowOp,
+        n: u64,
+        rep: &mut DbRestoreReport,
+    ) -> Result<()> {
+        match op {
+            // The key matched when the plan was made, and the table is
+            // locked against writers since.
+            RowOp::Update if n != 1 => Err(SyncError::Database(format!(
+                "{}: row {} is no longer in the table; nothing was written",
+                loc.redacted(),
+                describe(self.name, &self.root, key)
+            ))),
             // (A table keyed by all its columns holding a row twice: the
             // snapshot may have it once.)
-            return Err(SyncError::Database(format!(
+            RowOp::Delete if n > 1 => Err(SyncError::Database(format!(
                 "the database holds row {} more than once; nothing was written",
-                describe(name, &t.root, k)
-            )));
+                describe(self.name, &self.root, key)
+            ))),
+            RowOp::Update => {
+                rep.updated += 1;
+                Ok(())
+            }
+            RowOp::Insert => {
+                rep.inserted += n;
+                Ok(())
+            }
+            RowOp::Delete => {
+                rep.deleted += n;
+                Ok(())
+            }
         }
-        rep.deleted += n;
     }
-    Ok(())
+
+    /// Runs the rows kept for later, round after round: after all of the
+    /// table's deletes, updates and inserts (a parent's delete may wait for
+    /// the update that moves its child away).
+    fn finish(mut self, c: &mut Client, loc: &PgLocation, rep: &mut DbRestoreReport) -> Result<()> {
+        while !self.pending.is_empty() {
+            let before = self.pending.len();
+            let mut left = Vec::new();
+            for (key, op, sql, params) in std::mem::take(&mut self.pending) {
+                match self.try_once(c, &sql, &params, false) {
+                    Ok(Some(n)) => self.account(loc, &key, op, n, rep)?,
+                    Ok(None) => left.push((key, op, sql, params)),
+                    Err(e) => return Err(self.row_error(loc, &key, e)),
+                }
+            }
+            if left.len() == before {
+                // No progress: the first one's own error.
+                let (key, _, sql, params) = &left[0];
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                    .iter()
+                    .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+                    .collect();
+                return match c.execute(sql.as_str(), &refs) {
+                    Err(e) => Err(self.row_error(loc, key, e)),
+                    Ok(_) => Err(SyncError::Database(format!(
+                        "{}: table {}: rows refer to each other in a cycle; nothing was written",
+                        loc.redacted(),
+                        self.name
+                    ))),
+                };
+            }
+            self.pending = left;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
