@@ -547,6 +547,13 @@ fn read_rows(
     })
 }
 
+/// A row's key for people, `table(42, 'x')`; None when it does not decode.
+pub(crate) fn key_for_people(table: &str, key: &[u8]) -> Option<String> {
+    let vals = value::decode_key(key).ok()?;
+    let parts: Vec<String> = vals.iter().map(value::Value::to_sql).collect();
+    Some(format!("{table}({})", parts.join(", ")))
+}
+
 /// Builds a row map from `(key, row)` pairs that `fill` produces in key
 /// order: `fill` runs on this thread and hands rows over in batches;
 /// another thread builds the map (boundary hashes, node hashes,
@@ -575,14 +582,7 @@ pub(crate) fn build_row_map(
                     };
                     if let Err(e) = b.push(k, v) {
                         if b.last_key() == Some(k) {
-                            let key = match value::decode_key(k) {
-                                Ok(vals) => {
-                                    let v: Vec<String> =
-                                        vals.iter().map(value::Value::to_sql).collect();
-                                    format!("({})", v.join(", "))
-                                }
-                                Err(_) => "of another".into(),
-                            };
+                            let key = key_for_people("", k).unwrap_or_else(|| "of another".into());
                             return Err(SyncError::Database(format!(
                                 "{label}: more than one row has the key {key}; a table keyed \
                                  by all its columns (--key-by-all-columns) must not hold \

@@ -2676,7 +2676,9 @@ fn restore_in(
     for (o, t, ..) in &merges {
         statements.push(RowStatements::new(c, loc, &o.name, t)?);
     }
-    for &i in order.iter().rev() {
+    // (See above: the deletes' order, then the updates' and inserts'.)
+    let passes = order.iter().rev().map(|&i| (i, true));
+    for (i, deletes) in passes.chain(order.iter().map(|&i| (i, false))) {
         let (o, t, n, acts) = &merges[i];
         merge_apply(
             c,
@@ -2686,23 +2688,7 @@ fn restore_in(
             t,
             acts,
             *n,
-            true,
-            progress,
-            &mut rep,
-            &mut statements[i],
-        )?;
-    }
-    for &i in &order {
-        let (o, t, n, acts) = &merges[i];
-        merge_apply(
-            c,
-            loc,
-            src,
-            &o.name,
-            t,
-            acts,
-            *n,
-            false,
+            deletes,
             progress,
             &mut rep,
             &mut statements[i],
@@ -3070,13 +3056,7 @@ fn copy_in(
 
 /// A row's key for people: `table(42, 'x')`.
 fn describe(name: &str, root: &ObjectId, key: &[u8]) -> String {
-    match decode_key(key) {
-        Ok(vals) => {
-            let parts: Vec<String> = vals.iter().map(Value::to_sql).collect();
-            format!("{name}({})", parts.join(", "))
-        }
-        Err(_) => format!("{name}(a row of {})", root.short()),
-    }
+    super::key_for_people(name, key).unwrap_or_else(|| format!("{name}(a row of {})", root.short()))
 }
 
 /// Applies the differences between the table now and the snapshot.
