@@ -1738,6 +1738,73 @@ fn a_re_snapshot_by_the_row_cache_stores_what_a_full_read_does() {
     }
 }
 
+/// The first snapshot of a table reads no row stamps: its cache records
+/// the snapshot's `xmin`, and a re-snapshot reads again every row whose
+/// version is not older. A transaction still open while that snapshot ran,
+/// with a change made in a subtransaction (whose id the snapshot's list of
+/// running transactions does not name) and one in its top level, commits
+/// afterwards: the re-snapshot by the cache must hold both changes.
+#[test]
+fn a_change_committed_after_the_first_snapshot_by_a_transaction_open_during_it_is_seen() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("rowcache_open");
+    pg.psql(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 3000) g;",
+    );
+    let w = work();
+    let d = w.path();
+    let cache = d.join("cache");
+    let url = pg.url(&db);
+    let mut open = client(pg, &db);
+    open.batch_execute(
+        "BEGIN;
+         SAVEPOINT a;
+         UPDATE t SET v = 'by a subtransaction' WHERE id = 5;
+         RELEASE SAVEPOINT a;
+         SAVEPOINT b;
+         INSERT INTO t VALUES (4000, 'inserted');
+         RELEASE SAVEPOINT b;
+         UPDATE t SET v = 'by the top level' WHERE id = 6;",
+    )
+    .unwrap();
+    // A transaction that starts after the open one and commits before the
+    // snapshot: its change is in the first snapshot.
+    pg.psql(&db, "UPDATE t SET v = 'before' WHERE id = 7;");
+    let (first, err) = snap_logged(d, &cache, &url, &[]);
+    assert!(!err.contains("by the row cache"), "no cache yet: {err}");
+    assert_eq!(first["tables"]["t"], 3000, "{first}");
+    open.batch_execute("COMMIT").unwrap();
+    let (by_cache, err) = snap_logged(d, &cache, &url, &[]);
+    assert!(
+        err.contains("table t: ") && err.contains("by the row cache"),
+        "{err}"
+    );
+    let diff = json(&ok_pg(
+        d,
+        &["--store", "st", "diff", "main~1", "main", "--json"],
+    ));
+    let mut keys: Vec<String> = diff["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {}", r["change"].as_str().unwrap_or("?"), r["key"][0]))
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["added 4000", "modified 5", "modified 6"], "{diff}");
+    // A full read stores the same map.
+    let (full, err) = snap_logged(d, &cache, &url, &["--no-cache"]);
+    assert!(!err.contains("by the row cache"), "{err}");
+    assert_eq!(full["tables"], by_cache["tables"]);
+    assert_eq!(full["new_objects"], 1, "{full} after {by_cache}");
+    // And the next re-snapshot, by the stamps that one wrote, reads only
+    // what changed since.
+    pg.psql(&db, "UPDATE t SET v = 'later' WHERE id = 8;");
+    let (_, err) = snap_logged(d, &cache, &url, &[]);
+    assert!(err.contains("by the row cache (1 read, 0 gone)"), "{err}");
+}
+
 #[test]
 fn a_damaged_or_foreign_row_cache_costs_a_full_read_only() {
     let Some(pg) = cluster() else { return };

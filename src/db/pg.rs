@@ -1549,23 +1549,17 @@ impl<'t> RowParser<'t> {
         Ok((self.key.finish(), &self.stamp))
     }
 
-    /// A whole row from a binary `COPY` tuple: (key, encoded row, stamp;
-    /// empty without `stamps`).
+    /// A whole row from a binary `COPY` tuple: (key, encoded row).
     fn row_binary(
         &mut self,
         tuple: &[Option<&[u8]>],
-        stamps: bool,
         sink: &dyn ObjectSink,
         chunker: &Chunker,
-    ) -> std::result::Result<ParsedRow<'_, '_>, String> {
-        let rest = self.fields_binary(tuple, false)?;
-        self.stamp.clear();
-        if stamps {
-            self.stamp_binary(rest)?;
-        }
+    ) -> std::result::Result<(&[u8], &[u8]), String> {
+        self.fields_binary(tuple, false)?;
         self.encode_row(sink, chunker)?;
         self.make_key(false).map_err(|e| e.to_string())?;
-        Ok((self.key.finish(), &self.w.buf, &self.stamp))
+        Ok((self.key.finish(), &self.w.buf))
     }
 
     /// Encodes the fields as a row (large values spilled to chunks when
@@ -1701,7 +1695,10 @@ fn copy_lines(
 }
 
 /// Streams a table's rows in key order, calling `f(key, row)`, and each
-/// row's key and stamp into `cache`.
+/// row's key into `cache` with an empty stamp: the row as of the cache's
+/// snapshot (see [`xid_before`]). Reading the stamps here would cost the
+/// server a projection of every row (a fifth more time); a re-snapshot
+/// reads them anyway.
 #[allow(clippy::too_many_arguments)]
 fn read_table(
     c: &mut Client,
@@ -1720,19 +1717,18 @@ fn read_table(
     let bad =
         |what: String| SyncError::Database(format!("{}: table {name}: {what}", loc.redacted()));
     let mut p = RowParser::new(t).with_enums(enums);
-    let stamps = cache.is_some();
     let sql = copy_out_sql(
         &own_rows(name, partitioned),
         t,
         &select_list(t),
-        stamps,
+        false,
         by_all,
     );
     if !p.all_read_binary() {
         return copy_lines(c, loc, &sql, progress, |line| {
-            let (key, row, stamp) = p.row(line, sink, chunker).map_err(bad)?;
+            let (key, row, _) = p.row(line, sink, chunker).map_err(bad)?;
             if let Some(w) = cache.as_deref_mut() {
-                w.row(key, stamp);
+                w.row(key, b"");
             }
             f(key, row)
         });
@@ -1741,17 +1737,14 @@ fn read_table(
     let mut due = Interrupts::default();
     c.copy_out_binary(
         &format!("{sql} (FORMAT binary)"),
-        (
-            t.columns.len() + if stamps { 2 } else { 0 },
-            MAX_BINARY_FIELD,
-        ),
+        (t.columns.len(), MAX_BINARY_FIELD),
         |tuple| {
             if due.check(tuple.iter().flatten().map(|v| v.len()).sum(), progress) {
                 return Err(SyncError::Interrupted);
             }
-            let (key, row, stamp) = p.row_binary(tuple, stamps, sink, chunker).map_err(bad)?;
+            let (key, row) = p.row_binary(tuple, sink, chunker).map_err(bad)?;
             if let Some(w) = cache.as_deref_mut() {
-                w.row(key, stamp);
+                w.row(key, b"");
             }
             f(key, row)
         },
@@ -1802,8 +1795,10 @@ enum Incremental {
 
 /// A re-snapshot of one table by its row cache: reads every row's key and
 /// stamp (in key order, as the cache holds them), fetches by `ctid` the
-/// rows that are new or whose stamp differs, and rebuilds the cached map
-/// around them and the keys that are gone. Writes the new cache to `out`.
+/// rows that are new or changed (a cached stamp that differs, or an empty
+/// one, written as of `xids.0`, that the row's `xmin` is not older than;
+/// `xids.1` is this snapshot's `xmax`), and rebuilds the cached map around
+/// them and the keys that are gone. Writes the new cache to `out`.
 #[allow(clippy::too_many_arguments)]
 fn read_table_by_cache(
     c: &mut Client,
@@ -1814,6 +1809,7 @@ fn read_table_by_cache(
     by_all: bool,
     partitioned: bool,
     mut old: CacheReader,
+    xids: (u64, u64),
     src: &dyn ObjectSource,
     sink: &dyn ObjectSink,
     chunker: &Chunker,
@@ -1868,7 +1864,11 @@ fn read_table_by_cache(
         }
         let same = match &ahead {
             Some((k, s)) if k.as_slice() == key => {
-                let same = s.as_slice() == stamp;
+                let same = if s.is_empty() {
+                    stamp_xmin(stamp).is_some_and(|x| xid_before(x, xids.0, xids.1))
+                } else {
+                    s.as_slice() == stamp
+                };
                 advance(&mut old, &mut ahead, &mut unusable);
                 same
             }
@@ -2020,14 +2020,15 @@ fn read_table_by_cache(
 /// What a table's row cache must match: the database and table, their
 /// definitions (and those of the column types: an enum's labels, a
 /// composite's attributes), the table's storage, and sp-sync's row
-/// encoding. Also gives the database's transaction counter.
+/// encoding. Also gives the `xmin` and `xmax` (64-bit) of the scan's
+/// snapshot.
 fn cache_ident(
     c: &mut Client,
     loc: &PgLocation,
     rel: &PgTable,
     t: &TableData,
     sql: &str,
-) -> Result<([u8; 32], u64)> {
+) -> Result<([u8; 32], u64, u64)> {
     let row = c
         .query_one(
             "SELECT (SELECT d.oid::int8 FROM pg_catalog.pg_database d \
@@ -2045,7 +2046,8 @@ fn cache_ident(
                                    WHERE ct.oid IN (ty.oid, ty.typelem, ty.typbasetype) AND ct.typrelid <> 0 AND a2.attnum > 0), '') AS s \
                        FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
                        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) x), \
-                    pg_catalog.txid_snapshot_xmin(pg_catalog.txid_current_snapshot()) \
+                    pg_catalog.txid_snapshot_xmin(pg_catalog.txid_current_snapshot()), \
+                    pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot()) \
              FROM pg_catalog.pg_class c WHERE c.oid = $1::int8::oid",
             &[&rel.oid],
         )
@@ -2055,9 +2057,10 @@ fn cache_ident(
     let relfilenode: i64 = row.get(2);
     let class_xmin: String = row.get(3);
     let types: String = row.get(4);
-    let xid: i64 = row.get(5);
+    let xmin: i64 = row.get(5);
+    let xmax: i64 = row.get(6);
     let mut w = Writer::with_capacity(256);
-    w.bytes(b"sp-sync row cache: pg rows v1")
+    w.bytes(b"sp-sync row cache: pg rows v2")
         .bytes(env!("CARGO_PKG_VERSION").as_bytes())
         .bytes(loc.redacted().as_bytes())
         .bytes(loc.schema.as_bytes())
@@ -2077,7 +2080,38 @@ fn cache_ident(
     for &k in &t.key {
         w.varint(u64::from(k));
     }
-    Ok((*blake3::hash(&w.buf).as_bytes(), xid as u64))
+    Ok((*blake3::hash(&w.buf).as_bytes(), xmin as u64, xmax as u64))
+}
+
+/// The `xmin` of a stamp (`xmin\t(block,line)`).
+fn stamp_xmin(stamp: &[u8]) -> Option<u32> {
+    let digits = stamp.split(|&b| b == b'\t').next()?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Whether a row version whose `xmin` is `raw` (32 bits, as a tuple holds
+/// it), seen by a snapshot whose `xmax` is `now` (64 bits), was made by a
+/// transaction older than `bound`: the `xmin` of an earlier snapshot. Every
+/// transaction below a snapshot's `xmin` had ended when it was taken, so
+/// such a version was the row that snapshot saw. (A transaction between a
+/// snapshot's `xmin` and `xmax` that is not in its list of running ones may
+/// still be a subtransaction of one that is: the list names top-level
+/// transactions only, so nothing above `xmin` is trusted.) `raw` is placed
+/// in the latest 2^32 transactions below `now`; the caller makes sure
+/// `bound` is among them. The special ids below 3 (bootstrap, frozen) are
+/// older than any snapshot.
+fn xid_before(raw: u32, bound: u64, now: u64) -> bool {
+    if raw < 3 {
+        return true;
+    }
+    let mut x = (now & !0xFFFF_FFFF) | u64::from(raw);
+    if x >= now {
+        match x.checked_sub(1 << 32) {
+            Some(earlier) => x = earlier,
+            None => return false,
+        }
+    }
+    x < bound
 }
 
 /// A row cache older than this many transactions is not trusted: a row
@@ -2331,10 +2365,10 @@ fn read_rows(
 ) -> Result<(u64, ObjectId)> {
     let cache = match rows_cache {
         Some(rc) => {
-            let (ident, xid) = cache_ident(c, loc, rel, t, sql)?;
+            let (ident, xmin, xmax) = cache_ident(c, loc, rel, t, sql)?;
             let path =
                 super::rowcache::path_for(&rc.dir, &[&loc.redacted(), &loc.schema, &rel.name]);
-            Some((rc, ident, xid, path))
+            Some((rc, ident, xmin, xmax, path))
         }
         None => None,
     };
@@ -2346,7 +2380,7 @@ fn read_rows(
                 None
             }
         };
-    if let Some((rc, ident, xid, path)) = &cache {
+    if let Some((rc, ident, xid, xmax, path)) = &cache {
         match CacheReader::open(path, ident) {
             Ok(Some(_))
                 if !super::rowcache::trailer_roots(path)
@@ -2359,7 +2393,7 @@ fn read_rows(
                     "{label}: row cache not used (its map is not in this store); reading every row"
                 );
             }
-            Ok(Some((old, old_xid))) if *xid >= old_xid && xid - old_xid < MAX_CACHE_XID_AGE => {
+            Ok(Some((old, old_xid))) if *xmax >= old_xid && xmax - old_xid < MAX_CACHE_XID_AGE => {
                 if let Some(mut out) = create(ident, *xid, path) {
                     let r = read_table_by_cache(
                         c,
@@ -2370,6 +2404,7 @@ fn read_rows(
                         by_all,
                         rel.partitioned,
                         old,
+                        (old_xid, *xmax),
                         rc.src,
                         sink,
                         chunker,
@@ -2400,7 +2435,7 @@ fn read_rows(
     }
     let mut out = cache
         .as_ref()
-        .and_then(|(_, ident, xid, path)| create(ident, *xid, path));
+        .and_then(|(_, ident, xid, _, path)| create(ident, *xid, path));
     let (n, root) = super::build_row_map(label, sink, progress, |f| {
         read_table(
             c,
@@ -3534,6 +3569,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("pw"));
+    }
+
+    #[test]
+    fn a_row_version_is_older_than_a_snapshot_only_below_its_xmin() {
+        // Epoch 0: plain comparisons below the snapshot's xmax.
+        assert!(xid_before(99, 100, 150));
+        assert!(!xid_before(100, 100, 150));
+        assert!(!xid_before(149, 100, 150));
+        // An id at or above `now` is from the epoch before, if there was one.
+        assert!(!xid_before(150, 100, 150));
+        assert!(!xid_before(u32::MAX, 100, 150));
+        // Epoch 3: raw ids are placed in the 2^32 ids below `now`.
+        let e = 3u64 << 32;
+        assert!(xid_before(10, e + 20, e + 50));
+        assert!(!xid_before(30, e + 20, e + 50));
+        assert!(xid_before(u32::MAX - 5, e + 20, e + 50));
+        assert!(!xid_before(u32::MAX - 5, e - 10, e + 50));
+        assert!(xid_before(u32::MAX - 5, e - 3, e + 50));
+        // Bootstrap and frozen ids are older than any snapshot.
+        assert!(xid_before(1, 3, 4));
+        assert!(xid_before(2, 3, 4));
+        assert_eq!(stamp_xmin(b"4294967295\t(12,3)"), Some(u32::MAX));
+        assert_eq!(stamp_xmin(b"4294967296\t(12,3)"), None);
+        assert_eq!(stamp_xmin(b""), None);
     }
 
     #[test]

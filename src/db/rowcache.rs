@@ -1,7 +1,8 @@
 //! The row cache: for one table of a live database, each row's key and a
 //! *stamp* that changes whenever the row does (PostgreSQL: the row
-//! version's `xmin` and `ctid`), with the row map those rows were stored
-//! as. A re-snapshot reads only keys and stamps, fetches the rows whose
+//! version's `xmin` and `ctid`; empty when the rows were read without
+//! them: the row as of `xid`, unchanged while its version's `xmin` is
+//! older), with the row map those rows were stored as. A re-snapshot reads only keys and stamps, fetches the rows whose
 //! stamp differs, and rebuilds the map around them
 //! ([`crate::pmap::apply_edits`]). Like the stat cache it is only a hint,
 //! kept beside the store (`CACHE_DIR/rows/`), never in it.
@@ -14,8 +15,8 @@
 //! ```
 //!
 //! `ident` names what the rows are valid for (the database, the table, its
-//! definition and sp-sync's row encoding); `xid` is the database's
-//! transaction counter when the rows were read. The file is read as a
+//! definition and sp-sync's row encoding); `xid` is the `xmin` of the
+//! snapshot the rows were read in (every older transaction had ended). The file is read as a
 //! stream (a table's keys need not fit in memory); damage is found at the
 //! latest at its end, before anything read from it is used.
 
