@@ -2019,8 +2019,13 @@ fn read_table_by_cache(
 
 /// What a table's row cache must match: the database and table, their
 /// definitions (and those of the column types: an enum's labels, a
-/// composite's attributes), the table's storage, and sp-sync's row
-/// encoding. Also gives the `xmin` and `xmax` (64-bit) of the scan's
+/// composite's attributes), the table's storage (a partitioned table's:
+/// every partition's), the server's start time, and sp-sync's row
+/// encoding. A cache written by a full read holds no stamps and trusts
+/// every row version older than its snapshot (see [`xid_before`]); a
+/// database put back in time (a backup restored, a failover to a replica
+/// that lagged) would make a version the read never saw look so, and is
+/// only ever put back by a server started anew. Also gives the `xmin` and `xmax` (64-bit) of the scan's
 /// snapshot.
 fn cache_ident(
     c: &mut Client,
@@ -2046,6 +2051,12 @@ fn cache_ident(
                                    WHERE ct.oid IN (ty.oid, ty.typelem, ty.typbasetype) AND ct.typrelid <> 0 AND a2.attnum > 0), '') AS s \
                        FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
                        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) x), \
+                    pg_catalog.pg_postmaster_start_time()::text, \
+                    (WITH RECURSIVE tree(oid) AS ( \
+                       SELECT c.oid WHERE c.relkind = 'p' \
+                       UNION ALL SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid) \
+                     SELECT coalesce(string_agg(l.oid::text || '/' || l.relfilenode::text || '/' || l.xmin::text, ',' ORDER BY l.oid), '') \
+                     FROM tree JOIN pg_catalog.pg_class l ON l.oid = tree.oid), \
                     pg_catalog.txid_snapshot_xmin(pg_catalog.txid_current_snapshot()), \
                     pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot()) \
              FROM pg_catalog.pg_class c WHERE c.oid = $1::int8::oid",
@@ -2057,8 +2068,10 @@ fn cache_ident(
     let relfilenode: i64 = row.get(2);
     let class_xmin: String = row.get(3);
     let types: String = row.get(4);
-    let xmin: i64 = row.get(5);
-    let xmax: i64 = row.get(6);
+    let started: String = row.get(5);
+    let partitions: String = row.get(6);
+    let xmin: i64 = row.get(7);
+    let xmax: i64 = row.get(8);
     let mut w = Writer::with_capacity(256);
     w.bytes(b"sp-sync row cache: pg rows v2")
         .bytes(env!("CARGO_PKG_VERSION").as_bytes())
@@ -2071,6 +2084,8 @@ fn cache_ident(
         .zigzag(relfilenode)
         .bytes(class_xmin.as_bytes())
         .bytes(types.as_bytes())
+        .bytes(started.as_bytes())
+        .bytes(partitions.as_bytes())
         .bytes(sql.as_bytes())
         .varint(t.columns.len() as u64);
     for col in &t.columns {

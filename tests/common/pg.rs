@@ -22,6 +22,8 @@ pub struct PgCluster {
     pub dir: PathBuf,
     pub sock: PathBuf,
     pub port: u16,
+    /// The server options `pg_ctl start` was given.
+    opts: String,
 }
 
 fn is_root() -> bool {
@@ -128,6 +130,27 @@ static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 
 /// This process's cluster, or None (after printing a skip line) when
 /// PostgreSQL is not installed and the tests do not run as root.
+fn pg_ctl_start(bin: &Path, dir: &Path, opts: &str) {
+    check(
+        "pg_ctl start",
+        as_owner(
+            &bin.join("pg_ctl"),
+            &[
+                "-D",
+                dir.join("data").to_str().unwrap(),
+                "-o",
+                opts,
+                "-l",
+                dir.join("log").to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        )
+        .stdout(Stdio::null())
+        .output(),
+    );
+}
+
 pub fn cluster() -> Option<&'static PgCluster> {
     CLUSTER
         .get_or_init(|| {
@@ -287,24 +310,7 @@ impl PgCluster {
              -c full_page_writes=off -c max_connections=40 -c shared_buffers=16MB",
             sock.display()
         );
-        check(
-            "pg_ctl start",
-            as_owner(
-                &bin.join("pg_ctl"),
-                &[
-                    "-D",
-                    dir.join("data").to_str().unwrap(),
-                    "-o",
-                    &opts,
-                    "-l",
-                    dir.join("log").to_str().unwrap(),
-                    "-w",
-                    "start",
-                ],
-            )
-            .stdout(Stdio::null())
-            .output(),
-        );
+        pg_ctl_start(&bin, &dir, &opts);
         // The watchdog: when this process is gone, stop and remove.
         let stop = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
@@ -331,7 +337,26 @@ impl PgCluster {
             dir,
             sock,
             port,
+            opts,
         }
+    }
+
+    /// Stops the server (fast shutdown), runs `f` on its data directory,
+    /// and starts it again with the same options.
+    pub fn with_server_stopped(&self, f: impl FnOnce(&Path)) {
+        let data = self.dir.join("data");
+        check(
+            "pg_ctl stop",
+            as_owner(
+                &self.bin.join("pg_ctl"),
+                &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"],
+            )
+            .stdout(Stdio::null())
+            .output(),
+        );
+        f(&data);
+        chown(&self.dir);
+        pg_ctl_start(&self.bin, &self.dir, &self.opts);
     }
 
     /// A URL for `db` (no password: it comes from `PGPASSWORD`).
