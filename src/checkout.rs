@@ -101,9 +101,9 @@ pub fn restore(
     // places inside it; otherwise SNAP[:PATH] into the target.
     let places: Vec<Placement> = match (&target, db) {
         (None, Some(_)) => Vec::new(),
-        (None, None) => placements(&s, sub, &ws.root)?,
+        (None, None) => source_placements(store, &s, sub, &ws.root)?,
         (Some(t), _) if s.sources.is_some() && t.is_dir() && holds_store(t, &ws.store_dir) => {
-            placements(&s, sub, t)?
+            source_placements(store, &s, sub, t)?
         }
         (Some(t), _) => vec![Placement {
             tree_path: sub.unwrap_or("").to_string(),
@@ -116,19 +116,7 @@ pub fn restore(
             sub.unwrap_or("")
         )));
     }
-    let ropts = RestoreOptions {
-        delete: opts.delete,
-        threads: None,
-        protect: protected_paths(ws, Some(&s)),
-        keep: kept_paths(ws),
-        excludes: match &s.sources {
-            Some(src) => src.excludes.clone(),
-            None => ws.project().map(|p| p.snapshot.exclude).unwrap_or_default(),
-        },
-        ignore_base: Some(ws.root.clone()),
-        keep_setid: opts.keep_setid,
-        skip_unchanged: false,
-    };
+    let mut ropts = restore_options(ws, &s, opts.delete, opts.keep_setid);
     let mut report = CheckoutReport {
         snapshot: Some(id),
         ..Default::default()
@@ -147,6 +135,7 @@ pub fn restore(
             },
         )?;
         let name = p.tree_path.rsplit('/').next().unwrap_or("").as_bytes();
+        ropts.excludes_at = crate::sources::source_rel(&s, &p.tree_path);
         let r = restore_to(store, &entry, name, &p.dest, &ropts, progress)
             .context_with(|| format!("restore into {}", p.dest.display()))?;
         report.restored.push(PlacedReport {
@@ -210,4 +199,87 @@ pub fn restore(
         });
     }
     Ok(report)
+}
+
+/// Where `SNAP[:sub]` goes back to relative to `base` ([`placements`]).
+/// A snapshot of one source that was a file or a symlink holds it by name
+/// (as it holds each of several sources), so it goes back to exactly that
+/// path; the same tree from a directory holding one such entry of the same
+/// name is told apart by what is on disk: a directory there now keeps the
+/// directory reading.
+fn source_placements(
+    store: &Store,
+    s: &crate::object::snapshot::Snapshot,
+    sub: Option<&str>,
+    base: &std::path::Path,
+) -> Result<Vec<Placement>> {
+    let mut places = placements(s, sub, base)?;
+    let (Some(src), Some(root)) = (&s.sources, s.root) else {
+        return Ok(places);
+    };
+    let [one] = src.paths.as_slice() else {
+        return Ok(places);
+    };
+    let Some(name) = std::path::Path::new(one)
+        .file_name()
+        .and_then(|n| n.to_str())
+    else {
+        return Ok(places);
+    };
+    let sub = sub.unwrap_or("").trim_matches('/');
+    if !(sub.is_empty() || sub == name) {
+        return Ok(places);
+    }
+    let entries = crate::object::tree::read_dir(store, &root, s.time)?;
+    let is_file_source = matches!(
+        entries.as_slice(),
+        [(n, e)] if n.as_slice() == name.as_bytes()
+            && !matches!(e.kind, crate::object::tree::EntryKind::Dir { .. })
+    );
+    let dest = if one.is_empty() {
+        base.to_path_buf()
+    } else {
+        base.join(one)
+    };
+    if is_file_source && !std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+        places = vec![Placement {
+            tree_path: name.to_string(),
+            dest,
+        }];
+    }
+    Ok(places)
+}
+
+/// How a restore of snapshot `s` into the workspace `ws` writes: never over
+/// the store or a database, `--delete` keeping `sp-sync.toml`, the paths
+/// the snapshot skipped (it could not read them), the snapshot's excludes
+/// and what the `.sp-syncignore` files match.
+pub(crate) fn restore_options(
+    ws: &Workspace,
+    s: &crate::object::snapshot::Snapshot,
+    delete: bool,
+    keep_setid: bool,
+) -> RestoreOptions {
+    RestoreOptions {
+        delete,
+        threads: None,
+        protect: protected_paths(ws, Some(s)),
+        // What the snapshot could not read is kept: it may be the only copy.
+        keep: kept_paths(ws)
+            .into_iter()
+            .chain(
+                s.skipped
+                    .iter()
+                    .map(|k| crate::sources::canonical(&ws.root.join(&k.path))),
+            )
+            .collect(),
+        excludes: match &s.sources {
+            Some(src) => src.excludes.clone(),
+            None => ws.project().map(|p| p.snapshot.exclude).unwrap_or_default(),
+        },
+        excludes_at: String::new(),
+        ignore_base: Some(ws.root.clone()),
+        keep_setid,
+        skip_unchanged: false,
+    }
 }

@@ -12,6 +12,9 @@
 //! - `--delete` never removes a protected path (the store, the databases,
 //!   `sp-sync.toml`) nor what the excludes or a `.sp-syncignore` match, and
 //!   nothing is ever written over a protected path;
+//! - no sp-sync store (a directory holding `store.toml`, `refs/` and
+//!   `packs/`), whichever store the restore reads from, is written into,
+//!   replaced or removed, and a target inside one is refused;
 //! - without `--delete` nothing the snapshot lacks is removed: a file or
 //!   symlink is not put where a directory holding anything is (reported
 //!   with the protected paths), and with it such a directory goes only as
@@ -60,9 +63,14 @@ pub struct RestoreOptions {
     /// Paths `delete` never removes, though the snapshot may write them
     /// (`sp-sync.toml`); absolute.
     pub keep: Vec<PathBuf>,
-    /// Gitignore-style patterns (relative to the target) whose matches
-    /// `delete` keeps, like the `.sp-syncignore` files it finds.
+    /// Gitignore-style patterns (relative to the snapshot's source root)
+    /// whose matches `delete` keeps, like the `.sp-syncignore` files it
+    /// finds.
     pub excludes: Vec<String>,
+    /// Where the target sits below the source root the excludes are
+    /// relative to (`x/sub` for `SNAP:x/sub`; empty: the target is that
+    /// root).
+    pub excludes_at: String,
     /// The working-tree root: `delete` also keeps what the `.sp-syncignore`
     /// files of the directories from it down to the target match (as a
     /// snapshot leaves them out).
@@ -96,13 +104,33 @@ pub struct RestoreReport {
     pub protected: Vec<PathBuf>,
 }
 
-/// Gitignore matchers in force in a directory (outermost first).
+/// Gitignore matchers in force in a directory (outermost first), each
+/// with the path its matches are seen at when it is not the real one
+/// (the snapshot's excludes: `(target, where the target sits below the
+/// source root)`).
 #[derive(Clone, Default)]
-struct Ignores(Vec<std::sync::Arc<Gitignore>>);
+struct Ignores(Vec<(std::sync::Arc<Gitignore>, Option<SeenAt>)>);
+
+/// Paths below `.0` are matched as though they were below `.1`.
+type SeenAt = (PathBuf, PathBuf);
+
+/// The root the excludes' matcher is built at: a path no target is in.
+const EXCLUDES_ROOT: &str = "/sp-sync-source-root";
 
 impl Ignores {
     fn ignored(&self, path: &Path, is_dir: bool) -> bool {
-        for g in self.0.iter().rev() {
+        for (g, seen) in self.0.iter().rev() {
+            let mapped;
+            let path = match seen {
+                Some((from, to)) => match path.strip_prefix(from) {
+                    Ok(rel) => {
+                        mapped = to.join(rel);
+                        mapped.as_path()
+                    }
+                    Err(_) => continue,
+                },
+                None => path,
+            };
             match g.matched(path, is_dir) {
                 Match::Ignore(_) => return true,
                 Match::Whitelist(_) => return false,
@@ -120,7 +148,27 @@ impl Ignores {
         }
         let mut out = self.clone();
         if let Ok(g) = b.build() {
-            out.0.push(std::sync::Arc::new(g));
+            out.0.push((std::sync::Arc::new(g), None));
+        }
+        out
+    }
+
+    /// Adds `patterns`, relative to a source root, for a target that sits
+    /// at `at` below that root.
+    fn with_excludes(&self, target: &Path, at: &str, patterns: &[String]) -> Ignores {
+        let root = Path::new(EXCLUDES_ROOT);
+        let mut b = GitignoreBuilder::new(root);
+        for line in patterns {
+            let _ = b.add_line(None, line);
+        }
+        let mut out = self.clone();
+        if let Ok(g) = b.build() {
+            let seen = at
+                .split('/')
+                .filter(|c| !c.is_empty())
+                .fold(root.to_path_buf(), |p, c| p.join(c));
+            out.0
+                .push((std::sync::Arc::new(g), Some((target.to_path_buf(), seen))));
         }
         out
     }
@@ -153,8 +201,22 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
+    if let Some(store) = store_holding(target) {
+        return Err(SyncError::Invalid(format!(
+            "{}: will not restore into the store at {}",
+            target.display(),
+            store.display()
+        )));
+    }
     std::fs::create_dir_all(target).ctx("creating", target)?;
     let target = &std::fs::canonicalize(target).ctx("resolving", target)?;
+    if let Some(store) = store_holding(target) {
+        return Err(SyncError::Invalid(format!(
+            "{}: will not restore into the store at {}",
+            target.display(),
+            store.display()
+        )));
+    }
     if opts.protect.iter().any(|p| p == target) {
         return Err(SyncError::Invalid(format!(
             "{}: will not restore into a protected path (the store or a database)",
@@ -172,7 +234,7 @@ pub fn restore(
         .unwrap_or(u64::MAX);
     let mut ign = Ignores::default();
     if !opts.excludes.is_empty() {
-        ign = ign.with(target, opts.excludes.join("\n").as_bytes());
+        ign = ign.with_excludes(target, &opts.excludes_at, &opts.excludes);
     }
     if opts.delete
         && let Some(base) = &opts.ignore_base
@@ -251,6 +313,9 @@ pub fn restore(
 /// Restores `entry` to exactly `dest`, like `cp`: a directory's contents
 /// go into `dest`; a file or symlink replaces the file at `dest`, is
 /// created there when nothing is, or goes inside when `dest` is a directory.
+/// A symlink at `dest` is replaced, never followed (`dest` may come from a
+/// snapshot or a cache entry: a link to a directory elsewhere must not take
+/// the file there).
 pub fn restore_to(
     src: &dyn ObjectSource,
     entry: &Entry,
@@ -259,7 +324,8 @@ pub fn restore_to(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
-    if matches!(entry.kind, EntryKind::Dir { .. }) || dest.is_dir() {
+    let dest_is_dir = std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir());
+    if matches!(entry.kind, EntryKind::Dir { .. }) || dest_is_dir {
         return restore(src, entry, name, dest, opts, progress);
     }
     let file_name = dest.file_name().ok_or_else(|| {
@@ -269,7 +335,13 @@ pub fn restore_to(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    restore(src, entry, file_name.as_bytes(), parent, opts, progress)
+    // The excludes see the parent where the file's own path was.
+    let mut opts = opts.clone();
+    opts.excludes_at = match opts.excludes_at.trim_end_matches('/').rsplit_once('/') {
+        Some((up, _)) => up.to_string(),
+        None => String::new(),
+    };
+    restore(src, entry, file_name.as_bytes(), parent, &opts, progress)
 }
 
 fn dir_is_empty(fd: BorrowedFd<'_>) -> bool {
@@ -404,6 +476,10 @@ impl Ctx<'_> {
         } else {
             e.mode & !0o6000
         };
+        if !fresh && is_store_at(dir, name) {
+            self.not_restored(path, "a store is there (a restore never writes into one)");
+            return Ok(());
+        }
         match &e.kind {
             EntryKind::Dir { tree } => {
                 let (fd, child_fresh) = self.open_dir(dir, name, path, fresh)?;
@@ -768,7 +844,7 @@ impl Ctx<'_> {
             Err(e) => return Err(SyncError::io("reading", path, e.into())),
         };
         let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
-        if ign.ignored(path, is_dir) {
+        if ign.ignored(path, is_dir) || (is_dir && is_store_at(dir, name)) {
             return Ok(false);
         }
         if !is_dir {
@@ -819,6 +895,48 @@ impl Ctx<'_> {
 }
 
 const IGNORE_FILE: &str = crate::snapshot::IGNORE_FILE;
+
+/// Whether the directory `name` in `dir` (not following a symlink) is an
+/// sp-sync store: it holds a `store.toml` file and `refs/` and `packs/`
+/// directories, as every local store does.
+fn is_store_at(dir: BorrowedFd<'_>, name: &[u8]) -> bool {
+    match rustix::fs::openat(
+        dir,
+        OsStr::from_bytes(name),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => is_store_fd(fd.as_fd()),
+        Err(_) => false,
+    }
+}
+
+fn is_store_fd(fd: BorrowedFd<'_>) -> bool {
+    let kind = |n: &str| {
+        rustix::fs::statat(fd, n, AtFlags::SYMLINK_NOFOLLOW)
+            .ok()
+            .map(|st| FileType::from_raw_mode(st.st_mode))
+    };
+    kind("store.toml") == Some(FileType::RegularFile)
+        && kind("refs") == Some(FileType::Directory)
+        && kind("packs") == Some(FileType::Directory)
+}
+
+/// The store `path` is or lies in, if any (of the part of it that exists).
+pub fn store_holding(path: &Path) -> Option<PathBuf> {
+    let path = std::path::absolute(path).ok()?;
+    path.ancestors()
+        .filter(|a| a.is_dir())
+        .find(|a| {
+            rustix::fs::open(
+                *a,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .is_ok_and(|fd| is_store_fd(fd.as_fd()))
+        })
+        .map(Path::to_path_buf)
+}
 
 /// The bytes of a small regular file `name` in `dir` (not following links).
 fn read_small_at(dir: BorrowedFd<'_>, name: &[u8]) -> Option<Vec<u8>> {

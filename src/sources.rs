@@ -90,6 +90,21 @@ pub fn placements(snap: &Snapshot, sub: Option<&str>, base: &Path) -> Result<Vec
     }
 }
 
+/// Where a path of the snapshot's tree sits below the root of the source
+/// it came from (the root the snapshot's excludes are relative to): the
+/// path itself when the snapshot has one source, else the path without
+/// its first part (the source's name).
+pub fn source_rel(snap: &Snapshot, tree_path: &str) -> String {
+    let tree_path = tree_path.trim_matches('/');
+    match snap.sources.as_ref().map(|s| s.paths.len()) {
+        Some(n) if n > 1 => tree_path
+            .split_once('/')
+            .map(|(_, rest)| rest.to_string())
+            .unwrap_or_default(),
+        _ => tree_path.to_string(),
+    }
+}
+
 /// The snapshot's databases that are files, resolved against `base`, with
 /// the tables each gave. (URLs are left to the engines that take them.)
 pub fn database_files(snap: &Snapshot, base: &Path) -> Vec<(PathBuf, Vec<String>)> {

@@ -347,6 +347,11 @@ fn an_unreadable_file_makes_a_partial_snapshot_that_says_so_and_exits_3() {
     assert!(!listing.contains("secret"), "{listing}");
     let log = as_nobody(&w, &["log"]);
     assert!(String::from_utf8_lossy(&log.stdout).contains("skipped"));
+    // What the snapshot could not read may be the only copy: `restore
+    // --delete` keeps it.
+    let o = as_nobody(&w, &["restore", "--delete", "main"]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(w.join("secret").exists(), "a skipped file was deleted");
     // Fixed: the next snapshot is complete.
     std::fs::set_permissions(
         w.join("secret"),
@@ -603,4 +608,244 @@ fn missing_s3_credentials_are_named_without_asking_the_network() {
         "{err}"
     );
     assert!(!err.contains("169.254"), "{err}");
+}
+
+/// A tree that holds what looks like a store (`.sp-sync/` with a broken
+/// `store.toml`) and a file where the puller keeps its database.
+fn hostile_tree(src: &Path) {
+    std::fs::create_dir_all(src.join(".sp-sync/refs")).unwrap();
+    std::fs::create_dir_all(src.join(".sp-sync/packs")).unwrap();
+    std::fs::create_dir_all(src.join("data")).unwrap();
+    std::fs::write(src.join(".sp-sync/store.toml"), "garbage = [").unwrap();
+    std::fs::write(src.join(".sp-sync/refs/main"), "0".repeat(64)).unwrap();
+    std::fs::write(src.join("data/app.db"), "not a database").unwrap();
+    std::fs::write(src.join("readme"), "hello\n").unwrap();
+}
+
+/// `pull --restore` writes as `restore` does: never into the store nor over
+/// a database, whatever the pulled snapshot holds; the rest is written.
+#[test]
+fn pull_restore_never_writes_into_the_store_or_over_a_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let src = t.join("src");
+    hostile_tree(&src);
+    ok(t, &["init", "--store", "a", "-q"]);
+    ok(&src, &["--store", "../a", "snapshot", ".", "-q"]);
+    ok(
+        t,
+        &[
+            "--store",
+            "a",
+            "push",
+            t.join("remote").to_str().unwrap(),
+            "main",
+        ],
+    );
+    let w = t.join("w");
+    std::fs::create_dir_all(&w).unwrap();
+    layout(&w, DEFAULT_TOML);
+    let before = dump(&w.join("data/app.db"));
+    let store_toml = std::fs::read(w.join(".sp-sync/store.toml")).unwrap();
+    let o = run_in(
+        &w,
+        &[
+            "pull",
+            t.join("remote").to_str().unwrap(),
+            "main",
+            "--restore",
+            ".",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("not restoring"), "{err}");
+    assert_eq!(
+        std::fs::read(w.join(".sp-sync/store.toml")).unwrap(),
+        store_toml
+    );
+    assert_eq!(dump(&w.join("data/app.db")), before);
+    assert_eq!(
+        std::fs::read_to_string(w.join("readme")).unwrap(),
+        "hello\n"
+    );
+    ok(&w, &["fsck", "--read-data"]);
+    ok(&w, &["log"]);
+}
+
+/// A cache entry that names a store (a poisoned shared cache) is refused
+/// by `cache restore`, which changes nothing; a file entry whose place
+/// holds a symlink to a directory elsewhere replaces the link, and never
+/// writes through it.
+#[test]
+fn cache_restore_never_writes_into_a_store_or_through_a_symlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let remote = t.join("remote");
+    let remote = remote.to_str().unwrap();
+    let a = t.join("a");
+    std::fs::create_dir_all(&a).unwrap();
+    ok(&a, &["init", "-q"]);
+    std::fs::write(a.join("file.txt"), "cached\n").unwrap();
+    ok(
+        &a,
+        &["cache", "save", "evil", ".sp-sync", "--remote", remote],
+    );
+    ok(&a, &["cache", "save", "k1", "file.txt", "--remote", remote]);
+    let b = t.join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    ok(&b, &["init", "-q"]);
+    ok(&b, &["snapshot", "-q"]);
+    let store_toml = std::fs::read(b.join(".sp-sync/store.toml")).unwrap();
+    let err = fails(&b, &["cache", "restore", "evil", "--remote", remote], 1);
+    assert!(err.contains("store"), "{err}");
+    assert_eq!(
+        std::fs::read(b.join(".sp-sync/store.toml")).unwrap(),
+        store_toml
+    );
+    ok(&b, &["fsck", "--read-data"]);
+    let outside = t.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("file.txt"), "precious\n").unwrap();
+    std::os::unix::fs::symlink(&outside, b.join("file.txt")).unwrap();
+    ok(&b, &["cache", "restore", "k1", "--remote", remote]);
+    assert_eq!(
+        std::fs::read_to_string(outside.join("file.txt")).unwrap(),
+        "precious\n"
+    );
+    assert!(!b.join("file.txt").is_symlink());
+    assert_eq!(
+        std::fs::read_to_string(b.join("file.txt")).unwrap(),
+        "cached\n"
+    );
+}
+
+/// A source that is one file, replaced by a symlink to a directory
+/// elsewhere: `restore` puts the file back in the link's place and leaves
+/// the directory alone.
+#[test]
+fn restore_replaces_a_symlink_at_a_file_source_and_never_writes_through_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("w");
+    std::fs::create_dir_all(w.join("services")).unwrap();
+    std::fs::write(w.join("services/config.toml"), "cfg v1\n").unwrap();
+    ok(&w, &["init", "-q"]);
+    ok(&w, &["snapshot", "services/config.toml", "-q"]);
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("config.toml"), "precious\n").unwrap();
+    std::fs::remove_file(w.join("services/config.toml")).unwrap();
+    std::os::unix::fs::symlink(&outside, w.join("services/config.toml")).unwrap();
+    ok(&w, &["restore", "main"]);
+    assert_eq!(
+        std::fs::read_to_string(outside.join("config.toml")).unwrap(),
+        "precious\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.join("services/config.toml")).unwrap(),
+        "cfg v1\n"
+    );
+}
+
+/// No restore writes into a store or removes one, whichever store it reads
+/// from: a target inside the store is refused, and `--delete` keeps a
+/// store it finds among what the snapshot lacks.
+#[test]
+fn restore_never_writes_into_or_removes_a_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("w");
+    std::fs::create_dir_all(w.join("services")).unwrap();
+    std::fs::write(w.join("services/top.txt"), "top\n").unwrap();
+    ok(&w, &["init", "-q"]);
+    ok(&w, &["snapshot", "-q"]);
+    let packs = std::fs::read_dir(w.join(".sp-sync/packs")).unwrap().count();
+    for args in [
+        &["restore", "--delete", "main", ".sp-sync/packs"][..],
+        &["restore", "main:services/top.txt", ".sp-sync/refs/main"][..],
+        &["restore", "main", ".sp-sync/refs"][..],
+    ] {
+        let err = fails(&w, args, 1);
+        assert!(
+            err.contains("will not restore into the store"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(w.join(".sp-sync/packs")).unwrap().count(),
+        packs
+    );
+    ok(&w, &["fsck", "--read-data"]);
+    ok(&w, &["log"]);
+    // Another store, restored with --delete over the tree that holds `w`.
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(other.join("src")).unwrap();
+    std::fs::write(other.join("src/s"), "s\n").unwrap();
+    ok(&other, &["init", "--store", "st", "-q"]);
+    ok(
+        &other.join("src"),
+        &["--store", "../st", "snapshot", ".", "-q"],
+    );
+    ok(
+        &other,
+        &[
+            "--store",
+            "st",
+            "restore",
+            "--delete",
+            "main",
+            w.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(std::fs::read_to_string(w.join("s")).unwrap(), "s\n");
+    assert!(!w.join("services").exists(), "the rest goes with --delete");
+    ok(&w, &["fsck", "--read-data"]);
+    ok(&w, &["log"]);
+}
+
+/// `restore --delete SNAP:PATH` keeps what the snapshot's excludes match:
+/// they are relative to the source's root, not to the restored path.
+#[test]
+fn restore_delete_of_a_sub_path_keeps_what_the_excludes_match() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    std::fs::create_dir_all(w.join("services/x/cache")).unwrap();
+    std::fs::create_dir_all(w.join("services/x/sub")).unwrap();
+    std::fs::write(w.join("services/x/a"), "a").unwrap();
+    std::fs::write(w.join("services/x/cache/c"), "c").unwrap();
+    std::fs::write(w.join("services/x/sub/s"), "s").unwrap();
+    std::fs::write(w.join("services/x/sub/keep.bak"), "bak").unwrap();
+    std::fs::write(
+        w.join("sp-sync.toml"),
+        "[snapshot]\npaths = [\"services\"]\nexclude = [\"/x/cache\", \"x/sub/*.bak\"]\n",
+    )
+    .unwrap();
+    ok(w, &["init", "-q"]);
+    ok(w, &["snapshot", "-q"]);
+    std::fs::write(w.join("services/x/sub/more.bak"), "user data").unwrap();
+    std::fs::write(w.join("services/x/cache/c2"), "c2").unwrap();
+    std::fs::write(w.join("services/x/extra"), "goes").unwrap();
+    for spec in ["main:x", "main:x/sub"] {
+        ok(w, &["restore", "--delete", spec]);
+    }
+    for kept in [
+        "x/cache/c",
+        "x/cache/c2",
+        "x/sub/keep.bak",
+        "x/sub/more.bak",
+        "x/a",
+        "x/sub/s",
+    ] {
+        assert!(
+            w.join("services").join(kept).is_file(),
+            "{kept} was removed"
+        );
+    }
+    assert!(!w.join("services/x/extra").exists());
+    // Into a target of its own, the same.
+    let t = w.join("copy");
+    std::fs::create_dir_all(t.join("cache")).unwrap();
+    std::fs::write(t.join("cache/mine"), "m").unwrap();
+    ok(w, &["restore", "--delete", "main:x", t.to_str().unwrap()]);
+    assert!(t.join("cache/mine").is_file());
+    assert!(t.join("a").is_file());
 }

@@ -14,7 +14,6 @@ use crate::error::{Context, Result};
 use crate::progress::Progress;
 use crate::remote::config::LocalConfig;
 use crate::remote::{Credentials, Location};
-use crate::restore::RestoreOptions;
 use crate::store::{LockMode, Store};
 use crate::transfer::TransferReport;
 
@@ -125,7 +124,7 @@ pub enum PullReport {
 /// local refs; a bundle file is imported (fast-forward only). Then restores
 /// the first ref into `opts.restore`.
 pub fn pull(opts: &PullOptions, progress: &dyn Progress) -> Result<PullReport> {
-    let (_, store) = opts.place.open(LockMode::Shared)?;
+    let (ws, store) = opts.place.open(LockMode::Shared)?;
     let (name, loc, creds) = resolve_remote(&store, opts.remote.as_deref())?;
     let refs = or_main(&opts.refs);
     let start = Instant::now();
@@ -134,7 +133,9 @@ pub fn pull(opts: &PullOptions, progress: &dyn Progress) -> Result<PullReport> {
             return Ok(());
         };
         let target = opts.place.cwd.join(target);
-        let ropts = RestoreOptions::default();
+        // As `restore` writes: never over this store or a database.
+        let snap = crate::names::load_snapshot(&store, &id)?;
+        let ropts = crate::checkout::restore_options(&ws, &snap, false, false);
         crate::restore_snapshot(&store, &id.to_hex(), &target, &ropts, progress)
             .context_with(|| format!("restore into {}", target.display()))?;
         Ok(())
