@@ -862,8 +862,11 @@ impl Ctx<'_> {
             Mode::empty(),
         )
         .ctx("opening", path)?;
-        if st.st_mode & 0o700 != 0o700 {
-            let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700));
+        // Opened for the owner to look inside; a directory that stays gets
+        // its own mode back.
+        let opened = st.st_mode & 0o700 != 0o700;
+        if opened {
+            let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode((st.st_mode & 0o7777) | 0o700));
         }
         let ign = match read_small_at(fd.as_fd(), IGNORE_FILE.as_bytes()) {
             Some(text) => ign.with(path, &text),
@@ -884,6 +887,10 @@ impl Ctx<'_> {
         for c in names {
             all &=
                 self.remove_unprotected(fd.as_fd(), &c, &path.join(OsStr::from_bytes(&c)), &ign)?;
+        }
+        if opened && !all {
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(st.st_mode & 0o7777))
+                .ctx("setting mode of", path)?;
         }
         drop(fd);
         if all {

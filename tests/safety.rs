@@ -849,3 +849,30 @@ fn restore_delete_of_a_sub_path_keeps_what_the_excludes_match() {
     assert!(t.join("cache/mine").is_file());
     assert!(t.join("a").is_file());
 }
+
+/// A directory `--delete` looks into (opening it for its owner when its
+/// mode does not let them) and keeps, because it holds what an ignore file
+/// matches, keeps its own mode.
+#[test]
+fn restore_delete_keeps_the_mode_of_a_directory_it_keeps() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    std::fs::create_dir_all(w.join("services/a")).unwrap();
+    std::fs::write(w.join("services/a/f"), "f").unwrap();
+    std::fs::write(w.join("services/.sp-syncignore"), "*.keep\n").unwrap();
+    ok(w, &["init", "-q"]);
+    ok(w, &["snapshot", "services", "-q"]);
+    std::fs::create_dir_all(w.join("services/late")).unwrap();
+    std::fs::write(w.join("services/late/mine.keep"), "mine").unwrap();
+    std::fs::write(w.join("services/late/other"), "goes").unwrap();
+    std::fs::set_permissions(w.join("services/late"), PermissionsExt::from_mode(0o555)).unwrap();
+    ok(w, &["restore", "--delete", "main"]);
+    assert!(w.join("services/late/mine.keep").is_file());
+    assert!(!w.join("services/late/other").exists());
+    let mode = std::fs::metadata(w.join("services/late"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o555);
+}
