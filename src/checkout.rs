@@ -117,6 +117,14 @@ pub fn restore(
         )));
     }
     let mut ropts = restore_options(ws, &s, opts.delete, opts.keep_setid);
+    if target.is_none() && db.is_none() {
+        let dbs = if sub.is_none() {
+            databases(&s, &ws.root)
+        } else {
+            Vec::new()
+        };
+        foreign_guard(ws, &s, &places, &dbs)?;
+    }
     let mut report = CheckoutReport {
         snapshot: Some(id),
         ..Default::default()
@@ -199,6 +207,49 @@ pub fn restore(
         });
     }
     Ok(report)
+}
+
+/// A snapshot taken on another host (pulled, or imported from a bundle)
+/// names places of that host: restored without a target, it goes back
+/// only into this working tree. A source outside it (an absolute path, or
+/// one above the root) or a PostgreSQL database it names is refused, so
+/// that a snapshot from elsewhere cannot write, or with `--delete` remove,
+/// what this command did not name. (The host is what the snapshot says: a
+/// guard against mistakes, not against a snapshot made to lie.)
+fn foreign_guard(
+    ws: &Workspace,
+    s: &crate::object::snapshot::Snapshot,
+    places: &[Placement],
+    dbs: &[(PathBuf, Vec<String>)],
+) -> Result<()> {
+    if s.host == crate::snapshot::hostname() {
+        return Ok(());
+    }
+    let root = canonical(&ws.root);
+    let outside = places
+        .iter()
+        .map(|p| p.dest.clone())
+        .chain(
+            dbs.iter()
+                .filter(|(p, _)| !crate::db::pg::is_url(&p.to_string_lossy()))
+                .map(|(p, _)| p.clone()),
+        )
+        .map(|p| canonical(&p))
+        .find(|p| !p.starts_with(&root))
+        .map(|p| p.display().to_string())
+        .or_else(|| {
+            dbs.iter()
+                .find(|(p, _)| crate::db::pg::is_url(&p.to_string_lossy()))
+                .map(|(p, _)| crate::db::pg::display_location(p))
+        });
+    match outside {
+        Some(place) => Err(SyncError::Invalid(format!(
+            "the snapshot was taken on host {:?}, and {place} lies outside this working tree: \
+             name a TARGET (or --db) to restore into",
+            s.host
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Where `SNAP[:sub]` goes back to relative to `base` ([`placements`]).

@@ -876,3 +876,56 @@ fn restore_delete_keeps_the_mode_of_a_directory_it_keeps() {
         .mode();
     assert_eq!(mode & 0o7777, 0o555);
 }
+
+/// A snapshot from another host (here imported from a bundle) whose source
+/// is an absolute path outside the working tree is not restored there
+/// without a target: it names a place of that host, which this command did
+/// not name. With a target it is; and a snapshot of this host still goes
+/// back to its absolute source.
+#[test]
+fn a_snapshot_from_another_host_goes_back_only_into_the_working_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let victim = t.join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("a"), "a").unwrap();
+    let elsewhere = t.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    ok(&elsewhere, &["init", "-q"]);
+    ok(
+        &elsewhere,
+        &[
+            "snapshot",
+            victim.to_str().unwrap(),
+            "--host",
+            "other-host",
+            "-q",
+        ],
+    );
+    let bundle = t.join("b.spb");
+    ok(
+        &elsewhere,
+        &["bundle", "create", bundle.to_str().unwrap(), "main"],
+    );
+    std::fs::write(victim.join("important"), "mine").unwrap();
+    let w = t.join("w");
+    std::fs::create_dir_all(&w).unwrap();
+    ok(&w, &["init", "-q"]);
+    ok(&w, &["bundle", "import", bundle.to_str().unwrap()]);
+    let err = fails(&w, &["restore", "--delete", "main"], 1);
+    assert!(
+        err.contains("other-host") && err.contains("name a TARGET"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(victim.join("important")).unwrap(),
+        "mine"
+    );
+    ok(&w, &["restore", "main", "copy"]);
+    assert_eq!(std::fs::read_to_string(w.join("copy/a")).unwrap(), "a");
+    // Taken here: back to its absolute source.
+    ok(&w, &["snapshot", victim.to_str().unwrap(), "-q"]);
+    std::fs::write(victim.join("a"), "changed").unwrap();
+    ok(&w, &["restore", "main"]);
+    assert_eq!(std::fs::read_to_string(victim.join("a")).unwrap(), "a");
+}
