@@ -476,7 +476,9 @@ impl Ctx<'_> {
         } else {
             e.mode & !0o6000
         };
-        if !fresh && is_store_at(dir, name) {
+        // (A file or symlink only replaces a directory that `clear_dir_at`
+        // empties, and `remove_unprotected` keeps a store.)
+        if !fresh && matches!(e.kind, EntryKind::Dir { .. }) && is_store_at(dir, name) {
             self.not_restored(path, "a store is there (a restore never writes into one)");
             return Ok(());
         }
