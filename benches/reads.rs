@@ -143,6 +143,7 @@ fn repacked_store() -> (tempfile::TempDir, Store, Vec<ObjectId>, u64) {
     let gc = systemprompt_sync::GcOptions {
         dry_run: false,
         repack: true,
+        keep_recent: None,
     };
     systemprompt_sync::gc_with(&s, &gc, &systemprompt_sync::NoProgress).expect("repack");
     drop(s);

@@ -28,7 +28,9 @@
 //! connections (no request in progress) first. A tenant's `quota` (bytes its
 //! store holds) refuses a push that would pass it with 507 and removes what
 //! of it was committed (a tenant with a quota has one push at a time). `POST gc` waits for the tenant's requests in flight, holds
-//! off new ones (503), and runs gc with the store's exclusive lock.
+//! off new ones (503), and runs gc with the store's exclusive lock, keeping
+//! the objects of packs stored in the last hour (a push's objects arrive
+//! before its ref, in another request).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -1116,6 +1118,9 @@ async fn fetch(
     }
 }
 
+/// What `POST gc` keeps however unreached: packs younger than this.
+const SERVER_GC_KEEP_RECENT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// `POST gc`: waits for the tenant's other requests to finish, holds off
 /// new ones, closes the shared store and runs gc with an exclusive lock.
 async fn gc(
@@ -1148,7 +1153,18 @@ async fn gc(
             }
             st.close_store(&tenant);
             let store = Store::open(&dir, LockMode::Exclusive).map_err(from_sync)?;
-            let rep = crate::store::gc::gc(&store, false, &NoProgress).map_err(from_sync)?;
+            // A push is several requests: its objects are stored before the
+            // ref that reaches them, and gc may run in between. What came in
+            // the last hour stays.
+            let rep = crate::store::gc::gc_with(
+                &store,
+                &crate::store::gc::GcOptions {
+                    keep_recent: Some(SERVER_GC_KEEP_RECENT),
+                    ..Default::default()
+                },
+                &NoProgress,
+            )
+            .map_err(from_sync)?;
             drop(store);
             serde_json::to_value(&rep).map_err(|e| {
                 tracing::error!("gc report: {e}");

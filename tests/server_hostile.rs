@@ -504,6 +504,24 @@ fn gc_runs_on_a_served_store() {
         &pack(&junk),
     );
     assert_eq!(s, 200);
+    // A push's objects come before the ref that reaches them, in another
+    // request: gc keeps what came in the last hour.
+    let (s, b) = http(&server.addr, "POST", "/v1/acme/gc", Some(TOKEN_A), b"");
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+    let rep: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(rep["removed_objects"], 0, "{rep}");
+    assert_eq!(rep["kept_recent"], 5, "{rep}");
+    // An hour later they go.
+    let idx: Vec<std::path::PathBuf> = walk_files(&tmp.path().join("data"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "idx"))
+        .collect();
+    assert!(!idx.is_empty());
+    for p in &idx {
+        let f = std::fs::File::options().write(true).open(p).unwrap();
+        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(7200))
+            .unwrap();
+    }
     let (s, b) = http(&server.addr, "POST", "/v1/acme/gc", Some(TOKEN_A), b"");
     assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
     let rep: serde_json::Value = serde_json::from_slice(&b).unwrap();
@@ -601,4 +619,21 @@ fn the_client_gives_up_on_a_server_that_never_answers() {
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("no answer"), "{err}");
+}
+
+/// Every file below `dir`.
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }

@@ -339,6 +339,7 @@ pub fn gc(place: &Place, opts: &GcCmdOptions, progress: &dyn Progress) -> Result
         &crate::GcOptions {
             dry_run: opts.dry_run,
             repack: opts.repack,
+            keep_recent: None,
         },
         progress,
     )?;

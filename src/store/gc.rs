@@ -50,6 +50,9 @@ pub struct GcReport {
     pub repack_bytes_before: u64,
     /// Bytes of the live objects as stored after the repack.
     pub repack_bytes_after: u64,
+    /// Objects no ref reaches kept because their pack is recent (see
+    /// [`GcOptions::keep_recent`]; counted in `reachable_objects`).
+    pub kept_recent: usize,
 }
 
 /// How gc runs.
@@ -60,6 +63,10 @@ pub struct GcOptions {
     /// Write every live object again into new packs, storing objects that
     /// have an older version as deltas against it (store-format.md §6).
     pub repack: bool,
+    /// Keep every object of a pack whose index was written less than this
+    /// long ago, reached or not. The server's gc: a push there is several
+    /// requests, and its objects come before the ref that reaches them.
+    pub keep_recent: Option<std::time::Duration>,
 }
 
 /// Marks what refs reach; fails on any damage.
@@ -94,9 +101,51 @@ pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcRep
         &GcOptions {
             dry_run,
             repack: false,
+            keep_recent: None,
         },
         progress,
     )
+}
+
+/// Adds to `live` the objects of every pack whose index was written less
+/// than `age` ago (by its file's mtime; a pack whose age cannot be read
+/// counts as recent); returns how many were added.
+fn keep_recent_packs(
+    store: &Store,
+    age: std::time::Duration,
+    live: &mut crate::id::IdSet,
+) -> Result<usize> {
+    let now = std::time::SystemTime::now();
+    let mut added = 0;
+    for pack in store.packs().iter() {
+        let idx_path = store.idx_path(&pack.name);
+        let recent = fs::metadata(&idx_path)
+            .and_then(|m| m.modified())
+            .map(|t| now.duration_since(t).map_or(true, |d| d < age))
+            .unwrap_or(true);
+        if !recent {
+            continue;
+        }
+        let entries = store
+            .backend()
+            .get(&Store::idx_key(&pack.name))
+            .and_then(|b| {
+                b.ok_or_else(|| SyncError::corrupt_file("index", &idx_path, "disappeared"))
+            })
+            .and_then(|b| index::decode(&b, &idx_path))
+            .map_err(|e| {
+                SyncError::Invalid(format!(
+                    "gc refused: {e} (run `sp-sync fsck --rebuild-index`)"
+                ))
+            })?
+            .1;
+        for e in entries {
+            if live.insert(e.id) {
+                added += 1;
+            }
+        }
+    }
+    Ok(added)
 }
 
 /// Adds to `live` the bases of its stored deltas (and theirs), which stay
@@ -144,6 +193,9 @@ pub fn gc_with(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Resu
     // Dictionaries are few and small: every one is kept, so whatever
     // record names one can always be read.
     live.extend(store.dictionaries());
+    if let Some(age) = opts.keep_recent {
+        rep.kept_recent = keep_recent_packs(store, age, &mut live)?;
+    }
     if !opts.repack {
         // A repack stores every delta's base anew (or the object whole).
         rep.kept_bases = keep_bases(store, &mut live)?;
