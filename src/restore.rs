@@ -208,6 +208,12 @@ pub fn restore(
             store.display()
         )));
     }
+    if std::fs::metadata(target).is_ok_and(|m| !m.is_dir()) {
+        return Err(SyncError::Invalid(format!(
+            "{}: not a directory (a directory is restored into one)",
+            target.display()
+        )));
+    }
     std::fs::create_dir_all(target).ctx("creating", target)?;
     let target = &std::fs::canonicalize(target).ctx("resolving", target)?;
     if let Some(store) = store_holding(target) {

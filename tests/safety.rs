@@ -164,6 +164,13 @@ fn restoring_a_file_onto_a_file_replaces_it_and_onto_a_new_name_creates_it() {
     std::fs::create_dir(w.join("into")).unwrap();
     ok(w, &["restore", "main:config/app.toml", "into"]);
     assert!(w.join("into/app.toml").is_file());
+    // A directory onto a file: refused, saying so, the file untouched.
+    let err = fails(w, &["restore", "main:config", "copy.toml"], 1);
+    assert!(err.contains("copy.toml: not a directory"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(w.join("copy.toml")).unwrap(),
+        "port = 1\n"
+    );
 }
 
 /// A `.sp-syncignore` above a source (here at the working-tree root, with
