@@ -103,7 +103,21 @@ pub fn restore(
         (None, Some(_)) => Vec::new(),
         (None, None) => source_placements(store, &s, sub, &ws.root)?,
         (Some(t), _) if s.sources.is_some() && t.is_dir() && holds_store(t, &ws.store_dir) => {
-            source_placements(store, &s, sub, t)?
+            let places = source_placements(store, &s, sub, t)?;
+            // Named a target: nothing goes outside it (an absolute source
+            // keeps its path, wherever the target is).
+            let inside = canonical(t);
+            if let Some(p) = places
+                .iter()
+                .find(|p| !canonical(&p.dest).starts_with(&inside))
+            {
+                return Err(SyncError::Invalid(format!(
+                    "{}: the snapshot's source {} lies outside it; restore SNAP:PATH into a target of its own",
+                    t.display(),
+                    p.dest.display()
+                )));
+            }
+            places
         }
         (Some(t), _) => vec![Placement {
             tree_path: sub.unwrap_or("").to_string(),
@@ -144,6 +158,9 @@ pub fn restore(
         )?;
         let name = p.tree_path.rsplit('/').next().unwrap_or("").as_bytes();
         ropts.excludes_at = crate::sources::source_rel(&s, &p.tree_path);
+        // The whole tree of several sources: one directory per source.
+        ropts.excludes_per_source =
+            p.tree_path.is_empty() && s.sources.as_ref().is_some_and(|src| src.paths.len() > 1);
         let r = restore_to(store, &entry, name, &p.dest, &ropts, progress)
             .context_with(|| format!("restore into {}", p.dest.display()))?;
         report.restored.push(PlacedReport {
@@ -329,6 +346,7 @@ pub(crate) fn restore_options(
             None => ws.project().map(|p| p.snapshot.exclude).unwrap_or_default(),
         },
         excludes_at: String::new(),
+        excludes_per_source: false,
         ignore_base: Some(ws.root.clone()),
         keep_setid,
         skip_unchanged: false,

@@ -71,6 +71,9 @@ pub struct RestoreOptions {
     /// relative to (`x/sub` for `SNAP:x/sub`; empty: the target is that
     /// root).
     pub excludes_at: String,
+    /// The target holds one directory per source (a whole snapshot of
+    /// several sources): the excludes apply below each.
+    pub excludes_per_source: bool,
     /// The working-tree root: `delete` also keeps what the `.sp-syncignore`
     /// files of the directories from it down to the target match (as a
     /// snapshot leaves them out).
@@ -111,8 +114,9 @@ pub struct RestoreReport {
 #[derive(Clone, Default)]
 struct Ignores(Vec<(std::sync::Arc<Gitignore>, Option<SeenAt>)>);
 
-/// Paths below `.0` are matched as though they were below `.1`.
-type SeenAt = (PathBuf, PathBuf);
+/// Paths below `.0` are matched as though they were below `.1` (with their
+/// first part dropped when `.2`: it names a source).
+type SeenAt = (PathBuf, PathBuf, bool);
 
 /// The root the excludes' matcher is built at: a path no target is in.
 const EXCLUDES_ROOT: &str = "/sp-sync-source-root";
@@ -122,9 +126,13 @@ impl Ignores {
         for (g, seen) in self.0.iter().rev() {
             let mapped;
             let path = match seen {
-                Some((from, to)) => match path.strip_prefix(from) {
+                Some((from, to, per_source)) => match path.strip_prefix(from) {
                     Ok(rel) => {
-                        mapped = to.join(rel);
+                        let mut parts = rel.components();
+                        if *per_source && parts.next().is_none() {
+                            continue;
+                        }
+                        mapped = to.join(parts.as_path());
                         mapped.as_path()
                     }
                     Err(_) => continue,
@@ -155,7 +163,13 @@ impl Ignores {
 
     /// Adds `patterns`, relative to a source root, for a target that sits
     /// at `at` below that root.
-    fn with_excludes(&self, target: &Path, at: &str, patterns: &[String]) -> Ignores {
+    fn with_excludes(
+        &self,
+        target: &Path,
+        at: &str,
+        per_source: bool,
+        patterns: &[String],
+    ) -> Ignores {
         let root = Path::new(EXCLUDES_ROOT);
         let mut b = GitignoreBuilder::new(root);
         for line in patterns {
@@ -167,8 +181,10 @@ impl Ignores {
                 .split('/')
                 .filter(|c| !c.is_empty())
                 .fold(root.to_path_buf(), |p, c| p.join(c));
-            out.0
-                .push((std::sync::Arc::new(g), Some((target.to_path_buf(), seen))));
+            out.0.push((
+                std::sync::Arc::new(g),
+                Some((target.to_path_buf(), seen, per_source)),
+            ));
         }
         out
     }
@@ -240,7 +256,12 @@ pub fn restore(
         .unwrap_or(u64::MAX);
     let mut ign = Ignores::default();
     if !opts.excludes.is_empty() {
-        ign = ign.with_excludes(target, &opts.excludes_at, &opts.excludes);
+        ign = ign.with_excludes(
+            target,
+            &opts.excludes_at,
+            opts.excludes_per_source,
+            &opts.excludes,
+        );
     }
     if opts.delete
         && let Some(base) = &opts.ignore_base

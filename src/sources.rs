@@ -38,12 +38,13 @@ fn resolve(base: &Path, location: &str) -> PathBuf {
     }
 }
 
+/// `dest` and below it the parts of `rest` (a snapshot path: empty parts
+/// dropped, so that `a//b` never makes an absolute path that `join` would
+/// put in `dest`'s place).
 fn join_sub(dest: PathBuf, rest: &str) -> PathBuf {
-    if rest.is_empty() {
-        dest
-    } else {
-        dest.join(rest)
-    }
+    rest.split('/')
+        .filter(|c| !c.is_empty())
+        .fold(dest, |d, c| d.join(c))
 }
 
 /// Where `SNAP[:sub]` goes when its sources are placed relative to `base`.
@@ -56,7 +57,14 @@ pub fn placements(snap: &Snapshot, sub: Option<&str>, base: &Path) -> Result<Vec
                 .into(),
         )
     })?;
-    let sub = sub.unwrap_or("").trim_matches('/');
+    // `a//b` and `a/b/` name `a/b`, as the snapshot's lookup reads them.
+    let sub = sub
+        .unwrap_or("")
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .collect::<Vec<_>>()
+        .join("/");
+    let sub = sub.as_str();
     match sources.paths.as_slice() {
         [] => Ok(Vec::new()),
         [one] => Ok(vec![Placement {
@@ -255,6 +263,13 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        // An empty part never makes the rest absolute.
+        let p = placements(&s, Some("conf//a/b/"), Path::new("/w")).unwrap();
+        assert_eq!(p[0].dest, PathBuf::from("/w/etc/conf/a/b"));
+        assert_eq!(p[0].tree_path, "conf/a/b");
+        let one = snap(&["services"]);
+        let p = placements(&one, Some("//x//y"), Path::new("/w")).unwrap();
+        assert_eq!(p[0].dest, PathBuf::from("/w/services/x/y"));
     }
 
     #[test]

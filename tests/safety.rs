@@ -928,6 +928,13 @@ fn a_snapshot_from_another_host_goes_back_only_into_the_working_tree() {
         std::fs::read_to_string(victim.join("important")).unwrap(),
         "mine"
     );
+    // Into `.` (a target that holds the store): nothing goes outside it.
+    let err = fails(&w, &["restore", "--delete", "main", "."], 1);
+    assert!(err.contains("lies outside it"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(victim.join("important")).unwrap(),
+        "mine"
+    );
     ok(&w, &["restore", "main", "copy"]);
     assert_eq!(std::fs::read_to_string(w.join("copy/a")).unwrap(), "a");
     // Taken here: back to its absolute source.
@@ -935,4 +942,73 @@ fn a_snapshot_from_another_host_goes_back_only_into_the_working_tree() {
     std::fs::write(victim.join("a"), "changed").unwrap();
     ok(&w, &["restore", "main"]);
     assert_eq!(std::fs::read_to_string(victim.join("a")).unwrap(), "a");
+}
+
+/// `SNAP:first//rest` names `first/rest`: an empty part of the path never
+/// makes the rest absolute (which put the restore, and its `--delete`, at
+/// `/rest`).
+#[test]
+fn an_empty_part_in_a_snapshot_path_never_leaves_the_working_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let w = t.join("w");
+    let victim = t.join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("precious"), "mine").unwrap();
+    let inner = w.join("services").join(victim.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(&inner).unwrap();
+    std::fs::write(inner.join("s"), "from the snapshot").unwrap();
+    std::fs::create_dir_all(w.join("etc/conf")).unwrap();
+    std::fs::write(w.join("etc/conf/c"), "c").unwrap();
+    std::fs::write(
+        w.join("sp-sync.toml"),
+        "[snapshot]\npaths = [\"services\", \"etc/conf\"]\n",
+    )
+    .unwrap();
+    ok(&w, &["init", "-q"]);
+    ok(&w, &["snapshot", "-q"]);
+    std::fs::write(inner.join("extra"), "goes").unwrap();
+    let spec = format!("main:services/{}", victim.display());
+    ok(&w, &["restore", "--delete", &spec]);
+    assert_eq!(
+        std::fs::read_to_string(victim.join("precious")).unwrap(),
+        "mine"
+    );
+    assert!(!victim.join("s").exists());
+    assert!(
+        !inner.join("extra").exists(),
+        "--delete works where the path is"
+    );
+    assert!(inner.join("s").is_file());
+}
+
+/// A whole snapshot of several sources restored into a target of its own
+/// (one directory per source there): `--delete` keeps what the excludes
+/// match below each, anchored patterns too.
+#[test]
+fn restore_delete_of_several_sources_into_a_target_keeps_each_ones_excludes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("w");
+    std::fs::create_dir_all(w.join("services/a/b")).unwrap();
+    std::fs::create_dir_all(w.join("etc/conf/x")).unwrap();
+    std::fs::write(w.join("services/a/b/f.txt"), "f").unwrap();
+    std::fs::write(w.join("etc/conf/x/c"), "c").unwrap();
+    std::fs::write(
+        w.join("sp-sync.toml"),
+        "[snapshot]\npaths = [\"services\", \"etc/conf\"]\nexclude = [\"/a/b/anch.txt\", \"x/logs\"]\n",
+    )
+    .unwrap();
+    ok(&w, &["init", "-q"]);
+    ok(&w, &["snapshot", "-q"]);
+    let copy = tmp.path().join("copy");
+    ok(&w, &["restore", "main", copy.to_str().unwrap()]);
+    std::fs::create_dir_all(copy.join("conf/x/logs")).unwrap();
+    std::fs::write(copy.join("conf/x/logs/l"), "l").unwrap();
+    std::fs::write(copy.join("services/a/b/anch.txt"), "an").unwrap();
+    std::fs::write(copy.join("services/a/b/extra"), "goes").unwrap();
+    ok(&w, &["restore", "--delete", "main", copy.to_str().unwrap()]);
+    assert!(copy.join("conf/x/logs/l").is_file());
+    assert!(copy.join("services/a/b/anch.txt").is_file());
+    assert!(!copy.join("services/a/b/extra").exists());
+    assert!(copy.join("services/a/b/f.txt").is_file());
 }
