@@ -744,8 +744,18 @@ pub fn snapshot(
     let dirs = scanner.dirs.load(Ordering::Relaxed);
     let read_bytes = scanner.read_bytes.load(Ordering::Relaxed);
     let records = scanner.take_records();
-    let skipped = scanner.take_skipped();
+    let mut skipped = scanner.take_skipped();
     drop(scanner);
+    // Recorded relative to the working-tree root (as the sources are), so
+    // that a restore of the tree moved elsewhere still knows them.
+    if let Some(root) = opts.root.as_deref().and_then(|r| fs::canonicalize(r).ok()) {
+        for k in &mut skipped {
+            if let Ok(rel) = Path::new(&k.path).strip_prefix(&root) {
+                k.path = rel.display().to_string();
+            }
+        }
+        skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    }
     let chunker = Chunker::new(&store.config().chunker);
     let rows_cache = crate::db::RowCacheCtx {
         src: store,

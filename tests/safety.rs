@@ -359,6 +359,18 @@ fn an_unreadable_file_makes_a_partial_snapshot_that_says_so_and_exits_3() {
     let o = as_nobody(&w, &["restore", "--delete", "main"]);
     assert!(o.status.success(), "{o:?}");
     assert!(w.join("secret").exists(), "a skipped file was deleted");
+    // Recorded relative to the working tree: so also once the tree moved.
+    let moved = tmp.path().join("moved");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&w)
+        .arg(&moved)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let o = as_nobody(&moved, &["restore", "--delete", "main"]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(moved.join("secret").exists(), "a skipped file was deleted");
     // Fixed: the next snapshot is complete.
     std::fs::set_permissions(
         w.join("secret"),
