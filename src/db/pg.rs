@@ -488,13 +488,29 @@ impl PgLocation {
             }
             None => {
                 let mut m = e.to_string();
+                let mut lost = e.is_closed();
                 let mut src = std::error::Error::source(&e);
                 while let Some(s) = src {
                     let t = s.to_string();
                     if !m.contains(&t) {
                         m.push_str(&format!(": {t}"));
                     }
+                    if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                        use std::io::ErrorKind as K;
+                        lost |= matches!(
+                            io.kind(),
+                            K::BrokenPipe
+                                | K::ConnectionReset
+                                | K::ConnectionAborted
+                                | K::UnexpectedEof
+                        );
+                    }
                     src = s.source();
+                }
+                // (A server that ended the session mid-COPY shows up as a
+                // broken pipe or a reset as often as its own message.)
+                if lost {
+                    m = format!("the connection to the server was lost ({m})");
                 }
                 m
             }
