@@ -605,13 +605,7 @@ fn materialize(
                 )));
             }
         }
-        if let Some(at) = crate::restore::store_holding(&dest) {
-            return Err(SyncError::Invalid(format!(
-                "{}: will not restore into the store at {}",
-                dest.display(),
-                at.display()
-            )));
-        }
+        crate::restore::refuse_store(&dest)?;
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(|e| SyncError::io("creating", parent, e))?;
         }

@@ -217,13 +217,7 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
-    if let Some(store) = store_holding(target) {
-        return Err(SyncError::Invalid(format!(
-            "{}: will not restore into the store at {}",
-            target.display(),
-            store.display()
-        )));
-    }
+    refuse_store(target)?;
     if std::fs::metadata(target).is_ok_and(|m| !m.is_dir()) {
         return Err(SyncError::Invalid(format!(
             "{}: not a directory (a directory is restored into one)",
@@ -232,13 +226,7 @@ pub fn restore(
     }
     std::fs::create_dir_all(target).ctx("creating", target)?;
     let target = &std::fs::canonicalize(target).ctx("resolving", target)?;
-    if let Some(store) = store_holding(target) {
-        return Err(SyncError::Invalid(format!(
-            "{}: will not restore into the store at {}",
-            target.display(),
-            store.display()
-        )));
-    }
+    refuse_store(target)?;
     if opts.protect.iter().any(|p| p == target) {
         return Err(SyncError::Invalid(format!(
             "{}: will not restore into a protected path (the store or a database)",
@@ -956,6 +944,18 @@ fn is_store_fd(fd: BorrowedFd<'_>) -> bool {
     kind("store.toml") == Some(FileType::RegularFile)
         && kind("refs") == Some(FileType::Directory)
         && kind("packs") == Some(FileType::Directory)
+}
+
+/// An error when `path` is or lies in a store: no restore writes there.
+pub fn refuse_store(path: &Path) -> Result<()> {
+    match store_holding(path) {
+        Some(store) => Err(SyncError::Invalid(format!(
+            "{}: will not restore into the store at {}",
+            path.display(),
+            store.display()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The store `path` is or lies in, if any (of the part of it that exists).

@@ -107,6 +107,22 @@ pub fn gc(store: &Store, dry_run: bool, progress: &dyn Progress) -> Result<GcRep
     )
 }
 
+/// The entries of a pack's index; gc refuses to go on without them.
+fn pack_entries(store: &Store, name: &ObjectId) -> Result<Vec<index::IdxEntry>> {
+    let idx_path = store.idx_path(name);
+    store
+        .backend()
+        .get(&Store::idx_key(name))
+        .and_then(|b| b.ok_or_else(|| SyncError::corrupt_file("index", &idx_path, "disappeared")))
+        .and_then(|b| index::decode(&b, &idx_path))
+        .map(|(_, e)| e)
+        .map_err(|e| {
+            SyncError::Invalid(format!(
+                "gc refused: {e} (run `sp-sync fsck --rebuild-index`)"
+            ))
+        })
+}
+
 /// Adds to `live` the objects of every pack whose index was written less
 /// than `age` ago (by its file's mtime; a pack whose age cannot be read
 /// counts as recent); returns how many were added.
@@ -126,20 +142,7 @@ fn keep_recent_packs(
         if !recent {
             continue;
         }
-        let entries = store
-            .backend()
-            .get(&Store::idx_key(&pack.name))
-            .and_then(|b| {
-                b.ok_or_else(|| SyncError::corrupt_file("index", &idx_path, "disappeared"))
-            })
-            .and_then(|b| index::decode(&b, &idx_path))
-            .map_err(|e| {
-                SyncError::Invalid(format!(
-                    "gc refused: {e} (run `sp-sync fsck --rebuild-index`)"
-                ))
-            })?
-            .1;
-        for e in entries {
+        for e in pack_entries(store, &pack.name)? {
             if live.insert(e.id) {
                 added += 1;
             }
@@ -206,22 +209,7 @@ pub fn gc_with(store: &Store, opts: &GcOptions, progress: &dyn Progress) -> Resu
     let mut rewrite: Vec<(ObjectId, Vec<ObjectId>)> = Vec::new();
     let mut delete: Vec<ObjectId> = Vec::new();
     for (pno, pack) in store.packs().iter().enumerate() {
-        let idx_path = store.idx_path(&pack.name);
-        let entries = match store
-            .backend()
-            .get(&Store::idx_key(&pack.name))
-            .and_then(|b| {
-                b.ok_or_else(|| SyncError::corrupt_file("index", &idx_path, "disappeared"))
-            })
-            .and_then(|b| index::decode(&b, &idx_path))
-        {
-            Ok((_, e)) => e,
-            Err(e) => {
-                return Err(SyncError::Invalid(format!(
-                    "gc refused: {e} (run `sp-sync fsck --rebuild-index`)"
-                )));
-            }
-        };
+        let entries = pack_entries(store, &pack.name)?;
         let stored_size = |e: &index::IdxEntry| {
             store.stored_size(&super::Location {
                 pack: pno as u32,
