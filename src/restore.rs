@@ -385,13 +385,30 @@ fn ts(t: crate::object::tree::Timestamp) -> Timestamps {
     }
 }
 
+/// What a restore's temporary files are named before their rename.
+const TMP_PREFIX: &str = ".sp-sync-tmp-";
+
 fn tmp_name() -> Vec<u8> {
     format!(
-        ".sp-sync-tmp-{}-{}",
+        "{TMP_PREFIX}{}-{}",
         std::process::id(),
         crate::store::unique()
     )
     .into_bytes()
+}
+
+/// Whether `name` is one of a restore's temporary files
+/// (`.sp-sync-tmp-PID-N`, both decimal): one that a killed restore left
+/// behind is never taken into a snapshot.
+pub fn is_tmp_name(name: &[u8]) -> bool {
+    let Some(rest) = name.strip_prefix(TMP_PREFIX.as_bytes()) else {
+        return false;
+    };
+    let digits = |s: &[u8]| !s.is_empty() && s.len() <= 20 && s.iter().all(u8::is_ascii_digit);
+    match rest.iter().position(|&c| c == b'-') {
+        Some(i) => digits(&rest[..i]) && digits(&rest[i + 1..]),
+        None => false,
+    }
 }
 
 impl Ctx<'_> {
@@ -545,7 +562,15 @@ impl Ctx<'_> {
                     .and_then(|()| {
                         rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
                             .ctx("setting mode of", path)?;
-                        rustix::fs::futimens(&fd, &ts(e.mtime)).ctx("setting times of", path)
+                        rustix::fs::futimens(&fd, &ts(e.mtime)).ctx("setting times of", path)?;
+                        // The rename below drops the old file's bytes: the
+                        // new ones reach the disk first, so a power loss
+                        // leaves one or the other, never an empty file. (A
+                        // new file has nothing to lose: no wait for it.)
+                        if old > 0 {
+                            rustix::fs::fdatasync(&fd).ctx("syncing", path)?;
+                        }
+                        Ok(())
                     });
                 drop(fd);
                 let r = r.and_then(|()| {

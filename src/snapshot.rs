@@ -411,6 +411,11 @@ impl<'a> Scanner<'a> {
             if self.skip.iter().any(|s| s == &p) {
                 continue;
             }
+            // A file a killed restore left on its way to its place.
+            if crate::restore::is_tmp_name(e.file_name().as_bytes()) {
+                tracing::debug!("leaving out {}: a restore's temporary file", p.display());
+                continue;
+            }
             let meta = match fs::symlink_metadata(&p) {
                 Ok(m) => m,
                 // Deleted while we walked, or unreadable: left out, said.

@@ -1024,3 +1024,46 @@ fn restore_delete_of_several_sources_into_a_target_keeps_each_ones_excludes() {
     assert!(!copy.join("services/a/b/extra").exists());
     assert!(copy.join("services/a/b/f.txt").is_file());
 }
+
+#[test]
+fn a_temporary_file_a_killed_restore_left_is_never_snapshotted_and_delete_removes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    layout(w, DEFAULT_TOML);
+    // What `restore` names a file before renaming it over the old one,
+    // left by a kill -9; and user files that only look alike.
+    let left = w.join("services/agents/.sp-sync-tmp-4242-123456789");
+    std::fs::write(&left, "half a file").unwrap();
+    let lookalikes = [
+        ".sp-sync-tmp-notes",
+        ".sp-sync-tmp-12-x",
+        ".sp-sync-tmp-12",
+        "sp-sync-tmp-1-2",
+    ];
+    for n in lookalikes {
+        std::fs::write(w.join("services/agents").join(n), n).unwrap();
+    }
+    ok(w, &["snapshot", "-m", "one"]);
+    let out = w.join("out");
+    ok(w, &["restore", "main", out.to_str().unwrap()]);
+    let agents = if out.join("services").exists() {
+        out.join("services/agents")
+    } else {
+        out.join("agents")
+    };
+    assert!(agents.join("bot.md").is_file(), "{agents:?}");
+    assert!(
+        !agents.join(".sp-sync-tmp-4242-123456789").exists(),
+        "a restore's temporary file was taken into the snapshot"
+    );
+    for n in lookalikes {
+        assert_eq!(std::fs::read_to_string(agents.join(n)).unwrap(), n);
+    }
+    // --delete makes the tree the snapshot's: the leftover goes, the
+    // user's files stay.
+    ok(w, &["restore", "main", ".", "--delete"]);
+    assert!(!left.exists(), "--delete kept the leftover temporary file");
+    for n in lookalikes {
+        assert!(w.join("services/agents").join(n).exists(), "{n}");
+    }
+}
