@@ -1965,3 +1965,99 @@ fn a_damaged_or_foreign_row_cache_costs_a_full_read_only() {
     let (full, _) = snap_logged(d, &cache, &url, &["--no-cache"]);
     assert_eq!(full["new_objects"], 1, "{full} after {by_cache}");
 }
+
+/// Rows trading values of a unique index that cannot be deferred (the
+/// default): a swap, a rotation, a shift by one, a new row taking a value
+/// an updated row gives up. The restore puts them all back; where a
+/// foreign key would act on the row taken out (`ON DELETE CASCADE`), it
+/// refuses instead and changes nothing.
+#[test]
+fn restore_onto_rows_that_trade_unique_values() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("uniq");
+    pg.psql(
+        &db,
+        "CREATE TABLE items (id integer PRIMARY KEY, email text UNIQUE,
+                             pos integer NOT NULL, note text);
+         CREATE UNIQUE INDEX items_pos ON items (pos);
+         CREATE TABLE tags (id integer PRIMARY KEY,
+                            item integer REFERENCES items (id) DEFERRABLE, tag text);
+         INSERT INTO items SELECT g, 'e' || g, g, 'n' || g FROM generate_series(1, 60) g;
+         INSERT INTO tags SELECT g, g, 't' || g FROM generate_series(1, 60) g;",
+    );
+    let w = work();
+    let d = w.path();
+    let url = pg.url(&db);
+    snap(d, &url, &[]);
+    let items = pg.dump_rows(&db, "items");
+    let tags = pg.dump_rows(&db, "tags");
+    // (PostgreSQL itself needs a spare value to trade them.)
+    let trade = "UPDATE items SET email = 'spare' WHERE id = 1;
+         UPDATE items SET email = 'e1' WHERE id = 2; UPDATE items SET email = 'e2' WHERE id = 1;
+         UPDATE items SET pos = pos + 1000 WHERE id BETWEEN 10 AND 12;
+         UPDATE items SET pos = CASE id WHEN 10 THEN 11 WHEN 11 THEN 12 ELSE 10 END
+             WHERE id BETWEEN 10 AND 12;
+         UPDATE items SET pos = pos + 1000 WHERE id BETWEEN 20 AND 60;
+         UPDATE items SET pos = CASE id WHEN 60 THEN 20 ELSE pos - 999 END WHERE id BETWEEN 20 AND 60;
+         DELETE FROM tags WHERE item = 3; DELETE FROM items WHERE id = 3;
+         UPDATE items SET email = 'e3' WHERE id = 4;";
+    pg.psql(&db, trade);
+    let r = json(&ok_pg(
+        d,
+        &["--store", "st", "restore", "main", "--db", &url, "--json"],
+    ));
+    assert_eq!(pg.dump_rows(&db, "items"), items, "{r}");
+    assert_eq!(pg.dump_rows(&db, "tags"), tags);
+    assert_eq!(r["rows_inserted"], 2, "{r}");
+    // 2 swapped, 3 rotated, 41 shifted round, 1 giving up a value.
+    assert_eq!(r["rows_updated"], 47, "{r}");
+    // With --delete, a new row holding a value the snapshot gives an old
+    // one goes first.
+    pg.psql(&db, trade);
+    pg.psql(
+        &db,
+        "UPDATE items SET email = 'gone', note = 'x' WHERE id = 5;
+         INSERT INTO items VALUES (0, 'e5', 100, 'new');",
+    );
+    ok_pg(
+        d,
+        &[
+            "--store", "st", "restore", "main", "--db", &url, "--delete", "-q",
+        ],
+    );
+    assert_eq!(pg.dump_rows(&db, "items"), items);
+    assert_eq!(pg.dump_rows(&db, "tags"), tags);
+
+    // A key that would delete the tags with the row taken out: no.
+    pg.psql(
+        &db,
+        "ALTER TABLE tags DROP CONSTRAINT tags_item_fkey;
+         ALTER TABLE tags ADD FOREIGN KEY (item) REFERENCES items (id) ON DELETE CASCADE;",
+    );
+    pg.psql(&db, trade);
+    let (items_mid, tags_mid) = (pg.dump_rows(&db, "items"), pg.dump_rows(&db, "tags"));
+    let err = fails_pg(
+        d,
+        &["--store", "st", "restore", "main", "--db", &url, "--delete"],
+    );
+    assert!(
+        err.contains("items(") && err.contains("duplicate key"),
+        "{err}"
+    );
+    assert_eq!(pg.dump_rows(&db, "items"), items_mid);
+    assert_eq!(pg.dump_rows(&db, "tags"), tags_mid);
+    // Nor where a rule would do more on the delete.
+    pg.psql(
+        &db,
+        "ALTER TABLE tags DROP CONSTRAINT tags_item_fkey;
+         CREATE TABLE audit (id integer);
+         CREATE RULE items_audit AS ON DELETE TO items DO ALSO INSERT INTO audit VALUES (old.id);",
+    );
+    let err = fails_pg(
+        d,
+        &["--store", "st", "restore", "main", "--db", &url, "--delete"],
+    );
+    assert!(err.contains("duplicate key"), "{err}");
+    assert_eq!(pg.dump_rows(&db, "items"), items_mid);
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM audit").trim(), "0");
+}

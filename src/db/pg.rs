@@ -2759,9 +2759,14 @@ fn restore_in(
             &mut rep,
             &mut statements[i],
         )?;
+        // A table's rows kept for later go in before the tables that
+        // refer to it get theirs, as far as they can yet.
+        if !deletes {
+            statements[i].finish(c, loc, &mut rep, false)?;
+        }
     }
-    for rows in statements {
-        rows.finish(c, loc, &mut rep)?;
+    for rows in &mut statements {
+        rows.finish(c, loc, &mut rep, true)?;
     }
     for sql in paused {
         c.batch_execute(&sql).map_err(|e| loc.error(e))?;
@@ -3334,13 +3339,26 @@ fn merge_apply(
                 for &ki in &t.key {
                     params.push(tx[ki as usize].clone());
                 }
+                let key_params = params.clone();
                 for &ci in ucols {
                     params.push(tx[ci].clone());
                 }
-                rows.run(c, loc, &k, RowOp::Update, &sql, params, rep)?;
+                // Should the update be one of a cycle of rows trading
+                // unique values, the row is taken out and put back whole.
+                let reinsert = rows.unique.then(|| Reinsert {
+                    delete: format!(
+                        "DELETE FROM {} WHERE {}",
+                        own_rows(name, partitioned),
+                        key_where.join(" AND ")
+                    ),
+                    key: key_params,
+                    insert: ins.clone(),
+                    row: tx,
+                });
+                rows.run(c, loc, &k, RowOp::Update, &sql, params, reinsert, rep)?;
             }
             Act::Insert => {
-                rows.run(c, loc, &k, RowOp::Insert, &ins, tx, rep)?;
+                rows.run(c, loc, &k, RowOp::Insert, &ins, tx, None, rep)?;
             }
             Act::Delete => {}
         }
@@ -3386,7 +3404,7 @@ fn merge_deletes(
                     .map(|b| String::from_utf8_lossy(&b).into_owned()),
             );
         }
-        rows.run(c, loc, k, RowOp::Delete, &del, kt, rep)?;
+        rows.run(c, loc, k, RowOp::Delete, &del, kt, None, rep)?;
     }
     Ok(())
 }
@@ -3398,25 +3416,62 @@ enum RowOp {
     Update,
     Insert,
     Delete,
+    /// The insert that puts back a row taken out by its [`Reinsert`]
+    /// (counted as the update it stands for).
+    Reinsert,
+}
+
+/// How an update is done when it is one of a cycle of rows trading values
+/// of a unique index that cannot be deferred (checked after each
+/// statement: `a` takes `b`'s email as `b` takes `a`'s): the row is deleted
+/// by its key, the others' updates run, and it is inserted again whole.
+/// Used only when nothing but the row is touched: no foreign key acts on
+/// that delete (`ON DELETE CASCADE`, `SET NULL`, `SET DEFAULT` would
+/// change other rows), and no trigger or rule fires on a delete or an
+/// insert; a key that refers to the row and cannot wait fails the delete,
+/// and the restore with it.
+struct Reinsert {
+    delete: String,
+    key: Vec<Option<String>>,
+    insert: String,
+    row: Vec<Option<String>>,
 }
 
 /// Runs a restore's row statements on one table. On a table that refers
 /// to itself by a foreign key that cannot be deferred (checked after each
 /// statement), rows in key order may come before the rows they need: a
 /// child before its parent is inserted, a parent before its children are
-/// deleted. There each statement runs under a savepoint, and one that
-/// breaks that key is tried again after the others, until none is left or
-/// a round makes no progress (then its error is the restore's).
+/// deleted. On a table with a unique index that cannot be deferred, a row
+/// may take a value another row gives up only later. There each statement
+/// runs under a savepoint, and one that breaks that key or index is tried
+/// again after the others, round after round, until none is left. A round
+/// that makes no progress breaks a cycle of updates by a [`Reinsert`]
+/// when it may; otherwise the first one's error is the restore's.
 struct RowStatements<'a> {
     name: &'a str,
     root: ObjectId,
     self_ref: bool,
+    /// The table has a unique index (besides its key) that cannot be
+    /// deferred.
+    unique: bool,
+    /// A delete from the table would do more than delete the row: a
+    /// foreign key acts on it (`CASCADE`, `SET NULL`, `SET DEFAULT`), or a
+    /// trigger the restore could not pause, or a rule, fires on a delete
+    /// or an insert. Then no [`Reinsert`].
+    delete_acts: bool,
     pending: Vec<PendingRow>,
 }
 
 /// A row statement kept for later: the row's key, what it does, the
-/// statement and its parameters.
-type PendingRow = (Vec<u8>, RowOp, String, Vec<Option<String>>);
+/// statement and its parameters, and how to take the row out and put it
+/// back instead (an update).
+type PendingRow = (
+    Vec<u8>,
+    RowOp,
+    String,
+    Vec<Option<String>>,
+    Option<Reinsert>,
+);
 
 impl<'a> RowStatements<'a> {
     fn new(c: &mut Client, loc: &PgLocation, name: &'a str, t: &TableData) -> Result<Self> {
@@ -3431,10 +3486,34 @@ impl<'a> RowStatements<'a> {
             )
             .map_err(|e| loc.error(e))?
             .get(0);
+        let row = c
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+                   LEFT JOIN pg_catalog.pg_constraint k ON k.conindid = i.indexrelid \
+                     AND k.conrelid = r.oid \
+                   WHERE i.indrelid = r.oid AND i.indisunique AND NOT i.indisprimary \
+                     AND NOT coalesce(k.condeferrable, false)), \
+                 EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f \
+                   WHERE f.contype = 'f' AND f.confdeltype IN ('c', 'n', 'd') \
+                     AND (f.confrelid = r.oid OR f.confrelid IN (SELECT relid FROM pg_catalog.pg_partition_ancestors(r.oid) \
+                       UNION SELECT relid FROM pg_catalog.pg_partition_tree(r.oid)))) \
+                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g \
+                   WHERE g.tgrelid = r.oid AND NOT g.tgisinternal AND g.tgenabled <> 'D' \
+                     AND (g.tgtype & 12) <> 0) \
+                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite w \
+                   WHERE w.ev_class = r.oid AND w.ev_type IN ('3', '4')) \
+                 FROM pg_catalog.pg_class r \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
+                 WHERE n.nspname = $1 AND r.relname = $2",
+                &[&loc.schema, &name],
+            )
+            .map_err(|e| loc.error(e))?;
         Ok(RowStatements {
             name,
             root: t.root,
             self_ref,
+            unique: row.get(0),
+            delete_acts: row.get(1),
             pending: Vec::new(),
         })
     }
@@ -3460,13 +3539,14 @@ impl<'a> RowStatements<'a> {
         op: RowOp,
         sql: &str,
         params: Vec<Option<String>>,
+        reinsert: Option<Reinsert>,
         rep: &mut DbRestoreReport,
     ) -> Result<()> {
-        match self.try_once(c, sql, &params, !self.self_ref) {
+        match self.try_once(c, sql, &params, !(self.self_ref || self.unique)) {
             Ok(Some(n)) => self.account(loc, key, op, n, rep),
             Ok(None) => {
                 self.pending
-                    .push((key.to_vec(), op, sql.to_string(), params));
+                    .push((key.to_vec(), op, sql.to_string(), params, reinsert));
                 Ok(())
             }
             Err(e) => Err(self.row_error(loc, key, e)),
@@ -3474,7 +3554,7 @@ impl<'a> RowStatements<'a> {
     }
 
     /// Runs the statement; `None` when it broke the table's own foreign
-    /// key (under a savepoint, rolled back).
+    /// key or a unique index (under a savepoint, rolled back).
     fn try_once(
         &self,
         c: &mut Client,
@@ -3495,7 +3575,10 @@ impl<'a> RowStatements<'a> {
                 c.batch_execute("RELEASE SAVEPOINT sp_sync_row")?;
                 Ok(Some(n))
             }
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => {
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
+                    || e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
+            {
                 c.batch_execute("ROLLBACK TO SAVEPOINT sp_sync_row")?;
                 Ok(None)
             }
@@ -3529,6 +3612,15 @@ impl<'a> RowStatements<'a> {
                 rep.updated += 1;
                 Ok(())
             }
+            RowOp::Reinsert if n != 1 => Err(SyncError::Database(format!(
+                "{}: row {} could not be put back; nothing was written",
+                loc.redacted(),
+                describe(self.name, &self.root, key)
+            ))),
+            RowOp::Reinsert => {
+                rep.updated += 1;
+                Ok(())
+            }
             RowOp::Insert => {
                 rep.inserted += n;
                 Ok(())
@@ -3542,21 +3634,69 @@ impl<'a> RowStatements<'a> {
 
     /// Runs the rows kept for later, round after round: after all of the
     /// table's deletes, updates and inserts (a parent's delete may wait for
-    /// the update that moves its child away).
-    fn finish(mut self, c: &mut Client, loc: &PgLocation, rep: &mut DbRestoreReport) -> Result<()> {
+    /// the update that moves its child away), before the next table's
+    /// updates and inserts. Not `last`, rows that cannot go in yet stay
+    /// kept (a row of another table may have to move first); `last`, they
+    /// fail the restore. Rounds alternate direction,
+    /// so that a chain of rows each taking the next one's value (positions
+    /// shifted by one) takes two rounds, not one per row.
+    fn finish(
+        &mut self,
+        c: &mut Client,
+        loc: &PgLocation,
+        rep: &mut DbRestoreReport,
+        last: bool,
+    ) -> Result<()> {
+        let mut backwards = false;
         while !self.pending.is_empty() {
             let before = self.pending.len();
+            let mut round = std::mem::take(&mut self.pending);
+            if backwards {
+                round.reverse();
+            }
             let mut left = Vec::new();
-            for (key, op, sql, params) in std::mem::take(&mut self.pending) {
+            for (key, op, sql, params, re) in round {
                 match self.try_once(c, &sql, &params, false) {
                     Ok(Some(n)) => self.account(loc, &key, op, n, rep)?,
-                    Ok(None) => left.push((key, op, sql, params)),
+                    Ok(None) => left.push((key, op, sql, params, re)),
                     Err(e) => return Err(self.row_error(loc, &key, e)),
                 }
             }
+            if backwards {
+                left.reverse();
+            }
+            backwards = !backwards;
             if left.len() == before {
-                // No progress: the first one's own error.
-                let (key, _, sql, params) = &left[0];
+                // No progress: a cycle. One of updates is broken by taking
+                // a row out, to be put back once the others have run.
+                if !self.delete_acts
+                    && let Some(p) = left.iter_mut().find(|p| p.4.is_some())
+                    && let Some(re) = p.4.take()
+                {
+                    match self.try_once(c, &re.delete, &re.key, false) {
+                        Ok(Some(1)) => {
+                            (p.1, p.2, p.3) = (RowOp::Reinsert, re.insert, re.row);
+                            self.pending = left;
+                            continue;
+                        }
+                        Ok(Some(_)) => {
+                            return Err(SyncError::Database(format!(
+                                "{}: row {} is no longer in the table; nothing was written",
+                                loc.redacted(),
+                                describe(self.name, &self.root, &p.0)
+                            )));
+                        }
+                        // A foreign key that cannot wait refers to it.
+                        Ok(None) => {}
+                        Err(e) => return Err(self.row_error(loc, &p.0, e)),
+                    }
+                }
+                if !last {
+                    self.pending = left;
+                    return Ok(());
+                }
+                // The first one's own error.
+                let (key, _, sql, params, _) = &left[0];
                 let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
                     .iter()
                     .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
