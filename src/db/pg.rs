@@ -3300,6 +3300,11 @@ fn merge_apply(
         cols.join(", "),
         casts.join(", ")
     );
+    let del = format!(
+        "DELETE FROM {} WHERE {}",
+        own_rows(name, partitioned),
+        key_where.join(" AND ")
+    );
     let mut next = 0usize;
     for e in MapIter::new(src, ObjectType::Rows, t.root) {
         let (k, v) = e?;
@@ -3346,11 +3351,7 @@ fn merge_apply(
                 // Should the update be one of a cycle of rows trading
                 // unique values, the row is taken out and put back whole.
                 let reinsert = rows.unique.then(|| Reinsert {
-                    delete: format!(
-                        "DELETE FROM {} WHERE {}",
-                        own_rows(name, partitioned),
-                        key_where.join(" AND ")
-                    ),
+                    delete: del.clone(),
                     key: key_params,
                     insert: ins.clone(),
                     row: tx,
