@@ -2046,18 +2046,285 @@ fn restore_onto_rows_that_trade_unique_values() {
     );
     assert_eq!(pg.dump_rows(&db, "items"), items_mid);
     assert_eq!(pg.dump_rows(&db, "tags"), tags_mid);
-    // Nor where a rule would do more on the delete.
+    // A rule is disabled for the restore like a trigger (it would send
+    // writes elsewhere), and enabled again after it.
     pg.psql(
         &db,
         "ALTER TABLE tags DROP CONSTRAINT tags_item_fkey;
          CREATE TABLE audit (id integer);
-         CREATE RULE items_audit AS ON DELETE TO items DO ALSO INSERT INTO audit VALUES (old.id);",
+         CREATE RULE items_audit AS ON DELETE TO items DO ALSO INSERT INTO audit VALUES (old.id);
+         CREATE RULE items_keep AS ON UPDATE TO items WHERE old.id = 4 DO INSTEAD NOTHING;",
     );
+    ok_pg(
+        d,
+        &[
+            "--store", "st", "restore", "main", "--db", &url, "--delete", "-q",
+        ],
+    );
+    assert_eq!(pg.dump_rows(&db, "items"), items);
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM audit").trim(), "0");
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT string_agg(ev_enabled::text, '') FROM pg_rewrite WHERE ev_class = 'items'::regclass"
+        )
+        .trim(),
+        "OO"
+    );
+    // A role that cannot disable them (it does not own the table) is
+    // refused before anything is written.
+    pg.psql(&db, trade);
+    pg.psql(
+        &db,
+        &format!(
+            "CREATE ROLE app LOGIN PASSWORD '{}'; GRANT ALL ON items, tags, audit TO app;",
+            common::pg::PASSWORD
+        ),
+    );
+    let (items_mid, tags_mid) = (pg.dump_rows(&db, "items"), pg.dump_rows(&db, "tags"));
+    let audit_mid = pg.dump_rows(&db, "audit");
+    let as_app = url.replacen("postgres://postgres@", "postgres://app@", 1);
+    assert_ne!(as_app, url);
     let err = fails_pg(
         d,
+        &[
+            "--store", "st", "restore", "main", "--db", &as_app, "--delete",
+        ],
+    );
+    assert!(err.contains("has rules"), "{err}");
+    assert_eq!(pg.dump_rows(&db, "items"), items_mid);
+    assert_eq!(pg.dump_rows(&db, "tags"), tags_mid);
+    assert_eq!(pg.dump_rows(&db, "audit"), audit_mid);
+}
+
+/// A role `name` that can log in with the cluster's password; the URL of
+/// `db` as that role.
+fn role_url(pg: &PgCluster, db: &str, name: &str) -> String {
+    pg.psql(
+        db,
+        &format!("CREATE ROLE {name} LOGIN PASSWORD '{PASSWORD}'"),
+    );
+    let url = pg.url(db);
+    let as_role = url.replacen("postgres://postgres@", &format!("postgres://{name}@"), 1);
+    assert_ne!(as_role, url);
+    as_role
+}
+
+/// Sequences: a failed restore leaves them where they were (setval is not
+/// undone by a rollback, so the deferred checks run before it); one that
+/// counts down, or that another table draws from, never goes back.
+#[test]
+fn sequences_never_go_back_where_that_would_give_keys_out_again() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("seqs");
+    let url = pg.url(&db);
+    pg.psql(
+        &db,
+        "CREATE TABLE parent (id serial PRIMARY KEY, v text);
+         INSERT INTO parent (v) VALUES ('a'), ('b');
+         CREATE SEQUENCE down INCREMENT BY -1 MAXVALUE -1 START WITH -1;
+         CREATE TABLE d (id int PRIMARY KEY DEFAULT nextval('down'), v text);
+         ALTER SEQUENCE down OWNED BY d.id;
+         INSERT INTO d (v) VALUES ('a'), ('b');
+         CREATE TABLE a (id serial PRIMARY KEY, v text); INSERT INTO a (v) VALUES ('a'), ('b');
+         CREATE TABLE b (id int PRIMARY KEY DEFAULT nextval('a_id_seq'), v text);",
+    );
+    let w = work();
+    let dir = w.path();
+    snap(
+        dir,
+        &url,
+        &["--table", "parent", "--table", "d", "--table", "a"],
+    );
+    // A deferred key that fails at the end: nothing moves, the sequence
+    // neither.
+    pg.psql(
+        &db,
+        "INSERT INTO parent (v) VALUES ('c'), ('d'), ('e');
+         CREATE TABLE child (id int PRIMARY KEY,
+                             pid int REFERENCES parent (id) DEFERRABLE INITIALLY IMMEDIATE);
+         INSERT INTO child VALUES (1, 5);",
+    );
+    let before = pg.dump_rows(&db, "parent");
+    fails_pg(
+        dir,
         &["--store", "st", "restore", "main", "--db", &url, "--delete"],
     );
-    assert!(err.contains("duplicate key"), "{err}");
-    assert_eq!(pg.dump_rows(&db, "items"), items_mid);
+    assert_eq!(pg.dump_rows(&db, "parent"), before);
+    assert_eq!(
+        pg.psql(&db, "SELECT last_value FROM parent_id_seq").trim(),
+        "5"
+    );
+    pg.psql(&db, "DROP TABLE child");
+    // Counting down, without --delete: the rows the snapshot lacks stay,
+    // and so does the sequence past them.
+    pg.psql(
+        &db,
+        "INSERT INTO d (v) VALUES ('c'), ('d'), ('e');
+         INSERT INTO a (v) VALUES ('c'), ('d'), ('e');
+         INSERT INTO b (v) VALUES ('x'), ('y');",
+    );
+    ok_pg(
+        dir,
+        &["--store", "st", "restore", "main", "--db", &url, "-q"],
+    );
+    assert_eq!(pg.psql(&db, "SELECT last_value FROM down").trim(), "-5");
+    pg.psql(&db, "INSERT INTO d (v) VALUES ('new')");
+    // With --delete a sequence only this table draws from goes back to the
+    // snapshot's value; one that table b draws from too does not.
+    ok_pg(
+        dir,
+        &[
+            "--store", "st", "restore", "main", "--db", &url, "--delete", "-q",
+        ],
+    );
+    assert_eq!(pg.psql(&db, "SELECT last_value FROM down").trim(), "-2");
+    assert_eq!(
+        pg.psql(&db, "SELECT last_value FROM parent_id_seq").trim(),
+        "2"
+    );
+    assert_eq!(pg.psql(&db, "SELECT last_value FROM a_id_seq").trim(), "7");
+    pg.psql(&db, "INSERT INTO b (v) VALUES ('z')");
+}
+
+/// What could make a restore report success with the table unlike the
+/// snapshot: a row-level security policy that keeps a row from its delete
+/// (the restore fails), triggers on the partitions of a partitioned table
+/// (paused like the table's own), a foreign key that follows an update
+/// (no delete and re-insert for it).
+#[test]
+fn a_restore_never_reports_success_with_the_table_unlike_the_snapshot() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("unlike");
+    let url = pg.url(&db);
+    pg.psql(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b');
+         CREATE TABLE m (id int, k int, v text, at text, email text, PRIMARY KEY (id, k),
+                         UNIQUE (k, email)) PARTITION BY LIST (k);
+         CREATE TABLE m1 PARTITION OF m FOR VALUES IN (1);
+         CREATE TABLE m2 PARTITION OF m FOR VALUES IN (2);
+         INSERT INTO m VALUES (1, 1, 'a', NULL, 'x'), (2, 2, 'b', NULL, 'y'), (3, 1, 'c', NULL, 'z');
+         CREATE TABLE u (id int PRIMARY KEY, email text UNIQUE);
+         INSERT INTO u VALUES (1, 'x'), (2, 'y'), (3, 'z');
+         CREATE TABLE o (id int PRIMARY KEY,
+                         email text REFERENCES u (email) ON UPDATE CASCADE DEFERRABLE);
+         INSERT INTO o VALUES (10, 'x');",
+    );
+    let w = work();
+    let dir = w.path();
+    snap(dir, &url, &["--table", "t", "--table", "m", "--table", "u"]);
+    let (m_snap, u_snap) = (pg.dump_rows(&db, "m"), pg.dump_rows(&db, "u"));
+
+    // Triggers on the partitions and the parent, and a swap of emails in
+    // partition m1 (whose trigger fires on a delete and an insert).
+    pg.psql(
+        &db,
+        "CREATE TABLE audit (what text);
+         CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN new.at = 'TRIGGERED'; RETURN new; END $$;
+         CREATE FUNCTION aud() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO audit VALUES (tg_op || ' ' || tg_table_name); RETURN coalesce(new, old); END $$;
+         CREATE TRIGGER m_stamp BEFORE UPDATE OR INSERT ON m FOR EACH ROW EXECUTE FUNCTION stamp();
+         CREATE TRIGGER m1_aud AFTER DELETE OR INSERT OR UPDATE ON m1 FOR EACH ROW EXECUTE FUNCTION aud();
+         UPDATE m SET email = 'spare' WHERE id = 1; UPDATE m SET email = 'x' WHERE id = 3;
+         UPDATE m SET email = 'z' WHERE id = 1; UPDATE m SET v = 'X' WHERE id = 2;
+         INSERT INTO m VALUES (4, 2, 'd', NULL, 'w');
+         TRUNCATE audit;",
+    );
+    ok_pg(
+        dir,
+        &[
+            "--store", "st", "restore", "main", "--db", &url, "--delete", "--table", "m", "-q",
+        ],
+    );
+    assert_eq!(pg.dump_rows(&db, "m"), m_snap);
     assert_eq!(pg.psql(&db, "SELECT count(*) FROM audit").trim(), "0");
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT string_agg(tgenabled::text, '') FROM pg_trigger WHERE NOT tgisinternal"
+        )
+        .trim(),
+        "OOOO"
+    );
+
+    // Emails traded in u, which o refers to ON UPDATE CASCADE: updates
+    // would carry o along, a delete and re-insert would not. Refused.
+    pg.psql(
+        &db,
+        "BEGIN; UPDATE u SET email = 'spare' WHERE id = 1; UPDATE u SET email = 'x' WHERE id = 2;
+         UPDATE u SET email = 'y' WHERE id = 1; COMMIT;",
+    );
+    let (u_mid, o_mid) = (pg.dump_rows(&db, "u"), pg.dump_rows(&db, "o"));
+    let err = fails_pg(
+        dir,
+        &[
+            "--store", "st", "restore", "main", "--db", &url, "--table", "u",
+        ],
+    );
+    assert!(err.contains("duplicate key"), "{err}");
+    assert_eq!(pg.dump_rows(&db, "u"), u_mid);
+    assert_eq!(pg.dump_rows(&db, "o"), o_mid);
+    assert_ne!(u_mid, u_snap);
+
+    // A policy that keeps rows from a delete by a role that must obey it.
+    let app = role_url(pg, &db, "app");
+    pg.psql(
+        &db,
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON t TO app;
+         ALTER TABLE t ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY sel ON t FOR SELECT USING (true);
+         CREATE POLICY ins ON t FOR INSERT WITH CHECK (true);
+         CREATE POLICY upd ON t FOR UPDATE USING (true);
+         CREATE POLICY del ON t FOR DELETE USING (id < 10);
+         INSERT INTO t VALUES (3, 'c'), (11, 'k');",
+    );
+    let t_mid = pg.dump_rows(&db, "t");
+    let err = fails_pg(
+        dir,
+        &[
+            "--store", "st", "restore", "main", "--db", &app, "--delete", "--table", "t",
+        ],
+    );
+    assert!(
+        err.contains("t(11)") && err.contains("stays after its delete"),
+        "{err}"
+    );
+    assert_eq!(pg.dump_rows(&db, "t"), t_mid);
+}
+
+/// A role without CREATE on the database restores into its schema; a
+/// changed table with a trigger and a deferrable foreign key (whose checks
+/// are pending when the trigger is enabled again) restores.
+#[test]
+fn restores_that_failed_for_no_reason_go_through() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("noreason");
+    pg.psql(
+        &db,
+        "CREATE TABLE p (id int PRIMARY KEY); INSERT INTO p VALUES (1), (2);
+         CREATE TABLE c (id int PRIMARY KEY, pid int REFERENCES p (id) DEFERRABLE, v text);
+         INSERT INTO c VALUES (10, 1, 'a');
+         CREATE FUNCTION keep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN new; END $$;
+         CREATE TRIGGER c_keep BEFORE UPDATE ON c FOR EACH ROW EXECUTE FUNCTION keep();",
+    );
+    let app = role_url(pg, &db, "app");
+    pg.psql(
+        &db,
+        "REVOKE CREATE ON DATABASE noreason_0 FROM PUBLIC; ALTER TABLE p OWNER TO app;
+         ALTER TABLE c OWNER TO app; ALTER FUNCTION keep() OWNER TO app;"
+            .replace("noreason_0", &db)
+            .as_str(),
+    );
+    let w = work();
+    let dir = w.path();
+    snap(dir, &app, &[]);
+    let c_snap = pg.dump_rows(&db, "c");
+    pg.psql(&db, "UPDATE c SET pid = 2, v = 'b'");
+    ok_pg(
+        dir,
+        &["--store", "st", "restore", "main", "--db", &app, "-q"],
+    );
+    assert_eq!(pg.dump_rows(&db, "c"), c_snap);
 }

@@ -2563,15 +2563,30 @@ pub fn restore(
             "BEGIN; SET CONSTRAINTS ALL DEFERRED; SET LOCAL standard_conforming_strings = on",
         )
         .map_err(|e| loc.error(e))?;
-        let r = restore_in(&mut c, &loc, src, &objs, chunker, opts, progress).and_then(|r| {
-            if progress.interrupted() {
-                return Err(SyncError::Interrupted);
-            }
-            c.batch_execute("COMMIT").map_err(|e| loc.error(e))?;
-            Ok(r)
-        });
+        let mut undo = Vec::new();
+        let r = restore_in(&mut c, &loc, src, &objs, chunker, opts, progress, &mut undo).and_then(
+            |r| {
+                if progress.interrupted() {
+                    return Err(SyncError::Interrupted);
+                }
+                c.batch_execute("COMMIT").map_err(|e| loc.error(e))?;
+                Ok(r)
+            },
+        );
         if r.is_err() {
             let _ = c.batch_execute("ROLLBACK");
+            // (Best effort: the connection may be what failed.)
+            for (seq, last) in undo {
+                if let Err(e) = c.execute(
+                    "SELECT pg_catalog.setval($1::text::regclass, $2, true)",
+                    &[&seq, &last],
+                ) {
+                    tracing::warn!(
+                        "could not put sequence {seq} back to {last}: {}",
+                        loc.error(e)
+                    );
+                }
+            }
         }
         r
     })
@@ -2584,6 +2599,9 @@ enum Plan<'a> {
     View(&'a TableObject, bool),
 }
 
+/// `undo`: the sequences the restore moved back, with their last values
+/// before (see [`Step::SetVal`]).
+#[allow(clippy::too_many_arguments)]
 fn restore_in(
     c: &mut Client,
     loc: &PgLocation,
@@ -2592,13 +2610,24 @@ fn restore_in(
     chunker: &Chunker,
     opts: &DbRestoreOptions,
     progress: &dyn Progress,
+    undo: &mut Vec<(String, i64)>,
 ) -> Result<DbRestoreReport> {
     let err = |e| loc.error(e);
-    c.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {0}; SET LOCAL search_path = {0}",
-        quote(&loc.schema)
-    ))
-    .map_err(err)?;
+    // (A role without CREATE on the database restores into a schema that
+    // is there.)
+    let have_schema: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+            &[&loc.schema],
+        )
+        .map_err(err)?
+        .get(0);
+    if !have_schema {
+        c.batch_execute(&format!("CREATE SCHEMA {}", quote(&loc.schema)))
+            .map_err(err)?;
+    }
+    c.batch_execute(&format!("SET LOCAL search_path = {}", quote(&loc.schema)))
+        .map_err(err)?;
     let mut rels = list_relations(c, loc)?;
     // The tables already there are locked against writers until the
     // transaction ends (readers go on), and listed again under the lock:
@@ -2768,6 +2797,11 @@ fn restore_in(
     for rows in &mut statements {
         rows.finish(c, loc, &mut rep, true)?;
     }
+    // The deferred constraints are checked now, before anything below that
+    // a rollback would not undo (setval), and so that no checks are
+    // pending when the triggers are enabled again.
+    c.batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
+        .map_err(|e| loc.error(e))?;
     for sql in paused {
         c.batch_execute(&sql).map_err(|e| loc.error(e))?;
     }
@@ -2775,7 +2809,7 @@ fn restore_in(
     // the database lacks, then sequence values.
     later.sort_by_key(|(phase, ordinal, _)| (*phase, *ordinal));
     for (_, _, step) in later {
-        run_step(c, loc, step)?;
+        run_step(c, loc, step, undo)?;
     }
     Ok(rep)
 }
@@ -2913,56 +2947,89 @@ fn extra_step(o: &TableObject, e: &Extra) -> Result<(u8, Step)> {
     })
 }
 
-/// Disables the enabled user triggers of table `name` (in the search
-/// path's schema) for the rest of the transaction; returns the statements
-/// that enable them again as they were. A role that does not own the table
-/// cannot: its triggers then fire, and a warning says so.
+/// The relations a statement on table `name` may write (the table and, when
+/// it is partitioned, every partition below it), as SQL: a set of oids.
+/// `$1` is the table's schema, `$2` its name.
+const TABLE_TREE: &str = "(SELECT r.oid FROM pg_catalog.pg_class r \
+     JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
+     WHERE n.nspname = $1 AND r.relname = $2 \
+     UNION SELECT p.relid FROM pg_catalog.pg_class r \
+     JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace, \
+     pg_catalog.pg_partition_tree(r.oid) p \
+     WHERE n.nspname = $1 AND r.relname = $2)";
+
+/// Disables the enabled user triggers and rules of table `name` (in the
+/// search path's schema) and of its partitions for the rest of the
+/// transaction; returns the statements that enable them again as they
+/// were. A role that does not own the table cannot: its triggers then
+/// fire, and a warning says so; its rules (which can send a write to
+/// another table, or nowhere) refuse the restore.
 fn pause_triggers(c: &mut Client, loc: &PgLocation, name: &str) -> Result<Vec<String>> {
     let err = |e| loc.error(e);
     let rows = c
         .query(
-            "SELECT t.tgname::text, t.tgenabled::text FROM pg_catalog.pg_trigger t \
-             JOIN pg_catalog.pg_class r ON r.oid = t.tgrelid \
-             JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
-             WHERE n.nspname = $1 AND r.relname = $2 AND NOT t.tgisinternal \
-               AND t.tgenabled <> 'D' ORDER BY 1",
+            &format!(
+                "SELECT 'RULE', w.ev_class::regclass::text, w.rulename::text, w.ev_enabled::text \
+                 FROM pg_catalog.pg_rewrite w \
+                 WHERE w.ev_class IN {TABLE_TREE} AND w.rulename <> '_RETURN' \
+                   AND w.ev_enabled <> 'D' \
+                 UNION ALL \
+                 SELECT 'TRIGGER', t.tgrelid::regclass::text, t.tgname::text, t.tgenabled::text \
+                 FROM pg_catalog.pg_trigger t \
+                 WHERE t.tgrelid IN {TABLE_TREE} AND NOT t.tgisinternal AND t.tgenabled <> 'D' \
+                 ORDER BY 1, 2, 3"
+            ),
             &[&loc.schema, &name],
         )
         .map_err(err)?;
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let table = quote(name);
-    let mut disable = Vec::new();
     let mut enable = Vec::new();
-    for r in rows {
-        let (tg, state): (String, String) = (r.get(0), r.get(1));
-        let tg = quote(&tg);
-        disable.push(format!("ALTER TABLE ONLY {table} DISABLE TRIGGER {tg}"));
-        let how = match state.as_str() {
-            "A" => "ENABLE ALWAYS",
-            "R" => "ENABLE REPLICA",
-            _ => "ENABLE",
-        };
-        enable.push(format!("ALTER TABLE ONLY {table} {how} TRIGGER {tg}"));
-    }
-    c.batch_execute("SAVEPOINT sp_sync_triggers").map_err(err)?;
-    match c.batch_execute(&disable.join("; ")) {
-        Ok(()) => {
-            c.batch_execute("RELEASE SAVEPOINT sp_sync_triggers")
-                .map_err(err)?;
-            Ok(enable)
+    for kind in ["RULE", "TRIGGER"] {
+        let mut disable = Vec::new();
+        let mut names = Vec::new();
+        for r in rows.iter().filter(|r| r.get::<_, &str>(0) == kind) {
+            // (regclass::text is quoted as needed, and qualified when the
+            // relation is not on the search path.)
+            let (rel, what, state): (String, String, String) = (r.get(1), r.get(2), r.get(3));
+            let what = quote(&what);
+            disable.push(format!("ALTER TABLE ONLY {rel} DISABLE {kind} {what}"));
+            let how = match state.as_str() {
+                "A" => "ENABLE ALWAYS",
+                "R" => "ENABLE REPLICA",
+                _ => "ENABLE",
+            };
+            enable.push(format!("ALTER TABLE ONLY {rel} {how} {kind} {what}"));
+            names.push(format!("{rel}.{what}"));
         }
-        Err(e) => {
-            c.batch_execute("ROLLBACK TO SAVEPOINT sp_sync_triggers")
-                .map_err(err)?;
-            tracing::warn!(
-                "table {name}: its triggers fire during the restore ({})",
-                loc.error(e)
-            );
-            Ok(Vec::new())
+        if disable.is_empty() {
+            continue;
+        }
+        c.batch_execute("SAVEPOINT sp_sync_triggers").map_err(err)?;
+        match c.batch_execute(&disable.join("; ")) {
+            Ok(()) => {
+                c.batch_execute("RELEASE SAVEPOINT sp_sync_triggers")
+                    .map_err(err)?;
+            }
+            Err(e) if kind == "RULE" => {
+                return Err(SyncError::Database(format!(
+                    "table {name} has rules ({}) that the restore cannot disable ({}): a rule may \
+                     send the restore's writes elsewhere; nothing was written",
+                    names.join(", "),
+                    loc.error(e)
+                )));
+            }
+            Err(e) => {
+                c.batch_execute("ROLLBACK TO SAVEPOINT sp_sync_triggers")
+                    .map_err(err)?;
+                // (Only the rules' statements stay in the list.)
+                enable.truncate(enable.len() - disable.len());
+                tracing::warn!(
+                    "table {name}: its triggers fire during the restore ({})",
+                    loc.error(e)
+                );
+            }
         }
     }
+    Ok(enable)
 }
 
 /// One step of a table's checked `CREATE` script.
@@ -3001,7 +3068,12 @@ fn create_step(c: &mut Client, loc: &PgLocation, a: &Action) -> Result<()> {
     Ok(())
 }
 
-fn run_step(c: &mut Client, loc: &PgLocation, step: Step) -> Result<()> {
+fn run_step(
+    c: &mut Client,
+    loc: &PgLocation,
+    step: Step,
+    undo: &mut Vec<(String, i64)>,
+) -> Result<()> {
     let err = |e| loc.error(e);
     match step {
         Step::Sql(sql) => {
@@ -3032,17 +3104,56 @@ fn run_step(c: &mut Client, loc: &PgLocation, step: Step) -> Result<()> {
             called,
             never_back,
         } => {
-            // The next value the sequence would give is last_value + 1 once
-            // called (pg_sequence_last_value is NULL before).
+            // The sequence (its name qualified: the undo below runs after
+            // the rollback has reset the search path), its increment, its
+            // last value (NULL before its first call), and whether another
+            // table's default takes its values too.
+            let Some(row) = c
+                .query_opt(
+                    "SELECT (SELECT pg_catalog.format('%I.%I', sn.nspname, sc.relname) \
+                       FROM pg_catalog.pg_class sc \
+                       JOIN pg_catalog.pg_namespace sn ON sn.oid = sc.relnamespace \
+                       WHERE sc.oid = q.s), \
+                       p.seqincrement, pg_catalog.pg_sequence_last_value(q.s), \
+                       EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+                         JOIN pg_catalog.pg_attrdef ad ON ad.oid = d.objid \
+                         WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass \
+                           AND d.refclassid = 'pg_catalog.pg_class'::regclass \
+                           AND d.refobjid = q.s AND ad.adrelid <> $1::text::regclass) \
+                     FROM (SELECT pg_catalog.pg_get_serial_sequence($1, $2)::regclass AS s) q \
+                     JOIN pg_catalog.pg_sequence p ON p.seqrelid = q.s",
+                    &[&table, &column],
+                )
+                .map_err(err)?
+            else {
+                return Ok(());
+            };
+            let (seq, inc, last, shared): (String, i64, Option<i64>, bool) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            // Which way the next value moves: against the increment is
+            // back, and a lower value (a higher one, counting down) gives
+            // keys out again. A sequence another table draws from never
+            // goes back: its rows are not the snapshot's to count.
+            let back = last.is_some_and(|last| {
+                let next = i128::from(last) + i128::from(inc);
+                let want = i128::from(value) + if called { i128::from(inc) } else { 0 };
+                (want - next) * i128::from(inc.signum()) < 0
+            });
+            if back && (never_back || shared) {
+                return Ok(());
+            }
             c.execute(
-                "SELECT pg_catalog.setval(q.s, $3, $4) \
-                 FROM (SELECT pg_catalog.pg_get_serial_sequence($1, $2)::regclass AS s) q \
-                 WHERE NOT $5 \
-                    OR coalesce(pg_catalog.pg_sequence_last_value(q.s) + 1, 0) \
-                       <= $3 + CASE WHEN $4 THEN 1 ELSE 0 END",
-                &[&table, &column, &value, &called, &never_back],
+                "SELECT pg_catalog.setval($1::text::regclass, $2, $3)",
+                &[&seq, &value, &called],
             )
             .map_err(err)?;
+            // setval is not undone by a rollback: a restore that fails
+            // later puts a sequence it moved back where it was (forward
+            // moves only skip values, and another session may have drawn
+            // from them since).
+            if back && let Some(last) = last {
+                undo.push((seq, last));
+            }
         }
     }
     Ok(())
@@ -3427,10 +3538,10 @@ enum RowOp {
 /// statement: `a` takes `b`'s email as `b` takes `a`'s): the row is deleted
 /// by its key, the others' updates run, and it is inserted again whole.
 /// Used only when nothing but the row is touched: no foreign key acts on
-/// that delete (`ON DELETE CASCADE`, `SET NULL`, `SET DEFAULT` would
-/// change other rows), and no trigger or rule fires on a delete or an
-/// insert; a key that refers to the row and cannot wait fails the delete,
-/// and the restore with it.
+/// a delete or an update of it (`CASCADE`, `SET NULL`, `SET DEFAULT`), and
+/// no trigger or rule fires on a delete or an insert (see
+/// `RowStatements::delete_acts`); a key that refers to the row and cannot
+/// wait fails the delete, and the restore with it.
 struct Reinsert {
     delete: String,
     key: Vec<Option<String>>,
@@ -3455,10 +3566,12 @@ struct RowStatements<'a> {
     /// The table has a unique index (besides its key) that cannot be
     /// deferred.
     unique: bool,
-    /// A delete from the table would do more than delete the row: a
-    /// foreign key acts on it (`CASCADE`, `SET NULL`, `SET DEFAULT`), or a
-    /// trigger the restore could not pause, or a rule, fires on a delete
-    /// or an insert. Then no [`Reinsert`].
+    /// Taking a row out and putting it back would do more than an update:
+    /// a foreign key to the table (or a partition of it, or a table above
+    /// it) acts on a delete or an update (`CASCADE`, `SET NULL`, `SET
+    /// DEFAULT`: an update would have carried the referring rows along),
+    /// or a trigger the restore could not pause fires on a delete or an
+    /// insert, or a rule is there. Then no [`Reinsert`].
     delete_acts: bool,
     pending: Vec<PendingRow>,
 }
@@ -3489,23 +3602,27 @@ impl<'a> RowStatements<'a> {
             .get(0);
         let row = c
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
-                   LEFT JOIN pg_catalog.pg_constraint k ON k.conindid = i.indexrelid \
-                     AND k.conrelid = r.oid \
-                   WHERE i.indrelid = r.oid AND i.indisunique AND NOT i.indisprimary \
-                     AND NOT coalesce(k.condeferrable, false)), \
-                 EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f \
-                   WHERE f.contype = 'f' AND f.confdeltype IN ('c', 'n', 'd') \
-                     AND (f.confrelid = r.oid OR f.confrelid IN (SELECT relid FROM pg_catalog.pg_partition_ancestors(r.oid) \
-                       UNION SELECT relid FROM pg_catalog.pg_partition_tree(r.oid)))) \
-                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g \
-                   WHERE g.tgrelid = r.oid AND NOT g.tgisinternal AND g.tgenabled <> 'D' \
-                     AND (g.tgtype & 12) <> 0) \
-                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite w \
-                   WHERE w.ev_class = r.oid AND w.ev_type IN ('3', '4')) \
-                 FROM pg_catalog.pg_class r \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
-                 WHERE n.nspname = $1 AND r.relname = $2",
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+                       LEFT JOIN pg_catalog.pg_constraint k ON k.conindid = i.indexrelid \
+                         AND k.conrelid = i.indrelid \
+                       WHERE i.indrelid IN {TABLE_TREE} AND i.indisunique \
+                         AND NOT i.indisprimary AND NOT coalesce(k.condeferrable, false)), \
+                     EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f \
+                       WHERE f.contype = 'f' \
+                         AND (f.confdeltype IN ('c', 'n', 'd') OR f.confupdtype IN ('c', 'n', 'd')) \
+                         AND (f.confrelid IN {TABLE_TREE} \
+                           OR f.confrelid IN (SELECT a.relid FROM pg_catalog.pg_class r \
+                             JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace, \
+                             pg_catalog.pg_partition_ancestors(r.oid) a \
+                             WHERE n.nspname = $1 AND r.relname = $2))) \
+                     OR EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g \
+                       WHERE g.tgrelid IN {TABLE_TREE} AND NOT g.tgisinternal \
+                         AND g.tgenabled <> 'D' AND (g.tgtype & 12) <> 0) \
+                     OR EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite w \
+                       WHERE w.ev_class IN {TABLE_TREE} AND w.rulename <> '_RETURN' \
+                         AND w.ev_enabled <> 'D')"
+                ),
                 &[&loc.schema, &name],
             )
             .map_err(|e| loc.error(e))?;
@@ -3544,7 +3661,7 @@ impl<'a> RowStatements<'a> {
         rep: &mut DbRestoreReport,
     ) -> Result<()> {
         match self.try_once(c, sql, &params, !(self.self_ref || self.unique)) {
-            Ok(Some(n)) => self.account(loc, key, op, n, rep),
+            Ok(Some(n)) => self.account(c, loc, key, (op, n), (sql, &params), rep),
             Ok(None) => {
                 self.pending
                     .push((key.to_vec(), op, sql.to_string(), params, reinsert));
@@ -3587,15 +3704,47 @@ impl<'a> RowStatements<'a> {
         }
     }
 
+    /// Counts what statement `run` (`op`, `n` rows) did, or fails the
+    /// restore when it did not do what it was for.
     fn account(
         &self,
+        c: &mut Client,
         loc: &PgLocation,
         key: &[u8],
-        op: RowOp,
-        n: u64,
+        (op, n): (RowOp, u64),
+        run: (&str, &[Option<String>]),
         rep: &mut DbRestoreReport,
     ) -> Result<()> {
         match op {
+            // A delete that removed nothing: the row went with another
+            // (a foreign key's ON DELETE CASCADE), or something kept it (a
+            // row-level security policy, a trigger the restore could not
+            // pause). The second leaves the table unlike the snapshot.
+            RowOp::Delete if n == 0 => {
+                let exists = run.0.replacen("DELETE FROM ", "SELECT 1 FROM ", 1);
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = run
+                    .1
+                    .iter()
+                    .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+                    .collect();
+                let there = c
+                    .query(exists.as_str(), &refs)
+                    .map_err(|e| self.row_error(loc, key, e))?;
+                if there.is_empty() {
+                    Ok(())
+                } else {
+                    Err(SyncError::Database(format!(
+                        "{}: row {} stays after its delete (a row-level security policy or a trigger keeps it); nothing was written",
+                        loc.redacted(),
+                        describe(self.name, &self.root, key)
+                    )))
+                }
+            }
+            RowOp::Insert | RowOp::Reinsert if n == 0 => Err(SyncError::Database(format!(
+                "{}: row {} was not inserted (a trigger or a policy kept it out); nothing was written",
+                loc.redacted(),
+                describe(self.name, &self.root, key)
+            ))),
             // The key matched when the plan was made, and the table is
             // locked against writers since.
             RowOp::Update if n != 1 => Err(SyncError::Database(format!(
@@ -3658,7 +3807,7 @@ impl<'a> RowStatements<'a> {
             let mut left = Vec::new();
             for (key, op, sql, params, re) in round {
                 match self.try_once(c, &sql, &params, false) {
-                    Ok(Some(n)) => self.account(loc, &key, op, n, rep)?,
+                    Ok(Some(n)) => self.account(c, loc, &key, (op, n), (&sql, &params), rep)?,
                     Ok(None) => left.push((key, op, sql, params, re)),
                     Err(e) => return Err(self.row_error(loc, &key, e)),
                 }
