@@ -2328,3 +2328,41 @@ fn restores_that_failed_for_no_reason_go_through() {
     );
     assert_eq!(pg.dump_rows(&db, "c"), c_snap);
 }
+
+/// A --delete whose foreign keys act on the rows of another restored table
+/// (`ON DELETE SET NULL` over two columns, `ON DELETE CASCADE`) leaves
+/// that table equal to the snapshot too: its updates set every column, and
+/// a row gone with the row it referred to is put back.
+#[test]
+fn rows_a_foreign_key_changed_during_the_restore_end_as_the_snapshot_has_them() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("acts");
+    let url = pg.url(&db);
+    pg.psql(
+        &db,
+        "CREATE TABLE p (a int, b int, PRIMARY KEY (a, b)); INSERT INTO p VALUES (1, 5);
+         CREATE TABLE c (id int PRIMARY KEY, a int, b int,
+                         FOREIGN KEY (a, b) REFERENCES p (a, b) ON DELETE SET NULL);
+         INSERT INTO c VALUES (10, 1, 5);
+         CREATE TABLE q (id int PRIMARY KEY); INSERT INTO q VALUES (1);
+         CREATE TABLE k (id int PRIMARY KEY, q int REFERENCES q (id) ON DELETE CASCADE, v text);
+         INSERT INTO k VALUES (20, 1, 'a');",
+    );
+    let w = work();
+    let dir = w.path();
+    snap(dir, &url, &[]);
+    let (c_snap, k_snap) = (pg.dump_rows(&db, "c"), pg.dump_rows(&db, "k"));
+    pg.psql(
+        &db,
+        "INSERT INTO p VALUES (2, 5); UPDATE c SET a = 2 WHERE id = 10;
+         INSERT INTO q VALUES (2); UPDATE k SET q = 2, v = 'b' WHERE id = 20;",
+    );
+    ok_pg(
+        dir,
+        &[
+            "--store", "st", "restore", "main", "--db", &url, "--delete", "-q",
+        ],
+    );
+    assert_eq!(pg.dump_rows(&db, "c"), c_snap);
+    assert_eq!(pg.dump_rows(&db, "k"), k_snap);
+}

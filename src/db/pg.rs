@@ -3430,7 +3430,20 @@ fn merge_apply(
         let vals = row_values(src, t, &k, &v)?;
         let tx = texts(t, &vals)?;
         match &acts[i].1 {
-            Act::Update(ucols) => {
+            Act::Update(changed) => {
+                // On a table whose foreign keys act on its rows (SET NULL,
+                // SET DEFAULT), a delete or an update of a referenced row
+                // earlier in this restore may have changed columns the plan
+                // saw equal: every column is set.
+                let every: Vec<usize>;
+                let ucols: &[usize] = if rows.referring_acts {
+                    every = (0..t.columns.len())
+                        .filter(|&i| !t.key.iter().any(|&k| k as usize == i))
+                        .collect();
+                    &every
+                } else {
+                    changed
+                };
                 let nkey = t.key.len();
                 let sets: Vec<String> = ucols
                     .iter()
@@ -3460,8 +3473,10 @@ fn merge_apply(
                     params.push(tx[ci].clone());
                 }
                 // Should the update be one of a cycle of rows trading
-                // unique values, the row is taken out and put back whole.
-                let reinsert = rows.unique.then(|| Reinsert {
+                // unique values, the row is taken out and put back whole;
+                // should its row be gone with a row it referred to (ON
+                // DELETE CASCADE), it is put back.
+                let reinsert = (rows.unique || rows.referring_acts).then(|| Reinsert {
                     delete: del.clone(),
                     key: key_params,
                     insert: ins.clone(),
@@ -3573,6 +3588,9 @@ struct RowStatements<'a> {
     /// or a trigger the restore could not pause fires on a delete or an
     /// insert, or a rule is there. Then no [`Reinsert`].
     delete_acts: bool,
+    /// A foreign key of the table acts on its rows when a referenced row
+    /// goes or changes (`CASCADE`, `SET NULL`, `SET DEFAULT`).
+    referring_acts: bool,
     pending: Vec<PendingRow>,
 }
 
@@ -3621,7 +3639,10 @@ impl<'a> RowStatements<'a> {
                          AND g.tgenabled <> 'D' AND (g.tgtype & 12) <> 0) \
                      OR EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite w \
                        WHERE w.ev_class IN {TABLE_TREE} AND w.rulename <> '_RETURN' \
-                         AND w.ev_enabled <> 'D')"
+                         AND w.ev_enabled <> 'D'), \
+                     EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f \
+                       WHERE f.contype = 'f' AND f.conrelid IN {TABLE_TREE} \
+                         AND (f.confdeltype IN ('c', 'n', 'd') OR f.confupdtype IN ('c', 'n', 'd')))"
                 ),
                 &[&loc.schema, &name],
             )
@@ -3632,6 +3653,7 @@ impl<'a> RowStatements<'a> {
             self_ref,
             unique: row.get(0),
             delete_acts: row.get(1),
+            referring_acts: row.get(2),
             pending: Vec::new(),
         })
     }
@@ -3661,7 +3683,7 @@ impl<'a> RowStatements<'a> {
         rep: &mut DbRestoreReport,
     ) -> Result<()> {
         match self.try_once(c, sql, &params, !(self.self_ref || self.unique)) {
-            Ok(Some(n)) => self.account(c, loc, key, (op, n), (sql, &params), rep),
+            Ok(Some(n)) => self.settle(c, loc, key, (op, n), (sql, &params), reinsert, rep),
             Ok(None) => {
                 self.pending
                     .push((key.to_vec(), op, sql.to_string(), params, reinsert));
@@ -3669,6 +3691,35 @@ impl<'a> RowStatements<'a> {
             }
             Err(e) => Err(self.row_error(loc, key, e)),
         }
+    }
+
+    /// Counts a statement that ran (see `account`). An update that found
+    /// its row gone, on a table whose rows go with the rows they refer to,
+    /// lost it to this restore's own delete of such a row (the table is
+    /// locked against other writers): the row is inserted again, whole.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &mut self,
+        c: &mut Client,
+        loc: &PgLocation,
+        key: &[u8],
+        (op, n): (RowOp, u64),
+        run: (&str, &[Option<String>]),
+        reinsert: Option<Reinsert>,
+        rep: &mut DbRestoreReport,
+    ) -> Result<()> {
+        if let (RowOp::Update, 0, true, Some(re)) = (op, n, self.referring_acts, reinsert) {
+            return match self.try_once(c, &re.insert, &re.row, !(self.self_ref || self.unique)) {
+                Ok(Some(n)) => self.account(c, loc, key, (RowOp::Reinsert, n), run, rep),
+                Ok(None) => {
+                    self.pending
+                        .push((key.to_vec(), RowOp::Reinsert, re.insert, re.row, None));
+                    Ok(())
+                }
+                Err(e) => Err(self.row_error(loc, key, e)),
+            };
+        }
+        self.account(c, loc, key, (op, n), run, rep)
     }
 
     /// Runs the statement; `None` when it broke the table's own foreign
@@ -3807,7 +3858,7 @@ impl<'a> RowStatements<'a> {
             let mut left = Vec::new();
             for (key, op, sql, params, re) in round {
                 match self.try_once(c, &sql, &params, false) {
-                    Ok(Some(n)) => self.account(c, loc, &key, (op, n), (&sql, &params), rep)?,
+                    Ok(Some(n)) => self.settle(c, loc, &key, (op, n), (&sql, &params), re, rep)?,
                     Ok(None) => left.push((key, op, sql, params, re)),
                     Err(e) => return Err(self.row_error(loc, &key, e)),
                 }
@@ -3819,7 +3870,8 @@ impl<'a> RowStatements<'a> {
             if left.len() == before {
                 // No progress: a cycle. One of updates is broken by taking
                 // a row out, to be put back once the others have run.
-                if !self.delete_acts
+                if self.unique
+                    && !self.delete_acts
                     && let Some(p) = left.iter_mut().find(|p| p.4.is_some())
                     && let Some(re) = p.4.take()
                 {
