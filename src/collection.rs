@@ -314,6 +314,10 @@ struct Row {
     hash: [u8; 32],
     /// The file's front matter, field by field as written (files only).
     front: Vec<FrontField>,
+    /// The BLAKE3 of each of the row's files as read, by path relative to
+    /// the folder (files only): `to-disk` replaces or removes a file only
+    /// while it still holds those bytes.
+    seen: Vec<(String, [u8; 32])>,
 }
 
 /// One top-level field of a file's front matter as written: its lines,
@@ -481,7 +485,28 @@ fn plan_with(
             for i in 0..columns.len() {
                 values.push(Value::from_ref(r.get_ref(i).map_err(err)?));
             }
+            // A statement by key must reach exactly one row: a key that is
+            // NULL, or that two rows hold, would be written to one file
+            // and updated or deleted in both.
+            if matches!(values[key_index], Value::Null) {
+                return Err(SyncError::Database(format!(
+                    "{}: table {} has a row whose key {} is NULL; every row of collection {} needs a key",
+                    db_path.display(),
+                    cfg.table,
+                    cfg.key_column(),
+                    cfg.name
+                )));
+            }
             let key = encode_key(std::slice::from_ref(&values[key_index]))?;
+            if db.contains_key(&key) {
+                return Err(SyncError::Database(format!(
+                    "{}: table {} holds key {} in more than one row; the key of collection {} must be unique",
+                    db_path.display(),
+                    cfg.table,
+                    values[key_index].to_sql(),
+                    cfg.name
+                )));
+            }
             let hash = row_hash(&values, &types)?;
             db.insert(
                 key,
@@ -491,6 +516,7 @@ fn plan_with(
                     values,
                     hash,
                     front: Vec::new(),
+                    seen: Vec::new(),
                 },
             );
         }
@@ -529,6 +555,7 @@ fn plan_with(
                 values,
                 hash,
                 front,
+                seen: file.seen,
             },
         );
     }
@@ -674,6 +701,11 @@ impl Plan {
     }
 
     /// Whether the state of the last sync was recorded.
+    /// The working tree the plan was made in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn has_base(&self) -> bool {
         self.base.is_some()
     }
@@ -749,12 +781,23 @@ fn list_files(dir: &Path, glob: &str) -> Result<Vec<String>> {
         .build();
     for e in walk {
         let e = e.map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
-        if !e.file_type().is_some_and(|t| t.is_file()) {
-            continue;
-        }
         let Ok(rel) = e.path().strip_prefix(dir) else {
             continue;
         };
+        if !e.file_type().is_some_and(|t| t.is_file()) {
+            // A symlink, fifo or socket named like a row's file: skipping it
+            // would read as its row deleted (and `to-db` would delete it).
+            if !e.file_type().is_some_and(|t| t.is_dir())
+                && !rel.as_os_str().is_empty()
+                && matcher.is_match(rel)
+            {
+                return Err(invalid(format!(
+                    "{}: not a regular file (a symlink?); local sync reads and writes regular files only",
+                    e.path().display()
+                )));
+            }
+            continue;
+        }
         if matcher.is_match(rel) {
             match rel.to_str() {
                 Some(s) => out.push(s.to_string()),
@@ -850,11 +893,17 @@ struct RowFiles {
     body: Option<String>,
     /// A sidecar's body file, relative to the collection's folder.
     body_path: Option<String>,
+    /// The BLAKE3 of each file read, by path relative to the folder.
+    seen: Vec<(String, [u8; 32])>,
 }
 
-fn read_text(full: &Path, shown: &str) -> Result<String> {
+/// A file's text and the BLAKE3 of its bytes.
+fn read_text(full: &Path, shown: &str) -> Result<(String, [u8; 32])> {
     let bytes = std::fs::read(full).ctx("reading", full)?;
-    String::from_utf8(bytes).map_err(|_| invalid(format!("{shown}: not UTF-8 text")))
+    let hash = *blake3::hash(&bytes).as_bytes();
+    String::from_utf8(bytes)
+        .map(|t| (t, hash))
+        .map_err(|_| invalid(format!("{shown}: not UTF-8 text")))
 }
 
 /// Where a sidecar's body file is, relative to the collection's folder:
@@ -902,7 +951,8 @@ fn sidecar_body_name(
 
 /// Reads the files of the row whose file is `rel` (relative to `dir`).
 fn read_row_files(dir: &Path, rel: &str, shown: &str, cfg: &CollectionConfig) -> Result<RowFiles> {
-    let text = read_text(&dir.join(rel), shown)?;
+    let (text, hash) = read_text(&dir.join(rel), shown)?;
+    let mut seen = vec![(rel.to_string(), hash)];
     match cfg.format {
         Format::FrontMatter => {
             let (f, b) = split_front_matter(&text, shown)?;
@@ -911,6 +961,7 @@ fn read_row_files(dir: &Path, rel: &str, shown: &str, cfg: &CollectionConfig) ->
                 offset: 1,
                 body: Some(b.to_string()),
                 body_path: None,
+                seen,
             })
         }
         Format::Yaml => Ok(RowFiles {
@@ -918,6 +969,7 @@ fn read_row_files(dir: &Path, rel: &str, shown: &str, cfg: &CollectionConfig) ->
             offset: 0,
             body: None,
             body_path: None,
+            seen,
         }),
         Format::Sidecar => {
             let map = parse_fields(&text, 0, shown, cfg)?;
@@ -932,12 +984,14 @@ fn read_row_files(dir: &Path, rel: &str, shown: &str, cfg: &CollectionConfig) ->
                     "{shown}:{line}: body file {body_shown} does not exist"
                 )));
             }
-            let body = read_text(&full, &body_shown)?;
+            let (body, body_hash) = read_text(&full, &body_shown)?;
+            seen.push((body_rel.clone(), body_hash));
             Ok(RowFiles {
                 fields: text,
                 offset: 0,
                 body: Some(body),
                 body_path: Some(body_rel),
+                seen,
             })
         }
     }
@@ -1821,7 +1875,17 @@ fn body_text(plan: &Plan, values: &[Value]) -> Result<Option<String>> {
     };
     match &values[i] {
         Value::Null => Ok(Some(String::new())),
-        Value::Text(t) => Ok(Some(String::from_utf8_lossy(t).into_owned())),
+        // (Bytes that are not UTF-8 would be written changed, and the
+        // next to-db would write the change back over them.)
+        Value::Text(t) => match std::str::from_utf8(t) {
+            Ok(t) => Ok(Some(t.to_string())),
+            Err(_) => Err(invalid(format!(
+                "collection {}: the body column {} of key {} holds text that is not UTF-8; nothing was written",
+                plan.config.name,
+                plan.config.body.as_deref().unwrap_or_default(),
+                values[plan.key_index].to_sql()
+            ))),
+        },
         _ => Err(invalid(format!(
             "collection {}: the body column {} holds a value that is not text",
             plan.config.name,
@@ -1934,12 +1998,40 @@ fn to_db_changes(c: &Connection, path: &Path, plan: &Plan, rep: &mut ApplyReport
     {
         let cols: Vec<String> = plan.columns.iter().map(|c| quote(c)).collect();
         let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+        let select = format!(
+            "SELECT {} FROM {table} WHERE {key_col} = ?1",
+            cols.join(", ")
+        );
         for ch in plan.changes.iter().filter(applies) {
             interrupted()?;
             let k = encode_key(std::slice::from_ref(&ch.key))?;
             let ctx = |e: rusqlite::Error| {
                 SyncError::Database(format!("{}: {}: {e}", path.display(), ch.path))
             };
+            // The row is as the plan read it (under this transaction's
+            // write lock, it stays so): a row the application wrote since
+            // is never overwritten, nor one it added or removed.
+            let now: Option<[u8; 32]> = {
+                let mut st = c.prepare_cached(&select).map_err(ctx)?;
+                let mut rows = st.query([ch.key.sql()]).map_err(ctx)?;
+                match rows.next().map_err(ctx)? {
+                    None => None,
+                    Some(r) => {
+                        let mut values = Vec::with_capacity(plan.columns.len());
+                        for i in 0..plan.columns.len() {
+                            values.push(Value::from_ref(r.get_ref(i).map_err(ctx)?));
+                        }
+                        Some(row_hash(&values, &plan.types)?)
+                    }
+                }
+            };
+            if now != plan.db.get(&k).map(|r| r.hash) {
+                return Err(SyncError::Database(format!(
+                    "{}: {}: the row changed in the database since this run read it (run `sp-sync local diff`); nothing was written",
+                    path.display(),
+                    ch.path
+                )));
+            }
             match ch.action {
                 Some(Action::Create) => {
                     let row = &plan.disk[&k];
@@ -2017,8 +2109,8 @@ fn to_disk(plan: &Plan) -> Result<ApplyReport> {
         Format::FrontMatter => 1,
         Format::Sidecar | Format::Yaml => 0,
     };
-    // (relative to the folder, text)
-    let mut writes: Vec<(String, String)> = Vec::new();
+    // (relative to the folder, text, the row's key)
+    let mut writes: Vec<(String, String, Vec<u8>)> = Vec::new();
     let mut removes: Vec<String> = Vec::new();
     for ch in plan.changes.iter().filter(applies) {
         interrupted()?;
@@ -2048,6 +2140,7 @@ fn to_disk(plan: &Plan) -> Result<ApplyReport> {
                     offset,
                     body: body.clone(),
                     body_path: body_path.clone(),
+                    seen: Vec::new(),
                 };
                 let back = fields_row(
                     &back,
@@ -2078,28 +2171,85 @@ fn to_disk(plan: &Plan) -> Result<ApplyReport> {
         };
         match (cfg.format, body_path) {
             (Format::Sidecar, Some(bp)) => {
-                writes.push((rel, fields));
-                writes.push((bp, body.unwrap_or_default()));
+                writes.push((rel, fields, k.clone()));
+                writes.push((bp, body.unwrap_or_default(), k));
             }
-            (Format::Yaml, _) => writes.push((rel, fields)),
+            (Format::Yaml, _) => writes.push((rel, fields, k)),
             _ => writes.push((
                 rel,
                 format!("---\n{fields}---\n{}", body.unwrap_or_default()),
+                k,
             )),
         }
     }
     let _ = c.execute_batch("DROP TABLE IF EXISTS temp.sp_sync_norm");
     drop(c);
-    for rel in writes.iter().map(|(r, _)| r).chain(&removes) {
+    for rel in writes.iter().map(|(r, ..)| r).chain(&removes) {
         let shown = Path::new(&cfg.dir).join(rel).display().to_string();
         safe_rel(rel).map_err(|why| invalid(format!("collection {}: {shown} {why}", cfg.name)))?;
         no_links(&dir, rel, &shown)?;
     }
-    for (rel, text) in writes {
+    // Whose each file is, and what it held when the plan read it: a file
+    // is replaced or removed only by its own row's change and only while it
+    // holds those bytes. A file of another key, or one no row reads (a
+    // sidecar folder's notes), is never written over; checked for every
+    // file before any is written, and again just before each one is.
+    let mut owner: BTreeMap<&str, (&[u8], [u8; 32])> = BTreeMap::new();
+    for (k, r) in &plan.disk {
+        for (rel, h) in &r.seen {
+            owner.insert(rel.as_str(), (k.as_slice(), *h));
+        }
+    }
+    let shown = |rel: &str| Path::new(&cfg.dir).join(rel).display().to_string();
+    let unchanged = |rel: &str, key: Option<&[u8]>| -> Result<Option<Vec<u8>>> {
+        let p = dir.join(rel);
+        match std::fs::symlink_metadata(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(SyncError::io("reading", &p, e)),
+            Ok(m) if !m.file_type().is_file() => {
+                return Err(invalid(format!(
+                    "{}: not a regular file; nothing more was written",
+                    shown(rel)
+                )));
+            }
+            Ok(_) => {}
+        }
+        let Some((k, h)) = owner.get(rel).copied() else {
+            return Err(invalid(format!(
+                "{}: the file is there, and is not the file of this row: not written over (move it, or rename the row's key); nothing more was written",
+                shown(rel)
+            )));
+        };
+        if key.is_some_and(|key| key != k) {
+            return Err(invalid(format!(
+                "{}: the file of another key (run `sp-sync local diff`; rename one of them); nothing more was written",
+                shown(rel)
+            )));
+        }
+        let now = std::fs::read(&p).ctx("reading", &p)?;
+        if *blake3::hash(&now).as_bytes() != h {
+            return Err(invalid(format!(
+                "{}: changed since this run read it; not written over (run it again); nothing more was written",
+                shown(rel)
+            )));
+        }
+        Ok(Some(now))
+    };
+    for (rel, _, k) in &writes {
+        unchanged(rel, Some(k))?;
+    }
+    for rel in &removes {
+        // (A file another row's write takes over is that row's to write.)
+        if !writes.iter().any(|(w, ..)| w == rel) {
+            unchanged(rel, None)?;
+        }
+    }
+    for (rel, text, k) in &writes {
         interrupted()?;
-        let p = dir.join(&rel);
+        let p = dir.join(rel);
+        let old = unchanged(rel, Some(k))?;
         // A file that already holds this text is left alone (its mtime too).
-        if std::fs::read(&p).is_ok_and(|b| b == text.as_bytes()) {
+        if old.as_deref() == Some(text.as_bytes()) {
             continue;
         }
         if let Some(d) = p.parent() {
@@ -2112,12 +2262,32 @@ fn to_disk(plan: &Plan) -> Result<ApplyReport> {
                 .unwrap_or_default(),
             std::process::id()
         ));
-        std::fs::write(&tmp, text.as_bytes()).ctx("writing", &tmp)?;
-        std::fs::rename(&tmp, &p).ctx("renaming into", &p)?;
+        let r = (|| -> Result<()> {
+            let mut f = std::fs::File::create(&tmp).ctx("writing", &tmp)?;
+            std::io::Write::write_all(&mut f, text.as_bytes()).ctx("writing", &tmp)?;
+            if old.is_some() {
+                // The file it replaces keeps its permissions, and its bytes
+                // are not lost to a power cut between here and the rename.
+                if let Ok(m) = std::fs::metadata(&p) {
+                    f.set_permissions(m.permissions()).ctx("writing", &tmp)?;
+                }
+                f.sync_data().ctx("syncing", &tmp)?;
+            }
+            drop(f);
+            std::fs::rename(&tmp, &p).ctx("renaming into", &p)
+        })();
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         rep.written += 1;
     }
     for rel in removes {
         interrupted()?;
+        if writes.iter().any(|(w, ..)| *w == rel) {
+            continue;
+        }
+        unchanged(&rel, None)?;
         let p = dir.join(&rel);
         match std::fs::remove_file(&p) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -2162,6 +2332,15 @@ impl Base {
     }
 }
 
+/// The working tree a record is of, as it records it: absolute, symlinks
+/// resolved where it can be.
+fn root_text(root: &Path) -> String {
+    std::fs::canonicalize(root)
+        .unwrap_or_else(|_| root.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// The ref that names a collection's record.
 pub fn base_ref(collection: &str) -> Result<String> {
     let name = format!("local/{collection}");
@@ -2189,13 +2368,44 @@ fn hash_cell(c: &Cell, src: &dyn ObjectSource, id: &ObjectId) -> Result<Option<[
     }
 }
 
-/// Reads a collection's record, if the store holds one.
-pub fn load_base(store: &Store, collection: &str) -> Result<Option<Base>> {
-    let Some(id) = store.read_ref(&base_ref(collection)?)? else {
+/// Reads a collection's record, if the store holds one. A record of
+/// another table, database or folder (the collection's settings changed,
+/// or another working tree's collection of that name shares the store)
+/// says nothing about this one: it reads as a record of no keys, so that
+/// each side's rows count as added on that side (never deleted from the
+/// other), and the record is replaced after the next sync.
+pub fn load_base(store: &Store, cfg: &CollectionConfig, root: &Path) -> Result<Option<Base>> {
+    let Some(id) = store.read_ref(&base_ref(&cfg.name)?)? else {
         return Ok(None);
     };
     let snap = Snapshot::decode(&store.get(ObjectType::Snapshot, &id)?)
         .map_err(|e| crate::object::corrupt(ObjectType::Snapshot, &id, e))?;
+    // (Records before `local.db`, `local.dir` and `local.root` name the
+    // table only.)
+    let root = root_text(root);
+    let same = [
+        ("local.table", &cfg.table),
+        ("local.db", &cfg.db),
+        ("local.dir", &cfg.dir),
+        ("local.root", &root),
+    ]
+    .iter()
+    .all(|(k, v)| snap.meta.get(*k).is_none_or(|r| r == *v))
+        && snap.meta.contains_key("local.table");
+    if !same {
+        tracing::warn!(
+            "collection {}: its last sync was of {} in {} (folder {}, working tree {}); syncing as for the first time",
+            cfg.name,
+            snap.meta.get("local.table").map_or("?", String::as_str),
+            snap.meta.get("local.db").map_or("?", String::as_str),
+            snap.meta.get("local.dir").map_or("?", String::as_str),
+            snap.meta.get("local.root").map_or("?", String::as_str),
+        );
+        return Ok(Some(Base {
+            id,
+            entries: BTreeMap::new(),
+        }));
+    }
     let bad = |why: &str| crate::object::corrupt(ObjectType::Snapshot, &id, why);
     let tid = snap
         .tables
@@ -2233,6 +2443,7 @@ pub fn load_base(store: &Store, collection: &str) -> Result<Option<Base>> {
 pub fn save_base(
     store: &Store,
     cfg: &CollectionConfig,
+    root: &Path,
     expected: Option<ObjectId>,
     entries: &BTreeMap<Vec<u8>, (Value, Entry)>,
 ) -> Result<Option<ObjectId>> {
@@ -2298,6 +2509,9 @@ pub fn save_base(
         meta: BTreeMap::from([
             ("local.collection".to_string(), cfg.name.clone()),
             ("local.table".to_string(), cfg.table.clone()),
+            ("local.db".to_string(), cfg.db.clone()),
+            ("local.dir".to_string(), cfg.dir.clone()),
+            ("local.root".to_string(), root_text(root)),
         ]),
         ..Snapshot::default()
     };

@@ -85,7 +85,7 @@ pub fn local(
     let mut plans = Vec::new();
     for c in chosen {
         let base = match store {
-            Some(s) => collection::load_base(s, &c.name)?,
+            Some(s) => collection::load_base(s, c, root)?,
             None => None,
         };
         let mut p = collection::plan(root, c, base)?;
@@ -132,7 +132,7 @@ pub fn local(
         total.removed_files += r.removed_files;
         if let Some(s) = store {
             for p in g {
-                collection::save_base(s, &p.config, p.base_id(), &p.next_base()?)?;
+                collection::save_base(s, &p.config, p.root(), p.base_id(), &p.next_base()?)?;
             }
         }
     }

@@ -1023,3 +1023,242 @@ fn sigint_during_to_db_rolls_back_and_exits_130() {
         "no signal landed in time ({finished} finished)"
     );
 }
+
+/// A collection `content` of `content/*.md` over table `content(slug,
+/// title, body)` with rows a and b synced; a store.
+fn mini() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("p");
+    std::fs::create_dir_all(root.join("content")).unwrap();
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::write(
+        root.join("sp-sync.toml"),
+        "[[collection]]\nname = \"content\"\ndir = \"content\"\ndb = \"data/app.db\"\ntable = \"content\"\nkey = \"slug\"\nbody = \"body\"\n",
+    )
+    .unwrap();
+    sql(
+        &root,
+        "CREATE TABLE content(slug TEXT PRIMARY KEY, title TEXT, body TEXT);",
+    );
+    for k in ["a", "b"] {
+        std::fs::write(
+            root.join(format!("content/{k}.md")),
+            format!("---\nslug: {k}\ntitle: {k}\n---\nbody {k}\n"),
+        )
+        .unwrap();
+    }
+    ok(&root, &["init", "-q"]);
+    ok(&root, &["local", "to-db", "-q"]);
+    (tmp, root)
+}
+
+/// What an audit found `to-disk` destroying: a new row's file written
+/// over the file of another key (with its unsynced edit), a sidecar body
+/// over a file no row reads, and a file's mode. None of it happens now.
+#[test]
+fn to_disk_never_writes_over_a_file_that_is_not_its_rows() {
+    let (_t, root) = mini();
+    let hello = root.join("content/hello.md");
+    std::fs::write(&hello, "---\nslug: hello-world\ntitle: H\n---\nprecious\n").unwrap();
+    ok(&root, &["local", "to-db", "-q"]);
+    edit(&hello, "precious", "precious, edited");
+    sql(
+        &root,
+        "INSERT INTO content VALUES('hello', 'Hi', 'new row')",
+    );
+    let before = stamps(&root.join("content"));
+    let err = fails(&root, &["local", "to-disk"], 1);
+    assert!(
+        err.contains("content/hello.md") && err.contains("another key"),
+        "{err}"
+    );
+    assert_eq!(stamps(&root.join("content")), before);
+    // Nor when the application renames the key the file holds.
+    sql(
+        &root,
+        "DELETE FROM content WHERE slug = 'hello'; UPDATE content SET slug = 'hello' WHERE slug = 'hello-world'",
+    );
+    fails(&root, &["local", "to-disk"], 1);
+    assert_eq!(stamps(&root.join("content")), before);
+
+    // A file it replaces keeps its mode.
+    use std::os::unix::fs::PermissionsExt;
+    let a = root.join("content/a.md");
+    std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o600)).unwrap();
+    sql(
+        &root,
+        "DELETE FROM content WHERE slug = 'hello'; UPDATE content SET title = 'A2' WHERE slug = 'a'",
+    );
+    std::fs::remove_file(&hello).unwrap();
+    ok(&root, &["local", "to-disk", "-q"]);
+    assert!(std::fs::read_to_string(&a).unwrap().contains("A2"));
+    assert_eq!(
+        std::fs::metadata(&a).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Sidecars: the body file a row now names, and a new row's folder,
+    // hold the user's files.
+    let tmp = tempfile::tempdir().unwrap();
+    let r = tmp.path();
+    std::fs::create_dir_all(r.join("skills/s1")).unwrap();
+    std::fs::create_dir_all(r.join("skills/s2")).unwrap();
+    std::fs::create_dir_all(r.join("data")).unwrap();
+    std::fs::write(
+        r.join("sp-sync.toml"),
+        "[[collection]]\nname = \"skills\"\ndir = \"skills\"\nformat = \"sidecar\"\ndb = \"data/app.db\"\ntable = \"skills\"\nkey = \"id\"\nbody = \"instructions\"\nbody_field = \"file\"\nbody_file = \"SKILL.md\"\n",
+    )
+    .unwrap();
+    sql(
+        r,
+        "CREATE TABLE skills(id TEXT PRIMARY KEY, name TEXT, file TEXT, instructions TEXT)",
+    );
+    std::fs::write(
+        r.join("skills/s1/config.yaml"),
+        "id: s1\nname: One\nfile: SKILL.md\n",
+    )
+    .unwrap();
+    std::fs::write(r.join("skills/s1/SKILL.md"), "skill one\n").unwrap();
+    std::fs::write(r.join("skills/s1/NOTES.md"), "my notes\n").unwrap();
+    std::fs::write(r.join("skills/s2/SKILL.md"), "a draft\n").unwrap();
+    ok(r, &["init", "-q"]);
+    ok(r, &["local", "to-db", "-q"]);
+    sql(r, "UPDATE skills SET file = 'NOTES.md' WHERE id = 's1'");
+    let before = stamps(&r.join("skills"));
+    let err = fails(r, &["local", "to-disk"], 1);
+    assert!(err.contains("NOTES.md"), "{err}");
+    sql(
+        r,
+        "UPDATE skills SET file = 'SKILL.md' WHERE id = 's1'; INSERT INTO skills VALUES('s2', 'Two', 'SKILL.md', 'from the app')",
+    );
+    let err = fails(r, &["local", "to-disk"], 1);
+    assert!(err.contains("s2/SKILL.md"), "{err}");
+    assert_eq!(stamps(&r.join("skills")), before);
+}
+
+/// A record says which table, database, folder and working tree it is of:
+/// another one's record (the settings changed, or a second checkout shares
+/// the store) never turns into deletions.
+#[test]
+fn a_record_of_another_table_or_working_tree_deletes_nothing() {
+    let (_t, root) = mini();
+    sql(
+        &root,
+        "CREATE TABLE content_v2(slug TEXT PRIMARY KEY, title TEXT, body TEXT);",
+    );
+    let toml = std::fs::read_to_string(root.join("sp-sync.toml")).unwrap();
+    std::fs::write(
+        root.join("sp-sync.toml"),
+        toml.replace("table = \"content\"", "table = \"content_v2\""),
+    )
+    .unwrap();
+    let before = stamps(&root.join("content"));
+    ok(&root, &["local", "to-disk", "-q"]);
+    assert_eq!(stamps(&root.join("content")), before);
+    ok(&root, &["local", "to-db", "-q"]);
+    assert_eq!(rows(&root, "SELECT count(*) FROM content_v2"), [["2"]]);
+
+    // A second working tree of the same content, sharing the store, with
+    // a fresh database.
+    let (_t2, other) = mini();
+    std::fs::remove_file(other.join("data/app.db")).unwrap();
+    sql(
+        &other,
+        "CREATE TABLE content(slug TEXT PRIMARY KEY, title TEXT, body TEXT);",
+    );
+    let store = root.join(".sp-sync");
+    let before = stamps(&other.join("content"));
+    let store_arg = store.to_str().unwrap();
+    ok(&root, &["--store", store_arg, "local", "to-db", "-q"]);
+    let o = common::run_in(&other, &["--store", store_arg, "local", "to-disk", "-q"]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stamps(&other.join("content")), before);
+}
+
+/// `to-db` writes a row only while it is as the plan read it: an edit the
+/// application commits meanwhile is a conflict, not overwritten.
+#[test]
+fn to_db_never_overwrites_a_row_the_application_changed_meanwhile() {
+    let (_t, root) = mini();
+    edit(&root.join("content/a.md"), "title: a", "title: file edit");
+    let db = root.join("data/app.db");
+    let app = Connection::open(&db).unwrap();
+    app.execute_batch("BEGIN IMMEDIATE; UPDATE content SET title = 'app edit' WHERE slug = 'a';")
+        .unwrap();
+    let child = std::process::Command::new(common::bin())
+        .current_dir(&root)
+        .args(["local", "to-db"])
+        .env("SP_SYNC_CACHE_DIR", common::cache_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // (It plans from the last committed state, then waits for the lock.)
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    app.execute_batch("COMMIT").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("changed in the database since"), "{err}");
+    assert_eq!(
+        rows(&root, "SELECT title FROM content WHERE slug = 'a'"),
+        [["app edit"]]
+    );
+}
+
+/// Rows and files that cannot be synced without losing something are
+/// refused: a key two rows hold, a NULL key, a body that is not UTF-8, a
+/// row's file that is a symlink.
+#[test]
+fn what_cannot_be_synced_exactly_is_refused() {
+    let (_t, root) = mini();
+    let files_before = stamps(&root.join("content"));
+    sql(
+        &root,
+        "UPDATE content SET body = CAST(X'6361666580FF0A' AS TEXT) WHERE slug = 'a'",
+    );
+    let err = fails(&root, &["local", "to-disk"], 1);
+    assert!(err.contains("not UTF-8"), "{err}");
+    assert_eq!(stamps(&root.join("content")), files_before);
+    sql(
+        &root,
+        "UPDATE content SET body = 'body a\n' WHERE slug = 'a'",
+    );
+
+    // A symlink where a row's file is.
+    let rows_before = rows(&root, "SELECT slug, title, body FROM content ORDER BY slug");
+    let a = root.join("content/a.md");
+    std::fs::rename(&a, root.join("a.md")).unwrap();
+    std::os::unix::fs::symlink("../a.md", &a).unwrap();
+    let err = fails(&root, &["local", "to-db"], 1);
+    assert!(err.contains("not a regular file"), "{err}");
+    std::fs::remove_file(&a).unwrap();
+    std::fs::rename(root.join("a.md"), &a).unwrap();
+    assert_eq!(
+        rows(&root, "SELECT slug, title, body FROM content ORDER BY slug"),
+        rows_before
+    );
+
+    // Keys that do not name one row.
+    let c = tempfile::tempdir().unwrap();
+    let r = c.path();
+    std::fs::create_dir_all(r.join("content")).unwrap();
+    std::fs::create_dir_all(r.join("data")).unwrap();
+    std::fs::write(
+        r.join("sp-sync.toml"),
+        "[[collection]]\nname = \"content\"\ndir = \"content\"\ndb = \"data/app.db\"\ntable = \"content\"\nkey = \"slug\"\nbody = \"body\"\n",
+    )
+    .unwrap();
+    sql(
+        r,
+        "CREATE TABLE content(id INTEGER PRIMARY KEY, slug TEXT, body TEXT);
+            INSERT INTO content VALUES (1, 'a', 'en'), (2, 'a', 'fr');",
+    );
+    ok(r, &["init", "-q"]);
+    let err = fails(r, &["local", "to-disk"], 1);
+    assert!(err.contains("more than one row"), "{err}");
+    sql(r, "UPDATE content SET slug = NULL");
+    let err = fails(r, &["local", "to-disk"], 1);
+    assert!(err.contains("NULL"), "{err}");
+    assert!(common::files_under(&r.join("content")).is_empty());
+}
