@@ -503,6 +503,15 @@ impl Ctx<'_> {
         }
         const KEPT_DIR: &str =
             "a directory holding files the snapshot lacks is there (restore --delete replaces it)";
+        const KEPT_STORE: &str = "a store is there (a restore never writes into one)";
+        // (What stays in the way of a file or symlink: a store never goes.)
+        let kept = |ctx: &Self| {
+            if !fresh && is_store_at(dir, name) {
+                ctx.not_restored(path, KEPT_STORE);
+            } else {
+                ctx.not_restored(path, KEPT_DIR);
+            }
+        };
         let mode = if self.opts.keep_setid {
             e.mode
         } else {
@@ -511,7 +520,7 @@ impl Ctx<'_> {
         // (A file or symlink only replaces a directory that `clear_dir_at`
         // empties, and `remove_unprotected` keeps a store.)
         if !fresh && matches!(e.kind, EntryKind::Dir { .. }) && is_store_at(dir, name) {
-            self.not_restored(path, "a store is there (a restore never writes into one)");
+            self.not_restored(path, KEPT_STORE);
             return Ok(());
         }
         match &e.kind {
@@ -539,7 +548,7 @@ impl Ctx<'_> {
                     match self.clear_dir_at(dir, name, path, ign)? {
                         Some(old) => old,
                         None => {
-                            self.not_restored(path, KEPT_DIR);
+                            kept(self);
                             return Ok(());
                         }
                     }
@@ -596,7 +605,7 @@ impl Ctx<'_> {
             }
             EntryKind::Symlink { target } => {
                 if !fresh && self.clear_dir_at(dir, name, path, ign)?.is_none() {
-                    self.not_restored(path, KEPT_DIR);
+                    kept(self);
                     return Ok(());
                 }
                 let tmp = if fresh { name.to_vec() } else { tmp_name() };

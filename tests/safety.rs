@@ -1067,3 +1067,26 @@ fn a_temporary_file_a_killed_restore_left_is_never_snapshotted_and_delete_remove
         assert!(w.join("services/agents").join(n).exists(), "{n}");
     }
 }
+
+/// A store where the snapshot has a file stays, and the warning says a
+/// store is there (not a directory of files the snapshot lacks).
+#[test]
+fn a_store_in_a_files_place_stays_and_is_named_a_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    std::fs::create_dir_all(w.join("src")).unwrap();
+    std::fs::write(w.join("src/data"), "a file\n").unwrap();
+    ok(w, &["init", "--store", "st", "-q"]);
+    ok(&w.join("src"), &["--store", "../st", "snapshot", ".", "-q"]);
+    std::fs::remove_file(w.join("src/data")).unwrap();
+    ok(w, &["init", "--store", "src/data", "-q"]);
+    let o = common::run_in(
+        &w.join("src"),
+        &["--store", "../st", "restore", "--delete", "main", "."],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("a store is there"), "{err}");
+    assert!(w.join("src/data/store.toml").is_file());
+    ok(w, &["--store", "src/data", "fsck"]);
+}
