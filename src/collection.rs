@@ -560,6 +560,19 @@ fn plan_with(
         );
     }
     let _ = c.execute_batch("DROP TABLE IF EXISTS temp.sp_sync_norm");
+    // The record's columns as positions in the table now: `None` when the
+    // table has the record's columns (in order, the hashes as they are),
+    // `Some(Some(positions))` when columns were added since, `Some(None)`
+    // when one the record has is gone.
+    let recorded: Option<Option<Vec<usize>>> = base
+        .as_ref()
+        .and_then(|b| b.columns.as_ref())
+        .filter(|rc| **rc != columns)
+        .map(|rc| {
+            rc.iter()
+                .map(|n| columns.iter().position(|c| c == n))
+                .collect::<Option<Vec<usize>>>()
+        });
     // The differences, by hash of each side's row.
     let mut changes = Vec::new();
     let mut keys: Vec<&Vec<u8>> = disk.keys().chain(db.keys()).collect();
@@ -595,8 +608,30 @@ fn plan_with(
             columns: columns_changed,
             changed: base.as_ref().map(|base| {
                 let e = base.entries.get(k).map(|(_, e)| *e).unwrap_or_default();
-                let file_changed = d.map(|r| r.hash) != e.file;
-                let db_changed = b.map(|r| r.hash) != e.row;
+                let (file_changed, db_changed) = match &recorded {
+                    // The columns the record's hashes are over, as now.
+                    Some(Some(idx)) => {
+                        let old = |r: &Row| -> Option<[u8; 32]> {
+                            let v: Vec<Value> = idx.iter().map(|&i| r.values[i].clone()).collect();
+                            let t: Vec<String> = idx.iter().map(|&i| types[i].clone()).collect();
+                            row_hash(&v, &t).ok()
+                        };
+                        // A column added since is the database's change
+                        // (a migration), wherever the two sides differ in it.
+                        let added = match (d, b) {
+                            (Some(d), Some(b)) => (0..columns.len()).any(|i| {
+                                !idx.contains(&i)
+                                    && !same_cell(&types[i], &d.values[i], &b.values[i])
+                            }),
+                            _ => false,
+                        };
+                        (d.and_then(old) != e.file, b.and_then(old) != e.row || added)
+                    }
+                    // A column the record has is gone: no side's change can
+                    // be told; as for the first time.
+                    Some(None) => (d.is_some(), b.is_some()),
+                    None => (d.map(|r| r.hash) != e.file, b.map(|r| r.hash) != e.row),
+                };
                 match (file_changed, db_changed) {
                     (true, false) => Side::Files,
                     (false, true) => Side::Database,
@@ -704,6 +739,11 @@ impl Plan {
     /// The working tree the plan was made in.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The table's columns, in order.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
     }
 
     pub fn has_base(&self) -> bool {
@@ -2320,6 +2360,9 @@ pub struct Base {
     /// The record's snapshot (what `local/<collection>` names).
     pub id: ObjectId,
     entries: BTreeMap<Vec<u8>, (Value, Entry)>,
+    /// The table's columns the record's hashes are over, in order (`None`:
+    /// a record before `local.columns`; taken to be the table's now).
+    columns: Option<Vec<String>>,
 }
 
 impl Base {
@@ -2404,8 +2447,19 @@ pub fn load_base(store: &Store, cfg: &CollectionConfig, root: &Path) -> Result<O
         return Ok(Some(Base {
             id,
             entries: BTreeMap::new(),
+            columns: None,
         }));
     }
+    let columns = match snap.meta.get("local.columns") {
+        None => None,
+        Some(j) => Some(serde_json::from_str::<Vec<String>>(j).map_err(|_| {
+            crate::object::corrupt(
+                ObjectType::Snapshot,
+                &id,
+                "a local sync record's columns are not a list of names",
+            )
+        })?),
+    };
     let bad = |why: &str| crate::object::corrupt(ObjectType::Snapshot, &id, why);
     let tid = snap
         .tables
@@ -2434,7 +2488,11 @@ pub fn load_base(store: &Store, cfg: &CollectionConfig, root: &Path) -> Result<O
         };
         entries.insert(k, (key, e));
     }
-    Ok(Some(Base { id, entries }))
+    Ok(Some(Base {
+        id,
+        entries,
+        columns,
+    }))
 }
 
 /// Records `entries` as the collection's state: writes the objects, then
@@ -2443,7 +2501,7 @@ pub fn load_base(store: &Store, cfg: &CollectionConfig, root: &Path) -> Result<O
 pub fn save_base(
     store: &Store,
     cfg: &CollectionConfig,
-    root: &Path,
+    (root, columns): (&Path, &[String]),
     expected: Option<ObjectId>,
     entries: &BTreeMap<Vec<u8>, (Value, Entry)>,
 ) -> Result<Option<ObjectId>> {
@@ -2512,6 +2570,10 @@ pub fn save_base(
             ("local.db".to_string(), cfg.db.clone()),
             ("local.dir".to_string(), cfg.dir.clone()),
             ("local.root".to_string(), root_text(root)),
+            (
+                "local.columns".to_string(),
+                serde_json::to_string(columns).unwrap_or_default(),
+            ),
         ]),
         ..Snapshot::default()
     };

@@ -132,7 +132,13 @@ pub fn local(
         total.removed_files += r.removed_files;
         if let Some(s) = store {
             for p in g {
-                collection::save_base(s, &p.config, p.root(), p.base_id(), &p.next_base()?)?;
+                collection::save_base(
+                    s,
+                    &p.config,
+                    (p.root(), p.columns()),
+                    p.base_id(),
+                    &p.next_base()?,
+                )?;
             }
         }
     }

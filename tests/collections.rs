@@ -1262,3 +1262,36 @@ fn what_cannot_be_synced_exactly_is_refused() {
     assert!(err.contains("NULL"), "{err}");
     assert!(common::files_under(&r.join("content")).is_empty());
 }
+
+/// A column added to the table (a migration) is the database's change:
+/// no key turns into a conflict (which `--force` would have answered by
+/// writing NULL over the new values); `to-disk` carries it to the files.
+#[test]
+fn a_column_added_to_the_table_is_the_databases_change() {
+    let (_t, root) = mini();
+    // (A sync that records the table's columns.)
+    edit(&root.join("content/a.md"), "title: a", "title: a1");
+    ok(&root, &["local", "to-db", "-q"]);
+    sql(
+        &root,
+        "ALTER TABLE content ADD COLUMN views INTEGER; UPDATE content SET views = 42;",
+    );
+    let v = json(&ok(&root, &["local", "diff", "--json"]));
+    let changes = v.as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(changes.len(), 2, "{v}");
+    assert!(changes.iter().all(|c| c["changed"] == "database"), "{v}");
+    let o = common::run_in(&root, &["local", "to-db"]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        rows(&root, "SELECT views FROM content ORDER BY slug"),
+        [["42"], ["42"]]
+    );
+    ok(&root, &["local", "to-disk", "-q"]);
+    assert!(
+        std::fs::read_to_string(root.join("content/b.md"))
+            .unwrap()
+            .contains("views: 42")
+    );
+    let v = json(&ok(&root, &["local", "diff", "--json"]));
+    assert_eq!(v.as_array().map(Vec::len), Some(0), "{v}");
+}
