@@ -122,6 +122,7 @@ pub fn restore(
         (Some(t), _) => vec![Placement {
             tree_path: sub.unwrap_or("").to_string(),
             dest: t.clone(),
+            exact: false,
         }],
     };
     if places.is_empty() && sub.is_some() && target.is_some() {
@@ -161,8 +162,12 @@ pub fn restore(
         // The whole tree of several sources: one directory per source.
         ropts.excludes_per_source =
             p.tree_path.is_empty() && s.sources.as_ref().is_some_and(|src| src.paths.len() > 1);
-        let r = restore_to(store, &entry, name, &p.dest, &ropts, progress)
-            .context_with(|| format!("restore into {}", p.dest.display()))?;
+        let r = if p.exact {
+            crate::restore::restore_at(store, &entry, &p.dest, &ropts, progress)
+        } else {
+            restore_to(store, &entry, name, &p.dest, &ropts, progress)
+        }
+        .context_with(|| format!("restore into {}", p.dest.display()))?;
         report.restored.push(PlacedReport {
             target: p.dest.clone(),
             files: r.files,
@@ -299,7 +304,7 @@ fn source_placements(
         return Ok(places);
     }
     let entries = crate::object::tree::read_dir(store, &root, s.time)?;
-    let is_file_source = matches!(
+    let shaped = matches!(
         entries.as_slice(),
         [(n, e)] if n.as_slice() == name.as_bytes()
             && !matches!(e.kind, crate::object::tree::EntryKind::Dir { .. })
@@ -309,10 +314,16 @@ fn source_placements(
     } else {
         base.join(one)
     };
-    if is_file_source && !std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+    // A snapshot that says its one source was a file goes back as that
+    // file, whatever is at its place now; one from before that record is
+    // told by what is there (a directory there: the directory's contents).
+    let recorded = s.meta.get(crate::snapshot::SOURCE_KIND).map(String::as_str);
+    let dir_there = std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir());
+    if shaped && (recorded == Some("file") || !dir_there) {
         places = vec![Placement {
             tree_path: name.to_string(),
             dest,
+            exact: recorded == Some("file"),
         }];
     }
     Ok(places)

@@ -343,6 +343,24 @@ pub fn restore_to(
     if matches!(entry.kind, EntryKind::Dir { .. }) || dest_is_dir {
         return restore(src, entry, name, dest, opts, progress);
     }
+    restore_at(src, entry, dest, opts, progress)
+}
+
+/// Restores a file or symlink entry exactly at `dest`, as any entry of a
+/// directory is restored: what is there is replaced, except a directory,
+/// which goes only when it is empty, or with `--delete` as far as it may.
+/// A directory entry goes into `dest` (see [`restore_to`]).
+pub fn restore_at(
+    src: &dyn ObjectSource,
+    entry: &Entry,
+    dest: &Path,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreReport> {
+    if matches!(entry.kind, EntryKind::Dir { .. }) {
+        let name = dest.file_name().map(|n| n.as_bytes()).unwrap_or(b"");
+        return restore(src, entry, name, dest, opts, progress);
+    }
     let file_name = dest.file_name().ok_or_else(|| {
         SyncError::Invalid(format!("{}: not a file name to restore to", dest.display()))
     })?;

@@ -28,6 +28,9 @@ use crate::progress::Progress;
 use crate::store::Store;
 use crate::store::statcache::{StatCache, StatKey};
 
+/// The meta key that says the snapshot's one source is a file (`"file"`).
+pub const SOURCE_KIND: &str = "source.kind";
+
 /// The file whose lines (gitignore syntax) exclude paths in its directory.
 pub const IGNORE_FILE: &str = ".sp-syncignore";
 /// Files are read in batches of this many bytes and their chunks hashed and
@@ -722,6 +725,9 @@ pub fn snapshot(
         .iter()
         .map(|p| absolute(p))
         .collect::<Result<_>>()?;
+    // (What the scan below sees the one source as.)
+    let one_file = matches!(sources.as_slice(), [one]
+        if fs::symlink_metadata(one).is_ok_and(|m| !m.is_dir()));
     let mut skip: Vec<PathBuf> = opts
         .skip
         .iter()
@@ -837,7 +843,16 @@ pub fn snapshot(
         files,
         bytes,
         tables: tables.objects,
-        meta: opts.meta.clone(),
+        meta: {
+            let mut m = opts.meta.clone();
+            // One source that is a file is held like a directory source of
+            // one entry of its name: this tells a restore which it was
+            // (store-format §3.5).
+            if one_file {
+                m.insert(SOURCE_KIND.to_string(), "file".to_string());
+            }
+            m
+        },
         sources: Some(sources),
         skipped: skipped.clone(),
     };

@@ -27,6 +27,11 @@ pub struct Placement {
     /// Where that entry goes: a directory's contents go into it; a file
     /// is written at it.
     pub dest: PathBuf,
+    /// A file goes exactly at `dest`, as a restore writes any entry (a
+    /// directory there stays unless it is empty, or `--delete`), never
+    /// into a directory found there: the snapshot's one source was that
+    /// file.
+    pub exact: bool,
 }
 
 /// A recorded location resolved against `base` (absolute locations stay).
@@ -70,6 +75,7 @@ pub fn placements(snap: &Snapshot, sub: Option<&str>, base: &Path) -> Result<Vec
         [one] => Ok(vec![Placement {
             tree_path: sub.to_string(),
             dest: join_sub(resolve(base, one), sub),
+            exact: false,
         }]),
         several => {
             let mut out = Vec::new();
@@ -82,6 +88,7 @@ pub fn placements(snap: &Snapshot, sub: Option<&str>, base: &Path) -> Result<Vec
                     out.push(Placement {
                         tree_path: name,
                         dest: resolve(base, p),
+                        exact: false,
                     });
                 } else {
                     let (first, rest) = sub.split_once('/').unwrap_or((sub, ""));
@@ -89,6 +96,7 @@ pub fn placements(snap: &Snapshot, sub: Option<&str>, base: &Path) -> Result<Vec
                         out.push(Placement {
                             tree_path: sub.to_string(),
                             dest: join_sub(resolve(base, p), rest),
+                            exact: false,
                         });
                     }
                 }
@@ -234,7 +242,8 @@ mod tests {
             p,
             vec![Placement {
                 tree_path: "".into(),
-                dest: "/w/services".into()
+                dest: "/w/services".into(),
+                exact: false,
             }]
         );
         let p = placements(&s, Some("config/app.toml"), Path::new("/w")).unwrap();
@@ -255,7 +264,8 @@ mod tests {
             p,
             vec![Placement {
                 tree_path: "conf/a/b".into(),
-                dest: "/w/etc/conf/a/b".into()
+                dest: "/w/etc/conf/a/b".into(),
+                exact: false,
             }]
         );
         assert!(

@@ -1090,3 +1090,34 @@ fn a_store_in_a_files_place_stays_and_is_named_a_store() {
     assert!(w.join("src/data/store.toml").is_file());
     ok(w, &["--store", "src/data", "fsck"]);
 }
+
+/// A snapshot of one file goes back as that file even where a directory
+/// of that name is now: never into the directory (where it would write
+/// over a file of its name), which stays unless `--delete`.
+#[test]
+fn a_file_source_goes_back_as_the_file_and_never_into_a_directory_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    std::fs::create_dir_all(w.join("etc")).unwrap();
+    std::fs::write(w.join("etc/app.toml"), "port = 1\n").unwrap();
+    ok(w, &["init", "-q"]);
+    ok(w, &["snapshot", "etc/app.toml", "-q"]);
+    std::fs::remove_file(w.join("etc/app.toml")).unwrap();
+    std::fs::create_dir_all(w.join("etc/app.toml")).unwrap();
+    std::fs::write(w.join("etc/app.toml/app.toml"), "mine\n").unwrap();
+    std::fs::write(w.join("etc/app.toml/x"), "x\n").unwrap();
+    let o = common::run_in(w, &["restore", "main"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("not restoring"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(w.join("etc/app.toml/app.toml")).unwrap(),
+        "mine\n"
+    );
+    assert!(w.join("etc/app.toml/x").exists());
+    ok(w, &["restore", "main", "--delete", "-q"]);
+    assert_eq!(
+        std::fs::read_to_string(w.join("etc/app.toml")).unwrap(),
+        "port = 1\n"
+    );
+}
