@@ -637,3 +637,83 @@ fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Server gc keeps what the last hour's packs reach, not only what they
+/// hold: a push sends only what the server says it lacks, so a snapshot
+/// uploaded before its ref moves (here by a push that was refused) may
+/// reach old objects no ref reaches any more. They stay, and the ref that
+/// then moves onto that snapshot reaches a whole one.
+#[test]
+fn server_gc_keeps_what_a_recent_snapshot_reaches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path(), "", &[]);
+    let env = [("SP_SYNC_TOKEN", TOKEN_A.to_string())];
+    let url = server.url("acme");
+    let w = tmp.path().join("w");
+    std::fs::create_dir_all(w.join("files/sub")).unwrap();
+    std::fs::write(w.join("files/sub/data"), bytes(300_000, 7)).unwrap();
+    std::fs::write(w.join("files/a"), "a\n").unwrap();
+    std::fs::create_dir_all(w.join("other")).unwrap();
+    std::fs::write(w.join("other/o"), "o\n").unwrap();
+    ok(&w, &["init", "-q"]);
+    let push = |args: &[&str]| run_env(&w, args, &env);
+    ok(&w, &["snapshot", "files", "--ref", "feat", "-q"]);
+    assert!(push(&["push", &url, "feat"]).status.success());
+    let id = |name: &str| {
+        ok(&w, &["ref", "list"])
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap()
+            .to_string()
+    };
+    // The ref goes on the server: its objects are reached by nothing.
+    let (s, b) = http(
+        &server.addr,
+        "DELETE",
+        "/v1/acme/refs/feat",
+        Some(TOKEN_A),
+        format!("{{\"old\": \"{}\"}}", id("feat")).as_bytes(),
+    );
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+    for p in walk_files(&server.data.join("acme")) {
+        if p.extension().is_some_and(|e| e == "idx") {
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(std::time::SystemTime::now() - Duration::from_secs(7200))
+                .unwrap();
+        }
+    }
+    // A new snapshot of the same files plus one: its root tree is new, the
+    // rest old. Its push is refused (someone made feat2 first), after its
+    // new objects went up.
+    std::fs::write(w.join("files/new"), "new\n").unwrap();
+    ok(&w, &["snapshot", "files", "--ref", "feat2", "-q"]);
+    ok(&w, &["snapshot", "other", "--ref", "other", "-q"]);
+    assert!(push(&["push", &url, "other"]).status.success());
+    let (s, _) = http(
+        &server.addr,
+        "POST",
+        "/v1/acme/refs/feat2",
+        Some(TOKEN_A),
+        format!(
+            "{{\"old\": null, \"new\": \"{}\", \"force\": false}}",
+            id("other")
+        )
+        .as_bytes(),
+    );
+    assert_eq!(s, 200);
+    assert!(!push(&["push", &url, "feat2"]).status.success());
+    let (s, b) = http(&server.addr, "POST", "/v1/acme/gc", Some(TOKEN_A), b"");
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+    // The same files on top of the server's feat2: the push sends only the
+    // new snapshot object, and the ref moves.
+    ok(&w, &["ref", "set", "feat2", "other", "-q"]);
+    ok(&w, &["snapshot", "files", "--ref", "feat2", "-q"]);
+    let o = push(&["push", &url, "feat2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let store = server.data.join("acme");
+    ok(
+        &w,
+        &["--store", store.to_str().unwrap(), "fsck", "--read-data"],
+    );
+}

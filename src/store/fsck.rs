@@ -282,7 +282,7 @@ impl Walker<'_> {
     /// Walks a directory tree iteratively (a hostile store may nest
     /// directories arbitrarily deep: no recursion, and a clear error past
     /// [`MAX_TREE_DEPTH`]). The root's entries' times are absolute.
-    fn tree(&mut self, root: &ObjectId, ctx: &str, path: &[u8]) {
+    pub(crate) fn tree(&mut self, root: &ObjectId, ctx: &str, path: &[u8]) {
         let mut work: Vec<(ObjectId, Vec<u8>, usize, Timestamp)> =
             vec![(*root, path.to_vec(), 0, Timestamp::ZERO)];
         while let Some((id, path, depth, time)) = work.pop() {
@@ -377,7 +377,7 @@ impl Walker<'_> {
     /// A table object, its row map, and the large values its rows keep in
     /// chunks. Every row is decoded; keys must decode and rows have the
     /// table's width.
-    fn table(&mut self, id: &ObjectId, name: &str, ctx: &str) {
+    pub(crate) fn table(&mut self, id: &ObjectId, name: &str, ctx: &str) {
         if !self.seen.insert(*id) {
             return;
         }

@@ -125,30 +125,53 @@ fn pack_entries(store: &Store, name: &ObjectId) -> Result<Vec<index::IdxEntry>> 
 
 /// Adds to `live` the objects of every pack whose index was written less
 /// than `age` ago (by its file's mtime; a pack whose age cannot be read
-/// counts as recent); returns how many were added.
+/// counts as recent), and every object they reach: a push stores only what
+/// the server said it lacked, so a new snapshot, stored before its ref
+/// moves, may reach old objects no ref reaches (a deleted ref's, a refused
+/// push's) that must stay for the ref to move onto a whole snapshot. (Its
+/// own objects may still be on their way: what is missing is no damage.)
+/// Returns how many were added.
 fn keep_recent_packs(
     store: &Store,
     age: std::time::Duration,
     live: &mut crate::id::IdSet,
 ) -> Result<usize> {
     let now = std::time::SystemTime::now();
-    let mut added = 0;
+    let mut recent = Vec::new();
     for pack in store.packs().iter() {
         let idx_path = store.idx_path(&pack.name);
-        let recent = fs::metadata(&idx_path)
+        let young = fs::metadata(&idx_path)
             .and_then(|m| m.modified())
             .map(|t| now.duration_since(t).map_or(true, |d| d < age))
             .unwrap_or(true);
-        if !recent {
-            continue;
-        }
-        for e in pack_entries(store, &pack.name)? {
-            if live.insert(e.id) {
-                added += 1;
-            }
+        if young {
+            recent.extend(pack_entries(store, &pack.name)?);
         }
     }
-    Ok(added)
+    let before = live.len();
+    let bad = IdMap::default();
+    let mut w = Walker {
+        src: store,
+        store,
+        seen: std::mem::take(live),
+        errors: Vec::new(),
+        bad: &bad,
+        check_chunks: true,
+        snapshots: 0,
+        open_ended: Default::default(),
+    };
+    for e in &recent {
+        let ctx = "a recent pack";
+        match e.tag {
+            ObjectType::Snapshot => w.snapshot(&e.id, ctx),
+            ObjectType::Tree => w.tree(&e.id, ctx, b""),
+            ObjectType::Table => w.table(&e.id, "", ctx),
+            _ => {}
+        }
+    }
+    *live = w.seen;
+    live.extend(recent.iter().map(|e| e.id));
+    Ok(live.len() - before)
 }
 
 /// Adds to `live` the bases of its stored deltas (and theirs), which stay
