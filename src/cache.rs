@@ -154,6 +154,13 @@ fn clean_path(p: &Path) -> Result<PathBuf> {
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {
+            // (An entry records its paths one per line.)
+            Component::Normal(n) if n.as_encoded_bytes().contains(&b'\n') => {
+                return Err(SyncError::Invalid(format!(
+                    "{:?}: a cache path cannot hold a newline",
+                    p.display().to_string()
+                )));
+            }
             Component::Normal(n) => out.push(n),
             Component::CurDir => {}
             _ => {
@@ -202,6 +209,40 @@ fn retrying<T>(what: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
     }
 }
 
+/// The paths `cache save` is given, checked before anything is written
+/// anywhere: (each relative to `cwd`, each joined to it). Each must stay
+/// below `cwd`, hold no newline, exist, and not be a symlink.
+pub fn check_paths(cwd: &Path, paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    if paths.is_empty() {
+        return Err(SyncError::Invalid("nothing to save (no paths)".into()));
+    }
+    let rel: Vec<PathBuf> = paths.iter().map(|p| clean_path(p)).collect::<Result<_>>()?;
+    let mut sources = Vec::new();
+    for r in &rel {
+        let p = cwd.join(r);
+        match std::fs::symlink_metadata(&p) {
+            Err(_) => {
+                return Err(SyncError::NotFound(format!(
+                    "{}: no such file or directory",
+                    r.display()
+                )));
+            }
+            // A symlink named as a path would be followed out of the
+            // working tree, and the entry could not be restored (a restore
+            // never writes through one).
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(SyncError::Invalid(format!(
+                    "{}: a symlink; name the directory or file it points to",
+                    r.display()
+                )));
+            }
+            Ok(_) => {}
+        }
+        sources.push(p);
+    }
+    Ok((rel, sources))
+}
+
 /// The refs the remote holds now.
 fn remote_refs(remote: &dyn Remote) -> Result<BTreeMap<String, ObjectId>> {
     Ok(remote.list_refs()?.into_iter().collect())
@@ -218,11 +259,7 @@ pub fn save(
     if opts.paths.is_empty() {
         return Err(SyncError::Invalid("nothing to save (no paths)".into()));
     }
-    let rel: Vec<PathBuf> = opts
-        .paths
-        .iter()
-        .map(|p| clean_path(p))
-        .collect::<Result<_>>()?;
+    let (rel, sources) = check_paths(&opts.cwd, &opts.paths)?;
     let name = format!("{ENTRY_PREFIX}{}", opts.key);
     let mut report = SaveReport {
         key: opts.key.clone(),
@@ -232,17 +269,6 @@ pub fn save(
         report.id = Some(*id);
         report.requests = remote.traffic().requests;
         return Ok(report);
-    }
-    let mut sources = Vec::new();
-    for r in &rel {
-        let p = opts.cwd.join(r);
-        if std::fs::symlink_metadata(&p).is_err() {
-            return Err(SyncError::NotFound(format!(
-                "{}: no such file or directory",
-                r.display()
-            )));
-        }
-        sources.push(p);
     }
     let layout = if sources.len() == 1 && sources[0].is_dir() {
         "root"
@@ -346,6 +372,10 @@ pub struct RestoreCacheOptions {
     pub github_output: Option<PathBuf>,
     /// Do not record the restore on the remote (`cache-meta/KEY`).
     pub no_record: bool,
+    /// Paths never written over, whatever the entry names: the store and
+    /// the database files of the working tree (see
+    /// [`crate::sources::protected_paths`]); absolute, symlinks resolved.
+    pub protect: Vec<PathBuf>,
 }
 
 /// What `cache restore` did.
@@ -488,7 +518,7 @@ pub fn restore(
             }
         };
         let snap = crate::names::load_snapshot(source, &id)?;
-        let r = materialize(source, &snap, &opts.target, progress)?;
+        let r = materialize(source, &snap, &opts.target, &opts.protect, progress)?;
         report.paths = r.0;
         report.files = r.1.files;
         report.bytes = r.1.bytes;
@@ -551,14 +581,18 @@ fn materialize(
     store: &Store,
     snap: &Snapshot,
     target: &Path,
+    protect: &[PathBuf],
     progress: &dyn Progress,
 ) -> Result<(Vec<String>, crate::restore::RestoreReport)> {
     let paths = entry_paths(snap)?;
     let root = snap
         .root
         .ok_or_else(|| SyncError::Invalid("a cache entry without files".into()))?;
+    // An entry (from a shared remote) never writes over the working tree's
+    // store or databases.
     let opts = RestoreOptions {
         skip_unchanged: true,
+        protect: protect.to_vec(),
         ..Default::default()
     };
     let mut total = crate::restore::RestoreReport::default();

@@ -730,3 +730,56 @@ fn a_restore_from_a_remote_with_no_store_is_a_miss_and_creates_nothing() {
     ]);
     assert_eq!(v["result"], "hit");
 }
+
+/// An entry never writes over the working tree's database (one
+/// `sp-sync.toml` names); paths that would make an entry unrestorable or
+/// reach outside (a newline, a symlink) are refused when saving, before
+/// anything is created on the remote.
+#[test]
+fn a_restore_never_writes_over_a_database_and_bad_paths_save_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = tmp.path().join("remote").display().to_string();
+    let a = runner(tmp.path(), "a", &[]);
+    std::fs::write(
+        a.dir.join("sp-sync.toml"),
+        "[[db]]\npath = \"data/app.db\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(a.dir.join("data")).unwrap();
+    std::fs::write(a.dir.join("data/app.db"), "cached db").unwrap();
+    std::fs::write(a.dir.join("data/other"), "cached\n").unwrap();
+    a.ok(&["cache", "save", "k", "data", "--remote", &url]);
+    std::fs::write(a.dir.join("data/app.db"), "newer db").unwrap();
+    std::fs::write(a.dir.join("data/other"), "newer\n").unwrap();
+    let (c, _, err) = a.run(&["cache", "restore", "k", "--remote", &url]);
+    assert_eq!(c, 0, "{err}");
+    assert!(err.contains("not restoring"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(a.dir.join("data/app.db")).unwrap(),
+        "newer db"
+    );
+    assert_eq!(
+        std::fs::read_to_string(a.dir.join("data/other")).unwrap(),
+        "cached\n"
+    );
+
+    let fresh = tmp.path().join("fresh-remote");
+    let fresh_url = fresh.display().to_string();
+    std::fs::create_dir_all(a.dir.join("src\nzzz")).unwrap();
+    let err = a.fails(
+        &["cache", "save", "n", "src\nzzz", "--remote", &fresh_url],
+        1,
+    );
+    assert!(err.contains("newline"), "{err}");
+    std::os::unix::fs::symlink(tmp.path(), a.dir.join("link")).unwrap();
+    let err = a.fails(&["cache", "save", "s", "link", "--remote", &fresh_url], 1);
+    assert!(err.contains("symlink"), "{err}");
+    a.fails(
+        &["cache", "save", "m", "missing", "--remote", &fresh_url],
+        1,
+    );
+    assert!(
+        !fresh.exists(),
+        "a refused save created a store on the remote"
+    );
+}

@@ -94,6 +94,8 @@ pub struct CacheSaveReport {
 /// Saves the paths as entry KEY; a key that exists is left as it is.
 pub fn cache_save(opts: &CacheSaveOptions, progress: &dyn Progress) -> Result<CacheSaveReport> {
     cache::validate_key(&opts.key)?;
+    // (Bad paths create no store on the remote.)
+    cache::check_paths(&opts.place.cwd, &opts.paths)?;
     let r = open_remote(&opts.place, opts.remote.as_deref(), true)?;
     let local = local_store()?;
     let start = Instant::now();
@@ -186,6 +188,19 @@ pub fn cache_restore(
             .filter(|s| !s.is_empty())
             .map(PathBuf::from),
         no_record: false,
+        // The working tree's store and databases (without a store here,
+        // those `sp-sync.toml` names).
+        protect: crate::sources::protected_paths(
+            &opts
+                .place
+                .workspace()
+                .unwrap_or_else(|_| crate::workspace::Workspace {
+                    store_dir: opts.place.cwd.join(crate::store::STORE_DIR),
+                    root: opts.place.cwd.clone(),
+                    explicit: false,
+                }),
+            None,
+        ),
     };
     let start = Instant::now();
     let report = match open_remote(&opts.place, opts.remote.as_deref(), false) {
