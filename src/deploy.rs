@@ -1167,6 +1167,19 @@ pub fn deploy_target(
                 plan.snapshot.short()
             )));
         }
+        // The snapshot may hold a symlink on the way: the steps never run
+        // (and delete) outside the copy.
+        let inside = std::fs::canonicalize(&cwd)
+            .ok()
+            .zip(std::fs::canonicalize(copy.path()).ok())
+            .is_some_and(|(c, root)| c.starts_with(root));
+        if !inside {
+            return Err(SyncError::Invalid(format!(
+                "deploy {}: workdir {w} leads out of snapshot {} (through a symlink); no step was run",
+                target.name,
+                plan.snapshot.short()
+            )));
+        }
     }
     let hash = st.watched_hash;
     let mut env: Vec<(String, String)> = vec![
@@ -1179,6 +1192,11 @@ pub fn deploy_target(
     }
     let mut steps = Vec::new();
     for (i, (name, cmd)) in target.steps.iter().enumerate() {
+        // No step starts after an interrupt (the one before may have
+        // finished while its background child held its output).
+        if progress.interrupted() {
+            return Err(SyncError::Interrupted);
+        }
         let command = fill(cmd, &target.name, &plan.snapshot, &hash);
         events.step_start(&target.name, i + 1, name, &command);
         let t = Instant::now();

@@ -770,3 +770,55 @@ mod library {
         }
     }
 }
+
+/// A workdir that leads out of the snapshot's copy through a symlink in
+/// the snapshot: no step runs (they would run, and delete, elsewhere).
+#[test]
+fn a_workdir_through_a_symlink_out_of_the_copy_runs_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let victim = tmp.path().join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("precious.txt"), "precious\n").unwrap();
+    let w = tree(
+        tmp.path(),
+        "[deploy.web]\nwatch = [\"src/**\"]\nworkdir = \"build\"\nsteps = [\"rm -f ./*.txt\"]\n",
+    );
+    std::os::unix::fs::symlink(&victim, w.join("build")).unwrap();
+    snap(&w);
+    let err = common::fails(&w, &["deploy", "web"], 1);
+    assert!(err.contains("leads out of"), "{err}");
+    assert!(victim.join("precious.txt").exists());
+    assert!(deploy_ref(&w, "web").is_none());
+}
+
+/// An interrupt while a finished step's background child still holds its
+/// output: the next step never starts.
+#[test]
+fn no_step_starts_after_an_interrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mark = tmp.path().join("second-ran");
+    let started = tmp.path().join("first");
+    let toml = format!(
+        "[deploy.api]\nwatch = [\"src/**\"]\nsteps = [\"touch {s}; sleep 5 & exit 0\", \"touch {m}\"]\n",
+        s = started.display(),
+        m = mark.display()
+    );
+    let w = tree(tmp.path(), &toml);
+    snap(&w);
+    let mut child = spawn_deploy(&w, &["api"]);
+    let t = Instant::now();
+    while !started.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(!mark.exists(), "a step started after the interrupt");
+    assert!(deploy_ref(&w, "api").is_none());
+}
