@@ -562,12 +562,17 @@ pub fn push(
         let remote_refs = remote.list_refs()?;
         let mut h: Option<Hint> = None;
         for (name, id) in &roots {
-            let Some(old) = remote_refs.iter().find(|(n, _)| n == name).map(|(_, o)| *o) else {
-                continue;
-            };
-            if old == *id || !local.contains(&old) {
+            let old = remote_refs.iter().find(|(n, _)| n == name).map(|(_, o)| *o);
+            if old == Some(*id) {
                 continue;
             }
+            // A ref the remote lacks, or whose snapshot there is not held
+            // here, says nothing of what the remote holds below it: every
+            // object is asked about (the hint covers only what it names).
+            let Some(old) = old.filter(|o| local.contains(o)) else {
+                h = None;
+                break;
+            };
             match Hint::between(local, old, *id)? {
                 Some(more) => h.get_or_insert_with(Hint::default).merge(more),
                 None => {

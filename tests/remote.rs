@@ -1021,3 +1021,30 @@ fn pull_receives_deltas_the_way_push_sends_them() {
         );
     }
 }
+
+/// One push of a ref the remote has and one it lacks: the new ref's
+/// objects are all sent (the changes since the first ref's old snapshot
+/// say nothing of what lies below the second), and both refs move.
+#[test]
+fn a_push_of_an_old_and_a_new_ref_sends_what_the_new_one_reaches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("w");
+    std::fs::create_dir_all(w.join("a")).unwrap();
+    std::fs::create_dir_all(w.join("b")).unwrap();
+    std::fs::write(w.join("a/f"), "one\n").unwrap();
+    std::fs::write(w.join("b/g"), "other tree\n").unwrap();
+    ok(&w, &["init", "-q"]);
+    ok(&w, &["snapshot", "a", "-q"]);
+    let r = tmp.path().join("R").display().to_string();
+    ok(&w, &["push", &r, "main"]);
+    std::fs::write(w.join("a/f"), "two\n").unwrap();
+    ok(&w, &["snapshot", "a", "-q"]);
+    ok(&w, &["snapshot", "b", "--ref", "dev", "-q"]);
+    ok(&w, &["push", &r, "main", "dev"]);
+    let listed = ok(&w, &["--store", &r, "ref", "list"]);
+    assert!(
+        listed.contains(" dev") && listed.contains(" main"),
+        "{listed}"
+    );
+    ok(&w, &["--store", &r, "fsck", "--read-data"]);
+}
