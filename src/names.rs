@@ -56,12 +56,27 @@ fn resolve_base(store: &Store, base: &str) -> Result<ObjectId> {
             None => Err(SyncError::NotFound(format!("unknown snapshot {base}"))),
         };
     }
+    let is_hex = base.bytes().all(|c| c.is_ascii_hexdigit());
     if validate_ref_name(base).is_ok()
         && let Some(id) = store.read_ref(base)?
     {
+        // A ref named like an id prefix must not hide another snapshot.
+        if is_hex && base.len() >= 8 {
+            let others: Vec<ObjectId> = store
+                .snapshots_with_prefix(&base.to_ascii_lowercase())
+                .into_iter()
+                .filter(|o| *o != id)
+                .collect();
+            if let Some(o) = others.first() {
+                return Err(SyncError::Invalid(format!(
+                    "{base} is ambiguous: ref {base} names snapshot {}, and snapshot {} starts with {base}; use a full id",
+                    id.short(),
+                    o.short()
+                )));
+            }
+        }
         return Ok(id);
     }
-    let is_hex = base.bytes().all(|c| c.is_ascii_hexdigit());
     if is_hex && base.len() >= 8 {
         let lower = base.to_ascii_lowercase();
         let found = store.snapshots_with_prefix(&lower);

@@ -340,3 +340,23 @@ fn fsck_gc_and_completions() {
     let comp = ok(&w, &["completions", "bash"]);
     assert!(comp.contains("sp-sync") && comp.contains("snapshot"));
 }
+
+/// A ref named like another snapshot's id prefix never stands in for it
+/// silently: the name is ambiguous, and says so.
+#[test]
+fn a_ref_named_like_an_id_prefix_is_ambiguous() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    std::fs::create_dir_all(w.join("d")).unwrap();
+    std::fs::write(w.join("d/f"), "one\n").unwrap();
+    ok(w, &["init", "-q"]);
+    let first = ok(w, &["snapshot", "d", "-q"]).trim().to_string();
+    std::fs::write(w.join("d/f"), "two\n").unwrap();
+    ok(w, &["snapshot", "d", "-q"]);
+    let prefix = &first[..8];
+    ok(w, &["ref", "set", prefix, "main", "-q"]);
+    let err = common::fails(w, &["cat", &format!("{prefix}:f")], 1);
+    assert!(err.contains("ambiguous"), "{err}");
+    // The full id still names the first snapshot.
+    assert_eq!(ok(w, &["cat", &format!("{first}:f")]), "one\n");
+}

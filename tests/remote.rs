@@ -330,6 +330,16 @@ fn fast_forward_rules_for_push_and_pull() {
         refs.contains(&format!("{b_id} main")),
         "local main stays: {refs}"
     );
+    // pull --restore writes nothing then: the working tree follows main.
+    let o = run_env(&b, &["pull", "--restore", "."], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("nothing restored"), "{err}");
+    assert!(
+        !b.join("services").exists(),
+        "the remote's files were restored"
+    );
+    assert_eq!(std::fs::read_to_string(b.join("x/y")).unwrap(), "b\n");
     // --force replaces the remote's history.
     ok(&b, &["push", "--force"]);
     let remote_main = ok(

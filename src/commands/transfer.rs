@@ -128,10 +128,21 @@ pub fn pull(opts: &PullOptions, progress: &dyn Progress) -> Result<PullReport> {
     let (name, loc, creds) = resolve_remote(&store, opts.remote.as_deref())?;
     let refs = or_main(&opts.refs);
     let start = Instant::now();
-    let restore = |id: crate::id::ObjectId| -> Result<()> {
+    let restore = |u: &crate::transfer::RefUpdate| -> Result<()> {
         let Some(target) = &opts.restore else {
             return Ok(());
         };
+        // A local ref that did not move (it has diverged) is what the
+        // working tree follows: the remote's snapshot is not written over it.
+        if !u.updated {
+            return Err(crate::error::SyncError::Invalid(format!(
+                "{} was not moved ({}); nothing restored (restore the remote's snapshot {} by its id to take it)",
+                u.name,
+                u.warning.as_deref().unwrap_or("not a fast-forward"),
+                u.id.short()
+            )));
+        }
+        let id = u.id;
         let target = opts.place.cwd.join(target);
         // As `restore` writes: never over this store or a database.
         let snap = crate::names::load_snapshot(&store, &id)?;
@@ -150,7 +161,7 @@ pub fn pull(opts: &PullOptions, progress: &dyn Progress) -> Result<PullReport> {
         };
         let report = import_file(&store, &opts.place.cwd, p, &iopts, progress)?;
         if let Some(u) = report.refs.first() {
-            restore(u.id)?;
+            restore(u)?;
         }
         return Ok(PullReport::Bundle(BundleImportReport {
             report,
@@ -163,7 +174,7 @@ pub fn pull(opts: &PullOptions, progress: &dyn Progress) -> Result<PullReport> {
     let report = crate::transfer::pull(&store, &*r, name.as_deref(), &refs, progress)
         .context_with(|| format!("pull from {}", r.describe()))?;
     if let Some(u) = report.refs.first() {
-        restore(u.id)?;
+        restore(u)?;
     }
     Ok(PullReport::Remote(TransferCmdReport {
         report,
