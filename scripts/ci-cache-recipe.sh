@@ -33,7 +33,7 @@ ci_run() {
         LOCK_HASH="$(sha256sum Cargo.lock | cut -c1-64)"
         KEY="cargo-$RUNNER_OS-$LOCK_HASH"
         # --- step: restore (the recipe) ---
-        "$SP_SYNC" cache restore "$KEY" --restore-key "cargo-$RUNNER_OS-" 2> "$WORK/$1.restore.log"
+        "$SP_SYNC" cache restore "$KEY" target --restore-key "cargo-$RUNNER_OS-" 2> "$WORK/$1.restore.log"
         # --- step: build (stands in for cargo build: output depends on Cargo.lock) ---
         mkdir -p target/debug/deps
         [ -f target/debug/deps/libdep.rlib ] || head -c 3000000 /dev/urandom > target/debug/deps/libdep.rlib

@@ -363,6 +363,10 @@ impl Outcome {
 pub struct RestoreCacheOptions {
     /// The key tried first (an exact hit).
     pub key: String,
+    /// When not empty, only an entry that saved exactly these paths is
+    /// taken (an entry of other paths is not a hit), so an entry another
+    /// job saved under a matching key can write nothing else.
+    pub paths: Vec<PathBuf>,
     /// Prefixes tried in order when the key is not there: the newest entry
     /// whose key starts with the first prefix that matches any.
     pub restore_keys: Vec<String>,
@@ -448,9 +452,24 @@ fn choose(
     refs: &BTreeMap<String, ObjectId>,
     key: &str,
     prefixes: &[String],
+    paths: Option<&std::collections::BTreeSet<PathBuf>>,
 ) -> Result<Option<(Outcome, String, ObjectId)>> {
+    // An entry of other paths than those asked for does not count.
+    let fits = |s: &Snapshot| {
+        paths.is_none_or(|want| {
+            entry_paths(s).is_ok_and(|have| {
+                have.into_iter().collect::<std::collections::BTreeSet<_>>() == *want
+            })
+        })
+    };
     if let Some(id) = refs.get(&format!("{ENTRY_PREFIX}{key}")) {
-        return Ok(Some((Outcome::Hit, key.to_string(), *id)));
+        let ok = match paths {
+            None => true,
+            Some(_) => fetch_snapshots(remote, &[*id])?.first().is_some_and(fits),
+        };
+        if ok {
+            return Ok(Some((Outcome::Hit, key.to_string(), *id)));
+        }
     }
     for p in prefixes {
         let cands: Vec<(String, ObjectId)> = refs
@@ -466,9 +485,13 @@ fn choose(
         }
         let ids: Vec<ObjectId> = cands.iter().map(|(_, id)| *id).collect();
         let snaps = fetch_snapshots(remote, &ids)?;
-        let best = cands.into_iter().zip(snaps).max_by(|(ka, sa), (kb, sb)| {
-            (sa.time.secs, sa.time.nanos, ka).cmp(&(sb.time.secs, sb.time.nanos, kb))
-        });
+        let best = cands
+            .into_iter()
+            .zip(snaps)
+            .filter(|(_, s)| fits(s))
+            .max_by(|(ka, sa), (kb, sb)| {
+                (sa.time.secs, sa.time.nanos, ka).cmp(&(sb.time.secs, sb.time.nanos, kb))
+            });
         if let Some(((k, id), _)) = best {
             return Ok(Some((Outcome::Partial, k, id)));
         }
@@ -498,10 +521,26 @@ pub fn restore(
     for p in &opts.restore_keys {
         validate_prefix(p)?;
     }
+    let wanted: Option<std::collections::BTreeSet<PathBuf>> = if opts.paths.is_empty() {
+        None
+    } else {
+        Some(
+            opts.paths
+                .iter()
+                .map(|p| clean_path(p))
+                .collect::<Result<_>>()?,
+        )
+    };
     let refs = retrying("listing refs", || remote_refs(remote))?;
     let mut report = miss_report(opts);
     let chosen = retrying("reading entries", || {
-        choose(remote, &refs, &opts.key, &opts.restore_keys)
+        choose(
+            remote,
+            &refs,
+            &opts.key,
+            &opts.restore_keys,
+            wanted.as_ref(),
+        )
     })?;
     if let Some((outcome, key, id)) = chosen {
         // A store in a local directory is read in place; any other remote's

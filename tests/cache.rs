@@ -783,3 +783,60 @@ fn a_restore_never_writes_over_a_database_and_bad_paths_save_nothing() {
         "a refused save created a store on the remote"
     );
 }
+
+/// `cache restore KEY PATH...` takes only an entry that saved exactly those
+/// paths: an entry another job saved under a matching prefix, with other
+/// paths (sources, a build config), is never taken, and writes nothing.
+#[test]
+fn a_restore_naming_its_paths_takes_only_an_entry_of_those_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = tmp.path().join("remote").display().to_string();
+    let good = runner(tmp.path(), "good", &[]);
+    std::fs::create_dir_all(good.dir.join("target")).unwrap();
+    std::fs::write(good.dir.join("target/out"), "built\n").unwrap();
+    good.ok(&["cache", "save", "cargo-aaa", "target", "--remote", &url]);
+    let evil = runner(tmp.path(), "evil", &[]);
+    std::fs::create_dir_all(evil.dir.join("target")).unwrap();
+    std::fs::create_dir_all(evil.dir.join("src")).unwrap();
+    std::fs::write(evil.dir.join("target/out"), "evil\n").unwrap();
+    std::fs::write(evil.dir.join("src/main.rs"), "backdoor\n").unwrap();
+    evil.ok(&[
+        "cache",
+        "save",
+        "cargo-zzz",
+        "target",
+        "src",
+        "--remote",
+        &url,
+    ]);
+    let victim = runner(tmp.path(), "victim", &[]);
+    std::fs::create_dir_all(victim.dir.join("src")).unwrap();
+    std::fs::write(victim.dir.join("src/main.rs"), "real\n").unwrap();
+    let v = victim.json(&[
+        "cache",
+        "restore",
+        "cargo-bbb",
+        "target",
+        "--restore-key",
+        "cargo-",
+        "--remote",
+        &url,
+    ]);
+    assert_eq!(v["result"], "partial", "{v}");
+    assert_eq!(v["key"], "cargo-aaa", "{v}");
+    assert_eq!(
+        std::fs::read_to_string(victim.dir.join("src/main.rs")).unwrap(),
+        "real\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(victim.dir.join("target/out")).unwrap(),
+        "built\n"
+    );
+    // The exact key of an entry of other paths is no hit either.
+    let v = victim.json(&["cache", "restore", "cargo-zzz", "target", "--remote", &url]);
+    assert_eq!(v["result"], "miss", "{v}");
+    assert_eq!(
+        std::fs::read_to_string(victim.dir.join("src/main.rs")).unwrap(),
+        "real\n"
+    );
+}

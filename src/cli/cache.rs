@@ -40,6 +40,10 @@ pub struct SaveArgs {
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
     key: String,
+    /// Take only an entry that saved exactly these paths (as `cache save`
+    /// was given them), and write only them; none: any entry.
+    #[arg(value_name = "PATH")]
+    paths: Vec<PathBuf>,
     /// A key prefix to fall back to, tried in order (repeatable).
     #[arg(long = "restore-key", value_name = "PREFIX")]
     restore_keys: Vec<String>,
@@ -71,7 +75,7 @@ pub struct PruneArgs {
 }
 
 options!(SaveArgs => CacheSaveOptions { key, paths, remote, excludes });
-options!(RestoreArgs => CacheRestoreOptions { key, restore_keys, remote, target, fail_on_miss });
+options!(RestoreArgs => CacheRestoreOptions { key, paths, restore_keys, remote, target, fail_on_miss });
 options!(PruneArgs => CachePruneOptions { max_size, older_than, dry_run, remote });
 
 pub fn run(place: Place, cmd: CacheCmd, bar: &Bar) -> Result<Box<dyn Printable>> {

@@ -146,6 +146,8 @@ pub struct CacheRestoreOptions {
     pub place: Place,
     /// The key tried first.
     pub key: String,
+    /// Only an entry of exactly these paths (none: any).
+    pub paths: Vec<PathBuf>,
     /// Prefixes to fall back to, in order.
     pub restore_keys: Vec<String>,
     /// The cache remote.
@@ -179,6 +181,7 @@ pub fn cache_restore(
     }
     let ropts = RestoreCacheOptions {
         key: key.clone(),
+        paths: opts.paths.clone(),
         restore_keys: opts.restore_keys.clone(),
         target: match &opts.target {
             Some(t) => opts.place.cwd.join(t),
