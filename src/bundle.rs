@@ -653,6 +653,27 @@ pub fn create_file(
     path: &Path,
     progress: &dyn Progress,
 ) -> Result<CreateReport> {
+    // A device or a pipe (`/dev/stdout`, `/dev/null`, a fifo) is written
+    // into, never renamed over: replacing `/dev/null` with a file breaks
+    // the machine. Other things that are not files are refused.
+    if let Ok(m) = std::fs::metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        let t = m.file_type();
+        if t.is_char_device() || t.is_fifo() {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| SyncError::io("opening", path, e))?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, &f);
+            return create(store, opts, &mut w, path, progress);
+        }
+        if !t.is_file() {
+            return Err(SyncError::Invalid(format!(
+                "{}: not a regular file (a bundle is written to a file, a device or a pipe)",
+                path.display()
+            )));
+        }
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

@@ -535,6 +535,27 @@ impl Ctx<'_> {
         } else {
             e.mode & !0o6000
         };
+        // A device, pipe or socket at a file's place is never replaced:
+        // restoring a file to `/dev/null` must not put a file there.
+        if !fresh
+            && !matches!(e.kind, EntryKind::Dir { .. })
+            && rustix::fs::statat(dir, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| {
+                    matches!(
+                        FileType::from_raw_mode(st.st_mode),
+                        FileType::CharacterDevice
+                            | FileType::BlockDevice
+                            | FileType::Fifo
+                            | FileType::Socket
+                    )
+                })
+        {
+            self.not_restored(
+                path,
+                "a device, pipe or socket is there (a restore never replaces one)",
+            );
+            return Ok(());
+        }
         // (A file or symlink only replaces a directory that `clear_dir_at`
         // empties, and `remove_unprotected` keeps a store.)
         if !fresh && matches!(e.kind, EntryKind::Dir { .. }) && is_store_at(dir, name) {

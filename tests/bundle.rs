@@ -605,3 +605,62 @@ fn bundles_cross_between_stores_of_older_and_newer_builds() {
     assert_restores_like(&new, &a, "new");
     assert_eq!(refs(&new), refs(&a));
 }
+
+/// `bundle create` into a device or a pipe writes into it: it never
+/// renames a file over it (over `/dev/null`, that broke the machine).
+#[test]
+fn a_bundle_into_a_device_or_a_pipe_is_written_into_it() {
+    use std::os::unix::fs::FileTypeExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("w");
+    std::fs::create_dir_all(w.join("d")).unwrap();
+    std::fs::write(w.join("d/f"), "x\n").unwrap();
+    ok(&w, &["init", "-q"]);
+    ok(&w, &["snapshot", "d", "-q"]);
+    // A pipe, read by another process.
+    let fifo = tmp.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let got = tmp.path().join("got");
+    let mut reader = Command::new("sh")
+        .arg("-c")
+        .arg(format!("cat '{}' > '{}'", fifo.display(), got.display()))
+        .spawn()
+        .unwrap();
+    ok(&w, &["bundle", "create", fifo.to_str().unwrap(), "-q"]);
+    if !std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo()
+    {
+        let _ = reader.kill();
+        panic!("the pipe was replaced by a file");
+    }
+    assert!(reader.wait().unwrap().success());
+    ok(&w, &["bundle", "verify", got.to_str().unwrap(), "-q"]);
+    // A character device like /dev/null (made where the tests may).
+    let null = tmp.path().join("null");
+    let made = Command::new("mknod")
+        .args(["-m", "666"])
+        .arg(&null)
+        .args(["c", "1", "3"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if made {
+        ok(&w, &["bundle", "create", null.to_str().unwrap(), "-q"]);
+        assert!(
+            std::fs::symlink_metadata(&null)
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+    }
+    // A directory is no place for a bundle.
+    let err = fails(&w, &["bundle", "create", tmp.path().to_str().unwrap()], 1);
+    assert!(err.contains("not a regular file"), "{err}");
+}

@@ -1121,3 +1121,50 @@ fn a_file_source_goes_back_as_the_file_and_never_into_a_directory_there() {
         "port = 1\n"
     );
 }
+
+/// A device, pipe or socket where a file goes back is never replaced
+/// (`restore SNAP:FILE /dev/null` must not put a file over /dev/null).
+#[test]
+fn a_restore_never_replaces_a_device_or_a_pipe() {
+    use std::os::unix::fs::FileTypeExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    std::fs::create_dir_all(w.join("d")).unwrap();
+    std::fs::write(w.join("d/f"), "x\n").unwrap();
+    ok(w, &["init", "-q"]);
+    ok(w, &["snapshot", "d", "-q"]);
+    std::fs::remove_file(w.join("d/f")).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(w.join("d/f"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let o = common::run_in(w, &["restore", "main", "--delete"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("a device, pipe or socket is there"), "{err}");
+    assert!(
+        std::fs::symlink_metadata(w.join("d/f"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    let null = w.join("null");
+    let made = std::process::Command::new("mknod")
+        .args(["-m", "666"])
+        .arg(&null)
+        .args(["c", "1", "3"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if made {
+        ok(w, &["restore", "main:f", null.to_str().unwrap()]);
+        assert!(
+            std::fs::symlink_metadata(&null)
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+    }
+}
