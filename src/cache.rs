@@ -682,7 +682,8 @@ fn materialize(
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(|e| SyncError::io("creating", parent, e))?;
         }
-        let r = crate::restore::restore_to(store, &entry, &name, &dest, &opts, progress)?;
+        // A file goes at its own path, never into a directory found there.
+        let r = crate::restore::restore_at(store, &entry, &dest, &opts, progress)?;
         total.files += r.files;
         total.dirs += r.dirs;
         total.bytes += r.bytes;

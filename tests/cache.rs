@@ -840,3 +840,24 @@ fn a_restore_naming_its_paths_takes_only_an_entry_of_those_paths() {
         "real\n"
     );
 }
+
+/// An entry's file goes at its own path: where a directory of that name
+/// now is, it is not written into it (over a file of that name there).
+#[test]
+fn an_entry_file_never_goes_into_a_directory_at_its_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = tmp.path().join("remote").display().to_string();
+    let a = runner(tmp.path(), "a", &[]);
+    std::fs::write(a.dir.join("build"), "cached file\n").unwrap();
+    a.ok(&["cache", "save", "k", "build", "--remote", &url]);
+    let b = runner(tmp.path(), "b", &[]);
+    std::fs::create_dir_all(b.dir.join("build")).unwrap();
+    std::fs::write(b.dir.join("build/build"), "mine\n").unwrap();
+    let (c, _, err) = b.run(&["cache", "restore", "k", "--remote", &url]);
+    assert_eq!(c, 0, "{err}");
+    assert!(err.contains("not restoring"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(b.dir.join("build/build")).unwrap(),
+        "mine\n"
+    );
+}
