@@ -802,3 +802,40 @@ fn wide_rows_and_long_keys_snapshot_diff_and_restore() {
     let diff = ok(d, &["--store", "st", "diff", "main~1", "main"]);
     assert!(!diff.contains("wide"), "{diff}");
 }
+
+/// Rows that trade values of a unique index (swapped emails, reordered
+/// positions, a new row taking a value an updated row gives up) restore,
+/// in rowid and WITHOUT ROWID tables alike.
+#[test]
+fn rows_that_trade_unique_values_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init", "--store", "st", "-q"]);
+    std::fs::create_dir(d.join("files")).unwrap();
+    let db = d.join("app.db");
+    sql(
+        &db,
+        "CREATE TABLE u(id INTEGER PRIMARY KEY, email TEXT UNIQUE, pos INT);
+         CREATE UNIQUE INDEX u_pos ON u(pos);
+         INSERT INTO u VALUES (1, 'a', 1), (2, 'b', 2), (3, 'c', 3), (4, 'd', 4);
+         CREATE TABLE w(slug TEXT PRIMARY KEY, email TEXT UNIQUE) WITHOUT ROWID;
+         INSERT INTO w VALUES ('x', '1'), ('y', '2');",
+    );
+    let dbs = db.to_str().unwrap();
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", dbs, "-q"],
+    );
+    let before = dump(&db);
+    sql(
+        &db,
+        "UPDATE u SET email = 't' WHERE id = 1; UPDATE u SET email = 'a' WHERE id = 2;
+         UPDATE u SET email = 'b' WHERE id = 1; UPDATE u SET pos = pos + 10;
+         UPDATE u SET pos = CASE id WHEN 1 THEN 2 WHEN 2 THEN 3 WHEN 3 THEN 1 ELSE 4 END;
+         DELETE FROM u WHERE id = 3; UPDATE u SET email = 'c' WHERE id = 4;
+         UPDATE w SET email = 't' WHERE slug = 'x'; UPDATE w SET email = '1' WHERE slug = 'y';
+         UPDATE w SET email = '2' WHERE slug = 'x';",
+    );
+    ok(d, &["--store", "st", "restore", "main", "--db", dbs, "-q"]);
+    assert_eq!(dump(&db), before);
+}

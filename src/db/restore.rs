@@ -840,6 +840,44 @@ fn merge(
     if wanted.is_empty() {
         return Ok(());
     }
+    // Updates that broke a unique index (a row taking a value another row
+    // gives up only later: swapped emails, reordered positions): (the
+    // row's rowid, key, changed columns, values), tried again at the end.
+    let mut waiting: Vec<WaitingUpdate> = Vec::new();
+    // Inserts that broke one (a new row taking a value an updated row
+    // gives up): (rowid, values).
+    let mut waiting_ins: Vec<(Option<i64>, Vec<Value>)> = Vec::new();
+    // Inserts a row: the outer error is the database's, the inner one the
+    // statement's own (a unique index may wait).
+    let mut insert_row =
+        |rowid: Option<i64>, vals: &[Value]| -> Result<std::result::Result<(), rusqlite::Error>> {
+            let taken = match (t.rowid_in_row(), rowid) {
+                (true, Some(r)) => {
+                    c.query_row(
+                        &format!("SELECT count(*) FROM {} WHERE {rid} = ?1", quote(table)),
+                        [r],
+                        |x| x.get::<_, i64>(0),
+                    )
+                    .map_err(dberr)?
+                        > 0
+                }
+                _ => false,
+            };
+            let r = if taken {
+                match ins_norowid.as_mut() {
+                    Some(st) => st.execute(params_from_iter(vals.iter().map(Value::sql))),
+                    None => Ok(0),
+                }
+            } else if with_rowid {
+                let r = Sql(ValueRef::Integer(rowid.unwrap_or(0)));
+                ins.execute(params_from_iter(
+                    std::iter::once(r).chain(vals.iter().map(Value::sql)),
+                ))
+            } else {
+                ins.execute(params_from_iter(vals.iter().map(Value::sql)))
+            };
+            Ok(r.map(|_| ()))
+        };
     for e in MapIter::new(src, ObjectType::Rows, t.root) {
         let (k, v) = e?;
         if progress.interrupted() {
@@ -871,39 +909,21 @@ fn merge(
                     params.extend(kv.iter().map(Value::sql));
                 }
                 let mut st = c.prepare_cached(&sql).map_err(dberr)?;
-                st.execute(params_from_iter(params)).map_err(dberr)?;
-                rep.updated += 1;
-            }
-            Action::Insert => {
-                let taken = match (t.rowid_in_row(), rowid) {
-                    (true, Some(r)) => {
-                        c.query_row(
-                            &format!("SELECT count(*) FROM {} WHERE {rid} = ?1", quote(table)),
-                            [r],
-                            |x| x.get::<_, i64>(0),
-                        )
-                        .map_err(dberr)?
-                            > 0
+                // (A statement that fails is undone alone; the transaction
+                // goes on.)
+                match st.execute(params_from_iter(params)) {
+                    Ok(_) => rep.updated += 1,
+                    Err(e) if is_unique_violation(&e) => {
+                        waiting.push((changes[i].2, k.clone(), cols.clone(), vals.clone()));
                     }
-                    _ => false,
-                };
-                if taken {
-                    if let Some(st) = ins_norowid.as_mut() {
-                        st.execute(params_from_iter(vals.iter().map(Value::sql)))
-                            .map_err(dberr)?;
-                    }
-                } else if with_rowid {
-                    let r = Sql(ValueRef::Integer(rowid.unwrap_or(0)));
-                    ins.execute(params_from_iter(
-                        std::iter::once(r).chain(vals.iter().map(Value::sql)),
-                    ))
-                    .map_err(dberr)?;
-                } else {
-                    ins.execute(params_from_iter(vals.iter().map(Value::sql)))
-                        .map_err(dberr)?;
+                    Err(e) => return Err(dberr(e)),
                 }
-                rep.inserted += 1;
             }
+            Action::Insert => match insert_row(rowid, &vals)? {
+                Ok(()) => rep.inserted += 1,
+                Err(e) if is_unique_violation(&e) => waiting_ins.push((rowid, vals.clone())),
+                Err(e) => return Err(dberr(e)),
+            },
             Action::Delete => {}
         }
         if next == wanted.len() {
@@ -913,7 +933,105 @@ fn merge(
     if next != wanted.len() {
         return Err(bad_row(&t.root, "rows changed while restoring"));
     }
+    // The waiting updates, round after round while one goes in; what is
+    // left then is a cycle (each takes another's value). With triggers and
+    // foreign keys off, taking those rows out and putting them back whole
+    // does exactly what their updates would: no other row is touched.
+    while !waiting.is_empty() || !waiting_ins.is_empty() {
+        let before = waiting.len() + waiting_ins.len();
+        let mut left_ins = Vec::new();
+        let mut first_err = None;
+        for (rowid, vals) in std::mem::take(&mut waiting_ins) {
+            match insert_row(rowid, &vals)? {
+                Ok(()) => rep.inserted += 1,
+                Err(e) if is_unique_violation(&e) => {
+                    first_err.get_or_insert(e);
+                    left_ins.push((rowid, vals));
+                }
+                Err(e) => return Err(dberr(e)),
+            }
+        }
+        waiting_ins = left_ins;
+        let mut left = Vec::new();
+        for (rowid, k, cols, vals) in waiting {
+            let sets: Vec<String> = cols
+                .iter()
+                .map(|&ci| format!("{} = ?", quote(&t.columns[ci].name)))
+                .collect();
+            let sql = format!(
+                "UPDATE {} SET {} WHERE {where_clause}",
+                quote(table),
+                sets.join(", ")
+            );
+            let mut params: Vec<Sql<'_>> = cols.iter().map(|&ci| vals[ci].sql()).collect();
+            let kv;
+            if by_rowid {
+                params.push(Sql(ValueRef::Integer(rowid.unwrap_or(0))));
+            } else {
+                kv = decode_key(&k).map_err(|e| bad_row(&t.root, e))?;
+                params.extend(kv.iter().map(Value::sql));
+            }
+            let mut st = c.prepare_cached(&sql).map_err(dberr)?;
+            match st.execute(params_from_iter(params)) {
+                Ok(_) => rep.updated += 1,
+                Err(e) if is_unique_violation(&e) => left.push((rowid, k.clone(), cols, vals)),
+                Err(e) => return Err(dberr(e)),
+            }
+        }
+        if left.len() + waiting_ins.len() == before && left.is_empty() {
+            // Only inserts are left, and none goes in: the first one's error.
+            if let Some(e) = first_err {
+                return Err(dberr(e));
+            }
+        }
+        if left.len() + waiting_ins.len() == before {
+            let mut del = c
+                .prepare(&format!(
+                    "DELETE FROM {} WHERE {where_clause}",
+                    quote(table)
+                ))
+                .map_err(dberr)?;
+            for (rowid, k, _, _) in &left {
+                if by_rowid {
+                    del.execute([rowid.unwrap_or(0)])
+                } else {
+                    let kv = decode_key(k).map_err(|e| bad_row(&t.root, e))?;
+                    del.execute(params_from_iter(kv.iter().map(Value::sql)))
+                }
+                .map_err(dberr)?;
+            }
+            let mut put = c.prepare(&insert_sql(table, t, by_rowid)?).map_err(dberr)?;
+            for (rowid, _, _, vals) in &left {
+                if by_rowid {
+                    let r = Sql(ValueRef::Integer(rowid.unwrap_or(0)));
+                    put.execute(params_from_iter(
+                        std::iter::once(r).chain(vals.iter().map(Value::sql)),
+                    ))
+                } else {
+                    put.execute(params_from_iter(vals.iter().map(Value::sql)))
+                }
+                .map_err(dberr)?;
+                rep.updated += 1;
+            }
+            waiting = Vec::new();
+            continue;
+        }
+        waiting = left;
+    }
     Ok(())
+}
+
+/// An update kept for later: the row's rowid, key, changed columns, values.
+type WaitingUpdate = (Option<i64>, Vec<u8>, Vec<usize>, Vec<Value>);
+
+/// Whether a statement failed on a unique index or key.
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
 }
 
 /// The rowid a row keeps (tables with flags 0x02).
