@@ -1056,7 +1056,25 @@ fn lock_dir(store: &Store, opts: &DeployOptions) -> PathBuf {
 /// An exclusive lock on one target, released when dropped (or when the
 /// process dies: flock).
 pub struct TargetLock {
-    _file: std::fs::File,
+    file: std::fs::File,
+}
+
+impl TargetLock {
+    /// Records in the lock file the process group of the step running now
+    /// (`None`: none). A deploy killed with its step still running (kill
+    /// -9, a closed terminal) leaves it there, and the next deploy of the
+    /// target refuses to start while that group lives.
+    fn running(&self, pgid: Option<u32>) {
+        use std::os::unix::fs::FileExt;
+        let text = pgid.map(|p| format!("{p}\n")).unwrap_or_default();
+        let r = self
+            .file
+            .set_len(0)
+            .and_then(|()| self.file.write_all_at(text.as_bytes(), 0));
+        if let Err(e) = r {
+            tracing::warn!("could not record the running step in the deploy lock: {e}");
+        }
+    }
 }
 
 /// Takes the target's lock, waiting (and telling `events`) while another
@@ -1080,7 +1098,23 @@ pub fn lock_target(
     let mut told = false;
     loop {
         match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => return Ok((TargetLock { _file: file }, start.elapsed())),
+            Ok(()) => {
+                // A step an earlier deploy left running (its sp-sync was
+                // killed) must end before another deploy of the target runs.
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                if let Some(pgid) = text.trim().parse::<i32>().ok().filter(|p| *p > 0)
+                    && let Some(pid) = rustix::process::Pid::from_raw(pgid)
+                    && rustix::process::test_kill_process_group(pid).is_ok()
+                {
+                    return Err(SyncError::Invalid(format!(
+                        "deploy {target}: a step of an earlier deploy whose sp-sync was killed may still be running: process group {pgid} (recorded in {}) is; wait for it to end or end it, or, if it is not that step, empty that file",
+                        path.display()
+                    )));
+                }
+                let lock = TargetLock { file };
+                lock.running(None);
+                return Ok((lock, start.elapsed()));
+            }
             Err(e) if e == rustix::io::Errno::WOULDBLOCK || e == rustix::io::Errno::INTR => {
                 if !told {
                     events.waiting(target);
@@ -1145,7 +1179,7 @@ pub fn deploy_target(
         let st = target_status(store, &plan.snapshot, snap, target)?;
         return Ok(report(st, false, None, Vec::new(), Duration::ZERO));
     }
-    let (_lock, waited) = lock_target(&lock_dir(store, opts), &target.name, progress, events)?;
+    let (lock, waited) = lock_target(&lock_dir(store, opts), &target.name, progress, events)?;
     // The record a deploy that ran meanwhile wrote is in packs this
     // process has not loaded yet.
     store.refresh()?;
@@ -1200,17 +1234,18 @@ pub fn deploy_target(
         let command = fill(cmd, &target.name, &plan.snapshot, &hash);
         events.step_start(&target.name, i + 1, name, &command);
         let t = Instant::now();
-        run_step(
+        let r = run_step(
             &target.name,
-            i + 1,
-            name,
+            (i + 1, name),
             &command,
             &cwd,
             &env,
             target.timeout,
-            progress,
+            (progress, &lock),
             events,
-        )?;
+        );
+        lock.running(None);
+        r?;
         steps.push(StepReport {
             name: name.clone(),
             command,
@@ -1309,13 +1344,12 @@ fn kill_group(child: &mut std::process::Child) {
 #[allow(clippy::too_many_arguments)]
 fn run_step(
     target: &str,
-    index: usize,
-    name: &str,
+    (index, name): (usize, &str),
     command: &str,
     cwd: &Path,
     env: &[(String, String)],
     timeout: Option<Duration>,
-    progress: &dyn Progress,
+    (progress, lock): (&dyn Progress, &TargetLock),
     events: &mut dyn DeployEvents,
 ) -> Result<()> {
     let what = format!("deploy {target} step {index} ({name})");
@@ -1342,6 +1376,8 @@ fn run_step(
         status: format!("cannot start `sh -c`: {e}"),
         output: String::new(),
     })?;
+    // (The shell leads its own process group: its id is the group's.)
+    lock.running(Some(child.id()));
     let (tx, rx) = crossbeam_channel::bounded::<String>(1024);
     std::thread::spawn(move || read_lines(reader, tx));
     let start = Instant::now();

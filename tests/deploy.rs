@@ -822,3 +822,55 @@ fn no_step_starts_after_an_interrupt() {
     assert!(!mark.exists(), "a step started after the interrupt");
     assert!(deploy_ref(&w, "api").is_none());
 }
+
+/// A deploy killed (kill -9) with its step still running leaves the step
+/// running: the next deploy of the target refuses to start until that
+/// step's process group has ended (two deploys of one target never overlap).
+#[test]
+fn a_deploy_killed_mid_step_blocks_the_next_until_its_step_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let started = tmp.path().join("started");
+    let go = tmp.path().join("go");
+    let toml = format!(
+        "[deploy.api]\nwatch = [\"src/**\"]\nsteps = [\"touch {s}; [ -f {g} ] || sleep 30\"]\n",
+        s = started.display(),
+        g = go.display()
+    );
+    let w = tree(tmp.path(), &toml);
+    snap(&w);
+    let mut child = spawn_deploy(&w, &["api"]);
+    let t = Instant::now();
+    while !started.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    child.wait().unwrap();
+    let err = fails(&w, &["deploy", "api"], 1);
+    assert!(err.contains("may still be running"), "{err}");
+    assert!(deploy_ref(&w, "api").is_none());
+    // The step's group ends: the next deploy runs.
+    let pgid: i32 = err
+        .split("process group ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    std::fs::write(&go, "").unwrap();
+    let group = rustix::process::Pid::from_raw(pgid).unwrap();
+    let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    let t = Instant::now();
+    while rustix::process::test_kill_process_group(group).is_ok() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the step's group did not end"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ok(&w, &["deploy", "api", "-q"]);
+    assert!(deploy_ref(&w, "api").is_some());
+}
