@@ -839,3 +839,47 @@ fn rows_that_trade_unique_values_restore() {
     ok(d, &["--store", "st", "restore", "main", "--db", dbs, "-q"]);
     assert_eq!(dump(&db), before);
 }
+
+/// A table's own conflict clause (UNIQUE ON CONFLICT ROLLBACK, REPLACE,
+/// IGNORE) never decides a restore: swaps restore exactly, and a real
+/// conflict with a row the snapshot lacks fails, nothing written (ROLLBACK
+/// would have ended the transaction, REPLACE deleted that row, IGNORE
+/// skipped the update).
+#[test]
+fn a_tables_conflict_clause_never_decides_a_restore() {
+    for clause in ["ROLLBACK", "REPLACE", "IGNORE"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        ok(d, &["init", "--store", "st", "-q"]);
+        std::fs::create_dir(d.join("files")).unwrap();
+        let db = d.join("app.db");
+        sql(
+            &db,
+            &format!(
+                "CREATE TABLE u(id INTEGER PRIMARY KEY, email TEXT UNIQUE ON CONFLICT {clause}, n INT);
+                 INSERT INTO u VALUES (1, 'a', 1), (2, 'b', 2);"
+            ),
+        );
+        let dbs = db.to_str().unwrap();
+        ok(
+            d,
+            &["--store", "st", "snapshot", "files", "--db", dbs, "-q"],
+        );
+        let before = dump(&db);
+        sql(
+            &db,
+            "UPDATE u SET email = 'x' WHERE id = 1; UPDATE u SET email = 'a' WHERE id = 2;
+             UPDATE u SET email = 'b' WHERE id = 1;",
+        );
+        ok(d, &["--store", "st", "restore", "main", "--db", dbs, "-q"]);
+        assert_eq!(dump(&db), before, "{clause}");
+        sql(
+            &db,
+            "UPDATE u SET email = 'z', n = 100 WHERE id = 1; INSERT INTO u VALUES (3, 'a', 3);",
+        );
+        let mid = dump(&db);
+        let err = fails(d, &["--store", "st", "restore", "main", "--db", dbs], 1);
+        assert!(err.contains("UNIQUE"), "{clause}: {err}");
+        assert_eq!(dump(&db), mid, "{clause}");
+    }
+}

@@ -609,7 +609,10 @@ fn insert_sql(table: &str, t: &TableData, with_rowid: bool) -> Result<String> {
     cols.extend(t.columns.iter().map(|c| quote(&c.name)));
     let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
     Ok(format!(
-        "INSERT INTO {}({}) VALUES ({})",
+        // OR ABORT: a table's own conflict clause (ON CONFLICT REPLACE
+        // would delete another row, IGNORE skip this one, ROLLBACK end the
+        // restore's transaction) never decides what a restore does.
+        "INSERT OR ABORT INTO {}({}) VALUES ({})",
         quote(table),
         cols.join(", "),
         marks.join(", ")
@@ -896,7 +899,7 @@ fn merge(
                     .map(|&ci| format!("{} = ?", quote(&t.columns[ci].name)))
                     .collect();
                 let sql = format!(
-                    "UPDATE {} SET {} WHERE {where_clause}",
+                    "UPDATE OR ABORT {} SET {} WHERE {where_clause}",
                     quote(table),
                     sets.join(", ")
                 );
@@ -912,8 +915,9 @@ fn merge(
                 // (A statement that fails is undone alone; the transaction
                 // goes on.)
                 match st.execute(params_from_iter(params)) {
-                    Ok(_) => rep.updated += 1,
-                    Err(e) if is_unique_violation(&e) => {
+                    Ok(1) => rep.updated += 1,
+                    Ok(_) => return Err(bad_row(&t.root, "rows changed while restoring")),
+                    Err(e) if is_unique_violation(&e) && !c.is_autocommit() => {
                         waiting.push((changes[i].2, k.clone(), cols.clone(), vals.clone()));
                     }
                     Err(e) => return Err(dberr(e)),
@@ -921,7 +925,9 @@ fn merge(
             }
             Action::Insert => match insert_row(rowid, &vals)? {
                 Ok(()) => rep.inserted += 1,
-                Err(e) if is_unique_violation(&e) => waiting_ins.push((rowid, vals.clone())),
+                Err(e) if is_unique_violation(&e) && !c.is_autocommit() => {
+                    waiting_ins.push((rowid, vals.clone()))
+                }
                 Err(e) => return Err(dberr(e)),
             },
             Action::Delete => {}
@@ -944,7 +950,7 @@ fn merge(
         for (rowid, vals) in std::mem::take(&mut waiting_ins) {
             match insert_row(rowid, &vals)? {
                 Ok(()) => rep.inserted += 1,
-                Err(e) if is_unique_violation(&e) => {
+                Err(e) if is_unique_violation(&e) && !c.is_autocommit() => {
                     first_err.get_or_insert(e);
                     left_ins.push((rowid, vals));
                 }
@@ -959,7 +965,7 @@ fn merge(
                 .map(|&ci| format!("{} = ?", quote(&t.columns[ci].name)))
                 .collect();
             let sql = format!(
-                "UPDATE {} SET {} WHERE {where_clause}",
+                "UPDATE OR ABORT {} SET {} WHERE {where_clause}",
                 quote(table),
                 sets.join(", ")
             );
@@ -973,8 +979,11 @@ fn merge(
             }
             let mut st = c.prepare_cached(&sql).map_err(dberr)?;
             match st.execute(params_from_iter(params)) {
-                Ok(_) => rep.updated += 1,
-                Err(e) if is_unique_violation(&e) => left.push((rowid, k.clone(), cols, vals)),
+                Ok(1) => rep.updated += 1,
+                Ok(_) => return Err(bad_row(&t.root, "rows changed while restoring")),
+                Err(e) if is_unique_violation(&e) && !c.is_autocommit() => {
+                    left.push((rowid, k.clone(), cols, vals))
+                }
                 Err(e) => return Err(dberr(e)),
             }
         }
