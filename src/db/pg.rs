@@ -2576,10 +2576,10 @@ pub fn restore(
         if r.is_err() {
             let _ = c.batch_execute("ROLLBACK");
             // (Best effort: the connection may be what failed.)
-            for (seq, last) in undo {
+            for (seq, last, called) in undo {
                 if let Err(e) = c.execute(
-                    "SELECT pg_catalog.setval($1::text::regclass, $2, true)",
-                    &[&seq, &last],
+                    "SELECT pg_catalog.setval($1::text::regclass, $2, $3)",
+                    &[&seq, &last, &called],
                 ) {
                     tracing::warn!(
                         "could not put sequence {seq} back to {last}: {}",
@@ -2610,7 +2610,7 @@ fn restore_in(
     chunker: &Chunker,
     opts: &DbRestoreOptions,
     progress: &dyn Progress,
-    undo: &mut Vec<(String, i64)>,
+    undo: &mut Vec<(String, i64, bool)>,
 ) -> Result<DbRestoreReport> {
     let err = |e| loc.error(e);
     // (A role without CREATE on the database restores into a schema that
@@ -3072,7 +3072,7 @@ fn run_step(
     c: &mut Client,
     loc: &PgLocation,
     step: Step,
-    undo: &mut Vec<(String, i64)>,
+    undo: &mut Vec<(String, i64, bool)>,
 ) -> Result<()> {
     let err = |e| loc.error(e);
     match step {
@@ -3105,16 +3105,15 @@ fn run_step(
             never_back,
         } => {
             // The sequence (its name qualified: the undo below runs after
-            // the rollback has reset the search path), its increment, its
-            // last value (NULL before its first call), and whether another
-            // table's default takes its values too.
+            // the rollback has reset the search path), its increment, and
+            // whether another table's default takes its values too.
             let Some(row) = c
                 .query_opt(
                     "SELECT (SELECT pg_catalog.format('%I.%I', sn.nspname, sc.relname) \
                        FROM pg_catalog.pg_class sc \
                        JOIN pg_catalog.pg_namespace sn ON sn.oid = sc.relnamespace \
                        WHERE sc.oid = q.s), \
-                       p.seqincrement, pg_catalog.pg_sequence_last_value(q.s), \
+                       p.seqincrement, \
                        EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
                          JOIN pg_catalog.pg_attrdef ad ON ad.oid = d.objid \
                          WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass \
@@ -3128,16 +3127,33 @@ fn run_step(
             else {
                 return Ok(());
             };
-            let (seq, inc, last, shared): (String, i64, Option<i64>, bool) =
-                (row.get(0), row.get(1), row.get(2), row.get(3));
+            let (seq, inc, shared): (String, i64, bool) = (row.get(0), row.get(1), row.get(2));
+            // Its state, read from the sequence itself (also before its
+            // first call, or after ALTER SEQUENCE … RESTART: is_called is
+            // false, and last_value is the next value). `seq` is quoted.
+            // (Under a savepoint: a role that may set the sequence but not
+            // read it gets an unknown state, not an aborted transaction.)
+            c.batch_execute("SAVEPOINT sp_sync_seq").map_err(err)?;
+            let now: Option<(i64, bool)> =
+                match c.query_opt(&format!("SELECT last_value, is_called FROM {seq}"), &[]) {
+                    Ok(r) => {
+                        c.batch_execute("RELEASE SAVEPOINT sp_sync_seq")
+                            .map_err(err)?;
+                        r.map(|r| (r.get(0), r.get(1)))
+                    }
+                    Err(_) => {
+                        c.batch_execute("ROLLBACK TO SAVEPOINT sp_sync_seq")
+                            .map_err(err)?;
+                        None
+                    }
+                };
             // Which way the next value moves: against the increment is
             // back, and a lower value (a higher one, counting down) gives
             // keys out again. A sequence another table draws from never
             // goes back: its rows are not the snapshot's to count.
-            let back = last.is_some_and(|last| {
-                let next = i128::from(last) + i128::from(inc);
-                let want = i128::from(value) + if called { i128::from(inc) } else { 0 };
-                (want - next) * i128::from(inc.signum()) < 0
+            let next_of = |v: i64, c: bool| i128::from(v) + if c { i128::from(inc) } else { 0 };
+            let back = now.is_some_and(|(last, was_called)| {
+                (next_of(value, called) - next_of(last, was_called)) * i128::from(inc.signum()) < 0
             });
             if back && (never_back || shared) {
                 return Ok(());
@@ -3151,8 +3167,8 @@ fn run_step(
             // later puts a sequence it moved back where it was (forward
             // moves only skip values, and another session may have drawn
             // from them since).
-            if back && let Some(last) = last {
-                undo.push((seq, last));
+            if back && let Some((last, was_called)) = now {
+                undo.push((seq, last, was_called));
             }
         }
     }
