@@ -2151,15 +2151,16 @@ fn to_disk(plan: &Plan) -> Result<ApplyReport> {
     };
     // (relative to the folder, text, the row's key)
     let mut writes: Vec<(String, String, Vec<u8>)> = Vec::new();
-    let mut removes: Vec<String> = Vec::new();
+    // (relative to the folder, the row's key)
+    let mut removes: Vec<(String, Vec<u8>)> = Vec::new();
     for ch in plan.changes.iter().filter(applies) {
         interrupted()?;
         let k = encode_key(std::slice::from_ref(&ch.key))?;
         let old = plan.disk.get(&k);
         let Some(row) = plan.db.get(&k) else {
             if let Some(old) = old {
-                removes.extend(old.path.clone());
-                removes.extend(old.body_path.clone());
+                removes.extend(old.path.iter().map(|p| (p.clone(), k.clone())));
+                removes.extend(old.body_path.iter().map(|p| (p.clone(), k.clone())));
             }
             continue;
         };
@@ -2224,7 +2225,11 @@ fn to_disk(plan: &Plan) -> Result<ApplyReport> {
     }
     let _ = c.execute_batch("DROP TABLE IF EXISTS temp.sp_sync_norm");
     drop(c);
-    for rel in writes.iter().map(|(r, ..)| r).chain(&removes) {
+    for rel in writes
+        .iter()
+        .map(|(r, ..)| r)
+        .chain(removes.iter().map(|(r, _)| r))
+    {
         let shown = Path::new(&cfg.dir).join(rel).display().to_string();
         safe_rel(rel).map_err(|why| invalid(format!("collection {}: {shown} {why}", cfg.name)))?;
         no_links(&dir, rel, &shown)?;
@@ -2234,14 +2239,23 @@ fn to_disk(plan: &Plan) -> Result<ApplyReport> {
     // holds those bytes. A file of another key, or one no row reads (a
     // sidecar folder's notes), is never written over; checked for every
     // file before any is written, and again just before each one is.
-    let mut owner: BTreeMap<&str, (&[u8], [u8; 32])> = BTreeMap::new();
+    // (A file two rows read — two sidecars naming one body file — is no
+    // one's to write or remove: `None`.)
+    let mut owner: BTreeMap<&str, (Option<&[u8]>, [u8; 32])> = BTreeMap::new();
     for (k, r) in &plan.disk {
         for (rel, h) in &r.seen {
-            owner.insert(rel.as_str(), (k.as_slice(), *h));
+            owner
+                .entry(rel.as_str())
+                .and_modify(|o| {
+                    if o.0 != Some(k.as_slice()) {
+                        o.0 = None;
+                    }
+                })
+                .or_insert((Some(k.as_slice()), *h));
         }
     }
     let shown = |rel: &str| Path::new(&cfg.dir).join(rel).display().to_string();
-    let unchanged = |rel: &str, key: Option<&[u8]>| -> Result<Option<Vec<u8>>> {
+    let unchanged = |rel: &str, key: &[u8]| -> Result<Option<Vec<u8>>> {
         let p = dir.join(rel);
         match std::fs::symlink_metadata(&p) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -2260,7 +2274,13 @@ fn to_disk(plan: &Plan) -> Result<ApplyReport> {
                 shown(rel)
             )));
         };
-        if key.is_some_and(|key| key != k) {
+        let Some(k) = k else {
+            return Err(invalid(format!(
+                "{}: the file of more than one row (sidecars naming one body file): not written over or removed; nothing more was written",
+                shown(rel)
+            )));
+        };
+        if key != k {
             return Err(invalid(format!(
                 "{}: the file of another key (run `sp-sync local diff`; rename one of them); nothing more was written",
                 shown(rel)
@@ -2276,18 +2296,15 @@ fn to_disk(plan: &Plan) -> Result<ApplyReport> {
         Ok(Some(now))
     };
     for (rel, _, k) in &writes {
-        unchanged(rel, Some(k))?;
+        unchanged(rel, k)?;
     }
-    for rel in &removes {
-        // (A file another row's write takes over is that row's to write.)
-        if !writes.iter().any(|(w, ..)| w == rel) {
-            unchanged(rel, None)?;
-        }
+    for (rel, k) in &removes {
+        unchanged(rel, k)?;
     }
     for (rel, text, k) in &writes {
         interrupted()?;
         let p = dir.join(rel);
-        let old = unchanged(rel, Some(k))?;
+        let old = unchanged(rel, k)?;
         // A file that already holds this text is left alone (its mtime too).
         if old.as_deref() == Some(text.as_bytes()) {
             continue;
@@ -2322,12 +2339,9 @@ fn to_disk(plan: &Plan) -> Result<ApplyReport> {
         }
         rep.written += 1;
     }
-    for rel in removes {
+    for (rel, k) in removes {
         interrupted()?;
-        if writes.iter().any(|(w, ..)| *w == rel) {
-            continue;
-        }
-        unchanged(&rel, None)?;
+        unchanged(&rel, &k)?;
         let p = dir.join(&rel);
         match std::fs::remove_file(&p) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -1295,3 +1295,42 @@ fn a_column_added_to_the_table_is_the_databases_change() {
     let v = json(&ok(&root, &["local", "diff", "--json"]));
     assert_eq!(v.as_array().map(Vec::len), Some(0), "{v}");
 }
+
+/// Two sidecars that name one body file: that file is neither row's to
+/// write or remove (it would change or take the other row's body).
+#[test]
+fn a_body_file_two_sidecars_name_is_neither_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = tmp.path();
+    std::fs::create_dir_all(r.join("s/grp")).unwrap();
+    std::fs::create_dir_all(r.join("data")).unwrap();
+    std::fs::write(
+        r.join("sp-sync.toml"),
+        "[[collection]]\nname = \"skills\"\ndir = \"s\"\nformat = \"sidecar\"\nglob = \"*/*.yaml\"\ndb = \"data/app.db\"\ntable = \"skills\"\nkey = \"id\"\nbody = \"instructions\"\nbody_field = \"file\"\nbody_file = \"SKILL.md\"\n",
+    )
+    .unwrap();
+    sql(
+        r,
+        "CREATE TABLE skills(id TEXT PRIMARY KEY, file TEXT, instructions TEXT)",
+    );
+    std::fs::write(r.join("s/grp/a.yaml"), "id: a\nfile: SKILL.md\n").unwrap();
+    std::fs::write(r.join("s/grp/b.yaml"), "id: b\nfile: SKILL.md\n").unwrap();
+    std::fs::write(r.join("s/grp/SKILL.md"), "shared text\n").unwrap();
+    ok(r, &["init", "-q"]);
+    ok(r, &["local", "to-db", "-q"]);
+    let before = stamps(&r.join("s"));
+    sql(
+        r,
+        "UPDATE skills SET instructions = 'B ONLY' WHERE id = 'b'",
+    );
+    let err = fails(r, &["local", "to-disk"], 1);
+    assert!(err.contains("more than one row"), "{err}");
+    assert_eq!(stamps(&r.join("s")), before);
+    sql(
+        r,
+        "UPDATE skills SET instructions = 'shared text\n' WHERE id = 'b'; DELETE FROM skills WHERE id = 'a'",
+    );
+    let err = fails(r, &["local", "to-disk"], 1);
+    assert!(err.contains("more than one row"), "{err}");
+    assert_eq!(stamps(&r.join("s")), before);
+}

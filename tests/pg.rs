@@ -2192,7 +2192,10 @@ fn sequences_never_go_back_where_that_would_give_keys_out_again() {
         "INSERT INTO parent (id, v) SELECT g, 'r' FROM generate_series(3, 999) g;
          ALTER SEQUENCE parent_id_seq RESTART WITH 1000;",
     );
-    ok_pg(dir, &["--store", "st", "restore", "main", "--db", &url, "-q"]);
+    ok_pg(
+        dir,
+        &["--store", "st", "restore", "main", "--db", &url, "-q"],
+    );
     pg.psql(&db, "INSERT INTO parent (v) VALUES ('next')");
 }
 
