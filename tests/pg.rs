@@ -2378,3 +2378,30 @@ fn rows_a_foreign_key_changed_during_the_restore_end_as_the_snapshot_has_them() 
     assert_eq!(pg.dump_rows(&db, "c"), c_snap);
     assert_eq!(pg.dump_rows(&db, "k"), k_snap);
 }
+
+/// Rows that trade values an exclusion constraint (that cannot be
+/// deferred) keeps apart restore too: a swap of two booked ranges.
+#[test]
+fn rows_that_trade_values_an_exclusion_constraint_keeps_apart_restore() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("excl");
+    let url = pg.url(&db);
+    pg.psql(
+        &db,
+        "CREATE TABLE b (id int PRIMARY KEY, span int4range, EXCLUDE USING gist (span WITH &&));
+         INSERT INTO b VALUES (1, '[1,3)'), (2, '[5,7)');",
+    );
+    let w = work();
+    snap(w.path(), &url, &[]);
+    let before = pg.dump_rows(&db, "b");
+    pg.psql(
+        &db,
+        "UPDATE b SET span = '[10,11)' WHERE id = 1; UPDATE b SET span = '[1,3)' WHERE id = 2;
+         UPDATE b SET span = '[5,7)' WHERE id = 1;",
+    );
+    ok_pg(
+        w.path(),
+        &["--store", "st", "restore", "main", "--db", &url, "-q"],
+    );
+    assert_eq!(pg.dump_rows(&db, "b"), before);
+}

@@ -3594,8 +3594,8 @@ struct RowStatements<'a> {
     name: &'a str,
     root: ObjectId,
     self_ref: bool,
-    /// The table has a unique index (besides its key) that cannot be
-    /// deferred.
+    /// The table has a unique index (besides its key) or an exclusion
+    /// constraint that cannot be deferred.
     unique: bool,
     /// Taking a row out and putting it back would do more than an update:
     /// a foreign key to the table (or a partition of it, or a table above
@@ -3641,7 +3641,10 @@ impl<'a> RowStatements<'a> {
                        LEFT JOIN pg_catalog.pg_constraint k ON k.conindid = i.indexrelid \
                          AND k.conrelid = i.indrelid \
                        WHERE i.indrelid IN {TABLE_TREE} AND i.indisunique \
-                         AND NOT i.indisprimary AND NOT coalesce(k.condeferrable, false)), \
+                         AND NOT i.indisprimary AND NOT coalesce(k.condeferrable, false)) \
+                     OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint x \
+                       WHERE x.conrelid IN {TABLE_TREE} AND x.contype = 'x' \
+                         AND NOT x.condeferrable), \
                      EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f \
                        WHERE f.contype = 'f' \
                          AND (f.confdeltype IN ('c', 'n', 'd') OR f.confupdtype IN ('c', 'n', 'd')) \
@@ -3762,7 +3765,8 @@ impl<'a> RowStatements<'a> {
             }
             Err(e)
                 if e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
-                    || e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
+                    || e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+                    || e.code() == Some(&tokio_postgres::error::SqlState::EXCLUSION_VIOLATION) =>
             {
                 c.batch_execute("ROLLBACK TO SAVEPOINT sp_sync_row")?;
                 Ok(None)
