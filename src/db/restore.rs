@@ -850,6 +850,34 @@ fn merge(
     // Inserts that broke one (a new row taking a value an updated row
     // gives up): (rowid, values).
     let mut waiting_ins: Vec<(Option<i64>, Vec<Value>)> = Vec::new();
+    // Updates a row's changed columns: the outer error is the database's,
+    // the inner one the statement's own (a unique index may wait); (a
+    // statement that fails is undone alone, the transaction goes on).
+    let update_row = |rowid: Option<i64>,
+                      k: &[u8],
+                      cols: &[usize],
+                      vals: &[Value]|
+     -> Result<std::result::Result<usize, rusqlite::Error>> {
+        let sets: Vec<String> = cols
+            .iter()
+            .map(|&ci| format!("{} = ?", quote(&t.columns[ci].name)))
+            .collect();
+        let sql = format!(
+            "UPDATE OR ABORT {} SET {} WHERE {where_clause}",
+            quote(table),
+            sets.join(", ")
+        );
+        let mut params: Vec<Sql<'_>> = cols.iter().map(|&ci| vals[ci].sql()).collect();
+        let kv;
+        if by_rowid {
+            params.push(Sql(ValueRef::Integer(rowid.unwrap_or(0))));
+        } else {
+            kv = decode_key(k).map_err(|e| bad_row(&t.root, e))?;
+            params.extend(kv.iter().map(Value::sql));
+        }
+        let mut st = c.prepare_cached(&sql).map_err(dberr)?;
+        Ok(st.execute(params_from_iter(params)))
+    };
     // Inserts a row: the outer error is the database's, the inner one the
     // statement's own (a unique index may wait).
     let mut insert_row =
@@ -893,36 +921,14 @@ fn merge(
         next += 1;
         let (rowid, vals) = row_values(src, t, &k, &v)?;
         match &changes[i].1 {
-            Action::Update(cols) => {
-                let sets: Vec<String> = cols
-                    .iter()
-                    .map(|&ci| format!("{} = ?", quote(&t.columns[ci].name)))
-                    .collect();
-                let sql = format!(
-                    "UPDATE OR ABORT {} SET {} WHERE {where_clause}",
-                    quote(table),
-                    sets.join(", ")
-                );
-                let mut params: Vec<Sql<'_>> = cols.iter().map(|&ci| vals[ci].sql()).collect();
-                let kv;
-                if by_rowid {
-                    params.push(Sql(ValueRef::Integer(changes[i].2.unwrap_or(0))));
-                } else {
-                    kv = decode_key(&k).map_err(|e| bad_row(&t.root, e))?;
-                    params.extend(kv.iter().map(Value::sql));
+            Action::Update(cols) => match update_row(changes[i].2, &k, cols, &vals)? {
+                Ok(1) => rep.updated += 1,
+                Ok(_) => return Err(bad_row(&t.root, "rows changed while restoring")),
+                Err(e) if is_unique_violation(&e) && !c.is_autocommit() => {
+                    waiting.push((changes[i].2, k.clone(), cols.clone(), vals.clone()));
                 }
-                let mut st = c.prepare_cached(&sql).map_err(dberr)?;
-                // (A statement that fails is undone alone; the transaction
-                // goes on.)
-                match st.execute(params_from_iter(params)) {
-                    Ok(1) => rep.updated += 1,
-                    Ok(_) => return Err(bad_row(&t.root, "rows changed while restoring")),
-                    Err(e) if is_unique_violation(&e) && !c.is_autocommit() => {
-                        waiting.push((changes[i].2, k.clone(), cols.clone(), vals.clone()));
-                    }
-                    Err(e) => return Err(dberr(e)),
-                }
-            }
+                Err(e) => return Err(dberr(e)),
+            },
             Action::Insert => match insert_row(rowid, &vals)? {
                 Ok(()) => rep.inserted += 1,
                 Err(e) if is_unique_violation(&e) && !c.is_autocommit() => {
@@ -960,25 +966,7 @@ fn merge(
         waiting_ins = left_ins;
         let mut left = Vec::new();
         for (rowid, k, cols, vals) in waiting {
-            let sets: Vec<String> = cols
-                .iter()
-                .map(|&ci| format!("{} = ?", quote(&t.columns[ci].name)))
-                .collect();
-            let sql = format!(
-                "UPDATE OR ABORT {} SET {} WHERE {where_clause}",
-                quote(table),
-                sets.join(", ")
-            );
-            let mut params: Vec<Sql<'_>> = cols.iter().map(|&ci| vals[ci].sql()).collect();
-            let kv;
-            if by_rowid {
-                params.push(Sql(ValueRef::Integer(rowid.unwrap_or(0))));
-            } else {
-                kv = decode_key(&k).map_err(|e| bad_row(&t.root, e))?;
-                params.extend(kv.iter().map(Value::sql));
-            }
-            let mut st = c.prepare_cached(&sql).map_err(dberr)?;
-            match st.execute(params_from_iter(params)) {
+            match update_row(rowid, &k, &cols, &vals)? {
                 Ok(1) => rep.updated += 1,
                 Ok(_) => return Err(bad_row(&t.root, "rows changed while restoring")),
                 Err(e) if is_unique_violation(&e) && !c.is_autocommit() => {
