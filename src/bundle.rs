@@ -678,10 +678,12 @@ pub fn create_file(
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    sweep_stale_bundles(dir);
     // Created 0666 less the umask, like any file a command writes (not the
-    // 0600 of a temporary file).
+    // 0600 of a temporary file). Named with this process's id, so that one
+    // a killed create left can be told from one being written.
     let tmp = tempfile::Builder::new()
-        .prefix(".sp-sync-bundle-")
+        .prefix(&format!(".sp-sync-bundle-{}-", std::process::id()))
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(dir)
         .map_err(|e| SyncError::io("creating a temporary file in", dir, e))?;
@@ -697,6 +699,33 @@ pub fn create_file(
         let _ = d.sync_all();
     }
     Ok(report)
+}
+
+/// Removes the temporary bundles (`.sp-sync-bundle-PID-…`) in `dir` whose
+/// process no longer exists: what a killed `bundle create` left.
+fn sweep_stale_bundles(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(".sp-sync-bundle-"))
+        else {
+            continue;
+        };
+        let Some((pid, _)) = rest.split_once('-') else {
+            continue;
+        };
+        if crate::store::dead_process(pid) && e.file_type().is_ok_and(|t| t.is_file()) {
+            tracing::debug!(
+                "removing {} (left by a killed bundle create)",
+                e.path().display()
+            );
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// What `bundle verify` found.

@@ -664,3 +664,29 @@ fn a_bundle_into_a_device_or_a_pipe_is_written_into_it() {
     let err = fails(&w, &["bundle", "create", tmp.path().to_str().unwrap()], 1);
     assert!(err.contains("not a regular file"), "{err}");
 }
+
+/// What a killed `bundle create` left beside its target (a temporary
+/// bundle named with its process id) goes at the next create there; one
+/// a running create is writing stays.
+#[test]
+fn a_killed_creates_temporary_bundle_goes_at_the_next_create() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("w");
+    std::fs::create_dir_all(w.join("d")).unwrap();
+    std::fs::write(w.join("d/f"), "x\n").unwrap();
+    ok(&w, &["init", "-q"]);
+    ok(&w, &["snapshot", "d", "-q"]);
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let stale = tmp.path().join(format!(".sp-sync-bundle-{dead}-abc123"));
+    let live = tmp
+        .path()
+        .join(format!(".sp-sync-bundle-{}-def456", std::process::id()));
+    std::fs::write(&stale, "half a bundle").unwrap();
+    std::fs::write(&live, "being written").unwrap();
+    let out = tmp.path().join("b.bundle");
+    ok(&w, &["bundle", "create", out.to_str().unwrap(), "-q"]);
+    assert!(!stale.exists(), "the killed create's file stayed");
+    assert!(live.exists(), "a running create's file went");
+}

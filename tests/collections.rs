@@ -1334,3 +1334,23 @@ fn a_body_file_two_sidecars_name_is_neither_rows() {
     assert!(err.contains("more than one row"), "{err}");
     assert_eq!(stamps(&r.join("s")), before);
 }
+
+/// What a killed `to-disk` left beside a row's file (a temporary file
+/// named with its process id) goes at the next to-disk that writes there.
+#[test]
+fn a_killed_to_disks_temporary_file_goes_at_the_next_one() {
+    let (_t, root) = mini();
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let stale = root.join(format!("content/.a.md.sp-sync-{dead}.tmp"));
+    std::fs::write(&stale, "").unwrap();
+    sql(&root, "UPDATE content SET title = 'A2' WHERE slug = 'a'");
+    ok(&root, &["local", "to-disk", "-q"]);
+    assert!(!stale.exists());
+    assert!(
+        std::fs::read_to_string(root.join("content/a.md"))
+            .unwrap()
+            .contains("A2")
+    );
+}

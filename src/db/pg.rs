@@ -3888,30 +3888,38 @@ impl<'a> RowStatements<'a> {
             }
             backwards = !backwards;
             if left.len() == before {
-                // No progress: a cycle. One of updates is broken by taking
-                // a row out, to be put back once the others have run.
-                if self.unique
-                    && !self.delete_acts
-                    && let Some(p) = left.iter_mut().find(|p| p.4.is_some())
-                    && let Some(re) = p.4.take()
-                {
-                    match self.try_once(c, &re.delete, &re.key, false) {
-                        Ok(Some(1)) => {
-                            (p.1, p.2, p.3) = (RowOp::Reinsert, re.insert, re.row);
-                            self.pending = left;
+                // No progress: a cycle. It is broken by taking one of its
+                // updated rows out, to be put back once the others have run:
+                // the first whose delete no foreign key stops.
+                let mut broke = false;
+                if self.unique && !self.delete_acts {
+                    for p in left.iter_mut() {
+                        let Some(re) = p.4.take() else {
                             continue;
+                        };
+                        match self.try_once(c, &re.delete, &re.key, false) {
+                            Ok(Some(1)) => {
+                                (p.1, p.2, p.3) = (RowOp::Reinsert, re.insert, re.row);
+                                broke = true;
+                                break;
+                            }
+                            Ok(Some(_)) => {
+                                return Err(SyncError::Database(format!(
+                                    "{}: row {} is no longer in the table; nothing was written",
+                                    loc.redacted(),
+                                    describe(self.name, &self.root, &p.0)
+                                )));
+                            }
+                            // A foreign key that cannot wait refers to it:
+                            // another row, and this one in a later round.
+                            Ok(None) => p.4 = Some(re),
+                            Err(e) => return Err(self.row_error(loc, &p.0, e)),
                         }
-                        Ok(Some(_)) => {
-                            return Err(SyncError::Database(format!(
-                                "{}: row {} is no longer in the table; nothing was written",
-                                loc.redacted(),
-                                describe(self.name, &self.root, &p.0)
-                            )));
-                        }
-                        // A foreign key that cannot wait refers to it.
-                        Ok(None) => {}
-                        Err(e) => return Err(self.row_error(loc, &p.0, e)),
                     }
+                }
+                if broke {
+                    self.pending = left;
+                    continue;
                 }
                 if !last {
                     self.pending = left;

@@ -213,17 +213,7 @@ fn sweep_stale_temps(dir: &Path, name: &str) {
         if !digits(pid) || !digits(n) {
             continue;
         }
-        let alive = pid
-            .parse::<i32>()
-            .ok()
-            .and_then(rustix::process::Pid::from_raw)
-            .is_none_or(|p| {
-                !matches!(
-                    rustix::process::test_kill_process(p),
-                    Err(rustix::io::Errno::SRCH)
-                )
-            });
-        if !alive && e.file_type().is_ok_and(|t| t.is_file()) {
+        if crate::store::dead_process(pid) && e.file_type().is_ok_and(|t| t.is_file()) {
             tracing::debug!("removing {} (left by a killed restore)", e.path().display());
             let _ = std::fs::remove_file(e.path());
         }

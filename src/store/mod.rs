@@ -1397,6 +1397,21 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .ctx("syncing", dir)
 }
 
+/// Whether `pid` (decimal) names a process that no longer exists: the
+/// temporary files a process named after itself may then go. A pid that
+/// does not parse, or a process we may not signal, counts as alive.
+pub(crate) fn dead_process(pid: &str) -> bool {
+    pid.parse::<i32>()
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .is_some_and(|p| {
+            matches!(
+                rustix::process::test_kill_process(p),
+                Err(rustix::io::Errno::SRCH)
+            )
+        })
+}
+
 /// A process-unique counter for temporary names.
 pub fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
