@@ -256,9 +256,6 @@ pub fn save(
     progress: &dyn Progress,
 ) -> Result<SaveReport> {
     validate_key(&opts.key)?;
-    if opts.paths.is_empty() {
-        return Err(SyncError::Invalid("nothing to save (no paths)".into()));
-    }
     let (rel, sources) = check_paths(&opts.cwd, &opts.paths)?;
     let name = format!("{ENTRY_PREFIX}{}", opts.key);
     let mut report = SaveReport {

@@ -75,16 +75,7 @@ pub fn fsck(store: &Store, opts: &FsckOptions, progress: &dyn Progress) -> Resul
     progress.stage("checking snapshots");
     let refs = store.list_refs()?;
     rep.refs = refs.len();
-    let mut walker = Walker {
-        src: store,
-        store,
-        seen: IdSet::default(),
-        errors: Vec::new(),
-        bad: &bad,
-        check_chunks: true,
-        snapshots: 0,
-        open_ended: IdSet::default(),
-    };
+    let mut walker = Walker::new(store, &bad);
     for (name, id) in &refs {
         walker.snapshot(id, &format!("ref {name}"));
     }
@@ -204,7 +195,22 @@ pub struct Walker<'a> {
     pub open_ended: IdSet,
 }
 
-impl Walker<'_> {
+impl<'a> Walker<'a> {
+    /// A walker over `store` that has seen nothing, checks chunks, and
+    /// takes the objects in `bad` for damaged.
+    pub fn new(store: &'a Store, bad: &'a IdMap<String>) -> Walker<'a> {
+        Walker {
+            src: store,
+            store,
+            seen: IdSet::default(),
+            errors: Vec::new(),
+            bad,
+            check_chunks: true,
+            snapshots: 0,
+            open_ended: IdSet::default(),
+        }
+    }
+
     fn report(&mut self, tag: ObjectType, id: &ObjectId, what: &str, ctx: &str) {
         let place = match self.store.location(id) {
             Some(l) => format!(

@@ -72,16 +72,7 @@ pub struct GcOptions {
 /// Marks what refs reach; fails on any damage.
 pub fn mark(store: &Store) -> Result<crate::id::IdSet> {
     let bad = IdMap::default();
-    let mut w = Walker {
-        src: store,
-        store,
-        seen: Default::default(),
-        errors: Vec::new(),
-        bad: &bad,
-        check_chunks: true,
-        snapshots: 0,
-        open_ended: Default::default(),
-    };
+    let mut w = Walker::new(store, &bad);
     for (name, id) in store.list_refs()? {
         w.snapshot(&id, &format!("ref {name}"));
     }
@@ -150,16 +141,8 @@ fn keep_recent_packs(
     }
     let before = live.len();
     let bad = IdMap::default();
-    let mut w = Walker {
-        src: store,
-        store,
-        seen: std::mem::take(live),
-        errors: Vec::new(),
-        bad: &bad,
-        check_chunks: true,
-        snapshots: 0,
-        open_ended: Default::default(),
-    };
+    let mut w = Walker::new(store, &bad);
+    w.seen = std::mem::take(live);
     for e in &recent {
         let ctx = "a recent pack";
         match e.tag {
