@@ -507,7 +507,7 @@ fn plan_with(
                     cfg.name
                 )));
             }
-            let hash = row_hash(&values, &types)?;
+            let hash = row_hash(&values, &types, body_index)?;
             db.insert(
                 key,
                 Row {
@@ -546,7 +546,7 @@ fn plan_with(
                     .display()
             )));
         }
-        let hash = row_hash(&values, &types)?;
+        let hash = row_hash(&values, &types, body_index)?;
         disk.insert(
             key,
             Row {
@@ -586,7 +586,9 @@ fn plan_with(
                     continue;
                 }
                 let cols = (0..columns.len())
-                    .filter(|&i| !same_cell(&types[i], &d.values[i], &b.values[i]))
+                    .filter(|&i| {
+                        !same_cell(&types[i], &d.values[i], &b.values[i], Some(i) == body_index)
+                    })
                     .map(|i| columns[i].clone())
                     .collect();
                 (ChangeKind::Modified, cols)
@@ -608,29 +610,54 @@ fn plan_with(
             columns: columns_changed,
             changed: base.as_ref().map(|base| {
                 let e = base.entries.get(k).map(|(_, e)| *e).unwrap_or_default();
+                // Whether a side's row is not the one recorded. Its hash is
+                // over the record's columns (`idx`: their positions now; None:
+                // the table's columns, as recorded). A record written before
+                // the body counted NULL as empty text matches too.
+                let moved = |r: Option<&Row>, rec: Option<[u8; 32]>, idx: Option<&[usize]>| {
+                    let Some(r) = r else { return rec.is_some() };
+                    let all: Vec<usize>;
+                    let idx = match idx {
+                        Some(idx) => idx,
+                        None if rec == Some(r.hash) => return false,
+                        None => {
+                            all = (0..columns.len()).collect();
+                            &all
+                        }
+                    };
+                    let v: Vec<Value> = idx.iter().map(|&i| r.values[i].clone()).collect();
+                    let t: Vec<String> = idx.iter().map(|&i| types[i].clone()).collect();
+                    let body = idx.iter().position(|&i| Some(i) == body_index);
+                    let null_body = body.is_some_and(|b| matches!(v[b], Value::Null));
+                    row_hash(&v, &t, body).ok() != rec
+                        && !(null_body && row_hash(&v, &t, None).ok() == rec)
+                };
                 let (file_changed, db_changed) = match &recorded {
                     // The columns the record's hashes are over, as now.
                     Some(Some(idx)) => {
-                        let old = |r: &Row| -> Option<[u8; 32]> {
-                            let v: Vec<Value> = idx.iter().map(|&i| r.values[i].clone()).collect();
-                            let t: Vec<String> = idx.iter().map(|&i| types[i].clone()).collect();
-                            row_hash(&v, &t).ok()
-                        };
                         // A column added since is the database's change
                         // (a migration), wherever the two sides differ in it.
                         let added = match (d, b) {
                             (Some(d), Some(b)) => (0..columns.len()).any(|i| {
                                 !idx.contains(&i)
-                                    && !same_cell(&types[i], &d.values[i], &b.values[i])
+                                    && !same_cell(
+                                        &types[i],
+                                        &d.values[i],
+                                        &b.values[i],
+                                        Some(i) == body_index,
+                                    )
                             }),
                             _ => false,
                         };
-                        (d.and_then(old) != e.file, b.and_then(old) != e.row || added)
+                        (
+                            moved(d, e.file, Some(idx)),
+                            moved(b, e.row, Some(idx)) || added,
+                        )
                     }
                     // A column the record has is gone: no side's change can
                     // be told; as for the first time.
                     Some(None) => (d.is_some(), b.is_some()),
-                    None => (d.map(|r| r.hash) != e.file, b.map(|r| r.hash) != e.row),
+                    None => (moved(d, e.file, None), moved(b, e.row, None)),
                 };
                 match (file_changed, db_changed) {
                     (true, false) => Side::Files,
@@ -662,9 +689,18 @@ fn plan_with(
 /// declared JSON, a list or map counts by its meaning (`["a", "b"]` as an
 /// application wrote it equals `["a","b"]` as a file gives it, and a map's
 /// key order does not count).
-fn row_hash(values: &[Value], types: &[String]) -> Result<[u8; 32]> {
+/// The body column (`body`, its position) counts NULL as empty text: a
+/// file's body cannot tell them apart, so a NULL body written to a file
+/// and read back is the same row (and never written over as '').
+fn row_hash(values: &[Value], types: &[String], body: Option<usize>) -> Result<[u8; 32]> {
     let mut h = blake3::Hasher::new();
+    let empty = Value::Text(Vec::new());
     for (i, v) in values.iter().enumerate() {
+        let v = if Some(i) == body && matches!(v, Value::Null) {
+            &empty
+        } else {
+            v
+        };
         let canon = types.get(i).and_then(|ty| json_meaning(ty, v));
         let v = canon.as_ref().map_or(v, |j| j);
         // Each value's key encoding is self-delimiting and exact.
@@ -689,9 +725,12 @@ fn json_meaning(ty: &str, v: &Value) -> Option<Value> {
         .map(|s| Value::Text(s.into_bytes()))
 }
 
-/// Whether two values of a column are the same, as `row_hash` counts them.
-fn same_cell(ty: &str, a: &Value, b: &Value) -> bool {
+/// Whether two values of a column are the same, as `row_hash` counts them
+/// (`is_body`: the body column, where NULL is empty text).
+fn same_cell(ty: &str, a: &Value, b: &Value, is_body: bool) -> bool {
+    let blank = |v: &Value| matches!(v, Value::Null) || matches!(v, Value::Text(t) if t.is_empty());
     a == b
+        || (is_body && blank(a) && blank(b))
         || matches!(
             (json_meaning(ty, a), json_meaning(ty, b)),
             (Some(x), Some(y)) if x == y
@@ -1087,6 +1126,9 @@ fn fields_row(
         values[key_index] = Value::Text(rel.as_bytes().to_vec());
     }
     let mut seen_key = cfg.key == "path";
+    // Field names match columns in any case: two fields that name one
+    // column (`Title:` and `title:`) would keep only one value.
+    let mut named: Vec<Option<&str>> = vec![None; columns.len()];
     for (k, v) in &map {
         let Some(name) = k.as_str() else {
             return Err(invalid(format!(
@@ -1101,6 +1143,12 @@ fn fields_row(
                 cfg.table
             )));
         };
+        if let Some(first) = named[i].replace(name) {
+            return Err(invalid(format!(
+                "{shown}:{line}: fields {first} and {name} both name column {}",
+                columns[i]
+            )));
+        }
         if Some(i) == body_index || (cfg.key == "path" && i == key_index) {
             return Err(invalid(format!(
                 "{shown}:{line}: field {name} is the collection's {} column; it cannot be set in {word}",
@@ -1665,7 +1713,7 @@ fn render_value(name: &str, v: &Value, ty: &str, hint: Option<&Hint>) -> Result<
             Ok(m) => m
                 .get("x")
                 .and_then(|y| yaml_value(y).ok())
-                .is_some_and(|back| same_cell(ty, &back, v)),
+                .is_some_and(|back| same_cell(ty, &back, v, false)),
             Err(_) => false,
         }
     };
@@ -1888,7 +1936,7 @@ fn render_fields_over(plan: &Plan, old: &Row, values: &[Value]) -> Result<String
             continue;
         };
         seen[i] = true;
-        if same_cell(&plan.types[i], &old.values[i], &values[i]) {
+        if same_cell(&plan.types[i], &old.values[i], &values[i], false) {
             out.push_str(&f.text);
         } else {
             if !matches!(values[i], Value::Null) {
@@ -2061,7 +2109,7 @@ fn to_db_changes(c: &Connection, path: &Path, plan: &Plan, rep: &mut ApplyReport
                         for i in 0..plan.columns.len() {
                             values.push(Value::from_ref(r.get_ref(i).map_err(ctx)?));
                         }
-                        Some(row_hash(&values, &plan.types)?)
+                        Some(row_hash(&values, &plan.types, plan.body_index)?)
                     }
                 }
             };
@@ -2196,8 +2244,14 @@ fn to_disk(plan: &Plan) -> Result<ApplyReport> {
                 match back {
                     Ok(v)
                         if v.len() == row.values.len()
-                            && (0..v.len())
-                                .all(|i| same_cell(&plan.types[i], &v[i], &row.values[i])) =>
+                            && (0..v.len()).all(|i| {
+                                same_cell(
+                                    &plan.types[i],
+                                    &v[i],
+                                    &row.values[i],
+                                    Some(i) == plan.body_index,
+                                )
+                            }) =>
                     {
                         Some(fields)
                     }

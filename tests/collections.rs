@@ -309,6 +309,14 @@ fn bad_files_name_file_and_line_and_change_nothing() {
             "colour is not a column",
         ],
     );
+    // Two fields that name one column (field names match in any case).
+    check(
+        "---\nslug: hello-world\ntitle: Hello\nTitle: Other\n---\nbody\n",
+        &[
+            "services/content/hello-world.md:4:",
+            "fields title and Title both name column title",
+        ],
+    );
     // No front matter; front matter never closed; no key.
     check(
         "# just markdown\n",
@@ -678,6 +686,74 @@ fn an_integer_column_keeps_a_boolean_written_as_one() {
     assert_eq!(
         std::fs::read_to_string(&p).unwrap(),
         "---\n# a comment\nslug: a\ntitle: A\ndraft: true\ntags: [intro, b]\nmeta:\n  - x\n---\nbody\n"
+    );
+    assert_eq!(ok(&root, &["local", "diff"]), "");
+}
+
+#[test]
+fn a_null_body_stays_null_both_ways() {
+    // A file cannot tell a NULL body from an empty one: the two are the
+    // same row, so neither direction turns one into the other.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::create_dir_all(root.join("posts")).unwrap();
+    std::fs::write(
+        root.join("sp-sync.toml"),
+        "[[collection]]\nname = \"posts\"\ndir = \"posts\"\ndb = \"data/app.db\"\ntable = \"posts\"\nkey = \"slug\"\nbody = \"body\"\npath = \"{slug}.md\"\n",
+    )
+    .unwrap();
+    sql(
+        &root,
+        "CREATE TABLE posts(slug TEXT PRIMARY KEY, title TEXT, body TEXT);
+         INSERT INTO posts VALUES ('a', 'A', NULL), ('b', 'B', '');",
+    );
+    ok(&root, &["init", "-q"]);
+    ok(&root, &["local", "to-disk", "-q"]);
+    assert_eq!(
+        std::fs::read_to_string(root.join("posts/a.md")).unwrap(),
+        "---\nslug: a\ntitle: A\n---\n"
+    );
+    assert_eq!(ok(&root, &["local", "diff"]), "");
+    let before = db_bytes(&root);
+    ok(&root, &["local", "to-db", "-q"]);
+    assert_eq!(db_bytes(&root), before, "nothing to write");
+    // An edit of another field writes that field only.
+    edit(&root.join("posts/a.md"), "title: A", "title: A2");
+    edit(&root.join("posts/b.md"), "title: B", "title: B2");
+    assert_eq!(
+        ok(&root, &["local", "diff"]),
+        "M posts/a (posts/a.md) [title] (files changed)\nM posts/b (posts/b.md) [title] (files changed)\n"
+    );
+    ok(&root, &["local", "to-db", "-q"]);
+    assert_eq!(
+        rows(
+            &root,
+            "SELECT slug, title, quote(body) FROM posts ORDER BY slug"
+        ),
+        vec![vec!["a", "A2", "NULL"], vec!["b", "B2", "''"]]
+    );
+    // A body typed into the file still goes to the row, and back to NULL
+    // in the table shows as the database's change.
+    std::fs::write(
+        root.join("posts/a.md"),
+        "---\nslug: a\ntitle: A2\n---\ntext\n",
+    )
+    .unwrap();
+    ok(&root, &["local", "to-db", "-q"]);
+    assert_eq!(
+        rows(&root, "SELECT body FROM posts WHERE slug = 'a'"),
+        vec![vec!["text\n"]]
+    );
+    sql(&root, "UPDATE posts SET body = NULL WHERE slug = 'a'");
+    assert_eq!(
+        ok(&root, &["local", "diff"]),
+        "M posts/a (posts/a.md) [body] (database changed)\n"
+    );
+    ok(&root, &["local", "to-disk", "-q"]);
+    assert_eq!(
+        std::fs::read_to_string(root.join("posts/a.md")).unwrap(),
+        "---\nslug: a\ntitle: A2\n---\n"
     );
     assert_eq!(ok(&root, &["local", "diff"]), "");
 }
