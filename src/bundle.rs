@@ -1017,6 +1017,7 @@ pub fn import(
             store.update_ref(&format!("remotes/{rn}/{name}"), None, Some(id))?;
         }
         let old = store.read_ref(&name)?;
+        let mut forced = false;
         let (updated, warning) = match old {
             None => {
                 store.update_ref(&name, Some(None), Some(id))?;
@@ -1029,6 +1030,7 @@ pub fn import(
             }
             Some(o) if opts.force => {
                 store.update_ref(&name, Some(Some(o)), Some(id))?;
+                forced = true;
                 (true, None)
             }
             Some(o) if crate::is_ancestor(store, &id, &o)? => (
@@ -1052,6 +1054,7 @@ pub fn import(
             id,
             old,
             updated,
+            forced,
             warning,
         });
     }

@@ -149,6 +149,10 @@ pub struct RefUpdate {
     pub old: Option<ObjectId>,
     /// Whether the ref (local for pull, remote for push) now names `id`.
     pub updated: bool,
+    /// Whether it moved by `--force` to a snapshot that does not descend
+    /// from `old` (what it named is no longer in its history).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
     /// Why the ref did not move, when it did not (not a fast-forward).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
@@ -687,11 +691,17 @@ pub fn push(
         if let Some(rn) = remote_name {
             local.update_ref(&format!("remotes/{rn}/{name}"), None, Some(id))?;
         }
+        // (Everything `id` descends from is here: it was sent from here.)
+        let forced = match old {
+            Some(o) if force && o != id => !crate::is_ancestor(local, &o, &id)?,
+            _ => false,
+        };
         report.refs.push(RefUpdate {
             name,
             id,
             old,
             updated: true,
+            forced,
             warning: None,
         });
     }
@@ -788,6 +798,7 @@ pub fn pull(
             id,
             old,
             updated,
+            forced: false,
             warning,
         });
     }

@@ -243,7 +243,10 @@ fn ref_rules_pull_from_a_bundle_and_no_push_to_one() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("warning: local main has diverged"), "{err}");
     assert_eq!(refs(&d), before);
-    ok(&d, &st(&["bundle", "import", s(&b2), "--force", "-q"]));
+    let o = common::run_in(&d, &st(&["bundle", "import", s(&b2), "--force", "--json"]));
+    assert!(o.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["refs"][0]["forced"], true, "{j}");
     assert_eq!(refs(&d).trim(), format!("{id2} main"));
 
     // A bundle is read-only: push to it is refused and it is left as it was.

@@ -340,13 +340,30 @@ fn fast_forward_rules_for_push_and_pull() {
         "the remote's files were restored"
     );
     assert_eq!(std::fs::read_to_string(b.join("x/y")).unwrap(), "b\n");
-    // --force replaces the remote's history.
-    ok(&b, &["push", "--force"]);
+    // --force replaces the remote's history, and says so (as git does).
+    let o = run_env(&b, &["push", "--force"], &[]);
+    assert_eq!(o.status.code(), Some(0));
+    let said =
+        String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains(&format!(" -> {} main (forced update)", &b_id[..16])),
+        "{said}"
+    );
     let remote_main = ok(
         tmp.path(),
         &["ref", "list", "--store", remote.to_str().unwrap()],
     );
     assert!(remote_main.contains(&b_id), "{remote_main}");
+    // A push that moves nothing off its history is no forced update, even
+    // with --force.
+    std::fs::write(b.join("x/y"), "b2\n").unwrap();
+    ok(&b, &["snapshot", "-q"]);
+    let o = run_env(&b, &["push", "--force", "--json"], &[]);
+    assert_eq!(o.status.code(), Some(0));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(!said.contains("forced"), "{said}");
+    let o = run_env(&b, &["push", "--force", "--json"], &[]);
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("forced"));
     // Unknown ref or remote: exit 1.
     let o = run_env(&b, &["push", "origin", "nosuchref"], &[]);
     assert_eq!(o.status.code(), Some(1));

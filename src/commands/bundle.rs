@@ -298,7 +298,7 @@ impl Render for BundleImportReport {
     fn human(&self, out: &mut Human<'_>) -> Result<()> {
         let rep = &self.report;
         for u in rep.refs.iter().filter(|u| u.updated) {
-            out.note(ref_move(u.old, u.id, &u.name));
+            out.note(ref_move(u.old, u.id, &u.name, u.forced));
         }
         out.note(format!(
             "{} {} objects ({}, {} new) from {} in {:.2}s",

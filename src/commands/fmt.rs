@@ -96,13 +96,16 @@ pub fn quote_path(raw: &[u8]) -> String {
     out
 }
 
-/// A ref's move, as push, pull and bundle import print it: `OLD -> NEW NAME`.
-pub fn ref_move(old: Option<ObjectId>, new: ObjectId, name: &str) -> String {
+/// A ref's move, as push, pull and bundle import print it: `OLD -> NEW NAME`,
+/// then ` (forced update)` when `--force` moved it off its history (as git
+/// says it).
+pub fn ref_move(old: Option<ObjectId>, new: ObjectId, name: &str, forced: bool) -> String {
     format!(
-        "{} -> {} {}",
+        "{} -> {} {}{}",
         old.map(|o| o.short()).unwrap_or_else(|| "(new)".into()),
         new.short(),
-        name
+        name,
+        if forced { " (forced update)" } else { "" }
     )
 }
 

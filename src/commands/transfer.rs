@@ -220,7 +220,7 @@ impl Render for TransferCmdReport {
         let r = &self.report;
         if self.sent {
             for u in &r.refs {
-                out.note(ref_move(u.old, u.id, &u.name));
+                out.note(ref_move(u.old, u.id, &u.name, u.forced));
             }
         }
         let (verb, dir, traffic) = if self.sent {
