@@ -256,6 +256,26 @@ fn refs_by_hand() {
     assert!(err.contains("invalid ref name"), "{err}");
     let err = fails(&w, &["ref", "set", "x", "0123456789abcdef"], 1);
     assert!(err.contains("unknown"), "{err}");
+    // A ref is never also a folder of refs (as in git): one clear line,
+    // the other ref kept.
+    let err = fails(&w, &["ref", "set", "main/x", "main"], 1);
+    assert_eq!(
+        err.trim_end(),
+        "error: cannot create ref main/x: ref main exists, and a ref cannot also be a folder of refs"
+    );
+    ok(&w, &["ref", "set", "deploy/api", "main"]);
+    let err = fails(&w, &["snapshot", "--ref", "deploy"], 1);
+    assert_eq!(
+        err.trim_end(),
+        "error: cannot create ref deploy: refs under deploy/ exist (deploy/api)"
+    );
+    assert_eq!(
+        ok(&w, &["ref", "list"]),
+        format!("{b} deploy/api\n{b} main\n")
+    );
+    // Such a name reads as no ref.
+    let err = fails(&w, &["log", "main/x"], 1);
+    assert!(err.contains("unknown snapshot or ref"), "{err}");
 }
 
 #[test]

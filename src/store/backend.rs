@@ -106,6 +106,10 @@ impl Backend for FsBackend {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::ISDIR.raw_os_error()) => Ok(None),
+            // `a/b` where `a` is a file: no such key either.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) => {
+                Ok(None)
+            }
             Err(e) => Err(SyncError::io("reading", &p, e)),
         }
     }
@@ -220,6 +224,11 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        // A prefix that is a file (`refs/main/` while `refs/main` is a ref)
+        // has no keys under it.
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) => {
+            return Ok(());
+        }
         Err(e) => return Err(SyncError::io("reading", dir, e)),
     };
     for e in rd {

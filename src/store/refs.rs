@@ -98,6 +98,9 @@ impl Store {
             }
         }
         let key = Self::ref_key(name);
+        if new.is_some() {
+            self.check_ref_clash(name)?;
+        }
         let new_bytes = new.map(|id| format!("{id}\n").into_bytes());
         loop {
             let current = self.read_ref(name)?;
@@ -135,6 +138,26 @@ impl Store {
 }
 
 impl Store {
+    /// A ref is never also a folder of refs (as in git): `a/b` cannot be
+    /// created while `a` exists, nor `a` while `a/…` does.
+    fn check_ref_clash(&self, name: &str) -> Result<()> {
+        for (i, _) in name.match_indices('/') {
+            let above = &name[..i];
+            if self.backend().get(&Self::ref_key(above))?.is_some() {
+                return Err(SyncError::Invalid(format!(
+                    "cannot create ref {name}: ref {above} exists, and a ref cannot also be a folder of refs"
+                )));
+            }
+        }
+        let under = self.backend().list(&format!("refs/{name}/"))?;
+        if let Some(first) = under.iter().find_map(|k| k.strip_prefix("refs/")) {
+            return Err(SyncError::Invalid(format!(
+                "cannot create ref {name}: refs under {name}/ exist ({first})"
+            )));
+        }
+        Ok(())
+    }
+
     /// What a snapshot names directly (root tree, tables, parents) must be
     /// stored with the type the snapshot gives it: a ref never moves to a
     /// snapshot whose "tree" is a chunk.
