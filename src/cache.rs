@@ -634,6 +634,9 @@ fn materialize(
     let mut total = crate::restore::RestoreReport::default();
     let layout = snap.meta.get(META_LAYOUT).map(String::as_str);
     progress.stage("restoring");
+    // Every path is checked before any is written: a refused one leaves
+    // the others as they were.
+    let mut planned = Vec::with_capacity(paths.len());
     for p in &paths {
         let dest = target.join(p);
         let name = p
@@ -676,6 +679,9 @@ fn materialize(
             }
         }
         crate::restore::refuse_store(&dest)?;
+        planned.push((dest, entry));
+    }
+    for (dest, entry) in planned {
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(|e| SyncError::io("creating", parent, e))?;
         }

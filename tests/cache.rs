@@ -664,7 +664,9 @@ fn restore_does_not_write_through_a_symlink_on_the_way() {
     let a = runner(tmp.path(), "a", &[]);
     std::fs::create_dir_all(a.dir.join("d/inner")).unwrap();
     std::fs::write(a.dir.join("d/inner/f"), "cached\n").unwrap();
-    a.ok(&["cache", "save", "k", "d/inner", "--remote", &url]);
+    std::fs::create_dir_all(a.dir.join("a1")).unwrap();
+    std::fs::write(a.dir.join("a1/g"), "first\n").unwrap();
+    a.ok(&["cache", "save", "k", "a1", "d/inner", "--remote", &url]);
     let b = runner(tmp.path(), "b", &[]);
     let outside = tmp.path().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
@@ -672,6 +674,11 @@ fn restore_does_not_write_through_a_symlink_on_the_way() {
     let err = b.fails(&["cache", "restore", "k", "--remote", &url], 1);
     assert!(err.contains("symlink"), "{err}");
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    // Every path is checked before any is written.
+    assert!(
+        !b.dir.join("a1").exists(),
+        "a1 restored before d/inner was refused"
+    );
     // Without the symlink it restores.
     std::fs::remove_file(b.dir.join("d")).unwrap();
     b.ok(&["cache", "restore", "k", "--remote", &url]);
