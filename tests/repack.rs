@@ -237,6 +237,54 @@ fn gc_keeps_the_bases_of_live_deltas_after_their_snapshots_go() {
     restores(&w, tmp.path(), &[(main, want)]);
 }
 
+/// A base gc keeps for a live delta keeps everything it reaches: a store
+/// vouches for what lies under every object it holds, and a push or pull
+/// never asks about it. Here the remote keeps ref a's tree node as the base
+/// of b's after a goes; a's own file must stay with it, or pushing a back
+/// would move the ref onto a snapshot without that file.
+#[test]
+fn a_kept_base_keeps_what_it_reaches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (l, r) = (tmp.path().join("l"), tmp.path().join("r"));
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for d in [&l, &r] {
+        std::fs::create_dir_all(d).unwrap();
+        ok(d, &["init", "-q"]);
+    }
+    for i in 0..100 {
+        std::fs::write(
+            src.join(format!("f{i}.txt")),
+            format!("file {i} {i:0200}\n"),
+        )
+        .unwrap();
+    }
+    std::fs::write(src.join("changing.bin"), common::bytes(20_000, 1)).unwrap();
+    let s = src.to_str().unwrap();
+    let a = ok(&l, &["snapshot", s, "--ref", "a", "-q"])
+        .trim()
+        .to_string();
+    let want = described(&src);
+    std::fs::write(src.join("changing.bin"), common::bytes(20_000, 2)).unwrap();
+    ok(&l, &["snapshot", s, "--ref", "b", "-q"]);
+    let remote = r.join(".sp-sync");
+    let rs = remote.to_str().unwrap();
+    ok(&l, &["push", rs, "a", "b", "-q"]);
+    let out = ok(&r, &["gc", "--repack", "--json"]);
+    let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(rep["delta_objects"].as_u64().unwrap() > 0, "{out}");
+    ok(&r, &["ref", "delete", "a", "-q"]);
+    let out = ok(&r, &["gc", "--json"]);
+    let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(rep["kept_bases"].as_u64().unwrap() > 0, "{out}");
+    ok(&r, &["fsck", "--read-data"]);
+    ok(&l, &["push", rs, "a", "-q"]);
+    ok(&r, &["fsck", "--read-data"]);
+    let t = tmp.path().join("out");
+    ok(&r, &["restore", &a, t.to_str().unwrap()]);
+    assert!(described(&t) == want, "a restores other files");
+}
+
 #[test]
 fn push_pull_and_bundles_carry_repacked_objects() {
     let tmp = tempfile::tempdir().unwrap();

@@ -717,3 +717,64 @@ fn server_gc_keeps_what_a_recent_snapshot_reaches() {
         &["--store", store.to_str().unwrap(), "fsck", "--read-data"],
     );
 }
+
+/// The same for a file's chunk list: a push cut off after its first part
+/// left, in a recent pack, a new list node that reaches old chunks no ref
+/// reaches any more. gc keeps those chunks too, so the push run again
+/// (which does not send what the server has) moves the ref onto a whole
+/// snapshot.
+#[test]
+fn server_gc_keeps_the_old_chunks_a_recent_chunk_list_reaches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let env = [("SP_SYNC_TOKEN", TOKEN_A.to_string())];
+    let w = tmp.path().join("w");
+    std::fs::create_dir_all(w.join("src")).unwrap();
+    let mut file = bytes(10 << 20, 31);
+    std::fs::write(w.join("src/a.bin"), &file).unwrap();
+    ok(&w, &["init", "-q"]);
+    let old = ok(&w, &["snapshot", "src", "-q"]).trim().to_string();
+    let server = start(tmp.path(), "", &[]);
+    let url = server.url("acme");
+    assert!(run_env(&w, &["push", &url], &env).status.success());
+    // That history goes, on the server and here, and an hour passes.
+    let (s, b) = http(
+        &server.addr,
+        "DELETE",
+        "/v1/acme/refs/main",
+        Some(TOKEN_A),
+        format!("{{\"old\": \"{old}\"}}").as_bytes(),
+    );
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+    drop(server);
+    for p in walk_files(&tmp.path().join("data/acme")) {
+        if p.extension().is_some_and(|e| e == "idx") {
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(std::time::SystemTime::now() - Duration::from_secs(7200))
+                .unwrap();
+        }
+    }
+    ok(&w, &["ref", "delete", "main", "-q"]);
+    // The file grows by 100 bytes (a new last chunk and a new list of the
+    // old chunks), and 40 MiB of new data follow.
+    file.extend_from_slice(&bytes(100, 32));
+    std::fs::write(w.join("src/a.bin"), &file).unwrap();
+    std::fs::write(w.join("src/b.bin"), bytes(40 << 20, 33)).unwrap();
+    ok(&w, &["snapshot", "src", "-q"]);
+    // The push is cut off after its first part (a server that takes no
+    // request over 20 MB; a dropped connection does the same).
+    let server = start(tmp.path(), "", &["--max-body", "20000000"]);
+    let url = server.url("acme");
+    assert!(!run_env(&w, &["push", &url], &env).status.success());
+    drop(server);
+    let server = start(tmp.path(), "", &[]);
+    let url = server.url("acme");
+    let (s, b) = http(&server.addr, "POST", "/v1/acme/gc", Some(TOKEN_A), b"");
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+    let o = run_env(&w, &["push", &url], &env);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let store = server.data.join("acme");
+    ok(
+        &w,
+        &["--store", store.to_str().unwrap(), "fsck", "--read-data"],
+    );
+}

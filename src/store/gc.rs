@@ -40,7 +40,8 @@ pub struct GcReport {
     /// Files that belonged to no pack, removed.
     pub orphan_files: usize,
     /// Objects no ref reaches kept because a live stored delta needs them
-    /// as its base (counted in `reachable_objects`).
+    /// as its base, and what those bases reach (counted in
+    /// `reachable_objects`).
     pub kept_bases: usize,
     /// Whether every live object was written again (`--repack`).
     pub repacked: bool,
@@ -119,9 +120,11 @@ fn pack_entries(store: &Store, name: &ObjectId) -> Result<Vec<index::IdxEntry>> 
 /// counts as recent), and every object they reach: a push stores only what
 /// the server said it lacked, so a new snapshot, stored before its ref
 /// moves, may reach old objects no ref reaches (a deleted ref's, a refused
-/// push's) that must stay for the ref to move onto a whole snapshot. (Its
-/// own objects may still be on their way: what is missing is no damage.)
-/// Returns how many were added.
+/// push's) that must stay for the ref to move onto a whole snapshot. That
+/// holds for every kind of object a recent pack holds (a file's chunk list
+/// reaching old chunks, a row-map node reaching old large values), not only
+/// snapshots, trees and tables. (Its own objects may still be on their
+/// way: what is missing is no damage.) Returns how many were added.
 fn keep_recent_packs(
     store: &Store,
     age: std::time::Duration,
@@ -139,46 +142,69 @@ fn keep_recent_packs(
             recent.extend(pack_entries(store, &pack.name)?);
         }
     }
-    let before = live.len();
-    let bad = IdMap::default();
-    let mut w = Walker::new(store, &bad);
-    w.seen = std::mem::take(live);
+    let mut added = Vec::new();
     for e in &recent {
-        let ctx = "a recent pack";
-        match e.tag {
-            ObjectType::Snapshot => w.snapshot(&e.id, ctx),
-            ObjectType::Tree => w.tree(&e.id, ctx, b""),
-            ObjectType::Table => w.table(&e.id, "", ctx),
-            _ => {}
+        keep_closure(store, e.tag, e.id, live, &mut added);
+    }
+    Ok(added.len())
+}
+
+/// Adds to `live` an object no ref reaches that gc keeps anyway, and
+/// everything it reaches that `live` lacks (appended to `added`). A store
+/// is downward closed: an object it holds vouches for everything below it
+/// (a push or pull never asks about what lies under an object the other
+/// side has), so nothing a kept object reaches may go. What `live` holds
+/// already has its whole closure there (the mark walked it, or an earlier
+/// call did). Missing or undecodable objects end the walk there.
+fn keep_closure(
+    store: &Store,
+    tag: ObjectType,
+    id: ObjectId,
+    live: &mut crate::id::IdSet,
+    added: &mut Vec<ObjectId>,
+) {
+    let mut stack = vec![(tag, id)];
+    while let Some((tag, id)) = stack.pop() {
+        if !live.insert(id) {
+            continue;
+        }
+        added.push(id);
+        if matches!(tag, ObjectType::Chunk | ObjectType::Dict)
+            || store.location(&id).is_none_or(|l| l.tag != tag)
+        {
+            continue;
+        }
+        let refs = crate::object::ObjectSource::get(store, tag, &id)
+            .and_then(|b| crate::object::references(tag, &id, &b));
+        if let Ok(refs) = refs {
+            stack.extend(refs);
         }
     }
-    *live = w.seen;
-    live.extend(recent.iter().map(|e| e.id));
-    Ok(live.len() - before)
 }
 
 /// Adds to `live` the bases of its stored deltas (and theirs), which stay
-/// even when no ref reaches them; returns how many were added.
+/// even when no ref reaches them, with everything those bases reach (and
+/// the bases of that, in turn); returns how many were added.
 fn keep_bases(store: &Store, live: &mut crate::id::IdSet) -> Result<usize> {
-    let mut todo: Vec<ObjectId> = live
-        .iter()
-        .filter(|id| {
-            store
-                .location(id)
-                .is_some_and(|l| l.flags == crate::pack::FLAG_DELTA)
-        })
-        .copied()
-        .collect();
-    let mut added = 0;
+    let is_delta = |id: &ObjectId| {
+        store
+            .location(id)
+            .is_some_and(|l| l.flags == crate::pack::FLAG_DELTA)
+    };
+    let mut todo: Vec<ObjectId> = live.iter().filter(|id| is_delta(id)).copied().collect();
+    let mut added = Vec::new();
     while let Some(id) = todo.pop() {
-        if let Some(b) = store.delta_base_of(&id)?
-            && live.insert(b)
-        {
-            added += 1;
-            todo.push(b);
-        }
+        let Some(b) = store.delta_base_of(&id)? else {
+            continue;
+        };
+        let Some(tag) = store.location(&b).map(|l| l.tag) else {
+            continue;
+        };
+        let from = added.len();
+        keep_closure(store, tag, b, live, &mut added);
+        todo.extend(added[from..].iter().filter(|id| is_delta(id)).copied());
     }
-    Ok(added)
+    Ok(added.len())
 }
 
 /// Runs gc with options (`--repack`). The store must be open with
