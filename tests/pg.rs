@@ -2436,3 +2436,71 @@ fn a_cycle_is_broken_at_a_row_nothing_refers_to() {
     assert_eq!(pg.dump_rows(&db, "u"), before);
     assert_eq!(pg.psql(&db, "SELECT uid FROM o ORDER BY id").trim(), "1\n2");
 }
+
+/// A trigger the restoring role cannot pause (it does not own the table)
+/// fires during the restore. One that only writes elsewhere (an audit
+/// table) leaves the restored table as the snapshot has it: the restore
+/// goes through. One that changes the restored rows would leave the table
+/// unlike the snapshot: the restore fails, names the row, and writes
+/// nothing.
+#[test]
+fn a_trigger_that_cannot_be_paused_must_not_change_the_restored_rows() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("unpaused");
+    pg.psql(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY, v text, at text);
+         INSERT INTO t VALUES (1, 'a', 'x'), (2, 'b', 'y');
+         CREATE TABLE audit (what text);
+         CREATE FUNCTION aud() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS
+           $$ BEGIN INSERT INTO audit VALUES (tg_op); RETURN new; END $$;
+         CREATE TRIGGER t_aud AFTER UPDATE ON t FOR EACH ROW EXECUTE FUNCTION aud();",
+    );
+    let app = role_url(pg, &db, "app");
+    pg.psql(&db, "GRANT SELECT, INSERT, UPDATE, DELETE ON t TO app");
+    let w = work();
+    let dir = w.path();
+    snap(dir, &pg.url(&db), &["--table", "t"]);
+    let t_snap = pg.dump_rows(&db, "t");
+    pg.psql(&db, "UPDATE t SET v = 'changed' WHERE id = 2");
+    ok_pg(
+        dir,
+        &["--store", "st", "restore", "main", "--db", &app, "-q"],
+    );
+    assert_eq!(pg.dump_rows(&db, "t"), t_snap);
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM audit").trim(), "2");
+
+    // A trigger that stamps the rows it writes.
+    pg.psql(
+        &db,
+        "CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN new.at = 'TRIGGERED'; RETURN new; END $$;
+         CREATE TRIGGER t_stamp BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION stamp();
+         ALTER TABLE t DISABLE TRIGGER t_stamp;
+         UPDATE t SET v = 'changed' WHERE id = 2;
+         ALTER TABLE t ENABLE TRIGGER t_stamp;",
+    );
+    let t_mid = pg.dump_rows(&db, "t");
+    let err = fails_pg(dir, &["--store", "st", "restore", "main", "--db", &app]);
+    assert!(
+        err.contains("t_stamp")
+            && err.contains("changed t(2)")
+            && err.contains("nothing was written"),
+        "{err}"
+    );
+    assert_eq!(pg.dump_rows(&db, "t"), t_mid);
+    // Its owner pauses it, and the restore is exact.
+    ok_pg(
+        dir,
+        &[
+            "--store",
+            "st",
+            "restore",
+            "main",
+            "--db",
+            &pg.url(&db),
+            "-q",
+        ],
+    );
+    assert_eq!(pg.dump_rows(&db, "t"), t_snap);
+}

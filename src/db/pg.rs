@@ -2762,9 +2762,14 @@ fn restore_in(
     // and other constraints still hold. Their states come back before the
     // commit (and with a rollback).
     let mut paused = Vec::new();
-    for (o, _, _, acts) in &merges {
+    let mut firing = Vec::new();
+    for (i, (o, _, _, acts)) in merges.iter().enumerate() {
         if !acts.is_empty() {
-            paused.extend(pause_triggers(c, loc, &o.name)?);
+            let (enable, fires) = pause_triggers(c, loc, &o.name)?;
+            paused.extend(enable);
+            if let Some(names) = fires {
+                firing.push((i, names));
+            }
         }
     }
     let mut statements = Vec::new();
@@ -2802,6 +2807,28 @@ fn restore_in(
     // pending when the triggers are enabled again.
     c.batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
         .map_err(|e| loc.error(e))?;
+    // A table whose triggers fired may not be as the snapshot has it (one
+    // that sets `updated_at`): it is read again, and any row that differs
+    // rolls everything back.
+    for (i, names) in firing {
+        let (o, t, shape, _) = &merges[i];
+        let left = merge_plan(c, loc, src, &o.name, t, *shape, chunker, opts, progress)?;
+        if let Some((k, act)) = left.first() {
+            let what = match act {
+                Act::Insert => "removed",
+                Act::Delete => "added",
+                Act::Update(_) => "changed",
+            };
+            return Err(SyncError::Database(format!(
+                "{}: table {}: its triggers ({names}), which the restore cannot pause (the role \
+                 does not own the table), {what} {} during the restore; nothing was written \
+                 (restore as the table's owner)",
+                loc.redacted(),
+                o.name,
+                describe(&o.name, &t.root, k)
+            )));
+        }
+    }
     for sql in paused {
         c.batch_execute(&sql).map_err(|e| loc.error(e))?;
     }
@@ -2961,10 +2988,15 @@ const TABLE_TREE: &str = "(SELECT r.oid FROM pg_catalog.pg_class r \
 /// Disables the enabled user triggers and rules of table `name` (in the
 /// search path's schema) and of its partitions for the rest of the
 /// transaction; returns the statements that enable them again as they
-/// were. A role that does not own the table cannot: its triggers then
-/// fire, and a warning says so; its rules (which can send a write to
-/// another table, or nowhere) refuse the restore.
-fn pause_triggers(c: &mut Client, loc: &PgLocation, name: &str) -> Result<Vec<String>> {
+/// were, and the triggers that could not be paused, if any. A role that
+/// does not own the table cannot pause them: they then fire, a warning
+/// says so, and the restore checks the table afterwards; its rules (which
+/// can send a write to another table, or nowhere) refuse the restore.
+fn pause_triggers(
+    c: &mut Client,
+    loc: &PgLocation,
+    name: &str,
+) -> Result<(Vec<String>, Option<String>)> {
     let err = |e| loc.error(e);
     let rows = c
         .query(
@@ -2983,6 +3015,7 @@ fn pause_triggers(c: &mut Client, loc: &PgLocation, name: &str) -> Result<Vec<St
         )
         .map_err(err)?;
     let mut enable = Vec::new();
+    let mut firing = None;
     for kind in ["RULE", "TRIGGER"] {
         let mut disable = Vec::new();
         let mut names = Vec::new();
@@ -3026,10 +3059,11 @@ fn pause_triggers(c: &mut Client, loc: &PgLocation, name: &str) -> Result<Vec<St
                     "table {name}: its triggers fire during the restore ({})",
                     loc.error(e)
                 );
+                firing = Some(names.join(", "));
             }
         }
     }
-    Ok(enable)
+    Ok((enable, firing))
 }
 
 /// One step of a table's checked `CREATE` script.
