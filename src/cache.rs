@@ -59,6 +59,9 @@ pub const META_PATHS: &str = "cache.paths";
 /// tree; `named` when each path is the root's entry named after its last
 /// component.
 pub const META_LAYOUT: &str = "cache.layout";
+/// Snapshot metadata: the mode of the directory a `root` layout entry
+/// holds the contents of (octal), which its tree does not record.
+pub const META_MODE: &str = "cache.mode";
 
 /// Checks a cache key: it must make a valid ref name `cache/KEY`.
 pub fn validate_key(key: &str) -> Result<()> {
@@ -282,6 +285,14 @@ pub fn save(
             .join("\n"),
     );
     meta.insert(META_LAYOUT.to_string(), layout.to_string());
+    if layout == "root" {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&sources[0])
+            .map_err(|e| SyncError::io("reading", &sources[0], e))?
+            .permissions()
+            .mode();
+        meta.insert(META_MODE.to_string(), format!("{:o}", mode & 0o7777));
+    }
     let snap = crate::snapshot::snapshot(
         local,
         &SnapshotOptions {
@@ -633,6 +644,14 @@ fn materialize(
     };
     let mut total = crate::restore::RestoreReport::default();
     let layout = snap.meta.get(META_LAYOUT).map(String::as_str);
+    // The mode of a `root` entry's directory (entries saved before it was
+    // recorded leave the directory's mode as it is).
+    let root_mode = snap
+        .meta
+        .get(META_MODE)
+        .filter(|_| layout == Some("root") && paths.len() == 1)
+        .and_then(|m| u32::from_str_radix(m, 8).ok())
+        .filter(|m| *m <= 0o7777);
     progress.stage("restoring");
     // Every path is checked before any is written: a refused one leaves
     // the others as they were.
@@ -648,7 +667,7 @@ fn materialize(
             .unwrap_or_default();
         let entry = if layout == Some("root") && paths.len() == 1 {
             Entry {
-                mode: 0o755,
+                mode: root_mode.unwrap_or(0o755),
                 mtime: snap.time,
                 kind: EntryKind::Dir { tree: root },
             }
@@ -687,6 +706,19 @@ fn materialize(
         }
         // A file goes at its own path, never into a directory found there.
         let r = crate::restore::restore_at(store, &entry, &dest, &opts, progress)?;
+        if root_mode.is_some() {
+            // (A restore fills the directory it is given, and leaves its
+            // mode: this one is the entry's own.)
+            use rustix::fs::{Mode, OFlags};
+            let fd = rustix::fs::open(
+                &dest,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| SyncError::io("opening", &dest, e.into()))?;
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(entry.mode))
+                .map_err(|e| SyncError::io("setting mode of", &dest, e.into()))?;
+        }
         total.files += r.files;
         total.dirs += r.dirs;
         total.bytes += r.bytes;

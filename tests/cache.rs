@@ -868,3 +868,25 @@ fn an_entry_file_never_goes_into_a_directory_at_its_place() {
         "mine\n"
     );
 }
+
+/// An entry of one directory keeps that directory's mode: a 700 folder of
+/// secrets does not come back readable by everyone.
+#[test]
+fn a_saved_directory_comes_back_with_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let url = tmp.path().join("remote").display().to_string();
+    let a = runner(tmp.path(), "a", &[]);
+    std::fs::create_dir_all(a.dir.join("secret")).unwrap();
+    std::fs::write(a.dir.join("secret/token"), "t\n").unwrap();
+    std::fs::set_permissions(a.dir.join("secret"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    a.ok(&["cache", "save", "k", "secret", "--remote", &url]);
+    let b = runner(tmp.path(), "b", &[]);
+    b.ok(&["cache", "restore", "k", "--remote", &url]);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&b.dir.join("secret")), 0o700);
+    assert_eq!(
+        std::fs::read_to_string(b.dir.join("secret/token")).unwrap(),
+        "t\n"
+    );
+}
