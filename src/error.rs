@@ -116,6 +116,11 @@ pub enum SyncError {
     #[error("unauthorized: {0}")]
     Unauthorized(String),
 
+    /// A remote has no room for what was sent (a tenant's quota): sending
+    /// it again cannot help.
+    #[error("{0}")]
+    NoRoom(String),
+
     /// A database operation failed.
     #[error("database: {0}")]
     Database(String),

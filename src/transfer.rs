@@ -533,9 +533,26 @@ pub fn is_retryable(e: &SyncError) -> bool {
                 | std::io::ErrorKind::TimedOut
                 | std::io::ErrorKind::UnexpectedEof
         ),
-        SyncError::ApiError { status, .. } => *status >= 500,
+        // (Not 501, 505 or 507 — the server cannot do it, or has no room
+        // for it, and will not tomorrow either.)
+        SyncError::ApiError { status, .. } => *status >= 500 && !is_final(e),
         _ => false,
     }
+}
+
+/// Whether a remote's answer rules out sending again, in full or not: no
+/// access (401, 403, 404), too large (413), not supported (501, 505), no
+/// room (507, a tenant's quota).
+fn is_final(e: &SyncError) -> bool {
+    matches!(
+        e,
+        SyncError::ApiError {
+            status: 401 | 403 | 404 | 413 | 501 | 505 | 507,
+            ..
+        } | SyncError::NoRoom(_)
+            | SyncError::Unauthorized(_)
+            | SyncError::NotFound(_)
+    )
 }
 
 /// Sends `refs` (local ref names) to `remote` and moves the remote's refs
@@ -647,7 +664,7 @@ pub fn push(
                 tracing::warn!("push to {} broke off ({e}); resuming", remote.describe());
                 std::thread::sleep(retry_pause(attempt));
             }
-            Err(e) if hint.is_some() && attempt <= retries => {
+            Err(e) if hint.is_some() && attempt <= retries && !is_final(&e) => {
                 // The remote lacks something its refs reach (repacked,
                 // rewritten): ask it about everything instead.
                 tracing::warn!("push to {}: {e}; negotiating in full", remote.describe());

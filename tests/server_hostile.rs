@@ -437,6 +437,22 @@ fn quota_refuses_and_leaves_nothing(tmp: &Path, server: &Server, stored: &dyn Fn
     assert!(err.contains("quota exceeded"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert_eq!(stored(), before, "nothing stored");
+    // No room is final: the push is not sent again (resumed, or in full
+    // when the remote has the ref it builds on).
+    std::fs::write(small.join("more.bin"), bytes(40 << 20, 3)).unwrap();
+    ok(&small, &["snapshot", "-q"]);
+    let o = run_env(
+        &small,
+        &["push", &server.url("acme"), "-v"],
+        &[("SP_SYNC_TOKEN", TOKEN_A.into())],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        !err.contains("negotiating in full") && !err.contains("resuming"),
+        "{err}"
+    );
+    assert_eq!(stored(), before, "nothing stored");
     // The other tenant has no quota.
     let o = run_env(
         &big,

@@ -221,7 +221,7 @@ impl HttpRemote {
                 SyncError::NotFound(format!("{here}: tenant not found for this token"))
             }
             404 => SyncError::NotFound(format!("{here}: {message}")),
-            507 => SyncError::Invalid(format!("{here}: quota exceeded: {message}")),
+            507 => SyncError::NoRoom(format!("{here}: quota exceeded: {message}")),
             409 => {
                 let p = parsed.unwrap_or(ErrorJson {
                     error: message.clone(),
