@@ -220,6 +220,21 @@ fn round_trip_through_s3() {
     let tmp = tempfile::tempdir().unwrap();
     let b = bucket("rt");
     round_trip(tmp.path(), &format!("s3://{b}/stores/main"), &s3_env());
+    // A prefix the object store would write under another name (here
+    // `r1%7Ex`, which no listing of `r1~x` finds) is refused before any
+    // request.
+    let w = tmp.path().join("odd");
+    std::fs::create_dir_all(&w).unwrap();
+    std::fs::write(w.join("f"), "f\n").unwrap();
+    ok(&w, &["init", "-q"]);
+    ok(&w, &["snapshot", "-q"]);
+    for prefix in ["r1~x", "p//q", "d/../e"] {
+        let o = run_env(&w, &["push", &format!("s3://{b}/{prefix}")], &s3_env());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{prefix}: {err}");
+        assert!(err.contains("would be stored as"), "{prefix}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
     // And a server whose data lives in S3.
     let server = serve(
         &format!("s3://{b}/served"),

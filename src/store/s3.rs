@@ -49,7 +49,18 @@ pub fn parse_url(url: &str) -> Result<(String, String)> {
     if bucket.is_empty() {
         return Err(SyncError::Invalid(format!("{url}: no bucket name")));
     }
-    Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
+    let prefix = prefix.trim_matches('/');
+    // A prefix the object store would write under another name (it drops
+    // empty parts and percent-encodes `.`, `..` and characters such as
+    // `~ % [ ] { } ^ |`) would be written to and never found again.
+    if !prefix.is_empty() && ObjPath::from(prefix).as_ref() != prefix {
+        return Err(SyncError::Invalid(format!(
+            "{url}: the prefix {prefix:?} would be stored as {:?}; use parts of letters, digits \
+             and `-_.+@=, ` without empty, `.` or `..` parts",
+            ObjPath::from(prefix).as_ref()
+        )));
+    }
+    Ok((bucket.to_string(), prefix.to_string()))
 }
 
 fn s3_err(op: &'static str, key: &str, e: object_store::Error) -> SyncError {
@@ -351,6 +362,39 @@ impl Backend for S3Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A prefix is used byte for byte, or refused: never written under a
+    /// name that listing it would not find.
+    #[test]
+    fn a_prefix_the_store_would_rename_is_refused() {
+        for (url, bucket, prefix) in [
+            ("s3://b", "b", ""),
+            ("s3://b/", "b", ""),
+            ("s3://b/ci/cache/", "b", "ci/cache"),
+            ("s3://b/a-b_c.d/x+y@z=w,v", "b", "a-b_c.d/x+y@z=w,v"),
+            ("s3://b/sp ace", "b", "sp ace"),
+        ] {
+            assert_eq!(
+                parse_url(url).unwrap(),
+                (bucket.to_string(), prefix.to_string()),
+                "{url}"
+            );
+        }
+        for url in [
+            "s3://b/r1~x",
+            "s3://b/p//q",
+            "s3://b/d/../e",
+            "s3://b/./e",
+            "s3://b/a%41b",
+            "s3://b/x[1]",
+            "s3://b/x{1}",
+            "s3://b/a|b",
+            "s3://b/a^b",
+        ] {
+            let e = parse_url(url).unwrap_err().to_string();
+            assert!(e.contains("would be stored as"), "{url}: {e}");
+        }
+    }
 
     /// An index entry's offset comes from a file the store's owner controls:
     /// one near `u64::MAX` is a corrupt-pack error, decided before any request
