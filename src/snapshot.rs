@@ -311,12 +311,28 @@ impl<'a> Scanner<'a> {
     /// contents are the root. Otherwise each source is an entry named after
     /// its last component.
     pub fn scan(&self, sources: &[PathBuf]) -> Result<ObjectId> {
+        for s in sources {
+            if let Some(store) = crate::restore::store_holding(s) {
+                return Err(SyncError::Invalid(format!(
+                    "{}: in the sp-sync store {}; a snapshot never takes a store in (its \
+                     config.toml holds credentials)",
+                    s.display(),
+                    store.display()
+                )));
+            }
+        }
         if let [one] = sources {
             let meta = fs::symlink_metadata(one).ctx("reading", one)?;
             if meta.is_dir() {
                 let ign = self.root_ignores(one)?;
                 let fs_dir = fs::read_dir(one).ctx("reading directory", one)?;
-                return self.dir_from(one, b"", &ign, fs_dir, None);
+                return self.dir_from(one, b"", &ign, fs_dir, None)?.ok_or_else(|| {
+                    SyncError::Invalid(format!(
+                        "{}: an sp-sync store; a snapshot never takes a store in (its \
+                         config.toml holds credentials)",
+                        one.display()
+                    ))
+                });
             }
         }
         let mut named: Vec<(Vec<u8>, &PathBuf)> = Vec::new();
@@ -376,9 +392,7 @@ impl<'a> Scanner<'a> {
         time: Timestamp,
     ) -> Result<Option<ObjectId>> {
         match fs::read_dir(path) {
-            Ok(d) => self
-                .dir_from(path, rel, parent_ign, d, Some(time))
-                .map(Some),
+            Ok(d) => self.dir_from(path, rel, parent_ign, d, Some(time)),
             Err(e) => {
                 self.skip(path, &e);
                 Ok(None)
@@ -386,7 +400,8 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// A directory's map. `time`: the directory's mtime as its entry
+    /// A directory's map (`None`: it is an sp-sync store, left out).
+    /// `time`: the directory's mtime as its entry
     /// records it (None for the root, which has no entry): a directory of
     /// at most [`RELATIVE_MAX_ENTRIES`] entries, or one whose entries all
     /// have its time, records their times relative to it (store-format.md
@@ -398,7 +413,7 @@ impl<'a> Scanner<'a> {
         parent_ign: &Ignores,
         listing: fs::ReadDir,
         time: Option<Timestamp>,
-    ) -> Result<ObjectId> {
+    ) -> Result<Option<ObjectId>> {
         if self.progress.interrupted() {
             return Err(SyncError::Interrupted);
         }
@@ -442,6 +457,13 @@ impl<'a> Scanner<'a> {
                 meta,
             });
         }
+        if is_store_listing(&items) {
+            // Another store (a second checkout, a vendored project): its
+            // objects are no content, and its config.toml holds tokens
+            // and keys.
+            tracing::info!("leaving out {}: an sp-sync store", path.display());
+            return Ok(None);
+        }
         items.sort_by(|a, b| a.name.cmp(&b.name));
         let entries: Vec<Option<Entry>> = items
             .par_iter()
@@ -461,7 +483,7 @@ impl<'a> Scanner<'a> {
                 b.push(&it.name, &e.encode_in(time))?;
             }
         }
-        b.finish()
+        b.finish().map(Some)
     }
 
     fn entry(&self, it: &Item, rel: &[u8], ign: &Ignores) -> Result<Option<Entry>> {
@@ -657,6 +679,22 @@ fn join_rel(rel: &[u8], name: &[u8]) -> Vec<u8> {
         v.extend_from_slice(name);
         v
     }
+}
+
+/// Whether a directory's entries are an sp-sync store's (`store.toml`, and
+/// `refs/` and `packs/` directories: what `restore` also takes for one).
+fn is_store_listing(items: &[Item]) -> bool {
+    let has = |name: &[u8], dir: bool| {
+        items.iter().any(|i| {
+            i.name == name
+                && (if dir {
+                    i.meta.is_dir()
+                } else {
+                    i.meta.is_file()
+                })
+        })
+    };
+    has(b"store.toml", false) && has(b"refs", true) && has(b"packs", true)
 }
 
 /// The store and its cache: never part of a snapshot.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use common::{bytes, describe, fails};
+use common::{bytes, describe, fails, ok};
 use net::{bucket, ok_env, run_env, s3_env, serve};
 use serde_json::Value;
 
@@ -889,4 +889,48 @@ fn a_saved_directory_comes_back_with_its_mode() {
         std::fs::read_to_string(b.dir.join("secret/token")).unwrap(),
         "t\n"
     );
+}
+
+/// A saved path that holds an sp-sync store (a checkout's `.sp-sync`,
+/// whose config.toml holds tokens and keys) leaves the store out; a path
+/// that is a store, or lies in one, is refused.
+#[test]
+fn a_store_in_a_saved_path_is_left_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = tmp.path().join("remote").display().to_string();
+    let a = runner(tmp.path(), "a", &[]);
+    let proj = a.dir.join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::write(proj.join("src.txt"), "code\n").unwrap();
+    ok(&proj, &["init", "-q"]);
+    std::fs::write(
+        proj.join(".sp-sync/config.toml"),
+        "[remote.origin]\nurl = \"https://h/t\"\ntoken = \"secret-token\"\n",
+    )
+    .unwrap();
+    a.ok(&["cache", "save", "k", "proj", "--remote", &url]);
+    let b = runner(tmp.path(), "b", &[]);
+    b.ok(&["cache", "restore", "k", "--remote", &url]);
+    assert_eq!(
+        std::fs::read_to_string(b.dir.join("proj/src.txt")).unwrap(),
+        "code\n"
+    );
+    assert!(!b.dir.join("proj/.sp-sync").exists(), "the store was saved");
+    let err = a.fails(
+        &["cache", "save", "k2", "proj/.sp-sync", "--remote", &url],
+        1,
+    );
+    assert!(err.contains("sp-sync store"), "{err}");
+    let err = a.fails(
+        &[
+            "cache",
+            "save",
+            "k3",
+            "proj/.sp-sync/refs",
+            "--remote",
+            &url,
+        ],
+        1,
+    );
+    assert!(err.contains("sp-sync store"), "{err}");
 }

@@ -380,3 +380,24 @@ fn a_ref_named_like_an_id_prefix_is_ambiguous() {
     // The full id still names the first snapshot.
     assert_eq!(ok(w, &["cat", &format!("{first}:f")]), "one\n");
 }
+
+/// Another store inside the snapshotted tree (a second checkout, a vendored
+/// project) is left out: its objects are no content and its config.toml
+/// holds credentials. Naming one as a source is refused.
+#[test]
+fn a_store_inside_the_tree_is_left_out() {
+    let (_t, w) = workdir();
+    ok(&w, &["init", "-q"]);
+    let inner = w.join("vendor/other");
+    std::fs::create_dir_all(&inner).unwrap();
+    std::fs::write(inner.join("lib.txt"), "lib\n").unwrap();
+    ok(&inner, &["init", "-q"]);
+    std::fs::write(inner.join(".sp-sync/config.toml"), "token = \"secret\"\n").unwrap();
+    let id = ok(&w, &["snapshot", "-q"]).trim().to_string();
+    let listed = ok(&w, &["ls", "-r", &id]);
+    assert!(listed.contains("vendor/other/lib.txt"), "{listed}");
+    assert!(!listed.contains(".sp-sync"), "{listed}");
+    let err = fails(&w, &["snapshot", "vendor/other/.sp-sync"], 1);
+    assert!(err.contains("sp-sync store"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}

@@ -706,8 +706,13 @@ fn cache_restore_never_writes_into_a_store_or_through_a_symlink() {
     std::fs::create_dir_all(&a).unwrap();
     ok(&a, &["init", "-q"]);
     std::fs::write(a.join("file.txt"), "cached\n").unwrap();
+    // (Save refuses a store: the hostile entry is made of a folder named
+    // like one that holds a store.toml.)
+    let e = t.join("e");
+    std::fs::create_dir_all(e.join(".sp-sync")).unwrap();
+    std::fs::write(e.join(".sp-sync/store.toml"), "hostile\n").unwrap();
     ok(
-        &a,
+        &e,
         &["cache", "save", "evil", ".sp-sync", "--remote", remote],
     );
     ok(&a, &["cache", "save", "k1", "file.txt", "--remote", remote]);
