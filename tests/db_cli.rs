@@ -883,3 +883,55 @@ fn a_tables_conflict_clause_never_decides_a_restore() {
         assert_eq!(dump(&db), mid, "{clause}");
     }
 }
+
+/// A restore into a new file refuses while a `-wal` or `-journal` of a
+/// database that is gone lies beside the target: SQLite would replay it
+/// into the new file when it is next opened (the gone database's rows
+/// instead of the snapshot's, or a hot journal rolled back over them).
+#[test]
+fn a_new_file_is_not_made_beside_another_databases_wal_or_journal() {
+    let (tmp, _db) = setup();
+    let d = tmp.path();
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "app.db", "-q"],
+    );
+    // A WAL with rows not yet in any file, as a database deleted while an
+    // application had it open leaves it.
+    let gone = d.join("gone.db");
+    let c = Connection::open(&gone).unwrap();
+    c.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+         CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT); INSERT INTO users VALUES (7, 'gone');",
+    )
+    .unwrap();
+    let target = d.join("new.db");
+    std::fs::copy(d.join("gone.db-wal"), d.join("new.db-wal")).unwrap();
+    drop(c);
+    for side in ["new.db-wal", "new.db-journal"] {
+        if side.ends_with("journal") {
+            std::fs::write(d.join(side), b"a hot journal\n").unwrap();
+        }
+        let err = fails(
+            d,
+            &["--store", "st", "restore", "main", "--db", "new.db"],
+            1,
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(
+            err.contains(side) && err.contains("nothing was written"),
+            "{err}"
+        );
+        assert!(!target.exists(), "{side}: a new file was made");
+        std::fs::remove_file(d.join(side)).unwrap();
+    }
+    ok(
+        d,
+        &["--store", "st", "restore", "main", "--db", "new.db", "-q"],
+    );
+    let n: i64 = Connection::open(&target)
+        .unwrap()
+        .query_row("SELECT count(*) FROM users WHERE id = 7", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+}

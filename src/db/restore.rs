@@ -128,6 +128,24 @@ fn restore_new(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "db".into());
+    // A `-wal` or `-journal` beside a database that is gone (deleted while
+    // open, a crash) belongs to that database: SQLite would replay it into
+    // the new file at its next open (a WAL's rows instead of the
+    // snapshot's, a hot journal rolled back over it).
+    for suffix in ["-wal", "-journal"] {
+        let mut side = target.as_os_str().to_owned();
+        side.push(suffix);
+        let side = PathBuf::from(side);
+        if std::fs::symlink_metadata(&side).is_ok() {
+            return Err(SyncError::Invalid(format!(
+                "{}: left by a database that is no longer there; SQLite would apply it to \
+                 the new {} when it is next opened. Move it aside (or remove it); nothing was \
+                 written",
+                side.display(),
+                target.display()
+            )));
+        }
+    }
     sweep_stale_temps(&dir, &name);
     let tmp = dir.join(format!(
         ".{name}.sp-sync-{}-{}.tmp",
