@@ -96,13 +96,30 @@ pub fn restore(
     let s = crate::names::load_snapshot(store, &id)?;
     let target = opts.target.as_ref().map(|t| canonical(&opts.cwd.join(t)));
     let db = opts.database.as_ref();
+    // A target that holds the store (the working tree, `.`): a restore to
+    // the sources' places inside it, files and rows, as without a target.
+    let tree_target = target
+        .as_ref()
+        .filter(|t| s.sources.is_some() && t.is_dir() && holds_store(t, &ws.store_dir));
+    // Tables asked for by name must be in the snapshot (before anything is
+    // written).
+    if let Some(t) = opts.tables.iter().find(|t| !s.tables.contains_key(*t)) {
+        return Err(SyncError::NotFound(format!(
+            "snapshot {} has no table {t}",
+            id.short()
+        )));
+    }
+    // `--table` back to where the snapshot was taken restores those tables
+    // only: the working tree's files are not what was asked for.
+    let tables_only = !opts.tables.is_empty() && (target.is_none() || tree_target.is_some());
     // Where the files go: without a target, back to their sources; into a
     // target that holds the store (the working tree), at their sources'
     // places inside it; otherwise SNAP[:PATH] into the target.
     let places: Vec<Placement> = match (&target, db) {
         (None, Some(_)) => Vec::new(),
+        _ if tables_only => Vec::new(),
         (None, None) => source_placements(store, &s, sub, &ws.root)?,
-        (Some(t), _) if s.sources.is_some() && t.is_dir() && holds_store(t, &ws.store_dir) => {
+        (Some(t), _) if tree_target.is_some() => {
             let places = source_placements(store, &s, sub, t)?;
             // Named a target: nothing goes outside it (an absolute source
             // keeps its path, wherever the target is).
@@ -139,6 +156,11 @@ pub fn restore(
             Vec::new()
         };
         foreign_guard(ws, &s, &places, &dbs)?;
+    }
+    if let (Some(t), None, None) = (tree_target, db, sub) {
+        // (Its files stay inside the target: only its databases could be
+        // another host's.)
+        foreign_guard(ws, &s, &[], &databases(&s, t))?;
     }
     let mut report = CheckoutReport {
         snapshot: Some(id),
@@ -183,6 +205,10 @@ pub fn restore(
         (Some(db), _) if crate::db::pg::is_url_path(db) => vec![(db.to_path_buf(), Vec::new())],
         (Some(db), _) => vec![(opts.cwd.join(db), Vec::new())],
         (None, None) if sub.is_none() => databases(&s, &ws.root),
+        (None, Some(_)) if sub.is_none() => match tree_target {
+            Some(t) => databases(&s, t),
+            None => Vec::new(),
+        },
         _ => Vec::new(),
     };
     if db.is_some() && s.tables.is_empty() {

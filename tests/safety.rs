@@ -121,6 +121,56 @@ fn restore_without_target_puts_files_and_rows_back_where_they_came_from() {
     }
 }
 
+/// `restore main .` (a target holding the store) is the same as `restore
+/// main`: rows come back too. `--table` back to where the snapshot was
+/// taken restores those tables only, never the working tree's files; a
+/// table the snapshot lacks is refused before anything is written.
+#[test]
+fn the_working_tree_as_target_gets_rows_back_and_table_restores_only_tables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    layout(w, DEFAULT_TOML);
+    ok(w, &["snapshot", "-q"]);
+    let rows = dump(&w.join("data/app.db"));
+    let change_rows = || {
+        rusqlite::Connection::open(w.join("data/app.db"))
+            .unwrap()
+            .execute_batch(
+                "UPDATE users SET name = 'zed' WHERE id = 1; INSERT INTO users VALUES (3, 'cy');",
+            )
+            .unwrap();
+    };
+    change_rows();
+    std::fs::write(w.join("services/agents/bot.md"), "edited").unwrap();
+    ok(w, &["restore", "main", ".", "--delete", "-q"]);
+    assert_eq!(dump(&w.join("data/app.db")), rows);
+    assert_eq!(
+        std::fs::read_to_string(w.join("services/agents/bot.md")).unwrap(),
+        "# bot\n"
+    );
+    // One table back; the file edit made since stays.
+    change_rows();
+    std::fs::write(w.join("services/agents/bot.md"), "edited").unwrap();
+    ok(
+        w,
+        &["restore", "main", "--table", "users", "--delete", "-q"],
+    );
+    assert_eq!(dump(&w.join("data/app.db")), rows);
+    assert_eq!(
+        std::fs::read_to_string(w.join("services/agents/bot.md")).unwrap(),
+        "edited"
+    );
+    change_rows();
+    let changed = dump(&w.join("data/app.db"));
+    let err = fails(w, &["restore", "main", "--table", "nosuch"], 1);
+    assert!(err.contains("has no table nosuch"), "{err}");
+    assert_eq!(dump(&w.join("data/app.db")), changed);
+    assert_eq!(
+        std::fs::read_to_string(w.join("services/agents/bot.md")).unwrap(),
+        "edited"
+    );
+}
+
 #[test]
 fn log_json_shows_the_recorded_sources() {
     let tmp = tempfile::tempdir().unwrap();

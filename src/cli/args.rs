@@ -181,7 +181,8 @@ pub struct RestoreArgs {
     /// Key PostgreSQL tables without a primary key by all their columns.
     #[arg(long, requires = "db")]
     key_by_all_columns: bool,
-    /// Only these tables (repeatable).
+    /// Only these tables (repeatable); without a TARGET (or with one that
+    /// holds the store), only tables: no files.
     #[arg(long = "table", value_name = "T")]
     tables: Vec<String>,
     /// Restore setuid and setgid bits (dropped by default).
