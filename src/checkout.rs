@@ -233,6 +233,7 @@ pub fn restore(
         if mine.is_empty() || (!opts.tables.is_empty() && wanted.is_empty()) {
             continue;
         }
+        let settings = sqlite_settings_for(&s, mine.keys());
         let r = restore_db(
             store,
             &mine,
@@ -241,6 +242,7 @@ pub fn restore(
             &DbRestoreOptions {
                 delete: opts.delete,
                 tables: wanted,
+                settings,
             },
             progress,
         )
@@ -264,6 +266,22 @@ pub fn restore(
 /// that a snapshot from elsewhere cannot write, or with `--delete` remove,
 /// what this command did not name. (The host is what the snapshot says: a
 /// guard against mistakes, not against a snapshot made to lie.)
+/// The recorded settings of the SQLite database the snapshot took
+/// `tables` from (store-format §3.5, meta `sqlite.N`), if one gave them all.
+pub(crate) fn sqlite_settings_for<'t>(
+    s: &crate::object::snapshot::Snapshot,
+    tables: impl Iterator<Item = &'t String> + Clone,
+) -> Option<crate::db::SqliteSettings> {
+    let dbs = &s.sources.as_ref()?.dbs;
+    let (i, _) = dbs.iter().enumerate().find(|(_, d)| {
+        !crate::db::pg::is_url(&d.location) && tables.clone().all(|t| d.tables.contains(t))
+    })?;
+    crate::db::SqliteSettings::decode(
+        s.meta
+            .get(&format!("{}{i}", crate::snapshot::SQLITE_SETTINGS))?,
+    )
+}
+
 fn foreign_guard(
     ws: &Workspace,
     s: &crate::object::snapshot::Snapshot,

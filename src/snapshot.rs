@@ -30,6 +30,9 @@ use crate::store::statcache::{StatCache, StatKey};
 
 /// The meta key that says the snapshot's one source is a file (`"file"`).
 pub const SOURCE_KIND: &str = "source.kind";
+/// Snapshot metadata: `sqlite.N` holds the settings of the N-th database
+/// of the sources (0-based), a SQLite file ([`crate::db::SqliteSettings`]).
+pub const SQLITE_SETTINGS: &str = "sqlite.";
 
 /// The file whose lines (gitignore syntax) exclude paths in its directory.
 pub const IGNORE_FILE: &str = ".sp-syncignore";
@@ -888,6 +891,13 @@ pub fn snapshot(
             // (store-format §3.5).
             if one_file {
                 m.insert(SOURCE_KIND.to_string(), "file".to_string());
+            }
+            // A SQLite file's settings, by its place in the sources' list
+            // of databases.
+            for (i, st) in tables.settings.iter().enumerate() {
+                if let Some(st) = st {
+                    m.insert(format!("{SQLITE_SETTINGS}{i}"), st.encode());
+                }
             }
             m
         },

@@ -464,6 +464,7 @@ fn database(c: &SyncConfig) -> Result<SyncResult> {
                 &crate::db::restore::DbRestoreOptions {
                     delete: c.delete,
                     tables: Vec::new(),
+                    settings: crate::checkout::sqlite_settings_for(&snap, snap.tables.keys()),
                 },
                 &NoProgress,
             )?;

@@ -935,3 +935,56 @@ fn a_new_file_is_not_made_beside_another_databases_wal_or_journal() {
         .unwrap();
     assert_eq!(n, 0);
 }
+
+/// A restore into a new file gives back what the database kept outside its
+/// tables: the schema version migration tools keep (`user_version`),
+/// `application_id`, page size, auto-vacuum and WAL mode.
+#[test]
+fn a_new_file_gets_the_databases_settings_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init", "--store", "st", "-q"]);
+    std::fs::create_dir(d.join("files")).unwrap();
+    let db = d.join("app.db");
+    sql(
+        &db,
+        "PRAGMA page_size = 1024; PRAGMA auto_vacuum = FULL; PRAGMA journal_mode = WAL;
+         PRAGMA user_version = 42; PRAGMA application_id = 1234567;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');",
+    );
+    let settings = |p: &Path| -> Vec<String> {
+        let c = Connection::open(p).unwrap();
+        [
+            "user_version",
+            "application_id",
+            "page_size",
+            "auto_vacuum",
+            "journal_mode",
+        ]
+        .iter()
+        .map(|n| {
+            c.query_row(&format!("PRAGMA {n}"), [], |r| {
+                r.get::<_, rusqlite::types::Value>(0)
+            })
+            .map(|v| format!("{v:?}"))
+            .unwrap()
+        })
+        .collect()
+    };
+    let want = settings(&db);
+    assert!(
+        want[0].contains("42") && want[4].contains("wal"),
+        "{want:?}"
+    );
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "app.db", "-q"],
+    );
+    ok(
+        d,
+        &["--store", "st", "restore", "main", "--db", "copy.db", "-q"],
+    );
+    assert_eq!(settings(&d.join("copy.db")), want);
+    assert_eq!(dump(&d.join("copy.db")), dump(&db));
+    assert!(!d.join("copy.db-wal").exists() && !d.join("copy.db-shm").exists());
+}

@@ -387,7 +387,7 @@ fn restore(
         chunker,
         &DbRestoreOptions {
             delete,
-            tables: vec![],
+            ..Default::default()
         },
         &NoProgress,
     )

@@ -217,7 +217,7 @@ fn restore(store: &Store, snap: &systemprompt_sync::ObjectId, db: &Path, delete:
         &systemprompt_sync::chunker::Chunker::new(&store.config().chunker),
         &DbRestoreOptions {
             delete,
-            tables: vec![],
+            ..Default::default()
         },
         &NoProgress,
     )

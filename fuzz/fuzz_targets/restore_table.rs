@@ -61,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
         .unwrap();
     let opts = DbRestoreOptions {
         delete: true,
-        tables: vec![],
+        ..Default::default()
     };
     let _ = restore_db(&store, &tables, &victim, &chunker, &opts, &NoProgress);
     assert_eq!(secrets(&victim), vec!["keep".to_string()]);

@@ -408,6 +408,94 @@ pub struct ScanResult {
     pub rows: BTreeMap<String, u64>,
     /// For each database scanned (in order), the names of its tables.
     pub by_db: Vec<Vec<String>>,
+    /// For each database scanned (in order), a SQLite file's settings that
+    /// its tables do not hold ([`SqliteSettings`]); None for PostgreSQL.
+    pub settings: Vec<Option<SqliteSettings>>,
+    /// This database's settings (a scan of one SQLite database).
+    pub sqlite: Option<SqliteSettings>,
+}
+
+/// What a SQLite database file keeps outside its tables: the schema version
+/// migration tools keep (`user_version`), `application_id`, and how the
+/// file is laid out and journaled. A restore into a new file gives them
+/// back (store-format §3.5, meta `sqlite.N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteSettings {
+    pub user_version: i32,
+    pub application_id: i32,
+    pub page_size: u32,
+    pub auto_vacuum: u8,
+    pub wal: bool,
+}
+
+impl SqliteSettings {
+    /// Reads them from an open database.
+    fn read(c: &Connection, path: &Path) -> Result<SqliteSettings> {
+        let int = |pragma: &str| -> Result<i64> {
+            c.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))
+                .map_err(|e| db_error(path, e))
+        };
+        let mode: String = c
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(|e| db_error(path, e))?;
+        Ok(SqliteSettings {
+            user_version: int("user_version")? as i32,
+            application_id: int("application_id")? as i32,
+            page_size: int("page_size")? as u32,
+            auto_vacuum: int("auto_vacuum")? as u8,
+            wal: mode.eq_ignore_ascii_case("wal"),
+        })
+    }
+
+    /// The meta value: `user_version=N application_id=N page_size=N
+    /// auto_vacuum=N journal_mode=wal|delete`.
+    pub fn encode(&self) -> String {
+        format!(
+            "user_version={} application_id={} page_size={} auto_vacuum={} journal_mode={}",
+            self.user_version,
+            self.application_id,
+            self.page_size,
+            self.auto_vacuum,
+            if self.wal { "wal" } else { "delete" }
+        )
+    }
+
+    /// Parses a meta value (a snapshot is untrusted input: every number is
+    /// checked, so the PRAGMAs a restore runs hold only valid numbers).
+    pub fn decode(s: &str) -> Option<SqliteSettings> {
+        let mut out = SqliteSettings {
+            user_version: 0,
+            application_id: 0,
+            page_size: 4096,
+            auto_vacuum: 0,
+            wal: false,
+        };
+        for part in s.split(' ') {
+            let (k, v) = part.split_once('=')?;
+            match k {
+                "user_version" => out.user_version = v.parse().ok()?,
+                "application_id" => out.application_id = v.parse().ok()?,
+                "page_size" => {
+                    let n: u32 = v.parse().ok()?;
+                    if !(512..=65536).contains(&n) || !n.is_power_of_two() {
+                        return None;
+                    }
+                    out.page_size = n;
+                }
+                "auto_vacuum" => {
+                    let n: u8 = v.parse().ok()?;
+                    if n > 2 {
+                        return None;
+                    }
+                    out.auto_vacuum = n;
+                }
+                "journal_mode" => out.wal = v == "wal",
+                // (Settings a later version may add.)
+                _ => {}
+            }
+        }
+        Some(out)
+    }
 }
 
 /// Reads the selected tables of one database (all user tables and views
@@ -440,6 +528,7 @@ fn scan_in(
     progress: &dyn Progress,
 ) -> Result<ScanResult> {
     let path = &src.path;
+    let settings = SqliteSettings::read(c, path)?;
     let schema = read_schema(c, path)?;
     let mut virtual_tables: Vec<&str> = Vec::new();
     for s in &schema {
@@ -469,7 +558,10 @@ fn scan_in(
             )));
         }
     }
-    let mut out = ScanResult::default();
+    let mut out = ScanResult {
+        sqlite: Some(settings),
+        ..Default::default()
+    };
     for s in &schema {
         if (s.kind != "table" && s.kind != "view") || is_internal(&s.name) || !wanted(&s.name) {
             continue;
@@ -641,6 +733,7 @@ pub fn scan_all(
     for d in dbs {
         let r = scan(d, sink, chunker, progress, rows_cache)?;
         all.by_db.push(r.objects.keys().cloned().collect());
+        all.settings.push(r.sqlite);
         for (name, id) in r.objects {
             if all.objects.insert(name.clone(), id).is_some() {
                 return Err(SyncError::Invalid(format!(
@@ -657,4 +750,39 @@ pub fn scan_all(
 pub fn load_table(src: &dyn crate::object::ObjectSource, id: &ObjectId) -> Result<TableObject> {
     let b = src.get(ObjectType::Table, id)?;
     TableObject::decode(&b).map_err(|e| crate::object::corrupt(ObjectType::Table, id, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SqliteSettings;
+
+    /// The settings round-trip, and a snapshot's hostile value (it becomes
+    /// PRAGMA statements) is refused whole unless every number is valid.
+    #[test]
+    fn sqlite_settings_decode_what_they_encode_and_nothing_else() {
+        let st = SqliteSettings {
+            user_version: -7,
+            application_id: i32::MAX,
+            page_size: 65536,
+            auto_vacuum: 2,
+            wal: true,
+        };
+        assert_eq!(SqliteSettings::decode(&st.encode()), Some(st));
+        for bad in [
+            "user_version=1; DROP TABLE t",
+            "user_version=99999999999",
+            "page_size=1000",
+            "page_size=131072",
+            "auto_vacuum=3",
+            "user_version",
+            "",
+        ] {
+            assert_eq!(SqliteSettings::decode(bad), None, "{bad}");
+        }
+        // A part a later version adds is skipped.
+        assert_eq!(
+            SqliteSettings::decode("user_version=3 later=x").map(|s| s.user_version),
+            Some(3)
+        );
+    }
 }

@@ -38,6 +38,8 @@ pub struct DbRestoreOptions {
     pub delete: bool,
     /// Only these tables (and views); empty: all.
     pub tables: Vec<String>,
+    /// A SQLite file's settings, for a restore into a new file.
+    pub settings: Option<super::SqliteSettings>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -102,7 +104,7 @@ pub fn restore_db(
     verify_schema(&objs.iter().collect::<Vec<_>>())?;
     match std::fs::symlink_metadata(target) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            restore_new(src, &objs, target, chunker, progress)
+            restore_new(src, &objs, target, chunker, opts.settings, progress)
         }
         Err(e) => Err(SyncError::io("reading", target, e)),
         Ok(m) if !m.is_file() => Err(SyncError::Invalid(format!(
@@ -118,6 +120,7 @@ fn restore_new(
     objs: &[TableObject],
     target: &Path,
     chunker: &Chunker,
+    settings: Option<super::SqliteSettings>,
     progress: &dyn Progress,
 ) -> Result<DbRestoreReport> {
     let dir = match target.parent() {
@@ -172,6 +175,15 @@ fn restore_new(
         .map_err(|e| db_error(&tmp, e))?;
         // A file nobody else sees yet: no journal; durability comes from
         // the fsync before the rename.
+        // (Page size and auto-vacuum only take before the first table.)
+        if let Some(st) = &settings {
+            c.execute_batch(&format!(
+                "PRAGMA page_size = {}; PRAGMA auto_vacuum = {}; PRAGMA user_version = {}; \
+                 PRAGMA application_id = {};",
+                st.page_size, st.auto_vacuum, st.user_version, st.application_id
+            ))
+            .map_err(|e| db_error(&tmp, e))?;
+        }
         c.execute_batch(
             "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA foreign_keys = OFF; \
              PRAGMA locking_mode = EXCLUSIVE; PRAGMA cache_size = -32768; BEGIN;",
@@ -193,6 +205,14 @@ fn restore_new(
         c.execute_batch("COMMIT").map_err(|e| db_error(&tmp, e))?;
         rep.created = true;
         drop(c);
+        if settings.is_some_and(|st| st.wal) {
+            // The file's header says WAL; switching writes and removes
+            // its (empty) -wal and -shm again as the connection closes.
+            let c = Connection::open(&tmp).map_err(|e| db_error(&tmp, e))?;
+            c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+                .map_err(|e| db_error(&tmp, e))?;
+            c.close().map_err(|(_, e)| db_error(&tmp, e))?;
+        }
         rep
     };
     let f = std::fs::File::open(&tmp).ctx("opening", &tmp)?;
