@@ -132,9 +132,7 @@ pub fn diff(
                 // compares no others).
                 (None, Some(_)) => crate::sources::databases(&sa, &ws.root)
                     .into_iter()
-                    .filter(|(p, tables)| {
-                        !tables.is_empty() && (crate::db::pg::is_url_path(p) || p.exists())
-                    })
+                    .filter(|(_, tables)| !tables.is_empty())
                     .map(|(path, tables)| DbSource {
                         path,
                         tables,
@@ -143,6 +141,13 @@ pub fn diff(
                     .collect(),
                 (None, None) => ws.default_dbs()?,
             };
+            // A recorded database file that is gone now has no tables: its
+            // tables show as removed (it is not read).
+            let (dbs, gone): (Vec<DbSource>, Vec<DbSource>) = dbs.into_iter().partition(|d| {
+                db.is_some()
+                    || crate::db::pg::is_url_path(&d.path)
+                    || d.path.symlink_metadata().is_ok()
+            });
             let now_tables = crate::db::scan_all(
                 &dbs,
                 &scratch,
@@ -199,11 +204,12 @@ pub fn diff(
                 // Only the tables the snapshot took from its databases.
                 now_objects.retain(|k, _| sa.tables.contains_key(k));
             }
-            if db.is_some() || !dbs.is_empty() {
+            if db.is_some() || !dbs.is_empty() || !gone.is_empty() {
                 mine.retain(|k, _| {
                     now_tables.objects.contains_key(k)
                         || dbs
                             .iter()
+                            .chain(&gone)
                             .any(|d| d.tables.is_empty() || d.tables.contains(k))
                 });
             } else {

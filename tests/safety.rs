@@ -171,6 +171,24 @@ fn the_working_tree_as_target_gets_rows_back_and_table_restores_only_tables() {
     );
 }
 
+/// A snapshotted database file that is gone shows in `diff` as its tables
+/// removed (and `--exit-code` exits 1), as a deleted file does.
+#[test]
+fn diff_shows_a_deleted_database_as_its_tables_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    layout(w, PATHS_TOML);
+    ok(w, &["snapshot", "-q"]);
+    std::fs::remove_file(w.join("data/app.db")).unwrap();
+    let out = fails(w, &["diff", "main", "--exit-code"], 1);
+    assert!(out.is_empty(), "{out}");
+    let o = run_in(w, &["diff", "main", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tables"][0]["table"], "users", "{v}");
+    assert_eq!(v["tables"][0]["change"], "removed", "{v}");
+    assert_eq!(v["rows"].as_array().unwrap().len(), 2, "{v}");
+}
+
 #[test]
 fn log_json_shows_the_recorded_sources() {
     let tmp = tempfile::tempdir().unwrap();
