@@ -346,6 +346,27 @@ fn restore_keys_on_an_s3_remote() {
     restore_keys(tmp.path(), &format!("s3://{b}/ci-cache"), &s3_env());
 }
 
+/// A bucket that does not exist (a typo in the remote) is an error, never
+/// a cache miss: a miss would make every CI run rebuild, silently.
+#[test]
+fn a_missing_bucket_is_an_error_not_a_miss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = runner(tmp.path(), "r", &s3_env());
+    std::fs::write(r.dir.join("f"), "f\n").unwrap();
+    let url = format!("s3://{}-typo/ci", bucket("nb"));
+    for args in [
+        &["cache", "restore", "k", "f", "--remote", &url][..],
+        &["cache", "save", "k", "f", "--remote", &url],
+        &["cache", "list", "--remote", &url],
+    ] {
+        let o = run_env(&r.dir, args, &r.env);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("no such bucket"), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+}
+
 #[test]
 fn restore_rewrites_only_files_whose_content_differs() {
     let tmp = tempfile::tempdir().unwrap();

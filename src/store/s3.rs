@@ -153,10 +153,26 @@ impl S3Backend {
         })?;
         match r {
             Ok(x) => Ok(Some(x)),
+            // (S3 answers a bucket that does not exist with a 404 too: that
+            // is no absent key, and must not read as an empty store.)
+            Err(e @ object_store::Error::NotFound { .. }) if no_such_bucket(&e) => Err(
+                SyncError::NotFound(format!("s3://{}: no such bucket", self.bucket)),
+            ),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(s3_err("reading", key, e)),
         }
     }
+}
+
+/// Whether a 404 is S3's "NoSuchBucket".
+fn no_such_bucket(e: &object_store::Error) -> bool {
+    let mut text = e.to_string();
+    let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = cur {
+        text.push_str(&s.to_string());
+        cur = s.source();
+    }
+    text.contains("NoSuchBucket")
 }
 
 impl Backend for S3Backend {
