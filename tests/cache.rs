@@ -955,3 +955,32 @@ fn a_store_in_a_saved_path_is_left_out() {
     );
     assert!(err.contains("sp-sync store"), "{err}");
 }
+
+/// prune says when the space of what it removed comes back: at the next gc
+/// of a path remote; never on S3, which has no gc.
+#[test]
+fn prune_says_when_the_space_comes_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = runner(tmp.path(), "r", &s3_env());
+    std::fs::write(r.dir.join("f"), "f\n").unwrap();
+    let path = tmp.path().join("remote").display().to_string();
+    let s3 = format!("s3://{}/ci", bucket("prune"));
+    for (url, says) in [
+        (&path, "at the remote's next gc (sp-sync gc --store DIR)"),
+        (&s3, "never garbage-collected"),
+    ] {
+        r.ok(&["cache", "save", "k", "f", "--remote", url]);
+        let o = run_env(
+            &r.dir,
+            &["cache", "prune", "--max-size", "0", "--remote", url],
+            &r.env,
+        );
+        assert!(o.status.success());
+        let out =
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        assert!(
+            out.contains("removed 1 entries") && out.contains(says),
+            "{out}"
+        );
+    }
+}

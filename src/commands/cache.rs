@@ -310,6 +310,8 @@ pub struct CachePruneReport {
     pub report: PruneReport,
     /// Whether nothing was removed.
     pub dry_run: bool,
+    /// When the space of what was removed comes back, for this remote.
+    pub space: &'static str,
 }
 
 /// Removes entries, least recently restored (or saved) first.
@@ -329,9 +331,19 @@ pub fn cache_prune(opts: &CachePruneOptions, progress: &dyn Progress) -> Result<
     let now = crate::snapshot::now().secs;
     let report = cache::prune(&*r, rule, now, opts.dry_run, progress)
         .context_with(|| format!("cache prune {}", r.describe()))?;
+    let d = r.describe();
+    let space = if d.starts_with("s3://") {
+        "an s3:// remote is never garbage-collected (gc needs a local store's lock): the \
+         removed entries' objects stay in the bucket"
+    } else if d.starts_with("http://") || d.starts_with("https://") {
+        "the space returns at the server's next gc (POST /v1/TENANT/gc)"
+    } else {
+        "the space returns at the remote's next gc (sp-sync gc --store DIR)"
+    };
     Ok(CachePruneReport {
         report,
         dry_run: opts.dry_run,
+        space,
     })
 }
 
@@ -357,11 +369,12 @@ impl Render for CachePruneReport {
             out.note(format!("warning: {k} changed while pruning; left as it is"));
         }
         out.note(format!(
-            "{verb} {} entries ({}); kept {} ({}); the space returns at the remote's next gc",
+            "{verb} {} entries ({}); kept {} ({}); {}",
             rep.removed.len(),
             size(rep.removed_bytes),
             rep.kept,
-            size(rep.kept_bytes)
+            size(rep.kept_bytes),
+            self.space
         ));
         Ok(())
     }
