@@ -818,7 +818,9 @@ pub fn list(remote: &dyn Remote) -> Result<Vec<CacheEntry>> {
         .iter()
         .zip(snaps)
         .map(|((k, id), s)| {
-            let r = restored.get(k.as_str()).copied();
+            // (A restore record older than the entry is of an earlier
+            // entry under this key, pruned since.)
+            let r = restored.get(k.as_str()).copied().filter(|r| *r >= secs(&s));
             CacheEntry {
                 key: k.clone(),
                 id: *id,
@@ -913,6 +915,21 @@ pub fn prune(
         total = total.saturating_sub(e.bytes);
         report.removed_bytes += e.bytes;
         report.removed.push(e);
+    }
+    // Restore records whose entry is gone (a restore that finished after a
+    // prune had taken its entry records it anew): removed too.
+    if !dry_run {
+        for (name, id) in &refs {
+            let Some(key) = name.strip_prefix(META_PREFIX) else {
+                continue;
+            };
+            if !refs.contains_key(&format!("{ENTRY_PREFIX}{key}")) {
+                match remote.delete_ref(name, *id) {
+                    Ok(()) | Err(SyncError::RefConflict { .. }) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
     }
     Ok(report)
 }

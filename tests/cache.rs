@@ -984,3 +984,29 @@ fn prune_says_when_the_space_comes_back() {
         );
     }
 }
+
+/// A restore record whose entry is gone (a restore that finished after a
+/// prune took its entry records it anew) neither dates a later entry of
+/// that key nor outlives the next prune.
+#[test]
+fn a_restore_record_without_its_entry_is_ignored_and_pruned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let url = remote.display().to_string();
+    let r = runner(tmp.path(), "r", &[]);
+    std::fs::write(r.dir.join("f"), "f\n").unwrap();
+    r.ok(&["cache", "save", "k", "f", "--remote", &url]);
+    r.ok(&["cache", "restore", "k", "f", "--remote", &url]);
+    let refs = || ok(tmp.path(), &["ref", "list", "--store", &url]);
+    assert!(refs().contains("cache-meta/k"), "{}", refs());
+    // The entry goes (by hand, as a prune racing the restore leaves it).
+    ok(tmp.path(), &["ref", "delete", "cache/k", "--store", &url]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    r.ok(&["cache", "save", "k", "f", "--remote", &url]);
+    let v = r.json(&["cache", "list", "--remote", &url]);
+    assert_eq!(v[0]["key"], "k", "{v}");
+    assert!(v[0]["restored"].is_null(), "{v}");
+    ok(tmp.path(), &["ref", "delete", "cache/k", "--store", &url]);
+    r.ok(&["cache", "prune", "--max-size", "1GiB", "--remote", &url]);
+    assert!(!refs().contains("cache-meta/k"), "{}", refs());
+}
