@@ -678,15 +678,57 @@ pub fn push(
         return Err(SyncError::Interrupted);
     }
     progress.stage("updating refs");
+    // Every ref must fast-forward before any moves (as `git push
+    // --atomic`): a push of several refs that one of them would fail moves
+    // none. (The remote decides again as each one moves.)
+    let theirs: std::collections::BTreeMap<String, ObjectId> =
+        remote.list_refs()?.into_iter().collect();
+    if !force {
+        for (name, id) in &roots {
+            if let Some(old) = theirs.get(name)
+                && old != id
+                && !crate::is_ancestor(local, old, id)?
+            {
+                return Err(SyncError::NonFastForward {
+                    name: name.clone(),
+                    old: *old,
+                    new: *id,
+                });
+            }
+        }
+    }
     for (name, id) in roots {
+        let moved_before = |e: SyncError, report: &TransferReport| {
+            if report.refs.is_empty() {
+                return e;
+            }
+            let moved: Vec<String> = report
+                .refs
+                .iter()
+                .map(|u| {
+                    format!(
+                        "{} {} -> {}",
+                        u.name,
+                        u.old.map_or("(new)".to_string(), |o| o.short()),
+                        u.id.short()
+                    )
+                })
+                .collect();
+            e.context(format!("after moving {}", moved.join(", ")))
+        };
         let mut tries = 0;
         let old = loop {
             tries += 1;
-            let old = remote
-                .list_refs()?
-                .into_iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, id)| id);
+            // (First as listed above; after a conflict, as it is now.)
+            let old = if tries == 1 {
+                theirs.get(&name).copied()
+            } else {
+                remote
+                    .list_refs()?
+                    .into_iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, id)| id)
+            };
             if old == Some(id) {
                 break old;
             }
@@ -696,13 +738,14 @@ pub fn push(
                 // decides whether ours still fast-forwards).
                 Err(SyncError::RefConflict { .. }) if tries < 5 => continue,
                 Err(SyncError::RefConflict { actual, .. }) => {
-                    return Err(SyncError::NonFastForward {
+                    let e = SyncError::NonFastForward {
                         name,
                         old: actual.unwrap_or_default(),
                         new: id,
-                    });
+                    };
+                    return Err(moved_before(e, &report));
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(moved_before(e, &report)),
             }
         };
         if let Some(rn) = remote_name {

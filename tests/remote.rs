@@ -345,6 +345,22 @@ fn fast_forward_rules_for_push_and_pull() {
         refs.contains(&format!("{b_id} main")),
         "local main stays: {refs}"
     );
+    // A push of several refs moves none when one would not fast-forward
+    // (as git push --atomic): the new ref is not created either.
+    ok(&b, &["ref", "set", "fresh", "main"]);
+    let o = run_env(&b, &["push", "origin", "fresh", "main"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("ref main") && err.contains("fast-forward"),
+        "{err}"
+    );
+    let remote_refs = ok(
+        tmp.path(),
+        &["ref", "list", "--store", remote.to_str().unwrap()],
+    );
+    assert!(!remote_refs.contains("fresh"), "{remote_refs}");
+    ok(&b, &["ref", "delete", "fresh"]);
     // pull --restore writes nothing then: the working tree follows main.
     let o = run_env(&b, &["pull", "--restore", "."], &[]);
     assert_eq!(o.status.code(), Some(1));
