@@ -988,3 +988,35 @@ fn a_new_file_gets_the_databases_settings_back() {
     assert_eq!(dump(&d.join("copy.db")), dump(&db));
     assert!(!d.join("copy.db-wal").exists() && !d.join("copy.db-shm").exists());
 }
+
+/// SQLite names match in any ASCII case: a snapshot's table `Users`
+/// restores onto a database whose table is `users`.
+#[test]
+fn a_table_named_in_another_case_is_the_same_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init", "--store", "st", "-q"]);
+    std::fs::create_dir(d.join("files")).unwrap();
+    sql(
+        &d.join("a.db"),
+        "CREATE TABLE Users(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO Users VALUES (1, 'a');",
+    );
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "a.db", "-q"],
+    );
+    let b = d.join("b.db");
+    sql(
+        &b,
+        "CREATE TABLE users(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO users VALUES (1, 'b');",
+    );
+    ok(
+        d,
+        &["--store", "st", "restore", "main", "--db", "b.db", "-q"],
+    );
+    let v: String = Connection::open(&b)
+        .unwrap()
+        .query_row("SELECT v FROM users WHERE id = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, "a");
+}

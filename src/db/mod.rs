@@ -161,7 +161,8 @@ pub(crate) fn table_data(c: &Connection, path: &Path, name: &str) -> Result<Tabl
     let err = |e| db_error(path, e);
     let (kind, wr): (String, bool) = c
         .query_row(
-            "SELECT type, wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+            // (SQLite's names match in any ASCII case: `Users` is `users`.)
+            "SELECT type, wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1 COLLATE NOCASE",
             [name],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -513,11 +514,31 @@ pub fn scan(
     }
     let path = &src.path;
     let c = open_read(path)?;
-    c.execute_batch("BEGIN DEFERRED")
-        .map_err(|e| db_error(path, e))?;
-    let r = scan_in(&c, src, sink, chunker, progress);
+    let r = c
+        .execute_batch("BEGIN DEFERRED")
+        .map_err(|e| db_error(path, e))
+        .and_then(|()| scan_in(&c, src, sink, chunker, progress));
     let _ = c.execute_batch("ROLLBACK");
-    r
+    r.map_err(|e| read_only_error(path, e))
+}
+
+/// A read-only open cannot roll back a hot journal (a writer that stopped
+/// mid-transaction), nor make a WAL database's -shm: SQLite then says
+/// "attempt to write a readonly database", which reads as if sp-sync wrote.
+fn read_only_error(path: &Path, e: SyncError) -> SyncError {
+    if !e.to_string().contains("readonly database") {
+        return e;
+    }
+    let mut journal = path.as_os_str().to_owned();
+    journal.push("-journal");
+    let why = if Path::new(&journal).exists() {
+        "it has a hot journal (a writer stopped mid-transaction), which a read cannot roll \
+         back: open it once with sqlite3 or its application, then snapshot again"
+    } else {
+        "sp-sync only reads it, and SQLite needs to write beside it (a WAL database's -shm, \
+         or a journal to recover): run as a user who may write its folder"
+    };
+    SyncError::Database(format!("{}: cannot be read: {why}", path.display()))
 }
 
 fn scan_in(
@@ -755,6 +776,30 @@ pub fn load_table(src: &dyn crate::object::ObjectSource, id: &ObjectId) -> Resul
 #[cfg(test)]
 mod tests {
     use super::SqliteSettings;
+
+    /// SQLite's "readonly database" on a read says why: a hot journal, or a
+    /// folder the reader may not write.
+    #[test]
+    fn a_read_that_sqlite_refuses_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let e = || {
+            crate::error::SyncError::Database(format!(
+                "{}: attempt to write a readonly database",
+                db.display()
+            ))
+        };
+        let msg = super::read_only_error(&db, e()).to_string();
+        assert!(msg.contains("may write its folder"), "{msg}");
+        std::fs::write(dir.path().join("app.db-journal"), b"x").unwrap();
+        let msg = super::read_only_error(&db, e()).to_string();
+        assert!(msg.contains("hot journal"), "{msg}");
+        let other = crate::error::SyncError::Database("x: no such table".into());
+        assert_eq!(
+            super::read_only_error(&db, other).to_string(),
+            "database: x: no such table"
+        );
+    }
 
     /// The settings round-trip, and a snapshot's hostile value (it becomes
     /// PRAGMA statements) is refused whole unless every number is valid.
