@@ -40,6 +40,33 @@ pub struct S3Backend {
     tmp: tempfile::TempDir,
 }
 
+/// Where an S3 store's packs wait for their upload: `$TMPDIR/sp-sync-s3-PID-…`.
+const TMP_PREFIX: &str = "sp-sync-s3-";
+
+/// Removes the temporary folders of processes that no longer exist (a push
+/// killed outright leaves a pack of up to 32 MiB there). Only folders
+/// named `sp-sync-s3-PID-…` whose PID is gone; errors are ignored (another
+/// user's folder, a race with another sweep).
+fn sweep_dead_tmp_dirs(dir: &std::path::Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TMP_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .map(|(pid, _)| pid.to_string())
+        else {
+            continue;
+        };
+        if e.file_type().is_ok_and(|t| t.is_dir()) && crate::store::dead_process(&pid) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Splits `s3://BUCKET/PREFIX` into (bucket, prefix without slashes).
 pub fn parse_url(url: &str) -> Result<(String, String)> {
     let rest = url
@@ -118,8 +145,9 @@ impl S3Backend {
             .build()
             .map_err(|e| SyncError::Invalid(format!("{url}: {e}")))?;
         let rt = BlockingRuntime::new("sp-sync-s3")?;
+        sweep_dead_tmp_dirs(&std::env::temp_dir());
         let tmp = tempfile::Builder::new()
-            .prefix("sp-sync-s3-")
+            .prefix(&format!("{TMP_PREFIX}{}-", std::process::id()))
             .tempdir()
             .ctx("creating", "a temporary directory")?;
         Ok(S3Backend {
@@ -378,6 +406,28 @@ impl Backend for S3Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A killed push's temporary folder goes at the next start; a living
+    /// process's, and anything else, stays.
+    #[test]
+    fn temporary_folders_of_dead_processes_are_swept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dead = tmp.path().join("sp-sync-s3-999999999-abc");
+        let alive = tmp
+            .path()
+            .join(format!("sp-sync-s3-{}-def", std::process::id()));
+        let other = tmp.path().join("sp-sync-s3-notapid-x");
+        let file = tmp.path().join("sp-sync-s3-999999999-file");
+        for d in [&dead, &alive, &other] {
+            std::fs::create_dir_all(d.join("sub")).unwrap();
+            std::fs::write(d.join("sub/pack"), b"x").unwrap();
+        }
+        std::fs::write(&file, b"not a folder").unwrap();
+        sweep_dead_tmp_dirs(tmp.path());
+        assert!(!dead.exists());
+        assert!(alive.join("sub/pack").exists() && other.join("sub/pack").exists());
+        assert!(file.exists());
+    }
 
     /// A prefix is used byte for byte, or refused: never written under a
     /// name that listing it would not find.
