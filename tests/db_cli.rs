@@ -1020,3 +1020,42 @@ fn a_table_named_in_another_case_is_the_same_table() {
         .unwrap();
     assert_eq!(v, "a");
 }
+
+/// A table AUTOINCREMENT on one side only is a schema mismatch, refused
+/// before anything is written: its counter has nowhere to go (or would be
+/// made up), and the application's next ids would differ.
+#[test]
+fn autoincrement_on_one_side_only_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init", "--store", "st", "-q"]);
+    std::fs::create_dir(d.join("files")).unwrap();
+    sql(
+        &d.join("a.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT); INSERT INTO t(v) VALUES ('a');
+         CREATE TABLE u(id INTEGER PRIMARY KEY, v TEXT, note TEXT DEFAULT 'AUTOINCREMENT');",
+    );
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "a.db", "-q"],
+    );
+    let b = d.join("b.db");
+    sql(
+        &b,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'b');
+         CREATE TABLE u(id INTEGER PRIMARY KEY, v TEXT, note TEXT DEFAULT 'AUTOINCREMENT');",
+    );
+    refused(
+        d,
+        &b,
+        &["--store", "st", "restore", "main", "--db", "b.db"],
+        "table t is AUTOINCREMENT in the snapshot only",
+    );
+    // The word in a string is no AUTOINCREMENT: u alone restores.
+    ok(
+        d,
+        &[
+            "--store", "st", "restore", "main", "--db", "b.db", "--table", "u", "-q",
+        ],
+    );
+}

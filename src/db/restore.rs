@@ -347,8 +347,24 @@ fn apply(
             Some(t) => {
                 if exists("table", &o.name) {
                     let now = table_data(c, path, &o.name)?;
+                    let live_sql = schema
+                        .iter()
+                        .find(|s| s.kind == "table" && s.name.eq_ignore_ascii_case(&o.name))
+                        .map_or("", |s| s.sql.as_str());
                     if !same_structure(t, &now) {
                         mismatches.push(describe_mismatch(&o.name, t, &now));
+                    } else if autoincrement(&o.sql) != autoincrement(live_sql) {
+                        // (Its counter has nowhere to go, or would be made
+                        // up: the next ids the application gets differ.)
+                        mismatches.push(format!(
+                            "table {} is AUTOINCREMENT in the {} only",
+                            o.name,
+                            if autoincrement(&o.sql) {
+                                "snapshot"
+                            } else {
+                                "database"
+                            }
+                        ));
                     } else {
                         plans.push(Plan::Merge(o, t, now));
                     }
@@ -535,6 +551,57 @@ fn describe_mismatch(name: &str, want: &TableData, have: &TableData) -> String {
         );
     }
     format!("table {name} differs in its rowid layout (WITHOUT ROWID or INTEGER PRIMARY KEY)")
+}
+
+/// Whether a `CREATE TABLE` statement declares AUTOINCREMENT: the keyword
+/// outside strings, quoted names and comments.
+fn autoincrement(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    let mut word = String::new();
+    let mut found = false;
+    let mut end_word = |w: &mut String| {
+        found |= w.eq_ignore_ascii_case("AUTOINCREMENT");
+        w.clear();
+    };
+    while i < b.len() {
+        let c = b[i];
+        let close = match c {
+            b'\'' => Some(b'\''),
+            b'"' => Some(b'"'),
+            b'`' => Some(b'`'),
+            b'[' => Some(b']'),
+            _ => None,
+        };
+        if let Some(close) = close {
+            end_word(&mut word);
+            i += 1;
+            while i < b.len() && b[i] != close {
+                i += 1;
+            }
+            i += 1;
+        } else if b[i..].starts_with(b"--") {
+            end_word(&mut word);
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if b[i..].starts_with(b"/*") {
+            end_word(&mut word);
+            i += 2;
+            while i < b.len() && !b[i..].starts_with(b"*/") {
+                i += 1;
+            }
+            i += 2;
+        } else if c.is_ascii_alphanumeric() || c == b'_' {
+            word.push(c as char);
+            i += 1;
+        } else {
+            end_word(&mut word);
+            i += 1;
+        }
+    }
+    end_word(&mut word);
+    found
 }
 
 fn set_sequence(
@@ -1084,6 +1151,40 @@ fn differing_columns(t: &TableData, snap: &[u8], db: &[u8]) -> Result<Vec<usize>
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn autoincrement_is_the_keyword_not_the_word_in_a_string() {
+        for (sql, want) in [
+            ("CREATE TABLE t(id INTEGER PRIMARY KEY AUTOINCREMENT)", true),
+            (
+                "create table t(id integer primary key autoincrement, v)",
+                true,
+            ),
+            (
+                "CREATE TABLE t(id INTEGER PRIMARY KEY, v DEFAULT 'AUTOINCREMENT')",
+                false,
+            ),
+            (
+                "CREATE TABLE \"AUTOINCREMENT\"(id INTEGER PRIMARY KEY)",
+                false,
+            ),
+            (
+                "CREATE TABLE t(id INTEGER PRIMARY KEY) -- AUTOINCREMENT",
+                false,
+            ),
+            (
+                "CREATE TABLE t(id INTEGER PRIMARY KEY /* AUTOINCREMENT */)",
+                false,
+            ),
+            ("CREATE TABLE t(autoincrement_x INTEGER PRIMARY KEY)", false),
+            (
+                "CREATE TABLE t(v DEFAULT 'it''s', id INTEGER PRIMARY KEY AUTOINCREMENT)",
+                true,
+            ),
+        ] {
+            assert_eq!(super::autoincrement(sql), want, "{sql}");
+        }
+    }
     use super::sweep_stale_temps;
 
     #[test]
