@@ -1059,3 +1059,52 @@ fn autoincrement_on_one_side_only_is_refused() {
         ],
     );
 }
+
+/// A moved AUTOINCREMENT counter (rows inserted, even if deleted since) is
+/// a change: the application's next id differs after a restore.
+#[test]
+fn diff_reports_a_moved_autoincrement_counter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init", "--store", "st", "-q"]);
+    std::fs::create_dir(d.join("files")).unwrap();
+    let db = d.join("a.db");
+    sql(
+        &db,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT); INSERT INTO t(v) VALUES ('a');",
+    );
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "a.db", "-q"],
+    );
+    sql(
+        &db,
+        "INSERT INTO t(v) VALUES ('b'); DELETE FROM t WHERE v = 'b';",
+    );
+    let o = common::run_in(
+        d,
+        &[
+            "--store",
+            "st",
+            "diff",
+            "main",
+            "--db",
+            "a.db",
+            "--json",
+            "--exit-code",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let v: Json = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tables"][0]["change"], "sequence", "{v}");
+    assert_eq!(v["rows"].as_array().unwrap().len(), 0, "{v}");
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "a.db", "-q"],
+    );
+    let v = json(&ok(
+        d,
+        &["--store", "st", "diff", "main~1", "main", "--json"],
+    ));
+    assert_eq!(v["tables"][0]["change"], "sequence", "{v}");
+}

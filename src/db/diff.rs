@@ -227,7 +227,13 @@ pub fn diff_tables(
                     (None, None) => true,
                     _ => false,
                 };
-                if !structure || schema_of(x) != schema_of(y) {
+                // (A SQLite table's AUTOINCREMENT counter is its
+                // `sequence`; PostgreSQL's sequences are extras.)
+                let counter = match (&x.table, &y.table) {
+                    (Some(p), Some(q)) => p.sequence != q.sequence,
+                    _ => false,
+                };
+                if !structure || schema_of(x) != schema_of(y) || counter {
                     // Only a sequence's value moved (rows were inserted,
                     // even if deleted since): not a change of schema.
                     let change = if structure && sans_sequences(x) == sans_sequences(y) {
