@@ -87,10 +87,40 @@ impl Value {
             Value::Integer(i) => i.to_string(),
             Value::Real(r) if r.is_infinite() => if *r > 0.0 { "1e999" } else { "-1e999" }.into(),
             Value::Real(r) => format!("{r:?}"),
-            Value::Text(t) => format!("'{}'", String::from_utf8_lossy(t).replace('\'', "''")),
+            Value::Text(t) => text_sql(t),
             Value::Blob(b) => format!("x'{}'", crate::id::hex(b)),
         }
     }
+}
+
+/// A TEXT value as an SQL literal that shows it exactly, on one line:
+/// control characters as `char(N)` and bytes that are not UTF-8 as
+/// `CAST(x'…' AS TEXT)`, so that two different keys never print alike and
+/// a key never starts a line of its own.
+fn text_sql(t: &[u8]) -> String {
+    let Ok(s) = std::str::from_utf8(t) else {
+        return format!("CAST(x'{}' AS TEXT)", crate::id::hex(t));
+    };
+    if !s.chars().any(char::is_control) {
+        return format!("'{}'", s.replace('\'', "''"));
+    }
+    let mut parts: Vec<String> = Vec::new();
+    let mut run = String::new();
+    for c in s.chars() {
+        if c.is_control() {
+            if !run.is_empty() {
+                parts.push(format!("'{}'", run.replace('\'', "''")));
+                run.clear();
+            }
+            parts.push(format!("char({})", u32::from(c)));
+        } else {
+            run.push(c);
+        }
+    }
+    if !run.is_empty() {
+        parts.push(format!("'{}'", run.replace('\'', "''")));
+    }
+    parts.join(" || ")
 }
 
 /// A value as stored in a row: small values inline, large TEXT and BLOB
@@ -304,4 +334,23 @@ pub fn encode_row(cells: &[Cell]) -> Vec<u8> {
         }
     }
     w.into_vec()
+}
+
+#[cfg(test)]
+mod text_sql_tests {
+    use super::Value;
+
+    /// Keys print exactly and on one line: a newline, a non-UTF-8 byte and
+    /// a quote each show as themselves.
+    #[test]
+    fn text_prints_as_an_exact_one_line_literal() {
+        let t = |b: &[u8]| Value::Text(b.to_vec()).to_sql();
+        assert_eq!(t(b"plain"), "'plain'");
+        assert_eq!(t(b"it's"), "'it''s'");
+        assert_eq!(t(b"a\nb"), "'a' || char(10) || 'b'");
+        assert_eq!(t(b"\x1b[31m"), "char(27) || '[31m'");
+        assert_eq!(t(b"\xffa"), "CAST(x'ff61' AS TEXT)");
+        assert_ne!(t(b"\xffa"), t("\u{fffd}a".as_bytes()));
+        assert!(!t(b"x\r\ny").contains('\n'));
+    }
 }
