@@ -162,6 +162,18 @@ pub fn restore(
         // another host's.)
         foreign_guard(ws, &s, &[], &databases(&s, t))?;
     }
+    // Sources go back to their own places: never through a symlink found
+    // on the way (one where a directory source goes would take its files,
+    // and `--delete`, somewhere else). Checked for all before any is written.
+    if let (Some(root), true) = (s.root, target.is_none() || tree_target.is_some()) {
+        for p in &places {
+            // (The root tree itself, "" , is a directory.)
+            let dir = p.tree_path.is_empty()
+                || crate::object::tree::lookup(store, &root, p.tree_path.as_bytes())?
+                    .is_some_and(|e| matches!(e.kind, crate::object::tree::EntryKind::Dir { .. }));
+            refuse_symlinked(tree_target.unwrap_or(&ws.root), &p.dest, dir)?;
+        }
+    }
     let mut report = CheckoutReport {
         snapshot: Some(id),
         ..Default::default()
@@ -266,6 +278,39 @@ pub fn restore(
 /// that a snapshot from elsewhere cannot write, or with `--delete` remove,
 /// what this command did not name. (The host is what the snapshot says: a
 /// guard against mistakes, not against a snapshot made to lie.)
+/// Refuses a source's place `dest` (below `base`, or absolute) reached
+/// through a symlink: any of its existing parts, and the place itself when
+/// a directory goes there (a file or symlink replaces one at its place).
+fn refuse_symlinked(base: &std::path::Path, dest: &std::path::Path, dir: bool) -> Result<()> {
+    let (mut cur, rest) = match dest.strip_prefix(base) {
+        Ok(rel) => (canonical(base), rel.to_path_buf()),
+        Err(_) => (
+            PathBuf::from("/"),
+            dest.strip_prefix("/").unwrap_or(dest).to_path_buf(),
+        ),
+    };
+    let parts: Vec<_> = rest.components().collect();
+    for (i, c) in parts.iter().enumerate() {
+        cur.push(c);
+        let Ok(m) = std::fs::symlink_metadata(&cur) else {
+            return Ok(());
+        };
+        let last = i + 1 == parts.len();
+        if m.file_type().is_symlink() && (!last || dir) {
+            let to = std::fs::read_link(&cur)
+                .map(|t| format!(" (to {})", t.display()))
+                .unwrap_or_default();
+            return Err(SyncError::Invalid(format!(
+                "{} is a symlink{to} on the way to where the snapshot's {} goes back; a restore \
+                 does not write through it: replace it with the directory, or restore into a TARGET",
+                cur.display(),
+                dest.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The recorded settings of the SQLite database the snapshot took
 /// `tables` from (store-format §3.5, meta `sqlite.N`), if one gave them all.
 pub(crate) fn sqlite_settings_for<'t>(

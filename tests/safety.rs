@@ -189,6 +189,45 @@ fn diff_shows_a_deleted_database_as_its_tables_removed() {
     assert_eq!(v["rows"].as_array().unwrap().len(), 2, "{v}");
 }
 
+/// A symlink where a source directory goes back (or on the way to it) is
+/// never written through: the restore is refused before anything is
+/// written, and nothing outside the working tree changes, `--delete` or not.
+#[test]
+fn a_symlink_at_a_sources_place_is_never_written_through() {
+    for (toml, link) in [
+        (PATHS_TOML, "services"),
+        (
+            "[snapshot]\npaths = [\"services/agents\"]\n\n[[db]]\npath = \"data/app.db\"\n",
+            "services",
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let w = tmp.path().join("w");
+        std::fs::create_dir_all(&w).unwrap();
+        layout(&w, toml);
+        ok(&w, &["snapshot", "-q"]);
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(outside.join("agents")).unwrap();
+        std::fs::write(outside.join("precious"), "keep\n").unwrap();
+        std::fs::write(outside.join("agents/bot.md"), "theirs\n").unwrap();
+        let before = describe(&outside);
+        std::fs::remove_dir_all(w.join(link)).unwrap();
+        std::os::unix::fs::symlink(&outside, w.join(link)).unwrap();
+        for args in [&["restore", "main"][..], &["restore", "main", "--delete"]] {
+            let err = fails(&w, args, 1);
+            assert!(
+                err.contains("is a symlink") && err.contains("does not write through it"),
+                "{err}"
+            );
+            assert_eq!(
+                describe(&outside),
+                before,
+                "{args:?} changed what the link points at"
+            );
+        }
+    }
+}
+
 #[test]
 fn log_json_shows_the_recorded_sources() {
     let tmp = tempfile::tempdir().unwrap();
