@@ -610,7 +610,18 @@ impl<'a> Scanner<'a> {
             let (level, root) = lb.finish()?;
             Content::Indirect { level, root }
         };
-        if size == key.size {
+        // Written while it was read (same size or not: a rewrite in place
+        // keeps the size): what was read may mix two versions. Its stat
+        // then says so (modification and change times, size).
+        let after = f.metadata().ok();
+        let same = after.as_ref().is_some_and(|m| {
+            m.len() == key.size
+                && m.mtime() == it.meta.mtime()
+                && m.mtime_nsec() == it.meta.mtime_nsec()
+                && m.ctime() == it.meta.ctime()
+                && m.ctime_nsec() == it.meta.ctime_nsec()
+        });
+        if size == key.size && same {
             self.remember(rel, key, &content, Some(read_at));
         } else {
             tracing::warn!(

@@ -228,6 +228,38 @@ fn a_symlink_at_a_sources_place_is_never_written_through() {
     }
 }
 
+/// A file rewritten in place (same size) while it is read is said to have
+/// changed: what was read may mix two versions.
+#[test]
+fn a_file_rewritten_in_place_while_read_is_warned_about() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    std::fs::create_dir_all(w.join("src")).unwrap();
+    let big = w.join("src/big");
+    std::fs::write(&big, common::bytes(32 << 20, 5)).unwrap();
+    ok(w, &["init", "-q"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (big, stop) = (big.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
+            let mut i = 0u8;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all_at(&[i; 1 << 16], 16 << 20).unwrap();
+                i = i.wrapping_add(1);
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let o = run_in(w, &["snapshot", "src"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("big changed while it was read"), "{err}");
+}
+
 #[test]
 fn log_json_shows_the_recorded_sources() {
     let tmp = tempfile::tempdir().unwrap();
