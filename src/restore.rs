@@ -770,7 +770,15 @@ impl Ctx<'_> {
                     format!("{} bytes where the list says {}", data.len(), c.len),
                 ));
             }
-            f.write_all(&data).ctx("writing", path)?;
+            // A chunk of zeros is a hole (the file is new: its unwritten
+            // bytes read as zeros), so a sparse file stays sparse.
+            if data.iter().all(|&b| b == 0) {
+                use std::io::Seek;
+                f.seek(std::io::SeekFrom::Current(c.len as i64))
+                    .ctx("writing", path)?;
+            } else {
+                f.write_all(&data).ctx("writing", path)?;
+            }
             written += c.len;
         }
         if written != size {
@@ -779,6 +787,8 @@ impl Ctx<'_> {
                 path.display()
             )));
         }
+        // (A hole at the end: the length says where the file ends.)
+        f.set_len(size).ctx("writing", path)?;
         Ok(())
     }
 

@@ -260,6 +260,49 @@ fn a_file_rewritten_in_place_while_read_is_warned_about() {
     assert!(err.contains("big changed while it was read"), "{err}");
 }
 
+/// A sparse file comes back sparse: its runs of zeros are holes again, not
+/// bytes written to the disk (a VM image or a database with holes would
+/// otherwise fill the target filesystem).
+#[test]
+fn a_sparse_file_comes_back_sparse() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    std::fs::create_dir_all(w.join("src")).unwrap();
+    let f = std::fs::File::create(w.join("src/disk.img")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    f.write_all_at(b"head", 0).unwrap();
+    f.write_all_at(b"middle", 30 << 20).unwrap();
+    drop(f);
+    // A sparse file that ends in a hole, and one of zeros only.
+    let g = std::fs::File::create(w.join("src/tail.img")).unwrap();
+    g.write_all_at(b"x", 0).unwrap();
+    g.set_len(16 << 20).unwrap();
+    std::fs::File::create(w.join("src/zeros.img"))
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    ok(w, &["init", "-q"]);
+    ok(w, &["snapshot", "src", "-q"]);
+    let out = w.join("out");
+    ok(w, &["restore", "main", out.to_str().unwrap(), "-q"]);
+    for name in ["disk.img", "tail.img", "zeros.img"] {
+        let (a, b) = (w.join("src").join(name), out.join(name));
+        assert_eq!(
+            std::fs::read(&a).unwrap(),
+            std::fs::read(&b).unwrap(),
+            "{name}"
+        );
+        let m = std::fs::metadata(&b).unwrap();
+        assert_eq!(m.len(), std::fs::metadata(&a).unwrap().len());
+        assert!(
+            m.blocks() * 512 < 8 << 20,
+            "{name}: {} bytes allocated",
+            m.blocks() * 512
+        );
+    }
+}
+
 #[test]
 fn log_json_shows_the_recorded_sources() {
     let tmp = tempfile::tempdir().unwrap();
