@@ -651,7 +651,10 @@ fn materialize(
         .get(META_MODE)
         .filter(|_| layout == Some("root") && paths.len() == 1)
         .and_then(|m| u32::from_str_radix(m, 8).ok())
-        .filter(|m| *m <= 0o7777);
+        .filter(|m| *m <= 0o7777)
+        // (Setuid and setgid stay off, as for the entry's files: an entry
+        // comes from a shared remote.)
+        .map(|m| m & 0o1777);
     progress.stage("restoring");
     // Every path is checked before any is written: a refused one leaves
     // the others as they were.
