@@ -704,28 +704,11 @@ pub fn create_file(
 /// Removes the temporary bundles (`.sp-sync-bundle-PID-…`) in `dir` whose
 /// process no longer exists: what a killed `bundle create` left.
 fn sweep_stale_bundles(dir: &Path) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name();
-        let Some(rest) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(".sp-sync-bundle-"))
-        else {
-            continue;
-        };
-        let Some((pid, _)) = rest.split_once('-') else {
-            continue;
-        };
-        if crate::store::dead_process(pid) && e.file_type().is_ok_and(|t| t.is_file()) {
-            tracing::debug!(
-                "removing {} (left by a killed bundle create)",
-                e.path().display()
-            );
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
+    crate::store::sweep_dead(dir, "bundle create", false, |n| {
+        n.strip_prefix(".sp-sync-bundle-")?
+            .split_once('-')
+            .map(|(pid, _)| pid)
+    });
 }
 
 /// What `bundle verify` found.

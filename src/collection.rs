@@ -2420,29 +2420,13 @@ fn to_disk(plan: &Plan) -> Result<ApplyReport> {
 /// Removes the temporary files (`.NAME.sp-sync-PID.tmp`) in `dir` whose
 /// process no longer exists: what a killed `to-disk` left.
 fn sweep_stale_writes(dir: &Path) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.starts_with('.'))
-            .and_then(|n| n.strip_suffix(".tmp"))
-            .and_then(|n| n.rsplit_once(".sp-sync-"))
-            .map(|(_, pid)| pid)
-        else {
-            continue;
-        };
-        if !pid.is_empty()
-            && pid.bytes().all(|b| b.is_ascii_digit())
-            && crate::store::dead_process(pid)
-            && e.file_type().is_ok_and(|t| t.is_file())
-        {
-            tracing::debug!("removing {} (left by a killed to-disk)", e.path().display());
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
+    crate::store::sweep_dead(dir, "to-disk", false, |n| {
+        let (_, pid) = Some(n)
+            .filter(|n| n.starts_with('.'))?
+            .strip_suffix(".tmp")?
+            .rsplit_once(".sp-sync-")?;
+        (!pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())).then_some(pid)
+    });
 }
 
 /// The table a collection's record holds (see `store-format.md`, "Local

@@ -230,32 +230,15 @@ fn restore_new(
 /// no longer exists. Nothing else is touched.
 fn sweep_stale_temps(dir: &Path, name: &str) {
     let prefix = format!(".{name}.sp-sync-");
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let file = e.file_name();
-        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
-            continue;
-        };
-        let Some(body) = rest
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    crate::store::sweep_dead(dir, "restore", false, |file| {
+        let rest = file.strip_prefix(&prefix)?;
+        let body = rest
             .strip_suffix(".tmp")
-            .or_else(|| rest.strip_suffix(".tmp-journal"))
-        else {
-            continue;
-        };
-        let Some((pid, n)) = body.split_once('-') else {
-            continue;
-        };
-        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        if !digits(pid) || !digits(n) {
-            continue;
-        }
-        if crate::store::dead_process(pid) && e.file_type().is_ok_and(|t| t.is_file()) {
-            tracing::debug!("removing {} (left by a killed restore)", e.path().display());
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
+            .or_else(|| rest.strip_suffix(".tmp-journal"))?;
+        let (pid, n) = body.split_once('-')?;
+        (digits(pid) && digits(n)).then_some(pid)
+    });
 }
 
 fn restore_existing(

@@ -1412,6 +1412,39 @@ pub(crate) fn dead_process(pid: &str) -> bool {
         })
 }
 
+/// Removes the entries of `dir` that a killed command left: those whose
+/// name `pid_of` reads a process id from (decimal), when that process no
+/// longer exists; only files, or only folders (`folders`). Nothing else is
+/// touched, and errors are ignored (another user's entry, a race with
+/// another sweep). `what` names the command, for the debug log.
+pub(crate) fn sweep_dead(
+    dir: &Path,
+    what: &str,
+    folders: bool,
+    pid_of: impl Fn(&str) -> Option<&str>,
+) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(&pid_of) else {
+            continue;
+        };
+        let kind_ok = e
+            .file_type()
+            .is_ok_and(|t| if folders { t.is_dir() } else { t.is_file() });
+        if kind_ok && dead_process(pid) {
+            tracing::debug!("removing {} (left by a killed {what})", e.path().display());
+            let _ = if folders {
+                std::fs::remove_dir_all(e.path())
+            } else {
+                std::fs::remove_file(e.path())
+            };
+        }
+    }
+}
+
 /// A process-unique counter for temporary names.
 pub fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -48,23 +48,11 @@ const TMP_PREFIX: &str = "sp-sync-s3-";
 /// named `sp-sync-s3-PID-…` whose PID is gone; errors are ignored (another
 /// user's folder, a race with another sweep).
 fn sweep_dead_tmp_dirs(dir: &std::path::Path) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(TMP_PREFIX))
-            .and_then(|rest| rest.split_once('-'))
-            .map(|(pid, _)| pid.to_string())
-        else {
-            continue;
-        };
-        if e.file_type().is_ok_and(|t| t.is_dir()) && crate::store::dead_process(&pid) {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
+    crate::store::sweep_dead(dir, "S3 command", true, |n| {
+        n.strip_prefix(TMP_PREFIX)?
+            .split_once('-')
+            .map(|(pid, _)| pid)
+    });
 }
 
 /// Splits `s3://BUCKET/PREFIX` into (bucket, prefix without slashes).
