@@ -703,6 +703,9 @@ fn materialize(
         crate::restore::refuse_store(&dest)?;
         planned.push((dest, entry));
     }
+    // Nor through a symlink one of the entry's paths writes on the way to
+    // another.
+    crate::restore::refuse_nested_through(store, &planned)?;
     for (dest, entry) in planned {
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(|e| SyncError::io("creating", parent, e))?;

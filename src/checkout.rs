@@ -173,6 +173,23 @@ pub fn restore(
                     .is_some_and(|e| matches!(e.kind, crate::object::tree::EntryKind::Dir { .. }));
             refuse_symlinked(tree_target.unwrap_or(&ws.root), &p.dest, dir)?;
         }
+        // Nor through a symlink one of them writes on the way to another.
+        let mut nested = Vec::with_capacity(places.len());
+        for p in &places {
+            let entry = if p.tree_path.is_empty() {
+                Some(crate::object::tree::Entry {
+                    mode: 0o755,
+                    mtime: Default::default(),
+                    kind: crate::object::tree::EntryKind::Dir { tree: root },
+                })
+            } else {
+                crate::object::tree::lookup(store, &root, p.tree_path.as_bytes())?
+            };
+            if let Some(e) = entry {
+                nested.push((p.dest.clone(), e));
+            }
+        }
+        crate::restore::refuse_nested_through(store, &nested)?;
     }
     let mut report = CheckoutReport {
         snapshot: Some(id),

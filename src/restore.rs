@@ -1057,6 +1057,77 @@ pub fn store_holding(path: &Path) -> Option<PathBuf> {
         .map(Path::to_path_buf)
 }
 
+/// Several places written one after another (a snapshot's sources, a
+/// cache entry's paths) must not write through one another: where one's
+/// destination lies below another's, the other's tree holds directories all
+/// the way down to it. A symlink restored there would otherwise take the
+/// later place's files, and `--delete`, wherever it points. `places` are
+/// the destinations with the entries that go there; call it before any is
+/// written. A destination whose missing part still holds `..` or `.` is
+/// refused too: a symlink written on the way would move where it resolves.
+pub fn refuse_nested_through(src: &dyn ObjectSource, places: &[(PathBuf, Entry)]) -> Result<()> {
+    if places.len() < 2 {
+        return Ok(());
+    }
+    use std::path::Component;
+    let canon: Vec<PathBuf> = places
+        .iter()
+        .map(|(d, _)| crate::sources::canonical(d))
+        .collect();
+    for (c, (d, _)) in canon.iter().zip(places) {
+        if c.components()
+            .any(|x| matches!(x, Component::ParentDir | Component::CurDir))
+        {
+            return Err(SyncError::Invalid(format!(
+                "{}: goes through `..` below a place that does not exist yet; restore it into a TARGET of its own",
+                d.display()
+            )));
+        }
+    }
+    for (i, (outer_dest, outer)) in places.iter().enumerate() {
+        for (j, (inner_dest, inner)) in places.iter().enumerate() {
+            let Ok(rel) = canon[j].strip_prefix(&canon[i]) else {
+                continue;
+            };
+            if i == j || rel.as_os_str().is_empty() {
+                continue;
+            }
+            let refuse = |at: &Path, what: &str| {
+                SyncError::Invalid(format!(
+                    "{} lies below {}, where the same restore writes {what} at {}; \
+                     a restore does not write through it: restore into a TARGET of its own",
+                    inner_dest.display(),
+                    outer_dest.display(),
+                    at.display()
+                ))
+            };
+            let mut cur = outer.clone();
+            let mut at = outer_dest.clone();
+            let mut reached = true;
+            for c in rel.components() {
+                let EntryKind::Dir { tree } = cur.kind else {
+                    return Err(refuse(&at, cur.kind_name()));
+                };
+                at.push(c);
+                match crate::object::tree::lookup(src, &tree, c.as_os_str().as_bytes())? {
+                    Some(e) => cur = e,
+                    None => {
+                        reached = false;
+                        break;
+                    }
+                }
+            }
+            if reached
+                && matches!(inner.kind, EntryKind::Dir { .. })
+                && !matches!(cur.kind, EntryKind::Dir { .. })
+            {
+                return Err(refuse(&at, cur.kind_name()));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The bytes of a small regular file `name` in `dir` (not following links).
 fn read_small_at(dir: BorrowedFd<'_>, name: &[u8]) -> Option<Vec<u8>> {
     use std::io::Read;

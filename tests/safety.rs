@@ -1355,3 +1355,157 @@ fn a_restore_never_replaces_a_device_or_a_pipe() {
         );
     }
 }
+
+/// Rewrites the snapshot `refname` of the store at `store_dir` with `f`
+/// and points the ref at the result (what a hostile remote can serve: its
+/// objects hash to their ids, only their contents lie).
+fn replant(store_dir: &Path, refname: &str, f: impl FnOnce(&mut systemprompt_sync::Snapshot)) {
+    use systemprompt_sync::object::{ObjectSink, ObjectSource};
+    use systemprompt_sync::{LockMode, ObjectId, ObjectType, Snapshot, Store};
+    let st = Store::open(store_dir, LockMode::Shared).unwrap();
+    let refpath = store_dir.join("refs").join(refname);
+    let id = ObjectId::from_hex(std::fs::read_to_string(&refpath).unwrap().trim()).unwrap();
+    let mut s = Snapshot::decode(&st.get(ObjectType::Snapshot, &id).unwrap()).unwrap();
+    f(&mut s);
+    let w = st.writer().unwrap();
+    let new = w.put(ObjectType::Snapshot, &s.encode()).unwrap();
+    w.finish().unwrap();
+    std::fs::write(&refpath, format!("{new}\n")).unwrap();
+}
+
+/// A snapshot whose sources nest (`a` and `a/b`), where `a`'s own tree
+/// holds a symlink at `a`: restoring `a` would write the link, and `a/b`
+/// would then go through it, outside the working tree. The restore is
+/// refused before anything is written, `--delete` or not.
+#[test]
+fn a_source_below_another_never_goes_through_a_symlink_the_other_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let w = t.join("w");
+    let outside = t.join("outside");
+    std::fs::create_dir_all(outside.join("b")).unwrap();
+    std::fs::create_dir_all(w.join("x/b")).unwrap();
+    std::fs::write(w.join("x/b/evil.txt"), "pwned\n").unwrap();
+    std::os::unix::fs::symlink(&outside, w.join("x/a")).unwrap();
+    ok(&w, &["init", "-q"]);
+    ok(&w, &["snapshot", "x", "-q"]);
+    // The root tree holds `a` (the symlink) and `b` (a directory); the
+    // sources are said to be `a` and `a/b`.
+    replant(&w.join(".sp-sync"), "main", |s| {
+        s.sources.as_mut().unwrap().paths = vec!["a".into(), "a/b".into()];
+    });
+    std::fs::remove_dir_all(w.join("x")).unwrap();
+    std::fs::write(outside.join("b/important.txt"), "precious\n").unwrap();
+    let before = describe(&outside);
+    for args in [
+        &["restore", "main"][..],
+        &["restore", "main", "--delete"],
+        &["restore", "main", ".", "--delete"],
+    ] {
+        let err = fails(&w, args, 1);
+        assert!(
+            err.contains("lies below") && err.contains("symlink"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(describe(&outside), before, "{args:?} wrote outside");
+        assert!(
+            !w.join("a").exists() && !w.join("a").is_symlink(),
+            "{args:?} wrote the link"
+        );
+    }
+    // Nested sources whose outer tree holds directories still restore.
+    let v = t.join("v");
+    std::fs::create_dir_all(v.join("a/b")).unwrap();
+    std::fs::write(v.join("a/b/f"), "x\n").unwrap();
+    std::fs::write(v.join("a/g"), "y\n").unwrap();
+    ok(&v, &["init", "-q"]);
+    ok(&v, &["snapshot", "a", "a/b", "-q"]);
+    std::fs::remove_dir_all(v.join("a")).unwrap();
+    ok(&v, &["restore", "main", "--delete"]);
+    assert_eq!(std::fs::read_to_string(v.join("a/b/f")).unwrap(), "x\n");
+    assert_eq!(std::fs::read_to_string(v.join("a/g")).unwrap(), "y\n");
+}
+
+/// A cache entry whose paths nest (`a` and `a/b`) and whose tree holds a
+/// symlink at `a`: `cache restore` is refused before anything is written
+/// (it would write `a/b` through the link, anywhere the entry's maker
+/// chose: a poisoned cache on a CI runner).
+#[test]
+fn cache_restore_never_goes_through_a_symlink_the_entry_itself_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let remote = t.join("remote");
+    let outside = t.join("outside");
+    std::fs::create_dir_all(outside.join("b")).unwrap();
+    let e = t.join("e");
+    std::fs::create_dir_all(e.join("a")).unwrap();
+    std::fs::create_dir_all(e.join("b")).unwrap();
+    std::fs::write(e.join("b/keep.txt"), "pwned\n").unwrap();
+    ok(
+        &e,
+        &[
+            "cache",
+            "save",
+            "k1",
+            "a",
+            "b",
+            "--remote",
+            remote.to_str().unwrap(),
+        ],
+    );
+    // The same entry, with `a` a symlink and its paths `a` and `a/b`.
+    std::fs::create_dir_all(e.join("x/b")).unwrap();
+    std::fs::write(e.join("x/b/keep.txt"), "pwned\n").unwrap();
+    std::os::unix::fs::symlink(&outside, e.join("x/a")).unwrap();
+    ok(&e, &["init", "-q"]);
+    ok(&e, &["snapshot", "x", "-q"]);
+    let root = {
+        let st = systemprompt_sync::Store::open(
+            &e.join(".sp-sync"),
+            systemprompt_sync::LockMode::Shared,
+        )
+        .unwrap();
+        let id = systemprompt_sync::ObjectId::from_hex(
+            std::fs::read_to_string(e.join(".sp-sync/refs/main"))
+                .unwrap()
+                .trim(),
+        )
+        .unwrap();
+        systemprompt_sync::Snapshot::decode(
+            &systemprompt_sync::object::ObjectSource::get(
+                &st,
+                systemprompt_sync::ObjectType::Snapshot,
+                &id,
+            )
+            .unwrap(),
+        )
+        .unwrap()
+        .root
+    };
+    ok(&e, &["push", remote.to_str().unwrap(), "main"]);
+    replant(&remote, "cache/k1", |s| {
+        s.root = root;
+        s.meta.insert("cache.paths".into(), "a\na/b".into());
+    });
+    std::fs::write(outside.join("b/keep.txt"), "precious\n").unwrap();
+    let before = describe(&outside);
+    let ci = t.join("ci");
+    std::fs::create_dir_all(&ci).unwrap();
+    let err = fails(
+        &ci,
+        &[
+            "cache",
+            "restore",
+            "k1",
+            "--remote",
+            remote.to_str().unwrap(),
+        ],
+        1,
+    );
+    assert!(
+        err.contains("lies below") && err.contains("symlink"),
+        "{err}"
+    );
+    assert_eq!(describe(&outside), before);
+    assert!(!ci.join("a").exists() && !ci.join("a").is_symlink());
+}
