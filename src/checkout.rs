@@ -155,12 +155,12 @@ pub fn restore(
         } else {
             Vec::new()
         };
-        foreign_guard(ws, &s, &places, &dbs)?;
+        foreign_guard(store, ws, id, &s, &places, &dbs)?;
     }
     if let (Some(t), None, None) = (tree_target, db, sub) {
         // (Its files stay inside the target: only its databases could be
         // another host's.)
-        foreign_guard(ws, &s, &[], &databases(&s, t))?;
+        foreign_guard(store, ws, id, &s, &[], &databases(&s, t))?;
     }
     // Sources go back to their own places: never through a symlink found
     // on the way (one where a directory source goes would take its files,
@@ -288,13 +288,6 @@ pub fn restore(
     Ok(report)
 }
 
-/// A snapshot taken on another host (pulled, or imported from a bundle)
-/// names places of that host: restored without a target, it goes back
-/// only into this working tree. A source outside it (an absolute path, or
-/// one above the root) or a PostgreSQL database it names is refused, so
-/// that a snapshot from elsewhere cannot write, or with `--delete` remove,
-/// what this command did not name. (The host is what the snapshot says: a
-/// guard against mistakes, not against a snapshot made to lie.)
 /// Refuses a source's place `dest` (below `base`, or absolute) reached
 /// through a symlink: any of its existing parts, and the place itself when
 /// a directory goes there (a file or symlink replaces one at its place).
@@ -344,13 +337,24 @@ pub(crate) fn sqlite_settings_for<'t>(
     )
 }
 
+/// A snapshot this store did not make itself (pulled, or imported from a
+/// bundle) names places of another machine, or places a remote chose:
+/// restored without a target, it goes back only into this working tree. A
+/// source outside it (an absolute path, or one above the root) or a
+/// PostgreSQL database it names is refused, so that a snapshot from
+/// elsewhere cannot write, or with `--delete` remove, what this command
+/// did not name. Which snapshots the store made is its own machine-local
+/// list ([`Store::made_here`]), not the host the snapshot names: a remote
+/// can write any host into a snapshot.
 fn foreign_guard(
+    store: &Store,
     ws: &Workspace,
+    id: ObjectId,
     s: &crate::object::snapshot::Snapshot,
     places: &[Placement],
     dbs: &[(PathBuf, Vec<String>)],
 ) -> Result<()> {
-    if s.host == crate::snapshot::hostname() {
+    if store.made_here(&id, &s.host) {
         return Ok(());
     }
     let root = canonical(&ws.root);
@@ -372,7 +376,7 @@ fn foreign_guard(
         });
     match outside {
         Some(place) => Err(SyncError::Invalid(format!(
-            "the snapshot was taken on host {:?}, and {place} lies outside this working tree: \
+            "the snapshot was not taken by this store (it names host {:?}), and {place} lies outside this working tree: \
              name a TARGET (or --db) to restore into",
             s.host
         ))),

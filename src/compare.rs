@@ -86,7 +86,8 @@ pub fn diff(
             .map(|(k, v)| (k.clone(), *v))
             .collect()
     };
-    let sa = load(&opts.from)?;
+    let from_id = crate::names::resolve(store, &opts.from)?;
+    let sa = crate::names::load_snapshot(store, &from_id)?;
     let mut rep = DiffReport::default();
     let mut changes: Vec<FileChange> = Vec::new();
     let mut rows: Vec<RowChange> = Vec::new();
@@ -133,6 +134,25 @@ pub fn diff(
                 (None, Some(_)) => crate::sources::databases(&sa, &ws.root)
                     .into_iter()
                     .filter(|(_, tables)| !tables.is_empty())
+                    .map(|(path, tables)| {
+                        // A PostgreSQL URL a snapshot names is connected to
+                        // (with this user's password) only when this store
+                        // made the snapshot: a pulled one could name any
+                        // server, to be sent the password.
+                        if crate::db::pg::is_url_path(&path) && !store.made_here(&from_id, &sa.host)
+                        {
+                            return Err(crate::error::SyncError::Invalid(format!(
+                                "snapshot {} was not taken by this store (it names host {:?}): \
+                                 its database {} is compared only when named with --db",
+                                from_id.short(),
+                                sa.host,
+                                crate::db::pg::display_location(&path)
+                            )));
+                        }
+                        Ok((path, tables))
+                    })
+                    .collect::<Result<Vec<_>>>()?
+                    .into_iter()
                     .map(|(path, tables)| DbSource {
                         path,
                         tables,

@@ -921,6 +921,9 @@ pub fn snapshot(
     } else {
         commit(store, &opts.ref_name, &mut snap)?
     };
+    if let Err(e) = store.record_made(&id) {
+        tracing::warn!("could not record the snapshot as made here: {e}");
+    }
     if let Err(e) = StatCache::save(&cache_path, records) {
         tracing::warn!("could not save the stat cache: {e}");
     }

@@ -1509,3 +1509,130 @@ fn cache_restore_never_goes_through_a_symlink_the_entry_itself_writes() {
     assert_eq!(describe(&outside), before);
     assert!(!ci.join("a").exists() && !ci.join("a").is_symlink());
 }
+
+/// A pulled snapshot may name this very host (a remote can write any host
+/// into a snapshot): its places outside the working tree are still not
+/// restored into without a target. Only the snapshots this store made
+/// itself go back to where they were taken.
+#[test]
+fn a_pulled_snapshot_naming_this_host_never_restores_outside_the_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let outside = t.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("f.txt"), "theirs\n").unwrap();
+    let w1 = t.join("w1");
+    std::fs::create_dir_all(&w1).unwrap();
+    ok(&w1, &["init", "-q"]);
+    ok(&w1, &["snapshot", outside.to_str().unwrap(), "-q"]);
+    std::fs::write(outside.join("f.txt"), "precious\n").unwrap();
+    std::fs::write(outside.join("mine.txt"), "keep\n").unwrap();
+    let before = describe(&outside);
+    let w2 = t.join("w2");
+    std::fs::create_dir_all(&w2).unwrap();
+    ok(&w2, &["init", "-q"]);
+    ok(&w2, &["pull", w1.join(".sp-sync").to_str().unwrap(), "-q"]);
+    for args in [&["restore", "main"][..], &["restore", "main", "--delete"]] {
+        let err = fails(&w2, args, 1);
+        assert!(
+            err.contains("not taken by this store") && err.contains("name a TARGET"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(describe(&outside), before, "{args:?} wrote outside");
+    }
+    // Into a target it goes, and the store that made it puts it back.
+    ok(&w2, &["restore", "main", "into"]);
+    assert_eq!(
+        std::fs::read_to_string(w2.join("into/f.txt")).unwrap(),
+        "theirs\n"
+    );
+    ok(&w1, &["restore", "main"]);
+    assert_eq!(
+        std::fs::read_to_string(outside.join("f.txt")).unwrap(),
+        "theirs\n"
+    );
+}
+
+/// `diff` of a pulled snapshot against the live databases never connects
+/// to a PostgreSQL server the snapshot names (a remote chooses it, and the
+/// connection would carry this user's PGPASSWORD): it asks for --db.
+#[test]
+fn diff_of_a_pulled_snapshot_never_connects_to_the_server_it_names() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let w1 = t.join("w1");
+    std::fs::create_dir_all(&w1).unwrap();
+    layout(&w1, DEFAULT_TOML);
+    ok(&w1, &["snapshot", "-q"]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let connected = std::sync::Arc::new(AtomicBool::new(false));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (connected, stop) = (connected.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if listener.accept().is_ok() {
+                    connected.store(true, Ordering::Relaxed);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        })
+    };
+    replant(&w1.join(".sp-sync"), "main", |s| {
+        s.sources.as_mut().unwrap().dbs = vec![systemprompt_sync::object::snapshot::DbRecord {
+            location: format!("postgres://victim@127.0.0.1:{port}/prod"),
+            tables: vec!["users".into()],
+        }];
+    });
+    let w2 = t.join("w2");
+    std::fs::create_dir_all(&w2).unwrap();
+    ok(&w2, &["init", "-q"]);
+    ok(&w2, &["pull", w1.join(".sp-sync").to_str().unwrap(), "-q"]);
+    for args in [&["diff", "main"][..], &["diff", "main", "--stat"]] {
+        let o = Command::new(bin())
+            .args(args)
+            .current_dir(&w2)
+            .env("PGPASSWORD", "S3cretProdPw")
+            .env("SP_SYNC_CACHE_DIR", cache_dir())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("only when named with --db"), "{args:?}: {err}");
+        assert!(!err.contains("S3cretProdPw"));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    assert!(
+        !connected.load(Ordering::Relaxed),
+        "diff connected to the server a pulled snapshot names"
+    );
+}
+
+/// A new store is its owner's alone (it holds the user's files, secrets
+/// among them), and `config.toml`, which holds remotes' tokens and keys,
+/// is written readable by its owner only, whatever mode it had.
+#[test]
+fn the_store_and_its_config_are_the_owners_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    ok(w, &["init", "-q"]);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&w.join(".sp-sync")), 0o700);
+    ok(w, &["remote", "add", "one", "/nowhere/one"]);
+    let cfg = w.join(".sp-sync/config.toml");
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    ok(w, &["remote", "add", "two", "/nowhere/two"]);
+    assert_eq!(mode(&cfg), 0o600);
+    assert!(
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .contains("/nowhere/two")
+    );
+}

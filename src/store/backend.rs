@@ -119,6 +119,11 @@ impl Backend for FsBackend {
         if let Some(parent) = p.parent() {
             fs::create_dir_all(parent).ctx("creating", parent)?;
         }
+        if key == "config.toml" {
+            // Remotes' tokens and keys: its owner's alone, as git keeps a
+            // config's mode and ssh its keys'.
+            return crate::store::write_atomic_mode(&p, data, &self.tmp_dir(), 0o600);
+        }
         write_atomic(&p, data, &self.tmp_dir())
     }
 

@@ -335,7 +335,15 @@ impl Store {
         }
         // An empty directory, or one holding only the skeleton an
         // interrupted (or concurrent) init leaves, becomes a store.
-        const SKELETON: [&str; 6] = ["packs", "refs", "tmp", "lock", "refs.lock", "config.toml"];
+        const SKELETON: [&str; 7] = [
+            "packs",
+            "refs",
+            "tmp",
+            "lock",
+            "refs.lock",
+            "config.toml",
+            MADE_FILE,
+        ];
         if dir.exists() {
             for e in fs::read_dir(dir).ctx("reading", dir)? {
                 let e = e.ctx("reading", dir)?;
@@ -355,12 +363,85 @@ impl Store {
                 }
             }
         }
+        let fresh = !dir.exists();
         for sub in ["packs", "refs", "tmp"] {
             fs::create_dir_all(dir.join(sub)).ctx("creating", dir.join(sub))?;
         }
+        if fresh {
+            // What a store holds is the user's files, secrets among them:
+            // only its owner reads it (as restic's repositories).
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .ctx("setting mode of", dir)?;
+        }
         File::create(dir.join("lock")).ctx("creating", dir.join("lock"))?;
         File::create(dir.join("refs.lock")).ctx("creating", dir.join("refs.lock"))?;
+        // From the start, this store trusts the places only the snapshots
+        // it made itself record (§5.1).
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(dir.join(MADE_FILE))
+                .ctx("creating", dir.join(MADE_FILE))?;
+        }
         Self::init_backend(&FsBackend::new(dir))
+    }
+
+    /// Records that this store's own `snapshot` made `id` (store-format
+    /// §5.1): a machine-local list no transfer reads or writes, so a
+    /// snapshot pulled from a remote is never on it, whatever host it
+    /// names. A store that is not a local directory records nothing.
+    pub fn record_made(&self, id: &ObjectId) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(dir) = self.local_dir() else {
+            return Ok(());
+        };
+        let path = dir.join(MADE_FILE);
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc_nofollow())
+            .open(&path)
+            .ctx("opening", &path)?;
+        // One write of one line: appends of concurrent snapshots never mix.
+        f.write_all(format!("{id}\n").as_bytes())
+            .ctx("writing", &path)
+    }
+
+    /// Whether the places the snapshot `id` records (files outside the
+    /// working tree, database URLs) may be used without the user naming
+    /// them: it is on this store's list of the snapshots it made (§5.1).
+    /// A store made before the list existed (no `made` file) and a store
+    /// that is not a local directory fall back to the snapshot's recorded
+    /// host being this one.
+    pub fn made_here(&self, id: &ObjectId, host: &str) -> bool {
+        use std::io::BufRead;
+        use std::os::unix::fs::OpenOptionsExt;
+        let legacy = || host == crate::snapshot::hostname();
+        let Some(dir) = self.local_dir() else {
+            return legacy();
+        };
+        let path = dir.join(MADE_FILE);
+        let f = match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc_nofollow())
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return legacy(),
+            Err(_) => return false,
+        };
+        let want = id.to_string();
+        std::io::BufReader::new(f)
+            .lines()
+            .map_while(|l| l.ok())
+            .any(|l| l.trim_end() == want)
     }
 
     /// Creates a store on any backend; false when one is already there.
@@ -1369,14 +1450,34 @@ pub(crate) fn remember_dictionary(
     crate::dict::remember(*id, d.clone()).then_some(d)
 }
 
+/// The store's list of the snapshots it made itself (§5.1).
+pub const MADE_FILE: &str = "made";
+
+/// `O_NOFOLLOW`: the store's own files are never symlinks.
+fn libc_nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in `tmp`, fsync,
 /// rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8], tmp: &Path) -> Result<()> {
+    write_atomic_mode(path, bytes, tmp, 0o666)
+}
+
+/// [`write_atomic`] of a file created with `mode` (less the umask):
+/// `0o600` for one that may hold secrets.
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], tmp: &Path, mode: u32) -> Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     fs::create_dir_all(tmp).ctx("creating", tmp)?;
     let t = tmp.join(format!("{}.{}.tmp", std::process::id(), unique()));
     {
-        let mut f = File::create(&t).ctx("creating", &t)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&t)
+            .ctx("creating", &t)?;
         f.write_all(bytes).ctx("writing", &t)?;
         f.sync_all().ctx("syncing", &t)?;
     }
@@ -1497,5 +1598,46 @@ mod tests {
         other.objects.rows_leaf.target = 1024;
         let e = other.validate(Path::new("store.toml")).unwrap_err();
         assert!(e.to_string().contains("object parameters"), "{e}");
+    }
+
+    /// A new store trusts only the snapshots it recorded as its own; one
+    /// made before the record existed falls back to the host; a new store
+    /// is its owner's alone.
+    #[test]
+    fn made_here_is_the_stores_own_record() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        Store::init(&dir).unwrap();
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let st = Store::open(&dir, LockMode::Shared).unwrap();
+        let (a, b) = (
+            ObjectId::compute(ObjectType::Chunk, b"a"),
+            ObjectId::compute(ObjectType::Chunk, b"b"),
+        );
+        let me = crate::snapshot::hostname();
+        assert!(!st.made_here(&a, &me), "an empty record trusts the host");
+        st.record_made(&a).unwrap();
+        st.record_made(&b).unwrap();
+        assert!(st.made_here(&a, "elsewhere") && st.made_here(&b, &me));
+        assert!(!st.made_here(&ObjectId::compute(ObjectType::Chunk, b"c"), &me));
+        assert_eq!(
+            fs::metadata(dir.join(MADE_FILE))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        // A store made before the record: the recorded host decides.
+        fs::remove_file(dir.join(MADE_FILE)).unwrap();
+        assert!(st.made_here(&a, &me) && !st.made_here(&a, "elsewhere"));
+        // A symlink in its place is not followed.
+        std::os::unix::fs::symlink(tmp.path().join("x"), dir.join(MADE_FILE)).unwrap();
+        assert!(!st.made_here(&a, &me));
+        assert!(st.record_made(&a).is_err());
     }
 }
