@@ -993,6 +993,32 @@ pub fn import(
             )));
         }
     }
+    // And every ref it would create must be creatable: a failed import
+    // moves no ref (§13), so a clash (a ref that would also be a folder of
+    // refs) is found before the first moves.
+    let creating: Vec<String> = wanted
+        .iter()
+        .flat_map(|(name, _)| {
+            opts.remote_name
+                .iter()
+                .map(move |rn| format!("remotes/{rn}/{name}"))
+                .chain(std::iter::once(name.clone()))
+        })
+        .collect();
+    for n in &creating {
+        if let Some(other) = creating.iter().find(|o| {
+            o.len() > n.len() && o.starts_with(n.as_str()) && o.as_bytes()[n.len()] == b'/'
+        }) {
+            return Err(SyncError::Invalid(format!(
+                "{what}: refs {n} and {other} cannot both exist (a ref cannot also be a folder of refs); no ref moved"
+            )));
+        }
+        if store.read_ref(n)?.is_none() {
+            store
+                .check_ref_clash(n)
+                .map_err(|e| SyncError::Invalid(format!("{what}: {e}; no ref moved")))?;
+        }
+    }
     progress.stage("updating refs");
     let mut updates = Vec::new();
     for (name, id) in wanted {

@@ -693,3 +693,64 @@ fn a_killed_creates_temporary_bundle_goes_at_the_next_create() {
     assert!(!stale.exists(), "the killed create's file stayed");
     assert!(live.exists(), "a running create's file went");
 }
+
+/// A bundle whose refs cannot all exist (`x` and `x/y`: a ref is never
+/// also a folder of refs) fails as a whole: no ref moves, neither the
+/// first nor a tracking one (§13: a failed import moves no ref).
+#[test]
+fn an_import_whose_refs_clash_moves_no_ref() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("w");
+    std::fs::create_dir_all(w.join("src")).unwrap();
+    std::fs::write(w.join("src/a.txt"), "a\n").unwrap();
+    ok(&w, &["init", "-q"]);
+    ok(&w, &["snapshot", "src", "-q"]);
+    let head = ObjectId::from_hex(
+        std::fs::read_to_string(w.join(".sp-sync/refs/main"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    // Only refs: every snapshot they name is a prerequisite the store holds.
+    let header = BundleHeader {
+        objects: systemprompt_sync::store::StoreConfig::default().objects,
+        refs: vec![("x".into(), head), ("x/y".into(), head)],
+        prerequisites: vec![head],
+    };
+    let mut b = header.encode();
+    let (pack, _) = systemprompt_sync::pack::PackWriter::new(Vec::new())
+        .unwrap()
+        .finish()
+        .unwrap();
+    b.extend_from_slice(&pack);
+    let trailer = *blake3::hash(&b).as_bytes();
+    b.extend_from_slice(&trailer);
+    let file = tmp.path().join("clash.bundle");
+    std::fs::write(&file, &b).unwrap();
+    {
+        let args = &["bundle", "import", file.to_str().unwrap()][..];
+        let err = fails(&w, args, 1);
+        assert!(err.contains("no ref moved"), "{args:?}: {err}");
+        let refs = ok(&w, &["ref", "list"]);
+        assert!(
+            !refs.contains('x') && !refs.contains("remotes"),
+            "{args:?} moved a ref: {refs}"
+        );
+    }
+    // A ref the store has that the bundle's would fall under: likewise.
+    ok(&w, &["ref", "set", "x", "main"]);
+    let header = BundleHeader {
+        objects: systemprompt_sync::store::StoreConfig::default().objects,
+        refs: vec![("a".into(), head), ("x/z".into(), head)],
+        prerequisites: vec![head],
+    };
+    let mut b = header.encode();
+    b.extend_from_slice(&pack);
+    let trailer = *blake3::hash(&b).as_bytes();
+    b.extend_from_slice(&trailer);
+    std::fs::write(&file, &b).unwrap();
+    let err = fails(&w, &["bundle", "import", file.to_str().unwrap()], 1);
+    assert!(err.contains("no ref moved"), "{err}");
+    assert!(!ok(&w, &["ref", "list"]).contains("a "), "ref a moved");
+    assert!(!w.join(".sp-sync/refs/a").exists());
+}

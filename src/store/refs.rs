@@ -140,7 +140,7 @@ impl Store {
 impl Store {
     /// A ref is never also a folder of refs (as in git): `a/b` cannot be
     /// created while `a` exists, nor `a` while `a/…` does.
-    fn check_ref_clash(&self, name: &str) -> Result<()> {
+    pub(crate) fn check_ref_clash(&self, name: &str) -> Result<()> {
         for (i, _) in name.match_indices('/') {
             let above = &name[..i];
             if self.backend().get(&Self::ref_key(above))?.is_some() {
