@@ -1636,3 +1636,39 @@ fn the_store_and_its_config_are_the_owners_alone() {
             .contains("/nowhere/two")
     );
 }
+
+/// Credentials written into a remote's URL are refused with one line that
+/// does not show them (it would be printed in every message, and kept in
+/// config.toml as is).
+#[test]
+fn a_remote_url_with_credentials_is_refused_without_showing_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    std::fs::write(w.join("f"), "x\n").unwrap();
+    ok(w, &["init", "-q"]);
+    ok(w, &["snapshot", "f", "-q"]);
+    for args in [
+        &["push", "http://u:UrlSecret99@127.0.0.1:9/acme"][..],
+        &["pull", "https://UrlSecret99@127.0.0.1:9/acme"],
+        &["push", "s3://AKIAKEY:UrlSecret99@bucket/p"],
+        &[
+            "remote",
+            "add",
+            "o",
+            "http://u:UrlSecret99@127.0.0.1:9/acme",
+        ],
+        &["--store", "s3://AKIAKEY:UrlSecret99@bucket/p", "log"],
+    ] {
+        let err = fails(w, args, 1);
+        common::assert_one_error_line(args, &err);
+        assert!(
+            !err.contains("UrlSecret99") && err.contains("***@"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        !std::fs::read_to_string(w.join(".sp-sync/config.toml"))
+            .unwrap_or_default()
+            .contains("UrlSecret99")
+    );
+}

@@ -306,6 +306,14 @@ pub enum Location {
 impl Location {
     /// Parses a remote URL or path.
     pub fn parse(s: &str) -> Result<Location> {
+        if let Some(shown) = with_userinfo(s) {
+            return Err(SyncError::Invalid(format!(
+                "{shown}: credentials do not go in a remote's URL (it is shown in messages and \
+                 kept in config.toml as is): give a server's token with SP_SYNC_TOKEN or `token` \
+                 under [remote.NAME], S3 keys with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                 or under [remote.NAME.s3]"
+            )));
+        }
         if let Some(p) = s.strip_prefix("file://") {
             return Ok(Location::Path(PathBuf::from(p)));
         }
@@ -338,6 +346,17 @@ impl Location {
         }
         Ok(Location::Path(PathBuf::from(s)))
     }
+}
+
+/// For an `http(s)://` or `s3://` URL with a user part (`user:secret@`),
+/// the URL with that part hidden; None for any other.
+pub fn with_userinfo(s: &str) -> Option<String> {
+    let (scheme, rest) = ["http://", "https://", "s3://"]
+        .iter()
+        .find_map(|p| s.strip_prefix(p).map(|r| (*p, r)))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let (_, host) = authority.rsplit_once('@')?;
+    Some(format!("{scheme}***@{host}{}", &rest[authority.len()..]))
 }
 
 /// Settings that come with a remote: a token, S3 settings.
@@ -403,6 +422,30 @@ pub fn open(loc: &Location, creds: &Credentials, create: bool) -> Result<Arc<dyn
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A URL holding credentials is refused, and the refusal never shows
+    /// them; an `@` after the host (a path or tenant) is not a user part.
+    #[test]
+    fn credentials_in_a_url_are_refused_unseen() {
+        for url in [
+            "http://u:UrlSecret99@127.0.0.1:8080/acme",
+            "https://UrlSecret99@sync.example.com/acme",
+            "s3://AKIAKEY:UrlSecret99@bucket/p",
+            "s3://AKIAKEY:UrlSecret99@bucket",
+        ] {
+            let e = Location::parse(url).unwrap_err().to_string();
+            assert!(e.contains("***@") && !e.contains("UrlSecret99"), "{e}");
+            if let Err(e) = crate::store::s3::parse_url(url) {
+                assert!(!e.to_string().contains("UrlSecret99"), "{e}");
+            }
+        }
+        assert!(with_userinfo("https://sync.example.com/a@b").is_none());
+        assert!(with_userinfo("/srv/a@b").is_none());
+        assert_eq!(
+            with_userinfo("http://a:b@h:1/x/t").as_deref(),
+            Some("http://***@h:1/x/t")
+        );
+    }
 
     #[test]
     fn locations() {

@@ -57,6 +57,12 @@ fn sweep_dead_tmp_dirs(dir: &std::path::Path) {
 
 /// Splits `s3://BUCKET/PREFIX` into (bucket, prefix without slashes).
 pub fn parse_url(url: &str) -> Result<(String, String)> {
+    if let Some(shown) = crate::remote::with_userinfo(url) {
+        return Err(SyncError::Invalid(format!(
+            "{shown}: S3 keys do not go in the URL: give them with AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY or under [remote.NAME.s3] in config.toml"
+        )));
+    }
     let rest = url
         .strip_prefix("s3://")
         .ok_or_else(|| SyncError::Invalid(format!("{url}: not an s3:// URL")))?;
