@@ -102,7 +102,7 @@ pub fn default_local_dir() -> PathBuf {
         .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("sp-sync")))
         .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/sp-sync")))
         .filter(|p| p.is_absolute())
-        .unwrap_or_else(|| std::env::temp_dir().join("sp-sync-cache"));
+        .unwrap_or_else(|| crate::store::private_tmp_cache("sp-sync-cache"));
     base.join("cache-store")
 }
 

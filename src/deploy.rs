@@ -1038,18 +1038,27 @@ impl<F: FnMut(&StepLine<'_>)> DeployEvents for F {
     }
 }
 
-/// The lock directory for `store`.
-fn lock_dir(store: &Store, opts: &DeployOptions) -> PathBuf {
+/// The lock directory for `store`: in the store, or (a store that is not
+/// a local directory) this user's own one in the temporary directory.
+fn lock_dir(store: &Store, opts: &DeployOptions) -> Result<PathBuf> {
     if let Some(d) = &opts.lock_dir {
-        return d.clone();
+        return Ok(d.clone());
     }
     match store.local_dir() {
-        Some(d) => d.join("locks"),
-        None => std::env::temp_dir()
-            .join("sp-sync-locks")
-            .join(crate::id::hex(
+        Some(d) => Ok(d.join("locks")),
+        None => {
+            let Some(base) = crate::store::private_tmp_dir("sp-sync-locks") else {
+                return Err(SyncError::Invalid(format!(
+                    "{}/sp-sync-locks-{}: not this user's own directory (another user made it, or a \
+                     symlink): deploy locks are not taken there; remove it",
+                    std::env::temp_dir().display(),
+                    rustix::process::geteuid().as_raw()
+                )));
+            };
+            Ok(base.join(crate::id::hex(
                 &blake3::hash(store.location_name().as_bytes()).as_bytes()[..16],
-            )),
+            )))
+        }
     }
 }
 
@@ -1179,7 +1188,7 @@ pub fn deploy_target(
         let st = target_status(store, &plan.snapshot, snap, target)?;
         return Ok(report(st, false, None, Vec::new(), Duration::ZERO));
     }
-    let (lock, waited) = lock_target(&lock_dir(store, opts), &target.name, progress, events)?;
+    let (lock, waited) = lock_target(&lock_dir(store, opts)?, &target.name, progress, events)?;
     // The record a deploy that ran meanwhile wrote is in packs this
     // process has not loaded yet.
     store.refresh()?;

@@ -579,7 +579,7 @@ impl Store {
         match (base, self.local_dir()) {
             (Some(b), _) if b.is_absolute() => b.join(h),
             (_, Some(d)) => d.join("cache"),
-            _ => std::env::temp_dir().join("sp-sync-cache").join(h),
+            _ => private_tmp_cache("sp-sync-cache").join(h),
         }
     }
 
@@ -1450,6 +1450,40 @@ pub(crate) fn remember_dictionary(
     crate::dict::remember(*id, d.clone()).then_some(d)
 }
 
+/// A directory of this user's own under the shared temporary directory
+/// (`NAME-UID`, mode 0700), for what falls back there (no `HOME`, or a
+/// store that is not a local directory); None when the one there is not
+/// this user's own (another user made it, or it is a symlink), which is
+/// never used: no other user of the machine may plant objects, refs or
+/// locks in it.
+pub(crate) fn private_tmp_dir(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let uid = rustix::process::geteuid().as_raw();
+    let dir = std::env::temp_dir().join(format!("{name}-{uid}"));
+    let _ = fs::DirBuilder::new().mode(0o700).create(&dir);
+    fs::symlink_metadata(&dir)
+        .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o022 == 0)
+        .then_some(dir)
+}
+
+/// [`private_tmp_dir`], or when that is not this user's own, a fresh one
+/// of this process's (a cache that then lasts one run).
+pub(crate) fn private_tmp_cache(name: &str) -> PathBuf {
+    private_tmp_dir(name).unwrap_or_else(|| {
+        let uid = rustix::process::geteuid().as_raw();
+        let own =
+            std::env::temp_dir().join(format!("{name}-{uid}-{}-{}", std::process::id(), unique()));
+        tracing::warn!(
+            "{}/{name}-{uid} is not this user's own directory; using {} for this run",
+            std::env::temp_dir().display(),
+            own.display()
+        );
+        let _ =
+            std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700).create(&own);
+        own
+    })
+}
+
 /// The store's list of the snapshots it made itself (§5.1).
 pub const MADE_FILE: &str = "made";
 
@@ -1598,6 +1632,37 @@ mod tests {
         other.objects.rows_leaf.target = 1024;
         let e = other.validate(Path::new("store.toml")).unwrap_err();
         assert!(e.to_string().contains("object parameters"), "{e}");
+    }
+
+    /// The shared temporary directory's fallbacks are this user's own, or
+    /// not used: one another user could have made (writable by others, or
+    /// a symlink) is refused, and the cache then takes one of its own.
+    #[test]
+    fn private_tmp_dirs_are_the_users_own() {
+        use std::os::unix::fs::PermissionsExt;
+        let name = format!("sp-sync-test-{}-{}", std::process::id(), unique());
+        let uid = rustix::process::geteuid().as_raw();
+        let at = std::env::temp_dir().join(format!("{name}-{uid}"));
+        let d = private_tmp_dir(&name).unwrap();
+        assert_eq!(d, at);
+        assert_eq!(
+            fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(private_tmp_dir(&name).is_none());
+        let other = private_tmp_cache(&name);
+        assert_ne!(other, at);
+        assert_eq!(
+            fs::metadata(&other).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        fs::remove_dir(&d).unwrap();
+        let target = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(target.path(), &at).unwrap();
+        assert!(private_tmp_dir(&name).is_none());
+        fs::remove_file(&at).unwrap();
+        fs::remove_dir(&other).unwrap();
     }
 
     /// A new store trusts only the snapshots it recorded as its own; one
