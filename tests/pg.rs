@@ -572,6 +572,57 @@ fn a_table_keyed_by_all_columns_keeps_nulls_and_look_alike_values_apart() {
     assert_eq!(pg.dump_rows(&fresh, "kt"), before);
 }
 
+/// A keyed table whose key the database calls equal to the snapshot's
+/// though its text differs (numeric 1.0 and 1.00, float -0 and 0, an
+/// interval of 1 day and of 24 hours): a restore without --delete makes that
+/// row the snapshot's, key text included, instead of failing on the key,
+/// and keeps the rows the snapshot lacks.
+#[test]
+fn a_restore_without_delete_takes_back_a_key_the_table_calls_equal() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("lookalike");
+    pg.psql(
+        &db,
+        "CREATE TABLE n (k numeric PRIMARY KEY, v text);
+         CREATE TABLE f (k float8 PRIMARY KEY, v text);
+         CREATE TABLE i (k interval, id int, v text, PRIMARY KEY (k, id));
+         INSERT INTO n VALUES (1.0, 'a'), (2, 'b');
+         INSERT INTO f VALUES ('-0', 'a');
+         INSERT INTO i VALUES ('1 day', 1, 'a');",
+    );
+    let w = work();
+    let d = w.path();
+    let url = pg.url(&db);
+    snap(d, &url, &[]);
+    let before: Vec<Vec<String>> = ["n", "f", "i"]
+        .iter()
+        .map(|t| pg.dump_rows(&db, t))
+        .collect();
+    pg.psql(
+        &db,
+        "UPDATE n SET k = 1.00, v = 'changed' WHERE k = 1;
+         INSERT INTO n VALUES (3, 'newer');
+         UPDATE f SET k = 0, v = 'changed';
+         UPDATE i SET k = '24 hours', v = 'changed';",
+    );
+    ok_pg(d, &["--store", "st", "restore", "main", "--db", &url, "-q"]);
+    let after_n = pg.dump_rows(&db, "n").join("\n");
+    assert!(
+        after_n.contains("(1.0, 'a')") && after_n.contains("(2, 'b')"),
+        "{after_n}"
+    );
+    assert!(
+        after_n.contains("(3, 'newer')"),
+        "a row the snapshot lacks went: {after_n}"
+    );
+    assert!(
+        !after_n.contains("1.00") && !after_n.contains("changed"),
+        "{after_n}"
+    );
+    assert_eq!(pg.dump_rows(&db, "f"), before[1]);
+    assert_eq!(pg.dump_rows(&db, "i"), before[2]);
+}
+
 /// A table another inherits from holds only its own rows: a snapshot
 /// reads each table's own rows, and a restore's updates and deletes touch
 /// only the table they are for (a child row with the same key stays).

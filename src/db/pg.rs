@@ -3466,6 +3466,37 @@ fn merge_apply(
         own_rows(name, partitioned),
         key_where.join(" AND ")
     );
+    // A row the plan inserts may meet one the table's key calls equal,
+    // though its text differs (numeric 1.0 and 1.00, -0 and 0, intervals,
+    // a case-insensitive collation): that is the same row, and it becomes
+    // the snapshot's, key text included (as `--delete` would leave it),
+    // instead of failing on the key. Integer and boolean keys have one text
+    // per value (and an identity key cannot be set).
+    let one_text = |c: &crate::object::table::Column| {
+        matches!(PgClass::of(&c.decl_type), PgClass::Int | PgClass::Bool)
+    };
+    let ins_row =
+        if by_all || t.key.is_empty() || t.key.iter().all(|&k| one_text(&t.columns[k as usize])) {
+            ins.clone()
+        } else {
+            let key_names: Vec<String> = t
+                .key
+                .iter()
+                .map(|&k| quote(&t.columns[k as usize].name))
+                .collect();
+            let sets: Vec<String> = t
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(i, c)| !t.key.iter().any(|&k| k as usize == *i) || !one_text(c))
+                .map(|(_, c)| format!("{0} = EXCLUDED.{0}", quote(&c.name)))
+                .collect();
+            format!(
+                "{ins} ON CONFLICT ({}) DO UPDATE SET {}",
+                key_names.join(", "),
+                sets.join(", ")
+            )
+        };
     let mut next = 0usize;
     for e in MapIter::new(src, ObjectType::Rows, t.root) {
         let (k, v) = e?;
@@ -3535,7 +3566,7 @@ fn merge_apply(
                 rows.run(c, loc, &k, RowOp::Update, &sql, params, reinsert, rep)?;
             }
             Act::Insert => {
-                rows.run(c, loc, &k, RowOp::Insert, &ins, tx, None, rep)?;
+                rows.run(c, loc, &k, RowOp::Insert, &ins_row, tx, None, rep)?;
             }
             Act::Delete => {}
         }
