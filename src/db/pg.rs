@@ -3396,6 +3396,35 @@ fn merge_plan(
     Ok(acts)
 }
 
+/// Whether the target table's primary key is exactly the snapshot's key
+/// and not deferrable: what `ON CONFLICT` can name (it refuses a deferrable
+/// one). Without such a key, an insert stays plain.
+fn key_is_arbiter(c: &mut Client, loc: &PgLocation, name: &str, t: &TableData) -> Result<bool> {
+    let row = c
+        .query_opt(
+            "SELECT k.condeferrable, ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+               WHERE a.attrelid = k.conrelid AND a.attnum = ANY (k.conkey) ORDER BY a.attname) \
+             FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_class r ON r.oid = k.conrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
+             WHERE n.nspname = $1 AND r.relname = $2 AND k.contype = 'p'",
+            &[&loc.schema, &name],
+        )
+        .map_err(|e| loc.error(e))?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    let deferrable: bool = row.get(0);
+    let mut cols: Vec<String> = row.get(1);
+    cols.sort();
+    let mut want: Vec<String> = t
+        .key
+        .iter()
+        .map(|&k| t.columns[k as usize].name.clone())
+        .collect();
+    want.sort();
+    Ok(!deferrable && cols == want)
+}
+
 /// Applies a merge plan's deletes (`deletes`), or its updates and inserts.
 #[allow(clippy::too_many_arguments)]
 fn merge_apply(
@@ -3475,28 +3504,31 @@ fn merge_apply(
     let one_text = |c: &crate::object::table::Column| {
         matches!(PgClass::of(&c.decl_type), PgClass::Int | PgClass::Bool)
     };
-    let ins_row =
-        if by_all || t.key.is_empty() || t.key.iter().all(|&k| one_text(&t.columns[k as usize])) {
-            ins.clone()
-        } else {
-            let key_names: Vec<String> = t
-                .key
-                .iter()
-                .map(|&k| quote(&t.columns[k as usize].name))
-                .collect();
-            let sets: Vec<String> = t
-                .columns
-                .iter()
-                .enumerate()
-                .filter(|(i, c)| !t.key.iter().any(|&k| k as usize == *i) || !one_text(c))
-                .map(|(_, c)| format!("{0} = EXCLUDED.{0}", quote(&c.name)))
-                .collect();
-            format!(
-                "{ins} ON CONFLICT ({}) DO UPDATE SET {}",
-                key_names.join(", "),
-                sets.join(", ")
-            )
-        };
+    let plain = by_all
+        || t.key.is_empty()
+        || t.key.iter().all(|&k| one_text(&t.columns[k as usize]))
+        || !key_is_arbiter(c, loc, name, t)?;
+    let ins_row = if plain {
+        ins.clone()
+    } else {
+        let key_names: Vec<String> = t
+            .key
+            .iter()
+            .map(|&k| quote(&t.columns[k as usize].name))
+            .collect();
+        let sets: Vec<String> = t
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| !t.key.iter().any(|&k| k as usize == *i) || !one_text(c))
+            .map(|(_, c)| format!("{0} = EXCLUDED.{0}", quote(&c.name)))
+            .collect();
+        format!(
+            "{ins} ON CONFLICT ({}) DO UPDATE SET {}",
+            key_names.join(", "),
+            sets.join(", ")
+        )
+    };
     let mut next = 0usize;
     for e in MapIter::new(src, ObjectType::Rows, t.root) {
         let (k, v) = e?;
