@@ -245,21 +245,43 @@ impl Backend for S3Backend {
                 .map_err(|e| s3_err("uploading", key, e))?;
             let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
             let mut buf = vec![0u8; PART_SIZE];
+            // An upload that fails here is aborted, so that its parts do
+            // not stay in the bucket (billed, unseen); `finish` aborts its
+            // own failures.
+            let abort = |w: WriteMultipart| match self.rt.run(async move { w.abort().await }) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("could not abort the upload of {key}: {e}"),
+                Err(e) => tracing::warn!("could not abort the upload of {key}: {e}"),
+            };
             loop {
-                let n = f.read(&mut buf).ctx("reading", local)?;
+                let n = match f.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        abort(w);
+                        return Err(SyncError::io("reading", local, e));
+                    }
+                };
                 if n == 0 {
                     break;
                 }
                 let chunk = buf[..n].to_vec();
                 // Bounded: at most a few parts in flight.
-                w = self
-                    .rt
-                    .run(async move {
-                        w.wait_for_capacity(4).await?;
-                        w.write(&chunk);
-                        Ok::<_, object_store::Error>(w)
-                    })?
-                    .map_err(|e| s3_err("uploading", key, e))?;
+                let step = self.rt.run(async move {
+                    match w.wait_for_capacity(4).await {
+                        Ok(()) => {
+                            w.write(&chunk);
+                            Ok(w)
+                        }
+                        Err(e) => Err((w, e)),
+                    }
+                })?;
+                w = match step {
+                    Ok(w) => w,
+                    Err((w, e)) => {
+                        abort(w);
+                        return Err(s3_err("uploading", key, e));
+                    }
+                };
             }
             self.rt
                 .run(async move { w.finish().await })?
