@@ -148,6 +148,10 @@ pub fn restore(
             sub.unwrap_or("")
         )));
     }
+    if target.is_none() || tree_target.is_some() {
+        // The recorded places are used (files, databases).
+        crate::sources::check_locations(&s)?;
+    }
     let mut ropts = restore_options(ws, &s, opts.delete, opts.keep_setid);
     if target.is_none() && db.is_none() {
         let dbs = if sub.is_none() {

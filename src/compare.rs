@@ -113,6 +113,8 @@ pub fn diff(
             )?
         }
         None => {
+            // Against what is live now, at the places the snapshot records.
+            crate::sources::check_locations(&sa)?;
             let scratch = Scratch {
                 store,
                 mem: MemStore::new(false),

@@ -34,6 +34,32 @@ pub struct Placement {
     pub exact: bool,
 }
 
+/// Refuses a snapshot whose recorded places (source paths, database files)
+/// hold a `.` or `..` part: sp-sync records them canonical, so only a
+/// crafted snapshot has one, and a path through a place the restore itself
+/// writes (`svc/../../x`, once `svc` is a symlink it wrote) would resolve
+/// anywhere, past every check that compares paths.
+pub fn check_locations(snap: &Snapshot) -> Result<()> {
+    let Some(src) = &snap.sources else {
+        return Ok(());
+    };
+    let places = src.paths.iter().chain(
+        src.dbs
+            .iter()
+            .map(|d| &d.location)
+            .filter(|l| !crate::db::pg::is_url(l)),
+    );
+    for p in places {
+        if p.split('/').any(|c| c == "." || c == "..") {
+            return Err(SyncError::Invalid(format!(
+                "the snapshot records the place {p:?}, with a `.` or `..` part, which sp-sync never \
+                 records (a crafted snapshot): refused; restore SNAP:PATH into a TARGET"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A recorded location resolved against `base` (absolute locations stay).
 fn resolve(base: &Path, location: &str) -> PathBuf {
     if location.is_empty() {
@@ -55,6 +81,7 @@ fn join_sub(dest: PathBuf, rest: &str) -> PathBuf {
 /// Where `SNAP[:sub]` goes when its sources are placed relative to `base`.
 /// Fails for a snapshot that does not record its sources.
 pub fn placements(snap: &Snapshot, sub: Option<&str>, base: &Path) -> Result<Vec<Placement>> {
+    check_locations(snap)?;
     let sources = snap.sources.as_ref().ok_or_else(|| {
         SyncError::Invalid(
             "the snapshot does not record where it was taken from (an older sp-sync made it); \

@@ -1672,3 +1672,52 @@ fn a_remote_url_with_credentials_is_refused_without_showing_them() {
             .contains("UrlSecret99")
     );
 }
+
+/// A snapshot whose recorded places hold `..` (`svc/../../loot`: sp-sync
+/// records places canonical, so only a crafted one does) is refused by
+/// every restore and diff that would use them; the path would resolve
+/// outside the tree once the restore itself made `svc`, past every check
+/// that compares paths.
+#[test]
+fn recorded_places_with_dot_dot_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let w1 = t.join("w1");
+    std::fs::create_dir_all(&w1).unwrap();
+    layout(&w1, PATHS_TOML);
+    ok(&w1, &["snapshot", "-q"]);
+    replant(&w1.join(".sp-sync"), "main", |s| {
+        let src = s.sources.as_mut().unwrap();
+        src.paths = vec!["svc/../../loot".into()];
+        src.dbs[0].location = "svc/../../victim.db".into();
+    });
+    let loot = t.join("loot");
+    std::fs::create_dir_all(&loot).unwrap();
+    std::fs::write(loot.join("precious.txt"), "keep\n").unwrap();
+    std::fs::copy(w1.join("data/app.db"), t.join("victim.db")).unwrap();
+    let victim = dump(&t.join("victim.db"));
+    let before = describe(&loot);
+    let w2 = t.join("w2");
+    std::fs::create_dir_all(&w2).unwrap();
+    ok(&w2, &["init", "-q"]);
+    ok(&w2, &["pull", w1.join(".sp-sync").to_str().unwrap(), "-q"]);
+    for args in [
+        &["restore", "main"][..],
+        &["restore", "main", "--delete"],
+        &["restore", "main", ".", "--delete"],
+        &["diff", "main"],
+    ] {
+        let err = fails(&w2, args, 1);
+        assert!(err.contains("`.` or `..`"), "{args:?}: {err}");
+        assert_eq!(describe(&loot), before, "{args:?} changed the loot");
+        assert_eq!(
+            dump(&t.join("victim.db")),
+            victim,
+            "{args:?} changed the database"
+        );
+        assert!(!w2.join("svc").exists(), "{args:?} wrote svc");
+    }
+    // The tree still comes back into a target of its own.
+    ok(&w2, &["restore", "main", "into"]);
+    assert!(w2.join("into/agents/bot.md").is_file());
+}
