@@ -166,6 +166,18 @@ pub fn restore(
         // another host's.)
         foreign_guard(store, ws, id, &s, &[], &databases(&s, t))?;
     }
+    // Which tables go where: a database named takes them all (or those
+    // asked for); without a target, each recorded database gets its own back.
+    let dbs: Vec<(PathBuf, Vec<String>)> = match (db, &target) {
+        (Some(db), _) if crate::db::pg::is_url_path(db) => vec![(db.to_path_buf(), Vec::new())],
+        (Some(db), _) => vec![(opts.cwd.join(db), Vec::new())],
+        (None, None) if sub.is_none() => databases(&s, &ws.root),
+        (None, Some(_)) if sub.is_none() => match tree_target {
+            Some(t) => databases(&s, t),
+            None => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
     // Sources go back to their own places: never through a symlink found
     // on the way (one where a directory source goes would take its files,
     // and `--delete`, somewhere else). Checked for all before any is written.
@@ -191,6 +203,23 @@ pub fn restore(
             };
             if let Some(e) = entry {
                 nested.push((p.dest.clone(), e));
+            }
+        }
+        // A database file is written after the files: never through a
+        // symlink they put on the way to it either.
+        for (path, _) in &dbs {
+            if !crate::db::pg::is_url_path(path) {
+                nested.push((
+                    path.clone(),
+                    crate::object::tree::Entry {
+                        mode: 0o644,
+                        mtime: Default::default(),
+                        kind: crate::object::tree::EntryKind::File {
+                            size: 0,
+                            content: crate::object::tree::Content::Inline(Vec::new()),
+                        },
+                    },
+                ));
             }
         }
         crate::restore::refuse_nested_through(store, &nested)?;
@@ -232,18 +261,6 @@ pub fn restore(
             protected: r.protected,
         });
     }
-    // Which tables go where: a database named takes them all (or those
-    // asked for); without a target, each recorded database gets its own back.
-    let dbs: Vec<(PathBuf, Vec<String>)> = match (db, &target) {
-        (Some(db), _) if crate::db::pg::is_url_path(db) => vec![(db.to_path_buf(), Vec::new())],
-        (Some(db), _) => vec![(opts.cwd.join(db), Vec::new())],
-        (None, None) if sub.is_none() => databases(&s, &ws.root),
-        (None, Some(_)) if sub.is_none() => match tree_target {
-            Some(t) => databases(&s, t),
-            None => Vec::new(),
-        },
-        _ => Vec::new(),
-    };
     if db.is_some() && s.tables.is_empty() {
         return Err(SyncError::NotFound(format!(
             "snapshot {} has no tables",

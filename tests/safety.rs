@@ -1721,3 +1721,64 @@ fn recorded_places_with_dot_dot_are_refused() {
     ok(&w2, &["restore", "main", "into"]);
     assert!(w2.join("into/agents/bot.md").is_file());
 }
+
+/// A database the snapshot records below a symlink its own files put
+/// there (`svc/app.db`, its tree holding `svc` as a link out): the restore
+/// is refused before anything is written, rather than write the database
+/// through the link.
+#[test]
+fn a_database_never_goes_through_a_symlink_the_same_restore_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let outside = t.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let w1 = t.join("w1");
+    std::fs::create_dir_all(&w1).unwrap();
+    layout(&w1, PATHS_TOML);
+    std::fs::create_dir_all(w1.join("x")).unwrap();
+    std::os::unix::fs::symlink(&outside, w1.join("x/svc")).unwrap();
+    ok(&w1, &["snapshot", "x", "-q"]);
+    let root = {
+        use systemprompt_sync::object::ObjectSource;
+        let st = systemprompt_sync::Store::open(
+            &w1.join(".sp-sync"),
+            systemprompt_sync::LockMode::Shared,
+        )
+        .unwrap();
+        let id = systemprompt_sync::ObjectId::from_hex(
+            std::fs::read_to_string(w1.join(".sp-sync/refs/main"))
+                .unwrap()
+                .trim(),
+        )
+        .unwrap();
+        systemprompt_sync::Snapshot::decode(
+            &st.get(systemprompt_sync::ObjectType::Snapshot, &id)
+                .unwrap(),
+        )
+        .unwrap()
+        .root
+    };
+    ok(&w1, &["snapshot", "-q"]);
+    replant(&w1.join(".sp-sync"), "main", |s| {
+        s.root = root;
+        let src = s.sources.as_mut().unwrap();
+        src.paths = vec!["".into()];
+        src.dbs[0].location = "svc/app.db".into();
+    });
+    let w2 = t.join("w2");
+    std::fs::create_dir_all(&w2).unwrap();
+    ok(&w2, &["init", "-q"]);
+    ok(&w2, &["pull", w1.join(".sp-sync").to_str().unwrap(), "-q"]);
+    for args in [&["restore", "main"][..], &["restore", "main", "--delete"]] {
+        let err = fails(&w2, args, 1);
+        assert!(
+            err.contains("lies below") && err.contains("symlink"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !outside.join("app.db").exists(),
+            "{args:?} wrote the database outside"
+        );
+        assert!(!w2.join("svc").is_symlink(), "{args:?} wrote the link");
+    }
+}
