@@ -281,9 +281,23 @@ pub fn cat(store: &Store, spec: &str, out: &mut dyn std::io::Write) -> Result<u6
             for c in content.chunks(store, *size) {
                 let c = c?;
                 let data = object::ObjectSource::get(store, ObjectType::Chunk, &c.id)?;
+                // (A list that lies about a chunk's length, or a file's
+                // size, is a damaged snapshot, as a restore says.)
+                if data.len() as u64 != c.len {
+                    return Err(object::corrupt(
+                        ObjectType::Chunk,
+                        &c.id,
+                        format!("{} bytes where the list says {}", data.len(), c.len),
+                    ));
+                }
                 out.write_all(&data)
                     .map_err(|e| SyncError::io("writing", "standard output", e))?;
                 n += data.len() as u64;
+            }
+            if n != *size {
+                return Err(SyncError::Invalid(format!(
+                    "{spec}: a damaged snapshot: its chunks hold {n} bytes where the file's size is {size}"
+                )));
             }
             Ok(n)
         }

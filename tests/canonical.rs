@@ -570,3 +570,46 @@ fn a_server_refuses_a_pushed_snapshot_whose_root_is_a_chunk() {
     );
     assert!((400..500).contains(&status), "{status}");
 }
+
+/// A file whose chunk list says a chunk is longer than it is (a file of
+/// 100 bytes made of one 6-byte chunk said to be 100): `fsck` reports the
+/// chunk (from the index, reading no data) and `cat` fails instead of
+/// writing 6 bytes with exit 0, as `restore` does.
+#[test]
+fn a_chunk_list_that_lies_about_a_length_is_caught_by_fsck_and_cat() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = init(tmp.path());
+    {
+        let st = store(&w);
+        let s = st.writer().unwrap();
+        s.put(ObjectType::Chunk, b"short\n").unwrap();
+        s.finish().unwrap();
+    }
+    let e = Entry {
+        mode: 0o644,
+        mtime: Timestamp::default(),
+        kind: EntryKind::File {
+            size: 100,
+            content: Content::Inline(vec![ChunkRef {
+                id: ObjectId::compute(ObjectType::Chunk, b"short\n"),
+                len: 100,
+            }]),
+        },
+    };
+    plant_file(&w, &e);
+    for args in [&["fsck"][..], &["fsck", "--read-data"]] {
+        let o = run_in(&w, args);
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {out}");
+        assert!(
+            out.contains("holds 6 bytes where its file's chunk list says 100"),
+            "{out}"
+        );
+    }
+    let err = fails(&w, &["cat", "main:f"], 1);
+    assert!(err.contains("6 bytes where the list says 100"), "{err}");
+}

@@ -224,6 +224,33 @@ impl<'a> Walker<'a> {
             .push(format!("{tag} {id}{place}: {what}; reached from {ctx}"));
     }
 
+    /// A file's chunk: present, a chunk, and as long as the file's list
+    /// says (its stored length is in the index: no data is read). Checked
+    /// for every reference, since two files may give one chunk two lengths.
+    fn chunk(&mut self, id: &ObjectId, len: u64, ctx: &str) {
+        let first = self.seen.insert(*id);
+        if !self.check_chunks || (!first && self.bad.contains_key(id)) {
+            return;
+        }
+        if first && !self.check_present(ObjectType::Chunk, id, ctx) {
+            return;
+        }
+        if let Some(l) = self.store.location(id)
+            && l.tag == ObjectType::Chunk
+            && u64::from(l.ulen) != len
+        {
+            self.report(
+                ObjectType::Chunk,
+                id,
+                &format!(
+                    "holds {} bytes where its file's chunk list says {len}",
+                    l.ulen
+                ),
+                ctx,
+            );
+        }
+    }
+
     fn check_present(&mut self, tag: ObjectType, id: &ObjectId, ctx: &str) -> bool {
         if let Some(why) = self.bad.get(id) {
             let why = why.clone();
@@ -486,9 +513,7 @@ impl<'a> Walker<'a> {
         match c {
             Content::Inline(v) => {
                 for ch in v {
-                    if self.seen.insert(ch.id) && self.check_chunks {
-                        self.check_present(ObjectType::Chunk, &ch.id, ctx);
-                    }
+                    self.chunk(&ch.id, ch.len, ctx);
                 }
             }
             Content::Indirect { level, root } => {
@@ -563,9 +588,7 @@ impl<'a> Walker<'a> {
         let n = node.entries.len();
         for (i, e) in node.entries.iter().enumerate() {
             if level == 0 {
-                if self.seen.insert(e.id) && self.check_chunks {
-                    self.check_present(ObjectType::Chunk, &e.id, ctx);
-                }
+                self.chunk(&e.id, e.len, ctx);
             } else {
                 self.list(level - 1, &e.id, e.len, ctx, false, rightmost && i + 1 == n);
             }
