@@ -1671,6 +1671,24 @@ fn a_remote_url_with_credentials_is_refused_without_showing_them() {
             .unwrap_or_default()
             .contains("UrlSecret99")
     );
+    // One written into config.toml by hand: listed without it.
+    ok(w, &["remote", "add", "o", "http://127.0.0.1:9/acme"]);
+    let cfg = w.join(".sp-sync/config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("http://127.0.0.1", "http://u:UrlSecret99@127.0.0.1"),
+    )
+    .unwrap();
+    for args in [&["remote", "list"][..], &["remote", "list", "--json"]] {
+        let out = ok(w, args);
+        assert!(
+            out.contains("***@127.0.0.1") && !out.contains("UrlSecret99"),
+            "{out}"
+        );
+    }
+    let err = fails(w, &["push", "o"], 1);
+    assert!(!err.contains("UrlSecret99"), "{err}");
 }
 
 /// A snapshot whose recorded places hold `..` (`svc/../../loot`: sp-sync

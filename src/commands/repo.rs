@@ -572,7 +572,12 @@ pub fn remote(place: &Place, cmd: &RemoteCmd) -> Result<RemoteReport> {
         RemoteCmd::List => RemoteReport::List(
             cfg.remote
                 .iter()
-                .map(|(n, r)| (n.clone(), r.url.clone()))
+                // (A URL written into config.toml by hand with a user part:
+                // shown without it; every command that uses it refuses it.)
+                .map(|(n, r)| {
+                    let url = crate::remote::with_userinfo(&r.url).unwrap_or_else(|| r.url.clone());
+                    (n.clone(), url)
+                })
                 .collect(),
         ),
         RemoteCmd::Remove { name } => {
