@@ -177,6 +177,16 @@ impl CollectionConfig {
                 invalid(format!("collection {}: body_file {f:?} {why}", self.name))
             })?;
         }
+        // Sync writes both: they stay inside the project (a sp-sync.toml
+        // a restore brought could otherwise point them anywhere).
+        for (what, p) in [("dir", &self.dir), ("db", &self.db)] {
+            if safe_rel(p).is_err() {
+                return Err(invalid(format!(
+                    "collection {}: {what} {p:?} is not a relative path inside the project (no `..`, `.` or absolute path)",
+                    self.name
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -355,14 +365,18 @@ pub fn select<'a>(
     all: &'a [CollectionConfig],
     name: Option<&str>,
 ) -> Result<Vec<&'a CollectionConfig>> {
-    match name {
-        None => Ok(all.iter().collect()),
+    let picked: Vec<&CollectionConfig> = match name {
+        None => all.iter().collect(),
         Some(n) => all
             .iter()
             .find(|c| c.name == n)
             .map(|c| vec![c])
-            .ok_or_else(|| SyncError::NotFound(format!("unknown collection {n:?}"))),
+            .ok_or_else(|| SyncError::NotFound(format!("unknown collection {n:?}")))?,
+    };
+    for c in &picked {
+        c.check()?;
     }
+    Ok(picked)
 }
 
 fn open(path: &Path, write: bool) -> Result<Connection> {
@@ -386,6 +400,7 @@ fn open(path: &Path, write: bool) -> Result<Connection> {
 /// Computes the differences of one collection (`root`: the working tree),
 /// each key's changed side told by `base` (the state at the last sync).
 pub fn plan(root: &Path, cfg: &CollectionConfig, base: Option<Base>) -> Result<Plan> {
+    cfg.check()?;
     let db_path = root.join(&cfg.db);
     let c = open(&db_path, false)?;
     let r = plan_with(&c, root, &db_path, cfg, base);

@@ -1430,3 +1430,55 @@ fn a_killed_to_disks_temporary_file_goes_at_the_next_one() {
             .contains("A2")
     );
 }
+
+/// A collection's `dir` and `db` stay inside the project: sync writes both,
+/// and an sp-sync.toml a restore brought could point them anywhere. One
+/// outside (`..`, absolute) is refused before anything is read or written.
+#[test]
+fn a_collection_outside_the_project_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let w = t.join("w");
+    std::fs::create_dir_all(w.join("services/content")).unwrap();
+    std::fs::create_dir_all(t.join("outside")).unwrap();
+    std::fs::write(t.join("outside/keep.md"), "---\nslug: keep\n---\nmine\n").unwrap();
+    let victim = t.join("victim.db");
+    Connection::open(&victim)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE content(slug TEXT PRIMARY KEY, body TEXT);
+             INSERT INTO content VALUES ('precious', 'keep');",
+        )
+        .unwrap();
+    ok(&w, &["init", "-q"]);
+    for (dir, db) in [
+        ("../outside", "data/app.db"),
+        ("services/content", victim.to_str().unwrap()),
+        ("services/content", "data/../../victim.db"),
+    ] {
+        std::fs::write(
+            w.join("sp-sync.toml"),
+            format!(
+                "[[collection]]\nname = \"content\"\ndir = \"{dir}\"\ndb = \"{db}\"\ntable = \"content\"\nkey = \"slug\"\nbody = \"body\"\n"
+            ),
+        )
+        .unwrap();
+        for args in [&["local", "to-db"][..], &["local", "to-disk", "--force"]] {
+            let err = fails(&w, args, 1);
+            assert!(
+                err.contains("inside the project"),
+                "{dir} {db} {args:?}: {err}"
+            );
+        }
+        let rows: i64 = Connection::open(&victim)
+            .unwrap()
+            .query_row("SELECT count(*) FROM content", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1, "{dir} {db}: the database outside changed");
+        assert_eq!(
+            std::fs::read_dir(t.join("outside")).unwrap().count(),
+            1,
+            "{dir} {db}: wrote outside"
+        );
+    }
+}
