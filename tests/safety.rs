@@ -1800,3 +1800,22 @@ fn a_database_never_goes_through_a_symlink_the_same_restore_writes() {
         assert!(!w2.join("svc").is_symlink(), "{args:?} wrote the link");
     }
 }
+
+/// A database whose folder is gone comes back with its folder, as a file
+/// does (the restore failed with "unable to open database file").
+#[test]
+fn a_database_comes_back_with_its_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    layout(w, PATHS_TOML);
+    ok(w, &["snapshot", "-q"]);
+    let before = dump(&w.join("data/app.db"));
+    std::fs::remove_dir_all(w.join("data")).unwrap();
+    ok(w, &["restore", "main", "-q"]);
+    assert_eq!(dump(&w.join("data/app.db")), before);
+    let left: Vec<_> = std::fs::read_dir(w.join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("app.db")]);
+}

@@ -149,6 +149,11 @@ fn restore_new(
             )));
         }
     }
+    // The database's folder goes back too (a snapshot restored into a
+    // tree without it), as a file's does.
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir).map_err(|e| SyncError::io("creating", &dir, e))?;
+    }
     sweep_stale_temps(&dir, &name);
     let tmp = dir.join(format!(
         ".{name}.sp-sync-{}-{}.tmp",
