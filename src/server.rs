@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use axum::body::{Body, HttpBody};
 use axum::extract::{Extension, Path as UrlPath, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -62,7 +62,9 @@ use crate::remote::{COMMIT_EVERY, update_ref_checked};
 use crate::store::s3::S3Backend;
 use crate::store::{Backend, LockMode, Store};
 
-/// The tokens file: `[tenants.NAME] tokens = ["..."]`, and optionally
+/// The tokens file: `[tenants.NAME] tokens = ["..."]`, optionally
+/// `read_tokens = ["..."]` (tokens that may only read: list refs, fetch,
+/// negotiate; never push, move or delete a ref, or gc) and
 /// `quota = "10GiB"` (or a number of bytes).
 #[derive(Debug, Clone, Deserialize)]
 pub struct TokensFile {
@@ -77,6 +79,10 @@ pub struct TenantTokens {
     /// Bearer tokens that may use the tenant.
     #[serde(default)]
     pub tokens: Vec<String>,
+    /// Bearer tokens that may only read the tenant (a CI job that restores
+    /// a cache, a pull request's runner): no push, ref move or gc.
+    #[serde(default)]
+    pub read_tokens: Vec<String>,
     /// The most its store may hold (none: no limit).
     #[serde(default)]
     pub quota: Option<Size>,
@@ -160,7 +166,7 @@ enum Data {
 struct AppState {
     data: Data,
     /// (token, tenant); None: no authentication (every tenant open).
-    tokens: Option<Vec<(String, String)>>,
+    tokens: Option<Vec<Token>>,
     quotas: HashMap<String, u64>,
     stores: Mutex<HashMap<String, Arc<Store>>>,
     opening: Mutex<()>,
@@ -264,8 +270,14 @@ fn from_sync(e: SyncError) -> ApiError {
 struct Permit(#[allow(dead_code)] Arc<(OwnedSemaphorePermit, OwnedSemaphorePermit)>);
 
 impl AppState {
-    /// Checks the request's token against the tenant in its path.
-    fn authorize(&self, headers: &HeaderMap, tenant: &str) -> std::result::Result<(), ApiError> {
+    /// Checks the request's token against the tenant in its path, and
+    /// that it may write when the request does (`write`).
+    fn authorize(
+        &self,
+        headers: &HeaderMap,
+        tenant: &str,
+        write: bool,
+    ) -> std::result::Result<(), ApiError> {
         if !valid_tenant(tenant) {
             return Err(not_found());
         }
@@ -278,16 +290,20 @@ impl AppState {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| err(StatusCode::UNAUTHORIZED, "a bearer token is required"))?;
         // Look at every token (no early exit), comparing in constant time.
-        let mut owner: Option<&str> = None;
-        for (t, ten) in tokens {
-            if ct_eq(t.as_bytes(), given.as_bytes()) {
-                owner = Some(ten);
+        let mut owner: Option<&Token> = None;
+        for t in tokens {
+            if ct_eq(t.token.as_bytes(), given.as_bytes()) {
+                owner = Some(t);
             }
         }
         match owner {
             None => Err(err(StatusCode::UNAUTHORIZED, "unknown token")),
-            Some(o) if o == tenant => Ok(()),
-            Some(_) => Err(not_found()),
+            Some(o) if o.tenant != tenant => Err(not_found()),
+            Some(o) if write && !o.write => Err(err(
+                StatusCode::FORBIDDEN,
+                "this token may only read this tenant",
+            )),
+            Some(_) => Ok(()),
         }
     }
 
@@ -416,7 +432,20 @@ async fn guard(State(st): St, mut req: Request, next: Next) -> Response {
         .and_then(|r| r.split('/').next())
         .unwrap_or_default()
         .to_string();
-    if let Err(e) = st.authorize(req.headers(), &tenant) {
+    // What changes the tenant's store: a push's objects, a ref's move or
+    // removal, gc. The rest reads.
+    let write = {
+        let rest = req
+            .uri()
+            .path()
+            .strip_prefix("/v1/")
+            .and_then(|r| r.split_once('/'))
+            .map_or("", |(_, rest)| rest);
+        rest == "objects"
+            || rest == "gc"
+            || (rest.starts_with("refs/") && req.method() != Method::GET)
+    };
+    if let Err(e) = st.authorize(req.headers(), &tenant, write) {
         return e.into_response();
     }
     let Ok(global) = st.all.clone().try_acquire_owned() else {
@@ -1210,8 +1239,19 @@ async fn fallback() -> ApiError {
     not_found()
 }
 
-/// Loads the tokens file: token → tenant.
-pub fn load_tokens(path: &Path) -> Result<Vec<(String, String)>> {
+/// A bearer token: the tenant it opens, and whether it may write.
+#[derive(Debug, Clone)]
+pub struct Token {
+    /// The token itself.
+    pub token: String,
+    /// The tenant it opens.
+    pub tenant: String,
+    /// Whether it may push, move or delete refs and gc (else only read).
+    pub write: bool,
+}
+
+/// Loads the tokens file: every token, its tenant and its access.
+pub fn load_tokens(path: &Path) -> Result<Vec<Token>> {
     Ok(load_tokens_file(path)?.0)
 }
 
@@ -1219,7 +1259,7 @@ pub fn load_tokens(path: &Path) -> Result<Vec<(String, String)>> {
 pub type Quotas = HashMap<String, u64>;
 
 /// Loads the tokens file: (token, tenant) pairs and each tenant's quota.
-pub fn load_tokens_file(path: &Path) -> Result<(Vec<(String, String)>, Quotas)> {
+pub fn load_tokens_file(path: &Path) -> Result<(Vec<Token>, Quotas)> {
     let text = std::fs::read_to_string(path).ctx("reading", path)?;
     let f: TokensFile = toml::from_str(&text)
         .map_err(|e| SyncError::Invalid(format!("{}: {}", path.display(), e.message())))?;
@@ -1232,14 +1272,29 @@ pub fn load_tokens_file(path: &Path) -> Result<(Vec<(String, String)>, Quotas)> 
                 path.display()
             )));
         }
-        for tok in t.tokens {
+        let all = t
+            .tokens
+            .into_iter()
+            .map(|tok| (tok, true))
+            .chain(t.read_tokens.into_iter().map(|tok| (tok, false)));
+        for (tok, write) in all {
             if tok.len() < 16 {
                 return Err(SyncError::Invalid(format!(
                     "{}: a token of tenant {tenant} is shorter than 16 characters",
                     path.display()
                 )));
             }
-            out.push((tok, tenant.clone()));
+            if out.iter().any(|o: &Token| o.token == tok) {
+                return Err(SyncError::Invalid(format!(
+                    "{}: a token of tenant {tenant} is listed twice",
+                    path.display()
+                )));
+            }
+            out.push(Token {
+                token: tok,
+                tenant: tenant.clone(),
+                write,
+            });
         }
         match t.quota {
             None => {}

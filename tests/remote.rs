@@ -1106,3 +1106,75 @@ fn a_push_of_an_old_and_a_new_ref_sends_what_the_new_one_reaches() {
     );
     ok(&w, &["--store", &r, "fsck", "--read-data"]);
 }
+
+/// A read token (`read_tokens`) reads its tenant (pull, cache restore) and
+/// never writes it: a push, a ref's move or removal, a cache save and gc
+/// are refused (403, one line), and nothing on the server changes.
+#[test]
+fn a_read_token_reads_and_never_writes() {
+    const READ: &str = "read-only-token-for-acme-0123";
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let tokens = tmp.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!("[tenants.acme]\ntokens = [\"{TOKEN_A}\"]\nread_tokens = [\"{READ}\"]\n"),
+    )
+    .unwrap();
+    let server = serve(data.to_str().unwrap(), Some(&tokens), "127.0.0.1:0", &[]);
+    let url = server.url("acme");
+    let a = worktree(tmp.path(), "a", 4);
+    ok(&a, &["snapshot", "-q"]);
+    ok_env(&a, &["push", &url], &[("SP_SYNC_TOKEN", TOKEN_A.into())]);
+    ok_env(
+        &a,
+        &["cache", "save", "k1", "services", "--remote", &url],
+        &[("SP_SYNC_TOKEN", TOKEN_A.into())],
+    );
+    let refs_before = http(&server.addr, "GET", "/v1/acme/refs", Some(TOKEN_A), b"");
+    // Reading: a pull, a cache restore.
+    let b = worktree(tmp.path(), "b", 5);
+    ok_env(
+        &b,
+        &["pull", &url, "main"],
+        &[("SP_SYNC_TOKEN", READ.into())],
+    );
+    let c = tmp.path().join("c");
+    std::fs::create_dir_all(&c).unwrap();
+    ok_env(
+        &c,
+        &["cache", "restore", "k1", "--remote", &url],
+        &[("SP_SYNC_TOKEN", READ.into())],
+    );
+    assert!(c.join("services/agents/bot.md").is_file());
+    // Writing: refused, and the server's refs stay as they were.
+    std::fs::write(a.join("services/agents/bot.md"), "changed\n").unwrap();
+    ok(&a, &["snapshot", "-q"]);
+    for args in [
+        &["push", url.as_str()][..],
+        &["push", url.as_str(), "--force"],
+        &["cache", "save", "k2", "services", "--remote", url.as_str()],
+    ] {
+        let o = run_env(&a, args, &[("SP_SYNC_TOKEN", READ.into())]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        common::assert_one_error_line(args, &err);
+        assert!(err.contains("may only read"), "{args:?}: {err}");
+    }
+    for (method, path) in [
+        ("DELETE", "/v1/acme/refs/main"),
+        ("POST", "/v1/acme/refs/main"),
+        ("POST", "/v1/acme/gc"),
+        ("POST", "/v1/acme/objects"),
+    ] {
+        assert_eq!(
+            http(&server.addr, method, path, Some(READ), b"").0,
+            403,
+            "{method} {path}"
+        );
+    }
+    assert_eq!(
+        http(&server.addr, "GET", "/v1/acme/refs", Some(TOKEN_A), b""),
+        refs_before
+    );
+}
