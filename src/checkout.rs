@@ -178,6 +178,13 @@ pub fn restore(
         },
         _ => Vec::new(),
     };
+    // No database is written into a store (a snapshot could name one
+    // there: `.sp-sync/refs/x` would become a SQLite file).
+    for (path, _) in &dbs {
+        if !crate::db::pg::is_url_path(path) {
+            crate::restore::refuse_store(path)?;
+        }
+    }
     // Sources go back to their own places: never through a symlink found
     // on the way (one where a directory source goes would take its files,
     // and `--delete`, somewhere else). Checked for all before any is written.

@@ -1084,46 +1084,74 @@ pub fn refuse_nested_through(src: &dyn ObjectSource, places: &[(PathBuf, Entry)]
             )));
         }
     }
+    // Compared as they resolve now, and as written: the restore writes
+    // by the path as written, so a symlink on disk that it replaces (a
+    // link in the tree where the user had one) is on the way too.
+    let lexical: Vec<PathBuf> = places
+        .iter()
+        .map(|(d, _)| std::path::absolute(d).unwrap_or_else(|_| d.clone()))
+        .collect();
     for (i, (outer_dest, outer)) in places.iter().enumerate() {
         for (j, (inner_dest, inner)) in places.iter().enumerate() {
-            let Ok(rel) = canon[j].strip_prefix(&canon[i]) else {
-                continue;
-            };
-            if i == j || rel.as_os_str().is_empty() {
+            if i == j {
                 continue;
             }
-            let refuse = |at: &Path, what: &str| {
-                SyncError::Invalid(format!(
-                    "{} lies below {}, where the same restore writes {what} at {}; \
-                     a restore does not write through it: restore into a TARGET of its own",
-                    inner_dest.display(),
-                    outer_dest.display(),
-                    at.display()
-                ))
-            };
-            let mut cur = outer.clone();
-            let mut at = outer_dest.clone();
-            let mut reached = true;
-            for c in rel.components() {
-                let EntryKind::Dir { tree } = cur.kind else {
-                    return Err(refuse(&at, cur.kind_name()));
-                };
-                at.push(c);
-                match crate::object::tree::lookup(src, &tree, c.as_os_str().as_bytes())? {
-                    Some(e) => cur = e,
-                    None => {
-                        reached = false;
-                        break;
-                    }
-                }
-            }
-            if reached
-                && matches!(inner.kind, EntryKind::Dir { .. })
-                && !matches!(cur.kind, EntryKind::Dir { .. })
+            for rel in [
+                canon[j].strip_prefix(&canon[i]),
+                lexical[j].strip_prefix(&lexical[i]),
+            ]
+            .into_iter()
+            .flatten()
             {
-                return Err(refuse(&at, cur.kind_name()));
+                if rel.as_os_str().is_empty() {
+                    continue;
+                }
+                nested_walk(src, (outer_dest, outer), (inner_dest, inner), rel)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// One pair of [`refuse_nested_through`]: `inner` lies at `rel` below
+/// `outer`; refuses when `outer`'s tree holds something other than a
+/// directory on the way.
+fn nested_walk(
+    src: &dyn ObjectSource,
+    (outer_dest, outer): (&PathBuf, &Entry),
+    (inner_dest, inner): (&PathBuf, &Entry),
+    rel: &Path,
+) -> Result<()> {
+    let refuse = |at: &Path, what: &str| {
+        SyncError::Invalid(format!(
+            "{} lies below {}, where the same restore writes {what} at {}; \
+             a restore does not write through it: restore into a TARGET of its own",
+            inner_dest.display(),
+            outer_dest.display(),
+            at.display()
+        ))
+    };
+    let mut cur = outer.clone();
+    let mut at = outer_dest.clone();
+    let mut reached = true;
+    for c in rel.components() {
+        let EntryKind::Dir { tree } = cur.kind else {
+            return Err(refuse(&at, cur.kind_name()));
+        };
+        at.push(c);
+        match crate::object::tree::lookup(src, &tree, c.as_os_str().as_bytes())? {
+            Some(e) => cur = e,
+            None => {
+                reached = false;
+                break;
+            }
+        }
+    }
+    if reached
+        && matches!(inner.kind, EntryKind::Dir { .. })
+        && !matches!(cur.kind, EntryKind::Dir { .. })
+    {
+        return Err(refuse(&at, cur.kind_name()));
     }
     Ok(())
 }

@@ -209,7 +209,12 @@ pub fn protected_paths(ws: &Workspace, snap: Option<&Snapshot>) -> Vec<PathBuf> 
     for d in dbs {
         out.extend(with_sidecars(&d));
     }
-    out.into_iter().map(|p| canonical(&p)).collect()
+    // As they resolve, and as written: a symlink where a database is
+    // named (to the real file elsewhere) is the user's, and stays.
+    out.iter()
+        .map(|p| canonical(p))
+        .chain(out.iter().filter_map(|p| std::path::absolute(p).ok()))
+        .collect()
 }
 
 /// A database file and the files SQLite keeps beside it (`-wal`, `-shm`,

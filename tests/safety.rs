@@ -1819,3 +1819,132 @@ fn a_database_comes_back_with_its_folder() {
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("app.db")]);
 }
+
+/// The root of the snapshot `refname` of the working tree `w`.
+fn snapshot_root(w: &Path, refname: &str) -> Option<systemprompt_sync::ObjectId> {
+    use systemprompt_sync::object::ObjectSource;
+    let st =
+        systemprompt_sync::Store::open(&w.join(".sp-sync"), systemprompt_sync::LockMode::Shared)
+            .unwrap();
+    let id = systemprompt_sync::ObjectId::from_hex(
+        std::fs::read_to_string(w.join(".sp-sync/refs").join(refname))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    systemprompt_sync::Snapshot::decode(
+        &st.get(systemprompt_sync::ObjectType::Snapshot, &id)
+            .unwrap(),
+    )
+    .unwrap()
+    .root
+}
+
+/// A database named below a symlink the user has in the tree (`dlink ->
+/// data`), where the snapshot's own tree puts another link (to outside):
+/// the restore would replace the user's link and write the database
+/// through the new one. Refused before anything is written.
+#[test]
+fn a_database_never_goes_through_a_link_the_restore_replaces() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let outside = t.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let w1 = t.join("w1");
+    std::fs::create_dir_all(&w1).unwrap();
+    layout(&w1, PATHS_TOML);
+    std::fs::create_dir_all(w1.join("x")).unwrap();
+    std::os::unix::fs::symlink(&outside, w1.join("x/dlink")).unwrap();
+    ok(&w1, &["snapshot", "x", "-q"]);
+    let root = snapshot_root(&w1, "main");
+    ok(&w1, &["snapshot", "-q"]);
+    replant(&w1.join(".sp-sync"), "main", |s| {
+        s.root = root;
+        let src = s.sources.as_mut().unwrap();
+        src.paths = vec!["".into()];
+        src.dbs[0].location = "dlink/app.db".into();
+    });
+    std::fs::copy(w1.join("data/app.db"), outside.join("app.db")).unwrap();
+    let theirs = dump(&outside.join("app.db"));
+    let w2 = t.join("w2");
+    std::fs::create_dir_all(w2.join("data")).unwrap();
+    std::os::unix::fs::symlink("data", w2.join("dlink")).unwrap();
+    ok(&w2, &["init", "-q"]);
+    ok(&w2, &["pull", w1.join(".sp-sync").to_str().unwrap(), "-q"]);
+    for args in [&["restore", "main"][..], &["restore", "main", "--delete"]] {
+        let err = fails(&w2, args, 1);
+        assert!(
+            err.contains("lies below") && err.contains("symlink"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(
+            dump(&outside.join("app.db")),
+            theirs,
+            "{args:?} wrote outside"
+        );
+        assert_eq!(
+            std::fs::read_link(w2.join("dlink")).unwrap(),
+            Path::new("data"),
+            "{args:?} replaced the user's link"
+        );
+    }
+}
+
+/// A database a snapshot names inside the store (`.sp-sync/refs/zz`) is
+/// never written: the store stays readable.
+#[test]
+fn a_database_is_never_written_into_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let w1 = t.join("w1");
+    std::fs::create_dir_all(&w1).unwrap();
+    layout(&w1, PATHS_TOML);
+    ok(&w1, &["snapshot", "-q"]);
+    replant(&w1.join(".sp-sync"), "main", |s| {
+        s.sources.as_mut().unwrap().dbs[0].location = ".sp-sync/refs/zz".into();
+    });
+    let w2 = t.join("w2");
+    std::fs::create_dir_all(&w2).unwrap();
+    ok(&w2, &["init", "-q"]);
+    ok(&w2, &["pull", w1.join(".sp-sync").to_str().unwrap(), "-q"]);
+    let err = fails(&w2, &["restore", "main"], 1);
+    assert!(err.contains("store"), "{err}");
+    assert!(!w2.join(".sp-sync/refs/zz").exists());
+    ok(&w2, &["ref", "list"]);
+    ok(&w2, &["fsck"]);
+}
+
+/// A symlink where the snapshot names its database (the user's, to the
+/// real file elsewhere in the tree) stays, though the snapshot's tree holds
+/// another link there: the place a database is named is protected as
+/// written, not only as it resolves.
+#[test]
+fn a_link_where_a_database_is_named_stays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let w1 = t.join("w1");
+    std::fs::create_dir_all(&w1).unwrap();
+    layout(&w1, PATHS_TOML);
+    std::fs::create_dir_all(w1.join("x/data")).unwrap();
+    std::os::unix::fs::symlink("../attacker.db", w1.join("x/data/app.db")).unwrap();
+    ok(&w1, &["snapshot", "x", "-q"]);
+    let root = snapshot_root(&w1, "main");
+    ok(&w1, &["snapshot", "-q"]);
+    replant(&w1.join(".sp-sync"), "main", |s| {
+        s.root = root;
+        s.sources.as_mut().unwrap().paths = vec!["".into()];
+    });
+    let w2 = t.join("w2");
+    std::fs::create_dir_all(w2.join("data")).unwrap();
+    std::fs::create_dir_all(w2.join("real")).unwrap();
+    std::fs::copy(w1.join("data/app.db"), w2.join("real/app.db")).unwrap();
+    std::os::unix::fs::symlink("../real/app.db", w2.join("data/app.db")).unwrap();
+    ok(&w2, &["init", "-q"]);
+    ok(&w2, &["pull", w1.join(".sp-sync").to_str().unwrap(), "-q"]);
+    let _ = run_in(&w2, &["restore", "main", "--delete"]);
+    assert_eq!(
+        std::fs::read_link(w2.join("data/app.db")).unwrap(),
+        Path::new("../real/app.db"),
+        "the restore replaced the link where the database is named"
+    );
+}
