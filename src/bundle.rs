@@ -930,10 +930,26 @@ pub fn import(
     check_params(&r.header().objects, what)?;
     let header = r.header().clone();
     let wanted: Vec<(String, ObjectId)> = if opts.refs.is_empty() {
-        header.refs.clone()
+        header
+            .refs
+            .iter()
+            .filter(|(n, _)| {
+                let skip = crate::transfer::machine_local(n);
+                if skip {
+                    tracing::warn!(
+                        "{what}: ref {n} is another machine's own record (local sync or deploy); not imported"
+                    );
+                }
+                !skip
+            })
+            .cloned()
+            .collect()
     } else {
         let mut v = Vec::new();
         for name in &opts.refs {
+            if crate::transfer::machine_local(name) {
+                return Err(crate::transfer::machine_local_refused(name));
+            }
             let id = header
                 .refs
                 .iter()

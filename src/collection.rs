@@ -2527,8 +2527,9 @@ pub fn load_base(store: &Store, cfg: &CollectionConfig, root: &Path) -> Result<O
     };
     let snap = Snapshot::decode(&store.get(ObjectType::Snapshot, &id)?)
         .map_err(|e| crate::object::corrupt(ObjectType::Snapshot, &id, e))?;
-    // (Records before `local.db`, `local.dir` and `local.root` name the
-    // table only.)
+    // A record says which table, database, folder and working tree it is
+    // of; one that does not say all four (made before they were recorded,
+    // or made up) is of no known place and counts as none.
     let root = root_text(root);
     let same = [
         ("local.table", &cfg.table),
@@ -2537,8 +2538,7 @@ pub fn load_base(store: &Store, cfg: &CollectionConfig, root: &Path) -> Result<O
         ("local.root", &root),
     ]
     .iter()
-    .all(|(k, v)| snap.meta.get(*k).is_none_or(|r| r == *v))
-        && snap.meta.contains_key("local.table");
+    .all(|(k, v)| snap.meta.get(*k).is_some_and(|r| r == *v));
     if !same {
         tracing::warn!(
             "collection {}: its last sync was of {} in {} (folder {}, working tree {}); syncing as for the first time",

@@ -137,6 +137,23 @@ pub fn plan(
     Ok(Plan { order, meta })
 }
 
+/// Whether `name` is a machine-local record: a local sync's record of
+/// what this working tree and database last agreed on (`local/…`), or a
+/// deploy's record of what this machine last deployed (`deploy/…`). Such
+/// records describe this machine only: a pull or a bundle import never
+/// takes them from elsewhere (another's would make a sync delete files or
+/// rows as if this side had removed them, or a due deploy look done).
+pub fn machine_local(name: &str) -> bool {
+    name.starts_with("local/") || name.starts_with(crate::deploy::DEPLOY_REF_PREFIX)
+}
+
+/// The error for a machine-local record named in a pull or an import.
+pub fn machine_local_refused(name: &str) -> SyncError {
+    SyncError::Invalid(format!(
+        "ref {name} is this machine's own record (local sync or deploy); it is never taken from elsewhere"
+    ))
+}
+
 /// One ref a transfer moved (or could not).
 #[derive(Debug, Clone, Serialize)]
 pub struct RefUpdate {
@@ -784,11 +801,14 @@ pub fn pull(
     let wanted: Vec<(String, ObjectId)> = if refs.is_empty() {
         remote_refs
             .into_iter()
-            .filter(|(n, _)| !n.starts_with("remotes/"))
+            .filter(|(n, _)| !n.starts_with("remotes/") && !machine_local(n))
             .collect()
     } else {
         let mut v = Vec::new();
         for r in refs {
+            if machine_local(r) {
+                return Err(machine_local_refused(r));
+            }
             let id = remote_refs
                 .iter()
                 .find(|(n, _)| n == r)

@@ -754,3 +754,56 @@ fn an_import_whose_refs_clash_moves_no_ref() {
     assert!(!ok(&w, &["ref", "list"]).contains("a "), "ref a moved");
     assert!(!w.join(".sp-sync/refs/a").exists());
 }
+
+/// A machine's own records (`local/…` of a local sync, `deploy/…` of a
+/// deploy) never come from elsewhere: an import of everything leaves them
+/// out, a pull of everything too, and naming one in a pull is refused. (Another's
+/// record would make a sync delete files or rows as if this side had
+/// removed them, or a due deploy look done.)
+#[test]
+fn machine_local_records_are_never_imported_or_pulled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    std::fs::create_dir_all(a.join("src")).unwrap();
+    std::fs::write(a.join("src/f"), "x\n").unwrap();
+    ok(&a, &["init", "-q"]);
+    ok(&a, &["snapshot", "src", "-q"]);
+    ok(&a, &["ref", "set", "local/content", "main"]);
+    ok(&a, &["ref", "set", "deploy/api", "main"]);
+    let file = tmp.path().join("all.bundle");
+    ok(
+        &a,
+        &[
+            "bundle",
+            "create",
+            file.to_str().unwrap(),
+            "main",
+            "local/content",
+            "deploy/api",
+        ],
+    );
+    let b = tmp.path().join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    ok(&b, &["init", "-q"]);
+    ok(&b, &["bundle", "import", file.to_str().unwrap()]);
+    let refs = ok(&b, &["ref", "list"]);
+    assert!(refs.contains("main"), "{refs}");
+    assert!(
+        !refs.contains("local/") && !refs.contains("deploy/"),
+        "{refs}"
+    );
+    for name in ["local/content", "deploy/api"] {
+        let err = fails(&b, &["pull", a.join(".sp-sync").to_str().unwrap(), name], 1);
+        assert!(err.contains("never taken from elsewhere"), "{err}");
+    }
+    let c = tmp.path().join("c");
+    std::fs::create_dir_all(&c).unwrap();
+    ok(&c, &["init", "-q"]);
+    ok(&c, &["pull", a.join(".sp-sync").to_str().unwrap()]);
+    let refs = ok(&c, &["ref", "list"]);
+    assert!(refs.contains("main"), "{refs}");
+    assert!(
+        !refs.contains("local/") && !refs.contains("deploy/"),
+        "{refs}"
+    );
+}
