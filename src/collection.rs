@@ -360,6 +360,24 @@ fn invalid(msg: String) -> SyncError {
     SyncError::Invalid(msg)
 }
 
+/// A collection's folder and database, as they resolve (through any
+/// symlink on the way), lie inside the project `root`: sync writes both.
+fn inside_project(root: &Path, cfg: &CollectionConfig) -> Result<()> {
+    let top = crate::sources::canonical(root);
+    for (what, p) in [("dir", &cfg.dir), ("db", &cfg.db)] {
+        let at = crate::sources::canonical(&root.join(p));
+        if !at.starts_with(&top) {
+            return Err(invalid(format!(
+                "collection {}: {what} {p:?} leads to {}, outside the project (through a symbolic link); \
+                 sync writes only inside the project",
+                cfg.name,
+                at.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Finds a collection by name (`None`: all of them).
 pub fn select<'a>(
     all: &'a [CollectionConfig],
@@ -401,6 +419,7 @@ fn open(path: &Path, write: bool) -> Result<Connection> {
 /// each key's changed side told by `base` (the state at the last sync).
 pub fn plan(root: &Path, cfg: &CollectionConfig, base: Option<Base>) -> Result<Plan> {
     cfg.check()?;
+    inside_project(root, cfg)?;
     let db_path = root.join(&cfg.db);
     let c = open(&db_path, false)?;
     let r = plan_with(&c, root, &db_path, cfg, base);

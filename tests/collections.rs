@@ -1481,4 +1481,43 @@ fn a_collection_outside_the_project_is_refused() {
             "{dir} {db}: wrote outside"
         );
     }
+    // Relative paths that lead outside through a symbolic link.
+    std::fs::remove_dir_all(w.join("services/content")).unwrap();
+    std::os::unix::fs::symlink(t.join("outside"), w.join("services/content")).unwrap();
+    std::os::unix::fs::symlink(t, w.join("dbl")).unwrap();
+    std::fs::create_dir_all(w.join("data")).unwrap();
+    std::fs::copy(&victim, w.join("data/app.db")).unwrap();
+    std::fs::create_dir_all(w.join("inside")).unwrap();
+    for (dir, db) in [
+        ("services/content", "data/app.db"),
+        ("inside", "dbl/victim.db"),
+    ] {
+        std::fs::write(
+            w.join("sp-sync.toml"),
+            format!(
+                "[[collection]]\nname = \"content\"\ndir = \"{dir}\"\ndb = \"{db}\"\ntable = \"content\"\nkey = \"slug\"\nbody = \"body\"\n"
+            ),
+        )
+        .unwrap();
+        for args in [
+            &["local", "to-db", "--force"][..],
+            &["local", "to-disk", "--force"],
+        ] {
+            let err = fails(&w, args, 1);
+            assert!(
+                err.contains("outside the project"),
+                "{dir} {db} {args:?}: {err}"
+            );
+        }
+        let rows: i64 = Connection::open(&victim)
+            .unwrap()
+            .query_row("SELECT count(*) FROM content", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1, "{dir} {db}: the database outside changed");
+        assert_eq!(
+            std::fs::read_dir(t.join("outside")).unwrap().count(),
+            1,
+            "{dir} {db}: wrote outside"
+        );
+    }
 }
