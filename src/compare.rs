@@ -141,8 +141,24 @@ pub fn diff(
                         // (with this user's password) only when this store
                         // made the snapshot: a pulled one could name any
                         // server, to be sent the password.
-                        if crate::db::pg::is_url_path(&path) && !store.made_here(&from_id, &sa.host)
+                        // Nor is a database file outside the working tree
+                        // read for one (a diff prints its rows).
+                        let foreign = !store.made_here(&from_id, &sa.host);
+                        if foreign
+                            && !crate::db::pg::is_url_path(&path)
+                            && !crate::sources::canonical(&path)
+                                .starts_with(crate::sources::canonical(&ws.root))
                         {
+                            return Err(crate::error::SyncError::Invalid(format!(
+                                "snapshot {} was not taken by this store (it names host {:?}), and its \
+                                 database {} lies outside this working tree: it is compared only when \
+                                 named with --db",
+                                from_id.short(),
+                                sa.host,
+                                path.display()
+                            )));
+                        }
+                        if crate::db::pg::is_url_path(&path) && foreign {
                             return Err(crate::error::SyncError::Invalid(format!(
                                 "snapshot {} was not taken by this store (it names host {:?}): \
                                  its database {} is compared only when named with --db",
@@ -179,8 +195,9 @@ pub fn diff(
             );
             let files = if db.is_none() {
                 let (sources, excludes) = match &sa.sources {
-                    Some(src) => (
-                        src.paths
+                    Some(src) => {
+                        let paths: Vec<PathBuf> = src
+                            .paths
                             .iter()
                             .map(|p| {
                                 if p.is_empty() {
@@ -189,9 +206,29 @@ pub fn diff(
                                     ws.root.join(p)
                                 }
                             })
-                            .collect(),
-                        src.excludes.clone(),
-                    ),
+                            .collect();
+                        // A snapshot this store did not make is compared
+                        // only inside this working tree: its places
+                        // elsewhere are a remote's choice, and a diff prints
+                        // what it reads there.
+                        if !store.made_here(&from_id, &sa.host) {
+                            let top = crate::sources::canonical(&ws.root);
+                            if let Some(p) = paths
+                                .iter()
+                                .find(|p| !crate::sources::canonical(p).starts_with(&top))
+                            {
+                                return Err(crate::error::SyncError::Invalid(format!(
+                                    "snapshot {} was not taken by this store (it names host {:?}), and its \
+                                     source {} lies outside this working tree: compare it with another \
+                                     snapshot, or restore it into a TARGET",
+                                    from_id.short(),
+                                    sa.host,
+                                    p.display()
+                                )));
+                            }
+                        }
+                        (paths, src.excludes.clone())
+                    }
                     None => ws.default_sources()?,
                 };
                 let skip: Vec<PathBuf> = dbs.iter().map(|d| d.path.clone()).collect();

@@ -1948,3 +1948,62 @@ fn a_link_where_a_database_is_named_stays() {
         "the restore replaced the link where the database is named"
     );
 }
+
+/// `diff SNAP` of a snapshot this store did not make reads nothing outside
+/// the working tree: its sources and database files elsewhere are a
+/// remote's choice, and a diff prints what it reads (a key file's lines).
+#[test]
+fn diff_of_a_pulled_snapshot_reads_nothing_outside_the_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let secret = t.join("secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    std::fs::write(secret.join("key"), "PRIVATE KEY 1234\n").unwrap();
+    let w1 = t.join("w1");
+    std::fs::create_dir_all(&w1).unwrap();
+    layout(&w1, PATHS_TOML);
+    ok(&w1, &["snapshot", "-q"]);
+    let outside_db = t.join("other.db");
+    std::fs::copy(w1.join("data/app.db"), &outside_db).unwrap();
+    for (n, (paths, db)) in [
+        (
+            vec![secret.to_str().unwrap().to_string()],
+            "data/app.db".to_string(),
+        ),
+        (
+            vec!["services".to_string()],
+            outside_db.to_str().unwrap().to_string(),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        replant(&w1.join(".sp-sync"), "main", |s| {
+            let src = s.sources.as_mut().unwrap();
+            src.paths = paths.clone();
+            src.dbs[0].location = db.clone();
+        });
+        let w2 = t.join(format!("w2-{n}"));
+        std::fs::create_dir_all(&w2).unwrap();
+        ok(&w2, &["init", "-q"]);
+        ok(&w2, &["pull", w1.join(".sp-sync").to_str().unwrap(), "-q"]);
+        for args in [
+            &["diff", "main"][..],
+            &["diff", "main", "-p"],
+            &["diff", "main", "--stat"],
+        ] {
+            let o = run_in(&w2, args);
+            let out = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {out}");
+            assert!(out.contains("outside this working tree"), "{args:?}: {out}");
+            assert!(
+                !out.contains("PRIVATE KEY") && !out.contains("ann"),
+                "{args:?}: {out}"
+            );
+        }
+    }
+}
