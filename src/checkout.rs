@@ -153,6 +153,21 @@ pub fn restore(
         crate::sources::check_locations(&s)?;
     }
     let mut ropts = restore_options(ws, &s, opts.delete, opts.keep_setid);
+    // The databases the snapshot `main` names are the user's live ones too
+    // (one named by `--db` since the snapshot restored here was taken): no
+    // `--delete` of an older snapshot removes them.
+    if let Some(head) = store.read_ref("main")?.filter(|h| *h != id)
+        && let Ok(hs) = crate::names::load_snapshot(store, &head)
+    {
+        for (db, _) in crate::sources::database_files(&hs, &ws.root) {
+            for side in crate::sources::with_sidecars(&db) {
+                ropts.protect.push(crate::sources::canonical(&side));
+                if let Ok(a) = std::path::absolute(&side) {
+                    ropts.protect.push(a);
+                }
+            }
+        }
+    }
     if target.is_none() && db.is_none() {
         let dbs = if sub.is_none() {
             databases(&s, &ws.root)

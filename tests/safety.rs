@@ -2007,3 +2007,29 @@ fn diff_of_a_pulled_snapshot_reads_nothing_outside_the_tree() {
         }
     }
 }
+
+/// `restore OLD --delete` keeps the databases the snapshot `main` names,
+/// though OLD was taken before they existed (one named with `--db` since):
+/// they are the user's live databases.
+#[test]
+fn restore_of_an_older_snapshot_keeps_the_databases_main_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    std::fs::create_dir_all(w.join("services")).unwrap();
+    std::fs::write(w.join("services/a.md"), "a\n").unwrap();
+    ok(w, &["init", "-q"]);
+    ok(w, &["snapshot", ".", "-q"]);
+    std::fs::create_dir_all(w.join("data")).unwrap();
+    let c = rusqlite::Connection::open(w.join("data/app.db")).unwrap();
+    c.execute_batch("CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT); INSERT INTO users VALUES (1, 'ann');")
+        .unwrap();
+    drop(c);
+    ok(w, &["snapshot", ".", "--db", "data/app.db", "-q"]);
+    let before = dump(&w.join("data/app.db"));
+    ok(w, &["restore", "main~1", ".", "--delete", "-q"]);
+    assert!(
+        w.join("data/app.db").is_file(),
+        "the live database was deleted"
+    );
+    assert_eq!(dump(&w.join("data/app.db")), before);
+}
