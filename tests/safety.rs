@@ -1356,6 +1356,15 @@ fn a_restore_never_replaces_a_device_or_a_pipe() {
     }
 }
 
+/// A fresh working tree `name` in `t` that pulled everything from `w1`.
+fn pulled(t: &Path, w1: &Path, name: &str) -> std::path::PathBuf {
+    let w2 = t.join(name);
+    std::fs::create_dir_all(&w2).unwrap();
+    ok(&w2, &["init", "-q"]);
+    ok(&w2, &["pull", w1.join(".sp-sync").to_str().unwrap(), "-q"]);
+    w2
+}
+
 /// Rewrites the snapshot `refname` of the store at `store_dir` with `f`
 /// and points the ref at the result (what a hostile remote can serve: its
 /// objects hash to their ids, only their contents lie).
@@ -1459,29 +1468,7 @@ fn cache_restore_never_goes_through_a_symlink_the_entry_itself_writes() {
     std::os::unix::fs::symlink(&outside, e.join("x/a")).unwrap();
     ok(&e, &["init", "-q"]);
     ok(&e, &["snapshot", "x", "-q"]);
-    let root = {
-        let st = systemprompt_sync::Store::open(
-            &e.join(".sp-sync"),
-            systemprompt_sync::LockMode::Shared,
-        )
-        .unwrap();
-        let id = systemprompt_sync::ObjectId::from_hex(
-            std::fs::read_to_string(e.join(".sp-sync/refs/main"))
-                .unwrap()
-                .trim(),
-        )
-        .unwrap();
-        systemprompt_sync::Snapshot::decode(
-            &systemprompt_sync::object::ObjectSource::get(
-                &st,
-                systemprompt_sync::ObjectType::Snapshot,
-                &id,
-            )
-            .unwrap(),
-        )
-        .unwrap()
-        .root
-    };
+    let root = snapshot_root(&e, "main");
     ok(&e, &["push", remote.to_str().unwrap(), "main"]);
     replant(&remote, "cache/k1", |s| {
         s.root = root;
@@ -1528,10 +1515,7 @@ fn a_pulled_snapshot_naming_this_host_never_restores_outside_the_tree() {
     std::fs::write(outside.join("f.txt"), "precious\n").unwrap();
     std::fs::write(outside.join("mine.txt"), "keep\n").unwrap();
     let before = describe(&outside);
-    let w2 = t.join("w2");
-    std::fs::create_dir_all(&w2).unwrap();
-    ok(&w2, &["init", "-q"]);
-    ok(&w2, &["pull", w1.join(".sp-sync").to_str().unwrap(), "-q"]);
+    let w2 = pulled(t, &w1, "w2");
     for args in [&["restore", "main"][..], &["restore", "main", "--delete"]] {
         let err = fails(&w2, args, 1);
         assert!(
@@ -1587,10 +1571,7 @@ fn diff_of_a_pulled_snapshot_never_connects_to_the_server_it_names() {
             tables: vec!["users".into()],
         }];
     });
-    let w2 = t.join("w2");
-    std::fs::create_dir_all(&w2).unwrap();
-    ok(&w2, &["init", "-q"]);
-    ok(&w2, &["pull", w1.join(".sp-sync").to_str().unwrap(), "-q"]);
+    let w2 = pulled(t, &w1, "w2");
     for args in [&["diff", "main"][..], &["diff", "main", "--stat"]] {
         let o = Command::new(bin())
             .args(args)
@@ -1715,10 +1696,7 @@ fn recorded_places_with_dot_dot_are_refused() {
     std::fs::copy(w1.join("data/app.db"), t.join("victim.db")).unwrap();
     let victim = dump(&t.join("victim.db"));
     let before = describe(&loot);
-    let w2 = t.join("w2");
-    std::fs::create_dir_all(&w2).unwrap();
-    ok(&w2, &["init", "-q"]);
-    ok(&w2, &["pull", w1.join(".sp-sync").to_str().unwrap(), "-q"]);
+    let w2 = pulled(t, &w1, "w2");
     for args in [
         &["restore", "main"][..],
         &["restore", "main", "--delete"],
@@ -1756,26 +1734,7 @@ fn a_database_never_goes_through_a_symlink_the_same_restore_writes() {
     std::fs::create_dir_all(w1.join("x")).unwrap();
     std::os::unix::fs::symlink(&outside, w1.join("x/svc")).unwrap();
     ok(&w1, &["snapshot", "x", "-q"]);
-    let root = {
-        use systemprompt_sync::object::ObjectSource;
-        let st = systemprompt_sync::Store::open(
-            &w1.join(".sp-sync"),
-            systemprompt_sync::LockMode::Shared,
-        )
-        .unwrap();
-        let id = systemprompt_sync::ObjectId::from_hex(
-            std::fs::read_to_string(w1.join(".sp-sync/refs/main"))
-                .unwrap()
-                .trim(),
-        )
-        .unwrap();
-        systemprompt_sync::Snapshot::decode(
-            &st.get(systemprompt_sync::ObjectType::Snapshot, &id)
-                .unwrap(),
-        )
-        .unwrap()
-        .root
-    };
+    let root = snapshot_root(&w1, "main");
     ok(&w1, &["snapshot", "-q"]);
     replant(&w1.join(".sp-sync"), "main", |s| {
         s.root = root;
@@ -1783,10 +1742,7 @@ fn a_database_never_goes_through_a_symlink_the_same_restore_writes() {
         src.paths = vec!["".into()];
         src.dbs[0].location = "svc/app.db".into();
     });
-    let w2 = t.join("w2");
-    std::fs::create_dir_all(&w2).unwrap();
-    ok(&w2, &["init", "-q"]);
-    ok(&w2, &["pull", w1.join(".sp-sync").to_str().unwrap(), "-q"]);
+    let w2 = pulled(t, &w1, "w2");
     for args in [&["restore", "main"][..], &["restore", "main", "--delete"]] {
         let err = fails(&w2, args, 1);
         assert!(
@@ -1903,10 +1859,7 @@ fn a_database_is_never_written_into_the_store() {
     replant(&w1.join(".sp-sync"), "main", |s| {
         s.sources.as_mut().unwrap().dbs[0].location = ".sp-sync/refs/zz".into();
     });
-    let w2 = t.join("w2");
-    std::fs::create_dir_all(&w2).unwrap();
-    ok(&w2, &["init", "-q"]);
-    ok(&w2, &["pull", w1.join(".sp-sync").to_str().unwrap(), "-q"]);
+    let w2 = pulled(t, &w1, "w2");
     let err = fails(&w2, &["restore", "main"], 1);
     assert!(err.contains("store"), "{err}");
     assert!(!w2.join(".sp-sync/refs/zz").exists());
