@@ -365,6 +365,13 @@ fn invalid(msg: String) -> SyncError {
 fn inside_project(root: &Path, cfg: &CollectionConfig) -> Result<()> {
     let top = crate::sources::canonical(root);
     for (what, p) in [("dir", &cfg.dir), ("db", &cfg.db)] {
+        if let Some(store) = crate::restore::store_holding(&root.join(p)) {
+            return Err(invalid(format!(
+                "collection {}: {what} {p:?} lies in the store at {}; sync never writes there",
+                cfg.name,
+                store.display()
+            )));
+        }
         let at = crate::sources::canonical(&root.join(p));
         if !at.starts_with(&top) {
             return Err(invalid(format!(

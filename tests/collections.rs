@@ -1521,3 +1521,58 @@ fn a_collection_outside_the_project_is_refused() {
         );
     }
 }
+
+/// A collection's folder or database in the store is refused (to-disk
+/// would write files among its refs and packs).
+#[test]
+fn a_collection_in_the_store_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    std::fs::create_dir_all(w.join("data")).unwrap();
+    Connection::open(w.join("data/app.db"))
+        .unwrap()
+        .execute_batch("CREATE TABLE t(path TEXT PRIMARY KEY, body TEXT); INSERT INTO t VALUES ('refs/zz', 'x');")
+        .unwrap();
+    ok(w, &["init", "-q"]);
+    for (dir, db) in [(".sp-sync", "data/app.db"), ("data", ".sp-sync/evil.db")] {
+        std::fs::write(
+            w.join("sp-sync.toml"),
+            format!(
+                "[[collection]]\nname = \"c\"\ndir = \"{dir}\"\nglob = \"refs/zz*\"\ndb = \"{db}\"\ntable = \"t\"\nkey = \"path\"\nbody = \"body\"\n"
+            ),
+        )
+        .unwrap();
+        for args in [&["local", "to-disk"][..], &["local", "to-db"]] {
+            let err = fails(w, args, 1);
+            assert!(
+                err.contains("lies in the store"),
+                "{dir} {db} {args:?}: {err}"
+            );
+        }
+    }
+    assert!(!w.join(".sp-sync/refs/zz").exists());
+    ok(w, &["ref", "list"]);
+}
+
+/// Keys and paths from rows and files are printed quoted when they hold
+/// control characters: one line per change, no escape sequence reaches the
+/// terminal.
+#[test]
+fn local_diff_quotes_keys_with_control_characters() {
+    let (_tmp, w) = example();
+    let c = Connection::open(w.join("data/app.db")).unwrap();
+    c.execute(
+        "INSERT INTO content(slug, title, body) VALUES ('x' || char(27) || ']0;PWN' || char(7) || 'y', 't', 'b'), ('nl' || char(10) || 'z', 't', 'b')",
+        [],
+    )
+    .unwrap();
+    drop(c);
+    let out = ok(&w, &["local", "diff", "--collection", "content"]);
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains("content/")).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("\"x\\033]0;PWN\\007y\"")),
+        "{out}"
+    );
+    assert!(lines.iter().any(|l| l.contains("\"nl\\nz\"")), "{out}");
+}

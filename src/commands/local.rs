@@ -108,7 +108,14 @@ impl Render for LocalCmdReport {
                 Some(a) => a.verb().to_string(),
                 None => c.change.symbol().to_string(),
             };
-            let (coll, key, path) = (&c.collection, c.key_text(), &c.path);
+            // (Keys and paths come from files and rows: quoted when they
+            // hold control characters, so each change stays one line and
+            // nothing reaches the terminal as an escape sequence.)
+            let (coll, key, path) = (
+                &c.collection,
+                super::fmt::quote_path(c.key_text().as_bytes()),
+                super::fmt::quote_path(c.path.as_bytes()),
+            );
             out.line(format_args!("{what} {coll}/{key} ({path}){cols}{side}"))?;
         }
         let total = &rep.applied;
