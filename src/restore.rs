@@ -862,7 +862,8 @@ impl Ctx<'_> {
                 }
                 match rustix::fs::unlinkat(dir, n, AtFlags::REMOVEDIR) {
                     Ok(()) | Err(Errno::NOENT) => Ok(Some(0)),
-                    Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => Ok(None),
+                    // (BUSY: a mount point, which stays.)
+                    Err(Errno::NOTEMPTY) | Err(Errno::EXIST) | Err(Errno::BUSY) => Ok(None),
                     Err(e) => Err(SyncError::io("removing", path, e.into())),
                 }
             }
@@ -947,6 +948,16 @@ impl Ctx<'_> {
         if ign.ignored(path, is_dir) || (is_dir && is_store_at(dir, name)) {
             return Ok(false);
         }
+        // A directory on another filesystem than the one holding it is a
+        // mount point: what is mounted there (a bind mount, a volume) is not
+        // the tree's to empty, and the mount point cannot be removed.
+        if is_dir && is_mount_point(dir, name, st.st_dev, path)? {
+            tracing::warn!(
+                "not deleting {}: a mount point (another filesystem)",
+                path.display()
+            );
+            return Ok(false);
+        }
         if !is_dir {
             match rustix::fs::unlinkat(dir, n, AtFlags::empty()) {
                 Ok(()) | Err(Errno::NOENT) => {}
@@ -1002,6 +1013,31 @@ impl Ctx<'_> {
 }
 
 const IGNORE_FILE: &str = crate::snapshot::IGNORE_FILE;
+
+/// Whether the directory `name` in `dir` (device `dev`, not following a
+/// symlink) is the root of a mount: a bind mount of a folder on the same
+/// filesystem keeps its device number, which the kernel's mount-root
+/// attribute tells apart (Linux 5.8); elsewhere, another device.
+fn is_mount_point(dir: BorrowedFd<'_>, name: &[u8], dev: u64, path: &Path) -> Result<bool> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use rustix::fs::{StatxAttributes, StatxFlags};
+        let x = rustix::fs::statx(
+            dir,
+            OsStr::from_bytes(name),
+            AtFlags::SYMLINK_NOFOLLOW,
+            StatxFlags::BASIC_STATS,
+        );
+        if let Ok(x) = x
+            && x.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+            && x.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+        {
+            return Ok(true);
+        }
+    }
+    let _ = name;
+    Ok(rustix::fs::fstat(dir).ctx("reading", path)?.st_dev != dev)
+}
 
 /// Whether the directory `name` in `dir` (not following a symlink) is an
 /// sp-sync store: it holds a `store.toml` file and `refs/` and `packs/`

@@ -1986,3 +1986,74 @@ fn restore_of_an_older_snapshot_keeps_the_databases_main_names() {
     );
     assert_eq!(dump(&w.join("data/app.db")), before);
 }
+
+/// A bind mount (unmounted when dropped).
+struct BindMount(std::path::PathBuf);
+
+impl BindMount {
+    /// Mounts `from` at `at`; `None` where this machine cannot (not root).
+    fn new(from: &Path, at: &Path) -> Option<BindMount> {
+        let st = Command::new("mount")
+            .arg("--bind")
+            .arg(from)
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        st.success().then(|| BindMount(at.to_path_buf()))
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// What is mounted inside the working tree (a bind mount, a volume) is
+/// another filesystem's: `restore --delete` neither empties it nor tries
+/// to remove the mount point, and a restore whose file lands on a mount
+/// point leaves it and says so instead of failing half-way.
+#[test]
+fn restore_never_empties_or_removes_a_mount_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = &tmp.path().join("w");
+    std::fs::create_dir(w).unwrap();
+    layout(w, DEFAULT_TOML);
+    ok(w, &["snapshot", "-q"]);
+    let rows = dump(&w.join("data/app.db"));
+    let volume = tmp.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    std::fs::write(volume.join("precious.txt"), "theirs").unwrap();
+    std::fs::create_dir(w.join("services/vol")).unwrap();
+    let Some(_m1) = BindMount::new(&volume, &w.join("services/vol")) else {
+        eprintln!("skipped: mount --bind needs root");
+        return;
+    };
+    // A mount point where the snapshot has a file.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::remove_file(w.join("services/agents/bot.md")).unwrap();
+    std::fs::create_dir(w.join("services/agents/bot.md")).unwrap();
+    let _m2 = BindMount::new(&empty, &w.join("services/agents/bot.md")).unwrap();
+    std::fs::write(w.join("services/extra.md"), "removed").unwrap();
+    for args in [&["restore", "main"][..], &["restore", "main", "--delete"]] {
+        let out = run_in(w, args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("bot.md"), "{args:?}: {err}");
+        assert_eq!(
+            std::fs::read_to_string(volume.join("precious.txt")).unwrap(),
+            "theirs",
+            "{args:?}"
+        );
+        assert!(w.join("services/vol/precious.txt").exists(), "{args:?}");
+        assert!(w.join("services/agents/bot.md").is_dir(), "{args:?}");
+        assert_eq!(dump(&w.join("data/app.db")), rows);
+    }
+    assert!(!w.join("services/extra.md").exists());
+    assert_eq!(
+        std::fs::read_to_string(w.join("services/config/app.toml")).unwrap(),
+        "port = 1\n"
+    );
+}
