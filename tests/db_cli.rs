@@ -938,7 +938,7 @@ fn a_new_file_is_not_made_beside_another_databases_wal_or_journal() {
 
 /// A restore into a new file gives back what the database kept outside its
 /// tables: the schema version migration tools keep (`user_version`),
-/// `application_id`, page size, auto-vacuum and WAL mode.
+/// `application_id`, page size, auto-vacuum, WAL mode and text encoding.
 #[test]
 fn a_new_file_gets_the_databases_settings_back() {
     let tmp = tempfile::tempdir().unwrap();
@@ -948,9 +948,9 @@ fn a_new_file_gets_the_databases_settings_back() {
     let db = d.join("app.db");
     sql(
         &db,
-        "PRAGMA page_size = 1024; PRAGMA auto_vacuum = FULL; PRAGMA journal_mode = WAL;
-         PRAGMA user_version = 42; PRAGMA application_id = 1234567;
-         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');",
+        "PRAGMA encoding = 'UTF-16le'; PRAGMA page_size = 1024; PRAGMA auto_vacuum = FULL;
+         PRAGMA journal_mode = WAL; PRAGMA user_version = 42; PRAGMA application_id = 1234567;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a'), (2, 'é');",
     );
     let settings = |p: &Path| -> Vec<String> {
         let c = Connection::open(p).unwrap();
@@ -960,6 +960,7 @@ fn a_new_file_gets_the_databases_settings_back() {
             "page_size",
             "auto_vacuum",
             "journal_mode",
+            "encoding",
         ]
         .iter()
         .map(|n| {
@@ -973,7 +974,7 @@ fn a_new_file_gets_the_databases_settings_back() {
     };
     let want = settings(&db);
     assert!(
-        want[0].contains("42") && want[4].contains("wal"),
+        want[0].contains("42") && want[4].contains("wal") && want[5].contains("UTF-16le"),
         "{want:?}"
     );
     ok(

@@ -427,7 +427,13 @@ pub struct SqliteSettings {
     pub page_size: u32,
     pub auto_vacuum: u8,
     pub wal: bool,
+    /// How the file stores text: 1 UTF-8, 2 UTF-16le, 3 UTF-16be (SQLite's
+    /// own numbers).
+    pub encoding: u8,
 }
+
+/// `PRAGMA encoding`'s names, by [`SqliteSettings::encoding`] less one.
+const ENCODINGS: [&str; 3] = ["UTF-8", "UTF-16le", "UTF-16be"];
 
 impl SqliteSettings {
     /// Reads them from an open database.
@@ -439,25 +445,39 @@ impl SqliteSettings {
         let mode: String = c
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .map_err(|e| db_error(path, e))?;
+        let encoding: String = c
+            .query_row("PRAGMA encoding", [], |r| r.get(0))
+            .map_err(|e| db_error(path, e))?;
         Ok(SqliteSettings {
             user_version: int("user_version")? as i32,
             application_id: int("application_id")? as i32,
             page_size: int("page_size")? as u32,
             auto_vacuum: int("auto_vacuum")? as u8,
             wal: mode.eq_ignore_ascii_case("wal"),
+            encoding: ENCODINGS
+                .iter()
+                .position(|e| e.eq_ignore_ascii_case(&encoding))
+                .map_or(1, |i| i as u8 + 1),
         })
     }
 
+    /// The `PRAGMA encoding` value that makes a new file store text so.
+    pub fn encoding_name(&self) -> &'static str {
+        ENCODINGS[usize::from(self.encoding.clamp(1, 3) - 1)]
+    }
+
     /// The meta value: `user_version=N application_id=N page_size=N
-    /// auto_vacuum=N journal_mode=wal|delete`.
+    /// auto_vacuum=N journal_mode=wal|delete encoding=E`.
     pub fn encode(&self) -> String {
         format!(
-            "user_version={} application_id={} page_size={} auto_vacuum={} journal_mode={}",
+            "user_version={} application_id={} page_size={} auto_vacuum={} journal_mode={} \
+             encoding={}",
             self.user_version,
             self.application_id,
             self.page_size,
             self.auto_vacuum,
-            if self.wal { "wal" } else { "delete" }
+            if self.wal { "wal" } else { "delete" },
+            self.encoding_name()
         )
     }
 
@@ -470,6 +490,7 @@ impl SqliteSettings {
             page_size: 4096,
             auto_vacuum: 0,
             wal: false,
+            encoding: 1,
         };
         for part in s.split(' ') {
             let (k, v) = part.split_once('=')?;
@@ -491,6 +512,9 @@ impl SqliteSettings {
                     out.auto_vacuum = n;
                 }
                 "journal_mode" => out.wal = v == "wal",
+                "encoding" => {
+                    out.encoding = ENCODINGS.iter().position(|e| *e == v)? as u8 + 1;
+                }
                 // (Settings a later version may add.)
                 _ => {}
             }
@@ -811,6 +835,7 @@ mod tests {
             page_size: 65536,
             auto_vacuum: 2,
             wal: true,
+            encoding: 3,
         };
         assert_eq!(SqliteSettings::decode(&st.encode()), Some(st));
         for bad in [
@@ -819,6 +844,8 @@ mod tests {
             "page_size=1000",
             "page_size=131072",
             "auto_vacuum=3",
+            "encoding=UTF-32",
+            "encoding=utf-16le'; DROP TABLE t",
             "user_version",
             "",
         ] {

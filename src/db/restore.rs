@@ -180,12 +180,17 @@ fn restore_new(
         .map_err(|e| db_error(&tmp, e))?;
         // A file nobody else sees yet: no journal; durability comes from
         // the fsync before the rename.
-        // (Page size and auto-vacuum only take before the first table.)
+        // (The encoding, page size and auto-vacuum only take before the
+        // first table.)
         if let Some(st) = &settings {
             c.execute_batch(&format!(
-                "PRAGMA page_size = {}; PRAGMA auto_vacuum = {}; PRAGMA user_version = {}; \
-                 PRAGMA application_id = {};",
-                st.page_size, st.auto_vacuum, st.user_version, st.application_id
+                "PRAGMA encoding = '{}'; PRAGMA page_size = {}; PRAGMA auto_vacuum = {}; \
+                 PRAGMA user_version = {}; PRAGMA application_id = {};",
+                st.encoding_name(),
+                st.page_size,
+                st.auto_vacuum,
+                st.user_version,
+                st.application_id
             ))
             .map_err(|e| db_error(&tmp, e))?;
         }
