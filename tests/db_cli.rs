@@ -1109,3 +1109,63 @@ fn diff_reports_a_moved_autoincrement_counter() {
     ));
     assert_eq!(v["tables"][0]["change"], "sequence", "{v}");
 }
+
+/// A UTF-16 database orders text by its UTF-16 bytes (`Ā` before `A` in
+/// UTF-16le, `😀` before `ｆ` in UTF-16be), the row map by code points: a
+/// snapshot reads its rows in the row map's order, a diff against it and
+/// a restore onto it match rows by key, and a new file is UTF-16 again.
+#[test]
+fn utf16_databases_snapshot_diff_and_restore_by_key() {
+    for enc in ["UTF-16le", "UTF-16be"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        ok(d, &["init", "--store", "st", "-q"]);
+        std::fs::create_dir(d.join("files")).unwrap();
+        let db = d.join("app.db");
+        sql(
+            &db,
+            &format!(
+                "PRAGMA encoding = '{enc}';
+                 CREATE TABLE t(k TEXT PRIMARY KEY, v INT);
+                 CREATE TABLE w(k TEXT, n INT, v TEXT, PRIMARY KEY (k, n)) WITHOUT ROWID;
+                 INSERT INTO t VALUES ('A', 1), ('Ā', 2), ('B', 3), ('😀', 4), ('ｆ', 5), ('a', 6);
+                 INSERT INTO w VALUES ('ｆ', 1, 'x'), ('😀', 1, 'y'), ('Ā', 2, 'z'), ('A', 2, 'q');"
+            ),
+        );
+        ok(
+            d,
+            &["--store", "st", "snapshot", "files", "--db", "app.db", "-q"],
+        );
+        let want = dump(&db);
+        sql(
+            &db,
+            "UPDATE t SET v = 20 WHERE k = 'Ā'; DELETE FROM t WHERE k = '😀';
+             INSERT INTO t VALUES ('Ă', 7); UPDATE w SET v = 'changed' WHERE k = 'ｆ';",
+        );
+        let diff: Json = serde_json::from_str(&ok(
+            d,
+            &["--store", "st", "diff", "main", "--db", "app.db", "--json"],
+        ))
+        .unwrap();
+        let rows = diff["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 4, "{enc}: {diff}");
+        ok(
+            d,
+            &["--store", "st", "restore", "main", "--db", "app.db", "-q"],
+        );
+        let got = dump(&db);
+        assert!(got.contains("'Ă'"), "{enc}: a row the snapshot lacks went");
+        sql(&db, "DELETE FROM t WHERE k = 'Ă'");
+        assert_eq!(dump(&db), want, "{enc}");
+        ok(
+            d,
+            &["--store", "st", "restore", "main", "--db", "copy.db", "-q"],
+        );
+        assert_eq!(dump(&d.join("copy.db")), want, "{enc}");
+        let e: String = Connection::open(d.join("copy.db"))
+            .unwrap()
+            .query_row("PRAGMA encoding", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(e, enc);
+    }
+}

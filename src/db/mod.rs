@@ -270,13 +270,24 @@ pub(crate) fn rowid_name(t: &TableData, table: &str) -> Result<&'static str> {
         })
 }
 
+/// The collation that orders text as the row map does (by its UTF-8
+/// bytes) in a UTF-16 database, whose `BINARY` compares UTF-16 bytes:
+/// `Ā` (U+0100) before `A` in UTF-16le.
+const UTF8_ORDER: &str = "sp_sync_utf8";
+
 /// The query that reads a table's rows in key order: selected are the row's
 /// cells (the rowid first when the row keeps it, or for a table keyed by
-/// rowid, the rowid first and then the columns).
-pub(crate) fn select_sql(t: &TableData, table: &str) -> Result<(String, bool)> {
+/// rowid, the rowid first and then the columns). Text keys are ordered by
+/// `collation`.
+pub(crate) fn select_sql(t: &TableData, table: &str, collation: &str) -> Result<(String, bool)> {
     let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
     let q = quote(table);
-    let binary = |i: &u32| format!("{} COLLATE BINARY", quote(&t.columns[*i as usize].name));
+    let binary = |i: &u32| {
+        format!(
+            "{} COLLATE {collation}",
+            quote(&t.columns[*i as usize].name)
+        )
+    };
     Ok(if t.without_rowid() {
         let order: Vec<String> = t.key.iter().map(binary).collect();
         (
@@ -315,7 +326,21 @@ pub(crate) struct RowReader<'c> {
 
 impl<'c> RowReader<'c> {
     pub fn new(c: &'c Connection, path: &Path, table: &str, t: &TableData) -> Result<Self> {
-        let (sql, _) = select_sql(t, table)?;
+        let encoding: String = c
+            .query_row("PRAGMA encoding", [], |r| r.get(0))
+            .map_err(|e| db_error(path, e))?;
+        let collation = if encoding.eq_ignore_ascii_case("UTF-8") {
+            "BINARY"
+        } else {
+            // (SQLite hands a collation registered for UTF-8 its text as
+            // UTF-8; the order of UTF-8 bytes is that of code points.)
+            c.create_collation(UTF8_ORDER, |a: &str, b: &str| {
+                a.as_bytes().cmp(b.as_bytes())
+            })
+            .map_err(|e| db_error(path, e))?;
+            UTF8_ORDER
+        };
+        let (sql, _) = select_sql(t, table, collation)?;
         let stmt = c.prepare(&sql).map_err(|e| db_error(path, e))?;
         Ok(RowReader {
             stmt,
