@@ -1171,6 +1171,44 @@ pub fn deploy_target(
     events: &mut dyn DeployEvents,
 ) -> Result<DeployReport> {
     let start = Instant::now();
+    let mut locked = None;
+    if !opts.dry_run {
+        let (lock, waited) = lock_target(&lock_dir(store, opts)?, &target.name, progress, events)?;
+        // The record a deploy that ran meanwhile wrote (and a snapshot
+        // made meanwhile) are in packs this process has not loaded yet.
+        store.refresh()?;
+        locked = Some((lock, waited));
+    }
+    // A deploy of `main` that waited for the lock deploys what `main` is
+    // now: the snapshot it read before may be older than one a deploy that
+    // ran meanwhile put out, which it would take back.
+    let fresh;
+    let (plan, snap, target) = match &locked {
+        Some(_) if opts.snapshot.is_none() => {
+            let now = crate::names::resolve(store, "main")?;
+            if now == plan.snapshot {
+                (plan, snap, target)
+            } else {
+                events.note(&format!(
+                    "main moved to {} while this deploy waited: deploying that",
+                    now.short()
+                ));
+                let o = DeployOptions {
+                    snapshot: Some(now.to_hex()),
+                    targets: vec![target.name.clone()],
+                    ..opts.clone()
+                };
+                let (p, s) = self::plan(store, &o)?;
+                let t =
+                    p.targets.first().cloned().ok_or_else(|| {
+                        SyncError::NotFound(format!("deploy target {}", target.name))
+                    })?;
+                fresh = (p, s, t);
+                (&fresh.0, &fresh.1, &fresh.2)
+            }
+        }
+        _ => (plan, snap, target),
+    };
     let report = |st: TargetStatus, ran: bool, record, steps, waited: Duration| DeployReport {
         target: target.name.clone(),
         ran,
@@ -1184,14 +1222,10 @@ pub fn deploy_target(
         waited: waited.as_secs_f64(),
         seconds: start.elapsed().as_secs_f64(),
     };
-    if opts.dry_run {
+    let Some((lock, waited)) = locked else {
         let st = target_status(store, &plan.snapshot, snap, target)?;
         return Ok(report(st, false, None, Vec::new(), Duration::ZERO));
-    }
-    let (lock, waited) = lock_target(&lock_dir(store, opts)?, &target.name, progress, events)?;
-    // The record a deploy that ran meanwhile wrote is in packs this
-    // process has not loaded yet.
-    store.refresh()?;
+    };
     // Decided under the lock: a deploy that ran meanwhile may have made
     // this one unnecessary.
     let st = target_status(store, &plan.snapshot, snap, target)?;
@@ -1200,6 +1234,19 @@ pub fn deploy_target(
     }
     let expected = store.read_ref(&deploy_ref(&target.name))?;
     let copy = materialize(store, snap, progress)?;
+    // A relative symlink that leads out of the copy means something else
+    // there than in the working tree: `../shared` is `$TMPDIR/shared`,
+    // which any user of the machine may have made.
+    if let Some((link, to)) = link_out_of(copy.path())? {
+        return Err(SyncError::Invalid(format!(
+            "deploy {}: {} in snapshot {} is a symlink to {} that leads out of the snapshot; \
+             no step was run (exclude it, or make it absolute)",
+            target.name,
+            link.display(),
+            plan.snapshot.short(),
+            to.display()
+        )));
+    }
     let mut cwd = copy.path().to_path_buf();
     if let Some(w) = &target.workdir {
         cwd = cwd.join(w);
@@ -1267,6 +1314,43 @@ pub fn deploy_target(
     }
     let rec = record_deploy(store, &target.name, &plan.snapshot, &hash, expected)?;
     Ok(report(st, true, Some(rec), steps, waited))
+}
+
+/// The first relative symlink under `root` (not following any) whose
+/// target leads out of `root` read as a path (`..` past the top), with its
+/// target; absolute ones lead where they say, as in the working tree.
+fn link_out_of(root: &Path) -> Result<Option<(PathBuf, PathBuf)>> {
+    let mut dirs = vec![(PathBuf::new(), 0usize)];
+    while let Some((rel, depth)) = dirs.pop() {
+        let dir = root.join(&rel);
+        for e in std::fs::read_dir(&dir).map_err(|e| SyncError::io("reading", &dir, e))? {
+            let e = e.map_err(|e| SyncError::io("reading", &dir, e))?;
+            let ty = e
+                .file_type()
+                .map_err(|err| SyncError::io("reading", e.path(), err))?;
+            let path = rel.join(e.file_name());
+            if ty.is_dir() {
+                dirs.push((path, depth + 1));
+            } else if ty.is_symlink() {
+                let to = std::fs::read_link(e.path())
+                    .map_err(|err| SyncError::io("reading", e.path(), err))?;
+                if to.is_relative() {
+                    let mut d = depth as isize;
+                    for c in to.components() {
+                        match c {
+                            std::path::Component::ParentDir => d -= 1,
+                            std::path::Component::Normal(_) => d += 1,
+                            _ => {}
+                        }
+                        if d < 0 {
+                            return Ok(Some((path, to)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Restores the snapshot's files into a new temporary directory (removed

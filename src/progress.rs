@@ -36,7 +36,7 @@ pub fn interrupted() -> bool {
             .is_some_and(|(f, _)| f.load(Ordering::Relaxed))
 }
 
-/// The signal that asked to stop (`SIGINT` 2, `SIGTERM` 15), if any.
+/// The signal that asked to stop (`SIGHUP` 1, `SIGINT` 2, `SIGTERM` 15), if any.
 pub fn stop_signal() -> Option<i32> {
     SIGNALS
         .get()
@@ -44,14 +44,15 @@ pub fn stop_signal() -> Option<i32> {
         .filter(|n| *n != 0)
 }
 
-/// SIGINT and SIGTERM ask long work to stop at the next safe point (no
-/// ref moves, a database restore rolls back); a second one exits at once
-/// with 128 + the signal number.
+/// SIGINT, SIGTERM and SIGHUP (a closed terminal, a dropped SSH session)
+/// ask long work to stop at the next safe point (no ref moves, a database
+/// restore rolls back, a deploy's step is stopped); a second one exits at
+/// once with 128 + the signal number.
 pub fn install_signal_handlers() -> std::io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let flag = Arc::new(AtomicBool::new(false));
     let num = Arc::new(AtomicUsize::new(0));
-    for sig in [SIGINT, SIGTERM] {
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
         signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&flag))?;
         signal_hook::flag::register_usize(sig, Arc::clone(&num), sig as usize)?;
         signal_hook::flag::register(sig, Arc::clone(&flag))?;

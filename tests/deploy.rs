@@ -1,6 +1,6 @@
 //! `sp-sync deploy`: due only when what a target watches changed, steps in a
 //! materialized copy, a failed step keeps the ref, `--dry-run` runs nothing,
-//! deploys of one target never overlap, SIGINT stops a step; `push --deploy`
+//! deploys of one target never overlap, a stop signal stops a step; `push --deploy`
 //! and `serve --deploy-on-push` (a real server) run exactly the due targets.
 //! Library tests: the watched hash reads no file and skips what no glob
 //! reaches.
@@ -346,50 +346,134 @@ fn concurrent_deploys_of_one_target_never_overlap() {
     assert_eq!(lines(&log).len(), 6);
 }
 
+/// SIGINT, SIGTERM and SIGHUP (a closed terminal, a dropped SSH session)
+/// stop the running step, its whole process group, and move no ref.
 #[test]
-fn sigint_stops_the_running_step_and_moves_no_ref() {
+fn a_stop_signal_stops_the_running_step_and_moves_no_ref() {
+    use rustix::process::Signal;
+    for (sig, code, name) in [
+        (Signal::INT, 130, "SIGINT"),
+        (Signal::TERM, 143, "SIGTERM"),
+        (Signal::HUP, 129, "SIGHUP"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let pidfile = tmp.path().join("pid");
+        let toml = format!(
+            "[deploy.api]\nwatch = [\"src/**\"]\nsteps = [\"echo $$ > {p}.tmp && mv {p}.tmp {p}; sleep 60\"]\n",
+            p = pidfile.display()
+        );
+        let w = tree(tmp.path(), &toml);
+        snap(&w);
+        let mut child = spawn_deploy(&w, &["api"]);
+        let t = Instant::now();
+        while !pidfile.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "the step never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let step_pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let pid = rustix::process::Pid::from_child(&child);
+        rustix::process::kill_process(pid, sig).unwrap();
+        let t = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "deploy did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(code), "{name}");
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(err.contains(&format!("interrupted ({name})")), "{err}");
+        // The step's process group is gone; the ref did not move.
+        let gone = rustix::process::Pid::from_raw(step_pid)
+            .map(|p| rustix::process::test_kill_process(p).is_err())
+            .unwrap_or(true);
+        assert!(gone, "{name}: step process {step_pid} still running");
+        assert!(deploy_ref(&w, "api").is_none());
+    }
+}
+
+/// A deploy of `main` that waited for another deploy of its target deploys
+/// what `main` is once it has the lock, not the older snapshot `main` named
+/// when it started: it never takes back what is newer.
+#[test]
+fn a_deploy_that_waited_deploys_main_as_it_is_then() {
     let tmp = tempfile::tempdir().unwrap();
-    let pidfile = tmp.path().join("pid");
+    let log = tmp.path().join("steps.log");
+    let started = tmp.path().join("started");
     let toml = format!(
-        "[deploy.api]\nwatch = [\"src/**\"]\nsteps = [\"echo $$ > {p}.tmp && mv {p}.tmp {p}; sleep 60\"]\n",
-        p = pidfile.display()
+        "[deploy.api]\nwatch = [\"src/**\"]\nsteps = [\"cat src/main.rs >> {l}; touch {s}; sleep 2\"]\n",
+        l = log.display(),
+        s = started.display()
     );
     let w = tree(tmp.path(), &toml);
+    std::fs::write(w.join("src/main.rs"), "v0\n").unwrap();
     snap(&w);
-    let mut child = spawn_deploy(&w, &["api"]);
+    let first = spawn_deploy(&w, &["api"]);
     let t = Instant::now();
-    while !pidfile.exists() {
+    while !started.exists() {
         assert!(
             t.elapsed() < Duration::from_secs(30),
             "the step never started"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let step_pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let pid = rustix::process::Pid::from_child(&child);
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "deploy did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(130));
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(err.contains("interrupted (SIGINT)"), "{err}");
-    // The step's process group is gone; the ref did not move.
-    let gone = rustix::process::Pid::from_raw(step_pid)
-        .map(|p| rustix::process::test_kill_process(p).is_err())
-        .unwrap_or(true);
-    assert!(gone, "step process {step_pid} still running");
-    assert!(deploy_ref(&w, "api").is_none());
+    std::fs::write(w.join("src/main.rs"), "v1\n").unwrap();
+    snap(&w);
+    // Reads main (v1), then waits for the first deploy's lock.
+    let second = spawn_deploy(&w, &["api"]);
+    std::thread::sleep(Duration::from_millis(800));
+    std::fs::write(w.join("src/main.rs"), "v2\n").unwrap();
+    snap(&w);
+    for c in [first, second] {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(lines(&log), ["v0", "v2"]);
+    let deployed = ok(&w, &["cat", "deploy/api~1:src/main.rs"]);
+    assert_eq!(deployed, "v2\n");
+}
+
+/// A relative symlink leading out of the snapshot means something else in
+/// the deploy's copy (under the shared temporary directory, where any user
+/// may make `../shared`) than in the working tree: the deploy runs nothing.
+/// Absolute symlinks and relative ones inside the snapshot are kept.
+#[test]
+fn a_symlink_leading_out_of_the_snapshot_runs_no_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let toml = format!(
+        "[deploy.api]\nwatch = [\"src/**\"]\nsteps = [\"echo ran >> {r}\"]\n",
+        r = runs.display()
+    );
+    let w = tree(tmp.path(), &toml);
+    std::os::unix::fs::symlink("../docs/guide.md", w.join("src/guide")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", w.join("src/abs")).unwrap();
+    snap(&w);
+    ok(&w, &["deploy", "api"]);
+    assert_eq!(lines(&runs), ["ran"]);
+    std::fs::create_dir(tmp.path().join("shared")).unwrap();
+    std::os::unix::fs::symlink("../../../shared", w.join("src/sub/lib")).unwrap();
+    snap(&w);
+    let err = fails(&w, &["deploy", "api"], 1);
+    assert!(
+        err.contains("src/sub/lib") && err.contains("leads out"),
+        "{err}"
+    );
+    assert_eq!(lines(&runs), ["ran"], "a step ran");
+    assert_eq!(
+        deploy_ref(&w, "api").map(|r| r.len()),
+        Some(64),
+        "the ref stays where it was"
+    );
 }
 
 fn two_targets(runs: &Path) -> String {

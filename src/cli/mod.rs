@@ -69,7 +69,7 @@ pub fn main() -> i32 {
         }
     };
     init_logging(cli.verbose, cli.quiet);
-    // The first SIGINT or SIGTERM asks long work to stop at the next safe
+    // The first SIGINT, SIGTERM or SIGHUP asks long work to stop at the next safe
     // point; a second one exits at once. (serve handles its own signals.)
     if !matches!(cli.cmd, Cmd::Serve { .. })
         && let Err(e) = systemprompt_sync::progress::install_signal_handlers()
@@ -105,7 +105,11 @@ pub fn main() -> i32 {
             };
             if e.chain().any(interrupted) {
                 let sig = systemprompt_sync::progress::stop_signal().unwrap_or(2);
-                let name = if sig == 15 { "SIGTERM" } else { "SIGINT" };
+                let name = match sig {
+                    1 => "SIGHUP",
+                    15 => "SIGTERM",
+                    _ => "SIGINT",
+                };
                 eprintln!("error: interrupted ({name})");
                 return 128 + sig;
             }
