@@ -566,6 +566,25 @@ pub fn restore(
         };
         let snap = crate::names::load_snapshot(source, &id)?;
         let r = materialize(source, &snap, &opts.target, &opts.protect, progress)?;
+        // What is there and was kept (a non-empty directory where a file
+        // goes, a pipe, a mount point, a protected path) leaves the entry
+        // unrestored in part: that is no hit a pipeline may skip a build on.
+        if let Some(first) = r.1.protected.first() {
+            if let Some(out) = &opts.github_output {
+                github_output(out, false)?;
+            }
+            let more = r.1.protected.len() - 1;
+            return Err(SyncError::Invalid(format!(
+                "{} was not written (what is there stays; see the warning){}; the entry is not \
+                 restored whole",
+                first.display(),
+                if more > 0 {
+                    format!(", nor {more} other path(s)")
+                } else {
+                    String::new()
+                }
+            )));
+        }
         report.paths = r.0;
         report.files = r.1.files;
         report.bytes = r.1.bytes;
@@ -729,6 +748,7 @@ fn materialize(
         total.dirs += r.dirs;
         total.bytes += r.bytes;
         total.unchanged += r.unchanged;
+        total.protected.extend(r.protected);
     }
     Ok((
         paths

@@ -709,6 +709,58 @@ fn restore_does_not_write_through_a_symlink_on_the_way() {
     );
 }
 
+/// An entry's path that cannot be written because of what is there (a
+/// non-empty directory where a file goes, a pipe) is kept, and the restore
+/// says so: exit 1, `cache-hit=false`, never a hit a pipeline skips a build
+/// on.
+#[test]
+fn a_restore_that_could_not_write_a_path_is_no_hit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = tmp.path().join("remote").display().to_string();
+    let a = runner(tmp.path(), "a", &[]);
+    std::fs::create_dir_all(a.dir.join("target/release")).unwrap();
+    std::fs::write(a.dir.join("target/release/app"), "bin\n").unwrap();
+    std::fs::write(a.dir.join("pipe"), "file\n").unwrap();
+    a.ok(&[
+        "cache",
+        "save",
+        "k",
+        "target/release/app",
+        "pipe",
+        "--remote",
+        &url,
+    ]);
+    let b = runner(tmp.path(), "b", &[]);
+    std::fs::create_dir_all(b.dir.join("target/release/app")).unwrap();
+    std::fs::write(b.dir.join("target/release/app/.keep"), "").unwrap();
+    let err = b.fails(
+        &["cache", "restore", "k", "--remote", &url, "--fail-on-miss"],
+        1,
+    );
+    assert!(err.contains("target/release/app"), "{err}");
+    assert_eq!(b.github_output().trim(), "cache-hit=false");
+    assert!(b.dir.join("target/release/app/.keep").exists());
+    // A pipe where a file goes: kept, and no hit either.
+    std::fs::remove_dir_all(b.dir.join("target")).unwrap();
+    let fifo = b.dir.join("pipe");
+    std::fs::remove_file(&fifo).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    b.fails(&["cache", "restore", "k", "--remote", &url], 1);
+    std::fs::remove_file(&fifo).unwrap();
+    let v = b.json(&["cache", "restore", "k", "--remote", &url]);
+    assert_eq!(v["result"], "hit", "{v}");
+    assert_eq!(
+        std::fs::read_to_string(b.dir.join("target/release/app")).unwrap(),
+        "bin\n"
+    );
+}
+
 /// The first restore of a CI pipeline, before any save: a path remote that
 /// holds no store yet is a miss, and nothing is created there.
 #[test]
@@ -779,8 +831,9 @@ fn a_restore_never_writes_over_a_database_and_bad_paths_save_nothing() {
     a.ok(&["cache", "save", "k", "data", "--remote", &url]);
     std::fs::write(a.dir.join("data/app.db"), "newer db").unwrap();
     std::fs::write(a.dir.join("data/other"), "newer\n").unwrap();
+    // (The database is kept, and the entry is not restored whole: exit 1.)
     let (c, _, err) = a.run(&["cache", "restore", "k", "--remote", &url]);
-    assert_eq!(c, 0, "{err}");
+    assert_eq!(c, 1, "{err}");
     assert!(err.contains("not restoring"), "{err}");
     assert_eq!(
         std::fs::read_to_string(a.dir.join("data/app.db")).unwrap(),
@@ -881,8 +934,10 @@ fn an_entry_file_never_goes_into_a_directory_at_its_place() {
     let b = runner(tmp.path(), "b", &[]);
     std::fs::create_dir_all(b.dir.join("build")).unwrap();
     std::fs::write(b.dir.join("build/build"), "mine\n").unwrap();
+    // (Kept, and the restore fails: see
+    // a_restore_that_could_not_write_a_path_is_no_hit.)
     let (c, _, err) = b.run(&["cache", "restore", "k", "--remote", &url]);
-    assert_eq!(c, 0, "{err}");
+    assert_eq!(c, 1, "{err}");
     assert!(err.contains("not restoring"), "{err}");
     assert_eq!(
         std::fs::read_to_string(b.dir.join("build/build")).unwrap(),
