@@ -535,10 +535,10 @@ impl Ctx<'_> {
         } else {
             e.mode & !0o6000
         };
-        // A device, pipe or socket at a file's place is never replaced:
-        // restoring a file to `/dev/null` must not put a file there.
+        // A device, pipe or socket at an entry's place is never replaced:
+        // restoring a file to `/dev/null` must not put a file there, nor a
+        // directory where a service's socket or pipe is.
         if !fresh
-            && !matches!(e.kind, EntryKind::Dir { .. })
             && rustix::fs::statat(dir, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW)
                 .is_ok_and(|st| {
                     matches!(

@@ -1309,35 +1309,45 @@ fn a_file_source_goes_back_as_the_file_and_never_into_a_directory_there() {
     );
 }
 
-/// A device, pipe or socket where a file goes back is never replaced
-/// (`restore SNAP:FILE /dev/null` must not put a file over /dev/null).
+/// A device, pipe or socket where a file or a directory goes back is never
+/// replaced, `--delete` or not (`restore SNAP:FILE /dev/null` must not put
+/// a file over /dev/null, nor a restore a directory over a service's pipe).
 #[test]
 fn a_restore_never_replaces_a_device_or_a_pipe() {
     use std::os::unix::fs::FileTypeExt;
     let tmp = tempfile::tempdir().unwrap();
     let w = tmp.path();
-    std::fs::create_dir_all(w.join("d")).unwrap();
+    std::fs::create_dir_all(w.join("d/run")).unwrap();
     std::fs::write(w.join("d/f"), "x\n").unwrap();
+    std::fs::write(w.join("d/run/keep"), "x\n").unwrap();
     ok(w, &["init", "-q"]);
     ok(w, &["snapshot", "d", "-q"]);
     std::fs::remove_file(w.join("d/f")).unwrap();
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(w.join("d/f"))
-            .status()
-            .unwrap()
-            .success()
-    );
-    let o = common::run_in(w, &["restore", "main", "--delete"]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
-    assert!(err.contains("a device, pipe or socket is there"), "{err}");
-    assert!(
-        std::fs::symlink_metadata(w.join("d/f"))
-            .unwrap()
-            .file_type()
-            .is_fifo()
-    );
+    std::fs::remove_dir_all(w.join("d/run")).unwrap();
+    for p in ["d/f", "d/run"] {
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(w.join(p))
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    for args in [&["restore", "main"][..], &["restore", "main", "--delete"]] {
+        let o = common::run_in(w, args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(err.contains("a device, pipe or socket is there"), "{err}");
+        for p in ["d/f", "d/run"] {
+            assert!(
+                std::fs::symlink_metadata(w.join(p))
+                    .unwrap()
+                    .file_type()
+                    .is_fifo(),
+                "{args:?}: {p} replaced"
+            );
+        }
+    }
     let null = w.join("null");
     let made = std::process::Command::new("mknod")
         .args(["-m", "666"])
