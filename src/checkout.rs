@@ -136,11 +136,29 @@ pub fn restore(
             }
             places
         }
-        (Some(t), _) => vec![Placement {
-            tree_path: sub.unwrap_or("").to_string(),
-            dest: t.clone(),
-            exact: false,
-        }],
+        (Some(t), _) => {
+            // `SNAP:FILE DIR/` (a trailing slash, as for cp): the file goes
+            // into that directory under its own name.
+            let mut dest = t.clone();
+            let into_dir = opts.target.as_ref().is_some_and(|t| {
+                use std::os::unix::ffi::OsStrExt;
+                t.as_os_str().as_bytes().ends_with(b"/")
+            });
+            if let (true, Some(p), Some(root)) = (into_dir, sub, s.root) {
+                let entry = crate::object::tree::lookup(store, &root, p.as_bytes())?;
+                let name = p.rsplit('/').find(|c| !c.is_empty());
+                if let (Some(e), Some(name)) = (entry, name)
+                    && !matches!(e.kind, crate::object::tree::EntryKind::Dir { .. })
+                {
+                    dest = dest.join(name);
+                }
+            }
+            vec![Placement {
+                tree_path: sub.unwrap_or("").to_string(),
+                dest,
+                exact: false,
+            }]
+        }
     };
     if places.is_empty() && sub.is_some() && target.is_some() {
         return Err(SyncError::NotFound(format!(

@@ -2067,3 +2067,27 @@ fn restore_never_empties_or_removes_a_mount_point() {
         "port = 1\n"
     );
 }
+
+/// `restore SNAP:FILE DIR/` (a trailing slash, as for cp) puts the file
+/// into that directory under its own name; without the slash the file goes
+/// at the path itself. A file where the directory would be is an error that
+/// leaves it as it is.
+#[test]
+fn a_target_with_a_trailing_slash_is_a_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    std::fs::create_dir_all(w.join("d/sub")).unwrap();
+    std::fs::write(w.join("d/sub/f"), "hi\n").unwrap();
+    ok(w, &["init", "-q"]);
+    ok(w, &["snapshot", "d", "-q"]);
+    ok(w, &["restore", "main:sub/f", "out/", "-q"]);
+    assert_eq!(std::fs::read_to_string(w.join("out/f")).unwrap(), "hi\n");
+    ok(w, &["restore", "main:sub/f", "plain", "-q"]);
+    assert_eq!(std::fs::read_to_string(w.join("plain")).unwrap(), "hi\n");
+    std::fs::write(w.join("file"), "mine\n").unwrap();
+    fails(w, &["restore", "main:sub/f", "file/"], 1);
+    assert_eq!(std::fs::read_to_string(w.join("file")).unwrap(), "mine\n");
+    // A directory keeps its meaning: its contents go into the target.
+    ok(w, &["restore", "main:sub", "dir/", "-q"]);
+    assert_eq!(std::fs::read_to_string(w.join("dir/f")).unwrap(), "hi\n");
+}
