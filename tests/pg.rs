@@ -2264,6 +2264,71 @@ fn role_url(pg: &PgCluster, db: &str, name: &str) -> String {
     as_role
 }
 
+/// A table whose row-level security policies hide rows from the role is
+/// never read in part (as pg_dump, `row_security = off`): the snapshot and
+/// the diff fail, naming it, and no ref moves; a restore planned on a part
+/// of its rows would delete the rest. A target database with `array_nulls
+/// = off` still gets NULL array elements back as NULL.
+#[test]
+fn rows_hidden_by_policies_are_an_error_and_array_nulls_stay_null() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("rls");
+    pg.psql(
+        &db,
+        "CREATE TABLE acct (id int PRIMARY KEY, owner text, bal int);
+         INSERT INTO acct VALUES (1, 'alice', 10), (2, 'bob', 20), (3, 'carol', 30);
+         CREATE TABLE arr (id int PRIMARY KEY, tags text[]);
+         INSERT INTO arr VALUES (1, '{a,NULL,b}');",
+    );
+    let as_app = role_url(pg, &db, "rls_reader");
+    pg.psql(
+        &db,
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON acct, arr TO rls_reader;
+         ALTER TABLE acct ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY mine ON acct TO rls_reader USING (owner = 'alice');",
+    );
+    let w = work();
+    let d = w.path();
+    let err = fails_pg(d, &["--store", "st", "snapshot", "files", "--db", &as_app]);
+    assert!(err.contains("row-level security"), "{err}");
+    assert!(!refs(d).contains("main"), "a ref moved: {}", refs(d));
+    let url = pg.url(&db);
+    snap(d, &url, &[]);
+    let err = fails_pg(d, &["--store", "st", "diff", "main", "--db", &as_app]);
+    assert!(err.contains("row-level security"), "{err}");
+    let before = pg.dump_rows(&db, "acct");
+    fails_pg(
+        d,
+        &[
+            "--store", "st", "restore", "main", "--db", &as_app, "--delete",
+        ],
+    );
+    assert_eq!(pg.dump_rows(&db, "acct"), before);
+
+    let target = pg.new_db("arraynulls");
+    pg.psql(
+        &target,
+        &format!("ALTER DATABASE {target} SET array_nulls = off"),
+    );
+    ok_pg(
+        d,
+        &[
+            "--store",
+            "st",
+            "restore",
+            "main",
+            "--db",
+            &pg.url(&target),
+            "-q",
+        ],
+    );
+    assert_eq!(pg.dump_rows(&target, "arr"), pg.dump_rows(&db, "arr"));
+    assert_eq!(
+        pg.psql(&target, "SELECT tags[2] IS NULL FROM arr").trim(),
+        "t"
+    );
+}
+
 /// Sequences: a failed restore leaves them where they were (setval is not
 /// undone by a rollback, so the deferred checks run before it); one that
 /// counts down, or that another table draws from, never goes back.

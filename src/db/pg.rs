@@ -22,7 +22,10 @@
 //! numbers).
 //! Values are the exact text forms PostgreSQL prints (with
 //! `extra_float_digits = 3`, `DateStyle = ISO`, `TimeZone = UTC`,
-//! `IntervalStyle = postgres`, `bytea_output = hex`), stored as cells by the
+//! `IntervalStyle = postgres`, `bytea_output = hex`, `array_nulls = on`;
+//! and `row_security = off`, as pg_dump: a table whose row-level security
+//! policies would hide rows from the role is an error, never read in part),
+//! stored as cells by the
 //! column's type: `smallint`/`integer`/`bigint` as INTEGER, `real`/`double
 //! precision` as REAL (the exact bits; `real` widened exactly), `boolean`
 //! as INTEGER 0/1, `bytea` as BLOB, and every other type (text, numeric,
@@ -423,7 +426,8 @@ impl PgLocation {
             .batch_execute(
                 "SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; \
                  SET IntervalStyle = 'postgres'; SET bytea_output = 'hex'; \
-                 SET client_encoding = 'UTF8'; SET statement_timeout = 0",
+                 SET client_encoding = 'UTF8'; SET statement_timeout = 0; \
+                 SET row_security = off; SET array_nulls = on",
             )
             .map_err(|e| self.error(e))?;
         Ok(client)
