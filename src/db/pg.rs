@@ -3233,7 +3233,8 @@ fn run_step(
                          JOIN pg_catalog.pg_attrdef ad ON ad.oid = d.objid \
                          WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass \
                            AND d.refclassid = 'pg_catalog.pg_class'::regclass \
-                           AND d.refobjid = q.s AND ad.adrelid <> $1::text::regclass) \
+                           AND d.refobjid = q.s AND ad.adrelid <> $1::text::regclass), \
+                       p.seqcache \
                      FROM (SELECT pg_catalog.pg_get_serial_sequence($1, $2)::regclass AS s) q \
                      JOIN pg_catalog.pg_sequence p ON p.seqrelid = q.s",
                     &[&table, &column],
@@ -3242,7 +3243,8 @@ fn run_step(
             else {
                 return Ok(());
             };
-            let (seq, inc, shared): (String, i64, bool) = (row.get(0), row.get(1), row.get(2));
+            let (seq, inc, shared, cache): (String, i64, bool, i64) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
             // Its state, read from the sequence itself (also before its
             // first call, or after ALTER SEQUENCE … RESTART: is_called is
             // false, and last_value is the next value). `seq` is quoted.
@@ -3272,6 +3274,37 @@ fn run_step(
             });
             if back && (never_back || shared) {
                 return Ok(());
+            }
+            // `ALTER SEQUENCE … RESTART` is transactional (it writes the
+            // sequence anew, a file a rollback or a crash discards, and the
+            // `nextval` that marks the value used writes to that file): a
+            // restore killed before its commit leaves the sequence as it
+            // was. It holds the sequence's lock until the commit. A role
+            // that may set the sequence but not alter it (not its owner),
+            // or a sequence that caches values (`nextval` would write the
+            // end of the cached range), gets `setval`, which a rollback
+            // does not undo.
+            if cache == 1 {
+                c.batch_execute("SAVEPOINT sp_sync_seq").map_err(err)?;
+                let restarted = c
+                    .batch_execute(&format!("ALTER SEQUENCE {seq} RESTART WITH {value}"))
+                    .and_then(|()| {
+                        if called {
+                            c.execute("SELECT pg_catalog.nextval($1::text::regclass)", &[&seq])?;
+                        }
+                        Ok(())
+                    });
+                match restarted {
+                    Ok(()) => {
+                        c.batch_execute("RELEASE SAVEPOINT sp_sync_seq")
+                            .map_err(err)?;
+                        return Ok(());
+                    }
+                    Err(_) => {
+                        c.batch_execute("ROLLBACK TO SAVEPOINT sp_sync_seq")
+                            .map_err(err)?;
+                    }
+                }
             }
             c.execute(
                 "SELECT pg_catalog.setval($1::text::regclass, $2, $3)",
