@@ -2008,6 +2008,49 @@ fn a_swapped_partition_voids_the_row_cache() {
     );
 }
 
+/// The row cache's identity covers every type a column is made of: an
+/// enum inside a composite, or in an array of a domain, renamed, voids it
+/// (the rows' versions did not change, their text did); so does a table
+/// renamed that a `regclass` column names.
+#[test]
+fn a_type_renamed_deep_inside_a_column_voids_the_row_cache() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("rowcache_types");
+    pg.psql(
+        &db,
+        "CREATE TYPE mood AS ENUM ('sad', 'happy');
+         CREATE TYPE feeling AS (m mood, note text);
+         CREATE DOMAIN moodd AS mood;
+         CREATE TABLE other (id int);
+         CREATE TABLE t (id int PRIMARY KEY, f feeling, arr moodd[], r regclass);
+         INSERT INTO t SELECT g, '(sad,x)', '{happy}', 'other' FROM generate_series(1, 50) g;",
+    );
+    let w = work();
+    let d = w.path();
+    let cache = d.join("cache");
+    let url = pg.url(&db);
+    let pick = ["--table", "t"];
+    snap_logged(d, &cache, &url, &pick);
+    for change in [
+        "ALTER TYPE mood RENAME VALUE 'sad' TO 'blue'",
+        "ALTER TYPE mood RENAME VALUE 'happy' TO 'glad'",
+        "ALTER TABLE other RENAME TO other2",
+    ] {
+        pg.psql(&db, change);
+        let (by_cache, err) = snap_logged(d, &cache, &url, &pick);
+        assert!(!err.contains("by the row cache"), "{change}: {err}");
+        let live = json(&ok_pg(
+            d,
+            &[
+                "--store", "st", "diff", "main", "--db", &url, "--table", "t", "--json",
+            ],
+        ));
+        assert_eq!(live["rows"], serde_json::json!([]), "{change}: {live}");
+        let (full, _) = snap_logged(d, &cache, &url, &["--table", "t", "--no-cache"]);
+        assert_eq!(full["new_objects"], 1, "{change}: {full} after {by_cache}");
+    }
+}
+
 /// A database put back in time (here: its files copied back from before an
 /// update the first snapshot saw; a failover to a replica that lagged is
 /// alike) is not read by that snapshot's row cache, even once its

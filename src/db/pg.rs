@@ -2038,8 +2038,11 @@ fn read_table_by_cache(
 }
 
 /// What a table's row cache must match: the database and table, their
-/// definitions (and those of the column types: an enum's labels, a
-/// composite's attributes), the table's storage (a partitioned table's:
+/// definitions (and those of the column types and of every type they are
+/// made of, through arrays, domains, composites and ranges: an enum's
+/// labels, a composite's attributes; a column holding catalog names, such
+/// as `regclass`, whose text a rename changes, never matches), the table's
+/// storage (a partitioned table's:
 /// every partition's), the server's start time, and sp-sync's row
 /// encoding. A cache written by a full read holds no stamps and trusts
 /// every row version older than its snapshot (see [`xid_before`]); a
@@ -2061,16 +2064,30 @@ fn cache_ident(
                     CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE') \
                          THEN (SELECT system_identifier FROM pg_catalog.pg_control_system()) END, \
                     c.relfilenode::int8, c.xmin::text, \
-                    (SELECT coalesce(string_agg(x.s, ';' ORDER BY x.s), '') FROM ( \
+                    (WITH RECURSIVE tys(oid) AS ( \
+                       SELECT a.atttypid FROM pg_catalog.pg_attribute a \
+                       WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                       UNION \
+                       SELECT n.x FROM tys JOIN pg_catalog.pg_type t ON t.oid = tys.oid, \
+                         LATERAL (SELECT t.typelem UNION ALL SELECT t.typbasetype \
+                           UNION ALL SELECT a2.atttypid FROM pg_catalog.pg_attribute a2 \
+                             WHERE t.typrelid <> 0 AND a2.attrelid = t.typrelid AND a2.attnum > 0 \
+                               AND NOT a2.attisdropped \
+                           UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r \
+                             WHERE r.rngtypid = t.oid) n(x) \
+                       WHERE n.x <> 0) \
+                     SELECT coalesce(string_agg(x.s, ';' ORDER BY x.s), '') FROM ( \
                        SELECT ty.oid::text || ':' || ty.xmin::text || ':' || \
                          coalesce((SELECT string_agg(e.oid::text || '/' || e.xmin::text, ',' ORDER BY e.oid) \
-                                   FROM pg_catalog.pg_enum e \
-                                   WHERE e.enumtypid IN (ty.oid, ty.typelem, ty.typbasetype)), '') || ':' || \
-                         coalesce((SELECT string_agg(a2.attnum::text || '/' || a2.atttypid::text || '/' || a2.xmin::text, ',' ORDER BY a2.attrelid, a2.attnum) \
-                                   FROM pg_catalog.pg_attribute a2 JOIN pg_catalog.pg_type ct ON a2.attrelid = ct.typrelid \
-                                   WHERE ct.oid IN (ty.oid, ty.typelem, ty.typbasetype) AND ct.typrelid <> 0 AND a2.attnum > 0), '') AS s \
-                       FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
-                       WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) x), \
+                                   FROM pg_catalog.pg_enum e WHERE e.enumtypid = ty.oid), '') || ':' || \
+                         coalesce((SELECT string_agg(a2.attnum::text || '/' || a2.atttypid::text || '/' || a2.xmin::text, ',' ORDER BY a2.attnum) \
+                                   FROM pg_catalog.pg_attribute a2 \
+                                   WHERE ty.typrelid <> 0 AND a2.attrelid = ty.typrelid AND a2.attnum > 0), '') || \
+                         CASE WHEN ty.typnamespace = 'pg_catalog'::regnamespace AND ty.typname IN \
+                                ('regclass', 'regtype', 'regproc', 'regprocedure', 'regoper', 'regoperator', \
+                                 'regconfig', 'regdictionary', 'regnamespace', 'regrole', 'regcollation') \
+                              THEN ':' || pg_catalog.clock_timestamp()::text ELSE '' END AS s \
+                       FROM tys JOIN pg_catalog.pg_type ty ON ty.oid = tys.oid) x), \
                     pg_catalog.pg_postmaster_start_time()::text, \
                     (WITH RECURSIVE tree(oid) AS ( \
                        SELECT c.oid WHERE c.relkind = 'p' \
