@@ -727,6 +727,79 @@ fn a_restore_without_delete_never_merges_rows_nor_reaches_past_them() {
     assert!(ci.len() == 1 && ci[0].contains("('a', 'mine')"), "{ci:?}");
 }
 
+/// `restore --delete` never lets a foreign key's ON DELETE action reach
+/// rows of a table the restore does not restore: a row whose delete would
+/// cascade to (or set NULL in) such rows fails the restore, named, with
+/// nothing written. Restoring the referring table too, it goes ahead.
+#[test]
+fn a_delete_never_cascades_into_a_table_the_restore_leaves() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("cascade_out");
+    let url = pg.url(&db);
+    pg.psql(
+        &db,
+        "CREATE TABLE parent (k numeric PRIMARY KEY, v text);
+         CREATE TABLE child (id int PRIMARY KEY,
+                             pk numeric REFERENCES parent ON DELETE CASCADE ON UPDATE CASCADE);
+         CREATE TABLE nulled (id int PRIMARY KEY, pk numeric REFERENCES parent ON DELETE SET NULL);
+         INSERT INTO parent VALUES (1.0, 'a'), (2, 'b');
+         INSERT INTO child VALUES (1, 1.0), (2, 1.0);",
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &url, &["--table", "parent"]);
+    // The same key in another text (a delete and an insert), and a row the
+    // snapshot lacks, referred to by rows of tables left as they are.
+    for change in [
+        "UPDATE parent SET k = 1.00 WHERE k = 1.0",
+        "INSERT INTO parent VALUES (3, 'c'); INSERT INTO nulled VALUES (1, 3)",
+    ] {
+        pg.psql(&db, change);
+        let all = |pg: &PgCluster| {
+            ["parent", "child", "nulled"]
+                .iter()
+                .map(|t| pg.dump_rows(&db, t))
+                .collect::<Vec<_>>()
+        };
+        let before = all(pg);
+        let err = fails_pg(
+            d,
+            &["--store", "st", "restore", "main", "--db", &url, "--delete"],
+        );
+        assert!(
+            err.contains("which this restore does not restore"),
+            "{change}: {err}"
+        );
+        assert_eq!(all(pg), before, "{change}");
+    }
+    // Rows of the tables the restore leaves no longer refer to those rows:
+    // it goes ahead.
+    pg.psql(&db, "DELETE FROM child; DELETE FROM nulled;");
+    ok_pg(
+        d,
+        &[
+            "--store", "st", "restore", "main", "--db", &url, "--delete", "-q",
+        ],
+    );
+    let rows = pg.dump_rows(&db, "parent").join("\n");
+    assert!(
+        rows.contains("(1.0, 'a')") && !rows.contains("'c'"),
+        "{rows}"
+    );
+    // With the referring table restored too, its rows come back from the
+    // snapshot: no refusal.
+    pg.psql(&db, "INSERT INTO child VALUES (1, 1.0), (2, 1.0);");
+    snap(d, &url, &["--table", "parent", "--table", "child"]);
+    pg.psql(&db, "UPDATE parent SET k = 1.00 WHERE k = 1.0");
+    ok_pg(
+        d,
+        &[
+            "--store", "st", "restore", "main", "--db", &url, "--delete", "-q",
+        ],
+    );
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM child").trim(), "2");
+}
+
 /// A table another inherits from holds only its own rows: a snapshot
 /// reads each table's own rows, and a restore's updates and deletes touch
 /// only the table they are for (a child row with the same key stays).

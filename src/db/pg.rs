@@ -2796,7 +2796,9 @@ fn restore_in(
     }
     let mut statements = Vec::new();
     for (o, t, ..) in &merges {
-        statements.push(RowStatements::new(c, loc, &o.name, t)?);
+        let mut rows = RowStatements::new(c, loc, &o.name, t)?;
+        rows.outside = outside_refs(c, loc, &o.name, &names)?;
+        statements.push(rows);
     }
     // (See above: the deletes' order, then the updates' and inserts'.)
     let passes = order.iter().rev().map(|&i| (i, true));
@@ -3772,6 +3774,25 @@ fn merge_deletes(
     rows: &mut RowStatements<'_>,
 ) -> Result<()> {
     let del = format!("DELETE FROM {from} WHERE {}", key_where.join(" AND "));
+    // Whether the row is referred to by rows a foreign key's ON DELETE
+    // action would change in a table this restore leaves as it is.
+    let checks: Vec<(String, &'static str, String)> = rows
+        .outside
+        .iter()
+        .map(|o| {
+            (
+                format!(
+                    "SELECT EXISTS (SELECT 1 FROM {} WHERE ({}) IN (SELECT {} FROM {from} WHERE {}))",
+                    o.table,
+                    o.cols.join(", "),
+                    o.refs.join(", "),
+                    key_where.join(" AND ")
+                ),
+                o.action,
+                o.table.clone(),
+            )
+        })
+        .collect();
     for (k, a) in acts {
         if !matches!(a, Act::Delete) {
             continue;
@@ -3790,6 +3811,27 @@ fn merge_deletes(
                     .map_err(|e| bad_row(&t.root, e))?
                     .map(|b| String::from_utf8_lossy(&b).into_owned()),
             );
+        }
+        for (sql, action, table) in &checks {
+            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = kt
+                .iter()
+                .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            let referred: bool = c
+                .query_one(sql.as_str(), &refs)
+                .map_err(|e| rows.row_error(loc, k, e))?
+                .get(0);
+            if referred {
+                return Err(SyncError::Database(format!(
+                    "{}: deleting row {} would {} rows of table {}, which this restore does \
+                     not restore; nothing was written (restore that table too, or change those \
+                     rows first)",
+                    loc.redacted(),
+                    describe(rows.name, &t.root, k),
+                    action,
+                    table
+                )));
+            }
         }
         rows.run(c, loc, k, RowOp::Delete, &del, kt, None, rep)?;
     }
@@ -3851,7 +3893,75 @@ struct RowStatements<'a> {
     /// A foreign key of the table acts on its rows when a referenced row
     /// goes or changes (`CASCADE`, `SET NULL`, `SET DEFAULT`).
     referring_acts: bool,
+    /// Foreign keys of tables this restore does not restore that act on
+    /// their rows when a row of this table goes (see [`outside_refs`]).
+    outside: Vec<OutsideRef>,
     pending: Vec<PendingRow>,
+}
+
+/// A foreign key of another table, which a restore leaves as it is, whose
+/// `ON DELETE` action changes that table's rows when a row of the table
+/// restored goes.
+struct OutsideRef {
+    /// The referring table (`regclass` text: quoted, qualified as needed).
+    table: String,
+    /// Its columns, and the referenced columns, quoted, in the key's order.
+    cols: Vec<String>,
+    refs: Vec<String>,
+    /// What the delete does to its rows.
+    action: &'static str,
+}
+
+/// The foreign keys that would carry a delete of a row of table `name`
+/// over to rows of a table not among `restored` (the tables of the
+/// schema this restore restores): `ON DELETE CASCADE` deletes them, `SET
+/// NULL` and `SET DEFAULT` change them.
+fn outside_refs(
+    c: &mut Client,
+    loc: &PgLocation,
+    name: &str,
+    restored: &[&str],
+) -> Result<Vec<OutsideRef>> {
+    let rows = c
+        .query(
+            &format!(
+                "SELECT f.conrelid::regclass::text, n.nspname::text, r.relname::text, \
+                   ARRAY(SELECT quote_ident(a.attname) FROM unnest(f.conkey) WITH ORDINALITY k(n, i) \
+                     JOIN pg_catalog.pg_attribute a ON a.attrelid = f.conrelid AND a.attnum = k.n \
+                     ORDER BY k.i), \
+                   ARRAY(SELECT quote_ident(a.attname) FROM unnest(f.confkey) WITH ORDINALITY k(n, i) \
+                     JOIN pg_catalog.pg_attribute a ON a.attrelid = f.confrelid AND a.attnum = k.n \
+                     ORDER BY k.i), \
+                   f.confdeltype::text \
+                 FROM pg_catalog.pg_constraint f \
+                 JOIN pg_catalog.pg_class r ON r.oid = f.conrelid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
+                 WHERE f.contype = 'f' AND f.conparentid = 0 AND f.confdeltype IN ('c', 'n', 'd') \
+                   AND f.confrelid IN {TABLE_TREE} \
+                 ORDER BY 1"
+            ),
+            &[&loc.schema, &name],
+        )
+        .map_err(|e| loc.error(e))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (schema, rel): (String, String) = (r.get(1), r.get(2));
+        if schema == loc.schema && restored.contains(&rel.as_str()) {
+            continue;
+        }
+        let action: String = r.get(5);
+        out.push(OutsideRef {
+            table: r.get(0),
+            cols: r.get(3),
+            refs: r.get(4),
+            action: match action.as_str() {
+                "c" => "delete (ON DELETE CASCADE)",
+                "n" => "set to NULL (ON DELETE SET NULL)",
+                _ => "set to their default (ON DELETE SET DEFAULT)",
+            },
+        });
+    }
+    Ok(out)
 }
 
 /// A row statement kept for later: the row's key, what it does, the
@@ -3917,6 +4027,7 @@ impl<'a> RowStatements<'a> {
             unique: row.get(0),
             delete_acts: row.get(1),
             referring_acts: row.get(2),
+            outside: Vec::new(),
             pending: Vec::new(),
         })
     }
