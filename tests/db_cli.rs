@@ -1169,3 +1169,27 @@ fn utf16_databases_snapshot_diff_and_restore_by_key() {
         assert_eq!(e, enc);
     }
 }
+
+/// A table or column name holding a newline (or a tab, a quote) prints
+/// quoted in `diff`: it cannot fake a change line or split one.
+#[test]
+fn diff_quotes_table_and_column_names_that_could_fake_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init", "--store", "st", "-q"]);
+    std::fs::create_dir(d.join("files")).unwrap();
+    let db = d.join("app.db");
+    sql(
+        &db,
+        "CREATE TABLE \"t\nM forged(1)\" (id INTEGER PRIMARY KEY, \"v\tx\" TEXT);
+         INSERT INTO \"t\nM forged(1)\" VALUES (1, 'a');",
+    );
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "app.db", "-q"],
+    );
+    sql(&db, "UPDATE \"t\nM forged(1)\" SET \"v\tx\" = 'b'");
+    let out = ok(d, &["--store", "st", "diff", "main", "--db", "app.db"]);
+    let changes: Vec<&str> = out.lines().filter(|l| l.starts_with("M ")).collect();
+    assert_eq!(changes, ["M \"t\\nM forged(1)\"(1) [\"v\\tx\"]"], "{out}");
+}

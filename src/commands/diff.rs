@@ -220,18 +220,34 @@ impl DiffCmdReport {
                 "sequence" => " (sequence moved)",
                 _ => "",
             };
-            out.line(format_args!("{sym} {what} {}{schema}", t.table))?;
+            out.line(format_args!(
+                "{sym} {what} {}{schema}",
+                quote_path(t.table.as_bytes())
+            ))?;
         }
+        // (Names print quoted when they hold control characters, quotes or
+        // backslashes: a name cannot fake or split a line.)
         for row in &r.rows {
             let cols = if row.columns.is_empty() {
                 String::new()
             } else {
-                format!(" [{}]", row.columns.join(", "))
+                let names: Vec<String> = row
+                    .columns
+                    .iter()
+                    .map(|c| quote_path(c.as_bytes()))
+                    .collect();
+                format!(" [{}]", names.join(", "))
             };
+            let key: Vec<String> = row
+                .key
+                .iter()
+                .map(crate::db::value::Value::to_sql)
+                .collect();
             out.line(format_args!(
-                "{} {}{cols}",
+                "{} {}({}){cols}",
                 row.change.symbol(),
-                row.describe_key()
+                quote_path(row.table.as_bytes()),
+                key.join(", ")
             ))?;
         }
         if !r.files.is_empty() {
