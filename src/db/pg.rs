@@ -1065,11 +1065,18 @@ fn list_relations(c: &mut Client, loc: &PgLocation) -> Result<Vec<PgTable>> {
             "SELECT c.oid::int8, c.relname::text, c.relkind::text, \
                     CASE WHEN c.relkind = 'v' THEN pg_catalog.pg_get_viewdef(c.oid, true) END \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v') AND NOT c.relispartition \
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v') \
+               AND (NOT c.relispartition OR NOT EXISTS ( \
+                 SELECT 1 FROM pg_catalog.pg_inherits i \
+                 JOIN pg_catalog.pg_class pc ON pc.oid = i.inhparent \
+                 WHERE i.inhrelid = c.oid AND pc.relnamespace = c.relnamespace)) \
              ORDER BY c.relname COLLATE \"C\"",
             &[&loc.schema],
         )
         .map_err(|e| loc.error(e))?;
+    // (A partition's rows are read with the table it is a partition of,
+    // unless that table is in another schema: then it is a table of its
+    // own here.)
     let mut out = Vec::new();
     for r in rows {
         let oid: i64 = r.get(0);
@@ -2302,6 +2309,24 @@ fn scan_in(
     c.batch_execute(&format!("SET LOCAL search_path = {}", quote(&loc.schema)))
         .map_err(|e| loc.error(e))?;
     let rels = list_relations(c, loc)?;
+    // A materialized view holds rows a REFRESH makes: not read.
+    if wanted.is_empty() {
+        let matviews: Option<String> = c
+            .query_one(
+                "SELECT string_agg(c.relname::text, ', ' ORDER BY c.relname COLLATE \"C\") \
+                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relkind = 'm'",
+                &[&loc.schema],
+            )
+            .map_err(|e| loc.error(e))?
+            .get(0);
+        if let Some(m) = matviews {
+            tracing::warn!(
+                "{}: materialized views are not snapshotted (a REFRESH makes their rows): {m}",
+                loc.redacted()
+            );
+        }
+    }
     if rels.is_empty() {
         let exists: bool = c
             .query_one(
