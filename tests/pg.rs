@@ -851,6 +851,107 @@ fn a_partition_whose_table_is_in_another_schema_is_read() {
     assert!(r["tables"].get("events_2021").is_none(), "{r}");
 }
 
+/// A restore into a new database gives columns their collations back (a
+/// case-insensitive key without its collation would take 'Alice' and
+/// 'ALICE' both); one the database lacks fails the restore, naming it, with
+/// nothing created.
+#[test]
+fn a_new_table_keeps_its_columns_collations() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("colls");
+    let url = pg.url(&db);
+    let icu = pg
+        .psql(
+            &db,
+            "SELECT count(*) FROM pg_collation WHERE collprovider = 'i'",
+        )
+        .trim()
+        != "0";
+    pg.psql(
+        &db,
+        "CREATE TABLE c (k text COLLATE \"C\" PRIMARY KEY, v text);
+         INSERT INTO c VALUES ('b', 'x'), ('a', 'y');",
+    );
+    if icu {
+        pg.psql(
+            &db,
+            "CREATE COLLATION nd (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+             CREATE TABLE ci (k text COLLATE nd PRIMARY KEY);
+             INSERT INTO ci VALUES ('Alice');",
+        );
+    }
+    let w = work();
+    let d = w.path();
+    snap(d, &url, &[]);
+    let colls = |db: &str| {
+        pg.psql(
+            db,
+            "SELECT string_agg(a.attrelid::regclass || '.' || a.attname || ' ' || co.collname, ', ' \
+             ORDER BY a.attrelid::regclass::text, a.attname) \
+             FROM pg_attribute a JOIN pg_collation co ON co.oid = a.attcollation \
+             WHERE a.attrelid = 'c'::regclass OR a.attrelid = to_regclass('ci')",
+        )
+        .trim()
+        .to_string()
+    };
+    if icu {
+        // A database without the collation: refused, nothing created.
+        let bare = pg.new_db("colls_bare");
+        let err = fails_pg(
+            d,
+            &["--store", "st", "restore", "main", "--db", &pg.url(&bare)],
+        );
+        assert!(err.contains("nd"), "{err}");
+        assert_eq!(
+            pg.psql(
+                &bare,
+                "SELECT count(*) FROM pg_class WHERE relname IN ('c', 'ci')"
+            )
+            .trim(),
+            "0"
+        );
+    }
+    let fresh = pg.new_db("colls_new");
+    if icu {
+        pg.psql(
+            &fresh,
+            "CREATE COLLATION nd (provider = icu, locale = 'und-u-ks-level2', deterministic = false)",
+        );
+    }
+    ok_pg(
+        d,
+        &[
+            "--store",
+            "st",
+            "restore",
+            "main",
+            "--db",
+            &pg.url(&fresh),
+            "-q",
+        ],
+    );
+    assert_eq!(colls(&fresh), colls(&db));
+    assert!(colls(&fresh).contains("c.k C"), "{}", colls(&fresh));
+    if icu {
+        let o = pg
+            .cmd("psql")
+            .args([
+                "-X",
+                "-q",
+                "-d",
+                &fresh,
+                "-c",
+                "INSERT INTO ci VALUES ('ALICE')",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            !o.status.success(),
+            "the case-insensitive key took a look-alike"
+        );
+    }
+}
+
 /// A table another inherits from holds only its own rows: a snapshot
 /// reads each table's own rows, and a restore's updates and deletes touch
 /// only the table they are for (a child row with the same key stays).

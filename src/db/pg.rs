@@ -1035,6 +1035,8 @@ struct PgColumn {
     generated: String,
     /// Whether the column's type is an enum (its binary form is its label).
     is_enum: bool,
+    /// Its collation, qualified and quoted, when not its type's default.
+    collation: Option<String>,
 }
 
 /// What the catalog says about one table.
@@ -1121,7 +1123,12 @@ fn columns_of(c: &mut Client, loc: &PgLocation, oid: i64) -> Result<Vec<PgColumn
                     a.attnotnull, pg_catalog.pg_get_expr(d.adbin, d.adrelid), \
                     a.attidentity::text, a.attgenerated::text, \
                     COALESCE((SELECT t.typtype = 'e' FROM pg_catalog.pg_type t \
-                              WHERE t.oid = a.atttypid), false) \
+                              WHERE t.oid = a.atttypid), false), \
+                    (SELECT pg_catalog.format('%I.%I', cn.nspname, co.collname) \
+                     FROM pg_catalog.pg_collation co \
+                     JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace \
+                     JOIN pg_catalog.pg_type ct ON ct.oid = a.atttypid \
+                     WHERE co.oid = a.attcollation AND a.attcollation <> ct.typcollation) \
              FROM pg_catalog.pg_attribute a \
              LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
              WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -1140,6 +1147,7 @@ fn columns_of(c: &mut Client, loc: &PgLocation, oid: i64) -> Result<Vec<PgColumn
             identity: r.get(5),
             generated: r.get(6),
             is_enum: r.get(7),
+            collation: r.get(8),
         })
         .collect())
 }
@@ -1274,6 +1282,11 @@ fn schema_of(
     let mut cols: Vec<String> = Vec::new();
     for col in &t.columns {
         let mut d = format!("{} {}", quote(&col.name), col.decl_type);
+        // (A key under a case-insensitive collation keeps it: without it,
+        // 'Alice' and 'ALICE' would both go in.)
+        if let Some(coll) = &col.collation {
+            d.push_str(&format!(" COLLATE {coll}"));
+        }
         if col.generated == "s" {
             d.push_str(&format!(
                 " GENERATED ALWAYS AS ({}) STORED",
