@@ -2291,8 +2291,8 @@ fn a_swapped_partition_voids_the_row_cache() {
 
 /// The row cache's identity covers every type a column is made of: an
 /// enum inside a composite, or in an array of a domain, renamed, voids it
-/// (the rows' versions did not change, their text did); so does a table
-/// renamed that a `regclass` column names.
+/// (the rows' versions did not change, their text did), as one under a
+/// multirange; so does a table renamed that a `regclass` column names.
 #[test]
 fn a_type_renamed_deep_inside_a_column_voids_the_row_cache() {
     let Some(pg) = cluster() else { return };
@@ -2302,15 +2302,20 @@ fn a_type_renamed_deep_inside_a_column_voids_the_row_cache() {
         "CREATE TYPE mood AS ENUM ('sad', 'happy');
          CREATE TYPE feeling AS (m mood, note text);
          CREATE DOMAIN moodd AS mood;
+         CREATE TYPE moods AS RANGE (subtype = mood);
          CREATE TABLE other (id int);
-         CREATE TABLE t (id int PRIMARY KEY, f feeling, arr moodd[], r regclass);
-         INSERT INTO t SELECT g, '(sad,x)', '{happy}', 'other' FROM generate_series(1, 50) g;",
+         CREATE TABLE t (id int PRIMARY KEY, f feeling, arr moodd[], r regclass,
+                         mm moods_multirange);
+         INSERT INTO t SELECT g, '(sad,x)', '{happy}', 'other', '{[sad,happy]}'
+         FROM generate_series(1, 50) g;
+         CREATE TABLE m2 (id int PRIMARY KEY, mm moods_multirange);
+         INSERT INTO m2 SELECT g, '{[sad,happy]}' FROM generate_series(1, 50) g;",
     );
     let w = work();
     let d = w.path();
     let cache = d.join("cache");
     let url = pg.url(&db);
-    let pick = ["--table", "t"];
+    let pick = ["--table", "t", "--table", "m2"];
     snap_logged(d, &cache, &url, &pick);
     for change in [
         "ALTER TYPE mood RENAME VALUE 'sad' TO 'blue'",
@@ -2319,16 +2324,32 @@ fn a_type_renamed_deep_inside_a_column_voids_the_row_cache() {
     ] {
         pg.psql(&db, change);
         let (by_cache, err) = snap_logged(d, &cache, &url, &pick);
-        assert!(!err.contains("by the row cache"), "{change}: {err}");
+        assert!(
+            !err.contains("table t: 50 rows by the row cache"),
+            "{change}: {err}"
+        );
+        // (A multirange of the enum: renaming the enum's labels voids it.)
+        assert_eq!(
+            err.contains("table m2: 50 rows by the row cache"),
+            change.contains("RENAME TO other2"),
+            "{change}: {err}"
+        );
         let live = json(&ok_pg(
             d,
             &[
-                "--store", "st", "diff", "main", "--db", &url, "--table", "t", "--json",
+                "--store", "st", "diff", "main", "--db", &url, "--table", "t", "--table", "m2",
+                "--json",
             ],
         ));
         assert_eq!(live["rows"], serde_json::json!([]), "{change}: {live}");
-        let (full, _) = snap_logged(d, &cache, &url, &["--table", "t", "--no-cache"]);
+        let (full, _) = snap_logged(
+            d,
+            &cache,
+            &url,
+            &["--table", "t", "--table", "m2", "--no-cache"],
+        );
         assert_eq!(full["new_objects"], 1, "{change}: {full} after {by_cache}");
+        let _ = &by_cache;
     }
 }
 

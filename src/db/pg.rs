@@ -2074,6 +2074,79 @@ fn read_table_by_cache(
     }
 }
 
+/// The definitions of the types a table's columns are made of, each type
+/// once, through arrays, domains, composites, ranges and multiranges: each
+/// one's catalog row version, an enum's labels, a composite's attributes;
+/// and a type holding catalog names (`regclass` …), whose text a rename
+/// elsewhere changes, makes it differ every time. A level of types per
+/// query: one for a table of plain types.
+fn type_closure(c: &mut Client, loc: &PgLocation, table: i64) -> Result<String> {
+    let err = |e| loc.error(e);
+    let mut frontier: Vec<i64> = c
+        .query_one(
+            "SELECT coalesce(array_agg(DISTINCT a.atttypid::int8), '{}') \
+             FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&table],
+        )
+        .map_err(err)?
+        .get(0);
+    let mut seen: std::collections::BTreeSet<i64> = frontier.iter().copied().collect();
+    let mut parts = Vec::new();
+    while !frontier.is_empty() {
+        let rows = c
+            .query(
+                "SELECT t.oid::int8, t.xmin::text, \
+                   coalesce((SELECT string_agg(e.oid::text || '/' || e.xmin::text, ',' ORDER BY e.oid) \
+                     FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid), ''), \
+                   coalesce((SELECT string_agg(a.attnum::text || '/' || a.atttypid::text || '/' \
+                     || a.xmin::text, ',' ORDER BY a.attnum) FROM pg_catalog.pg_attribute a \
+                     WHERE t.typrelid <> 0 AND a.attrelid = t.typrelid AND a.attnum > 0), ''), \
+                   t.typnamespace = 'pg_catalog'::regnamespace AND t.typname IN \
+                     ('regclass', 'regtype', 'regproc', 'regprocedure', 'regoper', 'regoperator', \
+                      'regconfig', 'regdictionary', 'regnamespace', 'regrole', 'regcollation'), \
+                   ARRAY(SELECT x::int8 FROM (SELECT t.typelem UNION ALL SELECT t.typbasetype \
+                     UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a \
+                       WHERE t.typrelid <> 0 AND a.attrelid = t.typrelid AND a.attnum > 0 \
+                         AND NOT a.attisdropped \
+                     UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = t.oid \
+                     UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r \
+                       WHERE (pg_catalog.to_jsonb(r) ->> 'rngmultitypid')::oid = t.oid) n(x) \
+                     WHERE x <> 0) \
+                 FROM pg_catalog.pg_type t WHERE t.oid::int8 = ANY($1)",
+                &[&frontier],
+            )
+            .map_err(err)?;
+        frontier = Vec::new();
+        for r in rows {
+            let (oid, xmin, labels, attrs, catalog_names): (i64, String, String, String, bool) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            let mut part = format!("{oid}:{xmin}:{labels}:{attrs}");
+            if catalog_names {
+                part.push_str(&format!(":{}", unique_now()));
+            }
+            parts.push(part);
+            let next: Vec<i64> = r.get(5);
+            frontier.extend(next.into_iter().filter(|o| seen.insert(*o)));
+        }
+    }
+    parts.sort();
+    Ok(parts.join(";"))
+}
+
+/// A value no later call gives again (nanoseconds since the epoch, and a
+/// counter).
+fn unique_now() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{t}.{}",
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 /// What a table's row cache must match: the database and table, their
 /// definitions (and those of the column types and of every type they are
 /// made of, through arrays, domains, composites and ranges: an enum's
@@ -2101,30 +2174,6 @@ fn cache_ident(
                     CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE') \
                          THEN (SELECT system_identifier FROM pg_catalog.pg_control_system()) END, \
                     c.relfilenode::int8, c.xmin::text, \
-                    (WITH RECURSIVE tys(oid) AS ( \
-                       SELECT a.atttypid FROM pg_catalog.pg_attribute a \
-                       WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-                       UNION \
-                       SELECT n.x FROM tys JOIN pg_catalog.pg_type t ON t.oid = tys.oid, \
-                         LATERAL (SELECT t.typelem UNION ALL SELECT t.typbasetype \
-                           UNION ALL SELECT a2.atttypid FROM pg_catalog.pg_attribute a2 \
-                             WHERE t.typrelid <> 0 AND a2.attrelid = t.typrelid AND a2.attnum > 0 \
-                               AND NOT a2.attisdropped \
-                           UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r \
-                             WHERE r.rngtypid = t.oid) n(x) \
-                       WHERE n.x <> 0) \
-                     SELECT coalesce(string_agg(x.s, ';' ORDER BY x.s), '') FROM ( \
-                       SELECT ty.oid::text || ':' || ty.xmin::text || ':' || \
-                         coalesce((SELECT string_agg(e.oid::text || '/' || e.xmin::text, ',' ORDER BY e.oid) \
-                                   FROM pg_catalog.pg_enum e WHERE e.enumtypid = ty.oid), '') || ':' || \
-                         coalesce((SELECT string_agg(a2.attnum::text || '/' || a2.atttypid::text || '/' || a2.xmin::text, ',' ORDER BY a2.attnum) \
-                                   FROM pg_catalog.pg_attribute a2 \
-                                   WHERE ty.typrelid <> 0 AND a2.attrelid = ty.typrelid AND a2.attnum > 0), '') || \
-                         CASE WHEN ty.typnamespace = 'pg_catalog'::regnamespace AND ty.typname IN \
-                                ('regclass', 'regtype', 'regproc', 'regprocedure', 'regoper', 'regoperator', \
-                                 'regconfig', 'regdictionary', 'regnamespace', 'regrole', 'regcollation') \
-                              THEN ':' || pg_catalog.clock_timestamp()::text ELSE '' END AS s \
-                       FROM tys JOIN pg_catalog.pg_type ty ON ty.oid = tys.oid) x), \
                     pg_catalog.pg_postmaster_start_time()::text, \
                     (WITH RECURSIVE tree(oid) AS ( \
                        SELECT c.oid WHERE c.relkind = 'p' \
@@ -2141,11 +2190,11 @@ fn cache_ident(
     let system: Option<i64> = row.get(1);
     let relfilenode: i64 = row.get(2);
     let class_xmin: String = row.get(3);
-    let types: String = row.get(4);
-    let started: String = row.get(5);
-    let partitions: String = row.get(6);
-    let xmin: i64 = row.get(7);
-    let xmax: i64 = row.get(8);
+    let started: String = row.get(4);
+    let partitions: String = row.get(5);
+    let xmin: i64 = row.get(6);
+    let xmax: i64 = row.get(7);
+    let types = type_closure(c, loc, rel.oid)?;
     let mut w = Writer::with_capacity(256);
     w.bytes(b"sp-sync row cache: pg rows v2")
         .bytes(env!("CARGO_PKG_VERSION").as_bytes())
