@@ -1172,6 +1172,9 @@ pub fn deploy_target(
 ) -> Result<DeployReport> {
     let start = Instant::now();
     let mut locked = None;
+    // The target's record before waiting: a deploy that ran meanwhile
+    // moves it (see below).
+    let before = store.read_ref(&deploy_ref(&target.name))?;
     if !opts.dry_run {
         let (lock, waited) = lock_target(&lock_dir(store, opts)?, &target.name, progress, events)?;
         // The record a deploy that ran meanwhile wrote (and a snapshot
@@ -1230,6 +1233,27 @@ pub fn deploy_target(
     // this one unnecessary.
     let st = target_status(store, &plan.snapshot, snap, target)?;
     if !st.due && !opts.force {
+        return Ok(report(st, false, None, Vec::new(), waited));
+    }
+    // A deploy of a named snapshot (`push --deploy`, `--snapshot`) that
+    // waited while another put out a snapshot descending from it would
+    // take that back: it is not due. (Without waiting, an older snapshot
+    // named is a rollback asked for.)
+    if !opts.force
+        && opts.snapshot.is_some()
+        && store.read_ref(&deploy_ref(&target.name))? != before
+        && let Some(last) = &st.last
+        && descends_from(store, &last.snapshot, &plan.snapshot)?
+    {
+        events.note(&format!(
+            "deploy {}: {} went out while this deploy waited, and it is newer than {}: \
+             not deploying that back",
+            target.name,
+            last.snapshot.short(),
+            plan.snapshot.short()
+        ));
+        let mut st = st;
+        st.due = false;
         return Ok(report(st, false, None, Vec::new(), waited));
     }
     let expected = store.read_ref(&deploy_ref(&target.name))?;
@@ -1316,12 +1340,31 @@ pub fn deploy_target(
     Ok(report(st, true, Some(rec), steps, waited))
 }
 
-/// The first relative symlink under `root` (not following any) whose
-/// target leads out of `root` read as a path (`..` past the top), with its
-/// target; absolute ones lead where they say, as in the working tree.
+/// Whether snapshot `id` has `ancestor` among its first parents (at most
+/// 100,000 back).
+fn descends_from(store: &Store, id: &ObjectId, ancestor: &ObjectId) -> Result<bool> {
+    let mut next = Some(*id);
+    for _ in 0..100_000 {
+        let Some(cur) = next else { break };
+        if cur == *ancestor {
+            return Ok(true);
+        }
+        next = crate::names::load_snapshot(store, &cur)?
+            .parents
+            .first()
+            .copied();
+    }
+    Ok(false)
+}
+
+/// The first symlink under `root` whose relative target leads out of
+/// `root`, with its target. The target is resolved as the kernel would,
+/// following the symlinks it meets inside `root` (`y -> x/..` with `x ->
+/// .` leads out), except that an absolute target met on the way leads
+/// where it says, as in the working tree.
 fn link_out_of(root: &Path) -> Result<Option<(PathBuf, PathBuf)>> {
-    let mut dirs = vec![(PathBuf::new(), 0usize)];
-    while let Some((rel, depth)) = dirs.pop() {
+    let mut dirs = vec![PathBuf::new()];
+    while let Some(rel) = dirs.pop() {
         let dir = root.join(&rel);
         for e in std::fs::read_dir(&dir).map_err(|e| SyncError::io("reading", &dir, e))? {
             let e = e.map_err(|e| SyncError::io("reading", &dir, e))?;
@@ -1330,27 +1373,60 @@ fn link_out_of(root: &Path) -> Result<Option<(PathBuf, PathBuf)>> {
                 .map_err(|err| SyncError::io("reading", e.path(), err))?;
             let path = rel.join(e.file_name());
             if ty.is_dir() {
-                dirs.push((path, depth + 1));
+                dirs.push(path);
             } else if ty.is_symlink() {
                 let to = std::fs::read_link(e.path())
                     .map_err(|err| SyncError::io("reading", e.path(), err))?;
-                if to.is_relative() {
-                    let mut d = depth as isize;
-                    for c in to.components() {
-                        match c {
-                            std::path::Component::ParentDir => d -= 1,
-                            std::path::Component::Normal(_) => d += 1,
-                            _ => {}
-                        }
-                        if d < 0 {
-                            return Ok(Some((path, to)));
-                        }
-                    }
+                if to.is_relative() && leads_out(root, &rel, &to) {
+                    return Ok(Some((path, to)));
                 }
             }
         }
     }
     Ok(None)
+}
+
+/// Whether relative `target`, read in directory `dir` of `root`, leads out
+/// of `root` (see [`link_out_of`]; a chain of more than 40 symlinks, which
+/// the kernel refuses, does not).
+fn leads_out(root: &Path, dir: &Path, target: &Path) -> bool {
+    use std::collections::VecDeque;
+    use std::path::Component;
+    let mut at: Vec<std::ffi::OsString> = dir.iter().map(|c| c.to_os_string()).collect();
+    let mut todo: VecDeque<std::ffi::OsString> = VecDeque::new();
+    let push_front = |todo: &mut VecDeque<std::ffi::OsString>, p: &Path| {
+        for c in p.components().rev() {
+            match c {
+                Component::ParentDir => todo.push_front("..".into()),
+                Component::Normal(n) => todo.push_front(n.to_os_string()),
+                _ => {}
+            }
+        }
+    };
+    push_front(&mut todo, target);
+    let mut hops = 0;
+    while let Some(c) = todo.pop_front() {
+        if c == ".." {
+            if at.pop().is_none() {
+                return true;
+            }
+            continue;
+        }
+        let mut here = root.to_path_buf();
+        here.extend(&at);
+        here.push(&c);
+        match std::fs::read_link(&here) {
+            Ok(t) => {
+                hops += 1;
+                if hops > 40 || t.is_absolute() {
+                    return false;
+                }
+                push_front(&mut todo, &t);
+            }
+            Err(_) => at.push(c),
+        }
+    }
+    false
 }
 
 /// Restores the snapshot's files into a new temporary directory (removed

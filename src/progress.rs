@@ -52,13 +52,33 @@ pub fn install_signal_handlers() -> std::io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let flag = Arc::new(AtomicBool::new(false));
     let num = Arc::new(AtomicUsize::new(0));
+    // A signal the parent set to be ignored stays ignored: `nohup` ignores
+    // SIGHUP, a shell ignores SIGINT for the jobs it puts in the
+    // background; a handler would undo that.
+    let ignored = ignored_signals();
     for sig in [SIGINT, SIGTERM, SIGHUP] {
+        if sig != SIGTERM && ignored & (1u64 << (sig - 1)) != 0 {
+            continue;
+        }
         signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&flag))?;
         signal_hook::flag::register_usize(sig, Arc::clone(&num), sig as usize)?;
         signal_hook::flag::register(sig, Arc::clone(&flag))?;
     }
     let _ = SIGNALS.set((flag, num));
     Ok(())
+}
+
+/// The signals this process ignores (bit N-1 for signal N), from
+/// `/proc/self/status` (`SigIgn`); none where it cannot be read.
+fn ignored_signals() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("SigIgn:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Reports nothing.

@@ -1015,9 +1015,11 @@ impl Ctx<'_> {
 const IGNORE_FILE: &str = crate::snapshot::IGNORE_FILE;
 
 /// Whether the directory `name` in `dir` (device `dev`, not following a
-/// symlink) is the root of a mount: a bind mount of a folder on the same
-/// filesystem keeps its device number, which the kernel's mount-root
-/// attribute tells apart (Linux 5.8); elsewhere, another device.
+/// symlink; at `path`) is the root of a mount. A bind mount of a folder on
+/// the same filesystem keeps its device number, and a btrfs subvolume has
+/// its own without being a mount: the kernel's mount-root attribute
+/// (Linux 5.8) tells them apart. Where it cannot say: another device, or
+/// `path` among the mount points of `/proc/self/mountinfo`.
 fn is_mount_point(dir: BorrowedFd<'_>, name: &[u8], dev: u64, path: &Path) -> Result<bool> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
@@ -1030,13 +1032,52 @@ fn is_mount_point(dir: BorrowedFd<'_>, name: &[u8], dev: u64, path: &Path) -> Re
         );
         if let Ok(x) = x
             && x.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
-            && x.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
         {
-            return Ok(true);
+            return Ok(x.stx_attributes.contains(StatxAttributes::MOUNT_ROOT));
         }
     }
     let _ = name;
-    Ok(rustix::fs::fstat(dir).ctx("reading", path)?.st_dev != dev)
+    if rustix::fs::fstat(dir).ctx("reading", path)?.st_dev != dev {
+        return Ok(true);
+    }
+    let Ok(real) = std::fs::canonicalize(path) else {
+        return Ok(false);
+    };
+    Ok(mount_points().iter().any(|m| *m == real))
+}
+
+/// The mount points `/proc/self/mountinfo` lists (its fifth field, with
+/// the kernel's octal escapes undone); none where it cannot be read.
+fn mount_points() -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|f| {
+            let b = f.as_bytes();
+            let mut out = Vec::with_capacity(b.len());
+            let mut i = 0;
+            while i < b.len() {
+                let oct = b.get(i + 1..i + 4).and_then(|d| {
+                    std::str::from_utf8(d)
+                        .ok()
+                        .and_then(|d| u8::from_str_radix(d, 8).ok())
+                });
+                match (b[i], oct) {
+                    (b'\\', Some(v)) => {
+                        out.push(v);
+                        i += 4;
+                    }
+                    (c, _) => {
+                        out.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            PathBuf::from(OsStr::from_bytes(&out))
+        })
+        .collect()
 }
 
 /// Whether the directory `name` in `dir` (not following a symlink) is an

@@ -399,6 +399,38 @@ fn a_stop_signal_stops_the_running_step_and_moves_no_ref() {
         assert!(gone, "{name}: step process {step_pid} still running");
         assert!(deploy_ref(&w, "api").is_none());
     }
+    // Under nohup (SIGHUP ignored), a closed terminal does not stop it.
+    let tmp = tempfile::tempdir().unwrap();
+    let started = tmp.path().join("started");
+    let toml = format!(
+        "[deploy.api]\nwatch = [\"src/**\"]\nsteps = [\"touch {s}; sleep 1\"]\n",
+        s = started.display()
+    );
+    let w = tree(tmp.path(), &toml);
+    snap(&w);
+    let child = Command::new("nohup")
+        .arg(bin())
+        .arg("deploy")
+        .current_dir(&w)
+        .env("SP_SYNC_CACHE_DIR", cache_dir())
+        .env_remove("SP_SYNC_STORE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !started.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(deploy_ref(&w, "api").is_some());
 }
 
 /// A deploy of `main` that waited for another deploy of its target deploys
@@ -442,6 +474,46 @@ fn a_deploy_that_waited_deploys_main_as_it_is_then() {
     assert_eq!(deployed, "v2\n");
 }
 
+/// A deploy of a named snapshot that waited while another deploy put out a
+/// snapshot descending from it does not take that back (`push --deploy`
+/// from two pipelines); one that did not wait is a rollback asked for, and
+/// runs.
+#[test]
+fn a_deploy_of_a_named_snapshot_that_waited_never_takes_a_newer_one_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("steps.log");
+    let started = tmp.path().join("started");
+    let toml = format!(
+        "[deploy.api]\nwatch = [\"src/**\"]\nsteps = [\"cat src/main.rs >> {l}; touch {s}; sleep 2\"]\n",
+        l = log.display(),
+        s = started.display()
+    );
+    let w = tree(tmp.path(), &toml);
+    std::fs::write(w.join("src/main.rs"), "v1\n").unwrap();
+    let v1 = snap(&w);
+    std::fs::write(w.join("src/main.rs"), "v2\n").unwrap();
+    let v2 = snap(&w);
+    let newer = spawn_deploy(&w, &["--snapshot", &v2]);
+    let t = Instant::now();
+    while !started.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let older = spawn_deploy(&w, &["--snapshot", &v1, "--json"]);
+    for c in [newer, older] {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(lines(&log), ["v2"]);
+    assert_eq!(ok(&w, &["cat", "deploy/api~1:src/main.rs"]), "v2\n");
+    // Not waiting: a rollback, asked for.
+    ok(&w, &["deploy", "--snapshot", &v1, "-q"]);
+    assert_eq!(lines(&log), ["v2", "v1"]);
+}
+
 /// A relative symlink leading out of the snapshot means something else in
 /// the deploy's copy (under the shared temporary directory, where any user
 /// may make `../shared`) than in the working tree: the deploy runs nothing.
@@ -466,6 +538,18 @@ fn a_symlink_leading_out_of_the_snapshot_runs_no_step() {
     let err = fails(&w, &["deploy", "api"], 1);
     assert!(
         err.contains("src/sub/lib") && err.contains("leads out"),
+        "{err}"
+    );
+    assert_eq!(lines(&runs), ["ran"], "a step ran");
+    // Through a chain of links inside the snapshot: `cur -> .` makes
+    // `cur/../../../shared` leave it, though its text counts as inside.
+    std::fs::remove_file(w.join("src/sub/lib")).unwrap();
+    std::os::unix::fs::symlink(".", w.join("src/sub/cur")).unwrap();
+    std::os::unix::fs::symlink("cur/../../../shared", w.join("src/sub/esc")).unwrap();
+    snap(&w);
+    let err = fails(&w, &["deploy", "api"], 1);
+    assert!(
+        err.contains("src/sub/esc") && err.contains("leads out"),
         "{err}"
     );
     assert_eq!(lines(&runs), ["ran"], "a step ran");

@@ -800,6 +800,50 @@ fn a_delete_never_cascades_into_a_table_the_restore_leaves() {
     assert_eq!(pg.psql(&db, "SELECT count(*) FROM child").trim(), "2");
 }
 
+/// Nor does an update: one that changes a column a foreign key of a table
+/// the restore leaves refers to, with `ON UPDATE SET NULL` (or `CASCADE`),
+/// while rows of that table refer to the row, fails the restore, named.
+#[test]
+fn an_update_never_reaches_a_table_the_restore_leaves() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("update_out");
+    let url = pg.url(&db);
+    pg.psql(
+        &db,
+        "CREATE TABLE a (id int PRIMARY KEY, code text UNIQUE, v text);
+         INSERT INTO a VALUES (1, 'x', 'p'), (2, 'y', 'q');",
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &url, &[]);
+    pg.psql(
+        &db,
+        "UPDATE a SET code = 'X', v = 'changed' WHERE id = 1; UPDATE a SET v = 'changed' WHERE id = 2;
+         CREATE TABLE c (id int PRIMARY KEY, a_code text REFERENCES a (code) ON UPDATE SET NULL);
+         INSERT INTO c VALUES (1, 'X');",
+    );
+    let (a_rows, c_rows) = (pg.dump_rows(&db, "a"), pg.dump_rows(&db, "c"));
+    let err = fails_pg(d, &["--store", "st", "restore", "main", "--db", &url]);
+    assert!(
+        err.contains("which this restore does not restore") && err.contains("a(1)"),
+        "{err}"
+    );
+    assert_eq!(pg.dump_rows(&db, "a"), a_rows);
+    assert_eq!(pg.dump_rows(&db, "c"), c_rows);
+    // An update of other columns only goes ahead.
+    pg.psql(
+        &db,
+        "UPDATE a SET code = 'x' WHERE id = 1; UPDATE c SET a_code = 'x'",
+    );
+    ok_pg(d, &["--store", "st", "restore", "main", "--db", &url, "-q"]);
+    assert_eq!(pg.psql(&db, "SELECT a_code FROM c").trim(), "x");
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM a WHERE v = 'changed'")
+            .trim(),
+        "0"
+    );
+}
+
 /// `--schema X` reads a partition in X whose partitioned table is in
 /// another schema as a table of its own (its rows were left out, and the
 /// diff saw nothing); a partition beside its table is read with it, once.
