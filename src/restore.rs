@@ -1043,7 +1043,7 @@ fn is_mount_point(dir: BorrowedFd<'_>, name: &[u8], dev: u64, path: &Path) -> Re
     let Ok(real) = std::fs::canonicalize(path) else {
         return Ok(false);
     };
-    Ok(mount_points().iter().any(|m| *m == real))
+    Ok(mount_points().contains(&real))
 }
 
 /// The mount points `/proc/self/mountinfo` lists (its fifth field, with
