@@ -801,8 +801,9 @@ fn a_delete_never_cascades_into_a_table_the_restore_leaves() {
 }
 
 /// Nor does an update: one that changes a column a foreign key of a table
-/// the restore leaves refers to, with `ON UPDATE SET NULL` (or `CASCADE`),
-/// while rows of that table refer to the row, fails the restore, named.
+/// the restore leaves refers to, with `ON UPDATE SET NULL` (or `SET DEFAULT`),
+/// while rows of that table refer to the row, fails the restore, named
+/// (`ON UPDATE CASCADE` rows follow the row, as their definition asks).
 #[test]
 fn an_update_never_reaches_a_table_the_restore_leaves() {
     let Some(pg) = cluster() else { return };

@@ -4117,8 +4117,9 @@ fn outside_refs(
                 "d" => Some("set to their default (ON DELETE SET DEFAULT)"),
                 _ => None,
             },
+            // (ON UPDATE CASCADE keeps the rows referring to the row: they
+            // follow it, as the table's definition asks.)
             on_update: match upd.as_str() {
-                "c" => Some("change (ON UPDATE CASCADE)"),
                 "n" => Some("set to NULL (ON UPDATE SET NULL)"),
                 "d" => Some("set to their default (ON UPDATE SET DEFAULT)"),
                 _ => None,
