@@ -283,6 +283,18 @@ fn watched_tables_join_the_hash() {
     assert_eq!(lines(&runs).len(), 2);
 }
 
+/// Waits (up to 30 s) until `p` exists: a step has started.
+fn await_file(p: &Path) {
+    let t = Instant::now();
+    while !p.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Starts `sp-sync deploy ARGS` in `w`.
 fn spawn_deploy(w: &Path, args: &[&str]) -> std::process::Child {
     Command::new(bin())
@@ -365,14 +377,7 @@ fn a_stop_signal_stops_the_running_step_and_moves_no_ref() {
         let w = tree(tmp.path(), &toml);
         snap(&w);
         let mut child = spawn_deploy(&w, &["api"]);
-        let t = Instant::now();
-        while !pidfile.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "the step never started"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        await_file(&pidfile);
         let step_pid: i32 = std::fs::read_to_string(&pidfile)
             .unwrap()
             .trim()
@@ -418,14 +423,7 @@ fn a_stop_signal_stops_the_running_step_and_moves_no_ref() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    while !started.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the step never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_file(&started);
     let pid = rustix::process::Pid::from_child(&child);
     rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
     let o = child.wait_with_output().unwrap();
@@ -450,14 +448,7 @@ fn a_deploy_that_waited_deploys_main_as_it_is_then() {
     std::fs::write(w.join("src/main.rs"), "v0\n").unwrap();
     snap(&w);
     let first = spawn_deploy(&w, &["api"]);
-    let t = Instant::now();
-    while !started.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the step never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_file(&started);
     std::fs::write(w.join("src/main.rs"), "v1\n").unwrap();
     snap(&w);
     // Reads main (v1), then waits for the first deploy's lock.
@@ -494,14 +485,7 @@ fn a_deploy_of_a_named_snapshot_that_waited_never_takes_a_newer_one_back() {
     std::fs::write(w.join("src/main.rs"), "v2\n").unwrap();
     let v2 = snap(&w);
     let newer = spawn_deploy(&w, &["--snapshot", &v2]);
-    let t = Instant::now();
-    while !started.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the step never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_file(&started);
     let older = spawn_deploy(&w, &["--snapshot", &v1, "--json"]);
     for c in [newer, older] {
         let o = c.wait_with_output().unwrap();
@@ -974,14 +958,7 @@ fn no_step_starts_after_an_interrupt() {
     let w = tree(tmp.path(), &toml);
     snap(&w);
     let mut child = spawn_deploy(&w, &["api"]);
-    let t = Instant::now();
-    while !started.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the step never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_file(&started);
     std::thread::sleep(Duration::from_millis(300));
     let pid = rustix::process::Pid::from_child(&child);
     rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
@@ -1007,14 +984,7 @@ fn a_deploy_killed_mid_step_blocks_the_next_until_its_step_ends() {
     let w = tree(tmp.path(), &toml);
     snap(&w);
     let mut child = spawn_deploy(&w, &["api"]);
-    let t = Instant::now();
-    while !started.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the step never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_file(&started);
     let pid = rustix::process::Pid::from_child(&child);
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
     child.wait().unwrap();
