@@ -2452,6 +2452,17 @@ fn scan_in(
             progress.stage(&format!("table {}", rel.name));
             let (columns, mut key, pk_def) = structure(c, loc, rel)?;
             if columns.is_empty() {
+                // (A table of no columns holds nothing but a count of
+                // empty rows: a whole schema goes on without it, and says
+                // so.)
+                if wanted.is_empty() {
+                    tracing::warn!(
+                        "{}: table {} has no stored columns: left out",
+                        loc.redacted(),
+                        rel.name
+                    );
+                    continue;
+                }
                 return Err(SyncError::Database(format!(
                     "{}: table {} has no stored columns",
                     loc.redacted(),
@@ -3789,11 +3800,12 @@ fn merge_apply(
             .map(|(_, c)| format!("{0} = EXCLUDED.{0}", quote(&c.name)))
             .collect();
         format!(
-            "{ins} ON CONFLICT ({}) DO UPDATE SET {}",
+            "{ins} ON CONFLICT ({}) DO UPDATE SET {}{UPSERT_RETURNING}",
             key_names.join(", "),
             sets.join(", ")
         )
     };
+    let insert_op = if plain { RowOp::Insert } else { RowOp::Upsert };
     let mut next = 0usize;
     for e in MapIter::new(src, ObjectType::Rows, t.root) {
         let (k, v) = e?;
@@ -3879,7 +3891,7 @@ fn merge_apply(
                 rows.run(c, loc, &k, RowOp::Update, &sql, params, reinsert, rep)?;
             }
             Act::Insert => {
-                rows.run(c, loc, &k, RowOp::Insert, &ins_row, tx, None, rep)?;
+                rows.run(c, loc, &k, insert_op, &ins_row, tx, None, rep)?;
             }
             Act::Delete => {}
         }
@@ -3950,7 +3962,15 @@ enum RowOp {
     /// The insert that puts back a row taken out by its [`Reinsert`]
     /// (counted as the update it stands for).
     Reinsert,
+    /// An insert that a look-alike key turns into an update
+    /// ([`UPSERT_RETURNING`]: it says which, 1 inserted, 2 updated).
+    Upsert,
 }
+
+/// Ends an `INSERT … ON CONFLICT DO UPDATE`: whether it updated a row
+/// (the row version it returns then carries the transaction that locked
+/// the old one), so that the report counts it as what it did.
+const UPSERT_RETURNING: &str = " RETURNING (xmax::text <> '0')";
 
 /// How an update is done when it is one of a cycle of rows trading values
 /// of a unique index that cannot be deferred (checked after each
@@ -4274,11 +4294,24 @@ impl<'a> RowStatements<'a> {
             .iter()
             .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
             .collect();
+        // (An upsert says whether it updated: 2, else 1.)
+        let run = |c: &mut Client| -> std::result::Result<u64, tokio_postgres::Error> {
+            if sql.ends_with(UPSERT_RETURNING) {
+                let rows = c.query(sql, &refs)?;
+                Ok(match rows.first() {
+                    None => 0,
+                    Some(r) if r.get::<_, bool>(0) => 2,
+                    Some(_) => 1,
+                })
+            } else {
+                c.execute(sql, &refs)
+            }
+        };
         if plain {
-            return c.execute(sql, &refs).map(Some);
+            return run(c).map(Some);
         }
         c.batch_execute("SAVEPOINT sp_sync_row")?;
-        match c.execute(sql, &refs) {
+        match run(c) {
             Ok(n) => {
                 c.batch_execute("RELEASE SAVEPOINT sp_sync_row")?;
                 Ok(Some(n))
@@ -4331,11 +4364,13 @@ impl<'a> RowStatements<'a> {
                     )))
                 }
             }
-            RowOp::Insert | RowOp::Reinsert if n == 0 => Err(SyncError::Database(format!(
-                "{}: row {} was not inserted (a trigger or a policy kept it out); nothing was written",
-                loc.redacted(),
-                describe(self.name, &self.root, key)
-            ))),
+            RowOp::Insert | RowOp::Reinsert | RowOp::Upsert if n == 0 => {
+                Err(SyncError::Database(format!(
+                    "{}: row {} was not inserted (a trigger or a policy kept it out); nothing was written",
+                    loc.redacted(),
+                    describe(self.name, &self.root, key)
+                )))
+            }
             // The key matched when the plan was made, and the table is
             // locked against writers since.
             RowOp::Update if n != 1 => Err(SyncError::Database(format!(
@@ -4364,6 +4399,14 @@ impl<'a> RowStatements<'a> {
             }
             RowOp::Insert => {
                 rep.inserted += n;
+                Ok(())
+            }
+            RowOp::Upsert => {
+                if n == 2 {
+                    rep.updated += 1;
+                } else {
+                    rep.inserted += 1;
+                }
                 Ok(())
             }
             RowOp::Delete => {
