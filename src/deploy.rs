@@ -1243,7 +1243,7 @@ pub fn deploy_target(
         && opts.snapshot.is_some()
         && store.read_ref(&deploy_ref(&target.name))? != before
         && let Some(last) = &st.last
-        && descends_from(store, &last.snapshot, &plan.snapshot)?
+        && crate::is_ancestor(store, &plan.snapshot, &last.snapshot)?
     {
         events.note(&format!(
             "deploy {}: {} went out while this deploy waited, and it is newer than {}: \
@@ -1338,23 +1338,6 @@ pub fn deploy_target(
     }
     let rec = record_deploy(store, &target.name, &plan.snapshot, &hash, expected)?;
     Ok(report(st, true, Some(rec), steps, waited))
-}
-
-/// Whether snapshot `id` has `ancestor` among its first parents (at most
-/// 100,000 back).
-fn descends_from(store: &Store, id: &ObjectId, ancestor: &ObjectId) -> Result<bool> {
-    let mut next = Some(*id);
-    for _ in 0..100_000 {
-        let Some(cur) = next else { break };
-        if cur == *ancestor {
-            return Ok(true);
-        }
-        next = crate::names::load_snapshot(store, &cur)?
-            .parents
-            .first()
-            .copied();
-    }
-    Ok(false)
 }
 
 /// The first symlink under `root` whose relative target leads out of

@@ -1728,6 +1728,29 @@ fn recorded_places_with_dot_dot_are_refused() {
     assert!(w2.join("into/agents/bot.md").is_file());
 }
 
+/// A working tree `w1` in `t` whose `main` records its database at
+/// `LINK/app.db`, its tree holding `LINK` as a symlink to `t/outside`
+/// (what a hostile peer can send); returns `outside` and `w1`.
+fn db_below_a_link(t: &Path, link: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let outside = t.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let w1 = t.join("w1");
+    std::fs::create_dir_all(&w1).unwrap();
+    layout(&w1, PATHS_TOML);
+    std::fs::create_dir_all(w1.join("x")).unwrap();
+    std::os::unix::fs::symlink(&outside, w1.join("x").join(link)).unwrap();
+    ok(&w1, &["snapshot", "x", "-q"]);
+    let root = snapshot_root(&w1, "main");
+    ok(&w1, &["snapshot", "-q"]);
+    replant(&w1.join(".sp-sync"), "main", |s| {
+        s.root = root;
+        let src = s.sources.as_mut().unwrap();
+        src.paths = vec!["".into()];
+        src.dbs[0].location = format!("{link}/app.db");
+    });
+    (outside, w1)
+}
+
 /// A database the snapshot records below a symlink its own files put
 /// there (`svc/app.db`, its tree holding `svc` as a link out): the restore
 /// is refused before anything is written, rather than write the database
@@ -1736,22 +1759,7 @@ fn recorded_places_with_dot_dot_are_refused() {
 fn a_database_never_goes_through_a_symlink_the_same_restore_writes() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let outside = t.join("outside");
-    std::fs::create_dir_all(&outside).unwrap();
-    let w1 = t.join("w1");
-    std::fs::create_dir_all(&w1).unwrap();
-    layout(&w1, PATHS_TOML);
-    std::fs::create_dir_all(w1.join("x")).unwrap();
-    std::os::unix::fs::symlink(&outside, w1.join("x/svc")).unwrap();
-    ok(&w1, &["snapshot", "x", "-q"]);
-    let root = snapshot_root(&w1, "main");
-    ok(&w1, &["snapshot", "-q"]);
-    replant(&w1.join(".sp-sync"), "main", |s| {
-        s.root = root;
-        let src = s.sources.as_mut().unwrap();
-        src.paths = vec!["".into()];
-        src.dbs[0].location = "svc/app.db".into();
-    });
+    let (outside, w1) = db_below_a_link(t, "svc");
     let w2 = pulled(t, &w1, "w2");
     for args in [&["restore", "main"][..], &["restore", "main", "--delete"]] {
         let err = fails(&w2, args, 1);
@@ -1814,22 +1822,7 @@ fn snapshot_root(w: &Path, refname: &str) -> Option<systemprompt_sync::ObjectId>
 fn a_database_never_goes_through_a_link_the_restore_replaces() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let outside = t.join("outside");
-    std::fs::create_dir_all(&outside).unwrap();
-    let w1 = t.join("w1");
-    std::fs::create_dir_all(&w1).unwrap();
-    layout(&w1, PATHS_TOML);
-    std::fs::create_dir_all(w1.join("x")).unwrap();
-    std::os::unix::fs::symlink(&outside, w1.join("x/dlink")).unwrap();
-    ok(&w1, &["snapshot", "x", "-q"]);
-    let root = snapshot_root(&w1, "main");
-    ok(&w1, &["snapshot", "-q"]);
-    replant(&w1.join(".sp-sync"), "main", |s| {
-        s.root = root;
-        let src = s.sources.as_mut().unwrap();
-        src.paths = vec!["".into()];
-        src.dbs[0].location = "dlink/app.db".into();
-    });
+    let (outside, w1) = db_below_a_link(t, "dlink");
     std::fs::copy(w1.join("data/app.db"), outside.join("app.db")).unwrap();
     let theirs = dump(&outside.join("app.db"));
     let w2 = t.join("w2");

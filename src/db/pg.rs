@@ -2076,11 +2076,11 @@ fn read_table_by_cache(
 
 /// The definitions of the types a table's columns are made of, each type
 /// once, through arrays, domains, composites, ranges and multiranges: each
-/// one's catalog row version, an enum's labels, a composite's attributes;
-/// and a type holding catalog names (`regclass` …), whose text a rename
-/// elsewhere changes, makes it differ every time. A level of types per
-/// query: one for a table of plain types.
-fn type_closure(c: &mut Client, loc: &PgLocation, table: i64) -> Result<String> {
+/// one's catalog row version, an enum's labels, a composite's attributes.
+/// None when one holds catalog names (`regclass` …), whose text a rename
+/// elsewhere changes: no definition says so. A level of types per query:
+/// one for a table of plain types.
+fn type_closure(c: &mut Client, loc: &PgLocation, table: i64) -> Result<Option<String>> {
     let err = |e| loc.error(e);
     let mut frontier: Vec<i64> = c
         .query_one(
@@ -2121,37 +2121,23 @@ fn type_closure(c: &mut Client, loc: &PgLocation, table: i64) -> Result<String> 
         for r in rows {
             let (oid, xmin, labels, attrs, catalog_names): (i64, String, String, String, bool) =
                 (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-            let mut part = format!("{oid}:{xmin}:{labels}:{attrs}");
             if catalog_names {
-                part.push_str(&format!(":{}", unique_now()));
+                return Ok(None);
             }
-            parts.push(part);
+            parts.push(format!("{oid}:{xmin}:{labels}:{attrs}"));
             let next: Vec<i64> = r.get(5);
             frontier.extend(next.into_iter().filter(|o| seen.insert(*o)));
         }
     }
     parts.sort();
-    Ok(parts.join(";"))
-}
-
-/// A value no later call gives again (nanoseconds since the epoch, and a
-/// counter).
-fn unique_now() -> String {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "{t}.{}",
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
+    Ok(Some(parts.join(";")))
 }
 
 /// What a table's row cache must match: the database and table, their
 /// definitions (and those of the column types and of every type they are
 /// made of, through arrays, domains, composites and ranges: an enum's
-/// labels, a composite's attributes; a column holding catalog names, such
-/// as `regclass`, whose text a rename changes, never matches), the table's
+/// labels, a composite's attributes; None for a table with a column of
+/// catalog names, such as `regclass`, whose text a rename changes), the table's
 /// storage (a partitioned table's:
 /// every partition's), the server's start time, and sp-sync's row
 /// encoding. A cache written by a full read holds no stamps and trusts
@@ -2166,7 +2152,10 @@ fn cache_ident(
     rel: &PgTable,
     t: &TableData,
     sql: &str,
-) -> Result<([u8; 32], u64, u64)> {
+) -> Result<Option<([u8; 32], u64, u64)>> {
+    let Some(types) = type_closure(c, loc, rel.oid)? else {
+        return Ok(None);
+    };
     let row = c
         .query_one(
             "SELECT (SELECT d.oid::int8 FROM pg_catalog.pg_database d \
@@ -2194,7 +2183,6 @@ fn cache_ident(
     let partitions: String = row.get(5);
     let xmin: i64 = row.get(6);
     let xmax: i64 = row.get(7);
-    let types = type_closure(c, loc, rel.oid)?;
     let mut w = Writer::with_capacity(256);
     w.bytes(b"sp-sync row cache: pg rows v2")
         .bytes(env!("CARGO_PKG_VERSION").as_bytes())
@@ -2218,7 +2206,11 @@ fn cache_ident(
     for &k in &t.key {
         w.varint(u64::from(k));
     }
-    Ok((*blake3::hash(&w.buf).as_bytes(), xmin as u64, xmax as u64))
+    Ok(Some((
+        *blake3::hash(&w.buf).as_bytes(),
+        xmin as u64,
+        xmax as u64,
+    )))
 }
 
 /// The `xmin` of a stamp (`xmin\t(block,line)`).
@@ -2531,12 +2523,20 @@ fn read_rows(
     rows_cache: Option<&RowCacheCtx<'_>>,
 ) -> Result<(u64, ObjectId)> {
     let cache = match rows_cache {
-        Some(rc) => {
-            let (ident, xmin, xmax) = cache_ident(c, loc, rel, t, sql)?;
-            let path =
-                super::rowcache::path_for(&rc.dir, &[&loc.redacted(), &loc.schema, &rel.name]);
-            Some((rc, ident, xmin, xmax, path))
-        }
+        Some(rc) => match cache_ident(c, loc, rel, t, sql)? {
+            Some((ident, xmin, xmax)) => {
+                let path =
+                    super::rowcache::path_for(&rc.dir, &[&loc.redacted(), &loc.schema, &rel.name]);
+                Some((rc, ident, xmin, xmax, path))
+            }
+            None => {
+                tracing::info!(
+                    "{label}: no row cache (a column holds catalog names, which a rename \
+                     elsewhere changes); reading every row"
+                );
+                None
+            }
+        },
         None => None,
     };
     let create =
