@@ -1193,3 +1193,48 @@ fn diff_quotes_table_and_column_names_that_could_fake_lines() {
     let changes: Vec<&str> = out.lines().filter(|l| l.starts_with("M ")).collect();
     assert_eq!(changes, ["M \"t\\nM forged(1)\"(1) [\"v\\tx\"]"], "{out}");
 }
+
+/// `diff --json` prints two different keys differently: a REAL infinity
+/// and the TEXT `'inf'`, two TEXT keys that are not UTF-8 and differ in
+/// their bytes (`x'ff'`, `x'fe'`: replacing bad bytes made both `"�"`).
+#[test]
+fn diff_json_never_prints_two_keys_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init", "--store", "st", "-q"]);
+    std::fs::create_dir(d.join("files")).unwrap();
+    let db = d.join("k.db");
+    sql(
+        &db,
+        "CREATE TABLE t(k PRIMARY KEY, v INT) WITHOUT ROWID;
+         INSERT INTO t VALUES (9e999, 1), ('inf', 1), (-9e999, 1), ('-inf', 1),
+                              (CAST(x'ff' AS TEXT), 1), (CAST(x'fe' AS TEXT), 1), ('ok', 1);",
+    );
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "k.db", "-q"],
+    );
+    sql(&db, "UPDATE t SET v = 2;");
+    let v = json(&ok(
+        d,
+        &["--store", "st", "diff", "main", "--db", "k.db", "--json"],
+    ));
+    let mut keys: Vec<String> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"][0].to_string())
+        .collect();
+    keys.sort();
+    let mut want = vec![
+        r#"{"real":"inf"}"#,
+        r#""inf""#,
+        r#"{"real":"-inf"}"#,
+        r#""-inf""#,
+        r#"{"text_hex":"ff"}"#,
+        r#"{"text_hex":"fe"}"#,
+        r#""ok""#,
+    ];
+    want.sort();
+    assert_eq!(keys, want, "{v}");
+}

@@ -62,20 +62,33 @@ impl PartialEq for Value {
 impl Eq for Value {}
 
 impl Value {
-    /// The value as JSON: numbers as numbers (infinities as the strings
-    /// `"inf"`, `"-inf"`), TEXT as a string (invalid UTF-8 replaced), BLOB
-    /// as `{"blob": "<hex>"}`, NULL as null.
+    /// The value as JSON, so that two different values never print alike:
+    /// numbers as numbers (a REAL's infinities and NaN as `{"real": "inf"}`,
+    /// `"-inf"`, `"nan"`: a string alone would be the TEXT `'inf'`), TEXT as
+    /// a string (TEXT that is not UTF-8 as `{"text_hex": "<hex>"}`: replacing
+    /// its bytes would make two keys one), BLOB as `{"blob": "<hex>"}`, NULL
+    /// as null.
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             Value::Null => serde_json::Value::Null,
             Value::Integer(i) => serde_json::Value::from(*i),
             Value::Real(r) => match serde_json::Number::from_f64(*r) {
                 Some(n) => serde_json::Value::Number(n),
-                None if *r > 0.0 => "inf".into(),
-                None if *r < 0.0 => "-inf".into(),
-                None => "nan".into(),
+                None => {
+                    let name = if r.is_nan() {
+                        "nan"
+                    } else if *r > 0.0 {
+                        "inf"
+                    } else {
+                        "-inf"
+                    };
+                    serde_json::json!({ "real": name })
+                }
             },
-            Value::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
+            Value::Text(t) => match std::str::from_utf8(t) {
+                Ok(s) => s.into(),
+                Err(_) => serde_json::json!({ "text_hex": crate::id::hex(t) }),
+            },
             Value::Blob(b) => serde_json::json!({ "blob": crate::id::hex(b) }),
         }
     }
