@@ -3243,3 +3243,86 @@ fn a_trigger_that_cannot_be_paused_must_not_change_the_restored_rows() {
     );
     assert_eq!(pg.dump_rows(&db, "t"), t_snap);
 }
+
+/// A restore into a new database turns row-level security back on as the
+/// table had it (else a table that kept rows from other roles would hand
+/// every row to any role granted it), after its rows are in (`FORCE` takes
+/// no `COPY` without a policy), and names the table's policies and
+/// triggers, which it does not make. A table without them is made as
+/// before.
+#[test]
+fn a_new_table_keeps_row_security_and_names_what_it_does_not_make() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("rls");
+    pg.psql(
+        &db,
+        "DO $$ BEGIN CREATE ROLE rls_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         CREATE FUNCTION bang() RETURNS trigger LANGUAGE plpgsql AS
+           $f$ BEGIN NEW.v := NEW.v || '!'; RETURN NEW; END $f$;
+         CREATE TABLE s (k int PRIMARY KEY, who text, v text);
+         INSERT INTO s VALUES (1, 'ann', 'a'), (2, 'bob', 'b');
+         ALTER TABLE s ENABLE ROW LEVEL SECURITY;
+         ALTER TABLE s FORCE ROW LEVEL SECURITY;
+         CREATE POLICY \"mine\" ON s USING (who = current_user);
+         CREATE TRIGGER \"bang on\" BEFORE INSERT OR UPDATE OF v ON s
+           FOR EACH ROW WHEN (NEW.v <> 'x;y') EXECUTE FUNCTION bang();
+         CREATE TABLE plain (k int PRIMARY KEY);
+         INSERT INTO plain VALUES (7);",
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &pg.url(&db), &[]);
+    let fresh = pg.new_db("rls_new");
+    let o = sp_pg(
+        d,
+        &["--store", "st", "restore", "main", "--db", &pg.url(&fresh)],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("policy \"mine\"")
+            && err.contains("trigger \"bang on\"")
+            && err.contains("row-level security is on"),
+        "{err}"
+    );
+    assert!(!err.contains("plain"), "{err}");
+    let sec = |table: &str| {
+        pg.psql(
+            &fresh,
+            &format!(
+                "SELECT relrowsecurity || ' ' || relforcerowsecurity FROM pg_class WHERE relname = '{table}'"
+            ),
+        )
+        .trim()
+        .to_string()
+    };
+    assert_eq!(sec("s"), "true true");
+    assert_eq!(sec("plain"), "false false");
+    assert_eq!(pg.dump_rows(&fresh, "s"), pg.dump_rows(&db, "s"));
+    assert_eq!(pg.dump_rows(&fresh, "plain"), pg.dump_rows(&db, "plain"));
+    assert_eq!(
+        pg.psql(
+            &fresh,
+            "SELECT (SELECT count(*) FROM pg_policy) || ' ' || \
+                    (SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal)"
+        )
+        .trim(),
+        "0 0"
+    );
+    // A role granted the table reads none of its rows.
+    assert_eq!(
+        pg.psql(
+            &fresh,
+            "GRANT SELECT ON s TO rls_reader; SET ROLE rls_reader; SELECT count(*) FROM s"
+        )
+        .trim(),
+        "0"
+    );
+    // Onto the database it came from: nothing to write, nothing named.
+    let o = sp_pg(
+        d,
+        &["--store", "st", "restore", "main", "--db", &pg.url(&db)],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && !err.contains("policy"), "{err}");
+}

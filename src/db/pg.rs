@@ -1331,6 +1331,93 @@ fn schema_of(
         cols.join(",\n    ")
     ));
     script.push_str(&owned);
+    let qschema: String = c
+        .query_one("SELECT quote_ident($1)", &[&loc.schema])
+        .map_err(err)?
+        .get(0);
+    // Row-level security and the table's policies and triggers (only
+    // tables that have them get these statements, so other tables keep
+    // their objects' ids). A restore that creates the table turns row
+    // security on as it was and names the policies and triggers, which it
+    // does not make (see `pg_guard::table_script`).
+    let sec = c
+        .query_one(
+            "SELECT c.relrowsecurity, c.relforcerowsecurity FROM pg_catalog.pg_class c \
+             WHERE c.oid = $1::int8::oid",
+            &[&t.oid],
+        )
+        .map_err(err)?;
+    let (rls, force): (bool, bool) = (sec.get(0), sec.get(1));
+    if rls {
+        script.push_str(&format!(
+            "ALTER TABLE {} ENABLE ROW LEVEL SECURITY;\n",
+            quote(&t.name)
+        ));
+    }
+    if force {
+        script.push_str(&format!(
+            "ALTER TABLE {} FORCE ROW LEVEL SECURITY;\n",
+            quote(&t.name)
+        ));
+    }
+    let policies = c
+        .query(
+            "SELECT p.polname::text, p.polpermissive, p.polcmd::text, \
+                    (SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' \
+                                            ELSE quote_ident(pg_catalog.pg_get_userbyid(r)::text) END, \
+                                       ', ' ORDER BY r) \
+                     FROM unnest(p.polroles) AS r), \
+                    pg_catalog.pg_get_expr(p.polqual, p.polrelid), \
+                    pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) \
+             FROM pg_catalog.pg_policy p WHERE p.polrelid = $1::int8::oid \
+             ORDER BY p.polname COLLATE \"C\"",
+            &[&t.oid],
+        )
+        .map_err(err)?;
+    for r in policies {
+        let name: String = r.get(0);
+        let permissive: bool = r.get(1);
+        let cmd = match r.get::<_, String>(2).as_str() {
+            "r" => "SELECT",
+            "a" => "INSERT",
+            "w" => "UPDATE",
+            "d" => "DELETE",
+            _ => "ALL",
+        };
+        let roles: Option<String> = r.get(3);
+        let using: Option<String> = r.get(4);
+        let check: Option<String> = r.get(5);
+        script.push_str(&format!(
+            "CREATE POLICY {} ON {} AS {} FOR {cmd} TO {}{}{};\n",
+            quote(&name),
+            quote(&t.name),
+            if permissive {
+                "PERMISSIVE"
+            } else {
+                "RESTRICTIVE"
+            },
+            roles.unwrap_or_else(|| "PUBLIC".into()),
+            using.map(|u| format!(" USING ({u})")).unwrap_or_default(),
+            check
+                .map(|u| format!(" WITH CHECK ({u})"))
+                .unwrap_or_default(),
+        ));
+    }
+    let triggers = c
+        .query(
+            "SELECT pg_catalog.pg_get_triggerdef(g.oid, true) FROM pg_catalog.pg_trigger g \
+             WHERE g.tgrelid = $1::int8::oid AND NOT g.tgisinternal \
+             ORDER BY g.tgname COLLATE \"C\"",
+            &[&t.oid],
+        )
+        .map_err(err)?;
+    for r in triggers {
+        let def: String = r.get(0);
+        // Unqualified, as the indexes below.
+        let def = def.replacen(&format!(" ON {qschema}."), " ON ", 1);
+        script.push_str(&def);
+        script.push_str(";\n");
+    }
     let mut extras = Vec::new();
     // Constraints other than the key: unique, check, exclusion, then
     // foreign keys (which need the other tables).
@@ -1358,10 +1445,6 @@ fn schema_of(
             ordinal: *ordinal,
         });
     }
-    let qschema: String = c
-        .query_one("SELECT quote_ident($1)", &[&loc.schema])
-        .map_err(err)?
-        .get(0);
     let idx = c
         .query(
             "SELECT ic.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid) \
@@ -2849,10 +2932,34 @@ fn restore_in(
         tables: objs.iter().filter(|o| !o.is_view()).count(),
         ..Default::default()
     };
-    // 2. New tables, then rows.
+    // 2. New tables, then rows. Row-level security goes on after them (see
+    // `Action::RowSecurity`); a table's policies and triggers are not made,
+    // and a warning names them.
     for (o, t, acts) in &scripts {
+        let mut secured = false;
+        let mut recorded: Vec<String> = Vec::new();
         for a in acts {
-            create_step(c, loc, a)?;
+            match a {
+                Action::RowSecurity(sql) => {
+                    secured = true;
+                    later.push((5, o.ordinal, Step::Sql(sql.clone())));
+                }
+                Action::Recorded { kind, name } => recorded.push(format!("{kind} {}", quote(name))),
+                _ => create_step(c, loc, a)?,
+            }
+        }
+        if !recorded.is_empty() {
+            tracing::warn!(
+                "table {}: created without its {}{}; make them as your schema does",
+                quote(&o.name),
+                recorded.join(", "),
+                if secured {
+                    " (row-level security is on, as it was, so the roles it applies to read and \
+                     write none of its rows until its policies are made)"
+                } else {
+                    ""
+                }
+            );
         }
         // The script made exactly the recorded table.
         let made = list_relations(c, loc)?
@@ -3309,6 +3416,12 @@ fn create_step(c: &mut Client, loc: &PgLocation, a: &Action) -> Result<()> {
                 let sql = format!("CREATE TYPE {name} AS ENUM ({})", labels.join(", "));
                 c.execute(sql.as_str(), &[]).map_err(err)?;
             }
+        }
+        Action::RowSecurity(_) | Action::Recorded { .. } => {
+            return Err(SyncError::Invalid(
+                "internal: row security or a recorded policy or trigger run as a create step"
+                    .into(),
+            ));
         }
         Action::Sequence { name, sql } => {
             let exists: bool = c

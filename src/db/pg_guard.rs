@@ -331,11 +331,28 @@ pub enum Action {
         /// The `CREATE SEQUENCE` statement.
         sql: String,
     },
+    /// `ALTER TABLE name ENABLE|FORCE ROW LEVEL SECURITY`: run once the
+    /// rows are in (a table that forces it takes no `COPY` from its owner
+    /// while it has no policy).
+    RowSecurity(String),
+    /// A policy or trigger the table had: recorded so that a restore that
+    /// creates the table can name it, and never run (its expressions and
+    /// functions are the snapshot's, and its roles and functions may not
+    /// exist where it is restored).
+    Recorded {
+        /// `policy` or `trigger`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
 }
 
 /// Checks a table's recorded `CREATE` script: enum types (the `DO` blocks
-/// sp-sync writes), its own sequences, one `CREATE TABLE` of `table`, and
-/// `ALTER SEQUENCE … OWNED BY` of those sequences to its columns.
+/// sp-sync writes), its own sequences, one `CREATE TABLE` of `table`,
+/// `ALTER SEQUENCE … OWNED BY` of those sequences to its columns, `ALTER
+/// TABLE` of `table` turning row-level security on (`ENABLE` or `FORCE`
+/// and nothing else), and `CREATE POLICY` / `CREATE [CONSTRAINT] TRIGGER`
+/// on `table`, which are only named ([`Action::Recorded`]), never run.
 pub fn table_script(sql: &str, table: &str) -> Result<Vec<Action>> {
     let mut acts = Vec::new();
     let mut sequences: Vec<String> = Vec::new();
@@ -425,6 +442,52 @@ pub fn table_script(sql: &str, table: &str) -> Result<Vec<Action>> {
             }
             own_name(t.get(5), table, "ALTER SEQUENCE … OWNED BY")?;
             acts.push(Action::Exec(s.text));
+        } else if word(t.first(), "alter") && word(t.get(1), "table") {
+            own_name(t.get(2), table, "ALTER TABLE")?;
+            let on = t.len() == 7
+                && (word(t.get(3), "enable") || word(t.get(3), "force"))
+                && word(t.get(4), "row")
+                && word(t.get(5), "level")
+                && word(t.get(6), "security");
+            if !on {
+                return Err(refuse(format!(
+                    "table {table}: an ALTER TABLE other than turning row-level security on: {}",
+                    excerpt(&s.text)
+                )));
+            }
+            acts.push(Action::RowSecurity(s.text));
+        } else if word(t.first(), "create") && word(t.get(1), "policy") {
+            let name = ident(t.get(2))
+                .ok_or_else(|| refuse(format!("table {table}: CREATE POLICY without a name")))?;
+            if !word(t.get(3), "on") {
+                return Err(refuse(format!(
+                    "table {table}: CREATE POLICY {name:?} without ON"
+                )));
+            }
+            own_name(t.get(4), table, "CREATE POLICY")?;
+            acts.push(Action::Recorded {
+                kind: "policy",
+                name: name.to_string(),
+            });
+        } else if word(t.first(), "create")
+            && (word(t.get(1), "trigger")
+                || (word(t.get(1), "constraint") && word(t.get(2), "trigger")))
+        {
+            let at = if word(t.get(1), "trigger") { 2 } else { 3 };
+            let name = ident(t.get(at))
+                .ok_or_else(|| refuse(format!("table {table}: CREATE TRIGGER without a name")))?;
+            // `… {BEFORE|AFTER|INSTEAD OF} event [OR …] ON table …`: the
+            // first ON after the name (an `UPDATE OF` column list holds
+            // no ON).
+            let on = t[at + 1..]
+                .iter()
+                .position(|x| word(Some(x), "on"))
+                .map(|i| at + 1 + i + 1);
+            own_name(on.and_then(|i| t.get(i)), table, "CREATE TRIGGER")?;
+            acts.push(Action::Recorded {
+                kind: "trigger",
+                name: name.to_string(),
+            });
         } else {
             return Err(refuse(format!(
                 "table {table}: a statement that is not part of creating it: {}",
@@ -747,6 +810,32 @@ mod tests {
             ("id".into(), 42, true)
         );
         view("CREATE VIEW \"v\" AS\n SELECT 1;", "v").unwrap();
+        let secured = "CREATE TABLE \"t\" (a int);\n\
+             ALTER TABLE \"t\" ENABLE ROW LEVEL SECURITY;\n\
+             ALTER TABLE \"t\" FORCE ROW LEVEL SECURITY;\n\
+             CREATE POLICY \"own\" ON \"t\" AS PERMISSIVE FOR ALL TO PUBLIC USING ((a = 1));\n\
+             CREATE TRIGGER \"audit\" AFTER UPDATE OF a ON t FOR EACH ROW EXECUTE FUNCTION audit();\n\
+             CREATE CONSTRAINT TRIGGER \"late\" AFTER INSERT ON t DEFERRABLE FOR EACH ROW EXECUTE FUNCTION f();\n";
+        let a = table_script(secured, "t").unwrap();
+        assert!(matches!(&a[1], Action::RowSecurity(s) if s.contains("ENABLE")));
+        assert!(matches!(&a[2], Action::RowSecurity(s) if s.contains("FORCE")));
+        assert_eq!(
+            a[3..],
+            [
+                Action::Recorded {
+                    kind: "policy",
+                    name: "own".into()
+                },
+                Action::Recorded {
+                    kind: "trigger",
+                    name: "audit".into()
+                },
+                Action::Recorded {
+                    kind: "trigger",
+                    name: "late".into()
+                },
+            ]
+        );
     }
 
     #[test]
@@ -774,6 +863,13 @@ mod tests {
             ),
             format!("{t}; {t}"),
             "SELECT 1".into(),
+            format!("{t}; ALTER TABLE victim ENABLE ROW LEVEL SECURITY"),
+            format!("{t}; ALTER TABLE t DISABLE ROW LEVEL SECURITY"),
+            format!("{t}; ALTER TABLE t ENABLE ROW LEVEL SECURITY, DROP COLUMN a"),
+            format!("{t}; ALTER TABLE t OWNER TO mallory"),
+            format!("{t}; CREATE POLICY p ON victim USING (true)"),
+            format!("{t}; CREATE TRIGGER g AFTER INSERT ON victim EXECUTE FUNCTION f()"),
+            format!("{t}; CREATE TRIGGER g AFTER INSERT EXECUTE FUNCTION f()"),
         ] {
             assert!(table_script(&bad, "t").is_err(), "{bad}");
         }
