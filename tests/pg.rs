@@ -3326,3 +3326,85 @@ fn a_new_table_keeps_row_security_and_names_what_it_does_not_make() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && !err.contains("policy"), "{err}");
 }
+
+/// `money` is read and written as its stored amount whatever the servers'
+/// `lc_monetary`: a snapshot of a database whose locale prints
+/// `1.234,56 €`, restored into one that prints `$1,234.56`, holds the same
+/// amounts (it read `1.234,56 €` as 1.23456 before, or failed). Needs the
+/// `de_DE.UTF-8` locale (`.ci/run` makes it); says so and stops without it.
+#[test]
+fn money_keeps_its_amount_across_locales() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("money");
+    let de = pg
+        .cmd("psql")
+        .args([
+            "-X",
+            "-q",
+            "-d",
+            &db,
+            "-c",
+            &format!("ALTER DATABASE {db} SET lc_monetary = 'de_DE.UTF-8'"),
+        ])
+        .output()
+        .unwrap();
+    if !de.status.success() {
+        let err = String::from_utf8_lossy(&de.stderr);
+        assert!(err.contains("invalid value"), "{err}");
+        eprintln!("skipping: no de_DE.UTF-8 locale ({})", err.trim());
+        return;
+    }
+    pg.psql(
+        &db,
+        "CREATE TABLE m (k int PRIMARY KEY, v money);
+         INSERT INTO m VALUES (1, 1234.56), (2, -0.07), (3, 92233720368547758.07), (4, NULL);",
+    );
+    assert!(pg.psql(&db, "SELECT v FROM m WHERE k = 1").contains('€'));
+    let w = work();
+    let d = w.path();
+    snap(d, &pg.url(&db), &[]);
+    let amounts = |db: &str| pg.psql(db, "SELECT k, v::numeric FROM m ORDER BY k");
+    let fresh = pg.new_db("money_new");
+    ok_pg(
+        d,
+        &[
+            "--store",
+            "st",
+            "restore",
+            "main",
+            "--db",
+            &pg.url(&fresh),
+            "-q",
+        ],
+    );
+    assert_eq!(amounts(&fresh), amounts(&db));
+    // Onto the database it came from: the same rows, nothing to write.
+    let v = json(&ok_pg(
+        d,
+        &[
+            "--store",
+            "st",
+            "diff",
+            "main",
+            "--db",
+            &pg.url(&db),
+            "--json",
+        ],
+    ));
+    assert_eq!(v["rows"].as_array().map(Vec::len), Some(0), "{v}");
+    // A changed amount is put back onto the German database exactly.
+    pg.psql(&db, "UPDATE m SET v = 1 WHERE k = 1");
+    ok_pg(
+        d,
+        &[
+            "--store",
+            "st",
+            "restore",
+            "main",
+            "--db",
+            &pg.url(&db),
+            "-q",
+        ],
+    );
+    assert_eq!(amounts(&db), amounts(&fresh));
+}

@@ -22,7 +22,9 @@
 //! numbers).
 //! Values are the exact text forms PostgreSQL prints (with
 //! `extra_float_digits = 3`, `DateStyle = ISO`, `TimeZone = UTC`,
-//! `IntervalStyle = postgres`, `bytea_output = hex`, `array_nulls = on`;
+//! `IntervalStyle = postgres`, `bytea_output = hex`, `array_nulls = on`,
+//! `lc_monetary = C`, so that `money` reads and writes as its stored
+//! amount, `$1,234.56`, whatever the servers' locales;
 //! and `row_security = off`, as pg_dump: a table whose row-level security
 //! policies would hide rows from the role is an error, never read in part),
 //! stored as cells by the
@@ -427,7 +429,7 @@ impl PgLocation {
                 "SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; \
                  SET IntervalStyle = 'postgres'; SET bytea_output = 'hex'; \
                  SET client_encoding = 'UTF8'; SET statement_timeout = 0; \
-                 SET row_security = off; SET array_nulls = on",
+                 SET row_security = off; SET array_nulls = on; SET lc_monetary = 'C'",
             )
             .map_err(|e| self.error(e))?;
         Ok(client)
