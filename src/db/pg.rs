@@ -2269,7 +2269,7 @@ fn cache_ident(
     let xmin: i64 = row.get(6);
     let xmax: i64 = row.get(7);
     let mut w = Writer::with_capacity(256);
-    w.bytes(b"sp-sync row cache: pg rows v2")
+    w.bytes(b"sp-sync row cache: pg rows v3")
         .bytes(env!("CARGO_PKG_VERSION").as_bytes())
         .bytes(loc.redacted().as_bytes())
         .bytes(loc.schema.as_bytes())
