@@ -268,6 +268,16 @@ pub enum LockMode {
     Exclusive,
 }
 
+/// A `store.toml`'s settings, checked (`path` names it in errors).
+fn parse_config(text: &[u8], path: &Path) -> Result<StoreConfig> {
+    let text = std::str::from_utf8(text)
+        .map_err(|_| SyncError::corrupt_file("store config", path, "not UTF-8"))?;
+    let config: StoreConfig = toml::from_str(text)
+        .map_err(|e| SyncError::corrupt_file("store config", path, e.message().to_string()))?;
+    config.validate(path)?;
+    Ok(config)
+}
+
 /// Where an object is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Location {
@@ -492,12 +502,7 @@ impl Store {
             }
         };
         let cfg_path = PathBuf::from(format!("{where_}/store.toml"));
-        let text = String::from_utf8(text)
-            .map_err(|_| SyncError::corrupt_file("store config", &cfg_path, "not UTF-8"))?;
-        let config: StoreConfig = toml::from_str(&text).map_err(|e| {
-            SyncError::corrupt_file("store config", &cfg_path, e.message().to_string())
-        })?;
-        config.validate(&cfg_path)?;
+        let config = parse_config(&text, &cfg_path)?;
         let lock = backend.lock(mode)?;
         let format = config.format;
         let store = Store {
@@ -1085,16 +1090,41 @@ impl Store {
         if self.format.load(Ordering::SeqCst) >= want {
             return Ok(());
         }
-        let mut cfg = self.config.clone();
-        cfg.format = want;
-        let text = format!(
-            "# sp-sync store: these settings are part of the store format.\n{}",
-            toml::to_string(&cfg).map_err(|e| SyncError::Invalid(format!("store config: {e}")))?
-        );
-        self.backend.put("store.toml", text.as_bytes())?;
-        self.format.store(want, Ordering::SeqCst);
-        tracing::info!("store moved to format {want}");
-        Ok(())
+        // Compare-and-swap on what `store.toml` says now: another writer
+        // may have moved the store beyond `want` since it was opened, and
+        // writing `want` over that would take the format back under
+        // records that need the newer one (a binary of the older format
+        // would then read the store as its own).
+        let where_ = format!("{}/store.toml", self.backend.describe());
+        for _ in 0..16 {
+            let cur = self
+                .backend
+                .get("store.toml")?
+                .ok_or_else(|| SyncError::NoStore(format!("{where_} is gone")))?;
+            let mut cfg = parse_config(&cur, Path::new(&where_))?;
+            if cfg.format >= want {
+                self.format.fetch_max(cfg.format, Ordering::SeqCst);
+                return Ok(());
+            }
+            cfg.format = want;
+            let text = format!(
+                "# sp-sync store: these settings are part of the store format.\n{}",
+                toml::to_string(&cfg)
+                    .map_err(|e| SyncError::Invalid(format!("store config: {e}")))?
+            );
+            if self
+                .backend
+                .cas("store.toml", Some(&cur), Some(text.as_bytes()))?
+                .is_ok()
+            {
+                self.format.fetch_max(want, Ordering::SeqCst);
+                tracing::info!("store moved to format {want}");
+                return Ok(());
+            }
+        }
+        Err(SyncError::Invalid(format!(
+            "{where_} kept changing while moving the store to format {want}; try again"
+        )))
     }
 
     /// Reads the stored record of an object without decompressing it:
@@ -1668,6 +1698,27 @@ mod tests {
     /// A new store trusts only the snapshots it recorded as its own; one
     /// made before the record existed falls back to the host; a new store
     /// is its owner's alone.
+    /// A writer that opened the store at an older format and needs a newer
+    /// one never takes back a format another writer moved it beyond since:
+    /// `store.toml` is compared and swapped, not overwritten.
+    #[test]
+    fn a_format_is_never_moved_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        Store::init(&dir).unwrap();
+        let behind = Store::open(&dir, LockMode::Shared).unwrap();
+        let ahead = Store::open(&dir, LockMode::Shared).unwrap();
+        let start = behind.format();
+        assert!(start < FORMAT_DELTA, "a new store starts at {start}");
+        ahead.ensure_format(FORMAT_BLOCK).unwrap();
+        behind.ensure_format(FORMAT_DELTA).unwrap();
+        assert_eq!(behind.format(), FORMAT_BLOCK);
+        let again = Store::open(&dir, LockMode::Shared).unwrap();
+        assert_eq!(again.format(), FORMAT_BLOCK);
+        // The other settings are the store's, kept as they were.
+        assert_eq!(again.config().objects, ObjectParams::v1());
+    }
+
     #[test]
     fn made_here_is_the_stores_own_record() {
         use std::os::unix::fs::PermissionsExt;
