@@ -3266,6 +3266,10 @@ fn a_new_table_keeps_row_security_and_names_what_it_does_not_make() {
          CREATE POLICY \"mine\" ON s USING (who = current_user);
          CREATE TRIGGER \"bang on\" BEFORE INSERT OR UPDATE OF v ON s
            FOR EACH ROW WHEN (NEW.v <> 'x;y') EXECUTE FUNCTION bang();
+         CREATE TRIGGER \"g ON public.s\" AFTER DELETE ON s FOR EACH ROW EXECUTE FUNCTION bang();
+         CREATE TRIGGER \"two
+lines\" AFTER DELETE ON s FOR EACH ROW EXECUTE FUNCTION bang();
+         CREATE INDEX \"i ON public.s\" ON s (v);
          CREATE TABLE plain (k int PRIMARY KEY);
          INSERT INTO plain VALUES (7);",
     );
@@ -3279,11 +3283,28 @@ fn a_new_table_keeps_row_security_and_names_what_it_does_not_make() {
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
+    // (Names as they are, never rewritten, control characters escaped:
+    // the warning stays one line.)
     assert!(
         err.contains("policy \"mine\"")
             && err.contains("trigger \"bang on\"")
+            && err.contains("trigger \"g ON public.s\"")
+            && err.contains("trigger \"two\\nlines\"")
             && err.contains("row-level security is on"),
         "{err}"
+    );
+    assert!(
+        err.lines()
+            .all(|l| l.starts_with("warning: ") || l.starts_with("created ")),
+        "{err}"
+    );
+    assert_eq!(
+        pg.psql(
+            &fresh,
+            "SELECT indexname FROM pg_indexes WHERE tablename = 's' AND indexname <> 's_pkey'"
+        )
+        .trim(),
+        "i ON public.s"
     );
     assert!(!err.contains("plain"), "{err}");
     let sec = |table: &str| {

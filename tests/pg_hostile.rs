@@ -267,3 +267,61 @@ fn a_new_table_does_not_take_over_an_existing_sequence() {
     );
     assert_eq!(state(pg, &db), before);
 }
+
+/// sp-sync names tables unqualified, and PostgreSQL looks in `pg_catalog`
+/// first: a table named like a catalog relation is refused, never read or
+/// written through the catalog's name. A user table `public.pg_authid`
+/// was read as every role's password hash; a snapshot naming a table
+/// `pg_largeobject` wrote its rows into the catalog when a superuser
+/// restored it (found by audit round 7).
+#[test]
+fn a_table_named_like_a_catalog_is_refused() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("hcat");
+    pg.psql(
+        &db,
+        "CREATE TABLE public.pg_authid (rolname name PRIMARY KEY, rolpassword text);
+         INSERT INTO public.pg_authid VALUES ('my-app-user', 'my own row');
+         CREATE TABLE lo (loid oid, pageno int4, data bytea, PRIMARY KEY (loid, pageno));
+         INSERT INTO lo VALUES (424242, 0, '\\x00');",
+    );
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    std::fs::create_dir(d.join("files")).unwrap();
+    ok_pg(d, &["init", "--store", "st", "-q"]);
+    let url = pg.url(&db);
+    for extra in [&[][..], &["--table", "pg_authid"][..]] {
+        let mut args = vec!["--store", "st", "snapshot", "files", "--db", &url];
+        args.extend_from_slice(extra);
+        let o = sp_pg(d, &args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        common::assert_one_error_line(&args, &err);
+        assert!(err.contains("pg_catalog.\"pg_authid\""), "{err}");
+        assert!(!err.contains("SCRAM") && !err.contains("md5"), "{err}");
+    }
+    // A snapshot that names a table pg_largeobject (planted: sp-sync makes
+    // none), restored by a superuser: refused, the catalog untouched.
+    ok_pg(
+        d,
+        &[
+            "--store", "st", "snapshot", "files", "--db", &url, "--table", "lo", "-q",
+        ],
+    );
+    common::plant_table_as(&d.join("st"), "lo", "pg_largeobject", |t| {
+        t.name = "pg_largeobject".into();
+        t.sql = t.sql.replace("\"lo\"", "\"pg_largeobject\"");
+    });
+    let fresh = pg.new_db("hcat_new");
+    let before = state(pg, &fresh);
+    restore_fails(d, &pg.url(&fresh), "catalog name", "system catalog");
+    assert_eq!(state(pg, &fresh), before);
+    assert_eq!(
+        pg.psql(
+            &fresh,
+            "SELECT count(*) FROM pg_catalog.pg_largeobject WHERE loid = 424242"
+        )
+        .trim(),
+        "0"
+    );
+}

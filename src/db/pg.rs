@@ -1107,6 +1107,36 @@ fn list_relations(c: &mut Client, loc: &PgLocation) -> Result<Vec<PgTable>> {
     Ok(out)
 }
 
+/// Refuses names that a relation of `pg_catalog` shadows. sp-sync names
+/// tables unqualified under `search_path = <schema>`, and PostgreSQL looks
+/// in `pg_catalog` first: `COPY "pg_authid"` would read every role's
+/// password hash instead of the user's table, and a restore run by a
+/// superuser would write its rows into the catalog.
+fn refuse_shadowed(c: &mut Client, loc: &PgLocation, names: &[&str]) -> Result<()> {
+    if !names.iter().any(|n| n.starts_with("pg_")) {
+        return Ok(());
+    }
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let hit: Option<String> = c
+        .query_one(
+            "SELECT min(c.relname::text COLLATE \"C\") FROM pg_catalog.pg_class c \
+             WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relname::text = ANY($1)",
+            &[&names],
+        )
+        .map_err(|e| loc.error(e))?
+        .get(0);
+    match hit {
+        Some(name) => Err(SyncError::Database(format!(
+            "{}: table {} has the name of the system catalog's pg_catalog.{}, which PostgreSQL \
+             finds first: sp-sync cannot name it safely; nothing was read or written (rename it)",
+            loc.redacted(),
+            quote(&name),
+            quote(&name)
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// How a statement names a table's own rows: `ONLY t` for a plain table
 /// (a table inheriting from it holds rows of its own, read and written as
 /// its own table), `t` for a partitioned one (its partitions hold its rows).
@@ -1414,9 +1444,9 @@ fn schema_of(
         )
         .map_err(err)?;
     for r in triggers {
+        // (The table is printed unqualified: it is in the search path, and
+        // no catalog relation shadows its name.)
         let def: String = r.get(0);
-        // Unqualified, as the indexes below.
-        let def = def.replacen(&format!(" ON {qschema}."), " ON ", 1);
         script.push_str(&def);
         script.push_str(";\n");
     }
@@ -1449,7 +1479,8 @@ fn schema_of(
     }
     let idx = c
         .query(
-            "SELECT ic.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid) \
+            "SELECT ic.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid), \
+                    pg_catalog.quote_ident(ic.relname) \
              FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
              WHERE i.indrelid = $1::int8::oid AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k \
                WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid) \
@@ -1460,10 +1491,11 @@ fn schema_of(
     for r in idx {
         let name: String = r.get(0);
         let def: String = r.get(1);
-        // Unqualified, so it lands in the schema restored into.
-        let def = def
-            .replacen(&format!(" ON ONLY {qschema}."), " ON ONLY ", 1)
-            .replacen(&format!(" ON {qschema}."), " ON ", 1);
+        let qname: String = r.get(2);
+        // Unqualified, so it lands in the schema restored into: the
+        // schema is taken off the table after `CREATE [UNIQUE] INDEX
+        // name ON [ONLY]`, never out of the index's own name.
+        let def = unqualify_index(&def, &qname, &qschema).unwrap_or(def);
         *ordinal += 1;
         extras.push(Extra {
             kind: ExtraKind::Index,
@@ -1486,6 +1518,38 @@ fn schema_of(
         });
     }
     Ok((script, extras))
+}
+
+/// A name for a message: quoted as SQL, its control characters escaped
+/// (`\n`, `\u{1b}`), so that a name cannot start a line of its own or
+/// rewrite the terminal's.
+fn shown_name(name: &str) -> String {
+    quote(name)
+        .chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
+}
+
+/// `CREATE [UNIQUE] INDEX qname ON [ONLY] qschema.t …` (as
+/// `pg_get_indexdef` prints it) without `qschema.`; `None` when `def` does
+/// not start so.
+fn unqualify_index(def: &str, qname: &str, qschema: &str) -> Option<String> {
+    let head = ["CREATE INDEX ", "CREATE UNIQUE INDEX "]
+        .into_iter()
+        .find(|h| def.starts_with(h))?;
+    let after_name = def[head.len()..].strip_prefix(qname)?;
+    let (on, rest) = [" ON ONLY ", " ON "]
+        .into_iter()
+        .find_map(|on| after_name.strip_prefix(on).map(|r| (on, r)))?;
+    let table = rest.strip_prefix(qschema)?.strip_prefix('.')?;
+    Some(format!("{head}{qname}{on}{table}"))
 }
 
 fn sql_literal(s: &str) -> String {
@@ -2508,6 +2572,12 @@ fn scan_in(
             )));
         }
     }
+    let read: Vec<&str> = rels
+        .iter()
+        .filter(|r| wanted.is_empty() || wanted.contains(&r.name))
+        .map(|r| r.name.as_str())
+        .collect();
+    refuse_shadowed(c, loc, &read)?;
     let mut out = ScanResult::default();
     let mut ordinal: u64 = 0;
     for rel in &rels {
@@ -2834,6 +2904,8 @@ fn restore_in(
     undo: &mut Vec<(String, i64, bool)>,
 ) -> Result<DbRestoreReport> {
     let err = |e| loc.error(e);
+    let names: Vec<&str> = objs.iter().map(|o| o.name.as_str()).collect();
+    refuse_shadowed(c, loc, &names)?;
     // (A role without CREATE on the database restores into a schema that
     // is there.)
     let have_schema: bool = c
@@ -2946,14 +3018,16 @@ fn restore_in(
                     secured = true;
                     later.push((5, o.ordinal, Step::Sql(sql.clone())));
                 }
-                Action::Recorded { kind, name } => recorded.push(format!("{kind} {}", quote(name))),
+                Action::Recorded { kind, name } => {
+                    recorded.push(format!("{kind} {}", shown_name(name)))
+                }
                 _ => create_step(c, loc, a)?,
             }
         }
         if !recorded.is_empty() {
             tracing::warn!(
                 "table {}: created without its {}{}; make them as your schema does",
-                quote(&o.name),
+                shown_name(&o.name),
                 recorded.join(", "),
                 if secured {
                     " (row-level security is on, as it was, so the roles it applies to read and \
@@ -4628,6 +4702,26 @@ impl<'a> RowStatements<'a> {
 mod tests {
     use super::*;
     use proptest::strategy::Strategy;
+
+    /// The schema comes off the table only, never out of an index's name
+    /// that holds ` ON public.` (found by audit round 7).
+    #[test]
+    fn an_index_definition_loses_its_tables_schema_only() {
+        let u = |def: &str, name: &str| unqualify_index(def, name, "public");
+        assert_eq!(
+            u("CREATE INDEX t_b ON public.t USING btree (b)", "t_b").as_deref(),
+            Some("CREATE INDEX t_b ON t USING btree (b)")
+        );
+        assert_eq!(
+            u(
+                "CREATE UNIQUE INDEX \"a ON public.b\" ON ONLY public.\"T\" USING btree (x)",
+                "\"a ON public.b\""
+            )
+            .as_deref(),
+            Some("CREATE UNIQUE INDEX \"a ON public.b\" ON ONLY \"T\" USING btree (x)")
+        );
+        assert_eq!(u("CREATE INDEX i ON other.t USING btree (b)", "i"), None);
+    }
 
     #[test]
     fn urls_parse_and_redact() {

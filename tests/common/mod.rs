@@ -326,6 +326,16 @@ pub fn plant_table(
     table: &str,
     edit: impl FnOnce(&mut systemprompt_sync::db::table::TableObject),
 ) {
+    plant_table_as(store, table, table, edit)
+}
+
+/// [`plant_table`], the edited table listed in the snapshot as `name`.
+pub fn plant_table_as(
+    store: &Path,
+    table: &str,
+    name: &str,
+    edit: impl FnOnce(&mut systemprompt_sync::db::table::TableObject),
+) {
     use systemprompt_sync::object::snapshot::Snapshot;
     use systemprompt_sync::object::{ObjectSink, ObjectSource};
     use systemprompt_sync::{LockMode, ObjectId, ObjectType, Store};
@@ -343,7 +353,8 @@ pub fn plant_table(
     edit(&mut t);
     let s = store.writer().unwrap();
     let tid = s.put(ObjectType::Table, &t.encode()).unwrap();
-    snap.tables.insert(table.into(), tid);
+    snap.tables.remove(table);
+    snap.tables.insert(name.into(), tid);
     snap.parents = vec![main];
     let id = s.put(ObjectType::Snapshot, &snap.encode()).unwrap();
     s.finish().unwrap();
