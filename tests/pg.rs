@@ -810,6 +810,71 @@ fn a_delete_never_cascades_into_a_table_the_restore_leaves() {
     assert_eq!(pg.psql(&db, "SELECT count(*) FROM child").trim(), "2");
 }
 
+/// Nor through a table it restores: a delete that cascades into rows of a
+/// restored table (which the restore puts back) and on from them into a
+/// table it leaves (`ON DELETE CASCADE`, `SET NULL`) fails the restore,
+/// named, with nothing written (found by audit round 7: the rows of the
+/// table left were deleted or nulled, exit 0). And a restored table's row
+/// that such a cascade took along without the restore writing it (`c2`,
+/// two tables on) is put back: it was lost, exit 0.
+#[test]
+fn a_delete_never_cascades_on_through_a_restored_table() {
+    let Some(pg) = cluster() else { return };
+    for (action, survives) in [
+        ("ON DELETE CASCADE", "SELECT count(*) FROM e"),
+        ("ON DELETE SET NULL", "SELECT count(cid) FROM e"),
+    ] {
+        let db = pg.new_db("cascade_via");
+        let url = pg.url(&db);
+        pg.psql(
+            &db,
+            &format!(
+                "CREATE TABLE p (id int PRIMARY KEY);
+                 CREATE TABLE c (id int PRIMARY KEY, pid int REFERENCES p ON DELETE CASCADE);
+                 CREATE TABLE c2 (id int PRIMARY KEY, cid int REFERENCES c ON DELETE CASCADE);
+                 CREATE TABLE e (id int PRIMARY KEY, cid int REFERENCES c {action});
+                 CREATE TABLE e2 (id int PRIMARY KEY, c2id int REFERENCES c2 {action});
+                 INSERT INTO p VALUES (1); INSERT INTO c VALUES (40, 1); INSERT INTO c2 VALUES (7, 40);"
+            ),
+        );
+        let w = work();
+        let d = w.path();
+        snap(d, &url, &["--table", "p", "--table", "c", "--table", "c2"]);
+        let restore = ["--store", "st", "restore", "main", "--db", &url, "--delete"];
+        // One table on: p(4) goes, c(40) with it, e(400) with c(40).
+        pg.psql(
+            &db,
+            "INSERT INTO p VALUES (4); UPDATE c SET pid = 4 WHERE id = 40; INSERT INTO e VALUES (400, 40)",
+        );
+        let err = fails_pg(d, &restore);
+        assert!(
+            err.contains("table e ") && err.contains("through the rows it deletes in c"),
+            "{action}: {err}"
+        );
+        assert_eq!(pg.psql(&db, survives).trim(), "1", "{action}");
+        // Two tables on: p(4), c(40), c2(7), e2(70).
+        pg.psql(&db, "DELETE FROM e; INSERT INTO e2 VALUES (70, 7)");
+        let err = fails_pg(d, &restore);
+        assert!(
+            err.contains("table e2 ") && err.contains("in c, then c2"),
+            "{action}: {err}"
+        );
+        assert_eq!(
+            pg.psql(&db, &survives.replace(" e", " e2").replace("cid", "c2id"))
+                .trim(),
+            "1",
+            "{action}"
+        );
+        // Nothing refers on: the restore goes ahead, and c and c2 are back.
+        pg.psql(&db, "DELETE FROM e2");
+        ok_pg(d, &[&restore[..], &["-q"]].concat());
+        assert_eq!(
+            pg.psql(&db, "SELECT (SELECT pid FROM c) || ' ' || (SELECT count(*) FROM p) || ' ' || (SELECT count(*) FROM c2)").trim(),
+            "1 1 1"
+        );
+    }
+}
+
 /// Nor does an update: one that changes a column a foreign key of a table
 /// the restore leaves refers to, with `ON UPDATE SET NULL` (or `SET DEFAULT`),
 /// while rows of that table refer to the row, fails the restore, named

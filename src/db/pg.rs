@@ -3092,6 +3092,7 @@ fn restore_in(
             }
         }
     }
+    let mut repaired: Vec<usize> = Vec::new();
     let mut statements = Vec::new();
     for (o, t, ..) in &merges {
         let mut rows = RowStatements::new(c, loc, &o.name, t)?;
@@ -3123,6 +3124,69 @@ fn restore_in(
     }
     for rows in &mut statements {
         rows.finish(c, loc, &mut rep, true)?;
+    }
+    // Rows of restored tables that the restore's own deletes and updates
+    // carried a foreign key's action to (`ON DELETE CASCADE` took them
+    // along, `SET NULL` changed them) beyond the rows it wrote itself: put
+    // back as the snapshot has them, a round at a time (putting rows back
+    // deletes nothing, but an update may act on further tables). They
+    // were as the snapshot has them before, so they are not counted.
+    if rep.deleted + rep.updated > 0 {
+        let counted = (rep.inserted, rep.updated, rep.deleted);
+        for round in 0.. {
+            let mut again = false;
+            for &i in &order {
+                if !statements[i].referring_acts {
+                    continue;
+                }
+                let (o, t, shape, planned) = &merges[i];
+                let acts: Vec<(Vec<u8>, Act)> =
+                    merge_plan(c, loc, src, &o.name, t, *shape, chunker, opts, progress)?
+                        .into_iter()
+                        .filter(|(_, a)| !matches!(a, Act::Delete))
+                        .collect();
+                if acts.is_empty() {
+                    continue;
+                }
+                if round >= MAX_HOPS {
+                    return Err(SyncError::Database(format!(
+                        "{}: table {}: rows kept changing while the restore put back what its \
+                         foreign keys' actions changed; nothing was written",
+                        loc.redacted(),
+                        o.name
+                    )));
+                }
+                again = true;
+                if planned.is_empty() && !repaired.contains(&i) {
+                    // (Its triggers were not paused: it had nothing to write.)
+                    repaired.push(i);
+                    let (enable, fires) = pause_triggers(c, loc, &o.name)?;
+                    paused.extend(enable);
+                    paused.extend(open_identities(c, loc, &o.name, t, &acts)?);
+                    if let Some(names) = fires {
+                        firing.push((i, names));
+                    }
+                }
+                merge_apply(
+                    c,
+                    loc,
+                    src,
+                    &o.name,
+                    t,
+                    &acts,
+                    *shape,
+                    false,
+                    progress,
+                    &mut rep,
+                    &mut statements[i],
+                )?;
+                statements[i].finish(c, loc, &mut rep, true)?;
+            }
+            if !again {
+                break;
+            }
+        }
+        (rep.inserted, rep.updated, rep.deleted) = counted;
     }
     // The deferred constraints are checked now, before anything below that
     // a rollback would not undo (setval), and so that no checks are
@@ -4219,6 +4283,11 @@ struct OutsideRef {
     /// Its columns, and the referenced columns, quoted, in the key's order.
     cols: Vec<String>,
     refs: Vec<String>,
+    /// The restored tables a delete cascades through before it reaches
+    /// this table's key (`ON DELETE CASCADE` from each to the one before),
+    /// nearest first: empty when the key refers to the restored table
+    /// itself.
+    via: Vec<Hop>,
     /// What a delete of a referenced row does to its rows, if anything.
     on_delete: Option<&'static str>,
     /// What an update of referenced columns does to them, if anything.
@@ -4235,12 +4304,27 @@ impl OutsideRef {
         key_where: &[String],
         key: &[Option<String>],
     ) -> std::result::Result<bool, tokio_postgres::Error> {
-        let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM {} WHERE ({}) IN (SELECT {} FROM {from} WHERE {}))",
-            self.table,
-            self.cols.join(", "),
-            self.refs.join(", "),
+        // The row, then the rows of each table the delete cascades
+        // through, then whether this table has rows referring to them.
+        let first_refs = self.via.first().map_or(&self.refs, |h| &h.refs);
+        let mut inner = format!(
+            "SELECT {} FROM {from} WHERE {}",
+            first_refs.join(", "),
             key_where.join(" AND ")
+        );
+        for (i, h) in self.via.iter().enumerate() {
+            let next = self.via.get(i + 1).map_or(&self.refs, |n| &n.refs);
+            inner = format!(
+                "SELECT {} FROM {} WHERE ({}) IN ({inner})",
+                next.join(", "),
+                h.table,
+                h.cols.join(", ")
+            );
+        }
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE ({}) IN ({inner}))",
+            self.table,
+            self.cols.join(", ")
         );
         let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = key
             .iter()
@@ -4266,14 +4350,39 @@ impl OutsideRef {
 
     /// The refusal of a restore that would `what` rows of its table.
     fn refusal(&self, loc: &PgLocation, row: &str, what: &str) -> SyncError {
+        let through = if self.via.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<&str> = self.via.iter().map(|h| h.table.as_str()).collect();
+            format!(
+                " (through the rows it deletes in {})",
+                names.join(", then ")
+            )
+        };
         SyncError::Database(format!(
-            "{}: {row} would {what} rows of table {}, which this restore does not restore; \
-             nothing was written (restore that table too, or change those rows first)",
+            "{}: {row} would {what} rows of table {}{through}, which this restore does not \
+             restore; nothing was written (restore that table too, or change those rows first)",
             loc.redacted(),
             self.table
         ))
     }
 }
+
+/// A restored table a delete cascades through: its rows referring to the
+/// row deleted (by `cols`, to the referenced `refs`) go with it.
+#[derive(Clone)]
+struct Hop {
+    /// The table (`regclass` text).
+    table: String,
+    /// Its referring columns, and the columns they refer to, quoted.
+    cols: Vec<String>,
+    refs: Vec<String>,
+}
+
+/// At most this many restored tables between a deleted row and the table
+/// whose rows a cascade reaches; and at most this many keys followed.
+const MAX_HOPS: usize = 16;
+const MAX_OUTSIDE: usize = 1024;
 
 /// The foreign keys that would carry a delete of a row of table `name`, or
 /// an update of the columns they refer to, over to rows of a table not
@@ -4286,6 +4395,24 @@ fn outside_refs(
     name: &str,
     restored: &[&str],
 ) -> Result<Vec<OutsideRef>> {
+    let mut out = Vec::new();
+    outside_refs_via(c, loc, name, restored, &[], &mut out)?;
+    Ok(out)
+}
+
+/// [`outside_refs`] of the rows of `name` that a delete reaches through
+/// `via`: a key of a table the restore leaves is one, and so, when it
+/// cascades deletes, is every such key of a restored table that refers to
+/// `name`, reached through it (its rows the restore puts back, but the
+/// cascade goes on from them).
+fn outside_refs_via(
+    c: &mut Client,
+    loc: &PgLocation,
+    name: &str,
+    restored: &[&str],
+    via: &[Hop],
+    out: &mut Vec<OutsideRef>,
+) -> Result<()> {
     let rows = c
         .query(
             &format!(
@@ -4308,34 +4435,65 @@ fn outside_refs(
             &[&loc.schema, &name],
         )
         .map_err(|e| loc.error(e))?;
-    let mut out = Vec::new();
     for r in rows {
-        let (schema, rel): (String, String) = (r.get(1), r.get(2));
-        if schema == loc.schema && restored.contains(&rel.as_str()) {
-            continue;
+        if out.len() >= MAX_OUTSIDE {
+            return Err(SyncError::Database(format!(
+                "{}: table {name}: more than {MAX_OUTSIDE} foreign keys a delete could reach; \
+                 nothing was written",
+                loc.redacted()
+            )));
         }
+        let (schema, rel): (String, String) = (r.get(1), r.get(2));
         let (del, upd): (String, String) = (r.get(5), r.get(6));
         let (cols, refs): (Vec<String>, Vec<String>) = (r.get(3), r.get(4));
+        let table: String = r.get(0);
+        let cols: Vec<String> = cols.iter().map(|c| quote(c)).collect();
+        let refs: Vec<String> = refs.iter().map(|c| quote(c)).collect();
+        if schema == loc.schema && restored.contains(&rel.as_str()) {
+            // A restored table whose rows go with the deleted row: the
+            // keys on it carry the delete further. (A cycle of cascades
+            // ends where it comes back.)
+            if del == "c" && rel != name && !via.iter().any(|h| h.table == table) {
+                if via.len() >= MAX_HOPS {
+                    return Err(SyncError::Database(format!(
+                        "{}: table {name}: deletes cascade through more than {MAX_HOPS} tables; \
+                         nothing was written",
+                        loc.redacted()
+                    )));
+                }
+                let mut next = via.to_vec();
+                next.push(Hop { table, cols, refs });
+                outside_refs_via(c, loc, &rel, restored, &next, out)?;
+            }
+            continue;
+        }
+        let on_delete = match del.as_str() {
+            "c" => Some("delete (ON DELETE CASCADE)"),
+            "n" => Some("set to NULL (ON DELETE SET NULL)"),
+            "d" => Some("set to their default (ON DELETE SET DEFAULT)"),
+            _ => None,
+        };
+        // (ON UPDATE CASCADE keeps the rows referring to the row: they
+        // follow it, as the table's definition asks. Through a cascade of
+        // deletes only the delete reaches a table.)
+        let on_update = match upd.as_str() {
+            "n" if via.is_empty() => Some("set to NULL (ON UPDATE SET NULL)"),
+            "d" if via.is_empty() => Some("set to their default (ON UPDATE SET DEFAULT)"),
+            _ => None,
+        };
+        if on_delete.is_none() && on_update.is_none() {
+            continue;
+        }
         out.push(OutsideRef {
-            table: r.get(0),
-            cols: cols.iter().map(|c| quote(c)).collect(),
-            refs: refs.iter().map(|c| quote(c)).collect(),
-            on_delete: match del.as_str() {
-                "c" => Some("delete (ON DELETE CASCADE)"),
-                "n" => Some("set to NULL (ON DELETE SET NULL)"),
-                "d" => Some("set to their default (ON DELETE SET DEFAULT)"),
-                _ => None,
-            },
-            // (ON UPDATE CASCADE keeps the rows referring to the row: they
-            // follow it, as the table's definition asks.)
-            on_update: match upd.as_str() {
-                "n" => Some("set to NULL (ON UPDATE SET NULL)"),
-                "d" => Some("set to their default (ON UPDATE SET DEFAULT)"),
-                _ => None,
-            },
+            table,
+            cols,
+            refs,
+            via: via.to_vec(),
+            on_delete,
+            on_update,
         });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A row statement kept for later: the row's key, what it does, the
