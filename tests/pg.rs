@@ -875,6 +875,57 @@ fn a_delete_never_cascades_on_through_a_restored_table() {
     }
 }
 
+/// Nor through a table that refers to itself: a delete that cascades down
+/// a tree into a row the restore puts back, and from it into a table the
+/// restore leaves, fails the restore, named (the transaction's counts of
+/// rows written say a table outside it changed), with nothing written.
+#[test]
+fn a_delete_never_cascades_down_a_tree_into_a_table_the_restore_leaves() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("cascade_tree");
+    let url = pg.url(&db);
+    pg.psql(
+        &db,
+        "CREATE TABLE n (id int PRIMARY KEY, parent int REFERENCES n ON DELETE CASCADE);
+         CREATE TABLE e (id int PRIMARY KEY, nid int REFERENCES n ON DELETE CASCADE);
+         INSERT INTO n VALUES (1, NULL), (3, 1);",
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &url, &["--table", "n"]);
+    pg.psql(
+        &db,
+        "INSERT INTO n VALUES (2, NULL); UPDATE n SET parent = 2 WHERE id = 3;
+         INSERT INTO e VALUES (300, 3);",
+    );
+    let before = (pg.dump_rows(&db, "n"), pg.dump_rows(&db, "e"));
+    let err = fails_pg(
+        d,
+        &["--store", "st", "restore", "main", "--db", &url, "--delete"],
+    );
+    assert!(
+        err.contains("table e,") || err.contains("table e "),
+        "{err}"
+    );
+    assert_eq!((pg.dump_rows(&db, "n"), pg.dump_rows(&db, "e")), before);
+    // Without rows of e below it, the restore goes ahead.
+    pg.psql(&db, "DELETE FROM e");
+    ok_pg(
+        d,
+        &[
+            "--store", "st", "restore", "main", "--db", &url, "--delete", "-q",
+        ],
+    );
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT string_agg(id || ':' || coalesce(parent, 0), ' ' ORDER BY id) FROM n"
+        )
+        .trim(),
+        "1:0 3:1"
+    );
+}
+
 /// Nor does an update: one that changes a column a foreign key of a table
 /// the restore leaves refers to, with `ON UPDATE SET NULL` (or `SET DEFAULT`),
 /// while rows of that table refer to the row, fails the restore, named
