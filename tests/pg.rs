@@ -3545,3 +3545,170 @@ fn money_keeps_its_amount_across_locales() {
     );
     assert_eq!(amounts(&db), amounts(&fresh));
 }
+
+/// Audit round 8, restores onto an existing database: a cascade down a
+/// tree of rows is refused before anything is written, also by a role
+/// whose trigger on the table fires (it cannot pause it) and with
+/// `track_counts = off` (where the transaction's counts say nothing); a
+/// table whose rows only a cascade reaches has its triggers paused too;
+/// a trigger the role cannot pause that writes another restored table is
+/// caught; an `ON UPDATE CASCADE` key of a table not restored follows its
+/// row (no refusal); a key declared on a partition of a restored table
+/// is the restored table's.
+#[test]
+fn cascades_triggers_and_partitions_onto_an_existing_database() {
+    let Some(pg) = cluster() else { return };
+    let restore = |d: &Path, url: &str, extra: &[&str]| {
+        let mut a = vec!["--store", "st", "restore", "main", "--db", url, "--delete"];
+        a.extend_from_slice(extra);
+        sp_pg(d, &a)
+    };
+    // 1, 2: a tree, as a role whose no-op trigger fires, and with
+    // track_counts off.
+    for variant in ["trigger", "track_counts"] {
+        let db = pg.new_db("tree");
+        pg.psql(
+            &db,
+            "CREATE TABLE p (id int PRIMARY KEY, parent int REFERENCES p ON DELETE CASCADE);
+             CREATE TABLE o (id int PRIMARY KEY, pid int REFERENCES p ON DELETE CASCADE, note text);
+             INSERT INTO p VALUES (1, NULL), (2, 1), (3, NULL); INSERT INTO o VALUES (100, 2, 'keep');",
+        );
+        let w = work();
+        let d = w.path();
+        snap(d, &pg.url(&db), &["--table", "p"]);
+        pg.psql(
+            &db,
+            "INSERT INTO p VALUES (4, NULL); UPDATE p SET parent = 4 WHERE id = 2",
+        );
+        let url = if variant == "trigger" {
+            let u = role_url(pg, &db, &format!("r_{db}"));
+            pg.psql(
+                &db,
+                &format!(
+                    "CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN new; END $$;
+                     CREATE TRIGGER t BEFORE INSERT ON p FOR EACH ROW EXECUTE FUNCTION noop();
+                     GRANT SELECT, INSERT, UPDATE, DELETE ON p TO r_{db}; GRANT SELECT ON o TO r_{db};"
+                ),
+            );
+            u
+        } else {
+            pg.psql(&db, &format!("ALTER DATABASE {db} SET track_counts = off"));
+            pg.url(&db)
+        };
+        let before = (pg.dump_rows(&db, "p"), pg.dump_rows(&db, "o"));
+        let o = restore(d, &url, &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{variant}: {err}");
+        assert!(err.contains("table o"), "{variant}: {err}");
+        assert_eq!(
+            (pg.dump_rows(&db, "p"), pg.dump_rows(&db, "o")),
+            before,
+            "{variant}"
+        );
+    }
+    // 3: x has nothing to write; a cascade from p reaches it and the
+    // restore puts it back, its trigger quiet.
+    let db = pg.new_db("quiet");
+    let url = pg.url(&db);
+    pg.psql(
+        &db,
+        "CREATE TABLE p (id int PRIMARY KEY, code text UNIQUE);
+         CREATE TABLE x (id int PRIMARY KEY, code text REFERENCES p (code) ON DELETE CASCADE);
+         CREATE TABLE log (id serial PRIMARY KEY, what text);
+         CREATE FUNCTION logdel() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO log (what) VALUES ('del ' || old.id); RETURN old; END $$;
+         CREATE TRIGGER x_del AFTER DELETE ON x FOR EACH ROW EXECUTE FUNCTION logdel();
+         INSERT INTO p VALUES (1, 'a'), (2, 'b'); INSERT INTO x VALUES (10, 'a');",
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &url, &[]);
+    pg.psql(
+        &db,
+        "ALTER TABLE x DISABLE TRIGGER x_del; DELETE FROM x; UPDATE p SET code = 'c' WHERE id = 1;
+         INSERT INTO p VALUES (3, 'a'); INSERT INTO x VALUES (10, 'a'); ALTER TABLE x ENABLE TRIGGER x_del;",
+    );
+    for tables in [&[][..], &["--table", "p", "--table", "x"][..]] {
+        let o = restore(d, &url, tables);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v = json(&ok_pg(
+            d,
+            &["--store", "st", "diff", "main", "--db", &url, "--json"],
+        ));
+        assert_eq!(
+            v["rows"].as_array().map(Vec::len),
+            Some(0),
+            "{tables:?}: {v}"
+        );
+        assert_eq!(pg.psql(&db, "SELECT count(*) FROM log").trim(), "0");
+    }
+    // 4: a trigger the role cannot pause writes a_log, restored too.
+    let db = pg.new_db("unpaused_other");
+    let as_r = role_url(pg, &db, "r_other");
+    pg.psql(
+        &db,
+        "CREATE TABLE a_log (id serial PRIMARY KEY, what text);
+         CREATE TABLE x (id int PRIMARY KEY, v text);
+         CREATE FUNCTION logit() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS
+           $$ BEGIN INSERT INTO a_log (what) VALUES ('x ' || new.v); RETURN new; END $$;
+         CREATE TRIGGER x_log AFTER UPDATE ON x FOR EACH ROW EXECUTE FUNCTION logit();
+         INSERT INTO x VALUES (1, 'one'); ALTER TABLE a_log OWNER TO r_other;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON x TO r_other;",
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &pg.url(&db), &[]);
+    pg.psql(&db, "UPDATE x SET v = 'uno' WHERE id = 1; TRUNCATE a_log;");
+    let before = (pg.dump_rows(&db, "x"), pg.dump_rows(&db, "a_log"));
+    let o = restore(d, &as_r, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("table a_log") && err.contains("x_log"),
+        "{err}"
+    );
+    assert_eq!((pg.dump_rows(&db, "x"), pg.dump_rows(&db, "a_log")), before);
+    // 5: o follows u's email (ON UPDATE CASCADE): allowed.
+    let db = pg.new_db("follows");
+    let url = pg.url(&db);
+    pg.psql(
+        &db,
+        "CREATE TABLE u (id int PRIMARY KEY, email text UNIQUE NOT NULL);
+         CREATE TABLE o (id int PRIMARY KEY, email text REFERENCES u (email) ON UPDATE CASCADE);
+         INSERT INTO u VALUES (1, 'a@x'); INSERT INTO o VALUES (10, 'a@x');",
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &url, &["--table", "u"]);
+    pg.psql(&db, "UPDATE u SET email = 'old@x' WHERE id = 1");
+    let o = restore(d, &url, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(pg.psql(&db, "SELECT email FROM o").trim(), "a@x");
+    // 6: c_1's own key to p is c's: a delete of p(3) takes c(12) along,
+    // both restored.
+    let db = pg.new_db("partkey");
+    let url = pg.url(&db);
+    pg.psql(
+        &db,
+        "CREATE TABLE p (id int PRIMARY KEY);
+         CREATE TABLE c (id int, k int, pid int, PRIMARY KEY (id, k)) PARTITION BY LIST (k);
+         CREATE TABLE c_1 PARTITION OF c FOR VALUES IN (1);
+         CREATE TABLE c_2 PARTITION OF c FOR VALUES IN (2);
+         ALTER TABLE c_1 ADD FOREIGN KEY (pid) REFERENCES p (id) ON DELETE CASCADE;
+         INSERT INTO p VALUES (1), (2); INSERT INTO c VALUES (10, 1, 1), (11, 2, 2);",
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &url, &[]);
+    pg.psql(
+        &db,
+        "INSERT INTO p VALUES (3); INSERT INTO c VALUES (12, 1, 3)",
+    );
+    let o = restore(d, &url, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v = json(&ok_pg(
+        d,
+        &["--store", "st", "diff", "main", "--db", &url, "--json"],
+    ));
+    assert_eq!(v["rows"].as_array().map(Vec::len), Some(0), "{v}");
+}

@@ -3080,19 +3080,26 @@ fn restore_in(
     // `updated_at` would leave the table unlike the snapshot); foreign keys
     // and other constraints still hold. Their states come back before the
     // commit (and with a rollback).
+    // (A table whose foreign keys act on its rows is paused too when the
+    // restore writes none of them: a cascade of its deletes may reach them,
+    // and they are put back below, with its triggers as quiet.)
     let mut paused = Vec::new();
     let mut firing = Vec::new();
+    let mut opened: Vec<bool> = vec![false; merges.len()];
     for (i, (o, t, _, acts)) in merges.iter().enumerate() {
-        if !acts.is_empty() {
+        if !acts.is_empty() || RowStatements::new(c, loc, &o.name, t)?.referring_acts {
+            opened[i] = !acts.is_empty();
             let (enable, fires) = pause_triggers(c, loc, &o.name)?;
             paused.extend(enable);
-            paused.extend(open_identities(c, loc, &o.name, t, acts)?);
+            if opened[i] {
+                paused.extend(open_identities(c, loc, &o.name, t, acts)?);
+            }
             if let Some(names) = fires {
                 firing.push((i, names));
             }
         }
     }
-    let mut repaired: Vec<usize> = Vec::new();
+    // (What a statement fires is read with the triggers paused.)
     let mut statements = Vec::new();
     for (o, t, ..) in &merges {
         let mut rows = RowStatements::new(c, loc, &o.name, t)?;
@@ -3139,7 +3146,7 @@ fn restore_in(
                 if !statements[i].referring_acts {
                     continue;
                 }
-                let (o, t, shape, planned) = &merges[i];
+                let (o, t, shape, _) = &merges[i];
                 let acts: Vec<(Vec<u8>, Act)> =
                     merge_plan(c, loc, src, &o.name, t, *shape, chunker, opts, progress)?
                         .into_iter()
@@ -3157,15 +3164,11 @@ fn restore_in(
                     )));
                 }
                 again = true;
-                if planned.is_empty() && !repaired.contains(&i) {
-                    // (Its triggers were not paused: it had nothing to write.)
-                    repaired.push(i);
-                    let (enable, fires) = pause_triggers(c, loc, &o.name)?;
-                    paused.extend(enable);
+                if !opened[i] {
+                    // (Its identity columns were left as they were: the
+                    // restore planned no row of it.)
+                    opened[i] = true;
                     paused.extend(open_identities(c, loc, &o.name, t, &acts)?);
-                    if let Some(names) = fires {
-                        firing.push((i, names));
-                    }
                 }
                 merge_apply(
                     c,
@@ -3193,13 +3196,22 @@ fn restore_in(
     // pending when the triggers are enabled again.
     c.batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
         .map_err(|e| loc.error(e))?;
-    // Whatever the checks above did not foresee (a cascade through a
-    // table that refers to itself, say): a foreign key's action that
-    // reached rows of a table this restore does not restore fails it. The
-    // transaction's own counts of rows written say which tables it
-    // touched. (Triggers the role cannot pause may write other tables, as
-    // the warning about them says: not then.)
-    if firing.is_empty() {
+    // Whatever the checks above did not foresee: an action of a foreign key
+    // that reached rows of a table this restore does not restore fails it.
+    // The transaction's own counts of rows written say which tables it
+    // touched (when the server keeps them: `track_counts`). Rows that an
+    // `ON UPDATE CASCADE` key makes follow a restored row are allowed, as
+    // above; and where triggers the role cannot pause fired (they may
+    // write other tables, as the warning about them says), only deletes
+    // count.
+    let counts: bool = c
+        .query_one(
+            "SELECT pg_catalog.current_setting('track_counts')::bool",
+            &[],
+        )
+        .map_err(|e| loc.error(e))?
+        .get(0);
+    if counts {
         let names: Vec<String> = objs
             .iter()
             .filter(|o| !o.is_view())
@@ -3207,16 +3219,19 @@ fn restore_in(
             .collect();
         let touched: Option<String> = c
             .query_one(
-                "SELECT min(s.relid::regclass::text) FROM pg_catalog.pg_stat_xact_user_tables s \
-                 WHERE s.n_tup_ins + s.n_tup_upd + s.n_tup_del > 0 \
-                   AND s.relid NOT IN ( \
-                     WITH r AS (SELECT pg_catalog.to_regclass(pg_catalog.quote_ident($1) || '.' \
-                                  || pg_catalog.quote_ident(nm)) AS oid \
-                                FROM unnest($2::text[]) AS nm) \
-                     SELECT r.oid FROM r WHERE r.oid IS NOT NULL \
-                     UNION ALL SELECT p.relid FROM r, pg_catalog.pg_partition_tree(r.oid) AS p \
-                     WHERE p.relid IS NOT NULL)",
-                &[&loc.schema, &names],
+                "WITH r AS (SELECT pg_catalog.to_regclass(pg_catalog.quote_ident($1) || '.' \
+                              || pg_catalog.quote_ident(nm)) AS oid \
+                            FROM unnest($2::text[]) AS nm), \
+                      kept AS (SELECT r.oid FROM r WHERE r.oid IS NOT NULL \
+                               UNION ALL SELECT p.relid FROM r, pg_catalog.pg_partition_tree(r.oid) AS p \
+                               WHERE p.relid IS NOT NULL) \
+                 SELECT min(s.relid::regclass::text) FROM pg_catalog.pg_stat_xact_user_tables s \
+                 WHERE s.relid NOT IN (SELECT oid FROM kept) \
+                   AND (s.n_tup_del > 0 OR ($3 AND (s.n_tup_ins > 0 OR (s.n_tup_upd > 0 \
+                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f \
+                       WHERE f.contype = 'f' AND f.confupdtype = 'c' AND f.conrelid = s.relid \
+                         AND f.confrelid IN (SELECT oid FROM kept))))))",
+                &[&loc.schema, &names, &firing.is_empty()],
             )
             .map_err(|e| loc.error(e))?
             .get(0);
@@ -3228,27 +3243,36 @@ fn restore_in(
                 loc.redacted()
             )));
         }
+    } else {
+        tracing::debug!("track_counts is off: no count of the tables the restore wrote");
     }
     // A table whose triggers fired may not be as the snapshot has it (one
     // that sets `updated_at`): it is read again, and any row that differs
     // rolls everything back.
-    for (i, names) in firing {
-        let (o, t, shape, _) = &merges[i];
-        let left = merge_plan(c, loc, src, &o.name, t, *shape, chunker, opts, progress)?;
-        if let Some((k, act)) = left.first() {
-            let what = match act {
-                Act::Insert => "removed",
-                Act::Delete => "added",
-                Act::Update(_) => "changed",
-            };
-            return Err(SyncError::Database(format!(
-                "{}: table {}: its triggers ({names}), which the restore cannot pause (the role \
-                 does not own the table), {what} {} during the restore; nothing was written \
-                 (restore as the table's owner)",
-                loc.redacted(),
-                o.name,
-                describe(&o.name, &t.root, k)
-            )));
+    // (Every restored table: such a trigger may write another one.)
+    if !firing.is_empty() {
+        let fired: Vec<String> = firing
+            .iter()
+            .map(|(i, names)| format!("{}'s {names}", merges[*i].0.name))
+            .collect();
+        for (o, t, shape, _) in &merges {
+            let left = merge_plan(c, loc, src, &o.name, t, *shape, chunker, opts, progress)?;
+            if let Some((k, act)) = left.first() {
+                let what = match act {
+                    Act::Insert => "removed",
+                    Act::Delete => "added",
+                    Act::Update(_) => "changed",
+                };
+                return Err(SyncError::Database(format!(
+                    "{}: table {}: triggers the restore cannot pause (the role does not own \
+                     their tables: {}) {what} {} during the restore; nothing was written \
+                     (restore as the tables' owner)",
+                    loc.redacted(),
+                    o.name,
+                    fired.join("; "),
+                    describe(&o.name, &t.root, k)
+                )));
+            }
         }
     }
     for sql in paused {
@@ -4350,12 +4374,35 @@ impl OutsideRef {
         );
         for (i, h) in self.via.iter().enumerate() {
             let next = self.via.get(i + 1).map_or(&self.refs, |n| &n.refs);
-            inner = format!(
-                "SELECT {} FROM {} WHERE ({}) IN ({inner})",
-                next.join(", "),
-                h.table,
-                h.cols.join(", ")
-            );
+            inner = if h.down {
+                // The rows referring to the row, the rows referring to
+                // those, and so on (a cycle ends where it comes back).
+                let on = |a: &str, cols: &[String]| {
+                    cols.iter()
+                        .map(|c| format!("{a}.{c}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                format!(
+                    "WITH RECURSIVE down{i}(o, t) AS ( \
+                       SELECT tableoid, ctid FROM {table} WHERE ({cols}) IN ({inner}) \
+                       UNION SELECT c.tableoid, c.ctid FROM {table} c, {table} p, down{i} d \
+                         WHERE p.tableoid = d.o AND p.ctid = d.t AND ({c_cols}) = ({p_refs})) \
+                     SELECT {next} FROM {table} WHERE (tableoid, ctid) IN (SELECT o, t FROM down{i})",
+                    table = h.table,
+                    cols = h.cols.join(", "),
+                    c_cols = on("c", &h.cols),
+                    p_refs = on("p", &h.refs),
+                    next = next.join(", "),
+                )
+            } else {
+                format!(
+                    "SELECT {} FROM {} WHERE ({}) IN ({inner})",
+                    next.join(", "),
+                    h.table,
+                    h.cols.join(", ")
+                )
+            };
         }
         let sql = format!(
             "SELECT EXISTS (SELECT 1 FROM {} WHERE ({}) IN ({inner}))",
@@ -4408,6 +4455,9 @@ impl OutsideRef {
 /// row deleted (by `cols`, to the referenced `refs`) go with it.
 #[derive(Clone)]
 struct Hop {
+    /// The key refers to its own table (a tree of rows): the delete goes
+    /// down every level of it.
+    down: bool,
     /// The table (`regclass` text).
     table: String,
     /// Its referring columns, and the columns they refer to, quoted.
@@ -4461,7 +4511,8 @@ fn outside_refs_via(
                      ORDER BY k.i), \
                    f.confdeltype::text, f.confupdtype::text \
                  FROM pg_catalog.pg_constraint f \
-                 JOIN pg_catalog.pg_class r ON r.oid = f.conrelid \
+                 JOIN pg_catalog.pg_class r \
+                   ON r.oid = coalesce(pg_catalog.pg_partition_root(f.conrelid), f.conrelid) \
                  JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
                  WHERE f.contype = 'f' AND f.conparentid = 0 \
                    AND (f.confdeltype IN ('c', 'n', 'd') OR f.confupdtype IN ('c', 'n', 'd')) \
@@ -4471,6 +4522,8 @@ fn outside_refs_via(
             &[&loc.schema, &name],
         )
         .map_err(|e| loc.error(e))?;
+    // (A key declared on a partition belongs to the table the partition
+    // is part of: `n`, `r` name the root of its partition tree.)
     for r in rows {
         if out.len() >= MAX_OUTSIDE {
             return Err(SyncError::Database(format!(
@@ -4489,7 +4542,7 @@ fn outside_refs_via(
             // A restored table whose rows go with the deleted row: the
             // keys on it carry the delete further. (A cycle of cascades
             // ends where it comes back.)
-            if del == "c" && rel != name && !via.iter().any(|h| h.table == table) {
+            if del == "c" && !via.iter().any(|h| h.table == table && h.cols == cols) {
                 if via.len() >= MAX_HOPS {
                     return Err(SyncError::Database(format!(
                         "{}: table {name}: deletes cascade through more than {MAX_HOPS} tables; \
@@ -4498,7 +4551,12 @@ fn outside_refs_via(
                     )));
                 }
                 let mut next = via.to_vec();
-                next.push(Hop { table, cols, refs });
+                next.push(Hop {
+                    down: rel == name,
+                    table,
+                    cols,
+                    refs,
+                });
                 outside_refs_via(c, loc, &rel, restored, &next, out)?;
             }
             continue;
