@@ -877,8 +877,8 @@ fn a_delete_never_cascades_on_through_a_restored_table() {
 
 /// Nor through a table that refers to itself: a delete that cascades down
 /// a tree into a row the restore puts back, and from it into a table the
-/// restore leaves, fails the restore, named (the transaction's counts of
-/// rows written say a table outside it changed), with nothing written.
+/// restore leaves, fails the restore, named (the delete check follows the
+/// tree down every level), with nothing written.
 #[test]
 fn a_delete_never_cascades_down_a_tree_into_a_table_the_restore_leaves() {
     let Some(pg) = cluster() else { return };

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use systemprompt_sync::db::pg_guard::{
-    Action, constraint, index, sequence_value, statements, table_script, view,
+    Action, Tok, constraint, index, sequence_value, statements, table_script, view,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -15,8 +15,22 @@ fuzz_target!(|data: &[u8]| {
     let _ = statements(sql);
     if let Ok(acts) = table_script(sql, "t") {
         for a in acts {
-            if let Action::Exec(s) = a {
-                assert_eq!(statements(&s).map(|v| v.len()).unwrap_or(0), 1);
+            match a {
+                Action::Exec(s) => {
+                    assert_eq!(statements(&s).map(|v| v.len()).unwrap_or(0), 1);
+                }
+                // Row security is run too: one `ALTER TABLE t … ROW LEVEL
+                // SECURITY` and nothing more.
+                Action::RowSecurity(s) => {
+                    let st = statements(&s).unwrap_or_default();
+                    assert_eq!(st.len(), 1);
+                    assert_eq!(st[0].toks.len(), 7);
+                    assert!(matches!(
+                        &st[0].toks[2],
+                        Tok::Word(w) | Tok::Quoted(w) if w == "t"
+                    ));
+                }
+                _ => {}
             }
         }
     }

@@ -1524,17 +1524,7 @@ fn schema_of(
 /// (`\n`, `\u{1b}`), so that a name cannot start a line of its own or
 /// rewrite the terminal's.
 fn shown_name(name: &str) -> String {
-    quote(name)
-        .chars()
-        .flat_map(|c| {
-            let esc: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            esc
-        })
-        .collect()
+    crate::commands::fmt::printable(&quote(name))
 }
 
 /// `CREATE [UNIQUE] INDEX qname ON [ONLY] qschema.t …` (as
