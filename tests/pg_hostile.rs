@@ -325,3 +325,42 @@ fn a_table_named_like_a_catalog_is_refused() {
         "0"
     );
 }
+
+/// A schema `search_path` does not take as it is named (`$user` becomes the
+/// role's name, so a snapshot of schema `$user` read schema `postgres`,
+/// and a restore wrote it: audit round 9), or one of the system's, is
+/// refused by snapshot, diff and restore before anything is read or
+/// written.
+#[test]
+fn a_schema_search_path_renames_is_refused() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("huser");
+    pg.psql(
+        &db,
+        "CREATE SCHEMA \"$user\"; CREATE SCHEMA postgres;
+         CREATE TABLE \"$user\".t (id int PRIMARY KEY, v text); INSERT INTO \"$user\".t VALUES (1, 'mine');
+         CREATE TABLE postgres.t (id int PRIMARY KEY, v text); INSERT INTO postgres.t VALUES (1, 'other'), (2, 'secret');",
+    );
+    let d = setup(pg);
+    let d = d.path();
+    let url = pg.url(&db);
+    let before = state(pg, &db);
+    for schema in ["$user", "pg_temp", "pg_catalog", "information_schema"] {
+        for cmd in [
+            &["snapshot", "files", "--db", &url, "--schema", schema][..],
+            &["diff", "main", "--db", &url, "--schema", schema],
+            &[
+                "restore", "main", "--db", &url, "--schema", schema, "--delete",
+            ],
+        ] {
+            let mut args = vec!["--store", "st"];
+            args.extend_from_slice(cmd);
+            let o = sp_pg(d, &args);
+            let err = String::from_utf8_lossy(&o.stderr).into_owned();
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+            common::assert_one_error_line(&args, &err);
+            assert!(err.contains("cannot name it safely"), "{args:?}: {err}");
+        }
+    }
+    assert_eq!(state(pg, &db), before);
+}

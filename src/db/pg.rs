@@ -269,6 +269,16 @@ impl PgLocation {
                     if v.is_empty() {
                         return Err(bad("an empty schema"));
                     }
+                    // Names `search_path` does not take as they are
+                    // (`$user` becomes the role's name, `pg_temp` the
+                    // session's temporary schema), and the system's own
+                    // schemas: sp-sync would read and write elsewhere.
+                    if v == "$user" || v.starts_with("pg_") || v == "information_schema" {
+                        return Err(bad(&format!(
+                            "schema {v:?} is the system's, or a name search_path takes for \
+                             another; sp-sync cannot name it safely"
+                        )));
+                    }
                     loc.schema = v
                 }
                 "key_by_all_columns" => loc.key_by_all_columns = matches!(v.as_str(), "true" | "1"),
