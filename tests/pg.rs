@@ -3712,3 +3712,80 @@ fn cascades_triggers_and_partitions_onto_an_existing_database() {
     ));
     assert_eq!(v["rows"].as_array().map(Vec::len), Some(0), "{v}");
 }
+
+/// Audit round 9: rows of tables the restore leaves may follow a restored
+/// row through `ON UPDATE CASCADE`, also on through a second such key and
+/// into another partition: allowed. A key of theirs with `ON UPDATE SET
+/// NULL` that such a change reaches is not: the restore fails, named, and
+/// nothing is written (those rows were nulled, exit 0).
+#[test]
+fn rows_follow_through_update_cascades_but_are_never_nulled() {
+    let Some(pg) = cluster() else { return };
+    let go = |setup: &str, change: &str| {
+        let db = pg.new_db("follow");
+        let url = pg.url(&db);
+        pg.psql(&db, setup);
+        let w = work();
+        let d = w.path();
+        snap(d, &url, &["--table", "a"]);
+        pg.psql(&db, change);
+        let o = sp_pg(
+            d,
+            &[
+                "--store", "st", "restore", "main", "--db", &url, "--table", "a",
+            ],
+        );
+        (
+            db,
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+            o.status.code(),
+        )
+    };
+    let a = "CREATE TABLE a (id int PRIMARY KEY, code text UNIQUE NOT NULL); INSERT INTO a VALUES (1, 'x');";
+    // Two keys on.
+    let (db, err, code) = go(
+        &format!(
+            "{a} CREATE TABLE o1 (id int PRIMARY KEY, code text UNIQUE REFERENCES a (code) ON UPDATE CASCADE);
+             CREATE TABLE o2 (id int PRIMARY KEY, o1code text REFERENCES o1 (code) ON UPDATE CASCADE);
+             INSERT INTO o1 VALUES (10, 'x'); INSERT INTO o2 VALUES (100, 'x');"
+        ),
+        "UPDATE a SET code = 'y'",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(pg.psql(&db, "SELECT o1code FROM o2").trim(), "x");
+    // Into another partition.
+    let (db, err, code) = go(
+        &format!(
+            "{a} CREATE TABLE o (id int, code text REFERENCES a (code) ON UPDATE CASCADE,
+                                 PRIMARY KEY (id, code)) PARTITION BY LIST (code);
+             CREATE TABLE ox PARTITION OF o FOR VALUES IN ('x'); CREATE TABLE oy PARTITION OF o DEFAULT;
+             INSERT INTO o VALUES (10, 'x');"
+        ),
+        "UPDATE a SET code = 'y'",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM ox").trim(), "1");
+    // A SET NULL key on a following table: refused, nothing written.
+    let (db, err, code) = go(
+        &format!(
+            "{a} CREATE TABLE o (id int PRIMARY KEY, code text UNIQUE REFERENCES a (code) ON UPDATE CASCADE,
+                                 parent_code text REFERENCES o (code) ON UPDATE SET NULL);
+             INSERT INTO o VALUES (10, 'x', NULL), (11, NULL, 'x'), (12, NULL, 'x');"
+        ),
+        "UPDATE a SET code = 'y'; UPDATE o SET parent_code = 'y' WHERE id IN (11, 12);",
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("table o,") || err.contains("table o "),
+        "{err}"
+    );
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT string_agg(coalesce(parent_code, '-'), ' ' ORDER BY id) FROM o"
+        )
+        .trim(),
+        "- y y"
+    );
+    assert_eq!(pg.psql(&db, "SELECT code FROM a").trim(), "y");
+}

@@ -3217,20 +3217,43 @@ fn restore_in(
             .filter(|o| !o.is_view())
             .map(|o| o.name.clone())
             .collect();
+        // `follow`: the tables whose rows follow a restored row through
+        // `ON UPDATE CASCADE`, and on through such keys of theirs; of
+        // those, the ones no `ON UPDATE SET NULL` or `SET DEFAULT` key (to
+        // a restored or following table) could have changed are exempt
+        // from counting updates, and from counting a row that moved to
+        // another partition of theirs (a delete and an insert).
         let touched: Option<String> = c
             .query_one(
-                "WITH r AS (SELECT pg_catalog.to_regclass(pg_catalog.quote_ident($1) || '.' \
+                "WITH RECURSIVE r AS (SELECT pg_catalog.to_regclass(pg_catalog.quote_ident($1) || '.' \
                               || pg_catalog.quote_ident(nm)) AS oid \
                             FROM unnest($2::text[]) AS nm), \
                       kept AS (SELECT r.oid FROM r WHERE r.oid IS NOT NULL \
                                UNION ALL SELECT p.relid FROM r, pg_catalog.pg_partition_tree(r.oid) AS p \
-                               WHERE p.relid IS NOT NULL) \
-                 SELECT min(s.relid::regclass::text) FROM pg_catalog.pg_stat_xact_user_tables s \
-                 WHERE s.relid NOT IN (SELECT oid FROM kept) \
-                   AND (s.n_tup_del > 0 OR ($3 AND (s.n_tup_ins > 0 OR (s.n_tup_upd > 0 \
-                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f \
-                       WHERE f.contype = 'f' AND f.confupdtype = 'c' AND f.conrelid = s.relid \
-                         AND f.confrelid IN (SELECT oid FROM kept))))))",
+                               WHERE p.relid IS NOT NULL), \
+                      follow(oid) AS ( \
+                        SELECT f.conrelid FROM pg_catalog.pg_constraint f \
+                        WHERE f.contype = 'f' AND f.confupdtype = 'c' \
+                          AND f.confrelid IN (SELECT oid FROM kept) \
+                        UNION SELECT f.conrelid FROM pg_catalog.pg_constraint f, follow w \
+                        WHERE f.contype = 'f' AND f.confupdtype = 'c' AND f.confrelid = w.oid), \
+                      exempt AS ( \
+                        SELECT w.oid FROM follow w WHERE NOT EXISTS ( \
+                          SELECT 1 FROM pg_catalog.pg_constraint g \
+                          WHERE g.contype = 'f' AND g.conrelid = w.oid AND g.confupdtype IN ('n', 'd') \
+                            AND (g.confrelid IN (SELECT oid FROM follow) \
+                                 OR g.confrelid IN (SELECT oid FROM kept)))), \
+                      roots AS ( \
+                        SELECT coalesce(pg_catalog.pg_partition_root(s.relid), s.relid) AS root, \
+                               sum(s.n_tup_ins) AS ins, sum(s.n_tup_upd) AS upd, sum(s.n_tup_del) AS del, \
+                               bool_and(s.relid IN (SELECT oid FROM exempt)) AS exempt \
+                        FROM pg_catalog.pg_stat_xact_user_tables s \
+                        WHERE s.relid NOT IN (SELECT oid FROM kept) \
+                        GROUP BY 1) \
+                 SELECT min(root::regclass::text) FROM roots \
+                 WHERE NOT (exempt AND del = ins) \
+                   AND (del > 0 OR ($3 AND (ins > 0 OR (upd > 0 AND NOT exempt)))) \
+                    OR (exempt AND del <> ins)",
                 &[&loc.schema, &names, &firing.is_empty()],
             )
             .map_err(|e| loc.error(e))?
