@@ -3106,6 +3106,37 @@ fn restore_in(
         rows.outside = outside_refs(c, loc, &o.name, &names)?;
         statements.push(rows);
     }
+    // Where the server keeps no counts of the rows a transaction writes
+    // (`track_counts = off`), the final check below counts, before and
+    // after, the rows of each table the restore leaves whose keys act on
+    // a restored table, and those of them referring to anything.
+    let counts: bool = c
+        .query_one(
+            "SELECT pg_catalog.current_setting('track_counts')::bool",
+            &[],
+        )
+        .map_err(|e| loc.error(e))?
+        .get(0);
+    let watched: Vec<(String, String)> = if counts {
+        Vec::new()
+    } else {
+        let mut w: Vec<(String, String)> = statements
+            .iter()
+            .flat_map(|r| r.outside.iter())
+            .map(|o| (o.table.clone(), outside_count_sql(o)))
+            .collect();
+        w.sort();
+        w.dedup();
+        w
+    };
+    let mut watched_before = Vec::with_capacity(watched.len());
+    for (_, sql) in &watched {
+        let v: String = c
+            .query_one(sql.as_str(), &[])
+            .map_err(|e| loc.error(e))?
+            .get(0);
+        watched_before.push(v);
+    }
     // (See above: the deletes' order, then the updates' and inserts'.)
     let passes = order.iter().rev().map(|&i| (i, true));
     for (i, deletes) in passes.chain(order.iter().map(|&i| (i, false))) {
@@ -3204,13 +3235,6 @@ fn restore_in(
     // above; and where triggers the role cannot pause fired (they may
     // write other tables, as the warning about them says), only deletes
     // count.
-    let counts: bool = c
-        .query_one(
-            "SELECT pg_catalog.current_setting('track_counts')::bool",
-            &[],
-        )
-        .map_err(|e| loc.error(e))?
-        .get(0);
     if counts {
         let names: Vec<String> = objs
             .iter()
@@ -3267,7 +3291,20 @@ fn restore_in(
             )));
         }
     } else {
-        tracing::debug!("track_counts is off: no count of the tables the restore wrote");
+        for ((table, sql), before) in watched.iter().zip(&watched_before) {
+            let now: String = c
+                .query_one(sql.as_str(), &[])
+                .map_err(|e| loc.error(e))?
+                .get(0);
+            if &now != before {
+                return Err(SyncError::Database(format!(
+                    "{}: the restore changed rows of table {table}, which it does not restore (a \
+                     foreign key's ON DELETE or ON UPDATE action reached them); nothing was \
+                     written (restore that table too, or change those rows first)",
+                    loc.redacted()
+                )));
+            }
+        }
     }
     // A table whose triggers fired may not be as the snapshot has it (one
     // that sets `updated_at`): it is read again, and any row that differs
@@ -4472,6 +4509,18 @@ impl OutsideRef {
             self.table
         ))
     }
+}
+
+/// What the final check of a restore without the server's counts
+/// compares for a key of a table it leaves: its rows, and those whose key
+/// columns are all set, as one text.
+fn outside_count_sql(o: &OutsideRef) -> String {
+    let set: Vec<String> = o.cols.iter().map(|c| format!("{c} IS NOT NULL")).collect();
+    format!(
+        "SELECT count(*) || ' ' || count(*) FILTER (WHERE {}) FROM {}",
+        set.join(" AND "),
+        o.table
+    )
 }
 
 /// A restored table a delete cascades through: its rows referring to the
