@@ -3829,3 +3829,39 @@ fn without_track_counts_a_cascade_round_a_cycle_is_still_refused() {
     assert!(err.contains("table o"), "{err}");
     assert_eq!((pg.dump_rows(&db, "e"), pg.dump_rows(&db, "o")), before);
 }
+
+/// An `xml` value that is content, not a document (`just text`,
+/// `<a/><b/>`), goes back into a database whose `xmloption` is
+/// `document`: sp-sync sets `content`, as pg_dump does (the restore
+/// failed: audit round 10).
+#[test]
+fn xml_content_restores_where_xmloption_is_document() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("xml_src");
+    pg.psql(
+        &db,
+        "CREATE TABLE x (id int PRIMARY KEY, d xml);
+         INSERT INTO x VALUES (1, 'just text'), (2, '<a/><b/>'), (3, '<doc>one</doc>');",
+    );
+    let target = pg.new_db("xml_dst");
+    pg.psql(
+        "postgres",
+        &format!("ALTER DATABASE {target} SET xmloption = document"),
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &pg.url(&db), &[]);
+    ok_pg(
+        d,
+        &[
+            "--store",
+            "st",
+            "restore",
+            "main",
+            "--db",
+            &pg.url(&target),
+            "-q",
+        ],
+    );
+    assert_eq!(pg.dump_rows(&target, "x"), pg.dump_rows(&db, "x"));
+}

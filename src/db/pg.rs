@@ -24,7 +24,8 @@
 //! `extra_float_digits = 3`, `DateStyle = ISO`, `TimeZone = UTC`,
 //! `IntervalStyle = postgres`, `bytea_output = hex`, `array_nulls = on`,
 //! `lc_monetary = C`, so that `money` reads and writes as its stored
-//! amount, `$1,234.56`, whatever the servers' locales;
+//! amount, `$1,234.56`, whatever the servers' locales; `xmloption =
+//! content`, so that an `xml` value that is not a document goes back in;
 //! and `row_security = off`, as pg_dump: a table whose row-level security
 //! policies would hide rows from the role is an error, never read in part),
 //! stored as cells by the
@@ -439,7 +440,8 @@ impl PgLocation {
                 "SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; \
                  SET IntervalStyle = 'postgres'; SET bytea_output = 'hex'; \
                  SET client_encoding = 'UTF8'; SET statement_timeout = 0; \
-                 SET row_security = off; SET array_nulls = on; SET lc_monetary = 'C'",
+                 SET row_security = off; SET array_nulls = on; SET lc_monetary = 'C'; \
+                 SET xmloption = content",
             )
             .map_err(|e| self.error(e))?;
         Ok(client)
