@@ -3865,3 +3865,77 @@ fn xml_content_restores_where_xmloption_is_document() {
     );
     assert_eq!(pg.dump_rows(&target, "x"), pg.dump_rows(&db, "x"));
 }
+
+/// A view's options come back with it into a new database: its check
+/// option (else the view takes rows it should refuse), `security_barrier`
+/// and `security_invoker` (else it reads with its owner's rights, past the
+/// row-level security of the tables under it). They were dropped, exit 0
+/// (audit round 10). A view without options is recorded as before.
+#[test]
+fn a_views_options_come_back_with_it() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("vopt");
+    pg.psql(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY, v int);
+         CREATE VIEW v WITH (security_barrier, security_invoker) AS
+           SELECT * FROM t WHERE v > 0 WITH CHECK OPTION;
+         CREATE VIEW plain AS SELECT id FROM t;",
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &pg.url(&db), &[]);
+    let fresh = pg.new_db("vopt_new");
+    ok_pg(
+        d,
+        &[
+            "--store",
+            "st",
+            "restore",
+            "main",
+            "--db",
+            &pg.url(&fresh),
+            "-q",
+        ],
+    );
+    let opts = |db: &str| {
+        pg.psql(
+            db,
+            "SELECT relname || ' ' || coalesce(array_to_string(ARRAY(SELECT unnest(reloptions) ORDER BY 1), ','), '-') \
+             FROM pg_class WHERE relname IN ('v', 'plain') ORDER BY relname",
+        )
+    };
+    assert_eq!(opts(&fresh), opts(&db));
+    assert!(
+        opts(&fresh).contains("check_option=cascaded"),
+        "{}",
+        opts(&fresh)
+    );
+    let o = pg
+        .cmd("psql")
+        .args([
+            "-X",
+            "-q",
+            "-d",
+            &fresh,
+            "-c",
+            "INSERT INTO v VALUES (1, -5)",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "the check option let a row in");
+    // Unchanged views and tables diff as nothing.
+    let v = json(&ok_pg(
+        d,
+        &[
+            "--store",
+            "st",
+            "diff",
+            "main",
+            "--db",
+            &pg.url(&fresh),
+            "--json",
+        ],
+    ));
+    assert_eq!(v["tables"].as_array().map(Vec::len), Some(0), "{v}");
+}

@@ -1060,6 +1060,9 @@ struct PgTable {
     view: Option<String>,
     /// A partitioned table (its rows are in its partitions).
     partitioned: bool,
+    /// A view's options (`check_option='cascaded', security_barrier='true'`),
+    /// if it has any.
+    view_with: Option<String>,
     columns: Vec<PgColumn>,
 }
 
@@ -1079,7 +1082,13 @@ fn list_relations(c: &mut Client, loc: &PgLocation) -> Result<Vec<PgTable>> {
     let rows = c
         .query(
             "SELECT c.oid::int8, c.relname::text, c.relkind::text, \
-                    CASE WHEN c.relkind = 'v' THEN pg_catalog.pg_get_viewdef(c.oid, true) END \
+                    CASE WHEN c.relkind = 'v' THEN pg_catalog.pg_get_viewdef(c.oid, true) END, \
+                    CASE WHEN c.relkind = 'v' THEN ( \
+                      SELECT string_agg(split_part(o, '=', 1) || '=' \
+                               || pg_catalog.quote_literal(substr(o, strpos(o, '=') + 1)), ', ' \
+                               ORDER BY o COLLATE \"C\") \
+                      FROM unnest(c.reloptions) AS o \
+                      WHERE split_part(o, '=', 1) IN ('check_option', 'security_barrier', 'security_invoker')) END \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v') \
                AND (NOT c.relispartition OR NOT EXISTS ( \
@@ -1099,6 +1108,7 @@ fn list_relations(c: &mut Client, loc: &PgLocation) -> Result<Vec<PgTable>> {
         let name: String = r.get(1);
         let kind: String = r.get(2);
         let view: Option<String> = r.get(3);
+        let view_with: Option<String> = r.get(4);
         let columns = if kind == "v" {
             Vec::new()
         } else {
@@ -1113,6 +1123,7 @@ fn list_relations(c: &mut Client, loc: &PgLocation) -> Result<Vec<PgTable>> {
                 None
             },
             partitioned: kind == "p",
+            view_with,
             columns,
         });
     }
@@ -2592,7 +2603,14 @@ fn scan_in(
             TableObject {
                 engine: Engine::Postgres,
                 name: rel.name.clone(),
-                sql: format!("CREATE VIEW {} AS\n{def}", quote(&rel.name)),
+                // (Its options only when it has some: other views keep
+                // their objects' ids.)
+                sql: match &rel.view_with {
+                    Some(with) => {
+                        format!("CREATE VIEW {} WITH ({with}) AS\n{def}", quote(&rel.name))
+                    }
+                    None => format!("CREATE VIEW {} AS\n{def}", quote(&rel.name)),
+                },
                 ordinal: my_ordinal,
                 table: None,
                 extras: Vec::new(),

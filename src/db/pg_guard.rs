@@ -714,7 +714,38 @@ pub fn view(sql: &str, name: &str) -> Result<String> {
     let t = &s.toks;
     expect_words(t, &["create", "view"], "a view")?;
     own_name(t.get(2), name, "a view")?;
-    if !word(t.get(3), "as") {
+    // `WITH (option = 'value', …)`: the view options sp-sync records, and
+    // nothing else.
+    let mut at = 3;
+    if word(t.get(3), "with") {
+        if t.get(4) != Some(&Tok::Punct('(')) {
+            return Err(refuse(format!("view {name}: WITH without its options")));
+        }
+        at = 5;
+        loop {
+            let key_ok = matches!(
+                t.get(at),
+                Some(Tok::Word(k)) if matches!(k.as_str(), "check_option" | "security_barrier" | "security_invoker")
+            );
+            let eq_ok = matches!(t.get(at + 1), Some(Tok::Op(o)) if o == "=");
+            let val_ok = matches!(t.get(at + 2), Some(Tok::Str(_)) | Some(Tok::Word(_)));
+            if !(key_ok && eq_ok && val_ok) {
+                return Err(refuse(format!(
+                    "view {name}: an option other than check_option, security_barrier or security_invoker"
+                )));
+            }
+            at += 3;
+            match t.get(at) {
+                Some(Tok::Punct(',')) => at += 1,
+                Some(Tok::Punct(')')) => {
+                    at += 1;
+                    break;
+                }
+                _ => return Err(refuse(format!("view {name}: its options do not end"))),
+            }
+        }
+    }
+    if !word(t.get(at), "as") {
         return Err(refuse(format!("view {name}: not CREATE VIEW {name} AS …")));
     }
     Ok(s.text)
@@ -810,6 +841,19 @@ mod tests {
             ("id".into(), 42, true)
         );
         view("CREATE VIEW \"v\" AS\n SELECT 1;", "v").unwrap();
+        view(
+            "CREATE VIEW \"v\" WITH (check_option='cascaded', security_barrier='true') AS\n SELECT 1",
+            "v",
+        )
+        .unwrap();
+        for bad in [
+            "CREATE VIEW v WITH (autovacuum_enabled='false') AS SELECT 1",
+            "CREATE VIEW v WITH (check_option='local' AS SELECT 1",
+            "CREATE VIEW v WITH check_option AS SELECT 1",
+            "CREATE VIEW victim WITH (security_barrier='true') AS SELECT 1",
+        ] {
+            assert!(view(bad, "v").is_err(), "{bad}");
+        }
         let secured = "CREATE TABLE \"t\" (a int);\n\
              ALTER TABLE \"t\" ENABLE ROW LEVEL SECURITY;\n\
              ALTER TABLE \"t\" FORCE ROW LEVEL SECURITY;\n\
