@@ -1458,6 +1458,24 @@ fn schema_of(
                 .unwrap_or_default(),
         ));
     }
+    // Tables it inherits from (INHERITS; not a partition's table): named
+    // by a restore that creates it, not made so.
+    let parents = c
+        .query(
+            "SELECT p.oid::regclass::text FROM pg_catalog.pg_inherits i \
+             JOIN pg_catalog.pg_class p ON p.oid = i.inhparent \
+             JOIN pg_catalog.pg_class k ON k.oid = i.inhrelid \
+             WHERE i.inhrelid = $1::int8::oid AND NOT k.relispartition ORDER BY i.inhseqno",
+            &[&t.oid],
+        )
+        .map_err(err)?;
+    for r in parents {
+        let parent: String = r.get(0);
+        script.push_str(&format!(
+            "ALTER TABLE {} INHERIT {parent};\n",
+            quote(&t.name)
+        ));
+    }
     let triggers = c
         .query(
             "SELECT pg_catalog.pg_get_triggerdef(g.oid, true) FROM pg_catalog.pg_trigger g \
@@ -3038,9 +3056,12 @@ fn restore_in(
                     secured = true;
                     later.push((5, o.ordinal, Step::Sql(sql.clone())));
                 }
-                Action::Recorded { kind, name } => {
-                    recorded.push(format!("{kind} {}", shown_name(name)))
-                }
+                Action::Recorded { kind, name } => recorded.push(if *kind == "parent table" {
+                    // (A table name as the catalog printed it.)
+                    format!("{kind} {}", crate::commands::fmt::printable(name))
+                } else {
+                    format!("{kind} {}", shown_name(name))
+                }),
                 _ => create_step(c, loc, a)?,
             }
         }

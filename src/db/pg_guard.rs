@@ -335,12 +335,13 @@ pub enum Action {
     /// rows are in (a table that forces it takes no `COPY` from its owner
     /// while it has no policy).
     RowSecurity(String),
-    /// A policy or trigger the table had: recorded so that a restore that
+    /// A policy, trigger or parent table (INHERITS) the table had:
+    /// recorded so that a restore that
     /// creates the table can name it, and never run (its expressions and
     /// functions are the snapshot's, and its roles and functions may not
     /// exist where it is restored).
     Recorded {
-        /// `policy` or `trigger`.
+        /// `policy`, `trigger` or `parent table`.
         kind: &'static str,
         /// Its name.
         name: String,
@@ -442,6 +443,23 @@ pub fn table_script(sql: &str, table: &str) -> Result<Vec<Action>> {
             }
             own_name(t.get(5), table, "ALTER SEQUENCE … OWNED BY")?;
             acts.push(Action::Exec(s.text));
+        } else if word(t.first(), "alter") && word(t.get(1), "table") && word(t.get(3), "inherit") {
+            // `ALTER TABLE name INHERIT parent` (or `schema.parent`): only
+            // named, never run (the parent would take this table's rows
+            // into every query of its own).
+            own_name(t.get(2), table, "ALTER TABLE … INHERIT")?;
+            let parent = match &t[4..] {
+                [p] => ident(Some(p)).map(str::to_string),
+                [sch, Tok::Punct('.'), p] => ident(Some(sch))
+                    .zip(ident(Some(p)))
+                    .map(|(a, b)| format!("{a}.{b}")),
+                _ => None,
+            }
+            .ok_or_else(|| refuse(format!("table {table}: an INHERIT of no one table")))?;
+            acts.push(Action::Recorded {
+                kind: "parent table",
+                name: parent,
+            });
         } else if word(t.first(), "alter") && word(t.get(1), "table") {
             own_name(t.get(2), table, "ALTER TABLE")?;
             let on = t.len() == 7
@@ -914,6 +932,9 @@ mod tests {
             format!("{t}; CREATE POLICY p ON victim USING (true)"),
             format!("{t}; CREATE TRIGGER g AFTER INSERT ON victim EXECUTE FUNCTION f()"),
             format!("{t}; CREATE TRIGGER g AFTER INSERT EXECUTE FUNCTION f()"),
+            format!("{t}; ALTER TABLE victim INHERIT t"),
+            format!("{t}; ALTER TABLE t INHERIT a, b"),
+            format!("{t}; ALTER TABLE t INHERIT"),
         ] {
             assert!(table_script(&bad, "t").is_err(), "{bad}");
         }
