@@ -3944,16 +3944,20 @@ fn a_views_options_come_back_with_it() {
 /// database as a table of its own with all its rows, and the warning says
 /// so, naming the parent (it was silent: audit round 10). The restore
 /// never makes it a child: a parent takes its children's rows into its
-/// own queries.
+/// own queries. Its inherited default draws from the parent's sequence,
+/// which is made first, though `chi` sorts before `par` (as for `a`,
+/// whose default draws from `b`'s: both failed, audit round 11).
 #[test]
 fn a_child_tables_parent_is_named_not_made() {
     let Some(pg) = cluster() else { return };
     let db = pg.new_db("inh");
     pg.psql(
         &db,
-        "CREATE TABLE par (id int PRIMARY KEY, v text);
+        "CREATE TABLE par (id serial PRIMARY KEY, v text);
          CREATE TABLE chi (w int, PRIMARY KEY (id)) INHERITS (par);
-         INSERT INTO par VALUES (1, 'p'); INSERT INTO chi VALUES (2, 'c', 9);",
+         INSERT INTO par VALUES (1, 'p'); INSERT INTO chi VALUES (2, 'c', 9);
+         CREATE TABLE b (id serial PRIMARY KEY);
+         CREATE TABLE a (id int PRIMARY KEY DEFAULT nextval('b_id_seq'));",
     );
     let w = work();
     let d = w.path();

@@ -3047,11 +3047,20 @@ fn restore_in(
     // 2. New tables, then rows. Row-level security goes on after them (see
     // `Action::RowSecurity`); a table's policies and triggers are not made,
     // and a warning names them.
+    // Every new table's sequences first: a column default may draw from
+    // another table's (an inherited serial, `DEFAULT nextval('b_id_seq')`),
+    // and tables are made in name order.
+    for (_, _, acts) in &scripts {
+        for a in acts.iter().filter(|a| matches!(a, Action::Sequence { .. })) {
+            create_step(c, loc, a)?;
+        }
+    }
     for (o, t, acts) in &scripts {
         let mut secured = false;
         let mut recorded: Vec<String> = Vec::new();
         for a in acts {
             match a {
+                Action::Sequence { .. } => {}
                 Action::RowSecurity(sql) => {
                     secured = true;
                     later.push((5, o.ordinal, Step::Sql(sql.clone())));
