@@ -3980,3 +3980,59 @@ fn a_child_tables_parent_is_named_not_made() {
     assert_eq!(pg.dump_rows(&fresh, "chi"), pg.dump_rows(&db, "chi"));
     assert_eq!(pg.psql(&fresh, "SELECT count(*) FROM par").trim(), "1");
 }
+
+/// Audit round 11: `a`'s key change follows into `d` (ON UPDATE CASCADE)
+/// and from `d` nulls `e`'s reference (ON UPDATE SET NULL), two keys away
+/// from the restored table. With `track_counts = off`, and for a role whose
+/// trigger on `a` fires (it cannot pause it), the final check still sees
+/// it: refused, nothing written (`e.du` was nulled, exit 0).
+#[test]
+fn a_set_null_two_keys_away_is_seen_without_counts_and_with_triggers() {
+    let Some(pg) = cluster() else { return };
+    for variant in ["track_counts", "trigger"] {
+        let db = pg.new_db("twokeys");
+        pg.psql(
+            &db,
+            "CREATE TABLE a (id int PRIMARY KEY, u int UNIQUE);
+             CREATE TABLE d (id int PRIMARY KEY, u int UNIQUE REFERENCES a (u) ON UPDATE CASCADE);
+             CREATE TABLE e (id int PRIMARY KEY, du int REFERENCES d (u) ON UPDATE SET NULL);
+             INSERT INTO a VALUES (1, 1); INSERT INTO d VALUES (1, 1); INSERT INTO e VALUES (1, 1);",
+        );
+        let w = work();
+        let dir = w.path();
+        snap(dir, &pg.url(&db), &["--table", "a"]);
+        pg.psql(&db, "UPDATE a SET u = 5; UPDATE e SET du = 5;");
+        let url = if variant == "trigger" {
+            let u = role_url(pg, &db, &format!("r_{db}"));
+            pg.psql(
+                &db,
+                &format!(
+                    "CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN new; END $$;
+                     CREATE TRIGGER tgn BEFORE UPDATE ON a FOR EACH ROW EXECUTE FUNCTION noop();
+                     GRANT SELECT, INSERT, UPDATE, DELETE ON a, d, e TO r_{db};"
+                ),
+            );
+            u
+        } else {
+            pg.psql(&db, &format!("ALTER DATABASE {db} SET track_counts = off"));
+            pg.url(&db)
+        };
+        let before: Vec<Vec<String>> = ["a", "d", "e"]
+            .iter()
+            .map(|t| pg.dump_rows(&db, t))
+            .collect();
+        let err = fails_pg(
+            dir,
+            &["--store", "st", "restore", "main", "--db", &url, "--delete"],
+        );
+        assert!(
+            err.contains("table e,") || err.contains("table e "),
+            "{variant}: {err}"
+        );
+        let after: Vec<Vec<String>> = ["a", "d", "e"]
+            .iter()
+            .map(|t| pg.dump_rows(&db, t))
+            .collect();
+        assert_eq!(after, before, "{variant}");
+    }
+}

@@ -3157,9 +3157,12 @@ fn restore_in(
         statements.push(rows);
     }
     // Where the server keeps no counts of the rows a transaction writes
-    // (`track_counts = off`), the final check below counts, before and
-    // after, the rows of each table the restore leaves whose keys act on
-    // a restored table, and those of them referring to anything.
+    // (`track_counts = off`), or triggers the role cannot pause fired
+    // (then those counts are read for deletes only), the final check below
+    // also counts, before and after, the rows of each table the restore
+    // leaves that a foreign key's action could reach from a restored
+    // table (directly or through other such tables), and those of them
+    // whose key columns are set.
     let counts: bool = c
         .query_one(
             "SELECT pg_catalog.current_setting('track_counts')::bool",
@@ -3167,17 +3170,42 @@ fn restore_in(
         )
         .map_err(|e| loc.error(e))?
         .get(0);
-    let watched: Vec<(String, String)> = if counts {
+    let watched: Vec<(String, String)> = if counts && firing.is_empty() {
         Vec::new()
     } else {
-        let mut w: Vec<(String, String)> = statements
+        let tables: Vec<String> = objs
             .iter()
-            .flat_map(|r| r.outside.iter())
-            .map(|o| (o.table.clone(), outside_count_sql(o)))
+            .filter(|o| !o.is_view())
+            .map(|o| o.name.clone())
             .collect();
-        w.sort();
-        w.dedup();
-        w
+        c.query(
+            "WITH RECURSIVE r AS (SELECT pg_catalog.to_regclass(pg_catalog.quote_ident($1) || '.' \
+                     || pg_catalog.quote_ident(nm)) AS oid FROM unnest($2::text[]) AS nm), \
+               kept AS (SELECT r.oid FROM r WHERE r.oid IS NOT NULL \
+                        UNION ALL SELECT p.relid FROM r, pg_catalog.pg_partition_tree(r.oid) AS p \
+                        WHERE p.relid IS NOT NULL), \
+               acting AS (SELECT f.* FROM pg_catalog.pg_constraint f WHERE f.contype = 'f' \
+                          AND (f.confdeltype IN ('c', 'n', 'd') OR f.confupdtype IN ('c', 'n', 'd')) \
+                          AND f.conrelid NOT IN (SELECT oid FROM kept)), \
+               reach(oid) AS (SELECT a.conrelid FROM acting a WHERE a.confrelid IN (SELECT oid FROM kept) \
+                              UNION SELECT a.conrelid FROM acting a, reach w WHERE a.confrelid = w.oid) \
+             SELECT a.conrelid::regclass::text, \
+                    ARRAY(SELECT pg_catalog.quote_ident(t.attname) FROM unnest(a.conkey) WITH ORDINALITY k(n, i) \
+                          JOIN pg_catalog.pg_attribute t ON t.attrelid = a.conrelid AND t.attnum = k.n \
+                          ORDER BY k.i) \
+             FROM acting a WHERE a.conparentid = 0 AND a.conrelid IN (SELECT oid FROM reach) \
+             ORDER BY 1, 2",
+            &[&loc.schema, &tables],
+        )
+        .map_err(|e| loc.error(e))?
+        .into_iter()
+        .map(|r| {
+            let table: String = r.get(0);
+            let cols: Vec<String> = r.get(1);
+            let sql = outside_count_sql(&table, &cols);
+            (table, sql)
+        })
+        .collect()
     };
     let mut watched_before = Vec::with_capacity(watched.len());
     for (_, sql) in &watched {
@@ -3340,20 +3368,19 @@ fn restore_in(
                 loc.redacted()
             )));
         }
-    } else {
-        for ((table, sql), before) in watched.iter().zip(&watched_before) {
-            let now: String = c
-                .query_one(sql.as_str(), &[])
-                .map_err(|e| loc.error(e))?
-                .get(0);
-            if &now != before {
-                return Err(SyncError::Database(format!(
-                    "{}: the restore changed rows of table {table}, which it does not restore (a \
-                     foreign key's ON DELETE or ON UPDATE action reached them); nothing was \
-                     written (restore that table too, or change those rows first)",
-                    loc.redacted()
-                )));
-            }
+    }
+    for ((table, sql), before) in watched.iter().zip(&watched_before) {
+        let now: String = c
+            .query_one(sql.as_str(), &[])
+            .map_err(|e| loc.error(e))?
+            .get(0);
+        if &now != before {
+            return Err(SyncError::Database(format!(
+                "{}: the restore changed rows of table {table}, which it does not restore (a \
+                 foreign key's ON DELETE or ON UPDATE action reached them); nothing was \
+                 written (restore that table too, or change those rows first)",
+                loc.redacted()
+            )));
         }
     }
     // A table whose triggers fired may not be as the snapshot has it (one
@@ -4564,12 +4591,11 @@ impl OutsideRef {
 /// What the final check of a restore without the server's counts
 /// compares for a key of a table it leaves: its rows, and those whose key
 /// columns are all set, as one text.
-fn outside_count_sql(o: &OutsideRef) -> String {
-    let set: Vec<String> = o.cols.iter().map(|c| format!("{c} IS NOT NULL")).collect();
+fn outside_count_sql(table: &str, cols: &[String]) -> String {
+    let set: Vec<String> = cols.iter().map(|c| format!("{c} IS NOT NULL")).collect();
     format!(
-        "SELECT count(*) || ' ' || count(*) FILTER (WHERE {}) FROM {}",
-        set.join(" AND "),
-        o.table
+        "SELECT count(*) || ' ' || count(*) FILTER (WHERE {}) FROM {table}",
+        set.join(" AND ")
     )
 }
 
