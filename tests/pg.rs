@@ -4036,3 +4036,69 @@ fn a_set_null_two_keys_away_is_seen_without_counts_and_with_triggers() {
         assert_eq!(after, before, "{variant}");
     }
 }
+
+/// Audit round 12. `a`'s delete sets `b.a` (restored) to NULL, and `e`
+/// (left as it is) follows that through `ON UPDATE CASCADE`; the restore
+/// then puts `b.a` back, which `e` no longer follows: refused (e lost its
+/// reference, exit 0). And an `ON UPDATE SET DEFAULT` key, reached through
+/// a following table, with `track_counts = off`: refused (its value went
+/// to the default, exit 0; no count changes).
+#[test]
+fn a_row_nulled_on_its_way_or_set_to_its_default_is_seen() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("nullfollow");
+    let url = pg.url(&db);
+    pg.psql(
+        &db,
+        "CREATE TABLE a (id int PRIMARY KEY);
+         CREATE TABLE b (id int PRIMARY KEY, a int UNIQUE REFERENCES a (id) ON DELETE SET NULL);
+         CREATE TABLE e (id int PRIMARY KEY, ba int REFERENCES b (a) ON UPDATE CASCADE);
+         INSERT INTO a VALUES (1), (2); INSERT INTO b VALUES (1, 1); INSERT INTO e VALUES (1, 1);",
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &url, &["--table", "a", "--table", "b"]);
+    pg.psql(
+        &db,
+        "INSERT INTO a VALUES (3); UPDATE b SET a = 3 WHERE id = 1;",
+    );
+    let before = pg.dump_rows(&db, "e");
+    let err = fails_pg(
+        d,
+        &[
+            "--store", "st", "restore", "main", "--db", &url, "--delete", "--table", "a",
+            "--table", "b",
+        ],
+    );
+    assert!(err.contains("table e"), "{err}");
+    assert_eq!(pg.dump_rows(&db, "e"), before);
+
+    let db = pg.new_db("setdefault");
+    let url = pg.url(&db);
+    pg.psql(
+        &db,
+        &format!(
+            "CREATE TABLE a (id int PRIMARY KEY, code text UNIQUE NOT NULL);
+             CREATE TABLE c (id int PRIMARY KEY, code text UNIQUE REFERENCES a (code) ON UPDATE CASCADE);
+             CREATE TABLE d (id int PRIMARY KEY, cc text DEFAULT 'k0' REFERENCES c (code) ON UPDATE SET DEFAULT);
+             INSERT INTO a VALUES (0, 'k0'), (1, 'x'); INSERT INTO c VALUES (0, 'k0'), (1, 'x');
+             ALTER DATABASE {db} SET track_counts = off;"
+        ),
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &url, &["--table", "a"]);
+    pg.psql(
+        &db,
+        "UPDATE a SET code = 'y' WHERE id = 1; INSERT INTO d VALUES (1, 'y');",
+    );
+    let before = (pg.dump_rows(&db, "c"), pg.dump_rows(&db, "d"));
+    let err = fails_pg(
+        d,
+        &[
+            "--store", "st", "restore", "main", "--db", &url, "--table", "a",
+        ],
+    );
+    assert!(err.contains("table d"), "{err}");
+    assert_eq!((pg.dump_rows(&db, "c"), pg.dump_rows(&db, "d")), before);
+}

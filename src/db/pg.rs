@@ -3188,11 +3188,19 @@ fn restore_in(
                           AND (f.confdeltype IN ('c', 'n', 'd') OR f.confupdtype IN ('c', 'n', 'd')) \
                           AND f.conrelid NOT IN (SELECT oid FROM kept)), \
                reach(oid) AS (SELECT a.conrelid FROM acting a WHERE a.confrelid IN (SELECT oid FROM kept) \
-                              UNION SELECT a.conrelid FROM acting a, reach w WHERE a.confrelid = w.oid) \
+                              UNION SELECT a.conrelid FROM acting a, reach w WHERE a.confrelid = w.oid), \
+               nulling AS (SELECT g.conrelid AS oid FROM pg_catalog.pg_constraint g \
+                           WHERE g.contype = 'f' AND (g.confdeltype IN ('n', 'd') OR g.confupdtype IN ('n', 'd'))), \
+               follow(oid) AS (SELECT a.conrelid FROM acting a WHERE a.confupdtype = 'c' \
+                                 AND a.confrelid IN (SELECT oid FROM kept) \
+                                 AND a.confrelid NOT IN (SELECT oid FROM nulling) \
+                               UNION SELECT a.conrelid FROM acting a, follow w \
+                                 WHERE a.confupdtype = 'c' AND a.confrelid = w.oid) \
              SELECT a.conrelid::regclass::text, \
                     ARRAY(SELECT pg_catalog.quote_ident(t.attname) FROM unnest(a.conkey) WITH ORDINALITY k(n, i) \
                           JOIN pg_catalog.pg_attribute t ON t.attrelid = a.conrelid AND t.attnum = k.n \
-                          ORDER BY k.i) \
+                          ORDER BY k.i), \
+                    a.conrelid IN (SELECT oid FROM follow) AND a.conrelid NOT IN (SELECT oid FROM nulling) \
              FROM acting a WHERE a.conparentid = 0 AND a.conrelid IN (SELECT oid FROM reach) \
              ORDER BY 1, 2",
             &[&loc.schema, &tables],
@@ -3202,7 +3210,8 @@ fn restore_in(
         .map(|r| {
             let table: String = r.get(0);
             let cols: Vec<String> = r.get(1);
-            let sql = outside_count_sql(&table, &cols);
+            let follows: bool = r.get(2);
+            let sql = outside_count_sql(&table, &cols, !follows);
             (table, sql)
         })
         .collect()
@@ -3320,7 +3329,10 @@ fn restore_in(
             .map(|o| o.name.clone())
             .collect();
         // `follow`: the tables whose rows follow a restored row through
-        // `ON UPDATE CASCADE`, and on through such keys of theirs; of
+        // `ON UPDATE CASCADE` (from a restored table that no key of its own
+        // can set to NULL or a default: a row that followed such a change
+        // would not follow the restore's next one), and on through such
+        // keys of theirs; of
         // those, the ones no `ON UPDATE SET NULL` or `SET DEFAULT` key (to
         // a restored or following table) could have changed are exempt
         // from counting updates, and from counting a row that moved to
@@ -3333,10 +3345,14 @@ fn restore_in(
                       kept AS (SELECT r.oid FROM r WHERE r.oid IS NOT NULL \
                                UNION ALL SELECT p.relid FROM r, pg_catalog.pg_partition_tree(r.oid) AS p \
                                WHERE p.relid IS NOT NULL), \
+                      nulling AS ( \
+                        SELECT g.conrelid AS oid FROM pg_catalog.pg_constraint g \
+                        WHERE g.contype = 'f' AND (g.confdeltype IN ('n', 'd') OR g.confupdtype IN ('n', 'd'))), \
                       follow(oid) AS ( \
                         SELECT f.conrelid FROM pg_catalog.pg_constraint f \
                         WHERE f.contype = 'f' AND f.confupdtype = 'c' \
                           AND f.confrelid IN (SELECT oid FROM kept) \
+                          AND f.confrelid NOT IN (SELECT oid FROM nulling) \
                         UNION SELECT f.conrelid FROM pg_catalog.pg_constraint f, follow w \
                         WHERE f.contype = 'f' AND f.confupdtype = 'c' AND f.confrelid = w.oid), \
                       exempt AS ( \
@@ -4589,12 +4605,23 @@ impl OutsideRef {
 }
 
 /// What the final check of a restore without the server's counts
-/// compares for a key of a table it leaves: its rows, and those whose key
-/// columns are all set, as one text.
-fn outside_count_sql(table: &str, cols: &[String]) -> String {
+/// compares for a key of a table it leaves: its rows, those whose key
+/// columns are all set, and (`values`: unless its rows may follow a
+/// restored row through `ON UPDATE CASCADE`) the sum of a hash of each
+/// row's key values (in constant memory, whatever the table's size), as
+/// one text.
+fn outside_count_sql(table: &str, cols: &[String], values: bool) -> String {
     let set: Vec<String> = cols.iter().map(|c| format!("{c} IS NOT NULL")).collect();
+    let hash = if values {
+        format!(
+            " || ' ' || coalesce(sum(pg_catalog.hashtextextended(ROW({})::text, 0)::numeric), 0)",
+            cols.join(", ")
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "SELECT count(*) || ' ' || count(*) FILTER (WHERE {}) FROM {table}",
+        "SELECT count(*) || ' ' || count(*) FILTER (WHERE {}){hash} FROM {table}",
         set.join(" AND ")
     )
 }
