@@ -3163,6 +3163,11 @@ fn restore_in(
     // leaves that a foreign key's action could reach from a restored
     // table (directly or through other such tables), and those of them
     // whose key columns are set.
+    let restored_tables: Vec<String> = objs
+        .iter()
+        .filter(|o| !o.is_view())
+        .map(|o| o.name.clone())
+        .collect();
     let counts: bool = c
         .query_one(
             "SELECT pg_catalog.current_setting('track_counts')::bool",
@@ -3173,17 +3178,9 @@ fn restore_in(
     let watched: Vec<(String, String)> = if counts && firing.is_empty() {
         Vec::new()
     } else {
-        let tables: Vec<String> = objs
-            .iter()
-            .filter(|o| !o.is_view())
-            .map(|o| o.name.clone())
-            .collect();
         c.query(
-            "WITH RECURSIVE r AS (SELECT pg_catalog.to_regclass(pg_catalog.quote_ident($1) || '.' \
-                     || pg_catalog.quote_ident(nm)) AS oid FROM unnest($2::text[]) AS nm), \
-               kept AS (SELECT r.oid FROM r WHERE r.oid IS NOT NULL \
-                        UNION ALL SELECT p.relid FROM r, pg_catalog.pg_partition_tree(r.oid) AS p \
-                        WHERE p.relid IS NOT NULL), \
+            &format!(
+                "WITH RECURSIVE {KEPT}, \
                acting AS (SELECT f.* FROM pg_catalog.pg_constraint f WHERE f.contype = 'f' \
                           AND (f.confdeltype IN ('c', 'n', 'd') OR f.confupdtype IN ('c', 'n', 'd')) \
                           AND f.conrelid NOT IN (SELECT oid FROM kept)), \
@@ -3202,8 +3199,9 @@ fn restore_in(
                           ORDER BY k.i), \
                     a.conrelid IN (SELECT oid FROM follow) AND a.conrelid NOT IN (SELECT oid FROM nulling) \
              FROM acting a WHERE a.conparentid = 0 AND a.conrelid IN (SELECT oid FROM reach) \
-             ORDER BY 1, 2",
-            &[&loc.schema, &tables],
+             ORDER BY 1, 2"
+            ),
+            &[&loc.schema, &restored_tables],
         )
         .map_err(|e| loc.error(e))?
         .into_iter()
@@ -3323,11 +3321,6 @@ fn restore_in(
     // write other tables, as the warning about them says), only deletes
     // count.
     if counts {
-        let names: Vec<String> = objs
-            .iter()
-            .filter(|o| !o.is_view())
-            .map(|o| o.name.clone())
-            .collect();
         // `follow`: the tables whose rows follow a restored row through
         // `ON UPDATE CASCADE` (from a restored table that no key of its own
         // can set to NULL or a default: a row that followed such a change
@@ -3339,12 +3332,8 @@ fn restore_in(
         // another partition of theirs (a delete and an insert).
         let touched: Option<String> = c
             .query_one(
-                "WITH RECURSIVE r AS (SELECT pg_catalog.to_regclass(pg_catalog.quote_ident($1) || '.' \
-                              || pg_catalog.quote_ident(nm)) AS oid \
-                            FROM unnest($2::text[]) AS nm), \
-                      kept AS (SELECT r.oid FROM r WHERE r.oid IS NOT NULL \
-                               UNION ALL SELECT p.relid FROM r, pg_catalog.pg_partition_tree(r.oid) AS p \
-                               WHERE p.relid IS NOT NULL), \
+                &format!(
+                    "WITH RECURSIVE {KEPT}, \
                       nulling AS ( \
                         SELECT g.conrelid AS oid FROM pg_catalog.pg_constraint g \
                         WHERE g.contype = 'f' AND (g.confdeltype IN ('n', 'd') OR g.confupdtype IN ('n', 'd'))), \
@@ -3371,8 +3360,9 @@ fn restore_in(
                  SELECT min(root::regclass::text) FROM roots \
                  WHERE NOT (exempt AND del = ins) \
                    AND (del > 0 OR ($3 AND (ins > 0 OR (upd > 0 AND NOT exempt)))) \
-                    OR (exempt AND del <> ins)",
-                &[&loc.schema, &names, &firing.is_empty()],
+                    OR (exempt AND del <> ins)"
+                ),
+                &[&loc.schema, &restored_tables, &firing.is_empty()],
             )
             .map_err(|e| loc.error(e))?
             .get(0);
@@ -4603,6 +4593,15 @@ impl OutsideRef {
         ))
     }
 }
+
+/// The tables a restore restores, as SQL common table expressions: `r`,
+/// each name (`$2`, in schema `$1`) as an oid, and `kept`, those with the
+/// partitions below them.
+const KEPT: &str = "r AS (SELECT pg_catalog.to_regclass(pg_catalog.quote_ident($1) || '.' \
+                       || pg_catalog.quote_ident(nm)) AS oid FROM unnest($2::text[]) AS nm), \
+                     kept AS (SELECT r.oid FROM r WHERE r.oid IS NOT NULL \
+                       UNION ALL SELECT p.relid FROM r, pg_catalog.pg_partition_tree(r.oid) AS p \
+                       WHERE p.relid IS NOT NULL)";
 
 /// What the final check of a restore without the server's counts
 /// compares for a key of a table it leaves: its rows, those whose key
