@@ -638,6 +638,119 @@ fn foreign_key_violations_already_in_the_snapshot_do_not_block_a_restore() {
     assert_eq!(dump(&db), mid);
 }
 
+/// `PRAGMA foreign_key_check` names no row of a `WITHOUT ROWID` table: a
+/// restore that removes one orphan and makes another must still be refused,
+/// by the orphan's key.
+#[test]
+fn a_new_orphan_in_a_without_rowid_table_is_refused_though_another_went() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init", "--store", "st", "-q"]);
+    std::fs::create_dir(d.join("files")).unwrap();
+    let db = d.join("fk.db");
+    sql(
+        &db,
+        "PRAGMA foreign_keys = OFF;
+         CREATE TABLE p(id INTEGER PRIMARY KEY);
+         CREATE TABLE c(k TEXT PRIMARY KEY, p INTEGER REFERENCES p(id), q INTEGER REFERENCES p) WITHOUT ROWID;
+         INSERT INTO p VALUES (1), (2);
+         INSERT INTO c VALUES ('a', 1, NULL), ('b', NULL, 2);",
+    );
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "fk.db", "-q"],
+    );
+    // Now: parent 1 is gone, and `c` holds one orphan of its own ('z').
+    sql(
+        &db,
+        "PRAGMA foreign_keys = OFF; DELETE FROM p WHERE id = 1; DELETE FROM c WHERE k = 'a';
+         INSERT INTO c VALUES ('z', 9, NULL);",
+    );
+    let mid = dump(&db);
+    // Restoring `c` deletes 'z' and brings back 'a', pointing at the
+    // missing parent 1: as many orphans as before, but a new one.
+    refused(
+        d,
+        &db,
+        &[
+            "--store", "st", "restore", "main", "--db", "fk.db", "--table", "c", "--delete",
+        ],
+        "a row of c with key ('a') references a missing row of p",
+    );
+    assert_eq!(dump(&db), mid);
+    // An orphan the database already had is no reason to refuse: with
+    // parent 1 back, the restore keeps 'z' (no --delete) and succeeds.
+    sql(&db, "PRAGMA foreign_keys = OFF; INSERT INTO p VALUES (1);");
+    ok(
+        d,
+        &[
+            "--store", "st", "restore", "main", "--db", "fk.db", "--table", "c", "-q",
+        ],
+    );
+    let c = Connection::open(&db).unwrap();
+    let keys: Vec<String> = c
+        .prepare("SELECT k FROM c ORDER BY k")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(keys, ["a", "b", "z"]);
+}
+
+/// SQLite lets a foreign key name parent columns that are not a unique key
+/// (while foreign keys are off), and `PRAGMA foreign_key_check` then fails
+/// for the whole table ("foreign key mismatch"). Such a database can still
+/// be restored onto, and a restore that leaves a row of such a key without
+/// a parent is still refused.
+#[test]
+fn a_foreign_key_to_a_non_unique_column_does_not_block_restores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init", "--store", "st", "-q"]);
+    std::fs::create_dir(d.join("files")).unwrap();
+    let db = d.join("fk.db");
+    sql(
+        &db,
+        "PRAGMA foreign_keys = OFF;
+         CREATE TABLE p(id INTEGER PRIMARY KEY, code TEXT);
+         CREATE TABLE c(id INTEGER PRIMARY KEY, code TEXT REFERENCES p(code), n INTEGER);
+         INSERT INTO p VALUES (1, 'x'), (2, 'y');
+         INSERT INTO c VALUES (10, 'x', 1), (11, 'y', 1);",
+    );
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "fk.db", "-q"],
+    );
+    let snap = dump(&db);
+    sql(
+        &db,
+        "PRAGMA foreign_keys = OFF; UPDATE c SET n = 2; INSERT INTO c VALUES (12, NULL, 3);",
+    );
+    ok(
+        d,
+        &[
+            "--store", "st", "restore", "main", "--db", "fk.db", "--delete", "-q",
+        ],
+    );
+    assert_eq!(dump(&db), snap);
+    // Parent 'y' gone: restoring `c` alone would leave row 11 without one.
+    sql(
+        &db,
+        "PRAGMA foreign_keys = OFF; DELETE FROM p WHERE code = 'y'; DELETE FROM c WHERE id = 11;",
+    );
+    let mid = dump(&db);
+    refused(
+        d,
+        &db,
+        &[
+            "--store", "st", "restore", "main", "--db", "fk.db", "--table", "c",
+        ],
+        "a row of c with rowid 11 references a missing row of p",
+    );
+    assert_eq!(dump(&db), mid);
+}
+
 /// `restore --db` of a large-ish table, interrupted at random moments: an
 /// interrupted restore exits 130 and leaves the database as it was; one
 /// that finished exits 0 with the snapshot's rows. Never anything between.

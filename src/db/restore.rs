@@ -26,6 +26,7 @@ use super::{
     table_data,
 };
 use crate::chunker::Chunker;
+use crate::commands::fmt::printable;
 use crate::error::{IoContext, Result, SyncError};
 use crate::id::{ObjectId, ObjectType};
 use crate::object::{MemStore, ObjectSource, corrupt};
@@ -391,7 +392,7 @@ fn apply(
     // snapshot of it) may already hold violations; only those the restore
     // adds are refused.
     let fk_before = if existing {
-        foreign_key_violations(c, path)?
+        foreign_key_violations(c, path)?.0
     } else {
         FkViolations::new()
     };
@@ -637,53 +638,263 @@ fn set_sequence(
     Ok(())
 }
 
-/// Foreign-key violations: (child table, rowid, parent table, key id) →
-/// how many.
-type FkViolations = std::collections::HashMap<(String, Option<i64>, String, i64), u64>;
+/// The row that breaks a foreign key: its rowid, as `PRAGMA
+/// foreign_key_check` names it, or for a `WITHOUT ROWID` table (which the
+/// pragma names no row of) its primary key's values, encoded as a key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Culprit {
+    Rowid(Option<i64>),
+    Key(Vec<u8>),
+}
 
-fn foreign_key_violations(c: &Connection, path: &Path) -> Result<FkViolations> {
-    let err = |e| db_error(path, e);
-    let mut st = c.prepare("PRAGMA foreign_key_check").map_err(err)?;
-    let mut rows = st.query([]).map_err(err)?;
-    let mut out = FkViolations::new();
-    while let Some(r) = rows.next().map_err(err)? {
-        let key = (
-            r.get::<_, String>(0).map_err(err)?,
-            r.get::<_, Option<i64>>(1).map_err(err)?,
-            r.get::<_, String>(2).map_err(err)?,
-            r.get::<_, i64>(3).map_err(err)?,
-        );
-        *out.entry(key).or_default() += 1;
+/// Foreign-key violations: (child table, the row, parent table, key id) →
+/// how many.
+type FkViolations = std::collections::HashMap<(String, Culprit, String, i64), u64>;
+
+/// A table's foreign keys: key id → (parent table, [(child column, parent
+/// column or None for the parent's primary key)]).
+type ForeignKeys = BTreeMap<i64, (String, Vec<(String, Option<String>)>)>;
+
+fn foreign_keys_of(c: &Connection, table: &str) -> rusqlite::Result<ForeignKeys> {
+    let mut st = c.prepare(&format!("PRAGMA main.foreign_key_list({})", quote(table)))?;
+    let mut rows = st.query([])?;
+    let mut out = ForeignKeys::new();
+    // Rows come by key id and then column order (`seq`).
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get("id")?;
+        let parent: String = r.get("table")?;
+        let from: String = r.get("from")?;
+        let to: Option<String> = r.get("to")?;
+        out.entry(id)
+            .or_insert_with(|| (parent, Vec::new()))
+            .1
+            .push((from, to));
     }
     Ok(out)
+}
+
+/// A table's columns as (name, place in its primary key, 0 if none).
+fn columns_of(c: &Connection, table: &str) -> rusqlite::Result<Vec<(String, i64)>> {
+    let mut st = c.prepare(&format!("PRAGMA main.table_info({})", quote(table)))?;
+    let rows = st.query_map([], |r| Ok((r.get("name")?, r.get("pk")?)))?;
+    rows.collect()
+}
+
+fn primary_key_of(cols: &[(String, i64)]) -> Vec<String> {
+    let mut pk: Vec<&(String, i64)> = cols.iter().filter(|(_, k)| *k > 0).collect();
+    pk.sort_by_key(|(_, k)| *k);
+    pk.into_iter().map(|(n, _)| n.clone()).collect()
+}
+
+/// The rows of `table` that break its foreign key `fkid`, found by a query
+/// that looks the parent row up as SQLite does: a row with a NULL in the
+/// key breaks nothing; the parent column's affinity and collation decide
+/// (`p.col = +c.col`: the unary `+` leaves the child's value without an
+/// affinity of its own). `None`: the key cannot be checked (its parent key
+/// names columns the parent lacks).
+fn orphans(
+    c: &Connection,
+    path: &Path,
+    table: &str,
+    fk: &(String, Vec<(String, Option<String>)>),
+    without_rowid: bool,
+) -> Result<Option<Vec<Culprit>>> {
+    let err = |e| db_error(path, e);
+    let (parent, cols) = fk;
+    let child_cols = columns_of(c, table).map_err(err)?;
+    let parent_cols = columns_of(c, parent).map_err(err)?;
+    let to: Vec<String> = if cols.iter().all(|(_, t)| t.is_some()) {
+        cols.iter().filter_map(|(_, t)| t.clone()).collect()
+    } else {
+        primary_key_of(&parent_cols)
+    };
+    let has = |cols: &[(String, i64)], n: &str| cols.iter().any(|(c, _)| c.eq_ignore_ascii_case(n));
+    let parent_exists = !parent_cols.is_empty();
+    if parent_exists && (to.len() != cols.len() || !to.iter().all(|n| has(&parent_cols, n))) {
+        return Ok(None);
+    }
+    let ident: Vec<String> = if without_rowid {
+        primary_key_of(&child_cols)
+            .iter()
+            .map(|n| format!("c.{}", quote(n)))
+            .collect()
+    } else {
+        match ["rowid", "_rowid_", "oid"]
+            .into_iter()
+            .find(|n| !has(&child_cols, n))
+        {
+            Some(n) => vec![format!("c.{n}")],
+            None => return Ok(None),
+        }
+    };
+    let set: Vec<String> = cols
+        .iter()
+        .map(|(f, _)| format!("c.{} IS NOT NULL", quote(f)))
+        .collect();
+    // A parent table that does not exist has no rows: every child row
+    // with its key set breaks it, as the pragma says too.
+    let missing = if parent_exists {
+        let eq: Vec<String> = cols
+            .iter()
+            .zip(&to)
+            .map(|((f, _), t)| format!("p.{} = +c.{}", quote(t), quote(f)))
+            .collect();
+        format!(
+            " AND NOT EXISTS (SELECT 1 FROM main.{} AS p WHERE {})",
+            quote(parent),
+            eq.join(" AND ")
+        )
+    } else {
+        String::new()
+    };
+    let sql = format!(
+        "SELECT {} FROM main.{} AS c WHERE {}{missing}",
+        ident.join(", "),
+        quote(table),
+        set.join(" AND ")
+    );
+    let mut st = c.prepare(&sql).map_err(err)?;
+    let mut rows = st.query([]).map_err(err)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(err)? {
+        if without_rowid {
+            let vals: Vec<Value> = (0..ident.len())
+                .map(|i| r.get_ref(i).map(Value::from_ref))
+                .collect::<rusqlite::Result<_>>()
+                .map_err(err)?;
+            // The key's own encoding names the row exactly (a REAL by its
+            // bits, TEXT by its bytes).
+            out.push(Culprit::Key(super::value::encode_key(&vals)?));
+        } else {
+            out.push(Culprit::Rowid(r.get(0).map_err(err)?));
+        }
+    }
+    Ok(Some(out))
+}
+
+/// The database's foreign-key violations, and the keys that could not be
+/// checked (table, parent).
+fn foreign_key_violations(
+    c: &Connection,
+    path: &Path,
+) -> Result<(FkViolations, Vec<(String, String)>)> {
+    let err = |e| db_error(path, e);
+    let mut out = FkViolations::new();
+    let mut unchecked = Vec::new();
+    // `wr`: the table is WITHOUT ROWID (a column named rowid may hide it
+    // from a query).
+    let tables: Vec<(String, bool)> = {
+        let mut st = c
+            .prepare(
+                "SELECT name, wr FROM pragma_table_list WHERE schema = 'main' AND type = 'table' \
+                 ORDER BY name",
+            )
+            .map_err(err)?;
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(err)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(err)?
+    };
+    for (table, without_rowid) in tables {
+        let fks = foreign_keys_of(c, &table).map_err(err)?;
+        if fks.is_empty() {
+            continue;
+        }
+        // A table at a time: a key to columns that are not unique makes
+        // the pragma fail for the table ("foreign key mismatch"), and
+        // SQLite cannot check such a key at all.
+        let checked: rusqlite::Result<Vec<(String, Option<i64>, i64)>> = (|| {
+            let mut st = c.prepare(&format!("PRAGMA main.foreign_key_check({})", quote(&table)))?;
+            let rows = st.query_map([], |r| Ok((r.get(2)?, r.get(1)?, r.get(3)?)))?;
+            rows.collect()
+        })();
+        match checked {
+            Ok(list) => {
+                let mut unnamed: BTreeMap<i64, (String, u64)> = BTreeMap::new();
+                for (parent, rowid, fkid) in list {
+                    if without_rowid {
+                        unnamed.entry(fkid).or_insert((parent, 0)).1 += 1;
+                    } else {
+                        *out.entry((table.clone(), Culprit::Rowid(rowid), parent, fkid))
+                            .or_default() += 1;
+                    }
+                }
+                // The pragma names no row of a WITHOUT ROWID table: the
+                // query finds them, and must find as many as the pragma
+                // counts, or the restore cannot tell which rows they are.
+                for (fkid, (parent, n)) in unnamed {
+                    let found = match fks.get(&fkid) {
+                        Some(fk) => orphans(c, path, &table, fk, true)?,
+                        None => None,
+                    };
+                    let found = found.filter(|f| f.len() as u64 == n).ok_or_else(|| {
+                        SyncError::Database(format!(
+                            "{}: cannot tell which rows of {table} break their foreign key to {parent} \
+                             ({n} do, by PRAGMA foreign_key_check); nothing was written",
+                            path.display()
+                        ))
+                    })?;
+                    for r in found {
+                        *out.entry((table.clone(), r, parent.clone(), fkid))
+                            .or_default() += 1;
+                    }
+                }
+            }
+            Err(e) if e.to_string().contains("foreign key mismatch") => {
+                for (fkid, fk) in &fks {
+                    match orphans(c, path, &table, fk, without_rowid)? {
+                        Some(found) => {
+                            for r in found {
+                                *out.entry((table.clone(), r, fk.0.clone(), *fkid))
+                                    .or_default() += 1;
+                            }
+                        }
+                        None => unchecked.push((table.clone(), fk.0.clone())),
+                    }
+                }
+            }
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Ok((out, unchecked))
 }
 
 /// Refuses the restore if it adds a foreign-key violation to those the
 /// database had before it.
 fn check_foreign_keys(c: &Connection, path: &Path, mut before: FkViolations) -> Result<()> {
-    let err = |e| db_error(path, e);
-    let mut st = c.prepare("PRAGMA foreign_key_check").map_err(err)?;
-    let mut rows = st.query([]).map_err(err)?;
-    while let Some(r) = rows.next().map_err(err)? {
-        let table: String = r.get(0).map_err(err)?;
-        let rowid: Option<i64> = r.get(1).map_err(err)?;
-        let parent: String = r.get(2).map_err(err)?;
-        let fkid: i64 = r.get(3).map_err(err)?;
-        let key = (table, rowid, parent, fkid);
-        match before.get_mut(&key) {
-            Some(n) if *n > 0 => {
-                *n -= 1;
-                continue;
-            }
-            _ => {}
-        }
-        let (table, rowid, parent, _) = key;
-        return Err(SyncError::Database(format!(
-            "{}: the restore would break a foreign key (a row of {table}{} references a missing row of {parent}); nothing was written",
+    let (after, unchecked) = foreign_key_violations(c, path)?;
+    for (table, parent) in &unchecked {
+        tracing::warn!(
+            "{}: the foreign key of {} to {} was not checked (SQLite reports a foreign key mismatch for it, and it names columns {} lacks)",
             path.display(),
-            rowid
-                .map(|r| format!(" with rowid {r}"))
-                .unwrap_or_default()
+            printable(table),
+            printable(parent),
+            printable(parent)
+        );
+    }
+    let mut after: Vec<_> = after.into_iter().collect();
+    after.sort_by(|a, b| a.0.cmp(&b.0));
+    for (key, n) in after {
+        let had = before.remove(&key).unwrap_or(0);
+        if n <= had {
+            continue;
+        }
+        let (table, culprit, parent, _) = key;
+        let row = match culprit {
+            Culprit::Rowid(Some(r)) => format!(" with rowid {r}"),
+            Culprit::Rowid(None) => String::new(),
+            Culprit::Key(k) => decode_key(&k)
+                .map(|vals| {
+                    let parts: Vec<String> = vals.iter().map(Value::to_sql).collect();
+                    format!(" with key ({})", parts.join(", "))
+                })
+                .unwrap_or_default(),
+        };
+        return Err(SyncError::Database(format!(
+            "{}: the restore would break a foreign key (a row of {}{row} references a missing row of {}); nothing was written",
+            path.display(),
+            printable(&table),
+            printable(&parent),
         )));
     }
     Ok(())
