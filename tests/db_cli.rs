@@ -751,6 +751,74 @@ fn a_foreign_key_to_a_non_unique_column_does_not_block_restores() {
     assert_eq!(dump(&db), mid);
 }
 
+/// TEXT that is not UTF-8 (SQLite keeps any bytes in a UTF-8 database)
+/// cannot go into a UTF-16 database unchanged: SQLite would store U+FFFD.
+/// The restore refuses, naming the row, and writes nothing.
+#[test]
+fn text_that_is_not_utf8_is_refused_for_a_utf16_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init", "--store", "st", "-q"]);
+    std::fs::create_dir(d.join("files")).unwrap();
+    let db = d.join("bytes.db");
+    sql(
+        &db,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         CREATE TABLE u(k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;
+         INSERT INTO t VALUES (1, 'fine'), (2, CAST(x'41ff42' AS TEXT));
+         INSERT INTO u VALUES ('a', CAST(x'c3' AS TEXT));",
+    );
+    ok(
+        d,
+        &[
+            "--store", "st", "snapshot", "files", "--db", "bytes.db", "-q",
+        ],
+    );
+    let wide = d.join("wide.db");
+    sql(
+        &wide,
+        "PRAGMA encoding = 'UTF-16le';
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         CREATE TABLE u(k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;
+         INSERT INTO t VALUES (1, 'fine');",
+    );
+    // Onto rows the table has (`t`, an insert among updates) and into an
+    // empty table (`u`).
+    for (table, what) in [("t", "the row t(2)"), ("u", "the row u('a')")] {
+        let before = dump(&wide);
+        refused(
+            d,
+            &wide,
+            &[
+                "--store", "st", "restore", "main", "--db", "wide.db", "--table", table,
+            ],
+            what,
+        );
+        assert_eq!(dump(&wide), before);
+    }
+    // Into a UTF-8 database the bytes come back exactly.
+    let narrow = d.join("narrow.db");
+    ok(
+        d,
+        &[
+            "--store",
+            "st",
+            "restore",
+            "main",
+            "--db",
+            "narrow.db",
+            "-q",
+        ],
+    );
+    let c = Connection::open(&narrow).unwrap();
+    let v: Vec<u8> = c
+        .query_row("SELECT CAST(v AS BLOB) FROM t WHERE id = 2", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(v, b"A\xffB");
+}
+
 /// `restore --db` of a large-ish table, interrupted at random moments: an
 /// interrupted restore exits 130 and leaves the database as it was; one
 /// that finished exits 0 with the snapshot's rows. Never anything between.

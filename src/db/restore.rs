@@ -964,6 +964,33 @@ fn row_values(
     Ok((rowid, vals))
 }
 
+/// Whether the database stores text as UTF-16, into which TEXT that is not
+/// UTF-8 does not go unchanged (SQLite puts U+FFFD for its bytes).
+fn stores_utf16(c: &Connection, path: &Path) -> Result<bool> {
+    let enc: String = c
+        .query_row("PRAGMA encoding", [], |r| r.get(0))
+        .map_err(|e| db_error(path, e))?;
+    Ok(!enc.eq_ignore_ascii_case("UTF-8"))
+}
+
+/// Refuses a row holding TEXT that is not UTF-8 for a UTF-16 database,
+/// naming the row: writing it would change the value.
+fn check_text(path: &Path, table: &str, key: &[u8], vals: &[Value], t: &TableData) -> Result<()> {
+    let bad = vals
+        .iter()
+        .position(|v| matches!(v, Value::Text(b) if std::str::from_utf8(b).is_err()));
+    let Some(i) = bad else { return Ok(()) };
+    let shown = decode_key(key)
+        .map(|k| k.iter().map(Value::to_sql).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
+    Err(SyncError::Database(format!(
+        "{}: the row {}({shown}) holds TEXT that is not UTF-8 in column {}, which this UTF-16 database cannot store unchanged; nothing was written",
+        path.display(),
+        printable(table),
+        printable(&t.columns.get(i).map(|c| c.name.as_str()).unwrap_or("?"))
+    )))
+}
+
 fn insert_all(
     c: &Connection,
     path: &Path,
@@ -976,6 +1003,7 @@ fn insert_all(
     let mut st = c
         .prepare(&insert_sql(table, t, with_rowid)?)
         .map_err(|e| db_error(path, e))?;
+    let utf16 = stores_utf16(c, path)?;
     let mut n = 0u64;
     for e in MapIter::new(src, ObjectType::Rows, t.root) {
         let (k, v) = e?;
@@ -983,6 +1011,9 @@ fn insert_all(
             return Err(SyncError::Interrupted);
         }
         let (rowid, vals) = row_values(src, t, &k, &v)?;
+        if utf16 {
+            check_text(path, table, &k, &vals, t)?;
+        }
         let r = if with_rowid {
             let rid = Sql(ValueRef::Integer(rowid.unwrap_or(0)));
             st.execute(params_from_iter(
@@ -1025,6 +1056,7 @@ fn merge(
     progress: &dyn Progress,
     rep: &mut DbRestoreReport,
 ) -> Result<()> {
+    let utf16 = stores_utf16(c, path)?;
     // Pass 1 (reads only): the keys that differ, and what to do with each.
     let mut changes: Vec<(Vec<u8>, Action, Option<i64>)> = Vec::new();
     {
@@ -1219,6 +1251,9 @@ fn merge(
         }
         next += 1;
         let (rowid, vals) = row_values(src, t, &k, &v)?;
+        if utf16 {
+            check_text(path, table, &k, &vals, t)?;
+        }
         match &changes[i].1 {
             Action::Update(cols) => match update_row(changes[i].2, &k, cols, &vals)? {
                 Ok(1) => rep.updated += 1,
