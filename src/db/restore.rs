@@ -987,7 +987,7 @@ fn check_text(path: &Path, table: &str, key: &[u8], vals: &[Value], t: &TableDat
         "{}: the row {}({shown}) holds TEXT that is not UTF-8 in column {}, which this UTF-16 database cannot store unchanged; nothing was written",
         path.display(),
         printable(table),
-        printable(&t.columns.get(i).map(|c| c.name.as_str()).unwrap_or("?"))
+        printable(t.columns.get(i).map(|c| c.name.as_str()).unwrap_or("?"))
     )))
 }
 
