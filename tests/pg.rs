@@ -4082,6 +4082,39 @@ fn a_row_nulled_on_its_way_or_set_to_its_default_is_seen() {
     assert!(err.contains("table e"), "{err}");
     assert_eq!(pg.dump_rows(&db, "e"), before);
 
+    // The same, with `b` also following a restored table (`a0`) through
+    // `ON UPDATE CASCADE`: `e` follows `b`, not `a0`, and `b`'s own SET
+    // NULL key still decides (the server's counts).
+    let db = pg.new_db("nullfollow2");
+    let url = pg.url(&db);
+    pg.psql(
+        &db,
+        "CREATE TABLE a (id int PRIMARY KEY);
+         CREATE TABLE a0 (id int PRIMARY KEY);
+         CREATE TABLE b (id int PRIMARY KEY, a int UNIQUE REFERENCES a (id) ON DELETE SET NULL,
+                         z int REFERENCES a0 (id) ON UPDATE CASCADE);
+         CREATE TABLE e (id int PRIMARY KEY, ba int REFERENCES b (a) ON UPDATE CASCADE);
+         INSERT INTO a VALUES (1), (2); INSERT INTO a0 VALUES (1);
+         INSERT INTO b VALUES (1, 1, 1); INSERT INTO e VALUES (1, 1);",
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &url, &["--table", "a", "--table", "a0", "--table", "b"]);
+    pg.psql(
+        &db,
+        "INSERT INTO a VALUES (3); UPDATE b SET a = 3 WHERE id = 1;",
+    );
+    let before = pg.dump_rows(&db, "e");
+    let err = fails_pg(
+        d,
+        &[
+            "--store", "st", "restore", "main", "--db", &url, "--delete", "--table", "a",
+            "--table", "a0", "--table", "b",
+        ],
+    );
+    assert!(err.contains("table e"), "{err}");
+    assert_eq!(pg.dump_rows(&db, "e"), before);
+
     let db = pg.new_db("setdefault");
     let url = pg.url(&db);
     pg.psql(

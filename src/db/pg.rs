@@ -3321,11 +3321,12 @@ fn restore_in(
     // write other tables, as the warning about them says), only deletes
     // count.
     if counts {
-        // `follow`: the tables whose rows follow a restored row through
-        // `ON UPDATE CASCADE` (from a restored table that no key of its own
-        // can set to NULL or a default: a row that followed such a change
-        // would not follow the restore's next one), and on through such
-        // keys of theirs; of
+        // `follow`: the tables the restore leaves whose rows follow a
+        // restored row through `ON UPDATE CASCADE` (from a restored table
+        // that no key of its own can set to NULL or a default: a row that
+        // followed such a change would not follow the restore's next one),
+        // and on through such keys of theirs (never through a restored
+        // table, whose own keys decide for the tables following it); of
         // those, the ones no `ON UPDATE SET NULL` or `SET DEFAULT` key (to
         // a restored or following table) could have changed are exempt
         // from counting updates, and from counting a row that moved to
@@ -3342,8 +3343,10 @@ fn restore_in(
                         WHERE f.contype = 'f' AND f.confupdtype = 'c' \
                           AND f.confrelid IN (SELECT oid FROM kept) \
                           AND f.confrelid NOT IN (SELECT oid FROM nulling) \
+                          AND f.conrelid NOT IN (SELECT oid FROM kept) \
                         UNION SELECT f.conrelid FROM pg_catalog.pg_constraint f, follow w \
-                        WHERE f.contype = 'f' AND f.confupdtype = 'c' AND f.confrelid = w.oid), \
+                        WHERE f.contype = 'f' AND f.confupdtype = 'c' AND f.confrelid = w.oid \
+                          AND f.conrelid NOT IN (SELECT oid FROM kept)), \
                       exempt AS ( \
                         SELECT w.oid FROM follow w WHERE NOT EXISTS ( \
                           SELECT 1 FROM pg_catalog.pg_constraint g \
