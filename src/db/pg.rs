@@ -3106,6 +3106,7 @@ fn restore_in(
         }
     }
     let mut merges = Vec::new();
+    let mut extras = Vec::new();
     for p in &plans {
         match p {
             Plan::Create(o, t) => {
@@ -3114,8 +3115,21 @@ fn restore_in(
             }
             Plan::Merge(o, t, shape) => {
                 progress.stage(&format!("table {}", o.name));
-                let acts = merge_plan(c, loc, src, &o.name, t, *shape, chunker, opts, progress)?;
+                let mut kept = Extras::of(c, loc, &o.name, t)?;
+                let acts = merge_plan(
+                    c,
+                    loc,
+                    src,
+                    &o.name,
+                    t,
+                    *shape,
+                    chunker,
+                    opts,
+                    progress,
+                    Some(&mut kept),
+                )?;
                 merges.push((*o, *t, *shape, acts));
+                extras.push(kept);
             }
             Plan::View(..) => {}
         }
@@ -3263,11 +3277,40 @@ fn restore_in(
                     continue;
                 }
                 let (o, t, shape, _) = &merges[i];
-                let acts: Vec<(Vec<u8>, Act)> =
-                    merge_plan(c, loc, src, &o.name, t, *shape, chunker, opts, progress)?
-                        .into_iter()
-                        .filter(|(_, a)| !matches!(a, Act::Delete))
-                        .collect();
+                let mut now = extras[i].empty();
+                let acts: Vec<(Vec<u8>, Act)> = merge_plan(
+                    c,
+                    loc,
+                    src,
+                    &o.name,
+                    t,
+                    *shape,
+                    chunker,
+                    opts,
+                    progress,
+                    Some(&mut now),
+                )?
+                .into_iter()
+                .filter(|(_, a)| !matches!(a, Act::Delete))
+                .collect();
+                // Rows the snapshot lacks, which a restore without
+                // --delete keeps, are never put back: one that a foreign
+                // key's action took along or changed fails the restore.
+                if now != extras[i] {
+                    return Err(SyncError::Database(format!(
+                        "{}: the restore would {} rows of table {} that the snapshot lacks, \
+                         which a restore without --delete keeps (its foreign key's ON DELETE or \
+                         ON UPDATE action reached them); nothing was written (restore with \
+                         --delete, or change those rows first)",
+                        loc.redacted(),
+                        if now.rows < extras[i].rows {
+                            "delete"
+                        } else {
+                            "change"
+                        },
+                        shown_name(&o.name)
+                    )));
+                }
                 if acts.is_empty() {
                     continue;
                 }
@@ -3402,7 +3445,9 @@ fn restore_in(
             .map(|(i, names)| format!("{}'s {names}", merges[*i].0.name))
             .collect();
         for (o, t, shape, _) in &merges {
-            let left = merge_plan(c, loc, src, &o.name, t, *shape, chunker, opts, progress)?;
+            let left = merge_plan(
+                c, loc, src, &o.name, t, *shape, chunker, opts, progress, None,
+            )?;
             if let Some((k, act)) = left.first() {
                 let what = match act {
                     Act::Insert => "removed",
@@ -4019,6 +4064,80 @@ enum Act {
     Update(Vec<usize>),
 }
 
+/// The rows of a restored table that the snapshot lacks, which a restore
+/// without `--delete` keeps as they are: how many, and a sum of a hash of
+/// each (in constant memory), to tell whether a foreign key's action of
+/// the table (`ON DELETE CASCADE` taking them along, `SET NULL` changing
+/// them) reached them. Columns whose values may follow a referenced row
+/// (`ON UPDATE CASCADE`, and no key of the table nulls them) are left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Extras {
+    rows: u64,
+    sum: u128,
+    /// By column: left out.
+    skip: Vec<bool>,
+}
+
+impl Extras {
+    /// The table's keys decide which columns may follow.
+    fn of(c: &mut Client, loc: &PgLocation, name: &str, t: &TableData) -> Result<Extras> {
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT f.confupdtype::text, f.confdeltype::text, \
+                       ARRAY(SELECT a.attname::text FROM unnest(f.conkey) k(n) \
+                         JOIN pg_catalog.pg_attribute a ON a.attrelid = f.conrelid AND a.attnum = k.n) \
+                     FROM pg_catalog.pg_constraint f \
+                     WHERE f.contype = 'f' AND f.conparentid = 0 AND f.conrelid IN {TABLE_TREE}"
+                ),
+                &[&loc.schema, &name],
+            )
+            .map_err(|e| loc.error(e))?;
+        let mut follow = vec![false; t.columns.len()];
+        let mut nulled = vec![false; t.columns.len()];
+        for r in rows {
+            let (upd, del, cols): (String, String, Vec<String>) = (r.get(0), r.get(1), r.get(2));
+            for col in cols {
+                let Some(i) = t.columns.iter().position(|c| c.name == col) else {
+                    continue;
+                };
+                follow[i] |= upd == "c";
+                nulled[i] |= matches!(upd.as_str(), "n" | "d") || matches!(del.as_str(), "n" | "d");
+            }
+        }
+        Ok(Extras {
+            rows: 0,
+            sum: 0,
+            skip: follow.iter().zip(&nulled).map(|(f, n)| *f && !*n).collect(),
+        })
+    }
+
+    /// Counts a row (its encoding).
+    fn add(&mut self, row: &[u8]) -> std::result::Result<(), crate::codec::DecodeError> {
+        let mut cells = decode_row(row)?;
+        for (cell, skip) in cells.iter_mut().zip(&self.skip) {
+            if *skip {
+                *cell = Cell::Value(Value::Null);
+            }
+        }
+        let h = blake3::hash(&crate::object::row::encode_row(&cells));
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&h.as_bytes()[..16]);
+        self.rows += 1;
+        self.sum = self.sum.wrapping_add(u128::from_le_bytes(b));
+        Ok(())
+    }
+
+    /// The same count, afresh.
+    fn empty(&self) -> Extras {
+        Extras {
+            rows: 0,
+            sum: 0,
+            skip: self.skip.clone(),
+        }
+    }
+}
+
 /// The rows of an existing table that differ from the snapshot's, by key:
 /// the table streamed in key order beside the snapshot's rows (one pass,
 /// nothing of either held but the keys that differ).
@@ -4033,6 +4152,7 @@ fn merge_plan(
     chunker: &Chunker,
     opts: &DbRestoreOptions,
     progress: &dyn Progress,
+    mut extras: Option<&mut Extras>,
 ) -> Result<Vec<(Vec<u8>, Act)>> {
     // The table now, streamed in key order beside the snapshot's rows (one
     // pass, nothing of either held but the keys that differ). Large values
@@ -4086,6 +4206,8 @@ fn merge_plan(
                 _ => {
                     if opts.delete {
                         acts.push((k.to_vec(), Act::Delete));
+                    } else if let Some(x) = extras.as_deref_mut() {
+                        x.add(v).map_err(|e| bad_row(&t.root, e))?;
                     }
                     return Ok(());
                 }
