@@ -179,6 +179,15 @@ pub fn diff(
                     .collect(),
                 (None, None) => ws.default_dbs()?,
             };
+            // (A table without a primary key is compared keyed by all its
+            // columns.)
+            let dbs: Vec<DbSource> = dbs
+                .into_iter()
+                .map(|d| DbSource {
+                    path: crate::db::pg::keyed_by_all_for_diff(&d.path),
+                    ..d
+                })
+                .collect();
             // A recorded database file that is gone now has no tables: its
             // tables show as removed (it is not read).
             let (dbs, gone): (Vec<DbSource>, Vec<DbSource>) = dbs.into_iter().partition(|d| {

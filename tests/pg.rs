@@ -4046,6 +4046,59 @@ fn a_set_null_two_keys_away_is_seen_without_counts_and_with_triggers() {
     }
 }
 
+/// `diff main --db URL` reads every table of the schema: one the snapshot
+/// never took, without a primary key, shows as added, rows and all (keyed
+/// by all its columns), instead of failing the diff.
+#[test]
+fn a_diff_against_now_shows_a_new_table_without_a_primary_key() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("diffnopk");
+    let url = pg.url(&db);
+    pg.psql(
+        &db,
+        "CREATE TABLE p (id int PRIMARY KEY, v text); INSERT INTO p VALUES (1, 'x');",
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &url, &[]);
+    pg.psql(
+        &db,
+        "CREATE TABLE logs (msg text, n int); INSERT INTO logs VALUES ('a', 1), (NULL, 2);
+         UPDATE p SET v = 'y';",
+    );
+    let o = sp_pg(d, &["--store", "st", "diff", "main", "--db", &url]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "+ table logs",
+            "+ logs(NULL, 2)",
+            "+ logs('a', 1)",
+            "M p(1) [v]",
+            "3 rows changed: 2 added, 0 removed, 1 modified"
+        ],
+        "{out}"
+    );
+    // Rows alike cannot be told apart by any key: the diff fails, naming
+    // the table (`--table p` compares the rest).
+    pg.psql(&db, "INSERT INTO logs VALUES ('a', 1);");
+    let err = fails_pg(d, &["--store", "st", "diff", "main", "--db", &url]);
+    assert!(err.contains("table logs: more than one row"), "{err}");
+    let o = sp_pg(
+        d,
+        &[
+            "--store", "st", "diff", "main", "--db", &url, "--table", "p",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0));
+}
+
 /// Audit round 8. Without `--delete` a restore keeps the rows of a restored
 /// table that the snapshot lacks: one that the table's own `ON UPDATE SET
 /// NULL` key would change when the restore changes the row it refers to is

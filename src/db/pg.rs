@@ -85,6 +85,21 @@ pub fn is_url_path(p: &Path) -> bool {
     p.to_str().is_some_and(is_url)
 }
 
+/// A URL that keys a table without a primary key by all its columns, for
+/// a comparison: `diff` against a live database reads every table of its
+/// schema, and a table the snapshot never took may have none (its rows all
+/// show as added, whatever their key). Snapshots never see this URL.
+pub fn keyed_by_all_for_diff(p: &Path) -> PathBuf {
+    match p.to_str().filter(|s| is_url(s)) {
+        // (The parser takes the last value of a parameter.)
+        Some(s) => {
+            let sep = if s.contains('?') { '&' } else { '?' };
+            PathBuf::from(format!("{s}{sep}key_by_all_columns=true"))
+        }
+        None => p.to_path_buf(),
+    }
+}
+
 /// Where a `--db` argument points: a URL as it is (with `schema` and
 /// `key_by_all_columns` added to it when given), a file relative to `cwd`.
 pub fn resolve_location(
