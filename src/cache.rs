@@ -29,7 +29,7 @@
 //! something this machine saved downloads nothing. The store is safe for
 //! several processes at once (pack writes are per process, the index is
 //! refreshed, nothing in it is a ref). The cache never needs the working
-//! tree's `.sp-sync` store.
+//! tree's `.sp-sync` store. Past a size it is emptied ([`trim_local`]).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -112,6 +112,114 @@ pub fn open_local(dir: &Path) -> Result<Store> {
     std::fs::create_dir_all(dir).map_err(|e| SyncError::io("creating", dir, e))?;
     Store::init(dir)?;
     Store::open(dir, LockMode::Shared)
+}
+
+/// The default most the local store's packs may take: 5 GiB.
+pub const LOCAL_MAX: u64 = 5 << 30;
+
+/// The most the local store's packs may take before a save or restore
+/// empties it: `SP_SYNC_CACHE_STORE_MAX` (a size: `2GiB`, `500MB`; `0`:
+/// no limit), else [`LOCAL_MAX`]. A value that is not a size is an error.
+pub fn local_max() -> Result<Option<u64>> {
+    match std::env::var("SP_SYNC_CACHE_STORE_MAX") {
+        Ok(v) if !v.trim().is_empty() => match crate::server::parse_size(&v) {
+            Some(0) => Ok(None),
+            Some(n) => Ok(Some(n)),
+            None => Err(SyncError::Invalid(format!(
+                "SP_SYNC_CACHE_STORE_MAX={v:?} is not a size (like 2GiB or 500MB; 0 for no limit)"
+            ))),
+        },
+        _ => Ok(Some(LOCAL_MAX)),
+    }
+}
+
+/// Empties the local pass-through store in `dir` of its objects when its
+/// packs take more than `max` bytes, so that it does not grow without end
+/// (on a runner that keeps its home directory). It is a cache: every
+/// object a finished save needs is on the remote, and the stat cache
+/// trusts an entry only while the store holds its objects. Nothing is
+/// removed while another process uses the store (its lock is taken without
+/// waiting), nor from a store that holds any ref: that is a store of
+/// snapshots (`SP_SYNC_CACHE_STORE` naming one), never a cache. Returns the
+/// bytes removed.
+pub fn trim_local(dir: &Path, max: u64) -> Result<u64> {
+    let packs = dir.join("packs");
+    let files = |d: &Path| -> Result<Vec<(PathBuf, u64)>> {
+        let rd = match std::fs::read_dir(d) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(SyncError::io("reading", d, e)),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let e = e.map_err(|e| SyncError::io("reading", d, e))?;
+            let m = e
+                .metadata()
+                .map_err(|err| SyncError::io("reading", &e.path(), err))?;
+            if m.is_file() {
+                out.push((e.path(), m.len()));
+            }
+        }
+        Ok(out)
+    };
+    let size: u64 = files(&packs)?.iter().map(|(_, n)| n).sum();
+    if size <= max || has_refs(dir)? {
+        return Ok(0);
+    }
+    let lock_path = dir.join("lock");
+    let lock = match std::fs::OpenOptions::new().write(true).open(&lock_path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(SyncError::io("opening", &lock_path, e)),
+    };
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(0),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(SyncError::io("locking", &lock_path, e));
+        }
+    }
+    // (Alone now: whoever moves a ref holds the lock shared.)
+    if has_refs(dir)? {
+        return Ok(0);
+    }
+    let mut removed = 0;
+    for (path, n) in files(&packs)?.into_iter().chain(files(&dir.join("tmp"))?) {
+        std::fs::remove_file(&path).map_err(|e| SyncError::io("removing", &path, e))?;
+        removed += n;
+    }
+    crate::store::sync_dir(&packs)?;
+    tracing::info!(
+        "emptied the local cache store {} ({} of objects, over SP_SYNC_CACHE_STORE_MAX {})",
+        dir.display(),
+        crate::commands::fmt::size(removed),
+        crate::commands::fmt::size(max)
+    );
+    Ok(removed)
+}
+
+/// Whether the store in `dir` holds a ref (any file under `refs/`).
+fn has_refs(dir: &Path) -> Result<bool> {
+    let mut stack = vec![dir.join("refs")];
+    while let Some(d) = stack.pop() {
+        let rd = match std::fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(SyncError::io("reading", &d, e)),
+        };
+        for e in rd {
+            let e = e.map_err(|e| SyncError::io("reading", &d, e))?;
+            if e.file_type()
+                .map_err(|err| SyncError::io("reading", &e.path(), err))?
+                .is_dir()
+            {
+                stack.push(e.path());
+            } else {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// What `cache save` does.

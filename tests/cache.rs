@@ -1065,3 +1065,77 @@ fn a_restore_record_without_its_entry_is_ignored_and_pruned() {
     r.ok(&["cache", "prune", "--max-size", "1GiB", "--remote", &url]);
     assert!(!refs().contains("cache-meta/k"), "{}", refs());
 }
+
+fn pack_names(store: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(store.join("packs"))
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The local pass-through store is emptied of its objects when its packs
+/// outgrow `SP_SYNC_CACHE_STORE_MAX`, before a save or restore: never while
+/// another process uses it, never a store that holds refs (a store of
+/// snapshots), and what was saved still restores (from the remote).
+#[test]
+fn the_local_store_is_emptied_when_it_outgrows_its_limit() {
+    use systemprompt_sync::cache;
+    use systemprompt_sync::{LockMode, Store};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    ok(root, &["init", "--store", "remote", "-q"]);
+    let url = root.join("remote").display().to_string();
+    let small = [("SP_SYNC_CACHE_STORE_MAX", "64KiB".to_string())];
+    let a = runner(root, "a", &small);
+    std::fs::create_dir_all(a.dir.join("t")).unwrap();
+    std::fs::write(a.dir.join("t/f"), bytes(1 << 20, 1)).unwrap();
+    let local = root.join("a-cache-store");
+    a.ok(&["cache", "save", "k1", "t", "--remote", &url, "-q"]);
+    let first = pack_names(&local);
+    assert!(!first.is_empty());
+    // Over the limit: the next command empties it first.
+    std::fs::write(a.dir.join("t/g"), bytes(1 << 20, 2)).unwrap();
+    a.ok(&["cache", "save", "k2", "t", "--remote", &url, "-q"]);
+    let second = pack_names(&local);
+    assert!(first.is_disjoint(&second), "{first:?} {second:?}");
+    std::fs::remove_dir_all(a.dir.join("t")).unwrap();
+    a.ok(&["cache", "restore", "k1", "--remote", &url, "-q"]);
+    assert_eq!(std::fs::read(a.dir.join("t/f")).unwrap(), bytes(1 << 20, 1));
+    assert!(pack_names(&local).is_disjoint(&second));
+    // Not while another process has it open, nor under the limit.
+    let held = Store::open(&local, LockMode::Shared).unwrap();
+    assert_eq!(cache::trim_local(&local, 1).unwrap(), 0);
+    drop(held);
+    assert_eq!(cache::trim_local(&local, 1 << 40).unwrap(), 0);
+    assert!(cache::trim_local(&local, 1).unwrap() > 0);
+    assert!(pack_names(&local).is_empty());
+
+    // A store with snapshots named as the cache store: never emptied.
+    let b = runner(root, "b", &small);
+    let real = root.join("b-cache-store");
+    std::fs::create_dir_all(b.dir.join("files")).unwrap();
+    std::fs::write(b.dir.join("files/x"), bytes(1 << 20, 3)).unwrap();
+    ok(root, &["init", "--store", real.to_str().unwrap(), "-q"]);
+    ok(
+        &b.dir,
+        &["--store", real.to_str().unwrap(), "snapshot", "files", "-q"],
+    );
+    let kept = pack_names(&real);
+    std::fs::create_dir_all(b.dir.join("t")).unwrap();
+    std::fs::write(b.dir.join("t/f"), bytes(1 << 20, 4)).unwrap();
+    b.ok(&["cache", "save", "k3", "t", "--remote", &url, "-q"]);
+    b.ok(&["cache", "save", "k4", "t", "--remote", &url, "-q"]);
+    assert!(pack_names(&real).is_superset(&kept));
+    ok(root, &["fsck", "--store", real.to_str().unwrap(), "-q"]);
+    // A limit that is not a size is one error line.
+    let c = runner(
+        root,
+        "c",
+        &[("SP_SYNC_CACHE_STORE_MAX", "lots".to_string())],
+    );
+    std::fs::create_dir_all(c.dir.join("t")).unwrap();
+    let err = c.fails(&["cache", "save", "k5", "t", "--remote", &url], 1);
+    assert!(err.contains("SP_SYNC_CACHE_STORE_MAX"), "{err}");
+}

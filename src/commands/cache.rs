@@ -62,6 +62,10 @@ fn local_store() -> Result<Store> {
         .filter(|s| !s.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(cache::default_local_dir);
+    if let Some(max) = cache::local_max()? {
+        cache::trim_local(&dir, max)
+            .context_with(|| format!("the local cache store {}", dir.display()))?;
+    }
     cache::open_local(&dir).context_with(|| format!("the local cache store {}", dir.display()))
 }
 
