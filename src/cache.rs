@@ -155,7 +155,7 @@ pub fn trim_local(dir: &Path, max: u64) -> Result<u64> {
             let e = e.map_err(|e| SyncError::io("reading", d, e))?;
             let m = e
                 .metadata()
-                .map_err(|err| SyncError::io("reading", &e.path(), err))?;
+                .map_err(|err| SyncError::io("reading", e.path(), err))?;
             if m.is_file() {
                 out.push((e.path(), m.len()));
             }
@@ -210,7 +210,7 @@ fn has_refs(dir: &Path) -> Result<bool> {
         for e in rd {
             let e = e.map_err(|e| SyncError::io("reading", &d, e))?;
             if e.file_type()
-                .map_err(|err| SyncError::io("reading", &e.path(), err))?
+                .map_err(|err| SyncError::io("reading", e.path(), err))?
                 .is_dir()
             {
                 stack.push(e.path());
