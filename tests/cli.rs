@@ -48,6 +48,32 @@ fn init_twice_and_explicit_store() {
     assert_eq!(v["created"], false);
 }
 
+/// A store made inside another store's directory (its refs/ or packs/,
+/// directly, deeper, or through a symlink) would be read as that store's
+/// refs and packs, and fsck of it would fail: refused, the outer store
+/// unchanged.
+#[test]
+fn init_refuses_a_store_inside_another() {
+    let (_t, w) = workdir();
+    ok(&w, &["init", "--store", "outer", "-q"]);
+    ok(&w, &["--store", "outer", "snapshot", "agents", "-q"]);
+    std::os::unix::fs::symlink("outer/refs", w.join("lnk")).unwrap();
+    for place in [
+        "outer/refs/inner",
+        "outer/packs/x/y",
+        "lnk/z",
+        "outer/tmp/t",
+    ] {
+        let err = fails(&w, &["init", "--store", place], 1);
+        assert!(err.contains("lies inside the sp-sync store"), "{err}");
+        assert!(!w.join(place).exists(), "{place}");
+    }
+    ok(&w, &["--store", "outer", "fsck", "-q"]);
+    // A store beside it, and the same store again, are fine.
+    ok(&w, &["init", "--store", "beside", "-q"]);
+    ok(&w, &["init", "--store", "outer", "-q"]);
+}
+
 #[test]
 fn snapshot_log_ls_cat_and_json_shapes() {
     let (_t, w) = workdir();

@@ -373,6 +373,17 @@ impl Store {
                 }
             }
         }
+        // A store inside another one's directory would be taken for its
+        // refs or packs (fsck of the outer store fails, gc could remove the
+        // inner one's packs).
+        if let Some(outer) = enclosing_store(dir) {
+            return Err(SyncError::Invalid(format!(
+                "{} lies inside the sp-sync store {}: a store there would damage it; choose \
+                 a place outside it",
+                dir.display(),
+                outer.display()
+            )));
+        }
         let fresh = !dir.exists();
         for sub in ["packs", "refs", "tmp"] {
             fs::create_dir_all(dir.join(sub)).ctx("creating", dir.join(sub))?;
@@ -1423,6 +1434,33 @@ impl ObjectSource for Store {
         let (loc, payload) = self.read_record(id)?;
         self.unpack(tag, id, loc.flags, u64::from(loc.ulen), &payload)
     }
+}
+
+/// The store whose directory holds `dir` (not `dir` itself), if any: the
+/// nearest directory above it, symlinks resolved, with a `store.toml` and
+/// a `packs` directory.
+fn enclosing_store(dir: &Path) -> Option<PathBuf> {
+    let abs = std::path::absolute(dir).ok()?;
+    // The deepest part of the path that exists, resolved.
+    let mut existing = abs.as_path();
+    let mut below = 0;
+    while !existing.exists() {
+        existing = existing.parent()?;
+        below += 1;
+    }
+    let real = existing.canonicalize().ok()?;
+    let mut cur = if below == 0 {
+        real.parent()
+    } else {
+        Some(real.as_path())
+    };
+    while let Some(d) = cur {
+        if d.join("store.toml").is_file() && d.join("packs").is_dir() {
+            return Some(d.to_path_buf());
+        }
+        cur = d.parent();
+    }
+    None
 }
 
 pub(crate) fn acquire(lock: &File, mode: LockMode, path: &Path) -> Result<()> {
