@@ -785,7 +785,8 @@ impl Plan {
     /// conflict. Without a record of the last sync, only a key the target
     /// lacks flows (nothing is lost by creating it); any other difference
     /// is a conflict, since it cannot be told from an edit on the target.
-    /// `force`: every difference flows (the source wins).
+    /// `force`: a conflict flows too (the source wins); a key changed only
+    /// on the target is still kept.
     pub fn decide(&mut self, dir: Direction, force: bool) {
         self.dir = Some(dir);
         for ch in &mut self.changes {
@@ -805,11 +806,14 @@ impl Plan {
                 Direction::ToDisk => Side::Database,
             };
             ch.action = Some(match ch.changed {
-                _ if force => flow,
                 Some(s) if s == source_changed => flow,
+                Some(Side::Both) if force => flow,
                 Some(Side::Both) => Action::Conflict,
+                // (Even with --force: a change of the target alone is no
+                // conflict, and the source has nothing to say about it.)
                 Some(_) => Action::Keep,
                 None if flow == Action::Create => Action::Create,
+                None if force => flow,
                 None => Action::Conflict,
             });
         }

@@ -172,20 +172,31 @@ fn example_round_trips_both_ways() {
     );
 
     // From the database alone: deleting the files is an edit of the files,
-    // which to-disk keeps (and reports); --force writes every file, and
-    // to-db then finds nothing to do (a stable rendering); to-disk neither.
+    // which to-disk keeps (and reports), --force too (no conflict: only the
+    // files changed). Without the record of the last sync (deleted), every
+    // file the folder lacks is written, and to-db then finds nothing to do
+    // (a stable rendering); to-disk neither.
     std::fs::remove_dir_all(root.join("services")).unwrap();
-    let kept = json(&ok(&root, &["local", "to-disk", "--json"]));
-    assert_eq!(kept.as_array().unwrap().len(), 5);
-    assert!(
-        kept.as_array()
-            .unwrap()
-            .iter()
-            .all(|c| c["action"] == "keep" && c["changed"] == "files"),
-        "{kept}"
-    );
-    assert!(!root.join("services").exists());
-    let written = json(&ok(&root, &["local", "to-disk", "--force", "--json"]));
+    for force in [false, true] {
+        let args: &[&str] = if force {
+            &["local", "to-disk", "--force", "--json"]
+        } else {
+            &["local", "to-disk", "--json"]
+        };
+        let kept = json(&ok(&root, args));
+        assert_eq!(kept.as_array().unwrap().len(), 5);
+        assert!(
+            kept.as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["action"] == "keep" && c["changed"] == "files"),
+            "{kept}"
+        );
+        assert!(!root.join("services").exists());
+    }
+    ok(&root, &["ref", "delete", "local/content", "-q"]);
+    ok(&root, &["ref", "delete", "local/skills", "-q"]);
+    let written = json(&ok(&root, &["local", "to-disk", "--json"]));
     assert_eq!(written.as_array().unwrap().len(), 5);
     assert!(written[0]["action"] == "create", "{written}");
     assert!(root.join("services/skills/summarize/SKILL.md").is_file());
@@ -477,11 +488,36 @@ fn a_conflict_exits_1_and_leaves_both_sides_until_force() {
     assert_eq!(code, 1);
     assert_eq!(std::fs::read(&p).unwrap(), file_before);
     assert_eq!(run(&root, &["local", "to-db"]).0, 1);
-    // --force: the source side wins.
+    // --force: the source side wins the conflict, and only it: a file the
+    // user wrote since (only the files changed) stays, as does an edit of
+    // another file.
+    let draft = root.join("services/content/draft.md");
+    std::fs::write(&draft, "---\nslug: draft\ntitle: Draft\n---\nwip\n").unwrap();
+    let other = root.join("services/content/getting-started.md");
+    let other_text = std::fs::read_to_string(&other).unwrap() + "\nA line of mine.\n";
+    std::fs::write(&other, &other_text).unwrap();
     let forced = json(&ok(&root, &["local", "to-disk", "--force", "--json"]));
-    assert_eq!(forced[0]["action"], "update", "{forced}");
+    let action = |key: &str| {
+        forced
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["key"] == key)
+            .map(|c| c["action"].as_str().unwrap().to_string())
+    };
+    assert_eq!(action("hello-world").as_deref(), Some("update"), "{forced}");
+    assert_eq!(action("draft").as_deref(), Some("keep"), "{forced}");
+    assert_eq!(
+        action("getting-started").as_deref(),
+        Some("keep"),
+        "{forced}"
+    );
     let t = std::fs::read_to_string(&p).unwrap();
     assert!(t.contains("title: From the database\n"), "{t}");
+    assert!(draft.is_file());
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), other_text);
+    // (The two kept edits go to the database the other way.)
+    ok(&root, &["local", "to-db", "-q"]);
     assert_eq!(ok(&root, &["local", "diff"]), "");
     // After the forced sync the sides agree, and the record knows it.
     edit(&p, "title: From the database", "title: Later");
@@ -645,7 +681,8 @@ fn booleans_and_lists_keep_their_yaml_form() {
     assert_eq!(ok(&root, &["local", "diff"]), "");
     // From the database alone (a BOOLEAN and a JSON column): the same forms.
     std::fs::remove_file(&p).unwrap();
-    ok(&root, &["local", "to-disk", "--force", "-q"]);
+    ok(&root, &["ref", "delete", "local/content", "-q"]);
+    ok(&root, &["local", "to-disk", "-q"]);
     let t = std::fs::read_to_string(&p).unwrap();
     assert!(
         t.contains("draft: true\ntags: [intro, news, more]\n"),
@@ -939,7 +976,14 @@ mod three_way {
                 let stamps0: BTreeMap<PathBuf, (Vec<u8>, std::time::SystemTime)> =
                     stamps(&root.join("docs")).into_iter().map(|(p, b, m)| (p, (b, m))).collect();
                 let cmd = if to_db { "to-db" } else { "to-disk" };
-                let (code, out, err) = run(&root, &["local", cmd, "--json"]);
+                // Every third sync forced: conflicts flow, nothing else
+                // changes.
+                let force = n % 3 == 0;
+                let (code, out, err) = if force {
+                    run(&root, &["local", cmd, "--json", "--force"])
+                } else {
+                    run(&root, &["local", cmd, "--json"])
+                };
                 let plan: Json = json(&out);
                 let actions: BTreeMap<String, String> = plan
                     .as_array()
@@ -953,22 +997,24 @@ mod three_way {
                 for k in KEYS {
                     let (s0, t0) = (src0.get(k), tgt0.get(k));
                     prop_assert_eq!(src1.get(k), s0, "the source side never changes ({})", k);
+                    let flow = match (s0, t0) {
+                        (Some(_), None) => "create",
+                        (None, _) => "delete",
+                        _ => "update",
+                    };
+                    let conflict = if force { flow } else { "conflict" };
                     let want = if s0 == t0 {
                         None
                     } else {
                         match &base {
                             None if t0.is_none() => Some("create"),
-                            None => Some("conflict"),
+                            None => Some(conflict),
                             Some(b) => {
                                 let m = b.get(k);
                                 match (s0 != m, t0 != m) {
-                                    (true, false) => Some(match (s0, t0) {
-                                        (Some(_), None) => "create",
-                                        (None, _) => "delete",
-                                        _ => "update",
-                                    }),
+                                    (true, false) => Some(flow),
                                     (false, true) => Some("keep"),
-                                    _ => Some("conflict"),
+                                    _ => Some(conflict),
                                 }
                             }
                         }
@@ -1007,8 +1053,9 @@ mod three_way {
                 }
                 base = Some(next);
             }
-            // Finally, with --force both ways, everything agrees and stays.
+            // Finally, a forced sync each way: everything agrees and stays.
             ok(&root, &["local", "to-db", "--force", "-q"]);
+            ok(&root, &["local", "to-disk", "--force", "-q"]);
             prop_assert_eq!(file_side(&root), db_side(&root));
             prop_assert_eq!(ok(&root, &["local", "diff"]), "");
         }
