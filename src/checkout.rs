@@ -336,7 +336,8 @@ pub fn restore(
             },
             progress,
         )
-        .context_with(|| format!("restore into {}", path.display()))?;
+        // (Never a password.)
+        .context_with(|| format!("restore into {}", crate::db::pg::display_location(&path)))?;
         report.dbs.push(DbReport {
             // Never a password.
             db: PathBuf::from(crate::db::pg::display_location(&path)),

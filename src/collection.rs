@@ -181,8 +181,11 @@ impl CollectionConfig {
         // a restore brought could otherwise point them anywhere).
         for (what, p) in [("dir", &self.dir), ("db", &self.db)] {
             if safe_rel(p).is_err() {
+                // (A PostgreSQL URL, which a collection does not take, is
+                // shown without its password.)
+                let shown = crate::db::pg::display_location(Path::new(p));
                 return Err(invalid(format!(
-                    "collection {}: {what} {p:?} is not a relative path inside the project (no `..`, `.` or absolute path)",
+                    "collection {}: {what} {shown:?} is not a relative path inside the project (no `..`, `.` or absolute path)",
                     self.name
                 )));
             }
@@ -406,9 +409,10 @@ pub fn select<'a>(
 
 fn open(path: &Path, write: bool) -> Result<Connection> {
     if !path.is_file() {
+        // (A PostgreSQL URL is no file: shown without its password.)
         return Err(SyncError::NotFound(format!(
             "{}: no such database file",
-            path.display()
+            crate::db::pg::display_location(path)
         )));
     }
     let flags = if write {

@@ -1814,6 +1814,45 @@ fn bad_input_is_one_line_without_the_password() {
             .any(|w| w == PASSWORD.as_bytes()),
         "the password is in the store"
     );
+    // A restore's error names the target without the password, in the
+    // URL's user part or its query (audit round 15: `restore into URL`
+    // showed it).
+    for target in [
+        with_pw(PASSWORD, "nope_target"),
+        format!(
+            "postgres://postgres@:{}/nope_target?host={}&password={PASSWORD}",
+            pg.port,
+            pg.sock.display()
+        ),
+    ] {
+        for delete in [false, true] {
+            let mut args = vec!["--store", "st", "restore", "main", "--db", &target];
+            if delete {
+                args.push("--delete");
+            }
+            let err = fails_pg(d, &args);
+            assert!(
+                !err.contains(PASSWORD) && err.contains("nope_target"),
+                "{err}"
+            );
+        }
+    }
+    // A collection's db is a file: a URL there is refused without its
+    // password.
+    std::fs::write(
+        d.join("sp-sync.toml"),
+        format!(
+            "[[collection]]\nname = \"n\"\ndir = \"n\"\ndb = \"{}\"\ntable = \"t\"\nkey = \"id\"\nbody = \"v\"\n",
+            with_pw(PASSWORD, &db)
+        ),
+    )
+    .unwrap();
+    let err = fails_pg(d, &["--store", "st", "local", "diff"]);
+    assert!(
+        !err.contains(PASSWORD) && err.contains("collection n"),
+        "{err}"
+    );
+    std::fs::remove_file(d.join("sp-sync.toml")).unwrap();
     // A schema mismatch on restore: refused, nothing written.
     let other = pg.new_db("bad_target");
     pg.psql(&other, "CREATE TABLE t (id int PRIMARY KEY, v integer)");
