@@ -3204,9 +3204,14 @@ fn restore_in(
         )
         .map_err(|e| loc.error(e))?
         .get(0);
-    let watched: Vec<(String, String)> = if counts && firing.is_empty() {
-        Vec::new()
-    } else {
+    // With the server's counts, only the tables whose rows may follow a
+    // restored row are counted so (the server's counts exempt their
+    // updates): a row that followed a value an `ON … SET NULL` key set on
+    // its way, through another restored table, through one of its keys
+    // while another key made it a follower, or as a row moved out of a
+    // partition, lost its reference (audit round 15).
+    let only_followers = counts && firing.is_empty();
+    let watched: Vec<(String, String)> = {
         c.query(
             &format!(
                 "WITH RECURSIVE {KEPT}, \
@@ -3226,7 +3231,8 @@ fn restore_in(
                     ARRAY(SELECT pg_catalog.quote_ident(t.attname) FROM unnest(a.conkey) WITH ORDINALITY k(n, i) \
                           JOIN pg_catalog.pg_attribute t ON t.attrelid = a.conrelid AND t.attnum = k.n \
                           ORDER BY k.i), \
-                    a.conrelid IN (SELECT oid FROM follow) AND a.conrelid NOT IN (SELECT oid FROM nulling) \
+                    a.conrelid IN (SELECT oid FROM follow) AND a.conrelid NOT IN (SELECT oid FROM nulling), \
+                    a.conrelid IN (SELECT oid FROM follow) \
              FROM acting a WHERE a.conparentid = 0 AND a.conrelid IN (SELECT oid FROM reach) \
              ORDER BY 1, 2"
             ),
@@ -3234,6 +3240,7 @@ fn restore_in(
         )
         .map_err(|e| loc.error(e))?
         .into_iter()
+        .filter(|r| !only_followers || r.get::<_, bool>(3))
         .map(|r| {
             let table: String = r.get(0);
             let cols: Vec<String> = r.get(1);
@@ -4084,7 +4091,8 @@ enum Act {
 /// each (in constant memory), to tell whether a foreign key's action of
 /// the table (`ON DELETE CASCADE` taking them along, `SET NULL` changing
 /// them) reached them. Columns whose values may follow a referenced row
-/// (`ON UPDATE CASCADE`, and no key of the table nulls them) are left out.
+/// (`ON UPDATE CASCADE`, and no key of the table nulls them) count only by
+/// whether they are set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Extras {
     rows: u64,
@@ -4130,9 +4138,13 @@ impl Extras {
     /// Counts a row (its encoding).
     fn add(&mut self, row: &[u8]) -> std::result::Result<(), crate::codec::DecodeError> {
         let mut cells = decode_row(row)?;
+        // A column that may follow counts by whether it is set: a row that
+        // followed a value some key set to NULL on its way lost its
+        // reference (audit round 15).
         for (cell, skip) in cells.iter_mut().zip(&self.skip) {
             if *skip {
-                *cell = Cell::Value(Value::Null);
+                let set = !matches!(cell, Cell::Value(Value::Null));
+                *cell = Cell::Value(Value::Integer(i64::from(set)));
             }
         }
         let h = blake3::hash(&crate::object::row::encode_row(&cells));
@@ -4375,7 +4387,10 @@ fn merge_apply(
     let one_text = |c: &crate::object::table::Column| {
         matches!(PgClass::of(&c.decl_type), PgClass::Int | PgClass::Bool)
     };
+    // (Nor on a partitioned table, whose rows an insert's RETURNING cannot
+    // ask for the system column that tells an update from an insert.)
     let plain = by_all
+        || partitioned
         || t.key.is_empty()
         || t.key.iter().all(|&k| one_text(&t.columns[k as usize]))
         || rows.delete_acts
