@@ -697,7 +697,7 @@ fn orphans(
     path: &Path,
     table: &str,
     fk: &(String, Vec<(String, Option<String>)>),
-    without_rowid: bool,
+    by_key: bool,
 ) -> Result<Option<Vec<Culprit>>> {
     let err = |e| db_error(path, e);
     let (parent, cols) = fk;
@@ -713,7 +713,7 @@ fn orphans(
     if parent_exists && (to.len() != cols.len() || !to.iter().all(|n| has(&parent_cols, n))) {
         return Ok(None);
     }
-    let ident: Vec<String> = if without_rowid {
+    let ident: Vec<String> = if by_key {
         primary_key_of(&child_cols)
             .iter()
             .map(|n| format!("c.{}", quote(n)))
@@ -757,7 +757,7 @@ fn orphans(
     let mut rows = st.query([]).map_err(err)?;
     let mut out = Vec::new();
     while let Some(r) = rows.next().map_err(err)? {
-        if without_rowid {
+        if by_key {
             let vals: Vec<Value> = (0..ident.len())
                 .map(|i| r.get_ref(i).map(Value::from_ref))
                 .collect::<rusqlite::Result<_>>()
@@ -800,6 +800,13 @@ fn foreign_key_violations(
         if fks.is_empty() {
             continue;
         }
+        // A row is named by its primary key where the table declares one:
+        // a restore may move a row of a rowid table to another rowid (to
+        // put a snapshot's row back on its own), and a new violation on a
+        // rowid an old one left would pass for the old one (audit round
+        // 14). Only a table without a declared key is named by rowid.
+        let by_key =
+            without_rowid || !primary_key_of(&columns_of(c, &table).map_err(err)?).is_empty();
         // A table at a time: a key to columns that are not unique makes
         // the pragma fail for the table ("foreign key mismatch"), and
         // SQLite cannot check such a key at all.
@@ -812,16 +819,17 @@ fn foreign_key_violations(
             Ok(list) => {
                 let mut unnamed: BTreeMap<i64, (String, u64)> = BTreeMap::new();
                 for (parent, rowid, fkid) in list {
-                    if without_rowid {
+                    if by_key {
                         unnamed.entry(fkid).or_insert((parent, 0)).1 += 1;
                     } else {
                         *out.entry((table.clone(), Culprit::Rowid(rowid), parent, fkid))
                             .or_default() += 1;
                     }
                 }
-                // The pragma names no row of a WITHOUT ROWID table: the
-                // query finds them, and must find as many as the pragma
-                // counts, or the restore cannot tell which rows they are.
+                // (The pragma names no row of a WITHOUT ROWID table.) The
+                // query finds them by key, and must find as many as the
+                // pragma counts, or the restore cannot tell which rows
+                // they are.
                 for (fkid, (parent, n)) in unnamed {
                     let found = match fks.get(&fkid) {
                         Some(fk) => orphans(c, path, &table, fk, true)?,
@@ -842,7 +850,7 @@ fn foreign_key_violations(
             }
             Err(e) if e.to_string().contains("foreign key mismatch") => {
                 for (fkid, fk) in &fks {
-                    match orphans(c, path, &table, fk, without_rowid)? {
+                    match orphans(c, path, &table, fk, by_key)? {
                         Some(found) => {
                             for r in found {
                                 *out.entry((table.clone(), r, fk.0.clone(), *fkid))
