@@ -698,6 +698,49 @@ fn a_new_orphan_in_a_without_rowid_table_is_refused_though_another_went() {
     assert_eq!(keys, ["a", "b", "z"]);
 }
 
+/// A table named `""` made a snapshot whose table object never decodes:
+/// no diff or restore of it could run, not even of its other tables
+/// (audit round 14). A table object is decoded again before it is
+/// stored, so the snapshot is refused, naming the table, and no ref moves.
+#[test]
+fn a_table_no_restore_could_read_is_refused_at_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init", "--store", "st", "-q"]);
+    std::fs::create_dir(d.join("files")).unwrap();
+    let db = d.join("app.db");
+    sql(
+        &db,
+        "CREATE TABLE \"\"(x PRIMARY KEY); INSERT INTO \"\" VALUES (1);
+         CREATE TABLE users(id INTEGER PRIMARY KEY, n); INSERT INTO users VALUES (1, 'ann');",
+    );
+    let err = fails(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "app.db"],
+        1,
+    );
+    assert!(
+        err.contains("table \"\" cannot be snapshotted") && err.contains("--table"),
+        "{err}"
+    );
+    assert!(ok(d, &["--store", "st", "ref", "list"]).trim().is_empty());
+    ok(
+        d,
+        &[
+            "--store", "st", "snapshot", "files", "--db", "app.db", "--table", "users", "-q",
+        ],
+    );
+    ok(
+        d,
+        &["--store", "st", "restore", "main", "--db", "new.db", "-q"],
+    );
+    let n: String = Connection::open(d.join("new.db"))
+        .unwrap()
+        .query_row("SELECT n FROM users", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, "ann");
+}
+
 /// A rowid table keyed by TEXT: the restore may move rows to other rowids,
 /// so a violation is named by the row's key, not its rowid. A new orphan
 /// that took an old orphan's rowid was taken for it (audit round 14).

@@ -684,7 +684,15 @@ fn scan_in(
             table,
             extras,
         };
-        let id = sink.put(ObjectType::Table, &obj.encode())?;
+        let bytes = obj.encode_checked().map_err(|why| {
+            SyncError::Database(format!(
+                "{}: {} {:?} cannot be snapshotted: {why} (rename it, or leave it out with --table)",
+                path.display(),
+                if obj.is_view() { "view" } else { "table" },
+                s.name
+            ))
+        })?;
+        let id = sink.put(ObjectType::Table, &bytes)?;
         out.objects.insert(s.name.clone(), id);
     }
     Ok(out)

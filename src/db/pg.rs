@@ -2706,7 +2706,15 @@ fn scan_in(
                 extras,
             }
         };
-        let id = sink.put(ObjectType::Table, &obj.encode())?;
+        let bytes = obj.encode_checked().map_err(|why| {
+            SyncError::Database(format!(
+                "{}: {} {} cannot be snapshotted: {why}",
+                loc.redacted(),
+                if obj.is_view() { "view" } else { "table" },
+                shown_name(&rel.name)
+            ))
+        })?;
+        let id = sink.put(ObjectType::Table, &bytes)?;
         out.objects.insert(rel.name.clone(), id);
     }
     Ok(out)

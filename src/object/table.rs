@@ -141,6 +141,19 @@ pub struct TableObject {
 }
 
 impl TableObject {
+    /// [`encode`](Self::encode), decoded again and compared: what a
+    /// snapshot stores must read back as itself (a table named `""` would
+    /// encode, and then never decode: a snapshot no restore could read).
+    /// The error says why not.
+    pub fn encode_checked(&self) -> Result<Vec<u8>, String> {
+        let b = self.encode();
+        match TableObject::decode(&b) {
+            Ok(back) if back == *self => Ok(b),
+            Ok(_) => Err("it does not read back as itself".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(256 + self.sql.len());
         match self.engine {
