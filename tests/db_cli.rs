@@ -698,6 +698,49 @@ fn a_new_orphan_in_a_without_rowid_table_is_refused_though_another_went() {
     assert_eq!(keys, ["a", "b", "z"]);
 }
 
+/// A STRICT table's values restored onto the same table without STRICT
+/// changed type (a column of type ANY has NUMERIC affinity there: '7'
+/// became 7), exit 0 (audit round 14). STRICT on one side only is a schema
+/// mismatch, either way round, and nothing is written.
+#[test]
+fn strict_on_one_side_only_is_a_schema_mismatch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init", "--store", "st", "-q"]);
+    std::fs::create_dir(d.join("files")).unwrap();
+    let strict = "CREATE TABLE t(id INTEGER PRIMARY KEY, v ANY) STRICT;";
+    let loose = "CREATE TABLE t(id INTEGER PRIMARY KEY, v ANY);";
+    for (i, (from, onto)) in [(strict, loose), (loose, strict)].into_iter().enumerate() {
+        let src = d.join(format!("src{i}.db"));
+        sql(
+            &src,
+            &format!("{from} INSERT INTO t VALUES (1, '7'), (2, 7.0), (3, ' 8');"),
+        );
+        let name = format!("src{i}.db");
+        ok(
+            d,
+            &["--store", "st", "snapshot", "files", "--db", &name, "-q"],
+        );
+        let target = d.join(format!("target{i}.db"));
+        sql(&target, onto);
+        let tname = format!("target{i}.db");
+        refused(
+            d,
+            &target,
+            &["--store", "st", "restore", "main", "--db", &tname],
+            "STRICT in the",
+        );
+        // Onto its own kind, every value keeps its type.
+        let same = format!("same{i}.db");
+        sql(&d.join(&same), from);
+        ok(
+            d,
+            &["--store", "st", "restore", "main", "--db", &same, "-q"],
+        );
+        assert_eq!(dump(&d.join(&same)), dump(&src));
+    }
+}
+
 /// A table named `""` made a snapshot whose table object never decodes:
 /// no diff or restore of it could run, not even of its other tables
 /// (audit round 14). A table object is decoded again before it is

@@ -359,6 +359,19 @@ fn apply(
                                 "database"
                             }
                         ));
+                    } else if strict_in_snapshot(&o.sql)? != strict_now(c, path, &o.name)? {
+                        // (A column of type ANY keeps a value's type in a
+                        // STRICT table only: elsewhere it has NUMERIC
+                        // affinity, and '7' becomes 7.)
+                        mismatches.push(format!(
+                            "table {} is STRICT in the {} only",
+                            o.name,
+                            if strict_now(c, path, &o.name)? {
+                                "database"
+                            } else {
+                                "snapshot"
+                            }
+                        ));
                     } else {
                         plans.push(Plan::Merge(o, t, now));
                     }
@@ -549,6 +562,34 @@ fn describe_mismatch(name: &str, want: &TableData, have: &TableData) -> String {
 
 /// Whether a `CREATE TABLE` statement declares AUTOINCREMENT: the keyword
 /// outside strings, quoted names and comments.
+/// Whether the snapshot's `CREATE TABLE` makes a STRICT table: asked of
+/// SQLite, on a scratch database (the statement was checked to be one
+/// `CREATE TABLE` before the restore began).
+fn strict_in_snapshot(sql: &str) -> Result<bool> {
+    let scratch = Path::new(":memory:");
+    let err = |e| db_error(scratch, e);
+    let c = Connection::open_in_memory().map_err(err)?;
+    c.execute_batch(sql).map_err(err)?;
+    c.query_row(
+        "SELECT coalesce(max(strict), 0) FROM pragma_table_list WHERE schema = 'main' AND type = 'table' \
+         AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(err)
+}
+
+/// Whether the database's table `name` is STRICT.
+fn strict_now(c: &Connection, path: &Path, name: &str) -> Result<bool> {
+    c.query_row(
+        "SELECT coalesce(max(strict), 0) FROM pragma_table_list WHERE schema = 'main' AND type = 'table' \
+         AND name = ?1 COLLATE NOCASE",
+        [name],
+        |r| r.get(0),
+    )
+    .map_err(|e| db_error(path, e))
+}
+
 fn autoincrement(sql: &str) -> bool {
     let b = sql.as_bytes();
     let mut i = 0;
