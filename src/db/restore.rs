@@ -1260,35 +1260,59 @@ fn merge(
     };
     // Inserts a row: the outer error is the database's, the inner one the
     // statement's own (a unique index may wait).
-    let mut insert_row =
-        |rowid: Option<i64>, vals: &[Value]| -> Result<std::result::Result<(), rusqlite::Error>> {
-            let taken = match (t.rowid_in_row(), rowid) {
-                (true, Some(r)) => {
-                    c.query_row(
-                        &format!("SELECT count(*) FROM {} WHERE {rid} = ?1", quote(table)),
-                        [r],
-                        |x| x.get::<_, i64>(0),
-                    )
-                    .map_err(dberr)?
-                        > 0
-                }
-                _ => false,
-            };
-            let r = if taken {
-                match ins_norowid.as_mut() {
-                    Some(st) => st.execute(params_from_iter(vals.iter().map(Value::sql))),
-                    None => Ok(0),
-                }
-            } else if with_rowid {
-                let r = Sql(ValueRef::Integer(rowid.unwrap_or(0)));
-                ins.execute(params_from_iter(
-                    std::iter::once(r).chain(vals.iter().map(Value::sql)),
-                ))
-            } else {
-                ins.execute(params_from_iter(vals.iter().map(Value::sql)))
-            };
-            Ok(r.map(|_| ()))
+    let mut insert_row = |rowid: Option<i64>,
+                          vals: &[Value]|
+     -> Result<std::result::Result<(), rusqlite::Error>> {
+        let taken = match (t.rowid_in_row(), rowid) {
+            (true, Some(r)) => {
+                c.query_row(
+                    &format!("SELECT count(*) FROM {} WHERE {rid} = ?1", quote(table)),
+                    [r],
+                    |x| x.get::<_, i64>(0),
+                )
+                .map_err(dberr)?
+                    > 0
+            }
+            _ => false,
         };
+        // A row whose key holds a NULL is told apart by its rowid (the
+        // key alone need not be unique): elsewhere it would be another
+        // row, and the next restore would add it again (audit round 14).
+        let null_key = t
+            .key
+            .iter()
+            .any(|&k| matches!(vals.get(k as usize), Some(Value::Null)));
+        if taken && null_key {
+            let shown: Vec<String> = t
+                .key
+                .iter()
+                .filter_map(|&k| vals.get(k as usize).map(Value::to_sql))
+                .collect();
+            return Err(SyncError::Database(format!(
+                "{}: table {}: the row ({}) with rowid {} cannot go back: another row holds that \
+                     rowid, and a key holding NULL is told apart by its rowid; nothing was written \
+                     (restore with --delete, or move that row)",
+                path.display(),
+                printable(table),
+                shown.join(", "),
+                rowid.unwrap_or_default()
+            )));
+        }
+        let r = if taken {
+            match ins_norowid.as_mut() {
+                Some(st) => st.execute(params_from_iter(vals.iter().map(Value::sql))),
+                None => Ok(0),
+            }
+        } else if with_rowid {
+            let r = Sql(ValueRef::Integer(rowid.unwrap_or(0)));
+            ins.execute(params_from_iter(
+                std::iter::once(r).chain(vals.iter().map(Value::sql)),
+            ))
+        } else {
+            ins.execute(params_from_iter(vals.iter().map(Value::sql)))
+        };
+        Ok(r.map(|_| ()))
+    };
     for e in MapIter::new(src, ObjectType::Rows, t.root) {
         let (k, v) = e?;
         if progress.interrupted() {
