@@ -698,6 +698,57 @@ fn a_new_orphan_in_a_without_rowid_table_is_refused_though_another_went() {
     assert_eq!(keys, ["a", "b", "z"]);
 }
 
+/// A table the restore makes, whose UNIQUE index (or trigger) is named
+/// like another table's index in the database: the table came back without
+/// it, exit 0, and took duplicates (audit round 14). A mismatch now.
+#[test]
+fn a_new_tables_index_name_taken_by_another_is_a_mismatch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init", "--store", "st", "-q"]);
+    std::fs::create_dir(d.join("files")).unwrap();
+    let db = d.join("app.db");
+    sql(
+        &db,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v); CREATE TABLE u(id INTEGER PRIMARY KEY, email);
+         CREATE UNIQUE INDEX idx1 ON u(email); INSERT INTO u VALUES (1, 'a@x');
+         CREATE TRIGGER trg AFTER INSERT ON u BEGIN SELECT 1; END;",
+    );
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "app.db", "-q"],
+    );
+    for (change, what) in [
+        (
+            "DROP TABLE u; CREATE INDEX idx1 ON t(v);",
+            "another index named idx1",
+        ),
+        (
+            "DROP INDEX idx1; CREATE TRIGGER trg AFTER INSERT ON t BEGIN SELECT 2; END;",
+            "another trigger named trg",
+        ),
+    ] {
+        let c = Connection::open(&db).unwrap();
+        c.execute_batch(
+            "DROP TABLE IF EXISTS u; DROP INDEX IF EXISTS idx1; DROP TRIGGER IF EXISTS trg;",
+        )
+        .unwrap();
+        c.execute_batch(
+            &change
+                .replace("DROP TABLE u;", "")
+                .replace("DROP INDEX idx1;", ""),
+        )
+        .unwrap();
+        drop(c);
+        refused(
+            d,
+            &db,
+            &["--store", "st", "restore", "main", "--db", "app.db"],
+            what,
+        );
+    }
+}
+
 /// A rowid table's key may hold NULL; such a row is told apart by its
 /// rowid. When another row holds that rowid, the row went in elsewhere and
 /// every later restore added it again, exit 0 (audit round 14). Refused

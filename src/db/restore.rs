@@ -386,6 +386,25 @@ fn apply(
             }
         }
     }
+    // A table the restore makes comes with its indexes and triggers: a
+    // name the database already gives to another table's would leave one
+    // out (a UNIQUE index among them), so it is a mismatch (audit round 14).
+    for p in &plans {
+        if let Plan::Create(o, _) = p {
+            for e in &o.extras {
+                let kind = match e.kind {
+                    ExtraKind::Index | ExtraKind::Constraint | ExtraKind::Sequence => "index",
+                    ExtraKind::Trigger => "trigger",
+                };
+                if exists(kind, &e.name) {
+                    mismatches.push(format!(
+                        "the database has another {kind} named {}, which table {} (new) needs",
+                        e.name, o.name
+                    ));
+                }
+            }
+        }
+    }
     if let Some(first) = mismatches.first() {
         return Err(SyncError::Database(format!(
             "{}: schema does not match the snapshot: {first}{}; nothing was written",
