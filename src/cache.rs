@@ -331,6 +331,24 @@ pub fn check_paths(cwd: &Path, paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<P
     let mut sources = Vec::new();
     for r in &rel {
         let p = cwd.join(r);
+        // Nor through a symlink on the way (audit round 16: `a/ln/secret`
+        // with `a/ln` pointing out of the tree was saved).
+        let mut on_the_way = cwd.to_path_buf();
+        let parts: Vec<_> = r.components().collect();
+        for c in &parts[..parts.len().saturating_sub(1)] {
+            on_the_way.push(c);
+            if std::fs::symlink_metadata(&on_the_way).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(SyncError::Invalid(format!(
+                    "{}: goes through the symlink {}; name a path without one (a restore never \
+                     writes through one)",
+                    r.display(),
+                    on_the_way
+                        .strip_prefix(cwd)
+                        .unwrap_or(&on_the_way)
+                        .display()
+                )));
+            }
+        }
         match std::fs::symlink_metadata(&p) {
             Err(_) => {
                 return Err(SyncError::NotFound(format!(

@@ -709,6 +709,30 @@ fn restore_does_not_write_through_a_symlink_on_the_way() {
     );
 }
 
+/// A saved path that goes through a symlink (`a/ln/secret`, `a/ln`
+/// pointing out of the tree) uploaded a file from outside, exit 0, in an
+/// entry no restore could write back (audit round 16): refused before
+/// anything reaches the remote.
+#[test]
+fn save_does_not_go_through_a_symlink_on_the_way() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = tmp.path().join("remote").display().to_string();
+    let a = runner(tmp.path(), "a", &[]);
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret"), "not yours\n").unwrap();
+    std::fs::create_dir_all(a.dir.join("a")).unwrap();
+    std::os::unix::fs::symlink(&outside, a.dir.join("a/ln")).unwrap();
+    for args in [
+        vec!["cache", "save", "k", "a/ln/secret", "--remote", &url],
+        vec!["cache", "save", "k", "a", "a/ln/secret", "--remote", &url],
+    ] {
+        let err = a.fails(&args, 1);
+        assert!(err.contains("goes through the symlink a/ln"), "{err}");
+    }
+    assert!(!tmp.path().join("remote/refs/cache").exists());
+}
+
 /// An entry's path that cannot be written because of what is there (a
 /// non-empty directory where a file goes, a pipe) is kept, and the restore
 /// says so: exit 1, `cache-hit=false`, never a hit a pipeline skips a build
