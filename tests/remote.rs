@@ -954,6 +954,14 @@ fn a_store_in_s3_directly_and_gc_refused_without_a_lock() {
         "in s3\n"
     );
     ok_env(&w, &["fsck", "--read-data", "--store", &url], &env);
+    // No store inside it (it would read as its refs or packs).
+    for inner in ["refs/inner", "packs/x/y"] {
+        let o = run_env(&w, &["init", "--store", &format!("{url}/{inner}")], &env);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains("lies inside the sp-sync store"), "{err}");
+    }
+    ok_env(&w, &["fsck", "--store", &url], &env);
     let o = run_env(&w, &["gc", "--store", &url], &env);
     assert_eq!(o.status.code(), Some(1));
     assert!(

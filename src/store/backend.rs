@@ -45,6 +45,12 @@ pub trait Backend: Send + Sync {
     /// Replaces `key`'s contents if they are `expected` (None: absent) with
     /// `new` (None: delete).
     fn cas(&self, key: &str, expected: Option<&[u8]>, new: Option<&[u8]>) -> Result<CasResult>;
+    /// Where a store above this one is, if any: a store made inside another
+    /// would be taken for its refs or packs. (Local directories: checked by
+    /// `Store::init`.)
+    fn enclosing_store(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// A store in a local directory.

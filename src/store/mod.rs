@@ -470,6 +470,13 @@ impl Store {
         if backend.get("store.toml")?.is_some() {
             return Ok(false);
         }
+        if let Some(outer) = backend.enclosing_store()? {
+            return Err(SyncError::Invalid(format!(
+                "{} lies inside the sp-sync store {outer}: a store there would damage it; choose \
+                 a place outside it",
+                backend.describe()
+            )));
+        }
         let config =
             "# Machine-local settings of this store (remotes). Not part of any snapshot.\n";
         backend.put("config.toml", config.as_bytes())?;

@@ -198,6 +198,26 @@ fn no_such_bucket(e: &object_store::Error) -> bool {
 }
 
 impl Backend for S3Backend {
+    fn enclosing_store(&self) -> Result<Option<String>> {
+        let parts: Vec<&str> = self.prefix.split('/').filter(|p| !p.is_empty()).collect();
+        for n in (0..parts.len()).rev() {
+            let above = parts[..n].join("/");
+            let key = if above.is_empty() {
+                "store.toml".to_string()
+            } else {
+                format!("{above}/store.toml")
+            };
+            let store = self.store.clone();
+            let path = ObjPath::from(key.as_str());
+            match self.rt.run(async move { store.head(&path).await })? {
+                Ok(_) => return Ok(Some(format!("s3://{}/{above}", self.bucket))),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(s3_err("reading", &key, e)),
+            }
+        }
+        Ok(None)
+    }
+
     fn describe(&self) -> String {
         if self.prefix.is_empty() {
             format!("s3://{}", self.bucket)
