@@ -749,7 +749,7 @@ fn row_hash(values: &[Value], types: &[String], body: Option<usize>) -> Result<[
         let canon = types.get(i).and_then(|ty| json_meaning(ty, v));
         let v = canon.as_ref().map_or(v, |j| j);
         // Each value's key encoding is self-delimiting and exact.
-        h.update(&encode_key(std::slice::from_ref(v))?);
+        crate::db::value::hash_key_of(&mut h, v)?;
     }
     Ok(*h.finalize().as_bytes())
 }
@@ -1238,6 +1238,30 @@ fn normalize(
     let err = |e| db_error(path, e);
     let cols: Vec<String> = columns.iter().map(|c| quote(c)).collect();
     let marks: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+    // TEXT into a column of TEXT or no (BLOB) affinity stays as it is: it
+    // is not sent through (a body of many megabytes would be copied twice
+    // more). The scratch table's types are the affinities' own names
+    // (`CREATE TABLE … AS SELECT`: TEXT, NUM, INT, REAL, or none).
+    let kept: Vec<bool> = {
+        let mut st = c
+            .prepare_cached("SELECT name, type FROM pragma_table_info('sp_sync_norm', 'temp')")
+            .map_err(err)?;
+        let types: BTreeMap<String, String> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(err)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(err)?;
+        columns
+            .iter()
+            .zip(&values)
+            .map(|(col, v)| {
+                matches!(v, Value::Text(_))
+                    && types
+                        .get(col)
+                        .is_some_and(|t| t.eq_ignore_ascii_case("TEXT") || t.is_empty())
+            })
+            .collect()
+    };
     c.execute("DELETE FROM temp.sp_sync_norm", [])
         .map_err(err)?;
     c.prepare_cached(&format!(
@@ -1245,7 +1269,14 @@ fn normalize(
         cols.join(", "),
         marks.join(", ")
     ))
-    .and_then(|mut st| st.execute(params_from_iter(values.iter().map(Value::sql))))
+    .and_then(|mut st| {
+        st.execute(params_from_iter(
+            values
+                .iter()
+                .zip(&kept)
+                .map(|(v, k)| if *k { Value::Null.sql() } else { v.sql() }),
+        ))
+    })
     .map_err(err)?;
     let mut st = c
         .prepare_cached(&format!(
@@ -1259,8 +1290,12 @@ fn normalize(
         .map_err(err)?
         .ok_or_else(|| SyncError::Database("normalizing a row lost it".into()))?;
     let mut out = Vec::with_capacity(columns.len());
-    for i in 0..columns.len() {
-        out.push(Value::from_ref(r.get_ref(i).map_err(err)?));
+    for (i, v) in values.into_iter().enumerate() {
+        out.push(if kept.get(i).copied().unwrap_or(false) {
+            v
+        } else {
+            Value::from_ref(r.get_ref(i).map_err(err)?)
+        });
     }
     Ok(out)
 }
