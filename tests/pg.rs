@@ -4211,6 +4211,66 @@ fn rows_the_snapshot_lacks_are_kept_as_they_are_without_delete() {
     }
 }
 
+/// Audit round 17: rows of a table the restore leaves follow a restored
+/// row through `ON UPDATE CASCADE`, and that table's trigger (or rule)
+/// fired on it: it changed the table's other rows, a row of a restored
+/// table the snapshot lacks, and another table, exit 0. Such a table's
+/// triggers and rules are paused for the restore too, and come back.
+#[test]
+fn a_followers_triggers_are_paused_too() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("followtrig");
+    let url = pg.url(&db);
+    pg.psql(
+        &db,
+        "CREATE TABLE a (id int PRIMARY KEY, code text UNIQUE NOT NULL);
+         CREATE TABLE f (id int PRIMARY KEY, code text REFERENCES a (code) ON UPDATE CASCADE, note text);
+         CREATE TABLE b (id int PRIMARY KEY, v text);
+         CREATE TABLE g (id int PRIMARY KEY, msg text);
+         INSERT INTO a VALUES (1, 'x'), (2, 'y'); INSERT INTO f VALUES (1, 'x', 'n'), (2, 'y', 'n');
+         INSERT INTO b VALUES (1, 'snap'); INSERT INTO g VALUES (1, 'keep');",
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &url, &["--table", "a", "--table", "b"]);
+    pg.psql(
+        &db,
+        "UPDATE a SET code = 'x2' WHERE id = 1; INSERT INTO b VALUES (99, 'extra');
+         CREATE FUNCTION tf() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+           UPDATE f SET note = 'touched' WHERE id <> NEW.id;
+           UPDATE b SET v = 'changed' WHERE id = 99;
+           UPDATE g SET msg = 'changed';
+           RETURN NULL; END $$;
+         CREATE TRIGGER tr AFTER UPDATE ON f FOR EACH ROW EXECUTE FUNCTION tf();
+         CREATE RULE rr AS ON UPDATE TO f DO ALSO UPDATE g SET msg = 'ruled';",
+    );
+    ok_pg(
+        d,
+        &[
+            "--store", "st", "restore", "main", "--db", &url, "--table", "a", "--table", "b", "-q",
+        ],
+    );
+    assert_eq!(
+        pg.psql(&db, "SELECT id, code, note FROM f ORDER BY id")
+            .trim(),
+        "1|x|n\n2|y|n"
+    );
+    assert_eq!(
+        pg.psql(&db, "SELECT id, v FROM b ORDER BY id").trim(),
+        "1|snap\n99|extra"
+    );
+    assert_eq!(pg.psql(&db, "SELECT msg FROM g").trim(), "keep");
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT (SELECT tgenabled FROM pg_trigger WHERE tgname = 'tr')::text || \
+             (SELECT ev_enabled FROM pg_rewrite WHERE rulename = 'rr')::text"
+        )
+        .trim(),
+        "OO"
+    );
+}
+
 /// Audit round 15: rows inserted into a partitioned table keyed by text
 /// failed every restore onto it ("cannot retrieve a system column").
 #[test]

@@ -3182,7 +3182,42 @@ fn restore_in(
                 paused.extend(open_identities(c, loc, &o.name, t, acts)?);
             }
             if let Some(names) = fires {
-                firing.push((i, names));
+                firing.push((o.name.clone(), names));
+            }
+        }
+    }
+    // Nor the triggers and rules of the tables a foreign key's action
+    // reaches from a restored table (directly or on through such tables),
+    // which the restore leaves: rows that follow a restored row through
+    // `ON UPDATE CASCADE` must change in their keys alone (audit round 17:
+    // such a table's trigger changed its other rows, the rows of a restored
+    // table the snapshot lacks, and other tables, exit 0).
+    if merges.iter().any(|(_, _, _, acts)| !acts.is_empty()) {
+        let restored: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let reached: Vec<String> = c
+            .query(
+                &format!(
+                    "WITH RECURSIVE {KEPT}, \
+                       acting AS (SELECT f.conrelid, f.confrelid FROM pg_catalog.pg_constraint f \
+                         WHERE f.contype = 'f' \
+                           AND (f.confdeltype IN ('c', 'n', 'd') OR f.confupdtype IN ('c', 'n', 'd')) \
+                           AND f.conrelid NOT IN (SELECT oid FROM kept)), \
+                       reach(oid) AS (SELECT a.conrelid FROM acting a WHERE a.confrelid IN (SELECT oid FROM kept) \
+                         UNION SELECT a.conrelid FROM acting a, reach w WHERE a.confrelid = w.oid) \
+                     SELECT DISTINCT coalesce(pg_catalog.pg_partition_root(w.oid), w.oid)::regclass::text \
+                     FROM reach w ORDER BY 1"
+                ),
+                &[&loc.schema, &restored],
+            )
+            .map_err(|e| loc.error(e))?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        for rel in reached {
+            let (enable, fires) = pause_triggers_of(c, loc, &rel, &rel)?;
+            paused.extend(enable);
+            if let Some(names) = fires {
+                firing.push((rel, names));
             }
         }
     }
@@ -3472,7 +3507,7 @@ fn restore_in(
     if !firing.is_empty() {
         let fired: Vec<String> = firing
             .iter()
-            .map(|(i, names)| format!("{}'s {names}", merges[*i].0.name))
+            .map(|(table, names)| format!("{table}'s {names}"))
             .collect();
         for (o, t, shape, _) in &merges {
             let left = merge_plan(
@@ -3664,21 +3699,35 @@ fn pause_triggers(
     loc: &PgLocation,
     name: &str,
 ) -> Result<(Vec<String>, Option<String>)> {
+    let rel = format!("{}.{}", quote(&loc.schema), quote(name));
+    pause_triggers_of(c, loc, name, &rel)
+}
+
+/// [`pause_triggers`] of the table `rel` (an SQL name, qualified), named
+/// `name` in messages.
+fn pause_triggers_of(
+    c: &mut Client,
+    loc: &PgLocation,
+    name: &str,
+    rel: &str,
+) -> Result<(Vec<String>, Option<String>)> {
     let err = |e| loc.error(e);
+    let tree = "(SELECT $1::text::regclass::oid \
+                UNION SELECT p.relid FROM pg_catalog.pg_partition_tree($1::text::regclass) p)";
     let rows = c
         .query(
             &format!(
                 "SELECT 'RULE', w.ev_class::regclass::text, w.rulename::text, w.ev_enabled::text \
                  FROM pg_catalog.pg_rewrite w \
-                 WHERE w.ev_class IN {TABLE_TREE} AND w.rulename <> '_RETURN' \
+                 WHERE w.ev_class IN {tree} AND w.rulename <> '_RETURN' \
                    AND w.ev_enabled <> 'D' \
                  UNION ALL \
                  SELECT 'TRIGGER', t.tgrelid::regclass::text, t.tgname::text, t.tgenabled::text \
                  FROM pg_catalog.pg_trigger t \
-                 WHERE t.tgrelid IN {TABLE_TREE} AND NOT t.tgisinternal AND t.tgenabled <> 'D' \
+                 WHERE t.tgrelid IN {tree} AND NOT t.tgisinternal AND t.tgenabled <> 'D' \
                  ORDER BY 1, 2, 3"
             ),
-            &[&loc.schema, &name],
+            &[&rel],
         )
         .map_err(err)?;
     let mut enable = Vec::new();
