@@ -231,7 +231,7 @@ fn a_symlink_at_a_sources_place_is_never_written_through() {
 /// A file rewritten in place (same size) while it is read is said to have
 /// changed: what was read may mix two versions.
 #[test]
-fn a_file_rewritten_in_place_while_read_is_warned_about() {
+fn a_file_rewritten_in_place_while_read_is_left_out() {
     use std::os::unix::fs::FileExt;
     let tmp = tempfile::tempdir().unwrap();
     let w = tmp.path();
@@ -252,12 +252,27 @@ fn a_file_rewritten_in_place_while_read_is_warned_about() {
         })
     };
     std::thread::sleep(std::time::Duration::from_millis(50));
-    let o = run_in(w, &["snapshot", "src"]);
+    let o = run_in(w, &["snapshot", "src", "--json"]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
-    assert!(o.status.success());
+    // Left out, as the contract says of a file that changes during the
+    // walk: what was read may mix two versions (audit round 19: it was
+    // stored, exit 0). The snapshot completes without it, exit 3.
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("big changed while it was read"), "{err}");
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("it changed while it was read"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["skipped"][0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("src/big"),
+        "{v}"
+    );
+    assert!(!ok(w, &["ls", "main"]).contains("big"));
+    // At rest, the next snapshot takes it.
+    ok(w, &["snapshot", "src", "-q"]);
+    assert!(run_in(w, &["cat", "main:big"]).stdout == std::fs::read(&big).unwrap());
 }
 
 /// A sparse file comes back sparse: its runs of zeros are holes again, not
