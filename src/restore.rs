@@ -770,15 +770,11 @@ impl Ctx<'_> {
                     format!("{} bytes where the list says {}", data.len(), c.len),
                 ));
             }
-            // A chunk of zeros is a hole (the file is new: its unwritten
-            // bytes read as zeros), so a sparse file stays sparse.
-            if data.iter().all(|&b| b == 0) {
-                use std::io::Seek;
-                f.seek(std::io::SeekFrom::Current(c.len as i64))
-                    .ctx("writing", path)?;
-            } else {
-                f.write_all(&data).ctx("writing", path)?;
-            }
+            // A block of zeros is a hole (the file is new: its unwritten
+            // bytes read as zeros), so a sparse file stays sparse: blocks
+            // of the file's own 4 KiB grid, not whole chunks (audit round
+            // 19: runs of zeros shorter than a chunk were written out).
+            write_sparse(&mut f, &data, written).ctx("writing", path)?;
             written += c.len;
         }
         if written != size {
@@ -1254,4 +1250,42 @@ fn read_small_at(dir: BorrowedFd<'_>, name: &[u8]) -> Option<Vec<u8>> {
 /// The path shown for a snapshot path inside a target.
 pub fn display_path(target: &Path, rel: &[u8]) -> PathBuf {
     target.join(OsStr::from_bytes(rel))
+}
+
+/// The block size whose runs of zeros a restore leaves as holes.
+const HOLE_BLOCK: u64 = 4096;
+
+/// Writes `data`, which goes at offset `at` of a new file `f` (whose
+/// position is `at`), seeking over every block of zeros of the file's
+/// [`HOLE_BLOCK`] grid instead of writing it.
+fn write_sparse(f: &mut std::fs::File, data: &[u8], at: u64) -> std::io::Result<()> {
+    let mut pos = 0usize;
+    // A run of blocks of one kind, written or skipped at once.
+    let mut run_start = 0usize;
+    let mut run_zero = None;
+    while pos < data.len() {
+        let off = at + pos as u64;
+        let end = (pos + (HOLE_BLOCK - off % HOLE_BLOCK) as usize).min(data.len());
+        let zero = data[pos..end].iter().all(|&b| b == 0);
+        if run_zero.is_some_and(|z| z != zero) {
+            write_run(f, &data[run_start..pos], run_zero == Some(true))?;
+            run_start = pos;
+        }
+        run_zero = Some(zero);
+        pos = end;
+    }
+    if run_start < data.len() {
+        write_run(f, &data[run_start..], run_zero == Some(true))?;
+    }
+    Ok(())
+}
+
+/// Writes `run`, or seeks over it when it is zeros.
+fn write_run(f: &mut std::fs::File, run: &[u8], zero: bool) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    if zero {
+        f.seek(SeekFrom::Current(run.len() as i64)).map(|_| ())
+    } else {
+        f.write_all(run)
+    }
 }
