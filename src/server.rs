@@ -383,6 +383,35 @@ impl AppState {
 }
 
 /// Bytes under a directory (a store's files), not following links.
+/// For a tenant with a quota, its lock: one push at a time, and no ref
+/// moves during a push, which a push refused past the quota removes the
+/// packs of (audit round 18: a ref set meanwhile to a snapshot in such a
+/// pack was left naming a missing object). A ref update waiting for it
+/// then finds the store as the push left it.
+async fn quota_lock(
+    st: &AppState,
+    tenant: &str,
+) -> std::result::Result<Option<tokio::sync::OwnedMutexGuard<()>>, ApiError> {
+    if !st.quotas.contains_key(tenant) {
+        return Ok(None);
+    }
+    let m = {
+        let mut m = match st.quota_pushes.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.entry(tenant.to_string()).or_default().clone()
+    };
+    match tokio::time::timeout(st.timeout, m.lock_owned()).await {
+        Ok(g) => Ok(Some(g)),
+        Err(_) => Err(busy(
+            "another push to this tenant is in progress; try again",
+        )),
+    }
+}
+
+/// Bytes a store directory takes: its files, and a block for each
+/// directory (refs with long names make many: audit round 18).
 fn dir_size(dir: &Path) -> Result<u64> {
     let mut total = 0u64;
     let mut stack = vec![dir.to_path_buf()];
@@ -399,6 +428,7 @@ fn dir_size(dir: &Path) -> Result<u64> {
                 Err(_) => continue,
             };
             if m.is_dir() {
+                total += 4096;
                 stack.push(e.path());
             } else {
                 total += m.len();
@@ -686,12 +716,22 @@ async fn update_ref(
         let body = read_small(&headers, body, SMALL_BODY, st.timeout).await?;
         let (old, new, force) =
             parse_ref_body(&body).map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+        let quota_guard = quota_lock(&st, &tenant).await?;
         blocking(move || {
-            let _permit = permit;
+            let _permits = (permit, quota_guard);
             let store = st
                 .store(&tenant, false)
                 .map_err(from_sync)?
                 .ok_or_else(|| err(StatusCode::BAD_REQUEST, format!("unknown snapshot {new}")))?;
+            // A new ref takes room too: none past the quota.
+            if let (None, Some(&q), Data::Dir(d)) = (old, st.quotas.get(&tenant), &st.data)
+                && dir_size(&d.join(&tenant)).map_err(from_sync)? >= q
+            {
+                return Err(err(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    format!("the tenant's store holds its quota of {q} bytes: no new ref"),
+                ));
+            }
             let refs = store.list_refs().map_err(from_sync)?;
             if let Some(other) = name_clash(&refs, &name) {
                 return Err(ApiError(
@@ -911,24 +951,7 @@ async fn objects(
             over: over.clone(),
         };
         let quota = st.quotas.get(&tenant).copied();
-        let one_push = match quota {
-            None => None,
-            Some(_) => {
-                let m = {
-                    let mut m = match st.quota_pushes.lock() {
-                        Ok(m) => m,
-                        Err(p) => p.into_inner(),
-                    };
-                    m.entry(tenant.clone()).or_default().clone()
-                };
-                match tokio::time::timeout(st.timeout, m.lock_owned()).await {
-                    Ok(g) => Some(g),
-                    Err(_) => {
-                        return Err(busy("another push to this tenant is in progress; try again"));
-                    }
-                }
-            }
-        };
+        let one_push = quota_lock(&st, &tenant).await?;
         blocking(move || {
             let _permits = (permit, heavy, one_push);
             let store = st

@@ -356,6 +356,106 @@ fn worktree(root: &Path, name: &str, mib: usize, seed: u64) -> PathBuf {
     w
 }
 
+/// A push refused past the quota removes the packs it committed; a ref
+/// set meanwhile (another client, told by `has` that the server holds a
+/// snapshot in such a pack) was left naming a missing object (audit round
+/// 18). On a tenant with a quota a ref waits for the push in progress
+/// (here, past `--timeout`: 503), on another it does not; and a new ref
+/// takes room too (a tenant at its quota gets no new ref: 507).
+#[test]
+fn a_ref_waits_for_a_push_in_progress_on_a_tenant_with_a_quota() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path(), "quota = \"3MiB\"", &["--timeout", "2"]);
+    let w = worktree(tmp.path(), "w", 1, 4);
+    for (tenant, token) in [("acme", TOKEN_A), ("other", TOKEN_B)] {
+        let o = run_env(
+            &w,
+            &["push", &server.url(tenant)],
+            &[("SP_SYNC_TOKEN", token.into())],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let id = String::from_utf8(run_env(&w, &["log", "-n", "1", "--json"], &[]).stdout).unwrap();
+    let id = serde_json::from_str::<serde_json::Value>(&id).unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = format!("{{\"old\": null, \"new\": \"{id}\"}}");
+    for (tenant, token, want) in [("acme", TOKEN_A, 503), ("other", TOKEN_B, 200)] {
+        // A push in progress: a record of a 1000-byte chunk whose bytes
+        // come one at a time, each well within --timeout, for 4 s.
+        let mut push = TcpStream::connect(&server.addr).unwrap();
+        let mut head = b"SPSYNCPK\x01\x01\x01\x00".to_vec();
+        head.extend_from_slice(&[7u8; 32]);
+        head.extend_from_slice(&[0xe8, 0x07, 0xe8, 0x07]);
+        write!(
+            push,
+            "POST /v1/{tenant}/objects HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Transfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+            head.len()
+        )
+        .unwrap();
+        push.write_all(&head).unwrap();
+        push.write_all(b"\r\n").unwrap();
+        let dribble = std::thread::spawn(move || {
+            for _ in 0..8 {
+                if push.write_all(b"1\r\nx\r\n").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let (status, answer) = http(
+            &server.addr,
+            "POST",
+            &format!("/v1/{tenant}/refs/later"),
+            Some(token),
+            body.as_bytes(),
+        );
+        assert_eq!(
+            status,
+            want,
+            "{tenant}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        dribble.join().unwrap();
+    }
+    // Once the push has ended, the ref goes in.
+    let (status, answer) = http(
+        &server.addr,
+        "POST",
+        "/v1/acme/refs/later",
+        Some(TOKEN_A),
+        body.as_bytes(),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    // Refs with long names take room: past the quota, no new one.
+    let long = "a/".repeat(120) + "a";
+    let mut refused = None;
+    for i in 0..400 {
+        let (status, answer) = http(
+            &server.addr,
+            "POST",
+            &format!("/v1/acme/refs/r{i}/{long}"),
+            Some(TOKEN_A),
+            body.as_bytes(),
+        );
+        if status != 200 {
+            assert_eq!(status, 507, "{}", String::from_utf8_lossy(&answer));
+            refused = Some(i);
+            break;
+        }
+    }
+    assert!(refused.is_some(), "refs went past the quota");
+    let o = Command::new(common::bin())
+        .args(["fsck", "--store"])
+        .arg(server.data.join("acme"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 #[test]
 fn a_push_past_the_quota_is_refused_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
