@@ -1035,6 +1035,8 @@ pub fn import(
                 .map_err(|e| SyncError::Invalid(format!("{what}: {e}; no ref moved")))?;
         }
     }
+    let ids: Vec<ObjectId> = wanted.iter().map(|(_, id)| *id).collect();
+    crate::store::fsck::check_received(store, &ids, what)?;
     progress.stage("updating refs");
     let mut updates = Vec::new();
     for (name, id) in wanted {

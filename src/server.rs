@@ -67,14 +67,17 @@ use crate::store::{Backend, LockMode, Store};
 /// negotiate; never push, move or delete a ref, or gc) and
 /// `quota = "10GiB"` (or a number of bytes).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TokensFile {
     /// Each tenant's tokens and quota, by tenant name.
     #[serde(default)]
     pub tenants: HashMap<String, TenantTokens>,
 }
 
-/// One tenant's `[tenants.NAME]`.
+/// One tenant's `[tenants.NAME]`. (A key it does not know, `token =`,
+/// is an error, not a tenant no token opens.)
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TenantTokens {
     /// Bearer tokens that may use the tenant.
     #[serde(default)]
@@ -1284,8 +1287,28 @@ pub type Quotas = HashMap<String, u64>;
 /// Loads the tokens file: (token, tenant) pairs and each tenant's quota.
 pub fn load_tokens_file(path: &Path) -> Result<(Vec<Token>, Quotas)> {
     let text = std::fs::read_to_string(path).ctx("reading", path)?;
-    let f: TokensFile = toml::from_str(&text)
-        .map_err(|e| SyncError::Invalid(format!("{}: {}", path.display(), e.message())))?;
+    let f: TokensFile = toml::from_str(&text).map_err(|e| {
+        // A value of the wrong type is named by its place, never shown: it
+        // may be a token (audit round 18: `tokens = "SECRET…"` was echoed).
+        let m = e.message();
+        let shows_value = ["invalid type", "invalid value", "invalid length"]
+            .iter()
+            .any(|w| m.contains(w));
+        let line = e
+            .span()
+            .map(|r| text[..r.start.min(text.len())].matches('\n').count() + 1);
+        let why = if shows_value {
+            "a value of the wrong type (not shown: it may be a token); tokens and \
+             read_tokens are lists of strings, quota a size such as \"10GiB\""
+                .to_string()
+        } else {
+            m.to_string()
+        };
+        SyncError::Invalid(match line {
+            Some(n) => format!("{}: line {n}: {why}", path.display()),
+            None => format!("{}: {why}", path.display()),
+        })
+    })?;
     let mut out = Vec::new();
     let mut quotas = HashMap::new();
     for (tenant, t) in f.tenants {

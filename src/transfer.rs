@@ -843,6 +843,8 @@ pub fn pull(
     if progress.interrupted() {
         return Err(SyncError::Interrupted);
     }
+    let ids: Vec<ObjectId> = wanted.iter().map(|(_, id)| *id).collect();
+    crate::store::fsck::check_received(local, &ids, &format!("pull from {}", remote.describe()))?;
     progress.stage("updating refs");
     for (name, id) in wanted {
         if let Some(rn) = remote_name {
@@ -996,10 +998,19 @@ pub fn fetch_with(
             Ok(q.iter().map(|id| local.contains(id)).collect())
         },
         &mut |q| {
-            remote
-                .fetch_with_bases(q, bases)?
-                .map(|o| o.and_then(|o| expand_delta(local, o)))
-                .collect()
+            // No more than asked for: a remote that answers without end
+            // would fill memory (audit round 18).
+            let mut out = Vec::with_capacity(q.len());
+            for o in remote.fetch_with_bases(q, bases)? {
+                if out.len() == q.len() {
+                    return Err(SyncError::Invalid(format!(
+                        "{}: sent more objects than were asked for",
+                        remote.describe()
+                    )));
+                }
+                out.push(o.and_then(|o| expand_delta(local, o))?);
+            }
+            Ok(out)
         },
         progress,
     )?;

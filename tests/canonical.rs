@@ -374,7 +374,7 @@ fn walks_of_a_12000_deep_tree_end_with_a_clear_error() {
 }
 
 #[test]
-fn a_12000_deep_tree_pushes_over_an_older_snapshot() {
+fn a_12000_deep_tree_is_sent_over_an_older_snapshot_and_refused_by_the_check() {
     // The lean-push hint walks the changed trees recursively; past the depth
     // limit it gives up and full (iterative) negotiation sends everything.
     let tmp = tempfile::tempdir().unwrap();
@@ -396,11 +396,18 @@ fn a_12000_deep_tree_pushes_over_an_older_snapshot() {
     s.finish().unwrap();
     st.update_ref("main", None, Some(id)).unwrap();
     drop(st);
-    ok(&w, &["push", remote.to_str().unwrap()]);
+    // Negotiated and sent without running out of stack; then the remote
+    // checks the snapshot as fsck does before its ref moves, and a tree
+    // deeper than any restore or `ls` reads is refused there: one line, the
+    // ref where it was.
+    let err = fails(&w, &["push", remote.to_str().unwrap()], 1);
+    assert!(err.contains("deeper than 1024 levels"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert_eq!(
         std::fs::read_to_string(remote.join("refs/main")).unwrap(),
-        format!("{id}\n")
+        format!("{old}\n")
     );
+    let _ = id;
 }
 
 #[test]

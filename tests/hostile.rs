@@ -334,3 +334,89 @@ fn a_relative_time_past_the_range_is_refused() {
         "no file was restored"
     );
 }
+
+/// A snapshot whose objects decode and hash right but which fsck rejects
+/// (a file's chunk list says 999 bytes of a 4-byte chunk) moved refs on a
+/// server, through `bundle import` and through `pull`, after which fsck
+/// failed and gc was refused (audit round 18). Every way in now checks the
+/// snapshot as fsck does before a ref moves: refused, no ref moved.
+#[test]
+fn a_snapshot_fsck_rejects_moves_no_ref_anywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("w");
+    std::fs::create_dir(&w).unwrap();
+    ok(&w, &["init"]);
+    {
+        let store = Store::open(&w.join(".sp-sync"), LockMode::Shared).unwrap();
+        let s = store.writer().unwrap();
+        let chunk = s.put(ObjectType::Chunk, b"abcd").unwrap();
+        let entry = Entry {
+            mode: 0o644,
+            mtime: Timestamp::default(),
+            kind: EntryKind::File {
+                size: 999,
+                content: Content::Inline(vec![ChunkRef {
+                    id: chunk,
+                    len: 999,
+                }]),
+            },
+        }
+        .encode();
+        commit(&store, s, &leaf_node(&[(b"f", &entry)]), "lies");
+    }
+    assert_eq!(common::run_in(&w, &["fsck"]).status.code(), Some(1));
+    let refs = |dir: &Path| -> String {
+        let o = common::run_in(
+            tmp.path(),
+            &["--store", dir.to_str().unwrap(), "ref", "list"],
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // push to a path remote
+    let remote = tmp.path().join("remote");
+    ok(
+        tmp.path(),
+        &["init", "--store", remote.to_str().unwrap(), "-q"],
+    );
+    let err = fails(&w, &["push", remote.to_str().unwrap()], 1);
+    assert!(err.contains("does not check"), "{err}");
+    assert_eq!(refs(&remote), "");
+    // bundle import
+    let bundle = tmp.path().join("b.bundle");
+    ok(&w, &["bundle", "create", bundle.to_str().unwrap()]);
+    let other = tmp.path().join("other");
+    ok(
+        tmp.path(),
+        &["init", "--store", other.to_str().unwrap(), "-q"],
+    );
+    let err = fails(
+        tmp.path(),
+        &[
+            "--store",
+            other.to_str().unwrap(),
+            "bundle",
+            "import",
+            bundle.to_str().unwrap(),
+        ],
+        1,
+    );
+    assert!(err.contains("does not check"), "{err}");
+    assert_eq!(refs(&other), "");
+    // pull from a store that holds it
+    let err = fails(
+        tmp.path(),
+        &[
+            "--store",
+            other.to_str().unwrap(),
+            "pull",
+            w.join(".sp-sync").to_str().unwrap(),
+        ],
+        1,
+    );
+    assert!(err.contains("does not check"), "{err}");
+    assert_eq!(refs(&other), "");
+    ok(
+        tmp.path(),
+        &["--store", other.to_str().unwrap(), "fsck", "-q"],
+    );
+}

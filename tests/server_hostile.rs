@@ -894,3 +894,182 @@ fn server_gc_keeps_the_old_chunks_a_recent_chunk_list_reaches() {
         &["--store", store.to_str().unwrap(), "fsck", "--read-data"],
     );
 }
+
+/// A tokens file whose value has the wrong type named it in the error:
+/// the token itself (audit round 18). Now the place, never the value; and
+/// a key the file does not know (`token =`) is an error, not a tenant no
+/// token opens.
+#[test]
+fn a_bad_tokens_file_never_shows_a_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = "SECRETbadtype12345";
+    for (body, want) in [
+        (format!("[tenants.a]\ntokens = \"{secret}\"\n"), "line 2"),
+        (
+            format!("[tenants.a]\nread_tokens = \"{secret}\"\n"),
+            "line 2",
+        ),
+        (
+            format!("[tenants.a]\ntoken = [\"{secret}\"]\n"),
+            "unknown field `token`",
+        ),
+    ] {
+        let f = tmp.path().join("tokens.toml");
+        std::fs::write(&f, &body).unwrap();
+        let o = Command::new(common::bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(tmp.path().join("data"))
+            .arg("--tokens")
+            .arg(&f)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(!err.contains(secret), "{err}");
+        assert!(err.contains(want), "{err}");
+    }
+}
+
+/// Remote URLs (audit round 18): a scheme in capitals is that scheme, not a
+/// path (`push HTTP://…` wrote a store in ./HTTP:/…); a file:// URL with a
+/// host or a user part is refused, without showing the password; one
+/// sp-sync does not know is refused.
+#[test]
+fn remote_urls_are_read_by_their_scheme_whatever_its_case() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = worktree(tmp.path(), "w", 1, 9);
+    for (url, want) in [
+        (
+            "HTTP://u:SECRETpw6@127.0.0.1:9/acme",
+            "credentials do not go",
+        ),
+        ("file://u:SECRETpw6@localhost/tmp/x", "names a host"),
+        ("file://elsewhere/tmp/x", "names a host"),
+        ("ftp://127.0.0.1/x", "not a remote sp-sync knows"),
+    ] {
+        for args in [vec!["remote", "add", "r", url], vec!["push", url]] {
+            let o = run_env(&w, &args, &[]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+            assert!(
+                err.contains(want) && !err.contains("SECRETpw6"),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    // HTTP:// is http: a server that is not there, not a directory here.
+    let o = run_env(
+        &w,
+        &["push", "HTTP://127.0.0.1:9/acme"],
+        &[("SP_SYNC_HTTP_RETRIES", "0".into())],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!w.join("HTTP:").exists());
+    // file://localhost/PATH and file:///PATH are this machine's.
+    let remote = tmp.path().join("remote");
+    ok(
+        &w,
+        &["push", &format!("file://localhost{}", remote.display())],
+    );
+    ok(&w, &["push", &format!("FILE://{}", remote.display())]);
+    assert!(remote.join("refs/main").is_file());
+}
+
+/// A server that lies, on a port of its own: `refs` answers `refs_json`,
+/// `fetch` answers an endless stream of valid chunk records (closing after
+/// 256 MiB). Returns its address.
+fn lying_server(refs_json: String) -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            let refs = refs_json.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                if r.read_line(&mut line).is_err() {
+                    return;
+                }
+                // (Headers, then a body the answer does not depend on.)
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).is_err() || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; len];
+                let _ = r.read_exact(&mut body);
+                if line.contains("/fetch") {
+                    let _ = s.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
+                    );
+                    let Ok(mut w) = PackWriter::new(s) else {
+                        return;
+                    };
+                    for i in 0..256u64 {
+                        let data = bytes(1 << 20, 1000 + i);
+                        let id = ObjectId::compute(ObjectType::Chunk, &data);
+                        if w.add(&prepare(ObjectType::Chunk, id, &data, 1)).is_err() {
+                            return;
+                        }
+                    }
+                } else {
+                    let b = if line.contains("/refs") {
+                        refs.clone()
+                    } else {
+                        "[]".into()
+                    };
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                        b.len()
+                    );
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `pull` from a server that lies (audit round 18): a ref name no store
+/// could hold (escape sequences, `..`) is refused, never printed raw; a
+/// fetch answered without end no longer fills memory: more objects than
+/// were asked for fail the pull. No ref moves.
+#[test]
+fn pull_refuses_what_a_lying_server_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = worktree(tmp.path(), "w", 1, 11);
+    let id = "ab".repeat(32);
+    let evil = lying_server(format!(
+        "[{{\"name\":\"cache/k\\u001b[31mRED\\nerror: FAKE\",\"id\":\"{id}\"}}]"
+    ));
+    let o = run_env(&w, &["pull", &format!("http://{evil}/t")], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("invalid ref name") && !err.contains('\u{1b}'),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let endless = lying_server(format!("[{{\"name\":\"main\",\"id\":\"{id}\"}}]"));
+    let start = Instant::now();
+    let o = Command::new(common::bin())
+        .args(["pull", &format!("http://{endless}/t")])
+        .current_dir(&w)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("more objects than were asked for"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(60));
+    assert!(
+        ok(&w, &["ref", "list"])
+            .lines()
+            .all(|l| !l.contains("remotes"))
+    );
+}

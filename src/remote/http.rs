@@ -395,6 +395,18 @@ impl Remote for HttpRemote {
         })?;
         let mut out = Vec::new();
         for r in v {
+            // A name no store could hold (`..`, control characters) is a
+            // lie: it would reach the terminal, or a cache key's prefix
+            // match (audit round 18).
+            if crate::store::refs::validate_ref_name(&r.name).is_err() {
+                return Err(SyncError::ApiError {
+                    status: 200,
+                    message: format!(
+                        "bad refs answer: an invalid ref name {}",
+                        crate::commands::fmt::printable(&format!("{:?}", r.name))
+                    ),
+                });
+            }
             let id = ObjectId::from_hex(&r.id).ok_or_else(|| SyncError::ApiError {
                 status: 200,
                 message: format!("bad id for ref {}", r.name),

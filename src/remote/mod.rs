@@ -284,6 +284,10 @@ pub fn update_ref_checked(
             new,
         });
     }
+    // (A snapshot a ref already names was checked when it moved there.)
+    if old != Some(new) {
+        crate::store::fsck::check_received(store, &[new], &format!("ref {name}"))?;
+    }
     store.update_ref(name, Some(old), Some(new))
 }
 
@@ -306,6 +310,30 @@ pub enum Location {
 impl Location {
     /// Parses a remote URL or path.
     pub fn parse(s: &str) -> Result<Location> {
+        // A scheme is case-insensitive (`HTTP://` is http): it was taken
+        // for a path, and a push wrote a store in ./HTTP:/… (audit round
+        // 18). One sp-sync does not know is refused, not taken for a path.
+        let lowered;
+        let s = match s.split_once("://") {
+            Some((scheme, rest))
+                if !scheme.is_empty()
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')) =>
+            {
+                let scheme = scheme.to_ascii_lowercase();
+                if !["file", "s3", "http", "https"].contains(&scheme.as_str()) {
+                    return Err(SyncError::Invalid(format!(
+                        "{scheme}://…: not a remote sp-sync knows (a path, file://, \
+                         http(s)://HOST/TENANT or s3://BUCKET/PREFIX); a path with :// in it: \
+                         write it as ./…"
+                    )));
+                }
+                lowered = format!("{scheme}://{rest}");
+                lowered.as_str()
+            }
+            _ => s,
+        };
         if let Some(shown) = with_userinfo(s) {
             return Err(SyncError::Invalid(format!(
                 "{shown}: credentials do not go in a remote's URL (it is shown in messages and \
@@ -315,6 +343,17 @@ impl Location {
             )));
         }
         if let Some(p) = s.strip_prefix("file://") {
+            // file:///PATH, or file://localhost/PATH; another host (or a
+            // user part) is no place on this machine.
+            let p = p
+                .strip_prefix("localhost")
+                .filter(|r| r.starts_with('/'))
+                .unwrap_or(p);
+            if !p.starts_with('/') {
+                return Err(SyncError::Invalid(
+                    "file://…: names a host; a path on this machine is file:///PATH".into(),
+                ));
+            }
             return Ok(Location::Path(PathBuf::from(p)));
         }
         if s.starts_with("s3://") {
