@@ -1073,3 +1073,40 @@ fn pull_refuses_what_a_lying_server_answers() {
             .all(|l| !l.contains("remotes"))
     );
 }
+
+/// One object asked for many times in one fetch made a small request cost
+/// gigabytes of answer, held by a client that never reads (audit round
+/// 18): an id asked for twice is refused.
+#[test]
+fn a_fetch_asking_twice_for_one_object_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path(), "", &[]);
+    let w = worktree(tmp.path(), "w", 1, 12);
+    let o = run_env(
+        &w,
+        &["push", &server.url("acme")],
+        &[("SP_SYNC_TOKEN", TOKEN_A.into())],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = String::from_utf8(run_env(&w, &["log", "-n", "1", "--json"], &[]).stdout).unwrap();
+    let id = ObjectId::from_hex(
+        serde_json::from_str::<serde_json::Value>(&log).unwrap()[0]["id"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let mut one = vec![ObjectType::Snapshot as u8];
+    one.extend_from_slice(id.as_bytes());
+    let (status, _) = http(&server.addr, "POST", "/v1/acme/fetch", Some(TOKEN_A), &one);
+    assert_eq!(status, 200);
+    let twice = [one.clone(), one].concat();
+    let (status, answer) = http(
+        &server.addr,
+        "POST",
+        "/v1/acme/fetch",
+        Some(TOKEN_A),
+        &twice,
+    );
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&answer));
+    assert!(String::from_utf8_lossy(&answer).contains("more than once"));
+}
