@@ -519,15 +519,18 @@ impl Ctx<'_> {
             self.not_restored(path, "it would replace the store or a database");
             return Ok(());
         }
-        const KEPT_DIR: &str =
-            "a directory holding files the snapshot lacks is there (restore --delete replaces it)";
+        let kept_dir = if self.opts.delete {
+            "a directory holding files that --delete keeps (ignored or excluded) is there"
+        } else {
+            "a directory holding files the snapshot lacks is there (restore --delete replaces it)"
+        };
         const KEPT_STORE: &str = "a store is there (a restore never writes into one)";
         // (What stays in the way of a file or symlink: a store never goes.)
         let kept = |ctx: &Self| {
             if !fresh && is_store_at(dir, name) {
                 ctx.not_restored(path, KEPT_STORE);
             } else {
-                ctx.not_restored(path, KEPT_DIR);
+                ctx.not_restored(path, kept_dir);
             }
         };
         let mode = if self.opts.keep_setid {

@@ -446,11 +446,14 @@ fn a_file_is_not_put_where_a_directory_holds_what_the_snapshot_lacks() {
     std::fs::write(out.join("h/keep.log"), "kept by the ignore file\n").unwrap();
     std::fs::write(out.join(".sp-syncignore"), "*.log\n").unwrap();
     // g is an empty directory: nothing is lost by replacing it.
-    let r: serde_json::Value = serde_json::from_str(&ok(
-        w,
-        &["--store", "st", "restore", "main", "out", "--json"],
-    ))
-    .unwrap();
+    let o = common::run_in(w, &["--store", "st", "restore", "main", "out", "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(&String::from_utf8_lossy(&o.stdout)).unwrap();
     assert_eq!(
         std::fs::read_to_string(out.join("link/inner")).unwrap(),
         "precious\n"
@@ -469,10 +472,15 @@ fn a_file_is_not_put_where_a_directory_holds_what_the_snapshot_lacks() {
     for d in ["link", "f", "h"] {
         assert!(kept.iter().any(|p| p.ends_with(&format!("out/{d}"))), "{r}");
     }
-    // --delete removes what the snapshot lacks, but not what is ignored.
-    ok(
-        w,
-        &["--store", "st", "restore", "main", "out", "--delete", "-q"],
+    // --delete removes what the snapshot lacks, but not what is ignored:
+    // `h` stays a directory, said so (and not that --delete would replace
+    // it), exit 3.
+    let o = common::run_in(w, &["--store", "st", "restore", "main", "out", "--delete"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("out/h: a directory holding files that --delete keeps"),
+        "{err}"
     );
     assert_eq!(
         std::fs::read_link(out.join("link")).unwrap(),
@@ -1295,7 +1303,7 @@ fn a_store_in_a_files_place_stays_and_is_named_a_store() {
         &["--store", "../st", "restore", "--delete", "main", "."],
     );
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    assert_eq!(o.status.code(), Some(3), "{err}");
     assert!(err.contains("a store is there"), "{err}");
     assert!(w.join("src/data/store.toml").is_file());
     ok(w, &["--store", "src/data", "fsck"]);
@@ -1318,7 +1326,8 @@ fn a_file_source_goes_back_as_the_file_and_never_into_a_directory_there() {
     std::fs::write(w.join("etc/app.toml/x"), "x\n").unwrap();
     let o = common::run_in(w, &["restore", "main"]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    // Left as it is, and said so: exit 3 (the target is not the snapshot's).
+    assert_eq!(o.status.code(), Some(3), "{err}");
     assert!(err.contains("not restoring"), "{err}");
     assert_eq!(
         std::fs::read_to_string(w.join("etc/app.toml/app.toml")).unwrap(),
@@ -1359,7 +1368,7 @@ fn a_restore_never_replaces_a_device_or_a_pipe() {
     for args in [&["restore", "main"][..], &["restore", "main", "--delete"]] {
         let o = common::run_in(w, args);
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(o.status.success(), "{err}");
+        assert_eq!(o.status.code(), Some(3), "{err}");
         assert!(err.contains("a device, pipe or socket is there"), "{err}");
         for p in ["d/f", "d/run"] {
             assert!(
@@ -1379,7 +1388,7 @@ fn a_restore_never_replaces_a_device_or_a_pipe() {
         .status()
         .is_ok_and(|s| s.success());
     if made {
-        ok(w, &["restore", "main:f", null.to_str().unwrap()]);
+        fails(w, &["restore", "main:f", null.to_str().unwrap()], 3);
         assert!(
             std::fs::symlink_metadata(&null)
                 .unwrap()
@@ -2065,7 +2074,7 @@ fn restore_never_empties_or_removes_a_mount_point() {
     std::fs::write(w.join("services/extra.md"), "removed").unwrap();
     for args in [&["restore", "main"][..], &["restore", "main", "--delete"]] {
         let out = run_in(w, args);
-        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("bot.md"), "{args:?}: {err}");
         assert_eq!(

@@ -92,6 +92,18 @@ json_via!(RestoreCmdReport, |c| {
 });
 
 impl Render for RestoreCmdReport {
+    /// 3 when entries of the snapshot were left as they are (what is there
+    /// may not be replaced: a warning names each, `--json` lists them
+    /// under `"protected"`): the target is not the snapshot's, as a
+    /// snapshot that skipped a file exits 3 (audit round 19: exit 0).
+    fn status(&self) -> i32 {
+        if self.report.restored.iter().any(|p| !p.protected.is_empty()) {
+            3
+        } else {
+            0
+        }
+    }
+
     fn human(&self, out: &mut Human<'_>) -> Result<()> {
         let secs = self.seconds;
         for p in &self.report.restored {
@@ -101,8 +113,16 @@ impl Render for RestoreCmdReport {
                 String::new()
             };
             let (n, b, t) = (p.files, size(p.bytes), p.target.display());
+            let kept = if p.protected.is_empty() {
+                String::new()
+            } else {
+                match p.protected.len() {
+                    1 => "; 1 entry left as it is".to_string(),
+                    n => format!("; {n} entries left as they are"),
+                }
+            };
             out.note(format!(
-                "restored {n} files, {b} into {t} in {secs:.2}s{removed}"
+                "restored {n} files, {b} into {t} in {secs:.2}s{removed}{kept}"
             ));
         }
         for d in &self.report.dbs {
