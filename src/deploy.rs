@@ -679,8 +679,15 @@ pub fn project_in_snapshot(
     snap_id: &ObjectId,
     snap: &Snapshot,
 ) -> Result<Option<ProjectConfig>> {
+    // A record (a deploy's, a cache restore's, a local sync's) holds no
+    // files: deploying it would run the steps on an empty copy (audit
+    // round 19: `deploy --snapshot deploy/t` did, and recorded it).
     let Some(root) = snap.root else {
-        return Ok(None);
+        return Err(SyncError::Invalid(format!(
+            "snapshot {} is a record that holds no files (such as a deploy's own); deploy a \
+             snapshot of files",
+            snap_id.short()
+        )));
     };
     let Some(e) = crate::pmap::get(src, ObjectType::Tree, &root, PROJECT_FILE.as_bytes())? else {
         return Ok(None);
@@ -691,10 +698,17 @@ pub fn project_in_snapshot(
         &e,
         crate::object::tree::Timestamp::ZERO,
     )?;
-    let EntryKind::File { size, content } = &e.kind else {
-        return Ok(None);
-    };
     let shown = format!("{}:{PROJECT_FILE}", snap_id.short());
+    // The snapshot's own config, or none: never the working tree's in its
+    // place when the snapshot has one as a symlink (audit round 19: its
+    // steps, not the snapshot's, ran).
+    let EntryKind::File { size, content } = &e.kind else {
+        return Err(SyncError::Invalid(format!(
+            "{shown} is a {}, not a file: deploy reads its config from the snapshot, and not \
+             through a symlink (make it a file)",
+            e.kind_name()
+        )));
+    };
     if *size > MAX_PROJECT_FILE {
         return Err(SyncError::Invalid(format!(
             "{shown} is larger than {MAX_PROJECT_FILE} bytes"

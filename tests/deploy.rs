@@ -1012,3 +1012,40 @@ fn a_deploy_killed_mid_step_blocks_the_next_until_its_step_ends() {
     ok(&w, &["deploy", "api", "-q"]);
     assert!(deploy_ref(&w, "api").is_some());
 }
+
+/// Audit round 19: a deploy of a record (`--snapshot deploy/web`, which
+/// holds no files) ran the steps on an empty copy and recorded it; a
+/// snapshot whose sp-sync.toml is a symlink had the working tree's config,
+/// not its own, run. Both are refused now; nothing runs, no ref moves.
+#[test]
+fn a_record_or_a_symlinked_config_is_never_deployed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs.log");
+    let toml = format!(
+        "[deploy.web]\nwatch = [\"src/**\"]\nsteps = [\"echo ran >> {}\"]\n",
+        runs.display()
+    );
+    let w = tree(tmp.path(), &toml);
+    snap(&w);
+    ok(&w, &["deploy", "web", "-q"]);
+    assert_eq!(lines(&runs).len(), 1);
+    let record = deploy_ref(&w, "web").unwrap();
+    let err = fails(
+        &w,
+        &["deploy", "web", "--force", "--snapshot", "deploy/web"],
+        1,
+    );
+    assert!(err.contains("is a record that holds no files"), "{err}");
+    assert_eq!(lines(&runs).len(), 1);
+    assert_eq!(deploy_ref(&w, "web").unwrap(), record);
+    // The config a symlink in the snapshot.
+    std::fs::create_dir_all(w.join("conf")).unwrap();
+    std::fs::rename(w.join("sp-sync.toml"), w.join("conf/real.toml")).unwrap();
+    std::os::unix::fs::symlink("conf/real.toml", w.join("sp-sync.toml")).unwrap();
+    std::fs::write(w.join("src/main.rs"), "fn main() { changed() }\n").unwrap();
+    snap(&w);
+    let err = fails(&w, &["deploy", "web"], 1);
+    assert!(err.contains("sp-sync.toml is a symlink"), "{err}");
+    assert_eq!(lines(&runs).len(), 1);
+    assert_eq!(deploy_ref(&w, "web").unwrap(), record);
+}
