@@ -200,26 +200,12 @@ pub fn trim_local(dir: &Path, max: u64) -> Result<u64> {
 
 /// Whether the store in `dir` holds a ref (any file under `refs/`).
 fn has_refs(dir: &Path) -> Result<bool> {
-    let mut stack = vec![dir.join("refs")];
-    while let Some(d) = stack.pop() {
-        let rd = match std::fs::read_dir(&d) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(SyncError::io("reading", &d, e)),
-        };
-        for e in rd {
-            let e = e.map_err(|e| SyncError::io("reading", &d, e))?;
-            if e.file_type()
-                .map_err(|err| SyncError::io("reading", e.path(), err))?
-                .is_dir()
-            {
-                stack.push(e.path());
-            } else {
-                return Ok(true);
-            }
-        }
-    }
-    Ok(false)
+    let mut found = false;
+    crate::store::walk_dir(&dir.join("refs"), &mut |_, m| {
+        found = !m.is_dir();
+        !found
+    })?;
+    Ok(found)
 }
 
 /// What `cache save` does.

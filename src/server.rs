@@ -417,27 +417,10 @@ async fn quota_lock(
 /// directory (refs with long names make many: audit round 18).
 fn dir_size(dir: &Path) -> Result<u64> {
     let mut total = 0u64;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let rd = match std::fs::read_dir(&d) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(SyncError::io("reading", &d, e)),
-        };
-        for e in rd {
-            let e = e.ctx("reading", &d)?;
-            let m = match e.metadata() {
-                Ok(m) => m,
-                Err(_) => continue,
-            };
-            if m.is_dir() {
-                total += 4096;
-                stack.push(e.path());
-            } else {
-                total += m.len();
-            }
-        }
-    }
+    crate::store::walk_dir(dir, &mut |_, m| {
+        total += if m.is_dir() { 4096 } else { m.len() };
+        true
+    })?;
     Ok(total)
 }
 

@@ -1443,6 +1443,34 @@ impl ObjectSource for Store {
     }
 }
 
+/// Visits every entry below `dir` (depth first, symlinks not followed;
+/// a `dir` that does not exist holds nothing), until `f` says stop (false).
+pub(crate) fn walk_dir(
+    dir: &Path,
+    f: &mut dyn FnMut(&fs::DirEntry, &fs::Metadata) -> bool,
+) -> Result<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = match fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(SyncError::io("reading", &d, e)),
+        };
+        for e in rd {
+            let e = e.ctx("reading", &d)?;
+            // (An entry gone since the listing is no longer there.)
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+            if !f(&e, &m) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The store whose directory holds `dir` (not `dir` itself), if any: the
 /// nearest directory above it, symlinks resolved, with a `store.toml` and
 /// a `packs` directory.
