@@ -143,7 +143,20 @@ pub fn local_max() -> Result<Option<u64>> {
 /// snapshots (`SP_SYNC_CACHE_STORE` naming one), never a cache. Returns the
 /// bytes removed.
 pub fn trim_local(dir: &Path, max: u64) -> Result<u64> {
+    // Only a store's own files go: a directory that is no sp-sync store
+    // (`SP_SYNC_CACHE_STORE` naming one by mistake) loses nothing, and in
+    // `packs/` only files named as packs and their indexes are.
+    if !dir.join("store.toml").is_file() {
+        return Ok(0);
+    }
     let packs = dir.join("packs");
+    let pack_file = |p: &Path| {
+        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+            n.strip_suffix(".pack")
+                .or_else(|| n.strip_suffix(".idx"))
+                .is_some_and(|h| ObjectId::from_hex(h).is_some())
+        })
+    };
     let files = |d: &Path| -> Result<Vec<(PathBuf, u64)>> {
         let rd = match std::fs::read_dir(d) {
             Ok(rd) => rd,
@@ -156,7 +169,7 @@ pub fn trim_local(dir: &Path, max: u64) -> Result<u64> {
             let m = e
                 .metadata()
                 .map_err(|err| SyncError::io("reading", e.path(), err))?;
-            if m.is_file() {
+            if m.is_file() && pack_file(&e.path()) {
                 out.push((e.path(), m.len()));
             }
         }
@@ -184,7 +197,7 @@ pub fn trim_local(dir: &Path, max: u64) -> Result<u64> {
         return Ok(0);
     }
     let mut removed = 0;
-    for (path, n) in files(&packs)?.into_iter().chain(files(&dir.join("tmp"))?) {
+    for (path, n) in files(&packs)? {
         std::fs::remove_file(&path).map_err(|e| SyncError::io("removing", &path, e))?;
         removed += n;
     }

@@ -1153,6 +1153,16 @@ fn the_local_store_is_emptied_when_it_outgrows_its_limit() {
     b.ok(&["cache", "save", "k4", "t", "--remote", &url, "-q"]);
     assert!(pack_names(&real).is_superset(&kept));
     ok(root, &["fsck", "--store", real.to_str().unwrap(), "-q"]);
+    // A directory that is no store, with a packs/ of the user's own, and a
+    // file in a store's packs/ not named as a pack: never removed.
+    let mine = root.join("mine");
+    std::fs::create_dir_all(mine.join("packs")).unwrap();
+    std::fs::write(mine.join("packs/photo.jpg"), bytes(1 << 20, 5)).unwrap();
+    assert_eq!(cache::trim_local(&mine, 1).unwrap(), 0);
+    assert!(mine.join("packs/photo.jpg").is_file());
+    std::fs::write(local.join("packs/notes.txt"), bytes(1 << 20, 6)).unwrap();
+    cache::trim_local(&local, 1).unwrap();
+    assert!(local.join("packs/notes.txt").is_file());
     // A limit that is not a size is one error line.
     let c = runner(
         root,
