@@ -3005,6 +3005,41 @@ fn a_restore_killed_while_setting_sequences_leaves_them_as_they_were() {
     );
 }
 
+/// Audit round 17: a sequence another table draws from through a function
+/// (a shared id function, not a column default) was moved back by
+/// `--delete`, and that table's next insert failed on its key. A function
+/// whose source names the sequence counts as drawing from it: the sequence
+/// never goes back.
+#[test]
+fn a_sequence_a_function_draws_from_never_goes_back() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("seqfn");
+    let url = pg.url(&db);
+    pg.psql(
+        &db,
+        "CREATE TABLE a (id serial PRIMARY KEY, v text);
+         CREATE FUNCTION nx() RETURNS int LANGUAGE sql AS $$ SELECT nextval('a_id_seq')::int $$;
+         CREATE TABLE g (id int PRIMARY KEY DEFAULT nx(), v text);
+         INSERT INTO a (v) VALUES ('1'), ('2');",
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &url, &["--table", "a"]);
+    pg.psql(
+        &db,
+        "INSERT INTO g (v) SELECT 'x' FROM generate_series(1, 8); INSERT INTO a (v) VALUES ('3');",
+    );
+    let before = pg.psql(&db, "SELECT last_value FROM a_id_seq");
+    ok_pg(
+        d,
+        &[
+            "--store", "st", "restore", "main", "--db", &url, "--table", "a", "--delete", "-q",
+        ],
+    );
+    assert_eq!(pg.psql(&db, "SELECT last_value FROM a_id_seq"), before);
+    pg.psql(&db, "INSERT INTO g (v) VALUES ('next')");
+}
+
 /// Sequences: a failed restore leaves them where they were (setval is not
 /// undone by a rollback, so the deferred checks run before it); one that
 /// counts down, or that another table draws from, never goes back.

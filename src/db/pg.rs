@@ -3950,7 +3950,9 @@ fn run_step(
         } => {
             // The sequence (its name qualified: the undo below runs after
             // the rollback has reset the search path), its increment, and
-            // whether another table's default takes its values too.
+            // whether another table's default takes its values too (or may:
+            // a function whose source names it, such as a shared id function,
+            // audit round 17).
             let Some(row) = c
                 .query_opt(
                     "SELECT (SELECT pg_catalog.format('%I.%I', sn.nspname, sc.relname) \
@@ -3962,7 +3964,10 @@ fn run_step(
                          JOIN pg_catalog.pg_attrdef ad ON ad.oid = d.objid \
                          WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass \
                            AND d.refclassid = 'pg_catalog.pg_class'::regclass \
-                           AND d.refobjid = q.s AND ad.adrelid <> $1::text::regclass), \
+                           AND d.refobjid = q.s AND ad.adrelid <> $1::text::regclass) \
+                       OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc f, pg_catalog.pg_class sc \
+                         WHERE sc.oid = q.s AND f.prosrc IS NOT NULL \
+                           AND pg_catalog.strpos(f.prosrc, sc.relname::text) > 0), \
                        p.seqcache \
                      FROM (SELECT pg_catalog.pg_get_serial_sequence($1, $2)::regclass AS s) q \
                      JOIN pg_catalog.pg_sequence p ON p.seqrelid = q.s",
