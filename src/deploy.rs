@@ -951,6 +951,28 @@ pub fn target_status(
     target: &Target,
 ) -> Result<TargetStatus> {
     let (hash, walk) = watched_hash(store, snap, &target.watch, &target.tables)?;
+    // A watch that sees nothing never makes a deploy due (audit round 19:
+    // globs written from the working tree's root over a snapshot of
+    // `services/` alone, a glob through a symlink, a table not there).
+    if walk.entries == 0 && !target.watch.is_empty() {
+        tracing::warn!(
+            "deploy {}: its watch patterns match nothing in snapshot {} (they match paths \
+             from the snapshot's root, and never through a symlink)",
+            target.name,
+            snap_id.short()
+        );
+    }
+    for t in target
+        .tables
+        .iter()
+        .filter(|t| !snap.tables.contains_key(*t))
+    {
+        tracing::warn!(
+            "deploy {}: watched table {t} is not in snapshot {}",
+            target.name,
+            snap_id.short()
+        );
+    }
     let (_, last) = last_deploy(store, &target.name)?;
     let due = last.as_ref().is_none_or(|l| l.watched_hash != hash);
     Ok(TargetStatus {

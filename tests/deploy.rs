@@ -1049,3 +1049,35 @@ fn a_record_or_a_symlinked_config_is_never_deployed() {
     assert_eq!(lines(&runs).len(), 1);
     assert_eq!(deploy_ref(&w, "web").unwrap(), record);
 }
+
+/// A watch that sees nothing never makes a deploy due, silently (audit
+/// round 19): globs written from the working tree's root over a snapshot
+/// of one folder, a table the snapshot lacks. Both are warned about.
+#[test]
+fn a_watch_that_sees_nothing_is_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = "[deploy.web]\nwatch = [\"src/**\"]\ntables = [\"nosuch\"]\nsteps = [\"true\"]\n";
+    let w = tree(tmp.path(), toml);
+    // Only src/ is snapshotted: its root holds main.rs and sub/, not src/.
+    ok(&w, &["snapshot", "src", "-q"]);
+    let o = run_in(&w, &["deploy", "web", "--dry-run"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("deploy web: its watch patterns match nothing"),
+        "{err}"
+    );
+    assert!(
+        err.contains("watched table nosuch is not in snapshot"),
+        "{err}"
+    );
+    // Watching what is there: no such warning.
+    std::fs::write(
+        w.join("sp-sync.toml"),
+        "[deploy.web]\nwatch = [\"*.rs\"]\nsteps = [\"true\"]\n",
+    )
+    .unwrap();
+    let o = run_in(&w, &["deploy", "web", "--dry-run"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("match nothing"), "{err}");
+}
