@@ -2119,7 +2119,7 @@ pub fn apply_many(plans: &[&Plan], dir: Direction) -> Result<ApplyReport> {
         Direction::ToDisk => {
             let mut total = ApplyReport::default();
             for p in plans {
-                let r = to_disk(p)?;
+                let r = to_disk(p, false)?;
                 total.written += r.written;
                 total.removed_files += r.removed_files;
             }
@@ -2258,7 +2258,15 @@ fn applies(c: &&LocalChange) -> bool {
     c.action.is_some_and(Action::applies)
 }
 
-fn to_disk(plan: &Plan) -> Result<ApplyReport> {
+/// Runs the checks `to-disk` makes before it writes anything (every file
+/// it would write over or remove is its key's own and unchanged since it
+/// was read), writing nothing: `--dry-run` then refuses what the real run
+/// would (audit round 16: a dry run planned a create the run refused).
+pub fn check_to_disk(plan: &Plan) -> Result<()> {
+    to_disk(plan, true).map(|_| ())
+}
+
+fn to_disk(plan: &Plan, check_only: bool) -> Result<ApplyReport> {
     let mut rep = ApplyReport::default();
     if !plan.changes.iter().any(|c| applies(&c)) {
         return Ok(rep);
@@ -2438,6 +2446,9 @@ fn to_disk(plan: &Plan) -> Result<ApplyReport> {
     }
     for (rel, k) in &removes {
         unchanged(rel, k)?;
+    }
+    if check_only {
+        return Ok(rep);
     }
     // What a killed to-disk left in the folders it writes to.
     let mut swept = std::collections::BTreeSet::new();

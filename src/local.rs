@@ -107,6 +107,11 @@ pub fn local(
         changes,
         applied: ApplyReport::default(),
     };
+    if opts.dry_run && opts.direction == Some(Direction::ToDisk) {
+        for p in &plans {
+            collection::check_to_disk(p)?;
+        }
+    }
     let Some(dir) = opts.direction.filter(|_| !opts.dry_run) else {
         return Ok(report);
     };

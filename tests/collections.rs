@@ -1611,3 +1611,40 @@ fn local_diff_quotes_keys_with_control_characters() {
     );
     assert!(lines.iter().any(|l| l.contains("\"nl\\nz\"")), "{out}");
 }
+
+/// `to-disk --dry-run` runs the checks the real run makes before writing:
+/// a row whose file would go where another key's file is was planned as a
+/// create, exit 0, and the run then refused (audit round 16).
+#[test]
+fn a_dry_run_refuses_what_the_run_would() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::create_dir_all(root.join("posts")).unwrap();
+    std::fs::write(
+        root.join("sp-sync.toml"),
+        "[[collection]]\nname = \"posts\"\ndir = \"posts\"\ndb = \"data/app.db\"\ntable = \"posts\"\nkey = \"slug\"\nbody = \"body\"\npath = \"{slug}.md\"\n",
+    )
+    .unwrap();
+    sql(
+        &root,
+        "CREATE TABLE posts(slug TEXT PRIMARY KEY, title TEXT, body TEXT);
+         INSERT INTO posts VALUES ('foo', 'Foo', 'x'), ('bar', 'Bar', 'y');",
+    );
+    ok(&root, &["init", "-q"]);
+    // The file foo.md holds key bar.
+    std::fs::write(
+        root.join("posts/foo.md"),
+        "---\nslug: bar\ntitle: Bar\n---\ny\n",
+    )
+    .unwrap();
+    let before = std::fs::read(root.join("posts/foo.md")).unwrap();
+    for args in [
+        &["local", "to-disk", "--dry-run"][..],
+        &["local", "to-disk"][..],
+    ] {
+        let err = fails(&root, args, 1);
+        assert!(err.contains("the file of another key"), "{args:?}: {err}");
+    }
+    assert_eq!(std::fs::read(root.join("posts/foo.md")).unwrap(), before);
+}
