@@ -501,6 +501,43 @@ fn source_placements(
     Ok(places)
 }
 
+/// Each path a snapshot skipped, as an anchored gitignore pattern relative
+/// to the root of the source that holds it (the longest that does), its
+/// special characters escaped.
+fn skipped_patterns(
+    sources: &[String],
+    skipped: &[crate::object::snapshot::Skipped],
+) -> Vec<String> {
+    skipped
+        .iter()
+        .filter_map(|k| {
+            let p = std::path::Path::new(&k.path);
+            sources
+                .iter()
+                .filter_map(|sp| {
+                    if sp.is_empty() {
+                        Some((0, p))
+                    } else {
+                        p.strip_prefix(sp).ok().map(|r| (sp.len(), r))
+                    }
+                })
+                .max_by_key(|(n, _)| *n)
+                .map(|(_, rel)| rel.to_string_lossy().into_owned())
+        })
+        .filter(|rel| !rel.is_empty())
+        .map(|rel| {
+            let mut pat = String::from("/");
+            for c in rel.chars() {
+                if matches!(c, '\\' | '*' | '?' | '[' | ']' | '!' | '#' | ' ') {
+                    pat.push('\\');
+                }
+                pat.push(c);
+            }
+            pat
+        })
+        .collect()
+}
+
 /// How a restore of snapshot `s` into the workspace `ws` writes: never over
 /// the store or a database, `--delete` keeping `sp-sync.toml`, the paths
 /// the snapshot skipped (it could not read them), the snapshot's excludes
@@ -524,8 +561,18 @@ pub(crate) fn restore_options(
                     .map(|k| crate::sources::canonical(&ws.root.join(&k.path))),
             )
             .collect(),
+        // (The excludes, and the paths the snapshot skipped as anchored
+        // patterns of their own, are matched relative to each source's root,
+        // wherever the restore puts it: `keep` above holds only their places
+        // in the working tree. Audit round 20: `restore --delete main DIR`
+        // removed DIR's copy of a file the snapshot skipped.)
         excludes: match &s.sources {
-            Some(src) => src.excludes.clone(),
+            Some(src) => src
+                .excludes
+                .iter()
+                .cloned()
+                .chain(skipped_patterns(&src.paths, &s.skipped))
+                .collect(),
             None => ws.project().map(|p| p.snapshot.exclude).unwrap_or_default(),
         },
         excludes_at: String::new(),

@@ -584,6 +584,22 @@ fn an_unreadable_file_makes_a_partial_snapshot_that_says_so_and_exits_3() {
     let o = as_nobody(&moved, &["restore", "--delete", "main"]);
     assert!(o.status.success(), "{o:?}");
     assert!(moved.join("secret").exists(), "a skipped file was deleted");
+    // And into a TARGET named: its copy of the skipped file stays (audit
+    // round 20: it was removed, exit 0), as what the excludes match does.
+    let target = tmp.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("secret"), "the only copy").unwrap();
+    std::fs::write(target.join("stray"), "goes").unwrap();
+    let o = common::run_in(
+        &w,
+        &["restore", "--delete", "main", target.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        std::fs::read_to_string(target.join("secret")).unwrap(),
+        "the only copy"
+    );
+    assert!(!target.join("stray").exists());
     // Fixed: the next snapshot is complete.
     std::fs::set_permissions(
         w.join("secret"),
