@@ -926,6 +926,45 @@ fn a_new_orphan_on_an_old_orphans_rowid_is_refused() {
     }
 }
 
+/// A key that holds NULL does not tell rows apart: a row that broke no
+/// foreign key and now does was taken for another NULL-key row already
+/// broken (audit round 21). Such rows are named by their rowid too.
+#[test]
+fn a_new_orphan_with_a_null_key_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init", "--store", "st", "-q"]);
+    std::fs::create_dir(d.join("files")).unwrap();
+    let schema = "CREATE TABLE p(id INTEGER PRIMARY KEY, code TEXT UNIQUE);
+                  CREATE TABLE c(k TEXT PRIMARY KEY, pc REFERENCES p(code));";
+    let src = d.join("src.db");
+    sql(
+        &src,
+        &format!("PRAGMA foreign_keys = OFF; {schema} INSERT INTO p VALUES (1, 'A'), (2, 'b');"),
+    );
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "src.db", "-q"],
+    );
+    let db = d.join("app.db");
+    sql(
+        &db,
+        &format!(
+            "PRAGMA foreign_keys = OFF; {schema} INSERT INTO p VALUES (1, 'a'), (2, NULL);
+             INSERT INTO c(rowid, k, pc) VALUES (1, NULL, 'a'), (2, NULL, 'b');"
+        ),
+    );
+    // Restoring p: c's row 1 (valid) loses 'a'; row 2 was broken already.
+    refused(
+        d,
+        &db,
+        &[
+            "--store", "st", "restore", "main", "--db", "app.db", "--table", "p",
+        ],
+        "a row of c with key (NULL, 1) references a missing row of p",
+    );
+}
+
 /// SQLite lets a foreign key name parent columns that are not a unique key
 /// (while foreign keys are off), and `PRAGMA foreign_key_check` then fails
 /// for the whole table ("foreign key mismatch"). Such a database can still

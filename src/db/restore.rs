@@ -758,6 +758,7 @@ fn orphans(
     table: &str,
     fk: &(String, Vec<(String, Option<String>)>),
     by_key: bool,
+    without_rowid: bool,
 ) -> Result<Option<Vec<Culprit>>> {
     let err = |e| db_error(path, e);
     let (parent, cols) = fk;
@@ -773,10 +774,17 @@ fn orphans(
     if parent_exists && (to.len() != cols.len() || !to.iter().all(|n| has(&parent_cols, n))) {
         return Ok(None);
     }
+    let rowid_name = ["rowid", "_rowid_", "oid"]
+        .into_iter()
+        .find(|n| !without_rowid && !has(&child_cols, n));
+    let key_len = primary_key_of(&child_cols).len();
     let ident: Vec<String> = if by_key {
+        // (A key holding NULL does not tell rows apart: its rowid does, as
+        // in the snapshot's keys. Audit round 21.)
         primary_key_of(&child_cols)
             .iter()
             .map(|n| format!("c.{}", quote(n)))
+            .chain(rowid_name.map(|n| format!("c.{n}")))
             .collect()
     } else {
         match ["rowid", "_rowid_", "oid"]
@@ -818,10 +826,16 @@ fn orphans(
     let mut out = Vec::new();
     while let Some(r) = rows.next().map_err(err)? {
         if by_key {
-            let vals: Vec<Value> = (0..ident.len())
+            let mut vals: Vec<Value> = (0..ident.len())
                 .map(|i| r.get_ref(i).map(Value::from_ref))
                 .collect::<rusqlite::Result<_>>()
                 .map_err(err)?;
+            if !vals[..key_len.min(vals.len())]
+                .iter()
+                .any(|v| matches!(v, Value::Null))
+            {
+                vals.truncate(key_len);
+            }
             // The key's own encoding names the row exactly (a REAL by its
             // bits, TEXT by its bytes).
             out.push(Culprit::Key(super::value::encode_key(&vals)?));
@@ -892,7 +906,7 @@ fn foreign_key_violations(
                 // they are.
                 for (fkid, (parent, n)) in unnamed {
                     let found = match fks.get(&fkid) {
-                        Some(fk) => orphans(c, path, &table, fk, true)?,
+                        Some(fk) => orphans(c, path, &table, fk, true, without_rowid)?,
                         None => None,
                     };
                     let found = found.filter(|f| f.len() as u64 == n).ok_or_else(|| {
@@ -910,7 +924,7 @@ fn foreign_key_violations(
             }
             Err(e) if e.to_string().contains("foreign key mismatch") => {
                 for (fkid, fk) in &fks {
-                    match orphans(c, path, &table, fk, by_key)? {
+                    match orphans(c, path, &table, fk, by_key, without_rowid)? {
                         Some(found) => {
                             for r in found {
                                 *out.entry((table.clone(), r, fk.0.clone(), *fkid))
