@@ -1289,7 +1289,7 @@ pub fn load_tokens_file(path: &Path) -> Result<(Vec<Token>, Quotas)> {
             .any(|w| m.contains(w));
         let line = e
             .span()
-            .map(|r| text[..r.start.min(text.len())].matches('\n').count() + 1);
+            .map(|r| text.get(..r.start).map_or(0, |t| t.matches('\n').count()) + 1);
         let why = if shows_value {
             "a value of the wrong type (not shown: it may be a token); tokens and \
              read_tokens are lists of strings, quota a size such as \"10GiB\""

@@ -359,18 +359,16 @@ fn apply(
                                 "database"
                             }
                         ));
-                    } else if strict_in_snapshot(&o.sql)? != strict_now(c, path, &o.name)? {
+                    } else if let live_strict = strict_now(c, path, &o.name)?
+                        && strict_in_snapshot(&o.sql)? != live_strict
+                    {
                         // (A column of type ANY keeps a value's type in a
                         // STRICT table only: elsewhere it has NUMERIC
                         // affinity, and '7' becomes 7.)
                         mismatches.push(format!(
                             "table {} is STRICT in the {} only",
                             o.name,
-                            if strict_now(c, path, &o.name)? {
-                                "database"
-                            } else {
-                                "snapshot"
-                            }
+                            if live_strict { "database" } else { "snapshot" }
                         ));
                     } else {
                         plans.push(Plan::Merge(o, t, now));
