@@ -1086,6 +1086,87 @@ fn text_that_is_not_utf8_is_refused_for_a_utf16_database() {
     assert_eq!(v, b"A\xffB");
 }
 
+/// SQLite hands over a UTF-16 database's text as UTF-8, and text that is not
+/// valid UTF-16 (a lone surrogate, which SQLite stores as it is given) came
+/// over as another value: a restore then wrote a value the database never
+/// held, exit 0, and two values could become one. Such a value now fails
+/// the snapshot, naming its table, row and column; no ref moves. Valid
+/// UTF-16 (a surrogate pair, text ordered as UTF-16 and UTF-8 differ) still
+/// round-trips exactly.
+#[test]
+fn text_that_is_not_utf16_fails_a_snapshot_of_a_utf16_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init", "--store", "st", "-q"]);
+    std::fs::create_dir(d.join("files")).unwrap();
+    for (enc, bytes, at) in [
+        ("UTF-16le", "00DC", "t"),     // a lone low surrogate
+        ("UTF-16le", "41003DD8", "t"), // a lone high surrogate at the end
+        ("UTF-16le", "3DD84100", "t"), // a high surrogate before a letter
+        ("UTF-16be", "DC00", "t"),
+        ("UTF-16le", "00DC", "u"), // in the key of a WITHOUT ROWID table
+    ] {
+        let db = d.join("wide.db");
+        let _ = std::fs::remove_file(&db);
+        sql(
+            &db,
+            &format!(
+                "PRAGMA encoding = '{enc}';
+                 CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+                 CREATE TABLE u(k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;
+                 INSERT INTO t VALUES (1, 'fine');
+                 INSERT INTO u VALUES ('a', 'fine');"
+            ),
+        );
+        let ins = if at == "t" {
+            format!("INSERT INTO t VALUES (7, CAST(x'{bytes}' AS TEXT));")
+        } else {
+            format!("INSERT INTO u VALUES (CAST(x'{bytes}' AS TEXT), 'x');")
+        };
+        sql(&db, &ins);
+        let err = fails(
+            d,
+            &[
+                "--store", "st", "snapshot", "files", "--db", "wide.db", "-q",
+            ],
+            1,
+        );
+        let col = if at == "t" { "column v" } else { "column k" };
+        assert!(
+            err.contains(&format!("table {at}")) && err.contains(col) && err.contains("UTF-16"),
+            "{enc} {bytes}: {err}"
+        );
+        if at == "t" {
+            assert!(err.contains("rowid 7"), "{err}");
+        }
+        let refs = ok(d, &["--store", "st", "ref", "list"]);
+        assert!(!refs.contains("main"), "a ref moved: {refs}");
+    }
+
+    // Valid UTF-16 round-trips: a surrogate pair, and keys whose UTF-16
+    // order is not their UTF-8 order.
+    let db = d.join("good.db");
+    sql(
+        &db,
+        "PRAGMA encoding = 'UTF-16le';
+         CREATE TABLE u(k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;
+         INSERT INTO u VALUES ('A', 'x'), ('Ā', '😀 y'), (CAST(x'3DD800DE' AS TEXT), '');",
+    );
+    ok(
+        d,
+        &[
+            "--store", "st", "snapshot", "files", "--db", "good.db", "-q",
+        ],
+    );
+    let before = dump(&db);
+    std::fs::remove_file(&db).unwrap();
+    ok(
+        d,
+        &["--store", "st", "restore", "main", "--db", "good.db", "-q"],
+    );
+    assert_eq!(dump(&db), before);
+}
+
 /// `restore --db` of a large-ish table, interrupted at random moments: an
 /// interrupted restore exits 130 and leaves the database as it was; one
 /// that finished exits 0 with the snapshot's rows. Never anything between.

@@ -278,9 +278,23 @@ const UTF8_ORDER: &str = "sp_sync_utf8";
 /// The query that reads a table's rows in key order: selected are the row's
 /// cells (the rowid first when the row keeps it, or for a table keyed by
 /// rowid, the rowid first and then the columns). Text keys are ordered by
-/// `collation`.
-pub(crate) fn select_sql(t: &TableData, table: &str, collation: &str) -> Result<(String, bool)> {
-    let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
+/// `collation`. With `raw_text`, each column's stored bytes follow the
+/// columns when its value is TEXT (NULL otherwise), in column order.
+pub(crate) fn select_sql(
+    t: &TableData,
+    table: &str,
+    collation: &str,
+    raw_text: bool,
+) -> Result<(String, bool)> {
+    let mut cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
+    if raw_text {
+        for c in &t.columns {
+            let c = quote(&c.name);
+            cols.push(format!(
+                "CASE WHEN typeof({c}) = 'text' THEN CAST({c} AS BLOB) END"
+            ));
+        }
+    }
     let q = quote(table);
     let binary = |i: &u32| {
         format!(
@@ -322,6 +336,12 @@ pub(crate) struct RowReader<'c> {
     stmt: rusqlite::Statement<'c>,
     t: TableData,
     path: PathBuf,
+    table: String,
+    /// For a UTF-16 database, whether it is big-endian. SQLite hands its
+    /// text over as UTF-8, and text that is not valid UTF-16 (a lone
+    /// surrogate, an odd byte) comes over as another value: each TEXT
+    /// value is checked against its stored bytes.
+    utf16: Option<bool>,
 }
 
 impl<'c> RowReader<'c> {
@@ -329,7 +349,8 @@ impl<'c> RowReader<'c> {
         let encoding: String = c
             .query_row("PRAGMA encoding", [], |r| r.get(0))
             .map_err(|e| db_error(path, e))?;
-        let collation = if encoding.eq_ignore_ascii_case("UTF-8") {
+        let utf16 = !encoding.eq_ignore_ascii_case("UTF-8");
+        let collation = if !utf16 {
             "BINARY"
         } else {
             // (SQLite hands a collation registered for UTF-8 its text as
@@ -340,12 +361,14 @@ impl<'c> RowReader<'c> {
             .map_err(|e| db_error(path, e))?;
             UTF8_ORDER
         };
-        let (sql, _) = select_sql(t, table, collation)?;
+        let (sql, _) = select_sql(t, table, collation, utf16)?;
         let stmt = c.prepare(&sql).map_err(|e| db_error(path, e))?;
         Ok(RowReader {
             stmt,
             t: t.clone(),
             path: path.to_path_buf(),
+            table: table.to_string(),
+            utf16: utf16.then(|| encoding.eq_ignore_ascii_case("UTF-16be")),
         })
     }
 
@@ -387,6 +410,14 @@ impl<'c> RowReader<'c> {
                 }
                 for i in 0..ncols {
                     let v = row.get_ref(offset + i).map_err(|e| db_error(&path, e))?;
+                    if let (Some(be), rusqlite::types::ValueRef::Text(text)) = (self.utf16, v) {
+                        let raw = row
+                            .get_ref(offset + ncols + i)
+                            .map_err(|e| db_error(&path, e))?;
+                        if !same_utf16(text, raw.as_bytes().unwrap_or_default(), be) {
+                            return Err(not_utf16(&path, &self.table, t, rowid, i));
+                        }
+                    }
                     encode_cell(&mut w, v, sink, chunker, spilled)?;
                 }
                 if w.buf.len() <= value::ROW_SPILL_AT {
@@ -416,6 +447,41 @@ impl<'c> RowReader<'c> {
         }
         Ok(n)
     }
+}
+
+/// The error for a TEXT value of `t`'s column `col` that is not valid UTF-16.
+fn not_utf16(path: &Path, table: &str, t: &TableData, rowid: Option<i64>, col: usize) -> SyncError {
+    let row = match rowid {
+        Some(r) => format!(" (rowid {r})"),
+        None => String::new(),
+    };
+    SyncError::Database(format!(
+        "{}: table {}: a row{row} holds TEXT in column {} that is not valid UTF-16 \
+             (a lone surrogate or an odd byte), which SQLite cannot hand over unchanged",
+        path.display(),
+        crate::commands::fmt::printable(table),
+        crate::commands::fmt::printable(t.columns.get(col).map_or("?", |c| c.name.as_str())),
+    ))
+}
+
+/// Whether `utf8` (text SQLite converted from a UTF-16 database) is
+/// exactly the stored UTF-16 bytes `raw` (big-endian if `be`).
+fn same_utf16(utf8: &[u8], raw: &[u8], be: bool) -> bool {
+    let Ok(s) = std::str::from_utf8(utf8) else {
+        return false;
+    };
+    let mut at = raw.chunks_exact(2);
+    for unit in s.encode_utf16() {
+        let b = if be {
+            unit.to_be_bytes()
+        } else {
+            unit.to_le_bytes()
+        };
+        if at.next() != Some(&b[..]) {
+            return false;
+        }
+    }
+    at.next().is_none() && at.remainder().is_empty()
 }
 
 /// What `scan` found: table (and view) name → object id, and rows per table.
