@@ -264,6 +264,55 @@ pub fn restore(
         }
         crate::restore::refuse_nested_through(store, &nested)?;
     }
+    if db.is_some() && s.tables.is_empty() {
+        return Err(SyncError::NotFound(format!(
+            "snapshot {} has no tables",
+            id.short()
+        )));
+    }
+    // What goes into each database: its tables, those asked for of them.
+    let chunker = Chunker::new(&store.config().chunker);
+    let mut jobs = Vec::with_capacity(dbs.len());
+    for (path, from) in dbs {
+        let mine: BTreeMap<String, ObjectId> = s
+            .tables
+            .iter()
+            .filter(|(k, _)| from.is_empty() || from.contains(k))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let wanted: Vec<String> = opts
+            .tables
+            .iter()
+            .filter(|t| mine.contains_key(*t) || from.is_empty())
+            .cloned()
+            .collect();
+        if mine.is_empty() || (!opts.tables.is_empty() && wanted.is_empty()) {
+            continue;
+        }
+        let dopts = DbRestoreOptions {
+            delete: opts.delete,
+            tables: wanted,
+            settings: sqlite_settings_for(&s, mine.keys()),
+        };
+        jobs.push((path, mine, dopts));
+    }
+    // Files are written before the databases (a database may lie in a
+    // folder they make) and cannot be taken back: a database that would
+    // refuse its rows (a schema that differs, a key the rows would break)
+    // fails the command before any file is written. The restore runs to
+    // its commit and rolls back.
+    if !places.is_empty() {
+        let quiet = crate::progress::OnlyStops(progress);
+        for (path, mine, dopts) in &jobs {
+            crate::db::restore::rehearse_db(store, mine, path, &chunker, dopts, &quiet)
+                .context_with(|| {
+                    format!(
+                        "restore into {} (nothing was restored)",
+                        crate::db::pg::display_location(path)
+                    )
+                })?;
+        }
+    }
     let mut report = CheckoutReport {
         snapshot: Some(id),
         ..Default::default()
@@ -301,43 +350,10 @@ pub fn restore(
             protected: r.protected,
         });
     }
-    if db.is_some() && s.tables.is_empty() {
-        return Err(SyncError::NotFound(format!(
-            "snapshot {} has no tables",
-            id.short()
-        )));
-    }
-    for (path, from) in dbs {
-        let mine: BTreeMap<String, ObjectId> = s
-            .tables
-            .iter()
-            .filter(|(k, _)| from.is_empty() || from.contains(k))
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        let wanted: Vec<String> = opts
-            .tables
-            .iter()
-            .filter(|t| mine.contains_key(*t) || from.is_empty())
-            .cloned()
-            .collect();
-        if mine.is_empty() || (!opts.tables.is_empty() && wanted.is_empty()) {
-            continue;
-        }
-        let settings = sqlite_settings_for(&s, mine.keys());
-        let r = restore_db(
-            store,
-            &mine,
-            &path,
-            &Chunker::new(&store.config().chunker),
-            &DbRestoreOptions {
-                delete: opts.delete,
-                tables: wanted,
-                settings,
-            },
-            progress,
-        )
-        // (Never a password.)
-        .context_with(|| format!("restore into {}", crate::db::pg::display_location(&path)))?;
+    for (path, mine, dopts) in jobs {
+        let r = restore_db(store, &mine, &path, &chunker, &dopts, progress)
+            // (Never a password.)
+            .context_with(|| format!("restore into {}", crate::db::pg::display_location(&path)))?;
         report.dbs.push(DbReport {
             // Never a password.
             db: PathBuf::from(crate::db::pg::display_location(&path)),

@@ -81,6 +81,15 @@ fn ignored_signals() -> u64 {
         .unwrap_or(0)
 }
 
+/// Reports nothing, and stops when the progress it wraps says to.
+pub struct OnlyStops<'a>(pub &'a dyn Progress);
+
+impl Progress for OnlyStops<'_> {
+    fn interrupted(&self) -> bool {
+        self.0.interrupted()
+    }
+}
+
 /// Reports nothing.
 pub struct NoProgress;
 

@@ -330,6 +330,74 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert!(e.contains("missing.db") && e.lines().count() == 1, "{e}");
 }
 
+/// A restore of files and tables together wrote the files, then failed on a
+/// database that refused its rows (exit 1, the files changed). The
+/// databases are now tried first, to their commit and rolled back: one
+/// that would refuse fails the command before any file is written.
+#[test]
+fn a_database_that_would_refuse_its_rows_fails_before_any_file_is_written() {
+    let (tmp, db) = setup();
+    let d = tmp.path();
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "app.db", "-q"],
+    );
+    std::fs::write(d.join("files/readme.md"), "# edited\n").unwrap();
+    std::fs::write(d.join("files/new.md"), "new\n").unwrap();
+
+    // A schema that differs: a column the snapshot lacks.
+    sql(&db, "ALTER TABLE users ADD COLUMN extra TEXT");
+    let before = dump(&db);
+    for args in [
+        &["--store", "st", "restore", "main"][..],
+        &["--store", "st", "restore", "main", "--delete"][..],
+    ] {
+        let err = fails(d, args, 1);
+        assert!(
+            err.contains("nothing was restored") && err.contains("extra"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.join("files/readme.md")).unwrap(),
+            "# edited\n"
+        );
+        assert!(d.join("files/new.md").exists());
+        assert_eq!(dump(&db), before);
+    }
+
+    // Rows that break a key: with --delete, user 4 would go, and a table
+    // the snapshot lacks refers to it.
+    std::fs::remove_file(&db).unwrap();
+    ok(
+        d,
+        &["--store", "st", "restore", "main", "--db", "app.db", "-q"],
+    );
+    sql(
+        &db,
+        "PRAGMA foreign_keys = ON;
+         INSERT INTO users VALUES (4, 'd@x', 'dan', 0);
+         CREATE TABLE notes(u INTEGER REFERENCES users(id));
+         INSERT INTO notes VALUES (4);",
+    );
+    let before = dump(&db);
+    let err = fails(d, &["--store", "st", "restore", "main", "--delete"], 1);
+    assert!(err.contains("nothing was restored"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(d.join("files/readme.md")).unwrap(),
+        "# edited\n"
+    );
+    assert!(d.join("files/new.md").exists());
+    assert_eq!(dump(&db), before);
+
+    // Without --delete both go back.
+    ok(d, &["--store", "st", "restore", "main", "-q"]);
+    assert_eq!(
+        std::fs::read_to_string(d.join("files/readme.md")).unwrap(),
+        "# hi\n"
+    );
+    assert!(dump(&db).contains("'d@x'"));
+}
+
 #[test]
 fn a_locked_database_is_refused_after_the_busy_timeout() {
     let (tmp, db) = setup();

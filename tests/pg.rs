@@ -4512,3 +4512,51 @@ fn a_row_nulled_on_its_way_or_set_to_its_default_is_seen() {
     assert!(err.contains("table d"), "{err}");
     assert_eq!((pg.dump_rows(&db, "c"), pg.dump_rows(&db, "d")), before);
 }
+
+/// A restore of files and a PostgreSQL database together wrote the files,
+/// then failed on a row the database refused (exit 1, the files changed).
+/// The database is now tried first, to its commit and rolled back, its
+/// sequences untouched: a refusal fails the command before any file is
+/// written.
+#[test]
+fn a_combined_restore_tries_the_database_before_writing_files() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("both");
+    pg.psql(
+        &db,
+        "CREATE TABLE users (id serial PRIMARY KEY, n int);
+         INSERT INTO users (n) SELECT g FROM generate_series(1, 50) g;",
+    );
+    let w = work();
+    let d = w.path();
+    let url = pg.url(&db);
+    snap(d, &url, &[]);
+    std::fs::write(d.join("files/a.txt"), b"edited\n").unwrap();
+    pg.psql(
+        &db,
+        "INSERT INTO users (n) SELECT g FROM generate_series(51, 60) g;
+         UPDATE users SET n = 0 WHERE id >= 40;
+         ALTER TABLE users ADD CONSTRAINT small CHECK (n < 40);",
+    );
+    let rows = pg.dump_rows(&db, "users");
+    let seq = "SELECT last_value, is_called FROM users_id_seq";
+    let seq_before = pg.psql(&db, seq);
+    let err = fails_pg(d, &["--store", "st", "restore", "main", "--delete"]);
+    assert!(
+        err.contains("nothing was restored") && err.contains("users(40)"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(d.join("files/a.txt")).unwrap(), b"edited\n");
+    assert_eq!(pg.dump_rows(&db, "users"), rows);
+    assert_eq!(pg.psql(&db, seq), seq_before);
+
+    // Without the constraint both go back, the sequence with them.
+    pg.psql(&db, "ALTER TABLE users DROP CONSTRAINT small");
+    ok_pg(d, &["--store", "st", "restore", "main", "--delete", "-q"]);
+    assert_eq!(std::fs::read(d.join("files/a.txt")).unwrap(), b"a\n");
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*), max(n) FROM users").trim(),
+        "50|50"
+    );
+    assert!(pg.psql(&db, seq).starts_with("50"), "{}", pg.psql(&db, seq));
+}

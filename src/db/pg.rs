@@ -2880,6 +2880,7 @@ pub fn restore(
     chunker: &Chunker,
     opts: &DbRestoreOptions,
     progress: &dyn Progress,
+    rehearse: bool,
 ) -> Result<DbRestoreReport> {
     let loc = PgLocation::parse(url)?;
     for t in &opts.tables {
@@ -2916,15 +2917,17 @@ pub fn restore(
         )
         .map_err(|e| loc.error(e))?;
         let mut undo = Vec::new();
-        let r = restore_in(&mut c, &loc, src, &objs, chunker, opts, progress, &mut undo).and_then(
-            |r| {
-                if progress.interrupted() {
-                    return Err(SyncError::Interrupted);
-                }
-                c.batch_execute("COMMIT").map_err(|e| loc.error(e))?;
-                Ok(r)
-            },
-        );
+        let r = restore_in(
+            &mut c, &loc, src, &objs, chunker, opts, progress, &mut undo, rehearse,
+        )
+        .and_then(|r| {
+            if progress.interrupted() {
+                return Err(SyncError::Interrupted);
+            }
+            let end = if rehearse { "ROLLBACK" } else { "COMMIT" };
+            c.batch_execute(end).map_err(|e| loc.error(e))?;
+            Ok(r)
+        });
         if r.is_err() {
             let _ = c.batch_execute("ROLLBACK");
             // (Best effort: the connection may be what failed.)
@@ -2963,6 +2966,7 @@ fn restore_in(
     opts: &DbRestoreOptions,
     progress: &dyn Progress,
     undo: &mut Vec<(String, i64, bool)>,
+    rehearse: bool,
 ) -> Result<DbRestoreReport> {
     let err = |e| loc.error(e);
     let names: Vec<&str> = objs.iter().map(|o| o.name.as_str()).collect();
@@ -3538,6 +3542,10 @@ fn restore_in(
     // the database lacks, then sequence values.
     later.sort_by_key(|(phase, ordinal, _)| (*phase, *ordinal));
     for (_, _, step) in later {
+        // (A rehearsal rolls back, and setval would stay.)
+        if rehearse && matches!(step, Step::SetVal { .. }) {
+            continue;
+        }
         run_step(c, loc, step, undo)?;
     }
     Ok(rep)

@@ -63,6 +63,37 @@ pub fn restore_db(
     opts: &DbRestoreOptions,
     progress: &dyn Progress,
 ) -> Result<DbRestoreReport> {
+    restore_db_as(src, tables, target, chunker, opts, progress, false)
+}
+
+/// Runs the restore [`restore_db`] would, up to its commit, and rolls it
+/// back: the database is left as it was, and an error says the restore
+/// would fail (a schema mismatch, a key or constraint it would break). A
+/// restore of files and tables together runs this first, so that a
+/// database that would refuse its rows fails the command before any file
+/// is written. Into a new SQLite file nothing is run (that restore builds
+/// a new file and renames it into place); PostgreSQL sequences are not
+/// set (`setval` is not undone by a rollback).
+pub fn rehearse_db(
+    src: &dyn ObjectSource,
+    tables: &BTreeMap<String, ObjectId>,
+    target: &Path,
+    chunker: &Chunker,
+    opts: &DbRestoreOptions,
+    progress: &dyn Progress,
+) -> Result<()> {
+    restore_db_as(src, tables, target, chunker, opts, progress, true).map(|_| ())
+}
+
+fn restore_db_as(
+    src: &dyn ObjectSource,
+    tables: &BTreeMap<String, ObjectId>,
+    target: &Path,
+    chunker: &Chunker,
+    opts: &DbRestoreOptions,
+    progress: &dyn Progress,
+    rehearse: bool,
+) -> Result<DbRestoreReport> {
     if super::pg::is_url_path(target) {
         return super::pg::restore(
             src,
@@ -71,6 +102,7 @@ pub fn restore_db(
             chunker,
             opts,
             progress,
+            rehearse,
         );
     }
     for t in &opts.tables {
@@ -104,6 +136,9 @@ pub fn restore_db(
     // is opened (see `guard`).
     verify_schema(&objs.iter().collect::<Vec<_>>())?;
     match std::fs::symlink_metadata(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && rehearse => {
+            Ok(DbRestoreReport::default())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             restore_new(src, &objs, target, chunker, opts.settings, progress)
         }
@@ -112,7 +147,7 @@ pub fn restore_db(
             "{}: not a regular file",
             target.display()
         ))),
-        Ok(_) => restore_existing(src, &objs, target, chunker, opts, progress),
+        Ok(_) => restore_existing(src, &objs, target, chunker, opts, progress, rehearse),
     }
 }
 
@@ -259,6 +294,7 @@ fn restore_existing(
     chunker: &Chunker,
     opts: &DbRestoreOptions,
     progress: &dyn Progress,
+    rehearse: bool,
 ) -> Result<DbRestoreReport> {
     let mut c = Connection::open_with_flags(
         target,
@@ -282,6 +318,11 @@ fn restore_existing(
     let applied = apply(&c, &guard, target, src, objs, chunker, opts, progress, true)
         .and_then(|r| not_interrupted(progress).map(|()| r));
     match applied {
+        Ok(r) if rehearse => {
+            c.execute_batch("ROLLBACK")
+                .map_err(|e| db_error(target, e))?;
+            Ok(r)
+        }
         Ok(r) => {
             c.execute_batch("COMMIT").map_err(|e| db_error(target, e))?;
             Ok(r)
