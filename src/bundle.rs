@@ -673,6 +673,23 @@ pub fn create_file(
                 path.display()
             )));
         }
+        // Only a bundle (or an empty file) is replaced: a database, a
+        // store's file or anything else the user keeps there is not what
+        // `bundle create FILE` was asked to write over.
+        if m.len() > 0 && !is_bundle(path) {
+            return Err(SyncError::Invalid(format!(
+                "{}: exists and is not a bundle; bundle create replaces only a bundle (remove it, or name another file)",
+                path.display()
+            )));
+        }
+    }
+    // Nor into a store (a ref, a pack, store.toml, or a new file there).
+    if let Some(store_dir) = crate::restore::store_holding(path) {
+        return Err(SyncError::Invalid(format!(
+            "{}: will not write a bundle into the store at {}",
+            path.display(),
+            store_dir.display()
+        )));
     }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,

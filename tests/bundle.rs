@@ -257,10 +257,10 @@ fn ref_rules_pull_from_a_bundle_and_no_push_to_one() {
 
     // A failed create leaves the file it was given (and no temporary file).
     let precious = t.join("precious.bundle");
-    std::fs::write(&precious, "keep me").unwrap();
+    std::fs::copy(&b2, &precious).unwrap();
     let err = fails(&a, &st(&["bundle", "create", s(&precious), "nosuch"]), 1);
     assert!(err.contains("unknown ref nosuch"), "{err}");
-    assert_eq!(std::fs::read(&precious).unwrap(), b"keep me");
+    assert_eq!(std::fs::read(&precious).unwrap(), was);
     let leftovers: Vec<_> = std::fs::read_dir(t)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -812,5 +812,58 @@ fn machine_local_records_are_never_imported_or_pulled() {
     assert!(
         !refs.contains("local/") && !refs.contains("deploy/"),
         "{refs}"
+    );
+}
+
+/// `bundle create FILE` renamed its bundle over whatever FILE was: the
+/// store's `store.toml`, a ref or a pack (the store broken, snapshots
+/// lost), a live database, a user's file, exit 0. It now replaces only a
+/// bundle (or an empty file), and never writes into a store.
+#[test]
+fn bundle_create_replaces_only_a_bundle_and_never_writes_into_a_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let a = source(t, 1000);
+    snap(&a, "one");
+    let pack = std::fs::read_dir(a.join("st/packs"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "pack"))
+        .unwrap();
+    std::fs::write(a.join("notes.txt"), "mine\n").unwrap();
+    std::os::unix::fs::symlink("app.db", a.join("db-link")).unwrap();
+    for (target, says) in [
+        (a.join("st/store.toml"), "not a bundle"),
+        (a.join("st/refs/main"), "not a bundle"),
+        (pack.clone(), "not a bundle"),
+        (a.join("app.db"), "not a bundle"),
+        (a.join("db-link"), "not a bundle"),
+        (a.join("notes.txt"), "not a bundle"),
+        (a.join("st/refs/new"), "into the store"),
+        (a.join("st/x.bundle"), "into the store"),
+    ] {
+        let before = std::fs::read(&target).ok();
+        let err = fails(&a, &st(&["bundle", "create", s(&target)]), 1);
+        assert!(err.contains(says), "{}: {err}", target.display());
+        assert_eq!(std::fs::read(&target).ok(), before, "{}", target.display());
+    }
+    assert!(
+        std::fs::symlink_metadata(a.join("db-link"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    ok(&a, &st(&["fsck", "-q"]));
+    assert!(ok(&a, &st(&["ref", "list"])).contains("main"));
+    // A bundle, and an empty file, are replaced.
+    let b = t.join("x.bundle");
+    ok(&a, &st(&["bundle", "create", s(&b), "-q"]));
+    ok(&a, &st(&["bundle", "create", s(&b), "-q"]));
+    std::fs::write(t.join("empty"), "").unwrap();
+    ok(&a, &st(&["bundle", "create", s(&t.join("empty")), "-q"]));
+    assert_eq!(
+        std::fs::read(t.join("empty")).unwrap(),
+        std::fs::read(&b).unwrap()
     );
 }
