@@ -88,6 +88,20 @@ pub fn local(
             Some(s) => collection::load_base(s, c, root)?,
             None => None,
         };
+        // A collection's folder that is gone (renamed, an unmounted
+        // volume) reads as every file deleted: `to-db` would delete every
+        // row it last synced. Refused, as `to-disk` refuses a database that
+        // is gone; an empty folder says the deletes are meant.
+        let synced = base.as_ref().map_or(0, |b| b.len());
+        let dir = root.join(&c.dir);
+        if opts.direction == Some(Direction::ToDatabase) && synced > 0 && !dir.is_dir() {
+            return Err(SyncError::NotFound(format!(
+                "{}: no such folder; collection {} was last synced with {synced} rows there, \
+                 which to-db would delete (to delete them, make the folder, empty)",
+                dir.display(),
+                c.name
+            )));
+        }
         let mut p = collection::plan(root, c, base)?;
         if let Some(d) = opts.direction {
             p.decide(d, opts.force);

@@ -1648,3 +1648,45 @@ fn a_dry_run_refuses_what_the_run_would() {
     }
     assert_eq!(std::fs::read(root.join("posts/foo.md")).unwrap(), before);
 }
+
+/// A collection's folder that was gone (renamed, on an unmounted volume)
+/// read as every file deleted, and `to-db` deleted every row it had synced,
+/// exit 0 (audit 23). It is now refused, dry run too; an empty folder says
+/// the deletes are meant.
+#[test]
+fn to_db_with_the_collections_folder_gone_deletes_no_row() {
+    let (_t, root) = mini();
+    let before = rows(&root, "SELECT slug, title FROM content ORDER BY slug");
+    assert_eq!(before.len(), 2);
+    std::fs::rename(root.join("content"), root.join("content.away")).unwrap();
+    for args in [
+        &["local", "to-db"][..],
+        &["local", "to-db", "--dry-run"][..],
+    ] {
+        let err = fails(&root, args, 1);
+        assert!(
+            err.contains("no such folder") && err.contains("content"),
+            "{err}"
+        );
+        assert_eq!(
+            rows(&root, "SELECT slug, title FROM content ORDER BY slug"),
+            before
+        );
+    }
+    // A plain file there is no folder either.
+    std::fs::write(root.join("content"), "").unwrap();
+    fails(&root, &["local", "to-db"], 1);
+    std::fs::remove_file(root.join("content")).unwrap();
+    // The folder back: nothing to do.
+    std::fs::rename(root.join("content.away"), root.join("content")).unwrap();
+    ok(&root, &["local", "to-db", "-q"]);
+    assert_eq!(
+        rows(&root, "SELECT slug, title FROM content ORDER BY slug"),
+        before
+    );
+    // An empty folder: the deletes are meant.
+    std::fs::remove_dir_all(root.join("content")).unwrap();
+    std::fs::create_dir(root.join("content")).unwrap();
+    ok(&root, &["local", "to-db", "-q"]);
+    assert!(rows(&root, "SELECT slug FROM content").is_empty());
+}
