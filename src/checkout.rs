@@ -171,18 +171,16 @@ pub fn restore(
         crate::sources::check_locations(&s)?;
     }
     let mut ropts = restore_options(ws, &s, opts.delete, opts.keep_setid);
-    // The databases the snapshot `main` names are the user's live ones too
-    // (one named by `--db` since the snapshot restored here was taken): no
-    // `--delete` of an older snapshot removes them.
-    if let Some(head) = store.read_ref("main")?.filter(|h| *h != id)
-        && let Ok(hs) = crate::names::load_snapshot(store, &head)
-    {
-        for (db, _) in crate::sources::database_files(&hs, &ws.root) {
-            for side in crate::sources::with_sidecars(&db) {
-                ropts.protect.push(crate::sources::canonical(&side));
-                if let Ok(a) = std::path::absolute(&side) {
-                    ropts.protect.push(a);
-                }
+    // The databases any snapshot of the store names are the user's live
+    // ones too (one named by `--db` in a later or an earlier snapshot, or
+    // on another ref, than the one restored): no restore writes over or
+    // `--delete` removes them (audit 23: an older snapshot's --delete
+    // removed a database only main~1 named).
+    for db in crate::sources::named_database_files(store, &ws.root) {
+        for side in crate::sources::with_sidecars(&db) {
+            ropts.protect.push(crate::sources::canonical(&side));
+            if let Ok(a) = std::path::absolute(&side) {
+                ropts.protect.push(a);
             }
         }
     }

@@ -159,6 +159,35 @@ pub fn database_files(snap: &Snapshot, base: &Path) -> Vec<(PathBuf, Vec<String>
         .collect()
 }
 
+/// The database files that any snapshot in the history of any of the
+/// store's refs names, resolved against `base`: the user's live databases,
+/// whichever snapshot a restore or a cache restore writes (one named by
+/// `--db` once, then left out of later snapshots, is still there). A
+/// snapshot that cannot be read is passed over; at most `MAX_SNAPSHOTS`
+/// are read.
+pub fn named_database_files(store: &crate::store::Store, base: &Path) -> Vec<PathBuf> {
+    const MAX_SNAPSHOTS: usize = 100_000;
+    let mut seen = std::collections::HashSet::new();
+    let mut todo: Vec<crate::id::ObjectId> = store
+        .list_refs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    let mut out = std::collections::BTreeSet::new();
+    while let Some(id) = todo.pop() {
+        if seen.len() >= MAX_SNAPSHOTS || !seen.insert(id) {
+            continue;
+        }
+        let Ok(s) = crate::names::load_snapshot(store, &id) else {
+            continue;
+        };
+        out.extend(database_files(&s, base).into_iter().map(|(p, _)| p));
+        todo.extend(s.parents.iter().copied());
+    }
+    out.into_iter().collect()
+}
+
 /// Every database the snapshot took tables from, with the tables each
 /// gave: files resolved against `base`, PostgreSQL URLs as recorded
 /// (without their passwords, which come from `PGPASSWORD` or `~/.pgpass`).

@@ -1173,3 +1173,34 @@ fn the_local_store_is_emptied_when_it_outgrows_its_limit() {
     let err = c.fails(&["cache", "save", "k5", "t", "--remote", &url], 1);
     assert!(err.contains("SP_SYNC_CACHE_STORE_MAX"), "{err}");
 }
+
+/// A database that only the working tree's store names (a snapshot took
+/// it with `--db`; no `sp-sync.toml`) was replaced by an entry holding a
+/// file at its path, exit 0, reported as a hit (audit 23). It is kept now,
+/// as one `sp-sync.toml` names.
+#[test]
+fn a_restore_never_writes_over_a_database_a_snapshot_of_the_store_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = tmp.path().join("remote").display().to_string();
+    let a = runner(tmp.path(), "a", &[]);
+    std::fs::create_dir_all(a.dir.join("data")).unwrap();
+    std::fs::write(a.dir.join("data/app.db"), "cached db").unwrap();
+    a.ok(&["cache", "save", "k", "data", "--remote", &url]);
+
+    let b = runner(tmp.path(), "b", &[]);
+    std::fs::create_dir_all(b.dir.join("data")).unwrap();
+    std::fs::create_dir_all(b.dir.join("services")).unwrap();
+    b.ok(&["init", "-q"]);
+    rusqlite::Connection::open(b.dir.join("data/app.db"))
+        .unwrap()
+        .execute_batch("CREATE TABLE u(x); INSERT INTO u VALUES ('live');")
+        .unwrap();
+    b.ok(&["snapshot", "services", "--db", "data/app.db", "-q"]);
+    // (A later snapshot without it: the database is still the user's.)
+    b.ok(&["snapshot", "services", "-q"]);
+    let live = std::fs::read(b.dir.join("data/app.db")).unwrap();
+    let (c, _, err) = b.run(&["cache", "restore", "k", "--remote", &url]);
+    assert_eq!(c, 1, "{err}");
+    assert!(err.contains("not restoring"), "{err}");
+    assert_eq!(std::fs::read(b.dir.join("data/app.db")).unwrap(), live);
+}

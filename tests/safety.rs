@@ -2132,3 +2132,57 @@ fn a_target_with_a_trailing_slash_is_a_directory() {
     ok(w, &["restore", "main:sub", "dir/", "-q"]);
     assert_eq!(std::fs::read_to_string(w.join("dir/f")).unwrap(), "hi\n");
 }
+
+/// `restore OLD --delete` removed a live database (and its -wal) that only
+/// a later snapshot, not `main`, named: every database file any snapshot
+/// of the store names is now kept (audit 23).
+#[test]
+fn restore_delete_keeps_a_database_any_snapshot_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    std::fs::create_dir_all(w.join("services")).unwrap();
+    std::fs::write(w.join("services/a.txt"), "a\n").unwrap();
+    ok(w, &["init", "-q"]);
+    let v: serde_json::Value = serde_json::from_str(&ok(w, &["snapshot", "--json"])).unwrap();
+    let old = v["id"].as_str().unwrap().to_string();
+    std::fs::create_dir_all(w.join("data")).unwrap();
+    let db = w.join("data/app.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "PRAGMA journal_mode = WAL; CREATE TABLE u(id INTEGER PRIMARY KEY); INSERT INTO u VALUES (1);",
+    )
+    .unwrap();
+    ok(w, &["snapshot", "services", "--db", "data/app.db", "-q"]);
+    std::fs::write(w.join("services/a.txt"), "b\n").unwrap();
+    ok(w, &["snapshot", "services", "-q"]);
+    // Another ref only names a second database.
+    let db2 = w.join("data/other.db");
+    rusqlite::Connection::open(&db2)
+        .unwrap()
+        .execute_batch("CREATE TABLE v(x);")
+        .unwrap();
+    ok(
+        w,
+        &[
+            "snapshot",
+            "services",
+            "--db",
+            "data/other.db",
+            "--ref",
+            "side",
+            "-q",
+        ],
+    );
+    c.execute_batch("INSERT INTO u VALUES (2);").unwrap();
+    assert!(w.join("data/app.db-wal").exists());
+    ok(w, &["restore", &old, "--delete", "-q"]);
+    assert!(db.exists() && w.join("data/app.db-wal").exists() && db2.exists());
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM u", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(
+        std::fs::read_to_string(w.join("services/a.txt")).unwrap(),
+        "a\n"
+    );
+}

@@ -195,19 +195,7 @@ pub fn cache_restore(
             .filter(|s| !s.is_empty())
             .map(PathBuf::from),
         no_record: false,
-        // The working tree's store and databases (without a store here,
-        // those `sp-sync.toml` names).
-        protect: crate::sources::protected_paths(
-            &opts
-                .place
-                .workspace()
-                .unwrap_or_else(|_| crate::workspace::Workspace {
-                    store_dir: opts.place.cwd.join(crate::store::STORE_DIR),
-                    root: opts.place.cwd.clone(),
-                    explicit: false,
-                }),
-            None,
-        ),
+        protect: cache_protected(opts),
     };
     let start = Instant::now();
     let report = match open_remote(&opts.place, opts.remote.as_deref(), false) {
@@ -382,4 +370,31 @@ impl Render for CachePruneReport {
         ));
         Ok(())
     }
+}
+
+/// What a cache restore never writes over: the working tree's store and
+/// databases, those `sp-sync.toml` names and those any snapshot of its
+/// store names (audit 23: an entry holding `data/app.db` replaced the live
+/// database that only the store's snapshots named, exit 0).
+fn cache_protected(opts: &CacheRestoreOptions) -> Vec<PathBuf> {
+    let ws = opts
+        .place
+        .workspace()
+        .unwrap_or_else(|_| crate::workspace::Workspace {
+            store_dir: opts.place.cwd.join(crate::store::STORE_DIR),
+            root: opts.place.cwd.clone(),
+            explicit: false,
+        });
+    let mut out = crate::sources::protected_paths(&ws, None);
+    if let Ok(store) = crate::store::Store::open(&ws.store_dir, crate::store::LockMode::Shared) {
+        for db in crate::sources::named_database_files(&store, &ws.root) {
+            for side in crate::sources::with_sidecars(&db) {
+                out.push(crate::sources::canonical(&side));
+                if let Ok(a) = std::path::absolute(&side) {
+                    out.push(a);
+                }
+            }
+        }
+    }
+    out
 }
