@@ -1835,3 +1835,74 @@ fn diff_json_never_prints_two_keys_alike() {
     want.sort();
     assert_eq!(keys, want, "{v}");
 }
+
+/// A restore into a new database file renamed its build over a file made at
+/// that path meanwhile (an application creating its database), exit 0. The
+/// file is now left as it is and the restore fails (audit 23).
+#[test]
+fn a_restore_into_a_new_file_never_replaces_one_made_meanwhile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_path_buf();
+    ok(&d, &["init", "--store", "st", "-q"]);
+    std::fs::create_dir(d.join("files")).unwrap();
+    sql(
+        &d.join("big.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300000)
+         INSERT INTO t SELECT i, printf('row %d of a table big enough to take a while', i) FROM n;",
+    );
+    ok(
+        &d,
+        &["--store", "st", "snapshot", "files", "--db", "big.db", "-q"],
+    );
+    // Once the restore's temporary file is there, the "application" makes
+    // the database itself.
+    let out = d.join("out");
+    std::fs::create_dir(&out).unwrap();
+    let watcher = {
+        let out = out.clone();
+        std::thread::spawn(move || {
+            for _ in 0..20_000 {
+                let building = std::fs::read_dir(&out)
+                    .unwrap()
+                    .filter_map(|e| e.ok())
+                    .any(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .starts_with(".new.db.sp-sync-")
+                    });
+                if building {
+                    std::fs::write(out.join("new.db"), "the app's own file").unwrap();
+                    return true;
+                }
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            false
+        })
+    };
+    let o = common::run_in(
+        &d,
+        &[
+            "--store",
+            "st",
+            "restore",
+            "main",
+            "--db",
+            "out/new.db",
+            "-q",
+        ],
+    );
+    assert!(
+        watcher.join().unwrap(),
+        "the restore's temporary file never showed"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("appeared"), "{err}");
+    assert_eq!(
+        std::fs::read(out.join("new.db")).unwrap(),
+        b"the app's own file"
+    );
+    // (No temporary file is left.)
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+}

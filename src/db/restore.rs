@@ -264,10 +264,42 @@ fn restore_new(
     let f = std::fs::File::open(&tmp).ctx("opening", &tmp)?;
     f.sync_all().ctx("syncing", &tmp)?;
     drop(f);
-    std::fs::rename(&tmp, target).ctx("renaming into", target)?;
+    rename_new(&tmp, target)?;
     cleanup.1 = true;
     crate::store::sync_dir(&dir)?;
     Ok(report)
+}
+
+/// Renames the database built at `tmp` to `target`, which must still not
+/// exist: a file made there while the restore built it (an application
+/// creating its database, a user's file) is not replaced (audit 23).
+/// `renameat2(RENAME_NOREPLACE)`; where the file system lacks it, a hard
+/// link (which fails too when the name is taken) and the removal of `tmp`.
+fn rename_new(tmp: &Path, target: &Path) -> Result<()> {
+    let taken = || {
+        SyncError::Invalid(format!(
+            "{}: a file appeared there while the restore built the database; it is left as it is and nothing was restored",
+            target.display()
+        ))
+    };
+    match rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        tmp,
+        rustix::fs::CWD,
+        target,
+        rustix::fs::RenameFlags::NOREPLACE,
+    ) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::EXIST) => Err(taken()),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::NOTSUP) => {
+            match std::fs::hard_link(tmp, target) {
+                Ok(()) => std::fs::remove_file(tmp).ctx("removing", tmp),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(taken()),
+                Err(e) => Err(SyncError::io("renaming into", target, e)),
+            }
+        }
+        Err(e) => Err(SyncError::io("renaming into", target, e.into())),
+    }
 }
 
 /// Removes what an earlier restore into a new file `name`, killed before
