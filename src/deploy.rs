@@ -1448,13 +1448,40 @@ fn leads_out(root: &Path, dir: &Path, target: &Path) -> bool {
     false
 }
 
+/// A deploy's copy of its snapshot, removed when dropped: unless a step
+/// left something mounted inside it (`mount --bind`), whose files are not
+/// the copy's to delete (audit 23: the cleanup emptied the mounted folder).
+/// Then the copy stays, and a warning names it.
+struct DeployCopy(Option<tempfile::TempDir>);
+
+impl DeployCopy {
+    fn path(&self) -> &Path {
+        self.0.as_ref().map_or(Path::new(""), |t| t.path())
+    }
+}
+
+impl Drop for DeployCopy {
+    fn drop(&mut self) {
+        let Some(t) = self.0.take() else { return };
+        let root = std::fs::canonicalize(t.path()).unwrap_or_else(|_| t.path().to_path_buf());
+        let mounted = crate::restore::mount_points()
+            .into_iter()
+            .find(|m| m.starts_with(&root));
+        if let Some(m) = mounted {
+            let kept = t.keep();
+            tracing::warn!(
+                "the deploy's copy {} is left in place: a step left {} mounted inside it \
+                 (unmount it, then remove the copy)",
+                kept.display(),
+                m.display()
+            );
+        }
+    }
+}
+
 /// Restores the snapshot's files into a new temporary directory (removed
 /// when dropped).
-fn materialize(
-    store: &Store,
-    snap: &Snapshot,
-    progress: &dyn Progress,
-) -> Result<tempfile::TempDir> {
+fn materialize(store: &Store, snap: &Snapshot, progress: &dyn Progress) -> Result<DeployCopy> {
     let tmp = tempfile::Builder::new()
         .prefix("sp-sync-deploy-")
         .tempdir()
@@ -1474,7 +1501,7 @@ fn materialize(
             progress,
         )?;
     }
-    Ok(tmp)
+    Ok(DeployCopy(Some(tmp)))
 }
 
 /// Cuts a line to at most `MAX_LINE` bytes and makes it text.

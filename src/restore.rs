@@ -1047,7 +1047,7 @@ fn is_mount_point(dir: BorrowedFd<'_>, name: &[u8], dev: u64, path: &Path) -> Re
 
 /// The mount points `/proc/self/mountinfo` lists (its fifth field, with
 /// the kernel's octal escapes undone); none where it cannot be read.
-fn mount_points() -> Vec<PathBuf> {
+pub(crate) fn mount_points() -> Vec<PathBuf> {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };

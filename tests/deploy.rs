@@ -1081,3 +1081,66 @@ fn a_watch_that_sees_nothing_is_warned_about() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!err.contains("match nothing"), "{err}");
 }
+
+/// A step that left a folder of the machine bind-mounted inside the
+/// deploy's copy had that folder emptied by the copy's removal, exit 0
+/// (audit 23). The copy now stays, with a warning naming the mount, and the
+/// mounted folder keeps its files, whether the step failed or not. (Needs
+/// root to mount: elsewhere it says so and checks nothing.)
+#[test]
+fn the_copys_cleanup_never_deletes_through_a_mount_a_step_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("keep.txt"), "precious\n").unwrap();
+    let probe = tmp.path().join("probe");
+    std::fs::create_dir_all(&probe).unwrap();
+    let can_mount = Command::new("mount")
+        .args(["--bind"])
+        .arg(&outside)
+        .arg(&probe)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !can_mount {
+        eprintln!("skipped: mount --bind needs root here");
+        return;
+    }
+    let _ = Command::new("umount").arg(&probe).status();
+    for (name, last) in [("ok", "true"), ("bad", "exit 7")] {
+        let toml = format!(
+            "[deploy.{name}]\nwatch = [\"src/**\"]\nsteps = [\"mkdir cache && mount --bind {o} cache && {last}\"]\n",
+            o = outside.display()
+        );
+        let root = tmp.path().join(name);
+        let w = tree(&root, &toml);
+        snap(&w);
+        let o = run_in(&w, &["deploy", name]);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(
+            o.status.code(),
+            Some(if name == "ok" { 0 } else { 1 }),
+            "{err}"
+        );
+        assert!(err.contains("left in place"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(outside.join("keep.txt")).unwrap(),
+            "precious\n",
+            "{name}: the mounted folder was emptied"
+        );
+        // Clean up as the warning says.
+        let copy = err
+            .split("the deploy's copy ")
+            .nth(1)
+            .and_then(|r| r.split(" is left").next())
+            .unwrap()
+            .to_string();
+        assert!(
+            Command::new("umount")
+                .arg(Path::new(&copy).join("cache"))
+                .status()
+                .unwrap()
+                .success()
+        );
+        std::fs::remove_dir_all(&copy).unwrap();
+    }
+}
