@@ -1913,6 +1913,60 @@ pub fn restyle_fields(text: &str) -> Vec<(String, Option<String>)> {
     out
 }
 
+/// The comment at the end of a field's first line (`name: value  # why`),
+/// with the blanks before it; `None` without one. A `#` begins a comment
+/// after a blank, outside a quoted scalar; the value is one line (a field
+/// whose value goes on, a block scalar or collection, gives `None`).
+fn line_comment(text: &str) -> Option<&str> {
+    let line = text.split('\n').next()?;
+    if text.len() > line.len() + 1 {
+        return None;
+    }
+    let (_, value) = line.split_once(':')?;
+    let base = line.len() - value.len();
+    let b = value.as_bytes();
+    let mut i = 0;
+    // Where a quoted scalar may start: the value's start, after an anchor
+    // or a tag, and after `[`, `{` or `,` in a flow collection.
+    let mut may_quote = true;
+    while i < b.len() {
+        match b[i] {
+            b' ' | b'\t' => {}
+            b'#' if i > 0 && matches!(b[i - 1], b' ' | b'\t') => {
+                let start = value[..i].trim_end_matches([' ', '\t']).len();
+                return Some(&line[base + start..]);
+            }
+            q @ (b'"' | b'\'') if may_quote => {
+                i += 1;
+                while i < b.len() {
+                    if b[i] == b'\\' && q == b'"' {
+                        i += 1;
+                    } else if b[i] == q {
+                        // ('' inside single quotes is one quote.)
+                        if q == b'\'' && b.get(i + 1) == Some(&b'\'') {
+                            i += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                    i += 1;
+                }
+                may_quote = false;
+            }
+            b'[' | b'{' | b',' => may_quote = true,
+            b'&' | b'!' if may_quote => {
+                while i < b.len() && !matches!(b[i], b' ' | b'\t') {
+                    i += 1;
+                }
+                continue;
+            }
+            _ => may_quote = false,
+        }
+        i += 1;
+    }
+    None
+}
+
 /// The comment lines (at the left margin, with the blank lines between
 /// them) that end a field's text: they belong to what follows, and stay
 /// when the field is rewritten.
@@ -2024,7 +2078,17 @@ fn render_fields_over(plan: &Plan, old: &Row, values: &[Value]) -> Result<String
             out.push_str(&f.text);
         } else {
             if !matches!(values[i], Value::Null) {
-                out.push_str(&render_field(plan, i, &values[i], Some(f))?);
+                let field = render_field(plan, i, &values[i], Some(f))?;
+                // A comment on the field's line stays on it, after a value
+                // that is one line too.
+                match (line_comment(&f.text), field.strip_suffix('\n')) {
+                    (Some(c), Some(one)) if !one.contains('\n') => {
+                        out.push_str(one);
+                        out.push_str(c);
+                        out.push('\n');
+                    }
+                    _ => out.push_str(&field),
+                }
             }
             out.push_str(trailing_comments(&f.text));
         }
@@ -3000,6 +3064,24 @@ mod tests {
             assert!(body_rel_path("a/config.yaml", bad).is_err(), "{bad}");
         }
         assert!(body_rel_path("a/config.yaml", "config.yaml").is_err());
+    }
+
+    #[test]
+    fn a_comment_on_a_fields_line_is_found_outside_quotes() {
+        assert_eq!(
+            line_comment("t: Old title   # the title\n"),
+            Some("   # the title")
+        );
+        assert_eq!(line_comment("t: &a x # c\n"), Some(" # c"));
+        assert_eq!(line_comment("t: \"a # b\" # c\n"), Some(" # c"));
+        assert_eq!(line_comment("t: 'it''s # not' #c\n"), Some(" #c"));
+        assert_eq!(line_comment("t: \"q\\\" # in\"\n"), None);
+        assert_eq!(line_comment("t: it's # c\n"), Some(" # c"));
+        assert_eq!(line_comment("t: a#b\n"), None);
+        assert_eq!(line_comment("t: [a, 'b # c'] # d\n"), Some(" # d"));
+        assert_eq!(line_comment("t: x\n"), None);
+        assert_eq!(line_comment("t: | # c\n  a\n"), None);
+        assert_eq!(line_comment("t: # c\n- a\n"), None);
     }
 
     #[test]

@@ -1690,3 +1690,28 @@ fn to_db_with_the_collections_folder_gone_deletes_no_row() {
     ok(&root, &["local", "to-db", "-q"]);
     assert!(rows(&root, "SELECT slug FROM content").is_empty());
 }
+
+/// A field changed by `to-disk` lost the comment on its line (`title: Old
+/// # the title`): the user's words, gone. It stays on the line now, and the
+/// file reads back as the row.
+#[test]
+fn to_disk_keeps_a_comment_on_a_changed_fields_line() {
+    let (_t, root) = mini();
+    std::fs::write(
+        root.join("content/a.md"),
+        "---\nslug: a\ntitle: \"a # not a comment\"   # the title\n---\nbody a\n",
+    )
+    .unwrap();
+    ok(&root, &["local", "to-db", "-q"]);
+    sql(
+        &root,
+        "UPDATE content SET title = 'new title' WHERE slug = 'a'",
+    );
+    ok(&root, &["local", "to-disk", "-q"]);
+    assert_eq!(
+        std::fs::read_to_string(root.join("content/a.md")).unwrap(),
+        "---\nslug: a\ntitle: \"new title\"   # the title\n---\nbody a\n"
+    );
+    let v = json(&ok(&root, &["local", "diff", "--json"]));
+    assert!(v.as_array().unwrap().is_empty(), "{v}");
+}
