@@ -1204,3 +1204,34 @@ fn a_restore_never_writes_over_a_database_a_snapshot_of_the_store_names() {
     assert!(err.contains("not restoring"), "{err}");
     assert_eq!(std::fs::read(b.dir.join("data/app.db")).unwrap(), live);
 }
+
+/// `SP_SYNC_CACHE_STORE` naming a folder that holds some other program's
+/// `store.toml` fails with one line and leaves the folder as it was (a
+/// `tmp/`, `refs/` and `packs/` were made there; audit 20).
+#[test]
+fn a_cache_store_folder_that_is_no_store_is_left_as_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let url = root.join("remote").display().to_string();
+    let other = root.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("store.toml"), "[shop]\nname = \"not ours\"\n").unwrap();
+    let a = root.join("a");
+    std::fs::create_dir_all(a.join("t")).unwrap();
+    std::fs::write(a.join("t/f"), "x").unwrap();
+    let args = ["cache", "save", "k", "t", "--remote", &url];
+    let o = run_env(
+        &a,
+        &args,
+        &[("SP_SYNC_CACHE_STORE", other.display().to_string())],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    common::assert_one_error_line(&args, &err);
+    assert!(err.contains("store.toml"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&other)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("store.toml")]);
+}

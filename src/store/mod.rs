@@ -499,6 +499,10 @@ impl Store {
                 dir.display()
             )));
         }
+        // (Checked before anything is made there: a folder holding some
+        // other program's `store.toml` gets no `tmp/`.)
+        let cfg = dir.join("store.toml");
+        parse_config(&fs::read(&cfg).ctx("reading", &cfg)?, &cfg)?;
         for sub in ["packs", "refs", "tmp"] {
             let p = dir.join(sub);
             if !p.is_dir() {
