@@ -429,6 +429,29 @@ pub fn is_tmp_name(name: &[u8]) -> bool {
     }
 }
 
+/// Removes from `dir` the temporary files a killed restore left there
+/// (`.sp-sync-tmp-PID-N` of a process that is gone): a restore killed
+/// while writing a large file left it, and only `--delete` removed it.
+/// Errors are ignored (another user's file, a race with another sweep).
+fn sweep_tmp(dir: BorrowedFd<'_>) {
+    let Ok(mut d) = rustix::fs::Dir::read_from(dir) else {
+        return;
+    };
+    while let Some(Ok(e)) = d.read() {
+        let name = e.file_name().to_bytes();
+        if !is_tmp_name(name) || e.file_type() != FileType::RegularFile {
+            continue;
+        }
+        let pid = name[TMP_PREFIX.len()..].split(|&c| c == b'-').next();
+        if pid
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .is_some_and(crate::store::dead_process)
+        {
+            let _ = rustix::fs::unlinkat(dir, e.file_name(), AtFlags::empty());
+        }
+    }
+}
+
 impl Ctx<'_> {
     /// Writes a directory's entries into the open directory `dir` (shown as
     /// `path`). `fresh`: the directory was empty, nothing to replace.
@@ -464,6 +487,8 @@ impl Ctx<'_> {
                 ign = ign.with(path, &text);
             }
             self.delete_extra(dir, &entries, path, &ign)?;
+        } else if !fresh {
+            sweep_tmp(dir);
         }
         entries.par_iter().try_for_each(|(name, e)| {
             let p = path.join(OsStr::from_bytes(name));

@@ -2186,3 +2186,35 @@ fn restore_delete_keeps_a_database_any_snapshot_names() {
         "a\n"
     );
 }
+
+/// A restore killed while writing a large file left its temporary file
+/// (`.sp-sync-tmp-PID-N`, hundreds of MB) in the folder, and only a
+/// `--delete` restore removed it (audit 23). A restore into that folder now
+/// removes those of processes that are gone, and no other.
+#[test]
+fn a_restore_removes_the_temporary_files_a_killed_one_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    std::fs::create_dir_all(w.join("services/sub")).unwrap();
+    std::fs::write(w.join("services/sub/a.txt"), "a\n").unwrap();
+    ok(w, &["init", "-q"]);
+    ok(w, &["snapshot", "-q"]);
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let stale = w.join(format!("services/sub/.sp-sync-tmp-{dead}-7"));
+    let live = w.join(format!(
+        "services/sub/.sp-sync-tmp-{}-7",
+        std::process::id()
+    ));
+    std::fs::write(&stale, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&live, "being written").unwrap();
+    std::fs::write(w.join("services/sub/a.txt"), "changed\n").unwrap();
+    ok(w, &["restore", "main", "-q"]);
+    assert!(!stale.exists(), "the killed restore's file stays");
+    assert!(live.exists(), "a running process's file went");
+    assert_eq!(
+        std::fs::read_to_string(w.join("services/sub/a.txt")).unwrap(),
+        "a\n"
+    );
+}
