@@ -1906,3 +1906,46 @@ fn a_restore_into_a_new_file_never_replaces_one_made_meanwhile() {
     // (No temporary file is left.)
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
 }
+
+/// A table whose rows break one of its CHECK constraints (written with the
+/// checks off, as SQLite allows) could not be restored into a new file: the
+/// backup was unusable. A new file is a copy and takes them as they were;
+/// a restore onto an existing database still keeps to its checks.
+#[test]
+fn rows_that_break_a_check_come_back_into_a_new_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init", "--store", "st", "-q"]);
+    std::fs::create_dir(d.join("files")).unwrap();
+    let db = d.join("app.db");
+    sql(
+        &db,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, n INT CHECK (n > 0));
+         PRAGMA ignore_check_constraints = ON;
+         INSERT INTO t VALUES (1, -5), (2, 3);",
+    );
+    ok(
+        d,
+        &["--store", "st", "snapshot", "files", "--db", "app.db", "-q"],
+    );
+    ok(
+        d,
+        &["--store", "st", "restore", "main", "--db", "new.db", "-q"],
+    );
+    assert_eq!(dump(&d.join("new.db")), dump(&db));
+    // The new file checks new rows again.
+    let c = Connection::open(d.join("new.db")).unwrap();
+    assert!(c.execute("INSERT INTO t VALUES (3, -1)", []).is_err());
+    // Onto an existing database the row is refused, naming it.
+    let other = d.join("other.db");
+    sql(
+        &other,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, n INT CHECK (n > 0));",
+    );
+    refused(
+        d,
+        &other,
+        &["--store", "st", "restore", "main", "--db", "other.db"],
+        "CHECK",
+    );
+}
