@@ -351,7 +351,18 @@ pub fn restore(
     for (path, mine, dopts) in jobs {
         let r = restore_db(store, &mine, &path, &chunker, &dopts, progress)
             // (Never a password.)
-            .context_with(|| format!("restore into {}", crate::db::pg::display_location(&path)))?;
+            .context_with(|| {
+                // (Its rehearsal passed: the database changed since.)
+                let files = if report.restored.is_empty() {
+                    ""
+                } else {
+                    " (the files were restored; this database was left as it was)"
+                };
+                format!(
+                    "restore into {}{files}",
+                    crate::db::pg::display_location(&path)
+                )
+            })?;
         report.dbs.push(DbReport {
             // Never a password.
             db: PathBuf::from(crate::db::pg::display_location(&path)),

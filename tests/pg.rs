@@ -4550,8 +4550,24 @@ fn a_combined_restore_tries_the_database_before_writing_files() {
     assert_eq!(pg.dump_rows(&db, "users"), rows);
     assert_eq!(pg.psql(&db, seq), seq_before);
 
-    // Without the constraint both go back, the sequence with them.
-    pg.psql(&db, "ALTER TABLE users DROP CONSTRAINT small");
+    // A sequence the snapshot's value does not fit (its bounds changed):
+    // refused before any file too, though the rehearsal sets no sequence.
+    pg.psql(
+        &db,
+        "ALTER TABLE users DROP CONSTRAINT small;
+         ALTER SEQUENCE users_id_seq MAXVALUE 45 RESTART WITH 45;",
+    );
+    let seq_before = pg.psql(&db, seq);
+    let err = fails_pg(d, &["--store", "st", "restore", "main"]);
+    assert!(
+        err.contains("nothing was restored") && err.contains("users_id_seq"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(d.join("files/a.txt")).unwrap(), b"edited\n");
+    assert_eq!(pg.psql(&db, seq), seq_before);
+    pg.psql(&db, "ALTER SEQUENCE users_id_seq MAXVALUE 1000");
+
+    // Then both go back, the sequence with them.
     ok_pg(d, &["--store", "st", "restore", "main", "--delete", "-q"]);
     assert_eq!(std::fs::read(d.join("files/a.txt")).unwrap(), b"a\n");
     assert_eq!(

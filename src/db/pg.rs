@@ -3542,11 +3542,7 @@ fn restore_in(
     // the database lacks, then sequence values.
     later.sort_by_key(|(phase, ordinal, _)| (*phase, *ordinal));
     for (_, _, step) in later {
-        // (A rehearsal rolls back, and setval would stay.)
-        if rehearse && matches!(step, Step::SetVal { .. }) {
-            continue;
-        }
-        run_step(c, loc, step, undo)?;
+        run_step(c, loc, step, undo, rehearse)?;
     }
     Ok(rep)
 }
@@ -3925,6 +3921,7 @@ fn run_step(
     loc: &PgLocation,
     step: Step,
     undo: &mut Vec<(String, i64, bool)>,
+    rehearse: bool,
 ) -> Result<()> {
     let err = |e| loc.error(e);
     match step {
@@ -4015,6 +4012,27 @@ fn run_step(
                 (next_of(value, called) - next_of(last, was_called)) * i128::from(inc.signum()) < 0
             });
             if back && (never_back || shared) {
+                return Ok(());
+            }
+            // A rehearsal sets nothing (setval is not undone by its
+            // rollback) but fails as setting it would: a value out of the
+            // sequence's bounds, a role that may not set it.
+            if rehearse {
+                let ok: bool = c
+                    .query_one(
+                        "SELECT $2 BETWEEN p.seqmin AND p.seqmax \
+                           AND pg_catalog.has_sequence_privilege($1::text::regclass, 'UPDATE') \
+                         FROM pg_catalog.pg_sequence p WHERE p.seqrelid = $1::text::regclass",
+                        &[&seq, &value],
+                    )
+                    .map_err(err)?
+                    .get(0);
+                if !ok {
+                    return Err(SyncError::Database(format!(
+                        "{}: sequence {seq} cannot be set to {value} (out of its bounds, or the role may not set it)",
+                        loc.redacted()
+                    )));
+                }
                 return Ok(());
             }
             // `ALTER SEQUENCE … RESTART` is transactional (it writes the
