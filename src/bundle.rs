@@ -656,6 +656,7 @@ pub fn create_file(
     // A device or a pipe (`/dev/stdout`, `/dev/null`, a fifo) is written
     // into, never renamed over: replacing `/dev/null` with a file breaks
     // the machine. Other things that are not files are refused.
+    let was_there = std::fs::symlink_metadata(path).is_ok();
     if let Ok(m) = std::fs::metadata(path) {
         use std::os::unix::fs::FileTypeExt;
         let t = m.file_type();
@@ -683,8 +684,17 @@ pub fn create_file(
             )));
         }
     }
-    // Nor into a store (a ref, a pack, store.toml, or a new file there).
-    if let Some(store_dir) = crate::restore::store_holding(path) {
+    // Nor into a store (a ref, a pack, store.toml, or a new file there),
+    // also through a symlink on the way (`refs-link/new`).
+    let resolved = path.file_name().and_then(|name| {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        std::fs::canonicalize(parent.unwrap_or(Path::new(".")))
+            .ok()
+            .map(|p| p.join(name))
+    });
+    let inside = crate::restore::store_holding(path)
+        .or_else(|| resolved.as_deref().and_then(crate::restore::store_holding));
+    if let Some(store_dir) = inside {
         return Err(SyncError::Invalid(format!(
             "{}: will not write a bundle into the store at {}",
             path.display(),
@@ -710,8 +720,24 @@ pub fn create_file(
     tmp.as_file()
         .sync_all()
         .map_err(|e| SyncError::io("syncing", path, e))?;
-    tmp.persist(path)
-        .map_err(|e| SyncError::io("renaming the bundle to", path, e.error))?;
+    // A bundle (or an empty file, or a symlink) that was there is replaced;
+    // where there was nothing, a file made meanwhile (a database an
+    // application created) is not (audit 24).
+    if was_there {
+        tmp.persist(path)
+            .map_err(|e| SyncError::io("renaming the bundle to", path, e.error))?;
+    } else {
+        tmp.persist_noclobber(path).map_err(|e| {
+            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                SyncError::Invalid(format!(
+                    "{}: a file appeared there while the bundle was written; it is left as it is",
+                    path.display()
+                ))
+            } else {
+                SyncError::io("renaming the bundle to", path, e.error)
+            }
+        })?;
+    }
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }

@@ -867,3 +867,51 @@ fn bundle_create_replaces_only_a_bundle_and_never_writes_into_a_store() {
         std::fs::read(&b).unwrap()
     );
 }
+
+/// `bundle create` through a symlink to a store's folder wrote into the
+/// store (`refs-link/evil` became a corrupt ref), and a file made at the
+/// bundle's path while it was written (an application's database) was
+/// renamed over, exit 0 (audit 24). Both are refused now.
+#[test]
+fn bundle_create_never_writes_into_a_store_through_a_link_nor_over_a_file_made_meanwhile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let a = source(t, 24 << 20);
+    snap(&a, "one");
+    std::os::unix::fs::symlink("st/refs", a.join("refs-link")).unwrap();
+    let err = fails(&a, &st(&["bundle", "create", "refs-link/evil"]), 1);
+    assert!(err.contains("into the store"), "{err}");
+    assert!(!a.join("st/refs/evil").exists());
+    ok(&a, &st(&["fsck", "-q"]));
+
+    let out = t.join("out");
+    std::fs::create_dir(&out).unwrap();
+    let watcher = {
+        let out = out.clone();
+        std::thread::spawn(move || {
+            for _ in 0..50_000 {
+                let writing = std::fs::read_dir(&out)
+                    .unwrap()
+                    .filter_map(|e| e.ok())
+                    .any(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .starts_with(".sp-sync-bundle-")
+                    });
+                if writing {
+                    std::fs::write(out.join("x.bundle"), "the app's own file").unwrap();
+                    return true;
+                }
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+            false
+        })
+    };
+    let target = out.join("x.bundle");
+    let o = common::run_in(&a, &st(&["bundle", "create", s(&target), "-q"]));
+    assert!(watcher.join().unwrap(), "the temporary bundle never showed");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("appeared"), "{err}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"the app's own file");
+}
