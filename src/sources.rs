@@ -159,8 +159,8 @@ pub fn database_files(snap: &Snapshot, base: &Path) -> Vec<(PathBuf, Vec<String>
         .collect()
 }
 
-/// The database files that any snapshot in the history of any of the
-/// store's refs names, resolved against `base`: the user's live databases,
+/// The database files that any snapshot this store took, in the history of
+/// any of its refs, names, resolved against `base`: the user's live databases,
 /// whichever snapshot a restore or a cache restore writes (one named by
 /// `--db` once, then left out of later snapshots, is still there). A
 /// snapshot that cannot be read is passed over; at most `MAX_SNAPSHOTS`
@@ -175,6 +175,7 @@ pub fn named_database_files(store: &crate::store::Store, base: &Path) -> Vec<Pat
         .map(|(_, id)| id)
         .collect();
     let mut out = std::collections::BTreeSet::new();
+    let made = store.made_list();
     while let Some(id) = todo.pop() {
         if seen.len() >= MAX_SNAPSHOTS || !seen.insert(id) {
             continue;
@@ -182,7 +183,12 @@ pub fn named_database_files(store: &crate::store::Store, base: &Path) -> Vec<Pat
         let Ok(s) = crate::names::load_snapshot(store, &id) else {
             continue;
         };
-        out.extend(database_files(&s, base).into_iter().map(|(p, _)| p));
+        // (Only what this store took: a pulled or imported snapshot names
+        // places of another machine, or any place a remote chose, and must
+        // not keep this one's restores from writing there; audit 24.)
+        if made.is_made(&id, &s.host) {
+            out.extend(database_files(&s, base).into_iter().map(|(p, _)| p));
+        }
         todo.extend(s.parents.iter().copied());
     }
     out.into_iter().collect()

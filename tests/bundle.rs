@@ -915,3 +915,41 @@ fn bundle_create_never_writes_into_a_store_through_a_link_nor_over_a_file_made_m
     assert!(err.contains("appeared"), "{err}");
     assert_eq!(std::fs::read(&target).unwrap(), b"the app's own file");
 }
+
+/// The databases a restore keeps are those this store's own snapshots name:
+/// an imported snapshot naming `services` as its database (a SQLite file on
+/// its machine) made every restore of this store's `services/` fail, exit 1
+/// (audit 24).
+#[test]
+fn an_imported_snapshots_databases_do_not_bind_this_stores_restores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let other = t.join("other");
+    std::fs::create_dir_all(other.join("files")).unwrap();
+    sql(&other.join("services"), "CREATE TABLE x(a);");
+    ok(&other, &["--store", "st", "init", "-q"]);
+    ok(
+        &other,
+        &[
+            "--store", "st", "snapshot", "files", "--db", "services", "--ref", "side", "-q",
+        ],
+    );
+    let b = t.join("side.bundle");
+    ok(
+        &other,
+        &["--store", "st", "bundle", "create", s(&b), "side", "-q"],
+    );
+
+    let mine = t.join("mine");
+    std::fs::create_dir_all(mine.join("services")).unwrap();
+    std::fs::write(mine.join("services/a.txt"), "a\n").unwrap();
+    ok(&mine, &["init", "-q"]);
+    ok(&mine, &["snapshot", "services", "-q"]);
+    ok(&mine, &["bundle", "import", s(&b), "-q"]);
+    std::fs::write(mine.join("services/a.txt"), "changed\n").unwrap();
+    ok(&mine, &["restore", "main", "-q"]);
+    assert_eq!(
+        std::fs::read_to_string(mine.join("services/a.txt")).unwrap(),
+        "a\n"
+    );
+}

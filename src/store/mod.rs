@@ -442,11 +442,16 @@ impl Store {
     /// that is not a local directory fall back to the snapshot's recorded
     /// host being this one.
     pub fn made_here(&self, id: &ObjectId, host: &str) -> bool {
+        self.made_list().is_made(id, host)
+    }
+
+    /// The list [`made_here`](Self::made_here) reads, read once: for
+    /// asking of many snapshots.
+    pub fn made_list(&self) -> MadeList {
         use std::io::BufRead;
         use std::os::unix::fs::OpenOptionsExt;
-        let legacy = || host == crate::snapshot::hostname();
         let Some(dir) = self.local_dir() else {
-            return legacy();
+            return MadeList(None);
         };
         let path = dir.join(MADE_FILE);
         let f = match fs::OpenOptions::new()
@@ -455,14 +460,16 @@ impl Store {
             .open(&path)
         {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return legacy(),
-            Err(_) => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return MadeList(None),
+            Err(_) => return MadeList(Some(Default::default())),
         };
-        let want = id.to_string();
-        std::io::BufReader::new(f)
-            .lines()
-            .map_while(|l| l.ok())
-            .any(|l| l.trim_end() == want)
+        MadeList(Some(
+            std::io::BufReader::new(f)
+                .lines()
+                .map_while(|l| l.ok())
+                .filter_map(|l| ObjectId::from_hex(l.trim_end()))
+                .collect(),
+        ))
     }
 
     /// Creates a store on any backend; false when one is already there.
@@ -1696,6 +1703,20 @@ pub fn unique() -> u64 {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     (u64::from(t) << 20) ^ N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The snapshots a store made ([`Store::made_list`]); `None`: a store
+/// without the list, where the recorded host decides.
+pub struct MadeList(Option<std::collections::HashSet<ObjectId>>);
+
+impl MadeList {
+    /// Whether the snapshot `id`, recording `host`, was made here.
+    pub fn is_made(&self, id: &ObjectId, host: &str) -> bool {
+        match &self.0 {
+            Some(ids) => ids.contains(id),
+            None => host == crate::snapshot::hostname(),
+        }
+    }
 }
 
 /// Finds the store for a command: `explicit` (from `--store` or
