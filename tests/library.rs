@@ -580,3 +580,35 @@ fn a_deleting_pull_keeps_the_database_and_its_sidecars() {
         "# bot\n"
     );
 }
+
+/// A store opened before another process wrote a snapshot and moved a ref
+/// onto it reads that snapshot: its indexes are loaded again when an object
+/// is not in them, instead of the object counting as missing (audit 24:
+/// `log` and `restore` run beside a snapshot failed, exit 1).
+#[test]
+fn a_store_open_before_another_process_snapshots_reads_the_new_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path();
+    std::fs::create_dir_all(w.join("services")).unwrap();
+    std::fs::write(w.join("services/a.txt"), "a\n").unwrap();
+    common::ok(w, &["init", "-q"]);
+    common::ok(w, &["snapshot", "services", "-q"]);
+    let store = Store::open(&w.join(".sp-sync"), LockMode::Shared).unwrap();
+    let fsck_store = Store::open(&w.join(".sp-sync"), LockMode::Shared).unwrap();
+    std::fs::write(w.join("services/a.txt"), "b\n").unwrap();
+    common::ok(w, &["snapshot", "services", "-q"]);
+    // fsck of a store opened before finds it whole.
+    let rep = systemprompt_sync::store::fsck::fsck(&fsck_store, &Default::default(), &NoProgress)
+        .unwrap();
+    assert!(rep.ok && rep.snapshots == 2, "{:?}", rep.errors);
+    let id = store.read_ref("main").unwrap().unwrap();
+    let snap = systemprompt_sync::names::load_snapshot(&store, &id).unwrap();
+    let root = snap.root.unwrap();
+    let e = systemprompt_sync::object::tree::lookup(&store, &root, b"a.txt")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        e.kind,
+        systemprompt_sync::EntryKind::File { size: 2, .. }
+    ));
+}

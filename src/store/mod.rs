@@ -1436,7 +1436,19 @@ impl Index {
 
 impl ObjectSource for Store {
     fn get(&self, tag: ObjectType, id: &ObjectId) -> Result<Vec<u8>> {
-        let Some(loc) = self.location(id) else {
+        // An object this process has not seen may be in a pack another
+        // wrote since it loaded the indexes (a ref read after that moved
+        // onto a new snapshot): the indexes are loaded again once before
+        // it counts as missing (audit 24: `log` and `restore` run beside a
+        // snapshot failed on its new snapshot).
+        let loc = match self.location(id) {
+            Some(loc) => Some(loc),
+            None => {
+                let _ = self.refresh();
+                self.location(id)
+            }
+        };
+        let Some(loc) = loc else {
             return Err(SyncError::MissingObject {
                 kind: tag.name(),
                 id: *id,
