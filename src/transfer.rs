@@ -622,6 +622,8 @@ pub fn push(
         h
     };
     let mut attempt = 0;
+    // Whether a full negotiation was already done again.
+    let mut asked_again = false;
     let mut busy = crate::remote::http::Busy::new(BUSY_WAIT);
     loop {
         attempt += 1;
@@ -681,10 +683,12 @@ pub fn push(
                 tracing::warn!("push to {} broke off ({e}); resuming", remote.describe());
                 std::thread::sleep(retry_pause(attempt));
             }
-            Err(e) if hint.is_some() && attempt <= retries && !is_final(&e) => {
+            Err(e) if (hint.is_some() || !asked_again) && attempt <= retries && !is_final(&e) => {
                 // The remote lacks something its refs reach (repacked,
-                // rewritten): ask it about everything instead.
+                // rewritten), or something it said it held (its gc took
+                // it meanwhile: audit 22): ask it about everything again.
                 tracing::warn!("push to {}: {e}; negotiating in full", remote.describe());
+                asked_again |= hint.is_none();
                 hint = None;
             }
             Err(e) => return Err(e),

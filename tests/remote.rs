@@ -1186,3 +1186,127 @@ fn a_read_token_reads_and_never_writes() {
         refs_before
     );
 }
+
+/// A remote that says it holds some objects and then does not (its gc took
+/// them between the push's questions and its objects, as an audit made a
+/// server do): the push is refused by the remote, asks about everything
+/// again and completes, also when it had asked about everything the first
+/// time (no ref of the remote to start from). It exited 1 (audit 22).
+#[test]
+fn a_push_asks_again_when_the_remote_lost_what_it_said_it_held() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use systemprompt_sync::object::tree::EntryKind;
+    use systemprompt_sync::remote::{Remote, StoreRemote};
+    use systemprompt_sync::{LockMode, NoProgress, ObjectId, Store};
+
+    struct Forgetful {
+        inner: StoreRemote,
+        claimed: Vec<ObjectId>,
+        lied: AtomicBool,
+        honest: AtomicBool,
+    }
+    impl Remote for Forgetful {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        fn list_refs(&self) -> systemprompt_sync::Result<Vec<(String, ObjectId)>> {
+            self.inner.list_refs()
+        }
+        fn update_ref(
+            &self,
+            name: &str,
+            old: Option<ObjectId>,
+            new: ObjectId,
+            force: bool,
+        ) -> systemprompt_sync::Result<()> {
+            self.inner.update_ref(name, old, new, force)
+        }
+        fn has(&self, ids: &[ObjectId]) -> systemprompt_sync::Result<Vec<bool>> {
+            let mut out = self.inner.has(ids)?;
+            if !self.honest.load(Ordering::SeqCst) {
+                for (i, id) in ids.iter().enumerate() {
+                    if self.claimed.contains(id) {
+                        out[i] = true;
+                        self.lied.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+            Ok(out)
+        }
+        fn send(
+            &self,
+            objects: &mut dyn Iterator<
+                Item = systemprompt_sync::Result<systemprompt_sync::pack::StoredObject>,
+            >,
+            progress: &dyn systemprompt_sync::progress::Progress,
+        ) -> systemprompt_sync::Result<systemprompt_sync::store::receive::ReceiveStats> {
+            let r = self.inner.send(objects, progress);
+            if r.is_err() {
+                self.honest.store(true, Ordering::SeqCst);
+            }
+            r
+        }
+        fn fetch<'a>(
+            &'a self,
+            ids: &[(systemprompt_sync::ObjectType, ObjectId)],
+        ) -> systemprompt_sync::Result<systemprompt_sync::remote::ObjectStream<'a>> {
+            self.inner.fetch(ids)
+        }
+        fn traffic(&self) -> systemprompt_sync::remote::Traffic {
+            self.inner.traffic()
+        }
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    std::fs::create_dir_all(a.join("services")).unwrap();
+    std::fs::write(a.join("services/model.bin"), bytes(3 << 20, 9)).unwrap();
+    ok(&a, &["init", "-q"]);
+    ok(&a, &["snapshot", "-q"]);
+    let r = tmp.path().join("r");
+    ok(tmp.path(), &["init", "--store", r.to_str().unwrap(), "-q"]);
+
+    let local = Store::open(&a.join(".sp-sync"), LockMode::Shared).unwrap();
+    let (_, e, _) = systemprompt_sync::resolve_path(&local, "main:services/model.bin").unwrap();
+    let EntryKind::File { content, size } = e.kind else {
+        panic!()
+    };
+    let claimed: Vec<ObjectId> = content
+        .chunks(&local, size)
+        .map(|c| c.unwrap().id)
+        .collect();
+    assert!(claimed.len() > 1);
+    let remote = Forgetful {
+        inner: StoreRemote::new(Store::open(&r, LockMode::Shared).unwrap()),
+        claimed,
+        lied: AtomicBool::new(false),
+        honest: AtomicBool::new(false),
+    };
+    systemprompt_sync::transfer::push(
+        &local,
+        &remote,
+        None,
+        &["main".to_string()],
+        false,
+        &NoProgress,
+    )
+    .unwrap();
+    assert!(remote.lied.load(Ordering::SeqCst) && remote.honest.load(Ordering::SeqCst));
+    drop(remote);
+    ok(tmp.path(), &["fsck", "--store", r.to_str().unwrap(), "-q"]);
+    let check = tmp.path().join("check");
+    ok(
+        tmp.path(),
+        &[
+            "restore",
+            "main",
+            check.to_str().unwrap(),
+            "--store",
+            r.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(check.join("services/model.bin")).unwrap(),
+        bytes(3 << 20, 9)
+    );
+}
