@@ -1954,6 +1954,8 @@ fn line_comment(text: &str) -> Option<&str> {
                 may_quote = false;
             }
             b'[' | b'{' | b',' => may_quote = true,
+            // (`: ` in a flow mapping: its value may be quoted.)
+            b':' if matches!(b.get(i + 1), Some(b' ' | b'\t')) => may_quote = true,
             b'&' | b'!' if may_quote => {
                 while i < b.len() && !matches!(b[i], b' ' | b'\t') {
                     i += 1;
@@ -3079,6 +3081,7 @@ mod tests {
         assert_eq!(line_comment("t: it's # c\n"), Some(" # c"));
         assert_eq!(line_comment("t: a#b\n"), None);
         assert_eq!(line_comment("t: [a, 'b # c'] # d\n"), Some(" # d"));
+        assert_eq!(line_comment("t: {a: 2, b: \"x # y\"} # m\n"), Some(" # m"));
         assert_eq!(line_comment("t: x\n"), None);
         assert_eq!(line_comment("t: | # c\n  a\n"), None);
         assert_eq!(line_comment("t: # c\n- a\n"), None);

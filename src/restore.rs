@@ -442,6 +442,20 @@ fn sweep_tmp(dir: BorrowedFd<'_>) {
         if !is_tmp_name(name) || e.file_type() != FileType::RegularFile {
             continue;
         }
+        // Nor one written in the last hour: a process id that is gone here
+        // may be a restore running in another PID namespace (a container
+        // sharing the folder; audit 24), whose file is still growing.
+        let recent = rustix::fs::statat(dir, e.file_name(), AtFlags::SYMLINK_NOFOLLOW)
+            .map(|st| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                now - st.st_mtime < 3600
+            })
+            .unwrap_or(true);
+        if recent {
+            continue;
+        }
         let pid = name[TMP_PREFIX.len()..].split(|&c| c == b'-').next();
         if pid
             .and_then(|p| std::str::from_utf8(p).ok())

@@ -2190,7 +2190,8 @@ fn restore_delete_keeps_a_database_any_snapshot_names() {
 /// A restore killed while writing a large file left its temporary file
 /// (`.sp-sync-tmp-PID-N`, hundreds of MB) in the folder, and only a
 /// `--delete` restore removed it (audit 23). A restore into that folder now
-/// removes those of processes that are gone, and no other.
+/// removes those of processes that are gone, untouched for an hour, and no
+/// other.
 #[test]
 fn a_restore_removes_the_temporary_files_a_killed_one_left() {
     let tmp = tempfile::tempdir().unwrap();
@@ -2209,10 +2210,22 @@ fn a_restore_removes_the_temporary_files_a_killed_one_left() {
     ));
     std::fs::write(&stale, vec![0u8; 1 << 20]).unwrap();
     std::fs::write(&live, "being written").unwrap();
+    // (Written in the last hour: maybe a restore in another PID namespace,
+    // a container sharing the folder.)
+    let fresh = w.join(format!("services/sub/.sp-sync-tmp-{dead}-8"));
+    std::fs::write(&fresh, "growing").unwrap();
+    let hours_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        - 7200;
+    common::set_mtime(&stale, hours_ago, 0);
+    common::set_mtime(&live, hours_ago, 0);
     std::fs::write(w.join("services/sub/a.txt"), "changed\n").unwrap();
     ok(w, &["restore", "main", "-q"]);
     assert!(!stale.exists(), "the killed restore's file stays");
     assert!(live.exists(), "a running process's file went");
+    assert!(fresh.exists(), "a file written in the last hour went");
     assert_eq!(
         std::fs::read_to_string(w.join("services/sub/a.txt")).unwrap(),
         "a\n"
