@@ -93,7 +93,13 @@ pub fn local(
         // row it last synced. Refused, as `to-disk` refuses a database that
         // is gone; an empty folder says the deletes are meant.
         let synced = base.as_ref().map_or(0, |b| b.len());
-        let dir = root.join(&c.dir);
+        // (The folder the glob's fixed part names: `posts/*.md` reads
+        // files only below `posts/`, gone as the files are; audit 24.)
+        let parts: Vec<&str> = c.glob().split('/').collect();
+        let dir = parts[..parts.len().saturating_sub(1)]
+            .iter()
+            .take_while(|p| !p.contains(['*', '?', '[', '{', '\\']))
+            .fold(root.join(&c.dir), |d, p| d.join(p));
         if opts.direction == Some(Direction::ToDatabase) && synced > 0 && !dir.is_dir() {
             return Err(SyncError::NotFound(format!(
                 "{}: no such folder; collection {} was last synced with {synced} rows there, \

@@ -1715,3 +1715,41 @@ fn to_disk_keeps_a_comment_on_a_changed_fields_line() {
     let v = json(&ok(&root, &["local", "diff", "--json"]));
     assert!(v.as_array().unwrap().is_empty(), "{v}");
 }
+
+/// The same, one folder down: with `glob = "posts/*.md"`, `posts/` gone
+/// (the collection's folder still there) deleted every row (audit 24).
+#[test]
+fn to_db_with_the_globs_folder_gone_deletes_no_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("p");
+    std::fs::create_dir_all(root.join("content/posts")).unwrap();
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::write(
+        root.join("sp-sync.toml"),
+        "[[collection]]\nname = \"content\"\ndir = \"content\"\nglob = \"posts/*.md\"\npath = \"posts/{slug}.md\"\ndb = \"data/app.db\"\ntable = \"content\"\nkey = \"slug\"\nbody = \"body\"\n",
+    )
+    .unwrap();
+    sql(
+        &root,
+        "CREATE TABLE content(slug TEXT PRIMARY KEY, title TEXT, body TEXT);",
+    );
+    std::fs::write(
+        root.join("content/posts/a.md"),
+        "---\nslug: a\ntitle: a\n---\nbody a\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("content/readme.txt"), "not a row\n").unwrap();
+    ok(&root, &["init", "-q"]);
+    ok(&root, &["local", "to-db", "-q"]);
+    std::fs::rename(root.join("content/posts"), root.join("posts.away")).unwrap();
+    let err = fails(&root, &["local", "to-db"], 1);
+    assert!(
+        err.contains("no such folder") && err.contains("posts"),
+        "{err}"
+    );
+    assert_eq!(rows(&root, "SELECT slug FROM content"), [["a"]]);
+    // Emptied, not gone: the delete is meant.
+    std::fs::create_dir(root.join("content/posts")).unwrap();
+    ok(&root, &["local", "to-db", "-q"]);
+    assert!(rows(&root, "SELECT slug FROM content").is_empty());
+}
