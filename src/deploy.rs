@@ -1463,18 +1463,21 @@ impl DeployCopy {
 impl Drop for DeployCopy {
     fn drop(&mut self) {
         let Some(t) = self.0.take() else { return };
-        let root = std::fs::canonicalize(t.path()).unwrap_or_else(|_| t.path().to_path_buf());
-        let mounted = crate::restore::mount_points()
-            .into_iter()
-            .find(|m| m.starts_with(&root));
-        if let Some(m) = mounted {
-            let kept = t.keep();
-            tracing::warn!(
+        // (Not TempDir's own removal: it enters a mount made inside, also
+        // one made while it runs; audit 24.)
+        let copy = t.keep();
+        match crate::restore::remove_tree_in_place(&copy) {
+            Ok(kept) if kept.is_empty() => {}
+            Ok(kept) => tracing::warn!(
                 "the deploy's copy {} is left in place: a step left {} mounted inside it \
                  (unmount it, then remove the copy)",
-                kept.display(),
-                m.display()
-            );
+                copy.display(),
+                kept[0].display()
+            ),
+            Err(e) => tracing::warn!(
+                "the deploy's copy {} could not be removed: {e}",
+                copy.display()
+            ),
         }
     }
 }

@@ -1052,6 +1052,109 @@ impl Ctx<'_> {
 
 const IGNORE_FILE: &str = crate::snapshot::IGNORE_FILE;
 
+/// Removes the directory tree at `path`, never crossing into a mount found
+/// in it (a bind mount a deploy step left: its files are not the tree's).
+/// Directories are opened without following symlinks and emptied through
+/// their descriptors, so a mount made over a path meanwhile is not entered
+/// either. Returns the mount points left (with the directories holding
+/// them); empty when all of `path` is gone.
+pub(crate) fn remove_tree_in_place(path: &Path) -> Result<Vec<PathBuf>> {
+    let root = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| SyncError::io("opening", path, e.into()))?;
+    let mut kept = Vec::new();
+    empty_in_place(root.as_fd(), path, 0, &mut kept)?;
+    drop(root);
+    if kept.is_empty() {
+        std::fs::remove_dir(path).ctx("removing", path)?;
+    }
+    Ok(kept)
+}
+
+fn empty_in_place(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    depth: usize,
+    kept: &mut Vec<PathBuf>,
+) -> Result<()> {
+    if depth >= MAX_DEPTH {
+        return Err(crate::object::tree::too_deep(path.as_os_str().as_bytes()));
+    }
+    let dev = rustix::fs::fstat(dir).ctx("reading", path)?.st_dev;
+    let mut names = Vec::new();
+    for e in rustix::fs::Dir::read_from(dir).ctx("reading directory", path)? {
+        let e = e.ctx("reading directory", path)?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(n.to_vec());
+        }
+    }
+    for name in names {
+        let n = OsStr::from_bytes(&name);
+        let p = path.join(n);
+        let st = match rustix::fs::statat(dir, n, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(SyncError::io("reading", &p, e.into())),
+        };
+        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+            match rustix::fs::unlinkat(dir, n, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(SyncError::io("removing", &p, e.into())),
+            }
+            continue;
+        }
+        if is_mount_point(dir, &name, dev, &p)? {
+            kept.push(p);
+            continue;
+        }
+        let fd = match rustix::fs::openat(
+            dir,
+            n,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(SyncError::io("opening", &p, e.into())),
+        };
+        // (Mounted there between the look and the open: what was opened is
+        // the mount's root.)
+        if fd_is_mount_root(fd.as_fd(), dev) {
+            kept.push(p);
+            continue;
+        }
+        let before = kept.len();
+        empty_in_place(fd.as_fd(), &p, depth + 1, kept)?;
+        drop(fd);
+        if kept.len() == before {
+            match rustix::fs::unlinkat(dir, n, AtFlags::REMOVEDIR) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(SyncError::io("removing", &p, e.into())),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the open directory `fd` is the root of a mount (or on another
+/// device than `dev`, its parent's).
+fn fd_is_mount_root(fd: BorrowedFd<'_>, dev: u64) -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use rustix::fs::{StatxAttributes, StatxFlags};
+        if let Ok(x) = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)
+            && x.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+        {
+            return x.stx_attributes.contains(StatxAttributes::MOUNT_ROOT);
+        }
+    }
+    rustix::fs::fstat(fd).map_or(true, |st| st.st_dev != dev)
+}
+
 /// Whether the directory `name` in `dir` (device `dev`, not following a
 /// symlink; at `path`) is the root of a mount. A bind mount of a folder on
 /// the same filesystem keeps its device number, and a btrfs subvolume has
@@ -1086,7 +1189,7 @@ fn is_mount_point(dir: BorrowedFd<'_>, name: &[u8], dev: u64, path: &Path) -> Re
 
 /// The mount points `/proc/self/mountinfo` lists (its fifth field, with
 /// the kernel's octal escapes undone); none where it cannot be read.
-pub(crate) fn mount_points() -> Vec<PathBuf> {
+fn mount_points() -> Vec<PathBuf> {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
@@ -1329,5 +1432,28 @@ fn write_run(f: &mut std::fs::File, run: &[u8], zero: bool) -> std::io::Result<(
         f.seek(SeekFrom::Current(run.len() as i64)).map(|_| ())
     } else {
         f.write_all(run)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tree goes, and nothing a symlink in it leads to.
+    #[test]
+    fn a_tree_removed_in_place_never_follows_a_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(outside.join("sub")).unwrap();
+        std::fs::write(outside.join("sub/keep"), "keep").unwrap();
+        let t = tmp.path().join("t");
+        std::fs::create_dir_all(t.join("a/b/c")).unwrap();
+        std::fs::write(t.join("a/b/c/f"), "x").unwrap();
+        std::fs::write(t.join("top"), "y").unwrap();
+        std::os::unix::fs::symlink(&outside, t.join("a/link")).unwrap();
+        std::os::unix::fs::symlink(outside.join("sub/keep"), t.join("filelink")).unwrap();
+        assert!(remove_tree_in_place(&t).unwrap().is_empty());
+        assert!(!t.exists());
+        assert_eq!(std::fs::read(outside.join("sub/keep")).unwrap(), b"keep");
     }
 }
