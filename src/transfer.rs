@@ -854,30 +854,22 @@ pub fn pull(
         if let Some(rn) = remote_name {
             local.update_ref(&format!("remotes/{rn}/{name}"), None, Some(id))?;
         }
-        let old = local.read_ref(&name)?;
-        let (updated, warning) = match old {
-            None => {
-                local.update_ref(&name, Some(None), Some(id))?;
-                (true, None)
+        // (A snapshot to the same ref meanwhile moves it under the pull:
+        // then it decides again from where the ref is now; audit 22.)
+        let mut tries = 0;
+        let (old, (updated, warning)) = loop {
+            let old = local.read_ref(&name)?;
+            let outcome = pull_outcome(local, old, id, &name, remote_name)?;
+            let moved = if outcome.0 && old != Some(id) {
+                local.update_ref(&name, Some(old), Some(id))
+            } else {
+                Ok(())
+            };
+            match moved {
+                Err(SyncError::RefConflict { .. }) if tries < 16 => tries += 1,
+                Err(e) => return Err(e),
+                Ok(()) => break (old, outcome),
             }
-            Some(o) if o == id => (true, None),
-            Some(o) if crate::is_ancestor(local, &o, &id)? => {
-                local.update_ref(&name, Some(Some(o)), Some(id))?;
-                (true, None)
-            }
-            Some(o) if crate::is_ancestor(local, &id, &o)? => (
-                false,
-                Some(format!("local {name} is ahead of the remote's; left as is")),
-            ),
-            Some(_) => (
-                false,
-                Some(format!(
-                    "local {name} has diverged from the remote's (not a fast-forward); left as is{}",
-                    remote_name
-                        .map(|r| format!(", see remotes/{r}/{name}"))
-                        .unwrap_or_default()
-                )),
-            ),
         };
         report.refs.push(RefUpdate {
             name,
@@ -890,6 +882,35 @@ pub fn pull(
     }
     report.traffic = remote.traffic();
     Ok(report)
+}
+
+/// Whether a pull moved `name` (which named `old`) to the remote's `id`,
+/// and the warning when it left it: ahead, or diverged.
+fn pull_outcome(
+    local: &Store,
+    old: Option<ObjectId>,
+    id: ObjectId,
+    name: &str,
+    remote_name: Option<&str>,
+) -> Result<(bool, Option<String>)> {
+    Ok(match old {
+        None => (true, None),
+        Some(o) if o == id => (true, None),
+        Some(o) if crate::is_ancestor(local, &o, &id)? => (true, None),
+        Some(o) if crate::is_ancestor(local, &id, &o)? => (
+            false,
+            Some(format!("local {name} is ahead of the remote's; left as is")),
+        ),
+        Some(_) => (
+            false,
+            Some(format!(
+                "local {name} has diverged from the remote's (not a fast-forward); left as is{}",
+                remote_name
+                    .map(|r| format!(", see remotes/{r}/{name}"))
+                    .unwrap_or_default()
+            )),
+        ),
+    })
 }
 
 /// Sends to `remote` what it lacks of everything the snapshots `ids` reach
