@@ -4576,3 +4576,31 @@ fn a_combined_restore_tries_the_database_before_writing_files() {
     );
     assert!(pg.psql(&db, seq).starts_with("50"), "{}", pg.psql(&db, seq));
 }
+
+/// A combined restore's rehearsal says nothing the restore itself says
+/// again: its warnings were printed twice (audit 24).
+#[test]
+fn a_combined_restore_warns_once() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("warn");
+    pg.psql(
+        &db,
+        "CREATE TABLE keep (id int PRIMARY KEY);
+         CREATE TABLE t (id int PRIMARY KEY, v text);
+         CREATE POLICY p ON t USING (true);
+         INSERT INTO t VALUES (1, 'a');",
+    );
+    let w = work();
+    let d = w.path();
+    let url = pg.url(&db);
+    snap(d, &url, &[]);
+    // (Dropped: the restore makes it again, without its policy.)
+    pg.psql(&db, "DROP TABLE t");
+    std::fs::write(d.join("files/a.txt"), b"edited\n").unwrap();
+    let o = sp_pg(d, &["--store", "st", "restore", "main"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(err.matches("created without its policy").count(), 1, "{err}");
+    assert_eq!(std::fs::read(d.join("files/a.txt")).unwrap(), b"a\n");
+    assert_eq!(pg.psql(&db, "SELECT v FROM t").trim(), "a");
+}

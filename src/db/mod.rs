@@ -484,6 +484,32 @@ fn same_utf16(utf8: &[u8], raw: &[u8], be: bool) -> bool {
     at.next().is_none() && at.remainder().is_empty()
 }
 
+std::thread_local! {
+    static REHEARSING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread runs a restore's rehearsal ([`restore::rehearse_db`]):
+/// its warnings are left to the restore itself, which says them again.
+pub(crate) fn rehearsing() -> bool {
+    REHEARSING.with(|r| r.get())
+}
+
+/// Marks this thread as rehearsing a restore while the value lives.
+pub(crate) struct Rehearsal(bool);
+
+impl Rehearsal {
+    pub(crate) fn begin(on: bool) -> Rehearsal {
+        Rehearsal(REHEARSING.with(|r| r.replace(on)))
+    }
+}
+
+impl Drop for Rehearsal {
+    fn drop(&mut self) {
+        let was = self.0;
+        REHEARSING.with(|r| r.set(was));
+    }
+}
+
 /// What `scan` found: table (and view) name → object id, and rows per table.
 /// Where a re-snapshot of PostgreSQL tables finds the row maps it stored
 /// before and the row caches that describe them ([`rowcache`]).

@@ -2911,6 +2911,7 @@ pub fn restore(
     }
     objs.sort_by_key(|t| t.ordinal);
     on_own_thread(|| {
+        let _quiet = super::Rehearsal::begin(rehearse);
         let mut c = loc.connect()?;
         c.batch_execute(
             "BEGIN; SET CONSTRAINTS ALL DEFERRED; SET LOCAL standard_conforming_strings = on",
@@ -3102,17 +3103,19 @@ fn restore_in(
             }
         }
         if !recorded.is_empty() {
-            tracing::warn!(
-                "table {}: created without its {}{}; make them as your schema does",
-                shown_name(&o.name),
-                recorded.join(", "),
-                if secured {
-                    " (row-level security is on, as it was, so the roles it applies to read and \
-                     write none of its rows until its policies are made)"
-                } else {
-                    ""
-                }
-            );
+            if !super::rehearsing() {
+                tracing::warn!(
+                    "table {}: created without its {}{}; make them as your schema does",
+                    shown_name(&o.name),
+                    recorded.join(", "),
+                    if secured {
+                        " (row-level security is on, as it was, so the roles it applies to read and \
+                         write none of its rows until its policies are made)"
+                    } else {
+                        ""
+                    }
+                );
+            }
         }
         // The script made exactly the recorded table.
         let made = list_relations(c, loc)?
@@ -3775,10 +3778,12 @@ fn pause_triggers_of(
                     .map_err(err)?;
                 // (Only the rules' statements stay in the list.)
                 enable.truncate(enable.len() - disable.len());
-                tracing::warn!(
-                    "table {name}: its triggers fire during the restore ({})",
-                    loc.error(e)
-                );
+                if !super::rehearsing() {
+                    tracing::warn!(
+                        "table {name}: its triggers fire during the restore ({})",
+                        loc.error(e)
+                    );
+                }
                 firing = Some(names.join(", "));
             }
         }
@@ -3865,10 +3870,12 @@ fn open_identities(
         Err(e) => {
             c.batch_execute("ROLLBACK TO SAVEPOINT sp_sync_identity")
                 .map_err(err)?;
-            tracing::warn!(
-                "table {name}: its ALWAYS identity columns cannot take the snapshot's values ({})",
-                loc.error(e)
-            );
+            if !super::rehearsing() {
+                tracing::warn!(
+                    "table {name}: its ALWAYS identity columns cannot take the snapshot's values ({})",
+                    loc.error(e)
+                );
+            }
             Ok(Vec::new())
         }
     }

@@ -333,6 +333,7 @@ fn restore_existing(
     progress: &dyn Progress,
     rehearse: bool,
 ) -> Result<DbRestoreReport> {
+    let _quiet = super::Rehearsal::begin(rehearse);
     let mut c = Connection::open_with_flags(
         target,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -1022,13 +1023,15 @@ fn foreign_key_violations(
 fn check_foreign_keys(c: &Connection, path: &Path, mut before: FkViolations) -> Result<()> {
     let (after, unchecked) = foreign_key_violations(c, path)?;
     for (table, parent) in &unchecked {
-        tracing::warn!(
-            "{}: the foreign key of {} to {} was not checked (SQLite reports a foreign key mismatch for it, and it names columns {} lacks)",
-            path.display(),
-            printable(table),
-            printable(parent),
-            printable(parent)
-        );
+        if !super::rehearsing() {
+            tracing::warn!(
+                "{}: the foreign key of {} to {} was not checked (SQLite reports a foreign key mismatch for it, and it names columns {} lacks)",
+                path.display(),
+                printable(table),
+                printable(parent),
+                printable(parent)
+            );
+        }
     }
     let mut after: Vec<_> = after.into_iter().collect();
     after.sort_by(|a, b| a.0.cmp(&b.0));
