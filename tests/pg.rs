@@ -4600,7 +4600,11 @@ fn a_combined_restore_warns_once() {
     let o = sp_pg(d, &["--store", "st", "restore", "main"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert_eq!(err.matches("created without its policy").count(), 1, "{err}");
+    assert_eq!(
+        err.matches("created without its policy").count(),
+        1,
+        "{err}"
+    );
     assert_eq!(std::fs::read(d.join("files/a.txt")).unwrap(), b"a\n");
     assert_eq!(pg.psql(&db, "SELECT v FROM t").trim(), "a");
 }

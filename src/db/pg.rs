@@ -3102,20 +3102,18 @@ fn restore_in(
                 _ => create_step(c, loc, a)?,
             }
         }
-        if !recorded.is_empty() {
-            if !super::rehearsing() {
-                tracing::warn!(
-                    "table {}: created without its {}{}; make them as your schema does",
-                    shown_name(&o.name),
-                    recorded.join(", "),
-                    if secured {
-                        " (row-level security is on, as it was, so the roles it applies to read and \
-                         write none of its rows until its policies are made)"
-                    } else {
-                        ""
-                    }
-                );
-            }
+        if !recorded.is_empty() && !super::rehearsing() {
+            tracing::warn!(
+                "table {}: created without its {}{}; make them as your schema does",
+                shown_name(&o.name),
+                recorded.join(", "),
+                if secured {
+                    " (row-level security is on, as it was, so the roles it applies to read and \
+                     write none of its rows until its policies are made)"
+                } else {
+                    ""
+                }
+            );
         }
         // The script made exactly the recorded table.
         let made = list_relations(c, loc)?
