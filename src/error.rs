@@ -121,6 +121,11 @@ pub enum SyncError {
     #[error("{0}")]
     NoRoom(String),
 
+    /// The store's lock was not had in time: other processes use the
+    /// store (for gc), or gc runs on it.
+    #[error("{0}")]
+    Locked(String),
+
     /// A database operation failed.
     #[error("database: {0}")]
     Database(String),

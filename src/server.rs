@@ -1200,7 +1200,18 @@ async fn gc(
                 return Err(not_found());
             }
             st.close_store(&tenant);
-            let store = Store::open(&dir, LockMode::Exclusive).map_err(from_sync)?;
+            // Another process using the tenant's store (a second server on
+            // the same directory, a local command) is waited for up to the
+            // server's timeout, then 503 (audit 22: 600 s, whatever
+            // --timeout said).
+            let store = Store::open_within(&dir, LockMode::Exclusive, Some(st.timeout)).map_err(
+                |e| match e {
+                    SyncError::Locked(_) => busy(
+                        "other processes are using the tenant's store; gc did not run; try again",
+                    ),
+                    e => from_sync(e),
+                },
+            )?;
             // A push is several requests: its objects are stored before the
             // ref that reaches them, and gc may run in between. What came in
             // the last hour stays.

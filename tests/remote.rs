@@ -1310,3 +1310,35 @@ fn a_push_asks_again_when_the_remote_lost_what_it_said_it_held() {
         bytes(3 << 20, 9)
     );
 }
+
+/// A server's gc waits for another process using the tenant's store (a
+/// second server on the same directory, a local command) only as long as
+/// its `--timeout`, then answers 503 and runs nothing; it waited 600 s
+/// whatever `--timeout` said (audit 22).
+#[test]
+fn a_servers_gc_waits_for_another_process_only_its_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = net::serve_with(
+        data.to_str().unwrap(),
+        None,
+        "127.0.0.1:0",
+        &[],
+        &["--timeout", "2"],
+    );
+    let a = worktree(tmp.path(), "a", 5);
+    ok(&a, &["snapshot"]);
+    ok(&a, &["push", &server.url("acme")]);
+    let held =
+        systemprompt_sync::Store::open(&data.join("acme"), systemprompt_sync::LockMode::Shared)
+            .unwrap();
+    let t = Instant::now();
+    let (status, body) = http(&server.addr, "POST", "/v1/acme/gc", None, b"");
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("other processes are using"), "{body}");
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    drop(held);
+    let (status, body) = http(&server.addr, "POST", "/v1/acme/gc", None, b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}

@@ -57,6 +57,8 @@ pub trait Backend: Send + Sync {
 pub struct FsBackend {
     root: PathBuf,
     handles: Mutex<HashMap<String, Arc<File>>>,
+    /// How long to wait for the store's lock (`None`: `SP_SYNC_LOCK_TIMEOUT`).
+    lock_limit: Option<std::time::Duration>,
 }
 
 const MAX_OPEN_FILES: usize = 256;
@@ -66,7 +68,14 @@ impl FsBackend {
         FsBackend {
             root: root.to_path_buf(),
             handles: Mutex::new(HashMap::new()),
+            lock_limit: None,
         }
+    }
+
+    /// Waits at most `limit` for the store's lock.
+    pub fn with_lock_limit(mut self, limit: std::time::Duration) -> FsBackend {
+        self.lock_limit = Some(limit);
+        self
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -187,7 +196,7 @@ impl Backend for FsBackend {
     fn lock(&self, mode: LockMode) -> Result<Option<File>> {
         let lock_path = self.path("lock");
         let lock = open_lock_file(&lock_path)?;
-        acquire(&lock, mode, &lock_path)?;
+        acquire(&lock, mode, &lock_path, self.lock_limit)?;
         Ok(Some(lock))
     }
 

@@ -500,6 +500,16 @@ impl Store {
     /// Opens the store in directory `dir`, holding the process lock in
     /// `mode` for the life of the value.
     pub fn open(dir: &Path, mode: LockMode) -> Result<Store> {
+        Self::open_within(dir, mode, None)
+    }
+
+    /// [`open`](Self::open), waiting at most `limit` (`None`:
+    /// `SP_SYNC_LOCK_TIMEOUT`) for the lock.
+    pub fn open_within(
+        dir: &Path,
+        mode: LockMode,
+        limit: Option<std::time::Duration>,
+    ) -> Result<Store> {
         if !dir.join("store.toml").is_file() {
             return Err(SyncError::NoStore(format!(
                 "no sp-sync store at {} (run `sp-sync init`)",
@@ -516,7 +526,11 @@ impl Store {
                 fs::create_dir_all(&p).ctx("creating", &p)?;
             }
         }
-        Self::open_backend(Arc::new(FsBackend::new(dir)), mode)
+        let backend = match limit {
+            Some(l) => FsBackend::new(dir).with_lock_limit(l),
+            None => FsBackend::new(dir),
+        };
+        Self::open_backend(Arc::new(backend), mode)
     }
 
     /// Opens a store on any backend.
@@ -1521,13 +1535,23 @@ fn enclosing_store(dir: &Path) -> Option<PathBuf> {
     None
 }
 
-pub(crate) fn acquire(lock: &File, mode: LockMode, path: &Path) -> Result<()> {
+pub(crate) fn acquire(
+    lock: &File,
+    mode: LockMode,
+    path: &Path,
+    within: Option<std::time::Duration>,
+) -> Result<()> {
     // Wait for the other side (gc, or the processes gc waits for), but not
     // forever: a long-running `sp-sync serve` holds its stores shared.
-    let limit = std::env::var("SP_SYNC_LOCK_TIMEOUT")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(600);
+    let limit = within.map_or_else(
+        || {
+            std::env::var("SP_SYNC_LOCK_TIMEOUT")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(600)
+        },
+        |d| d.as_secs(),
+    );
     let start = std::time::Instant::now();
     let mut told = false;
     loop {
@@ -1542,14 +1566,19 @@ pub(crate) fn acquire(lock: &File, mode: LockMode, path: &Path) -> Result<()> {
         }
         let waited = start.elapsed();
         if waited.as_secs() >= limit {
-            return Err(SyncError::Invalid(format!(
-                "{}: {} (waited {limit} s; SP_SYNC_LOCK_TIMEOUT sets how long)",
+            return Err(SyncError::Locked(format!(
+                "{}: {} (waited {limit} s{})",
                 path.display(),
                 match mode {
                     LockMode::Shared => "gc is running on this store",
                     LockMode::Exclusive => {
                         "other sp-sync processes (a snapshot, restore, push, or `sp-sync serve`) are using this store"
                     }
+                },
+                if within.is_none() {
+                    "; SP_SYNC_LOCK_TIMEOUT sets how long"
+                } else {
+                    ""
                 }
             )));
         }
