@@ -716,6 +716,22 @@ impl Store {
     /// other processes since it opened the store). Returns warnings about
     /// damaged indexes (their packs are read instead).
     pub fn refresh(&self) -> Result<Vec<String>> {
+        // Not again from inside itself: scanning a pack whose index is
+        // damaged reads objects, and one it lacks would load the indexes
+        // again (and scan that pack again, without end).
+        std::thread_local! {
+            static REFRESHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        }
+        struct Busy;
+        impl Drop for Busy {
+            fn drop(&mut self) {
+                REFRESHING.with(|r| r.set(false));
+            }
+        }
+        if REFRESHING.with(|r| r.replace(true)) {
+            return Ok(Vec::new());
+        }
+        let _busy = Busy;
         let (names, _) = self.list_pack_files()?;
         let mut warnings = Vec::new();
         // Read the new indexes first, so the map is grown once for all of
@@ -772,7 +788,14 @@ impl Store {
                 tracing::warn!("{why}; reading the pack instead");
                 match self.scan_pack(&name) {
                     Ok(e) => self.register_pack(name, &e),
-                    Err(e) => warnings.push(e.to_string()),
+                    Err(e) => {
+                        // (Tried once per process: not at every object
+                        // found missing.)
+                        if let Ok(mut ix) = self.index.write() {
+                            ix.known.insert(name);
+                        }
+                        warnings.push(e.to_string());
+                    }
                 }
             }
         }
