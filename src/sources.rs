@@ -160,7 +160,8 @@ pub fn database_files(snap: &Snapshot, base: &Path) -> Vec<(PathBuf, Vec<String>
 }
 
 /// The database files that any snapshot this store took, in the history of
-/// any of its refs, names, resolved against `base`: the user's live databases,
+/// any of its refs, names (and those a pulled or imported one names where a
+/// SQLite database is now), resolved against `base`: the user's live databases,
 /// whichever snapshot a restore or a cache restore writes (one named by
 /// `--db` once, then left out of later snapshots, is still there). A
 /// snapshot that cannot be read is passed over; at most `MAX_SNAPSHOTS`
@@ -183,15 +184,38 @@ pub fn named_database_files(store: &crate::store::Store, base: &Path) -> Vec<Pat
         let Ok(s) = crate::names::load_snapshot(store, &id) else {
             continue;
         };
-        // (Only what this store took: a pulled or imported snapshot names
-        // places of another machine, or any place a remote chose, and must
-        // not keep this one's restores from writing there; audit 24.)
-        if made.is_made(&id, &s.host) {
-            out.extend(database_files(&s, base).into_iter().map(|(p, _)| p));
-        }
+        // A pulled or imported snapshot names places of another machine,
+        // or any place a remote chose: its names count only where a SQLite
+        // database is now (one a restore of it made, the user's live one;
+        // audit 25), never a folder of this tree (audit 24: `services`).
+        let mine = made.is_made(&id, &s.host);
+        out.extend(
+            database_files(&s, base)
+                .into_iter()
+                .map(|(p, _)| p)
+                .filter(|p| mine || is_sqlite_file(p)),
+        );
         todo.extend(s.parents.iter().copied());
     }
     out.into_iter().collect()
+}
+
+/// Whether `path` is a SQLite database file (its header), not following a
+/// symlink at it.
+fn is_sqlite_file(path: &Path) -> bool {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+    else {
+        return false;
+    };
+    let mut head = [0u8; 16];
+    f.metadata().is_ok_and(|m| m.is_file())
+        && f.read_exact(&mut head).is_ok()
+        && &head == b"SQLite format 3\0"
 }
 
 /// Every database the snapshot took tables from, with the tables each

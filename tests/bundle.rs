@@ -953,3 +953,43 @@ fn an_imported_snapshots_databases_do_not_bind_this_stores_restores() {
         "a\n"
     );
 }
+
+/// The database a restore of an imported snapshot made is the user's live
+/// one: `restore main~1 --delete` removed it (audit 25, after 5f5e0d9 had
+/// left imported snapshots' databases out). Their names count where a
+/// SQLite database is now.
+#[test]
+fn a_database_an_imported_snapshot_restored_is_kept_by_delete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let other = t.join("other");
+    std::fs::create_dir_all(other.join("services")).unwrap();
+    std::fs::create_dir_all(other.join("data")).unwrap();
+    std::fs::write(other.join("services/a.txt"), "a\n").unwrap();
+    ok(&other, &["init", "-q"]);
+    // (Of the whole tree: main~1 is the tree without data/.)
+    ok(&other, &["snapshot", "-q"]);
+    sql(
+        &other.join("data/app.db"),
+        "CREATE TABLE u(x); INSERT INTO u VALUES ('theirs');",
+    );
+    ok(&other, &["snapshot", "--db", "data/app.db", "-q"]);
+    let b = t.join("all.bundle");
+    ok(&other, &["bundle", "create", s(&b), "-q"]);
+
+    let mine = t.join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    ok(&mine, &["init", "-q"]);
+    ok(&mine, &["bundle", "import", s(&b), "-q"]);
+    ok(&mine, &["restore", "main", "-q"]);
+    sql(
+        &mine.join("data/app.db"),
+        "INSERT INTO u VALUES ('mine, live');",
+    );
+    ok(&mine, &["restore", "main~1", "--delete", "-q"]);
+    let c = Connection::open(mine.join("data/app.db")).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM u", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2);
+}
