@@ -2212,20 +2212,31 @@ fn a_restore_removes_the_temporary_files_a_killed_one_left() {
     std::fs::write(&live, "being written").unwrap();
     // (Written in the last hour: maybe a restore in another PID namespace,
     // a container sharing the folder.)
+    // (An old mtime is no proof: a restore sets its file's to the
+    // snapshot's before the rename. The change time counts.)
     let fresh = w.join(format!("services/sub/.sp-sync-tmp-{dead}-8"));
     std::fs::write(&fresh, "growing").unwrap();
-    let hours_ago = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-        - 7200;
-    common::set_mtime(&stale, hours_ago, 0);
-    common::set_mtime(&live, hours_ago, 0);
+    common::set_mtime(&fresh, 1_000_000_000, 0);
     std::fs::write(w.join("services/sub/a.txt"), "changed\n").unwrap();
     ok(w, &["restore", "main", "-q"]);
+    assert!(
+        stale.exists() && fresh.exists(),
+        "a file changed in the last hour went"
+    );
+    // Once they are older than that (here: 2 s, SP_SYNC_STALE_AFTER):
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    std::fs::write(&live, "being written").unwrap();
+    std::fs::write(w.join("services/sub/a.txt"), "changed\n").unwrap();
+    let o = Command::new(bin())
+        .current_dir(w)
+        .args(["restore", "main", "-q"])
+        .env("SP_SYNC_CACHE_DIR", cache_dir())
+        .env("SP_SYNC_STALE_AFTER", "2")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!stale.exists(), "the killed restore's file stays");
     assert!(live.exists(), "a running process's file went");
-    assert!(fresh.exists(), "a file written in the last hour went");
     assert_eq!(
         std::fs::read_to_string(w.join("services/sub/a.txt")).unwrap(),
         "a\n"
