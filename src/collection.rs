@@ -359,6 +359,13 @@ pub struct Plan {
     dir: Option<Direction>,
 }
 
+impl Plan {
+    /// How many rows the collection's files hold now.
+    pub fn files_read(&self) -> usize {
+        self.disk.len()
+    }
+}
+
 fn invalid(msg: String) -> SyncError {
     SyncError::Invalid(msg)
 }

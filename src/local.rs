@@ -103,12 +103,27 @@ pub fn local(
         if opts.direction == Some(Direction::ToDatabase) && synced > 0 && !dir.is_dir() {
             return Err(SyncError::NotFound(format!(
                 "{}: no such folder; collection {} was last synced with {synced} rows there, \
-                 which to-db would delete (to delete them, make the folder, empty)",
+                 which to-db would delete (to delete them, make the folder, empty, and run to-db --force)",
                 dir.display(),
                 c.name
             )));
         }
         let mut p = collection::plan(root, c, base)?;
+        // No file at all where the last sync had some (a folder emptied,
+        // a volume not mounted leaves its empty mount point; audit 25):
+        // every row would go. Only with --force.
+        if opts.direction == Some(Direction::ToDatabase)
+            && synced > 0
+            && p.files_read() == 0
+            && !opts.force
+        {
+            return Err(SyncError::Invalid(format!(
+                "{}: no file of collection {} is there (the last sync had {synced}); to-db would \
+                 delete every row: run it with --force if that is meant",
+                dir.display(),
+                c.name
+            )));
+        }
         if let Some(d) = opts.direction {
             p.decide(d, opts.force);
         }

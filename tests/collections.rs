@@ -1651,8 +1651,8 @@ fn a_dry_run_refuses_what_the_run_would() {
 
 /// A collection's folder that was gone (renamed, on an unmounted volume)
 /// read as every file deleted, and `to-db` deleted every row it had synced,
-/// exit 0 (audit 23). It is now refused, dry run too; an empty folder says
-/// the deletes are meant.
+/// exit 0 (audit 23). It is now refused, dry run too; an emptied folder
+/// deletes them only with --force.
 #[test]
 fn to_db_with_the_collections_folder_gone_deletes_no_row() {
     let (_t, root) = mini();
@@ -1684,10 +1684,17 @@ fn to_db_with_the_collections_folder_gone_deletes_no_row() {
         rows(&root, "SELECT slug, title FROM content ORDER BY slug"),
         before
     );
-    // An empty folder: the deletes are meant.
+    // An empty folder (a volume not mounted leaves its empty mount point;
+    // audit 25) deletes every row only with --force.
     std::fs::remove_dir_all(root.join("content")).unwrap();
     std::fs::create_dir(root.join("content")).unwrap();
-    ok(&root, &["local", "to-db", "-q"]);
+    let err = fails(&root, &["local", "to-db"], 1);
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(
+        rows(&root, "SELECT slug, title FROM content ORDER BY slug"),
+        before
+    );
+    ok(&root, &["local", "to-db", "--force", "-q"]);
     assert!(rows(&root, "SELECT slug FROM content").is_empty());
 }
 
@@ -1748,8 +1755,10 @@ fn to_db_with_the_globs_folder_gone_deletes_no_row() {
         "{err}"
     );
     assert_eq!(rows(&root, "SELECT slug FROM content"), [["a"]]);
-    // Emptied, not gone: the delete is meant.
+    // Emptied, not gone: the delete is meant, with --force.
     std::fs::create_dir(root.join("content/posts")).unwrap();
-    ok(&root, &["local", "to-db", "-q"]);
+    fails(&root, &["local", "to-db"], 1);
+    assert_eq!(rows(&root, "SELECT slug FROM content"), [["a"]]);
+    ok(&root, &["local", "to-db", "--force", "-q"]);
     assert!(rows(&root, "SELECT slug FROM content").is_empty());
 }
