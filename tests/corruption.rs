@@ -343,7 +343,8 @@ fn every_corruption_is_detected_and_none_becomes_wrong_output() {
 ///   again, and read that pack again, without end (fsck aborted).
 #[test]
 fn seeds_that_found_bugs_stay_fixed() {
-    for seed in [1_796_489_450_769_168_452] {
+    const SEEDS: &[u64] = &[1_796_489_450_769_168_452];
+    for &seed in SEEDS {
         harness(seed);
     }
 }
