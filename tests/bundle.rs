@@ -886,27 +886,10 @@ fn bundle_create_never_writes_into_a_store_through_a_link_nor_over_a_file_made_m
 
     let out = t.join("out");
     std::fs::create_dir(&out).unwrap();
-    let watcher = {
-        let out = out.clone();
-        std::thread::spawn(move || {
-            for _ in 0..50_000 {
-                let writing = std::fs::read_dir(&out)
-                    .unwrap()
-                    .filter_map(|e| e.ok())
-                    .any(|e| {
-                        e.file_name()
-                            .to_string_lossy()
-                            .starts_with(".sp-sync-bundle-")
-                    });
-                if writing {
-                    std::fs::write(out.join("x.bundle"), "the app's own file").unwrap();
-                    return true;
-                }
-                std::thread::sleep(std::time::Duration::from_micros(100));
-            }
-            false
-        })
-    };
+    let app_file = out.join("x.bundle");
+    let watcher = common::when_a_file_shows(&out, ".sp-sync-bundle-", move || {
+        std::fs::write(app_file, "the app's own file").unwrap();
+    });
     let target = out.join("x.bundle");
     let o = common::run_in(&a, &st(&["bundle", "create", s(&target), "-q"]));
     assert!(watcher.join().unwrap(), "the temporary bundle never showed");

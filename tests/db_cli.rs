@@ -1859,27 +1859,10 @@ fn a_restore_into_a_new_file_never_replaces_one_made_meanwhile() {
     // the database itself.
     let out = d.join("out");
     std::fs::create_dir(&out).unwrap();
-    let watcher = {
-        let out = out.clone();
-        std::thread::spawn(move || {
-            for _ in 0..20_000 {
-                let building = std::fs::read_dir(&out)
-                    .unwrap()
-                    .filter_map(|e| e.ok())
-                    .any(|e| {
-                        e.file_name()
-                            .to_string_lossy()
-                            .starts_with(".new.db.sp-sync-")
-                    });
-                if building {
-                    std::fs::write(out.join("new.db"), "the app's own file").unwrap();
-                    return true;
-                }
-                std::thread::sleep(std::time::Duration::from_micros(200));
-            }
-            false
-        })
-    };
+    let app_file = out.join("new.db");
+    let watcher = common::when_a_file_shows(&out, ".new.db.sp-sync-", move || {
+        std::fs::write(app_file, "the app's own file").unwrap();
+    });
     let o = common::run_in(
         &d,
         &[

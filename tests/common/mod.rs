@@ -362,3 +362,29 @@ pub fn plant_table_as(
         .update_ref("main", Some(Some(main)), Some(id))
         .unwrap();
 }
+
+/// On a thread: once a file whose name starts with `prefix` shows in `dir`
+/// (a command's temporary file), runs `then`. Joins to whether it showed
+/// (within about ten seconds).
+#[allow(dead_code)]
+pub fn when_a_file_shows(
+    dir: &Path,
+    prefix: &'static str,
+    then: impl FnOnce() + Send + 'static,
+) -> std::thread::JoinHandle<bool> {
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        for _ in 0..50_000 {
+            let shows = std::fs::read_dir(&dir)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().starts_with(prefix));
+            if shows {
+                then();
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        false
+    })
+}
