@@ -176,14 +176,9 @@ pub fn restore(
     // on another ref, than the one restored): no restore writes over or
     // `--delete` removes them (audit 23: an older snapshot's --delete
     // removed a database only main~1 named).
-    for db in crate::sources::named_database_files(store, &ws.root) {
-        for side in crate::sources::with_sidecars(&db) {
-            ropts.protect.push(crate::sources::canonical(&side));
-            if let Ok(a) = std::path::absolute(&side) {
-                ropts.protect.push(a);
-            }
-        }
-    }
+    ropts
+        .protect
+        .extend(crate::sources::named_database_protection(store, &ws.root));
     if target.is_none() && db.is_none() {
         let dbs = if sub.is_none() {
             databases(&s, &ws.root)

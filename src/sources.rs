@@ -200,6 +200,22 @@ pub fn named_database_files(store: &crate::store::Store, base: &Path) -> Vec<Pat
     out.into_iter().collect()
 }
 
+/// The paths a restore keeps for the databases any snapshot of `store`
+/// names ([`named_database_files`]): each with its `-wal`, `-shm` and
+/// `-journal`, as they resolve and as written.
+pub fn named_database_protection(store: &crate::store::Store, base: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for db in named_database_files(store, base) {
+        for side in with_sidecars(&db) {
+            out.push(canonical(&side));
+            if let Ok(a) = std::path::absolute(&side) {
+                out.push(a);
+            }
+        }
+    }
+    out
+}
+
 /// Whether `path` is a SQLite database file (its header), not following a
 /// symlink at it.
 fn is_sqlite_file(path: &Path) -> bool {

@@ -387,14 +387,7 @@ fn cache_protected(opts: &CacheRestoreOptions) -> Vec<PathBuf> {
         });
     let mut out = crate::sources::protected_paths(&ws, None);
     if let Ok(store) = crate::store::Store::open(&ws.store_dir, crate::store::LockMode::Shared) {
-        for db in crate::sources::named_database_files(&store, &ws.root) {
-            for side in crate::sources::with_sidecars(&db) {
-                out.push(crate::sources::canonical(&side));
-                if let Ok(a) = std::path::absolute(&side) {
-                    out.push(a);
-                }
-            }
-        }
+        out.extend(crate::sources::named_database_protection(&store, &ws.root));
     }
     out
 }
