@@ -731,21 +731,7 @@ fn an_integer_column_keeps_a_boolean_written_as_one() {
 fn a_null_body_stays_null_both_ways() {
     // A file cannot tell a NULL body from an empty one: the two are the
     // same row, so neither direction turns one into the other.
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    std::fs::create_dir_all(root.join("data")).unwrap();
-    std::fs::create_dir_all(root.join("posts")).unwrap();
-    std::fs::write(
-        root.join("sp-sync.toml"),
-        "[[collection]]\nname = \"posts\"\ndir = \"posts\"\ndb = \"data/app.db\"\ntable = \"posts\"\nkey = \"slug\"\nbody = \"body\"\npath = \"{slug}.md\"\n",
-    )
-    .unwrap();
-    sql(
-        &root,
-        "CREATE TABLE posts(slug TEXT PRIMARY KEY, title TEXT, body TEXT);
-         INSERT INTO posts VALUES ('a', 'A', NULL), ('b', 'B', '');",
-    );
-    ok(&root, &["init", "-q"]);
+    let (_tmp, root) = posts_project("('a', 'A', NULL), ('b', 'B', '')");
     ok(&root, &["local", "to-disk", "-q"]);
     assert_eq!(
         std::fs::read_to_string(root.join("posts/a.md")).unwrap(),
@@ -1149,6 +1135,28 @@ fn sigint_during_to_db_rolls_back_and_exits_130() {
 
 /// A collection `content` of `content/*.md` over table `content(slug,
 /// title, body)` with rows a and b synced; a store.
+/// A store and a collection `posts` (files `posts/{slug}.md`, body in
+/// `body`) over a table of the rows `values` (an SQL VALUES list).
+fn posts_project(values: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::create_dir_all(root.join("posts")).unwrap();
+    std::fs::write(
+        root.join("sp-sync.toml"),
+        "[[collection]]\nname = \"posts\"\ndir = \"posts\"\ndb = \"data/app.db\"\ntable = \"posts\"\nkey = \"slug\"\nbody = \"body\"\npath = \"{slug}.md\"\n",
+    )
+    .unwrap();
+    sql(
+        &root,
+        &format!(
+            "CREATE TABLE posts(slug TEXT PRIMARY KEY, title TEXT, body TEXT); INSERT INTO posts VALUES {values};"
+        ),
+    );
+    ok(&root, &["init", "-q"]);
+    (tmp, root)
+}
+
 fn mini() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("p");
@@ -1617,21 +1625,7 @@ fn local_diff_quotes_keys_with_control_characters() {
 /// create, exit 0, and the run then refused (audit round 16).
 #[test]
 fn a_dry_run_refuses_what_the_run_would() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    std::fs::create_dir_all(root.join("data")).unwrap();
-    std::fs::create_dir_all(root.join("posts")).unwrap();
-    std::fs::write(
-        root.join("sp-sync.toml"),
-        "[[collection]]\nname = \"posts\"\ndir = \"posts\"\ndb = \"data/app.db\"\ntable = \"posts\"\nkey = \"slug\"\nbody = \"body\"\npath = \"{slug}.md\"\n",
-    )
-    .unwrap();
-    sql(
-        &root,
-        "CREATE TABLE posts(slug TEXT PRIMARY KEY, title TEXT, body TEXT);
-         INSERT INTO posts VALUES ('foo', 'Foo', 'x'), ('bar', 'Bar', 'y');",
-    );
-    ok(&root, &["init", "-q"]);
+    let (_tmp, root) = posts_project("('foo', 'Foo', 'x'), ('bar', 'Bar', 'y')");
     // The file foo.md holds key bar.
     std::fs::write(
         root.join("posts/foo.md"),
