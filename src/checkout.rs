@@ -176,9 +176,13 @@ pub fn restore(
     // on another ref, than the one restored): no restore writes over or
     // `--delete` removes them (audit 23: an older snapshot's --delete
     // removed a database only main~1 named).
-    ropts
-        .protect
-        .extend(crate::sources::named_database_protection(store, &ws.root));
+    // (Only files are restored with them: a restore of tables alone reads
+    // no history for it.)
+    if !places.is_empty() {
+        ropts
+            .protect
+            .extend(crate::sources::named_database_protection(store, &ws.root));
+    }
     if target.is_none() && db.is_none() {
         let dbs = if sub.is_none() {
             databases(&s, &ws.root)
