@@ -14,6 +14,7 @@ pub mod pg_guard;
 pub mod pgbinary;
 mod pgconn;
 pub mod pgtext;
+mod reorder;
 pub mod restore;
 pub mod rowcache;
 /// The table object lives with the other objects (`object::table`).
@@ -816,25 +817,84 @@ pub(crate) fn key_for_people(table: &str, key: &[u8]) -> Option<String> {
     Some(format!("{table}({})", parts.join(", ")))
 }
 
+/// Where rows go, as `(key, row)` encodings in key order.
+pub(crate) type RowSink<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
+
+/// Where a nearly ordered read's keys go, in key order (the row cache).
+pub(crate) type KeySink<'a> = dyn FnMut(&[u8]) + Send + 'a;
+
 /// Builds a row map from `(key, row)` pairs that `fill` produces in key
 /// order: `fill` runs on this thread and hands rows over in batches;
 /// another thread builds the map (boundary hashes, node hashes,
 /// compression), so the two halves of the work overlap. `label` prefixes
 /// the builder's errors (keys out of order, duplicates).
-/// Where rows go, as `(key, row)` encodings in key order.
-pub(crate) type RowSink<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
-
 pub(crate) fn build_row_map(
     label: &str,
     sink: &dyn ObjectSink,
     progress: &dyn Progress,
     fill: impl FnOnce(&mut RowSink<'_>) -> Result<u64>,
 ) -> Result<(u64, ObjectId)> {
+    build_rows(label, sink, progress, None, fill)?
+        .ok_or_else(|| SyncError::Invalid(format!("{label}: rows out of key order")))
+}
+
+/// [`build_row_map`] for rows that come nearly in key order (a table read
+/// in the order of its heap): they are put in key order within reach (see
+/// [`reorder`]), and `keys` gets each row's key in key order. None when a
+/// row came out of reach: the caller reads the rows in key order instead
+/// (what the builder stored meanwhile is left for gc).
+pub(crate) fn build_row_map_nearly(
+    label: &str,
+    sink: &dyn ObjectSink,
+    progress: &dyn Progress,
+    keys: &mut KeySink<'_>,
+    fill: impl FnOnce(&mut RowSink<'_>) -> Result<u64>,
+) -> Result<Option<(u64, ObjectId)>> {
+    build_rows(label, sink, progress, Some(keys), fill)
+}
+
+/// Adds a row to the map, naming a duplicate key for people.
+fn push_row(b: &mut MapBuilder<'_>, label: &str, k: &[u8], v: &[u8]) -> Result<()> {
+    b.push(k, v).map_err(|e| {
+        if b.last_key() == Some(k) {
+            let key = key_for_people("", k).unwrap_or_else(|| "of another".into());
+            return SyncError::Database(format!(
+                "{label}: more than one row has the key {key}; a table keyed \
+                 by all its columns (--key-by-all-columns) must not hold \
+                 duplicate rows"
+            ));
+        }
+        SyncError::Database(format!("{label}: {e}"))
+    })
+}
+
+fn build_rows(
+    label: &str,
+    sink: &dyn ObjectSink,
+    progress: &dyn Progress,
+    nearly: Option<&mut KeySink<'_>>,
+    fill: impl FnOnce(&mut RowSink<'_>) -> Result<u64>,
+) -> Result<Option<(u64, ObjectId)>> {
     const BATCH: usize = 256 << 10;
     let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(4);
     std::thread::scope(|scope| {
-        let builder = scope.spawn(move || -> Result<ObjectId> {
+        let builder = scope.spawn(move || -> Result<Option<ObjectId>> {
             let mut b = MapBuilder::batched(ObjectType::Rows, sink);
+            if let Some(keys) = nearly {
+                let mut order = reorder::Reorder::new();
+                let mut emit = |k: &[u8], v: &[u8]| {
+                    push_row(&mut b, label, k, v)?;
+                    keys(k);
+                    Ok(())
+                };
+                for batch in rx {
+                    if order.add(batch, &mut emit)? == reorder::Step::OutOfReach {
+                        return Ok(None);
+                    }
+                }
+                order.finish(&mut emit)?;
+                return b.finish().map(Some);
+            }
             for batch in rx {
                 let mut r = crate::codec::Reader::new(&batch);
                 while !r.is_empty() {
@@ -842,20 +902,10 @@ pub(crate) fn build_row_map(
                         (Ok(k), Ok(v)) => (k, v),
                         _ => return Err(SyncError::Invalid("row batch damaged".into())),
                     };
-                    if let Err(e) = b.push(k, v) {
-                        if b.last_key() == Some(k) {
-                            let key = key_for_people("", k).unwrap_or_else(|| "of another".into());
-                            return Err(SyncError::Database(format!(
-                                "{label}: more than one row has the key {key}; a table keyed \
-                                 by all its columns (--key-by-all-columns) must not hold \
-                                 duplicate rows"
-                            )));
-                        }
-                        return Err(SyncError::Database(format!("{label}: {e}")));
-                    }
+                    push_row(&mut b, label, k, v)?;
                 }
             }
-            b.finish()
+            b.finish().map(Some)
         });
         let mut batch: Vec<u8> = Vec::with_capacity(BATCH + 4096);
         let mut sent_ok = true;
@@ -883,10 +933,13 @@ pub(crate) fn build_row_map(
             .join()
             .map_err(|_| SyncError::Invalid("the row map builder panicked".into()))?;
         match (read, built) {
-            (Ok(n), Ok(root)) if sent_ok => Ok((n, root)),
+            (Ok(n), Ok(Some(root))) if sent_ok => Ok(Some((n, root))),
+            // Out of reach: the read stopped because the builder did.
+            (Ok(_), Ok(None)) => Ok(None),
+            (Err(_), Ok(None)) if !sent_ok => Ok(None),
             (_, Err(e)) => Err(e),
             (Err(e), Ok(_)) => Err(e),
-            (Ok(_), Ok(_)) => Err(SyncError::Invalid("the row map builder stopped".into())),
+            (Ok(_), Ok(Some(_))) => Err(SyncError::Invalid("the row map builder stopped".into())),
         }
     })
 }
