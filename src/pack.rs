@@ -148,7 +148,19 @@ pub fn compress(data: &[u8], level: i32) -> (u8, Vec<u8>) {
 pub fn compress_frame(data: &[u8], level: i32) -> Option<Vec<u8>> {
     COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
-        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+        match c.as_mut() {
+            Some((l, z)) if *l != level => {
+                // (Row blocks and other objects alternate levels: the
+                // context is kept, only its level changes.)
+                if z.set_compression_level(level).is_ok() {
+                    *l = level;
+                } else {
+                    *c = None;
+                }
+            }
+            _ => {}
+        }
+        if c.is_none() {
             *c = zstd::bulk::Compressor::new(level).ok().map(|z| (level, z));
         }
         c.as_mut().and_then(|(_, z)| z.compress(data).ok())
@@ -980,7 +992,7 @@ mod tests {
         let text: Vec<u8> = (0..50_000u32)
             .flat_map(|i| format!("row {i} {}\n", i % 97).into_bytes())
             .collect();
-        // Levels alternate so the thread's context is replaced and reused.
+        // Levels alternate: the thread's context is re-levelled and reused.
         for level in [3, 3, 19, 1, 3] {
             for part in [&text[..100], &text[..], &text[1000..9000]] {
                 assert_eq!(

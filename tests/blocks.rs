@@ -323,3 +323,54 @@ fn blocks_in_a_store_on_s3_read_back() {
     );
     assert_eq!(restored(d, "back", "main", "back.db"), want);
 }
+
+/// Blocks of row-map leaves are compressed at the store's
+/// `rows_compression_level` (1 in a new store): a store set to 19 holds
+/// the same table in fewer bytes, and both give back the same rows.
+#[test]
+fn row_blocks_take_the_stores_rows_compression_level() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    snapshotted(d, 20_000);
+    let conf = std::fs::read_to_string(d.join("st/store.toml")).unwrap();
+    assert!(conf.contains("rows_compression_level = 1"), "{conf}");
+    ok(d, &["init", "--store", "st19", "-q"]);
+    let path = d.join("st19/store.toml");
+    let conf = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        conf.replace("rows_compression_level = 1", "rows_compression_level = 19"),
+    )
+    .unwrap();
+    ok(
+        d,
+        &[
+            "--store", "st19", "snapshot", "empty", "--db", "app.db", "-q",
+        ],
+    );
+    let packed = |st: &str| -> u64 {
+        std::fs::read_dir(d.join(st).join("packs"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    let (fast, small) = (packed("st"), packed("st19"));
+    assert!(small < fast, "level 19: {small} bytes, level 1: {fast}");
+    assert_eq!(
+        restored(d, "st19", "main", "r19.db"),
+        restored(d, "st", "main", "r1.db")
+    );
+    // A level out of range is a damaged configuration, refused.
+    std::fs::write(
+        &path,
+        conf.replace("rows_compression_level = 1", "rows_compression_level = 0"),
+    )
+    .unwrap();
+    let o = run_in(d, &["--store", "st19", "log"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("rows_compression_level"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

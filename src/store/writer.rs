@@ -51,6 +51,9 @@ pub struct WriteSession<'s> {
     pending: Mutex<IdSet>,
     error: SharedError,
     level: i32,
+    /// The level of blocks of row-map leaves (0 when the store compresses
+    /// nothing).
+    rows_level: i32,
     /// gc's repacking: objects already in the store are written again.
     repack: bool,
     /// Set by `abort`: the open pack is thrown away instead of finished.
@@ -138,6 +141,10 @@ impl<'s> WriteSession<'s> {
             pending: Mutex::new(IdSet::default()),
             error,
             level: store.config().compression_level,
+            rows_level: match store.config().compression_level {
+                0 => 0,
+                _ => store.config().rows_compression_level,
+            },
             repack,
             aborted,
             dicts: Mutex::new(DictState::load(
@@ -531,7 +538,13 @@ impl ObjectSink for WriteSession<'_> {
             .par_iter()
             .map(|u| match u.as_slice() {
                 [(tag, id, bytes)] => self.prepare(*tag, *id, bytes).map(Item::Object),
-                g => self.make_block(g[0].0, g, self.level).map(Item::Block),
+                g => {
+                    let level = match g[0].0 {
+                        ObjectType::Rows => self.rows_level,
+                        _ => self.level,
+                    };
+                    self.make_block(g[0].0, g, level).map(Item::Block)
+                }
             })
             .collect::<Result<_>>()?;
         for item in items {
