@@ -876,7 +876,7 @@ fn build_rows(
     fill: impl FnOnce(&mut RowSink<'_>) -> Result<u64>,
 ) -> Result<Option<(u64, ObjectId)>> {
     const BATCH: usize = 256 << 10;
-    let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(4);
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(16);
     std::thread::scope(|scope| {
         let builder = scope.spawn(move || -> Result<Option<ObjectId>> {
             let mut b = MapBuilder::batched(ObjectType::Rows, sink);
