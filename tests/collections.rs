@@ -970,6 +970,16 @@ mod three_way {
                 } else {
                     run(&root, &["local", cmd, "--json"])
                 };
+                // No file left where the last sync recorded rows (an
+                // emptied folder, an unmounted volume's mount point): to-db
+                // would delete every row, and does so only with --force.
+                if to_db && !force && f0.is_empty() && base.as_ref().is_some_and(|b| !b.is_empty()) {
+                    prop_assert_eq!(code, 1, "{}{}", out, err);
+                    prop_assert!(out.is_empty() && err.contains("run it with --force"), "{}{}", out, err);
+                    prop_assert_eq!(file_side(&root), f0);
+                    prop_assert_eq!(db_side(&root), b0);
+                    continue;
+                }
                 let plan: Json = json(&out);
                 let actions: BTreeMap<String, String> = plan
                     .as_array()
