@@ -4817,7 +4817,15 @@ struct RowStatements<'a> {
     /// their rows when a row of this table goes (see [`outside_refs`]).
     outside: Vec<OutsideRef>,
     pending: Vec<PendingRow>,
+    /// Statements prepared on the connection, by their text (at most
+    /// [`MAX_PREPARED`]): a statement run by its text is prepared anew
+    /// each time, a round trip per row more.
+    prepared: std::collections::HashMap<String, tokio_postgres::Statement>,
 }
+
+/// Most statements a table's restore keeps prepared (an update's text
+/// varies with the columns it sets).
+const MAX_PREPARED: usize = 64;
 
 /// A foreign key of another table, which a restore leaves as it is, whose
 /// `ON DELETE` action changes that table's rows when a row of the table
@@ -5171,6 +5179,7 @@ impl<'a> RowStatements<'a> {
             referring_acts: row.get(2),
             outside: Vec::new(),
             pending: Vec::new(),
+            prepared: std::collections::HashMap::new(),
         })
     }
 
@@ -5241,7 +5250,7 @@ impl<'a> RowStatements<'a> {
     /// Runs the statement; `None` when it broke the table's own foreign
     /// key or a unique index (under a savepoint, rolled back).
     fn try_once(
-        &self,
+        &mut self,
         c: &mut Client,
         sql: &str,
         params: &[Option<String>],
@@ -5251,17 +5260,27 @@ impl<'a> RowStatements<'a> {
             .iter()
             .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
             .collect();
+        let stmt = match self.prepared.get(sql) {
+            Some(s) => s.clone(),
+            None => {
+                let s = c.prepare(sql)?;
+                if self.prepared.len() < MAX_PREPARED {
+                    self.prepared.insert(sql.to_string(), s.clone());
+                }
+                s
+            }
+        };
         // (An upsert says whether it updated: 2, else 1.)
         let run = |c: &mut Client| -> std::result::Result<u64, tokio_postgres::Error> {
             if sql.ends_with(UPSERT_RETURNING) {
-                let rows = c.query(sql, &refs)?;
+                let rows = c.query(&stmt, &refs)?;
                 Ok(match rows.first() {
                     None => 0,
                     Some(r) if r.get::<_, bool>(0) => 2,
                     Some(_) => 1,
                 })
             } else {
-                c.execute(sql, &refs)
+                c.execute(&stmt, &refs)
             }
         };
         if plain {
