@@ -820,7 +820,7 @@ pub(crate) fn key_for_people(table: &str, key: &[u8]) -> Option<String> {
 /// Where rows go, as `(key, row)` encodings in key order.
 pub(crate) type RowSink<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
 
-/// Where a nearly ordered read's keys go, in key order (the row cache).
+/// Where a table read's keys go, in key order (the row cache).
 pub(crate) type KeySink<'a> = dyn FnMut(&[u8]) + Send + 'a;
 
 /// Builds a row map from `(key, row)` pairs that `fill` produces in key
@@ -834,45 +834,21 @@ pub(crate) fn build_row_map(
     progress: &dyn Progress,
     fill: impl FnOnce(&mut RowSink<'_>) -> Result<u64>,
 ) -> Result<(u64, ObjectId)> {
-    build_rows(label, sink, progress, None, fill)?
+    build_row_map_with(label, sink, progress, (false, None), fill)?
         .ok_or_else(|| SyncError::Invalid(format!("{label}: rows out of key order")))
 }
 
-/// [`build_row_map`] for rows that come nearly in key order (a table read
-/// in the order of its heap): they are put in key order within reach (see
-/// [`reorder`]), and `keys` gets each row's key in key order. None when a
-/// row came out of reach: the caller reads the rows in key order instead
-/// (what the builder stored meanwhile is left for gc).
-pub(crate) fn build_row_map_nearly(
+/// [`build_row_map`], giving `keys` each row's key in key order, and, when
+/// `nearly`, for rows that come nearly in key order (a table read in the
+/// order of its heap): they are put in key order within reach (see
+/// [`reorder`]). None when a row came out of reach: the caller reads the
+/// rows in key order instead (what the builder stored meanwhile is left
+/// for gc).
+pub(crate) fn build_row_map_with(
     label: &str,
     sink: &dyn ObjectSink,
     progress: &dyn Progress,
-    keys: &mut KeySink<'_>,
-    fill: impl FnOnce(&mut RowSink<'_>) -> Result<u64>,
-) -> Result<Option<(u64, ObjectId)>> {
-    build_rows(label, sink, progress, Some(keys), fill)
-}
-
-/// Adds a row to the map, naming a duplicate key for people.
-fn push_row(b: &mut MapBuilder<'_>, label: &str, k: &[u8], v: &[u8]) -> Result<()> {
-    b.push(k, v).map_err(|e| {
-        if b.last_key() == Some(k) {
-            let key = key_for_people("", k).unwrap_or_else(|| "of another".into());
-            return SyncError::Database(format!(
-                "{label}: more than one row has the key {key}; a table keyed \
-                 by all its columns (--key-by-all-columns) must not hold \
-                 duplicate rows"
-            ));
-        }
-        SyncError::Database(format!("{label}: {e}"))
-    })
-}
-
-fn build_rows(
-    label: &str,
-    sink: &dyn ObjectSink,
-    progress: &dyn Progress,
-    nearly: Option<&mut KeySink<'_>>,
+    (nearly, mut keys): (bool, Option<&mut KeySink<'_>>),
     fill: impl FnOnce(&mut RowSink<'_>) -> Result<u64>,
 ) -> Result<Option<(u64, ObjectId)>> {
     const BATCH: usize = 256 << 10;
@@ -880,29 +856,31 @@ fn build_rows(
     std::thread::scope(|scope| {
         let builder = scope.spawn(move || -> Result<Option<ObjectId>> {
             let mut b = MapBuilder::batched(ObjectType::Rows, sink);
-            if let Some(keys) = nearly {
-                let mut order = reorder::Reorder::new();
-                let mut emit = |k: &[u8], v: &[u8]| {
-                    push_row(&mut b, label, k, v)?;
+            let mut emit = |k: &[u8], v: &[u8]| {
+                push_row(&mut b, label, k, v)?;
+                if let Some(keys) = keys.as_mut() {
                     keys(k);
-                    Ok(())
-                };
+                }
+                Ok(())
+            };
+            if nearly {
+                let mut order = reorder::Reorder::new();
                 for batch in rx {
                     if order.add(batch, &mut emit)? == reorder::Step::OutOfReach {
                         return Ok(None);
                     }
                 }
                 order.finish(&mut emit)?;
-                return b.finish().map(Some);
-            }
-            for batch in rx {
-                let mut r = crate::codec::Reader::new(&batch);
-                while !r.is_empty() {
-                    let (k, v) = match (r.bytes(usize::MAX), r.bytes(usize::MAX)) {
-                        (Ok(k), Ok(v)) => (k, v),
-                        _ => return Err(SyncError::Invalid("row batch damaged".into())),
-                    };
-                    push_row(&mut b, label, k, v)?;
+            } else {
+                for batch in rx {
+                    let mut r = crate::codec::Reader::new(&batch);
+                    while !r.is_empty() {
+                        let (k, v) = match (r.bytes(usize::MAX), r.bytes(usize::MAX)) {
+                            (Ok(k), Ok(v)) => (k, v),
+                            _ => return Err(SyncError::Invalid("row batch damaged".into())),
+                        };
+                        emit(k, v)?;
+                    }
                 }
             }
             b.finish().map(Some)
@@ -941,6 +919,20 @@ fn build_rows(
             (Err(e), Ok(_)) => Err(e),
             (Ok(_), Ok(Some(_))) => Err(SyncError::Invalid("the row map builder stopped".into())),
         }
+    })
+}
+/// Adds a row to the map, naming a duplicate key for people.
+fn push_row(b: &mut MapBuilder<'_>, label: &str, k: &[u8], v: &[u8]) -> Result<()> {
+    b.push(k, v).map_err(|e| {
+        if b.last_key() == Some(k) {
+            let key = key_for_people("", k).unwrap_or_else(|| "of another".into());
+            return SyncError::Database(format!(
+                "{label}: more than one row has the key {key}; a table keyed \
+                 by all its columns (--key-by-all-columns) must not hold \
+                 duplicate rows"
+            ));
+        }
+        SyncError::Database(format!("{label}: {e}"))
     })
 }
 

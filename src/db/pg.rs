@@ -17,7 +17,7 @@
 //! (or, for a table the server's statistics say was only ever inserted
 //! into, `COPY (SELECT …) TO STDOUT` in the order the heap stores the rows,
 //! cheaper for the server, put in key order on the way by
-//! [`super::build_row_map_nearly`]; a row too far from its place makes it
+//! [`super::build_row_map_with`]; a row too far from its place makes it
 //! read again in key order, in the same transaction)
 //! (in binary format when every column has a binary form read here into
 //! the value its text form gives: integers, floats, booleans, `bytea`,
@@ -1957,16 +1957,12 @@ enum Order {
     /// Key order (`ORDER BY` the key: the server reads the key's index).
     Key,
     /// The heap's order (a sequential scan, which costs the server about
-    /// a quarter less), for [`super::build_row_map_nearly`] to put in key
+    /// a quarter less), for [`super::build_row_map_with`] to put in key
     /// order.
     Heap,
 }
 
-/// Streams a table's rows in `order`, calling `f(key, row)`, and each
-/// row's key into `cache` with an empty stamp: the row as of the cache's
-/// snapshot (see [`xid_before`]). Reading the stamps here would cost the
-/// server a projection of every row (a fifth more time); a re-snapshot
-/// reads them anyway.
+/// Streams a table's rows in `order`, calling `f(key, row)`.
 #[allow(clippy::too_many_arguments)]
 fn read_table(
     c: &mut Client,
@@ -1978,7 +1974,6 @@ fn read_table(
     sink: &dyn ObjectSink,
     chunker: &Chunker,
     progress: &dyn Progress,
-    mut cache: Option<&mut CacheWriter>,
     f: &mut super::RowSink<'_>,
 ) -> Result<u64> {
     let bad =
@@ -1992,9 +1987,6 @@ fn read_table(
     if !p.all_read_binary() {
         return copy_lines(c, loc, &sql, progress, |line| {
             let (key, row, _) = p.row(line, sink, chunker).map_err(bad)?;
-            if let Some(w) = cache.as_deref_mut() {
-                w.row(key, b"");
-            }
             f(key, row)
         });
     }
@@ -2008,9 +2000,6 @@ fn read_table(
                 return Err(SyncError::Interrupted);
             }
             let (key, row) = p.row_binary(tuple, sink, chunker).map_err(bad)?;
-            if let Some(w) = cache.as_deref_mut() {
-                w.row(key, b"");
-            }
             f(key, row)
         },
         |e| loc.error(e),
@@ -2835,29 +2824,45 @@ fn read_rows(
             }
         }
     }
-    if heap_nearly_in_key_order(c, loc, rel, t)? {
-        tracing::debug!("{label}: reading the rows in the order the table stores them");
+    // In the heap's order when it likely holds the rows nearly in key
+    // order; in key order if that fails, or else.
+    let orders: &[Order] = if heap_nearly_in_key_order(c, loc, rel, t)? {
+        &[Order::Heap, Order::Key]
+    } else {
+        &[Order::Key]
+    };
+    for &order in orders {
+        if order == Order::Heap {
+            tracing::debug!("{label}: reading the rows in the order the table stores them");
+        }
         let mut out = cache
             .as_ref()
             .and_then(|(_, ident, xid, _, path)| create(ident, *xid, path));
         let built = {
+            // Each row's key goes into the cache with an empty stamp: the
+            // row as of the cache's snapshot (see [`xid_before`]). Reading
+            // the stamps here would cost the server a projection of every
+            // row (a fifth more time); a re-snapshot reads them anyway.
             let mut keys = |k: &[u8]| {
                 if let Some(w) = out.as_mut() {
                     w.row(k, b"");
                 }
             };
-            super::build_row_map_nearly(label, sink, progress, &mut keys, |f| {
+            let with = (
+                order == Order::Heap,
+                Some(&mut keys as &mut super::KeySink<'_>),
+            );
+            super::build_row_map_with(label, sink, progress, with, |f| {
                 read_table(
                     c,
                     loc,
                     &rel.name,
                     t,
                     &rel.enum_columns(),
-                    (by_all, rel.partitioned, Order::Heap),
+                    (by_all, rel.partitioned, order),
                     sink,
                     chunker,
                     progress,
-                    None,
                     f,
                 )
             })?
@@ -2877,35 +2882,14 @@ fn read_rows(
             ),
         }
     }
-    let mut out = cache
-        .as_ref()
-        .and_then(|(_, ident, xid, _, path)| create(ident, *xid, path));
-    let (n, root) = super::build_row_map(label, sink, progress, |f| {
-        read_table(
-            c,
-            loc,
-            &rel.name,
-            t,
-            &rel.enum_columns(),
-            (by_all, rel.partitioned, Order::Key),
-            sink,
-            chunker,
-            progress,
-            out.as_mut(),
-            f,
-        )
-    })?;
-    if let Some(w) = out
-        && let Err(e) = w.finish(&root)
-    {
-        tracing::warn!("{label}: could not write the row cache: {e}");
-    }
-    Ok((n, root))
+    Err(SyncError::Invalid(format!(
+        "{label}: rows out of key order"
+    )))
 }
 
 /// Whether a table's heap likely holds its rows nearly in key order, so
 /// that reading it in that order (cheaper for the server) and putting the
-/// rows in key order on the way ([`super::build_row_map_nearly`]) likely
+/// rows in key order on the way ([`super::build_row_map_with`]) likely
 /// works: the server's statistics say no row of it was ever updated or
 /// deleted (an updated row moves to the heap's end; a deleted one leaves a
 /// gap a later row fills), and that its first key column follows the
@@ -4441,7 +4425,6 @@ fn merge_plan(
         &scratch,
         chunker,
         progress,
-        None,
         &mut on_row,
     )?;
     for e in snap {

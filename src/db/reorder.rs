@@ -123,34 +123,19 @@ impl Reorder {
             }
         }
         self.batches.push_back(batch);
-        let b = self.batches.back().map(Vec::as_slice).unwrap_or_default();
-        let by_key = |x: &Held, y: &Held| {
-            x.prefix
-                .cmp(&y.prefix)
-                .then_with(|| slice(b, x.key).cmp(slice(b, y.key)))
-        };
-        if !incoming
-            .windows(2)
-            .all(|w| by_key(&w[0], &w[1]) != Ordering::Greater)
-        {
-            // (Stable, and quick on runs: a batch is mostly in order.)
-            incoming.sort_by(by_key);
-        }
-        let Some(low) = incoming.first().map(|h| (*h, slice(b, h.key).to_vec())) else {
+        // (Stable, and linear on a run: a batch is mostly in order.)
+        incoming.sort_by(|x, y| self.cmp(x, y));
+        let Some(&low) = incoming.first() else {
             self.incoming = incoming;
             self.release();
             return Ok(Step::InReach);
         };
-        if self.last.as_deref().is_some_and(|l| low.1.as_slice() < l) {
+        if self.last.as_deref().is_some_and(|l| self.key(&low) < l) {
             return Ok(Step::OutOfReach);
         }
         // Held rows below this batch's smallest key go on.
         let mut n = 0;
-        let below = |r: &Self, h: &Held| match h.prefix.cmp(&low.0.prefix) {
-            Ordering::Equal => r.key(h) < low.1.as_slice(),
-            o => o == Ordering::Less,
-        };
-        while n < self.held.len() && below(self, &self.held[n]) {
+        while n < self.held.len() && self.cmp(&self.held[n], &low) == Ordering::Less {
             let h = self.held[n];
             let bytes = self.batch(&h);
             emit(slice(bytes, h.key), slice(bytes, h.row))?;
