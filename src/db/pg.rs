@@ -68,7 +68,7 @@ use super::pgconn::Client;
 use super::diff::same_structure;
 use super::pg_guard::{self, Action};
 use super::restore::{DbRestoreOptions, DbRestoreReport};
-use super::rowcache::{CacheReader, CacheWriter, Unusable};
+use super::rowcache::{CacheReader, CacheWriter, Unusable, Usable};
 use super::table::{Column, Engine, Extra, ExtraKind, FLAG_WITHOUT_ROWID, TableData, TableObject};
 use super::value::{Cell, KeyWriter, Value, decode_key, decode_row, encode_cell};
 use super::{DbSource, RowCacheCtx, ScanResult, load_table};
@@ -1664,13 +1664,10 @@ fn order_list(t: &TableData, by_all: bool) -> String {
 }
 
 /// The `COPY` statement that reads `cols` (a select list) of a table in
-/// key order, each row followed by its stamp (`xmin`, `ctid`: see
-/// [`rowcache`](super::rowcache)) when `stamps` (only a row cache needs
-/// them; they cost the server time).
-fn copy_out_sql(from: &str, t: &TableData, cols: &str, stamps: bool, by_all: bool) -> String {
+/// key order.
+fn copy_out_sql(from: &str, t: &TableData, cols: &str, by_all: bool) -> String {
     format!(
-        "COPY (SELECT {cols}{} FROM {from} ORDER BY {}) TO STDOUT",
-        if stamps { ", xmin, ctid" } else { "" },
+        "COPY (SELECT {cols} FROM {from} ORDER BY {}) TO STDOUT",
         order_list(t, by_all)
     )
 }
@@ -1679,8 +1676,8 @@ fn copy_out_sql(from: &str, t: &TableData, cols: &str, stamps: bool, by_all: boo
 type ParsedRow<'a, 'l> = (&'a [u8], &'a [u8], &'l [u8]);
 
 /// Turns one line of `COPY` text output into a row map entry: the stored
-/// columns give the key and the encoded row; what follows them (the stamp
-/// fields, tab-separated) is given back as it is.
+/// columns give the key and the encoded row; what follows them (fields a
+/// query adds after them, tab-separated) is given back as it is.
 struct RowParser<'t> {
     t: &'t TableData,
     classes: Vec<PgClass>,
@@ -1689,8 +1686,6 @@ struct RowParser<'t> {
     fields: Vec<Field>,
     key: KeyWriter,
     w: Writer,
-    /// A stamp printed from its binary form.
-    stamp: Vec<u8>,
 }
 
 impl<'t> RowParser<'t> {
@@ -1706,7 +1701,6 @@ impl<'t> RowParser<'t> {
             fields: Vec::new(),
             key: KeyWriter::new(),
             w: Writer::with_capacity(256),
-            stamp: Vec::with_capacity(32),
         }
     }
 
@@ -1764,46 +1758,14 @@ impl<'t> RowParser<'t> {
         Ok(rest)
     }
 
-    /// Prints a binary stamp (`xmin`: a u32; `ctid`: a u32 block and a u16
-    /// line) as text `COPY` prints it, `xmin\t(block,line)`.
-    fn stamp_binary(&mut self, rest: &[Option<&[u8]>]) -> std::result::Result<(), String> {
-        let (Some(xmin), Some(ctid)) = (
-            rest.first()
-                .copied()
-                .flatten()
-                .and_then(|x| <[u8; 4]>::try_from(x).ok()),
-            rest.get(1)
-                .copied()
-                .flatten()
-                .and_then(|t| <[u8; 6]>::try_from(t).ok()),
-        ) else {
-            return Err("a tuple without its xmin and ctid".into());
-        };
-        use super::pgtext::push_padded;
-        self.stamp.clear();
-        push_padded(&mut self.stamp, u64::from(u32::from_be_bytes(xmin)), 1);
-        self.stamp.extend_from_slice(b"\t(");
-        let block = u32::from_be_bytes([ctid[0], ctid[1], ctid[2], ctid[3]]);
-        push_padded(&mut self.stamp, u64::from(block), 1);
-        self.stamp.push(b',');
-        push_padded(
-            &mut self.stamp,
-            u64::from(u16::from_be_bytes([ctid[4], ctid[5]])),
-            1,
-        );
-        self.stamp.push(b')');
-        Ok(())
-    }
-
-    /// The key columns and stamp of a binary `COPY` tuple: (key, stamp).
-    fn key_binary(
-        &mut self,
-        tuple: &[Option<&[u8]>],
-    ) -> std::result::Result<(&[u8], &[u8]), String> {
-        let rest = self.fields_binary(tuple, true)?;
-        self.make_key(true).map_err(|e| e.to_string())?;
-        self.stamp_binary(rest)?;
-        Ok((self.key.finish(), &self.stamp))
+    /// The key of a binary `COPY` tuple of the key columns.
+    fn key_binary(&mut self, tuple: &[Option<&[u8]>]) -> std::result::Result<&[u8], String> {
+        if self.fields_binary(tuple, true)?.is_empty() {
+            self.make_key(true).map_err(|e| e.to_string())?;
+            Ok(self.key.finish())
+        } else {
+            Err("a tuple with more fields than key columns".into())
+        }
     }
 
     /// A whole row from a binary `COPY` tuple: (key, encoded row).
@@ -1981,7 +1943,7 @@ fn read_table(
     let mut p = RowParser::new(t).with_enums(enums);
     let from = own_rows(name, partitioned);
     let sql = match order {
-        Order::Key => copy_out_sql(&from, t, &select_list(t), false, by_all),
+        Order::Key => copy_out_sql(&from, t, &select_list(t), by_all),
         Order::Heap => format!("COPY (SELECT {} FROM {from}) TO STDOUT", select_list(t)),
     };
     if !p.all_read_binary() {
@@ -2033,7 +1995,7 @@ impl Interrupts {
 /// Most rows a re-snapshot fetches or deletes by the row cache before a
 /// full read is cheaper (and the edits' memory stays bounded).
 const MAX_CACHED_EDITS: usize = 100_000;
-/// Most bytes of keys and stamps those edits may hold.
+/// Most bytes of the keys of deleted rows those edits may hold.
 const MAX_CACHED_EDIT_BYTES: usize = 64 << 20;
 /// Most bytes of changed rows (encoded, large values spilled to chunks)
 /// a re-snapshot holds before it reads the table in full instead.
@@ -2047,12 +2009,32 @@ enum Incremental {
     Fallback(String),
 }
 
-/// A re-snapshot of one table by its row cache: reads every row's key and
-/// stamp (in key order, as the cache holds them), fetches by `ctid` the
-/// rows that are new or changed (a cached stamp that differs, or an empty
-/// one, written as of `xids.0`, that the row's `xmin` is not older than;
-/// `xids.1` is this snapshot's `xmax`), and rebuilds the cached map around
-/// them and the keys that are gone. Writes the new cache to `out`.
+/// The range of `age(xmin)` (as the server's `age` gives it in a
+/// transaction where `age(now as a 32-bit id)` is `offset`) that holds
+/// exactly the row versions made since the cache's snapshot, whose `xmin`
+/// was `bound` (the tests hold it to a model, `xid_before`). `age` counts back from a
+/// transaction id the server fixes for the whole transaction (at or after
+/// `now`, the snapshot's `xmax`), wrapping at 2^31, and gives the special
+/// ids below 3 the largest age. (`age` is parallel restricted: only the
+/// transaction's own process runs it, so every row's age counts from the
+/// same id as `offset`.) None when the range would reach that wrap: the
+/// ages then no longer tell.
+fn changed_ages(offset: i32, bound: u64, now: u64) -> Option<(i64, i64)> {
+    let width = now.checked_sub(bound)?;
+    let hi = i64::from(offset).checked_add(i64::try_from(width).ok()?)?;
+    (offset >= 0 && (now & 0xFFFF_FFFF) >= 3 && hi < i64::from(i32::MAX))
+        .then_some((i64::from(offset), hi))
+}
+
+/// A re-snapshot of one table by its row cache (written as of the
+/// snapshot whose `xmin` is `xids.0`; `xids.1` is this snapshot's `xmax`):
+/// reads in full the rows whose version is not older than the cache (a
+/// sequential scan that filters by `xmin`), counts the table's rows, and
+/// merges the cache's keys with the rows read. Each row the cache had and
+/// the read did not give is the cached one, unchanged; if those and the
+/// rows read come to fewer than the table holds, some cached rows are
+/// gone, and the table's keys are read (in key order) to find which. The
+/// map is the cached one with those edits. Writes the new cache to `out`.
 #[allow(clippy::too_many_arguments)]
 fn read_table_by_cache(
     c: &mut Client,
@@ -2062,7 +2044,7 @@ fn read_table_by_cache(
     enums: &[bool],
     by_all: bool,
     partitioned: bool,
-    mut old: CacheReader,
+    cached: (&Path, &[u8; 32]),
     xids: (u64, u64),
     src: &dyn ObjectSource,
     sink: &dyn ObjectSink,
@@ -2072,177 +2054,122 @@ fn read_table_by_cache(
 ) -> Result<Incremental> {
     let bad =
         |what: String| SyncError::Database(format!("{}: table {name}: {what}", loc.redacted()));
-    let sql = copy_out_sql(
-        &own_rows(name, partitioned),
-        t,
-        &key_list(t, PgClass::select),
-        true,
-        by_all,
-    );
-    // Keys (with the new stamp) to fetch, and keys that are gone.
-    let mut wanted: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-    let mut gone: Vec<Vec<u8>> = Vec::new();
-    let mut held = 0usize;
-    let mut unusable: Option<String> = None;
-    let mut p = RowParser::new(t).with_enums(enums);
-    // The cache's next row, read ahead.
-    let mut ahead: Option<(Vec<u8>, Vec<u8>)> = None;
-    let mut cache_done = false;
-    let mut advance = |old: &mut CacheReader,
-                       ahead: &mut Option<(Vec<u8>, Vec<u8>)>,
-                       unusable: &mut Option<String>| {
-        *ahead = None;
-        if cache_done || unusable.is_some() {
-            return;
-        }
-        match old.next_row() {
-            Ok(Some((k, s))) => *ahead = Some((k.to_vec(), s.to_vec())),
-            Ok(None) => cache_done = true,
-            Err(Unusable(e)) => *unusable = Some(e),
-        }
+    let from = own_rows(name, partitioned);
+    let now32 = xids.1 & 0xFFFF_FFFF;
+    let offset: i32 = c
+        .query_one(&format!("SELECT pg_catalog.age('{now32}'::xid)"), &[])
+        .map_err(|e| loc.error(e))?
+        .get(0);
+    let Some((lo, hi)) = changed_ages(offset, xids.0, xids.1) else {
+        return Ok(Incremental::Fallback(
+            "transaction ids too far apart to compare".into(),
+        ));
     };
-    advance(&mut old, &mut ahead, &mut unusable);
-    let mut on_key = |key: &[u8], stamp: &[u8]| -> Result<()> {
-        out.row(key, stamp);
-        if unusable.is_some() {
-            return Ok(());
-        }
-        // Cached keys before this one are gone.
-        while let Some((k, _)) = &ahead
-            && k.as_slice() < key
-        {
-            let (k, _) = ahead.take().unwrap_or_default();
-            held += k.len();
-            gone.push(k);
-            advance(&mut old, &mut ahead, &mut unusable);
-        }
-        let same = match &ahead {
-            Some((k, s)) if k.as_slice() == key => {
-                let same = if s.is_empty() {
-                    stamp_xmin(stamp).is_some_and(|x| xid_before(x, xids.0, xids.1))
-                } else {
-                    s.as_slice() == stamp
-                };
-                advance(&mut old, &mut ahead, &mut unusable);
-                same
-            }
-            _ => false,
-        };
-        if !same {
-            held += key.len() + stamp.len();
-            wanted.insert(key.to_vec(), stamp.to_vec());
-        }
-        if wanted.len() + gone.len() > MAX_CACHED_EDITS || held > MAX_CACHED_EDIT_BYTES {
-            unusable = Some(format!("more than {MAX_CACHED_EDITS} rows changed"));
-            wanted.clear();
-            gone.clear();
-        }
-        Ok(())
-    };
-    // Binary when every key column reads so: the server then prints no
-    // numbers (the stamps are printed here as text COPY prints them).
-    let n = if p.keys_read_binary() {
-        let mut due = Interrupts::default();
-        c.copy_out_binary(
-            &format!("{sql} (FORMAT binary)"),
-            (t.key.len() + 2, crate::pmap::MAX_KEY),
-            |tuple| {
-                if due.check(tuple.iter().flatten().map(|v| v.len()).sum(), progress) {
-                    return Err(SyncError::Interrupted);
-                }
-                let (key, stamp) = p.key_binary(tuple).map_err(bad)?;
-                on_key(key, stamp)
-            },
-            |e| loc.error(e),
-            bad,
-        )?
-    } else {
-        copy_lines(c, loc, &sql, progress, |line| {
-            let (key, stamp) = p.key_only(line).map_err(bad)?;
-            on_key(key, stamp)
-        })?
-    };
-    if let Some(e) = unusable {
-        return Ok(Incremental::Fallback(e));
-    }
-    while let Some((k, _)) = ahead.take() {
-        gone.push(k);
-        if wanted.len() + gone.len() > MAX_CACHED_EDITS {
-            return Ok(Incremental::Fallback(format!(
-                "more than {MAX_CACHED_EDITS} rows changed"
-            )));
-        }
-        advance(&mut old, &mut ahead, &mut unusable);
-    }
-    let old_root = match old.finish() {
-        Ok(r) => r,
-        Err(Unusable(e)) => return Ok(Incremental::Fallback(e)),
-    };
-    if let Some(e) = unusable {
-        return Ok(Incremental::Fallback(e));
-    }
-    // The changed and new rows, by the ctid their stamp names, in batches.
+    let total: i64 = c
+        .query_one(&format!("SELECT count(*) FROM {from}"), &[])
+        .map_err(|e| loc.error(e))?
+        .get(0);
+    // The rows made since the cache: in full, in the heap's order.
     let mut fetched: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut fetched_bytes = 0usize;
-    let wanted_list: Vec<(&Vec<u8>, &Vec<u8>)> = wanted.iter().collect();
-    for batch in wanted_list.chunks(4096) {
-        if fetched_bytes > MAX_FETCHED_BYTES {
-            return Ok(Incremental::Fallback(format!(
-                "the changed rows hold more than {} MiB",
-                MAX_FETCHED_BYTES >> 20
-            )));
-        }
-        let mut tids = String::from("'{");
-        for (i, (_, stamp)) in batch.iter().enumerate() {
-            let ctid = stamp
-                .rsplit(|&b| b == b'\t')
-                .next()
-                .and_then(|c| std::str::from_utf8(c).ok())
-                .filter(|c| c.bytes().all(|b| b.is_ascii_digit() || b"(),".contains(&b)))
-                .ok_or_else(|| bad("a ctid that is not one".into()))?;
-            if i > 0 {
-                tids.push(',');
-            }
-            tids.push('"');
-            tids.push_str(ctid);
-            tids.push('"');
-        }
-        tids.push_str("}'::tid[]");
-        let sql = format!(
-            "COPY (SELECT {}, xmin, ctid FROM {} WHERE ctid = ANY ({tids})) TO STDOUT",
+    let mut over: Option<String> = None;
+    let mut rp = RowParser::new(t);
+    copy_lines(
+        c,
+        loc,
+        &format!(
+            "COPY (SELECT {} FROM {from} WHERE pg_catalog.age(xmin) BETWEEN {lo} AND {hi} \
+             LIMIT {}) TO STDOUT",
             select_list(t),
-            own_rows(name, partitioned),
-        );
-        let mut rp = RowParser::new(t);
-        copy_lines(c, loc, &sql, progress, |line| {
-            let (key, row, stamp) = rp.row(line, sink, chunker).map_err(bad)?;
-            // A ctid names a row version in one table; in a partitioned
-            // table another partition may hold the same ctid.
-            if fetched_bytes <= MAX_FETCHED_BYTES
-                && wanted.get(key).is_some_and(|s| s.as_slice() == stamp)
-            {
-                fetched_bytes += key.len() + row.len();
-                fetched.insert(key.to_vec(), row.to_vec());
+            MAX_CACHED_EDITS + 1
+        ),
+        progress,
+        |line| {
+            if over.is_some() {
+                return Ok(());
+            }
+            let (key, row, _) = rp.row(line, sink, chunker).map_err(bad)?;
+            fetched_bytes += key.len() + row.len();
+            if fetched.insert(key.to_vec(), row.to_vec()).is_some() {
+                // Rows alike in every column of a table keyed by all of
+                // them: a full read reports them.
+                over = Some("two rows with one key".into());
+            } else if fetched.len() > MAX_CACHED_EDITS {
+                over = Some(format!("more than {MAX_CACHED_EDITS} rows changed"));
+            } else if fetched_bytes > MAX_FETCHED_BYTES {
+                over = Some(format!(
+                    "the changed rows hold more than {} MiB",
+                    MAX_FETCHED_BYTES >> 20
+                ));
             }
             Ok(())
-        })?;
+        },
+    )?;
+    if let Some(why) = over {
+        return Ok(Incremental::Fallback(why));
     }
-    if fetched_bytes > MAX_FETCHED_BYTES {
+    let reopen = || match CacheReader::open(cached.0, cached.1) {
+        Ok(Some((r, xid))) if xid == xids.0 => Ok(r),
+        Ok(_) => Err(Unusable("changed while in use".into())),
+        Err(e) => Err(e),
+    };
+    // The cache's keys with the rows read merged in: the new cache if no
+    // row is gone.
+    let merged = (|| -> Usable<(u64, u64, ObjectId)> {
+        let mut old = reopen()?;
+        let (mut had, mut replaced) = (0u64, 0u64);
+        let mut new = fetched.keys().peekable();
+        while let Some(k) = old.next_row()? {
+            while let Some(f) = new.next_if(|f| f.as_slice() < k) {
+                out.row(f);
+            }
+            if new.next_if(|f| f.as_slice() == k).is_some() {
+                replaced += 1;
+            }
+            out.row(k);
+            had += 1;
+        }
+        for f in new {
+            out.row(f);
+        }
+        Ok((had, replaced, old.finish()?))
+    })();
+    let (had, replaced, old_root) = match merged {
+        Ok(m) => m,
+        Err(Unusable(e)) => return Ok(Incremental::Fallback(e)),
+    };
+    // Rows the table holds that were not read are cached ones, unchanged.
+    let kept = u64::try_from(total)
+        .ok()
+        .and_then(|n| n.checked_sub(fetched.len() as u64));
+    let Some(gone_count) = kept.and_then(|k| had.checked_sub(k)?.checked_sub(replaced)) else {
+        return Ok(Incremental::Fallback(
+            "the table holds rows the cache does not know".into(),
+        ));
+    };
+    if gone_count > MAX_CACHED_EDITS as u64 {
         return Ok(Incremental::Fallback(format!(
-            "the changed rows hold more than {} MiB",
-            MAX_FETCHED_BYTES >> 20
+            "more than {MAX_CACHED_EDITS} rows changed"
         )));
     }
-    if fetched.len() != wanted.len() {
-        return Ok(Incremental::Fallback(format!(
-            "{} of {} changed rows found by ctid",
-            fetched.len(),
-            wanted.len()
-        )));
-    }
-    let (changed, deleted) = (wanted.len(), gone.len());
-    drop(wanted);
-    // Edits in key order: the fetched rows and the deleted keys.
+    let gone = if gone_count == 0 {
+        Vec::new()
+    } else {
+        match find_gone(
+            c, loc, name, t, enums, by_all, &from, &fetched, reopen, progress, out,
+        )? {
+            Ok(gone) if gone.len() as u64 == gone_count => gone,
+            Ok(gone) => {
+                return Ok(Incremental::Fallback(format!(
+                    "{} rows gone where the count said {gone_count}",
+                    gone.len()
+                )));
+            }
+            Err(Unusable(e)) => return Ok(Incremental::Fallback(e)),
+        }
+    };
+    let (changed, deleted) = (fetched.len(), gone.len());
+    // Edits in key order: the rows read and the deleted keys.
     let mut fetched = fetched.into_iter().peekable();
     let mut gone = gone.into_iter().peekable();
     let edits = std::iter::from_fn(|| {
@@ -2262,13 +2189,122 @@ fn read_table_by_cache(
     match crate::pmap::apply_edits(src, sink, ObjectType::Rows, &old_root, edits) {
         Ok(root) => {
             tracing::info!(
-                "{}: table {name}: {n} rows by the row cache ({changed} read, {deleted} gone)",
+                "{}: table {name}: {total} rows by the row cache ({changed} read, {deleted} gone)",
                 loc.redacted()
             );
-            Ok(Incremental::Done(n, root))
+            Ok(Incremental::Done(total as u64, root))
         }
         Err(e) => Ok(Incremental::Fallback(e.to_string())),
     }
+}
+
+/// The cached keys a table no longer holds, found by reading its keys in
+/// key order beside the cache's (from `reopen`); `out` is written anew
+/// with the table's keys. A key the table holds that neither the cache nor
+/// `fetched` (the rows read since it) has makes the cache unusable.
+#[allow(clippy::too_many_arguments)]
+fn find_gone(
+    c: &mut Client,
+    loc: &PgLocation,
+    name: &str,
+    t: &TableData,
+    enums: &[bool],
+    by_all: bool,
+    from: &str,
+    fetched: &BTreeMap<Vec<u8>, Vec<u8>>,
+    reopen: impl Fn() -> Usable<CacheReader>,
+    progress: &dyn Progress,
+    out: &mut CacheWriter,
+) -> Result<Usable<Vec<Vec<u8>>>> {
+    let bad =
+        |what: String| SyncError::Database(format!("{}: table {name}: {what}", loc.redacted()));
+    let mut old = match reopen() {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    out.restart();
+    let mut gone: Vec<Vec<u8>> = Vec::new();
+    let mut held = 0usize;
+    let mut unusable: Option<String> = None;
+    // The cache's next key, read ahead.
+    let mut ahead: Option<Vec<u8>> = None;
+    let advance = |old: &mut CacheReader, ahead: &mut Option<Vec<u8>>| -> Usable<()> {
+        *ahead = old.next_row()?.map(<[u8]>::to_vec);
+        Ok(())
+    };
+    if let Err(Unusable(e)) = advance(&mut old, &mut ahead) {
+        return Ok(Err(Unusable(e)));
+    }
+    let mut on_key = |key: &[u8]| {
+        out.row(key);
+        if unusable.is_some() {
+            return;
+        }
+        let step = (|| -> Usable<()> {
+            // Cached keys before this one are gone.
+            while let Some(k) = ahead.take_if(|k| k.as_slice() < key) {
+                held += k.len();
+                gone.push(k);
+                advance(&mut old, &mut ahead)?;
+                if gone.len() > MAX_CACHED_EDITS || held > MAX_CACHED_EDIT_BYTES {
+                    return Err(Unusable(format!(
+                        "more than {MAX_CACHED_EDITS} rows changed"
+                    )));
+                }
+            }
+            if ahead.as_deref() == Some(key) {
+                advance(&mut old, &mut ahead)?;
+            } else if !fetched.contains_key(key) {
+                return Err(Unusable(
+                    "the table holds a row the cache does not know".into(),
+                ));
+            }
+            Ok(())
+        })();
+        if let Err(Unusable(e)) = step {
+            unusable = Some(e);
+            gone.clear();
+        }
+    };
+    let sql = copy_out_sql(from, t, &key_list(t, PgClass::select), by_all);
+    let mut p = RowParser::new(t).with_enums(enums);
+    if p.keys_read_binary() {
+        let mut due = Interrupts::default();
+        c.copy_out_binary(
+            &format!("{sql} (FORMAT binary)"),
+            (t.key.len(), crate::pmap::MAX_KEY),
+            |tuple| {
+                if due.check(tuple.iter().flatten().map(|v| v.len()).sum(), progress) {
+                    return Err(SyncError::Interrupted);
+                }
+                on_key(p.key_binary(tuple).map_err(bad)?);
+                Ok(())
+            },
+            |e| loc.error(e),
+            bad,
+        )?;
+    } else {
+        copy_lines(c, loc, &sql, progress, |line| {
+            on_key(p.key_only(line).map_err(bad)?.0);
+            Ok(())
+        })?;
+    }
+    if let Some(e) = unusable {
+        return Ok(Err(Unusable(e)));
+    }
+    let rest = (|| -> Usable<()> {
+        while let Some(k) = ahead.take() {
+            gone.push(k);
+            advance(&mut old, &mut ahead)?;
+            if gone.len() > MAX_CACHED_EDITS {
+                return Err(Unusable(format!(
+                    "more than {MAX_CACHED_EDITS} rows changed"
+                )));
+            }
+        }
+        old.finish().map(|_| ())
+    })();
+    Ok(rest.map(|()| gone))
 }
 
 /// The definitions of the types a table's columns are made of, each type
@@ -2337,9 +2373,8 @@ fn type_closure(c: &mut Client, loc: &PgLocation, table: i64) -> Result<Option<S
 /// catalog names, such as `regclass`, whose text a rename changes), the table's
 /// storage (a partitioned table's:
 /// every partition's), the server's start time, and sp-sync's row
-/// encoding. A cache written by a full read holds no stamps and trusts
-/// every row version older than its snapshot (see [`xid_before`]); a
-/// database put back in time (a backup restored, a failover to a replica
+/// encoding. A cache trusts every row version older than its snapshot
+/// (see [`changed_ages`]); a database put back in time (a backup restored, a failover to a replica
 /// that lagged) would make a version the read never saw look so, and is
 /// only ever put back by a server started anew. Also gives the `xmin` and `xmax` (64-bit) of the scan's
 /// snapshot.
@@ -2410,35 +2445,28 @@ fn cache_ident(
     )))
 }
 
-/// The `xmin` of a stamp (`xmin\t(block,line)`).
-fn stamp_xmin(stamp: &[u8]) -> Option<u32> {
-    let digits = stamp.split(|&b| b == b'\t').next()?;
-    std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
-/// Whether a row version whose `xmin` is `raw` (32 bits, as a tuple holds
-/// it), seen by a snapshot whose `xmax` is `now` (64 bits), was made by a
-/// transaction older than `bound`: the `xmin` of an earlier snapshot. Every
+/// The model `changed_ages` is tested against: whether a row version
+/// whose `xmin` is `raw` (32 bits, as a tuple holds it), seen by a
+/// snapshot whose `xmax` is `now` (64 bits), was made by a transaction
+/// older than `bound`: the `xmin` of an earlier snapshot. Every
 /// transaction below a snapshot's `xmin` had ended when it was taken, so
 /// such a version was the row that snapshot saw. (A transaction between a
 /// snapshot's `xmin` and `xmax` that is not in its list of running ones may
 /// still be a subtransaction of one that is: the list names top-level
 /// transactions only, so nothing above `xmin` is trusted.) `raw` is placed
-/// in the latest 2^32 transactions below `now`; the caller makes sure
-/// `bound` is among them. The special ids below 3 (bootstrap, frozen) are
-/// older than any snapshot.
+/// in the 2^32 transactions up to `now`, `now` itself included (an id no
+/// version seen can hold in this epoch: taken for new), down to before
+/// the first when there was no earlier epoch (ids no transaction had yet:
+/// taken for old, as no version seen can hold them either); the caller
+/// makes sure `bound` is among them. The special ids below 3 (bootstrap,
+/// frozen) are older than any snapshot.
+#[cfg(test)]
 fn xid_before(raw: u32, bound: u64, now: u64) -> bool {
     if raw < 3 {
         return true;
     }
-    let mut x = (now & !0xFFFF_FFFF) | u64::from(raw);
-    if x >= now {
-        match x.checked_sub(1 << 32) {
-            Some(earlier) => x = earlier,
-            None => return false,
-        }
-    }
-    x < bound
+    let back = (now as u32).wrapping_sub(raw);
+    i128::from(now) - i128::from(back) < i128::from(bound)
 }
 
 /// A row cache older than this many transactions is not trusted: a row
@@ -2784,7 +2812,7 @@ fn read_rows(
                     "{label}: row cache not used (its map is not in this store); reading every row"
                 );
             }
-            Ok(Some((old, old_xid))) if *xmax >= old_xid && xmax - old_xid < MAX_CACHE_XID_AGE => {
+            Ok(Some((_, old_xid))) if *xmax >= old_xid && xmax - old_xid < MAX_CACHE_XID_AGE => {
                 if let Some(mut out) = create(ident, *xid, path) {
                     let r = read_table_by_cache(
                         c,
@@ -2794,7 +2822,7 @@ fn read_rows(
                         &rel.enum_columns(),
                         by_all,
                         rel.partitioned,
-                        old,
+                        (path, ident),
                         (old_xid, *xmax),
                         rc.src,
                         sink,
@@ -2839,13 +2867,11 @@ fn read_rows(
             .as_ref()
             .and_then(|(_, ident, xid, _, path)| create(ident, *xid, path));
         let built = {
-            // Each row's key goes into the cache with an empty stamp: the
-            // row as of the cache's snapshot (see [`xid_before`]). Reading
-            // the stamps here would cost the server a projection of every
-            // row (a fifth more time); a re-snapshot reads them anyway.
+            // Each row's key goes into the cache: the rows as of the
+            // cache's snapshot (see [`changed_ages`]).
             let mut keys = |k: &[u8]| {
                 if let Some(w) = out.as_mut() {
-                    w.row(k, b"");
+                    w.row(k);
                 }
             };
             let with = (
@@ -5520,9 +5546,11 @@ mod tests {
         assert!(xid_before(99, 100, 150));
         assert!(!xid_before(100, 100, 150));
         assert!(!xid_before(149, 100, 150));
-        // An id at or above `now` is from the epoch before, if there was one.
+        // An id at `now` is taken for new; one above it is from the epoch
+        // before, or (in the first) before the first transaction.
         assert!(!xid_before(150, 100, 150));
-        assert!(!xid_before(u32::MAX, 100, 150));
+        assert!(xid_before(u32::MAX, 100, 150));
+        assert!(xid_before(151, 100, 150));
         // Epoch 3: raw ids are placed in the 2^32 ids below `now`.
         let e = 3u64 << 32;
         assert!(xid_before(10, e + 20, e + 50));
@@ -5533,9 +5561,60 @@ mod tests {
         // Bootstrap and frozen ids are older than any snapshot.
         assert!(xid_before(1, 3, 4));
         assert!(xid_before(2, 3, 4));
-        assert_eq!(stamp_xmin(b"4294967295\t(12,3)"), Some(u32::MAX));
-        assert_eq!(stamp_xmin(b"4294967296\t(12,3)"), None);
-        assert_eq!(stamp_xmin(b""), None);
+    }
+
+    /// The server's `age(xid)`: back from `stable` (the next transaction
+    /// id when the transaction first asked, at or after any snapshot's
+    /// `xmax`), as a signed 32-bit difference; the special ids below 3
+    /// are as old as can be.
+    fn server_age(raw: u32, stable: u64) -> i32 {
+        if raw < 3 {
+            i32::MAX
+        } else {
+            (stable as u32).wrapping_sub(raw) as i32
+        }
+    }
+
+    proptest::proptest! {
+        /// The range of ages a re-snapshot reads is exactly the row
+        /// versions not older than the cache's snapshot, for any raw
+        /// `xmin` (near the bound, the snapshot, the wrap, or anywhere).
+        #[test]
+        fn the_changed_ages_are_the_versions_not_older_than_the_cache(
+            now in 3u64..(5u64 << 32),
+            width in proptest::prop_oneof![0u64..64, 0u64..(1 << 31)],
+            later in proptest::prop_oneof![0u64..8, 0u64..(1 << 30)],
+            raws in proptest::collection::vec(proptest::prelude::any::<u32>(), 16),
+            near in proptest::collection::vec(-40i64..40, 16),
+        ) {
+            let bound = now.saturating_sub(width);
+            let stable = now + later;
+            let offset = server_age(now as u32, stable);
+            let Some((lo, hi)) = changed_ages(offset, bound, now) else {
+                // Only when the range would reach the wrap, or `now` is
+                // a special id.
+                proptest::prop_assert!(
+                    (now as u32) < 3 || later + width >= (1 << 31) - 1,
+                    "{} {} {}", now, width, later
+                );
+                return Ok(());
+            };
+            let mut all = raws;
+            for d in near {
+                for base in [bound, now, stable] {
+                    all.push((base as i64 + d) as u32);
+                }
+            }
+            all.extend([0, 1, 2, 3, u32::MAX]);
+            for raw in all {
+                let age = i64::from(server_age(raw, stable));
+                proptest::prop_assert_eq!(
+                    (lo..=hi).contains(&age),
+                    !xid_before(raw, bound, now),
+                    "raw {} bound {} now {} stable {}", raw, bound, now, stable
+                );
+            }
+        }
     }
 
     #[test]

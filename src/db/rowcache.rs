@@ -1,24 +1,27 @@
-//! The row cache: for one table of a live database, each row's key and a
-//! *stamp* that changes whenever the row does (PostgreSQL: the row
-//! version's `xmin` and `ctid`; empty when the rows were read without
-//! them: the row as of `xid`, unchanged while its version's `xmin` is
-//! older), with the row map those rows were stored as. A re-snapshot reads only keys and stamps, fetches the rows whose
-//! stamp differs, and rebuilds the map around them
-//! ([`crate::pmap::apply_edits`]). Like the stat cache it is only a hint,
-//! kept beside the store (`CACHE_DIR/rows/`), never in it.
+//! The row cache: for one table of a live database, each row's key as of
+//! one snapshot (whose `xmin` the file records), with the row map those
+//! rows were stored as. A row whose version (PostgreSQL: its `xmin`) is
+//! older than that snapshot is the row it saw; a re-snapshot reads in full
+//! only the rows with newer versions, and rebuilds the map around them
+//! ([`crate::pmap::apply_edits`]), with the cached keys to tell which rows
+//! are new and, when the table holds fewer rows than that adds up to,
+//! which are gone. Like the stat cache it is only a hint, kept beside the
+//! store (`CACHE_DIR/rows/`), never in it.
 //!
 //! ```text
-//! magic "SPSYNCRC" | version = 1 | ident [32] | xid u64 LE
-//! rows × (key (varint length ≥ 1, bytes) | stamp (varint length, bytes)), in key order
+//! magic "SPSYNCRC" | version = 2 | ident [32] | xid u64 LE
+//! rows × key (varint length ≥ 1, bytes), in key order
 //! 0x00 (the end: no key is empty) | root id [32] | rows (varint)
 //! BLAKE3 of every preceding byte [32]
 //! ```
 //!
 //! `ident` names what the rows are valid for (the database, the table, its
 //! definition and sp-sync's row encoding); `xid` is the `xmin` of the
-//! snapshot the rows were read in (every older transaction had ended). The file is read as a
-//! stream (a table's keys need not fit in memory); damage is found at the
-//! latest at its end, before anything read from it is used.
+//! snapshot the rows were read in (every older transaction had ended). The
+//! file is read as a stream (a table's keys need not fit in memory);
+//! damage is found at the latest at its end, before anything read from it
+//! is used. (Version 1 also held a stamp per row; such a file is taken for
+//! no cache.)
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -29,8 +32,8 @@ use crate::error::{Result, SyncError};
 use crate::id::ObjectId;
 
 const MAGIC: &[u8; 8] = b"SPSYNCRC";
-const VERSION: u8 = 1;
-/// Longest key or stamp a cache may hold (the map's key limit).
+const VERSION: u8 = 2;
+/// Longest key a cache may hold (the map's key limit).
 const MAX_FIELD: u64 = 1 << 20;
 /// How much of a cache is read at a time.
 const READ_BUF: usize = 1 << 16;
@@ -91,6 +94,8 @@ pub struct CacheWriter {
     tmp: PathBuf,
     path: PathBuf,
     buf: Vec<u8>,
+    /// The file's header (magic, version, ident, xid).
+    head: Vec<u8>,
     rows: u64,
     /// The first write error: the cache is then given up, not the snapshot.
     failed: Option<SyncError>,
@@ -112,15 +117,38 @@ impl CacheWriter {
             tmp,
             path: path.to_path_buf(),
             buf: Vec::with_capacity(256),
+            head: Vec::with_capacity(8 + 1 + 32 + 8),
             rows: 0,
             failed: None,
         };
-        w.buf.extend_from_slice(MAGIC);
-        w.buf.push(VERSION);
-        w.buf.extend_from_slice(ident);
-        w.buf.extend_from_slice(&xid.to_le_bytes());
+        w.head.extend_from_slice(MAGIC);
+        w.head.push(VERSION);
+        w.head.extend_from_slice(ident);
+        w.head.extend_from_slice(&xid.to_le_bytes());
+        w.buf.extend_from_slice(&w.head);
         w.emit()?;
         Ok(w)
+    }
+
+    /// Forgets every row written so far: the file holds its header only.
+    pub fn restart(&mut self) {
+        use std::io::{Seek, SeekFrom};
+        let cleared = self
+            .out
+            .flush()
+            .and_then(|_| self.out.get_mut().set_len(0))
+            .and_then(|_| self.out.seek(SeekFrom::Start(0)))
+            .map_err(|e| SyncError::io("writing", &self.tmp, e));
+        self.hash = blake3::Hasher::new();
+        self.rows = 0;
+        self.buf.clear();
+        self.buf.extend_from_slice(&self.head);
+        let written = cleared.and_then(|_| self.emit());
+        if self.failed.is_none()
+            && let Err(e) = written
+        {
+            self.failed = Some(e);
+        }
     }
 
     fn emit(&mut self) -> Result<()> {
@@ -135,14 +163,12 @@ impl CacheWriter {
 
     /// Appends a row (keys strictly increasing, not empty). A write error
     /// is kept for [`finish`](Self::finish) to report.
-    pub fn row(&mut self, key: &[u8], stamp: &[u8]) {
+    pub fn row(&mut self, key: &[u8]) {
         if self.failed.is_some() {
             return;
         }
         put_varint(&mut self.buf, key.len() as u64);
         self.buf.extend_from_slice(key);
-        put_varint(&mut self.buf, stamp.len() as u64);
-        self.buf.extend_from_slice(stamp);
         self.rows += 1;
         if self.buf.len() >= 1 << 14
             && let Err(e) = self.emit()
@@ -201,7 +227,6 @@ pub struct CacheReader {
     key: Vec<u8>,
     /// The key before `key`.
     prev: Vec<u8>,
-    stamp: Vec<u8>,
 }
 
 /// Why a cache cannot be used (it is then ignored).
@@ -230,11 +255,14 @@ impl CacheReader {
             ended: false,
             key: Vec::new(),
             prev: Vec::new(),
-            stamp: Vec::new(),
         };
         let mut head = [0u8; 8 + 1 + 32 + 8];
         r.exact(&mut head)?;
-        if &head[..8] != MAGIC || head[8] != VERSION {
+        if &head[..8] == MAGIC && head[8] != VERSION {
+            // Another version's cache (an older sp-sync's): none of ours.
+            return Ok(None);
+        }
+        if &head[..8] != MAGIC {
             return Err(Unusable("not a row cache of this version".into()));
         }
         if head[9..41] != ident[..] {
@@ -305,44 +333,30 @@ impl CacheReader {
         Err(Unusable("varint too long".into()))
     }
 
-    fn field(&mut self, len: u64, which: bool) -> Usable<()> {
-        if len > MAX_FIELD {
-            return Err(Unusable("a field longer than 1 MiB".into()));
-        }
-        let mut v = std::mem::take(if which {
-            &mut self.key
-        } else {
-            &mut self.stamp
-        });
-        v.resize(len as usize, 0);
-        let r = self.exact(&mut v);
-        *(if which {
-            &mut self.key
-        } else {
-            &mut self.stamp
-        }) = v;
-        r
-    }
-
-    /// The next row (key, stamp), or `None` after the last.
-    pub fn next_row(&mut self) -> Usable<Option<(&[u8], &[u8])>> {
+    /// The next row's key, or `None` after the last.
+    pub fn next_row(&mut self) -> Usable<Option<&[u8]>> {
         if self.ended {
             return Ok(None);
         }
-        let klen = self.varint()?;
-        if klen == 0 {
+        let len = self.varint()?;
+        if len == 0 {
             self.ended = true;
             return Ok(None);
         }
+        if len > MAX_FIELD {
+            return Err(Unusable("a key longer than 1 MiB".into()));
+        }
         std::mem::swap(&mut self.key, &mut self.prev);
-        self.field(klen, true)?;
+        let mut key = std::mem::take(&mut self.key);
+        key.resize(len as usize, 0);
+        let r = self.exact(&mut key);
+        self.key = key;
+        r?;
         if self.read > 0 && self.key <= self.prev {
             return Err(Unusable("keys out of order".into()));
         }
-        let slen = self.varint()?;
-        self.field(slen, false)?;
         self.read += 1;
-        Ok(Some((&self.key, &self.stamp)))
+        Ok(Some(&self.key))
     }
 
     /// After the last row: the map's root, once the row count and the
@@ -374,13 +388,13 @@ impl CacheReader {
 mod tests {
     use super::*;
 
-    type Cached = (Vec<(Vec<u8>, Vec<u8>)>, u64, ObjectId);
+    type Cached = (Vec<Vec<u8>>, u64, ObjectId);
 
-    fn write(dir: &Path, rows: &[(&[u8], &[u8])]) -> PathBuf {
+    fn write(dir: &Path, rows: &[&[u8]]) -> PathBuf {
         let p = path_for(dir, &["db", "public", "t"]);
         let mut w = CacheWriter::create(&p, &[7; 32], 42).unwrap();
-        for (k, s) in rows {
-            w.row(k, s);
+        for k in rows {
+            w.row(k);
         }
         w.finish(&ObjectId([9; 32])).unwrap();
         p
@@ -391,10 +405,28 @@ mod tests {
             return Ok(None);
         };
         let mut rows = Vec::new();
-        while let Some((k, s)) = r.next_row()? {
-            rows.push((k.to_vec(), s.to_vec()));
+        while let Some(k) = r.next_row()? {
+            rows.push(k.to_vec());
         }
         Ok(Some((rows, xid, r.finish()?)))
+    }
+
+    #[test]
+    fn a_restarted_cache_holds_only_the_rows_written_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path_for(dir.path(), &["db", "public", "t"]);
+        let mut w = CacheWriter::create(&p, &[7; 32], 42).unwrap();
+        // More than one buffer's worth, so that some reached the file.
+        for i in 0..5000u32 {
+            w.row(&(i + 1).to_be_bytes());
+        }
+        w.restart();
+        w.row(b"a");
+        w.row(b"b");
+        w.finish(&ObjectId([3; 32])).unwrap();
+        let (rows, xid, root) = read_all(&p, &[7; 32]).unwrap().unwrap();
+        assert_eq!(rows, [b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!((xid, root), (42, ObjectId([3; 32])));
     }
 
     proptest::proptest! {
@@ -409,7 +441,7 @@ mod tests {
             let p = path_for(dir.path(), &["db", "public", "t"]);
             let mut w = CacheWriter::create(&p, &[7; 32], 42).unwrap();
             for i in 0..n {
-                w.row(&(i as u32 + 1).to_be_bytes(), b"1\t(0,1)");
+                w.row(&(i as u32 + 1).to_be_bytes());
             }
             w.finish(&ObjectId(root)).unwrap();
             let got = trailer_roots(&p);
@@ -430,13 +462,12 @@ mod tests {
     #[test]
     fn round_trips_and_any_damage_makes_it_unusable() {
         let dir = tempfile::tempdir().unwrap();
-        let rows: Vec<(&[u8], &[u8])> = vec![(b"a", b"1\t(0,1)"), (b"b", b""), (b"c", b"9\t(3,4)")];
+        let rows: Vec<&[u8]> = vec![b"a", b"b\x00", b"c"];
         let p = write(dir.path(), &rows);
         let (got, xid, root) = read_all(&p, &[7; 32]).unwrap().unwrap();
         assert_eq!(xid, 42);
         assert_eq!(root, ObjectId([9; 32]));
-        let want: Vec<(Vec<u8>, Vec<u8>)> =
-            rows.iter().map(|(k, s)| (k.to_vec(), s.to_vec())).collect();
+        let want: Vec<Vec<u8>> = rows.iter().map(|k| k.to_vec()).collect();
         assert_eq!(got, want);
         // Another table's identity: no cache, not an error.
         assert!(read_all(&p, &[8; 32]).unwrap().is_none());
@@ -453,8 +484,9 @@ mod tests {
             std::fs::write(&p, &b).unwrap();
             match read_all(&p, &[7; 32]) {
                 Err(_) => {}
-                // The flip hit the identity: another table's cache.
-                Ok(None) => assert!((9..41).contains(&i), "byte {i}"),
+                // The flip hit the version or the identity: another
+                // version's or another table's cache.
+                Ok(None) => assert!((8..41).contains(&i), "byte {i}"),
                 Ok(Some(_)) => panic!("flipped byte {i} went unnoticed"),
             }
             std::fs::write(&p, &bytes[..i]).unwrap();
@@ -471,17 +503,13 @@ mod tests {
     #[test]
     fn a_cache_longer_than_the_read_buffer_round_trips_and_damage_is_caught() {
         let dir = tempfile::tempdir().unwrap();
-        let big = vec![b'z'; READ_BUF + 1000];
-        let mut owned: Vec<(Vec<u8>, Vec<u8>)> = (0..20_000u32)
-            .map(|i| {
-                (
-                    format!("key{i:08}").into_bytes(),
-                    format!("{i}\t(0,{i})").into_bytes(),
-                )
-            })
+        let mut big = b"key00009999~".to_vec();
+        big.resize(READ_BUF + 1000, b'z');
+        let mut owned: Vec<Vec<u8>> = (0..20_000u32)
+            .map(|i| format!("key{i:08}/{i}").into_bytes())
             .collect();
-        owned.insert(10_000, (b"key00009999~".to_vec(), big));
-        let rows: Vec<(&[u8], &[u8])> = owned.iter().map(|(k, s)| (&k[..], &s[..])).collect();
+        owned.insert(10_000, big);
+        let rows: Vec<&[u8]> = owned.iter().map(|k| &k[..]).collect();
         let p = write(dir.path(), &rows);
         let bytes = std::fs::read(&p).unwrap();
         assert!(bytes.len() > 4 * READ_BUF);
@@ -506,15 +534,15 @@ mod tests {
     #[test]
     fn keys_out_of_order_and_long_varints_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write(dir.path(), &[(b"b", b"1"), (b"a", b"2")]);
+        let p = write(dir.path(), &[b"b", b"a"]);
         let e = read_all(&p, &[7; 32]).unwrap_err();
         assert!(e.0.contains("out of order"), "{e:?}");
-        let p = write(dir.path(), &[(b"a", b"1"), (b"a", b"2")]);
+        let p = write(dir.path(), &[b"a", b"a"]);
         assert!(read_all(&p, &[7; 32]).is_err());
-        // The stamp length 1 written as 0x81 0x00: one value, two encodings.
-        let p = write(dir.path(), &[(b"a", b"1")]);
+        // The key length 1 written as 0x81 0x00: one value, two encodings.
+        let p = write(dir.path(), &[b"a"]);
         let mut b = std::fs::read(&p).unwrap();
-        let at = 49 + 2; // after the key's length and byte
+        let at = 49; // after the header
         assert_eq!(b[at], 1);
         b.splice(at..at + 1, [0x81, 0x00]);
         let body = b.len() - 32;
@@ -526,12 +554,27 @@ mod tests {
         assert!(e.0.contains("shortest"), "{e:?}");
     }
 
+    /// A cache an older sp-sync wrote (version 1, a stamp per row) is
+    /// none of this one's: no cache, not a damaged one.
+    #[test]
+    fn another_versions_cache_is_no_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), &[b"a"]);
+        let mut b = std::fs::read(&p).unwrap();
+        b[8] = 1;
+        std::fs::write(&p, &b).unwrap();
+        assert!(read_all(&p, &[7; 32]).unwrap().is_none());
+        b[0] = b'X';
+        std::fs::write(&p, &b).unwrap();
+        assert!(read_all(&p, &[7; 32]).is_err());
+    }
+
     #[test]
     fn an_unfinished_writer_leaves_no_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = path_for(dir.path(), &["x"]);
         let mut w = CacheWriter::create(&p, &[1; 32], 0).unwrap();
-        w.row(b"k", b"s");
+        w.row(b"k");
         drop(w);
         assert!(!p.exists());
         assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 0);
