@@ -424,6 +424,12 @@ impl<W: Write> PackWriter<W> {
         self.count
     }
 
+    /// The output, to flush or sync what was written so far (writing to it
+    /// directly would break the pack).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
     /// Appends a record; returns its offset.
     pub fn add(&mut self, o: &StoredObject) -> std::io::Result<u64> {
         let at = self.offset;

@@ -554,11 +554,22 @@ impl ObjectSink for WriteSession<'_> {
     }
 }
 
+/// Pack bytes written between early syncs: most of a pack reaches the
+/// disk while the session is still making objects, and the sync that makes
+/// it durable at the end has little left to write.
+const EARLY_SYNC_BYTES: u64 = 8 << 20;
+
 struct OpenPack {
     tmp: PathBuf,
     w: Option<PackWriter<BufWriter<File>>>,
     entries: Vec<IdxEntry>,
     done: bool,
+    /// Bytes handed to the last early sync.
+    synced: u64,
+    /// The early sync running (a thread of its own, on another handle to
+    /// the file), whose error fails the pack: after a failed sync, a later
+    /// one may succeed though data never reached the disk.
+    syncing: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl OpenPack {
@@ -571,7 +582,41 @@ impl OpenPack {
             w: Some(w),
             entries: Vec::new(),
             done: false,
+            synced: 0,
+            syncing: None,
         })
+    }
+
+    /// Starts syncing what was written so far, once another
+    /// [`EARLY_SYNC_BYTES`] were and the last early sync has ended.
+    fn sync_early(&mut self) -> Result<()> {
+        if self.size() < self.synced + EARLY_SYNC_BYTES
+            || self.syncing.as_ref().is_some_and(|h| !h.is_finished())
+        {
+            return Ok(());
+        }
+        self.end_early_sync()?;
+        let Some(w) = self.w.as_mut() else {
+            return Ok(());
+        };
+        let out = w.get_mut();
+        std::io::Write::flush(out).ctx("writing", &self.tmp)?;
+        let f = out.get_ref().try_clone().ctx("syncing", &self.tmp)?;
+        self.synced = w.offset();
+        self.syncing = Some(std::thread::spawn(move || f.sync_data()));
+        Ok(())
+    }
+
+    /// Waits for the early sync running, if any; its error is the pack's.
+    fn end_early_sync(&mut self) -> Result<()> {
+        match self.syncing.take().map(JoinHandle::join) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(SyncError::io("syncing", &self.tmp, e)),
+            Some(Err(_)) => Err(SyncError::Invalid(format!(
+                "syncing {}: the thread failed",
+                self.tmp.display()
+            ))),
+        }
     }
 
     fn add(&mut self, o: &StoredObject) -> Result<()> {
@@ -587,7 +632,7 @@ impl OpenPack {
             clen: o.payload.len() as u32,
             ulen: o.ulen,
         });
-        Ok(())
+        self.sync_early()
     }
 
     fn add_block(&mut self, b: &StoredBlock) -> Result<()> {
@@ -605,7 +650,7 @@ impl OpenPack {
                 ulen: *ulen,
             });
         }
-        Ok(())
+        self.sync_early()
     }
 
     fn size(&self) -> u64 {
@@ -614,6 +659,7 @@ impl OpenPack {
 
     /// pack: finish, fsync, move into place; then its index.
     fn finalize(mut self, backend: &dyn Backend) -> Result<Finished> {
+        self.end_early_sync()?;
         let Some(w) = self.w.take() else {
             return Err(SyncError::Invalid("pack already finished".into()));
         };
@@ -683,5 +729,48 @@ pub(crate) fn clone_error(e: &SyncError) -> SyncError {
             source: std::io::Error::new(source.kind(), source.to_string()),
         },
         other => SyncError::Invalid(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pack syncs what it holds as it grows (every `EARLY_SYNC_BYTES`),
+    /// and what it holds is the pack written, byte for byte.
+    #[test]
+    fn a_growing_pack_is_synced_early_and_stays_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = OpenPack::create(dir.path()).unwrap();
+        let mut ids = Vec::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..20u32 {
+            // 1 MiB that zstd cannot shrink.
+            let data: Vec<u8> = (0..1 << 20)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let id = ObjectId::compute(ObjectType::Chunk, &data);
+            ids.push(id);
+            p.add(&prepare(ObjectType::Chunk, id, &data, 1)).unwrap();
+            if i == 6 {
+                assert_eq!(p.synced, 0, "no sync before 8 MiB");
+            }
+        }
+        assert!(p.synced >= EARLY_SYNC_BYTES, "{}", p.synced);
+        p.end_early_sync().unwrap();
+        let (bw, _) = p.w.take().unwrap().finish().unwrap();
+        drop(bw);
+        let mut r = crate::pack::PackReader::new(File::open(&p.tmp).unwrap(), "test").unwrap();
+        let mut got = Vec::new();
+        while let Some(rec) = r.next_record().unwrap() {
+            got.push(rec.id);
+        }
+        assert_eq!(got, ids);
+        assert!(r.trailer.is_some());
     }
 }
