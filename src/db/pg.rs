@@ -51,7 +51,9 @@
 //! transaction with deferrable constraints deferred, the tables locked
 //! against other writers (`EXCLUSIVE`) before they are read and their own
 //! triggers paused while rows are written; a failure rolls back and names
-//! the row.
+//! the row. New rows go by `COPY` there too, some thousands at a time
+//! under a savepoint; a `COPY` that fails is undone and its rows go one
+//! statement each (`RowStatements::flush`).
 //!
 //! The client runs its own tokio runtime and must not be called
 //! from inside another: every entry point here runs on a thread of its own.
@@ -4709,7 +4711,8 @@ fn merge_apply(
     if next != wanted.len() {
         return Err(bad_row(&t.root, "rows changed while restoring"));
     }
-    Ok(())
+    // (The inserts kept go before anything else reads the table.)
+    rows.flush(c, loc, rep)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -4830,7 +4833,23 @@ struct RowStatements<'a> {
     /// [`MAX_PREPARED`]): a statement run by its text is prepared anew
     /// each time, a round trip per row more.
     prepared: std::collections::HashMap<String, tokio_postgres::Statement>,
+    /// Inserts may go by `COPY … FROM STDIN` (see [`Self::flush`]): no
+    /// rule and no trigger the restore could not pause acts on an insert
+    /// into the table (`COPY` runs no rules, and a statement trigger would
+    /// fire once for many rows). Cleared when a `COPY` fails.
+    copy_ok: bool,
+    /// That `COPY` statement.
+    copy_sql: String,
+    /// Inserts not yet sent, in order, with their statement (one text for
+    /// the table), and the bytes their values hold.
+    inserts: Vec<(Vec<u8>, Vec<Option<String>>)>,
+    insert_sql: String,
+    insert_bytes: usize,
 }
+
+/// Most inserts, and most bytes of their values, sent by one `COPY`.
+const COPY_ROWS: usize = 10_000;
+const COPY_BYTES: usize = 16 << 20;
 
 /// Most statements a table's restore keeps prepared (an update's text
 /// varies with the columns it sets).
@@ -5174,7 +5193,13 @@ impl<'a> RowStatements<'a> {
                          AND w.ev_enabled <> 'D'), \
                      EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f \
                        WHERE f.contype = 'f' AND f.conrelid IN {TABLE_TREE} \
-                         AND (f.confdeltype IN ('c', 'n', 'd') OR f.confupdtype IN ('c', 'n', 'd')))"
+                         AND (f.confdeltype IN ('c', 'n', 'd') OR f.confupdtype IN ('c', 'n', 'd'))), \
+                     NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g \
+                       WHERE g.tgrelid IN {TABLE_TREE} AND NOT g.tgisinternal \
+                         AND g.tgenabled <> 'D' AND (g.tgtype & 4) <> 0) \
+                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite w \
+                       WHERE w.ev_class IN {TABLE_TREE} AND w.rulename <> '_RETURN' \
+                         AND w.ev_enabled <> 'D')"
                 ),
                 &[&loc.schema, &name],
             )
@@ -5189,7 +5214,88 @@ impl<'a> RowStatements<'a> {
             outside: Vec::new(),
             pending: Vec::new(),
             prepared: std::collections::HashMap::new(),
+            copy_ok: row.get(3),
+            copy_sql: format!(
+                "COPY {} ({}) FROM STDIN",
+                quote(name),
+                t.columns
+                    .iter()
+                    .map(|c| quote(&c.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            inserts: Vec::new(),
+            insert_sql: String::new(),
+            insert_bytes: 0,
         })
+    }
+
+    /// Sends the inserts kept (see [`Self::run`]) by one `COPY`, under a
+    /// savepoint. A `COPY` that fails, or that inserts fewer rows than it
+    /// was given (a trigger kept one out), is undone, and its rows go one
+    /// statement each, as any other row: what breaks a key then waits for
+    /// a later round, and an error names its row. The table's later
+    /// inserts then go one by one too.
+    fn flush(&mut self, c: &mut Client, loc: &PgLocation, rep: &mut DbRestoreReport) -> Result<()> {
+        if self.inserts.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.inserts);
+        self.insert_bytes = 0;
+        let err = |e| loc.error(e);
+        c.batch_execute("SAVEPOINT sp_sync_copy").map_err(err)?;
+        let copied = (|| -> std::result::Result<u64, tokio_postgres::Error> {
+            let mut w = c.copy_in(&self.copy_sql)?;
+            let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+            for (_, vals) in &rows {
+                for (i, v) in vals.iter().enumerate() {
+                    if i > 0 {
+                        buf.push(b'\t');
+                    }
+                    escape_copy(v.as_deref().map(str::as_bytes), &mut buf);
+                }
+                buf.push(b'\n');
+                if buf.len() >= 1 << 20 {
+                    // (A write error ends the COPY: finish reports it.)
+                    if w.write_all(&buf).is_err() {
+                        break;
+                    }
+                    buf.clear();
+                }
+            }
+            let _ = w.write_all(&buf);
+            w.finish()
+        })();
+        match copied {
+            Ok(n) if n == rows.len() as u64 => {
+                c.batch_execute("RELEASE SAVEPOINT sp_sync_copy")
+                    .map_err(err)?;
+                tracing::debug!("table {}: {n} inserts by COPY", self.name);
+                rep.inserted += n;
+                Ok(())
+            }
+            other => {
+                tracing::debug!(
+                    "table {}: COPY of {} inserts did not go through ({}); inserting them one by one",
+                    self.name,
+                    rows.len(),
+                    match &other {
+                        Ok(n) => format!("{n} rows inserted"),
+                        Err(e) => e.to_string(),
+                    }
+                );
+                c.batch_execute(
+                    "ROLLBACK TO SAVEPOINT sp_sync_copy; RELEASE SAVEPOINT sp_sync_copy",
+                )
+                .map_err(err)?;
+                self.copy_ok = false;
+                let sql = std::mem::take(&mut self.insert_sql);
+                for (key, vals) in rows {
+                    self.run(c, loc, &key, RowOp::Insert, &sql, vals, None, rep)?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// A statement's error, naming the row.
@@ -5216,6 +5322,25 @@ impl<'a> RowStatements<'a> {
         reinsert: Option<Reinsert>,
         rep: &mut DbRestoreReport,
     ) -> Result<()> {
+        // Inserts wait to go together by COPY; any other statement sends
+        // them first, so that the server runs every statement in order.
+        if matches!(op, RowOp::Insert)
+            && self.copy_ok
+            && reinsert.is_none()
+            && (self.inserts.is_empty() || self.insert_sql == sql)
+        {
+            if self.inserts.is_empty() {
+                self.insert_sql = sql.to_string();
+            }
+            self.insert_bytes +=
+                key.len() + params.iter().flatten().map(String::len).sum::<usize>();
+            self.inserts.push((key.to_vec(), params));
+            if self.inserts.len() >= COPY_ROWS || self.insert_bytes >= COPY_BYTES {
+                self.flush(c, loc, rep)?;
+            }
+            return Ok(());
+        }
+        self.flush(c, loc, rep)?;
         match self.try_once(c, sql, &params, !(self.self_ref || self.unique)) {
             Ok(Some(n)) => self.settle(c, loc, key, (op, n), (sql, &params), reinsert, rep),
             Ok(None) => {
@@ -5416,6 +5541,7 @@ impl<'a> RowStatements<'a> {
         rep: &mut DbRestoreReport,
         last: bool,
     ) -> Result<()> {
+        self.flush(c, loc, rep)?;
         let mut backwards = false;
         while !self.pending.is_empty() {
             let before = self.pending.len();
