@@ -3618,6 +3618,94 @@ fn inserts_into_existing_tables_go_by_copy_and_fall_back_row_by_row() {
     );
 }
 
+/// A restore's updates and deletes go to the server together, a thousand
+/// at a time, under one savepoint on a table with a unique index. A group
+/// that breaks the index (each row takes the email the next row holds in
+/// the target, a chain the last row closes) is undone and its rows run
+/// one by one, round after round: the table ends as the snapshot has it.
+/// Without a savepoint (no unique index, nothing to wait for), a statement
+/// that fails (a check the target added) fails the restore, naming its
+/// row, and writes nothing.
+#[test]
+fn row_statements_go_together_and_fall_back_one_by_one() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("together");
+    pg.psql(
+        &db,
+        "CREATE TABLE u (id int PRIMARY KEY, email text NOT NULL UNIQUE, v text);
+         INSERT INTO u SELECT g, 'u' || g || '@x', 'v' FROM generate_series(1, 2500) g;
+         CREATE TABLE n (id int PRIMARY KEY, v int);
+         INSERT INTO n SELECT g, g FROM generate_series(1, 2500) g;",
+    );
+    let w = work();
+    let dir = w.path();
+    snap(dir, &pg.url(&db), &["--table", "u", "--table", "n"]);
+    let (u_snap, n_snap) = (pg.dump_rows(&db, "u"), pg.dump_rows(&db, "n"));
+    let restore = |extra: &[&str]| {
+        let mut args = vec!["--store", "st", "restore", "main", "--db"];
+        let url = pg.url(&db);
+        args.push(&url);
+        args.extend_from_slice(extra);
+        let o = std::process::Command::new(common::bin())
+            .args(&args)
+            .current_dir(dir)
+            .env("PGPASSWORD", PASSWORD)
+            .env("SP_SYNC_LOG", "systemprompt_sync=debug")
+            .env_remove("SP_SYNC_STORE")
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // Every row changed, rows gone and rows the snapshot lacks.
+    pg.psql(
+        &db,
+        "UPDATE u SET v = 'changed' WHERE id % 2 = 0;
+         DELETE FROM u WHERE id % 5 = 0;
+         INSERT INTO u SELECT g, 'extra' || g, 'e' FROM generate_series(3001, 4500) g;
+         UPDATE n SET v = -v;",
+    );
+    let (code, err) = restore(&["--delete"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("table u: 1000 statements sent together"),
+        "{err}"
+    );
+    assert!(
+        err.contains("table n: 1000 statements sent together"),
+        "{err}"
+    );
+    assert!(!err.contains("did not go through"), "{err}");
+    assert_eq!(pg.dump_rows(&db, "u"), u_snap);
+    assert_eq!(pg.dump_rows(&db, "n"), n_snap);
+    // A chain of emails, each taken from the next row. (Run one by one,
+    // each row's savepoint holds a lock to the end: a chain of thousands
+    // outgrows a small server's lock table, as it did before rows went
+    // together.)
+    pg.psql(
+        &db,
+        "UPDATE u SET email = 'tmp' || id WHERE id <= 300;
+         UPDATE u SET email = 'u' || (id % 300 + 1) || '@x' WHERE id <= 300;",
+    );
+    let (code, err) = restore(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("did not go through"), "{err}");
+    assert_eq!(pg.dump_rows(&db, "u"), u_snap);
+    // A check the target added, which row 1700 of the snapshot breaks.
+    pg.psql(
+        &db,
+        "UPDATE n SET v = -v; ALTER TABLE n ADD CONSTRAINT small CHECK (v < 0 OR v <> 1700);",
+    );
+    let before = pg.dump_rows(&db, "n");
+    let (code, err) = restore(&["--table", "n"]);
+    assert_eq!(code, Some(1), "{err}");
+    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or("");
+    assert!(line.contains("small") && line.contains("n(1700)"), "{err}");
+    assert_eq!(pg.dump_rows(&db, "n"), before);
+}
+
 /// A trigger the restoring role cannot pause (it does not own the table)
 /// fires during the restore. One that only writes elsewhere (an audit
 /// table) leaves the restored table as the snapshot has it: the restore

@@ -4546,7 +4546,9 @@ fn merge_apply(
         .collect();
     if deletes {
         let from = own_rows(name, partitioned);
-        return merge_deletes(c, loc, &from, t, acts, &key_where, progress, rep, rows);
+        merge_deletes(c, loc, &from, t, acts, &key_where, progress, rep, rows)?;
+        // (The statements kept go before another table's.)
+        return rows.flush(c, loc, rep);
     }
     // Updates and inserts, reading the snapshot's rows in key order.
     let wanted: Vec<usize> = (0..acts.len())
@@ -4711,7 +4713,8 @@ fn merge_apply(
     if next != wanted.len() {
         return Err(bad_row(&t.root, "rows changed while restoring"));
     }
-    // (The inserts kept go before anything else reads the table.)
+    // (The statements kept go before another table's, or anything that
+    // reads the table.)
     rows.flush(c, loc, rep)
 }
 
@@ -4782,6 +4785,16 @@ enum RowOp {
 /// the old one), so that the report counts it as what it did.
 const UPSERT_RETURNING: &str = " RETURNING (xmax::text <> '0')";
 
+/// What an upsert's returned rows say: 2 when it updated, 1 when it
+/// inserted, 0 when it did neither.
+fn upsert_count(rows: &[tokio_postgres::Row]) -> u64 {
+    match rows.first() {
+        None => 0,
+        Some(r) if r.get::<_, bool>(0) => 2,
+        Some(_) => 1,
+    }
+}
+
 /// How an update is done when it is one of a cycle of rows trading values
 /// of a unique index that cannot be deferred (checked after each
 /// statement: `a` takes `b`'s email as `b` takes `a`'s): the row is deleted
@@ -4845,7 +4858,17 @@ struct RowStatements<'a> {
     inserts: Vec<(Vec<u8>, Vec<Option<String>>)>,
     insert_sql: String,
     insert_bytes: usize,
+    /// Other statements may go together (see [`Self::send`]): not on a
+    /// table whose rows a foreign key's action may change under the
+    /// restore, where an update may have to put its row back at once.
+    /// Cleared when a group fails.
+    together: bool,
+    /// Statements not yet sent, in order.
+    queue: Vec<PendingRow>,
 }
+
+/// Most statements sent together.
+const PIPELINE_ROWS: usize = 1_000;
 
 /// Most inserts, and most bytes of their values, sent by one `COPY`.
 const COPY_ROWS: usize = 10_000;
@@ -5227,7 +5250,124 @@ impl<'a> RowStatements<'a> {
             inserts: Vec::new(),
             insert_sql: String::new(),
             insert_bytes: 0,
+            together: !row.get::<_, bool>(2),
+            queue: Vec::new(),
         })
+    }
+
+    /// Sends what waits: the inserts kept for `COPY`, or the statements
+    /// kept to go together (never both: one kind is sent before the other
+    /// is kept).
+    fn flush(&mut self, c: &mut Client, loc: &PgLocation, rep: &mut DbRestoreReport) -> Result<()> {
+        self.flush_copy(c, loc, rep)?;
+        self.send(c, loc, rep)
+    }
+
+    /// Sends the statements kept (see [`Self::run`]) back to back, in one
+    /// round trip, under one savepoint where a statement may break the
+    /// table's own foreign key or a unique index. When all went through,
+    /// each is counted as it would have been alone. When one failed, the
+    /// group is undone and each statement runs alone, as before (what
+    /// breaks a key waits for a later round, an error names its row); the
+    /// table's later statements then go one by one too. Without a
+    /// savepoint, a failure is the restore's.
+    fn send(&mut self, c: &mut Client, loc: &PgLocation, rep: &mut DbRestoreReport) -> Result<()> {
+        if self.queue.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.queue);
+        let guarded = self.self_ref || self.unique;
+        let mut stmts = Vec::with_capacity(rows.len());
+        for (key, _, sql, ..) in &rows {
+            let st = self
+                .statement(c, sql)
+                .map_err(|e| self.row_error(loc, key, e))?;
+            stmts.push(st);
+        }
+        let items: Vec<_> = rows
+            .iter()
+            .zip(&stmts)
+            .map(|((_, _, sql, params, _), st)| {
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                    .iter()
+                    .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+                    .collect();
+                (st, refs, sql.ends_with(UPSERT_RETURNING))
+            })
+            .collect();
+        let err = |e| loc.error(e);
+        if guarded {
+            c.batch_execute("SAVEPOINT sp_sync_rows").map_err(err)?;
+        }
+        let results = c.pipeline(&items);
+        drop(items);
+        match results.iter().position(Result::is_err) {
+            None => {
+                if guarded {
+                    c.batch_execute("RELEASE SAVEPOINT sp_sync_rows")
+                        .map_err(err)?;
+                }
+                tracing::debug!(
+                    "table {}: {} statements sent together",
+                    self.name,
+                    rows.len()
+                );
+                for ((key, op, sql, params, re), r) in rows.into_iter().zip(results) {
+                    let n = match r {
+                        Ok(super::pgconn::Done::Rows(rows)) => upsert_count(&rows),
+                        Ok(super::pgconn::Done::Count(n)) => n,
+                        Err(e) => return Err(self.row_error(loc, &key, e)),
+                    };
+                    self.settle(c, loc, &key, (op, n), (&sql, &params), re, rep)?;
+                }
+                Ok(())
+            }
+            Some(i) if guarded => {
+                if let Some(Err(e)) = results.get(i) {
+                    tracing::debug!(
+                        "table {}: {} statements sent together did not go through ({e}); \
+                         running them one by one",
+                        self.name,
+                        rows.len()
+                    );
+                }
+                c.batch_execute(
+                    "ROLLBACK TO SAVEPOINT sp_sync_rows; RELEASE SAVEPOINT sp_sync_rows",
+                )
+                .map_err(err)?;
+                self.together = false;
+                for (key, op, sql, params, re) in rows {
+                    self.run(c, loc, &key, op, &sql, params, re, rep)?;
+                }
+                Ok(())
+            }
+            Some(i) => {
+                let key = &rows[i].0;
+                match results.into_iter().nth(i) {
+                    Some(Err(e)) => Err(self.row_error(loc, key, e)),
+                    _ => Err(SyncError::Database(format!(
+                        "{}: a statement's result went missing",
+                        loc.redacted()
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// The statement for `sql`, prepared once (see `prepared`).
+    fn statement(
+        &mut self,
+        c: &mut Client,
+        sql: &str,
+    ) -> std::result::Result<tokio_postgres::Statement, tokio_postgres::Error> {
+        if let Some(s) = self.prepared.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = c.prepare(sql)?;
+        if self.prepared.len() < MAX_PREPARED {
+            self.prepared.insert(sql.to_string(), s.clone());
+        }
+        Ok(s)
     }
 
     /// Sends the inserts kept (see [`Self::run`]) by one `COPY`, under a
@@ -5236,7 +5376,12 @@ impl<'a> RowStatements<'a> {
     /// statement each, as any other row: what breaks a key then waits for
     /// a later round, and an error names its row. The table's later
     /// inserts then go one by one too.
-    fn flush(&mut self, c: &mut Client, loc: &PgLocation, rep: &mut DbRestoreReport) -> Result<()> {
+    fn flush_copy(
+        &mut self,
+        c: &mut Client,
+        loc: &PgLocation,
+        rep: &mut DbRestoreReport,
+    ) -> Result<()> {
         if self.inserts.is_empty() {
             return Ok(());
         }
@@ -5329,6 +5474,7 @@ impl<'a> RowStatements<'a> {
             && reinsert.is_none()
             && (self.inserts.is_empty() || self.insert_sql == sql)
         {
+            self.send(c, loc, rep)?;
             if self.inserts.is_empty() {
                 self.insert_sql = sql.to_string();
             }
@@ -5336,11 +5482,20 @@ impl<'a> RowStatements<'a> {
                 key.len() + params.iter().flatten().map(String::len).sum::<usize>();
             self.inserts.push((key.to_vec(), params));
             if self.inserts.len() >= COPY_ROWS || self.insert_bytes >= COPY_BYTES {
-                self.flush(c, loc, rep)?;
+                self.flush_copy(c, loc, rep)?;
             }
             return Ok(());
         }
-        self.flush(c, loc, rep)?;
+        self.flush_copy(c, loc, rep)?;
+        if self.together {
+            self.queue
+                .push((key.to_vec(), op, sql.to_string(), params, reinsert));
+            if self.queue.len() >= PIPELINE_ROWS {
+                self.send(c, loc, rep)?;
+            }
+            return Ok(());
+        }
+        self.send(c, loc, rep)?;
         match self.try_once(c, sql, &params, !(self.self_ref || self.unique)) {
             Ok(Some(n)) => self.settle(c, loc, key, (op, n), (sql, &params), reinsert, rep),
             Ok(None) => {
@@ -5394,25 +5549,10 @@ impl<'a> RowStatements<'a> {
             .iter()
             .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
             .collect();
-        let stmt = match self.prepared.get(sql) {
-            Some(s) => s.clone(),
-            None => {
-                let s = c.prepare(sql)?;
-                if self.prepared.len() < MAX_PREPARED {
-                    self.prepared.insert(sql.to_string(), s.clone());
-                }
-                s
-            }
-        };
-        // (An upsert says whether it updated: 2, else 1.)
+        let stmt = self.statement(c, sql)?;
         let run = |c: &mut Client| -> std::result::Result<u64, tokio_postgres::Error> {
             if sql.ends_with(UPSERT_RETURNING) {
-                let rows = c.query(&stmt, &refs)?;
-                Ok(match rows.first() {
-                    None => 0,
-                    Some(r) if r.get::<_, bool>(0) => 2,
-                    Some(_) => 1,
-                })
+                Ok(upsert_count(&c.query(&stmt, &refs)?))
             } else {
                 c.execute(&stmt, &refs)
             }

@@ -135,6 +135,30 @@ impl Client {
         self.run(self.client().query_opt(query, params))
     }
 
+    /// Runs prepared statements back to back (sent together, answered in
+    /// order: one round trip for all), each with its parameters; each
+    /// gives the rows it returned when `rows`, else the rows it changed.
+    /// After one fails, the transaction is aborted and those after it fail
+    /// too.
+    pub fn pipeline(
+        &mut self,
+        items: &[(&Statement, Vec<&(dyn ToSql + Sync)>, bool)],
+    ) -> Vec<Result<Done, Error>> {
+        let client = self.client();
+        let all = futures::future::join_all(items.iter().map(|(st, params, rows)| async move {
+            if *rows {
+                client.query(*st, params).await.map(Done::Rows)
+            } else {
+                client.execute(*st, params).await.map(Done::Count)
+            }
+        }));
+        self.rt
+            .block_on(all)
+            .into_iter()
+            .map(|r| r.map_err(|e| self.explain(e)))
+            .collect()
+    }
+
     pub fn prepare(&mut self, query: &str) -> Result<Statement, Error> {
         self.run(self.client().prepare(query))
     }
@@ -272,6 +296,12 @@ impl Drop for Client {
                 .block_on(async { tokio::time::timeout(DROP_WAIT, task).await });
         }
     }
+}
+
+/// What a statement of [`Client::pipeline`] gave.
+pub enum Done {
+    Rows(Vec<Row>),
+    Count(u64),
 }
 
 /// The writing half of a `COPY … FROM STDIN`.
