@@ -7,6 +7,7 @@
 #   100 rows updated             bytes the re-snapshot adds (want < 256 KiB), its time
 #                                vs the first snapshot's (want <= 0.5x)
 #   diff A B                     lists exactly the 100 keys
+#   restore onto the existing, empty table (schema made first)  vs pg_restore --data-only
 #   peak RSS of every sp-sync command                                         (want < 200 MiB)
 #
 # Also printed, to show where the snapshot's time goes: the server alone running
@@ -128,13 +129,42 @@ print("yes" if got == want and len(d["rows"]) == 100 else f"no ({len(d['rows'])}
 PY
 )
 
+# Restore onto tables that exist and are empty (a migration tool made the
+# schema): sp-sync restore vs pg_restore --data-only, each into a database made
+# anew with the table's schema (pg_restore --schema-only) before the timing.
+# best_after 'SETUP' 'COMMAND': "seconds peak_rss_kib" of the fastest of RUNS.
+best_after() {
+    local best="" rss=0
+    for _ in $(seq "$RUNS"); do
+        bash -c "$1" >/dev/null 2>"$WORK/err.txt" || { cat "$WORK/err.txt" >&2; exit 1; }
+        /usr/bin/time -f "%e %M" -o "$WORK/time.txt" bash -c "$2" >/dev/null 2>"$WORK/err.txt" || {
+            cat "$WORK/err.txt" >&2
+            exit 1
+        }
+        read -r t m <"$WORK/time.txt"
+        if [ -z "$best" ] || python3 -c "import sys; sys.exit(0 if $t < $best else 1)"; then
+            best="$t"
+        fi
+        [ "$m" -gt "$rss" ] && rss="$m"
+    done
+    echo "$best $rss"
+}
+FRESH="'$PGBIN/psql' -X -q -c 'DROP DATABASE IF EXISTS target' -c 'CREATE DATABASE target' && '$PGBIN/pg_restore' --schema-only -d target '$WORK/dumpc'"
+TARGET_URL="postgres://postgres@:$PORT/target?host=$WORK/sock"
+read -r t_restore rss_restore < <(best_after "$FRESH" "'$BIN' --store '$store' restore main --db '$TARGET_URL' --table users -q")
+"$BIN" --store "$store" diff main --db "$TARGET_URL" --table users --json >restored.json
+restored_ok=$(python3 -c "import json; print('yes' if json.load(open('restored.json'))['rows'] == [] else 'no')")
+read -r t_pg_restore _ < <(best_after "$FRESH" "'$PGBIN/pg_restore' --data-only -d target '$WORK/dumpc'")
+
 python3 - "$ROWS" "$t_dump" "$t_snap" "$rss_snap" "$store_bytes" "$dump_bytes" "$t_resnap" "$rss_resnap" \
-    "$added" "$t_diff" "$rss_diff" "$keys_ok" "$t_copy" "$cpu_snap" <<'PY'
+    "$added" "$t_diff" "$rss_diff" "$keys_ok" "$t_copy" "$cpu_snap" "$t_restore" "$rss_restore" \
+    "$t_pg_restore" "$restored_ok" <<'PY'
 import json, sys
 (rows, t_dump, t_snap, rss_snap, store_bytes, dump_bytes, t_resnap, rss_resnap, added, t_diff,
- rss_diff, keys_ok, t_copy, cpu_snap) = sys.argv[1:]
+ rss_diff, keys_ok, t_copy, cpu_snap, t_restore, rss_restore, t_pg_restore,
+ restored_ok) = sys.argv[1:]
 f = float
-rss = max(int(rss_snap), int(rss_resnap), int(rss_diff)) / 1024
+rss = max(int(rss_snap), int(rss_resnap), int(rss_diff), int(rss_restore)) / 1024
 out = {
     "rows": int(rows),
     "snapshot_s": f(t_snap), "pg_dump_z0_s": f(t_dump),
@@ -147,11 +177,17 @@ out = {
     "peak_rss_mib": round(rss, 1),
     "server_copy_s": f(t_copy), "server_copy_vs_pg_dump": round(f(t_copy) / f(t_dump), 2),
     "snapshot_cpu_s": f(cpu_snap),
+    "restore_existing_s": f(t_restore), "pg_restore_data_only_s": f(t_pg_restore),
+    "restore_vs_pg_restore": round(f(t_restore) / f(t_pg_restore), 2),
+    "restored_equals_snapshot": restored_ok == "yes",
 }
 print(f"snapshot        {out['snapshot_s']:.2f}s vs pg_dump -Fc -Z0 {out['pg_dump_z0_s']:.2f}s: {out['snapshot_vs_pg_dump']}x (want <= 1.0)")
 print(f"store           {out['store_bytes']} bytes vs pg_dump -Fc {out['pg_dump_fc_bytes']}: {out['store_vs_pg_dump']}x (want <= 1.2)")
 print(f"re-snapshot     100 rows changed: +{out['resnapshot_added_kib']} KiB (want < 256), {out['resnapshot_s']:.2f}s = {out['resnapshot_vs_first']}x the first (want <= 0.5)")
 print(f"diff            {out['diff_ms']} ms, exactly the 100 keys: {keys_ok}")
+print(f"restore         onto the existing empty table: {out['restore_existing_s']:.2f}s vs pg_restore "
+      f"--data-only {out['pg_restore_data_only_s']:.2f}s: {out['restore_vs_pg_restore']}x; "
+      f"equal to the snapshot: {restored_ok}")
 print(f"peak RSS        {out['peak_rss_mib']} MiB (want < 200)")
 print(f"where it goes   the server alone, the snapshot's COPY: {out['server_copy_s']:.2f}s "
       f"({out['server_copy_vs_pg_dump']}x pg_dump); the snapshot's own CPU: {out['snapshot_cpu_s']:.2f}s")
