@@ -3534,6 +3534,25 @@ fn a_cycle_is_broken_at_a_row_nothing_refers_to() {
     assert_eq!(pg.psql(&db, "SELECT uid FROM o ORDER BY id").trim(), "1\n2");
 }
 
+/// Runs `restore main --db url` (and `extra`) with debug logs: (exit
+/// status, stderr).
+fn restore_logged(dir: &Path, url: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let mut args = vec!["--store", "st", "restore", "main", "--db", url];
+    args.extend_from_slice(extra);
+    let o = std::process::Command::new(common::bin())
+        .args(&args)
+        .current_dir(dir)
+        .env("PGPASSWORD", PASSWORD)
+        .env("SP_SYNC_LOG", "systemprompt_sync=debug")
+        .env_remove("SP_SYNC_STORE")
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
 /// A restore's inserts into an existing table go by `COPY` (here into the
 /// empty tables a migration tool made). A `COPY` that breaks a unique
 /// index (a row takes an email a row the restore updates later gives up)
@@ -3559,16 +3578,8 @@ fn inserts_into_existing_tables_go_by_copy_and_fall_back_row_by_row() {
     snap(dir, &pg.url(&db), &["--table", "u", "--table", "n"]);
     let (u_snap, n_snap) = (pg.dump_rows(&db, "u"), pg.dump_rows(&db, "n"));
     let restore = |url: &str| -> String {
-        let o = std::process::Command::new(common::bin())
-            .args(["--store", "st", "restore", "main", "--db", url, "-q"])
-            .current_dir(dir)
-            .env("PGPASSWORD", PASSWORD)
-            .env("SP_SYNC_LOG", "systemprompt_sync=debug")
-            .env_remove("SP_SYNC_STORE")
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert!(o.status.success(), "{err}");
+        let (code, err) = restore_logged(dir, url, &[]);
+        assert_eq!(code, Some(0), "{err}");
         err
     };
     // Empty tables: every row by COPY.
@@ -3641,24 +3652,8 @@ fn row_statements_go_together_and_fall_back_one_by_one() {
     let dir = w.path();
     snap(dir, &pg.url(&db), &["--table", "u", "--table", "n"]);
     let (u_snap, n_snap) = (pg.dump_rows(&db, "u"), pg.dump_rows(&db, "n"));
-    let restore = |extra: &[&str]| {
-        let mut args = vec!["--store", "st", "restore", "main", "--db"];
-        let url = pg.url(&db);
-        args.push(&url);
-        args.extend_from_slice(extra);
-        let o = std::process::Command::new(common::bin())
-            .args(&args)
-            .current_dir(dir)
-            .env("PGPASSWORD", PASSWORD)
-            .env("SP_SYNC_LOG", "systemprompt_sync=debug")
-            .env_remove("SP_SYNC_STORE")
-            .output()
-            .unwrap();
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
+    let url = pg.url(&db);
+    let restore = |extra: &[&str]| restore_logged(dir, &url, extra);
     // Every row changed, rows gone and rows the snapshot lacks.
     pg.psql(
         &db,

@@ -4676,9 +4676,15 @@ fn merge_apply(
                 let changed_names: Vec<String> =
                     changed.iter().map(|&i| quote(&t.columns[i].name)).collect();
                 let from = own_rows(name, partitioned);
-                for o in rows.outside.iter().filter(|o| {
+                let acting = |o: &&OutsideRef| {
                     o.on_update.is_some() && o.refs.iter().any(|r| changed_names.contains(r))
-                }) {
+                };
+                // (Read after the statements kept have run, as the row's
+                // own would have.)
+                if rows.outside.iter().any(|o| acting(&o)) {
+                    rows.flush(c, loc, rep)?;
+                }
+                for o in rows.outside.iter().filter(acting) {
                     let row = format!("updating row {}", describe(rows.name, &t.root, &k));
                     if o.referred(c, &from, &key_where, &key_params)
                         .map_err(|e| o.check_failed(loc, &row, e))?
@@ -4751,7 +4757,11 @@ fn merge_deletes(
             );
         }
         // Rows a foreign key's ON DELETE action would change in a table
-        // this restore leaves as it is: refused.
+        // this restore leaves as it is: refused. (Read after the
+        // statements kept have run, as the row's own would have.)
+        if rows.outside.iter().any(|o| o.on_delete.is_some()) {
+            rows.flush(c, loc, rep)?;
+        }
         for o in rows.outside.iter().filter(|o| o.on_delete.is_some()) {
             let row = format!("deleting row {}", describe(rows.name, &t.root, k));
             if o.referred(c, from, key_where, &kt)
