@@ -2964,20 +2964,6 @@ fn row_values(src: &dyn ObjectSource, t: &TableData, key: &[u8], row: &[u8]) -> 
     cells.iter().map(|c: &Cell| c.load(src)).collect()
 }
 
-/// The text forms of a row's values, for statements.
-fn texts(t: &TableData, vals: &[Value]) -> Result<Vec<Option<String>>> {
-    t.columns
-        .iter()
-        .zip(vals)
-        .map(|(c, v)| {
-            PgClass::of(&c.decl_type)
-                .text(v)
-                .map(|o| o.map(|b| String::from_utf8_lossy(&b).into_owned()))
-                .map_err(|e| bad_row(&t.root, format!("column {}: {e}", c.name)))
-        })
-        .collect()
-}
-
 /// Restores `tables` (name → table object) into the PostgreSQL database at
 /// `url`, in one transaction.
 pub fn restore(
@@ -4629,9 +4615,9 @@ fn merge_apply(
         }
         next += 1;
         let vals = row_values(src, t, &k, &v)?;
-        let tx = texts(t, &vals)?;
         match &acts[i].1 {
             Act::Update(changed) => {
+                let tx = rows.texts(&vals)?;
                 // On a table whose foreign keys act on its rows (SET NULL,
                 // SET DEFAULT), a delete or an update of a referenced row
                 // earlier in this restore may have changed columns the plan
@@ -4707,7 +4693,11 @@ fn merge_apply(
                 });
                 rows.run(c, loc, &k, RowOp::Update, &sql, params, reinsert, rep)?;
             }
+            Act::Insert if matches!(insert_op, RowOp::Insert) => {
+                rows.insert(c, loc, &k, &ins_row, vals, rep)?;
+            }
             Act::Insert => {
+                let tx = rows.texts(&vals)?;
                 rows.run(c, loc, &k, insert_op, &ins_row, tx, None, rep)?;
             }
             Act::Delete => {}
@@ -4834,6 +4824,9 @@ struct Reinsert {
 struct RowStatements<'a> {
     name: &'a str,
     root: ObjectId,
+    /// The table's stored columns, and each one's class.
+    t: &'a TableData,
+    classes: Vec<PgClass>,
     self_ref: bool,
     /// The table has a unique index (besides its key) or an exclusion
     /// constraint that cannot be deferred.
@@ -4863,9 +4856,9 @@ struct RowStatements<'a> {
     copy_ok: bool,
     /// That `COPY` statement.
     copy_sql: String,
-    /// Inserts not yet sent, in order, with their statement (one text for
-    /// the table), and the bytes their values hold.
-    inserts: Vec<(Vec<u8>, Vec<Option<String>>)>,
+    /// Inserts not yet sent, in order (key, values), with their statement
+    /// (one text for the table), and the bytes their values hold.
+    inserts: Vec<(Vec<u8>, Vec<Value>)>,
     insert_sql: String,
     insert_bytes: usize,
     /// Other statements may go together (see [`Self::send`]): not on a
@@ -5187,7 +5180,7 @@ type PendingRow = (
 );
 
 impl<'a> RowStatements<'a> {
-    fn new(c: &mut Client, loc: &PgLocation, name: &'a str, t: &TableData) -> Result<Self> {
+    fn new(c: &mut Client, loc: &PgLocation, name: &'a str, t: &'a TableData) -> Result<Self> {
         let self_ref: bool = c
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k \
@@ -5240,6 +5233,12 @@ impl<'a> RowStatements<'a> {
         Ok(RowStatements {
             name,
             root: t.root,
+            t,
+            classes: t
+                .columns
+                .iter()
+                .map(|c| PgClass::of(&c.decl_type))
+                .collect(),
             self_ref,
             unique: row.get(0),
             delete_acts: row.get(1),
@@ -5263,6 +5262,65 @@ impl<'a> RowStatements<'a> {
             together: !row.get::<_, bool>(2),
             queue: Vec::new(),
         })
+    }
+
+    /// Inserts row `key` (its values `vals`) by `sql`: kept to go by one
+    /// `COPY` with the inserts around it when it may (see
+    /// [`Self::flush_copy`]), after the statements kept before it; else
+    /// one statement.
+    fn insert(
+        &mut self,
+        c: &mut Client,
+        loc: &PgLocation,
+        key: &[u8],
+        sql: &str,
+        vals: Vec<Value>,
+        rep: &mut DbRestoreReport,
+    ) -> Result<()> {
+        if !(self.copy_ok && (self.inserts.is_empty() || self.insert_sql == sql)) {
+            let tx = self.texts(&vals)?;
+            return self.run(c, loc, key, RowOp::Insert, sql, tx, None, rep);
+        }
+        // (About the bytes its text forms take: a blob's hex twice its own.)
+        let bytes = key.len()
+            + vals
+                .iter()
+                .map(|v| match v {
+                    Value::Text(t) => t.len(),
+                    Value::Blob(b) => 2 * b.len() + 2,
+                    _ => 8,
+                })
+                .sum::<usize>();
+        self.send(c, loc, rep)?;
+        if self.inserts.is_empty() {
+            self.insert_sql = sql.to_string();
+        }
+        self.insert_bytes += bytes;
+        self.inserts.push((key.to_vec(), vals));
+        if self.inserts.len() >= COPY_ROWS || self.insert_bytes >= COPY_BYTES {
+            self.flush_copy(c, loc, rep)?;
+        }
+        Ok(())
+    }
+
+    /// A row's values as statement parameters (their text forms).
+    fn texts(&self, vals: &[Value]) -> Result<Vec<Option<String>>> {
+        self.classes
+            .iter()
+            .zip(vals)
+            .enumerate()
+            .map(|(i, (class, v))| {
+                class
+                    .text(v)
+                    .map(|o| o.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                    .map_err(|e| {
+                        bad_row(
+                            &self.root,
+                            format!("column {}: {e}", self.t.columns[i].name),
+                        )
+                    })
+            })
+            .collect()
     }
 
     /// Sends what waits: the inserts kept for `COPY`, or the statements
@@ -5397,30 +5455,36 @@ impl<'a> RowStatements<'a> {
         }
         let rows = std::mem::take(&mut self.inserts);
         self.insert_bytes = 0;
+        // The rows as COPY reads them.
+        let mut data: Vec<u8> = Vec::with_capacity(COPY_BYTES.min(rows.len() * 64) + 1024);
+        for (_, vals) in &rows {
+            for (i, (class, v)) in self.classes.iter().zip(vals).enumerate() {
+                if i > 0 {
+                    data.push(b'\t');
+                }
+                let text = class.text(v).map_err(|e| {
+                    bad_row(
+                        &self.root,
+                        format!("column {}: {e}", self.t.columns[i].name),
+                    )
+                })?;
+                escape_copy(text.as_deref(), &mut data);
+            }
+            data.push(b'\n');
+        }
         let err = |e| loc.error(e);
         c.batch_execute("SAVEPOINT sp_sync_copy").map_err(err)?;
         let copied = (|| -> std::result::Result<u64, tokio_postgres::Error> {
             let mut w = c.copy_in(&self.copy_sql)?;
-            let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
-            for (_, vals) in &rows {
-                for (i, v) in vals.iter().enumerate() {
-                    if i > 0 {
-                        buf.push(b'\t');
-                    }
-                    escape_copy(v.as_deref().map(str::as_bytes), &mut buf);
-                }
-                buf.push(b'\n');
-                if buf.len() >= 1 << 20 {
-                    // (A write error ends the COPY: finish reports it.)
-                    if w.write_all(&buf).is_err() {
-                        break;
-                    }
-                    buf.clear();
+            for piece in data.chunks(1 << 20) {
+                // (A write error ends the COPY: finish reports it.)
+                if w.write_all(piece).is_err() {
+                    break;
                 }
             }
-            let _ = w.write_all(&buf);
             w.finish()
         })();
+        drop(data);
         match copied {
             Ok(n) if n == rows.len() as u64 => {
                 c.batch_execute("RELEASE SAVEPOINT sp_sync_copy")
@@ -5446,7 +5510,8 @@ impl<'a> RowStatements<'a> {
                 self.copy_ok = false;
                 let sql = std::mem::take(&mut self.insert_sql);
                 for (key, vals) in rows {
-                    self.run(c, loc, &key, RowOp::Insert, &sql, vals, None, rep)?;
+                    let tx = self.texts(&vals)?;
+                    self.run(c, loc, &key, RowOp::Insert, &sql, tx, None, rep)?;
                 }
                 Ok(())
             }
@@ -5477,25 +5542,8 @@ impl<'a> RowStatements<'a> {
         reinsert: Option<Reinsert>,
         rep: &mut DbRestoreReport,
     ) -> Result<()> {
-        // Inserts wait to go together by COPY; any other statement sends
-        // them first, so that the server runs every statement in order.
-        if matches!(op, RowOp::Insert)
-            && self.copy_ok
-            && reinsert.is_none()
-            && (self.inserts.is_empty() || self.insert_sql == sql)
-        {
-            self.send(c, loc, rep)?;
-            if self.inserts.is_empty() {
-                self.insert_sql = sql.to_string();
-            }
-            self.insert_bytes +=
-                key.len() + params.iter().flatten().map(String::len).sum::<usize>();
-            self.inserts.push((key.to_vec(), params));
-            if self.inserts.len() >= COPY_ROWS || self.insert_bytes >= COPY_BYTES {
-                self.flush_copy(c, loc, rep)?;
-            }
-            return Ok(());
-        }
+        // The inserts kept for COPY go first, so that the server runs
+        // every statement in order.
         self.flush_copy(c, loc, rep)?;
         if self.together {
             self.queue
