@@ -3570,7 +3570,7 @@ fn inserts_into_existing_tables_go_by_copy_and_fall_back_row_by_row() {
     pg.psql(&db, schema);
     pg.psql(
         &db,
-        "INSERT INTO u SELECT g, 'u' || g || '@x', repeat('v', g % 7) FROM generate_series(1, 3000) g;
+        "INSERT INTO u SELECT g, 'u' || g || '@x', repeat('v', 100 + g % 7) FROM generate_series(1, 3000) g;
          INSERT INTO n SELECT g, 'n' || g FROM generate_series(1, 3000) g;",
     );
     let w = work();
@@ -3591,11 +3591,12 @@ fn inserts_into_existing_tables_go_by_copy_and_fall_back_row_by_row() {
     assert_eq!(pg.dump_rows(&fresh, "u"), u_snap);
     assert_eq!(pg.dump_rows(&fresh, "n"), n_snap);
 
-    // Row 3000 holds the email row 1 takes; the restore updates it after
-    // the inserts before it.
+    // Row 3000 holds the email row 2500 takes; the restore updates it
+    // after the inserts before it. The COPY fails at row 2500, after the
+    // server has read the rows before it (more than one send).
     let taken = pg.new_db("copyins_taken");
     pg.psql(&taken, schema);
-    pg.psql(&taken, "INSERT INTO u VALUES (3000, 'u1@x', 'old');");
+    pg.psql(&taken, "INSERT INTO u VALUES (3000, 'u2500@x', 'old');");
     let err = restore(&pg.url(&taken));
     assert!(err.contains("did not go through"), "{err}");
     assert!(!err.contains("table u: 2999 inserts by COPY"), "{err}");

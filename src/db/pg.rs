@@ -4856,11 +4856,17 @@ struct RowStatements<'a> {
     copy_ok: bool,
     /// That `COPY` statement.
     copy_sql: String,
-    /// Inserts not yet sent, in order (key, values), with their statement
-    /// (one text for the table), and the bytes their values hold.
+    /// The inserts of the `COPY` under way, in order (key, values), kept
+    /// until it ends should they have to go one by one; their statement
+    /// (one text for the table); and the bytes their values hold.
     inserts: Vec<(Vec<u8>, Vec<Value>)>,
     insert_sql: String,
     insert_bytes: usize,
+    /// That `COPY`'s lines not yet sent.
+    copy_buf: Vec<u8>,
+    /// Why it cannot succeed, when its start or a send failed (the rest of
+    /// its rows are only kept, to go one by one).
+    copy_failed: Option<String>,
     /// Other statements may go together (see [`Self::send`]): not on a
     /// table whose rows a foreign key's action may change under the
     /// restore, where an update may have to put its row back at once.
@@ -4876,6 +4882,8 @@ const PIPELINE_ROWS: usize = 1_000;
 /// Most inserts, and most bytes of their values, sent by one `COPY`.
 const COPY_ROWS: usize = 10_000;
 const COPY_BYTES: usize = 16 << 20;
+/// A `COPY`'s lines are sent to the server by this many bytes.
+const COPY_SEND: usize = 128 << 10;
 
 /// Most statements a table's restore keeps prepared (an update's text
 /// varies with the columns it sets).
@@ -5259,15 +5267,18 @@ impl<'a> RowStatements<'a> {
             inserts: Vec::new(),
             insert_sql: String::new(),
             insert_bytes: 0,
+            copy_buf: Vec::new(),
+            copy_failed: None,
             together: !row.get::<_, bool>(2),
             queue: Vec::new(),
         })
     }
 
-    /// Inserts row `key` (its values `vals`) by `sql`: kept to go by one
-    /// `COPY` with the inserts around it when it may (see
+    /// Inserts row `key` (its values `vals`) by `sql`: sent by the `COPY`
+    /// under way, or one started for it, when it may (see
     /// [`Self::flush_copy`]), after the statements kept before it; else
-    /// one statement.
+    /// one statement. The server reads a `COPY`'s rows as they come, while
+    /// the next are read from the store.
     fn insert(
         &mut self,
         c: &mut Client,
@@ -5291,16 +5302,57 @@ impl<'a> RowStatements<'a> {
                     _ => 8,
                 })
                 .sum::<usize>();
-        self.send(c, loc, rep)?;
+        // The row as COPY reads it (an error before anything is sent).
+        let start = self.copy_buf.len();
+        for (i, (class, v)) in self.classes.iter().zip(&vals).enumerate() {
+            if i > 0 {
+                self.copy_buf.push(b'\t');
+            }
+            match class.text(v) {
+                Ok(text) => escape_copy(text.as_deref(), &mut self.copy_buf),
+                Err(e) => {
+                    self.copy_buf.truncate(start);
+                    return Err(bad_row(
+                        &self.root,
+                        format!("column {}: {e}", self.t.columns[i].name),
+                    ));
+                }
+            }
+        }
+        self.copy_buf.push(b'\n');
         if self.inserts.is_empty() {
+            // (The statements kept go first; then the COPY starts, under a
+            // savepoint that undoes it should it fail.)
+            self.send(c, loc, rep)?;
             self.insert_sql = sql.to_string();
+            self.copy_failed = None;
+            c.batch_execute("SAVEPOINT sp_sync_copy")
+                .map_err(|e| loc.error(e))?;
+            if let Err(e) = c.copy_start(&self.copy_sql) {
+                self.copy_failed = Some(e.to_string());
+            }
         }
         self.insert_bytes += bytes;
         self.inserts.push((key.to_vec(), vals));
+        if self.copy_buf.len() >= COPY_SEND {
+            self.copy_send(c);
+        }
         if self.inserts.len() >= COPY_ROWS || self.insert_bytes >= COPY_BYTES {
             self.flush_copy(c, loc, rep)?;
         }
         Ok(())
+    }
+
+    /// Sends the lines made to the `COPY` under way (or drops them, when
+    /// it failed: a send's error ends the copy, and its end reports it).
+    fn copy_send(&mut self, c: &mut Client) {
+        if self.copy_failed.is_none()
+            && let Err(e) = c.copy_send(&self.copy_buf)
+        {
+            c.copy_abort();
+            self.copy_failed = Some(e.to_string());
+        }
+        self.copy_buf.clear();
     }
 
     /// A row's values as statement parameters (their text forms).
@@ -5438,12 +5490,11 @@ impl<'a> RowStatements<'a> {
         Ok(s)
     }
 
-    /// Sends the inserts kept (see [`Self::run`]) by one `COPY`, under a
-    /// savepoint. A `COPY` that fails, or that inserts fewer rows than it
-    /// was given (a trigger kept one out), is undone, and its rows go one
-    /// statement each, as any other row: what breaks a key then waits for
-    /// a later round, and an error names its row. The table's later
-    /// inserts then go one by one too.
+    /// Ends the `COPY` under way (see [`Self::insert`]). One that failed,
+    /// or that inserted fewer rows than it was given (a trigger kept one
+    /// out), is undone, and its rows go one statement each, as any other
+    /// row: what breaks a key then waits for a later round, and an error
+    /// names its row. The table's later inserts then go one by one too.
     fn flush_copy(
         &mut self,
         c: &mut Client,
@@ -5455,36 +5506,12 @@ impl<'a> RowStatements<'a> {
         }
         let rows = std::mem::take(&mut self.inserts);
         self.insert_bytes = 0;
-        // The rows as COPY reads them.
-        let mut data: Vec<u8> = Vec::with_capacity(COPY_BYTES.min(rows.len() * 64) + 1024);
-        for (_, vals) in &rows {
-            for (i, (class, v)) in self.classes.iter().zip(vals).enumerate() {
-                if i > 0 {
-                    data.push(b'\t');
-                }
-                let text = class.text(v).map_err(|e| {
-                    bad_row(
-                        &self.root,
-                        format!("column {}: {e}", self.t.columns[i].name),
-                    )
-                })?;
-                escape_copy(text.as_deref(), &mut data);
-            }
-            data.push(b'\n');
-        }
+        self.copy_send(c);
         let err = |e| loc.error(e);
-        c.batch_execute("SAVEPOINT sp_sync_copy").map_err(err)?;
-        let copied = (|| -> std::result::Result<u64, tokio_postgres::Error> {
-            let mut w = c.copy_in(&self.copy_sql)?;
-            for piece in data.chunks(1 << 20) {
-                // (A write error ends the COPY: finish reports it.)
-                if w.write_all(piece).is_err() {
-                    break;
-                }
-            }
-            w.finish()
-        })();
-        drop(data);
+        let copied = match self.copy_failed.take() {
+            Some(why) => Err(why),
+            None => c.copy_end().map_err(|e| e.to_string()),
+        };
         match copied {
             Ok(n) if n == rows.len() as u64 => {
                 c.batch_execute("RELEASE SAVEPOINT sp_sync_copy")
@@ -5500,7 +5527,7 @@ impl<'a> RowStatements<'a> {
                     rows.len(),
                     match &other {
                         Ok(n) => format!("{n} rows inserted"),
-                        Err(e) => e.to_string(),
+                        Err(e) => e.clone(),
                     }
                 );
                 c.batch_execute(

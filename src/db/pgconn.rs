@@ -39,6 +39,8 @@ pub struct Client {
     /// Why the connection ended, when it failed: a call that finds the
     /// connection closed reports this instead.
     failure: Arc<Mutex<Option<Error>>>,
+    /// The `COPY … FROM STDIN` under way, if any (see [`Client::copy_start`]).
+    copy: Option<Pin<Box<tokio_postgres::CopyInSink<Bytes>>>>,
 }
 
 impl Client {
@@ -74,6 +76,7 @@ impl Client {
             client: Some(client),
             task: Some(task),
             failure,
+            copy: None,
         })
     }
 
@@ -89,6 +92,16 @@ impl Client {
         self.rt.block_on(f).map_err(|e| self.explain(e))
     }
 
+    /// Ends a `COPY … FROM STDIN` left under way, aborting it, before
+    /// another statement: the connection would otherwise wait for the
+    /// copy's end before sending it. (The copy fails, and with it the
+    /// transaction, or the savepoint it ran under.)
+    fn idle(&mut self) {
+        if self.copy.take().is_some() {
+            tracing::debug!("a COPY left unfinished was aborted");
+        }
+    }
+
     fn explain(&self, e: Error) -> Error {
         if !e.is_closed() {
             return e;
@@ -100,6 +113,7 @@ impl Client {
     }
 
     pub fn batch_execute(&mut self, query: &str) -> Result<(), Error> {
+        self.idle();
         self.run(self.client().batch_execute(query))
     }
 
@@ -107,6 +121,7 @@ impl Client {
     where
         T: ?Sized + ToStatement,
     {
+        self.idle();
         self.run(self.client().execute(query, params))
     }
 
@@ -114,6 +129,7 @@ impl Client {
     where
         T: ?Sized + ToStatement,
     {
+        self.idle();
         self.run(self.client().query(query, params))
     }
 
@@ -121,6 +137,7 @@ impl Client {
     where
         T: ?Sized + ToStatement,
     {
+        self.idle();
         self.run(self.client().query_one(query, params))
     }
 
@@ -132,6 +149,7 @@ impl Client {
     where
         T: ?Sized + ToStatement,
     {
+        self.idle();
         self.run(self.client().query_opt(query, params))
     }
 
@@ -144,6 +162,7 @@ impl Client {
         &mut self,
         items: &[(&Statement, Vec<&(dyn ToSql + Sync)>, bool)],
     ) -> Vec<Result<Done, Error>> {
+        self.idle();
         let client = self.client();
         let all = futures::future::join_all(items.iter().map(|(st, params, rows)| async move {
             if *rows {
@@ -160,17 +179,55 @@ impl Client {
     }
 
     pub fn prepare(&mut self, query: &str) -> Result<Statement, Error> {
+        self.idle();
         self.run(self.client().prepare(query))
     }
 
     /// Starts a `COPY … FROM STDIN`: write the data to the writer, then
     /// [`CopyIn::finish`]; dropped unfinished, the copy is aborted.
     pub fn copy_in(&mut self, query: &str) -> Result<CopyIn<'_>, Error> {
+        self.copy_start(query)?;
+        Ok(CopyIn { client: self })
+    }
+
+    /// Starts a `COPY … FROM STDIN` that stays under way between calls:
+    /// [`Self::copy_send`] its data, then [`Self::copy_end`]. Any other
+    /// call first aborts it.
+    pub fn copy_start(&mut self, query: &str) -> Result<(), Error> {
+        self.idle();
         let sink = self.run(self.client().copy_in(query))?;
-        Ok(CopyIn {
-            client: self,
-            sink: Box::pin(sink),
-        })
+        self.copy = Some(Box::pin(sink));
+        Ok(())
+    }
+
+    /// Sends `data` to the `COPY` under way (nothing when none is), and
+    /// lets the connection write it out before returning, so that the
+    /// server reads it while the caller makes the next.
+    pub fn copy_send(&mut self, data: &[u8]) -> Result<(), Error> {
+        let Some(sink) = self.copy.as_mut() else {
+            return Ok(());
+        };
+        let data = Bytes::copy_from_slice(data);
+        let sent = self.rt.block_on(async {
+            sink.send(data).await?;
+            tokio::task::yield_now().await;
+            Ok(())
+        });
+        sent.map_err(|e| self.explain(e))
+    }
+
+    /// Ends the `COPY` under way: the number of rows the server took (0
+    /// when none was under way).
+    pub fn copy_end(&mut self) -> Result<u64, Error> {
+        let Some(mut sink) = self.copy.take() else {
+            return Ok(0);
+        };
+        self.run(sink.as_mut().finish())
+    }
+
+    /// Aborts the `COPY` under way, if any.
+    pub fn copy_abort(&mut self) {
+        self.copy = None;
     }
 
     /// Runs a `COPY … TO STDOUT` (text format), calling `line` with each
@@ -223,6 +280,7 @@ impl Client {
         mut msg: impl FnMut(&[u8]) -> Result<(), E>,
         pg: &impl Fn(Error) -> E,
     ) -> Result<(), E> {
+        self.idle();
         let client = self.client.as_ref().expect("present until dropped");
         let read = self.rt.block_on(async {
             let stream = client.copy_out(query).await.map_err(Err)?;
@@ -289,6 +347,7 @@ impl Drop for Client {
         // a COPY given up (an error, an interrupt) would first read all of
         // it; after a moment the socket is closed instead, and the server
         // ends the transaction.
+        self.copy = None;
         drop(self.client.take());
         if let Some(task) = self.task.take() {
             let _ = self
@@ -304,25 +363,30 @@ pub enum Done {
     Count(u64),
 }
 
-/// The writing half of a `COPY … FROM STDIN`.
+/// The writing half of a `COPY … FROM STDIN`; dropped unfinished, it
+/// aborts the copy.
 pub struct CopyIn<'a> {
-    client: &'a Client,
-    sink: Pin<Box<tokio_postgres::CopyInSink<Bytes>>>,
+    client: &'a mut Client,
 }
 
 impl CopyIn<'_> {
     /// Sends `data`.
     pub fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
-        let send = self.sink.send(Bytes::copy_from_slice(data));
         self.client
-            .run(send)
+            .copy_send(data)
             .map_err(|e| std::io::Error::other(Box::new(e)))
     }
 
     /// Ends the copy; the number of rows the server took.
-    pub fn finish(mut self) -> Result<u64, Error> {
-        let finish = self.sink.as_mut().finish();
-        self.client.run(finish)
+    pub fn finish(self) -> Result<u64, Error> {
+        // (Dropped after, it finds no copy left to abort.)
+        self.client.copy_end()
+    }
+}
+
+impl Drop for CopyIn<'_> {
+    fn drop(&mut self) {
+        self.client.copy_abort();
     }
 }
 
