@@ -3630,6 +3630,74 @@ fn inserts_into_existing_tables_go_by_copy_and_fall_back_row_by_row() {
     );
 }
 
+/// A restore's plan holds a run of rows the table lacks (one after another
+/// in the snapshot's key order) as one act, and the rows after the table's
+/// last as one act for them all: a missing first row, gaps of one row and
+/// of many, a gap split by a row the snapshot lacks, and the end, between
+/// rows that stay, change or go, all come back, and nothing else changes.
+#[test]
+fn runs_of_missing_rows_come_back_between_rows_that_stay_change_or_go() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("runs");
+    pg.psql(
+        &db,
+        "CREATE TABLE r (id int PRIMARY KEY, v text);
+         INSERT INTO r SELECT 2 * g, 'v' || g FROM generate_series(1, 600) g;",
+    );
+    let w = work();
+    let d = w.path();
+    let url = pg.url(&db);
+    snap(d, &url, &[]);
+    let want = pg.dump_rows(&db, "r");
+    pg.psql(
+        &db,
+        "DELETE FROM r WHERE id = 2 OR id = 14 OR id BETWEEN 40 AND 58
+           OR id BETWEEN 200 AND 500 OR id > 960;
+         UPDATE r SET v = 'changed' WHERE id IN (16, 60, 502, 960);
+         INSERT INTO r VALUES (-1, 'extra'), (3, 'extra'), (301, 'extra');",
+    );
+    let missing: u64 = 1 + 1 + 10 + 151 + 120;
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM r WHERE id % 2 = 0")
+            .trim(),
+        (600 - missing).to_string()
+    );
+    // Without --delete: the missing rows and the changed ones come back,
+    // the rows the snapshot lacks stay.
+    let r = json(&ok_pg(
+        d,
+        &["--store", "st", "restore", "main", "--db", &url, "--json"],
+    ));
+    assert_eq!(r["rows_inserted"], missing, "{r}");
+    assert_eq!(r["rows_updated"], 4, "{r}");
+    assert_eq!(r["rows_deleted"], 0, "{r}");
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM r WHERE v = 'extra'"
+        )
+        .trim(),
+        "-1,3,301"
+    );
+    pg.psql(&db, "DELETE FROM r WHERE v = 'extra'");
+    assert_eq!(pg.dump_rows(&db, "r"), want);
+    // With --delete, onto the same gaps: the table becomes the snapshot's.
+    pg.psql(
+        &db,
+        "DELETE FROM r WHERE id BETWEEN 100 AND 120 OR id > 1100;
+         INSERT INTO r VALUES (105, 'extra'), (1201, 'extra');",
+    );
+    let r = json(&ok_pg(
+        d,
+        &[
+            "--store", "st", "restore", "main", "--db", &url, "--delete", "--json",
+        ],
+    ));
+    assert_eq!(r["rows_inserted"], 11 + 50, "{r}");
+    assert_eq!(r["rows_deleted"], 2, "{r}");
+    assert_eq!(pg.dump_rows(&db, "r"), want);
+}
+
 /// A restore's updates and deletes go to the server together, a thousand
 /// at a time, under one savepoint on a table with a unique index. A group
 /// that breaks the index (each row takes the email the next row holds in

@@ -3613,7 +3613,7 @@ fn restore_in(
             )?;
             if let Some((k, act)) = left.first() {
                 let what = match act {
-                    Act::Insert => "removed",
+                    Act::Insert(_) => "removed",
                     Act::Delete => "added",
                     Act::Update(_) => "changed",
                 };
@@ -4263,11 +4263,19 @@ fn describe(name: &str, root: &ObjectId, key: &[u8]) -> String {
     super::key_for_people(name, key).unwrap_or_else(|| format!("{name}(a row of {})", root.short()))
 }
 
-/// Applies the differences between the table now and the snapshot.
-#[allow(clippy::too_many_arguments)]
-/// What a merge does to one row of an existing table.
+/// An insert of every row of the snapshot from its key on (see
+/// [`Act::Insert`]): the rows after the table's last, which the plan need
+/// not read.
+const INSERT_REST: u64 = u64::MAX;
+
+/// What a merge does to one row of an existing table (keyed by the row's
+/// key in a plan).
 enum Act {
-    Insert,
+    /// Inserts this row and the next `n - 1` rows of the snapshot, in key
+    /// order (a plan holds a run of inserts as one act: restoring onto an
+    /// empty table plans one act, not a key per row); [`INSERT_REST`],
+    /// every row after it.
+    Insert(u64),
     Delete,
     Update(Vec<usize>),
 }
@@ -4372,6 +4380,16 @@ fn merge_plan(
     // are chunked and hashed only: rows compare by their encodings.
     let scratch = MemStore::new(false);
     let mut acts: Vec<(Vec<u8>, Act)> = Vec::new();
+    // The run of inserts the snapshot's next row would extend: its act.
+    let mut run: Option<usize> = None;
+    let insert = |acts: &mut Vec<(Vec<u8>, Act)>, run: &mut Option<usize>, k: Vec<u8>| {
+        if let Some((_, Act::Insert(n))) = run.and_then(|i| acts.get_mut(i)) {
+            *n += 1;
+        } else {
+            *run = Some(acts.len());
+            acts.push((k, Act::Insert(1)));
+        }
+    };
     let mut snap = MapIter::new(src, ObjectType::Rows, t.root).peekable();
     let mut last: Option<Vec<u8>> = None;
     let out_of_order = |k: &[u8]| {
@@ -4396,10 +4414,11 @@ fn merge_plan(
             match ahead {
                 Some(std::cmp::Ordering::Less) => {
                     if let Some(r) = snap.next() {
-                        acts.push((r?.0, Act::Insert));
+                        insert(&mut acts, &mut run, r?.0);
                     }
                 }
                 Some(std::cmp::Ordering::Equal) => {
+                    run = None;
                     let sv = match snap.next() {
                         Some(r) => r?.1,
                         None => return Ok(()),
@@ -4441,9 +4460,12 @@ fn merge_plan(
         progress,
         &mut on_row,
     )?;
-    for e in snap {
-        let (sk, _) = e?;
-        acts.push((sk, Act::Insert));
+    // The rows after the table's last: all inserted, read when applied.
+    if let Some(e) = snap.next() {
+        insert(&mut acts, &mut run, e?.0);
+        if let Some((_, Act::Insert(n))) = run.and_then(|i| acts.get_mut(i)) {
+            *n = INSERT_REST;
+        }
     }
     Ok(acts)
 }
@@ -4604,18 +4626,33 @@ fn merge_apply(
     };
     let insert_op = if plain { RowOp::Insert } else { RowOp::Upsert };
     let mut next = 0usize;
+    // Rows of the run of inserts under way still to come after this one,
+    // or every row left.
+    let mut run_left = 0u64;
+    let mut to_end = false;
     for e in MapIter::new(src, ObjectType::Rows, t.root) {
         let (k, v) = e?;
         if progress.interrupted() {
             return Err(SyncError::Interrupted);
         }
-        let Some(&i) = wanted.get(next) else { break };
-        if k != acts[i].0 {
-            continue;
-        }
-        next += 1;
+        let act = if to_end || run_left > 0 {
+            run_left = run_left.saturating_sub(1);
+            &Act::Insert(1)
+        } else {
+            let Some(&i) = wanted.get(next) else { break };
+            if k != acts[i].0 {
+                continue;
+            }
+            next += 1;
+            match acts[i].1 {
+                Act::Insert(INSERT_REST) => to_end = true,
+                Act::Insert(n) => run_left = n.saturating_sub(1),
+                _ => {}
+            }
+            &acts[i].1
+        };
         let vals = row_values(src, t, &k, &v)?;
-        match &acts[i].1 {
+        match act {
             Act::Update(changed) => {
                 let tx = rows.texts(&vals)?;
                 // On a table whose foreign keys act on its rows (SET NULL,
@@ -4693,20 +4730,20 @@ fn merge_apply(
                 });
                 rows.run(c, loc, &k, RowOp::Update, &sql, params, reinsert, rep)?;
             }
-            Act::Insert if matches!(insert_op, RowOp::Insert) => {
+            Act::Insert(_) if matches!(insert_op, RowOp::Insert) => {
                 rows.insert(c, loc, &k, &ins_row, vals, rep)?;
             }
-            Act::Insert => {
+            Act::Insert(_) => {
                 let tx = rows.texts(&vals)?;
                 rows.run(c, loc, &k, insert_op, &ins_row, tx, None, rep)?;
             }
             Act::Delete => {}
         }
-        if next == wanted.len() {
+        if next == wanted.len() && run_left == 0 && !to_end {
             break;
         }
     }
-    if next != wanted.len() {
+    if next != wanted.len() || run_left > 0 {
         return Err(bad_row(&t.root, "rows changed while restoring"));
     }
     // (The statements kept go before another table's, or anything that
