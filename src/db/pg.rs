@@ -4227,7 +4227,7 @@ fn copy_in(
             cols.join(", ")
         ))
         .map_err(|e| loc.error(e))?;
-    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut buf: Vec<u8> = Vec::with_capacity(COPY_SEND + (64 << 10));
     let mut n = 0u64;
     let io =
         |e: std::io::Error| SyncError::Database(format!("{}: table {name}: {e}", loc.redacted()));
@@ -4248,7 +4248,7 @@ fn copy_in(
         }
         buf.push(b'\n');
         n += 1;
-        if buf.len() >= 1 << 20 {
+        if buf.len() >= COPY_SEND {
             w.write_all(&buf).map_err(io)?;
             buf.clear();
         }
