@@ -1694,11 +1694,7 @@ impl<'t> RowParser<'t> {
     fn new(t: &'t TableData) -> Self {
         RowParser {
             t,
-            classes: t
-                .columns
-                .iter()
-                .map(|c| PgClass::of(&c.decl_type))
-                .collect(),
+            classes: column_classes(t),
             arena: Vec::with_capacity(1024),
             fields: Vec::new(),
             key: KeyWriter::new(),
@@ -4214,19 +4210,8 @@ fn copy_in(
     t: &TableData,
     progress: &dyn Progress,
 ) -> Result<u64> {
-    let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
-    let classes: Vec<PgClass> = t
-        .columns
-        .iter()
-        .map(|c| PgClass::of(&c.decl_type))
-        .collect();
-    let mut w = c
-        .copy_in(&format!(
-            "COPY {} ({}) FROM STDIN",
-            quote(name),
-            cols.join(", ")
-        ))
-        .map_err(|e| loc.error(e))?;
+    let classes = column_classes(t);
+    let mut w = c.copy_in(&copy_in_sql(name, t)).map_err(|e| loc.error(e))?;
     let mut buf: Vec<u8> = Vec::with_capacity(COPY_SEND + (64 << 10));
     let mut n = 0u64;
     let io =
@@ -4237,16 +4222,7 @@ fn copy_in(
             return Err(SyncError::Interrupted);
         }
         let vals = row_values(src, t, &k, &v)?;
-        for (i, (class, v)) in classes.iter().zip(&vals).enumerate() {
-            if i > 0 {
-                buf.push(b'\t');
-            }
-            let text = class
-                .text(v)
-                .map_err(|e| bad_row(&t.root, format!("column {}: {e}", t.columns[i].name)))?;
-            escape_copy(text.as_deref(), &mut buf);
-        }
-        buf.push(b'\n');
+        push_copy_line(&mut buf, t, &classes, &vals)?;
         n += 1;
         if buf.len() >= COPY_SEND {
             w.write_all(&buf).map_err(io)?;
@@ -4256,6 +4232,50 @@ fn copy_in(
     w.write_all(&buf).map_err(io)?;
     w.finish().map_err(|e| loc.error(e))?;
     Ok(n)
+}
+
+/// The `COPY` that loads every stored column of table `name`.
+fn copy_in_sql(name: &str, t: &TableData) -> String {
+    let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
+    format!("COPY {} ({}) FROM STDIN", quote(name), cols.join(", "))
+}
+
+/// Each stored column's class.
+fn column_classes(t: &TableData) -> Vec<PgClass> {
+    t.columns
+        .iter()
+        .map(|c| PgClass::of(&c.decl_type))
+        .collect()
+}
+
+/// Appends a row's values (`classes`: its columns') to `buf` as one line
+/// of text `COPY` input; on an error `buf` is left as it was.
+fn push_copy_line(
+    buf: &mut Vec<u8>,
+    t: &TableData,
+    classes: &[PgClass],
+    vals: &[Value],
+) -> Result<()> {
+    let start = buf.len();
+    for (i, (class, v)) in classes.iter().zip(vals).enumerate() {
+        if i > 0 {
+            buf.push(b'\t');
+        }
+        match class.text(v) {
+            Ok(text) => escape_copy(text.as_deref(), buf),
+            Err(e) => {
+                buf.truncate(start);
+                return Err(column_error(t, i, e));
+            }
+        }
+    }
+    buf.push(b'\n');
+    Ok(())
+}
+
+/// A value of column `i` of a table that has no text form.
+fn column_error(t: &TableData, i: usize, e: String) -> SyncError {
+    bad_row(&t.root, format!("column {}: {e}", t.columns[i].name))
 }
 
 /// A row's key for people: `table(42, 'x')`.
@@ -4860,7 +4880,6 @@ struct Reinsert {
 /// when it may; otherwise the first one's error is the restore's.
 struct RowStatements<'a> {
     name: &'a str,
-    root: ObjectId,
     /// The table's stored columns, and each one's class.
     t: &'a TableData,
     classes: Vec<PgClass>,
@@ -5277,13 +5296,8 @@ impl<'a> RowStatements<'a> {
             .map_err(|e| loc.error(e))?;
         Ok(RowStatements {
             name,
-            root: t.root,
             t,
-            classes: t
-                .columns
-                .iter()
-                .map(|c| PgClass::of(&c.decl_type))
-                .collect(),
+            classes: column_classes(t),
             self_ref,
             unique: row.get(0),
             delete_acts: row.get(1),
@@ -5292,15 +5306,7 @@ impl<'a> RowStatements<'a> {
             pending: Vec::new(),
             prepared: std::collections::HashMap::new(),
             copy_ok: row.get(3),
-            copy_sql: format!(
-                "COPY {} ({}) FROM STDIN",
-                quote(name),
-                t.columns
-                    .iter()
-                    .map(|c| quote(&c.name))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            copy_sql: copy_in_sql(name, t),
             inserts: Vec::new(),
             insert_sql: String::new(),
             insert_bytes: 0,
@@ -5340,23 +5346,7 @@ impl<'a> RowStatements<'a> {
                 })
                 .sum::<usize>();
         // The row as COPY reads it (an error before anything is sent).
-        let start = self.copy_buf.len();
-        for (i, (class, v)) in self.classes.iter().zip(&vals).enumerate() {
-            if i > 0 {
-                self.copy_buf.push(b'\t');
-            }
-            match class.text(v) {
-                Ok(text) => escape_copy(text.as_deref(), &mut self.copy_buf),
-                Err(e) => {
-                    self.copy_buf.truncate(start);
-                    return Err(bad_row(
-                        &self.root,
-                        format!("column {}: {e}", self.t.columns[i].name),
-                    ));
-                }
-            }
-        }
-        self.copy_buf.push(b'\n');
+        push_copy_line(&mut self.copy_buf, self.t, &self.classes, &vals)?;
         if self.inserts.is_empty() {
             // (The statements kept go first; then the COPY starts, under a
             // savepoint that undoes it should it fail.)
@@ -5402,12 +5392,7 @@ impl<'a> RowStatements<'a> {
                 class
                     .text(v)
                     .map(|o| o.map(|b| String::from_utf8_lossy(&b).into_owned()))
-                    .map_err(|e| {
-                        bad_row(
-                            &self.root,
-                            format!("column {}: {e}", self.t.columns[i].name),
-                        )
-                    })
+                    .map_err(|e| column_error(self.t, i, e))
             })
             .collect()
     }
@@ -5587,7 +5572,7 @@ impl<'a> RowStatements<'a> {
         match loc.error(e) {
             SyncError::Database(m) => SyncError::Database(format!(
                 "{m} (row {})",
-                describe(self.name, &self.root, key)
+                describe(self.name, &self.t.root, key)
             )),
             other => other,
         }
@@ -5732,7 +5717,7 @@ impl<'a> RowStatements<'a> {
                     Err(SyncError::Database(format!(
                         "{}: row {} stays after its delete (a row-level security policy or a trigger keeps it); nothing was written",
                         loc.redacted(),
-                        describe(self.name, &self.root, key)
+                        describe(self.name, &self.t.root, key)
                     )))
                 }
             }
@@ -5740,7 +5725,7 @@ impl<'a> RowStatements<'a> {
                 Err(SyncError::Database(format!(
                     "{}: row {} was not inserted (a trigger or a policy kept it out); nothing was written",
                     loc.redacted(),
-                    describe(self.name, &self.root, key)
+                    describe(self.name, &self.t.root, key)
                 )))
             }
             // The key matched when the plan was made, and the table is
@@ -5748,13 +5733,13 @@ impl<'a> RowStatements<'a> {
             RowOp::Update if n != 1 => Err(SyncError::Database(format!(
                 "{}: row {} is no longer in the table; nothing was written",
                 loc.redacted(),
-                describe(self.name, &self.root, key)
+                describe(self.name, &self.t.root, key)
             ))),
             // (A table keyed by all its columns holding a row twice: the
             // snapshot may have it once.)
             RowOp::Delete if n > 1 => Err(SyncError::Database(format!(
                 "the database holds row {} more than once; nothing was written",
-                describe(self.name, &self.root, key)
+                describe(self.name, &self.t.root, key)
             ))),
             RowOp::Update => {
                 rep.updated += 1;
@@ -5763,7 +5748,7 @@ impl<'a> RowStatements<'a> {
             RowOp::Reinsert if n != 1 => Err(SyncError::Database(format!(
                 "{}: row {} could not be put back; nothing was written",
                 loc.redacted(),
-                describe(self.name, &self.root, key)
+                describe(self.name, &self.t.root, key)
             ))),
             RowOp::Reinsert => {
                 rep.updated += 1;
@@ -5843,7 +5828,7 @@ impl<'a> RowStatements<'a> {
                                 return Err(SyncError::Database(format!(
                                     "{}: row {} is no longer in the table; nothing was written",
                                     loc.redacted(),
-                                    describe(self.name, &self.root, &p.0)
+                                    describe(self.name, &self.t.root, &p.0)
                                 )));
                             }
                             // A foreign key that cannot wait refers to it:
