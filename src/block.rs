@@ -131,6 +131,25 @@ fn varint_end(b: &[u8], at: usize) -> Option<(u64, usize)> {
     None
 }
 
+/// [`varint_end`], with the one-byte varint (most lengths, counts and
+/// small integers in rows) read without the loop.
+#[inline(always)]
+fn varint_at(b: &[u8], at: usize) -> Option<(u64, usize)> {
+    match b.get(at) {
+        Some(&c) if c < 0x80 => Some((u64::from(c), at + 1)),
+        _ => varint_end(b, at),
+    }
+}
+
+/// `at + n` when it is within `b`.
+#[inline(always)]
+fn span_end(b: &[u8], at: usize, n: u64) -> Option<usize> {
+    usize::try_from(n)
+        .ok()
+        .and_then(|n| at.checked_add(n))
+        .filter(|&e| e <= b.len())
+}
+
 /// The streams of the transposed form, in order.
 struct Streams {
     heads: Vec<u8>,
@@ -142,15 +161,15 @@ struct Streams {
 }
 
 /// The bytes a cell's contents take after its type byte, at `at` of `b`.
+#[inline(always)]
 fn cell_end(kind: u8, b: &[u8], at: usize) -> Option<usize> {
     match kind {
         0 => Some(at),
-        1 => varint_end(b, at).map(|(_, e)| e),
-        2 => (at + 8 <= b.len()).then_some(at + 8),
+        1 => varint_at(b, at).map(|(_, e)| e),
+        2 => span_end(b, at, 8),
         3 | 4 => {
-            let (n, e) = varint_end(b, at)?;
-            let end = e.checked_add(usize::try_from(n).ok()?)?;
-            (end <= b.len()).then_some(end)
+            let (n, e) = varint_at(b, at)?;
+            span_end(b, e, n)
         }
         _ => None,
     }
@@ -181,30 +200,32 @@ fn transpose_with(s: &mut Streams, members: &[&[u8]]) -> Option<Vec<u8>> {
         if m.len() < 3 || m[0] != crate::pmap::NODE_VERSION || m[1] != 0 {
             return None;
         }
-        let (count, mut at) = varint_end(m, 2)?;
+        let (count, mut at) = varint_at(m, 2)?;
         s.heads.extend_from_slice(&m[..at]);
         for _ in 0..count {
-            let (kl, e) = varint_end(m, at)?;
-            let kend = e.checked_add(usize::try_from(kl).ok()?)?;
-            s.keys.extend_from_slice(m.get(at..kend)?);
-            let (vl, e) = varint_end(m, kend)?;
+            // The key's length and bytes go to one stream, as they lie.
+            let (kl, e) = varint_at(m, at)?;
+            let kend = span_end(m, e, kl)?;
+            s.keys.extend_from_slice(&m[at..kend]);
+            let (vl, e) = varint_at(m, kend)?;
             s.vlens.extend_from_slice(&m[kend..e]);
-            let vend = e.checked_add(usize::try_from(vl).ok()?)?;
-            let v = m.get(e..vend)?;
-            let (cells, mut p) = varint_end(v, 0)?;
+            let vend = span_end(m, e, vl)?;
+            let v = &m[e..vend];
+            let (cells, mut p) = varint_at(v, 0)?;
             if cells > 32_768 {
                 return None;
             }
+            let cells = cells as usize;
             s.ncols.extend_from_slice(&v[..p]);
-            for j in 0..cells as usize {
+            if s.cols.len() < cells {
+                s.cols.resize_with(cells, Default::default);
+            }
+            ncols = ncols.max(cells);
+            for (tags, data) in &mut s.cols[..cells] {
                 let kind = *v.get(p)?;
                 let end = cell_end(kind, v, p + 1)?;
-                if s.cols.len() <= j {
-                    s.cols.push((Vec::new(), Vec::new()));
-                }
-                ncols = ncols.max(j + 1);
-                s.cols[j].0.push(kind);
-                s.cols[j].1.extend_from_slice(&v[p + 1..end]);
+                tags.push(kind);
+                data.extend_from_slice(&v[p + 1..end]);
                 p = end;
             }
             if p != v.len() {
@@ -238,36 +259,46 @@ struct Cur<'a> {
     at: usize,
 }
 
+/// Why a transposed form does not decode (the message's tail).
+type Bad = &'static str;
+
 impl<'a> Cur<'a> {
-    fn varint(&mut self, what: &str) -> std::result::Result<(u64, &'a [u8]), BlockError> {
-        match varint_end(self.b, self.at) {
-            Some((v, e)) => {
-                let s = &self.b[self.at..e];
-                self.at = e;
-                Ok((v, s))
-            }
-            None => bad(format!("transposed block: bad or missing {what}")),
-        }
+    /// The next varint, as (value, its bytes).
+    #[inline(always)]
+    fn varint(&mut self, what: Bad) -> std::result::Result<(u64, &'a [u8]), Bad> {
+        let (v, e) = varint_at(self.b, self.at).ok_or(what)?;
+        let s = &self.b[self.at..e];
+        self.at = e;
+        Ok((v, s))
     }
 
-    fn take(&mut self, n: u64, what: &str) -> std::result::Result<&'a [u8], BlockError> {
-        let end = usize::try_from(n)
-            .ok()
-            .and_then(|n| self.at.checked_add(n))
-            .filter(|&e| e <= self.b.len());
-        match end {
-            Some(e) => {
-                let s = &self.b[self.at..e];
-                self.at = e;
-                Ok(s)
-            }
-            None => bad(format!("transposed block: {what} runs past its stream")),
-        }
+    /// A varint and the `n` bytes it counts, as they lie.
+    #[inline(always)]
+    fn counted(&mut self, what: Bad) -> std::result::Result<&'a [u8], Bad> {
+        let (n, e) = varint_at(self.b, self.at).ok_or(what)?;
+        let end = span_end(self.b, e, n).ok_or(what)?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    #[inline(always)]
+    fn take(&mut self, n: u64, what: Bad) -> std::result::Result<&'a [u8], Bad> {
+        let end = span_end(self.b, self.at, n).ok_or(what)?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
     }
 
     fn done(&self) -> bool {
         self.at == self.b.len()
     }
+}
+
+/// One column's streams: its cells' type bytes and their contents.
+struct Col<'a> {
+    tags: Cur<'a>,
+    data: Cur<'a>,
 }
 
 /// The inverse of [`transpose`]: the members' bytes, which must come to
@@ -286,83 +317,95 @@ fn untranspose_into(
 ) -> std::result::Result<(), BlockError> {
     out.clear();
     let mut dir = Cur { b: raw, at: 0 };
-    let (n, _) = dir.varint("stream count")?;
+    let (n, _) = dir
+        .varint("bad or missing stream count")
+        .map_err(|e| BlockError(format!("transposed block: {e}")))?;
     if n < 4 || n % 2 != 0 || n > 4 + 2 * 32_768 {
         return bad(format!("transposed block with {n} streams"));
     }
-    let mut lens = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        lens.push(dir.varint("stream length")?.0);
-    }
-    let mut streams = Vec::with_capacity(n as usize);
-    for l in lens {
-        streams.push(Cur {
-            b: dir.take(l, "a stream")?,
-            at: 0,
-        });
-    }
-    if !dir.done() {
-        return bad("transposed block: bytes after its streams");
-    }
-    let mut cols = streams.split_off(4);
-    let [heads, keys, vlens, ncols]: &mut [Cur; 4] = streams
-        .as_mut_slice()
-        .try_into()
-        .map_err(|_| BlockError("transposed block: missing streams".into()))?;
-    out.reserve(total);
-    while !heads.done() {
-        let head = heads.take(2, "a node header")?;
-        if head != [crate::pmap::NODE_VERSION, 0] {
-            return bad("transposed block: a member that is not a row-map leaf");
-        }
-        out.extend_from_slice(head);
-        let (count, c) = heads.varint("an entry count")?;
-        out.extend_from_slice(c);
-        for _ in 0..count {
-            let (kl, k) = keys.varint("a key length")?;
-            out.extend_from_slice(k);
-            out.extend_from_slice(keys.take(kl, "a key")?);
-            let (vl, v) = vlens.varint("a value length")?;
-            out.extend_from_slice(v);
-            let start = out.len();
-            let (cells, c) = ncols.varint("a value count")?;
-            out.extend_from_slice(c);
-            if cells as usize > cols.len() / 2 {
-                return bad("transposed block: a row with more values than columns");
-            }
-            for j in 0..cells as usize {
-                let (tags, data) = cols.split_at_mut(2 * j + 1);
-                let kind = tags[2 * j].take(1, "a value's type")?[0];
-                let d = &mut data[0];
-                out.push(kind);
-                match kind {
-                    0 => {}
-                    1 => out.extend_from_slice(d.varint("an integer")?.1),
-                    2 => out.extend_from_slice(d.take(8, "a real")?),
-                    3 | 4 => {
-                        let (l, s) = d.varint("a length")?;
-                        out.extend_from_slice(s);
-                        out.extend_from_slice(d.take(l, "a text or blob")?);
-                    }
-                    k => return bad(format!("transposed block: value type {k}")),
-                }
-            }
-            if (out.len() - start) as u64 != vl {
-                return bad("transposed block: a value's length differs from its cells");
-            }
-            if out.len() > total {
-                return bad("transposed block: longer than its members");
-            }
-        }
-    }
-    if ![&*keys, &*vlens, &*ncols].iter().all(|c| c.done()) || !cols.iter().all(Cur::done) {
-        return bad("transposed block: streams longer than its rows");
-    }
+    untranspose_streams(dir, n as usize, total, out)
+        .map_err(|e| BlockError(format!("transposed block: {e}")))?;
     if out.len() != total {
         return bad(format!(
             "transposed block holds {} bytes, its members {total}",
             out.len()
         ));
+    }
+    Ok(())
+}
+
+/// The members from the `n` streams whose lengths `dir` reads next.
+fn untranspose_streams(
+    mut dir: Cur<'_>,
+    n: usize,
+    total: usize,
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), Bad> {
+    let mut lens = Vec::with_capacity(n);
+    for _ in 0..n {
+        lens.push(dir.varint("bad or missing stream length")?.0);
+    }
+    let mut streams = Vec::with_capacity(n);
+    for l in lens {
+        streams.push(Cur {
+            b: dir.take(l, "a stream runs past the block")?,
+            at: 0,
+        });
+    }
+    if !dir.done() {
+        return Err("bytes after its streams");
+    }
+    let mut it = streams.into_iter();
+    let mut next = || it.next().ok_or("missing streams");
+    let (mut heads, mut keys, mut vlens, mut ncols) = (next()?, next()?, next()?, next()?);
+    let mut cols: Vec<Col<'_>> = Vec::with_capacity((n - 4) / 2);
+    while let (Ok(tags), Ok(data)) = (next(), next()) {
+        cols.push(Col { tags, data });
+    }
+    out.reserve(total);
+    while !heads.done() {
+        let head = heads.take(2, "a node header runs past its stream")?;
+        if head != [crate::pmap::NODE_VERSION, 0] {
+            return Err("a member that is not a row-map leaf");
+        }
+        out.extend_from_slice(head);
+        let (count, c) = heads.varint("bad or missing entry count")?;
+        out.extend_from_slice(c);
+        for _ in 0..count {
+            out.extend_from_slice(keys.counted("bad or missing key")?);
+            let (vl, v) = vlens.varint("bad or missing value length")?;
+            out.extend_from_slice(v);
+            let start = out.len();
+            let (cells, c) = ncols.varint("bad or missing value count")?;
+            out.extend_from_slice(c);
+            let row = usize::try_from(cells)
+                .ok()
+                .and_then(|c| cols.get_mut(..c))
+                .ok_or("a row with more values than columns")?;
+            for col in row {
+                let kind = col.tags.take(1, "a value's type runs past its stream")?[0];
+                out.push(kind);
+                let cell = match kind {
+                    0 => &[][..],
+                    1 => col.data.varint("bad or missing integer")?.1,
+                    2 => col.data.take(8, "a real runs past its stream")?,
+                    3 | 4 => col.data.counted("bad or missing text or blob")?,
+                    _ => return Err("unknown value type"),
+                };
+                out.extend_from_slice(cell);
+            }
+            if (out.len() - start) as u64 != vl {
+                return Err("a value's length differs from its cells");
+            }
+            if out.len() > total {
+                return Err("longer than its members");
+            }
+        }
+    }
+    if ![&keys, &vlens, &ncols].iter().all(|c| c.done())
+        || !cols.iter().all(|c| c.tags.done() && c.data.done())
+    {
+        return Err("streams longer than its rows");
     }
     Ok(())
 }
