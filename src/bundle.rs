@@ -747,11 +747,17 @@ pub fn create_file(
 /// Removes the temporary bundles (`.sp-sync-bundle-PID-…`) in `dir` whose
 /// process no longer exists: what a killed `bundle create` left.
 fn sweep_stale_bundles(dir: &Path) {
-    crate::store::sweep_dead(dir, "bundle create", false, |n| {
-        n.strip_prefix(".sp-sync-bundle-")?
-            .split_once('-')
-            .map(|(pid, _)| pid)
-    });
+    crate::store::sweep_dead(
+        dir,
+        "bundle create",
+        false,
+        crate::store::stale_after(),
+        |n| {
+            n.strip_prefix(".sp-sync-bundle-")?
+                .split_once('-')
+                .map(|(pid, _)| pid)
+        },
+    );
 }
 
 /// What `bundle verify` found.

@@ -2588,7 +2588,7 @@ fn to_disk(plan: &Plan, check_only: bool) -> Result<ApplyReport> {
 /// Removes the temporary files (`.NAME.sp-sync-PID.tmp`) in `dir` whose
 /// process no longer exists: what a killed `to-disk` left.
 fn sweep_stale_writes(dir: &Path) {
-    crate::store::sweep_dead(dir, "to-disk", false, |n| {
+    crate::store::sweep_dead(dir, "to-disk", false, crate::store::stale_after(), |n| {
         let (_, pid) = Some(n)
             .filter(|n| n.starts_with('.'))?
             .strip_suffix(".tmp")?

@@ -445,19 +445,9 @@ fn sweep_tmp(dir: BorrowedFd<'_>) {
         // Nor one written in the last hour: a process id that is gone here
         // may be a restore running in another PID namespace (a container
         // sharing the folder; audit 24), whose file is still growing.
-        // (`SP_SYNC_STALE_AFTER`: seconds, for tests.)
-        let stale_after = std::env::var("SP_SYNC_STALE_AFTER")
-            .ok()
-            .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(3600);
         let recent = rustix::fs::statat(dir, e.file_name(), AtFlags::SYMLINK_NOFOLLOW)
             .map(|st| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
-                // (ctime: a restore sets its file's mtime to the
-                // snapshot's before the rename; audit 25.)
-                now - st.st_ctime.max(st.st_mtime) < stale_after
+                crate::store::changed_within(st.st_mtime, st.st_ctime, crate::store::stale_after())
             })
             .unwrap_or(true);
         if recent {

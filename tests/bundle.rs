@@ -669,8 +669,10 @@ fn a_bundle_into_a_device_or_a_pipe_is_written_into_it() {
 }
 
 /// What a killed `bundle create` left beside its target (a temporary
-/// bundle named with its process id) goes at the next create there; one
-/// a running create is writing stays.
+/// bundle named with its process id) goes at the next create there once
+/// it has not changed for an hour (`SP_SYNC_STALE_AFTER` shortens that
+/// here); one changed within the hour stays (its process id may be of
+/// another PID namespace), and so does one a running create is writing.
 #[test]
 fn a_killed_creates_temporary_bundle_goes_at_the_next_create() {
     let tmp = tempfile::tempdir().unwrap();
@@ -690,6 +692,17 @@ fn a_killed_creates_temporary_bundle_goes_at_the_next_create() {
     std::fs::write(&live, "being written").unwrap();
     let out = tmp.path().join("b.bundle");
     ok(&w, &["bundle", "create", out.to_str().unwrap(), "-q"]);
+    assert!(stale.exists(), "a file changed within the hour went");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let o = Command::new(common::bin())
+        .args(["bundle", "create", out.to_str().unwrap(), "-q"])
+        .current_dir(&w)
+        .env("SP_SYNC_CACHE_DIR", cache_dir())
+        .env("SP_SYNC_STALE_AFTER", "1")
+        .env_remove("SP_SYNC_STORE")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!stale.exists(), "the killed create's file stayed");
     assert!(live.exists(), "a running create's file went");
 }

@@ -1477,7 +1477,10 @@ fn a_body_file_two_sidecars_name_is_neither_rows() {
 }
 
 /// What a killed `to-disk` left beside a row's file (a temporary file
-/// named with its process id) goes at the next to-disk that writes there.
+/// named with its process id) goes at the next to-disk that writes there,
+/// once it has not changed for an hour (`SP_SYNC_STALE_AFTER` shortens
+/// that here); one changed within the hour stays (its process id may be
+/// of another PID namespace).
 #[test]
 fn a_killed_to_disks_temporary_file_goes_at_the_next_one() {
     let (_t, root) = mini();
@@ -1486,8 +1489,20 @@ fn a_killed_to_disks_temporary_file_goes_at_the_next_one() {
     gone.wait().unwrap();
     let stale = root.join(format!("content/.a.md.sp-sync-{dead}.tmp"));
     std::fs::write(&stale, "").unwrap();
-    sql(&root, "UPDATE content SET title = 'A2' WHERE slug = 'a'");
+    sql(&root, "UPDATE content SET title = 'A1' WHERE slug = 'a'");
     ok(&root, &["local", "to-disk", "-q"]);
+    assert!(stale.exists(), "a file changed within the hour went");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    sql(&root, "UPDATE content SET title = 'A2' WHERE slug = 'a'");
+    let o = std::process::Command::new(common::bin())
+        .args(["local", "to-disk", "-q"])
+        .current_dir(&root)
+        .env("SP_SYNC_CACHE_DIR", common::cache_dir())
+        .env("SP_SYNC_STALE_AFTER", "1")
+        .env_remove("SP_SYNC_STORE")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!stale.exists());
     assert!(
         std::fs::read_to_string(root.join("content/a.md"))

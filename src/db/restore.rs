@@ -190,7 +190,7 @@ fn restore_new(
     if !dir.exists() {
         std::fs::create_dir_all(&dir).map_err(|e| SyncError::io("creating", &dir, e))?;
     }
-    sweep_stale_temps(&dir, &name);
+    sweep_stale_temps(&dir, &name, crate::store::stale_after());
     let tmp = dir.join(format!(
         ".{name}.sp-sync-{}-{}.tmp",
         std::process::id(),
@@ -311,10 +311,10 @@ fn rename_new(tmp: &Path, target: &Path) -> Result<()> {
 /// it could clean up (SIGKILL, power loss), left in `dir`: its temporary
 /// database `.NAME.sp-sync-PID-N.tmp` (and journal), only when process PID
 /// no longer exists. Nothing else is touched.
-fn sweep_stale_temps(dir: &Path, name: &str) {
+fn sweep_stale_temps(dir: &Path, name: &str, stale: std::time::Duration) {
     let prefix = format!(".{name}.sp-sync-");
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    crate::store::sweep_dead(dir, "restore", false, |file| {
+    crate::store::sweep_dead(dir, "restore", false, stale, |file| {
         let rest = file.strip_prefix(&prefix)?;
         let body = rest
             .strip_suffix(".tmp")
@@ -1612,7 +1612,7 @@ mod tests {
     use super::sweep_stale_temps;
 
     #[test]
-    fn only_a_dead_restores_temporary_files_of_this_target_are_swept() {
+    fn only_a_dead_restores_old_temporary_files_of_this_target_are_swept() {
         let d = tempfile::tempdir().unwrap();
         // A pid that cannot exist (above the kernel's pid_max limit of 2^22).
         let dead = ".app.db.sp-sync-99999999-12.tmp";
@@ -1631,7 +1631,15 @@ mod tests {
         {
             std::fs::write(d.path().join(n), b"x").unwrap();
         }
-        sweep_stale_temps(d.path(), "app.db");
+        // Changed within the hour: a restore in another PID namespace may
+        // still be writing them.
+        sweep_stale_temps(d.path(), "app.db", std::time::Duration::from_secs(3600));
+        assert!(
+            d.path().join(dead).exists(),
+            "a file changed within the hour"
+        );
+        assert!(d.path().join(dead_journal).exists());
+        sweep_stale_temps(d.path(), "app.db", std::time::Duration::ZERO);
         assert!(!d.path().join(dead).exists());
         assert!(!d.path().join(dead_journal).exists());
         assert!(d.path().join(&live).exists(), "a running restore's file");

@@ -1738,15 +1738,62 @@ pub(crate) fn dead_process(pid: &str) -> bool {
         })
 }
 
+/// How long a temporary entry named after a process that is gone must
+/// have stayed unchanged before a sweep removes it: an hour. A process id
+/// that is gone here may be a command running in another PID namespace (a
+/// container sharing the folder), whose file is still being written.
+/// (`SP_SYNC_STALE_AFTER`: seconds, for tests.)
+pub(crate) fn stale_after() -> std::time::Duration {
+    let secs = std::env::var("SP_SYNC_STALE_AFTER")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(3600);
+    std::time::Duration::from_secs(secs)
+}
+
+/// Whether `st` (a status with its mtime and ctime, seconds since the
+/// epoch) changed less than `stale` ago. The ctime counts too: a restore
+/// sets its file's mtime to the snapshot's before it renames it.
+pub(crate) fn changed_within(mtime: i64, ctime: i64, stale: std::time::Duration) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    now.saturating_sub(mtime.max(ctime)) < stale.as_secs() as i64
+}
+
+/// Whether the entry at `path` (and, for a folder, any entry directly in
+/// it) changed less than `stale` ago. Unknown counts as recent.
+fn entry_changed_within(path: &Path, folder: bool, stale: std::time::Duration) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let recent = |m: &std::fs::Metadata| changed_within(m.mtime(), m.ctime(), stale);
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return true;
+    };
+    if recent(&m) {
+        return true;
+    }
+    if !folder {
+        return false;
+    }
+    match std::fs::read_dir(path) {
+        Ok(rd) => rd
+            .map(|e| e.and_then(|e| e.metadata()))
+            .any(|m| m.as_ref().map_or(true, recent)),
+        Err(_) => true,
+    }
+}
+
 /// Removes the entries of `dir` that a killed command left: those whose
 /// name `pid_of` reads a process id from (decimal), when that process no
-/// longer exists; only files, or only folders (`folders`). Nothing else is
-/// touched, and errors are ignored (another user's entry, a race with
+/// longer exists and the entry has not changed for `stale` (see
+/// [`stale_after`]); only files, or only folders (`folders`). Nothing else
+/// is touched, and errors are ignored (another user's entry, a race with
 /// another sweep). `what` names the command, for the debug log.
 pub(crate) fn sweep_dead(
     dir: &Path,
     what: &str,
     folders: bool,
+    stale: std::time::Duration,
     pid_of: impl Fn(&str) -> Option<&str>,
 ) {
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -1760,7 +1807,7 @@ pub(crate) fn sweep_dead(
         let kind_ok = e
             .file_type()
             .is_ok_and(|t| if folders { t.is_dir() } else { t.is_file() });
-        if kind_ok && dead_process(pid) {
+        if kind_ok && dead_process(pid) && !entry_changed_within(&e.path(), folders, stale) {
             tracing::debug!("removing {} (left by a killed {what})", e.path().display());
             let _ = if folders {
                 std::fs::remove_dir_all(e.path())

@@ -47,8 +47,8 @@ const TMP_PREFIX: &str = "sp-sync-s3-";
 /// killed outright leaves a pack of up to 32 MiB there). Only folders
 /// named `sp-sync-s3-PID-…` whose PID is gone; errors are ignored (another
 /// user's folder, a race with another sweep).
-fn sweep_dead_tmp_dirs(dir: &std::path::Path) {
-    crate::store::sweep_dead(dir, "S3 command", true, |n| {
+fn sweep_dead_tmp_dirs(dir: &std::path::Path, stale: std::time::Duration) {
+    crate::store::sweep_dead(dir, "S3 command", true, stale, |n| {
         n.strip_prefix(TMP_PREFIX)?
             .split_once('-')
             .map(|(pid, _)| pid)
@@ -139,7 +139,7 @@ impl S3Backend {
             .build()
             .map_err(|e| SyncError::Invalid(format!("{url}: {e}")))?;
         let rt = BlockingRuntime::new("sp-sync-s3")?;
-        sweep_dead_tmp_dirs(&std::env::temp_dir());
+        sweep_dead_tmp_dirs(&std::env::temp_dir(), crate::store::stale_after());
         let tmp = tempfile::Builder::new()
             .prefix(&format!("{TMP_PREFIX}{}-", std::process::id()))
             .tempdir()
@@ -443,8 +443,9 @@ impl Backend for S3Backend {
 mod tests {
     use super::*;
 
-    /// A killed push's temporary folder goes at the next start; a living
-    /// process's, and anything else, stays.
+    /// A killed push's temporary folder goes at the next start once it has
+    /// not changed for the hour; a living process's, and anything else,
+    /// stays.
     #[test]
     fn temporary_folders_of_dead_processes_are_swept() {
         let tmp = tempfile::tempdir().unwrap();
@@ -459,7 +460,14 @@ mod tests {
             std::fs::write(d.join("sub/pack"), b"x").unwrap();
         }
         std::fs::write(&file, b"not a folder").unwrap();
-        sweep_dead_tmp_dirs(tmp.path());
+        // Changed within the hour (here, the pack inside it): a push in
+        // another PID namespace may still be writing it.
+        sweep_dead_tmp_dirs(tmp.path(), std::time::Duration::from_secs(3600));
+        assert!(
+            dead.join("sub/pack").exists(),
+            "a folder changed within the hour"
+        );
+        sweep_dead_tmp_dirs(tmp.path(), std::time::Duration::ZERO);
         assert!(!dead.exists());
         assert!(alive.join("sub/pack").exists() && other.join("sub/pack").exists());
         assert!(file.exists());
