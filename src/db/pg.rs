@@ -45,8 +45,9 @@
 //!
 //! **Writing.** Into tables the database lacks: the recorded `CREATE`
 //! script (each statement checked first: the recorded SQL is hostile input,
-//! see `pg_guard`), then the rows by `COPY … FROM STDIN`, then constraints, indexes
-//! and sequence values. Onto existing tables (same columns and key, else
+//! see `pg_guard`), then the rows by `COPY … FROM STDIN` (the primary key
+//! set aside meanwhile when nothing refers to it, `set_key_aside`), then
+//! constraints, indexes and sequence values. Onto existing tables (same columns and key, else
 //! refused before anything is written): only the rows that differ, in one
 //! transaction with deferrable constraints deferred, the tables locked
 //! against other writers (`EXCLUSIVE`) before they are read and their own
@@ -3228,7 +3229,18 @@ fn restore_in(
         match p {
             Plan::Create(o, t) => {
                 progress.stage(&format!("table {}", o.name));
+                let key = set_key_aside(c, loc, &o.name)?;
                 rep.inserted += copy_in(c, loc, src, &o.name, t, progress)?;
+                if let Some((kname, def)) = key {
+                    c.batch_execute(&format!(
+                        "ALTER TABLE ONLY {} ADD CONSTRAINT {} {def}",
+                        quote(&o.name),
+                        quote(&kname)
+                    ))
+                    .map_err(|e| {
+                        SyncError::Database(format!("table {}: {}", o.name, loc.error(e)))
+                    })?;
+                }
             }
             Plan::Merge(o, t, shape) => {
                 progress.stage(&format!("table {}", o.name));
@@ -4232,6 +4244,64 @@ fn copy_in(
     w.write_all(&buf).map_err(io)?;
     w.finish().map_err(|e| loc.error(e))?;
     Ok(n)
+}
+
+/// Drops the primary key of table `name`, which this restore has just
+/// created, so that its rows go in without the key's index kept up to date
+/// row by row (the index is then built once, by a sort, as `pg_restore`
+/// does); returns the key's (name, definition) to add back after the rows.
+/// Only a plain table (no partitions, no inheritance) whose key nothing
+/// refers to yet (a foreign key, a clustered or replica-identity index)
+/// qualifies; any other, or a drop the server refuses, keeps its key.
+fn set_key_aside(c: &mut Client, loc: &PgLocation, name: &str) -> Result<Option<(String, String)>> {
+    let err = |e| loc.error(e);
+    let key = c
+        .query_opt(
+            "SELECT k.conname::text, pg_catalog.pg_get_constraintdef(k.oid) \
+             FROM pg_catalog.pg_constraint k \
+             JOIN pg_catalog.pg_class t ON t.oid = k.conrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace \
+             JOIN pg_catalog.pg_index x ON x.indexrelid = k.conindid \
+             WHERE n.nspname = $1 AND t.relname = $2 AND k.contype = 'p' \
+               AND t.relkind = 'r' AND NOT t.relispartition \
+               AND NOT x.indisclustered AND NOT x.indisreplident \
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i \
+                               WHERE i.inhrelid = t.oid OR i.inhparent = t.oid) \
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f \
+                               WHERE f.confrelid = t.oid OR f.conindid = k.conindid AND f.oid <> k.oid) \
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+                               WHERE d.refclassid = 'pg_catalog.pg_class'::regclass \
+                                 AND d.refobjid = k.conindid \
+                                 AND d.classid <> 'pg_catalog.pg_constraint'::regclass)",
+            &[&loc.schema, &name],
+        )
+        .map_err(err)?;
+    let Some(row) = key else {
+        return Ok(None);
+    };
+    let (kname, def): (String, String) = (row.get(0), row.get(1));
+    c.batch_execute("SAVEPOINT sp_sync_key").map_err(err)?;
+    let drop = format!(
+        "ALTER TABLE ONLY {} DROP CONSTRAINT {}",
+        quote(name),
+        quote(&kname)
+    );
+    match c.batch_execute(&drop) {
+        Ok(()) => {
+            c.batch_execute("RELEASE SAVEPOINT sp_sync_key")
+                .map_err(err)?;
+            Ok(Some((kname, def)))
+        }
+        Err(e) => {
+            c.batch_execute("ROLLBACK TO SAVEPOINT sp_sync_key; RELEASE SAVEPOINT sp_sync_key")
+                .map_err(err)?;
+            tracing::debug!(
+                "table {name}: its key is kept during the COPY ({})",
+                loc.error(e)
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// The `COPY` that loads every stored column of table `name`.
