@@ -1994,6 +1994,12 @@ impl Interrupts {
 /// Most rows a re-snapshot fetches or deletes by the row cache before a
 /// full read is cheaper (and the edits' memory stays bounded).
 const MAX_CACHED_EDITS: usize = 100_000;
+
+/// Why a re-snapshot reads the whole table after all: too many rows changed
+/// for the row cache's way.
+fn too_many_edits() -> String {
+    format!("more than {MAX_CACHED_EDITS} rows changed")
+}
 /// Most bytes of the keys of deleted rows those edits may hold.
 const MAX_CACHED_EDIT_BYTES: usize = 64 << 20;
 /// Most bytes of changed rows (encoded, large values spilled to chunks)
@@ -2094,7 +2100,7 @@ fn read_table_by_cache(
                 // them: a full read reports them.
                 over = Some("two rows with one key".into());
             } else if fetched.len() > MAX_CACHED_EDITS {
-                over = Some(format!("more than {MAX_CACHED_EDITS} rows changed"));
+                over = Some(too_many_edits());
             } else if fetched_bytes > MAX_FETCHED_BYTES {
                 over = Some(format!(
                     "the changed rows hold more than {} MiB",
@@ -2147,9 +2153,7 @@ fn read_table_by_cache(
         ));
     };
     if gone_count > MAX_CACHED_EDITS as u64 {
-        return Ok(Incremental::Fallback(format!(
-            "more than {MAX_CACHED_EDITS} rows changed"
-        )));
+        return Ok(Incremental::Fallback(too_many_edits()));
     }
     let gone = if gone_count == 0 {
         Vec::new()
@@ -2246,9 +2250,7 @@ fn find_gone(
                 gone.push(k);
                 advance(&mut old, &mut ahead)?;
                 if gone.len() > MAX_CACHED_EDITS || held > MAX_CACHED_EDIT_BYTES {
-                    return Err(Unusable(format!(
-                        "more than {MAX_CACHED_EDITS} rows changed"
-                    )));
+                    return Err(Unusable(too_many_edits()));
                 }
             }
             if ahead.as_deref() == Some(key) {
@@ -2296,9 +2298,7 @@ fn find_gone(
             gone.push(k);
             advance(&mut old, &mut ahead)?;
             if gone.len() > MAX_CACHED_EDITS {
-                return Err(Unusable(format!(
-                    "more than {MAX_CACHED_EDITS} rows changed"
-                )));
+                return Err(Unusable(too_many_edits()));
             }
         }
         old.finish().map(|_| ())
