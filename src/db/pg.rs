@@ -4996,7 +4996,6 @@ struct RowStatements<'a> {
     /// Other statements may go together (see [`Self::send`]): not on a
     /// table whose rows a foreign key's action may change under the
     /// restore, where an update may have to put its row back at once.
-    /// Cleared when a group fails.
     together: bool,
     /// Statements not yet sent, in order.
     queue: Vec<PendingRow>,
@@ -5479,91 +5478,124 @@ impl<'a> RowStatements<'a> {
     /// round trip, under one savepoint where a statement may break the
     /// table's own foreign key or a unique index. When all went through,
     /// each is counted as it would have been alone. When one failed, the
-    /// group is undone and each statement runs alone, as before (what
-    /// breaks a key waits for a later round, an error names its row); the
-    /// table's later statements then go one by one too. Without a
-    /// savepoint, a failure is the restore's.
+    /// group is undone; the statements before it go together again, it
+    /// runs alone (what breaks a key waits for a later round, an error
+    /// names its row), and the statements after it go together again. So
+    /// a table with a few rows out of order costs a round trip and a
+    /// savepoint per such row, not one per row after the first.
+    /// Without a savepoint, a failure is the restore's.
     fn send(&mut self, c: &mut Client, loc: &PgLocation, rep: &mut DbRestoreReport) -> Result<()> {
         if self.queue.is_empty() {
             return Ok(());
         }
-        let rows = std::mem::take(&mut self.queue);
+        enum Work {
+            Together(Vec<PendingRow>),
+            Alone(PendingRow),
+        }
         let guarded = self.self_ref || self.unique;
-        let mut stmts = Vec::with_capacity(rows.len());
-        for (key, _, sql, ..) in &rows {
-            let st = self
-                .statement(c, sql)
-                .map_err(|e| self.row_error(loc, key, e))?;
-            stmts.push(st);
-        }
-        let items: Vec<_> = rows
-            .iter()
-            .zip(&stmts)
-            .map(|((_, _, sql, params, _), st)| {
-                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-                    .iter()
-                    .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-                    .collect();
-                (st, refs, sql.ends_with(UPSERT_RETURNING))
-            })
-            .collect();
         let err = |e| loc.error(e);
-        if guarded {
-            c.batch_execute("SAVEPOINT sp_sync_rows").map_err(err)?;
-        }
-        let results = c.pipeline(&items);
-        drop(items);
-        match results.iter().position(Result::is_err) {
-            None => {
-                if guarded {
-                    c.batch_execute("RELEASE SAVEPOINT sp_sync_rows")
-                        .map_err(err)?;
+        // In order; each failure takes one statement out of a group, so
+        // this ends. The most statements in a group halves at each failure
+        // and doubles at each group that goes through: where many rows are
+        // out of order, statements soon go alone, and a failed group is
+        // never sent again whole.
+        let mut span = PIPELINE_ROWS;
+        let mut work =
+            std::collections::VecDeque::from([Work::Together(std::mem::take(&mut self.queue))]);
+        while let Some(w) = work.pop_front() {
+            let mut rows = match w {
+                Work::Alone((key, op, sql, params, re)) => {
+                    self.run_alone(c, loc, &key, op, &sql, params, re, rep)?;
+                    continue;
                 }
-                tracing::debug!(
-                    "table {}: {} statements sent together",
-                    self.name,
-                    rows.len()
-                );
-                for ((key, op, sql, params, re), r) in rows.into_iter().zip(results) {
-                    let n = match r {
-                        Ok(super::pgconn::Done::Rows(rows)) => upsert_count(&rows),
-                        Ok(super::pgconn::Done::Count(n)) => n,
-                        Err(e) => return Err(self.row_error(loc, &key, e)),
-                    };
-                    self.settle(c, loc, &key, (op, n), (&sql, &params), re, rep)?;
+                Work::Together(rows) if rows.is_empty() => continue,
+                Work::Together(mut rows) => {
+                    if rows.len() > span {
+                        work.push_front(Work::Together(rows.split_off(span)));
+                    }
+                    rows
                 }
-                Ok(())
+            };
+            let mut stmts = Vec::with_capacity(rows.len());
+            for (key, _, sql, ..) in &rows {
+                let st = self
+                    .statement(c, sql)
+                    .map_err(|e| self.row_error(loc, key, e))?;
+                stmts.push(st);
             }
-            Some(i) if guarded => {
-                if let Some(Err(e)) = results.get(i) {
+            let items: Vec<_> = rows
+                .iter()
+                .zip(&stmts)
+                .map(|((_, _, sql, params, _), st)| {
+                    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                        .iter()
+                        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+                        .collect();
+                    (st, refs, sql.ends_with(UPSERT_RETURNING))
+                })
+                .collect();
+            if guarded {
+                c.batch_execute("SAVEPOINT sp_sync_rows").map_err(err)?;
+            }
+            let results = c.pipeline(&items);
+            drop(items);
+            match results.iter().position(Result::is_err) {
+                None => {
+                    if guarded {
+                        c.batch_execute("RELEASE SAVEPOINT sp_sync_rows")
+                            .map_err(err)?;
+                    }
                     tracing::debug!(
-                        "table {}: {} statements sent together did not go through ({e}); \
-                         running them one by one",
+                        "table {}: {} statements sent together",
                         self.name,
                         rows.len()
                     );
+                    for ((key, op, sql, params, re), r) in rows.into_iter().zip(results) {
+                        let n = match r {
+                            Ok(super::pgconn::Done::Rows(rows)) => upsert_count(&rows),
+                            Ok(super::pgconn::Done::Count(n)) => n,
+                            Err(e) => return Err(self.row_error(loc, &key, e)),
+                        };
+                        self.settle(c, loc, &key, (op, n), (&sql, &params), re, rep)?;
+                    }
+                    span = (span * 2).min(PIPELINE_ROWS);
                 }
-                c.batch_execute(
-                    "ROLLBACK TO SAVEPOINT sp_sync_rows; RELEASE SAVEPOINT sp_sync_rows",
-                )
-                .map_err(err)?;
-                self.together = false;
-                for (key, op, sql, params, re) in rows {
-                    self.run(c, loc, &key, op, &sql, params, re, rep)?;
+                Some(i) if guarded => {
+                    if let Some(Err(e)) = results.get(i) {
+                        tracing::debug!(
+                            "table {}: statement {} of {} sent together did not go through \
+                             ({e}); it runs alone, the others together again",
+                            self.name,
+                            i + 1,
+                            rows.len()
+                        );
+                    }
+                    c.batch_execute(
+                        "ROLLBACK TO SAVEPOINT sp_sync_rows; RELEASE SAVEPOINT sp_sync_rows",
+                    )
+                    .map_err(err)?;
+                    span = (span / 2).max(1);
+                    let after = rows.split_off(i + 1);
+                    let failed = rows.pop();
+                    work.push_front(Work::Together(after));
+                    if let Some(f) = failed {
+                        work.push_front(Work::Alone(f));
+                    }
+                    work.push_front(Work::Together(rows));
                 }
-                Ok(())
-            }
-            Some(i) => {
-                let key = &rows[i].0;
-                match results.into_iter().nth(i) {
-                    Some(Err(e)) => Err(self.row_error(loc, key, e)),
-                    _ => Err(SyncError::Database(format!(
-                        "{}: a statement's result went missing",
-                        loc.redacted()
-                    ))),
+                Some(i) => {
+                    let key = &rows[i].0;
+                    return match results.into_iter().nth(i) {
+                        Some(Err(e)) => Err(self.row_error(loc, key, e)),
+                        _ => Err(SyncError::Database(format!(
+                            "{}: a statement's result went missing",
+                            loc.redacted()
+                        ))),
+                    };
                 }
             }
         }
+        Ok(())
     }
 
     /// The statement for `sql`, prepared once (see `prepared`).
@@ -5673,6 +5705,24 @@ impl<'a> RowStatements<'a> {
             return Ok(());
         }
         self.send(c, loc, rep)?;
+        self.run_alone(c, loc, key, op, sql, params, reinsert, rep)
+    }
+
+    /// Runs one row's statement now, alone (under a savepoint where it may
+    /// break the table's own key or a unique index: then it is kept for a
+    /// later round).
+    #[allow(clippy::too_many_arguments)]
+    fn run_alone(
+        &mut self,
+        c: &mut Client,
+        loc: &PgLocation,
+        key: &[u8],
+        op: RowOp,
+        sql: &str,
+        params: Vec<Option<String>>,
+        reinsert: Option<Reinsert>,
+        rep: &mut DbRestoreReport,
+    ) -> Result<()> {
         match self.try_once(c, sql, &params, !(self.self_ref || self.unique)) {
             Ok(Some(n)) => self.settle(c, loc, key, (op, n), (sql, &params), reinsert, rep),
             Ok(None) => {
