@@ -5504,8 +5504,8 @@ impl<'a> RowStatements<'a> {
             std::collections::VecDeque::from([Work::Together(std::mem::take(&mut self.queue))]);
         while let Some(w) = work.pop_front() {
             let mut rows = match w {
-                Work::Alone((key, op, sql, params, re)) => {
-                    self.run_alone(c, loc, &key, op, &sql, params, re, rep)?;
+                Work::Alone(row) => {
+                    self.run_alone(c, loc, row, rep)?;
                     continue;
                 }
                 Work::Together(rows) if rows.is_empty() => continue,
@@ -5705,32 +5705,28 @@ impl<'a> RowStatements<'a> {
             return Ok(());
         }
         self.send(c, loc, rep)?;
-        self.run_alone(c, loc, key, op, sql, params, reinsert, rep)
+        let row = (key.to_vec(), op, sql.to_string(), params, reinsert);
+        self.run_alone(c, loc, row, rep)
     }
 
     /// Runs one row's statement now, alone (under a savepoint where it may
     /// break the table's own key or a unique index: then it is kept for a
     /// later round).
-    #[allow(clippy::too_many_arguments)]
     fn run_alone(
         &mut self,
         c: &mut Client,
         loc: &PgLocation,
-        key: &[u8],
-        op: RowOp,
-        sql: &str,
-        params: Vec<Option<String>>,
-        reinsert: Option<Reinsert>,
+        row: PendingRow,
         rep: &mut DbRestoreReport,
     ) -> Result<()> {
-        match self.try_once(c, sql, &params, !(self.self_ref || self.unique)) {
-            Ok(Some(n)) => self.settle(c, loc, key, (op, n), (sql, &params), reinsert, rep),
+        let (key, op, sql, params, reinsert) = row;
+        match self.try_once(c, &sql, &params, !(self.self_ref || self.unique)) {
+            Ok(Some(n)) => self.settle(c, loc, &key, (op, n), (&sql, &params), reinsert, rep),
             Ok(None) => {
-                self.pending
-                    .push((key.to_vec(), op, sql.to_string(), params, reinsert));
+                self.pending.push((key, op, sql, params, reinsert));
                 Ok(())
             }
-            Err(e) => Err(self.row_error(loc, key, e)),
+            Err(e) => Err(self.row_error(loc, &key, e)),
         }
     }
 
