@@ -2996,7 +2996,7 @@ fn row_values(src: &dyn ObjectSource, t: &TableData, key: &[u8], row: &[u8]) -> 
         return Err(bad_row(&t.root, "a row of the wrong width"));
     }
     crate::store::fsck::check_row_key(src, t, key, &cells).map_err(|e| bad_row(&t.root, e))?;
-    cells.iter().map(|c: &Cell| c.load(src)).collect()
+    cells.into_iter().map(|c: Cell| c.into_value(src)).collect()
 }
 
 /// Restores `tables` (name → table object) into the PostgreSQL database at

@@ -1119,8 +1119,8 @@ fn row_values(
         }
     }
     let mut vals = Vec::with_capacity(t.columns.len());
-    for c in &cells[start..] {
-        vals.push(c.load(src)?);
+    for c in cells.into_iter().skip(start) {
+        vals.push(c.into_value(src)?);
     }
     Ok((rowid, vals))
 }

@@ -166,6 +166,14 @@ impl Cell {
         }
     }
 
+    /// [`load`](Self::load), giving an inline value itself, not a copy.
+    pub fn into_value(self, src: &dyn ObjectSource) -> Result<Value> {
+        match self {
+            Cell::Value(v) => Ok(v),
+            large => large.load(src),
+        }
+    }
+
     /// The value, reading a large one's chunks (each verified) from `src`.
     pub fn load(&self, src: &dyn ObjectSource) -> Result<Value> {
         match self {
