@@ -8,6 +8,7 @@
 #                                vs the first snapshot's (want <= 0.5x)
 #   diff A B                     lists exactly the 100 keys
 #   restore onto the existing, empty table (schema made first)  vs pg_restore --data-only
+#   restore into a new, empty database (sp-sync makes the table) vs a full pg_restore
 #   peak RSS of every sp-sync command                                         (want < 200 MiB)
 #
 # Also printed, to show where the snapshot's time goes: the server alone running
@@ -155,16 +156,25 @@ read -r t_restore rss_restore < <(best_after "$FRESH" "'$BIN' --store '$store' r
 "$BIN" --store "$store" diff main --db "$TARGET_URL" --table users --json >restored.json
 restored_ok=$(python3 -c "import json; print('yes' if json.load(open('restored.json'))['rows'] == [] else 'no')")
 read -r t_pg_restore _ < <(best_after "$FRESH" "'$PGBIN/pg_restore' --data-only -d target '$WORK/dumpc'")
+# Into a new, empty database: sp-sync makes the table from the recorded schema
+# (keys and indexes built after the rows), pg_restore runs the whole dump.
+EMPTY="'$PGBIN/psql' -X -q -c 'DROP DATABASE IF EXISTS target' -c 'CREATE DATABASE target'"
+read -r t_restore_new rss_restore_new < <(best_after "$EMPTY" "'$BIN' --store '$store' restore main --db '$TARGET_URL' --table users -q")
+"$BIN" --store "$store" diff main --db "$TARGET_URL" --table users --json >restored_new.json
+restored_new_ok=$(python3 -c "import json; print('yes' if json.load(open('restored_new.json'))['rows'] == [] else 'no')")
+read -r t_pg_restore_full _ < <(best_after "$EMPTY" "'$PGBIN/pg_restore' -d target '$WORK/dumpc'")
 
 python3 - "$ROWS" "$t_dump" "$t_snap" "$rss_snap" "$store_bytes" "$dump_bytes" "$t_resnap" "$rss_resnap" \
     "$added" "$t_diff" "$rss_diff" "$keys_ok" "$t_copy" "$cpu_snap" "$t_restore" "$rss_restore" \
-    "$t_pg_restore" "$restored_ok" <<'PY'
+    "$t_pg_restore" "$restored_ok" "$t_restore_new" "$rss_restore_new" "$t_pg_restore_full" \
+    "$restored_new_ok" <<'PY'
 import json, sys
 (rows, t_dump, t_snap, rss_snap, store_bytes, dump_bytes, t_resnap, rss_resnap, added, t_diff,
  rss_diff, keys_ok, t_copy, cpu_snap, t_restore, rss_restore, t_pg_restore,
- restored_ok) = sys.argv[1:]
+ restored_ok, t_restore_new, rss_restore_new, t_pg_restore_full, restored_new_ok) = sys.argv[1:]
 f = float
-rss = max(int(rss_snap), int(rss_resnap), int(rss_diff), int(rss_restore)) / 1024
+rss = max(int(rss_snap), int(rss_resnap), int(rss_diff), int(rss_restore),
+          int(rss_restore_new)) / 1024
 out = {
     "rows": int(rows),
     "snapshot_s": f(t_snap), "pg_dump_z0_s": f(t_dump),
@@ -180,6 +190,9 @@ out = {
     "restore_existing_s": f(t_restore), "pg_restore_data_only_s": f(t_pg_restore),
     "restore_vs_pg_restore": round(f(t_restore) / f(t_pg_restore), 2),
     "restored_equals_snapshot": restored_ok == "yes",
+    "restore_new_db_s": f(t_restore_new), "pg_restore_full_s": f(t_pg_restore_full),
+    "restore_new_vs_pg_restore": round(f(t_restore_new) / f(t_pg_restore_full), 2),
+    "restored_new_equals_snapshot": restored_new_ok == "yes",
 }
 print(f"snapshot        {out['snapshot_s']:.2f}s vs pg_dump -Fc -Z0 {out['pg_dump_z0_s']:.2f}s: {out['snapshot_vs_pg_dump']}x (want <= 1.0)")
 print(f"store           {out['store_bytes']} bytes vs pg_dump -Fc {out['pg_dump_fc_bytes']}: {out['store_vs_pg_dump']}x (want <= 1.2)")
@@ -188,6 +201,9 @@ print(f"diff            {out['diff_ms']} ms, exactly the 100 keys: {keys_ok}")
 print(f"restore         onto the existing empty table: {out['restore_existing_s']:.2f}s vs pg_restore "
       f"--data-only {out['pg_restore_data_only_s']:.2f}s: {out['restore_vs_pg_restore']}x; "
       f"equal to the snapshot: {restored_ok}")
+print(f"restore         into a new database: {out['restore_new_db_s']:.2f}s vs pg_restore "
+      f"{out['pg_restore_full_s']:.2f}s: {out['restore_new_vs_pg_restore']}x; "
+      f"equal to the snapshot: {restored_new_ok}")
 print(f"peak RSS        {out['peak_rss_mib']} MiB (want < 200)")
 print(f"where it goes   the server alone, the snapshot's COPY: {out['server_copy_s']:.2f}s "
       f"({out['server_copy_vs_pg_dump']}x pg_dump); the snapshot's own CPU: {out['snapshot_cpu_s']:.2f}s")
