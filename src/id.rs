@@ -141,13 +141,20 @@ fn hex_val(c: u8) -> Option<u8> {
 
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
+    let mut s = Vec::with_capacity(bytes.len() * 2);
+    hex_into(&mut s, bytes);
+    // (Hex digits are ASCII: never the empty default.)
+    String::from_utf8(s).unwrap_or_default()
+}
+
+/// [`hex`], appended to `out`.
+pub fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
+    out.reserve(bytes.len() * 2);
     for &b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 0xf) as usize] as char);
+        out.push(DIGITS[(b >> 4) as usize]);
+        out.push(DIGITS[(b & 0xf) as usize]);
     }
-    s
 }
 
 impl fmt::Display for ObjectId {

@@ -880,19 +880,7 @@ impl PgClass {
             (PgClass::Float4, Value::Real(r)) => float_text(*r as f32, r.is_nan()),
             (PgClass::Float8, Value::Real(r)) => float_text(*r, r.is_nan()),
             (PgClass::Bytea, Value::Blob(b)) => format!("\\x{}", crate::id::hex(b)).into_bytes(),
-            // Every class but the five above is stored as its text form.
-            (c, Value::Text(t))
-                if !matches!(
-                    c,
-                    PgClass::Int
-                        | PgClass::Float4
-                        | PgClass::Float8
-                        | PgClass::Bool
-                        | PgClass::Bytea
-                ) =>
-            {
-                t.clone()
-            }
+            (c, Value::Text(t)) if c.stored_as_text() => t.clone(),
             _ => {
                 return Err(format!(
                     "a value {} for a column of class {self:?}",
@@ -916,22 +904,22 @@ impl PgClass {
                 let _ = write!(out, "{i}");
             }
             (PgClass::Bytea, Value::Blob(b)) => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.reserve(3 + 2 * b.len());
                 out.extend_from_slice(b"\\\\x");
-                for &c in b {
-                    out.push(HEX[usize::from(c >> 4)]);
-                    out.push(HEX[usize::from(c & 15)]);
-                }
+                crate::id::hex_into(out, b);
             }
-            (
-                PgClass::Int | PgClass::Float4 | PgClass::Float8 | PgClass::Bool | PgClass::Bytea,
-                _,
-            ) => escape_copy(self.text(v)?.as_deref(), out),
-            (_, Value::Text(t)) => escape_copy(Some(t), out),
+            (c, Value::Text(t)) if c.stored_as_text() => escape_copy(Some(t), out),
             _ => escape_copy(self.text(v)?.as_deref(), out),
         }
         Ok(())
+    }
+
+    /// Whether values of this class are stored as their text form: every
+    /// class but integers, floats, booleans and bytea.
+    fn stored_as_text(self) -> bool {
+        !matches!(
+            self,
+            PgClass::Int | PgClass::Float4 | PgClass::Float8 | PgClass::Bool | PgClass::Bytea
+        )
     }
 }
 
