@@ -247,7 +247,8 @@ pub struct LocalChange {
     /// What `to-db` would do: `added`, `removed` or `modified`.
     pub change: ChangeKind,
     /// The file, relative to the working-tree root (where `to-disk` writes
-    /// it, for a row without a file).
+    /// it, for a row without a file; the folder and glob, `content/posts/*.md`,
+    /// for a row without a file that `to-disk` has no place for).
     pub path: String,
     /// For `modified`: the columns that differ.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -652,7 +653,12 @@ fn plan_with(
         let row = d.or(b).map(|r| &r.values);
         let rel = match d.and_then(|d| d.path.clone()) {
             Some(p) => p,
-            None => new_path(cfg, &columns, row.map(Vec::as_slice).unwrap_or(&[]))?,
+            // A row without a file: where `to-disk` would write it. A row
+            // it has no place for (outside the glob, or not a path inside
+            // the folder) is shown by the glob: `to-db` deletes it without
+            // a path, and `to-disk` refuses it when it comes to write it.
+            None => new_path(cfg, &columns, row.map(Vec::as_slice).unwrap_or(&[]))
+                .unwrap_or_else(|_| cfg.glob().to_string()),
         };
         changes.push(LocalChange {
             collection: cfg.name.clone(),

@@ -1781,3 +1781,70 @@ fn to_db_with_the_globs_folder_gone_deletes_no_row() {
     ok(&root, &["local", "to-db", "--force", "-q"]);
     assert!(rows(&root, "SELECT slug FROM content").is_empty());
 }
+
+/// With a glob one folder down and no `path =`, a file deleted is a row
+/// deleted: `to-db` carries it (it failed, exit 1, "a row would be written
+/// to b.md, which the glob does not match": the check for where `to-disk`
+/// writes a row ran for a deletion too; audit 25). `diff` names the row's
+/// file by the glob it was under. `to-disk` still refuses to write a row
+/// where the glob does not reach, and writes nothing.
+#[test]
+fn to_db_carries_a_deletion_under_a_glob_without_a_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("p");
+    std::fs::create_dir_all(root.join("content/posts")).unwrap();
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::write(
+        root.join("sp-sync.toml"),
+        "[[collection]]\nname = \"content\"\ndir = \"content\"\nglob = \"posts/*.md\"\ndb = \"data/app.db\"\ntable = \"content\"\nkey = \"slug\"\nbody = \"body\"\n",
+    )
+    .unwrap();
+    sql(
+        &root,
+        "CREATE TABLE content(slug TEXT PRIMARY KEY, title TEXT, body TEXT);",
+    );
+    for k in ["a", "b", "c"] {
+        std::fs::write(
+            root.join(format!("content/posts/{k}.md")),
+            format!("---\nslug: {k}\ntitle: {k}\n---\nbody {k}\n"),
+        )
+        .unwrap();
+    }
+    ok(&root, &["init", "-q"]);
+    ok(&root, &["local", "to-db", "-q"]);
+    std::fs::remove_file(root.join("content/posts/b.md")).unwrap();
+    let v = json(&ok(&root, &["local", "diff", "--json"]));
+    let changes = v.as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{v}");
+    assert_eq!(
+        (
+            &changes[0]["key"],
+            &changes[0]["change"],
+            &changes[0]["path"]
+        ),
+        (
+            &json("\"b\""),
+            &json("\"removed\""),
+            &json("\"content/posts/*.md\"")
+        ),
+        "{v}"
+    );
+    ok(&root, &["local", "to-db", "-q"]);
+    assert_eq!(
+        rows(&root, "SELECT slug FROM content ORDER BY slug"),
+        [["a"], ["c"]]
+    );
+    let v = json(&ok(&root, &["local", "diff", "--json"]));
+    assert!(v.as_array().unwrap().is_empty(), "{v}");
+    // A row the files lack: to-disk has no place under the glob for it.
+    sql(&root, "INSERT INTO content VALUES ('d', 'd', 'body d')");
+    let err = fails(&root, &["local", "to-disk"], 1);
+    assert!(err.contains("glob"), "{err}");
+    let mut left: Vec<String> = std::fs::read_dir(root.join("content/posts"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["a.md", "c.md"]);
+    assert!(!root.join("content/d.md").exists());
+}
