@@ -921,7 +921,7 @@ fn list_files(dir: &Path, glob: &str) -> Result<Vec<String>> {
         .follow_links(false)
         .build();
     for e in walk {
-        let e = e.map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
+        let e = e.map_err(|e| walk_error(dir, &e))?;
         let Ok(rel) = e.path().strip_prefix(dir) else {
             continue;
         };
@@ -953,6 +953,35 @@ fn list_files(dir: &Path, glob: &str) -> Result<Vec<String>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// A folder walk's error in one line: the path it is about (else `dir`)
+/// and the system's words, each once (the walker's own text repeats the
+/// path).
+fn walk_error(dir: &Path, e: &ignore::Error) -> SyncError {
+    fn path_of(e: &ignore::Error) -> Option<&Path> {
+        match e {
+            ignore::Error::WithPath { path, .. } => Some(path),
+            ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
+                path_of(err)
+            }
+            ignore::Error::Loop { child, .. } => Some(child),
+            _ => None,
+        }
+    }
+    let path = path_of(e).unwrap_or(dir).display();
+    // The innermost cause: the walker wraps the system's error in its own,
+    // whose text names the path again.
+    let mut cause: &dyn std::error::Error = match e.io_error() {
+        Some(io) => io
+            .get_ref()
+            .map_or(io as &dyn std::error::Error, |i| i as _),
+        None => e,
+    };
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    invalid(format!("reading {path}: {cause}"))
 }
 
 /// Splits a markdown file into (front matter, its first line number, body).
@@ -2856,6 +2885,39 @@ pub fn save_base(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A walk error names its path once, then the system's words (the
+    /// walker's own text, "IO error for operation on …", named it three
+    /// times). Built as the walker builds one: the system's error inside
+    /// its own, inside `WithPath`.
+    #[test]
+    fn a_walk_error_names_its_path_once() {
+        #[derive(Debug)]
+        struct Walker(std::io::Error);
+        impl std::fmt::Display for Walker {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "IO error for operation on /d/sub: {}", self.0)
+            }
+        }
+        impl std::error::Error for Walker {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let os = std::io::Error::from_raw_os_error(13);
+        let e = ignore::Error::WithPath {
+            path: PathBuf::from("/d/sub"),
+            err: Box::new(ignore::Error::Io(std::io::Error::other(Walker(os)))),
+        };
+        let msg = walk_error(Path::new("/d"), &e).to_string();
+        let want = format!("reading /d/sub: {}", std::io::Error::from_raw_os_error(13));
+        assert!(msg.ends_with(&want), "{msg}");
+        assert_eq!(msg.matches("/d/sub").count(), 1, "{msg}");
+        // Without a path of its own, the folder walked is named.
+        let e = ignore::Error::Io(std::io::Error::from_raw_os_error(2));
+        let msg = walk_error(Path::new("/d"), &e).to_string();
+        assert!(msg.contains("reading /d: "), "{msg}");
+    }
 
     #[test]
     fn front_matter_splits_and_reports_lines() {
