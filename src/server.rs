@@ -1036,8 +1036,14 @@ async fn objects(
     }
 }
 
+/// The most bytes of a response one message of [`ChannelWriter`] holds.
+const CHANNEL_PIECE: usize = 256 << 10;
+
 /// Streams pack bytes from a blocking writer into a response body; a
-/// client that stops reading for the timeout ends it.
+/// client that stops reading for the timeout ends it. Each message holds
+/// at most [`CHANNEL_PIECE`] bytes, so a slow reader holds at most the
+/// channel's 8 of them, whatever the objects' sizes (a 16 MiB object was
+/// one message, and 8 of them queued 128 MiB per reader).
 struct ChannelWriter {
     tx: tokio::sync::mpsc::Sender<std::result::Result<Bytes, std::io::Error>>,
     buf: Vec<u8>,
@@ -1047,17 +1053,21 @@ struct ChannelWriter {
 
 impl std::io::Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= 256 << 10 {
+        let n = data.len().min(CHANNEL_PIECE.saturating_sub(self.buf.len()));
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= CHANNEL_PIECE {
             self.flush()?;
         }
-        Ok(data.len())
+        Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let b = Bytes::from(std::mem::take(&mut self.buf));
+        let b = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(CHANNEL_PIECE),
+        ));
         match self
             .rt
             .block_on(tokio::time::timeout(self.timeout, self.tx.send(Ok(b))))
@@ -1124,7 +1134,7 @@ async fn fetch(
             let _permits = (permit, heavy);
             let out = ChannelWriter {
                 tx: tx.clone(),
-                buf: Vec::with_capacity(256 << 10),
+                buf: Vec::with_capacity(CHANNEL_PIECE),
                 rt: rt.clone(),
                 timeout,
             };
@@ -1647,4 +1657,66 @@ async fn shutdown() {
         _ = int.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A response's bytes reach the body in order, in messages of at most
+    /// `CHANNEL_PIECE` bytes however large one write is: a reader that
+    /// stops reading holds at most the channel's 8 of them. A writer whose
+    /// reader stops for the timeout fails, TimedOut.
+    #[test]
+    fn channel_writer_sends_bounded_pieces_in_order() {
+        // (As the server's: the writer runs on a blocking thread of it.)
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(8);
+        let handle = rt.handle().clone();
+        let big: Vec<u8> = (0..(5 << 20) + 123).map(|i| (i % 251) as u8).collect();
+        let want = [&b"head"[..], &big, b"tail"].concat();
+        let writer = std::thread::spawn(move || {
+            let _in = handle.enter();
+            let mut w = ChannelWriter {
+                tx,
+                buf: Vec::new(),
+                rt: handle,
+                timeout: Duration::from_secs(30),
+            };
+            w.write_all(b"head")?;
+            w.write_all(&big)?;
+            w.write_all(b"tail")?;
+            w.flush()
+        });
+        let got = rt.block_on(async {
+            let mut got = Vec::new();
+            while let Some(m) = rx.recv().await {
+                let m = m.unwrap();
+                assert!(m.len() <= CHANNEL_PIECE, "a message of {} bytes", m.len());
+                got.extend_from_slice(&m);
+            }
+            got
+        });
+        writer.join().unwrap().unwrap();
+        assert!(got == want, "{} bytes, want {}", got.len(), want.len());
+
+        // Nobody reads: the 9th message waits for the timeout, then fails.
+        let _in = rt.enter();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let mut w = ChannelWriter {
+            tx,
+            buf: Vec::new(),
+            rt: rt.handle().clone(),
+            timeout: Duration::from_millis(100),
+        };
+        let e = w.write_all(&vec![0u8; 9 * CHANNEL_PIECE]).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        drop(rx);
+    }
 }
