@@ -709,16 +709,29 @@ async fn update_ref(
                 .store(&tenant, false)
                 .map_err(from_sync)?
                 .ok_or_else(|| err(StatusCode::BAD_REQUEST, format!("unknown snapshot {new}")))?;
-            // A new ref takes room too: none past the quota.
-            if let (None, Some(&q), Data::Dir(d)) = (old, st.quotas.get(&tenant), &st.data)
-                && dir_size(&d.join(&tenant)).map_err(from_sync)? >= q
-            {
-                return Err(err(
-                    StatusCode::INSUFFICIENT_STORAGE,
-                    format!("the tenant's store holds its quota of {q} bytes: no new ref"),
-                ));
-            }
             let refs = store.list_refs().map_err(from_sync)?;
+            // A new ref takes room too: none past the quota.
+            if let (None, Some(&q)) = (old, st.quotas.get(&tenant)) {
+                let used = match &st.data {
+                    Data::Dir(d) => dir_size(&d.join(&tenant)).map_err(from_sync)?,
+                    // In a bucket (whose sizes cost requests to list): the
+                    // objects the store indexes, as stored, as a push
+                    // counts them, and each ref as its key and id.
+                    Data::S3(_) => {
+                        let refs_bytes: u64 = refs
+                            .iter()
+                            .map(|(n, _)| (n.len() + "refs/".len() + 64) as u64)
+                            .sum();
+                        store.stored_bytes() + refs_bytes
+                    }
+                };
+                if used >= q {
+                    return Err(err(
+                        StatusCode::INSUFFICIENT_STORAGE,
+                        format!("the tenant's store holds its quota of {q} bytes: no new ref"),
+                    ));
+                }
+            }
             if let Some(other) = name_clash(&refs, &name) {
                 return Err(ApiError(
                     StatusCode::CONFLICT,

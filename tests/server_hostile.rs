@@ -512,6 +512,66 @@ fn a_push_past_the_quota_is_refused_and_leaves_nothing_in_s3() {
     quota_refuses_and_leaves_nothing(tmp.path(), &server, &listing);
 }
 
+/// With the server's data in S3, new refs take room too: a tenant's refs
+/// count against its quota (they did only in a directory: on S3 a tenant
+/// could make refs without end), and at its quota it gets no new one (507)
+/// while a ref it has still moves.
+#[test]
+fn new_refs_count_against_the_quota_in_s3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = bucket("refquota");
+    let server = serve_with(
+        &format!("s3://{b}/served"),
+        Some(&tokens_file(tmp.path(), "quota = \"4KiB\"")),
+        "127.0.0.1:0",
+        &s3_env(),
+        &[],
+    );
+    let w = worktree(tmp.path(), "w", 0, 5);
+    let o = run_env(
+        &w,
+        &["push", &server.url("acme")],
+        &[("SP_SYNC_TOKEN", TOKEN_A.into())],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = String::from_utf8(run_env(&w, &["log", "-n", "1", "--json"], &[]).stdout).unwrap();
+    let id = serde_json::from_str::<serde_json::Value>(&id).unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = format!("{{\"old\": null, \"new\": \"{id}\"}}");
+    // Each ref about 310 bytes: the quota's 4 KiB less the snapshot's few
+    // hundred bytes of objects hold about a dozen of them.
+    let long = "a/".repeat(120) + "a";
+    let mut refused = None;
+    for i in 0..40 {
+        let (status, answer) = http(
+            &server.addr,
+            "POST",
+            &format!("/v1/acme/refs/r{i}/{long}"),
+            Some(TOKEN_A),
+            body.as_bytes(),
+        );
+        if status != 200 {
+            assert_eq!(status, 507, "{}", String::from_utf8_lossy(&answer));
+            refused = Some(i);
+            break;
+        }
+    }
+    let n = refused.expect("refs went past the quota");
+    assert!((6..14).contains(&n), "refused after {n} refs");
+    // A ref the tenant has still moves (to the same snapshot: old given).
+    let moved = format!("{{\"old\": \"{id}\", \"new\": \"{id}\"}}");
+    let (status, answer) = http(
+        &server.addr,
+        "POST",
+        &format!("/v1/acme/refs/r0/{long}"),
+        Some(TOKEN_A),
+        moved.as_bytes(),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+}
+
 /// A tenant with a 36 MiB quota takes a 1 MiB push, refuses a 40 MiB one
 /// (bigger than a pack, so a committed pack must go too) leaving
 /// `stored()` as it was, and another tenant without a quota takes it.
