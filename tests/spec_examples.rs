@@ -1336,6 +1336,11 @@ fn inline_examples_of_sections_1_and_3_7() {
     minus.extend([0xff; 8]);
     minus.extend([0x00, 0x00]);
     assert_eq!(key(&[Value::Integer(-1)]), minus);
+    let mut nan = vec![0x02, 0x03];
+    nan.extend([0xff; 10]);
+    nan.extend([0x00, 0x01]);
+    assert_eq!(key(&[Value::Real(f64::NAN)]), nan);
+    assert_eq!(decode_key(&nan).unwrap(), [Value::Real(f64::NAN)]);
     assert_eq!(key(&[Value::Text(b"a".to_vec())]), [0x03, 0x61, 0x00, 0x01]);
     let mut pair = vec![0x02, 0x03, 0x40, 0x00];
     pair.extend(zeros(8));

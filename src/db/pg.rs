@@ -1891,14 +1891,6 @@ impl<'t> RowParser<'t> {
         self.key.clear();
         for (j, &k) in self.t.key.iter().enumerate() {
             let f = self.fields[if key_only { j } else { k as usize }];
-            if let Field::Real(r) = f
-                && r.is_nan()
-            {
-                return Err(SyncError::Invalid(format!(
-                    "key column {} holds NaN, which sp-sync cannot key by",
-                    self.t.columns[k as usize].name
-                )));
-            }
             self.key.push(f.value(&self.arena))?;
         }
         Ok(())

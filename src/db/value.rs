@@ -24,7 +24,7 @@
 //! bytes, since the types come only after every component.
 
 use crate::codec::{DecodeError, Reader, Writer};
-use crate::error::{Result, SyncError};
+use crate::error::Result;
 use crate::object::ObjectSink;
 use crate::object::row::{C_BLOB, C_BLOB_LARGE, C_INT, C_NULL, C_REAL, C_TEXT, C_TEXT_LARGE};
 
@@ -96,7 +96,15 @@ fn int_magnitude(v: i64) -> (u16, u64) {
     ((e + EXP_BIAS) as u16, frac)
 }
 
+/// NaN's mantissa bits in a key: after +Infinity's (`EXP_INF`, 0), as
+/// PostgreSQL orders NaN after every other `real` or `double` (SQLite never
+/// stores one: it keeps NaN as NULL).
+const NAN_BITS: u64 = u64::MAX;
+
 fn real_magnitude(r: f64) -> (u16, u64) {
+    if r.is_nan() {
+        return (EXP_INF, NAN_BITS);
+    }
     if r.is_infinite() {
         return (EXP_INF, 0);
     }
@@ -141,7 +149,8 @@ impl KeyWriter {
         self.types.clear();
     }
 
-    /// Appends a component. Fails on NaN (SQLite never stores one).
+    /// Appends a component. (A NaN, of a PostgreSQL key, sorts after
+    /// +Infinity, whatever its sign and payload.)
     pub fn push(&mut self, v: rusqlite::types::ValueRef<'_>) -> Result<()> {
         use rusqlite::types::ValueRef;
         let out = &mut self.buf;
@@ -166,11 +175,6 @@ impl KeyWriter {
             ValueRef::Integer(i) => {
                 num(i < 0, int_magnitude(i));
                 self.types.push(T_INT);
-            }
-            ValueRef::Real(r) if r.is_nan() => {
-                return Err(SyncError::Database(
-                    "a key holds NaN, which SQLite cannot store".into(),
-                ));
             }
             ValueRef::Real(r) if r == 0.0 => {
                 out.extend_from_slice(&[K_NUM, SIGN_ZERO]);
@@ -291,10 +295,12 @@ fn typed_number(n: &Num, t: u8) -> std::result::Result<Value, String> {
         }
         (Num::NonZero { neg, e, m }, T_REAL) => {
             if *e == EXP_INF {
-                Value::Real(if *neg {
-                    f64::NEG_INFINITY
-                } else {
-                    f64::INFINITY
+                // (A NaN of another sign or mantissa is refused as not
+                // canonical: NaN encodes as `+ EXP_INF NAN_BITS`.)
+                Value::Real(match *m {
+                    0 if *neg => f64::NEG_INFINITY,
+                    0 => f64::INFINITY,
+                    _ => f64::NAN,
                 })
             } else {
                 let exp = i32::from(*e) - EXP_BIAS;
@@ -459,6 +465,7 @@ mod tests {
                 Just(-1e308),
                 Just(f64::INFINITY),
                 Just(f64::NEG_INFINITY),
+                Just(f64::NAN),
                 Just(f64::MIN_POSITIVE),
                 Just(5e-324),
                 Just(9.223372036854776e18),
@@ -490,7 +497,31 @@ mod tests {
             encode_key(&[Value::Text(b"a\0".to_vec())]).unwrap(),
             [3, b'a', 0, 0xff, 0, 1]
         );
-        assert!(encode_key(&[Value::Real(f64::NAN)]).is_err());
+        // NaN (a PostgreSQL key may hold it) sorts after +Infinity, as
+        // there, and reads back as the one NaN; any other sign or mantissa
+        // under Infinity's exponent is refused.
+        let nan = encode_key(&[Value::Real(f64::NAN)]).unwrap();
+        assert_eq!(
+            nan,
+            [
+                2, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 1
+            ]
+        );
+        assert!(nan > encode_key(&[Value::Real(f64::INFINITY)]).unwrap());
+        assert_eq!(encode_key(&[Value::Real(-f64::NAN)]).unwrap(), nan);
+        assert_eq!(decode_key(&nan).unwrap(), [Value::Real(f64::NAN)]);
+        let mut other = nan.clone();
+        other[11] = 0xfe;
+        assert!(decode_key(&other).is_err());
+        let neg: Vec<u8> = [2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1].to_vec();
+        assert!(decode_key(&neg).is_err());
+        assert!(
+            decode_key(&[
+                2, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0
+            ])
+            .is_err(),
+            "an integer NaN"
+        );
         assert!(decode_key(&[]).is_err());
         // An integer whose mantissa has bits below its exponent is not canonical.
         assert!(decode_key(&[2, 3, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
@@ -634,6 +665,8 @@ mod tests {
                 // Where the f64 images differ, their order is the exact order.
                 if x < y { prop_assert!(ka < kb, "{:?} {:?}", a, b); }
                 if x > y { prop_assert!(ka > kb, "{:?} {:?}", a, b); }
+                // NaN after every other number, as PostgreSQL orders it.
+                if x.is_nan() && !y.is_nan() { prop_assert!(ka > kb, "{:?} {:?}", a, b); }
             }
         }
     }
