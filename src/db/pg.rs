@@ -5823,7 +5823,14 @@ impl<'a> RowStatements<'a> {
                     || e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
                     || e.code() == Some(&tokio_postgres::error::SqlState::EXCLUSION_VIOLATION) =>
             {
-                c.batch_execute("ROLLBACK TO SAVEPOINT sp_sync_row")?;
+                // Released too: a savepoint rolled back to stays open,
+                // and the next try's would nest inside it, each level
+                // holding a transaction id's lock until the server's lock
+                // table ran out ("out of shared memory", for other
+                // sessions too).
+                c.batch_execute(
+                    "ROLLBACK TO SAVEPOINT sp_sync_row; RELEASE SAVEPOINT sp_sync_row",
+                )?;
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -5954,9 +5961,11 @@ impl<'a> RowStatements<'a> {
             }
             backwards = !backwards;
             if left.len() == before {
-                // No progress: a cycle. It is broken by taking one of its
-                // updated rows out, to be put back once the others have run:
-                // the first whose delete no foreign key stops.
+                // No progress: cycles. They are broken by taking the
+                // updated rows out, to be put back once the others have
+                // run: every one whose delete no foreign key stops, at
+                // once (one a round made a round of tries per cycle, each
+                // trying every row left: the square of the rows).
                 let mut broke = false;
                 if self.unique && !self.delete_acts {
                     for p in left.iter_mut() {
@@ -5967,7 +5976,6 @@ impl<'a> RowStatements<'a> {
                             Ok(Some(1)) => {
                                 (p.1, p.2, p.3) = (RowOp::Reinsert, re.insert, re.row);
                                 broke = true;
-                                break;
                             }
                             Ok(Some(_)) => {
                                 return Err(SyncError::Database(format!(
