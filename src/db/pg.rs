@@ -3269,8 +3269,14 @@ fn restore_in(
                         quote(&o.name),
                         quote(&kname)
                     ))
-                    .map_err(|e| {
-                        SyncError::Database(format!("table {}: {}", o.name, loc.error(e)))
+                    .map_err(|e| match loc.error(e) {
+                        // One prefix (the location's), the table named once.
+                        SyncError::Database(m) => SyncError::Database(format!(
+                            "{m} (adding back the primary key {} of table {}); nothing was written",
+                            quote(&kname),
+                            quote(&o.name)
+                        )),
+                        other => other,
                     })?;
                 }
             }
