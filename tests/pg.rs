@@ -4022,6 +4022,67 @@ fn rows_swapping_a_unique_value_in_pairs_come_back_in_few_tries() {
     );
 }
 
+/// Each table whose triggers the role cannot pause rolled back to a
+/// savepoint and left it open: the next table's went inside it, and by
+/// the last table the restore's writes ran 40 levels deep, each holding a
+/// transaction id's lock (the server's lock table is shared and finite:
+/// enough such tables, or sequences the role cannot read, and the restore
+/// or another session fails "out of shared memory"). A trigger of the last
+/// table counts the transaction ids the restore holds as it writes.
+#[test]
+fn savepoints_rolled_back_to_are_released() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("nested");
+    let mut setup = String::from(
+        "CREATE TABLE seen (id serial PRIMARY KEY, n bigint);
+         CREATE FUNCTION held() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS
+           $$ BEGIN INSERT INTO seen (n) SELECT count(*) FROM pg_locks
+                WHERE pid = pg_backend_pid() AND locktype = 'transactionid';
+              RETURN new; END $$;",
+    );
+    for i in 0..40 {
+        setup.push_str(&format!(
+            "CREATE TABLE t{i:02} (id int PRIMARY KEY, v text);
+             INSERT INTO t{i:02} VALUES (1, 'a');
+             CREATE TRIGGER t{i:02}_held AFTER UPDATE ON t{i:02} FOR EACH ROW EXECUTE FUNCTION held();"
+        ));
+    }
+    pg.psql(&db, &setup);
+    let app = role_url(pg, &db, "app");
+    pg.psql(
+        &db,
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app;
+         GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO app",
+    );
+    let w = work();
+    let dir = w.path();
+    snap(dir, &pg.url(&db), &[]);
+    let mut change = String::new();
+    for i in 0..40 {
+        change.push_str(&format!("UPDATE t{i:02} SET v = 'changed';"));
+    }
+    change.push_str("TRUNCATE seen;");
+    pg.psql(&db, &change);
+    ok_pg(
+        dir,
+        &["--store", "st", "restore", "main", "--db", &app, "-q"],
+    );
+    let most: i64 = pg
+        .psql(&db, "SELECT max(n) FROM seen")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        most <= 4,
+        "the restore held {most} transaction ids as it wrote"
+    );
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM t39 WHERE v = 'a'")
+            .trim(),
+        "1"
+    );
+}
+
 /// A trigger the restoring role cannot pause (it does not own the table)
 /// fires during the restore. One that only writes elsewhere (an audit
 /// table) leaves the restored table as the snapshot has it: the restore

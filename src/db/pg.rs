@@ -3911,8 +3911,10 @@ fn pause_triggers_of(
                 )));
             }
             Err(e) => {
-                c.batch_execute("ROLLBACK TO SAVEPOINT sp_sync_triggers")
-                    .map_err(err)?;
+                c.batch_execute(
+                    "ROLLBACK TO SAVEPOINT sp_sync_triggers; RELEASE SAVEPOINT sp_sync_triggers",
+                )
+                .map_err(err)?;
                 // (Only the rules' statements stay in the list.)
                 enable.truncate(enable.len() - disable.len());
                 if !super::rehearsing() {
@@ -4005,8 +4007,10 @@ fn open_identities(
             Ok(close)
         }
         Err(e) => {
-            c.batch_execute("ROLLBACK TO SAVEPOINT sp_sync_identity")
-                .map_err(err)?;
+            c.batch_execute(
+                "ROLLBACK TO SAVEPOINT sp_sync_identity; RELEASE SAVEPOINT sp_sync_identity",
+            )
+            .map_err(err)?;
             if !super::rehearsing() {
                 tracing::warn!(
                     "table {name}: its ALWAYS identity columns cannot take the snapshot's values ({})",
@@ -4142,8 +4146,10 @@ fn run_step(
                         r.map(|r| (r.get(0), r.get(1)))
                     }
                     Err(_) => {
-                        c.batch_execute("ROLLBACK TO SAVEPOINT sp_sync_seq")
-                            .map_err(err)?;
+                        c.batch_execute(
+                            "ROLLBACK TO SAVEPOINT sp_sync_seq; RELEASE SAVEPOINT sp_sync_seq",
+                        )
+                        .map_err(err)?;
                         None
                     }
                 };
@@ -4205,8 +4211,10 @@ fn run_step(
                         return Ok(());
                     }
                     Err(_) => {
-                        c.batch_execute("ROLLBACK TO SAVEPOINT sp_sync_seq")
-                            .map_err(err)?;
+                        c.batch_execute(
+                            "ROLLBACK TO SAVEPOINT sp_sync_seq; RELEASE SAVEPOINT sp_sync_seq",
+                        )
+                        .map_err(err)?;
                     }
                 }
             }
