@@ -1742,23 +1742,34 @@ fn to_disk_keeps_a_comment_on_a_changed_fields_line() {
     assert!(v.as_array().unwrap().is_empty(), "{v}");
 }
 
-/// The same, one folder down: with `glob = "posts/*.md"`, `posts/` gone
-/// (the collection's folder still there) deleted every row (audit 24).
-#[test]
-fn to_db_with_the_globs_folder_gone_deletes_no_row() {
+/// A working tree whose collection `content` is the markdown files
+/// `content/posts/*.md` (with `path`, if given), rows of table `content`
+/// in `data/app.db` (slug, title, body).
+fn posts_collection(path: Option<&str>) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("p");
     std::fs::create_dir_all(root.join("content/posts")).unwrap();
     std::fs::create_dir_all(root.join("data")).unwrap();
+    let path = path.map_or(String::new(), |p| format!("path = \"{p}\"\n"));
     std::fs::write(
         root.join("sp-sync.toml"),
-        "[[collection]]\nname = \"content\"\ndir = \"content\"\nglob = \"posts/*.md\"\npath = \"posts/{slug}.md\"\ndb = \"data/app.db\"\ntable = \"content\"\nkey = \"slug\"\nbody = \"body\"\n",
+        format!(
+            "[[collection]]\nname = \"content\"\ndir = \"content\"\nglob = \"posts/*.md\"\n{path}db = \"data/app.db\"\ntable = \"content\"\nkey = \"slug\"\nbody = \"body\"\n"
+        ),
     )
     .unwrap();
     sql(
         &root,
         "CREATE TABLE content(slug TEXT PRIMARY KEY, title TEXT, body TEXT);",
     );
+    (tmp, root)
+}
+
+/// The same, one folder down: with `glob = "posts/*.md"`, `posts/` gone
+/// (the collection's folder still there) deleted every row (audit 24).
+#[test]
+fn to_db_with_the_globs_folder_gone_deletes_no_row() {
+    let (_tmp, root) = posts_collection(Some("posts/{slug}.md"));
     std::fs::write(
         root.join("content/posts/a.md"),
         "---\nslug: a\ntitle: a\n---\nbody a\n",
@@ -1790,19 +1801,7 @@ fn to_db_with_the_globs_folder_gone_deletes_no_row() {
 /// where the glob does not reach, and writes nothing.
 #[test]
 fn to_db_carries_a_deletion_under_a_glob_without_a_path() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("p");
-    std::fs::create_dir_all(root.join("content/posts")).unwrap();
-    std::fs::create_dir_all(root.join("data")).unwrap();
-    std::fs::write(
-        root.join("sp-sync.toml"),
-        "[[collection]]\nname = \"content\"\ndir = \"content\"\nglob = \"posts/*.md\"\ndb = \"data/app.db\"\ntable = \"content\"\nkey = \"slug\"\nbody = \"body\"\n",
-    )
-    .unwrap();
-    sql(
-        &root,
-        "CREATE TABLE content(slug TEXT PRIMARY KEY, title TEXT, body TEXT);",
-    );
+    let (_tmp, root) = posts_collection(None);
     for k in ["a", "b", "c"] {
         std::fs::write(
             root.join(format!("content/posts/{k}.md")),

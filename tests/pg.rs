@@ -35,6 +35,69 @@ fn snap(d: &Path, url: &str, extra: &[&str]) -> Json {
     json(&ok_pg(d, &args))
 }
 
+/// Asserts that `main` (in the store `st` under `d`) differs in no row
+/// from database `db` now, and that a restore of it into a new database
+/// (named after `new`) gives each of `tables` the same rows, by pg_dump;
+/// returns the new database.
+fn same_live_and_restored(
+    pg: &PgCluster,
+    d: &Path,
+    db: &str,
+    new: &str,
+    tables: &[&str],
+) -> String {
+    let v = json(&ok_pg(
+        d,
+        &[
+            "--store",
+            "st",
+            "diff",
+            "main",
+            "--db",
+            &pg.url(db),
+            "--json",
+        ],
+    ));
+    assert_eq!(v["rows"], json("[]"), "{v}");
+    let target = pg.new_db(new);
+    ok_pg(
+        d,
+        &[
+            "--store",
+            "st",
+            "restore",
+            "main",
+            "--db",
+            &pg.url(&target),
+            "-q",
+        ],
+    );
+    for t in tables {
+        assert_eq!(pg.dump_rows(db, t), pg.dump_rows(&target, t), "{t}");
+    }
+    target
+}
+
+/// Snapshots like [`snap`], asserting that `table` was read in the order
+/// the table stores its rows (`-vv` says so); returns the JSON.
+fn snap_in_heap_order(d: &Path, url: &str, table: &str) -> Json {
+    let o = sp_pg(
+        d,
+        &[
+            "--store", "st", "snapshot", "files", "--db", url, "--json", "-vv",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "table {table}: reading the rows in the order the table stores them"
+        )),
+        "{err}"
+    );
+    json(&String::from_utf8_lossy(&o.stdout))
+}
+
 /// Asserts exit 1, one `error:` line, no password; returns stderr.
 fn fails_pg(d: &Path, args: &[&str]) -> String {
     let o = sp_pg(d, args);
@@ -206,27 +269,7 @@ fn a_table_read_in_its_stored_order_gives_its_rows_in_key_order() {
     );
     // Exactly the table's rows: nothing differs from the live database,
     // and a restore gives them back.
-    let v = json(&ok_pg(
-        d,
-        &["--store", "st", "diff", "main", "--db", &url, "--json"],
-    ));
-    assert_eq!(v["rows"], json("[]"), "{v}");
-    let target = pg.new_db("heap_back");
-    ok_pg(
-        d,
-        &[
-            "--store",
-            "st",
-            "restore",
-            "main",
-            "--db",
-            &pg.url(&target),
-            "-q",
-        ],
-    );
-    for t in ["near", "far", "moved"] {
-        assert_eq!(pg.dump_rows(&db, t), pg.dump_rows(&target, t), "{t}");
-    }
+    let target = same_live_and_restored(pg, d, &db, "heap_back", &["near", "far", "moved"]);
     // The restored tables are stored in key order: their snapshot gives
     // the same maps.
     snap(d, &pg.url(&target), &[]);
@@ -691,19 +734,7 @@ fn float_keys_holding_nan_round_trip() {
     let w = work();
     let d = w.path();
     let url = pg.url(&db);
-    let o = sp_pg(
-        d,
-        &[
-            "--store", "st", "snapshot", "files", "--db", &url, "--json", "-vv",
-        ],
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
-    assert!(
-        err.contains("table h: reading the rows in the order the table stores them"),
-        "{err}"
-    );
-    let r = json(&String::from_utf8_lossy(&o.stdout));
+    let r = snap_in_heap_order(d, &url, "h");
     assert_eq!(
         (
             r["tables"]["f"].as_u64(),
@@ -713,27 +744,7 @@ fn float_keys_holding_nan_round_trip() {
         (Some(7), Some(4), Some(2001)),
         "{r}"
     );
-    let v = json(&ok_pg(
-        d,
-        &["--store", "st", "diff", "main", "--db", &url, "--json"],
-    ));
-    assert_eq!(v["rows"], json("[]"), "{v}");
-    let fresh = pg.new_db("nankey_back");
-    ok_pg(
-        d,
-        &[
-            "--store",
-            "st",
-            "restore",
-            "main",
-            "--db",
-            &pg.url(&fresh),
-            "-q",
-        ],
-    );
-    for t in ["f", "r", "h"] {
-        assert_eq!(pg.dump_rows(&db, t), pg.dump_rows(&fresh, t), "{t}");
-    }
+    same_live_and_restored(pg, d, &db, "nankey_back", &["f", "r", "h"]);
     // The NaN rows change: diff names them, a restore --delete puts them back.
     let before: Vec<Vec<String>> = ["f", "r"].iter().map(|t| pg.dump_rows(&db, t)).collect();
     pg.psql(
@@ -1474,19 +1485,7 @@ fn inherited_tables_keep_their_own_rows() {
     let url = pg.url(&db);
     // Read in the order the table stores its rows (a parent only ever
     // inserted into), which still gives the parent's own rows alone.
-    let o = sp_pg(
-        d,
-        &[
-            "--store", "st", "snapshot", "files", "--db", &url, "--json", "-vv",
-        ],
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
-    assert!(
-        err.contains("table p: reading the rows in the order the table stores them"),
-        "{err}"
-    );
-    let r = json(&String::from_utf8_lossy(&o.stdout));
+    let r = snap_in_heap_order(d, &url, "p");
     assert_eq!(
         (r["tables"]["p"].as_u64(), r["tables"]["c"].as_u64()),
         (Some(2), Some(1)),

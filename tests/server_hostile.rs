@@ -356,6 +356,36 @@ fn worktree(root: &Path, name: &str, mib: usize, seed: u64) -> PathBuf {
     w
 }
 
+/// The id of the newest snapshot of the working tree `w`.
+fn newest_id(w: &Path) -> String {
+    let log = String::from_utf8(run_env(w, &["log", "-n", "1", "--json"], &[]).stdout).unwrap();
+    serde_json::from_str::<serde_json::Value>(&log).unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Makes new refs of tenant acme with long names (`r{i}/a/a/…`, about
+/// 250 bytes) from `body` until one is refused, which must be 507 (the
+/// quota); how many went in, or `None` if `tries` all did.
+fn new_refs_until_refused(server: &Server, body: &str, tries: usize) -> Option<usize> {
+    let long = "a/".repeat(120) + "a";
+    for i in 0..tries {
+        let (status, answer) = http(
+            &server.addr,
+            "POST",
+            &format!("/v1/acme/refs/r{i}/{long}"),
+            Some(TOKEN_A),
+            body.as_bytes(),
+        );
+        if status != 200 {
+            assert_eq!(status, 507, "{}", String::from_utf8_lossy(&answer));
+            return Some(i);
+        }
+    }
+    None
+}
+
 /// A push refused past the quota removes the packs it committed; a ref
 /// set meanwhile (another client, told by `has` that the server holds a
 /// snapshot in such a pack) was left naming a missing object (audit round
@@ -375,11 +405,7 @@ fn a_ref_waits_for_a_push_in_progress_on_a_tenant_with_a_quota() {
         );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    let id = String::from_utf8(run_env(&w, &["log", "-n", "1", "--json"], &[]).stdout).unwrap();
-    let id = serde_json::from_str::<serde_json::Value>(&id).unwrap()[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = newest_id(&w);
     let body = format!("{{\"old\": null, \"new\": \"{id}\"}}");
     for (tenant, token, want) in [("acme", TOKEN_A, 503), ("other", TOKEN_B, 200)] {
         // A push in progress: a record of a 1000-byte chunk whose bytes
@@ -431,23 +457,10 @@ fn a_ref_waits_for_a_push_in_progress_on_a_tenant_with_a_quota() {
     );
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
     // Refs with long names take room: past the quota, no new one.
-    let long = "a/".repeat(120) + "a";
-    let mut refused = None;
-    for i in 0..400 {
-        let (status, answer) = http(
-            &server.addr,
-            "POST",
-            &format!("/v1/acme/refs/r{i}/{long}"),
-            Some(TOKEN_A),
-            body.as_bytes(),
-        );
-        if status != 200 {
-            assert_eq!(status, 507, "{}", String::from_utf8_lossy(&answer));
-            refused = Some(i);
-            break;
-        }
-    }
-    assert!(refused.is_some(), "refs went past the quota");
+    assert!(
+        new_refs_until_refused(&server, &body, 400).is_some(),
+        "refs went past the quota"
+    );
     let o = Command::new(common::bin())
         .args(["fsck", "--store"])
         .arg(server.data.join("acme"))
@@ -466,18 +479,25 @@ fn a_push_past_the_quota_is_refused_and_leaves_nothing() {
     });
 }
 
-/// The same with the server's data in S3 (moto).
-#[test]
-fn a_push_past_the_quota_is_refused_and_leaves_nothing_in_s3() {
-    let tmp = tempfile::tempdir().unwrap();
-    let b = bucket("quota");
+/// A server whose data is in a new S3 bucket (named after `tag`; moto),
+/// tenant acme's quota `quota`: (the bucket, the server).
+fn serve_s3_with_quota(tmp: &Path, tag: &str, quota: &str) -> (String, Server) {
+    let b = bucket(tag);
     let server = serve_with(
         &format!("s3://{b}/served"),
-        Some(&tokens_file(tmp.path(), "quota = \"36MiB\"")),
+        Some(&tokens_file(tmp, &format!("quota = \"{quota}\""))),
         "127.0.0.1:0",
         &s3_env(),
         &[],
     );
+    (b, server)
+}
+
+/// The same with the server's data in S3 (moto).
+#[test]
+fn a_push_past_the_quota_is_refused_and_leaves_nothing_in_s3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (b, server) = serve_s3_with_quota(tmp.path(), "quota", "36MiB");
     // What is under the tenant's packs/: each key and its size.
     let listing = || {
         let ep = s3_endpoint();
@@ -519,14 +539,7 @@ fn a_push_past_the_quota_is_refused_and_leaves_nothing_in_s3() {
 #[test]
 fn new_refs_count_against_the_quota_in_s3() {
     let tmp = tempfile::tempdir().unwrap();
-    let b = bucket("refquota");
-    let server = serve_with(
-        &format!("s3://{b}/served"),
-        Some(&tokens_file(tmp.path(), "quota = \"4KiB\"")),
-        "127.0.0.1:0",
-        &s3_env(),
-        &[],
-    );
+    let (_bucket, server) = serve_s3_with_quota(tmp.path(), "refquota", "4KiB");
     let w = worktree(tmp.path(), "w", 0, 5);
     let o = run_env(
         &w,
@@ -534,31 +547,12 @@ fn new_refs_count_against_the_quota_in_s3() {
         &[("SP_SYNC_TOKEN", TOKEN_A.into())],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let id = String::from_utf8(run_env(&w, &["log", "-n", "1", "--json"], &[]).stdout).unwrap();
-    let id = serde_json::from_str::<serde_json::Value>(&id).unwrap()[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = newest_id(&w);
     let body = format!("{{\"old\": null, \"new\": \"{id}\"}}");
     // Each ref about 310 bytes: the quota's 4 KiB less the snapshot's few
     // hundred bytes of objects hold about a dozen of them.
+    let n = new_refs_until_refused(&server, &body, 40).expect("refs went past the quota");
     let long = "a/".repeat(120) + "a";
-    let mut refused = None;
-    for i in 0..40 {
-        let (status, answer) = http(
-            &server.addr,
-            "POST",
-            &format!("/v1/acme/refs/r{i}/{long}"),
-            Some(TOKEN_A),
-            body.as_bytes(),
-        );
-        if status != 200 {
-            assert_eq!(status, 507, "{}", String::from_utf8_lossy(&answer));
-            refused = Some(i);
-            break;
-        }
-    }
-    let n = refused.expect("refs went past the quota");
     assert!((6..14).contains(&n), "refused after {n} refs");
     // A ref the tenant has still moves (to the same snapshot: old given).
     let moved = format!("{{\"old\": \"{id}\", \"new\": \"{id}\"}}");
