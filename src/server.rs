@@ -413,6 +413,16 @@ async fn quota_lock(
     }
 }
 
+/// What a tenant's store holds, as its quota counts it: its directory on
+/// disk; in a bucket (whose sizes cost requests to list), the objects the
+/// store indexes, as stored.
+fn held_bytes(data: &Data, tenant: &str, store: &Store) -> Result<u64> {
+    match data {
+        Data::Dir(d) => dir_size(&d.join(tenant)),
+        Data::S3(_) => Ok(store.stored_bytes()),
+    }
+}
+
 /// Bytes a store directory takes: its files, and a block for each
 /// directory (refs with long names make many: audit round 18).
 fn dir_size(dir: &Path) -> Result<u64> {
@@ -712,19 +722,15 @@ async fn update_ref(
             let refs = store.list_refs().map_err(from_sync)?;
             // A new ref takes room too: none past the quota.
             if let (None, Some(&q)) = (old, st.quotas.get(&tenant)) {
-                let used = match &st.data {
-                    Data::Dir(d) => dir_size(&d.join(&tenant)).map_err(from_sync)?,
-                    // In a bucket (whose sizes cost requests to list): the
-                    // objects the store indexes, as stored, as a push
-                    // counts them, and each ref as its key and id.
-                    Data::S3(_) => {
-                        let refs_bytes: u64 = refs
-                            .iter()
-                            .map(|(n, _)| (n.len() + "refs/".len() + 64) as u64)
-                            .sum();
-                        store.stored_bytes() + refs_bytes
-                    }
-                };
+                let mut used = held_bytes(&st.data, &tenant, &store).map_err(from_sync)?;
+                // In a bucket, each ref too, as its key and id (in a
+                // directory, its file is counted already).
+                if let Data::S3(_) = &st.data {
+                    used += refs
+                        .iter()
+                        .map(|(n, _)| (n.len() + "refs/".len() + 64) as u64)
+                        .sum::<u64>();
+                }
                 if used >= q {
                     return Err(err(
                         StatusCode::INSUFFICIENT_STORAGE,
@@ -964,15 +970,12 @@ async fn objects(
                 )
             };
             // With a quota: what the tenant's store holds, and what is left.
-            let budget = match (quota, &st.data) {
-                (Some(q), Data::Dir(d)) => {
-                    let used = dir_size(&d.join(&tenant)).map_err(from_sync)?;
+            let budget = match quota {
+                Some(q) => {
+                    let used = held_bytes(&st.data, &tenant, &store).map_err(from_sync)?;
                     Some((q, q.saturating_sub(used)))
                 }
-                // Listing a bucket's sizes costs requests: the objects the
-                // store indexes, as stored, are what it holds.
-                (Some(q), Data::S3(_)) => Some((q, q.saturating_sub(store.stored_bytes()))),
-                (None, _) => None,
+                None => None,
             };
             let over_quota = AtomicBool::new(false);
             let packs_before: std::collections::HashSet<ObjectId> =

@@ -1969,13 +1969,18 @@ fn read_table(
     let from = own_rows(name, partitioned);
     let sql = match order {
         Order::Key => copy_out_sql(&from, t, &select_list(t), by_all),
-        // A plain table's own rows, every column as it is: `COPY table`
-        // reads the heap without a query's executor (a few per cent of the
-        // server's time), and copies no child table's rows, as `ONLY`.
-        Order::Heap if !partitioned && select_list(t) == column_list(t) => {
-            format!("COPY {} ({}) TO STDOUT", quote(name), column_list(t))
+        // A plain table's own rows, every column as it is (no cast):
+        // `COPY table` reads the heap without a query's executor (a few
+        // per cent of the server's time), and copies no child table's
+        // rows, as `ONLY`.
+        Order::Heap => {
+            let (cols, plain) = (select_list(t), column_list(t));
+            if !partitioned && cols == plain {
+                format!("COPY {} ({plain}) TO STDOUT", quote(name))
+            } else {
+                format!("COPY (SELECT {cols} FROM {from}) TO STDOUT")
+            }
         }
-        Order::Heap => format!("COPY (SELECT {} FROM {from}) TO STDOUT", select_list(t)),
     };
     if !p.all_read_binary() {
         return copy_lines(c, loc, &sql, progress, |line| {
@@ -3911,10 +3916,7 @@ fn pause_triggers_of(
                 )));
             }
             Err(e) => {
-                c.batch_execute(
-                    "ROLLBACK TO SAVEPOINT sp_sync_triggers; RELEASE SAVEPOINT sp_sync_triggers",
-                )
-                .map_err(err)?;
+                undo_savepoint(c, "sp_sync_triggers").map_err(err)?;
                 // (Only the rules' statements stay in the list.)
                 enable.truncate(enable.len() - disable.len());
                 if !super::rehearsing() {
@@ -4007,10 +4009,7 @@ fn open_identities(
             Ok(close)
         }
         Err(e) => {
-            c.batch_execute(
-                "ROLLBACK TO SAVEPOINT sp_sync_identity; RELEASE SAVEPOINT sp_sync_identity",
-            )
-            .map_err(err)?;
+            undo_savepoint(c, "sp_sync_identity").map_err(err)?;
             if !super::rehearsing() {
                 tracing::warn!(
                     "table {name}: its ALWAYS identity columns cannot take the snapshot's values ({})",
@@ -4146,10 +4145,7 @@ fn run_step(
                         r.map(|r| (r.get(0), r.get(1)))
                     }
                     Err(_) => {
-                        c.batch_execute(
-                            "ROLLBACK TO SAVEPOINT sp_sync_seq; RELEASE SAVEPOINT sp_sync_seq",
-                        )
-                        .map_err(err)?;
+                        undo_savepoint(c, "sp_sync_seq").map_err(err)?;
                         None
                     }
                 };
@@ -4211,10 +4207,7 @@ fn run_step(
                         return Ok(());
                     }
                     Err(_) => {
-                        c.batch_execute(
-                            "ROLLBACK TO SAVEPOINT sp_sync_seq; RELEASE SAVEPOINT sp_sync_seq",
-                        )
-                        .map_err(err)?;
+                        undo_savepoint(c, "sp_sync_seq").map_err(err)?;
                     }
                 }
             }
@@ -4339,8 +4332,7 @@ fn set_key_aside(c: &mut Client, loc: &PgLocation, name: &str) -> Result<Option<
             Ok(Some((kname, def)))
         }
         Err(e) => {
-            c.batch_execute("ROLLBACK TO SAVEPOINT sp_sync_key; RELEASE SAVEPOINT sp_sync_key")
-                .map_err(err)?;
+            undo_savepoint(c, "sp_sync_key").map_err(err)?;
             tracing::debug!(
                 "table {name}: its key is kept during the COPY ({})",
                 loc.error(e)
@@ -4352,8 +4344,17 @@ fn set_key_aside(c: &mut Client, loc: &PgLocation, name: &str) -> Result<Option<
 
 /// The `COPY` that loads every stored column of table `name`.
 fn copy_in_sql(name: &str, t: &TableData) -> String {
-    let cols: Vec<String> = t.columns.iter().map(|c| quote(&c.name)).collect();
-    format!("COPY {} ({}) FROM STDIN", quote(name), cols.join(", "))
+    format!("COPY {} ({}) FROM STDIN", quote(name), column_list(t))
+}
+
+/// Undoes what ran since savepoint `name` and releases it. (A savepoint
+/// only rolled back to stays open: what runs after would nest inside it,
+/// each level holding a transaction id's lock in the server's shared lock
+/// table, until it runs out, for other sessions too.)
+fn undo_savepoint(c: &mut Client, name: &str) -> std::result::Result<(), tokio_postgres::Error> {
+    c.batch_execute(&format!(
+        "ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
+    ))
 }
 
 /// Each stored column's class.
@@ -5613,10 +5614,7 @@ impl<'a> RowStatements<'a> {
                             rows.len()
                         );
                     }
-                    c.batch_execute(
-                        "ROLLBACK TO SAVEPOINT sp_sync_rows; RELEASE SAVEPOINT sp_sync_rows",
-                    )
-                    .map_err(err)?;
+                    undo_savepoint(c, "sp_sync_rows").map_err(err)?;
                     span = (span / 2).max(1);
                     let after = rows.split_off(i + 1);
                     let failed = rows.pop();
@@ -5697,10 +5695,7 @@ impl<'a> RowStatements<'a> {
                         Err(e) => e.clone(),
                     }
                 );
-                c.batch_execute(
-                    "ROLLBACK TO SAVEPOINT sp_sync_copy; RELEASE SAVEPOINT sp_sync_copy",
-                )
-                .map_err(err)?;
+                undo_savepoint(c, "sp_sync_copy").map_err(err)?;
                 self.copy_ok = false;
                 let sql = std::mem::take(&mut self.insert_sql);
                 for (key, vals) in rows {
@@ -5837,14 +5832,7 @@ impl<'a> RowStatements<'a> {
                     || e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
                     || e.code() == Some(&tokio_postgres::error::SqlState::EXCLUSION_VIOLATION) =>
             {
-                // Released too: a savepoint rolled back to stays open,
-                // and the next try's would nest inside it, each level
-                // holding a transaction id's lock until the server's lock
-                // table ran out ("out of shared memory", for other
-                // sessions too).
-                c.batch_execute(
-                    "ROLLBACK TO SAVEPOINT sp_sync_row; RELEASE SAVEPOINT sp_sync_row",
-                )?;
+                undo_savepoint(c, "sp_sync_row")?;
                 Ok(None)
             }
             Err(e) => Err(e),
