@@ -469,6 +469,11 @@ impl PgLocation {
                  SET xmloption = content",
             )
             .map_err(|e| self.error(e))?;
+        let encoding: String = client
+            .query_one("SELECT pg_catalog.current_setting('server_encoding')", &[])
+            .map_err(|e| self.error(e))?
+            .get(0);
+        client.set_utf8_order(matches!(encoding.as_str(), "UTF8" | "SQL_ASCII" | "LATIN1"));
         Ok(client)
     }
 
@@ -692,7 +697,10 @@ impl PgClass {
         }
     }
 
-    fn order(self, col: &str) -> String {
+    /// What a key column is ordered by: its value, or its text's bytes
+    /// (as UTF-8: `utf8_order`, whether the server's encoding orders them
+    /// so, see [`Client::utf8_order`]).
+    fn order(self, col: &str, utf8_order: bool) -> String {
         match self {
             PgClass::Int
             | PgClass::Float4
@@ -700,9 +708,11 @@ impl PgClass {
             | PgClass::Bool
             | PgClass::Bytea
             | PgClass::Uuid => col.to_string(),
-            PgClass::Text => format!("{col} COLLATE \"C\""),
+            PgClass::Text if utf8_order => format!("{col} COLLATE \"C\""),
+            PgClass::Text => format!("pg_catalog.convert_to({col}, 'UTF8')"),
             // Every other class is stored as its text form, in its order.
-            _ => format!("({col}::text) COLLATE \"C\""),
+            _ if utf8_order => format!("({col}::text) COLLATE \"C\""),
+            _ => format!("pg_catalog.convert_to({col}::text, 'UTF8')"),
         }
     }
 
@@ -1674,9 +1684,9 @@ fn key_list(t: &TableData, f: impl Fn(PgClass, &str) -> String) -> String {
 /// every column's value (-0 last). (Neither is added for a primary key:
 /// it cannot hold them, and `NULLS FIRST` would keep its index from giving
 /// the order.)
-fn order_list(t: &TableData, by_all: bool) -> String {
+fn order_list(t: &TableData, by_all: bool, utf8_order: bool) -> String {
     let cols = key_list(t, |class, col| {
-        let o = class.order(col);
+        let o = class.order(col, utf8_order);
         if by_all {
             format!("{o} NULLS FIRST")
         } else {
@@ -1701,11 +1711,11 @@ fn order_list(t: &TableData, by_all: bool) -> String {
 }
 
 /// The `COPY` statement that reads `cols` (a select list) of a table in
-/// key order.
-fn copy_out_sql(from: &str, t: &TableData, cols: &str, by_all: bool) -> String {
+/// key order (see [`order_list`]).
+fn copy_out_sql(from: &str, t: &TableData, cols: &str, by_all: bool, utf8_order: bool) -> String {
     format!(
         "COPY (SELECT {cols} FROM {from} ORDER BY {}) TO STDOUT",
-        order_list(t, by_all)
+        order_list(t, by_all, utf8_order)
     )
 }
 
@@ -1968,7 +1978,7 @@ fn read_table(
     let mut p = RowParser::new(t).with_enums(enums);
     let from = own_rows(name, partitioned);
     let sql = match order {
-        Order::Key => copy_out_sql(&from, t, &select_list(t), by_all),
+        Order::Key => copy_out_sql(&from, t, &select_list(t), by_all, c.utf8_order()),
         // A plain table's own rows, every column as it is (no cast):
         // `COPY table` reads the heap without a query's executor (a few
         // per cent of the server's time), and copies no child table's
@@ -2304,7 +2314,13 @@ fn find_gone(
             gone.clear();
         }
     };
-    let sql = copy_out_sql(from, t, &key_list(t, PgClass::select), by_all);
+    let sql = copy_out_sql(
+        from,
+        t,
+        &key_list(t, PgClass::select),
+        by_all,
+        c.utf8_order(),
+    );
     let mut p = RowParser::new(t).with_enums(enums);
     if p.keys_read_binary() {
         let mut due = Interrupts::default();

@@ -41,6 +41,9 @@ pub struct Client {
     failure: Arc<Mutex<Option<Error>>>,
     /// The `COPY … FROM STDIN` under way, if any (see [`Client::copy_start`]).
     copy: Option<Pin<Box<tokio_postgres::CopyInSink<Bytes>>>>,
+    /// Whether the server's encoding orders text as its UTF-8 form does
+    /// (see [`Client::utf8_order`]).
+    utf8_order: bool,
 }
 
 impl Client {
@@ -77,7 +80,22 @@ impl Client {
             task: Some(task),
             failure,
             copy: None,
+            utf8_order: true,
         })
+    }
+
+    /// Whether text in the server's encoding sorts byte by byte as its
+    /// UTF-8 form does (UTF8, SQL_ASCII, LATIN1): then `COLLATE "C"` gives
+    /// the order of the keys sp-sync makes (from the UTF-8 the client
+    /// reads); else only `convert_to(…, 'UTF8')` does (audit 26: in a
+    /// WIN1251 database `€` sorts before `Ж`, in UTF-8 after).
+    pub fn utf8_order(&self) -> bool {
+        self.utf8_order
+    }
+
+    /// Sets what [`utf8_order`](Self::utf8_order) says (true until set).
+    pub fn set_utf8_order(&mut self, v: bool) {
+        self.utf8_order = v;
     }
 
     fn client(&self) -> &tokio_postgres::Client {
