@@ -47,7 +47,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags, params_from_iter};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params_from_iter};
 use serde::{Deserialize, Serialize};
 
 use crate::db::table::{Column, FLAG_WITHOUT_ROWID, TableData, TableObject};
@@ -361,6 +361,11 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// How many rows the collection's table holds now.
+    pub fn rows_read(&self) -> usize {
+        self.db.len()
+    }
+
     /// How many rows the collection's files hold now.
     pub fn files_read(&self) -> usize {
         self.disk.len()
@@ -396,11 +401,51 @@ fn inside_project(root: &Path, cfg: &CollectionConfig) -> Result<()> {
     Ok(())
 }
 
-/// Finds a collection by name (`None`: all of them).
+/// What no two collections may share (audit 26):
+/// - a name: they would share one record, and the first one's sync would
+///   read the other's record as its own and delete the rows of files it
+///   never had;
+/// - a database's table: a collection syncs its whole table, so each would
+///   take the other's rows for its own (writing them as its files), and
+///   the deletion of those copies would delete the other's rows;
+/// - a name one folder below another's (`x` and `x/y`): the refs of their
+///   records, `local/x` and `local/x/y`, cannot both exist.
+fn check_together(all: &[CollectionConfig]) -> Result<()> {
+    for (i, a) in all.iter().enumerate() {
+        for b in &all[..i] {
+            if a.name == b.name {
+                return Err(invalid(format!(
+                    "two collections are named {:?}; each needs a name of its own",
+                    a.name
+                )));
+            }
+            if a.db == b.db && a.table.eq_ignore_ascii_case(&b.table) {
+                return Err(invalid(format!(
+                    "collections {} and {} both sync table {} of {}; a collection syncs a whole table, \
+                     so each needs a table of its own",
+                    b.name, a.name, a.table, a.db
+                )));
+            }
+            let below = |x: &str, y: &str| y.strip_prefix(x).is_some_and(|r| r.starts_with('/'));
+            if below(&a.name, &b.name) || below(&b.name, &a.name) {
+                return Err(invalid(format!(
+                    "collections {} and {}: one name is a folder of the other (their records \
+                     local/{} and local/{} cannot both be); rename one",
+                    b.name, a.name, b.name, a.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Finds a collection by name (`None`: all of them), after checking that
+/// the collections can be synced side by side.
 pub fn select<'a>(
     all: &'a [CollectionConfig],
     name: Option<&str>,
 ) -> Result<Vec<&'a CollectionConfig>> {
+    check_together(all)?;
     let picked: Vec<&CollectionConfig> = match name {
         None => all.iter().collect(),
         Some(n) => all
@@ -613,6 +658,90 @@ fn plan_with(
         );
     }
     let _ = c.execute_batch("DROP TABLE IF EXISTS temp.sp_sync_norm");
+    // Keys the key column's collation calls equal (`COLLATE NOCASE`: 'a'
+    // and 'A'), which the bytes above tell apart: a statement by one key
+    // would reach both rows (audit 26: an edit of a.md updated A too, and
+    // its deletion deleted both).
+    let same: Option<(Value, Value)> = c
+        .query_row(
+            &format!(
+                "SELECT min({key} COLLATE BINARY), max({key} COLLATE BINARY) FROM {table} \
+                 GROUP BY {key} HAVING count(*) > 1 LIMIT 1",
+                key = quote(&columns[key_index]),
+                table = quote(&cfg.table)
+            ),
+            [],
+            |r| {
+                Ok((
+                    Value::from_ref(r.get_ref(0)?),
+                    Value::from_ref(r.get_ref(1)?),
+                ))
+            },
+        )
+        .optional()
+        .map_err(err)?;
+    if let Some((a, b)) = same {
+        return Err(SyncError::Database(format!(
+            "{}: table {} holds keys {} and {}, which its key column {} calls equal (its collation); \
+             the key of collection {} must be unique",
+            db_path.display(),
+            cfg.table,
+            a.to_sql(),
+            b.to_sql(),
+            columns[key_index],
+            cfg.name
+        )));
+    }
+    // And a file's key new to the table that the collation calls equal to
+    // a row's ('A' beside 'a'): its insert would make two rows of one key.
+    // (Joined in one query: `m.key = n.k` compares by the column's
+    // collation.)
+    let new_keys: Vec<&Row> = disk
+        .iter()
+        .filter(|(k, _)| !db.contains_key(*k))
+        .map(|(_, d)| d)
+        .collect();
+    if !new_keys.is_empty() {
+        c.execute_batch(
+            "DROP TABLE IF EXISTS temp.sp_sync_keys; CREATE TEMP TABLE sp_sync_keys(k)",
+        )
+        .map_err(err)?;
+        let found = (|| -> rusqlite::Result<Option<(Value, Value)>> {
+            let mut st = c.prepare("INSERT INTO temp.sp_sync_keys VALUES (?1)")?;
+            for d in &new_keys {
+                st.execute([d.values[key_index].sql()])?;
+            }
+            c.query_row(
+                &format!(
+                    "SELECT n.k, m.{key} FROM temp.sp_sync_keys n JOIN main.{table} m ON m.{key} = n.k LIMIT 1",
+                    key = quote(&columns[key_index]),
+                    table = quote(&cfg.table)
+                ),
+                [],
+                |r| Ok((Value::from_ref(r.get_ref(0)?), Value::from_ref(r.get_ref(1)?))),
+            )
+            .optional()
+        })();
+        let _ = c.execute_batch("DROP TABLE IF EXISTS temp.sp_sync_keys");
+        if let Some((file_key, row_key)) = found.map_err(err)? {
+            let file = new_keys
+                .iter()
+                .find(|d| d.values[key_index] == file_key)
+                .and_then(|d| d.path.as_deref())
+                .unwrap_or("");
+            return Err(SyncError::Database(format!(
+                "{}: key {} of {} and key {} of a row of table {} are equal to its key column {} \
+                 (its collation); the key of collection {} must be unique",
+                db_path.display(),
+                file_key.to_sql(),
+                Path::new(&cfg.dir).join(file).display(),
+                row_key.to_sql(),
+                cfg.table,
+                columns[key_index],
+                cfg.name
+            )));
+        }
+    }
     // The record's columns as positions in the table now: `None` when the
     // table has the record's columns (in order, the hashes as they are),
     // `Some(Some(positions))` when columns were added since, `Some(None)`
@@ -693,23 +822,38 @@ fn plan_with(
                 let (file_changed, db_changed) = match &recorded {
                     // The columns the record's hashes are over, as now.
                     Some(Some(idx)) => {
-                        // A column added since is the database's change
-                        // (a migration), wherever the two sides differ in it.
-                        let added = match (d, b) {
-                            (Some(d), Some(b)) => (0..columns.len()).any(|i| {
-                                !idx.contains(&i)
-                                    && !same_cell(
-                                        &types[i],
-                                        &d.values[i],
-                                        &b.values[i],
-                                        Some(i) == body_index,
-                                    )
-                            }),
-                            _ => false,
-                        };
+                        // Where the two sides differ in a column added
+                        // since: a file that lacks its field has the
+                        // migration's value to take (the database's
+                        // change). A file that names it was written since
+                        // (the files' change), and the table's value, unless
+                        // NULL, may be the application's as well as the
+                        // column's default: no one can tell, so both (a
+                        // conflict; audit 26 found a filled-in field
+                        // replaced by the default, exit 0).
+                        let (mut file_added, mut db_added) = (false, false);
+                        if let (Some(d), Some(b)) = (d, b) {
+                            for i in (0..columns.len()).filter(|i| !idx.contains(i)) {
+                                if same_cell(
+                                    &types[i],
+                                    &d.values[i],
+                                    &b.values[i],
+                                    Some(i) == body_index,
+                                ) {
+                                    continue;
+                                }
+                                let named = d.front.iter().any(|f| {
+                                    f.name
+                                        .as_deref()
+                                        .is_some_and(|n| n.eq_ignore_ascii_case(&columns[i]))
+                                });
+                                file_added |= named;
+                                db_added |= !named || !matches!(b.values[i], Value::Null);
+                            }
+                        }
                         (
-                            moved(d, e.file, Some(idx)),
-                            moved(b, e.row, Some(idx)) || added,
+                            moved(d, e.file, Some(idx)) || file_added,
+                            moved(b, e.row, Some(idx)) || db_added,
                         )
                     }
                     // A column the record has is gone: no side's change can
@@ -1041,7 +1185,11 @@ fn yaml_value(v: &serde_norway::Value) -> std::result::Result<Value, String> {
             } else if n.is_u64() {
                 return Err(format!("{n} does not fit a 64-bit integer"));
             } else {
-                Value::Real(n.as_f64().unwrap_or(f64::NAN))
+                match n.as_f64() {
+                    // SQLite keeps a NaN as NULL: it would not come back.
+                    Some(f) if !f.is_nan() => Value::Real(f),
+                    _ => return Err("NaN cannot be stored (SQLite keeps it as NULL)".into()),
+                }
             }
         }
         Y::String(s) => Value::Text(s.clone().into_bytes()),
@@ -1254,7 +1402,11 @@ fn fields_row(
             yaml_value(v).map_err(|e| invalid(format!("{shown}:{line}: field {name}: {e}")))?;
         if i == key_index {
             seen_key = true;
-            if !matches!(values[i], Value::Text(_) | Value::Integer(_)) {
+            // As written: a boolean, a list or a map would be stored as 1
+            // or JSON text, and a key must read back as itself.
+            let written = matches!(v, serde_norway::Value::String(_))
+                || matches!(v, serde_norway::Value::Number(n) if n.is_i64());
+            if !written || !matches!(values[i], Value::Text(_) | Value::Integer(_)) {
                 return Err(invalid(format!(
                     "{shown}:{line}: key field {name} must be a string or an integer"
                 )));
@@ -1344,10 +1496,25 @@ fn normalize(
 
 /// Where a row without a file is written, relative to the folder.
 fn new_path(cfg: &CollectionConfig, columns: &[String], row: &[Value]) -> Result<String> {
-    let text = |v: &Value| match v {
-        Value::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
-        Value::Integer(i) => Some(i.to_string()),
-        _ => None,
+    // What goes into a file's name: text (UTF-8, not empty) or an integer.
+    // A row with anything else has no file (audit 26: a REAL key was
+    // written to `.md`, which no later run could read).
+    let text = |what: &str, v: Option<&Value>| -> Result<String> {
+        match v {
+            Some(Value::Text(t)) if !t.is_empty() => {
+                if let Ok(t) = std::str::from_utf8(t) {
+                    return Ok(t.to_string());
+                }
+            }
+            Some(Value::Integer(i)) => return Ok(i.to_string()),
+            _ => {}
+        }
+        Err(invalid(format!(
+            "collection {}: a row whose {what} is {} has no file name (it must be text or an \
+             integer, not empty); nothing was written",
+            cfg.name,
+            v.map_or_else(|| "missing".to_string(), Value::to_sql)
+        )))
     };
     let key = row.get(
         columns
@@ -1355,10 +1522,11 @@ fn new_path(cfg: &CollectionConfig, columns: &[String], row: &[Value]) -> Result
             .position(|c| c.eq_ignore_ascii_case(cfg.key_column()))
             .unwrap_or(usize::MAX),
     );
+    let key_what = format!("key {}", cfg.key_column());
     let p = match (&cfg.path, cfg.key == "path") {
-        (None, true) => key.and_then(text).unwrap_or_default(),
+        (None, true) => text(&key_what, key)?,
         (None, false) => {
-            let k = key.and_then(text).unwrap_or_default();
+            let k = text(&key_what, key)?;
             match cfg.format {
                 Format::FrontMatter => format!("{k}.md"),
                 Format::Sidecar => format!("{k}/config.yaml"),
@@ -1387,7 +1555,7 @@ fn new_path(cfg: &CollectionConfig, columns: &[String], row: &[Value]) -> Result
                             cfg.name
                         ))
                     })?;
-                out.push_str(&text(v).unwrap_or_default());
+                out.push_str(&text(&format!("column {name}"), Some(v))?);
                 rest = &rest[i + j + 1..];
             }
             out.push_str(rest);
@@ -2305,6 +2473,22 @@ fn to_db_changes(c: &Connection, path: &Path, plan: &Plan, rep: &mut ApplyReport
                     }
                 }
             };
+            // A statement by key reaches exactly its row (the plan refused
+            // keys the column's collation calls equal; an application could
+            // have added one since): else the whole transaction goes back.
+            let one_row = |n: usize| -> Result<()> {
+                if n == 1 {
+                    return Ok(());
+                }
+                Err(SyncError::Database(format!(
+                    "{}: {}: key {} reached {n} rows of table {} (its key column's collation calls \
+                     them equal); nothing was written",
+                    path.display(),
+                    ch.path,
+                    ch.key.to_sql(),
+                    plan.config.table
+                )))
+            };
             if now != plan.db.get(&k).map(|r| r.hash) {
                 return Err(SyncError::Database(format!(
                     "{}: {}: the row changed in the database since this run read it (run `sp-sync local diff`); nothing was written",
@@ -2327,9 +2511,11 @@ fn to_db_changes(c: &Connection, path: &Path, plan: &Plan, rep: &mut ApplyReport
                     rep.inserted += 1;
                 }
                 Some(Action::Delete) => {
-                    c.prepare_cached(&format!("DELETE FROM {table} WHERE {key_col} = ?1"))
+                    let n = c
+                        .prepare_cached(&format!("DELETE FROM {table} WHERE {key_col} = ?1"))
                         .and_then(|mut st| st.execute([ch.key.sql()]))
                         .map_err(ctx)?;
+                    one_row(n)?;
                     rep.deleted += 1;
                 }
                 _ => {
@@ -2348,12 +2534,14 @@ fn to_db_changes(c: &Connection, path: &Path, plan: &Plan, rep: &mut ApplyReport
                     let mut params: Vec<crate::db::value::Sql<'_>> =
                         idx.iter().map(|&i| row.values[i].sql()).collect();
                     params.push(ch.key.sql());
-                    c.prepare_cached(&format!(
-                        "UPDATE {table} SET {} WHERE {key_col} = ?",
-                        sets.join(", ")
-                    ))
-                    .and_then(|mut st| st.execute(params_from_iter(params)))
-                    .map_err(ctx)?;
+                    let n = c
+                        .prepare_cached(&format!(
+                            "UPDATE {table} SET {} WHERE {key_col} = ?",
+                            sets.join(", ")
+                        ))
+                        .and_then(|mut st| st.execute(params_from_iter(params)))
+                        .map_err(ctx)?;
+                    one_row(n)?;
                     rep.updated += 1;
                 }
             }
@@ -2479,6 +2667,27 @@ fn to_disk(plan: &Plan, check_only: bool) -> Result<ApplyReport> {
     }
     let _ = c.execute_batch("DROP TABLE IF EXISTS temp.sp_sync_norm");
     drop(c);
+    // Two rows whose files the collection's `path` puts in one place: the
+    // second would fail after the first was written (audit 26).
+    let mut at: BTreeMap<&str, &[u8]> = BTreeMap::new();
+    for (rel, _, k) in &writes {
+        if let Some(other) = at.insert(rel.as_str(), k.as_slice())
+            && other != k.as_slice()
+        {
+            let key = |k: &[u8]| {
+                plan.db
+                    .get(k)
+                    .map_or_else(String::new, |r| r.values[plan.key_index].to_sql())
+            };
+            return Err(invalid(format!(
+                "{}: the file of two rows, keys {} and {} (the collection's path gives them one \
+                 name); nothing was written",
+                Path::new(&cfg.dir).join(rel).display(),
+                key(other),
+                key(k)
+            )));
+        }
+    }
     for rel in writes
         .iter()
         .map(|(r, ..)| r)
@@ -2580,9 +2789,11 @@ fn to_disk(plan: &Plan, check_only: bool) -> Result<ApplyReport> {
         }
         let tmp = p.with_file_name(format!(
             ".{}.sp-sync-{}.tmp",
-            p.file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default(),
+            temp_stem(
+                &p.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            ),
             std::process::id()
         ));
         let r = (|| -> Result<()> {
@@ -2618,6 +2829,17 @@ fn to_disk(plan: &Plan, check_only: bool) -> Result<ApplyReport> {
         }
     }
     Ok(rep)
+}
+
+/// The part of a file's name its temporary file's name takes: all of it up
+/// to 200 bytes (a name of up to 255 bytes, the most a file system takes,
+/// would not leave room for `.` and `.sp-sync-PID.tmp`; audit 26).
+fn temp_stem(name: &str) -> &str {
+    let mut end = name.len().min(200);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }
 
 /// Removes the temporary files (`.NAME.sp-sync-PID.tmp`) in `dir` whose
@@ -2676,6 +2898,28 @@ fn root_text(root: &Path) -> String {
         .into_owned()
 }
 
+/// How a collection reads its files into rows, as its record keeps it:
+/// a record of other settings (a narrower glob, another key) says nothing
+/// of these rows (audit 26: narrowing the glob read as the files it left
+/// out deleted, and `to-db` deleted their rows).
+fn place_text(cfg: &CollectionConfig) -> String {
+    serde_json::json!({
+        "format": match cfg.format {
+            Format::FrontMatter => "front-matter",
+            Format::Sidecar => "sidecar",
+            Format::Yaml => "yaml",
+        },
+        "glob": cfg.glob(),
+        "key": cfg.key,
+        "key_column": cfg.key_column(),
+        "path": cfg.path,
+        "body": cfg.body,
+        "body_field": cfg.body_field,
+        "body_file": cfg.body_file,
+    })
+    .to_string()
+}
+
 /// The ref that names a collection's record.
 pub fn base_ref(collection: &str) -> Result<String> {
     let name = format!("local/{collection}");
@@ -2726,10 +2970,16 @@ pub fn load_base(store: &Store, cfg: &CollectionConfig, root: &Path) -> Result<O
         ("local.root", &root),
     ]
     .iter()
-    .all(|(k, v)| snap.meta.get(*k).is_some_and(|r| r == *v));
+    .all(|(k, v)| snap.meta.get(*k).is_some_and(|r| r == *v))
+        // (A record made before it kept the settings: of the same place.)
+        && snap
+            .meta
+            .get("local.place")
+            .is_none_or(|p| *p == place_text(cfg));
     if !same {
         tracing::warn!(
-            "collection {}: its last sync was of {} in {} (folder {}, working tree {}); syncing as for the first time",
+            "collection {}: its last sync was of {} in {} (folder {}, working tree {}), or its \
+             settings (glob, key, path, body, format) changed since; syncing as for the first time",
             cfg.name,
             snap.meta.get("local.table").map_or("?", String::as_str),
             snap.meta.get("local.db").map_or("?", String::as_str),
@@ -2862,6 +3112,7 @@ pub fn save_base(
             ("local.db".to_string(), cfg.db.clone()),
             ("local.dir".to_string(), cfg.dir.clone()),
             ("local.root".to_string(), root_text(root)),
+            ("local.place".to_string(), place_text(cfg)),
             (
                 "local.columns".to_string(),
                 serde_json::to_string(columns).unwrap_or_default(),

@@ -124,6 +124,22 @@ pub fn local(
                 c.name
             )));
         }
+        // The same the other way: no row where the last sync had some (a
+        // table emptied, a database made again from its schema; audit 26):
+        // to-disk would remove every file. Only with --force.
+        if opts.direction == Some(Direction::ToDisk)
+            && synced > 0
+            && p.rows_read() == 0
+            && !opts.force
+        {
+            return Err(SyncError::Invalid(format!(
+                "{}: table {} of collection {} has no row (the last sync had {synced}); to-disk \
+                 would remove every file: run it with --force if that is meant",
+                root.join(&c.db).display(),
+                c.table,
+                c.name
+            )));
+        }
         if let Some(d) = opts.direction {
             p.decide(d, opts.force);
         }
@@ -142,7 +158,10 @@ pub fn local(
         changes,
         applied: ApplyReport::default(),
     };
-    if opts.dry_run && opts.direction == Some(Direction::ToDisk) {
+    // Every collection's files checked before any is written (a row with
+    // no file name in the second collection stops the run before the
+    // first's files change), and a dry run refuses what the run would.
+    if opts.direction == Some(Direction::ToDisk) {
         for p in &plans {
             collection::check_to_disk(p)?;
         }

@@ -1847,3 +1847,306 @@ fn to_db_carries_a_deletion_under_a_glob_without_a_path() {
     assert_eq!(left, ["a.md", "c.md"]);
     assert!(!root.join("content/d.md").exists());
 }
+
+/// A project at `p/` with `sp-sync.toml` as given, the database made by
+/// `schema`, an empty `content/` and a store.
+fn project(toml: &str, schema: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("p");
+    std::fs::create_dir_all(root.join("content")).unwrap();
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::write(root.join("sp-sync.toml"), toml).unwrap();
+    sql(&root, schema);
+    ok(&root, &["init", "-q"]);
+    (tmp, root)
+}
+
+const CONTENT: &str = "[[collection]]\nname = \"content\"\ndir = \"content\"\ndb = \"data/app.db\"\ntable = \"content\"\nkey = \"slug\"\nbody = \"body\"\n";
+
+fn md(root: &Path, rel: &str, slug: &str, more: &str) {
+    let p = root.join("content").join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, format!("---\nslug: {slug}\n{more}---\nbody {slug}\n")).unwrap();
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = common::files_under(dir)
+        .iter()
+        .map(|p| p.strip_prefix(dir).unwrap().display().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A column added since the last sync, whose field a file then names: the
+/// user filled it in, and the table's value (the column's default, or the
+/// application's) may be a change too. A conflict: `to-disk` replaced the
+/// field with the default, exit 0 (audit 26). A file that lacks the field
+/// still takes the migration's value.
+#[test]
+fn a_field_filled_in_for_a_new_column_is_not_replaced_by_its_default() {
+    let (_t, root) = mini();
+    edit(&root.join("content/a.md"), "title: a", "title: a1");
+    ok(&root, &["local", "to-db", "-q"]);
+    sql(
+        &root,
+        "ALTER TABLE content ADD COLUMN featured BOOLEAN NOT NULL DEFAULT 0",
+    );
+    edit(
+        &root.join("content/a.md"),
+        "title: a1",
+        "title: a1\nfeatured: true",
+    );
+    let v = json(&ok(&root, &["local", "diff", "--json"]));
+    let sides: Vec<(String, String)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["key"].to_string(), c["changed"].to_string()))
+        .collect();
+    assert_eq!(
+        sides,
+        [
+            ("\"a\"".into(), "\"both\"".into()),
+            ("\"b\"".into(), "\"database\"".into())
+        ],
+        "{v}"
+    );
+    let (code, _, err) = run(&root, &["local", "to-disk"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("1 conflicting key left alone"), "{err}");
+    assert!(
+        std::fs::read_to_string(root.join("content/a.md"))
+            .unwrap()
+            .contains("featured: true")
+    );
+    assert!(
+        std::fs::read_to_string(root.join("content/b.md"))
+            .unwrap()
+            .contains("featured: false")
+    );
+    ok(&root, &["local", "to-db", "--force", "-q"]);
+    assert_eq!(
+        rows(&root, "SELECT slug, featured FROM content ORDER BY slug"),
+        [["a", "1"], ["b", "0"]]
+    );
+}
+
+/// A table emptied, or its database made again from its schema, where the
+/// last sync had rows: `to-disk` removed every file, exit 0 (audit 26).
+/// Refused, as `to-db` refuses an emptied folder; `--force` says it is meant.
+#[test]
+fn to_disk_with_the_table_emptied_removes_no_file() {
+    let (_t, root) = mini();
+    sql(&root, "DELETE FROM content");
+    for args in [
+        &["local", "to-disk"][..],
+        &["local", "to-disk", "--dry-run"],
+    ] {
+        let err = fails(&root, args, 1);
+        assert!(
+            err.contains("has no row") && err.contains("--force"),
+            "{err}"
+        );
+        assert_eq!(names(&root.join("content")), ["a.md", "b.md"]);
+    }
+    ok(&root, &["local", "to-disk", "--force", "-q"]);
+    assert!(names(&root.join("content")).is_empty());
+}
+
+/// A key column whose collation calls 'a' and 'A' equal (not unique): a
+/// statement by one key reached both rows (an edit of a.md updated A, its
+/// deletion deleted both, and to-disk then removed A.md; audit 26). The
+/// plan refuses such keys, on either side; a row the application adds
+/// meanwhile fails the statement that reaches two rows, and the whole
+/// transaction goes back.
+#[test]
+fn keys_a_collation_calls_equal_are_refused() {
+    let schema = "CREATE TABLE content(slug TEXT COLLATE NOCASE, title TEXT, body TEXT)";
+    let (_t, root) = project(CONTENT, schema);
+    sql(
+        &root,
+        "INSERT INTO content VALUES ('a', 'lower', 'x'), ('A', 'upper', 'y')",
+    );
+    let err = fails(&root, &["local", "to-disk"], 1);
+    assert!(
+        err.contains("'A'") && err.contains("'a'") && err.contains("collation"),
+        "{err}"
+    );
+    assert!(names(&root.join("content")).is_empty());
+    // A file whose key equals a row's under the collation.
+    sql(&root, "DELETE FROM content WHERE slug = 'A' COLLATE BINARY");
+    ok(&root, &["local", "to-disk", "-q"]);
+    md(&root, "A2.md", "A", "title: upper\n");
+    let err = fails(&root, &["local", "to-db"], 1);
+    assert!(
+        err.contains("content/A2.md") && err.contains("collation"),
+        "{err}"
+    );
+    assert_eq!(rows(&root, "SELECT slug FROM content"), [["a"]]);
+    std::fs::remove_file(root.join("content/A2.md")).unwrap();
+    // Added meanwhile (by a trigger of the same transaction): the update of
+    // a reaches A too, and nothing stays written.
+    sql(
+        &root,
+        "CREATE TRIGGER t AFTER INSERT ON content WHEN new.slug = '0' \
+         BEGIN INSERT INTO content VALUES ('A', 'upper', 'y'); END",
+    );
+    md(&root, "0.md", "0", "title: zero\n");
+    edit(&root.join("content/a.md"), "title: lower", "title: edited");
+    let err = fails(&root, &["local", "to-db"], 1);
+    assert!(err.contains("reached 2 rows"), "{err}");
+    assert_eq!(
+        rows(&root, "SELECT slug, title FROM content"),
+        [["a", "lower"]]
+    );
+}
+
+/// The record keeps how the collection reads its files: with the glob made
+/// narrower, the files it leaves out read as deleted, and `to-db` deleted
+/// their rows (audit 26). A record of other settings counts as none.
+#[test]
+fn a_narrower_glob_deletes_no_row() {
+    let (_t, root) = project(
+        CONTENT,
+        "CREATE TABLE content(slug TEXT PRIMARY KEY, title TEXT, body TEXT)",
+    );
+    md(&root, "a.md", "a", "");
+    md(&root, "drafts/d.md", "d", "");
+    ok(&root, &["local", "to-db", "-q"]);
+    std::fs::write(
+        root.join("sp-sync.toml"),
+        CONTENT.replace("body = \"body\"\n", "body = \"body\"\nglob = \"*.md\"\n"),
+    )
+    .unwrap();
+    let v = json(&ok(&root, &["local", "diff", "--json"]));
+    let d = &v.as_array().unwrap()[0];
+    assert_eq!(
+        (&d["key"], &d["changed"]),
+        (&json("\"d\""), &json("\"database\"")),
+        "{v}"
+    );
+    ok(&root, &["local", "to-db", "-q"]);
+    assert_eq!(
+        rows(&root, "SELECT slug FROM content ORDER BY slug"),
+        [["a"], ["d"]]
+    );
+}
+
+/// Collections that cannot be synced side by side are refused before
+/// anything is read (audit 26): two of one name shared a record (the
+/// second's sync deleted the first's rows), two on one table copied each
+/// other's rows (and deleting the copies deleted the originals), and `x`
+/// beside `x/y` could never record `x/y`.
+#[test]
+fn collections_that_would_share_a_record_or_a_table_are_refused() {
+    let schema = "CREATE TABLE content(slug TEXT PRIMARY KEY, title TEXT, body TEXT);
+                  CREATE TABLE other(slug TEXT PRIMARY KEY, title TEXT, body TEXT)";
+    let second = |name: &str, table: &str| {
+        format!(
+            "{CONTENT}[[collection]]\nname = \"{name}\"\ndir = \"more\"\ndb = \"data/app.db\"\ntable = \"{table}\"\nkey = \"slug\"\nbody = \"body\"\n"
+        )
+    };
+    for (toml, says) in [
+        (second("content", "other"), "two collections are named"),
+        (second("more", "CONTENT"), "both sync table"),
+        (second("content/x", "other"), "folder of the other"),
+    ] {
+        let (_t, root) = project(&toml, schema);
+        std::fs::create_dir_all(root.join("more")).unwrap();
+        md(&root, "a.md", "a", "");
+        for cmd in ["diff", "to-db", "to-disk"] {
+            let err = fails(&root, &["local", cmd], 1);
+            assert!(err.contains(says), "{toml}: {err}");
+        }
+        assert!(rows(&root, "SELECT slug FROM content").is_empty());
+    }
+}
+
+/// A row with no file name (a REAL, BLOB, NULL or empty key, or a `path`
+/// column that is), or two rows the `path` puts in one file: `to-disk`
+/// refuses before it writes any file (it wrote `.md`, which no later run
+/// could read, or the first of the two; and the dry run said nothing;
+/// audit 26). Every collection is checked before any is written.
+#[test]
+fn rows_with_no_file_of_their_own_are_refused_before_any_is_written() {
+    let schema = "CREATE TABLE content(slug PRIMARY KEY, title TEXT, body TEXT)";
+    for (extra, rows_sql, says) in [
+        (
+            "",
+            "('ok', 'x', 'b'), (1.5, 'real key', 'b')",
+            "key slug is 1.5",
+        ),
+        (
+            "",
+            "('ok', 'x', 'b'), (x'01', 'blob key', 'b')",
+            "key slug is x'01'",
+        ),
+        (
+            "",
+            "('ok', 'x', 'b'), ('', 'empty key', 'b')",
+            "key slug is ''",
+        ),
+        (
+            "path = \"{title}.md\"\n",
+            "('a', 'Same', 'A'), ('b', 'Same', 'B')",
+            "the file of two rows",
+        ),
+        (
+            "path = \"{title}.md\"\n",
+            "('a', 'x', 'A'), ('b', NULL, 'B')",
+            "column title is NULL",
+        ),
+    ] {
+        let toml = format!("{CONTENT}{extra}");
+        let (_t, root) = project(&toml, schema);
+        sql(&root, &format!("INSERT INTO content VALUES {rows_sql}"));
+        for args in [
+            &["local", "to-disk", "--dry-run"][..],
+            &["local", "to-disk"],
+        ] {
+            let err = fails(&root, args, 1);
+            assert!(err.contains(says), "{rows_sql}: {err}");
+            assert!(names(&root.join("content")).is_empty(), "{rows_sql}");
+        }
+    }
+}
+
+/// A file name of 242 bytes (file systems take 255): its temporary file,
+/// `.NAME.sp-sync-PID.tmp`, was too long, and every to-disk failed after
+/// writing the others (audit 26).
+#[test]
+fn a_long_file_name_is_written() {
+    let (_t, root) = mini();
+    let long = "n".repeat(239);
+    md(&root, &format!("{long}.md"), "long", "title: t\n");
+    ok(&root, &["local", "to-db", "-q"]);
+    sql(&root, "UPDATE content SET title = 'new'");
+    ok(&root, &["local", "to-disk", "-q"]);
+    let t = std::fs::read_to_string(root.join(format!("content/{long}.md"))).unwrap();
+    assert!(t.contains("title: new"), "{t}");
+    assert_eq!(names(&root.join("content")).len(), 3);
+}
+
+/// Values that would not come back as written are refused, naming the file
+/// and field: a NaN (SQLite keeps it as NULL), and a key that is a boolean
+/// or a list (stored as 1 or as JSON text; audit 26).
+#[test]
+fn values_that_would_not_come_back_are_refused() {
+    let schema = "CREATE TABLE content(slug TEXT PRIMARY KEY, score REAL, body TEXT)";
+    for (slug, more, says) in [
+        ("a", "score: .nan\n", "NaN"),
+        ("true", "", "key field slug must be a string or an integer"),
+        (
+            "[x, y]",
+            "",
+            "key field slug must be a string or an integer",
+        ),
+    ] {
+        let (_t, root) = project(CONTENT, schema);
+        md(&root, "f.md", slug, more);
+        let err = fails(&root, &["local", "to-db"], 1);
+        assert!(err.contains("content/f.md") && err.contains(says), "{err}");
+        assert!(rows(&root, "SELECT slug FROM content").is_empty());
+    }
+}
