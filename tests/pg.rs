@@ -881,6 +881,38 @@ fn a_database_not_in_utf8_reads_its_text_keys_in_utf8_order() {
     assert_eq!([dump("t"), dump("e")], before);
 }
 
+/// A SQL_ASCII database holding bytes that are not UTF-8: the snapshot is
+/// refused (its values could not be read as text), in one line that names
+/// the table (it named none; audit 26), and no ref moves.
+#[test]
+fn bytes_not_in_utf8_fail_the_snapshot_naming_their_table() {
+    let Some(pg) = cluster() else { return };
+    let db = "sql_ascii_bytes";
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE DATABASE {db} ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
+        ),
+    );
+    pg.psql(
+        db,
+        "CREATE TABLE fine (k int PRIMARY KEY, v text);
+         INSERT INTO fine VALUES (1, 'ascii');
+         CREATE TABLE latin (k int PRIMARY KEY, v text);
+         INSERT INTO latin VALUES (1, E'caf\\xe9');",
+    );
+    let w = work();
+    let d = w.path();
+    let url = pg.url(db);
+    for extra in [&[][..], &["--no-cache"]] {
+        let mut args = vec!["--store", "st", "snapshot", "files", "--db", &url];
+        args.extend_from_slice(extra);
+        let err = fails_pg(d, &args);
+        assert!(err.contains("table latin") && err.contains("UTF8"), "{err}");
+    }
+    assert!(!refs(d).contains("\"id\""), "{}", refs(d));
+}
+
 /// A keyed table whose key the database calls equal to the snapshot's
 /// though its text differs (numeric 1.0 and 1.00, float -0 and 0, an
 /// interval of 1 day and of 24 hours): a restore without --delete makes that

@@ -574,6 +574,24 @@ impl PgLocation {
     }
 }
 
+impl PgLocation {
+    /// [`error`](Self::error) of a statement that reads or writes `table`:
+    /// the message names it (audit 26: a SQL_ASCII database's bytes that
+    /// are not UTF-8 failed the snapshot naming no table).
+    pub fn table_error(&self, table: &str, e: tokio_postgres::Error) -> SyncError {
+        match self.error(e) {
+            SyncError::Database(m) => {
+                let at = format!("{}: ", self.redacted());
+                SyncError::Database(match m.strip_prefix(&at) {
+                    Some(rest) => format!("{at}table {table}: {rest}"),
+                    None => m,
+                })
+            }
+            other => other,
+        }
+    }
+}
+
 /// The password of a `.pgpass` line if its fields match `want` (host,
 /// port, database, user; `*` matches anything; `\:` and `\\` escape).
 fn pgpass_match(line: &str, want: &[String; 4]) -> Option<String> {
@@ -1930,7 +1948,7 @@ impl<'t> RowParser<'t> {
 /// Reads a `COPY … TO STDOUT` line by line into `f`.
 fn copy_lines(
     c: &mut Client,
-    loc: &PgLocation,
+    (loc, table): (&PgLocation, &str),
     sql: &str,
     progress: &dyn Progress,
     mut f: impl FnMut(&[u8]) -> Result<()>,
@@ -1944,7 +1962,7 @@ fn copy_lines(
             }
             f(line)
         },
-        |e| loc.error(e),
+        |e| loc.table_error(table, e),
     )
 }
 
@@ -1993,7 +2011,7 @@ fn read_table(
         }
     };
     if !p.all_read_binary() {
-        return copy_lines(c, loc, &sql, progress, |line| {
+        return copy_lines(c, (loc, name), &sql, progress, |line| {
             let (key, row, _) = p.row(line, sink, chunker).map_err(bad)?;
             f(key, row)
         });
@@ -2010,7 +2028,7 @@ fn read_table(
             let (key, row) = p.row_binary(tuple, sink, chunker).map_err(bad)?;
             f(key, row)
         },
-        |e| loc.error(e),
+        |e| loc.table_error(name, e),
         bad,
     )
 }
@@ -2128,7 +2146,7 @@ fn read_table_by_cache(
     let mut rp = RowParser::new(t);
     copy_lines(
         c,
-        loc,
+        (loc, name),
         &format!(
             "COPY (SELECT {} FROM {from} WHERE pg_catalog.age(xmin) BETWEEN {lo} AND {hi} \
              LIMIT {}) TO STDOUT",
@@ -2334,11 +2352,11 @@ fn find_gone(
                 on_key(p.key_binary(tuple).map_err(bad)?);
                 Ok(())
             },
-            |e| loc.error(e),
+            |e| loc.table_error(name, e),
             bad,
         )?;
     } else {
-        copy_lines(c, loc, &sql, progress, |line| {
+        copy_lines(c, (loc, name), &sql, progress, |line| {
             on_key(p.key_only(line).map_err(bad)?.0);
             Ok(())
         })?;
