@@ -307,7 +307,13 @@ impl PgLocation {
                     }
                     loc.schema = v
                 }
-                "key_by_all_columns" => loc.key_by_all_columns = matches!(v.as_str(), "true" | "1"),
+                "key_by_all_columns" => {
+                    loc.key_by_all_columns = match v.as_str() {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        _ => return Err(bad("key_by_all_columns must be true, false, 1 or 0")),
+                    }
+                }
                 "sslmode" => {
                     if !matches!(
                         v.as_str(),
@@ -6095,6 +6101,19 @@ mod tests {
         assert_eq!(s.host.as_deref(), Some("/tmp/sock"));
         assert_eq!(s.redacted(), "postgres://u@:5433/d?host=/tmp/sock");
         assert!(PgLocation::parse("postgres://u@h/d?bogus=1").is_err());
+        // (A value it does not know was taken for false; audit 26.)
+        for (v, want) in [("true", true), ("1", true), ("false", false), ("0", false)] {
+            let l = PgLocation::parse(&format!("postgres://u@h/d?key_by_all_columns={v}"));
+            assert_eq!(l.unwrap().key_by_all_columns, want);
+        }
+        for v in ["yes", "maybe", ""] {
+            let e = PgLocation::parse(&format!("postgres://u@h/d?key_by_all_columns={v}"));
+            assert!(
+                e.unwrap_err()
+                    .to_string()
+                    .contains("key_by_all_columns must be")
+            );
+        }
         assert!(PgLocation::parse("postgres://u@h:x/d").is_err());
         let e = PgLocation::parse("postgres://u:pw@h:x/d")
             .unwrap_err()
