@@ -1130,6 +1130,12 @@ fn walk_error(dir: &Path, e: &ignore::Error) -> SyncError {
 
 /// Splits a markdown file into (front matter, its first line number, body).
 fn split_front_matter<'a>(text: &'a str, shown: &str) -> Result<(&'a str, &'a str)> {
+    if text.starts_with('\u{feff}') {
+        return Err(invalid(format!(
+            "{shown}:1: the file starts with a byte order mark (U+FEFF) before its ---; \
+             save it as UTF-8 without one"
+        )));
+    }
     let rest = text
         .strip_prefix("---\n")
         .or_else(|| text.strip_prefix("---\r\n"))
@@ -3168,6 +3174,13 @@ mod tests {
         let e = ignore::Error::Io(std::io::Error::from_raw_os_error(2));
         let msg = walk_error(Path::new("/d"), &e).to_string();
         assert!(msg.contains("reading /d: "), "{msg}");
+    }
+
+    /// (A BOM was refused as "no front matter"; audit 26.)
+    #[test]
+    fn a_byte_order_mark_is_named() {
+        let e = split_front_matter("\u{feff}---\na: 1\n---\n", "f.md").unwrap_err();
+        assert!(e.to_string().contains("byte order mark"), "{e}");
     }
 
     #[test]
