@@ -182,6 +182,14 @@ pub fn restore(
         ropts
             .protect
             .extend(crate::sources::named_database_protection(store, &ws.root));
+        // A target in another working tree keeps that tree's store and
+        // databases too (audit 26: `restore SNAP ../app` from another
+        // tree wrote over `../app/data/app.db`).
+        for p in &places {
+            ropts
+                .protect
+                .extend(crate::sources::target_protection(&p.dest, &ws.root));
+        }
     }
     if target.is_none() && db.is_none() {
         let dbs = if sub.is_none() {

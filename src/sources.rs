@@ -216,6 +216,43 @@ pub fn named_database_protection(store: &crate::store::Store, base: &Path) -> Ve
     out
 }
 
+/// What a restore into `target` keeps of the working tree `target` lies
+/// in (the nearest folder at or above it holding a store `.sp-sync` or an
+/// `sp-sync.toml`), whichever store the restore reads: that tree's store,
+/// the databases its `sp-sync.toml` names and those any snapshot of its
+/// store names, each with its `-wal`, `-shm` and `-journal` (audit 26:
+/// `cache restore --target ../app` and `restore SNAP ../app`, run from
+/// another tree, wrote over `../app`'s database). Nothing when that tree
+/// is `known` (the restore's own, already kept).
+pub fn target_protection(target: &Path, known: &Path) -> Vec<PathBuf> {
+    let abs = canonical(&std::path::absolute(target).unwrap_or_else(|_| target.to_path_buf()));
+    let mut cur = Some(abs.as_path());
+    while let Some(d) = cur {
+        let store_dir = d.join(crate::store::STORE_DIR);
+        let has_store = std::fs::symlink_metadata(&store_dir).is_ok_and(|m| m.is_dir());
+        if has_store || d.join(PROJECT_FILE).is_file() {
+            if canonical(known) == d {
+                return Vec::new();
+            }
+            let ws = Workspace {
+                store_dir: store_dir.clone(),
+                root: d.to_path_buf(),
+                explicit: false,
+            };
+            let mut out = protected_paths(&ws, None);
+            if has_store
+                && let Ok(store) =
+                    crate::store::Store::open(&store_dir, crate::store::LockMode::Shared)
+            {
+                out.extend(named_database_protection(&store, d));
+            }
+            return out;
+        }
+        cur = d.parent();
+    }
+    Vec::new()
+}
+
 /// Whether `path` is a SQLite database file (its header), not following a
 /// symlink at it.
 fn is_sqlite_file(path: &Path) -> bool {

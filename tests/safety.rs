@@ -2242,3 +2242,118 @@ fn a_restore_removes_the_temporary_files_a_killed_one_left() {
         "a\n"
     );
 }
+
+/// A tree `app/` with a store, a live database named by its `sp-sync.toml`
+/// (`data/app.db`) and one named only by its store's snapshot
+/// (`data/side.db`); and a second tree `other/` whose snapshot, cache
+/// entry and remote hold files of those names (not databases).
+fn two_trees(t: &Path) -> (std::path::PathBuf, std::path::PathBuf, [String; 2]) {
+    let app = t.join("app");
+    layout(&app, DEFAULT_TOML);
+    let side = rusqlite::Connection::open(app.join("data/side.db")).unwrap();
+    side.execute_batch("CREATE TABLE s(v); INSERT INTO s VALUES ('precious');")
+        .unwrap();
+    drop(side);
+    ok(
+        &app,
+        &["snapshot", "-q", "--db", "data/side.db", "--ref", "side"],
+    );
+    let other = t.join("other");
+    std::fs::create_dir_all(other.join("data")).unwrap();
+    std::fs::write(other.join("data/app.db"), "not a database\n").unwrap();
+    std::fs::write(other.join("data/side.db"), "not a database\n").unwrap();
+    std::fs::write(other.join("data/note.txt"), "a note\n").unwrap();
+    ok(&other, &["init", "-q"]);
+    ok(&other, &["snapshot", "-q"]);
+    let dumps = [
+        dump(&app.join("data/app.db")),
+        dump(&app.join("data/side.db")),
+    ];
+    (app, other, dumps)
+}
+
+/// A restore whose target lies in another working tree keeps that tree's
+/// databases, those its `sp-sync.toml` names and those its store's
+/// snapshots name: `restore SNAP ../app` and `cache restore --target
+/// ../app`, run from another tree, wrote over them, exit 0 (audit 26).
+/// They are left as they are (exit 3 and 1, as when run from `app/`),
+/// and the rest is written.
+#[test]
+fn a_restore_into_another_working_tree_keeps_its_databases() {
+    let t = tempfile::tempdir().unwrap();
+    let (app, other, dumps) = two_trees(t.path());
+    let check = |what: &str| {
+        assert_eq!(dump(&app.join("data/app.db")), dumps[0], "{what}");
+        assert_eq!(dump(&app.join("data/side.db")), dumps[1], "{what}");
+    };
+    let o = run_in(&other, &["restore", "main", "../app", "-q"]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    check("restore");
+    assert_eq!(
+        std::fs::read_to_string(app.join("data/note.txt")).unwrap(),
+        "a note\n"
+    );
+    std::fs::remove_file(app.join("data/note.txt")).unwrap();
+    let remote = t.path().join("remote");
+    ok(
+        &other,
+        &[
+            "cache",
+            "save",
+            "k",
+            "data",
+            "--remote",
+            remote.to_str().unwrap(),
+            "-q",
+        ],
+    );
+    let ci = t.path().join("ci");
+    std::fs::create_dir_all(&ci).unwrap();
+    let o = run_in(
+        &ci,
+        &[
+            "cache",
+            "restore",
+            "k",
+            "--target",
+            "../app",
+            "--remote",
+            remote.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    check("cache restore");
+}
+
+/// `pull --restore` keeps, as `restore` does, the databases this store's
+/// snapshots name (it wrote over one only a snapshot named, exit 0; audit
+/// 26), and those `sp-sync.toml` names, and says so with exit 3 (it said
+/// exit 0).
+#[test]
+fn pull_restore_keeps_the_databases_this_stores_snapshots_name() {
+    let t = tempfile::tempdir().unwrap();
+    let (app, other, dumps) = two_trees(t.path());
+    let remote = t.path().join("remote");
+    ok(&other, &["push", remote.to_str().unwrap(), "-q"]);
+    // (The app has no main yet: the pull makes it, and restores it.)
+    let o = run_in(
+        &app,
+        &[
+            "pull",
+            remote.to_str().unwrap(),
+            "main",
+            "--restore",
+            ".",
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["protected"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(dump(&app.join("data/app.db")), dumps[0]);
+    assert_eq!(dump(&app.join("data/side.db")), dumps[1]);
+    assert_eq!(
+        std::fs::read_to_string(app.join("data/note.txt")).unwrap(),
+        "a note\n"
+    );
+}

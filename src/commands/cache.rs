@@ -389,5 +389,12 @@ fn cache_protected(opts: &CacheRestoreOptions) -> Vec<PathBuf> {
     if let Ok(store) = crate::store::Store::open(&ws.store_dir, crate::store::LockMode::Shared) {
         out.extend(crate::sources::named_database_protection(&store, &ws.root));
     }
+    // And the tree `--target` lies in, when that is another (audit 26).
+    if let Some(t) = &opts.target {
+        out.extend(crate::sources::target_protection(
+            &opts.place.cwd.join(t),
+            &ws.root,
+        ));
+    }
     out
 }

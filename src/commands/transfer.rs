@@ -111,9 +111,20 @@ pub fn push(
     })
 }
 
-/// What `pull` did: a transfer from a remote, or a bundle's import.
+/// What `pull` did: a transfer from a remote, or a bundle's import; and
+/// the paths `--restore` left as they are.
 #[derive(Debug)]
-pub enum PullReport {
+pub struct PullReport {
+    /// The transfer or the import.
+    pub pulled: Pulled,
+    /// Entries `--restore` did not write over (a database, the store):
+    /// exit 3, as `restore`.
+    pub restore_protected: Vec<PathBuf>,
+}
+
+/// Where a pull came from.
+#[derive(Debug)]
+pub enum Pulled {
     /// From a store or server.
     Remote(TransferCmdReport),
     /// From a bundle file.
@@ -128,9 +139,9 @@ pub fn pull(opts: &PullOptions, progress: &dyn Progress) -> Result<PullReport> {
     let (name, loc, creds) = resolve_remote(&store, opts.remote.as_deref())?;
     let refs = or_main(&opts.refs);
     let start = Instant::now();
-    let restore = |u: &crate::transfer::RefUpdate| -> Result<()> {
+    let restore = |u: &crate::transfer::RefUpdate| -> Result<Vec<PathBuf>> {
         let Some(target) = &opts.restore else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         // A local ref that did not move (it has diverged) is what the
         // working tree follows: the remote's snapshot is not written over it.
@@ -146,10 +157,19 @@ pub fn pull(opts: &PullOptions, progress: &dyn Progress) -> Result<PullReport> {
         let target = opts.place.cwd.join(target);
         // As `restore` writes: never over this store or a database.
         let snap = crate::names::load_snapshot(&store, &id)?;
-        let ropts = crate::checkout::restore_options(&ws, &snap, false, false);
-        crate::restore_snapshot(&store, &id.to_hex(), &target, &ropts, progress)
+        let mut ropts = crate::checkout::restore_options(&ws, &snap, false, false);
+        // (The databases any snapshot of this store names, and those of
+        // the working tree the target lies in; audit 26: a database only
+        // this store's snapshots named was written over, exit 0.)
+        ropts
+            .protect
+            .extend(crate::sources::named_database_protection(&store, &ws.root));
+        ropts
+            .protect
+            .extend(crate::sources::target_protection(&target, &ws.root));
+        let r = crate::restore_snapshot(&store, &id.to_hex(), &target, &ropts, progress)
             .context_with(|| format!("restore into {}", target.display()))?;
-        Ok(())
+        Ok(r.protected)
     };
     if let Location::Path(p) = &loc
         && crate::bundle::is_bundle(&opts.place.cwd.join(p))
@@ -160,29 +180,37 @@ pub fn pull(opts: &PullOptions, progress: &dyn Progress) -> Result<PullReport> {
             remote_name: name,
         };
         let report = import_file(&store, &opts.place.cwd, p, &iopts, progress)?;
-        if let Some(u) = report.refs.first() {
-            restore(u)?;
-        }
-        return Ok(PullReport::Bundle(BundleImportReport {
-            report,
-            file: p.clone(),
-            verb: "pulled",
-            seconds: start.elapsed().as_secs_f64(),
-        }));
+        let restore_protected = match report.refs.first() {
+            Some(u) => restore(u)?,
+            None => Vec::new(),
+        };
+        return Ok(PullReport {
+            pulled: Pulled::Bundle(BundleImportReport {
+                report,
+                file: p.clone(),
+                verb: "pulled",
+                seconds: start.elapsed().as_secs_f64(),
+            }),
+            restore_protected,
+        });
     }
     let r = crate::remote::open(&loc, &creds, false)?;
     let report = crate::transfer::pull(&store, &*r, name.as_deref(), &refs, progress)
         .context_with(|| format!("pull from {}", r.describe()))?;
-    if let Some(u) = report.refs.first() {
-        restore(u)?;
-    }
-    Ok(PullReport::Remote(TransferCmdReport {
-        report,
-        sent: false,
-        remote: r.describe(),
-        seconds: start.elapsed().as_secs_f64(),
-        deploys: None,
-    }))
+    let restore_protected = match report.refs.first() {
+        Some(u) => restore(u)?,
+        None => Vec::new(),
+    };
+    Ok(PullReport {
+        pulled: Pulled::Remote(TransferCmdReport {
+            report,
+            sent: false,
+            remote: r.describe(),
+            seconds: start.elapsed().as_secs_f64(),
+            deploys: None,
+        }),
+        restore_protected,
+    })
 }
 
 json_via!(TransferCmdReport, |t| {
@@ -242,23 +270,39 @@ impl Render for TransferCmdReport {
     }
 }
 
-json_via!(PullReport, |p| match p {
-    PullReport::Remote(r) => super::val(r),
-    PullReport::Bundle(b) => super::val(b),
+json_via!(PullReport, |p| {
+    let mut v = match &p.pulled {
+        Pulled::Remote(r) => super::val(r),
+        Pulled::Bundle(b) => super::val(b),
+    };
+    if !p.restore_protected.is_empty() {
+        v["protected"] = json!(p.restore_protected);
+    }
+    v
 });
 
 impl Render for PullReport {
     fn stderr(&self) -> Vec<String> {
-        match self {
-            PullReport::Remote(r) => r.stderr(),
-            PullReport::Bundle(b) => b.stderr(),
+        match &self.pulled {
+            Pulled::Remote(r) => r.stderr(),
+            Pulled::Bundle(b) => b.stderr(),
         }
     }
 
     fn human(&self, out: &mut Human<'_>) -> Result<()> {
-        match self {
-            PullReport::Remote(r) => r.human(out),
-            PullReport::Bundle(b) => b.human(out),
+        match &self.pulled {
+            Pulled::Remote(r) => r.human(out),
+            Pulled::Bundle(b) => b.human(out),
+        }
+    }
+
+    /// 3 when `--restore` left entries as they are (a warning names each),
+    /// as `restore` does.
+    fn status(&self) -> i32 {
+        if self.restore_protected.is_empty() {
+            0
+        } else {
+            3
         }
     }
 }
