@@ -1080,7 +1080,15 @@ fn empty_in_place(
     if depth >= MAX_DEPTH {
         return Err(crate::object::tree::too_deep(path.as_os_str().as_bytes()));
     }
-    let dev = rustix::fs::fstat(dir).ctx("reading", path)?.st_dev;
+    let st = rustix::fs::fstat(dir).ctx("reading", path)?;
+    let dev = st.st_dev;
+    // A directory the owner may not write (a snapshot's `chmod 555`, a Go
+    // module cache a step made) is opened up first: its entries could not
+    // be removed, and the whole copy stayed behind (audit 26).
+    if st.st_mode & 0o700 != 0o700 {
+        rustix::fs::fchmod(dir, Mode::from_raw_mode((st.st_mode & 0o7777) | 0o700))
+            .ctx("setting mode of", path)?;
+    }
     let mut names = Vec::new();
     for e in rustix::fs::Dir::read_from(dir).ctx("reading directory", path)? {
         let e = e.ctx("reading directory", path)?;

@@ -496,6 +496,11 @@ fn a_file_is_not_put_where_a_directory_holds_what_the_snapshot_lacks() {
 /// Runs the binary as an unprivileged user (the tests run as root, which
 /// reads any file), or as we are when we are not root.
 fn as_nobody(w: &Path, args: &[&str]) -> std::process::Output {
+    as_nobody_with(w, args, &[])
+}
+
+/// [`as_nobody`] with more of the environment set.
+fn as_nobody_with(w: &Path, args: &[&str], env: &[(&str, &Path)]) -> std::process::Output {
     let root = rustix::process::getuid().is_root();
     let mut c = if root {
         let mut c = Command::new("setpriv");
@@ -509,6 +514,7 @@ fn as_nobody(w: &Path, args: &[&str]) -> std::process::Output {
         .current_dir(w)
         .env("SP_SYNC_CACHE_DIR", w.join("cache"))
         .env_remove("SP_SYNC_STORE")
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -2356,4 +2362,38 @@ fn pull_restore_keeps_the_databases_this_stores_snapshots_name() {
         std::fs::read_to_string(app.join("data/note.txt")).unwrap(),
         "a note\n"
     );
+}
+
+/// A snapshot holding a directory its owner may not write (`chmod 555`):
+/// the deploy's copy of it could not be emptied, and stayed behind after
+/// every deploy, secrets included (audit 26). Run unprivileged (root
+/// writes anywhere).
+#[test]
+fn a_deploys_copy_goes_though_it_holds_a_read_only_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("w");
+    let temp = tmp.path().join("tmp");
+    std::fs::create_dir_all(w.join("src/deep")).unwrap();
+    std::fs::create_dir_all(&temp).unwrap();
+    std::fs::write(w.join("src/config"), "API_KEY=secret\n").unwrap();
+    std::fs::write(w.join("src/deep/x"), "x\n").unwrap();
+    std::fs::write(
+        w.join("sp-sync.toml"),
+        "[deploy.api]\nwatch = [\"src/**\"]\nsteps = [\"chmod 500 src/deep\"]\n",
+    )
+    .unwrap();
+    chown_nobody(tmp.path());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(w.join("src"), std::fs::Permissions::from_mode(0o555)).unwrap();
+    for args in [&["init", "-q"][..], &["snapshot", "-q"]] {
+        let o = as_nobody(&w, args);
+        assert!(o.status.success(), "{o:?}");
+    }
+    let o = as_nobody_with(&w, &["deploy", "api"], &[("TMPDIR", &temp)]);
+    assert!(o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("could not be removed"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&temp).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
 }
