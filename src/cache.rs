@@ -781,13 +781,16 @@ fn materialize(
         .ok_or_else(|| SyncError::Invalid("a cache entry without files".into()))?;
     // An entry (from a shared remote) never writes over the working tree's
     // store or databases.
+    let layout = snap.meta.get(META_LAYOUT).map(String::as_str);
     let opts = RestoreOptions {
         skip_unchanged: true,
         protect: protect.to_vec(),
+        // Each path's directory takes its recorded mode (a `root` entry's
+        // is its meta's, below).
+        own_mode: !(layout == Some("root") && paths.len() == 1),
         ..Default::default()
     };
     let mut total = crate::restore::RestoreReport::default();
-    let layout = snap.meta.get(META_LAYOUT).map(String::as_str);
     // The mode of a `root` entry's directory (entries saved before it was
     // recorded leave the directory's mode as it is).
     let root_mode = snap

@@ -337,6 +337,9 @@ pub fn restore(
         )?;
         let name = p.tree_path.rsplit('/').next().unwrap_or("").as_bytes();
         ropts.excludes_at = crate::sources::source_rel(&s, &p.tree_path);
+        // A recorded directory's own mode and time go with it (the root
+        // records none).
+        ropts.own_mode = !p.tree_path.is_empty();
         // The whole tree of several sources: one directory per source.
         ropts.excludes_per_source =
             p.tree_path.is_empty() && s.sources.as_ref().is_some_and(|src| src.paths.len() > 1);
@@ -612,5 +615,6 @@ pub(crate) fn restore_options(
         ignore_base: Some(ws.root.clone()),
         keep_setid,
         skip_unchanged: false,
+        own_mode: false,
     }
 }

@@ -86,6 +86,10 @@ pub struct RestoreOptions {
     /// (CI checkouts change mtimes), so the content is always compared.
     /// A file with several hard links is always rewritten.
     pub skip_unchanged: bool,
+    /// The directory a directory entry is restored into takes the entry's
+    /// own mode and mtime, as `cp -a` gives them (the entry is a recorded
+    /// directory, not a snapshot's root, which records neither).
+    pub own_mode: bool,
 }
 
 /// What a restore wrote.
@@ -300,7 +304,28 @@ pub fn restore(
     pool.install(|| match &entry.kind {
         EntryKind::Dir { tree } => {
             let fresh = dir_is_empty(root.as_fd());
-            ctx.fill_dir(root.as_fd(), tree, entry.mtime, target, fresh, &ign, 0)
+            ctx.fill_dir(root.as_fd(), tree, entry.mtime, target, fresh, &ign, 0)?;
+            // Its own mode and time, once filled (audit 26: a `chmod 700`
+            // directory restored, or taken from a cache entry, came back
+            // with the umask's 755). Where they cannot be set (a target
+            // the user does not own), a warning: the files are there.
+            if opts.own_mode {
+                let mode = if opts.keep_setid {
+                    entry.mode
+                } else {
+                    entry.mode & !0o6000
+                };
+                let set = rustix::fs::fchmod(&root, Mode::from_raw_mode(mode))
+                    .and_then(|()| rustix::fs::futimens(&root, &ts(entry.mtime)));
+                if let Err(e) = set {
+                    tracing::warn!(
+                        "{}: could not set its mode and time: {}",
+                        target.display(),
+                        std::io::Error::from(e)
+                    );
+                }
+            }
+            Ok(())
         }
         _ => {
             let name_os = OsStr::from_bytes(name);

@@ -877,7 +877,8 @@ fn hostile_tree(src: &Path) {
 }
 
 /// `pull --restore` writes as `restore` does: never into the store nor over
-/// a database, whatever the pulled snapshot holds; the rest is written.
+/// a database, whatever the pulled snapshot holds; the rest is written,
+/// and it exits 3 as `restore` does when it leaves an entry as it is.
 #[test]
 fn pull_restore_never_writes_into_the_store_or_over_a_database() {
     let tmp = tempfile::tempdir().unwrap();
@@ -912,7 +913,7 @@ fn pull_restore_never_writes_into_the_store_or_over_a_database() {
         ],
     );
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    assert_eq!(o.status.code(), Some(3), "{err}");
     assert!(err.contains("not restoring"), "{err}");
     assert_eq!(
         std::fs::read(w.join(".sp-sync/store.toml")).unwrap(),
@@ -2396,4 +2397,56 @@ fn a_deploys_copy_goes_though_it_holds_a_read_only_directory() {
     assert!(!err.contains("could not be removed"), "{err}");
     let left: Vec<_> = std::fs::read_dir(&temp).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// A directory restored as itself (a source of several, `SNAP:DIR`, a
+/// path of a cache entry) takes its recorded mode and time: a `chmod 700`
+/// directory came back world-readable with the umask's 755, and `diff`
+/// kept showing it changed after the restore (audit 26).
+#[test]
+fn a_private_directory_comes_back_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let w = t.path().join("w");
+    std::fs::create_dir_all(w.join("priv")).unwrap();
+    std::fs::create_dir_all(w.join("pub")).unwrap();
+    std::fs::write(w.join("priv/key"), "s\n").unwrap();
+    std::fs::write(w.join("pub/x"), "p\n").unwrap();
+    std::fs::set_permissions(w.join("priv"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    common::set_mtime(&w.join("priv"), 1_600_000_000, 0);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let mtime = |p: &Path| {
+        std::fs::metadata(p)
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let remote = t.path().join("remote");
+    let r = remote.to_str().unwrap();
+    ok(
+        &w,
+        &["cache", "save", "k", "priv", "pub", "--remote", r, "-q"],
+    );
+    let ci = t.path().join("ci");
+    std::fs::create_dir_all(&ci).unwrap();
+    ok(&ci, &["cache", "restore", "k", "--remote", r, "-q"]);
+    assert_eq!(mode(&ci.join("priv")), 0o700);
+    assert_eq!(mtime(&ci.join("priv")), 1_600_000_000);
+    ok(&w, &["init", "-q"]);
+    ok(&w, &["snapshot", "priv", "pub", "-q"]);
+    std::fs::set_permissions(w.join("priv"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    fails(&w, &["diff", "main", "--exit-code"], 1);
+    ok(&w, &["restore", "main", "-q"]);
+    assert_eq!(mode(&w.join("priv")), 0o700);
+    ok(&w, &["diff", "main", "--exit-code"]);
+    std::fs::remove_dir_all(w.join("priv")).unwrap();
+    ok(&w, &["restore", "main", "-q"]);
+    assert_eq!(mode(&w.join("priv")), 0o700);
+    let out = t.path().join("out");
+    ok(&w, &["restore", "main:priv", out.to_str().unwrap(), "-q"]);
+    assert_eq!(mode(&out), 0o700);
+    assert_eq!(std::fs::read_to_string(out.join("key")).unwrap(), "s\n");
 }
