@@ -620,11 +620,7 @@ fn plan_with(
         }
     }
     // The files, normalized by the table's column affinities.
-    c.execute_batch(&format!(
-        "DROP TABLE IF EXISTS temp.sp_sync_norm; CREATE TEMP TABLE sp_sync_norm AS SELECT * FROM main.{} WHERE 0",
-        quote(&cfg.table)
-    ))
-    .map_err(err)?;
+    make_norm(c, &columns, &types).map_err(err)?;
     let dir = root.join(&cfg.dir);
     let mut disk: BTreeMap<Vec<u8>, Row> = BTreeMap::new();
     for rel in list_files(&dir, cfg.glob())? {
@@ -1003,6 +999,22 @@ impl Plan {
     /// The record after `apply` in `dir` succeeded: every key whose sides
     /// now agree, at that value; a key left alone keeps its old record.
     pub fn next_base(&self) -> Result<BTreeMap<Vec<u8>, (Value, Entry)>> {
+        self.next_base_of(None)
+    }
+
+    /// [`next_base`](Self::next_base) of a run that stopped midway: the
+    /// keys in `done` as they are now, every other key as recorded before.
+    pub fn next_base_done(
+        &self,
+        done: &std::collections::BTreeSet<Vec<u8>>,
+    ) -> Result<BTreeMap<Vec<u8>, (Value, Entry)>> {
+        self.next_base_of(Some(done))
+    }
+
+    fn next_base_of(
+        &self,
+        done: Option<&std::collections::BTreeSet<Vec<u8>>>,
+    ) -> Result<BTreeMap<Vec<u8>, (Value, Entry)>> {
         let mut out = BTreeMap::new();
         let acted: BTreeMap<Vec<u8>, &LocalChange> = self
             .changes
@@ -1020,10 +1032,12 @@ impl Plan {
                 // In agreement.
                 None => d.map(|r| r.hash),
                 Some(ch) => match ch.action {
-                    Some(a) if a.applies() => match self.dir {
-                        Some(Direction::ToDatabase) => d.map(|r| r.hash),
-                        _ => b.map(|r| r.hash),
-                    },
+                    Some(a) if a.applies() && done.is_none_or(|d| d.contains(k)) => {
+                        match self.dir {
+                            Some(Direction::ToDatabase) => d.map(|r| r.hash),
+                            _ => b.map(|r| r.hash),
+                        }
+                    }
                     _ => {
                         if let Some(old) = self.base.as_ref().and_then(|b| b.entries.get(k)) {
                             out.insert(k.clone(), old.clone());
@@ -1200,6 +1214,24 @@ fn yaml_value(v: &serde_norway::Value) -> std::result::Result<Value, String> {
         }
         Y::String(s) => Value::Text(s.clone().into_bytes()),
         Y::Sequence(_) | Y::Mapping(_) => {
+            // JSON has no NaN or infinity: they would be stored as null
+            // (audit 26).
+            fn finite(v: &serde_norway::Value) -> bool {
+                match v {
+                    serde_norway::Value::Number(n) => n.as_f64().is_none_or(f64::is_finite),
+                    serde_norway::Value::Sequence(s) => s.iter().all(finite),
+                    serde_norway::Value::Mapping(m) => {
+                        m.iter().all(|(k, v)| finite(k) && finite(v))
+                    }
+                    serde_norway::Value::Tagged(t) => finite(&t.value),
+                    _ => true,
+                }
+            }
+            if !finite(v) {
+                return Err(
+                    "a list or map holding NaN or infinity cannot be stored as JSON".into(),
+                );
+            }
             let j = serde_json::to_string(v).map_err(|e| format!("cannot store as JSON: {e}"))?;
             Value::Text(j.into_bytes())
         }
@@ -1429,6 +1461,37 @@ fn fields_row(
 }
 
 /// Applies the table's column affinities to a row, as an INSERT would.
+/// The scratch table [`normalize`] inserts into: the table's columns by
+/// name, each of its affinity (SQLite's rules on the declared type), named
+/// as the affinity (`TEXT`, `NUM`, `INT`, `REAL`, or none). (It was made
+/// by `CREATE TABLE … AS SELECT *`, which names a column `true` or
+/// `false` `columnN`: every run failed; audit 26.)
+fn make_norm(c: &Connection, columns: &[String], types: &[String]) -> rusqlite::Result<()> {
+    let cols: Vec<String> = columns
+        .iter()
+        .zip(types)
+        .map(|(n, t)| {
+            let t = t.to_ascii_uppercase();
+            let aff = if t.contains("INT") {
+                "INT"
+            } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
+                "TEXT"
+            } else if t.contains("BLOB") || t.is_empty() {
+                ""
+            } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") {
+                "REAL"
+            } else {
+                "NUM"
+            };
+            format!("{} {aff}", quote(n))
+        })
+        .collect();
+    c.execute_batch(&format!(
+        "DROP TABLE IF EXISTS temp.sp_sync_norm; CREATE TEMP TABLE sp_sync_norm({})",
+        cols.join(", ")
+    ))
+}
+
 fn normalize(
     c: &Connection,
     path: &Path,
@@ -2401,7 +2464,7 @@ pub fn apply_many(plans: &[&Plan], dir: Direction) -> Result<ApplyReport> {
         Direction::ToDisk => {
             let mut total = ApplyReport::default();
             for p in plans {
-                let r = to_disk(p, false)?;
+                let r = to_disk(p, false, &mut Default::default())?;
                 total.written += r.written;
                 total.removed_files += r.removed_files;
             }
@@ -2560,15 +2623,29 @@ fn applies(c: &&LocalChange) -> bool {
     c.action.is_some_and(Action::applies)
 }
 
+/// `to-disk` of one collection, adding to `done` each key whose files it
+/// has all written or removed (all of them when it returns `Ok`; those it
+/// finished when it stops on an error or an interrupt).
+pub fn apply_to_disk(
+    plan: &Plan,
+    done: &mut std::collections::BTreeSet<Vec<u8>>,
+) -> Result<ApplyReport> {
+    to_disk(plan, false, done)
+}
+
 /// Runs the checks `to-disk` makes before it writes anything (every file
 /// it would write over or remove is its key's own and unchanged since it
 /// was read), writing nothing: `--dry-run` then refuses what the real run
 /// would (audit round 16: a dry run planned a create the run refused).
 pub fn check_to_disk(plan: &Plan) -> Result<()> {
-    to_disk(plan, true).map(|_| ())
+    to_disk(plan, true, &mut Default::default()).map(|_| ())
 }
 
-fn to_disk(plan: &Plan, check_only: bool) -> Result<ApplyReport> {
+fn to_disk(
+    plan: &Plan,
+    check_only: bool,
+    done: &mut std::collections::BTreeSet<Vec<u8>>,
+) -> Result<ApplyReport> {
     let mut rep = ApplyReport::default();
     if !plan.changes.iter().any(|c| applies(&c)) {
         return Ok(rep);
@@ -2582,15 +2659,16 @@ fn to_disk(plan: &Plan, check_only: bool) -> Result<ApplyReport> {
     let dir = plan.root.join(&cfg.dir);
     let db_path = plan.root.join(&cfg.db);
     let c = open(&db_path, false)?;
-    c.execute_batch(&format!(
-        "DROP TABLE IF EXISTS temp.sp_sync_norm; CREATE TEMP TABLE sp_sync_norm AS SELECT * FROM main.{} WHERE 0",
-        quote(&cfg.table)
-    ))
-    .map_err(|e| db_error(&db_path, e))?;
+    make_norm(&c, &plan.columns, &plan.types).map_err(|e| db_error(&db_path, e))?;
     let offset = match cfg.format {
         Format::FrontMatter => 1,
         Format::Sidecar | Format::Yaml => 0,
     };
+    let sidecars = globset::GlobBuilder::new(cfg.glob())
+        .literal_separator(true)
+        .build()
+        .map_err(|e| invalid(format!("bad glob {:?}: {e}", cfg.glob())))?
+        .compile_matcher();
     // (relative to the folder, text, the row's key)
     let mut writes: Vec<(String, String, Vec<u8>)> = Vec::new();
     // (relative to the folder, the row's key)
@@ -2614,6 +2692,19 @@ fn to_disk(plan: &Plan, check_only: bool) -> Result<ApplyReport> {
             Format::Sidecar => Some(row_body_path(plan, &rel, &row.values, &ch.key_text())?),
             _ => None,
         };
+        // A body file the glob picks would be read back as a sidecar, and
+        // every later run would fail on it (audit 26).
+        if let Some(bp) = &body_path
+            && sidecars.is_match(bp)
+        {
+            return Err(invalid(format!(
+                "{}: the body file of key {} is a path the collection's glob {:?} picks (it \
+                 would be read as a row); nothing was written",
+                Path::new(&cfg.dir).join(bp).display(),
+                ch.key.to_sql(),
+                cfg.glob()
+            )));
+        }
         let body = body_text(plan, &row.values)?;
         let kept = match old {
             Some(old) => {
@@ -2782,12 +2873,45 @@ fn to_disk(plan: &Plan, check_only: bool) -> Result<ApplyReport> {
             sweep_stale_writes(d);
         }
     }
+    // A key is done once all its files are written or removed (`done`:
+    // what a run stopped midway records, so that the next one takes those
+    // keys for agreed; audit 26 found every finished key a conflict after
+    // an interrupt). An interrupt is taken between keys only, never
+    // between a sidecar and its body file (it left a new sidecar beside
+    // the old body, a conflict on every later run).
+    let mut left: BTreeMap<&[u8], usize> = BTreeMap::new();
+    for k in writes
+        .iter()
+        .map(|(_, _, k)| k)
+        .chain(removes.iter().map(|(_, k)| k))
+    {
+        *left.entry(k.as_slice()).or_default() += 1;
+    }
+    for ch in plan.changes.iter().filter(applies) {
+        let k = encode_key(std::slice::from_ref(&ch.key))?;
+        if !left.contains_key(k.as_slice()) {
+            done.insert(k);
+        }
+    }
+    let mut finished = |k: &[u8], done: &mut std::collections::BTreeSet<Vec<u8>>| {
+        if let Some(n) = left.get_mut(k) {
+            *n -= 1;
+            if *n == 0 {
+                done.insert(k.to_vec());
+            }
+        }
+    };
+    let mut last: Option<&[u8]> = None;
     for (rel, text, k) in &writes {
-        interrupted()?;
+        if last != Some(k.as_slice()) {
+            interrupted()?;
+            last = Some(k.as_slice());
+        }
         let p = dir.join(rel);
         let old = unchanged(rel, k)?;
         // A file that already holds this text is left alone (its mtime too).
         if old.as_deref() == Some(text.as_bytes()) {
+            finished(k, done);
             continue;
         }
         if let Some(d) = p.parent() {
@@ -2821,11 +2945,15 @@ fn to_disk(plan: &Plan, check_only: bool) -> Result<ApplyReport> {
             return Err(e);
         }
         rep.written += 1;
+        finished(k, done);
     }
-    for (rel, k) in removes {
-        interrupted()?;
-        unchanged(&rel, &k)?;
-        let p = dir.join(&rel);
+    for (rel, k) in &removes {
+        if last != Some(k.as_slice()) {
+            interrupted()?;
+            last = Some(k.as_slice());
+        }
+        unchanged(rel, k)?;
+        let p = dir.join(rel);
         match std::fs::remove_file(&p) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             r => {
@@ -2833,6 +2961,7 @@ fn to_disk(plan: &Plan, check_only: bool) -> Result<ApplyReport> {
                 rep.removed_files += 1;
             }
         }
+        finished(k, done);
     }
     Ok(rep)
 }

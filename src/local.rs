@@ -183,6 +183,43 @@ pub fn local(
     }
     let total = &mut report.applied;
     for g in &groups {
+        if dir == Direction::ToDisk {
+            // Collection by collection; one stopped midway (an interrupt,
+            // a file changed meanwhile) still records the keys it finished,
+            // so that the next run takes them for agreed (audit 26: they
+            // were all conflicts after an interrupt).
+            for p in g {
+                let mut done = std::collections::BTreeSet::new();
+                let r = collection::apply_to_disk(p, &mut done);
+                if let Some(s) = store {
+                    let entries = match &r {
+                        Ok(_) => p.next_base()?,
+                        Err(_) => p.next_base_done(&done)?,
+                    };
+                    let saved = collection::save_base(
+                        s,
+                        &p.config,
+                        (p.root(), p.columns()),
+                        p.base_id(),
+                        &entries,
+                    );
+                    match (&r, saved) {
+                        (Ok(_), saved) => {
+                            saved?;
+                        }
+                        (Err(_), Err(e)) => tracing::warn!(
+                            "collection {}: the files written before it stopped are not recorded: {e}",
+                            p.config.name
+                        ),
+                        (Err(_), Ok(_)) => {}
+                    }
+                }
+                let r = r?;
+                total.written += r.written;
+                total.removed_files += r.removed_files;
+            }
+            continue;
+        }
         let r = collection::apply_many(g, dir)?;
         total.inserted += r.inserted;
         total.updated += r.updated;

@@ -2150,3 +2150,132 @@ fn values_that_would_not_come_back_are_refused() {
         assert!(rows(&root, "SELECT slug FROM content").is_empty());
     }
 }
+
+/// `to-disk` stopped midway (here a file it cannot write: over the file
+/// size limit) records the keys it finished: the next run takes them for
+/// agreed, so a later change of one in the database flows (it was a
+/// conflict, as was every finished key after an interrupt; audit 26), and
+/// the rest is written.
+#[test]
+fn to_disk_stopped_midway_records_the_keys_it_finished() {
+    let (_t, root) = project(
+        CONTENT,
+        "CREATE TABLE content(slug TEXT PRIMARY KEY, title TEXT, body TEXT)",
+    );
+    for k in ["a", "b", "c"] {
+        md(&root, &format!("{k}.md"), k, "title: t\n");
+    }
+    ok(&root, &["local", "to-db", "-q"]);
+    sql(
+        &root,
+        "UPDATE content SET title = 'a2' WHERE slug = 'a';
+         UPDATE content SET body = printf('%.*c', 3000000, 'x') WHERE slug = 'b';
+         UPDATE content SET title = 'c2' WHERE slug = 'c';",
+    );
+    // (bash's ulimit -f counts KiB; SIGXFSZ ignored, the write fails.)
+    let o = std::process::Command::new("bash")
+        .args(["-c", "trap '' XFSZ; ulimit -f 1000; exec \"$0\" \"$@\""])
+        .arg(common::bin())
+        .args(["local", "to-disk"])
+        .current_dir(&root)
+        .env("SP_SYNC_CACHE_DIR", common::cache_dir())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let text = |k: &str| std::fs::read_to_string(root.join(format!("content/{k}.md"))).unwrap();
+    assert!(text("a").contains("title: a2"));
+    assert!(text("b").len() < 100 && text("c").contains("title: t"));
+    sql(&root, "UPDATE content SET title = 'a3' WHERE slug = 'a'");
+    let v = json(&ok(&root, &["local", "diff", "--json"]));
+    let sides: Vec<(String, String)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["key"].to_string(), c["changed"].to_string()))
+        .collect();
+    let db = "\"database\"".to_string();
+    assert_eq!(
+        sides,
+        [
+            ("\"a\"".to_string(), db.clone()),
+            ("\"b\"".to_string(), db.clone()),
+            ("\"c\"".to_string(), db)
+        ],
+        "{v}"
+    );
+    ok(&root, &["local", "to-disk", "-q"]);
+    assert!(text("a").contains("title: a3") && text("c").contains("title: c2"));
+    assert_eq!(
+        text("b").len(),
+        "---\nslug: b\ntitle: t\n---\n".len() + 3_000_000
+    );
+}
+
+/// A column named `true` or `false`: the scratch table the values are
+/// normalized in was made by `CREATE TABLE … AS SELECT *`, which names
+/// such a column `columnN`; every run failed, after `to-disk` had written
+/// its file (audit 26).
+#[test]
+fn a_column_named_true_is_synced() {
+    let toml = "[[collection]]\nname = \"c\"\ndir = \"content\"\ndb = \"data/app.db\"\ntable = \"t\"\nkey = \"name\"\nformat = \"yaml\"\n";
+    let (_t, root) = project(
+        toml,
+        "CREATE TABLE t(name TEXT PRIMARY KEY, \"true\" INTEGER, \"false\" TEXT); INSERT INTO t VALUES ('k', 1, 'v')",
+    );
+    ok(&root, &["local", "to-disk", "-q"]);
+    ok(&root, &["local", "diff", "--exit-code"]);
+    let p = root.join("content/k.yaml");
+    let t = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(
+        &p,
+        t.replace("'true': 1", "'true': 2")
+            .replace("\"true\": 1", "\"true\": 2")
+            .replace("true: 1", "true: 2"),
+    )
+    .unwrap();
+    ok(&root, &["local", "to-db", "-q"]);
+    assert_eq!(
+        rows(&root, "SELECT \"true\", \"false\" FROM t"),
+        [["2", "v"]]
+    );
+}
+
+/// NaN or infinity inside a list or map became null in the JSON stored
+/// (audit 26): refused, naming file and field.
+#[test]
+fn nan_inside_a_list_is_refused() {
+    let toml = "[[collection]]\nname = \"c\"\ndir = \"content\"\ndb = \"data/app.db\"\ntable = \"t\"\nkey = \"name\"\nformat = \"yaml\"\n";
+    let (_t, root) = project(toml, "CREATE TABLE t(name TEXT PRIMARY KEY, model TEXT)");
+    std::fs::write(
+        root.join("content/x.yaml"),
+        "name: x\nmodel: [1, .nan, -.inf]\n",
+    )
+    .unwrap();
+    let err = fails(&root, &["local", "to-db"], 1);
+    assert!(
+        err.contains("content/x.yaml") && err.contains("NaN or infinity"),
+        "{err}"
+    );
+    assert!(rows(&root, "SELECT name FROM t").is_empty());
+}
+
+/// A sidecar row whose body file the collection's glob picks (`file:
+/// sub/config.yaml` under `**/config.yaml`): `to-disk` wrote it, and every
+/// later run failed reading it as a sidecar (audit 26). Refused before
+/// anything is written.
+#[test]
+fn a_body_file_the_glob_picks_is_refused() {
+    let toml = "[[collection]]\nname = \"skills\"\ndir = \"content\"\nformat = \"sidecar\"\nglob = \"**/config.yaml\"\nbody_field = \"file\"\ndb = \"data/app.db\"\ntable = \"skills\"\nkey = \"id\"\nbody = \"instructions\"\n";
+    let (_t, root) = project(
+        toml,
+        "CREATE TABLE skills(id TEXT PRIMARY KEY, name TEXT, file TEXT, instructions TEXT);
+         INSERT INTO skills VALUES ('ok', 'Ok', 'SKILL.md', 'fine'), ('bad', 'Bad', 'sub/config.yaml', 'steps');",
+    );
+    let err = fails(&root, &["local", "to-disk"], 1);
+    assert!(
+        err.contains("bad/sub/config.yaml") && err.contains("glob"),
+        "{err}"
+    );
+    assert!(names(&root.join("content")).is_empty());
+    ok(&root, &["local", "diff"]);
+}
