@@ -973,7 +973,10 @@ mod three_way {
                 // No file left where the last sync recorded rows (an
                 // emptied folder, an unmounted volume's mount point): to-db
                 // would delete every row, and does so only with --force.
-                if to_db && !force && f0.is_empty() && base.as_ref().is_some_and(|b| !b.is_empty()) {
+                // And the other way: no row left where it recorded some
+                // (a table emptied): to-disk would remove every file.
+                let emptied = if to_db { f0.is_empty() } else { b0.is_empty() };
+                if !force && emptied && base.as_ref().is_some_and(|b| !b.is_empty()) {
                     prop_assert_eq!(code, 1, "{}{}", out, err);
                     prop_assert!(out.is_empty() && err.contains("run it with --force"), "{}{}", out, err);
                     prop_assert_eq!(file_side(&root), f0);
