@@ -820,13 +820,16 @@ fn restore_into_sqlite_killed_at_random_moments() {
                 ],
             ));
             // (What the kill left, the temporary database under a hidden
-            // name, is removed by the next restore into that file.)
+            // name, is removed by the next restore into that file, once it
+            // has not changed for an hour: SP_SYNC_STALE_AFTER=0 here. The
+            // hour was missing, and this round failed whenever the kill
+            // landed while the new database was being built.)
             if fresh.exists() {
                 assert_eq!(dump(&fresh), states[to].1, "a partial new database");
             }
             c.checks += 1;
             // The next run completes (onto what the kill left).
-            ok(
+            let o = sp(
                 d,
                 &[
                     "--store",
@@ -837,7 +840,11 @@ fn restore_into_sqlite_killed_at_random_moments() {
                     &name,
                     "-q",
                 ],
-            );
+            )
+            .env("SP_SYNC_STALE_AFTER", "0")
+            .output()
+            .unwrap();
+            assert!(o.status.success(), "{o:?}");
             assert_eq!(dump(&fresh), states[to].1);
             std::fs::remove_file(&fresh).unwrap();
             let litter: Vec<String> = std::fs::read_dir(d)
