@@ -788,17 +788,8 @@ fn a_database_not_in_utf8_reads_its_text_keys_in_utf8_order() {
             "CREATE DATABASE {db} ENCODING 'WIN1251' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
         ),
     );
-    // (psql sends its text in UTF-8, and says so.)
-    let psql = |sql: &str| {
-        let o = pg
-            .cmd("psql")
-            .env("PGCLIENTENCODING", "UTF8")
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{o:?}");
-    };
-    psql(
+    pg.psql(
+        db,
         "CREATE TYPE mood AS ENUM ('Ж', '€', 'a');
          CREATE TABLE t (s text PRIMARY KEY, v int);
          INSERT INTO t VALUES ('€', 1), ('Ж', 2), ('a', 3), ('ё', 4), ('Ж€', 5), ('€Ж', 6);
@@ -814,28 +805,11 @@ fn a_database_not_in_utf8_reads_its_text_keys_in_utf8_order() {
         (Some(6), Some(4)),
         "{r}"
     );
-    // (pg_dump's rows in UTF-8: in WIN1251 every letter above would read
-    // back as one replacement character.)
-    let dump = |t: &str| {
-        let o = pg
-            .cmd("pg_dump")
-            .env("PGCLIENTENCODING", "UTF8")
-            .args(["--data-only", "--inserts", "-t", t, "-d", db])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{o:?}");
-        let mut lines: Vec<String> = String::from_utf8(o.stdout)
-            .unwrap()
-            .lines()
-            .filter(|l| l.starts_with("INSERT INTO"))
-            .map(str::to_string)
-            .collect();
-        lines.sort();
-        lines
-    };
+    let dump = |t: &str| pg.dump_rows(db, t);
     let before = [dump("t"), dump("e")];
     assert!(before[0].iter().any(|l| l.contains("'€'")), "{before:?}");
-    psql(
+    pg.psql(
+        db,
         "UPDATE t SET v = 20 WHERE s = 'Ж';
          DELETE FROM t WHERE s = '€';
          INSERT INTO t VALUES ('ЖЖ', 7);

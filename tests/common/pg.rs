@@ -375,10 +375,12 @@ impl PgCluster {
         name
     }
 
-    /// A client program with the cluster's socket and password.
+    /// A client program with the cluster's socket and password, speaking
+    /// UTF-8 whatever the database's encoding (the tests' text is Rust's).
     pub fn cmd(&self, prog: &str) -> Command {
         let mut c = Command::new(self.bin.join(prog));
-        c.env("PGHOST", &self.sock)
+        c.env("PGCLIENTENCODING", "UTF8")
+            .env("PGHOST", &self.sock)
             .env("PGPORT", self.port.to_string())
             .env("PGUSER", "postgres")
             .env("PGPASSWORD", PASSWORD);
