@@ -338,8 +338,12 @@ pub fn restore(
         let name = p.tree_path.rsplit('/').next().unwrap_or("").as_bytes();
         ropts.excludes_at = crate::sources::source_rel(&s, &p.tree_path);
         // A recorded directory's own mode and time go with it (the root
-        // records none).
-        ropts.own_mode = !p.tree_path.is_empty();
+        // records none): back at its place, or where the restore makes
+        // it; a directory the user named that is there already keeps its
+        // own (restoring a private folder's files into /srv/www must not
+        // close /srv/www).
+        ropts.own_mode = !p.tree_path.is_empty()
+            && (target.is_none() || std::fs::symlink_metadata(&p.dest).is_err());
         // The whole tree of several sources: one directory per source.
         ropts.excludes_per_source =
             p.tree_path.is_empty() && s.sources.as_ref().is_some_and(|src| src.paths.len() > 1);

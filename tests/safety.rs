@@ -2449,4 +2449,11 @@ fn a_private_directory_comes_back_private() {
     ok(&w, &["restore", "main:priv", out.to_str().unwrap(), "-q"]);
     assert_eq!(mode(&out), 0o700);
     assert_eq!(std::fs::read_to_string(out.join("key")).unwrap(), "s\n");
+    // A directory the user names that is there already keeps its own.
+    let www = t.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::set_permissions(&www, std::fs::Permissions::from_mode(0o755)).unwrap();
+    ok(&w, &["restore", "main:priv", www.to_str().unwrap(), "-q"]);
+    assert_eq!(mode(&www), 0o755);
+    assert_eq!(std::fs::read_to_string(www.join("key")).unwrap(), "s\n");
 }
