@@ -2673,6 +2673,8 @@ fn to_disk(
     let mut writes: Vec<(String, String, Vec<u8>)> = Vec::new();
     // (relative to the folder, the row's key)
     let mut removes: Vec<(String, Vec<u8>)> = Vec::new();
+    // (a sidecar's old body file, which its new one replaces; the row's key)
+    let mut moved: Vec<(String, Vec<u8>)> = Vec::new();
     for ch in plan.changes.iter().filter(applies) {
         interrupted()?;
         let k = encode_key(std::slice::from_ref(&ch.key))?;
@@ -2692,6 +2694,12 @@ fn to_disk(
             Format::Sidecar => Some(row_body_path(plan, &rel, &row.values, &ch.key_text())?),
             _ => None,
         };
+        if let (Some(o), Some(bp)) = (old, &body_path)
+            && let Some(obp) = &o.body_path
+            && obp != bp
+        {
+            moved.push((obp.clone(), k.clone()));
+        }
         // A body file the glob picks would be read back as a sidecar, and
         // every later run would fail on it (audit 26).
         if let Some(bp) = &body_path
@@ -2785,15 +2793,6 @@ fn to_disk(
             )));
         }
     }
-    for rel in writes
-        .iter()
-        .map(|(r, ..)| r)
-        .chain(removes.iter().map(|(r, _)| r))
-    {
-        let shown = Path::new(&cfg.dir).join(rel).display().to_string();
-        safe_rel(rel).map_err(|why| invalid(format!("collection {}: {shown} {why}", cfg.name)))?;
-        no_links(&dir, rel, &shown)?;
-    }
     // Whose each file is, and what it held when the plan read it: a file
     // is replaced or removed only by its own row's change and only while it
     // holds those bytes. A file of another key, or one no row reads (a
@@ -2813,6 +2812,24 @@ fn to_disk(
                 })
                 .or_insert((Some(k.as_slice()), *h));
         }
+    }
+    // A body file a sidecar no longer names (`file:` changed) goes with
+    // the change, as git removes a renamed file's old name: when it is the
+    // row's alone and no file this run writes.
+    for (obp, k) in moved {
+        let sole = matches!(owner.get(obp.as_str()), Some((Some(o), _)) if *o == k.as_slice());
+        if sole && !writes.iter().any(|(r, ..)| *r == obp) {
+            removes.push((obp, k));
+        }
+    }
+    for rel in writes
+        .iter()
+        .map(|(r, ..)| r)
+        .chain(removes.iter().map(|(r, _)| r))
+    {
+        let shown = Path::new(&cfg.dir).join(rel).display().to_string();
+        safe_rel(rel).map_err(|why| invalid(format!("collection {}: {shown} {why}", cfg.name)))?;
+        no_links(&dir, rel, &shown)?;
     }
     let shown = |rel: &str| Path::new(&cfg.dir).join(rel).display().to_string();
     let unchanged = |rel: &str, key: &[u8]| -> Result<Option<Vec<u8>>> {
@@ -2876,57 +2893,66 @@ fn to_disk(
     // A key is done once all its files are written or removed (`done`:
     // what a run stopped midway records, so that the next one takes those
     // keys for agreed; audit 26 found every finished key a conflict after
-    // an interrupt). An interrupt is taken between keys only, never
-    // between a sidecar and its body file (it left a new sidecar beside
-    // the old body, a conflict on every later run).
-    let mut left: BTreeMap<&[u8], usize> = BTreeMap::new();
-    for k in writes
-        .iter()
-        .map(|(_, _, k)| k)
-        .chain(removes.iter().map(|(_, k)| k))
-    {
-        *left.entry(k.as_slice()).or_default() += 1;
+    // an interrupt). An interrupt is taken between keys only. A key's new
+    // files are all written (and synced) as temporary files first and
+    // only then renamed into place, one right after another, so that a
+    // write that fails (a full disk) changes none of them and a kill is
+    // unlikely to leave a new sidecar beside its old body (a conflict on
+    // every later run); then the files it no longer has go.
+    let mut order: Vec<&[u8]> = Vec::new();
+    type KeyFiles<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a str>);
+    let mut by_key: BTreeMap<&[u8], KeyFiles<'_>> = BTreeMap::new();
+    for (rel, text, k) in &writes {
+        by_key
+            .entry(k.as_slice())
+            .or_insert_with(|| {
+                order.push(k.as_slice());
+                Default::default()
+            })
+            .0
+            .push((rel.as_str(), text.as_str()));
+    }
+    for (rel, k) in &removes {
+        by_key
+            .entry(k.as_slice())
+            .or_insert_with(|| {
+                order.push(k.as_slice());
+                Default::default()
+            })
+            .1
+            .push(rel.as_str());
     }
     for ch in plan.changes.iter().filter(applies) {
         let k = encode_key(std::slice::from_ref(&ch.key))?;
-        if !left.contains_key(k.as_slice()) {
+        if !by_key.contains_key(k.as_slice()) {
             done.insert(k);
         }
     }
-    let mut finished = |k: &[u8], done: &mut std::collections::BTreeSet<Vec<u8>>| {
-        if let Some(n) = left.get_mut(k) {
-            *n -= 1;
-            if *n == 0 {
-                done.insert(k.to_vec());
+    for k in order {
+        interrupted()?;
+        let (key_writes, key_removes) = &by_key[k];
+        // (temporary file, the file it becomes)
+        let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let stage = |rel: &str, text: &str, staged: &mut Vec<(PathBuf, PathBuf)>| -> Result<()> {
+            let p = dir.join(rel);
+            let old = unchanged(rel, k)?;
+            // A file that already holds this text is left alone (its mtime too).
+            if old.as_deref() == Some(text.as_bytes()) {
+                return Ok(());
             }
-        }
-    };
-    let mut last: Option<&[u8]> = None;
-    for (rel, text, k) in &writes {
-        if last != Some(k.as_slice()) {
-            interrupted()?;
-            last = Some(k.as_slice());
-        }
-        let p = dir.join(rel);
-        let old = unchanged(rel, k)?;
-        // A file that already holds this text is left alone (its mtime too).
-        if old.as_deref() == Some(text.as_bytes()) {
-            finished(k, done);
-            continue;
-        }
-        if let Some(d) = p.parent() {
-            std::fs::create_dir_all(d).ctx("creating", d)?;
-        }
-        let tmp = p.with_file_name(format!(
-            ".{}.sp-sync-{}.tmp",
-            temp_stem(
-                &p.file_name()
-                    .map(|n| n.to_string_lossy())
-                    .unwrap_or_default()
-            ),
-            std::process::id()
-        ));
-        let r = (|| -> Result<()> {
+            if let Some(d) = p.parent() {
+                std::fs::create_dir_all(d).ctx("creating", d)?;
+            }
+            let tmp = p.with_file_name(format!(
+                ".{}.sp-sync-{}.tmp",
+                temp_stem(
+                    &p.file_name()
+                        .map(|n| n.to_string_lossy())
+                        .unwrap_or_default()
+                ),
+                std::process::id()
+            ));
+            staged.push((tmp.clone(), p.clone()));
             let mut f = std::fs::File::create(&tmp).ctx("writing", &tmp)?;
             std::io::Write::write_all(&mut f, text.as_bytes()).ctx("writing", &tmp)?;
             if old.is_some() {
@@ -2937,31 +2963,38 @@ fn to_disk(
                 }
                 f.sync_data().ctx("syncing", &tmp)?;
             }
-            drop(f);
-            std::fs::rename(&tmp, &p).ctx("renaming into", &p)
-        })();
-        if let Err(e) = r {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        rep.written += 1;
-        finished(k, done);
-    }
-    for (rel, k) in &removes {
-        if last != Some(k.as_slice()) {
-            interrupted()?;
-            last = Some(k.as_slice());
-        }
-        unchanged(rel, k)?;
-        let p = dir.join(rel);
-        match std::fs::remove_file(&p) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            r => {
-                r.ctx("removing", &p)?;
-                rep.removed_files += 1;
+            Ok(())
+        };
+        let unstage = |staged: &[(PathBuf, PathBuf)]| {
+            for (tmp, _) in staged {
+                let _ = std::fs::remove_file(tmp);
+            }
+        };
+        for (rel, text) in key_writes {
+            if let Err(e) = stage(rel, text, &mut staged) {
+                unstage(&staged);
+                return Err(e);
             }
         }
-        finished(k, done);
+        for (i, (tmp, p)) in staged.iter().enumerate() {
+            if let Err(e) = std::fs::rename(tmp, p).ctx("renaming into", p) {
+                unstage(&staged[i..]);
+                return Err(e);
+            }
+            rep.written += 1;
+        }
+        for rel in key_removes {
+            unchanged(rel, k)?;
+            let p = dir.join(rel);
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                r => {
+                    r.ctx("removing", &p)?;
+                    rep.removed_files += 1;
+                }
+            }
+        }
+        done.insert(k.to_vec());
     }
     Ok(rep)
 }

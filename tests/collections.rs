@@ -2282,3 +2282,89 @@ fn a_body_file_the_glob_picks_is_refused() {
     assert!(names(&root.join("content")).is_empty());
     ok(&root, &["local", "diff"]);
 }
+
+const SKILLS: &str = "[[collection]]\nname = \"skills\"\ndir = \"content\"\nformat = \"sidecar\"\nbody_field = \"file\"\nbody_file = \"SKILL.md\"\ndb = \"data/app.db\"\ntable = \"skills\"\nkey = \"id\"\nbody = \"instructions\"\n";
+
+/// A row whose `file` field changes in the table: `to-disk` writes the
+/// new body file and removes the old one, as git removes a renamed file's
+/// old name (it stayed behind, a file no row read). The folder's other
+/// files stay.
+#[test]
+fn a_body_file_renamed_in_the_table_leaves_no_old_file() {
+    let (_t, root) = project(
+        SKILLS,
+        "CREATE TABLE skills(id TEXT PRIMARY KEY, name TEXT, file TEXT, instructions TEXT);
+         INSERT INTO skills VALUES ('a', 'A', 'SKILL.md', 'steps a'), ('b', 'B', 'SKILL.md', 'steps b');",
+    );
+    ok(&root, &["local", "to-disk", "-q"]);
+    let dir = root.join("content");
+    assert_eq!(
+        names(&dir),
+        ["a/SKILL.md", "a/config.yaml", "b/SKILL.md", "b/config.yaml"]
+    );
+    std::fs::write(dir.join("a/NOTES.md"), "mine\n").unwrap();
+    sql(
+        &root,
+        "UPDATE skills SET file = 'GUIDE.md', instructions = 'steps a2' WHERE id = 'a'",
+    );
+    ok(&root, &["local", "to-disk", "-q"]);
+    assert_eq!(
+        names(&dir),
+        [
+            "a/GUIDE.md",
+            "a/NOTES.md",
+            "a/config.yaml",
+            "b/SKILL.md",
+            "b/config.yaml"
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("a/GUIDE.md")).unwrap(),
+        "steps a2"
+    );
+    assert!(
+        std::fs::read_to_string(dir.join("a/config.yaml"))
+            .unwrap()
+            .contains("file: GUIDE.md")
+    );
+    // Both sides agree: nothing to do either way.
+    let out = ok(&root, &["local", "diff", "--json"]);
+    assert_eq!(json(&out).as_array().map(Vec::len), Some(0), "{out}");
+    let before = rows(&root, "SELECT * FROM skills ORDER BY id");
+    ok(&root, &["local", "to-db", "-q"]);
+    assert_eq!(rows(&root, "SELECT * FROM skills ORDER BY id"), before);
+}
+
+/// A key's files are written as temporary files before any is renamed
+/// into place: a body file that cannot be written (its folder's name is
+/// a file) leaves the sidecar as it was, not new beside its old body
+/// (a conflict on every later run). The next run, once the way is clear,
+/// finishes the change.
+#[test]
+fn a_body_file_that_cannot_be_written_leaves_its_sidecar_as_it_was() {
+    let (_t, root) = project(
+        SKILLS,
+        "CREATE TABLE skills(id TEXT PRIMARY KEY, name TEXT, file TEXT, instructions TEXT);
+         INSERT INTO skills VALUES ('a', 'A', 'SKILL.md', 'steps a');",
+    );
+    ok(&root, &["local", "to-disk", "-q"]);
+    let dir = root.join("content");
+    std::fs::write(dir.join("a/docs"), "a file, not a folder\n").unwrap();
+    let before = files(&dir);
+    sql(
+        &root,
+        "UPDATE skills SET name = 'A2', file = 'docs/x.md', instructions = 'new' WHERE id = 'a'",
+    );
+    let err = fails(&root, &["local", "to-disk"], 1);
+    assert!(err.contains("docs"), "{err}");
+    assert_eq!(files(&dir), before, "a file changed");
+    std::fs::remove_file(dir.join("a/docs")).unwrap();
+    ok(&root, &["local", "to-disk", "-q"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("a/docs/x.md")).unwrap(),
+        "new"
+    );
+    assert!(!dir.join("a/SKILL.md").exists());
+    let out = ok(&root, &["local", "diff", "--json"]);
+    assert_eq!(json(&out).as_array().map(Vec::len), Some(0), "{out}");
+}
