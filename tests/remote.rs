@@ -1414,3 +1414,34 @@ fn a_multipart_upload_that_fails_is_aborted() {
         assert!(!xml.contains(what), "{what} in {xml}");
     }
 }
+
+/// A server that is not there: exit 1, one line that names the remote and
+/// the address tried (the HTTP client's own message named it once more).
+#[test]
+fn an_unreachable_server_is_one_line_naming_its_url_once() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("w");
+    std::fs::create_dir_all(&w).unwrap();
+    std::fs::write(w.join("a.md"), "a\n").unwrap();
+    ok(&w, &["init"]);
+    ok(&w, &["snapshot", "-q"]);
+    let url = format!("http://127.0.0.1:{port}/acme");
+    ok(&w, &["remote", "add", "origin", &url]);
+    let o = run_env(&w, &["push", "origin"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    // The remote the command names, and the address it tried: not the
+    // client's third copy ("error sending request for url (…)").
+    assert_eq!(
+        err.matches(&format!("127.0.0.1:{port}")).count(),
+        2,
+        "{err}"
+    );
+    assert!(!err.contains("for url"), "{err}");
+    assert!(err.contains("refused"), "{err}");
+}

@@ -53,7 +53,7 @@ async fn read_answer(
     loop {
         match tokio::time::timeout(timeout, resp.chunk()).await {
             Err(_) => return Err(format!("no answer data for {}s", timeout.as_secs())),
-            Ok(Err(e)) => return Err(chain(&e)),
+            Ok(Err(e)) => return Err(chain(e)),
             Ok(Ok(None)) => return Ok((status, Bytes::from(out))),
             Ok(Ok(Some(c))) => {
                 if out.len() + c.len() > cap {
@@ -69,10 +69,12 @@ async fn read_answer(
     }
 }
 
-/// An error with its sources, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
+/// A client error with its sources, on one line, without its URL: the
+/// message it goes into names the URL once (it was there twice).
+fn chain(e: reqwest::Error) -> String {
+    let e = e.without_url();
     let mut msg = e.to_string();
-    let mut src = e.source();
+    let mut src = std::error::Error::source(&e);
     while let Some(s) = src {
         msg.push_str(": ");
         msg.push_str(&s.to_string());
@@ -168,7 +170,7 @@ impl HttpRemote {
             let r = self.rt.run(async move {
                 let resp = match tokio::time::timeout(timeout, req.send()).await {
                     Err(_) => return Err(format!("no answer for {}s", timeout.as_secs())),
-                    Ok(Err(e)) => return Err(chain(&e)),
+                    Ok(Err(e)) => return Err(chain(e)),
                     Ok(Ok(r)) => r,
                 };
                 read_answer(resp, timeout).await
@@ -511,7 +513,7 @@ impl Remote for HttpRemote {
         let timeout = self.timeout;
         self.rt.spawn(async move {
             let r = match req.send().await {
-                Err(e) => Err(chain(&e)),
+                Err(e) => Err(chain(e)),
                 Ok(resp) => read_answer(resp, timeout).await,
             };
             let _ = rtx.send(r);
@@ -705,7 +707,7 @@ impl HttpRemote {
                     let _ = stx.send(Err(format!("no answer for {}s", timeout.as_secs())));
                 }
                 Ok(Err(e)) => {
-                    let _ = stx.send(Err(chain(&e)));
+                    let _ = stx.send(Err(chain(e)));
                 }
                 Ok(Ok(resp)) => {
                     let status = resp.status().as_u16();
@@ -727,7 +729,7 @@ impl HttpRemote {
                             }
                             Ok(Ok(None)) => return,
                             Ok(Err(e)) => {
-                                let _ = tx.send(Err(chain(&e))).await;
+                                let _ = tx.send(Err(chain(e))).await;
                                 return;
                             }
                             Err(_) => {
