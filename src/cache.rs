@@ -643,8 +643,30 @@ fn github_output(path: &Path, hit: bool) -> Result<()> {
 }
 
 /// Restores an entry (see [`RestoreCacheOptions`]) from `remote` through
-/// `local`. A miss restores nothing and is not an error.
+/// `local`. A miss restores nothing and is not an error. `cache-hit` goes
+/// to `$GITHUB_OUTPUT` whatever the outcome: `false` when the restore
+/// fails too (a step with `continue-on-error` is then still told).
 pub fn restore(
+    local: &Store,
+    remote: &dyn Remote,
+    opts: &RestoreCacheOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreCacheReport> {
+    let r = restore_entry(local, remote, opts, progress);
+    if let Some(out) = &opts.github_output {
+        match &r {
+            Ok(report) => github_output(out, report.result == Outcome::Hit)?,
+            Err(_) => {
+                if let Err(e) = github_output(out, false) {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
+    }
+    r
+}
+
+fn restore_entry(
     local: &Store,
     remote: &dyn Remote,
     opts: &RestoreCacheOptions,
@@ -695,9 +717,6 @@ pub fn restore(
         // goes, a pipe, a mount point, a protected path) leaves the entry
         // unrestored in part: that is no hit a pipeline may skip a build on.
         if let Some(first) = r.1.protected.first() {
-            if let Some(out) = &opts.github_output {
-                github_output(out, false)?;
-            }
             let more = r.1.protected.len() - 1;
             return Err(SyncError::Invalid(format!(
                 "{} was not written (what is there stays; see the warning){}; the entry is not \
@@ -722,9 +741,6 @@ pub fn restore(
         {
             tracing::warn!("could not record the restore of {key}: {e}");
         }
-    }
-    if let Some(out) = &opts.github_output {
-        github_output(out, report.result == Outcome::Hit)?;
     }
     report.requests = remote.traffic().requests;
     Ok(report)

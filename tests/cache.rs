@@ -1235,3 +1235,29 @@ fn a_cache_store_folder_that_is_no_store_is_left_as_it_was() {
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("store.toml")]);
 }
+
+/// A restore that fails for any reason (here the remote's packs are gone
+/// after the save) still tells the workflow: `cache-hit=false` goes to
+/// `$GITHUB_OUTPUT` (a step with `continue-on-error` read no output), and
+/// nothing is written to the target.
+#[test]
+fn a_failed_restore_still_writes_cache_hit_false() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let url = remote.display().to_string();
+    let a = runner(tmp.path(), "a", &[]);
+    fake_target(&a.dir.join("target"), 7);
+    a.ok(&["cache", "save", "k", "target", "--remote", &url]);
+    let packs: Vec<PathBuf> = std::fs::read_dir(remote.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!packs.is_empty());
+    for p in packs {
+        std::fs::remove_file(p).unwrap();
+    }
+    let b = runner(tmp.path(), "b", &[]);
+    b.fails(&["cache", "restore", "k", "--remote", &url], 1);
+    assert_eq!(b.github_output(), "cache-hit=false\n");
+    assert!(!b.dir.join("target").exists());
+}
