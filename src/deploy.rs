@@ -1482,11 +1482,43 @@ impl Drop for DeployCopy {
     }
 }
 
+/// Where a deploy's copy goes: `$TMPDIR/sp-sync-deploy-PID-…`.
+const COPY_PREFIX: &str = "sp-sync-deploy-";
+
+/// Removes the copies that deploys killed outright left (`kill -9`, a
+/// crash: no drop ran): folders named `sp-sync-deploy-PID-…` whose process
+/// is gone and that have not changed for an hour (a step may have left a
+/// process running in one). Removed as a finished deploy removes its own,
+/// never crossing into a mount left inside.
+fn sweep_dead_copies(dir: &Path) {
+    crate::store::sweep_dead_with(
+        dir,
+        "deploy",
+        true,
+        crate::store::stale_after(),
+        |n| {
+            n.strip_prefix(COPY_PREFIX)?
+                .split_once('-')
+                .map(|(pid, _)| pid)
+        },
+        |p| match crate::restore::remove_tree_in_place(p) {
+            Ok(kept) if kept.is_empty() => {}
+            Ok(kept) => tracing::warn!(
+                "a killed deploy's copy {} is left in place: {} is mounted inside it",
+                p.display(),
+                kept[0].display()
+            ),
+            Err(e) => tracing::debug!("could not remove {}: {e}", p.display()),
+        },
+    );
+}
+
 /// Restores the snapshot's files into a new temporary directory (removed
 /// when dropped).
 fn materialize(store: &Store, snap: &Snapshot, progress: &dyn Progress) -> Result<DeployCopy> {
+    sweep_dead_copies(&std::env::temp_dir());
     let tmp = tempfile::Builder::new()
-        .prefix("sp-sync-deploy-")
+        .prefix(&format!("{COPY_PREFIX}{}-", std::process::id()))
         .tempdir()
         .map_err(|e| SyncError::io("creating", std::env::temp_dir(), e))?;
     if let Some(root) = snap.root {

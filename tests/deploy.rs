@@ -1144,3 +1144,74 @@ fn the_copys_cleanup_never_deletes_through_a_mount_a_step_left() {
         std::fs::remove_dir_all(&copy).unwrap();
     }
 }
+
+/// A deploy killed outright (`kill -9`: no cleanup runs) leaves its copy
+/// in `$TMPDIR`; the next deploy removes it once it has not changed for an
+/// hour (`SP_SYNC_STALE_AFTER` shortens that here). A copy whose process
+/// is alive, and a folder not named as a copy, stay.
+#[test]
+fn a_killed_deploys_copy_goes_at_the_next_deploy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmpdir = tmp.path().join("tmp");
+    std::fs::create_dir_all(&tmpdir).unwrap();
+    let pwd = tmp.path().join("pwd.log");
+    let pid = tmp.path().join("pid.log");
+    let toml = format!(
+        "[deploy.api]\nwatch = [\"src/**\"]\nsteps = [\"pwd > {w}.tmp && mv {w}.tmp {w}; echo $$ > {p}; exec sleep 60\"]\n",
+        w = pwd.display(),
+        p = pid.display()
+    );
+    let w = tree(tmp.path(), &toml);
+    snap(&w);
+    let mut d = Command::new(bin())
+        .args(["deploy", "api"])
+        .current_dir(&w)
+        .env("SP_SYNC_CACHE_DIR", cache_dir())
+        .env("TMPDIR", &tmpdir)
+        .env_remove("SP_SYNC_STORE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    await_file(&pwd);
+    let copy = PathBuf::from(lines(&pwd)[0].clone());
+    assert!(copy.starts_with(&tmpdir), "{}", copy.display());
+    d.kill().unwrap();
+    d.wait().unwrap();
+    // The step's shell became `sleep`; stop it too.
+    let t = Instant::now();
+    while lines(&pid).is_empty() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let step: i32 = lines(&pid)[0].parse().unwrap();
+    let _ = Command::new("kill")
+        .args(["-9", &step.to_string()])
+        .status();
+    assert!(copy.join("src/main.rs").exists(), "the copy was not left");
+    let alive = tmpdir.join(format!("sp-sync-deploy-{}-live", std::process::id()));
+    let other = tmpdir.join("sp-sync-deploy-notes");
+    for d in [&alive, &other] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("f"), "x").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(2100));
+    std::fs::write(w.join("src/main.rs"), "fn main() { 2; }\n").unwrap();
+    std::fs::write(
+        w.join("sp-sync.toml"),
+        "[deploy.api]\nwatch = [\"src/**\"]\nsteps = [\"true\"]\n",
+    )
+    .unwrap();
+    snap(&w);
+    let o = Command::new(bin())
+        .args(["deploy", "api", "--force"])
+        .current_dir(&w)
+        .env("SP_SYNC_CACHE_DIR", cache_dir())
+        .env("TMPDIR", &tmpdir)
+        .env("SP_SYNC_STALE_AFTER", "1")
+        .env_remove("SP_SYNC_STORE")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!copy.exists(), "{} left", copy.display());
+    assert!(alive.join("f").exists() && other.join("f").exists());
+}

@@ -1796,6 +1796,24 @@ pub(crate) fn sweep_dead(
     stale: std::time::Duration,
     pid_of: impl Fn(&str) -> Option<&str>,
 ) {
+    sweep_dead_with(dir, what, folders, stale, pid_of, |p| {
+        let _ = if folders {
+            std::fs::remove_dir_all(p)
+        } else {
+            std::fs::remove_file(p)
+        };
+    })
+}
+
+/// [`sweep_dead`], removing each entry with `remove`.
+pub(crate) fn sweep_dead_with(
+    dir: &Path,
+    what: &str,
+    folders: bool,
+    stale: std::time::Duration,
+    pid_of: impl Fn(&str) -> Option<&str>,
+    remove: impl Fn(&Path),
+) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
@@ -1809,11 +1827,7 @@ pub(crate) fn sweep_dead(
             .is_ok_and(|t| if folders { t.is_dir() } else { t.is_file() });
         if kind_ok && dead_process(pid) && !entry_changed_within(&e.path(), folders, stale) {
             tracing::debug!("removing {} (left by a killed {what})", e.path().display());
-            let _ = if folders {
-                std::fs::remove_dir_all(e.path())
-            } else {
-                std::fs::remove_file(e.path())
-            };
+            remove(&e.path());
         }
     }
 }
