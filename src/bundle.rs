@@ -989,7 +989,15 @@ pub fn import(
                         "{what}: ref {n} is another machine's own record (local sync or deploy); not imported"
                     );
                 }
-                !skip
+                // What the bundle's maker last saw of its remotes is not
+                // this store's record of its own (as pull leaves them).
+                let tracking = n.starts_with("remotes/");
+                if tracking {
+                    tracing::warn!(
+                        "{what}: ref {n} records another store's remote; not imported (name it to import it)"
+                    );
+                }
+                !skip && !tracking
             })
             .cloned()
             .collect()

@@ -989,3 +989,42 @@ fn a_database_an_imported_snapshot_restored_is_kept_by_delete() {
         .unwrap();
     assert_eq!(n, 2);
 }
+
+/// A bundle made with a store's remote-tracking refs (`remotes/NAME/…`,
+/// what that store last saw of its remote): an import of everything
+/// leaves them out, as a pull does (they moved this store's record of
+/// its own remote, exit 0); named (`pull FILE REF`), one is imported.
+#[test]
+fn an_import_of_everything_leaves_remote_tracking_refs_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    std::fs::create_dir_all(a.join("src")).unwrap();
+    std::fs::write(a.join("src/f"), "x\n").unwrap();
+    ok(&a, &["init", "-q"]);
+    ok(&a, &["snapshot", "src", "-q"]);
+    ok(&a, &["ref", "set", "remotes/origin/main", "main"]);
+    let file = tmp.path().join("all.bundle");
+    ok(
+        &a,
+        &[
+            "bundle",
+            "create",
+            file.to_str().unwrap(),
+            "main",
+            "remotes/origin/main",
+        ],
+    );
+    let b = tmp.path().join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    ok(&b, &["init", "-q"]);
+    ok(&b, &["bundle", "import", file.to_str().unwrap()]);
+    let refs = ok(&b, &["ref", "list"]);
+    assert!(refs.contains("main"), "{refs}");
+    assert!(!refs.contains("remotes/"), "{refs}");
+    ok(
+        &b,
+        &["pull", file.to_str().unwrap(), "remotes/origin/main", "-q"],
+    );
+    let refs = ok(&b, &["ref", "list"]);
+    assert!(refs.contains("remotes/origin/main"), "{refs}");
+}
