@@ -2757,6 +2757,12 @@ fn to_disk(
             Some(t) => t,
             None => render_fields(plan, &row.values)?,
         };
+        // A file written with CRLF line ends keeps them: the lines
+        // rendered afresh take them too (they came out LF in a CRLF file).
+        // YAML reads either alike, values in line-broken scalars too.
+        let crlf = old.is_some_and(|o| o.front.iter().any(|f| f.text.contains("\r\n")));
+        let fields = if crlf { crlf_lines(&fields) } else { fields };
+        let nl = if crlf { "\r\n" } else { "\n" };
         match (cfg.format, body_path) {
             (Format::Sidecar, Some(bp)) => {
                 writes.push((rel, fields, k.clone()));
@@ -2765,7 +2771,7 @@ fn to_disk(
             (Format::Yaml, _) => writes.push((rel, fields, k)),
             _ => writes.push((
                 rel,
-                format!("---\n{fields}---\n{}", body.unwrap_or_default()),
+                format!("---{nl}{fields}---{nl}{}", body.unwrap_or_default()),
                 k,
             )),
         }
@@ -2997,6 +3003,20 @@ fn to_disk(
         done.insert(k.to_vec());
     }
     Ok(rep)
+}
+
+/// `text` with every line end CRLF (a bare LF becomes CRLF).
+fn crlf_lines(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 16);
+    let mut prev = '\0';
+    for c in text.chars() {
+        if c == '\n' && prev != '\r' {
+            out.push('\r');
+        }
+        out.push(c);
+        prev = c;
+    }
+    out
 }
 
 /// The part of a file's name its temporary file's name takes: all of it up

@@ -2368,3 +2368,46 @@ fn a_body_file_that_cannot_be_written_leaves_its_sidecar_as_it_was() {
     let out = ok(&root, &["local", "diff", "--json"]);
     assert_eq!(json(&out).as_array().map(Vec::len), Some(0), "{out}");
 }
+
+/// A file written with CRLF line ends (an editor on Windows) keeps them
+/// when `to-disk` changes a field and adds one: the new lines came out LF,
+/// a file of mixed line ends. Both sides then agree.
+#[test]
+fn a_crlf_file_keeps_its_line_ends() {
+    let (_t, root) = project(
+        CONTENT,
+        "CREATE TABLE content(slug TEXT PRIMARY KEY, title TEXT, n INTEGER, body TEXT)",
+    );
+    let file = root.join("content/a.md");
+    std::fs::write(
+        &file,
+        "---\r\nslug: a\r\ntitle: A\r\n# a comment\r\n---\r\nline one\r\nline two\r\n",
+    )
+    .unwrap();
+    ok(&root, &["local", "to-db", "-q"]);
+    assert_eq!(
+        rows(&root, "SELECT body FROM content"),
+        [["line one\r\nline two\r\n"]]
+    );
+    sql(&root, "UPDATE content SET title = 'A2', n = 5");
+    ok(&root, &["local", "to-disk", "-q"]);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("title: A2\r\n") && text.contains("n: 5\r\n"),
+        "{text:?}"
+    );
+    assert!(
+        text.match_indices('\n')
+            .all(|(i, _)| i > 0 && text.as_bytes()[i - 1] == b'\r'),
+        "a bare LF: {text:?}"
+    );
+    assert!(
+        text.ends_with("---\r\nline one\r\nline two\r\n"),
+        "{text:?}"
+    );
+    let out = ok(&root, &["local", "diff", "--json"]);
+    assert_eq!(json(&out).as_array().map(Vec::len), Some(0), "{out}");
+    let before = db_bytes(&root);
+    ok(&root, &["local", "to-db", "-q"]);
+    assert_eq!(db_bytes(&root), before);
+}
