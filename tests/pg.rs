@@ -5439,3 +5439,55 @@ fn a_combined_restore_warns_once() {
     assert_eq!(std::fs::read(d.join("files/a.txt")).unwrap(), b"a\n");
     assert_eq!(pg.psql(&db, "SELECT v FROM t").trim(), "a");
 }
+
+/// Comments on a table and its columns (what pg_dump keeps, and what
+/// PostgREST serves as its API's descriptions) come back with a table a
+/// restore creates, quotes, backslashes and line breaks as they were; a
+/// restore onto the existing table is not refused for a comment that
+/// differs there.
+#[test]
+fn comments_on_a_table_and_its_columns_come_back() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("cmt");
+    pg.psql(
+        &db,
+        "CREATE TABLE t (k int PRIMARY KEY, \"odd name\" text, g int GENERATED ALWAYS AS (k * 2) STORED);
+         COMMENT ON TABLE t IS 'users'' table; see \\docs -- not a comment
+line two';
+         COMMENT ON COLUMN t.\"odd name\" IS 'the name';
+         COMMENT ON COLUMN t.g IS 'twice k';
+         CREATE TABLE plain (k int PRIMARY KEY);
+         INSERT INTO t (k, \"odd name\") VALUES (1, 'a');",
+    );
+    let comments = |db: &str| {
+        pg.psql(
+            db,
+            "SELECT coalesce(obj_description('t'::regclass, 'pg_class'), '-') || '|' || \
+                    coalesce(col_description('t'::regclass, 2), '-') || '|' || \
+                    coalesce(col_description('t'::regclass, 3), '-') || '|' || \
+                    coalesce(col_description('t'::regclass, 1), '-')",
+        )
+    };
+    let want = comments(&db);
+    assert!(
+        want.contains("users' table; see \\docs -- not a comment\nline two|the name|twice k|-"),
+        "{want}"
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &pg.url(&db), &[]);
+    let fresh = pg.new_db("cmt_new");
+    ok_pg(
+        d,
+        &["--store", "st", "restore", "main", "--db", &pg.url(&fresh)],
+    );
+    assert_eq!(comments(&fresh), want);
+    assert_eq!(pg.dump_rows(&fresh, "t"), pg.dump_rows(&db, "t"));
+    // A comment changed on the target: the rows still restore onto it.
+    pg.psql(&fresh, "COMMENT ON TABLE t IS 'other'; DELETE FROM t");
+    ok_pg(
+        d,
+        &["--store", "st", "restore", "main", "--db", &pg.url(&fresh)],
+    );
+    assert_eq!(pg.dump_rows(&fresh, "t"), pg.dump_rows(&db, "t"));
+}

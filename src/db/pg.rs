@@ -1576,6 +1576,37 @@ fn schema_of(
         script.push_str(&def);
         script.push_str(";\n");
     }
+    // Comments on the table and its columns (as pg_dump keeps them: an
+    // API's documentation, PostgREST's descriptions), table first, then
+    // columns in their order.
+    let comments = c
+        .query(
+            "SELECT a.attname::text, d.description FROM pg_catalog.pg_description d \
+             LEFT JOIN pg_catalog.pg_attribute a \
+               ON a.attrelid = d.objoid AND a.attnum = d.objsubid AND d.objsubid > 0 \
+             WHERE d.objoid = $1::int8::oid AND d.classoid = 'pg_catalog.pg_class'::regclass \
+               AND (d.objsubid = 0 OR (a.attnum IS NOT NULL AND NOT a.attisdropped)) \
+             ORDER BY d.objsubid",
+            &[&t.oid],
+        )
+        .map_err(err)?;
+    for r in comments {
+        let col: Option<String> = r.get(0);
+        let text: String = r.get(1);
+        match col {
+            None => script.push_str(&format!(
+                "COMMENT ON TABLE {} IS {};\n",
+                quote(&t.name),
+                sql_literal(&text)
+            )),
+            Some(col) => script.push_str(&format!(
+                "COMMENT ON COLUMN {}.{} IS {};\n",
+                quote(&t.name),
+                quote(&col),
+                sql_literal(&text)
+            )),
+        }
+    }
     let mut extras = Vec::new();
     // Constraints other than the key: unique, check, exclusion, then
     // foreign keys (which need the other tables).

@@ -10,8 +10,8 @@
 //! sp-sync's own reader writes for its place ([`table_script`],
 //! [`constraint`], [`index`], [`sequence_value`], [`view`]): a `CREATE
 //! TABLE` of the object's own name and no `CHECK`/`REFERENCES`/inheritance,
-//! its own sequences, an `ALTER TABLE` of its own table adding one
-//! constraint, a `CREATE INDEX` on its own table, a `setval` of its own
+//! its own sequences, comments on it and its columns, an `ALTER TABLE`
+//! of its own table adding one constraint, a `CREATE INDEX` on its own table, a `setval` of its own
 //! column's sequence, a `CREATE VIEW` of its own name. The enum types a
 //! table needs are recognised in the recorded `DO` block and created by
 //! sp-sync itself; no recorded `DO` block runs. Each accepted statement is
@@ -353,7 +353,9 @@ pub enum Action {
 /// `ALTER SEQUENCE … OWNED BY` of those sequences to its columns, `ALTER
 /// TABLE` of `table` turning row-level security on (`ENABLE` or `FORCE`
 /// and nothing else), and `CREATE POLICY` / `CREATE [CONSTRAINT] TRIGGER`
-/// on `table`, which are only named ([`Action::Recorded`]), never run.
+/// on `table`, which are only named ([`Action::Recorded`]), never run;
+/// `COMMENT ON TABLE table IS '…'` and `COMMENT ON COLUMN table.col IS
+/// '…'` (one string, nothing more), which run.
 pub fn table_script(sql: &str, table: &str) -> Result<Vec<Action>> {
     let mut acts = Vec::new();
     let mut sequences: Vec<String> = Vec::new();
@@ -487,6 +489,36 @@ pub fn table_script(sql: &str, table: &str) -> Result<Vec<Action>> {
                 kind: "policy",
                 name: name.to_string(),
             });
+        } else if word(t.first(), "comment") && word(t.get(1), "on") {
+            // `COMMENT ON TABLE name IS '…'` or `COMMENT ON COLUMN
+            // name.col IS '…'`, and nothing else.
+            let text_at = if word(t.get(2), "table") {
+                own_name(t.get(3), table, "COMMENT ON TABLE")?;
+                4
+            } else if word(t.get(2), "column") {
+                own_name(t.get(3), table, "COMMENT ON COLUMN")?;
+                if t.get(4) != Some(&Tok::Punct('.')) || ident(t.get(5)).is_none() {
+                    return Err(refuse(format!(
+                        "table {table}: a COMMENT ON COLUMN of no column of its own"
+                    )));
+                }
+                6
+            } else {
+                return Err(refuse(format!(
+                    "table {table}: a comment on something other than the table or its columns: {}",
+                    excerpt(&s.text)
+                )));
+            };
+            if !(word(t.get(text_at), "is")
+                && matches!(t.get(text_at + 1), Some(Tok::Str(_)))
+                && t.len() == text_at + 2)
+            {
+                return Err(refuse(format!(
+                    "table {table}: a comment that is not one string: {}",
+                    excerpt(&s.text)
+                )));
+            }
+            acts.push(Action::Exec(s.text));
         } else if word(t.first(), "create")
             && (word(t.get(1), "trigger")
                 || (word(t.get(1), "constraint") && word(t.get(2), "trigger")))
@@ -817,6 +849,33 @@ mod tests {
         assert!(statements("SELECT $1").is_err());
         assert!(statements("SELECT U&\"\\0061\"").is_err());
         assert!(statements("/* open").is_err());
+    }
+
+    #[test]
+    fn comments_on_the_table_and_its_columns_pass_and_nothing_else() {
+        let base = "CREATE TABLE \"t\" (\n    \"k\" integer NOT NULL\n);\n";
+        let ok = format!(
+            "{base}COMMENT ON TABLE \"t\" IS 'the table; it''s -- all';\n\
+             COMMENT ON COLUMN \"t\".\"k\" IS E'a\\\\b';\n"
+        );
+        let a = table_script(&ok, "t").unwrap();
+        assert_eq!(a.len(), 3);
+        assert!(matches!(&a[1], Action::Exec(s) if s.starts_with("COMMENT ON TABLE")));
+        for bad in [
+            "COMMENT ON TABLE \"other\" IS 'x'",
+            "COMMENT ON COLUMN \"other\".\"k\" IS 'x'",
+            "COMMENT ON COLUMN \"t\" IS 'x'",
+            "COMMENT ON FUNCTION f() IS 'x'",
+            "COMMENT ON ROLE postgres IS 'x'",
+            "COMMENT ON TABLE \"t\" IS 'x' || 'y'",
+            "COMMENT ON TABLE \"t\" IS NULL",
+            "COMMENT ON TABLE \"t\" IS (SELECT 'x')",
+            "COMMENT ON TABLE \"t\" IS $$x$$",
+            "COMMENT ON TABLE \"t\"",
+        ] {
+            let script = format!("{base}{bad};\n");
+            assert!(table_script(&script, "t").is_err(), "{bad}");
+        }
     }
 
     #[test]
