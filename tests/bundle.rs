@@ -775,6 +775,29 @@ fn an_import_whose_refs_clash_moves_no_ref() {
     assert!(!w.join(".sp-sync/refs/a").exists());
 }
 
+/// A store at `tmp/a` with one snapshot of `src/` as `main` and `refs`
+/// naming it too, a bundle `tmp/all.bundle` of main and those refs, and an
+/// empty store at `tmp/b` that has imported it: (a, the bundle, b).
+fn imported_with_refs(tmp: &Path, refs: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+    let a = tmp.join("a");
+    std::fs::create_dir_all(a.join("src")).unwrap();
+    std::fs::write(a.join("src/f"), "x\n").unwrap();
+    ok(&a, &["init", "-q"]);
+    ok(&a, &["snapshot", "src", "-q"]);
+    for r in refs {
+        ok(&a, &["ref", "set", r, "main"]);
+    }
+    let file = tmp.join("all.bundle");
+    let mut args = vec!["bundle", "create", file.to_str().unwrap(), "main"];
+    args.extend_from_slice(refs);
+    ok(&a, &args);
+    let b = tmp.join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    ok(&b, &["init", "-q"]);
+    ok(&b, &["bundle", "import", file.to_str().unwrap()]);
+    (a, file, b)
+}
+
 /// A machine's own records (`local/…` of a local sync, `deploy/…` of a
 /// deploy) never come from elsewhere: an import of everything leaves them
 /// out, a pull of everything too, and naming one in a pull is refused. (Another's
@@ -783,29 +806,7 @@ fn an_import_whose_refs_clash_moves_no_ref() {
 #[test]
 fn machine_local_records_are_never_imported_or_pulled() {
     let tmp = tempfile::tempdir().unwrap();
-    let a = tmp.path().join("a");
-    std::fs::create_dir_all(a.join("src")).unwrap();
-    std::fs::write(a.join("src/f"), "x\n").unwrap();
-    ok(&a, &["init", "-q"]);
-    ok(&a, &["snapshot", "src", "-q"]);
-    ok(&a, &["ref", "set", "local/content", "main"]);
-    ok(&a, &["ref", "set", "deploy/api", "main"]);
-    let file = tmp.path().join("all.bundle");
-    ok(
-        &a,
-        &[
-            "bundle",
-            "create",
-            file.to_str().unwrap(),
-            "main",
-            "local/content",
-            "deploy/api",
-        ],
-    );
-    let b = tmp.path().join("b");
-    std::fs::create_dir_all(&b).unwrap();
-    ok(&b, &["init", "-q"]);
-    ok(&b, &["bundle", "import", file.to_str().unwrap()]);
+    let (a, _, b) = imported_with_refs(tmp.path(), &["local/content", "deploy/api"]);
     let refs = ok(&b, &["ref", "list"]);
     assert!(refs.contains("main"), "{refs}");
     assert!(
@@ -997,27 +998,7 @@ fn a_database_an_imported_snapshot_restored_is_kept_by_delete() {
 #[test]
 fn an_import_of_everything_leaves_remote_tracking_refs_out() {
     let tmp = tempfile::tempdir().unwrap();
-    let a = tmp.path().join("a");
-    std::fs::create_dir_all(a.join("src")).unwrap();
-    std::fs::write(a.join("src/f"), "x\n").unwrap();
-    ok(&a, &["init", "-q"]);
-    ok(&a, &["snapshot", "src", "-q"]);
-    ok(&a, &["ref", "set", "remotes/origin/main", "main"]);
-    let file = tmp.path().join("all.bundle");
-    ok(
-        &a,
-        &[
-            "bundle",
-            "create",
-            file.to_str().unwrap(),
-            "main",
-            "remotes/origin/main",
-        ],
-    );
-    let b = tmp.path().join("b");
-    std::fs::create_dir_all(&b).unwrap();
-    ok(&b, &["init", "-q"]);
-    ok(&b, &["bundle", "import", file.to_str().unwrap()]);
+    let (_, file, b) = imported_with_refs(tmp.path(), &["remotes/origin/main"]);
     let refs = ok(&b, &["ref", "list"]);
     assert!(refs.contains("main"), "{refs}");
     assert!(!refs.contains("remotes/"), "{refs}");
