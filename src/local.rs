@@ -78,7 +78,15 @@ pub fn local(
         chosen = collection::select(&project.collection, None)?;
     } else {
         for name in &opts.collections {
-            chosen.extend(collection::select(&project.collection, Some(name))?);
+            // (A name given twice is synced once.)
+            for c in collection::select(&project.collection, Some(name))? {
+                if !chosen
+                    .iter()
+                    .any(|d: &&collection::CollectionConfig| d.name == c.name)
+                {
+                    chosen.push(c);
+                }
+            }
         }
     }
     progress.stage("planning");

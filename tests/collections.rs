@@ -2411,3 +2411,41 @@ fn a_crlf_file_keeps_its_line_ends() {
     ok(&root, &["local", "to-db", "-q"]);
     assert_eq!(db_bytes(&root), before);
 }
+
+/// `--collection` repeats: the collections named, each once, and no other.
+#[test]
+fn collection_repeats_and_names_each_once() {
+    let (_tmp, root) = example();
+    ok(&root, &["local", "to-db", "-q"]);
+    sql(
+        &root,
+        "UPDATE content SET title = 'Changed' WHERE slug = 'hello-world';
+         UPDATE skills SET version = 9 WHERE name = 'translate'",
+    );
+    let both = json(&ok(
+        &root,
+        &[
+            "local",
+            "diff",
+            "--json",
+            "--collection",
+            "skills",
+            "--collection",
+            "content",
+            "--collection",
+            "skills",
+        ],
+    ));
+    let mut names: Vec<&str> = both
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["collection"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["content", "skills"], "{both}");
+    ok(&root, &["local", "to-disk", "-q", "--collection", "skills"]);
+    let left = json(&ok(&root, &["local", "diff", "--json"]));
+    assert_eq!(left.as_array().map(Vec::len), Some(1), "{left}");
+    assert_eq!(left[0]["collection"], "content", "{left}");
+}

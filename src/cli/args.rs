@@ -291,8 +291,9 @@ pub enum LocalCmd {
 
 #[derive(Args, Debug)]
 pub struct LocalDiffArgs {
+    /// Only this collection (repeatable; default: all of them).
     #[arg(long, value_name = "NAME")]
-    collection: Option<String>,
+    collection: Vec<String>,
     /// Exit with status 1 when there are differences.
     #[arg(long)]
     exit_code: bool,
@@ -300,8 +301,9 @@ pub struct LocalDiffArgs {
 
 #[derive(Args, Debug)]
 pub struct LocalSyncArgs {
+    /// Only this collection (repeatable; default: all of them).
     #[arg(long, value_name = "NAME")]
-    collection: Option<String>,
+    collection: Vec<String>,
     /// Print the plan; change nothing.
     #[arg(long)]
     dry_run: bool,

@@ -27,8 +27,8 @@ pub struct LocalCmdOptions {
     pub place: Place,
     /// Which command.
     pub mode: LocalMode,
-    /// Only this collection.
-    pub collection: Option<String>,
+    /// Only these collections (`--collection`, repeatable); empty: all.
+    pub collection: Vec<String>,
     /// Print the plan; change nothing.
     pub dry_run: bool,
     /// On a conflict (or with no record of the last sync), the source side wins.
@@ -62,7 +62,7 @@ pub fn local(opts: &LocalCmdOptions, progress: &dyn Progress) -> Result<LocalCmd
     };
     let diff = opts.mode == LocalMode::Diff;
     let lopts = LocalOptions {
-        collections: opts.collection.iter().cloned().collect(),
+        collections: opts.collection.clone(),
         direction: match opts.mode {
             LocalMode::Diff => None,
             LocalMode::ToDb => Some(Direction::ToDatabase),
