@@ -149,6 +149,51 @@ pub(crate) fn is_internal(name: &str) -> bool {
     starts_with_ignore_case(name, "sqlite_")
 }
 
+/// SQLite's tables of index statistics (`ANALYZE`, `PRAGMA optimize`):
+/// the internal tables a snapshot keeps, since `.dump` prints them and a
+/// database restored without them plans its queries without them. Each:
+/// its name, its SQL as SQLite records it, its columns.
+pub(crate) const STAT_TABLES: [(&str, &str, &[&str]); 2] = [
+    (
+        "sqlite_stat1",
+        "CREATE TABLE sqlite_stat1(tbl,idx,stat)",
+        &["tbl", "idx", "stat"],
+    ),
+    (
+        "sqlite_stat4",
+        "CREATE TABLE sqlite_stat4(tbl,idx,neq,nlt,ndlt,sample)",
+        &["tbl", "idx", "neq", "nlt", "ndlt", "sample"],
+    ),
+];
+
+/// Whether `(name, sql)` is one of SQLite's statistics tables, as SQLite
+/// makes it.
+pub(crate) fn is_stat_schema(name: &str, sql: &str) -> bool {
+    STAT_TABLES.iter().any(|(n, q, _)| *n == name && *q == sql)
+}
+
+/// Whether a table object is one of SQLite's statistics tables, exactly as
+/// SQLite makes it (its columns without types, keyed by rowid, no
+/// extras): a restore makes it by `ANALYZE sqlite_schema`, never by the
+/// recorded SQL.
+pub(crate) fn is_stat(o: &TableObject) -> bool {
+    STAT_TABLES.iter().any(|(n, q, cols)| {
+        *n == o.name
+            && *q == o.sql
+            && o.extras.is_empty()
+            && o.table.as_ref().is_some_and(|t| {
+                t.flags == 0
+                    && t.key.is_empty()
+                    && t.sequence.is_none()
+                    && t.columns.len() == cols.len()
+                    && t.columns
+                        .iter()
+                        .zip(cols.iter())
+                        .all(|(c, n)| c.name == *n && c.decl_type.is_empty())
+            })
+    })
+}
+
 /// Whether `s` begins with `prefix` (ASCII case-insensitive), without
 /// slicing `s` inside a character.
 pub(crate) fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
@@ -726,7 +771,10 @@ fn scan_in(
         ..Default::default()
     };
     for s in &schema {
-        if (s.kind != "table" && s.kind != "view") || is_internal(&s.name) || !wanted(&s.name) {
+        if (s.kind != "table" && s.kind != "view")
+            || (is_internal(&s.name) && !is_stat_schema(&s.name, &s.sql))
+            || !wanted(&s.name)
+        {
             continue;
         }
         if shadow.contains(&s.name) {

@@ -426,7 +426,7 @@ fn apply(
     let mut plans = Vec::new();
     let mut mismatches = Vec::new();
     for o in objs {
-        if is_internal(&o.name) {
+        if is_internal(&o.name) && !super::is_stat(o) {
             return Err(SyncError::Invalid(format!(
                 "refusing to restore SQLite's internal table {}",
                 o.name
@@ -455,7 +455,8 @@ fn apply(
                                 "database"
                             }
                         ));
-                    } else if let live_strict = strict_now(c, path, &o.name)?
+                    } else if !super::is_stat(o)
+                        && let live_strict = strict_now(c, path, &o.name)?
                         && strict_in_snapshot(&o.sql)? != live_strict
                     {
                         // (A column of type ANY keeps a value's type in a
@@ -524,7 +525,26 @@ fn apply(
     };
     // 2. New tables.
     for p in &plans {
-        if let Plan::Create(o, _) = p {
+        if let Plan::Create(o, t) = p {
+            if super::is_stat(o) {
+                // SQLite makes its statistics tables itself (as `.dump`
+                // writes it); nothing is analyzed (sqlite_schema has no
+                // index). It may make more than this one.
+                if !table_exists(c, path, &o.name)? {
+                    c.execute_batch("ANALYZE sqlite_schema")
+                        .map_err(|e| db_error(path, e))?;
+                }
+                if !table_exists(c, path, &o.name)?
+                    || !same_structure(t, &table_data(c, path, &o.name)?)
+                {
+                    return Err(SyncError::Database(format!(
+                        "{}: this SQLite does not make {} as the snapshot has it; nothing was written",
+                        path.display(),
+                        o.name
+                    )));
+                }
+                continue;
+            }
             guard.run(
                 c,
                 path,
@@ -535,6 +555,23 @@ fn apply(
                     sql: &o.sql,
                 },
             )?;
+        }
+    }
+    // The statistics tables `ANALYZE sqlite_schema` made that the
+    // snapshot lacks and the database did not have (sqlite_stat4 beside
+    // sqlite_stat1) go again, empty as they are.
+    if plans
+        .iter()
+        .any(|p| matches!(p, Plan::Create(o, _) if super::is_stat(o)))
+    {
+        for (name, ..) in super::STAT_TABLES {
+            if !exists("table", name)
+                && !objs.iter().any(|o| o.name == name)
+                && table_exists(c, path, name)?
+            {
+                c.execute_batch(&format!("DROP TABLE {name}"))
+                    .map_err(|e| db_error(path, e))?;
+            }
         }
     }
     // 3. Rows.
@@ -690,6 +727,17 @@ fn strict_in_snapshot(sql: &str) -> Result<bool> {
         |r| r.get(0),
     )
     .map_err(err)
+}
+
+/// Whether the database has a table `name` now.
+fn table_exists(c: &Connection, path: &Path, name: &str) -> Result<bool> {
+    c.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+    .map_err(|e| db_error(path, e))
 }
 
 /// Whether the database's table `name` is STRICT.
