@@ -1933,6 +1933,13 @@ fn rows_that_break_a_check_come_back_into_a_new_file() {
     );
 }
 
+/// `sp-sync --store st ARGS` in `d`, which must succeed; its output.
+fn st(d: &Path, args: &[&str]) -> String {
+    let mut a = vec!["--store", "st"];
+    a.extend_from_slice(args);
+    ok(d, &a)
+}
+
 /// A database that was analyzed (`ANALYZE`, `PRAGMA optimize`) keeps its
 /// index statistics: `sqlite_stat1` and `sqlite_stat4` are snapshotted,
 /// diffed by row and restored, so a new file is `.dump`-identical (they
@@ -1952,67 +1959,30 @@ fn index_statistics_are_snapshotted_and_restored() {
         .query_row("SELECT count(*) FROM sqlite_stat4", [], |r| r.get(0))
         .unwrap();
     assert!(n4 > 0, "this SQLite keeps sqlite_stat4");
-    let out = json(&ok(
+    let out = json(&st(
         d,
-        &[
-            "--store", "st", "snapshot", "files", "--db", "app.db", "--json", "-q",
-        ],
+        &["snapshot", "files", "--db", "app.db", "--json", "-q"],
     ));
     assert!(out["tables"]["sqlite_stat1"].as_u64() > Some(0), "{out}");
     let snapped = dump(&db);
     assert!(snapped.contains("INSERT INTO sqlite_stat1"), "{snapped}");
-    ok(
-        d,
-        &["--store", "st", "restore", "main", "--db", "new.db", "-q"],
-    );
+    st(d, &["restore", "main", "--db", "new.db", "-q"]);
     assert_eq!(dump(&d.join("new.db")), snapped);
-    ok(
-        d,
-        &[
-            "--store",
-            "st",
-            "diff",
-            "main",
-            "--db",
-            "app.db",
-            "--exit-code",
-        ],
-    );
+    st(d, &["diff", "main", "--db", "app.db", "--exit-code"]);
     // Analyzed again after more rows: the statistics differ by row, and an
     // in-place restore puts them back with the rows.
     sql(
         &db,
         "INSERT INTO users SELECT id + 100, 'y' || email, name, score FROM users; ANALYZE;",
     );
-    let text = ok(d, &["--store", "st", "diff", "main", "--db", "app.db"]);
+    let text = st(d, &["diff", "main", "--db", "app.db"]);
     assert!(text.contains("M sqlite_stat1("), "{text}");
-    ok(
-        d,
-        &[
-            "--store", "st", "restore", "main", "--db", "app.db", "--delete", "-q",
-        ],
-    );
+    st(d, &["restore", "main", "--db", "app.db", "--delete", "-q"]);
     assert_eq!(dump(&db), snapped);
     // Dropped from the database: made again (by SQLite) and filled.
     sql(&db, "DROP TABLE sqlite_stat1; DROP TABLE sqlite_stat4;");
-    ok(
-        d,
-        &[
-            "--store", "st", "restore", "main", "--db", "app.db", "--delete", "-q",
-        ],
-    );
-    ok(
-        d,
-        &[
-            "--store",
-            "st",
-            "diff",
-            "main",
-            "--db",
-            "app.db",
-            "--exit-code",
-        ],
-    );
+    st(d, &["restore", "main", "--db", "app.db", "--delete", "-q"]);
+    st(d, &["diff", "main", "--db", "app.db", "--exit-code"]);
     // A database never analyzed gets no statistics tables; one with
     // sqlite_stat1 only (analyzed by a SQLite without STAT4) gets no
     // sqlite_stat4, though `ANALYZE sqlite_schema` here makes both.
@@ -2027,15 +1997,9 @@ fn index_statistics_are_snapshotted_and_restored() {
         let src = d.join(format!("{file}.db"));
         sql(&src, schema);
         let name = format!("{file}.db");
-        ok(
-            d,
-            &["--store", "st", "snapshot", "files", "--db", &name, "-q"],
-        );
+        st(d, &["snapshot", "files", "--db", &name, "-q"]);
         let back = format!("{file}-back.db");
-        ok(
-            d,
-            &["--store", "st", "restore", "main", "--db", &back, "-q"],
-        );
+        st(d, &["restore", "main", "--db", &back, "-q"]);
         assert_eq!(dump(&d.join(&back)), dump(&src), "{file}");
     }
 }
