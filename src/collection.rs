@@ -2675,9 +2675,12 @@ fn to_disk(
     let mut removes: Vec<(String, Vec<u8>)> = Vec::new();
     // (a sidecar's old body file, which its new one replaces; the row's key)
     let mut moved: Vec<(String, Vec<u8>)> = Vec::new();
+    // Every key this run applies, in the plan's order.
+    let mut keys: Vec<Vec<u8>> = Vec::new();
     for ch in plan.changes.iter().filter(applies) {
         interrupted()?;
         let k = encode_key(std::slice::from_ref(&ch.key))?;
+        keys.push(k.clone());
         let old = plan.disk.get(&k);
         let Some(row) = plan.db.get(&k) else {
             if let Some(old) = old {
@@ -2905,35 +2908,29 @@ fn to_disk(
     // write that fails (a full disk) changes none of them and a kill is
     // unlikely to leave a new sidecar beside its old body (a conflict on
     // every later run); then the files it no longer has go.
-    let mut order: Vec<&[u8]> = Vec::new();
+    // (the files each key writes, those it removes; the keys in the order
+    // of their first file)
     type KeyFiles<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a str>);
     let mut by_key: BTreeMap<&[u8], KeyFiles<'_>> = BTreeMap::new();
+    let mut order: Vec<&[u8]> = Vec::new();
     for (rel, text, k) in &writes {
-        by_key
-            .entry(k.as_slice())
-            .or_insert_with(|| {
-                order.push(k.as_slice());
-                Default::default()
-            })
-            .0
-            .push((rel.as_str(), text.as_str()));
+        if !by_key.contains_key(k.as_slice()) {
+            order.push(k);
+        }
+        let e = by_key.entry(k.as_slice()).or_default();
+        e.0.push((rel.as_str(), text.as_str()));
     }
     for (rel, k) in &removes {
-        by_key
-            .entry(k.as_slice())
-            .or_insert_with(|| {
-                order.push(k.as_slice());
-                Default::default()
-            })
-            .1
-            .push(rel.as_str());
-    }
-    for ch in plan.changes.iter().filter(applies) {
-        let k = encode_key(std::slice::from_ref(&ch.key))?;
         if !by_key.contains_key(k.as_slice()) {
-            done.insert(k);
+            order.push(k);
         }
+        by_key.entry(k.as_slice()).or_default().1.push(rel.as_str());
     }
+    // (A key with no file to change is done already.)
+    done.extend(
+        keys.into_iter()
+            .filter(|k| !by_key.contains_key(k.as_slice())),
+    );
     for k in order {
         interrupted()?;
         let (key_writes, key_removes) = &by_key[k];

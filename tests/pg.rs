@@ -772,6 +772,16 @@ fn float_keys_holding_nan_round_trip() {
     assert_eq!(pg.dump_rows(&db, "r"), before[1]);
 }
 
+/// Makes database `db` in `encoding` (C collation and ctype).
+fn db_in_encoding(pg: &PgCluster, db: &str, encoding: &str) {
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE DATABASE {db} ENCODING '{encoding}' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
+        ),
+    );
+}
+
 /// A database whose encoding orders text otherwise than UTF-8 does
 /// (WIN1251: `€` is 0x88, `Ж` 0xC6; in UTF-8 `Ж` comes first): snapshot,
 /// diff and `restore --delete` failed "map keys out of order" and "rows
@@ -782,12 +792,7 @@ fn float_keys_holding_nan_round_trip() {
 fn a_database_not_in_utf8_reads_its_text_keys_in_utf8_order() {
     let Some(pg) = cluster() else { return };
     let db = "win1251_keys";
-    pg.psql(
-        "postgres",
-        &format!(
-            "CREATE DATABASE {db} ENCODING 'WIN1251' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
-        ),
-    );
+    db_in_encoding(pg, db, "WIN1251");
     pg.psql(
         db,
         "CREATE TYPE mood AS ENUM ('Ж', '€', 'a');
@@ -862,12 +867,7 @@ fn a_database_not_in_utf8_reads_its_text_keys_in_utf8_order() {
 fn bytes_not_in_utf8_fail_the_snapshot_naming_their_table() {
     let Some(pg) = cluster() else { return };
     let db = "sql_ascii_bytes";
-    pg.psql(
-        "postgres",
-        &format!(
-            "CREATE DATABASE {db} ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
-        ),
-    );
+    db_in_encoding(pg, db, "SQL_ASCII");
     pg.psql(
         db,
         "CREATE TABLE fine (k int PRIMARY KEY, v text);

@@ -529,7 +529,8 @@ fn apply(
             if super::is_stat(o) {
                 // SQLite makes its statistics tables itself (as `.dump`
                 // writes it); nothing is analyzed (sqlite_schema has no
-                // index). It may make more than this one.
+                // index). It may make more than this one. In the table's
+                // turn: the schema's order is the order `.dump` prints.
                 if !table_exists(c, path, &o.name)? {
                     c.execute_batch("ANALYZE sqlite_schema")
                         .map_err(|e| db_error(path, e))?;
