@@ -5491,3 +5491,64 @@ line two';
     );
     assert_eq!(pg.dump_rows(&fresh, "t"), pg.dump_rows(&db, "t"));
 }
+
+/// A table's storage settings (what pg_dump keeps and a restore into a
+/// new database used to drop: statistics targets, column storage, storage
+/// parameters of the table and its TOAST table, UNLOGGED) come back with a
+/// table a restore creates; a table without them is made as before.
+#[test]
+fn storage_settings_come_back() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("stor");
+    pg.psql(
+        &db,
+        "CREATE UNLOGGED TABLE s (k int PRIMARY KEY, body text, tag text)
+           WITH (fillfactor = 70, autovacuum_enabled = false, toast.autovacuum_enabled = false);
+         ALTER TABLE s ALTER COLUMN body SET STORAGE EXTERNAL,
+                       ALTER COLUMN tag SET STATISTICS 500, ALTER COLUMN tag SET STORAGE MAIN;
+         CREATE TABLE plain (k int PRIMARY KEY, v text);
+         INSERT INTO s VALUES (1, repeat('b', 5000), 'x');
+         INSERT INTO plain VALUES (1, 'p');",
+    );
+    let schema = |db: &str| {
+        let o = pg
+            .cmd("pg_dump")
+            .args(["--schema-only", "-t", "s", "-t", "plain", "-d", db])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.contains("restrict "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let want = schema(&db);
+    for part in [
+        "CREATE UNLOGGED TABLE public.s",
+        "SET STORAGE EXTERNAL",
+        "SET STATISTICS 500",
+        "SET STORAGE MAIN",
+        "fillfactor='70'",
+        "toast.autovacuum_enabled='false'",
+    ] {
+        assert!(want.contains(part), "{part}: {want}");
+    }
+    let w = work();
+    let d = w.path();
+    snap(d, &pg.url(&db), &[]);
+    let fresh = pg.new_db("stor_new");
+    ok_pg(
+        d,
+        &["--store", "st", "restore", "main", "--db", &pg.url(&fresh)],
+    );
+    assert_eq!(schema(&fresh), want);
+    assert_eq!(pg.dump_rows(&fresh, "s"), pg.dump_rows(&db, "s"));
+    // Snapshotting the restored database gives the same table objects.
+    snap(d, &pg.url(&fresh), &[]);
+    let v = json(&ok_pg(
+        d,
+        &["--store", "st", "diff", "main~1", "main", "--json"],
+    ));
+    assert_eq!(v["rows"], json("[]"), "{v}");
+    assert_eq!(v["tables"], json("[]"), "{v}");
+}

@@ -1471,6 +1471,7 @@ fn schema_of(
         cols.join(",\n    ")
     ));
     script.push_str(&owned);
+    script.push_str(&storage_settings(c, loc, t)?);
     let qschema: String = c
         .query_one("SELECT quote_ident($1)", &[&loc.schema])
         .map_err(err)?
@@ -1680,6 +1681,83 @@ fn schema_of(
 /// A name for a message: quoted as SQL, its control characters escaped
 /// (`\n`, `\u{1b}`), so that a name cannot start a line of its own or
 /// rewrite the terminal's.
+/// The statements that give a new table the storage settings pg_dump
+/// keeps, where they differ from the defaults (so that other tables keep
+/// their scripts): each column's `SET STATISTICS` and `SET STORAGE`, the
+/// table's and its TOAST table's storage parameters (`SET (fillfactor =
+/// '70', toast.autovacuum_enabled = 'false')`, in their stored order), and
+/// `SET UNLOGGED`.
+fn storage_settings(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<String> {
+    let err = |e| loc.error(e);
+    let mut out = String::new();
+    let cols = c
+        .query(
+            "SELECT a.attname::text, coalesce(a.attstattarget::int4, -1), \
+                    CASE WHEN a.attstorage <> ty.typstorage THEN a.attstorage::text END \
+             FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+             WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
+               AND (coalesce(a.attstattarget::int4, -1) >= 0 OR a.attstorage <> ty.typstorage) \
+             ORDER BY a.attnum",
+            &[&t.oid],
+        )
+        .map_err(err)?;
+    for r in cols {
+        let (col, stats, storage): (String, i32, Option<String>) = (r.get(0), r.get(1), r.get(2));
+        let alter = format!(
+            "ALTER TABLE {} ALTER COLUMN {}",
+            quote(&t.name),
+            quote(&col)
+        );
+        if stats >= 0 {
+            out.push_str(&format!("{alter} SET STATISTICS {stats};\n"));
+        }
+        let storage = match storage.as_deref() {
+            Some("p") => Some("PLAIN"),
+            Some("e") => Some("EXTERNAL"),
+            Some("m") => Some("MAIN"),
+            Some("x") => Some("EXTENDED"),
+            _ => None,
+        };
+        if let Some(s) = storage {
+            out.push_str(&format!("{alter} SET STORAGE {s};\n"));
+        }
+    }
+    let options = |of: &str, prefix: &str| {
+        format!(
+            "(SELECT string_agg('{prefix}' || split_part(o, '=', 1) || '=' \
+                      || pg_catalog.quote_literal(substr(o, strpos(o, '=') + 1)), ', ' ORDER BY n) \
+              FROM unnest({of}) WITH ORDINALITY AS u(o, n))"
+        )
+    };
+    let r = c
+        .query_one(
+            &format!(
+                "SELECT c.relpersistence::text = 'u', {}, {} \
+                 FROM pg_catalog.pg_class c \
+                 LEFT JOIN pg_catalog.pg_class tc ON tc.oid = c.reltoastrelid \
+                 WHERE c.oid = $1::int8::oid",
+                options("c.reloptions", ""),
+                options("tc.reloptions", "toast.")
+            ),
+            &[&t.oid],
+        )
+        .map_err(err)?;
+    let (unlogged, own, toast): (bool, Option<String>, Option<String>) =
+        (r.get(0), r.get(1), r.get(2));
+    let params: Vec<String> = own.into_iter().chain(toast).collect();
+    if !params.is_empty() {
+        out.push_str(&format!(
+            "ALTER TABLE {} SET ({});\n",
+            quote(&t.name),
+            params.join(", ")
+        ));
+    }
+    if unlogged {
+        out.push_str(&format!("ALTER TABLE {} SET UNLOGGED;\n", quote(&t.name)));
+    }
+    Ok(out)
+}
+
 fn shown_name(name: &str) -> String {
     crate::commands::fmt::printable(&quote(name))
 }

@@ -10,7 +10,8 @@
 //! sp-sync's own reader writes for its place ([`table_script`],
 //! [`constraint`], [`index`], [`sequence_value`], [`view`]): a `CREATE
 //! TABLE` of the object's own name and no `CHECK`/`REFERENCES`/inheritance,
-//! its own sequences, comments on it and its columns, an `ALTER TABLE`
+//! its own sequences, comments on it and its columns, its storage
+//! settings (statistics targets, storage, parameters, unlogged), an `ALTER TABLE`
 //! of its own table adding one constraint, a `CREATE INDEX` on its own table, a `setval` of its own
 //! column's sequence, a `CREATE VIEW` of its own name. The enum types a
 //! table needs are recognised in the recorded `DO` block and created by
@@ -348,6 +349,50 @@ pub enum Action {
     },
 }
 
+/// Whether what follows `ALTER TABLE name` is one storage setting of the
+/// table (see `pg::storage_settings`): `ALTER COLUMN col SET STATISTICS n`
+/// (0 to 10,000), `ALTER COLUMN col SET STORAGE PLAIN|EXTERNAL|EXTENDED|MAIN`,
+/// `SET UNLOGGED`, or `SET (name = 'value', toast.name = 'value', …)`: each
+/// parameter a bare name (PostgreSQL refuses one it does not know) and one
+/// string constant.
+fn storage_setting(t: &[Tok]) -> bool {
+    match t {
+        [set, unlogged] => word(Some(set), "set") && word(Some(unlogged), "unlogged"),
+        [alter, column, col, set, what, value] => {
+            word(Some(alter), "alter")
+                && word(Some(column), "column")
+                && ident(Some(col)).is_some()
+                && word(Some(set), "set")
+                && match value {
+                    Tok::Num(n) => {
+                        word(Some(what), "statistics")
+                            && n.parse::<u16>().is_ok_and(|n| n <= 10_000)
+                    }
+                    Tok::Word(w) => {
+                        word(Some(what), "storage")
+                            && matches!(w.as_str(), "plain" | "external" | "extended" | "main")
+                    }
+                    _ => false,
+                }
+        }
+        [set, Tok::Punct('('), params @ .., Tok::Punct(')')] if word(Some(set), "set") => {
+            !params.is_empty()
+                && params.split(|x| *x == Tok::Punct(',')).all(|p| match p {
+                    [Tok::Word(_), Tok::Op(eq), Tok::Str(_)] => eq == "=",
+                    [
+                        toast,
+                        Tok::Punct('.'),
+                        Tok::Word(_),
+                        Tok::Op(eq),
+                        Tok::Str(_),
+                    ] => word(Some(toast), "toast") && eq == "=",
+                    _ => false,
+                })
+        }
+        _ => false,
+    }
+}
+
 /// Checks a table's recorded `CREATE` script: enum types (the `DO` blocks
 /// sp-sync writes), its own sequences, one `CREATE TABLE` of `table`,
 /// `ALTER SEQUENCE … OWNED BY` of those sequences to its columns, `ALTER
@@ -355,7 +400,8 @@ pub enum Action {
 /// and nothing else), and `CREATE POLICY` / `CREATE [CONSTRAINT] TRIGGER`
 /// on `table`, which are only named ([`Action::Recorded`]), never run;
 /// `COMMENT ON TABLE table IS '…'` and `COMMENT ON COLUMN table.col IS
-/// '…'` (one string, nothing more), which run.
+/// '…'` (one string, nothing more), and `ALTER TABLE` of `table` making one
+/// storage setting ([`storage_setting`]), which run.
 pub fn table_script(sql: &str, table: &str) -> Result<Vec<Action>> {
     let mut acts = Vec::new();
     let mut sequences: Vec<String> = Vec::new();
@@ -469,13 +515,17 @@ pub fn table_script(sql: &str, table: &str) -> Result<Vec<Action>> {
                 && word(t.get(4), "row")
                 && word(t.get(5), "level")
                 && word(t.get(6), "security");
-            if !on {
+            if on {
+                acts.push(Action::RowSecurity(s.text));
+            } else if storage_setting(&t[3..]) {
+                acts.push(Action::Exec(s.text));
+            } else {
                 return Err(refuse(format!(
-                    "table {table}: an ALTER TABLE other than turning row-level security on: {}",
+                    "table {table}: an ALTER TABLE other than turning row-level security on \
+                     or a storage setting: {}",
                     excerpt(&s.text)
                 )));
             }
-            acts.push(Action::RowSecurity(s.text));
         } else if word(t.first(), "create") && word(t.get(1), "policy") {
             let name = ident(t.get(2))
                 .ok_or_else(|| refuse(format!("table {table}: CREATE POLICY without a name")))?;
@@ -849,6 +899,48 @@ mod tests {
         assert!(statements("SELECT $1").is_err());
         assert!(statements("SELECT U&\"\\0061\"").is_err());
         assert!(statements("/* open").is_err());
+    }
+
+    #[test]
+    fn storage_settings_pass_and_nothing_else() {
+        let base = "CREATE TABLE \"t\" (\n    \"k\" integer NOT NULL\n);\n";
+        let ok = format!(
+            "{base}ALTER TABLE \"t\" ALTER COLUMN \"k\" SET STATISTICS 500;\n\
+             ALTER TABLE \"t\" ALTER COLUMN \"k\" SET STORAGE MAIN;\n\
+             ALTER TABLE \"t\" SET (fillfactor='70', toast.autovacuum_enabled='false');\n\
+             ALTER TABLE \"t\" SET UNLOGGED;\n"
+        );
+        let a = table_script(&ok, "t").unwrap();
+        assert_eq!(a.len(), 5);
+        assert!(
+            a[1..]
+                .iter()
+                .all(|x| matches!(x, Action::Exec(s) if s.starts_with("ALTER TABLE")))
+        );
+        for bad in [
+            "ALTER TABLE \"other\" SET UNLOGGED",
+            "ALTER TABLE \"t\" SET LOGGED",
+            "ALTER TABLE \"t\" SET UNLOGGED, DROP COLUMN k",
+            "ALTER TABLE \"t\" ALTER COLUMN \"k\" SET STATISTICS 10001",
+            "ALTER TABLE \"t\" ALTER COLUMN \"k\" SET STATISTICS -1",
+            "ALTER TABLE \"t\" ALTER COLUMN \"k\" SET STORAGE 'main'",
+            "ALTER TABLE \"t\" ALTER COLUMN \"k\" SET STORAGE MAIN, ALTER COLUMN k DROP NOT NULL",
+            "ALTER TABLE \"t\" ALTER COLUMN \"k\" SET DEFAULT 1",
+            "ALTER TABLE \"t\" ALTER COLUMN \"k\" TYPE text",
+            "ALTER TABLE \"t\" SET ()",
+            "ALTER TABLE \"t\" SET (fillfactor=70)",
+            "ALTER TABLE \"t\" SET (fillfactor='70',)",
+            "ALTER TABLE \"t\" SET (fillfactor='70' || '1')",
+            "ALTER TABLE \"t\" SET (other.fillfactor='70')",
+            "ALTER TABLE \"t\" SET (\"fillfactor\"='70')",
+            "ALTER TABLE \"t\" SET (fillfactor='70') , OWNER TO x",
+            "ALTER TABLE \"t\" SET SCHEMA other",
+            "ALTER TABLE \"t\" SET TABLESPACE other",
+            "ALTER TABLE \"t\" RESET (fillfactor)",
+        ] {
+            let script = format!("{base}{bad};\n");
+            assert!(table_script(&script, "t").is_err(), "{bad}");
+        }
     }
 
     #[test]
