@@ -1678,9 +1678,6 @@ fn schema_of(
     Ok((script, extras))
 }
 
-/// A name for a message: quoted as SQL, its control characters escaped
-/// (`\n`, `\u{1b}`), so that a name cannot start a line of its own or
-/// rewrite the terminal's.
 /// The statements that give a new table the storage settings pg_dump
 /// keeps, where they differ from the defaults (so that other tables keep
 /// their scripts): each column's `SET STATISTICS` and `SET STORAGE`, the
@@ -1758,6 +1755,9 @@ fn storage_settings(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<Str
     Ok(out)
 }
 
+/// A name for a message: quoted as SQL, its control characters escaped
+/// (`\n`, `\u{1b}`), so that a name cannot start a line of its own or
+/// rewrite the terminal's.
 fn shown_name(name: &str) -> String {
     crate::commands::fmt::printable(&quote(name))
 }
