@@ -1465,11 +1465,17 @@ fn schema_of(
     if let Some(pk) = pk_def {
         cols.push(pk.to_string());
     }
-    script.push_str(&format!(
-        "CREATE TABLE {} (\n    {}\n);\n",
+    let create = format!(
+        "CREATE TABLE {} (\n    {}\n)",
         quote(&t.name),
         cols.join(",\n    ")
-    ));
+    );
+    match partitions(c, loc, t)? {
+        Some((by, parts)) => {
+            script.push_str(&format!("{create} PARTITION BY {by};\n{parts}"));
+        }
+        None => script.push_str(&format!("{create};\n")),
+    }
     script.push_str(&owned);
     script.push_str(&storage_settings(c, loc, t)?);
     let qschema: String = c
@@ -1654,6 +1660,19 @@ fn schema_of(
         // schema is taken off the table after `CREATE [UNIQUE] INDEX
         // name ON [ONLY]`, never out of the index's own name.
         let def = unqualify_index(&def, &qname, &qschema).unwrap_or(def);
+        // (A partitioned table's index, printed `ON ONLY`, is made on its
+        // partitions too, as pg_dump's restore ends up with it.)
+        let def = match t.partitioned {
+            true => ["CREATE INDEX ", "CREATE UNIQUE INDEX "]
+                .into_iter()
+                .find_map(|head| {
+                    let rest = def.strip_prefix(head)?.strip_prefix(&qname)?;
+                    let table = rest.strip_prefix(" ON ONLY ")?;
+                    Some(format!("{head}{qname} ON {table}"))
+                })
+                .unwrap_or(def),
+            false => def,
+        };
         *ordinal += 1;
         extras.push(Extra {
             kind: ExtraKind::Index,
@@ -1676,6 +1695,80 @@ fn schema_of(
         });
     }
     Ok((script, extras))
+}
+
+/// A partitioned table's partition key (`RANGE (at)`, as
+/// `pg_get_partkeydef` prints it) and the statements that make its
+/// partitions, level by level (`CREATE TABLE p PARTITION OF parent FOR
+/// VALUES …` and, for a partition partitioned again, its `PARTITION BY`);
+/// `None` for a table that is not partitioned, and for one whose
+/// partitions a restore could not make as they are (a key with an
+/// expression, a partition in another schema or on another server), which
+/// a restore into a new database makes one plain table, as before, with a
+/// warning at the snapshot.
+fn partitions(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<Option<(String, String)>> {
+    if !t.partitioned {
+        return Ok(None);
+    }
+    let err = |e| loc.error(e);
+    let key: String = c
+        .query_one(
+            "SELECT pg_catalog.pg_get_partkeydef($1::int8::oid)",
+            &[&t.oid],
+        )
+        .map_err(err)?
+        .get(0);
+    let rows = c
+        .query(
+            "WITH RECURSIVE tree(oid, parent, depth) AS ( \
+               SELECT i.inhrelid, i.inhparent, 1 FROM pg_catalog.pg_inherits i \
+               WHERE i.inhparent = $1::int8::oid \
+               UNION ALL \
+               SELECT i.inhrelid, i.inhparent, tree.depth + 1 FROM pg_catalog.pg_inherits i \
+               JOIN tree ON i.inhparent = tree.oid) \
+             SELECT c.relname::text, p.relname::text, \
+                    pg_catalog.pg_get_expr(c.relpartbound, c.oid, true), \
+                    CASE WHEN c.relkind = 'p' THEN pg_catalog.pg_get_partkeydef(c.oid) END, \
+                    c.relkind IN ('r', 'p') AND c.relispartition \
+                      AND c.relnamespace = (SELECT relnamespace FROM pg_catalog.pg_class \
+                                            WHERE oid = $1::int8::oid) \
+             FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid \
+             JOIN pg_catalog.pg_class p ON p.oid = tree.parent \
+             ORDER BY tree.depth, c.relname COLLATE \"C\"",
+            &[&t.oid],
+        )
+        .map_err(err)?;
+    let mut parts = String::new();
+    let mut here = true;
+    for r in rows {
+        let (name, parent, bound, by): (String, String, Option<String>, Option<String>) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        here &= r.get::<_, bool>(4);
+        parts.push_str(&format!(
+            "CREATE TABLE {} PARTITION OF {} {}{};\n",
+            quote(&name),
+            quote(&parent),
+            bound.unwrap_or_default(),
+            by.map(|b| format!(" PARTITION BY {b}")).unwrap_or_default()
+        ));
+    }
+    // What a restore would refuse is not recorded (the guard decides).
+    let probe = format!(
+        "CREATE TABLE {} (\n    k integer\n) PARTITION BY {key};\n{parts}",
+        quote(&t.name)
+    );
+    match super::pg_guard::table_script(&probe, &t.name) {
+        Ok(_) if here => Ok(Some((key, parts))),
+        _ => {
+            tracing::warn!(
+                "table {}: its partitions are not recorded (a partition key with an expression, \
+                 or a partition in another schema or not a table); a restore into a new \
+                 database makes it one table",
+                shown_name(&t.name)
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// The statements that give a new table the storage settings pg_dump

@@ -349,6 +349,82 @@ pub enum Action {
     },
 }
 
+/// Whether `t` is exactly `PARTITION BY RANGE|LIST|HASH (key)`, the key
+/// columns by name (each maybe with a `COLLATE` and an operator class, as
+/// `pg_get_partkeydef` prints them): no expression, so nothing is called.
+fn partition_key(t: &[Tok]) -> bool {
+    match t {
+        [p, by, how, Tok::Punct('('), key @ .., Tok::Punct(')')] => {
+            word(Some(p), "partition")
+                && word(Some(by), "by")
+                && ["range", "list", "hash"].iter().any(|w| word(Some(how), w))
+                && !key.is_empty()
+                && key.iter().all(|x| {
+                    matches!(
+                        x,
+                        Tok::Word(_) | Tok::Quoted(_) | Tok::Punct(',') | Tok::Punct('.')
+                    )
+                })
+        }
+        _ => false,
+    }
+}
+
+/// Whether `t` is exactly a partition's bound as `pg_get_expr` prints it:
+/// `DEFAULT`, `FOR VALUES IN (…)`, `FOR VALUES FROM (…) TO (…)` or `FOR
+/// VALUES WITH (modulus n, remainder n)`, the values constants
+/// (strings, numbers, `MINVALUE`, `MAXVALUE`, `NULL`, `true`, `false`).
+fn partition_bound(t: &[Tok]) -> bool {
+    // A parenthesised list of constants.
+    fn values(t: &[Tok]) -> bool {
+        let [Tok::Punct('('), inner @ .., Tok::Punct(')')] = t else {
+            return false;
+        };
+        !inner.is_empty()
+            && inner.split(|x| *x == Tok::Punct(',')).all(|v| match v {
+                [Tok::Str(_)] | [Tok::Num(_)] => true,
+                [Tok::Op(m), Tok::Num(_)] => m == "-",
+                [Tok::Word(w)] => {
+                    matches!(
+                        w.as_str(),
+                        "minvalue" | "maxvalue" | "null" | "true" | "false"
+                    )
+                }
+                _ => false,
+            })
+    }
+    match t {
+        [d] => word(Some(d), "default"),
+        [f, v, rest @ ..] if word(Some(f), "for") && word(Some(v), "values") => match rest {
+            [inn, list @ ..] if word(Some(inn), "in") => values(list),
+            [from, range @ ..] if word(Some(from), "from") => {
+                match range.iter().position(|x| word(Some(x), "to")) {
+                    Some(at) => values(&range[..at]) && values(&range[at + 1..]),
+                    None => false,
+                }
+            }
+            [
+                with,
+                Tok::Punct('('),
+                m,
+                Tok::Num(a),
+                Tok::Punct(','),
+                r,
+                Tok::Num(b),
+                Tok::Punct(')'),
+            ] => {
+                word(Some(with), "with")
+                    && word(Some(m), "modulus")
+                    && word(Some(r), "remainder")
+                    && a.parse::<u32>().is_ok()
+                    && b.parse::<u32>().is_ok()
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 /// Whether what follows `ALTER TABLE name` is one storage setting of the
 /// table (see `pg::storage_settings`): `ALTER COLUMN col SET STATISTICS n`
 /// (0 to 10,000), `ALTER COLUMN col SET STORAGE PLAIN|EXTERNAL|EXTENDED|MAIN`,
@@ -406,6 +482,7 @@ pub fn table_script(sql: &str, table: &str) -> Result<Vec<Action>> {
     let mut acts = Vec::new();
     let mut sequences: Vec<String> = Vec::new();
     let mut tables = 0;
+    let mut partitions: Vec<String> = Vec::new();
     for s in statements(sql)? {
         let t = &s.toks;
         if word(t.first(), "do") {
@@ -446,8 +523,48 @@ pub fn table_script(sql: &str, table: &str) -> Result<Vec<Action>> {
             }
             sequences.push(name.clone());
             acts.push(Action::Sequence { name, sql: s.text });
+        } else if word(t.first(), "create")
+            && word(t.get(1), "table")
+            && word(t.get(3), "partition")
+            && word(t.get(4), "of")
+        {
+            // `CREATE TABLE p PARTITION OF parent <bound> [PARTITION BY
+            // …]`: a partition of the table or of one made before it.
+            let name = ident(t.get(2))
+                .filter(|n| *n != table && !partitions.iter().any(|p| p == n))
+                .ok_or_else(|| refuse(format!("table {table}: a partition without a new name")))?
+                .to_string();
+            let parent = ident(t.get(5)).unwrap_or_default();
+            if tables != 1 || (parent != table && !partitions.iter().any(|p| p == parent)) {
+                return Err(refuse(format!(
+                    "table {table}: partition {name:?} of no table made before it"
+                )));
+            }
+            let rest = &t[6..];
+            let rest = match rest.iter().position(|x| word(Some(x), "partition")) {
+                Some(at) if partition_key(&rest[at..]) => &rest[..at],
+                Some(_) => {
+                    return Err(refuse(format!(
+                        "table {table}: partition {name:?}: its PARTITION BY"
+                    )));
+                }
+                None => rest,
+            };
+            if !partition_bound(rest) {
+                return Err(refuse(format!(
+                    "table {table}: partition {name:?}: its bound: {}",
+                    excerpt(&s.text)
+                )));
+            }
+            partitions.push(name);
+            acts.push(Action::Exec(s.text));
         } else if word(t.first(), "create") && word(t.get(1), "table") {
             own_name(t.get(2), table, "CREATE TABLE")?;
+            // (A partitioned table's `PARTITION BY …` follows its columns.)
+            let t = match t.iter().rposition(|x| word(Some(x), "partition")) {
+                Some(at) if partition_key(&t[at..]) => &t[..at],
+                _ => &t[..],
+            };
             if t.get(3) != Some(&Tok::Punct('(')) || t.last() != Some(&Tok::Punct(')')) {
                 return Err(refuse(format!(
                     "CREATE TABLE {table}: not a plain column list"
@@ -899,6 +1016,52 @@ mod tests {
         assert!(statements("SELECT $1").is_err());
         assert!(statements("SELECT U&\"\\0061\"").is_err());
         assert!(statements("/* open").is_err());
+    }
+
+    #[test]
+    fn partitions_pass_and_nothing_else() {
+        let head = "CREATE TABLE \"t\" (\n    \"k\" integer NOT NULL\n) PARTITION BY RANGE (k);\n";
+        let ok = format!(
+            "{head}CREATE TABLE \"p1\" PARTITION OF \"t\" FOR VALUES FROM (MINVALUE) TO (-5);\n\
+             CREATE TABLE \"p2\" PARTITION OF \"t\" FOR VALUES FROM ('2024-01-01', 1) TO (MAXVALUE, MAXVALUE) PARTITION BY HASH (k);\n\
+             CREATE TABLE \"p2a\" PARTITION OF \"p2\" FOR VALUES WITH (modulus 2, remainder 0);\n\
+             CREATE TABLE \"p3\" PARTITION OF \"t\" FOR VALUES IN (NULL, 'a', true) PARTITION BY LIST (\"k\" COLLATE \"C\");\n\
+             CREATE TABLE \"p4\" PARTITION OF \"t\" DEFAULT;\n"
+        );
+        let a = table_script(&ok, "t").unwrap();
+        assert_eq!(a.len(), 6);
+        assert!(
+            a.iter()
+                .all(|x| matches!(x, Action::Exec(s) if s.starts_with("CREATE TABLE")))
+        );
+        for bad in [
+            "CREATE TABLE \"p\" PARTITION OF \"other\" DEFAULT",
+            "CREATE TABLE \"t\" PARTITION OF \"t\" DEFAULT",
+            "CREATE TABLE \"p\" PARTITION OF \"t\" FOR VALUES IN (f())",
+            "CREATE TABLE \"p\" PARTITION OF \"t\" FOR VALUES IN ('a' || 'b')",
+            "CREATE TABLE \"p\" PARTITION OF \"t\" FOR VALUES IN ((SELECT 1))",
+            "CREATE TABLE \"p\" PARTITION OF \"t\" FOR VALUES IN ('1'::int)",
+            "CREATE TABLE \"p\" PARTITION OF \"t\" FOR VALUES IN ()",
+            "CREATE TABLE \"p\" PARTITION OF \"t\" FOR VALUES FROM (1)",
+            "CREATE TABLE \"p\" PARTITION OF \"t\" FOR VALUES WITH (modulus 2)",
+            "CREATE TABLE \"p\" PARTITION OF \"t\" DEFAULT PARTITION BY LIST (lower(k))",
+            "CREATE TABLE \"p\" PARTITION OF \"t\" DEFAULT WITH (fillfactor=1)",
+            "CREATE TABLE \"p\" PARTITION OF \"t\" (CHECK (k > 0)) DEFAULT",
+            "CREATE TABLE \"p\" PARTITION OF \"t\" DEFAULT TABLESPACE x",
+        ] {
+            let script = format!("{head}{bad};\n");
+            assert!(table_script(&script, "t").is_err(), "{bad}");
+        }
+        // A partition before its table, twice, or of one not made yet.
+        for bad in [
+            "CREATE TABLE \"p\" PARTITION OF \"t\" DEFAULT;\nCREATE TABLE \"t\" (k int) PARTITION BY LIST (k);\n".to_string(),
+            format!("{head}CREATE TABLE \"p\" PARTITION OF \"t\" DEFAULT;\nCREATE TABLE \"p\" PARTITION OF \"t\" FOR VALUES IN (1);\n"),
+            format!("{head}CREATE TABLE \"q\" PARTITION OF \"p\" DEFAULT;\nCREATE TABLE \"p\" PARTITION OF \"t\" DEFAULT;\n"),
+            "CREATE TABLE \"t\" (k int) PARTITION BY LIST (lower(k));\n".to_string(),
+            "CREATE TABLE \"t\" (k int) PARTITION BY LIST (k) WITH (fillfactor=1);\n".to_string(),
+        ] {
+            assert!(table_script(&bad, "t").is_err(), "{bad}");
+        }
     }
 
     #[test]
