@@ -5494,15 +5494,18 @@ line two';
 
 /// A table's storage settings (what pg_dump keeps and a restore into a
 /// new database used to drop: statistics targets, column storage, storage
-/// parameters of the table and its TOAST table, UNLOGGED) come back with a
-/// table a restore creates; a table without them is made as before.
+/// parameters of the table, its TOAST table and the indexes of its primary
+/// key and unique constraints, UNLOGGED) come back with a table a restore
+/// creates; a table without them is made as before.
 #[test]
 fn storage_settings_come_back() {
     let Some(pg) = cluster() else { return };
     let db = pg.new_db("stor");
     pg.psql(
         &db,
-        "CREATE UNLOGGED TABLE s (k int PRIMARY KEY, body text, tag text)
+        "CREATE UNLOGGED TABLE s (k int, body text, tag text,
+             CONSTRAINT s_pkey PRIMARY KEY (k) WITH (fillfactor = 60),
+             CONSTRAINT s_tag UNIQUE (tag) WITH (fillfactor = 80) DEFERRABLE INITIALLY DEFERRED)
            WITH (fillfactor = 70, autovacuum_enabled = false, toast.autovacuum_enabled = false);
          ALTER TABLE s ALTER COLUMN body SET STORAGE EXTERNAL,
                        ALTER COLUMN tag SET STATISTICS 500, ALTER COLUMN tag SET STORAGE MAIN;
@@ -5530,6 +5533,8 @@ fn storage_settings_come_back() {
         "SET STORAGE MAIN",
         "fillfactor='70'",
         "toast.autovacuum_enabled='false'",
+        "PRIMARY KEY (k) WITH (fillfactor='60')",
+        "UNIQUE (tag) WITH (fillfactor='80') DEFERRABLE INITIALLY DEFERRED",
     ] {
         assert!(want.contains(part), "{part}: {want}");
     }

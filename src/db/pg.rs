@@ -1312,8 +1312,10 @@ fn structure(
         .collect();
     let pk = c
         .query_opt(
-            "SELECT conname::text, conkey, pg_catalog.pg_get_constraintdef(oid, true) \
-             FROM pg_catalog.pg_constraint WHERE conrelid = $1::int8::oid AND contype = 'p'",
+            &format!(
+                "SELECT conname::text, conkey, pg_catalog.pg_get_constraintdef(oid, true), {INDEX_OPTIONS} \
+                 FROM pg_catalog.pg_constraint WHERE conrelid = $1::int8::oid AND contype = 'p'"
+            ),
             &[&t.oid],
         )
         .map_err(|e| loc.error(e))?;
@@ -1322,7 +1324,7 @@ fn structure(
     if let Some(r) = pk {
         let name: String = r.get(0);
         let attnums: Vec<i16> = r.get(1);
-        let def: String = r.get(2);
+        let def = with_index_options(r.get(2), &r, 3, "");
         for a in attnums {
             let i = stored.iter().position(|c| c.attnum == a).ok_or_else(|| {
                 SyncError::Database(format!(
@@ -1336,6 +1338,40 @@ fn structure(
         pk_def = Some(format!("CONSTRAINT {} {def}", quote(&name)));
     }
     Ok((columns, key, pk_def))
+}
+
+/// Three columns of a `pg_constraint` row: the storage parameters of the
+/// index of a primary key or unique constraint (`fillfactor='70'`, in
+/// their stored order), `condeferrable` and `condeferred`. See
+/// [`with_index_options`].
+const INDEX_OPTIONS: &str = "CASE WHEN contype IN ('p', 'u') THEN ( \
+       SELECT string_agg(split_part(o, '=', 1) || '=' \
+                || pg_catalog.quote_literal(substr(o, strpos(o, '=') + 1)), ', ' ORDER BY n) \
+       FROM pg_catalog.pg_class ic, unnest(ic.reloptions) WITH ORDINALITY AS u(o, n) \
+       WHERE ic.oid = conindid) END, condeferrable, condeferred";
+
+/// A primary key's or unique constraint's definition as
+/// `pg_get_constraintdef` prints it, with its index's storage parameters
+/// (columns `at..at + 3` of `r`: [`INDEX_OPTIONS`]) where pg_dump puts
+/// them, before `DEFERRABLE` and `INITIALLY DEFERRED` (which that function
+/// prints last, as the two flags say), and then `also` (a `USING INDEX
+/// TABLESPACE`, or nothing).
+fn with_index_options(def: String, r: &tokio_postgres::Row, at: usize, also: &str) -> String {
+    let (opts, deferrable, deferred): (Option<String>, bool, bool) =
+        (r.get(at), r.get(at + 1), r.get(at + 2));
+    let with = opts.map(|o| format!(" WITH ({o})")).unwrap_or_default();
+    if with.is_empty() && also.is_empty() {
+        return def;
+    }
+    let tail = format!(
+        "{}{}",
+        if deferrable { " DEFERRABLE" } else { "" },
+        if deferred { " INITIALLY DEFERRED" } else { "" }
+    );
+    match def.strip_suffix(&tail) {
+        Some(head) => format!("{head}{with}{also}{tail}"),
+        None => def,
+    }
 }
 
 /// The `CREATE` script of a table and its extras (constraints, indexes,
@@ -1619,16 +1655,18 @@ fn schema_of(
     // foreign keys (which need the other tables).
     let cons = c
         .query(
-            "SELECT conname::text, pg_catalog.pg_get_constraintdef(oid, true) \
-             FROM pg_catalog.pg_constraint WHERE conrelid = $1::int8::oid \
-               AND contype IN ('u', 'c', 'x', 'f') \
-             ORDER BY contype = 'f', conname COLLATE \"C\"",
+            &format!(
+                "SELECT conname::text, pg_catalog.pg_get_constraintdef(oid, true), {INDEX_OPTIONS} \
+                 FROM pg_catalog.pg_constraint WHERE conrelid = $1::int8::oid \
+                   AND contype IN ('u', 'c', 'x', 'f') \
+                 ORDER BY contype = 'f', conname COLLATE \"C\""
+            ),
             &[&t.oid],
         )
         .map_err(err)?;
     for r in cons {
         let name: String = r.get(0);
-        let def: String = r.get(1);
+        let def = with_index_options(r.get(1), &r, 2, "");
         *ordinal += 1;
         extras.push(Extra {
             kind: ExtraKind::Constraint,
@@ -4538,7 +4576,11 @@ fn set_key_aside(c: &mut Client, loc: &PgLocation, name: &str) -> Result<Option<
     let err = |e| loc.error(e);
     let key = c
         .query_opt(
-            "SELECT k.conname::text, pg_catalog.pg_get_constraintdef(k.oid) \
+            &format!(
+            "SELECT k.conname::text, pg_catalog.pg_get_constraintdef(k.oid), {INDEX_OPTIONS}, \
+                    (SELECT pg_catalog.quote_ident(s.spcname) FROM pg_catalog.pg_class ic \
+                     JOIN pg_catalog.pg_tablespace s ON s.oid = ic.reltablespace \
+                     WHERE ic.oid = k.conindid) \
              FROM pg_catalog.pg_constraint k \
              JOIN pg_catalog.pg_class t ON t.oid = k.conrelid \
              JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace \
@@ -4553,14 +4595,22 @@ fn set_key_aside(c: &mut Client, loc: &PgLocation, name: &str) -> Result<Option<
                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
                                WHERE d.refclassid = 'pg_catalog.pg_class'::regclass \
                                  AND d.refobjid = k.conindid \
-                                 AND d.classid <> 'pg_catalog.pg_constraint'::regclass)",
+                                 AND d.classid <> 'pg_catalog.pg_constraint'::regclass)"
+            ),
             &[&loc.schema, &name],
         )
         .map_err(err)?;
     let Some(row) = key else {
         return Ok(None);
     };
-    let (kname, def): (String, String) = (row.get(0), row.get(1));
+    // Put back as it was: its index's storage parameters and tablespace
+    // too, which `pg_get_constraintdef` leaves out.
+    let space: Option<String> = row.get(5);
+    let space = space
+        .map(|s| format!(" USING INDEX TABLESPACE {s}"))
+        .unwrap_or_default();
+    let (kname, def): (String, String) =
+        (row.get(0), with_index_options(row.get(1), &row, 2, &space));
     c.batch_execute("SAVEPOINT sp_sync_key").map_err(err)?;
     let drop = format!(
         "ALTER TABLE ONLY {} DROP CONSTRAINT {}",
