@@ -5495,8 +5495,8 @@ line two';
 /// A table's storage settings (what pg_dump keeps and a restore into a
 /// new database used to drop: statistics targets, column storage, storage
 /// parameters of the table, its TOAST table and the indexes of its primary
-/// key and unique constraints, UNLOGGED) come back with a table a restore
-/// creates; a table without them is made as before.
+/// key and unique constraints, UNLOGGED, REPLICA IDENTITY FULL) come back
+/// with a table a restore creates; a table without them is made as before.
 #[test]
 fn storage_settings_come_back() {
     let Some(pg) = cluster() else { return };
@@ -5508,7 +5508,8 @@ fn storage_settings_come_back() {
              CONSTRAINT s_tag UNIQUE (tag) WITH (fillfactor = 80) DEFERRABLE INITIALLY DEFERRED)
            WITH (fillfactor = 70, autovacuum_enabled = false, toast.autovacuum_enabled = false);
          ALTER TABLE s ALTER COLUMN body SET STORAGE EXTERNAL,
-                       ALTER COLUMN tag SET STATISTICS 500, ALTER COLUMN tag SET STORAGE MAIN;
+                       ALTER COLUMN tag SET STATISTICS 500, ALTER COLUMN tag SET STORAGE MAIN,
+                       REPLICA IDENTITY FULL;
          CREATE TABLE plain (k int PRIMARY KEY, v text);
          INSERT INTO s VALUES (1, repeat('b', 5000), 'x');
          INSERT INTO plain VALUES (1, 'p');",
@@ -5535,6 +5536,7 @@ fn storage_settings_come_back() {
         "toast.autovacuum_enabled='false'",
         "PRIMARY KEY (k) WITH (fillfactor='60')",
         "UNIQUE (tag) WITH (fillfactor='80') DEFERRABLE INITIALLY DEFERRED",
+        "REPLICA IDENTITY FULL",
     ] {
         assert!(want.contains(part), "{part}: {want}");
     }

@@ -1813,8 +1813,9 @@ fn partitions(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<Option<(S
 /// keeps, where they differ from the defaults (so that other tables keep
 /// their scripts): each column's `SET STATISTICS` and `SET STORAGE`, the
 /// table's and its TOAST table's storage parameters (`SET (fillfactor =
-/// '70', toast.autovacuum_enabled = 'false')`, in their stored order), and
-/// `SET UNLOGGED`.
+/// '70', toast.autovacuum_enabled = 'false')`, in their stored order),
+/// `SET UNLOGGED`, and `REPLICA IDENTITY FULL` or `NOTHING` (what logical
+/// replication sends of a changed row).
 fn storage_settings(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<String> {
     let err = |e| loc.error(e);
     let mut out = String::new();
@@ -1860,7 +1861,7 @@ fn storage_settings(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<Str
     let r = c
         .query_one(
             &format!(
-                "SELECT c.relpersistence::text = 'u', {}, {} \
+                "SELECT c.relpersistence::text = 'u', {}, {}, c.relreplident::text \
                  FROM pg_catalog.pg_class c \
                  LEFT JOIN pg_catalog.pg_class tc ON tc.oid = c.reltoastrelid \
                  WHERE c.oid = $1::int8::oid",
@@ -1882,6 +1883,19 @@ fn storage_settings(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<Str
     }
     if unlogged {
         out.push_str(&format!("ALTER TABLE {} SET UNLOGGED;\n", quote(&t.name)));
+    }
+    // (`USING INDEX`, which needs an index made after the rows, is not
+    // kept: the table comes back with the default, its primary key.)
+    let identity = match r.get::<_, String>(3).as_str() {
+        "f" => "FULL",
+        "n" => "NOTHING",
+        _ => "",
+    };
+    if !identity.is_empty() {
+        out.push_str(&format!(
+            "ALTER TABLE {} REPLICA IDENTITY {identity};\n",
+            quote(&t.name)
+        ));
     }
     Ok(out)
 }

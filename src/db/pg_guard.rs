@@ -428,12 +428,18 @@ fn partition_bound(t: &[Tok]) -> bool {
 /// Whether what follows `ALTER TABLE name` is one storage setting of the
 /// table (see `pg::storage_settings`): `ALTER COLUMN col SET STATISTICS n`
 /// (0 to 10,000), `ALTER COLUMN col SET STORAGE PLAIN|EXTERNAL|EXTENDED|MAIN`,
-/// `SET UNLOGGED`, or `SET (name = 'value', toast.name = 'value', …)`: each
+/// `SET UNLOGGED`, `REPLICA IDENTITY FULL|NOTHING`, or `SET (name =
+/// 'value', toast.name = 'value', …)`: each
 /// parameter a bare name (PostgreSQL refuses one it does not know) and one
 /// string constant.
 fn storage_setting(t: &[Tok]) -> bool {
     match t {
         [set, unlogged] => word(Some(set), "set") && word(Some(unlogged), "unlogged"),
+        [replica, identity, how] => {
+            word(Some(replica), "replica")
+                && word(Some(identity), "identity")
+                && (word(Some(how), "full") || word(Some(how), "nothing"))
+        }
         [alter, column, col, set, what, value] => {
             word(Some(alter), "alter")
                 && word(Some(column), "column")
@@ -1071,10 +1077,11 @@ mod tests {
             "{base}ALTER TABLE \"t\" ALTER COLUMN \"k\" SET STATISTICS 500;\n\
              ALTER TABLE \"t\" ALTER COLUMN \"k\" SET STORAGE MAIN;\n\
              ALTER TABLE \"t\" SET (fillfactor='70', toast.autovacuum_enabled='false');\n\
-             ALTER TABLE \"t\" SET UNLOGGED;\n"
+             ALTER TABLE \"t\" SET UNLOGGED;\n\
+             ALTER TABLE \"t\" REPLICA IDENTITY FULL;\n"
         );
         let a = table_script(&ok, "t").unwrap();
-        assert_eq!(a.len(), 5);
+        assert_eq!(a.len(), 6);
         assert!(
             a[1..]
                 .iter()
@@ -1100,6 +1107,8 @@ mod tests {
             "ALTER TABLE \"t\" SET SCHEMA other",
             "ALTER TABLE \"t\" SET TABLESPACE other",
             "ALTER TABLE \"t\" RESET (fillfactor)",
+            "ALTER TABLE \"t\" REPLICA IDENTITY USING INDEX i",
+            "ALTER TABLE \"t\" REPLICA IDENTITY DEFAULT, SET LOGGED",
         ] {
             let script = format!("{base}{bad};\n");
             assert!(table_script(&script, "t").is_err(), "{bad}");
