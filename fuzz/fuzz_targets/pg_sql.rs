@@ -41,4 +41,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(statements(&s).map(|v| v.len()).unwrap_or(0), 1);
     }
     let _ = sequence_value(sql, "t");
+    // A table of an empty name (a `""` in the script names it): a check
+    // that compares names must not take a missing one for it.
+    let _ = table_script(sql, "");
 });

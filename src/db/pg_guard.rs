@@ -546,7 +546,7 @@ pub fn table_script(sql: &str, table: &str) -> Result<Vec<Action>> {
                     "table {table}: partition {name:?} of no table made before it"
                 )));
             }
-            let rest = &t[6..];
+            let rest = t.get(6..).unwrap_or_default();
             let rest = match rest.iter().position(|x| word(Some(x), "partition")) {
                 Some(at) if partition_key(&rest[at..]) => &rest[..at],
                 Some(_) => {
@@ -1068,6 +1068,9 @@ mod tests {
         ] {
             assert!(table_script(&bad, "t").is_err(), "{bad}");
         }
+        // A statement cut short, under a table of an empty name.
+        let cut = "CREATE TABLE \"\" (\n    \"k\" integer\n);\nCREATE TABLE p PARTITION OF;\n";
+        assert!(table_script(cut, "").is_err());
     }
 
     #[test]
