@@ -351,7 +351,9 @@ pub enum Action {
 
 /// Whether `t` is exactly `PARTITION BY RANGE|LIST|HASH (key)`, the key
 /// columns by name (each maybe with a `COLLATE` and an operator class, as
-/// `pg_get_partkeydef` prints them): no expression, so nothing is called.
+/// `pg_get_partkeydef` prints them): no expression, so no function is
+/// named (rows are routed with the operator classes' own support
+/// functions, which the database restored into holds).
 fn partition_key(t: &[Tok]) -> bool {
     match t {
         [p, by, how, Tok::Punct('('), key @ .., Tok::Punct(')')] => {
