@@ -1374,6 +1374,75 @@ fn with_index_options(def: String, r: &tokio_postgres::Row, at: usize, also: &st
     }
 }
 
+/// A `WITH RECURSIVE used(oid)` of the types a table's columns use (the
+/// table's oid is `$1`): their own, an array's element type, and a
+/// composite type's attributes' types, on down.
+const USED_TYPES: &str = "WITH RECURSIVE used(oid) AS ( \
+       SELECT a.atttypid FROM pg_catalog.pg_attribute a \
+       WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
+       UNION \
+       SELECT CASE WHEN ca.attrelid IS NULL THEN ty.typelem ELSE ca.atttypid END \
+       FROM used u JOIN pg_catalog.pg_type ty ON ty.oid = u.oid \
+       LEFT JOIN pg_catalog.pg_class cc \
+         ON cc.oid = ty.typrelid AND cc.relkind = 'c' AND ty.typtype = 'c' \
+       LEFT JOIN pg_catalog.pg_attribute ca \
+         ON ca.attrelid = cc.oid AND ca.attnum > 0 AND NOT ca.attisdropped \
+       WHERE (ty.typelem <> 0 AND ty.typcategory = 'A') OR ca.attrelid IS NOT NULL)";
+
+/// `CREATE TYPE name AS (attr type, …)` for each composite type (made
+/// with `CREATE TYPE … AS`, not a table's row type) the table's columns
+/// use, directly, as arrays or inside another: each after those it uses,
+/// else in name order; an attribute's collation is not kept.
+fn composite_types(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<String> {
+    let rows = c
+        .query(
+            &format!(
+                "{USED_TYPES} SELECT ty.oid::int8, pg_catalog.format_type(ty.oid, NULL), \
+                    (SELECT string_agg(pg_catalog.quote_ident(ca.attname::text) || ' ' \
+                              || pg_catalog.format_type(ca.atttypid, ca.atttypmod), ', ' \
+                              ORDER BY ca.attnum) \
+                     FROM pg_catalog.pg_attribute ca \
+                     WHERE ca.attrelid = ty.typrelid AND ca.attnum > 0 AND NOT ca.attisdropped), \
+                    ARRAY(SELECT DISTINCT coalesce(nullif(et.typelem, 0), et.oid)::int8 \
+                          FROM pg_catalog.pg_attribute ca \
+                          JOIN pg_catalog.pg_type et ON et.oid = ca.atttypid \
+                          WHERE ca.attrelid = ty.typrelid AND ca.attnum > 0 \
+                            AND NOT ca.attisdropped) \
+                 FROM used JOIN pg_catalog.pg_type ty ON ty.oid = used.oid \
+                 JOIN pg_catalog.pg_class cc ON cc.oid = ty.typrelid AND cc.relkind = 'c' \
+                 WHERE ty.typtype = 'c' ORDER BY pg_catalog.format_type(ty.oid, NULL) COLLATE \"C\""
+            ),
+            &[&t.oid],
+        )
+        .map_err(|e| loc.error(e))?;
+    let mut left: Vec<(i64, String, String, Vec<i64>)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                r.get(1),
+                r.get::<_, Option<String>>(2).unwrap_or_default(),
+                r.get(3),
+            )
+        })
+        .collect();
+    let mut out = String::new();
+    while !left.is_empty() {
+        // The first (by name) that uses none of the ones left; a cycle
+        // (which PostgreSQL does not allow) would take them in name order.
+        let at = left
+            .iter()
+            .position(|(_, _, _, deps)| !left.iter().any(|(o, ..)| deps.contains(o)))
+            .unwrap_or(0);
+        let (_, name, attrs, _) = left.remove(at);
+        // (One of no attributes must exist where it is restored, as before.)
+        if !attrs.is_empty() {
+            out.push_str(&format!("CREATE TYPE {name} AS ({attrs});\n"));
+        }
+    }
+    Ok(out)
+}
+
 /// The `CREATE` script of a table and its extras (constraints, indexes,
 /// sequence values).
 fn schema_of(
@@ -1385,16 +1454,17 @@ fn schema_of(
 ) -> Result<(String, Vec<Extra>)> {
     let err = |e| loc.error(e);
     let mut script = String::new();
-    // Enum types the columns use (directly or as arrays).
+    // Enum types the columns use (directly, as arrays, or inside a
+    // composite type they use).
     let enums = c
         .query(
-            "SELECT DISTINCT pg_catalog.format_type(t.oid, NULL), \
+            &format!(
+                "{USED_TYPES} SELECT DISTINCT pg_catalog.format_type(t.oid, NULL), \
                     (SELECT string_agg(quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder) \
                      FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid) \
-             FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t \
-               ON (t.oid = a.atttypid OR t.typarray = a.atttypid) \
-             WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
-               AND t.typtype = 'e' ORDER BY 1",
+                 FROM used JOIN pg_catalog.pg_type t ON t.oid = used.oid \
+                 WHERE t.typtype = 'e' ORDER BY 1"
+            ),
             &[&t.oid],
         )
         .map_err(err)?;
@@ -1407,6 +1477,7 @@ fn schema_of(
             labels.unwrap_or_default()
         ));
     }
+    script.push_str(&composite_types(c, loc, t)?);
     // Sequences the table's columns own (serial: 'a'; identity: 'i').
     let seqs = c
         .query(
@@ -4329,6 +4400,17 @@ fn create_step(c: &mut Client, loc: &PgLocation, a: &Action) -> Result<()> {
                 .get(0);
             if !exists {
                 let sql = format!("CREATE TYPE {name} AS ENUM ({})", labels.join(", "));
+                c.execute(sql.as_str(), &[]).map_err(err)?;
+            }
+        }
+        Action::Composite { name, sql } => {
+            // (Another table of this restore, or the database, may have
+            // made it: a type of that name is taken as it is.)
+            let exists: bool = c
+                .query_one("SELECT pg_catalog.to_regtype($1) IS NOT NULL", &[name])
+                .map_err(err)?
+                .get(0);
+            if !exists {
                 c.execute(sql.as_str(), &[]).map_err(err)?;
             }
         }

@@ -10,7 +10,8 @@
 //! sp-sync's own reader writes for its place ([`table_script`],
 //! [`constraint`], [`index`], [`sequence_value`], [`view`]): a `CREATE
 //! TABLE` of the object's own name and no `CHECK`/`REFERENCES`/inheritance,
-//! its own sequences, comments on it and its columns, its storage
+//! its own sequences, composite types (of attributes and type names
+//! only), comments on it and its columns, its storage
 //! settings (statistics targets, storage, parameters, unlogged), an `ALTER TABLE`
 //! of its own table adding one constraint, a `CREATE INDEX` on its own table, a `setval` of its own
 //! column's sequence, a `CREATE VIEW` of its own name. The enum types a
@@ -324,6 +325,13 @@ pub enum Action {
         /// The labels, each as a SQL string constant.
         labels: Vec<String>,
     },
+    /// Create this composite type unless a type of that name exists.
+    Composite {
+        /// The type's name as SQL (quoted parts, maybe qualified).
+        name: String,
+        /// The `CREATE TYPE name AS (…)` statement.
+        sql: String,
+    },
     /// Create this sequence (it must not exist yet: a snapshot does not
     /// take over a sequence the database already has).
     Sequence {
@@ -495,6 +503,13 @@ pub fn table_script(sql: &str, table: &str) -> Result<Vec<Action>> {
         let t = &s.toks;
         if word(t.first(), "do") {
             acts.push(enum_block(t)?);
+        } else if word(t.first(), "create") && word(t.get(1), "type") {
+            if tables != 0 {
+                return Err(refuse(format!(
+                    "table {table}: a type made after the table"
+                )));
+            }
+            acts.push(composite_type(t, &s.text)?);
         } else if word(t.first(), "create") && word(t.get(1), "sequence") {
             expect_words(
                 t,
@@ -739,6 +754,79 @@ fn excerpt(s: &str) -> String {
 
 /// `DO $sp_sync$ BEGIN CREATE TYPE name AS ENUM ('a', …); EXCEPTION WHEN
 /// duplicate_object THEN NULL; END $sp_sync$`, and nothing else.
+/// `CREATE TYPE name AS (attr type, …)`: a composite type, each
+/// attribute's type as `format_type` prints it (names, maybe qualified,
+/// a type modifier of numbers, `[]`), so that nothing but types is named.
+fn composite_type(t: &[Tok], sql: &str) -> Result<Action> {
+    let bad = || {
+        refuse(format!(
+            "a CREATE TYPE that is not a composite type's: {}",
+            excerpt(sql)
+        ))
+    };
+    let (name, rest) = match t.get(2..) {
+        Some([n, Tok::Punct('.'), m, rest @ ..]) => (
+            format!(
+                "{}.{}",
+                super::pg::quote(ident(Some(n)).ok_or_else(bad)?),
+                super::pg::quote(ident(Some(m)).ok_or_else(bad)?)
+            ),
+            rest,
+        ),
+        Some([n, rest @ ..]) => (super::pg::quote(ident(Some(n)).ok_or_else(bad)?), rest),
+        _ => return Err(bad()),
+    };
+    let [as_, Tok::Punct('('), attrs @ .., Tok::Punct(')')] = rest else {
+        return Err(bad());
+    };
+    if !word(Some(as_), "as") || attrs.is_empty() {
+        return Err(bad());
+    }
+    // Split at the commas outside a type modifier's parentheses.
+    let mut depth = 0i32;
+    let mut parts: Vec<Vec<&Tok>> = vec![Vec::new()];
+    for x in attrs {
+        match x {
+            Tok::Punct('(') => depth += 1,
+            Tok::Punct(')') => depth -= 1,
+            _ => {}
+        }
+        if !(0..=1).contains(&depth) {
+            return Err(bad());
+        }
+        match (x, parts.last_mut()) {
+            (Tok::Punct(','), _) if depth == 0 => parts.push(Vec::new()),
+            (_, Some(p)) => p.push(x),
+            (_, None) => return Err(bad()),
+        }
+    }
+    let attribute_ok = |p: &[&Tok]| {
+        matches!(p.first(), Some(Tok::Word(_) | Tok::Quoted(_)))
+            && p.len() >= 2
+            && p[1..].iter().all(|x| {
+                matches!(
+                    x,
+                    Tok::Word(_)
+                        | Tok::Quoted(_)
+                        | Tok::Num(_)
+                        | Tok::Punct('.')
+                        | Tok::Punct('[')
+                        | Tok::Punct(']')
+                        | Tok::Punct('(')
+                        | Tok::Punct(')')
+                        | Tok::Punct(',')
+                )
+            })
+    };
+    if depth != 0 || !parts.iter().all(|p| attribute_ok(p)) {
+        return Err(bad());
+    }
+    Ok(Action::Composite {
+        name,
+        sql: sql.to_string(),
+    })
+}
+
 fn enum_block(t: &[Tok]) -> Result<Action> {
     let bad = || refuse("a DO block that is not an enum type's creation");
     let [Tok::Word(_), Tok::Dollar(_, body)] = t else {
@@ -1024,6 +1112,41 @@ mod tests {
         assert!(statements("SELECT $1").is_err());
         assert!(statements("SELECT U&\"\\0061\"").is_err());
         assert!(statements("/* open").is_err());
+    }
+
+    #[test]
+    fn composite_types_pass_and_nothing_else() {
+        let table = "CREATE TABLE \"t\" (\n    \"k\" integer NOT NULL\n);\n";
+        let ok = format!(
+            "CREATE TYPE public.\"Zip\" AS (code character varying(10), plus4 numeric(4,0));\n\
+             CREATE TYPE addr AS (street text, zip public.\"Zip\", tags text[], \"when\" timestamp(3) with time zone);\n\
+             {table}"
+        );
+        let a = table_script(&ok, "t").unwrap();
+        assert_eq!(a.len(), 3);
+        assert!(matches!(&a[0], Action::Composite { name, .. } if name == "\"public\".\"Zip\""));
+        assert!(
+            matches!(&a[1], Action::Composite { name, sql } if name == "\"addr\"" && sql.starts_with("CREATE TYPE addr"))
+        );
+        for bad in [
+            "CREATE TYPE a AS (x text DEFAULT 'y')",
+            "CREATE TYPE a AS (x text COLLATE \"C\" CHECK (f()))",
+            "CREATE TYPE a AS (x numeric(f(1)))",
+            "CREATE TYPE a AS (x text[1 + 1])",
+            "CREATE TYPE a AS ()",
+            "CREATE TYPE a AS (x)",
+            "CREATE TYPE a AS ENUM ('x')",
+            "CREATE TYPE a AS RANGE (subtype = int4)",
+            "CREATE TYPE a (input = f, output = g)",
+            "CREATE TYPE a AS (x text) ; DROP TABLE t",
+            "CREATE TYPE a.b.c AS (x text)",
+            "CREATE TYPE a AS (x text), b AS (y text)",
+        ] {
+            let script = format!("{bad};\n{table}");
+            assert!(table_script(&script, "t").is_err(), "{bad}");
+        }
+        // Only before the table.
+        assert!(table_script(&format!("{table}CREATE TYPE a AS (x text);\n"), "t").is_err());
     }
 
     #[test]
