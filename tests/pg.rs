@@ -5654,12 +5654,14 @@ fn partitions_come_back_with_a_new_table() {
     assert_eq!(pg.psql(&fresh, where_rows), want);
 }
 
-/// Composite types a table's columns use (directly, in arrays, inside
-/// one another, with an enum inside) come back with a table a restore
+/// Composite types and domains a table's columns use (directly, in
+/// arrays, inside one another, with an enum inside, a domain over a
+/// composite and over an enum array) come back with a table a restore
 /// creates, each made once though two tables use it; they used to have to
-/// exist beforehand, or the restore failed.
+/// exist beforehand, or the restore failed. A domain whose check calls a
+/// volatile function is refused, and nothing is made.
 #[test]
-fn composite_types_come_back() {
+fn composite_types_and_domains_come_back() {
     let Some(pg) = cluster() else { return };
     let db = pg.new_db("comp");
     pg.psql(
@@ -5668,11 +5670,17 @@ fn composite_types_come_back() {
          CREATE TYPE \"Zip\" AS (code varchar(10), plus4 numeric(4,0));
          CREATE TYPE addr AS (street text, zip \"Zip\", m mood, tags text[]);
          CREATE TYPE person AS (\"full name\" text, home addr, \"when\" timestamp(3) with time zone);
-         CREATE TABLE d (id int PRIMARY KEY, a addr, pp person[]);
-         CREATE TABLE d2 (id int PRIMARY KEY, a addr);
+         CREATE DOMAIN email AS text COLLATE \"C\" DEFAULT 'a@b' NOT NULL
+           CONSTRAINT has_at CHECK (VALUE LIKE '%@%') CONSTRAINT short CHECK (length(VALUE) < 100);
+         CREATE DOMAIN moods AS mood[];
+         CREATE TYPE contact AS (e email, n numeric(10,2));
+         CREATE DOMAIN contact_d AS contact CHECK ((VALUE).e IS NOT NULL);
+         CREATE TABLE d (id int PRIMARY KEY, a addr, pp person[], e email, c contact_d, ms moods);
+         CREATE TABLE d2 (id int PRIMARY KEY, a addr, e email);
          INSERT INTO d VALUES (1, ROW('main st', ROW('12345', 6789), 'ok', '{x,y}'),
-                               ARRAY[ROW('Al \"B\"', NULL, '2024-01-02 03:04:05.678+00')::person]);
-         INSERT INTO d2 VALUES (1, NULL), (2, ROW(NULL, NULL, 'sad', '{}'));",
+                               ARRAY[ROW('Al \"B\"', NULL, '2024-01-02 03:04:05.678+00')::person],
+                               'x@y', ROW('p@q', 1.5), '{ok,sad}');
+         INSERT INTO d2 VALUES (1, NULL, 'a@a'), (2, ROW(NULL, NULL, 'sad', '{}'), 'b@b');",
     );
     let schema = |db: &str| {
         let o = pg
@@ -5706,4 +5714,35 @@ fn composite_types_come_back() {
     ));
     assert_eq!(v["tables"], json("[]"), "{v}");
     assert_eq!(v["rows"], json("[]"), "{v}");
+    // A domain whose check calls a volatile function (there, as here).
+    let vf = "CREATE FUNCTION vf(text) RETURNS boolean LANGUAGE sql VOLATILE AS 'SELECT true';";
+    let db3 = pg.new_db("comp_vol");
+    pg.psql(
+        &db3,
+        &format!(
+            "{vf} CREATE DOMAIN odd AS text CHECK (vf(VALUE));
+                  CREATE TABLE v (id int PRIMARY KEY, o odd); INSERT INTO v VALUES (1, 'x');"
+        ),
+    );
+    snap(d, &pg.url(&db3), &[]);
+    let target = pg.new_db("comp_vol_new");
+    pg.psql(&target, vf);
+    let o = sp_pg(
+        d,
+        &["--store", "st", "restore", "main", "--db", &pg.url(&target)],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("a domain calls a volatile function (vf)") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(
+        pg.psql(
+            &target,
+            "SELECT count(*) FROM pg_type WHERE typname IN ('odd', 'v')"
+        )
+        .trim(),
+        "0"
+    );
 }

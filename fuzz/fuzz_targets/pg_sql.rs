@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(acts) = table_script(sql, "t") {
         for a in acts {
             match a {
-                Action::Exec(s) | Action::Composite { sql: s, .. } => {
+                Action::Exec(s) | Action::Composite { sql: s, .. } | Action::Domain { sql: s, .. } => {
                     assert_eq!(statements(&s).map(|v| v.len()).unwrap_or(0), 1);
                 }
                 // Row security is run too: one `ALTER TABLE t … ROW LEVEL

@@ -1375,34 +1375,42 @@ fn with_index_options(def: String, r: &tokio_postgres::Row, at: usize, also: &st
 }
 
 /// A `WITH RECURSIVE used(oid)` of the types a table's columns use (the
-/// table's oid is `$1`): their own, an array's element type, and a
-/// composite type's attributes' types, on down.
+/// table's oid is `$1`): their own, an array's element type, a composite
+/// type's attributes' types and a domain's base type, on down.
 const USED_TYPES: &str = "WITH RECURSIVE used(oid) AS ( \
        SELECT a.atttypid FROM pg_catalog.pg_attribute a \
        WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
        UNION \
-       SELECT CASE WHEN ca.attrelid IS NULL THEN ty.typelem ELSE ca.atttypid END \
+       SELECT CASE WHEN ca.attrelid IS NOT NULL THEN ca.atttypid \
+                   WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.typelem END \
        FROM used u JOIN pg_catalog.pg_type ty ON ty.oid = u.oid \
        LEFT JOIN pg_catalog.pg_class cc \
          ON cc.oid = ty.typrelid AND cc.relkind = 'c' AND ty.typtype = 'c' \
        LEFT JOIN pg_catalog.pg_attribute ca \
          ON ca.attrelid = cc.oid AND ca.attnum > 0 AND NOT ca.attisdropped \
-       WHERE (ty.typelem <> 0 AND ty.typcategory = 'A') OR ca.attrelid IS NOT NULL)";
+       WHERE (ty.typelem <> 0 AND ty.typcategory = 'A') OR ca.attrelid IS NOT NULL \
+          OR ty.typtype = 'd')";
 
-/// `CREATE TYPE name AS (attr type, …)` for each composite type (made
-/// with `CREATE TYPE … AS`, not a table's row type) the table's columns
-/// use, directly, as arrays or inside another: each after those it uses,
-/// else in name order; an attribute's collation is not kept.
-fn composite_types(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<String> {
+/// The user-made types a table's columns use, directly, as arrays, inside
+/// a composite type or under a domain, each after those it uses, else in
+/// name order: `CREATE TYPE name AS (attr type, …)` for a composite type
+/// (made with `CREATE TYPE … AS`, not a table's row type; an attribute's
+/// collation is not kept) and `CREATE DOMAIN name AS type [COLLATE c]
+/// [DEFAULT …] [NOT NULL] [CONSTRAINT c CHECK (…)]…` for a domain.
+fn user_types(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<String> {
+    // (Each row: the type, its name, its statement, the types it uses.)
     let rows = c
         .query(
             &format!(
-                "{USED_TYPES} SELECT ty.oid::int8, pg_catalog.format_type(ty.oid, NULL), \
+                "{USED_TYPES} SELECT * FROM ( \
+                 SELECT ty.oid::int8, pg_catalog.format_type(ty.oid, NULL) AS name, \
+                    'CREATE TYPE ' || pg_catalog.format_type(ty.oid, NULL) || ' AS (' || \
                     (SELECT string_agg(pg_catalog.quote_ident(ca.attname::text) || ' ' \
                               || pg_catalog.format_type(ca.atttypid, ca.atttypmod), ', ' \
                               ORDER BY ca.attnum) \
                      FROM pg_catalog.pg_attribute ca \
-                     WHERE ca.attrelid = ty.typrelid AND ca.attnum > 0 AND NOT ca.attisdropped), \
+                     WHERE ca.attrelid = ty.typrelid AND ca.attnum > 0 AND NOT ca.attisdropped) \
+                    || ')', \
                     ARRAY(SELECT DISTINCT coalesce(nullif(et.typelem, 0), et.oid)::int8 \
                           FROM pg_catalog.pg_attribute ca \
                           JOIN pg_catalog.pg_type et ON et.oid = ca.atttypid \
@@ -1410,21 +1418,37 @@ fn composite_types(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<Stri
                             AND NOT ca.attisdropped) \
                  FROM used JOIN pg_catalog.pg_type ty ON ty.oid = used.oid \
                  JOIN pg_catalog.pg_class cc ON cc.oid = ty.typrelid AND cc.relkind = 'c' \
-                 WHERE ty.typtype = 'c' ORDER BY pg_catalog.format_type(ty.oid, NULL) COLLATE \"C\""
+                 WHERE ty.typtype = 'c' \
+                 UNION ALL \
+                 SELECT ty.oid::int8, pg_catalog.format_type(ty.oid, NULL), \
+                    'CREATE DOMAIN ' || pg_catalog.format_type(ty.oid, NULL) || ' AS ' \
+                    || pg_catalog.format_type(ty.typbasetype, ty.typtypmod) \
+                    || CASE WHEN ty.typcollation <> 0 AND ty.typcollation <> bt.typcollation \
+                            THEN ' COLLATE ' || (SELECT pg_catalog.quote_ident(n.nspname::text) || '.' \
+                                                        || pg_catalog.quote_ident(co.collname::text) \
+                                                 FROM pg_catalog.pg_collation co \
+                                                 JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace \
+                                                 WHERE co.oid = ty.typcollation) \
+                            ELSE '' END \
+                    || coalesce(' DEFAULT ' || ty.typdefault, '') \
+                    || CASE WHEN ty.typnotnull THEN ' NOT NULL' ELSE '' END \
+                    || coalesce((SELECT string_agg(' CONSTRAINT ' || pg_catalog.quote_ident(k.conname::text) \
+                                                   || ' ' || pg_catalog.pg_get_constraintdef(k.oid, true), '' \
+                                                   ORDER BY k.conname COLLATE \"C\") \
+                                 FROM pg_catalog.pg_constraint k \
+                                 WHERE k.contypid = ty.oid AND k.contype = 'c'), ''), \
+                    ARRAY[coalesce(nullif(bt.typelem, 0), bt.oid)::int8] \
+                 FROM used JOIN pg_catalog.pg_type ty ON ty.oid = used.oid \
+                 JOIN pg_catalog.pg_type bt ON bt.oid = ty.typbasetype \
+                 WHERE ty.typtype = 'd') AS types \
+                 ORDER BY name COLLATE \"C\""
             ),
             &[&t.oid],
         )
         .map_err(|e| loc.error(e))?;
-    let mut left: Vec<(i64, String, String, Vec<i64>)> = rows
+    let mut left: Vec<(i64, Option<String>, Vec<i64>)> = rows
         .iter()
-        .map(|r| {
-            (
-                r.get(0),
-                r.get(1),
-                r.get::<_, Option<String>>(2).unwrap_or_default(),
-                r.get(3),
-            )
-        })
+        .map(|r| (r.get(0), r.get(2), r.get(3)))
         .collect();
     let mut out = String::new();
     while !left.is_empty() {
@@ -1432,12 +1456,13 @@ fn composite_types(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<Stri
         // (which PostgreSQL does not allow) would take them in name order.
         let at = left
             .iter()
-            .position(|(_, _, _, deps)| !left.iter().any(|(o, ..)| deps.contains(o)))
+            .position(|(_, _, deps)| !left.iter().any(|(o, ..)| deps.contains(o)))
             .unwrap_or(0);
-        let (_, name, attrs, _) = left.remove(at);
-        // (One of no attributes must exist where it is restored, as before.)
-        if !attrs.is_empty() {
-            out.push_str(&format!("CREATE TYPE {name} AS ({attrs});\n"));
+        // (A composite type of no attributes, NULL here, must exist where
+        // it is restored, as before.)
+        if let (_, Some(sql), _) = left.remove(at) {
+            out.push_str(&sql);
+            out.push_str(";\n");
         }
     }
     Ok(out)
@@ -1477,7 +1502,7 @@ fn schema_of(
             labels.unwrap_or_default()
         ));
     }
-    script.push_str(&composite_types(c, loc, t)?);
+    script.push_str(&user_types(c, loc, t)?);
     // Sequences the table's columns own (serial: 'a'; identity: 'i').
     let seqs = c
         .query(
@@ -4386,6 +4411,32 @@ fn open_identities(
     }
 }
 
+/// Refuses `sql` (`what`: "a constraint") when one of `names` (its
+/// identifiers) names a volatile function: nothing a constraint or a
+/// domain evaluates on the rows may be.
+fn refuse_volatile(
+    c: &mut Client,
+    loc: &PgLocation,
+    names: &[String],
+    what: &str,
+    sql: &str,
+) -> Result<()> {
+    let volatile: Option<String> = c
+        .query_one(
+            "SELECT string_agg(DISTINCT proname::text, ', ') FROM pg_catalog.pg_proc \
+             WHERE provolatile = 'v' AND proname::text = ANY($1)",
+            &[&names],
+        )
+        .map_err(|e| loc.error(e))?
+        .get(0);
+    match volatile {
+        Some(f) => Err(SyncError::Invalid(format!(
+            "the snapshot's SQL is refused: {what} calls a volatile function ({f}): {sql}"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// One step of a table's checked `CREATE` script.
 fn create_step(c: &mut Client, loc: &PgLocation, a: &Action) -> Result<()> {
     let err = |e| loc.error(e);
@@ -4400,6 +4451,16 @@ fn create_step(c: &mut Client, loc: &PgLocation, a: &Action) -> Result<()> {
                 .get(0);
             if !exists {
                 let sql = format!("CREATE TYPE {name} AS ENUM ({})", labels.join(", "));
+                c.execute(sql.as_str(), &[]).map_err(err)?;
+            }
+        }
+        Action::Domain { name, sql, names } => {
+            let exists: bool = c
+                .query_one("SELECT pg_catalog.to_regtype($1) IS NOT NULL", &[name])
+                .map_err(err)?
+                .get(0);
+            if !exists {
+                refuse_volatile(c, loc, names, "a domain", sql)?;
                 c.execute(sql.as_str(), &[]).map_err(err)?;
             }
         }
@@ -4453,20 +4514,7 @@ fn run_step(
         }
         Step::Checked(g) => {
             // Nothing a constraint evaluates may be volatile.
-            let volatile: Option<String> = c
-                .query_one(
-                    "SELECT string_agg(DISTINCT proname::text, ', ') FROM pg_catalog.pg_proc \
-                     WHERE provolatile = 'v' AND proname::text = ANY($1)",
-                    &[&g.names],
-                )
-                .map_err(err)?
-                .get(0);
-            if let Some(f) = volatile {
-                return Err(SyncError::Invalid(format!(
-                    "the snapshot's SQL is refused: a constraint calls a volatile function ({f}): {}",
-                    g.sql
-                )));
-            }
+            refuse_volatile(c, loc, &g.names, "a constraint", &g.sql)?;
             c.execute(g.sql.as_str(), &[]).map_err(err)?;
         }
         Step::SetVal {

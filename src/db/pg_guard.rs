@@ -11,7 +11,8 @@
 //! [`constraint`], [`index`], [`sequence_value`], [`view`]): a `CREATE
 //! TABLE` of the object's own name and no `CHECK`/`REFERENCES`/inheritance,
 //! its own sequences, composite types (of attributes and type names
-//! only), comments on it and its columns, its storage
+//! only) and domains (made only when nothing they name is a volatile
+//! function), comments on it and its columns, its storage
 //! settings (statistics targets, storage, parameters, unlogged), an `ALTER TABLE`
 //! of its own table adding one constraint, a `CREATE INDEX` on its own table, a `setval` of its own
 //! column's sequence, a `CREATE VIEW` of its own name. The enum types a
@@ -332,6 +333,16 @@ pub enum Action {
         /// The `CREATE TYPE name AS (…)` statement.
         sql: String,
     },
+    /// Create this domain unless a type of that name exists, once none
+    /// of `names` is a volatile function (its checks run on every row).
+    Domain {
+        /// The domain's name as SQL (quoted parts, maybe qualified).
+        name: String,
+        /// The `CREATE DOMAIN name AS …` statement.
+        sql: String,
+        /// Every identifier after `AS`.
+        names: Vec<String>,
+    },
     /// Create this sequence (it must not exist yet: a snapshot does not
     /// take over a sequence the database already has).
     Sequence {
@@ -503,13 +514,18 @@ pub fn table_script(sql: &str, table: &str) -> Result<Vec<Action>> {
         let t = &s.toks;
         if word(t.first(), "do") {
             acts.push(enum_block(t)?);
-        } else if word(t.first(), "create") && word(t.get(1), "type") {
+        } else if word(t.first(), "create") && (word(t.get(1), "type") || word(t.get(1), "domain"))
+        {
             if tables != 0 {
                 return Err(refuse(format!(
                     "table {table}: a type made after the table"
                 )));
             }
-            acts.push(composite_type(t, &s.text)?);
+            acts.push(if word(t.get(1), "type") {
+                composite_type(t, &s.text)?
+            } else {
+                domain(t, &s.text)?
+            });
         } else if word(t.first(), "create") && word(t.get(1), "sequence") {
             expect_words(
                 t,
@@ -754,6 +770,45 @@ fn excerpt(s: &str) -> String {
 
 /// `DO $sp_sync$ BEGIN CREATE TYPE name AS ENUM ('a', …); EXCEPTION WHEN
 /// duplicate_object THEN NULL; END $sp_sync$`, and nothing else.
+/// The name `CREATE TYPE` or `CREATE DOMAIN` makes (`name` or
+/// `schema.name`), as SQL, and the tokens after it.
+fn type_name(t: &[Tok]) -> Option<(String, &[Tok])> {
+    match t.get(2..)? {
+        [n, Tok::Punct('.'), m, rest @ ..] => Some((
+            format!(
+                "{}.{}",
+                super::pg::quote(ident(Some(n))?),
+                super::pg::quote(ident(Some(m))?)
+            ),
+            rest,
+        )),
+        [n, rest @ ..] => Some((super::pg::quote(ident(Some(n))?), rest)),
+        _ => None,
+    }
+}
+
+/// `CREATE DOMAIN name AS type …`: what follows `AS` (the base type, a
+/// collation, a default, `NOT NULL`, checks) is PostgreSQL's to check; the
+/// restore makes it only when none of its identifiers names a volatile
+/// function (see [`Action::Domain`]).
+fn domain(t: &[Tok], sql: &str) -> Result<Action> {
+    let bad = || {
+        refuse(format!(
+            "a CREATE DOMAIN that is not one domain's: {}",
+            excerpt(sql)
+        ))
+    };
+    let (name, rest) = type_name(t).ok_or_else(bad)?;
+    match rest {
+        [as_, ty, ..] if word(Some(as_), "as") && ident(Some(ty)).is_some() => Ok(Action::Domain {
+            name,
+            sql: sql.to_string(),
+            names: names(&rest[1..]),
+        }),
+        _ => Err(bad()),
+    }
+}
+
 /// `CREATE TYPE name AS (attr type, …)`: a composite type, each
 /// attribute's type as `format_type` prints it (names, maybe qualified,
 /// a type modifier of numbers, `[]`), so that nothing but types is named.
@@ -764,18 +819,7 @@ fn composite_type(t: &[Tok], sql: &str) -> Result<Action> {
             excerpt(sql)
         ))
     };
-    let (name, rest) = match t.get(2..) {
-        Some([n, Tok::Punct('.'), m, rest @ ..]) => (
-            format!(
-                "{}.{}",
-                super::pg::quote(ident(Some(n)).ok_or_else(bad)?),
-                super::pg::quote(ident(Some(m)).ok_or_else(bad)?)
-            ),
-            rest,
-        ),
-        Some([n, rest @ ..]) => (super::pg::quote(ident(Some(n)).ok_or_else(bad)?), rest),
-        _ => return Err(bad()),
-    };
+    let (name, rest) = type_name(t).ok_or_else(bad)?;
     let [as_, Tok::Punct('('), attrs @ .., Tok::Punct(')')] = rest else {
         return Err(bad());
     };
@@ -1147,6 +1191,35 @@ mod tests {
         }
         // Only before the table.
         assert!(table_script(&format!("{table}CREATE TYPE a AS (x text);\n"), "t").is_err());
+    }
+
+    #[test]
+    fn domains_pass_with_their_names() {
+        let table = "CREATE TABLE \"t\" (\n    \"k\" integer NOT NULL\n);\n";
+        let ok = format!(
+            "CREATE DOMAIN public.email AS text COLLATE \"C\" DEFAULT 'a@b' NOT NULL \
+             CONSTRAINT has_at CHECK (VALUE ~~ '%@%'::text) CONSTRAINT f CHECK (my_fn(VALUE));\n{table}"
+        );
+        let a = table_script(&ok, "t").unwrap();
+        assert_eq!(a.len(), 2);
+        let Action::Domain { name, sql, names } = &a[0] else {
+            panic!("{a:?}");
+        };
+        assert_eq!(name, "\"public\".\"email\"");
+        assert!(sql.starts_with("CREATE DOMAIN public.email AS text"));
+        // Every identifier after AS, for the restore's volatile check.
+        assert!(names.contains(&"my_fn".to_string()), "{names:?}");
+        for bad in [
+            "CREATE DOMAIN a",
+            "CREATE DOMAIN a text",
+            "CREATE DOMAIN a AS",
+            "CREATE DOMAIN a AS 'text'",
+            "CREATE DOMAIN a.b.c AS text",
+        ] {
+            let script = format!("{bad};\n{table}");
+            assert!(table_script(&script, "t").is_err(), "{bad}");
+        }
+        assert!(table_script(&format!("{table}CREATE DOMAIN a AS text;\n"), "t").is_err());
     }
 
     #[test]
