@@ -413,6 +413,28 @@ impl PgCluster {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// `pg_dump --schema-only` of database `db` (with `args`, such as `-t
+    /// name`), without its `\restrict` lines (they carry a random key).
+    pub fn schema(&self, db: &str, args: &[&str]) -> String {
+        let o = self
+            .cmd("pg_dump")
+            .arg("--schema-only")
+            .args(args)
+            .args(["-d", db])
+            .output()
+            .expect("pg_dump");
+        assert!(
+            o.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.contains("restrict "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// `pg_dump --data-only --inserts` of one table, its lines sorted.
     pub fn dump_rows(&self, db: &str, table: &str) -> Vec<String> {
         let o = self
