@@ -188,6 +188,17 @@ fn every_type_round_trips_exactly() {
     no_change_since_the_last_snapshot(d);
 }
 
+/// Restores `main` (in the store `st` under `d`) into a new database,
+/// named after `hint`; returns its name.
+fn restored_into_new(pg: &PgCluster, d: &Path, hint: &str) -> String {
+    let fresh = pg.new_db(hint);
+    ok_pg(
+        d,
+        &["--store", "st", "restore", "main", "--db", &pg.url(&fresh)],
+    );
+    fresh
+}
+
 /// Asserts that `main` (in the store `st` under `d`) differs from its
 /// parent in no row and no table's schema.
 fn no_change_since_the_last_snapshot(d: &Path) {
@@ -5470,11 +5481,7 @@ line two';
     let w = work();
     let d = w.path();
     snap(d, &pg.url(&db), &[]);
-    let fresh = pg.new_db("cmt_new");
-    ok_pg(
-        d,
-        &["--store", "st", "restore", "main", "--db", &pg.url(&fresh)],
-    );
+    let fresh = restored_into_new(pg, d, "cmt_new");
     assert_eq!(comments(&fresh), want);
     assert_eq!(pg.dump_rows(&fresh, "t"), pg.dump_rows(&db, "t"));
     // A comment changed on the target: the rows still restore onto it.
@@ -5526,11 +5533,7 @@ fn storage_settings_come_back() {
     let w = work();
     let d = w.path();
     snap(d, &pg.url(&db), &[]);
-    let fresh = pg.new_db("stor_new");
-    ok_pg(
-        d,
-        &["--store", "st", "restore", "main", "--db", &pg.url(&fresh)],
-    );
+    let fresh = restored_into_new(pg, d, "stor_new");
     assert_eq!(schema(&fresh), want);
     assert_eq!(pg.dump_rows(&fresh, "s"), pg.dump_rows(&db, "s"));
     // Snapshotting the restored database gives the same table objects.
@@ -5593,11 +5596,7 @@ fn partitions_come_back_with_a_new_table() {
             && err.matches("warning").count() == 1,
         "{err}"
     );
-    let fresh = pg.new_db("parts_new");
-    ok_pg(
-        d,
-        &["--store", "st", "restore", "main", "--db", &pg.url(&fresh)],
-    );
+    let fresh = restored_into_new(pg, d, "parts_new");
     let schema = |db: &str| pg.schema(db, &["-T", "ex*"]);
     assert_eq!(schema(&fresh), schema(&db));
     assert_eq!(pg.psql(&fresh, where_rows), want);
@@ -5648,11 +5647,7 @@ fn composite_types_and_domains_come_back() {
     let w = work();
     let d = w.path();
     snap(d, &pg.url(&db), &[]);
-    let fresh = pg.new_db("comp_new");
-    ok_pg(
-        d,
-        &["--store", "st", "restore", "main", "--db", &pg.url(&fresh)],
-    );
+    let fresh = restored_into_new(pg, d, "comp_new");
     assert_eq!(schema(&fresh), schema(&db));
     for t in ["d", "d2"] {
         assert_eq!(pg.dump_rows(&fresh, t), pg.dump_rows(&db, t));
