@@ -5628,7 +5628,7 @@ fn composite_types_and_domains_come_back() {
     pg.psql(
         &db,
         "CREATE TYPE mood AS ENUM ('sad', 'ok');
-         CREATE TYPE \"Zip\" AS (code varchar(10), plus4 numeric(4,0));
+         CREATE TYPE \"Zip\" AS (code varchar(10) COLLATE \"C\", plus4 numeric(4,0));
          CREATE TYPE addr AS (street text, zip \"Zip\", m mood, tags text[]);
          CREATE TYPE person AS (\"full name\" text, home addr, \"when\" timestamp(3) with time zone);
          CREATE DOMAIN email AS text COLLATE \"C\" DEFAULT 'a@b' NOT NULL

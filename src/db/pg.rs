@@ -1394,8 +1394,8 @@ const USED_TYPES: &str = "WITH RECURSIVE used(oid) AS ( \
 /// The user-made types a table's columns use, directly, as arrays, inside
 /// a composite type or under a domain, each after those it uses, else in
 /// name order: `CREATE TYPE name AS (attr type, …)` for a composite type
-/// (made with `CREATE TYPE … AS`, not a table's row type; an attribute's
-/// collation is not kept) and `CREATE DOMAIN name AS type [COLLATE c]
+/// (made with `CREATE TYPE … AS`, not a table's row type; an attribute
+/// keeps a collation other than its type's) and `CREATE DOMAIN name AS type [COLLATE c]
 /// [DEFAULT …] [NOT NULL] [CONSTRAINT c CHECK (…)]…` for a domain.
 fn user_types(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<String> {
     // (Each row: the type, its name, its statement, the types it uses.)
@@ -1406,7 +1406,16 @@ fn user_types(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<String> {
                  SELECT ty.oid::int8, pg_catalog.format_type(ty.oid, NULL) AS name, \
                     'CREATE TYPE ' || pg_catalog.format_type(ty.oid, NULL) || ' AS (' || \
                     (SELECT string_agg(pg_catalog.quote_ident(ca.attname::text) || ' ' \
-                              || pg_catalog.format_type(ca.atttypid, ca.atttypmod), ', ' \
+                              || pg_catalog.format_type(ca.atttypid, ca.atttypmod) \
+                              || CASE WHEN ca.attcollation <> 0 AND ca.attcollation <> \
+                                        (SELECT at.typcollation FROM pg_catalog.pg_type at \
+                                         WHERE at.oid = ca.atttypid) \
+                                      THEN ' COLLATE ' || (SELECT pg_catalog.quote_ident(n.nspname::text) \
+                                                                  || '.' || pg_catalog.quote_ident(co.collname::text) \
+                                                           FROM pg_catalog.pg_collation co \
+                                                           JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace \
+                                                           WHERE co.oid = ca.attcollation) \
+                                      ELSE '' END, ', ' \
                               ORDER BY ca.attnum) \
                      FROM pg_catalog.pg_attribute ca \
                      WHERE ca.attrelid = ty.typrelid AND ca.attnum > 0 AND NOT ca.attisdropped) \
