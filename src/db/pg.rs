@@ -4446,6 +4446,17 @@ fn refuse_volatile(
     }
 }
 
+/// Whether the database has a type of this name (SQL, maybe qualified):
+/// one a restore would make (an enum, a composite type, a domain) is then
+/// taken as it is.
+fn type_exists(c: &mut Client, loc: &PgLocation, name: &str) -> Result<bool> {
+    Ok(
+        c.query_one("SELECT pg_catalog.to_regtype($1) IS NOT NULL", &[&name])
+            .map_err(|e| loc.error(e))?
+            .get(0),
+    )
+}
+
 /// One step of a table's checked `CREATE` script.
 fn create_step(c: &mut Client, loc: &PgLocation, a: &Action) -> Result<()> {
     let err = |e| loc.error(e);
@@ -4454,33 +4465,20 @@ fn create_step(c: &mut Client, loc: &PgLocation, a: &Action) -> Result<()> {
             c.execute(sql.as_str(), &[]).map_err(err)?;
         }
         Action::Enum { name, labels } => {
-            let exists: bool = c
-                .query_one("SELECT pg_catalog.to_regtype($1) IS NOT NULL", &[name])
-                .map_err(err)?
-                .get(0);
-            if !exists {
+            if !type_exists(c, loc, name)? {
                 let sql = format!("CREATE TYPE {name} AS ENUM ({})", labels.join(", "));
                 c.execute(sql.as_str(), &[]).map_err(err)?;
             }
         }
         Action::Domain { name, sql, names } => {
-            let exists: bool = c
-                .query_one("SELECT pg_catalog.to_regtype($1) IS NOT NULL", &[name])
-                .map_err(err)?
-                .get(0);
-            if !exists {
+            if !type_exists(c, loc, name)? {
                 refuse_volatile(c, loc, names, "a domain", sql)?;
                 c.execute(sql.as_str(), &[]).map_err(err)?;
             }
         }
         Action::Composite { name, sql } => {
-            // (Another table of this restore, or the database, may have
-            // made it: a type of that name is taken as it is.)
-            let exists: bool = c
-                .query_one("SELECT pg_catalog.to_regtype($1) IS NOT NULL", &[name])
-                .map_err(err)?
-                .get(0);
-            if !exists {
+            // (Another table of this restore may have made it.)
+            if !type_exists(c, loc, name)? {
                 c.execute(sql.as_str(), &[]).map_err(err)?;
             }
         }

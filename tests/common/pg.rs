@@ -389,46 +389,28 @@ impl PgCluster {
 
     /// Runs SQL in `db` (stops at the first error); returns stdout.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let o = self
-            .cmd("psql")
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                db,
-                "-c",
-                sql,
-            ])
-            .output()
-            .expect("psql");
-        assert!(
-            o.status.success(),
-            "psql {sql:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        let mut o = self.cmd("psql");
+        o.args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ]);
+        stdout_of(o, &format!("psql {sql:?}"))
     }
 
     /// `pg_dump --schema-only` of database `db` (with `args`, such as `-t
     /// name`), without its `\restrict` lines (they carry a random key).
     pub fn schema(&self, db: &str, args: &[&str]) -> String {
-        let o = self
-            .cmd("pg_dump")
-            .arg("--schema-only")
-            .args(args)
-            .args(["-d", db])
-            .output()
-            .expect("pg_dump");
-        assert!(
-            o.status.success(),
-            "pg_dump: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout)
+        let mut o = self.cmd("pg_dump");
+        o.arg("--schema-only").args(args).args(["-d", db]);
+        stdout_of(o, "pg_dump")
             .lines()
             .filter(|l| !l.contains("restrict "))
             .collect::<Vec<_>>()
@@ -437,17 +419,9 @@ impl PgCluster {
 
     /// `pg_dump --data-only --inserts` of one table, its lines sorted.
     pub fn dump_rows(&self, db: &str, table: &str) -> Vec<String> {
-        let o = self
-            .cmd("pg_dump")
-            .args(["--data-only", "--inserts", "-t", table, "-d", db])
-            .output()
-            .expect("pg_dump");
-        assert!(
-            o.status.success(),
-            "pg_dump: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let mut lines: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        let mut o = self.cmd("pg_dump");
+        o.args(["--data-only", "--inserts", "-t", table, "-d", db]);
+        let mut lines: Vec<String> = stdout_of(o, "pg_dump")
             .lines()
             .filter(|l| l.starts_with("INSERT INTO"))
             .map(str::to_string)
@@ -455,6 +429,18 @@ impl PgCluster {
         lines.sort();
         lines
     }
+}
+
+/// Runs `cmd` (`what`, for the message), asserting that it succeeds;
+/// returns its stdout.
+fn stdout_of(mut cmd: Command, what: &str) -> String {
+    let o = cmd.output().expect(what);
+    assert!(
+        o.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Runs sp-sync with the cluster's password in `PGPASSWORD`.
