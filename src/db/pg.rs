@@ -1376,20 +1376,25 @@ fn with_index_options(def: String, r: &tokio_postgres::Row, at: usize, also: &st
 
 /// A `WITH RECURSIVE used(oid)` of the types a table's columns use (the
 /// table's oid is `$1`): their own, an array's element type, a composite
-/// type's attributes' types and a domain's base type, on down.
+/// type's attributes' types and a domain's base type, on down. (Each step
+/// looks its types up by oid, `LATERAL`: as a join, the planner scanned all
+/// of `pg_type` once per step, and once per table a snapshot reads.)
 const USED_TYPES: &str = "WITH RECURSIVE used(oid) AS ( \
        SELECT a.atttypid FROM pg_catalog.pg_attribute a \
        WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
        UNION \
-       SELECT CASE WHEN ca.attrelid IS NOT NULL THEN ca.atttypid \
-                   WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.typelem END \
-       FROM used u JOIN pg_catalog.pg_type ty ON ty.oid = u.oid \
-       LEFT JOIN pg_catalog.pg_class cc \
-         ON cc.oid = ty.typrelid AND cc.relkind = 'c' AND ty.typtype = 'c' \
-       LEFT JOIN pg_catalog.pg_attribute ca \
-         ON ca.attrelid = cc.oid AND ca.attnum > 0 AND NOT ca.attisdropped \
-       WHERE (ty.typelem <> 0 AND ty.typcategory = 'A') OR ca.attrelid IS NOT NULL \
-          OR ty.typtype = 'd')";
+       SELECT n.x FROM used u CROSS JOIN LATERAL ( \
+         SELECT ty.typelem FROM pg_catalog.pg_type ty \
+         WHERE ty.oid = u.oid AND ty.typtype <> 'd' AND ty.typelem <> 0 AND ty.typcategory = 'A' \
+         UNION ALL \
+         SELECT ty.typbasetype FROM pg_catalog.pg_type ty \
+         WHERE ty.oid = u.oid AND ty.typtype = 'd' \
+         UNION ALL \
+         SELECT ca.atttypid FROM pg_catalog.pg_type ty \
+         JOIN pg_catalog.pg_class cc ON cc.oid = ty.typrelid AND cc.relkind = 'c' \
+         JOIN pg_catalog.pg_attribute ca \
+           ON ca.attrelid = cc.oid AND ca.attnum > 0 AND NOT ca.attisdropped \
+         WHERE ty.oid = u.oid AND ty.typtype = 'c') n(x))";
 
 /// The user-made types a table's columns use, directly, as arrays, inside
 /// a composite type or under a domain, each after those it uses, else in
@@ -1522,7 +1527,8 @@ fn schema_of(
              JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
              JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.oid \
              JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
-             WHERE d.refobjid = $1::int8::oid AND d.classid = 'pg_catalog.pg_class'::regclass \
+             WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = $1::int8::oid \
+               AND d.classid = 'pg_catalog.pg_class'::regclass \
                AND d.deptype IN ('a', 'i') ORDER BY a.attnum",
             &[&t.oid],
         )
@@ -2781,7 +2787,7 @@ fn type_closure(c: &mut Client, loc: &PgLocation, table: i64) -> Result<Option<S
                      UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r \
                        WHERE (pg_catalog.to_jsonb(r) ->> 'rngmultitypid')::oid = t.oid) n(x) \
                      WHERE x <> 0) \
-                 FROM pg_catalog.pg_type t WHERE t.oid::int8 = ANY($1)",
+                 FROM pg_catalog.pg_type t WHERE t.oid = ANY($1::int8[]::oid[])",
                 &[&frontier],
             )
             .map_err(err)?;
@@ -6256,9 +6262,9 @@ impl<'a> RowStatements<'a> {
         let stmt = self.statement(c, sql)?;
         let run = |c: &mut Client| -> std::result::Result<u64, tokio_postgres::Error> {
             if sql.ends_with(UPSERT_RETURNING) {
-                Ok(upsert_count(&c.query(&stmt, &refs)?))
+                Ok(upsert_count(&c.query_prepared(&stmt, &refs)?))
             } else {
-                c.execute(&stmt, &refs)
+                c.execute_prepared(&stmt, &refs)
             }
         };
         if plain {

@@ -13,6 +13,7 @@
 //! Like the `postgres` crate's, a client must not be used from inside
 //! another tokio runtime: `pg` runs every entry point on a thread of its own.
 
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,7 +23,7 @@ use futures::{SinkExt, StreamExt};
 use tokio::runtime::Runtime;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Config, Error, Row, Socket, Statement, ToStatement};
+use tokio_postgres::{Config, Error, Row, Socket, Statement};
 
 use crate::error::SyncError;
 
@@ -44,7 +45,15 @@ pub struct Client {
     /// Whether the server's encoding orders text as its UTF-8 form does
     /// (see [`Client::utf8_order`]).
     utf8_order: bool,
+    /// Catalog queries prepared once, kept for the connection's life (see
+    /// [`Client::cached`]).
+    statements: HashMap<String, Statement>,
+    /// Catalog queries run once so far, by hash.
+    seen: HashSet<u64>,
 }
+
+/// At most this many statements are kept prepared.
+const MAX_STATEMENTS: usize = 256;
 
 impl Client {
     /// Connects with `config` over `tls`; a client error is given to `pg`.
@@ -81,6 +90,8 @@ impl Client {
             failure,
             copy: None,
             utf8_order: true,
+            statements: HashMap::new(),
+            seen: HashSet::new(),
         })
     }
 
@@ -135,40 +146,91 @@ impl Client {
         self.run(self.client().batch_execute(query))
     }
 
-    pub fn execute<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error>
-    where
-        T: ?Sized + ToStatement,
-    {
+    pub fn execute(&mut self, query: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
         self.idle();
         self.run(self.client().execute(query, params))
     }
 
-    pub fn query<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error>
-    where
-        T: ?Sized + ToStatement,
-    {
-        self.idle();
-        self.run(self.client().query(query, params))
-    }
-
-    pub fn query_one<T>(&mut self, query: &T, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error>
-    where
-        T: ?Sized + ToStatement,
-    {
-        self.idle();
-        self.run(self.client().query_one(query, params))
-    }
-
-    pub fn query_opt<T>(
+    /// Runs a prepared statement; the number of rows it changed.
+    pub fn execute_prepared(
         &mut self,
-        query: &T,
+        st: &Statement,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<Row>, Error>
-    where
-        T: ?Sized + ToStatement,
-    {
+    ) -> Result<u64, Error> {
         self.idle();
-        self.run(self.client().query_opt(query, params))
+        self.run(self.client().execute(st, params))
+    }
+
+    /// The statement kept prepared for `query`, preparing it on its second
+    /// run; None for a query run once so far, or one not [`keepable`]. A
+    /// snapshot runs the same few dozen catalog queries once per table:
+    /// parsing and planning each afresh was most of the time a snapshot of
+    /// 200 small tables took. (A statement prepared by the protocol's Parse
+    /// survives a transaction's rollback.)
+    fn cached(&mut self, query: &str) -> Result<Option<Statement>, Error> {
+        if let Some(st) = self.statements.get(query) {
+            return Ok(Some(st.clone()));
+        }
+        if !keepable(query) || self.statements.len() >= MAX_STATEMENTS {
+            return Ok(None);
+        }
+        let hash = {
+            use std::hash::Hasher;
+            let mut h = std::hash::DefaultHasher::new();
+            h.write(query.as_bytes());
+            h.finish()
+        };
+        if self.seen.len() >= 4 * MAX_STATEMENTS {
+            self.seen.clear();
+        }
+        if self.seen.insert(hash) {
+            return Ok(None);
+        }
+        let st = self.run(self.client().prepare(query))?;
+        self.statements.insert(query.to_owned(), st.clone());
+        Ok(Some(st))
+    }
+
+    pub fn query(
+        &mut self,
+        query: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        self.idle();
+        match self.cached(query)? {
+            Some(st) => self.run(self.client().query(&st, params)),
+            None => self.run(self.client().query(query, params)),
+        }
+    }
+
+    /// Runs a prepared statement; the rows it returned.
+    pub fn query_prepared(
+        &mut self,
+        st: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        self.idle();
+        self.run(self.client().query(st, params))
+    }
+
+    pub fn query_one(&mut self, query: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error> {
+        self.idle();
+        match self.cached(query)? {
+            Some(st) => self.run(self.client().query_one(&st, params)),
+            None => self.run(self.client().query_one(query, params)),
+        }
+    }
+
+    pub fn query_opt(
+        &mut self,
+        query: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, Error> {
+        self.idle();
+        match self.cached(query)? {
+            Some(st) => self.run(self.client().query_opt(&st, params)),
+            None => self.run(self.client().query_opt(query, params)),
+        }
     }
 
     /// Runs prepared statements back to back (sent together, answered in
@@ -315,6 +377,16 @@ impl Client {
     }
 }
 
+/// Whether a query may be kept prepared: only a query of the catalog, a
+/// `SELECT` or `WITH` naming no quoted identifier but the collation `"C"`
+/// (sp-sync quotes every name of a table, column or type it puts in SQL),
+/// so that a plan kept across a restore's own `CREATE` and `ALTER`
+/// statements never outlives the shape of what it reads.
+fn keepable(query: &str) -> bool {
+    (query.starts_with("SELECT ") || query.starts_with("WITH "))
+        && query.split("COLLATE \"C\"").all(|q| !q.contains('"'))
+}
+
 /// Lines out of messages that need not end where lines do.
 #[derive(Default)]
 struct Lines {
@@ -412,6 +484,32 @@ impl Drop for CopyIn<'_> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Only catalog queries are kept prepared: a query naming a table,
+    /// column or type of the user's (always quoted) could outlive a
+    /// restore's `ALTER` of it, and a statement that is not a query could
+    /// do anything a second time.
+    #[test]
+    fn only_catalog_queries_are_kept() {
+        for q in [
+            "SELECT c.oid FROM pg_catalog.pg_class c WHERE c.oid = $1::int8::oid",
+            "WITH RECURSIVE used(oid) AS (SELECT 1) SELECT * FROM used",
+            "SELECT c.relname FROM pg_catalog.pg_class c ORDER BY c.relname COLLATE \"C\"",
+        ] {
+            assert!(keepable(q), "{q}");
+        }
+        for q in [
+            "SELECT count(*) FROM ONLY \"users\"",
+            "SELECT last_value, is_called FROM \"t_id_seq\"",
+            "SELECT x COLLATE \"C\" FROM \"t\"",
+            "SELECT \"C\" FROM pg_catalog.pg_class",
+            "INSERT INTO pg_temp.t VALUES ($1)",
+            "SAVEPOINT sp_sync",
+            "select 1",
+        ] {
+            assert!(!keepable(q), "{q}");
+        }
+    }
 
     proptest! {
         /// However the server cuts its messages, the lines are the text's.
