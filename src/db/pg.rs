@@ -1164,6 +1164,17 @@ impl PgTable {
 }
 
 fn list_relations(c: &mut Client, loc: &PgLocation) -> Result<Vec<PgTable>> {
+    relations(c, loc, None)
+}
+
+/// The relation [`list_relations`] lists under `name`, if any (one query
+/// per table a restore makes, not a listing of the whole schema).
+fn relation_named(c: &mut Client, loc: &PgLocation, name: &str) -> Result<Option<PgTable>> {
+    Ok(relations(c, loc, Some(name))?.pop())
+}
+
+/// [`list_relations`], or only the one of `name`.
+fn relations(c: &mut Client, loc: &PgLocation, name: Option<&str>) -> Result<Vec<PgTable>> {
     let rows = c
         .query(
             "SELECT c.oid::int8, c.relname::text, c.relkind::text, \
@@ -1175,13 +1186,14 @@ fn list_relations(c: &mut Client, loc: &PgLocation) -> Result<Vec<PgTable>> {
                       FROM unnest(c.reloptions) AS o \
                       WHERE split_part(o, '=', 1) IN ('check_option', 'security_barrier', 'security_invoker')) END \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v') \
+             WHERE n.nspname = $1 AND ($2::text IS NULL OR c.relname = $2) \
+               AND c.relkind IN ('r', 'p', 'v') \
                AND (NOT c.relispartition OR NOT EXISTS ( \
                  SELECT 1 FROM pg_catalog.pg_inherits i \
                  JOIN pg_catalog.pg_class pc ON pc.oid = i.inhparent \
                  WHERE i.inhrelid = c.oid AND pc.relnamespace = c.relnamespace)) \
              ORDER BY c.relname COLLATE \"C\"",
-            &[&loc.schema],
+            &[&loc.schema, &name],
         )
         .map_err(|e| loc.error(e))?;
     // (A partition's rows are read with the table it is a partition of,
@@ -3648,9 +3660,8 @@ fn restore_in(
             );
         }
         // The script made exactly the recorded table.
-        let made = list_relations(c, loc)?
-            .into_iter()
-            .find(|r| r.name == o.name && r.view.is_none())
+        let made = relation_named(c, loc, &o.name)?
+            .filter(|r| r.view.is_none())
             .ok_or_else(|| {
                 SyncError::Invalid(format!(
                     "the snapshot's SQL is refused: its script did not create table {}",
@@ -4541,7 +4552,10 @@ fn run_step(
             // the rollback has reset the search path), its increment, and
             // whether another table's default takes its values too (or may:
             // a function whose source names it, such as a shared id function,
-            // audit round 17).
+            // audit round 17; a built-in or C function's source is the name
+            // of its C symbol, never SQL). (`OFFSET 0` keeps the sequence
+            // looked up once: pulled up, the lookup ran once per row of
+            // pg_class, 12 ms a table.)
             let Some(row) = c
                 .query_opt(
                     "SELECT (SELECT pg_catalog.format('%I.%I', sn.nspname, sc.relname) \
@@ -4556,9 +4570,12 @@ fn run_step(
                            AND d.refobjid = q.s AND ad.adrelid <> $1::text::regclass) \
                        OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc f, pg_catalog.pg_class sc \
                          WHERE sc.oid = q.s AND f.prosrc IS NOT NULL \
+                           AND f.prolang NOT IN (SELECT l.oid FROM pg_catalog.pg_language l \
+                                                 WHERE l.lanname IN ('internal', 'c')) \
                            AND pg_catalog.strpos(f.prosrc, sc.relname::text) > 0), \
                        p.seqcache \
-                     FROM (SELECT pg_catalog.pg_get_serial_sequence($1, $2)::regclass AS s) q \
+                     FROM (SELECT pg_catalog.pg_get_serial_sequence($1, $2)::regclass AS s \
+                           OFFSET 0) q \
                      JOIN pg_catalog.pg_sequence p ON p.seqrelid = q.s",
                     &[&table, &column],
                 )
