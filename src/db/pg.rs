@@ -1149,6 +1149,10 @@ struct PgTable {
     /// if it has any.
     view_with: Option<String>,
     columns: Vec<PgColumn>,
+    /// No column is of an enum, composite or domain type, nor an array of
+    /// one: the table's script makes no types (the queries for them are
+    /// skipped, most tables' case).
+    plain_types: bool,
 }
 
 impl PgTable {
@@ -1184,7 +1188,12 @@ fn relations(c: &mut Client, loc: &PgLocation, name: Option<&str>) -> Result<Vec
                                || pg_catalog.quote_literal(substr(o, strpos(o, '=') + 1)), ', ' \
                                ORDER BY o COLLATE \"C\") \
                       FROM unnest(c.reloptions) AS o \
-                      WHERE split_part(o, '=', 1) IN ('check_option', 'security_barrier', 'security_invoker')) END \
+                      WHERE split_part(o, '=', 1) IN ('check_option', 'security_barrier', 'security_invoker')) END, \
+                    NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a \
+                      JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+                      LEFT JOIN pg_catalog.pg_type el ON el.oid = ty.typelem AND ty.typcategory = 'A' \
+                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                        AND (ty.typtype IN ('e', 'c', 'd') OR el.typtype IN ('e', 'c', 'd'))) \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = $1 AND ($2::text IS NULL OR c.relname = $2) \
                AND c.relkind IN ('r', 'p', 'v') \
@@ -1206,6 +1215,7 @@ fn relations(c: &mut Client, loc: &PgLocation, name: Option<&str>) -> Result<Vec
         let kind: String = r.get(2);
         let view: Option<String> = r.get(3);
         let view_with: Option<String> = r.get(4);
+        let plain_types: bool = r.get(5);
         let columns = if kind == "v" {
             Vec::new()
         } else {
@@ -1222,6 +1232,7 @@ fn relations(c: &mut Client, loc: &PgLocation, name: Option<&str>) -> Result<Vec
             partitioned: kind == "p",
             view_with,
             columns,
+            plain_types,
         });
     }
     Ok(out)
@@ -1507,8 +1518,10 @@ fn schema_of(
     let mut script = String::new();
     // Enum types the columns use (directly, as arrays, or inside a
     // composite type they use).
-    let enums = c
-        .query(
+    let enums = if t.plain_types {
+        Vec::new()
+    } else {
+        c.query(
             &format!(
                 "{USED_TYPES} SELECT DISTINCT pg_catalog.format_type(t.oid, NULL), \
                     (SELECT string_agg(quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder) \
@@ -1518,7 +1531,8 @@ fn schema_of(
             ),
             &[&t.oid],
         )
-        .map_err(err)?;
+        .map_err(err)?
+    };
     for r in enums {
         let name: String = r.get(0);
         let labels: Option<String> = r.get(1);
@@ -1528,7 +1542,9 @@ fn schema_of(
             labels.unwrap_or_default()
         ));
     }
-    script.push_str(&user_types(c, loc, t)?);
+    if !t.plain_types {
+        script.push_str(&user_types(c, loc, t)?);
+    }
     // Sequences the table's columns own (serial: 'a'; identity: 'i').
     let seqs = c
         .query(
