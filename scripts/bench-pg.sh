@@ -9,6 +9,9 @@
 #   diff A B                     lists exactly the 100 keys
 #   restore onto the existing, empty table (schema made first)  vs pg_restore --data-only
 #   restore into a new, empty database (sp-sync makes the table) vs a full pg_restore
+#   many tables: TABLES (default 200) tables of 50 rows in a database of their own:
+#   snapshot vs pg_dump -Fc -Z0, an unchanged re-snapshot, restore into a new
+#   database vs pg_restore (per-table costs: catalog queries and round trips)
 #   peak RSS of every sp-sync command                                         (want < 200 MiB)
 #
 # Also printed, to show where the snapshot's time goes: the server alone running
@@ -164,14 +167,44 @@ read -r t_restore_new rss_restore_new < <(best_after "$EMPTY" "'$BIN' --store '$
 restored_new_ok=$(python3 -c "import json; print('yes' if json.load(open('restored_new.json'))['rows'] == [] else 'no')")
 read -r t_pg_restore_full _ < <(best_after "$EMPTY" "'$PGBIN/pg_restore' -d target '$WORK/dumpc'")
 
+# Many small tables, a service's usual schema: TABLES tables (default 200)
+# of 50 rows, each with a serial key, a unique and a plain index, in a
+# database of their own. Per-table work (catalog queries, round trips)
+# is what these times show, not rows.
+TABLES="${TABLES:-200}"
+"$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -c 'CREATE DATABASE many'
+"$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -d many <<SQL
+DO \$\$ BEGIN
+FOR i IN 1..$TABLES LOOP
+  EXECUTE format('CREATE TABLE t%s (id bigserial PRIMARY KEY, name text NOT NULL UNIQUE, '
+                 'kind int, created timestamptz DEFAULT now(), data jsonb)', i);
+  EXECUTE format('CREATE INDEX ON t%s (kind)', i);
+  EXECUTE format('INSERT INTO t%s (name, kind, data) SELECT ''n'' || g, g %% 7, '
+                 'jsonb_build_object(''g'', g) FROM generate_series(1, 50) g', i);
+END LOOP; END \$\$;
+SQL
+MANY_URL="postgres://postgres@:$PORT/many?host=$WORK/sock"
+read -r t_many_dump _ < <(best_of "'$PGBIN/pg_dump' -Fc -Z0 -d many -f '$WORK/many0'")
+"$PGBIN/pg_dump" -Fc -d many -f "$WORK/manyc"
+read -r t_many_snap _ < <(best_of "rm -rf '$WORK/s2' '$WORK/cache' && '$BIN' init --store '$WORK/s2' -q && '$BIN' --store '$WORK/s2' snapshot '$WORK/empty' --db '$MANY_URL' -q")
+read -r t_many_resnap _ < <(best_of "'$BIN' --store '$WORK/s2' snapshot '$WORK/empty' --db '$MANY_URL' -q")
+NEWDB="'$PGBIN/psql' -X -q -c 'DROP DATABASE IF EXISTS target' -c 'CREATE DATABASE target'"
+read -r t_many_restore _ < <(best_after "$NEWDB" "'$BIN' --store '$WORK/s2' restore main --db '$TARGET_URL' -q")
+"$BIN" --store "$WORK/s2" diff main --db "$TARGET_URL" --json >many_restored.json
+many_ok=$(python3 -c "import json; print('yes' if json.load(open('many_restored.json'))['rows'] == [] else 'no')")
+read -r t_many_pg_restore _ < <(best_after "$NEWDB" "'$PGBIN/pg_restore' -d target '$WORK/manyc'")
+
 python3 - "$ROWS" "$t_dump" "$t_snap" "$rss_snap" "$store_bytes" "$dump_bytes" "$t_resnap" "$rss_resnap" \
     "$added" "$t_diff" "$rss_diff" "$keys_ok" "$t_copy" "$cpu_snap" "$t_restore" "$rss_restore" \
     "$t_pg_restore" "$restored_ok" "$t_restore_new" "$rss_restore_new" "$t_pg_restore_full" \
-    "$restored_new_ok" <<'PY'
+    "$restored_new_ok" "$TABLES" "$t_many_dump" "$t_many_snap" "$t_many_resnap" "$t_many_restore" \
+    "$t_many_pg_restore" "$many_ok" <<'PY'
 import json, sys
 (rows, t_dump, t_snap, rss_snap, store_bytes, dump_bytes, t_resnap, rss_resnap, added, t_diff,
  rss_diff, keys_ok, t_copy, cpu_snap, t_restore, rss_restore, t_pg_restore,
- restored_ok, t_restore_new, rss_restore_new, t_pg_restore_full, restored_new_ok) = sys.argv[1:]
+ restored_ok, t_restore_new, rss_restore_new, t_pg_restore_full, restored_new_ok,
+ tables, t_many_dump, t_many_snap, t_many_resnap, t_many_restore, t_many_pg_restore,
+ many_ok) = sys.argv[1:]
 f = float
 rss = max(int(rss_snap), int(rss_resnap), int(rss_diff), int(rss_restore),
           int(rss_restore_new)) / 1024
@@ -193,6 +226,13 @@ out = {
     "restore_new_db_s": f(t_restore_new), "pg_restore_full_s": f(t_pg_restore_full),
     "restore_new_vs_pg_restore": round(f(t_restore_new) / f(t_pg_restore_full), 2),
     "restored_new_equals_snapshot": restored_new_ok == "yes",
+    "many_tables": int(tables),
+    "many_snapshot_s": f(t_many_snap), "many_pg_dump_z0_s": f(t_many_dump),
+    "many_snapshot_vs_pg_dump": round(f(t_many_snap) / f(t_many_dump), 2),
+    "many_resnapshot_s": f(t_many_resnap),
+    "many_restore_new_db_s": f(t_many_restore), "many_pg_restore_s": f(t_many_pg_restore),
+    "many_restore_vs_pg_restore": round(f(t_many_restore) / f(t_many_pg_restore), 2),
+    "many_restored_equals_snapshot": many_ok == "yes",
 }
 print(f"snapshot        {out['snapshot_s']:.2f}s vs pg_dump -Fc -Z0 {out['pg_dump_z0_s']:.2f}s: {out['snapshot_vs_pg_dump']}x (want <= 1.0)")
 print(f"store           {out['store_bytes']} bytes vs pg_dump -Fc {out['pg_dump_fc_bytes']}: {out['store_vs_pg_dump']}x (want <= 1.2)")
@@ -204,6 +244,11 @@ print(f"restore         onto the existing empty table: {out['restore_existing_s'
 print(f"restore         into a new database: {out['restore_new_db_s']:.2f}s vs pg_restore "
       f"{out['pg_restore_full_s']:.2f}s: {out['restore_new_vs_pg_restore']}x; "
       f"equal to the snapshot: {restored_new_ok}")
+print(f"many tables     {tables} of 50 rows: snapshot {out['many_snapshot_s']:.2f}s vs pg_dump -Fc -Z0 "
+      f"{out['many_pg_dump_z0_s']:.2f}s: {out['many_snapshot_vs_pg_dump']}x; unchanged re-snapshot "
+      f"{out['many_resnapshot_s']:.2f}s; restore into a new database {out['many_restore_new_db_s']:.2f}s "
+      f"vs pg_restore {out['many_pg_restore_s']:.2f}s: {out['many_restore_vs_pg_restore']}x; "
+      f"equal to the snapshot: {many_ok}")
 print(f"peak RSS        {out['peak_rss_mib']} MiB (want < 200)")
 print(f"where it goes   the server alone, the snapshot's COPY: {out['server_copy_s']:.2f}s "
       f"({out['server_copy_vs_pg_dump']}x pg_dump); the snapshot's own CPU: {out['snapshot_cpu_s']:.2f}s")
