@@ -2780,9 +2780,15 @@ fn find_gone(
 /// once, through arrays, domains, composites, ranges and multiranges: each
 /// one's catalog row version, an enum's labels, a composite's attributes.
 /// None when one holds catalog names (`regclass` …), whose text a rename
-/// elsewhere changes: no definition says so. A level of types per query:
-/// one for a table of plain types.
-fn type_closure(c: &mut Client, loc: &PgLocation, table: i64) -> Result<Option<String>> {
+/// elsewhere changes: no definition says so. A level of types per query,
+/// for the types `memo` does not know yet: after the first tables, most
+/// tables' types are all known.
+fn type_closure(
+    c: &mut Client,
+    loc: &PgLocation,
+    table: i64,
+    memo: &mut TypeMemo,
+) -> Result<Option<String>> {
     let err = |e| loc.error(e);
     let mut frontier: Vec<i64> = c
         .query_one(
@@ -2796,7 +2802,50 @@ fn type_closure(c: &mut Client, loc: &PgLocation, table: i64) -> Result<Option<S
     let mut seen: std::collections::BTreeSet<i64> = frontier.iter().copied().collect();
     let mut parts = Vec::new();
     while !frontier.is_empty() {
-        let rows = c
+        let unknown: Vec<i64> = frontier
+            .iter()
+            .copied()
+            .filter(|o| !memo.contains_key(o))
+            .collect();
+        if !unknown.is_empty() {
+            learn_types(c, loc, &unknown, memo)?;
+        }
+        let mut next_level = Vec::new();
+        for o in &frontier {
+            match memo.get(o) {
+                Some(TypeSeen::CatalogNames) => return Ok(None),
+                Some(TypeSeen::Part(part, next)) => {
+                    parts.push(part.clone());
+                    next_level.extend(next.iter().copied().filter(|o| seen.insert(*o)));
+                }
+                Some(TypeSeen::Absent) | None => {}
+            }
+        }
+        frontier = next_level;
+    }
+    parts.sort();
+    Ok(Some(parts.join(";")))
+}
+
+/// What [`type_closure`] learned of each type (by oid) within one
+/// transaction, so that the types most tables share are looked up once a
+/// snapshot, not once a table.
+type TypeMemo = std::collections::HashMap<i64, TypeSeen>;
+
+/// A type as [`type_closure`] sees it.
+enum TypeSeen {
+    /// No such type.
+    Absent,
+    /// It holds catalog names (`regclass` …).
+    CatalogNames,
+    /// Its part of a closure (`oid:xmin:labels:attributes`), and the types
+    /// it is made of.
+    Part(String, Vec<i64>),
+}
+
+/// Looks up `oids` for [`type_closure`] into `memo`, each one level deep.
+fn learn_types(c: &mut Client, loc: &PgLocation, oids: &[i64], memo: &mut TypeMemo) -> Result<()> {
+    let rows = c
             .query(
                 "SELECT t.oid::int8, t.xmin::text, \
                    coalesce((SELECT string_agg(e.oid::text || '/' || e.xmin::text, ',' ORDER BY e.oid) \
@@ -2816,23 +2865,23 @@ fn type_closure(c: &mut Client, loc: &PgLocation, table: i64) -> Result<Option<S
                        WHERE (pg_catalog.to_jsonb(r) ->> 'rngmultitypid')::oid = t.oid) n(x) \
                      WHERE x <> 0) \
                  FROM pg_catalog.pg_type t WHERE t.oid = ANY($1::int8[]::oid[])",
-                &[&frontier],
+                &[&oids],
             )
-            .map_err(err)?;
-        frontier = Vec::new();
-        for r in rows {
-            let (oid, xmin, labels, attrs, catalog_names): (i64, String, String, String, bool) =
-                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-            if catalog_names {
-                return Ok(None);
-            }
-            parts.push(format!("{oid}:{xmin}:{labels}:{attrs}"));
-            let next: Vec<i64> = r.get(5);
-            frontier.extend(next.into_iter().filter(|o| seen.insert(*o)));
-        }
+            .map_err(|e| loc.error(e))?;
+    for &o in oids {
+        memo.insert(o, TypeSeen::Absent);
     }
-    parts.sort();
-    Ok(Some(parts.join(";")))
+    for r in rows {
+        let (oid, xmin, labels, attrs, catalog_names): (i64, String, String, String, bool) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let seen = if catalog_names {
+            TypeSeen::CatalogNames
+        } else {
+            TypeSeen::Part(format!("{oid}:{xmin}:{labels}:{attrs}"), r.get(5))
+        };
+        memo.insert(oid, seen);
+    }
+    Ok(())
 }
 
 /// What a table's row cache must match: the database and table, their
@@ -2853,8 +2902,9 @@ fn cache_ident(
     rel: &PgTable,
     t: &TableData,
     sql: &str,
+    memo: &mut TypeMemo,
 ) -> Result<Option<([u8; 32], u64, u64)>> {
-    let Some(types) = type_closure(c, loc, rel.oid)? else {
+    let Some(types) = type_closure(c, loc, rel.oid, memo)? else {
         return Ok(None);
     };
     let row = c
@@ -3080,6 +3130,7 @@ fn scan_in(
     ))
     .map_err(|e| loc.error(e))?;
     let rels = list_relations(c, loc)?;
+    let mut types = TypeMemo::new();
     // A materialized view holds rows a REFRESH makes: not read.
     if wanted.is_empty() {
         let matviews: Option<String> = c
@@ -3198,6 +3249,7 @@ fn scan_in(
             let label = format!("{}: table {}", loc.redacted(), rel.name);
             let (n, root) = read_rows(
                 c, loc, rel, &t, by_all, &sql, &label, sink, chunker, progress, rows_cache,
+                &mut types,
             )?;
             t.rows = n;
             t.root = root;
@@ -3242,9 +3294,10 @@ fn read_rows(
     chunker: &Chunker,
     progress: &dyn Progress,
     rows_cache: Option<&RowCacheCtx<'_>>,
+    types: &mut TypeMemo,
 ) -> Result<(u64, ObjectId)> {
     let cache = match rows_cache {
-        Some(rc) => match cache_ident(c, loc, rel, t, sql)? {
+        Some(rc) => match cache_ident(c, loc, rel, t, sql, types)? {
             Some((ident, xmin, xmax)) => {
                 let path =
                     super::rowcache::path_for(&rc.dir, &[&loc.redacted(), &loc.schema, &rel.name]);
