@@ -3456,10 +3456,12 @@ fn heap_nearly_in_key_order(
     if rel.partitioned {
         return Ok(false);
     }
+    // (The statistics functions pg_stat_all_tables reads, called for this
+    // table alone: the view joins and groups all of pg_class's tables.)
     let likely: Option<bool> = c
         .query_one(
-            "SELECT (SELECT s.n_tup_upd = 0 AND s.n_tup_del = 0 \
-                     FROM pg_catalog.pg_stat_all_tables s WHERE s.relid = $1::int8::oid) \
+            "SELECT pg_catalog.pg_stat_get_tuples_updated($1::int8::oid) = 0 \
+                AND pg_catalog.pg_stat_get_tuples_deleted($1::int8::oid) = 0 \
                 AND (SELECT st.correlation >= 0.9 FROM pg_catalog.pg_stats st \
                      WHERE st.schemaname::text = $2 AND st.tablename::text = $3 \
                        AND st.attname::text = $4 AND NOT st.inherited)",
