@@ -1545,10 +1545,31 @@ fn schema_of(
     if !t.plain_types {
         script.push_str(&user_types(c, loc, t)?);
     }
-    // Sequences the table's columns own (serial: 'a'; identity: 'i').
-    let seqs = c
-        .query(
-            "SELECT s.relname::text, a.attname::text, d.deptype::text, \
+    // (What query_one checks: exactly one row.)
+    let one = |rows: Vec<tokio_postgres::Row>| -> Result<tokio_postgres::Row> {
+        let n = rows.len();
+        match <[tokio_postgres::Row; 1]>::try_from(rows) {
+            Ok([r]) => Ok(r),
+            Err(_) => Err(SyncError::Database(format!(
+                "{}: table {}: the catalog gave {n} rows where one was asked for",
+                loc.redacted(),
+                shown_name(&t.name)
+            ))),
+        }
+    };
+    // The table's catalog rows, asked for all at once: one round trip, not
+    // one a query (a snapshot of many small tables waited mostly on them).
+    let cons_sql = format!(
+        "SELECT conname::text, pg_catalog.pg_get_constraintdef(oid, true), {INDEX_OPTIONS} \
+                 FROM pg_catalog.pg_constraint WHERE conrelid = $1::int8::oid \
+                   AND contype IN ('u', 'c', 'x', 'f') \
+                 ORDER BY contype = 'f', conname COLLATE \"C\""
+    );
+    let (storage_cols_sql, storage_rel_sql) = storage_settings_sql();
+    let oid: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&t.oid];
+    let rows = c
+        .query_each(&[
+            ("SELECT s.relname::text, a.attname::text, d.deptype::text, \
                     pg_catalog.format_type(q.seqtypid, NULL), q.seqstart, q.seqincrement, \
                     q.seqmin, q.seqmax, q.seqcache, q.seqcycle \
              FROM pg_catalog.pg_depend d \
@@ -1557,10 +1578,59 @@ fn schema_of(
              JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
              WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = $1::int8::oid \
                AND d.classid = 'pg_catalog.pg_class'::regclass \
-               AND d.deptype IN ('a', 'i') ORDER BY a.attnum",
-            &[&t.oid],
-        )
+               AND d.deptype IN ('a', 'i') ORDER BY a.attnum", oid),
+            (&storage_cols_sql, oid),
+            (&storage_rel_sql, oid),
+            ("SELECT quote_ident($1)", &[&loc.schema]),
+            ("SELECT c.relrowsecurity, c.relforcerowsecurity FROM pg_catalog.pg_class c \
+             WHERE c.oid = $1::int8::oid", oid),
+            ("SELECT p.polname::text, p.polpermissive, p.polcmd::text, \
+                    (SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' \
+                                            ELSE quote_ident(pg_catalog.pg_get_userbyid(r)::text) END, \
+                                       ', ' ORDER BY r) \
+                     FROM unnest(p.polroles) AS r), \
+                    pg_catalog.pg_get_expr(p.polqual, p.polrelid), \
+                    pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) \
+             FROM pg_catalog.pg_policy p WHERE p.polrelid = $1::int8::oid \
+             ORDER BY p.polname COLLATE \"C\"", oid),
+            ("SELECT p.oid::regclass::text FROM pg_catalog.pg_inherits i \
+             JOIN pg_catalog.pg_class p ON p.oid = i.inhparent \
+             JOIN pg_catalog.pg_class k ON k.oid = i.inhrelid \
+             WHERE i.inhrelid = $1::int8::oid AND NOT k.relispartition ORDER BY i.inhseqno", oid),
+            ("SELECT pg_catalog.pg_get_triggerdef(g.oid, true) FROM pg_catalog.pg_trigger g \
+             WHERE g.tgrelid = $1::int8::oid AND NOT g.tgisinternal \
+             ORDER BY g.tgname COLLATE \"C\"", oid),
+            ("SELECT a.attname::text, d.description FROM pg_catalog.pg_description d \
+             LEFT JOIN pg_catalog.pg_attribute a \
+               ON a.attrelid = d.objoid AND a.attnum = d.objsubid AND d.objsubid > 0 \
+             WHERE d.objoid = $1::int8::oid AND d.classoid = 'pg_catalog.pg_class'::regclass \
+               AND (d.objsubid = 0 OR (a.attnum IS NOT NULL AND NOT a.attisdropped)) \
+             ORDER BY d.objsubid", oid),
+            (&cons_sql, oid),
+            ("SELECT ic.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid), \
+                    pg_catalog.quote_ident(ic.relname) \
+             FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+             WHERE i.indrelid = $1::int8::oid AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k \
+               WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid) \
+             ORDER BY ic.relname COLLATE \"C\"", oid),
+        ])
         .map_err(err)?;
+    let [
+        seqs,
+        storage_cols,
+        storage_rel,
+        qschema,
+        sec,
+        policies,
+        parents,
+        triggers,
+        comments,
+        cons,
+        idx,
+    ]: [Vec<tokio_postgres::Row>; 11] = rows
+        .try_into()
+        .map_err(|_| SyncError::Invalid("the catalog gave too few answers".into()))?;
+    // Sequences the table's columns own (serial: 'a'; identity: 'i').
     let mut owned = String::new();
     let mut seq_values = Vec::new();
     // An identity column's sequence options (a step of 10, counting down):
@@ -1652,23 +1722,14 @@ fn schema_of(
         None => script.push_str(&format!("{create};\n")),
     }
     script.push_str(&owned);
-    script.push_str(&storage_settings(c, loc, t)?);
-    let qschema: String = c
-        .query_one("SELECT quote_ident($1)", &[&loc.schema])
-        .map_err(err)?
-        .get(0);
+    script.push_str(&storage_settings(t, storage_cols, one(storage_rel)?));
+    let qschema: String = one(qschema)?.get(0);
     // Row-level security and the table's policies and triggers (only
     // tables that have them get these statements, so other tables keep
     // their objects' ids). A restore that creates the table turns row
     // security on as it was and names the policies and triggers, which it
     // does not make (see `pg_guard::table_script`).
-    let sec = c
-        .query_one(
-            "SELECT c.relrowsecurity, c.relforcerowsecurity FROM pg_catalog.pg_class c \
-             WHERE c.oid = $1::int8::oid",
-            &[&t.oid],
-        )
-        .map_err(err)?;
+    let sec = one(sec)?;
     let (rls, force): (bool, bool) = (sec.get(0), sec.get(1));
     if rls {
         script.push_str(&format!(
@@ -1682,20 +1743,6 @@ fn schema_of(
             quote(&t.name)
         ));
     }
-    let policies = c
-        .query(
-            "SELECT p.polname::text, p.polpermissive, p.polcmd::text, \
-                    (SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' \
-                                            ELSE quote_ident(pg_catalog.pg_get_userbyid(r)::text) END, \
-                                       ', ' ORDER BY r) \
-                     FROM unnest(p.polroles) AS r), \
-                    pg_catalog.pg_get_expr(p.polqual, p.polrelid), \
-                    pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) \
-             FROM pg_catalog.pg_policy p WHERE p.polrelid = $1::int8::oid \
-             ORDER BY p.polname COLLATE \"C\"",
-            &[&t.oid],
-        )
-        .map_err(err)?;
     for r in policies {
         let name: String = r.get(0);
         let permissive: bool = r.get(1);
@@ -1727,15 +1774,6 @@ fn schema_of(
     }
     // Tables it inherits from (INHERITS; not a partition's table): named
     // by a restore that creates it, not made so.
-    let parents = c
-        .query(
-            "SELECT p.oid::regclass::text FROM pg_catalog.pg_inherits i \
-             JOIN pg_catalog.pg_class p ON p.oid = i.inhparent \
-             JOIN pg_catalog.pg_class k ON k.oid = i.inhrelid \
-             WHERE i.inhrelid = $1::int8::oid AND NOT k.relispartition ORDER BY i.inhseqno",
-            &[&t.oid],
-        )
-        .map_err(err)?;
     for r in parents {
         let parent: String = r.get(0);
         script.push_str(&format!(
@@ -1743,14 +1781,6 @@ fn schema_of(
             quote(&t.name)
         ));
     }
-    let triggers = c
-        .query(
-            "SELECT pg_catalog.pg_get_triggerdef(g.oid, true) FROM pg_catalog.pg_trigger g \
-             WHERE g.tgrelid = $1::int8::oid AND NOT g.tgisinternal \
-             ORDER BY g.tgname COLLATE \"C\"",
-            &[&t.oid],
-        )
-        .map_err(err)?;
     for r in triggers {
         // (The table is printed unqualified: it is in the search path, and
         // no catalog relation shadows its name.)
@@ -1761,17 +1791,6 @@ fn schema_of(
     // Comments on the table and its columns (as pg_dump keeps them: an
     // API's documentation, PostgREST's descriptions), table first, then
     // columns in their order.
-    let comments = c
-        .query(
-            "SELECT a.attname::text, d.description FROM pg_catalog.pg_description d \
-             LEFT JOIN pg_catalog.pg_attribute a \
-               ON a.attrelid = d.objoid AND a.attnum = d.objsubid AND d.objsubid > 0 \
-             WHERE d.objoid = $1::int8::oid AND d.classoid = 'pg_catalog.pg_class'::regclass \
-               AND (d.objsubid = 0 OR (a.attnum IS NOT NULL AND NOT a.attisdropped)) \
-             ORDER BY d.objsubid",
-            &[&t.oid],
-        )
-        .map_err(err)?;
     for r in comments {
         let col: Option<String> = r.get(0);
         let text: String = r.get(1);
@@ -1792,17 +1811,6 @@ fn schema_of(
     let mut extras = Vec::new();
     // Constraints other than the key: unique, check, exclusion, then
     // foreign keys (which need the other tables).
-    let cons = c
-        .query(
-            &format!(
-                "SELECT conname::text, pg_catalog.pg_get_constraintdef(oid, true), {INDEX_OPTIONS} \
-                 FROM pg_catalog.pg_constraint WHERE conrelid = $1::int8::oid \
-                   AND contype IN ('u', 'c', 'x', 'f') \
-                 ORDER BY contype = 'f', conname COLLATE \"C\""
-            ),
-            &[&t.oid],
-        )
-        .map_err(err)?;
     for r in cons {
         let name: String = r.get(0);
         let def = with_index_options(r.get(1), &r, 2, "");
@@ -1818,17 +1826,6 @@ fn schema_of(
             ordinal: *ordinal,
         });
     }
-    let idx = c
-        .query(
-            "SELECT ic.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid), \
-                    pg_catalog.quote_ident(ic.relname) \
-             FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
-             WHERE i.indrelid = $1::int8::oid AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k \
-               WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid) \
-             ORDER BY ic.relname COLLATE \"C\"",
-            &[&t.oid],
-        )
-        .map_err(err)?;
     for r in idx {
         let name: String = r.get(0);
         let def: String = r.get(1);
@@ -1948,6 +1945,35 @@ fn partitions(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<Option<(S
     }
 }
 
+/// The two queries [`storage_settings`] reads (the table's oid is `$1`):
+/// its columns' settings, and the table's.
+fn storage_settings_sql() -> (String, String) {
+    let options = |of: &str, prefix: &str| {
+        format!(
+            "(SELECT string_agg('{prefix}' || split_part(o, '=', 1) || '=' \
+                      || pg_catalog.quote_literal(substr(o, strpos(o, '=') + 1)), ', ' ORDER BY n) \
+              FROM unnest({of}) WITH ORDINALITY AS u(o, n))"
+        )
+    };
+    (
+        "SELECT a.attname::text, coalesce(a.attstattarget::int4, -1), \
+                    CASE WHEN a.attstorage <> ty.typstorage THEN a.attstorage::text END \
+             FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+             WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
+               AND (coalesce(a.attstattarget::int4, -1) >= 0 OR a.attstorage <> ty.typstorage) \
+             ORDER BY a.attnum"
+            .to_string(),
+        format!(
+            "SELECT c.relpersistence::text = 'u', {}, {}, c.relreplident::text \
+                 FROM pg_catalog.pg_class c \
+                 LEFT JOIN pg_catalog.pg_class tc ON tc.oid = c.reltoastrelid \
+                 WHERE c.oid = $1::int8::oid",
+            options("c.reloptions", ""),
+            options("tc.reloptions", "toast.")
+        ),
+    )
+}
+
 /// The statements that give a new table the storage settings pg_dump
 /// keeps, where they differ from the defaults (so that other tables keep
 /// their scripts): each column's `SET STATISTICS` and `SET STORAGE`, the
@@ -1955,20 +1981,9 @@ fn partitions(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<Option<(S
 /// '70', toast.autovacuum_enabled = 'false')`, in their stored order),
 /// `SET UNLOGGED`, and `REPLICA IDENTITY FULL` or `NOTHING` (what logical
 /// replication sends of a changed row).
-fn storage_settings(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<String> {
-    let err = |e| loc.error(e);
+/// (`cols` and `r`: the rows of [`storage_settings_sql`]'s queries.)
+fn storage_settings(t: &PgTable, cols: Vec<tokio_postgres::Row>, r: tokio_postgres::Row) -> String {
     let mut out = String::new();
-    let cols = c
-        .query(
-            "SELECT a.attname::text, coalesce(a.attstattarget::int4, -1), \
-                    CASE WHEN a.attstorage <> ty.typstorage THEN a.attstorage::text END \
-             FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
-             WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
-               AND (coalesce(a.attstattarget::int4, -1) >= 0 OR a.attstorage <> ty.typstorage) \
-             ORDER BY a.attnum",
-            &[&t.oid],
-        )
-        .map_err(err)?;
     for r in cols {
         let (col, stats, storage): (String, i32, Option<String>) = (r.get(0), r.get(1), r.get(2));
         let alter = format!(
@@ -1990,26 +2005,6 @@ fn storage_settings(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<Str
             out.push_str(&format!("{alter} SET STORAGE {s};\n"));
         }
     }
-    let options = |of: &str, prefix: &str| {
-        format!(
-            "(SELECT string_agg('{prefix}' || split_part(o, '=', 1) || '=' \
-                      || pg_catalog.quote_literal(substr(o, strpos(o, '=') + 1)), ', ' ORDER BY n) \
-              FROM unnest({of}) WITH ORDINALITY AS u(o, n))"
-        )
-    };
-    let r = c
-        .query_one(
-            &format!(
-                "SELECT c.relpersistence::text = 'u', {}, {}, c.relreplident::text \
-                 FROM pg_catalog.pg_class c \
-                 LEFT JOIN pg_catalog.pg_class tc ON tc.oid = c.reltoastrelid \
-                 WHERE c.oid = $1::int8::oid",
-                options("c.reloptions", ""),
-                options("tc.reloptions", "toast.")
-            ),
-            &[&t.oid],
-        )
-        .map_err(err)?;
     let (unlogged, own, toast): (bool, Option<String>, Option<String>) =
         (r.get(0), r.get(1), r.get(2));
     let params: Vec<String> = own.into_iter().chain(toast).collect();
@@ -2036,7 +2031,7 @@ fn storage_settings(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<Str
             quote(&t.name)
         ));
     }
-    Ok(out)
+    out
 }
 
 /// A name for a message: quoted as SQL, its control characters escaped
