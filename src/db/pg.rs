@@ -1153,6 +1153,9 @@ struct PgTable {
     /// one: the table's script makes no types (the queries for them are
     /// skipped, most tables' case).
     plain_types: bool,
+    /// Its primary key: the constraint's name, its columns' numbers, and
+    /// its definition (with its index's storage parameters).
+    pk: Option<(String, Vec<i16>, String)>,
 }
 
 impl PgTable {
@@ -1181,6 +1184,7 @@ fn relation_named(c: &mut Client, loc: &PgLocation, name: &str) -> Result<Option
 fn relations(c: &mut Client, loc: &PgLocation, name: Option<&str>) -> Result<Vec<PgTable>> {
     let rows = c
         .query(
+            &format!(
             "SELECT c.oid::int8, c.relname::text, c.relkind::text, \
                     CASE WHEN c.relkind = 'v' THEN pg_catalog.pg_get_viewdef(c.oid, true) END, \
                     CASE WHEN c.relkind = 'v' THEN ( \
@@ -1193,21 +1197,33 @@ fn relations(c: &mut Client, loc: &PgLocation, name: Option<&str>) -> Result<Vec
                       JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
                       LEFT JOIN pg_catalog.pg_type el ON el.oid = ty.typelem AND ty.typcategory = 'A' \
                       WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-                        AND (ty.typtype IN ('e', 'c', 'd') OR el.typtype IN ('e', 'c', 'd'))) \
+                        AND (ty.typtype IN ('e', 'c', 'd') OR el.typtype IN ('e', 'c', 'd'))), \
+                    pk.* \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             LEFT JOIN LATERAL (SELECT conname::text, conkey, \
+                                       pg_catalog.pg_get_constraintdef(oid, true), {INDEX_OPTIONS} \
+                                FROM pg_catalog.pg_constraint \
+                                WHERE conrelid = c.oid AND contype = 'p') pk ON true \
              WHERE n.nspname = $1 AND ($2::text IS NULL OR c.relname = $2) \
                AND c.relkind IN ('r', 'p', 'v') \
                AND (NOT c.relispartition OR NOT EXISTS ( \
                  SELECT 1 FROM pg_catalog.pg_inherits i \
                  JOIN pg_catalog.pg_class pc ON pc.oid = i.inhparent \
                  WHERE i.inhrelid = c.oid AND pc.relnamespace = c.relnamespace)) \
-             ORDER BY c.relname COLLATE \"C\"",
+             ORDER BY c.relname COLLATE \"C\""
+            ),
             &[&loc.schema, &name],
         )
         .map_err(|e| loc.error(e))?;
     // (A partition's rows are read with the table it is a partition of,
     // unless that table is in another schema: then it is a table of its
     // own here.)
+    let tables: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.get::<_, String>(2) != "v")
+        .map(|r| r.get(0))
+        .collect();
+    let mut columns = columns_of(c, loc, &tables)?;
     let mut out = Vec::new();
     for r in rows {
         let oid: i64 = r.get(0);
@@ -1216,11 +1232,13 @@ fn relations(c: &mut Client, loc: &PgLocation, name: Option<&str>) -> Result<Vec
         let view: Option<String> = r.get(3);
         let view_with: Option<String> = r.get(4);
         let plain_types: bool = r.get(5);
-        let columns = if kind == "v" {
-            Vec::new()
-        } else {
-            columns_of(c, loc, oid)?
-        };
+        // (Its primary key, when it has one: columns 6.. are the
+        // constraint's name, columns, definition and INDEX_OPTIONS.)
+        let pk = r.get::<_, Option<String>>(6).map(|pk_name| {
+            let def = with_index_options(r.get(8), &r, 9, "");
+            (pk_name, r.get::<_, Vec<i16>>(7), def)
+        });
+        let columns = columns.remove(&oid).unwrap_or_default();
         out.push(PgTable {
             oid,
             name,
@@ -1233,6 +1251,7 @@ fn relations(c: &mut Client, loc: &PgLocation, name: Option<&str>) -> Result<Vec
             view_with,
             columns,
             plain_types,
+            pk,
         });
     }
     Ok(out)
@@ -1279,10 +1298,21 @@ fn own_rows(name: &str, partitioned: bool) -> String {
     }
 }
 
-fn columns_of(c: &mut Client, loc: &PgLocation, oid: i64) -> Result<Vec<PgColumn>> {
+/// The columns of each of the tables `oids`, in their order (one query for
+/// all: a schema of many small tables paid a round trip a table).
+fn columns_of(
+    c: &mut Client,
+    loc: &PgLocation,
+    oids: &[i64],
+) -> Result<std::collections::HashMap<i64, Vec<PgColumn>>> {
+    let mut out: std::collections::HashMap<i64, Vec<PgColumn>> = Default::default();
+    if oids.is_empty() {
+        return Ok(out);
+    }
     let rows = c
         .query(
-            "SELECT a.attnum, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
+            "SELECT a.attrelid::int8, a.attnum, a.attname::text, \
+                    pg_catalog.format_type(a.atttypid, a.atttypmod), \
                     a.attnotnull, pg_catalog.pg_get_expr(d.adbin, d.adrelid), \
                     a.attidentity::text, a.attgenerated::text, \
                     COALESCE((SELECT t.typtype = 'e' FROM pg_catalog.pg_type t \
@@ -1294,33 +1324,29 @@ fn columns_of(c: &mut Client, loc: &PgLocation, oid: i64) -> Result<Vec<PgColumn
                      WHERE co.oid = a.attcollation AND a.attcollation <> ct.typcollation) \
              FROM pg_catalog.pg_attribute a \
              LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
-             WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
-             ORDER BY a.attnum",
-            &[&oid],
+             WHERE a.attrelid = ANY($1::int8[]::oid[]) AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attrelid, a.attnum",
+            &[&oids],
         )
         .map_err(|e| loc.error(e))?;
-    Ok(rows
-        .into_iter()
-        .map(|r| PgColumn {
-            attnum: r.get(0),
-            name: r.get(1),
-            decl_type: r.get(2),
-            not_null: r.get(3),
-            default: r.get(4),
-            identity: r.get(5),
-            generated: r.get(6),
-            is_enum: r.get(7),
-            collation: r.get(8),
-        })
-        .collect())
+    for r in rows {
+        out.entry(r.get(0)).or_default().push(PgColumn {
+            attnum: r.get(1),
+            name: r.get(2),
+            decl_type: r.get(3),
+            not_null: r.get(4),
+            default: r.get(5),
+            identity: r.get(6),
+            generated: r.get(7),
+            is_enum: r.get(8),
+            collation: r.get(9),
+        });
+    }
+    Ok(out)
 }
 
 /// The stored columns (generated ones left out) and the primary key.
-fn structure(
-    c: &mut Client,
-    loc: &PgLocation,
-    t: &PgTable,
-) -> Result<(Vec<Column>, Vec<u32>, Option<String>)> {
+fn structure(loc: &PgLocation, t: &PgTable) -> Result<(Vec<Column>, Vec<u32>, Option<String>)> {
     let stored: Vec<&PgColumn> = t
         .columns
         .iter()
@@ -1333,23 +1359,11 @@ fn structure(
             decl_type: c.decl_type.clone(),
         })
         .collect();
-    let pk = c
-        .query_opt(
-            &format!(
-                "SELECT conname::text, conkey, pg_catalog.pg_get_constraintdef(oid, true), {INDEX_OPTIONS} \
-                 FROM pg_catalog.pg_constraint WHERE conrelid = $1::int8::oid AND contype = 'p'"
-            ),
-            &[&t.oid],
-        )
-        .map_err(|e| loc.error(e))?;
     let mut key = Vec::new();
     let mut pk_def = None;
-    if let Some(r) = pk {
-        let name: String = r.get(0);
-        let attnums: Vec<i16> = r.get(1);
-        let def = with_index_options(r.get(2), &r, 3, "");
+    if let Some((name, attnums, def)) = &t.pk {
         for a in attnums {
-            let i = stored.iter().position(|c| c.attnum == a).ok_or_else(|| {
+            let i = stored.iter().position(|c| c.attnum == *a).ok_or_else(|| {
                 SyncError::Database(format!(
                     "{}: table {}: a primary key on a generated column",
                     loc.redacted(),
@@ -1358,7 +1372,7 @@ fn structure(
             })?;
             key.push(i as u32);
         }
-        pk_def = Some(format!("CONSTRAINT {} {def}", quote(&name)));
+        pk_def = Some(format!("CONSTRAINT {} {def}", quote(name)));
     }
     Ok((columns, key, pk_def))
 }
@@ -3201,7 +3215,7 @@ fn scan_in(
             }
         } else {
             progress.stage(&format!("table {}", rel.name));
-            let (columns, mut key, pk_def) = structure(c, loc, rel)?;
+            let (columns, mut key, pk_def) = structure(loc, rel)?;
             if columns.is_empty() {
                 // (A table of no columns holds nothing but a count of
                 // empty rows: a whole schema goes on without it, and says
@@ -3628,7 +3642,7 @@ fn restore_in(
                 o.name
             )),
             (Some(t), Some(h)) => {
-                let (now, by_all) = live_structure_for(c, loc, h, o, t)?;
+                let (now, by_all) = live_structure_for(loc, h, o, t)?;
                 if same_structure(t, &now) {
                     plans.push(Plan::Merge(o, t, (by_all, h.partitioned)));
                 } else {
@@ -3734,7 +3748,7 @@ fn restore_in(
                     o.name
                 ))
             })?;
-        let (now, _) = live_structure_for(c, loc, &made, o, t)?;
+        let (now, _) = live_structure_for(loc, &made, o, t)?;
         if !same_structure(t, &now) {
             return Err(SyncError::Invalid(format!(
                 "the snapshot's SQL is refused: its script made a table other than the recorded one: {}",
@@ -4220,13 +4234,12 @@ fn fk_order(c: &mut Client, loc: &PgLocation, names: &[&str]) -> Result<Vec<usiz
 /// the snapshot's is (it was taken with --key-by-all-columns), without the
 /// flag on the restore too.
 fn live_structure_for(
-    c: &mut Client,
     loc: &PgLocation,
     t: &PgTable,
     obj: &TableObject,
     want: &TableData,
 ) -> Result<(TableData, bool)> {
-    let (mut now, by_all) = live_structure(c, loc, t)?;
+    let (mut now, by_all) = live_structure(loc, t)?;
     let all: Vec<u32> = (0..now.columns.len() as u32).collect();
     // (The recorded script names a primary key as pg_get_constraintdef
     // prints it.)
@@ -4239,8 +4252,8 @@ fn live_structure_for(
 
 /// The table as it is now, and whether it is keyed by all its columns (it
 /// has no primary key).
-fn live_structure(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<(TableData, bool)> {
-    let (columns, mut key, _) = structure(c, loc, t)?;
+fn live_structure(loc: &PgLocation, t: &PgTable) -> Result<(TableData, bool)> {
+    let (columns, mut key, _) = structure(loc, t)?;
     let by_all = key.is_empty();
     if by_all && loc.key_by_all_columns {
         key = (0..columns.len() as u32).collect();
