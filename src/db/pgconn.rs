@@ -149,6 +149,12 @@ impl Client {
 
     pub fn batch_execute(&mut self, query: &str) -> Result<(), Error> {
         self.idle();
+        if starts_or_ends_transaction(query) {
+            // Statements are kept within a transaction only: behind a
+            // pooler that hands each transaction its own server session,
+            // a statement prepared in one would not exist in the next.
+            self.statements.clear();
+        }
         self.run(self.client().batch_execute(query))
     }
 
@@ -422,6 +428,18 @@ fn keepable(query: &str) -> bool {
         && query.split("COLLATE \"C\"").all(|q| !q.contains('"'))
 }
 
+/// Whether a batch begins, commits or rolls back a transaction (not a
+/// rollback to a savepoint).
+fn starts_or_ends_transaction(batch: &str) -> bool {
+    batch.split(';').any(|s| {
+        let s = s.trim_start().to_ascii_uppercase();
+        ["BEGIN", "START TRANSACTION", "COMMIT", "END", "ABORT"]
+            .iter()
+            .any(|w| s.starts_with(w))
+            || (s.starts_with("ROLLBACK") && !s.starts_with("ROLLBACK TO"))
+    })
+}
+
 /// Lines out of messages that need not end where lines do.
 #[derive(Default)]
 struct Lines {
@@ -519,6 +537,29 @@ impl Drop for CopyIn<'_> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A kept statement is dropped when its transaction ends: the next
+    /// may run in another server session (a transaction-pooling pooler).
+    #[test]
+    fn transactions_are_seen_to_start_and_end() {
+        for b in [
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            "BEGIN; SET CONSTRAINTS ALL DEFERRED",
+            "COMMIT",
+            "ROLLBACK",
+            "SET LOCAL x = 1; rollback",
+        ] {
+            assert!(starts_or_ends_transaction(b), "{b}");
+        }
+        for b in [
+            "SAVEPOINT sp_sync_seq",
+            "RELEASE SAVEPOINT sp_sync_seq",
+            "ROLLBACK TO SAVEPOINT sp; RELEASE SAVEPOINT sp",
+            "SET LOCAL search_path = \"s\"",
+        ] {
+            assert!(!starts_or_ends_transaction(b), "{b}");
+        }
+    }
 
     /// Only catalog queries are kept prepared: a query naming a table,
     /// column or type of the user's (always quoted) could outlive a
