@@ -51,8 +51,8 @@ pub struct Client {
     /// Whether the server's encoding orders text as its UTF-8 form does
     /// (see [`Client::utf8_order`]).
     utf8_order: bool,
-    /// Catalog queries prepared once, kept for the connection's life (see
-    /// [`Client::cached`]).
+    /// Catalog queries prepared once, kept until the transaction ends (see
+    /// [`Client::cached`] and [`Client::batch_execute`]).
     statements: HashMap<String, Statement>,
     /// Catalog queries run once so far, by hash.
     seen: HashSet<u64>,
@@ -178,7 +178,8 @@ impl Client {
     /// snapshot runs the same few dozen catalog queries once per table:
     /// parsing and planning each afresh was most of the time a snapshot of
     /// 200 small tables took. (A statement prepared by the protocol's Parse
-    /// survives a transaction's rollback.)
+    /// survives a rollback to a savepoint, or of the transaction; it is
+    /// dropped when the transaction ends all the same.)
     fn cached(&mut self, query: &str) -> Result<Option<Statement>, Error> {
         if let Some(st) = self.statements.get(query) {
             return Ok(Some(st.clone()));
