@@ -4182,8 +4182,9 @@ fn restore_in(
     // 3. Constraints and indexes of new tables (foreign keys last), views
     // the database lacks, then sequence values.
     later.sort_by_key(|(phase, ordinal, _)| (*phase, *ordinal));
+    let mut named = None;
     for (_, _, step) in later {
-        run_step(c, loc, step, undo, rehearse)?;
+        run_step(c, loc, step, undo, rehearse, &mut named)?;
     }
     Ok(rep)
 }
@@ -4603,12 +4604,39 @@ fn create_step(c: &mut Client, loc: &PgLocation, a: &Action) -> Result<()> {
     Ok(())
 }
 
+/// The sequences (by oid) whose name a function's source holds, such as a
+/// shared id function's (audit round 17): a restore takes them for shared.
+/// Asked once a restore, when its first sequence is set (every table is
+/// made by then; a restore makes no function): per sequence, the scan of
+/// `pg_proc` cost a millisecond a table. (A built-in or C function's
+/// source is the name of its C symbol, never SQL.)
+fn sequences_named_in_functions(
+    c: &mut Client,
+    loc: &PgLocation,
+) -> Result<std::collections::HashSet<i64>> {
+    let rows = c
+        .query(
+            "WITH src AS MATERIALIZED ( \
+               SELECT f.prosrc FROM pg_catalog.pg_proc f \
+               WHERE f.prosrc IS NOT NULL \
+                 AND f.prolang NOT IN (SELECT l.oid FROM pg_catalog.pg_language l \
+                                       WHERE l.lanname IN ('internal', 'c'))) \
+             SELECT sc.oid::int8 FROM pg_catalog.pg_class sc WHERE sc.relkind = 'S' \
+               AND EXISTS (SELECT 1 FROM src \
+                           WHERE pg_catalog.strpos(src.prosrc, sc.relname::text) > 0)",
+            &[],
+        )
+        .map_err(|e| loc.error(e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 fn run_step(
     c: &mut Client,
     loc: &PgLocation,
     step: Step,
     undo: &mut Vec<(String, i64, bool)>,
     rehearse: bool,
+    named: &mut Option<std::collections::HashSet<i64>>,
 ) -> Result<()> {
     let err = |e| loc.error(e);
     match step {
@@ -4630,11 +4658,13 @@ fn run_step(
             // The sequence (its name qualified: the undo below runs after
             // the rollback has reset the search path), its increment, and
             // whether another table's default takes its values too (or may:
-            // a function whose source names it, such as a shared id function,
-            // audit round 17; a built-in or C function's source is the name
-            // of its C symbol, never SQL). (`OFFSET 0` keeps the sequence
+            // a function whose source names it, see
+            // sequences_named_in_functions). (`OFFSET 0` keeps the sequence
             // looked up once: pulled up, the lookup ran once per row of
             // pg_class, 12 ms a table.)
+            if named.is_none() {
+                *named = Some(sequences_named_in_functions(c, loc)?);
+            }
             let Some(row) = c
                 .query_opt(
                     "SELECT (SELECT pg_catalog.format('%I.%I', sn.nspname, sc.relname) \
@@ -4646,13 +4676,8 @@ fn run_step(
                          JOIN pg_catalog.pg_attrdef ad ON ad.oid = d.objid \
                          WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass \
                            AND d.refclassid = 'pg_catalog.pg_class'::regclass \
-                           AND d.refobjid = q.s AND ad.adrelid <> $1::text::regclass) \
-                       OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc f, pg_catalog.pg_class sc \
-                         WHERE sc.oid = q.s AND f.prosrc IS NOT NULL \
-                           AND f.prolang NOT IN (SELECT l.oid FROM pg_catalog.pg_language l \
-                                                 WHERE l.lanname IN ('internal', 'c')) \
-                           AND pg_catalog.strpos(f.prosrc, sc.relname::text) > 0), \
-                       p.seqcache \
+                           AND d.refobjid = q.s AND ad.adrelid <> $1::text::regclass), \
+                       p.seqcache, q.s::oid::int8 \
                      FROM (SELECT pg_catalog.pg_get_serial_sequence($1, $2)::regclass AS s \
                            OFFSET 0) q \
                      JOIN pg_catalog.pg_sequence p ON p.seqrelid = q.s",
@@ -4662,8 +4687,9 @@ fn run_step(
             else {
                 return Ok(());
             };
-            let (seq, inc, shared, cache): (String, i64, bool, i64) =
-                (row.get(0), row.get(1), row.get(2), row.get(3));
+            let (seq, inc, shared, cache, oid): (String, i64, bool, i64, i64) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            let shared = shared || named.as_ref().is_some_and(|n| n.contains(&oid));
             // Its state, read from the sequence itself (also before its
             // first call, or after ALTER SEQUENCE … RESTART: is_called is
             // false, and last_value is the next value). `seq` is quoted.
