@@ -1185,32 +1185,32 @@ fn relations(c: &mut Client, loc: &PgLocation, name: Option<&str>) -> Result<Vec
     let rows = c
         .query(
             &format!(
-            "SELECT c.oid::int8, c.relname::text, c.relkind::text, \
-                    CASE WHEN c.relkind = 'v' THEN pg_catalog.pg_get_viewdef(c.oid, true) END, \
-                    CASE WHEN c.relkind = 'v' THEN ( \
-                      SELECT string_agg(split_part(o, '=', 1) || '=' \
-                               || pg_catalog.quote_literal(substr(o, strpos(o, '=') + 1)), ', ' \
-                               ORDER BY o COLLATE \"C\") \
-                      FROM unnest(c.reloptions) AS o \
-                      WHERE split_part(o, '=', 1) IN ('check_option', 'security_barrier', 'security_invoker')) END, \
-                    NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a \
-                      JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
-                      LEFT JOIN pg_catalog.pg_type el ON el.oid = ty.typelem AND ty.typcategory = 'A' \
-                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-                        AND (ty.typtype IN ('e', 'c', 'd') OR el.typtype IN ('e', 'c', 'd'))), \
-                    pk.* \
-             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             LEFT JOIN LATERAL (SELECT conname::text, conkey, \
-                                       pg_catalog.pg_get_constraintdef(oid, true), {INDEX_OPTIONS} \
-                                FROM pg_catalog.pg_constraint \
-                                WHERE conrelid = c.oid AND contype = 'p') pk ON true \
-             WHERE n.nspname = $1 AND ($2::text IS NULL OR c.relname = $2) \
-               AND c.relkind IN ('r', 'p', 'v') \
-               AND (NOT c.relispartition OR NOT EXISTS ( \
-                 SELECT 1 FROM pg_catalog.pg_inherits i \
-                 JOIN pg_catalog.pg_class pc ON pc.oid = i.inhparent \
-                 WHERE i.inhrelid = c.oid AND pc.relnamespace = c.relnamespace)) \
-             ORDER BY c.relname COLLATE \"C\""
+                "SELECT c.oid::int8, c.relname::text, c.relkind::text, \
+                        CASE WHEN c.relkind = 'v' THEN pg_catalog.pg_get_viewdef(c.oid, true) END, \
+                        CASE WHEN c.relkind = 'v' THEN ( \
+                          SELECT string_agg(split_part(o, '=', 1) || '=' \
+                                   || pg_catalog.quote_literal(substr(o, strpos(o, '=') + 1)), ', ' \
+                                   ORDER BY o COLLATE \"C\") \
+                          FROM unnest(c.reloptions) AS o \
+                          WHERE split_part(o, '=', 1) IN ('check_option', 'security_barrier', 'security_invoker')) END, \
+                        NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a \
+                          JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+                          LEFT JOIN pg_catalog.pg_type el ON el.oid = ty.typelem AND ty.typcategory = 'A' \
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                            AND (ty.typtype IN ('e', 'c', 'd') OR el.typtype IN ('e', 'c', 'd'))), \
+                        pk.* \
+                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 LEFT JOIN LATERAL (SELECT conname::text, conkey, \
+                                           pg_catalog.pg_get_constraintdef(oid, true), {INDEX_OPTIONS} \
+                                    FROM pg_catalog.pg_constraint \
+                                    WHERE conrelid = c.oid AND contype = 'p') pk ON true \
+                 WHERE n.nspname = $1 AND ($2::text IS NULL OR c.relname = $2) \
+                   AND c.relkind IN ('r', 'p', 'v') \
+                   AND (NOT c.relispartition OR NOT EXISTS ( \
+                     SELECT 1 FROM pg_catalog.pg_inherits i \
+                     JOIN pg_catalog.pg_class pc ON pc.oid = i.inhparent \
+                     WHERE i.inhrelid = c.oid AND pc.relnamespace = c.relnamespace)) \
+                 ORDER BY c.relname COLLATE \"C\""
             ),
             &[&loc.schema, &name],
         )
@@ -2855,28 +2855,28 @@ enum TypeSeen {
 /// Looks up `oids` for [`type_closure`] into `memo`, each one level deep.
 fn learn_types(c: &mut Client, loc: &PgLocation, oids: &[i64], memo: &mut TypeMemo) -> Result<()> {
     let rows = c
-            .query(
-                "SELECT t.oid::int8, t.xmin::text, \
-                   coalesce((SELECT string_agg(e.oid::text || '/' || e.xmin::text, ',' ORDER BY e.oid) \
-                     FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid), ''), \
-                   coalesce((SELECT string_agg(a.attnum::text || '/' || a.atttypid::text || '/' \
-                     || a.xmin::text, ',' ORDER BY a.attnum) FROM pg_catalog.pg_attribute a \
-                     WHERE t.typrelid <> 0 AND a.attrelid = t.typrelid AND a.attnum > 0), ''), \
-                   t.typnamespace = 'pg_catalog'::regnamespace AND t.typname IN \
-                     ('regclass', 'regtype', 'regproc', 'regprocedure', 'regoper', 'regoperator', \
-                      'regconfig', 'regdictionary', 'regnamespace', 'regrole', 'regcollation'), \
-                   ARRAY(SELECT x::int8 FROM (SELECT t.typelem UNION ALL SELECT t.typbasetype \
-                     UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a \
-                       WHERE t.typrelid <> 0 AND a.attrelid = t.typrelid AND a.attnum > 0 \
-                         AND NOT a.attisdropped \
-                     UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = t.oid \
-                     UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r \
-                       WHERE (pg_catalog.to_jsonb(r) ->> 'rngmultitypid')::oid = t.oid) n(x) \
-                     WHERE x <> 0) \
-                 FROM pg_catalog.pg_type t WHERE t.oid = ANY($1::int8[]::oid[])",
-                &[&oids],
-            )
-            .map_err(|e| loc.error(e))?;
+        .query(
+            "SELECT t.oid::int8, t.xmin::text, \
+               coalesce((SELECT string_agg(e.oid::text || '/' || e.xmin::text, ',' ORDER BY e.oid) \
+                 FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid), ''), \
+               coalesce((SELECT string_agg(a.attnum::text || '/' || a.atttypid::text || '/' \
+                 || a.xmin::text, ',' ORDER BY a.attnum) FROM pg_catalog.pg_attribute a \
+                 WHERE t.typrelid <> 0 AND a.attrelid = t.typrelid AND a.attnum > 0), ''), \
+               t.typnamespace = 'pg_catalog'::regnamespace AND t.typname IN \
+                 ('regclass', 'regtype', 'regproc', 'regprocedure', 'regoper', 'regoperator', \
+                  'regconfig', 'regdictionary', 'regnamespace', 'regrole', 'regcollation'), \
+               ARRAY(SELECT x::int8 FROM (SELECT t.typelem UNION ALL SELECT t.typbasetype \
+                 UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a \
+                   WHERE t.typrelid <> 0 AND a.attrelid = t.typrelid AND a.attnum > 0 \
+                     AND NOT a.attisdropped \
+                 UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = t.oid \
+                 UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r \
+                   WHERE (pg_catalog.to_jsonb(r) ->> 'rngmultitypid')::oid = t.oid) n(x) \
+                 WHERE x <> 0) \
+             FROM pg_catalog.pg_type t WHERE t.oid = ANY($1::int8[]::oid[])",
+            &[&oids],
+        )
+        .map_err(|e| loc.error(e))?;
     for &o in oids {
         memo.insert(o, TypeSeen::Absent);
     }
