@@ -466,15 +466,21 @@ impl PgLocation {
         } else {
             Client::connect(&c, NoTls, |e| self.error(e))?
         };
-        client
-            .batch_execute(
-                "SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; \
-                 SET IntervalStyle = 'postgres'; SET bytea_output = 'hex'; \
-                 SET client_encoding = 'UTF8'; SET statement_timeout = 0; \
-                 SET row_security = off; SET array_nulls = on; SET lc_monetary = 'C'; \
-                 SET xmloption = content",
-            )
-            .map_err(|e| self.error(e))?;
+        // What the text of values and the scripts depend on, set in
+        // every transaction (never for the session: see `set_locals`).
+        client.set_locals(&[
+            "extra_float_digits = 3",
+            "DateStyle = 'ISO, YMD'",
+            "TimeZone = 'UTC'",
+            "IntervalStyle = 'postgres'",
+            "bytea_output = 'hex'",
+            "client_encoding = 'UTF8'",
+            "statement_timeout = 0",
+            "row_security = off",
+            "array_nulls = on",
+            "lc_monetary = 'C'",
+            "xmloption = content",
+        ]);
         let encoding: String = client
             .query_one("SELECT pg_catalog.current_setting('server_encoding')", &[])
             .map_err(|e| self.error(e))?

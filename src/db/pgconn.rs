@@ -56,6 +56,11 @@ pub struct Client {
     statements: HashMap<String, Statement>,
     /// Catalog queries run once so far, by hash.
     seen: HashSet<u64>,
+    /// Whether a transaction is open (see [`transaction_edge`]).
+    in_tx: bool,
+    /// `SET LOCAL …;` statements run at the start of every transaction
+    /// (see [`Client::set_locals`]).
+    locals: String,
 }
 
 /// At most this many statements are kept prepared.
@@ -98,6 +103,8 @@ impl Client {
             utf8_order: true,
             statements: HashMap::new(),
             seen: HashSet::new(),
+            in_tx: false,
+            locals: String::new(),
         })
     }
 
@@ -147,20 +154,73 @@ impl Client {
         }
     }
 
+    /// Sets what every transaction runs under: `settings` are `name =
+    /// value` pairs, each run as `SET LOCAL` at its start (in the same
+    /// round trip as its `BEGIN`). Never for the session: behind a pooler
+    /// that hands each transaction a server session of its own
+    /// (PgBouncer's transaction mode) a session's `SET` lands in one
+    /// server session, which the transactions after it may not get, and
+    /// which stays set for the pool's other clients.
+    pub fn set_locals(&mut self, settings: &[&str]) {
+        self.locals = settings
+            .iter()
+            .map(|s| format!("SET LOCAL {s}; "))
+            .collect();
+    }
+
+    /// Runs `query` (one or more statements, no parameters) by the simple
+    /// protocol. A batch that begins or ends a transaction must start
+    /// with the statement that does ([`transaction_edge`]); one that
+    /// begins one runs the [`set_locals`](Self::set_locals) settings too.
     pub fn batch_execute(&mut self, query: &str) -> Result<(), Error> {
         self.idle();
-        if starts_or_ends_transaction(query) {
+        let edge = transaction_edge(query);
+        if edge.is_some() {
             // Statements are kept within a transaction only: behind a
             // pooler that hands each transaction its own server session,
             // a statement prepared in one would not exist in the next.
             self.statements.clear();
         }
-        self.run(self.client().batch_execute(query))
+        let r = if edge == Some(true) && !self.locals.is_empty() {
+            let batch = format!("{query}; {}", self.locals);
+            self.run(self.client().batch_execute(&batch))
+        } else {
+            self.run(self.client().batch_execute(query))
+        };
+        if let Some(open) = edge {
+            // (A failed COMMIT ends the transaction too; a failed BEGIN
+            // leaves none, and what runs next fails on its own.)
+            self.in_tx = open && r.is_ok();
+        }
+        r
+    }
+
+    /// Runs `f` in a transaction of its own when none is open. Outside a
+    /// transaction the extended protocol's round trips (Parse, then Bind
+    /// and Execute, then Close) are transactions of their own, which a
+    /// pooler may send to different server sessions: the statement would
+    /// be missing from one and left behind in another, where the next
+    /// client to prepare one of the same name fails ("prepared statement
+    /// \"s0\" already exists"). Inside one, every message reaches the
+    /// same session, and the statement is closed before the transaction
+    /// ends.
+    fn in_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        if self.in_tx {
+            return f(self);
+        }
+        self.batch_execute("BEGIN")?;
+        let r = f(self);
+        let end = self.batch_execute(if r.is_ok() { "COMMIT" } else { "ROLLBACK" });
+        let v = r?;
+        end.map(|()| v)
     }
 
     pub fn execute(&mut self, query: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
         self.idle();
-        self.run(self.client().execute(query, params))
+        self.in_transaction(|c| c.run(c.client().execute(query, params)))
     }
 
     /// Runs a prepared statement; the number of rows it changed.
@@ -210,10 +270,10 @@ impl Client {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
         self.idle();
-        match self.cached(query)? {
-            Some(st) => self.run(self.client().query(&st, params)),
-            None => self.run(self.client().query(query, params)),
-        }
+        self.in_transaction(|c| match c.cached(query)? {
+            Some(st) => c.run(c.client().query(&st, params)),
+            None => c.run(c.client().query(query, params)),
+        })
     }
 
     /// Runs `queries`, each with its parameters, pipelined: sent together
@@ -225,24 +285,25 @@ impl Client {
         queries: &[(&str, &[&(dyn ToSql + Sync)])],
     ) -> Result<Vec<Vec<Row>>, Error> {
         self.idle();
-        let mut kept = Vec::with_capacity(queries.len());
-        for (q, _) in queries {
-            kept.push(self.cached(q)?);
-        }
-        let client = self.client();
-        let all = futures::future::join_all(queries.iter().zip(&kept).map(
-            |((q, params), st)| async move {
-                match st {
-                    Some(st) => client.query(st, params).await,
-                    None => client.query(*q, params).await,
-                }
-            },
-        ));
-        self.rt
-            .block_on(all)
-            .into_iter()
-            .map(|r| r.map_err(|e| self.explain(e)))
-            .collect()
+        self.in_transaction(|c| {
+            let mut kept = Vec::with_capacity(queries.len());
+            for (q, _) in queries {
+                kept.push(c.cached(q)?);
+            }
+            let client = c.client();
+            let all = futures::future::join_all(queries.iter().zip(&kept).map(
+                |((q, params), st)| async move {
+                    match st {
+                        Some(st) => client.query(st, params).await,
+                        None => client.query(*q, params).await,
+                    }
+                },
+            ));
+            c.rt.block_on(all)
+                .into_iter()
+                .map(|r| r.map_err(|e| c.explain(e)))
+                .collect()
+        })
     }
 
     /// Runs a prepared statement; the rows it returned.
@@ -257,10 +318,10 @@ impl Client {
 
     pub fn query_one(&mut self, query: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error> {
         self.idle();
-        match self.cached(query)? {
-            Some(st) => self.run(self.client().query_one(&st, params)),
-            None => self.run(self.client().query_one(query, params)),
-        }
+        self.in_transaction(|c| match c.cached(query)? {
+            Some(st) => c.run(c.client().query_one(&st, params)),
+            None => c.run(c.client().query_one(query, params)),
+        })
     }
 
     pub fn query_opt(
@@ -269,10 +330,10 @@ impl Client {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, Error> {
         self.idle();
-        match self.cached(query)? {
-            Some(st) => self.run(self.client().query_opt(&st, params)),
-            None => self.run(self.client().query_opt(query, params)),
-        }
+        self.in_transaction(|c| match c.cached(query)? {
+            Some(st) => c.run(c.client().query_opt(&st, params)),
+            None => c.run(c.client().query_opt(query, params)),
+        })
     }
 
     /// Runs prepared statements back to back (sent together, answered in
@@ -300,7 +361,11 @@ impl Client {
             .collect()
     }
 
+    /// Prepares `query` for [`Self::query_prepared`] and the like, within
+    /// the transaction that is open (see [`Self::in_transaction`]: a
+    /// statement must not outlive it).
     pub fn prepare(&mut self, query: &str) -> Result<Statement, Error> {
+        debug_assert!(self.in_tx, "a statement prepared outside a transaction");
         self.idle();
         self.run(self.client().prepare(query))
     }
@@ -316,6 +381,7 @@ impl Client {
     /// [`Self::copy_send`] its data, then [`Self::copy_end`]. Any other
     /// call first aborts it.
     pub fn copy_start(&mut self, query: &str) -> Result<(), Error> {
+        debug_assert!(self.in_tx, "a COPY outside a transaction");
         self.idle();
         let sink = self.run(self.client().copy_in(query))?;
         self.copy = Some(Box::pin(sink));
@@ -402,6 +468,7 @@ impl Client {
         mut msg: impl FnMut(&[u8]) -> Result<(), E>,
         pg: &impl Fn(Error) -> E,
     ) -> Result<(), E> {
+        debug_assert!(self.in_tx, "a COPY outside a transaction");
         self.idle();
         let client = self.client.as_ref().expect("present until dropped");
         let read = self.rt.block_on(async {
@@ -429,16 +496,22 @@ fn keepable(query: &str) -> bool {
         && query.split("COLLATE \"C\"").all(|q| !q.contains('"'))
 }
 
-/// Whether a batch begins, commits or rolls back a transaction (not a
-/// rollback to a savepoint).
-fn starts_or_ends_transaction(batch: &str) -> bool {
-    batch.split(';').any(|s| {
-        let s = s.trim_start().to_ascii_uppercase();
-        ["BEGIN", "START TRANSACTION", "COMMIT", "END", "ABORT"]
-            .iter()
-            .any(|w| s.starts_with(w))
-            || (s.starts_with("ROLLBACK") && !s.starts_with("ROLLBACK TO"))
-    })
+/// What a batch does to the transaction, by its first statement:
+/// `Some(true)` when it begins one, `Some(false)` when it commits or rolls
+/// one back (not to a savepoint), `None` otherwise. (Only the first: a
+/// later `END` may be a `DO` block's.)
+fn transaction_edge(batch: &str) -> Option<bool> {
+    let first = batch.split(';').next()?.trim_start().to_ascii_uppercase();
+    let word = first.split_whitespace().next().unwrap_or_default();
+    let has = |w: &str| first.split_whitespace().any(|x| x == w);
+    match word {
+        "BEGIN" | "START" => Some(true),
+        // `AND CHAIN` begins the next at once.
+        "COMMIT" | "END" | "ABORT" | "ROLLBACK" if has("CHAIN") && !has("NO") => Some(true),
+        "COMMIT" | "END" | "ABORT" => Some(false),
+        "ROLLBACK" if !has("TO") => Some(false),
+        _ => None,
+    }
 }
 
 /// Lines out of messages that need not end where lines do.
@@ -539,26 +612,42 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// A kept statement is dropped when its transaction ends: the next
-    /// may run in another server session (a transaction-pooling pooler).
+    /// A kept statement is dropped when its transaction ends (the next
+    /// may run in another server session, behind a transaction-pooling
+    /// pooler), and a query outside one runs in one of its own.
     #[test]
     fn transactions_are_seen_to_start_and_end() {
         for b in [
             "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
             "BEGIN; SET CONSTRAINTS ALL DEFERRED",
+            "begin",
+            "START TRANSACTION",
+            "COMMIT AND CHAIN",
+        ] {
+            assert_eq!(transaction_edge(b), Some(true), "{b}");
+        }
+        for b in [
             "COMMIT",
             "ROLLBACK",
-            "SET LOCAL x = 1; rollback",
+            "rollback;",
+            "END",
+            "ROLLBACK AND NO CHAIN",
         ] {
-            assert!(starts_or_ends_transaction(b), "{b}");
+            assert_eq!(transaction_edge(b), Some(false), "{b}");
         }
         for b in [
             "SAVEPOINT sp_sync_seq",
             "RELEASE SAVEPOINT sp_sync_seq",
             "ROLLBACK TO SAVEPOINT sp; RELEASE SAVEPOINT sp",
+            "rollback to sp",
+            "ROLLBACK WORK TO SAVEPOINT sp",
             "SET LOCAL search_path = \"s\"",
+            "DO $sp_sync$ BEGIN CREATE TYPE m AS ENUM ('a'); EXCEPTION WHEN \
+             duplicate_object THEN NULL; END $sp_sync$",
+            "BEGINNING",
+            "",
         ] {
-            assert!(!starts_or_ends_transaction(b), "{b}");
+            assert_eq!(transaction_edge(b), None, "{b}");
         }
     }
 

@@ -127,6 +127,7 @@ fn template(bin: &Path) -> PathBuf {
 static CLUSTER: OnceLock<Option<PgCluster>> = OnceLock::new();
 static TLS_CLUSTER: OnceLock<Option<PgCluster>> = OnceLock::new();
 static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+static POOLER: OnceLock<String> = OnceLock::new();
 
 /// This process's cluster, or None (after printing a skip line) when
 /// PostgreSQL is not installed and the tests do not run as root.
@@ -357,6 +358,91 @@ impl PgCluster {
         f(&data);
         chown(&self.dir);
         pg_ctl_start(&self.bin, &self.dir, &self.opts);
+    }
+
+    /// A URL for `db` through PgBouncer in transaction mode, started once
+    /// per test process in front of this cluster (two server sessions per
+    /// database and user), which resets a server session (`DISCARD ALL`)
+    /// after every transaction: whatever a client leaves in a session
+    /// between transactions (a prepared statement, a `SET`) is gone when
+    /// its next transaction starts, every time, where a real pooler loses
+    /// it only when the next transaction lands in another session.
+    pub fn pooled_url(&self, db: &str) -> String {
+        let dir = POOLER.get_or_init(|| self.start_pooler());
+        format!("postgres://postgres@:{}/{db}?host={dir}", self.port)
+    }
+
+    fn start_pooler(&self) -> String {
+        let Some(bouncer) = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.is_file())
+        else {
+            panic!("PgBouncer is not installed (.ci/run installs it: apt-get install pgbouncer)");
+        };
+        let dir = self.dir.join("pgbouncer");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("users.txt"),
+            format!("\"postgres\" \"{PASSWORD}\"\n"),
+        )
+        .unwrap();
+        let ini = dir.join("pgbouncer.ini");
+        std::fs::write(
+            &ini,
+            format!(
+                "[databases]\n* = host={sock} port={port}\n\
+                 [pgbouncer]\nlisten_addr =\nlisten_port = {port}\nunix_socket_dir = {dir}\n\
+                 auth_type = scram-sha-256\nauth_file = {dir}/users.txt\n\
+                 pool_mode = transaction\ndefault_pool_size = 2\n\
+                 server_reset_query = DISCARD ALL\nserver_reset_query_always = 1\n\
+                 logfile = {dir}/pgbouncer.log\npidfile = {dir}/pgbouncer.pid\n",
+                sock = self.sock.display(),
+                port = self.port,
+                dir = dir.display(),
+            ),
+        )
+        .unwrap();
+        chown(&self.dir);
+        check(
+            "pgbouncer",
+            as_owner(bouncer, &["-d", ini.to_str().unwrap()])
+                .stdout(Stdio::null())
+                .output(),
+        );
+        // (It daemonizes: its socket and then its pid file appear.)
+        let socket = dir.join(format!(".s.PGSQL.{}", self.port));
+        let pid_of = || {
+            std::fs::read_to_string(dir.join("pgbouncer.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+        };
+        for _ in 0..200 {
+            if socket.exists() && pid_of().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            socket.exists(),
+            "pgbouncer did not start: see {}",
+            dir.display()
+        );
+        let bouncer_pid = pid_of().expect("pgbouncer's pid file");
+        // Stopped with this process, like the cluster (whose watchdog
+        // removes the pid file with the cluster's directory).
+        let stop = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill {bouncer_pid}",
+            pid = std::process::id(),
+        );
+        Command::new("setsid")
+            .args(["-f", "sh", "-c", &stop])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("watchdog");
+        dir.display().to_string()
     }
 
     /// A URL for `db` (no password: it comes from `PGPASSWORD`).
