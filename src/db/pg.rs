@@ -3472,14 +3472,17 @@ fn heap_nearly_in_key_order(
         return Ok(false);
     }
     // (The statistics functions pg_stat_all_tables reads, called for this
-    // table alone: the view joins and groups all of pg_class's tables.)
+    // table alone: the view joins and groups all of pg_class's tables. The
+    // names are compared as `name`, as the view has them, so that
+    // pg_class is found by its index: compared as text, it was scanned
+    // whole for each table.)
     let likely: Option<bool> = c
         .query_one(
             "SELECT pg_catalog.pg_stat_get_tuples_updated($1::int8::oid) = 0 \
                 AND pg_catalog.pg_stat_get_tuples_deleted($1::int8::oid) = 0 \
                 AND (SELECT st.correlation >= 0.9 FROM pg_catalog.pg_stats st \
-                     WHERE st.schemaname::text = $2 AND st.tablename::text = $3 \
-                       AND st.attname::text = $4 AND NOT st.inherited)",
+                     WHERE st.schemaname = $2::text::name AND st.tablename = $3::text::name \
+                       AND st.attname = $4::text::name AND NOT st.inherited)",
             &[&rel.oid, &loc.schema, &rel.name, &first.name],
         )
         .map_err(|e| loc.error(e))?
