@@ -5774,3 +5774,45 @@ fn a_transaction_pooler_between_changes_nothing() {
     );
     restore(&["--delete"]);
 }
+
+/// The index a table is clustered on and the one its replica identity
+/// uses (what logical replication sends of a changed row's old key) come
+/// back with a table a restore creates, on a constraint's index or a
+/// plain one; they used to be dropped, the identity falling back to the
+/// primary key.
+#[test]
+fn cluster_and_replica_identity_indexes_come_back() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("marks");
+    pg.psql(
+        &db,
+        "CREATE TABLE r (k int PRIMARY KEY, u int NOT NULL, v text);
+         CREATE UNIQUE INDEX r_u ON r (u);
+         ALTER TABLE r REPLICA IDENTITY USING INDEX r_u;
+         ALTER TABLE r CLUSTER ON r_pkey;
+         CREATE TABLE \"Q\" (k int PRIMARY KEY, u int NOT NULL, v text,
+                           CONSTRAINT \"Q u\" UNIQUE (u));
+         CREATE INDEX \"Q v\" ON \"Q\" (v);
+         ALTER TABLE \"Q\" REPLICA IDENTITY USING INDEX \"Q u\", CLUSTER ON \"Q v\";
+         INSERT INTO r VALUES (1, 10, 'a'), (2, 20, 'b');
+         INSERT INTO \"Q\" VALUES (1, 10, 'a');",
+    );
+    let schema = |db: &str| pg.schema(db, &["-t", "r", "-t", "\"Q\""]);
+    let want = schema(&db);
+    for part in [
+        "ALTER TABLE ONLY public.r REPLICA IDENTITY USING INDEX r_u",
+        "ALTER TABLE public.r CLUSTER ON r_pkey",
+        "ALTER TABLE ONLY public.\"Q\" REPLICA IDENTITY USING INDEX \"Q u\"",
+        "ALTER TABLE public.\"Q\" CLUSTER ON \"Q v\"",
+    ] {
+        assert!(want.contains(part), "{part}: {want}");
+    }
+    let w = work();
+    let d = w.path();
+    snap(d, &pg.url(&db), &[]);
+    let fresh = restored_into_new(pg, d, "marks_new");
+    assert_eq!(schema(&fresh), want);
+    assert_eq!(pg.dump_rows(&fresh, "r"), pg.dump_rows(&db, "r"));
+    snap(d, &pg.url(&fresh), &[]);
+    no_change_since_the_last_snapshot(d);
+}

@@ -1633,6 +1633,12 @@ fn schema_of(
              WHERE i.indrelid = $1::int8::oid AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k \
                WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid) \
              ORDER BY ic.relname COLLATE \"C\"", oid),
+            // (Any of its indexes, a constraint's too.)
+            ("SELECT ic.relname::text, pg_catalog.quote_ident(ic.relname), i.indisclustered, \
+                    i.indisreplident \
+             FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+             WHERE i.indrelid = $1::int8::oid AND (i.indisclustered OR i.indisreplident) \
+             ORDER BY ic.relname COLLATE \"C\"", oid),
         ])
         .map_err(err)?;
     let [
@@ -1647,7 +1653,8 @@ fn schema_of(
         comments,
         cons,
         idx,
-    ]: [Vec<tokio_postgres::Row>; 11] = rows
+        marked,
+    ]: [Vec<tokio_postgres::Row>; 12] = rows
         .try_into()
         .map_err(|_| SyncError::Invalid("the catalog gave too few answers".into()))?;
     // Sequences the table's columns own (serial: 'a'; identity: 'i').
@@ -1875,6 +1882,26 @@ fn schema_of(
             sql: def,
         });
     }
+    // The index `CLUSTER` uses, and the one logical replication sends a
+    // changed row's old key by: marks on indexes made above (or by the
+    // script), so set after them.
+    for r in marked {
+        let (index, qindex): (String, String) = (r.get(0), r.get(1));
+        let (clustered, replident): (bool, bool) = (r.get(2), r.get(3));
+        let marks = [
+            (clustered, "CLUSTER ON"),
+            (replident, "REPLICA IDENTITY USING INDEX"),
+        ];
+        for (_, what) in marks.iter().filter(|(on, _)| *on) {
+            *ordinal += 1;
+            extras.push(Extra {
+                kind: ExtraKind::Index,
+                sql: format!("ALTER TABLE {} {what} {qindex}", quote(&t.name)),
+                name: index.clone(),
+                ordinal: *ordinal,
+            });
+        }
+    }
     for (seq, col, last, called) in seq_values {
         *ordinal += 1;
         extras.push(Extra {
@@ -2038,8 +2065,8 @@ fn storage_settings(t: &PgTable, cols: Vec<tokio_postgres::Row>, r: tokio_postgr
     if unlogged {
         out.push_str(&format!("ALTER TABLE {} SET UNLOGGED;\n", quote(&t.name)));
     }
-    // (`USING INDEX`, which needs an index made after the rows, is not
-    // kept: the table comes back with the default, its primary key.)
+    // (`USING INDEX` names an index made after the rows: an extra of its
+    // own, after it; see `schema_of`.)
     let identity = match r.get::<_, String>(3).as_str() {
         "f" => "FULL",
         "n" => "NOTHING",

@@ -967,10 +967,38 @@ pub fn constraint(sql: &str, table: &str) -> Result<Guarded> {
     })
 }
 
-/// `CREATE [UNIQUE] INDEX name ON [ONLY] table …`.
+/// `CREATE [UNIQUE] INDEX name ON [ONLY] table …`, or a mark on one of
+/// the table's indexes: `ALTER TABLE table CLUSTER ON index` or `ALTER
+/// TABLE table REPLICA IDENTITY USING INDEX index`, nothing more.
 pub fn index(sql: &str, table: &str) -> Result<String> {
     let s = single(sql, "an index")?;
     let t = &s.toks;
+    if word(t.first(), "alter") {
+        let bad = || {
+            refuse(format!(
+                "table {table}: an index's ALTER TABLE that is not CLUSTER ON or REPLICA IDENTITY USING INDEX"
+            ))
+        };
+        if !word(t.get(1), "table") {
+            return Err(bad());
+        }
+        own_name(t.get(2), table, "an index's ALTER TABLE")?;
+        let rest = &t[3..];
+        let mark: &[&str] = if word(rest.first(), "cluster") {
+            &["cluster", "on"]
+        } else {
+            &["replica", "identity", "using", "index"]
+        };
+        expect_words(
+            rest,
+            mark,
+            &format!("table {table}: an index's ALTER TABLE"),
+        )?;
+        return match &rest[mark.len()..] {
+            [i] if ident(Some(i)).is_some() => Ok(s.text),
+            _ => Err(bad()),
+        };
+    }
     let mut i = 1;
     if !word(t.first(), "create") {
         return Err(refuse(format!(
@@ -1374,6 +1402,12 @@ mod tests {
             "users",
         )
         .unwrap();
+        for mark in [
+            "ALTER TABLE \"users\" CLUSTER ON \"users_pkey\"",
+            "ALTER TABLE \"users\" REPLICA IDENTITY USING INDEX users_e",
+        ] {
+            index(mark, "users").unwrap();
+        }
         assert_eq!(
             sequence_value(
                 "SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence('\"users\"', 'id'), 42, true)",
@@ -1475,6 +1509,15 @@ mod tests {
             "CREATE INDEX i ON t (a); DROP TABLE victim",
             "CREATE INDEX i ON t.victim (a)",
             "DROP INDEX i",
+            "ALTER TABLE victim CLUSTER ON i",
+            "ALTER TABLE t CLUSTER ON i, DROP COLUMN a",
+            "ALTER TABLE t CLUSTER ON i; DROP TABLE victim",
+            "ALTER TABLE t REPLICA IDENTITY USING INDEX i, DROP COLUMN a",
+            "ALTER TABLE t REPLICA IDENTITY FULL",
+            "ALTER TABLE t CLUSTER ON",
+            "ALTER TABLE t CLUSTER ON s.i",
+            "ALTER TABLE t DROP COLUMN a",
+            "ALTER TABLE",
         ] {
             assert!(index(bad, "t").is_err(), "{bad}");
         }
