@@ -5816,3 +5816,81 @@ fn cluster_and_replica_identity_indexes_come_back() {
     snap(d, &pg.url(&fresh), &[]);
     no_change_since_the_last_snapshot(d);
 }
+
+/// A database or role may end a session left idle in a transaction
+/// (`idle_in_transaction_session_timeout`, which hosted PostgreSQL sets
+/// for some roles). sp-sync's transaction is idle while it works between
+/// statements (hashing, compressing, planning a restore), as pg_dump's
+/// and pg_restore's are, and like them it turns the timeout off for its
+/// own transactions. Here a snapshot is stopped (SIGSTOP) for 400 ms with
+/// its transaction open, against a timeout of 100 ms; it used to fail
+/// ("terminating connection due to idle-in-transaction timeout").
+#[test]
+fn a_pause_inside_the_transaction_is_not_cut_short() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("idle");
+    pg.psql(
+        &db,
+        "DO $$ BEGIN FOR i IN 1..30 LOOP
+           EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, v text);
+                           INSERT INTO t%s SELECT g, ''x'' FROM generate_series(1, 20) g', i, i);
+         END LOOP; END $$;",
+    );
+    pg.psql(
+        "postgres",
+        &format!("ALTER DATABASE {db} SET idle_in_transaction_session_timeout = '100ms'"),
+    );
+    let w = work();
+    let d = w.path();
+    let mut watch = client(pg, "postgres");
+    let mut child = Command::new(common::bin())
+        .args([
+            "--store",
+            "st",
+            "snapshot",
+            "files",
+            "-q",
+            "--db",
+            &pg.url(&db),
+        ])
+        .current_dir(d)
+        .env("SP_SYNC_CACHE_DIR", common::cache_dir())
+        .env("PGPASSWORD", PASSWORD)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let signal = |s: &str| {
+        let ok = Command::new("kill").args([s, &pid]).status().unwrap();
+        assert!(ok.success(), "kill {s}");
+    };
+    // Stopped, it is seen in its transaction or not, for certain.
+    let mut paused = false;
+    for _ in 0..3000 {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        signal("-STOP");
+        let open: i64 = watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                   AND application_name = 'sp-sync' AND xact_start IS NOT NULL",
+                &[&db],
+            )
+            .unwrap()
+            .get(0);
+        if open > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            paused = true;
+        }
+        signal("-CONT");
+        if paused {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(paused, "the snapshot was never seen in its transaction");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

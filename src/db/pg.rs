@@ -475,7 +475,12 @@ impl PgLocation {
             "IntervalStyle = 'postgres'",
             "bytea_output = 'hex'",
             "client_encoding = 'UTF8'",
+            // (As pg_dump's and pg_restore's: a database or role may
+            // set these, and the transaction is idle while sp-sync works
+            // between statements.)
             "statement_timeout = 0",
+            "lock_timeout = 0",
+            "idle_in_transaction_session_timeout = 0",
             "row_security = off",
             "array_nulls = on",
             "lc_monetary = 'C'",
