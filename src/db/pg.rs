@@ -1193,6 +1193,13 @@ fn relation_named(c: &mut Client, loc: &PgLocation, name: &str) -> Result<Option
 
 /// [`list_relations`], or only the one of `name`.
 fn relations(c: &mut Client, loc: &PgLocation, name: Option<&str>) -> Result<Vec<PgTable>> {
+    // (Two queries, not one with `$2 IS NULL OR …`: that one could not
+    // keep a plan, and was planned afresh for each table a restore made.
+    // Compared as `name`, the relation is found by pg_class's index.)
+    let by_name = match name {
+        Some(_) => "AND c.relname = $2::text::name",
+        None => "AND $2::text = ''",
+    };
     let rows = c
         .query(
             &format!(
@@ -1215,7 +1222,7 @@ fn relations(c: &mut Client, loc: &PgLocation, name: Option<&str>) -> Result<Vec
                                            pg_catalog.pg_get_constraintdef(oid, true), {INDEX_OPTIONS} \
                                     FROM pg_catalog.pg_constraint \
                                     WHERE conrelid = c.oid AND contype = 'p') pk ON true \
-                 WHERE n.nspname = $1 AND ($2::text IS NULL OR c.relname = $2) \
+                 WHERE n.nspname = $1 {by_name} \
                    AND c.relkind IN ('r', 'p', 'v') \
                    AND (NOT c.relispartition OR NOT EXISTS ( \
                      SELECT 1 FROM pg_catalog.pg_inherits i \
@@ -1223,7 +1230,7 @@ fn relations(c: &mut Client, loc: &PgLocation, name: Option<&str>) -> Result<Vec
                      WHERE i.inhrelid = c.oid AND pc.relnamespace = c.relnamespace)) \
                  ORDER BY c.relname COLLATE \"C\""
             ),
-            &[&loc.schema, &name],
+            &[&loc.schema, &name.unwrap_or_default()],
         )
         .map_err(|e| loc.error(e))?;
     // (A partition's rows are read with the table it is a partition of,
@@ -4585,7 +4592,7 @@ fn refuse_volatile(
     let volatile: Option<String> = c
         .query_one(
             "SELECT string_agg(DISTINCT proname::text, ', ') FROM pg_catalog.pg_proc \
-             WHERE provolatile = 'v' AND proname::text = ANY($1)",
+             WHERE provolatile = 'v' AND proname = ANY($1::text[]::name[])",
             &[&names],
         )
         .map_err(|e| loc.error(e))?
