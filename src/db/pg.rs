@@ -2832,7 +2832,8 @@ fn find_gone(
 
 /// The definitions of the types a table's columns are made of, each type
 /// once, through arrays, domains, composites, ranges and multiranges: each
-/// one's catalog row version, an enum's labels, a composite's attributes.
+/// one's catalog row version, an enum's labels, a composite's attributes,
+/// from `frontier`, the column types ([`TableFacts`]).
 /// None when one holds catalog names (`regclass` …), whose text a rename
 /// elsewhere changes: no definition says so. A level of types per query,
 /// for the types `memo` does not know yet: after the first tables, most
@@ -2840,19 +2841,9 @@ fn find_gone(
 fn type_closure(
     c: &mut Client,
     loc: &PgLocation,
-    table: i64,
+    mut frontier: Vec<i64>,
     memo: &mut TypeMemo,
 ) -> Result<Option<String>> {
-    let err = |e| loc.error(e);
-    let mut frontier: Vec<i64> = c
-        .query_one(
-            "SELECT coalesce(array_agg(DISTINCT a.atttypid::int8), '{}') \
-             FROM pg_catalog.pg_attribute a \
-             WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped",
-            &[&table],
-        )
-        .map_err(err)?
-        .get(0);
     let mut seen: std::collections::BTreeSet<i64> = frontier.iter().copied().collect();
     let mut parts = Vec::new();
     while !frontier.is_empty() {
@@ -2957,29 +2948,12 @@ fn cache_ident(
     t: &TableData,
     sql: &str,
     memo: &mut TypeMemo,
+    facts: TableFacts,
 ) -> Result<Option<([u8; 32], u64, u64)>> {
-    let Some(types) = type_closure(c, loc, rel.oid, memo)? else {
+    let Some(types) = type_closure(c, loc, facts.types, memo)? else {
         return Ok(None);
     };
-    let row = c
-        .query_one(
-            "SELECT (SELECT d.oid::int8 FROM pg_catalog.pg_database d \
-                      WHERE d.datname = current_database()), \
-                    CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE') \
-                         THEN (SELECT system_identifier FROM pg_catalog.pg_control_system()) END, \
-                    c.relfilenode::int8, c.xmin::text, \
-                    pg_catalog.pg_postmaster_start_time()::text, \
-                    (WITH RECURSIVE tree(oid) AS ( \
-                       SELECT c.oid WHERE c.relkind = 'p' \
-                       UNION ALL SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid) \
-                     SELECT coalesce(string_agg(l.oid::text || '/' || l.relfilenode::text || '/' || l.xmin::text, ',' ORDER BY l.oid), '') \
-                     FROM tree JOIN pg_catalog.pg_class l ON l.oid = tree.oid), \
-                    pg_catalog.txid_snapshot_xmin(pg_catalog.txid_current_snapshot()), \
-                    pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot()) \
-             FROM pg_catalog.pg_class c WHERE c.oid = $1::int8::oid",
-            &[&rel.oid],
-        )
-        .map_err(|e| loc.error(e))?;
+    let row = facts.ident;
     let db: Option<i64> = row.get(0);
     let system: Option<i64> = row.get(1);
     let relfilenode: i64 = row.get(2);
@@ -3350,8 +3324,10 @@ fn read_rows(
     rows_cache: Option<&RowCacheCtx<'_>>,
     types: &mut TypeMemo,
 ) -> Result<(u64, ObjectId)> {
+    let facts = TableFacts::ask(c, loc, rel, t)?;
+    let heap_likely = heap_nearly_in_key_order(rel, t, &facts);
     let cache = match rows_cache {
-        Some(rc) => match cache_ident(c, loc, rel, t, sql, types)? {
+        Some(rc) => match cache_ident(c, loc, rel, t, sql, types, facts)? {
             Some((ident, xmin, xmax)) => {
                 let path =
                     super::rowcache::path_for(&rc.dir, &[&loc.redacted(), &loc.schema, &rel.name]);
@@ -3430,7 +3406,7 @@ fn read_rows(
     }
     // In the heap's order when it likely holds the rows nearly in key
     // order; in key order if that fails, or else.
-    let orders: &[Order] = if heap_nearly_in_key_order(c, loc, rel, t)? {
+    let orders: &[Order] = if heap_likely {
         &[Order::Heap, Order::Key]
     } else {
         &[Order::Key]
@@ -3498,35 +3474,88 @@ fn read_rows(
 /// heap's order (a correlation of 0.9 or more). Only a guess: a read that
 /// finds the rows out of reach reads them again in key order, in the same
 /// transaction. A partitioned table is always read in key order.
-fn heap_nearly_in_key_order(
-    c: &mut Client,
-    loc: &PgLocation,
-    rel: &PgTable,
-    t: &TableData,
-) -> Result<bool> {
-    let Some(first) = t.key.first().and_then(|&k| t.columns.get(k as usize)) else {
-        return Ok(false);
-    };
-    if rel.partitioned {
-        return Ok(false);
-    }
-    // (The statistics functions pg_stat_all_tables reads, called for this
-    // table alone: the view joins and groups all of pg_class's tables. The
-    // names are compared as `name`, as the view has them, so that
-    // pg_class is found by its index: compared as text, it was scanned
-    // whole for each table.)
-    let likely: Option<bool> = c
-        .query_one(
-            "SELECT pg_catalog.pg_stat_get_tuples_updated($1::int8::oid) = 0 \
+fn heap_nearly_in_key_order(rel: &PgTable, t: &TableData, facts: &TableFacts) -> bool {
+    heap_guess_params(rel, t).is_some() && facts.heap_likely == Some(true)
+}
+
+/// The first key column [`heap_nearly_in_key_order`] asks the statistics
+/// about; None for a table always read in key order.
+fn heap_guess_params<'a>(rel: &PgTable, t: &'a TableData) -> Option<&'a str> {
+    let first = t.key.first().and_then(|&k| t.columns.get(k as usize))?;
+    (!rel.partitioned).then_some(first.name.as_str())
+}
+
+/// What [`read_rows`] asks the catalog about a table, in one round trip:
+/// its column types (the first level of [`type_closure`]), the row of
+/// [`cache_ident`], and the statistics [`heap_nearly_in_key_order`]
+/// reads.
+struct TableFacts {
+    types: Vec<i64>,
+    ident: tokio_postgres::Row,
+    /// None when not asked, or when the statistics have no correlation.
+    heap_likely: Option<bool>,
+}
+
+impl TableFacts {
+    fn ask(c: &mut Client, loc: &PgLocation, rel: &PgTable, t: &TableData) -> Result<TableFacts> {
+        const TYPES: &str = "SELECT coalesce(array_agg(DISTINCT a.atttypid::int8), '{}') \
+             FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped";
+        const IDENT: &str = "SELECT (SELECT d.oid::int8 FROM pg_catalog.pg_database d \
+                      WHERE d.datname = current_database()), \
+                    CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE') \
+                         THEN (SELECT system_identifier FROM pg_catalog.pg_control_system()) END, \
+                    c.relfilenode::int8, c.xmin::text, \
+                    pg_catalog.pg_postmaster_start_time()::text, \
+                    (WITH RECURSIVE tree(oid) AS ( \
+                       SELECT c.oid WHERE c.relkind = 'p' \
+                       UNION ALL SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid) \
+                     SELECT coalesce(string_agg(l.oid::text || '/' || l.relfilenode::text || '/' || l.xmin::text, ',' ORDER BY l.oid), '') \
+                     FROM tree JOIN pg_catalog.pg_class l ON l.oid = tree.oid), \
+                    pg_catalog.txid_snapshot_xmin(pg_catalog.txid_current_snapshot()), \
+                    pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot()) \
+             FROM pg_catalog.pg_class c WHERE c.oid = $1::int8::oid";
+        // (The statistics functions pg_stat_all_tables reads, called for
+        // this table alone: the view joins and groups all of pg_class's
+        // tables. The names are compared as `name`, as the view has them,
+        // so that pg_class is found by its index: compared as text, it was
+        // scanned whole for each table.)
+        const HEAP: &str = "SELECT pg_catalog.pg_stat_get_tuples_updated($1::int8::oid) = 0 \
                 AND pg_catalog.pg_stat_get_tuples_deleted($1::int8::oid) = 0 \
                 AND (SELECT st.correlation >= 0.9 FROM pg_catalog.pg_stats st \
                      WHERE st.schemaname = $2::text::name AND st.tablename = $3::text::name \
-                       AND st.attname = $4::text::name AND NOT st.inherited)",
-            &[&rel.oid, &loc.schema, &rel.name, &first.name],
-        )
-        .map_err(|e| loc.error(e))?
-        .get(0);
-    Ok(likely == Some(true))
+                       AND st.attname = $4::text::name AND NOT st.inherited)";
+        let oid: &(dyn tokio_postgres::types::ToSql + Sync) = &rel.oid;
+        let first = heap_guess_params(rel, t);
+        let heap_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&rel.oid, &loc.schema, &rel.name, &first];
+        let mut queries: Vec<(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)])> =
+            vec![(TYPES, std::slice::from_ref(&oid)), (IDENT, std::slice::from_ref(&oid))];
+        if first.is_some() {
+            queries.push((HEAP, &heap_params));
+        }
+        let mut answers = c
+            .query_each(&queries)
+            .map_err(|e| loc.error(e))?
+            .into_iter();
+        let mut one = |what: &str| {
+            answers
+                .next()
+                .and_then(|rows| rows.into_iter().next())
+                .ok_or_else(|| SyncError::Database(format!("{}: no {what} row", loc.redacted())))
+        };
+        let types = one("column types")?.get(0);
+        let ident = one("table")?;
+        let heap_likely = match first {
+            Some(_) => one("statistics")?.get(0),
+            None => None,
+        };
+        Ok(TableFacts {
+            types,
+            ident,
+            heap_likely,
+        })
+    }
 }
 
 fn bad_row(root: &ObjectId, e: impl std::fmt::Display) -> SyncError {

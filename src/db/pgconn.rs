@@ -272,6 +272,8 @@ impl Client {
         self.idle();
         self.in_transaction(|c| match c.cached(query)? {
             Some(st) => c.run(c.client().query(&st, params)),
+            // (One round trip, the unnamed statement, not two.)
+            None if params.is_empty() => c.run(c.client().query_typed(query, &[])),
             None => c.run(c.client().query(query, params)),
         })
     }
@@ -320,6 +322,8 @@ impl Client {
         self.idle();
         self.in_transaction(|c| match c.cached(query)? {
             Some(st) => c.run(c.client().query_one(&st, params)),
+            // (One round trip, the unnamed statement, not two.)
+            None if params.is_empty() => c.run(c.client().query_typed_one(query, &[])),
             None => c.run(c.client().query_one(query, params)),
         })
     }
@@ -332,6 +336,8 @@ impl Client {
         self.idle();
         self.in_transaction(|c| match c.cached(query)? {
             Some(st) => c.run(c.client().query_opt(&st, params)),
+            // (One round trip, the unnamed statement, not two.)
+            None if params.is_empty() => c.run(c.client().query_typed_opt(query, &[])),
             None => c.run(c.client().query_opt(query, params)),
         })
     }
