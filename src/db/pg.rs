@@ -3529,8 +3529,10 @@ impl TableFacts {
         let first = heap_guess_params(rel, t);
         let heap_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
             [&rel.oid, &loc.schema, &rel.name, &first];
-        let mut queries: Vec<(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)])> =
-            vec![(TYPES, std::slice::from_ref(&oid)), (IDENT, std::slice::from_ref(&oid))];
+        let mut queries: Vec<(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)])> = vec![
+            (TYPES, std::slice::from_ref(&oid)),
+            (IDENT, std::slice::from_ref(&oid)),
+        ];
         if first.is_some() {
             queries.push((HEAP, &heap_params));
         }

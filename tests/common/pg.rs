@@ -49,6 +49,22 @@ fn find_bin() -> Option<PathBuf> {
     found.pop().map(|(_, b)| b)
 }
 
+/// Runs the shell command `then` once this test process is gone (a
+/// watchdog forked off with `setsid -f`, which returns at once).
+fn when_this_process_ends(then: &str) {
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {then}",
+        pid = std::process::id()
+    );
+    Command::new("setsid")
+        .args(["-f", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("watchdog");
+}
+
 /// Runs a PostgreSQL program as the cluster's owner.
 fn as_owner(prog: &Path, args: &[&str]) -> Command {
     if is_root() {
@@ -313,10 +329,8 @@ impl PgCluster {
         );
         pg_ctl_start(&bin, &dir, &opts);
         // The watchdog: when this process is gone, stop and remove.
-        let stop = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
-             {ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
-            pid = std::process::id(),
+        when_this_process_ends(&format!(
+            "{ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
             ctl = if is_root() {
                 format!("runuser -u postgres -- {}", bin.join("pg_ctl").display())
             } else {
@@ -324,15 +338,7 @@ impl PgCluster {
             },
             data = dir.join("data").display(),
             dir = dir.display(),
-        );
-        // (`setsid -f` forks it off and returns at once.)
-        Command::new("setsid")
-            .args(["-f", "sh", "-c", &stop])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("watchdog");
+        ));
         PgCluster {
             bin,
             dir,
@@ -431,17 +437,7 @@ impl PgCluster {
         let bouncer_pid = pid_of().expect("pgbouncer's pid file");
         // Stopped with this process, like the cluster (whose watchdog
         // removes the pid file with the cluster's directory).
-        let stop = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill {bouncer_pid}",
-            pid = std::process::id(),
-        );
-        Command::new("setsid")
-            .args(["-f", "sh", "-c", &stop])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("watchdog");
+        when_this_process_ends(&format!("kill {bouncer_pid}"));
         dir.display().to_string()
     }
 
