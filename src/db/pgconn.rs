@@ -188,9 +188,12 @@ impl Client {
             self.run(self.client().batch_execute(query))
         };
         if let Some(open) = edge {
-            // (A failed COMMIT ends the transaction too; a failed BEGIN
-            // leaves none, and what runs next fails on its own.)
-            self.in_tx = open && r.is_ok();
+            // Whether it failed or not: a failed COMMIT ends the
+            // transaction too, and a batch that began one and then failed
+            // leaves it open (aborted). Taking a transaction for open when
+            // none is only leaves a query unwrapped; the other way, the
+            // COMMIT of `in_transaction` would end the caller's.
+            self.in_tx = open;
         }
         r
     }
