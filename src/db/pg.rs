@@ -1603,7 +1603,9 @@ fn schema_of(
         .query_each(&[
             ("SELECT s.relname::text, a.attname::text, d.deptype::text, \
                     pg_catalog.format_type(q.seqtypid, NULL), q.seqstart, q.seqincrement, \
-                    q.seqmin, q.seqmax, q.seqcache, q.seqcycle \
+                    q.seqmin, q.seqmax, q.seqcache, q.seqcycle, \
+                    CASE WHEN pg_catalog.has_sequence_privilege(s.oid, 'SELECT') \
+                         THEN pg_catalog.pg_sequence_last_value(s.oid) END \
              FROM pg_catalog.pg_depend d \
              JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
              JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.oid \
@@ -1710,13 +1712,22 @@ fn schema_of(
                 quote(&col)
             ));
         }
-        let v = c
-            .query_one(
-                &format!("SELECT last_value, is_called FROM {}", quote(&seq)),
-                &[],
-            )
-            .map_err(err)?;
-        let (last, called): (i64, bool) = (v.get(0), v.get(1));
+        // A sequence that has given a value: its last one, read with the
+        // catalog (`pg_sequence_last_value`). One that has not (NULL), or
+        // that the role may not read, is read itself: its `last_value` is
+        // then the value it gives next.
+        let (last, called): (i64, bool) = match r.get::<_, Option<i64>>(10) {
+            Some(last) => (last, true),
+            None => {
+                let v = c
+                    .query_one(
+                        &format!("SELECT last_value, is_called FROM {}", quote(&seq)),
+                        &[],
+                    )
+                    .map_err(err)?;
+                (v.get(0), v.get(1))
+            }
+        };
         seq_values.push((seq, col, last, called));
     }
     let mut cols: Vec<String> = Vec::new();
