@@ -486,10 +486,9 @@ impl PgLocation {
             "lc_monetary = 'C'",
             "xmloption = content",
         ]);
-        let encoding: String = client
-            .query_one("SELECT pg_catalog.current_setting('server_encoding')", &[])
-            .map_err(|e| self.error(e))?
-            .get(0);
+        let encoding = client
+            .setting("server_encoding")
+            .map_err(|e| self.error(e))?;
         client.set_utf8_order(matches!(encoding.as_str(), "UTF8" | "SQL_ASCII" | "LATIN1"));
         Ok(client)
     }

@@ -168,6 +168,22 @@ impl Client {
             .collect();
     }
 
+    /// The value of the server's setting `name` (a plain identifier), by
+    /// the simple protocol: one round trip, and one message behind a pooler
+    /// (no transaction of its own needed).
+    pub fn setting(&mut self, name: &str) -> Result<String, Error> {
+        debug_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        self.idle();
+        let msgs = self.run(self.client().simple_query(&format!("SHOW {name}")))?;
+        Ok(msgs
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .unwrap_or_default())
+    }
+
     /// Runs `query` (one or more statements, no parameters) by the simple
     /// protocol. A batch that begins or ends a transaction must start
     /// with the statement that does ([`transaction_edge`]); one that
