@@ -2579,6 +2579,7 @@ fn read_table_by_cache(
     partitioned: bool,
     cached: (&Path, &[u8; 32]),
     xids: (u64, u64),
+    asked: &Asked,
     src: &dyn ObjectSource,
     sink: &dyn ObjectSink,
     chunker: &Chunker,
@@ -2588,20 +2589,18 @@ fn read_table_by_cache(
     let bad =
         |what: String| SyncError::Database(format!("{}: table {name}: {what}", loc.redacted()));
     let from = own_rows(name, partitioned);
-    let now32 = xids.1 & 0xFFFF_FFFF;
-    let offset: i32 = c
-        .query_one(&format!("SELECT pg_catalog.age('{now32}'::xid)"), &[])
-        .map_err(|e| loc.error(e))?
-        .get(0);
-    let Some((lo, hi)) = changed_ages(offset, xids.0, xids.1) else {
+    let Some((lo, hi)) = changed_ages(asked.age_of_xmax, xids.0, xids.1) else {
         return Ok(Incremental::Fallback(
             "transaction ids too far apart to compare".into(),
         ));
     };
-    let total: i64 = c
-        .query_one(&format!("SELECT count(*) FROM {from}"), &[])
-        .map_err(|e| loc.error(e))?
-        .get(0);
+    let total: i64 = match asked.count {
+        Some(n) => n,
+        None => c
+            .query_one(&format!("SELECT count(*) FROM {from}"), &[])
+            .map_err(|e| loc.error(e))?
+            .get(0),
+    };
     // The rows made since the cache: in full, in the heap's order.
     let mut fetched: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut fetched_bytes = 0usize;
@@ -3334,15 +3333,18 @@ fn read_rows(
     rows_cache: Option<&RowCacheCtx<'_>>,
     types: &mut TypeMemo,
 ) -> Result<(u64, ObjectId)> {
-    let facts = TableFacts::ask(c, loc, rel, t)?;
+    let path = rows_cache
+        .map(|rc| super::rowcache::path_for(&rc.dir, &[&loc.redacted(), &loc.schema, &rel.name]));
+    // (The row count is asked with the rest when a cache is there to use.)
+    let facts = TableFacts::ask(c, loc, rel, t, path.as_ref().is_some_and(|p| p.exists()))?;
     let heap_likely = heap_nearly_in_key_order(rel, t, &facts);
-    let cache = match rows_cache {
-        Some(rc) => match cache_ident(c, loc, rel, t, sql, types, facts)? {
-            Some((ident, xmin, xmax)) => {
-                let path =
-                    super::rowcache::path_for(&rc.dir, &[&loc.redacted(), &loc.schema, &rel.name]);
-                Some((rc, ident, xmin, xmax, path))
-            }
+    let asked = Asked {
+        count: facts.count,
+        age_of_xmax: facts.ident.get(8),
+    };
+    let cache = match (rows_cache, path) {
+        (Some(rc), Some(path)) => match cache_ident(c, loc, rel, t, sql, types, facts)? {
+            Some((ident, xmin, xmax)) => Some((rc, ident, xmin, xmax, path)),
             None => {
                 tracing::info!(
                     "{label}: no row cache (a column holds catalog names, which a rename \
@@ -3351,7 +3353,7 @@ fn read_rows(
                 None
             }
         },
-        None => None,
+        _ => None,
     };
     let create =
         |ident: &[u8; 32], xid: u64, path: &Path| match CacheWriter::create(path, ident, xid) {
@@ -3386,6 +3388,7 @@ fn read_rows(
                         rel.partitioned,
                         (path, ident),
                         (old_xid, *xmax),
+                        &asked,
                         rc.src,
                         sink,
                         chunker,
@@ -3495,6 +3498,15 @@ fn heap_guess_params<'a>(rel: &PgTable, t: &'a TableData) -> Option<&'a str> {
     (!rel.partitioned).then_some(first.name.as_str())
 }
 
+/// What [`read_table_by_cache`] takes from [`TableFacts`]: the table's
+/// row count, when it was asked, and `age()` of the snapshot's `xmax` (its
+/// low 32 bits, the `xid` they stand for), which is stable within the
+/// transaction.
+struct Asked {
+    count: Option<i64>,
+    age_of_xmax: i32,
+}
+
 /// What [`read_rows`] asks the catalog about a table, in one round trip:
 /// its column types (the first level of [`type_closure`]), the row of
 /// [`cache_ident`], and the statistics [`heap_nearly_in_key_order`]
@@ -3504,10 +3516,19 @@ struct TableFacts {
     ident: tokio_postgres::Row,
     /// None when not asked, or when the statistics have no correlation.
     heap_likely: Option<bool>,
+    /// The table's own rows (what [`read_table_by_cache`] compares the
+    /// cache with), when asked: only when the table has a row cache.
+    count: Option<i64>,
 }
 
 impl TableFacts {
-    fn ask(c: &mut Client, loc: &PgLocation, rel: &PgTable, t: &TableData) -> Result<TableFacts> {
+    fn ask(
+        c: &mut Client,
+        loc: &PgLocation,
+        rel: &PgTable,
+        t: &TableData,
+        count: bool,
+    ) -> Result<TableFacts> {
         const TYPES: &str = "SELECT coalesce(array_agg(DISTINCT a.atttypid::int8), '{}') \
              FROM pg_catalog.pg_attribute a \
              WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped";
@@ -3523,7 +3544,9 @@ impl TableFacts {
                      SELECT coalesce(string_agg(l.oid::text || '/' || l.relfilenode::text || '/' || l.xmin::text, ',' ORDER BY l.oid), '') \
                      FROM tree JOIN pg_catalog.pg_class l ON l.oid = tree.oid), \
                     pg_catalog.txid_snapshot_xmin(pg_catalog.txid_current_snapshot()), \
-                    pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot()) \
+                    pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot()), \
+                    pg_catalog.age((pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot()) \
+                                    % 4294967296)::text::xid) \
              FROM pg_catalog.pg_class c WHERE c.oid = $1::int8::oid";
         // (The statistics functions pg_stat_all_tables reads, called for
         // this table alone: the view joins and groups all of pg_class's
@@ -3546,6 +3569,10 @@ impl TableFacts {
         if first.is_some() {
             queries.push((HEAP, &heap_params));
         }
+        let count_sql = format!("SELECT count(*) FROM {}", own_rows(&rel.name, rel.partitioned));
+        if count {
+            queries.push((&count_sql, &[]));
+        }
         let mut answers = c
             .query_each(&queries)
             .map_err(|e| loc.error(e))?
@@ -3562,10 +3589,15 @@ impl TableFacts {
             Some(_) => one("statistics")?.get(0),
             None => None,
         };
+        let count = match count {
+            true => Some(one("count")?.get(0)),
+            false => None,
+        };
         Ok(TableFacts {
             types,
             ident,
             heap_likely,
+            count,
         })
     }
 }

@@ -316,6 +316,8 @@ impl Client {
                 |((q, params), st)| async move {
                     match st {
                         Some(st) => client.query(st, params).await,
+                        // (In the same round trip as the others.)
+                        None if params.is_empty() => client.query_typed(q, &[]).await,
                         None => client.query(*q, params).await,
                     }
                 },
