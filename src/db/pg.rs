@@ -1537,14 +1537,16 @@ fn user_types(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<String> {
 }
 
 /// The `CREATE` script of a table and its extras (constraints, indexes,
-/// sequence values).
+/// sequence values), and the [`TableFacts`] `facts` asks, in the same
+/// round trip.
 fn schema_of(
     c: &mut Client,
     loc: &PgLocation,
     t: &PgTable,
     pk_def: Option<&str>,
     ordinal: &mut u64,
-) -> Result<(String, Vec<Extra>)> {
+    facts: &FactsAsk<'_>,
+) -> Result<(String, Vec<Extra>, TableFacts)> {
     let err = |e| loc.error(e);
     let mut script = String::new();
     // Enum types the columns use (directly, as arrays, or inside a
@@ -1598,9 +1600,10 @@ fn schema_of(
     );
     let (storage_cols_sql, storage_rel_sql) = storage_settings_sql();
     let oid: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&t.oid];
-    let rows = c
-        .query_each(&[
-            ("SELECT s.relname::text, a.attname::text, d.deptype::text, \
+    let schema: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&loc.schema];
+    let mut queries: Vec<(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)])> = vec![
+        (
+            "SELECT s.relname::text, a.attname::text, d.deptype::text, \
                     pg_catalog.format_type(q.seqtypid, NULL), q.seqstart, q.seqincrement, \
                     q.seqmin, q.seqmax, q.seqcache, q.seqcycle, \
                     CASE WHEN pg_catalog.has_sequence_privilege(s.oid, 'SELECT') \
@@ -1611,13 +1614,19 @@ fn schema_of(
              JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
              WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = $1::int8::oid \
                AND d.classid = 'pg_catalog.pg_class'::regclass \
-               AND d.deptype IN ('a', 'i') ORDER BY a.attnum", oid),
-            (&storage_cols_sql, oid),
-            (&storage_rel_sql, oid),
-            ("SELECT quote_ident($1)", &[&loc.schema]),
-            ("SELECT c.relrowsecurity, c.relforcerowsecurity FROM pg_catalog.pg_class c \
-             WHERE c.oid = $1::int8::oid", oid),
-            ("SELECT p.polname::text, p.polpermissive, p.polcmd::text, \
+               AND d.deptype IN ('a', 'i') ORDER BY a.attnum",
+            oid,
+        ),
+        (&storage_cols_sql, oid),
+        (&storage_rel_sql, oid),
+        ("SELECT quote_ident($1)", schema),
+        (
+            "SELECT c.relrowsecurity, c.relforcerowsecurity FROM pg_catalog.pg_class c \
+             WHERE c.oid = $1::int8::oid",
+            oid,
+        ),
+        (
+            "SELECT p.polname::text, p.polpermissive, p.polcmd::text, \
                     (SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' \
                                             ELSE quote_ident(pg_catalog.pg_get_userbyid(r)::text) END, \
                                        ', ' ORDER BY r) \
@@ -1625,35 +1634,54 @@ fn schema_of(
                     pg_catalog.pg_get_expr(p.polqual, p.polrelid), \
                     pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) \
              FROM pg_catalog.pg_policy p WHERE p.polrelid = $1::int8::oid \
-             ORDER BY p.polname COLLATE \"C\"", oid),
-            ("SELECT p.oid::regclass::text FROM pg_catalog.pg_inherits i \
+             ORDER BY p.polname COLLATE \"C\"",
+            oid,
+        ),
+        (
+            "SELECT p.oid::regclass::text FROM pg_catalog.pg_inherits i \
              JOIN pg_catalog.pg_class p ON p.oid = i.inhparent \
              JOIN pg_catalog.pg_class k ON k.oid = i.inhrelid \
-             WHERE i.inhrelid = $1::int8::oid AND NOT k.relispartition ORDER BY i.inhseqno", oid),
-            ("SELECT pg_catalog.pg_get_triggerdef(g.oid, true) FROM pg_catalog.pg_trigger g \
+             WHERE i.inhrelid = $1::int8::oid AND NOT k.relispartition ORDER BY i.inhseqno",
+            oid,
+        ),
+        (
+            "SELECT pg_catalog.pg_get_triggerdef(g.oid, true) FROM pg_catalog.pg_trigger g \
              WHERE g.tgrelid = $1::int8::oid AND NOT g.tgisinternal \
-             ORDER BY g.tgname COLLATE \"C\"", oid),
-            ("SELECT a.attname::text, d.description FROM pg_catalog.pg_description d \
+             ORDER BY g.tgname COLLATE \"C\"",
+            oid,
+        ),
+        (
+            "SELECT a.attname::text, d.description FROM pg_catalog.pg_description d \
              LEFT JOIN pg_catalog.pg_attribute a \
                ON a.attrelid = d.objoid AND a.attnum = d.objsubid AND d.objsubid > 0 \
              WHERE d.objoid = $1::int8::oid AND d.classoid = 'pg_catalog.pg_class'::regclass \
                AND (d.objsubid = 0 OR (a.attnum IS NOT NULL AND NOT a.attisdropped)) \
-             ORDER BY d.objsubid", oid),
-            (&cons_sql, oid),
-            ("SELECT ic.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid), \
+             ORDER BY d.objsubid",
+            oid,
+        ),
+        (&cons_sql, oid),
+        (
+            "SELECT ic.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid), \
                     pg_catalog.quote_ident(ic.relname) \
              FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
              WHERE i.indrelid = $1::int8::oid AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k \
                WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid) \
-             ORDER BY ic.relname COLLATE \"C\"", oid),
-            // (Any of its indexes, a constraint's too.)
-            ("SELECT ic.relname::text, pg_catalog.quote_ident(ic.relname), i.indisclustered, \
+             ORDER BY ic.relname COLLATE \"C\"",
+            oid,
+        ),
+        // (Any of its indexes, a constraint's too.)
+        (
+            "SELECT ic.relname::text, pg_catalog.quote_ident(ic.relname), i.indisclustered, \
                     i.indisreplident \
              FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
              WHERE i.indrelid = $1::int8::oid AND (i.indisclustered OR i.indisreplident) \
-             ORDER BY ic.relname COLLATE \"C\"", oid),
-        ])
-        .map_err(err)?;
+             ORDER BY ic.relname COLLATE \"C\"",
+            oid,
+        ),
+    ];
+    queries.extend(facts.queries());
+    let mut rows = c.query_each(&queries).map_err(err)?;
+    let facts = facts.answers(rows.split_off(12.min(rows.len())), loc)?;
     let [
         seqs,
         storage_cols,
@@ -1937,7 +1965,7 @@ fn schema_of(
             ordinal: *ordinal,
         });
     }
-    Ok((script, extras))
+    Ok((script, extras, facts))
 }
 
 /// A partitioned table's partition key (`RANGE (at)`, as
@@ -3274,7 +3302,6 @@ fn scan_in(
                 }
                 key = (0..columns.len() as u32).collect();
             }
-            let (sql, extras) = schema_of(c, loc, rel, pk_def.as_deref(), &mut ordinal)?;
             let mut t = TableData {
                 flags: FLAG_WITHOUT_ROWID,
                 columns,
@@ -3283,10 +3310,31 @@ fn scan_in(
                 rows: 0,
                 root: ObjectId::default(),
             };
+            let path = rows_cache.map(|rc| {
+                super::rowcache::path_for(&rc.dir, &[&loc.redacted(), &loc.schema, &rel.name])
+            });
+            // (The row count is asked with the rest when there is a row
+            // cache to read by.)
+            let want_count = path.as_ref().is_some_and(|p| p.exists());
+            let (sql, extras, facts) = {
+                let ask = FactsAsk::new(loc, rel, &t, want_count);
+                schema_of(c, loc, rel, pk_def.as_deref(), &mut ordinal, &ask)?
+            };
             let label = format!("{}: table {}", loc.redacted(), rel.name);
             let (n, root) = read_rows(
-                c, loc, rel, &t, by_all, &sql, &label, sink, chunker, progress, rows_cache,
+                c,
+                loc,
+                rel,
+                &t,
+                by_all,
+                &sql,
+                &label,
+                sink,
+                chunker,
+                progress,
+                rows_cache,
                 &mut types,
+                (facts, path),
             )?;
             t.rows = n;
             t.root = root;
@@ -3332,11 +3380,8 @@ fn read_rows(
     progress: &dyn Progress,
     rows_cache: Option<&RowCacheCtx<'_>>,
     types: &mut TypeMemo,
+    (facts, path): (TableFacts, Option<PathBuf>),
 ) -> Result<(u64, ObjectId)> {
-    let path = rows_cache
-        .map(|rc| super::rowcache::path_for(&rc.dir, &[&loc.redacted(), &loc.schema, &rel.name]));
-    // (The row count is asked with the rest when a cache is there to use.)
-    let facts = TableFacts::ask(c, loc, rel, t, path.as_ref().is_some_and(|p| p.exists()))?;
     let heap_likely = heap_nearly_in_key_order(rel, t, &facts);
     let asked = Asked {
         count: facts.count,
@@ -3488,14 +3533,14 @@ fn read_rows(
 /// finds the rows out of reach reads them again in key order, in the same
 /// transaction. A partitioned table is always read in key order.
 fn heap_nearly_in_key_order(rel: &PgTable, t: &TableData, facts: &TableFacts) -> bool {
-    heap_guess_params(rel, t).is_some() && facts.heap_likely == Some(true)
+    heap_guess_column(rel, t).is_some() && facts.heap_likely == Some(true)
 }
 
 /// The first key column [`heap_nearly_in_key_order`] asks the statistics
 /// about; None for a table always read in key order.
-fn heap_guess_params<'a>(rel: &PgTable, t: &'a TableData) -> Option<&'a str> {
+fn heap_guess_column<'a>(rel: &PgTable, t: &'a TableData) -> Option<&'a String> {
     let first = t.key.first().and_then(|&k| t.columns.get(k as usize))?;
-    (!rel.partitioned).then_some(first.name.as_str())
+    (!rel.partitioned).then_some(&first.name)
 }
 
 /// What [`read_table_by_cache`] takes from [`TableFacts`]: the table's
@@ -3521,18 +3566,21 @@ struct TableFacts {
     count: Option<i64>,
 }
 
-impl TableFacts {
-    fn ask(
-        c: &mut Client,
-        loc: &PgLocation,
-        rel: &PgTable,
-        t: &TableData,
-        count: bool,
-    ) -> Result<TableFacts> {
-        const TYPES: &str = "SELECT coalesce(array_agg(DISTINCT a.atttypid::int8), '{}') \
+/// The queries of [`TableFacts`] for one table, sent with its schema's
+/// ([`schema_of`]).
+struct FactsAsk<'a> {
+    oid: [&'a (dyn tokio_postgres::types::ToSql + Sync); 1],
+    /// The heap guess's parameters, for a table it applies to.
+    heap: Option<[&'a (dyn tokio_postgres::types::ToSql + Sync); 4]>,
+    /// `SELECT count(*)` of the table's own rows, when asked.
+    count: Option<String>,
+}
+
+impl<'a> FactsAsk<'a> {
+    const TYPES: &'static str = "SELECT coalesce(array_agg(DISTINCT a.atttypid::int8), '{}') \
              FROM pg_catalog.pg_attribute a \
              WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped";
-        const IDENT: &str = "SELECT (SELECT d.oid::int8 FROM pg_catalog.pg_database d \
+    const IDENT: &'static str = "SELECT (SELECT d.oid::int8 FROM pg_catalog.pg_database d \
                       WHERE d.datname = current_database()), \
                     CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE') \
                          THEN (SELECT system_identifier FROM pg_catalog.pg_control_system()) END, \
@@ -3548,35 +3596,55 @@ impl TableFacts {
                     pg_catalog.age((pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot()) \
                                     % 4294967296)::text::xid) \
              FROM pg_catalog.pg_class c WHERE c.oid = $1::int8::oid";
-        // (The statistics functions pg_stat_all_tables reads, called for
-        // this table alone: the view joins and groups all of pg_class's
-        // tables. The names are compared as `name`, as the view has them,
-        // so that pg_class is found by its index: compared as text, it was
-        // scanned whole for each table.)
-        const HEAP: &str = "SELECT pg_catalog.pg_stat_get_tuples_updated($1::int8::oid) = 0 \
+    // (The statistics functions pg_stat_all_tables reads, called for this
+    // table alone: the view joins and groups all of pg_class's tables. The
+    // names are compared as `name`, as the view has them, so that
+    // pg_class is found by its index: compared as text, it was scanned
+    // whole for each table.)
+    const HEAP: &'static str = "SELECT pg_catalog.pg_stat_get_tuples_updated($1::int8::oid) = 0 \
                 AND pg_catalog.pg_stat_get_tuples_deleted($1::int8::oid) = 0 \
                 AND (SELECT st.correlation >= 0.9 FROM pg_catalog.pg_stats st \
                      WHERE st.schemaname = $2::text::name AND st.tablename = $3::text::name \
                        AND st.attname = $4::text::name AND NOT st.inherited)";
-        let oid: &(dyn tokio_postgres::types::ToSql + Sync) = &rel.oid;
-        let first = heap_guess_params(rel, t);
-        let heap_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&rel.oid, &loc.schema, &rel.name, &first];
-        let mut queries: Vec<(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)])> = vec![
-            (TYPES, std::slice::from_ref(&oid)),
-            (IDENT, std::slice::from_ref(&oid)),
-        ];
-        if first.is_some() {
-            queries.push((HEAP, &heap_params));
+
+    /// The questions for table `rel` (`t`: its columns and key), the row
+    /// count too when `count`.
+    fn new(loc: &'a PgLocation, rel: &'a PgTable, t: &'a TableData, count: bool) -> Self {
+        FactsAsk {
+            oid: [&rel.oid],
+            heap: heap_guess_column(rel, t).map(
+                |first| -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 4] {
+                    [&rel.oid, &loc.schema, &rel.name, first]
+                },
+            ),
+            count: count.then(|| {
+                format!(
+                    "SELECT count(*) FROM {}",
+                    own_rows(&rel.name, rel.partitioned)
+                )
+            }),
         }
-        let count_sql = format!("SELECT count(*) FROM {}", own_rows(&rel.name, rel.partitioned));
-        if count {
-            queries.push((&count_sql, &[]));
+    }
+
+    fn queries(&self) -> Vec<(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)])> {
+        let mut q: Vec<(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)])> =
+            vec![(Self::TYPES, &self.oid), (Self::IDENT, &self.oid)];
+        if let Some(heap) = &self.heap {
+            q.push((Self::HEAP, heap));
         }
-        let mut answers = c
-            .query_each(&queries)
-            .map_err(|e| loc.error(e))?
-            .into_iter();
+        if let Some(count) = &self.count {
+            q.push((count, &[]));
+        }
+        q
+    }
+
+    /// The facts out of the answers to [`Self::queries`], in their order.
+    fn answers(
+        &self,
+        answers: Vec<Vec<tokio_postgres::Row>>,
+        loc: &PgLocation,
+    ) -> Result<TableFacts> {
+        let mut answers = answers.into_iter();
         let mut one = |what: &str| {
             answers
                 .next()
@@ -3585,13 +3653,13 @@ impl TableFacts {
         };
         let types = one("column types")?.get(0);
         let ident = one("table")?;
-        let heap_likely = match first {
+        let heap_likely = match self.heap {
             Some(_) => one("statistics")?.get(0),
             None => None,
         };
-        let count = match count {
-            true => Some(one("count")?.get(0)),
-            false => None,
+        let count = match self.count {
+            Some(_) => Some(one("count")?.get(0)),
+            None => None,
         };
         Ok(TableFacts {
             types,
