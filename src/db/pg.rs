@@ -1679,9 +1679,10 @@ fn schema_of(
             oid,
         ),
     ];
+    let own = queries.len();
     queries.extend(facts.queries());
     let mut rows = c.query_each(&queries).map_err(err)?;
-    let facts = facts.answers(rows.split_off(12.min(rows.len())), loc)?;
+    let facts = facts.answers(rows.split_off(own.min(rows.len())), loc)?;
     let [
         seqs,
         storage_cols,
