@@ -1195,9 +1195,9 @@ fn relations(c: &mut Client, loc: &PgLocation, name: Option<&str>) -> Result<Vec
     // (Two queries, not one with `$2 IS NULL OR …`: that one could not
     // keep a plan, and was planned afresh for each table a restore made.
     // Compared as `name`, the relation is found by pg_class's index.)
-    let by_name = match name {
-        Some(_) => "AND c.relname = $2::text::name",
-        None => "AND $2::text = ''",
+    let (by_name, params): (_, &[&(dyn tokio_postgres::types::ToSql + Sync)]) = match &name {
+        Some(n) => ("AND c.relname = $2::text::name", &[&loc.schema, n]),
+        None => ("", &[&loc.schema]),
     };
     let rows = c
         .query(
@@ -1229,7 +1229,7 @@ fn relations(c: &mut Client, loc: &PgLocation, name: Option<&str>) -> Result<Vec
                      WHERE i.inhrelid = c.oid AND pc.relnamespace = c.relnamespace)) \
                  ORDER BY c.relname COLLATE \"C\""
             ),
-            &[&loc.schema, &name.unwrap_or_default()],
+            params,
         )
         .map_err(|e| loc.error(e))?;
     // (A partition's rows are read with the table it is a partition of,
@@ -2608,7 +2608,7 @@ fn read_table_by_cache(
     partitioned: bool,
     cached: (&Path, &[u8; 32]),
     xids: (u64, u64),
-    asked: &Asked,
+    facts: &TableFacts,
     src: &dyn ObjectSource,
     sink: &dyn ObjectSink,
     chunker: &Chunker,
@@ -2618,12 +2618,12 @@ fn read_table_by_cache(
     let bad =
         |what: String| SyncError::Database(format!("{}: table {name}: {what}", loc.redacted()));
     let from = own_rows(name, partitioned);
-    let Some((lo, hi)) = changed_ages(asked.age_of_xmax, xids.0, xids.1) else {
+    let Some((lo, hi)) = changed_ages(facts.age_of_xmax, xids.0, xids.1) else {
         return Ok(Incremental::Fallback(
             "transaction ids too far apart to compare".into(),
         ));
     };
-    let total: i64 = match asked.count {
+    let total: i64 = match facts.count {
         Some(n) => n,
         None => c
             .query_one(&format!("SELECT count(*) FROM {from}"), &[])
@@ -2986,12 +2986,12 @@ fn cache_ident(
     t: &TableData,
     sql: &str,
     memo: &mut TypeMemo,
-    facts: TableFacts,
+    facts: &TableFacts,
 ) -> Result<Option<([u8; 32], u64, u64)>> {
-    let Some(types) = type_closure(c, loc, facts.types, memo)? else {
+    let Some(types) = type_closure(c, loc, facts.types.clone(), memo)? else {
         return Ok(None);
     };
-    let row = facts.ident;
+    let row = &facts.ident;
     let db: Option<i64> = row.get(0);
     let system: Option<i64> = row.get(1);
     let relfilenode: i64 = row.get(2);
@@ -3383,13 +3383,8 @@ fn read_rows(
     types: &mut TypeMemo,
     (facts, path): (TableFacts, Option<PathBuf>),
 ) -> Result<(u64, ObjectId)> {
-    let heap_likely = heap_nearly_in_key_order(rel, t, &facts);
-    let asked = Asked {
-        count: facts.count,
-        age_of_xmax: facts.ident.get(8),
-    };
     let cache = match (rows_cache, path) {
-        (Some(rc), Some(path)) => match cache_ident(c, loc, rel, t, sql, types, facts)? {
+        (Some(rc), Some(path)) => match cache_ident(c, loc, rel, t, sql, types, &facts)? {
             Some((ident, xmin, xmax)) => Some((rc, ident, xmin, xmax, path)),
             None => {
                 tracing::info!(
@@ -3434,7 +3429,7 @@ fn read_rows(
                         rel.partitioned,
                         (path, ident),
                         (old_xid, *xmax),
-                        &asked,
+                        &facts,
                         rc.src,
                         sink,
                         chunker,
@@ -3465,7 +3460,7 @@ fn read_rows(
     }
     // In the heap's order when it likely holds the rows nearly in key
     // order; in key order if that fails, or else.
-    let orders: &[Order] = if heap_likely {
+    let orders: &[Order] = if facts.heap_likely == Some(true) {
         &[Order::Heap, Order::Key]
     } else {
         &[Order::Key]
@@ -3524,43 +3519,35 @@ fn read_rows(
     )))
 }
 
-/// Whether a table's heap likely holds its rows nearly in key order, so
-/// that reading it in that order (cheaper for the server) and putting the
-/// rows in key order on the way ([`super::build_row_map_with`]) likely
-/// works: the server's statistics say no row of it was ever updated or
-/// deleted (an updated row moves to the heap's end; a deleted one leaves a
-/// gap a later row fills), and that its first key column follows the
-/// heap's order (a correlation of 0.9 or more). Only a guess: a read that
-/// finds the rows out of reach reads them again in key order, in the same
-/// transaction. A partitioned table is always read in key order.
-fn heap_nearly_in_key_order(rel: &PgTable, t: &TableData, facts: &TableFacts) -> bool {
-    heap_guess_column(rel, t).is_some() && facts.heap_likely == Some(true)
-}
-
-/// The first key column [`heap_nearly_in_key_order`] asks the statistics
-/// about; None for a table always read in key order.
+/// The first key column the heap-order guess ([`TableFacts::heap_likely`])
+/// asks the statistics about; None for a table always read in key order
+/// (a partitioned one).
 fn heap_guess_column<'a>(rel: &PgTable, t: &'a TableData) -> Option<&'a String> {
     let first = t.key.first().and_then(|&k| t.columns.get(k as usize))?;
     (!rel.partitioned).then_some(&first.name)
 }
 
-/// What [`read_table_by_cache`] takes from [`TableFacts`]: the table's
-/// row count, when it was asked, and `age()` of the snapshot's `xmax` (its
-/// low 32 bits, the `xid` they stand for), which is stable within the
-/// transaction.
-struct Asked {
-    count: Option<i64>,
-    age_of_xmax: i32,
-}
-
-/// What [`read_rows`] asks the catalog about a table, in one round trip:
-/// its column types (the first level of [`type_closure`]), the row of
-/// [`cache_ident`], and the statistics [`heap_nearly_in_key_order`]
-/// reads.
+/// What [`read_rows`] asks the catalog about a table, with its schema
+/// ([`FactsAsk`]): its column types (the first level of [`type_closure`]),
+/// the row of [`cache_ident`], and the statistics of the heap-order guess.
 struct TableFacts {
     types: Vec<i64>,
     ident: tokio_postgres::Row,
-    /// None when not asked, or when the statistics have no correlation.
+    /// `age()` of the snapshot's `xmax` (its low 32 bits, the `xid` they
+    /// stand for; stable within the transaction), for
+    /// [`read_table_by_cache`].
+    age_of_xmax: i32,
+    /// Whether the table's heap likely holds its rows nearly in key order,
+    /// so that reading it in that order (cheaper for the server) and
+    /// putting the rows in key order on the way
+    /// ([`super::build_row_map_with`]) likely works: the server's
+    /// statistics say no row of it was ever updated or deleted (an updated
+    /// row moves to the heap's end; a deleted one leaves a gap a later row
+    /// fills), and that its first key column follows the heap's order (a
+    /// correlation of 0.9 or more). Only a guess: a read that finds the rows
+    /// out of reach reads them again in key order, in the same transaction.
+    /// None when not asked ([`heap_guess_column`]), or when the statistics
+    /// have no correlation.
     heap_likely: Option<bool>,
     /// The table's own rows (what [`read_table_by_cache`] compares the
     /// cache with), when asked: only when the table has a row cache.
@@ -3654,6 +3641,7 @@ impl<'a> FactsAsk<'a> {
         };
         let types = one("column types")?.get(0);
         let ident = one("table")?;
+        let age_of_xmax = ident.get(8);
         let heap_likely = match self.heap {
             Some(_) => one("statistics")?.get(0),
             None => None,
@@ -3665,6 +3653,7 @@ impl<'a> FactsAsk<'a> {
         Ok(TableFacts {
             types,
             ident,
+            age_of_xmax,
             heap_likely,
             count,
         })
