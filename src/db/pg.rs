@@ -1154,6 +1154,11 @@ struct PgColumn {
     is_enum: bool,
     /// Its collation, qualified and quoted, when not its type's default.
     collation: Option<String>,
+    /// The name of its `NOT NULL` constraint (PostgreSQL 18 names them;
+    /// None before).
+    not_null_name: Option<String>,
+    /// Its `NOT NULL` is `NO INHERIT` (PostgreSQL 18).
+    no_inherit: bool,
 }
 
 /// What the catalog says about one table.
@@ -1338,7 +1343,8 @@ fn columns_of(
         .query(
             "SELECT a.attrelid::int8, a.attnum, a.attname::text, \
                     pg_catalog.format_type(a.atttypid, a.atttypmod), \
-                    a.attnotnull, pg_catalog.pg_get_expr(d.adbin, d.adrelid), \
+                    a.attnotnull AND coalesce(nn.convalidated, true), \
+                    pg_catalog.pg_get_expr(d.adbin, d.adrelid), \
                     a.attidentity::text, a.attgenerated::text, \
                     COALESCE((SELECT t.typtype = 'e' FROM pg_catalog.pg_type t \
                               WHERE t.oid = a.atttypid), false), \
@@ -1346,9 +1352,14 @@ fn columns_of(
                      FROM pg_catalog.pg_collation co \
                      JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace \
                      JOIN pg_catalog.pg_type ct ON ct.oid = a.atttypid \
-                     WHERE co.oid = a.attcollation AND a.attcollation <> ct.typcollation) \
+                     WHERE co.oid = a.attcollation AND a.attcollation <> ct.typcollation), \
+                    nn.conname::text, coalesce(nn.connoinherit, false) \
              FROM pg_catalog.pg_attribute a \
              LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+             LEFT JOIN LATERAL (SELECT k.conname, k.convalidated, k.connoinherit \
+                                FROM pg_catalog.pg_constraint k \
+                                WHERE k.conrelid = a.attrelid AND k.contype = 'n' \
+                                  AND k.conkey = ARRAY[a.attnum] LIMIT 1) nn ON true \
              WHERE a.attrelid = ANY($1::int8[]::oid[]) AND a.attnum > 0 AND NOT a.attisdropped \
              ORDER BY a.attrelid, a.attnum",
             &[&oids],
@@ -1365,6 +1376,8 @@ fn columns_of(
             generated: r.get(7),
             is_enum: r.get(8),
             collation: r.get(9),
+            not_null_name: r.get(10),
+            no_inherit: r.get(11),
         });
     }
     Ok(out)
@@ -1603,7 +1616,7 @@ fn schema_of(
     let cons_sql = format!(
         "SELECT conname::text, pg_catalog.pg_get_constraintdef(oid, true), {INDEX_OPTIONS} \
                  FROM pg_catalog.pg_constraint WHERE conrelid = $1::int8::oid \
-                   AND contype IN ('u', 'c', 'x', 'f') \
+                   AND (contype IN ('u', 'c', 'x', 'f') OR (contype = 'n' AND NOT convalidated)) \
                  ORDER BY contype = 'f', conname COLLATE \"C\""
     );
     let (storage_cols_sql, storage_rel_sql) = storage_settings_sql();
@@ -1774,10 +1787,17 @@ fn schema_of(
         if let Some(coll) = &col.collation {
             d.push_str(&format!(" COLLATE {coll}"));
         }
-        if col.generated == "s" {
+        // (`v`: PostgreSQL 18's virtual generated columns, the default
+        // kind there.)
+        if col.generated == "s" || col.generated == "v" {
             d.push_str(&format!(
-                " GENERATED ALWAYS AS ({}) STORED",
-                col.default.clone().unwrap_or_default()
+                " GENERATED ALWAYS AS ({}) {}",
+                col.default.clone().unwrap_or_default(),
+                if col.generated == "s" {
+                    "STORED"
+                } else {
+                    "VIRTUAL"
+                }
             ));
         } else if let Some(def) = &col.default {
             d.push_str(&format!(" DEFAULT {def}"));
@@ -1789,7 +1809,18 @@ fn schema_of(
             _ => {}
         }
         if col.not_null {
-            d.push_str(" NOT NULL");
+            // A name other than the one PostgreSQL 18 would give it, as
+            // pg_dump keeps it. (A `NOT VALID` one is not here: it is a
+            // constraint of the table's, added after the rows.)
+            match &col.not_null_name {
+                Some(n) if *n != format!("{}_{}_not_null", t.name, col.name) => {
+                    d.push_str(&format!(" CONSTRAINT {} NOT NULL", quote(n)))
+                }
+                _ => d.push_str(" NOT NULL"),
+            }
+            if col.no_inherit {
+                d.push_str(" NO INHERIT");
+            }
         }
         cols.push(d);
     }
@@ -1895,8 +1926,9 @@ fn schema_of(
         }
     }
     let mut extras = Vec::new();
-    // Constraints other than the key: unique, check, exclusion, then
-    // foreign keys (which need the other tables).
+    // Constraints other than the key: unique, check, exclusion, a
+    // `NOT VALID` not-null one (PostgreSQL 18: the rows may hold NULLs),
+    // then foreign keys (which need the other tables).
     for r in cons {
         let name: String = r.get(0);
         let def = with_index_options(r.get(1), &r, 2, "");

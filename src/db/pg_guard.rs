@@ -955,16 +955,41 @@ pub fn constraint(sql: &str, table: &str) -> Result<Guarded> {
     }
     let kind_ok = ["unique", "primary", "check", "exclude", "foreign"]
         .iter()
-        .any(|k| word(t.get(6), k));
+        .any(|k| word(t.get(6), k))
+        || not_null(&t[6..]);
     if !kind_ok || top_level_comma(&t[6..]) {
         return Err(refuse(format!(
-            "table {table}: a constraint that is not one UNIQUE, PRIMARY KEY, CHECK, EXCLUDE or FOREIGN KEY"
+            "table {table}: a constraint that is not one UNIQUE, PRIMARY KEY, CHECK, EXCLUDE, FOREIGN KEY or NOT NULL"
         )));
     }
     Ok(Guarded {
         names: names(&t[6..]),
         sql: s.text,
     })
+}
+
+/// PostgreSQL 18's `NOT NULL col [NO INHERIT] [NOT VALID]` (as
+/// `pg_get_constraintdef` prints one), nothing more.
+fn not_null(t: &[Tok]) -> bool {
+    if !(word(t.first(), "not") && word(t.get(1), "null") && ident(t.get(2)).is_some()) {
+        return false;
+    }
+    let words: Option<Vec<&str>> = t[3..]
+        .iter()
+        .map(|x| match x {
+            Tok::Word(w) => Some(w.as_str()),
+            _ => None,
+        })
+        .collect();
+    matches!(
+        words.as_deref(),
+        Some(
+            [] | ["no", "inherit"]
+                | ["not", "valid"]
+                | ["no", "inherit", "not", "valid"]
+                | ["not", "valid", "no", "inherit"]
+        )
+    )
 }
 
 /// `CREATE [UNIQUE] INDEX name ON [ONLY] table …`, or a mark on one of
@@ -1397,6 +1422,13 @@ mod tests {
         )
         .unwrap();
         assert!(g.names.contains(&"length".to_string()));
+        for ok in [
+            "ALTER TABLE \"users\" ADD CONSTRAINT \"n\" NOT NULL email NOT VALID",
+            "ALTER TABLE \"users\" ADD CONSTRAINT \"n\" NOT NULL \"e\" NO INHERIT NOT VALID",
+            "ALTER TABLE \"users\" ADD CONSTRAINT \"n\" NOT NULL email",
+        ] {
+            constraint(ok, "users").unwrap();
+        }
         index(
             "CREATE UNIQUE INDEX users_e ON ONLY users USING btree (lower(email))",
             "users",
@@ -1501,6 +1533,12 @@ mod tests {
             "ALTER TABLE victim ADD CONSTRAINT c CHECK (true)",
             "ALTER TABLE t ADD CONSTRAINT c CHECK (true), DROP COLUMN a",
             "ALTER TABLE t DROP COLUMN a",
+            "ALTER TABLE t ADD CONSTRAINT c NOT NULL a, DROP COLUMN b",
+            "ALTER TABLE t ADD CONSTRAINT c NOT NULL a NOT VALID NOT VALID",
+            "ALTER TABLE t ADD CONSTRAINT c NOT NULL a DEFERRABLE",
+            "ALTER TABLE t ADD CONSTRAINT c NOT NULL (a)",
+            "ALTER TABLE t ADD CONSTRAINT c NOT NULL",
+            "ALTER TABLE t ADD CONSTRAINT c NOT NULL a; DROP TABLE victim",
         ] {
             assert!(constraint(bad, "t").is_err(), "{bad}");
         }
