@@ -1155,7 +1155,9 @@ struct PgColumn {
     /// Its collation, qualified and quoted, when not its type's default.
     collation: Option<String>,
     /// The name of its `NOT NULL` constraint (PostgreSQL 18 names them;
-    /// None before).
+    /// None before), when the table's own (not only inherited: a restore
+    /// makes an inheriting table without its parent, and the parent's
+    /// name would be taken from the parent, made after it).
     not_null_name: Option<String>,
     /// Its `NOT NULL` is `NO INHERIT` (PostgreSQL 18).
     no_inherit: bool,
@@ -1356,7 +1358,8 @@ fn columns_of(
                     nn.conname::text, coalesce(nn.connoinherit, false) \
              FROM pg_catalog.pg_attribute a \
              LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
-             LEFT JOIN LATERAL (SELECT k.conname, k.convalidated, k.connoinherit \
+             LEFT JOIN LATERAL (SELECT CASE WHEN k.conislocal THEN k.conname END AS conname, \
+                                       k.convalidated, k.connoinherit \
                                 FROM pg_catalog.pg_constraint k \
                                 WHERE k.conrelid = a.attrelid AND k.contype = 'n' \
                                   AND k.conkey = ARRAY[a.attnum] LIMIT 1) nn ON true \
@@ -1520,7 +1523,12 @@ fn user_types(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<String> {
                                                  WHERE co.oid = ty.typcollation) \
                             ELSE '' END \
                     || coalesce(' DEFAULT ' || ty.typdefault, '') \
-                    || CASE WHEN ty.typnotnull THEN ' NOT NULL' ELSE '' END \
+                    || CASE WHEN ty.typnotnull THEN \
+                         coalesce((SELECT ' CONSTRAINT ' || pg_catalog.quote_ident(k.conname::text) \
+                                   FROM pg_catalog.pg_constraint k \
+                                   WHERE k.contypid = ty.oid AND k.contype = 'n' \
+                                     AND k.conname::text <> ty.typname::text || '_not_null' \
+                                   LIMIT 1), '') || ' NOT NULL' ELSE '' END \
                     || coalesce((SELECT string_agg(' CONSTRAINT ' || pg_catalog.quote_ident(k.conname::text) \
                                                    || ' ' || pg_catalog.pg_get_constraintdef(k.oid, true), '' \
                                                    ORDER BY k.conname COLLATE \"C\") \
