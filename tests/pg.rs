@@ -6083,6 +6083,158 @@ fn postgres_18_tables_come_back_as_they_were() {
     );
 }
 
+/// A restore into a new database makes the extensions the types of the
+/// tables' columns come from, before the tables, as pg_restore does:
+/// directly (`citext`, the key here), as an array's element (`cube[]`) and
+/// under a domain (`hstore`). Each is one PostgreSQL deems trusted (one a
+/// database's owner may make). pg_dump's schema of the two databases,
+/// `CREATE EXTENSION` lines included, is the same.
+#[test]
+fn a_new_database_gets_the_extensions_its_types_come_from() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("ext");
+    pg.psql(
+        &db,
+        "CREATE EXTENSION citext; CREATE EXTENSION cube; CREATE EXTENSION hstore;
+         CREATE DOMAIN attrs AS hstore;
+         CREATE TABLE people (mail citext PRIMARY KEY, points cube[], a attrs);
+         INSERT INTO people VALUES ('apple@x', '{\"(1, 2)\"}', 'k=>1'), ('Bob@x', '{}', ''),
+                                   ('carl@X', NULL, NULL);",
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &pg.url(&db), &[]);
+    let fresh = restored_into_new(pg, d, "ext_new");
+    let want = pg.schema(&db, &[]);
+    for ext in ["citext", "cube", "hstore"] {
+        assert!(
+            want.contains(&format!("CREATE EXTENSION IF NOT EXISTS {ext} ")),
+            "{want}"
+        );
+    }
+    assert_eq!(pg.schema(&fresh, &[]), want);
+    assert_eq!(pg.dump_rows(&fresh, "people"), pg.dump_rows(&db, "people"));
+    snap(d, &pg.url(&fresh), &[]);
+    no_change_since_the_last_snapshot(d);
+}
+
+/// An extension PostgreSQL does not deem trusted (only a superuser may
+/// make it; its code is not for any database owner to load) is never made
+/// by a restore, superuser or not: the snapshot, which may come from
+/// anyone, would choose what the server loads. The restore says which
+/// extension to make first, in one line, and leaves the new database as
+/// it was (the trusted `cube` it made first is rolled back). Made first,
+/// the restore goes through. (`earth`, earthdistance's domain over `cube`.)
+#[test]
+fn an_extension_the_server_does_not_trust_is_not_made() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("untrusted");
+    pg.psql(
+        &db,
+        "CREATE EXTENSION cube; CREATE EXTENSION earthdistance;
+         CREATE TABLE places (id int PRIMARY KEY, at earth);
+         INSERT INTO places VALUES (1, ll_to_earth(52.5, 13.4)), (2, NULL);",
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &pg.url(&db), &[]);
+    let fresh = pg.new_db("untrusted_new");
+    let err = fails_pg(
+        d,
+        &["--store", "st", "restore", "main", "--db", &pg.url(&fresh)],
+    );
+    assert!(
+        err.contains("extension earthdistance")
+            && err.contains("CREATE EXTENSION \"earthdistance\""),
+        "{err}"
+    );
+    let left = |q: &str| pg.psql(&fresh, q).trim().to_string();
+    assert_eq!(
+        left("SELECT string_agg(extname::text, ',') FROM pg_extension"),
+        "plpgsql"
+    );
+    assert_eq!(
+        left("SELECT count(*) FROM pg_class WHERE relname = 'places'"),
+        "0"
+    );
+    pg.psql(
+        &fresh,
+        "CREATE EXTENSION cube; CREATE EXTENSION earthdistance;",
+    );
+    ok_pg(
+        d,
+        &[
+            "--store",
+            "st",
+            "restore",
+            "main",
+            "--db",
+            &pg.url(&fresh),
+            "-q",
+        ],
+    );
+    assert_eq!(pg.dump_rows(&fresh, "places"), pg.dump_rows(&db, "places"));
+}
+
+/// pgvector's types, where AI-agent services keep their embeddings,
+/// round trip exactly (float4 extremes, a subnormal, -0): `vector`,
+/// `halfvec` and `sparsevec`, with an HNSW index. pgvector is not a
+/// trusted extension: a restore into a new database asks for it to be
+/// made first; made, the rows and the index come back as they were, and a
+/// changed embedding diffs as that column.
+#[test]
+fn pgvector_embeddings_round_trip() {
+    let Some(pg) = cluster_18() else { return };
+    let db = pg.new_db("vec");
+    pg.psql(
+        &db,
+        "CREATE EXTENSION vector;
+         CREATE TABLE emb (id bigint PRIMARY KEY, e vector(3), h halfvec(2), s sparsevec(5));
+         INSERT INTO emb VALUES
+           (1, '[1,2.5,-3e-08]', '[1,2]', '{1:0.5,4:2}/5'),
+           (2, '[3.4028235e+38,-1.4e-45,-0]', '[65504,-6e-08]', '{}/5'),
+           (3, NULL, NULL, NULL);
+         CREATE INDEX emb_e ON emb USING hnsw (e vector_l2_ops);",
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &pg.url(&db), &[]);
+    let fresh = pg.new_db("vec_new");
+    let err = fails_pg(
+        d,
+        &["--store", "st", "restore", "main", "--db", &pg.url(&fresh)],
+    );
+    assert!(err.contains("CREATE EXTENSION \"vector\""), "{err}");
+    pg.psql(&fresh, "CREATE EXTENSION vector");
+    ok_pg(
+        d,
+        &[
+            "--store",
+            "st",
+            "restore",
+            "main",
+            "--db",
+            &pg.url(&fresh),
+            "-q",
+        ],
+    );
+    assert_eq!(pg.schema(&fresh, &[]), pg.schema(&db, &[]));
+    assert_eq!(pg.dump_rows(&fresh, "emb"), pg.dump_rows(&db, "emb"));
+    pg.psql(
+        &db,
+        "UPDATE emb SET e = '[1,2.5,-3.0000001e-08]' WHERE id = 1",
+    );
+    let out = ok_pg(d, &["--store", "st", "diff", "main", "--db", &pg.url(&db)]);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "M emb(1) [e]",
+            "1 row changed: 0 added, 0 removed, 1 modified"
+        ],
+        "{out}"
+    );
+}
+
 /// The sequences of the tables a restore creates come back in the state
 /// they were in: called or not, a value set without calling it, counting
 /// down, an identity column's; the next value each gives is the source's.

@@ -1178,6 +1178,10 @@ struct PgTable {
     /// one: the table's script makes no types (the queries for them are
     /// skipped, most tables' case).
     plain_types: bool,
+    /// `CREATE EXTENSION IF NOT EXISTS …;` lines for the extensions the
+    /// types of its columns come from (directly, as arrays, or under a
+    /// domain), if any.
+    extensions: Option<String>,
     /// Its primary key: the constraint's name, its columns' numbers, and
     /// its definition (with its index's storage parameters).
     pk: Option<(String, Vec<i16>, String)>,
@@ -1230,6 +1234,23 @@ fn relations(c: &mut Client, loc: &PgLocation, name: Option<&str>) -> Result<Vec
                           LEFT JOIN pg_catalog.pg_type el ON el.oid = ty.typelem AND ty.typcategory = 'A' \
                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
                             AND (ty.typtype IN ('e', 'c', 'd') OR el.typtype IN ('e', 'c', 'd'))), \
+                        CASE WHEN c.relkind IN ('r', 'p') THEN ( \
+                          SELECT string_agg(q.s, '' ORDER BY q.s) FROM ( \
+                            SELECT DISTINCT 'CREATE EXTENSION IF NOT EXISTS ' \
+                                   || pg_catalog.quote_ident(e.extname::text) \
+                                   || CASE WHEN e.extnamespace <> c.relnamespace \
+                                           THEN ' WITH SCHEMA ' || pg_catalog.quote_ident(en.nspname::text) \
+                                           ELSE '' END || E';\n' AS s \
+                            FROM pg_catalog.pg_attribute a \
+                            JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+                            LEFT JOIN pg_catalog.pg_type el ON el.oid = ty.typelem AND ty.typcategory = 'A' \
+                            JOIN pg_catalog.pg_depend d \
+                              ON d.classid = 'pg_catalog.pg_type'::regclass \
+                             AND d.objid IN (ty.oid, el.oid, ty.typbasetype) AND d.objsubid = 0 \
+                             AND d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e' \
+                            JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid \
+                            JOIN pg_catalog.pg_namespace en ON en.oid = e.extnamespace \
+                            WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) q) END, \
                         pk.* \
                  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                  LEFT JOIN LATERAL (SELECT conname::text, conkey, \
@@ -1264,11 +1285,12 @@ fn relations(c: &mut Client, loc: &PgLocation, name: Option<&str>) -> Result<Vec
         let view: Option<String> = r.get(3);
         let view_with: Option<String> = r.get(4);
         let plain_types: bool = r.get(5);
-        // (Its primary key, when it has one: columns 6.. are the
+        let extensions: Option<String> = r.get(6);
+        // (Its primary key, when it has one: columns 7.. are the
         // constraint's name, columns, definition and INDEX_OPTIONS.)
-        let pk = r.get::<_, Option<String>>(6).map(|pk_name| {
-            let def = with_index_options(r.get(8), &r, 9, "");
-            (pk_name, r.get::<_, Vec<i16>>(7), def)
+        let pk = r.get::<_, Option<String>>(7).map(|pk_name| {
+            let def = with_index_options(r.get(9), &r, 10, "");
+            (pk_name, r.get::<_, Vec<i16>>(8), def)
         });
         let columns = columns.remove(&oid).unwrap_or_default();
         out.push(PgTable {
@@ -1283,6 +1305,7 @@ fn relations(c: &mut Client, loc: &PgLocation, name: Option<&str>) -> Result<Vec
             view_with,
             columns,
             plain_types,
+            extensions,
             pk,
         });
     }
@@ -1577,7 +1600,10 @@ fn schema_of(
     facts: &FactsAsk<'_>,
 ) -> Result<(String, Vec<Extra>, TableFacts)> {
     let err = |e| loc.error(e);
-    let mut script = String::new();
+    // The extensions whose types the columns use (citext, pgvector's
+    // vector…): a restore into a new database makes them first, when the
+    // server deems them trusted.
+    let mut script = t.extensions.clone().unwrap_or_default();
     // Enum types the columns use (directly, as arrays, or inside a
     // composite type they use).
     let enums = if t.plain_types {
@@ -4812,6 +4838,41 @@ fn create_step(c: &mut Client, loc: &PgLocation, a: &Action) -> Result<()> {
             if !type_exists(c, loc, name)? {
                 refuse_volatile(c, loc, names, "a domain", sql)?;
                 c.execute(sql.as_str(), &[]).map_err(err)?;
+            }
+        }
+        Action::Extension { name, sql } => {
+            let (have, trusted): (bool, Option<bool>) = {
+                let r = c
+                    .query_one(
+                        "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = $1::text::name), \
+                                (SELECT v.trusted FROM pg_catalog.pg_available_extensions a \
+                                 JOIN pg_catalog.pg_available_extension_versions v \
+                                   ON v.name = a.name AND v.version = a.default_version \
+                                 WHERE a.name = $1::text::name)",
+                        &[name],
+                    )
+                    .map_err(err)?;
+                (r.get(0), r.get(1))
+            };
+            match (have, trusted) {
+                (true, _) => {}
+                (false, Some(true)) => {
+                    c.execute(sql.as_str(), &[]).map_err(err)?;
+                }
+                (false, Some(false)) => {
+                    return Err(SyncError::Database(format!(
+                        "{}: the tables need extension {name}, which the server does not deem \
+                         trusted, so sp-sync does not make it: make it first (CREATE EXTENSION {})",
+                        loc.redacted(),
+                        quote(name)
+                    )));
+                }
+                (false, None) => {
+                    return Err(SyncError::Database(format!(
+                        "{}: the tables need extension {name}, which is not installed on the server",
+                        loc.redacted()
+                    )));
+                }
             }
         }
         Action::Composite { name, sql } => {

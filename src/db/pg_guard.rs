@@ -343,6 +343,16 @@ pub enum Action {
         /// Every identifier after `AS`.
         names: Vec<String>,
     },
+    /// Create this extension unless the database has it, and only when
+    /// the server deems it trusted (one a database owner may create:
+    /// citext, hstore, pgvector's vector…); `CREATE EXTENSION IF NOT EXISTS
+    /// name [WITH SCHEMA s]`, the types of the table's columns being its.
+    Extension {
+        /// The extension's name (unquoted).
+        name: String,
+        /// The `CREATE EXTENSION` statement.
+        sql: String,
+    },
     /// Create this sequence (it must not exist yet: a snapshot does not
     /// take over a sequence the database already has).
     Sequence {
@@ -526,6 +536,34 @@ pub fn table_script(sql: &str, table: &str) -> Result<Vec<Action>> {
             } else {
                 domain(t, &s.text)?
             });
+        } else if word(t.first(), "create") && word(t.get(1), "extension") {
+            // `CREATE EXTENSION IF NOT EXISTS name [WITH SCHEMA s]`, before
+            // the table, nothing more.
+            let bad = || {
+                refuse(format!(
+                    "table {table}: a CREATE EXTENSION other than IF NOT EXISTS name [WITH SCHEMA s], \
+                     or after the table: {}",
+                    excerpt(&s.text)
+                ))
+            };
+            expect_words(
+                t,
+                &["create", "extension", "if", "not", "exists"],
+                "an extension",
+            )
+            .map_err(|_| bad())?;
+            let name = ident(t.get(5)).ok_or_else(bad)?.to_string();
+            let schema_ok = match &t[6..] {
+                [] => true,
+                [w, sc, s] => {
+                    word(Some(w), "with") && word(Some(sc), "schema") && ident(Some(s)).is_some()
+                }
+                _ => false,
+            };
+            if !schema_ok || tables != 0 {
+                return Err(bad());
+            }
+            acts.push(Action::Extension { name, sql: s.text });
         } else if word(t.first(), "create") && word(t.get(1), "sequence") {
             expect_words(
                 t,
@@ -1367,6 +1405,34 @@ mod tests {
             let script = format!("{base}{bad};\n");
             assert!(table_script(&script, "t").is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_extension_is_made_only_by_its_name_before_the_table() {
+        let table = "CREATE TABLE \"t\" (\n    \"k\" citext NOT NULL\n);\n";
+        let ok = format!(
+            "CREATE EXTENSION IF NOT EXISTS citext;\n\
+             CREATE EXTENSION IF NOT EXISTS \"my ext\" WITH SCHEMA \"ext\";\n{table}"
+        );
+        let a = table_script(&ok, "t").unwrap();
+        assert!(matches!(&a[0], Action::Extension { name, .. } if name == "citext"));
+        assert!(
+            matches!(&a[1], Action::Extension { name, sql } if name == "my ext" && sql.ends_with("\"ext\""))
+        );
+        for bad in [
+            "CREATE EXTENSION citext",
+            "CREATE EXTENSION IF NOT EXISTS citext CASCADE",
+            "CREATE EXTENSION IF NOT EXISTS citext VERSION '1.0'",
+            "CREATE EXTENSION IF NOT EXISTS citext WITH SCHEMA a.b",
+            "CREATE EXTENSION IF NOT EXISTS citext SCHEMA ext",
+            "CREATE EXTENSION IF NOT EXISTS 'citext'",
+            "CREATE EXTENSION IF NOT EXISTS citext; DROP TABLE victim",
+        ] {
+            let script = format!("{bad};\n{table}");
+            assert!(table_script(&script, "t").is_err(), "{bad}");
+        }
+        let after = format!("{table}CREATE EXTENSION IF NOT EXISTS citext;\n");
+        assert!(table_script(&after, "t").is_err());
     }
 
     #[test]
