@@ -217,6 +217,7 @@ impl DiffCmdReport {
             };
             let schema = match t.change {
                 "schema" => " (schema changed)",
+                "key" => " (schema changed: rows keyed by other columns, not compared)",
                 "sequence" => " (sequence moved)",
                 _ => "",
             };

@@ -48,8 +48,10 @@ impl RowChange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TableChange {
     pub table: String,
-    /// `added`, `removed`, `schema`, or `sequence` (only a sequence's value
-    /// moved).
+    /// `added`, `removed`, `schema`, `key` (the rows are keyed by other
+    /// columns, or by the rowid on one side only: they are not compared,
+    /// since matching them by key would pair rows that are not the same),
+    /// or `sequence` (only a sequence's value moved).
     pub change: &'static str,
     pub view: bool,
 }
@@ -78,6 +80,12 @@ impl RowStat {
 /// Whether two tables have the same structure (columns, key, rowid layout).
 pub fn same_structure(a: &TableData, b: &TableData) -> bool {
     a.flags == b.flags && a.key == b.key && a.columns == b.columns
+}
+
+/// What a table's rows are keyed by: the rowid (None), or these columns
+/// in this order.
+fn keying(t: &TableData) -> Option<Vec<String>> {
+    (!t.keyed_by_rowid()).then(|| t.key_names())
 }
 
 fn schema_of(t: &TableObject) -> (String, Vec<(&str, &str)>) {
@@ -222,6 +230,16 @@ pub fn diff_tables(
                 view,
             }),
             (Some(x), Some(y)) => {
+                if let (Some(p), Some(q)) = (&x.table, &y.table)
+                    && keying(p) != keying(q)
+                {
+                    tables.push(TableChange {
+                        table: name.clone(),
+                        change: "key",
+                        view,
+                    });
+                    continue;
+                }
                 let structure = match (&x.table, &y.table) {
                     (Some(p), Some(q)) => same_structure(p, q),
                     (None, None) => true,
