@@ -6289,6 +6289,55 @@ fn a_table_keyed_otherwise_is_not_compared_row_by_row() {
     );
 }
 
+/// A partition's own constraints and indexes (made on it, not on the
+/// partitioned table above it) come back from a restore into a new
+/// database, after the rows: its index, unique, check and foreign key, and
+/// the index of a partition partitioned again (made on its partitions
+/// too). They were dropped, silently. The partitioned table's own, which
+/// every partition has, come back once, not again per partition.
+#[test]
+fn a_partitions_own_constraints_and_indexes_come_back() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("parts");
+    pg.psql(
+        &db,
+        "CREATE TABLE m (id int CHECK (id > 0), k text, v int, PRIMARY KEY (id, k))
+           PARTITION BY LIST (k);
+         CREATE INDEX m_v ON m (v);
+         CREATE TABLE m_a PARTITION OF m FOR VALUES IN ('a');
+         CREATE TABLE m_b PARTITION OF m FOR VALUES IN ('b');
+         CREATE TABLE m_c PARTITION OF m FOR VALUES IN ('c') PARTITION BY RANGE (id);
+         CREATE TABLE m_c1 PARTITION OF m_c FOR VALUES FROM (1) TO (100);
+         CREATE TABLE r (id int PRIMARY KEY);
+         INSERT INTO r VALUES (1), (2);
+         CREATE INDEX m_a_v2 ON m_a ((v * 2));
+         ALTER TABLE m_a ADD CONSTRAINT m_a_u UNIQUE (v);
+         ALTER TABLE m_b ADD CONSTRAINT b_pos CHECK (v > 0);
+         ALTER TABLE m_b ADD CONSTRAINT b_ref FOREIGN KEY (v) REFERENCES r (id);
+         CREATE INDEX m_c_kv ON m_c (k, v);
+         INSERT INTO m VALUES (1, 'a', 10), (2, 'b', 2), (3, 'c', 30);",
+    );
+    let want = pg.schema(&db, &[]);
+    for part in [
+        "CREATE INDEX m_a_v2 ON public.m_a",
+        "ADD CONSTRAINT m_a_u UNIQUE (v)",
+        "CONSTRAINT b_pos CHECK ((v > 0))",
+        "ADD CONSTRAINT b_ref FOREIGN KEY (v) REFERENCES public.r(id)",
+        "CREATE INDEX m_c_kv ON ONLY public.m_c",
+        "CREATE INDEX m_c1_k_v_idx ON public.m_c1",
+    ] {
+        assert!(want.contains(part), "{part}: {want}");
+    }
+    let w = work();
+    let d = w.path();
+    snap(d, &pg.url(&db), &[]);
+    let fresh = restored_into_new(pg, d, "parts_new");
+    assert_eq!(pg.schema(&fresh, &[]), want);
+    assert_eq!(pg.dump_rows(&fresh, "m"), pg.dump_rows(&db, "m"));
+    snap(d, &pg.url(&fresh), &[]);
+    no_change_since_the_last_snapshot(d);
+}
+
 /// The sequences of the tables a restore creates come back in the state
 /// they were in: called or not, a value set without calling it, counting
 /// down, an identity column's; the next value each gives is the source's.

@@ -1866,12 +1866,16 @@ fn schema_of(
         quote(&t.name),
         cols.join(",\n    ")
     );
-    match partitions(c, loc, t)? {
+    let parts_recorded = match partitions(c, loc, t)? {
         Some((by, parts)) => {
             script.push_str(&format!("{create} PARTITION BY {by};\n{parts}"));
+            true
         }
-        None => script.push_str(&format!("{create};\n")),
-    }
+        None => {
+            script.push_str(&format!("{create};\n"));
+            false
+        }
+    };
     script.push_str(&owned);
     script.push_str(&storage_settings(t, storage_cols, one(storage_rel)?));
     let qschema: String = one(qschema)?.get(0);
@@ -2027,6 +2031,9 @@ fn schema_of(
             });
         }
     }
+    if parts_recorded {
+        extras.extend(partition_extras(c, loc, t, &qschema, ordinal)?);
+    }
     for (seq, col, last, called) in seq_values {
         *ordinal += 1;
         extras.push(Extra {
@@ -2041,6 +2048,94 @@ fn schema_of(
         });
     }
     Ok((script, extras, facts))
+}
+
+/// The constraints and indexes a recorded partition of `t` has of its own
+/// (not made on it from the partitioned table above it), as extras named
+/// on that partition: its own unique, check, exclusion, `NOT VALID`
+/// not-null and foreign key constraints, and its indexes that are attached
+/// to no index above and back no constraint. A restore into a new database
+/// makes them after the rows, as the table's own.
+fn partition_extras(
+    c: &mut Client,
+    loc: &PgLocation,
+    t: &PgTable,
+    qschema: &str,
+    ordinal: &mut u64,
+) -> Result<Vec<Extra>> {
+    let err = |e| loc.error(e);
+    const TREE: &str = "WITH RECURSIVE tree(oid) AS ( \
+           SELECT i.inhrelid FROM pg_catalog.pg_inherits i WHERE i.inhparent = $1::int8::oid \
+           UNION ALL \
+           SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)";
+    let cons = c
+        .query(
+            &format!(
+                "{TREE} SELECT c.relname::text, k.conname::text, \
+                        pg_catalog.pg_get_constraintdef(k.oid, true), {INDEX_OPTIONS} \
+                 FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid \
+                 JOIN pg_catalog.pg_constraint k ON k.conrelid = c.oid \
+                 WHERE k.conparentid = 0 AND k.conislocal AND k.coninhcount = 0 \
+                   AND (k.contype IN ('u', 'c', 'x', 'f') OR (k.contype = 'n' AND NOT k.convalidated)) \
+                 ORDER BY k.contype = 'f', c.relname COLLATE \"C\", k.conname COLLATE \"C\""
+            ),
+            &[&t.oid],
+        )
+        .map_err(err)?;
+    let idx = c
+        .query(
+            &format!(
+                "{TREE} SELECT c.relname::text, ic.relname::text, \
+                        pg_catalog.pg_get_indexdef(i.indexrelid), pg_catalog.quote_ident(ic.relname) \
+                 FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid \
+                 JOIN pg_catalog.pg_index i ON i.indrelid = c.oid \
+                 JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits x WHERE x.inhrelid = i.indexrelid) \
+                   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k \
+                                   WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid) \
+                 ORDER BY c.relname COLLATE \"C\", ic.relname COLLATE \"C\""
+            ),
+            &[&t.oid],
+        )
+        .map_err(err)?;
+    let mut extras = Vec::new();
+    for r in cons {
+        let (part, name): (String, String) = (r.get(0), r.get(1));
+        let def = with_index_options(r.get(2), &r, 3, "");
+        *ordinal += 1;
+        extras.push(Extra {
+            kind: ExtraKind::Constraint,
+            sql: format!(
+                "ALTER TABLE {} ADD CONSTRAINT {} {def}",
+                quote(&part),
+                quote(&name)
+            ),
+            name,
+            ordinal: *ordinal,
+        });
+    }
+    for r in idx {
+        let (name, def, qname): (String, String, String) = (r.get(1), r.get(2), r.get(3));
+        let def = unqualify_index(&def, &qname, qschema).unwrap_or(def);
+        // (A partition partitioned again: its own index is made on its
+        // partitions too, as the table's.)
+        let def = ["CREATE INDEX ", "CREATE UNIQUE INDEX "]
+            .into_iter()
+            .find_map(|head| {
+                let rest = def.strip_prefix(head)?.strip_prefix(&qname)?;
+                let table = rest.strip_prefix(" ON ONLY ")?;
+                Some(format!("{head}{qname} ON {table}"))
+            })
+            .unwrap_or(def);
+        *ordinal += 1;
+        extras.push(Extra {
+            kind: ExtraKind::Index,
+            name,
+            ordinal: *ordinal,
+            sql: def,
+        });
+    }
+    Ok(extras)
 }
 
 /// A partitioned table's partition key (`RANGE (at)`, as
@@ -3922,9 +4017,10 @@ fn restore_in(
     for p in &plans {
         match p {
             Plan::Create(o, t) => {
-                scripts.push((o, t, pg_guard::table_script(&o.sql, &o.name)?));
+                let (acts, parts) = pg_guard::table_script_and_partitions(&o.sql, &o.name)?;
+                scripts.push((o, t, acts));
                 for e in &o.extras {
-                    let (phase, mut step) = extra_step(o, e)?;
+                    let (phase, mut step) = extra_step(o, e, &parts)?;
                     if let Step::SetVal { fresh, .. } = &mut step {
                         // (A column's own sequence: the script made it, a
                         // sequence already there being refused.)
@@ -3935,7 +4031,7 @@ fn restore_in(
             }
             Plan::Merge(o, ..) => {
                 for e in o.extras.iter().filter(|e| e.kind == ExtraKind::Sequence) {
-                    let mut step = extra_step(o, e)?.1;
+                    let mut step = extra_step(o, e, &[])?.1;
                     if let Step::SetVal { never_back, .. } = &mut step {
                         // Without --delete the rows the snapshot lacks stay.
                         *never_back = !opts.delete;
@@ -4557,14 +4653,14 @@ enum Step {
 
 /// The phase (constraints and indexes 1, foreign keys 2, sequences 4) and
 /// the checked step of an extra.
-fn extra_step(o: &TableObject, e: &Extra) -> Result<(u8, Step)> {
+fn extra_step(o: &TableObject, e: &Extra, partitions: &[String]) -> Result<(u8, Step)> {
     Ok(match e.kind {
         ExtraKind::Constraint => {
-            let g = pg_guard::constraint(&e.sql, &o.name)?;
+            let g = pg_guard::constraint(&e.sql, &o.name, partitions)?;
             let fk = g.sql.contains(" FOREIGN KEY ");
             (if fk { 2 } else { 1 }, Step::Checked(g))
         }
-        ExtraKind::Index => (1, Step::Sql(pg_guard::index(&e.sql, &o.name)?)),
+        ExtraKind::Index => (1, Step::Sql(pg_guard::index(&e.sql, &o.name, partitions)?)),
         ExtraKind::Sequence => {
             let (column, value, called) = pg_guard::sequence_value(&e.sql, &o.name)?;
             (

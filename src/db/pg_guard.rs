@@ -298,6 +298,15 @@ fn own_name(t: Option<&Tok>, table: &str, what: &str) -> Result<()> {
     }
 }
 
+/// [`own_name`], or the name of one of the table's partitions (which its
+/// script makes).
+fn own_or_partition(t: Option<&Tok>, table: &str, partitions: &[String], what: &str) -> Result<()> {
+    match ident(t) {
+        Some(n) if partitions.iter().any(|p| p == n) => Ok(()),
+        _ => own_name(t, table, what),
+    }
+}
+
 /// Whether any `,` stands outside parentheses from `from` on (`ALTER
 /// TABLE` takes a list of actions).
 fn top_level_comma(toks: &[Tok]) -> bool {
@@ -516,6 +525,12 @@ fn storage_setting(t: &[Tok]) -> bool {
 /// '…'` (one string, nothing more), and `ALTER TABLE` of `table` making one
 /// storage setting ([`storage_setting`]), which run.
 pub fn table_script(sql: &str, table: &str) -> Result<Vec<Action>> {
+    Ok(table_script_and_partitions(sql, table)?.0)
+}
+
+/// [`table_script`], and the names of the partitions the script makes
+/// (a partition's own constraints and indexes name it).
+pub fn table_script_and_partitions(sql: &str, table: &str) -> Result<(Vec<Action>, Vec<String>)> {
     let mut acts = Vec::new();
     let mut sequences: Vec<String> = Vec::new();
     let mut tables = 0;
@@ -794,7 +809,7 @@ pub fn table_script(sql: &str, table: &str) -> Result<Vec<Action>> {
             "table {table}: the script has {tables} CREATE TABLE statements"
         )));
     }
-    Ok(acts)
+    Ok((acts, partitions))
 }
 
 fn excerpt(s: &str) -> String {
@@ -983,11 +998,11 @@ pub struct Guarded {
 
 /// `ALTER TABLE table ADD CONSTRAINT name (UNIQUE|PRIMARY KEY|CHECK|
 /// EXCLUDE|FOREIGN KEY) …`, one action.
-pub fn constraint(sql: &str, table: &str) -> Result<Guarded> {
+pub fn constraint(sql: &str, table: &str, partitions: &[String]) -> Result<Guarded> {
     let s = single(sql, "a constraint")?;
     let t = &s.toks;
     expect_words(t, &["alter", "table"], "a constraint")?;
-    own_name(t.get(2), table, "a constraint")?;
+    own_or_partition(t.get(2), table, partitions, "a constraint")?;
     if !(word(t.get(3), "add") && word(t.get(4), "constraint") && ident(t.get(5)).is_some()) {
         return Err(refuse(format!("table {table}: not an ADD CONSTRAINT")));
     }
@@ -1033,7 +1048,7 @@ fn not_null(t: &[Tok]) -> bool {
 /// `CREATE [UNIQUE] INDEX name ON [ONLY] table …`, or a mark on one of
 /// the table's indexes: `ALTER TABLE table CLUSTER ON index` or `ALTER
 /// TABLE table REPLICA IDENTITY USING INDEX index`, nothing more.
-pub fn index(sql: &str, table: &str) -> Result<String> {
+pub fn index(sql: &str, table: &str, partitions: &[String]) -> Result<String> {
     let s = single(sql, "an index")?;
     let t = &s.toks;
     if word(t.first(), "alter") {
@@ -1080,7 +1095,7 @@ pub fn index(sql: &str, table: &str) -> Result<String> {
     if word(t.get(i), "only") {
         i += 1;
     }
-    own_name(t.get(i), table, "an index")?;
+    own_or_partition(t.get(i), table, partitions, "an index")?;
     if t.get(i + 1) == Some(&Tok::Punct('.')) {
         return Err(refuse(format!(
             "an index on table {table} names another schema"
@@ -1485,6 +1500,7 @@ mod tests {
         let g = constraint(
             "ALTER TABLE \"users\" ADD CONSTRAINT \"c\" CHECK (length(email) > 3)",
             "users",
+            &[],
         )
         .unwrap();
         assert!(g.names.contains(&"length".to_string()));
@@ -1493,18 +1509,42 @@ mod tests {
             "ALTER TABLE \"users\" ADD CONSTRAINT \"n\" NOT NULL \"e\" NO INHERIT NOT VALID",
             "ALTER TABLE \"users\" ADD CONSTRAINT \"n\" NOT NULL email",
         ] {
-            constraint(ok, "users").unwrap();
+            constraint(ok, "users", &[]).unwrap();
         }
         index(
             "CREATE UNIQUE INDEX users_e ON ONLY users USING btree (lower(email))",
             "users",
+            &[],
         )
         .unwrap();
+        // A partition the table's script makes may be named too, by its
+        // own constraints and indexes; another table may not.
+        let parts = ["users_2024".to_string()];
+        constraint(
+            "ALTER TABLE \"users_2024\" ADD CONSTRAINT \"c\" CHECK (id > 0)",
+            "users",
+            &parts,
+        )
+        .unwrap();
+        index(
+            "CREATE INDEX i ON users_2024 USING btree (email)",
+            "users",
+            &parts,
+        )
+        .unwrap();
+        for bad in [
+            "ALTER TABLE \"users_2025\" ADD CONSTRAINT \"c\" CHECK (id > 0)",
+            "CREATE INDEX i ON users_2025 USING btree (email)",
+            "ALTER TABLE users_2024 CLUSTER ON i",
+        ] {
+            assert!(constraint(bad, "users", &parts).is_err(), "{bad}");
+            assert!(index(bad, "users", &parts).is_err(), "{bad}");
+        }
         for mark in [
             "ALTER TABLE \"users\" CLUSTER ON \"users_pkey\"",
             "ALTER TABLE \"users\" REPLICA IDENTITY USING INDEX users_e",
         ] {
-            index(mark, "users").unwrap();
+            index(mark, "users", &[]).unwrap();
         }
         assert_eq!(
             sequence_value(
@@ -1606,7 +1646,7 @@ mod tests {
             "ALTER TABLE t ADD CONSTRAINT c NOT NULL",
             "ALTER TABLE t ADD CONSTRAINT c NOT NULL a; DROP TABLE victim",
         ] {
-            assert!(constraint(bad, "t").is_err(), "{bad}");
+            assert!(constraint(bad, "t", &[]).is_err(), "{bad}");
         }
         for bad in [
             "CREATE INDEX i ON victim (a)",
@@ -1623,7 +1663,7 @@ mod tests {
             "ALTER TABLE t DROP COLUMN a",
             "ALTER TABLE",
         ] {
-            assert!(index(bad, "t").is_err(), "{bad}");
+            assert!(index(bad, "t", &[]).is_err(), "{bad}");
         }
         for bad in [
             "SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence('\"victim\"', 'id'), 1, true)",
