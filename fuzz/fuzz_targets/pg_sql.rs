@@ -1,11 +1,13 @@
 //! The SQL a PostgreSQL table object records (untrusted): the lexer and
 //! every statement check never panic, and whatever a check accepts is one
-//! statement that names the object's own table.
+//! statement that names the object's own table (or, for a constraint or an
+//! index, one of the partitions its script makes).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use systemprompt_sync::db::pg_guard::{
-    Action, Tok, constraint, index, sequence_value, statements, table_script, view,
+    Action, Tok, constraint, index, sequence_value, statements, table_script,
+    table_script_and_partitions, view,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -13,10 +15,16 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let _ = statements(sql);
-    if let Ok(acts) = table_script(sql, "t") {
+    let mut parts = vec!["p".to_string()];
+    if let Ok((acts, made)) = table_script_and_partitions(sql, "t") {
+        assert!(made.iter().all(|p| p != "t"), "{made:?}");
+        parts.extend(made);
         for a in acts {
             match a {
-                Action::Exec(s) | Action::Composite { sql: s, .. } | Action::Domain { sql: s, .. } => {
+                Action::Exec(s)
+                | Action::Composite { sql: s, .. }
+                | Action::Domain { sql: s, .. }
+                | Action::Extension { sql: s, .. } => {
                     assert_eq!(statements(&s).map(|v| v.len()).unwrap_or(0), 1);
                 }
                 // Row security is run too: one `ALTER TABLE t … ROW LEVEL
@@ -34,9 +42,13 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    for s in [constraint(sql, "t").map(|g| g.sql), index(sql, "t"), view(sql, "t")]
-        .into_iter()
-        .flatten()
+    for s in [
+        constraint(sql, "t", &parts).map(|g| g.sql),
+        index(sql, "t", &parts),
+        view(sql, "t"),
+    ]
+    .into_iter()
+    .flatten()
     {
         assert_eq!(statements(&s).map(|v| v.len()).unwrap_or(0), 1);
     }
