@@ -1993,14 +1993,7 @@ fn schema_of(
         // (A partitioned table's index, printed `ON ONLY`, is made on its
         // partitions too, as pg_dump's restore ends up with it.)
         let def = match t.partitioned {
-            true => ["CREATE INDEX ", "CREATE UNIQUE INDEX "]
-                .into_iter()
-                .find_map(|head| {
-                    let rest = def.strip_prefix(head)?.strip_prefix(&qname)?;
-                    let table = rest.strip_prefix(" ON ONLY ")?;
-                    Some(format!("{head}{qname} ON {table}"))
-                })
-                .unwrap_or(def),
+            true => on_partitions_too(def, &qname),
             false => def,
         };
         *ordinal += 1;
@@ -2119,14 +2112,7 @@ fn partition_extras(
         let def = unqualify_index(&def, &qname, qschema).unwrap_or(def);
         // (A partition partitioned again: its own index is made on its
         // partitions too, as the table's.)
-        let def = ["CREATE INDEX ", "CREATE UNIQUE INDEX "]
-            .into_iter()
-            .find_map(|head| {
-                let rest = def.strip_prefix(head)?.strip_prefix(&qname)?;
-                let table = rest.strip_prefix(" ON ONLY ")?;
-                Some(format!("{head}{qname} ON {table}"))
-            })
-            .unwrap_or(def);
+        let def = on_partitions_too(def, &qname);
         *ordinal += 1;
         extras.push(Extra {
             kind: ExtraKind::Index,
@@ -2136,6 +2122,20 @@ fn partition_extras(
         });
     }
     Ok(extras)
+}
+
+/// An index definition printed `CREATE [UNIQUE] INDEX name ON ONLY t …`
+/// (a partitioned table's) as `… ON t …`, so that a restore makes it on
+/// the partitions too; any other as it is.
+fn on_partitions_too(def: String, qname: &str) -> String {
+    ["CREATE INDEX ", "CREATE UNIQUE INDEX "]
+        .into_iter()
+        .find_map(|head| {
+            let rest = def.strip_prefix(head)?.strip_prefix(qname)?;
+            let table = rest.strip_prefix(" ON ONLY ")?;
+            Some(format!("{head}{qname} ON {table}"))
+        })
+        .unwrap_or(def)
 }
 
 /// A partitioned table's partition key (`RANGE (at)`, as
