@@ -6294,7 +6294,9 @@ fn a_table_keyed_otherwise_is_not_compared_row_by_row() {
 /// database, after the rows: its index, unique, check and foreign key, and
 /// the index of a partition partitioned again (made on its partitions
 /// too). They were dropped, silently. The partitioned table's own, which
-/// every partition has, come back once, not again per partition.
+/// every partition has, come back once, not again per partition, and the
+/// names PostgreSQL gave their copies on the partitions come back too,
+/// where a partition's own index took the first one.
 #[test]
 fn a_partitions_own_constraints_and_indexes_come_back() {
     let Some(pg) = cluster() else { return };
@@ -6315,6 +6317,8 @@ fn a_partitions_own_constraints_and_indexes_come_back() {
          ALTER TABLE m_b ADD CONSTRAINT b_pos CHECK (v > 0);
          ALTER TABLE m_b ADD CONSTRAINT b_ref FOREIGN KEY (v) REFERENCES r (id);
          CREATE INDEX m_c_kv ON m_c (k, v);
+         CREATE INDEX ON m_b (k) WHERE v > 5;
+         CREATE INDEX ON m (k);
          INSERT INTO m VALUES (1, 'a', 10), (2, 'b', 2), (3, 'c', 30);",
     );
     let want = pg.schema(&db, &[]);
@@ -6325,6 +6329,10 @@ fn a_partitions_own_constraints_and_indexes_come_back() {
         "ADD CONSTRAINT b_ref FOREIGN KEY (v) REFERENCES public.r(id)",
         "CREATE INDEX m_c_kv ON ONLY public.m_c",
         "CREATE INDEX m_c1_k_v_idx ON public.m_c1",
+        // (The partition's own, made first, took the name PostgreSQL then
+        // skipped for the copy of the table's index.)
+        "CREATE INDEX m_b_k_idx ON public.m_b USING btree (k) WHERE (v > 5)",
+        "CREATE INDEX m_b_k_idx1 ON public.m_b USING btree (k)",
     ] {
         assert!(want.contains(part), "{part}: {want}");
     }

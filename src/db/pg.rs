@@ -1982,6 +1982,14 @@ fn schema_of(
             ordinal: *ordinal,
         });
     }
+    // A partition's own constraints and indexes, before the table's
+    // indexes: PostgreSQL names the copies of those it makes on the
+    // partitions, and skips a name taken (`m_a_v_idx1`), as it did where
+    // the partition's own came first; made after them, an own index named
+    // `m_a_v_idx` would find its name taken.
+    if parts_recorded {
+        extras.extend(partition_extras(c, loc, t, &qschema, ordinal)?);
+    }
     for r in idx {
         let name: String = r.get(0);
         let def: String = r.get(1);
@@ -2023,9 +2031,6 @@ fn schema_of(
                 ordinal: *ordinal,
             });
         }
-    }
-    if parts_recorded {
-        extras.extend(partition_extras(c, loc, t, &qschema, ordinal)?);
     }
     for (seq, col, last, called) in seq_values {
         *ordinal += 1;
