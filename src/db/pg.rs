@@ -1650,7 +1650,7 @@ fn schema_of(
     let cons_sql = format!(
         "SELECT conname::text, pg_catalog.pg_get_constraintdef(oid, true), {INDEX_OPTIONS} \
                  FROM pg_catalog.pg_constraint WHERE conrelid = $1::int8::oid \
-                   AND (contype IN ('u', 'c', 'x', 'f') OR (contype = 'n' AND NOT convalidated)) \
+                   AND {OWN_KINDS} \
                  ORDER BY contype = 'f', conname COLLATE \"C\""
     );
     let (storage_cols_sql, storage_rel_sql) = storage_settings_sql();
@@ -1968,19 +1968,8 @@ fn schema_of(
     // `NOT VALID` not-null one (PostgreSQL 18: the rows may hold NULLs),
     // then foreign keys (which need the other tables).
     for r in cons {
-        let name: String = r.get(0);
         let def = with_index_options(r.get(1), &r, 2, "");
-        *ordinal += 1;
-        extras.push(Extra {
-            kind: ExtraKind::Constraint,
-            sql: format!(
-                "ALTER TABLE {} ADD CONSTRAINT {} {def}",
-                quote(&t.name),
-                quote(&name)
-            ),
-            name,
-            ordinal: *ordinal,
-        });
+        extras.push(constraint_extra(&t.name, r.get(0), def, ordinal));
     }
     // A partition's own constraints and indexes, before the table's
     // indexes: PostgreSQL names the copies of those it makes on the
@@ -1991,26 +1980,13 @@ fn schema_of(
         extras.extend(partition_extras(c, loc, t, &qschema, ordinal)?);
     }
     for r in idx {
-        let name: String = r.get(0);
-        let def: String = r.get(1);
-        let qname: String = r.get(2);
-        // Unqualified, so it lands in the schema restored into: the
-        // schema is taken off the table after `CREATE [UNIQUE] INDEX
-        // name ON [ONLY]`, never out of the index's own name.
-        let def = unqualify_index(&def, &qname, &qschema).unwrap_or(def);
-        // (A partitioned table's index, printed `ON ONLY`, is made on its
-        // partitions too, as pg_dump's restore ends up with it.)
-        let def = match t.partitioned {
-            true => on_partitions_too(def, &qname),
-            false => def,
-        };
-        *ordinal += 1;
-        extras.push(Extra {
-            kind: ExtraKind::Index,
-            name,
-            ordinal: *ordinal,
-            sql: def,
-        });
+        extras.push(index_extra(
+            r.get(0),
+            r.get(1),
+            &r.get::<_, String>(2),
+            &qschema,
+            ordinal,
+        ));
     }
     // The index `CLUSTER` uses, and the one logical replication sends a
     // changed row's old key by: marks on indexes made above (or by the
@@ -2048,6 +2024,11 @@ fn schema_of(
     Ok((script, extras, facts))
 }
 
+/// The constraints a table's script records as extras (`pg_constraint`
+/// columns unqualified): unique, check, exclusion, foreign key, and
+/// PostgreSQL 18's `NOT VALID` not-null one (the rows may hold NULLs).
+const OWN_KINDS: &str = "(contype IN ('u', 'c', 'x', 'f') OR (contype = 'n' AND NOT convalidated))";
+
 /// The constraints and indexes a recorded partition of `t` has of its own
 /// (not made on it from the partitioned table above it), as extras named
 /// on that partition: its own unique, check, exclusion, `NOT VALID`
@@ -2074,7 +2055,7 @@ fn partition_extras(
                  FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid \
                  JOIN pg_catalog.pg_constraint k ON k.conrelid = c.oid \
                  WHERE k.conparentid = 0 AND k.conislocal AND k.coninhcount = 0 \
-                   AND (k.contype IN ('u', 'c', 'x', 'f') OR (k.contype = 'n' AND NOT k.convalidated)) \
+                   AND {OWN_KINDS} \
                  ORDER BY k.contype = 'f', c.relname COLLATE \"C\", k.conname COLLATE \"C\""
             ),
             &[&t.oid],
@@ -2098,35 +2079,57 @@ fn partition_extras(
         .map_err(err)?;
     let mut extras = Vec::new();
     for r in cons {
-        let (part, name): (String, String) = (r.get(0), r.get(1));
         let def = with_index_options(r.get(2), &r, 3, "");
-        *ordinal += 1;
-        extras.push(Extra {
-            kind: ExtraKind::Constraint,
-            sql: format!(
-                "ALTER TABLE {} ADD CONSTRAINT {} {def}",
-                quote(&part),
-                quote(&name)
-            ),
-            name,
-            ordinal: *ordinal,
-        });
+        extras.push(constraint_extra(
+            &r.get::<_, String>(0),
+            r.get(1),
+            def,
+            ordinal,
+        ));
     }
     for r in idx {
-        let (name, def, qname): (String, String, String) = (r.get(1), r.get(2), r.get(3));
-        let def = unqualify_index(&def, &qname, qschema).unwrap_or(def);
-        // (A partition partitioned again: its own index is made on its
-        // partitions too, as the table's.)
-        let def = on_partitions_too(def, &qname);
-        *ordinal += 1;
-        extras.push(Extra {
-            kind: ExtraKind::Index,
-            name,
-            ordinal: *ordinal,
-            sql: def,
-        });
+        extras.push(index_extra(
+            r.get(1),
+            r.get(2),
+            &r.get::<_, String>(3),
+            qschema,
+            ordinal,
+        ));
     }
     Ok(extras)
+}
+
+/// The next extra: constraint `name` of table `table` (a partition's,
+/// for a partition's own), `def` as `pg_get_constraintdef` prints it.
+fn constraint_extra(table: &str, name: String, def: String, ordinal: &mut u64) -> Extra {
+    *ordinal += 1;
+    Extra {
+        kind: ExtraKind::Constraint,
+        sql: format!(
+            "ALTER TABLE {} ADD CONSTRAINT {} {def}",
+            quote(table),
+            quote(&name)
+        ),
+        name,
+        ordinal: *ordinal,
+    }
+}
+
+/// The next extra: index `name` (`qname` quoted), `def` as
+/// `pg_get_indexdef` prints it. Unqualified, so it lands in the schema
+/// restored into: the schema is taken off the table after `CREATE
+/// [UNIQUE] INDEX name ON [ONLY]`, never out of the index's own name. A
+/// partitioned table's (printed `ON ONLY`, only a partitioned table's
+/// is) is made on its partitions too, as pg_dump's restore ends up with it.
+fn index_extra(name: String, def: String, qname: &str, qschema: &str, ordinal: &mut u64) -> Extra {
+    let def = unqualify_index(&def, qname, qschema).unwrap_or(def);
+    *ordinal += 1;
+    Extra {
+        kind: ExtraKind::Index,
+        name,
+        ordinal: *ordinal,
+        sql: on_partitions_too(def, qname),
+    }
 }
 
 /// An index definition printed `CREATE [UNIQUE] INDEX name ON ONLY t …`
