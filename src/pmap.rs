@@ -434,7 +434,10 @@ impl<'a> MapBuilder<'a> {
                 self.sink.put_hashed(self.tag, id, &self.node_buf)?;
             }
             Some(b) => {
-                b.push((self.tag, id, self.node_buf.clone()));
+                // The node's own buffer goes into the batch, not a copy;
+                // the next node starts in a buffer as large.
+                let next = Vec::with_capacity(self.node_buf.capacity());
+                b.push((self.tag, id, std::mem::replace(&mut self.node_buf, next)));
                 if b.len() >= NODE_BATCH {
                     self.sink.put_many(b)?;
                     b.clear();

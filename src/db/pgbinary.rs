@@ -24,6 +24,10 @@ pub struct BinaryCopy {
     header_done: bool,
     ended: bool,
     tuples: u64,
+    /// The field list's allocation, kept empty between calls: a tuple
+    /// usually comes alone in its message, and a list allocated per call
+    /// was one allocation per row.
+    spare: Vec<Option<&'static [u8]>>,
 }
 
 impl BinaryCopy {
@@ -36,6 +40,7 @@ impl BinaryCopy {
             header_done: false,
             ended: false,
             tuples: 0,
+            spare: Vec::new(),
         }
     }
 
@@ -98,7 +103,23 @@ impl BinaryCopy {
             at = fixed.len() + ext;
             self.header_done = true;
         }
-        let mut fields: Vec<Option<&[u8]>> = Vec::with_capacity(self.fields);
+        let mut fields = reborrow(std::mem::take(&mut self.spare));
+        fields.reserve(self.fields);
+        let r = self.tuples_of(input, at, &mut fields, tuple);
+        fields.clear();
+        self.spare = reborrow(fields);
+        r
+    }
+
+    /// The tuples of `input` from `at`, each parsed into `fields`.
+    fn tuples_of<'i, E>(
+        &mut self,
+        input: &'i [u8],
+        mut at: usize,
+        fields: &mut Vec<Option<&'i [u8]>>,
+        tuple: &mut impl FnMut(&[Option<&[u8]>]) -> Result<(), E>,
+    ) -> Result<usize, Result<String, E>> {
+        let bad = |why: String| Err(Ok(why));
         loop {
             if self.ended {
                 if at < input.len() {
@@ -143,11 +164,19 @@ impl BinaryCopy {
                 fields.push(Some(bytes));
                 pos += len;
             }
-            tuple(&fields).map_err(Err)?;
+            tuple(fields).map_err(Err)?;
             self.tuples += 1;
             at = pos;
         }
     }
+}
+
+/// An emptied list of fields, as one of another lifetime: the same
+/// allocation when the compiler collects in place (it does for equal
+/// layouts), else a new one. No element is converted: it is cleared first.
+fn reborrow<'b>(mut v: Vec<Option<&[u8]>>) -> Vec<Option<&'b [u8]>> {
+    v.clear();
+    v.into_iter().map(|_| None).collect()
 }
 
 #[cfg(test)]
