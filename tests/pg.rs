@@ -199,6 +199,30 @@ fn restored_into_new(pg: &PgCluster, d: &Path, hint: &str) -> String {
     fresh
 }
 
+/// Snapshots `db` into the store `st` under `d` and restores that into a
+/// new database named after `hint`; asserts that the new database's
+/// schema (`pg_dump` with `schema_args`) is `want`, that the rows of
+/// `tables` are the same, and that a snapshot of it differs from the
+/// first in nothing. Returns the new database.
+fn comes_back_into_new(
+    pg: &PgCluster,
+    d: &Path,
+    db: &str,
+    hint: &str,
+    (schema_args, want): (&[&str], &str),
+    tables: &[&str],
+) -> String {
+    snap(d, &pg.url(db), &[]);
+    let fresh = restored_into_new(pg, d, hint);
+    assert_eq!(pg.schema(&fresh, schema_args), want);
+    for t in tables {
+        assert_eq!(pg.dump_rows(&fresh, t), pg.dump_rows(db, t), "{t}");
+    }
+    snap(d, &pg.url(&fresh), &[]);
+    no_change_since_the_last_snapshot(d);
+    fresh
+}
+
 /// Asserts that `main` (in the store `st` under `d`) differs from its
 /// parent in no row and no table's schema.
 fn no_change_since_the_last_snapshot(d: &Path) {
@@ -5517,8 +5541,8 @@ fn storage_settings_come_back() {
          INSERT INTO s VALUES (1, repeat('b', 5000), 'x');
          INSERT INTO plain VALUES (1, 'p');",
     );
-    let schema = |db: &str| pg.schema(db, &["-t", "s", "-t", "plain"]);
-    let want = schema(&db);
+    let args: &[&str] = &["-t", "s", "-t", "plain"];
+    let want = pg.schema(&db, args);
     for part in [
         "CREATE UNLOGGED TABLE public.s",
         "SET STORAGE EXTERNAL",
@@ -5533,14 +5557,8 @@ fn storage_settings_come_back() {
         assert!(want.contains(part), "{part}: {want}");
     }
     let w = work();
-    let d = w.path();
-    snap(d, &pg.url(&db), &[]);
-    let fresh = restored_into_new(pg, d, "stor_new");
-    assert_eq!(schema(&fresh), want);
-    assert_eq!(pg.dump_rows(&fresh, "s"), pg.dump_rows(&db, "s"));
     // Snapshotting the restored database gives the same table objects.
-    snap(d, &pg.url(&fresh), &[]);
-    no_change_since_the_last_snapshot(d);
+    comes_back_into_new(pg, w.path(), &db, "stor_new", (args, &want), &["s"]);
 }
 
 /// A partitioned table comes back partitioned into a new database (it
@@ -5799,8 +5817,8 @@ fn cluster_and_replica_identity_indexes_come_back() {
          INSERT INTO r VALUES (1, 10, 'a'), (2, 20, 'b');
          INSERT INTO \"Q\" VALUES (1, 10, 'a');",
     );
-    let schema = |db: &str| pg.schema(db, &["-t", "r", "-t", "\"Q\""]);
-    let want = schema(&db);
+    let args: &[&str] = &["-t", "r", "-t", "\"Q\""];
+    let want = pg.schema(&db, args);
     for part in [
         "ALTER TABLE ONLY public.r REPLICA IDENTITY USING INDEX r_u",
         "ALTER TABLE public.r CLUSTER ON r_pkey",
@@ -5810,13 +5828,7 @@ fn cluster_and_replica_identity_indexes_come_back() {
         assert!(want.contains(part), "{part}: {want}");
     }
     let w = work();
-    let d = w.path();
-    snap(d, &pg.url(&db), &[]);
-    let fresh = restored_into_new(pg, d, "marks_new");
-    assert_eq!(schema(&fresh), want);
-    assert_eq!(pg.dump_rows(&fresh, "r"), pg.dump_rows(&db, "r"));
-    snap(d, &pg.url(&fresh), &[]);
-    no_change_since_the_last_snapshot(d);
+    comes_back_into_new(pg, w.path(), &db, "marks_new", (args, &want), &["r"]);
 }
 
 /// A database or role may end a session left idle in a transaction
@@ -6101,10 +6113,6 @@ fn a_new_database_gets_the_extensions_its_types_come_from() {
          INSERT INTO people VALUES ('apple@x', '{\"(1, 2)\"}', 'k=>1'), ('Bob@x', '{}', ''),
                                    ('carl@X', NULL, NULL);",
     );
-    let w = work();
-    let d = w.path();
-    snap(d, &pg.url(&db), &[]);
-    let fresh = restored_into_new(pg, d, "ext_new");
     let want = pg.schema(&db, &[]);
     for ext in ["citext", "cube", "hstore"] {
         assert!(
@@ -6112,10 +6120,8 @@ fn a_new_database_gets_the_extensions_its_types_come_from() {
             "{want}"
         );
     }
-    assert_eq!(pg.schema(&fresh, &[]), want);
-    assert_eq!(pg.dump_rows(&fresh, "people"), pg.dump_rows(&db, "people"));
-    snap(d, &pg.url(&fresh), &[]);
-    no_change_since_the_last_snapshot(d);
+    let w = work();
+    comes_back_into_new(pg, w.path(), &db, "ext_new", (&[], &want), &["people"]);
 }
 
 /// An extension PostgreSQL does not deem trusted (only a superuser may
@@ -6337,13 +6343,7 @@ fn a_partitions_own_constraints_and_indexes_come_back() {
         assert!(want.contains(part), "{part}: {want}");
     }
     let w = work();
-    let d = w.path();
-    snap(d, &pg.url(&db), &[]);
-    let fresh = restored_into_new(pg, d, "parts_new");
-    assert_eq!(pg.schema(&fresh, &[]), want);
-    assert_eq!(pg.dump_rows(&fresh, "m"), pg.dump_rows(&db, "m"));
-    snap(d, &pg.url(&fresh), &[]);
-    no_change_since_the_last_snapshot(d);
+    comes_back_into_new(pg, w.path(), &db, "parts_new", (&[], &want), &["m"]);
 }
 
 /// The sequences of the tables a restore creates come back in the state
