@@ -9,7 +9,7 @@
 //! cargo run --example hostile_fixtures -- target/hostile
 //! ```
 //!
-//! `tests/hostile_fixtures.rs` builds the same folder and runs `restore`,
+//! `tests/it/hostile_fixtures.rs` builds the same folder and runs `restore`,
 //! `ls`, `diff`, `fsck --read-data` and `bundle import` against every one.
 
 use std::io::Write;

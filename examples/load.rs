@@ -18,7 +18,7 @@
 //! its data under the work folder (`--work`, default a temporary folder).
 //! `scripts/load-test.sh` builds and runs it.
 
-#[path = "../tests/load/driver.rs"]
+#[path = "../tests/it/load/driver.rs"]
 mod driver;
 
 use std::io::BufRead;

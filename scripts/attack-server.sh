@@ -14,7 +14,7 @@
 #   4. a push past the tenant's quota (refused with 507, nothing stored)
 #   5. `refs/main/sub` next to `main` (409, not 500)
 # Delta amplification needs hand-built zstd frames; its regression test is
-# `deltas_cannot_multiply_the_servers_work` in tests/server_hostile.rs.
+# `deltas_cannot_multiply_the_servers_work` in tests/it/server_hostile.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The corruption harness (tests/corruption.rs) at full strength: N random
+# The corruption harness (tests/it/corruption.rs) at full strength: N random
 # byte flips, truncations and deletions of store files (default 1,000), each
 # on a fresh copy of a store holding every kind of object (chunks, lists,
 # trees, tables, row maps, a dictionary, stored deltas), each required to be
@@ -29,13 +29,13 @@ pin_binary() {
     export SP_SYNC_TEST_BIN="$pinned"
     echo "testing the binary $pinned (a copy of this checkout's $exe)" >&2
 }
-pin_binary corruption
+pin_binary it
 
 n="${1:-1000}"
 log="${CARGO_TARGET_DIR:-target}/corruption-harness.log"
 mkdir -p "$(dirname "$log")"
 set +e
-SP_SYNC_CORRUPTIONS="$n" cargo nextest run --test corruption --no-capture 2>&1 | tee "$log"
+SP_SYNC_CORRUPTIONS="$n" cargo nextest run --test it corruption:: --no-capture 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 echo

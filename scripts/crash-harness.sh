@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The crash harness (tests/crash_all.rs) at full strength: SIGKILL at random
+# The crash harness (tests/it/crash_all.rs) at full strength: SIGKILL at random
 # moments of snapshot, gc, gc --repack, push and pull (a path remote and a
 # real `sp-sync serve`), bundle import, cache save and restore --db (SQLite,
 # and PostgreSQL when it is installed), KILLS kills in total (default 200)
@@ -30,7 +30,7 @@ pin_binary() {
     export SP_SYNC_TEST_BIN="$pinned"
     echo "testing the binary $pinned (a copy of this checkout's $exe)" >&2
 }
-pin_binary crash_all
+pin_binary it
 
 total="${1:-200}"
 commands=10
@@ -42,7 +42,7 @@ echo "crash-harness: $total kills over $commands commands: $per each" >&2
 log="${CARGO_TARGET_DIR:-target}/crash-harness.log"
 mkdir -p "$(dirname "$log")"
 set +e
-SP_SYNC_CRASH_KILLS="$per" cargo nextest run --test crash_all --no-capture \
+SP_SYNC_CRASH_KILLS="$per" cargo nextest run --test it crash_all:: --no-capture \
     --test-threads "${TEST_THREADS:-2}" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e

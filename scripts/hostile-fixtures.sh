@@ -3,7 +3,7 @@
 # traversal, symlink tricks, duplicate names, cycles, wrong types under an
 # id, oversized lengths, zstd bombs, cut and padded bundles) that every
 # sp-sync command must refuse. Each fixture is OUT/<name>/ with a README
-# line and `store/` or `bundle.spb`. tests/hostile_fixtures.rs builds the
+# line and `store/` or `bundle.spb`. tests/it/hostile_fixtures.rs builds the
 # same folder and checks every command refuses every fixture.
 #
 #   scripts/hostile-fixtures.sh [OUT]     # default target/hostile-fixtures

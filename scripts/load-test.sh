@@ -2,8 +2,8 @@
 # Load test of `sp-sync serve` (issue 14): one server on loopback, CLIENTS concurrent clients
 # pushing and pulling for DURATION seconds, each with its own ref and some shared refs
 # (a contended update is refused or succeeds, never lost). The driver is examples/load.rs
-# (threads using the library's public API; the logic is tests/load/driver.rs, which
-# tests/load.rs also runs for 5 s in CI).
+# (threads using the library's public API; the logic is tests/it/load/driver.rs, which
+# tests/it/load.rs also runs for 5 s in CI).
 #
 # Usage: scripts/load-test.sh [--json]
 # Knobs (environment): CLIENTS=64 DURATION=60 SHARED=4 MAX_FILE=262144 (bytes of the
