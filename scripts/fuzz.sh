@@ -14,13 +14,25 @@
 #   FUZZ_FORK=2 JOBS=1 FUZZ_RUNS=10000000 … store_files
 #                                                # one target on 2 processes (libFuzzer
 #                                                # -fork; executions are their total)
-#   FUZZ_PROFILE=smoke scripts/fuzz.sh           # quicker build, slower runs (CI)
+#   FUZZ_PROFILE=smoke scripts/fuzz.sh           # quick build, coverage of this
+#                                                # crate only (CI)
 #
 # Needs only cargo and a C++ compiler: the instrumentation flags cargo-fuzz
 # would pass are passed here directly (no sanitizer: the crate has no
 # `unsafe`), so neither cargo-fuzz nor nightly is required.
+#
+# Two builds. The default (campaigns) instruments every crate, as cargo-fuzz
+# does, optimized (the `fuzz` profile), in target/<host>/fuzz. The smoke
+# build (CI's 12 s runs) instruments only this project's two crates, through
+# scripts/fuzz-rustc.sh, and compiles their dependencies exactly as the test
+# build does (the `test` profile, in target/debug), so it reuses them: a
+# minute instead of a second build of every dependency. Cargo does not
+# record a RUSTC_WRAPPER, so a `cargo build --workspace` of the fuzz crate
+# without the script would also count as fresh: build the fuzz targets with
+# this script.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
+root="$(cd .. && pwd)"
 
 secs="${FUZZ_SECONDS:-20}"
 runs="${FUZZ_RUNS:-}"
@@ -34,21 +46,29 @@ else
     for f in fuzz_targets/*.rs; do targets+=("$(basename "$f" .rs)"); done
 fi
 
-# Build scripts and proc macros are built for the host without these flags
-# because a --target is named.
-export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
+bin_args=()
+for t in "${targets[@]}"; do bin_args+=(--bin "$t"); done
+profile="${FUZZ_PROFILE:-fuzz}"
+# The fuzz crate is a member of the root workspace: its target directory.
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+if [ "$profile" = smoke ]; then
+    RUSTC_WRAPPER="$root/scripts/fuzz-rustc.sh" \
+        cargo build --profile test -p systemprompt-sync-fuzz "${bin_args[@]}"
+    bindir="$target_dir/debug"
+else
+    # Build scripts and proc macros are built for the host without these
+    # flags because a --target is named.
+    export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
  -Cllvm-args=-sanitizer-coverage-level=4 \
  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
  -Cllvm-args=-sanitizer-coverage-pc-table \
  -Cllvm-args=-sanitizer-coverage-trace-compares \
  -Cdebug-assertions -Coverflow-checks"
-bin_args=()
-for t in "${targets[@]}"; do bin_args+=(--bin "$t"); done
-profile="${FUZZ_PROFILE:-release}"
-cargo build --profile "$profile" --target "$host" "${bin_args[@]}"
-bindir="target/$host/$profile"
-# FUZZ_BUILD_ONLY=1: build, run nothing (scripts/test.sh builds while the
-# tests run, then runs the targets).
+    cargo build --profile "$profile" --target "$host" -p systemprompt-sync-fuzz "${bin_args[@]}"
+    bindir="$target_dir/$host/$profile"
+fi
+# FUZZ_BUILD_ONLY=1: build, run nothing (scripts/test.sh builds after the
+# test build, then runs the targets after the tests).
 [ -z "${FUZZ_BUILD_ONLY:-}" ] || exit 0
 
 logs="$(mktemp -d)"

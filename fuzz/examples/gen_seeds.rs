@@ -78,10 +78,10 @@ fn from_store(dir: &Path) {
     files.sort();
     for (_, pack, idx) in files.into_iter().take(2) {
         let name = pack.file_stem().unwrap().to_string_lossy()[..16].to_string();
-        if let Ok(b) = std::fs::read(&pack) {
-            if b.len() <= 1 << 20 {
-                write("pack_stream", &format!("store-{name}"), &b);
-            }
+        if let Ok(b) = std::fs::read(&pack)
+            && b.len() <= 1 << 20
+        {
+            write("pack_stream", &format!("store-{name}"), &b);
         }
         if let Ok(b) = std::fs::read(&idx) {
             write("pack_index", &format!("store-{name}"), &b);
@@ -92,10 +92,10 @@ fn from_store(dir: &Path) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let [_, flag, dir] = args.as_slice() {
-        if flag == "--from-store" {
-            return from_store(Path::new(dir));
-        }
+    if let [_, flag, dir] = args.as_slice()
+        && flag == "--from-store"
+    {
+        return from_store(Path::new(dir));
     }
     // Prolly-map nodes: a one-leaf map, and the nodes of a map big enough to
     // have internal nodes.
@@ -195,7 +195,11 @@ fn main() {
         let head = [&dir.secs.to_le_bytes()[..], &dir.nanos.to_le_bytes()].concat();
         write("tree_entry", name, &[&head[..], &e.encode()].concat());
         let rel = format!("{name}-relative");
-        write("tree_entry", &rel, &[&head[..], &e.encode_in(Some(dir))].concat());
+        write(
+            "tree_entry",
+            &rel,
+            &[&head[..], &e.encode_in(Some(dir))].concat(),
+        );
     }
 
     // Snapshots.
@@ -266,8 +270,14 @@ fn main() {
         table: Some(TableData {
             flags: 0,
             columns: vec![
-                Column { name: "id".into(), decl_type: "INTEGER".into() },
-                Column { name: "name".into(), decl_type: "TEXT".into() },
+                Column {
+                    name: "id".into(),
+                    decl_type: "INTEGER".into(),
+                },
+                Column {
+                    name: "name".into(),
+                    decl_type: "TEXT".into(),
+                },
             ],
             key: vec![0],
             sequence: Some(7),
@@ -282,7 +292,14 @@ fn main() {
         }],
     };
     write("table_object", "table", &table.encode());
-    let view = TableObject { engine: Default::default(), name: "v".into(), sql: "CREATE VIEW v AS SELECT 1".into(), ordinal: 3, table: None, extras: vec![] };
+    let view = TableObject {
+        engine: Default::default(),
+        name: "v".into(),
+        sql: "CREATE VIEW v AS SELECT 1".into(),
+        ordinal: 3,
+        table: None,
+        extras: vec![],
+    };
     write("table_object", "view", &view.encode());
     let mut pg_table = table.clone();
     pg_table.engine = systemprompt_sync::db::table::Engine::Postgres;
@@ -299,8 +316,14 @@ fn main() {
     write("table_object", "table_pg", &pg_table.encode());
     let mut key = vec![0u8];
     key.extend(
-        encode_key(&[Value::Integer(-5), Value::Real(1.5), Value::Text(b"a\0b".to_vec()), Value::Blob(vec![0xff]), Value::Null])
-            .unwrap(),
+        encode_key(&[
+            Value::Integer(-5),
+            Value::Real(1.5),
+            Value::Text(b"a\0b".to_vec()),
+            Value::Blob(vec![0xff]),
+            Value::Null,
+        ])
+        .unwrap(),
     );
     write("row_values", "key", &key);
     let mut row = vec![1u8];
@@ -310,7 +333,14 @@ fn main() {
         Cell::Value(Value::Real(-0.0)),
         Cell::Value(Value::Text(b"hi".to_vec())),
         Cell::Value(Value::Blob(vec![1, 2])),
-        Cell::Large { text: false, size: 5000, content: Content::Inline(vec![ChunkRef { id: id("c"), len: 5000 }]) },
+        Cell::Large {
+            text: false,
+            size: 5000,
+            content: Content::Inline(vec![ChunkRef {
+                id: id("c"),
+                len: 5000,
+            }]),
+        },
     ]));
     write("row_values", "row", &row);
 
@@ -339,7 +369,11 @@ fn main() {
     write("block", "transposed", &[&[0u8][..], &total, &t].concat());
     for tag in [ObjectType::Rows, ObjectType::Chunk] {
         let (mode, payload) = systemprompt_sync::block::encode(tag, &members, 3).unwrap();
-        write("block", &format!("mode{mode}"), &[&[mode << 1 | 1][..], &total, &payload].concat());
+        write(
+            "block",
+            &format!("mode{mode}"),
+            &[&[mode << 1 | 1][..], &total, &payload].concat(),
+        );
     }
     println!("seeds written to {}/seeds", env!("CARGO_MANIFEST_DIR"));
 }

@@ -12,7 +12,12 @@ use systemprompt_sync::{LockMode, ObjectId, ObjectType, Store};
 
 /// The candidate contents of the records.
 fn content(i: u8) -> Vec<u8> {
-    format!("object {} {}\n", i % 8, "shared words ".repeat(usize::from(i % 8) + 4)).into_bytes()
+    format!(
+        "object {} {}\n",
+        i % 8,
+        "shared words ".repeat(usize::from(i % 8) + 4)
+    )
+    .into_bytes()
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -36,7 +41,9 @@ fuzz_target!(|data: &[u8]| {
     if Store::init(&dir).is_err() {
         return;
     }
-    let Ok(s) = Store::open(&dir, LockMode::Shared) else { return };
+    let Ok(s) = Store::open(&dir, LockMode::Shared) else {
+        return;
+    };
     let Ok(w) = s.writer() else { return };
     let mut stored = Vec::new();
     for pair in data.chunks_exact(2).take(8) {
@@ -75,7 +82,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     drop(s);
-    let Ok(s) = Store::open(&dir, LockMode::Shared) else { return };
+    let Ok(s) = Store::open(&dir, LockMode::Shared) else {
+        return;
+    };
     for o in stored {
         let want = content(o);
         let id = ObjectId::compute(ObjectType::Chunk, &want);
