@@ -113,11 +113,10 @@ echo "moto on $SP_SYNC_TEST_S3_ENDPOINT" >&2
 # servers and fsyncs, so two more than there are CPUs keeps both busy.
 threads="${TEST_THREADS:-$(($(nproc) + 2))}"
 
+step "tests: build"
 if cargo nextest --version >/dev/null 2>&1; then
-    step "tests: build"
     cargo nextest run --no-run
 else
-    step "tests: build"
     cargo test --no-run
 fi
 
