@@ -51,19 +51,21 @@ for t in "${targets[@]}"; do bin_args+=(--bin "$t"); done
 profile="${FUZZ_PROFILE:-fuzz}"
 # The fuzz crate is a member of the root workspace: its target directory.
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
+# libFuzzer's coverage instrumentation: the flags cargo-fuzz passes.
+instrument="--cfg fuzzing -Cpasses=sancov-module \
+ -Cllvm-args=-sanitizer-coverage-level=4 \
+ -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
+ -Cllvm-args=-sanitizer-coverage-pc-table \
+ -Cllvm-args=-sanitizer-coverage-trace-compares"
 if [ "$profile" = smoke ]; then
-    RUSTC_WRAPPER="$root/scripts/fuzz-rustc.sh" \
+    # Only this project's crates: the wrapper adds $SP_SYNC_FUZZ_FLAGS to them.
+    SP_SYNC_FUZZ_FLAGS="$instrument" RUSTC_WRAPPER="$root/scripts/fuzz-rustc.sh" \
         cargo build --profile test -p systemprompt-sync-fuzz "${bin_args[@]}"
     bindir="$target_dir/debug"
 else
     # Build scripts and proc macros are built for the host without these
     # flags because a --target is named.
-    export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
- -Cllvm-args=-sanitizer-coverage-level=4 \
- -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
- -Cllvm-args=-sanitizer-coverage-pc-table \
- -Cllvm-args=-sanitizer-coverage-trace-compares \
- -Cdebug-assertions -Coverflow-checks"
+    export RUSTFLAGS="$instrument -Cdebug-assertions -Coverflow-checks"
     cargo build --profile "$profile" --target "$host" -p systemprompt-sync-fuzz "${bin_args[@]}"
     bindir="$target_dir/$host/$profile"
 fi
