@@ -1588,16 +1588,224 @@ fn user_types(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<String> {
     Ok(out)
 }
 
+/// The catalog rows [`schema_of`] and [`FactsAsk`] read, for every table
+/// a scan reads, asked in one round trip: each query asks for all the
+/// tables at once (`= ANY` of their oids) and gives each row's table oid as
+/// its last column. (Asked a table at a time, the server's planning and
+/// running of some 15 queries a table was most of a snapshot of many small
+/// tables.) All in the scan's transaction, so what each table gets is what
+/// asking for it alone would have given.
+struct Catalog {
+    /// The schema's name as `quote_ident` gives it.
+    qschema: String,
+    /// Per table oid: its rows of each query of [`Catalog::QUERIES`], then
+    /// of [`FactsAsk::TYPES`], [`FactsAsk::IDENT`] and, for the tables they
+    /// ask about, [`FactsAsk::HEAP`] and the row count, each in the query's
+    /// order.
+    tables: std::collections::HashMap<i64, Vec<Vec<tokio_postgres::Row>>>,
+    /// The tables whose own rows were counted.
+    counted: std::collections::HashSet<i64>,
+}
+
+/// One table's share of a [`Catalog`].
+struct TableCatalog {
+    qschema: String,
+    /// Its rows of each of [`Catalog::QUERIES`].
+    rows: [Vec<tokio_postgres::Row>; 11],
+    /// Its rows of the [`FactsAsk`] queries (types, ident, heap when asked).
+    facts: Vec<Vec<tokio_postgres::Row>>,
+}
+
+impl Catalog {
+    /// The rows of [`schema_of`]: sequences the columns own; storage
+    /// settings of the columns and of the table; row-level security;
+    /// policies; parents (inheritance); triggers; comments; constraints;
+    /// indexes no constraint made; indexes marked for `CLUSTER` or as the
+    /// replica identity. `$1`: the tables' oids (`int8[]`).
+    fn queries() -> Vec<String> {
+        let (storage_cols, storage_rel) = storage_settings_sql();
+        vec![
+            "SELECT s.relname::text, a.attname::text, d.deptype::text, \
+                    pg_catalog.format_type(q.seqtypid, NULL), q.seqstart, q.seqincrement, \
+                    q.seqmin, q.seqmax, q.seqcache, q.seqcycle, \
+                    CASE WHEN pg_catalog.has_sequence_privilege(s.oid, 'SELECT') \
+                         THEN pg_catalog.pg_sequence_last_value(s.oid) END, \
+                    d.refobjid::int8 \
+             FROM pg_catalog.pg_depend d \
+             JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
+             JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.oid \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+             WHERE d.refclassid = 'pg_catalog.pg_class'::regclass \
+               AND d.refobjid = ANY($1::int8[]::oid[]) \
+               AND d.classid = 'pg_catalog.pg_class'::regclass \
+               AND d.deptype IN ('a', 'i') ORDER BY a.attnum"
+                .to_string(),
+            storage_cols,
+            storage_rel,
+            "SELECT c.relrowsecurity, c.relforcerowsecurity, c.oid::int8 FROM pg_catalog.pg_class c \
+             WHERE c.oid = ANY($1::int8[]::oid[])"
+                .to_string(),
+            "SELECT p.polname::text, p.polpermissive, p.polcmd::text, \
+                    (SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' \
+                                            ELSE quote_ident(pg_catalog.pg_get_userbyid(r)::text) END, \
+                                       ', ' ORDER BY r) \
+                     FROM unnest(p.polroles) AS r), \
+                    pg_catalog.pg_get_expr(p.polqual, p.polrelid), \
+                    pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), p.polrelid::int8 \
+             FROM pg_catalog.pg_policy p WHERE p.polrelid = ANY($1::int8[]::oid[]) \
+             ORDER BY p.polname COLLATE \"C\""
+                .to_string(),
+            "SELECT p.oid::regclass::text, i.inhrelid::int8 FROM pg_catalog.pg_inherits i \
+             JOIN pg_catalog.pg_class p ON p.oid = i.inhparent \
+             JOIN pg_catalog.pg_class k ON k.oid = i.inhrelid \
+             WHERE i.inhrelid = ANY($1::int8[]::oid[]) AND NOT k.relispartition \
+             ORDER BY i.inhseqno"
+                .to_string(),
+            "SELECT pg_catalog.pg_get_triggerdef(g.oid, true), g.tgrelid::int8 \
+             FROM pg_catalog.pg_trigger g \
+             WHERE g.tgrelid = ANY($1::int8[]::oid[]) AND NOT g.tgisinternal \
+             ORDER BY g.tgname COLLATE \"C\""
+                .to_string(),
+            "SELECT a.attname::text, d.description, d.objoid::int8 FROM pg_catalog.pg_description d \
+             LEFT JOIN pg_catalog.pg_attribute a \
+               ON a.attrelid = d.objoid AND a.attnum = d.objsubid AND d.objsubid > 0 \
+             WHERE d.objoid = ANY($1::int8[]::oid[]) \
+               AND d.classoid = 'pg_catalog.pg_class'::regclass \
+               AND (d.objsubid = 0 OR (a.attnum IS NOT NULL AND NOT a.attisdropped)) \
+             ORDER BY d.objsubid"
+                .to_string(),
+            format!(
+                "SELECT conname::text, pg_catalog.pg_get_constraintdef(oid, true), {INDEX_OPTIONS}, \
+                        conrelid::int8 \
+                 FROM pg_catalog.pg_constraint WHERE conrelid = ANY($1::int8[]::oid[]) \
+                   AND {OWN_KINDS} \
+                 ORDER BY contype = 'f', conname COLLATE \"C\""
+            ),
+            "SELECT ic.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid), \
+                    pg_catalog.quote_ident(ic.relname), i.indrelid::int8 \
+             FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+             WHERE i.indrelid = ANY($1::int8[]::oid[]) \
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k \
+                 WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid) \
+             ORDER BY ic.relname COLLATE \"C\""
+                .to_string(),
+            // (Any of its indexes, a constraint's too.)
+            "SELECT ic.relname::text, pg_catalog.quote_ident(ic.relname), i.indisclustered, \
+                    i.indisreplident, i.indrelid::int8 \
+             FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+             WHERE i.indrelid = ANY($1::int8[]::oid[]) AND (i.indisclustered OR i.indisreplident) \
+             ORDER BY ic.relname COLLATE \"C\""
+                .to_string(),
+        ]
+    }
+
+    /// Asks for the catalog rows of `tables` (with their columns and key,
+    /// for the heap-order guess, and whether their own rows are counted,
+    /// [`FactsAsk::count`]), in one round trip.
+    fn ask(
+        c: &mut Client,
+        loc: &PgLocation,
+        tables: &[(&PgTable, &TableData, bool)],
+    ) -> Result<Catalog> {
+        let oids: Vec<i64> = tables.iter().map(|(rel, _, _)| rel.oid).collect();
+        // The heap-order guess's questions, for the tables it applies to.
+        let (mut h_oids, mut h_names, mut h_cols) = (Vec::new(), Vec::new(), Vec::new());
+        for (rel, t, _) in tables {
+            if let Some(first) = heap_guess_column(rel, t) {
+                h_oids.push(rel.oid);
+                h_names.push(rel.name.clone());
+                h_cols.push(first.clone());
+            }
+        }
+        // The row counts asked for, one statement (no rows when none is).
+        let counts = tables
+            .iter()
+            .filter(|(_, _, count)| *count)
+            .map(|(rel, _, _)| {
+                format!(
+                    "SELECT count(*), {}::int8 FROM {}",
+                    rel.oid,
+                    own_rows(&rel.name, rel.partitioned)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let counts = match counts.is_empty() {
+            true => "SELECT 0::int8, 0::int8 WHERE false".to_string(),
+            false => counts,
+        };
+        let own = Self::queries();
+        let oid: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&oids];
+        let heap: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
+            &[&loc.schema, &h_oids, &h_names, &h_cols];
+        let schema: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&loc.schema];
+        let mut queries: Vec<(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)])> =
+            own.iter().map(|q| (q.as_str(), oid)).collect();
+        queries.push((FactsAsk::TYPES, oid));
+        queries.push((FactsAsk::IDENT, oid));
+        queries.push((FactsAsk::HEAP, heap));
+        queries.push((&counts, &[]));
+        queries.push(("SELECT quote_ident($1)", schema));
+        let mut answers = c.query_each(&queries).map_err(|e| loc.error(e))?;
+        let qschema: String = answers
+            .pop()
+            .and_then(|rows| rows.into_iter().next())
+            .ok_or_else(|| SyncError::Database(format!("{}: no schema name", loc.redacted())))?
+            .get(0);
+        let kinds = answers.len();
+        let mut rows: std::collections::HashMap<i64, Vec<Vec<tokio_postgres::Row>>> = oids
+            .iter()
+            .map(|&o| (o, (0..kinds).map(|_| Vec::new()).collect()))
+            .collect();
+        for (kind, answer) in answers.into_iter().enumerate() {
+            for r in answer {
+                let oid: i64 = r.try_get(r.len() - 1).map_err(|e| loc.error(e))?;
+                if let Some(t) = rows.get_mut(&oid) {
+                    t[kind].push(r);
+                }
+            }
+        }
+        let counted = tables
+            .iter()
+            .filter(|(_, _, count)| *count)
+            .map(|(rel, _, _)| rel.oid)
+            .collect();
+        Ok(Catalog {
+            qschema,
+            tables: rows,
+            counted,
+        })
+    }
+
+    /// Table `oid`'s share (taken out: each table is read once).
+    fn take(&mut self, loc: &PgLocation, rel: &PgTable) -> Result<TableCatalog> {
+        let missing = || {
+            SyncError::Database(format!(
+                "{}: table {}: not in the catalog asked for",
+                loc.redacted(),
+                shown_name(&rel.name)
+            ))
+        };
+        let mut all = self.tables.remove(&rel.oid).ok_or_else(missing)?;
+        let facts = all.split_off(11.min(all.len()));
+        let rows: [Vec<tokio_postgres::Row>; 11] = all.try_into().map_err(|_| missing())?;
+        Ok(TableCatalog {
+            qschema: self.qschema.clone(),
+            rows,
+            facts,
+        })
+    }
+}
+
 /// The `CREATE` script of a table and its extras (constraints, indexes,
-/// sequence values), and the [`TableFacts`] `facts` asks, in the same
-/// round trip.
+/// sequence values), and its [`TableFacts`], from its catalog rows (`cat`).
 fn schema_of(
     c: &mut Client,
     loc: &PgLocation,
     t: &PgTable,
     pk_def: Option<&str>,
     ordinal: &mut u64,
-    facts: &FactsAsk<'_>,
+    (facts, cat): (&FactsAsk, TableCatalog),
 ) -> Result<(String, Vec<Extra>, TableFacts)> {
     let err = |e| loc.error(e);
     // The extensions whose types the columns use (citext, pgvector's
@@ -1645,115 +1853,27 @@ fn schema_of(
             ))),
         }
     };
-    // The table's catalog rows, asked for all at once: one round trip, not
-    // one a query (a snapshot of many small tables waited mostly on them).
-    let cons_sql = format!(
-        "SELECT conname::text, pg_catalog.pg_get_constraintdef(oid, true), {INDEX_OPTIONS} \
-                 FROM pg_catalog.pg_constraint WHERE conrelid = $1::int8::oid \
-                   AND {OWN_KINDS} \
-                 ORDER BY contype = 'f', conname COLLATE \"C\""
-    );
-    let (storage_cols_sql, storage_rel_sql) = storage_settings_sql();
-    let oid: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&t.oid];
-    let schema: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&loc.schema];
-    let mut queries: Vec<(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)])> = vec![
-        (
-            "SELECT s.relname::text, a.attname::text, d.deptype::text, \
-                    pg_catalog.format_type(q.seqtypid, NULL), q.seqstart, q.seqincrement, \
-                    q.seqmin, q.seqmax, q.seqcache, q.seqcycle, \
-                    CASE WHEN pg_catalog.has_sequence_privilege(s.oid, 'SELECT') \
-                         THEN pg_catalog.pg_sequence_last_value(s.oid) END \
-             FROM pg_catalog.pg_depend d \
-             JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
-             JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.oid \
-             JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
-             WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = $1::int8::oid \
-               AND d.classid = 'pg_catalog.pg_class'::regclass \
-               AND d.deptype IN ('a', 'i') ORDER BY a.attnum",
-            oid,
-        ),
-        (&storage_cols_sql, oid),
-        (&storage_rel_sql, oid),
-        ("SELECT quote_ident($1)", schema),
-        (
-            "SELECT c.relrowsecurity, c.relforcerowsecurity FROM pg_catalog.pg_class c \
-             WHERE c.oid = $1::int8::oid",
-            oid,
-        ),
-        (
-            "SELECT p.polname::text, p.polpermissive, p.polcmd::text, \
-                    (SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' \
-                                            ELSE quote_ident(pg_catalog.pg_get_userbyid(r)::text) END, \
-                                       ', ' ORDER BY r) \
-                     FROM unnest(p.polroles) AS r), \
-                    pg_catalog.pg_get_expr(p.polqual, p.polrelid), \
-                    pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) \
-             FROM pg_catalog.pg_policy p WHERE p.polrelid = $1::int8::oid \
-             ORDER BY p.polname COLLATE \"C\"",
-            oid,
-        ),
-        (
-            "SELECT p.oid::regclass::text FROM pg_catalog.pg_inherits i \
-             JOIN pg_catalog.pg_class p ON p.oid = i.inhparent \
-             JOIN pg_catalog.pg_class k ON k.oid = i.inhrelid \
-             WHERE i.inhrelid = $1::int8::oid AND NOT k.relispartition ORDER BY i.inhseqno",
-            oid,
-        ),
-        (
-            "SELECT pg_catalog.pg_get_triggerdef(g.oid, true) FROM pg_catalog.pg_trigger g \
-             WHERE g.tgrelid = $1::int8::oid AND NOT g.tgisinternal \
-             ORDER BY g.tgname COLLATE \"C\"",
-            oid,
-        ),
-        (
-            "SELECT a.attname::text, d.description FROM pg_catalog.pg_description d \
-             LEFT JOIN pg_catalog.pg_attribute a \
-               ON a.attrelid = d.objoid AND a.attnum = d.objsubid AND d.objsubid > 0 \
-             WHERE d.objoid = $1::int8::oid AND d.classoid = 'pg_catalog.pg_class'::regclass \
-               AND (d.objsubid = 0 OR (a.attnum IS NOT NULL AND NOT a.attisdropped)) \
-             ORDER BY d.objsubid",
-            oid,
-        ),
-        (&cons_sql, oid),
-        (
-            "SELECT ic.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid), \
-                    pg_catalog.quote_ident(ic.relname) \
-             FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
-             WHERE i.indrelid = $1::int8::oid AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k \
-               WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid) \
-             ORDER BY ic.relname COLLATE \"C\"",
-            oid,
-        ),
-        // (Any of its indexes, a constraint's too.)
-        (
-            "SELECT ic.relname::text, pg_catalog.quote_ident(ic.relname), i.indisclustered, \
-                    i.indisreplident \
-             FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
-             WHERE i.indrelid = $1::int8::oid AND (i.indisclustered OR i.indisreplident) \
-             ORDER BY ic.relname COLLATE \"C\"",
-            oid,
-        ),
-    ];
-    let own = queries.len();
-    queries.extend(facts.queries());
-    let mut rows = c.query_each(&queries).map_err(err)?;
-    let facts = facts.answers(rows.split_off(own.min(rows.len())), loc)?;
-    let [
-        seqs,
-        storage_cols,
-        storage_rel,
+    // The table's catalog rows, asked with every other table's (see
+    // [`Catalog`]).
+    let TableCatalog {
         qschema,
-        sec,
-        policies,
-        parents,
-        triggers,
-        comments,
-        cons,
-        idx,
-        marked,
-    ]: [Vec<tokio_postgres::Row>; 12] = rows
-        .try_into()
-        .map_err(|_| SyncError::Invalid("the catalog gave too few answers".into()))?;
+        rows:
+            [
+                seqs,
+                storage_cols,
+                storage_rel,
+                sec,
+                policies,
+                parents,
+                triggers,
+                comments,
+                cons,
+                idx,
+                marked,
+            ],
+        facts: fact_rows,
+    } = cat;
+    let facts = facts.answers(fact_rows, loc)?;
     // Sequences the table's columns own (serial: 'a'; identity: 'i').
     let mut owned = String::new();
     let mut seq_values = Vec::new();
@@ -1878,7 +1998,6 @@ fn schema_of(
     };
     script.push_str(&owned);
     script.push_str(&storage_settings(t, storage_cols, one(storage_rel)?));
-    let qschema: String = one(qschema)?.get(0);
     // Row-level security and the table's policies and triggers (only
     // tables that have them get these statements, so other tables keep
     // their objects' ids). A restore that creates the table turns row
@@ -2232,17 +2351,18 @@ fn storage_settings_sql() -> (String, String) {
     };
     (
         "SELECT a.attname::text, coalesce(a.attstattarget::int4, -1), \
-                    CASE WHEN a.attstorage <> ty.typstorage THEN a.attstorage::text END \
+                    CASE WHEN a.attstorage <> ty.typstorage THEN a.attstorage::text END, \
+                    a.attrelid::int8 \
              FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
-             WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped \
+             WHERE a.attrelid = ANY($1::int8[]::oid[]) AND a.attnum > 0 AND NOT a.attisdropped \
                AND (coalesce(a.attstattarget::int4, -1) >= 0 OR a.attstorage <> ty.typstorage) \
              ORDER BY a.attnum"
             .to_string(),
         format!(
-            "SELECT c.relpersistence::text = 'u', {}, {}, c.relreplident::text \
+            "SELECT c.relpersistence::text = 'u', {}, {}, c.relreplident::text, c.oid::int8 \
                  FROM pg_catalog.pg_class c \
                  LEFT JOIN pg_catalog.pg_class tc ON tc.oid = c.reltoastrelid \
-                 WHERE c.oid = $1::int8::oid",
+                 WHERE c.oid = ANY($1::int8[]::oid[])",
             options("c.reloptions", ""),
             options("tc.reloptions", "toast.")
         ),
@@ -3423,6 +3543,40 @@ fn scan_in(
         .map(|r| r.name.as_str())
         .collect();
     refuse_shadowed(c, loc, &read)?;
+    // Every table's catalog rows at once (the tables whose structure the
+    // loop below refuses are left out).
+    let mut catalog = {
+        let mut asked = Vec::new();
+        for rel in rels
+            .iter()
+            .filter(|r| r.view.is_none() && (wanted.is_empty() || wanted.contains(&r.name)))
+        {
+            let Ok((columns, mut key, _)) = structure(loc, rel) else {
+                continue;
+            };
+            if key.is_empty() {
+                key = (0..columns.len() as u32).collect();
+            }
+            let t = TableData {
+                flags: FLAG_WITHOUT_ROWID,
+                columns,
+                key,
+                sequence: None,
+                rows: 0,
+                root: ObjectId::default(),
+            };
+            // (The row count is asked with the rest when there is a row
+            // cache to read by.)
+            let count = rows_cache.is_some_and(|rc| {
+                super::rowcache::path_for(&rc.dir, &[&loc.redacted(), &loc.schema, &rel.name])
+                    .exists()
+            });
+            asked.push((rel, t, count));
+        }
+        let asked: Vec<(&PgTable, &TableData, bool)> =
+            asked.iter().map(|(r, t, n)| (*r, t, *n)).collect();
+        Catalog::ask(c, loc, &asked)?
+    };
     let mut out = ScanResult::default();
     let mut ordinal: u64 = 0;
     for rel in &rels {
@@ -3491,12 +3645,10 @@ fn scan_in(
             let path = rows_cache.map(|rc| {
                 super::rowcache::path_for(&rc.dir, &[&loc.redacted(), &loc.schema, &rel.name])
             });
-            // (The row count is asked with the rest when there is a row
-            // cache to read by.)
-            let want_count = path.as_ref().is_some_and(|p| p.exists());
+            let cat = catalog.take(loc, rel)?;
             let (sql, extras, facts) = {
-                let ask = FactsAsk::new(loc, rel, &t, want_count);
-                schema_of(c, loc, rel, pk_def.as_deref(), &mut ordinal, &ask)?
+                let ask = FactsAsk::new(rel, &t, catalog.counted.contains(&rel.oid));
+                schema_of(c, loc, rel, pk_def.as_deref(), &mut ordinal, (&ask, cat))?
             };
             let label = format!("{}: table {}", loc.redacted(), rel.name);
             let (n, root) = read_rows(
@@ -3733,18 +3885,22 @@ struct TableFacts {
 
 /// The queries of [`TableFacts`] for one table, sent with its schema's
 /// ([`schema_of`]).
-struct FactsAsk<'a> {
-    oid: [&'a (dyn tokio_postgres::types::ToSql + Sync); 1],
-    /// The heap guess's parameters, for a table it applies to.
-    heap: Option<[&'a (dyn tokio_postgres::types::ToSql + Sync); 4]>,
-    /// `SELECT count(*)` of the table's own rows, when asked.
-    count: Option<String>,
+struct FactsAsk {
+    /// Whether the heap-order guess applies to the table (its answer is
+    /// among the table's [`Catalog`] rows).
+    heap: bool,
+    /// Whether the table's own rows are counted (its answer is among the
+    /// table's [`Catalog`] rows).
+    count: bool,
 }
 
-impl<'a> FactsAsk<'a> {
-    const TYPES: &'static str = "SELECT coalesce(array_agg(DISTINCT a.atttypid::int8), '{}') \
+impl FactsAsk {
+    // (For the tables of `$1`, as [`Catalog`] asks: each row's last
+    // column is its table's oid. A table with no column has no row.)
+    const TYPES: &'static str = "SELECT array_agg(DISTINCT a.atttypid::int8), a.attrelid::int8 \
              FROM pg_catalog.pg_attribute a \
-             WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped";
+             WHERE a.attrelid = ANY($1::int8[]::oid[]) AND a.attnum > 0 AND NOT a.attisdropped \
+             GROUP BY a.attrelid";
     const IDENT: &'static str = "SELECT (SELECT d.oid::int8 FROM pg_catalog.pg_database d \
                       WHERE d.datname = current_database()), \
                     CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE') \
@@ -3759,73 +3915,55 @@ impl<'a> FactsAsk<'a> {
                     pg_catalog.txid_snapshot_xmin(pg_catalog.txid_current_snapshot()), \
                     pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot()), \
                     pg_catalog.age((pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot()) \
-                                    % 4294967296)::text::xid) \
-             FROM pg_catalog.pg_class c WHERE c.oid = $1::int8::oid";
+                                    % 4294967296)::text::xid), \
+                    c.oid::int8 \
+             FROM pg_catalog.pg_class c WHERE c.oid = ANY($1::int8[]::oid[])";
     // (The statistics functions pg_stat_all_tables reads, called for this
     // table alone: the view joins and groups all of pg_class's tables. The
     // names are compared as `name`, as the view has them, so that
     // pg_class is found by its index: compared as text, it was scanned
     // whole for each table.)
-    const HEAP: &'static str = "SELECT pg_catalog.pg_stat_get_tuples_updated($1::int8::oid) = 0 \
-                AND pg_catalog.pg_stat_get_tuples_deleted($1::int8::oid) = 0 \
+    // (`$1`: the schema; `$2`, `$3`, `$4`: the tables' oids, names and
+    // first key columns.)
+    const HEAP: &'static str = "SELECT pg_catalog.pg_stat_get_tuples_updated(x.oid::oid) = 0 \
+                AND pg_catalog.pg_stat_get_tuples_deleted(x.oid::oid) = 0 \
                 AND (SELECT st.correlation >= 0.9 FROM pg_catalog.pg_stats st \
-                     WHERE st.schemaname = $2::text::name AND st.tablename = $3::text::name \
-                       AND st.attname = $4::text::name AND NOT st.inherited)";
+                     WHERE st.schemaname = $1::text::name AND st.tablename = x.tab::name \
+                       AND st.attname = x.col::name AND NOT st.inherited), \
+                x.oid \
+             FROM unnest($2::int8[], $3::text[], $4::text[]) AS x(oid, tab, col)";
 
     /// The questions for table `rel` (`t`: its columns and key), the row
     /// count too when `count`.
-    fn new(loc: &'a PgLocation, rel: &'a PgTable, t: &'a TableData, count: bool) -> Self {
+    fn new(rel: &PgTable, t: &TableData, count: bool) -> Self {
         FactsAsk {
-            oid: [&rel.oid],
-            heap: heap_guess_column(rel, t).map(
-                |first| -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 4] {
-                    [&rel.oid, &loc.schema, &rel.name, first]
-                },
-            ),
-            count: count.then(|| {
-                format!(
-                    "SELECT count(*) FROM {}",
-                    own_rows(&rel.name, rel.partitioned)
-                )
-            }),
+            heap: heap_guess_column(rel, t).is_some(),
+            count,
         }
     }
 
-    fn queries(&self) -> Vec<(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)])> {
-        let mut q: Vec<(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)])> =
-            vec![(Self::TYPES, &self.oid), (Self::IDENT, &self.oid)];
-        if let Some(heap) = &self.heap {
-            q.push((Self::HEAP, heap));
-        }
-        if let Some(count) = &self.count {
-            q.push((count, &[]));
-        }
-        q
-    }
-
-    /// The facts out of the answers to [`Self::queries`], in their order.
+    /// The facts out of the table's rows of the [`Catalog`]'s facts
+    /// queries (types, ident, heap, count).
     fn answers(
         &self,
         answers: Vec<Vec<tokio_postgres::Row>>,
         loc: &PgLocation,
     ) -> Result<TableFacts> {
         let mut answers = answers.into_iter();
-        let mut one = |what: &str| {
-            answers
-                .next()
-                .and_then(|rows| rows.into_iter().next())
-                .ok_or_else(|| SyncError::Database(format!("{}: no {what} row", loc.redacted())))
-        };
-        let types = one("column types")?.get(0);
-        let ident = one("table")?;
+        let mut next = || answers.next().and_then(|rows| rows.into_iter().next());
+        let no = |what: &str| SyncError::Database(format!("{}: no {what} row", loc.redacted()));
+        let types = next().map(|r| r.get::<_, Vec<i64>>(0)).unwrap_or_default();
+        let ident = next().ok_or_else(|| no("table"))?;
         let age_of_xmax = ident.get(8);
+        let statistics = next();
         let heap_likely = match self.heap {
-            Some(_) => one("statistics")?.get(0),
-            None => None,
+            true => statistics.ok_or_else(|| no("statistics"))?.get(0),
+            false => None,
         };
+        let counted = next();
         let count = match self.count {
-            Some(_) => Some(one("count")?.get(0)),
-            None => None,
+            true => Some(counted.ok_or_else(|| no("count"))?.get(0)),
+            false => None,
         };
         Ok(TableFacts {
             types,
