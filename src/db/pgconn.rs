@@ -249,9 +249,19 @@ impl Client {
         end.map(|()| v)
     }
 
+    /// Runs a statement; the number of rows it changed. One without
+    /// parameters (a restore's `CREATE`, `ALTER` and `COPY` statements) goes
+    /// as an unnamed statement, parsed and run in one round trip: prepared
+    /// first, each took two.
     pub fn execute(&mut self, query: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
         self.idle();
-        self.in_transaction(|c| c.run(c.client().execute(query, params)))
+        self.in_transaction(|c| {
+            if params.is_empty() {
+                c.run(c.client().execute_typed(query, &[]))
+            } else {
+                c.run(c.client().execute(query, params))
+            }
+        })
     }
 
     /// Runs a prepared statement; the number of rows it changed.
