@@ -1203,19 +1203,20 @@ fn list_relations(c: &mut Client, loc: &PgLocation) -> Result<Vec<PgTable>> {
     relations(c, loc, None)
 }
 
-/// The relation [`list_relations`] lists under `name`, if any (one query
-/// per table a restore makes, not a listing of the whole schema).
-fn relation_named(c: &mut Client, loc: &PgLocation, name: &str) -> Result<Option<PgTable>> {
-    Ok(relations(c, loc, Some(name))?.pop())
+/// The relations [`list_relations`] lists under `names` (one query for
+/// the tables a restore makes, not a listing of the whole schema).
+fn relations_named(c: &mut Client, loc: &PgLocation, names: &[String]) -> Result<Vec<PgTable>> {
+    relations(c, loc, Some(names))
 }
 
-/// [`list_relations`], or only the one of `name`.
-fn relations(c: &mut Client, loc: &PgLocation, name: Option<&str>) -> Result<Vec<PgTable>> {
+/// [`list_relations`], or only those of `names`.
+fn relations(c: &mut Client, loc: &PgLocation, names: Option<&[String]>) -> Result<Vec<PgTable>> {
     // (Two queries, not one with `$2 IS NULL OR …`: that one could not
-    // keep a plan, and was planned afresh for each table a restore made.
-    // Compared as `name`, the relation is found by pg_class's index.)
-    let (by_name, params): (_, &[&(dyn tokio_postgres::types::ToSql + Sync)]) = match &name {
-        Some(n) => ("AND c.relname = $2::text::name", &[&loc.schema, n]),
+    // keep a plan. Compared as `name`, the relations are found by
+    // pg_class's index.)
+    let names = names.map(<[String]>::to_vec);
+    let (by_name, params): (_, &[&(dyn tokio_postgres::types::ToSql + Sync)]) = match &names {
+        Some(n) => ("AND c.relname = ANY($2::text[]::name[])", &[&loc.schema, n]),
         None => ("", &[&loc.schema]),
     };
     let rows = c
@@ -4202,12 +4203,43 @@ fn restore_in(
     // Every new table's sequences first: a column default may draw from
     // another table's (an inherited serial, `DEFAULT nextval('b_id_seq')`),
     // and tables are made in name order.
-    for (_, _, acts) in &scripts {
-        for a in acts.iter().filter(|a| matches!(a, Action::Sequence { .. })) {
-            create_step(c, loc, a)?;
+    // None may exist already: a new table does not take over a sequence
+    // the database has (asked for all of them at once).
+    let sequences: Vec<(&String, &String)> = scripts
+        .iter()
+        .flat_map(|(_, _, acts)| acts)
+        .filter_map(|a| match a {
+            Action::Sequence { name, sql } => Some((name, sql)),
+            _ => None,
+        })
+        .collect();
+    if !sequences.is_empty() {
+        let quoted: Vec<String> = sequences.iter().map(|(name, _)| quote(name)).collect();
+        let taken: Vec<String> = c
+            .query(
+                "SELECT n FROM unnest($1::text[]) WITH ORDINALITY AS u(n, i) \
+                 WHERE pg_catalog.to_regclass(n) IS NOT NULL ORDER BY i",
+                &[&quoted],
+            )
+            .map_err(|e| loc.error(e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        // (One named twice would find its first made.)
+        let mut seen = std::collections::HashSet::new();
+        if let Some((name, _)) = sequences
+            .iter()
+            .find(|(name, _)| taken.contains(&quote(name)) || !seen.insert(*name))
+        {
+            return Err(SyncError::Invalid(format!(
+                "sequence {name} already exists; a new table does not take over a sequence the database has"
+            )));
+        }
+        for (_, sql) in &sequences {
+            c.execute(sql.as_str(), &[]).map_err(|e| loc.error(e))?;
         }
     }
-    for (o, t, acts) in &scripts {
+    for (o, _, acts) in &scripts {
         let mut secured = false;
         let mut recorded: Vec<String> = Vec::new();
         for a in acts {
@@ -4239,21 +4271,31 @@ fn restore_in(
                 }
             );
         }
-        // The script made exactly the recorded table.
-        let made = relation_named(c, loc, &o.name)?
+    }
+    // The scripts made exactly the recorded tables (read back once, all of
+    // them, when every script has run: a table at a time, the catalog
+    // query cost a new table two milliseconds).
+    if !scripts.is_empty() {
+        let names: Vec<String> = scripts.iter().map(|(o, _, _)| o.name.clone()).collect();
+        let made: std::collections::HashMap<String, PgTable> = relations_named(c, loc, &names)?
+            .into_iter()
             .filter(|r| r.view.is_none())
-            .ok_or_else(|| {
+            .map(|r| (r.name.clone(), r))
+            .collect();
+        for (o, t, _) in &scripts {
+            let made = made.get(&o.name).ok_or_else(|| {
                 SyncError::Invalid(format!(
                     "the snapshot's SQL is refused: its script did not create table {}",
                     o.name
                 ))
             })?;
-        let (now, _) = live_structure_for(loc, &made, o, t)?;
-        if !same_structure(t, &now) {
-            return Err(SyncError::Invalid(format!(
-                "the snapshot's SQL is refused: its script made a table other than the recorded one: {}",
-                describe_mismatch(&o.name, t, &now)
-            )));
+            let (now, _) = live_structure_for(loc, made, o, t)?;
+            if !same_structure(t, &now) {
+                return Err(SyncError::Invalid(format!(
+                    "the snapshot's SQL is refused: its script made a table other than the recorded one: {}",
+                    describe_mismatch(&o.name, t, &now)
+                )));
+            }
         }
     }
     let mut merges = Vec::new();
@@ -5129,20 +5171,10 @@ fn create_step(c: &mut Client, loc: &PgLocation, a: &Action) -> Result<()> {
                     .into(),
             ));
         }
-        Action::Sequence { name, sql } => {
-            let exists: bool = c
-                .query_one(
-                    "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
-                    &[&quote(name)],
-                )
-                .map_err(err)?
-                .get(0);
-            if exists {
-                return Err(SyncError::Invalid(format!(
-                    "sequence {name} already exists; a new table does not take over a sequence the database has"
-                )));
-            }
-            c.execute(sql.as_str(), &[]).map_err(err)?;
+        Action::Sequence { .. } => {
+            return Err(SyncError::Invalid(
+                "internal: a sequence run as a create step (restore_in makes them first)".into(),
+            ));
         }
     }
     Ok(())

@@ -6124,6 +6124,48 @@ fn a_new_database_gets_the_extensions_its_types_come_from() {
     comes_back_into_new(pg, w.path(), &db, "ext_new", (&[], &want), &["people"]);
 }
 
+/// A restore into a database that already has a sequence a new table's
+/// serial column would make (here the second table's) takes it over for
+/// none: it says which, in one line, and makes nothing (the first table's
+/// sequence, made before, is rolled back; the database's own keeps its
+/// value).
+#[test]
+fn a_new_table_does_not_take_over_a_sequence_the_database_has() {
+    let Some(pg) = cluster() else { return };
+    let db = pg.new_db("seqs");
+    pg.psql(
+        &db,
+        "CREATE TABLE a (id serial PRIMARY KEY, v text);
+         CREATE TABLE b (id bigserial PRIMARY KEY, v text);
+         INSERT INTO a (v) VALUES ('x'), ('y'); INSERT INTO b (v) VALUES ('z');",
+    );
+    let w = work();
+    let d = w.path();
+    snap(d, &pg.url(&db), &[]);
+    let fresh = pg.new_db("seqs_new");
+    pg.psql(
+        &fresh,
+        "CREATE SEQUENCE b_id_seq START 500; SELECT nextval('b_id_seq');",
+    );
+    let err = fails_pg(
+        d,
+        &["--store", "st", "restore", "main", "--db", &pg.url(&fresh)],
+    );
+    assert!(
+        err.contains("sequence b_id_seq already exists") && err.lines().count() == 1,
+        "{err}"
+    );
+    let left = |q: &str| pg.psql(&fresh, q).trim().to_string();
+    assert_eq!(
+        left(
+            "SELECT string_agg(relname::text, ',' ORDER BY relname) FROM pg_class \
+              WHERE relnamespace = 'public'::regnamespace"
+        ),
+        "b_id_seq"
+    );
+    assert_eq!(left("SELECT last_value FROM b_id_seq"), "500");
+}
+
 /// An extension PostgreSQL does not deem trusted (only a superuser may
 /// make it; its code is not for any database owner to load) is never made
 /// by a restore, superuser or not: the snapshot, which may come from
