@@ -806,8 +806,23 @@ impl PgClass {
     /// [`reads_binary`](Self::reads_binary): the same value its text form
     /// gives (a `uuid` as its text form, lower case).
     fn binary_field(self, b: &[u8], arena: &mut Vec<u8>) -> std::result::Result<Field, String> {
+        let mut one = Vec::with_capacity(1);
+        self.push_binary_field(b, arena, &mut one)?;
+        one.pop().ok_or_else(|| "no field".to_string())
+    }
+
+    /// [`binary_field`](Self::binary_field), pushed onto `fields`. (Each
+    /// field is written where it goes: returned, a field was stored in two
+    /// halves and read back whole, a stall on every field of a snapshot.)
+    #[inline(always)]
+    fn push_binary_field(
+        self,
+        b: &[u8],
+        arena: &mut Vec<u8>,
+        fields: &mut Vec<Field>,
+    ) -> std::result::Result<(), String> {
         let wrong = || format!("a binary {self:?} of {} bytes", b.len());
-        Ok(match self {
+        fields.push(match self {
             PgClass::Int => Field::Int(match *b {
                 [x, y] => i64::from(i16::from_be_bytes([x, y])),
                 [..] if b.len() == 4 => {
@@ -885,7 +900,8 @@ impl PgClass {
                 Field::Text(start, arena.len())
             }
             PgClass::Bpchar | PgClass::Other => return Err(wrong()),
-        })
+        });
+        Ok(())
     }
 
     /// The value a binary `COPY` field of this class reads as, or why it
@@ -2598,13 +2614,12 @@ impl<'t> RowParser<'t> {
         let (vals, rest) = tuple.split_at_checked(n).ok_or("a tuple too short")?;
         for (i, f) in vals.iter().enumerate() {
             let col = if key_only { self.t.key[i] as usize } else { i };
-            let field = match f {
-                None => Field::Null,
+            match f {
+                None => self.fields.push(Field::Null),
                 Some(b) => self.classes[col]
-                    .binary_field(b, &mut self.arena)
+                    .push_binary_field(b, &mut self.arena, &mut self.fields)
                     .map_err(|e| format!("column {}: {e}", self.t.columns[col].name))?,
-            };
-            self.fields.push(field);
+            }
         }
         Ok(rest)
     }
