@@ -3567,27 +3567,13 @@ fn scan_in(
             .iter()
             .filter(|r| r.view.is_none() && (wanted.is_empty() || wanted.contains(&r.name)))
         {
-            let Ok((columns, mut key, _)) = structure(loc, rel) else {
+            let Ok((columns, key, _)) = structure(loc, rel) else {
                 continue;
-            };
-            if key.is_empty() {
-                key = (0..columns.len() as u32).collect();
-            }
-            let t = TableData {
-                flags: FLAG_WITHOUT_ROWID,
-                columns,
-                key,
-                sequence: None,
-                rows: 0,
-                root: ObjectId::default(),
             };
             // (The row count is asked with the rest when there is a row
             // cache to read by.)
-            let count = rows_cache.is_some_and(|rc| {
-                super::rowcache::path_for(&rc.dir, &[&loc.redacted(), &loc.schema, &rel.name])
-                    .exists()
-            });
-            asked.push((rel, t, count));
+            let count = rows_cache.is_some_and(|rc| row_cache_path(rc, loc, rel).exists());
+            asked.push((rel, unread_table(columns, key, true), count));
         }
         let asked: Vec<(&PgTable, &TableData, bool)> =
             asked.iter().map(|(r, t, n)| (*r, t, *n)).collect();
@@ -3619,7 +3605,7 @@ fn scan_in(
             }
         } else {
             progress.stage(&format!("table {}", rel.name));
-            let (columns, mut key, pk_def) = structure(loc, rel)?;
+            let (columns, key, pk_def) = structure(loc, rel)?;
             if columns.is_empty() {
                 // (A table of no columns holds nothing but a count of
                 // empty rows: a whole schema goes on without it, and says
@@ -3639,28 +3625,16 @@ fn scan_in(
                 )));
             }
             let by_all = key.is_empty();
-            if by_all {
-                if !loc.key_by_all_columns {
-                    return Err(SyncError::Database(format!(
-                        "{}: table {} has no primary key (PostgreSQL has no stable row id); \
-                         add one, or use --key-by-all-columns",
-                        loc.redacted(),
-                        rel.name
-                    )));
-                }
-                key = (0..columns.len() as u32).collect();
+            if by_all && !loc.key_by_all_columns {
+                return Err(SyncError::Database(format!(
+                    "{}: table {} has no primary key (PostgreSQL has no stable row id); \
+                     add one, or use --key-by-all-columns",
+                    loc.redacted(),
+                    rel.name
+                )));
             }
-            let mut t = TableData {
-                flags: FLAG_WITHOUT_ROWID,
-                columns,
-                key,
-                sequence: None,
-                rows: 0,
-                root: ObjectId::default(),
-            };
-            let path = rows_cache.map(|rc| {
-                super::rowcache::path_for(&rc.dir, &[&loc.redacted(), &loc.schema, &rel.name])
-            });
+            let mut t = unread_table(columns, key, true);
+            let path = rows_cache.map(|rc| row_cache_path(rc, loc, rel));
             let cat = catalog.take(loc, rel)?;
             let (sql, extras, facts) = {
                 let ask = FactsAsk::new(rel, &t, catalog.counted.contains(&rel.oid));
@@ -3706,6 +3680,27 @@ fn scan_in(
         out.objects.insert(rel.name.clone(), id);
     }
     Ok(out)
+}
+
+/// A table before its rows are read: its stored columns, keyed by `key`,
+/// or, when that is empty (no primary key) and `by_all`, by all of them.
+fn unread_table(columns: Vec<Column>, mut key: Vec<u32>, by_all: bool) -> TableData {
+    if key.is_empty() && by_all {
+        key = (0..columns.len() as u32).collect();
+    }
+    TableData {
+        flags: FLAG_WITHOUT_ROWID,
+        columns,
+        key,
+        sequence: None,
+        rows: 0,
+        root: ObjectId::default(),
+    }
+}
+
+/// Where the row cache of table `rel` is.
+fn row_cache_path(rc: &RowCacheCtx<'_>, loc: &PgLocation, rel: &PgTable) -> PathBuf {
+    super::rowcache::path_for(&rc.dir, &[&loc.redacted(), &loc.schema, &rel.name])
 }
 
 /// A table's rows into a row map: by the row cache when there is one for
@@ -4815,22 +4810,9 @@ fn live_structure_for(
 /// The table as it is now, and whether it is keyed by all its columns (it
 /// has no primary key).
 fn live_structure(loc: &PgLocation, t: &PgTable) -> Result<(TableData, bool)> {
-    let (columns, mut key, _) = structure(loc, t)?;
+    let (columns, key, _) = structure(loc, t)?;
     let by_all = key.is_empty();
-    if by_all && loc.key_by_all_columns {
-        key = (0..columns.len() as u32).collect();
-    }
-    Ok((
-        TableData {
-            flags: FLAG_WITHOUT_ROWID,
-            columns,
-            key,
-            sequence: None,
-            rows: 0,
-            root: ObjectId::default(),
-        },
-        by_all,
-    ))
+    Ok((unread_table(columns, key, loc.key_by_all_columns), by_all))
 }
 
 /// A checked statement of a table's extras, or a view, to run after the
