@@ -1615,7 +1615,7 @@ fn user_types(c: &mut Client, loc: &PgLocation, t: &PgTable) -> Result<String> {
 struct Catalog {
     /// The schema's name as `quote_ident` gives it.
     qschema: String,
-    /// Per table oid: its rows of each query of [`Catalog::QUERIES`], then
+    /// Per table oid: its rows of each query of [`Catalog::queries`], then
     /// of [`FactsAsk::TYPES`], [`FactsAsk::IDENT`] and, for the tables they
     /// ask about, [`FactsAsk::HEAP`] and the row count, each in the query's
     /// order.
@@ -1627,13 +1627,16 @@ struct Catalog {
 /// One table's share of a [`Catalog`].
 struct TableCatalog {
     qschema: String,
-    /// Its rows of each of [`Catalog::QUERIES`].
-    rows: [Vec<tokio_postgres::Row>; 11],
+    /// Its rows of each of [`Catalog::queries`].
+    rows: [Vec<tokio_postgres::Row>; Catalog::OWN],
     /// Its rows of the [`FactsAsk`] queries (types, ident, heap when asked).
     facts: Vec<Vec<tokio_postgres::Row>>,
 }
 
 impl Catalog {
+    /// How many [`queries`](Self::queries) there are.
+    const OWN: usize = 11;
+
     /// The rows of [`schema_of`]: sequences the columns own; storage
     /// settings of the columns and of the table; row-level security;
     /// policies; parents (inheritance); triggers; comments; constraints;
@@ -1804,8 +1807,8 @@ impl Catalog {
             ))
         };
         let mut all = self.tables.remove(&rel.oid).ok_or_else(missing)?;
-        let facts = all.split_off(11.min(all.len()));
-        let rows: [Vec<tokio_postgres::Row>; 11] = all.try_into().map_err(|_| missing())?;
+        let facts = all.split_off(Self::OWN.min(all.len()));
+        let rows: [Vec<tokio_postgres::Row>; Self::OWN] = all.try_into().map_err(|_| missing())?;
         Ok(TableCatalog {
             qschema: self.qschema.clone(),
             rows,
@@ -7191,6 +7194,24 @@ impl<'a> RowStatements<'a> {
 mod tests {
     use super::*;
     use proptest::strategy::Strategy;
+
+    /// Every bulk catalog query asks for the tables of `$1` (none for one
+    /// table only), and there are as many as a table's share holds. (That
+    /// each gives its row's table oid last, as `int8`, every snapshot of
+    /// tests/it/pg.rs checks: `Catalog::ask` groups by it.)
+    #[test]
+    fn every_bulk_catalog_query_asks_for_all_the_tables() {
+        let own = Catalog::queries();
+        assert_eq!(own.len(), Catalog::OWN);
+        for q in own
+            .iter()
+            .map(String::as_str)
+            .chain([FactsAsk::TYPES, FactsAsk::IDENT])
+        {
+            assert!(q.contains(" = ANY($1::int8[]::oid[])"), "{q}");
+            assert!(!q.contains("$1::int8::oid"), "{q}");
+        }
+    }
 
     /// The schema comes off the table only, never out of an index's name
     /// that holds ` ON public.` (found by audit round 7).
