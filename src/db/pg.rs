@@ -4430,6 +4430,7 @@ fn restore_in(
     for (o, t, ..) in &merges {
         let mut rows = RowStatements::new(c, loc, &o.name, t)?;
         rows.outside = outside_refs(c, loc, &o.name, &names)?;
+        rows.src = Some(src);
         statements.push(rows);
     }
     // Where the server keeps no counts of the rows a transaction writes
@@ -6033,7 +6034,7 @@ fn merge_apply(
                 rows.run(c, loc, &k, RowOp::Update, &sql, params, reinsert, rep)?;
             }
             Act::Insert(_) if matches!(insert_op, RowOp::Insert) => {
-                rows.insert(c, loc, &k, &ins_row, vals, rep)?;
+                rows.insert(c, loc, (&k, &v), &ins_row, vals, rep)?;
             }
             Act::Insert(_) => {
                 let tx = rows.texts(&vals)?;
@@ -6194,12 +6195,20 @@ struct RowStatements<'a> {
     copy_ok: bool,
     /// That `COPY` statement.
     copy_sql: String,
-    /// The inserts of the `COPY` under way, in order (key, values), kept
-    /// until it ends should they have to go one by one; their statement
-    /// (one text for the table); and the bytes their values hold.
-    inserts: Vec<(Vec<u8>, Vec<Value>)>,
+    /// The inserts of the `COPY` under way, in order, kept until it ends
+    /// should they have to go one by one: each row's key and stored row
+    /// (varint-counted, one after another: a row's values, a few
+    /// allocations each, held until their `COPY` ended and then freed cold,
+    /// cost the restore's thread ~3 ms a `COPY` while the server waited),
+    /// and how many; their statement (one text for the table); and the
+    /// bytes their values hold.
+    inserts: Vec<u8>,
+    insert_rows: usize,
     insert_sql: String,
     insert_bytes: usize,
+    /// Where the inserts' large values are read again, should their
+    /// `COPY` fail (set for the tables whose rows are restored).
+    src: Option<&'a dyn ObjectSource>,
     /// That `COPY`'s lines not yet sent.
     copy_buf: Vec<u8>,
     /// Why it cannot succeed, when its start or a send failed (the rest of
@@ -6589,6 +6598,8 @@ impl<'a> RowStatements<'a> {
             copy_ok: row.get(3),
             copy_sql: copy_in_sql(name, t),
             inserts: Vec::new(),
+            insert_rows: 0,
+            src: None,
             insert_sql: String::new(),
             insert_bytes: 0,
             copy_buf: Vec::new(),
@@ -6607,12 +6618,12 @@ impl<'a> RowStatements<'a> {
         &mut self,
         c: &mut Client,
         loc: &PgLocation,
-        key: &[u8],
+        (key, row): (&[u8], &[u8]),
         sql: &str,
         vals: Vec<Value>,
         rep: &mut DbRestoreReport,
     ) -> Result<()> {
-        if !(self.copy_ok && (self.inserts.is_empty() || self.insert_sql == sql)) {
+        if !(self.copy_ok && (self.insert_rows == 0 || self.insert_sql == sql)) {
             let tx = self.texts(&vals)?;
             return self.run(c, loc, key, RowOp::Insert, sql, tx, None, rep);
         }
@@ -6628,7 +6639,7 @@ impl<'a> RowStatements<'a> {
                 .sum::<usize>();
         // The row as COPY reads it (an error before anything is sent).
         push_copy_line(&mut self.copy_buf, self.t, &self.classes, &vals)?;
-        if self.inserts.is_empty() {
+        if self.insert_rows == 0 {
             // (The statements kept go first; then the COPY starts, under a
             // savepoint that undoes it should it fail.)
             self.send(c, loc, rep)?;
@@ -6641,11 +6652,15 @@ impl<'a> RowStatements<'a> {
             }
         }
         self.insert_bytes += bytes;
-        self.inserts.push((key.to_vec(), vals));
+        crate::codec::put_varint(&mut self.inserts, key.len() as u64);
+        self.inserts.extend_from_slice(key);
+        crate::codec::put_varint(&mut self.inserts, row.len() as u64);
+        self.inserts.extend_from_slice(row);
+        self.insert_rows += 1;
         if self.copy_buf.len() >= COPY_SEND {
             self.copy_send(c);
         }
-        if self.inserts.len() >= COPY_ROWS || self.insert_bytes >= COPY_BYTES {
+        if self.insert_rows >= COPY_ROWS || self.insert_bytes >= COPY_BYTES {
             self.flush_copy(c, loc, rep)?;
         }
         Ok(())
@@ -6834,10 +6849,11 @@ impl<'a> RowStatements<'a> {
         loc: &PgLocation,
         rep: &mut DbRestoreReport,
     ) -> Result<()> {
-        if self.inserts.is_empty() {
+        if self.insert_rows == 0 {
             return Ok(());
         }
-        let rows = std::mem::take(&mut self.inserts);
+        let held = std::mem::take(&mut self.inserts);
+        let rows = std::mem::replace(&mut self.insert_rows, 0);
         self.insert_bytes = 0;
         self.copy_send(c);
         let err = |e| loc.error(e);
@@ -6846,18 +6862,21 @@ impl<'a> RowStatements<'a> {
             None => c.copy_end().map_err(|e| e.to_string()),
         };
         match copied {
-            Ok(n) if n == rows.len() as u64 => {
+            Ok(n) if n == rows as u64 => {
                 c.batch_execute("RELEASE SAVEPOINT sp_sync_copy")
                     .map_err(err)?;
                 tracing::debug!("table {}: {n} inserts by COPY", self.name);
                 rep.inserted += n;
+                // (Its room is the next COPY's.)
+                self.inserts = held;
+                self.inserts.clear();
                 Ok(())
             }
             other => {
                 tracing::debug!(
                     "table {}: COPY of {} inserts did not go through ({}); inserting them one by one",
                     self.name,
-                    rows.len(),
+                    rows,
                     match &other {
                         Ok(n) => format!("{n} rows inserted"),
                         Err(e) => e.clone(),
@@ -6866,9 +6885,20 @@ impl<'a> RowStatements<'a> {
                 undo_savepoint(c, "sp_sync_copy").map_err(err)?;
                 self.copy_ok = false;
                 let sql = std::mem::take(&mut self.insert_sql);
-                for (key, vals) in rows {
+                let src = self.src.ok_or_else(|| {
+                    SyncError::Invalid("internal: inserts kept without their store".into())
+                })?;
+                let mut r = crate::codec::Reader::new(&held);
+                while !r.is_empty() {
+                    let (key, row) = match (r.bytes(usize::MAX), r.bytes(usize::MAX)) {
+                        (Ok(k), Ok(v)) => (k, v),
+                        _ => {
+                            return Err(SyncError::Invalid("internal: inserts kept damaged".into()));
+                        }
+                    };
+                    let vals = row_values(src, self.t, key, row)?;
                     let tx = self.texts(&vals)?;
-                    self.run(c, loc, &key, RowOp::Insert, &sql, tx, None, rep)?;
+                    self.run(c, loc, key, RowOp::Insert, &sql, tx, None, rep)?;
                 }
                 Ok(())
             }
