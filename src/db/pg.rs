@@ -6893,7 +6893,9 @@ impl<'a> RowStatements<'a> {
                     let (key, row) = match (r.bytes(usize::MAX), r.bytes(usize::MAX)) {
                         (Ok(k), Ok(v)) => (k, v),
                         _ => {
-                            return Err(SyncError::Invalid("internal: inserts kept damaged".into()));
+                            return Err(SyncError::Invalid(
+                                "internal: inserts kept damaged".into(),
+                            ));
                         }
                     };
                     let vals = row_values(src, self.t, key, row)?;
