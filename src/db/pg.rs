@@ -1219,18 +1219,12 @@ fn list_relations(c: &mut Client, loc: &PgLocation) -> Result<Vec<PgTable>> {
     relations(c, loc, None)
 }
 
-/// The relations [`list_relations`] lists under `names` (one query for
-/// the tables a restore makes, not a listing of the whole schema).
-fn relations_named(c: &mut Client, loc: &PgLocation, names: &[String]) -> Result<Vec<PgTable>> {
-    relations(c, loc, Some(names))
-}
-
-/// [`list_relations`], or only those of `names`.
+/// [`list_relations`], or only those of `names` (one query for the tables
+/// a restore makes, not a listing of the whole schema).
 fn relations(c: &mut Client, loc: &PgLocation, names: Option<&[String]>) -> Result<Vec<PgTable>> {
     // (Two queries, not one with `$2 IS NULL OR …`: that one could not
     // keep a plan. Compared as `name`, the relations are found by
     // pg_class's index.)
-    let names = names.map(<[String]>::to_vec);
     let (by_name, params): (_, &[&(dyn tokio_postgres::types::ToSql + Sync)]) = match &names {
         Some(n) => ("AND c.relname = ANY($2::text[]::name[])", &[&loc.schema, n]),
         None => ("", &[&loc.schema]),
@@ -1738,9 +1732,14 @@ impl Catalog {
             }
         }
         // The row counts asked for, one statement (no rows when none is).
-        let counts = tables
+        let counted: std::collections::HashSet<i64> = tables
             .iter()
             .filter(|(_, _, count)| *count)
+            .map(|(rel, _, _)| rel.oid)
+            .collect();
+        let counts = tables
+            .iter()
+            .filter(|(rel, _, _)| counted.contains(&rel.oid))
             .map(|(rel, _, _)| {
                 format!(
                     "SELECT count(*), {}::int8 FROM {}",
@@ -1785,11 +1784,6 @@ impl Catalog {
                 }
             }
         }
-        let counted = tables
-            .iter()
-            .filter(|(_, _, count)| *count)
-            .map(|(rel, _, _)| rel.oid)
-            .collect();
         Ok(Catalog {
             qschema,
             tables: rows,
@@ -4290,7 +4284,7 @@ fn restore_in(
     // query cost a new table two milliseconds).
     if !scripts.is_empty() {
         let names: Vec<String> = scripts.iter().map(|(o, _, _)| o.name.clone()).collect();
-        let made: std::collections::HashMap<String, PgTable> = relations_named(c, loc, &names)?
+        let made: std::collections::HashMap<String, PgTable> = relations(c, loc, Some(&names))?
             .into_iter()
             .filter(|r| r.view.is_none())
             .map(|r| (r.name.clone(), r))
