@@ -13,6 +13,7 @@ pub mod pg;
 pub mod pg_guard;
 pub mod pgbinary;
 mod pgconn;
+pub mod pgtap;
 pub mod pgtext;
 mod reorder;
 pub mod restore;

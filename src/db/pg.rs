@@ -66,9 +66,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
-
-use super::pgconn::Client;
+use super::pgconn::{Client, ConnectError};
 
 use super::diff::same_structure;
 use super::pg_guard::{self, Action};
@@ -452,7 +450,7 @@ impl PgLocation {
         if let Some(p) = &password {
             c.password(p.as_bytes());
         }
-        let mut client = if self.tls() {
+        let tls = if self.tls() {
             if self.host_name().starts_with('/') {
                 return Err(SyncError::Invalid(format!(
                     "{}: sslmode={} needs a TCP host (PostgreSQL has no TLS on a Unix socket)",
@@ -461,11 +459,20 @@ impl PgLocation {
                 )));
             }
             c.ssl_mode(tokio_postgres::config::SslMode::Require);
-            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls_config()?);
-            Client::connect(&c, tls, |e| self.error(e))?
+            Some(tokio_postgres_rustls::MakeRustlsConnect::new(
+                self.tls_config()?,
+            ))
         } else {
-            Client::connect(&c, NoTls, |e| self.error(e))?
+            c.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            None
         };
+        let mut client = Client::connect(&c, tls).map_err(|e| match e {
+            ConnectError::Client(e) => self.error(e),
+            ConnectError::Socket(io) => SyncError::Database(format!(
+                "{}: error connecting to server: {io}",
+                self.redacted()
+            )),
+        })?;
         let got = client
             .settings(&["server_encoding", "transaction_timeout"])
             .map_err(|e| self.error(e))?;

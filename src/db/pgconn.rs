@@ -8,7 +8,11 @@
 //! runtime once per message, and the server sends one message per row. On
 //! a 1,000,000-row table that was a quarter of a snapshot's reading thread
 //! (runtime entry, thread-local context, the clock); read in one `block_on`
-//! the same rows cost the client a third of the CPU time.
+//! the same rows cost the client a third of the CPU time. Since then the
+//! connection runs over its own socket with a tap on it ([`super::pgtap`]),
+//! which takes a `COPY`'s data off the wire in large pieces: the messages
+//! never reach `tokio-postgres` (the snapshot of a 1,000,000-row table,
+//! 5% less CPU).
 //!
 //! Two more things a snapshot of many small tables needs, where round
 //! trips and planning, not rows, are the cost: catalog queries are kept
@@ -22,14 +26,20 @@
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::{SinkExt, Stream};
+use tokio::net::{TcpSocket, TcpStream, UnixStream};
 use tokio::runtime::Runtime;
+use tokio_postgres::config::Host;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Config, Error, Row, Socket, Statement};
+use tokio_postgres::{Config, Error, NoTls, Row, Statement};
+
+use super::pgtap::{Tap, TapTls, Tapped};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::SyncError;
 
@@ -46,6 +56,8 @@ pub struct Client {
     /// Why the connection ended, when it failed: a call that finds the
     /// connection closed reports this instead.
     failure: Arc<Mutex<Option<Error>>>,
+    /// The tap on the connection's stream (see [`Client::copy_out`]).
+    tap: Tap,
     /// The `COPY … FROM STDIN` under way, if any (see [`Client::copy_start`]).
     copy: Option<Pin<Box<tokio_postgres::CopyInSink<Bytes>>>>,
     /// Whether the server's encoding orders text as its UTF-8 form does
@@ -66,46 +78,165 @@ pub struct Client {
 /// At most this many statements are kept prepared.
 const MAX_STATEMENTS: usize = 256;
 
-impl Client {
-    /// Connects with `config` over `tls`; a client error is given to `pg`.
-    pub fn connect<T>(
-        config: &Config,
-        tls: T,
-        pg: impl Fn(Error) -> SyncError,
-    ) -> crate::error::Result<Client>
-    where
-        T: MakeTlsConnect<Socket>,
-        T::Stream: Send + 'static,
-    {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|e| {
-                SyncError::Database(format!("could not start the PostgreSQL client: {e}"))
-            })?;
-        let (client, connection) = rt.block_on(config.connect(tls)).map_err(pg)?;
-        let failure = Arc::new(Mutex::new(None));
-        let failed = Arc::clone(&failure);
-        let task = rt.spawn(async move {
-            if let Err(e) = connection.await
-                && let Ok(mut f) = failed.lock()
-            {
-                *f = Some(e);
+/// A runtime for one client.
+fn runtime() -> crate::error::Result<Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| SyncError::Database(format!("could not start the PostgreSQL client: {e}")))
+}
+
+/// Runs a connection on `rt` until it ends, keeping why it failed.
+fn drive<C>(rt: &Runtime, connection: C) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Option<Error>>>)
+where
+    C: Future<Output = Result<(), Error>> + Send + 'static,
+{
+    let failure = Arc::new(Mutex::new(None));
+    let failed = Arc::clone(&failure);
+    let task = rt.spawn(async move {
+        if let Err(e) = connection.await
+            && let Ok(mut f) = failed.lock()
+        {
+            *f = Some(e);
+        }
+    });
+    (task, failure)
+}
+
+/// How a connection without TLS failed: opening its socket, or after.
+pub enum ConnectError {
+    Socket(std::io::Error),
+    Client(Error),
+}
+
+/// `fut`, failing as a timed out connection would after `limit`.
+async fn limited<T>(
+    limit: Option<Duration>,
+    fut: impl Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    match limit {
+        Some(d) => tokio::time::timeout(d, fut).await.unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connection timed out",
+            ))
+        }),
+        None => fut.await,
+    }
+}
+
+/// A TCP connection to `host`'s first address that answers, as
+/// `tokio-postgres` makes one: no delay, keepalives on.
+async fn tcp(host: &str, port: u16, limit: Option<Duration>) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_keepalive(true)?;
+        match limited(limit, socket.connect(addr)).await {
+            Ok(s) => {
+                s.set_nodelay(true)?;
+                return Ok(s);
             }
-        });
-        Ok(Client {
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "could not resolve to any addresses",
+        )
+    }))
+}
+
+impl Client {
+    /// Connects to `config`'s first host and port (a Unix socket or TCP),
+    /// over TLS when `tls` is given, with a [`Tap`] above the TLS, if any,
+    /// which reads a `COPY`'s data off the wire (see [`super::pgtap`]).
+    pub fn connect(
+        config: &Config,
+        tls: Option<MakeRustlsConnect>,
+    ) -> Result<Client, ConnectError> {
+        let rt =
+            runtime().map_err(|e| ConnectError::Socket(std::io::Error::other(e.to_string())))?;
+        let tap = Tap::default();
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let limit = config.get_connect_timeout().copied();
+        let (client, task, failure) = rt.block_on(async {
+            match (config.get_hosts().first(), tls) {
+                (Some(Host::Unix(dir)), None) => {
+                    let path = dir.join(format!(".s.PGSQL.{port}"));
+                    let s = limited(limit, UnixStream::connect(path))
+                        .await
+                        .map_err(ConnectError::Socket)?;
+                    let (client, connection) = config
+                        .connect_raw(Tapped::new(s, tap.clone()), NoTls)
+                        .await
+                        .map_err(ConnectError::Client)?;
+                    Ok((client, drive(&rt, connection)))
+                }
+                (Some(Host::Tcp(host)), None) => {
+                    let s = tcp(host, port, limit).await.map_err(ConnectError::Socket)?;
+                    let (client, connection) = config
+                        .connect_raw(Tapped::new(s, tap.clone()), NoTls)
+                        .await
+                        .map_err(ConnectError::Client)?;
+                    Ok((client, drive(&rt, connection)))
+                }
+                (Some(Host::Tcp(host)), Some(mut make)) => {
+                    let s = tcp(host, port, limit).await.map_err(ConnectError::Socket)?;
+                    let Ok(inner) =
+                        <MakeRustlsConnect as MakeTlsConnect<TcpStream>>::make_tls_connect(
+                            &mut make, host,
+                        );
+                    let tls = TapTls {
+                        inner,
+                        tap: tap.clone(),
+                    };
+                    let (client, connection) = config
+                        .connect_raw(s, tls)
+                        .await
+                        .map_err(ConnectError::Client)?;
+                    Ok((client, drive(&rt, connection)))
+                }
+                (Some(Host::Unix(_)), Some(_)) => Err(ConnectError::Socket(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "no TLS on a Unix socket",
+                ))),
+                (None, _) => Err(ConnectError::Socket(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "no host to connect to",
+                ))),
+            }
+            .map(|(client, (task, failure))| (client, task, failure))
+        })?;
+        Ok(Client::new(rt, client, task, failure, tap))
+    }
+
+    fn new(
+        rt: Runtime,
+        client: tokio_postgres::Client,
+        task: tokio::task::JoinHandle<()>,
+        failure: Arc<Mutex<Option<Error>>>,
+        tap: Tap,
+    ) -> Client {
+        Client {
             rt,
             client: Some(client),
             task: Some(task),
             failure,
+            tap,
             copy: None,
             utf8_order: true,
             statements: HashMap::new(),
             seen: HashSet::new(),
             in_tx: false,
             locals: String::new(),
-        })
+        }
     }
 
     /// Whether text in the server's encoding sorts byte by byte as its
@@ -520,14 +651,39 @@ impl Client {
         debug_assert!(self.in_tx, "a COPY outside a transaction");
         self.idle();
         let client = self.client.as_ref().expect("present until dropped");
+        let tap = &self.tap;
+        tap.arm();
         let read = self.rt.block_on(async {
             let stream = client.copy_out(query).await.map_err(Err)?;
             let mut stream = std::pin::pin!(stream);
-            while let Some(m) = stream.next().await {
-                msg(&m.map_err(Err)?).map_err(Ok)?;
-            }
-            Ok(())
+            // The data comes through the tap; the stream only ends the
+            // copy (or fails it), after the tap has diverted all its data.
+            let mut chunk = Vec::new();
+            let mut ended = false;
+            std::future::poll_fn(|cx| {
+                loop {
+                    chunk.clear();
+                    tap.take(&mut chunk, cx);
+                    if !chunk.is_empty() {
+                        msg(&chunk).map_err(Ok)?;
+                        continue;
+                    }
+                    if ended {
+                        return Poll::Ready(Ok(()));
+                    }
+                    match stream.as_mut().poll_next(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(None) => ended = true,
+                        // (Data the tap did not divert: none.)
+                        Poll::Ready(Some(Ok(m))) => msg(&m).map_err(Ok)?,
+                        Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Err(e))),
+                    }
+                }
+            })
+            .await
         });
+        // (Data still coming, of a copy given up, is dropped as it comes.)
+        tap.disarm();
         read.map_err(|e| match e {
             Ok(mine) => mine,
             Err(client_error) => pg(self.explain(client_error)),
