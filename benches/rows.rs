@@ -2,7 +2,7 @@
 //! a large table spends per block once its leaves are built. 2,000 leaves
 //! of users-like rows (an id, an email, a name, an age or NULL, a balance
 //! and a timestamp as text, a flag, 16 bytes or NULL), about 10 rows each,
-//! grouped into blocks of 32 KiB as a snapshot groups them; then each
+//! grouped into blocks of 64 KiB as a snapshot groups them; then each
 //! step alone: the transposition, its inverse (the check a writer runs
 //! before it stores a transposed block), zstd at the rows' level, and the
 //! whole of `block::encode`.

@@ -1,7 +1,8 @@
 //! Blocks: several small objects of one kind compressed together in one
 //! pack record (`store-format.md` §6.1, store format 4), so that they
 //! compress like a solid stream while each stays readable by id (a read
-//! decodes the block, about 32 KiB, and takes its member).
+//! decodes the block, about 64 KiB of rows or 32 KiB of directory nodes,
+//! and takes its member).
 //!
 //! A block's payload is one zstd frame. Mode 1: the frame holds the
 //! members' bytes one after another. Mode 2 (row-map leaves only): the
@@ -27,8 +28,11 @@ pub const MODE_ROWS: u8 = 2;
 pub const MIN_MEMBERS: usize = 2;
 /// A block holds at most this many members.
 pub const MAX_MEMBERS: usize = 4096;
-/// A writer closes a block once its members reach this many bytes.
-pub const TARGET_BYTES: usize = 32 * 1024;
+/// A snapshot closes a block of row-map nodes once its members reach this
+/// many bytes. 64 KiB, not 32: for a 1,000,000-row table, 5% less CPU
+/// (zstd builds its tables per frame) and 2.5% fewer bytes; a read of one
+/// row decodes twice as much.
+pub const TARGET_BYTES: usize = 64 * 1024;
 /// Objects larger than this are never put in a block.
 pub const MAX_MEMBER_BYTES: usize = 64 * 1024;
 /// The transposed form's directory is at most this much longer than the
