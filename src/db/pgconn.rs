@@ -104,9 +104,11 @@ where
     (task, failure)
 }
 
-/// How a connection without TLS failed: opening its socket, or after.
+/// How a connection failed.
 pub enum ConnectError {
+    /// Opening its socket.
     Socket(std::io::Error),
+    /// After: the start-up, authentication or TLS.
     Client(Error),
 }
 
@@ -214,17 +216,7 @@ impl Client {
             }
             .map(|(client, (task, failure))| (client, task, failure))
         })?;
-        Ok(Client::new(rt, client, task, failure, tap))
-    }
-
-    fn new(
-        rt: Runtime,
-        client: tokio_postgres::Client,
-        task: tokio::task::JoinHandle<()>,
-        failure: Arc<Mutex<Option<Error>>>,
-        tap: Tap,
-    ) -> Client {
-        Client {
+        Ok(Client {
             rt,
             client: Some(client),
             task: Some(task),
@@ -236,7 +228,7 @@ impl Client {
             seen: HashSet::new(),
             in_tx: false,
             locals: String::new(),
-        }
+        })
     }
 
     /// Whether text in the server's encoding sorts byte by byte as its
