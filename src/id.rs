@@ -61,6 +61,14 @@ impl fmt::Display for ObjectType {
     }
 }
 
+/// Objects up to this size are hashed from [`HASH_INPUT`].
+const SMALL_OBJECT: usize = 64 * 1024;
+
+thread_local! {
+    /// Where [`ObjectId::compute`] puts a small object after its tag.
+    static HASH_INPUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A 32-byte BLAKE3 object id.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct ObjectId(pub [u8; 32]);
@@ -71,6 +79,20 @@ impl ObjectId {
 
     /// `BLAKE3(tag || bytes)`.
     pub fn compute(tag: ObjectType, bytes: &[u8]) -> Self {
+        // A small object (a tree or row-map node) is hashed in one call
+        // from this thread's buffer, its tag before it: a fifth less time
+        // than a hasher fed the tag and then the bytes (40,000 leaves of
+        // 128-2,688 bytes: 35 against 43 ms), most of the ids a table's
+        // snapshot makes.
+        if bytes.len() <= SMALL_OBJECT {
+            return HASH_INPUT.with(|b| {
+                let mut b = b.borrow_mut();
+                b.clear();
+                b.push(tag as u8);
+                b.extend_from_slice(bytes);
+                ObjectId(*blake3::hash(&b).as_bytes())
+            });
+        }
         let mut h = blake3::Hasher::new();
         h.update(&[tag as u8]);
         h.update(bytes);
@@ -263,6 +285,36 @@ mod tests {
         assert!(id.has_hex_prefix(&h[..9]));
         assert!(!id.has_hex_prefix("zz"));
         assert_eq!(ObjectId::from_hex(&h[..63]), None);
+    }
+
+    #[test]
+    fn an_id_is_blake3_of_the_tag_then_the_bytes_at_every_size() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for n in [
+            0,
+            1,
+            63,
+            64,
+            1023,
+            1024,
+            1025,
+            2048,
+            2049,
+            SMALL_OBJECT - 1,
+            SMALL_OBJECT,
+            SMALL_OBJECT + 1,
+            200_000,
+        ] {
+            for tag in [ObjectType::Chunk, ObjectType::Rows] {
+                let mut whole = vec![tag as u8];
+                whole.extend_from_slice(&data[..n]);
+                assert_eq!(
+                    ObjectId::compute(tag, &data[..n]).0,
+                    *blake3::hash(&whole).as_bytes(),
+                    "{n} bytes"
+                );
+            }
+        }
     }
 
     #[test]
