@@ -87,8 +87,11 @@ fn runtime() -> crate::error::Result<Runtime> {
         .map_err(|e| SyncError::Database(format!("could not start the PostgreSQL client: {e}")))
 }
 
+/// A connection's task, and why it failed once it has.
+type Driven = (tokio::task::JoinHandle<()>, Arc<Mutex<Option<Error>>>);
+
 /// Runs a connection on `rt` until it ends, keeping why it failed.
-fn drive<C>(rt: &Runtime, connection: C) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Option<Error>>>)
+fn drive<C>(rt: &Runtime, connection: C) -> Driven
 where
     C: Future<Output = Result<(), Error>> + Send + 'static,
 {
@@ -155,6 +158,26 @@ async fn tcp(host: &str, port: u16, limit: Option<Duration>) -> std::io::Result<
     }))
 }
 
+/// Starts a session over `stream` (through `tls`), its connection driven
+/// on `rt`.
+async fn start<S, T>(
+    config: &Config,
+    rt: &Runtime,
+    stream: S,
+    tls: T,
+) -> Result<(tokio_postgres::Client, Driven), ConnectError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio_postgres::tls::TlsConnect<S>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config
+        .connect_raw(stream, tls)
+        .await
+        .map_err(ConnectError::Client)?;
+    Ok((client, drive(rt, connection)))
+}
+
 impl Client {
     /// Connects to `config`'s first host and port (a Unix socket or TCP),
     /// over TLS when `tls` is given, with a [`Tap`] above the TLS, if any,
@@ -168,26 +191,18 @@ impl Client {
         let tap = Tap::default();
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let limit = config.get_connect_timeout().copied();
-        let (client, task, failure) = rt.block_on(async {
+        let (client, (task, failure)) = rt.block_on(async {
             match (config.get_hosts().first(), tls) {
                 (Some(Host::Unix(dir)), None) => {
                     let path = dir.join(format!(".s.PGSQL.{port}"));
                     let s = limited(limit, UnixStream::connect(path))
                         .await
                         .map_err(ConnectError::Socket)?;
-                    let (client, connection) = config
-                        .connect_raw(Tapped::new(s, tap.clone()), NoTls)
-                        .await
-                        .map_err(ConnectError::Client)?;
-                    Ok((client, drive(&rt, connection)))
+                    start(config, &rt, Tapped::new(s, tap.clone()), NoTls).await
                 }
                 (Some(Host::Tcp(host)), None) => {
                     let s = tcp(host, port, limit).await.map_err(ConnectError::Socket)?;
-                    let (client, connection) = config
-                        .connect_raw(Tapped::new(s, tap.clone()), NoTls)
-                        .await
-                        .map_err(ConnectError::Client)?;
-                    Ok((client, drive(&rt, connection)))
+                    start(config, &rt, Tapped::new(s, tap.clone()), NoTls).await
                 }
                 (Some(Host::Tcp(host)), Some(mut make)) => {
                     let s = tcp(host, port, limit).await.map_err(ConnectError::Socket)?;
@@ -199,11 +214,7 @@ impl Client {
                         inner,
                         tap: tap.clone(),
                     };
-                    let (client, connection) = config
-                        .connect_raw(s, tls)
-                        .await
-                        .map_err(ConnectError::Client)?;
-                    Ok((client, drive(&rt, connection)))
+                    start(config, &rt, s, tls).await
                 }
                 (Some(Host::Unix(_)), Some(_)) => Err(ConnectError::Socket(std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
@@ -214,7 +225,6 @@ impl Client {
                     "no host to connect to",
                 ))),
             }
-            .map(|(client, (task, failure))| (client, task, failure))
         })?;
         Ok(Client {
             rt,

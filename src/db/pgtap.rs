@@ -43,7 +43,6 @@ const ERROR_RESPONSE: u8 = b'E';
 const READY_FOR_QUERY: u8 = b'Z';
 
 /// What the socket's reader and the copy's reader share.
-#[derive(Default)]
 struct Shared {
     /// The next `COPY … TO STDOUT` is to be diverted.
     armed: bool,
@@ -55,8 +54,7 @@ struct Shared {
     keep: bool,
     /// The data diverted and not yet taken.
     data: Vec<u8>,
-    /// The socket is not read while `data` holds this many bytes (0:
-    /// [`FULL`]).
+    /// The socket is not read while `data` holds this many bytes.
     limit: usize,
     /// The copy's reader, waiting for data.
     taker: Option<Waker>,
@@ -67,15 +65,28 @@ struct Shared {
 impl Shared {
     /// Whether the socket must wait for the data to be taken.
     fn full(&self) -> bool {
-        self.diverting
-            && self.keep
-            && self.data.len() >= if self.limit == 0 { FULL } else { self.limit }
+        self.diverting && self.keep && self.data.len() >= self.limit
     }
 }
 
 /// The copy's reader's end of a tap.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Tap(Arc<Mutex<Shared>>);
+
+impl Default for Tap {
+    /// A tap that holds at most [`FULL`] bytes.
+    fn default() -> Tap {
+        Tap(Arc::new(Mutex::new(Shared {
+            armed: false,
+            diverting: false,
+            keep: false,
+            data: Vec::new(),
+            limit: FULL,
+            taker: None,
+            reader: None,
+        })))
+    }
+}
 
 impl Tap {
     /// A tap that holds at most `limit` bytes of data (and one read's
